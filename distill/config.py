@@ -64,8 +64,13 @@ class LocalTeacher(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=1, le=65535)
     n_ctx: int = Field(2048, ge=128)
-    # Parallel decoding slots of the server.
-    parallel: int = Field(2, ge=1)
+    # Server processes to start, on ports port, port+1, ...; requests are spread
+    # over them (llama-cpp-python's server decodes one request at a time).
+    replicas: int = Field(1, ge=1)
+    # CPU threads per server process (None: llama.cpp's default).
+    n_threads: int | None = Field(None, ge=1)
+    # Extra server arguments, e.g. ["--n_batch", "256"].
+    extra_args: list[str] = []
     startup_timeout: float = Field(300.0, gt=0)
 
 
@@ -501,6 +506,11 @@ def resolve(cfg: RunConfig) -> RunConfig:
     r = cfg.orchestrator.reconstruction
     if r.max_seq_len is None:
         r.max_seq_len = cfg.trainer.seq_len
+    lt = cfg.orchestrator.local_teacher
+    if lt.enabled:
+        rm = cfg.orchestrator.rollout_model
+        urls = [f"http://{lt.host}:{lt.port + i}/v1" for i in range(1, lt.replicas)]
+        rm.extra_base_urls = rm.extra_base_urls + [u for u in urls if u not in rm.extra_base_urls]
     return cfg
 
 

@@ -1,0 +1,335 @@
+"""`distill` command line: run | rollout | train | replay | tokenize | inspect | probe | report.
+
+Config-taking commands accept `--key.path VALUE` overrides after the config path,
+e.g. `distill run examples/quickstart.toml --trainer.optim.lr 1e-5`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+from .config import ConfigError, RunConfig, load_config, redacted_dict, to_toml
+
+USAGE = """distill <command> ...
+
+  run CONFIG [--dry-run] [--no-resume] [--key.path VALUE ...]
+                         sample from the teacher (or replay) and train, concurrently
+  rollout CONFIG [...]   only sample from the teacher -> OUTPUT_DIR/samples
+  replay CONFIG [INPUT ...] [--on-error skip|fail] [...]
+                         only turn recorded trajectories into samples (no network)
+  train CONFIG [--resume] [--samples DIR] [...]
+                         only train on OUTPUT_DIR/samples (torchrun-compatible)
+  tokenize --tokenizer DIR INPUT.jsonl -o OUT.jsonl
+                         messages -> prompt_ids / completion_ids / completion_mask
+  inspect PATH [--tokenizer DIR] [--index N] [--html OUT.html]
+                         show samples with the trained tokens highlighted
+  probe URL --model M [--api-key-var VAR]
+                         what an OpenAI-compatible endpoint supports
+  report RUN_DIR         PNG of loss / tokens/s / lr and a text summary
+"""
+
+
+def _split_known(argv: list[str], flags: dict[str, bool]) -> tuple[dict, list[str]]:
+    """Pull our own flags (name -> takes_value) out of argv; the rest are overrides."""
+    found: dict[str, object] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        name = a.split("=", 1)[0]
+        if name in flags:
+            if flags[name]:
+                if "=" in a:
+                    found[name] = a.split("=", 1)[1]
+                    i += 1
+                else:
+                    if i + 1 >= len(argv):
+                        raise SystemExit(f"distill: {name} needs a value")
+                    found[name] = argv[i + 1]
+                    i += 2
+            else:
+                found[name] = True
+                i += 1
+        else:
+            rest.append(a)
+            i += 1
+    return found, rest
+
+
+def _load(argv: list[str], flags: dict[str, bool]) -> tuple[RunConfig, dict, list[str]]:
+    if not argv or argv[0].startswith("-"):
+        raise SystemExit("distill: expected a TOML config path first (e.g. examples/quickstart.toml)")
+    path, rest = argv[0], argv[1:]
+    found, rest = _split_known(rest, flags)
+    positional = []
+    while rest and not rest[0].startswith("--"):
+        positional.append(rest.pop(0))
+    cfg = load_config(path, rest)
+    return cfg, found, positional
+
+
+def _prepare_run_dir(cfg: RunConfig) -> Path:
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from orchestrator.contract import atomic_write_text
+
+    atomic_write_text(run_dir / "config.toml", to_toml(redacted_dict(cfg)))
+    return run_dir
+
+
+def _reconstructor(cfg: RunConfig):
+    from orchestrator.reconstruct import Reconstructor
+    from orchestrator.student import load_tokenizer, resolve_student
+
+    tok_path = cfg.student.tokenizer or resolve_student(cfg.student.path, with_model=False)
+    tok = load_tokenizer(tok_path)
+    return Reconstructor(tok, cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruction.max_seq_len)
+
+
+def _produce(cfg: RunConfig, run_dir: Path, progress: bool = True, on_error: str | None = None,
+             inputs: list[str] | None = None) -> dict:
+    """Fill run_dir/samples from the configured source (teacher or replay)."""
+    recon = _reconstructor(cfg)
+    if cfg.orchestrator.source.type == "replay":
+        from orchestrator.replay import replay
+
+        return replay(cfg, run_dir, recon, inputs=inputs or None, on_error=on_error, progress=progress)
+    from orchestrator.scheduler import rollout
+
+    if cfg.orchestrator.local_teacher.enabled:
+        from orchestrator.local_teacher import local_teacher
+
+        print(f"starting the local teacher (llama.cpp) on {cfg.orchestrator.rollout_model.base_url} ...", flush=True)
+        with local_teacher(cfg, run_dir / "logs"):
+            return rollout(cfg, run_dir, recon, progress=progress)
+    return rollout(cfg, run_dir, recon, progress=progress)
+
+
+def _print_locations(run_dir: Path, summary: dict | None) -> None:
+    print("\ndistill: done.")
+    print(f"  samples:     {run_dir / 'samples'}")
+    if (run_dir / "recording.jsonl").exists():
+        print(f"  recording:   {run_dir / 'recording.jsonl'}")
+    if (run_dir / "rejects.jsonl").exists():
+        print(f"  rejects:     {run_dir / 'rejects.jsonl'}")
+    if (run_dir / "metrics.jsonl").exists():
+        print(f"  metrics:     {run_dir / 'metrics.jsonl'}")
+    if summary and summary.get("checkpoint"):
+        print(f"  checkpoint:  {summary['checkpoint']}  (AutoModelForCausalLM.from_pretrained(...) loads it)")
+    print(f"  report:      distill report {run_dir}")
+
+
+def cmd_run(argv: list[str]) -> int:
+    cfg, flags, _ = _load(argv, {"--dry-run": False, "--no-resume": False})
+    if flags.get("--dry-run"):
+        print(to_toml(redacted_dict(cfg)), end="")
+        return 0
+    run_dir = _prepare_run_dir(cfg)
+    from orchestrator.student import resolve_student
+
+    resolve_student(cfg.student.path)  # convert the builtin student once, before threads start
+    result: dict = {}
+    errors: list[BaseException] = []
+
+    def producer() -> None:
+        try:
+            result["orchestrator"] = _produce(cfg, run_dir)
+        except BaseException as e:  # surfaced in the main thread
+            errors.append(e)
+
+    t = threading.Thread(target=producer, name="orchestrator", daemon=True)
+    t.start()
+    from trainer.train import train
+
+    try:
+        summary = train(cfg, run_dir, resume=not flags.get("--no-resume"),
+                        producer_alive=lambda: t.is_alive() or not errors)
+    except BaseException:
+        if errors:
+            raise errors[0] from None
+        raise
+    t.join(timeout=5)
+    if errors:
+        raise errors[0]
+    if "orchestrator" in result:
+        _print_summary("orchestrator", result["orchestrator"])
+    _print_summary("trainer", summary)
+    _print_locations(run_dir, summary)
+    return 0
+
+
+def _print_summary(name: str, summary: dict) -> None:
+    keep = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, dict, type(None)))}
+    print(f"{name}: {json.dumps(keep, default=str)}")
+
+
+def cmd_rollout(argv: list[str]) -> int:
+    cfg, _, _ = _load(argv, {})
+    run_dir = _prepare_run_dir(cfg)
+    summary = _produce(cfg, run_dir)
+    _print_summary("orchestrator", summary)
+    _print_locations(run_dir, None)
+    return 0
+
+
+def cmd_replay(argv: list[str]) -> int:
+    cfg, flags, inputs = _load(argv, {"--on-error": True})
+    if cfg.orchestrator.source.type != "replay" and not inputs:
+        raise SystemExit("distill replay: the config's orchestrator.source.type is not \"replay\"; "
+                         "set it, or pass input files after the config path")
+    if cfg.orchestrator.source.type != "replay":
+        cfg.orchestrator.source.type = "replay"
+    run_dir = _prepare_run_dir(cfg)
+    summary = _produce(cfg, run_dir, on_error=flags.get("--on-error"), inputs=inputs)
+    _print_summary("replay", summary)
+    _print_locations(run_dir, None)
+    return 0
+
+
+def cmd_train(argv: list[str]) -> int:
+    cfg, flags, _ = _load(argv, {"--resume": False, "--samples": True})
+    rank = int(os.environ.get("RANK", "0"))
+    run_dir = _prepare_run_dir(cfg) if rank == 0 else Path(cfg.output_dir)
+    from trainer.train import train
+
+    samples = Path(flags["--samples"]) if flags.get("--samples") else None
+    summary = train(cfg, run_dir, samples, resume=bool(flags.get("--resume")))
+    if rank == 0:
+        _print_summary("trainer", summary)
+        _print_locations(run_dir, summary)
+    return 0
+
+
+def cmd_tokenize(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="distill tokenize")
+    p.add_argument("--tokenizer", required=True, help="student tokenizer folder (HF format, with chat template)")
+    p.add_argument("input", help="JSONL with a 'messages' list per line (optional 'tools')")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--config", help="run config whose [orchestrator.reconstruction] policies to use")
+    a = p.parse_args(argv)
+    from orchestrator.reconstruct import tokenize_file
+
+    rcfg = load_config(a.config).orchestrator.reconstruction if a.config else None
+    summary = tokenize_file(a.tokenizer, a.input, a.output, rcfg)
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def _find_samples(path: Path) -> list:
+    from orchestrator.contract import iter_samples, read_shard
+
+    if path.is_file():
+        return read_shard(path)
+    if (path / "samples").is_dir():
+        path = path / "samples"
+    return list(iter_samples(path))
+
+
+def cmd_inspect(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="distill inspect")
+    p.add_argument("path", help="run dir, samples dir or shard file")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the run's student, or the builtin one)")
+    p.add_argument("--index", type=int, default=0, help="which sample (default 0)")
+    p.add_argument("--id", help="sample id to show instead of --index")
+    p.add_argument("--html", help="also write an HTML page of all samples here")
+    p.add_argument("--no-color", action="store_true")
+    a = p.parse_args(argv)
+    from orchestrator.inspect import render_html, render_terminal
+    from orchestrator.student import load_tokenizer, resolve_student
+
+    path = Path(a.path)
+    samples = _find_samples(path)
+    if not samples:
+        raise SystemExit(f"distill inspect: no samples under {path}")
+    tok_dir = a.tokenizer
+    if not tok_dir:
+        cfg_file = (path if path.is_dir() else path.parent.parent) / "config.toml"
+        spec = load_config(cfg_file).student if cfg_file.is_file() else None
+        tok_dir = (spec.tokenizer or resolve_student(spec.path, with_model=False)) if spec else \
+            resolve_student("builtin:smollm2-135m-instruct", with_model=False)
+    tok = load_tokenizer(tok_dir)
+    if a.id:
+        chosen = [s for s in samples if s.sample_id == a.id]
+        if not chosen:
+            raise SystemExit(f"distill inspect: no sample with id {a.id!r}")
+        sample = chosen[0]
+    else:
+        if not 0 <= a.index < len(samples):
+            raise SystemExit(f"distill inspect: --index {a.index} out of range (0..{len(samples) - 1})")
+        sample = samples[a.index]
+    color = not a.no_color and sys.stdout.isatty()
+    print(render_terminal(sample, tok, color=color))
+    if a.html:
+        Path(a.html).write_text(render_html(samples, tok, title=str(path)), encoding="utf-8")
+        print(f"wrote {a.html} ({len(samples)} samples)")
+    return 0
+
+
+def cmd_probe(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="distill probe")
+    p.add_argument("url", help="base URL, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--model", help="model name (default: the first the endpoint lists)")
+    p.add_argument("--api-key-var", help="NAME of the env var holding the API key")
+    p.add_argument("--timeout", type=float, default=30)
+    a = p.parse_args(argv)
+    from orchestrator.probe import format_probe, probe
+
+    key = None
+    if a.api_key_var:
+        key = os.environ.get(a.api_key_var)
+        if not key:
+            raise SystemExit(f"distill probe: environment variable {a.api_key_var} is not set")
+    print(format_probe(probe(a.url, a.model, api_key=key, timeout=a.timeout)))
+    return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="distill report")
+    p.add_argument("run_dir")
+    a = p.parse_args(argv)
+    from trainer.report import write_report
+
+    png, text = write_report(Path(a.run_dir))
+    print(text)
+    print(f"plot: {png}")
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "rollout": cmd_rollout,
+    "replay": cmd_replay,
+    "train": cmd_train,
+    "tokenize": cmd_tokenize,
+    "inspect": cmd_inspect,
+    "probe": cmd_probe,
+    "report": cmd_report,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    cmd = COMMANDS.get(argv[0])
+    if cmd is None:
+        print(f"distill: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr, end="")
+        return 2
+    try:
+        return cmd(argv[1:])
+    except ConfigError as e:
+        print(f"distill: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distill: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Start and stop a local teacher server (llama.cpp via llama-cpp-python) on loopback.
+
+Used when the config has `[orchestrator.local_teacher] enabled = true`: `distill`
+starts the server(s) before sampling and stops them afterwards, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+from .student import resolve_gguf
+
+
+class LocalTeacherError(RuntimeError):
+    pass
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _ready(base_url: str, model: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url}/models", timeout=2) as r:
+            data = json.loads(r.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return any(m.get("id") == model for m in data.get("data", []))
+
+
+def server_command(gguf: Path, host: str, port: int, alias: str, n_ctx: int,
+                   n_threads: int | None, extra_args: list[str]) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(gguf), "--model_alias", alias,
+        "--host", host, "--port", str(port), "--n_ctx", str(n_ctx),
+    ]
+    if n_threads:
+        cmd += ["--n_threads", str(n_threads), "--n_threads_batch", str(n_threads)]
+    return cmd + list(extra_args)
+
+
+@contextlib.contextmanager
+def local_teacher(cfg, log_dir: Path) -> Iterator[list[str]]:
+    """Start `cfg.orchestrator.local_teacher` servers; yield their base URLs; stop them."""
+    lt = cfg.orchestrator.local_teacher
+    alias = cfg.orchestrator.rollout_model.model
+    if lt.host not in ("127.0.0.1", "localhost", "::1"):
+        raise LocalTeacherError(f"orchestrator.local_teacher.host = {lt.host!r}: the local teacher listens on loopback only")
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        raise LocalTeacherError(
+            "the local teacher needs llama-cpp-python. Fix: pip install 'llama-cpp-python[server]==0.3.36' "
+            "(or run scripts/setup.sh)"
+        ) from None
+    gguf = resolve_gguf(lt.model_path)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs: list[tuple[subprocess.Popen, str]] = []
+    try:
+        for i in range(lt.replicas):
+            port = lt.port + i
+            url = f"http://{lt.host}:{port}/v1"
+            if not _port_free(lt.host, port):
+                raise LocalTeacherError(
+                    f"port {port} on {lt.host} is already in use. Fix: stop what uses it or set "
+                    "orchestrator.local_teacher.port (and rollout_model.base_url) to a free port"
+                )
+            log = open(log_dir / f"teacher_server_{i}.log", "ab")
+            cmd = server_command(gguf, lt.host, port, alias, lt.n_ctx, lt.n_threads, lt.extra_args)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+            log.close()
+            procs.append((proc, url))
+        deadline = time.monotonic() + lt.startup_timeout
+        for i, (proc, url) in enumerate(procs):
+            while not _ready(url, alias):
+                if proc.poll() is not None:
+                    tail = _tail(log_dir / f"teacher_server_{i}.log")
+                    raise LocalTeacherError(f"the llama.cpp server for {url} exited with code {proc.returncode}:\n{tail}")
+                if time.monotonic() > deadline:
+                    raise LocalTeacherError(
+                        f"the llama.cpp server for {url} was not ready after {lt.startup_timeout:.0f}s; "
+                        f"see {log_dir / f'teacher_server_{i}.log'}"
+                    )
+                time.sleep(0.25)
+        yield [url for _, url in procs]
+    finally:
+        for proc, _ in procs:
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _tail(path: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"

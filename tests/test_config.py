@@ -1,0 +1,227 @@
+"""Run config: TOML parsing, overrides (CLI and env), unknown keys, mode validation, secrets."""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distill.config import (
+    ConfigError,
+    RunConfig,
+    api_key,
+    load_config,
+    parse_overrides,
+    read_toml,
+    redacted_dict,
+    to_toml,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str, name: str = "cfg.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_defaults_are_valid_and_resolved():
+    cfg = load_config(None)
+    assert cfg.trainer.loss.type == "sft"
+    # derived in resolve(): reconstruction length follows the trainer's sequence length
+    assert cfg.orchestrator.reconstruction.max_seq_len == cfg.trainer.seq_len
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(str(ROOT / "examples" / "*.toml"))))
+def test_every_example_parses(path, tmp_path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+    assert cfg.trainer.loss.type == "sft"
+    # and the resolved config round-trips through our TOML writer (what checkpoints store)
+    again = load_config(write(tmp_path, to_toml(redacted_dict(cfg))))
+    assert again.model_dump() == cfg.model_dump()
+
+
+def test_examples_exist():
+    assert (ROOT / "examples" / "quickstart.toml").is_file()
+
+
+def test_toml_values_and_cli_overrides(tmp_path):
+    p = write(tmp_path, """
+output_dir = "runs/a"
+[trainer.optim]
+lr = 3e-4
+warmup_steps = 2
+[orchestrator.sampling]
+temperature = 0.5
+""")
+    cfg = load_config(p, ["--trainer.optim.lr", "1e-5", "--orchestrator.sampling.stop=[\"###\"]",
+                          "--trainer.max-steps", "3"])
+    assert cfg.trainer.optim.lr == 1e-5  # CLI beats TOML
+    assert cfg.trainer.optim.warmup_steps == 2  # untouched sibling survives the nested override
+    assert cfg.trainer.max_steps == 3  # dashes accepted for underscores
+    assert cfg.orchestrator.sampling.stop == ["###"]
+    assert cfg.orchestrator.sampling.temperature == 0.5
+
+
+def test_env_overrides_toml_and_cli_overrides_env(tmp_path, monkeypatch):
+    p = write(tmp_path, "[trainer]\nmax_steps = 5\nseq_len = 512\n")
+    monkeypatch.setenv("DISTILL_TRAINER__MAX_STEPS", "7")
+    assert load_config(p).trainer.max_steps == 7
+    assert load_config(p).trainer.seq_len == 512
+    assert load_config(p, ["--trainer.max_steps", "9"]).trainer.max_steps == 9
+
+
+def test_only_user_set_sampling_fields_are_sent(tmp_path):
+    cfg = load_config(write(tmp_path, "[orchestrator.sampling]\ntemperature = 0.0\nmax_tokens = 16\n"))
+    assert cfg.orchestrator.sampling.request_args() == {"temperature": 0.0, "max_tokens": 16}
+    assert load_config(None).orchestrator.sampling.request_args() == {}
+
+
+def test_override_parsing():
+    assert parse_overrides(["--a.b", "1", "--a.c=true", "--d", "hello world", "--e", "[1, 2]"]) == {
+        "a": {"b": 1, "c": True}, "d": "hello world", "e": [1, 2]}
+    with pytest.raises(ConfigError, match="has no value"):
+        parse_overrides(["--a.b"])
+    with pytest.raises(ConfigError, match="expected --key.path"):
+        parse_overrides(["a.b", "1"])
+
+
+def test_unknown_keys_are_errors_with_their_path(tmp_path):
+    p = write(tmp_path, "[trainer]\nmax_step = 3\n[orchestrator.sampling]\ntemprature = 1.0\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    keys = {pr.key for pr in ei.value.problems}
+    assert keys == {"trainer.max_step", "orchestrator.sampling.temprature"}
+    assert "unknown key" in str(ei.value) and str(p) in str(ei.value)
+
+
+def test_bad_values_name_the_key(tmp_path):
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["--trainer.optim.lr", "-1", "--orchestrator.concurrency", "zero"])
+    keys = {pr.key for pr in ei.value.problems}
+    assert keys == {"trainer.optim.lr", "orchestrator.concurrency"}
+
+
+def test_toml_syntax_error_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="line"):
+        load_config(write(tmp_path, "[trainer\nmax_steps = 1\n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+# --- mode validation: external teacher => SFT only, no weight broadcast, no token client ---
+
+FORBIDDEN = {
+    "loss": ("trainer.loss.type", "[trainer.loss]\ntype = \"reverse_kl\"\n"),
+    "broadcast": ("weight_broadcast.type", "[weight_broadcast]\ntype = \"filesystem\"\n"),
+    "token_client": ("orchestrator.rollout_model.client", "[orchestrator.rollout_model]\nclient = \"tokens\"\n"),
+    "token_ids_in_body": ("orchestrator.sampling.extra_body.prompt_token_ids",
+                          "[orchestrator.sampling]\nextra_body = {prompt_token_ids = [1, 2]}\n"),
+}
+
+
+@pytest.mark.parametrize("r", range(1, len(FORBIDDEN) + 1))
+def test_every_forbidden_combination_is_rejected_all_at_once(tmp_path, r):
+    for combo in itertools.combinations(FORBIDDEN, r):
+        # merge the TOML snippets of this combination (tables may repeat only once)
+        text = "".join(FORBIDDEN[k][1] for k in combo)
+        p = write(tmp_path, text, f"{'-'.join(combo)}.toml")
+        with pytest.raises(ConfigError) as ei:
+            load_config(p)
+        keys = [pr.key for pr in ei.value.problems]
+        assert sorted(keys) == sorted(FORBIDDEN[k][0] for k in combo), combo
+        for pr in ei.value.problems:
+            assert "Fix:" in pr.message and "external endpoint" in pr.message
+
+
+@pytest.mark.parametrize("loss", ["forward_kl", "grpo", "dpo", "something_new"])
+def test_any_non_sft_loss_is_rejected(loss):
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["--trainer.loss.type", loss])
+    assert [p.key for p in ei.value.problems] == ["trainer.loss.type"]
+    assert loss in str(ei.value)
+
+
+def test_mode_check_also_guards_python_construction():
+    # Constructing the config in code cannot bypass the check either.
+    with pytest.raises(Exception, match="trainer.loss.type"):
+        RunConfig(trainer={"loss": {"type": "grpo"}})
+
+
+def test_cross_field_checks(tmp_path):
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["--orchestrator.reconstruction.max_seq_len", "4096", "--trainer.seq_len", "1024",
+                           "--orchestrator.source.type", "replay",
+                           "--orchestrator.local_teacher.enabled", "true",
+                           "--orchestrator.local_teacher.port", "9000",
+                           "--orchestrator.budget.max_cost", "5"])
+    keys = sorted(p.key for p in ei.value.problems)
+    assert keys == sorted(["orchestrator.reconstruction.max_seq_len", "orchestrator.source.path",
+                           "orchestrator.rollout_model.base_url", "orchestrator.budget.max_cost"])
+
+
+def test_local_teacher_replicas_derive_extra_urls():
+    cfg = load_config(None, ["--orchestrator.local_teacher.enabled", "true",
+                             "--orchestrator.local_teacher.replicas", "3"])
+    assert cfg.orchestrator.rollout_model.extra_base_urls == [
+        "http://127.0.0.1:8766/v1", "http://127.0.0.1:8767/v1"]
+
+
+# --- secrets ---
+
+def test_api_key_is_read_from_the_named_env_var_and_never_dumped(tmp_path, monkeypatch):
+    secret = "sk-test-DO-NOT-LEAK-1234567890"
+    monkeypatch.setenv("MY_TEACHER_KEY", secret)
+    p = write(tmp_path, """
+[orchestrator.rollout_model]
+base_url = "https://example.invalid/v1"
+api_key_var = "MY_TEACHER_KEY"
+headers = {Authorization = "Bearer sk-header-secret", X-Team = "ml"}
+""")
+    cfg = load_config(p)
+    assert api_key(cfg) == secret
+    dumped = to_toml(redacted_dict(cfg))
+    assert secret not in dumped and "sk-header-secret" not in dumped
+    assert "MY_TEACHER_KEY" in dumped and '"X-Team" = "ml"' in dumped
+    monkeypatch.delenv("MY_TEACHER_KEY")
+    with pytest.raises(ConfigError, match="MY_TEACHER_KEY"):
+        api_key(cfg)
+
+
+def test_cli_dry_run_prints_resolved_config_redacted(tmp_path):
+    p = write(tmp_path, """
+[orchestrator.rollout_model]
+base_url = "https://example.invalid/v1"
+api_key_var = "K"
+headers = {api-key = "sk-in-a-header"}
+""")
+    env = dict(os.environ, K="sk-env-secret")
+    out = subprocess.run([sys.executable, "-m", "distill", "run", str(p), "--dry-run", "--trainer.optim.lr", "1e-5"],
+                         capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "lr = 1e-05" in out.stdout
+    assert "max_seq_len = 1024" in out.stdout  # resolved, not just echoed
+    assert "sk-in-a-header" not in out.stdout and "sk-env-secret" not in out.stdout
+    assert read_toml(write(tmp_path, out.stdout, "dumped.toml"))["orchestrator"]["rollout_model"]["headers"] == {
+        "api-key": "<redacted>"}
+
+
+def test_cli_reports_config_errors_with_exit_code_2(tmp_path):
+    p = write(tmp_path, "[trainer.loss]\ntype = \"grpo\"\n[weight_broadcast]\ntype = \"nccl\"\n")
+    out = subprocess.run([sys.executable, "-m", "distill", "run", str(p)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2
+    assert "trainer.loss.type" in out.stderr and "weight_broadcast.type" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_config_module_imports_no_torch():
+    code = "import sys, distill.config, orchestrator.contract; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "False False", out.stderr
