@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 if sys.version_info >= (3, 11):
@@ -102,7 +102,8 @@ class Source(Strict):
     # jsonl/replay: input file(s).
     path: str | None = None
     # replay: input format ("auto" detects per line).
-    format: Literal["auto", "recording", "chat", "sharegpt", "openai_batch"] = "auto"
+    # ("dataset" reads Parquet/JSONL through the `datasets` library; auto picks it for .parquet.)
+    format: Literal["auto", "recording", "chat", "sharegpt", "openai_batch", "dataset"] = "auto"
     # Optional system prompt put before each prompt.
     system_prompt: str | None = None
 
@@ -132,6 +133,53 @@ class Reconstruction(Strict):
     chat_template_kwargs: dict[str, Any] = {}
 
 
+class Replay(Strict):
+    """Offline replay (`distill replay`, or source type "replay"): filters and input handling.
+
+    Filters run before reconstruction; each one's drop count is in the run summary.
+    """
+
+    # Drop conversations whose last teacher turn hit the token limit (finish_reason "length").
+    # With false they reach reconstruction, whose `truncated` policy then applies.
+    drop_truncated: bool = True
+    # Drop conversations whose recorded reward is below this (None = no reward filter).
+    min_reward: float | None = None
+    # With min_reward set, what to do with records that carry no reward.
+    missing_reward: Literal["keep", "drop"] = "keep"
+    # Drop conversations with more assistant turns than this (None = no limit).
+    max_turns: int | None = Field(None, ge=1)
+    # Drop conversations containing a message whose role is not listed (None = any role),
+    # e.g. ["system", "user", "assistant"] drops tool-using conversations.
+    allowed_roles: list[str] | None = None
+    # Python regexes searched in the assistant text (all assistant contents, joined by
+    # newlines): drop when drop_pattern matches; drop when require_pattern does not.
+    drop_pattern: str | None = None
+    require_pattern: str | None = None
+    # A malformed record: "fail" stops with file, line and field; "skip" lists it in
+    # replay_rejects.jsonl and goes on. A half-written last line is always skipped.
+    on_error: Literal["skip", "fail"] = "fail"
+    # OpenAI Batch API: the batch INPUT file (custom_id + body.messages). Batch output
+    # files hold only the answers, so replaying one needs its input file here.
+    batch_input: str | None = None
+    # Rename input fields before parsing: {our_name = "their column"}, our names being
+    # messages, conversations, tools, id, finish_reason, reward, system.
+    columns: dict[str, str] = {}
+    # Stop after this many input records (None = all).
+    limit: int | None = Field(None, ge=1)
+
+    @field_validator("drop_pattern", "require_pattern")
+    @classmethod
+    def _check_pattern(cls, pat: str | None) -> str | None:
+        import re
+
+        if pat is not None:
+            try:
+                re.compile(pat)
+            except re.error as e:
+                raise ValueError(f"{pat!r} is not a valid Python regular expression ({e})") from None
+        return pat
+
+
 class Budget(Strict):
     """Spend limits; the run stops cleanly at the first one reached."""
 
@@ -154,6 +202,7 @@ class Orchestrator(Strict):
     local_teacher: LocalTeacher = LocalTeacher()
     sampling: Sampling = Sampling()
     source: Source = Source()
+    replay: Replay = Replay()
     reconstruction: Reconstruction = Reconstruction()
     budget: Budget = Budget()
     retry: Retry = Retry()
