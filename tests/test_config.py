@@ -225,3 +225,13 @@ def test_config_module_imports_no_torch():
     code = "import sys, distill.config, orchestrator.contract; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "False False", out.stderr
+
+
+def test_configuration_reference_is_generated_from_the_code():
+    """docs/configuration.md is regenerated from config.py; every key has a meaning."""
+    out = subprocess.run([sys.executable, "scripts/gen_config_doc.py", "--check"], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    undocumented = [line for line in (ROOT / "docs" / "configuration.md").read_text().splitlines()
+                    if line.startswith("| `") and line.rstrip().endswith("|  |")]
+    assert not undocumented, undocumented

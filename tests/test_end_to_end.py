@@ -1,0 +1,157 @@
+"""End to end against the real llama.cpp server on loopback.
+
+`distill run` starts llama-cpp-python's server with the SmolLM2 GGUF, samples
+reasoning-gym prompts, rebuilds tokens with the real SmolLM2 tokenizer, trains a
+tiny random-weight student (same tokenizer) on a fixed batch, and writes a
+checkpoint that transformers loads.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by scripts/setup.sh")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_config(tmp_path: Path, student_dir: Path, port: int, steps: int = 6) -> Path:
+    cfg = tmp_path / "e2e.toml"
+    cfg.write_text(f"""
+output_dir = "{tmp_path / 'run'}"
+
+[student]
+path = "{student_dir}"
+
+[orchestrator]
+concurrency = 2
+samples_per_shard = 4
+
+[orchestrator.rollout_model]
+base_url = "http://127.0.0.1:{port}/v1"
+model = "smollm2-teacher"
+timeout = 120
+
+[orchestrator.local_teacher]
+enabled = true
+port = {port}
+n_ctx = 1024
+startup_timeout = 180
+
+[orchestrator.sampling]
+n = 2
+temperature = 0.8
+max_tokens = 40
+seed = 1
+
+[orchestrator.source]
+type = "reasoning_gym"
+dataset = "gsm_symbolic"
+size = 3
+seed = 0
+
+[orchestrator.reconstruction]
+truncated = "keep"
+
+[trainer]
+max_steps = {steps}
+samples_per_step = 6
+seq_len = 512
+
+[trainer.optim]
+lr = 3e-3
+schedule = "constant"
+""")
+    return cfg
+
+
+@pytest.mark.slow
+def test_distill_run_against_real_llama_cpp_server(tmp_path, tiny_student_dir, smol_tokenizer):
+    port = free_port()
+    cfg = run_config(tmp_path, tiny_student_dir, port)
+    proc = subprocess.run([sys.executable, "-m", "distill", "run", str(cfg)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "run"
+
+    # every (prompt, sample) was answered once and recorded
+    rec = read_jsonl(run / "recording.jsonl")
+    assert sorted((r["prompt_id"], r["sample_index"]) for r in rec) == sorted(
+        {(r["prompt_id"], i) for r in rec for i in range(2)})
+    assert len(rec) == 6
+    assert all(r["endpoint"].startswith(f"http://127.0.0.1:{port}") for r in rec)
+
+    # samples: the trained tokens decode to exactly what the teacher said (+ <|im_end|> unless truncated)
+    from orchestrator.contract import iter_samples
+
+    samples = list(iter_samples(run / "samples"))
+    assert len(samples) == 6
+    by_id = {f"{r['prompt_id']}/{r['sample_index']}": r for r in rec}
+    for s in samples:
+        r = by_id[s.sample_id]
+        trained = [t for t, m in zip(s.completion_ids, s.completion_mask) if m]
+        expect = r["response"]["content"] + ("" if r["finish_reason"] == "length" else "<|im_end|>")
+        assert smol_tokenizer.decode(trained) == expect
+        # the prompt is the student's own rendering of the prompt messages, tokenised alone
+        prompt_text = smol_tokenizer.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True)
+        assert smol_tokenizer.decode(s.prompt_ids) == prompt_text
+
+    # training: every step logged, and the loss falls on the fixed batch (6 samples = 1 step, repeated)
+    metrics = [m for m in read_jsonl(run / "metrics.jsonl") if "loss" in m]
+    assert [m["step"] for m in metrics] == list(range(1, 7))
+    losses = [m["loss"] for m in metrics]
+    assert losses[-1] < losses[0] * 0.9, losses
+    assert all(m["trained_tokens"] == sum(s.num_trained for s in samples) for m in metrics)
+
+    # the checkpoint is an HF folder that transformers loads, with tokenizer and resolved config
+    ckpts = sorted((run / "checkpoints").glob("step-*"))
+    assert ckpts, list(run.iterdir())
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch
+
+    model = AutoModelForCausalLM.from_pretrained(ckpts[-1])
+    tok = AutoTokenizer.from_pretrained(ckpts[-1])
+    assert tok.chat_template == smol_tokenizer.chat_template
+    ids = torch.tensor([samples[0].prompt_ids + samples[0].completion_ids])
+    with torch.no_grad():
+        out = model(ids)
+    assert out.logits.shape == (1, ids.shape[1], len(smol_tokenizer))
+    assert (ckpts[-1] / "distill_config.toml").is_file()
+    assert "checkpoint" in proc.stdout and str(ckpts[-1]) in proc.stdout
+
+    # the server was stopped with the run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+@pytest.mark.slow
+def test_local_teacher_refuses_a_busy_port(tmp_path):
+    from distill.config import load_config
+    from orchestrator.local_teacher import LocalTeacherError, local_teacher
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = load_config(None, ["--orchestrator.local_teacher.enabled", "true",
+                                 "--orchestrator.local_teacher.port", str(port),
+                                 "--orchestrator.rollout_model.base_url", f"http://127.0.0.1:{port}/v1"])
+        with pytest.raises(LocalTeacherError, match=f"port {port}"):
+            with local_teacher(cfg, tmp_path):
+                pass
