@@ -1,0 +1,499 @@
+"""Teacher messages -> student tokens and loss mask, built turn by turn and verified.
+
+How a conversation becomes samples (docs/reconstruction.md has the long version):
+
+1. The messages are checked and normalised (roles, text-only content, tool-call
+   arguments parsed from JSON strings to dicts, reasoning placed per policy).
+2. For every trained turn k (an assistant message, by default) the student's chat
+   template renders two strings: P_k, the history before the turn with the
+   generation prompt (what the student sees at inference), and F_k, the history
+   through the turn. The turn's text is F_k[len(P_k):]; the template's own constant
+   end-of-conversation text (worked out once from a probe render, e.g. "\\n" after
+   `<|im_end|>`) is cut off its end and what remains must end with the end-of-turn
+   token and contain the teacher's content verbatim where the template puts it.
+3. Turns are chained into one sample while the rendered text through turn k is a
+   string prefix of the text before turn k+1 (the template does not rewrite
+   history). Where it is not, the conversation is split into per-turn samples (each
+   with its own full prompt) or rejected, per `on_history_rewrite`.
+4. Each sample's text is cut into segments - the prompt, then alternately a
+   trained turn and the untrained context between turns - and every segment is
+   tokenised on its own, in one batch call to the fast tokenizer.
+5. Self-check: decode(prompt + completion) must equal the rendered text and the
+   decoded trained tokens must equal the trained text; else the sample is rejected.
+
+Rendering is per turn boundary (two renders per turn, a third only when the
+content is not at the start of the turn's text); tokenising is linear in the
+conversation's length (every character is tokenised once per sample).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.contract import Rejection, Sample, atomic_write_text
+
+if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
+    from distill.config import Reconstruction
+
+#: Every reason a conversation (or one of its split samples) can be rejected for.
+REJECTION_REASONS: dict[str, str] = {
+    "invalid_message": "a message is not an object, has no role, or its content is not text/None/list",
+    "unknown_role": "a role other than system, user, assistant, tool",
+    "non_text_content": "a content part other than {'type': 'text'} (images, audio, ...)",
+    "empty_assistant_turn": "an assistant message with no content and no tool calls",
+    "invalid_tool_call": "a tool call that is not {'function': {'name': str, 'arguments': ...}}",
+    "invalid_tool_arguments": "tool-call arguments that are not a JSON object (or a JSON string of one)",
+    "no_trained_turn": "no message has a role in train_roles",
+    "special_token_in_content": "special-token text (e.g. '<|im_end|>') inside content, with special_tokens_in_content=reject",
+    "truncated": "the last assistant turn hit the length limit (finish_reason=length), with truncated=drop",
+    "template_error": "the student's chat template raised an error on this conversation",
+    "template_mismatch": "the template's generation prompt is not a prefix of its rendering of the turn",
+    "template_alters_content": "the template does not render the teacher's content verbatim (e.g. it trims it)",
+    "reasoning_not_rendered": "reasoning=template, but the template did not render the turn's reasoning",
+    "missing_end_token": "the rendered turn does not end with the template's end-of-turn token",
+    "history_rewrite": "the template rewrites earlier turns, with on_history_rewrite=reject",
+    "overlong": "longer than max_seq_len with overlong=drop, or nothing trainable left after truncation",
+    "no_trained_tokens": "the sample would train on zero tokens",
+    "roundtrip_mismatch": "decoding the tokens does not give back the rendered text (self-check failed)",
+    "invalid_json": "(tokenize_file) the input line is not valid JSON",
+    "invalid_line": "(tokenize_file) the input line is not an object with a 'messages' list",
+}
+
+KNOWN_ROLES = ("system", "user", "assistant", "tool")
+_KEPT_KEYS = ("name", "tool_call_id")
+_SENTINEL = "\u2063Zq7xSENTINELx7qZ\u2063"
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str):
+        assert reason in REJECTION_REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# ---------------------------------------------------------------------------
+# Message checks and normalisation
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Msg:
+    """A normalised message: what the template sees, plus what verification needs."""
+
+    data: dict[str, Any]  # passed to the template
+    role: str
+    content: str  # the teacher's content, verbatim ("" when absent)
+    placed_prefix: str  # text put before the content by the reasoning policy (think_tags)
+    reasoning: str  # the teacher's reasoning ("" when absent)
+
+
+def _text_content(content: Any, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type", "text") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise _Reject("non_text_content", f"{where}: content part {j} is {kind!r}; only text parts are supported")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise _Reject("invalid_message", f"{where}: content is a {type(content).__name__}, expected a string, null or a list of text parts")
+
+
+def _tool_calls(raw: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        raise _Reject("invalid_tool_call", f"{where}: tool_calls is a {type(raw).__name__}, expected a list")
+    out = []
+    for j, tc in enumerate(raw):
+        fn = tc.get("function") if isinstance(tc, dict) else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if not isinstance(name, str) or not name:
+            raise _Reject("invalid_tool_call", f"{where}: tool_calls[{j}] has no function.name")
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError as e:
+                raise _Reject("invalid_tool_arguments",
+                              f"{where}: tool_calls[{j}] ({name}) arguments are not valid JSON ({e.msg} at char {e.pos})") from None
+        if not isinstance(args, dict):
+            raise _Reject("invalid_tool_arguments",
+                          f"{where}: tool_calls[{j}] ({name}) arguments are a JSON {type(args).__name__}, expected an object")
+        call: dict[str, Any] = {"type": "function", "function": {"name": name, "arguments": args}}
+        if tc.get("id") is not None:
+            call["id"] = tc["id"]
+        out.append(call)
+    return out
+
+
+def normalize_messages(messages: Any, reasoning_policy: str) -> list[_Msg]:
+    """Check `messages` and convert them to what the template sees. Raises _Reject."""
+    if not isinstance(messages, list) or not messages:
+        raise _Reject("invalid_message", "messages must be a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise _Reject("invalid_message", f"{where} is not an object with a string 'role'")
+        role = m["role"]
+        if role not in KNOWN_ROLES:
+            raise _Reject("unknown_role", f"{where} has role {role!r}; known roles are {', '.join(KNOWN_ROLES)}")
+        content = _text_content(m.get("content"), where)
+        data: dict[str, Any] = {"role": role, "content": content}
+        data.update({k: m[k] for k in _KEPT_KEYS if m.get(k) is not None})
+        prefix = reasoning = ""
+        if role == "assistant":
+            calls = _tool_calls(m["tool_calls"], where) if m.get("tool_calls") else []
+            if calls:
+                data["tool_calls"] = calls
+            if not content and not calls:
+                raise _Reject("empty_assistant_turn", f"{where} is an assistant turn with no content and no tool calls")
+            r = m.get("reasoning_content") or m.get("reasoning") or ""
+            if not isinstance(r, str):
+                raise _Reject("invalid_message", f"{where}: reasoning is a {type(r).__name__}, expected a string")
+            if r and reasoning_policy == "template":
+                data["reasoning_content"] = reasoning = r
+            elif r and reasoning_policy == "think_tags":
+                reasoning = r
+                prefix = f"<think>\n{r}\n</think>\n\n"
+                data["content"] = prefix + content
+        out.append(_Msg(data, role, content, prefix, reasoning))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The reconstructor
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Turn:
+    """One trained turn, located in F (the render of the history through the turn)."""
+
+    full: str  # F_k
+    start: int  # first trained character in F_k (everything before is context)
+    eot_start: int  # where the end-of-turn token starts in F_k
+    end: int  # just after the end-of-turn token in F_k
+    has_tool_calls: bool
+
+
+class Reconstructor:
+    """Builds verified `Sample`s from teacher conversations with the student's template."""
+
+    def __init__(self, tokenizer, cfg: "Reconstruction", max_seq_len: int | None = None):
+        template = getattr(tokenizer, "chat_template", None)
+        if not isinstance(template, str) or not template:
+            raise ValueError("the student tokenizer has no chat template; reconstruction needs one. "
+                             "Fix: add chat_template.jinja to the tokenizer folder")
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.max_seq_len = max_seq_len if max_seq_len is not None else cfg.max_seq_len
+        self.template = template
+        self.backend = tokenizer.backend_tokenizer
+        self.train_roles = tuple(cfg.train_roles)
+        self._template_kwargs = {**tokenizer.special_tokens_map, **cfg.chat_template_kwargs}
+        added = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.content.strip()},
+                       key=len, reverse=True)
+        self._added_tokens = added
+        self._special_re = re.compile("|".join(map(re.escape, added))) if added else None
+        self.eot, self.final_tail = self._probe_end_of_turn()
+        self.stats: collections.Counter = collections.Counter()
+
+    # -- template ----------------------------------------------------------
+
+    def render(self, msgs: list[dict], tools: list[dict] | None, add_generation_prompt: bool) -> str:
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        rendered, _ = render_jinja_template(
+            conversations=[msgs], tools=tools, chat_template=self.template,
+            add_generation_prompt=add_generation_prompt, **self._template_kwargs,
+        )
+        return rendered[0]
+
+    def _probe_end_of_turn(self) -> tuple[str, str]:
+        """The end-of-turn token and the constant text the template puts after it at the end.
+
+        Renders a probe conversation whose assistant content is a sentinel and reads
+        what follows the sentinel: an added (special) token, or else the eos token.
+        """
+        probes = ([{"role": "user", "content": "Hi"}],
+                  [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}])
+        errors = []
+        for head in probes:
+            try:
+                text = self.render(head + [{"role": "assistant", "content": _SENTINEL}], None, False)
+            except Exception as e:  # noqa: BLE001 - any template error: try the next probe
+                errors.append(f"{type(e).__name__}: {e}")
+                continue
+            if _SENTINEL not in text:
+                errors.append("the template does not render assistant content")
+                continue
+            after = text[text.rindex(_SENTINEL) + len(_SENTINEL):]
+            for tok in self._added_tokens + [self.tokenizer.eos_token or ""]:
+                if tok and after.startswith(tok):
+                    return tok, after[len(tok):]
+            errors.append(f"after the assistant content the template renders {after!r}, "
+                          "which does not start with a special token")
+        raise ValueError("cannot work out the end-of-turn token from the student's chat template: "
+                         + "; ".join(errors))
+
+    # -- per turn ------------------------------------------------------------
+
+    def _locate_turn(self, msgs: list[_Msg], a: int, tools) -> _Turn:
+        data = [m.data for m in msgs]
+        m = msgs[a]
+        try:
+            full = self.render(data[: a + 1], tools, False)
+            if m.role == "assistant":
+                base = self.render(data[:a], tools, True)
+            else:
+                base = self.render(data[:a], tools, False) if a else ""
+        except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
+            raise _Reject("template_error", f"rendering up to messages[{a}]: {type(e).__name__}: {e}") from None
+        if not full.startswith(base):
+            what = "generation prompt" if m.role == "assistant" else "render of the history before it"
+            raise _Reject("template_mismatch", f"messages[{a}]: the template's {what} is not a prefix of its "
+                                               f"rendering of the turn (ends {base[-40:]!r})")
+        tail = self.final_tail
+        if not full.endswith(self.eot + tail) or len(full) - len(tail) - len(self.eot) < len(base):
+            raise _Reject("missing_end_token", f"messages[{a}]: the rendered turn does not end with "
+                                               f"{(self.eot + tail)!r} (ends {full[-40:]!r})")
+        end = len(full) - len(tail)
+        eot_start = end - len(self.eot)
+        seg = full[len(base):eot_start]
+        placed = m.placed_prefix + m.content
+        start = len(base)
+        if m.role != "assistant" or not seg.startswith(placed):
+            # Where does the template put the content? Render the turn with a sentinel
+            # in its place and compare: no searching in the real text.
+            lead = self._lead(data, a, tools, base, seg, m)
+            if m.role != "assistant":
+                start += len(lead)  # the header before a non-assistant turn is context
+        if m.reasoning and self.cfg.reasoning == "template" and m.reasoning.strip() not in seg:
+            raise _Reject("reasoning_not_rendered",
+                          f"messages[{a}]: the template did not render reasoning_content. "
+                          "Fix: set reasoning = \"think_tags\" or \"drop\"")
+        return _Turn(full, start, eot_start, end, bool(m.data.get("tool_calls")))
+
+    def _lead(self, data: list[dict], a: int, tools, base: str, seg: str, m: _Msg) -> str:
+        probe = dict(data[a], content=m.placed_prefix + _SENTINEL)
+        try:
+            full_s = self.render(data[:a] + [probe], tools, False)
+        except Exception as e:  # noqa: BLE001
+            raise _Reject("template_error", f"rendering messages[{a}]: {type(e).__name__}: {e}") from None
+        end_s = len(full_s) - len(self.eot + self.final_tail)
+        ok = full_s.startswith(base) and full_s.endswith(self.eot + self.final_tail) and end_s >= len(base)
+        seg_s = full_s[len(base):end_s] if ok else ""
+        i = seg_s.find(_SENTINEL)
+        if i < 0 or seg_s[:i] + m.content + seg_s[i + len(_SENTINEL):] != seg:
+            raise _Reject("template_alters_content",
+                          f"messages[{a}] ({m.role}): the template does not render the content verbatim "
+                          f"(content starts {m.content[:30]!r})")
+        return seg_s[:i]
+
+    # -- public --------------------------------------------------------------
+
+    def build(self, messages: list[dict], tools: list[dict] | None = None, *, sample_id: str,
+              prompt_id: str = "", sample_index: int = 0, finish_reason: str | None = None,
+              reward: float | None = None, teacher_model: str | None = None,
+              meta: dict | None = None) -> tuple[list[Sample], list[Rejection]]:
+        """Samples for one conversation (several when split), and rejections."""
+        self.stats["conversations"] += 1
+        common = dict(prompt_id=prompt_id, sample_index=sample_index, reward=reward, teacher_model=teacher_model)
+        try:
+            groups, msgs, turns = self._plan(messages, tools, sample_id, finish_reason)
+        except _Reject as r:
+            return [], [self._reject(sample_id, r)]
+        samples: list[Sample] = []
+        rejections: list[Rejection] = []
+        split = len(groups) > 1
+        last_turn = len(turns) - 1
+        for group in groups:
+            sid = f"{sample_id}/turn{group[0] + 1}" if split else sample_id
+            is_last = group[-1] == last_turn
+            fr = finish_reason if is_last else ("tool_calls" if turns[group[-1]].has_tool_calls else "stop")
+            keep_open = is_last and finish_reason == "length"
+            extra = {"turns": len(group)}
+            if split:
+                extra.update(split_from=sample_id, first_turn=group[0] + 1)
+            try:
+                s = self._sample(sid, [turns[k] for k in group], keep_open, fr, common, {**(meta or {}), **extra})
+            except _Reject as r:
+                rejections.append(self._reject(sid, r))
+                continue
+            samples.append(s)
+        if split:
+            self.stats["split"] += 1
+            self.stats["split_samples"] += len(samples)
+        self.stats["samples"] += len(samples)
+        return samples, rejections
+
+    def _reject(self, item_id: str, r: _Reject) -> Rejection:
+        self.stats[f"rejected:{r.reason}"] += 1
+        return Rejection(item_id, r.reason, r.detail)
+
+    def _plan(self, messages, tools, sample_id, finish_reason):
+        msgs = normalize_messages(messages, self.cfg.reasoning)
+        if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+            raise _Reject("invalid_message", "tools must be a list of objects (JSON schemas)")
+        if self._special_re is not None and self.cfg.special_tokens_in_content == "reject":
+            self._check_special(msgs, tools)
+        trained = [i for i, m in enumerate(msgs) if m.role in self.train_roles]
+        if not trained:
+            raise _Reject("no_trained_turn", f"no message has a role in train_roles {list(self.train_roles)}")
+        msgs = msgs[: trained[-1] + 1]  # context after the last trained turn trains nothing
+        if finish_reason == "length" and self.cfg.truncated == "drop":
+            raise _Reject("truncated", "the last assistant turn stopped at the length limit (finish_reason=length)")
+        turns = [self._locate_turn(msgs, a, tools) for a in trained]
+        groups = [[0]]
+        for k in range(1, len(turns)):
+            prev, cur = turns[k - 1], turns[k]
+            if prev.end <= cur.start and cur.full.startswith(prev.full[: prev.end]):
+                groups[-1].append(k)
+            else:
+                groups.append([k])
+        if len(groups) > 1 and self.cfg.on_history_rewrite == "reject":
+            k = groups[1][0]
+            raise _Reject("history_rewrite", f"the template renders the history before trained turn {k + 1} "
+                                             f"(messages[{trained[k]}]) differently from how it rendered turn {k}")
+        return groups, msgs, turns
+
+    def _check_special(self, msgs: list[_Msg], tools) -> None:
+        for i, m in enumerate(msgs):
+            texts = [m.content, m.reasoning]
+            texts += [json.dumps(tc["function"], ensure_ascii=False) for tc in m.data.get("tool_calls", [])]
+            for t in texts:
+                hit = t and self._special_re.search(t)
+                if hit:
+                    raise _Reject("special_token_in_content",
+                                  f"messages[{i}] ({m.role}) contains the special token text {hit.group()!r}. "
+                                  "Fix: clean the data, or set special_tokens_in_content = \"allow\"")
+        if tools:
+            hit = self._special_re.search(json.dumps(tools, ensure_ascii=False))
+            if hit:
+                raise _Reject("special_token_in_content", f"tools contain the special token text {hit.group()!r}")
+
+    def _sample(self, sid: str, turns: list[_Turn], keep_open: bool, finish_reason, common, meta) -> Sample:
+        # Segment texts: prompt, then (trained, context) alternately, ending with trained.
+        texts = [turns[0].full[: turns[0].start]]
+        trained_flags = [False]
+        for j, t in enumerate(turns):
+            if j:
+                texts.append(t.full[turns[j - 1].end: t.start])
+                trained_flags.append(False)
+            end = t.eot_start if (keep_open and j == len(turns) - 1) else t.end
+            texts.append(t.full[t.start: end])
+            trained_flags.append(True)
+        full_text = "".join(texts)
+        encs = self.backend.encode_batch_fast(texts, add_special_tokens=False)
+        prompt_ids = encs[0].ids
+        completion_ids: list[int] = []
+        mask: list[int] = []
+        for enc, flag in zip(encs[1:], trained_flags[1:]):
+            completion_ids.extend(enc.ids)
+            mask.extend([int(flag)] * len(enc.ids))
+        # Self-check: the tokens say exactly what the template rendered.
+        masked_ids = [i for i, f in zip(completion_ids, mask) if f]
+        want_masked = "".join(x for x, f in zip(texts, trained_flags) if f)
+        got_all, got_masked = self.backend.decode_batch([prompt_ids + completion_ids, masked_ids],
+                                                        skip_special_tokens=False)
+        if got_all != full_text or got_masked != want_masked:
+            bad = got_all if got_all != full_text else got_masked
+            ref = full_text if got_all != full_text else want_masked
+            pos = next((i for i, (x, y) in enumerate(zip(bad, ref)) if x != y), min(len(bad), len(ref)))
+            raise _Reject("roundtrip_mismatch",
+                          f"decoding the tokens differs from the rendered text at char {pos}: "
+                          f"{bad[pos:pos + 20]!r} vs {ref[pos:pos + 20]!r} (a tokenizer normaliser or "
+                          "prefix space changes text)")
+        if keep_open:
+            meta["truncated_turn"] = True
+            self.stats["truncated_kept"] += 1
+        n = len(prompt_ids) + len(completion_ids)
+        if self.max_seq_len is not None and n > self.max_seq_len:
+            if self.cfg.overlong == "drop":
+                raise _Reject("overlong", f"{n} tokens > max_seq_len {self.max_seq_len}")
+            keep = self.max_seq_len - len(prompt_ids)
+            if keep <= 0 or not any(mask[:keep]):
+                raise _Reject("overlong", f"{n} tokens > max_seq_len {self.max_seq_len}, and the prompt "
+                                          f"({len(prompt_ids)} tokens) leaves nothing trainable")
+            completion_ids, mask = completion_ids[:keep], mask[:keep]
+            meta["truncated_from"] = n
+            self.stats["overlong_truncated"] += 1
+        if not any(mask):
+            raise _Reject("no_trained_tokens", "no trained token in this sample")
+        return Sample(sample_id=sid, prompt_ids=list(prompt_ids), completion_ids=completion_ids,
+                      completion_mask=mask, finish_reason=finish_reason, meta=meta, **common)
+
+
+# ---------------------------------------------------------------------------
+# File front end: `distill tokenize`
+# ---------------------------------------------------------------------------
+
+
+def tokenize_file(tokenizer_dir: str, input_path: str, output_path: str,
+                  cfg: "Reconstruction | None" = None) -> dict:
+    """Reconstruct every conversation of a JSONL file; write samples and rejections as JSONL.
+
+    Input lines: {"messages": [...], "tools": [...]?, "finish_reason": "..."?}.
+    Output lines: {"prompt_ids", "completion_ids", "completion_mask", "line": N} per
+    sample, or {"line": N, "error": "<reason>: <detail>"}. N is the 1-based input line.
+    The output appears atomically (temp file + rename). Returns counts by reason.
+    """
+    from distill.config import Reconstruction
+    from orchestrator.student import load_tokenizer
+
+    cfg = cfg if cfg is not None else Reconstruction()
+    recon = Reconstructor(load_tokenizer(tokenizer_dir), cfg)
+    out_lines: list[str] = []
+    counts: collections.Counter = collections.Counter()
+    with open(input_path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                counts["blank_lines"] += 1
+                continue
+            counts["lines"] += 1
+            rec, err = _parse_line(line, input_path, n)
+            if err is not None:
+                out_lines.append(json.dumps({"line": n, "error": f"{err.reason}: {err.detail}"}, ensure_ascii=False))
+                counts[f"rejected:{err.reason}"] += 1
+                continue
+            samples, rejections = recon.build(
+                rec["messages"], rec.get("tools"), sample_id=f"line{n}", finish_reason=rec.get("finish_reason"))
+            for s in samples:
+                out_lines.append(json.dumps({"prompt_ids": s.prompt_ids, "completion_ids": s.completion_ids,
+                                             "completion_mask": s.completion_mask, "line": n}))
+            for r in rejections:
+                out_lines.append(json.dumps({"line": n, "error": f"{r.reason}: {input_path}:{n}: {r.detail}"},
+                                            ensure_ascii=False))
+    atomic_write_text(output_path, "".join(x + "\n" for x in out_lines))
+    for k, v in recon.stats.items():
+        if k != "conversations":
+            counts[k] += v
+    rejected = sum(v for k, v in counts.items() if k.startswith("rejected:"))
+    return {"input": str(input_path), "output": str(output_path), "lines": counts.pop("lines", 0),
+            "samples": counts.pop("samples", 0), "rejected": rejected,
+            "by_reason": {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("rejected:")},
+            **{k: v for k, v in sorted(counts.items()) if not k.startswith("rejected:")}}
+
+
+def _parse_line(line: str, path: str, n: int) -> tuple[dict | None, _Reject | None]:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        return None, _Reject("invalid_json", f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})")
+    if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list):
+        return None, _Reject("invalid_line", f"{path}:{n}: expected an object with a 'messages' list")
+    if rec.get("finish_reason") is not None and not isinstance(rec["finish_reason"], str):
+        return None, _Reject("invalid_line", f"{path}:{n}: 'finish_reason' must be a string")
+    return rec, None
+
+
+__all__ = ["Reconstructor", "REJECTION_REASONS", "normalize_messages", "tokenize_file"]
