@@ -1,0 +1,132 @@
+"""Prompt sources: reasoning-gym datasets and JSONL files.
+
+Every prompt is a dict:
+    {"prompt_id": str, "messages": [...], "tools": list | None,
+     "answer": str | None, "metadata": {...}}
+`prompt_id` is stable across runs (resume relies on it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class PromptSourceError(ValueError):
+    pass
+
+
+def load_prompts(source_cfg) -> Iterator[dict[str, Any]]:
+    """Prompts from `orchestrator.source` (type "reasoning_gym" or "jsonl")."""
+    if source_cfg.type == "reasoning_gym":
+        return _reasoning_gym(source_cfg)
+    if source_cfg.type == "jsonl":
+        if not source_cfg.path:
+            raise PromptSourceError('orchestrator.source.path: source type "jsonl" reads a file. '
+                                    'Fix: set orchestrator.source.path = "FILE.jsonl"')
+        return _jsonl(Path(source_cfg.path), source_cfg.system_prompt)
+    raise PromptSourceError(
+        f"orchestrator.source.type: {source_cfg.type!r} is not a prompt source for teacher requests "
+        "(a replay source is read by `distill replay`, not sent to the teacher). "
+        'Fix: use type = "reasoning_gym" or "jsonl"')
+
+
+def count_prompts(source_cfg) -> int | None:
+    """How many prompts the source holds, when cheap to know."""
+    if source_cfg.type == "reasoning_gym":
+        return source_cfg.size
+    if source_cfg.type == "jsonl" and source_cfg.path and Path(source_cfg.path).is_file():
+        with open(source_cfg.path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    return None
+
+
+def _with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    if system_prompt and not (messages and messages[0].get("role") == "system"):
+        return [{"role": "system", "content": system_prompt}] + messages
+    return messages
+
+
+def _json_safe(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str))
+
+
+def _reasoning_gym(cfg) -> Iterator[dict[str, Any]]:
+    try:
+        import reasoning_gym
+    except ImportError:  # pragma: no cover - installed with distill
+        raise PromptSourceError("orchestrator.source: the reasoning_gym source needs the reasoning-gym "
+                                "package. Fix: pip install reasoning-gym") from None
+    try:
+        ds = reasoning_gym.create_dataset(cfg.dataset, size=cfg.size, seed=cfg.seed)
+    except Exception as e:  # noqa: BLE001 - unknown names raise various errors
+        raise PromptSourceError(f"orchestrator.source.dataset: reasoning-gym could not create {cfg.dataset!r} "
+                                f"({e}). Fix: use a registered dataset name such as 'gsm_symbolic'") from None
+    for i in range(cfg.size):
+        entry = ds[i]
+        yield {
+            "prompt_id": f"{cfg.dataset}-{cfg.seed}-{i}",
+            "messages": _with_system([{"role": "user", "content": entry["question"]}], cfg.system_prompt),
+            "tools": None,
+            "answer": entry.get("answer"),
+            "metadata": {"source": "reasoning_gym", "dataset": cfg.dataset, "index": i,
+                         "entry": _json_safe(entry)},
+        }
+
+
+def _jsonl(path: Path, system_prompt: str | None) -> Iterator[dict[str, Any]]:
+    if not path.is_file():
+        raise PromptSourceError(f"orchestrator.source.path: {path} does not exist. Fix: point it at a JSONL file "
+                                'with one {"messages": [...]} or {"prompt": "..."} object per line')
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PromptSourceError(f"{where}: not valid JSON ({e.msg} at column {e.colno}). "
+                                        "Fix: one JSON object per line") from None
+            if not isinstance(d, dict):
+                raise PromptSourceError(f"{where}: expected a JSON object, got {type(d).__name__}")
+            if "messages" in d:
+                messages = d["messages"]
+                if not isinstance(messages, list) or not messages:
+                    raise PromptSourceError(f"{where}: field 'messages' must be a non-empty list of "
+                                            "{\"role\", \"content\"} objects")
+                for k, m in enumerate(messages):
+                    if not isinstance(m, dict) or "role" not in m:
+                        raise PromptSourceError(f"{where}: messages[{k}] must be an object with a 'role'")
+                if messages[-1].get("role") == "assistant":
+                    raise PromptSourceError(
+                        f"{where}: the last message is an assistant turn; a prompt must end where the teacher "
+                        "answers. Fix: drop the final assistant message (or use a replay source to train on it)")
+            elif "prompt" in d:
+                if not isinstance(d["prompt"], str) or not d["prompt"]:
+                    raise PromptSourceError(f"{where}: field 'prompt' must be a non-empty string")
+                messages = [{"role": "user", "content": d["prompt"]}]
+            else:
+                raise PromptSourceError(f"{where}: needs a 'messages' list or a 'prompt' string "
+                                        f"(found keys {sorted(d)})")
+            tools = d.get("tools")
+            if tools is not None and not isinstance(tools, list):
+                raise PromptSourceError(f"{where}: field 'tools' must be a list of tool definitions")
+            pid = str(d["id"]) if d.get("id") is not None else f"{path.stem}-{lineno}"
+            if "/" in pid:
+                raise PromptSourceError(f"{where}: id {pid!r} contains '/', which separates sample-id parts. "
+                                        "Fix: use another character")
+            if pid in seen:
+                raise PromptSourceError(f"{where}: id {pid!r} was already used on line {seen[pid]}. "
+                                        "Fix: ids must be unique")
+            seen[pid] = lineno
+            meta = {k: v for k, v in d.items() if k not in ("messages", "prompt", "tools", "id", "answer")}
+            yield {
+                "prompt_id": pid,
+                "messages": _with_system(messages, system_prompt),
+                "tools": tools,
+                "answer": d.get("answer"),
+                "metadata": {"source": "jsonl", "file": str(path), "line": lineno, **meta},
+            }

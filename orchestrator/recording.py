@@ -1,0 +1,199 @@
+"""The teacher recording: one durable JSON line per teacher choice.
+
+    {"v": 1, "prompt_id": ..., "sample_index": ..., "messages": [...], "tools": ...,
+     "response": {"role": "assistant", "content": ..., "reasoning_content": ..., "tool_calls": ...},
+     "finish_reason": ..., "model": ..., "endpoint": ..., "sampling": {...}, "usage": {...},
+     "usage_shared_by": k, "t_start": ..., "t_end": ..., "reward": ..., "request_id": ...}
+
+`usage` is the usage of the whole request that produced the choice; a request
+with n=k choices writes the same usage on each of its k records with
+`usage_shared_by: k` (so summing usage / usage_shared_by over records gives the
+request totals).
+
+Appends are durable before they are acknowledged: `RecordingWriter.append`
+returns only after the lines are written, flushed and fsynced (concurrent
+appends share one fsync). Nothing secret is written: the API key and headers
+never enter a record, and secret-looking `extra_body` keys are redacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RECORDING_VERSION = 1
+
+_SECRET_WORDS = ("authorization", "api-key", "api_key", "apikey", "token", "secret", "cookie", "password")
+
+
+def redact(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if any(w in k.lower() for w in _SECRET_WORDS) and k not in ("max_tokens", "max_completion_tokens",
+                                                                     "return_token_ids"):
+            out[k] = "<redacted>"
+        elif isinstance(v, dict):
+            out[k] = redact(v)
+        else:
+            out[k] = v
+    return out
+
+
+def make_record(*, prompt_id: str, sample_index: int, messages: list[dict], tools: list[dict] | None,
+                response: dict[str, Any], finish_reason: str | None, model: str | None, endpoint: str,
+                sampling: dict[str, Any], usage: dict[str, int], usage_shared_by: int, t_start: float,
+                t_end: float, reward: float | None, request_id: str | None) -> dict[str, Any]:
+    return {
+        "v": RECORDING_VERSION, "prompt_id": prompt_id, "sample_index": sample_index, "messages": messages,
+        "tools": tools, "response": response, "finish_reason": finish_reason, "model": model,
+        "endpoint": endpoint, "sampling": redact(sampling), "usage": usage, "usage_shared_by": usage_shared_by,
+        "t_start": t_start, "t_end": t_end, "reward": reward, "request_id": request_id,
+    }
+
+
+@dataclass
+class LoadedRecording:
+    records: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    duplicates: int = 0
+    torn_tail: bytes = b""  # the half-written last line that was dropped, if any
+    requests: float = 0.0
+    prompt_tokens: float = 0.0
+    completion_tokens: float = 0.0
+
+
+class RecordingError(ValueError):
+    pass
+
+
+def load_recording(path: str | os.PathLike, repair: bool = True) -> LoadedRecording:
+    """Read a recording. A half-written last line (crash mid-write) is reported and ignored;
+    with `repair`, it is saved next to the file (…/recording.jsonl.torn-<offset>) and cut off,
+    so later appends start on a fresh line. A bad line elsewhere is an error naming file:line."""
+    p = Path(path)
+    out = LoadedRecording()
+    if not p.exists():
+        return out
+    data = p.read_bytes()
+    good_end = data.rfind(b"\n") + 1
+    tail = data[good_end:]
+    lines = data[:good_end].split(b"\n")
+    last_lineno = len(lines) - 1
+    for lineno, raw in enumerate(lines[:-1], 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+            key = (str(rec["prompt_id"]), int(rec["sample_index"]))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+            if lineno == last_lineno and not tail:
+                # the last complete-looking line is itself torn (e.g. a newline inside a broken write)
+                tail = raw + b"\n"
+                good_end -= len(tail)
+                break
+            raise RecordingError(
+                f"{p}:{lineno}: not a valid recording line ({e}); only the last line may be half-written. "
+                "Fix: move the damaged line out of the file (or restore the file) and run again") from None
+        if rec.get("v", 1) > RECORDING_VERSION:
+            raise RecordingError(f"{p}:{lineno}: recording version {rec['v']} is newer than this distill "
+                                 f"reads ({RECORDING_VERSION}); upgrade distill")
+        if key in out.records:
+            out.duplicates += 1
+            continue
+        out.records[key] = rec
+        shared = max(1, int(rec.get("usage_shared_by") or 1))
+        usage = rec.get("usage") or {}
+        out.requests += 1 / shared
+        out.prompt_tokens += (usage.get("prompt_tokens") or 0) / shared
+        out.completion_tokens += (usage.get("completion_tokens") or 0) / shared
+    if tail.strip():
+        out.torn_tail = tail
+        print(f"warning: {p}: the last line ({len(tail)} bytes at offset {good_end}) is half-written "
+              "(the previous run stopped mid-write); ignoring it — that response will be requested again",
+              file=sys.stderr)
+        if repair:
+            side = p.with_name(f"{p.name}.torn-{good_end}")
+            side.write_bytes(tail)
+            with open(p, "r+b") as f:
+                f.truncate(good_end)
+                f.flush()
+                os.fsync(f.fileno())
+    return out
+
+
+class RecordingWriter:
+    """Append-only, group-committed writer: `await append(records)` returns once they are fsynced."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "ab")
+        self._pending: list[tuple[bytes, asyncio.Future]] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self.written = 0
+        self.fsyncs = 0
+        self._busy = False
+
+    def _write_sync(self, blob: bytes) -> None:
+        self._f.write(blob)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def append_sync(self, records: list[dict[str, Any]]) -> None:
+        self._write_sync(_encode(records))
+        self.written += len(records)
+        self.fsyncs += 1
+
+    async def append(self, records: list[dict[str, Any]]) -> None:
+        if self._task is None:
+            self._wake = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._committer())
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((_encode(records), fut))
+        self._wake.set()
+        await fut
+        self.written += len(records)
+
+    async def _committer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            self._busy = True
+            try:
+                await asyncio.to_thread(self._write_sync, b"".join(b for b, _ in batch))
+                self.fsyncs += 1
+            except BaseException as e:  # noqa: BLE001 - handed to every waiter
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                continue
+            finally:
+                self._busy = False
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            while self._pending or self._busy:
+                await asyncio.sleep(0.005)
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._f.close()
+
+
+def _encode(records: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records).encode()
