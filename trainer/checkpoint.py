@@ -1,0 +1,125 @@
+"""Checkpoints: one folder per save, an HF model folder plus the trainer's state.
+
+    checkpoints/step-000040/
+      config.json, model.safetensors, generation_config.json   AutoModelForCausalLM.from_pretrained
+      tokenizer.json, tokenizer_config.json, chat_template.jinja, ...
+      distill_config.toml        the run's resolved config, secrets redacted
+      optimizer.pt               full (unsharded) AdamW state, keyed by parameter name
+      scheduler.pt               LR scheduler state
+      rng-rank<R>.pt             python / torch / cuda RNG states of each rank
+      trainer_state.json         {"step", "samples_seen", "world_size", ...}
+
+A checkpoint is written to a hidden temporary folder and renamed into place, so
+`latest()` only ever finds complete ones. Under FSDP the full state dicts are
+gathered (to CPU) on rank 0, which alone writes the model and optimizer files.
+Model and optimizer are keyed by parameter name, so a run can resume with a
+different number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from trainer.dist import DistContext, barrier
+
+STEP_RE = re.compile(r"^step-(\d{6})$")
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    samples_seen: int = 0
+
+
+def _options(model):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    from trainer.model import is_sharded
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=is_sharded(model))
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    if not ckpt_root.is_dir():
+        return []
+    found = [p for p in ckpt_root.iterdir() if STEP_RE.match(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(STEP_RE.match(p.name).group(1)))
+
+
+def latest(ckpt_root: Path) -> Path | None:
+    found = list_checkpoints(ckpt_root)
+    return found[-1] if found else None
+
+
+def _rng_state() -> dict:
+    st = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    random.setstate(st["python"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def save(ckpt_root: Path, model, optimizer, scheduler, state: TrainState, tokenizer, config_toml: str,
+         ctx: DistContext, keep_last: int) -> Path:
+    """Write step-XXXXXX (collective under FSDP: every rank must call it)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    final = ckpt_root / f"step-{state.step:06d}"
+    tmp = ckpt_root / f".step-{state.step:06d}.tmp"
+    opts = _options(model)
+    model_sd = get_model_state_dict(model, options=opts)            # full on rank 0
+    optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)
+    if ctx.is_main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        lm_sd = {k.removeprefix("lm."): v for k, v in model_sd.items()}
+        model.lm.save_pretrained(tmp, state_dict=lm_sd)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "distill_config.toml").write_text(config_toml, encoding="utf-8")
+        torch.save(optim_sd, tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    del model_sd, optim_sd
+    barrier(ctx)
+    torch.save(_rng_state(), tmp / f"rng-rank{ctx.rank}.pt")
+    barrier(ctx)
+    if ctx.is_main:
+        (tmp / STATE_FILE).write_text(json.dumps({**asdict(state), "world_size": ctx.world}) + "\n")
+        if final.exists():  # re-saving a step (e.g. after a resume that trained nothing)
+            shutil.rmtree(final)
+        tmp.replace(final)
+        for old in list_checkpoints(ckpt_root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(ctx)
+    return final
+
+
+def load_state(ckpt: Path, model, optimizer, scheduler, ctx: DistContext) -> TrainState:
+    """Restore optimizer, scheduler and RNG into an already built (and sharded) model.
+
+    The model weights themselves are loaded by building the model from `ckpt`.
+    """
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    optim_sd = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False)
+    set_optimizer_state_dict(model, optimizer, optim_sd, options=_options(model))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+    rng = ckpt / f"rng-rank{ctx.rank}.pt"
+    if rng.is_file():  # absent when resuming with more ranks than were saved
+        _set_rng_state(torch.load(rng, weights_only=False))
+    d = json.loads((ckpt / STATE_FILE).read_text())
+    return TrainState(step=int(d["step"]), samples_seen=int(d["samples_seen"]))

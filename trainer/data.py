@@ -1,0 +1,138 @@
+"""From `Sample`s to model inputs: shifted labels, best-fit-decreasing packing, micro-batches.
+
+A sample's tokens are `prompt_ids + completion_ids`. Position `t` is trained to
+predict token `t+1` when that token is trained (completion_mask == 1), so the
+labels are shifted here, per sample, before packing: a packed row never asks one
+sample to predict the next sample's first token.
+
+Packed rows carry, per sample, position ids restarting at 0 and a segment id.
+`block_causal_mask` turns the segment ids into a 4D boolean mask (causal inside a
+sample, nothing across samples) for the sdpa/eager attention; the flash-attention
+path instead reads the sample boundaries from the restarting position ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from orchestrator.contract import Sample
+from trainer.loss import IGNORE
+
+
+def sample_arrays(sample: Sample, seq_len: int) -> tuple[list[int], list[int]]:
+    """(input ids, shifted labels) of one sample; refuses samples longer than seq_len."""
+    ids = list(sample.prompt_ids) + list(sample.completion_ids)
+    if len(ids) > seq_len:
+        raise ValueError(
+            f"sample {sample.sample_id} has {len(ids)} tokens, more than trainer.seq_len = {seq_len}. "
+            f"Fix: raise trainer.seq_len, or set orchestrator.reconstruction.max_seq_len <= {seq_len} "
+            "so the orchestrator drops such samples"
+        )
+    trained = [0] * len(sample.prompt_ids) + list(sample.completion_mask)
+    labels = [ids[t + 1] if trained[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
+    return ids, labels
+
+
+def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Bins of item indices: longest first, each into the fullest bin it still fits in."""
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        n = lengths[i]
+        if n > capacity:
+            raise ValueError(f"item {i} of length {n} does not fit in a row of {capacity}")
+        best = -1
+        for b, f in enumerate(free):
+            if n <= f and (best < 0 or f < free[best]):
+                best = b
+        if best < 0:
+            bins.append([i])
+            free.append(capacity - n)
+        else:
+            bins[best].append(i)
+            free[best] -= n
+    return bins
+
+
+@dataclass
+class MicroBatch:
+    input_ids: torch.Tensor      # [B, T]
+    labels: torch.Tensor         # [B, T] shifted, IGNORE where not trained
+    position_ids: torch.Tensor   # [B, T] restart at 0 for every sample
+    segment_ids: torch.Tensor    # [B, T] 1.. per sample in the row, 0 = padding
+    num_tokens: int              # real (non-padding) tokens
+    num_trained: int             # positions with a label
+    num_samples: int
+
+    @property
+    def slots(self) -> int:
+        return self.input_ids.numel()
+
+    def to(self, device) -> "MicroBatch":
+        return MicroBatch(self.input_ids.to(device), self.labels.to(device), self.position_ids.to(device),
+                          self.segment_ids.to(device), self.num_tokens, self.num_trained, self.num_samples)
+
+
+def block_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """[B, 1, T, T] bool, True = may attend: same sample and not in the future.
+
+    Padding positions (segment 0) attend only to themselves, so no softmax row is empty.
+    """
+    t = segment_ids.shape[-1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=segment_ids.device).tril()
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    pad_self = (segment_ids == 0)[:, :, None] & torch.eye(t, dtype=torch.bool, device=segment_ids.device)
+    return ((same & causal & (segment_ids != 0)[:, :, None]) | pad_self)[:, None]
+
+
+def _rows(samples: list[Sample], seq_len: int, packing: bool) -> list[list[tuple[list[int], list[int]]]]:
+    arrays = [sample_arrays(s, seq_len) for s in samples]
+    if not packing:
+        return [[a] for a in arrays]
+    bins = best_fit_decreasing([len(ids) for ids, _ in arrays], seq_len)
+    return [[arrays[i] for i in b] for b in bins]
+
+
+def _collate(rows: list[list[tuple[list[int], list[int]]]], width: int, pad_id: int) -> MicroBatch:
+    b = len(rows)
+    input_ids = torch.full((b, width), pad_id, dtype=torch.long)
+    labels = torch.full((b, width), IGNORE, dtype=torch.long)
+    position_ids = torch.zeros((b, width), dtype=torch.long)
+    segment_ids = torch.zeros((b, width), dtype=torch.long)
+    tokens = trained = samples = 0
+    for r, row in enumerate(rows):
+        pos = 0
+        for seg, (ids, lab) in enumerate(row, 1):
+            n = len(ids)
+            input_ids[r, pos:pos + n] = torch.tensor(ids)
+            labels[r, pos:pos + n] = torch.tensor(lab)
+            position_ids[r, pos:pos + n] = torch.arange(n)
+            segment_ids[r, pos:pos + n] = seg
+            pos += n
+            tokens += n
+            trained += sum(1 for x in lab if x != IGNORE)
+            samples += 1
+    return MicroBatch(input_ids, labels, position_ids, segment_ids, tokens, trained, samples)
+
+
+def make_micro_batches(samples: list[Sample], seq_len: int, rows_per_batch: int, packing: bool = True,
+                       pad_id: int = 0) -> list[MicroBatch]:
+    """Pack (or not) `samples` into rows and group rows into micro-batches.
+
+    Packed rows are seq_len wide; unpacked rows (one sample each) are padded to the
+    longest row of their micro-batch.
+    """
+    rows = _rows(samples, seq_len, packing)
+    out = []
+    for i in range(0, len(rows), rows_per_batch):
+        group = rows[i:i + rows_per_batch]
+        width = seq_len if packing else max(sum(len(ids) for ids, _ in row) for row in group)
+        out.append(_collate(group, width, pad_id))
+    return out
+
+
+def empty_micro_batch(pad_id: int = 0) -> MicroBatch:
+    """One padding token, nothing trained: keeps ranks with fewer micro-batches in step."""
+    return _collate([[]], 1, pad_id)

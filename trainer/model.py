@@ -1,0 +1,95 @@
+"""The student as a loss module: HF causal LM body + chunked NLL head; FSDP2 sharding.
+
+`LossModel.forward` runs the decoder to its final hidden states and hands them,
+with the lm_head weight, to `trainer.loss.chunked_nll`, so the full logits are
+never built. Wrapping the HF model this way also makes the wrapper the FSDP root:
+its forward hook gathers the embedding / lm_head / final norm before we read them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainer.data import MicroBatch, block_causal_mask
+from trainer.dist import DistContext
+from trainer.loss import chunked_nll
+
+
+def attention_implementation(device: torch.device) -> str:
+    """flash_attention_2 (varlen over packed rows, from position ids) on CUDA when
+    flash-attn is installed; otherwise sdpa with our block-diagonal causal mask."""
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+class LossModel(nn.Module):
+    def __init__(self, lm: nn.Module, chunk_size: int):
+        super().__init__()
+        self.lm = lm
+        self.chunk_size = chunk_size
+        cfg = lm.config
+        for attr in ("final_logit_softcapping", "logit_scale"):
+            if getattr(cfg, attr, None) not in (None, 1.0):
+                raise ValueError(f"the student's config sets {attr}; the chunked loss assumes "
+                                 "logits = hidden @ lm_head.weight.T. Use a Llama/Qwen/SmolLM-style student")
+        if getattr(lm.get_output_embeddings(), "bias", None) is not None:
+            raise ValueError("the student's lm_head has a bias; the chunked loss does not support it")
+
+    @property
+    def uses_flash(self) -> bool:
+        return self.lm.config._attn_implementation == "flash_attention_2"
+
+    def forward(self, input_ids, position_ids, segment_ids, labels, normalizer: float):
+        # flash-attn finds the packed samples from the restarting position ids itself.
+        mask = None if self.uses_flash else block_causal_mask(segment_ids)
+        body = getattr(self.lm, self.lm.base_model_prefix)
+        hidden = body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                      use_cache=False).last_hidden_state
+        return chunked_nll(hidden, self.lm.get_output_embeddings().weight, labels, normalizer, self.chunk_size)
+
+    def micro_batch_loss(self, mb: MicroBatch, normalizer: float) -> torch.Tensor:
+        return self(mb.input_ids, mb.position_ids, mb.segment_ids, mb.labels, normalizer)
+
+
+def load_student(model_dir: str | Path, device: torch.device, chunk_size: int,
+                 activation_checkpointing: bool = False) -> LossModel:
+    """The HF model in fp32 (the optimizer's master weights) on `device`."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
+                                              attn_implementation=attention_implementation(device))
+    lm.config.use_cache = False
+    if activation_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return LossModel(lm.to(device), chunk_size)
+
+
+def shard(model: LossModel, ctx: DistContext, dtype: str) -> LossModel:
+    """FSDP2: one shard group per decoder layer, the rest (embeddings, norm, head) at the root.
+
+    bf16 mixed precision (params cast to bf16 for compute, gradients reduced in fp32)
+    when trainer.dtype = "bfloat16"; fp32 otherwise.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(ctx.device.type, (ctx.world,))
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+          if dtype == "bfloat16" else MixedPrecisionPolicy())
+    block_names = set(getattr(model.lm, "_no_split_modules", None) or [])
+    for m in model.lm.modules():
+        if type(m).__name__ in block_names:
+            fully_shard(m, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)

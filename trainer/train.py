@@ -1,0 +1,280 @@
+"""SFT trainer: setup, step loop, save.
+
+    train(cfg, run_dir)            one process, or every rank under
+                                   `torchrun --nproc-per-node N -m distill train cfg.toml`
+
+Each optimizer step takes the next `samples_per_step` samples from the stream the
+orchestrator publishes (waiting for them if it is still producing). Rank r trains
+on samples r, r+N, r+2N, ... of them, packed into rows of seq_len and grouped in
+micro-batches of micro_batch_rows rows. The step's loss is the mean NLL over every
+trained token of the step on every rank (see trainer/loss.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import os
+import random
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from distill.config import RunConfig, Trainer, redacted_dict, to_toml
+from orchestrator import contract
+from trainer import checkpoint as ckpt_io
+from trainer import dist
+from trainer.data import empty_micro_batch, make_micro_batches
+from trainer.model import is_sharded, load_student, shard
+
+
+# ---------------------------------------------------------------------------
+# Setup
+# ---------------------------------------------------------------------------
+
+
+def lr_factor(step: int, t: Trainer) -> float:
+    """Multiplier of optim.lr for 0-based `step`: linear warmup, then the decay schedule."""
+    o = t.optim
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - o.warmup_steps) / max(1, t.max_steps - o.warmup_steps))
+    if o.schedule == "linear":
+        return 1.0 - (1.0 - o.min_lr_ratio) * progress
+    return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: torch.nn.Module, t: Trainer):
+    o = t.optim
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                            weight_decay=o.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t))
+    return opt, sched
+
+
+def build_model(model_dir: Path, t: Trainer, ctx: dist.DistContext):
+    model = load_student(model_dir, ctx.device, t.loss.chunk_size, t.activation_checkpointing)
+    if ctx.distributed:
+        shard(model, ctx, t.dtype)
+    return model
+
+
+def _seed(seed: int, rank: int) -> None:
+    random.seed(seed + rank)
+    torch.manual_seed(seed + rank)
+
+
+def _pad_id(tokenizer) -> int:
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Step
+# ---------------------------------------------------------------------------
+
+
+def _autocast(t: Trainer, model, device: torch.device):
+    # Under FSDP, MixedPrecisionPolicy casts the parameters; one process uses autocast.
+    if t.dtype == "bfloat16" and not is_sharded(model):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(model, optimizer, scheduler, samples: list[contract.Sample], t: Trainer,
+               ctx: dist.DistContext, pad_id: int) -> dict:
+    """One optimizer step on `samples` (the whole step's samples; this rank takes its slice)."""
+    mine = samples[ctx.rank::ctx.world]
+    mbs = make_micro_batches(mine, t.seq_len, t.micro_batch_rows, t.packing, pad_id)
+    trained, tokens, slots = dist.all_reduce(
+        [sum(m.num_trained for m in mbs), sum(m.num_tokens for m in mbs), sum(m.slots for m in mbs)], ctx)
+    # Every rank must run as many forward/backward passes as the busiest one (FSDP collectives).
+    (n_passes,) = dist.all_reduce([len(mbs)], ctx, op="max")
+    mbs += [empty_micro_batch(pad_id) for _ in range(int(n_passes) - len(mbs))]
+    normalizer = max(trained, 1.0)
+
+    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    sharded = is_sharded(model)
+    for i, mb in enumerate(mbs):
+        if sharded:  # reduce-scatter gradients once, after the last micro-batch
+            model.set_requires_gradient_sync(i == len(mbs) - 1)
+        with _autocast(t, model, ctx.device):
+            loss = model.micro_batch_loss(mb.to(ctx.device), normalizer)
+        # FSDP averages gradients over ranks; the loss is already a global mean.
+        (loss * ctx.world).backward()
+        loss_sum += loss.detach().double()
+    (loss_value,) = dist.all_reduce([loss_sum.item()], ctx)
+
+    max_norm = t.optim.max_grad_norm if t.optim.max_grad_norm is not None else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if hasattr(grad_norm, "full_tensor"):
+        grad_norm = grad_norm.full_tensor()
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss_value, "trained_tokens": int(trained), "tokens": int(tokens), "lr": lr,
+            "grad_norm": float(grad_norm), "packing_efficiency": tokens / max(slots, 1.0),
+            "samples": len(samples)}
+
+
+# ---------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """metrics.jsonl on rank 0: one JSON line per logged step, flushed and fsynced."""
+
+    def __init__(self, path: Path, resume_step: int, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if enabled:
+            _truncate_after(path, resume_step)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Drop lines logged after `step` (a crash after logging, before the checkpoint)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a half-written last line
+    contract.atomic_write_text(path, "".join(x + "\n" for x in keep))
+
+
+def _wandb(cfg: RunConfig, run_dir: Path, ctx: dist.DistContext):
+    if not (cfg.wandb.enabled and ctx.is_main):
+        return None
+    try:
+        import wandb
+    except ImportError:
+        warnings.warn("wandb.enabled = true but the wandb package is not installed; "
+                      "metrics go to metrics.jsonl only. Fix: pip install wandb")
+        return None
+    return wandb.init(project=cfg.wandb.project, name=cfg.wandb.name or run_dir.name,
+                      config=redacted_dict(cfg), dir=str(run_dir), resume="allow")
+
+
+def _take(stream: Iterator[contract.Sample], n: int) -> list[contract.Sample]:
+    return list(itertools.islice(stream, n))
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+
+def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, resume: bool = False,
+          producer_alive: Callable[[], bool] | None = None, progress: bool = True) -> dict:
+    """Train the student on the samples in samples_dir (default run_dir/samples); see module doc.
+
+    Returns {"steps", "samples_seen", "final_loss", "checkpoint", "metrics", "resumed_from"}.
+    """
+    from orchestrator.student import load_tokenizer, resolve_student
+
+    t = cfg.trainer
+    run_dir = Path(run_dir)
+    samples_dir = Path(samples_dir) if samples_dir else run_dir / "samples"
+    ckpt_root = run_dir / "checkpoints"
+    ctx = dist.init(t.device)
+    _seed(t.seed, ctx.rank)
+
+    # --- setup -------------------------------------------------------------
+    start = ckpt_io.latest(ckpt_root) if resume else None
+    model_dir = start or resolve_student(cfg.student.path)
+    tokenizer = load_tokenizer(cfg.student.tokenizer or model_dir)
+    model = build_model(model_dir, t, ctx)
+    optimizer, scheduler = build_optimizer(model, t)
+    state = ckpt_io.load_state(start, model, optimizer, scheduler, ctx) if start else ckpt_io.TrainState()
+    pad_id = _pad_id(tokenizer)
+    config_toml = to_toml(redacted_dict(cfg))
+    metrics = MetricsLog(run_dir / "metrics.jsonl", state.step, enabled=ctx.is_main)
+    wb = _wandb(cfg, run_dir, ctx)
+    bar = None
+    if progress and ctx.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=t.max_steps, initial=state.step, desc="train", unit="step")
+    stream = contract.follow_samples(samples_dir, start=state.samples_seen, timeout_s=t.sample_timeout,
+                                     producer_alive=producer_alive)
+
+    # --- steps -------------------------------------------------------------
+    last: dict = {}
+    saved_at = state.step if start else -1
+    saved = start
+    while state.step < t.max_steps:
+        samples = _take(stream, t.samples_per_step)
+        if not samples:
+            break
+        t0 = time.perf_counter()
+        m = train_step(model, optimizer, scheduler, samples, t, ctx, pad_id)
+        dt = time.perf_counter() - t0
+        state.step += 1
+        state.samples_seen += len(samples)
+        if ctx.is_main:
+            contract.write_consumed(samples_dir, state.samples_seen)
+        last = {"step": state.step, **m, "tokens_per_s": m["tokens"] / dt, "step_time_s": dt,
+                "samples_seen": state.samples_seen}
+        if state.step % t.log_every == 0 or state.step == t.max_steps:
+            metrics.write(last)
+            if wb is not None:
+                wb.log(last, step=state.step)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
+        if t.checkpoint.every and state.step % t.checkpoint.every == 0:
+            saved = ckpt_io.save(ckpt_root, model, optimizer, scheduler, state, tokenizer, config_toml,
+                                 ctx, t.checkpoint.keep_last)
+            saved_at = state.step
+
+    # --- save --------------------------------------------------------------
+    if saved_at != state.step:
+        saved = ckpt_io.save(ckpt_root, model, optimizer, scheduler, state, tokenizer, config_toml,
+                             ctx, t.checkpoint.keep_last)
+    if bar is not None:
+        bar.close()
+    if wb is not None:
+        wb.finish()
+    dist.shutdown(ctx)
+    return {"steps": state.step, "samples_seen": state.samples_seen, "final_loss": last.get("loss"),
+            "checkpoint": str(saved) if saved else None, "metrics": str(run_dir / "metrics.jsonl"),
+            "resumed_from": str(start) if start else None}
+
+
+# ---------------------------------------------------------------------------
+# Fixed-batch sanity check
+# ---------------------------------------------------------------------------
+
+
+def overfit_check(model_dir: str | Path, samples: list[contract.Sample], steps: int = 5, lr: float = 1e-3,
+                  seq_len: int | None = None) -> list[float]:
+    """Train a fresh copy of the model at `model_dir` on the same `samples` for `steps` steps
+    (one process, CPU, constant lr); return the loss of each step. It should fall."""
+    need = max(s.num_tokens for s in samples)
+    t = Trainer(max_steps=steps, samples_per_step=len(samples), seq_len=max(seq_len or 0, need, 8),
+                device="cpu", optim={"lr": lr, "schedule": "constant", "warmup_steps": 0})
+    ctx = dist.DistContext(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    model = build_model(Path(model_dir), t, ctx)
+    optimizer, scheduler = build_optimizer(model, t)
+    return [train_step(model, optimizer, scheduler, samples, t, ctx, 0)["loss"] for _ in range(steps)]
