@@ -65,5 +65,6 @@ def reasoning_gym_score(prompt: dict[str, Any], completion: str) -> float:
 
 
 def gsm_symbolic_score(prompt: dict[str, Any], completion: str) -> float:
-    """1.0 when the completion's final answer matches the gsm_symbolic answer, else 0.0."""
+    """reasoning-gym's gsm_symbolic score: 1.0 for the right final answer, below 1 otherwise
+    (0.01 for a wrong but well-formed answer, 0.0 when no answer is found)."""
     return reasoning_gym_score(prompt, completion)

@@ -329,5 +329,15 @@ def main(argv: list[str] | None = None) -> None:
         srv.stop()
 
 
+
+def write_prompts(path, count: int, prefix: str = "p") -> list[str]:
+    """A JSONL prompt file of `count` distinct prompts (ids prefix0..); returns the ids."""
+    ids = [f"{prefix}{i}" for i in range(count)]
+    with open(path, "w", encoding="utf-8") as f:
+        for i, pid in enumerate(ids):
+            f.write(json.dumps({"id": pid, "prompt": f"Question number {i}: what is {i} plus {i}?"}) + "\n")
+    return ids
+
+
 if __name__ == "__main__":
     main()

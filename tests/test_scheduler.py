@@ -1,0 +1,255 @@
+"""run_rollouts end to end against the FaultServer, with the real SmolLM2 tokenizer and Reconstructor."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from distill.config import load_config
+from orchestrator.contract import iter_samples, is_done, read_consumed, write_consumed
+from orchestrator.reconstruct import Reconstructor
+from orchestrator.scheduler import RolloutError, rollout, run_rollouts
+from orchestrator.testserver import FaultServer, Faults, write_prompts
+
+FAST_RETRY = {"max_attempts": 40, "initial_backoff": 0.001, "max_backoff": 0.01}
+
+
+def make_cfg(base_url: str, prompts: Path, **orch):
+    o = {"rollout_model": {"base_url": base_url, "model": "fault-teacher"},
+         "source": {"type": "jsonl", "path": str(prompts)}, "retry": FAST_RETRY, "samples_per_shard": 4}
+    for k, v in orch.items():
+        o[k] = {**o[k], **v} if isinstance(v, dict) and isinstance(o.get(k), dict) else v
+    return load_config(None, {"orchestrator": o, "trainer": {"seq_len": 512}})
+
+
+@pytest.fixture
+def recon_for(smol_tokenizer):
+    return lambda cfg: Reconstructor(smol_tokenizer, cfg.orchestrator.reconstruction)
+
+
+def sample_ids(run_dir: Path) -> list[str]:
+    return [s.sample_id for s in iter_samples(run_dir / "samples")]
+
+
+def read_jsonl(p: Path) -> list[dict]:
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+
+
+def test_30pct_faults_every_sample_exactly_once(tmp_path, recon_for):
+    ids = write_prompts(tmp_path / "p.jsonl", 30)
+    with FaultServer(Faults.uniform(0.3, retry_after=0.01), seed=11) as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"n": 3, "max_tokens": 64}, concurrency=6)
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    outcomes = s.log.outcomes()
+    assert sum(v for k, v in outcomes.items() if k != "ok") >= 5  # faults really happened
+    got = sample_ids(tmp_path / "run")
+    assert sorted(got) == sorted(f"{p}/{i}" for p in ids for i in range(3))  # all, no duplicates
+    rec = read_jsonl(tmp_path / "run" / "recording.jsonl")
+    assert Counter((r["prompt_id"], r["sample_index"]) for r in rec) == {(p, i): 1 for p in ids for i in range(3)}
+    assert summary["stop_reason"] == "completed" and summary["samples"] == 90
+    assert summary["requests"] == len(s.log.entries) - outcomes.get("drop", 0) * 0  # every attempt counted
+    assert is_done(tmp_path / "run" / "samples")
+    # recording provenance
+    r0 = rec[0]
+    assert set(r0) >= {"v", "prompt_id", "sample_index", "messages", "tools", "response", "finish_reason", "model",
+                       "endpoint", "sampling", "usage", "usage_shared_by", "t_start", "t_end", "reward",
+                       "request_id"}
+    assert r0["endpoint"] == s.base_url and r0["model"] == "fault-teacher" and r0["sampling"]["max_tokens"] == 64
+    # usage / usage_shared_by sums back to what the server billed
+    billed = sum(r["usage"]["completion_tokens"] / r["usage_shared_by"] for r in rec)
+    assert summary["completion_tokens"] == round(billed)
+
+
+def test_ignored_n_falls_back_to_separate_requests(tmp_path, recon_for):
+    ids = write_prompts(tmp_path / "p.jsonl", 6)
+    with FaultServer(Faults(ignore_n=True)) as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"n": 4, "seed": 5}, concurrency=4)
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert sorted(sample_ids(tmp_path / "run")) == sorted(f"{p}/{i}" for p in ids for i in range(4))
+    assert summary["n_ignored_responses"] >= 1
+    # the fallback requests asked for one sample each, with distinct seeds
+    singles = [e for e in s.log.entries if e["n"] == 1]
+    assert len(singles) >= 3 * len(ids) - 3
+    assert {e["body"]["seed"] for e in singles} >= {6, 7, 8}
+    # completions differ between sample indices
+    texts = {r["response"]["content"] for r in read_jsonl(tmp_path / "run" / "recording.jsonl")}
+    assert len(texts) == 24
+
+
+def test_max_requests_budget_stops_cleanly(tmp_path, recon_for):
+    write_prompts(tmp_path / "p.jsonl", 50)
+    with FaultServer() as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", budget={"max_requests": 7}, concurrency=3)
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert summary["stop_reason"] == "budget:max_requests"
+    assert len(s.log.entries) == 7 and summary["requests"] == 7
+    assert len(sample_ids(tmp_path / "run")) == 7
+    assert is_done(tmp_path / "run" / "samples")  # shards flushed and closed
+    assert json.loads((tmp_path / "run" / "samples" / "DONE").read_text())["samples"] == 7
+    last = read_jsonl(tmp_path / "run" / "orchestrator_metrics.jsonl")[-1]
+    assert last["final"] and last["stop_reason"] == "budget:max_requests"
+
+
+def test_completion_token_and_cost_budgets_never_exceeded(tmp_path, recon_for):
+    write_prompts(tmp_path / "p.jsonl", 50)
+    with FaultServer() as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"max_tokens": 30},
+                       budget={"max_completion_tokens": 100}, concurrency=4)
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert summary["stop_reason"] == "budget:max_completion_tokens"
+    billed = sum(e["choices"] for e in s.log.ok())
+    assert 0 < summary["completion_tokens"] <= 100 and billed >= 1
+    with FaultServer() as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"max_tokens": 30},
+                       budget={"max_cost": 0.5, "cost_per_1k_prompt": 1.0, "cost_per_1k_completion": 2.0},
+                       concurrency=4)
+        summary = rollout(cfg, tmp_path / "run2", recon_for(cfg), progress=False, backpressure=False)
+    assert summary["stop_reason"] == "budget:max_cost"
+    assert 0.5 - 0.07 < summary["cost"] <= 0.5 + 1e-9
+    assert is_done(tmp_path / "run2" / "samples")
+
+
+def test_budget_counts_spend_from_before_a_resume(tmp_path, recon_for):
+    write_prompts(tmp_path / "p.jsonl", 20)
+    with FaultServer() as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", budget={"max_requests": 5})
+        rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", budget={"max_requests": 8})
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert len(s.log.entries) == 8 and summary["requests"] == 8
+    assert len(set(sample_ids(tmp_path / "run"))) == 8 == len(sample_ids(tmp_path / "run"))
+
+
+def test_secrets_never_written(tmp_path, recon_for, monkeypatch, capfd):
+    secret = "sk-DISTINCTIVE-7f3a9c1e-do-not-log"
+    monkeypatch.setenv("DISTILL_TEST_TEACHER_KEY", secret)
+    write_prompts(tmp_path / "p.jsonl", 8)
+    with FaultServer(Faults.uniform(0.3, retry_after=0.01), seed=2) as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl",
+                       rollout_model={"api_key_var": "DISTILL_TEST_TEACHER_KEY",
+                                      "headers": {"X-Api-Key": secret + "-hdr"}},
+                       sampling={"extra_body": {"api_key": secret + "-body"}}, budget={"max_requests": 200})
+        rollout(cfg, tmp_path / "run", recon_for(cfg), progress=True, backpressure=False)
+    assert all(e["auth"] == f"Bearer {secret}" for e in s.log.entries)  # it was used...
+    out, err = capfd.readouterr()
+    assert "DISTINCTIVE" not in out + err
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert len(files) >= 5
+    for p in files:  # ...and is nowhere in the run directory
+        assert b"DISTINCTIVE" not in p.read_bytes(), p
+
+
+def test_non_retryable_400_stops_run_with_server_message(tmp_path, recon_for):
+    write_prompts(tmp_path / "p.jsonl", 5)
+    with FaultServer(max_context_tokens=100) as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"max_tokens": 1000})
+        t0 = time.monotonic()
+        with pytest.raises(RolloutError, match="max_tokens=1000 is greater than this model's context length"):
+            rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert time.monotonic() - t0 < 10
+    assert len(s.log.entries) <= cfg.orchestrator.concurrency  # no retries
+    assert not is_done(tmp_path / "run" / "samples")  # not marked finished
+
+
+def test_backpressure_waits_for_trainer(tmp_path, recon_for):
+    write_prompts(tmp_path / "p.jsonl", 40)
+    samples = tmp_path / "run" / "samples"
+    with FaultServer() as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", max_ahead=6, concurrency=4)
+        result = {}
+        worst = [0]
+
+        def produce():
+            result["s"] = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False)
+
+        t = threading.Thread(target=produce)
+        t.start()
+        consumed = 0
+        deadline = time.time() + 60
+        while t.is_alive() and time.time() < deadline:
+            published = len(sample_ids(tmp_path / "run")) if samples.exists() else 0
+            worst[0] = max(worst[0], published - consumed)
+            if published - consumed >= 3:  # a slow trainer: takes 3 at a time
+                consumed += 3
+                write_consumed(samples, consumed)
+            time.sleep(0.02)
+        t.join(10)
+    assert result["s"]["stop_reason"] == "completed" and result["s"]["samples"] == 40
+    assert worst[0] <= 6
+    assert result["s"]["backpressure_wait_s"] > 0
+
+
+def test_stop_event_stops_cleanly(tmp_path, recon_for):
+    write_prompts(tmp_path / "p.jsonl", 200)
+
+    async def go(cfg, recon):
+        ev = asyncio.Event()
+        task = asyncio.ensure_future(run_rollouts(cfg, tmp_path / "run", recon, progress=False, stop_event=ev,
+                                                  backpressure=False))
+        await asyncio.sleep(0.5)
+        ev.set()
+        return await task
+
+    with FaultServer(Faults(latency_s=0.02)) as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", concurrency=2)
+        summary = asyncio.run(go(cfg, recon_for(cfg)))
+    assert summary["stop_reason"] == "stopped"
+    assert 0 < summary["samples"] < 200
+    ids = sample_ids(tmp_path / "run")
+    assert len(ids) == len(set(ids)) == summary["samples"]
+    assert is_done(tmp_path / "run" / "samples")
+
+
+def test_reward_filter_keeps_only_passing(tmp_path, recon_for):
+    # the fake teacher echoes the question, whose last number is the operand i, so the
+    # gsm-style scorer sees answer "i"; keep only prompts whose expected answer equals it
+    p = tmp_path / "p.jsonl"
+    with open(p, "w") as f:
+        for i in range(10):
+            f.write(json.dumps({"id": f"q{i}", "prompt": f"What is {i} times 1? Say {i}",
+                                "answer": str(i if i % 2 == 0 else i + 100)}) + "\n")
+    mod = tmp_path / "myreward.py"
+    mod.write_text("from orchestrator.rewards import extract_final_answer\n"
+                   "def score(prompt, text):\n"
+                   "    return float(extract_final_answer(text.replace(' done.', '')) == prompt['answer'])\n")
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with FaultServer() as s:
+            cfg = make_cfg(s.base_url, p, reward_fn="myreward:score", min_reward=1.0)
+            summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert sorted(sample_ids(tmp_path / "run")) == [f"q{i}/0" for i in range(0, 10, 2)]
+    assert summary["rejections"] == {"low_reward": 5} and summary["reward_pass_rate"] == 0.5
+    rec = read_jsonl(tmp_path / "run" / "recording.jsonl")
+    assert sorted(r["reward"] for r in rec) == [0.0] * 5 + [1.0] * 5  # rewards are recorded
+    samples = {s.sample_id: s for s in iter_samples(tmp_path / "run" / "samples")}
+    assert all(s.reward == 1.0 for s in samples.values())
+
+
+def test_reasoning_gym_source_and_gsm_reward(tmp_path, recon_for):
+    from orchestrator.prompts import load_prompts
+    from orchestrator.rewards import gsm_symbolic_score
+
+    with FaultServer() as s:
+        cfg = make_cfg(s.base_url, tmp_path / "unused", source={"type": "reasoning_gym", "dataset": "gsm_symbolic",
+                                                              "size": 4, "seed": 3, "path": None,
+                                                              "system_prompt": "Be brief."})
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert sorted(sample_ids(tmp_path / "run")) == [f"gsm_symbolic-3-{i}/0" for i in range(4)]
+    assert s.log.entries[0]["messages"][0] == {"role": "system", "content": "Be brief."}
+    prompts = list(load_prompts(cfg.orchestrator.source))
+    right = f"The answer is <answer>{prompts[0]['answer']}</answer>"
+    assert gsm_symbolic_score(prompts[0], right) == 1.0
+    assert gsm_symbolic_score(prompts[0], "The answer is <answer>-1</answer>") < 1.0  # rg gives 0.01
+    assert gsm_symbolic_score(prompts[0], "no number at all") == 0.0
+    assert gsm_symbolic_score(prompts[0], f"so in total {prompts[0]['answer']}") == 1.0
+    assert summary["stop_reason"] == "completed"
