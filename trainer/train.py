@@ -90,11 +90,13 @@ def _autocast(t: Trainer, model, device: torch.device):
     return contextlib.nullcontext()
 
 
-def train_step(model, optimizer, scheduler, samples: list[contract.Sample], t: Trainer,
-               ctx: dist.DistContext, pad_id: int) -> dict:
-    """One optimizer step on `samples` (the whole step's samples; this rank takes its slice)."""
+def accumulate_gradients(model, samples: list[contract.Sample], t: Trainer, ctx: dist.DistContext,
+                         pad_id: int) -> dict:
+    """Forward/backward over this rank's slice of the step's samples; gradients are left in
+    the parameters' .grad. Returns the step's global loss and token counts."""
     mine = samples[ctx.rank::ctx.world]
     mbs = make_micro_batches(mine, t.seq_len, t.micro_batch_rows, t.packing, pad_id)
+    # The global count of trained tokens, known before any backward: the loss normaliser.
     trained, tokens, slots = dist.all_reduce(
         [sum(m.num_trained for m in mbs), sum(m.num_tokens for m in mbs), sum(m.slots for m in mbs)], ctx)
     # Every rank must run as many forward/backward passes as the busiest one (FSDP collectives).
@@ -113,18 +115,24 @@ def train_step(model, optimizer, scheduler, samples: list[contract.Sample], t: T
         (loss * ctx.world).backward()
         loss_sum += loss.detach().double()
     (loss_value,) = dist.all_reduce([loss_sum.item()], ctx)
+    return {"loss": loss_value, "trained_tokens": int(trained), "tokens": int(tokens),
+            "packing_efficiency": tokens / max(slots, 1.0), "samples": len(samples)}
 
+
+def train_step(model, optimizer, scheduler, samples: list[contract.Sample], t: Trainer,
+               ctx: dist.DistContext, pad_id: int) -> dict:
+    """One optimizer step on `samples` (the whole step's samples; this rank takes its slice)."""
+    m = accumulate_gradients(model, samples, t, ctx, pad_id)
     max_norm = t.optim.max_grad_norm if t.optim.max_grad_norm is not None else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     if hasattr(grad_norm, "full_tensor"):
         grad_norm = grad_norm.full_tensor()
-    lr = optimizer.param_groups[0]["lr"]
+    m["lr"] = optimizer.param_groups[0]["lr"]
+    m["grad_norm"] = float(grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return {"loss": loss_value, "trained_tokens": int(trained), "tokens": int(tokens), "lr": lr,
-            "grad_norm": float(grad_norm), "packing_efficiency": tokens / max(slots, 1.0),
-            "samples": len(samples)}
+    return m
 
 
 # ---------------------------------------------------------------------------
