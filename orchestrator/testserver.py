@@ -85,7 +85,8 @@ class FaultServer:
 
     def __init__(self, faults: Faults | None = None, *, model: str = "fault-teacher", seed: int = 0,
                  port: int = 0, max_requests: int = 100_000, max_seconds: float = 600.0,
-                 max_context_tokens: int = 4096, reasoning: bool = False, log_requests: bool = True):
+                 max_context_tokens: int = 4096, reasoning: bool = False, logprobs: bool = False,
+                 tool_calls: bool = False, log_requests: bool = True):
         self.faults = faults or Faults()
         self.model = model
         self.seed = seed
@@ -93,7 +94,9 @@ class FaultServer:
         self.max_requests = max_requests
         self.max_seconds = max_seconds
         self.max_context_tokens = max_context_tokens
-        self.reasoning = reasoning
+        self.reasoning = reasoning  # add reasoning_content to every message
+        self.logprobs = logprobs  # answer `logprobs: true` with (fake) token logprobs
+        self.tool_calls = tool_calls  # answer requests that carry `tools` with a call to the first tool
         self.log = RequestLog()
         self.log_requests = log_requests
         self.requests = 0
@@ -300,7 +303,18 @@ class FaultServer:
             msg: dict[str, Any] = {"role": "assistant", "content": text}
             if self.reasoning:
                 msg["reasoning_content"] = f"thinking about sample {i}"
-            choices.append({"index": i, "message": msg, "finish_reason": finish, "logprobs": None})
+            if self.tool_calls and req.get("tools"):
+                fn = req["tools"][0].get("function", {})
+                msg = {"role": "assistant", "content": None, "tool_calls": [{
+                    "id": f"call_{i}", "type": "function",
+                    "function": {"name": fn.get("name", "f"), "arguments": json.dumps({"city": "Paris"})}}]}
+                finish = "tool_calls"
+            logprobs = None
+            if self.logprobs and req.get("logprobs"):
+                k = int(req.get("top_logprobs") or 0)
+                logprobs = {"content": [{"token": w, "logprob": -0.5, "top_logprobs": [
+                    {"token": w, "logprob": -0.5 - j} for j in range(k)]} for w in text.split()]}
+            choices.append({"index": i, "message": msg, "finish_reason": finish, "logprobs": logprobs})
         return {"id": f"chatcmpl-{self.requests}", "object": "chat.completion", "created": int(time.time()),
                 "model": self.model, "choices": choices,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
