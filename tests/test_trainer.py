@@ -1,0 +1,122 @@
+"""The trainer end to end on the tiny student: normalisation, metrics, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.config import load_config
+from orchestrator import contract
+from test_trainer_helpers import make_samples, write_samples
+from trainer import checkpoint
+from trainer.dist import DistContext
+from trainer.train import accumulate_gradients, build_model, lr_factor, overfit_check, train
+
+CPU1 = DistContext(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+
+
+def _cfg(student_dir, **trainer):
+    t = {"max_steps": 4, "samples_per_step": 4, "seq_len": 128, "micro_batch_rows": 1, "device": "cpu",
+         "optim": {"lr": 3e-3, "warmup_steps": 1, "schedule": "cosine"}}
+    t.update(trainer)
+    return load_config(None, {"student": {"path": str(student_dir)}, "trainer": t})
+
+
+def _grads(student_dir, samples, **trainer):
+    cfg = _cfg(student_dir, **trainer)
+    model = build_model(student_dir, cfg.trainer, CPU1)
+    m = accumulate_gradients(model, samples, cfg.trainer, CPU1, pad_id=0)
+    return m, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_loss_is_normalised_over_all_micro_batches(tiny_student_dir, smol_tokenizer):
+    samples = make_samples(smol_tokenizer, 8)
+    one, g_one = _grads(tiny_student_dir, samples, seq_len=512, micro_batch_rows=8)
+    four, g_four = _grads(tiny_student_dir, samples, seq_len=128, micro_batch_rows=1, packing=False)
+    assert four["trained_tokens"] == one["trained_tokens"] == sum(s.num_trained for s in samples)
+    assert four["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    for name in g_one:
+        torch.testing.assert_close(g_four[name], g_one[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_lr_schedules():
+    cfg = _cfg("x", max_steps=10, optim={"lr": 1.0, "warmup_steps": 2, "schedule": "cosine", "min_lr_ratio": 0.1})
+    f = [lr_factor(s, cfg.trainer) for s in range(10)]
+    assert f[0] == 0.5 and f[1] == 1.0 and f[2] == 1.0
+    assert all(a >= b for a, b in zip(f[2:], f[3:])) and f[-1] > 0.1
+    cfg.trainer.optim.schedule = "linear"
+    assert lr_factor(10, cfg.trainer) == pytest.approx(0.1)
+    cfg.trainer.optim.schedule = "constant"
+    assert lr_factor(7, cfg.trainer) == 1.0
+
+
+def test_overfit_check_loss_falls(tiny_student_dir, smol_tokenizer):
+    losses = overfit_check(tiny_student_dir, make_samples(smol_tokenizer, 4), steps=4, lr=3e-3)
+    assert len(losses) == 4
+    assert losses[-1] < losses[0] - 0.1
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_writes_metrics_checkpoints_and_backpressure(tmp_path, tiny_student_dir, smol_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    write_samples(run / "samples", make_samples(smol_tokenizer, 10))  # 2 full steps + a partial one
+    cfg = _cfg(tiny_student_dir, max_steps=5, checkpoint={"every": 1, "keep_last": 2})
+    out = train(cfg, run, progress=False)
+    assert out["steps"] == 3 and out["samples_seen"] == 10   # the stream ended before max_steps
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in ("step", "loss", "trained_tokens", "tokens", "tokens_per_s", "lr", "grad_norm",
+                "packing_efficiency", "samples_seen"):
+        assert all(key in r for r in rows), key
+    assert rows[-1]["samples_seen"] == 10 and 0 < rows[0]["packing_efficiency"] <= 1
+    assert rows[0]["tokens"] > rows[0]["trained_tokens"] > 0
+    assert contract.read_consumed(run / "samples") == 10
+    # rotation keeps the last 2; the final one is a loadable HF folder with our files
+    ckpts = checkpoint.list_checkpoints(run / "checkpoints")
+    assert [p.name for p in ckpts] == ["step-000002", "step-000003"]
+    final = Path(out["checkpoint"])
+    assert final == ckpts[-1]
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "distill_config.toml", "optimizer.pt",
+              "scheduler.pt", "rng-rank0.pt", "trainer_state.json"):
+        assert (final / f).is_file(), f
+    assert json.loads((final / "trainer_state.json").read_text())["samples_seen"] == 10
+    assert "[trainer]" in (final / "distill_config.toml").read_text()
+    lm = AutoModelForCausalLM.from_pretrained(final)
+    ids = torch.tensor([[1, 2, 3]])
+    assert lm(ids).logits.shape[-1] == len(smol_tokenizer)
+
+
+def test_resume_continues_the_loss_curve(tmp_path, tiny_student_dir, smol_tokenizer):
+    samples = make_samples(smol_tokenizer, 24)
+    straight = tmp_path / "straight"
+    write_samples(straight / "samples", samples)
+    cfg = _cfg(tiny_student_dir, max_steps=6)
+    train(cfg, straight, progress=False)
+
+    # Interrupted: the producer had only published half when the trainer stopped.
+    resumed = tmp_path / "resumed"
+    write_samples(resumed / "samples", samples[:12])
+    first = train(cfg, resumed, progress=False)
+    assert first["steps"] == 3
+    write_samples(resumed / "samples", samples[12:])   # the producer resumes and finishes
+    second = train(cfg, resumed, resume=True, progress=False)
+    assert second["resumed_from"].endswith("step-000003") and second["steps"] == 6
+
+    a, b = _losses(straight), _losses(resumed)
+    assert len(a) == len(b) == 6
+    assert b == pytest.approx(a, rel=1e-5)
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path, tiny_student_dir, smol_tokenizer):
+    run = tmp_path / "run"
+    write_samples(run / "samples", make_samples(smol_tokenizer, 4))
+    out = train(_cfg(tiny_student_dir, max_steps=1), run, resume=True, progress=False)
+    assert out["resumed_from"] is None and out["steps"] == 1
