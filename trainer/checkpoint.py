@@ -73,6 +73,17 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def _tied_duplicates(module) -> set[str]:
+    first: dict[int, str] = {}
+    dups = set()
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            dups.add(name)
+        else:
+            first[id(p)] = name
+    return dups
+
+
 def save(ckpt_root: Path, model, optimizer, scheduler, state: TrainState, tokenizer, config_toml: str,
          ctx: DistContext, keep_last: int) -> Path:
     """Write step-XXXXXX (collective under FSDP: every rank must call it)."""
@@ -87,7 +98,8 @@ def save(ckpt_root: Path, model, optimizer, scheduler, state: TrainState, tokeni
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        lm_sd = {k.removeprefix("lm."): v for k, v in model_sd.items()}
+        tied = _tied_duplicates(model.lm)  # the gathered dict repeats tied weights; HF expects them once
+        lm_sd = {k.removeprefix("lm."): v for k, v in model_sd.items() if k.removeprefix("lm.") not in tied}
         model.lm.save_pretrained(tmp, state_dict=lm_sd)
         tokenizer.save_pretrained(tmp)
         (tmp / "distill_config.toml").write_text(config_toml, encoding="utf-8")
