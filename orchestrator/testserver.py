@@ -287,6 +287,10 @@ class FaultServer:
         if mt is not None and (not isinstance(mt, int) or mt > self.max_context_tokens):
             return 400, (f"max_tokens={mt} is greater than this model's context length "
                          f"({self.max_context_tokens} tokens)")
+        words = sum(len(str(m.get("content") or "").split()) for m in msgs if isinstance(m, dict))
+        if words > self.max_context_tokens:
+            return 400, (f"This model's maximum context length is {self.max_context_tokens} tokens, "
+                         f"but the messages have {words}")
         n = req.get("n", 1)
         if not isinstance(n, int) or n < 1 or n > 128:
             return 400, f"n={n!r} must be an integer between 1 and 128"

@@ -253,3 +253,18 @@ def test_reasoning_gym_source_and_gsm_reward(tmp_path, recon_for):
     assert gsm_symbolic_score(prompts[0], "no number at all") == 0.0
     assert gsm_symbolic_score(prompts[0], f"so in total {prompts[0]['answer']}") == 1.0
     assert summary["stop_reason"] == "completed"
+
+
+def test_one_rejected_prompt_mid_run_is_recorded_as_a_rejection(tmp_path, recon_for):
+    p = tmp_path / "p.jsonl"
+    ids = write_prompts(p, 6)
+    with open(p, "a") as f:
+        f.write(json.dumps({"id": "huge", "prompt": "word " * 300}) + "\n")
+    with FaultServer(max_context_tokens=200) as s:
+        cfg = make_cfg(s.base_url, p, concurrency=1)
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert sorted(sample_ids(tmp_path / "run")) == sorted(f"{i}/0" for i in ids)
+    assert summary["rejections"] == {"request_rejected": 1} and summary["stop_reason"] == "completed"
+    rej = read_jsonl(tmp_path / "run" / "rejects.jsonl")
+    assert rej[0]["item_id"] == "huge/0" and "maximum context length is 200" in rej[0]["detail"]
+    assert sum(1 for e in s.log.entries if e["outcome"] == "http400") == 1  # not retried
