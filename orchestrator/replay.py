@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from orchestrator.contract import Rejection, ShardWriter, atomic_write_text, read_consumed
+from orchestrator.contract import ShardWriter, atomic_write_text, read_consumed
 
 RECORDING_VERSION = 1
 ON_ERROR = ("skip", "fail")
@@ -664,8 +664,10 @@ class _Outputs:
         self.rejects = open(self.rejects_path, "w", encoding="utf-8")
         self.bad = open(self.bad_path, "w", encoding="utf-8")
 
-    def reject(self, r: Rejection) -> None:
-        self.rejects.write(r.to_json() + "\n")
+    def reject(self, item_id: str, reason: str, detail: str) -> None:
+        # the bytes of Rejection(item_id, reason, detail).to_json(), without its dataclass round trip
+        self.rejects.write(json.dumps({"item_id": item_id, "reason": reason, "detail": detail},
+                                      separators=(",", ":"), ensure_ascii=False) + "\n")
 
     def bad_record(self, b: BadRecord) -> None:
         self.bad.write(b.to_json() + "\n")
@@ -768,7 +770,7 @@ def replay(cfg, run_dir: Path, reconstructor, *, inputs: list[str] | None = None
                 why = keep(c)
                 if why is not None:
                     filtered[why[0]] += 1
-                    out.reject(Rejection(c.sample_id, why[0], f"replay filter: {why[1]} ({c.where})"))
+                    out.reject(c.sample_id, why[0], f"replay filter: {why[1]} ({c.where})")
                     continue
                 try:
                     samples, rejections = reconstructor.build(
@@ -785,7 +787,7 @@ def replay(cfg, run_dir: Path, reconstructor, *, inputs: list[str] | None = None
                     continue
                 for r in rejections:
                     rejected[r.reason] += 1
-                    out.reject(Rejection(r.item_id, r.reason, f"{r.detail} ({c.where})".lstrip()))
+                    out.reject(r.item_id, r.reason, f"{r.detail} ({c.where})".lstrip())
                 for s in samples:
                     if s.sample_id in already:
                         counts["already_published"] += 1
