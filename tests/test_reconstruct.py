@@ -379,6 +379,13 @@ def test_roundtrip_mismatch_is_caught():
     assert rej.reason == "roundtrip_mismatch" and "char" in rej.detail
 
 
+def test_roundtrip_mismatch_on_text_the_vocabulary_cannot_hold(smol_tokenizer):
+    # The GGUF-converted SmolLM2 vocabulary has no token for the byte 0xF1, so
+    # U+40000 cannot be tokenised losslessly: the self-check refuses to train on it.
+    rej = rejected(Reconstructor(smol_tokenizer, Reconstruction()), convo(("Q", "x\U00040000")))
+    assert rej.reason == "roundtrip_mismatch"
+
+
 def test_train_roles_user():
     # Opt-in: user turns trained too. Their header stays context; content + end token trained.
     tok = tokenizer_with("chatml_generation")
