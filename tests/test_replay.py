@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -464,3 +465,30 @@ def test_distill_replay_cli(tmp_path):
     assert "replay:" in proc.stdout and '"samples": 18' in proc.stdout
     assert len(list(iter_samples(tmp_path / "samples"))) == 18 and is_done(tmp_path / "samples")
     shutil.rmtree(tmp_path / "samples")
+
+
+def test_max_ahead_waits_for_the_trainer(tmp_path, smol_tokenizer):
+    """With max_ahead (what `distill run` passes), replay stays at most that far ahead of CONSUMED."""
+    import threading
+
+    from orchestrator.contract import write_consumed
+
+    cfg = make_cfg(tmp_path)  # 4 samples per shard, 19 samples
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(replay(
+        cfg, tmp_path, make_recon(smol_tokenizer, cfg), progress=False, max_ahead=4)))
+    t.start()
+    samples = tmp_path / "samples"
+    deadline = time.time() + 30
+    while len(list_shards(samples)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert len(list_shards(samples)) == 2 and t.is_alive()  # 8 published, 0 consumed: waiting
+    write_consumed(samples, 8)
+    while len(list_shards(samples)) < 4 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert len(list_shards(samples)) == 4 and t.is_alive()
+    write_consumed(samples, 100)
+    t.join(timeout=30)
+    assert not t.is_alive() and result["samples"] == 19 and is_done(samples)
