@@ -34,9 +34,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from orchestrator.contract import ShardWriter, atomic_write_text, read_consumed
+
+if TYPE_CHECKING:  # the config module is light, but replay only needs its type
+    from distill.config import Replay, RunConfig
 
 RECORDING_VERSION = 1
 ON_ERROR = ("skip", "fail")
@@ -612,7 +615,7 @@ def assistant_text(messages: list[dict[str, Any]]) -> str:
     return "\n".join(text_of(m.get("content")) for m in messages if m["role"] == "assistant")
 
 
-def make_filter(rc) -> Callable[[Conversation], tuple[str, str] | None]:
+def make_filter(rc: Replay) -> Callable[[Conversation], tuple[str, str] | None]:
     """The replay filters of an `[orchestrator.replay]` config, as one function:
     conversation -> None (keep) or (filter name, detail)."""
     drop_re = re.compile(rc.drop_pattern) if rc.drop_pattern else None
@@ -689,7 +692,7 @@ def _progress_bar(total: int, enabled: bool):
                 mininterval=0.5, dynamic_ncols=True)
 
 
-def replay(cfg, run_dir: Path, reconstructor, *, inputs: list[str] | None = None,
+def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | None = None,
            on_error: str | None = None, progress: bool = True, max_ahead: int | None = None) -> dict:
     """Read inputs (default cfg.orchestrator.source.path; globs ok) -> filters -> reconstructor.build
     -> ShardWriter(run_dir/'samples') closed with DONE; rejects to run_dir/'rejects.jsonl', unreadable

@@ -431,8 +431,9 @@ def test_missing_datasets_library_is_a_clear_error(tmp_path, smol_tokenizer, mon
         replay(cfg, tmp_path, make_recon(smol_tokenizer, cfg), progress=False)
 
 
-def test_replay_needs_no_network(tmp_path, smol_tokenizer_dir, monkeypatch):
-    """Tokenizer loading, reconstruction and replay with every way to open a socket disabled."""
+def test_replay_and_training_need_no_network(tmp_path, tiny_student_dir, monkeypatch):
+    """Tokenizer loading, replay and a few training steps on the replayed samples, with every
+    way to open a socket disabled."""
     attempts: list = []
 
     def refuse(*args, **kwargs):
@@ -447,12 +448,19 @@ def test_replay_needs_no_network(tmp_path, smol_tokenizer_dir, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     from orchestrator.student import load_tokenizer
+    from trainer.train import train
 
-    tok = load_tokenizer(smol_tokenizer_dir)
-    cfg = make_cfg(tmp_path, batch_input=str(DATA / "batch_input.jsonl"))
+    tok = load_tokenizer(tiny_student_dir)
+    cfg = load_config(None, {
+        "output_dir": str(tmp_path), "student": {"path": str(tiny_student_dir)},
+        "orchestrator": {"source": {"type": "replay", "path": str(RECORDING)},
+                         "replay": {"batch_input": str(DATA / "batch_input.jsonl")}},
+        "trainer": {"max_steps": 2, "samples_per_step": 4, "seq_len": 512, "device": "cpu"}})
     summary = replay(cfg, tmp_path, make_recon(tok, cfg), progress=True,
                      inputs=[str(RECORDING), str(DATA / "sharegpt.jsonl"), str(DATA / "batch_output.jsonl")])
     assert summary["samples"] == 19 + 3 + 2
+    result = train(cfg, tmp_path, progress=False)
+    assert result["steps"] == 2 and result["final_loss"] > 0
     assert attempts == []
 
 
