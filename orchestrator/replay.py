@@ -25,12 +25,14 @@ reading + parsing half on its own.
 from __future__ import annotations
 
 import glob
+import gzip
 import hashlib
 import json
 import os
 import re
 import sys
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -489,24 +491,50 @@ def _excerpt(raw: bytes, n: int = 200) -> str:
     return raw[:n].decode("utf-8", "replace").rstrip("\n")
 
 
-def iter_jsonl(path: str) -> Iterator[_Line]:
-    """One record per line, streamed. A last line with no newline that is not valid JSON is marked partial."""
-    with open(path, "rb") as f:
-        lineno = 0
+def _raw_lines(path: str) -> Iterator[tuple[bytes, int]]:
+    """(line, bytes of the file on disk it took), for plain and gzip-compressed (.gz) files.
+    A gzip stream that ends early raises EOFError after its last complete data."""
+    if not path.lower().endswith(".gz"):
+        with open(path, "rb") as f:
+            for raw in f:
+                yield raw, len(raw)
+        return
+    with open(path, "rb") as disk, gzip.GzipFile(fileobj=disk) as f:
+        pos = 0
         for raw in f:
+            now = disk.tell()
+            yield raw, now - pos
+            pos = now
+
+
+def iter_jsonl(path: str) -> Iterator[_Line]:
+    """One record per line, streamed. A last line with no newline that is not valid JSON (or a
+    gzip stream that ends early) is marked partial: the writer stopped mid-append."""
+    lineno = 0
+    lines = _raw_lines(path)
+    while True:
+        try:
+            raw, nbytes = next(lines)
+        except StopIteration:
+            return
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
             lineno += 1
-            if not raw.strip():
-                yield _Line(lineno, len(raw))
-                continue
-            try:
-                obj = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                partial = not raw.endswith(b"\n")
-                msg = (f"half-written last line ({len(raw)} bytes, no newline: the writer stopped mid-append)"
-                       if partial else f"not valid JSON ({getattr(e, 'msg', e)})")
-                yield _Line(lineno, len(raw), bad=BadRecord(path, lineno, None, msg, partial, _excerpt(raw)))
-                continue
-            yield _Line(lineno, len(raw), obj=obj)
+            yield _Line(lineno, 0, bad=BadRecord(path, lineno, None, f"the gzip stream ends early or is damaged "
+                                                 f"({e}); the writer stopped mid-write", True))
+            return
+        lineno += 1
+        if not raw.strip():
+            yield _Line(lineno, nbytes)
+            continue
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            partial = not raw.endswith(b"\n")
+            msg = (f"half-written last line ({len(raw)} bytes, no newline: the writer stopped mid-append)"
+                   if partial else f"not valid JSON ({getattr(e, 'msg', e)})")
+            yield _Line(lineno, nbytes, bad=BadRecord(path, lineno, None, msg, partial, _excerpt(raw)))
+            continue
+        yield _Line(lineno, nbytes, obj=obj)
 
 
 def iter_dataset(path: str) -> Iterator[_Line]:
@@ -543,9 +571,9 @@ def resolve_inputs(patterns: list[str]) -> list[str]:
             out.extend(matches)
         elif os.path.isdir(p):
             matches = sorted(str(q) for q in Path(p).iterdir()
-                             if q.is_file() and q.suffix.lower() in (".jsonl", ".parquet"))
+                             if q.is_file() and q.name.lower().endswith((".jsonl", ".jsonl.gz", ".parquet")))
             if not matches:
-                raise ReplayError(pat, None, None, "this folder holds no .jsonl or .parquet file")
+                raise ReplayError(pat, None, None, "this folder holds no .jsonl, .jsonl.gz or .parquet file")
             out.extend(matches)
         elif os.path.isfile(p):
             out.append(p)

@@ -500,3 +500,28 @@ def test_max_ahead_waits_for_the_trainer(tmp_path, smol_tokenizer):
     write_consumed(samples, 100)
     t.join(timeout=30)
     assert not t.is_alive() and result["samples"] == 19 and is_done(samples)
+
+
+def test_gzip_inputs_replay_like_plain_ones_and_a_cut_stream_is_tolerated(tmp_path, smol_tokenizer):
+    import gzip
+
+    # long answers so the cut below lands well inside the data
+    rows = [dict(r, response=dict(r["response"], content=r["response"]["content"] + " " + "x" * 2000))
+            for r in read_jsonl(RECORDING) if r["finish_reason"] == "stop"]
+    plain = write_jsonl(tmp_path / "rec.jsonl", rows)
+    packed = gzip.compress(plain.read_bytes(), mtime=0)
+    (tmp_path / "gz").mkdir()
+    (tmp_path / "gz" / "rec.jsonl.gz").write_bytes(packed)
+    got = {}
+    for name, path in (("plain", plain), ("gz", tmp_path / "gz")):  # a folder picks up .jsonl.gz files
+        cfg = make_cfg(tmp_path / f"run-{name}", path, on_error="fail")
+        summary = replay(cfg, tmp_path / f"run-{name}", make_recon(smol_tokenizer, cfg), progress=False)
+        assert summary["samples"] == len(rows) and summary["bad_records"] == 0
+        got[name] = [(s.sample_id, s.prompt_ids, s.completion_ids) for s in iter_samples(tmp_path / f"run-{name}" / "samples")]
+    assert got["plain"] == got["gz"]
+
+    (tmp_path / "cut.jsonl.gz").write_bytes(packed[: len(packed) // 2])  # the writer died mid-stream
+    cfg = make_cfg(tmp_path / "run-cut", tmp_path / "cut.jsonl.gz", on_error="fail")
+    summary = replay(cfg, tmp_path / "run-cut", make_recon(smol_tokenizer, cfg), progress=False)
+    assert 0 < summary["samples"] < len(rows) and summary["partial_last_lines"] >= 1 and summary["bad_lines"] == 0
+    assert all(b["partial"] for b in read_jsonl(tmp_path / "run-cut" / "replay_rejects.jsonl"))
