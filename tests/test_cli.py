@@ -86,6 +86,7 @@ def test_inspect_and_html(tmp_path, smol_tokenizer_dir):
     assert "hello" in plain and "welcome" in plain and "p/0" in plain
     page = html.read_text()
     assert "<b>" not in page and "&lt;" in page  # user text is escaped, token by token
-    assert len(re.findall(r'class="tok trained( o)?"', page)) == len(row["completion_ids"])
+    body = page.split("<section>", 1)[1]  # after the legend
+    assert len(re.findall(r'class="tok trained( o)?"', body)) == len(row["completion_ids"])
     missing = distill("inspect", tmp_path / "samples", "--tokenizer", smol_tokenizer_dir, "--index", "5")
     assert missing.returncode != 0 and "out of range" in missing.stderr
