@@ -124,12 +124,18 @@ def _tool_calls(raw: Any, where: str) -> list[dict[str, Any]]:
             except json.JSONDecodeError as e:
                 raise _Reject("invalid_tool_arguments",
                               f"{where}: tool_calls[{j}] ({name}) arguments are not valid JSON ({e.msg} at char {e.pos})") from None
+        elif isinstance(args, dict):
+            try:  # the template sees plain JSON data only
+                args = json.loads(json.dumps(args))
+            except (TypeError, ValueError) as e:
+                raise _Reject("invalid_tool_arguments", f"{where}: tool_calls[{j}] ({name}) arguments are "
+                                                        f"not JSON data ({e})") from None
         if not isinstance(args, dict):
             raise _Reject("invalid_tool_arguments",
                           f"{where}: tool_calls[{j}] ({name}) arguments are a JSON {type(args).__name__}, expected an object")
         call: dict[str, Any] = {"type": "function", "function": {"name": name, "arguments": args}}
         if tc.get("id") is not None:
-            call["id"] = tc["id"]
+            call["id"] = str(tc["id"])
         out.append(call)
     return out
 
@@ -148,7 +154,11 @@ def normalize_messages(messages: Any, reasoning_policy: str) -> list[_Msg]:
             raise _Reject("unknown_role", f"{where} has role {role!r}; known roles are {', '.join(KNOWN_ROLES)}")
         content = _text_content(m.get("content"), where)
         data: dict[str, Any] = {"role": role, "content": content}
-        data.update({k: m[k] for k in _KEPT_KEYS if m.get(k) is not None})
+        for k in _KEPT_KEYS:
+            if m.get(k) is not None:
+                if not isinstance(m[k], str):
+                    raise _Reject("invalid_message", f"{where}: {k} is a {type(m[k]).__name__}, expected a string")
+                data[k] = m[k]
         prefix = reasoning = ""
         if role == "assistant":
             calls = _tool_calls(m["tool_calls"], where) if m.get("tool_calls") else []
@@ -160,7 +170,8 @@ def normalize_messages(messages: Any, reasoning_policy: str) -> list[_Msg]:
             if not isinstance(r, str):
                 raise _Reject("invalid_message", f"{where}: reasoning is a {type(r).__name__}, expected a string")
             if r and reasoning_policy == "template":
-                data["reasoning_content"] = reasoning = r
+                # both names, as transformers' apply_chat_template aliases them
+                data["reasoning_content"] = data["thinking"] = reasoning = r
             elif r and reasoning_policy == "think_tags":
                 reasoning = r
                 prefix = f"<think>\n{r}\n</think>\n\n"
@@ -188,6 +199,8 @@ class _Turn:
 class Reconstructor:
     """Builds verified `Sample`s from teacher conversations with the student's template."""
 
+    PROMPT_CACHE_SIZE = 1024
+
     def __init__(self, tokenizer, cfg: "Reconstruction", max_seq_len: int | None = None):
         template = getattr(tokenizer, "chat_template", None)
         if not isinstance(template, str) or not template:
@@ -199,7 +212,14 @@ class Reconstructor:
         self.template = template
         self.backend = tokenizer.backend_tokenizer
         self.train_roles = tuple(cfg.train_roles)
-        self._template_kwargs = {**tokenizer.special_tokens_map, **cfg.chat_template_kwargs}
+        # The same sandboxed jinja environment (and {% generation %} support) that
+        # apply_chat_template uses; we call it directly because the messages we pass
+        # are already plain JSON data, so the per-call deep copy is not needed.
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        self._compiled = _compile_jinja_template(template)
+        self._template_kwargs = json.loads(json.dumps({**tokenizer.special_tokens_map, **cfg.chat_template_kwargs}))
+        self._prompt_cache: dict[str, list[int]] = {}
         added = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.content.strip()},
                        key=len, reverse=True)
         self._added_tokens = added
@@ -210,13 +230,9 @@ class Reconstructor:
     # -- template ----------------------------------------------------------
 
     def render(self, msgs: list[dict], tools: list[dict] | None, add_generation_prompt: bool) -> str:
-        from transformers.utils.chat_template_utils import render_jinja_template
-
-        rendered, _ = render_jinja_template(
-            conversations=[msgs], tools=tools, chat_template=self.template,
-            add_generation_prompt=add_generation_prompt, **self._template_kwargs,
-        )
-        return rendered[0]
+        """The template's text for `msgs` (plain JSON data, as normalize_messages makes it)."""
+        return self._compiled.render(messages=msgs, tools=tools, documents=None,
+                                     add_generation_prompt=add_generation_prompt, **self._template_kwargs)
 
     def _probe_end_of_turn(self) -> tuple[str, str]:
         """The end-of-turn token and the constant text the template puts after it at the end.
@@ -306,44 +322,80 @@ class Reconstructor:
               reward: float | None = None, teacher_model: str | None = None,
               meta: dict | None = None) -> tuple[list[Sample], list[Rejection]]:
         """Samples for one conversation (several when split), and rejections."""
-        self.stats["conversations"] += 1
-        common = dict(prompt_id=prompt_id, sample_index=sample_index, reward=reward, teacher_model=teacher_model)
-        try:
-            groups, msgs, turns = self._plan(messages, tools, sample_id, finish_reason)
-        except _Reject as r:
-            return [], [self._reject(sample_id, r)]
-        samples: list[Sample] = []
-        rejections: list[Rejection] = []
-        split = len(groups) > 1
-        last_turn = len(turns) - 1
-        for group in groups:
-            sid = f"{sample_id}/turn{group[0] + 1}" if split else sample_id
-            is_last = group[-1] == last_turn
-            fr = finish_reason if is_last else ("tool_calls" if turns[group[-1]].has_tool_calls else "stop")
-            keep_open = is_last and finish_reason == "length"
-            extra = {"turns": len(group)}
-            if split:
-                extra.update(split_from=sample_id, first_turn=group[0] + 1)
+        return self.build_many([dict(messages=messages, tools=tools, sample_id=sample_id, prompt_id=prompt_id,
+                                     sample_index=sample_index, finish_reason=finish_reason, reward=reward,
+                                     teacher_model=teacher_model, meta=meta)])[0]
+
+    def build_many(self, conversations: list[dict]) -> list[tuple[list[Sample], list[Rejection]]]:
+        """`build` for several conversations (dicts of build's arguments), tokenised in one batch.
+
+        Same results as calling `build` on each; faster, because all segments of all
+        conversations go to the fast tokenizer (and the decode self-check) in one call.
+        """
+        results: list[tuple[list[Sample], list[Rejection]]] = []
+        pending: list[tuple[int, _Pending]] = []
+        for ci, conv in enumerate(conversations):
+            plans, rejections = self._prepare(**conv)
+            results.append(([], rejections))
+            pending += [(ci, p) for p in plans]
+        seg_ids = self._encode([p for _, p in pending])
+        checks = []
+        for (_, p), ids in zip(pending, seg_ids):
+            completion = [i for x in ids[1:] for i in x]
+            mask = [int(f) for x, f in zip(ids[1:], p.trained[1:]) for _ in x]
+            checks.append((ids[0], completion, mask))
+        decoded = self.backend.decode_batch(
+            [x for prompt, comp, mask in checks
+             for x in (prompt + comp, [i for i, f in zip(comp, mask) if f])], skip_special_tokens=False)
+        for n, ((ci, p), (prompt, comp, mask)) in enumerate(zip(pending, checks)):
             try:
-                s = self._sample(sid, [turns[k] for k in group], keep_open, fr, common, {**(meta or {}), **extra})
+                self._self_check(p, decoded[2 * n], decoded[2 * n + 1])
+                s = self._finish(p, prompt, comp, mask)
             except _Reject as r:
-                rejections.append(self._reject(sid, r))
+                results[ci][1].append(self._reject(p.sid, r))
                 continue
-            samples.append(s)
-        if split:
-            self.stats["split"] += 1
-            self.stats["split_samples"] += len(samples)
-        self.stats["samples"] += len(samples)
-        return samples, rejections
+            results[ci][0].append(s)
+            self.stats["samples"] += 1
+            if p.split:
+                self.stats["split_samples"] += 1
+        return results
 
     def _reject(self, item_id: str, r: _Reject) -> Rejection:
         self.stats[f"rejected:{r.reason}"] += 1
         return Rejection(item_id, r.reason, r.detail)
 
-    def _plan(self, messages, tools, sample_id, finish_reason):
+    def _prepare(self, messages, tools=None, *, sample_id: str, prompt_id: str = "", sample_index: int = 0,
+                 finish_reason: str | None = None, reward: float | None = None,
+                 teacher_model: str | None = None, meta: dict | None = None):
+        """Render and cut one conversation into per-sample segment texts (no tokens yet)."""
+        self.stats["conversations"] += 1
+        try:
+            groups, turns = self._plan(messages, tools, finish_reason)
+        except _Reject as r:
+            return [], [self._reject(sample_id, r)]
+        split = len(groups) > 1
+        if split:
+            self.stats["split"] += 1
+        plans = []
+        for group in groups:
+            is_last = group[-1] == len(turns) - 1
+            extra: dict[str, Any] = {"turns": len(group)}
+            if split:
+                extra.update(split_from=sample_id, first_turn=group[0] + 1)
+            keep_open = is_last and finish_reason == "length"
+            texts, trained = self._segments([turns[k] for k in group], keep_open)
+            plans.append(_Pending(
+                sid=f"{sample_id}/turn{group[0] + 1}" if split else sample_id, texts=texts, trained=trained,
+                keep_open=keep_open, split=split, meta={**(meta or {}), **extra},
+                fields=dict(prompt_id=prompt_id, sample_index=sample_index, reward=reward,
+                            teacher_model=teacher_model,
+                            finish_reason=finish_reason if is_last else
+                            ("tool_calls" if turns[group[-1]].has_tool_calls else "stop"))))
+        return plans, []
+
+    def _plan(self, messages, tools, finish_reason):
         msgs = normalize_messages(messages, self.cfg.reasoning)
-        if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
-            raise _Reject("invalid_message", "tools must be a list of objects (JSON schemas)")
+        tools = _plain_tools(tools)
         if self._special_re is not None and self.cfg.special_tokens_in_content == "reject":
             self._check_special(msgs, tools)
         trained = [i for i, m in enumerate(msgs) if m.role in self.train_roles]
@@ -364,7 +416,7 @@ class Reconstructor:
             k = groups[1][0]
             raise _Reject("history_rewrite", f"the template renders the history before trained turn {k + 1} "
                                              f"(messages[{trained[k]}]) differently from how it rendered turn {k}")
-        return groups, msgs, turns
+        return groups, turns
 
     def _check_special(self, msgs: list[_Msg], tools) -> None:
         for i, m in enumerate(msgs):
@@ -381,39 +433,63 @@ class Reconstructor:
             if hit:
                 raise _Reject("special_token_in_content", f"tools contain the special token text {hit.group()!r}")
 
-    def _sample(self, sid: str, turns: list[_Turn], keep_open: bool, finish_reason, common, meta) -> Sample:
-        # Segment texts: prompt, then (trained, context) alternately, ending with trained.
+    @staticmethod
+    def _segments(turns: list[_Turn], keep_open: bool) -> tuple[list[str], list[bool]]:
+        """Prompt, then (trained turn, context) alternately, ending with a trained turn."""
         texts = [turns[0].full[: turns[0].start]]
-        trained_flags = [False]
+        trained = [False]
         for j, t in enumerate(turns):
             if j:
                 texts.append(t.full[turns[j - 1].end: t.start])
-                trained_flags.append(False)
-            end = t.eot_start if (keep_open and j == len(turns) - 1) else t.end
-            texts.append(t.full[t.start: end])
-            trained_flags.append(True)
-        full_text = "".join(texts)
-        encs = self.backend.encode_batch_fast(texts, add_special_tokens=False)
-        prompt_ids = encs[0].ids
-        completion_ids: list[int] = []
-        mask: list[int] = []
-        for enc, flag in zip(encs[1:], trained_flags[1:]):
-            completion_ids.extend(enc.ids)
-            mask.extend([int(flag)] * len(enc.ids))
-        # Self-check: the tokens say exactly what the template rendered.
-        masked_ids = [i for i, f in zip(completion_ids, mask) if f]
-        want_masked = "".join(x for x, f in zip(texts, trained_flags) if f)
-        got_all, got_masked = self.backend.decode_batch([prompt_ids + completion_ids, masked_ids],
-                                                        skip_special_tokens=False)
-        if got_all != full_text or got_masked != want_masked:
-            bad = got_all if got_all != full_text else got_masked
-            ref = full_text if got_all != full_text else want_masked
-            pos = next((i for i, (x, y) in enumerate(zip(bad, ref)) if x != y), min(len(bad), len(ref)))
-            raise _Reject("roundtrip_mismatch",
-                          f"decoding the tokens differs from the rendered text at char {pos}: "
-                          f"{bad[pos:pos + 20]!r} vs {ref[pos:pos + 20]!r} (a tokenizer normaliser or "
-                          "prefix space changes text)")
-        if keep_open:
+                trained.append(False)
+            texts.append(t.full[t.start: t.eot_start if (keep_open and j == len(turns) - 1) else t.end])
+            trained.append(True)
+        return texts, trained
+
+    def _encode(self, pending: list["_Pending"]) -> list[list[list[int]]]:
+        """Token ids of every segment, each tokenised on its own, in one batch call.
+
+        Prompts repeat (n samples per prompt, shared system prompts), so their ids are
+        kept in a small cache keyed by the prompt text.
+        """
+        prompts: dict[str, list[int] | None] = {}
+        todo: list[str] = []
+        for p in pending:
+            t = p.texts[0]
+            if t not in prompts:
+                prompts[t] = self._prompt_cache.get(t)
+                if prompts[t] is None:
+                    todo.append(t)
+            todo.extend(p.texts[1:])
+        encs = iter(self.backend.encode_batch_fast(todo, add_special_tokens=False) if todo else [])
+        out = []
+        for p in pending:
+            prompt = prompts[p.texts[0]]
+            if prompt is None:
+                prompt = prompts[p.texts[0]] = next(encs).ids
+            out.append([prompt] + [next(encs).ids for _ in p.texts[1:]])
+        for t, ids in prompts.items():
+            self._prompt_cache[t] = ids
+        while len(self._prompt_cache) > self.PROMPT_CACHE_SIZE:
+            self._prompt_cache.pop(next(iter(self._prompt_cache)))
+        return out
+
+    @staticmethod
+    def _self_check(p: "_Pending", got_all: str, got_masked: str) -> None:
+        """The tokens must say exactly what the template rendered."""
+        full = "".join(p.texts)
+        masked = "".join(x for x, f in zip(p.texts, p.trained) if f)
+        if got_all == full and got_masked == masked:
+            return
+        bad, ref = (got_all, full) if got_all != full else (got_masked, masked)
+        pos = next((i for i, (x, y) in enumerate(zip(bad, ref)) if x != y), min(len(bad), len(ref)))
+        raise _Reject("roundtrip_mismatch",
+                      f"decoding the tokens differs from the rendered text at char {pos}: {bad[pos:pos + 20]!r} "
+                      f"vs {ref[pos:pos + 20]!r} (the tokenizer cannot represent this text exactly)")
+
+    def _finish(self, p: "_Pending", prompt_ids: list[int], completion_ids: list[int], mask: list[int]) -> Sample:
+        meta = dict(p.meta)
+        if p.keep_open:
             meta["truncated_turn"] = True
             self.stats["truncated_kept"] += 1
         n = len(prompt_ids) + len(completion_ids)
@@ -429,8 +505,33 @@ class Reconstructor:
             self.stats["overlong_truncated"] += 1
         if not any(mask):
             raise _Reject("no_trained_tokens", "no trained token in this sample")
-        return Sample(sample_id=sid, prompt_ids=list(prompt_ids), completion_ids=completion_ids,
-                      completion_mask=mask, finish_reason=finish_reason, meta=meta, **common)
+        return Sample(sample_id=p.sid, prompt_ids=list(prompt_ids), completion_ids=completion_ids,
+                      completion_mask=mask, meta=meta, **p.fields)
+
+
+@dataclass
+class _Pending:
+    """One sample to be: its segment texts (prompt first) and which are trained."""
+
+    sid: str
+    texts: list[str]
+    trained: list[bool]
+    keep_open: bool
+    split: bool
+    meta: dict[str, Any]
+    fields: dict[str, Any]
+
+
+def _plain_tools(tools: Any) -> list[dict] | None:
+    """Tools as plain JSON data (what the template may see), or a rejection."""
+    if tools is None:
+        return None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise _Reject("invalid_message", "tools must be a list of objects (JSON schemas)")
+    try:
+        return json.loads(json.dumps(tools))
+    except (TypeError, ValueError) as e:
+        raise _Reject("invalid_message", f"tools are not JSON data ({e})") from None
 
 
 # ---------------------------------------------------------------------------
@@ -454,6 +555,19 @@ def tokenize_file(tokenizer_dir: str, input_path: str, output_path: str,
     recon = Reconstructor(load_tokenizer(tokenizer_dir), cfg)
     out_lines: list[str] = []
     counts: collections.Counter = collections.Counter()
+    batch: list[tuple[int, dict]] = []
+
+    def flush() -> None:
+        results = recon.build_many([conv for _, conv in batch])
+        for (n, _), (samples, rejections) in zip(batch, results):
+            for s in samples:
+                out_lines.append(json.dumps({"prompt_ids": s.prompt_ids, "completion_ids": s.completion_ids,
+                                             "completion_mask": s.completion_mask, "line": n}))
+            for r in rejections:
+                out_lines.append(json.dumps({"line": n, "error": f"{r.reason}: {input_path}:{n}: {r.detail}"},
+                                            ensure_ascii=False))
+        batch.clear()
+
     with open(input_path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -462,17 +576,15 @@ def tokenize_file(tokenizer_dir: str, input_path: str, output_path: str,
             counts["lines"] += 1
             rec, err = _parse_line(line, input_path, n)
             if err is not None:
+                flush()  # keep output in input order
                 out_lines.append(json.dumps({"line": n, "error": f"{err.reason}: {err.detail}"}, ensure_ascii=False))
                 counts[f"rejected:{err.reason}"] += 1
                 continue
-            samples, rejections = recon.build(
-                rec["messages"], rec.get("tools"), sample_id=f"line{n}", finish_reason=rec.get("finish_reason"))
-            for s in samples:
-                out_lines.append(json.dumps({"prompt_ids": s.prompt_ids, "completion_ids": s.completion_ids,
-                                             "completion_mask": s.completion_mask, "line": n}))
-            for r in rejections:
-                out_lines.append(json.dumps({"line": n, "error": f"{r.reason}: {input_path}:{n}: {r.detail}"},
-                                            ensure_ascii=False))
+            batch.append((n, dict(messages=rec["messages"], tools=rec.get("tools"), sample_id=f"line{n}",
+                                  finish_reason=rec.get("finish_reason"))))
+            if len(batch) >= 256:
+                flush()
+    flush()
     atomic_write_text(output_path, "".join(x + "\n" for x in out_lines))
     for k, v in recon.stats.items():
         if k != "conversations":

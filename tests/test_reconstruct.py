@@ -488,3 +488,16 @@ def test_tokenize_file_uses_policy(tmp_path, smol_tokenizer_dir):
     inp.write_text(json.dumps({"messages": convo(("Q", "cut")), "finish_reason": "length"}) + "\n")
     summary = tokenize_file(str(smol_tokenizer_dir), str(inp), str(tmp_path / "o.jsonl"), Reconstruction(truncated="keep"))
     assert summary["samples"] == 1 and summary["rejected"] == 0 and summary["truncated_kept"] == 1
+
+
+def test_build_many_equals_build_and_prompt_cache(smol_tokenizer):
+    convs = [dict(messages=convo(("Same prompt", f"answer {i}")), sample_id=f"p/{i}", sample_index=i) for i in range(3)]
+    convs.append(dict(messages=convo(("Q", "")), sample_id="bad"))
+    convs.append(dict(messages=Q3_TWO_QUERIES, sample_id="multi"))
+    one_by_one = Reconstructor(smol_tokenizer, Reconstruction(reasoning="think_tags"))
+    batched = Reconstructor(smol_tokenizer, Reconstruction(reasoning="think_tags"))
+    expected = [one_by_one.build(**c) for c in convs]
+    assert batched.build_many(convs) == expected
+    assert batched.stats == one_by_one.stats
+    assert len(batched._prompt_cache) == 2  # "Same prompt" once, and Q3_TWO_QUERIES (not split here)
+    assert [s.sample_index for s, _ in expected[:3] for s in s] == [0, 1, 2]
