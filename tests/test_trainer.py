@@ -120,3 +120,20 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, tiny_student_dir, smol
     write_samples(run / "samples", make_samples(smol_tokenizer, 4))
     out = train(_cfg(tiny_student_dir, max_steps=1), run, resume=True, progress=False)
     assert out["resumed_from"] is None and out["steps"] == 1
+
+
+def test_report_plots_metrics_and_summarises(tmp_path):
+    from trainer.report import write_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": i, "loss": 3.0 - 0.2 * i, "tokens": 400, "trained_tokens": 100, "tokens_per_s": 1000.0 + i,
+             "lr": 1e-4, "grad_norm": 1.0, "packing_efficiency": 0.9, "samples_seen": 8 * i} for i in range(1, 6)]
+    rows[2]["eval_loss"] = 2.5
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 6, "lo')
+    png, text = write_report(run)
+    assert png == run / "report.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "loss: 2.8000 (step 1) -> 2.0000 (step 5)" in text
+    assert "tokens: 2000 (500 trained)" in text and "eval loss: 2.5000" in text
+    with pytest.raises(FileNotFoundError, match="has not trained a step yet"):
+        write_report(tmp_path / "nothing")
