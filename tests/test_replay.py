@@ -76,6 +76,26 @@ def llama3_tokenizer(tmp_path_factory, smol_tokenizer_dir):
     return load_tokenizer(d)
 
 
+# SmolLM2's own template renders neither `tools` nor `tool_calls`; this ChatML variant does.
+TOOLS_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "{% for call in message.tool_calls or [] %}<tool_call>{{ call.function | tojson }}</tool_call>{% endfor %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tools_tokenizer(tmp_path_factory, smol_tokenizer_dir):
+    from orchestrator.student import load_tokenizer
+
+    d = tmp_path_factory.mktemp("chatml-tools-tokenizer")
+    tok = load_tokenizer(smol_tokenizer_dir)
+    tok.chat_template = TOOLS_TEMPLATE
+    tok.save_pretrained(d)
+    return load_tokenizer(d)
+
+
 # ---------------------------------------------------------------------------
 # The shipped example, end to end
 # ---------------------------------------------------------------------------
@@ -161,9 +181,9 @@ def test_one_recording_replays_for_two_different_student_tokenizers(tmp_path, sm
 # ---------------------------------------------------------------------------
 
 
-def test_chat_sharegpt_and_batch_formats(tmp_path, smol_tokenizer):
+def test_chat_sharegpt_and_batch_formats(tmp_path, tools_tokenizer):
     cfg = make_cfg(tmp_path, batch_input=str(DATA / "batch_input.jsonl"))
-    summary = replay(cfg, tmp_path, make_recon(smol_tokenizer, cfg), progress=False,
+    summary = replay(cfg, tmp_path, make_recon(tools_tokenizer, cfg), progress=False,
                      inputs=[str(DATA / n) for n in ("chat.jsonl", "sharegpt.jsonl", "batch_output.jsonl")])
     assert summary["formats"] == {"chat": 3, "sharegpt": 3, "openai_batch": 3}
     assert summary["filtered"] == {"batch_error": 1} and summary["rejected"] == {}
@@ -182,11 +202,17 @@ def test_chat_sharegpt_and_batch_formats(tmp_path, smol_tokenizer):
     assert tool_conv.messages[2]["tool_call_id"] == call["id"] and tool_conv.tools[0]["name"] == "calculator"
     sg2 = next(c for c in iter_conversations([str(DATA / "sharegpt.jsonl")]) if c.prompt_id == "sg-2")
     assert sg2.messages[0] == {"role": "system", "content": "You are a careful maths tutor."}
+    # ... and the student trains on the calls: tool name and arguments, then the final answer
+    for sid, args, answer in (("sg-tool/0", "12 * 12", "12 * 12 = 144"), ("chat-tool/0", "17 * 23", "17 * 23 = 391")):
+        text = tools_tokenizer.decode([t for t, m in zip(samples[sid].completion_ids, samples[sid].completion_mask) if m])
+        assert text == ('<tool_call>{"name": "calculator", "arguments": {"expression": "%s"}}</tool_call><|im_end|>'
+                        "%s<|im_end|>" % (args, answer))
+        assert "Tools: [" in tools_tokenizer.decode(samples[sid].prompt_ids)
 
     # the batch answer was paired with its request (output order differs from input order)
     inputs = {r["custom_id"]: r for r in read_jsonl(DATA / "batch_input.jsonl")}
     s = samples["req-8/0"]
-    prompt = smol_tokenizer.decode(s.prompt_ids)
+    prompt = tools_tokenizer.decode(s.prompt_ids)
     assert inputs["req-8"]["body"]["messages"][1]["content"] in prompt
     assert "<|im_start|>system\nYou are a careful maths tutor." in prompt  # "developer" is the system prompt
     assert s.teacher_model == "gpt-4o-mini"
@@ -457,8 +483,8 @@ def test_replay_and_training_need_no_network(tmp_path, tiny_student_dir, monkeyp
                          "replay": {"batch_input": str(DATA / "batch_input.jsonl")}},
         "trainer": {"max_steps": 2, "samples_per_step": 4, "seq_len": 512, "device": "cpu"}})
     summary = replay(cfg, tmp_path, make_recon(tok, cfg), progress=True,
-                     inputs=[str(RECORDING), str(DATA / "sharegpt.jsonl"), str(DATA / "batch_output.jsonl")])
-    assert summary["samples"] == 19 + 3 + 2
+                     inputs=[str(RECORDING), str(DATA / "batch_output.jsonl")])
+    assert summary["samples"] == 19 + 2
     result = train(cfg, tmp_path, progress=False)
     assert result["steps"] == 2 and result["final_loss"] > 0
     assert attempts == []
@@ -525,3 +551,25 @@ def test_gzip_inputs_replay_like_plain_ones_and_a_cut_stream_is_tolerated(tmp_pa
     summary = replay(cfg, tmp_path / "run-cut", make_recon(smol_tokenizer, cfg), progress=False)
     assert 0 < summary["samples"] < len(rows) and summary["partial_last_lines"] >= 1 and summary["bad_lines"] == 0
     assert all(b["partial"] for b in read_jsonl(tmp_path / "run-cut" / "replay_rejects.jsonl"))
+
+
+def test_recorded_reasoning_and_tool_calls_reach_the_student(tmp_path, tools_tokenizer):
+    base = read_jsonl(RECORDING)[0]
+    tool = {"type": "function", "function": {"name": "calc", "parameters": {"type": "object"}}}
+    rows = [
+        dict(base, prompt_id="think", response={"role": "assistant", "content": "#### 18",
+                                                "reasoning_content": "168 - 150 = 18", "tool_calls": None}),
+        dict(base, prompt_id="call", tools=[tool], finish_reason="tool_calls", response={
+            "role": "assistant", "content": None, "reasoning_content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "calc", "arguments": "{\"e\": \"14*12\"}"}}]}),
+    ]
+    inp = write_jsonl(tmp_path / "r.jsonl", rows)
+    cfg = load_config(None, {"orchestrator": {"source": {"type": "replay", "path": str(inp)},
+                                              "reconstruction": {"reasoning": "think_tags"}}})
+    summary = replay(cfg, tmp_path, make_recon(tools_tokenizer, cfg), progress=False)
+    assert summary["samples"] == 2, summary
+    got = {s.prompt_id: s for s in iter_samples(tmp_path / "samples")}
+    assert trained_text(tools_tokenizer, got["think"]) == "<think>\n168 - 150 = 18\n</think>\n\n#### 18<|im_end|>"
+    assert got["call"].finish_reason == "tool_calls"
+    assert trained_text(tools_tokenizer, got["call"]) == (
+        '<tool_call>{"name": "calc", "arguments": {"e": "14*12"}}</tool_call><|im_end|>')
