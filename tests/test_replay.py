@@ -573,3 +573,28 @@ def test_recorded_reasoning_and_tool_calls_reach_the_student(tmp_path, tools_tok
     assert got["call"].finish_reason == "tool_calls"
     assert trained_text(tools_tokenizer, got["call"]) == (
         '<tool_call>{"name": "calc", "arguments": {"e": "14*12"}}</tool_call><|im_end|>')
+
+
+def test_dataset_reader_needs_no_network(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    rows = [chat_row(f"{i}", id=f"p{i}") for i in range(5)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    attempts: list = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network disabled in this test")
+
+    class NoSocket(socket.socket):
+        def __init__(self, *args, **kwargs):
+            refuse(*args)
+
+    monkeypatch.setattr(socket, "socket", NoSocket)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    convs = list(iter_conversations([str(tmp_path / "d.parquet")]))
+    assert [c.prompt_id for c in convs] == [f"p{i}" for i in range(5)] and attempts == []
