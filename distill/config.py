@@ -316,6 +316,10 @@ class Trainer(Strict):
     log_every: int = Field(1, ge=1)
     # Stop waiting for samples after this many seconds without new ones.
     sample_timeout: float = Field(1800.0, gt=0)
+    # Held-out NLL: the first eval_samples samples of the stream are never trained on;
+    # their mean NLL is logged as eval_loss every eval_every steps and at the end (0 = off).
+    eval_every: int = Field(0, ge=0)
+    eval_samples: int = Field(0, ge=0)
 
 
 class WeightBroadcast(Strict):

@@ -137,3 +137,28 @@ def test_report_plots_metrics_and_summarises(tmp_path):
     assert "tokens: 2000 (500 trained)" in text and "eval loss: 2.5000" in text
     with pytest.raises(FileNotFoundError, match="has not trained a step yet"):
         write_report(tmp_path / "nothing")
+
+
+def test_evaluate_equals_the_hf_models_own_loss(tiny_student_dir, smol_tokenizer):
+    from trainer.train import evaluate
+
+    cfg = _cfg(tiny_student_dir)
+    model = build_model(tiny_student_dir, cfg.trainer, CPU1)
+    s = make_samples(smol_tokenizer, 1)[0]  # every completion token trained
+    ids = torch.tensor([s.prompt_ids + s.completion_ids])
+    labels = ids.clone()
+    labels[0, :len(s.prompt_ids)] = -100
+    with torch.no_grad():
+        ref = model.lm(input_ids=ids, labels=labels).loss.item()
+    assert evaluate(model, [s], cfg.trainer, CPU1, pad_id=0) == pytest.approx(ref, rel=1e-5)
+
+
+def test_held_out_eval_is_logged_and_never_trained(tmp_path, tiny_student_dir, smol_tokenizer):
+    run = tmp_path / "run"
+    write_samples(run / "samples", make_samples(smol_tokenizer, 4 + 3 * 4))
+    out = train(_cfg(tiny_student_dir, max_steps=3, eval_every=2, eval_samples=4), run, progress=False)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert "eval_loss" not in rows[0] and rows[1]["eval_loss"] > 0 and rows[2]["eval_loss"] > 0
+    assert out["samples_seen"] == 16 and out["eval_loss"] == rows[2]["eval_loss"]
+    assert all(r["samples"] == 4 for r in rows)

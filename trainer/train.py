@@ -90,20 +90,26 @@ def _autocast(t: Trainer, model, device: torch.device):
     return contextlib.nullcontext()
 
 
+def _rank_batches(samples: list[contract.Sample], t: Trainer, ctx: dist.DistContext, pad_id: int):
+    """This rank's slice of `samples` as micro-batches, padded with empty ones to the busiest
+    rank's count (FSDP collectives need every rank to run as many passes), and the global
+    (trained tokens, tokens, slots) counts."""
+    mine = samples[ctx.rank::ctx.world]
+    mbs = make_micro_batches(mine, t.seq_len, t.micro_batch_rows, t.packing, pad_id)
+    counts = dist.all_reduce(
+        [sum(m.num_trained for m in mbs), sum(m.num_tokens for m in mbs), sum(m.slots for m in mbs)], ctx)
+    (n_passes,) = dist.all_reduce([len(mbs)], ctx, op="max")
+    mbs += [empty_micro_batch(pad_id) for _ in range(int(n_passes) - len(mbs))]
+    return mbs, counts
+
+
 def accumulate_gradients(model, samples: list[contract.Sample], t: Trainer, ctx: dist.DistContext,
                          pad_id: int) -> dict:
     """Forward/backward over this rank's slice of the step's samples; gradients are left in
     the parameters' .grad. Returns the step's global loss and token counts."""
-    mine = samples[ctx.rank::ctx.world]
-    mbs = make_micro_batches(mine, t.seq_len, t.micro_batch_rows, t.packing, pad_id)
+    mbs, (trained, tokens, slots) = _rank_batches(samples, t, ctx, pad_id)
     # The global count of trained tokens, known before any backward: the loss normaliser.
-    trained, tokens, slots = dist.all_reduce(
-        [sum(m.num_trained for m in mbs), sum(m.num_tokens for m in mbs), sum(m.slots for m in mbs)], ctx)
-    # Every rank must run as many forward/backward passes as the busiest one (FSDP collectives).
-    (n_passes,) = dist.all_reduce([len(mbs)], ctx, op="max")
-    mbs += [empty_micro_batch(pad_id) for _ in range(int(n_passes) - len(mbs))]
     normalizer = max(trained, 1.0)
-
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
     sharded = is_sharded(model)
     for i, mb in enumerate(mbs):
@@ -117,6 +123,18 @@ def accumulate_gradients(model, samples: list[contract.Sample], t: Trainer, ctx:
     (loss_value,) = dist.all_reduce([loss_sum.item()], ctx)
     return {"loss": loss_value, "trained_tokens": int(trained), "tokens": int(tokens),
             "packing_efficiency": tokens / max(slots, 1.0), "samples": len(samples)}
+
+
+@torch.no_grad()
+def evaluate(model, samples: list[contract.Sample], t: Trainer, ctx: dist.DistContext, pad_id: int) -> float:
+    """Mean NLL per trained token of `samples` (held out), over all ranks."""
+    mbs, (trained, _, _) = _rank_batches(samples, t, ctx, pad_id)
+    total = 0.0
+    for mb in mbs:
+        with _autocast(t, model, ctx.device):
+            total += model.micro_batch_loss(mb.to(ctx.device), 1.0).item()
+    (total,) = dist.all_reduce([total], ctx)
+    return total / max(trained, 1.0)
 
 
 def train_step(model, optimizer, scheduler, samples: list[contract.Sample], t: Trainer,
@@ -197,7 +215,7 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
           producer_alive: Callable[[], bool] | None = None, progress: bool = True) -> dict:
     """Train the student on the samples in samples_dir (default run_dir/samples); see module doc.
 
-    Returns {"steps", "samples_seen", "final_loss", "checkpoint", "metrics", "resumed_from"}.
+    Returns {"steps", "samples_seen", "final_loss", "eval_loss", "checkpoint", "metrics", "resumed_from"}.
     """
     from orchestrator.student import load_tokenizer, resolve_student
 
@@ -224,8 +242,16 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
         from tqdm import tqdm
 
         bar = tqdm(total=t.max_steps, initial=state.step, desc="train", unit="step")
-    stream = contract.follow_samples(samples_dir, start=state.samples_seen, timeout_s=t.sample_timeout,
-                                     producer_alive=producer_alive)
+    def follow(start: int):
+        return contract.follow_samples(samples_dir, start=start, timeout_s=t.sample_timeout,
+                                       producer_alive=producer_alive)
+
+    stream = follow(state.samples_seen)
+    # Held-out slice: the stream's first eval_samples samples, never trained on.
+    held_out: list[contract.Sample] = []
+    if t.eval_samples and t.eval_every:
+        held_out = _take(stream if state.samples_seen == 0 else follow(0), t.eval_samples)
+        state.samples_seen = max(state.samples_seen, len(held_out))
 
     # --- steps -------------------------------------------------------------
     last: dict = {}
@@ -244,7 +270,9 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
             contract.write_consumed(samples_dir, state.samples_seen)
         last = {"step": state.step, **m, "tokens_per_s": m["tokens"] / dt, "step_time_s": dt,
                 "samples_seen": state.samples_seen}
-        if state.step % t.log_every == 0 or state.step == t.max_steps:
+        if held_out and (state.step % t.eval_every == 0 or state.step == t.max_steps):
+            last["eval_loss"] = evaluate(model, held_out, t, ctx, pad_id)
+        if state.step % t.log_every == 0 or state.step == t.max_steps or "eval_loss" in last:
             metrics.write(last)
             if wb is not None:
                 wb.log(last, step=state.step)
@@ -256,6 +284,10 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
                                  ctx, t.checkpoint.keep_last)
             saved_at = state.step
 
+    if held_out and last and "eval_loss" not in last:  # the stream ended between evals
+        last["eval_loss"] = evaluate(model, held_out, t, ctx, pad_id)
+        metrics.write({"step": state.step, "eval_loss": last["eval_loss"]})
+
     # --- save --------------------------------------------------------------
     if saved_at != state.step:
         saved = ckpt_io.save(ckpt_root, model, optimizer, scheduler, state, tokenizer, config_toml,
@@ -266,6 +298,7 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
         wb.finish()
     dist.shutdown(ctx)
     return {"steps": state.step, "samples_seen": state.samples_seen, "final_loss": last.get("loss"),
+            "eval_loss": last.get("eval_loss"),
             "checkpoint": str(saved) if saved else None, "metrics": str(run_dir / "metrics.jsonl"),
             "resumed_from": str(start) if start else None}
 
