@@ -23,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# build_many hands all segments of a batch to the Rust tokenizer at once, which may
+# use several threads; set TOKENIZERS_PARALLELISM=false to measure one thread.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -60,6 +62,17 @@ def time_ours(recon, convs) -> tuple[float, int]:
     return time.perf_counter() - t0, tokens
 
 
+def time_ours_batched(recon, convs, batch: int = 256) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    tokens = 0
+    for b in range(0, len(convs), batch):
+        chunk = [dict(messages=m, sample_id=str(b + i)) for i, m in enumerate(convs[b: b + batch])]
+        for samples, rejections in recon.build_many(chunk):
+            assert not rejections, rejections
+            tokens += sum(s.num_tokens for s in samples)
+    return time.perf_counter() - t0, tokens
+
+
 def time_peer(tok, convs) -> tuple[float, int]:
     t0 = time.perf_counter()
     tokens = 0
@@ -89,23 +102,31 @@ def main(argv: list[str] | None = None) -> None:
     n_turns = sum(sum(m["role"] == "assistant" for m in c) for c in convs)
     time_ours(recon, convs[:50]), time_peer(tok, convs[:50])  # warm-up (template compile, caches)
     ours_s, ours_tok = time_ours(recon, convs)
+    many_s, _ = time_ours_batched(recon, convs)
     peer_s, peer_tok = time_peer(tok, convs)
     print(f"corpus: {len(convs)} conversations, {n_turns} assistant turns, {ours_tok} tokens (ours), "
-          f"{peer_tok} tokens (peer)")
-    print(f"ours (Reconstructor.build):                        {ours_s:8.2f} s  "
-          f"{len(convs) / ours_s:8.0f} conv/s  {ours_tok / ours_s / 1e3:7.1f} k tok/s")
-    print(f"peer (apply_chat_template + assistant_tokens_mask): {peer_s:8.2f} s  "
-          f"{len(convs) / peer_s:8.0f} conv/s  {peer_tok / peer_s / 1e3:7.1f} k tok/s")
-    print(f"speed-up: {peer_s / ours_s:.2f}x")
+          f"{peer_tok} tokens (peer); {os.cpu_count()} CPUs, "
+          f"TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}")
+    for name, secs, ntok in (("ours: Reconstructor.build, one at a time", ours_s, ours_tok),
+                             ("ours: Reconstructor.build_many, 256/batch", many_s, ours_tok),
+                             ("peer: apply_chat_template(assistant mask)", peer_s, peer_tok)):
+        print(f"{name:42s} {secs:8.2f} s {len(convs) / secs:8.0f} conv/s {ntok / secs / 1e3:8.1f} k tok/s")
+    print(f"speed-up vs peer: build {peer_s / ours_s:.2f}x, build_many {peer_s / many_s:.2f}x")
 
     m = a.scaling_conversations or max(20, a.conversations // 10)
     print(f"\ncost per token as turns grow ({m} conversations per row):")
-    print(f"{'turns':>5} {'tokens':>9} {'ours us/tok':>12} {'peer us/tok':>12} {'speed-up':>9}")
+    print(f"{'turns':>5} {'tokens':>9} {'build us/tok':>13} {'build_many':>11} {'peer us/tok':>12} "
+          f"{'renders/turn':>13}")
+    recon.stats.clear()
     for turns in (1, 2, 4, 8, 16):
         cs = corpus(m, a.seed + turns, turns)
+        before = recon.stats["renders"]
         o_s, o_tok = time_ours(recon, cs)
+        renders = (recon.stats["renders"] - before) / (turns * len(cs))
+        b_s, _ = time_ours_batched(recon, cs)
         p_s, p_tok = time_peer(tok, cs)
-        print(f"{turns:>5} {o_tok:>9} {o_s / o_tok * 1e6:>12.2f} {p_s / p_tok * 1e6:>12.2f} {p_s / o_s:>8.2f}x")
+        print(f"{turns:>5} {o_tok:>9} {o_s / o_tok * 1e6:>13.2f} {b_s / o_tok * 1e6:>11.2f} "
+              f"{p_s / p_tok * 1e6:>12.2f} {renders:>13.2f}")
 
 
 if __name__ == "__main__":

@@ -224,13 +224,15 @@ class Reconstructor:
                        key=len, reverse=True)
         self._added_tokens = added
         self._special_re = re.compile("|".join(map(re.escape, added))) if added else None
-        self.eot, self.final_tail = self._probe_end_of_turn()
         self.stats: collections.Counter = collections.Counter()
+        self.eot, self.final_tail = self._probe_end_of_turn()
+        self.stats.clear()
 
     # -- template ----------------------------------------------------------
 
     def render(self, msgs: list[dict], tools: list[dict] | None, add_generation_prompt: bool) -> str:
         """The template's text for `msgs` (plain JSON data, as normalize_messages makes it)."""
+        self.stats["renders"] += 1
         return self._compiled.render(messages=msgs, tools=tools, documents=None,
                                      add_generation_prompt=add_generation_prompt, **self._template_kwargs)
 
