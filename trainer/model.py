@@ -65,7 +65,11 @@ def load_student(model_dir: str | Path, device: torch.device, chunk_size: int,
                                               attn_implementation=attention_implementation(device))
     lm.config.use_cache = False
     if activation_checkpointing:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5 name
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return LossModel(lm.to(device), chunk_size)
 
 
