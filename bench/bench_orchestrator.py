@@ -45,7 +45,7 @@ def start_server() -> tuple[subprocess.Popen, str]:
 
 
 def make_cfg(base_url: str, model: str, prompts: Path, n: int, concurrency: int, max_tokens: int | None,
-             out: Path):
+             out: Path, workers: int = 0):
     from distill.config import load_config
 
     sampling = {"n": n}
@@ -54,6 +54,7 @@ def make_cfg(base_url: str, model: str, prompts: Path, n: int, concurrency: int,
     return load_config(None, {"output_dir": str(out), "orchestrator": {
         "rollout_model": {"base_url": base_url, "model": model, "timeout": 600},
         "sampling": sampling, "concurrency": concurrency, "samples_per_shard": 256,
+        "reconstruct_workers": workers,
         "source": {"type": "jsonl", "path": str(prompts)}}, "trainer": {"seq_len": 2048}})
 
 
@@ -110,6 +111,8 @@ def part1(args, tmp: Path, recon_factory) -> None:
             run_pipeline(make_cfg(url, "fault-teacher", prompts, args.n, args.concurrency, None, tmp / "warm"),
                          tmp / "warm", recon)
         dt, summary = run_pipeline(cfg, tmp / "run", recon)
+        wcfg = make_cfg(url, "fault-teacher", prompts, args.n, args.concurrency, None, tmp / "runw", args.workers)
+        wdt, wsummary = run_pipeline(wcfg, tmp / "runw", recon) if args.workers else (None, None)
         raw_dt, raw_choices, _ = asyncio.run(raw_sdk(url, "fault-teacher", prompt_messages(prompts), args.n,
                                                      args.concurrency, None))
     finally:
@@ -129,11 +132,17 @@ def part1(args, tmp: Path, recon_factory) -> None:
           f"concurrency {args.concurrency}, {os.cpu_count()} CPU cores")
     print(f"  pipeline (request+record+fsync+reconstruct+publish): {dt:.2f} s, {reqs / dt:,.0f} requests/s, "
           f"{samples / dt:,.0f} samples/s  ({samples} samples, stop={summary['stop_reason']})")
+    if wdt:
+        print(f"  same, reconstruct_workers={args.workers}:                    {wdt:.2f} s, "
+              f"{wsummary['requests'] / wdt:,.0f} requests/s, {wsummary['samples'] / wdt:,.0f} samples/s "
+              "(worker start-up included)")
     print(f"  peer raw SDK (requests only):                        {raw_dt:.2f} s, "
           f"{args.prompts / raw_dt:,.0f} requests/s, {raw_choices / raw_dt:,.0f} choices/s")
     print(f"  peer reconstruct-only:                               {rec_dt:.2f} s, {built / rec_dt:,.0f} samples/s")
     print(f"  ratio pipeline / raw SDK (requests/s): {(reqs / dt) / (args.prompts / raw_dt):.2f}")
     print(f"  ratio pipeline / reconstruct-only (samples/s): {(samples / dt) / (built / rec_dt):.2f}")
+    if wdt:
+        print(f"  ratio pipeline with workers / without (samples/s): {dt / wdt:.2f}")
 
 
 def part2(args, tmp: Path, recon_factory) -> None:
@@ -163,6 +172,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--warmup", action="store_true", help="run the pipeline once before measuring")
+    ap.add_argument("--workers", type=int, default=1, help="also measure with this many reconstruct_workers (0: skip)")
     ap.add_argument("--llama-url", default=None)
     ap.add_argument("--llama-model", default="teacher")
     ap.add_argument("--llama-prompts", type=int, default=32)

@@ -248,6 +248,9 @@ class Orchestrator(Strict):
     reward_fn: str | None = None
     # Lowest reward kept by the online filter.
     min_reward: float = 1.0
+    # Processes that rebuild answers into student tokens (0 = in the orchestrator's own
+    # process). 1+ runs tokenization beside the HTTP client, on other cores.
+    reconstruct_workers: int = Field(0, ge=0)
 
 
 # ---------------------------------------------------------------------------

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
+import pickle
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,13 +135,48 @@ class BudgetGate:
 # ---------------------------------------------------------------------------
 
 
+_WORKER_RECON = None
+
+
+def _init_worker(blob: bytes) -> None:
+    global _WORKER_RECON
+    cls, tokenizer, cfg, max_seq_len = pickle.loads(blob)
+    _WORKER_RECON = cls(tokenizer, cfg, max_seq_len)
+
+
+def _worker_build(convs: list[dict]):
+    return build_batch(_WORKER_RECON, convs)
+
+
+def build_batch(reconstructor, convs: list[dict]) -> list:
+    """Reconstructor.build over several conversations (one tokenizer batch when build_many exists)."""
+    many = getattr(reconstructor, "build_many", None)
+    if many is not None:
+        return many(convs)
+    return [reconstructor.build(c["messages"], c["tools"], **{k: v for k, v in c.items()
+                                                            if k not in ("messages", "tools")}) for c in convs]
+
+
+def make_reconstruct_pool(reconstructor, workers: int) -> ProcessPoolExecutor | None:
+    """Worker processes holding a copy of the reconstructor (spawned: safe beside threads)."""
+    if workers <= 0:
+        return None
+    ctx = multiprocessing.get_context("spawn")
+    # the worker builds its own Reconstructor(tokenizer, cfg, max_seq_len) (compiled templates don't pickle)
+    blob = pickle.dumps((type(reconstructor), reconstructor.tokenizer, reconstructor.cfg,
+                         reconstructor.max_seq_len))
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(blob,))
+
+
 def sample_base(sample_id: str) -> str:
     """"<prompt_id>/<sample_index>" of a sample id (drops a "/turn<k>" suffix)."""
     return "/".join(sample_id.split("/")[:2])
 
 
 class Publisher:
-    def __init__(self, run_dir: Path, reconstructor, samples_per_shard: int, reward_fn, min_reward: float):
+    def __init__(self, run_dir: Path, reconstructor, samples_per_shard: int, reward_fn, min_reward: float,
+                 pool: ProcessPoolExecutor | None = None):
+        self.pool = pool
         self.writer = ShardWriter(run_dir / SAMPLES, samples_per_shard)
         self.published_bases = {sample_base(i) for i in self.writer.existing_ids()}
         self.published_at_start = self.writer.published
@@ -170,8 +208,8 @@ class Publisher:
         self._rejects.write(Rejection(item_id, reason, detail).to_json() + "\n")
         self._rejects.flush()
 
-    def publish(self, prompt: dict | None, rec: dict) -> int:
-        """Filter and reconstruct one recorded choice; returns how many samples were added."""
+    def _admit(self, prompt: dict | None, rec: dict) -> dict | None:
+        """Reward filter for one recorded choice; the build arguments if it passes."""
         sid = f"{rec['prompt_id']}/{rec['sample_index']}"
         reward = rec.get("reward")
         if self.reward_fn is not None:
@@ -180,35 +218,56 @@ class Publisher:
                     reward = self.score(prompt, rec["response"])
                 except Exception as e:  # noqa: BLE001 - user code
                     self.reject(sid, "reward_error", f"{type(e).__name__}: {e}")
-                    return 0
+                    return None
             self.scored += 1
             if reward is None or reward < self.min_reward:
                 self.reject(sid, "low_reward", f"reward {reward} < min_reward {self.min_reward}")
-                return 0
+                return None
             self.passed += 1
-        messages = list(rec["messages"]) + [rec["response"]]
         meta = {"endpoint": rec.get("endpoint"), "request_id": rec.get("request_id")}
         if prompt is not None and prompt.get("metadata", {}).get("dataset"):
             meta["dataset"] = prompt["metadata"]["dataset"]
-        try:
-            samples, rejections = self.reconstructor.build(
-                messages, rec.get("tools"), sample_id=sid, prompt_id=rec["prompt_id"],
-                sample_index=rec["sample_index"], finish_reason=rec.get("finish_reason"), reward=reward,
-                teacher_model=rec.get("model"), meta=meta)
-        except Exception as e:  # noqa: BLE001 - one bad conversation must not end the run
-            self.reject(sid, "reconstruction_error", f"{type(e).__name__}: {e}")
+        return dict(messages=list(rec["messages"]) + [rec["response"]], tools=rec.get("tools"), sample_id=sid,
+                    prompt_id=rec["prompt_id"], sample_index=rec["sample_index"],
+                    finish_reason=rec.get("finish_reason"), reward=reward, teacher_model=rec.get("model"),
+                    meta=meta)
+
+    async def publish(self, items: list[tuple[dict | None, dict]]) -> int:
+        """Filter and reconstruct recorded choices (one batch); returns how many samples were added."""
+        convs = [c for c in (self._admit(p, r) for p, r in items) if c is not None]
+        if not convs:
             return 0
-        for r in rejections:
-            self.reject(r.item_id, r.reason, r.detail)
-        for s in samples:
-            self.writer.add(s)
-            self.buffered += 1
-            if self.buffered >= self.writer.samples_per_shard:
-                self.buffered = 0
-        if samples:
-            self.published_bases.add(sid)
-        self.samples += len(samples)
-        return len(samples)
+        try:
+            if self.pool is not None:
+                results = await asyncio.get_running_loop().run_in_executor(self.pool, _worker_build, convs)
+            else:
+                results = build_batch(self.reconstructor, convs)
+        except Exception:  # noqa: BLE001 - find the conversation that broke the batch, keep the others
+            results = [self._build_one(c) for c in convs]
+        added = 0
+        for conv, res in zip(convs, results):
+            if isinstance(res, Exception):
+                self.reject(conv["sample_id"], "reconstruction_error", f"{type(res).__name__}: {res}")
+                continue
+            samples, rejections = res
+            for r in rejections:
+                self.reject(r.item_id, r.reason, r.detail)
+            for smp in samples:
+                self.writer.add(smp)
+                self.buffered += 1
+                if self.buffered >= self.writer.samples_per_shard:
+                    self.buffered = 0
+            if samples:
+                self.published_bases.add(conv["sample_id"])
+            added += len(samples)
+        self.samples += added
+        return added
+
+    def _build_one(self, conv: dict):
+        try:
+            return build_batch(self.reconstructor, [conv])[0]
+        except Exception as e:  # noqa: BLE001 - reported as a rejection
+            return e
 
     def flush(self) -> None:
         self.writer.flush()
@@ -313,7 +372,8 @@ async def run_rollouts(cfg: RunConfig, run_dir: Path, reconstructor, *, progress
     n = oc.sampling.n or 1
 
     loaded = load_recording(run_dir / RECORDING)
-    pub = Publisher(run_dir, reconstructor, oc.samples_per_shard, reward_fn, oc.min_reward)
+    pool = make_reconstruct_pool(reconstructor, oc.reconstruct_workers)
+    pub = Publisher(run_dir, reconstructor, oc.samples_per_shard, reward_fn, oc.min_reward, pool)
     gate = BudgetGate(oc.budget, round(loaded.requests), loaded.prompt_tokens, loaded.completion_tokens,
                       stop_event)
     bp = Backpressure(run_dir / SAMPLES, oc.max_ahead, backpressure)
@@ -420,8 +480,7 @@ async def run_rollouts(cfg: RunConfig, run_dir: Path, reconstructor, *, progress
                 r["reward"] = None
         await recw.append(records)  # durable before anything is built from it
         st.recorded_this_run += len(records)
-        for r in records:
-            pub.publish(prompt, r)
+        await pub.publish([(prompt, r) for r in records])
         if st.bar is not None:
             st.bar.update(len(records))
         return len(ch)
@@ -453,14 +512,16 @@ async def run_rollouts(cfg: RunConfig, run_dir: Path, reconstructor, *, progress
                 break
             pid = prompt["prompt_id"]
             seen_prompts.add(pid)
-            missing = []
+            missing, rebuild = [], []
             for i in range(n):
                 rec = loaded.records.get((pid, i))
                 if rec is None:
                     missing.append(i)
                 elif not pub.is_published(pid, i):
-                    pub.publish(prompt, rec)  # recorded before a crash, never published: rebuild
-                    rebuilt += 1
+                    rebuild.append((prompt, rec))  # recorded before a crash, never published
+            if rebuild:
+                await pub.publish(rebuild)
+                rebuilt += len(rebuild)
             if not missing:
                 continue
             await bp.wait(len(missing), pub, lambda: st.in_flight_samples,
@@ -489,6 +550,8 @@ async def run_rollouts(cfg: RunConfig, run_dir: Path, reconstructor, *, progress
             if gate.stop_reason == "completed" else None
         await recw.aclose()
         await client.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         ok = st.fatal is None and gate.stop_reason != "interrupted"
         pub.close(done=ok)
         if st.bar is not None:

@@ -268,3 +268,17 @@ def test_one_rejected_prompt_mid_run_is_recorded_as_a_rejection(tmp_path, recon_
     rej = read_jsonl(tmp_path / "run" / "rejects.jsonl")
     assert rej[0]["item_id"] == "huge/0" and "maximum context length is 200" in rej[0]["detail"]
     assert sum(1 for e in s.log.entries if e["outcome"] == "http400") == 1  # not retried
+
+
+@pytest.mark.slow  # spawns a worker process that imports transformers
+def test_reconstruct_workers_give_the_same_samples(tmp_path, recon_for):
+    write_prompts(tmp_path / "p.jsonl", 12)
+    out = {}
+    with FaultServer() as s:
+        for workers in (0, 1):
+            cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"n": 2}, reconstruct_workers=workers)
+            summary = rollout(cfg, tmp_path / f"run{workers}", recon_for(cfg), progress=False, backpressure=False)
+            assert summary["stop_reason"] == "completed"
+            out[workers] = {x.sample_id: (x.prompt_ids, x.completion_ids, x.completion_mask)
+                            for x in iter_samples(tmp_path / f"run{workers}" / "samples")}
+    assert len(out[0]) == 24 and out[0] == out[1]
