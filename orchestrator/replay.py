@@ -138,7 +138,12 @@ class BadRecord:
                            "partial": self.partial, "excerpt": self.excerpt}, ensure_ascii=False)
 
     def as_error(self) -> ReplayError:
-        return ReplayError(self.file, self.line, self.field, self.error)
+        """The error `on_error = "fail"` raises: the problem, plus how to go on without this record."""
+        skip = 'or skip bad records with orchestrator.replay.on_error = "skip" (distill replay --on-error skip)'
+        if ". Fix: " in self.error:
+            problem, fix = self.error.split(". Fix: ", 1)
+            return ReplayError(self.file, self.line, self.field, problem, f"{fix}; {skip}")
+        return ReplayError(self.file, self.line, self.field, self.error, f"correct the record, {skip}")
 
 
 def content_id(messages: list[dict[str, Any]], tools: Any) -> str:
