@@ -322,7 +322,7 @@ def parse_sharegpt(obj: dict, file: str, line: int) -> list[Conversation]:
         value = turn.get("value", turn.get("content"))
         if not isinstance(src, str):
             raise RecordError(f"{field}.from", f"expected a speaker string, got {src!r}")
-        if src in SHAREGPT_TOOL_CALL:
+        if src.lower() in SHAREGPT_TOOL_CALL:
             call = _sharegpt_tool_call(value, f"{field}.value", n_calls)
             n_calls += 1
             prev = messages[-1] if messages else None
@@ -336,7 +336,7 @@ def parse_sharegpt(obj: dict, file: str, line: int) -> list[Conversation]:
         if role is None:
             raise RecordError(f"{field}.from", f"unknown speaker {src!r}; known: "
                               f"{sorted(SHAREGPT_ROLES) + list(SHAREGPT_TOOL_CALL)}",
-                              "map it with a chat-format file instead, or drop the record")
+                              "convert the record to chat format ({\"messages\": [...]}) or drop it")
         if not isinstance(value, str):
             raise RecordError(f"{field}.value", f"expected a string, got {type(value).__name__}")
         msg: dict[str, Any] = {"role": role, "content": value}
