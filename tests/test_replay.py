@@ -598,3 +598,24 @@ def test_dataset_reader_needs_no_network(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     convs = list(iter_conversations([str(tmp_path / "d.parquet")]))
     assert [c.prompt_id for c in convs] == [f"p{i}" for i in range(5)] and attempts == []
+
+
+def test_shipped_example_data_is_what_its_generator_writes():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_examples", DATA / "make_examples.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    inputs, outputs = gen.batch()
+    for name, rows in (("recording.jsonl", gen.recording()), ("chat.jsonl", gen.chat()),
+                       ("sharegpt.jsonl", gen.sharegpt()), ("batch_input.jsonl", inputs),
+                       ("batch_output.jsonl", outputs)):
+        assert read_jsonl(DATA / name) == rows, name
+    # the recorded answers are right, except the one recorded as wrong (reward 0.0)
+    for r in read_jsonl(RECORDING):
+        if r["finish_reason"] != "stop":
+            continue
+        final = int(r["response"]["content"].rsplit("####", 1)[1])
+        pid = r["prompt_id"]
+        expected = 105 if pid == "gsm-001-followup" else gen.PROBLEMS[int(pid.split("-")[1])][2]
+        assert (final == expected) == (r["reward"] != 0.0), pid
