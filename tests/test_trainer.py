@@ -162,3 +162,32 @@ def test_held_out_eval_is_logged_and_never_trained(tmp_path, tiny_student_dir, s
     assert "eval_loss" not in rows[0] and rows[1]["eval_loss"] > 0 and rows[2]["eval_loss"] > 0
     assert out["samples_seen"] == 16 and out["eval_loss"] == rows[2]["eval_loss"]
     assert all(r["samples"] == 4 for r in rows)
+
+
+def _saved_activation_bytes(model, mb) -> int:
+    """Bytes autograd keeps for backward from the decoder layers' forward."""
+    saved = [0]
+
+    def pack(t):
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.lm.model(input_ids=mb.input_ids, position_ids=mb.position_ids, use_cache=False)
+    return saved[0]
+
+
+def test_activation_checkpointing_saves_less_and_keeps_gradients(tiny_student_dir, smol_tokenizer):
+    from trainer.data import make_micro_batches
+
+    samples = make_samples(smol_tokenizer, 4)
+    _, plain = _grads(tiny_student_dir, samples)
+    _, ckpt = _grads(tiny_student_dir, samples, activation_checkpointing=True)
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
+    mb = make_micro_batches(samples, 128, 1)[0]
+    cfg = _cfg(tiny_student_dir)
+    without = _saved_activation_bytes(build_model(tiny_student_dir, cfg.trainer, CPU1), mb)
+    cfg = _cfg(tiny_student_dir, activation_checkpointing=True)
+    with_ac = _saved_activation_bytes(build_model(tiny_student_dir, cfg.trainer, CPU1), mb)
+    assert with_ac < without / 2

@@ -70,6 +70,7 @@ def load_student(model_dir: str | Path, device: torch.device, chunk_size: int,
             lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    lm.train()  # from_pretrained returns eval mode, where HF skips activation checkpointing
     return LossModel(lm.to(device), chunk_size)
 
 

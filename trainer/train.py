@@ -130,9 +130,13 @@ def evaluate(model, samples: list[contract.Sample], t: Trainer, ctx: dist.DistCo
     """Mean NLL per trained token of `samples` (held out), over all ranks."""
     mbs, (trained, _, _) = _rank_batches(samples, t, ctx, pad_id)
     total = 0.0
-    for mb in mbs:
-        with _autocast(t, model, ctx.device):
-            total += model.micro_batch_loss(mb.to(ctx.device), 1.0).item()
+    model.eval()
+    try:
+        for mb in mbs:
+            with _autocast(t, model, ctx.device):
+                total += model.micro_batch_loss(mb.to(ctx.device), 1.0).item()
+    finally:
+        model.train()
     (total,) = dist.all_reduce([total], ctx)
     return total / max(trained, 1.0)
 
