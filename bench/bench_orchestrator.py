@@ -141,6 +141,8 @@ def part1(args, tmp: Path, recon_factory) -> None:
     print(f"  peer reconstruct-only:                               {rec_dt:.2f} s, {built / rec_dt:,.0f} samples/s")
     print(f"  ratio pipeline / raw SDK (requests/s): {(reqs / dt) / (args.prompts / raw_dt):.2f}")
     print(f"  ratio pipeline / reconstruct-only (samples/s): {(samples / dt) / (built / rec_dt):.2f}")
+    print(f"  ratio pipeline time / (raw SDK time + reconstruct-only time): {dt / (raw_dt + rec_dt):.2f} "
+          "(1.0 = no overhead beyond the two peers run back to back)")
     if wdt:
         print(f"  ratio pipeline with workers / without (samples/s): {dt / wdt:.2f}")
 
