@@ -92,13 +92,18 @@ def _reconstructor(cfg: RunConfig):
 
 
 def _produce(cfg: RunConfig, run_dir: Path, progress: bool = True, on_error: str | None = None,
-             inputs: list[str] | None = None) -> dict:
-    """Fill run_dir/samples from the configured source (teacher or replay)."""
+             inputs: list[str] | None = None, with_trainer: bool = False) -> dict:
+    """Fill run_dir/samples from the configured source (teacher or replay).
+
+    with_trainer: a trainer consumes concurrently, so replay too waits for it
+    (backpressure, orchestrator.max_ahead); the teacher scheduler always does.
+    """
     recon = _reconstructor(cfg)
     if cfg.orchestrator.source.type == "replay":
         from orchestrator.replay import replay
 
-        return replay(cfg, run_dir, recon, inputs=inputs or None, on_error=on_error, progress=progress)
+        return replay(cfg, run_dir, recon, inputs=inputs or None, on_error=on_error, progress=progress,
+                      max_ahead=cfg.orchestrator.max_ahead if with_trainer else None)
     from orchestrator.scheduler import rollout
 
     if cfg.orchestrator.local_teacher.enabled:
@@ -138,7 +143,7 @@ def cmd_run(argv: list[str]) -> int:
 
     def producer() -> None:
         try:
-            result["orchestrator"] = _produce(cfg, run_dir)
+            result["orchestrator"] = _produce(cfg, run_dir, with_trainer=True)
         except BaseException as e:  # surfaced in the main thread
             errors.append(e)
 
@@ -300,6 +305,9 @@ def cmd_report(argv: list[str]) -> int:
     return 0
 
 
+# Errors whose message is complete for a user (file/line/field and the fix); no traceback.
+_USER_ERRORS = {"ReplayError", "LocalTeacherError", "FileNotFoundError"}
+
 COMMANDS = {
     "run": cmd_run,
     "rollout": cmd_rollout,
@@ -326,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"distill: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if type(e).__name__ in _USER_ERRORS:  # bad input or environment: the message says what to do
+            print(f"distill: {e}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         print("distill: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
