@@ -1,7 +1,7 @@
 """Show a sample's tokens with the trained ones highlighted: in a terminal, or as HTML.
 
 Token boundaries are visible: consecutive tokens alternate between two shades
-(terminal, HTML) and, without colour, are separated by "|"; trained tokens are
+(terminal, HTML) and, without colour, are separated by "\u2502"; trained tokens are
 wrapped in [[ ]] when colour is off. Newlines and tabs are shown as visible marks.
 """
 
@@ -18,23 +18,33 @@ _ANSI = {
     "trained": ("\x1b[48;5;22m\x1b[38;5;231m", "\x1b[48;5;28m\x1b[38;5;231m"),
 }
 _RESET = "\x1b[0m"
+#: Token separator without colour (a box-drawing bar: "|" occurs in tokens like <|im_end|>).
+SEP = "\u2502"
 
 
-def token_pieces(sample: Sample, tokenizer) -> list[tuple[str, int, str]]:
-    """(kind, token id, text) for every token: kind is "prompt", "context" or "trained".
+def token_pieces(sample: Sample, tokenizer) -> list[tuple[str, list[int], str]]:
+    """(kind, token ids, text) per token: kind is "prompt", "context" or "trained".
 
-    A token holding part of a multi-byte character decodes to U+FFFD on its own; such
-    tokens are shown as their vocabulary string instead.
+    A token holding only part of a multi-byte character (an emoji split over two
+    byte-level tokens) cannot be shown alone; it is shown together with the
+    following token(s) of the same kind that complete the character.
     """
     backend = tokenizer.backend_tokenizer
     ids = list(sample.prompt_ids) + list(sample.completion_ids)
     kinds = ["prompt"] * len(sample.prompt_ids) + ["trained" if m else "context" for m in sample.completion_mask]
     texts = backend.decode_batch([[i] for i in ids], skip_special_tokens=False) if ids else []
-    out = []
-    for kind, tid, text in zip(kinds, ids, texts):
-        if "\ufffd" in text:
-            text = backend.id_to_token(tid) or text
-        out.append((kind, tid, text))
+    out: list[tuple[str, list[int], str]] = []
+    n = 0
+    while n < len(ids):
+        group, text = [ids[n]], texts[n]
+        while "\ufffd" in text and n + len(group) < len(ids) and len(group) < 4 \
+                and kinds[n + len(group)] == kinds[n]:
+            group.append(ids[n + len(group)])
+            text = backend.decode(group, skip_special_tokens=False)
+        if "\ufffd" in text:  # not completed: show the vocabulary strings
+            group, text = [ids[n]], backend.id_to_token(ids[n]) or texts[n]
+        out.append((kinds[n], group, text))
+        n += len(group)
     return out
 
 
@@ -55,17 +65,17 @@ def render_terminal(sample: Sample, tokenizer, color: bool = True) -> str:
     if color:
         parts.append(f"legend: {_ANSI['prompt'][0]} prompt {_RESET} {_ANSI['context'][0]} context {_RESET} "
                      f"{_ANSI['trained'][0]} trained {_RESET}\n\n")
-        for n, (kind, _tid, text) in enumerate(token_pieces(sample, tokenizer)):
+        for n, (kind, _ids, text) in enumerate(token_pieces(sample, tokenizer)):
             # colour each line of a token separately so that the background does not bleed
             shade = _ANSI[kind][n % 2]
             parts.append("\n".join(f"{shade}{line}{_RESET}" if line else "" for line in _visible(text).split("\n")))
     else:
-        parts.append("legend: tokens separated by |, trained tokens in [[ ]]\n\n")
+        parts.append(f"legend: tokens separated by {SEP}, trained tokens in [[ ]]\n\n")
         prev = None
-        for kind, _tid, text in token_pieces(sample, tokenizer):
+        for kind, _ids, text in token_pieces(sample, tokenizer):
             if prev == "trained" and kind != "trained":
                 parts.append("]]")
-            parts.append("|")
+            parts.append(SEP)
             if kind == "trained" and prev != "trained":
                 parts.append("[[")
             parts.append(_visible(text))
@@ -98,16 +108,18 @@ def render_html(samples: list[Sample], tokenizer, title: str = "") -> str:
            "<p class=\"legend\">Legend: <span class=\"tok prompt\">prompt (context, not trained)</span> "
            "<span class=\"tok context\">between-turn context (not trained)</span> "
            "<span class=\"tok trained\">trained (the student learns to emit these)</span>. "
-           "Alternating shades mark token boundaries; hover a token for its id.</p>"]
+           "Alternating shades mark token boundaries; hover a token for its id (a character split "
+           "over several tokens is shown as one box with all their ids).</p>"]
     for s in samples:
         out.append(f"<section><h2>{esc(s.sample_id)}</h2><div class=\"meta\">prompt_id={esc(repr(s.prompt_id))} "
                    f"sample_index={s.sample_index} finish_reason={esc(str(s.finish_reason))} "
                    f"teacher={esc(str(s.teacher_model))} reward={esc(str(s.reward))} &middot; "
                    f"{s.num_tokens} tokens: prompt {len(s.prompt_ids)}, completion {len(s.completion_ids)}, "
                    f"trained {s.num_trained}</div><p>")
-        for n, (kind, tid, text) in enumerate(token_pieces(s, tokenizer)):
+        for n, (kind, ids, text) in enumerate(token_pieces(s, tokenizer)):
             body = esc(text).replace("\n", "<span class=\"nl\">\u21b5</span>\n")
-            out.append(f"<span class=\"tok {kind}{' o' if n % 2 else ''}\" title=\"{tid}\">{body}</span>")
+            tip = " ".join(map(str, ids))
+            out.append(f"<span class=\"tok {kind}{' o' if n % 2 else ''}\" title=\"{tip}\">{body}</span>")
         out.append("</p></section>")
     out.append("</body></html>\n")
     return "".join(out)

@@ -501,3 +501,34 @@ def test_build_many_equals_build_and_prompt_cache(smol_tokenizer):
     assert batched.stats == one_by_one.stats
     assert len(batched._prompt_cache) == 2  # "Same prompt" once, and Q3_TWO_QUERIES (not split here)
     assert [s.sample_index for s, _ in expected[:3] for s in s] == [0, 1, 2]
+
+
+# ---------------------------------------------------------------------------
+# inspect
+# ---------------------------------------------------------------------------
+
+
+def test_inspect_terminal_and_html(smol_tokenizer):
+    from orchestrator.inspect import render_html, render_terminal
+
+    r = Reconstructor(smol_tokenizer, Reconstruction())
+    s = one(r, convo(("<b>Q</b> & co", "Yes <i>&amp;</i> 😀")), sample_id="p/3", prompt_id="p")
+    plain = render_terminal(s, smol_tokenizer, color=False)
+    assert plain.splitlines()[0].startswith("p/3") and f"trained {s.num_trained}" in plain
+    # trained run in [[ ]] with token boundaries, newlines made visible, nothing else trained
+    body = plain.split("\n\n", 1)[1]
+    assert body.count("[[") == 1 and body.count("]]") == 1
+    trained = body[body.index("[[") + 2: body.index("]]")]
+    assert trained.split("\u2502") == ["Yes", " <", "i", ">", "&", "amp", ";", "</", "i", ">", " 😀", "<|im_end|>"]
+    assert "\u2502ass\u2502istant\u2502\u21b5\n" in body  # header tokens, newline made visible
+    colored = render_terminal(s, smol_tokenizer, color=True)
+    assert "\x1b[48;5;22m" in colored and "\x1b[48;5;28m" in colored and "\x1b[0m" in colored
+    page = render_html([s, s], smol_tokenizer, title="run <1>")
+    assert page.startswith("<!DOCTYPE html>") and "<title>run &lt;1&gt;</title>" in page
+    assert ">&lt;</span>" in page and ">&amp;amp</span>" not in page and "<b>" not in page and "<i>" not in page
+    assert ">amp</span>" in page and "> &amp;</span>" in page  # each token escaped on its own
+    assert page.count("<section>") == 2 and "Legend" in page and "p/3" in page
+    # the emoji spans two byte-level tokens: one box, both ids in its tooltip
+    assert page.count('class="tok trained') == 1 + 2 * (s.num_trained - 1)  # legend + pieces
+    emoji = smol_tokenizer.encode(" 😀", add_special_tokens=False)
+    assert len(emoji) == 2 and f'title="{emoji[0]} {emoji[1]}"> 😀</span>' in page
