@@ -282,3 +282,29 @@ def test_reconstruct_workers_give_the_same_samples(tmp_path, recon_for):
             out[workers] = {x.sample_id: (x.prompt_ids, x.completion_ids, x.completion_mask)
                             for x in iter_samples(tmp_path / f"run{workers}" / "samples")}
     assert len(out[0]) == 24 and out[0] == out[1]
+
+
+def test_tool_calls_and_reasoning_are_recorded_and_reconstructed(tmp_path, recon_for):
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"city": {"type": "string"}}}}}]
+    p = tmp_path / "p.jsonl"
+    with open(p, "w") as f:
+        for i in range(3):
+            f.write(json.dumps({"id": f"t{i}", "messages": [{"role": "user", "content": f"weather {i}?"}],
+                                "tools": tools}) + "\n")
+        f.write(json.dumps({"id": "plain", "prompt": "no tools here"}) + "\n")
+    with FaultServer(reasoning=True, tool_calls=True) as s:
+        cfg = make_cfg(s.base_url, p, reconstruction={"reasoning": "think_tags"})
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert all(e["body"].get("tools") == tools for e in s.log.entries if "weather" in e["messages"][-1]["content"])
+    rec = {r["prompt_id"]: r for r in read_jsonl(tmp_path / "run" / "recording.jsonl")}
+    assert rec["t0"]["tools"] == tools and rec["t0"]["finish_reason"] == "tool_calls"
+    call = rec["t0"]["response"]["tool_calls"][0]
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    assert rec["plain"]["response"]["reasoning_content"] == "thinking about sample 0"
+    # with reasoning as <think> tags, every answer (tool calls included) becomes a sample
+    samples = {x.sample_id: x for x in iter_samples(tmp_path / "run" / "samples")}
+    assert set(samples) == {"t0/0", "t1/0", "t2/0", "plain/0"} and summary["rejections"] == {}
+    assert samples["t0/0"].finish_reason == "tool_calls"
+    assert samples["plain/0"].teacher_model == "fault-teacher"
