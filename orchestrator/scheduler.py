@@ -29,7 +29,7 @@ from typing import Any
 from distill.config import RunConfig, api_key
 from orchestrator.client import (NonRetryableError, RetryPolicy, StopRequested, TeacherClient, TeacherError,
                                  TeacherResponse)
-from orchestrator.contract import Rejection, Sample, ShardWriter, read_consumed
+from orchestrator.contract import Rejection, ShardWriter, read_consumed
 from orchestrator.prompts import count_prompts, load_prompts
 from orchestrator.recording import RecordingWriter, load_recording, make_record
 from orchestrator.rewards import load_reward_fn
