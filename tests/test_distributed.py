@@ -1,4 +1,5 @@
-"""Two gloo processes under torchrun (FSDP2 on CPU) train exactly like one process."""
+"""Two gloo processes under torchrun (FSDP2 on CPU) train exactly like one process,
+including a stop after step 1 and a resume from the FSDP checkpoint."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path, tiny_student_dir, smol_t
     train(cfg, single, progress=False)
 
     multi = tmp_path / "multi"
-    write_samples(multi / "samples", samples)
+    write_samples(multi / "samples", samples[:8])  # the producer has published one step's worth
     toml = tmp_path / "cfg.toml"
     toml.write_text(
         f'output_dir = "{multi}"\n[student]\npath = "{tiny_student_dir}"\n[trainer]\n'
@@ -48,10 +49,17 @@ def test_two_gloo_processes_equal_one_process(tmp_path, tiny_student_dir, smol_t
         '[trainer.optim]\nlr = 3e-3\nwarmup_steps = 0\nschedule = "constant"\n'
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "distill", "train", str(toml)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    def torchrun(*extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+               "127.0.0.1", "--master-port", str(_free_port()), "-m", "distill", "train", str(toml), *extra]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    torchrun()                                      # stops after step 1: the stream ended
+    assert (multi / "checkpoints" / "step-000001" / "trainer_state.json").is_file()
+    write_samples(multi / "samples", samples[8:])   # the producer finishes
+    torchrun("--resume")                            # step 2 from the FSDP checkpoint
 
     one = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
     two = [json.loads(x) for x in (multi / "metrics.jsonl").read_text().splitlines()]
