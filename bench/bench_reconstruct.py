@@ -52,34 +52,47 @@ def corpus(n: int, seed: int, turns: int | None = None) -> list[list[dict]]:
     return [conversation(rng, turns or rng.randint(1, 16)) for _ in range(n)]
 
 
-def time_ours(recon, convs) -> tuple[float, int]:
-    t0 = time.perf_counter()
+def run_ours(recon, convs, base: int = 0) -> int:
     tokens = 0
     for i, msgs in enumerate(convs):
-        samples, rejections = recon.build(msgs, sample_id=str(i))
+        samples, rejections = recon.build(msgs, sample_id=str(base + i))
         assert not rejections, rejections
         tokens += sum(s.num_tokens for s in samples)
-    return time.perf_counter() - t0, tokens
+    return tokens
 
 
-def time_ours_batched(recon, convs, batch: int = 256) -> tuple[float, int]:
-    t0 = time.perf_counter()
+def run_ours_batched(recon, convs, base: int = 0) -> int:
     tokens = 0
-    for b in range(0, len(convs), batch):
-        chunk = [dict(messages=m, sample_id=str(b + i)) for i, m in enumerate(convs[b: b + batch])]
-        for samples, rejections in recon.build_many(chunk):
-            assert not rejections, rejections
-            tokens += sum(s.num_tokens for s in samples)
-    return time.perf_counter() - t0, tokens
+    for samples, rejections in recon.build_many([dict(messages=m, sample_id=str(base + i))
+                                                 for i, m in enumerate(convs)]):
+        assert not rejections, rejections
+        tokens += sum(s.num_tokens for s in samples)
+    return tokens
 
 
-def time_peer(tok, convs) -> tuple[float, int]:
-    t0 = time.perf_counter()
+def run_peer(tok, convs, base: int = 0) -> int:
     tokens = 0
     for msgs in convs:
         out = tok.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
         tokens += len(out["input_ids"])
-    return time.perf_counter() - t0, tokens
+    return tokens
+
+
+def measure(recons, tok, convs, chunk: int = 128) -> dict[str, tuple[float, int]]:
+    """Seconds and tokens per method. The methods take turns on chunks of the corpus,
+    so that load from other processes on the machine falls on all of them alike.
+    `recons` are two Reconstructors, so that build_many does not find the prompts
+    that build has just cached."""
+    runs = {"build": lambda c, b: run_ours(recons[0], c, b),
+            "build_many": lambda c, b: run_ours_batched(recons[1], c, b),
+            "peer": lambda c, b: run_peer(tok, c, b)}
+    acc = {k: [0.0, 0] for k in runs}
+    for b in range(0, len(convs), chunk):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            acc[name][1] += fn(convs[b: b + chunk], b)
+            acc[name][0] += time.perf_counter() - t0
+    return {k: (v[0], v[1]) for k, v in acc.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,37 +109,36 @@ def main(argv: list[str] | None = None) -> None:
 
     tok = load_tokenizer(tokenizer_only_dir())
     tok.chat_template = (ROOT / "tests" / "templates" / "chatml_generation.jinja").read_text(encoding="utf-8")
-    recon = Reconstructor(tok, Reconstruction())
+    recons = (Reconstructor(tok, Reconstruction()), Reconstructor(tok, Reconstruction()))
 
     convs = corpus(a.conversations, a.seed)
     n_turns = sum(sum(m["role"] == "assistant" for m in c) for c in convs)
-    time_ours(recon, convs[:50]), time_peer(tok, convs[:50])  # warm-up (template compile, caches)
-    ours_s, ours_tok = time_ours(recon, convs)
-    many_s, _ = time_ours_batched(recon, convs)
-    peer_s, peer_tok = time_peer(tok, convs)
-    print(f"corpus: {len(convs)} conversations, {n_turns} assistant turns, {ours_tok} tokens (ours), "
-          f"{peer_tok} tokens (peer); {os.cpu_count()} CPUs, "
-          f"TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}")
-    for name, secs, ntok in (("ours: Reconstructor.build, one at a time", ours_s, ours_tok),
-                             ("ours: Reconstructor.build_many, 256/batch", many_s, ours_tok),
-                             ("peer: apply_chat_template(assistant mask)", peer_s, peer_tok)):
-        print(f"{name:42s} {secs:8.2f} s {len(convs) / secs:8.0f} conv/s {ntok / secs / 1e3:8.1f} k tok/s")
-    print(f"speed-up vs peer: build {peer_s / ours_s:.2f}x, build_many {peer_s / many_s:.2f}x")
+    measure(recons, tok, convs[:20])  # warm-up (template compile, caches)
+    for r in recons:
+        r._prompt_cache.clear()
+    res = measure(recons, tok, convs)
+    print(f"corpus: {len(convs)} conversations (1-16 turns), {n_turns} assistant turns, {res['build'][1]} tokens; "
+          f"{os.cpu_count()} CPUs, TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}")
+    names = {"build": "ours: Reconstructor.build, one at a time", "build_many": "ours: Reconstructor.build_many (128)",
+             "peer": "peer: apply_chat_template(assistant mask)"}
+    for k, label in names.items():
+        secs, ntok = res[k]
+        print(f"{label:42s} {secs:8.2f} s {len(convs) / secs:8.0f} conv/s {ntok / secs / 1e3:8.1f} k tok/s")
+    peer = res["peer"][0]
+    print(f"speed-up vs peer: build {peer / res['build'][0]:.2f}x, build_many {peer / res['build_many'][0]:.2f}x")
 
     m = a.scaling_conversations or max(20, a.conversations // 10)
     print(f"\ncost per token as turns grow ({m} conversations per row):")
     print(f"{'turns':>5} {'tokens':>9} {'build us/tok':>13} {'build_many':>11} {'peer us/tok':>12} "
           f"{'renders/turn':>13}")
-    recon.stats.clear()
     for turns in (1, 2, 4, 8, 16):
         cs = corpus(m, a.seed + turns, turns)
-        before = recon.stats["renders"]
-        o_s, o_tok = time_ours(recon, cs)
-        renders = (recon.stats["renders"] - before) / (turns * len(cs))
-        b_s, _ = time_ours_batched(recon, cs)
-        p_s, p_tok = time_peer(tok, cs)
-        print(f"{turns:>5} {o_tok:>9} {o_s / o_tok * 1e6:>13.2f} {b_s / o_tok * 1e6:>11.2f} "
-              f"{p_s / p_tok * 1e6:>12.2f} {renders:>13.2f}")
+        before = recons[0].stats["renders"]
+        r = measure(recons, tok, cs)
+        renders = (recons[0].stats["renders"] - before) / (turns * len(cs))
+        ntok = r["build"][1]
+        print(f"{turns:>5} {ntok:>9} {r['build'][0] / ntok * 1e6:>13.2f} {r['build_many'][0] / ntok * 1e6:>11.2f} "
+              f"{r['peer'][0] / r['peer'][1] * 1e6:>12.2f} {renders:>13.2f}")
 
 
 if __name__ == "__main__":

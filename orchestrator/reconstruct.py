@@ -185,6 +185,29 @@ def normalize_messages(messages: Any, reasoning_policy: str) -> list[_Msg]:
 # ---------------------------------------------------------------------------
 
 
+def _compiled_template(template: str):
+    """The template compiled in transformers' own sandboxed jinja environment.
+
+    Called directly (not through apply_chat_template) because the messages we pass
+    are already plain JSON data, so its per-call deep copy is not needed. Falls back
+    to the public render function if transformers moves the private helper.
+    """
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        return _compile_jinja_template(template)
+    except ImportError:  # pragma: no cover - depends on the transformers version
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        class _Public:
+            @staticmethod
+            def render(messages, **kwargs):
+                kwargs.pop("documents", None)
+                return render_jinja_template(conversations=[messages], chat_template=template, **kwargs)[0][0]
+
+        return _Public()
+
+
 @dataclass
 class _Turn:
     """One trained turn, located in F (the render of the history through the turn)."""
@@ -212,12 +235,7 @@ class Reconstructor:
         self.template = template
         self.backend = tokenizer.backend_tokenizer
         self.train_roles = tuple(cfg.train_roles)
-        # The same sandboxed jinja environment (and {% generation %} support) that
-        # apply_chat_template uses; we call it directly because the messages we pass
-        # are already plain JSON data, so the per-call deep copy is not needed.
-        from transformers.utils.chat_template_utils import _compile_jinja_template
-
-        self._compiled = _compile_jinja_template(template)
+        self._compiled = _compiled_template(template)
         self._template_kwargs = json.loads(json.dumps({**tokenizer.special_tokens_map, **cfg.chat_template_kwargs}))
         self._prompt_cache: dict[str, list[int]] = {}
         added = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.content.strip()},
