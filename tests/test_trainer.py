@@ -191,3 +191,13 @@ def test_activation_checkpointing_saves_less_and_keeps_gradients(tiny_student_di
     cfg = _cfg(tiny_student_dir, activation_checkpointing=True)
     with_ac = _saved_activation_bytes(build_model(tiny_student_dir, cfg.trainer, CPU1), mb)
     assert with_ac < without / 2
+
+
+def test_refuses_to_mix_with_an_earlier_run_or_to_wait_for_nothing(tmp_path, tiny_student_dir, smol_tokenizer):
+    run = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="no samples directory"):
+        train(_cfg(tiny_student_dir, max_steps=1), run, progress=False)
+    write_samples(run / "samples", make_samples(smol_tokenizer, 4))
+    train(_cfg(tiny_student_dir, max_steps=1), run, progress=False)
+    with pytest.raises(FileExistsError, match="checkpoints of an earlier run"):
+        train(_cfg(tiny_student_dir, max_steps=1), run, progress=False)

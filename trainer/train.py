@@ -206,6 +206,17 @@ def _wandb(cfg: RunConfig, run_dir: Path, ctx: dist.DistContext):
                       config=redacted_dict(cfg), dir=str(run_dir), resume="allow")
 
 
+def _check_dirs(run_dir: Path, samples_dir: Path, resume: bool, producer_alive) -> None:
+    if not resume and ckpt_io.latest(run_dir / "checkpoints") is not None:
+        raise FileExistsError(
+            f"{run_dir / 'checkpoints'} holds checkpoints of an earlier run. Fix: resume it "
+            "(distill train --resume), or set output_dir to a new folder, or delete that folder")
+    if producer_alive is None and not samples_dir.is_dir():
+        raise FileNotFoundError(
+            f"no samples directory {samples_dir}. Fix: produce samples first (distill rollout / distill replay "
+            "with the same output_dir), or pass --samples DIR")
+
+
 def _take(stream: Iterator[contract.Sample], n: int) -> list[contract.Sample]:
     return list(itertools.islice(stream, n))
 
@@ -231,6 +242,7 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
     _seed(t.seed, ctx.rank)
 
     # --- setup -------------------------------------------------------------
+    _check_dirs(run_dir, samples_dir, resume, producer_alive)
     start = ckpt_io.latest(ckpt_root) if resume else None
     model_dir = start or resolve_student(cfg.student.path)
     tokenizer = load_tokenizer(cfg.student.tokenizer or model_dir)
