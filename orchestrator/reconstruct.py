@@ -217,6 +217,7 @@ class _Turn:
     eot_start: int  # where the end-of-turn token starts in F_k
     end: int  # just after the end-of-turn token in F_k
     has_tool_calls: bool
+    role: str
 
 
 class Reconstructor:
@@ -317,7 +318,7 @@ class Reconstructor:
             raise _Reject("reasoning_not_rendered",
                           f"messages[{a}]: the template did not render reasoning_content. "
                           "Fix: set reasoning = \"think_tags\" or \"drop\"")
-        return _Turn(full, start, eot_start, end, bool(m.data.get("tool_calls")))
+        return _Turn(full, start, eot_start, end, bool(m.data.get("tool_calls")), m.role)
 
     def _lead(self, data: list[dict], a: int, tools, base: str, seg: str, m: _Msg) -> str:
         probe = dict(data[a], content=m.placed_prefix + _SENTINEL)
@@ -402,7 +403,7 @@ class Reconstructor:
             extra: dict[str, Any] = {"turns": len(group)}
             if split:
                 extra.update(split_from=sample_id, first_turn=group[0] + 1)
-            keep_open = is_last and finish_reason == "length"
+            keep_open = is_last and finish_reason == "length" and turns[-1].role == "assistant"
             texts, trained = self._segments([turns[k] for k in group], keep_open)
             plans.append(_Pending(
                 sid=f"{sample_id}/turn{group[0] + 1}" if split else sample_id, texts=texts, trained=trained,
@@ -422,7 +423,7 @@ class Reconstructor:
         if not trained:
             raise _Reject("no_trained_turn", f"no message has a role in train_roles {list(self.train_roles)}")
         msgs = msgs[: trained[-1] + 1]  # context after the last trained turn trains nothing
-        if finish_reason == "length" and self.cfg.truncated == "drop":
+        if finish_reason == "length" and self.cfg.truncated == "drop" and msgs[-1].role == "assistant":
             raise _Reject("truncated", "the last assistant turn stopped at the length limit (finish_reason=length)")
         turns = [self._locate_turn(msgs, a, tools) for a in trained]
         groups = [[0]]

@@ -143,3 +143,36 @@ def test_parity_with_transformers_when_boundaries_align(msgs):
     out = tok.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     hf = decode(tok, [i for i, m in zip(out["input_ids"], out["assistant_masks"]) if m])
     assert masked_text(tok, s) == hf
+
+
+_reasoning = st.builds(lambda a, b, c: a + b + c, st.sampled_from(["", "\n", "\n\n"]), _text, st.sampled_from(["", "\n"]))
+
+
+@st.composite
+def reasoning_conversations(draw):
+    msgs = []
+    for _ in range(draw(st.integers(1, 4))):
+        msgs.append({"role": "user", "content": draw(content)})
+        msgs.append({"role": "assistant", "content": draw(assistant_content), "reasoning_content": draw(_reasoning)})
+    return msgs
+
+
+@SETTINGS
+@given(msgs=reasoning_conversations())
+def test_random_history_rewrites_split_into_exact_per_turn_samples(msgs):
+    # The Qwen3-style template drops earlier <think> blocks when a new user message
+    # comes: every assistant turn becomes its own sample, with the history as the
+    # template renders it at that point as prompt.
+    tok = tokenizer_with("reasoning_rewrite")
+    r = recon("reasoning_rewrite")
+    samples, rejections = r.build(msgs, sample_id="h")
+    assistants = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    assert rejections == []
+    assert [s.sample_id for s in samples] == ([f"h/turn{k + 1}" for k in range(len(assistants))]
+                                              if len(assistants) > 1 else ["h"])
+    for s, a in zip(samples, assistants):
+        m = msgs[a]
+        assert decode(tok, s.prompt_ids) == render(tok, msgs[:a], add_generation_prompt=True)
+        want = "<think>\n" + m["reasoning_content"].strip("\n") + "\n</think>\n\n" + m["content"] + IM
+        assert masked_text(tok, s) == want and full_text(tok, s) + "\n" == render(tok, msgs[: a + 1])
+    assert r.stats["split"] == (len(assistants) > 1)
