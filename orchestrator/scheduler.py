@@ -360,7 +360,9 @@ async def run_rollouts(cfg: RunConfig, run_dir: Path, reconstructor, *, progress
     """Prompts -> teacher -> recording -> reconstruction -> shards. Resumable; returns a summary dict.
 
     `backpressure=False` for a rollout-only run with no trainer reading the shards
-    (otherwise it waits for CONSUMED after max_ahead samples).
+    (otherwise it waits for CONSUMED after max_ahead samples). `stop_event` may be an
+    asyncio.Event or a threading.Event (it is polled with is_set(), so another thread
+    can set it): no new request is sent, those in flight finish, shards close with DONE.
     """
     oc = cfg.orchestrator
     run_dir = Path(run_dir)

@@ -185,15 +185,19 @@ def test_backpressure_waits_for_trainer(tmp_path, recon_for):
     assert result["s"]["backpressure_wait_s"] > 0
 
 
-def test_stop_event_stops_cleanly(tmp_path, recon_for):
+@pytest.mark.parametrize("kind", ["asyncio", "threading"])
+def test_stop_event_stops_cleanly(tmp_path, recon_for, kind):
     write_prompts(tmp_path / "p.jsonl", 200)
 
     async def go(cfg, recon):
-        ev = asyncio.Event()
+        ev = asyncio.Event() if kind == "asyncio" else threading.Event()
         task = asyncio.ensure_future(run_rollouts(cfg, tmp_path / "run", recon, progress=False, stop_event=ev,
                                                   backpressure=False))
         await asyncio.sleep(0.5)
-        ev.set()
+        if kind == "asyncio":
+            ev.set()
+        else:  # set from another thread, as a trainer thread would
+            threading.Thread(target=ev.set).start()
         return await task
 
     with FaultServer(Faults(latency_s=0.02)) as s:
