@@ -234,7 +234,10 @@ class Reconstructor:
         self.cfg = cfg
         self.max_seq_len = max_seq_len if max_seq_len is not None else cfg.max_seq_len
         self.template = template
-        self.backend = tokenizer.backend_tokenizer
+        self.backend = getattr(tokenizer, "backend_tokenizer", None)
+        if self.backend is None:
+            raise ValueError("reconstruction needs a fast (Rust) tokenizer with a tokenizer.json; "
+                             f"got {type(tokenizer).__name__}. Fix: save the student tokenizer with tokenizers installed")
         self.train_roles = tuple(cfg.train_roles)
         self._compiled = _compiled_template(template)
         self._template_kwargs = json.loads(json.dumps({**tokenizer.special_tokens_map, **cfg.chat_template_kwargs}))
