@@ -106,13 +106,15 @@ def _produce(cfg: RunConfig, run_dir: Path, progress: bool = True, on_error: str
                       max_ahead=cfg.orchestrator.max_ahead if with_trainer else None)
     from orchestrator.scheduler import rollout
 
+    # Without a concurrent trainer nothing consumes samples: no backpressure then.
+    kw = dict(progress=progress, backpressure=with_trainer)
     if cfg.orchestrator.local_teacher.enabled:
         from orchestrator.local_teacher import local_teacher
 
         print(f"starting the local teacher (llama.cpp) on {cfg.orchestrator.rollout_model.base_url} ...", flush=True)
         with local_teacher(cfg, run_dir / "logs"):
-            return rollout(cfg, run_dir, recon, progress=progress)
-    return rollout(cfg, run_dir, recon, progress=progress)
+            return rollout(cfg, run_dir, recon, **kw)
+    return rollout(cfg, run_dir, recon, **kw)
 
 
 def _print_locations(run_dir: Path, summary: dict | None) -> None:
@@ -306,7 +308,7 @@ def cmd_report(argv: list[str]) -> int:
 
 
 # Errors whose message is complete for a user (file/line/field and the fix); no traceback.
-_USER_ERRORS = {"ReplayError", "LocalTeacherError", "FileNotFoundError"}
+_USER_ERRORS = {"ReplayError", "LocalTeacherError", "RolloutError", "FileNotFoundError"}
 
 COMMANDS = {
     "run": cmd_run,
