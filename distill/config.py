@@ -323,6 +323,9 @@ class Trainer(Strict):
     # their mean NLL is logged as eval_loss every eval_every steps and at the end (0 = off).
     eval_every: int = Field(0, ge=0)
     eval_samples: int = Field(0, ge=0)
+    # When the sample stream has ended (DONE) before max_steps, go over it again
+    # (epochs), so training always runs max_steps steps. false: stop at the end of the stream.
+    repeat: bool = True
 
 
 class WeightBroadcast(Strict):

@@ -45,7 +45,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path, tiny_student_dir, smol_t
     toml = tmp_path / "cfg.toml"
     toml.write_text(
         f'output_dir = "{multi}"\n[student]\npath = "{tiny_student_dir}"\n[trainer]\n'
-        'max_steps = 2\nsamples_per_step = 8\nseq_len = 128\nmicro_batch_rows = 1\ndevice = "cpu"\n'
+        'max_steps = 2\nsamples_per_step = 8\nseq_len = 128\nmicro_batch_rows = 1\ndevice = "cpu"\nrepeat = false\n'
         '[trainer.optim]\nlr = 3e-3\nwarmup_steps = 0\nschedule = "constant"\n'
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

@@ -68,7 +68,7 @@ def test_train_writes_metrics_checkpoints_and_backpressure(tmp_path, tiny_studen
 
     run = tmp_path / "run"
     write_samples(run / "samples", make_samples(smol_tokenizer, 10))  # 2 full steps + a partial one
-    cfg = _cfg(tiny_student_dir, max_steps=5, checkpoint={"every": 1, "keep_last": 2})
+    cfg = _cfg(tiny_student_dir, max_steps=5, repeat=False, checkpoint={"every": 1, "keep_last": 2})
     out = train(cfg, run, progress=False)
     assert out["steps"] == 3 and out["samples_seen"] == 10   # the stream ended before max_steps
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -98,7 +98,7 @@ def test_resume_continues_the_loss_curve(tmp_path, tiny_student_dir, smol_tokeni
     samples = make_samples(smol_tokenizer, 24)
     straight = tmp_path / "straight"
     write_samples(straight / "samples", samples)
-    cfg = _cfg(tiny_student_dir, max_steps=6)
+    cfg = _cfg(tiny_student_dir, max_steps=6, repeat=False)
     train(cfg, straight, progress=False)
 
     # Interrupted: the producer had only published half when the trainer stopped.
@@ -201,3 +201,25 @@ def test_refuses_to_mix_with_an_earlier_run_or_to_wait_for_nothing(tmp_path, tin
     train(_cfg(tiny_student_dir, max_steps=1), run, progress=False)
     with pytest.raises(FileExistsError, match="checkpoints of an earlier run"):
         train(_cfg(tiny_student_dir, max_steps=1), run, progress=False)
+
+
+def test_repeat_goes_over_the_finished_stream_again_and_resumes_mid_epoch(tmp_path, tiny_student_dir, smol_tokenizer):
+    samples = make_samples(smol_tokenizer, 6)   # 4 per step: steps straddle epoch boundaries
+    const = {"lr": 3e-3, "warmup_steps": 0, "schedule": "constant"}
+    straight = tmp_path / "straight"
+    write_samples(straight / "samples", samples)
+    out = train(_cfg(tiny_student_dir, max_steps=4, optim=const), straight, progress=False)
+    assert out["steps"] == 4 and out["samples_seen"] == 16
+    rows = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    # step 2 = samples 4,5,0,1 and step 4 = samples 2,3,4,5 ... every sample is trained
+    by_id = {s.sample_id: s.num_trained for s in samples}
+    ids = [s.sample_id for s in samples]
+    expect = [sum(by_id[ids[(4 * k + j) % 6]] for j in range(4)) for k in range(4)]
+    assert [r["trained_tokens"] for r in rows] == expect
+
+    resumed = tmp_path / "resumed"
+    write_samples(resumed / "samples", samples)
+    train(_cfg(tiny_student_dir, max_steps=3, optim=const), resumed, progress=False)
+    out = train(_cfg(tiny_student_dir, max_steps=4, optim=const), resumed, resume=True, progress=False)
+    assert out["samples_seen"] == 16
+    assert _losses(resumed) == pytest.approx(_losses(straight), rel=1e-5)

@@ -217,6 +217,26 @@ def _check_dirs(run_dir: Path, samples_dir: Path, resume: bool, producer_alive) 
             "with the same output_dir), or pass --samples DIR")
 
 
+def _training_stream(follow, samples_dir: Path, seen: int, held: int, repeat: bool) -> Iterator[contract.Sample]:
+    """Samples from absolute position `seen` on: the live stream first; then, once the
+    producer is done and `repeat` is set, the finished set again and again (minus the
+    `held` held-out samples at its start). Position n of a later epoch is sample
+    held + (n - held) % pool_size, so a resumed run picks up exactly where it stopped."""
+    pos = seen
+    for s in follow(seen):
+        pos += 1
+        yield s
+    if not repeat:
+        return
+    pool = list(contract.iter_samples(samples_dir))[held:]
+    if not pool:
+        return
+    i = (pos - held) % len(pool)
+    while True:
+        yield pool[i]
+        i = (i + 1) % len(pool)
+
+
 def _take(stream: Iterator[contract.Sample], n: int) -> list[contract.Sample]:
     return list(itertools.islice(stream, n))
 
@@ -262,12 +282,12 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
         return contract.follow_samples(samples_dir, start=start, timeout_s=t.sample_timeout,
                                        producer_alive=producer_alive)
 
-    stream = follow(state.samples_seen)
     # Held-out slice: the stream's first eval_samples samples, never trained on.
     held_out: list[contract.Sample] = []
     if t.eval_samples and t.eval_every:
-        held_out = _take(stream if state.samples_seen == 0 else follow(0), t.eval_samples)
+        held_out = _take(follow(0), t.eval_samples)
         state.samples_seen = max(state.samples_seen, len(held_out))
+    stream = _training_stream(follow, samples_dir, state.samples_seen, len(held_out), t.repeat)
 
     # --- steps -------------------------------------------------------------
     last: dict = {}
