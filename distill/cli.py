@@ -92,7 +92,8 @@ def _reconstructor(cfg: RunConfig):
 
 
 def _produce(cfg: RunConfig, run_dir: Path, progress: bool = True, on_error: str | None = None,
-             inputs: list[str] | None = None, with_trainer: bool = False) -> dict:
+             inputs: list[str] | None = None, with_trainer: bool = False,
+             stop_event: threading.Event | None = None) -> dict:
     """Fill run_dir/samples from the configured source (teacher or replay).
 
     with_trainer: a trainer consumes concurrently, so replay too waits for it
@@ -103,11 +104,11 @@ def _produce(cfg: RunConfig, run_dir: Path, progress: bool = True, on_error: str
         from orchestrator.replay import replay
 
         return replay(cfg, run_dir, recon, inputs=inputs or None, on_error=on_error, progress=progress,
-                      max_ahead=cfg.orchestrator.max_ahead if with_trainer else None)
+                      max_ahead=cfg.orchestrator.max_ahead if with_trainer else None, stop_event=stop_event)
     from orchestrator.scheduler import rollout
 
     # Without a concurrent trainer nothing consumes samples: no backpressure then.
-    kw = dict(progress=progress, backpressure=with_trainer)
+    kw = dict(progress=progress, backpressure=with_trainer, stop_event=stop_event)
     if cfg.orchestrator.local_teacher.enabled:
         from orchestrator.local_teacher import local_teacher
 
@@ -142,10 +143,11 @@ def cmd_run(argv: list[str]) -> int:
     resolve_student(cfg.student.path)  # convert the builtin student once, before threads start
     result: dict = {}
     errors: list[BaseException] = []
+    stop = threading.Event()
 
     def producer() -> None:
         try:
-            result["orchestrator"] = _produce(cfg, run_dir, with_trainer=True)
+            result["orchestrator"] = _produce(cfg, run_dir, with_trainer=True, stop_event=stop)
         except BaseException as e:  # surfaced in the main thread
             errors.append(e)
 
@@ -160,7 +162,11 @@ def cmd_run(argv: list[str]) -> int:
         if errors:
             raise errors[0] from None
         raise
-    t.join(timeout=5)
+    finally:
+        # The trainer has all it wants (or failed): stop sampling; answers already in
+        # flight are still recorded, and the local teacher is shut down by the producer.
+        stop.set()
+        t.join(timeout=cfg.orchestrator.rollout_model.timeout + 60)
     if errors:
         raise errors[0]
     if "orchestrator" in result:

@@ -726,7 +726,8 @@ def _progress_bar(total: int, enabled: bool):
 
 
 def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | None = None,
-           on_error: str | None = None, progress: bool = True, max_ahead: int | None = None) -> dict:
+           on_error: str | None = None, progress: bool = True, max_ahead: int | None = None,
+           stop_event=None) -> dict:
     """Read inputs (default cfg.orchestrator.source.path; globs ok) -> filters -> reconstructor.build
     -> ShardWriter(run_dir/'samples') closed with DONE; rejects to run_dir/'rejects.jsonl', unreadable
     records to run_dir/'replay_rejects.jsonl'; returns a summary dict (also written to
@@ -776,13 +777,20 @@ def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | 
             pending_bytes[0] = 0
             bar.set_postfix(samples=counts["samples"], refresh=False)
 
+    def stopped() -> bool:  # the concurrent trainer has finished: nothing more is wanted
+        return stop_event is not None and stop_event.is_set()
+
     def wait_for_trainer() -> None:
-        while max_ahead is not None and writer.published - read_consumed(writer.dir) > max_ahead:
+        while (max_ahead is not None and not stopped()
+               and writer.published - read_consumed(writer.dir) > max_ahead):
             time.sleep(0.2)
 
     last_key: tuple[str, int] | None = None
     try:
         for item in iter_conversations(paths, src.format, rc.columns, batch, on_bytes):
+            if stopped():
+                counts["stopped_early"] = 1
+                break
             key = (item.file, item.line)
             if key != last_key:  # one record may hold several conversations (batch choices)
                 if rc.limit is not None and counts["records"] >= rc.limit:
