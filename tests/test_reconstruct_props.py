@@ -9,6 +9,7 @@ render of the history with the generation prompt, tokenised on its own.
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -17,7 +18,9 @@ from hypothesis import strategies as st
 from test_reconstruct_helpers import decode, full_text, masked_text, recon, render, tokenizer_with
 
 IM = "<|im_end|>"
-SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# RECONSTRUCT_EXAMPLES=500 for a longer hunt; the default keeps the suite fast.
+SETTINGS = settings(max_examples=int(os.environ.get("RECONSTRUCT_EXAMPLES", "30")), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 _tok = tokenizer_with(None)
 _specials = re.compile("|".join(re.escape(t.content) for t in _tok.added_tokens_decoder.values()))
