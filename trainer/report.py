@@ -72,6 +72,7 @@ def write_report(run_dir: Path) -> tuple[Path, str]:
     ax.legend()
     axes[1].plot(*_series(rows, "tokens_per_s"), color="tab:green", marker="o", ms=3)
     axes[1].set_title("throughput (tokens/s, incl. context)")
+    axes[1].set_ylim(bottom=0)
     axes[2].plot(*_series(rows, "lr"), color="tab:orange", marker="o", ms=3)
     axes[2].set_title("learning rate")
     axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
