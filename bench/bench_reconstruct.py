@@ -52,6 +52,16 @@ def corpus(n: int, seed: int, turns: int | None = None) -> list[list[dict]]:
     return [conversation(rng, turns or rng.randint(1, 16)) for _ in range(n)]
 
 
+def distillation_corpus(n: int, seed: int, per_prompt: int = 4) -> list[list[dict]]:
+    """Single-turn conversations, `per_prompt` teacher samples per prompt (as `sampling.n` gives)."""
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        prompt = conversation(rng, 1)[:-1]
+        out += [prompt + [{"role": "assistant", "content": words(rng, 20, 200)}] for _ in range(per_prompt)]
+    return out[:n]
+
+
 def run_ours(recon, convs, base: int = 0) -> int:
     tokens = 0
     for i, msgs in enumerate(convs):
@@ -128,6 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"speed-up vs peer: build {peer / res['build'][0]:.2f}x, build_many {peer / res['build_many'][0]:.2f}x")
 
     m = a.scaling_conversations or max(20, a.conversations // 10)
+    d = distillation_corpus(4 * m, a.seed + 99)
+    r = measure(recons, tok, d)
+    print(f"\nsingle-turn, 4 teacher samples per prompt ({len(d)} conversations): speed-up vs peer: "
+          f"build {r['peer'][0] / r['build'][0]:.2f}x, build_many {r['peer'][0] / r['build_many'][0]:.2f}x")
     print(f"\ncost per token as turns grow ({m} conversations per row):")
     print(f"{'turns':>5} {'tokens':>9} {'build us/tok':>13} {'build_many':>11} {'peer us/tok':>12} "
           f"{'renders/turn':>13}")

@@ -241,7 +241,8 @@ class Reconstructor:
         self.train_roles = tuple(cfg.train_roles)
         self._compiled = _compiled_template(template)
         self._template_kwargs = json.loads(json.dumps({**tokenizer.special_tokens_map, **cfg.chat_template_kwargs}))
-        self._prompt_cache: dict[str, list[int]] = {}
+        self._prompt_cache: dict[str, list[int]] = {}  # prompt text -> ids
+        self._render_cache: dict[str, str] = {}  # messages JSON -> generation-prompt render
         added = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.content.strip()},
                        key=len, reverse=True)
         self._added_tokens = added
@@ -257,6 +258,22 @@ class Reconstructor:
         self.stats["renders"] += 1
         return self._compiled.render(messages=msgs, tools=tools, documents=None,
                                      add_generation_prompt=add_generation_prompt, **self._template_kwargs)
+
+    def _render_prompt(self, msgs: list[dict], tools: list[dict] | None) -> str:
+        """`render(msgs, tools, add_generation_prompt=True)`, cached by content.
+
+        The n teacher samples of one prompt share their prompt; keying on the JSON of
+        the messages costs far less than a sandboxed jinja render.
+        """
+        key = json.dumps([msgs, tools], ensure_ascii=False, separators=(",", ":"))
+        text = self._render_cache.get(key)
+        if text is None:
+            text = self._render_cache[key] = self.render(msgs, tools, True)
+            if len(self._render_cache) > self.PROMPT_CACHE_SIZE:
+                self._render_cache.pop(next(iter(self._render_cache)))
+        else:
+            self.stats["prompt_render_cache_hits"] += 1
+        return text
 
     def _probe_end_of_turn(self) -> tuple[str, str]:
         """The end-of-turn token and the constant text the template puts after it at the end.
@@ -293,7 +310,7 @@ class Reconstructor:
         try:
             full = self.render(data[: a + 1], tools, False)
             if m.role == "assistant":
-                base = self.render(data[:a], tools, True)
+                base = self._render_prompt(data[:a], tools)
             else:
                 base = self.render(data[:a], tools, False) if a else ""
         except Exception as e:  # noqa: BLE001 - a template raising is data-dependent

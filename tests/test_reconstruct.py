@@ -500,6 +500,8 @@ def test_build_many_equals_build_and_prompt_cache(smol_tokenizer):
     assert batched.build_many(convs) == expected
     assert batched.stats == one_by_one.stats
     assert len(batched._prompt_cache) == 2  # "Same prompt" once, and Q3_TWO_QUERIES (not split here)
+    # the shared prompt was rendered once: 3 samples, 1 render + 2 cache hits
+    assert batched.stats["prompt_render_cache_hits"] == 2
     assert [s.sample_index for s, _ in expected[:3] for s in s] == [0, 1, 2]
 
 
