@@ -319,19 +319,16 @@ class Reconstructor:
             what = "generation prompt" if m.role == "assistant" else "render of the history before it"
             raise _Reject("template_mismatch", f"messages[{a}]: the template's {what} is not a prefix of its "
                                                f"rendering of the turn (ends {base[-40:]!r})")
-        tail = self.final_tail
-        if not full.endswith(self.eot + tail) or len(full) - len(tail) - len(self.eot) < len(base):
-            raise _Reject("missing_end_token", f"messages[{a}]: the rendered turn does not end with "
-                                               f"{(self.eot + tail)!r} (ends {full[-40:]!r})")
-        end = len(full) - len(tail)
-        eot_start = end - len(self.eot)
+        eot = self._turn_end_token(full, base, a)
+        end = len(full) - len(self.final_tail)
+        eot_start = end - len(eot)
         seg = full[len(base):eot_start]
         placed = m.placed_prefix + m.content
         start = len(base)
         if m.role != "assistant" or not seg.startswith(placed):
             # Where does the template put the content? Render the turn with a sentinel
             # in its place and compare: no searching in the real text.
-            lead = self._lead(data, a, tools, base, seg, m)
+            lead = self._lead(data, a, tools, base, seg, m, eot)
             if m.role != "assistant":
                 start += len(lead)  # the header before a non-assistant turn is context
         if m.reasoning and self.cfg.reasoning == "template" and m.reasoning.strip() not in seg:
@@ -340,14 +337,29 @@ class Reconstructor:
                           "Fix: set reasoning = \"think_tags\" or \"drop\"")
         return _Turn(full, start, eot_start, end, bool(m.data.get("tool_calls")), m.role)
 
-    def _lead(self, data: list[dict], a: int, tools, base: str, seg: str, m: _Msg) -> str:
+    def _turn_end_token(self, full: str, base: str, a: int) -> str:
+        """The token that ends this turn: the template's usual end-of-turn token, or
+        another special token in its place (Llama 3.1 ends tool-call turns with
+        <|eom_id|>), right before the template's constant final text."""
+        tail = self.final_tail
+        body = full[: len(full) - len(tail)] if full.endswith(tail) else None
+        if body is not None:
+            for tok in (self.eot, *self._added_tokens):
+                if body.endswith(tok) and len(body) - len(tok) >= len(base):
+                    if tok != self.eot:
+                        self.stats["other_end_token"] += 1
+                    return tok
+        raise _Reject("missing_end_token", f"messages[{a}]: the rendered turn does not end with a special token "
+                                           f"such as {self.eot!r} followed by {tail!r} (ends {full[-40:]!r})")
+
+    def _lead(self, data: list[dict], a: int, tools, base: str, seg: str, m: _Msg, eot: str) -> str:
         probe = dict(data[a], content=m.placed_prefix + _SENTINEL)
         try:
             full_s = self.render(data[:a] + [probe], tools, False)
         except Exception as e:  # noqa: BLE001
             raise _Reject("template_error", f"rendering messages[{a}]: {type(e).__name__}: {e}") from None
-        end_s = len(full_s) - len(self.eot + self.final_tail)
-        ok = full_s.startswith(base) and full_s.endswith(self.eot + self.final_tail) and end_s >= len(base)
+        end_s = len(full_s) - len(eot + self.final_tail)
+        ok = full_s.startswith(base) and full_s.endswith(eot + self.final_tail) and end_s >= len(base)
         seg_s = full_s[len(base):end_s] if ok else ""
         i = seg_s.find(_SENTINEL)
         if i < 0 or seg_s[:i] + m.content + seg_s[i + len(_SENTINEL):] != seg:

@@ -344,10 +344,24 @@ def test_template_mismatch():
     assert rej.reason == "template_mismatch"
 
 
-def test_missing_end_token():
-    # Like Llama 3.1's <|eom_id|>: tool-call turns end with a different token.
+def test_other_end_token_for_tool_call_turns():
+    # Like Llama 3.1's <|eom_id|>: tool-call turns end with a different special token,
+    # which is then that turn's trained end token.
     tok = _inline("{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' + m.content }}"
                   "{%- if m.tool_calls %}{{- 'CALL ' + m.tool_calls[0].function.name + '<|endoftext|>\\n' }}"
+                  "{%- else %}{{- '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+                  "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+    msgs = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": None, "tool_calls": [call("1", "f", "{}")]},
+            {"role": "tool", "content": "r"}, {"role": "assistant", "content": "done"}]
+    r = Reconstructor(tok, Reconstruction())
+    s = one(r, msgs)
+    assert masked_text(tok, s) == "CALL f<|endoftext|>done" + IM and r.stats["other_end_token"] == 1
+
+
+def test_missing_end_token():
+    # A tool-call turn that ends in plain text: no end token to train.
+    tok = _inline("{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' + m.content }}"
+                  "{%- if m.tool_calls %}{{- 'CALL ' + m.tool_calls[0].function.name + '\\n' }}"
                   "{%- else %}{{- '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
                   "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
     msgs = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": None, "tool_calls": [call("1", "f", "{}")]}]
