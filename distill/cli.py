@@ -93,13 +93,13 @@ def _reconstructor(cfg: RunConfig):
 
 def _produce(cfg: RunConfig, run_dir: Path, progress: bool = True, on_error: str | None = None,
              inputs: list[str] | None = None, with_trainer: bool = False,
-             stop_event: threading.Event | None = None) -> dict:
+             stop_event: threading.Event | None = None, recon=None) -> dict:
     """Fill run_dir/samples from the configured source (teacher or replay).
 
     with_trainer: a trainer consumes concurrently, so replay too waits for it
     (backpressure, orchestrator.max_ahead); the teacher scheduler always does.
     """
-    recon = _reconstructor(cfg)
+    recon = recon or _reconstructor(cfg)
     if cfg.orchestrator.source.type == "replay":
         from orchestrator.replay import replay
 
@@ -141,13 +141,19 @@ def cmd_run(argv: list[str]) -> int:
     from orchestrator.student import resolve_student
 
     resolve_student(cfg.student.path)  # convert the builtin student once, before threads start
+    # transformers' lazy imports are not thread-safe: import what both sides use here,
+    # in the main thread, before the producer thread starts.
+    import transformers  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    recon = _reconstructor(cfg)
     result: dict = {}
     errors: list[BaseException] = []
     stop = threading.Event()
 
     def producer() -> None:
         try:
-            result["orchestrator"] = _produce(cfg, run_dir, with_trainer=True, stop_event=stop)
+            result["orchestrator"] = _produce(cfg, run_dir, with_trainer=True, stop_event=stop, recon=recon)
         except BaseException as e:  # surfaced in the main thread
             errors.append(e)
 

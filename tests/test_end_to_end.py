@@ -135,9 +135,9 @@ def test_distill_run_against_real_llama_cpp_server(tmp_path, tiny_student_dir, s
     assert (ckpts[-1] / "distill_config.toml").is_file()
     assert "checkpoint" in proc.stdout and str(ckpts[-1]) in proc.stdout
 
-    # the server was stopped with the run
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))
+    # the server was stopped with the run: nothing listens on its port any more
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
 @pytest.mark.slow
