@@ -54,6 +54,8 @@ REJECTION_REASONS: dict[str, str] = {
     "template_mismatch": "the template's generation prompt is not a prefix of its rendering of the turn",
     "template_alters_content": "the template does not render the teacher's content verbatim (e.g. it trims it)",
     "reasoning_not_rendered": "reasoning=template, but the template did not render the turn's reasoning",
+    "tool_calls_not_rendered": "the assistant turn has tool calls but the student's template does not render them "
+                               "(e.g. SmolLM2's), so the student would learn an empty turn",
     "missing_end_token": "the rendered turn does not end with the template's end-of-turn token",
     "history_rewrite": "the template rewrites earlier turns, with on_history_rewrite=reject",
     "overlong": "longer than max_seq_len with overlong=drop, or nothing trainable left after truncation",
@@ -335,6 +337,13 @@ class Reconstructor:
             raise _Reject("reasoning_not_rendered",
                           f"messages[{a}]: the template did not render reasoning_content. "
                           "Fix: set reasoning = \"think_tags\" or \"drop\"")
+        for call in m.data.get("tool_calls", []):
+            name = call["function"]["name"]
+            if name not in seg:
+                raise _Reject("tool_calls_not_rendered",
+                              f"messages[{a}]: the student's chat template does not render tool call {name!r}; "
+                              "training would teach an empty turn. Fix: use a student whose template supports "
+                              "tools, or filter out tool conversations")
         return _Turn(full, start, eot_start, end, bool(m.data.get("tool_calls")), m.role)
 
     def _turn_end_token(self, full: str, base: str, a: int) -> str:

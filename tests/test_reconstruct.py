@@ -214,6 +214,15 @@ def test_reasoning_not_rendered_by_template(smol_tokenizer):
     assert rej.reason == "reasoning_not_rendered" and "think_tags" in rej.detail
 
 
+def test_tool_calls_the_template_cannot_render_are_rejected(smol_tokenizer):
+    """SmolLM2's template ignores tool_calls: training would teach an empty turn, so reject."""
+    r = Reconstructor(smol_tokenizer, Reconstruction())
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    rej = rejected(r, [{"role": "user", "content": "Weather?"},
+                       {"role": "assistant", "content": None, "tool_calls": [call]}])
+    assert rej.reason == "tool_calls_not_rendered" and "get_weather" in rej.detail
+
+
 # ---------------------------------------------------------------------------
 # Truncation, length, special tokens
 # ---------------------------------------------------------------------------
@@ -374,13 +383,14 @@ def test_no_end_token_in_template_is_a_clear_error():
         Reconstructor(_inline("{%- for m in messages %}{{ m.role }}: {{ m.content }}\n{%- endfor %}"), Reconstruction())
 
 
-def test_no_trained_tokens():
-    # SmolLM2 cannot render tool calls; a truncated tool-call-only turn kept open
-    # leaves nothing to train.
+def test_truncated_tool_call_turn_the_template_cannot_render():
+    # SmolLM2 cannot render tool calls; a truncated tool-call-only turn kept open would
+    # leave nothing to train (the `no_trained_tokens` guard), but the missing tool-call
+    # rendering is caught first, with the more useful reason.
     tok = tokenizer_with(None)
     r = Reconstructor(tok, Reconstruction(truncated="keep"))
     msgs = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": None, "tool_calls": [call("1", "f", "{}")]}]
-    assert rejected(r, msgs, finish_reason="length").reason == "no_trained_tokens"
+    assert rejected(r, msgs, finish_reason="length").reason == "tool_calls_not_rendered"
 
 
 def test_roundtrip_mismatch_is_caught():

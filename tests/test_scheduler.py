@@ -307,8 +307,10 @@ def test_tool_calls_and_reasoning_are_recorded_and_reconstructed(tmp_path, recon
     call = rec["t0"]["response"]["tool_calls"][0]
     assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
     assert rec["plain"]["response"]["reasoning_content"] == "thinking about sample 0"
-    # with reasoning as <think> tags, every answer (tool calls included) becomes a sample
+    # with reasoning as <think> tags the plain answer becomes a sample; SmolLM2's template
+    # cannot render tool calls, so those answers are recorded (paid for, replayable for
+    # another student) but rejected with that reason instead of training an empty turn
     samples = {x.sample_id: x for x in iter_samples(tmp_path / "run" / "samples")}
-    assert set(samples) == {"t0/0", "t1/0", "t2/0", "plain/0"} and summary["rejections"] == {}
-    assert samples["t0/0"].finish_reason == "tool_calls"
+    assert set(samples) == {"plain/0"}
+    assert summary["rejections"] == {"tool_calls_not_rendered": 3}
     assert samples["plain/0"].teacher_model == "fault-teacher"
