@@ -127,9 +127,10 @@ def _print_locations(run_dir: Path, summary: dict | None) -> None:
         print(f"  rejects:     {run_dir / 'rejects.jsonl'}")
     if (run_dir / "metrics.jsonl").exists():
         print(f"  metrics:     {run_dir / 'metrics.jsonl'}")
+        print(f"  report:      distill report {run_dir}")
     if summary and summary.get("checkpoint"):
         print(f"  checkpoint:  {summary['checkpoint']}  (AutoModelForCausalLM.from_pretrained(...) loads it)")
-    print(f"  report:      distill report {run_dir}")
+    print(f"  inspect:     distill inspect {run_dir}")
 
 
 def cmd_run(argv: list[str]) -> int:
@@ -182,9 +183,18 @@ def cmd_run(argv: list[str]) -> int:
     return 0
 
 
+# The fields of each side's summary dict worth a line on the terminal (all of it is in the run dir).
+_SUMMARY_KEYS = {
+    "orchestrator": ("stop_reason", "requests", "samples", "rejections", "prompt_tokens", "completion_tokens", "cost"),
+    "replay": ("records", "conversations", "samples", "filtered", "rejected", "bad_records"),
+    "trainer": ("steps", "samples_seen", "final_loss", "eval_loss"),
+}
+
+
 def _print_summary(name: str, summary: dict) -> None:
-    keep = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, dict, type(None)))}
-    print(f"{name}: {json.dumps(keep, default=str)}")
+    keys = _SUMMARY_KEYS.get(name) or tuple(summary)
+    shown = {k: summary[k] for k in keys if summary.get(k) not in (None, {}, [])}
+    print(f"{name}: " + "  ".join(f"{k}={json.dumps(v, default=str)}" for k, v in shown.items()))
 
 
 def cmd_rollout(argv: list[str]) -> int:
