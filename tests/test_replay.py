@@ -457,9 +457,9 @@ def test_missing_datasets_library_is_a_clear_error(tmp_path, smol_tokenizer, mon
         replay(cfg, tmp_path, make_recon(smol_tokenizer, cfg), progress=False)
 
 
-def test_replay_and_training_need_no_network(tmp_path, tiny_student_dir, monkeypatch):
-    """Tokenizer loading, replay and a few training steps on the replayed samples, with every
-    way to open a socket disabled."""
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every way to open a socket or resolve a name raises; returns the list of attempts."""
     attempts: list = []
 
     def refuse(*args, **kwargs):
@@ -473,6 +473,13 @@ def test_replay_and_training_need_no_network(tmp_path, tiny_student_dir, monkeyp
     monkeypatch.setattr(socket, "socket", NoSocket)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
+
+
+def test_replay_and_training_need_no_network(tmp_path, tiny_student_dir, no_network):
+    """Tokenizer loading, replay and a few training steps on the replayed samples, with every
+    way to open a socket disabled."""
+    attempts = no_network
     from orchestrator.student import load_tokenizer
     from trainer.train import train
 
@@ -575,25 +582,13 @@ def test_recorded_reasoning_and_tool_calls_reach_the_student(tmp_path, tools_tok
         '<tool_call>{"name": "calc", "arguments": {"e": "14*12"}}</tool_call><|im_end|>')
 
 
-def test_dataset_reader_needs_no_network(tmp_path, monkeypatch):
+def test_dataset_reader_needs_no_network(tmp_path, monkeypatch, no_network):
     pytest.importorskip("datasets")
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     rows = [chat_row(f"{i}", id=f"p{i}") for i in range(5)]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
-    attempts: list = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("network disabled in this test")
-
-    class NoSocket(socket.socket):
-        def __init__(self, *args, **kwargs):
-            refuse(*args)
-
-    monkeypatch.setattr(socket, "socket", NoSocket)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    attempts = no_network
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     convs = list(iter_conversations([str(tmp_path / "d.parquet")]))
