@@ -187,7 +187,7 @@ def cmd_run(argv: list[str]) -> int:
 _SUMMARY_KEYS = {
     "orchestrator": ("stop_reason", "requests", "samples", "rejections", "prompt_tokens", "completion_tokens", "cost"),
     "replay": ("records", "conversations", "samples", "filtered", "rejected", "bad_records"),
-    "trainer": ("steps", "samples_seen", "final_loss", "eval_loss"),
+    "trainer": ("steps", "samples_seen", "final_loss", "eval_loss", "resumed_from"),
 }
 
 
