@@ -102,3 +102,17 @@ def test_empty_micro_batch_has_nothing_to_train(tiny_student_dir):
     loss = model.micro_batch_loss(mb, 1.0)
     loss.backward()
     assert loss.item() == 0.0 and mb.num_trained == 0
+
+
+def test_micro_batches_are_only_as_wide_as_their_longest_row(smol_tokenizer):
+    samples = make_samples(smol_tokenizer, 6)
+    lengths = sorted(s.num_tokens for s in samples)
+    # one row per micro-batch: no padding at all
+    for mb in make_micro_batches(samples, seq_len=4096, rows_per_batch=1, packing=True):
+        assert mb.slots == mb.num_tokens
+    # several rows: padded to the longest row of the micro-batch, never to seq_len
+    seq_len = lengths[-1] + lengths[0]
+    mbs = make_micro_batches(samples, seq_len=seq_len, rows_per_batch=8, packing=True)
+    assert len(mbs) == 1 and mbs[0].input_ids.shape[1] <= seq_len
+    row_lengths = (mbs[0].segment_ids != 0).sum(dim=1)
+    assert mbs[0].input_ids.shape[1] == int(row_lengths.max())

@@ -121,14 +121,15 @@ def make_micro_batches(samples: list[Sample], seq_len: int, rows_per_batch: int,
                        pad_id: int = 0) -> list[MicroBatch]:
     """Pack (or not) `samples` into rows and group rows into micro-batches.
 
-    Packed rows are seq_len wide; unpacked rows (one sample each) are padded to the
-    longest row of their micro-batch.
+    Rows hold at most seq_len tokens; each micro-batch is only as wide as its longest
+    row, so no compute goes to padding beyond it (with one row per micro-batch there is
+    no padding at all).
     """
     rows = _rows(samples, seq_len, packing)
     out = []
     for i in range(0, len(rows), rows_per_batch):
         group = rows[i:i + rows_per_batch]
-        width = seq_len if packing else max(sum(len(ids) for ids, _ in row) for row in group)
+        width = max(sum(len(ids) for ids, _ in row) for row in group)
         out.append(_collate(group, width, pad_id))
     return out
 
