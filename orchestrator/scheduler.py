@@ -22,9 +22,7 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from distill.config import RunConfig, api_key
 from orchestrator.client import (NonRetryableError, RetryPolicy, StopRequested, TeacherClient, TeacherError,
@@ -337,22 +335,208 @@ class Backpressure:
 # ---------------------------------------------------------------------------
 
 
-@dataclass
-class _State:
-    n_honoured: bool = True
-    n_ignored_responses: int = 0
-    in_flight_samples: int = 0
-    requests_ok: int = 0
-    completion_mean: float = 0.0
-    fatal: BaseException | None = None
-    bar: Any = None
-    recorded_this_run: int = 0
-    first_success: bool = False
-    extra: dict = field(default_factory=dict)
-
-
 def _estimate_prompt_tokens(messages: list[dict]) -> float:
     return len(json.dumps(messages, ensure_ascii=False)) / 4.0
+
+
+class _Rollout:
+    """One run_rollouts call: its parts, its counters, and the steps of the run as methods."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, reconstructor, progress: bool,
+                 stop_event: asyncio.Event | None, backpressure: bool):
+        self.oc = oc = cfg.orchestrator
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.t_begin = time.time()
+        reward_fn = load_reward_fn(oc.reward_fn) if oc.reward_fn else None
+        self.prompts = load_prompts(oc.source)
+        total_prompts = count_prompts(oc.source)
+        self.n = oc.sampling.n or 1
+        self.loaded = load_recording(run_dir / RECORDING)
+        self.pool = make_reconstruct_pool(reconstructor, oc.reconstruct_workers)
+        self.pub = Publisher(run_dir, reconstructor, oc.samples_per_shard, reward_fn, oc.min_reward, self.pool)
+        self.gate = BudgetGate(oc.budget, round(self.loaded.requests), self.loaded.prompt_tokens,
+                               self.loaded.completion_tokens, stop_event)
+        self.bp = Backpressure(run_dir / SAMPLES, oc.max_ahead, backpressure)
+        rm = oc.rollout_model
+        self.client = TeacherClient(
+            [rm.base_url, *rm.extra_base_urls], rm.model, api_key(cfg), headers=rm.headers, timeout=rm.timeout,
+            concurrency=oc.concurrency,
+            retry=RetryPolicy(oc.retry.max_attempts, oc.retry.initial_backoff, oc.retry.max_backoff),
+            requests_per_minute=oc.requests_per_minute, tokens_per_minute=oc.tokens_per_minute)
+        self.recw = RecordingWriter(run_dir / RECORDING)
+        self.n_honoured, self.first_success = True, False  # n_honoured: no server answered fewer choices than n
+        self.n_ignored_responses = self.in_flight_samples = self.requests_ok = self.recorded_this_run = 0
+        self.rebuilt, self.completion_mean, self.fatal = 0, 0.0, None  # fatal: the RolloutError to raise at the end
+        self.seen_prompts, self.tasks = set(), set()  # prompt ids reached; running jobs (asyncio tasks)
+        self.extra = {"resumed_records": len(self.loaded.records), "torn_tail_bytes": len(self.loaded.torn_tail)}
+        self.metrics_f = open(run_dir / METRICS, "a", encoding="utf-8")
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=(total_prompts * self.n) if total_prompts else None, initial=len(self.loaded.records),
+                            unit="sample", desc="teacher", dynamic_ncols=True, file=sys.stderr)
+        self.base_args = {k: v for k, v in oc.sampling.request_args().items() if k != "n"}
+        self.extra_body = dict(oc.sampling.extra_body)
+
+    async def schedule(self) -> None:
+        """Every prompt in order: rebuild its recorded-but-unpublished samples, then a job for the missing ones."""
+        gate, stop_event = self.gate, self.gate.stop_event
+        slots = asyncio.Semaphore(self.oc.concurrency * 2)
+        for prompt in self.prompts:
+            if stop_event is not None and stop_event.is_set():
+                gate.stop("stopped")
+            if gate.stop_reason:
+                break
+            missing = await self._resume(prompt)
+            if not missing:
+                continue
+            await self.bp.wait(len(missing), self.pub, lambda: self.in_flight_samples,
+                               lambda: gate.stop_reason is not None or (stop_event is not None and stop_event.is_set()))
+            await slots.acquire()
+            if gate.stop_reason:
+                slots.release()
+                break
+            self.in_flight_samples += len(missing)
+            t = asyncio.get_running_loop().create_task(self.job(prompt, missing))
+            self.tasks.add(t)
+            t.add_done_callback(lambda t: (self.tasks.discard(t), slots.release()))
+        if self.tasks:
+            await asyncio.gather(*self.tasks)
+        if gate.stop_reason is None:
+            gate.stop("completed")
+
+    async def _resume(self, prompt: dict) -> list[int]:
+        """Publishes this prompt's samples recorded before a crash but never published; the indices never recorded."""
+        pid = prompt["prompt_id"]
+        self.seen_prompts.add(pid)
+        missing, rebuild = [], []
+        for i in range(self.n):
+            rec = self.loaded.records.get((pid, i))
+            if rec is None:
+                missing.append(i)
+            elif not self.pub.is_published(pid, i):
+                rebuild.append((prompt, rec))
+        if rebuild:
+            await self.pub.publish(rebuild)
+            self.rebuilt += len(rebuild)
+        return missing
+
+    async def job(self, prompt: dict, missing: list[int]) -> None:
+        """The missing samples of one prompt: one request for all, or one request each once a server ignored n."""
+        pending = list(missing)
+        try:
+            while pending and self.gate.stop_reason is None:
+                if len(pending) > 1 and not self.n_honoured:
+                    await asyncio.gather(*(self.request(prompt, [i]) for i in pending))
+                    return
+                got = await self.request(prompt, pending)
+                if got == 0:
+                    return
+                pending = pending[got:]
+        finally:
+            self.in_flight_samples -= len(missing)
+
+    async def request(self, prompt: dict, indices: list[int]) -> int:
+        """One logical request for `indices`: send, record durably, publish. Returns choices used."""
+        resp = await self._send(prompt, indices)
+        if resp is None:
+            return 0
+        self.first_success = True
+        self.requests_ok += 1
+        ch = resp.choices[:len(indices)]
+        if len(ch) < len(indices):
+            self.n_honoured = False
+            self.n_ignored_responses += 1
+        ct = resp.usage.get("completion_tokens", 0)
+        self.completion_mean += (ct / max(1, len(ch)) - self.completion_mean) / self.requests_ok
+        records = [make_record(
+            prompt_id=prompt["prompt_id"], sample_index=i, messages=prompt["messages"], tools=prompt.get("tools"),
+            response=c.message, finish_reason=c.finish_reason, model=resp.model, endpoint=resp.endpoint,
+            sampling=resp.sent, usage=resp.usage, usage_shared_by=len(ch), t_start=resp.t_start, t_end=resp.t_end,
+            reward=None, request_id=resp.request_id) for i, c in zip(indices, ch)]
+        for r in records:
+            try:
+                r["reward"] = self.pub.score(prompt, r["response"])
+            except Exception:  # noqa: BLE001 - reported by publish() as reward_error
+                r["reward"] = None
+        await self.recw.append(records)  # durable before anything is built from it
+        self.recorded_this_run += len(records)
+        await self.pub.publish([(prompt, r) for r in records])
+        if self.bar is not None:
+            self.bar.update(len(records))
+        return len(ch)
+
+    async def _send(self, prompt: dict, indices: list[int]) -> TeacherResponse | None:
+        """The teacher's answer, or None: stopped, rejected (written to rejects), or fatal (the run stops)."""
+        k = len(indices)
+        args = dict(self.base_args)
+        if self.oc.sampling.n is not None:
+            args["n"] = k
+        if "seed" in args and indices[0] > 0:
+            args["seed"] = args["seed"] + indices[0]  # distinct samples when n is split over requests
+        est_c = k * (self.oc.sampling.max_tokens or self.completion_mean)
+        try:
+            return await self.client.complete(
+                prompt["messages"], prompt.get("tools"), args, self.extra_body, want=k,
+                est_prompt=_estimate_prompt_tokens(prompt["messages"]), est_completion=est_c, gate=self.gate)
+        except StopRequested:
+            return None
+        except TeacherError as e:
+            non_retryable = isinstance(e, NonRetryableError)
+            if non_retryable and (e.status in FATAL_STATUS or not self.first_success):
+                self.fatal = RolloutError(f"teacher request failed and retrying cannot help: {e.detail}")
+                self.gate.stop(f"error:{e.reason}")
+                return None
+            for i in indices:
+                reason = "request_rejected" if non_retryable else e.reason
+                self.pub.reject(f"{prompt['prompt_id']}/{i}", reason, e.detail)
+            return None
+
+    def write_metrics(self, final: bool = False) -> dict:
+        gate, pub, stats = self.gate, self.pub, self.client.stats
+        elapsed = time.time() - self.t_begin
+        d = {
+            "time": time.time(), "elapsed_s": round(elapsed, 3),
+            "stop_reason": gate.stop_reason if final else None,
+            "requests": gate.requests, "requests_ok_this_run": self.requests_ok,
+            "attempts_this_run": stats.attempts, "retries": dict(stats.retries),
+            "retry_after_waits": stats.retry_after_waits,
+            "recorded": len(self.loaded.records) + self.recorded_this_run, "recorded_this_run": self.recorded_this_run,
+            "samples": pub.writer.published + pub.buffered, "samples_this_run": pub.samples,
+            "rejections": dict(pub.rejections),
+            "prompt_tokens": round(gate.prompt_tokens), "completion_tokens": round(gate.completion_tokens),
+            "cost": round(gate.cost(), 6), "n_ignored_responses": self.n_ignored_responses,
+            "reward_pass_rate": (pub.passed / pub.scored) if pub.scored else None,
+            "samples_per_s": round(pub.samples / elapsed, 2) if elapsed > 0 else None,
+            "backpressure_wait_s": round(self.bp.waited_s, 3), "in_flight_requests": gate.in_flight,
+            **self.extra,
+        }
+        if final:
+            d["final"] = True
+        self.metrics_f.write(json.dumps(d) + "\n")
+        self.metrics_f.flush()
+        return d
+
+    async def metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            self.write_metrics()
+
+    async def close(self) -> dict:
+        """Closes everything (shards get DONE unless the run failed or was interrupted); the final metrics line."""
+        self.extra["rebuilt_from_recording"] = self.rebuilt
+        self.extra["recorded_not_in_source"] = sum(1 for (p, _) in self.loaded.records if p not in self.seen_prompts) \
+            if self.gate.stop_reason == "completed" else None
+        await self.recw.aclose()
+        await self.client.close()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pub.close(done=self.fatal is None and self.gate.stop_reason != "interrupted")
+        if self.bar is not None:
+            self.bar.close()
+        summary = self.write_metrics(final=True)
+        self.metrics_f.close()
+        return summary
 
 
 async def run_rollouts(cfg: RunConfig, run_dir: Path, reconstructor, *, progress: bool = True,
@@ -364,205 +548,21 @@ async def run_rollouts(cfg: RunConfig, run_dir: Path, reconstructor, *, progress
     asyncio.Event or a threading.Event (it is polled with is_set(), so another thread
     can set it): no new request is sent, those in flight finish, shards close with DONE.
     """
-    oc = cfg.orchestrator
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    t_begin = time.time()
-    reward_fn = load_reward_fn(oc.reward_fn) if oc.reward_fn else None
-    prompts = load_prompts(oc.source)
-    total_prompts = count_prompts(oc.source)
-    n = oc.sampling.n or 1
-
-    loaded = load_recording(run_dir / RECORDING)
-    pool = make_reconstruct_pool(reconstructor, oc.reconstruct_workers)
-    pub = Publisher(run_dir, reconstructor, oc.samples_per_shard, reward_fn, oc.min_reward, pool)
-    gate = BudgetGate(oc.budget, round(loaded.requests), loaded.prompt_tokens, loaded.completion_tokens,
-                      stop_event)
-    bp = Backpressure(run_dir / SAMPLES, oc.max_ahead, backpressure)
-    rm = oc.rollout_model
-    client = TeacherClient(
-        [rm.base_url, *rm.extra_base_urls], rm.model, api_key(cfg), headers=rm.headers, timeout=rm.timeout,
-        concurrency=oc.concurrency,
-        retry=RetryPolicy(oc.retry.max_attempts, oc.retry.initial_backoff, oc.retry.max_backoff),
-        requests_per_minute=oc.requests_per_minute, tokens_per_minute=oc.tokens_per_minute)
-    recw = RecordingWriter(run_dir / RECORDING)
-    st = _State()
-    st.extra["resumed_records"] = len(loaded.records)
-    st.extra["torn_tail_bytes"] = len(loaded.torn_tail)
-    metrics_f = open(run_dir / METRICS, "a", encoding="utf-8")
-    if progress:
-        from tqdm import tqdm
-
-        st.bar = tqdm(total=(total_prompts * n) if total_prompts else None, initial=len(loaded.records),
-                      unit="sample", desc="teacher", dynamic_ncols=True, file=sys.stderr)
-
-    base_args = oc.sampling.request_args()
-    base_args.pop("n", None)
-    extra_body = dict(oc.sampling.extra_body)
-
-    def snapshot(final: bool = False) -> dict:
-        elapsed = time.time() - t_begin
-        d = {
-            "time": time.time(), "elapsed_s": round(elapsed, 3),
-            "stop_reason": gate.stop_reason if final else None,
-            "requests": gate.requests, "requests_ok_this_run": st.requests_ok,
-            "attempts_this_run": client.stats.attempts, "retries": dict(client.stats.retries),
-            "retry_after_waits": client.stats.retry_after_waits,
-            "recorded": len(loaded.records) + st.recorded_this_run, "recorded_this_run": st.recorded_this_run,
-            "samples": pub.writer.published + pub.buffered, "samples_this_run": pub.samples,
-            "rejections": dict(pub.rejections),
-            "prompt_tokens": round(gate.prompt_tokens), "completion_tokens": round(gate.completion_tokens),
-            "cost": round(gate.cost(), 6), "n_ignored_responses": st.n_ignored_responses,
-            "reward_pass_rate": (pub.passed / pub.scored) if pub.scored else None,
-            "samples_per_s": round(pub.samples / elapsed, 2) if elapsed > 0 else None,
-            "backpressure_wait_s": round(bp.waited_s, 3), "in_flight_requests": gate.in_flight,
-            **st.extra,
-        }
-        if final:
-            d["final"] = True
-        return d
-
-    def write_metrics(final: bool = False) -> dict:
-        d = snapshot(final)
-        metrics_f.write(json.dumps(d) + "\n")
-        metrics_f.flush()
-        return d
-
-    async def metrics_loop() -> None:
-        while True:
-            await asyncio.sleep(5.0)
-            write_metrics()
-
-    async def request(prompt: dict, indices: list[int]) -> int:
-        """One logical request for `indices`; records and publishes what comes back. Returns choices used."""
-        k = len(indices)
-        args = dict(base_args)
-        if oc.sampling.n is not None:
-            args["n"] = k
-        if "seed" in args and indices[0] > 0:
-            args["seed"] = args["seed"] + indices[0]  # distinct samples when n is split over requests
-        est_c = k * (oc.sampling.max_tokens or st.completion_mean)
-        try:
-            resp: TeacherResponse = await client.complete(
-                prompt["messages"], prompt.get("tools"), args, extra_body, want=k,
-                est_prompt=_estimate_prompt_tokens(prompt["messages"]), est_completion=est_c, gate=gate)
-        except StopRequested:
-            return 0
-        except NonRetryableError as e:
-            if e.status in FATAL_STATUS or not st.first_success:
-                st.fatal = RolloutError(f"teacher request failed and retrying cannot help: {e.detail}")
-                gate.stop(f"error:{e.reason}")
-            else:
-                for i in indices:
-                    pub.reject(f"{prompt['prompt_id']}/{i}", "request_rejected", e.detail)
-            return 0
-        except TeacherError as e:
-            for i in indices:
-                pub.reject(f"{prompt['prompt_id']}/{i}", e.reason, e.detail)
-            return 0
-        st.first_success = True
-        st.requests_ok += 1
-        ch = resp.choices[:k]
-        if len(ch) < k:
-            st.n_honoured = False
-            st.n_ignored_responses += 1
-        ct = resp.usage.get("completion_tokens", 0)
-        st.completion_mean += (ct / max(1, len(ch)) - st.completion_mean) / st.requests_ok
-        records = []
-        for i, c in zip(indices, ch):
-            records.append(make_record(
-                prompt_id=prompt["prompt_id"], sample_index=i, messages=prompt["messages"],
-                tools=prompt.get("tools"), response=c.message, finish_reason=c.finish_reason, model=resp.model,
-                endpoint=resp.endpoint, sampling=resp.sent, usage=resp.usage, usage_shared_by=len(ch),
-                t_start=resp.t_start, t_end=resp.t_end, reward=None, request_id=resp.request_id))
-        for r in records:
-            try:
-                r["reward"] = pub.score(prompt, r["response"])
-            except Exception:  # noqa: BLE001 - reported by publish() as reward_error
-                r["reward"] = None
-        await recw.append(records)  # durable before anything is built from it
-        st.recorded_this_run += len(records)
-        await pub.publish([(prompt, r) for r in records])
-        if st.bar is not None:
-            st.bar.update(len(records))
-        return len(ch)
-
-    async def job(prompt: dict, missing: list[int]) -> None:
-        pending = list(missing)
-        try:
-            while pending and gate.stop_reason is None:
-                if len(pending) > 1 and not st.n_honoured:
-                    await asyncio.gather(*(request(prompt, [i]) for i in pending))
-                    return
-                got = await request(prompt, pending)
-                if got == 0:
-                    return
-                pending = pending[got:]
-        finally:
-            st.in_flight_samples -= len(missing)
-
-    metrics_task = asyncio.get_running_loop().create_task(metrics_loop())
-    tasks: set[asyncio.Task] = set()
-    slots = asyncio.Semaphore(oc.concurrency * 2)
-    seen_prompts: set[str] = set()
-    rebuilt = 0
+    ro = _Rollout(cfg, Path(run_dir), reconstructor, progress, stop_event, backpressure)
+    metrics_task = asyncio.get_running_loop().create_task(ro.metrics_loop())
     try:
-        for prompt in prompts:
-            if gate.stop_event is not None and gate.stop_event.is_set():
-                gate.stop("stopped")
-            if gate.stop_reason:
-                break
-            pid = prompt["prompt_id"]
-            seen_prompts.add(pid)
-            missing, rebuild = [], []
-            for i in range(n):
-                rec = loaded.records.get((pid, i))
-                if rec is None:
-                    missing.append(i)
-                elif not pub.is_published(pid, i):
-                    rebuild.append((prompt, rec))  # recorded before a crash, never published
-            if rebuild:
-                await pub.publish(rebuild)
-                rebuilt += len(rebuild)
-            if not missing:
-                continue
-            await bp.wait(len(missing), pub, lambda: st.in_flight_samples,
-                          lambda: gate.stop_reason is not None or (stop_event is not None and stop_event.is_set()))
-            await slots.acquire()
-            if gate.stop_reason:
-                slots.release()
-                break
-            st.in_flight_samples += len(missing)
-            t = asyncio.get_running_loop().create_task(job(prompt, missing))
-            tasks.add(t)
-            t.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
-        if tasks:
-            await asyncio.gather(*tasks)
-        if gate.stop_reason is None:
-            gate.stop("completed")
+        await ro.schedule()
     except BaseException:
-        gate.stop("interrupted")
-        for t in tasks:
+        ro.gate.stop("interrupted")
+        for t in ro.tasks:
             t.cancel()
         raise
     finally:
         metrics_task.cancel()
-        st.extra["rebuilt_from_recording"] = rebuilt
-        st.extra["recorded_not_in_source"] = sum(1 for (p, _) in loaded.records if p not in seen_prompts) \
-            if gate.stop_reason == "completed" else None
-        await recw.aclose()
-        await client.close()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        ok = st.fatal is None and gate.stop_reason != "interrupted"
-        pub.close(done=ok)
-        if st.bar is not None:
-            st.bar.close()
-        summary = write_metrics(final=True)
-        metrics_f.close()
+        summary = await ro.close()
     print(format_summary(summary), file=sys.stderr)
-    if st.fatal is not None:
-        raise st.fatal
+    if ro.fatal is not None:
+        raise ro.fatal
     return summary
 
 
