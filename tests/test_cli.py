@@ -90,3 +90,29 @@ def test_inspect_and_html(tmp_path, smol_tokenizer_dir):
     assert len(re.findall(r'class="tok trained( o)?"', body)) == len(row["completion_ids"])
     missing = distill("inspect", tmp_path / "samples", "--tokenizer", smol_tokenizer_dir, "--index", "5")
     assert missing.returncode != 0 and "out of range" in missing.stderr
+
+
+def test_probe_prints_what_the_endpoint_supports():
+    from orchestrator.testserver import FaultServer
+
+    with FaultServer(reasoning=True) as server:
+        res = distill("probe", server.base_url, "--model", "fault-teacher")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].split()[:3] == ["feature", "result", "detail"]
+    rows = {line.split("  ")[0].strip(): line for line in lines[2:] if line.strip()}
+    assert "yes" in rows["models list"] and "fault-teacher" in rows["models list"]
+    assert any(k.startswith("reasoning") and "yes" in v for k, v in rows.items()), res.stdout
+    missing = distill("probe", server.base_url, "--model", "m", "--api-key-var", "DISTILL_TEST_UNSET_VAR")
+    assert missing.returncode != 0 and "DISTILL_TEST_UNSET_VAR" in missing.stderr
+
+
+def test_report_writes_a_png_and_a_summary(tmp_path):
+    metrics = [{"step": i, "loss": 2.0 / i, "trained_tokens": 100, "tokens": 300, "tokens_per_s": 50.0 + i,
+                "lr": 1e-4, "grad_norm": 1.0, "packing_efficiency": 1.0, "samples_seen": 4 * i} for i in range(1, 6)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    res = distill("report", tmp_path)
+    assert res.returncode == 0, res.stderr
+    png = tmp_path / "report.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "2.0000 (step 1) -> 0.4000 (step 5)" in res.stdout and str(png) in res.stdout
