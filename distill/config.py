@@ -296,7 +296,7 @@ class Checkpoint(Strict):
 class Trainer(Strict):
     # Optimizer steps to train.
     max_steps: int = Field(10, ge=1)
-    # Samples per optimizer step; split into micro-batches of micro_batch_tokens.
+    # Samples per optimizer step; packed into rows and run micro_batch_rows rows at a time.
     samples_per_step: int = Field(8, ge=1)
     # Sequence length of a packed row (and the longest sample).
     seq_len: int = Field(1024, ge=8)
@@ -304,13 +304,15 @@ class Trainer(Strict):
     micro_batch_rows: int = Field(1, ge=1)
     # Pack several samples into each row (no attention across samples).
     packing: bool = True
-    # Parameter dtype; on GPU bfloat16 uses mixed precision.
+    # Compute dtype: "bfloat16" runs the forward/backward in bf16 (autocast, or FSDP2 mixed
+    # precision under torchrun) over fp32 master weights; flash-attention needs it on GPU.
     dtype: Literal["float32", "bfloat16"] = "float32"
     # "auto": CUDA when available, else CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Recompute activations in the backward pass to save memory.
     activation_checkpointing: bool = False
-    # Seed of model init extras, data order and dropout.
+    # Seed of the trainer's RNGs (dropout, if the student has any); samples are trained in
+    # the order they were published.
     seed: int = 0
     loss: Loss = Loss()
     optim: Optim = Optim()
@@ -475,6 +477,28 @@ def check_external_teacher_mode(cfg: RunConfig) -> list[Problem]:
 
 def check_cross_fields(cfg: RunConfig) -> list[Problem]:
     problems: list[Problem] = []
+    t, o = cfg.trainer, cfg.orchestrator
+    need = t.eval_samples + t.samples_per_step
+    if need > o.max_ahead:
+        problems.append(Problem(
+            "orchestrator.max_ahead",
+            f"{o.max_ahead} is less than what the trainer needs before its first step "
+            f"(trainer.eval_samples + trainer.samples_per_step = {need}); sampling would wait for the "
+            f"trainer and the trainer for samples. Fix: set orchestrator.max_ahead >= {need}.",
+        ))
+    if bool(t.eval_every) != bool(t.eval_samples):
+        unset = "trainer.eval_samples" if t.eval_every else "trainer.eval_every"
+        problems.append(Problem(
+            unset, "held-out eval needs both trainer.eval_every and trainer.eval_samples. "
+                   f"Fix: set {unset} too, or leave both at 0 (no eval).",
+        ))
+    unknown = [r for r in o.reconstruction.train_roles if r not in ("system", "user", "assistant", "tool")]
+    if unknown:
+        problems.append(Problem(
+            "orchestrator.reconstruction.train_roles",
+            f"{unknown} is not a chat role (system, user, assistant, tool; lower case); every conversation "
+            'would be rejected. Fix: e.g. train_roles = ["assistant"].',
+        ))
     r = cfg.orchestrator.reconstruction
     if r.max_seq_len is not None and r.max_seq_len > cfg.trainer.seq_len:
         problems.append(Problem(

@@ -235,3 +235,16 @@ def test_configuration_reference_is_generated_from_the_code():
     undocumented = [line for line in (ROOT / "docs" / "configuration.md").read_text().splitlines()
                     if line.startswith("| `") and line.rstrip().endswith("|  |")]
     assert not undocumented, undocumented
+
+
+def test_cross_checks_that_would_deadlock_or_reject_everything():
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["--trainer.samples_per_step", "600", "--trainer.eval_every", "5",
+                           "--orchestrator.reconstruction.train_roles", '["Assistant"]'])
+    by_key = {p.key: p.message for p in ei.value.problems}
+    assert set(by_key) == {"orchestrator.max_ahead", "trainer.eval_samples",
+                           "orchestrator.reconstruction.train_roles"}
+    assert "max_ahead >= 600" in by_key["orchestrator.max_ahead"]
+    cfg = load_config(None, ["--trainer.samples_per_step", "600", "--orchestrator.max_ahead", "700",
+                             "--trainer.eval_every", "5", "--trainer.eval_samples", "50"])
+    assert cfg.orchestrator.max_ahead == 700

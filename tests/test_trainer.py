@@ -223,3 +223,18 @@ def test_repeat_goes_over_the_finished_stream_again_and_resumes_mid_epoch(tmp_pa
     out = train(_cfg(tiny_student_dir, max_steps=4, optim=const), resumed, resume=True, progress=False)
     assert out["samples_seen"] == 16
     assert _losses(resumed) == pytest.approx(_losses(straight), rel=1e-5)
+
+
+def test_the_last_step_is_logged_when_the_stream_ends_between_logged_steps(tmp_path, tiny_student_dir,
+                                                                            smol_tokenizer):
+    """repeat = false and a stream that ends at step 3 with log_every = 2: step 3 is still logged."""
+    write_samples(tmp_path / "samples", make_samples(smol_tokenizer, 6))
+    out = train(_cfg(tiny_student_dir, max_steps=10, samples_per_step=2, log_every=2, repeat=False),
+                tmp_path, progress=False)
+    assert out["steps"] == 3
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 3] and all("loss" in r for r in rows)
+    from trainer.report import summary_text
+
+    assert summary_text([]) == "no training step logged yet"
+    assert "(step 3)" in summary_text(rows)

@@ -19,6 +19,7 @@ different number of processes.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -111,13 +112,31 @@ def save(ckpt_root: Path, model, optimizer, scheduler, state: TrainState, tokeni
     barrier(ctx)
     if ctx.is_main:
         (tmp / STATE_FILE).write_text(json.dumps({**asdict(state), "world_size": ctx.world}) + "\n")
-        if final.exists():  # re-saving a step (e.g. after a resume that trained nothing)
-            shutil.rmtree(final)
+        _fsync_tree(tmp)  # every file on disk before the folder becomes a checkpoint
+        if final.exists():  # re-saving a step: keep the old one until the new one is in place
+            final.replace(ckpt_root / f".step-{state.step:06d}.old")
         tmp.replace(final)
-        for old in list_checkpoints(ckpt_root)[:-keep_last]:
+        _fsync_path(ckpt_root)
+        shutil.rmtree(ckpt_root / f".step-{state.step:06d}.old", ignore_errors=True)
+        for old in list_checkpoints(ckpt_root)[:-keep_last]:  # only once the new one is durable
             shutil.rmtree(old, ignore_errors=True)
     barrier(ctx)
     return final
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for f in folder.iterdir():
+        if f.is_file():
+            _fsync_path(f)
+    _fsync_path(folder)
 
 
 def load_state(ckpt: Path, model, optimizer, scheduler, ctx: DistContext) -> TrainState:

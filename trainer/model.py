@@ -19,10 +19,11 @@ from trainer.dist import DistContext
 from trainer.loss import chunked_nll
 
 
-def attention_implementation(device: torch.device) -> str:
-    """flash_attention_2 (varlen over packed rows, from position ids) on CUDA when
-    flash-attn is installed; otherwise sdpa with our block-diagonal causal mask."""
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+def attention_implementation(device: torch.device, dtype: str = "float32") -> str:
+    """flash_attention_2 (varlen over packed rows, from position ids) on CUDA in bfloat16
+    when flash-attn is installed (its kernels take no fp32); otherwise sdpa with our
+    block-diagonal causal mask."""
+    if device.type == "cuda" and dtype == "bfloat16" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
 
@@ -45,8 +46,14 @@ class LossModel(nn.Module):
         return self.lm.config._attn_implementation == "flash_attention_2"
 
     def forward(self, input_ids, position_ids, segment_ids, labels, normalizer: float):
-        # flash-attn finds the packed samples from the restarting position ids itself.
-        mask = None if self.uses_flash else block_causal_mask(segment_ids)
+        if self.uses_flash:
+            # transformers finds packed samples from restarting position ids only in a
+            # batch of one row, so the rows go in as one long row (padding positions are 0,
+            # so each padding token is a sequence of its own).
+            input_ids, position_ids, labels = (x.reshape(1, -1) for x in (input_ids, position_ids, labels))
+            mask = None
+        else:
+            mask = block_causal_mask(segment_ids)
         body = getattr(self.lm, self.lm.base_model_prefix)
         hidden = body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                       use_cache=False).last_hidden_state
@@ -57,12 +64,12 @@ class LossModel(nn.Module):
 
 
 def load_student(model_dir: str | Path, device: torch.device, chunk_size: int,
-                 activation_checkpointing: bool = False) -> LossModel:
+                 activation_checkpointing: bool = False, dtype: str = "float32") -> LossModel:
     """The HF model in fp32 (the optimizer's master weights) on `device`."""
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
-                                              attn_implementation=attention_implementation(device))
+                                              attn_implementation=attention_implementation(device, dtype))
     lm.config.use_cache = False
     if activation_checkpointing:
         kwargs = {"use_reentrant": False}

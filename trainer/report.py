@@ -34,6 +34,8 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 def summary_text(rows: list[dict]) -> str:
     train = [r for r in rows if "loss" in r]
+    if not train:
+        return "no training step logged yet"
     first, last = train[0], train[-1]
     tok = sum(r.get("tokens", 0) for r in train)
     trained = sum(r.get("trained_tokens", 0) for r in train)

@@ -60,7 +60,7 @@ def build_optimizer(model: torch.nn.Module, t: Trainer):
 
 
 def build_model(model_dir: Path, t: Trainer, ctx: dist.DistContext):
-    model = load_student(model_dir, ctx.device, t.loss.chunk_size, t.activation_checkpointing)
+    model = load_student(model_dir, ctx.device, t.loss.chunk_size, t.activation_checkpointing, t.dtype)
     if ctx.distributed:
         shard(model, ctx, t.dtype)
     return model
@@ -291,6 +291,7 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
 
     # --- steps -------------------------------------------------------------
     last: dict = {}
+    logged = True
     saved_at = state.step if start else -1
     saved = start
     while state.step < t.max_steps:
@@ -308,7 +309,8 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
                 "samples_seen": state.samples_seen}
         if held_out and (state.step % t.eval_every == 0 or state.step == t.max_steps):
             last["eval_loss"] = evaluate(model, held_out, t, ctx, pad_id)
-        if state.step % t.log_every == 0 or state.step == t.max_steps or "eval_loss" in last:
+        logged = state.step % t.log_every == 0 or state.step == t.max_steps or "eval_loss" in last
+        if logged:
             metrics.write(last)
             if wb is not None:
                 wb.log(last, step=state.step)
@@ -320,9 +322,12 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
                                  ctx, t.checkpoint.keep_last)
             saved_at = state.step
 
-    if held_out and last and "eval_loss" not in last:  # the stream ended between evals
-        last["eval_loss"] = evaluate(model, held_out, t, ctx, pad_id)
-        metrics.write({"step": state.step, "eval_loss": last["eval_loss"]})
+    if last and not logged:  # the stream ended between two logged steps: log the last one
+        if held_out:
+            last["eval_loss"] = evaluate(model, held_out, t, ctx, pad_id)
+        metrics.write(last)
+        if wb is not None:
+            wb.log(last, step=state.step)
 
     # --- save --------------------------------------------------------------
     if saved_at != state.step:
