@@ -148,6 +148,9 @@ def cmd_run(argv: list[str]) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
     recon = _reconstructor(cfg)
+    # A DONE left by an earlier run must not end the trainer's stream before the producer
+    # (which may first spend minutes starting a local teacher) has reopened the samples.
+    (run_dir / "samples" / "DONE").unlink(missing_ok=True)
     result: dict = {}
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -330,7 +333,8 @@ def cmd_report(argv: list[str]) -> int:
 
 
 # Errors whose message is complete for a user (file/line/field and the fix); no traceback.
-_USER_ERRORS = {"ReplayError", "LocalTeacherError", "RolloutError", "FileNotFoundError"}
+_USER_ERRORS = {"ReplayError", "LocalTeacherError", "RolloutError", "PromptSourceError", "RecordingError",
+                "FileNotFoundError"}
 
 COMMANDS = {
     "run": cmd_run,

@@ -333,13 +333,16 @@ class Reconstructor:
             lead = self._lead(data, a, tools, base, seg, m, eot)
             if m.role != "assistant":
                 start += len(lead)  # the header before a non-assistant turn is context
-        if m.reasoning and self.cfg.reasoning == "template" and m.reasoning.strip() not in seg:
+        # What the template rendered besides the content itself: the tool calls and the
+        # reasoning must be found there, not in a content that happens to mention them.
+        rest = seg.replace(m.content, "", 1) if m.content else seg
+        if m.reasoning and self.cfg.reasoning == "template" and m.reasoning.strip() not in rest:
             raise _Reject("reasoning_not_rendered",
                           f"messages[{a}]: the template did not render reasoning_content. "
                           "Fix: set reasoning = \"think_tags\" or \"drop\"")
         for call in m.data.get("tool_calls", []):
             name = call["function"]["name"]
-            if name not in seg:
+            if name not in rest:
                 raise _Reject("tool_calls_not_rendered",
                               f"messages[{a}]: the student's chat template does not render tool call {name!r}; "
                               "training would teach an empty turn. Fix: use a student whose template supports "

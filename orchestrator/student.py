@@ -103,9 +103,20 @@ def _ensure_builtin(with_model: bool) -> Path:
                 del model.config.quantization_config
             model.config._name_or_path = "SmolLM2-135M-Instruct"
             model.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        # Another process (a torchrun rank) may have finished the same conversion meanwhile:
+        # then keep its folder and drop ours, never delete a folder someone may be reading.
+        done = target / ("model.safetensors" if with_model else "tokenizer.json")
+        if done.is_file():
+            return target
+        if target.exists():  # a leftover partial folder: set it aside, then take its place
+            stale = target.with_name(f".{target.name}.stale-{os.getpid()}")
+            os.replace(target, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not done.is_file():
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

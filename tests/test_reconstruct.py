@@ -221,6 +221,10 @@ def test_tool_calls_the_template_cannot_render_are_rejected(smol_tokenizer):
     rej = rejected(r, [{"role": "user", "content": "Weather?"},
                        {"role": "assistant", "content": None, "tool_calls": [call]}])
     assert rej.reason == "tool_calls_not_rendered" and "get_weather" in rej.detail
+    # a content that merely mentions the tool's name does not count as the call being rendered
+    rej = rejected(r, [{"role": "user", "content": "Weather?"},
+                       {"role": "assistant", "content": "I will call get_weather now.", "tool_calls": [call]}])
+    assert rej.reason == "tool_calls_not_rendered"
 
 
 # ---------------------------------------------------------------------------
