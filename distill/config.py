@@ -661,21 +661,12 @@ def api_key(cfg: RunConfig) -> str:
     return key
 
 
-SECRET_HEADER_WORDS = ("authorization", "api-key", "api_key", "apikey", "token", "secret", "cookie")
-
-
 def redacted_dict(cfg: RunConfig) -> dict[str, Any]:
-    """The resolved config as plain data with anything secret-looking redacted."""
-    d = cfg.model_dump(mode="json")
-    headers = d["orchestrator"]["rollout_model"]["headers"]
-    for k in headers:
-        if any(w in k.lower() for w in SECRET_HEADER_WORDS):
-            headers[k] = "<redacted>"
-    eb = d["orchestrator"]["sampling"]["extra_body"]
-    for k in list(eb):
-        if any(w in k.lower() for w in SECRET_HEADER_WORDS):
-            eb[k] = "<redacted>"
-    return d
+    """The resolved config as plain data: every header value and every secret-looking key redacted
+    (anywhere, nested dicts and lists included; see orchestrator.redact)."""
+    from orchestrator.redact import redact  # stdlib only
+
+    return redact(cfg.model_dump(mode="json"))
 
 
 def to_toml(d: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -113,6 +114,9 @@ class TokenBucket:
         self.level = min(self.capacity, self.level - delta)
 
 
+MAX_RETRY_AFTER = 300.0  # seconds: the longest Retry-After honoured (unless max_backoff is longer)
+
+
 @dataclass
 class RetryPolicy:
     max_attempts: int = 6
@@ -121,9 +125,12 @@ class RetryPolicy:
     rng: random.Random = field(default_factory=random.Random)
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
-        """Seconds to wait before attempt number `attempt + 1` (attempt counts from 1)."""
-        if retry_after is not None:
-            return max(0.0, retry_after)
+        """Seconds to wait before attempt number `attempt + 1` (attempt counts from 1).
+
+        A Retry-After replaces the backoff, capped at max(max_backoff, 300) s (a server asking for an hour is
+        not waited on; the attempt count still bounds the retries); a non-finite one is ignored."""
+        if retry_after is not None and math.isfinite(retry_after):
+            return min(max(0.0, retry_after), max(self.max_backoff, MAX_RETRY_AFTER))
         base = min(self.max_backoff, self.initial_backoff * (2 ** (attempt - 1)))
         return base * (0.5 + 0.5 * self.rng.random())  # "equal jitter": [base/2, base]
 
@@ -134,9 +141,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        v = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, v) if math.isfinite(v) else None
     try:
         dt = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -145,7 +154,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 class Endpoint:
-    def __init__(self, base_url: str, api_key: str, headers: dict[str, str], timeout: float, limits: int):
+    def __init__(self, base_url: str, api_key: str, headers: dict[str, str], timeout: float):
         self.base_url = base_url
         self.in_flight = 0
         self.sent = 0
@@ -158,6 +167,14 @@ class Endpoint:
 
 def parse_completion(body: bytes | str, want_choices: int) -> tuple[list[Choice], dict[str, int], str | None, str | None]:
     """Validate a chat-completions body. Raises TeacherError("malformed_response"/"empty_response")."""
+    try:
+        return _parse_completion(body, want_choices)
+    except (TypeError, ValueError, AttributeError) as e:  # wrong types inside (usage, content parts, ...)
+        raise TeacherError("malformed_response", f"response body has an unexpected shape "
+                                                 f"({type(e).__name__}: {e})") from None
+
+
+def _parse_completion(body: bytes | str, want_choices: int):
     try:
         d = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -205,6 +222,19 @@ def _error_message(d: Any) -> str:
     return str(d)
 
 
+def _error_code(err: openai.APIStatusError) -> str | None:
+    """The `error.code` (or `error.type`) of an error body, if any."""
+    try:
+        d = err.response.json()
+    except Exception:  # noqa: BLE001 - body may not be JSON
+        return None
+    e = d.get("error") if isinstance(d, dict) else None
+    if isinstance(e, dict):
+        code = e.get("code") or e.get("type")
+        return str(code) if code is not None else None
+    return None
+
+
 def _status_message(err: openai.APIStatusError) -> str:
     try:
         return _error_message(err.response.json())
@@ -227,7 +257,7 @@ class TeacherClient:
         if not base_urls:
             raise ValueError("no teacher base_url given")
         self.model = model
-        self.endpoints = [Endpoint(u, api_key, headers or {}, timeout, concurrency) for u in base_urls]
+        self.endpoints = [Endpoint(u, api_key, headers or {}, timeout) for u in base_urls]
         self.sem = asyncio.Semaphore(concurrency)
         self.retry = retry or RetryPolicy()
         self.rpm = TokenBucket(requests_per_minute) if requests_per_minute else None
@@ -279,10 +309,24 @@ class TeacherClient:
                 break
             if retry_after is not None:
                 self.stats.retry_after_waits += 1
-            await self.sleep(self.retry.delay(attempt, retry_after))
+            await self._backoff(self.retry.delay(attempt, retry_after), gate)
         assert last is not None
         raise TeacherError(last.reason, f"{last.detail} (gave up after {self.retry.max_attempts} attempts)",
                            last.status)
+
+    async def _backoff(self, delay: float, gate: "Gate | None") -> None:
+        """Sleeps `delay` seconds, ending early once `gate.stopped()` (if the gate has it) turns true;
+        the next `gate.reserve` then refuses with StopRequested."""
+        stopped = getattr(gate, "stopped", None)
+        if stopped is None:
+            await self.sleep(delay)
+            return
+        end = time.monotonic() + delay
+        while not stopped():
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            await self.sleep(min(left, 0.05))
 
     async def _attempt(self, messages, tools, args, extra_body, want, est_tokens, attempt):
         if self.rpm:
@@ -305,6 +349,9 @@ class TeacherClient:
                 headers = raw.http_response.headers
             except openai.APIStatusError as e:
                 msg = _status_message(e)
+                if e.status_code == 429 and _error_code(e) == "insufficient_quota":
+                    raise NonRetryableError("insufficient_quota", f"{ep.base_url} answered 429 (insufficient "
+                                            f"quota): {msg}", e.status_code) from None
                 if e.status_code in RETRYABLE_STATUS or e.status_code >= 500:
                     raise _Retryable(TeacherError(f"http_{e.status_code}", msg, e.status_code),
                                      parse_retry_after(e.response.headers.get("retry-after"))) from None

@@ -45,7 +45,8 @@ class _Probe:
             result, detail = "error", f"HTTP {e.status_code}: {_message(e)}"
         except openai.APIError as e:
             result, detail = "error", f"{type(e).__name__}: {e}"
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
+        except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError, AttributeError) as e:
+            # ValueError covers json.JSONDecodeError; one odd answer must not stop the other checks
             result, detail = "error", f"unexpected response ({type(e).__name__}: {e})"
         self.rows.append((feature, result, detail))
 

@@ -33,12 +33,14 @@ def load_prompts(source_cfg) -> Iterator[dict[str, Any]]:
 
 
 def count_prompts(source_cfg) -> int | None:
-    """How many prompts the source holds, when cheap to know."""
+    """How many prompts the source holds, when cheap to know.
+
+    A JSONL file is read and validated in full here (every line parsed and checked, ids unique), so a bad
+    line N is a PromptSourceError naming file:N before the first teacher request, not after hours of them."""
     if source_cfg.type == "reasoning_gym":
         return source_cfg.size
-    if source_cfg.type == "jsonl" and source_cfg.path and Path(source_cfg.path).is_file():
-        with open(source_cfg.path, "rb") as f:
-            return sum(1 for line in f if line.strip())
+    if source_cfg.type == "jsonl" and source_cfg.path:
+        return sum(1 for _ in _jsonl(Path(source_cfg.path), source_cfg.system_prompt))
     return None
 
 

@@ -13,7 +13,8 @@ request totals).
 Appends are durable before they are acknowledged: `RecordingWriter.append`
 returns only after the lines are written, flushed and fsynced (concurrent
 appends share one fsync). Nothing secret is written: the API key and headers
-never enter a record, and secret-looking `extra_body` keys are redacted.
+never enter a record, and secret-looking keys in `sampling` (nested `extra_body` dicts
+and lists included) are redacted by orchestrator.redact.
 """
 
 from __future__ import annotations
@@ -26,22 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.redact import redact
+
 RECORDING_VERSION = 1
 
-_SECRET_WORDS = ("authorization", "api-key", "api_key", "apikey", "token", "secret", "cookie", "password")
-
-
-def redact(d: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if any(w in k.lower() for w in _SECRET_WORDS) and k not in ("max_tokens", "max_completion_tokens",
-                                                                     "return_token_ids"):
-            out[k] = "<redacted>"
-        elif isinstance(v, dict):
-            out[k] = redact(v)
-        else:
-            out[k] = v
-    return out
+__all__ = ["redact", "make_record", "load_recording", "LoadedRecording", "RecordingError", "RecordingWriter"]
 
 
 def make_record(*, prompt_id: str, sample_index: int, messages: list[dict], tools: list[dict] | None,

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 from distill.config import RunConfig, api_key
 from orchestrator.client import (NonRetryableError, RetryPolicy, StopRequested, TeacherClient, TeacherError,
@@ -38,7 +39,8 @@ REJECTS = "rejects.jsonl"
 METRICS = "orchestrator_metrics.jsonl"
 
 #: Non-retryable statuses that mean the whole run is misconfigured (key, permissions, model name).
-FATAL_STATUS = {401, 403, 404}
+#: 402: payment required (out of credit). A 429 with code "insufficient_quota" is fatal too (client.py).
+FATAL_STATUS = {401, 402, 403, 404}
 
 
 class RolloutError(RuntimeError):
@@ -80,6 +82,10 @@ class BudgetGate:
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
+
+    def stopped(self) -> bool:
+        """A stop reason is set or the stop event fired (the client ends retry waits early on it)."""
+        return self.stop_reason is not None or (self.stop_event is not None and self.stop_event.is_set())
 
     def _over(self, est_p: float, est_c: float) -> str | None:
         b = self.b
@@ -177,7 +183,6 @@ class Publisher:
         self.pool = pool
         self.writer = ShardWriter(run_dir / SAMPLES, samples_per_shard)
         self.published_bases = {sample_base(i) for i in self.writer.existing_ids()}
-        self.published_at_start = self.writer.published
         self.buffered = 0
         self.reconstructor = reconstructor
         self.reward_fn = reward_fn
@@ -309,7 +314,8 @@ class Backpressure:
         self.poll_s = poll_s
         self.waited_s = 0.0
 
-    async def wait(self, k: int, pub: Publisher, in_flight_samples: int, stopped) -> None:
+    async def wait(self, k: int, pub: Publisher, in_flight_samples: Callable[[], int],
+                   stopped: Callable[[], bool]) -> None:
         if not self.enabled:
             return
         t0 = time.monotonic()
@@ -345,38 +351,75 @@ class _Rollout:
     def __init__(self, cfg: RunConfig, run_dir: Path, reconstructor, progress: bool,
                  stop_event: asyncio.Event | None, backpressure: bool):
         self.oc = oc = cfg.orchestrator
-        run_dir.mkdir(parents=True, exist_ok=True)
         self.t_begin = time.time()
+        # Everything that can fail on a bad config or prompt file comes before the run directory is touched
+        # (ShardWriter removes DONE, the recording's torn tail is cut, files are opened).
         reward_fn = load_reward_fn(oc.reward_fn) if oc.reward_fn else None
+        total_prompts = count_prompts(oc.source)  # a JSONL file is validated here, every line
         self.prompts = load_prompts(oc.source)
-        total_prompts = count_prompts(oc.source)
         self.n = oc.sampling.n or 1
-        self.loaded = load_recording(run_dir / RECORDING)
-        self.pool = make_reconstruct_pool(reconstructor, oc.reconstruct_workers)
-        self.pub = Publisher(run_dir, reconstructor, oc.samples_per_shard, reward_fn, oc.min_reward, self.pool)
-        self.gate = BudgetGate(oc.budget, round(self.loaded.requests), self.loaded.prompt_tokens,
-                               self.loaded.completion_tokens, stop_event)
-        self.bp = Backpressure(run_dir / SAMPLES, oc.max_ahead, backpressure)
+        key = api_key(cfg)
         rm = oc.rollout_model
         self.client = TeacherClient(
-            [rm.base_url, *rm.extra_base_urls], rm.model, api_key(cfg), headers=rm.headers, timeout=rm.timeout,
+            [rm.base_url, *rm.extra_base_urls], rm.model, key, headers=rm.headers, timeout=rm.timeout,
             concurrency=oc.concurrency,
             retry=RetryPolicy(oc.retry.max_attempts, oc.retry.initial_backoff, oc.retry.max_backoff),
             requests_per_minute=oc.requests_per_minute, tokens_per_minute=oc.tokens_per_minute)
-        self.recw = RecordingWriter(run_dir / RECORDING)
-        self.n_honoured, self.first_success = True, False  # n_honoured: no server answered fewer choices than n
-        self.n_ignored_responses = self.in_flight_samples = self.requests_ok = self.recorded_this_run = 0
-        self.rebuilt, self.completion_mean, self.fatal = 0, 0.0, None  # fatal: the RolloutError to raise at the end
-        self.seen_prompts, self.tasks = set(), set()  # prompt ids reached; running jobs (asyncio tasks)
-        self.extra = {"resumed_records": len(self.loaded.records), "torn_tail_bytes": len(self.loaded.torn_tail)}
-        self.metrics_f = open(run_dir / METRICS, "a", encoding="utf-8")
-        self.bar = None
-        if progress:
-            from tqdm import tqdm
-            self.bar = tqdm(total=(total_prompts * self.n) if total_prompts else None, initial=len(self.loaded.records),
-                            unit="sample", desc="teacher", dynamic_ncols=True, file=sys.stderr)
+        self.pool = self.pub = self.recw = self.metrics_f = self.bar = None
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.loaded = load_recording(run_dir / RECORDING)
+            self.pool = make_reconstruct_pool(reconstructor, oc.reconstruct_workers)
+            self.pub = Publisher(run_dir, reconstructor, oc.samples_per_shard, reward_fn, oc.min_reward,
+                                 self.pool)
+            self.gate = BudgetGate(oc.budget, round(self.loaded.requests), self.loaded.prompt_tokens,
+                                   self.loaded.completion_tokens, stop_event)
+            self.bp = Backpressure(run_dir / SAMPLES, oc.max_ahead, backpressure)
+            self.recw = RecordingWriter(run_dir / RECORDING)
+            # n_honoured: no server answered fewer choices than n. first_success: a request has succeeded
+            # (in this run, or in the run the recording comes from) -- until then a 4xx stops the run.
+            self.n_honoured, self.first_success = True, bool(self.loaded.records)
+            self.n_ignored_responses = self.in_flight_samples = self.requests_ok = self.recorded_this_run = 0
+            self.rebuilt, self.completion_mean, self.fatal = 0, 0.0, None  # fatal: the RolloutError to raise
+            self.job_error: BaseException | None = None  # the first exception a job raised (a bug, a full disk)
+            self.failed = False  # the run ended on an exception: shards get no DONE
+            self.seen_prompts, self.tasks = set(), set()  # prompt ids reached; running jobs (asyncio tasks)
+            self.extra = {"resumed_records": len(self.loaded.records), "torn_tail_bytes": len(self.loaded.torn_tail),
+                          "duplicate_records": self.loaded.duplicates}
+            self.metrics_f = open(run_dir / METRICS, "a", encoding="utf-8")
+            if progress:
+                from tqdm import tqdm
+                self.bar = tqdm(total=(total_prompts * self.n) if total_prompts else None,
+                                initial=len(self.loaded.records), unit="sample", desc="teacher", dynamic_ncols=True,
+                                file=sys.stderr)
+        except BaseException:
+            self._close_opened()
+            raise
         self.base_args = {k: v for k, v in oc.sampling.request_args().items() if k != "n"}
         self.extra_body = dict(oc.sampling.extra_body)
+
+    def _close_opened(self) -> None:
+        """After a failed __init__: closes what it had opened (no DONE; the client holds no connection yet)."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.metrics_f is not None:
+            self.metrics_f.close()
+        if self.recw is not None:
+            self.recw._f.close()
+        if self.pub is not None:
+            self.pub.close(done=False)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _job_done(self, t: asyncio.Task, slots: asyncio.Semaphore) -> None:
+        self.tasks.discard(t)
+        slots.release()
+        if t.cancelled():
+            return
+        e = t.exception()
+        if e is not None and self.job_error is None:
+            self.job_error = e  # raised by schedule() once the other jobs have finished
+            self.gate.stop("error:internal")
 
     async def schedule(self) -> None:
         """Every prompt in order: rebuild its recorded-but-unpublished samples, then a job for the missing ones."""
@@ -399,9 +442,13 @@ class _Rollout:
             self.in_flight_samples += len(missing)
             t = asyncio.get_running_loop().create_task(self.job(prompt, missing))
             self.tasks.add(t)
-            t.add_done_callback(lambda t: (self.tasks.discard(t), slots.release()))
+            t.add_done_callback(lambda t: self._job_done(t, slots))
         if self.tasks:
-            await asyncio.gather(*self.tasks)
+            await asyncio.gather(*self.tasks, return_exceptions=True)  # errors: seen by _job_done
+        if self.job_error is not None:
+            e = self.job_error
+            raise RolloutError(f"a teacher job failed ({type(e).__name__}: {e}); answers recorded so far are kept, "
+                               "rerun the same command to resume") from e
         if gate.stop_reason is None:
             gate.stop("completed")
 
@@ -483,7 +530,8 @@ class _Rollout:
             return None
         except TeacherError as e:
             non_retryable = isinstance(e, NonRetryableError)
-            if non_retryable and (e.status in FATAL_STATUS or not self.first_success):
+            if non_retryable and (e.status in FATAL_STATUS or e.reason == "insufficient_quota"
+                                  or not self.first_success):
                 self.fatal = RolloutError(f"teacher request failed and retrying cannot help: {e.detail}")
                 self.gate.stop(f"error:{e.reason}")
                 return None
@@ -531,7 +579,7 @@ class _Rollout:
         await self.client.close()
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
-        self.pub.close(done=self.fatal is None and self.gate.stop_reason != "interrupted")
+        self.pub.close(done=self.fatal is None and not self.failed and self.gate.stop_reason != "interrupted")
         if self.bar is not None:
             self.bar.close()
         summary = self.write_metrics(final=True)
@@ -552,7 +600,15 @@ async def run_rollouts(cfg: RunConfig, run_dir: Path, reconstructor, *, progress
     metrics_task = asyncio.get_running_loop().create_task(ro.metrics_loop())
     try:
         await ro.schedule()
-    except BaseException:
+    except Exception:
+        # an error (a bad prompt line, a failed job, a bug): answers already paid for are still recorded
+        ro.failed = True
+        ro.gate.stop("error:internal")
+        if ro.tasks:
+            await asyncio.gather(*ro.tasks, return_exceptions=True)
+        raise
+    except BaseException:  # KeyboardInterrupt, cancellation: stop now
+        ro.failed = True
         ro.gate.stop("interrupted")
         for t in ro.tasks:
             t.cancel()

@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+_REASONS = {200: "OK", 400: "Bad Request", 402: "Payment Required", 404: "Not Found", 405: "Method Not Allowed",
             429: "Too Many Requests", 500: "Internal Server Error"}
 
 
@@ -46,6 +46,10 @@ class Faults:
     slow_s: float = 0.2
     ignore_n: bool = False  # answer with one choice whatever `n` is
     latency_s: float = 0.0  # added to every answered request
+    # answer every chat request after the first `error_after` with HTTP `error_status` (error.code `error_code`)
+    error_status: int | None = None
+    error_code: str | None = None
+    error_after: int = 0
 
     @classmethod
     def uniform(cls, total: float, **kw) -> "Faults":
@@ -248,7 +252,13 @@ class FaultServer:
         f = self.faults
         with self._lock:
             r = [self._rng.random() for _ in range(6)]
-        if r[0] < f.rate_429:
+            self._chats = getattr(self, "_chats", 0) + 1
+            chats = self._chats
+        if f.error_status is not None and chats > f.error_after:
+            entry["outcome"] = f"http{f.error_status}"
+            self._send(writer, f.error_status, _err(f"error {f.error_status} (fault injection: {f.error_code})",
+                                                    "fault_injection", f.error_code))
+        elif r[0] < f.rate_429:
             entry["outcome"] = "http429"
             self._send(writer, 429, _err("rate limited (fault injection)", "rate_limit_exceeded"),
                        {"Retry-After": f"{f.retry_after:g}"})
@@ -325,8 +335,8 @@ class FaultServer:
                           "total_tokens": prompt_tokens + completion_tokens}}
 
 
-def _err(message: str, typ: str) -> dict:
-    return {"error": {"message": message, "type": typ, "code": None}}
+def _err(message: str, typ: str, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": typ, "code": code}}
 
 
 def main(argv: list[str] | None = None) -> None:

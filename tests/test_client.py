@@ -220,3 +220,86 @@ def test_requests_per_minute_limits_real_requests():
     with FaultServer() as s:
         took = run(go(s.base_url))
     assert took >= 0.45  # 10 from the burst, 5 more at 10/s
+
+
+# --- review fixes: Retry-After cap, interruptible waits, malformed shapes, insufficient quota, probe ---
+
+def test_retry_after_is_capped_and_non_finite_is_ignored():
+    import math
+    p = RetryPolicy(max_attempts=3, initial_backoff=1.0, max_backoff=8.0)
+    assert p.delay(1, 86400.0) == 300.0  # a day-long Retry-After is not waited on
+    assert RetryPolicy(max_backoff=600.0).delay(1, 86400.0) == 600.0  # a longer max_backoff raises the cap
+    assert 0.5 <= p.delay(1, math.inf) <= 1.0 and 0.5 <= p.delay(1, math.nan) <= 1.0  # plain backoff
+    assert parse_retry_after("inf") is None and parse_retry_after("nan") is None
+    assert parse_retry_after("1e400") is None
+
+
+def test_retry_wait_ends_early_when_the_gate_stops():
+    from orchestrator.client import StopRequested
+
+    class StoppingGate:
+        def __init__(self):
+            self.stop_at = None
+            self.reserves = 0
+
+        async def reserve(self, est_p, est_c):
+            self.reserves += 1
+            if self.stopped():
+                raise StopRequested("stopped")
+
+        def settle(self, est_p, est_c, usage):
+            if self.stop_at is None:
+                self.stop_at = time.monotonic() + 0.2  # a stop arrives 0.2 s into the 60 s Retry-After
+
+        def stopped(self):
+            return self.stop_at is not None and time.monotonic() >= self.stop_at
+
+    async def go(url):
+        c = TeacherClient([url], "fault-teacher", "k", retry=RetryPolicy(max_attempts=5))
+        g = StoppingGate()
+        try:
+            await c.complete(MSGS, None, {}, gate=g)
+        finally:
+            await c.close()
+
+    with FaultServer(Faults(rate_429=1.0, retry_after=60)) as s:
+        t0 = time.monotonic()
+        with pytest.raises(StopRequested):
+            run(go(s.base_url))
+        assert time.monotonic() - t0 < 5
+    assert len(s.log.entries) == 1
+
+
+@pytest.mark.parametrize("body", [
+    b'{"choices":[{"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":"many"}}',
+    b'{"choices":[{"message":{"role":"assistant","content":"hi"}}],"usage":{"completion_tokens":[1]}}',
+    b'{"choices":[{"message":{"role":"assistant","content":[{"type":"text","text":7}]}}]}',
+])
+def test_malformed_shapes_are_malformed_response(body):
+    with pytest.raises(TeacherError) as ei:
+        parse_completion(body, 1)
+    assert ei.value.reason == "malformed_response"
+
+
+def test_429_insufficient_quota_is_not_retried():
+    with FaultServer(Faults(error_status=429, error_code="insufficient_quota")) as s:
+        with pytest.raises(NonRetryableError) as ei:
+            run(_complete(s.base_url, retry=RetryPolicy(max_attempts=5, initial_backoff=0.001, max_backoff=0.01)))
+    assert ei.value.reason == "insufficient_quota" and ei.value.status == 429
+    assert "insufficient_quota" in ei.value.detail and len(s.log.entries) == 1
+
+
+def test_probe_check_survives_odd_answers():
+    from orchestrator.probe import _Probe
+    p = _Probe("http://127.0.0.1:9/v1", "m", None, 1.0)
+
+    def raiser(e):
+        def f():
+            raise e
+        return f
+
+    p.check("a", raiser(ValueError("bad number")))
+    p.check("b", raiser(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")))
+    p.check("c", raiser(AttributeError("'str' object has no attribute 'get'")))
+    p.check("d", lambda: ("yes", "fine"))
+    assert [r[:2] for r in p.rows] == [("a", "error"), ("b", "error"), ("c", "error"), ("d", "yes")]

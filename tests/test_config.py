@@ -189,7 +189,7 @@ headers = {Authorization = "Bearer sk-header-secret", X-Team = "ml"}
     assert api_key(cfg) == secret
     dumped = to_toml(redacted_dict(cfg))
     assert secret not in dumped and "sk-header-secret" not in dumped
-    assert "MY_TEACHER_KEY" in dumped and '"X-Team" = "ml"' in dumped
+    assert "MY_TEACHER_KEY" in dumped and '"X-Team" = "<redacted>"' in dumped  # every header value
     monkeypatch.delenv("MY_TEACHER_KEY")
     with pytest.raises(ConfigError, match="MY_TEACHER_KEY"):
         api_key(cfg)
@@ -248,3 +248,37 @@ def test_cross_checks_that_would_deadlock_or_reject_everything():
     cfg = load_config(None, ["--trainer.samples_per_step", "600", "--orchestrator.max_ahead", "700",
                              "--trainer.eval_every", "5", "--trainer.eval_samples", "50"])
     assert cfg.orchestrator.max_ahead == 700
+
+
+def test_redacted_dict_walks_nested_values_and_redacts_every_header(tmp_path):
+    p = write(tmp_path, """
+[orchestrator.rollout_model]
+base_url = "https://example.invalid/v1"
+api_key_var = "K"
+headers = {Ocp-Apim-Subscription-Key = "sk-azure-hdr", X-Team = "ml"}
+
+[orchestrator.sampling]
+max_tokens = 64
+extra_body = {min_tokens = 3, skip_special_tokens = false, provider = {api_key = "sk-nested", order = ["a"]}, routes = [{name = "r", access_token = "sk-in-list"}], bearer = "sk-flat"}
+""")
+    d = redacted_dict(load_config(p))
+    assert "sk-" not in to_toml(d)
+    assert d["orchestrator"]["rollout_model"]["headers"] == {"Ocp-Apim-Subscription-Key": "<redacted>",
+                                                              "X-Team": "<redacted>"}
+    assert d["orchestrator"]["rollout_model"]["api_key_var"] == "K"
+    eb = d["orchestrator"]["sampling"]["extra_body"]
+    assert eb["min_tokens"] == 3 and eb["skip_special_tokens"] is False and eb["bearer"] == "<redacted>"
+    assert eb["provider"] == {"api_key": "<redacted>", "order": ["a"]}
+    assert eb["routes"] == [{"name": "r", "access_token": "<redacted>"}]
+    assert d["orchestrator"]["sampling"]["max_tokens"] == 64
+
+
+def test_secret_key_rule_is_by_whole_parts():
+    from orchestrator.redact import is_secret_key
+    for k in ("api_key", "apikey", "api-key", "API_KEY", "apiKey", "Authorization", "client_secret", "password",
+              "Cookie", "token", "access_token", "x-auth-token", "bearer", "Ocp-Apim-Subscription-Key"):
+        assert is_secret_key(k), k
+    for k in ("min_tokens", "max_new_tokens", "skip_special_tokens", "stop_token_ids", "max_tokens",
+              "max_completion_tokens", "return_token_ids", "pad_token", "tokenizer", "tokens_per_minute",
+              "api_key_var", "prompt_cache_key", "temperature"):
+        assert not is_secret_key(k), k

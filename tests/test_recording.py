@@ -197,3 +197,26 @@ def test_kill_9_mid_run_then_resume_exactly_once(tmp_path, smol_tokenizer):
     rec_all = [json.loads(x) for x in recording.read_text().splitlines()]
     assert Counter((r["prompt_id"], r["sample_index"]) for r in rec_all) == {(p, i): 1 for p in ids
                                                                            for i in range(2)}
+
+
+def test_redact_walks_nested_dicts_and_lists_and_keeps_sampling_names():
+    sent = {"max_tokens": 5, "min_tokens": 1, "max_new_tokens": 9, "skip_special_tokens": True,
+            "stop_token_ids": [2], "return_token_ids": True, "max_completion_tokens": 7,
+            "extra_body": {"provider": {"api_key": "sk-nested", "order": ["a"]},
+                           "routes": [{"name": "r", "accessToken": "sk-list"}, {"x-api-key": "sk-dash"}],
+                           "Ocp-Apim-Subscription-Key": "sk-azure", "apikey": "sk-flat", "token": "sk-tok",
+                           "extra_headers": {"X-Team": "sk-hdr"}}}
+    rec = make_record(prompt_id="p", sample_index=0, messages=[], tools=None, response={}, finish_reason="stop",
+                      model="m", endpoint="e", sampling=sent, usage={}, usage_shared_by=1, t_start=0, t_end=0,
+                      reward=None, request_id=None)
+    out = json.dumps(rec)
+    assert "sk-" not in out
+    s = rec["sampling"]
+    assert {k: s[k] for k in ("max_tokens", "min_tokens", "max_new_tokens", "skip_special_tokens", "stop_token_ids",
+                              "return_token_ids", "max_completion_tokens")} == {
+        "max_tokens": 5, "min_tokens": 1, "max_new_tokens": 9, "skip_special_tokens": True, "stop_token_ids": [2],
+        "return_token_ids": True, "max_completion_tokens": 7}
+    assert s["extra_body"]["provider"] == {"api_key": "<redacted>", "order": ["a"]}
+    assert s["extra_body"]["routes"] == [{"name": "r", "accessToken": "<redacted>"}, {"x-api-key": "<redacted>"}]
+    assert s["extra_body"]["extra_headers"] == {"X-Team": "<redacted>"}
+    assert sent["extra_body"]["provider"]["api_key"] == "sk-nested"  # the original is not modified

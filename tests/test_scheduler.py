@@ -161,7 +161,8 @@ def test_backpressure_waits_for_trainer(tmp_path, recon_for):
     write_prompts(tmp_path / "p.jsonl", 40)
     samples = tmp_path / "run" / "samples"
     with FaultServer() as s:
-        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", max_ahead=6, concurrency=4)
+        # max_ahead >= eval_samples + samples_per_step (8), the config's own floor
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", max_ahead=8, concurrency=4)
         result = {}
         worst = [0]
 
@@ -181,7 +182,7 @@ def test_backpressure_waits_for_trainer(tmp_path, recon_for):
             time.sleep(0.02)
         t.join(10)
     assert result["s"]["stop_reason"] == "completed" and result["s"]["samples"] == 40
-    assert worst[0] <= 6
+    assert worst[0] <= 8
     assert result["s"]["backpressure_wait_s"] > 0
 
 
@@ -314,3 +315,109 @@ def test_tool_calls_and_reasoning_are_recorded_and_reconstructed(tmp_path, recon
     assert set(samples) == {"plain/0"}
     assert summary["rejections"] == {"tool_calls_not_rendered": 3}
     assert samples["plain/0"].teacher_model == "fault-teacher"
+
+
+# --- review fixes: failed jobs, bad prompt lines, key before the run dir, fatal 402/quota, resume ---
+
+def test_a_job_that_raises_fails_the_run_without_done(tmp_path, recon_for, monkeypatch):
+    import errno
+
+    from orchestrator import recording
+    orig = recording.RecordingWriter._write_sync
+    calls = {"n": 0}
+
+    def full_disk_once(self, blob):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return orig(self, blob)
+
+    monkeypatch.setattr(recording.RecordingWriter, "_write_sync", full_disk_once)
+    write_prompts(tmp_path / "p.jsonl", 6)
+    with FaultServer() as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", concurrency=1)
+        with pytest.raises(RolloutError, match="No space left") as ei:
+            rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert isinstance(ei.value.__cause__, OSError) and ei.value.__cause__.errno == errno.ENOSPC
+    assert not is_done(tmp_path / "run" / "samples")
+    final = read_jsonl(tmp_path / "run" / "orchestrator_metrics.jsonl")[-1]
+    assert final["final"] and final["stop_reason"] == "error:internal"
+
+
+def test_bad_prompt_line_is_an_error_before_any_request(tmp_path, recon_for):
+    from orchestrator.prompts import PromptSourceError
+    p = tmp_path / "p.jsonl"
+    write_prompts(p, 50)
+    lines = p.read_text().splitlines()
+    lines[40] = '{"id": "broken", "prompt": '
+    p.write_text("\n".join(lines) + "\n")
+    with FaultServer() as s:
+        cfg = make_cfg(s.base_url, p)
+        with pytest.raises(PromptSourceError, match=r"p\.jsonl:41: not valid JSON"):
+            rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert s.requests == 0 and s.log.entries == []
+
+
+def test_an_error_while_scheduling_keeps_answers_in_flight(tmp_path, recon_for, monkeypatch):
+    from orchestrator import scheduler
+    orig = scheduler.Backpressure.wait
+    calls = {"n": 0}
+
+    async def wait_then_fail(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            await asyncio.sleep(0.1)  # the first three requests are in flight at the server
+            raise RuntimeError("scheduler bug")
+        return await orig(self, *a, **kw)
+
+    monkeypatch.setattr(scheduler.Backpressure, "wait", wait_then_fail)
+    write_prompts(tmp_path / "p.jsonl", 8)
+    with FaultServer(Faults(latency_s=0.4)) as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", concurrency=3)
+        with pytest.raises(RuntimeError, match="scheduler bug"):
+            rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert len(s.log.ok()) == 3
+    assert len(read_jsonl(tmp_path / "run" / "recording.jsonl")) == 3  # paid for, so recorded
+    assert not is_done(tmp_path / "run" / "samples")
+
+
+def test_missing_key_env_var_leaves_a_finished_run_untouched(tmp_path, recon_for, monkeypatch):
+    from distill.config import ConfigError
+    write_prompts(tmp_path / "p.jsonl", 3)
+    run_dir = tmp_path / "run"
+    with FaultServer() as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl")
+        rollout(cfg, run_dir, recon_for(cfg), progress=False, backpressure=False)
+        assert is_done(run_dir / "samples")
+        before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+        monkeypatch.delenv("DISTILL_TEST_NO_SUCH_KEY", raising=False)
+        cfg2 = make_cfg(s.base_url, tmp_path / "p.jsonl", rollout_model={"api_key_var": "DISTILL_TEST_NO_SUCH_KEY"})
+        with pytest.raises(ConfigError, match="DISTILL_TEST_NO_SUCH_KEY"):
+            rollout(cfg2, run_dir, recon_for(cfg2), progress=False, backpressure=False)
+    assert is_done(run_dir / "samples")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("status,code,match", [(402, None, "answered 402"),
+                                               (429, "insufficient_quota", "insufficient quota")])
+def test_out_of_credit_stops_the_run_even_after_successes(tmp_path, recon_for, status, code, match):
+    write_prompts(tmp_path / "p.jsonl", 8)
+    with FaultServer(Faults(error_status=status, error_code=code, error_after=2)) as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", concurrency=1)
+        with pytest.raises(RolloutError, match=match):
+            rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    # two answers, then refusals only for the (at most two) jobs already queued: not retried, not one per prompt
+    assert s.log.outcomes()["ok"] == 2 and s.log.outcomes()[f"http{status}"] <= 2
+    assert len(read_jsonl(tmp_path / "run" / "recording.jsonl")) == 2
+    assert not is_done(tmp_path / "run" / "samples")
+
+
+def test_resumed_run_treats_a_4xx_as_a_rejection_not_a_first_request_failure(tmp_path, recon_for):
+    write_prompts(tmp_path / "p.jsonl", 4)
+    with FaultServer() as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", budget={"max_requests": 2}, concurrency=1)
+        rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    with FaultServer(Faults(error_status=400, error_code="bad_prompt")) as s2:
+        cfg = make_cfg(s2.base_url, tmp_path / "p.jsonl", concurrency=1)
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert summary["stop_reason"] == "completed" and summary["rejections"] == {"request_rejected": 2}

@@ -1,0 +1,79 @@
+"""One redactor for everything that is dumped or recorded (config dumps, the teacher recording).
+
+    redact(obj) -> a copy of obj (dicts and lists walked recursively) where
+      - every value of a `headers`-like mapping (a key whose last part is "headers") is
+        "<redacted>" (header names are kept: any header can carry a credential, e.g.
+        `Ocp-Apim-Subscription-Key`), and
+      - the value of every secret-looking key is "<redacted>".
+
+A key looks secret when, split into parts on `_`, `-`, `.`, spaces and camelCase
+boundaries (`accessToken` -> access, token), one part is a secret word
+(authorization, secret, password, cookie, bearer, apikey, credentials, ...), or the last
+part is `token` (access_token, x-auth-token; not max_tokens, stop_token_ids, pad_token),
+or the name ends in `<api|access|secret|private|subscription|auth|client>_key`.
+
+Stdlib only (imported by distill.config, which must not import torch).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+REDACTED = "<redacted>"
+
+#: A key with any of these parts is secret.
+SECRET_PARTS = frozenset({
+    "authorization", "auth", "secret", "secrets", "password", "passwd", "passphrase", "pwd", "cookie", "cookies",
+    "bearer", "apikey", "apikeys", "credential", "credentials", "sessionid", "signature", "xapikey",
+})
+#: `<word>_key` is secret for these words.
+KEY_OWNERS = frozenset({"api", "access", "secret", "private", "subscription", "auth", "client", "encryption",
+                        "signing", "session", "master", "account"})
+#: `<word>_token` is a tokenizer/sampling name, not a credential.
+TOKEN_NOT_SECRET = frozenset({"pad", "eos", "bos", "unk", "sep", "cls", "mask", "special", "stop", "start", "end",
+                              "think", "image", "audio", "video", "eot", "begin"})
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_SPLIT = re.compile(r"[_\-.\s]+")
+
+
+def key_parts(name: str) -> list[str]:
+    return [p for p in _SPLIT.split(_CAMEL.sub("_", str(name)).lower()) if p]
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a mapping key looks like it holds a credential (see the module docstring)."""
+    parts = key_parts(name)
+    if not parts:
+        return False
+    if any(p in SECRET_PARTS for p in parts):
+        return True
+    last = parts[-1]
+    if last == "token":
+        return len(parts) == 1 or parts[-2] not in TOKEN_NOT_SECRET
+    if last in ("key", "keys") and len(parts) > 1 and parts[-2] in KEY_OWNERS:
+        return True
+    return False
+
+
+def is_headers_key(name: str) -> bool:
+    parts = key_parts(name)
+    return bool(parts) and parts[-1] == "headers"
+
+
+def redact(obj: Any) -> Any:
+    """A redacted copy of plain data (dicts, lists, tuples walked; other values kept)."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if isinstance(k, str) and is_secret_key(k):
+                out[k] = REDACTED
+            elif isinstance(k, str) and is_headers_key(k) and isinstance(v, dict):
+                out[k] = {hk: REDACTED for hk in v}
+            else:
+                out[k] = redact(v)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [redact(x) for x in obj]
+    return obj
