@@ -49,7 +49,7 @@ class RolloutModel(Strict):
     model: str = "teacher"
     # NAME of the environment variable holding the API key (never the key itself).
     api_key_var: str | None = None
-    # Extra HTTP headers; values of secret-looking ones are redacted in dumps.
+    # Extra HTTP headers; every value is redacted in dumps (names kept).
     headers: dict[str, str] = {}
     # Seconds before one request times out (then retried).
     timeout: float = Field(120.0, gt=0)
