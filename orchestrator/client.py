@@ -182,7 +182,7 @@ def _parse_completion(body: bytes | str, want_choices: int):
     if not isinstance(d, dict):
         raise TeacherError("malformed_response", f"response body is a {type(d).__name__}, not an object")
     if "error" in d and not d.get("choices"):
-        raise TeacherError("malformed_response", f"error object in a 200 response: {_error_message(d)}")
+        raise TeacherError("malformed_response", f"error object in a 200 response: {error_message(d)}")
     raw = d.get("choices")
     if not isinstance(raw, list) or not raw:
         raise TeacherError("empty_response", "response has no choices")
@@ -213,7 +213,8 @@ def _parse_completion(body: bytes | str, want_choices: int):
     return choices[:want_choices], usage, d.get("model"), d.get("id")
 
 
-def _error_message(d: Any) -> str:
+def error_message(d: Any) -> str:
+    """The message of an OpenAI-style error body ({"error": {"message": ...}} or similar)."""
     if isinstance(d, dict):
         e = d.get("error", d)
         if isinstance(e, dict):
@@ -237,7 +238,7 @@ def _error_code(err: openai.APIStatusError) -> str | None:
 
 def _status_message(err: openai.APIStatusError) -> str:
     try:
-        return _error_message(err.response.json())
+        return error_message(err.response.json())
     except Exception:  # noqa: BLE001 - body may not be JSON
         return (err.response.text or str(err))[:500]
 

@@ -17,6 +17,8 @@ from typing import Callable
 import openai
 from openai import OpenAI
 
+from orchestrator.client import error_message
+
 _PROMPT = [{"role": "user", "content": "Reply with one short sentence about the sea."}]
 _TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather for a city.",
@@ -128,9 +130,7 @@ class _Probe:
 
 def _message(e: openai.APIStatusError) -> str:
     try:
-        body = e.response.json()
-        err = body.get("error", body)
-        return str(err.get("message") if isinstance(err, dict) else err)[:200]
+        return error_message(e.response.json())[:200]
     except Exception:  # noqa: BLE001
         return (e.response.text or str(e))[:200]
 

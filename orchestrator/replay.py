@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from orchestrator.contract import ShardWriter, atomic_write_text, read_consumed
+from orchestrator.recording import RECORDING_VERSION
 
 if TYPE_CHECKING:  # the config module is light, but replay only needs its type
     from distill.config import Replay, RunConfig
 
-RECORDING_VERSION = 1
 ON_ERROR = ("skip", "fail")
 # Our names for input fields; orchestrator.replay.columns maps them to other column names.
 COLUMN_NAMES = ("messages", "conversations", "tools", "id", "finish_reason", "reward", "system", "model",
