@@ -180,7 +180,7 @@ def cmd_run(argv: list[str]) -> int:
     if errors:
         raise errors[0]
     if "orchestrator" in result:
-        _print_summary("orchestrator", result["orchestrator"])
+        _print_producer_summary(cfg, result["orchestrator"])
     _print_summary("trainer", summary)
     _print_locations(run_dir, summary)
     return 0
@@ -188,7 +188,6 @@ def cmd_run(argv: list[str]) -> int:
 
 # The fields of each side's summary dict worth a line on the terminal (all of it is in the run dir).
 _SUMMARY_KEYS = {
-    "orchestrator": ("stop_reason", "requests", "samples", "rejections", "prompt_tokens", "completion_tokens", "cost"),
     "replay": ("records", "conversations", "samples", "filtered", "rejected", "bad_records"),
     "trainer": ("steps", "samples_seen", "final_loss", "eval_loss", "resumed_from"),
 }
@@ -200,11 +199,17 @@ def _print_summary(name: str, summary: dict) -> None:
     print(f"{name}: " + "  ".join(f"{k}={json.dumps(v, default=str)}" for k, v in shown.items()))
 
 
+def _print_producer_summary(cfg: RunConfig, summary: dict) -> None:
+    # The teacher scheduler prints its own summary line when it ends; replay does not.
+    if cfg.orchestrator.source.type == "replay":
+        _print_summary("replay", summary)
+
+
 def cmd_rollout(argv: list[str]) -> int:
     cfg, _, _ = _load(argv, {})
     run_dir = _prepare_run_dir(cfg)
     summary = _produce(cfg, run_dir)
-    _print_summary("orchestrator", summary)
+    _print_producer_summary(cfg, summary)
     _print_locations(run_dir, None)
     return 0
 
