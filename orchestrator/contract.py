@@ -175,13 +175,19 @@ class ShardWriter:
         self._buf: list[Sample] = []
         existing = list_shards(self.dir)
         self.next_index = (shard_index(existing[-1]) + 1) if existing else 0
-        self.published = sum(1 for _ in iter_samples(self.dir))
+        # One pass over what is already published: its count and its ids (for resume).
+        self._ids: set[str] = set()
+        self.published = 0
+        for s in iter_samples(self.dir):
+            self._ids.add(s.sample_id)
+            self.published += 1
         done = self.dir / DONE_FILE
         if done.exists():  # a resumed producer is not done any more
             done.unlink()
 
     def existing_ids(self) -> set[str]:
-        return {s.sample_id for s in iter_samples(self.dir)}
+        """Ids of every sample published so far (before and by this writer)."""
+        return set(self._ids)
 
     def add(self, sample: Sample) -> None:
         self._buf.append(sample)
@@ -193,6 +199,7 @@ class ShardWriter:
             return
         path = self.dir / f"shard-{self.next_index:06d}.jsonl"
         atomic_write_text(path, "".join(s.to_json() + "\n" for s in self._buf))
+        self._ids.update(s.sample_id for s in self._buf)
         self.published += len(self._buf)
         self.next_index += 1
         self._buf = []
