@@ -21,20 +21,23 @@ How a conversation becomes samples (docs/reconstruction.md has the long version)
 5. Self-check: decode(prompt + completion) must equal the rendered text and the
    decoded trained tokens must equal the trained text; else the sample is rejected.
 
-Rendering is per turn boundary (two renders per turn, a third only when the
-content is not at the start of the turn's text); tokenising is linear in the
-conversation's length (every character is tokenised once per sample).
+P_k and F_k come from two renders per conversation when the template is provably
+append-only (orchestrator/template.py), else from two renders per turn (a third
+only when the content is not at the start of the turn's text); tokenising is linear
+in the conversation's length (every character is tokenised once per sample).
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.contract import Rejection, Sample, atomic_write_text
+from orchestrator.template import ChatTemplate
 
 if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
     from distill.config import Reconstruction
@@ -187,29 +190,6 @@ def normalize_messages(messages: Any, reasoning_policy: str) -> list[_Msg]:
 # ---------------------------------------------------------------------------
 
 
-def _compiled_template(template: str):
-    """The template compiled in transformers' own sandboxed jinja environment.
-
-    Called directly (not through apply_chat_template) because the messages we pass
-    are already plain JSON data, so its per-call deep copy is not needed. Falls back
-    to the public render function if transformers moves the private helper.
-    """
-    try:
-        from transformers.utils.chat_template_utils import _compile_jinja_template
-
-        return _compile_jinja_template(template)
-    except ImportError:  # pragma: no cover - depends on the transformers version
-        from transformers.utils.chat_template_utils import render_jinja_template
-
-        class _Public:
-            @staticmethod
-            def render(messages, **kwargs):
-                kwargs.pop("documents", None)
-                return render_jinja_template(conversations=[messages], chat_template=template, **kwargs)[0][0]
-
-        return _Public()
-
-
 @dataclass
 class _Turn:
     """One trained turn, located in F (the render of the history through the turn)."""
@@ -241,10 +221,11 @@ class Reconstructor:
             raise ValueError("reconstruction needs a fast (Rust) tokenizer with a tokenizer.json; "
                              f"got {type(tokenizer).__name__}. Fix: save the student tokenizer with tokenizers installed")
         self.train_roles = tuple(cfg.train_roles)
-        self._compiled = _compiled_template(template)
+        self._bytewise_decoder = _is_byte_level(self.backend)
+        self.chat_template = ChatTemplate(template)
         self._template_kwargs = json.loads(json.dumps({**tokenizer.special_tokens_map, **cfg.chat_template_kwargs}))
         self._prompt_cache: dict[str, list[int]] = {}  # prompt text -> ids
-        self._render_cache: dict[str, str] = {}  # messages JSON -> generation-prompt render
+        self._render_cache: dict[str, Any] = {}  # messages JSON -> generation-prompt render (text or parts)
         added = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.content.strip()},
                        key=len, reverse=True)
         self._added_tokens = added
@@ -258,24 +239,51 @@ class Reconstructor:
     def render(self, msgs: list[dict], tools: list[dict] | None, add_generation_prompt: bool) -> str:
         """The template's text for `msgs` (plain JSON data, as normalize_messages makes it)."""
         self.stats["renders"] += 1
-        return self._compiled.render(messages=msgs, tools=tools, documents=None,
-                                     add_generation_prompt=add_generation_prompt, **self._template_kwargs)
+        return self.chat_template.render(msgs, tools, add_generation_prompt, **self._template_kwargs)
 
-    def _render_prompt(self, msgs: list[dict], tools: list[dict] | None) -> str:
-        """`render(msgs, tools, add_generation_prompt=True)`, cached by content.
+    def _render_parts(self, msgs: list[dict], tools: list[dict] | None, add_generation_prompt: bool):
+        self.stats["renders"] += 1
+        return self.chat_template.render_parts(msgs, tools, add_generation_prompt, **self._template_kwargs)
+
+    def _cached_prompt(self, msgs: list[dict], tools: list[dict] | None, parts: bool):
+        """The generation-prompt render of `msgs` (as text, or as render_parts), cached by content.
 
         The n teacher samples of one prompt share their prompt; keying on the JSON of
         the messages costs far less than a sandboxed jinja render.
         """
-        key = json.dumps([msgs, tools], ensure_ascii=False, separators=(",", ":"))
-        text = self._render_cache.get(key)
-        if text is None:
-            text = self._render_cache[key] = self.render(msgs, tools, True)
-            if len(self._render_cache) > self.PROMPT_CACHE_SIZE:
-                self._render_cache.pop(next(iter(self._render_cache)))
-        else:
+        key = json.dumps([msgs, tools, parts], ensure_ascii=False, separators=(",", ":"))
+        if key in self._render_cache:
             self.stats["prompt_render_cache_hits"] += 1
-        return text
+            return self._render_cache[key]
+        out = self._render_parts(msgs, tools, True) if parts else self.render(msgs, tools, True)
+        self._render_cache[key] = out
+        if len(self._render_cache) > self.PROMPT_CACHE_SIZE:
+            self._render_cache.pop(next(iter(self._render_cache)))
+        return out
+
+    def _prefix_renders(self, data: list[dict], tools: list[dict] | None, first: int):
+        """Two functions for this conversation: j -> render(data[:j]) with the generation
+        prompt, and without. Derived from two renders (the whole conversation, and its
+        prompt before the first trained turn, which must agree with it) when the template
+        is append-only (orchestrator/template.py); else each call renders that prefix.
+        The derived functions are only called with j >= first >= 1."""
+        if self.chat_template.append_only and first >= 1:
+            try:
+                full = self._render_parts(data, tools, False)
+                prompt = self._cached_prompt(data[:first], tools, parts=True)
+            except Exception:  # noqa: BLE001 - the per-prefix path reports it with its message index
+                full = prompt = None
+            if full is not None and prompt is not None and prompt[0] == full[0] and prompt[1] == full[1][:first]:
+                head = full[0]
+                ends = [len(head)]
+                for body in full[1]:
+                    ends.append(ends[-1] + len(body))
+                head += "".join(full[1])
+                after_prompt, after_full = prompt[2], full[2]
+                self.stats["prefix_renders_derived"] += 1
+                return (lambda j: head[: ends[j]] + after_prompt), (lambda j: head[: ends[j]] + after_full)
+            self.stats["prefix_renders_not_derived"] += 1
+        return (lambda j: self._cached_prompt(data[:j], tools, parts=False)), (lambda j: self.render(data[:j], tools, False))
 
     def _probe_end_of_turn(self) -> tuple[str, str]:
         """The end-of-turn token and the constant text the template puts after it at the end.
@@ -306,15 +314,16 @@ class Reconstructor:
 
     # -- per turn ------------------------------------------------------------
 
-    def _locate_turn(self, msgs: list[_Msg], a: int, tools) -> _Turn:
+    def _locate_turn(self, msgs: list[_Msg], a: int, tools, renders) -> _Turn:
         data = [m.data for m in msgs]
         m = msgs[a]
+        prompt, full_render = renders
         try:
-            full = self.render(data[: a + 1], tools, False)
+            full = full_render(a + 1)
             if m.role == "assistant":
-                base = self._render_prompt(data[:a], tools)
+                base = prompt(a)
             else:
-                base = self.render(data[:a], tools, False) if a else ""
+                base = full_render(a) if a else ""
         except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
             raise _Reject("template_error", f"rendering up to messages[{a}]: {type(e).__name__}: {e}") from None
         if not full.startswith(base):
@@ -404,18 +413,16 @@ class Reconstructor:
             results.append(([], rejections))
             pending += [(ci, p) for p in plans]
         seg_ids = self._encode([p for _, p in pending])
-        checks = []
-        for (_, p), ids in zip(pending, seg_ids):
-            completion = [i for x in ids[1:] for i in x]
-            mask = [int(f) for x, f in zip(ids[1:], p.trained[1:]) for _ in x]
-            checks.append((ids[0], completion, mask))
-        decoded = self.backend.decode_batch(
-            [x for prompt, comp, mask in checks
-             for x in (prompt + comp, [i for i, f in zip(comp, mask) if f])], skip_special_tokens=False)
-        for n, ((ci, p), (prompt, comp, mask)) in enumerate(zip(pending, checks)):
+        checks = self._roundtrip([p for _, p in pending], seg_ids)
+        for (ci, p), ids, check in zip(pending, seg_ids, checks):
             try:
-                self._self_check(p, decoded[2 * n], decoded[2 * n + 1])
-                s = self._finish(p, prompt, comp, mask)
+                if check is not None:
+                    raise check
+                completion = list(itertools.chain.from_iterable(ids[1:]))
+                mask: list[int] = []
+                for x, trained in zip(ids[1:], p.trained[1:]):
+                    mask += [1 if trained else 0] * len(x)
+                s = self._finish(p, ids[0], completion, mask)
             except _Reject as r:
                 results[ci][1].append(self._reject(p.sid, r))
                 continue
@@ -469,7 +476,8 @@ class Reconstructor:
         msgs = msgs[: trained[-1] + 1]  # context after the last trained turn trains nothing
         if finish_reason == "length" and self.cfg.truncated == "drop" and msgs[-1].role == "assistant":
             raise _Reject("truncated", "the last assistant turn stopped at the length limit (finish_reason=length)")
-        turns = [self._locate_turn(msgs, a, tools) for a in trained]
+        renders = self._prefix_renders([m.data for m in msgs], tools, trained[0])
+        turns = [self._locate_turn(msgs, a, tools, renders) for a in trained]
         groups = [[0]]
         for k in range(1, len(turns)):
             prev, cur = turns[k - 1], turns[k]
@@ -539,6 +547,38 @@ class Reconstructor:
             self._prompt_cache.pop(next(iter(self._prompt_cache)))
         return out
 
+    def _roundtrip(self, pending: list["_Pending"], seg_ids: list[list[list[int]]]) -> list["_Reject | None"]:
+        """Self-check of every sample: decoding all its tokens gives back the rendered
+        text, and decoding its trained tokens gives back the trained text exactly.
+
+        With a byte-level decoder (GPT-2 style: the text is the UTF-8 of the tokens'
+        bytes, concatenated) a sample whose every segment decodes to its own text passes
+        both checks, so one decode per segment suffices. Samples where that does not
+        hold (or where a segment decodes to U+FFFD, i.e. possibly lossy bytes), and every
+        sample with other decoders, are checked by decoding the whole and the trained
+        token sequences."""
+        out: list[_Reject | None] = [None] * len(pending)
+        todo = range(len(pending))
+        if self._bytewise_decoder:
+            got = iter(self.backend.decode_batch([x for ids in seg_ids for x in ids], skip_special_tokens=False))
+            todo = []
+            for n, (p, ids) in enumerate(zip(pending, seg_ids)):
+                pieces = [next(got) for _ in ids]
+                if pieces != p.texts or any("\ufffd" in x for x in pieces):
+                    todo.append(n)
+        seqs = []
+        for n in todo:
+            ids = seg_ids[n]
+            seqs.append(list(itertools.chain.from_iterable(ids)))
+            seqs.append([i for x, f in zip(ids, pending[n].trained) if f for i in x])
+        decoded = self.backend.decode_batch(seqs, skip_special_tokens=False) if seqs else []
+        for j, n in enumerate(todo):
+            try:
+                self._self_check(pending[n], decoded[2 * j], decoded[2 * j + 1])
+            except _Reject as r:
+                out[n] = r
+        return out
+
     @staticmethod
     def _self_check(p: "_Pending", got_all: str, got_masked: str) -> None:
         """The tokens must say exactly what the template rendered."""
@@ -585,6 +625,16 @@ class _Pending:
     split: bool
     meta: dict[str, Any]
     fields: dict[str, Any]
+
+
+def _is_byte_level(backend) -> bool:
+    """Whether the tokenizer's decoder is exactly GPT-2's byte-level one (see _roundtrip)."""
+    try:
+        from tokenizers import decoders
+
+        return isinstance(backend.decoder, decoders.ByteLevel)
+    except (ImportError, AttributeError):  # pragma: no cover
+        return False
 
 
 def _plain_tools(tools: Any) -> list[dict] | None:

@@ -414,6 +414,21 @@ def test_roundtrip_mismatch_on_text_the_vocabulary_cannot_hold(smol_tokenizer):
     assert rej.reason == "roundtrip_mismatch"
 
 
+def test_self_check_same_with_segment_and_whole_sequence_decoding():
+    # Byte-level decoders are checked one segment at a time; any other decoder by
+    # decoding the whole and the trained token sequences. Both accept the same samples.
+    from tokenizers import decoders
+
+    msgs = convo(("Q", " caf\u00e9 \u6771\u4eac \U0001f600"), ("again", "\n  x"), system="S")
+    generic = _inline(tokenizer_with(None).chat_template)
+    generic.backend_tokenizer.decoder = decoders.Sequence([decoders.ByteLevel()])
+    a, b = Reconstructor(tokenizer_with(None), Reconstruction()), Reconstructor(generic, Reconstruction())
+    assert a._bytewise_decoder and not b._bytewise_decoder
+    assert a.build(msgs, sample_id="s") == b.build(msgs, sample_id="s")
+    bad = convo(("Q", "x\U00040000"))  # not representable: both reject it
+    assert rejected(a, bad).reason == rejected(b, bad).reason == "roundtrip_mismatch"
+
+
 def test_train_roles_user():
     # Opt-in: user turns trained too. Their header stays context; content + end token trained.
     tok = tokenizer_with("chatml_generation")

@@ -1,0 +1,226 @@
+"""The student's chat template: exact renders, and every prefix of a conversation
+from one render where the template provably allows it.
+
+Reconstruction needs the template's text for many prefixes of one conversation:
+the history before each trained turn with the generation prompt (P_k) and the
+history through it (F_k). Rendering each prefix costs a pass over the whole
+history, so a conversation of K turns costs O(K^2) message renders.
+
+Most chat templates are *append-only*: one top-level loop over `messages` whose
+text for message i depends only on messages[0..i], text before the loop that
+depends at most on messages[0], and text after it that depends only on
+`add_generation_prompt` (and the other constant inputs). For such a template
+
+    render(messages[:j], g) == before + body[0] + ... + body[j-1] + after(g)   (j >= 1)
+
+where body[i] is what the loop emits for message i. `analyse` proves that shape from
+the template's syntax tree (conservatively: anything it cannot prove, e.g.
+`loop.last`, `messages|length`, `messages[-1]`, a look-ahead `messages[loop.index0 + 1]`,
+a namespace read after the loop, makes the template not append-only), and
+`render_parts` renders the template once with marker text emitted at the start of
+every loop iteration and after the loop, giving `before`, every `body[i]` and `after`
+at once. Reconstruction then gets every P_k / F_k from one render of the whole
+conversation plus one render of its first prompt (which doubles as a check of the
+derivation), and falls back to rendering each prefix when the template is not
+append-only or the markers do not line up.
+
+`{% generation %}` blocks (transformers' assistant-mask markers) are rendered as plain
+blocks: their text is unchanged and we compute masks ourselves, so the per-block
+bookkeeping call is skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_MARK = "\U000f0000"  # a plane-15 private-use character; each marker contains it once
+START = _MARK + "\U000f0001"  # emitted at the start of every iteration of the messages loop
+END = _MARK + "\U000f0002"  # emitted right after the messages loop
+
+#: `loop` attributes that look at later items (the rest - index, first, previtem, ... - look back).
+_LOOK_AHEAD = frozenset({"last", "length", "revindex", "revindex0", "nextitem"})
+
+
+class ChatTemplate:
+    """A chat template compiled in transformers' sandboxed jinja environment."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.append_only = False
+        self.why_not_append_only = "transformers' template compiler is not available"
+        self._marked = None
+        try:
+            from transformers.utils.chat_template_utils import _compile_jinja_template
+        except ImportError:  # pragma: no cover - depends on the transformers version
+            self._plain = _PublicRender(source)
+            return
+        env = _compile_jinja_template(source).environment  # filters, globals, extensions, sandbox
+        self._plain = _compile(env, _without_generation_calls(env.parse(source)))
+        tree = _without_generation_calls(env.parse(source))
+        why = why_not_append_only(tree)
+        self.why_not_append_only = why or ""
+        if why is None:
+            self.append_only = True
+            self._marked = _compile(env, _with_markers(tree))
+
+    def render(self, messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool,
+               **kwargs: Any) -> str:
+        """The template's text, exactly as transformers renders it."""
+        return self._plain.render(messages=messages, tools=tools, documents=None,
+                                  add_generation_prompt=add_generation_prompt, **kwargs)
+
+    def render_parts(self, messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool,
+                     **kwargs: Any) -> tuple[str, list[str], str] | None:
+        """(text before the loop, text of each message, text after the loop), or None
+        when the template is not append-only or the markers do not line up (e.g. a
+        message contains the marker character)."""
+        if self._marked is None:
+            return None
+        text = self._marked.render(messages=messages, tools=tools, documents=None,
+                                   add_generation_prompt=add_generation_prompt, **kwargs)
+        if text.count(_MARK) != len(messages) + 1 or text.count(END) != 1:
+            return None
+        head, _, after = text.partition(END)
+        before, *bodies = head.split(START)
+        return before, bodies, after
+
+
+class _PublicRender:  # pragma: no cover - only when transformers moves its private compiler
+    def __init__(self, source: str):
+        self.source = source
+
+    def render(self, messages, **kwargs):
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        kwargs.pop("documents", None)
+        return render_jinja_template(conversations=[messages], chat_template=self.source, **kwargs)[0][0]
+
+
+def _compile(env, tree):
+    return env.template_class.from_code(env, env.compile(tree), env.make_globals(None))
+
+
+def _without_generation_calls(tree):
+    """Replace `{% generation %}...{% endgeneration %}` call blocks by their body.
+
+    Their output is the body's text; only the bookkeeping call goes. A block that
+    assigns a variable is kept (inlining would change the variable's scope)."""
+    from jinja2 import nodes
+
+    def strip(body: list) -> list:
+        out = []
+        for node in body:
+            call = node.call if isinstance(node, nodes.CallBlock) else None
+            if (isinstance(call, nodes.Call) and isinstance(call.node, nodes.ExtensionAttribute)
+                    and call.node.name == "_generation_support"
+                    and not any(node.find_all((nodes.Assign, nodes.AssignBlock)))):
+                out.extend(strip(node.body))
+                continue
+            for field in ("body", "else_", "elif_"):
+                children = getattr(node, field, None)
+                if isinstance(children, list):
+                    setattr(node, field, strip(children))
+            out.append(node)
+        return out
+
+    tree.body = strip(tree.body)
+    return tree
+
+
+def _messages_loop(tree):
+    from jinja2 import nodes
+
+    loops = [n for n in tree.find_all(nodes.For) if isinstance(n.iter, nodes.Name) and n.iter.name == "messages"]
+    return loops[0] if len(loops) == 1 else None
+
+
+def why_not_append_only(tree) -> str | None:
+    """None when the template (a parsed jinja tree) is provably append-only (module
+    docstring), else the first reason found why not."""
+    from jinja2 import nodes
+
+    if any(tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport, nodes.Block))):
+        return "it extends, includes or imports other templates"
+    loop = _messages_loop(tree)
+    if loop is None:
+        return "it does not have exactly one `for ... in messages` loop"
+    if not any(node is loop for node in tree.body):
+        return "its loop over messages is nested in another statement"
+    if loop.recursive or loop.test is not None:
+        return "its loop over messages is recursive or filtered"
+    if any(loop.find_all(nodes.Break)):
+        return "its loop over messages can break"
+    first_item = {id(g.node) for g in tree.find_all(nodes.Getitem)
+                  if isinstance(g.node, nodes.Name) and isinstance(g.arg, nodes.Const) and g.arg.value == 0}
+    for name in tree.find_all(nodes.Name):
+        if name.name == "messages" and name is not loop.iter and id(name) not in first_item:
+            return ("it uses `messages` other than as the loop's items or messages[0] "
+                    "(e.g. messages|length, messages[-1], messages[loop.index0 + 1])")
+    why = _loop_use(tree.body, None, loop)
+    if why:
+        return why
+    i = next(i for i, node in enumerate(tree.body) if node is loop)
+    after = tree.body[i + 1:]
+    after_names = {id(n) for node in after for n in node.find_all(nodes.Name)}
+    if any(n.name == "add_generation_prompt" and id(n) not in after_names for n in tree.find_all(nodes.Name)):
+        return "it reads add_generation_prompt before the end of its loop over messages"
+    namespaces = {n.name for n in tree.find_all(nodes.NSRef)}
+    macros = {m.name for m in tree.find_all(nodes.Macro)}
+    for node in after:
+        for n in node.find_all(nodes.Name):
+            if n.name in namespaces:
+                return f"after its loop over messages it reads namespace {n.name!r}, which the loop may change"
+        for c in node.find_all(nodes.Call):
+            if isinstance(c.node, nodes.Name) and c.node.name in macros:
+                return f"after its loop over messages it calls macro {c.node.name!r}"
+    return None
+
+
+def _loop_use(body: list, innermost, messages_loop) -> str | None:
+    """Check every use of `loop`: in the messages loop only look-back attributes; never
+    outside a for loop (e.g. in a macro body, where it could be anything)."""
+    from jinja2 import nodes
+
+    def visit(node, inner) -> str | None:
+        if isinstance(node, nodes.For):
+            for child in (node.target, node.iter, node.test, *node.else_):
+                if child is not None and (why := visit(child, inner)):
+                    return why
+            for child in node.body:
+                if why := visit(child, node):
+                    return why
+            return None
+        if isinstance(node, nodes.Macro):
+            inner = None  # a macro body does not see the caller's loop
+        if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name) and node.node.name == "loop":
+            if inner is None:
+                return "it uses `loop` outside a for loop"
+            if inner is messages_loop and node.attr in _LOOK_AHEAD:
+                return f"its loop over messages reads loop.{node.attr}, which looks at later messages"
+            return None
+        if isinstance(node, nodes.Name) and node.name == "loop":
+            if inner is None or inner is messages_loop:
+                return "it uses `loop` as a value (not loop.<attribute>)"
+            return None
+        for child in node.iter_child_nodes():
+            if why := visit(child, inner):
+                return why
+        return None
+
+    for node in body:
+        if why := visit(node, innermost):
+            return why
+    return None
+
+
+def _with_markers(tree):
+    from jinja2 import nodes
+
+    loop = _messages_loop(tree)
+    loop.body.insert(0, nodes.Output([nodes.TemplateData(START)]))
+    i = next(i for i, node in enumerate(tree.body) if node is loop)
+    tree.body.insert(i + 1, nodes.Output([nodes.TemplateData(END)]))
+    return tree
+
+
+__all__ = ["ChatTemplate", "why_not_append_only", "START", "END"]
