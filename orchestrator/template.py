@@ -97,7 +97,10 @@ class _PublicRender:  # pragma: no cover - only when transformers moves its priv
 
 
 def _compile(env, tree):
-    return env.template_class.from_code(env, env.compile(tree), env.make_globals(None))
+    # Globals as a plain dict, not jinja's ChainMap over env.globals: every render copies
+    # them into its context, which for a ChainMap is a slow Python-level walk. The
+    # environment's globals are complete once transformers has built it.
+    return env.template_class.from_code(env, env.compile(tree), dict(env.make_globals(None)))
 
 
 def _without_generation_calls(tree):
