@@ -8,13 +8,13 @@ checkpoint that transformers loads.
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,10 +25,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def run_config(tmp_path: Path, student_dir: Path, port: int, steps: int = 6) -> Path:

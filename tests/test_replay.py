@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import read_jsonl
 
 from distill.config import ConfigError, load_config
 from orchestrator.contract import DONE_FILE, is_done, iter_samples, list_shards
@@ -52,10 +53,6 @@ def write_jsonl(path: Path, rows: list, tail: str = "") -> Path:
 
 def chat_row(answer: str, question: str = "What is 2 + 3?", **extra) -> dict:
     return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], **extra}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def trained_text(tok, s) -> str:

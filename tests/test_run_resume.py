@@ -12,15 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import read_jsonl
 
 from orchestrator.contract import iter_samples
 from orchestrator.testserver import Faults, FaultServer, write_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def write_cfg(tmp_path: Path, base_url: str, student: Path, prompts: Path) -> Path:

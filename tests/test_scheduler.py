@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import read_jsonl
 
 from distill.config import load_config
 from orchestrator.contract import iter_samples, is_done, write_consumed
@@ -35,10 +36,6 @@ def recon_for(smol_tokenizer):
 
 def sample_ids(run_dir: Path) -> list[str]:
     return [s.sample_id for s in iter_samples(run_dir / "samples")]
-
-
-def read_jsonl(p: Path) -> list[dict]:
-    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
 
 
 def test_30pct_faults_every_sample_exactly_once(tmp_path, recon_for):
