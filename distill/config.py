@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -367,7 +368,9 @@ class _DictSource(PydanticBaseSettingsSource):
         return self._data
 
 
-_TOML_DATA: dict[str, Any] = {}
+# The TOML data of the load_config call in progress, per thread/context (pydantic-settings
+# builds its sources inside the model's constructor, so the data cannot be an argument).
+_TOML_DATA: ContextVar[dict[str, Any]] = ContextVar("distill_toml_data", default={})
 
 
 class RunConfig(BaseSettings):
@@ -393,7 +396,7 @@ class RunConfig(BaseSettings):
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
         # Priority, highest first: CLI overrides (passed as init kwargs) > env > TOML.
-        return (init_settings, env_settings, _DictSource(settings_cls, _TOML_DATA))
+        return (init_settings, env_settings, _DictSource(settings_cls, _TOML_DATA.get()))
 
     @model_validator(mode="after")
     def _mode_check(self) -> "RunConfig":
@@ -619,17 +622,16 @@ def _format_validation_error(err: ValidationError) -> list[Problem]:
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
     """Read TOML, apply env and command-line overrides, validate, resolve."""
-    global _TOML_DATA
     source = str(path) if path else "defaults"
     data = read_toml(path) if path else {}
     over = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
-    _TOML_DATA = data
+    token = _TOML_DATA.set(data)
     try:
         cfg = RunConfig(**over)
     except ValidationError as e:
         raise ConfigError(source, _format_validation_error(e)) from None
     finally:
-        _TOML_DATA = {}
+        _TOML_DATA.reset(token)
     return resolve(cfg)
 
 

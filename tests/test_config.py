@@ -70,6 +70,32 @@ temperature = 0.5
     assert cfg.orchestrator.sampling.temperature == 0.5
 
 
+def test_configs_loaded_from_threads_at_once_keep_their_own_toml(tmp_path):
+    # The TOML data reaches pydantic-settings through a context variable, not a global.
+    import threading
+
+    paths = [write(tmp_path, name=f"cfg{i}.toml", text=f"output_dir = \"runs/{i}\"\n[trainer.optim]\nwarmup_steps = {i}\n")
+             for i in range(8)]
+    barrier, got, errors = threading.Barrier(len(paths)), {}, []
+
+    def load(i: int) -> None:
+        try:
+            barrier.wait()
+            for _ in range(20):
+                cfg = load_config(paths[i])
+                got.setdefault(i, set()).add((cfg.output_dir, cfg.trainer.optim.warmup_steps))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(len(paths))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert got == {i: {(f"runs/{i}", i)} for i in range(len(paths))}
+
+
 def test_env_overrides_toml_and_cli_overrides_env(tmp_path, monkeypatch):
     p = write(tmp_path, "[trainer]\nmax_steps = 5\nseq_len = 512\n")
     monkeypatch.setenv("DISTILL_TRAINER__MAX_STEPS", "7")
