@@ -786,6 +786,7 @@ def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | 
             time.sleep(0.2)
 
     last_key: tuple[str, int] | None = None
+    seen: dict[str, str] = {}  # sample id -> where it was first read
     try:
         for item in iter_conversations(paths, src.format, rc.columns, batch, on_bytes):
             if stopped():
@@ -811,6 +812,12 @@ def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | 
                 c = item
                 counts["conversations"] += 1
                 formats[c.format] += 1
+                first = seen.get(c.sample_id)
+                if first is not None:  # ids are unique per replay: the first record with an id wins
+                    filtered["duplicate_id"] += 1
+                    out.reject(c.sample_id, "duplicate_id", f"replay filter: id already used at {first} ({c.where})")
+                    continue
+                seen[c.sample_id] = c.where
                 why = keep(c)
                 if why is not None:
                     filtered[why[0]] += 1

@@ -424,6 +424,26 @@ def test_resumed_replay_writes_only_what_is_missing(tmp_path, smol_tokenizer):
     assert sorted(s.to_json() for s in iter_samples(samples)) == sorted(want) and is_done(samples)
 
 
+def test_duplicate_ids_keep_the_first_record_in_fresh_and_resumed_runs(tmp_path, smol_tokenizer):
+    # Exact duplicate rows share a content-hash id; two records may also carry the same `id`.
+    path = write_jsonl(tmp_path / "dups.jsonl", [
+        chat_row("5."), chat_row("Five."), chat_row("5."),  # line 3 repeats line 1
+        chat_row("A", question="Q1", id="q"), chat_row("B", question="Q2", id="q"),  # line 5 reuses line 4's id
+    ])
+    cfg = make_cfg(tmp_path / "run", path)
+    first = replay(cfg, tmp_path / "run", make_recon(smol_tokenizer, cfg), progress=False)
+    assert first["samples"] == 3 and first["filtered"] == {"duplicate_id": 2}
+    kept = {s.sample_id: trained_text(smol_tokenizer, s) for s in iter_samples(tmp_path / "run" / "samples")}
+    assert kept["q/0"] == "A<|im_end|>" and sorted(kept.values()) == ["5.<|im_end|>", "A<|im_end|>", "Five.<|im_end|>"]
+    rejects = read_jsonl(tmp_path / "run" / "rejects.jsonl")
+    assert [r["reason"] for r in rejects] == ["duplicate_id", "duplicate_id"]
+    assert "dups.jsonl:1" in rejects[0]["detail"] and "dups.jsonl:4" in rejects[1]["detail"]
+    # Resumed (as after a crash): the same records win, nothing is written twice.
+    (tmp_path / "run" / "samples" / DONE_FILE).unlink()
+    again = replay(cfg, tmp_path / "run", make_recon(smol_tokenizer, cfg), progress=False)
+    assert again["already_published"] == 3 and again["samples"] == 0 and again["filtered"] == {"duplicate_id": 2}
+
+
 def test_parquet_through_datasets_matches_jsonl(tmp_path, smol_tokenizer):
     pytest.importorskip("datasets")
     pa = pytest.importorskip("pyarrow")
