@@ -44,6 +44,11 @@ from orchestrator.recording import RECORDING_VERSION
 if TYPE_CHECKING:  # the config module is light, but replay only needs its type
     from distill.config import Replay, RunConfig
 
+#: Conversations reconstructed per Reconstructor.build_many call, at most; a batch is
+#: also cut once this many input bytes were read since the last one (memory stays flat
+#: on recordings of very long conversations).
+REPLAY_BATCH = 64
+REPLAY_BATCH_BYTES = 2 << 20
 ON_ERROR = ("skip", "fail")
 # Our names for input fields; orchestrator.replay.columns maps them to other column names.
 COLUMN_NAMES = ("messages", "conversations", "tools", "id", "finish_reason", "reward", "system", "model",
@@ -728,8 +733,8 @@ def _progress_bar(total: int, enabled: bool):
 def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | None = None,
            on_error: str | None = None, progress: bool = True, max_ahead: int | None = None,
            stop_event=None) -> dict:
-    """Read inputs (default cfg.orchestrator.source.path; globs ok) -> filters -> reconstructor.build
-    -> ShardWriter(run_dir/'samples') closed with DONE; rejects to run_dir/'rejects.jsonl', unreadable
+    """Read inputs (default cfg.orchestrator.source.path; globs ok) -> filters -> reconstructor.build_many
+    (batches of REPLAY_BATCH conversations or REPLAY_BATCH_BYTES) -> ShardWriter(run_dir/'samples') closed with DONE; rejects to run_dir/'rejects.jsonl', unreadable
     records to run_dir/'replay_rejects.jsonl'; returns a summary dict (also written to
     run_dir/'replay_summary.json') with counts per filter / rejection reason, skipped lines, throughput.
 
@@ -785,8 +790,61 @@ def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | 
                and writer.published - read_consumed(writer.dir) > max_ahead):
             time.sleep(0.2)
 
+    def bad(item: BadRecord) -> None:
+        counts["bad_records"] += 1
+        counts["partial_last_lines" if item.partial else "bad_lines"] += 1
+        out.bad_record(item)
+        if len(bad_examples) < 5:
+            bad_examples.append(str(item.as_error()))
+        if item.partial:
+            print(f"warning: {item.file}:{item.line}: {item.error}; skipped", file=sys.stderr)
+
+    def reconstruct(convs: list[Conversation]) -> list:
+        """build_many's results for `convs`; where the template or tokenizer raised, the
+        conversations are redone one by one and the one that raised gets its exception."""
+        args = [dict(messages=c.messages, tools=c.tools, sample_id=c.sample_id, prompt_id=c.prompt_id,
+                     sample_index=c.sample_index, finish_reason=c.finish_reason, reward=c.reward,
+                     teacher_model=c.teacher_model, meta=c.meta()) for c in convs]
+        try:
+            return reconstructor.build_many(args)
+        except Exception:  # noqa: BLE001 - find which conversation it was
+            results: list = []
+            for a in args:
+                try:
+                    results.append(reconstructor.build_many([a])[0])
+                except Exception as e:  # noqa: BLE001
+                    results.append(e)
+            return results
+
+    todo: list[Conversation] = []  # passed the filters, waiting for one build_many call
+    todo_from = [0]  # counts["bytes"] when todo was last empty
+
+    def flush() -> None:
+        for c, result in zip(todo, reconstruct(todo)):
+            if isinstance(result, Exception):
+                b = BadRecord(c.file, c.line, "messages", f"reconstruction failed: {type(result).__name__}: {result}")
+                bad(b)
+                if on_error == "fail":
+                    raise b.as_error() from result
+                continue
+            samples, rejections = result
+            for r in rejections:
+                rejected[r.reason] += 1
+                out.reject(r.item_id, r.reason, f"{r.detail} ({c.where})".lstrip())
+            for s in samples:
+                if s.sample_id in already:
+                    counts["already_published"] += 1
+                    continue
+                writer.add(s)
+                counts["samples"] += 1
+                tokens["prompt"] += len(s.prompt_ids)
+                tokens["completion"] += len(s.completion_ids)
+                tokens["trained"] += s.num_trained
+                wait_for_trainer()
+        todo.clear()
+
     last_key: tuple[str, int] | None = None
-    seen: dict[str, str] = {}  # sample id -> where it was first read
+    seen: dict[str, str] = {}  # sample id -> where it was first read (conversations past the filters)
     try:
         for item in iter_conversations(paths, src.format, rc.columns, batch, on_bytes):
             if stopped():
@@ -799,56 +857,32 @@ def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | 
                 counts["records"] += 1
                 last_key = key
             if isinstance(item, BadRecord):
-                counts["bad_records"] += 1
-                counts["partial_last_lines" if item.partial else "bad_lines"] += 1
-                out.bad_record(item)
-                if len(bad_examples) < 5:
-                    bad_examples.append(str(item.as_error()))
+                bad(item)
                 if on_error == "fail" and not item.partial:
+                    flush()  # what came before it is written, as without batching
                     raise item.as_error()
-                if item.partial:
-                    print(f"warning: {item.file}:{item.line}: {item.error}; skipped", file=sys.stderr)
-            else:
-                c = item
-                counts["conversations"] += 1
-                formats[c.format] += 1
-                first = seen.get(c.sample_id)
-                if first is not None:  # ids are unique per replay: the first record with an id wins
-                    filtered["duplicate_id"] += 1
-                    out.reject(c.sample_id, "duplicate_id", f"replay filter: id already used at {first} ({c.where})")
-                    continue
-                seen[c.sample_id] = c.where
-                why = keep(c)
-                if why is not None:
-                    filtered[why[0]] += 1
-                    out.reject(c.sample_id, why[0], f"replay filter: {why[1]} ({c.where})")
-                    continue
-                try:
-                    samples, rejections = reconstructor.build(
-                        c.messages, c.tools, sample_id=c.sample_id, prompt_id=c.prompt_id,
-                        sample_index=c.sample_index, finish_reason=c.finish_reason, reward=c.reward,
-                        teacher_model=c.teacher_model, meta=c.meta())
-                except Exception as e:  # the template or tokenizer refused this conversation
-                    bad = BadRecord(c.file, c.line, "messages", f"reconstruction failed: {type(e).__name__}: {e}")
-                    counts["bad_records"] += 1
-                    counts["bad_lines"] += 1
-                    out.bad_record(bad)
-                    if on_error == "fail":
-                        raise bad.as_error() from e
-                    continue
-                for r in rejections:
-                    rejected[r.reason] += 1
-                    out.reject(r.item_id, r.reason, f"{r.detail} ({c.where})".lstrip())
-                for s in samples:
-                    if s.sample_id in already:
-                        counts["already_published"] += 1
-                        continue
-                    writer.add(s)
-                    counts["samples"] += 1
-                    tokens["prompt"] += len(s.prompt_ids)
-                    tokens["completion"] += len(s.completion_ids)
-                    tokens["trained"] += s.num_trained
-                    wait_for_trainer()
+                continue
+            c = item
+            counts["conversations"] += 1
+            formats[c.format] += 1
+            why = keep(c)
+            if why is not None:
+                filtered[why[0]] += 1
+                out.reject(c.sample_id, why[0], f"replay filter: {why[1]} ({c.where})")
+                continue
+            # Ids are unique per replay: of the records that pass the filters, the first with
+            # an id wins (remembered only for those, so memory grows with samples, not records).
+            first = seen.get(c.sample_id)
+            if first is not None:
+                filtered["duplicate_id"] += 1
+                out.reject(c.sample_id, "duplicate_id", f"replay filter: id already used at {first} ({c.where})")
+                continue
+            seen[c.sample_id] = c.where
+            todo.append(c)
+            if len(todo) >= REPLAY_BATCH or counts["bytes"] - todo_from[0] >= REPLAY_BATCH_BYTES:
+                flush()
+        if not stopped():
+            flush()
         writer.close()
     finally:
         out.close()
