@@ -548,6 +548,26 @@ def test_build_many_equals_build_and_prompt_cache(smol_tokenizer):
     assert [s.sample_index for s, _ in expected[:3] for s in s] == [0, 1, 2]
 
 
+def test_build_many_pipelined_over_chunks_equals_build():
+    # More conversations than one pipeline chunk: chunks are encoded in a helper thread
+    # while the next renders; results, order and stats must not change. A history-rewriting
+    # template (split samples), rejections and shared prompts are mixed in.
+    r1, r2 = recon("reasoning_rewrite"), recon("reasoning_rewrite")
+    convs = []
+    for i in range(3 * r2.PIPELINE_CHUNK + 5):
+        if i % 7 == 3:
+            msgs = convo(("Q", ""))  # empty assistant turn: rejected
+        elif i % 5 == 0:
+            msgs = [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a", "reasoning_content": "r"},
+                    {"role": "user", "content": "again"}, {"role": "assistant", "content": f"b{i}"}]
+        else:
+            msgs = convo((f"shared {i % 4}", f"answer {i}"))
+        convs.append(dict(messages=msgs, sample_id=f"c{i}"))
+    expected = [r1.build(**c) for c in convs]
+    assert r2.build_many(convs) == expected
+    assert r2.stats == r1.stats and r2.stats["split"] > 0 and r2.stats["rejected:empty_assistant_turn"] > 0
+
+
 # ---------------------------------------------------------------------------
 # inspect
 # ---------------------------------------------------------------------------
