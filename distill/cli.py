@@ -88,7 +88,12 @@ def _reconstructor(cfg: RunConfig):
 
     tok_path = cfg.student.tokenizer or resolve_student(cfg.student.path, with_model=False)
     tok = load_tokenizer(tok_path)
-    return Reconstructor(tok, cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruction.max_seq_len)
+    recon = Reconstructor(tok, cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruction.max_seq_len)
+    if not recon.chat_template.append_only:  # docs/reconstruction.md, "Prefix renders"
+        print(f"note: the student's chat template is not append-only ({recon.chat_template.why_not_append_only}); "
+              "reconstruction renders every turn's history, so its cost grows with the square of the turns",
+              file=sys.stderr)
+    return recon
 
 
 def _produce(cfg: RunConfig, run_dir: Path, progress: bool = True, on_error: str | None = None,
