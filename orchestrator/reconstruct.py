@@ -416,13 +416,13 @@ class Reconstructor:
         chunk = self.PIPELINE_CHUNK
         if len(conversations) <= chunk:
             pending = self._prepare_chunk(conversations, 0, results)
-            self._complete(pending, self._encode([p for _, p in pending]), results)
+            self._complete(pending, self._tokenize([p for _, p in pending]), results)
             return results
         with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="distill-encode") as pool:
             previous = None
             for start in range(0, len(conversations), chunk):
                 pending = self._prepare_chunk(conversations[start: start + chunk], start, results)
-                encoded = pool.submit(self._encode, [p for _, p in pending])  # one at a time: _encode owns its cache
+                encoded = pool.submit(self._tokenize, [p for _, p in pending])  # one at a time: _encode owns its cache
                 if previous is not None:
                     self._complete(previous[0], previous[1].result(), results)
                 previous = (pending, encoded)
@@ -437,9 +437,18 @@ class Reconstructor:
             pending += [(ci, p) for p in plans]
         return pending
 
-    def _complete(self, pending: list[tuple[int, "_Pending"]], seg_ids: list[list[list[int]]], results: list) -> None:
+    def _tokenize(self, pending: list["_Pending"]) -> tuple[list[list[list[int]]], list[str] | None]:
+        """Segment ids (see _encode) and, with a byte-level decoder, every segment decoded
+        back (see _roundtrip): the Rust part of a chunk, which runs without the GIL."""
+        seg_ids = self._encode(pending)
+        if not self._bytewise_decoder:
+            return seg_ids, None
+        return seg_ids, self.backend.decode_batch([x for ids in seg_ids for x in ids], skip_special_tokens=False)
+
+    def _complete(self, pending: list[tuple[int, "_Pending"]], tokenized, results: list) -> None:
         """Self-check the tokenised samples and add them (or their rejections) to `results`."""
-        checks = self._roundtrip([p for _, p in pending], seg_ids)
+        seg_ids, pieces = tokenized
+        checks = self._roundtrip([p for _, p in pending], seg_ids, pieces)
         for (ci, p), ids, check in zip(pending, seg_ids, checks):
             try:
                 if check is not None:
@@ -572,7 +581,8 @@ class Reconstructor:
             self._prompt_cache.pop(next(iter(self._prompt_cache)))
         return out
 
-    def _roundtrip(self, pending: list["_Pending"], seg_ids: list[list[list[int]]]) -> list["_Reject | None"]:
+    def _roundtrip(self, pending: list["_Pending"], seg_ids: list[list[list[int]]],
+                   pieces: list[str] | None) -> list["_Reject | None"]:
         """Self-check of every sample: decoding all its tokens gives back the rendered
         text, and decoding its trained tokens gives back the trained text exactly.
 
@@ -581,11 +591,11 @@ class Reconstructor:
         both checks, so one decode per segment suffices. Samples where that does not
         hold (or where a segment decodes to U+FFFD, i.e. possibly lossy bytes), and every
         sample with other decoders, are checked by decoding the whole and the trained
-        token sequences."""
+        token sequences. `pieces`: every segment decoded, in order (byte-level decoders)."""
         out: list[_Reject | None] = [None] * len(pending)
         todo = range(len(pending))
-        if self._bytewise_decoder:
-            got = iter(self.backend.decode_batch([x for ids in seg_ids for x in ids], skip_special_tokens=False))
+        if pieces is not None:
+            got = iter(pieces)
             todo = []
             for n, (p, ids) in enumerate(zip(pending, seg_ids)):
                 pieces = [next(got) for _ in ids]
