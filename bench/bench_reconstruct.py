@@ -4,7 +4,7 @@ Both sides use the same tokenizer (SmolLM2's) with the same ChatML template carr
 {% generation %} markers (tests/templates/chatml_generation.jinja), on the same
 generated multi-turn corpus, in the same run:
 
-  ours:  Reconstructor.build(messages)  (renders - two per conversation for
+  ours:  Reconstructor.build(messages)  (renders - one or two per conversation for
          append-only templates -, segment tokenisation in one batch, decode self-check)
   peer:  tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
          return_assistant_tokens_mask=True)  (one render, one-piece tokenisation,
@@ -96,7 +96,8 @@ def run_floor(tok, texts) -> int:
     return sum(len(e.ids) for e in tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False))
 
 
-def measure(recons, tok, convs, chunk: int = 128, floor: bool = False) -> dict[str, tuple[float, int]]:
+def measure(recons, tok, convs, chunk: int = 128, floor: bool = False,
+            per_prefix=None) -> dict[str, tuple[float, int]]:
     """Seconds and tokens per method. The methods take turns on chunks of the corpus,
     so that load from other processes on the machine falls on all of them alike.
     `recons` are two Reconstructors, so that build_many does not find the prompts
@@ -104,6 +105,8 @@ def measure(recons, tok, convs, chunk: int = 128, floor: bool = False) -> dict[s
     runs = {"build": lambda c, b: run_ours(recons[0], c, b),
             "build_many": lambda c, b: run_ours_batched(recons[1], c, b),
             "peer": lambda c, b: run_peer(tok, c, b)}
+    if per_prefix is not None:  # a Reconstructor told the template is not append-only
+        runs["per_prefix"] = lambda c, b: run_ours_batched(per_prefix, c, b)
     if floor:
         texts = [tok.apply_chat_template(c, tokenize=False) for c in convs]  # rendered before timing
         runs["floor"] = lambda c, b: run_floor(tok, texts[b: b + len(c)])
@@ -156,17 +159,23 @@ def main(argv: list[str] | None = None) -> None:
     r = measure(recons, tok, d)
     print(f"\nsingle-turn, 4 teacher samples per prompt ({len(d)} conversations): speed-up vs peer: "
           f"build {r['peer'][0] / r['build'][0]:.2f}x, build_many {r['peer'][0] / r['build_many'][0]:.2f}x")
-    print(f"\ncost per token as turns grow ({m} conversations per row):")
-    print(f"{'turns':>5} {'tokens':>9} {'build us/tok':>13} {'build_many':>11} {'peer us/tok':>12} "
-          f"{'renders/turn':>13}")
+    # The same template with prefix derivation switched off: every P_k and F_k rendered,
+    # as for templates that are not append-only (docs/reconstruction.md, "Prefix renders").
+    per_prefix = Reconstructor(tok, Reconstruction())
+    per_prefix.chat_template.append_only = False
+    print(f"\ncost per token as turns grow ({m} conversations per row; 'per-prefix' = build_many "
+          "rendering every prefix, as for a template that is not append-only):")
+    print(f"{'turns':>5} {'tokens':>9} {'build us/tok':>13} {'build_many':>11} {'per-prefix':>11} "
+          f"{'peer us/tok':>12} {'renders/turn':>13}")
     for turns in (1, 2, 4, 8, 16):
         cs = corpus(m, a.seed + turns, turns)
         before = recons[0].stats["renders"]
-        r = measure(recons, tok, cs)
+        r = measure(recons, tok, cs, per_prefix=per_prefix)
         renders = (recons[0].stats["renders"] - before) / (turns * len(cs))
         ntok = r["build"][1]
         print(f"{turns:>5} {ntok:>9} {r['build'][0] / ntok * 1e6:>13.2f} {r['build_many'][0] / ntok * 1e6:>11.2f} "
-              f"{r['peer'][0] / r['peer'][1] * 1e6:>12.2f} {renders:>13.2f}")
+              f"{r['per_prefix'][0] / ntok * 1e6:>11.2f} {r['peer'][0] / r['peer'][1] * 1e6:>12.2f} "
+              f"{renders:>13.2f}")
 
 
 if __name__ == "__main__":

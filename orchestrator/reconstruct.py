@@ -21,8 +21,8 @@ How a conversation becomes samples (docs/reconstruction.md has the long version)
 5. Self-check: decode(prompt + completion) must equal the rendered text and the
    decoded trained tokens must equal the trained text; else the sample is rejected.
 
-P_k and F_k come from two renders per conversation when the template is provably
-append-only (orchestrator/template.py), else from two renders per turn (a third
+P_k and F_k come from one or two renders per conversation when the template is
+provably append-only (orchestrator/template.py), else from two renders per turn (a third
 only when the content is not at the start of the turn's text); tokenising is linear
 in the conversation's length (every character is tokenised once per sample).
 """
@@ -34,6 +34,7 @@ import concurrent.futures
 import itertools
 import json
 import re
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -207,6 +208,9 @@ class Reconstructor:
     """Builds verified `Sample`s from teacher conversations with the student's template."""
 
     PROMPT_CACHE_SIZE = 1024
+    #: With a constant after(True), the first prompt is still rendered for every this-many
+    #: conversations and compared with the derivation.
+    CROSS_CHECK_EVERY = 64
 
     def __init__(self, tokenizer, cfg: "Reconstruction", max_seq_len: int | None = None):
         template = getattr(tokenizer, "chat_template", None)
@@ -224,6 +228,8 @@ class Reconstructor:
         self.train_roles = tuple(cfg.train_roles)
         self._bytewise_decoder = _is_byte_level(self.backend)
         self.chat_template = ChatTemplate(template)
+        self._derive_prefixes = True  # off only if a cross-check ever fails
+        self._after_prompt: str | None = None  # after(True), once learnt (constant-after templates)
         self._template_kwargs = json.loads(json.dumps({**tokenizer.special_tokens_map, **cfg.chat_template_kwargs}))
         self._prompt_cache: dict[str, list[int]] = {}  # prompt text -> ids
         self._render_cache: dict[str, Any] = {}  # messages JSON -> generation-prompt render (text or parts)
@@ -264,27 +270,52 @@ class Reconstructor:
 
     def _prefix_renders(self, data: list[dict], tools: list[dict] | None, first: int):
         """Two functions for this conversation: j -> render(data[:j]) with the generation
-        prompt, and without. Derived from two renders (the whole conversation, and its
-        prompt before the first trained turn, which must agree with it) when the template
-        is append-only (orchestrator/template.py); else each call renders that prefix.
-        The derived functions are only called with j >= first >= 1."""
-        if self.chat_template.append_only and first >= 1:
-            try:
-                full = self._render_parts(data, tools, False)
-                prompt = self._cached_prompt(data[:first], tools, parts=True)
-            except Exception:  # noqa: BLE001 - the per-prefix path reports it with its message index
-                full = prompt = None
-            if full is not None and prompt is not None and prompt[0] == full[0] and prompt[1] == full[1][:first]:
-                head = full[0]
-                ends = [len(head)]
-                for body in full[1]:
-                    ends.append(ends[-1] + len(body))
-                head += "".join(full[1])
-                after_prompt, after_full = prompt[2], full[2]
+        prompt, and without. Derived from the marked render of the whole conversation when
+        the template is append-only (orchestrator/template.py, docs/reconstruction.md
+        "Prefix renders"); else each call renders that prefix. The derived functions are
+        only called with j >= first >= 1."""
+        if self.chat_template.append_only and first >= 1 and self._derive_prefixes:
+            derived = self._derived_prefixes(data, tools, first)
+            if derived is not None:
                 self.stats["prefix_renders_derived"] += 1
-                return (lambda j: head[: ends[j]] + after_prompt), (lambda j: head[: ends[j]] + after_full)
+                return derived
             self.stats["prefix_renders_not_derived"] += 1
         return (lambda j: self._cached_prompt(data[:j], tools, parts=False)), (lambda j: self.render(data[:j], tools, False))
+
+    def _derived_prefixes(self, data: list[dict], tools: list[dict] | None, first: int):
+        """The marked render of the whole conversation gives the text before the loop, each
+        message's text and after(False); after(True) comes from the marked render of the
+        first prompt, which must agree with it on what they share. When after() is
+        constant (template.after_is_constant) after(True) is learnt once and the prompt is
+        rendered again only every CROSS_CHECK_EVERY conversations, as a check."""
+        known = self._after_prompt if self.chat_template.after_is_constant else None
+        check = known is None or self.stats["prefix_renders_derived"] % self.CROSS_CHECK_EVERY == 0
+        try:
+            full = self._render_parts(data, tools, False)
+            prompt = self._cached_prompt(data[:first], tools, parts=True) if check and full is not None else None
+        except Exception:  # noqa: BLE001 - the per-prefix path reports it with its message index
+            return None
+        if full is None or (check and prompt is None):
+            return None  # a message holds the marker character: render each prefix
+        if check:
+            if prompt[0] != full[0] or prompt[1] != full[1][:first]:
+                return None
+            if known is not None and prompt[2] != known:  # cannot happen if the proof holds
+                self._derive_prefixes = False
+                self.stats["prefix_cross_check_failed"] += 1
+                print("warning: the student's chat template rendered a different generation prompt than before; "
+                      "reconstruction now renders every prefix (please report this template)", file=sys.stderr)
+                return None
+            if self.chat_template.after_is_constant:
+                self._after_prompt = prompt[2]
+        after_prompt = prompt[2] if check else known
+        head = full[0]
+        ends = [len(head)]
+        for body in full[1]:
+            ends.append(ends[-1] + len(body))
+        head += "".join(full[1])
+        after_full = full[2]
+        return (lambda j: head[: ends[j]] + after_prompt), (lambda j: head[: ends[j]] + after_full)
 
     def _probe_end_of_turn(self) -> tuple[str, str]:
         """The end-of-turn token and the constant text the template puts after it at the end.

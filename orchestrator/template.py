@@ -48,6 +48,9 @@ class ChatTemplate:
         self.source = source
         self.append_only = False
         self.why_not_append_only = "transformers' template compiler is not available"
+        # Append-only, and the text after the loop reads nothing but add_generation_prompt and
+        # the constant keyword arguments: after(g) is the same for every conversation.
+        self.after_is_constant = False
         self._marked = None
         try:
             from transformers.utils.chat_template_utils import _compile_jinja_template
@@ -61,6 +64,7 @@ class ChatTemplate:
         self.why_not_append_only = why or ""
         if why is None:
             self.append_only = True
+            self.after_is_constant = _after_is_constant(tree)
             self._marked = _compile(env, _with_markers(tree))
 
     def render(self, messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool,
@@ -177,6 +181,29 @@ def why_not_append_only(tree) -> str | None:
             if isinstance(c.node, nodes.Name) and c.node.name in macros:
                 return f"after its loop over messages it calls macro {c.node.name!r}"
     return None
+
+
+def _after_is_constant(tree) -> bool:
+    """Whether the statements after the messages loop of an append-only template read
+    only add_generation_prompt and names the template never assigns (the keyword
+    arguments: bos_token, enable_thinking, ...) - not messages, tools, documents,
+    template variables or namespaces - and call nothing (strftime_now would vary)."""
+    from jinja2 import nodes
+
+    loop = _messages_loop(tree)
+    i = next(i for i, node in enumerate(tree.body) if node is loop)
+    assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx != "load"}
+    assigned |= {n.name for n in tree.find_all(nodes.NSRef)} | {m.name for m in tree.find_all(nodes.Macro)}
+    varying = assigned | {"messages", "tools", "documents", "loop"}
+    for node in tree.body[i + 1:]:
+        if any(node.find_all((nodes.Call, nodes.CallBlock, nodes.Macro, nodes.For, nodes.Assign, nodes.AssignBlock,
+                              nodes.FilterBlock, nodes.With, nodes.Scope, nodes.OverlayScope))):
+            return False
+        if isinstance(node, (nodes.For, nodes.Assign, nodes.AssignBlock, nodes.Macro, nodes.CallBlock)):
+            return False
+        if any(n.name in varying for n in node.find_all(nodes.Name)):
+            return False
+    return True
 
 
 def _loop_use(body: list, innermost, messages_loop) -> str | None:

@@ -145,6 +145,9 @@ def test_marker_text_in_content_is_refused_not_misread():
         assert t.render_parts(msgs, None, False) is None
 
 
+_REUSED: dict = {}  # one derived-prefix Reconstructor per template across examples (learnt after(True))
+
+
 @SETTINGS
 @given(msgs=conversations(max_turns=4))
 def test_reconstruction_same_with_and_without_derived_prefixes(msgs):
@@ -152,20 +155,66 @@ def test_reconstruction_same_with_and_without_derived_prefixes(msgs):
         fast, slow = recon(template), recon(template)
         slow.chat_template.append_only = False
         assert fast.chat_template.append_only
-        assert fast.build(msgs, sample_id="x") == slow.build(msgs, sample_id="x")
+        reused = _REUSED.setdefault(template, recon(template))
+        expected = slow.build(msgs, sample_id="x")
+        assert fast.build(msgs, sample_id="x") == expected == reused.build(msgs, sample_id="x")
         assert fast.stats["prefix_renders_derived"] == 1 and "prefix_renders_derived" not in slow.stats
+        assert "prefix_cross_check_failed" not in reused.stats
 
 
-def test_two_renders_per_conversation_whatever_its_length():
+def test_renders_per_conversation_do_not_grow_with_its_length():
+    # SmolLM2's template: after the loop only add_generation_prompt is read, so the generation
+    # prompt is learnt from the first conversation (2 renders) and then re-checked every
+    # CROSS_CHECK_EVERY conversations; the others take one render, whatever their length.
     r = recon(None)
-    for turns in (1, 4, 16):
-        before = r.stats["renders"]
+    assert r.chat_template.after_is_constant
+    renders = []
+    for i in range(2 * r.CROSS_CHECK_EVERY + 1):
+        turns = 1 + i % 16
         msgs = []
         for k in range(turns):
-            msgs += [{"role": "user", "content": f"q{turns}.{k}"}, {"role": "assistant", "content": f"a{k}"}]
-        samples, rejections = r.build(msgs, sample_id=str(turns))
+            msgs += [{"role": "user", "content": f"q{i}.{k}"}, {"role": "assistant", "content": f"a{k}"}]
+        before = r.stats["renders"]
+        samples, rejections = r.build(msgs, sample_id=str(i))
         assert rejections == [] and samples[0].meta["turns"] == turns
-        assert r.stats["renders"] - before == 2
+        renders.append(r.stats["renders"] - before)
+    checks = [i for i, n in enumerate(renders) if n == 2]
+    assert checks == [0, r.CROSS_CHECK_EVERY, 2 * r.CROSS_CHECK_EVERY] and set(renders) == {1, 2}
+    # Without a constant generation prompt: two renders per conversation.
+    r2 = recon(None)
+    r2.chat_template.after_is_constant = False
+    before = r2.stats["renders"]
+    r2.build(msgs, sample_id="x")
+    assert r2.stats["renders"] - before == 2
+
+
+@pytest.mark.parametrize("source, constant", [
+    (CHATML, True),
+    ("{%- for m in messages %}{{ m.content }}{%- endfor %}{%- if add_generation_prompt %}{{ bos_token }}A{% endif %}",
+     True),
+    ("{%- for m in messages %}{{ m.content }}{%- endfor %}{%- if add_generation_prompt and tools %}T{% endif %}",
+     False),
+    ("{%- set x = messages[0].role %}{%- for m in messages %}{{ m.content }}{%- endfor %}{{ x }}", False),
+    ("{%- for m in messages %}{{ m.content }}{%- endfor %}{{ strftime_now('%Y') }}", False),
+])
+def test_after_is_constant_verdicts(source, constant):
+    t = ChatTemplate(source)
+    assert t.append_only and t.after_is_constant is constant
+
+
+def test_failed_cross_check_turns_derivation_off(capsys):
+    # Simulate a wrong proof: a learnt generation prompt that the real render contradicts.
+    r = recon(None)
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    r.build(msgs, sample_id="0")
+    r._after_prompt = "<|im_start|>assistant\nWRONG"
+    r.stats["prefix_renders_derived"] = r.CROSS_CHECK_EVERY  # the next conversation is a check
+    samples, rejections = r.build(msgs, sample_id="1")
+    slow = recon(None)
+    slow.chat_template.append_only = False
+    assert (samples, rejections) == slow.build(msgs, sample_id="1")  # rebuilt per prefix, correct
+    assert r.stats["prefix_cross_check_failed"] == 1 and not r._derive_prefixes
+    assert "please report" in capsys.readouterr().err
 
 
 def test_marker_text_in_content_falls_back_to_rendering_each_prefix():
