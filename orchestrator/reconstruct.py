@@ -232,6 +232,7 @@ class Reconstructor:
         self._after_prompt: str | None = None  # after(True), once learnt (constant-after templates)
         self._template_kwargs = json.loads(json.dumps({**tokenizer.special_tokens_map, **cfg.chat_template_kwargs}))
         self._prompt_cache: dict[str, list[int]] = {}  # prompt text -> ids
+        self._verified_prompts: dict[str, None] = {}  # prompt texts whose ids decoded back exactly
         self._render_cache: dict[str, Any] = {}  # messages JSON -> generation-prompt render (text or parts)
         added = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.content.strip()},
                        key=len, reverse=True)
@@ -346,8 +347,7 @@ class Reconstructor:
 
     # -- per turn ------------------------------------------------------------
 
-    def _locate_turn(self, msgs: list[_Msg], a: int, tools, renders) -> _Turn:
-        data = [m.data for m in msgs]
+    def _locate_turn(self, msgs: list[_Msg], data: list[dict], a: int, tools, renders) -> _Turn:
         m = msgs[a]
         prompt, full_render = renders
         try:
@@ -474,7 +474,17 @@ class Reconstructor:
         seg_ids = self._encode(pending)
         if not self._bytewise_decoder:
             return seg_ids, None
-        return seg_ids, self.backend.decode_batch([x for ids in seg_ids for x in ids], skip_special_tokens=False)
+        # A prompt text already seen to decode back to itself is not decoded again (the n
+        # samples of one prompt): tokenisation is deterministic, so its ids are the same.
+        verified = self._verified_prompts
+        known = [p.texts[0] in verified for p in pending]
+        flat = [x for ids, k in zip(seg_ids, known) for x in (ids[1:] if k else ids)]
+        decoded = iter(self.backend.decode_batch(flat, skip_special_tokens=False))
+        pieces: list[str] = []
+        for p, ids, k in zip(pending, seg_ids, known):
+            pieces.append(p.texts[0] if k else next(decoded))
+            pieces.extend(next(decoded) for _ in ids[1:])
+        return seg_ids, pieces
 
     def _complete(self, pending: list[tuple[int, "_Pending"]], tokenized, results: list) -> None:
         """Self-check the tokenised samples and add them (or their rejections) to `results`."""
@@ -541,8 +551,9 @@ class Reconstructor:
         msgs = msgs[: trained[-1] + 1]  # context after the last trained turn trains nothing
         if finish_reason == "length" and self.cfg.truncated == "drop" and msgs[-1].role == "assistant":
             raise _Reject("truncated", "the last assistant turn stopped at the length limit (finish_reason=length)")
-        renders = self._prefix_renders([m.data for m in msgs], tools, trained[0])
-        turns = [self._locate_turn(msgs, a, tools, renders) for a in trained]
+        data = [m.data for m in msgs]
+        renders = self._prefix_renders(data, tools, trained[0])
+        turns = [self._locate_turn(msgs, data, a, tools, renders) for a in trained]
         groups = [[0]]
         for k in range(1, len(turns)):
             prev, cur = turns[k - 1], turns[k]
@@ -629,9 +640,13 @@ class Reconstructor:
             got = iter(pieces)
             todo = []
             for n, (p, ids) in enumerate(zip(pending, seg_ids)):
-                pieces = [next(got) for _ in ids]
-                if pieces != p.texts or any("\ufffd" in x for x in pieces):
+                texts = [next(got) for _ in ids]
+                if texts != p.texts or any("\ufffd" in x for x in texts):
                     todo.append(n)
+                elif p.texts[0] not in self._verified_prompts:
+                    self._verified_prompts[p.texts[0]] = None
+                    if len(self._verified_prompts) > self.PROMPT_CACHE_SIZE:
+                        self._verified_prompts.pop(next(iter(self._verified_prompts)))
         seqs = []
         for n in todo:
             ids = seg_ids[n]

@@ -550,6 +550,34 @@ def test_build_many_equals_build_and_prompt_cache(smol_tokenizer):
     assert [s.sample_index for s, _ in expected[:3] for s in s] == [0, 1, 2]
 
 
+def test_a_verified_prompt_is_not_decoded_again(smol_tokenizer):
+    # The n samples of one prompt: its ids decoded back exactly once, so later samples
+    # decode only their completions. A prompt that failed the check is never trusted.
+    class Recording:
+        def __init__(self, backend):
+            self.backend, self.decoded = backend, []
+
+        def decode_batch(self, seqs, **kw):
+            self.decoded.append([list(x) for x in seqs])
+            return self.backend.decode_batch(seqs, **kw)
+
+        def __getattr__(self, name):
+            return getattr(self.backend, name)
+
+    r = Reconstructor(smol_tokenizer, Reconstruction())
+    r.backend = Recording(r.backend)
+    first = r.build(convo(("Same prompt", "one")), sample_id="a")[0][0]
+    second = r.build(convo(("Same prompt", "two")), sample_id="b")[0][0]
+    assert first.prompt_ids == second.prompt_ids
+    assert r.backend.decoded[0] == [first.prompt_ids, first.completion_ids]
+    assert r.backend.decoded[1] == [second.completion_ids]
+    bad = convo(("x\U00040000", "three"))  # not representable: rejected each time, never skipped
+    for sid in ("c", "d"):
+        assert rejected(r, bad).reason == "roundtrip_mismatch"
+    # each time: both segments decoded (prompt not skipped), then the whole-sequence check
+    assert [len(calls) for calls in r.backend.decoded[2:]] == [2, 2, 2, 2]
+
+
 def test_build_many_pipelined_over_chunks_equals_build():
     # More conversations than one pipeline chunk: chunks are encoded in a helper thread
     # while the next renders; results, order and stats must not change. A history-rewriting
