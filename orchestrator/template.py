@@ -57,15 +57,25 @@ class ChatTemplate:
         except ImportError:  # pragma: no cover - depends on the transformers version
             self._plain = _PublicRender(source)
             return
-        env = _compile_jinja_template(source).environment  # filters, globals, extensions, sandbox
-        self._plain = _compile(env, _without_generation_calls(env.parse(source)))
-        tree = _without_generation_calls(env.parse(source))
-        why = why_not_append_only(tree)
+        reference = _compile_jinja_template(source)  # raises on a broken template, as transformers does
+        env = reference.environment  # filters, globals, extensions, sandbox
+        try:
+            self._plain = _compile(env, _without_generation_calls(env.parse(source)))
+        except Exception:  # noqa: BLE001 - our tree rewrite failed: render as transformers does
+            self._plain = reference
+        try:
+            tree = _without_generation_calls(env.parse(source))
+            why = why_not_append_only(tree)
+            if why is None:
+                after_is_constant = _after_is_constant(tree)
+                self._marked = _compile(env, _with_markers(tree))
+                self.after_is_constant = after_is_constant
+        except Exception as e:  # noqa: BLE001 - never block reconstruction; render each prefix
+            why = f"the marked template could not be built ({type(e).__name__}: {e})"
+            self._marked = None
+            self.after_is_constant = False
         self.why_not_append_only = why or ""
-        if why is None:
-            self.append_only = True
-            self.after_is_constant = _after_is_constant(tree)
-            self._marked = _compile(env, _with_markers(tree))
+        self.append_only = why is None
 
     def render(self, messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool,
                **kwargs: Any) -> str:

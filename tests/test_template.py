@@ -227,3 +227,18 @@ def test_marker_text_in_content_falls_back_to_rendering_each_prefix():
     slow = recon(None, special_tokens_in_content="allow")
     slow.chat_template.append_only = False
     assert slow.build(msgs, sample_id="m") == (samples, rejections)
+
+
+def test_a_failing_tree_rewrite_never_blocks_rendering(monkeypatch):
+    import orchestrator.template as T
+
+    def boom(tree):
+        raise RuntimeError("unexpected node")
+
+    monkeypatch.setattr(T, "_with_markers", boom)
+    monkeypatch.setattr(T, "_without_generation_calls", boom)
+    t = ChatTemplate(CHATML)
+    assert not t.append_only and "could not be built" in t.why_not_append_only
+    msgs = [{"role": "user", "content": "x"}]
+    assert t.render(msgs, None, True) == "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n"
+    assert t.render_parts(msgs, None, True) is None
