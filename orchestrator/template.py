@@ -6,14 +6,14 @@ the history before each trained turn with the generation prompt (P_k) and the
 history through it (F_k). Rendering each prefix costs a pass over the whole
 history, so a conversation of K turns costs O(K^2) message renders.
 
-Most chat templates are *append-only*: one top-level loop over `messages` whose
+A template is *append-only* when it has one top-level loop over `messages` whose
 text for message i depends only on messages[0..i], text before the loop that
 depends at most on messages[0], and text after it that depends only on
 `add_generation_prompt` (and the other constant inputs). For such a template
 
     render(messages[:j], g) == before + body[0] + ... + body[j-1] + after(g)   (j >= 1)
 
-where body[i] is what the loop emits for message i. `analyse` proves that shape from
+where body[i] is what the loop emits for message i. `why_not_append_only` proves that shape from
 the template's syntax tree (conservatively: anything it cannot prove, e.g.
 `loop.last`, `messages|length`, `messages[-1]`, a look-ahead `messages[loop.index0 + 1]`,
 a namespace read after the loop, makes the template not append-only), and
