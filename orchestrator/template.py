@@ -13,7 +13,8 @@ depends at most on messages[0], and text after it that depends only on
 
     render(messages[:j], g) == before + body[0] + ... + body[j-1] + after(g)   (j >= 1)
 
-where body[i] is what the loop emits for message i. `why_not_append_only` proves that shape from
+where body[i] is what the loop emits for message i (empty for the leading messages a
+loop over an alias `{% set X = messages[c:] %}` skips). `why_not_append_only` proves that shape from
 the template's syntax tree (conservatively: anything it cannot prove, e.g.
 `loop.last`, `messages|length`, `messages[-1]`, a look-ahead `messages[loop.index0 + 1]`,
 a namespace read after the loop, makes the template not append-only), and
@@ -52,6 +53,7 @@ class ChatTemplate:
         # the constant keyword arguments: after(g) is the same for every conversation.
         self.after_is_constant = False
         self._marked = None
+        self._skip = 0  # how many leading messages the loop may skip (messages_skipped)
         try:
             from transformers.utils.chat_template_utils import _compile_jinja_template
         except ImportError:  # pragma: no cover - depends on the transformers version
@@ -68,6 +70,7 @@ class ChatTemplate:
             why = why_not_append_only(tree)
             if why is None:
                 after_is_constant = _after_is_constant(tree)
+                self._skip = messages_skipped(tree)
                 self._marked = _compile(env, _with_markers(tree))
                 self.after_is_constant = after_is_constant
         except Exception as e:  # noqa: BLE001 - never block reconstruction; render each prefix
@@ -90,13 +93,18 @@ class ChatTemplate:
         message contains the marker character)."""
         if self._marked is None:
             return None
+        if self._skip and _holds_mark(messages):
+            return None  # a marker in the content could pass for a skipped message's
         text = self._marked.render(messages=messages, tools=tools, documents=None,
                                    add_generation_prompt=add_generation_prompt, **kwargs)
-        if text.count(_MARK) != len(messages) + 1 or text.count(END) != 1:
+        skipped = len(messages) + 1 - text.count(_MARK)
+        if not 0 <= skipped <= self._skip or text.count(END) != 1:
             return None
         head, _, after = text.partition(END)
         before, *bodies = head.split(START)
-        return before, bodies, after
+        # A skipped leading message (folded into the text before the loop) renders nothing
+        # of its own: an empty body keeps body[i] the text of messages[i].
+        return before, [""] * skipped + bodies, after
 
 
 class _PublicRender:  # pragma: no cover - only when transformers moves its private compiler
@@ -108,6 +116,16 @@ class _PublicRender:  # pragma: no cover - only when transformers moves its priv
 
         kwargs.pop("documents", None)
         return render_jinja_template(conversations=[messages], chat_template=self.source, **kwargs)[0][0]
+
+
+def _holds_mark(obj) -> bool:
+    if isinstance(obj, str):
+        return _MARK in obj
+    if isinstance(obj, dict):
+        return any(_holds_mark(k) or _holds_mark(v) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return any(_holds_mark(v) for v in obj)
+    return False
 
 
 def _compile(env, tree):
@@ -144,11 +162,69 @@ def _without_generation_calls(tree):
     return tree
 
 
-def _messages_loop(tree):
+def _skip_of(node) -> int | None:
+    """c when `node` is `messages` (c = 0) or `messages[c:]` with a constant c >= 0, else None."""
     from jinja2 import nodes
 
-    loops = [n for n in tree.find_all(nodes.For) if isinstance(n.iter, nodes.Name) and n.iter.name == "messages"]
+    if isinstance(node, nodes.Name) and node.name == "messages":
+        return 0
+    if (isinstance(node, nodes.Getitem) and isinstance(node.node, nodes.Name) and node.node.name == "messages"
+            and isinstance(node.arg, nodes.Slice) and node.arg.stop is None and node.arg.step is None):
+        start = node.arg.start
+        if start is None:
+            return 0
+        if isinstance(start, nodes.Const) and type(start.value) is int and start.value >= 0:
+            return start.value
+    return None
+
+
+def _aliases(tree) -> dict[str, list]:
+    """`{% set X = messages %}` / `{% set X = messages[c:] %}` assignments, by name."""
+    from jinja2 import nodes
+
+    out: dict[str, list] = {}
+    for a in tree.find_all(nodes.Assign):
+        if isinstance(a.target, nodes.Name) and _skip_of(a.node) is not None:
+            out.setdefault(a.target.name, []).append(a)
+    return out
+
+
+def _messages_loop(tree):
+    """The one for loop over `messages` or over an alias of it (see _aliases), else None."""
+    from jinja2 import nodes
+
+    names = {"messages", *_aliases(tree)}
+    loops = [n for n in tree.find_all(nodes.For) if isinstance(n.iter, nodes.Name) and n.iter.name in names]
     return loops[0] if len(loops) == 1 else None
+
+
+def _statements_before(body: list, loop) -> list:
+    """The statements that run before the top-level `loop`, looking into if/elif/else
+    branches only (not into loops or macros)."""
+    from jinja2 import nodes
+
+    out: list = []
+
+    def walk(stmts: list) -> None:
+        for node in stmts:
+            out.append(node)
+            if isinstance(node, nodes.If):
+                walk(node.body)
+                walk(node.elif_)
+                walk(node.else_)
+
+    i = next(i for i, node in enumerate(body) if node is loop)
+    walk(body[:i])
+    return out
+
+
+def messages_skipped(tree) -> int:
+    """For an append-only template, the most leading messages its loop may skip: the
+    largest c of `{% set X = messages[c:] %}` when the loop runs over such an alias
+    (e.g. a system message folded into the first user turn), else 0."""
+    loop = _messages_loop(tree)
+    assigns = _aliases(tree).get(loop.iter.name, []) if loop is not None else []
+    return max((_skip_of(a.node) for a in assigns), default=0)
 
 
 def why_not_append_only(tree) -> str | None:
@@ -167,12 +243,25 @@ def why_not_append_only(tree) -> str | None:
         return "its loop over messages is recursive or filtered"
     if any(loop.find_all(nodes.Break)):
         return "its loop over messages can break"
-    first_item = {id(g.node) for g in tree.find_all(nodes.Getitem)
-                  if isinstance(g.node, nodes.Name) and isinstance(g.arg, nodes.Const) and g.arg.value == 0}
+    aliases = _aliases(tree)
+    if "messages" in aliases or any(n.name == "messages" and n.ctx != "load" for n in tree.find_all(nodes.Name)):
+        return "it assigns to messages"
+    alias = loop.iter.name if loop.iter.name != "messages" else None
+    before = {id(node) for node in _statements_before(tree.body, loop)}
+    alias_assigns = aliases.get(alias, []) if alias else []
+    if any(id(a) not in before for a in alias_assigns):
+        return f"it assigns {alias!r}, the messages it loops over, elsewhere than before the loop"
+    allowed = {id(loop.iter)}  # the only read of the alias, and of messages besides these:
+    allowed |= {id(a.node if isinstance(a.node, nodes.Name) else a.node.node) for a in alias_assigns}
+    allowed |= {id(g.node) for g in tree.find_all(nodes.Getitem)
+                if isinstance(g.node, nodes.Name) and isinstance(g.arg, nodes.Const) and g.arg.value == 0}
+    alias_targets = {id(a.target) for a in alias_assigns}
     for name in tree.find_all(nodes.Name):
-        if name.name == "messages" and name is not loop.iter and id(name) not in first_item:
+        if name.name == "messages" and id(name) not in allowed:
             return ("it uses `messages` other than as the loop's items or messages[0] "
                     "(e.g. messages|length, messages[-1], messages[loop.index0 + 1])")
+        if alias and name.name == alias and id(name) not in allowed and id(name) not in alias_targets:
+            return f"it uses {alias!r}, the messages it loops over, other than as the loop's items"
     why = _loop_use(tree.body, None, loop)
     if why:
         return why

@@ -31,6 +31,12 @@ APPEND_ONLY = {
     "generation markers": ("{%- for m in messages %}{%- if m.role == 'assistant' %}A:{% generation %}"
                            "{{- m.content }};{% endgeneration %}{%- else %}{{- m.role + ':' + m.content + ';' }}"
                            "{%- endif %}{%- endfor %}" + GEN),
+    # A system message folded into the first user turn: the loop runs over messages[1:].
+    "alias of messages[1:]": ("{%- if messages[0].role == 'system' %}{%- set sys = messages[0].content %}"
+                              "{%- set turns = messages[1:] %}{%- else %}{%- set sys = '' %}"
+                              "{%- set turns = messages %}{%- endif %}{%- for m in turns %}"
+                              "{{- m.role + ':' + (sys + '|' if loop.first and sys else '') + m.content + ';' }}"
+                              "{%- endfor %}" + GEN),
     "continue": ("{%- for m in messages %}{%- if m.role == 'system' %}{% continue %}{% endif %}"
                  "{{- m.role + ':' + m.content + ';' }}{%- endfor %}" + GEN),
 }
@@ -43,7 +49,13 @@ NOT_APPEND_ONLY = {
     "last message": ("{%- for m in messages %}{{ m.content }}{%- endfor %}{{ messages[-1].role }}", "other than"),
     "look-ahead": ("{%- for m in messages %}{{ messages[loop.index0 + 1].role }}{%- endfor %}", "other than"),
     "reassigned": ("{%- set messages = messages[1:] %}{%- for m in messages %}{{ m.content }}{%- endfor %}",
-                   "other than"),
+                   "assigns to messages"),
+    "alias read elsewhere": ("{%- set ms = messages[1:] %}{%- for m in ms %}{{ m.content }}{%- endfor %}"
+                             "{{ ms|length }}", "other than as the loop's items"),
+    "alias set after the loop": ("{%- for m in ms %}{{ m.content }}{%- endfor %}{%- set ms = messages %}",
+                                 "elsewhere than before the loop"),
+    "alias of a look-ahead slice": ("{%- set ms = messages[:-1] %}{%- for m in ms %}{{ m.content }}{%- endfor %}",
+                                    "exactly one"),
     "two loops": ("{%- for m in messages %}{{ m.role }}{%- endfor %}{%- for m in messages %}{{ m.content }}{%- endfor %}",
                   "exactly one"),
     "nested loop": ("{%- if true %}{%- for m in messages %}{{ m.content }}{%- endfor %}{%- endif %}", "nested"),
@@ -72,6 +84,7 @@ def test_project_and_real_templates_verdicts():
     assert ChatTemplate(tokenizer_with(None).chat_template).append_only  # SmolLM2's own
     assert ChatTemplate(_file("chatml_generation")).append_only
     assert ChatTemplate(_file("llama3_headers")).append_only
+    assert ChatTemplate(_file("chatml_system_folded")).append_only  # loops over an alias of messages[1:]
     # Look-ahead for consecutive tool messages; a pre-pass over all messages (Qwen3-like).
     assert not ChatTemplate(_file("chatml_tools")).append_only
     qwen3_like = ChatTemplate(_file("reasoning_rewrite"))
@@ -119,7 +132,8 @@ def test_renders_equal_transformers_including_generation_markers():
     from transformers.utils.chat_template_utils import render_jinja_template
 
     rng = random.Random(0)
-    for source in [*APPEND_ONLY.values(), *(_file(n) for n in ("chatml_generation", "chatml_tools", "llama3_headers"))]:
+    for source in [*APPEND_ONLY.values(), *(_file(n) for n in ("chatml_generation", "chatml_tools", "llama3_headers",
+                                                              "chatml_system_folded"))]:
         t = ChatTemplate(source)
         for _ in range(10):
             msgs = _random_conversation(rng)
@@ -139,9 +153,14 @@ def test_sandbox_still_applies():
 
 
 def test_marker_text_in_content_is_refused_not_misread():
-    t = ChatTemplate(CHATML)
-    for mark in (START, END):
-        msgs = [{"role": "user", "content": "a" + mark}, {"role": "assistant", "content": "b"}]
+    for source in (CHATML, APPEND_ONLY["alias of messages[1:]"]):
+        t = ChatTemplate(source)
+        for mark in (START, END):
+            msgs = [{"role": "user", "content": "a" + mark}, {"role": "assistant", "content": "b"}]
+            assert t.render_parts(msgs, None, False) is None
+        # With a skipped system message, one marker in the content would balance the count.
+        msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "a" + START},
+                {"role": "assistant", "content": "b"}]
         assert t.render_parts(msgs, None, False) is None
 
 
@@ -151,7 +170,7 @@ _REUSED: dict = {}  # one derived-prefix Reconstructor per template across examp
 @SETTINGS
 @given(msgs=conversations(max_turns=4))
 def test_reconstruction_same_with_and_without_derived_prefixes(msgs):
-    for template in (None, "llama3_headers", "chatml_generation"):
+    for template in (None, "llama3_headers", "chatml_generation", "chatml_system_folded"):
         fast, slow = recon(template), recon(template)
         slow.chat_template.append_only = False
         assert fast.chat_template.append_only
