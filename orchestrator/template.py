@@ -253,8 +253,9 @@ def why_not_append_only(tree) -> str | None:
         return f"it assigns {alias!r}, the messages it loops over, elsewhere than before the loop"
     allowed = {id(loop.iter)}  # the only read of the alias, and of messages besides these:
     allowed |= {id(a.node if isinstance(a.node, nodes.Name) else a.node.node) for a in alias_assigns}
-    allowed |= {id(g.node) for g in tree.find_all(nodes.Getitem)
-                if isinstance(g.node, nodes.Name) and isinstance(g.arg, nodes.Const) and g.arg.value == 0}
+    allowed |= {id(g.node) for g in tree.find_all(nodes.Getitem)  # messages[0], not alias[0]
+                if isinstance(g.node, nodes.Name) and g.node.name == "messages"
+                and isinstance(g.arg, nodes.Const) and g.arg.value == 0}
     alias_targets = {id(a.target) for a in alias_assigns}
     for name in tree.find_all(nodes.Name):
         if name.name == "messages" and id(name) not in allowed:
