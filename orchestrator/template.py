@@ -241,6 +241,8 @@ def why_not_append_only(tree) -> str | None:
         return "its loop over messages is nested in another statement"
     if loop.recursive or loop.test is not None:
         return "its loop over messages is recursive or filtered"
+    if loop.else_:  # a prefix with nothing to loop over (all skipped) would render it
+        return "its loop over messages has an else branch"
     if any(loop.find_all(nodes.Break)):
         return "its loop over messages can break"
     aliases = _aliases(tree)

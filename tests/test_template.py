@@ -54,6 +54,8 @@ NOT_APPEND_ONLY = {
                              "{{ ms|length }}", "other than as the loop's items"),
     "alias[0]": ("{%- set ms = messages[1:] %}{%- if ms[0] %}X{% endif %}{%- for m in ms %}{{ m.content }}"
                  "{%- endfor %}", "other than as the loop's items"),
+    "loop else": ("{%- set ms = messages[1:] %}{%- for m in ms %}{{ m.content }}{% else %}none{%- endfor %}",
+                  "else branch"),
     "alias set after the loop": ("{%- for m in ms %}{{ m.content }}{%- endfor %}{%- set ms = messages %}",
                                  "elsewhere than before the loop"),
     "alias of a look-ahead slice": ("{%- set ms = messages[:-1] %}{%- for m in ms %}{{ m.content }}{%- endfor %}",
