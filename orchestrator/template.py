@@ -198,6 +198,11 @@ def _messages_loop(tree):
     return loops[0] if len(loops) == 1 else None
 
 
+def _top_level_index(body: list, loop) -> int | None:
+    """Where `loop` stands among the template's top-level statements (None: nested)."""
+    return next((i for i, node in enumerate(body) if node is loop), None)
+
+
 def _statements_before(body: list, loop) -> list:
     """The statements that run before the top-level `loop`, looking into if/elif/else
     branches only (not into loops or macros)."""
@@ -213,7 +218,7 @@ def _statements_before(body: list, loop) -> list:
                 walk(node.elif_)
                 walk(node.else_)
 
-    i = next(i for i, node in enumerate(body) if node is loop)
+    i = _top_level_index(body, loop)
     walk(body[:i])
     return out
 
@@ -237,7 +242,7 @@ def why_not_append_only(tree) -> str | None:
     loop = _messages_loop(tree)
     if loop is None:
         return "it does not have exactly one `for ... in messages` loop"
-    if not any(node is loop for node in tree.body):
+    if _top_level_index(tree.body, loop) is None:
         return "its loop over messages is nested in another statement"
     if loop.recursive or loop.test is not None:
         return "its loop over messages is recursive or filtered"
@@ -268,7 +273,7 @@ def why_not_append_only(tree) -> str | None:
     why = _loop_use(tree.body, None, loop)
     if why:
         return why
-    i = next(i for i, node in enumerate(tree.body) if node is loop)
+    i = _top_level_index(tree.body, loop)
     after = tree.body[i + 1:]
     after_names = {id(n) for node in after for n in node.find_all(nodes.Name)}
     if any(n.name == "add_generation_prompt" and id(n) not in after_names for n in tree.find_all(nodes.Name)):
@@ -293,7 +298,7 @@ def _after_is_constant(tree) -> bool:
     from jinja2 import nodes
 
     loop = _messages_loop(tree)
-    i = next(i for i, node in enumerate(tree.body) if node is loop)
+    i = _top_level_index(tree.body, loop)
     assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx != "load"}
     assigned |= {n.name for n in tree.find_all(nodes.NSRef)} | {m.name for m in tree.find_all(nodes.Macro)}
     varying = assigned | {"messages", "tools", "documents", "loop"}
@@ -350,7 +355,7 @@ def _with_markers(tree):
 
     loop = _messages_loop(tree)
     loop.body.insert(0, nodes.Output([nodes.TemplateData(START)]))
-    i = next(i for i, node in enumerate(tree.body) if node is loop)
+    i = _top_level_index(tree.body, loop)
     tree.body.insert(i + 1, nodes.Output([nodes.TemplateData(END)]))
     return tree
 
