@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import hashlib
 import itertools
 import json
 import re
@@ -226,7 +227,7 @@ class Reconstructor:
             raise ValueError("reconstruction needs a fast (Rust) tokenizer with a tokenizer.json; "
                              f"got {type(tokenizer).__name__}. Fix: save the student tokenizer with tokenizers installed")
         self.train_roles = tuple(cfg.train_roles)
-        self._bytewise_decoder = _is_byte_level(self.backend)
+        self._token_bytes = _token_bytes(self.backend)  # None unless a checked byte-level decoder
         self.chat_template = ChatTemplate(template)
         self._derive_prefixes = True  # off only if a cross-check ever fails
         self._after_prompt: str | None = None  # after(True), once learnt (constant-after templates)
@@ -447,13 +448,13 @@ class Reconstructor:
         chunk = self.PIPELINE_CHUNK
         if len(conversations) <= chunk:
             pending = self._prepare_chunk(conversations, 0, results)
-            self._complete(pending, self._tokenize([p for _, p in pending]), results)
+            self._complete(pending, self._encode([p for _, p in pending]), results)
             return results
         with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="distill-encode") as pool:
             previous = None
             for start in range(0, len(conversations), chunk):
                 pending = self._prepare_chunk(conversations[start: start + chunk], start, results)
-                encoded = pool.submit(self._tokenize, [p for _, p in pending])  # one at a time: _encode owns its cache
+                encoded = pool.submit(self._encode, [p for _, p in pending])  # one at a time: _encode owns its cache
                 if previous is not None:
                     self._complete(previous[0], previous[1].result(), results)
                 previous = (pending, encoded)
@@ -468,28 +469,10 @@ class Reconstructor:
             pending += [(ci, p) for p in plans]
         return pending
 
-    def _tokenize(self, pending: list["_Pending"]) -> tuple[list[list[list[int]]], list[str] | None]:
-        """Segment ids (see _encode) and, with a byte-level decoder, every segment decoded
-        back (see _roundtrip): the Rust part of a chunk, which runs without the GIL."""
-        seg_ids = self._encode(pending)
-        if not self._bytewise_decoder:
-            return seg_ids, None
-        # A prompt text already seen to decode back to itself is not decoded again (the n
-        # samples of one prompt): tokenisation is deterministic, so its ids are the same.
-        verified = self._verified_prompts
-        known = [p.texts[0] in verified for p in pending]
-        flat = [x for ids, k in zip(seg_ids, known) for x in (ids[1:] if k else ids)]
-        decoded = iter(self.backend.decode_batch(flat, skip_special_tokens=False))
-        pieces: list[str] = []
-        for p, ids, k in zip(pending, seg_ids, known):
-            pieces.append(p.texts[0] if k else next(decoded))
-            pieces.extend(next(decoded) for _ in ids[1:])
-        return seg_ids, pieces
-
-    def _complete(self, pending: list[tuple[int, "_Pending"]], tokenized, results: list) -> None:
+    def _complete(self, pending: list[tuple[int, "_Pending"]], seg_ids: list[list[list[int]]],
+                  results: list) -> None:
         """Self-check the tokenised samples and add them (or their rejections) to `results`."""
-        seg_ids, pieces = tokenized
-        checks = self._roundtrip([p for _, p in pending], seg_ids, pieces)
+        checks = self._roundtrip([p for _, p in pending], seg_ids)
         for (ci, p), ids, check in zip(pending, seg_ids, checks):
             try:
                 if check is not None:
@@ -623,30 +606,31 @@ class Reconstructor:
             self._prompt_cache.pop(next(iter(self._prompt_cache)))
         return out
 
-    def _roundtrip(self, pending: list["_Pending"], seg_ids: list[list[list[int]]],
-                   pieces: list[str] | None) -> list["_Reject | None"]:
+    def _roundtrip(self, pending: list["_Pending"], seg_ids: list[list[list[int]]]) -> list["_Reject | None"]:
         """Self-check of every sample: decoding all its tokens gives back the rendered
         text, and decoding its trained tokens gives back the trained text exactly.
 
-        With a byte-level decoder (GPT-2 style: the text is the UTF-8 of the tokens'
-        bytes, concatenated) a sample whose every segment decodes to its own text passes
-        both checks, so one decode per segment suffices. Samples where that does not
-        hold (or where a segment decodes to U+FFFD, i.e. possibly lossy bytes), and every
-        sample with other decoders, are checked by decoding the whole and the trained
-        token sequences. `pieces`: every segment decoded, in order (byte-level decoders)."""
+        With a byte-level decoder (GPT-2 style) decoding is the UTF-8 of the tokens'
+        bytes concatenated, so a sample whose every segment's token bytes are exactly its
+        text's UTF-8 passes both checks; the bytes come from a table checked against the
+        tokenizer's own decoder when the Reconstructor was made (_token_bytes). Samples
+        where that does not hold, and every sample with another decoder, are checked by
+        decoding the whole and the trained token sequences with the tokenizer. A prompt
+        text seen to pass is not checked again (its ids come from the prompt cache)."""
         out: list[_Reject | None] = [None] * len(pending)
-        todo = range(len(pending))
-        if pieces is not None:
-            got = iter(pieces)
+        todo: Any = range(len(pending))
+        table = self._token_bytes
+        if table is not None:
             todo = []
+            verified = self._verified_prompts
             for n, (p, ids) in enumerate(zip(pending, seg_ids)):
-                texts = [next(got) for _ in ids]
-                if texts != p.texts or any("\ufffd" in x for x in texts):
+                known = p.texts[0] in verified
+                if not _bytes_match(table, p.texts, ids, 1 if known else 0):
                     todo.append(n)
-                elif p.texts[0] not in self._verified_prompts:
-                    self._verified_prompts[p.texts[0]] = None
-                    if len(self._verified_prompts) > self.PROMPT_CACHE_SIZE:
-                        self._verified_prompts.pop(next(iter(self._verified_prompts)))
+                elif not known:
+                    verified[p.texts[0]] = None
+                    if len(verified) > self.PROMPT_CACHE_SIZE:
+                        verified.pop(next(iter(verified)))
         seqs = []
         for n in todo:
             ids = seg_ids[n]
@@ -708,8 +692,97 @@ class _Pending:
     fields: dict[str, Any]
 
 
+def _bytes_match(table: list, texts: list[str], seg_ids: list[list[int]], first: int) -> bool:
+    """Whether the tokens of each segment (from `first` on) are exactly its text's UTF-8."""
+    get = table.__getitem__
+    try:
+        return all(b"".join(map(get, ids)) == text.encode("utf-8")
+                   for text, ids in zip(texts[first:], seg_ids[first:]))
+    except (TypeError, IndexError, UnicodeEncodeError):  # an id without bytes, or a lone surrogate
+        return False
+
+
+def _gpt2_byte_chars() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: the character that stands for each byte in a
+    token's string (printable Latin-1 characters for themselves, the other bytes
+    shifted to U+0100 onwards)."""
+    kept = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    shifted = iter(range(0x100, 0x200))
+    return {chr(b) if b in kept else chr(next(shifted)): b for b in range(256)}
+
+
+_TOKEN_BYTES_CACHE: dict[tuple, list[bytes | None] | None] = {}
+
+
+def _token_bytes(backend) -> list[bytes | None] | None:
+    """_token_bytes_uncached, kept per process for each distinct tokenizer (the key is
+    its full serialisation, so an edited tokenizer is a different one)."""
+    try:
+        key = (type(backend), hashlib.sha256(backend.to_str().encode("utf-8")).digest())
+    except Exception:  # noqa: BLE001 - cannot serialise it: no caching
+        return _token_bytes_uncached(backend)
+    if key not in _TOKEN_BYTES_CACHE:
+        if len(_TOKEN_BYTES_CACHE) >= 4:
+            _TOKEN_BYTES_CACHE.pop(next(iter(_TOKEN_BYTES_CACHE)))
+        _TOKEN_BYTES_CACHE[key] = _token_bytes_uncached(backend)
+    return _TOKEN_BYTES_CACHE[key]
+
+
+def _token_bytes_uncached(backend) -> list[bytes | None] | None:
+    """The bytes of every token id, when the tokenizer's decoder is exactly GPT-2's
+    byte-level one (SmolLM2, Llama 3, Qwen): that decoder maps each character of each
+    token's string to a byte (or, for a token with a character outside the alphabet,
+    takes the string's UTF-8) and decodes the concatenation as UTF-8, so the bytes of a
+    token sequence are the concatenation of the table's entries.
+
+    Nothing here is taken on trust: the alphabet is checked on the decoder itself, each
+    byte in a context where it is valid UTF-8 (bytes that never occur in valid UTF-8 can
+    never match a text, so they need no check), and every id's single-token decode is
+    compared with its entry. Any disagreement, or another kind of decoder: None, and the
+    self-check decodes with the tokenizer instead."""
+    if not _is_byte_level(backend):
+        return None
+    char_of = {b: c for c, b in _gpt2_byte_chars().items()}
+    contexts = []  # (token strings, expected text): each byte inside valid UTF-8
+    for b in range(256):
+        if b < 0x80:
+            seq = [b]
+        elif b < 0xC0:
+            seq = [0xC2, b]
+        elif 0xC2 <= b < 0xE0:
+            seq = [b, 0x80]
+        elif 0xE0 <= b < 0xF0:
+            seq = [b, 0xA0 if b == 0xE0 else 0x80, 0x80]
+        elif 0xF0 <= b < 0xF5:
+            seq = [b, 0x90 if b == 0xF0 else 0x80, 0x80, 0x80]
+        else:
+            continue  # 0xC0, 0xC1, 0xF5-0xFF: never in valid UTF-8
+        contexts.append(([char_of[x] for x in seq], bytes(seq).decode("utf-8")))
+    try:
+        if any(backend.decoder.decode(toks) != text for toks, text in contexts):
+            return None
+        vocab = backend.get_vocab(with_added_tokens=True)
+        table: list[bytes | None] = [None] * (max(vocab.values()) + 1)
+        # A token's string -> bytes: translate the alphabet to Latin-1, in which every other
+        # character fails to encode (the token then stands for its own UTF-8).
+        alphabet = {ord(c): b for c, b in _gpt2_byte_chars().items()}
+        alphabet.update({x: 0x100 for x in range(0x100) if x not in alphabet})
+        for token, i in vocab.items():
+            try:
+                table[i] = token.translate(alphabet).encode("latin-1")
+            except UnicodeEncodeError:
+                table[i] = token.encode("utf-8")
+        ids = [i for i, t in enumerate(table) if t is not None]
+        decoded = backend.decode_batch([[i] for i in ids], skip_special_tokens=False)
+    except Exception:  # noqa: BLE001 - a decoder or vocabulary we cannot read: decode with the tokenizer
+        return None
+    if any(table[i].decode("utf-8", "replace") != d for i, d in zip(ids, decoded)):
+        return None
+    return table
+
+
 def _is_byte_level(backend) -> bool:
-    """Whether the tokenizer's decoder is exactly GPT-2's byte-level one (see _roundtrip)."""
+    """Whether the tokenizer's decoder is exactly GPT-2's byte-level one (see _token_bytes)."""
     try:
         from tokenizers import decoders
 

@@ -414,16 +414,17 @@ def test_roundtrip_mismatch_on_text_the_vocabulary_cannot_hold(smol_tokenizer):
     assert rej.reason == "roundtrip_mismatch"
 
 
-def test_self_check_same_with_segment_and_whole_sequence_decoding():
-    # Byte-level decoders are checked one segment at a time; any other decoder by
-    # decoding the whole and the trained token sequences. Both accept the same samples.
+def test_self_check_same_with_token_bytes_and_whole_sequence_decoding():
+    # Byte-level decoders are checked one segment at a time, by the tokens' bytes; any
+    # other decoder by decoding the whole and the trained token sequences. Both accept
+    # the same samples.
     from tokenizers import decoders
 
     msgs = convo(("Q", " caf\u00e9 \u6771\u4eac \U0001f600"), ("again", "\n  x"), system="S")
     generic = _inline(tokenizer_with(None).chat_template)
     generic.backend_tokenizer.decoder = decoders.Sequence([decoders.ByteLevel()])
     a, b = Reconstructor(tokenizer_with(None), Reconstruction()), Reconstructor(generic, Reconstruction())
-    assert a._bytewise_decoder and not b._bytewise_decoder
+    assert a._token_bytes is not None and b._token_bytes is None
     assert a.build(msgs, sample_id="s") == b.build(msgs, sample_id="s")
     bad = convo(("Q", "x\U00040000"))  # not representable: both reject it
     assert rejected(a, bad).reason == rejected(b, bad).reason == "roundtrip_mismatch"
@@ -550,9 +551,57 @@ def test_build_many_equals_build_and_prompt_cache(smol_tokenizer):
     assert [s.sample_index for s, _ in expected[:3] for s in s] == [0, 1, 2]
 
 
-def test_a_verified_prompt_is_not_decoded_again(smol_tokenizer):
-    # The n samples of one prompt: its ids decoded back exactly once, so later samples
-    # decode only their completions. A prompt that failed the check is never trusted.
+def test_token_bytes_table_agrees_with_the_decoder(smol_tokenizer):
+    # Every id's bytes, as the table has them, decode (by the tokenizer itself) to the
+    # token's own decode; multi-token sequences decode to the concatenation.
+    table = Reconstructor(smol_tokenizer, Reconstruction())._token_bytes
+    backend = smol_tokenizer.backend_tokenizer
+    assert table is not None and len(table) == len(smol_tokenizer)
+    text = " caf\u00e9 \u6771\u4eac \U0001f600 x=y+1\n\t<|im_end|>"
+    ids = backend.encode(text, add_special_tokens=False).ids
+    assert b"".join(table[i] for i in ids) == text.encode() == backend.decode(ids, skip_special_tokens=False).encode()
+
+
+def test_token_bytes_refused_when_the_tokenizer_disagrees(smol_tokenizer):
+    # The table is only used when the tokenizer's own decode agrees with it for every id.
+    # A backend whose ids 100 and 101 decode to each other's text (as a vocabulary the
+    # table misread would), or whose vocabulary cannot be read, gets no table.
+    from orchestrator.reconstruct import _token_bytes_uncached as _token_bytes
+
+    class Swapped:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def decode_batch(self, seqs, **kw):
+            swap = {100: 101, 101: 100}
+            return self.inner.decode_batch([[swap.get(i, i) for i in s] for s in seqs], **kw)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    class Unreadable(Swapped):
+        def get_vocab(self, **kw):
+            raise RuntimeError("no vocabulary")
+
+    backend = smol_tokenizer.backend_tokenizer
+    assert _token_bytes(backend) is not None
+    assert _token_bytes(Swapped(backend)) is None
+    assert _token_bytes(Unreadable(backend)) is None
+
+
+def test_a_verified_prompt_is_not_checked_again(smol_tokenizer):
+    # The n samples of one prompt: its tokens' bytes compared with its text once, so
+    # later samples check only their completions. A prompt that failed is never trusted,
+    # and failing samples go to the tokenizer's own decode (for the error message).
+    class Counting(list):
+        def __init__(self, table):
+            super().__init__(table)
+            self.lookups = 0
+
+        def __getitem__(self, i):
+            self.lookups += 1
+            return list.__getitem__(self, i)
+
     class Recording:
         def __init__(self, backend):
             self.backend, self.decoded = backend, []
@@ -565,17 +614,18 @@ def test_a_verified_prompt_is_not_decoded_again(smol_tokenizer):
             return getattr(self.backend, name)
 
     r = Reconstructor(smol_tokenizer, Reconstruction())
+    r._token_bytes = Counting(r._token_bytes)
     r.backend = Recording(r.backend)
     first = r.build(convo(("Same prompt", "one")), sample_id="a")[0][0]
+    assert r._token_bytes.lookups == first.num_tokens
     second = r.build(convo(("Same prompt", "two")), sample_id="b")[0][0]
     assert first.prompt_ids == second.prompt_ids
-    assert r.backend.decoded[0] == [first.prompt_ids, first.completion_ids]
-    assert r.backend.decoded[1] == [second.completion_ids]
+    assert r._token_bytes.lookups == first.num_tokens + len(second.completion_ids)
+    assert r.backend.decoded == []  # good samples never need the tokenizer's decode
     bad = convo(("x\U00040000", "three"))  # not representable: rejected each time, never skipped
     for sid in ("c", "d"):
         assert rejected(r, bad).reason == "roundtrip_mismatch"
-    # each time: both segments decoded (prompt not skipped), then the whole-sequence check
-    assert [len(calls) for calls in r.backend.decoded[2:]] == [2, 2, 2, 2]
+    assert [len(calls) for calls in r.backend.decoded] == [2, 2]  # the whole and the trained sequence
 
 
 def test_build_many_pipelined_over_chunks_equals_build():
