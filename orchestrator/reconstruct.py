@@ -66,6 +66,8 @@ REJECTION_REASONS: dict[str, str] = {
     "history_rewrite": "the template rewrites earlier turns, with on_history_rewrite=reject",
     "overlong": "longer than max_seq_len with overlong=drop, or nothing trainable left after truncation",
     "no_trained_tokens": "the sample would train on zero tokens",
+    "invalid_text": "text that is not valid Unicode (a lone surrogate, as a JSON escape of half an emoji gives), "
+                    "which no tokenizer can encode",
     "roundtrip_mismatch": "decoding the tokens does not give back the rendered text (self-check failed)",
     "invalid_json": "(tokenize_file) the input line is not valid JSON",
     "invalid_line": "(tokenize_file) the input line is not an object with a 'messages' list",
@@ -514,6 +516,13 @@ class Reconstructor:
                 extra.update(split_from=sample_id, first_turn=group[0] + 1)
             keep_open = is_last and finish_reason == "length" and turns[-1].role == "assistant"
             texts, trained = self._segments([turns[k] for k in group], keep_open)
+            try:
+                "".join(texts).encode("utf-8")
+            except UnicodeEncodeError:
+                r = _Reject("invalid_text", f"{_where_not_unicode(messages, tools)} holds a lone surrogate "
+                                            "(not valid Unicode, so no tokenizer can encode it). Fix: repair or "
+                                            "drop the text at its source")
+                return [], [self._reject(sample_id, r)]
             plans.append(_Pending(
                 sid=f"{sample_id}/turn{group[0] + 1}" if split else sample_id, texts=texts, trained=trained,
                 keep_open=keep_open, split=split, meta={**(meta or {}), **extra},
@@ -700,6 +709,16 @@ def _bytes_match(table: list, texts: list[str], seg_ids: list[list[int]], first:
                    for text, ids in zip(texts[first:], seg_ids[first:]))
     except (TypeError, IndexError, UnicodeEncodeError):  # an id without bytes, or a lone surrogate
         return False
+
+
+def _where_not_unicode(messages: list, tools: Any) -> str:
+    """Which message (or the tools) holds text that cannot be UTF-8 encoded."""
+    for i, m in enumerate(messages):
+        try:
+            json.dumps(m, ensure_ascii=False, default=str).encode("utf-8")
+        except UnicodeEncodeError:
+            return f"messages[{i}]"
+    return "tools" if tools else "the rendered text"
 
 
 def _gpt2_byte_chars() -> dict[str, int]:

@@ -186,4 +186,8 @@ class RecordingWriter:
 
 
 def _encode(records: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records).encode()
+    # A teacher can send a lone surrogate (a JSON escape of half an emoji); UTF-8 cannot hold
+    # it, so it is written back as its JSON escape: json.dumps output has such characters
+    # only inside strings, where \uXXXX reads back as the same character. Nothing paid for is lost.
+    return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n"
+                   for r in records).encode("utf-8", "backslashreplace")

@@ -702,8 +702,9 @@ class _Outputs:
     def __init__(self, run_dir: Path):
         self.rejects_path = run_dir / "rejects.jsonl"
         self.bad_path = run_dir / "replay_rejects.jsonl"
-        self.rejects = open(self.rejects_path, "w", encoding="utf-8")
-        self.bad = open(self.bad_path, "w", encoding="utf-8")
+        # JSONL: a lone surrogate in a detail or excerpt is written as its JSON escape (lossless)
+        self.rejects = open(self.rejects_path, "w", encoding="utf-8", errors="backslashreplace")
+        self.bad = open(self.bad_path, "w", encoding="utf-8", errors="backslashreplace")
 
     def reject(self, item_id: str, reason: str, detail: str) -> None:
         # the bytes of Rejection(item_id, reason, detail).to_json(), without its dataclass round trip

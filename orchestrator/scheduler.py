@@ -189,7 +189,7 @@ class Publisher:
         self.min_reward = min_reward
         self.rejects_path = run_dir / REJECTS
         self.seen_rejects = _read_rejects(self.rejects_path)
-        self._rejects = open(self.rejects_path, "a", encoding="utf-8")
+        self._rejects = open(self.rejects_path, "a", encoding="utf-8", errors="backslashreplace")  # JSONL: lossless
         self.rejections: Counter = Counter()
         self.samples = 0
         self.scored = 0

@@ -12,6 +12,7 @@ import json
 import pytest
 from test_reconstruct_helpers import decode, full_text, masked_text, recon, render, runs, tokenizer_with
 
+from orchestrator.contract import Rejection
 from orchestrator.reconstruct import REJECTION_REASONS, Reconstructor, tokenize_file
 from distill.config import Reconstruction
 
@@ -314,10 +315,27 @@ def test_special_token_text_allowed_never_moves_the_mask(smol_tokenizer):
                                          "tool_calls": [call("1", "f", "[1, 2]")]}],
      "invalid_tool_arguments", "JSON list"),
     ([{"role": "user", "content": "Q"}], "no_trained_turn", "train_roles"),
+    ([{"role": "user", "content": "Q"}, {"role": "assistant", "content": json.loads('"half \\ud83d emoji"')}],
+     "invalid_text", "messages[1]"),
+    ([{"role": "system", "content": "\udc00"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+     "invalid_text", "messages[0]"),
 ])
 def test_input_rejections(smol_tokenizer, messages, reason, where):
     rej = rejected(Reconstructor(smol_tokenizer, Reconstruction()), messages)
     assert rej.reason == reason and where in rej.detail and rej.item_id == "s"
+
+
+def test_invalid_text_does_not_sink_its_batch(smol_tokenizer):
+    # One conversation with a lone surrogate among good ones: rejected with its reason,
+    # the others built as if it were not there (the tokenizer would refuse the batch).
+    r = Reconstructor(smol_tokenizer, Reconstruction(reasoning="think_tags"))
+    bad = [{"role": "user", "content": "Q\ud800"}, {"role": "assistant", "content": "A"}]
+    convs = [dict(messages=convo((f"Q{i}", f"A{i}")), sample_id=f"c{i}") for i in range(40)]
+    convs[17] = dict(messages=bad, sample_id="bad")
+    out = r.build_many(convs)
+    assert out[17] == ([], [Rejection("bad", "invalid_text", out[17][1][0].detail)])
+    assert "messages[0]" in out[17][1][0].detail
+    assert all(len(samples) == 1 and not rej for i, (samples, rej) in enumerate(out) if i != 17)
 
 
 def test_text_parts_are_joined(smol_tokenizer):

@@ -50,6 +50,18 @@ def test_writer_appends_are_durable_and_grouped(tmp_path):
     assert len(loaded.records) == 100 and not loaded.torn_tail
 
 
+def test_a_lone_surrogate_from_the_teacher_is_recorded_losslessly(tmp_path):
+    # json.loads('"\\ud83d"') is a lone surrogate (half an emoji), which UTF-8 cannot hold:
+    # the recording keeps it as its JSON escape and reads back the same text.
+    p = tmp_path / "recording.jsonl"
+    r = rec("p", 0)
+    r["response"]["content"] = json.loads('"cut emoji \\ud83d here"')
+    RecordingWriter(p).append_sync([r, rec("p", 1)])
+    assert "\\ud83d" in p.read_text(encoding="utf-8")
+    loaded = load_recording(p)
+    assert [x["response"]["content"] for x in loaded.records.values()] == ["cut emoji \ud83d here", "a"]
+
+
 def test_usage_shared_by_sums_to_request_totals(tmp_path):
     p = tmp_path / "recording.jsonl"
     w = RecordingWriter(p)
