@@ -94,6 +94,12 @@ def _jsonl(path: Path, system_prompt: str | None) -> Iterator[dict[str, Any]]:
                                         "Fix: one JSON object per line") from None
             if not isinstance(d, dict):
                 raise PromptSourceError(f"{where}: expected a JSON object, got {type(d).__name__}")
+            try:
+                json.dumps(d, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise PromptSourceError(f"{where}: the text holds a lone surrogate ({e.object[e.start]!r}: half of a "
+                                        "UTF-16 pair, e.g. a cut emoji escape), which is not valid Unicode and cannot "
+                                        "be sent to the teacher. Fix: repair or drop that text") from None
             if "messages" in d:
                 messages = d["messages"]
                 if not isinstance(messages, list) or not messages:

@@ -154,7 +154,7 @@ class BadRecord:
 def content_id(messages: list[dict[str, Any]], tools: Any) -> str:
     """A stable id for a conversation without one: a hash of its content."""
     blob = json.dumps([messages, tools], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return "h" + hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+    return "h" + hashlib.sha256(blob.encode("utf-8", "backslashreplace")).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------
@@ -641,7 +641,7 @@ def iter_conversations(
                     field += f" (column {columns[field.split('.')[0].split('[')[0]]!r})"
                 problem = e.problem + (f". Fix: {e.fix}" if e.fix else "")
                 yield BadRecord(path, ln.line, field, problem, False, _excerpt(json.dumps(
-                    ln.obj, ensure_ascii=False, default=str).encode()))
+                    ln.obj, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace")))
 
 
 # ---------------------------------------------------------------------------

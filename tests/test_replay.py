@@ -258,6 +258,16 @@ def test_auto_detects_the_format_per_line_and_globs(tmp_path, smol_tokenizer):
         resolve_inputs([str(tmp_path / "missing.jsonl")])
 
 
+def test_a_lone_surrogate_is_one_rejection_not_a_failed_run(tmp_path, smol_tokenizer):
+    # json.dumps writes a lone surrogate as "\\ud83d"; such a conversation (no id: its id is
+    # a hash of its content) is rejected with its reason and the rest of its batch is built.
+    rows = [chat_row(f"{i} + 3", id=f"r{i}") for i in range(5)]
+    rows.insert(2, chat_row("cut emoji \ud83d"))
+    cfg = make_cfg(tmp_path / "run", write_jsonl(tmp_path / "in.jsonl", rows))
+    summary = replay(cfg, tmp_path / "run", make_recon(smol_tokenizer, cfg), progress=False)
+    assert summary["samples"] == 5 and summary["rejected"] == {"invalid_text": 1}
+
+
 # ---------------------------------------------------------------------------
 # Filters
 # ---------------------------------------------------------------------------

@@ -41,6 +41,7 @@ def test_jsonl_messages_prompt_tools_and_ids(tmp_path):
     ('{"prompt": "x", "tools": {}}', r"in.jsonl:2: field 'tools' must be a list"),
     ('{"id": "a", "prompt": "again"}', r"in.jsonl:2: id 'a' was already used on line 1"),
     ('{"id": "a/b", "prompt": "x"}', r"in.jsonl:2: id 'a/b' contains '/'"),
+    ('{"prompt": "half an emoji \\ud83d"}', r"in.jsonl:2: the text holds a lone surrogate \('\\ud83d'"),
 ])
 def test_jsonl_errors_name_file_and_line(tmp_path, line, msg):
     p = jsonl(tmp_path, [{"id": "a", "prompt": "first"}, line])
