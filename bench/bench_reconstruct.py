@@ -5,7 +5,7 @@ Both sides use the same tokenizer (SmolLM2's) with the same ChatML template carr
 generated multi-turn corpus, in the same run:
 
   ours:  Reconstructor.build(messages)  (renders - one or two per conversation for
-         append-only templates -, segment tokenisation in one batch, decode self-check)
+         append-only templates -, segment tokenisation in one batch, token-bytes self-check)
   peer:  tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
          return_assistant_tokens_mask=True)  (one render, one-piece tokenisation,
          char_to_token per assistant span)
