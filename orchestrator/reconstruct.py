@@ -625,7 +625,7 @@ class Reconstructor:
         tokenizer's own decoder when the Reconstructor was made (_token_bytes). Samples
         where that does not hold, and every sample with another decoder, are checked by
         decoding the whole and the trained token sequences with the tokenizer. A prompt
-        text seen to pass is not checked again (its ids come from the prompt cache)."""
+        text seen to pass is not checked again (tokenisation is deterministic: same ids)."""
         out: list[_Reject | None] = [None] * len(pending)
         todo: Any = range(len(pending))
         table = self._token_bytes
