@@ -517,14 +517,15 @@ class Reconstructor:
             keep_open = is_last and finish_reason == "length" and turns[-1].role == "assistant"
             texts, trained = self._segments([turns[k] for k in group], keep_open)
             try:
-                "".join(texts).encode("utf-8")
+                utf8 = [t.encode("utf-8") for t in texts]
             except UnicodeEncodeError:
                 r = _Reject("invalid_text", f"{_where_not_unicode(messages, tools)} holds a lone surrogate "
                                             "(not valid Unicode, so no tokenizer can encode it). Fix: repair or "
                                             "drop the text at its source")
                 return [], [self._reject(sample_id, r)]
             plans.append(_Pending(
-                sid=f"{sample_id}/turn{group[0] + 1}" if split else sample_id, texts=texts, trained=trained,
+                sid=f"{sample_id}/turn{group[0] + 1}" if split else sample_id, texts=texts, utf8=utf8,
+                trained=trained,
                 keep_open=keep_open, split=split, meta={**(meta or {}), **extra},
                 fields=dict(prompt_id=prompt_id, sample_index=sample_index, reward=reward,
                             teacher_model=teacher_model,
@@ -634,7 +635,7 @@ class Reconstructor:
             verified = self._verified_prompts
             for n, (p, ids) in enumerate(zip(pending, seg_ids)):
                 known = p.texts[0] in verified
-                if not _bytes_match(table, p.texts, ids, 1 if known else 0):
+                if not _bytes_match(table, p.utf8, ids, 1 if known else 0):
                     todo.append(n)
                 elif not known:
                     verified[p.texts[0]] = None
@@ -694,6 +695,7 @@ class _Pending:
 
     sid: str
     texts: list[str]
+    utf8: list[bytes]  # each text's UTF-8 (the token-bytes self-check compares with it)
     trained: list[bool]
     keep_open: bool
     split: bool
@@ -701,13 +703,12 @@ class _Pending:
     fields: dict[str, Any]
 
 
-def _bytes_match(table: list, texts: list[str], seg_ids: list[list[int]], first: int) -> bool:
+def _bytes_match(table: list, utf8: list[bytes], seg_ids: list[list[int]], first: int) -> bool:
     """Whether the tokens of each segment (from `first` on) are exactly its text's UTF-8."""
     get = table.__getitem__
     try:
-        return all(b"".join(map(get, ids)) == text.encode("utf-8")
-                   for text, ids in zip(texts[first:], seg_ids[first:]))
-    except (TypeError, IndexError, UnicodeEncodeError):  # an id without bytes, or a lone surrogate
+        return all(b"".join(map(get, ids)) == text for text, ids in zip(utf8[first:], seg_ids[first:]))
+    except (TypeError, IndexError):  # an id the table has no bytes for
         return False
 
 
@@ -761,7 +762,8 @@ def _token_bytes_uncached(backend) -> list[bytes | None] | None:
     self-check decodes with the tokenizer instead."""
     if not _is_byte_level(backend):
         return None
-    char_of = {b: c for c, b in _gpt2_byte_chars().items()}
+    alphabet = _gpt2_byte_chars()
+    char_of = {b: c for c, b in alphabet.items()}
     contexts = []  # (token strings, expected text): each byte inside valid UTF-8
     for b in range(256):
         if b < 0x80:
@@ -784,11 +786,11 @@ def _token_bytes_uncached(backend) -> list[bytes | None] | None:
         table: list[bytes | None] = [None] * (max(vocab.values()) + 1)
         # A token's string -> bytes: translate the alphabet to Latin-1, in which every other
         # character fails to encode (the token then stands for its own UTF-8).
-        alphabet = {ord(c): b for c, b in _gpt2_byte_chars().items()}
-        alphabet.update({x: 0x100 for x in range(0x100) if x not in alphabet})
+        to_latin1 = {ord(c): b for c, b in alphabet.items()}
+        to_latin1.update({x: 0x100 for x in range(0x100) if x not in to_latin1})
         for token, i in vocab.items():
             try:
-                table[i] = token.translate(alphabet).encode("latin-1")
+                table[i] = token.translate(to_latin1).encode("latin-1")
             except UnicodeEncodeError:
                 table[i] = token.encode("utf-8")
         ids = [i for i, t in enumerate(table) if t is not None]
