@@ -267,9 +267,7 @@ class Reconstructor:
             self.stats["prompt_render_cache_hits"] += 1
             return self._render_cache[key]
         out = self._render_parts(msgs, tools, True) if parts else self.render(msgs, tools, True)
-        self._render_cache[key] = out
-        if len(self._render_cache) > self.PROMPT_CACHE_SIZE:
-            self._render_cache.pop(next(iter(self._render_cache)))
+        _put_bounded(self._render_cache, key, out, self.PROMPT_CACHE_SIZE)
         return out
 
     def _prefix_renders(self, data: list[dict], tools: list[dict] | None, first: int):
@@ -611,9 +609,7 @@ class Reconstructor:
                 prompt = prompts[p.texts[0]] = next(encs).ids
             out.append([prompt] + [next(encs).ids for _ in p.texts[1:]])
         for t, ids in prompts.items():
-            self._prompt_cache[t] = ids
-        while len(self._prompt_cache) > self.PROMPT_CACHE_SIZE:
-            self._prompt_cache.pop(next(iter(self._prompt_cache)))
+            _put_bounded(self._prompt_cache, t, ids, self.PROMPT_CACHE_SIZE)
         return out
 
     def _roundtrip(self, pending: list["_Pending"], seg_ids: list[list[list[int]]]) -> list["_Reject | None"]:
@@ -638,9 +634,7 @@ class Reconstructor:
                 if not _bytes_match(table, p.utf8, ids, 1 if known else 0):
                     todo.append(n)
                 elif not known:
-                    verified[p.texts[0]] = None
-                    if len(verified) > self.PROMPT_CACHE_SIZE:
-                        verified.pop(next(iter(verified)))
+                    _put_bounded(verified, p.texts[0], None, self.PROMPT_CACHE_SIZE)
         seqs = []
         for n in todo:
             ids = seg_ids[n]
@@ -703,6 +697,13 @@ class _Pending:
     fields: dict[str, Any]
 
 
+def _put_bounded(cache: dict, key: Any, value: Any, size: int) -> None:
+    """cache[key] = value, then the oldest entries (insertion order) dropped beyond `size`."""
+    cache[key] = value
+    while len(cache) > size:
+        cache.pop(next(iter(cache)))
+
+
 def _bytes_match(table: list, utf8: list[bytes], seg_ids: list[list[int]], first: int) -> bool:
     """Whether the tokens of each segment (from `first` on) are exactly its text's UTF-8."""
     get = table.__getitem__
@@ -742,9 +743,7 @@ def _token_bytes(backend) -> list[bytes | None] | None:
     except Exception:  # noqa: BLE001 - cannot serialise it: no caching
         return _token_bytes_uncached(backend)
     if key not in _TOKEN_BYTES_CACHE:
-        if len(_TOKEN_BYTES_CACHE) >= 4:
-            _TOKEN_BYTES_CACHE.pop(next(iter(_TOKEN_BYTES_CACHE)))
-        _TOKEN_BYTES_CACHE[key] = _token_bytes_uncached(backend)
+        _put_bounded(_TOKEN_BYTES_CACHE, key, _token_bytes_uncached(backend), 4)
     return _TOKEN_BYTES_CACHE[key]
 
 
