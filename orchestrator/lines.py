@@ -77,6 +77,18 @@ def parse_line(raw: bytes) -> tuple[Any, str | None, str]:
                                "recursion limit)"
 
 
+def depth_exceeds(x: Any, limit: int) -> bool:
+    """Whether lists/dicts nest more than `limit` levels deep (walked without recursion)."""
+    stack = [(x, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (list, dict)):
+            if d > limit:
+                return True
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
 def too_long_message(n: int, max_bytes: int, key: str) -> str:
     return (f"line of {n} bytes is longer than the {max_bytes}-byte limit ({key}); it was skipped "
             "without being read into memory")
