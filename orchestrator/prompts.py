@@ -113,8 +113,8 @@ def _jsonl(path: Path, system_prompt: str | None, errors: list[str] | None = Non
             where = f"{path}:{lineno}"
             try:
                 if too_long:
-                    raise PromptSourceError(f"{where}: {too_long_message(n, MAX_LINE_BYTES, 'MAX_LINE_BYTES')}. "
-                                            "Fix: split or shorten the prompt")
+                    why = too_long_message(n, MAX_LINE_BYTES, "orchestrator.prompts.MAX_LINE_BYTES")
+                    raise PromptSourceError(f"{where}: {why}. Fix: split or shorten the prompt")
                 if not raw.strip():
                     continue
                 prompt = _prompt(raw, where, path, lineno, seen)
@@ -130,7 +130,8 @@ def _prompt(raw: bytes, where: str, path: Path, lineno: int, seen: dict[str, int
     """One prompt line -> its prompt dict (system prompt not yet added), or PromptSourceError."""
     d, reason, problem = parse_line(raw)
     if reason is not None:
-        raise PromptSourceError(f"{where}: {problem}. Fix: one JSON object per line")
+        fix = "flatten the record" if reason == "too_deep" else "one JSON object per line, in UTF-8"
+        raise PromptSourceError(f"{where}: {problem}. Fix: {fix}")
     if not isinstance(d, dict):
         raise PromptSourceError(f"{where}: expected a JSON object, got {json_type(d)}")
     try:
