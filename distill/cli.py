@@ -236,7 +236,8 @@ def cmd_replay(argv: list[str]) -> int:
     summary = _produce(cfg, run_dir, on_error=flags.get("--on-error"), inputs=inputs)
     _print_summary("replay", summary)
     o = summary["outcomes"]  # every record ends in exactly one of these (docs/replay.md, "Counting")
-    extra = f" (+{summary['extra_conversations']} extra Batch API choices)" if summary["extra_conversations"] else ""
+    extra = (f" (+{summary['extra_conversations']} more choice(s) of Batch API lines)"
+             if summary["extra_conversations"] else "")
     print(f"replay: {summary['records']} records{extra} = {o['trained']} trained + {o['filtered']} filtered + "
           f"{o['rejected']} rejected + {o['bad_records']} bad"
           + (f" + {o['not_reconstructed']} not reconstructed" if o["not_reconstructed"] else "")

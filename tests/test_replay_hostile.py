@@ -79,7 +79,7 @@ def make_cfg(tmp_path: Path, path: Path | None, **replay_keys):
 def batch_input(tmp_path: Path) -> Path:
     p = tmp_path / "batch_input.jsonl"
     reqs = [{"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
-             "body": {"model": "m", "messages": [USER]}} for i in range(3)]
+             "body": {"model": "m", "messages": [USER]}} for i in range(4)]
     p.write_text("".join(json.dumps(r) + "\n" for r in reqs))
     return p
 
@@ -90,6 +90,9 @@ def hostile_file(tmp_path: Path) -> Path:
     lines += [json.dumps(batch_out("req-1", status_code=500, body={"error": {"message": "boom"}})).encode(),
               json.dumps({"custom_id": "req-2", "response": None, "error": {"code": "x"}}).encode(),
               json.dumps(chat("", "empty-answer")).encode(),  # "" is an answer: reconstruction decides
+              json.dumps(batch_out("req-3", status_code=200, body={"choices": [  # two conversations
+                  {"index": i, "message": {"role": "assistant", "content": f"a{i}"}, "finish_reason": "stop"}
+                  for i in range(2)]})).encode(),
               json.dumps(chat("6", "ok-2")).encode()]
     p = tmp_path / "hostile.jsonl"
     p.write_bytes(b"\n".join(lines) + b"\n" + json.dumps(chat("7", "torn")).encode()[:20])
@@ -115,13 +118,14 @@ def test_every_hostile_line_is_one_listed_bad_record(tmp_path, smol_tokenizer):
     listed = read_jsonl(tmp_path / "run" / "replay_rejects.jsonl")
     n = len(HOSTILE)
     expected = [(i + 2, reason, field) for i, (_, reason, field) in enumerate(HOSTILE)]
-    expected.append((n + 6, "partial_last_line", None))
+    expected.append((n + 7, "partial_last_line", None))
     assert [(b["line"], b["reason"], b["field"]) for b in listed] == expected
     assert all(b["file"] == str(p) and b["error"] for b in listed)
-    assert summary["records"] == n + 6
+    assert summary["records"] == n + 7 and summary["extra_conversations"] == 1
     assert summary["bad_record_reasons"]["not_an_object"] == 5 and summary["bad_record_reasons"]["too_deep"] == 2
     assert summary["filtered"] == {"batch_error": 2}  # failed requests: counted and listed, not training data
-    assert {s.sample_id for s in iter_samples(tmp_path / "run" / "samples")} >= {"ok-1/0", "ok-2/0"}
+    assert {s.sample_id for s in iter_samples(tmp_path / "run" / "samples")} >= {"ok-1/0", "ok-2/0", "req-3/0",
+                                                                               "req-3/1"}
     assert_accounted(summary)
     assert summary["outcomes"]["bad_records"] == n + 1
     assert json.loads((tmp_path / "run" / "replay_summary.json").read_text())["outcomes"] == summary["outcomes"]
@@ -180,8 +184,9 @@ def test_cli_replays_inputs_given_on_the_command_line_without_source_path(tmp_pa
     assert summary["inputs"] == [str(p)] and is_done(tmp_path / "run" / "samples")
     assert_accounted(summary)
     o = summary["outcomes"]
-    assert (f"replay: {summary['records']} records = {o['trained']} trained + {o['filtered']} filtered + "
-            f"{o['rejected']} rejected + {o['bad_records']} bad") in proc.stdout
+    assert (f"replay: {summary['records']} records (+1 more choice(s) of Batch API lines) = "
+            f"{o['trained']} trained + {o['filtered']} filtered + {o['rejected']} rejected + "
+            f"{o['bad_records']} bad") in proc.stdout
     assert '"too_deep": 2' in proc.stdout and "Traceback" not in proc.stderr
 
 
