@@ -218,7 +218,11 @@ def _messages(v: Any, field: str) -> list[dict[str, Any]]:
 
 
 def _answered(messages: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
-    """The conversation, checked to end in something to train on (see lines.content_problem)."""
+    """A dataset conversation (chat), checked to end in something to train on (lines.content_problem).
+
+    Not applied to teacher answers as received (recording, Batch API output): an empty answer there is
+    what the teacher sent, not a malformed record; reconstruction rejects it (empty_assistant_turn),
+    counted and listed, and an on_error = "fail" replay of a paid-for recording does not stop on it."""
     problem = content_problem(messages[-1], final=True)
     if problem:
         raise RecordError(f"{field}.content", problem, "drop the record (the teacher gave no answer)",
@@ -296,8 +300,7 @@ def parse_recording(obj: dict, file: str, line: int) -> list[Conversation]:
     if resp["role"] != "assistant":
         raise RecordError("response.role", f"expected 'assistant', got {resp['role']!r}")
     response = normalize_message(resp, "response")
-    return [Conversation(_answered(messages + [response], "response"), _tools(obj.get("tools")), prompt_id,
-                         _index(obj),
+    return [Conversation(messages + [response], _tools(obj.get("tools")), prompt_id, _index(obj),
                          _opt_str(obj, "finish_reason"), _opt_reward(obj), _opt_str(obj, "model"),
                          "recording", file, line)]
 
@@ -374,28 +377,41 @@ def parse_sharegpt(obj: dict, file: str, line: int) -> list[Conversation]:
                          _opt_reward(obj), _opt_str(obj, "model"), "sharegpt", file, line)]
 
 
+def _batch_custom_id(raw: bytes, n: int, too_long: bool, max_line_bytes: int) -> tuple[str, str]:
+    """(custom_id, "") of a Batch API input line, or ("", what is wrong with the line)."""
+    if too_long:
+        return "", too_long_message(n, max_line_bytes, "orchestrator.replay.max_line_bytes")
+    req, reason, problem = parse_line(raw)
+    if reason is not None:
+        return "", problem
+    if not isinstance(req, dict):
+        return "", f"a JSON {json_type(req)}, not an object"
+    cid = req.get("custom_id")
+    if isinstance(cid, bool) or not isinstance(cid, (str, int)):
+        return "", f"custom_id is {json_type(cid)}, not a string"
+    return str(cid), ""
+
+
 class BatchInputIndex:
     """custom_id -> request, from OpenAI Batch API input file(s), read back by byte offset on demand."""
 
-    def __init__(self, patterns: list[str]):
+    def __init__(self, patterns: list[str], max_line_bytes: int = MAX_LINE_BYTES):
         self.paths = resolve_inputs(patterns)
         self.offsets: dict[str, tuple[int, int, int]] = {}  # custom_id -> (file index, offset, line)
         self._files: list[Any] = []
         for fi, path in enumerate(self.paths):
             with open(path, "rb") as f:
                 offset, lineno = 0, 0
-                for raw in f:
+                for raw, n, too_long in read_lines(f, max_line_bytes):
                     lineno += 1
-                    start, offset = offset, offset + len(raw)
+                    start, offset = offset, offset + n
                     if not raw.strip():
                         continue
-                    try:
-                        req = json.loads(raw)
-                        cid = req["custom_id"]
-                    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-                        if not raw.endswith(b"\n"):
+                    cid, problem = _batch_custom_id(raw, n, too_long, max_line_bytes)
+                    if problem:
+                        if not too_long and not raw.endswith(b"\n"):
                             continue  # half-written last line: its answers are reported as missing
-                        raise ReplayError(path, lineno, "custom_id", f"not a Batch API input line ({e})",
+                        raise ReplayError(path, lineno, "custom_id", f"not a Batch API input line ({problem})",
                                           "orchestrator.replay.batch_input must name the .jsonl file "
                                           "uploaded to create the batch") from None
                     if cid in self.offsets:
@@ -474,7 +490,6 @@ def parse_openai_batch(obj: dict, file: str, line: int, batch: BatchInputIndex |
         msg = dict(choice["message"])
         msg.setdefault("role", "assistant")
         reply = normalize_message(msg, f"{field}.message")
-        _answered([reply], f"{field}.message")
         idx = choice.get("index", i)
         if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
             raise RecordError(f"{field}.index", f"expected a non-negative integer, got {idx!r}")
@@ -808,7 +823,7 @@ def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | 
                           "replay has nothing to read", 'set orchestrator.source.path = "FILE.jsonl" (files, '
                           "folders or globs), or pass input files: distill replay CONFIG INPUT...")
     paths = resolve_inputs(patterns)
-    batch = BatchInputIndex([rc.batch_input]) if rc.batch_input else None
+    batch = BatchInputIndex([rc.batch_input], rc.max_line_bytes) if rc.batch_input else None
 
     writer = ShardWriter(run_dir / "samples", samples_per_shard=cfg.orchestrator.samples_per_shard)
     already = writer.existing_ids() if writer.published else set()

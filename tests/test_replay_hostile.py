@@ -79,7 +79,7 @@ def make_cfg(tmp_path: Path, path: Path | None, **replay_keys):
 def batch_input(tmp_path: Path) -> Path:
     p = tmp_path / "batch_input.jsonl"
     reqs = [{"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
-             "body": {"model": "m", "messages": [USER]}} for i in range(4)]
+             "body": {"model": "m", "messages": [USER]}} for i in range(5)]
     p.write_text("".join(json.dumps(r) + "\n" for r in reqs))
     return p
 
@@ -90,6 +90,8 @@ def hostile_file(tmp_path: Path) -> Path:
     lines += [json.dumps(batch_out("req-1", status_code=500, body={"error": {"message": "boom"}})).encode(),
               json.dumps({"custom_id": "req-2", "response": None, "error": {"code": "x"}}).encode(),
               json.dumps(chat("", "empty-answer")).encode(),  # "" is an answer: reconstruction decides
+              json.dumps(batch_out("req-4", status_code=200, body={"choices": [  # a teacher's empty answer
+                  {"index": 0, "message": {"role": "assistant", "content": None}, "finish_reason": "stop"}]})).encode(),
               json.dumps(batch_out("req-3", status_code=200, body={"choices": [  # two conversations
                   {"index": i, "message": {"role": "assistant", "content": f"a{i}"}, "finish_reason": "stop"}
                   for i in range(2)]})).encode(),
@@ -118,10 +120,11 @@ def test_every_hostile_line_is_one_listed_bad_record(tmp_path, smol_tokenizer):
     listed = read_jsonl(tmp_path / "run" / "replay_rejects.jsonl")
     n = len(HOSTILE)
     expected = [(i + 2, reason, field) for i, (_, reason, field) in enumerate(HOSTILE)]
-    expected.append((n + 7, "partial_last_line", None))
+    expected.append((n + 8, "partial_last_line", None))
     assert [(b["line"], b["reason"], b["field"]) for b in listed] == expected
     assert all(b["file"] == str(p) and b["error"] for b in listed)
-    assert summary["records"] == n + 7 and summary["extra_conversations"] == 1
+    assert summary["records"] == n + 8 and summary["extra_conversations"] == 1
+    assert summary["rejected"] == {"empty_assistant_turn": 2}  # "" in a dataset, null from the teacher
     assert summary["bad_record_reasons"]["not_an_object"] == 5 and summary["bad_record_reasons"]["too_deep"] == 2
     assert summary["filtered"] == {"batch_error": 2}  # failed requests: counted and listed, not training data
     assert {s.sample_id for s in iter_samples(tmp_path / "run" / "samples")} >= {"ok-1/0", "ok-2/0", "req-3/0",
@@ -211,4 +214,21 @@ def test_cli_without_input_or_source_path_names_the_key(tmp_path, smol_tokenizer
 def test_replay_without_any_input_names_the_key(tmp_path, smol_tokenizer):
     cfg = make_cfg(tmp_path, None)
     with pytest.raises(ReplayError, match=r"orchestrator\.source\.path: is not set"):
+        replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)
+
+
+@pytest.mark.parametrize("line,problem", [
+    (DEEP, "JSON nested too deeply"), ("null", "a JSON null, not an object"), ("3", "a JSON number, not an object"),
+    ('{"custom_id": ["x"], "body": {}}', "custom_id is array, not a string"),
+    ('{"custom_id": "' + "z" * MAX_LINE + '"}', "line of [0-9]+ bytes is longer than the"),
+])
+def test_a_hostile_batch_input_line_is_an_error_naming_it(tmp_path, smol_tokenizer, line, problem):
+    out = tmp_path / "out.jsonl"
+    out.write_text(json.dumps(batch_out("req-0", status_code=200, body={"choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "a"}}]})) + "\n")
+    cfg = make_cfg(tmp_path, out)  # writes batch_input.jsonl: 5 requests
+    inp = tmp_path / "batch_input.jsonl"
+    inp.write_text(inp.read_text() + line + "\n")
+    with pytest.raises(ReplayError, match=f"batch_input.jsonl:6: field 'custom_id': not a Batch API input line "
+                                          f"\\({problem}"):
         replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)
