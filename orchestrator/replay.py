@@ -225,8 +225,8 @@ def _answered(messages: list[dict[str, Any]], field: str) -> list[dict[str, Any]
     counted and listed, and an on_error = "fail" replay of a paid-for recording does not stop on it."""
     problem = content_problem(messages[-1], final=True)
     if problem:
-        raise RecordError(f"{field}.content", problem, "drop the record (the teacher gave no answer)",
-                          "empty_answer")
+        raise RecordError(f"{field}.content", problem,
+                          "give the final assistant message its answer, or drop the record", "empty_answer")
     return messages
 
 
