@@ -80,6 +80,7 @@ class ReplayError(ValueError):
 
     def __init__(self, file: str, line: int | None, field: str | None, problem: str, fix: str = ""):
         self.file, self.line, self.field, self.problem, self.fix = str(file), line, field, problem, fix
+        self.reason: str | None = None  # set for a bad record (BadRecord.as_error)
         where = f"{file}:{line}" if line else str(file)
         msg = f"{where}: " + (f"field {field!r}: " if field else "") + problem
         if fix:
@@ -152,8 +153,11 @@ class BadRecord:
         skip = 'or skip bad records with orchestrator.replay.on_error = "skip" (distill replay --on-error skip)'
         if ". Fix: " in self.error:
             problem, fix = self.error.split(". Fix: ", 1)
-            return ReplayError(self.file, self.line, self.field, problem, f"{fix}; {skip}")
-        return ReplayError(self.file, self.line, self.field, self.error, f"correct the record, {skip}")
+            err = ReplayError(self.file, self.line, self.field, problem, f"{fix}; {skip}")
+        else:
+            err = ReplayError(self.file, self.line, self.field, self.error, f"correct the record, {skip}")
+        err.reason = self.reason  # the bad-record reason code (docs/replay.md, "Bad records")
+        return err
 
 
 def content_id(messages: list[dict[str, Any]], tools: Any) -> str:

@@ -142,7 +142,7 @@ def test_on_error_fail_stops_at_the_hostile_line_naming_file_line_and_reason(tmp
     cfg = make_cfg(tmp_path, p, on_error="fail")
     with pytest.raises(ReplayError) as ei:
         replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)
-    assert (ei.value.file, ei.value.line, ei.value.field) == (str(p), 2, field)
+    assert (ei.value.file, ei.value.line, ei.value.field, ei.value.reason) == (str(p), 2, field, reason)
     assert str(ei.value).startswith(f"{p}:2: ") and not is_done(tmp_path / "run" / "samples")
 
 
@@ -209,6 +209,8 @@ def test_cli_without_input_or_source_path_names_the_key(tmp_path, smol_tokenizer
     proc = distill("replay", cli_config(tmp_path, smol_tokenizer_dir))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "orchestrator.source.path" in proc.stderr and "INPUT" in proc.stderr
+    proc = distill("replay", cli_config(tmp_path, smol_tokenizer_dir), "x.jsonl", "--on-error", "maybe")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "--on-error must be skip or fail" in proc.stderr
 
 
 def test_replay_without_any_input_names_the_key(tmp_path, smol_tokenizer):
