@@ -370,7 +370,8 @@ def parse_sharegpt(obj: dict, file: str, line: int) -> list[Conversation]:
                               f"{sorted(SHAREGPT_ROLES) + list(SHAREGPT_TOOL_CALL)}",
                               "convert the record to chat format ({\"messages\": [...]}) or drop it")
         if not isinstance(value, str):
-            raise RecordError(f"{field}.value", f"expected a string, got {type(value).__name__}")
+            raise RecordError(f"{field}.value", f"expected a string, got {json_type(value)}",
+                              reason="missing_content" if value is None else "bad_field")
         msg: dict[str, Any] = {"role": role, "content": value}
         if role == "tool" and pending_calls:
             msg["tool_call_id"] = pending_calls.pop(0)

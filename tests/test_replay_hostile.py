@@ -60,6 +60,8 @@ HOSTILE: list[tuple[bytes, str, str | None]] = [
     (json.dumps({"messages": [USER, {"role": "assistant", "content": None}]}).encode(), "empty_answer",
      "messages[1].content"),
     (json.dumps({"messages": [USER, {"role": "assistant"}]}).encode(), "empty_answer", "messages[1].content"),
+    (json.dumps({"conversations": [{"from": "human", "value": None}, {"from": "gpt", "value": "a"}]}).encode(),
+     "missing_content", "conversations[0].value"),
     (json.dumps({"messages": {"role": "user"}}).encode(), "bad_field", "messages"),
     (json.dumps({"messages": [{"role": 3, "content": "q"}, ASSISTANT]}).encode(), "bad_field", "messages[0].role"),
     (json.dumps({"messages": [{"role": None, "content": "q"}, ASSISTANT]}).encode(), "bad_field",
