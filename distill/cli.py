@@ -224,11 +224,25 @@ def cmd_replay(argv: list[str]) -> int:
     if cfg.orchestrator.source.type != "replay" and not inputs:
         raise SystemExit("distill replay: the config's orchestrator.source.type is not \"replay\"; "
                          "set it, or pass input files after the config path")
+    if flags.get("--on-error") not in (None, "skip", "fail"):
+        raise SystemExit(f"distill replay: --on-error must be skip or fail, got {flags['--on-error']!r}")
     if cfg.orchestrator.source.type != "replay":
         cfg.orchestrator.source.type = "replay"
+    if not inputs and not cfg.orchestrator.source.path:
+        raise SystemExit("distill replay: orchestrator.source.path is not set and no input file was given. "
+                         'Fix: set orchestrator.source.path = "FILE.jsonl" in the config, or pass input files: '
+                         "distill replay CONFIG INPUT...")
     run_dir = _prepare_run_dir(cfg)
     summary = _produce(cfg, run_dir, on_error=flags.get("--on-error"), inputs=inputs)
     _print_summary("replay", summary)
+    o = summary["outcomes"]  # every record ends in exactly one of these (docs/replay.md, "Counting")
+    extra = (f" (+{summary['extra_conversations']} more choice(s) of Batch API lines)"
+             if summary["extra_conversations"] else "")
+    print(f"replay: {summary['records']} records{extra} = {o['trained']} trained + {o['filtered']} filtered + "
+          f"{o['rejected']} rejected + {o['bad_records']} bad"
+          + (f" + {o['not_reconstructed']} not reconstructed" if o["not_reconstructed"] else "")
+          + (f"; bad records by reason: {json.dumps(summary['bad_record_reasons'])} (listed in "
+             f"{summary['replay_rejects']})" if o["bad_records"] else ""))
     _print_locations(run_dir, None)
     return 0
 

@@ -186,6 +186,9 @@ class Replay(Strict):
     columns: dict[str, str] = {}
     # Stop after this many input records (None = all).
     limit: int | None = Field(None, ge=1)
+    # Longest input line in bytes (newline included); a longer line is a bad record
+    # ("line_too_long"), read past without loading it into memory. Default 64 MiB.
+    max_line_bytes: int = Field(64 << 20, ge=1024)
 
     @field_validator("drop_pattern", "require_pattern")
     @classmethod
@@ -510,7 +513,9 @@ def check_cross_fields(cfg: RunConfig) -> list[Problem]:
             "not be trained. Fix: lower it or raise trainer.seq_len (leave it unset to use trainer.seq_len).",
         ))
     src = cfg.orchestrator.source
-    if src.type in ("jsonl", "replay") and not src.path:
+    # (replay may take its inputs from the command line: `distill replay CONFIG INPUT...`; with neither,
+    # replay stops naming orchestrator.source.path)
+    if src.type == "jsonl" and not src.path:
         problems.append(Problem(
             "orchestrator.source.path",
             f'source type {src.type!r} reads a file. Fix: set orchestrator.source.path = "FILE.jsonl".',

@@ -12,6 +12,12 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+from orchestrator.lines import MAX_LINE_BYTES, content_problem, depth_exceeds, json_type, parse_line, read_lines, \
+    too_long_message
+
+#: Deepest nesting a prompt line may have (tool schemas need a few levels; nothing needs 100).
+MAX_PROMPT_DEPTH = 100
+
 
 class PromptSourceError(ValueError):
     pass
@@ -35,12 +41,20 @@ def load_prompts(source_cfg) -> Iterator[dict[str, Any]]:
 def count_prompts(source_cfg) -> int | None:
     """How many prompts the source holds, when cheap to know.
 
-    A JSONL file is read and validated in full here (every line parsed and checked, ids unique), so a bad
-    line N is a PromptSourceError naming file:N before the first teacher request, not after hours of them."""
+    A JSONL file is read and validated in full here (every line parsed and checked, ids unique), so bad
+    lines are one PromptSourceError before the first teacher request, not after hours of them: it counts
+    every bad line and lists the first LISTED_BAD_LINES with file:line."""
     if source_cfg.type == "reasoning_gym":
         return source_cfg.size
     if source_cfg.type == "jsonl" and source_cfg.path:
-        return sum(1 for _ in _jsonl(Path(source_cfg.path), source_cfg.system_prompt))
+        errors: list[str] = []
+        n = sum(1 for _ in _jsonl(Path(source_cfg.path), source_cfg.system_prompt, errors))
+        if errors:
+            listed = "\n  ".join(errors[:LISTED_BAD_LINES])
+            more = f"\n  ... and {len(errors) - LISTED_BAD_LINES} more" if len(errors) > LISTED_BAD_LINES else ""
+            raise PromptSourceError(f"orchestrator.source.path: {len(errors)} bad line(s) in {source_cfg.path} "
+                                    f"({n} good); no request was sent. Fix them first:\n  {listed}{more}")
+        return n
     return None
 
 
@@ -77,64 +91,102 @@ def _reasoning_gym(cfg) -> Iterator[dict[str, Any]]:
         }
 
 
-def _jsonl(path: Path, system_prompt: str | None) -> Iterator[dict[str, Any]]:
+#: How many bad lines of a prompt file the error lists (all are counted).
+LISTED_BAD_LINES = 5
+
+
+def _check_path(path: Path) -> None:
+    fix = 'Fix: point it at a JSONL file with one {"messages": [...]} or {"prompt": "..."} object per line'
+    if path.is_dir():
+        raise PromptSourceError(f"orchestrator.source.path: {path} is a directory, not a file. {fix}")
     if not path.is_file():
-        raise PromptSourceError(f"orchestrator.source.path: {path} does not exist. Fix: point it at a JSONL file "
-                                'with one {"messages": [...]} or {"prompt": "..."} object per line')
+        raise PromptSourceError(f"orchestrator.source.path: {path} does not exist. {fix}")
+
+
+def _jsonl(path: Path, system_prompt: str | None, errors: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """The prompts of a JSONL file. A bad line raises PromptSourceError naming file:line, or, when
+    `errors` is given, is appended to it and skipped (count_prompts reports them all at once)."""
+    _check_path(path)
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as f:
+        for lineno, (raw, n, too_long) in enumerate(read_lines(f, MAX_LINE_BYTES), 1):
             where = f"{path}:{lineno}"
             try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PromptSourceError(f"{where}: not valid JSON ({e.msg} at column {e.colno}). "
-                                        "Fix: one JSON object per line") from None
-            if not isinstance(d, dict):
-                raise PromptSourceError(f"{where}: expected a JSON object, got {type(d).__name__}")
-            try:
-                json.dumps(d, ensure_ascii=False).encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise PromptSourceError(f"{where}: the text holds a lone surrogate ({e.object[e.start]!r}: half of a "
-                                        "UTF-16 pair, e.g. a cut emoji escape), which is not valid Unicode and cannot "
-                                        "be sent to the teacher. Fix: repair or drop that text") from None
-            if "messages" in d:
-                messages = d["messages"]
-                if not isinstance(messages, list) or not messages:
-                    raise PromptSourceError(f"{where}: field 'messages' must be a non-empty list of "
-                                            "{\"role\", \"content\"} objects")
-                for k, m in enumerate(messages):
-                    if not isinstance(m, dict) or "role" not in m:
-                        raise PromptSourceError(f"{where}: messages[{k}] must be an object with a 'role'")
-                if messages[-1].get("role") == "assistant":
-                    raise PromptSourceError(
-                        f"{where}: the last message is an assistant turn; a prompt must end where the teacher "
-                        "answers. Fix: drop the final assistant message (or use a replay source to train on it)")
-            elif "prompt" in d:
-                if not isinstance(d["prompt"], str) or not d["prompt"]:
-                    raise PromptSourceError(f"{where}: field 'prompt' must be a non-empty string")
-                messages = [{"role": "user", "content": d["prompt"]}]
-            else:
-                raise PromptSourceError(f"{where}: needs a 'messages' list or a 'prompt' string "
-                                        f"(found keys {sorted(d)})")
-            tools = d.get("tools")
-            if tools is not None and not isinstance(tools, list):
-                raise PromptSourceError(f"{where}: field 'tools' must be a list of tool definitions")
-            pid = str(d["id"]) if d.get("id") is not None else f"{path.stem}-{lineno}"
-            if "/" in pid:
-                raise PromptSourceError(f"{where}: id {pid!r} contains '/', which separates sample-id parts. "
-                                        "Fix: use another character")
-            if pid in seen:
-                raise PromptSourceError(f"{where}: id {pid!r} was already used on line {seen[pid]}. "
-                                        "Fix: ids must be unique")
-            seen[pid] = lineno
-            meta = {k: v for k, v in d.items() if k not in ("messages", "prompt", "tools", "id", "answer")}
-            yield {
-                "prompt_id": pid,
-                "messages": _with_system(messages, system_prompt),
-                "tools": tools,
-                "answer": d.get("answer"),
-                "metadata": {"source": "jsonl", "file": str(path), "line": lineno, **meta},
-            }
+                if too_long:
+                    why = too_long_message(n, MAX_LINE_BYTES, "orchestrator.prompts.MAX_LINE_BYTES")
+                    raise PromptSourceError(f"{where}: {why}. Fix: split or shorten the prompt")
+                if not raw.strip():
+                    continue
+                prompt = _prompt(raw, where, path, lineno, seen)
+            except PromptSourceError as e:
+                if errors is None:
+                    raise
+                errors.append(str(e))
+                continue
+            yield dict(prompt, messages=_with_system(prompt["messages"], system_prompt))
+
+
+def _prompt(raw: bytes, where: str, path: Path, lineno: int, seen: dict[str, int]) -> dict[str, Any]:
+    """One prompt line -> its prompt dict (system prompt not yet added), or PromptSourceError."""
+    d, reason, problem = parse_line(raw)
+    if reason is not None:
+        fix = "flatten the record" if reason == "too_deep" else "one JSON object per line, in UTF-8"
+        raise PromptSourceError(f"{where}: {problem}. Fix: {fix}")
+    if not isinstance(d, dict):
+        raise PromptSourceError(f"{where}: expected a JSON object, got {json_type(d)}")
+    try:
+        json.dumps(d, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PromptSourceError(f"{where}: the text holds a lone surrogate ({e.object[e.start]!r}: half of a "
+                                "UTF-16 pair, e.g. a cut emoji escape), which is not valid Unicode and cannot "
+                                "be sent to the teacher. Fix: repair or drop that text") from None
+    except (RecursionError, ValueError):
+        raise PromptSourceError(f"{where}: nested too deeply to send. Fix: flatten the record") from None
+    if depth_exceeds(d, MAX_PROMPT_DEPTH):
+        raise PromptSourceError(f"{where}: nested more than {MAX_PROMPT_DEPTH} levels deep. Fix: flatten the record")
+    messages = _prompt_messages(d, where)
+    tools = d.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise PromptSourceError(f"{where}: field 'tools' must be a list of tool definitions")
+    pid = str(d["id"]) if d.get("id") is not None else f"{path.stem}-{lineno}"
+    if "/" in pid:
+        raise PromptSourceError(f"{where}: id {pid!r} contains '/', which separates sample-id parts. "
+                                "Fix: use another character")
+    if pid in seen:
+        raise PromptSourceError(f"{where}: id {pid!r} was already used on line {seen[pid]}. "
+                                "Fix: ids must be unique")
+    seen[pid] = lineno
+    meta = {k: v for k, v in d.items() if k not in ("messages", "prompt", "tools", "id", "answer")}
+    return {"prompt_id": pid, "messages": messages, "tools": tools, "answer": d.get("answer"),
+            "metadata": {"source": "jsonl", "file": str(path), "line": lineno, **meta}}
+
+
+def _prompt_messages(d: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    if "prompt" in d and "messages" not in d:
+        if not isinstance(d["prompt"], str) or not d["prompt"]:
+            raise PromptSourceError(f"{where}: field 'prompt' must be a non-empty string")
+        return [{"role": "user", "content": d["prompt"]}]
+    if "messages" not in d:
+        raise PromptSourceError(f"{where}: needs a 'messages' list or a 'prompt' string "
+                                f"(found keys {sorted(d)[:10]})")
+    messages = d["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise PromptSourceError(f"{where}: field 'messages' must be a non-empty list of "
+                                "{\"role\", \"content\"} objects")
+    for k, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m:
+            raise PromptSourceError(f"{where}: messages[{k}] must be an object with a 'role'")
+        if not isinstance(m["role"], str) or not m["role"]:
+            raise PromptSourceError(f"{where}: messages[{k}].role must be a role string, got {json_type(m['role'])}")
+        content = m.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise PromptSourceError(f"{where}: messages[{k}].content must be a string or a list of content "
+                                    f"parts, got {json_type(content)}")
+        problem = content_problem(m, final=False)
+        if problem:
+            raise PromptSourceError(f"{where}: messages[{k}]: {problem}. Fix: give the message its text")
+    if messages[-1].get("role") == "assistant":
+        raise PromptSourceError(
+            f"{where}: the last message is an assistant turn; a prompt must end where the teacher "
+            "answers. Fix: drop the final assistant message (or use a replay source to train on it)")
+    return messages

@@ -62,8 +62,14 @@ def is_headers_key(name: str) -> bool:
     return bool(parts) and parts[-1] == "headers"
 
 
-def redact(obj: Any) -> Any:
+#: Deepest nesting redact() walks; deeper data is refused (ValueError), never a RecursionError.
+MAX_DEPTH = 200
+
+
+def redact(obj: Any, _depth: int = 0) -> Any:
     """A redacted copy of plain data (dicts, lists, tuples walked; other values kept)."""
+    if _depth > MAX_DEPTH and isinstance(obj, (dict, list, tuple)):
+        raise ValueError(f"cannot redact data nested more than {MAX_DEPTH} levels deep")
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
@@ -72,8 +78,8 @@ def redact(obj: Any) -> Any:
             elif isinstance(k, str) and is_headers_key(k) and isinstance(v, dict):
                 out[k] = {hk: REDACTED for hk in v}
             else:
-                out[k] = redact(v)
+                out[k] = redact(v, _depth + 1)
         return out
     if isinstance(obj, (list, tuple)):
-        return [redact(x) for x in obj]
+        return [redact(x, _depth + 1) for x in obj]
     return obj

@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from orchestrator.contract import ShardWriter, atomic_write_text, read_consumed
+from orchestrator.lines import LINE_TOO_LONG, MAX_LINE_BYTES, content_problem, json_type, parse_line, read_lines, \
+    too_long_message
 from orchestrator.recording import RECORDING_VERSION
 
 if TYPE_CHECKING:  # the config module is light, but replay only needs its type
@@ -78,6 +80,7 @@ class ReplayError(ValueError):
 
     def __init__(self, file: str, line: int | None, field: str | None, problem: str, fix: str = ""):
         self.file, self.line, self.field, self.problem, self.fix = str(file), line, field, problem, fix
+        self.reason: str | None = None  # set for a bad record (BadRecord.as_error)
         where = f"{file}:{line}" if line else str(file)
         msg = f"{where}: " + (f"field {field!r}: " if field else "") + problem
         if fix:
@@ -86,11 +89,12 @@ class ReplayError(ValueError):
 
 
 class RecordError(Exception):
-    """A bad record, before its location is known (the reader adds file and line)."""
+    """A bad record, before its location is known (the reader adds file and line).
+    `reason` is its code in the summary's bad_record_reasons (see docs/replay.md)."""
 
-    def __init__(self, field: str | None, problem: str, fix: str = ""):
+    def __init__(self, field: str | None, problem: str, fix: str = "", reason: str = "bad_field"):
         super().__init__(problem)
-        self.field, self.problem, self.fix = field, problem, fix
+        self.field, self.problem, self.fix, self.reason = field, problem, fix, reason
 
 
 # ---------------------------------------------------------------------------
@@ -137,18 +141,23 @@ class BadRecord:
     error: str
     partial: bool = False  # a half-written last line (no trailing newline, not valid JSON)
     excerpt: str = ""
+    reason: str = "bad_field"  # the code counted in the summary's bad_record_reasons
 
     def to_json(self) -> str:
-        return json.dumps({"file": self.file, "line": self.line, "field": self.field, "error": self.error,
-                           "partial": self.partial, "excerpt": self.excerpt}, ensure_ascii=False)
+        return json.dumps({"file": self.file, "line": self.line, "field": self.field, "reason": self.reason,
+                           "error": self.error, "partial": self.partial, "excerpt": self.excerpt},
+                          ensure_ascii=False)
 
     def as_error(self) -> ReplayError:
         """The error `on_error = "fail"` raises: the problem, plus how to go on without this record."""
         skip = 'or skip bad records with orchestrator.replay.on_error = "skip" (distill replay --on-error skip)'
         if ". Fix: " in self.error:
             problem, fix = self.error.split(". Fix: ", 1)
-            return ReplayError(self.file, self.line, self.field, problem, f"{fix}; {skip}")
-        return ReplayError(self.file, self.line, self.field, self.error, f"correct the record, {skip}")
+            err = ReplayError(self.file, self.line, self.field, problem, f"{fix}; {skip}")
+        else:
+            err = ReplayError(self.file, self.line, self.field, self.error, f"correct the record, {skip}")
+        err.reason = self.reason  # the bad-record reason code (docs/replay.md, "Bad records")
+        return err
 
 
 def content_id(messages: list[dict[str, Any]], tools: Any) -> str:
@@ -187,6 +196,10 @@ def normalize_message(m: Any, field: str) -> dict[str, Any]:
     if content is not None and not isinstance(content, (str, list)):
         raise RecordError(f"{field}.content", f"expected a string, null or a list of content parts, "
                           f"got {type(content).__name__}")
+    missing = content_problem(m, final=False)
+    if missing:
+        raise RecordError(f"{field}.content", missing, "give the message its text, or drop the record",
+                          "missing_content")
     # OpenAI's newer "developer" role is the system prompt under another name.
     out: dict[str, Any] = {"role": "system" if role == "developer" else role, "content": content}
     for key in MESSAGE_KEYS[2:]:
@@ -204,8 +217,21 @@ def normalize_message(m: Any, field: str) -> dict[str, Any]:
 def _messages(v: Any, field: str) -> list[dict[str, Any]]:
     if not isinstance(v, list) or not v:
         raise RecordError(field, "expected a non-empty list of messages"
-                          + (", got nothing" if v is None else f", got {type(v).__name__}"))
+                          + (", got nothing" if v is None else f", got {json_type(v)}"))
     return [normalize_message(m, f"{field}[{i}]") for i, m in enumerate(v)]
+
+
+def _answered(messages: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
+    """A dataset conversation (chat), checked to end in something to train on (lines.content_problem).
+
+    Not applied to teacher answers as received (recording, Batch API output): an empty answer there is
+    what the teacher sent, not a malformed record; reconstruction rejects it (empty_assistant_turn),
+    counted and listed, and an on_error = "fail" replay of a paid-for recording does not stop on it."""
+    problem = content_problem(messages[-1], final=True)
+    if problem:
+        raise RecordError(f"{field}.content", problem,
+                          "give the final assistant message its answer, or drop the record", "empty_answer")
+    return messages
 
 
 def _tools(v: Any, field: str = "tools") -> list[dict[str, Any]] | None:
@@ -285,6 +311,7 @@ def parse_recording(obj: dict, file: str, line: int) -> list[Conversation]:
 
 def parse_chat(obj: dict, file: str, line: int) -> list[Conversation]:
     messages = _messages(obj.get("messages"), "messages")
+    _answered(messages, f"messages[{len(messages) - 1}]")
     tools = _tools(obj.get("tools"))
     prompt_id = _id(obj, "id") or content_id(messages, tools)
     return [Conversation(messages, tools, prompt_id, _index(obj), _opt_str(obj, "finish_reason"),
@@ -343,7 +370,8 @@ def parse_sharegpt(obj: dict, file: str, line: int) -> list[Conversation]:
                               f"{sorted(SHAREGPT_ROLES) + list(SHAREGPT_TOOL_CALL)}",
                               "convert the record to chat format ({\"messages\": [...]}) or drop it")
         if not isinstance(value, str):
-            raise RecordError(f"{field}.value", f"expected a string, got {type(value).__name__}")
+            raise RecordError(f"{field}.value", f"expected a string, got {json_type(value)}",
+                              reason="missing_content" if value is None else "bad_field")
         msg: dict[str, Any] = {"role": role, "content": value}
         if role == "tool" and pending_calls:
             msg["tool_call_id"] = pending_calls.pop(0)
@@ -354,28 +382,41 @@ def parse_sharegpt(obj: dict, file: str, line: int) -> list[Conversation]:
                          _opt_reward(obj), _opt_str(obj, "model"), "sharegpt", file, line)]
 
 
+def _batch_custom_id(raw: bytes, n: int, too_long: bool, max_line_bytes: int) -> tuple[str, str]:
+    """(custom_id, "") of a Batch API input line, or ("", what is wrong with the line)."""
+    if too_long:
+        return "", too_long_message(n, max_line_bytes, "orchestrator.replay.max_line_bytes")
+    req, reason, problem = parse_line(raw)
+    if reason is not None:
+        return "", problem
+    if not isinstance(req, dict):
+        return "", f"a JSON {json_type(req)}, not an object"
+    cid = req.get("custom_id")
+    if isinstance(cid, bool) or not isinstance(cid, (str, int)):
+        return "", f"custom_id is {json_type(cid)}, not a string"
+    return str(cid), ""
+
+
 class BatchInputIndex:
     """custom_id -> request, from OpenAI Batch API input file(s), read back by byte offset on demand."""
 
-    def __init__(self, patterns: list[str]):
+    def __init__(self, patterns: list[str], max_line_bytes: int = MAX_LINE_BYTES):
         self.paths = resolve_inputs(patterns)
         self.offsets: dict[str, tuple[int, int, int]] = {}  # custom_id -> (file index, offset, line)
         self._files: list[Any] = []
         for fi, path in enumerate(self.paths):
             with open(path, "rb") as f:
                 offset, lineno = 0, 0
-                for raw in f:
+                for raw, n, too_long in read_lines(f, max_line_bytes):
                     lineno += 1
-                    start, offset = offset, offset + len(raw)
+                    start, offset = offset, offset + n
                     if not raw.strip():
                         continue
-                    try:
-                        req = json.loads(raw)
-                        cid = req["custom_id"]
-                    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-                        if not raw.endswith(b"\n"):
+                    cid, problem = _batch_custom_id(raw, n, too_long, max_line_bytes)
+                    if problem:
+                        if not too_long and not raw.endswith(b"\n"):
                             continue  # half-written last line: its answers are reported as missing
-                        raise ReplayError(path, lineno, "custom_id", f"not a Batch API input line ({e})",
+                        raise ReplayError(path, lineno, "custom_id", f"not a Batch API input line ({problem})",
                                           "orchestrator.replay.batch_input must name the .jsonl file "
                                           "uploaded to create the batch") from None
                     if cid in self.offsets:
@@ -436,6 +477,9 @@ def parse_openai_batch(obj: dict, file: str, line: int, batch: BatchInputIndex |
         return failed(f"batch request failed with HTTP {status}: {json.dumps(body, ensure_ascii=False)[:300]}")
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
         raise RecordError("response.body.choices", "expected a chat completion body with a 'choices' list")
+    if not body["choices"]:
+        raise RecordError("response.body.choices", "empty: the request succeeded (HTTP 200) but returned no "
+                          "answer", "nothing to replay from this line; skip it (--on-error skip)", "no_choices")
     request, req_where = batch.request(cid)
     try:
         prompt = _messages(request.get("messages"), "messages")
@@ -463,7 +507,8 @@ def parse_openai_batch(obj: dict, file: str, line: int, batch: BatchInputIndex |
 def detect_format(obj: Any) -> str:
     """Which format one record is in (for format = "auto")."""
     if not isinstance(obj, dict):
-        raise RecordError(None, f"expected a JSON object per line, got {type(obj).__name__}")
+        raise RecordError(None, f"expected a JSON object per line, got {json_type(obj)}",
+                          reason="not_an_object")
     if "custom_id" in obj:
         if "response" in obj or "error" in obj:
             return "openai_batch"
@@ -478,8 +523,8 @@ def detect_format(obj: Any) -> str:
     if "conversations" in obj:
         return "sharegpt"
     keys = sorted(str(k) for k in obj)[:10]
-    raise RecordError(None, f"cannot tell the format from the keys {keys}",
-                      "expected 'messages' (chat), 'conversations' (ShareGPT), 'messages'+'response' "
+    raise RecordError(None, f"cannot tell the format from the keys {keys}", reason="unknown_format",
+                      fix="expected 'messages' (chat), 'conversations' (ShareGPT), 'messages'+'response' "
                       "(distill recording) or 'custom_id'+'response' (OpenAI batch output); map other column "
                       "names with orchestrator.replay.columns, or set orchestrator.source.format")
 
@@ -495,54 +540,63 @@ class _Line:
     nbytes: int
     obj: Any = None
     bad: BadRecord | None = None
+    empty: bool = False  # a blank line (or the bytes-only marker of a dataset): not a record
 
 
 def _excerpt(raw: bytes, n: int = 200) -> str:
     return raw[:n].decode("utf-8", "replace").rstrip("\n")
 
 
-def _raw_lines(path: str) -> Iterator[tuple[bytes, int]]:
-    """(line, bytes of the file on disk it took), for plain and gzip-compressed (.gz) files.
+def _raw_lines(path: str, max_bytes: int) -> Iterator[tuple[bytes, int, int, bool]]:
+    """(line, bytes of the file on disk it took, its length, too_long), for plain and
+    gzip-compressed (.gz) files; lines over max_bytes are cut (lines.read_lines).
     A gzip stream that ends early raises EOFError after its last complete data."""
     if not path.lower().endswith(".gz"):
         with open(path, "rb") as f:
-            for raw in f:
-                yield raw, len(raw)
+            for raw, n, too_long in read_lines(f, max_bytes):
+                yield raw, n, n, too_long
         return
     with open(path, "rb") as disk, gzip.GzipFile(fileobj=disk) as f:
         pos = 0
-        for raw in f:
+        for raw, n, too_long in read_lines(f, max_bytes):
             now = disk.tell()
-            yield raw, now - pos
+            yield raw, now - pos, n, too_long
             pos = now
 
 
-def iter_jsonl(path: str) -> Iterator[_Line]:
+def iter_jsonl(path: str, max_bytes: int = MAX_LINE_BYTES) -> Iterator[_Line]:
     """One record per line, streamed. A last line with no newline that is not valid JSON (or a
-    gzip stream that ends early) is marked partial: the writer stopped mid-append."""
+    gzip stream that ends early) is marked partial: the writer stopped mid-append. A line longer
+    than max_bytes is a bad record (`line_too_long`), read past without holding it in memory."""
     lineno = 0
-    lines = _raw_lines(path)
+    lines = _raw_lines(path, max_bytes)
     while True:
         try:
-            raw, nbytes = next(lines)
+            raw, nbytes, length, too_long = next(lines)
         except StopIteration:
             return
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:
             lineno += 1
             yield _Line(lineno, 0, bad=BadRecord(path, lineno, None, f"the gzip stream ends early or is damaged "
-                                                 f"({e}); the writer stopped mid-write", True))
+                                                 f"({e}); the writer stopped mid-write", True,
+                                                 reason="partial_last_line"))
             return
         lineno += 1
-        if not raw.strip():
-            yield _Line(lineno, nbytes)
+        if too_long:
+            yield _Line(lineno, nbytes, bad=BadRecord(
+                path, lineno, None, too_long_message(length, max_bytes, "orchestrator.replay.max_line_bytes"),
+                excerpt=_excerpt(raw), reason=LINE_TOO_LONG))
             continue
-        try:
-            obj = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if not raw.strip():
+            yield _Line(lineno, nbytes, empty=True)
+            continue
+        obj, reason, msg = parse_line(raw)
+        if reason is not None:
             partial = not raw.endswith(b"\n")
-            msg = (f"half-written last line ({len(raw)} bytes, no newline: the writer stopped mid-append)"
-                   if partial else f"not valid JSON ({getattr(e, 'msg', e)})")
-            yield _Line(lineno, nbytes, bad=BadRecord(path, lineno, None, msg, partial, _excerpt(raw)))
+            if partial:
+                reason, msg = "partial_last_line", (f"half-written last line ({len(raw)} bytes, no newline: the "
+                                                    "writer stopped mid-append)")
+            yield _Line(lineno, nbytes, bad=BadRecord(path, lineno, None, msg, partial, _excerpt(raw), reason))
             continue
         yield _Line(lineno, nbytes, obj=obj)
 
@@ -566,7 +620,7 @@ def iter_dataset(path: str) -> Iterator[_Line]:
     size = os.path.getsize(path)
     for i, row in enumerate(ds, 1):
         yield _Line(i, 0, obj=row)
-    yield _Line(0, size)  # account the file's bytes for progress once it is read
+    yield _Line(0, size, empty=True)  # account the file's bytes for progress once it is read
 
 
 def resolve_inputs(patterns: list[str]) -> list[str]:
@@ -610,8 +664,10 @@ def iter_conversations(
     columns: dict[str, str] | None = None,
     batch: BatchInputIndex | None = None,
     on_bytes: Callable[[int], None] | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> Iterator[Conversation | BadRecord]:
-    """Stream every input record as Conversation(s), or a BadRecord where one cannot be parsed."""
+    """Stream every input record as Conversation(s), or a BadRecord where one cannot be parsed.
+    Every non-blank line (dataset row) gives at least one of them: nothing is dropped unseen."""
     columns = columns or {}
     parsers: dict[str, Callable[..., list[Conversation]]] = {
         "recording": parse_recording, "chat": parse_chat, "sharegpt": parse_sharegpt,
@@ -619,29 +675,40 @@ def iter_conversations(
     }
     for path in paths:
         use_datasets = fmt == "dataset" or (fmt == "auto" and Path(path).suffix.lower() == ".parquet")
-        lines = iter_dataset(path) if use_datasets else iter_jsonl(path)
+        lines = iter_dataset(path) if use_datasets else iter_jsonl(path, max_line_bytes)
         where = "row" if use_datasets else "line"
         for ln in lines:
             if on_bytes and ln.nbytes:
                 on_bytes(ln.nbytes)
             if ln.bad is not None:
                 yield ln.bad
-                continue
-            if ln.obj is None:
-                continue
-            obj = _apply_columns(ln.obj, columns)
-            try:
-                kind = detect_format(obj) if fmt in ("auto", "dataset") else fmt
-                if not isinstance(obj, dict):
-                    raise RecordError(None, f"expected a JSON object per {where}, got {type(obj).__name__}")
-                yield from parsers[kind](obj, path, ln.line)
-            except RecordError as e:
-                field = e.field
-                if field and field.split(".")[0].split("[")[0] in columns:
-                    field += f" (column {columns[field.split('.')[0].split('[')[0]]!r})"
-                problem = e.problem + (f". Fix: {e.fix}" if e.fix else "")
-                yield BadRecord(path, ln.line, field, problem, False, _excerpt(json.dumps(
-                    ln.obj, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace")))
+            elif not ln.empty:
+                yield from _parse_record(ln, path, where, fmt, columns, parsers)
+
+
+def _parse_record(ln: _Line, path: str, where: str, fmt: str, columns: dict[str, str],
+                  parsers: dict[str, Callable[..., list[Conversation]]]) -> list[Conversation | BadRecord]:
+    """One parsed line (row) -> its Conversation(s), or one BadRecord naming the field and reason."""
+    obj = _apply_columns(ln.obj, columns)
+    try:
+        kind = detect_format(obj) if fmt in ("auto", "dataset") else fmt
+        if not isinstance(obj, dict):
+            raise RecordError(None, f"expected a JSON object per {where}, got {json_type(obj)}",
+                              reason="not_an_object")
+        return list(parsers[kind](obj, path, ln.line))
+    except RecursionError:  # walking a record nested almost as deep as json.loads allows
+        e = RecordError(None, "nested too deeply to process", reason="too_deep")
+    except RecordError as err:
+        e = err
+    field = e.field
+    if field and field.split(".")[0].split("[")[0] in columns:
+        field += f" (column {columns[field.split('.')[0].split('[')[0]]!r})"
+    problem = e.problem + (f". Fix: {e.fix}" if e.fix else "")
+    try:
+        excerpt = _excerpt(json.dumps(ln.obj, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace"))
+    except (RecursionError, ValueError):
+        excerpt = ""
+    return [BadRecord(path, ln.line, field, problem, False, excerpt, e.reason)]
 
 
 # ---------------------------------------------------------------------------
@@ -757,9 +824,11 @@ def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | 
                          f"{list(COLUMN_NAMES)} and the values your column names, e.g. {{messages = \"conv\"}}")
     patterns = list(inputs) if inputs else ([src.path] if src.path else [])
     if not patterns:
-        raise ValueError("replay has no input. Fix: set orchestrator.source.path, or pass input files")
+        raise ReplayError("orchestrator.source.path", None, None, "is not set and no input file was given: "
+                          "replay has nothing to read", 'set orchestrator.source.path = "FILE.jsonl" (files, '
+                          "folders or globs), or pass input files: distill replay CONFIG INPUT...")
     paths = resolve_inputs(patterns)
-    batch = BatchInputIndex([rc.batch_input]) if rc.batch_input else None
+    batch = BatchInputIndex([rc.batch_input], rc.max_line_bytes) if rc.batch_input else None
 
     writer = ShardWriter(run_dir / "samples", samples_per_shard=cfg.orchestrator.samples_per_shard)
     already = writer.existing_ids() if writer.published else set()
@@ -769,6 +838,8 @@ def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | 
     filtered: Counter = Counter()
     rejected: Counter = Counter()
     formats: Counter = Counter()
+    reasons: Counter = Counter()  # bad records per reason
+    outcomes: Counter = Counter()  # what became of each conversation / unreadable record
     bad_examples: list[str] = []
     tokens = Counter()
     total_bytes = sum(os.path.getsize(p) for p in paths)
@@ -793,6 +864,7 @@ def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | 
 
     def bad(item: BadRecord) -> None:
         counts["bad_records"] += 1
+        reasons[item.reason] += 1
         counts["partial_last_lines" if item.partial else "bad_lines"] += 1
         out.bad_record(item)
         if len(bad_examples) < 5:
@@ -823,12 +895,14 @@ def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | 
     def flush() -> None:
         for c, result in zip(todo, reconstruct(todo)):
             if isinstance(result, Exception):
-                b = BadRecord(c.file, c.line, "messages", f"reconstruction failed: {type(result).__name__}: {result}")
+                b = BadRecord(c.file, c.line, "messages", f"reconstruction failed: {type(result).__name__}: {result}",
+                              reason="reconstruction_error")
                 bad(b)
                 if on_error == "fail":
                     raise b.as_error() from result
                 continue
             samples, rejections = result
+            outcomes["trained" if samples else "rejected"] += 1
             for r in rejections:
                 rejected[r.reason] += 1
                 out.reject(r.item_id, r.reason, f"{r.detail} ({c.where})".lstrip())
@@ -847,7 +921,7 @@ def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | 
     last_key: tuple[str, int] | None = None
     seen: dict[str, str] = {}  # sample id -> where it was first read (conversations past the filters)
     try:
-        for item in iter_conversations(paths, src.format, rc.columns, batch, on_bytes):
+        for item in iter_conversations(paths, src.format, rc.columns, batch, on_bytes, rc.max_line_bytes):
             if stopped():
                 counts["stopped_early"] = 1
                 break
@@ -857,6 +931,8 @@ def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | 
                     break
                 counts["records"] += 1
                 last_key = key
+            elif isinstance(item, Conversation):
+                counts["extra_conversations"] += 1  # a Batch API line with several choices
             if isinstance(item, BadRecord):
                 bad(item)
                 if on_error == "fail" and not item.partial:
@@ -868,6 +944,7 @@ def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | 
             formats[c.format] += 1
             why = keep(c)
             if why is not None:
+                outcomes["filtered"] += 1
                 filtered[why[0]] += 1
                 out.reject(c.sample_id, why[0], f"replay filter: {why[1]} ({c.where})")
                 continue
@@ -875,6 +952,7 @@ def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | 
             # an id wins (remembered only for those, so memory grows with samples, not records).
             first = seen.get(c.sample_id)
             if first is not None:
+                outcomes["filtered"] += 1
                 filtered["duplicate_id"] += 1
                 out.reject(c.sample_id, "duplicate_id", f"replay filter: id already used at {first} ({c.where})")
                 continue
@@ -884,6 +962,7 @@ def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | 
                 flush()
         if not stopped():
             flush()
+        outcomes["not_reconstructed"] += len(todo)  # the trainer finished first (distill run)
         writer.close()
     finally:
         out.close()
@@ -904,7 +983,14 @@ def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | 
         "bad_records": counts["bad_records"],
         "bad_lines": counts["bad_lines"],
         "partial_last_lines": counts["partial_last_lines"],
+        "bad_record_reasons": dict(sorted(reasons.items())),
         "bad_record_examples": bad_examples,
+        # Each record (plus each extra choice of a Batch API line) ends in exactly one outcome:
+        # records + extra_conversations == trained + filtered + rejected + bad_records + not_reconstructed.
+        "extra_conversations": counts["extra_conversations"],
+        "outcomes": {"trained": outcomes["trained"], "filtered": outcomes["filtered"],
+                     "rejected": outcomes["rejected"], "bad_records": counts["bad_records"],
+                     "not_reconstructed": outcomes["not_reconstructed"]},
         "samples": counts["samples"],
         "already_published": counts["already_published"],
         "samples_total": writer.published,

@@ -184,13 +184,19 @@ def test_mode_check_also_guards_python_construction():
 def test_cross_field_checks(tmp_path):
     with pytest.raises(ConfigError) as ei:
         load_config(None, ["--orchestrator.reconstruction.max_seq_len", "4096", "--trainer.seq_len", "1024",
-                           "--orchestrator.source.type", "replay",
+                           "--orchestrator.source.type", "jsonl",
                            "--orchestrator.local_teacher.enabled", "true",
                            "--orchestrator.local_teacher.port", "9000",
                            "--orchestrator.budget.max_cost", "5"])
     keys = sorted(p.key for p in ei.value.problems)
     assert keys == sorted(["orchestrator.reconstruction.max_seq_len", "orchestrator.source.path",
                            "orchestrator.rollout_model.base_url", "orchestrator.budget.max_cost"])
+
+
+def test_replay_source_may_leave_its_path_to_the_command_line():
+    """`distill replay CFG INPUT...` passes the inputs; replay itself names the key when there are none."""
+    cfg = load_config(None, ["--orchestrator.source.type", "replay"])
+    assert cfg.orchestrator.source.path is None
 
 
 def test_local_teacher_replicas_derive_extra_urls():

@@ -77,3 +77,57 @@ def test_reward_fn_loading_and_answer_extraction():
     assert extract_final_answer("so <answer> 12 </answer>") == "12"
     assert extract_final_answer("first 3 then 1,234.5 units") == "1234.5"
     assert extract_final_answer("nothing") is None
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+HOSTILE_PROMPTS = [
+    (DEEP, "JSON nested too deeply to read"),
+    ('{"prompt": "x", "meta": ' + DEEP + "}", "JSON nested too deeply to read"),
+    ('{"prompt": "x", "meta": ' + "[" * 150 + "]" * 150 + "}", "nested more than 100 levels"),
+    ("null", "expected a JSON object, got null"),
+    ("3", "expected a JSON object, got number"),
+    ('"text"', "expected a JSON object, got string"),
+    ("[]", "expected a JSON object, got array"),
+    ("true", "expected a JSON object, got boolean"),
+    ('{"messages": [{"role": "user", "content": null}]}', r"messages\[0\]: a user message with no content"),
+    ('{"messages": [{"role": "system"}, {"role": "user", "content": "q"}]}',
+     r"messages\[0\]: a system message with no content"),
+    ('{"messages": {"role": "user", "content": "q"}}', "field 'messages' must be a non-empty list"),
+    ('{"messages": [{"role": 3, "content": "q"}]}', r"messages\[0\].role must be a role string, got number"),
+    ('{"messages": [{"role": "user", "content": 5}]}', r"messages\[0\].content must be a string"),
+]
+
+
+@pytest.mark.parametrize("line,msg", HOSTILE_PROMPTS)
+def test_hostile_prompt_lines_are_file_line_errors(tmp_path, line, msg):
+    p = jsonl(tmp_path, [{"id": "a", "prompt": "first"}, line])
+    with pytest.raises(PromptSourceError, match="in.jsonl:2: " + msg):
+        list(load_prompts(Source(type="jsonl", path=str(p))))
+
+
+def test_count_prompts_counts_every_bad_line_and_lists_the_first_five(tmp_path):
+    lines = [{"prompt": "ok"}] + [line for line, _ in HOSTILE_PROMPTS] + [{"prompt": "ok too"}]
+    p = jsonl(tmp_path, lines)
+    p.write_bytes(p.read_bytes() + b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(PromptSourceError) as ei:
+        count_prompts(Source(type="jsonl", path=str(p)))
+    text = str(ei.value)
+    n_bad = len(HOSTILE_PROMPTS) + 1
+    assert text.startswith(f"orchestrator.source.path: {n_bad} bad line(s) in {p} (2 good); no request was sent")
+    assert [ln.split(": ")[0] for ln in text.splitlines()[1:6]] == [f"  {p}:{k}" for k in range(2, 7)]
+    assert f"... and {n_bad - 5} more" in text
+    # the UTF-8 error is counted though not listed; alone, it names its line and byte
+    p.write_bytes(b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(PromptSourceError, match=r"in.jsonl:1: not valid UTF-8 \(byte 0xe9"):
+        list(load_prompts(Source(type="jsonl", path=str(p))))
+
+
+def test_over_long_prompt_line_and_directory_path(tmp_path, monkeypatch):
+    import orchestrator.prompts as prompts
+
+    monkeypatch.setattr(prompts, "MAX_LINE_BYTES", 1024)
+    p = jsonl(tmp_path, [{"prompt": "x" * 5000}, {"prompt": "short"}])
+    with pytest.raises(PromptSourceError, match=r"in.jsonl:1: line of 5015 bytes is longer than the 1024-byte limit"):
+        count_prompts(Source(type="jsonl", path=str(p)))
+    with pytest.raises(PromptSourceError, match=r"orchestrator.source.path: .* is a directory"):
+        count_prompts(Source(type="jsonl", path=str(tmp_path)))
