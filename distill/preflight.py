@@ -30,7 +30,7 @@ class PreflightError(Exception):
 
     def __init__(self, command: str, problems: list[Problem]):
         self.command, self.problems = command, problems
-        lines = [f"{command}: cannot start, {len(problems)} problem(s):"] + [f"  - {p}" for p in problems]
+        lines = [f"{command} cannot start, {len(problems)} problem(s):"] + [f"  - {p}" for p in problems]
         super().__init__("\n".join(lines))
 
 
@@ -46,7 +46,7 @@ def preflight(cfg: RunConfig, command: str, *, inputs: list[str] | None = None, 
         problems += check_reward_fn(cfg.orchestrator.reward_fn)
     problems += check_earlier_run(cfg.output_dir, command, no_resume=no_resume, resume=resume, samples=samples)
     if problems:
-        raise PreflightError(f"distill {command}", problems)
+        raise PreflightError(command, problems)
 
 
 def _hub_id_fix(key: str, value: str) -> str:
