@@ -360,7 +360,7 @@ def cmd_report(argv: list[str]) -> int:
 
 # Errors whose message is complete for a user (file/line/field and the fix); no traceback.
 _USER_ERRORS = {"ReplayError", "LocalTeacherError", "RolloutError", "PromptSourceError", "RecordingError",
-                "FileNotFoundError", "PreflightError", "FileExistsError", "NotADirectoryError"}
+                "FileNotFoundError", "PreflightError", "FileExistsError", "NotADirectoryError", "TokenizerError"}
 
 COMMANDS = {
     "run": cmd_run,

@@ -50,7 +50,8 @@ class RolloutModel(Strict):
     extra_base_urls: list[str] = []
     # Model name sent with each request.
     model: str = "teacher"
-    # NAME of the environment variable holding the API key (never the key itself).
+    # NAME of the environment variable holding the API key (never the key itself). A value that
+    # is not a variable name (e.g. a pasted `sk-...` key) is refused, without being shown.
     api_key_var: str | None = None
 
     @field_validator("api_key_var")
@@ -114,7 +115,8 @@ class Sampling(Strict):
     seed: int | None = None
     # Stop strings.
     stop: list[str] | None = None
-    # Passed through verbatim in the request body (provider-specific fields).
+    # Passed through verbatim in the request body (provider-specific fields). Values of
+    # secret-looking keys and values that look like keys are redacted in dumps and recordings.
     extra_body: dict[str, Any] = {}
 
     def request_args(self) -> dict[str, Any]:
@@ -259,7 +261,8 @@ class Orchestrator(Strict):
     # Samples per published shard file.
     samples_per_shard: int = Field(32, ge=1)
     # Optional online filter: "module:function" called with (prompt record, completion
-    # text) and returning a float reward; samples below min_reward are dropped.
+    # text) and returning a float reward; samples below min_reward are dropped. It is
+    # imported before a run starts (an import error stops it then).
     reward_fn: str | None = None
 
     @field_validator("reward_fn")

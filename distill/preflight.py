@@ -12,13 +12,10 @@ mistake leaves no half-made run dir (no config.toml) behind.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from .config import Problem, RunConfig
 
-#: "org/name" (or "name" alone is a folder name): what a Hugging Face hub id looks like.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 #: Any of these marks a folder as holding a tokenizer transformers can load.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 #: What in an output_dir belongs to an earlier run.
@@ -49,20 +46,17 @@ def preflight(cfg: RunConfig, command: str, *, inputs: list[str] | None = None, 
         raise PreflightError(command, problems)
 
 
-def _hub_id_fix(key: str, value: str) -> str:
-    return (f"{value!r} is not a folder here and looks like a hub id; distill does not download at run time. "
-            f"Fix: put the model in a local folder (e.g. `huggingface-cli download {value} --local-dir DIR`) "
-            f"and set {key} = DIR")
-
-
 def _folder(key: str, value: str) -> tuple[Path | None, Problem | None]:
+    from orchestrator.student import hub_id_hint
+
     p = Path(value).expanduser()
     if p.is_dir():
         return p, None
     if p.exists():
         return None, Problem(key, f"{value} is a file, not a folder. Fix: set {key} to the folder holding it")
-    if _HUB_ID.match(value) and not value.startswith((".", "~")):
-        return None, Problem(key, _hub_id_fix(key, value))
+    hint = hub_id_hint(value, key)
+    if hint:
+        return None, Problem(key, hint)
     return None, Problem(key, f"folder {value} does not exist. Fix: set {key} to an existing HF folder"
                               + (' or "builtin:smollm2-135m-instruct"' if key == "student.path" else ""))
 
@@ -104,8 +98,8 @@ def check_tokenizer(key: str, folder: Path) -> list[Problem]:
     try:
         load_tokenizer(folder)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds; the message is what matters
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return [Problem(key, f"the tokenizer in {folder} does not load ({first})")]
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return [Problem(key, first if isinstance(e, ValueError) else f"the tokenizer in {folder} does not load ({first})")]
     return []
 
 

@@ -39,12 +39,20 @@ def _setup_empty_dir(tmp: Path) -> None:
     (tmp / "empty").mkdir()
 
 
+def _setup_broken_tokenizer(tmp: Path) -> None:
+    (tmp / "broken").mkdir()
+    (tmp / "broken" / "tokenizer.json").write_text("{ not json\n")
+    (tmp / "broken" / "tokenizer_config.json").write_text("{}\n")
+
+
 # id: (command, TOML text after output_dir, extra args, env, setup, exit code, [what stderr names])
 MISTAKES = {
     "tokenizer_path_missing": ("rollout", '[student]\ntokenizer = "{tmp}/no-such-tokenizer"\n', [], {}, None, 1,
                                ["student.tokenizer", "no-such-tokenizer", "does not exist"]),
     "tokenizer_folder_empty": ("rollout", '[student]\ntokenizer = "{tmp}/empty"\n', [], {}, _setup_empty_dir, 1,
                                ["student.tokenizer", "holds no tokenizer"]),
+    "tokenizer_does_not_load": ("rollout", '[student]\ntokenizer = "{tmp}/broken"\n', [], {}, _setup_broken_tokenizer,
+                                1, ["student.tokenizer", "broken", "does not load"]),
     "student_hub_id": ("rollout", '[student]\npath = "HuggingFaceTB/SmolLM2-135M-Instruct"\n', [], {}, None, 1,
                        ["student.path", "looks like a hub id", "huggingface-cli download", "--local-dir"]),
     "student_path_missing": ("run", '[student]\npath = "{tmp}/no-student"\n', [], {}, None, 1,
@@ -166,3 +174,12 @@ path = "{prompts}"
     rec = json.loads((run_dir / "recording.jsonl").read_text().splitlines()[0])
     assert rec["sampling"]["extra_body"]["route"] == "<redacted>"
     assert rec["sampling"]["extra_body"]["provider"]["order"] == ["a"]  # ordinary values kept
+
+
+def test_tokenizer_flag_mistakes_name_the_folder(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"messages": []}\n')
+    for tok, says in [(tmp_path / "nope", "does not exist"), ("HuggingFaceTB/SmolLM2-135M-Instruct", "hub id")]:
+        res = distill("tokenize", "--tokenizer", tok, src, "-o", tmp_path / "out.jsonl")
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.startswith("distill: ") and says in res.stderr and str(tok) in res.stderr
