@@ -688,9 +688,13 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
         if "file" not in origins:  # name where the bad values came from, not a file that is fine
             source = " and ".join(sorted(origins))
         raise ConfigError(source, problems) from None
-    except SettingsError as e:  # an env value pydantic-settings could not parse (e.g. bad JSON for a list)
-        raise ConfigError("environment", [Problem("(environment)", f"{e}. Fix: that DISTILL_... variable's "
-                                                  "value (lists and tables are JSON there)")]) from None
+    except SettingsError as e:  # an env value pydantic-settings could not parse (e.g. bad JSON for a table)
+        from .keypaths import unparsable_env_vars
+
+        names = ", ".join(unparsable_env_vars(str(e))) or "DISTILL_..."
+        raise ConfigError(f"environment variable {names}", [Problem(names, "is not valid JSON (lists and tables "
+                                                                    "set from the environment are JSON). Fix: "
+                                                                    "correct or unset it")]) from None
     finally:
         _TOML_DATA.reset(token)
     return resolve(cfg)

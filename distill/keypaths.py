@@ -80,3 +80,24 @@ def has_path(data: Any, parts: typing.Sequence[str]) -> bool:
             return False
         node = node[p]
     return True
+
+
+def unparsable_env_vars(message: str, environ: typing.Mapping[str, str] | None = None) -> list[str]:
+    """The DISTILL_... variables behind a pydantic-settings "error parsing value for field "x""
+    error: those under that field whose value looks like JSON but does not parse (else all of them)."""
+    import json
+    import re
+
+    environ = os.environ if environ is None else environ
+    m = re.search(r'for field "([^"]+)"', message)
+    prefix = ENV_PREFIX + (m.group(1).upper() if m else "")
+    under = sorted(k for k in environ if k.upper().startswith(prefix))
+    bad = []
+    for k in under:
+        v = environ[k].strip()
+        if v[:1] in "[{":
+            try:
+                json.loads(v)
+            except ValueError:
+                bad.append(k)
+    return bad or under

@@ -82,7 +82,8 @@ def looks_like_secret(value: Any) -> bool:
     v = value.strip()
     if _KEY_VALUE.match(v):
         return True
-    if any(c.isspace() for c in v) or not re.fullmatch(r"[A-Za-z0-9_\-+/=.]+", v):
+    # no "/" or ":": paths, URLs and model ids with a hash in them are not keys
+    if any(c.isspace() for c in v) or not re.fullmatch(r"[A-Za-z0-9_\-+=.]+", v):
         return False
     for run in _TOKEN_RUN.findall(v):
         digits, letters = any(c.isdigit() for c in run), any(c.isalpha() for c in run)

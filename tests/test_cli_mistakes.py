@@ -81,6 +81,8 @@ MISTAKES = {
                          ["unknown key trainer.lr; did you mean trainer.optim.lr?", "cfg.toml"]),
     "bad_env_override": ("rollout", "", [], {"DISTILL_TRAINER__MAX_STEPS": "abc"}, None, 2,
                          ["DISTILL_TRAINER__MAX_STEPS", "trainer.max_steps"]),
+    "bad_env_json": ("rollout", "", [], {"DISTILL_ORCHESTRATOR__SAMPLING__EXTRA_BODY": "{bad"}, None, 2,
+                     ["DISTILL_ORCHESTRATOR__SAMPLING__EXTRA_BODY", "not valid JSON"]),
     "config_missing": ("run", None, [], {}, None, 2, ["cfg.toml", "does not exist"]),
 }
 
@@ -98,7 +100,7 @@ def test_mistake_fails_with_one_clear_message_and_writes_nothing(case, tmp_path)
     assert res.stderr.startswith("distill: ") and res.stderr.count("distill: ") == 1, res.stderr
     for name in names:
         assert name in res.stderr, (name, res.stderr)
-    if case == "bad_env_override":  # the variable is named, not the TOML file that is fine
+    if case.startswith("bad_env"):  # the variable is named, not the TOML file that is fine
         assert "cfg.toml" not in res.stderr
     # validated before anything is written: no run dir made, no config.toml in one that existed
     assert not (tmp_path / "run" / "config.toml").exists()
@@ -117,6 +119,9 @@ def test_config_commands_answer_help():
                 assert flag in res.stdout, (command, flag)
     # after the config path too, and without loading it
     assert distill("run", "no-such.toml", "--help").returncode == 0
+    bare = distill("train")
+    assert bare.returncode == 1 and "config path" in bare.stderr and "--help" in bare.stderr
+    assert "Traceback" not in bare.stderr
     for command in ("tokenize", "inspect", "probe", "report"):
         res = distill(command, "--help")
         assert res.returncode == 0 and res.stdout.startswith(f"usage: distill {command}"), res.stderr
