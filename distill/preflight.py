@@ -99,7 +99,8 @@ def check_tokenizer(key: str, folder: Path) -> list[Problem]:
         load_tokenizer(folder)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds; the message is what matters
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return [Problem(key, first if isinstance(e, ValueError) else f"the tokenizer in {folder} does not load ({first})")]
+        why = first if isinstance(e, ValueError) else f"the tokenizer in {folder} does not load ({first})"
+        return [Problem(key, why)]
     return []
 
 

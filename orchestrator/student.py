@@ -149,7 +149,8 @@ def load_tokenizer(path: str | os.PathLike):
     from transformers import AutoTokenizer
 
     if not Path(path).expanduser().is_dir():
-        raise TokenizerError(hub_id_hint(str(path), "the tokenizer folder") or f"tokenizer folder {path} does not exist")
+        raise TokenizerError(hub_id_hint(str(path), "the tokenizer folder")
+                             or f"tokenizer folder {path} does not exist")
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:  # transformers' own message is long; its first line says what is wrong

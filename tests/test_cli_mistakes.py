@@ -133,7 +133,8 @@ def test_api_key_in_api_key_var_is_refused_without_echoing_it(tmp_path, value):
     for extra in ([], ["--dry-run"]):
         res = distill("run", cfg, *extra)
         assert res.returncode == 2 and "Traceback" not in res.stderr
-        assert "orchestrator.rollout_model.api_key_var" in res.stderr and "not an environment variable name" in res.stderr
+        assert "orchestrator.rollout_model.api_key_var" in res.stderr
+        assert "not an environment variable name" in res.stderr
         assert value not in res.stderr and value not in res.stdout
     env_var = {"DISTILL_ORCHESTRATOR__ROLLOUT_MODEL__API_KEY_VAR": value}
     res = distill("rollout", base_toml(tmp_path), env=env_var)
@@ -159,7 +160,8 @@ model = "fault-teacher"
 headers = {{X-Custom = "{secrets['header']}"}}
 [orchestrator.sampling]
 max_tokens = 16
-extra_body = {{route = "{secrets['body']}", provider = {{order = ["a"], auth_line = ["{secrets['nested']}"]}}, cache_id = "{secrets['random']}"}}
+extra_body = {{route = "{secrets['body']}", cache_id = "{secrets['random']}", \
+provider = {{order = ["a"], auth_line = ["{secrets['nested']}"]}}}}
 [orchestrator.source]
 type = "jsonl"
 path = "{prompts}"

@@ -317,7 +317,8 @@ def test_values_that_look_like_keys_are_redacted_under_any_key():
               "AKIAIOSFODNN7EXAMPLE", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig", "xGXcVhdMsywEAFT42CtSOAsuU4m43TA6",
               "61e9bf11cbc932e4ea35aac65e7a8632"):
         assert looks_like_secret(v), v
-    for v in ("meta-llama-Meta-Llama-3-8B-Instruct", "HuggingFaceTB-SmolLM2-135M-Instruct-Q4_1", "gpt-4o-mini-2024-07-18",
+    for v in ("meta-llama-Meta-Llama-3-8B-Instruct", "HuggingFaceTB-SmolLM2-135M-Instruct-Q4_1",
+              "gpt-4o-mini-2024-07-18",
               "http://127.0.0.1:8765/v1", "runs/ckpt-61e9bf11cbc932e4ea35aac65e7a8632", "sk-short", "auto",
               "orchestrator.rewards:gsm_symbolic_score", "You are a helpful assistant. Answer briefly and exactly."):
         assert not looks_like_secret(v), v
