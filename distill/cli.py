@@ -40,7 +40,7 @@ USAGE = """distill <command> ...
 
 # The overrides stay hand-parsed rather than pydantic-settings' CLI source (cli_parse_args /
 # CliSettingsSource): it accepts either kebab or snake flag names, not both (--trainer.max-steps and
-# --trainer.max_steps both work here); it reads complex values as JSON, not TOML ('"quoted"', {a = 1});
+# --trainer.max_steps both work here); it reads tables as JSON, not TOML inline tables ({top_k = 5});
 # it cannot set one key inside a free-form table (--orchestrator.sampling.extra_body.top_k 5); and its
 # argparse would own the command's flags, positional inputs and exit codes (an unknown key would be an
 # argparse usage error, not a ConfigError naming the nearest valid key). Env vars still go through
