@@ -631,7 +631,8 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
 
 def _format_validation_error(err: ValidationError, cli: dict | None = None) -> tuple[list[Problem], set[str]]:
     """Problems (key path + message; never the input of a secret-looking field) and where each
-    bad value came from: "file", "environment" or "command line" (cli: the parsed overrides)."""
+    bad value came from: "file", "environment variable DISTILL_..." or "command line" (cli: the parsed
+    overrides). A cross-check's problem counts as the file's."""
     from orchestrator.redact import is_secret_key, looks_like_secret  # stdlib only
 
     from .keypaths import env_var_for, has_path, key_paths, nearest_key
@@ -660,11 +661,10 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
             msg = e["msg"].removeprefix("Value error, ")
             if not hide and repr(e.get("input")) not in msg:
                 msg += f" (got {e.get('input')!r})"
-        var = None if cli is not None and has_path(cli, parts) else env_var_for(parts)
-        if cli is not None and has_path(cli, parts):
+        if cli is not None and has_path(cli, parts):  # precedence: command line > environment > file
             origins.add("command line")
             msg += " [set on the command line]"
-        elif var:
+        elif var := env_var_for(parts):
             origins.add(f"environment variable {var}")
             msg += f" [set by environment variable {var}]"
         else:
