@@ -14,6 +14,8 @@ import threading
 from pathlib import Path
 
 from .config import ConfigError, RunConfig, load_config, redacted_dict, to_toml
+from .cli_help import COMMAND_HELP, command_help
+from .preflight import preflight
 
 USAGE = """distill <command> ...
 
@@ -31,9 +33,18 @@ USAGE = """distill <command> ...
   probe URL --model M [--api-key-var VAR]
                          what an OpenAI-compatible endpoint supports
   report RUN_DIR         PNG of loss / tokens/s / lr and a text summary
+
+`distill COMMAND --help` shows a command's options.
 """
 
 
+# The overrides stay hand-parsed rather than pydantic-settings' CLI source (cli_parse_args /
+# CliSettingsSource): it accepts either kebab or snake flag names, not both (--trainer.max-steps and
+# --trainer.max_steps both work here); it reads tables as JSON, not TOML inline tables ({top_k = 5});
+# it cannot set one key inside a free-form table (--orchestrator.sampling.extra_body.top_k 5); and its
+# argparse would own the command's flags, positional inputs and exit codes (an unknown key would be an
+# argparse usage error, not a ConfigError naming the nearest valid key). Env vars still go through
+# pydantic-settings (DISTILL_...), with precedence TOML < env < command line.
 def _split_known(argv: list[str], flags: dict[str, bool]) -> tuple[dict, list[str]]:
     """Pull our own flags (name -> takes_value) out of argv; the rest are overrides."""
     found: dict[str, object] = {}
@@ -63,7 +74,8 @@ def _split_known(argv: list[str], flags: dict[str, bool]) -> tuple[dict, list[st
 
 def _load(argv: list[str], flags: dict[str, bool]) -> tuple[RunConfig, dict, list[str]]:
     if not argv or argv[0].startswith("-"):
-        raise SystemExit("distill: expected a TOML config path first (e.g. examples/quickstart.toml)")
+        raise SystemExit("distill: expected a TOML config path first (e.g. examples/quickstart.toml); "
+                         "see distill COMMAND --help")
     path, rest = argv[0], argv[1:]
     found, rest = _split_known(rest, flags)
     positional = []
@@ -143,6 +155,7 @@ def cmd_run(argv: list[str]) -> int:
     if flags.get("--dry-run"):
         print(to_toml(redacted_dict(cfg)), end="")
         return 0
+    preflight(cfg, "run", no_resume=bool(flags.get("--no-resume")))
     run_dir = _prepare_run_dir(cfg)
     from orchestrator.student import resolve_student
 
@@ -212,6 +225,7 @@ def _print_producer_summary(cfg: RunConfig, summary: dict) -> None:
 
 def cmd_rollout(argv: list[str]) -> int:
     cfg, _, _ = _load(argv, {})
+    preflight(cfg, "rollout")
     run_dir = _prepare_run_dir(cfg)
     summary = _produce(cfg, run_dir)
     _print_producer_summary(cfg, summary)
@@ -232,6 +246,7 @@ def cmd_replay(argv: list[str]) -> int:
         raise SystemExit("distill replay: orchestrator.source.path is not set and no input file was given. "
                          'Fix: set orchestrator.source.path = "FILE.jsonl" in the config, or pass input files: '
                          "distill replay CONFIG INPUT...")
+    preflight(cfg, "replay", inputs=inputs)
     run_dir = _prepare_run_dir(cfg)
     summary = _produce(cfg, run_dir, on_error=flags.get("--on-error"), inputs=inputs)
     _print_summary("replay", summary)
@@ -250,6 +265,7 @@ def cmd_replay(argv: list[str]) -> int:
 def cmd_train(argv: list[str]) -> int:
     cfg, flags, _ = _load(argv, {"--resume": False, "--samples": True})
     rank = int(os.environ.get("RANK", "0"))
+    preflight(cfg, "train", resume=bool(flags.get("--resume")), samples=flags.get("--samples"))
     run_dir = _prepare_run_dir(cfg) if rank == 0 else Path(cfg.output_dir)
     from trainer.train import train
 
@@ -358,7 +374,7 @@ def cmd_report(argv: list[str]) -> int:
 
 # Errors whose message is complete for a user (file/line/field and the fix); no traceback.
 _USER_ERRORS = {"ReplayError", "LocalTeacherError", "RolloutError", "PromptSourceError", "RecordingError",
-                "FileNotFoundError"}
+                "FileNotFoundError", "PreflightError", "FileExistsError", "NotADirectoryError", "TokenizerError"}
 
 COMMANDS = {
     "run": cmd_run,
@@ -381,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd is None:
         print(f"distill: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr, end="")
         return 2
+    if argv[0] in COMMAND_HELP and ("-h" in argv[1:] or "--help" in argv[1:]):
+        print(command_help(argv[0]), end="")
+        return 0
     try:
         return cmd(argv[1:])
     except ConfigError as e:

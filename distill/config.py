@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from contextvars import ContextVar
 from pathlib import Path
@@ -28,6 +29,7 @@ else:  # pragma: no cover
 
 BUILTIN_STUDENT = "builtin:smollm2-135m-instruct"
 BUILTIN_TEACHER_GGUF = "builtin:smollm2-135m-instruct"
+ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class Strict(BaseModel):
@@ -48,8 +50,21 @@ class RolloutModel(Strict):
     extra_base_urls: list[str] = []
     # Model name sent with each request.
     model: str = "teacher"
-    # NAME of the environment variable holding the API key (never the key itself).
+    # NAME of the environment variable holding the API key (never the key itself). A value that
+    # is not a variable name (e.g. a pasted `sk-...` key) is refused, without being shown.
     api_key_var: str | None = None
+
+    @field_validator("api_key_var")
+    @classmethod
+    def _check_api_key_var(cls, v: str | None) -> str | None:
+        # The message never repeats the value: a key pasted here must not reach the terminal.
+        if v is not None and not ENV_VAR_NAME.match(v):
+            raise ValueError(
+                "is not an environment variable name (letters, digits and _, not starting with a digit); the "
+                "value is not shown, as it may be the API key itself, which belongs in the environment. "
+                "Fix: export MY_TEACHER_KEY=<the key> and set api_key_var = \"MY_TEACHER_KEY\"")
+        return v
+
     # Extra HTTP headers; every value is redacted in dumps (names kept).
     headers: dict[str, str] = {}
     # Seconds before one request times out (then retried).
@@ -100,7 +115,8 @@ class Sampling(Strict):
     seed: int | None = None
     # Stop strings.
     stop: list[str] | None = None
-    # Passed through verbatim in the request body (provider-specific fields).
+    # Passed through verbatim in the request body (provider-specific fields). Values of
+    # secret-looking keys and values that look like keys are redacted in dumps and recordings.
     extra_body: dict[str, Any] = {}
 
     def request_args(self) -> dict[str, Any]:
@@ -248,8 +264,20 @@ class Orchestrator(Strict):
     # Samples per published shard file.
     samples_per_shard: int = Field(32, ge=1)
     # Optional online filter: "module:function" called with (prompt record, completion
-    # text) and returning a float reward; samples below min_reward are dropped.
+    # text) and returning a float reward; samples below min_reward are dropped. It is
+    # imported before a run starts (an import error stops it then).
     reward_fn: str | None = None
+
+    @field_validator("reward_fn")
+    @classmethod
+    def _check_reward_fn(cls, v: str | None) -> str | None:
+        # Importable or not is checked before a run starts (distill.preflight), not at load.
+        mod, sep, fn = (v or "").partition(":")
+        if v is not None and not (sep and mod.strip() and fn.strip()):
+            raise ValueError(f"{v!r} is not \"module:function\". "
+                             'Fix: e.g. reward_fn = "orchestrator.rewards:gsm_symbolic_score"')
+        return v
+
     # Lowest reward kept by the online filter.
     min_reward: float = 1.0
     # Processes that rebuild answers into student tokens (0 = in the orchestrator's own
@@ -606,27 +634,54 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(str(path), [Problem("(syntax)", f"{e}. Fix the TOML syntax at that line.")]) from None
 
 
-def _format_validation_error(err: ValidationError) -> list[Problem]:
+def _format_validation_error(err: ValidationError, cli: dict | None = None) -> tuple[list[Problem], set[str]]:
+    """Problems (key path + message; never the input of a secret-looking field) and where each
+    bad value came from: "file", "environment variable DISTILL_..." or "command line" (cli: the parsed
+    overrides). A cross-check's problem counts as the file's."""
+    from orchestrator.redact import is_secret_key, looks_like_secret  # stdlib only
+
+    from .keypaths import env_var_for, has_path, key_paths, nearest_key
+
     problems: list[Problem] = []
+    origins: set[str] = set()
     for e in err.errors():
         ctx_err = (e.get("ctx") or {}).get("error")
         if isinstance(ctx_err, ConfigProblems):
             problems.extend(ctx_err)
+            origins.add("file")
             continue
         if isinstance(ctx_err, ValueError) and ctx_err.args and isinstance(ctx_err.args[0], ConfigProblems):
             problems.extend(ctx_err.args[0])
+            origins.add("file")
             continue
-        key = ".".join(str(x) for x in e["loc"]) or "(root)"
+        parts = [str(x) for x in e["loc"]]
+        key = ".".join(parts) or "(root)"
         if e["type"] == "extra_forbidden":
-            msg = "unknown key. Fix: remove it or check its spelling against docs/configuration.md"
+            near = nearest_key(key, key_paths(RunConfig))
+            msg = f"unknown key {key}; " + (f"did you mean {near}? " if near else "") + \
+                "Fix: remove it or check its spelling against docs/configuration.md"
         else:
-            msg = f"{e['msg']} (got {e.get('input')!r})"
+            hide = any(is_secret_key(p) or p in ("api_key_var", "headers") for p in parts) or \
+                looks_like_secret(str(e.get("input")))
+            msg = e["msg"].removeprefix("Value error, ")
+            if not hide and repr(e.get("input")) not in msg:
+                msg += f" (got {e.get('input')!r})"
+        if cli is not None and has_path(cli, parts):  # precedence: command line > environment > file
+            origins.add("command line")
+            msg += " [set on the command line]"
+        elif var := env_var_for(parts):
+            origins.add(f"environment variable {var}")
+            msg += f" [set by environment variable {var}]"
+        else:
+            origins.add("file")
         problems.append(Problem(key, msg))
-    return problems
+    return problems, origins
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
     """Read TOML, apply env and command-line overrides, validate, resolve."""
+    from pydantic_settings import SettingsError
+
     source = str(path) if path else "defaults"
     data = read_toml(path) if path else {}
     over = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
@@ -634,7 +689,17 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
     try:
         cfg = RunConfig(**over)
     except ValidationError as e:
-        raise ConfigError(source, _format_validation_error(e)) from None
+        problems, origins = _format_validation_error(e, over)
+        if "file" not in origins:  # name where the bad values came from, not a file that is fine
+            source = " and ".join(sorted(origins))
+        raise ConfigError(source, problems) from None
+    except SettingsError as e:  # an env value pydantic-settings could not parse (e.g. bad JSON for a table)
+        from .keypaths import unparsable_env_vars
+
+        names = ", ".join(unparsable_env_vars(str(e))) or "DISTILL_..."
+        raise ConfigError(f"environment variable {names}", [Problem(names, "is not valid JSON (lists and tables "
+                                                                    "set from the environment are JSON). Fix: "
+                                                                    "correct or unset it")]) from None
     finally:
         _TOML_DATA.reset(token)
     return resolve(cfg)

@@ -12,6 +12,10 @@ boundaries (`accessToken` -> access, token), one part is a secret word
 part is `token` (access_token, x-auth-token; not max_tokens, stop_token_ids, pad_token),
 or the name ends in `<api|access|secret|private|subscription|auth|client>_key`.
 
+A string VALUE is redacted too, whatever its key, when it looks like a credential
+(`looks_like_secret`): a known key prefix (sk-..., Bearer ..., ghp_..., hf_..., AKIA...,
+a JWT) or a long random token (a run of 20+ letters and digits, mixed case or hex).
+
 Stdlib only (imported by distill.config, which must not import torch).
 """
 
@@ -65,6 +69,33 @@ def is_headers_key(name: str) -> bool:
 #: Deepest nesting redact() walks; deeper data is refused (ValueError), never a RecursionError.
 MAX_DEPTH = 200
 
+_KEY_VALUE = re.compile(
+    r"^(?:(?:sk|pk|rk)[-_][A-Za-z0-9_\-]{12,}"
+    r"|(?i:bearer|basic|token)\s+\S{8,}"
+    r"|(?:ghp|gho|ghs|ghu|ghr|github_pat|hf|glpat|xox[abpsr])[-_][A-Za-z0-9_\-]{10,}"
+    r"|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_\-]{30,}"
+    r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*)$")
+_TOKEN_RUN = re.compile(r"[A-Za-z0-9]{20,}")
+
+
+def looks_like_secret(value: Any) -> bool:
+    """Whether a string value looks like a credential (see the module docstring)."""
+    if not isinstance(value, str) or len(value) < 12 or len(value) > 4096:
+        return False
+    v = value.strip()
+    if _KEY_VALUE.match(v):
+        return True
+    # no "/" or ":": paths, URLs and model ids with a hash in them are not keys
+    if any(c.isspace() for c in v) or not re.fullmatch(r"[A-Za-z0-9_\-+=.]+", v):
+        return False
+    for run in _TOKEN_RUN.findall(v):
+        digits, letters = any(c.isdigit() for c in run), any(c.isalpha() for c in run)
+        mixed_case = any(c.islower() for c in run) and any(c.isupper() for c in run)
+        is_hex = all(c in "0123456789abcdefABCDEF" for c in run)
+        if digits and letters and (mixed_case or (is_hex and len(run) >= 32)):
+            return True
+    return False
+
 
 def redact(obj: Any, _depth: int = 0) -> Any:
     """A redacted copy of plain data (dicts, lists, tuples walked; other values kept)."""
@@ -82,4 +113,6 @@ def redact(obj: Any, _depth: int = 0) -> Any:
         return out
     if isinstance(obj, (list, tuple)):
         return [redact(x, _depth + 1) for x in obj]
+    if looks_like_secret(obj):
+        return REDACTED
     return obj

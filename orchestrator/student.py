@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +18,21 @@ from pathlib import Path
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_NAME = "smollm2-135m-instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: "org/name": what a Hugging Face hub id looks like (a folder given as a relative path may too).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer folder that is missing or does not load; the message names it and the fix."""
+
+
+def hub_id_hint(value: str, key: str) -> str | None:
+    """The message for a value that is no folder here but looks like a hub id (else None)."""
+    if Path(value).expanduser().exists() or not _HUB_ID.match(value) or value.startswith((".", "~")):
+        return None
+    return (f"{value!r} is not a folder here and looks like a hub id; distill does not download at run time. "
+            f"Fix: put the model in a local folder (e.g. `huggingface-cli download {value} --local-dir DIR`) "
+            f"and set {key} = DIR")
 
 
 def cache_dir() -> Path:
@@ -132,9 +148,17 @@ def load_tokenizer(path: str | os.PathLike):
     """The student's tokenizer (transformers fast tokenizer with its chat template)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path))
+    if not Path(path).expanduser().is_dir():
+        raise TokenizerError(hub_id_hint(str(path), "the tokenizer folder")
+                             or f"tokenizer folder {path} does not exist")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:  # transformers' own message is long; its first line says what is wrong
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TokenizerError(f"the tokenizer in {path} does not load ({first}). Fix: point at a folder saved "
+                             "with tokenizer.save_pretrained(DIR)") from None
     if not getattr(tok, "chat_template", None):
-        raise ValueError(
+        raise TokenizerError(
             f"the tokenizer in {path} has no chat template; reconstruction needs one. "
             "Fix: add chat_template.jinja to that folder"
         )

@@ -314,3 +314,65 @@ def test_secret_key_rule_is_by_whole_parts():
               "max_completion_tokens", "return_token_ids", "pad_token", "tokenizer", "tokens_per_minute",
               "api_key_var", "prompt_cache_key", "temperature"):
         assert not is_secret_key(k), k
+
+
+def test_values_that_look_like_keys_are_redacted_under_any_key():
+    from orchestrator.redact import looks_like_secret
+
+    for v in ("sk-proj-Abc123DEF456ghi789", "Bearer abcdefgh12345678", "hf_abcdefghijklmnopqrstuv",
+              "AKIAIOSFODNN7EXAMPLE", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig", "xGXcVhdMsywEAFT42CtSOAsuU4m43TA6",
+              "61e9bf11cbc932e4ea35aac65e7a8632"):
+        assert looks_like_secret(v), v
+    for v in ("meta-llama-Meta-Llama-3-8B-Instruct", "HuggingFaceTB-SmolLM2-135M-Instruct-Q4_1",
+              "gpt-4o-mini-2024-07-18",
+              "http://127.0.0.1:8765/v1", "runs/ckpt-61e9bf11cbc932e4ea35aac65e7a8632", "sk-short", "auto",
+              "orchestrator.rewards:gsm_symbolic_score", "You are a helpful assistant. Answer briefly and exactly."):
+        assert not looks_like_secret(v), v
+    cfg = load_config(None, ["--orchestrator.sampling.extra_body", '{route = "sk-body-Z9x8C7v6B5n4M3l2", top_k = 5}'])
+    eb = redacted_dict(cfg)["orchestrator"]["sampling"]["extra_body"]
+    assert eb == {"route": "<redacted>", "top_k": 5}
+    assert cfg.orchestrator.sampling.extra_body["route"] == "sk-body-Z9x8C7v6B5n4M3l2"  # still sent as set
+
+
+@pytest.mark.parametrize("value", ["sk-abc-123", "my-key", "9LIVES", "A B"])
+def test_api_key_var_must_be_a_variable_name_and_is_never_echoed(value):
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["--orchestrator.rollout_model.api_key_var", f'"{value}"'])
+    assert [p.key for p in ei.value.problems] == ["orchestrator.rollout_model.api_key_var"]
+    assert value not in str(ei.value)
+    assert load_config(None, ["--orchestrator.rollout_model.api_key_var", "_My_KEY2"])
+
+
+def test_unknown_keys_suggest_the_nearest_key_path(tmp_path):
+    from distill.keypaths import key_paths, nearest_key
+
+    paths = key_paths(RunConfig)
+    assert "trainer.optim.lr" in paths and "orchestrator.rollout_model.api_key_var" in paths
+    assert nearest_key("trainer.lr", paths) == "trainer.optim.lr"
+    assert nearest_key("orchestrator.sampling.temprature", paths) == "orchestrator.sampling.temperature"
+    assert nearest_key("trainer.max_step", paths) == "trainer.max_steps"
+    assert nearest_key("orchestrator.concurency", paths) == "orchestrator.concurrency"
+    assert nearest_key("zzz.qqq", paths) is None
+    with pytest.raises(ConfigError, match="did you mean trainer.optim.lr"):
+        load_config(write(tmp_path, "[trainer]\nlr = 1\n"))
+
+
+def test_env_errors_name_the_variable_not_the_toml_file(tmp_path, monkeypatch):
+    p = write(tmp_path, "[trainer]\nseq_len = 512\n")
+    monkeypatch.setenv("DISTILL_TRAINER__MAX_STEPS", "abc")
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    assert ei.value.source == "environment variable DISTILL_TRAINER__MAX_STEPS" and str(p) not in str(ei.value)
+    assert "trainer.max_steps" in str(ei.value)
+    monkeypatch.setenv("DISTILL_TRAINER__MAX_STEPS", "3")
+    monkeypatch.setenv("DISTILL_TRAINER__OPTIM", "{not json")
+    with pytest.raises(ConfigError, match="DISTILL_TRAINER__OPTIM") as ei:
+        load_config(p)
+    assert str(p) not in str(ei.value)
+    monkeypatch.delenv("DISTILL_TRAINER__OPTIM")
+    with pytest.raises(ConfigError) as ei:  # a bad command-line value names the command line
+        load_config(p, ["--trainer.seq_len", "4"])
+    assert ei.value.source == "command line" and "[set on the command line]" in str(ei.value)
+    with pytest.raises(ConfigError) as ei:  # and a bad TOML value the file
+        load_config(write(tmp_path, "[trainer]\nseq_len = 4\n", "bad.toml"))
+    assert ei.value.source == str(tmp_path / "bad.toml") and "[set" not in str(ei.value)

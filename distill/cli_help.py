@@ -1,0 +1,61 @@
+"""`distill run|rollout|replay|train --help`: each config command's own flags and how overrides work."""
+
+from __future__ import annotations
+
+OVERRIDES = """
+Configuration: CONFIG is a TOML file (see docs/configuration.md for every key).
+Any key can be overridden after the config path, and from the environment:
+  --key.path VALUE       e.g. --trainer.optim.lr 1e-5  --orchestrator.sampling.stop '["###"]'
+                         (VALUE is read as TOML when it parses as TOML, else as a string;
+                         --key.path=VALUE and dashes for underscores work too)
+  DISTILL_KEY__PATH=VALUE
+                         e.g. DISTILL_TRAINER__MAX_STEPS=20 (tables joined by __)
+Precedence: TOML file < environment < command line. An unknown key is an error that
+names the nearest valid key. Before anything is written to output_dir, the student and
+tokenizer folders, the reward function, output_dir and the inputs are checked.
+
+  -h, --help             show this help and exit
+"""
+
+COMMAND_HELP = {
+    "run": """usage: distill run CONFIG [--dry-run] [--no-resume] [--key.path VALUE ...]
+
+Sample from the teacher (or replay recorded conversations) and train the student on the
+samples, concurrently. Rerunning the same command resumes an interrupted run.
+
+options:
+  --dry-run              print the resolved configuration (secrets redacted) and exit
+  --no-resume            train from scratch; refused when output_dir already holds a run
+                         (recording.jsonl, samples or checkpoints): rerun without it to
+                         resume, or choose a new output_dir, or delete that folder
+""",
+    "rollout": """usage: distill rollout CONFIG [--key.path VALUE ...]
+
+Only sample from the teacher (or replay, with orchestrator.source.type = "replay"):
+rebuilt samples go to OUTPUT_DIR/samples, every answer to OUTPUT_DIR/recording.jsonl.
+Rerunning the same command resumes it; nothing already recorded is requested again.
+""",
+    "replay": """usage: distill replay CONFIG [INPUT ...] [--on-error skip|fail] [--key.path VALUE ...]
+
+Only turn recorded conversations into samples (no network). INPUT: files, folders (their
+.jsonl/.jsonl.gz/.parquet files) or globs; default orchestrator.source.path.
+
+options:
+  INPUT                  recordings, chat/ShareGPT JSONL, OpenAI Batch output, Parquet
+  --on-error skip|fail   a malformed record: list it in replay_rejects.jsonl and go on
+                         (skip), or stop naming file:line (fail; orchestrator.replay.on_error)
+""",
+    "train": """usage: distill train CONFIG [--resume] [--samples DIR] [--key.path VALUE ...]
+
+Only train on OUTPUT_DIR/samples (torchrun-compatible: torchrun ... -m distill train CONFIG).
+
+options:
+  --resume               continue from the latest checkpoint in OUTPUT_DIR/checkpoints
+                         (without it, earlier checkpoints there are refused)
+  --samples DIR          train on this samples folder instead of OUTPUT_DIR/samples
+""",
+}
+
+
+def command_help(command: str) -> str:
+    return COMMAND_HELP[command] + OVERRIDES

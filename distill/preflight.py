@@ -1,0 +1,204 @@
+"""Checks run by `distill run | rollout | replay | train` before anything is written.
+
+`preflight(cfg, command, ...)` looks at everything that can be checked without a
+teacher or a model: the student / tokenizer folders (a hub id where a folder is
+expected is named as such), the online reward function, the output_dir, the prompt or
+replay inputs, and whether the run dir's earlier content fits the resume flags. Every
+problem is reported at once (key or file, and the fix) as one `PreflightError`; the
+CLI prints it without a traceback and exits 1. Nothing is created or written here, so a
+mistake leaves no half-made run dir (no config.toml) behind.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .config import Problem, RunConfig
+
+#: Any of these marks a folder as holding a tokenizer transformers can load.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+#: What in an output_dir belongs to an earlier run.
+RUN_CONTENT = ("recording.jsonl", "samples", "checkpoints")
+
+
+class PreflightError(Exception):
+    """Everything that would make the command fail, found before it starts."""
+
+    def __init__(self, command: str, problems: list[Problem]):
+        self.command, self.problems = command, problems
+        lines = [f"{command} cannot start, {len(problems)} problem(s):"] + [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+def preflight(cfg: RunConfig, command: str, *, inputs: list[str] | None = None, no_resume: bool = False,
+              resume: bool = False, samples: str | None = None) -> None:
+    """Raise PreflightError listing every problem found (command: run | rollout | replay | train)."""
+    problems: list[Problem] = []
+    problems += check_student(cfg, need_model=command in ("run", "train"))
+    problems += check_output_dir(cfg.output_dir)
+    if command in ("run", "rollout", "replay"):
+        problems += check_source(cfg, inputs if command == "replay" else None, replay=command == "replay")
+    if command in ("run", "rollout") and cfg.orchestrator.source.type != "replay":  # the teacher's filter
+        problems += check_reward_fn(cfg.orchestrator.reward_fn)
+    problems += check_earlier_run(cfg.output_dir, command, no_resume=no_resume, resume=resume, samples=samples)
+    if problems:
+        raise PreflightError(command, problems)
+
+
+def _folder(key: str, value: str) -> tuple[Path | None, Problem | None]:
+    from orchestrator.student import hub_id_hint
+
+    p = Path(value).expanduser()
+    if p.is_dir():
+        return p, None
+    if p.exists():
+        return None, Problem(key, f"{value} is a file, not a folder. Fix: set {key} to the folder holding it")
+    hint = hub_id_hint(value, key)
+    if hint:
+        return None, Problem(key, hint)
+    return None, Problem(key, f"folder {value} does not exist. Fix: set {key} to an existing HF folder"
+                              + (' or "builtin:smollm2-135m-instruct"' if key == "student.path" else ""))
+
+
+def check_student(cfg: RunConfig, need_model: bool) -> list[Problem]:
+    """The student folder (config.json when the model is needed) and its tokenizer folder (loads,
+    has a chat template). The builtin student is checked for its package; it is converted later."""
+    from orchestrator.student import BUILTIN_PREFIX, _check_builtin, builtin_gguf_path
+
+    spec, tok_spec = cfg.student.path, cfg.student.tokenizer
+    problems: list[Problem] = []
+    if spec.startswith(BUILTIN_PREFIX):
+        try:
+            _check_builtin(spec)
+            builtin_gguf_path()
+        except (ValueError, FileNotFoundError) as e:
+            problems.append(Problem("student.path", str(e)))
+    else:
+        folder, problem = _folder("student.path", spec)
+        if problem:
+            problems.append(problem)
+        elif need_model and not (folder / "config.json").is_file():
+            problems.append(Problem("student.path", f"{spec} holds no config.json, so it is not an HF model "
+                                    "folder. Fix: point student.path at the folder with config.json and weights"))
+        if not tok_spec and folder is not None:
+            problems += check_tokenizer("student.path", folder)
+    if tok_spec:
+        folder, problem = _folder("student.tokenizer", tok_spec)
+        problems += [problem] if problem else check_tokenizer("student.tokenizer", folder)
+    return problems
+
+
+def check_tokenizer(key: str, folder: Path) -> list[Problem]:
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        return [Problem(key, f"{folder} holds no tokenizer ({', '.join(TOKENIZER_FILES)}). Fix: copy the "
+                             "tokenizer files there (tokenizer.save_pretrained(DIR)) or set student.tokenizer")]
+    from orchestrator.student import load_tokenizer
+
+    try:
+        load_tokenizer(folder)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds; the message is what matters
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        why = first if isinstance(e, ValueError) else f"the tokenizer in {folder} does not load ({first})"
+        return [Problem(key, why)]
+    return []
+
+
+def check_output_dir(output_dir: str) -> list[Problem]:
+    """output_dir is a folder, or can be made one (no regular file on its path, writable parent)."""
+    p = Path(output_dir).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            return [Problem("output_dir", f"{output_dir} is a file, not a folder. Fix: choose another output_dir")]
+        if not os.access(p, os.W_OK | os.X_OK):
+            return [Problem("output_dir", f"{output_dir} is not writable. Fix: choose another output_dir")]
+        return []
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return [Problem("output_dir", f"{output_dir} would be under {parent}, which is a regular file. "
+                                      "Fix: choose another output_dir")]
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return [Problem("output_dir", f"{output_dir} cannot be created: {parent} is not writable. "
+                                      "Fix: choose another output_dir")]
+    return []
+
+
+def check_source(cfg: RunConfig, inputs: list[str] | None, replay: bool) -> list[Problem]:
+    """The prompt file (jsonl source) or the replay inputs (files, folders or globs) exist."""
+    src = cfg.orchestrator.source
+    if replay or src.type == "replay":
+        from orchestrator.replay import ReplayError, resolve_inputs
+
+        patterns = list(inputs) if inputs else ([src.path] if src.path else [])
+        try:
+            resolve_inputs(patterns)
+        except ReplayError as e:
+            return [Problem("orchestrator.source.path" if not inputs else "input", str(e))]
+        return []
+    if src.type == "jsonl" and src.path:
+        p = Path(src.path).expanduser()
+        if p.is_dir():
+            return [Problem("orchestrator.source.path", f"{src.path} is a folder; a jsonl prompt source reads one "
+                                                        "file. Fix: set it to the .jsonl file")]
+        if not p.is_file():
+            return [Problem("orchestrator.source.path", f"{src.path} does not exist. Fix: set it to your prompt "
+                                                        ".jsonl file")]
+    return []
+
+
+def check_reward_fn(spec: str | None) -> list[Problem]:
+    """The online filter's "module:function" imports and is callable."""
+    if not spec:
+        return []
+    from orchestrator.rewards import load_reward_fn
+
+    try:
+        load_reward_fn(spec)
+    except Exception as e:  # noqa: BLE001 - any import-time failure of the user's module is a user problem
+        msg = str(e).removeprefix("orchestrator.reward_fn: ")
+        return [Problem("orchestrator.reward_fn", msg if isinstance(e, ValueError) else
+                        f"importing {spec!r} failed ({type(e).__name__}: {e})")]
+    return []
+
+
+def earlier_run_content(run_dir: Path) -> list[str]:
+    """What in run_dir belongs to an earlier run (empty folders do not count)."""
+    found = []
+    for name in RUN_CONTENT:
+        q = run_dir / name
+        if q.is_file() and q.stat().st_size > 0 or q.is_dir() and any(q.iterdir()):
+            found.append(name)
+    return found
+
+
+def check_earlier_run(output_dir: str, command: str, *, no_resume: bool, resume: bool,
+                      samples: str | None) -> list[Problem]:
+    """`run --no-resume` refuses a run dir holding an earlier run (it would mix two runs' samples,
+    recordings and checkpoints); `train` without --resume refuses earlier checkpoints; `train`
+    needs a samples folder."""
+    run_dir = Path(output_dir).expanduser()
+    if not run_dir.is_dir():
+        found = []
+    else:
+        found = earlier_run_content(run_dir)
+    if command == "run" and no_resume and found:
+        return [Problem("output_dir", f"{output_dir} already holds a run ({', '.join(found)}). Fix: rerun without "
+                                      "--no-resume to resume it, or choose a new output_dir, or delete that folder")]
+    if command == "train":
+        problems = []
+        if not resume and "checkpoints" in found:
+            from trainer import checkpoint as ckpt_io  # train imports torch anyway
+
+            if ckpt_io.latest(run_dir / "checkpoints") is not None:
+                problems.append(Problem("output_dir", f"{run_dir / 'checkpoints'} holds checkpoints of an earlier "
+                                        "run. Fix: resume it (distill train --resume), or choose a new output_dir, "
+                                        "or delete that folder"))
+        sdir = Path(samples).expanduser() if samples else run_dir / "samples"
+        if not sdir.is_dir():
+            key = "--samples" if samples else "output_dir"
+            problems.append(Problem(key, f"no samples folder {sdir}. Fix: produce samples first (distill rollout / "
+                                         "distill replay with the same output_dir), or pass --samples DIR"))
+        return problems
+    return []
