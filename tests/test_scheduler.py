@@ -263,10 +263,12 @@ def test_one_rejected_prompt_mid_run_is_recorded_as_a_rejection(tmp_path, recon_
     with open(p, "a") as f:
         f.write(json.dumps({"id": "huge", "prompt": "word " * 300}) + "\n")
     with FaultServer(max_context_tokens=200) as s:
-        cfg = make_cfg(s.base_url, p, concurrency=1)
+        # 1 failed pair of 7: within a max_failed_fraction of 0.2 (the default 0.1 would fail the run)
+        cfg = make_cfg(s.base_url, p, concurrency=1, max_failed_fraction=0.2)
         summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
     assert sorted(sample_ids(tmp_path / "run")) == sorted(f"{i}/0" for i in ids)
     assert summary["rejections"] == {"request_rejected": 1} and summary["stop_reason"] == "completed"
+    assert summary["failed_pairs"] == {"request_rejected": 1}
     rej = read_jsonl(tmp_path / "run" / "rejects.jsonl")
     assert rej[0]["item_id"] == "huge/0" and "maximum context length is 200" in rej[0]["detail"]
     assert sum(1 for e in s.log.entries if e["outcome"] == "http400") == 1  # not retried
@@ -415,6 +417,7 @@ def test_resumed_run_treats_a_4xx_as_a_rejection_not_a_first_request_failure(tmp
         cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", budget={"max_requests": 2}, concurrency=1)
         rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
     with FaultServer(Faults(error_status=400, error_code="bad_prompt")) as s2:
-        cfg = make_cfg(s2.base_url, tmp_path / "p.jsonl", concurrency=1)
+        # every pair of this run is refused: accepted here only because max_failed_fraction allows all
+        cfg = make_cfg(s2.base_url, tmp_path / "p.jsonl", concurrency=1, max_failed_fraction=1.0)
         summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
     assert summary["stop_reason"] == "completed" and summary["rejections"] == {"request_rejected": 2}
