@@ -330,7 +330,7 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
             wb.log(last, step=state.step)
 
     # --- save --------------------------------------------------------------
-    if saved_at != state.step:
+    if saved_at != state.step and state.step > 0:  # no step, no checkpoint (it would be the untrained student)
         saved = ckpt_io.save(ckpt_root, model, optimizer, scheduler, state, tokenizer, config_toml,
                              ctx, t.checkpoint.keep_last)
     if bar is not None:
