@@ -7,12 +7,14 @@ them again. The run fails (no DONE, non-zero exit):
 - early, when the failures already exceed `max_failed_fraction` of every pair the source can give
   (so the end of the run could not bring the fraction back under it), or when the last `streak_limit`
   requests all failed for good after their retries (the endpoint went away);
-- at the end, when failures / (failures + recorded pairs) of this run exceed `max_failed_fraction`.
+- at the end, when failures / (failures + recorded pairs) of this run exceed `max_failed_fraction`,
+  or when the rollout had prompts and produced no sample at all (whatever the reason).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 KEY = "orchestrator.max_failed_fraction"
 
@@ -66,3 +68,13 @@ class FailureTally:
         return ("Answers already received are recorded and kept; the failed pairs are asked again when you rerun "
                 f"the same command. Fix the endpoint (orchestrator.rollout_model.base_url = {self.base_url!r}), "
                 f"or raise {KEY} to accept the failures (they are listed in rejects.jsonl)")
+
+
+def nothing_published(prompts: int, samples: int, rejections: Counter, rejects_path: Path,
+                      stop_reason: str | None) -> str | None:
+    """The message for a rollout that had prompts and ended with no sample at all, else None."""
+    if not prompts or samples > 0:
+        return None
+    rej = ", ".join(f"{k}={v}" for k, v in rejections.most_common()) or "none"
+    return (f"no sample was produced from {prompts} prompt(s) (stop: {stop_reason}; rejections: {rej}; see "
+            f"{rejects_path}). Nothing was marked done; fix the cause and rerun the same command")

@@ -29,7 +29,7 @@ from distill.config import RunConfig, api_key
 from orchestrator.client import (NonRetryableError, RetryPolicy, StopRequested, TeacherClient, TeacherError,
                                  TeacherResponse)
 from orchestrator.contract import Rejection, ShardWriter, read_consumed
-from orchestrator.failures import FailureTally
+from orchestrator.failures import FailureTally, nothing_published
 from orchestrator.preflight import PreflightError, preflight, v1_hint
 from orchestrator.prompts import count_prompts, load_prompts
 from orchestrator.recording import RecordingWriter, load_recording, make_record
@@ -579,15 +579,6 @@ class _Rollout:
                          transient=not non_retryable)
             return None
 
-    def _nothing_published(self) -> str | None:
-        """The message for a rollout that had prompts and ended with no sample at all, else None."""
-        if not self.seen_prompts or self.pub.writer.published + self.pub.buffered > 0:
-            return None
-        rej = ", ".join(f"{k}={v}" for k, v in self.pub.rejections.most_common()) or "none"
-        return (f"no sample was produced from {len(self.seen_prompts)} prompt(s) (stop: {self.gate.stop_reason}; "
-                f"rejections: {rej}; see {self.pub.rejects_path}). Nothing was marked done; fix the cause "
-                "and rerun the same command")
-
     def write_metrics(self, final: bool = False) -> dict:
         gate, pub, stats = self.gate, self.pub, self.client.stats
         elapsed = time.time() - self.t_begin
@@ -630,7 +621,9 @@ class _Rollout:
             self.pool.shutdown(wait=True, cancel_futures=True)
         if self.fatal is None and not self.failed and self.gate.stop_reason not in ("interrupted", "stopped"):
             why = self.tally.verdict()
-            why_none = None if why else self._nothing_published()
+            why_none = None if why else nothing_published(len(self.seen_prompts), self.pub.writer.published
+                                                          + self.pub.buffered, self.pub.rejections,
+                                                          self.pub.rejects_path, self.gate.stop_reason)
             if why or why_none:
                 self.fatal = RolloutError(why or why_none)
                 self.gate.stop_reason = "error:too_many_failures" if why else "error:no_samples"

@@ -3,8 +3,9 @@
 It listens on 127.0.0.1 only, answers `GET /v1/models` and
 `POST /v1/chat/completions` with deterministic fake completions, and injects
 faults at configurable, seeded rates: 429 with Retry-After, 500, slow replies,
-dropped connections, malformed JSON, empty choices, and (optionally) ignoring
-`n`. It is bounded: it stops itself after `max_requests` requests or
+dropped connections, malformed JSON, empty choices, (optionally) ignoring
+`n`, unusable or missing choices inside a 200 (`bad_choices`), and a 401 for
+any other API key (`api_key`). It is bounded: it stops itself after `max_requests` requests or
 `max_seconds` seconds, whichever comes first.
 
 A completion is derived from the prompt: the words of the last user message
@@ -295,15 +296,20 @@ class FaultServer:
             else:
                 n = 1 if f.ignore_n else int(req.get("n") or 1)
                 entry["choices"] = n
-                out = self._completion(req, n)
-                with self._lock:
-                    self._answered = getattr(self, "_answered", 0) + 1
-                    spoil = bool(f.bad_choices) and self._answered <= f.bad_choice_requests
-                if spoil:
-                    entry["bad"] = _spoil(out, f.bad_choices)
-                self._send(writer, 200, out, {"x-request-id": f"req-{self.requests}"})
+                self._send(writer, 200, self._answer(req, n, entry), {"x-request-id": f"req-{self.requests}"})
         await writer.drain()
         return True
+
+    def _answer(self, req: dict, n: int, entry: dict) -> dict:
+        """The completion of n choices, some spoilt while Faults.bad_choices applies (logged in entry["bad"])."""
+        out = self._completion(req, n)
+        f = self.faults
+        with self._lock:
+            self._answered = getattr(self, "_answered", 0) + 1
+            spoil = bool(f.bad_choices) and self._answered <= f.bad_choice_requests
+        if spoil:
+            entry["bad"] = _spoil(out, f.bad_choices)
+        return out
 
     def _validate(self, req: dict) -> tuple[int, str] | None:
         if req.get("model") != self.model:
