@@ -16,6 +16,8 @@ with a short timeout:
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 import openai
 from openai import OpenAI
 
@@ -27,9 +29,17 @@ class PreflightError(RuntimeError):
     """The teacher endpoint cannot be used; the message says which key, what was tried, and the fix."""
 
 
+def shown_url(url: str) -> str:
+    """`url` with any user:password@ part masked, for messages."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
 def v1_hint(url: str) -> str:
     """" (did you mean URL/v1?)" when `url` does not end in /v1, else ""."""
-    u = url.rstrip("/")
+    u = shown_url(url).rstrip("/")
     return "" if u.endswith("/v1") else f" (did you mean {u}/v1? OpenAI-compatible servers serve under /v1)"
 
 
@@ -54,8 +64,8 @@ def _get_models(url: str, api_key: str, headers: dict, timeout: float):
 
 def check_endpoint(key: str, url: str, model: str, api_key: str, api_key_var: str | None, headers: dict,
                    timeout: float) -> None:
-    where = f"{key} = {url!r}"
-    models_url = url.rstrip("/") + "/models"
+    where = f"{key} = {shown_url(url)!r}"
+    models_url = shown_url(url).rstrip("/") + "/models"
     try:
         status, body = _get_models(url, api_key, headers, timeout)
     except openai.APIConnectionError as e:
@@ -71,7 +81,7 @@ def check_endpoint(key: str, url: str, model: str, api_key: str, api_key_var: st
             "Fix: export a valid key in that variable, or set api_key_var to the variable that holds it")
     if status == 404 and v1_hint(url) and _answers(url.rstrip("/") + "/v1", api_key, headers, timeout):
         raise PreflightError(f"the teacher has no OpenAI API at {where}: GET {models_url} answered 404"
-                             f"{v1_hint(url)}. Fix: set it to {url.rstrip('/')}/v1")
+                             f"{v1_hint(url)}. Fix: set it to {shown_url(url).rstrip('/')}/v1")
     if status != 200:
         return  # /models not implemented (or not now): the chat requests decide
     ids = _model_ids(body)

@@ -30,7 +30,7 @@ from orchestrator.client import (NonRetryableError, RetryPolicy, StopRequested, 
                                  TeacherResponse)
 from orchestrator.contract import Rejection, ShardWriter, read_consumed
 from orchestrator.failures import FailureTally, nothing_published
-from orchestrator.preflight import PreflightError, preflight, v1_hint
+from orchestrator.preflight import PreflightError, preflight, shown_url, v1_hint
 from orchestrator.prompts import count_prompts, load_prompts
 from orchestrator.recording import RecordingWriter, load_recording, make_record
 from orchestrator.rewards import load_reward_fn
@@ -368,7 +368,7 @@ class _Rollout:
             raise RolloutError(str(e)) from None
         # failed (prompt, sample) pairs: when they fail the run (orchestrator/failures.py)
         self.tally = FailureTally(oc.max_failed_fraction, total_prompts * self.n if total_prompts else None,
-                                  max(10, 2 * oc.concurrency), rm.base_url)
+                                  max(10, 2 * oc.concurrency), shown_url(rm.base_url))
         self.unusable: Counter = Counter()  # choices asked again, by reason (empty_content, missing_choice, ...)
         self.client = TeacherClient(
             [rm.base_url, *rm.extra_base_urls], rm.model, key, headers=rm.headers, timeout=rm.timeout,

@@ -5,7 +5,7 @@ It listens on 127.0.0.1 only, answers `GET /v1/models` and
 faults at configurable, seeded rates: 429 with Retry-After, 500, slow replies,
 dropped connections, malformed JSON, empty choices, (optionally) ignoring
 `n`, unusable or missing choices inside a 200 (`bad_choices`), and a 401 for
-any other API key (`api_key`). It is bounded: it stops itself after `max_requests` requests or
+any other API key (`api_key`); `list_models=False` leaves out `/v1/models`. It is bounded: it stops itself after `max_requests` requests or
 `max_seconds` seconds, whichever comes first.
 
 A completion is derived from the prompt: the words of the last user message
@@ -96,7 +96,8 @@ class FaultServer:
     def __init__(self, faults: Faults | None = None, *, model: str = "fault-teacher", seed: int = 0,
                  port: int = 0, max_requests: int = 100_000, max_seconds: float = 600.0,
                  max_context_tokens: int = 4096, reasoning: bool = False, logprobs: bool = False,
-                 tool_calls: bool = False, log_requests: bool = True, api_key: str | None = None):
+                 tool_calls: bool = False, log_requests: bool = True, api_key: str | None = None,
+                 list_models: bool = True):
         self.faults = faults or Faults()
         self.model = model
         self.seed = seed
@@ -111,6 +112,7 @@ class FaultServer:
         self.log_requests = log_requests
         self.api_key = api_key  # when set, any other bearer token gets a 401 (models list included)
         self.model_requests = 0  # GET /v1/models answered
+        self.list_models = list_models  # False: GET /v1/models is a 404 (as on some hosted providers)
         self.requests = 0
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -229,7 +231,7 @@ class FaultServer:
             self._send(writer, 401, _err("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"))
             await writer.drain()
             return True
-        if method == "GET" and path == "/v1/models":
+        if method == "GET" and path == "/v1/models" and self.list_models:
             self.model_requests += 1
             self._send(writer, 200, {"object": "list", "data": [
                 {"id": self.model, "object": "model", "created": 0, "owned_by": "distill-faultserver"}]})

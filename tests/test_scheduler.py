@@ -514,3 +514,11 @@ def test_no_sample_at_all_is_a_failure(tmp_path, recon_for):
     assert len(read_jsonl(tmp_path / "run" / "recording.jsonl")) == 3  # the answers are kept
     assert not is_done(tmp_path / "run" / "samples")
     assert read_jsonl(tmp_path / "run" / "orchestrator_metrics.jsonl")[-1]["stop_reason"] == "error:no_samples"
+
+
+def test_an_endpoint_without_a_models_list_is_used(tmp_path, recon_for):
+    ids = write_prompts(tmp_path / "p.jsonl", 3)
+    with FaultServer(list_models=False) as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl")
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert summary["stop_reason"] == "completed" and sorted(sample_ids(tmp_path / "run")) == [f"{i}/0" for i in ids]
