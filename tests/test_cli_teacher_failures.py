@@ -172,3 +172,28 @@ def test_probe_exits_non_zero_when_the_endpoint_cannot_be_used():
     with FaultServer(Faults(rate_500=1.0)) as s:
         failing = distill("probe", s.base_url, "--model", "fault-teacher", "--timeout", "5")
     assert "chat completions" in one_line_error(failing)
+
+
+def test_distill_run_keeps_the_steps_trained_before_the_teacher_failed(tmp_path, tiny_student_dir):
+    ids = write_prompts(tmp_path / "prompts20.jsonl", 20)
+    cfg = write_cfg(tmp_path, "http://127.0.0.1:1/v1", tiny_student_dir)
+    text = cfg.read_text().replace(str(tmp_path / "prompts.jsonl"), str(tmp_path / "prompts20.jsonl"))
+    text = text.replace("max_steps = 2", "max_steps = 50").replace("initial_backoff = 0.001", "initial_backoff = 3")
+    text = text.replace("max_attempts = 2", "max_attempts = 3").replace("[orchestrator.rollout_model]",
+                                                                       "samples_per_shard = 2\n[orchestrator.rollout_model]")
+    # 4 answers (2 steps of 2 samples), then failures that take seconds each (backoff): the trainer trains first
+    with FaultServer(Faults(error_status=500, error_after=4)) as s:
+        cfg.write_text(text.replace("http://127.0.0.1:1/v1", s.base_url))
+        res = distill("run", cfg)
+    assert "max_failed_fraction" in one_line_error(res)
+    run = tmp_path / "run"
+    assert not (run / "samples" / "DONE").exists()
+    steps = len(read_jsonl(run / "metrics.jsonl"))
+    assert steps >= 1, res.stderr
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [f"step-{steps:06d}"]
+    with FaultServer() as s:  # rerun: only the missing pairs are asked, training resumes from the checkpoint
+        cfg.write_text(text.replace("http://127.0.0.1:1/v1", s.base_url).replace("max_steps = 50", "max_steps = 4"))
+        res = distill("run", cfg)
+    assert res.returncode == 0, res.stderr
+    assert f"step-{steps:06d}" in res.stdout  # resumed_from
+    assert len(s.log.entries) <= len(ids) - 4

@@ -295,7 +295,14 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
     saved_at = state.step if start else -1
     saved = start
     while state.step < t.max_steps:
-        samples = _take(stream, t.samples_per_step)
+        try:
+            samples = _take(stream, t.samples_per_step)
+        except Exception:
+            # the producer of `distill run` failed: keep the steps trained so far (a rerun resumes from them)
+            if producer_alive is not None and state.step > max(saved_at, 0):
+                ckpt_io.save(ckpt_root, model, optimizer, scheduler, state, tokenizer, config_toml, ctx,
+                             t.checkpoint.keep_last)
+            raise
         if not samples:
             break
         t0 = time.perf_counter()
