@@ -65,8 +65,7 @@ device = "cpu"
 def one_line_error(res: subprocess.CompletedProcess) -> str:
     assert res.returncode != 0, res.stdout + res.stderr
     assert "Traceback" not in res.stderr, res.stderr
-    # (a progress bar left open may share the line: the message is what follows "distill: ")
-    lines = [x[x.index("distill: "):] for x in res.stderr.splitlines() if "distill: " in x]
+    lines = [x for x in res.stderr.splitlines() if x.startswith("distill: ")]
     assert len(lines) == 1, res.stderr
     return lines[0]
 

@@ -302,6 +302,8 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
             if producer_alive is not None and state.step > max(saved_at, 0):
                 ckpt_io.save(ckpt_root, model, optimizer, scheduler, state, tokenizer, config_toml, ctx,
                              t.checkpoint.keep_last)
+            if bar is not None:
+                bar.close()  # the error message then starts on its own line
             raise
         if not samples:
             break
