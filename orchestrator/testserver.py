@@ -5,8 +5,9 @@ It listens on 127.0.0.1 only, answers `GET /v1/models` and
 faults at configurable, seeded rates: 429 with Retry-After, 500, slow replies,
 dropped connections, malformed JSON, empty choices, (optionally) ignoring
 `n`, unusable or missing choices inside a 200 (`bad_choices`), and a 401 for
-any other API key (`api_key`); `list_models=False` leaves out `/v1/models`. It is bounded: it stops itself after `max_requests` requests or
-`max_seconds` seconds, whichever comes first.
+any other API key (`api_key`); `list_models=False` leaves out `/v1/models`.
+It is bounded: it stops itself after `max_requests` requests or `max_seconds`
+seconds, whichever comes first.
 
 A completion is derived from the prompt: the words of the last user message
 (plus the sample index), cut at `max_tokens` words; usage counts words, so

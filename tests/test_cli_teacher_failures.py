@@ -31,9 +31,11 @@ def closed_port() -> int:
     return port
 
 
-def write_cfg(tmp_path: Path, base_url: str, student: Path | str = "builtin:smollm2-135m-instruct", **extra) -> Path:
-    prompts = tmp_path / "prompts.jsonl"
-    write_prompts(prompts, 3)
+def write_cfg(tmp_path: Path, base_url: str, student: Path | str = "builtin:smollm2-135m-instruct", *,
+              prompts: int = 3, max_steps: int = 2, max_attempts: int = 2, backoff: float = 0.001,
+              samples_per_shard: int = 32) -> Path:
+    prompt_file = tmp_path / "prompts.jsonl"
+    write_prompts(prompt_file, prompts)
     cfg = tmp_path / "run.toml"
     cfg.write_text(f"""
 output_dir = "{tmp_path / 'run'}"
@@ -42,19 +44,19 @@ path = "{student}"
 [orchestrator]
 concurrency = 2
 max_ahead = 8
-max_failed_fraction = {extra.get('max_failed_fraction', 0.1)}
+samples_per_shard = {samples_per_shard}
 [orchestrator.rollout_model]
 base_url = "{base_url}"
 model = "fault-teacher"
 [orchestrator.retry]
-max_attempts = 2
-initial_backoff = 0.001
-max_backoff = 0.01
+max_attempts = {max_attempts}
+initial_backoff = {backoff}
+max_backoff = {max(backoff, 0.01)}
 [orchestrator.source]
 type = "jsonl"
-path = "{prompts}"
+path = "{prompt_file}"
 [trainer]
-max_steps = 2
+max_steps = {max_steps}
 samples_per_step = 2
 seq_len = 256
 device = "cpu"
@@ -174,16 +176,10 @@ def test_probe_exits_non_zero_when_the_endpoint_cannot_be_used():
 
 
 def test_distill_run_keeps_the_steps_trained_before_the_teacher_failed(tmp_path, tiny_student_dir):
-    ids = write_prompts(tmp_path / "prompts20.jsonl", 20)
-    cfg = write_cfg(tmp_path, "http://127.0.0.1:1/v1", tiny_student_dir)
-    text = cfg.read_text().replace(str(tmp_path / "prompts.jsonl"), str(tmp_path / "prompts20.jsonl"))
-    text = text.replace("max_steps = 2", "max_steps = 50").replace("initial_backoff = 0.001", "initial_backoff = 3")
-    text = text.replace("max_attempts = 2", "max_attempts = 3").replace("[orchestrator.rollout_model]",
-                                                                       "samples_per_shard = 2\n[orchestrator.rollout_model]")
+    slow_failures = dict(prompts=20, max_attempts=3, backoff=3.0, samples_per_shard=2)
     # 4 answers (2 steps of 2 samples), then failures that take seconds each (backoff): the trainer trains first
     with FaultServer(Faults(error_status=500, error_after=4)) as s:
-        cfg.write_text(text.replace("http://127.0.0.1:1/v1", s.base_url))
-        res = distill("run", cfg)
+        res = distill("run", write_cfg(tmp_path, s.base_url, tiny_student_dir, max_steps=50, **slow_failures))
     assert "max_failed_fraction" in one_line_error(res)
     run = tmp_path / "run"
     assert not (run / "samples" / "DONE").exists()
@@ -191,8 +187,7 @@ def test_distill_run_keeps_the_steps_trained_before_the_teacher_failed(tmp_path,
     assert steps >= 1, res.stderr
     assert [p.name for p in (run / "checkpoints").iterdir()] == [f"step-{steps:06d}"]
     with FaultServer() as s:  # rerun: only the missing pairs are asked, training resumes from the checkpoint
-        cfg.write_text(text.replace("http://127.0.0.1:1/v1", s.base_url).replace("max_steps = 50", "max_steps = 4"))
-        res = distill("run", cfg)
+        res = distill("run", write_cfg(tmp_path, s.base_url, tiny_student_dir, max_steps=4, **slow_failures))
     assert res.returncode == 0, res.stderr
     assert f"step-{steps:06d}" in res.stdout  # resumed_from
-    assert len(s.log.entries) <= len(ids) - 4
+    assert len(s.log.entries) <= 20 - 4
