@@ -349,14 +349,19 @@ def cmd_probe(argv: list[str]) -> int:
     p.add_argument("--api-key-var", help="NAME of the env var holding the API key")
     p.add_argument("--timeout", type=float, default=30)
     a = p.parse_args(argv)
-    from orchestrator.probe import format_probe, probe
+    from orchestrator.probe import format_probe, probe, probe_verdict
 
     key = None
     if a.api_key_var:
         key = os.environ.get(a.api_key_var)
         if not key:
             raise SystemExit(f"distill probe: environment variable {a.api_key_var} is not set")
-    print(format_probe(probe(a.url, a.model, api_key=key, timeout=a.timeout)))
+    rows = probe(a.url, a.model, api_key=key, timeout=a.timeout)
+    print(format_probe(rows))
+    why = probe_verdict(rows, a.url)
+    if why is not None:  # a run could not use this endpoint: say why, exit non-zero
+        print(f"distill: the endpoint {a.url} cannot be used: {why}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -73,6 +73,41 @@ class RolloutModel(Strict):
     # /completions with prompt token ids) does not apply to an external teacher.
     client: str = "chat"
 
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, url: str) -> str:
+        return check_http_url(url)
+
+    @field_validator("extra_base_urls")
+    @classmethod
+    def _check_extra_base_urls(cls, urls: list[str]) -> list[str]:
+        for i, url in enumerate(urls):
+            try:
+                check_http_url(url)
+            except ValueError as e:
+                raise ValueError(f"entry {i}: {e}") from None
+        return urls
+
+
+def check_http_url(url: str) -> str:
+    """`url` if it is an http(s) URL with a host; a ValueError saying what is wrong otherwise."""
+    from urllib.parse import urlsplit
+
+    example = "e.g. \"http://127.0.0.1:8000/v1\" or \"https://api.openai.com/v1\""
+    if not url.strip():
+        raise ValueError(f"is empty. Fix: set it to the teacher's OpenAI-compatible base URL, {example}")
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise ValueError(f"{url!r} is not a valid URL ({e}). Fix: {example}") from None
+    if parts.scheme not in ("http", "https"):
+        got = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        raise ValueError(f"{url!r} has {got}; the teacher is reached over http(s). Fix: {example}")
+    if not parts.hostname:
+        raise ValueError(f"{url!r} has no host. Fix: {example}")
+    return url
+
 
 class LocalTeacher(Strict):
     """A teacher server that `distill` starts and stops itself (llama.cpp on loopback)."""
@@ -283,6 +318,13 @@ class Orchestrator(Strict):
     # Processes that rebuild answers into student tokens (0 = in the orchestrator's own
     # process). 1+ runs tokenization beside the HTTP client, on other cores.
     reconstruct_workers: int = Field(0, ge=0)
+    # Most (prompt, sample) pairs that may fail for good (every retry spent, or refused
+    # with a 4xx), as a fraction of the pairs decided in this run; above it the run fails
+    # (non-zero exit, no DONE, failures counted by reason). 0.1: retries already absorb
+    # transient faults, so a healthy endpoint loses almost no pair, while a few bad prompts
+    # (e.g. too long for the teacher's context) need not stop a long run. Failed pairs are
+    # never recorded, so a rerun asks for them again. 0 = any failure fails the run.
+    max_failed_fraction: float = Field(0.1, ge=0, le=1)
 
 
 # ---------------------------------------------------------------------------

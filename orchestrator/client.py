@@ -57,7 +57,8 @@ class Choice:
 
 @dataclass
 class TeacherResponse:
-    choices: list[Choice]
+    choices: list[Choice]  # the usable ones; Choice.index is the slot (sample position) each answers
+    bad: dict[int, str]  # slot -> why that choice was unusable (empty_content, null_message, malformed_choice)
     usage: dict[str, int]
     model: str | None
     endpoint: str
@@ -166,15 +167,43 @@ class Endpoint:
 
 
 def parse_completion(body: bytes | str, want_choices: int) -> tuple[list[Choice], dict[str, int], str | None, str | None]:
-    """Validate a chat-completions body. Raises TeacherError("malformed_response"/"empty_response")."""
+    """The usable choices of a chat-completions body (see parse_choices, whose unusable ones it drops)."""
+    choices, _, usage, model, rid = parse_choices(body, want_choices)
+    return choices, usage, model, rid
+
+
+def parse_choices(body: bytes | str, want_choices: int):
+    """Validate a chat-completions body: (usable choices, {slot: reason} of unusable ones, usage, model, id).
+
+    A choice's slot (its `index`, or its position when the indices are not distinct 0..want-1) is the
+    sample it answers; slots under want_choices that are in neither are missing from the body. Raises
+    TeacherError when the body is unusable as a whole ("malformed_response", "empty_response") or no
+    choice is usable (the first unusable choice's reason: empty_content, null_message, malformed_choice).
+    """
     try:
-        return _parse_completion(body, want_choices)
-    except (TypeError, ValueError, AttributeError) as e:  # wrong types inside (usage, content parts, ...)
+        d = _parse_body(body)
+        raw = d.get("choices")
+        if not isinstance(raw, list) or not raw:
+            raise TeacherError("empty_response", "response has no choices")
+        choices, bad = [], {}
+        for slot, c in _slots(raw, want_choices):
+            try:
+                choices.append(_parse_choice(c, slot))
+            except TeacherError as e:
+                bad[slot] = (e.reason, e.detail)
+        if not choices:
+            first = min(bad)
+            raise TeacherError(bad[first][0], f"no usable choice in the response ({bad[first][1]})")
+        usage = d.get("usage") if isinstance(d.get("usage"), dict) else {}
+        usage = {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                 "completion_tokens": int(usage.get("completion_tokens") or 0)}
+    except (TypeError, ValueError, AttributeError) as e:  # wrong types inside (usage, ...)
         raise TeacherError("malformed_response", f"response body has an unexpected shape "
                                                  f"({type(e).__name__}: {e})") from None
+    return choices, {k: r for k, (r, _) in bad.items()}, usage, d.get("model"), d.get("id")
 
 
-def _parse_completion(body: bytes | str, want_choices: int):
+def _parse_body(body: bytes | str) -> dict:
     try:
         d = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -183,34 +212,43 @@ def _parse_completion(body: bytes | str, want_choices: int):
         raise TeacherError("malformed_response", f"response body is a {type(d).__name__}, not an object")
     if "error" in d and not d.get("choices"):
         raise TeacherError("malformed_response", f"error object in a 200 response: {error_message(d)}")
-    raw = d.get("choices")
-    if not isinstance(raw, list) or not raw:
-        raise TeacherError("empty_response", "response has no choices")
-    choices = []
-    for pos, c in enumerate(raw):
-        if not isinstance(c, dict) or not isinstance(c.get("message"), dict):
-            raise TeacherError("malformed_response", f"choice {pos} has no message object")
-        m = c["message"]
+    return d
+
+
+def _slots(raw: list, want: int) -> list[tuple[int, Any]]:
+    """(slot, choice) for the first `want` slots: by `index` when the indices are distinct ints in
+    0..want-1 (a choice left out then leaves its slot empty), else by position."""
+    idx = [c.get("index") if isinstance(c, dict) else None for c in raw]
+    if all(type(i) is int and 0 <= i < want for i in idx) and len(set(idx)) == len(idx):
+        return sorted(zip(idx, raw), key=lambda t: t[0])
+    return list(enumerate(raw))[:want]
+
+
+def _parse_choice(c: Any, slot: int) -> Choice:
+    """One choice; TeacherError(empty_content / null_message / malformed_choice) when it is unusable."""
+    if not isinstance(c, dict):
+        raise TeacherError("malformed_choice", f"choice {slot} is a {type(c).__name__}, not an object")
+    m = c.get("message")
+    if m is None:
+        raise TeacherError("null_message", f"choice {slot} has no message")
+    if not isinstance(m, dict):
+        raise TeacherError("malformed_choice", f"choice {slot}'s message is a {type(m).__name__}, not an object")
+    try:
         content = m.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        reasoning = m.get("reasoning_content")
-        if reasoning is None:
-            reasoning = m.get("reasoning")
-        tool_calls = m.get("tool_calls") or None
-        if not content and not tool_calls:
-            raise TeacherError("empty_response", f"choice {pos} has neither content nor tool calls")
-        choices.append(Choice(
-            index=int(c.get("index", pos)) if isinstance(c.get("index", pos), int) else pos,
-            message={"role": "assistant", "content": content, "reasoning_content": reasoning,
-                     "tool_calls": tool_calls},
-            finish_reason=c.get("finish_reason"),
-        ))
-    choices.sort(key=lambda c: c.index)
-    usage = d.get("usage") if isinstance(d.get("usage"), dict) else {}
-    usage = {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
-             "completion_tokens": int(usage.get("completion_tokens") or 0)}
-    return choices[:want_choices], usage, d.get("model"), d.get("id")
+        if content is not None and not isinstance(content, str):
+            raise TypeError(f"content is a {type(content).__name__}")
+    except (TypeError, ValueError, AttributeError) as e:
+        raise TeacherError("malformed_choice", f"choice {slot} has an unexpected shape ({e})") from None
+    reasoning = m.get("reasoning_content")
+    if reasoning is None:
+        reasoning = m.get("reasoning")
+    tool_calls = m.get("tool_calls") or None
+    if not content and not tool_calls:
+        raise TeacherError("empty_content", f"choice {slot} has neither content nor tool calls")
+    return Choice(index=slot, message={"role": "assistant", "content": content, "reasoning_content": reasoning,
+                                       "tool_calls": tool_calls}, finish_reason=c.get("finish_reason"))
 
 
 def error_message(d: Any) -> str:
@@ -366,7 +404,7 @@ class TeacherClient:
                 ep.in_flight -= 1
         t1 = time.time()
         try:
-            choices, usage, model, rid = parse_completion(body, want)
+            choices, bad, usage, model, rid = parse_choices(body, want)
         except TeacherError as e:
             raise _Retryable(e, None) from None
         if self.tpm:
@@ -374,7 +412,7 @@ class TeacherClient:
         sent = dict(args)
         if extra_body:
             sent["extra_body"] = extra_body
-        return TeacherResponse(choices=choices, usage=usage, model=model, endpoint=ep.base_url,
+        return TeacherResponse(choices=choices, bad=bad, usage=usage, model=model, endpoint=ep.base_url,
                                request_id=headers.get("x-request-id") or rid, sent=sent,
                                t_start=t0, t_end=t1, attempts=attempt)
 

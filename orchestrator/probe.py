@@ -156,6 +156,25 @@ def probe(base_url: str, model: str | None, api_key: str | None = None, timeout:
         p.client.close()
 
 
+def probe_verdict(rows: list[tuple[str, str, str]], base_url: str) -> str | None:
+    """Why a run could not use this endpoint (model not listed, chat completions failing), or None."""
+    d = {f: (r, detail) for f, r, detail in rows}
+    models = d.get("models list")
+    if models and models[0] == "no":
+        return f"the model is not served: {models[1]}. Fix: pass --model with one of the listed names"
+    chat = d.get("chat completions")
+    if chat is None:
+        return f"models list: {models[1] if models else 'no answer'}"
+    if chat[0] != "error":
+        return None
+    hint = ""
+    if "HTTP 404" in chat[1] and not base_url.rstrip("/").endswith("/v1"):
+        hint = f" (did you mean {base_url.rstrip('/')}/v1?)"
+    elif "HTTP 401" in chat[1] or "HTTP 403" in chat[1]:
+        hint = " (the API key was refused: pass --api-key-var NAME of the variable holding a valid key)"
+    return f"chat completions failed: {chat[1]}{hint}"
+
+
 def format_probe(rows: list[tuple[str, str, str]]) -> str:
     w0 = max([len("feature")] + [len(r[0]) for r in rows])
     w1 = max([len("result")] + [len(r[1]) for r in rows])

@@ -29,6 +29,8 @@ from distill.config import RunConfig, api_key
 from orchestrator.client import (NonRetryableError, RetryPolicy, StopRequested, TeacherClient, TeacherError,
                                  TeacherResponse)
 from orchestrator.contract import Rejection, ShardWriter, read_consumed
+from orchestrator.failures import FailureTally, nothing_published
+from orchestrator.preflight import PreflightError, preflight, shown_url, v1_hint
 from orchestrator.prompts import count_prompts, load_prompts
 from orchestrator.recording import RecordingWriter, load_recording, make_record
 from orchestrator.rewards import load_reward_fn
@@ -360,6 +362,14 @@ class _Rollout:
         self.n = oc.sampling.n or 1
         key = api_key(cfg)
         rm = oc.rollout_model
+        try:  # reachable, key accepted, model served: before any paid request (and before the run dir is touched)
+            preflight(rm, key)
+        except PreflightError as e:
+            raise RolloutError(str(e)) from None
+        # failed (prompt, sample) pairs: when they fail the run (orchestrator/failures.py)
+        self.tally = FailureTally(oc.max_failed_fraction, total_prompts * self.n if total_prompts else None,
+                                  max(10, 2 * oc.concurrency), shown_url(rm.base_url))
+        self.unusable: Counter = Counter()  # choices asked again, by reason (empty_content, missing_choice, ...)
         self.client = TeacherClient(
             [rm.base_url, *rm.extra_base_urls], rm.model, key, headers=rm.headers, timeout=rm.timeout,
             concurrency=oc.concurrency,
@@ -469,38 +479,56 @@ class _Rollout:
         return missing
 
     async def job(self, prompt: dict, missing: list[int]) -> None:
-        """The missing samples of one prompt: one request for all, or one request each once a server ignored n."""
-        pending = list(missing)
+        """The missing samples of one prompt."""
         try:
-            while pending and self.gate.stop_reason is None:
-                if len(pending) > 1 and not self.n_honoured:
-                    await asyncio.gather(*(self.request(prompt, [i]) for i in pending))
-                    return
-                got = await self.request(prompt, pending)
-                if got == 0:
-                    return
-                pending = pending[got:]
+            await self._ask(prompt, list(missing))
         finally:
             self.in_flight_samples -= len(missing)
 
-    async def request(self, prompt: dict, indices: list[int]) -> int:
-        """One logical request for `indices`: send, record durably, publish. Returns choices used."""
+    async def _ask(self, prompt: dict, pending: list[int]) -> None:
+        """One request for all of `pending` (one request each once a server ignored n); the indices a
+        partial answer left unusable or missing are asked again, at most retry.max_attempts times."""
+        bad_rounds = 0
+        while pending and self.gate.stop_reason is None:
+            if len(pending) > 1 and not self.n_honoured:
+                await asyncio.gather(*(self._ask(prompt, [i]) for i in pending))
+                return
+            out = await self.request(prompt, pending)
+            if out is None:
+                return
+            pending, unusable = out
+            if unusable:
+                bad_rounds += 1
+                if bad_rounds >= self.oc.retry.max_attempts:
+                    reason = Counter(unusable.values()).most_common(1)[0][0]
+                    self._failed(prompt, pending, reason, f"the teacher's answer for these samples was unusable "
+                                 f"({reason}) {bad_rounds} times", transient=True)
+                    return
+
+    async def request(self, prompt: dict, indices: list[int]) -> tuple[list[int], dict[int, str]] | None:
+        """One logical request for `indices`: send, record the usable choices durably, publish.
+        Returns the indices still missing and {index: reason} of the unusable ones; None if it failed."""
         resp = await self._send(prompt, indices)
         if resp is None:
-            return 0
+            return None
         self.first_success = True
         self.requests_ok += 1
-        ch = resp.choices[:len(indices)]
-        if len(ch) < len(indices):
+        ch = [c for c in resp.choices if c.index < len(indices)]
+        bad = {indices[k]: r for k, r in resp.bad.items() if k < len(indices)}
+        got = {c.index for c in ch}
+        rest = [i for k, i in enumerate(indices) if k not in got]
+        if len(rest) > len(bad):  # fewer choices than asked: the server does not honour n
             self.n_honoured = False
             self.n_ignored_responses += 1
+            self.unusable["missing_choice"] += len(rest) - len(bad)
+        self.unusable.update(bad.values())
         ct = resp.usage.get("completion_tokens", 0)
         self.completion_mean += (ct / max(1, len(ch)) - self.completion_mean) / self.requests_ok
         records = [make_record(
-            prompt_id=prompt["prompt_id"], sample_index=i, messages=prompt["messages"], tools=prompt.get("tools"),
-            response=c.message, finish_reason=c.finish_reason, model=resp.model, endpoint=resp.endpoint,
-            sampling=resp.sent, usage=resp.usage, usage_shared_by=len(ch), t_start=resp.t_start, t_end=resp.t_end,
-            reward=None, request_id=resp.request_id) for i, c in zip(indices, ch)]
+            prompt_id=prompt["prompt_id"], sample_index=indices[c.index], messages=prompt["messages"],
+            tools=prompt.get("tools"), response=c.message, finish_reason=c.finish_reason, model=resp.model,
+            endpoint=resp.endpoint, sampling=resp.sent, usage=resp.usage, usage_shared_by=len(ch),
+            t_start=resp.t_start, t_end=resp.t_end, reward=None, request_id=resp.request_id) for c in ch]
         for r in records:
             try:
                 r["reward"] = self.pub.score(prompt, r["response"])
@@ -508,10 +536,21 @@ class _Rollout:
                 r["reward"] = None
         await self.recw.append(records)  # durable before anything is built from it
         self.recorded_this_run += len(records)
+        self.tally.succeeded(len(records))
         await self.pub.publish([(prompt, r) for r in records])
         if self.bar is not None:
             self.bar.update(len(records))
-        return len(ch)
+        return rest, bad
+
+    def _failed(self, prompt: dict, indices: list[int], reason: str, detail: str, transient: bool) -> None:
+        """`indices` of `prompt` failed for good: rejected (not recorded: a rerun asks again) and counted;
+        too many failures stop the run (orchestrator/failures.py)."""
+        for i in indices:
+            self.pub.reject(f"{prompt['prompt_id']}/{i}", reason, detail)
+        why = self.tally.fail(reason, len(indices), detail, transient)
+        if why is not None and self.fatal is None:
+            self.fatal = RolloutError(why)
+            self.gate.stop("error:too_many_failures")
 
     async def _send(self, prompt: dict, indices: list[int]) -> TeacherResponse | None:
         """The teacher's answer, or None: stopped, rejected (written to rejects), or fatal (the run stops)."""
@@ -532,12 +571,12 @@ class _Rollout:
             non_retryable = isinstance(e, NonRetryableError)
             if non_retryable and (e.status in FATAL_STATUS or e.reason == "insufficient_quota"
                                   or not self.first_success):
-                self.fatal = RolloutError(f"teacher request failed and retrying cannot help: {e.detail}")
+                hint = v1_hint(self.oc.rollout_model.base_url) if e.status == 404 else ""
+                self.fatal = RolloutError(f"teacher request failed and retrying cannot help: {e.detail}{hint}")
                 self.gate.stop(f"error:{e.reason}")
                 return None
-            for i in indices:
-                reason = "request_rejected" if non_retryable else e.reason
-                self.pub.reject(f"{prompt['prompt_id']}/{i}", reason, e.detail)
+            self._failed(prompt, indices, "request_rejected" if non_retryable else e.reason, e.detail,
+                         transient=not non_retryable)
             return None
 
     def write_metrics(self, final: bool = False) -> dict:
@@ -551,7 +590,8 @@ class _Rollout:
             "retry_after_waits": stats.retry_after_waits,
             "recorded": len(self.loaded.records) + self.recorded_this_run, "recorded_this_run": self.recorded_this_run,
             "samples": pub.writer.published + pub.buffered, "samples_this_run": pub.samples,
-            "rejections": dict(pub.rejections),
+            "rejections": dict(pub.rejections), "failed_pairs": dict(self.tally.by_reason),
+            "unusable_choices": dict(self.unusable),
             "prompt_tokens": round(gate.prompt_tokens), "completion_tokens": round(gate.completion_tokens),
             "cost": round(gate.cost(), 6), "n_ignored_responses": self.n_ignored_responses,
             "reward_pass_rate": (pub.passed / pub.scored) if pub.scored else None,
@@ -579,6 +619,14 @@ class _Rollout:
         await self.client.close()
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.fatal is None and not self.failed and self.gate.stop_reason not in ("interrupted", "stopped"):
+            why = self.tally.verdict()
+            why_none = None if why else nothing_published(len(self.seen_prompts), self.pub.writer.published
+                                                          + self.pub.buffered, self.pub.rejections,
+                                                          self.pub.rejects_path, self.gate.stop_reason)
+            if why or why_none:
+                self.fatal = RolloutError(why or why_none)
+                self.gate.stop_reason = "error:too_many_failures" if why else "error:no_samples"
         self.pub.close(done=self.fatal is None and not self.failed and self.gate.stop_reason != "interrupted")
         if self.bar is not None:
             self.bar.close()
@@ -624,6 +672,8 @@ async def run_rollouts(cfg: RunConfig, run_dir: Path, reconstructor, *, progress
 
 def format_summary(s: dict) -> str:
     rej = ", ".join(f"{k}={v}" for k, v in sorted(s["rejections"].items())) or "none"
+    if s.get("unusable_choices"):
+        rej += "; choices asked again: " + ", ".join(f"{k}={v}" for k, v in sorted(s["unusable_choices"].items()))
     pr = s.get("reward_pass_rate")
     return (f"orchestrator: stop={s['stop_reason']} requests={s['requests']} samples={s['samples']} "
             f"(+{s['samples_this_run']} this run) rejections: {rej}; tokens prompt={s['prompt_tokens']} "

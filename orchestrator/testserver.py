@@ -3,9 +3,11 @@
 It listens on 127.0.0.1 only, answers `GET /v1/models` and
 `POST /v1/chat/completions` with deterministic fake completions, and injects
 faults at configurable, seeded rates: 429 with Retry-After, 500, slow replies,
-dropped connections, malformed JSON, empty choices, and (optionally) ignoring
-`n`. It is bounded: it stops itself after `max_requests` requests or
-`max_seconds` seconds, whichever comes first.
+dropped connections, malformed JSON, empty choices, (optionally) ignoring
+`n`, unusable or missing choices inside a 200 (`bad_choices`), and a 401 for
+any other API key (`api_key`); `list_models=False` leaves out `/v1/models`.
+It is bounded: it stops itself after `max_requests` requests or `max_seconds`
+seconds, whichever comes first.
 
 A completion is derived from the prompt: the words of the last user message
 (plus the sample index), cut at `max_tokens` words; usage counts words, so
@@ -50,6 +52,11 @@ class Faults:
     error_status: int | None = None
     error_code: str | None = None
     error_after: int = 0
+    # partial answers: {choice position: kind} applied to the first `bad_choice_requests` answered chat
+    # requests; kind "empty" (content ""), "null_message" (message null), "malformed" (the choice is a
+    # string) or "missing" (the choice is left out)
+    bad_choices: dict[int, str] = field(default_factory=dict)
+    bad_choice_requests: int = 1
 
     @classmethod
     def uniform(cls, total: float, **kw) -> "Faults":
@@ -90,7 +97,8 @@ class FaultServer:
     def __init__(self, faults: Faults | None = None, *, model: str = "fault-teacher", seed: int = 0,
                  port: int = 0, max_requests: int = 100_000, max_seconds: float = 600.0,
                  max_context_tokens: int = 4096, reasoning: bool = False, logprobs: bool = False,
-                 tool_calls: bool = False, log_requests: bool = True):
+                 tool_calls: bool = False, log_requests: bool = True, api_key: str | None = None,
+                 list_models: bool = True):
         self.faults = faults or Faults()
         self.model = model
         self.seed = seed
@@ -103,6 +111,9 @@ class FaultServer:
         self.tool_calls = tool_calls  # answer requests that carry `tools` with a call to the first tool
         self.log = RequestLog()
         self.log_requests = log_requests
+        self.api_key = api_key  # when set, any other bearer token gets a 401 (models list included)
+        self.model_requests = 0  # GET /v1/models answered
+        self.list_models = list_models  # False: GET /v1/models is a 404 (as on some hosted providers)
         self.requests = 0
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -217,7 +228,12 @@ class FaultServer:
             self._stop.set()
             return False
         path = path.split("?")[0].rstrip("/")
-        if method == "GET" and path == "/v1/models":
+        if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
+            self._send(writer, 401, _err("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"))
+            await writer.drain()
+            return True
+        if method == "GET" and path == "/v1/models" and self.list_models:
+            self.model_requests += 1
             self._send(writer, 200, {"object": "list", "data": [
                 {"id": self.model, "object": "model", "created": 0, "owned_by": "distill-faultserver"}]})
         elif path == "/v1/chat/completions":
@@ -283,9 +299,20 @@ class FaultServer:
             else:
                 n = 1 if f.ignore_n else int(req.get("n") or 1)
                 entry["choices"] = n
-                self._send(writer, 200, self._completion(req, n), {"x-request-id": f"req-{self.requests}"})
+                self._send(writer, 200, self._answer(req, n, entry), {"x-request-id": f"req-{self.requests}"})
         await writer.drain()
         return True
+
+    def _answer(self, req: dict, n: int, entry: dict) -> dict:
+        """The completion of n choices, some spoilt while Faults.bad_choices applies (logged in entry["bad"])."""
+        out = self._completion(req, n)
+        f = self.faults
+        with self._lock:
+            self._answered = getattr(self, "_answered", 0) + 1
+            spoil = bool(f.bad_choices) and self._answered <= f.bad_choice_requests
+        if spoil:
+            entry["bad"] = _spoil(out, f.bad_choices)
+        return out
 
     def _validate(self, req: dict) -> tuple[int, str] | None:
         if req.get("model") != self.model:
@@ -333,6 +360,25 @@ class FaultServer:
                 "model": self.model, "choices": choices,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
+
+
+def _spoil(completion: dict, bad: dict[int, str]) -> dict[int, str]:
+    """Makes the choices at the positions in `bad` unusable (see Faults.bad_choices); returns those spoilt."""
+    done, kept = {}, []
+    for pos, c in enumerate(completion["choices"]):
+        kind = bad.get(pos)
+        if kind == "empty":
+            c["message"]["content"] = ""
+        elif kind == "null_message":
+            c["message"] = None
+        elif kind == "malformed":
+            c = f"choice {pos} (fault injection)"
+        if kind is not None:
+            done[pos] = kind
+        if kind != "missing":
+            kept.append(c)
+    completion["choices"] = kept
+    return done
 
 
 def _err(message: str, typ: str, code: str | None = None) -> dict:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
 
 from orchestrator.client import (NonRetryableError, RetryPolicy, TeacherClient, TeacherError, TokenBucket,
-                                 parse_completion, parse_retry_after)
+                                 parse_choices, parse_completion, parse_retry_after)
 from orchestrator.testserver import FaultServer, Faults
 
 MSGS = [{"role": "user", "content": "two plus two"}]
@@ -136,8 +137,8 @@ def test_parse_completion_variants():
     assert choices[0].finish_reason == "tool_calls" and usage == {"prompt_tokens": 3, "completion_tokens": 4}
     for bad, reason in [(b"{", "malformed_response"), (b"[]", "malformed_response"),
                         (b'{"choices":[]}', "empty_response"),
-                        (b'{"choices":[{"message":{"role":"assistant","content":""}}]}', "empty_response"),
-                        (b'{"choices":[{"text":"x"}]}', "malformed_response")]:
+                        (b'{"choices":[{"message":{"role":"assistant","content":""}}]}', "empty_content"),
+                        (b'{"choices":[{"text":"x"}]}', "null_message"), (b'{"choices":["x"]}', "malformed_choice")]:
         with pytest.raises(TeacherError) as ei:
             parse_completion(bad, 1)
         assert ei.value.reason == reason, bad
@@ -273,12 +274,32 @@ def test_retry_wait_ends_early_when_the_gate_stops():
 @pytest.mark.parametrize("body", [
     b'{"choices":[{"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":"many"}}',
     b'{"choices":[{"message":{"role":"assistant","content":"hi"}}],"usage":{"completion_tokens":[1]}}',
-    b'{"choices":[{"message":{"role":"assistant","content":[{"type":"text","text":7}]}}]}',
 ])
 def test_malformed_shapes_are_malformed_response(body):
     with pytest.raises(TeacherError) as ei:
         parse_completion(body, 1)
     assert ei.value.reason == "malformed_response"
+
+
+def test_content_parts_of_the_wrong_type_are_a_malformed_choice():
+    body = b'{"choices":[{"message":{"role":"assistant","content":[{"type":"text","text":7}]}}]}'
+    with pytest.raises(TeacherError) as ei:
+        parse_completion(body, 1)
+    assert ei.value.reason == "malformed_choice"
+
+
+def test_unusable_choices_are_reported_by_slot_and_the_good_ones_kept():
+    ok = {"role": "assistant", "content": "fine"}
+    body = json.dumps({"choices": [
+        {"index": 0, "message": ok}, {"index": 1, "message": {"role": "assistant", "content": ""}},
+        {"index": 2, "message": None}, {"index": 4, "message": ok}, "junk"]})
+    choices, bad, _, _, _ = parse_choices(body, 5)
+    # "junk" has no index: the slots are positions then
+    assert [c.index for c in choices] == [0, 3] and bad == {1: "empty_content", 2: "null_message",
+                                                            4: "malformed_choice"}
+    body = json.dumps({"choices": [{"index": 2, "message": ok}, {"index": 0, "message": {"content": None}}]})
+    choices, bad, _, _, _ = parse_choices(body, 3)  # slot 1 left out: in neither
+    assert [c.index for c in choices] == [2] and bad == {0: "empty_content"}
 
 
 def test_429_insufficient_quota_is_not_retried():

@@ -263,10 +263,12 @@ def test_one_rejected_prompt_mid_run_is_recorded_as_a_rejection(tmp_path, recon_
     with open(p, "a") as f:
         f.write(json.dumps({"id": "huge", "prompt": "word " * 300}) + "\n")
     with FaultServer(max_context_tokens=200) as s:
-        cfg = make_cfg(s.base_url, p, concurrency=1)
+        # 1 failed pair of 7: within a max_failed_fraction of 0.2 (the default 0.1 would fail the run)
+        cfg = make_cfg(s.base_url, p, concurrency=1, max_failed_fraction=0.2)
         summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
     assert sorted(sample_ids(tmp_path / "run")) == sorted(f"{i}/0" for i in ids)
     assert summary["rejections"] == {"request_rejected": 1} and summary["stop_reason"] == "completed"
+    assert summary["failed_pairs"] == {"request_rejected": 1}
     rej = read_jsonl(tmp_path / "run" / "rejects.jsonl")
     assert rej[0]["item_id"] == "huge/0" and "maximum context length is 200" in rej[0]["detail"]
     assert sum(1 for e in s.log.entries if e["outcome"] == "http400") == 1  # not retried
@@ -415,6 +417,108 @@ def test_resumed_run_treats_a_4xx_as_a_rejection_not_a_first_request_failure(tmp
         cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", budget={"max_requests": 2}, concurrency=1)
         rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
     with FaultServer(Faults(error_status=400, error_code="bad_prompt")) as s2:
-        cfg = make_cfg(s2.base_url, tmp_path / "p.jsonl", concurrency=1)
+        # every pair of this run is refused: accepted here only because max_failed_fraction allows all
+        cfg = make_cfg(s2.base_url, tmp_path / "p.jsonl", concurrency=1, max_failed_fraction=1.0)
         summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
     assert summary["stop_reason"] == "completed" and summary["rejections"] == {"request_rejected": 2}
+
+
+def test_partial_answer_keeps_the_good_choices_and_asks_only_for_the_rest(tmp_path, recon_for):
+    ids = write_prompts(tmp_path / "p.jsonl", 2)
+    faults = Faults(bad_choices={1: "empty", 2: "null_message", 3: "malformed"})  # the first answer only
+    with FaultServer(faults) as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"n": 4}, concurrency=1)
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    # p0 asked for 4, got 1 usable: asked again for its 3 missing indices only; then p1
+    asked = Counter((e["messages"][-1]["content"][:17], e["n"]) for e in s.log.entries)
+    assert asked == {("Question number 0", 4): 1, ("Question number 0", 3): 1, ("Question number 1", 4): 1}
+    assert s.log.entries[0]["bad"] == {1: "empty", 2: "null_message", 3: "malformed"}
+    rec = read_jsonl(tmp_path / "run" / "recording.jsonl")
+    assert Counter((r["prompt_id"], r["sample_index"]) for r in rec) == {(p, i): 1 for p in ids for i in range(4)}
+    assert summary["unusable_choices"] == {"empty_content": 1, "null_message": 1, "malformed_choice": 1}
+    assert summary["samples"] == 8 and summary["stop_reason"] == "completed" and summary["failed_pairs"] == {}
+    assert is_done(tmp_path / "run" / "samples")
+
+
+def test_a_choice_left_out_is_asked_for_again(tmp_path, recon_for):
+    write_prompts(tmp_path / "p.jsonl", 1)
+    with FaultServer(Faults(bad_choices={1: "missing"})) as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"n": 3, "seed": 10})
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert [e["n"] for e in s.log.entries] == [3, 1]
+    assert s.log.entries[1]["body"]["seed"] == 11  # sample index 1's own seed
+    rec = read_jsonl(tmp_path / "run" / "recording.jsonl")
+    assert sorted(r["sample_index"] for r in rec) == [0, 1, 2]
+    assert summary["unusable_choices"] == {"missing_choice": 1} and summary["samples"] == 3
+
+
+def test_unusable_choices_are_asked_again_at_most_max_attempts_times_then_retried_on_rerun(tmp_path, recon_for):
+    write_prompts(tmp_path / "p.jsonl", 3)
+    with FaultServer(Faults(bad_choices={1: "empty"}, bad_choice_requests=100)) as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"n": 2}, concurrency=1,
+                       retry={"max_attempts": 1}, max_failed_fraction=0.5)
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert len(s.log.entries) == 3  # one round each, no second
+    assert summary["failed_pairs"] == {"empty_content": 3} and summary["samples"] == 3
+    assert sorted(r["item_id"] for r in read_jsonl(tmp_path / "run" / "rejects.jsonl")) == ["p0/1", "p1/1", "p2/1"]
+    # 3 of 6 pairs failed: within 0.5, so the run completed; a rerun asks for exactly the failed ones
+    assert is_done(tmp_path / "run" / "samples")
+    with FaultServer() as s2:
+        cfg = make_cfg(s2.base_url, tmp_path / "p.jsonl", sampling={"n": 2}, concurrency=1)
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert [e["n"] for e in s2.log.entries] == [1, 1, 1]
+    assert sorted(sample_ids(tmp_path / "run")) == sorted(f"p{i}/{k}" for i in range(3) for k in range(2))
+    assert summary["stop_reason"] == "completed" and is_done(tmp_path / "run" / "samples")
+
+
+def test_too_many_failed_pairs_stop_the_run_early_and_a_rerun_asks_only_for_them(tmp_path, recon_for):
+    ids = write_prompts(tmp_path / "p.jsonl", 10)
+    retry = {"max_attempts": 2}
+    with FaultServer(Faults(error_status=500, error_after=3)) as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", concurrency=1, retry=retry, max_failed_fraction=0.5)
+        with pytest.raises(RolloutError, match=r"failed for good on 6 \(prompt, sample\) pairs, more than "
+                                               r"orchestrator.max_failed_fraction = 0.5 of the 10") as ei:
+            rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert "http_500=6" in str(ei.value) and "rerun" in str(ei.value)
+    # stopped at the 6th failed pair (2 attempts each), not after all 7; one attempt of the next prompt may be
+    # in flight already (the scheduler queues 2 * concurrency jobs)
+    assert s.log.outcomes()["ok"] == 3 and 12 <= s.log.outcomes()["http500"] <= 13
+    assert len(read_jsonl(tmp_path / "run" / "recording.jsonl")) == 3
+    assert not is_done(tmp_path / "run" / "samples")
+    final = read_jsonl(tmp_path / "run" / "orchestrator_metrics.jsonl")[-1]
+    assert final["stop_reason"] == "error:too_many_failures" and final["failed_pairs"] == {"http_500": 6}
+    with FaultServer() as s2:
+        cfg = make_cfg(s2.base_url, tmp_path / "p.jsonl", concurrency=1)
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert len(s2.log.entries) == 7 and summary["stop_reason"] == "completed"
+    assert sorted(sample_ids(tmp_path / "run")) == sorted(f"{p}/0" for p in ids)
+
+
+def test_a_streak_of_failed_requests_stops_the_run(tmp_path, recon_for):
+    write_prompts(tmp_path / "p.jsonl", 40)
+    with FaultServer(Faults(error_status=503, error_after=2)) as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", concurrency=1, retry={"max_attempts": 2},
+                       max_failed_fraction=1.0)
+        with pytest.raises(RolloutError, match="the last 10 teacher requests all failed after every retry"):
+            rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert s.log.outcomes()["ok"] == 2 and 20 <= s.log.outcomes()["http503"] <= 21  # + one queued attempt
+    assert not is_done(tmp_path / "run" / "samples")
+
+
+def test_no_sample_at_all_is_a_failure(tmp_path, recon_for):
+    write_prompts(tmp_path / "p.jsonl", 3)
+    with FaultServer() as s:  # every answer is cut at 2 tokens: dropped as truncated
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"max_tokens": 2})
+        with pytest.raises(RolloutError, match=r"no sample was produced from 3 prompt\(s\).*truncated=3"):
+            rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert len(read_jsonl(tmp_path / "run" / "recording.jsonl")) == 3  # the answers are kept
+    assert not is_done(tmp_path / "run" / "samples")
+    assert read_jsonl(tmp_path / "run" / "orchestrator_metrics.jsonl")[-1]["stop_reason"] == "error:no_samples"
+
+
+def test_an_endpoint_without_a_models_list_is_used(tmp_path, recon_for):
+    ids = write_prompts(tmp_path / "p.jsonl", 3)
+    with FaultServer(list_models=False) as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl")
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert summary["stop_reason"] == "completed" and sorted(sample_ids(tmp_path / "run")) == [f"{i}/0" for i in ids]

@@ -238,3 +238,13 @@ def test_the_last_step_is_logged_when_the_stream_ends_between_logged_steps(tmp_p
 
     assert summary_text([]) == "no training step logged yet"
     assert "(step 3)" in summary_text(rows)
+
+
+def test_no_step_no_checkpoint(tmp_path, tiny_student_dir):
+    """A finished stream with no sample trains nothing: no checkpoint of the untrained student is written."""
+    run = tmp_path / "run"
+    w = contract.ShardWriter(run / "samples")
+    w.close()  # DONE, zero samples
+    out = train(_cfg(tiny_student_dir, max_steps=2), run, progress=False)
+    assert out["steps"] == 0 and out["checkpoint"] is None
+    assert checkpoint.latest(run / "checkpoints") is None

@@ -295,7 +295,16 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
     saved_at = state.step if start else -1
     saved = start
     while state.step < t.max_steps:
-        samples = _take(stream, t.samples_per_step)
+        try:
+            samples = _take(stream, t.samples_per_step)
+        except Exception:
+            # the producer of `distill run` failed: keep the steps trained so far (a rerun resumes from them)
+            if producer_alive is not None and state.step > max(saved_at, 0):
+                ckpt_io.save(ckpt_root, model, optimizer, scheduler, state, tokenizer, config_toml, ctx,
+                             t.checkpoint.keep_last)
+            if bar is not None:
+                bar.close()  # the error message then starts on its own line
+            raise
         if not samples:
             break
         t0 = time.perf_counter()
@@ -330,7 +339,7 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
             wb.log(last, step=state.step)
 
     # --- save --------------------------------------------------------------
-    if saved_at != state.step:
+    if saved_at != state.step and state.step > 0:  # no step, no checkpoint (it would be the untrained student)
         saved = ckpt_io.save(ckpt_root, model, optimizer, scheduler, state, tokenizer, config_toml,
                              ctx, t.checkpoint.keep_last)
     if bar is not None:

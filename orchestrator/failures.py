@@ -1,0 +1,80 @@
+"""When a rollout that lost requests has failed: counts of failed (prompt, sample) pairs, by reason.
+
+A pair fails for good when its request spent every retry (connection errors, timeouts, 5xx, malformed
+or unusable answers) or was refused with a 4xx. Failed pairs are never recorded, so a rerun asks for
+them again. The run fails (no DONE, non-zero exit):
+
+- early, when the failures already exceed `max_failed_fraction` of every pair the source can give
+  (so the end of the run could not bring the fraction back under it), or when the last `streak_limit`
+  requests all failed for good after their retries (the endpoint went away);
+- at the end, when failures / (failures + recorded pairs) of this run exceed `max_failed_fraction`,
+  or when the rollout had prompts and produced no sample at all (whatever the reason).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+KEY = "orchestrator.max_failed_fraction"
+
+
+class FailureTally:
+    def __init__(self, max_fraction: float, planned_pairs: int | None, streak_limit: int, base_url: str):
+        self.max_fraction = max_fraction
+        self.planned = planned_pairs  # every pair the source can give (an upper bound), None when unknown
+        self.streak_limit = streak_limit
+        self.base_url = base_url
+        self.by_reason: Counter = Counter()  # failed pairs by reason
+        self.first: dict[str, str] = {}  # reason -> the first detail seen
+        self.failed = self.ok = self.streak = 0
+
+    def succeeded(self, pairs: int) -> None:
+        self.ok += pairs
+        self.streak = 0
+
+    def fail(self, reason: str, pairs: int, detail: str, transient: bool) -> str | None:
+        """Counts `pairs` failed for good; the message to stop the run with, if it must stop now.
+        `transient`: the request spent its retries (a 4xx refusal of one prompt does not extend the streak)."""
+        self.by_reason[reason] += pairs
+        self.first.setdefault(reason, detail)
+        self.failed += pairs
+        if transient:
+            self.streak += 1
+            if self.streak >= self.streak_limit:
+                return (f"the last {self.streak} teacher requests all failed after every retry, so the endpoint "
+                        f"({self.base_url}) looks unusable now; {self.describe()}. {self._fix()}")
+        if self.planned and self.failed > self.max_fraction * self.planned:
+            return (f"the teacher failed for good on {self.failed} (prompt, sample) pairs, more than {KEY} = "
+                    f"{self.max_fraction:g} of the {self.planned} the prompts ask for; {self.describe()}. "
+                    f"{self._fix()}")
+        return None
+
+    def verdict(self) -> str | None:
+        """At the end of the run: the message to fail it with, or None."""
+        decided = self.failed + self.ok
+        if not self.failed or self.failed <= self.max_fraction * decided:
+            return None
+        return (f"the teacher failed for good on {self.failed} of the {decided} (prompt, sample) pairs of this run "
+                f"({self.failed / decided:.0%}, more than {KEY} = {self.max_fraction:g}); {self.describe()}. "
+                f"{self._fix()}")
+
+    def describe(self) -> str:
+        reasons = ", ".join(f"{r}={n}" for r, n in self.by_reason.most_common())
+        first = self.by_reason.most_common(1)[0][0]
+        return f"failed by reason: {reasons} (first {first}: {self.first[first][:300]})"
+
+    def _fix(self) -> str:
+        return ("Answers already received are recorded and kept; the failed pairs are asked again when you rerun "
+                f"the same command. Fix the endpoint (orchestrator.rollout_model.base_url = {self.base_url!r}), "
+                f"or raise {KEY} to accept the failures (they are listed in rejects.jsonl)")
+
+
+def nothing_published(prompts: int, samples: int, rejections: Counter, rejects_path: Path,
+                      stop_reason: str | None) -> str | None:
+    """The message for a rollout that had prompts and ended with no sample at all, else None."""
+    if not prompts or samples > 0:
+        return None
+    rej = ", ".join(f"{k}={v}" for k, v in rejections.most_common()) or "none"
+    return (f"no sample was produced from {prompts} prompt(s) (stop: {stop_reason}; rejections: {rej}; see "
+            f"{rejects_path}). Nothing was marked done; fix the cause and rerun the same command")
