@@ -288,8 +288,12 @@ class Optim(Strict):
 
 
 class Checkpoint(Strict):
-    # Save every N steps (0 = only at the end).
+    # Save every N steps (0 = no step-based saves). A checkpoint is also saved at the end.
     every: int = Field(0, ge=0)
+    # Also save once this many seconds have passed since the last save (or the start), so a
+    # killed run loses at most about this much training; 0 = off. The clock runs from the end
+    # of the previous save, so a slow save never makes the next one come sooner.
+    every_seconds: float = Field(300.0, ge=0)
     # Checkpoints kept; older ones are deleted.
     keep_last: int = Field(2, ge=1)
 

@@ -237,6 +237,20 @@ def _training_stream(follow, samples_dir: Path, seen: int, held: int, repeat: bo
         i = (i + 1) % len(pool)
 
 
+def _checkpoint_due(c, step: int, saved_clock: float, ctx: dist.DistContext) -> bool:
+    """Save now? Every `c.every` steps, or once `c.every_seconds` have passed since the last save.
+    Rank 0's clock decides (save is collective: every rank must agree), so the time test is
+    reduced over the ranks with max."""
+    if c.every and step % c.every == 0:
+        return True
+    if not c.every_seconds:
+        return False
+    late = 1.0 if time.monotonic() - saved_clock >= c.every_seconds else 0.0
+    if ctx.distributed:
+        late = dist.all_reduce([late if ctx.is_main else 0.0], ctx, op="max")[0]
+    return late > 0
+
+
 def _take(stream: Iterator[contract.Sample], n: int) -> list[contract.Sample]:
     return list(itertools.islice(stream, n))
 
@@ -294,6 +308,7 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
     logged = True
     saved_at = state.step if start else -1
     saved = start
+    saved_clock = time.monotonic()  # checkpoint.every_seconds counts from here / from the last save
     while state.step < t.max_steps:
         samples = _take(stream, t.samples_per_step)
         if not samples:
@@ -317,10 +332,10 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
-        if t.checkpoint.every and state.step % t.checkpoint.every == 0:
+        if _checkpoint_due(t.checkpoint, state.step, saved_clock, ctx):
             saved = ckpt_io.save(ckpt_root, model, optimizer, scheduler, state, tokenizer, config_toml,
                                  ctx, t.checkpoint.keep_last)
-            saved_at = state.step
+            saved_at, saved_clock = state.step, time.monotonic()
 
     if last and not logged:  # the stream ended between two logged steps: log the last one
         if held_out:
