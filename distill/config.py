@@ -252,6 +252,11 @@ class Orchestrator(Strict):
     # Processes that rebuild answers into student tokens (0 = in the orchestrator's own
     # process). 1+ runs tokenization beside the HTTP client, on other cores.
     reconstruct_workers: int = Field(0, ge=0)
+    # On resume, what to do with recorded answers whose request changed since (prompt text,
+    # tools, model or sampling; compared by the record's request_hash): "error" stops before
+    # any request, naming the prompt ids; "rerequest" asks for them again (the old answers
+    # stay in the recording, unused).
+    on_prompt_change: Literal["error", "rerequest"] = "error"
 
 
 # ---------------------------------------------------------------------------

@@ -3,7 +3,13 @@
     {"v": 1, "prompt_id": ..., "sample_index": ..., "messages": [...], "tools": ...,
      "response": {"role": "assistant", "content": ..., "reasoning_content": ..., "tool_calls": ...},
      "finish_reason": ..., "model": ..., "endpoint": ..., "sampling": {...}, "usage": {...},
-     "usage_shared_by": k, "t_start": ..., "t_end": ..., "reward": ..., "request_id": ...}
+     "usage_shared_by": k, "t_start": ..., "t_end": ..., "reward": ..., "request_id": ...,
+     "request_hash": ...}
+
+`request_hash` (orchestrator.request_hash) identifies the request the answer was given to;
+a later record for the same (prompt_id, sample_index) with a different hash supersedes the
+earlier one (it was re-requested after the prompt changed); records of earlier versions
+have none.
 
 `usage` is the usage of the whole request that produced the choice; a request
 with n=k choices writes the same usage on each of its k records with
@@ -37,12 +43,14 @@ __all__ = ["redact", "make_record", "load_recording", "LoadedRecording", "Record
 def make_record(*, prompt_id: str, sample_index: int, messages: list[dict], tools: list[dict] | None,
                 response: dict[str, Any], finish_reason: str | None, model: str | None, endpoint: str,
                 sampling: dict[str, Any], usage: dict[str, int], usage_shared_by: int, t_start: float,
-                t_end: float, reward: float | None, request_id: str | None) -> dict[str, Any]:
+                t_end: float, reward: float | None, request_id: str | None,
+                request_hash: str | None = None) -> dict[str, Any]:
     return {
         "v": RECORDING_VERSION, "prompt_id": prompt_id, "sample_index": sample_index, "messages": messages,
         "tools": tools, "response": response, "finish_reason": finish_reason, "model": model,
         "endpoint": endpoint, "sampling": redact(sampling), "usage": usage, "usage_shared_by": usage_shared_by,
         "t_start": t_start, "t_end": t_end, "reward": reward, "request_id": request_id,
+        "request_hash": request_hash,
     }
 
 
@@ -50,6 +58,7 @@ def make_record(*, prompt_id: str, sample_index: int, messages: list[dict], tool
 class LoadedRecording:
     records: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     duplicates: int = 0
+    superseded: int = 0  # records replaced by a later one for the same key with another request_hash
     torn_tail: bytes = b""  # the half-written last line that was dropped, if any
     requests: float = 0.0
     prompt_tokens: float = 0.0
@@ -92,8 +101,10 @@ def load_recording(path: str | os.PathLike, repair: bool = True) -> LoadedRecord
             raise RecordingError(f"{p}:{lineno}: recording version {rec['v']} is newer than this distill "
                                  f"reads ({RECORDING_VERSION}); upgrade distill")
         if key in out.records:
-            out.duplicates += 1
-            continue
+            if not _supersedes(rec, out.records[key]):
+                out.duplicates += 1
+                continue
+            out.superseded += 1  # re-requested after its prompt changed: the newer answer is used
         out.records[key] = rec
         shared = max(1, int(rec.get("usage_shared_by") or 1))
         usage = rec.get("usage") or {}
@@ -113,6 +124,14 @@ def load_recording(path: str | os.PathLike, repair: bool = True) -> LoadedRecord
                 f.flush()
                 os.fsync(f.fileno())
     return out
+
+
+def _supersedes(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """A later record for the same (prompt id, index) replaces an earlier one when both carry a
+    request_hash and they differ (orchestrator.on_prompt_change = "rerequest" wrote it);
+    otherwise the later one is a duplicate and the first is kept."""
+    h_new, h_old = new.get("request_hash"), old.get("request_hash")
+    return h_new is not None and h_old is not None and h_new != h_old
 
 
 class RecordingWriter:

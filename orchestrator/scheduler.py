@@ -31,6 +31,8 @@ from orchestrator.client import (NonRetryableError, RetryPolicy, StopRequested, 
 from orchestrator.contract import Rejection, ShardWriter, read_consumed
 from orchestrator.prompts import count_prompts, load_prompts
 from orchestrator.recording import RecordingWriter, load_recording, make_record
+from orchestrator.request_hash import PromptChangedError, base_sampling, request_hash, stale_keys
+from orchestrator.request_hash import check as check_prompts
 from orchestrator.rewards import load_reward_fn
 
 RECORDING = "recording.jsonl"
@@ -369,6 +371,7 @@ class _Rollout:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             self.loaded = load_recording(run_dir / RECORDING)
+            self.stale = self._check_prompts(run_dir / RECORDING)
             self.pool = make_reconstruct_pool(reconstructor, oc.reconstruct_workers)
             self.pub = Publisher(run_dir, reconstructor, oc.samples_per_shard, reward_fn, oc.min_reward,
                                  self.pool)
@@ -385,7 +388,8 @@ class _Rollout:
             self.failed = False  # the run ended on an exception: shards get no DONE
             self.seen_prompts, self.tasks = set(), set()  # prompt ids reached; running jobs (asyncio tasks)
             self.extra = {"resumed_records": len(self.loaded.records), "torn_tail_bytes": len(self.loaded.torn_tail),
-                          "duplicate_records": self.loaded.duplicates}
+                          "duplicate_records": self.loaded.duplicates, "superseded_records": self.loaded.superseded,
+                          "stale_rerequested": self.stale}
             self.metrics_f = open(run_dir / METRICS, "a", encoding="utf-8")
             if progress:
                 from tqdm import tqdm
@@ -397,6 +401,26 @@ class _Rollout:
             raise
         self.base_args = {k: v for k, v in oc.sampling.request_args().items() if k != "n"}
         self.extra_body = dict(oc.sampling.extra_body)
+
+    def request_hash(self, prompt: dict) -> str:
+        """The hash recorded with each answer to `prompt` (orchestrator/request_hash.py)."""
+        oc = self.oc
+        return request_hash(oc.rollout_model.model, prompt["messages"], prompt.get("tools"),
+                            base_sampling(oc.sampling.request_args(), dict(oc.sampling.extra_body)))
+
+    def _check_prompts(self, path: Path) -> int:
+        """Recorded answers to a request that has changed since: an error, or (on_prompt_change =
+        "rerequest") dropped from the answers in use so they are requested again. Returns how many."""
+        if not self.loaded.records:
+            return 0
+        stale, unhashed = stale_keys(self.loaded.records, load_prompts(self.oc.source), self.request_hash)
+        try:
+            check_prompts(stale, unhashed, self.oc.on_prompt_change, path)
+        except PromptChangedError as e:
+            raise RolloutError(str(e)) from None
+        for k in stale:
+            del self.loaded.records[k]
+        return len(stale)
 
     def _close_opened(self) -> None:
         """After a failed __init__: closes what it had opened (no DONE; the client holds no connection yet)."""
@@ -500,7 +524,8 @@ class _Rollout:
             prompt_id=prompt["prompt_id"], sample_index=i, messages=prompt["messages"], tools=prompt.get("tools"),
             response=c.message, finish_reason=c.finish_reason, model=resp.model, endpoint=resp.endpoint,
             sampling=resp.sent, usage=resp.usage, usage_shared_by=len(ch), t_start=resp.t_start, t_end=resp.t_end,
-            reward=None, request_id=resp.request_id) for i, c in zip(indices, ch)]
+            reward=None, request_id=resp.request_id, request_hash=self.request_hash(prompt))
+            for i, c in zip(indices, ch)]
         for r in records:
             try:
                 r["reward"] = self.pub.score(prompt, r["response"])
