@@ -28,7 +28,8 @@ from typing import Callable
 from distill.config import RunConfig, api_key
 from orchestrator.client import (NonRetryableError, RetryPolicy, StopRequested, TeacherClient, TeacherError,
                                  TeacherResponse)
-from orchestrator.contract import Rejection, ShardWriter, read_consumed
+from orchestrator.contract import ShardWriter, read_consumed
+from orchestrator.rejects import RejectLog
 from orchestrator.prompts import count_prompts, load_prompts
 from orchestrator.recording import RecordingWriter, load_recording, make_record
 from orchestrator.request_hash import PromptChangedError, base_sampling, request_hash, stale_keys
@@ -189,9 +190,9 @@ class Publisher:
         self.reconstructor = reconstructor
         self.reward_fn = reward_fn
         self.min_reward = min_reward
-        self.rejects_path = run_dir / REJECTS
-        self.seen_rejects = _read_rejects(self.rejects_path)
-        self._rejects = open(self.rejects_path, "a", encoding="utf-8", errors="backslashreplace")  # JSONL: lossless
+        self.published_now: set[str] = set()  # pairs this run published a sample of
+        self.rlog = RejectLog(run_dir / REJECTS, self.published_bases)  # stale lines dropped: orchestrator/rejects.py
+        self.pair_counts: dict[str, int] = {}
         self.rejections: Counter = Counter()
         self.samples = 0
         self.scored = 0
@@ -207,11 +208,7 @@ class Publisher:
 
     def reject(self, item_id: str, reason: str, detail: str = "") -> None:
         self.rejections[reason] += 1
-        if (item_id, reason) in self.seen_rejects:
-            return
-        self.seen_rejects.add((item_id, reason))
-        self._rejects.write(Rejection(item_id, reason, detail).to_json() + "\n")
-        self._rejects.flush()
+        self.rlog.add(item_id, reason, detail)
 
     def _admit(self, prompt: dict | None, rec: dict) -> dict | None:
         """Reward filter for one recorded choice; the build arguments if it passes."""
@@ -264,6 +261,7 @@ class Publisher:
                     self.buffered = 0
             if samples:
                 self.published_bases.add(conv["sample_id"])
+                self.published_now.add(conv["sample_id"])
             added += len(samples)
         self.samples += added
         return added
@@ -284,21 +282,7 @@ class Publisher:
         else:
             self.writer.flush()
         self.buffered = 0
-        self._rejects.close()
-
-
-def _read_rejects(path: Path) -> set[tuple[str, str]]:
-    seen: set[tuple[str, str]] = set()
-    if not path.exists():
-        return seen
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                d = json.loads(line)
-                seen.add((d["item_id"], d["reason"]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a torn last line from a crash; the rejection is written again if it recurs
-    return seen
+        self.pair_counts = self.rlog.close(self.published_bases, self.published_now)
 
 
 # ---------------------------------------------------------------------------
@@ -607,6 +591,7 @@ class _Rollout:
         self.pub.close(done=self.fatal is None and not self.failed and self.gate.stop_reason != "interrupted")
         if self.bar is not None:
             self.bar.close()
+        self.extra.update(self.pub.pair_counts)
         summary = self.write_metrics(final=True)
         self.metrics_f.close()
         return summary
