@@ -367,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd is None:
         print(f"distill: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr, end="")
         return 2
+    from distill.verbosity import quiet_third_party
+
+    quiet_third_party()  # third-party progress bars / logging off unless DISTILL_VERBOSE=1
     try:
         return cmd(argv[1:])
     except ConfigError as e:

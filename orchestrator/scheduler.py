@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from distill.config import RunConfig, api_key
+from distill.verbosity import bar_position, close_bar
 from orchestrator.client import (NonRetryableError, RetryPolicy, StopRequested, TeacherClient, TeacherError,
                                  TeacherResponse)
 from orchestrator.contract import ShardWriter, read_consumed
@@ -378,8 +379,8 @@ class _Rollout:
             if progress:
                 from tqdm import tqdm
                 self.bar = tqdm(total=(total_prompts * self.n) if total_prompts else None,
-                                initial=len(self.loaded.records), unit="sample", desc="teacher", dynamic_ncols=True,
-                                file=sys.stderr)
+                                initial=len(self.loaded.records), unit="sample", desc="teacher", file=sys.stderr,
+                                **bar_position("teacher", backpressure))  # backpressure: a trainer runs too
         except BaseException:
             self._close_opened()
             raise
@@ -590,7 +591,7 @@ class _Rollout:
             self.pool.shutdown(wait=True, cancel_futures=True)
         self.pub.close(done=self.fatal is None and not self.failed and self.gate.stop_reason != "interrupted")
         if self.bar is not None:
-            self.bar.close()
+            close_bar(self.bar)
         self.extra.update(self.pub.pair_counts)
         summary = self.write_metrics(final=True)
         self.metrics_f.close()
@@ -626,7 +627,12 @@ async def run_rollouts(cfg: RunConfig, run_dir: Path, reconstructor, *, progress
     finally:
         metrics_task.cancel()
         summary = await ro.close()
-    print(format_summary(summary), file=sys.stderr)
+    if ro.bar is not None:  # above the trainer's bar, if one is running (distill run)
+        from tqdm import tqdm
+
+        tqdm.write(format_summary(summary), file=sys.stderr)
+    else:
+        print(format_summary(summary), file=sys.stderr)
     if ro.fatal is not None:
         raise ro.fatal
     return summary
@@ -634,9 +640,11 @@ async def run_rollouts(cfg: RunConfig, run_dir: Path, reconstructor, *, progress
 
 def format_summary(s: dict) -> str:
     rej = ", ".join(f"{k}={v}" for k, v in sorted(s["rejections"].items())) or "none"
+    retries = ", ".join(f"{k}={v}" for k, v in sorted(s.get("retries", {}).items())) or "none"
     pr = s.get("reward_pass_rate")
     return (f"orchestrator: stop={s['stop_reason']} requests={s['requests']} samples={s['samples']} "
-            f"(+{s['samples_this_run']} this run) rejections: {rej}; tokens prompt={s['prompt_tokens']} "
+            f"(+{s['samples_this_run']} this run) retries: {retries}; rejections: {rej}; "
+            f"tokens prompt={s['prompt_tokens']} "
             f"completion={s['completion_tokens']} cost={s['cost']:.4f}"
             + (f" reward_pass_rate={pr:.2f}" if pr is not None else "")
             + f" in {s['elapsed_s']:.1f}s")

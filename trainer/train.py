@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 import torch
 
 from distill.config import RunConfig, Trainer, redacted_dict, to_toml
+from distill.verbosity import bar_position
 from orchestrator import contract
 from trainer import checkpoint as ckpt_io
 from trainer import dist
@@ -291,7 +292,9 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
     if progress and ctx.is_main:
         from tqdm import tqdm
 
-        bar = tqdm(total=t.max_steps, initial=state.step, desc="train", unit="step")
+        # its own row when the orchestrator's bar runs beside it (distill run: producer_alive is set)
+        bar = tqdm(total=t.max_steps, initial=state.step, desc="train", unit="step",
+                   **bar_position("train", producer_alive is not None))
     def follow(start: int):
         return contract.follow_samples(samples_dir, start=start, timeout_s=t.sample_timeout,
                                        producer_alive=producer_alive)
