@@ -37,7 +37,8 @@ from orchestrator.redact import redact
 
 RECORDING_VERSION = 1
 
-__all__ = ["redact", "make_record", "load_recording", "LoadedRecording", "RecordingError", "RecordingWriter"]
+__all__ = ["redact", "make_record", "load_recording", "LoadedRecording", "RecordingError", "RecordingWriter",
+           "mark_superseded", "superseded_lines"]
 
 
 def make_record(*, prompt_id: str, sample_index: int, messages: list[dict], tools: list[dict] | None,
@@ -59,6 +60,7 @@ class LoadedRecording:
     records: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     duplicates: int = 0
     superseded: int = 0  # records replaced by a later one for the same key with another request_hash
+    lines: dict[tuple[str, int], int] = field(default_factory=dict)  # line number of each record in use
     torn_tail: bytes = b""  # the half-written last line that was dropped, if any
     requests: float = 0.0
     prompt_tokens: float = 0.0
@@ -106,6 +108,7 @@ def load_recording(path: str | os.PathLike, repair: bool = True) -> LoadedRecord
                 continue
             out.superseded += 1  # re-requested after its prompt changed: the newer answer is used
         out.records[key] = rec
+        out.lines[key] = lineno
         shared = max(1, int(rec.get("usage_shared_by") or 1))
         usage = rec.get("usage") or {}
         out.requests += 1 / shared
@@ -132,6 +135,45 @@ def _supersedes(new: dict[str, Any], old: dict[str, Any]) -> bool:
     otherwise the later one is a duplicate and the first is kept."""
     h_new, h_old = new.get("request_hash"), old.get("request_hash")
     return h_new is not None and h_old is not None and h_new != h_old
+
+
+SUPERSEDED_SUFFIX = ".superseded"
+
+
+def mark_superseded(path: str | os.PathLike, records: list[tuple[int, dict[str, Any]]]) -> None:
+    """Lists (line number, record) of answers that are no longer used (their prompt changed and they
+    are requested again) in `<recording>.superseded`, fsynced, so `distill replay` of the recording
+    skips them too (it reads the recording in one pass, first record per sample id)."""
+    side = Path(f"{path}{SUPERSEDED_SUFFIX}")
+    with open(side, "a", encoding="utf-8") as f:
+        for line, rec in records:
+            f.write(json.dumps({"line": line, "prompt_id": rec["prompt_id"], "sample_index": rec["sample_index"],
+                                "request_hash": rec.get("request_hash")}, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+_SUPERSEDED_CACHE: dict[str, tuple[float, set[int]]] = {}
+
+
+def superseded_lines(path: str | os.PathLike) -> set[int]:
+    """Line numbers of `path` (a recording) listed by mark_superseded; empty when there is no list."""
+    side = Path(f"{path}{SUPERSEDED_SUFFIX}")
+    try:
+        mtime = side.stat().st_mtime
+    except OSError:
+        return set()
+    hit = _SUPERSEDED_CACHE.get(str(side))
+    if hit is not None and hit[0] == mtime:
+        return hit[1]
+    found = set()
+    for raw in side.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            found.add(int(json.loads(raw)["line"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # a torn last line: that record was not re-requested yet either
+    _SUPERSEDED_CACHE[str(side)] = (mtime, found)
+    return found
 
 
 class RecordingWriter:

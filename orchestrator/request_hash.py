@@ -13,7 +13,8 @@ On resume every recorded (prompt id, index) whose prompt is still in the source 
 against the hash of the request it would be sent as now. `orchestrator.on_prompt_change`:
 "error" (default) stops before any request with a message naming the changed prompt ids;
 "rerequest" asks for those pairs again (the stale records stay in the recording, paid for,
-but are not used: a later record for the same key with a different hash supersedes it).
+but are not used: a later record for the same key with a different hash supersedes it, and
+their line numbers are listed in `<recording>.superseded` for `distill replay`).
 Records without a hash (recordings of earlier versions) are trusted, with one warning.
 """
 

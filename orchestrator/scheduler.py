@@ -32,7 +32,7 @@ from orchestrator.client import (NonRetryableError, RetryPolicy, StopRequested, 
 from orchestrator.contract import ShardWriter, read_consumed
 from orchestrator.rejects import RejectLog
 from orchestrator.prompts import count_prompts, load_prompts
-from orchestrator.recording import RecordingWriter, load_recording, make_record
+from orchestrator.recording import RecordingWriter, load_recording, make_record, mark_superseded
 from orchestrator.request_hash import PromptChangedError, base_sampling, request_hash, stale_keys
 from orchestrator.request_hash import check as check_prompts
 from orchestrator.rewards import load_reward_fn
@@ -403,6 +403,8 @@ class _Rollout:
             check_prompts(stale, unhashed, self.oc.on_prompt_change, path)
         except PromptChangedError as e:
             raise RolloutError(str(e)) from None
+        if stale:
+            mark_superseded(path, sorted((self.loaded.lines[k], self.loaded.records[k]) for k in stale))
         for k in stale:
             del self.loaded.records[k]
         return len(stale)

@@ -9,7 +9,10 @@ import pytest
 from helpers import read_jsonl
 from test_scheduler import make_cfg, recon_for, sample_ids  # noqa: F401 - recon_for is a fixture
 
+from distill.config import load_config
+from orchestrator.contract import iter_samples
 from orchestrator.recording import load_recording
+from orchestrator.replay import replay
 from orchestrator.request_hash import base_sampling, request_hash
 from orchestrator.scheduler import RolloutError, rollout
 from orchestrator.testserver import FaultServer, write_prompts
@@ -85,6 +88,17 @@ def test_edited_prompt_is_an_error_then_rerequested_by_option(tmp_path, recon_fo
     with FaultServer() as s2:  # and the next rerun (default policy) accepts the newer answers
         assert _run(s2, prompts, run, recon_for)["stop_reason"] == "completed"
         assert s2.log.entries == []
+
+    # distill replay of the recording (one pass, first record per id) skips the superseded lines too
+    cfg = load_config(None, {"orchestrator": {"source": {"type": "replay", "path": str(run / "recording.jsonl")}},
+                             "trainer": {"seq_len": 512}})
+    summary = replay(cfg, tmp_path / "replayed", recon_for(cfg), progress=False)
+    assert summary["filtered"].get("superseded") == 2 and "duplicate_id" not in summary["filtered"]
+    replayed = {smp.sample_id: smp for smp in iter_samples(tmp_path / "replayed" / "samples")}
+    assert set(replayed) == {f"{p}/{i}" for p in ids for i in range(2)}
+    tok = recon_for(cfg).tokenizer
+    assert all("edited" in tok.decode(replayed[f"p3/{i}"].prompt_ids) for i in range(2))  # the newer answers
+    assert "edited" not in tok.decode(replayed["p2/0"].prompt_ids)
 
 
 def test_changed_sampling_is_a_change_too_and_old_records_are_trusted(tmp_path, recon_for, capsys):
