@@ -30,9 +30,9 @@ from distill.verbosity import bar_position, close_bar
 from orchestrator.client import (NonRetryableError, RetryPolicy, StopRequested, TeacherClient, TeacherError,
                                  TeacherResponse)
 from orchestrator.contract import ShardWriter, read_consumed
-from orchestrator.rejects import RejectLog
 from orchestrator.prompts import count_prompts, load_prompts
 from orchestrator.recording import RecordingWriter, load_recording, make_record, mark_superseded
+from orchestrator.rejects import RejectLog
 from orchestrator.request_hash import PromptChangedError, base_sampling, request_hash, stale_keys
 from orchestrator.request_hash import check as check_prompts
 from orchestrator.rewards import load_reward_fn
@@ -507,11 +507,12 @@ class _Rollout:
             self.n_ignored_responses += 1
         ct = resp.usage.get("completion_tokens", 0)
         self.completion_mean += (ct / max(1, len(ch)) - self.completion_mean) / self.requests_ok
+        h = self.request_hash(prompt)
         records = [make_record(
             prompt_id=prompt["prompt_id"], sample_index=i, messages=prompt["messages"], tools=prompt.get("tools"),
             response=c.message, finish_reason=c.finish_reason, model=resp.model, endpoint=resp.endpoint,
             sampling=resp.sent, usage=resp.usage, usage_shared_by=len(ch), t_start=resp.t_start, t_end=resp.t_end,
-            reward=None, request_id=resp.request_id, request_hash=self.request_hash(prompt))
+            reward=None, request_id=resp.request_id, request_hash=h)
             for i, c in zip(indices, ch)]
         for r in records:
             try:

@@ -5,12 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from helpers import read_jsonl
-from test_scheduler import make_cfg, recon_for, sample_ids  # noqa: F401 - recon_for is a fixture
+from rollout_helpers import make_cfg, sample_ids
 
 from orchestrator.rejects import RejectLog, pair_of
 from orchestrator.scheduler import rollout
 from orchestrator.testserver import FaultServer, Faults, write_prompts
+
+
+@pytest.fixture
+def recon_for(smol_tokenizer):
+    from orchestrator.reconstruct import Reconstructor
+
+    return lambda cfg: Reconstructor(smol_tokenizer, cfg.orchestrator.reconstruction)
 
 
 def _pairs(run: Path) -> tuple[set[str], list[str]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from helpers import read_jsonl
-from test_scheduler import make_cfg, recon_for, sample_ids  # noqa: F401 - recon_for is a fixture
+from rollout_helpers import make_cfg, sample_ids
 
 from distill.config import load_config
 from orchestrator.contract import iter_samples
@@ -16,6 +16,13 @@ from orchestrator.replay import replay
 from orchestrator.request_hash import base_sampling, request_hash
 from orchestrator.scheduler import RolloutError, rollout
 from orchestrator.testserver import FaultServer, write_prompts
+
+
+@pytest.fixture
+def recon_for(smol_tokenizer):
+    from orchestrator.reconstruct import Reconstructor
+
+    return lambda cfg: Reconstructor(smol_tokenizer, cfg.orchestrator.reconstruction)
 
 MSGS = [{"role": "user", "content": "What is 2 plus 2?"}]
 
