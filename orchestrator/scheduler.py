@@ -317,8 +317,10 @@ class Backpressure:
                 pub.flush()  # never hold back samples the trainer could be taking
             if not warned and time.monotonic() - t0 > 30:
                 warned = True
-                print(f"orchestrator: waiting for the trainer (published {pub.writer.published}, consumed "
-                      f"{consumed}, max_ahead {self.max_ahead})", file=sys.stderr)
+                from tqdm import tqdm  # tqdm.write: above the progress bars, which are redrawn below it
+
+                tqdm.write(f"orchestrator: waiting for the trainer (published {pub.writer.published}, consumed "
+                           f"{consumed}, max_ahead {self.max_ahead})", file=sys.stderr)
             await asyncio.sleep(self.poll_s)
         self.waited_s += time.monotonic() - t0
 
