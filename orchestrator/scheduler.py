@@ -652,6 +652,8 @@ def format_summary(s: dict) -> str:
             f"tokens prompt={s['prompt_tokens']} "
             f"completion={s['completion_tokens']} cost={s['cost']:.4f}"
             + (f" reward_pass_rate={pr:.2f}" if pr is not None else "")
+            + (f"; pairs done={s['pairs_done']} (published {s['pairs_published']}, rejected {s['pairs_rejected']})"
+               if "pairs_done" in s else "")
             + f" in {s['elapsed_s']:.1f}s")
 
 

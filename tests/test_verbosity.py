@@ -146,3 +146,6 @@ path = "{prompts}"
         assert f"{reason}={count}" in line.split("retries: ")[1].split(";")[0]
     for reason, count in final["rejections"].items():
         assert f"{reason}={count}" in line.split("rejections: ")[1].split(";")[0]
+    assert (f"pairs done={final['pairs_done']} (published {final['pairs_published']}, "
+            f"rejected {final['pairs_rejected']})") in line
+    assert final["pairs_done"] == 24 == final["pairs_published"] + final["pairs_rejected"]
