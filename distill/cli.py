@@ -405,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] in COMMAND_HELP and ("-h" in argv[1:] or "--help" in argv[1:]):
         print(command_help(argv[0]), end="")
         return 0
+    from distill.verbosity import quiet_third_party
+
+    quiet_third_party()  # third-party progress bars / logging off unless DISTILL_VERBOSE=1
     try:
         return cmd(argv[1:])
     except ConfigError as e:

@@ -325,6 +325,11 @@ class Orchestrator(Strict):
     # (e.g. too long for the teacher's context) need not stop a long run. Failed pairs are
     # never recorded, so a rerun asks for them again. 0 = any failure fails the run.
     max_failed_fraction: float = Field(0.1, ge=0, le=1)
+    # On resume, what to do with recorded answers whose request changed since (prompt text,
+    # tools, model or sampling; compared by the record's request_hash): "error" stops before
+    # any request, naming the prompt ids; "rerequest" asks for them again (the old answers
+    # stay in the recording, unused).
+    on_prompt_change: Literal["error", "rerequest"] = "error"
 
 
 # ---------------------------------------------------------------------------
@@ -361,8 +366,12 @@ class Optim(Strict):
 
 
 class Checkpoint(Strict):
-    # Save every N steps (0 = only at the end).
+    # Save every N steps (0 = no step-based saves). A checkpoint is also saved at the end.
     every: int = Field(0, ge=0)
+    # Also save once this many seconds have passed since the last save (or the start), so a
+    # killed run loses at most about this much training; 0 = off. The clock runs from the end
+    # of the previous save, so a slow save never makes the next one come sooner.
+    every_seconds: float = Field(300.0, ge=0)
     # Checkpoints kept; older ones are deleted.
     keep_last: int = Field(2, ge=1)
 

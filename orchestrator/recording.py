@@ -3,7 +3,13 @@
     {"v": 1, "prompt_id": ..., "sample_index": ..., "messages": [...], "tools": ...,
      "response": {"role": "assistant", "content": ..., "reasoning_content": ..., "tool_calls": ...},
      "finish_reason": ..., "model": ..., "endpoint": ..., "sampling": {...}, "usage": {...},
-     "usage_shared_by": k, "t_start": ..., "t_end": ..., "reward": ..., "request_id": ...}
+     "usage_shared_by": k, "t_start": ..., "t_end": ..., "reward": ..., "request_id": ...,
+     "request_hash": ...}
+
+`request_hash` (orchestrator.request_hash) identifies the request the answer was given to;
+a later record for the same (prompt_id, sample_index) with a different hash supersedes the
+earlier one (it was re-requested after the prompt changed); records of earlier versions
+have none.
 
 `usage` is the usage of the whole request that produced the choice; a request
 with n=k choices writes the same usage on each of its k records with
@@ -31,18 +37,21 @@ from orchestrator.redact import redact
 
 RECORDING_VERSION = 1
 
-__all__ = ["redact", "make_record", "load_recording", "LoadedRecording", "RecordingError", "RecordingWriter"]
+__all__ = ["redact", "make_record", "load_recording", "LoadedRecording", "RecordingError", "RecordingWriter",
+           "mark_superseded", "superseded_lines"]
 
 
 def make_record(*, prompt_id: str, sample_index: int, messages: list[dict], tools: list[dict] | None,
                 response: dict[str, Any], finish_reason: str | None, model: str | None, endpoint: str,
                 sampling: dict[str, Any], usage: dict[str, int], usage_shared_by: int, t_start: float,
-                t_end: float, reward: float | None, request_id: str | None) -> dict[str, Any]:
+                t_end: float, reward: float | None, request_id: str | None,
+                request_hash: str | None = None) -> dict[str, Any]:
     return {
         "v": RECORDING_VERSION, "prompt_id": prompt_id, "sample_index": sample_index, "messages": messages,
         "tools": tools, "response": response, "finish_reason": finish_reason, "model": model,
         "endpoint": endpoint, "sampling": redact(sampling), "usage": usage, "usage_shared_by": usage_shared_by,
         "t_start": t_start, "t_end": t_end, "reward": reward, "request_id": request_id,
+        "request_hash": request_hash,
     }
 
 
@@ -50,6 +59,8 @@ def make_record(*, prompt_id: str, sample_index: int, messages: list[dict], tool
 class LoadedRecording:
     records: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     duplicates: int = 0
+    superseded: int = 0  # records replaced by a later one for the same key with another request_hash
+    lines: dict[tuple[str, int], int] = field(default_factory=dict)  # line number of each record in use
     torn_tail: bytes = b""  # the half-written last line that was dropped, if any
     requests: float = 0.0
     prompt_tokens: float = 0.0
@@ -92,9 +103,12 @@ def load_recording(path: str | os.PathLike, repair: bool = True) -> LoadedRecord
             raise RecordingError(f"{p}:{lineno}: recording version {rec['v']} is newer than this distill "
                                  f"reads ({RECORDING_VERSION}); upgrade distill")
         if key in out.records:
-            out.duplicates += 1
-            continue
+            if not _supersedes(rec, out.records[key]):
+                out.duplicates += 1
+                continue
+            out.superseded += 1  # re-requested after its prompt changed: the newer answer is used
         out.records[key] = rec
+        out.lines[key] = lineno
         shared = max(1, int(rec.get("usage_shared_by") or 1))
         usage = rec.get("usage") or {}
         out.requests += 1 / shared
@@ -113,6 +127,53 @@ def load_recording(path: str | os.PathLike, repair: bool = True) -> LoadedRecord
                 f.flush()
                 os.fsync(f.fileno())
     return out
+
+
+def _supersedes(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """A later record for the same (prompt id, index) replaces an earlier one when both carry a
+    request_hash and they differ (orchestrator.on_prompt_change = "rerequest" wrote it);
+    otherwise the later one is a duplicate and the first is kept."""
+    h_new, h_old = new.get("request_hash"), old.get("request_hash")
+    return h_new is not None and h_old is not None and h_new != h_old
+
+
+SUPERSEDED_SUFFIX = ".superseded"
+
+
+def mark_superseded(path: str | os.PathLike, records: list[tuple[int, dict[str, Any]]]) -> None:
+    """Lists (line number, record) of answers that are no longer used (their prompt changed and they
+    are requested again) in `<recording>.superseded`, fsynced, so `distill replay` of the recording
+    skips them too (it reads the recording in one pass, first record per sample id)."""
+    side = Path(f"{path}{SUPERSEDED_SUFFIX}")
+    with open(side, "a", encoding="utf-8") as f:
+        for line, rec in records:
+            f.write(json.dumps({"line": line, "prompt_id": rec["prompt_id"], "sample_index": rec["sample_index"],
+                                "request_hash": rec.get("request_hash")}, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+_SUPERSEDED_CACHE: dict[str, tuple[float, set[int]]] = {}
+
+
+def superseded_lines(path: str | os.PathLike) -> set[int]:
+    """Line numbers of `path` (a recording) listed by mark_superseded; empty when there is no list."""
+    side = Path(f"{path}{SUPERSEDED_SUFFIX}")
+    try:
+        mtime = side.stat().st_mtime
+    except OSError:
+        return set()
+    hit = _SUPERSEDED_CACHE.get(str(side))
+    if hit is not None and hit[0] == mtime:
+        return hit[1]
+    found = set()
+    for raw in side.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            found.add(int(json.loads(raw)["line"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # a torn last line: that record was not re-requested yet either
+    _SUPERSEDED_CACHE[str(side)] = (mtime, found)
+    return found
 
 
 class RecordingWriter:

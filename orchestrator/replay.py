@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from orchestrator.contract import ShardWriter, atomic_write_text, read_consumed
 from orchestrator.lines import LINE_TOO_LONG, MAX_LINE_BYTES, content_problem, json_type, parse_line, read_lines, \
     too_long_message
-from orchestrator.recording import RECORDING_VERSION
+from orchestrator.recording import RECORDING_VERSION, superseded_lines
 
 if TYPE_CHECKING:  # the config module is light, but replay only needs its type
     from distill.config import Replay, RunConfig
@@ -730,6 +730,8 @@ def make_filter(rc: Replay) -> Callable[[Conversation], tuple[str, str] | None]:
     def check(c: Conversation) -> tuple[str, str] | None:
         if c.failed:
             return "batch_error", c.failed
+        if c.format == "recording" and c.line in superseded_lines(c.file):
+            return "superseded", "its prompt was edited and it was requested again (a later line of the recording)"
         n_assistant = sum(1 for m in c.messages if m["role"] == "assistant")
         if n_assistant == 0:
             return "no_assistant_turn", "the conversation has no assistant message to train on"

@@ -26,13 +26,17 @@ from pathlib import Path
 from typing import Callable
 
 from distill.config import RunConfig, api_key
+from distill.verbosity import bar_position, close_bar
 from orchestrator.client import (NonRetryableError, RetryPolicy, StopRequested, TeacherClient, TeacherError,
                                  TeacherResponse)
-from orchestrator.contract import Rejection, ShardWriter, read_consumed
+from orchestrator.contract import ShardWriter, read_consumed
 from orchestrator.failures import FailureTally, nothing_published
 from orchestrator.preflight import PreflightError, preflight, shown_url, v1_hint
 from orchestrator.prompts import count_prompts, load_prompts
-from orchestrator.recording import RecordingWriter, load_recording, make_record
+from orchestrator.recording import RecordingWriter, load_recording, make_record, mark_superseded
+from orchestrator.rejects import RejectLog
+from orchestrator.request_hash import PromptChangedError, base_sampling, request_hash, stale_keys
+from orchestrator.request_hash import check as check_prompts
 from orchestrator.rewards import load_reward_fn
 
 RECORDING = "recording.jsonl"
@@ -189,9 +193,9 @@ class Publisher:
         self.reconstructor = reconstructor
         self.reward_fn = reward_fn
         self.min_reward = min_reward
-        self.rejects_path = run_dir / REJECTS
-        self.seen_rejects = _read_rejects(self.rejects_path)
-        self._rejects = open(self.rejects_path, "a", encoding="utf-8", errors="backslashreplace")  # JSONL: lossless
+        self.published_now: set[str] = set()  # pairs this run published a sample of
+        self.rlog = RejectLog(run_dir / REJECTS, self.published_bases)  # stale lines dropped: orchestrator/rejects.py
+        self.pair_counts: dict[str, int] = {}
         self.rejections: Counter = Counter()
         self.samples = 0
         self.scored = 0
@@ -207,11 +211,7 @@ class Publisher:
 
     def reject(self, item_id: str, reason: str, detail: str = "") -> None:
         self.rejections[reason] += 1
-        if (item_id, reason) in self.seen_rejects:
-            return
-        self.seen_rejects.add((item_id, reason))
-        self._rejects.write(Rejection(item_id, reason, detail).to_json() + "\n")
-        self._rejects.flush()
+        self.rlog.add(item_id, reason, detail)
 
     def _admit(self, prompt: dict | None, rec: dict) -> dict | None:
         """Reward filter for one recorded choice; the build arguments if it passes."""
@@ -264,6 +264,7 @@ class Publisher:
                     self.buffered = 0
             if samples:
                 self.published_bases.add(conv["sample_id"])
+                self.published_now.add(conv["sample_id"])
             added += len(samples)
         self.samples += added
         return added
@@ -284,21 +285,7 @@ class Publisher:
         else:
             self.writer.flush()
         self.buffered = 0
-        self._rejects.close()
-
-
-def _read_rejects(path: Path) -> set[tuple[str, str]]:
-    seen: set[tuple[str, str]] = set()
-    if not path.exists():
-        return seen
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                d = json.loads(line)
-                seen.add((d["item_id"], d["reason"]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a torn last line from a crash; the rejection is written again if it recurs
-    return seen
+        self.pair_counts = self.rlog.close(self.published_bases, self.published_now)
 
 
 # ---------------------------------------------------------------------------
@@ -332,8 +319,10 @@ class Backpressure:
                 pub.flush()  # never hold back samples the trainer could be taking
             if not warned and time.monotonic() - t0 > 30:
                 warned = True
-                print(f"orchestrator: waiting for the trainer (published {pub.writer.published}, consumed "
-                      f"{consumed}, max_ahead {self.max_ahead})", file=sys.stderr)
+                from tqdm import tqdm  # tqdm.write: above the progress bars, which are redrawn below it
+
+                tqdm.write(f"orchestrator: waiting for the trainer (published {pub.writer.published}, consumed "
+                           f"{consumed}, max_ahead {self.max_ahead})", file=sys.stderr)
             await asyncio.sleep(self.poll_s)
         self.waited_s += time.monotonic() - t0
 
@@ -379,6 +368,7 @@ class _Rollout:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             self.loaded = load_recording(run_dir / RECORDING)
+            self.stale = self._check_prompts(run_dir / RECORDING)
             self.pool = make_reconstruct_pool(reconstructor, oc.reconstruct_workers)
             self.pub = Publisher(run_dir, reconstructor, oc.samples_per_shard, reward_fn, oc.min_reward,
                                  self.pool)
@@ -395,18 +385,41 @@ class _Rollout:
             self.failed = False  # the run ended on an exception: shards get no DONE
             self.seen_prompts, self.tasks = set(), set()  # prompt ids reached; running jobs (asyncio tasks)
             self.extra = {"resumed_records": len(self.loaded.records), "torn_tail_bytes": len(self.loaded.torn_tail),
-                          "duplicate_records": self.loaded.duplicates}
+                          "duplicate_records": self.loaded.duplicates, "superseded_records": self.loaded.superseded,
+                          "stale_rerequested": self.stale}
             self.metrics_f = open(run_dir / METRICS, "a", encoding="utf-8")
             if progress:
                 from tqdm import tqdm
                 self.bar = tqdm(total=(total_prompts * self.n) if total_prompts else None,
-                                initial=len(self.loaded.records), unit="sample", desc="teacher", dynamic_ncols=True,
-                                file=sys.stderr)
+                                initial=len(self.loaded.records), unit="sample", desc="teacher", file=sys.stderr,
+                                **bar_position("teacher", backpressure))  # backpressure: a trainer runs too
         except BaseException:
             self._close_opened()
             raise
         self.base_args = {k: v for k, v in oc.sampling.request_args().items() if k != "n"}
         self.extra_body = dict(oc.sampling.extra_body)
+
+    def request_hash(self, prompt: dict) -> str:
+        """The hash recorded with each answer to `prompt` (orchestrator/request_hash.py)."""
+        oc = self.oc
+        return request_hash(oc.rollout_model.model, prompt["messages"], prompt.get("tools"),
+                            base_sampling(oc.sampling.request_args(), dict(oc.sampling.extra_body)))
+
+    def _check_prompts(self, path: Path) -> int:
+        """Recorded answers to a request that has changed since: an error, or (on_prompt_change =
+        "rerequest") dropped from the answers in use so they are requested again. Returns how many."""
+        if not self.loaded.records:
+            return 0
+        stale, unhashed = stale_keys(self.loaded.records, load_prompts(self.oc.source), self.request_hash)
+        try:
+            check_prompts(stale, unhashed, self.oc.on_prompt_change, path)
+        except PromptChangedError as e:
+            raise RolloutError(str(e)) from None
+        if stale:
+            mark_superseded(path, sorted((self.loaded.lines[k], self.loaded.records[k]) for k in stale))
+        for k in stale:
+            del self.loaded.records[k]
+        return len(stale)
 
     def _close_opened(self) -> None:
         """After a failed __init__: closes what it had opened (no DONE; the client holds no connection yet)."""
@@ -524,11 +537,12 @@ class _Rollout:
         self.unusable.update(bad.values())
         ct = resp.usage.get("completion_tokens", 0)
         self.completion_mean += (ct / max(1, len(ch)) - self.completion_mean) / self.requests_ok
+        h = self.request_hash(prompt)
         records = [make_record(
             prompt_id=prompt["prompt_id"], sample_index=indices[c.index], messages=prompt["messages"],
             tools=prompt.get("tools"), response=c.message, finish_reason=c.finish_reason, model=resp.model,
             endpoint=resp.endpoint, sampling=resp.sent, usage=resp.usage, usage_shared_by=len(ch),
-            t_start=resp.t_start, t_end=resp.t_end, reward=None, request_id=resp.request_id) for c in ch]
+            t_start=resp.t_start, t_end=resp.t_end, reward=None, request_id=resp.request_id, request_hash=h) for c in ch]
         for r in records:
             try:
                 r["reward"] = self.pub.score(prompt, r["response"])
@@ -629,7 +643,8 @@ class _Rollout:
                 self.gate.stop_reason = "error:too_many_failures" if why else "error:no_samples"
         self.pub.close(done=self.fatal is None and not self.failed and self.gate.stop_reason != "interrupted")
         if self.bar is not None:
-            self.bar.close()
+            close_bar(self.bar)
+        self.extra.update(self.pub.pair_counts)
         summary = self.write_metrics(final=True)
         self.metrics_f.close()
         return summary
@@ -664,7 +679,12 @@ async def run_rollouts(cfg: RunConfig, run_dir: Path, reconstructor, *, progress
     finally:
         metrics_task.cancel()
         summary = await ro.close()
-    print(format_summary(summary), file=sys.stderr)
+    if ro.bar is not None:  # above the trainer's bar, if one is running (distill run)
+        from tqdm import tqdm
+
+        tqdm.write(format_summary(summary), file=sys.stderr)
+    else:
+        print(format_summary(summary), file=sys.stderr)
     if ro.fatal is not None:
         raise ro.fatal
     return summary
@@ -672,13 +692,17 @@ async def run_rollouts(cfg: RunConfig, run_dir: Path, reconstructor, *, progress
 
 def format_summary(s: dict) -> str:
     rej = ", ".join(f"{k}={v}" for k, v in sorted(s["rejections"].items())) or "none"
+    retries = ", ".join(f"{k}={v}" for k, v in sorted(s.get("retries", {}).items())) or "none"
     if s.get("unusable_choices"):
         rej += "; choices asked again: " + ", ".join(f"{k}={v}" for k, v in sorted(s["unusable_choices"].items()))
     pr = s.get("reward_pass_rate")
     return (f"orchestrator: stop={s['stop_reason']} requests={s['requests']} samples={s['samples']} "
-            f"(+{s['samples_this_run']} this run) rejections: {rej}; tokens prompt={s['prompt_tokens']} "
+            f"(+{s['samples_this_run']} this run) retries: {retries}; rejections: {rej}; "
+            f"tokens prompt={s['prompt_tokens']} "
             f"completion={s['completion_tokens']} cost={s['cost']:.4f}"
             + (f" reward_pass_rate={pr:.2f}" if pr is not None else "")
+            + (f"; pairs done={s['pairs_done']} (published {s['pairs_published']}, rejected {s['pairs_rejected']})"
+               if "pairs_done" in s else "")
             + f" in {s['elapsed_s']:.1f}s")
 
 

@@ -111,7 +111,10 @@ def _ensure_builtin(with_model: bool) -> Path:
             from transformers import AutoModelForCausalLM
 
             print(f"converting {gguf.name} to an HF folder at {target} (once)...", flush=True)
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            from distill.verbosity import quiet_gguf_conversion
+
+            with quiet_gguf_conversion():  # its bar is plain tqdm; shown with DISTILL_VERBOSE=1
+                model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             # The de-quantised weights are plain tensors; drop the GGUF quantisation
             # marker so save_pretrained writes an ordinary safetensors checkpoint.
             model.hf_quantizer = None

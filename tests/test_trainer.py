@@ -248,3 +248,51 @@ def test_no_step_no_checkpoint(tmp_path, tiny_student_dir):
     out = train(_cfg(tiny_student_dir, max_steps=2), run, progress=False)
     assert out["steps"] == 0 and out["checkpoint"] is None
     assert checkpoint.latest(run / "checkpoints") is None
+
+
+def test_time_based_checkpoints_survive_a_kill_and_resume_exactly(tmp_path, tiny_student_dir, smol_tokenizer,
+                                                                  monkeypatch):
+    """checkpoint.every = 0 (no step saves): the time-based saves alone bound what a kill loses, and a
+    resume from one continues exactly (step, optimizer, LR schedule, data position)."""
+    import trainer.train as tt
+
+    assert 0 < checkpoint_defaults().every_seconds <= 600  # on by default: a kill -9 loses minutes, not the run
+    samples = make_samples(smol_tokenizer, 24)
+    straight = tmp_path / "straight"
+    write_samples(straight / "samples", samples)
+    train(_cfg(tiny_student_dir, max_steps=6, repeat=False, checkpoint={"every": 0, "every_seconds": 0}),
+          straight, progress=False)
+
+    real_step, calls = tt.train_step, []
+
+    def dies_at_step_5(*a, **k):  # a kill: no end-of-run save, nothing after it runs
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_step(*a, **k)
+
+    def killed_run(every_seconds: float) -> Path:
+        run = tmp_path / f"killed-{every_seconds}"
+        write_samples(run / "samples", samples)
+        calls.clear()
+        monkeypatch.setattr(tt, "train_step", dies_at_step_5)
+        cfg = _cfg(tiny_student_dir, max_steps=6, repeat=False,
+                   checkpoint={"every": 0, "every_seconds": every_seconds})
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, run, progress=False)
+        monkeypatch.setattr(tt, "train_step", real_step)
+        return run
+
+    assert checkpoint.latest(killed_run(0) / "checkpoints") is None  # without time-based saves: all lost
+    run = killed_run(1e-6)  # "every few minutes", compressed: every step is past the interval
+    assert checkpoint.latest(run / "checkpoints").name == "step-000004"
+    out = train(_cfg(tiny_student_dir, max_steps=6, repeat=False, checkpoint={"every": 0, "every_seconds": 1e-6}),
+                run, resume=True, progress=False)
+    assert out["resumed_from"].endswith("step-000004") and out["steps"] == 6 and out["samples_seen"] == 24
+    assert _losses(run) == pytest.approx(_losses(straight), rel=1e-5)
+
+
+def checkpoint_defaults():
+    from distill.config import Checkpoint
+
+    return Checkpoint()

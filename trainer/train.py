@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 import torch
 
 from distill.config import RunConfig, Trainer, redacted_dict, to_toml
+from distill.verbosity import bar_position
 from orchestrator import contract
 from trainer import checkpoint as ckpt_io
 from trainer import dist
@@ -237,6 +238,20 @@ def _training_stream(follow, samples_dir: Path, seen: int, held: int, repeat: bo
         i = (i + 1) % len(pool)
 
 
+def _checkpoint_due(c, step: int, saved_clock: float, ctx: dist.DistContext) -> bool:
+    """Save now? Every `c.every` steps, or once `c.every_seconds` have passed since the last save.
+    Rank 0's clock decides (save is collective: every rank must agree), so the time test is
+    reduced over the ranks with max."""
+    if c.every and step % c.every == 0:
+        return True
+    if not c.every_seconds:
+        return False
+    late = 1.0 if time.monotonic() - saved_clock >= c.every_seconds else 0.0
+    if ctx.distributed:
+        late = dist.all_reduce([late if ctx.is_main else 0.0], ctx, op="max")[0]
+    return late > 0
+
+
 def _take(stream: Iterator[contract.Sample], n: int) -> list[contract.Sample]:
     return list(itertools.islice(stream, n))
 
@@ -277,7 +292,9 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
     if progress and ctx.is_main:
         from tqdm import tqdm
 
-        bar = tqdm(total=t.max_steps, initial=state.step, desc="train", unit="step")
+        # its own row when the orchestrator's bar runs beside it (distill run: producer_alive is set)
+        bar = tqdm(total=t.max_steps, initial=state.step, desc="train", unit="step",
+                   **bar_position("train", producer_alive is not None))
     def follow(start: int):
         return contract.follow_samples(samples_dir, start=start, timeout_s=t.sample_timeout,
                                        producer_alive=producer_alive)
@@ -294,6 +311,7 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
     logged = True
     saved_at = state.step if start else -1
     saved = start
+    saved_clock = time.monotonic()  # checkpoint.every_seconds counts from here / from the last save
     while state.step < t.max_steps:
         try:
             samples = _take(stream, t.samples_per_step)
@@ -326,10 +344,10 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
-        if t.checkpoint.every and state.step % t.checkpoint.every == 0:
+        if _checkpoint_due(t.checkpoint, state.step, saved_clock, ctx):
             saved = ckpt_io.save(ckpt_root, model, optimizer, scheduler, state, tokenizer, config_toml,
                                  ctx, t.checkpoint.keep_last)
-            saved_at = state.step
+            saved_at, saved_clock = state.step, time.monotonic()
 
     if last and not logged:  # the stream ended between two logged steps: log the last one
         if held_out:

@@ -1,0 +1,90 @@
+"""What a recorded answer was an answer to: a content hash of the request, checked on resume.
+
+A record's `request_hash` is the SHA-256 of the canonical JSON (sorted keys, no spaces) of
+
+    {"model": <orchestrator.rollout_model.model>, "messages": [...], "tools": [...] | null,
+     "sampling": <sampling args sent, extra_body nested, secret-looking keys redacted>}
+
+`sampling` is the request's arguments minus what follows from the sample index (`n`, and the
+per-index offset added to `seed`): the index is already part of the record's key. The API
+key and headers are never part of it (a new key is not a new prompt).
+
+On resume every recorded (prompt id, index) whose prompt is still in the source is checked
+against the hash of the request it would be sent as now. `orchestrator.on_prompt_change`:
+"error" (default) stops before any request with a message naming the changed prompt ids;
+"rerequest" asks for those pairs again (the stale records stay in the recording, paid for,
+but are not used: a later record for the same key with a different hash supersedes it, and
+their line numbers are listed in `<recording>.superseded` for `distill replay`).
+Records without a hash (recordings of earlier versions) are trusted, with one warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from typing import Any, Iterable
+
+from orchestrator.redact import redact
+
+#: how many changed prompt ids the error message lists
+SHOWN_IDS = 5
+
+
+class PromptChangedError(ValueError):
+    """Recorded answers were given to a different request than the prompt source now makes."""
+
+
+def request_hash(model: str | None, messages: list[dict], tools: list[dict] | None, sampling: dict[str, Any]) -> str:
+    """The hex SHA-256 of the request's canonical JSON (see the module doc)."""
+    blob = json.dumps({"model": model, "messages": messages, "tools": tools or None, "sampling": redact(sampling)},
+                      sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8", "backslashreplace")).hexdigest()
+
+
+def base_sampling(request_args: dict[str, Any], extra_body: dict[str, Any]) -> dict[str, Any]:
+    """The sampling part of the hash: the configured args without `n` (the seed as configured), plus extra_body."""
+    s = {k: v for k, v in request_args.items() if k != "n"}
+    if extra_body:
+        s["extra_body"] = extra_body
+    return s
+
+
+def stale_keys(records: dict[tuple[str, int], dict], prompts: Iterable[dict], hash_of) -> tuple[set, int]:
+    """(keys of records whose prompt's request changed, records with no hash). `hash_of(prompt)` -> str."""
+    by_prompt: dict[str, list[tuple[int, str | None]]] = {}
+    for (pid, i), rec in records.items():
+        by_prompt.setdefault(pid, []).append((i, rec.get("request_hash")))
+    stale: set[tuple[str, int]] = set()
+    unhashed = 0
+    for prompt in prompts:
+        recorded = by_prompt.pop(prompt["prompt_id"], None)
+        if not recorded:
+            continue
+        now = hash_of(prompt)
+        for i, h in recorded:
+            if h is None:
+                unhashed += 1
+            elif h != now:
+                stale.add((prompt["prompt_id"], i))
+    return stale, unhashed
+
+
+def check(stale: set[tuple[str, int]], unhashed: int, policy: str, path) -> None:
+    """Raises PromptChangedError under policy "error"; warns about unhashed records and re-requests."""
+    if unhashed:
+        print(f"warning: {path}: {unhashed} recorded answer(s) have no request_hash (recorded by an earlier "
+              "distill); they are reused without checking that their prompt is unchanged", file=sys.stderr)
+    if not stale:
+        return
+    pids = sorted({p for p, _ in stale})
+    shown = ", ".join(pids[:SHOWN_IDS]) + (f", ... ({len(pids) - SHOWN_IDS} more)" if len(pids) > SHOWN_IDS else "")
+    if policy == "error":
+        raise PromptChangedError(
+            f"{path}: {len(stale)} recorded answer(s) of {len(pids)} prompt(s) were given to a different request "
+            f"than the prompt source now makes (prompt text, tools, model or sampling changed): {shown}. Nothing "
+            "was requested. Fix: restore the prompts / settings, or set orchestrator.on_prompt_change = "
+            '"rerequest" to ask for those answers again (the old ones stay in the recording, unused), or use a '
+            "new output_dir")
+    print(f"orchestrator: {len(stale)} recorded answer(s) of {len(pids)} changed prompt(s) are stale and will be "
+          f"requested again (orchestrator.on_prompt_change = \"rerequest\"): {shown}", file=sys.stderr)
