@@ -637,7 +637,7 @@ class _Rollout:
             why = self.tally.verdict()
             why_none = None if why else nothing_published(len(self.seen_prompts), self.pub.writer.published
                                                           + self.pub.buffered, self.pub.rejections,
-                                                          self.pub.rejects_path, self.gate.stop_reason)
+                                                          self.pub.rlog.path, self.gate.stop_reason)
             if why or why_none:
                 self.fatal = RolloutError(why or why_none)
                 self.gate.stop_reason = "error:too_many_failures" if why else "error:no_samples"

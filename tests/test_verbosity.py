@@ -121,6 +121,7 @@ output_dir = "{tmp_path / 'run'}"
 path = "{smol_tokenizer_dir}"
 [orchestrator]
 concurrency = 2
+max_failed_fraction = 1.0  # the injected faults fail some pairs for good; that is what the summary must show
 [orchestrator.retry]
 max_attempts = 2
 initial_backoff = 0.001
