@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.contract import Rejection, Sample, atomic_write_text
 from orchestrator.template import ChatTemplate
+from orchestrator.tool_args import ToolCallShape, parse_arguments, probe_tool_call_shape
 
 if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
     from distill.config import Reconstruction
@@ -118,7 +119,7 @@ def _text_content(content: Any, where: str) -> str:
     raise _Reject("invalid_message", f"{where}: content is a {type(content).__name__}, expected a string, null or a list of text parts")
 
 
-def _tool_calls(raw: Any, where: str) -> list[dict[str, Any]]:
+def _tool_calls(raw: Any, where: str, shape: ToolCallShape) -> list[dict[str, Any]]:
     if not isinstance(raw, list):
         raise _Reject("invalid_tool_call", f"{where}: tool_calls is a {type(raw).__name__}, expected a list")
     out = []
@@ -127,31 +128,20 @@ def _tool_calls(raw: Any, where: str) -> list[dict[str, Any]]:
         name = fn.get("name") if isinstance(fn, dict) else None
         if not isinstance(name, str) or not name:
             raise _Reject("invalid_tool_call", f"{where}: tool_calls[{j}] has no function.name")
-        args = fn.get("arguments", {})
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except json.JSONDecodeError as e:
-                raise _Reject("invalid_tool_arguments",
-                              f"{where}: tool_calls[{j}] ({name}) arguments are not valid JSON ({e.msg} at char {e.pos})") from None
-        elif isinstance(args, dict):
-            try:  # the template sees plain JSON data only
-                args = json.loads(json.dumps(args))
-            except (TypeError, ValueError) as e:
-                raise _Reject("invalid_tool_arguments", f"{where}: tool_calls[{j}] ({name}) arguments are "
-                                                        f"not JSON data ({e})") from None
-        if not isinstance(args, dict):
-            raise _Reject("invalid_tool_arguments",
-                          f"{where}: tool_calls[{j}] ({name}) arguments are a JSON {type(args).__name__}, expected an object")
-        call: dict[str, Any] = {"type": "function", "function": {"name": name, "arguments": args}}
+        args, text = parse_arguments(fn.get("arguments", {}), f"{where}: tool_calls[{j}] ({name})")
+        if args is None:
+            raise _Reject("invalid_tool_arguments", text)
+        call: dict[str, Any] = {"type": "function",
+                                "function": {"name": name, "arguments": text if shape.arguments_as_string else args}}
         if tc.get("id") is not None:
             call["id"] = str(tc["id"])
         out.append(call)
     return out
 
 
-def normalize_messages(messages: Any, reasoning_policy: str) -> list[_Msg]:
-    """Check `messages` and convert them to what the template sees. Raises _Reject."""
+def normalize_messages(messages: Any, reasoning_policy: str, shape: ToolCallShape = ToolCallShape()) -> list[_Msg]:
+    """Check `messages` and convert them to what the template sees (tool calls in
+    `shape`, see orchestrator/tool_args.py). Raises _Reject."""
     if not isinstance(messages, list) or not messages:
         raise _Reject("invalid_message", "messages must be a non-empty list")
     out = []
@@ -171,9 +161,11 @@ def normalize_messages(messages: Any, reasoning_policy: str) -> list[_Msg]:
                 data[k] = m[k]
         prefix = reasoning = ""
         if role == "assistant":
-            calls = _tool_calls(m["tool_calls"], where) if m.get("tool_calls") else []
+            calls = _tool_calls(m["tool_calls"], where, shape) if m.get("tool_calls") else []
             if calls:
                 data["tool_calls"] = calls
+                if not content and shape.null_content:
+                    data["content"] = None  # the template renders tool calls only for null content
             if not content and not calls:
                 raise _Reject("empty_assistant_turn", f"{where} is an assistant turn with no content and no tool calls")
             r = m.get("reasoning_content") or m.get("reasoning") or ""
@@ -243,6 +235,7 @@ class Reconstructor:
         self._special_re = re.compile("|".join(map(re.escape, added))) if added else None
         self.stats: collections.Counter = collections.Counter()
         self.eot, self.final_tail = self._probe_end_of_turn()
+        self.tool_shape = probe_tool_call_shape(lambda msgs: self.render(msgs, None, False))
         self.stats.clear()
 
     # -- template ----------------------------------------------------------
@@ -532,7 +525,7 @@ class Reconstructor:
         return plans, []
 
     def _plan(self, messages, tools, finish_reason):
-        msgs = normalize_messages(messages, self.cfg.reasoning)
+        msgs = normalize_messages(messages, self.cfg.reasoning, self.tool_shape)
         tools = _plain_tools(tools)
         if self._special_re is not None and self.cfg.special_tokens_in_content == "reject":
             self._check_special(msgs, tools)

