@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.contract import Rejection, Sample, atomic_write_text
+from orchestrator.segment_tokenize import PrefixSpaceRule
 from orchestrator.template import ChatTemplate
 from orchestrator.tool_args import ToolCallShape, parse_arguments, probe_tool_call_shape
 
@@ -236,6 +237,11 @@ class Reconstructor:
         self.stats: collections.Counter = collections.Counter()
         self.eot, self.final_tail = self._probe_end_of_turn()
         self.tool_shape = probe_tool_call_shape(lambda msgs: self.render(msgs, None, False))
+        # SentencePiece-style dummy prefix: later segments are tokenised without it
+        # (orchestrator/segment_tokenize.py); None for tokenizers without one (BPE).
+        self._prefix_rule = PrefixSpaceRule(self.backend, [self.eot] + added) if self._token_bytes is None else None
+        self._continuation = self._prefix_rule.continuation if self._prefix_rule is not None else None
+        self._anchor = [self.backend.token_to_id(self.eot)] if self._continuation is not None else []
         self.stats.clear()
 
     # -- template ----------------------------------------------------------
@@ -594,7 +600,15 @@ class Reconstructor:
                 if prompts[t] is None:
                     todo.append(t)
             todo.extend(p.texts[1:])
-        encs = iter(self.backend.encode_batch_fast(todo, add_special_tokens=False) if todo else [])
+        if self._continuation is not None:  # prompts with the tokenizer, the rest without the dummy prefix
+            firsts = [t for t in todo if t in prompts and prompts[t] is None]
+            got = dict(zip(firsts, self.backend.encode_batch_fast(firsts, add_special_tokens=False)))
+            rest = [t for p in pending for t in p.texts[1:]]
+            encs = iter(self._continuation.encode_batch_fast(rest, add_special_tokens=False) if rest else [])
+            for t, e in got.items():
+                prompts[t] = e.ids
+        else:
+            encs = iter(self.backend.encode_batch_fast(todo, add_special_tokens=False) if todo else [])
         out = []
         for p in pending:
             prompt = prompts[p.texts[0]]
@@ -632,20 +646,24 @@ class Reconstructor:
         for n in todo:
             ids = seg_ids[n]
             seqs.append(list(itertools.chain.from_iterable(ids)))
-            seqs.append([i for x, f in zip(ids, pending[n].trained) if f for i in x])
+            seqs.append(self._anchor + [i for x, f in zip(ids, pending[n].trained) if f for i in x])
         decoded = self.backend.decode_batch(seqs, skip_special_tokens=False) if seqs else []
+        rule = self._prefix_rule if self._continuation is not None else None
         for j, n in enumerate(todo):
             try:
-                self._self_check(pending[n], decoded[2 * j], decoded[2 * j + 1])
+                self._self_check(pending[n], decoded[2 * j], decoded[2 * j + 1], rule, self.eot)
             except _Reject as r:
                 out[n] = r
         return out
 
     @staticmethod
-    def _self_check(p: "_Pending", got_all: str, got_masked: str) -> None:
-        """The tokens must say exactly what the template rendered."""
-        full = "".join(p.texts)
-        masked = "".join(x for x, f in zip(p.texts, p.trained) if f)
+    def _self_check(p: "_Pending", got_all: str, got_masked: str, rule: PrefixSpaceRule | None = None,
+                    anchor: str = "") -> None:
+        """The tokens must say exactly what the template rendered (with a dummy-prefix
+        rule: the prompt as the rule says its tokens decode, the trained tokens decoded
+        after the end-of-turn token as an anchor; orchestrator/segment_tokenize.py)."""
+        full = "".join(p.texts) if rule is None else rule.expected_prompt(p.texts[0]) + "".join(p.texts[1:])
+        masked = (anchor if rule is not None else "") + "".join(x for x, f in zip(p.texts, p.trained) if f)
         if got_all == full and got_masked == masked:
             return
         bad, ref = (got_all, full) if got_all != full else (got_masked, masked)

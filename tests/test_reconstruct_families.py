@@ -107,3 +107,59 @@ def test_parse_arguments_keeps_the_string_verbatim():
     assert parse_arguments({"a": "é"}, "w") == ({"a": "é"}, '{"a": "é"}')
     assert parse_arguments("nope", "w")[0] is None
     assert "expected an object" in parse_arguments("3", "w")[1]
+
+
+# -- SentencePiece with a dummy prefix (Mistral v0.1, Llama-2 style) ------------------
+
+
+def sp_pieces(tok, ids):
+    return tok.convert_ids_to_tokens(list(ids))
+
+
+def test_sentencepiece_turns_are_tokenised_as_the_student_emits_them():
+    tok = family("mistral_sp", "mistral_v0_1")
+    r = recon(tok=tok)
+    msgs = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How are you?"},
+            {"role": "user", "content": "Fine"}, {"role": "assistant", "content": "Good."}]
+    samples, rejections = r.build(msgs, None, sample_id="m")
+    assert rejections == [] and len(samples) == 1
+    s = samples[0]
+    # the prompt exactly as the tokenizer gives it for the rendered generation prompt
+    prompt = jinja_render(tok, msgs[:1], add_generation_prompt=True)
+    assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False)
+    # the template puts " " before the content: one "▁Hello", never "▁▁Hello" nor a bare "Hello"
+    trained = [i for i, m in zip(s.completion_ids, s.completion_mask) if m]
+    assert sp_pieces(tok, trained) == ["▁Hello", "!", "▁How", "▁are", "▁you", "?", "</s>", "▁Good", ".", "</s>"]
+    context = [i for i, m in zip(s.completion_ids, s.completion_mask) if not m]
+    assert sp_pieces(tok, context) == ["▁[", "INST", "]", "▁Fine", "▁[", "/", "INST", "]"]
+    # the textual invariant: everything after the prompt decodes to the render exactly
+    anchor = [tok.convert_tokens_to_ids("</s>")]
+    full = jinja_render(tok, msgs)
+    assert decode(tok, anchor + s.completion_ids) == "</s>" + full[len(prompt):]
+    assert decode(tok, anchor + trained) == "</s> Hello! How are you?</s> Good.</s>"
+
+
+def test_sentencepiece_segment_is_not_given_a_dummy_prefix():
+    """Without the rule, the turn alone would be "▁Hello": an extra space (the old bug)."""
+    tok = family("mistral_sp", "mistral_v0_1")
+    r = recon(tok=tok)
+    assert r._prefix_rule.kind == "piece"
+    assert sp_pieces(tok, tok.backend_tokenizer.encode("x", add_special_tokens=False).ids) == ["▁x"]
+    assert sp_pieces(tok, r._continuation.encode("x", add_special_tokens=False).ids) == ["x"]
+    samples, rejections = r.build([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+                                  None, sample_id="m")
+    assert rejections == [] and sp_pieces(tok, samples[0].completion_ids) == ["▁A", "</s>"]
+
+
+def test_sentencepiece_template_rejections_name_the_template():
+    r = recon(tok=family("mistral_sp", "mistral_v0_1"))
+    _, rejections = r.build([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"},
+                             {"role": "tool", "content": "t"}, {"role": "assistant", "content": "B"}],
+                            None, sample_id="m")
+    assert [x.reason for x in rejections] == ["template_error"]
+    assert "roles must alternate user/assistant" in rejections[0].detail
+
+
+def test_byte_level_tokenizers_have_no_prefix_rule():
+    assert recon(None)._prefix_rule is None  # SmolLM2: checked token-bytes table, no rule needed
+    assert recon(tok=family("deepseek", "deepseek_v3"))._continuation is None

@@ -179,3 +179,52 @@ def test_random_history_rewrites_split_into_exact_per_turn_samples(msgs):
         want = "<think>\n" + m["reasoning_content"].strip("\n") + "\n</think>\n\n" + m["content"] + IM
         assert masked_text(tok, s) == want and full_text(tok, s) + "\n" == render(tok, msgs[: a + 1])
     assert r.stats["split"] == (len(assistants) > 1)
+
+
+# -- the same invariants on a real SentencePiece tokenizer (Mistral v0.1, dummy prefix) --
+
+
+def _sp_tokenizer():
+    from support import tokenizer_builds
+
+    try:
+        return tokenizer_builds.load("mistral_sp", "mistral_v0_1")
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"SentencePiece test tokenizer unavailable: {e}")
+
+
+_sp_text = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from([" ", "\n", "\t"]),
+                   max_size=24).filter(lambda s: "</s>" not in s and "<s>" not in s and "<unk>" not in s)
+
+
+@st.composite
+def sp_conversations(draw):
+    msgs = []
+    for _ in range(draw(st.integers(1, 4))):
+        msgs.append({"role": "user", "content": draw(_sp_text)})
+        msgs.append({"role": "assistant", "content": draw(_sp_text.filter(bool))})
+    return msgs
+
+
+@SETTINGS
+@given(msgs=sp_conversations())
+def test_random_conversations_sentencepiece(msgs):
+    tok = _sp_tokenizer()
+    r = recon(tok=tok)
+    samples, rejections = r.build(msgs, None, sample_id="h")
+    assert rejections == [] and len(samples) == 1
+    s = samples[0]
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    tmpl = env.from_string(tok.chat_template)
+    full = tmpl.render(messages=msgs, **tok.special_tokens_map)
+    prompt = tmpl.render(messages=msgs[:1], add_generation_prompt=True, **tok.special_tokens_map)
+    assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False)
+    eos = tok.convert_tokens_to_ids("</s>")
+    # after an anchor token the completion decodes to the render exactly, trained tokens
+    # to " " + content + "</s>" per turn (the template's space before the content)
+    assert decode(tok, [eos] + s.completion_ids) == "</s>" + full[len(prompt):]
+    trained = [i for i, m in zip(s.completion_ids, s.completion_mask) if m]
+    assert decode(tok, [eos] + trained) == "</s>" + "".join(" " + m["content"] + "</s>" for m in msgs
+                                                             if m["role"] == "assistant")
