@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.contract import Rejection, Sample, atomic_write_text
+from orchestrator.open_reasoning import opened_turn
 from orchestrator.segment_tokenize import PrefixSpaceRule
 from orchestrator.template import ChatTemplate
 from orchestrator.tool_args import ToolCallShape, parse_arguments, probe_tool_call_shape
@@ -358,6 +359,8 @@ class Reconstructor:
                 base = full_render(a) if a else ""
         except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
             raise _Reject("template_error", f"rendering up to messages[{a}]: {type(e).__name__}: {e}") from None
+        if not full.startswith(base) and m.role == "assistant":
+            return self._opened_turn(data, a, tools, base, m)
         if not full.startswith(base):
             what = "generation prompt" if m.role == "assistant" else "render of the history before it"
             raise _Reject("template_mismatch", f"messages[{a}]: the template's {what} is not a prefix of its "
@@ -389,6 +392,28 @@ class Reconstructor:
                               "training would teach an empty turn. Fix: use a student whose template supports "
                               "tools, or filter out tool conversations")
         return _Turn(full, start, eot_start, end, bool(m.data.get("tool_calls")), m.role)
+
+    def _opened_turn(self, data: list[dict], a: int, tools, base: str, m: _Msg) -> _Turn:
+        """The turn after a generation prompt that opens a block the history render
+        drops (DeepSeek-R1-Distill's "<think>\n"), proven by orchestrator/open_reasoning.py."""
+        if m.data.get("tool_calls"):
+            raise _Reject("template_mismatch", f"messages[{a}]: the generation prompt opens a reasoning block "
+                                               f"(ends {base[-20:]!r}) and the turn has tool calls; the template "
+                                               "cannot show how the student continues into a tool call")
+
+        def render_with(content: str) -> str:
+            msg = {k: v for k, v in data[a].items() if k not in ("reasoning_content", "thinking")}
+            return self.render(data[:a] + [dict(msg, content=content)], tools, False)
+
+        try:
+            text = opened_turn(render_with, base, m.content, m.reasoning, self.eot, self.final_tail)
+        except ValueError as e:
+            raise _Reject("template_mismatch", f"messages[{a}]: {e}") from None
+        except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
+            raise _Reject("template_error", f"rendering messages[{a}]: {type(e).__name__}: {e}") from None
+        self.stats["opened_reasoning_turns"] += 1
+        full = base + text
+        return _Turn(full, len(base), len(full) - len(self.eot), len(full), False, m.role)
 
     def _turn_end_token(self, full: str, base: str, a: int) -> str:
         """The token that ends this turn: the template's usual end-of-turn token, or

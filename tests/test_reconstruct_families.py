@@ -163,3 +163,52 @@ def test_sentencepiece_template_rejections_name_the_template():
 def test_byte_level_tokenizers_have_no_prefix_rule():
     assert recon(None)._prefix_rule is None  # SmolLM2: checked token-bytes table, no rule needed
     assert recon(tok=family("deepseek", "deepseek_v3"))._continuation is None
+
+
+# -- DeepSeek-R1-Distill: the generation prompt opens <think> ----------------------------
+
+R1_TURN2 = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4", "reasoning_content": "Add."},
+            {"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]
+BOS = "<｜begin▁of▁sentence｜>"
+
+
+@pytest.mark.parametrize("policy,first", [("template", "Add.\n</think>\n\n4"), ("think_tags", "Add.\n</think>\n\n4"),
+                                          ("drop", "\n</think>\n\n4")])
+def test_r1_distill_trains_the_turn_the_student_emits_after_the_opened_think(policy, first):
+    tok = family("deepseek", "deepseek_r1_distill")
+    r = recon(tok=tok, reasoning=policy)
+    samples, rejections = r.build(R1_TURN2, None, sample_id="r")
+    assert rejections == [] and [s.sample_id for s in samples] == ["r/turn1", "r/turn2"]
+    s1, s2 = samples
+    prompt1 = jinja_render(tok, R1_TURN2[:1], add_generation_prompt=True)
+    assert prompt1 == BOS + "<｜User｜>2+2?<｜Assistant｜><think>\n"
+    assert runs(tok, s1) == [(None, prompt1), (1, first + DS_EOS)]
+    # turn 2: its own prompt, the history as the template renders it (reasoning dropped)
+    prompt2 = jinja_render(tok, [dict(m, content=m["content"]) for m in R1_TURN2[:3]], add_generation_prompt=True)
+    if policy == "think_tags":  # the history then holds the think-tagged content, which the template cuts
+        prompt2 = prompt2.replace("<｜Assistant｜>4", "<｜Assistant｜>\n\n4")
+    assert runs(tok, s2) == [(None, prompt2), (1, "\n</think>\n\n6" + DS_EOS)]
+    assert r.stats["opened_reasoning_turns"] == 2 and r.stats["split"] == 1
+    assert s1.prompt_ids == tok.encode(prompt1, add_special_tokens=False)
+
+
+def test_r1_distill_reasoning_inside_content():
+    tok = family("deepseek", "deepseek_r1_distill")
+    r = recon(tok=tok, special_tokens_in_content="allow")  # <think> is a special token of this tokenizer
+    for content in ("<think>\nHmm.\n</think>\n\n4", "Hmm.\n</think>\n\n4"):
+        samples, rejections = r.build([{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": content}],
+                                      None, sample_id="r")
+        assert rejections == []
+        assert masked_text(tok, samples[0]) == "Hmm.\n</think>\n\n4" + DS_EOS
+    # an opening the prompt does not end with cannot be proven: rejected
+    _, rejections = r.build([{"role": "user", "content": "2+2?"},
+                             {"role": "assistant", "content": "<think>Hmm.</think>4"}], None, sample_id="r")
+    assert [x.reason for x in rejections] == ["template_mismatch"]
+    assert "does not start with" in rejections[0].detail
+
+
+def test_r1_distill_tool_call_turn_is_rejected_with_the_reason():
+    r = recon(tok=family("deepseek", "deepseek_r1_distill"))
+    _, rejections = r.build(tool_conversation(), None, sample_id="r")
+    assert [x.reason for x in rejections] == ["template_mismatch"]
+    assert "opens a reasoning block" in rejections[0].detail
