@@ -49,6 +49,10 @@ def opened_turn(render: Callable[[str], str], prompt: str, content: str, reasoni
     if i < 0 or probe[i + len(SENTINEL):] != end:
         raise ValueError(f"the template does not render an assistant turn as header + content + {eot!r}")
     prefix = probe[:i]
+    if prompt == prefix and reasoning:
+        raise ValueError(f"the generation prompt (ends {prompt[-30:]!r}) already closes the thinking block "
+                         "(e.g. Qwen3 with enable_thinking=false), but the turn has reasoning, which the template "
+                         "renders before that point. Fix: set reasoning = \"drop\", or enable thinking")
     if not prompt.startswith(prefix) or len(prompt) == len(prefix):
         raise ValueError(f"the generation prompt (ends {prompt[-40:]!r}) is neither a prefix of the turn's render "
                          "nor the turn's header followed by an opening")

@@ -441,9 +441,13 @@ class Reconstructor:
         seg_s = full_s[len(base):end_s] if ok else ""
         i = seg_s.find(_SENTINEL)
         if i < 0 or seg_s[:i] + m.content + seg_s[i + len(_SENTINEL):] != seg:
+            how = "does not render the content verbatim"
+            if i >= 0 and seg_s[:i] + m.content.strip() + seg_s[i + len(_SENTINEL):] == seg:
+                how = ("trims whitespace from the content (`| trim`, as Llama 3's does), so the student would "
+                       "learn different text; no setting changes that: strip the content at its source, or use a "
+                       "student whose template keeps it")
             raise _Reject("template_alters_content",
-                          f"messages[{a}] ({m.role}): the template does not render the content verbatim "
-                          f"(content starts {m.content[:30]!r})")
+                          f"messages[{a}] ({m.role}): the template {how} (content starts {m.content[:30]!r})")
         return seg_s[:i]
 
     # -- public --------------------------------------------------------------

