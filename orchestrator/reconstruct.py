@@ -3,7 +3,8 @@
 How a conversation becomes samples (docs/reconstruction.md has the long version):
 
 1. The messages are checked and normalised (roles, text-only content, tool-call
-   arguments parsed from JSON strings to dicts, reasoning placed per policy).
+   arguments checked and passed in the shape the template expects - orchestrator/
+   tool_args.py -, reasoning placed per policy).
 2. For every trained turn k (an assistant message, by default) the student's chat
    template renders two strings: P_k, the history before the turn with the
    generation prompt (what the student sees at inference), and F_k, the history
@@ -17,7 +18,8 @@ How a conversation becomes samples (docs/reconstruction.md has the long version)
    with its own full prompt) or rejected, per `on_history_rewrite`.
 4. Each sample's text is cut into segments - the prompt, then alternately a
    trained turn and the untrained context between turns - and every segment is
-   tokenised on its own, in one batch call to the fast tokenizer.
+   tokenised on its own, in one batch call to the fast tokenizer (segments after the
+   prompt without a SentencePiece dummy prefix: orchestrator/segment_tokenize.py).
 5. Self-check: decode(prompt + completion) must equal the rendered text and the
    decoded trained tokens must equal the trained text; else the sample is rejected.
 
