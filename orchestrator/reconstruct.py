@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.contract import Rejection, Sample, atomic_write_text
 from orchestrator.open_reasoning import opened_turn
 from orchestrator.segment_tokenize import PrefixSpaceRule
+from orchestrator.system_merge import hint_for_template_error, merge_system_into_first_user
 from orchestrator.template import ChatTemplate
 from orchestrator.tool_args import ToolCallShape, parse_arguments, probe_tool_call_shape
 
@@ -360,7 +361,8 @@ class Reconstructor:
             else:
                 base = full_render(a) if a else ""
         except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
-            raise _Reject("template_error", f"rendering up to messages[{a}]: {type(e).__name__}: {e}") from None
+            hint = hint_for_template_error(str(e), data, self.cfg.system_prompt)
+            raise _Reject("template_error", f"rendering up to messages[{a}]: {type(e).__name__}: {e}{hint}") from None
         if not full.startswith(base) and m.role == "assistant":
             return self._opened_turn(data, a, tools, base, m)
         if not full.startswith(base):
@@ -562,6 +564,8 @@ class Reconstructor:
         return plans, []
 
     def _plan(self, messages, tools, finish_reason):
+        if self.cfg.system_prompt == "merge_into_first_user":
+            messages = merge_system_into_first_user(messages)
         msgs = normalize_messages(messages, self.cfg.reasoning, self.tool_shape)
         tools = _plain_tools(tools)
         if self._special_re is not None and self.cfg.special_tokens_in_content == "reject":

@@ -9,6 +9,7 @@ not installed and no registry) skips its tests with the reason.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from test_reconstruct_helpers import decode, full_text, masked_text, recon, render, runs
@@ -301,3 +302,49 @@ def test_llama3_1_trims_content():
                                   None, sample_id="l")
     assert samples == [] and [x.reason for x in rejections] == ["template_alters_content"]
     assert "trims" in rejections[0].detail
+
+
+# -- Gemma 2: no system role (opt-in merge into the first user turn) ---------------------
+
+
+def gemma2_recon(**policy):
+    """Gemma 2's real template; its tokenizer is not shipped by any package used here, so the
+    stand-in is SmolLM2's with Gemma's turn tokens added as special tokens."""
+    from orchestrator.student import load_tokenizer, tokenizer_only_dir
+
+    tok = load_tokenizer(tokenizer_only_dir())
+    tok.chat_template = (Path(__file__).parent / "templates" / "gemma2.jinja").read_text(encoding="utf-8")
+    tok.add_special_tokens({"bos_token": "<bos>", "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    return tok, recon(tok=tok, **policy)
+
+
+SYS_CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."}]
+
+
+def test_gemma2_rejects_a_system_message_naming_the_switch():
+    _, r = gemma2_recon()
+    _, rejections = r.build(SYS_CONV, None, sample_id="g")
+    assert [x.reason for x in rejections] == ["template_error"]
+    assert "System role not supported" in rejections[0].detail
+    assert 'system_prompt = "merge_into_first_user"' in rejections[0].detail
+
+
+def test_gemma2_system_merged_into_first_user_turn():
+    tok, r = gemma2_recon(system_prompt="merge_into_first_user")
+    samples, rejections = r.build(SYS_CONV, None, sample_id="g")
+    assert rejections == []
+    assert runs(tok, samples[0]) == [
+        (None, "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"),
+        (1, "Hello.<end_of_turn>")]
+    assert r.final_tail == "\n"
+
+
+def test_merge_system_into_first_user_edges():
+    from orchestrator.system_merge import merge_system_into_first_user as merge
+
+    assert merge(SYS_CONV)[0] == {"role": "user", "content": "Be brief.\n\nHi"}
+    assert merge(SYS_CONV[1:]) == SYS_CONV[1:]  # no system message: unchanged
+    only = [{"role": "system", "content": "S"}, {"role": "assistant", "content": "A"}]
+    assert merge(only) == only  # no user message to merge into: the template decides
+    assert SYS_CONV[0]["role"] == "system"  # the input is not modified
