@@ -635,11 +635,11 @@ class Reconstructor:
                 if prompts[t] is None:
                     todo.append(t)
             todo.extend(p.texts[1:])
-        if self._continuation is not None:  # prompts with the tokenizer, the rest without the dummy prefix
+        if self._continuation is not None:  # trained turns without the dummy prefix (segment_tokenize.py)
             firsts = [t for t in todo if t in prompts and prompts[t] is None]
             got = dict(zip(firsts, self.backend.encode_batch_fast(firsts, add_special_tokens=False)))
-            rest = [t for p in pending for t in p.texts[1:]]
-            encs = iter(self._continuation.encode_batch_fast(rest, add_special_tokens=False) if rest else [])
+            rest = [(t, f) for p in pending for t, f in zip(p.texts[1:], p.trained[1:])]
+            encs = iter(self._prefix_rule.encode_after_prompt(self.backend, rest))
             for t, e in got.items():
                 prompts[t] = e.ids
         else:
@@ -697,7 +697,7 @@ class Reconstructor:
         """The tokens must say exactly what the template rendered (with a dummy-prefix
         rule: the prompt as the rule says its tokens decode, the trained tokens decoded
         after the end-of-turn token as an anchor; orchestrator/segment_tokenize.py)."""
-        full = "".join(p.texts) if rule is None else rule.expected_prompt(p.texts[0]) + "".join(p.texts[1:])
+        full = "".join(p.texts) if rule is None else rule.expected_text(p.texts, p.trained)
         masked = (anchor if rule is not None else "") + "".join(x for x, f in zip(p.texts, p.trained) if f)
         if got_all == full and got_masked == masked:
             return

@@ -11,15 +11,18 @@ sample that does not decode back to the render.
 `PrefixSpaceRule` reads that rule from the tokenizer's own serialisation and makes a
 copy of the tokenizer without it (the "continuation" tokenizer). The prompt is still
 tokenised with the tokenizer itself (what an inference server does with the rendered
-prompt); every later segment continues text, so it is tokenised with the copy: the
-same model, vocabulary and merges, only without the dummy prefix, which is what
-SentencePiece does to text that does not start the input.
+prompt); every trained turn continues the text the student is emitting, so it is
+tokenised with the copy: the same model, vocabulary and merges, only without the dummy
+prefix, which is what SentencePiece does to text that does not start the input. With a
+"piece" rule the untrained context between turns, which always starts right after the
+end-of-turn token (an added token), is tokenised with the tokenizer itself: that is
+what a server does to the same text when it tokenises the next turn's prompt.
 
 What the self-check then compares (reconstruct.py): decode(prompt + completion) must
-equal `expected_prompt(prompt text) + the other segments' text`, where
-`expected_prompt` applies the rule the tokenizer states: a space before every piece
-of text between added tokens ("piece"), less the one space the decoder strips at the
-start; nothing for "first" (the only prefix is at the start, which the decoder strips).
+equal `expected_text`: the segments' text with the rule the tokenizer states applied to
+the prompt and (with "piece") the context - a space before every piece of text between
+added tokens, less the one space the decoder strips at the start of the output; nothing
+for "first" (the only prefix is at the start, which the decoder strips).
 The trained tokens are decoded after the end-of-turn token as an anchor, so that the
 decoder's start-of-text strip cannot hide or add a space. The rule is checked on probe
 texts when the Reconstructor is made; a tokenizer whose behaviour does not match the
@@ -93,12 +96,37 @@ class PrefixSpaceRule:
             self.kind, self.continuation = NONE, None
 
     def expected_prompt(self, text: str) -> str:
-        """What the prompt's tokens (tokenizer itself) decode to, by the rule."""
+        """What the prompt's tokens (tokenizer itself) decode to, by the rule: with
+        "piece", a space before every text piece, less the one the decoder strips at the
+        start of the output."""
         if self.kind != PIECE:
             return text
-        pieces = self._split.split(text) if self._split is not None else [text]
-        out = "".join(p if i % 2 else " " + p for i, p in enumerate(pieces) if p)
+        out = self._with_prefixes(text)
         return out[1:] if out.startswith(" ") else out
+
+    def _with_prefixes(self, text: str) -> str:
+        pieces = self._split.split(text) if self._split is not None else [text]
+        return "".join(p if i % 2 else " " + p for i, p in enumerate(pieces) if p)
+
+    def context_has_prefix(self, trained: bool) -> bool:
+        """Whether a segment after the prompt is tokenised with the rule: with "piece",
+        untrained context, which always follows an added token (the turn's end token)
+        and so is what a server's tokenisation of the next prompt puts there; trained
+        turns never (they continue the text the student is emitting)."""
+        return self.kind == PIECE and not trained
+
+    def encode_after_prompt(self, backend, segments: list[tuple[str, bool]]) -> list:
+        """Encodings of (text, trained) segments that follow a prompt, in order."""
+        ruled = [t for t, f in segments if self.context_has_prefix(f)]
+        plain = [t for t, f in segments if not self.context_has_prefix(f)]
+        a = iter(backend.encode_batch_fast(ruled, add_special_tokens=False) if ruled else [])
+        b = iter(self.continuation.encode_batch_fast(plain, add_special_tokens=False) if plain else [])
+        return [next(a) if self.context_has_prefix(f) else next(b) for _, f in segments]
+
+    def expected_text(self, texts: list[str], trained: list[bool]) -> str:
+        """What a sample's tokens (prompt first) decode to, by the rule."""
+        return self.expected_prompt(texts[0]) + "".join(
+            self._with_prefixes(t) if self.context_has_prefix(f) else t for t, f in zip(texts[1:], trained[1:]))
 
     def _holds(self, backend, added_tokens: list[str]) -> bool:
         """The rule, checked on probe texts: continuation segments decode to themselves

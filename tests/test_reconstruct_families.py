@@ -131,13 +131,20 @@ def test_sentencepiece_turns_are_tokenised_as_the_student_emits_them():
     # the template puts " " before the content: one "▁Hello", never "▁▁Hello" nor a bare "Hello"
     trained = [i for i, m in zip(s.completion_ids, s.completion_mask) if m]
     assert sp_pieces(tok, trained) == ["▁Hello", "!", "▁How", "▁are", "▁you", "?", "</s>", "▁Good", ".", "</s>"]
+    # the context after "</s>" starts a new piece of text: the tokenizer's dummy prefix, as
+    # a server tokenising turn 2's prompt puts it there; so the sample up to turn 2 is
+    # exactly that tokenisation
     context = [i for i, m in zip(s.completion_ids, s.completion_mask) if not m]
-    assert sp_pieces(tok, context) == ["▁[", "INST", "]", "▁Fine", "▁[", "/", "INST", "]"]
-    # the textual invariant: everything after the prompt decodes to the render exactly
+    assert sp_pieces(tok, context) == ["▁", "▁[", "INST", "]", "▁Fine", "▁[", "/", "INST", "]"]
+    prompt2 = jinja_render(tok, msgs[:3], add_generation_prompt=True)
+    upto = s.completion_mask.index(1, s.completion_mask.index(0))
+    assert s.prompt_ids + s.completion_ids[:upto] == tok.encode(prompt2, add_special_tokens=False)
+    # the trained tokens decode to the turns exactly (after an anchor: the decoder strips
+    # a leading space at the start of its output)
     anchor = [tok.convert_tokens_to_ids("</s>")]
-    full = jinja_render(tok, msgs)
-    assert decode(tok, anchor + s.completion_ids) == "</s>" + full[len(prompt):]
     assert decode(tok, anchor + trained) == "</s> Hello! How are you?</s> Good.</s>"
+    full = jinja_render(tok, msgs)
+    assert full == prompt + " Hello! How are you?</s> [INST] Fine [/INST] Good.</s>"
 
 
 def test_sentencepiece_segment_is_not_given_a_dummy_prefix():

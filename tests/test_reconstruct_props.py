@@ -184,13 +184,20 @@ def test_random_history_rewrites_split_into_exact_per_turn_samples(msgs):
 # -- the same invariants on a real SentencePiece tokenizer (Mistral v0.1, dummy prefix) --
 
 
-def _sp_tokenizer():
+_SP: list = []
+
+
+def _sp_tokenizer_and_recon():
+    """Built once for all examples (a Reconstructor reads the tokenizer's rules when made)."""
     from support import tokenizer_builds
 
-    try:
-        return tokenizer_builds.load("mistral_sp", "mistral_v0_1")
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"SentencePiece test tokenizer unavailable: {e}")
+    if not _SP:
+        try:
+            tok = tokenizer_builds.load("mistral_sp", "mistral_v0_1")
+        except Exception as e:  # noqa: BLE001
+            pytest.skip(f"SentencePiece test tokenizer unavailable: {e}")
+        _SP.extend([tok, recon(tok=tok)])
+    return _SP
 
 
 _sp_text = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from([" ", "\n", "\t"]),
@@ -209,8 +216,7 @@ def sp_conversations(draw):
 @SETTINGS
 @given(msgs=sp_conversations())
 def test_random_conversations_sentencepiece(msgs):
-    tok = _sp_tokenizer()
-    r = recon(tok=tok)
+    tok, r = _sp_tokenizer_and_recon()
     samples, rejections = r.build(msgs, None, sample_id="h")
     assert rejections == [] and len(samples) == 1
     s = samples[0]
@@ -221,10 +227,17 @@ def test_random_conversations_sentencepiece(msgs):
     full = tmpl.render(messages=msgs, **tok.special_tokens_map)
     prompt = tmpl.render(messages=msgs[:1], add_generation_prompt=True, **tok.special_tokens_map)
     assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False)
+    assert full.startswith(prompt)
+    # up to each later turn, the sample is the tokenizer's own tokenisation of that turn's
+    # prompt (what the student sees then), dummy prefixes after special tokens included
+    starts = [i for i, m in enumerate(s.completion_mask) if m and (i == 0 or not s.completion_mask[i - 1])]
+    turns = [k for k, m in enumerate(msgs) if m["role"] == "assistant"]
+    for k, start in zip(turns[1:], starts[1:]):
+        prompt_k = tmpl.render(messages=msgs[:k], add_generation_prompt=True, **tok.special_tokens_map)
+        assert s.prompt_ids + s.completion_ids[:start] == tok.encode(prompt_k, add_special_tokens=False)
     eos = tok.convert_tokens_to_ids("</s>")
-    # after an anchor token the completion decodes to the render exactly, trained tokens
-    # to " " + content + "</s>" per turn (the template's space before the content)
-    assert decode(tok, [eos] + s.completion_ids) == "</s>" + full[len(prompt):]
+    # after an anchor token the trained tokens decode to " " + content + "</s>" per turn
+    # (the template's space before the content), with no dummy prefix added
     trained = [i for i, m in zip(s.completion_ids, s.completion_mask) if m]
     assert decode(tok, [eos] + trained) == "</s>" + "".join(" " + m["content"] + "</s>" for m in msgs
                                                              if m["role"] == "assistant")
