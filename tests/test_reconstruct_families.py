@@ -355,3 +355,45 @@ def test_merge_system_into_first_user_edges():
     only = [{"role": "system", "content": "S"}, {"role": "assistant", "content": "A"}]
     assert merge(only) == only  # no user message to merge into: the template decides
     assert SYS_CONV[0]["role"] == "system"  # the input is not modified
+
+
+def test_sentencepiece_metaspace_first_scheme():
+    """transformers' non-legacy conversion: the prefix only at the start of the input."""
+    tok = family("mistral_sp_metaspace", "mistral_v0_1")
+    r = recon(tok=tok)
+    assert r._prefix_rule.kind == "first"
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Fine"}, {"role": "assistant", "content": "Good."}]
+    samples, rejections = r.build(msgs, None, sample_id="m")
+    assert rejections == [] and len(samples) == 1
+    s = samples[0]
+    prompt = jinja_render(tok, msgs[:1], add_generation_prompt=True)
+    assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False)
+    assert decode(tok, s.prompt_ids) == prompt  # no dummy prefix after <s> with this scheme
+    trained = [i for i, m in zip(s.completion_ids, s.completion_mask) if m]
+    assert sp_pieces(tok, trained) == ["▁Hello", "!", "</s>", "▁Good", ".", "</s>"]
+    assert full_text(tok, s) == jinja_render(tok, msgs)
+    upto = s.completion_mask.index(1, s.completion_mask.index(0))
+    prompt2 = jinja_render(tok, msgs[:3], add_generation_prompt=True)
+    assert s.prompt_ids + s.completion_ids[:upto] == tok.encode(prompt2, add_special_tokens=False)
+
+
+def test_phi3_5_on_a_sentencepiece_tokenizer():
+    """Phi-3.5's real template; the tokenizer is the SentencePiece stand-in (Phi-3's is
+    Llama 2's, not shipped by a package here) with Phi's turn tokens added."""
+    tok = family("mistral_sp", "phi3_5")
+    tok.add_special_tokens({"eos_token": "<|endoftext|>",
+                            "additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]})
+    r = recon(tok=tok)
+    assert (r.eot, r.final_tail) == ("<|end|>", "\n<|endoftext|>")
+    msgs = [{"role": "system", "content": "Sys"}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Fine"},
+            {"role": "assistant", "content": " Good."}]
+    samples, rejections = r.build(msgs, None, sample_id="p")
+    assert rejections == [] and len(samples) == 1
+    s = samples[0]
+    trained = [i for i, m in zip(s.completion_ids, s.completion_mask) if m]
+    assert sp_pieces(tok, trained) == ["Hello", "!", "<|end|>", "▁Good", ".", "<|end|>"]
+    upto = s.completion_mask.index(1, s.completion_mask.index(0))
+    prompt2 = jinja_render(tok, msgs[:4], add_generation_prompt=True)
+    assert s.prompt_ids + s.completion_ids[:upto] == tok.encode(prompt2, add_special_tokens=False)

