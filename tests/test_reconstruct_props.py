@@ -241,3 +241,52 @@ def test_random_conversations_sentencepiece(msgs):
     trained = [i for i, m in zip(s.completion_ids, s.completion_mask) if m]
     assert decode(tok, [eos] + trained) == "</s>" + "".join(" " + m["content"] + "</s>" for m in msgs
                                                              if m["role"] == "assistant")
+
+
+# -- a second real BPE tokenizer: Qwen's, with Qwen2.5's template (default system prompt) --
+
+_QWEN: list = []
+
+
+def _qwen_tokenizer_and_recon():
+    from support import tokenizer_builds
+
+    if not _QWEN:
+        try:
+            tok = tokenizer_builds.load("qwen", "qwen2_5")
+        except Exception as e:  # noqa: BLE001
+            pytest.skip(f"Qwen test tokenizer unavailable: {e}")
+        _QWEN.extend([tok, recon(tok=tok)])
+    return _QWEN
+
+
+# Qwen's tokenizer normalises to NFC, so only NFC text survives it (other text is rejected
+# as roundtrip_mismatch, tested elsewhere); no special-token text.
+_qwen_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=24).filter(
+    lambda s: __import__("unicodedata").is_normalized("NFC", s) and "<|" not in s and "<tool" not in s
+    and "<think>" not in s and "</t" not in s)
+
+
+@st.composite
+def qwen_conversations(draw):
+    msgs = [{"role": "system", "content": draw(_lead) + draw(_qwen_text)}] if draw(st.booleans()) else []
+    for _ in range(draw(st.integers(1, 4))):
+        msgs.append({"role": "user", "content": draw(_lead) + draw(_qwen_text)})
+        msgs.append({"role": "assistant", "content": draw(st.builds(lambda a, b: a + b, _lead, _qwen_text)
+                                                          .filter(bool))})
+    return msgs
+
+
+@SETTINGS
+@given(msgs=qwen_conversations())
+def test_random_conversations_qwen(msgs):
+    tok, r = _qwen_tokenizer_and_recon()
+    samples, rejections = r.build(msgs, None, sample_id="h")
+    assert rejections == [] and len(samples) == 1
+    s = samples[0]
+    rendered = render(tok, msgs)
+    assert rendered.endswith(IM + "\n")
+    assert full_text(tok, s) == rendered[:-1]
+    prompt = render(tok, msgs[:1 + (msgs[0]["role"] == "system")], add_generation_prompt=True)
+    assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False)
+    assert masked_text(tok, s) == "".join(m["content"] + IM for m in msgs if m["role"] == "assistant")
