@@ -390,6 +390,12 @@ class Reconstructor:
                           "Fix: set reasoning = \"think_tags\" or \"drop\"")
         for call in m.data.get("tool_calls", []):
             name = call["function"]["name"]
+            if name not in rest and self.tool_shape.null_content and m.content:
+                raise _Reject("tool_calls_not_rendered",
+                              f"messages[{a}]: the student's chat template renders tool calls only in turns "
+                              f"without content (`content is none`), and this turn has content besides tool call "
+                              f"{name!r}; no setting changes that. Fix: use a student whose template renders both, "
+                              "or filter out such conversations")
             if name not in rest:
                 raise _Reject("tool_calls_not_rendered",
                               f"messages[{a}]: the student's chat template does not render tool call {name!r}; "

@@ -397,3 +397,23 @@ def test_phi3_5_on_a_sentencepiece_tokenizer():
     upto = s.completion_mask.index(1, s.completion_mask.index(0))
     prompt2 = jinja_render(tok, msgs[:4], add_generation_prompt=True)
     assert s.prompt_ids + s.completion_ids[:upto] == tok.encode(prompt2, add_special_tokens=False)
+
+
+def test_deepseek_v3_tool_calls_with_content_name_the_template_behaviour():
+    r = recon(tok=family("deepseek", "deepseek_v3"))
+    _, rejections = r.build(tool_conversation(content="Let me check."), None, sample_id="t")
+    assert [x.reason for x in rejections] == ["tool_calls_not_rendered"]
+    assert "only in turns without content" in rejections[0].detail
+
+
+def test_deepseek_v3_two_tool_calls_in_one_turn():
+    tok = family("deepseek", "deepseek_v3")
+    msgs = tool_conversation()
+    msgs[2]["tool_calls"].append({"id": "c2", "type": "function",
+                                  "function": {"name": "get_time", "arguments": '{"tz": "CET"}'}})
+    samples, rejections = recon(tok=tok).build(msgs, None, sample_id="t")
+    assert rejections == []
+    assert runs(tok, samples[0])[1] == (1, "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n"
+                                           "```json\n" + CALL_ARGS + "\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>"
+                                           "function<｜tool▁sep｜>get_time\n```json\n{\"tz\": \"CET\"}\n```"
+                                           "<｜tool▁call▁end｜><｜tool▁calls▁end｜>" + DS_EOS)
