@@ -363,12 +363,11 @@ class Reconstructor:
         except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
             hint = hint_for_template_error(str(e), data, self.cfg.system_prompt)
             raise _Reject("template_error", f"rendering up to messages[{a}]: {type(e).__name__}: {e}{hint}") from None
-        if not full.startswith(base) and m.role == "assistant":
-            return self._opened_turn(data, a, tools, base, m)
         if not full.startswith(base):
-            what = "generation prompt" if m.role == "assistant" else "render of the history before it"
-            raise _Reject("template_mismatch", f"messages[{a}]: the template's {what} is not a prefix of its "
-                                               f"rendering of the turn (ends {base[-40:]!r})")
+            if m.role == "assistant":
+                return self._opened_turn(data, a, tools, base, m)
+            raise _Reject("template_mismatch", f"messages[{a}]: the template's render of the history before it is "
+                                               f"not a prefix of its rendering of the turn (ends {base[-40:]!r})")
         eot = self._turn_end_token(full, base, a)
         end = len(full) - len(self.final_tail)
         eot_start = end - len(eot)
