@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.contract import Rejection, Sample, atomic_write_text
 from orchestrator.open_reasoning import opened_turn
 from orchestrator.segment_tokenize import PrefixSpaceRule
-from orchestrator.system_merge import hint_for_template_error, merge_system_into_first_user
+from orchestrator.system_merge import hint_for_mismatch, hint_for_template_error, merge_system_into_first_user
 from orchestrator.template import ChatTemplate
 from orchestrator.tool_args import ToolCallShape, parse_arguments, probe_tool_call_shape
 
@@ -417,7 +417,11 @@ class Reconstructor:
         try:
             text = opened_turn(render_with, base, m.content, m.reasoning, self.eot, self.final_tail)
         except ValueError as e:
-            raise _Reject("template_mismatch", f"messages[{a}]: {e}") from None
+            try:
+                hint = hint_for_mismatch(base, render_with(m.content), data, self.cfg.system_prompt)
+            except Exception:  # noqa: BLE001 - only a hint
+                hint = ""
+            raise _Reject("template_mismatch", f"messages[{a}]: {e}{hint}") from None
         except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
             raise _Reject("template_error", f"rendering messages[{a}]: {type(e).__name__}: {e}") from None
         self.stats["opened_reasoning_turns"] += 1

@@ -38,3 +38,15 @@ def hint_for_template_error(error: str, messages: Any, policy: str) -> str:
         return (" (the template does not accept this system message. Fix: set system_prompt = "
                 "\"merge_into_first_user\" in [orchestrator.reconstruction] to fold it into the first user turn)")
     return ""
+
+
+def hint_for_mismatch(base: str, full: str, data: list[dict], policy: str) -> str:
+    """A reason and fix for a generation prompt that is not a prefix of the turn's render
+    because the system message moved: in the prompt, absent from the turn's render
+    (Mistral-Nemo's template puts it only into the last user message)."""
+    system = next((m.get("content") for m in data if m.get("role") == "system"), None)
+    if policy == "keep" and isinstance(system, str) and system and system in base and system not in full:
+        return (" (the template renders the system message only with the last user message, as Mistral-Nemo's does: "
+                "it is in the generation prompt but not in the turn's render. Fix: set system_prompt = "
+                "\"merge_into_first_user\" in [orchestrator.reconstruction])")
+    return ""

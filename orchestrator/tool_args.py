@@ -41,7 +41,7 @@ def probe_tool_call_shape(render: Callable[[list[dict]], str]) -> ToolCallShape:
     args = {_KEY: _VALUE}
     for as_string in (False, True):
         for null in (False, True):
-            call = {"type": "function", "id": "call_0",
+            call = {"type": "function", "id": "zqprobe01",  # 9 characters: Mistral templates insist
                     "function": {"name": _NAME, "arguments": json.dumps(args) if as_string else args}}
             msgs = [{"role": "user", "content": "Hi"},
                     {"role": "assistant", "content": None if null else "", "tool_calls": [call]}]

@@ -417,3 +417,44 @@ def test_deepseek_v3_two_tool_calls_in_one_turn():
                                            "```json\n" + CALL_ARGS + "\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>"
                                            "function<｜tool▁sep｜>get_time\n```json\n{\"tz\": \"CET\"}\n```"
                                            "<｜tool▁call▁end｜><｜tool▁calls▁end｜>" + DS_EOS)
+
+
+# -- Mistral-Nemo (real tekken tokenizer): the system prompt moves to the last user turn ---
+
+NEMO_CONV = [{"role": "system", "content": "Sys"}, {"role": "user", "content": "Hi"},
+             {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Fine"},
+             {"role": "assistant", "content": " Good."}]
+
+
+def test_mistral_nemo_system_prompt_names_the_template_and_the_switch():
+    tok = family("nemo", "mistral_nemo")
+    _, rejections = recon(tok=tok).build(NEMO_CONV, None, sample_id="n")
+    assert [x.reason for x in rejections] == ["template_mismatch"]
+    assert "only with the last user message" in rejections[0].detail
+    assert 'system_prompt = "merge_into_first_user"' in rejections[0].detail
+
+
+def test_mistral_nemo_golden():
+    tok = family("nemo", "mistral_nemo")
+    r = recon(tok=tok, system_prompt="merge_into_first_user")
+    samples, rejections = r.build(NEMO_CONV, None, sample_id="n")
+    assert rejections == [] and len(samples) == 1
+    assert runs(tok, samples[0]) == [(None, "<s>[INST]Sys\n\nHi[/INST]"), (1, "Hello!</s>"), (0, "[INST]Fine[/INST]"),
+                                     (1, " Good.</s>")]
+    # without a system message nothing moves: no switch needed
+    samples, rejections = recon(tok=tok).build(NEMO_CONV[1:], None, sample_id="n")
+    assert rejections == [] and masked_text(tok, samples[0]) == "Hello!</s> Good.</s>"
+
+
+def test_mistral_nemo_tool_call():
+    tok = family("nemo", "mistral_nemo")
+    r = recon(tok=tok)
+    assert r.tool_shape == ToolCallShape(arguments_as_string=False, null_content=False, probed=True)
+    msgs = tool_conversation()[1:]
+    msgs[1]["tool_calls"][0]["id"] = msgs[2]["tool_call_id"] = "abc123def"  # the template wants 9 characters
+    samples, rejections = r.build(msgs, None, sample_id="n")
+    assert rejections == []
+    assert runs(tok, samples[0])[1:] == [
+        (1, '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}, "id": "abc123def"}]</s>'),
+        (0, '[TOOL_RESULTS]{"content": sunny, 21, "call_id": "abc123def"}[/TOOL_RESULTS]'),
+        (1, "It is sunny.</s>")]

