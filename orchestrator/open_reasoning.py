@@ -67,3 +67,13 @@ def opened_turn(render: Callable[[str], str], prompt: str, content: str, reasoni
         raise ValueError(f"the template renders the complete turn (opening {opening!r}, reasoning, {CLOSE!r}, "
                          "answer) neither verbatim nor with the reasoning dropped at its closing tag")
     return c[len(opening):] + eot
+
+
+def without_thinking_tags(content: str) -> str:
+    """Content less the tags of a leading thinking block ("<think>" at the start, the first
+    "</think>"), for the special-token check: those tags are where a reasoning student
+    emits them (as special tokens, in tokenizers that have them), not forged structure."""
+    if CLOSE not in content:
+        return content
+    head, tail = content.split(CLOSE, 1)
+    return (head[len(OPEN):] if head.startswith(OPEN) else head) + tail

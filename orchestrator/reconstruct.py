@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.contract import Rejection, Sample, atomic_write_text
-from orchestrator.open_reasoning import opened_turn
+from orchestrator.open_reasoning import opened_turn, without_thinking_tags
 from orchestrator.segment_tokenize import PrefixSpaceRule
 from orchestrator.system_merge import hint_for_mismatch, hint_for_template_error, merge_system_into_first_user
 from orchestrator.template import ChatTemplate
@@ -603,7 +603,7 @@ class Reconstructor:
 
     def _check_special(self, msgs: list[_Msg], tools) -> None:
         for i, m in enumerate(msgs):
-            texts = [m.content, m.reasoning]
+            texts = [without_thinking_tags(m.content) if m.role == "assistant" else m.content, m.reasoning]
             texts += [json.dumps(tc["function"], ensure_ascii=False) for tc in m.data.get("tool_calls", [])]
             for t in texts:
                 hit = t and self._special_re.search(t)

@@ -202,13 +202,19 @@ def test_r1_distill_trains_the_turn_the_student_emits_after_the_opened_think(pol
 
 def test_r1_distill_reasoning_inside_content():
     tok = family("deepseek", "deepseek_r1_distill")
-    r = recon(tok=tok, special_tokens_in_content="allow")  # <think> is a special token of this tokenizer
+    # <think> and </think> are special tokens of this tokenizer: the leading thinking block's
+    # tags pass the special-token check (they are where the student emits them), others do not
+    r = recon(tok=tok)
+    _, rejections = r.build([{"role": "user", "content": "2+2?"},
+                             {"role": "assistant", "content": "Hmm.\n</think>\n\n4 </think>"}], None, sample_id="r")
+    assert [x.reason for x in rejections] == ["special_token_in_content"]
     for content in ("<think>\nHmm.\n</think>\n\n4", "Hmm.\n</think>\n\n4"):
         samples, rejections = r.build([{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": content}],
                                       None, sample_id="r")
         assert rejections == []
         assert masked_text(tok, samples[0]) == "Hmm.\n</think>\n\n4" + DS_EOS
     # an opening the prompt does not end with cannot be proven: rejected
+    r = recon(tok=tok, special_tokens_in_content="allow")
     _, rejections = r.build([{"role": "user", "content": "2+2?"},
                              {"role": "assistant", "content": "<think>Hmm.</think>4"}], None, sample_id="r")
     assert [x.reason for x in rejections] == ["template_mismatch"]
