@@ -54,8 +54,10 @@ def opened_turn(render: Callable[[str], str], prompt: str, content: str, reasoni
                          "(e.g. Qwen3 with enable_thinking=false), but the turn has reasoning, which the template "
                          "renders before that point. Fix: set reasoning = \"drop\", or enable thinking")
     if not prompt.startswith(prefix) or len(prompt) == len(prefix):
-        raise ValueError(f"the generation prompt (ends {prompt[-40:]!r}) is neither a prefix of the turn's render "
-                         "nor the turn's header followed by an opening")
+        n = next((k for k, (x, y) in enumerate(zip(prompt, prefix)) if x != y), min(len(prompt), len(prefix)))
+        raise ValueError(f"the generation prompt is neither a prefix of the turn's render nor the turn's header "
+                         f"followed by an opening: after {prompt[max(0, n - 30):n]!r} the prompt has "
+                         f"{prompt[n:n + 30]!r} where the turn's render has {prefix[n:n + 30]!r}")
     opening = prompt[len(prefix):]
     c = complete_content(opening, content, reasoning)
     if not c.startswith(opening):

@@ -464,3 +464,31 @@ def test_mistral_nemo_tool_call():
         (1, '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}, "id": "abc123def"}]</s>'),
         (0, '[TOOL_RESULTS]{"content": sunny, 21, "call_id": "abc123def"}[/TOOL_RESULTS]'),
         (1, "It is sunny.</s>")]
+
+
+# -- DeepSeek-V3.1: </think> in the header when not thinking -----------------------------
+
+
+def test_deepseek_v3_1_non_thinking_golden():
+    tok = family("deepseek", "deepseek_v3_1")
+    r = recon(tok=tok)
+    assert r.tool_shape.arguments_as_string
+    samples, rejections = r.build(tool_conversation(), None, sample_id="d")
+    assert rejections == []
+    assert runs(tok, samples[0]) == [
+        (None, BOS + "Sys<｜User｜>Weather in Paris?<｜Assistant｜></think>"),
+        (1, "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>" + CALL_ARGS
+            + "<｜tool▁call▁end｜><｜tool▁calls▁end｜>" + DS_EOS),
+        (0, "<｜tool▁output▁begin｜>sunny, 21<｜tool▁output▁end｜>"),
+        (1, "It is sunny." + DS_EOS)]
+    samples, rejections = recon(tok=tok, reasoning="drop").build(REASONED, None, sample_id="d")
+    assert rejections == [] and masked_text(tok, samples[0]) == "A1" + DS_EOS + "A2" + DS_EOS
+
+
+def test_deepseek_v3_1_thinking_cannot_be_proven():
+    """With thinking=true the prompt opens <think> but a finished turn renders as
+    "</think>" + answer: the template shows no thinking turn to prove one against."""
+    r = recon(tok=family("deepseek", "deepseek_v3_1"), chat_template_kwargs={"thinking": True})
+    _, rejections = r.build(REASONED[:2], None, sample_id="d")
+    assert [x.reason for x in rejections] == ["template_mismatch"]
+    assert "<｜Assistant｜><' the prompt has 'think>' where the turn's render has '/think>'" in rejections[0].detail
