@@ -73,13 +73,18 @@ def package_file(name: str) -> bytes:
 
 
 def _write(folder: Path, tokenizer_json: str, config: dict) -> Path:
-    tmp = folder.with_name(folder.name + ".tmp")
+    """Write the folder atomically (a private temp folder renamed into place), so that
+    parallel test processes never see half a tokenizer."""
+    import shutil
+
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
     (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
-    if folder.exists():
-        return folder
-    tmp.rename(folder)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process got there first
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
