@@ -645,12 +645,11 @@ class Reconstructor:
                     todo.append(t)
             todo.extend(p.texts[1:])
         if self._continuation is not None:  # trained turns without the dummy prefix (segment_tokenize.py)
-            firsts = [t for t in todo if t in prompts and prompts[t] is None]
-            got = dict(zip(firsts, self.backend.encode_batch_fast(firsts, add_special_tokens=False)))
+            firsts = [t for t, ids in prompts.items() if ids is None]
+            for t, e in zip(firsts, self.backend.encode_batch_fast(firsts, add_special_tokens=False)):
+                prompts[t] = e.ids
             rest = [(t, f) for p in pending for t, f in zip(p.texts[1:], p.trained[1:])]
             encs = iter(self._prefix_rule.encode_after_prompt(self.backend, rest))
-            for t, e in got.items():
-                prompts[t] = e.ids
         else:
             encs = iter(self.backend.encode_batch_fast(todo, add_special_tokens=False) if todo else [])
         out = []
