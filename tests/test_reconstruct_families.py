@@ -492,3 +492,16 @@ def test_deepseek_v3_1_thinking_cannot_be_proven():
     _, rejections = r.build(REASONED[:2], None, sample_id="d")
     assert [x.reason for x in rejections] == ["template_mismatch"]
     assert "<｜Assistant｜><' the prompt has 'think>' where the turn's render has '/think>'" in rejections[0].detail
+
+
+def test_sentencepiece_build_many_equals_build():
+    """The pipelined batch path (helper thread, prompt cache) gives the same samples."""
+    tok = family("mistral_sp", "mistral_v0_1")
+    convs = [dict(messages=[{"role": "user", "content": f"Q{i % 7}"}, {"role": "assistant", "content": f" A {i}"},
+                            {"role": "user", "content": "more"}, {"role": "assistant", "content": "x" * (i % 5 + 1)}],
+                  sample_id=f"c{i}") for i in range(70)]
+    many = recon(tok=tok).build_many(convs)
+    one = recon(tok=tok)
+    assert [([s.prompt_ids + s.completion_ids for s in ss], rr) for ss, rr in many] == \
+           [([s.prompt_ids + s.completion_ids for s in ss], rr) for ss, rr in (one.build(**c) for c in convs)]
+    assert all(len(ss) == 1 and not rr for ss, rr in many)
