@@ -505,3 +505,15 @@ def test_sentencepiece_build_many_equals_build():
     assert [([s.prompt_ids + s.completion_ids for s in ss], rr) for ss, rr in many] == \
            [([s.prompt_ids + s.completion_ids for s in ss], rr) for ss, rr in (one.build(**c) for c in convs)]
     assert all(len(ss) == 1 and not rr for ss, rr in many)
+
+
+def test_qwen3_tool_conversation():
+    tok = family("qwen", "qwen3")
+    samples, rejections = recon(tok=tok).build(tool_conversation(), TOOLS, sample_id="q")
+    # the tool-call turn gets an empty thinking block while it is the last turn, not once
+    # the tool answer follows: a history rewrite, so one exact sample per turn
+    assert rejections == [] and [s.sample_id for s in samples] == ["q/turn1", "q/turn2"]
+    assert masked_text(tok, samples[0]) == "<think>\n\n</think>\n\n" + QWEN_CALL + IM
+    assert masked_text(tok, samples[1]) == "<think>\n\n</think>\n\nIt is sunny." + IM
+    assert runs(tok, samples[1])[0][1].endswith(QWEN_CALL + IM + "\n<|im_start|>user\n<tool_response>\nsunny, 21\n"
+                                                "</tool_response><|im_end|>\n<|im_start|>assistant\n")
