@@ -202,6 +202,10 @@ class Reconstruction(Strict):
     special_tokens_in_content: Literal["reject", "allow"] = "reject"
     # Passed to the chat template (e.g. {enable_thinking = true}).
     chat_template_kwargs: dict[str, Any] = {}
+    # A leading system message: "keep" it (templates that cannot express one, e.g.
+    # Gemma 2's, reject the conversation), or "merge_into_first_user": its text, a blank
+    # line, then the first user message's text, as one user message.
+    system_prompt: Literal["keep", "merge_into_first_user"] = "keep"
 
 
 class Replay(Strict):

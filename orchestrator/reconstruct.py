@@ -3,7 +3,8 @@
 How a conversation becomes samples (docs/reconstruction.md has the long version):
 
 1. The messages are checked and normalised (roles, text-only content, tool-call
-   arguments parsed from JSON strings to dicts, reasoning placed per policy).
+   arguments checked and passed in the shape the template expects - orchestrator/
+   tool_args.py -, reasoning placed per policy).
 2. For every trained turn k (an assistant message, by default) the student's chat
    template renders two strings: P_k, the history before the turn with the
    generation prompt (what the student sees at inference), and F_k, the history
@@ -17,7 +18,8 @@ How a conversation becomes samples (docs/reconstruction.md has the long version)
    with its own full prompt) or rejected, per `on_history_rewrite`.
 4. Each sample's text is cut into segments - the prompt, then alternately a
    trained turn and the untrained context between turns - and every segment is
-   tokenised on its own, in one batch call to the fast tokenizer.
+   tokenised on its own, in one batch call to the fast tokenizer (segments after the
+   prompt without a SentencePiece dummy prefix: orchestrator/segment_tokenize.py).
 5. Self-check: decode(prompt + completion) must equal the rendered text and the
    decoded trained tokens must equal the trained text; else the sample is rejected.
 
@@ -40,7 +42,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.contract import Rejection, Sample, atomic_write_text
+from orchestrator.open_reasoning import opened_turn, without_thinking_tags
+from orchestrator.segment_tokenize import PrefixSpaceRule
+from orchestrator.system_merge import hint_for_mismatch, hint_for_template_error, merge_system_into_first_user
 from orchestrator.template import ChatTemplate
+from orchestrator.tool_args import ToolCallShape, parse_arguments, probe_tool_call_shape
 
 if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
     from distill.config import Reconstruction
@@ -118,7 +124,7 @@ def _text_content(content: Any, where: str) -> str:
     raise _Reject("invalid_message", f"{where}: content is a {type(content).__name__}, expected a string, null or a list of text parts")
 
 
-def _tool_calls(raw: Any, where: str) -> list[dict[str, Any]]:
+def _tool_calls(raw: Any, where: str, shape: ToolCallShape) -> list[dict[str, Any]]:
     if not isinstance(raw, list):
         raise _Reject("invalid_tool_call", f"{where}: tool_calls is a {type(raw).__name__}, expected a list")
     out = []
@@ -127,31 +133,20 @@ def _tool_calls(raw: Any, where: str) -> list[dict[str, Any]]:
         name = fn.get("name") if isinstance(fn, dict) else None
         if not isinstance(name, str) or not name:
             raise _Reject("invalid_tool_call", f"{where}: tool_calls[{j}] has no function.name")
-        args = fn.get("arguments", {})
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except json.JSONDecodeError as e:
-                raise _Reject("invalid_tool_arguments",
-                              f"{where}: tool_calls[{j}] ({name}) arguments are not valid JSON ({e.msg} at char {e.pos})") from None
-        elif isinstance(args, dict):
-            try:  # the template sees plain JSON data only
-                args = json.loads(json.dumps(args))
-            except (TypeError, ValueError) as e:
-                raise _Reject("invalid_tool_arguments", f"{where}: tool_calls[{j}] ({name}) arguments are "
-                                                        f"not JSON data ({e})") from None
-        if not isinstance(args, dict):
-            raise _Reject("invalid_tool_arguments",
-                          f"{where}: tool_calls[{j}] ({name}) arguments are a JSON {type(args).__name__}, expected an object")
-        call: dict[str, Any] = {"type": "function", "function": {"name": name, "arguments": args}}
+        args, text = parse_arguments(fn.get("arguments", {}), f"{where}: tool_calls[{j}] ({name})")
+        if args is None:
+            raise _Reject("invalid_tool_arguments", text)
+        call: dict[str, Any] = {"type": "function",
+                                "function": {"name": name, "arguments": text if shape.arguments_as_string else args}}
         if tc.get("id") is not None:
             call["id"] = str(tc["id"])
         out.append(call)
     return out
 
 
-def normalize_messages(messages: Any, reasoning_policy: str) -> list[_Msg]:
-    """Check `messages` and convert them to what the template sees. Raises _Reject."""
+def normalize_messages(messages: Any, reasoning_policy: str, shape: ToolCallShape = ToolCallShape()) -> list[_Msg]:
+    """Check `messages` and convert them to what the template sees (tool calls in
+    `shape`, see orchestrator/tool_args.py). Raises _Reject."""
     if not isinstance(messages, list) or not messages:
         raise _Reject("invalid_message", "messages must be a non-empty list")
     out = []
@@ -171,9 +166,11 @@ def normalize_messages(messages: Any, reasoning_policy: str) -> list[_Msg]:
                 data[k] = m[k]
         prefix = reasoning = ""
         if role == "assistant":
-            calls = _tool_calls(m["tool_calls"], where) if m.get("tool_calls") else []
+            calls = _tool_calls(m["tool_calls"], where, shape) if m.get("tool_calls") else []
             if calls:
                 data["tool_calls"] = calls
+                if not content and shape.null_content:
+                    data["content"] = None  # the template renders tool calls only for null content
             if not content and not calls:
                 raise _Reject("empty_assistant_turn", f"{where} is an assistant turn with no content and no tool calls")
             r = m.get("reasoning_content") or m.get("reasoning") or ""
@@ -243,6 +240,12 @@ class Reconstructor:
         self._special_re = re.compile("|".join(map(re.escape, added))) if added else None
         self.stats: collections.Counter = collections.Counter()
         self.eot, self.final_tail = self._probe_end_of_turn()
+        self.tool_shape = probe_tool_call_shape(lambda msgs: self.render(msgs, None, False))
+        # SentencePiece-style dummy prefix: later segments are tokenised without it
+        # (orchestrator/segment_tokenize.py); None for tokenizers without one (BPE).
+        self._prefix_rule = PrefixSpaceRule(self.backend, [self.eot] + added) if self._token_bytes is None else None
+        self._continuation = self._prefix_rule.continuation if self._prefix_rule is not None else None
+        self._anchor = [self.backend.token_to_id(self.eot)] if self._continuation is not None else []
         self.stats.clear()
 
     # -- template ----------------------------------------------------------
@@ -358,11 +361,13 @@ class Reconstructor:
             else:
                 base = full_render(a) if a else ""
         except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
-            raise _Reject("template_error", f"rendering up to messages[{a}]: {type(e).__name__}: {e}") from None
+            hint = hint_for_template_error(str(e), data, self.cfg.system_prompt)
+            raise _Reject("template_error", f"rendering up to messages[{a}]: {type(e).__name__}: {e}{hint}") from None
         if not full.startswith(base):
-            what = "generation prompt" if m.role == "assistant" else "render of the history before it"
-            raise _Reject("template_mismatch", f"messages[{a}]: the template's {what} is not a prefix of its "
-                                               f"rendering of the turn (ends {base[-40:]!r})")
+            if m.role == "assistant":
+                return self._opened_turn(data, a, tools, base, m)
+            raise _Reject("template_mismatch", f"messages[{a}]: the template's render of the history before it is "
+                                               f"not a prefix of its rendering of the turn (ends {base[-40:]!r})")
         eot = self._turn_end_token(full, base, a)
         end = len(full) - len(self.final_tail)
         eot_start = end - len(eot)
@@ -384,12 +389,44 @@ class Reconstructor:
                           "Fix: set reasoning = \"think_tags\" or \"drop\"")
         for call in m.data.get("tool_calls", []):
             name = call["function"]["name"]
+            if name not in rest and self.tool_shape.null_content and m.content:
+                raise _Reject("tool_calls_not_rendered",
+                              f"messages[{a}]: the student's chat template renders tool calls only in turns "
+                              f"without content (`content is none`), and this turn has content besides tool call "
+                              f"{name!r}; no setting changes that. Fix: use a student whose template renders both, "
+                              "or filter out such conversations")
             if name not in rest:
                 raise _Reject("tool_calls_not_rendered",
                               f"messages[{a}]: the student's chat template does not render tool call {name!r}; "
                               "training would teach an empty turn. Fix: use a student whose template supports "
                               "tools, or filter out tool conversations")
         return _Turn(full, start, eot_start, end, bool(m.data.get("tool_calls")), m.role)
+
+    def _opened_turn(self, data: list[dict], a: int, tools, base: str, m: _Msg) -> _Turn:
+        """The turn after a generation prompt that opens a block the history render
+        drops (DeepSeek-R1-Distill's "<think>\n"), proven by orchestrator/open_reasoning.py."""
+        if m.data.get("tool_calls"):
+            raise _Reject("template_mismatch", f"messages[{a}]: the generation prompt opens a reasoning block "
+                                               f"(ends {base[-20:]!r}) and the turn has tool calls; the template "
+                                               "cannot show how the student continues into a tool call")
+
+        def render_with(content: str) -> str:
+            msg = {k: v for k, v in data[a].items() if k not in ("reasoning_content", "thinking")}
+            return self.render(data[:a] + [dict(msg, content=content)], tools, False)
+
+        try:
+            text = opened_turn(render_with, base, m.content, m.reasoning, self.eot, self.final_tail)
+        except ValueError as e:
+            try:
+                hint = hint_for_mismatch(base, render_with(m.content), data, self.cfg.system_prompt)
+            except Exception:  # noqa: BLE001 - only a hint
+                hint = ""
+            raise _Reject("template_mismatch", f"messages[{a}]: {e}{hint}") from None
+        except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
+            raise _Reject("template_error", f"rendering messages[{a}]: {type(e).__name__}: {e}") from None
+        self.stats["opened_reasoning_turns"] += 1
+        full = base + text
+        return _Turn(full, len(base), len(full) - len(self.eot), len(full), False, m.role)
 
     def _turn_end_token(self, full: str, base: str, a: int) -> str:
         """The token that ends this turn: the template's usual end-of-turn token, or
@@ -417,9 +454,13 @@ class Reconstructor:
         seg_s = full_s[len(base):end_s] if ok else ""
         i = seg_s.find(_SENTINEL)
         if i < 0 or seg_s[:i] + m.content + seg_s[i + len(_SENTINEL):] != seg:
+            how = "does not render the content verbatim"
+            if i >= 0 and seg_s[:i] + m.content.strip() + seg_s[i + len(_SENTINEL):] == seg:
+                how = ("trims whitespace from the content (`| trim`, as Llama 3's does), so the student would "
+                       "learn different text; no setting changes that: strip the content at its source, or use a "
+                       "student whose template keeps it")
             raise _Reject("template_alters_content",
-                          f"messages[{a}] ({m.role}): the template does not render the content verbatim "
-                          f"(content starts {m.content[:30]!r})")
+                          f"messages[{a}] ({m.role}): the template {how} (content starts {m.content[:30]!r})")
         return seg_s[:i]
 
     # -- public --------------------------------------------------------------
@@ -532,7 +573,9 @@ class Reconstructor:
         return plans, []
 
     def _plan(self, messages, tools, finish_reason):
-        msgs = normalize_messages(messages, self.cfg.reasoning)
+        if self.cfg.system_prompt == "merge_into_first_user":
+            messages = merge_system_into_first_user(messages)
+        msgs = normalize_messages(messages, self.cfg.reasoning, self.tool_shape)
         tools = _plain_tools(tools)
         if self._special_re is not None and self.cfg.special_tokens_in_content == "reject":
             self._check_special(msgs, tools)
@@ -560,7 +603,7 @@ class Reconstructor:
 
     def _check_special(self, msgs: list[_Msg], tools) -> None:
         for i, m in enumerate(msgs):
-            texts = [m.content, m.reasoning]
+            texts = [without_thinking_tags(m.content) if m.role == "assistant" else m.content, m.reasoning]
             texts += [json.dumps(tc["function"], ensure_ascii=False) for tc in m.data.get("tool_calls", [])]
             for t in texts:
                 hit = t and self._special_re.search(t)
@@ -601,7 +644,14 @@ class Reconstructor:
                 if prompts[t] is None:
                     todo.append(t)
             todo.extend(p.texts[1:])
-        encs = iter(self.backend.encode_batch_fast(todo, add_special_tokens=False) if todo else [])
+        if self._continuation is not None:  # trained turns without the dummy prefix (segment_tokenize.py)
+            firsts = [t for t, ids in prompts.items() if ids is None]
+            for t, e in zip(firsts, self.backend.encode_batch_fast(firsts, add_special_tokens=False)):
+                prompts[t] = e.ids
+            rest = [(t, f) for p in pending for t, f in zip(p.texts[1:], p.trained[1:])]
+            encs = iter(self._prefix_rule.encode_after_prompt(self.backend, rest))
+        else:
+            encs = iter(self.backend.encode_batch_fast(todo, add_special_tokens=False) if todo else [])
         out = []
         for p in pending:
             prompt = prompts[p.texts[0]]
@@ -639,20 +689,24 @@ class Reconstructor:
         for n in todo:
             ids = seg_ids[n]
             seqs.append(list(itertools.chain.from_iterable(ids)))
-            seqs.append([i for x, f in zip(ids, pending[n].trained) if f for i in x])
+            seqs.append(self._anchor + [i for x, f in zip(ids, pending[n].trained) if f for i in x])
         decoded = self.backend.decode_batch(seqs, skip_special_tokens=False) if seqs else []
+        rule = self._prefix_rule if self._continuation is not None else None
         for j, n in enumerate(todo):
             try:
-                self._self_check(pending[n], decoded[2 * j], decoded[2 * j + 1])
+                self._self_check(pending[n], decoded[2 * j], decoded[2 * j + 1], rule, self.eot)
             except _Reject as r:
                 out[n] = r
         return out
 
     @staticmethod
-    def _self_check(p: "_Pending", got_all: str, got_masked: str) -> None:
-        """The tokens must say exactly what the template rendered."""
-        full = "".join(p.texts)
-        masked = "".join(x for x, f in zip(p.texts, p.trained) if f)
+    def _self_check(p: "_Pending", got_all: str, got_masked: str, rule: PrefixSpaceRule | None = None,
+                    anchor: str = "") -> None:
+        """The tokens must say exactly what the template rendered (with a dummy-prefix
+        rule: the prompt as the rule says its tokens decode, the trained tokens decoded
+        after the end-of-turn token as an anchor; orchestrator/segment_tokenize.py)."""
+        full = "".join(p.texts) if rule is None else rule.expected_text(p.texts, p.trained)
+        masked = (anchor if rule is not None else "") + "".join(x for x, f in zip(p.texts, p.trained) if f)
         if got_all == full and got_masked == masked:
             return
         bad, ref = (got_all, full) if got_all != full else (got_masked, masked)

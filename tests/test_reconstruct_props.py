@@ -179,3 +179,114 @@ def test_random_history_rewrites_split_into_exact_per_turn_samples(msgs):
         want = "<think>\n" + m["reasoning_content"].strip("\n") + "\n</think>\n\n" + m["content"] + IM
         assert masked_text(tok, s) == want and full_text(tok, s) + "\n" == render(tok, msgs[: a + 1])
     assert r.stats["split"] == (len(assistants) > 1)
+
+
+# -- the same invariants on a real SentencePiece tokenizer (Mistral v0.1, dummy prefix) --
+
+
+_SP: list = []
+
+
+def _sp_tokenizer_and_recon():
+    """Built once for all examples (a Reconstructor reads the tokenizer's rules when made)."""
+    from support import tokenizer_builds
+
+    if not _SP:
+        try:
+            tok = tokenizer_builds.load("mistral_sp", "mistral_v0_1")
+        except Exception as e:  # noqa: BLE001
+            pytest.skip(f"SentencePiece test tokenizer unavailable: {e}")
+        _SP.extend([tok, recon(tok=tok)])
+    return _SP
+
+
+_sp_text = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from([" ", "\n", "\t"]),
+                   max_size=24).filter(lambda s: "</s>" not in s and "<s>" not in s and "<unk>" not in s)
+
+
+@st.composite
+def sp_conversations(draw):
+    msgs = []
+    for _ in range(draw(st.integers(1, 4))):
+        msgs.append({"role": "user", "content": draw(_sp_text)})
+        msgs.append({"role": "assistant", "content": draw(_sp_text.filter(bool))})
+    return msgs
+
+
+@SETTINGS
+@given(msgs=sp_conversations())
+def test_random_conversations_sentencepiece(msgs):
+    tok, r = _sp_tokenizer_and_recon()
+    samples, rejections = r.build(msgs, None, sample_id="h")
+    assert rejections == [] and len(samples) == 1
+    s = samples[0]
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    tmpl = env.from_string(tok.chat_template)
+    full = tmpl.render(messages=msgs, **tok.special_tokens_map)
+    prompt = tmpl.render(messages=msgs[:1], add_generation_prompt=True, **tok.special_tokens_map)
+    assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False)
+    assert full.startswith(prompt)
+    # up to each later turn, the sample is the tokenizer's own tokenisation of that turn's
+    # prompt (what the student sees then), dummy prefixes after special tokens included
+    starts = [i for i, m in enumerate(s.completion_mask) if m and (i == 0 or not s.completion_mask[i - 1])]
+    turns = [k for k, m in enumerate(msgs) if m["role"] == "assistant"]
+    for k, start in zip(turns[1:], starts[1:]):
+        prompt_k = tmpl.render(messages=msgs[:k], add_generation_prompt=True, **tok.special_tokens_map)
+        assert s.prompt_ids + s.completion_ids[:start] == tok.encode(prompt_k, add_special_tokens=False)
+    eos = tok.convert_tokens_to_ids("</s>")
+    # after an anchor token the trained tokens decode to " " + content + "</s>" per turn
+    # (the template's space before the content), with no dummy prefix added
+    trained = [i for i, m in zip(s.completion_ids, s.completion_mask) if m]
+    assert decode(tok, [eos] + trained) == "</s>" + "".join(" " + m["content"] + "</s>" for m in msgs
+                                                             if m["role"] == "assistant")
+
+
+# -- a second real BPE tokenizer: Qwen's, with Qwen2.5's template (default system prompt) --
+
+_QWEN: list = []
+
+
+def _qwen_tokenizer_and_recon():
+    from support import tokenizer_builds
+
+    if not _QWEN:
+        try:
+            tok = tokenizer_builds.load("qwen", "qwen2_5")
+        except Exception as e:  # noqa: BLE001
+            pytest.skip(f"Qwen test tokenizer unavailable: {e}")
+        _QWEN.extend([tok, recon(tok=tok)])
+    return _QWEN
+
+
+# Qwen's tokenizer normalises to NFC, so only NFC text survives it (other text is rejected
+# as roundtrip_mismatch, tested elsewhere); no special-token text.
+_qwen_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=24).filter(
+    lambda s: __import__("unicodedata").is_normalized("NFC", s) and "<|" not in s and "<tool" not in s
+    and "<think>" not in s and "</t" not in s)
+
+
+@st.composite
+def qwen_conversations(draw):
+    msgs = [{"role": "system", "content": draw(_lead) + draw(_qwen_text)}] if draw(st.booleans()) else []
+    for _ in range(draw(st.integers(1, 4))):
+        msgs.append({"role": "user", "content": draw(_lead) + draw(_qwen_text)})
+        msgs.append({"role": "assistant", "content": draw(st.builds(lambda a, b: a + b, _lead, _qwen_text)
+                                                          .filter(bool))})
+    return msgs
+
+
+@SETTINGS
+@given(msgs=qwen_conversations())
+def test_random_conversations_qwen(msgs):
+    tok, r = _qwen_tokenizer_and_recon()
+    samples, rejections = r.build(msgs, None, sample_id="h")
+    assert rejections == [] and len(samples) == 1
+    s = samples[0]
+    rendered = render(tok, msgs)
+    assert rendered.endswith(IM + "\n")
+    assert full_text(tok, s) == rendered[:-1]
+    prompt = render(tok, msgs[:1 + (msgs[0]["role"] == "system")], add_generation_prompt=True)
+    assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False)
+    assert masked_text(tok, s) == "".join(m["content"] + IM for m in msgs if m["role"] == "assistant")

@@ -1,0 +1,81 @@
+"""Trained turns for templates whose generation prompt opens the reasoning block.
+
+DeepSeek-R1-Distill's generation prompt ends "<｜Assistant｜><think>\\n", while its
+render of a finished assistant turn is "<｜Assistant｜>" + the answer (reasoning
+dropped) + "<｜end▁of▁sentence｜>". The prompt is not a prefix of the turn's render,
+so the usual cut (turn = F_k[len(P_k):]) does not exist. What the student emits after
+that prompt is the rest of the thinking block, the closing tag, the answer and the end
+token; `opened_turn` builds that text and proves it from the template's own renders:
+
+1. With a sentinel as the content, the template renders the turn as
+   `prefix + sentinel + eot + tail`: a history turn is the header `prefix`, the content
+   verbatim, the end token.
+2. The generation prompt is `prefix + O` with O non-empty (O = "<think>\\n"): the same
+   header, then the opening the student continues from.
+3. The complete turn content C = O + reasoning + "\\n</think>\\n\\n" + answer (the
+   `think_tags` layout; reasoning from reasoning_content/reasoning, "" when absent or
+   with reasoning = "drop", or the teacher's own "<think>...</think>" inside content)
+   starts with O, and the template renders a turn whose content is C as
+   `prefix + C + eot + tail`, or as `prefix + (C after its "</think>") + eot + tail`
+   (it drops the reasoning at exactly our closing tag: the tag is the template's).
+
+From 1-3: prompt + T, with T = C[len(O):] + eot, is `prefix + C + eot`: the render of
+a turn with content C, the answer verbatim after the template's own closing tag. Any
+check failing raises ValueError with what differs (a template_mismatch rejection).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+SENTINEL = "\u2063Zq7xOPENx7qZ\u2063"
+OPEN, CLOSE = "<think>", "</think>"
+
+
+def complete_content(opening: str, content: str, reasoning: str) -> str:
+    """C: the whole turn content as the student writes it after `opening`."""
+    if CLOSE in content:  # the teacher's own thinking block, inside content
+        return content if content.startswith(OPEN) else opening + content
+    return f"{OPEN}\n{reasoning}\n{CLOSE}\n\n{content}"
+
+
+def opened_turn(render: Callable[[str], str], prompt: str, content: str, reasoning: str,
+                eot: str, tail: str) -> str:
+    """T, the trained text after `prompt` (ending with `eot`); see the module docstring.
+    `render(c)` renders the history through this turn with content c."""
+    end = eot + tail
+    probe = render(SENTINEL)
+    i = probe.find(SENTINEL)
+    if i < 0 or probe[i + len(SENTINEL):] != end:
+        raise ValueError(f"the template does not render an assistant turn as header + content + {eot!r}")
+    prefix = probe[:i]
+    if prompt == prefix and reasoning:
+        raise ValueError(f"the generation prompt (ends {prompt[-30:]!r}) already closes the thinking block "
+                         "(e.g. Qwen3 with enable_thinking=false), but the turn has reasoning, which the template "
+                         "renders before that point. Fix: set reasoning = \"drop\", or enable thinking")
+    if not prompt.startswith(prefix) or len(prompt) == len(prefix):
+        n = next((k for k, (x, y) in enumerate(zip(prompt, prefix)) if x != y), min(len(prompt), len(prefix)))
+        raise ValueError(f"the generation prompt is neither a prefix of the turn's render nor the turn's header "
+                         f"followed by an opening: after {prompt[max(0, n - 30):n]!r} the prompt has "
+                         f"{prompt[n:n + 30]!r} where the turn's render has {prefix[n:n + 30]!r}")
+    opening = prompt[len(prefix):]
+    c = complete_content(opening, content, reasoning)
+    if not c.startswith(opening):
+        raise ValueError(f"the generation prompt opens the turn with {opening!r}, which the turn "
+                         f"(starts {c[:30]!r}) does not start with")
+    full = render(c)
+    cut = c.rfind(CLOSE)
+    if full != prefix + c + end and (cut < 0 or full != prefix + c[cut + len(CLOSE):] + end):
+        raise ValueError(f"the template renders the complete turn (opening {opening!r}, reasoning, {CLOSE!r}, "
+                         "answer) neither verbatim nor with the reasoning dropped at its closing tag")
+    return c[len(opening):] + eot
+
+
+def without_thinking_tags(content: str) -> str:
+    """Content less the tags of a leading thinking block ("<think>" at the start, the first
+    "</think>"), for the special-token check: those tags are where a reasoning student
+    emits them (as special tokens, in tokenizers that have them), not forged structure."""
+    if CLOSE not in content:
+        return content
+    head, tail = content.split(CLOSE, 1)
+    return (head[len(OPEN):] if head.startswith(OPEN) else head) + tail

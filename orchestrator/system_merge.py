@@ -1,0 +1,52 @@
+"""Opt-in policy `system_prompt = "merge_into_first_user"`.
+
+Some chat templates cannot express a system message: Gemma 2 raises "System role not
+supported". With this policy a leading system message is folded into the first user
+message (system text, a blank line, the user text) before the template sees the
+conversation - what Gemma's own documentation recommends. The student is then trained
+on prompts without a system turn; that is a choice about the data, so it is opt-in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SEPARATOR = "\n\n"
+
+
+def merge_system_into_first_user(messages: Any) -> Any:
+    """A copy of `messages` with messages[0] (role system, string content) merged into
+    the first user message; anything else is returned unchanged (the message checks
+    then report malformed input as usual)."""
+    if not isinstance(messages, list) or len(messages) < 2:
+        return messages
+    first = messages[0]
+    if not (isinstance(first, dict) and first.get("role") == "system" and isinstance(first.get("content"), str)):
+        return messages
+    for i, m in enumerate(messages[1:], 1):
+        if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str):
+            merged = dict(m, content=first["content"] + SEPARATOR + m["content"])
+            return messages[1:i] + [merged] + messages[i + 1:]
+    return messages
+
+
+def hint_for_template_error(error: str, messages: Any, policy: str) -> str:
+    """A fix to append to a template_error detail when the template refused a system message."""
+    has_system = isinstance(messages, list) and any(isinstance(m, dict) and m.get("role") == "system"
+                                                    for m in messages)
+    if policy == "keep" and has_system and "system" in error.lower():
+        return (" (the template does not accept this system message. Fix: set system_prompt = "
+                "\"merge_into_first_user\" in [orchestrator.reconstruction] to fold it into the first user turn)")
+    return ""
+
+
+def hint_for_mismatch(base: str, full: str, data: list[dict], policy: str) -> str:
+    """A reason and fix for a generation prompt that is not a prefix of the turn's render
+    because the system message moved: in the prompt, absent from the turn's render
+    (Mistral-Nemo's template puts it only into the last user message)."""
+    system = next((m.get("content") for m in data if m.get("role") == "system"), None)
+    if policy == "keep" and isinstance(system, str) and system and system in base and system not in full:
+        return (" (the template renders the system message only with the last user message, as Mistral-Nemo's does: "
+                "it is in the generation prompt but not in the turn's render. Fix: set system_prompt = "
+                "\"merge_into_first_user\" in [orchestrator.reconstruction])")
+    return ""

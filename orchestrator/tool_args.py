@@ -1,0 +1,75 @@
+"""Tool-call arguments in the shape the student's chat template expects.
+
+Chat templates disagree on `function.arguments`: some serialise a dict
+(`arguments | tojson`: Qwen, Llama 3), others paste the JSON string the API returned
+(`'```json\\n' + arguments + '\\n```'`: DeepSeek V3/R1 and their distills). Some also
+render tool calls only when the turn's content is null (`message['content'] is none`:
+DeepSeek). `probe_tool_call_shape` finds out once per template, by rendering a probe
+conversation in each shape; reconstruction then passes every tool call in that shape.
+Arguments are always checked to be a JSON object first, whatever the shape.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+_NAME = "zq_probe_tool"
+_KEY = "zq_probe_key"
+_VALUE = "zq probe value"
+
+
+@dataclass(frozen=True)
+class ToolCallShape:
+    """How tool calls are passed to this template."""
+
+    arguments_as_string: bool = False  # the JSON text instead of a dict
+    null_content: bool = False  # content None (not "") on a tool-call turn with no content
+    probed: bool = False  # whether some shape rendered the probe call
+
+    def describe(self) -> str:
+        if not self.probed:
+            return "the template renders no tool call in any shape"
+        return (f"arguments as a JSON {'string' if self.arguments_as_string else 'object'}, "
+                f"empty content as {'null' if self.null_content else 'an empty string'}")
+
+
+def probe_tool_call_shape(render: Callable[[list[dict]], str]) -> ToolCallShape:
+    """The first shape in which `render(messages)` shows the probe call's name and its
+    argument as JSON (dict and "" first: today's shape, which most templates take)."""
+    args = {_KEY: _VALUE}
+    for as_string in (False, True):
+        for null in (False, True):
+            call = {"type": "function", "id": "zqprobe01",  # 9 characters: Mistral templates insist
+                    "function": {"name": _NAME, "arguments": json.dumps(args) if as_string else args}}
+            msgs = [{"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": None if null else "", "tool_calls": [call]}]
+            try:
+                text = render(msgs)
+            except Exception:  # noqa: BLE001 - this shape makes the template raise: try the next
+                continue
+            # JSON, not a Python repr of a dict pasted as text ({'k': 'v'})
+            if _NAME in text and f'"{_KEY}"' in text and f'"{_VALUE}"' in text:
+                return ToolCallShape(as_string, null, True)
+    return ToolCallShape()
+
+
+def parse_arguments(raw: Any, where: str) -> tuple[dict | None, str | None]:
+    """(arguments as a dict, the JSON text to paste), or (None, why not) when they are
+    not a JSON object. A string is kept verbatim as the text (what the API returned)."""
+    if isinstance(raw, str):
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError as e:
+            return None, f"{where} arguments are not valid JSON ({e.msg} at char {e.pos})"
+        text = raw
+    else:
+        try:  # the template sees plain JSON data only
+            text = json.dumps(raw, ensure_ascii=False)
+            parsed = json.loads(text)
+        except (TypeError, ValueError) as e:
+            return None, f"{where} arguments are not JSON data ({e})"
+    if not isinstance(parsed, dict):
+        return None, f"{where} arguments are a JSON {type(parsed).__name__}, expected an object"
+    return parsed, text
