@@ -195,7 +195,7 @@ def _sp_tokenizer_and_recon():
         try:
             tok = tokenizer_builds.load("mistral_sp", "mistral_v0_1")
         except Exception as e:  # noqa: BLE001
-            pytest.skip(f"SentencePiece test tokenizer unavailable: {e}")
+            tokenizer_builds.unavailable("SentencePiece test tokenizer", e)
         _SP.extend([tok, recon(tok=tok)])
     return _SP
 
@@ -255,7 +255,7 @@ def _qwen_tokenizer_and_recon():
         try:
             tok = tokenizer_builds.load("qwen", "qwen2_5")
         except Exception as e:  # noqa: BLE001
-            pytest.skip(f"Qwen test tokenizer unavailable: {e}")
+            tokenizer_builds.unavailable("Qwen test tokenizer", e)
         _QWEN.extend([tok, recon(tok=tok)])
     return _QWEN
 
