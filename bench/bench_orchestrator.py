@@ -46,7 +46,7 @@ def start_server() -> tuple[subprocess.Popen, str]:
 
 def make_cfg(base_url: str, model: str, prompts: Path, n: int, concurrency: int, max_tokens: int | None,
              out: Path, workers: int = 0):
-    from distill.config import load_config
+    from distill.core.config import load_config
 
     sampling = {"n": n}
     if max_tokens:
@@ -183,7 +183,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from orchestrator.reconstruct import Reconstructor
-    from orchestrator.student import load_tokenizer, tokenizer_only_dir
+    from distill.core.student import load_tokenizer, tokenizer_only_dir
 
     tok = load_tokenizer(tokenizer_only_dir())
 

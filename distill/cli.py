@@ -88,7 +88,7 @@ def _load(argv: list[str], flags: dict[str, bool]) -> tuple[RunConfig, dict, lis
 def _prepare_run_dir(cfg: RunConfig) -> Path:
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    from orchestrator.contract import atomic_write_text
+    from distill.core.contract import atomic_write_text
 
     atomic_write_text(run_dir / "config.toml", to_toml(redacted_dict(cfg)))
     return run_dir
@@ -96,7 +96,7 @@ def _prepare_run_dir(cfg: RunConfig) -> Path:
 
 def _reconstructor(cfg: RunConfig):
     from orchestrator.reconstruct import Reconstructor
-    from orchestrator.student import load_tokenizer, resolve_student
+    from distill.core.student import load_tokenizer, resolve_student
 
     tok_path = cfg.student.tokenizer or resolve_student(cfg.student.path, with_model=False)
     tok = load_tokenizer(tok_path)
@@ -157,7 +157,7 @@ def cmd_run(argv: list[str]) -> int:
         return 0
     preflight(cfg, "run", no_resume=bool(flags.get("--no-resume")))
     run_dir = _prepare_run_dir(cfg)
-    from orchestrator.student import resolve_student
+    from distill.core.student import resolve_student
 
     resolve_student(cfg.student.path)  # convert the builtin student once, before threads start
     # transformers' lazy imports are not thread-safe: import what both sides use here,
@@ -293,7 +293,7 @@ def cmd_tokenize(argv: list[str]) -> int:
 
 
 def _find_samples(path: Path) -> list:
-    from orchestrator.contract import iter_samples, read_shard
+    from distill.core.contract import iter_samples, read_shard
 
     if path.is_file():
         return read_shard(path)
@@ -312,7 +312,7 @@ def cmd_inspect(argv: list[str]) -> int:
     p.add_argument("--no-color", action="store_true")
     a = p.parse_args(argv)
     from orchestrator.inspect import render_html, render_terminal
-    from orchestrator.student import load_tokenizer, resolve_student
+    from distill.core.student import load_tokenizer, resolve_student
 
     path = Path(a.path)
     samples = _find_samples(path)
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] in COMMAND_HELP and ("-h" in argv[1:] or "--help" in argv[1:]):
         print(command_help(argv[0]), end="")
         return 0
-    from distill.verbosity import quiet_third_party
+    from distill.core.verbosity import quiet_third_party
 
     quiet_third_party()  # third-party progress bars / logging off unless DISTILL_VERBOSE=1
     try:

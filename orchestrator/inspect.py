@@ -8,7 +8,7 @@ wrapped in [[ ]] when colour is off. Newlines and tabs are shown as visible mark
 from __future__ import annotations
 
 import html
-from orchestrator.contract import Sample
+from distill.core.contract import Sample
 
 # ANSI background colours: prompt (grey), untrained context (blue), trained (green);
 # two shades each so that neighbouring tokens can be told apart.

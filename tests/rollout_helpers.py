@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.config import load_config
-from orchestrator.contract import iter_samples
+from distill.core.config import load_config
+from distill.core.contract import iter_samples
 
 FAST_RETRY = {"max_attempts": 40, "initial_backoff": 0.001, "max_backoff": 0.01}
 

@@ -70,7 +70,7 @@ def test_inspect_and_html(tmp_path, smol_tokenizer_dir):
     tok_out = tmp_path / "tok.jsonl"
     assert distill("tokenize", "--tokenizer", smol_tokenizer_dir, src, "-o", tok_out).returncode == 0
     # make a samples dir through the contract writer
-    from orchestrator.contract import Sample, ShardWriter
+    from distill.core.contract import Sample, ShardWriter
 
     row = json.loads(tok_out.read_text().splitlines()[0])
     w = ShardWriter(tmp_path / "samples")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import (
+from distill.core.config import (
     ConfigError,
     RunConfig,
     api_key,
@@ -254,7 +254,7 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path):
 
 
 def test_config_module_imports_no_torch():
-    code = "import sys, distill.config, orchestrator.contract; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = "import sys, distill.core.config, distill.core.contract; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "False False", out.stderr
 
@@ -306,7 +306,7 @@ extra_body = {min_tokens = 3, skip_special_tokens = false, provider = {api_key =
 
 
 def test_secret_key_rule_is_by_whole_parts():
-    from orchestrator.redact import is_secret_key
+    from distill.core.redact import is_secret_key
     for k in ("api_key", "apikey", "api-key", "API_KEY", "apiKey", "Authorization", "client_secret", "password",
               "Cookie", "token", "access_token", "x-auth-token", "bearer", "Ocp-Apim-Subscription-Key"):
         assert is_secret_key(k), k
@@ -317,7 +317,7 @@ def test_secret_key_rule_is_by_whole_parts():
 
 
 def test_values_that_look_like_keys_are_redacted_under_any_key():
-    from orchestrator.redact import looks_like_secret
+    from distill.core.redact import looks_like_secret
 
     for v in ("sk-proj-Abc123DEF456ghi789", "Bearer abcdefgh12345678", "hf_abcdefghijklmnopqrstuv",
               "AKIAIOSFODNN7EXAMPLE", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig", "xGXcVhdMsywEAFT42CtSOAsuU4m43TA6",
@@ -344,7 +344,7 @@ def test_api_key_var_must_be_a_variable_name_and_is_never_echoed(value):
 
 
 def test_unknown_keys_suggest_the_nearest_key_path(tmp_path):
-    from distill.keypaths import key_paths, nearest_key
+    from distill.core.config.keypaths import key_paths, nearest_key
 
     paths = key_paths(RunConfig)
     assert "trainer.optim.lr" in paths and "orchestrator.rollout_model.api_key_var" in paths

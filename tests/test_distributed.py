@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill.config import load_config
+from distill.core.config import load_config
 from test_trainer_helpers import make_samples, write_samples
 from trainer.train import train
 

@@ -8,7 +8,7 @@ import io
 import pytest
 
 from orchestrator.lines import content_problem, depth_exceeds, json_type, parse_line, read_lines
-from orchestrator.redact import MAX_DEPTH, redact
+from distill.core.redact import MAX_DEPTH, redact
 
 
 def test_read_lines_cuts_lines_over_the_limit_and_goes_on_after_them():

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from distill.config import load_config
+from distill.core.config import load_config
 from orchestrator.preflight import PreflightError, preflight
 from orchestrator.testserver import FaultServer
 

@@ -12,9 +12,9 @@ import json
 import pytest
 from test_reconstruct_helpers import decode, full_text, masked_text, recon, render, runs, tokenizer_with
 
-from orchestrator.contract import Rejection
+from distill.core.contract import Rejection
 from orchestrator.reconstruct import REJECTION_REASONS, Reconstructor, tokenize_file
-from distill.config import Reconstruction
+from distill.core.config import Reconstruction
 
 SMOL_SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
 IM = "<|im_end|>"
@@ -346,7 +346,7 @@ def test_text_parts_are_joined(smol_tokenizer):
 
 
 def _inline(template: str):
-    from orchestrator.student import load_tokenizer, tokenizer_only_dir
+    from distill.core.student import load_tokenizer, tokenizer_only_dir
 
     tok = load_tokenizer(tokenizer_only_dir())
     tok.chat_template = template

@@ -323,7 +323,7 @@ def test_llama3_1_trims_content():
 def gemma2_recon(**policy):
     """Gemma 2's real template; its tokenizer is not shipped by any package used here, so the
     stand-in is SmolLM2's with Gemma's turn tokens added as special tokens."""
-    from orchestrator.student import load_tokenizer, tokenizer_only_dir
+    from distill.core.student import load_tokenizer, tokenizer_only_dir
 
     tok = load_tokenizer(tokenizer_only_dir())
     tok.chat_template = (Path(__file__).parent / "templates" / "gemma2.jinja").read_text(encoding="utf-8")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from distill.config import Reconstruction
+from distill.core.config import Reconstruction
 
 TEMPLATES = Path(__file__).parent / "templates"
 LLAMA3_SPECIALS = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
@@ -22,7 +22,7 @@ def tokenizer_with(template: str | None):
     None keeps SmolLM2's own template. "llama3_headers" also gets Llama-3's header
     and end-of-turn tokens added as special tokens (and <|begin_of_text|> as BOS).
     """
-    from orchestrator.student import load_tokenizer, tokenizer_only_dir
+    from distill.core.student import load_tokenizer, tokenizer_only_dir
 
     tok = load_tokenizer(tokenizer_only_dir())
     if template is not None:

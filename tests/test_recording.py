@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import load_config
-from orchestrator.contract import iter_samples, is_done
+from distill.core.config import load_config
+from distill.core.contract import iter_samples, is_done
 from orchestrator.reconstruct import Reconstructor
 from orchestrator.recording import RecordingError, RecordingWriter, load_recording, make_record, redact
 from orchestrator.scheduler import rollout
@@ -109,10 +109,10 @@ def test_redact_secret_looking_keys():
 
 DRIVER = textwrap.dedent("""
     import sys
-    from distill.config import load_config
+    from distill.core.config import load_config
     from orchestrator.reconstruct import Reconstructor
     from orchestrator.scheduler import rollout
-    from orchestrator.student import load_tokenizer, tokenizer_only_dir
+    from distill.core.student import load_tokenizer, tokenizer_only_dir
     cfg = load_config(sys.argv[1])
     rec = Reconstructor(load_tokenizer(tokenizer_only_dir()), cfg.orchestrator.reconstruction)
     print("READY", flush=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from helpers import read_jsonl
 
-from distill.config import ConfigError, load_config
-from orchestrator.contract import DONE_FILE, is_done, iter_samples, list_shards
+from distill.core.config import ConfigError, load_config
+from distill.core.contract import DONE_FILE, is_done, iter_samples, list_shards
 from orchestrator.reconstruct import Reconstructor
 from orchestrator.replay import ReplayError, iter_conversations, replay, resolve_inputs
 
@@ -63,7 +63,7 @@ def trained_text(tok, s) -> str:
 def llama3_tokenizer(tmp_path_factory, smol_tokenizer_dir):
     """A second, different student tokenizer: SmolLM2's vocabulary plus Llama-3-style header
     tokens, and a Llama-3-style chat template (no default system prompt)."""
-    from orchestrator.student import load_tokenizer
+    from distill.core.student import load_tokenizer
 
     d = tmp_path_factory.mktemp("llama3-style-tokenizer")
     tok = load_tokenizer(smol_tokenizer_dir)
@@ -84,7 +84,7 @@ TOOLS_TEMPLATE = (
 
 @pytest.fixture(scope="module")
 def tools_tokenizer(tmp_path_factory, smol_tokenizer_dir):
-    from orchestrator.student import load_tokenizer
+    from distill.core.student import load_tokenizer
 
     d = tmp_path_factory.mktemp("chatml-tools-tokenizer")
     tok = load_tokenizer(smol_tokenizer_dir)
@@ -507,7 +507,7 @@ def test_replay_and_training_need_no_network(tmp_path, tiny_student_dir, no_netw
     """Tokenizer loading, replay and a few training steps on the replayed samples, with every
     way to open a socket disabled."""
     attempts = no_network
-    from orchestrator.student import load_tokenizer
+    from distill.core.student import load_tokenizer
     from trainer.train import train
 
     tok = load_tokenizer(tiny_student_dir)
@@ -539,7 +539,7 @@ def test_max_ahead_waits_for_the_trainer(tmp_path, smol_tokenizer):
     """With max_ahead (what `distill run` passes), replay stays at most that far ahead of CONSUMED."""
     import threading
 
-    from orchestrator.contract import write_consumed
+    from distill.core.contract import write_consumed
 
     cfg = make_cfg(tmp_path)  # 4 samples per shard, 19 samples
     result: dict = {}

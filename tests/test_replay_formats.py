@@ -11,8 +11,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distill.config import load_config
-from orchestrator.contract import iter_samples
+from distill.core.config import load_config
+from distill.core.contract import iter_samples
 from orchestrator.reconstruct import Reconstructor
 from orchestrator.replay import replay
 

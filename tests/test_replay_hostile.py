@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from helpers import read_jsonl
 
-from distill.config import load_config
-from orchestrator.contract import is_done, iter_samples
+from distill.core.config import load_config
+from distill.core.contract import is_done, iter_samples
 from orchestrator.reconstruct import Reconstructor
 from orchestrator.replay import ReplayError, iter_jsonl, replay
 

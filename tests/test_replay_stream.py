@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import load_config
-from orchestrator.contract import iter_samples
+from distill.core.config import load_config
+from distill.core.contract import iter_samples
 from orchestrator.reconstruct import Reconstructor
 from orchestrator.replay import replay
 

@@ -9,8 +9,8 @@ import pytest
 from helpers import read_jsonl
 from rollout_helpers import make_cfg, sample_ids
 
-from distill.config import load_config
-from orchestrator.contract import iter_samples
+from distill.core.config import load_config
+from distill.core.contract import iter_samples
 from orchestrator.recording import load_recording
 from orchestrator.replay import replay
 from orchestrator.request_hash import base_sampling, request_hash

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import read_jsonl
 
-from orchestrator.contract import iter_samples
+from distill.core.contract import iter_samples
 from orchestrator.testserver import Faults, FaultServer, write_prompts
 
 ROOT = Path(__file__).resolve().parents[1]

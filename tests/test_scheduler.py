@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from helpers import read_jsonl
 
-from distill.config import load_config
-from orchestrator.contract import iter_samples, is_done, write_consumed
+from distill.core.config import load_config
+from distill.core.contract import iter_samples, is_done, write_consumed
 from orchestrator.reconstruct import Reconstructor
 from orchestrator.scheduler import RolloutError, rollout, run_rollouts
 from orchestrator.testserver import FaultServer, Faults, write_prompts
@@ -381,7 +381,7 @@ def test_an_error_while_scheduling_keeps_answers_in_flight(tmp_path, recon_for, 
 
 
 def test_missing_key_env_var_leaves_a_finished_run_untouched(tmp_path, recon_for, monkeypatch):
-    from distill.config import ConfigError
+    from distill.core.config import ConfigError
     write_prompts(tmp_path / "p.jsonl", 3)
     run_dir = tmp_path / "run"
     with FaultServer() as s:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from distill.config import Source
+from distill.core.config import Source
 from orchestrator.prompts import PromptSourceError, count_prompts, load_prompts
 from orchestrator.rewards import extract_final_answer, load_reward_fn
 

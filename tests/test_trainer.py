@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.config import load_config
-from orchestrator import contract
+from distill.core.config import load_config
+from distill.core import contract
 from test_trainer_helpers import make_samples, write_samples
 from trainer import checkpoint
 from trainer.dist import DistContext
@@ -293,6 +293,6 @@ def test_time_based_checkpoints_survive_a_kill_and_resume_exactly(tmp_path, tiny
 
 
 def checkpoint_defaults():
-    from distill.config import Checkpoint
+    from distill.core.config import Checkpoint
 
     return Checkpoint()

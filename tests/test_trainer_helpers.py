@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.contract import Sample, ShardWriter
+from distill.core.contract import Sample, ShardWriter
 
 QUESTIONS = [
     "What is {a} plus {b}?",

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from distill.verbosity import bar_position, quiet_gguf_conversion
+from distill.core.verbosity import bar_position, quiet_gguf_conversion
 from orchestrator.testserver import FaultServer, Faults, write_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 
 LOAD = """
 import sys
-from distill.verbosity import quiet_third_party
+from distill.core.verbosity import quiet_third_party
 quiet_third_party()  # what the CLI does first
 from transformers import LlamaConfig, LlamaForCausalLM, AutoModelForCausalLM
 m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
@@ -67,7 +67,7 @@ def test_bars_of_distill_run_have_their_own_rows():
 BARS = """
 import sys, threading, time
 from tqdm import tqdm
-from distill.verbosity import bar_position, close_bar
+from distill.core.verbosity import bar_position, close_bar
 teacher_first = sys.argv[1] == "teacher_first"
 stop = threading.Event()
 def teacher():

@@ -25,9 +25,9 @@ from typing import Callable, Iterator
 
 import torch
 
-from distill.config import RunConfig, Trainer, redacted_dict, to_toml
-from distill.verbosity import bar_position
-from orchestrator import contract
+from distill.core.config import RunConfig, Trainer, redacted_dict, to_toml
+from distill.core.verbosity import bar_position
+from distill.core import contract
 from trainer import checkpoint as ckpt_io
 from trainer import dist
 from trainer.data import empty_micro_batch, make_micro_batches
@@ -267,7 +267,7 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
 
     Returns {"steps", "samples_seen", "final_loss", "eval_loss", "checkpoint", "metrics", "resumed_from"}.
     """
-    from orchestrator.student import load_tokenizer, resolve_student
+    from distill.core.student import load_tokenizer, resolve_student
 
     t = cfg.trainer
     run_dir = Path(run_dir)

@@ -16,7 +16,7 @@ A string VALUE is redacted too, whatever its key, when it looks like a credentia
 (`looks_like_secret`): a known key prefix (sk-..., Bearer ..., ghp_..., hf_..., AKIA...,
 a JWT) or a long random token (a run of 20+ letters and digits, mixed case or hex).
 
-Stdlib only (imported by distill.config, which must not import torch).
+Stdlib only (imported by distill.core.config, which must not import torch).
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def _ensure_builtin(with_model: bool) -> Path:
             from transformers import AutoModelForCausalLM
 
             print(f"converting {gguf.name} to an HF folder at {target} (once)...", flush=True)
-            from distill.verbosity import quiet_gguf_conversion
+            from distill.core.verbosity import quiet_gguf_conversion
 
             with quiet_gguf_conversion():  # its bar is plain tqdm; shown with DISTILL_VERBOSE=1
                 model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

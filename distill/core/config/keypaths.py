@@ -1,7 +1,7 @@
 """Config key paths for error messages: every valid path, the nearest one to a misspelt
 key, and where a value came from (TOML file, environment variable, command line).
 
-Stdlib + pydantic only (imported by distill.config, which must not import torch).
+Stdlib + pydantic only (imported by distill.core.config, which must not import torch).
 """
 
 from __future__ import annotations
