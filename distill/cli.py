@@ -311,7 +311,7 @@ def cmd_inspect(argv: list[str]) -> int:
     p.add_argument("--html", help="also write an HTML page of all samples here")
     p.add_argument("--no-color", action="store_true")
     a = p.parse_args(argv)
-    from orchestrator.inspect import render_html, render_terminal
+    from orchestrator.sample_view import render_html, render_terminal
     from distill.core.student import load_tokenizer, resolve_student
 
     path = Path(a.path)

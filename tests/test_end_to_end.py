@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import read_jsonl
+from support.helpers import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import read_jsonl
+from support.helpers import read_jsonl
 
 from distill.core.config import ConfigError, load_config
 from distill.core.contract import DONE_FILE, is_done, iter_samples, list_shards
 from orchestrator.reconstruct import Reconstructor
 from orchestrator.replay import ReplayError, iter_conversations, replay, resolve_inputs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "examples" / "data"
 RECORDING = DATA / "recording.jsonl"
 

@@ -15,7 +15,7 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_reconstruct_helpers import decode, full_text, masked_text, recon, render, tokenizer_with
+from support.reconstruct_helpers import decode, full_text, masked_text, recon, render, tokenizer_with
 
 IM = "<|im_end|>"
 # RECONSTRUCT_EXAMPLES=500 for a longer hunt; the default keeps the suite fast.

@@ -12,12 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import read_jsonl
+from support.helpers import read_jsonl
 
 from distill.core.contract import iter_samples
-from orchestrator.testserver import Faults, FaultServer, write_prompts
+from support.fault_server import Faults, FaultServer, write_prompts
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_cfg(tmp_path: Path, base_url: str, student: Path, prompts: Path) -> Path:

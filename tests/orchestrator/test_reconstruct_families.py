@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_reconstruct_helpers import decode, full_text, masked_text, recon, render, runs
+from support.reconstruct_helpers import decode, full_text, masked_text, recon, render, runs
 
 from orchestrator.tool_args import ToolCallShape, parse_arguments
 
@@ -326,7 +326,7 @@ def gemma2_recon(**policy):
     from distill.core.student import load_tokenizer, tokenizer_only_dir
 
     tok = load_tokenizer(tokenizer_only_dir())
-    tok.chat_template = (Path(__file__).parent / "templates" / "gemma2.jinja").read_text(encoding="utf-8")
+    tok.chat_template = (Path(__file__).parent.parent / "templates" / "gemma2.jinja").read_text(encoding="utf-8")
     tok.add_special_tokens({"bos_token": "<bos>", "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
     return tok, recon(tok=tok, **policy)
 

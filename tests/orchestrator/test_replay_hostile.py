@@ -14,14 +14,14 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from helpers import read_jsonl
+from support.helpers import read_jsonl
 
 from distill.core.config import load_config
 from distill.core.contract import is_done, iter_samples
 from orchestrator.reconstruct import Reconstructor
 from orchestrator.replay import ReplayError, iter_jsonl, replay
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAX_LINE = 256 << 10  # the 100k-deep lines (200 kB) fit; the over-long line does not
 DEEP = "[" * 100_000 + "]" * 100_000
 

@@ -10,7 +10,7 @@ import torch
 
 from distill.core.config import load_config
 from distill.core import contract
-from test_trainer_helpers import make_samples, write_samples
+from support.trainer_helpers import make_samples, write_samples
 from trainer import checkpoint
 from trainer.dist import DistContext
 from trainer.train import accumulate_gradients, build_model, lr_factor, overfit_check, train

@@ -8,7 +8,7 @@ import pytest
 
 from distill.core.config import load_config
 from orchestrator.preflight import PreflightError, preflight
-from orchestrator.testserver import FaultServer
+from support.fault_server import FaultServer
 
 
 def rollout_model(**rm):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.probe import format_probe, probe
-from orchestrator.testserver import FaultServer, Faults
+from support.fault_server import FaultServer, Faults
 
 
 def as_dict(rows):

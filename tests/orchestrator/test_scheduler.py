@@ -10,13 +10,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import read_jsonl
+from support.helpers import read_jsonl
 
 from distill.core.config import load_config
 from distill.core.contract import iter_samples, is_done, write_consumed
 from orchestrator.reconstruct import Reconstructor
 from orchestrator.scheduler import RolloutError, rollout, run_rollouts
-from orchestrator.testserver import FaultServer, Faults, write_prompts
+from support.fault_server import FaultServer, Faults, write_prompts
 
 FAST_RETRY = {"max_attempts": 40, "initial_backoff": 0.001, "max_backoff": 0.01}
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def distill(*args, **kw) -> subprocess.CompletedProcess:
@@ -93,7 +93,7 @@ def test_inspect_and_html(tmp_path, smol_tokenizer_dir):
 
 
 def test_probe_prints_what_the_endpoint_supports():
-    from orchestrator.testserver import FaultServer
+    from support.fault_server import FaultServer
 
     with FaultServer(reasoning=True) as server:
         res = distill("probe", server.base_url, "--model", "fault-teacher")

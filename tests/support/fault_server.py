@@ -14,7 +14,7 @@ A completion is derived from the prompt: the words of the last user message
 `completion_tokens` equals the number of words returned.
 
 Run standalone (used by bench/bench_orchestrator.py to keep the server in its
-own process): `python -m orchestrator.testserver --port 0` prints the base URL.
+own process): `python -m support.fault_server --port 0` prints the base URL.
 """
 
 from __future__ import annotations

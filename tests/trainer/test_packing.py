@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distill.core.contract import Sample
-from test_trainer_helpers import make_samples
+from support.trainer_helpers import make_samples
 from trainer.data import (block_causal_mask, best_fit_decreasing, empty_micro_batch, make_micro_batches,
                           sample_arrays)
 from trainer.loss import IGNORE

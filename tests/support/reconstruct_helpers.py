@@ -11,7 +11,7 @@ from pathlib import Path
 
 from distill.core.config import Reconstruction
 
-TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATES = Path(__file__).parent.parent / "templates"
 LLAMA3_SPECIALS = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 
 

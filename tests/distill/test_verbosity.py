@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from distill.core.verbosity import bar_position, quiet_gguf_conversion
-from orchestrator.testserver import FaultServer, Faults, write_prompts
+from support.fault_server import FaultServer, Faults, write_prompts
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 LOAD = """
 import sys

@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.client import (NonRetryableError, RetryPolicy, TeacherClient, TeacherError, TokenBucket,
                                  parse_choices, parse_completion, parse_retry_after)
-from orchestrator.testserver import FaultServer, Faults
+from support.fault_server import FaultServer, Faults
 
 MSGS = [{"role": "user", "content": "two plus two"}]
 

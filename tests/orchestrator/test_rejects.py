@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import read_jsonl
-from rollout_helpers import make_cfg, sample_ids
+from support.helpers import read_jsonl
+from support.rollout_helpers import make_cfg, sample_ids
 
 from orchestrator.rejects import RejectLog, pair_of
 from orchestrator.scheduler import rollout
-from orchestrator.testserver import FaultServer, Faults, write_prompts
+from support.fault_server import FaultServer, Faults, write_prompts
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 from distill.core.config import load_config
-from test_trainer_helpers import make_samples, write_samples
+from support.trainer_helpers import make_samples, write_samples
 from trainer.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:

@@ -22,7 +22,7 @@ from distill.core.config import (
     to_toml,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, text: str, name: str = "cfg.toml") -> Path:

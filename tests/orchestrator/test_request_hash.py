@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import read_jsonl
-from rollout_helpers import make_cfg, sample_ids
+from support.helpers import read_jsonl
+from support.rollout_helpers import make_cfg, sample_ids
 
 from distill.core.config import load_config
 from distill.core.contract import iter_samples
@@ -15,7 +15,7 @@ from orchestrator.recording import load_recording
 from orchestrator.replay import replay
 from orchestrator.request_hash import base_sampling, request_hash
 from orchestrator.scheduler import RolloutError, rollout
-from orchestrator.testserver import FaultServer, write_prompts
+from support.fault_server import FaultServer, write_prompts
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def distill(*args, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -144,7 +144,7 @@ def test_api_key_in_api_key_var_is_refused_without_echoing_it(tmp_path, value):
 
 
 def test_keys_in_headers_and_extra_body_reach_the_teacher_but_no_file_or_terminal(tmp_path, smol_tokenizer_dir):
-    from orchestrator.testserver import FaultServer, write_prompts
+    from support.fault_server import FaultServer, write_prompts
 
     secrets = {"header": "sk-hdr-Q1w2E3r4T5y6U7i8", "body": "sk-body-Z9x8C7v6B5n4M3l2",
                "nested": "Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig", "random": "aZ3kP9qL2mX7vB4nR8tY1wE6"}

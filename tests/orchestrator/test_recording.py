@@ -20,9 +20,9 @@ from distill.core.contract import iter_samples, is_done
 from orchestrator.reconstruct import Reconstructor
 from orchestrator.recording import RecordingError, RecordingWriter, load_recording, make_record, redact
 from orchestrator.scheduler import rollout
-from orchestrator.testserver import FaultServer, Faults, write_prompts
+from support.fault_server import FaultServer, Faults, write_prompts
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def rec(pid: str, i: int, shared: int = 1, completion: int = 10) -> dict:

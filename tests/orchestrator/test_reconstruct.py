@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_reconstruct_helpers import decode, full_text, masked_text, recon, render, runs, tokenizer_with
+from support.reconstruct_helpers import decode, full_text, masked_text, recon, render, runs, tokenizer_with
 
 from distill.core.contract import Rejection
 from orchestrator.reconstruct import REJECTION_REASONS, Reconstructor, tokenize_file
@@ -475,7 +475,7 @@ def test_split_sample_overlong_rejects_only_that_sample():
 def test_every_reason_is_documented():
     from pathlib import Path
 
-    doc = (Path(__file__).parents[1] / "docs" / "reconstruction.md").read_text(encoding="utf-8")
+    doc = (Path(__file__).parents[2] / "docs" / "reconstruction.md").read_text(encoding="utf-8")
     missing = [r for r in REJECTION_REASONS if f"`{r}`" not in doc]
     assert missing == []
 
@@ -672,7 +672,7 @@ def test_build_many_pipelined_over_chunks_equals_build():
 
 
 def test_inspect_terminal_and_html(smol_tokenizer):
-    from orchestrator.inspect import render_html, render_terminal
+    from orchestrator.sample_view import render_html, render_terminal
 
     r = Reconstructor(smol_tokenizer, Reconstruction())
     s = one(r, convo(("<b>Q</b> & co", "Yes <i>&amp;</i> 😀")), sample_id="p/3", prompt_id="p")

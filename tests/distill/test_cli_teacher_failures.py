@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import read_jsonl
+from support.helpers import read_jsonl
 
-from orchestrator.testserver import FaultServer, Faults, write_prompts
+from support.fault_server import FaultServer, Faults, write_prompts
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "orchestrator.rollout_model.base_url"
 
 

@@ -8,7 +8,7 @@ import random
 
 import pytest
 from hypothesis import given
-from test_reconstruct_helpers import TEMPLATES, recon, tokenizer_with
+from support.reconstruct_helpers import TEMPLATES, recon, tokenizer_with
 from test_reconstruct_props import SETTINGS, conversations
 
 from orchestrator.template import END, START, ChatTemplate
