@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import sys
-import typing
 from pathlib import Path
 
 from pydantic import BaseModel

@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 #: Bumped when a field changes meaning; readers refuse shards from a newer format.
 FORMAT_VERSION = 1
@@ -263,7 +263,7 @@ def follow_samples(
     start: int = 0,
     poll_s: float = 0.2,
     timeout_s: float | None = None,
-    producer_alive=None,
+    producer_alive: Callable[[], bool] | None = None,
 ) -> Iterator[Sample]:
     """Yield samples from `start` on, waiting for new shards until DONE appears.
 

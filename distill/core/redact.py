@@ -102,7 +102,7 @@ def redact(obj: Any, _depth: int = 0) -> Any:
     if _depth > MAX_DEPTH and isinstance(obj, (dict, list, tuple)):
         raise ValueError(f"cannot redact data nested more than {MAX_DEPTH} levels deep")
     if isinstance(obj, dict):
-        out = {}
+        out: dict[Any, Any] = {}
         for k, v in obj.items():
             if isinstance(k, str) and is_secret_key(k):
                 out[k] = REDACTED

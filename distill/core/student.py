@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_NAME = "smollm2-135m-instruct"
@@ -147,7 +148,7 @@ def _mkdir(p: Path) -> Path:
     return p
 
 
-def load_tokenizer(path: str | os.PathLike):
+def load_tokenizer(path: str | os.PathLike) -> Any:
     """The student's tokenizer (transformers fast tokenizer with its chat template)."""
     from transformers import AutoTokenizer
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from typing import Any
 
 VERBOSE_VAR = "DISTILL_VERBOSE"
 
@@ -79,7 +80,7 @@ def bar_position(name: str, together: bool) -> dict:
     return {"position": BAR_ROWS[name], "dynamic_ncols": True, "leave": name == "train"}
 
 
-def close_bar(bar) -> None:
+def close_bar(bar: Any) -> None:
     """Closes one of distill's bars. A bar at row > 0 that outlives the bars above it (the trainer
     finished before the teacher) would leave a stale copy of itself below the cursor: then it is
     cleared and its final state written once, on the current line."""

@@ -19,7 +19,7 @@ KNOWN_NON_SFT_LOSSES = ("forward_kl", "reverse_kl", "kl", "jsd", "grpo", "ppo", 
 class Problem(tuple):
     """(key path, message with the fix)."""
 
-    def __new__(cls, key: str, message: str):
+    def __new__(cls, key: str, message: str) -> Problem:
         return super().__new__(cls, (key, message))
 
     @property

@@ -120,7 +120,7 @@ class Student(Strict):
 class _DictSource(PydanticBaseSettingsSource):
     """A settings source that returns a dict read elsewhere (the TOML file)."""
 
-    def __init__(self, settings_cls, data: dict[str, Any]):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
         super().__init__(settings_cls)
         self._data = data
 
