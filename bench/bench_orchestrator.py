@@ -30,13 +30,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"  # the fault-injection server lives with the tests (tests/support/fault_server.py)
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(TESTS))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def start_server() -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.testserver", "--port", "0", "--max-seconds", "900"],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), str(TESTS),
+                                                                    os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen([sys.executable, "-m", "support.fault_server", "--port", "0", "--max-seconds", "900"],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
     url = proc.stdout.readline().strip()
     if not url.startswith("http"):
         proc.kill()
@@ -46,7 +50,7 @@ def start_server() -> tuple[subprocess.Popen, str]:
 
 def make_cfg(base_url: str, model: str, prompts: Path, n: int, concurrency: int, max_tokens: int | None,
              out: Path, workers: int = 0):
-    from distill.config import load_config
+    from distill.core.config import load_config
 
     sampling = {"n": n}
     if max_tokens:
@@ -98,7 +102,7 @@ def run_pipeline(cfg, out: Path, recon) -> tuple[float, dict]:
 
 
 def part1(args, tmp: Path, recon_factory) -> None:
-    from orchestrator.testserver import write_prompts
+    from support.fault_server import write_prompts
 
     prompts = tmp / "prompts.jsonl"
     write_prompts(prompts, args.prompts)
@@ -148,7 +152,7 @@ def part1(args, tmp: Path, recon_factory) -> None:
 
 
 def part2(args, tmp: Path, recon_factory) -> None:
-    from orchestrator.testserver import write_prompts
+    from support.fault_server import write_prompts
 
     prompts = tmp / "llama_prompts.jsonl"
     write_prompts(prompts, args.llama_prompts)
@@ -183,7 +187,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from orchestrator.reconstruct import Reconstructor
-    from orchestrator.student import load_tokenizer, tokenizer_only_dir
+    from distill.core.student import load_tokenizer, tokenizer_only_dir
 
     tok = load_tokenizer(tokenizer_only_dir())
 

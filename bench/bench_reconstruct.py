@@ -127,9 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
 
-    from distill.config import Reconstruction
+    from distill.core.config import Reconstruction
     from orchestrator.reconstruct import Reconstructor
-    from orchestrator.student import load_tokenizer, tokenizer_only_dir
+    from distill.core.student import load_tokenizer, tokenizer_only_dir
 
     tok = load_tokenizer(tokenizer_only_dir())
     tok.chat_template = (ROOT / "tests" / "templates" / "chatml_generation.jinja").read_text(encoding="utf-8")

@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill.config import load_config  # noqa: E402
-from orchestrator.contract import ShardWriter  # noqa: E402
+from distill.core.config import load_config  # noqa: E402
+from distill.core.contract import ShardWriter  # noqa: E402
 from orchestrator.reconstruct import Reconstructor  # noqa: E402
 from orchestrator.replay import replay  # noqa: E402
-from orchestrator.student import load_tokenizer, tokenizer_only_dir  # noqa: E402
+from distill.core.student import load_tokenizer, tokenizer_only_dir  # noqa: E402
 
 
 def write_recording(path: Path, n: int, finish: str) -> None:

@@ -43,7 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _tokenizer():
-    from orchestrator.student import load_tokenizer, tokenizer_only_dir
+    from distill.core.student import load_tokenizer, tokenizer_only_dir
 
     return load_tokenizer(tokenizer_only_dir())
 
@@ -67,7 +67,7 @@ def _model_dir(tok, hidden: int, layers: int) -> Path:
 
 def _samples(tok, n: int, seq_len: int):
     """Chat samples whose completions vary from short to ~seq_len/2 tokens."""
-    from orchestrator.contract import Sample
+    from distill.core.contract import Sample
 
     end = tok.convert_tokens_to_ids("<|im_end|>")
     words = "the student learns to answer like the teacher does step by step".split()
@@ -139,7 +139,7 @@ def _sync(device):
 def worker_ours(a) -> dict:
     import torch
 
-    from distill.config import Trainer
+    from distill.core.config import Trainer
     from trainer.dist import DistContext
     from trainer.train import build_model, build_optimizer, train_step
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from .config import ConfigError, RunConfig, load_config, redacted_dict, to_toml
 from .cli_help import COMMAND_HELP, command_help
 from .preflight import preflight
+from .run import make_reconstructor, prepare_run_dir, print_locations, produce
 
 USAGE = """distill <command> ...
 
@@ -85,79 +86,14 @@ def _load(argv: list[str], flags: dict[str, bool]) -> tuple[RunConfig, dict, lis
     return cfg, found, positional
 
 
-def _prepare_run_dir(cfg: RunConfig) -> Path:
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    from orchestrator.contract import atomic_write_text
-
-    atomic_write_text(run_dir / "config.toml", to_toml(redacted_dict(cfg)))
-    return run_dir
-
-
-def _reconstructor(cfg: RunConfig):
-    from orchestrator.reconstruct import Reconstructor
-    from orchestrator.student import load_tokenizer, resolve_student
-
-    tok_path = cfg.student.tokenizer or resolve_student(cfg.student.path, with_model=False)
-    tok = load_tokenizer(tok_path)
-    recon = Reconstructor(tok, cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruction.max_seq_len)
-    if not recon.chat_template.append_only:  # docs/reconstruction.md, "Prefix renders"
-        print(f"note: the student's chat template is not append-only ({recon.chat_template.why_not_append_only}); "
-              "reconstruction renders every turn's history, so its cost grows with the square of the turns",
-              file=sys.stderr)
-    return recon
-
-
-def _produce(cfg: RunConfig, run_dir: Path, progress: bool = True, on_error: str | None = None,
-             inputs: list[str] | None = None, with_trainer: bool = False,
-             stop_event: threading.Event | None = None, recon=None) -> dict:
-    """Fill run_dir/samples from the configured source (teacher or replay).
-
-    with_trainer: a trainer consumes concurrently, so replay too waits for it
-    (backpressure, orchestrator.max_ahead); the teacher scheduler always does.
-    """
-    recon = recon or _reconstructor(cfg)
-    if cfg.orchestrator.source.type == "replay":
-        from orchestrator.replay import replay
-
-        return replay(cfg, run_dir, recon, inputs=inputs or None, on_error=on_error, progress=progress,
-                      max_ahead=cfg.orchestrator.max_ahead if with_trainer else None, stop_event=stop_event)
-    from orchestrator.scheduler import rollout
-
-    # Without a concurrent trainer nothing consumes samples: no backpressure then.
-    kw = dict(progress=progress, backpressure=with_trainer, stop_event=stop_event)
-    if cfg.orchestrator.local_teacher.enabled:
-        from orchestrator.local_teacher import local_teacher
-
-        print(f"starting the local teacher (llama.cpp) on {cfg.orchestrator.rollout_model.base_url} ...", flush=True)
-        with local_teacher(cfg, run_dir / "logs"):
-            return rollout(cfg, run_dir, recon, **kw)
-    return rollout(cfg, run_dir, recon, **kw)
-
-
-def _print_locations(run_dir: Path, summary: dict | None) -> None:
-    print("\ndistill: done.")
-    print(f"  samples:     {run_dir / 'samples'}")
-    if (run_dir / "recording.jsonl").exists():
-        print(f"  recording:   {run_dir / 'recording.jsonl'}")
-    if (run_dir / "rejects.jsonl").exists():
-        print(f"  rejects:     {run_dir / 'rejects.jsonl'}")
-    if (run_dir / "metrics.jsonl").exists():
-        print(f"  metrics:     {run_dir / 'metrics.jsonl'}")
-        print(f"  report:      distill report {run_dir}")
-    if summary and summary.get("checkpoint"):
-        print(f"  checkpoint:  {summary['checkpoint']}  (AutoModelForCausalLM.from_pretrained(...) loads it)")
-    print(f"  inspect:     distill inspect {run_dir}")
-
-
 def cmd_run(argv: list[str]) -> int:
     cfg, flags, _ = _load(argv, {"--dry-run": False, "--no-resume": False})
     if flags.get("--dry-run"):
         print(to_toml(redacted_dict(cfg)), end="")
         return 0
     preflight(cfg, "run", no_resume=bool(flags.get("--no-resume")))
-    run_dir = _prepare_run_dir(cfg)
-    from orchestrator.student import resolve_student
+    run_dir = prepare_run_dir(cfg)
+    from distill.core.student import resolve_student
 
     resolve_student(cfg.student.path)  # convert the builtin student once, before threads start
     # transformers' lazy imports are not thread-safe: import what both sides use here,
@@ -165,7 +101,7 @@ def cmd_run(argv: list[str]) -> int:
     import transformers  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    recon = _reconstructor(cfg)
+    recon = make_reconstructor(cfg)
     # A DONE left by an earlier run must not end the trainer's stream before the producer
     # (which may first spend minutes starting a local teacher) has reopened the samples.
     (run_dir / "samples" / "DONE").unlink(missing_ok=True)
@@ -175,7 +111,7 @@ def cmd_run(argv: list[str]) -> int:
 
     def producer() -> None:
         try:
-            result["orchestrator"] = _produce(cfg, run_dir, with_trainer=True, stop_event=stop, recon=recon)
+            result["orchestrator"] = produce(cfg, run_dir, with_trainer=True, stop_event=stop, recon=recon)
         except BaseException as e:  # surfaced in the main thread
             errors.append(e)
 
@@ -200,7 +136,7 @@ def cmd_run(argv: list[str]) -> int:
     if "orchestrator" in result:
         _print_producer_summary(cfg, result["orchestrator"])
     _print_summary("trainer", summary)
-    _print_locations(run_dir, summary)
+    print_locations(run_dir, summary)
     return 0
 
 
@@ -226,10 +162,10 @@ def _print_producer_summary(cfg: RunConfig, summary: dict) -> None:
 def cmd_rollout(argv: list[str]) -> int:
     cfg, _, _ = _load(argv, {})
     preflight(cfg, "rollout")
-    run_dir = _prepare_run_dir(cfg)
-    summary = _produce(cfg, run_dir)
+    run_dir = prepare_run_dir(cfg)
+    summary = produce(cfg, run_dir)
     _print_producer_summary(cfg, summary)
-    _print_locations(run_dir, None)
+    print_locations(run_dir, None)
     return 0
 
 
@@ -247,8 +183,8 @@ def cmd_replay(argv: list[str]) -> int:
                          'Fix: set orchestrator.source.path = "FILE.jsonl" in the config, or pass input files: '
                          "distill replay CONFIG INPUT...")
     preflight(cfg, "replay", inputs=inputs)
-    run_dir = _prepare_run_dir(cfg)
-    summary = _produce(cfg, run_dir, on_error=flags.get("--on-error"), inputs=inputs)
+    run_dir = prepare_run_dir(cfg)
+    summary = produce(cfg, run_dir, on_error=flags.get("--on-error"), inputs=inputs)
     _print_summary("replay", summary)
     o = summary["outcomes"]  # every record ends in exactly one of these (docs/replay.md, "Counting")
     extra = (f" (+{summary['extra_conversations']} more choice(s) of Batch API lines)"
@@ -258,7 +194,7 @@ def cmd_replay(argv: list[str]) -> int:
           + (f" + {o['not_reconstructed']} not reconstructed" if o["not_reconstructed"] else "")
           + (f"; bad records by reason: {json.dumps(summary['bad_record_reasons'])} (listed in "
              f"{summary['replay_rejects']})" if o["bad_records"] else ""))
-    _print_locations(run_dir, None)
+    print_locations(run_dir, None)
     return 0
 
 
@@ -266,14 +202,14 @@ def cmd_train(argv: list[str]) -> int:
     cfg, flags, _ = _load(argv, {"--resume": False, "--samples": True})
     rank = int(os.environ.get("RANK", "0"))
     preflight(cfg, "train", resume=bool(flags.get("--resume")), samples=flags.get("--samples"))
-    run_dir = _prepare_run_dir(cfg) if rank == 0 else Path(cfg.output_dir)
+    run_dir = prepare_run_dir(cfg) if rank == 0 else Path(cfg.output_dir)
     from trainer.train import train
 
     samples = Path(flags["--samples"]) if flags.get("--samples") else None
     summary = train(cfg, run_dir, samples, resume=bool(flags.get("--resume")))
     if rank == 0:
         _print_summary("trainer", summary)
-        _print_locations(run_dir, summary)
+        print_locations(run_dir, summary)
     return 0
 
 
@@ -293,7 +229,7 @@ def cmd_tokenize(argv: list[str]) -> int:
 
 
 def _find_samples(path: Path) -> list:
-    from orchestrator.contract import iter_samples, read_shard
+    from distill.core.contract import iter_samples, read_shard
 
     if path.is_file():
         return read_shard(path)
@@ -311,8 +247,8 @@ def cmd_inspect(argv: list[str]) -> int:
     p.add_argument("--html", help="also write an HTML page of all samples here")
     p.add_argument("--no-color", action="store_true")
     a = p.parse_args(argv)
-    from orchestrator.inspect import render_html, render_terminal
-    from orchestrator.student import load_tokenizer, resolve_student
+    from orchestrator.sample_view import render_html, render_terminal
+    from distill.core.student import load_tokenizer, resolve_student
 
     path = Path(a.path)
     samples = _find_samples(path)
@@ -405,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] in COMMAND_HELP and ("-h" in argv[1:] or "--help" in argv[1:]):
         print(command_help(argv[0]), end="")
         return 0
-    from distill.verbosity import quiet_third_party
+    from distill.core.verbosity import quiet_third_party
 
     quiet_third_party()  # third-party progress bars / logging off unless DISTILL_VERBOSE=1
     try:

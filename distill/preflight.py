@@ -47,7 +47,7 @@ def preflight(cfg: RunConfig, command: str, *, inputs: list[str] | None = None, 
 
 
 def _folder(key: str, value: str) -> tuple[Path | None, Problem | None]:
-    from orchestrator.student import hub_id_hint
+    from distill.core.student import hub_id_hint
 
     p = Path(value).expanduser()
     if p.is_dir():
@@ -64,7 +64,7 @@ def _folder(key: str, value: str) -> tuple[Path | None, Problem | None]:
 def check_student(cfg: RunConfig, need_model: bool) -> list[Problem]:
     """The student folder (config.json when the model is needed) and its tokenizer folder (loads,
     has a chat template). The builtin student is checked for its package; it is converted later."""
-    from orchestrator.student import BUILTIN_PREFIX, _check_builtin, builtin_gguf_path
+    from distill.core.student import BUILTIN_PREFIX, _check_builtin, builtin_gguf_path
 
     spec, tok_spec = cfg.student.path, cfg.student.tokenizer
     problems: list[Problem] = []
@@ -93,7 +93,7 @@ def check_tokenizer(key: str, folder: Path) -> list[Problem]:
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         return [Problem(key, f"{folder} holds no tokenizer ({', '.join(TOKENIZER_FILES)}). Fix: copy the "
                              "tokenizer files there (tokenizer.save_pretrained(DIR)) or set student.tokenizer")]
-    from orchestrator.student import load_tokenizer
+    from distill.core.student import load_tokenizer
 
     try:
         load_tokenizer(folder)

@@ -41,7 +41,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.contract import Rejection, Sample, atomic_write_text
+from distill.core.contract import Rejection, Sample, atomic_write_text
 from orchestrator.open_reasoning import opened_turn, without_thinking_tags
 from orchestrator.segment_tokenize import PrefixSpaceRule
 from orchestrator.system_merge import hint_for_mismatch, hint_for_template_error, merge_system_into_first_user
@@ -49,7 +49,7 @@ from orchestrator.template import ChatTemplate
 from orchestrator.tool_args import ToolCallShape, parse_arguments, probe_tool_call_shape
 
 if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
-    from distill.config import Reconstruction
+    from distill.core.config import Reconstruction
 
 #: Every reason a conversation (or one of its split samples) can be rejected for.
 REJECTION_REASONS: dict[str, str] = {
@@ -891,8 +891,8 @@ def tokenize_file(tokenizer_dir: str, input_path: str, output_path: str,
     sample, or {"line": N, "error": "<reason>: <detail>"}. N is the 1-based input line.
     The output appears atomically (temp file + rename). Returns counts by reason.
     """
-    from distill.config import Reconstruction
-    from orchestrator.student import load_tokenizer
+    from distill.core.config import Reconstruction
+    from distill.core.student import load_tokenizer
 
     cfg = cfg if cfg is not None else Reconstruction()
     recon = Reconstructor(load_tokenizer(tokenizer_dir), cfg)

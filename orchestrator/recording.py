@@ -20,7 +20,7 @@ Appends are durable before they are acknowledged: `RecordingWriter.append`
 returns only after the lines are written, flushed and fsynced (concurrent
 appends share one fsync). Nothing secret is written: the API key and headers
 never enter a record, and secret-looking keys in `sampling` (nested `extra_body` dicts
-and lists included) are redacted by orchestrator.redact.
+and lists included) are redacted by distill.core.redact.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.redact import redact
+from distill.core.redact import redact
 
 RECORDING_VERSION = 1
 

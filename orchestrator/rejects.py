@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from orchestrator.contract import Rejection, atomic_write_text
+from distill.core.contract import Rejection, atomic_write_text
 
 
 def pair_of(item_id: str) -> str:

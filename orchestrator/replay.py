@@ -38,13 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from orchestrator.contract import ShardWriter, atomic_write_text, read_consumed
+from distill.core.contract import ShardWriter, atomic_write_text, read_consumed
 from orchestrator.lines import LINE_TOO_LONG, MAX_LINE_BYTES, content_problem, json_type, parse_line, read_lines, \
     too_long_message
 from orchestrator.recording import RECORDING_VERSION, superseded_lines
 
 if TYPE_CHECKING:  # the config module is light, but replay only needs its type
-    from distill.config import Replay, RunConfig
+    from distill.core.config import Replay, RunConfig
 
 #: Conversations reconstructed per Reconstructor.build_many call, at most; a batch is
 #: also cut once this many input bytes were read since the last one (memory stays flat

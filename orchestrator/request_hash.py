@@ -25,7 +25,7 @@ import json
 import sys
 from typing import Any, Iterable
 
-from orchestrator.redact import redact
+from distill.core.redact import redact
 
 #: how many changed prompt ids the error message lists
 SHOWN_IDS = 5

@@ -25,11 +25,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from distill.config import RunConfig, api_key
-from distill.verbosity import bar_position, close_bar
+from distill.core.config import RunConfig, api_key
+from distill.core.verbosity import bar_position, close_bar
 from orchestrator.client import (NonRetryableError, RetryPolicy, StopRequested, TeacherClient, TeacherError,
                                  TeacherResponse)
-from orchestrator.contract import ShardWriter, read_consumed
+from distill.core.contract import ShardWriter, read_consumed
 from orchestrator.failures import FailureTally, nothing_published
 from orchestrator.preflight import PreflightError, preflight, shown_url, v1_hint
 from orchestrator.prompts import count_prompts, load_prompts

@@ -1,9 +1,10 @@
-"""Regenerate docs/configuration.md from distill/config.py (models, defaults, comments).
+"""Regenerate docs/configuration.md from distill/core/config/ (models, defaults, comments).
 
     python scripts/gen_config_doc.py          # rewrite the file
     python scripts/gen_config_doc.py --check  # exit 1 if it is out of date (a test runs this)
 
-Each field's description is the comment block written just above it in config.py,
+Each field's description is the comment block written just above it in the schema modules
+(distill/core/config/schema.py, schema_run.py),
 so the reference cannot drift from the code.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import sys
-import typing
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -19,7 +19,8 @@ from pydantic import BaseModel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distill import config as C  # noqa: E402
+from distill.core import config as C  # noqa: E402
+from distill.core.config import schema, schema_run  # noqa: E402
 
 OUT = ROOT / "docs" / "configuration.md"
 
@@ -38,7 +39,14 @@ secrets redacted. Cross-checks between sections are described in [validation.md]
 
 def field_comments() -> dict[tuple[str, str], str]:
     """(class name, field name) -> the comment lines directly above the field."""
-    src = Path(C.__file__).read_text().splitlines()
+    out: dict[tuple[str, str], str] = {}
+    for module in (schema, schema_run):
+        out.update(module_comments(Path(module.__file__).read_text().splitlines()))
+    return out
+
+
+def module_comments(src: list[str]) -> dict[tuple[str, str], str]:
+    """field_comments() for one module's source lines."""
     tree = ast.parse("\n".join(src))
     out: dict[tuple[str, str], str] = {}
     for node in tree.body:

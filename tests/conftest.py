@@ -17,14 +17,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def smol_tokenizer_dir():
-    from orchestrator.student import tokenizer_only_dir
+    from distill.core.student import tokenizer_only_dir
 
     return tokenizer_only_dir()
 
 
 @pytest.fixture(scope="session")
 def smol_tokenizer(smol_tokenizer_dir):
-    from orchestrator.student import load_tokenizer
+    from distill.core.student import load_tokenizer
 
     return load_tokenizer(smol_tokenizer_dir)
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import read_jsonl
+from support.helpers import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +94,7 @@ def test_distill_run_against_real_llama_cpp_server(tmp_path, tiny_student_dir, s
     assert all(r["endpoint"].startswith(f"http://127.0.0.1:{port}") for r in rec)
 
     # samples: the trained tokens decode to exactly what the teacher said (+ <|im_end|> unless truncated)
-    from orchestrator.contract import iter_samples
+    from distill.core.contract import iter_samples
 
     samples = list(iter_samples(run / "samples"))
     assert len(samples) == 6
@@ -138,7 +138,7 @@ def test_distill_run_against_real_llama_cpp_server(tmp_path, tiny_student_dir, s
 
 @pytest.mark.slow
 def test_local_teacher_refuses_a_busy_port(tmp_path):
-    from distill.config import load_config
+    from distill.core.config import load_config
     from orchestrator.local_teacher import LocalTeacherError, local_teacher
 
     with socket.socket() as busy:

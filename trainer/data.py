@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from orchestrator.contract import Sample
+from distill.core.contract import Sample
 from trainer.loss import IGNORE
 
 

@@ -14,23 +14,22 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import math
-import os
 import random
 import time
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
-from distill.config import RunConfig, Trainer, redacted_dict, to_toml
-from distill.verbosity import bar_position
-from orchestrator import contract
+from distill.core.config import RunConfig, Trainer, redacted_dict, to_toml
+from distill.core.verbosity import bar_position
+from distill.core import contract
 from trainer import checkpoint as ckpt_io
 from trainer import dist
 from trainer.data import empty_micro_batch, make_micro_batches
+from trainer.metrics import MetricsLog, open_wandb
 from trainer.model import is_sharded, load_student, shard
 
 
@@ -158,55 +157,6 @@ def train_step(model, optimizer, scheduler, samples: list[contract.Sample], t: T
     return m
 
 
-# ---------------------------------------------------------------------------
-# Metrics
-# ---------------------------------------------------------------------------
-
-
-class MetricsLog:
-    """metrics.jsonl on rank 0: one JSON line per logged step, flushed and fsynced."""
-
-    def __init__(self, path: Path, resume_step: int, enabled: bool):
-        self.path, self.enabled = path, enabled
-        if enabled:
-            _truncate_after(path, resume_step)
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def _truncate_after(path: Path, step: int) -> None:
-    """Drop lines logged after `step` (a crash after logging, before the checkpoint)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a half-written last line
-    contract.atomic_write_text(path, "".join(x + "\n" for x in keep))
-
-
-def _wandb(cfg: RunConfig, run_dir: Path, ctx: dist.DistContext):
-    if not (cfg.wandb.enabled and ctx.is_main):
-        return None
-    try:
-        import wandb
-    except ImportError:
-        warnings.warn("wandb.enabled = true but the wandb package is not installed; "
-                      "metrics go to metrics.jsonl only. Fix: pip install wandb")
-        return None
-    return wandb.init(project=cfg.wandb.project, name=cfg.wandb.name or run_dir.name,
-                      config=redacted_dict(cfg), dir=str(run_dir), resume="allow")
-
-
 def _check_dirs(run_dir: Path, samples_dir: Path, resume: bool, producer_alive) -> None:
     if not resume and ckpt_io.latest(run_dir / "checkpoints") is not None:
         raise FileExistsError(
@@ -261,22 +211,44 @@ def _take(stream: Iterator[contract.Sample], n: int) -> list[contract.Sample]:
 # ---------------------------------------------------------------------------
 
 
-def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, resume: bool = False,
-          producer_alive: Callable[[], bool] | None = None, progress: bool = True) -> dict:
-    """Train the student on the samples in samples_dir (default run_dir/samples); see module doc.
+@dataclass
+class _Session:
+    """What train() sets up once and its steps share."""
 
-    Returns {"steps", "samples_seen", "final_loss", "eval_loss", "checkpoint", "metrics", "resumed_from"}.
-    """
-    from orchestrator.student import load_tokenizer, resolve_student
+    t: Trainer
+    ctx: dist.DistContext
+    samples_dir: Path
+    ckpt_root: Path
+    start: Path | None  # the checkpoint resumed from
+    tokenizer: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    state: ckpt_io.TrainState
+    pad_id: int
+    config_toml: str
+    metrics: MetricsLog
+    wb: Any
+    bar: Any
+
+    def save(self) -> Path:
+        return ckpt_io.save(self.ckpt_root, self.model, self.optimizer, self.scheduler, self.state, self.tokenizer,
+                            self.config_toml, self.ctx, self.t.checkpoint.keep_last)
+
+    def log(self, last: dict) -> None:
+        self.metrics.write(last)
+        if self.wb is not None:
+            self.wb.log(last, step=self.state.step)
+
+
+def _setup(cfg: RunConfig, run_dir: Path, samples_dir: Path, resume: bool,
+           producer_alive: Callable[[], bool] | None, progress: bool) -> _Session:
+    from distill.core.student import load_tokenizer, resolve_student
 
     t = cfg.trainer
-    run_dir = Path(run_dir)
-    samples_dir = Path(samples_dir) if samples_dir else run_dir / "samples"
     ckpt_root = run_dir / "checkpoints"
     ctx = dist.init(t.device)
     _seed(t.seed, ctx.rank)
-
-    # --- setup -------------------------------------------------------------
     _check_dirs(run_dir, samples_dir, resume, producer_alive)
     start = ckpt_io.latest(ckpt_root) if resume else None
     model_dir = start or resolve_student(cfg.student.path)
@@ -287,7 +259,7 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
     pad_id = _pad_id(tokenizer)
     config_toml = to_toml(redacted_dict(cfg))
     metrics = MetricsLog(run_dir / "metrics.jsonl", state.step, enabled=ctx.is_main)
-    wb = _wandb(cfg, run_dir, ctx)
+    wb = open_wandb(cfg, run_dir, ctx)
     bar = None
     if progress and ctx.is_main:
         from tqdm import tqdm
@@ -295,6 +267,77 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
         # its own row when the orchestrator's bar runs beside it (distill run: producer_alive is set)
         bar = tqdm(total=t.max_steps, initial=state.step, desc="train", unit="step",
                    **bar_position("train", producer_alive is not None))
+    return _Session(t, ctx, samples_dir, ckpt_root, start, tokenizer, model, optimizer, scheduler, state, pad_id,
+                    config_toml, metrics, wb, bar)
+
+
+def _one_step(s: _Session, samples: list[contract.Sample], held_out: list[contract.Sample]) -> dict:
+    """Train one step on `samples`; its metrics (with eval_loss when an eval is due)."""
+    t, state = s.t, s.state
+    t0 = time.perf_counter()
+    m = train_step(s.model, s.optimizer, s.scheduler, samples, t, s.ctx, s.pad_id)
+    dt = time.perf_counter() - t0
+    state.step += 1
+    state.samples_seen += len(samples)
+    if s.ctx.is_main:
+        contract.write_consumed(s.samples_dir, state.samples_seen)
+    last = {"step": state.step, **m, "tokens_per_s": m["tokens"] / dt, "step_time_s": dt,
+            "samples_seen": state.samples_seen}
+    if held_out and (state.step % t.eval_every == 0 or state.step == t.max_steps):
+        last["eval_loss"] = evaluate(s.model, held_out, t, s.ctx, s.pad_id)
+    return last
+
+
+def _steps(s: _Session, stream: Iterator[contract.Sample], held_out: list[contract.Sample],
+           in_run: bool) -> tuple[dict, int, Path | None]:
+    """The step loop: (the last step's metrics, the step last saved at (-1: none), the last checkpoint)."""
+    t, state = s.t, s.state
+    last: dict = {}
+    logged = True
+    saved_at = state.step if s.start else -1
+    saved = s.start
+    saved_clock = time.monotonic()  # checkpoint.every_seconds counts from here / from the last save
+    while state.step < t.max_steps:
+        try:
+            samples = _take(stream, t.samples_per_step)
+        except Exception:
+            # the producer of `distill run` failed: keep the steps trained so far (a rerun resumes from them)
+            if in_run and state.step > max(saved_at, 0):
+                s.save()
+            if s.bar is not None:
+                s.bar.close()  # the error message then starts on its own line
+            raise
+        if not samples:
+            break
+        last = _one_step(s, samples, held_out)
+        logged = state.step % t.log_every == 0 or state.step == t.max_steps or "eval_loss" in last
+        if logged:
+            s.log(last)
+        if s.bar is not None:
+            s.bar.update(1)
+            s.bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
+        if _checkpoint_due(t.checkpoint, state.step, saved_clock, s.ctx):
+            saved = s.save()
+            saved_at, saved_clock = state.step, time.monotonic()
+
+    if last and not logged:  # the stream ended between two logged steps: log the last one
+        if held_out:
+            last["eval_loss"] = evaluate(s.model, held_out, t, s.ctx, s.pad_id)
+        s.log(last)
+    return last, saved_at, saved
+
+
+def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, resume: bool = False,
+          producer_alive: Callable[[], bool] | None = None, progress: bool = True) -> dict:
+    """Train the student on the samples in samples_dir (default run_dir/samples); see module doc.
+
+    Returns {"steps", "samples_seen", "final_loss", "eval_loss", "checkpoint", "metrics", "resumed_from"}.
+    """
+    run_dir = Path(run_dir)
+    samples_dir = Path(samples_dir) if samples_dir else run_dir / "samples"
+    s = _setup(cfg, run_dir, samples_dir, resume, producer_alive, progress)
+    t = s.t
+
     def follow(start: int):
         return contract.follow_samples(samples_dir, start=start, timeout_s=t.sample_timeout,
                                        producer_alive=producer_alive)
@@ -303,69 +346,20 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
     held_out: list[contract.Sample] = []
     if t.eval_samples and t.eval_every:
         held_out = _take(follow(0), t.eval_samples)
-        state.samples_seen = max(state.samples_seen, len(held_out))
-    stream = _training_stream(follow, samples_dir, state.samples_seen, len(held_out), t.repeat)
-
-    # --- steps -------------------------------------------------------------
-    last: dict = {}
-    logged = True
-    saved_at = state.step if start else -1
-    saved = start
-    saved_clock = time.monotonic()  # checkpoint.every_seconds counts from here / from the last save
-    while state.step < t.max_steps:
-        try:
-            samples = _take(stream, t.samples_per_step)
-        except Exception:
-            # the producer of `distill run` failed: keep the steps trained so far (a rerun resumes from them)
-            if producer_alive is not None and state.step > max(saved_at, 0):
-                ckpt_io.save(ckpt_root, model, optimizer, scheduler, state, tokenizer, config_toml, ctx,
-                             t.checkpoint.keep_last)
-            if bar is not None:
-                bar.close()  # the error message then starts on its own line
-            raise
-        if not samples:
-            break
-        t0 = time.perf_counter()
-        m = train_step(model, optimizer, scheduler, samples, t, ctx, pad_id)
-        dt = time.perf_counter() - t0
-        state.step += 1
-        state.samples_seen += len(samples)
-        if ctx.is_main:
-            contract.write_consumed(samples_dir, state.samples_seen)
-        last = {"step": state.step, **m, "tokens_per_s": m["tokens"] / dt, "step_time_s": dt,
-                "samples_seen": state.samples_seen}
-        if held_out and (state.step % t.eval_every == 0 or state.step == t.max_steps):
-            last["eval_loss"] = evaluate(model, held_out, t, ctx, pad_id)
-        logged = state.step % t.log_every == 0 or state.step == t.max_steps or "eval_loss" in last
-        if logged:
-            metrics.write(last)
-            if wb is not None:
-                wb.log(last, step=state.step)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
-        if _checkpoint_due(t.checkpoint, state.step, saved_clock, ctx):
-            saved = ckpt_io.save(ckpt_root, model, optimizer, scheduler, state, tokenizer, config_toml,
-                                 ctx, t.checkpoint.keep_last)
-            saved_at, saved_clock = state.step, time.monotonic()
-
-    if last and not logged:  # the stream ended between two logged steps: log the last one
-        if held_out:
-            last["eval_loss"] = evaluate(model, held_out, t, ctx, pad_id)
-        metrics.write(last)
-        if wb is not None:
-            wb.log(last, step=state.step)
+        s.state.samples_seen = max(s.state.samples_seen, len(held_out))
+    stream = _training_stream(follow, samples_dir, s.state.samples_seen, len(held_out), t.repeat)
+    last, saved_at, saved = _steps(s, stream, held_out, producer_alive is not None)
 
     # --- save --------------------------------------------------------------
-    if saved_at != state.step and state.step > 0:  # no step, no checkpoint (it would be the untrained student)
-        saved = ckpt_io.save(ckpt_root, model, optimizer, scheduler, state, tokenizer, config_toml,
-                             ctx, t.checkpoint.keep_last)
-    if bar is not None:
-        bar.close()
-    if wb is not None:
-        wb.finish()
-    dist.shutdown(ctx)
-    return {"steps": state.step, "samples_seen": state.samples_seen, "final_loss": last.get("loss"),
+    if saved_at != s.state.step and s.state.step > 0:  # no step, no checkpoint (it would be the untrained student)
+        saved = s.save()
+    if s.bar is not None:
+        s.bar.close()
+    if s.wb is not None:
+        s.wb.finish()
+    dist.shutdown(s.ctx)
+    start = s.start
+    return {"steps": s.state.step, "samples_seen": s.state.samples_seen, "final_loss": last.get("loss"),
             "eval_loss": last.get("eval_loss"),
             "checkpoint": str(saved) if saved else None, "metrics": str(run_dir / "metrics.jsonl"),
             "resumed_from": str(start) if start else None}

@@ -1,0 +1,23 @@
+"""Run configuration: TOML file < environment (DISTILL_...) < command-line overrides.
+
+schema.py / schema_run.py: the pydantic models (each field's comment is its documentation);
+checks.py: mode and cross-field checks; load.py: load_config, overrides, environment, resolve;
+toml_out.py: redacted_dict / to_toml; keypaths.py: key paths and env var names for messages.
+No torch/transformers imports.
+"""
+
+from .checks import KNOWN_NON_SFT_LOSSES, ConfigProblems, Problem, check_cross_fields, check_external_teacher_mode
+from .load import ConfigError, api_key, load_config, parse_overrides, read_toml, resolve
+from .schema import (BUILTIN_STUDENT, BUILTIN_TEACHER_GGUF, ENV_VAR_NAME, Budget, LocalTeacher, Orchestrator,
+                     Reconstruction, Replay, Retry, RolloutModel, Sampling, Source, Strict, check_http_url)
+from .schema_run import Checkpoint, Loss, Optim, RunConfig, Student, Trainer, Wandb, WeightBroadcast
+from .toml_out import redacted_dict, to_toml
+
+__all__ = [
+    "BUILTIN_STUDENT", "BUILTIN_TEACHER_GGUF", "ENV_VAR_NAME", "KNOWN_NON_SFT_LOSSES",
+    "Budget", "Checkpoint", "ConfigError", "ConfigProblems", "LocalTeacher", "Loss", "Optim", "Orchestrator",
+    "Problem", "Reconstruction", "Replay", "Retry", "RolloutModel", "RunConfig", "Sampling", "Source", "Strict",
+    "Student", "Trainer", "Wandb", "WeightBroadcast",
+    "api_key", "check_cross_fields", "check_external_teacher_mode", "check_http_url", "load_config",
+    "parse_overrides", "read_toml", "redacted_dict", "resolve", "to_toml",
+]

@@ -1,0 +1,103 @@
+"""Config key paths for error messages: every valid path, the nearest one to a misspelt
+key, and where a value came from (TOML file, environment variable, command line).
+
+Stdlib + pydantic only (imported by distill.core.config, which must not import torch).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import typing
+from functools import lru_cache
+from typing import Any
+
+from pydantic import BaseModel
+
+ENV_PREFIX = "DISTILL_"
+ENV_DELIMITER = "__"
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):  # Optional[Model], Model | None
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+@lru_cache(maxsize=8)
+def key_paths(model: type[BaseModel], prefix: str = "") -> tuple[str, ...]:
+    """Every leaf key path of a config model, e.g. "trainer.optim.lr" (tables are not listed)."""
+    out: list[str] = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        sub = _model_in(field.annotation)
+        out.extend(key_paths(sub, path + ".") if sub is not None else (path,))
+    return tuple(out)
+
+
+def nearest_key(key: str, paths: typing.Iterable[str]) -> str | None:
+    """The valid key path a misspelt one most likely meant: one with the same last part
+    (trainer.lr -> trainer.optim.lr) first, else the closest spelling of the whole path."""
+    paths = list(paths)
+    last = key.rsplit(".", 1)[-1]
+
+    def ratio(p: str) -> float:
+        return difflib.SequenceMatcher(None, key, p).ratio()
+
+    same_last = [p for p in paths if p.rsplit(".", 1)[-1] == last]
+    if same_last:
+        return max(same_last, key=ratio)
+    close = difflib.get_close_matches(key, paths, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    # a misspelt last part under the right table: trainer.optim.learning_rat -> trainer.optim.lr is too far,
+    # but trainer.max_step -> trainer.max_steps is found above; try the last part alone among siblings' last parts
+    lasts = {p.rsplit(".", 1)[-1]: p for p in paths}
+    close = difflib.get_close_matches(last, list(lasts), n=1, cutoff=0.75)
+    return lasts[close[0]] if close else None
+
+
+def env_var_for(parts: typing.Sequence[str], environ: typing.Mapping[str, str] | None = None) -> str | None:
+    """The DISTILL_... environment variable that set this key path (or one of its tables), if any."""
+    environ = os.environ if environ is None else environ
+    names = {k.upper(): k for k in environ if k.upper().startswith(ENV_PREFIX)}
+    for n in range(len(parts), 0, -1):
+        name = ENV_PREFIX + ENV_DELIMITER.join(str(p) for p in parts[:n]).upper()
+        if name in names:
+            return names[name]
+    return None
+
+
+def has_path(data: Any, parts: typing.Sequence[str]) -> bool:
+    """Whether nested dict `data` holds a value at this key path (or at one of its tables)."""
+    node = data
+    for p in parts:
+        if not isinstance(node, dict) or p not in node:
+            return False
+        node = node[p]
+    return True
+
+
+def unparsable_env_vars(message: str, environ: typing.Mapping[str, str] | None = None) -> list[str]:
+    """The DISTILL_... variables behind a pydantic-settings "error parsing value for field "x""
+    error: those under that field whose value looks like JSON but does not parse (else all of them)."""
+    import json
+    import re
+
+    environ = os.environ if environ is None else environ
+    m = re.search(r'for field "([^"]+)"', message)
+    prefix = ENV_PREFIX + (m.group(1).upper() if m else "")
+    under = sorted(k for k in environ if k.upper().startswith(prefix))
+    bad = []
+    for k in under:
+        v = environ[k].strip()
+        if v[:1] in "[{":
+            try:
+                json.loads(v)
+            except ValueError:
+                bad.append(k)
+    return bad or under

@@ -1,0 +1,181 @@
+"""Loading a run configuration: TOML file < environment (DISTILL_...) < command-line overrides;
+validation errors as `ConfigError` (every problem with its key path and fix); `resolve()`, the one
+place where derived values are filled in; the API key from its environment variable."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .checks import ConfigProblems, Problem
+from .schema_run import _TOML_DATA, RunConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(Exception):
+    """Every problem with a config, each naming its key path and what to do."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        lines = [f"invalid configuration ({source}), {len(problems)} problem(s):"]
+        lines += [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`--a.b.c VALUE` / `--a.b.c=VALUE` pairs to a nested dict.
+
+    VALUE is read as a TOML value when it parses as one (1e-5, true, [1, 2],
+    "quoted"), otherwise taken as a plain string.
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) <= 2:
+            raise ConfigError("command line", [Problem(arg, "expected --key.path VALUE")])
+        key = arg[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError("command line", [Problem(key, "has no value. Fix: --key.path VALUE")])
+            raw = args[i + 1]
+            i += 2
+        key = key.replace("-", "_")
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError("command line", [Problem(key, "conflicts with another override")])
+        node[parts[-1]] = _parse_value(raw)
+    return out
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(str(path), [Problem("(file)", f"{path} does not exist. Fix: pass a TOML config path, "
+                                              "e.g. examples/quickstart.toml")])
+    try:
+        with open(p, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(path), [Problem("(syntax)", f"{e}. Fix the TOML syntax at that line.")]) from None
+
+
+def _format_validation_error(err: ValidationError, cli: dict | None = None) -> tuple[list[Problem], set[str]]:
+    """Problems (key path + message; never the input of a secret-looking field) and where each
+    bad value came from: "file", "environment variable DISTILL_..." or "command line" (cli: the parsed
+    overrides). A cross-check's problem counts as the file's."""
+    from distill.core.redact import is_secret_key, looks_like_secret  # stdlib only
+
+    from .keypaths import env_var_for, has_path, key_paths, nearest_key
+
+    problems: list[Problem] = []
+    origins: set[str] = set()
+    for e in err.errors():
+        ctx_err = (e.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, ConfigProblems):
+            problems.extend(ctx_err)
+            origins.add("file")
+            continue
+        if isinstance(ctx_err, ValueError) and ctx_err.args and isinstance(ctx_err.args[0], ConfigProblems):
+            problems.extend(ctx_err.args[0])
+            origins.add("file")
+            continue
+        parts = [str(x) for x in e["loc"]]
+        key = ".".join(parts) or "(root)"
+        if e["type"] == "extra_forbidden":
+            near = nearest_key(key, key_paths(RunConfig))
+            msg = f"unknown key {key}; " + (f"did you mean {near}? " if near else "") + \
+                "Fix: remove it or check its spelling against docs/configuration.md"
+        else:
+            hide = any(is_secret_key(p) or p in ("api_key_var", "headers") for p in parts) or \
+                looks_like_secret(str(e.get("input")))
+            msg = e["msg"].removeprefix("Value error, ")
+            if not hide and repr(e.get("input")) not in msg:
+                msg += f" (got {e.get('input')!r})"
+        if cli is not None and has_path(cli, parts):  # precedence: command line > environment > file
+            origins.add("command line")
+            msg += " [set on the command line]"
+        elif var := env_var_for(parts):
+            origins.add(f"environment variable {var}")
+            msg += f" [set by environment variable {var}]"
+        else:
+            origins.add("file")
+        problems.append(Problem(key, msg))
+    return problems, origins
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+    """Read TOML, apply env and command-line overrides, validate, resolve."""
+    from pydantic_settings import SettingsError
+
+    source = str(path) if path else "defaults"
+    data = read_toml(path) if path else {}
+    over = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
+    token = _TOML_DATA.set(data)
+    try:
+        cfg = RunConfig(**over)
+    except ValidationError as e:
+        problems, origins = _format_validation_error(e, over)
+        if "file" not in origins:  # name where the bad values came from, not a file that is fine
+            source = " and ".join(sorted(origins))
+        raise ConfigError(source, problems) from None
+    except SettingsError as e:  # an env value pydantic-settings could not parse (e.g. bad JSON for a table)
+        from .keypaths import unparsable_env_vars
+
+        names = ", ".join(unparsable_env_vars(str(e))) or "DISTILL_..."
+        raise ConfigError(f"environment variable {names}", [Problem(names, "is not valid JSON (lists and tables "
+                                                                    "set from the environment are JSON). Fix: "
+                                                                    "correct or unset it")]) from None
+    finally:
+        _TOML_DATA.reset(token)
+    return resolve(cfg)
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """The one place where values derived from other values are filled in."""
+    r = cfg.orchestrator.reconstruction
+    if r.max_seq_len is None:
+        r.max_seq_len = cfg.trainer.seq_len
+    lt = cfg.orchestrator.local_teacher
+    if lt.enabled:
+        rm = cfg.orchestrator.rollout_model
+        urls = [f"http://{lt.host}:{lt.port + i}/v1" for i in range(1, lt.replicas)]
+        rm.extra_base_urls = rm.extra_base_urls + [u for u in urls if u not in rm.extra_base_urls]
+    return cfg
+
+
+def api_key(cfg: RunConfig) -> str:
+    """The API key from the environment variable named in the config ("EMPTY" if none)."""
+    var = cfg.orchestrator.rollout_model.api_key_var
+    if not var:
+        return "EMPTY"
+    key = os.environ.get(var)
+    if not key:
+        raise ConfigError("environment", [Problem(
+            "orchestrator.rollout_model.api_key_var",
+            f"names the environment variable {var}, which is not set. Fix: export {var}=... "
+            "(the key is read from there and never stored).",
+        )])
+    return key

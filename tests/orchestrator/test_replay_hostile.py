@@ -1,0 +1,238 @@
+"""Replay never crashes on data: every hostile line is one counted, listed bad record with a reason,
+under on_error "skip" and "fail" alike, and the summary accounts for every record.
+
+The hostile inputs are generated here (no committed blobs); the long-line limit is lowered through
+orchestrator.replay.max_line_bytes so the over-long line stays small.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from support.helpers import read_jsonl
+
+from distill.core.config import load_config
+from distill.core.contract import is_done, iter_samples
+from orchestrator.reconstruct import Reconstructor
+from orchestrator.replay import ReplayError, iter_jsonl, replay
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_LINE = 256 << 10  # the 100k-deep lines (200 kB) fit; the over-long line does not
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def chat(answer: str = "5", rid: str | None = None, **extra) -> dict:
+    row = {"messages": [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": answer}]}
+    if rid:
+        row["id"] = rid
+    return {**row, **extra}
+
+
+def batch_out(cid: str, **response) -> dict:
+    return {"id": "batch_req_" + cid, "custom_id": cid, "response": response, "error": None}
+
+
+USER, ASSISTANT = {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}
+# (line bytes, reason, field) for each hostile line; the line number is its place in the file.
+HOSTILE: list[tuple[bytes, str, str | None]] = [
+    (DEEP.encode(), "too_deep", None),
+    (('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tools": '
+      + DEEP + "}").encode(), "too_deep", None),
+    (b"x" * (3 * MAX_LINE), "line_too_long", None),
+    (b"null", "not_an_object", None),
+    (b"3", "not_an_object", None),
+    (b'"text"', "not_an_object", None),
+    (b"[]", "not_an_object", None),
+    (b"true", "not_an_object", None),
+    (b'{"messages": [{"role": "user", "content": "caf\xe9"}]}', "invalid_utf8", None),
+    (b"{not json", "invalid_json", None),
+    (json.dumps(batch_out("req-0", status_code=200, body={"choices": []})).encode(), "no_choices",
+     "response.body.choices"),
+    (json.dumps({"messages": [{"role": "user", "content": None}, ASSISTANT]}).encode(), "missing_content",
+     "messages[0].content"),
+    (json.dumps({"messages": [{"role": "system"}, USER, ASSISTANT]}).encode(), "missing_content",
+     "messages[0].content"),
+    (json.dumps({"messages": [USER, {"role": "assistant", "content": None}]}).encode(), "empty_answer",
+     "messages[1].content"),
+    (json.dumps({"messages": [USER, {"role": "assistant"}]}).encode(), "empty_answer", "messages[1].content"),
+    (json.dumps({"conversations": [{"from": "human", "value": None}, {"from": "gpt", "value": "a"}]}).encode(),
+     "missing_content", "conversations[0].value"),
+    (json.dumps({"messages": {"role": "user"}}).encode(), "bad_field", "messages"),
+    (json.dumps({"messages": [{"role": 3, "content": "q"}, ASSISTANT]}).encode(), "bad_field", "messages[0].role"),
+    (json.dumps({"messages": [{"role": None, "content": "q"}, ASSISTANT]}).encode(), "bad_field",
+     "messages[0].role"),
+]
+
+
+def make_cfg(tmp_path: Path, path: Path | None, **replay_keys):
+    return load_config(None, {
+        "output_dir": str(tmp_path / "run"),
+        "orchestrator": {"source": {"type": "replay", **({"path": str(path)} if path else {})},
+                         "replay": {"max_line_bytes": MAX_LINE, "batch_input": str(batch_input(tmp_path)),
+                                    **replay_keys}},
+    })
+
+
+def batch_input(tmp_path: Path) -> Path:
+    p = tmp_path / "batch_input.jsonl"
+    reqs = [{"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": "m", "messages": [USER]}} for i in range(5)]
+    p.write_text("".join(json.dumps(r) + "\n" for r in reqs))
+    return p
+
+
+def hostile_file(tmp_path: Path) -> Path:
+    """Good records first and last, every hostile line between, and a torn last line."""
+    lines = [json.dumps(chat("5", "ok-1")).encode()] + [h[0] for h in HOSTILE]
+    lines += [json.dumps(batch_out("req-1", status_code=500, body={"error": {"message": "boom"}})).encode(),
+              json.dumps({"custom_id": "req-2", "response": None, "error": {"code": "x"}}).encode(),
+              json.dumps(chat("", "empty-answer")).encode(),  # "" is an answer: reconstruction decides
+              json.dumps(batch_out("req-4", status_code=200, body={"choices": [  # a teacher's empty answer
+                  {"index": 0, "message": {"role": "assistant", "content": None}, "finish_reason": "stop"}]})).encode(),
+              json.dumps(batch_out("req-3", status_code=200, body={"choices": [  # two conversations
+                  {"index": i, "message": {"role": "assistant", "content": f"a{i}"}, "finish_reason": "stop"}
+                  for i in range(2)]})).encode(),
+              json.dumps(chat("6", "ok-2")).encode()]
+    p = tmp_path / "hostile.jsonl"
+    p.write_bytes(b"\n".join(lines) + b"\n" + json.dumps(chat("7", "torn")).encode()[:20])
+    return p
+
+
+def recon(tok, cfg):
+    return Reconstructor(tok, cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruction.max_seq_len)
+
+
+def assert_accounted(summary: dict) -> None:
+    o = summary["outcomes"]
+    assert summary["records"] + summary["extra_conversations"] == (
+        o["trained"] + o["filtered"] + o["rejected"] + o["bad_records"] + o["not_reconstructed"])
+    assert o["filtered"] == sum(summary["filtered"].values())
+    assert o["bad_records"] == sum(summary["bad_record_reasons"].values()) == summary["bad_records"]
+
+
+def test_every_hostile_line_is_one_listed_bad_record(tmp_path, smol_tokenizer):
+    p = hostile_file(tmp_path)
+    cfg = make_cfg(tmp_path, p, on_error="skip")
+    summary = replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)
+    listed = read_jsonl(tmp_path / "run" / "replay_rejects.jsonl")
+    n = len(HOSTILE)
+    expected = [(i + 2, reason, field) for i, (_, reason, field) in enumerate(HOSTILE)]
+    expected.append((n + 8, "partial_last_line", None))
+    assert [(b["line"], b["reason"], b["field"]) for b in listed] == expected
+    assert all(b["file"] == str(p) and b["error"] for b in listed)
+    assert summary["records"] == n + 8 and summary["extra_conversations"] == 1
+    assert summary["rejected"] == {"empty_assistant_turn": 2}  # "" in a dataset, null from the teacher
+    assert summary["bad_record_reasons"]["not_an_object"] == 5 and summary["bad_record_reasons"]["too_deep"] == 2
+    assert summary["filtered"] == {"batch_error": 2}  # failed requests: counted and listed, not training data
+    assert {s.sample_id for s in iter_samples(tmp_path / "run" / "samples")} >= {"ok-1/0", "ok-2/0", "req-3/0",
+                                                                               "req-3/1"}
+    assert_accounted(summary)
+    assert summary["outcomes"]["bad_records"] == n + 1
+    assert json.loads((tmp_path / "run" / "replay_summary.json").read_text())["outcomes"] == summary["outcomes"]
+
+
+@pytest.mark.parametrize("k", range(len(HOSTILE)))
+def test_on_error_fail_stops_at_the_hostile_line_naming_file_line_and_reason(tmp_path, smol_tokenizer, k):
+    line, reason, field = HOSTILE[k]
+    p = tmp_path / "in.jsonl"
+    p.write_bytes(json.dumps(chat("5", "ok-1")).encode() + b"\n" + line + b"\n")
+    cfg = make_cfg(tmp_path, p, on_error="fail")
+    with pytest.raises(ReplayError) as ei:
+        replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)
+    assert (ei.value.file, ei.value.line, ei.value.field, ei.value.reason) == (str(p), 2, field, reason)
+    assert str(ei.value).startswith(f"{p}:2: ") and not is_done(tmp_path / "run" / "samples")
+
+
+def test_an_over_long_line_is_read_past_without_holding_it(tmp_path):
+    p = tmp_path / "long.jsonl"
+    with open(p, "wb") as f:
+        f.write(json.dumps(chat()).encode() + b"\n")
+        f.write(b'{"messages": "' + b"y" * (24 << 20) + b'"}\n')
+        f.write(json.dumps(chat("6")).encode() + b"\n")
+    tracemalloc.start()
+    try:
+        lines = list(iter_jsonl(str(p), 64 << 10))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [ln.line for ln in lines] == [1, 2, 3] and lines[0].obj and lines[2].obj["messages"][1]["content"] == "6"
+    long_line = len(b'{"messages": "') + (24 << 20) + len(b'"}\n')
+    assert lines[1].bad.reason == "line_too_long" and f"line of {long_line} bytes" in lines[1].bad.error
+    assert peak < 8 << 20  # the 24 MiB line was never held
+
+
+def distill(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distill", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def cli_config(tmp_path: Path, tokenizer_dir, path: str | None = None) -> Path:
+    src = f'path = "{path}"\n' if path else ""
+    cfg = tmp_path / "replay.toml"
+    cfg.write_text(f'output_dir = "{tmp_path / "run"}"\n[student]\ntokenizer = "{tokenizer_dir}"\n'
+                   f'[orchestrator.source]\ntype = "replay"\n{src}'
+                   f'[orchestrator.replay]\nmax_line_bytes = {MAX_LINE}\nbatch_input = "{batch_input(tmp_path)}"\n')
+    return cfg
+
+
+def test_cli_replays_inputs_given_on_the_command_line_without_source_path(tmp_path, smol_tokenizer_dir):
+    cfg = cli_config(tmp_path, smol_tokenizer_dir)
+    p = hostile_file(tmp_path)
+    proc = distill("replay", cfg, p, "--on-error", "skip")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "replay_summary.json").read_text())
+    assert summary["inputs"] == [str(p)] and is_done(tmp_path / "run" / "samples")
+    assert_accounted(summary)
+    o = summary["outcomes"]
+    assert (f"replay: {summary['records']} records (+1 more choice(s) of Batch API lines) = "
+            f"{o['trained']} trained + {o['filtered']} filtered + {o['rejected']} rejected + "
+            f"{o['bad_records']} bad") in proc.stdout
+    assert '"too_deep": 2' in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_cli_on_error_fail_is_one_message_and_exit_1(tmp_path, smol_tokenizer_dir):
+    cfg = cli_config(tmp_path, smol_tokenizer_dir)
+    p = tmp_path / "in.jsonl"
+    p.write_text(json.dumps(chat("5")) + "\nnull\n")
+    proc = distill("replay", cfg, p, "--on-error", "fail")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{p}:2: expected a JSON object per line, got null" in proc.stderr
+    # one message (the rest of stderr is the progress bar)
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("replay:")] == [
+        ln for ln in proc.stderr.splitlines() if ln.startswith("distill: ")] != []
+
+
+def test_cli_without_input_or_source_path_names_the_key(tmp_path, smol_tokenizer_dir):
+    proc = distill("replay", cli_config(tmp_path, smol_tokenizer_dir))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "orchestrator.source.path" in proc.stderr and "INPUT" in proc.stderr
+    proc = distill("replay", cli_config(tmp_path, smol_tokenizer_dir), "x.jsonl", "--on-error", "maybe")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "--on-error must be skip or fail" in proc.stderr
+
+
+def test_replay_without_any_input_names_the_key(tmp_path, smol_tokenizer):
+    cfg = make_cfg(tmp_path, None)
+    with pytest.raises(ReplayError, match=r"orchestrator\.source\.path: is not set"):
+        replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)
+
+
+@pytest.mark.parametrize("line,problem", [
+    (DEEP, "JSON nested too deeply"), ("null", "a JSON null, not an object"), ("3", "a JSON number, not an object"),
+    ('{"custom_id": ["x"], "body": {}}', "custom_id is array, not a string"),
+    ('{"custom_id": "' + "z" * MAX_LINE + '"}', "line of [0-9]+ bytes is longer than the"),
+])
+def test_a_hostile_batch_input_line_is_an_error_naming_it(tmp_path, smol_tokenizer, line, problem):
+    out = tmp_path / "out.jsonl"
+    out.write_text(json.dumps(batch_out("req-0", status_code=200, body={"choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "a"}}]})) + "\n")
+    cfg = make_cfg(tmp_path, out)  # writes batch_input.jsonl: 5 requests
+    inp = tmp_path / "batch_input.jsonl"
+    inp.write_text(inp.read_text() + line + "\n")
+    with pytest.raises(ReplayError, match=f"batch_input.jsonl:6: field 'custom_id': not a Batch API input line "
+                                          f"\\({problem}"):
+        replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)

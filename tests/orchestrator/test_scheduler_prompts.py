@@ -1,0 +1,133 @@
+"""Prompt sources: JSONL parsing with file:line errors, reasoning-gym ids, reward-fn loading."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distill.core.config import Source
+from orchestrator.prompts import PromptSourceError, count_prompts, load_prompts
+from orchestrator.rewards import extract_final_answer, load_reward_fn
+
+
+def jsonl(tmp_path, lines):
+    p = tmp_path / "in.jsonl"
+    p.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return p
+
+
+def test_jsonl_messages_prompt_tools_and_ids(tmp_path):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    p = jsonl(tmp_path, [{"id": "a", "messages": [{"role": "user", "content": "hi"}], "tools": tools, "x": 1},
+                         "", {"prompt": "plain", "answer": "42"}])
+    src = Source(type="jsonl", path=str(p), system_prompt="sys")
+    out = list(load_prompts(src))
+    assert [o["prompt_id"] for o in out] == ["a", "in-3"]
+    assert out[0]["messages"] == [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
+    assert out[0]["tools"] == tools and out[0]["metadata"]["x"] == 1 and out[0]["metadata"]["line"] == 1
+    assert out[1]["messages"][-1] == {"role": "user", "content": "plain"} and out[1]["answer"] == "42"
+    assert count_prompts(src) == 2
+
+
+@pytest.mark.parametrize("line,msg", [
+    ("{not json", r"in.jsonl:2: not valid JSON"),
+    ('[1, 2]', r"in.jsonl:2: expected a JSON object"),
+    ('{"foo": 1}', r"in.jsonl:2: needs a 'messages' list or a 'prompt' string"),
+    ('{"messages": []}', r"in.jsonl:2: field 'messages' must be a non-empty list"),
+    ('{"messages": [{"content": "x"}]}', r"in.jsonl:2: messages\[0\] must be an object with a 'role'"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
+     r"in.jsonl:2: the last message is an assistant turn"),
+    ('{"prompt": "x", "tools": {}}', r"in.jsonl:2: field 'tools' must be a list"),
+    ('{"id": "a", "prompt": "again"}', r"in.jsonl:2: id 'a' was already used on line 1"),
+    ('{"id": "a/b", "prompt": "x"}', r"in.jsonl:2: id 'a/b' contains '/'"),
+    ('{"prompt": "half an emoji \\ud83d"}', r"in.jsonl:2: the text holds a lone surrogate \('\\ud83d'"),
+])
+def test_jsonl_errors_name_file_and_line(tmp_path, line, msg):
+    p = jsonl(tmp_path, [{"id": "a", "prompt": "first"}, line])
+    with pytest.raises(PromptSourceError, match=msg):
+        list(load_prompts(Source(type="jsonl", path=str(p))))
+
+
+def test_missing_file_and_replay_type(tmp_path):
+    with pytest.raises(PromptSourceError, match="does not exist"):
+        list(load_prompts(Source(type="jsonl", path=str(tmp_path / "nope.jsonl"))))
+    with pytest.raises(PromptSourceError, match="replay source is read by `distill replay`"):
+        load_prompts(Source(type="replay", path="x"))
+
+
+def test_reasoning_gym_ids_are_stable_and_carry_the_entry():
+    src = Source(type="reasoning_gym", dataset="gsm_symbolic", size=3, seed=7)
+    a, b = list(load_prompts(src)), list(load_prompts(src))
+    assert [x["prompt_id"] for x in a] == ["gsm_symbolic-7-0", "gsm_symbolic-7-1", "gsm_symbolic-7-2"]
+    assert a == b
+    assert a[0]["messages"] == [{"role": "user", "content": a[0]["metadata"]["entry"]["question"]}]
+    assert a[0]["answer"] == a[0]["metadata"]["entry"]["answer"]
+    with pytest.raises(PromptSourceError, match="orchestrator.source.dataset"):
+        list(load_prompts(Source(type="reasoning_gym", dataset="no_such_dataset_xyz")))
+
+
+def test_reward_fn_loading_and_answer_extraction():
+    fn = load_reward_fn("orchestrator.rewards:gsm_symbolic_score")
+    assert callable(fn)
+    for bad, msg in [("nocolon", "not 'module:function'"), ("no_such_mod_xyz:f", "cannot import"),
+                     ("orchestrator.rewards:nope", "has no function")]:
+        with pytest.raises(ValueError, match=msg):
+            load_reward_fn(bad)
+    assert extract_final_answer("so <answer> 12 </answer>") == "12"
+    assert extract_final_answer("first 3 then 1,234.5 units") == "1234.5"
+    assert extract_final_answer("nothing") is None
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+HOSTILE_PROMPTS = [
+    (DEEP, "JSON nested too deeply to read"),
+    ('{"prompt": "x", "meta": ' + DEEP + "}", "JSON nested too deeply to read"),
+    ('{"prompt": "x", "meta": ' + "[" * 150 + "]" * 150 + "}", "nested more than 100 levels"),
+    ("null", "expected a JSON object, got null"),
+    ("3", "expected a JSON object, got number"),
+    ('"text"', "expected a JSON object, got string"),
+    ("[]", "expected a JSON object, got array"),
+    ("true", "expected a JSON object, got boolean"),
+    ('{"messages": [{"role": "user", "content": null}]}', r"messages\[0\]: a user message with no content"),
+    ('{"messages": [{"role": "system"}, {"role": "user", "content": "q"}]}',
+     r"messages\[0\]: a system message with no content"),
+    ('{"messages": {"role": "user", "content": "q"}}', "field 'messages' must be a non-empty list"),
+    ('{"messages": [{"role": 3, "content": "q"}]}', r"messages\[0\].role must be a role string, got number"),
+    ('{"messages": [{"role": "user", "content": 5}]}', r"messages\[0\].content must be a string"),
+]
+
+
+@pytest.mark.parametrize("line,msg", HOSTILE_PROMPTS)
+def test_hostile_prompt_lines_are_file_line_errors(tmp_path, line, msg):
+    p = jsonl(tmp_path, [{"id": "a", "prompt": "first"}, line])
+    with pytest.raises(PromptSourceError, match="in.jsonl:2: " + msg):
+        list(load_prompts(Source(type="jsonl", path=str(p))))
+
+
+def test_count_prompts_counts_every_bad_line_and_lists_the_first_five(tmp_path):
+    lines = [{"prompt": "ok"}] + [line for line, _ in HOSTILE_PROMPTS] + [{"prompt": "ok too"}]
+    p = jsonl(tmp_path, lines)
+    p.write_bytes(p.read_bytes() + b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(PromptSourceError) as ei:
+        count_prompts(Source(type="jsonl", path=str(p)))
+    text = str(ei.value)
+    n_bad = len(HOSTILE_PROMPTS) + 1
+    assert text.startswith(f"orchestrator.source.path: {n_bad} bad line(s) in {p} (2 good); no request was sent")
+    assert [ln.split(": ")[0] for ln in text.splitlines()[1:6]] == [f"  {p}:{k}" for k in range(2, 7)]
+    assert f"... and {n_bad - 5} more" in text
+    # the UTF-8 error is counted though not listed; alone, it names its line and byte
+    p.write_bytes(b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(PromptSourceError, match=r"in.jsonl:1: not valid UTF-8 \(byte 0xe9"):
+        list(load_prompts(Source(type="jsonl", path=str(p))))
+
+
+def test_over_long_prompt_line_and_directory_path(tmp_path, monkeypatch):
+    import orchestrator.prompts as prompts
+
+    monkeypatch.setattr(prompts, "MAX_LINE_BYTES", 1024)
+    p = jsonl(tmp_path, [{"prompt": "x" * 5000}, {"prompt": "short"}])
+    with pytest.raises(PromptSourceError, match=r"in.jsonl:1: line of 5015 bytes is longer than the 1024-byte limit"):
+        count_prompts(Source(type="jsonl", path=str(p)))
+    with pytest.raises(PromptSourceError, match=r"orchestrator.source.path: .* is a directory"):
+        count_prompts(Source(type="jsonl", path=str(tmp_path)))

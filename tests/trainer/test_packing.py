@@ -1,0 +1,118 @@
+"""Packing: best-fit-decreasing bins, shifted labels, and packed == unpacked (loss and grads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distill.core.contract import Sample
+from support.trainer_helpers import make_samples
+from trainer.data import (block_causal_mask, best_fit_decreasing, empty_micro_batch, make_micro_batches,
+                          sample_arrays)
+from trainer.loss import IGNORE
+from trainer.model import load_student
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(8, 64).flatmap(lambda cap: st.tuples(st.just(cap), st.lists(st.integers(1, cap), max_size=40))))
+def test_best_fit_decreasing_places_every_item_once_within_capacity(case):
+    cap, lengths = case
+    bins = best_fit_decreasing(lengths, cap)
+    placed = sorted(i for b in bins for i in b)
+    assert placed == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= cap for b in bins)
+    # BFD never needs more bins than twice the lower bound, and opens a new bin only if
+    # the item fit nowhere: no two bins could be merged when both are at most half full.
+    total = sum(lengths)
+    assert len(bins) <= max(1, 2 * -(-total // cap))
+    half = [b for b in bins if sum(lengths[i] for i in b) <= cap // 2]
+    assert len(half) <= 1
+
+
+def test_best_fit_prefers_the_fullest_bin():
+    # 6 -> bin0 (free 4), 5 -> bin1 (free 5), 4 -> bin0 (exact fit, fuller than bin1)
+    assert best_fit_decreasing([5, 6, 4], 10) == [[1, 2], [0]]
+
+
+def test_labels_are_shifted_and_masked():
+    s = Sample(sample_id="x/0", prompt_ids=[10, 11, 12], completion_ids=[20, 21, 22, 23],
+               completion_mask=[1, 0, 1, 1])
+    ids, labels = sample_arrays(s, seq_len=16)
+    assert ids == [10, 11, 12, 20, 21, 22, 23]
+    # position t predicts ids[t+1] when that token is trained
+    assert labels == [IGNORE, IGNORE, 20, IGNORE, 22, 23, IGNORE]
+
+
+def test_too_long_sample_is_refused_with_a_clear_message():
+    s = Sample(sample_id="long/0", prompt_ids=list(range(10)), completion_ids=[1] * 10, completion_mask=[1] * 10)
+    with pytest.raises(ValueError, match=r"long/0 has 20 tokens, more than trainer.seq_len = 16"):
+        make_micro_batches([s], seq_len=16, rows_per_batch=1)
+
+
+def test_packed_rows_restart_positions_and_block_the_mask(smol_tokenizer):
+    samples = make_samples(smol_tokenizer, 6)
+    mbs = make_micro_batches(samples, seq_len=256, rows_per_batch=2, packing=True)
+    assert sum(m.num_samples for m in mbs) == 6
+    assert sum(m.num_tokens for m in mbs) == sum(s.num_tokens for s in samples)
+    assert sum(m.num_trained for m in mbs) == sum(s.num_trained for s in samples)
+    mb = mbs[0]
+    row_seg, row_pos = mb.segment_ids[0], mb.position_ids[0]
+    starts = [i for i in range(len(row_seg)) if row_seg[i] != 0 and (i == 0 or row_seg[i] != row_seg[i - 1])]
+    assert len(starts) >= 2  # this row really holds several samples
+    assert all(row_pos[i] == 0 for i in starts)
+    mask = block_causal_mask(mb.segment_ids)[0, 0]
+    a, b = starts[0], starts[1]
+    assert mask[b, b - 1].item() is False     # the 2nd sample cannot see the 1st
+    assert mask[b + 1, b].item() is True      # but sees its own past
+    assert mask[a, a + 1].item() is False     # causal
+    assert mask.any(dim=-1).all()             # no empty softmax row, padding included
+    # labels never cross a sample boundary: the last position of a sample is untrained
+    assert mb.labels[0, b - 1].item() == IGNORE
+
+
+def _grads_of(model, mbs, normalizer):
+    model.zero_grad(set_to_none=True)
+    total = 0.0
+    for mb in mbs:
+        loss = model.micro_batch_loss(mb, normalizer)
+        loss.backward()
+        total += loss.item()
+    return total, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_packed_batch_equals_samples_one_by_one(tiny_student_dir, smol_tokenizer):
+    samples = make_samples(smol_tokenizer, 7)
+    model = load_student(tiny_student_dir, torch.device("cpu"), chunk_size=64)
+    norm = float(sum(s.num_trained for s in samples))
+    packed = make_micro_batches(samples, seq_len=128, rows_per_batch=4, packing=True)
+    assert len(packed) < len(samples)
+    one_by_one = [make_micro_batches([s], seq_len=128, rows_per_batch=1, packing=False)[0] for s in samples]
+    loss_p, grads_p = _grads_of(model, packed, norm)
+    loss_u, grads_u = _grads_of(model, one_by_one, norm)
+    assert loss_p == pytest.approx(loss_u, rel=1e-5)
+    for name in grads_u:
+        torch.testing.assert_close(grads_p[name], grads_u[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_empty_micro_batch_has_nothing_to_train(tiny_student_dir):
+    model = load_student(tiny_student_dir, torch.device("cpu"), chunk_size=64)
+    mb = empty_micro_batch(pad_id=0)
+    loss = model.micro_batch_loss(mb, 1.0)
+    loss.backward()
+    assert loss.item() == 0.0 and mb.num_trained == 0
+
+
+def test_micro_batches_are_only_as_wide_as_their_longest_row(smol_tokenizer):
+    samples = make_samples(smol_tokenizer, 6)
+    lengths = sorted(s.num_tokens for s in samples)
+    # one row per micro-batch: no padding at all
+    for mb in make_micro_batches(samples, seq_len=4096, rows_per_batch=1, packing=True):
+        assert mb.slots == mb.num_tokens
+    # several rows: padded to the longest row of the micro-batch, never to seq_len
+    seq_len = lengths[-1] + lengths[0]
+    mbs = make_micro_batches(samples, seq_len=seq_len, rows_per_batch=8, packing=True)
+    assert len(mbs) == 1 and mbs[0].input_ids.shape[1] <= seq_len
+    row_lengths = (mbs[0].segment_ids != 0).sum(dim=1)
+    assert mbs[0].input_ids.shape[1] == int(row_lengths.max())
