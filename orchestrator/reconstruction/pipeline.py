@@ -111,7 +111,7 @@ class Pipeline:
             keep = self.max_seq_len - len(prompt_ids)
             if keep <= 0 or not any(mask[:keep]):
                 raise Reject("overlong", f"{n} tokens > max_seq_len {self.max_seq_len}, and the prompt "
-                                          f"({len(prompt_ids)} tokens) leaves nothing trainable")
+                                         f"({len(prompt_ids)} tokens) leaves nothing trainable")
             completion_ids, mask = completion_ids[:keep], mask[:keep]
             meta["truncated_from"] = n
             self.stats["overlong_truncated"] += 1

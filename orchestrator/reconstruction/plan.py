@@ -40,7 +40,6 @@ class Pending:
     fields: dict[str, Any]
 
 
-
 class Planner:
     """Plans the samples of a conversation (a mixin of Reconstructor)."""
 
@@ -75,8 +74,8 @@ class Planner:
                 utf8 = [t.encode("utf-8") for t in texts]
             except UnicodeEncodeError:
                 r = Reject("invalid_text", f"{where_not_unicode(messages, tools)} holds a lone surrogate "
-                                            "(not valid Unicode, so no tokenizer can encode it). Fix: repair or "
-                                            "drop the text at its source")
+                                           "(not valid Unicode, so no tokenizer can encode it). Fix: repair or "
+                                           "drop the text at its source")
                 return [], [self._reject(sample_id, r)]
             plans.append(Pending(
                 sid=f"{sample_id}/turn{group[0] + 1}" if split else sample_id, texts=texts, utf8=utf8,
@@ -114,7 +113,7 @@ class Planner:
         if len(groups) > 1 and self.cfg.on_history_rewrite == "reject":
             k = groups[1][0]
             raise Reject("history_rewrite", f"the template renders the history before trained turn {k + 1} "
-                                             f"(messages[{trained[k]}]) differently from how it rendered turn {k}")
+                                            f"(messages[{trained[k]}]) differently from how it rendered turn {k}")
         return groups, turns
 
     @staticmethod

@@ -40,7 +40,6 @@ class Turn:
     role: str
 
 
-
 class TurnLocator:
     """Finds and checks trained turns in renders (a mixin of Reconstructor)."""
 
@@ -97,7 +96,7 @@ class TurnLocator:
             if m.role == "assistant":
                 return self._opened_turn(data, a, tools, base, m)
             raise Reject("template_mismatch", f"messages[{a}]: the template's render of the history before it is "
-                                               f"not a prefix of its rendering of the turn (ends {base[-40:]!r})")
+                                              f"not a prefix of its rendering of the turn (ends {base[-40:]!r})")
         eot = self._turn_end_token(full, base, a)
         end = len(full) - len(self.final_tail)
         eot_start = end - len(eot)
@@ -137,8 +136,8 @@ class TurnLocator:
         drops (DeepSeek-R1-Distill's "<think>\n"), proven by orchestrator/open_reasoning.py."""
         if m.data.get("tool_calls"):
             raise Reject("template_mismatch", f"messages[{a}]: the generation prompt opens a reasoning block "
-                                               f"(ends {base[-20:]!r}) and the turn has tool calls; the template "
-                                               "cannot show how the student continues into a tool call")
+                                              f"(ends {base[-20:]!r}) and the turn has tool calls; the template "
+                                              "cannot show how the student continues into a tool call")
 
         def render_with(content: str) -> str:
             msg = {k: v for k, v in data[a].items() if k not in ("reasoning_content", "thinking")}
@@ -171,7 +170,7 @@ class TurnLocator:
                         self.stats["other_end_token"] += 1
                     return tok
         raise Reject("missing_end_token", f"messages[{a}]: the rendered turn does not end with a special token "
-                                           f"such as {self.eot!r} followed by {tail!r} (ends {full[-40:]!r})")
+                                          f"such as {self.eot!r} followed by {tail!r} (ends {full[-40:]!r})")
 
     def _lead(self, data: list[dict], a: int, tools, base: str, seg: str, m: Msg, eot: str) -> str:
         probe = dict(data[a], content=m.placed_prefix + SENTINEL)
