@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import collections
 import itertools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.contract import Sample
+from orchestrator.contract import Rejection, Sample
 from orchestrator.reconstruction.cache import put_bounded
 from orchestrator.reconstruction.plan import Pending
 from orchestrator.reconstruction.reasons import Reject
@@ -36,6 +37,10 @@ class Pipeline:
     _prompt_cache: dict[str, list[int]]  # prompt text -> ids
     _prefix_rule: PrefixSpaceRule | None  # SentencePiece-style dummy prefix, else None
     _continuation: Any  # _prefix_rule's tokenizer without the dummy prefix, else None
+    # From the other parts:
+    _reject: Callable[[str, Reject], Rejection]  # reconstructor.Reconstructor._reject
+    _prepare: Callable[..., tuple[list[Pending], list[Rejection]]]  # plan.Planner._prepare
+    _roundtrip: Callable[[list[Pending], list[list[list[int]]]], list[Reject | None]]  # selfcheck.SelfCheck
 
     def _prepare_chunk(self, conversations: list[dict], base: int, results: list) -> list[tuple[int, "Pending"]]:
         pending: list[tuple[int, Pending]] = []

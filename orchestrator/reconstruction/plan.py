@@ -11,9 +11,11 @@ turn and the untrained context between turns.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.contract import Rejection
 from orchestrator.reconstruction.messages import check_special, normalize_messages, plain_tools, where_not_unicode
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.turns import Turn
@@ -49,6 +51,10 @@ class Planner:
     train_roles: tuple[str, ...]
     tool_shape: ToolCallShape
     _special_re: re.Pattern | None
+    # From the other parts:
+    _reject: Callable[[str, Reject], Rejection]  # reconstructor.Reconstructor._reject
+    _prefix_renders: Callable[..., tuple[Callable[[int], str], Callable[[int], str]]]  # prefixes.PrefixRenders
+    _locate_turn: Callable[..., Turn]  # turns.TurnLocator._locate_turn
 
     def _prepare(self, messages, tools=None, *, sample_id: str, prompt_id: str = "", sample_index: int = 0,
                  finish_reason: str | None = None, reward: float | None = None,

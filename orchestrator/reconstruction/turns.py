@@ -51,7 +51,8 @@ class TurnLocator:
     final_tail: str  # the constant text the template puts after the last end-of-turn token
     tool_shape: ToolCallShape
     _added_tokens: list[str]  # added tokens' text, longest first
-    render: Callable[..., str]  # PrefixRenders.render
+    # From the other parts:
+    render: Callable[..., str]  # prefixes.PrefixRenders.render
 
     def _probe_end_of_turn(self) -> tuple[str, str]:
         """The end-of-turn token and the constant text the template puts after it at the end.
