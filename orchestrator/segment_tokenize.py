@@ -18,11 +18,12 @@ prefix, which is what SentencePiece does to text that does not start the input. 
 end-of-turn token (an added token), is tokenised with the tokenizer itself: that is
 what a server does to the same text when it tokenises the next turn's prompt.
 
-What the self-check then compares (reconstruct.py): decode(prompt + completion) must
-equal `expected_text`: the segments' text with the rule the tokenizer states applied to
-the prompt and (with "piece") the context - a space before every piece of text between
-added tokens, less the one space the decoder strips at the start of the output; nothing
-for "first" (the only prefix is at the start, which the decoder strips).
+What the self-check then compares (orchestrator/reconstruction/selfcheck.py):
+decode(prompt + completion) must equal `expected_text`: the segments' text with the
+rule the tokenizer states applied to the prompt and (with "piece") the context - a
+space before every piece of text between added tokens, less the one space the decoder
+strips at the start of the output; nothing for "first" (the only prefix is at the
+start, which the decoder strips).
 The trained tokens are decoded after the end-of-turn token as an anchor, so that the
 decoder's start-of-text strip cannot hide or add a space. The rule is checked on probe
 texts when the Reconstructor is made; a tokenizer whose behaviour does not match the

@@ -1,0 +1,150 @@
+"""Message checks and normalisation: what the template sees, and what verification needs.
+
+Roles, text-only content, tool calls (checked, then passed in the shape the template
+expects: orchestrator/tool_args.py), reasoning placed per the `reasoning` policy, tools
+as plain JSON, and the special-token-text check. Everything here raises `Reject`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.open_reasoning import without_thinking_tags
+from orchestrator.reconstruction.reasons import Reject
+from orchestrator.tool_args import ToolCallShape, parse_arguments
+
+KNOWN_ROLES = ("system", "user", "assistant", "tool")
+_KEPT_KEYS = ("name", "tool_call_id")
+
+
+@dataclass
+class Msg:
+    """A normalised message: what the template sees, plus what verification needs."""
+
+    data: dict[str, Any]  # passed to the template
+    role: str
+    content: str  # the teacher's content, verbatim ("" when absent)
+    placed_prefix: str  # text put before the content by the reasoning policy (think_tags)
+    reasoning: str  # the teacher's reasoning ("" when absent)
+
+
+def _text_content(content: Any, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type", "text") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise Reject("non_text_content", f"{where}: content part {j} is {kind!r}; only text parts are supported")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise Reject("invalid_message", f"{where}: content is a {type(content).__name__}, expected a string, null or a list of text parts")
+
+
+def _tool_calls(raw: Any, where: str, shape: ToolCallShape) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        raise Reject("invalid_tool_call", f"{where}: tool_calls is a {type(raw).__name__}, expected a list")
+    out = []
+    for j, tc in enumerate(raw):
+        fn = tc.get("function") if isinstance(tc, dict) else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if not isinstance(name, str) or not name:
+            raise Reject("invalid_tool_call", f"{where}: tool_calls[{j}] has no function.name")
+        args, text = parse_arguments(fn.get("arguments", {}), f"{where}: tool_calls[{j}] ({name})")
+        if args is None:
+            raise Reject("invalid_tool_arguments", text)
+        call: dict[str, Any] = {"type": "function",
+                                "function": {"name": name, "arguments": text if shape.arguments_as_string else args}}
+        if tc.get("id") is not None:
+            call["id"] = str(tc["id"])
+        out.append(call)
+    return out
+
+
+def normalize_messages(messages: Any, reasoning_policy: str, shape: ToolCallShape = ToolCallShape()) -> list[Msg]:
+    """Check `messages` and convert them to what the template sees (tool calls in
+    `shape`, see orchestrator/tool_args.py). Raises Reject."""
+    if not isinstance(messages, list) or not messages:
+        raise Reject("invalid_message", "messages must be a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise Reject("invalid_message", f"{where} is not an object with a string 'role'")
+        role = m["role"]
+        if role not in KNOWN_ROLES:
+            raise Reject("unknown_role", f"{where} has role {role!r}; known roles are {', '.join(KNOWN_ROLES)}")
+        content = _text_content(m.get("content"), where)
+        data: dict[str, Any] = {"role": role, "content": content}
+        for k in _KEPT_KEYS:
+            if m.get(k) is not None:
+                if not isinstance(m[k], str):
+                    raise Reject("invalid_message", f"{where}: {k} is a {type(m[k]).__name__}, expected a string")
+                data[k] = m[k]
+        prefix = reasoning = ""
+        if role == "assistant":
+            calls = _tool_calls(m["tool_calls"], where, shape) if m.get("tool_calls") else []
+            if calls:
+                data["tool_calls"] = calls
+                if not content and shape.null_content:
+                    data["content"] = None  # the template renders tool calls only for null content
+            if not content and not calls:
+                raise Reject("empty_assistant_turn", f"{where} is an assistant turn with no content and no tool calls")
+            r = m.get("reasoning_content") or m.get("reasoning") or ""
+            if not isinstance(r, str):
+                raise Reject("invalid_message", f"{where}: reasoning is a {type(r).__name__}, expected a string")
+            if r and reasoning_policy == "template":
+                # both names, as transformers' apply_chat_template aliases them
+                data["reasoning_content"] = data["thinking"] = reasoning = r
+            elif r and reasoning_policy == "think_tags":
+                reasoning = r
+                prefix = f"<think>\n{r}\n</think>\n\n"
+                data["content"] = prefix + content
+        out.append(Msg(data, role, content, prefix, reasoning))
+    return out
+
+
+def plain_tools(tools: Any) -> list[dict] | None:
+    """Tools as plain JSON data (what the template may see), or a rejection."""
+    if tools is None:
+        return None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise Reject("invalid_message", "tools must be a list of objects (JSON schemas)")
+    try:
+        return json.loads(json.dumps(tools))
+    except (TypeError, ValueError) as e:
+        raise Reject("invalid_message", f"tools are not JSON data ({e})") from None
+
+
+def check_special(msgs: list[Msg], tools, special_re: re.Pattern) -> None:
+    """Reject special-token text (e.g. '<|im_end|>') inside content, reasoning, tool calls
+    or tools (with special_tokens_in_content=reject)."""
+    for i, m in enumerate(msgs):
+        texts = [without_thinking_tags(m.content) if m.role == "assistant" else m.content, m.reasoning]
+        texts += [json.dumps(tc["function"], ensure_ascii=False) for tc in m.data.get("tool_calls", [])]
+        for t in texts:
+            hit = t and special_re.search(t)
+            if hit:
+                raise Reject("special_token_in_content",
+                             f"messages[{i}] ({m.role}) contains the special token text {hit.group()!r}. "
+                             "Fix: clean the data, or set special_tokens_in_content = \"allow\"")
+    if tools:
+        hit = special_re.search(json.dumps(tools, ensure_ascii=False))
+        if hit:
+            raise Reject("special_token_in_content", f"tools contain the special token text {hit.group()!r}")
+
+
+def where_not_unicode(messages: list, tools: Any) -> str:
+    """Which message (or the tools) holds text that cannot be UTF-8 encoded."""
+    for i, m in enumerate(messages):
+        try:
+            json.dumps(m, ensure_ascii=False, default=str).encode("utf-8")
+        except UnicodeEncodeError:
+            return f"messages[{i}]"
+    return "tools" if tools else "the rendered text"

@@ -1,0 +1,126 @@
+"""Segment tokenisation and sample assembly: the steps build_many runs per chunk.
+
+Part of `Reconstructor` (reconstructor.py sets the state used here; its build_many
+runs these steps, tokenising one chunk in a helper thread while the next is planned).
+Every segment is tokenised on its own, in one batch call to the fast tokenizer
+(segments after the prompt without a SentencePiece dummy prefix:
+orchestrator/segment_tokenize.py); prompt ids are cached by prompt text. Then the
+self-check (selfcheck.py) and the max_seq_len / overlong policy make the `Sample`s.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from distill.core.contract import Rejection, Sample
+from orchestrator.reconstruction.cache import put_bounded
+from orchestrator.reconstruction.plan import Pending
+from orchestrator.reconstruction.reasons import Reject
+from orchestrator.segment_tokenize import PrefixSpaceRule
+
+if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
+    from distill.core.config import Reconstruction
+
+
+class Pipeline:
+    """Tokenises planned samples and turns them into Samples (a mixin of Reconstructor)."""
+
+    # Set by Reconstructor.__init__:
+    PROMPT_CACHE_SIZE: int
+    cfg: Reconstruction
+    max_seq_len: int | None
+    stats: collections.Counter
+    backend: Any  # the fast tokenizer's Rust tokenizer
+    _prompt_cache: dict[str, list[int]]  # prompt text -> ids
+    _prefix_rule: PrefixSpaceRule | None  # SentencePiece-style dummy prefix, else None
+    _continuation: Any  # _prefix_rule's tokenizer without the dummy prefix, else None
+    # From the other parts:
+    _reject: Callable[[str, Reject], Rejection]  # reconstructor.Reconstructor._reject
+    _prepare: Callable[..., tuple[list[Pending], list[Rejection]]]  # plan.Planner._prepare
+    _roundtrip: Callable[[list[Pending], list[list[list[int]]]], list[Reject | None]]  # selfcheck.SelfCheck
+
+    def _prepare_chunk(self, conversations: list[dict], base: int, results: list) -> list[tuple[int, "Pending"]]:
+        pending: list[tuple[int, Pending]] = []
+        for ci, conv in enumerate(conversations, base):
+            plans, rejections = self._prepare(**conv)
+            results.append(([], rejections))
+            pending += [(ci, p) for p in plans]
+        return pending
+
+    def _complete(self, pending: list[tuple[int, "Pending"]], seg_ids: list[list[list[int]]],
+                  results: list) -> None:
+        """Self-check the tokenised samples and add them (or their rejections) to `results`."""
+        checks = self._roundtrip([p for _, p in pending], seg_ids)
+        for (ci, p), ids, check in zip(pending, seg_ids, checks):
+            try:
+                if check is not None:
+                    raise check
+                completion = list(itertools.chain.from_iterable(ids[1:]))
+                mask: list[int] = []
+                for x, trained in zip(ids[1:], p.trained[1:]):
+                    mask += [1 if trained else 0] * len(x)
+                s = self._finish(p, ids[0], completion, mask)
+            except Reject as r:
+                results[ci][1].append(self._reject(p.sid, r))
+                continue
+            results[ci][0].append(s)
+            self.stats["samples"] += 1
+            if p.split:
+                self.stats["split_samples"] += 1
+
+    def _encode(self, pending: list["Pending"]) -> list[list[list[int]]]:
+        """Token ids of every segment, each tokenised on its own, in one batch call.
+
+        Prompts repeat (n samples per prompt, shared system prompts), so their ids are
+        kept in a small cache keyed by the prompt text.
+        """
+        prompts: dict[str, list[int] | None] = {}
+        todo: list[str] = []
+        for p in pending:
+            t = p.texts[0]
+            if t not in prompts:
+                prompts[t] = self._prompt_cache.get(t)
+                if prompts[t] is None:
+                    todo.append(t)
+            todo.extend(p.texts[1:])
+        if self._continuation is not None:  # trained turns without the dummy prefix (segment_tokenize.py)
+            firsts = [t for t, ids in prompts.items() if ids is None]
+            for t, e in zip(firsts, self.backend.encode_batch_fast(firsts, add_special_tokens=False)):
+                prompts[t] = e.ids
+            rest = [(t, f) for p in pending for t, f in zip(p.texts[1:], p.trained[1:])]
+            encs = iter(self._prefix_rule.encode_after_prompt(self.backend, rest))
+        else:
+            encs = iter(self.backend.encode_batch_fast(todo, add_special_tokens=False) if todo else [])
+        out = []
+        for p in pending:
+            prompt = prompts[p.texts[0]]
+            if prompt is None:
+                prompt = prompts[p.texts[0]] = next(encs).ids
+            out.append([prompt] + [next(encs).ids for _ in p.texts[1:]])
+        for t, ids in prompts.items():
+            put_bounded(self._prompt_cache, t, ids, self.PROMPT_CACHE_SIZE)
+        return out
+
+    def _finish(self, p: "Pending", prompt_ids: list[int], completion_ids: list[int], mask: list[int]) -> Sample:
+        meta = dict(p.meta)
+        if p.keep_open:
+            meta["truncated_turn"] = True
+            self.stats["truncated_kept"] += 1
+        n = len(prompt_ids) + len(completion_ids)
+        if self.max_seq_len is not None and n > self.max_seq_len:
+            if self.cfg.overlong == "drop":
+                raise Reject("overlong", f"{n} tokens > max_seq_len {self.max_seq_len}")
+            keep = self.max_seq_len - len(prompt_ids)
+            if keep <= 0 or not any(mask[:keep]):
+                raise Reject("overlong", f"{n} tokens > max_seq_len {self.max_seq_len}, and the prompt "
+                                         f"({len(prompt_ids)} tokens) leaves nothing trainable")
+            completion_ids, mask = completion_ids[:keep], mask[:keep]
+            meta["truncated_from"] = n
+            self.stats["overlong_truncated"] += 1
+        if not any(mask):
+            raise Reject("no_trained_tokens", "no trained token in this sample")
+        return Sample(sample_id=p.sid, prompt_ids=list(prompt_ids), completion_ids=completion_ids,
+                      completion_mask=mask, meta=meta, **p.fields)

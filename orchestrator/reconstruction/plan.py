@@ -1,0 +1,136 @@
+"""One conversation -> the samples to build: their segment texts, not yet tokenised.
+
+Part of `Reconstructor` (reconstructor.py sets the state used here). Applies the
+policies (system_prompt, special_tokens_in_content, truncated, on_history_rewrite),
+locates every trained turn (turns.py) in the prefix renders (prefixes.py), chains turns
+into one sample while each render is a string prefix of the next (else splits or
+rejects), and cuts each sample into segments: the prompt, then alternately a trained
+turn and the untrained context between turns.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from distill.core.contract import Rejection
+from orchestrator.reconstruction.messages import check_special, normalize_messages, plain_tools, where_not_unicode
+from orchestrator.reconstruction.reasons import Reject
+from orchestrator.reconstruction.turns import Turn
+from orchestrator.system_merge import merge_system_into_first_user
+from orchestrator.tool_args import ToolCallShape
+
+if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
+    import re
+
+    from distill.core.config import Reconstruction
+
+
+@dataclass
+class Pending:
+    """One sample to be: its segment texts (prompt first) and which are trained."""
+
+    sid: str
+    texts: list[str]
+    utf8: list[bytes]  # each text's UTF-8 (the token-bytes self-check compares with it)
+    trained: list[bool]
+    keep_open: bool
+    split: bool
+    meta: dict[str, Any]
+    fields: dict[str, Any]
+
+
+class Planner:
+    """Plans the samples of a conversation (a mixin of Reconstructor)."""
+
+    # Set by Reconstructor.__init__ (and methods of its other parts):
+    cfg: Reconstruction
+    stats: collections.Counter
+    train_roles: tuple[str, ...]
+    tool_shape: ToolCallShape
+    _special_re: re.Pattern | None
+    # From the other parts:
+    _reject: Callable[[str, Reject], Rejection]  # reconstructor.Reconstructor._reject
+    _prefix_renders: Callable[..., tuple[Callable[[int], str], Callable[[int], str]]]  # prefixes.PrefixRenders
+    _locate_turn: Callable[..., Turn]  # turns.TurnLocator._locate_turn
+
+    def _prepare(self, messages, tools=None, *, sample_id: str, prompt_id: str = "", sample_index: int = 0,
+                 finish_reason: str | None = None, reward: float | None = None,
+                 teacher_model: str | None = None, meta: dict | None = None):
+        """Render and cut one conversation into per-sample segment texts (no tokens yet)."""
+        self.stats["conversations"] += 1
+        try:
+            groups, turns = self._plan(messages, tools, finish_reason)
+        except Reject as r:
+            return [], [self._reject(sample_id, r)]
+        split = len(groups) > 1
+        if split:
+            self.stats["split"] += 1
+        plans = []
+        for group in groups:
+            is_last = group[-1] == len(turns) - 1
+            extra: dict[str, Any] = {"turns": len(group)}
+            if split:
+                extra.update(split_from=sample_id, first_turn=group[0] + 1)
+            keep_open = is_last and finish_reason == "length" and turns[-1].role == "assistant"
+            texts, trained = self._segments([turns[k] for k in group], keep_open)
+            try:
+                utf8 = [t.encode("utf-8") for t in texts]
+            except UnicodeEncodeError:
+                r = Reject("invalid_text", f"{where_not_unicode(messages, tools)} holds a lone surrogate "
+                                           "(not valid Unicode, so no tokenizer can encode it). Fix: repair or "
+                                           "drop the text at its source")
+                return [], [self._reject(sample_id, r)]
+            plans.append(Pending(
+                sid=f"{sample_id}/turn{group[0] + 1}" if split else sample_id, texts=texts, utf8=utf8,
+                trained=trained,
+                keep_open=keep_open, split=split, meta={**(meta or {}), **extra},
+                fields=dict(prompt_id=prompt_id, sample_index=sample_index, reward=reward,
+                            teacher_model=teacher_model,
+                            finish_reason=finish_reason if is_last else
+                            ("tool_calls" if turns[group[-1]].has_tool_calls else "stop"))))
+        return plans, []
+
+    def _plan(self, messages, tools, finish_reason):
+        if self.cfg.system_prompt == "merge_into_first_user":
+            messages = merge_system_into_first_user(messages)
+        msgs = normalize_messages(messages, self.cfg.reasoning, self.tool_shape)
+        tools = plain_tools(tools)
+        if self._special_re is not None and self.cfg.special_tokens_in_content == "reject":
+            check_special(msgs, tools, self._special_re)
+        trained = [i for i, m in enumerate(msgs) if m.role in self.train_roles]
+        if not trained:
+            raise Reject("no_trained_turn", f"no message has a role in train_roles {list(self.train_roles)}")
+        msgs = msgs[: trained[-1] + 1]  # context after the last trained turn trains nothing
+        if finish_reason == "length" and self.cfg.truncated == "drop" and msgs[-1].role == "assistant":
+            raise Reject("truncated", "the last assistant turn stopped at the length limit (finish_reason=length)")
+        data = [m.data for m in msgs]
+        renders = self._prefix_renders(data, tools, trained[0])
+        turns = [self._locate_turn(msgs, data, a, tools, renders) for a in trained]
+        groups = [[0]]
+        for k in range(1, len(turns)):
+            prev, cur = turns[k - 1], turns[k]
+            if prev.end <= cur.start and cur.full.startswith(prev.full[: prev.end]):
+                groups[-1].append(k)
+            else:
+                groups.append([k])
+        if len(groups) > 1 and self.cfg.on_history_rewrite == "reject":
+            k = groups[1][0]
+            raise Reject("history_rewrite", f"the template renders the history before trained turn {k + 1} "
+                                            f"(messages[{trained[k]}]) differently from how it rendered turn {k}")
+        return groups, turns
+
+    @staticmethod
+    def _segments(turns: list[Turn], keep_open: bool) -> tuple[list[str], list[bool]]:
+        """Prompt, then (trained turn, context) alternately, ending with a trained turn."""
+        texts = [turns[0].full[: turns[0].start]]
+        trained = [False]
+        for j, t in enumerate(turns):
+            if j:
+                texts.append(t.full[turns[j - 1].end: t.start])
+                trained.append(False)
+            texts.append(t.full[t.start: t.eot_start if (keep_open and j == len(turns) - 1) else t.end])
+            trained.append(True)
+        return texts, trained

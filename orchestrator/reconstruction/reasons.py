@@ -1,0 +1,41 @@
+"""Why a conversation (or one of its split samples) is rejected: every reason, and the
+exception that carries one through reconstruction (docs/reconstruction.md,
+"Rejection reasons", documents each)."""
+
+from __future__ import annotations
+
+#: Every reason a conversation (or one of its split samples) can be rejected for.
+REJECTION_REASONS: dict[str, str] = {
+    "invalid_message": "a message is not an object, has no role, or its content is not text/None/list",
+    "unknown_role": "a role other than system, user, assistant, tool",
+    "non_text_content": "a content part other than {'type': 'text'} (images, audio, ...)",
+    "empty_assistant_turn": "an assistant message with no content and no tool calls",
+    "invalid_tool_call": "a tool call that is not {'function': {'name': str, 'arguments': ...}}",
+    "invalid_tool_arguments": "tool-call arguments that are not a JSON object (or a JSON string of one)",
+    "no_trained_turn": "no message has a role in train_roles",
+    "special_token_in_content": "special-token text (e.g. '<|im_end|>') inside content, with special_tokens_in_content=reject",
+    "truncated": "the last assistant turn hit the length limit (finish_reason=length), with truncated=drop",
+    "template_error": "the student's chat template raised an error on this conversation",
+    "template_mismatch": "the template's generation prompt is not a prefix of its rendering of the turn",
+    "template_alters_content": "the template does not render the teacher's content verbatim (e.g. it trims it)",
+    "reasoning_not_rendered": "reasoning=template, but the template did not render the turn's reasoning",
+    "tool_calls_not_rendered": "the assistant turn has tool calls but the student's template does not render them "
+                               "(e.g. SmolLM2's), so the student would learn an empty turn",
+    "missing_end_token": "the rendered turn does not end with the template's end-of-turn token",
+    "history_rewrite": "the template rewrites earlier turns, with on_history_rewrite=reject",
+    "overlong": "longer than max_seq_len with overlong=drop, or nothing trainable left after truncation",
+    "no_trained_tokens": "the sample would train on zero tokens",
+    "invalid_text": "text that is not valid Unicode (a lone surrogate, as a JSON escape of half an emoji gives), "
+                    "which no tokenizer can encode",
+    "roundtrip_mismatch": "decoding the tokens does not give back the rendered text (self-check failed)",
+    "invalid_json": "(tokenize_file) the input line is not valid JSON",
+    "invalid_line": "(tokenize_file) the input line is not an object with a 'messages' list",
+}
+
+
+class Reject(Exception):
+    def __init__(self, reason: str, detail: str):
+        assert reason in REJECTION_REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,113 @@
+"""`Reconstructor`: teacher conversations -> verified student `Sample`s (the public class).
+
+The class is put together from the parts of this package (docs/reconstruction.md,
+"Code map"): prefixes.PrefixRenders (renders), turns.TurnLocator (finding and checking
+each trained turn), plan.Planner (policies, splitting, segment texts),
+pipeline.Pipeline (tokenising, Sample assembly), selfcheck.SelfCheck (decode checks).
+This module holds its state (__init__) and its public methods.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from distill.core.contract import Rejection, Sample
+from orchestrator.reconstruction.pipeline import Pipeline
+from orchestrator.reconstruction.plan import Planner
+from orchestrator.reconstruction.prefixes import PrefixRenders
+from orchestrator.reconstruction.reasons import Reject
+from orchestrator.reconstruction.selfcheck import SelfCheck, token_bytes
+from orchestrator.reconstruction.turns import TurnLocator
+from orchestrator.segment_tokenize import PrefixSpaceRule
+from orchestrator.template import ChatTemplate
+from orchestrator.tool_args import probe_tool_call_shape
+
+if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
+    from distill.core.config import Reconstruction
+
+
+class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
+    """Builds verified `Sample`s from teacher conversations with the student's template."""
+
+    PROMPT_CACHE_SIZE = 1024
+
+    def __init__(self, tokenizer, cfg: "Reconstruction", max_seq_len: int | None = None):
+        template = getattr(tokenizer, "chat_template", None)
+        if not isinstance(template, str) or not template:
+            raise ValueError("the student tokenizer has no chat template; reconstruction needs one. "
+                             "Fix: add chat_template.jinja to the tokenizer folder")
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.max_seq_len = max_seq_len if max_seq_len is not None else cfg.max_seq_len
+        self.template = template
+        self.backend = getattr(tokenizer, "backend_tokenizer", None)
+        if self.backend is None:
+            raise ValueError("reconstruction needs a fast (Rust) tokenizer with a tokenizer.json; "
+                             f"got {type(tokenizer).__name__}. Fix: save the student tokenizer with tokenizers installed")
+        self.train_roles = tuple(cfg.train_roles)
+        self._token_bytes = token_bytes(self.backend)  # None unless a checked byte-level decoder
+        self.chat_template = ChatTemplate(template)
+        self._derive_prefixes = True  # off only if a cross-check ever fails
+        self._after_prompt: str | None = None  # after(True), once learnt (constant-after templates)
+        self._template_kwargs = json.loads(json.dumps({**tokenizer.special_tokens_map, **cfg.chat_template_kwargs}))
+        self._prompt_cache: dict[str, list[int]] = {}  # prompt text -> ids
+        self._verified_prompts: dict[str, None] = {}  # prompt texts whose ids decoded back exactly
+        self._render_cache: dict[str, Any] = {}  # messages JSON -> generation-prompt render (text or parts)
+        added = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.content.strip()},
+                       key=len, reverse=True)
+        self._added_tokens = added
+        self._special_re = re.compile("|".join(map(re.escape, added))) if added else None
+        self.stats: collections.Counter = collections.Counter()
+        self.eot, self.final_tail = self._probe_end_of_turn()
+        self.tool_shape = probe_tool_call_shape(lambda msgs: self.render(msgs, None, False))
+        # SentencePiece-style dummy prefix: later segments are tokenised without it
+        # (orchestrator/segment_tokenize.py); None for tokenizers without one (BPE).
+        self._prefix_rule = PrefixSpaceRule(self.backend, [self.eot] + added) if self._token_bytes is None else None
+        self._continuation = self._prefix_rule.continuation if self._prefix_rule is not None else None
+        self._anchor = [self.backend.token_to_id(self.eot)] if self._continuation is not None else []
+        self.stats.clear()
+
+    def build(self, messages: list[dict], tools: list[dict] | None = None, *, sample_id: str,
+              prompt_id: str = "", sample_index: int = 0, finish_reason: str | None = None,
+              reward: float | None = None, teacher_model: str | None = None,
+              meta: dict | None = None) -> tuple[list[Sample], list[Rejection]]:
+        """Samples for one conversation (several when split), and rejections."""
+        return self.build_many([dict(messages=messages, tools=tools, sample_id=sample_id, prompt_id=prompt_id,
+                                     sample_index=sample_index, finish_reason=finish_reason, reward=reward,
+                                     teacher_model=teacher_model, meta=meta)])[0]
+
+    #: build_many works in chunks of this many conversations: while the tokenizer (Rust,
+    #: without the GIL) encodes one chunk in a helper thread, Python renders the next.
+    PIPELINE_CHUNK = 32
+
+    def build_many(self, conversations: list[dict]) -> list[tuple[list[Sample], list[Rejection]]]:
+        """`build` for several conversations (dicts of build's arguments), tokenised in batches.
+
+        Same results as calling `build` on each; faster, because the segments of many
+        conversations go to the fast tokenizer (and the decode self-check) in one call,
+        and the tokenizer works on one chunk while the templates render the next.
+        """
+        results: list[tuple[list[Sample], list[Rejection]]] = []
+        chunk = self.PIPELINE_CHUNK
+        if len(conversations) <= chunk:
+            pending = self._prepare_chunk(conversations, 0, results)
+            self._complete(pending, self._encode([p for _, p in pending]), results)
+            return results
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="distill-encode") as pool:
+            previous = None
+            for start in range(0, len(conversations), chunk):
+                pending = self._prepare_chunk(conversations[start: start + chunk], start, results)
+                encoded = pool.submit(self._encode, [p for _, p in pending])  # one at a time: _encode owns its cache
+                if previous is not None:
+                    self._complete(previous[0], previous[1].result(), results)
+                previous = (pending, encoded)
+            self._complete(previous[0], previous[1].result(), results)
+        return results
+
+    def _reject(self, item_id: str, r: Reject) -> Rejection:
+        self.stats[f"rejected:{r.reason}"] += 1
+        return Rejection(item_id, r.reason, r.detail)

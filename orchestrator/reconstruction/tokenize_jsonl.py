@@ -1,0 +1,83 @@
+"""File front end (`distill tokenize`): reconstruct every conversation of a JSONL file."""
+
+from __future__ import annotations
+
+import collections
+import json
+from typing import TYPE_CHECKING
+
+from distill.core.contract import atomic_write_text
+from orchestrator.reconstruction.reasons import Reject
+from orchestrator.reconstruction.reconstructor import Reconstructor
+
+if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
+    from distill.core.config import Reconstruction
+
+
+def tokenize_file(tokenizer_dir: str, input_path: str, output_path: str,
+                  cfg: "Reconstruction | None" = None) -> dict:
+    """Reconstruct every conversation of a JSONL file; write samples and rejections as JSONL.
+
+    Input lines: {"messages": [...], "tools": [...]?, "finish_reason": "..."?}.
+    Output lines: {"prompt_ids", "completion_ids", "completion_mask", "line": N} per
+    sample, or {"line": N, "error": "<reason>: <detail>"}. N is the 1-based input line.
+    The output appears atomically (temp file + rename). Returns counts by reason.
+    """
+    from distill.core.config import Reconstruction
+    from distill.core.student import load_tokenizer
+
+    cfg = cfg if cfg is not None else Reconstruction()
+    recon = Reconstructor(load_tokenizer(tokenizer_dir), cfg)
+    out_lines: list[str] = []
+    counts: collections.Counter = collections.Counter()
+    batch: list[tuple[int, dict]] = []
+
+    def flush() -> None:
+        results = recon.build_many([conv for _, conv in batch])
+        for (n, _), (samples, rejections) in zip(batch, results):
+            for s in samples:
+                out_lines.append(json.dumps({"prompt_ids": s.prompt_ids, "completion_ids": s.completion_ids,
+                                             "completion_mask": s.completion_mask, "line": n}))
+            for r in rejections:
+                out_lines.append(json.dumps({"line": n, "error": f"{r.reason}: {input_path}:{n}: {r.detail}"},
+                                            ensure_ascii=False))
+        batch.clear()
+
+    with open(input_path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                counts["blank_lines"] += 1
+                continue
+            counts["lines"] += 1
+            rec, err = _parse_line(line, input_path, n)
+            if err is not None:
+                flush()  # keep output in input order
+                out_lines.append(json.dumps({"line": n, "error": f"{err.reason}: {err.detail}"}, ensure_ascii=False))
+                counts[f"rejected:{err.reason}"] += 1
+                continue
+            batch.append((n, dict(messages=rec["messages"], tools=rec.get("tools"), sample_id=f"line{n}",
+                                  finish_reason=rec.get("finish_reason"))))
+            if len(batch) >= 256:
+                flush()
+    flush()
+    atomic_write_text(output_path, "".join(x + "\n" for x in out_lines))
+    for k, v in recon.stats.items():
+        if k != "conversations":
+            counts[k] += v
+    rejected = sum(v for k, v in counts.items() if k.startswith("rejected:"))
+    return {"input": str(input_path), "output": str(output_path), "lines": counts.pop("lines", 0),
+            "samples": counts.pop("samples", 0), "rejected": rejected,
+            "by_reason": {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("rejected:")},
+            **{k: v for k, v in sorted(counts.items()) if not k.startswith("rejected:")}}
+
+
+def _parse_line(line: str, path: str, n: int) -> tuple[dict | None, Reject | None]:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        return None, Reject("invalid_json", f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})")
+    if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list):
+        return None, Reject("invalid_line", f"{path}:{n}: expected an object with a 'messages' list")
+    if rec.get("finish_reason") is not None and not isinstance(rec["finish_reason"], str):
+        return None, Reject("invalid_line", f"{path}:{n}: 'finish_reason' must be a string")
+    return rec, None

@@ -1,0 +1,194 @@
+"""Where each trained turn is in the template's text, checked against the teacher's.
+
+Part of `Reconstructor` (reconstructor.py sets the state used here). Works out the
+end-of-turn token and the template's constant final text once (a probe render), then
+for each trained turn k cuts F_k[len(P_k):] into context and trained text, checks it
+ends with an end-of-turn token and holds the teacher's content verbatim (a sentinel
+render shows where the template puts it), and that tool calls and template reasoning
+were rendered. A generation prompt that opens a reasoning block the history drops is
+handled by orchestrator/open_reasoning.py.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.open_reasoning import opened_turn
+from orchestrator.reconstruction.messages import Msg
+from orchestrator.reconstruction.reasons import Reject
+from orchestrator.system_merge import hint_for_mismatch, hint_for_template_error
+from orchestrator.tool_args import ToolCallShape
+
+if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
+    from distill.core.config import Reconstruction
+
+SENTINEL = "\u2063Zq7xSENTINELx7qZ\u2063"
+
+
+@dataclass
+class Turn:
+    """One trained turn, located in F (the render of the history through the turn)."""
+
+    full: str  # F_k
+    start: int  # first trained character in F_k (everything before is context)
+    eot_start: int  # where the end-of-turn token starts in F_k
+    end: int  # just after the end-of-turn token in F_k
+    has_tool_calls: bool
+    role: str
+
+
+class TurnLocator:
+    """Finds and checks trained turns in renders (a mixin of Reconstructor)."""
+
+    # Set by Reconstructor.__init__:
+    tokenizer: Any
+    cfg: Reconstruction
+    stats: collections.Counter
+    eot: str  # the template's end-of-turn token
+    final_tail: str  # the constant text the template puts after the last end-of-turn token
+    tool_shape: ToolCallShape
+    _added_tokens: list[str]  # added tokens' text, longest first
+    # From the other parts:
+    render: Callable[..., str]  # prefixes.PrefixRenders.render
+
+    def _probe_end_of_turn(self) -> tuple[str, str]:
+        """The end-of-turn token and the constant text the template puts after it at the end.
+
+        Renders a probe conversation whose assistant content is a sentinel and reads
+        what follows the sentinel: an added (special) token, or else the eos token.
+        """
+        probes = ([{"role": "user", "content": "Hi"}],
+                  [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}])
+        errors = []
+        for head in probes:
+            try:
+                text = self.render(head + [{"role": "assistant", "content": SENTINEL}], None, False)
+            except Exception as e:  # noqa: BLE001 - any template error: try the next probe
+                errors.append(f"{type(e).__name__}: {e}")
+                continue
+            if SENTINEL not in text:
+                errors.append("the template does not render assistant content")
+                continue
+            after = text[text.rindex(SENTINEL) + len(SENTINEL):]
+            for tok in self._added_tokens + [self.tokenizer.eos_token or ""]:
+                if tok and after.startswith(tok):
+                    return tok, after[len(tok):]
+            errors.append(f"after the assistant content the template renders {after!r}, "
+                          "which does not start with a special token")
+        raise ValueError("cannot work out the end-of-turn token from the student's chat template: "
+                         + "; ".join(errors))
+
+    def _locate_turn(self, msgs: list[Msg], data: list[dict], a: int, tools, renders) -> Turn:
+        m = msgs[a]
+        prompt, full_render = renders
+        try:
+            full = full_render(a + 1)
+            if m.role == "assistant":
+                base = prompt(a)
+            else:
+                base = full_render(a) if a else ""
+        except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
+            hint = hint_for_template_error(str(e), data, self.cfg.system_prompt)
+            raise Reject("template_error", f"rendering up to messages[{a}]: {type(e).__name__}: {e}{hint}") from None
+        if not full.startswith(base):
+            if m.role == "assistant":
+                return self._opened_turn(data, a, tools, base, m)
+            raise Reject("template_mismatch", f"messages[{a}]: the template's render of the history before it is "
+                                              f"not a prefix of its rendering of the turn (ends {base[-40:]!r})")
+        eot = self._turn_end_token(full, base, a)
+        end = len(full) - len(self.final_tail)
+        eot_start = end - len(eot)
+        seg = full[len(base):eot_start]
+        placed = m.placed_prefix + m.content
+        start = len(base)
+        if m.role != "assistant" or not seg.startswith(placed):
+            # Where does the template put the content? Render the turn with a sentinel
+            # in its place and compare: no searching in the real text.
+            lead = self._lead(data, a, tools, base, seg, m, eot)
+            if m.role != "assistant":
+                start += len(lead)  # the header before a non-assistant turn is context
+        # What the template rendered besides the content itself: the tool calls and the
+        # reasoning must be found there, not in a content that happens to mention them.
+        rest = seg.replace(m.content, "", 1) if m.content else seg
+        if m.reasoning and self.cfg.reasoning == "template" and m.reasoning.strip() not in rest:
+            raise Reject("reasoning_not_rendered",
+                         f"messages[{a}]: the template did not render reasoning_content. "
+                         "Fix: set reasoning = \"think_tags\" or \"drop\"")
+        for call in m.data.get("tool_calls", []):
+            name = call["function"]["name"]
+            if name not in rest and self.tool_shape.null_content and m.content:
+                raise Reject("tool_calls_not_rendered",
+                             f"messages[{a}]: the student's chat template renders tool calls only in turns "
+                             f"without content (`content is none`), and this turn has content besides tool call "
+                             f"{name!r}; no setting changes that. Fix: use a student whose template renders both, "
+                             "or filter out such conversations")
+            if name not in rest:
+                raise Reject("tool_calls_not_rendered",
+                             f"messages[{a}]: the student's chat template does not render tool call {name!r}; "
+                             "training would teach an empty turn. Fix: use a student whose template supports "
+                             "tools, or filter out tool conversations")
+        return Turn(full, start, eot_start, end, bool(m.data.get("tool_calls")), m.role)
+
+    def _opened_turn(self, data: list[dict], a: int, tools, base: str, m: Msg) -> Turn:
+        """The turn after a generation prompt that opens a block the history render
+        drops (DeepSeek-R1-Distill's "<think>\n"), proven by orchestrator/open_reasoning.py."""
+        if m.data.get("tool_calls"):
+            raise Reject("template_mismatch", f"messages[{a}]: the generation prompt opens a reasoning block "
+                                              f"(ends {base[-20:]!r}) and the turn has tool calls; the template "
+                                              "cannot show how the student continues into a tool call")
+
+        def render_with(content: str) -> str:
+            msg = {k: v for k, v in data[a].items() if k not in ("reasoning_content", "thinking")}
+            return self.render(data[:a] + [dict(msg, content=content)], tools, False)
+
+        try:
+            text = opened_turn(render_with, base, m.content, m.reasoning, self.eot, self.final_tail)
+        except ValueError as e:
+            try:
+                hint = hint_for_mismatch(base, render_with(m.content), data, self.cfg.system_prompt)
+            except Exception:  # noqa: BLE001 - only a hint
+                hint = ""
+            raise Reject("template_mismatch", f"messages[{a}]: {e}{hint}") from None
+        except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
+            raise Reject("template_error", f"rendering messages[{a}]: {type(e).__name__}: {e}") from None
+        self.stats["opened_reasoning_turns"] += 1
+        full = base + text
+        return Turn(full, len(base), len(full) - len(self.eot), len(full), False, m.role)
+
+    def _turn_end_token(self, full: str, base: str, a: int) -> str:
+        """The token that ends this turn: the template's usual end-of-turn token, or
+        another special token in its place (Llama 3.1 ends tool-call turns with
+        <|eom_id|>), right before the template's constant final text."""
+        tail = self.final_tail
+        body = full[: len(full) - len(tail)] if full.endswith(tail) else None
+        if body is not None:
+            for tok in (self.eot, *self._added_tokens):
+                if body.endswith(tok) and len(body) - len(tok) >= len(base):
+                    if tok != self.eot:
+                        self.stats["other_end_token"] += 1
+                    return tok
+        raise Reject("missing_end_token", f"messages[{a}]: the rendered turn does not end with a special token "
+                                          f"such as {self.eot!r} followed by {tail!r} (ends {full[-40:]!r})")
+
+    def _lead(self, data: list[dict], a: int, tools, base: str, seg: str, m: Msg, eot: str) -> str:
+        probe = dict(data[a], content=m.placed_prefix + SENTINEL)
+        try:
+            full_s = self.render(data[:a] + [probe], tools, False)
+        except Exception as e:  # noqa: BLE001
+            raise Reject("template_error", f"rendering messages[{a}]: {type(e).__name__}: {e}") from None
+        end_s = len(full_s) - len(eot + self.final_tail)
+        ok = full_s.startswith(base) and full_s.endswith(eot + self.final_tail) and end_s >= len(base)
+        seg_s = full_s[len(base):end_s] if ok else ""
+        i = seg_s.find(SENTINEL)
+        if i < 0 or seg_s[:i] + m.content + seg_s[i + len(SENTINEL):] != seg:
+            how = "does not render the content verbatim"
+            if i >= 0 and seg_s[:i] + m.content.strip() + seg_s[i + len(SENTINEL):] == seg:
+                how = ("trims whitespace from the content (`| trim`, as Llama 3's does), so the student would "
+                       "learn different text; no setting changes that: strip the content at its source, or use a "
+                       "student whose template keeps it")
+            raise Reject("template_alters_content",
+                         f"messages[{a}] ({m.role}): the template {how} (content starts {m.content[:30]!r})")
+        return seg_s[:i]
