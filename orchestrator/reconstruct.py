@@ -41,6 +41,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from distill.core.conversation import Conversation, build_args
 from orchestrator.contract import Rejection, Sample, atomic_write_text
 from orchestrator.open_reasoning import opened_turn, without_thinking_tags
 from orchestrator.segment_tokenize import PrefixSpaceRule
@@ -478,13 +479,15 @@ class Reconstructor:
     #: without the GIL) encodes one chunk in a helper thread, Python renders the next.
     PIPELINE_CHUNK = 32
 
-    def build_many(self, conversations: list[dict]) -> list[tuple[list[Sample], list[Rejection]]]:
-        """`build` for several conversations (dicts of build's arguments), tokenised in batches.
+    def build_many(self, conversations: list[Conversation] | list[dict]) -> list[tuple[list[Sample], list[Rejection]]]:
+        """`build` for several conversations (Conversation, or deprecated: dicts of build's arguments),
+        tokenised in batches.
 
         Same results as calling `build` on each; faster, because the segments of many
         conversations go to the fast tokenizer (and the decode self-check) in one call,
         and the tokenizer works on one chunk while the templates render the next.
         """
+        conversations = [build_args(c) for c in conversations]
         results: list[tuple[list[Sample], list[Rejection]]] = []
         chunk = self.PIPELINE_CHUNK
         if len(conversations) <= chunk:
@@ -898,7 +901,7 @@ def tokenize_file(tokenizer_dir: str, input_path: str, output_path: str,
     recon = Reconstructor(load_tokenizer(tokenizer_dir), cfg)
     out_lines: list[str] = []
     counts: collections.Counter = collections.Counter()
-    batch: list[tuple[int, dict]] = []
+    batch: list[tuple[int, Conversation]] = []
 
     def flush() -> None:
         results = recon.build_many([conv for _, conv in batch])
@@ -923,8 +926,8 @@ def tokenize_file(tokenizer_dir: str, input_path: str, output_path: str,
                 out_lines.append(json.dumps({"line": n, "error": f"{err.reason}: {err.detail}"}, ensure_ascii=False))
                 counts[f"rejected:{err.reason}"] += 1
                 continue
-            batch.append((n, dict(messages=rec["messages"], tools=rec.get("tools"), sample_id=f"line{n}",
-                                  finish_reason=rec.get("finish_reason"))))
+            batch.append((n, Conversation(rec["messages"], rec.get("tools"), sample_id=f"line{n}",
+                                          finish_reason=rec.get("finish_reason"))))
             if len(batch) >= 256:
                 flush()
     flush()
