@@ -22,6 +22,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from distill.core.formats import SOURCE_FORMATS
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -174,7 +176,7 @@ class Source(Strict):
     path: str | None = None
     # replay: input format ("auto" detects per line).
     # ("dataset" reads Parquet/JSONL through the `datasets` library; auto picks it for .parquet.)
-    format: Literal["auto", "recording", "chat", "sharegpt", "openai_batch", "dataset"] = "auto"
+    format: Literal[SOURCE_FORMATS] = "auto"  # type: ignore[valid-type]  # names: distill/core/formats.py
     # Optional system prompt put before each prompt.
     system_prompt: str | None = None
 
