@@ -16,13 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.lines import (
-    LINE_TOO_LONG,
-    MAX_LINE_BYTES,
-    parse_line,
-    read_lines,
-    too_long_message,
-)
+from distill.core import jsonl
+from distill.core.jsonl import MAX_LINE_BYTES
 from orchestrator.replay.records import BadRecord, ReplayError
 
 
@@ -39,20 +34,23 @@ def _excerpt(raw: bytes, n: int = 200) -> str:
     return raw[:n].decode("utf-8", "replace").rstrip("\n")
 
 
-def _raw_lines(path: str, max_bytes: int) -> Iterator[tuple[bytes, int, int, bool]]:
-    """(line, bytes of the file on disk it took, its length, too_long), for plain and
-    gzip-compressed (.gz) files; lines over max_bytes are cut (lines.read_lines).
-    A gzip stream that ends early raises EOFError after its last complete data."""
+_LIMIT_KEY = "orchestrator.replay.max_line_bytes"
+
+
+def _read(path: str, max_bytes: int) -> Iterator[tuple[jsonl.Line, int]]:
+    """(line, bytes of the file on disk it took) for plain and gzip-compressed (.gz) files
+    (distill.core.jsonl.iter_lines). A gzip stream that ends early raises EOFError after its
+    last complete data."""
     if not path.lower().endswith(".gz"):
         with open(path, "rb") as f:
-            for raw, n, too_long in read_lines(f, max_bytes):
-                yield raw, n, n, too_long
+            for ln in jsonl.iter_lines(f, max_bytes, limit_key=_LIMIT_KEY):
+                yield ln, ln.size
         return
     with open(path, "rb") as disk, gzip.GzipFile(fileobj=disk) as f:
         pos = 0
-        for raw, n, too_long in read_lines(f, max_bytes):
+        for ln in jsonl.iter_lines(f, max_bytes, limit_key=_LIMIT_KEY):
             now = disk.tell()
-            yield raw, now - pos, n, too_long
+            yield ln, now - pos
             pos = now
 
 
@@ -61,36 +59,25 @@ def iter_jsonl(path: str, max_bytes: int = MAX_LINE_BYTES) -> Iterator[Line]:
     gzip stream that ends early) is marked partial: the writer stopped mid-append. A line longer
     than max_bytes is a bad record (`line_too_long`), read past without holding it in memory."""
     lineno = 0
-    lines = _raw_lines(path, max_bytes)
+    lines = _read(path, max_bytes)
     while True:
         try:
-            raw, nbytes, length, too_long = next(lines)
+            ln, nbytes = next(lines)
         except StopIteration:
             return
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-            lineno += 1
-            yield Line(lineno, 0, bad=BadRecord(path, lineno, None, f"the gzip stream ends early or is damaged "
-                                                 f"({e}); the writer stopped mid-write", True,
-                                                 reason="partial_last_line"))
+            yield Line(lineno + 1, 0, bad=BadRecord(path, lineno + 1, None, f"the gzip stream ends early or is "
+                                                    f"damaged ({e}); the writer stopped mid-write", True,
+                                                    reason=jsonl.TORN))
             return
-        lineno += 1
-        if too_long:
-            yield Line(lineno, nbytes, bad=BadRecord(
-                path, lineno, None, too_long_message(length, max_bytes, "orchestrator.replay.max_line_bytes"),
-                excerpt=_excerpt(raw), reason=LINE_TOO_LONG))
-            continue
-        if not raw.strip():
+        lineno = ln.number
+        if ln.blank:
             yield Line(lineno, nbytes, empty=True)
-            continue
-        obj, reason, msg = parse_line(raw)
-        if reason is not None:
-            partial = not raw.endswith(b"\n")
-            if partial:
-                reason, msg = "partial_last_line", (f"half-written last line ({len(raw)} bytes, no newline: the "
-                                                    "writer stopped mid-append)")
-            yield Line(lineno, nbytes, bad=BadRecord(path, lineno, None, msg, partial, _excerpt(raw), reason))
-            continue
-        yield Line(lineno, nbytes, obj=obj)
+        elif ln.reason is not None:
+            yield Line(lineno, nbytes, bad=BadRecord(path, lineno, None, ln.problem, ln.torn, _excerpt(ln.raw),
+                                                     ln.reason))
+        else:
+            yield Line(lineno, nbytes, obj=ln.value)
 
 
 def resolve_inputs(patterns: list[str]) -> list[str]:
