@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 import torch
 
 from distill.config import RunConfig, Trainer, redacted_dict, to_toml
+from distill.core.jsonl import read_jsonl
 from distill.verbosity import bar_position
 from orchestrator import contract
 from trainer import checkpoint as ckpt_io
@@ -185,12 +186,9 @@ def _truncate_after(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a half-written last line
+    for ln in read_jsonl(path):  # a half-written last line is dropped (distill/core/jsonl.py)
+        if ln.ok and ln.value.get("step", 0) <= step:
+            keep.append(ln.raw.decode("utf-8").rstrip("\r\n"))
     contract.atomic_write_text(path, "".join(x + "\n" for x in keep))
 
 

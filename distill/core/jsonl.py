@@ -22,6 +22,8 @@ Options of `iter_lines`
                    with no newline is TORN even when it parses (it may be cut short at a point
                    that happens to be valid JSON). Off for user files, which often lack the
                    final newline.
+    `torn`         False for files that are not append-only logs (a prompt file, a shard written
+                   atomically): no line is TORN, a broken last line keeps its parse reason.
 
 Lower level, also used directly: `read_lines(f, max_bytes)` (raw bounded lines), `parse_line(raw)`
 (json.loads whose failures are (reason, message) pairs), `json_type(x)` (JSON's name of a value's
@@ -91,8 +93,8 @@ def parse_line(raw: bytes) -> tuple[Any, str | None, str]:
     except json.JSONDecodeError as e:
         return None, INVALID_JSON, f"not valid JSON ({e.msg} at column {e.colno})"
     except RecursionError:
-        return None, TOO_DEEP, "JSON nested too deeply to read (arrays/objects inside each other past the " \
-                               "recursion limit)"
+        return None, TOO_DEEP, ("JSON nested too deeply to read (arrays/objects inside each other past the "
+                                "recursion limit)")
 
 
 def depth_exceeds(x: Any, limit: int) -> bool:
@@ -139,18 +141,17 @@ class Line:
 
 
 def iter_lines(f: BinaryIO, max_bytes: int = MAX_LINE_BYTES, *, limit_key: str = "max_line_bytes",
-               strict_tail: bool = False) -> Iterator[Line]:
+               strict_tail: bool = False, torn: bool = True) -> Iterator[Line]:
     """Every line of a binary file as a Line (blank ones too), parsed, with the torn-line policy applied."""
-    number = start = 0
-    for raw, n, too_long in read_lines(f, max_bytes):
-        number += 1
+    start = 0
+    for number, (raw, n, too_long) in enumerate(read_lines(f, max_bytes), 1):
         ln = Line(number, start, n, raw)
         start += n
         if too_long:
             ln.reason, ln.problem = LINE_TOO_LONG, too_long_message(n, max_bytes, limit_key)
         elif raw.strip():
             ln.value, ln.reason, ln.problem = parse_line(raw)
-            if not raw.endswith(b"\n") and (ln.reason is not None or strict_tail):
+            if torn and not raw.endswith(b"\n") and (ln.reason is not None or strict_tail):
                 ln.value, ln.reason = None, TORN
                 ln.problem = (f"half-written last line ({len(raw)} bytes, no newline: the writer stopped "
                               "mid-append)")
