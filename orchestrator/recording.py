@@ -107,9 +107,8 @@ def load_recording(path: str | os.PathLike, repair: bool = True) -> LoadedRecord
             raise RecordingError(
                 f"{p}:{ln.number}: not a valid recording line ({e}); only the last line may be half-written. "
                 "Fix: move the damaged line out of the file (or restore the file) and run again") from None
-        lineno = ln.number
         if rec.get("v", 1) > RECORDING_VERSION:
-            raise RecordingError(f"{p}:{lineno}: recording version {rec['v']} is newer than this distill "
+            raise RecordingError(f"{p}:{ln.number}: recording version {rec['v']} is newer than this distill "
                                  f"reads ({RECORDING_VERSION}); upgrade distill")
         if key in out.records:
             if not _supersedes(rec, out.records[key]):
@@ -117,7 +116,7 @@ def load_recording(path: str | os.PathLike, repair: bool = True) -> LoadedRecord
                 continue
             out.superseded += 1  # re-requested after its prompt changed: the newer answer is used
         out.records[key] = rec
-        out.lines[key] = lineno
+        out.lines[key] = ln.number
         shared = max(1, int(rec.get("usage_shared_by") or 1))
         usage = rec.get("usage") or {}
         out.requests += 1 / shared
