@@ -220,8 +220,8 @@ class Backpressure:
 
     def __init__(self, samples_dir: Path, max_ahead: int | None, enabled: bool = True, poll_s: float = 0.2):
         self.dir = samples_dir
-        self.max_ahead = max_ahead
-        self.enabled = enabled and max_ahead is not None
+        self.max_ahead = max_ahead if max_ahead is not None else 0
+        self.enabled = enabled and max_ahead is not None  # None: no trainer to wait for
         self.poll_s = poll_s
         self.waited_s = 0.0
 

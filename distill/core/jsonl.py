@@ -36,7 +36,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 #: Default longest line (bytes, newline included) of a replay input or prompt file. Longer lines
 #: are bad records (`line_too_long`), read past without loading them
@@ -50,7 +50,13 @@ INVALID_UTF8, INVALID_JSON, TOO_DEEP, LINE_TOO_LONG = "invalid_utf8", "invalid_j
 TORN = "partial_last_line"
 
 
-def read_lines(f: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[bytes, int, bool]]:
+class Readable(Protocol):
+    """A binary file (plain, gzip, ...): all the reader needs is readline with a size limit."""
+
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
+def read_lines(f: Readable, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[bytes, int, bool]]:
     """(line, its length in bytes, too_long) for each line of a binary file.
 
     A line longer than max_bytes comes back as its first max_bytes bytes with too_long
@@ -79,7 +85,8 @@ def json_type(x: Any) -> str:
         return "boolean"
     if isinstance(x, (int, float)):
         return "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(x), type(x).__name__)
+    names: dict[type, str] = {str: "string", list: "array", dict: "object"}
+    return names.get(type(x), type(x).__name__)
 
 
 def parse_line(raw: bytes) -> tuple[Any, str | None, str]:
@@ -140,7 +147,7 @@ class Line:
         return self.reason == TORN
 
 
-def iter_lines(f: BinaryIO, max_bytes: int = MAX_LINE_BYTES, *, limit_key: str = "max_line_bytes",
+def iter_lines(f: Readable, max_bytes: int = MAX_LINE_BYTES, *, limit_key: str = "max_line_bytes",
                strict_tail: bool = False, torn: bool = True) -> Iterator[Line]:
     """Every line of a binary file as a Line (blank ones too), parsed, with the torn-line policy applied."""
     start = 0
