@@ -74,8 +74,10 @@ def run_ours(recon, convs, base: int = 0) -> int:
 
 
 def run_ours_batched(recon, convs, base: int = 0) -> int:
+    from distill.core.conversation import Conversation
+
     tokens = 0
-    for samples, rejections in recon.build_many([dict(messages=m, sample_id=str(base + i))
+    for samples, rejections in recon.build_many([Conversation(m, sample_id=str(base + i))
                                                  for i, m in enumerate(convs)]):
         assert not rejections, rejections
         tokens += sum(s.num_tokens for s in samples)

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from orchestrator.lines import MAX_LINE_BYTES, content_problem, depth_exceeds, json_type, parse_line, read_lines, \
-    too_long_message
+from distill.core.jsonl import LINE_TOO_LONG, MAX_LINE_BYTES, Line, iter_lines
+from orchestrator.lines import content_problem, depth_exceeds, json_type
 
 #: Deepest nesting a prompt line may have (tool schemas need a few levels; nothing needs 100).
 MAX_PROMPT_DEPTH = 100
@@ -108,16 +108,15 @@ def _jsonl(path: Path, system_prompt: str | None, errors: list[str] | None = Non
     `errors` is given, is appended to it and skipped (count_prompts reports them all at once)."""
     _check_path(path)
     seen: dict[str, int] = {}
-    with open(path, "rb") as f:
-        for lineno, (raw, n, too_long) in enumerate(read_lines(f, MAX_LINE_BYTES), 1):
-            where = f"{path}:{lineno}"
+    with open(path, "rb") as f:  # a prompt file is no log: a broken last line is an error like any other
+        for ln in iter_lines(f, MAX_LINE_BYTES, limit_key="orchestrator.prompts.MAX_LINE_BYTES", torn=False):
+            where = f"{path}:{ln.number}"
             try:
-                if too_long:
-                    why = too_long_message(n, MAX_LINE_BYTES, "orchestrator.prompts.MAX_LINE_BYTES")
-                    raise PromptSourceError(f"{where}: {why}. Fix: split or shorten the prompt")
-                if not raw.strip():
+                if ln.reason == LINE_TOO_LONG:
+                    raise PromptSourceError(f"{where}: {ln.problem}. Fix: split or shorten the prompt")
+                if ln.blank:
                     continue
-                prompt = _prompt(raw, where, path, lineno, seen)
+                prompt = _prompt(ln, where, path, seen)
             except PromptSourceError as e:
                 if errors is None:
                     raise
@@ -126,9 +125,9 @@ def _jsonl(path: Path, system_prompt: str | None, errors: list[str] | None = Non
             yield dict(prompt, messages=_with_system(prompt["messages"], system_prompt))
 
 
-def _prompt(raw: bytes, where: str, path: Path, lineno: int, seen: dict[str, int]) -> dict[str, Any]:
+def _prompt(ln: Line, where: str, path: Path, seen: dict[str, int]) -> dict[str, Any]:
     """One prompt line -> its prompt dict (system prompt not yet added), or PromptSourceError."""
-    d, reason, problem = parse_line(raw)
+    d, reason, problem, lineno = ln.value, ln.reason, ln.problem, ln.number
     if reason is not None:
         fix = "flatten the record" if reason == "too_deep" else "one JSON object per line, in UTF-8"
         raise PromptSourceError(f"{where}: {problem}. Fix: {fix}")

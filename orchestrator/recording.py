@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distill.core.jsonl import iter_lines, log_values
 from distill.core.redact import redact
 
 RECORDING_VERSION = 1
@@ -67,6 +68,9 @@ class LoadedRecording:
     completion_tokens: float = 0.0
 
 
+_NO_LIMIT = 1 << 62  # recording lines are ours: no length limit
+
+
 class RecordingError(ValueError):
     pass
 
@@ -79,28 +83,32 @@ def load_recording(path: str | os.PathLike, repair: bool = True) -> LoadedRecord
     out = LoadedRecording()
     if not p.exists():
         return out
-    data = p.read_bytes()
-    good_end = data.rfind(b"\n") + 1
-    tail = data[good_end:]
-    lines = data[:good_end].split(b"\n")
-    last_lineno = len(lines) - 1
-    for lineno, raw in enumerate(lines[:-1], 1):
-        if not raw.strip():
+    with open(p, "rb") as f:  # one reader, one torn-line policy (distill/core/jsonl.py)
+        lines = list(iter_lines(f, _NO_LIMIT, strict_tail=True))  # the writer ends every record with "\n"
+    good_end = lines[-1].start + lines[-1].size if lines else 0
+    tail = b""
+    if lines and lines[-1].torn:
+        tail = lines.pop().raw
+        good_end -= len(tail)
+    for i, ln in enumerate(lines):
+        if ln.blank:
             continue
         try:
-            rec = json.loads(raw)
+            if ln.reason is not None:
+                raise ValueError(ln.problem)
+            rec = ln.value
             key = (str(rec["prompt_id"]), int(rec["sample_index"]))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
-            if lineno == last_lineno and not tail:
+        except (KeyError, TypeError, ValueError) as e:
+            if i == len(lines) - 1 and not tail:
                 # the last complete-looking line is itself torn (e.g. a newline inside a broken write)
-                tail = raw + b"\n"
+                tail = ln.raw
                 good_end -= len(tail)
                 break
             raise RecordingError(
-                f"{p}:{lineno}: not a valid recording line ({e}); only the last line may be half-written. "
+                f"{p}:{ln.number}: not a valid recording line ({e}); only the last line may be half-written. "
                 "Fix: move the damaged line out of the file (or restore the file) and run again") from None
         if rec.get("v", 1) > RECORDING_VERSION:
-            raise RecordingError(f"{p}:{lineno}: recording version {rec['v']} is newer than this distill "
+            raise RecordingError(f"{p}:{ln.number}: recording version {rec['v']} is newer than this distill "
                                  f"reads ({RECORDING_VERSION}); upgrade distill")
         if key in out.records:
             if not _supersedes(rec, out.records[key]):
@@ -108,7 +116,7 @@ def load_recording(path: str | os.PathLike, repair: bool = True) -> LoadedRecord
                 continue
             out.superseded += 1  # re-requested after its prompt changed: the newer answer is used
         out.records[key] = rec
-        out.lines[key] = lineno
+        out.lines[key] = ln.number
         shared = max(1, int(rec.get("usage_shared_by") or 1))
         usage = rec.get("usage") or {}
         out.requests += 1 / shared
@@ -167,11 +175,11 @@ def superseded_lines(path: str | os.PathLike) -> set[int]:
     if hit is not None and hit[0] == mtime:
         return hit[1]
     found = set()
-    for raw in side.read_text(encoding="utf-8", errors="replace").splitlines():
+    for d in log_values(side):  # a torn last line is skipped: that record was not re-requested yet either
         try:
-            found.add(int(json.loads(raw)["line"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue  # a torn last line: that record was not re-requested yet either
+            found.add(int(d["line"]))
+        except (KeyError, TypeError, ValueError):
+            continue
     _SUPERSEDED_CACHE[str(side)] = (mtime, found)
     return found
 

@@ -17,10 +17,10 @@ Lines are never duplicated (same item and reason).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from distill.core.contract import Rejection, atomic_write_text
+from distill.core.jsonl import read_jsonl
 
 
 def pair_of(item_id: str) -> str:
@@ -48,19 +48,20 @@ class RejectLog:
         if not self.path.exists():
             return 0
         bad, seen = 0, set()
-        with open(self.path, encoding="utf-8", errors="backslashreplace") as f:
-            for raw in f:
-                try:
-                    d = json.loads(raw)
-                    key = (str(d["item_id"]), str(d["reason"]))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    bad += 1  # a torn last line from a crash; the rejection is written again if it recurs
-                    continue
-                if key in seen:
-                    bad += 1
-                    continue
-                seen.add(key)
-                self.lines.append((*key, raw.rstrip("\n")))
+        for ln in read_jsonl(self.path):  # one reader, one torn-line policy (distill/core/jsonl.py)
+            try:
+                d = ln.value
+                if ln.reason is not None:
+                    raise ValueError(ln.problem)
+                key = (str(d["item_id"]), str(d["reason"]))
+            except (ValueError, KeyError, TypeError):
+                bad += 1  # a torn last line from a crash; the rejection is written again if it recurs
+                continue
+            if key in seen:
+                bad += 1
+                continue
+            seen.add(key)
+            self.lines.append((*key, ln.raw.decode("utf-8").rstrip("\n")))
         return bad
 
     def add(self, item_id: str, reason: str, detail: str = "") -> None:

@@ -16,32 +16,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
-import pickle
 import sys
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 from distill.core.config import RunConfig, api_key
 from distill.core.verbosity import bar_position, close_bar
 from orchestrator.client import (NonRetryableError, RetryPolicy, StopRequested, TeacherClient, TeacherError,
                                  TeacherResponse)
-from distill.core.contract import ShardWriter, read_consumed
 from orchestrator.failures import FailureTally, nothing_published
 from orchestrator.preflight import PreflightError, preflight, shown_url, v1_hint
 from orchestrator.prompts import count_prompts, load_prompts
 from orchestrator.recording import RecordingWriter, load_recording, make_record, mark_superseded
-from orchestrator.rejects import RejectLog
 from orchestrator.request_hash import PromptChangedError, base_sampling, request_hash, stale_keys
 from orchestrator.request_hash import check as check_prompts
 from orchestrator.rewards import load_reward_fn
+from orchestrator.sink import REJECTS, SAMPLES, Backpressure, Publisher, build_batch, make_reconstruct_pool  # noqa: F401
 
 RECORDING = "recording.jsonl"
-SAMPLES = "samples"
-REJECTS = "rejects.jsonl"
 METRICS = "orchestrator_metrics.jsonl"
 
 #: Non-retryable statuses that mean the whole run is misconfigured (key, permissions, model name).
@@ -138,193 +131,6 @@ class BudgetGate:
     async def _notify(self) -> None:
         async with self._settled:
             self._settled.notify_all()
-
-
-# ---------------------------------------------------------------------------
-# Publishing: reward filter -> reconstruction -> shards / rejects
-# ---------------------------------------------------------------------------
-
-
-_WORKER_RECON = None
-
-
-def _init_worker(blob: bytes) -> None:
-    global _WORKER_RECON
-    cls, tokenizer, cfg, max_seq_len = pickle.loads(blob)
-    _WORKER_RECON = cls(tokenizer, cfg, max_seq_len)
-
-
-def _worker_build(convs: list[dict]):
-    return build_batch(_WORKER_RECON, convs)
-
-
-def build_batch(reconstructor, convs: list[dict]) -> list:
-    """Reconstructor.build over several conversations (one tokenizer batch when build_many exists)."""
-    many = getattr(reconstructor, "build_many", None)
-    if many is not None:
-        return many(convs)
-    return [reconstructor.build(c["messages"], c["tools"], **{k: v for k, v in c.items()
-                                                            if k not in ("messages", "tools")}) for c in convs]
-
-
-def make_reconstruct_pool(reconstructor, workers: int) -> ProcessPoolExecutor | None:
-    """Worker processes holding a copy of the reconstructor (spawned: safe beside threads)."""
-    if workers <= 0:
-        return None
-    ctx = multiprocessing.get_context("spawn")
-    # the worker builds its own Reconstructor(tokenizer, cfg, max_seq_len) (compiled templates don't pickle)
-    blob = pickle.dumps((type(reconstructor), reconstructor.tokenizer, reconstructor.cfg,
-                         reconstructor.max_seq_len))
-    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(blob,))
-
-
-def sample_base(sample_id: str) -> str:
-    """"<prompt_id>/<sample_index>" of a sample id (drops a "/turn<k>" suffix)."""
-    return "/".join(sample_id.split("/")[:2])
-
-
-class Publisher:
-    def __init__(self, run_dir: Path, reconstructor, samples_per_shard: int, reward_fn, min_reward: float,
-                 pool: ProcessPoolExecutor | None = None):
-        self.pool = pool
-        self.writer = ShardWriter(run_dir / SAMPLES, samples_per_shard)
-        self.published_bases = {sample_base(i) for i in self.writer.existing_ids()}
-        self.buffered = 0
-        self.reconstructor = reconstructor
-        self.reward_fn = reward_fn
-        self.min_reward = min_reward
-        self.published_now: set[str] = set()  # pairs this run published a sample of
-        self.rlog = RejectLog(run_dir / REJECTS, self.published_bases)  # stale lines dropped: orchestrator/rejects.py
-        self.pair_counts: dict[str, int] = {}
-        self.rejections: Counter = Counter()
-        self.samples = 0
-        self.scored = 0
-        self.passed = 0
-
-    def is_published(self, prompt_id: str, index: int) -> bool:
-        return f"{prompt_id}/{index}" in self.published_bases
-
-    def score(self, prompt: dict, response: dict) -> float | None:
-        if self.reward_fn is None:
-            return None
-        return float(self.reward_fn(prompt, response.get("content") or ""))
-
-    def reject(self, item_id: str, reason: str, detail: str = "") -> None:
-        self.rejections[reason] += 1
-        self.rlog.add(item_id, reason, detail)
-
-    def _admit(self, prompt: dict | None, rec: dict) -> dict | None:
-        """Reward filter for one recorded choice; the build arguments if it passes."""
-        sid = f"{rec['prompt_id']}/{rec['sample_index']}"
-        reward = rec.get("reward")
-        if self.reward_fn is not None:
-            if reward is None and prompt is not None:
-                try:
-                    reward = self.score(prompt, rec["response"])
-                except Exception as e:  # noqa: BLE001 - user code
-                    self.reject(sid, "reward_error", f"{type(e).__name__}: {e}")
-                    return None
-            self.scored += 1
-            if reward is None or reward < self.min_reward:
-                self.reject(sid, "low_reward", f"reward {reward} < min_reward {self.min_reward}")
-                return None
-            self.passed += 1
-        meta = {"endpoint": rec.get("endpoint"), "request_id": rec.get("request_id")}
-        if prompt is not None and prompt.get("metadata", {}).get("dataset"):
-            meta["dataset"] = prompt["metadata"]["dataset"]
-        return dict(messages=list(rec["messages"]) + [rec["response"]], tools=rec.get("tools"), sample_id=sid,
-                    prompt_id=rec["prompt_id"], sample_index=rec["sample_index"],
-                    finish_reason=rec.get("finish_reason"), reward=reward, teacher_model=rec.get("model"),
-                    meta=meta)
-
-    async def publish(self, items: list[tuple[dict | None, dict]]) -> int:
-        """Filter and reconstruct recorded choices (one batch); returns how many samples were added."""
-        convs = [c for c in (self._admit(p, r) for p, r in items) if c is not None]
-        if not convs:
-            return 0
-        try:
-            if self.pool is not None:
-                results = await asyncio.get_running_loop().run_in_executor(self.pool, _worker_build, convs)
-            else:
-                results = build_batch(self.reconstructor, convs)
-        except Exception:  # noqa: BLE001 - find the conversation that broke the batch, keep the others
-            results = [self._build_one(c) for c in convs]
-        added = 0
-        for conv, res in zip(convs, results):
-            if isinstance(res, Exception):
-                self.reject(conv["sample_id"], "reconstruction_error", f"{type(res).__name__}: {res}")
-                continue
-            samples, rejections = res
-            for r in rejections:
-                self.reject(r.item_id, r.reason, r.detail)
-            for smp in samples:
-                self.writer.add(smp)
-                self.buffered += 1
-                if self.buffered >= self.writer.samples_per_shard:
-                    self.buffered = 0
-            if samples:
-                self.published_bases.add(conv["sample_id"])
-                self.published_now.add(conv["sample_id"])
-            added += len(samples)
-        self.samples += added
-        return added
-
-    def _build_one(self, conv: dict):
-        try:
-            return build_batch(self.reconstructor, [conv])[0]
-        except Exception as e:  # noqa: BLE001 - reported as a rejection
-            return e
-
-    def flush(self) -> None:
-        self.writer.flush()
-        self.buffered = 0
-
-    def close(self, done: bool) -> None:
-        if done:
-            self.writer.close()
-        else:
-            self.writer.flush()
-        self.buffered = 0
-        self.pair_counts = self.rlog.close(self.published_bases, self.published_now)
-
-
-# ---------------------------------------------------------------------------
-# Backpressure
-# ---------------------------------------------------------------------------
-
-
-class Backpressure:
-    """Hold requests while published + pending samples run more than max_ahead past CONSUMED."""
-
-    def __init__(self, samples_dir: Path, max_ahead: int, enabled: bool, poll_s: float = 0.2):
-        self.dir = samples_dir
-        self.max_ahead = max_ahead
-        self.enabled = enabled
-        self.poll_s = poll_s
-        self.waited_s = 0.0
-
-    async def wait(self, k: int, pub: Publisher, in_flight_samples: Callable[[], int],
-                   stopped: Callable[[], bool]) -> None:
-        if not self.enabled:
-            return
-        t0 = time.monotonic()
-        warned = False
-        while not stopped():
-            consumed = read_consumed(self.dir)
-            ahead = pub.writer.published + pub.buffered + in_flight_samples() + k - consumed
-            if ahead <= self.max_ahead or (in_flight_samples() == 0 and pub.buffered == 0
-                                           and pub.writer.published <= consumed):
-                break
-            if pub.buffered:
-                pub.flush()  # never hold back samples the trainer could be taking
-            if not warned and time.monotonic() - t0 > 30:
-                warned = True
-                from tqdm import tqdm  # tqdm.write: above the progress bars, which are redrawn below it
-
-                tqdm.write(f"orchestrator: waiting for the trainer (published {pub.writer.published}, consumed "
-                           f"{consumed}, max_ahead {self.max_ahead})", file=sys.stderr)
-            await asyncio.sleep(self.poll_s)
-        self.waited_s += time.monotonic() - t0
 
 
 # ---------------------------------------------------------------------------

@@ -21,8 +21,6 @@ MAX_FUNCTION_LINES = 60
 # Entries: "path.py" (module) or "path.py::function".
 KNOWN_OVERSIZED = {
     "orchestrator/client.py",
-    "orchestrator/replay.py",
-    "orchestrator/replay.py::replay",
     "orchestrator/scheduler.py",
 }
 

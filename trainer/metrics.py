@@ -9,6 +9,7 @@ from pathlib import Path
 
 from distill.core import contract
 from distill.core.config import RunConfig, redacted_dict
+from distill.core.jsonl import read_jsonl
 from trainer import dist
 
 
@@ -34,12 +35,9 @@ def _truncate_after(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a half-written last line
+    for ln in read_jsonl(path):  # a half-written last line is dropped (distill/core/jsonl.py)
+        if ln.ok and ln.value.get("step", 0) <= step:
+            keep.append(ln.raw.decode("utf-8").rstrip("\r\n"))
     contract.atomic_write_text(path, "".join(x + "\n" for x in keep))
 
 

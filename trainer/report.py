@@ -6,8 +6,9 @@ RUN_DIR/report.png.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from distill.core.jsonl import log_values
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -15,13 +16,7 @@ def read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: this run has not trained a step yet. "
                                 "Fix: pass a run directory that `distill run` or `distill train` wrote")
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a half-written last line after a crash
+    rows.extend(log_values(path))  # a half-written last line after a crash is skipped (distill/core/jsonl.py)
     if not rows:
         raise ValueError(f"{path} holds no metrics yet")
     return rows

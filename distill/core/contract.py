@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from distill.core.jsonl import read_jsonl
+
 #: Bumped when a field changes meaning; readers refuse shards from a newer format.
 FORMAT_VERSION = 1
 
@@ -231,20 +233,19 @@ def list_shards(directory: str | os.PathLike) -> list[Path]:
     return sorted((p for p in d.iterdir() if SHARD_RE.match(p.name)), key=shard_index)
 
 
+_NO_LIMIT = 1 << 62  # shards are ours: no line length limit
+
+
 def read_shard(path: Path) -> list[Sample]:
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg}); shards are written atomically, "
-                                 f"so this file was edited or corrupted by hand") from None
-            out.append(Sample.from_dict(d, where))
+    for ln in read_jsonl(path, _NO_LIMIT, torn=False):  # written atomically: no torn line, any bad line is damage
+        if ln.blank:
+            continue
+        where = f"{path}:{ln.number}"
+        if ln.reason is not None:
+            raise ValueError(f"{where}: {ln.problem}; shards are written atomically, "
+                             f"so this file was edited or corrupted by hand")
+        out.append(Sample.from_dict(ln.value, where))
     return out
 
 

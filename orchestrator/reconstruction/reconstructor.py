@@ -16,6 +16,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from distill.core.contract import Rejection, Sample
+from distill.core.conversation import Conversation, build_args
 from orchestrator.reconstruction.pipeline import Pipeline
 from orchestrator.reconstruction.plan import Planner
 from orchestrator.reconstruction.prefixes import PrefixRenders
@@ -84,13 +85,15 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
     #: without the GIL) encodes one chunk in a helper thread, Python renders the next.
     PIPELINE_CHUNK = 32
 
-    def build_many(self, conversations: list[dict]) -> list[tuple[list[Sample], list[Rejection]]]:
-        """`build` for several conversations (dicts of build's arguments), tokenised in batches.
+    def build_many(self, conversations: list[Conversation] | list[dict]) -> list[tuple[list[Sample], list[Rejection]]]:
+        """`build` for several conversations (Conversation, or deprecated: dicts of build's arguments),
+        tokenised in batches.
 
         Same results as calling `build` on each; faster, because the segments of many
         conversations go to the fast tokenizer (and the decode self-check) in one call,
         and the tokenizer works on one chunk while the templates render the next.
         """
+        conversations = [build_args(c) for c in conversations]
         results: list[tuple[list[Sample], list[Rejection]]] = []
         chunk = self.PIPELINE_CHUNK
         if len(conversations) <= chunk:

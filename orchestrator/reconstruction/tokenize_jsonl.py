@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING
 
 from distill.core.contract import atomic_write_text
+from distill.core.conversation import Conversation
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.reconstructor import Reconstructor
 
@@ -30,7 +31,7 @@ def tokenize_file(tokenizer_dir: str, input_path: str, output_path: str,
     recon = Reconstructor(load_tokenizer(tokenizer_dir), cfg)
     out_lines: list[str] = []
     counts: collections.Counter = collections.Counter()
-    batch: list[tuple[int, dict]] = []
+    batch: list[tuple[int, Conversation]] = []
 
     def flush() -> None:
         results = recon.build_many([conv for _, conv in batch])
@@ -55,8 +56,8 @@ def tokenize_file(tokenizer_dir: str, input_path: str, output_path: str,
                 out_lines.append(json.dumps({"line": n, "error": f"{err.reason}: {err.detail}"}, ensure_ascii=False))
                 counts[f"rejected:{err.reason}"] += 1
                 continue
-            batch.append((n, dict(messages=rec["messages"], tools=rec.get("tools"), sample_id=f"line{n}",
-                                  finish_reason=rec.get("finish_reason"))))
+            batch.append((n, Conversation(rec["messages"], rec.get("tools"), sample_id=f"line{n}",
+                                          finish_reason=rec.get("finish_reason"))))
             if len(batch) >= 256:
                 flush()
     flush()

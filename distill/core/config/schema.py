@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from distill.core.formats import SOURCE_FORMATS
+
 BUILTIN_STUDENT = "builtin:smollm2-135m-instruct"
 BUILTIN_TEACHER_GGUF = "builtin:smollm2-135m-instruct"
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -168,7 +170,7 @@ class Source(Strict):
     path: str | None = None
     # replay: input format ("auto" detects per line).
     # ("dataset" reads Parquet/JSONL through the `datasets` library; auto picks it for .parquet.)
-    format: Literal["auto", "recording", "chat", "sharegpt", "openai_batch", "dataset"] = "auto"
+    format: Literal[SOURCE_FORMATS] = "auto"  # type: ignore[valid-type]  # names: distill/core/formats.py
     # Optional system prompt put before each prompt.
     system_prompt: str | None = None
 

@@ -1,0 +1,184 @@
+"""The one JSONL reader: bounded lines, every parse failure a reason, one torn-line policy.
+
+Every JSONL file distill reads goes through here: replay inputs and prompt files (handed to
+us by a user: nothing in them may crash the reader), and the append-only logs a run writes
+(recording.jsonl, rejects.jsonl, metrics, `<recording>.superseded`), and sample shards.
+
+The torn-line policy
+    An append-only writer ends every record with "\\n" and a crash can stop it mid-append, so
+    the one damage a healthy file may show is a *torn last line*: the file's last line, with no
+    trailing newline, that does not parse. Such a line is `reason == TORN` ("partial_last_line"):
+    it is recoverable (the record was never completely written; a log reader skips it, and
+    the recording is cut back to the last newline and the record requested again). Any other
+    bad line is a real error, each with its own reason code:
+    `invalid_utf8`, `invalid_json`, `too_deep` (nested past the recursion limit), `line_too_long`.
+    What to do with them (raise naming file:line, skip and count, list) is the caller's choice.
+
+Options of `iter_lines`
+    `max_bytes`    longest line held in memory; a longer line is read past in 1 MiB chunks and
+                   reported as `line_too_long` (a 300 MB line costs no 300 MB of memory).
+    `limit_key`    the config key (or constant) that sets max_bytes, named in that message.
+    `strict_tail`  for files whose writer always ends a record with a newline: a last line
+                   with no newline is TORN even when it parses (it may be cut short at a point
+                   that happens to be valid JSON). Off for user files, which often lack the
+                   final newline.
+    `torn`         False for files that are not append-only logs (a prompt file, a shard written
+                   atomically): no line is TORN, a broken last line keeps its parse reason.
+
+Lower level, also used directly: `read_lines(f, max_bytes)` (raw bounded lines), `parse_line(raw)`
+(json.loads whose failures are (reason, message) pairs), `json_type(x)` (JSON's name of a value's
+type), `depth_exceeds`, `too_long_message`. Leaf module: standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+#: Default longest line (bytes, newline included) of a replay input or prompt file. Longer lines
+#: are bad records (`line_too_long`), read past without loading them
+#: (replay: orchestrator.replay.max_line_bytes).
+MAX_LINE_BYTES = 64 << 20
+_SKIP_CHUNK = 1 << 20
+
+#: Reason codes of lines that cannot be read (replay lists them in replay_rejects.jsonl).
+INVALID_UTF8, INVALID_JSON, TOO_DEEP, LINE_TOO_LONG = "invalid_utf8", "invalid_json", "too_deep", "line_too_long"
+#: A torn last line (see the policy above).
+TORN = "partial_last_line"
+
+
+class Readable(Protocol):
+    """A binary file (plain, gzip, ...): all the reader needs is readline with a size limit."""
+
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
+def read_lines(f: Readable, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[bytes, int, bool]]:
+    """(line, its length in bytes, too_long) for each line of a binary file.
+
+    A line longer than max_bytes comes back as its first max_bytes bytes with too_long
+    set; the rest of it was read past in 1 MiB chunks (memory stays bounded)."""
+    while True:
+        raw = f.readline(max_bytes + 1)
+        if not raw:
+            return
+        if len(raw) <= max_bytes:
+            yield raw, len(raw), False
+            continue
+        n, last = len(raw), raw
+        while not last.endswith(b"\n"):
+            last = f.readline(_SKIP_CHUNK)
+            if not last:
+                break
+            n += len(last)
+        yield raw[:max_bytes], n, True
+
+
+def json_type(x: Any) -> str:
+    """The JSON name of a parsed value's type."""
+    if x is None:
+        return "null"
+    if isinstance(x, bool):
+        return "boolean"
+    if isinstance(x, (int, float)):
+        return "number"
+    names: dict[type, str] = {str: "string", list: "array", dict: "object"}
+    return names.get(type(x), type(x).__name__)
+
+
+def parse_line(raw: bytes) -> tuple[Any, str | None, str]:
+    """(value, None, "") for a line that parses, else (None, reason, message)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, INVALID_UTF8, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"
+    try:
+        return json.loads(text), None, ""
+    except json.JSONDecodeError as e:
+        return None, INVALID_JSON, f"not valid JSON ({e.msg} at column {e.colno})"
+    except RecursionError:
+        return None, TOO_DEEP, ("JSON nested too deeply to read (arrays/objects inside each other past the "
+                                "recursion limit)")
+
+
+def depth_exceeds(x: Any, limit: int) -> bool:
+    """Whether lists/dicts nest more than `limit` levels deep (walked without recursion)."""
+    stack = [(x, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (list, dict)):
+            if d > limit:
+                return True
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
+def too_long_message(n: int, max_bytes: int, key: str) -> str:
+    return (f"line of {n} bytes is longer than the {max_bytes}-byte limit ({key}); it was skipped "
+            "without being read into memory")
+
+
+@dataclass
+class Line:
+    """One line of a JSONL file: its value, or why it has none."""
+
+    number: int  # 1-based
+    start: int  # byte offset of its first byte in the stream read
+    size: int  # bytes it takes, newline included (the whole line, even when too long)
+    raw: bytes  # the line (its first max_bytes bytes when too long)
+    value: Any = None
+    reason: str | None = None  # None: parsed (or blank); else a reason code above
+    problem: str = ""  # what is wrong, for a message naming file:line
+
+    @property
+    def blank(self) -> bool:
+        return self.reason is None and not self.raw.strip()
+
+    @property
+    def ok(self) -> bool:
+        """Parsed, not blank."""
+        return self.reason is None and not self.blank
+
+    @property
+    def torn(self) -> bool:
+        return self.reason == TORN
+
+
+def iter_lines(f: Readable, max_bytes: int = MAX_LINE_BYTES, *, limit_key: str = "max_line_bytes",
+               strict_tail: bool = False, torn: bool = True) -> Iterator[Line]:
+    """Every line of a binary file as a Line (blank ones too), parsed, with the torn-line policy applied."""
+    start = 0
+    for number, (raw, n, too_long) in enumerate(read_lines(f, max_bytes), 1):
+        ln = Line(number, start, n, raw)
+        start += n
+        if too_long:
+            ln.reason, ln.problem = LINE_TOO_LONG, too_long_message(n, max_bytes, limit_key)
+        elif raw.strip():
+            ln.value, ln.reason, ln.problem = parse_line(raw)
+            if torn and not raw.endswith(b"\n") and (ln.reason is not None or strict_tail):
+                ln.value, ln.reason = None, TORN
+                ln.problem = (f"half-written last line ({len(raw)} bytes, no newline: the writer stopped "
+                              "mid-append)")
+        yield ln
+
+
+def read_jsonl(path: str | os.PathLike, max_bytes: int = MAX_LINE_BYTES, **kw: Any) -> Iterator[Line]:
+    """iter_lines over the file at `path` (closed when the iteration ends)."""
+    with open(path, "rb") as f:
+        yield from iter_lines(f, max_bytes, **kw)
+
+
+def log_values(path: str | os.PathLike, skipped: list[Line] | None = None) -> Iterator[Any]:
+    """The values of an append-only JSONL log, in order; blank lines are passed over and bad ones
+    (a torn last line after a crash, or damage) are skipped, or appended to `skipped` when given.
+    A missing file has no values."""
+    if not os.path.exists(path):
+        return
+    for ln in read_jsonl(path):
+        if ln.ok:
+            yield ln.value
+        elif not ln.blank and skipped is not None:
+            skipped.append(ln)

@@ -1,0 +1,99 @@
+"""Format "sharegpt": {"conversations": [{"from": ..., "value": ...}], "system"?, "tools"?} per line."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from distill.core.conversation import Conversation
+from orchestrator.lines import json_type
+from orchestrator.replay.records import (
+    RecordError,
+    _id,
+    _index,
+    _opt_reward,
+    _opt_str,
+    _tools,
+    content_id,
+    conversation,
+)
+
+
+def detect(obj: dict) -> bool:
+    return "conversations" in obj
+
+
+# ShareGPT `from` values -> chat roles (function_call is handled on its own: it becomes tool_calls).
+SHAREGPT_ROLES = {
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant",
+    "bing": "assistant", "model": "assistant",
+    "system": "system",
+    "tool": "tool", "observation": "tool", "function_response": "tool", "ipython": "tool",
+}
+SHAREGPT_TOOL_CALL = ("function_call", "tool_call")
+
+
+def _sharegpt_tool_call(value: Any, field: str, k: int) -> dict[str, Any]:
+    call = value
+    if isinstance(value, str):
+        try:
+            call = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise RecordError(field, f"a function call that is not valid JSON ({e.msg}); expected "
+                              '{"name": ..., "arguments": {...}}') from None
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        raise RecordError(field, 'expected a function call {"name": ..., "arguments": {...}}')
+    args = call.get("arguments", call.get("parameters", {}))
+    if not isinstance(args, str):
+        args = json.dumps(args, ensure_ascii=False)
+    return {"id": f"call_{k}", "type": "function", "function": {"name": call["name"], "arguments": args}}
+
+
+def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation]:
+    turns = obj.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise RecordError("conversations", "expected a non-empty list of {\"from\": ..., \"value\": ...} turns")
+    messages: list[dict[str, Any]] = []
+    system = obj.get("system")
+    if system not in (None, ""):
+        if not isinstance(system, str):
+            raise RecordError("system", f"expected a string, got {type(system).__name__}")
+        messages.append({"role": "system", "content": system})
+    pending_calls: list[str] = []  # ids of tool calls not yet answered, in order
+    n_calls = 0
+    for i, turn in enumerate(turns):
+        field = f"conversations[{i}]"
+        if not isinstance(turn, dict):
+            raise RecordError(field, f"expected a {{\"from\", \"value\"}} object, got {type(turn).__name__}")
+        src = turn.get("from", turn.get("role"))
+        value = turn.get("value", turn.get("content"))
+        if not isinstance(src, str):
+            raise RecordError(f"{field}.from", f"expected a speaker string, got {src!r}")
+        if src.lower() in SHAREGPT_TOOL_CALL:
+            call = _sharegpt_tool_call(value, f"{field}.value", n_calls)
+            n_calls += 1
+            prev = messages[-1] if messages else None
+            if prev is not None and prev["role"] == "assistant":  # the call belongs to that assistant turn
+                prev.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+            pending_calls.append(call["id"])
+            continue
+        role = SHAREGPT_ROLES.get(src.lower())
+        if role is None:
+            raise RecordError(f"{field}.from", f"unknown speaker {src!r}; known: "
+                              f"{sorted(SHAREGPT_ROLES) + list(SHAREGPT_TOOL_CALL)}",
+                              "convert the record to chat format ({\"messages\": [...]}) or drop it")
+        if not isinstance(value, str):
+            raise RecordError(f"{field}.value", f"expected a string, got {json_type(value)}",
+                              reason="missing_content" if value is None else "bad_field")
+        msg: dict[str, Any] = {"role": role, "content": value}
+        if role == "tool" and pending_calls:
+            msg["tool_call_id"] = pending_calls.pop(0)
+        messages.append(msg)
+    tools = _tools(obj.get("tools"))
+    prompt_id = _id(obj, "id") or content_id(messages, tools)
+    return [conversation("sharegpt", file, line,
+                         messages, tools, prompt_id, _index(obj), _opt_str(obj, "finish_reason"),
+                         _opt_reward(obj), _opt_str(obj, "model"))]

@@ -1,0 +1,105 @@
+"""Reading replay inputs: paths from files/folders/globs, and JSONL (plain or .gz) one line at a time.
+
+Every line becomes a `Line`: a parsed value, a BadRecord (with its reason), or a blank. The
+torn-line policy is distill.core.jsonl's: a last line with no newline that does not parse is
+`partial_last_line` (the writer stopped mid-append), reported and skipped even with on_error = "fail".
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distill.core import jsonl
+from distill.core.jsonl import MAX_LINE_BYTES
+from orchestrator.replay.records import BadRecord, ReplayError
+
+
+@dataclass
+class Line:
+    line: int
+    nbytes: int
+    obj: Any = None
+    bad: BadRecord | None = None
+    empty: bool = False  # a blank line (or the bytes-only marker of a dataset): not a record
+
+
+def _excerpt(raw: bytes, n: int = 200) -> str:
+    return raw[:n].decode("utf-8", "replace").rstrip("\n")
+
+
+_LIMIT_KEY = "orchestrator.replay.max_line_bytes"
+
+
+def _read(path: str, max_bytes: int) -> Iterator[tuple[jsonl.Line, int]]:
+    """(line, bytes of the file on disk it took) for plain and gzip-compressed (.gz) files
+    (distill.core.jsonl.iter_lines). A gzip stream that ends early raises EOFError after its
+    last complete data."""
+    if not path.lower().endswith(".gz"):
+        with open(path, "rb") as f:
+            for ln in jsonl.iter_lines(f, max_bytes, limit_key=_LIMIT_KEY):
+                yield ln, ln.size
+        return
+    with open(path, "rb") as disk, gzip.GzipFile(fileobj=disk) as f:
+        pos = 0
+        for ln in jsonl.iter_lines(f, max_bytes, limit_key=_LIMIT_KEY):
+            now = disk.tell()
+            yield ln, now - pos
+            pos = now
+
+
+def iter_jsonl(path: str, max_bytes: int = MAX_LINE_BYTES) -> Iterator[Line]:
+    """One record per line, streamed. A last line with no newline that is not valid JSON (or a
+    gzip stream that ends early) is marked partial: the writer stopped mid-append. A line longer
+    than max_bytes is a bad record (`line_too_long`), read past without holding it in memory."""
+    lineno = 0
+    lines = _read(path, max_bytes)
+    while True:
+        try:
+            ln, nbytes = next(lines)
+        except StopIteration:
+            return
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+            yield Line(lineno + 1, 0, bad=BadRecord(path, lineno + 1, None, f"the gzip stream ends early or is "
+                                                    f"damaged ({e}); the writer stopped mid-write", True,
+                                                    reason=jsonl.TORN))
+            return
+        lineno = ln.number
+        if ln.blank:
+            yield Line(lineno, nbytes, empty=True)
+        elif ln.reason is not None:
+            yield Line(lineno, nbytes, bad=BadRecord(path, lineno, None, ln.problem, ln.torn, _excerpt(ln.raw),
+                                                     ln.reason))
+        else:
+            yield Line(lineno, nbytes, obj=ln.value)
+
+
+def resolve_inputs(patterns: list[str]) -> list[str]:
+    """Input paths from files, directories (their .jsonl/.parquet files) and globs, in a stable order."""
+    out: list[str] = []
+    for pat in patterns:
+        p = os.path.expanduser(str(pat))
+        if glob.has_magic(p):
+            matches = sorted(m for m in glob.glob(p, recursive=True) if os.path.isfile(m))
+            if not matches:
+                raise ReplayError(pat, None, None, "no file matches this pattern", "check the path and the glob")
+            out.extend(matches)
+        elif os.path.isdir(p):
+            matches = sorted(str(q) for q in Path(p).iterdir()
+                             if q.is_file() and q.name.lower().endswith((".jsonl", ".jsonl.gz", ".parquet")))
+            if not matches:
+                raise ReplayError(pat, None, None, "this folder holds no .jsonl, .jsonl.gz or .parquet file")
+            out.extend(matches)
+        elif os.path.isfile(p):
+            out.append(p)
+        else:
+            raise ReplayError(pat, None, None, "does not exist",
+                              "set orchestrator.source.path (or pass input files to `distill replay`)")
+    seen: set[str] = set()
+    return [p for p in out if not (p in seen or seen.add(p))]

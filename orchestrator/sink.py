@@ -1,0 +1,261 @@
+"""The producer sink: filter -> build -> rejects -> shards, with backpressure.
+
+Live rollouts (orchestrator/scheduler.py) and replay (orchestrator/replay/) hand their
+conversations (distill.core.conversation.Conversation) to the same code here:
+
+- `Sink` builds conversations with the Reconstructor (in batches, optionally in a process
+  pool), isolates the one conversation that made a batch raise (it gets its exception, the
+  others their results), drops duplicate ids, writes rejections to the run's reject log and
+  samples to the ShardWriter.
+- `Publisher` is the live rollout's sink: the reward filter (`reward_fn` / `min_reward`),
+  resume by published (prompt, sample) pairs, and rejects.jsonl kept exact across resumes
+  (orchestrator/rejects.py).
+- `Backpressure` holds the producer while it runs more than `max_ahead` samples past the
+  trainer's CONSUMED marker: `wait` (async, live rollouts) and `wait_sync` (replay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import pickle
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from distill.core.conversation import Conversation
+from distill.core.contract import ShardWriter, read_consumed
+from orchestrator.rejects import RejectLog
+
+SAMPLES = "samples"
+REJECTS = "rejects.jsonl"
+
+_WORKER_RECON = None
+
+
+def _init_worker(blob: bytes) -> None:
+    global _WORKER_RECON
+    cls, tokenizer, cfg, max_seq_len = pickle.loads(blob)
+    _WORKER_RECON = cls(tokenizer, cfg, max_seq_len)
+
+
+def _worker_build(convs: list[Conversation]):
+    return build_batch(_WORKER_RECON, convs)
+
+
+def build_batch(reconstructor, convs: list[Conversation]) -> list:
+    """Reconstructor.build over several conversations (one tokenizer batch when build_many exists)."""
+    many = getattr(reconstructor, "build_many", None)
+    if many is not None:
+        return many(convs)
+    return [reconstructor.build(**c.build_args()) for c in convs]
+
+
+def build_isolated(reconstructor, convs: list[Conversation]) -> list:
+    """build_batch's results; where the template or tokenizer raised, the conversations are
+    redone one by one and the one that raised gets its exception (the others their results)."""
+    try:
+        return build_batch(reconstructor, convs)
+    except Exception:  # noqa: BLE001 - find which conversation it was
+        return [_build_one(reconstructor, c) for c in convs]
+
+
+def _build_one(reconstructor, conv: Conversation):
+    try:
+        return build_batch(reconstructor, [conv])[0]
+    except Exception as e:  # noqa: BLE001 - reported as a rejection
+        return e
+
+
+def make_reconstruct_pool(reconstructor, workers: int) -> ProcessPoolExecutor | None:
+    """Worker processes holding a copy of the reconstructor (spawned: safe beside threads)."""
+    if workers <= 0:
+        return None
+    ctx = multiprocessing.get_context("spawn")
+    # the worker builds its own Reconstructor(tokenizer, cfg, max_seq_len) (compiled templates don't pickle)
+    blob = pickle.dumps((type(reconstructor), reconstructor.tokenizer, reconstructor.cfg,
+                         reconstructor.max_seq_len))
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(blob,))
+
+
+def sample_base(sample_id: str) -> str:
+    """"<prompt_id>/<sample_index>" of a sample id (drops a "/turn<k>" suffix)."""
+    return "/".join(sample_id.split("/")[:2])
+
+
+class Sink:
+    """Builds conversations and publishes their samples; writes what produced none to `rejects`
+    (anything with `add(item_id, reason, detail)`, e.g. a RejectLog) and counts it by reason."""
+
+    def __init__(self, writer: ShardWriter, reconstructor, rejects, pool: ProcessPoolExecutor | None = None):
+        self.writer = writer
+        self.reconstructor = reconstructor
+        self.rlog = rejects
+        self.pool = pool
+        self.rejections: Counter = Counter()
+        self.buffered = 0  # samples added since the writer last wrote a shard
+        self._seen: dict[str, str] = {}  # sample id -> where it was first read (see duplicate())
+
+    def reject(self, item_id: str, reason: str, detail: str = "") -> None:
+        self.rejections[reason] += 1
+        self.rlog.add(item_id, reason, detail)
+
+    def duplicate(self, conv: Conversation) -> str | None:
+        """Where an earlier conversation with the same sample id was read, or None (then this
+        one is remembered: memory grows with the conversations kept, not with those read)."""
+        first = self._seen.get(conv.sample_id)
+        if first is None:
+            self._seen[conv.sample_id] = conv.where
+        return first
+
+    def build(self, convs: list[Conversation]) -> list:
+        """(samples, rejections) or the exception it raised, per conversation (in this process)."""
+        return build_isolated(self.reconstructor, convs) if convs else []
+
+    async def abuild(self, convs: list[Conversation]) -> list:
+        """`build`, in the process pool when there is one."""
+        if self.pool is None or not convs:
+            return self.build(convs)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, _worker_build, convs)
+        except Exception:  # noqa: BLE001 - find the conversation that broke the batch, keep the others
+            return [_build_one(self.reconstructor, c) for c in convs]
+
+    def add(self, sample: Any) -> None:
+        self.writer.add(sample)
+        self.buffered += 1
+        if self.buffered >= self.writer.samples_per_shard:
+            self.buffered = 0
+
+    def flush(self) -> None:
+        self.writer.flush()
+        self.buffered = 0
+
+
+class Publisher(Sink):
+    """The live rollout's sink: reward filter, resume by published pairs, rejects.jsonl (RejectLog)."""
+
+    def __init__(self, run_dir: Path, reconstructor, samples_per_shard: int, reward_fn, min_reward: float,
+                 pool: ProcessPoolExecutor | None = None):
+        writer = ShardWriter(run_dir / SAMPLES, samples_per_shard)
+        self.published_bases = {sample_base(i) for i in writer.existing_ids()}
+        # stale lines dropped: orchestrator/rejects.py
+        super().__init__(writer, reconstructor, RejectLog(run_dir / REJECTS, self.published_bases), pool)
+        self.reward_fn = reward_fn
+        self.min_reward = min_reward
+        self.published_now: set[str] = set()  # pairs this run published a sample of
+        self.pair_counts: dict[str, int] = {}
+        self.samples = 0
+        self.scored = 0
+        self.passed = 0
+
+    def is_published(self, prompt_id: str, index: int) -> bool:
+        return f"{prompt_id}/{index}" in self.published_bases
+
+    def score(self, prompt: dict, response: dict) -> float | None:
+        if self.reward_fn is None:
+            return None
+        return float(self.reward_fn(prompt, response.get("content") or ""))
+
+    def _admit(self, prompt: dict | None, rec: dict) -> Conversation | None:
+        """Reward filter for one recorded choice; its conversation if it passes."""
+        sid = f"{rec['prompt_id']}/{rec['sample_index']}"
+        reward = rec.get("reward")
+        if self.reward_fn is not None:
+            if reward is None and prompt is not None:
+                try:
+                    reward = self.score(prompt, rec["response"])
+                except Exception as e:  # noqa: BLE001 - user code
+                    self.reject(sid, "reward_error", f"{type(e).__name__}: {e}")
+                    return None
+            self.scored += 1
+            if reward is None or reward < self.min_reward:
+                self.reject(sid, "low_reward", f"reward {reward} < min_reward {self.min_reward}")
+                return None
+            self.passed += 1
+        meta = {"endpoint": rec.get("endpoint"), "request_id": rec.get("request_id")}
+        if prompt is not None and prompt.get("metadata", {}).get("dataset"):
+            meta["dataset"] = prompt["metadata"]["dataset"]
+        return Conversation(list(rec["messages"]) + [rec["response"]], rec.get("tools"), rec["prompt_id"],
+                            rec["sample_index"], rec.get("finish_reason"), reward, rec.get("model"), meta,
+                            sample_id=sid)
+
+    async def publish(self, items: list[tuple[dict | None, dict]]) -> int:
+        """Filter and reconstruct recorded choices (one batch); returns how many samples were added."""
+        convs = [c for c in (self._admit(p, r) for p, r in items) if c is not None]
+        if not convs:
+            return 0
+        added = 0
+        for conv, res in zip(convs, await self.abuild(convs)):
+            if isinstance(res, Exception):
+                self.reject(conv.sample_id, "reconstruction_error", f"{type(res).__name__}: {res}")
+                continue
+            samples, rejections = res
+            for r in rejections:
+                self.reject(r.item_id, r.reason, r.detail)
+            for smp in samples:
+                self.add(smp)
+            if samples:
+                self.published_bases.add(conv.sample_id)
+                self.published_now.add(conv.sample_id)
+            added += len(samples)
+        self.samples += added
+        return added
+
+    def close(self, done: bool) -> None:
+        if done:
+            self.writer.close()
+        else:
+            self.writer.flush()
+        self.buffered = 0
+        self.pair_counts = self.rlog.close(self.published_bases, self.published_now)
+
+
+class Backpressure:
+    """Hold the producer while published + pending samples run more than max_ahead past CONSUMED."""
+
+    def __init__(self, samples_dir: Path, max_ahead: int | None, enabled: bool = True, poll_s: float = 0.2):
+        self.dir = samples_dir
+        self.max_ahead = max_ahead if max_ahead is not None else 0
+        self.enabled = enabled and max_ahead is not None  # None: no trainer to wait for
+        self.poll_s = poll_s
+        self.waited_s = 0.0
+
+    async def wait(self, k: int, pub: Sink, in_flight_samples: Callable[[], int],
+                   stopped: Callable[[], bool]) -> None:
+        """Before asking for k more samples (live rollouts): flushes buffered samples while it waits."""
+        if not self.enabled:
+            return
+        t0 = time.monotonic()
+        warned = False
+        while not stopped():
+            consumed = read_consumed(self.dir)
+            ahead = pub.writer.published + pub.buffered + in_flight_samples() + k - consumed
+            if ahead <= self.max_ahead or (in_flight_samples() == 0 and pub.buffered == 0
+                                           and pub.writer.published <= consumed):
+                break
+            if pub.buffered:
+                pub.flush()  # never hold back samples the trainer could be taking
+            if not warned and time.monotonic() - t0 > 30:
+                warned = True
+                from tqdm import (
+                    tqdm,  # tqdm.write: above the progress bars, which are redrawn below it
+                )
+
+                tqdm.write(f"orchestrator: waiting for the trainer (published {pub.writer.published}, consumed "
+                           f"{consumed}, max_ahead {self.max_ahead})", file=sys.stderr)
+            await asyncio.sleep(self.poll_s)
+        self.waited_s += time.monotonic() - t0
+
+    def wait_sync(self, published: int, stopped: Callable[[], bool]) -> None:
+        """While `published` (samples in written shards) runs more than max_ahead past CONSUMED (replay)."""
+        if not self.enabled:
+            return
+        t0 = time.monotonic()
+        while not stopped() and published - read_consumed(self.dir) > self.max_ahead:
+            time.sleep(self.poll_s)
+        self.waited_s += time.monotonic() - t0

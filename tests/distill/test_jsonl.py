@@ -1,0 +1,82 @@
+"""distill/core/jsonl.py: the one JSONL reader and its torn-line policy, and the readers routed through it."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from distill.core.jsonl import INVALID_JSON, LINE_TOO_LONG, TORN, iter_lines, log_values, read_jsonl
+from distill.core.contract import Sample, ShardWriter, list_shards, read_shard
+from orchestrator.recording import load_recording
+from orchestrator.rejects import RejectLog
+from trainer.report import read_metrics
+
+
+def lines(data: bytes, **kw):
+    return list(iter_lines(io.BytesIO(data), **kw))
+
+
+def test_a_torn_last_line_is_torn_and_a_bad_middle_line_is_not():
+    got = lines(b'{"a": 1}\n{"a": \n\n{"b": 2}\n{"c": 3')
+    assert [(ln.number, ln.reason) for ln in got] == [(1, None), (2, INVALID_JSON), (3, None), (4, None), (5, TORN)]
+    assert got[0].ok and got[0].value == {"a": 1} and got[2].blank and not got[2].ok
+    assert got[4].torn and "half-written last line" in got[4].problem
+    # offsets: each line starts where the one before ended
+    assert [ln.start for ln in got] == [0, 9, 16, 17, 26] and got[4].size == len(b'{"c": 3')
+
+
+def test_tail_options():
+    complete_no_newline = b'{"a": 1}\n{"b": 2}'
+    assert lines(complete_no_newline)[1].value == {"b": 2}  # user files often lack the final newline
+    assert lines(complete_no_newline, strict_tail=True)[1].reason == TORN  # our logs always end a record with \n
+    broken = b'{"a": 1}\n{"b": '
+    assert lines(broken, torn=False)[1].reason == INVALID_JSON  # no log: a broken last line is plain bad JSON
+
+
+def test_a_long_line_is_read_past_with_its_limit_key():
+    got = lines(b'{"x": "' + b"y" * 100 + b'"}\n{"a": 1}\n', max_bytes=50, limit_key="some.key")
+    assert got[0].reason == LINE_TOO_LONG and "some.key" in got[0].problem and len(got[0].raw) == 50
+    assert got[1].value == {"a": 1} and got[1].start == got[0].size
+
+
+def test_log_values_skips_and_lists_bad_lines(tmp_path):
+    p = tmp_path / "log.jsonl"
+    assert list(log_values(p)) == []  # no file yet
+    p.write_bytes(b'{"step": 1}\n{"step": 2}\n{"st')
+    skipped: list = []
+    assert list(log_values(p, skipped)) == [{"step": 1}, {"step": 2}]
+    assert [ln.reason for ln in skipped] == [TORN]
+
+
+def test_readers_share_the_policy(tmp_path):
+    # recording: an unterminated last line is torn even when it parses (cut off, requested again)
+    rec = {"v": 1, "prompt_id": "a", "sample_index": 0, "messages": [], "response": {"content": "x"}}
+    p = tmp_path / "recording.jsonl"
+    p.write_bytes((json.dumps(rec) + "\n" + json.dumps(dict(rec, prompt_id="b"))).encode())
+    loaded = load_recording(p)
+    assert list(loaded.records) == [("a", 0)] and loaded.torn_tail.startswith(b'{"v": 1, "prompt_id": "b"')
+    # rejects: a torn last line is dropped and the file rewritten without it
+    r = tmp_path / "rejects.jsonl"
+    r.write_text('{"item_id": "p/0", "reason": "x", "detail": ""}\n{"item_id": "p/1", "rea', encoding="utf-8")
+    log = RejectLog(r, set())
+    log.close(set(), set())
+    assert [json.loads(x)["item_id"] for x in r.read_text().splitlines()] == ["p/0"]
+    # trainer metrics: the torn last line after a crash is skipped
+    m = tmp_path / "metrics.jsonl"
+    m.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo', encoding="utf-8")
+    assert read_metrics(m) == [{"step": 1, "loss": 2.0}]
+
+
+def test_a_damaged_shard_names_file_and_line(tmp_path):
+    w = ShardWriter(tmp_path, samples_per_shard=4)
+    for i in range(2):
+        w.add(Sample(sample_id=f"s/{i}", prompt_ids=[1], completion_ids=[2], completion_mask=[1]))
+    w.close()
+    shard = list_shards(tmp_path)[0]
+    assert [s.sample_id for s in read_shard(shard)] == ["s/0", "s/1"]
+    shard.write_bytes(shard.read_bytes()[:-5])  # a shard is written atomically: a cut one is damage, not torn
+    with pytest.raises(ValueError, match=rf"{shard.name}:2: not valid JSON .*written atomically"):
+        read_shard(shard)
+    assert [ln.number for ln in read_jsonl(shard) if ln.torn] == [2]  # the same bytes in a log would be torn
