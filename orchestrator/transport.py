@@ -3,15 +3,13 @@
     t = Transport(base_urls, model, api_key, concurrency=..., retry=RetryPolicy(...), ...)
     delivery = await t.request(kind, req, gate=budget_gate)      # Delivery(answer, endpoint, ...)
 
-A request *kind* (orchestrator/kinds/: `chat` for chat completions) says what one request sends
-and how a 200 body is read (the `RequestKind` protocol below); everything else is here and the
-same for every kind: the least-loaded endpoint (ties round-robin), bounded concurrency, the
-requests/tokens-per-minute buckets, retries with exponential backoff + jitter honouring
-Retry-After, the budget gate before every attempt, and the classification of failures
-(`TeacherError.reason`: http_<status>, timeout, connection_error, insufficient_quota, or the
-kind's parse reason). Built on the `openai` SDK's AsyncOpenAI with its own retries off
-(max_retries=0); the kind reads the raw body, so provider-specific fields are kept and a
-malformed body is a retryable error rather than a crash.
+A request *kind* (orchestrator/kinds/; `chat` first) says what one request sends and how a 200
+body is read (the `RequestKind` protocol below). Everything else is here, the same for every kind:
+least-loaded endpoint (ties round-robin), bounded concurrency, requests/tokens-per-minute buckets,
+retries with backoff + jitter honouring Retry-After, the budget gate before every attempt, failure
+classes (`TeacherError.reason`: http_<status>, timeout, connection_error, insufficient_quota, or the
+kind's parse reason). On the `openai` SDK's AsyncOpenAI with its retries off; the kind reads the raw
+body, so provider fields are kept and a malformed body is retried rather than a crash.
 """
 
 from __future__ import annotations
