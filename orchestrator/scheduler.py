@@ -42,7 +42,8 @@ from orchestrator.rejects import RejectLog
 from orchestrator.resume import load_resume, prompt_hasher, split_prompt
 from orchestrator.rewards import load_reward_fn
 from orchestrator.rollout_metrics import MetricsFile, RunCounters, format_summary, metrics_line
-from orchestrator.transport import RetryPolicy, Transport
+from orchestrator.limits import RetryPolicy
+from orchestrator.transport import Transport
 
 RECORDING = "recording.jsonl"
 SAMPLES = "samples"
