@@ -18,21 +18,23 @@ from orchestrator.kinds.chat import (  # noqa: F401
     parse_completion,
     to_response,
 )
-from orchestrator.transport import (  # noqa: F401
+from orchestrator.limits import (  # noqa: F401
     MAX_RETRY_AFTER,
+    RetryPolicy,
+    TokenBucket,
+    parse_retry_after,
+)
+from orchestrator.transport import (  # noqa: F401
     RETRYABLE_STATUS,
     ClientStats,
     Endpoint,
     Gate,
     NonRetryableError,
     ResponseError,
-    RetryPolicy,
     StopRequested,
     TeacherError,
-    TokenBucket,
     Transport,
     error_message,
-    parse_retry_after,
 )
 
 _CHAT = ChatKind()
