@@ -36,13 +36,13 @@ from orchestrator.budget import BudgetGate
 from orchestrator.contract import ShardWriter, read_consumed
 from orchestrator.endpoint_check import EndpointCheckError, check_endpoints, shown_url
 from orchestrator.failures import FailureTally, RolloutError, nothing_published
+from orchestrator.limits import RetryPolicy
 from orchestrator.prompts import count_prompts, load_prompts
 from orchestrator.recording import RecordingWriter
 from orchestrator.rejects import RejectLog
 from orchestrator.resume import load_resume, prompt_hasher, split_prompt
 from orchestrator.rewards import load_reward_fn
 from orchestrator.rollout_metrics import MetricsFile, RunCounters, format_summary, metrics_line
-from orchestrator.limits import RetryPolicy
 from orchestrator.transport import Transport
 
 RECORDING = "recording.jsonl"
