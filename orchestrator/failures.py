@@ -19,6 +19,10 @@ from pathlib import Path
 KEY = "orchestrator.max_failed_fraction"
 
 
+class RolloutError(RuntimeError):
+    """The run stopped on an error it cannot work around (bad key, unknown model, ...)."""
+
+
 class FailureTally:
     def __init__(self, max_fraction: float, planned_pairs: int | None, streak_limit: int, base_url: str):
         self.max_fraction = max_fraction

@@ -191,3 +191,22 @@ def test_distill_run_keeps_the_steps_trained_before_the_teacher_failed(tmp_path,
     assert res.returncode == 0, res.stderr
     assert f"step-{steps:06d}" in res.stdout  # resumed_from
     assert len(s.log.entries) <= 20 - 4
+
+
+def test_rerunning_a_finished_rollout_does_not_need_the_teacher(tmp_path, smol_tokenizer_dir):
+    with FaultServer() as s:
+        cfg = write_cfg(tmp_path, s.base_url)
+        first = distill("rollout", cfg, "--student.tokenizer", smol_tokenizer_dir)
+    assert first.returncode == 0, first.stderr
+    assert len(s.log.ok()) == 3 and s.model_requests == 1
+    # the server is gone (its port closed): every pair is recorded, so nothing is sent and nothing checked
+    again = distill("rollout", cfg, "--student.tokenizer", smol_tokenizer_dir)
+    assert again.returncode == 0, again.stderr
+    final = read_jsonl(tmp_path / "run" / "orchestrator_metrics.jsonl")[-1]
+    assert final["stop_reason"] == "completed" and final["attempts_this_run"] == 0 and final["samples"] == 3
+    assert (tmp_path / "run" / "samples" / "DONE").exists()
+    # one prompt more: that pair must be asked for, so the endpoint is checked (and is unreachable)
+    with open(tmp_path / "prompts.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"id": "extra", "prompt": "one more question"}\n')
+    msg = one_line_error(distill("rollout", cfg, "--student.tokenizer", smol_tokenizer_dir))
+    assert "cannot reach the teacher" in msg and KEY in msg

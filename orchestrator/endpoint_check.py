@@ -1,6 +1,8 @@
-"""Preflight: can the teacher endpoint be used at all? Checked before the first paid request.
+"""Endpoint check: can the teacher endpoint be used at all? Checked before the first paid request
+(skipped when a rerun has nothing left to ask: orchestrator/resume.py). Not `distill/preflight.py`,
+the CLI's checks of the config and files.
 
-    preflight(rollout_model, api_key)    raises PreflightError with one message naming the key
+    check_endpoints(rollout_model, api_key)    raises EndpointCheckError with one message naming the key
 
 For every endpoint (base_url, then each of extra_base_urls) one `GET {url}/models`
 with a short timeout:
@@ -25,7 +27,7 @@ TIMEOUT_S = 10.0
 _KEY = "orchestrator.rollout_model"
 
 
-class PreflightError(RuntimeError):
+class EndpointCheckError(RuntimeError):
     """The teacher endpoint cannot be used; the message says which key, what was tried, and the fix."""
 
 
@@ -43,8 +45,8 @@ def v1_hint(url: str) -> str:
     return "" if u.endswith("/v1") else f" (did you mean {u}/v1? OpenAI-compatible servers serve under /v1)"
 
 
-def preflight(rm, api_key: str, timeout: float = TIMEOUT_S) -> None:
-    """Checks each endpoint of `rm` (config RolloutModel); raises PreflightError on the first unusable one."""
+def check_endpoints(rm, api_key: str, timeout: float = TIMEOUT_S) -> None:
+    """Checks each endpoint of `rm` (config RolloutModel); raises EndpointCheckError on the first unusable one."""
     urls = [(f"{_KEY}.base_url", rm.base_url)]
     urls += [(f"{_KEY}.extra_base_urls[{i}]", u) for i, u in enumerate(rm.extra_base_urls)]
     for key, url in urls:
@@ -69,25 +71,25 @@ def check_endpoint(key: str, url: str, model: str, api_key: str, api_key_var: st
     try:
         status, body = _get_models(url, api_key, headers, timeout)
     except openai.APIConnectionError as e:
-        raise PreflightError(
+        raise EndpointCheckError(
             f"cannot reach the teacher: {where}; GET {models_url} failed ({_why(e)}). Fix: start the teacher "
             f"server, or correct the URL (scheme, host, port, path){v1_hint(url)}") from None
     if status in (401, 403):
         who = (f"the API key from the environment variable {api_key_var} (orchestrator.rollout_model.api_key_var)"
                if api_key_var else "the request without an API key (orchestrator.rollout_model.api_key_var is "
                                    "not set)")
-        raise PreflightError(
+        raise EndpointCheckError(
             f"the teacher refused {who}: GET {models_url} answered HTTP {status} ({_message(body)}); {where}. "
             "Fix: export a valid key in that variable, or set api_key_var to the variable that holds it")
     if status == 404 and v1_hint(url) and _answers(url.rstrip("/") + "/v1", api_key, headers, timeout):
-        raise PreflightError(f"the teacher has no OpenAI API at {where}: GET {models_url} answered 404"
+        raise EndpointCheckError(f"the teacher has no OpenAI API at {where}: GET {models_url} answered 404"
                              f"{v1_hint(url)}. Fix: set it to {shown_url(url).rstrip('/')}/v1")
     if status != 200:
         return  # /models not implemented (or not now): the chat requests decide
     ids = _model_ids(body)
     if ids and model not in ids:
         shown = ", ".join(repr(i) for i in ids[:10]) + (f" (and {len(ids) - 10} more)" if len(ids) > 10 else "")
-        raise PreflightError(
+        raise EndpointCheckError(
             f"the teacher at {where} does not serve the model {model!r} (orchestrator.rollout_model.model); "
             f"it lists {shown}. Fix: set orchestrator.rollout_model.model to one of them")
 

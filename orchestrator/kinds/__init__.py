@@ -1,0 +1,23 @@
+"""Teacher request kinds: what one request sends and how its answer is read; the transport
+(orchestrator/transport.py) does the rest (endpoints, rate limits, retries, budgets).
+
+A new kind is one module here implementing `transport.RequestKind` plus one line in KINDS.
+"""
+
+from __future__ import annotations
+
+from orchestrator.kinds.chat import ChatKind
+from orchestrator.transport import RequestKind
+
+#: kind name -> class (instantiated without arguments)
+KINDS: dict[str, type] = {
+    "chat": ChatKind,
+}
+
+
+def get_kind(name: str) -> RequestKind:
+    """A new instance of the kind registered as `name`; ValueError naming the known ones otherwise."""
+    try:
+        return KINDS[name]()
+    except KeyError:
+        raise ValueError(f"unknown teacher request kind {name!r}; known: {', '.join(sorted(KINDS))}") from None

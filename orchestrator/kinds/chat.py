@@ -1,0 +1,185 @@
+"""The chat-completions request kind: messages (+ tools, sampling args) in, choices back.
+
+    ChatKind (name "chat")   send: POST {base_url}/chat/completions through the SDK (n = args["n"])
+                             parse: parse_choices -> ChatAnswer(choices, bad slots by reason, usage, model, id)
+
+A body unusable as a whole is a retryable TeacherError ("malformed_response", "empty_response", or,
+when no choice is usable, the first unusable choice's reason); a partial answer keeps its usable
+choices and reports the others by slot in `bad` (empty_content, null_message, malformed_choice),
+for the caller to ask again. `TeacherClient.complete` (orchestrator/client.py) is this kind on a
+Transport, returning a TeacherResponse.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from openai import AsyncOpenAI
+
+from orchestrator.transport import Delivery, RawResponse, ResponseError, error_message
+
+
+@dataclass
+class Choice:
+    index: int
+    message: dict[str, Any]  # role, content, reasoning_content, tool_calls
+    finish_reason: str | None
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict]
+    tools: list[dict] | None = None
+    args: dict[str, Any] = field(default_factory=dict)  # sampling args sent (n, max_tokens, seed, ...)
+    extra_body: dict[str, Any] | None = None
+    want: int = 1  # choices asked for: the slots 0..want-1 (see parse_choices)
+    est_prompt: float | None = None  # prompt tokens reserved per attempt; None: estimated from the messages
+    est_completion: float = 0.0  # completion tokens reserved per attempt
+
+
+@dataclass
+class ChatAnswer:
+    choices: list[Choice]  # the usable ones; Choice.index is the slot (sample position) each answers
+    bad: dict[int, str]  # slot -> why that choice was unusable
+    usage: dict[str, int]
+    model: str | None
+    response_id: str | None
+
+
+@dataclass
+class TeacherResponse:
+    choices: list[Choice]  # the usable ones; Choice.index is the slot (sample position) each answers
+    bad: dict[int, str]  # slot -> why that choice was unusable (empty_content, null_message, malformed_choice)
+    usage: dict[str, int]
+    model: str | None
+    endpoint: str
+    request_id: str | None
+    sent: dict[str, Any]  # sampling args sent (without messages/model)
+    t_start: float
+    t_end: float
+    attempts: int = 1
+
+
+def estimate_prompt_tokens(messages: list[dict]) -> float:
+    """A rough prompt size for budgets and the tokens-per-minute bucket: 4 characters of JSON a token."""
+    return len(json.dumps(messages, ensure_ascii=False)) / 4.0
+
+
+class ChatKind:
+    """Chat completions through the SDK (implements transport.RequestKind[ChatRequest, ChatAnswer])."""
+
+    name = "chat"
+
+    def estimate(self, req: ChatRequest) -> tuple[float, float]:
+        est_p = estimate_prompt_tokens(req.messages) if req.est_prompt is None else req.est_prompt
+        return est_p, req.est_completion
+
+    async def send(self, client: AsyncOpenAI, model: str, req: ChatRequest) -> RawResponse:
+        kw = dict(req.args)
+        if req.tools:
+            kw["tools"] = req.tools
+        raw = await client.chat.completions.with_raw_response.create(
+            model=model, messages=req.messages, extra_body=req.extra_body or None, **kw)
+        return raw.http_response
+
+    def parse(self, body: bytes, req: ChatRequest) -> ChatAnswer:
+        choices, bad, usage, model, rid = parse_choices(body, req.want)
+        return ChatAnswer(choices, bad, usage, model, rid)
+
+
+def to_response(d: Delivery[ChatAnswer], req: ChatRequest) -> TeacherResponse:
+    """The TeacherResponse of a delivered chat request (`sent`: its sampling args, extra_body nested)."""
+    sent = dict(req.args)
+    if req.extra_body:
+        sent["extra_body"] = req.extra_body
+    a = d.answer
+    return TeacherResponse(choices=a.choices, bad=a.bad, usage=a.usage, model=a.model, endpoint=d.endpoint,
+                           request_id=d.request_id, sent=sent, t_start=d.t_start, t_end=d.t_end,
+                           attempts=d.attempts)
+
+
+def parse_completion(body: bytes | str, want_choices: int) -> tuple[list[Choice], dict[str, int], str | None, str | None]:
+    """The usable choices of a chat-completions body (see parse_choices, whose unusable ones it drops)."""
+    choices, _, usage, model, rid = parse_choices(body, want_choices)
+    return choices, usage, model, rid
+
+
+def parse_choices(body: bytes | str, want_choices: int):
+    """Validate a chat-completions body: (usable choices, {slot: reason} of unusable ones, usage, model, id).
+
+    A choice's slot (its `index`, or its position when the indices are not distinct 0..want-1) is the
+    sample it answers; slots under want_choices that are in neither are missing from the body. Raises
+    ResponseError (a TeacherError; retryable) when the body is unusable as a whole ("malformed_response", "empty_response") or no
+    choice is usable (the first unusable choice's reason: empty_content, null_message, malformed_choice).
+    """
+    try:
+        d = _parse_body(body)
+        raw = d.get("choices")
+        if not isinstance(raw, list) or not raw:
+            raise ResponseError("empty_response", "response has no choices")
+        choices, bad = [], {}
+        for slot, c in _slots(raw, want_choices):
+            try:
+                choices.append(_parse_choice(c, slot))
+            except ResponseError as e:
+                bad[slot] = (e.reason, e.detail)
+        if not choices:
+            first = min(bad)
+            raise ResponseError(bad[first][0], f"no usable choice in the response ({bad[first][1]})")
+        usage = d.get("usage") if isinstance(d.get("usage"), dict) else {}
+        usage = {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                 "completion_tokens": int(usage.get("completion_tokens") or 0)}
+    except (TypeError, ValueError, AttributeError) as e:  # wrong types inside (usage, ...)
+        raise ResponseError("malformed_response", f"response body has an unexpected shape "
+                                                 f"({type(e).__name__}: {e})") from None
+    return choices, {k: r for k, (r, _) in bad.items()}, usage, d.get("model"), d.get("id")
+
+
+def _parse_body(body: bytes | str) -> dict:
+    try:
+        d = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ResponseError("malformed_response", f"response body is not JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ResponseError("malformed_response", f"response body is a {type(d).__name__}, not an object")
+    if "error" in d and not d.get("choices"):
+        raise ResponseError("malformed_response", f"error object in a 200 response: {error_message(d)}")
+    return d
+
+
+def _slots(raw: list, want: int) -> list[tuple[int, Any]]:
+    """(slot, choice) for the first `want` slots: by `index` when the indices are distinct ints in
+    0..want-1 (a choice left out then leaves its slot empty), else by position."""
+    idx = [c.get("index") if isinstance(c, dict) else None for c in raw]
+    if all(type(i) is int and 0 <= i < want for i in idx) and len(set(idx)) == len(idx):
+        return sorted(zip(idx, raw), key=lambda t: t[0])
+    return list(enumerate(raw))[:want]
+
+
+def _parse_choice(c: Any, slot: int) -> Choice:
+    """One choice; ResponseError(empty_content / null_message / malformed_choice) when it is unusable."""
+    if not isinstance(c, dict):
+        raise ResponseError("malformed_choice", f"choice {slot} is a {type(c).__name__}, not an object")
+    m = c.get("message")
+    if m is None:
+        raise ResponseError("null_message", f"choice {slot} has no message")
+    if not isinstance(m, dict):
+        raise ResponseError("malformed_choice", f"choice {slot}'s message is a {type(m).__name__}, not an object")
+    try:
+        content = m.get("content")
+        if isinstance(content, list):  # content parts: keep the text ones
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if content is not None and not isinstance(content, str):
+            raise TypeError(f"content is a {type(content).__name__}")
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ResponseError("malformed_choice", f"choice {slot} has an unexpected shape ({e})") from None
+    reasoning = m.get("reasoning_content")
+    if reasoning is None:
+        reasoning = m.get("reasoning")
+    tool_calls = m.get("tool_calls") or None
+    if not content and not tool_calls:
+        raise ResponseError("empty_content", f"choice {slot} has neither content nor tool calls")
+    return Choice(index=slot, message={"role": "assistant", "content": content, "reasoning_content": reasoning,
+                                       "tool_calls": tool_calls}, finish_reason=c.get("finish_reason"))
