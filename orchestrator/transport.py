@@ -233,7 +233,7 @@ class Transport:
             retry_after = None
             usage = None
             try:
-                out = await self._attempt(kind, req, est_prompt + est_completion, attempt)
+                out = await self._attempt(kind, req, est_prompt + est_completion, attempt, gate)
                 usage = out.answer.usage
                 return out
             except NonRetryableError:
@@ -267,12 +267,18 @@ class Transport:
                 return
             await self.sleep(min(left, 0.05))
 
-    async def _attempt(self, kind: RequestKind[R, T], req: R, est_tokens: float, attempt: int) -> Delivery[T]:
+    async def _attempt(self, kind: RequestKind[R, T], req: R, est_tokens: float, attempt: int,
+                       gate: Gate | None = None) -> Delivery[T]:
         if self.rpm:
             await self.rpm.acquire(1)
         if self.tpm:
             await self.tpm.acquire(est_tokens)
         async with self.sem:
+            # The run may have been stopped while this attempt waited for a slot (rate limit or
+            # concurrency): it is not sent then (its reservation is settled by the caller).
+            stopped = getattr(gate, "stopped", None)
+            if stopped is not None and stopped():
+                raise StopRequested(getattr(gate, "stop_reason", None) or "stopped")
             ep = self.pick_endpoint()
             ep.in_flight += 1
             ep.sent += 1

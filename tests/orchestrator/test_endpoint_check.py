@@ -6,15 +6,9 @@ import socket
 
 import pytest
 
-<<<<<<<< HEAD:tests/orchestrator/test_preflight.py
-from distill.core.config import load_config
-from orchestrator.preflight import PreflightError, preflight
-from support.fault_server import FaultServer
-========
 from distill.core.config import load_config
 from orchestrator.endpoint_check import EndpointCheckError, check_endpoints
 from support.fault_server import FaultServer
->>>>>>>> h-transport:tests/test_endpoint_check.py
 
 
 def rollout_model(**rm):
