@@ -17,10 +17,6 @@ BIN = Path(sys.executable).parent
 PACKAGES = ("orchestrator", "trainer", "distill")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
-# Oversized today, being split by other branches of issue 13; emptied when they are merged.
-# Entries: "path.py" (module) or "path.py::function".
-KNOWN_OVERSIZED = {
-}
 
 
 def _tool(name: str, *args: str) -> None:
@@ -72,11 +68,8 @@ def oversized(root: Path) -> dict[str, int]:
 
 def test_sizes():
     found = oversized(ROOT)
-    new = {k: v for k, v in found.items() if k not in KNOWN_OVERSIZED}
-    assert not new, ("over the size limits (module <= 400 lines; function <= 60 lines unless the line above its "
-                     "def says `# size: why`); split them:\n" + "\n".join(f"  {k}: {v} lines" for k, v in new.items()))
-    stale = KNOWN_OVERSIZED - set(found)
-    assert not stale, f"no longer oversized, remove from KNOWN_OVERSIZED in {Path(__file__).name}: {sorted(stale)}"
+    assert not found, ("over the size limits (module <= 400 lines; function <= 60 lines unless the line above its "
+                       "def says `# size: why`); split them:\n" + "\n".join(f"  {k}: {v} lines" for k, v in found.items()))
 
 
 def test_size_check_sees_oversized_code_and_honours_a_reason(tmp_path):
