@@ -17,9 +17,10 @@ import re
 import sys
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 if sys.version_info >= (3, 11):
@@ -341,13 +342,51 @@ class Orchestrator(Strict):
 # ---------------------------------------------------------------------------
 
 
-class Loss(Strict):
-    # "sft" = masked NLL on teacher tokens at temperature 1. Other families (kl,
-    # reverse_kl, grpo, ...) need teacher logprobs or student rollouts and are
+class SFTLoss(Strict):
+    """`type = "sft"`: masked NLL on the teacher's tokens at temperature 1 (trainer/losses/sft.py)."""
+
+    # The loss, keyed on this name (a table of its own per loss; see docs/training.md, "Add a loss").
+    # Other families (kl, reverse_kl, grpo, ...) need teacher logprobs or student rollouts and are
     # rejected for an external teacher (see check_external_teacher_mode).
-    type: str = "sft"
+    type: Literal["sft"] = "sft"
     # Cross-entropy is computed over this many trained positions at a time.
     chunk_size: int = Field(1024, ge=1)
+
+
+class PlannedLoss(BaseModel):
+    """A known loss family with no implementation yet (forward_kl, reverse_kl, kl, jsd, grpo, ppo, dpo,
+    logit_distill): admitted by the schema, then refused by the mode check with its fix."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    # One of KNOWN_NON_SFT_LOSSES; any other unregistered name is an unknown loss type.
+    type: str
+
+    @field_validator("type")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in KNOWN_NON_SFT_LOSSES:
+            raise ValueError(f"unknown loss type {v!r}; registered: {', '.join(LOSS_CONFIGS)}. "
+                             'Fix: set trainer.loss.type = "sft" (docs/training.md, "Add a loss", adds one)')
+        return v
+
+
+# Registered losses: name -> config model (trainer/losses/ registers the function under the same name).
+LOSS_CONFIGS: dict[str, type[BaseModel]] = {"sft": SFTLoss}
+# The tag under which the union admits every other name (pydantic puts the tag in error locations).
+_PLANNED = "planned"
+
+
+def _loss_tag(v: Any) -> str:
+    name = v.get("type", "sft") if isinstance(v, dict) else getattr(v, "type", None)
+    return name if name in LOSS_CONFIGS else _PLANNED
+
+
+# `[trainer.loss]`: the config model chosen by `type` (a new loss adds its model here and in LOSS_CONFIGS).
+Loss = Annotated[
+    Annotated[SFTLoss, Tag("sft")] | Annotated[PlannedLoss, Tag(_PLANNED)],
+    Discriminator(_loss_tag),
+]
 
 
 class Optim(Strict):
@@ -401,7 +440,7 @@ class Trainer(Strict):
     # Seed of the trainer's RNGs (dropout, if the student has any); samples are trained in
     # the order they were published.
     seed: int = 0
-    loss: Loss = Loss()
+    loss: Loss = SFTLoss()
     optim: Optim = Optim()
     checkpoint: Checkpoint = Checkpoint()
     # Log metrics every N steps.
@@ -709,7 +748,7 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
             problems.extend(ctx_err.args[0])
             origins.add("file")
             continue
-        parts = [str(x) for x in e["loc"]]
+        parts = _without_union_tags([str(x) for x in e["loc"]])
         key = ".".join(parts) or "(root)"
         if e["type"] == "extra_forbidden":
             near = nearest_key(key, key_paths(RunConfig))
@@ -731,6 +770,13 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
             origins.add("file")
         problems.append(Problem(key, msg))
     return problems, origins
+
+
+def _without_union_tags(parts: list[str]) -> list[str]:
+    """The key path of an error location: pydantic names the loss union's tag after trainer.loss."""
+    if parts[:2] == ["trainer", "loss"] and len(parts) > 2 and parts[2] in (*LOSS_CONFIGS, _PLANNED):
+        return parts[:2] + parts[3:]
+    return parts
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> RunConfig:

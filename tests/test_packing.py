@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from distill.config import SFTLoss
 from orchestrator.contract import Sample
 from test_trainer_helpers import make_samples
 from trainer.data import (block_causal_mask, best_fit_decreasing, empty_micro_batch, make_micro_batches,
@@ -84,7 +85,7 @@ def _grads_of(model, mbs, normalizer):
 
 def test_packed_batch_equals_samples_one_by_one(tiny_student_dir, smol_tokenizer):
     samples = make_samples(smol_tokenizer, 7)
-    model = load_student(tiny_student_dir, torch.device("cpu"), chunk_size=64)
+    model = load_student(tiny_student_dir, torch.device("cpu"), SFTLoss(chunk_size=64))
     norm = float(sum(s.num_trained for s in samples))
     packed = make_micro_batches(samples, seq_len=128, rows_per_batch=4, packing=True)
     assert len(packed) < len(samples)
@@ -97,7 +98,7 @@ def test_packed_batch_equals_samples_one_by_one(tiny_student_dir, smol_tokenizer
 
 
 def test_empty_micro_batch_has_nothing_to_train(tiny_student_dir):
-    model = load_student(tiny_student_dir, torch.device("cpu"), chunk_size=64)
+    model = load_student(tiny_student_dir, torch.device("cpu"), SFTLoss(chunk_size=64))
     mb = empty_micro_batch(pad_id=0)
     loss = model.micro_batch_loss(mb, 1.0)
     loss.backward()
