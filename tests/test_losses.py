@@ -9,7 +9,7 @@ import torch
 from test_trainer_helpers import make_samples
 
 from distill import config as C
-from trainer.data import make_micro_batches
+from trainer.data import empty_micro_batch, make_micro_batches
 from trainer.losses import (
     IGNORE,
     LOSSES,
@@ -81,3 +81,11 @@ def test_a_loss_needing_a_teacher_field_refuses_samples_without_it(smol_tokenize
     with pytest.raises(ValueError, match=rf"sample {samples[0].sample_id} has no teacher_logprobs, which "
                                          r"trainer.loss.type = 'needs_lp' needs"):
         check_inputs("needs_lp", samples)
+
+
+def test_a_micro_batch_without_teacher_fields_gives_inputs_with_no_values():
+    mb = empty_micro_batch(pad_id=0)  # what a rank with fewer samples runs
+    assert mb.input("labels") is mb.labels
+    assert mb.input("teacher_logprobs").shape == mb.labels.shape and mb.input("teacher_logprobs").isnan().all()
+    assert mb.input("teacher_topk_ids").shape == (*mb.labels.shape, 0)
+    assert mb.input("teacher_topk_logprobs").dtype == torch.float32

@@ -65,7 +65,7 @@ class LossModel(nn.Module):
         return compute_loss(self.loss_cfg, hidden, self.lm.get_output_embeddings().weight, inputs, normalizer)
 
     def micro_batch_loss(self, mb: MicroBatch, normalizer: float) -> torch.Tensor:
-        inputs = {name: getattr(mb, name) for name in self.loss_spec.needs}
+        inputs = {name: mb.input(name) for name in self.loss_spec.needs}
         return self(mb.input_ids, mb.position_ids, mb.segment_ids, inputs, normalizer)
 
 
