@@ -3,8 +3,9 @@
 `LossModel.forward` runs the decoder to its final hidden states and hands them,
 with the lm_head weight and the micro-batch's per-token inputs, to the loss that
 `trainer.loss.type` names in the registry (`trainer.losses`; for "sft" the chunked
-NLL), so the full logits are never built. Wrapping the HF model this way also makes the wrapper the FSDP root:
-its forward hook gathers the embedding / lm_head / final norm before we read them.
+NLL), so the full logits are never built. Wrapping the HF model this way also makes
+the wrapper the FSDP root: its forward hook gathers the embedding / lm_head / final
+norm before we read them.
 """
 
 from __future__ import annotations
