@@ -250,10 +250,12 @@ def worker_trl(a) -> dict:
 def worker_loss(a, chunked: bool) -> dict:
     import torch
 
+    from distill.core.config import SFTLoss
     from trainer.model import load_student
 
     tok = _tokenizer()
-    model = load_student(_model_dir(tok, a.hidden, a.layers), torch.device(a.device), chunk_size=a.chunk_size)
+    model = load_student(_model_dir(tok, a.hidden, a.layers), torch.device(a.device),
+                         SFTLoss(chunk_size=a.chunk_size))
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, len(tok), (1, 2048), generator=g).to(a.device)
     pos = torch.arange(2048, device=a.device)[None]
@@ -261,7 +263,7 @@ def worker_loss(a, chunked: bool) -> dict:
     mem = PeakMemory(a.device).start()
     t0 = time.perf_counter()
     if chunked:
-        loss = model(ids, pos, seg, ids.roll(-1, 1), 2048.0)
+        loss = model(ids, pos, seg, {"labels": ids.roll(-1, 1)}, 2048.0)
     else:  # the HF model's own loss: full [2048 x 49152] logits, upcast to fp32
         loss = model.lm(input_ids=ids, position_ids=pos, labels=ids).loss
     loss.backward()

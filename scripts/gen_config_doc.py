@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import sys
+import typing
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -87,29 +88,53 @@ def is_model(ann) -> bool:
     return isinstance(ann, type) and issubclass(ann, BaseModel)
 
 
+def union_models(ann) -> list:
+    """The models of a tagged union field (e.g. trainer.loss, keyed on `type`); [] for anything else."""
+    if typing.get_origin(ann) is not typing.Union:
+        return []
+    models = [typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a for a in typing.get_args(ann)]
+    return models if models and all(is_model(m) for m in models) else []
+
+
+def variant(cls) -> str:
+    """The heading suffix of a union member: ` (type = "sft")` when its `type` is a literal."""
+    f = cls.model_fields.get("type")
+    if f is None or typing.get_origin(f.annotation) is not typing.Literal:
+        return " (any other type)"
+    return " (" + ", ".join(f'type = "{v}"' for v in typing.get_args(f.annotation)) + ")"
+
+
 def render() -> str:
     comments = field_comments()
     parts = [HEADER]
 
-    def section(cls, path: str) -> None:
+    def section(cls, path: str, suffix: str = "") -> None:
         rows = []
         subs = []
         for name, f in cls.model_fields.items():
-            if is_model(f.annotation):
-                subs.append((f.annotation, f"{path}.{name}" if path else name))
+            if is_model(f.annotation) or union_models(f.annotation):
+                sub_path = f"{path}.{name}" if path else name
+                members = union_models(f.annotation)
+                if members:  # a tagged union: one section per model
+                    subs.extend((m, sub_path, variant(m)) for m in members)
+                else:
+                    subs.append((f.annotation, sub_path, ""))
                 continue
             default = f.default
-            default_s = "unset" if default is None else f"`{toml_value(default)}`".replace("|", "\\|")
+            if f.is_required():
+                default_s = "required"
+            else:
+                default_s = "unset" if default is None else f"`{toml_value(default)}`".replace("|", "\\|")
             desc = comments.get((cls.__name__, name), "")
             rows.append(f"| `{name}` | `{type_name(f.annotation)}`".replace("|", "\\|").replace("\\|", "|", 2)
                         + f" | {default_s} | {desc} |")
-        title = f"[{path}]" if path else "top level"
+        title = (f"[{path}]" if path else "top level") + suffix
         doc = comments.get((cls.__name__, ""), "")
         parts.append(f"## `{title}`\n\n" + (f"{doc}\n\n" if doc else ""))
         if rows:
             parts.append("| key | type | default | meaning |\n|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
-        for sub, p in subs:
-            section(sub, p)
+        for sub, p, sfx in subs:
+            section(sub, p, sfx)
 
     section(C.RunConfig, "")
     return "".join(parts).rstrip() + "\n"

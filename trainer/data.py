@@ -9,16 +9,24 @@ Packed rows carry, per sample, position ids restarting at 0 and a segment id.
 `block_causal_mask` turns the segment ids into a 4D boolean mask (causal inside a
 sample, nothing across samples) for the sdpa/eager attention; the flash-attention
 path instead reads the sample boundaries from the restarting position ids.
+
+Samples that carry per-token teacher fields (`Sample.teacher_logprobs`, top-k) have them
+carried through packing as tensors aligned with the labels: position `t` holds the teacher's
+values for the token `labels[t]` (the completion token at `t+1`), only where `labels[t]` is
+trained; elsewhere NaN (logprobs), or token id 0 with logprob -inf (top-k padding).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 import torch
 
 from distill.core.contract import Sample
-from trainer.loss import IGNORE
+from trainer.losses.base import IGNORE
+
+_NO_ID, _NO_LOGPROB = 0, float("-inf")  # top-k padding: a token of probability 0
 
 
 def sample_arrays(sample: Sample, seq_len: int) -> tuple[list[int], list[int]]:
@@ -33,6 +41,21 @@ def sample_arrays(sample: Sample, seq_len: int) -> tuple[list[int], list[int]]:
     trained = [0] * len(sample.prompt_ids) + list(sample.completion_mask)
     labels = [ids[t + 1] if trained[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
     return ids, labels
+
+
+def teacher_arrays(sample: Sample, labels: list[int]) -> dict[str, list]:
+    """The sample's per-token teacher fields, shifted like `labels` (see the module docstring)."""
+    p = len(sample.prompt_ids)
+    out: dict[str, list] = {}
+    if sample.teacher_logprobs is not None:
+        lp = sample.teacher_logprobs
+        out["teacher_logprobs"] = [float(lp[t + 1 - p]) if lab != IGNORE else math.nan
+                                   for t, lab in enumerate(labels)]
+    if sample.teacher_topk_ids is not None and sample.teacher_topk_logprobs is not None:
+        ids, lps = sample.teacher_topk_ids, sample.teacher_topk_logprobs
+        out["teacher_topk_ids"] = [ids[t + 1 - p] if lab != IGNORE else [] for t, lab in enumerate(labels)]
+        out["teacher_topk_logprobs"] = [lps[t + 1 - p] if lab != IGNORE else [] for t, lab in enumerate(labels)]
+    return out
 
 
 def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -65,14 +88,28 @@ class MicroBatch:
     num_tokens: int              # real (non-padding) tokens
     num_trained: int             # positions with a label
     num_samples: int
+    # Per-token teacher fields aligned with labels, when a sample of the micro-batch has them:
+    teacher_logprobs: torch.Tensor | None = None        # [B, T] float32, NaN where none
+    teacher_topk_ids: torch.Tensor | None = None        # [B, T, K] long, 0 where none
+    teacher_topk_logprobs: torch.Tensor | None = None   # [B, T, K] float32, -inf where none
 
     @property
     def slots(self) -> int:
         return self.input_ids.numel()
 
+    def input(self, name: str) -> torch.Tensor:
+        """The per-token tensor `name` (labels or a teacher field), empty of values when no sample has it."""
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        if name == "teacher_logprobs":
+            return torch.full(self.labels.shape, math.nan, device=self.labels.device)
+        dtype = torch.long if name == "teacher_topk_ids" else torch.float32
+        return torch.empty((*self.labels.shape, 0), dtype=dtype, device=self.labels.device)
+
     def to(self, device) -> "MicroBatch":
-        return MicroBatch(self.input_ids.to(device), self.labels.to(device), self.position_ids.to(device),
-                          self.segment_ids.to(device), self.num_tokens, self.num_trained, self.num_samples)
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return MicroBatch(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in moved.items()})
 
 
 def block_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
@@ -87,15 +124,22 @@ def block_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
     return ((same & causal & (segment_ids != 0)[:, :, None]) | pad_self)[:, None]
 
 
-def _rows(samples: list[Sample], seq_len: int, packing: bool) -> list[list[tuple[list[int], list[int]]]]:
-    arrays = [sample_arrays(s, seq_len) for s in samples]
+# One sample in a row: (input ids, shifted labels, shifted teacher fields by name).
+_Item = tuple[list[int], list[int], dict[str, list]]
+
+
+def _rows(samples: list[Sample], seq_len: int, packing: bool) -> list[list[_Item]]:
+    arrays = []
+    for s in samples:
+        ids, labels = sample_arrays(s, seq_len)
+        arrays.append((ids, labels, teacher_arrays(s, labels)))
     if not packing:
         return [[a] for a in arrays]
-    bins = best_fit_decreasing([len(ids) for ids, _ in arrays], seq_len)
+    bins = best_fit_decreasing([len(ids) for ids, _, _ in arrays], seq_len)
     return [[arrays[i] for i in b] for b in bins]
 
 
-def _collate(rows: list[list[tuple[list[int], list[int]]]], width: int, pad_id: int) -> MicroBatch:
+def _collate(rows: list[list[_Item]], width: int, pad_id: int) -> MicroBatch:
     b = len(rows)
     input_ids = torch.full((b, width), pad_id, dtype=torch.long)
     labels = torch.full((b, width), IGNORE, dtype=torch.long)
@@ -104,7 +148,7 @@ def _collate(rows: list[list[tuple[list[int], list[int]]]], width: int, pad_id: 
     tokens = trained = samples = 0
     for r, row in enumerate(rows):
         pos = 0
-        for seg, (ids, lab) in enumerate(row, 1):
+        for seg, (ids, lab, _) in enumerate(row, 1):
             n = len(ids)
             input_ids[r, pos:pos + n] = torch.tensor(ids)
             labels[r, pos:pos + n] = torch.tensor(lab)
@@ -114,7 +158,32 @@ def _collate(rows: list[list[tuple[list[int], list[int]]]], width: int, pad_id: 
             tokens += n
             trained += sum(1 for x in lab if x != IGNORE)
             samples += 1
-    return MicroBatch(input_ids, labels, position_ids, segment_ids, tokens, trained, samples)
+    return MicroBatch(input_ids, labels, position_ids, segment_ids, tokens, trained, samples,
+                      **_collate_teacher(rows, width))
+
+
+def _collate_teacher(rows: list[list[_Item]], width: int) -> dict[str, torch.Tensor]:
+    """The teacher fields of the rows' samples as [B, T(, K)] tensors, for the fields any sample has."""
+    present = {name for row in rows for _, _, extra in row for name in extra}
+    out: dict[str, torch.Tensor] = {}
+    if "teacher_logprobs" in present:
+        out["teacher_logprobs"] = torch.full((len(rows), width), math.nan)
+    if "teacher_topk_ids" in present:
+        k = max(len(x) for row in rows for _, _, extra in row for x in extra.get("teacher_topk_ids", [[]]))
+        out["teacher_topk_ids"] = torch.full((len(rows), width, k), _NO_ID, dtype=torch.long)
+        out["teacher_topk_logprobs"] = torch.full((len(rows), width, k), _NO_LOGPROB)
+    for r, row in enumerate(rows):
+        pos = 0
+        for ids, _, extra in row:
+            if "teacher_logprobs" in extra:
+                out["teacher_logprobs"][r, pos:pos + len(ids)] = torch.tensor(extra["teacher_logprobs"])
+            for t, (tk_ids, tk_lps) in enumerate(zip(extra.get("teacher_topk_ids", ()),
+                                                     extra.get("teacher_topk_logprobs", ()))):
+                if tk_ids:
+                    out["teacher_topk_ids"][r, pos + t, :len(tk_ids)] = torch.tensor(tk_ids)
+                    out["teacher_topk_logprobs"][r, pos + t, :len(tk_lps)] = torch.tensor(tk_lps, dtype=torch.float32)
+            pos += len(ids)
+    return out
 
 
 def make_micro_batches(samples: list[Sample], seq_len: int, rows_per_batch: int, packing: bool = True,
@@ -129,7 +198,7 @@ def make_micro_batches(samples: list[Sample], seq_len: int, rows_per_batch: int,
     out = []
     for i in range(0, len(rows), rows_per_batch):
         group = rows[i:i + rows_per_batch]
-        width = max(sum(len(ids) for ids, _ in row) for row in group)
+        width = max(sum(len(ids) for ids, _, _ in row) for row in group)
         out.append(_collate(group, width, pad_id))
     return out
 

@@ -1,9 +1,11 @@
-"""The student as a loss module: HF causal LM body + chunked NLL head; FSDP2 sharding.
+"""The student as a loss module: HF causal LM body + the configured loss head; FSDP2 sharding.
 
 `LossModel.forward` runs the decoder to its final hidden states and hands them,
-with the lm_head weight, to `trainer.loss.chunked_nll`, so the full logits are
-never built. Wrapping the HF model this way also makes the wrapper the FSDP root:
-its forward hook gathers the embedding / lm_head / final norm before we read them.
+with the lm_head weight and the micro-batch's per-token inputs, to the loss that
+`trainer.loss.type` names in the registry (`trainer.losses`; for "sft" the chunked
+NLL), so the full logits are never built. Wrapping the HF model this way also makes
+the wrapper the FSDP root: its forward hook gathers the embedding / lm_head / final
+norm before we read them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch import nn
 
 from trainer.data import MicroBatch, block_causal_mask
 from trainer.dist import DistContext
-from trainer.loss import chunked_nll
+from trainer.losses import compute_loss, get_loss
 
 
 def attention_implementation(device: torch.device, dtype: str = "float32") -> str:
@@ -29,10 +31,12 @@ def attention_implementation(device: torch.device, dtype: str = "float32") -> st
 
 
 class LossModel(nn.Module):
-    def __init__(self, lm: nn.Module, chunk_size: int):
+    def __init__(self, lm: nn.Module, loss_cfg):
         super().__init__()
         self.lm = lm
-        self.chunk_size = chunk_size
+        # `[trainer.loss]`: its `type` picks the registered loss, its other fields are the loss's options.
+        self.loss_cfg = loss_cfg
+        self.loss_spec = get_loss(loss_cfg.type)
         cfg = lm.config
         for attr in ("final_logit_softcapping", "logit_scale"):
             if getattr(cfg, attr, None) not in (None, 1.0):
@@ -45,27 +49,31 @@ class LossModel(nn.Module):
     def uses_flash(self) -> bool:
         return self.lm.config._attn_implementation == "flash_attention_2"
 
-    def forward(self, input_ids, position_ids, segment_ids, labels, normalizer: float):
+    def forward(self, input_ids, position_ids, segment_ids, inputs: dict[str, torch.Tensor], normalizer: float):
+        """`inputs`: the loss's per-token tensors ([B, T, ...], aligned with the labels), by name."""
         if self.uses_flash:
             # transformers finds packed samples from restarting position ids only in a
             # batch of one row, so the rows go in as one long row (padding positions are 0,
             # so each padding token is a sequence of its own).
-            input_ids, position_ids, labels = (x.reshape(1, -1) for x in (input_ids, position_ids, labels))
+            input_ids, position_ids = (x.reshape(1, -1) for x in (input_ids, position_ids))
+            inputs = {k: v.reshape(1, -1, *v.shape[2:]) for k, v in inputs.items()}
             mask = None
         else:
             mask = block_causal_mask(segment_ids)
         body = getattr(self.lm, self.lm.base_model_prefix)
         hidden = body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                       use_cache=False).last_hidden_state
-        return chunked_nll(hidden, self.lm.get_output_embeddings().weight, labels, normalizer, self.chunk_size)
+        return compute_loss(self.loss_cfg, hidden, self.lm.get_output_embeddings().weight, inputs, normalizer)
 
     def micro_batch_loss(self, mb: MicroBatch, normalizer: float) -> torch.Tensor:
-        return self(mb.input_ids, mb.position_ids, mb.segment_ids, mb.labels, normalizer)
+        inputs = {name: mb.input(name) for name in self.loss_spec.needs}
+        return self(mb.input_ids, mb.position_ids, mb.segment_ids, inputs, normalizer)
 
 
-def load_student(model_dir: str | Path, device: torch.device, chunk_size: int,
+def load_student(model_dir: str | Path, device: torch.device, loss_cfg,
                  activation_checkpointing: bool = False, dtype: str = "float32") -> LossModel:
-    """The HF model in fp32 (the optimizer's master weights) on `device`."""
+    """The HF model in fp32 (the optimizer's master weights) on `device`, as a module computing the
+    loss `loss_cfg` (a `[trainer.loss]` config model, e.g. `SFTLoss(chunk_size=1024)`) names."""
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
@@ -78,7 +86,7 @@ def load_student(model_dir: str | Path, device: torch.device, chunk_size: int,
         else:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     lm.train()  # from_pretrained returns eval mode, where HF skips activation checkpointing
-    return LossModel(lm.to(device), chunk_size)
+    return LossModel(lm.to(device), loss_cfg)
 
 
 def shard(model: LossModel, ctx: DistContext, dtype: str) -> LossModel:

@@ -7,7 +7,7 @@ Each optimizer step takes the next `samples_per_step` samples from the stream th
 orchestrator publishes (waiting for them if it is still producing). Rank r trains
 on samples r, r+N, r+2N, ... of them, packed into rows of seq_len and grouped in
 micro-batches of micro_batch_rows rows. The step's loss is the mean NLL over every
-trained token of the step on every rank (see trainer/loss.py).
+trained token of the step on every rank (see trainer/losses/; the loss is trainer.loss.type's).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from distill.core import contract
 from trainer import checkpoint as ckpt_io
 from trainer import dist
 from trainer.data import empty_micro_batch, make_micro_batches
+from trainer.losses import check_inputs
 from trainer.metrics import MetricsLog, open_wandb
 from trainer.model import is_sharded, load_student, shard
 
@@ -60,7 +61,7 @@ def build_optimizer(model: torch.nn.Module, t: Trainer):
 
 
 def build_model(model_dir: Path, t: Trainer, ctx: dist.DistContext):
-    model = load_student(model_dir, ctx.device, t.loss.chunk_size, t.activation_checkpointing, t.dtype)
+    model = load_student(model_dir, ctx.device, t.loss, t.activation_checkpointing, t.dtype)
     if ctx.distributed:
         shard(model, ctx, t.dtype)
     return model
@@ -94,6 +95,7 @@ def _rank_batches(samples: list[contract.Sample], t: Trainer, ctx: dist.DistCont
     """This rank's slice of `samples` as micro-batches, padded with empty ones to the busiest
     rank's count (FSDP collectives need every rank to run as many passes), and the global
     (trained tokens, tokens, slots) counts."""
+    check_inputs(t.loss.type, samples)
     mine = samples[ctx.rank::ctx.world]
     mbs = make_micro_batches(mine, t.seq_len, t.micro_batch_rows, t.packing, pad_id)
     counts = dist.all_reduce(

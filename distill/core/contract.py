@@ -14,23 +14,32 @@ trainer on disk, in a samples directory:
 
 Nothing here imports torch or transformers: both sides, and tools such as
 `distill inspect`, read samples with the standard library alone.
+
+Each line records its format version (FORMAT_VERSION); a reader refuses a line of a newer
+version. Optional per-token teacher fields (version 2) are written only when set
+(docs/training.md, "Per-token teacher fields").
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from distill.core.jsonl import read_jsonl
 
-#: Bumped when a field changes meaning; readers refuse shards from a newer format.
-FORMAT_VERSION = 1
+#: Bumped when a field is added or changes meaning; readers refuse samples of a newer format.
+#: 1: the SFT fields. 2: adds the optional per-token teacher fields (TEACHER_FIELDS).
+#: Each line records the lowest version that holds it, so shards without teacher fields stay
+#: version 1, readable by older distills; a line without "version" is version 1.
+FORMAT_VERSION = 2
+TEACHER_FIELDS = ("teacher_logprobs", "teacher_topk_ids", "teacher_topk_logprobs")
 
 SHARD_RE = re.compile(r"^shard-(\d{6})\.jsonl$")
 DONE_FILE = "DONE"
@@ -66,8 +75,16 @@ class Sample:
     teacher_model: str | None = None
     # Free-form provenance (source dataset, recording offset, split policy, ...).
     meta: dict[str, Any] = field(default_factory=dict)
-    # Contract format version this sample was written with.
-    version: int = FORMAT_VERSION
+    # Optional per-token teacher fields (format version 2; written only when set), each with one
+    # entry per `completion_ids` token, about that token. The teacher's log-probability of the
+    # token: a finite number at every trained position (completion_mask 1), null allowed elsewhere.
+    teacher_logprobs: list[float | None] | None = None
+    # The teacher's top-k alternatives at each position, in the student's vocabulary: token ids and
+    # their log-probabilities, as many of each at a position ([] where there are none). Set both or neither.
+    teacher_topk_ids: list[list[int]] | None = None
+    teacher_topk_logprobs: list[list[float]] | None = None
+    # Contract format version of this sample: the lowest that holds its fields (set on construction).
+    version: int = field(default=1, init=False)
 
     def __post_init__(self) -> None:
         if len(self.completion_ids) != len(self.completion_mask):
@@ -75,6 +92,9 @@ class Sample:
                 f"sample {self.sample_id}: completion_ids ({len(self.completion_ids)}) and "
                 f"completion_mask ({len(self.completion_mask)}) differ in length"
             )
+        if any(getattr(self, f) is not None for f in TEACHER_FIELDS):
+            _check_teacher_fields(self)
+            object.__setattr__(self, "version", 2)
 
     @property
     def num_tokens(self) -> int:
@@ -86,23 +106,61 @@ class Sample:
 
     def to_json(self) -> str:
         # Same output as json.dumps(asdict(self)), without asdict's deep copy of every token list
-        # (it dominated the orchestrator's per-sample cost).
-        d = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        # (it dominated the orchestrator's per-sample cost); unset teacher fields are left out.
+        d = {name: getattr(self, name) for name in self.__dataclass_fields__
+             if name not in TEACHER_FIELDS or getattr(self, name) is not None}
         return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "") -> "Sample":
-        version = d.get("version", FORMAT_VERSION)
+        version = d.get("version", 1)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ValueError(f"{where}: sample format version {version!r} is not a version number (1, 2, ...)")
         if version > FORMAT_VERSION:
             raise ValueError(
-                f"{where}: sample format version {version} is newer than this distill "
-                f"understands ({FORMAT_VERSION}); upgrade distill"
+                f"{where}: sample format version {version} was written by a newer distill; this one reads "
+                f"versions up to {FORMAT_VERSION}. Fix: upgrade distill"
             )
         missing = [k for k in ("sample_id", "prompt_ids", "completion_ids", "completion_mask") if k not in d]
         if missing:
             raise ValueError(f"{where}: sample is missing field(s) {missing}")
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        known = {f.name for f in fields(cls) if f.init}
+        try:
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{where}: {e}") from None
+
+
+def _check_teacher_fields(s: Sample) -> None:
+    """Refuse, naming the field and position, per-token teacher fields that do not fit the sample."""
+    n = len(s.completion_ids)
+    where = f"sample {s.sample_id}"
+    for name in TEACHER_FIELDS:
+        v = getattr(s, name)
+        if v is not None and (not isinstance(v, list) or len(v) != n):
+            got = f"{len(v)} entries" if isinstance(v, list) else type(v).__name__
+            raise ValueError(f"{where}: {name} must be a list with one entry per completion token ({n}), got {got}")
+    if s.teacher_logprobs is not None:
+        for j, (x, trained) in enumerate(zip(s.teacher_logprobs, s.completion_mask)):
+            if not (x is None and not trained) and not _finite(x):
+                raise ValueError(f"{where}: teacher_logprobs[{j}] is {x!r}; "
+                                 + ("a trained token needs a finite number" if trained else "expected a number or null"))
+    ids, lps = s.teacher_topk_ids, s.teacher_topk_logprobs
+    if (ids is None) != (lps is None):
+        raise ValueError(f"{where}: teacher_topk_ids and teacher_topk_logprobs come together; only "
+                         f"{'teacher_topk_ids' if lps is None else 'teacher_topk_logprobs'} is set")
+    for j, (i_row, lp_row) in enumerate(zip(ids or (), lps or ())):
+        if not isinstance(i_row, list) or not isinstance(lp_row, list) or len(i_row) != len(lp_row):
+            raise ValueError(f"{where}: teacher_topk_ids[{j}] and teacher_topk_logprobs[{j}] must be lists of "
+                             f"the same length, got {i_row!r} and {lp_row!r}")
+        if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in i_row):
+            raise ValueError(f"{where}: teacher_topk_ids[{j}] is {i_row!r}; expected token ids (integers >= 0)")
+        if not all(_finite(x) for x in lp_row):
+            raise ValueError(f"{where}: teacher_topk_logprobs[{j}] is {lp_row!r}; expected finite numbers")
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass(frozen=True)

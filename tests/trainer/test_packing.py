@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from distill.core.config import SFTLoss
 from distill.core.contract import Sample
 from support.trainer_helpers import make_samples
 from trainer.data import (block_causal_mask, best_fit_decreasing, empty_micro_batch, make_micro_batches,
@@ -84,7 +87,7 @@ def _grads_of(model, mbs, normalizer):
 
 def test_packed_batch_equals_samples_one_by_one(tiny_student_dir, smol_tokenizer):
     samples = make_samples(smol_tokenizer, 7)
-    model = load_student(tiny_student_dir, torch.device("cpu"), chunk_size=64)
+    model = load_student(tiny_student_dir, torch.device("cpu"), SFTLoss(chunk_size=64))
     norm = float(sum(s.num_trained for s in samples))
     packed = make_micro_batches(samples, seq_len=128, rows_per_batch=4, packing=True)
     assert len(packed) < len(samples)
@@ -97,7 +100,7 @@ def test_packed_batch_equals_samples_one_by_one(tiny_student_dir, smol_tokenizer
 
 
 def test_empty_micro_batch_has_nothing_to_train(tiny_student_dir):
-    model = load_student(tiny_student_dir, torch.device("cpu"), chunk_size=64)
+    model = load_student(tiny_student_dir, torch.device("cpu"), SFTLoss(chunk_size=64))
     mb = empty_micro_batch(pad_id=0)
     loss = model.micro_batch_loss(mb, 1.0)
     loss.backward()
@@ -116,3 +119,48 @@ def test_micro_batches_are_only_as_wide_as_their_longest_row(smol_tokenizer):
     assert len(mbs) == 1 and mbs[0].input_ids.shape[1] <= seq_len
     row_lengths = (mbs[0].segment_ids != 0).sum(dim=1)
     assert mbs[0].input_ids.shape[1] == int(row_lengths.max())
+
+
+def _with_teacher(s: Sample, topk: bool = True) -> Sample:
+    """The sample with teacher fields that encode their own token: logprob -id/1000 at trained
+    tokens (null elsewhere); top-k [id, id+1] (just [id] at every third position)."""
+    lps = [-c / 1000 if m else None for c, m in zip(s.completion_ids, s.completion_mask)]
+    ids = [[c, c + 1][:1 + (j % 3 != 0)] for j, c in enumerate(s.completion_ids)]
+    extra = {"teacher_topk_ids": ids, "teacher_topk_logprobs": [[-0.5, -3.0][:len(x)] for x in ids]} if topk else {}
+    return dataclasses.replace(s, teacher_logprobs=lps, **extra)
+
+
+def test_packing_keeps_teacher_fields_aligned_with_the_labels(smol_tokenizer):
+    samples = [_with_teacher(s) for s in make_samples(smol_tokenizer, 6)]
+    samples[1] = dataclasses.replace(samples[1], teacher_logprobs=None)  # one without logprobs
+    mbs = make_micro_batches(samples, seq_len=256, rows_per_batch=2, packing=True)
+    assert len(mbs) < len(samples)  # really packed
+    checked = 0
+    for mb in mbs:
+        trained = mb.labels != IGNORE
+        lp, ids, tk_lp = mb.teacher_logprobs, mb.teacher_topk_ids, mb.teacher_topk_logprobs
+        assert lp.shape == mb.labels.shape and ids.shape[:2] == mb.labels.shape and ids.shape[2] == 2
+        # at a trained position the teacher values are about the label's token...
+        have = trained & ~lp.isnan()
+        torch.testing.assert_close(lp[have], -mb.labels[have].float() / 1000)
+        assert torch.equal(ids[..., 0][trained], mb.labels[trained])
+        assert torch.all(tk_lp[..., 0][trained] == -0.5)
+        one = trained & (tk_lp[..., 1] == float("-inf"))  # the positions with a single alternative
+        assert one.any() and torch.all(ids[..., 1][one] == 0)
+        assert torch.equal(ids[..., 1][trained & ~one], mb.labels[trained & ~one] + 1)
+        # ...and nothing elsewhere
+        assert lp[~trained].isnan().all() and torch.all(tk_lp[~trained] == float("-inf"))
+        checked += int(have.sum())
+    lacking = samples[1]
+    assert checked == sum(s.num_trained for s in samples) - lacking.num_trained  # its positions are NaN
+
+
+def test_sft_loss_ignores_teacher_fields(tiny_student_dir, smol_tokenizer):
+    samples = make_samples(smol_tokenizer, 3)
+    model = load_student(tiny_student_dir, torch.device("cpu"), SFTLoss(chunk_size=64))
+    norm = float(sum(s.num_trained for s in samples))
+    plain = make_micro_batches(samples, seq_len=256, rows_per_batch=2)
+    teacher = make_micro_batches([_with_teacher(s) for s in samples], seq_len=256, rows_per_batch=2)
+    assert teacher[0].teacher_logprobs is not None and plain[0].teacher_logprobs is None
+    assert _grads_of(model, teacher, norm)[0] == _grads_of(model, plain, norm)[0]
+    assert teacher[0].to("cpu").teacher_topk_ids is not None  # .to() carries them

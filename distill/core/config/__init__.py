@@ -10,13 +10,14 @@ from .checks import KNOWN_NON_SFT_LOSSES, ConfigProblems, Problem, check_cross_f
 from .load import ConfigError, api_key, load_config, parse_overrides, read_toml, resolve
 from .schema import (BUILTIN_STUDENT, BUILTIN_TEACHER_GGUF, ENV_VAR_NAME, Budget, LocalTeacher, Orchestrator,
                      Reconstruction, Replay, Retry, RolloutModel, Sampling, Source, Strict, check_http_url)
-from .schema_run import Checkpoint, Loss, Optim, RunConfig, Student, Trainer, Wandb, WeightBroadcast
+from .schema_run import (LOSS_CONFIGS, Checkpoint, Loss, Optim, PlannedLoss, RunConfig, SFTLoss, Student, Trainer,
+                         Wandb, WeightBroadcast)
 from .toml_out import redacted_dict, to_toml
 
 __all__ = [
-    "BUILTIN_STUDENT", "BUILTIN_TEACHER_GGUF", "ENV_VAR_NAME", "KNOWN_NON_SFT_LOSSES",
+    "BUILTIN_STUDENT", "BUILTIN_TEACHER_GGUF", "ENV_VAR_NAME", "KNOWN_NON_SFT_LOSSES", "LOSS_CONFIGS",
     "Budget", "Checkpoint", "ConfigError", "ConfigProblems", "LocalTeacher", "Loss", "Optim", "Orchestrator",
-    "Problem", "Reconstruction", "Replay", "Retry", "RolloutModel", "RunConfig", "Sampling", "Source", "Strict",
+    "PlannedLoss", "Problem", "Reconstruction", "Replay", "Retry", "RolloutModel", "RunConfig", "SFTLoss", "Sampling", "Source", "Strict",
     "Student", "Trainer", "Wandb", "WeightBroadcast",
     "api_key", "check_cross_fields", "check_external_teacher_mode", "check_http_url", "load_config",
     "parse_overrides", "read_toml", "redacted_dict", "resolve", "to_toml",

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .checks import ConfigProblems, Problem
-from .schema_run import _TOML_DATA, RunConfig
+from .schema_run import _TOML_DATA, LOSS_CONFIGS, PLANNED_TAG, RunConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -102,7 +102,7 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
             problems.extend(ctx_err.args[0])
             origins.add("file")
             continue
-        parts = [str(x) for x in e["loc"]]
+        parts = _without_union_tags([str(x) for x in e["loc"]])
         key = ".".join(parts) or "(root)"
         if e["type"] == "extra_forbidden":
             near = nearest_key(key, key_paths(RunConfig))
@@ -179,3 +179,10 @@ def api_key(cfg: RunConfig) -> str:
             "(the key is read from there and never stored).",
         )])
     return key
+
+
+def _without_union_tags(parts: list[str]) -> list[str]:
+    """The key path of an error location: pydantic names the loss union's tag after trainer.loss."""
+    if parts[:2] == ["trainer", "loss"] and len(parts) > 2 and parts[2] in (*LOSS_CONFIGS, PLANNED_TAG):
+        return parts[:2] + parts[3:]
+    return parts

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .checks import ConfigProblems, check_cross_fields, check_external_teacher_mode
+from .checks import KNOWN_NON_SFT_LOSSES, ConfigProblems, check_cross_fields, check_external_teacher_mode
 from .schema import BUILTIN_STUDENT, Orchestrator, Strict
 
 
@@ -18,13 +18,51 @@ from .schema import BUILTIN_STUDENT, Orchestrator, Strict
 # ---------------------------------------------------------------------------
 
 
-class Loss(Strict):
-    # "sft" = masked NLL on teacher tokens at temperature 1. Other families (kl,
-    # reverse_kl, grpo, ...) need teacher logprobs or student rollouts and are
+class SFTLoss(Strict):
+    """`type = "sft"`: masked NLL on the teacher's tokens at temperature 1 (trainer/losses/sft.py)."""
+
+    # The loss, keyed on this name (a table of its own per loss; see docs/training.md, "Add a loss").
+    # Other families (kl, reverse_kl, grpo, ...) need teacher logprobs or student rollouts and are
     # rejected for an external teacher (see check_external_teacher_mode).
-    type: str = "sft"
+    type: Literal["sft"] = "sft"
     # Cross-entropy is computed over this many trained positions at a time.
     chunk_size: int = Field(1024, ge=1)
+
+
+class PlannedLoss(BaseModel):
+    """A known loss family with no implementation yet (forward_kl, reverse_kl, kl, jsd, grpo, ppo, dpo,
+    logit_distill): admitted by the schema, then refused by the mode check with its fix."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    # One of KNOWN_NON_SFT_LOSSES; any other unregistered name is an unknown loss type.
+    type: str
+
+    @field_validator("type")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in KNOWN_NON_SFT_LOSSES:
+            raise ValueError(f"unknown loss type {v!r}; registered: {', '.join(LOSS_CONFIGS)}. "
+                             'Fix: set trainer.loss.type = "sft" (docs/training.md, "Add a loss", adds one)')
+        return v
+
+
+# Registered losses: name -> config model (trainer/losses/ registers the function under the same name).
+LOSS_CONFIGS: dict[str, type[BaseModel]] = {"sft": SFTLoss}
+# The tag under which the union admits every other name (pydantic puts the tag in error locations).
+PLANNED_TAG = "planned"
+
+
+def _loss_tag(v: Any) -> str:
+    name = v.get("type", "sft") if isinstance(v, dict) else getattr(v, "type", None)
+    return name if name in LOSS_CONFIGS else PLANNED_TAG
+
+
+# `[trainer.loss]`: the config model chosen by `type` (a new loss adds its model here and in LOSS_CONFIGS).
+Loss = Annotated[
+    Annotated[SFTLoss, Tag("sft")] | Annotated[PlannedLoss, Tag(PLANNED_TAG)],
+    Discriminator(_loss_tag),
+]
 
 
 class Optim(Strict):
@@ -78,7 +116,7 @@ class Trainer(Strict):
     # Seed of the trainer's RNGs (dropout, if the student has any); samples are trained in
     # the order they were published.
     seed: int = 0
-    loss: Loss = Loss()
+    loss: Loss = SFTLoss()
     optim: Optim = Optim()
     checkpoint: Checkpoint = Checkpoint()
     # Log metrics every N steps.

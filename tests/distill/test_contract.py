@@ -1,0 +1,115 @@
+"""The sample contract: optional per-token teacher fields, the format version, old and newer shards."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distill.core.contract import (
+    FORMAT_VERSION,
+    Sample,
+    ShardWriter,
+    iter_samples,
+    read_shard,
+)
+
+# The keys of a shard line as written before the teacher fields existed (format version 1).
+V1_KEYS = ["sample_id", "prompt_ids", "completion_ids", "completion_mask", "prompt_id", "sample_index",
+           "finish_reason", "reward", "teacher_model", "meta", "version"]
+
+
+def _sample(**kw) -> Sample:
+    base = {"sample_id": "p/0", "prompt_ids": [1, 2], "completion_ids": [3, 4, 5], "completion_mask": [1, 0, 1],
+                "prompt_id": "p", "meta": {"src": "t"}}
+    return Sample(**{**base, **kw})
+
+
+TEACHER = {"teacher_logprobs": [-0.5, None, -1.25], "teacher_topk_ids": [[3, 9], [], [5]],
+               "teacher_topk_logprobs": [[-0.5, -2.0], [], [-1.25]]}
+
+
+def _roundtrip(tmp_path, samples):
+    w = ShardWriter(tmp_path / "samples", samples_per_shard=10)
+    for s in samples:
+        w.add(s)
+    w.close()
+    return list(iter_samples(tmp_path / "samples"))
+
+
+def test_sample_without_teacher_fields_is_written_as_format_1_unchanged(tmp_path):
+    s = _sample()
+    line = json.loads(s.to_json())
+    assert list(line) == V1_KEYS and line["version"] == 1  # what version-1 readers expect, byte for byte
+    assert _roundtrip(tmp_path, [s]) == [s]
+
+
+def test_teacher_fields_round_trip_as_format_2(tmp_path):
+    s = _sample(**TEACHER)
+    assert FORMAT_VERSION == 2 and s.version == 2
+    line = json.loads(s.to_json())
+    assert line["version"] == 2 and line["teacher_logprobs"] == [-0.5, None, -1.25]
+    (back,) = _roundtrip(tmp_path, [s])
+    assert back == s and back.teacher_topk_ids == [[3, 9], [], [5]]
+    only_lp = _sample(teacher_logprobs=[-0.5, None, -1.25])
+    assert "teacher_topk_ids" not in json.loads(only_lp.to_json())  # written only when set
+    assert _roundtrip(tmp_path / "b", [only_lp]) == [only_lp]
+
+
+def test_old_shard_lines_still_read(tmp_path):
+    d = tmp_path / "samples"
+    d.mkdir()
+    old = {"sample_id": "p/0", "prompt_ids": [1], "completion_ids": [2, 3], "completion_mask": [1, 1],
+           "prompt_id": "p", "sample_index": 0, "finish_reason": "stop", "reward": None, "teacher_model": "t",
+           "meta": {}, "version": 1}
+    no_version = {k: v for k, v in old.items() if k != "version"} | {"sample_id": "p/1"}
+    (d / "shard-000000.jsonl").write_text(json.dumps(old) + "\n" + json.dumps(no_version) + "\n")
+    a, b = read_shard(d / "shard-000000.jsonl")
+    assert (a.sample_id, a.completion_ids, a.version, a.teacher_logprobs) == ("p/0", [2, 3], 1, None)
+    assert (b.sample_id, b.version) == ("p/1", 1)
+
+
+def test_a_newer_format_is_refused_naming_the_file_and_versions(tmp_path):
+    p = tmp_path / "shard-000000.jsonl"
+    line = json.loads(_sample().to_json()) | {"version": FORMAT_VERSION + 1, "teacher_entropy": [0.1, 0.2, 0.3]}
+    p.write_text(_sample().to_json() + "\n" + json.dumps(line) + "\n")
+    with pytest.raises(ValueError) as ei:
+        read_shard(p)
+    msg = str(ei.value)
+    assert f"{p}:2:" in msg and f"version {FORMAT_VERSION + 1}" in msg and f"up to {FORMAT_VERSION}" in msg
+    assert "written by a newer distill" in msg and "upgrade distill" in msg
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"teacher_logprobs": [-0.5, None]}, "teacher_logprobs must be a list with one entry per completion token"),
+    ({"teacher_logprobs": "-0.5"}, "teacher_logprobs must be a list"),
+    ({"teacher_logprobs": [-0.5, None, None]}, "teacher_logprobs[2] is None; a trained token needs a finite"),
+    ({"teacher_logprobs": [float("nan"), None, -1.0]}, "teacher_logprobs[0] is nan"),
+    ({"teacher_logprobs": [-0.5, "x", -1.0]}, "teacher_logprobs[1] is 'x'; expected a number or null"),
+    ({"teacher_logprobs": [-0.5, None, True]}, "teacher_logprobs[2] is True"),
+    ({"teacher_topk_ids": [[1], [], [2]]}, "teacher_topk_ids and teacher_topk_logprobs come together"),
+    ({"teacher_topk_ids": [[1], [], [2]], "teacher_topk_logprobs": [[-1.0], [], [-1.0, -2.0]]},
+     "teacher_topk_ids[2] and teacher_topk_logprobs[2] must be lists of the same length"),
+    ({"teacher_topk_ids": [[1], [-4], [2]], "teacher_topk_logprobs": [[-1.0], [-1.0], [-1.0]]},
+     "teacher_topk_ids[1] is [-4]; expected token ids"),
+    ({"teacher_topk_ids": [[1], [], [2]], "teacher_topk_logprobs": [[-1.0], [], [float("inf")]]},
+     "teacher_topk_logprobs[2] is [inf]; expected finite numbers"),
+])
+def test_malformed_teacher_fields_are_refused_naming_the_field(tmp_path, fields, named):
+    with pytest.raises(ValueError) as ei:
+        _sample(**fields)
+    assert named in str(ei.value) and "sample p/0" in str(ei.value)
+    # read from a shard, the message also names the file and line
+    p = tmp_path / "shard-000000.jsonl"
+    p.write_text(json.dumps(json.loads(_sample().to_json()) | {"version": 2} | fields) + "\n")
+    with pytest.raises(ValueError, match=rf"^{p}:1: sample p/0: ") as ei:
+        read_shard(p)
+    assert named in str(ei.value)
+
+
+@pytest.mark.parametrize("version", ["2", 0, None, 1.5])
+def test_a_version_that_is_not_a_number_is_refused(tmp_path, version):
+    p = tmp_path / "shard-000000.jsonl"
+    p.write_text(json.dumps(json.loads(_sample().to_json()) | {"version": version}) + "\n")
+    with pytest.raises(ValueError, match=rf"{p}:1: sample format version .* is not a version number"):
+        read_shard(p)
