@@ -37,10 +37,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def start_server() -> tuple[subprocess.Popen, str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), str(TESTS),
-                                                                    os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen([sys.executable, "-m", "support.fault_server", "--port", "0", "--max-seconds", "900"],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), str(TESTS), os.environ.get("PYTHONPATH")]))
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "support.fault_server", "--port", "0", "--max-seconds", "900"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     url = proc.stdout.readline().strip()
     if not url.startswith("http"):
         proc.kill()
@@ -48,26 +54,45 @@ def start_server() -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
-def make_cfg(base_url: str, model: str, prompts: Path, n: int, concurrency: int, max_tokens: int | None,
-             out: Path, workers: int = 0):
+def make_cfg(
+    base_url: str,
+    model: str,
+    prompts: Path,
+    n: int,
+    concurrency: int,
+    max_tokens: int | None,
+    out: Path,
+    workers: int = 0,
+):
     from distill.core.config import load_config
 
     sampling = {"n": n}
     if max_tokens:
         sampling["max_tokens"] = max_tokens
-    return load_config(None, {"output_dir": str(out), "orchestrator": {
-        "rollout_model": {"base_url": base_url, "model": model, "timeout": 600},
-        "sampling": sampling, "concurrency": concurrency, "samples_per_shard": 256,
-        "reconstruct_workers": workers,
-        "source": {"type": "jsonl", "path": str(prompts)}}, "trainer": {"seq_len": 2048}})
+    return load_config(
+        None,
+        {
+            "output_dir": str(out),
+            "orchestrator": {
+                "rollout_model": {"base_url": base_url, "model": model, "timeout": 600},
+                "sampling": sampling,
+                "concurrency": concurrency,
+                "samples_per_shard": 256,
+                "reconstruct_workers": workers,
+                "source": {"type": "jsonl", "path": str(prompts)},
+            },
+            "trainer": {"seq_len": 2048},
+        },
+    )
 
 
 def prompt_messages(prompts: Path) -> list[list[dict]]:
     return [[{"role": "user", "content": json.loads(line)["prompt"]}] for line in prompts.read_text().splitlines()]
 
 
-async def raw_sdk(base_url: str, model: str, messages: list[list[dict]], n: int, concurrency: int,
-                  max_tokens: int | None) -> tuple[float, int, int]:
+async def raw_sdk(
+    base_url: str, model: str, messages: list[list[dict]], n: int, concurrency: int, max_tokens: int | None
+) -> tuple[float, int, int]:
     """Bare AsyncOpenAI at fixed concurrency: (seconds, choices, completion tokens)."""
     from openai import AsyncOpenAI
 
@@ -112,13 +137,17 @@ def part1(args, tmp: Path, recon_factory) -> None:
         recon = recon_factory(cfg)
         # warm-up (imports, template compile, connections)
         if args.warmup:
-            run_pipeline(make_cfg(url, "fault-teacher", prompts, args.n, args.concurrency, None, tmp / "warm"),
-                         tmp / "warm", recon)
+            run_pipeline(
+                make_cfg(url, "fault-teacher", prompts, args.n, args.concurrency, None, tmp / "warm"),
+                tmp / "warm",
+                recon,
+            )
         dt, summary = run_pipeline(cfg, tmp / "run", recon)
         wcfg = make_cfg(url, "fault-teacher", prompts, args.n, args.concurrency, None, tmp / "runw", args.workers)
         wdt, wsummary = run_pipeline(wcfg, tmp / "runw", recon) if args.workers else (None, None)
-        raw_dt, raw_choices, _ = asyncio.run(raw_sdk(url, "fault-teacher", prompt_messages(prompts), args.n,
-                                                     args.concurrency, None))
+        raw_dt, raw_choices, _ = asyncio.run(
+            raw_sdk(url, "fault-teacher", prompt_messages(prompts), args.n, args.concurrency, None)
+        )
     finally:
         proc.kill()
         proc.wait()
@@ -132,21 +161,31 @@ def part1(args, tmp: Path, recon_factory) -> None:
 
     reqs = summary["requests"]
     samples = summary["samples"]
-    print(f"part 1: zero-latency FaultServer (separate process), {args.prompts} prompts x n={args.n}, "
-          f"concurrency {args.concurrency}, {os.cpu_count()} CPU cores")
-    print(f"  pipeline (request+record+fsync+reconstruct+publish): {dt:.2f} s, {reqs / dt:,.0f} requests/s, "
-          f"{samples / dt:,.0f} samples/s  ({samples} samples, stop={summary['stop_reason']})")
+    print(
+        f"part 1: zero-latency FaultServer (separate process), {args.prompts} prompts x n={args.n}, "
+        f"concurrency {args.concurrency}, {os.cpu_count()} CPU cores"
+    )
+    print(
+        f"  pipeline (request+record+fsync+reconstruct+publish): {dt:.2f} s, {reqs / dt:,.0f} requests/s, "
+        f"{samples / dt:,.0f} samples/s  ({samples} samples, stop={summary['stop_reason']})"
+    )
     if wdt:
-        print(f"  same, reconstruct_workers={args.workers}:                    {wdt:.2f} s, "
-              f"{wsummary['requests'] / wdt:,.0f} requests/s, {wsummary['samples'] / wdt:,.0f} samples/s "
-              "(worker start-up included)")
-    print(f"  peer raw SDK (requests only):                        {raw_dt:.2f} s, "
-          f"{args.prompts / raw_dt:,.0f} requests/s, {raw_choices / raw_dt:,.0f} choices/s")
+        print(
+            f"  same, reconstruct_workers={args.workers}:                    {wdt:.2f} s, "
+            f"{wsummary['requests'] / wdt:,.0f} requests/s, {wsummary['samples'] / wdt:,.0f} samples/s "
+            "(worker start-up included)"
+        )
+    print(
+        f"  peer raw SDK (requests only):                        {raw_dt:.2f} s, "
+        f"{args.prompts / raw_dt:,.0f} requests/s, {raw_choices / raw_dt:,.0f} choices/s"
+    )
     print(f"  peer reconstruct-only:                               {rec_dt:.2f} s, {built / rec_dt:,.0f} samples/s")
     print(f"  ratio pipeline / raw SDK (requests/s): {(reqs / dt) / (args.prompts / raw_dt):.2f}")
     print(f"  ratio pipeline / reconstruct-only (samples/s): {(samples / dt) / (built / rec_dt):.2f}")
-    print(f"  ratio pipeline time / (raw SDK time + reconstruct-only time): {dt / (raw_dt + rec_dt):.2f} "
-          "(1.0 = no overhead beyond the two peers run back to back)")
+    print(
+        f"  ratio pipeline time / (raw SDK time + reconstruct-only time): {dt / (raw_dt + rec_dt):.2f} "
+        "(1.0 = no overhead beyond the two peers run back to back)"
+    )
     if wdt:
         print(f"  ratio pipeline with workers / without (samples/s): {dt / wdt:.2f}")
 
@@ -157,16 +196,20 @@ def part2(args, tmp: Path, recon_factory) -> None:
     prompts = tmp / "llama_prompts.jsonl"
     write_prompts(prompts, args.llama_prompts)
     msgs = prompt_messages(prompts)
-    direct_dt, _, direct_tok = asyncio.run(raw_sdk(args.llama_url, args.llama_model, msgs, 1, args.llama_concurrency,
-                                                   args.llama_max_tokens))
-    cfg = make_cfg(args.llama_url, args.llama_model, prompts, 1, args.llama_concurrency, args.llama_max_tokens,
-                   tmp / "llama_run")
+    direct_dt, _, direct_tok = asyncio.run(
+        raw_sdk(args.llama_url, args.llama_model, msgs, 1, args.llama_concurrency, args.llama_max_tokens)
+    )
+    cfg = make_cfg(
+        args.llama_url, args.llama_model, prompts, 1, args.llama_concurrency, args.llama_max_tokens, tmp / "llama_run"
+    )
     cfg.orchestrator.reconstruction.truncated = "keep"
     dt, summary = run_pipeline(cfg, tmp / "llama_run", recon_factory(cfg))
     ours = summary["completion_tokens"] / dt
     direct = direct_tok / direct_dt
-    print(f"part 2: llama.cpp at {args.llama_url}, {args.llama_prompts} prompts, concurrency "
-          f"{args.llama_concurrency}, max_tokens {args.llama_max_tokens}")
+    print(
+        f"part 2: llama.cpp at {args.llama_url}, {args.llama_prompts} prompts, concurrency "
+        f"{args.llama_concurrency}, max_tokens {args.llama_max_tokens}"
+    )
     print(f"  direct concurrent requests: {direct:,.1f} completion tokens/s ({direct_dt:.1f} s)")
     print(f"  orchestrator pipeline:      {ours:,.1f} completion tokens/s ({dt:.1f} s)")
     print(f"  ratio orchestrator / direct: {ours / direct:.2f}")

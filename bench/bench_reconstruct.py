@@ -31,9 +31,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at which but have an "
-         "they you were her she there been one all we their has would when if so no what up out can said my "
-         "ratio, value: 42 3.14 x=y+1 (see) [note] {key} \"quoted\" café naïve 東京 ü Ω → ✓ 😀 \n - * #").split(" ")
+WORDS = (
+    "the of and to in is that for it as was with be by on not he this are or his from at which but have an "
+    "they you were her she there been one all we their has would when if so no what up out can said my "
+    'ratio, value: 42 3.14 x=y+1 (see) [note] {key} "quoted" café naïve 東京 ü Ω → ✓ 😀 \n - * #'
+).split(" ")
 
 
 def words(rng: random.Random, lo: int, hi: int) -> str:
@@ -77,8 +79,9 @@ def run_ours_batched(recon, convs, base: int = 0) -> int:
     from distill.core.conversation import Conversation
 
     tokens = 0
-    for samples, rejections in recon.build_many([Conversation(m, sample_id=str(base + i))
-                                                 for i, m in enumerate(convs)]):
+    for samples, rejections in recon.build_many(
+        [Conversation(m, sample_id=str(base + i)) for i, m in enumerate(convs)]
+    ):
         assert not rejections, rejections
         tokens += sum(s.num_tokens for s in samples)
     return tokens
@@ -98,25 +101,26 @@ def run_floor(tok, texts) -> int:
     return sum(len(e.ids) for e in tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False))
 
 
-def measure(recons, tok, convs, chunk: int = 128, floor: bool = False,
-            per_prefix=None) -> dict[str, tuple[float, int]]:
+def measure(recons, tok, convs, chunk: int = 128, floor: bool = False, per_prefix=None) -> dict[str, tuple[float, int]]:
     """Seconds and tokens per method. The methods take turns on chunks of the corpus,
     so that load from other processes on the machine falls on all of them alike.
     `recons` are two Reconstructors, so that build_many does not find the prompts
     that build has just cached."""
-    runs = {"build": lambda c, b: run_ours(recons[0], c, b),
-            "build_many": lambda c, b: run_ours_batched(recons[1], c, b),
-            "peer": lambda c, b: run_peer(tok, c, b)}
+    runs = {
+        "build": lambda c, b: run_ours(recons[0], c, b),
+        "build_many": lambda c, b: run_ours_batched(recons[1], c, b),
+        "peer": lambda c, b: run_peer(tok, c, b),
+    }
     if per_prefix is not None:  # a Reconstructor told the template is not append-only
         runs["per_prefix"] = lambda c, b: run_ours_batched(per_prefix, c, b)
     if floor:
         texts = [tok.apply_chat_template(c, tokenize=False) for c in convs]  # rendered before timing
-        runs["floor"] = lambda c, b: run_floor(tok, texts[b: b + len(c)])
+        runs["floor"] = lambda c, b: run_floor(tok, texts[b : b + len(c)])
     acc = {k: [0.0, 0] for k in runs}
     for b in range(0, len(convs), chunk):
         for name, fn in runs.items():
             t0 = time.perf_counter()
-            acc[name][1] += fn(convs[b: b + chunk], b)
+            acc[name][1] += fn(convs[b : b + chunk], b)
             acc[name][0] += time.perf_counter() - t0
     return {k: (v[0], v[1]) for k, v in acc.items()}
 
@@ -124,8 +128,12 @@ def measure(recons, tok, convs, chunk: int = 128, floor: bool = False,
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--conversations", type=int, default=10000, help="corpus size (1-16 turns each)")
-    p.add_argument("--scaling-conversations", type=int, default=None,
-                   help="conversations per row of the scaling table (default: conversations // 10)")
+    p.add_argument(
+        "--scaling-conversations",
+        type=int,
+        default=None,
+        help="conversations per row of the scaling table (default: conversations // 10)",
+    )
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
 
@@ -143,41 +151,58 @@ def main(argv: list[str] | None = None) -> None:
     for r in recons:
         r._prompt_cache.clear()
     res = measure(recons, tok, convs, floor=True)
-    print(f"corpus: {len(convs)} conversations (1-16 turns), {n_turns} assistant turns, {res['build'][1]} tokens; "
-          f"{os.cpu_count()} CPUs, TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}")
-    names = {"build": "ours: Reconstructor.build, one at a time", "build_many": "ours: Reconstructor.build_many (128)",
-             "peer": "peer: apply_chat_template(assistant mask)"}
+    print(
+        f"corpus: {len(convs)} conversations (1-16 turns), {n_turns} assistant turns, {res['build'][1]} tokens; "
+        f"{os.cpu_count()} CPUs, TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}"
+    )
+    names = {
+        "build": "ours: Reconstructor.build, one at a time",
+        "build_many": "ours: Reconstructor.build_many (128)",
+        "peer": "peer: apply_chat_template(assistant mask)",
+    }
     for k, label in names.items():
         secs, ntok = res[k]
         print(f"{label:42s} {secs:8.2f} s {len(convs) / secs:8.0f} conv/s {ntok / secs / 1e3:8.1f} k tok/s")
     peer = res["peer"][0]
-    print(f"{'floor: encode_batch_fast of the rendered texts':42s} {res['floor'][0]:8.2f} s "
-          f"{len(convs) / res['floor'][0]:8.0f} conv/s {res['floor'][1] / res['floor'][0] / 1e3:8.1f} k tok/s")
-    print(f"speed-up vs peer: build {peer / res['build'][0]:.2f}x, build_many {peer / res['build_many'][0]:.2f}x "
-          f"(tokenising alone, the floor, would be {peer / res['floor'][0]:.2f}x)")
+    print(
+        f"{'floor: encode_batch_fast of the rendered texts':42s} {res['floor'][0]:8.2f} s "
+        f"{len(convs) / res['floor'][0]:8.0f} conv/s {res['floor'][1] / res['floor'][0] / 1e3:8.1f} k tok/s"
+    )
+    print(
+        f"speed-up vs peer: build {peer / res['build'][0]:.2f}x, build_many {peer / res['build_many'][0]:.2f}x "
+        f"(tokenising alone, the floor, would be {peer / res['floor'][0]:.2f}x)"
+    )
 
     m = a.scaling_conversations or max(20, a.conversations // 10)
     d = distillation_corpus(4 * m, a.seed + 99)
     r = measure(recons, tok, d)
-    print(f"\nsingle-turn, 4 teacher samples per prompt ({len(d)} conversations): speed-up vs peer: "
-          f"build {r['peer'][0] / r['build'][0]:.2f}x, build_many {r['peer'][0] / r['build_many'][0]:.2f}x")
+    print(
+        f"\nsingle-turn, 4 teacher samples per prompt ({len(d)} conversations): speed-up vs peer: "
+        f"build {r['peer'][0] / r['build'][0]:.2f}x, build_many {r['peer'][0] / r['build_many'][0]:.2f}x"
+    )
     # The same template with prefix derivation switched off: every P_k and F_k rendered,
     # as for templates that are not append-only (docs/reconstruction.md, "Prefix renders").
     per_prefix = Reconstructor(tok, Reconstruction())
     per_prefix.chat_template.append_only = False
-    print(f"\ncost per token as turns grow ({m} conversations per row; 'per-prefix' = build_many "
-          "rendering every prefix, as for a template that is not append-only):")
-    print(f"{'turns':>5} {'tokens':>9} {'build us/tok':>13} {'build_many':>11} {'per-prefix':>11} "
-          f"{'peer us/tok':>12} {'renders/turn':>13}")
+    print(
+        f"\ncost per token as turns grow ({m} conversations per row; 'per-prefix' = build_many "
+        "rendering every prefix, as for a template that is not append-only):"
+    )
+    print(
+        f"{'turns':>5} {'tokens':>9} {'build us/tok':>13} {'build_many':>11} {'per-prefix':>11} "
+        f"{'peer us/tok':>12} {'renders/turn':>13}"
+    )
     for turns in (1, 2, 4, 8, 16):
         cs = corpus(m, a.seed + turns, turns)
         before = recons[0].stats["renders"]
         r = measure(recons, tok, cs, per_prefix=per_prefix)
         renders = (recons[0].stats["renders"] - before) / (turns * len(cs))
         ntok = r["build"][1]
-        print(f"{turns:>5} {ntok:>9} {r['build'][0] / ntok * 1e6:>13.2f} {r['build_many'][0] / ntok * 1e6:>11.2f} "
-              f"{r['per_prefix'][0] / ntok * 1e6:>11.2f} {r['peer'][0] / r['peer'][1] * 1e6:>12.2f} "
-              f"{renders:>13.2f}")
+        print(
+            f"{turns:>5} {ntok:>9} {r['build'][0] / ntok * 1e6:>13.2f} {r['build_many'][0] / ntok * 1e6:>11.2f} "
+            f"{r['per_prefix'][0] / ntok * 1e6:>11.2f} {r['peer'][0] / r['peer'][1] * 1e6:>12.2f} "
+            f"{renders:>13.2f}"
+        )
 
 
 if __name__ == "__main__":

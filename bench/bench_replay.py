@@ -35,12 +35,26 @@ from distill.core.student import load_tokenizer, tokenizer_only_dir  # noqa: E40
 def write_recording(path: Path, n: int, finish: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for i in range(n):
-            f.write(json.dumps({
-                "v": 1, "prompt_id": f"p{i}", "sample_index": 0,
-                "messages": [{"role": "user", "content": f"A shop sells {i} apples and {i + 3} pears. "
-                                                         "How many fruits does it sell?"}],
-                "response": {"role": "assistant", "content": f"{i} + {i + 3} = {2 * i + 3}\n#### {2 * i + 3}"},
-                "finish_reason": finish, "model": "m", "reward": None}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "v": 1,
+                        "prompt_id": f"p{i}",
+                        "sample_index": 0,
+                        "messages": [
+                            {
+                                "role": "user",
+                                "content": f"A shop sells {i} apples and {i + 3} pears. How many fruits does it sell?",
+                            }
+                        ],
+                        "response": {"role": "assistant", "content": f"{i} + {i + 3} = {2 * i + 3}\n#### {2 * i + 3}"},
+                        "finish_reason": finish,
+                        "model": "m",
+                        "reward": None,
+                    }
+                )
+                + "\n"
+            )
 
 
 def best_of(k: int, fn) -> float:
@@ -78,8 +92,10 @@ def main() -> None:
             replay(cfg, tmp / "run-a", recon, inputs=[str(dropped)], progress=False)
 
         t_floor, t_read = best_of(args.repeat, json_floor), best_of(args.repeat, replay_dropped)
-        print(f"reader: replay {args.n / t_read:,.0f} records/s, json.loads {args.n / t_floor:,.0f} lines/s, "
-              f"ratio {t_read / t_floor:.2f}x")
+        print(
+            f"reader: replay {args.n / t_read:,.0f} records/s, json.loads {args.n / t_floor:,.0f} lines/s, "
+            f"ratio {t_read / t_floor:.2f}x"
+        )
 
         kept = tmp / "kept.jsonl"
         write_recording(kept, args.kept, "stop")
@@ -103,8 +119,10 @@ def main() -> None:
             replay(cfg, tmp / "run-c", recon, inputs=[str(kept)], progress=False)
 
         t_direct, t_replay = best_of(args.repeat, build_direct), best_of(args.repeat, replay_kept)
-        print(f"build:  replay {args.kept / t_replay:,.0f} conversations/s, direct build+write "
-              f"{args.kept / t_direct:,.0f}/s, ratio {t_replay / t_direct:.2f}x")
+        print(
+            f"build:  replay {args.kept / t_replay:,.0f} conversations/s, direct build+write "
+            f"{args.kept / t_direct:,.0f}/s, ratio {t_replay / t_direct:.2f}x"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -55,11 +55,19 @@ def _model_dir(tok, hidden: int, layers: int) -> Path:
     d = Path(tempfile.gettempdir()) / f"distill-bench-llama-{hidden}x{layers}"
     if not (d / "model.safetensors").is_file():
         torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 3,
-                          num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
-                          num_key_value_heads=max(1, hidden // 128), max_position_embeddings=4096,
-                          tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
-                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        cfg = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=hidden,
+            intermediate_size=hidden * 3,
+            num_hidden_layers=layers,
+            num_attention_heads=max(1, hidden // 64),
+            num_key_value_heads=max(1, hidden // 128),
+            max_position_embeddings=4096,
+            tie_word_embeddings=True,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
         LlamaForCausalLM(cfg).save_pretrained(d)
         tok.save_pretrained(d)
     return d
@@ -73,8 +81,11 @@ def _samples(tok, n: int, seq_len: int):
     words = "the student learns to answer like the teacher does step by step".split()
     out = []
     for i in range(n):
-        p = tok.apply_chat_template([{"role": "user", "content": f"Question {i}: explain {words[i % len(words)]}."}],
-                                    add_generation_prompt=True, tokenize=False)
+        p = tok.apply_chat_template(
+            [{"role": "user", "content": f"Question {i}: explain {words[i % len(words)]}."}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
         pids = tok(p, add_special_tokens=False)["input_ids"]
         target = max(8, int((seq_len // 2 - len(pids)) * ((i * 7919) % 97) / 96))
         text = " ".join(words[(i + k) % len(words)] for k in range(target))
@@ -145,15 +156,21 @@ def worker_ours(a) -> dict:
 
     tok = _tokenizer()
     samples = _samples(tok, a.steps * a.samples_per_step, a.seq_len)
-    t = Trainer(max_steps=a.steps, samples_per_step=a.samples_per_step, seq_len=a.seq_len,
-                micro_batch_rows=a.samples_per_step, device=a.device, optim={"schedule": "constant"})
+    t = Trainer(
+        max_steps=a.steps,
+        samples_per_step=a.samples_per_step,
+        seq_len=a.seq_len,
+        micro_batch_rows=a.samples_per_step,
+        device=a.device,
+        optim={"schedule": "constant"},
+    )
     ctx = DistContext(0, 1, 0, torch.device(a.device))
     model = build_model(_model_dir(tok, a.hidden, a.layers), t, ctx)
     opt, sched = build_optimizer(model, t)
     mem = PeakMemory(a.device).start()
     times, tokens, eff = [], [], []
     for s in range(a.steps):
-        batch = samples[s * a.samples_per_step:(s + 1) * a.samples_per_step]
+        batch = samples[s * a.samples_per_step : (s + 1) * a.samples_per_step]
         _sync(a.device)
         t0 = time.perf_counter()
         m = train_step(model, opt, sched, batch, t, ctx, tok.pad_token_id or 0)
@@ -161,8 +178,11 @@ def worker_ours(a) -> dict:
         times.append(time.perf_counter() - t0)
         tokens.append(m["tokens"])
         eff.append(m["packing_efficiency"])
-    return {"tokens_per_s": sum(tokens[1:]) / sum(times[1:]), "peak_mem": mem.stop(),
-            "packing_efficiency": sum(eff) / len(eff)}
+    return {
+        "tokens_per_s": sum(tokens[1:]) / sum(times[1:]),
+        "peak_mem": mem.stop(),
+        "packing_efficiency": sum(eff) / len(eff),
+    }
 
 
 def _padded(batch, pad_id, device):
@@ -174,10 +194,10 @@ def _padded(batch, pad_id, device):
     lab = torch.full((len(batch), width), -100, dtype=torch.long)
     for r, s in enumerate(batch):
         x = s.prompt_ids + s.completion_ids
-        ids[r, :len(x)] = torch.tensor(x)
-        att[r, :len(x)] = 1
+        ids[r, : len(x)] = torch.tensor(x)
+        att[r, : len(x)] = 1
         m = [0] * len(s.prompt_ids) + s.completion_mask
-        lab[r, :len(x)] = torch.tensor([xi if mi else -100 for xi, mi in zip(x, m)])
+        lab[r, : len(x)] = torch.tensor([xi if mi else -100 for xi, mi in zip(x, m)])
     return ids.to(device), att.to(device), lab.to(device)
 
 
@@ -187,13 +207,14 @@ def worker_hf_loop(a) -> dict:
 
     tok = _tokenizer()
     samples = _samples(tok, a.steps * a.samples_per_step, a.seq_len)
-    model = AutoModelForCausalLM.from_pretrained(_model_dir(tok, a.hidden, a.layers), dtype=torch.float32,
-                                                 attn_implementation="sdpa").to(a.device)
+    model = AutoModelForCausalLM.from_pretrained(
+        _model_dir(tok, a.hidden, a.layers), dtype=torch.float32, attn_implementation="sdpa"
+    ).to(a.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
     mem = PeakMemory(a.device).start()
     times, tokens = [], []
     for s in range(a.steps):
-        batch = samples[s * a.samples_per_step:(s + 1) * a.samples_per_step]
+        batch = samples[s * a.samples_per_step : (s + 1) * a.samples_per_step]
         _sync(a.device)
         t0 = time.perf_counter()
         ids, att, lab = _padded(batch, tok.pad_token_id or 0, a.device)
@@ -215,10 +236,18 @@ def worker_trl(a) -> dict:
 
     tok = _tokenizer()
     samples = _samples(tok, a.steps * a.samples_per_step, a.seq_len)
-    ds = Dataset.from_list([{"input_ids": s.prompt_ids + s.completion_ids,
-                             "completion_mask": [0] * len(s.prompt_ids) + s.completion_mask} for s in samples])
-    model = AutoModelForCausalLM.from_pretrained(_model_dir(tok, a.hidden, a.layers), dtype=torch.float32,
-                                                 attn_implementation="sdpa")
+    ds = Dataset.from_list(
+        [
+            {
+                "input_ids": s.prompt_ids + s.completion_ids,
+                "completion_mask": [0] * len(s.prompt_ids) + s.completion_mask,
+            }
+            for s in samples
+        ]
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        _model_dir(tok, a.hidden, a.layers), dtype=torch.float32, attn_implementation="sdpa"
+    )
     mem = PeakMemory(a.device)
     times: list[float] = []
 
@@ -234,11 +263,25 @@ def worker_trl(a) -> dict:
             times.append(time.perf_counter() - self.t0)
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = SFTConfig(output_dir=out, max_steps=a.steps, per_device_train_batch_size=a.samples_per_step,
-                        gradient_accumulation_steps=1, learning_rate=1e-4, lr_scheduler_type="constant",
-                        adam_beta2=0.95, max_grad_norm=1.0, logging_steps=10_000, save_strategy="no",
-                        report_to="none", use_cpu=a.device == "cpu", max_length=a.seq_len, packing=False,
-                        completion_only_loss=True, dataloader_num_workers=0, seed=0)
+        cfg = SFTConfig(
+            output_dir=out,
+            max_steps=a.steps,
+            per_device_train_batch_size=a.samples_per_step,
+            gradient_accumulation_steps=1,
+            learning_rate=1e-4,
+            lr_scheduler_type="constant",
+            adam_beta2=0.95,
+            max_grad_norm=1.0,
+            logging_steps=10_000,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=a.device == "cpu",
+            max_length=a.seq_len,
+            packing=False,
+            completion_only_loss=True,
+            dataloader_num_workers=0,
+            seed=0,
+        )
         trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Timer()])
         trainer.train()
     # Trainer shuffles, so per-step token counts differ; one epoch covers every sample once,
@@ -254,8 +297,7 @@ def worker_loss(a, chunked: bool) -> dict:
     from trainer.model import load_student
 
     tok = _tokenizer()
-    model = load_student(_model_dir(tok, a.hidden, a.layers), torch.device(a.device),
-                         SFTLoss(chunk_size=a.chunk_size))
+    model = load_student(_model_dir(tok, a.hidden, a.layers), torch.device(a.device), SFTLoss(chunk_size=a.chunk_size))
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, len(tok), (1, 2048), generator=g).to(a.device)
     pos = torch.arange(2048, device=a.device)[None]
@@ -309,11 +351,20 @@ def main() -> None:
     if a.worker:
         print(json.dumps(WORKERS[a.worker](a)))
         return
-    argv = [f"--steps={a.steps}", f"--samples-per-step={a.samples_per_step}", f"--seq-len={a.seq_len}",
-            f"--hidden={a.hidden}", f"--layers={a.layers}", f"--chunk-size={a.chunk_size}", f"--device={a.device}"]
+    argv = [
+        f"--steps={a.steps}",
+        f"--samples-per-step={a.samples_per_step}",
+        f"--seq-len={a.seq_len}",
+        f"--hidden={a.hidden}",
+        f"--layers={a.layers}",
+        f"--chunk-size={a.chunk_size}",
+        f"--device={a.device}",
+    ]
     only = set(a.only.split(",")) if a.only else set(WORKERS)
-    print(f"device={a.device} model=llama hidden={a.hidden} layers={a.layers} vocab=49152 seq_len={a.seq_len} "
-          f"samples/step={a.samples_per_step} steps={a.steps}")
+    print(
+        f"device={a.device} model=llama hidden={a.hidden} layers={a.layers} vocab=49152 seq_len={a.seq_len} "
+        f"samples/step={a.samples_per_step} steps={a.steps}"
+    )
     res = {n: _run(n, argv) for n in WORKERS if n in only}
     mib = 1 / 2**20
     ours = res.get("ours")
@@ -324,8 +375,10 @@ def main() -> None:
             continue
         line = f"  {n:8s} {r['tokens_per_s']:10.0f} tokens/s   peak +{r['peak_mem'] * mib:8.1f} MiB"
         if ours and n != "ours":
-            line += (f"   ours/{n}: speed x{ours['tokens_per_s'] / r['tokens_per_s']:.2f}, "
-                     f"memory x{ours['peak_mem'] / max(r['peak_mem'], 1):.2f}")
+            line += (
+                f"   ours/{n}: speed x{ours['tokens_per_s'] / r['tokens_per_s']:.2f}, "
+                f"memory x{ours['peak_mem'] / max(r['peak_mem'], 1):.2f}"
+            )
         if n == "ours":
             line += f"   packing efficiency {r['packing_efficiency']:.2f}"
         print(line)

@@ -75,8 +75,9 @@ def _split_known(argv: list[str], flags: dict[str, bool]) -> tuple[dict, list[st
 
 def _load(argv: list[str], flags: dict[str, bool]) -> tuple[RunConfig, dict, list[str]]:
     if not argv or argv[0].startswith("-"):
-        raise SystemExit("distill: expected a TOML config path first (e.g. examples/quickstart.toml); "
-                         "see distill COMMAND --help")
+        raise SystemExit(
+            "distill: expected a TOML config path first (e.g. examples/quickstart.toml); see distill COMMAND --help"
+        )
     path, rest = argv[0], argv[1:]
     found, rest = _split_known(rest, flags)
     positional = []
@@ -120,8 +121,9 @@ def cmd_run(argv: list[str]) -> int:
     from trainer.train import train
 
     try:
-        summary = train(cfg, run_dir, resume=not flags.get("--no-resume"),
-                        producer_alive=lambda: t.is_alive() or not errors)
+        summary = train(
+            cfg, run_dir, resume=not flags.get("--no-resume"), producer_alive=lambda: t.is_alive() or not errors
+        )
     except BaseException:
         if errors:
             raise errors[0] from None
@@ -172,28 +174,41 @@ def cmd_rollout(argv: list[str]) -> int:
 def cmd_replay(argv: list[str]) -> int:
     cfg, flags, inputs = _load(argv, {"--on-error": True})
     if cfg.orchestrator.source.type != "replay" and not inputs:
-        raise SystemExit("distill replay: the config's orchestrator.source.type is not \"replay\"; "
-                         "set it, or pass input files after the config path")
+        raise SystemExit(
+            'distill replay: the config\'s orchestrator.source.type is not "replay"; '
+            "set it, or pass input files after the config path"
+        )
     if flags.get("--on-error") not in (None, "skip", "fail"):
         raise SystemExit(f"distill replay: --on-error must be skip or fail, got {flags['--on-error']!r}")
     if cfg.orchestrator.source.type != "replay":
         cfg.orchestrator.source.type = "replay"
     if not inputs and not cfg.orchestrator.source.path:
-        raise SystemExit("distill replay: orchestrator.source.path is not set and no input file was given. "
-                         'Fix: set orchestrator.source.path = "FILE.jsonl" in the config, or pass input files: '
-                         "distill replay CONFIG INPUT...")
+        raise SystemExit(
+            "distill replay: orchestrator.source.path is not set and no input file was given. "
+            'Fix: set orchestrator.source.path = "FILE.jsonl" in the config, or pass input files: '
+            "distill replay CONFIG INPUT..."
+        )
     preflight(cfg, "replay", inputs=inputs)
     run_dir = prepare_run_dir(cfg)
     summary = produce(cfg, run_dir, on_error=flags.get("--on-error"), inputs=inputs)
     _print_summary("replay", summary)
     o = summary["outcomes"]  # every record ends in exactly one of these (docs/replay.md, "Counting")
-    extra = (f" (+{summary['extra_conversations']} more choice(s) of Batch API lines)"
-             if summary["extra_conversations"] else "")
-    print(f"replay: {summary['records']} records{extra} = {o['trained']} trained + {o['filtered']} filtered + "
-          f"{o['rejected']} rejected + {o['bad_records']} bad"
-          + (f" + {o['not_reconstructed']} not reconstructed" if o["not_reconstructed"] else "")
-          + (f"; bad records by reason: {json.dumps(summary['bad_record_reasons'])} (listed in "
-             f"{summary['replay_rejects']})" if o["bad_records"] else ""))
+    extra = (
+        f" (+{summary['extra_conversations']} more choice(s) of Batch API lines)"
+        if summary["extra_conversations"]
+        else ""
+    )
+    print(
+        f"replay: {summary['records']} records{extra} = {o['trained']} trained + {o['filtered']} filtered + "
+        f"{o['rejected']} rejected + {o['bad_records']} bad"
+        + (f" + {o['not_reconstructed']} not reconstructed" if o["not_reconstructed"] else "")
+        + (
+            f"; bad records by reason: {json.dumps(summary['bad_record_reasons'])} (listed in "
+            f"{summary['replay_rejects']})"
+            if o["bad_records"]
+            else ""
+        )
+    )
     print_locations(run_dir, None)
     return 0
 
@@ -258,8 +273,11 @@ def cmd_inspect(argv: list[str]) -> int:
     if not tok_dir:
         cfg_file = (path if path.is_dir() else path.parent.parent) / "config.toml"
         spec = load_config(cfg_file).student if cfg_file.is_file() else None
-        tok_dir = (spec.tokenizer or resolve_student(spec.path, with_model=False)) if spec else \
-            resolve_student("builtin:smollm2-135m-instruct", with_model=False)
+        tok_dir = (
+            (spec.tokenizer or resolve_student(spec.path, with_model=False))
+            if spec
+            else resolve_student("builtin:smollm2-135m-instruct", with_model=False)
+        )
     tok = load_tokenizer(tok_dir)
     if a.id:
         chosen = [s for s in samples if s.sample_id == a.id]
@@ -314,8 +332,18 @@ def cmd_report(argv: list[str]) -> int:
 
 
 # Errors whose message is complete for a user (file/line/field and the fix); no traceback.
-_USER_ERRORS = {"ReplayError", "LocalTeacherError", "RolloutError", "PromptSourceError", "RecordingError",
-                "FileNotFoundError", "PreflightError", "FileExistsError", "NotADirectoryError", "TokenizerError"}
+_USER_ERRORS = {
+    "ReplayError",
+    "LocalTeacherError",
+    "RolloutError",
+    "PromptSourceError",
+    "RecordingError",
+    "FileNotFoundError",
+    "PreflightError",
+    "FileExistsError",
+    "NotADirectoryError",
+    "TokenizerError",
+}
 
 COMMANDS = {
     "run": cmd_run,

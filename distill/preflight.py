@@ -31,8 +31,15 @@ class PreflightError(Exception):
         super().__init__("\n".join(lines))
 
 
-def preflight(cfg: RunConfig, command: str, *, inputs: list[str] | None = None, no_resume: bool = False,
-              resume: bool = False, samples: str | None = None) -> None:
+def preflight(
+    cfg: RunConfig,
+    command: str,
+    *,
+    inputs: list[str] | None = None,
+    no_resume: bool = False,
+    resume: bool = False,
+    samples: str | None = None,
+) -> None:
     """Raise PreflightError listing every problem found (command: run | rollout | replay | train)."""
     problems: list[Problem] = []
     problems += check_student(cfg, need_model=command in ("run", "train"))
@@ -57,8 +64,11 @@ def _folder(key: str, value: str) -> tuple[Path | None, Problem | None]:
     hint = hub_id_hint(value, key)
     if hint:
         return None, Problem(key, hint)
-    return None, Problem(key, f"folder {value} does not exist. Fix: set {key} to an existing HF folder"
-                              + (' or "builtin:smollm2-135m-instruct"' if key == "student.path" else ""))
+    return None, Problem(
+        key,
+        f"folder {value} does not exist. Fix: set {key} to an existing HF folder"
+        + (' or "builtin:smollm2-135m-instruct"' if key == "student.path" else ""),
+    )
 
 
 def check_student(cfg: RunConfig, need_model: bool) -> list[Problem]:
@@ -79,8 +89,13 @@ def check_student(cfg: RunConfig, need_model: bool) -> list[Problem]:
         if problem:
             problems.append(problem)
         elif need_model and not (folder / "config.json").is_file():
-            problems.append(Problem("student.path", f"{spec} holds no config.json, so it is not an HF model "
-                                    "folder. Fix: point student.path at the folder with config.json and weights"))
+            problems.append(
+                Problem(
+                    "student.path",
+                    f"{spec} holds no config.json, so it is not an HF model "
+                    "folder. Fix: point student.path at the folder with config.json and weights",
+                )
+            )
         if not tok_spec and folder is not None:
             problems += check_tokenizer("student.path", folder)
     if tok_spec:
@@ -91,8 +106,13 @@ def check_student(cfg: RunConfig, need_model: bool) -> list[Problem]:
 
 def check_tokenizer(key: str, folder: Path) -> list[Problem]:
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
-        return [Problem(key, f"{folder} holds no tokenizer ({', '.join(TOKENIZER_FILES)}). Fix: copy the "
-                             "tokenizer files there (tokenizer.save_pretrained(DIR)) or set student.tokenizer")]
+        return [
+            Problem(
+                key,
+                f"{folder} holds no tokenizer ({', '.join(TOKENIZER_FILES)}). Fix: copy the "
+                "tokenizer files there (tokenizer.save_pretrained(DIR)) or set student.tokenizer",
+            )
+        ]
     from distill.core.student import load_tokenizer
 
     try:
@@ -117,11 +137,19 @@ def check_output_dir(output_dir: str) -> list[Problem]:
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        return [Problem("output_dir", f"{output_dir} would be under {parent}, which is a regular file. "
-                                      "Fix: choose another output_dir")]
+        return [
+            Problem(
+                "output_dir",
+                f"{output_dir} would be under {parent}, which is a regular file. Fix: choose another output_dir",
+            )
+        ]
     if not os.access(parent, os.W_OK | os.X_OK):
-        return [Problem("output_dir", f"{output_dir} cannot be created: {parent} is not writable. "
-                                      "Fix: choose another output_dir")]
+        return [
+            Problem(
+                "output_dir",
+                f"{output_dir} cannot be created: {parent} is not writable. Fix: choose another output_dir",
+            )
+        ]
     return []
 
 
@@ -140,11 +168,18 @@ def check_source(cfg: RunConfig, inputs: list[str] | None, replay: bool) -> list
     if src.type == "jsonl" and src.path:
         p = Path(src.path).expanduser()
         if p.is_dir():
-            return [Problem("orchestrator.source.path", f"{src.path} is a folder; a jsonl prompt source reads one "
-                                                        "file. Fix: set it to the .jsonl file")]
+            return [
+                Problem(
+                    "orchestrator.source.path",
+                    f"{src.path} is a folder; a jsonl prompt source reads one file. Fix: set it to the .jsonl file",
+                )
+            ]
         if not p.is_file():
-            return [Problem("orchestrator.source.path", f"{src.path} does not exist. Fix: set it to your prompt "
-                                                        ".jsonl file")]
+            return [
+                Problem(
+                    "orchestrator.source.path", f"{src.path} does not exist. Fix: set it to your prompt .jsonl file"
+                )
+            ]
     return []
 
 
@@ -158,8 +193,12 @@ def check_reward_fn(spec: str | None) -> list[Problem]:
         load_reward_fn(spec)
     except Exception as e:  # noqa: BLE001 - any import-time failure of the user's module is a user problem
         msg = str(e).removeprefix("orchestrator.reward_fn: ")
-        return [Problem("orchestrator.reward_fn", msg if isinstance(e, ValueError) else
-                        f"importing {spec!r} failed ({type(e).__name__}: {e})")]
+        return [
+            Problem(
+                "orchestrator.reward_fn",
+                msg if isinstance(e, ValueError) else f"importing {spec!r} failed ({type(e).__name__}: {e})",
+            )
+        ]
     return []
 
 
@@ -173,8 +212,9 @@ def earlier_run_content(run_dir: Path) -> list[str]:
     return found
 
 
-def check_earlier_run(output_dir: str, command: str, *, no_resume: bool, resume: bool,
-                      samples: str | None) -> list[Problem]:
+def check_earlier_run(
+    output_dir: str, command: str, *, no_resume: bool, resume: bool, samples: str | None
+) -> list[Problem]:
     """`run --no-resume` refuses a run dir holding an earlier run (it would mix two runs' samples,
     recordings and checkpoints); `train` without --resume refuses earlier checkpoints; `train`
     needs a samples folder."""
@@ -184,21 +224,36 @@ def check_earlier_run(output_dir: str, command: str, *, no_resume: bool, resume:
     else:
         found = earlier_run_content(run_dir)
     if command == "run" and no_resume and found:
-        return [Problem("output_dir", f"{output_dir} already holds a run ({', '.join(found)}). Fix: rerun without "
-                                      "--no-resume to resume it, or choose a new output_dir, or delete that folder")]
+        return [
+            Problem(
+                "output_dir",
+                f"{output_dir} already holds a run ({', '.join(found)}). Fix: rerun without "
+                "--no-resume to resume it, or choose a new output_dir, or delete that folder",
+            )
+        ]
     if command == "train":
         problems = []
         if not resume and "checkpoints" in found:
             from trainer import checkpoint as ckpt_io  # train imports torch anyway
 
             if ckpt_io.latest(run_dir / "checkpoints") is not None:
-                problems.append(Problem("output_dir", f"{run_dir / 'checkpoints'} holds checkpoints of an earlier "
-                                        "run. Fix: resume it (distill train --resume), or choose a new output_dir, "
-                                        "or delete that folder"))
+                problems.append(
+                    Problem(
+                        "output_dir",
+                        f"{run_dir / 'checkpoints'} holds checkpoints of an earlier "
+                        "run. Fix: resume it (distill train --resume), or choose a new output_dir, "
+                        "or delete that folder",
+                    )
+                )
         sdir = Path(samples).expanduser() if samples else run_dir / "samples"
         if not sdir.is_dir():
             key = "--samples" if samples else "output_dir"
-            problems.append(Problem(key, f"no samples folder {sdir}. Fix: produce samples first (distill rollout / "
-                                         "distill replay with the same output_dir), or pass --samples DIR"))
+            problems.append(
+                Problem(
+                    key,
+                    f"no samples folder {sdir}. Fix: produce samples first (distill rollout / "
+                    "distill replay with the same output_dir), or pass --samples DIR",
+                )
+            )
         return problems
     return []

@@ -28,15 +28,24 @@ def make_reconstructor(cfg: RunConfig):
     tok = load_tokenizer(tok_path)
     recon = Reconstructor(tok, cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruction.max_seq_len)
     if not recon.chat_template.append_only:  # docs/reconstruction.md, "Prefix renders"
-        print(f"note: the student's chat template is not append-only ({recon.chat_template.why_not_append_only}); "
-              "reconstruction renders every turn's history, so its cost grows with the square of the turns",
-              file=sys.stderr)
+        print(
+            f"note: the student's chat template is not append-only ({recon.chat_template.why_not_append_only}); "
+            "reconstruction renders every turn's history, so its cost grows with the square of the turns",
+            file=sys.stderr,
+        )
     return recon
 
 
-def produce(cfg: RunConfig, run_dir: Path, progress: bool = True, on_error: str | None = None,
-             inputs: list[str] | None = None, with_trainer: bool = False,
-             stop_event: threading.Event | None = None, recon=None) -> dict:
+def produce(
+    cfg: RunConfig,
+    run_dir: Path,
+    progress: bool = True,
+    on_error: str | None = None,
+    inputs: list[str] | None = None,
+    with_trainer: bool = False,
+    stop_event: threading.Event | None = None,
+    recon=None,
+) -> dict:
     """Fill run_dir/samples from the configured source (teacher or replay).
 
     with_trainer: a trainer consumes concurrently, so replay too waits for it
@@ -46,8 +55,16 @@ def produce(cfg: RunConfig, run_dir: Path, progress: bool = True, on_error: str 
     if cfg.orchestrator.source.type == "replay":
         from orchestrator.replay import replay
 
-        return replay(cfg, run_dir, recon, inputs=inputs or None, on_error=on_error, progress=progress,
-                      max_ahead=cfg.orchestrator.max_ahead if with_trainer else None, stop_event=stop_event)
+        return replay(
+            cfg,
+            run_dir,
+            recon,
+            inputs=inputs or None,
+            on_error=on_error,
+            progress=progress,
+            max_ahead=cfg.orchestrator.max_ahead if with_trainer else None,
+            stop_event=stop_event,
+        )
     from orchestrator.scheduler import rollout
 
     # Without a concurrent trainer nothing consumes samples: no backpressure then.

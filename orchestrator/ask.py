@@ -63,8 +63,13 @@ class Asker:
                 bad_rounds += 1
                 if bad_rounds >= self.oc.retry.max_attempts:
                     reason = Counter(unusable.values()).most_common(1)[0][0]
-                    self.failed(prompt, pending, reason, f"the teacher's answer for these samples was unusable "
-                                f"({reason}) {bad_rounds} times", transient=True)
+                    self.failed(
+                        prompt,
+                        pending,
+                        reason,
+                        f"the teacher's answer for these samples was unusable ({reason}) {bad_rounds} times",
+                        transient=True,
+                    )
                     return
 
     async def request(self, prompt: dict, indices: list[int]) -> tuple[list[int], dict[int, str]] | None:
@@ -85,11 +90,27 @@ class Asker:
         self.c.unusable.update(bad.values())
         self.c.answered(resp.usage.get("completion_tokens", 0), len(ch))
         h = self.hash_of(prompt)
-        records = [make_record(
-            prompt_id=prompt["prompt_id"], sample_index=indices[c.index], messages=prompt["messages"],
-            tools=prompt.get("tools"), response=c.message, finish_reason=c.finish_reason, model=resp.model,
-            endpoint=resp.endpoint, sampling=resp.sent, usage=resp.usage, usage_shared_by=len(ch),
-            t_start=resp.t_start, t_end=resp.t_end, reward=None, request_id=resp.request_id, request_hash=h) for c in ch]
+        records = [
+            make_record(
+                prompt_id=prompt["prompt_id"],
+                sample_index=indices[c.index],
+                messages=prompt["messages"],
+                tools=prompt.get("tools"),
+                response=c.message,
+                finish_reason=c.finish_reason,
+                model=resp.model,
+                endpoint=resp.endpoint,
+                sampling=resp.sent,
+                usage=resp.usage,
+                usage_shared_by=len(ch),
+                t_start=resp.t_start,
+                t_end=resp.t_end,
+                reward=None,
+                request_id=resp.request_id,
+                request_hash=h,
+            )
+            for c in ch
+        ]
         for r in records:
             try:
                 r["reward"] = self.pub.score(prompt, r["response"])
@@ -121,8 +142,14 @@ class Asker:
             args["n"] = k
         if "seed" in args and indices[0] > 0:
             args["seed"] = args["seed"] + indices[0]  # distinct samples when n is split over requests
-        return ChatRequest(prompt["messages"], prompt.get("tools"), args, self.extra_body, want=k,
-                           est_completion=k * (self.oc.sampling.max_tokens or self.c.completion_mean))
+        return ChatRequest(
+            prompt["messages"],
+            prompt.get("tools"),
+            args,
+            self.extra_body,
+            want=k,
+            est_completion=k * (self.oc.sampling.max_tokens or self.c.completion_mean),
+        )
 
     async def _send(self, prompt: dict, indices: list[int]) -> TeacherResponse | None:
         """The teacher's answer, or None: stopped, rejected (written to rejects), or fatal (the run stops)."""
@@ -133,12 +160,18 @@ class Asker:
             return None
         except TeacherError as e:
             non_retryable = isinstance(e, NonRetryableError)
-            if non_retryable and (e.status in FATAL_STATUS or e.reason == "insufficient_quota"
-                                  or not self.first_success):
+            if non_retryable and (
+                e.status in FATAL_STATUS or e.reason == "insufficient_quota" or not self.first_success
+            ):
                 hint = v1_hint(self.oc.rollout_model.base_url) if e.status == 404 else ""
                 self.fatal = RolloutError(f"teacher request failed and retrying cannot help: {e.detail}{hint}")
                 self.gate.stop(f"error:{e.reason}")
                 return None
-            self.failed(prompt, indices, "request_rejected" if non_retryable else e.reason, e.detail,
-                        transient=not non_retryable)
+            self.failed(
+                prompt,
+                indices,
+                "request_rejected" if non_retryable else e.reason,
+                e.detail,
+                transient=not non_retryable,
+            )
             return None

@@ -22,8 +22,14 @@ class BudgetGate:
     never exceeded, and max_requests is exact.
     """
 
-    def __init__(self, budget, prior_requests: int = 0, prior_prompt: float = 0.0, prior_completion: float = 0.0,
-                 stop_event: asyncio.Event | None = None):
+    def __init__(
+        self,
+        budget,
+        prior_requests: int = 0,
+        prior_prompt: float = 0.0,
+        prior_completion: float = 0.0,
+        stop_event: asyncio.Event | None = None,
+    ):
         self.b = budget
         self.requests = prior_requests
         self.prompt_tokens = prior_prompt
@@ -53,8 +59,9 @@ class BudgetGate:
         if b.max_requests is not None and self.requests >= b.max_requests:
             return "budget:max_requests"
         c = self.completion_tokens + self.res_completion
-        if b.max_completion_tokens is not None and (c >= b.max_completion_tokens
-                                                    or c + est_c > b.max_completion_tokens):
+        if b.max_completion_tokens is not None and (
+            c >= b.max_completion_tokens or c + est_c > b.max_completion_tokens
+        ):
             return "budget:max_completion_tokens"
         if b.max_cost is not None:
             cost = self.cost(self.prompt_tokens + self.res_prompt + est_p, c + est_c)

@@ -43,9 +43,18 @@ _CHAT = ChatKind()
 class TeacherClient(Transport):
     """A Transport that sends chat requests: `complete()` is `request(ChatKind(), ChatRequest(...))`."""
 
-    async def complete(self, messages: list[dict], tools: list[dict] | None, args: dict[str, Any],
-                       extra_body: dict[str, Any] | None = None, *, want: int = 1, est_prompt: float | None = 0.0,
-                       est_completion: float = 0.0, gate: Gate | None = None) -> TeacherResponse:
+    async def complete(
+        self,
+        messages: list[dict],
+        tools: list[dict] | None,
+        args: dict[str, Any],
+        extra_body: dict[str, Any] | None = None,
+        *,
+        want: int = 1,
+        est_prompt: float | None = 0.0,
+        est_completion: float = 0.0,
+        gate: Gate | None = None,
+    ) -> TeacherResponse:
         """One logical request (n = args.get("n", 1)), retried until it succeeds or fails for good.
 
         `gate.reserve(est_prompt, est_completion)` is awaited before every HTTP attempt
@@ -53,6 +62,7 @@ class TeacherClient(Transport):
         `gate.settle(est_prompt, est_completion, usage_or_None)` is called after it.
         `est_prompt=None`: estimated from the messages (kinds/chat.py).
         """
-        req = ChatRequest(messages, tools, args, extra_body, want=want, est_prompt=est_prompt,
-                          est_completion=est_completion)
+        req = ChatRequest(
+            messages, tools, args, extra_body, want=want, est_prompt=est_prompt, est_completion=est_completion
+        )
         return to_response(await self.request(_CHAT, req, gate=gate), req)

@@ -40,7 +40,7 @@ def shown_url(url: str) -> str:
 
 
 def v1_hint(url: str) -> str:
-    """" (did you mean URL/v1?)" when `url` does not end in /v1, else ""."""
+    """ " (did you mean URL/v1?)" when `url` does not end in /v1, else ""."""
     u = shown_url(url).rstrip("/")
     return "" if u.endswith("/v1") else f" (did you mean {u}/v1? OpenAI-compatible servers serve under /v1)"
 
@@ -55,8 +55,9 @@ def check_endpoints(rm, api_key: str, timeout: float = TIMEOUT_S) -> None:
 
 def _get_models(url: str, api_key: str, headers: dict, timeout: float):
     """(status, body or None) of GET {url}/models; openai.APIConnectionError when there is no answer."""
-    with OpenAI(base_url=url, api_key=api_key, default_headers=headers or None, timeout=timeout,
-                max_retries=0) as client:
+    with OpenAI(
+        base_url=url, api_key=api_key, default_headers=headers or None, timeout=timeout, max_retries=0
+    ) as client:
         try:
             raw = client.models.with_raw_response.list()
         except openai.APIStatusError as e:
@@ -64,8 +65,9 @@ def _get_models(url: str, api_key: str, headers: dict, timeout: float):
         return raw.http_response.status_code, _json(raw.http_response)
 
 
-def check_endpoint(key: str, url: str, model: str, api_key: str, api_key_var: str | None, headers: dict,
-                   timeout: float) -> None:
+def check_endpoint(
+    key: str, url: str, model: str, api_key: str, api_key_var: str | None, headers: dict, timeout: float
+) -> None:
     where = f"{key} = {shown_url(url)!r}"
     models_url = shown_url(url).rstrip("/") + "/models"
     try:
@@ -73,17 +75,23 @@ def check_endpoint(key: str, url: str, model: str, api_key: str, api_key_var: st
     except openai.APIConnectionError as e:
         raise EndpointCheckError(
             f"cannot reach the teacher: {where}; GET {models_url} failed ({_why(e)}). Fix: start the teacher "
-            f"server, or correct the URL (scheme, host, port, path){v1_hint(url)}") from None
+            f"server, or correct the URL (scheme, host, port, path){v1_hint(url)}"
+        ) from None
     if status in (401, 403):
-        who = (f"the API key from the environment variable {api_key_var} (orchestrator.rollout_model.api_key_var)"
-               if api_key_var else "the request without an API key (orchestrator.rollout_model.api_key_var is "
-                                   "not set)")
+        who = (
+            f"the API key from the environment variable {api_key_var} (orchestrator.rollout_model.api_key_var)"
+            if api_key_var
+            else "the request without an API key (orchestrator.rollout_model.api_key_var is not set)"
+        )
         raise EndpointCheckError(
             f"the teacher refused {who}: GET {models_url} answered HTTP {status} ({_message(body)}); {where}. "
-            "Fix: export a valid key in that variable, or set api_key_var to the variable that holds it")
+            "Fix: export a valid key in that variable, or set api_key_var to the variable that holds it"
+        )
     if status == 404 and v1_hint(url) and _answers(url.rstrip("/") + "/v1", api_key, headers, timeout):
-        raise EndpointCheckError(f"the teacher has no OpenAI API at {where}: GET {models_url} answered 404"
-                             f"{v1_hint(url)}. Fix: set it to {shown_url(url).rstrip('/')}/v1")
+        raise EndpointCheckError(
+            f"the teacher has no OpenAI API at {where}: GET {models_url} answered 404"
+            f"{v1_hint(url)}. Fix: set it to {shown_url(url).rstrip('/')}/v1"
+        )
     if status != 200:
         return  # /models not implemented (or not now): the chat requests decide
     ids = _model_ids(body)
@@ -91,7 +99,8 @@ def check_endpoint(key: str, url: str, model: str, api_key: str, api_key_var: st
         shown = ", ".join(repr(i) for i in ids[:10]) + (f" (and {len(ids) - 10} more)" if len(ids) > 10 else "")
         raise EndpointCheckError(
             f"the teacher at {where} does not serve the model {model!r} (orchestrator.rollout_model.model); "
-            f"it lists {shown}. Fix: set orchestrator.rollout_model.model to one of them")
+            f"it lists {shown}. Fix: set orchestrator.rollout_model.model to one of them"
+        )
 
 
 def _answers(url: str, api_key: str, headers: dict, timeout: float) -> bool:

@@ -46,12 +46,16 @@ class FailureTally:
         if transient:
             self.streak += 1
             if self.streak >= self.streak_limit:
-                return (f"the last {self.streak} teacher requests all failed after every retry, so the endpoint "
-                        f"({self.base_url}) looks unusable now; {self.describe()}. {self._fix()}")
+                return (
+                    f"the last {self.streak} teacher requests all failed after every retry, so the endpoint "
+                    f"({self.base_url}) looks unusable now; {self.describe()}. {self._fix()}"
+                )
         if self.planned and self.failed > self.max_fraction * self.planned:
-            return (f"the teacher failed for good on {self.failed} (prompt, sample) pairs, more than {KEY} = "
-                    f"{self.max_fraction:g} of the {self.planned} the prompts ask for; {self.describe()}. "
-                    f"{self._fix()}")
+            return (
+                f"the teacher failed for good on {self.failed} (prompt, sample) pairs, more than {KEY} = "
+                f"{self.max_fraction:g} of the {self.planned} the prompts ask for; {self.describe()}. "
+                f"{self._fix()}"
+            )
         return None
 
     def verdict(self) -> str | None:
@@ -59,9 +63,11 @@ class FailureTally:
         decided = self.failed + self.ok
         if not self.failed or self.failed <= self.max_fraction * decided:
             return None
-        return (f"the teacher failed for good on {self.failed} of the {decided} (prompt, sample) pairs of this run "
-                f"({self.failed / decided:.0%}, more than {KEY} = {self.max_fraction:g}); {self.describe()}. "
-                f"{self._fix()}")
+        return (
+            f"the teacher failed for good on {self.failed} of the {decided} (prompt, sample) pairs of this run "
+            f"({self.failed / decided:.0%}, more than {KEY} = {self.max_fraction:g}); {self.describe()}. "
+            f"{self._fix()}"
+        )
 
     def describe(self) -> str:
         reasons = ", ".join(f"{r}={n}" for r, n in self.by_reason.most_common())
@@ -69,16 +75,21 @@ class FailureTally:
         return f"failed by reason: {reasons} (first {first}: {self.first[first][:300]})"
 
     def _fix(self) -> str:
-        return ("Answers already received are recorded and kept; the failed pairs are asked again when you rerun "
-                f"the same command. Fix the endpoint (orchestrator.rollout_model.base_url = {self.base_url!r}), "
-                f"or raise {KEY} to accept the failures (they are listed in rejects.jsonl)")
+        return (
+            "Answers already received are recorded and kept; the failed pairs are asked again when you rerun "
+            f"the same command. Fix the endpoint (orchestrator.rollout_model.base_url = {self.base_url!r}), "
+            f"or raise {KEY} to accept the failures (they are listed in rejects.jsonl)"
+        )
 
 
-def nothing_published(prompts: int, samples: int, rejections: Counter, rejects_path: Path,
-                      stop_reason: str | None) -> str | None:
+def nothing_published(
+    prompts: int, samples: int, rejections: Counter, rejects_path: Path, stop_reason: str | None
+) -> str | None:
     """The message for a rollout that had prompts and ended with no sample at all, else None."""
     if not prompts or samples > 0:
         return None
     rej = ", ".join(f"{k}={v}" for k, v in rejections.most_common()) or "none"
-    return (f"no sample was produced from {prompts} prompt(s) (stop: {stop_reason}; rejections: {rej}; see "
-            f"{rejects_path}). Nothing was marked done; fix the cause and rerun the same command")
+    return (
+        f"no sample was produced from {prompts} prompt(s) (stop: {stop_reason}; rejections: {rej}; see "
+        f"{rejects_path}). Nothing was marked done; fix the cause and rerun the same command"
+    )

@@ -1,8 +1,8 @@
 """The transport's pacing: token buckets (requests and tokens per minute) and the retry policy.
 
-    TokenBucket(per_minute)          acquire(k) waits until k units are free; adjust(delta) corrects a debit
-    RetryPolicy(max_attempts, ...)   delay(attempt, retry_after): exponential backoff with jitter, or Retry-After
-    parse_retry_after(header)        seconds from a Retry-After header (delta-seconds or an HTTP date)
+TokenBucket(per_minute)          acquire(k) waits until k units are free; adjust(delta) corrects a debit
+RetryPolicy(max_attempts, ...)   delay(attempt, retry_after): exponential backoff with jitter, or Retry-After
+parse_retry_after(header)        seconds from a Retry-After header (delta-seconds or an HTTP date)
 """
 
 from __future__ import annotations

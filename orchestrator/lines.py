@@ -11,8 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from distill.core.jsonl import (  # noqa: F401 - re-exported
-    INVALID_JSON, INVALID_UTF8, LINE_TOO_LONG, MAX_LINE_BYTES, TOO_DEEP, TORN, depth_exceeds, json_type,
-    parse_line, read_lines, too_long_message)
+    INVALID_JSON,
+    INVALID_UTF8,
+    LINE_TOO_LONG,
+    MAX_LINE_BYTES,
+    TOO_DEEP,
+    TORN,
+    depth_exceeds,
+    json_type,
+    parse_line,
+    read_lines,
+    too_long_message,
+)
 
 
 def content_problem(m: dict[str, Any], final: bool) -> str | None:
@@ -27,7 +37,11 @@ def content_problem(m: dict[str, Any], final: bool) -> str | None:
         return None
     if role in ("user", "system", "tool"):
         return f"a {role} message with no content (null or missing)"
-    if role == "assistant" and final and not m.get("tool_calls") \
-            and not (m.get("reasoning_content") or m.get("reasoning")):
+    if (
+        role == "assistant"
+        and final
+        and not m.get("tool_calls")
+        and not (m.get("reasoning_content") or m.get("reasoning"))
+    ):
         return "the final assistant message has no content, tool calls or reasoning: nothing to train on"
     return None

@@ -45,12 +45,23 @@ def _ready(base_url: str, model: str) -> bool:
     return any(m.get("id") == model for m in data.get("data", []))
 
 
-def server_command(gguf: Path, host: str, port: int, alias: str, n_ctx: int,
-                   n_threads: int | None, extra_args: list[str]) -> list[str]:
+def server_command(
+    gguf: Path, host: str, port: int, alias: str, n_ctx: int, n_threads: int | None, extra_args: list[str]
+) -> list[str]:
     cmd = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(gguf), "--model_alias", alias,
-        "--host", host, "--port", str(port), "--n_ctx", str(n_ctx),
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf),
+        "--model_alias",
+        alias,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
     ]
     if n_threads:
         cmd += ["--n_threads", str(n_threads), "--n_threads_batch", str(n_threads)]
@@ -63,7 +74,9 @@ def local_teacher(cfg, log_dir: Path) -> Iterator[list[str]]:
     lt = cfg.orchestrator.local_teacher
     alias = cfg.orchestrator.rollout_model.model
     if lt.host not in ("127.0.0.1", "localhost", "::1"):
-        raise LocalTeacherError(f"orchestrator.local_teacher.host = {lt.host!r}: the local teacher listens on loopback only")
+        raise LocalTeacherError(
+            f"orchestrator.local_teacher.host = {lt.host!r}: the local teacher listens on loopback only"
+        )
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
@@ -85,8 +98,9 @@ def local_teacher(cfg, log_dir: Path) -> Iterator[list[str]]:
                 )
             log = open(log_dir / f"teacher_server_{i}.log", "ab")
             cmd = server_command(gguf, lt.host, port, alias, lt.n_ctx, lt.n_threads, lt.extra_args)
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
             log.close()
             procs.append((proc, url))
         deadline = time.monotonic() + lt.startup_timeout
@@ -94,7 +108,9 @@ def local_teacher(cfg, log_dir: Path) -> Iterator[list[str]]:
             while not _ready(url, alias):
                 if proc.poll() is not None:
                     tail = _tail(log_dir / f"teacher_server_{i}.log")
-                    raise LocalTeacherError(f"the llama.cpp server for {url} exited with code {proc.returncode}:\n{tail}")
+                    raise LocalTeacherError(
+                        f"the llama.cpp server for {url} exited with code {proc.returncode}:\n{tail}"
+                    )
                 if time.monotonic() > deadline:
                     raise LocalTeacherError(
                         f"the llama.cpp server for {url} was not ready after {lt.startup_timeout:.0f}s; "

@@ -39,36 +39,43 @@ def complete_content(opening: str, content: str, reasoning: str) -> str:
     return f"{OPEN}\n{reasoning}\n{CLOSE}\n\n{content}"
 
 
-def opened_turn(render: Callable[[str], str], prompt: str, content: str, reasoning: str,
-                eot: str, tail: str) -> str:
+def opened_turn(render: Callable[[str], str], prompt: str, content: str, reasoning: str, eot: str, tail: str) -> str:
     """T, the trained text after `prompt` (ending with `eot`); see the module docstring.
     `render(c)` renders the history through this turn with content c."""
     end = eot + tail
     probe = render(SENTINEL)
     i = probe.find(SENTINEL)
-    if i < 0 or probe[i + len(SENTINEL):] != end:
+    if i < 0 or probe[i + len(SENTINEL) :] != end:
         raise ValueError(f"the template does not render an assistant turn as header + content + {eot!r}")
     prefix = probe[:i]
     if prompt == prefix and reasoning:
-        raise ValueError(f"the generation prompt (ends {prompt[-30:]!r}) already closes the thinking block "
-                         "(e.g. Qwen3 with enable_thinking=false), but the turn has reasoning, which the template "
-                         "renders before that point. Fix: set reasoning = \"drop\", or enable thinking")
+        raise ValueError(
+            f"the generation prompt (ends {prompt[-30:]!r}) already closes the thinking block "
+            "(e.g. Qwen3 with enable_thinking=false), but the turn has reasoning, which the template "
+            'renders before that point. Fix: set reasoning = "drop", or enable thinking'
+        )
     if not prompt.startswith(prefix) or len(prompt) == len(prefix):
         n = next((k for k, (x, y) in enumerate(zip(prompt, prefix)) if x != y), min(len(prompt), len(prefix)))
-        raise ValueError(f"the generation prompt is neither a prefix of the turn's render nor the turn's header "
-                         f"followed by an opening: after {prompt[max(0, n - 30):n]!r} the prompt has "
-                         f"{prompt[n:n + 30]!r} where the turn's render has {prefix[n:n + 30]!r}")
-    opening = prompt[len(prefix):]
+        raise ValueError(
+            f"the generation prompt is neither a prefix of the turn's render nor the turn's header "
+            f"followed by an opening: after {prompt[max(0, n - 30) : n]!r} the prompt has "
+            f"{prompt[n : n + 30]!r} where the turn's render has {prefix[n : n + 30]!r}"
+        )
+    opening = prompt[len(prefix) :]
     c = complete_content(opening, content, reasoning)
     if not c.startswith(opening):
-        raise ValueError(f"the generation prompt opens the turn with {opening!r}, which the turn "
-                         f"(starts {c[:30]!r}) does not start with")
+        raise ValueError(
+            f"the generation prompt opens the turn with {opening!r}, which the turn "
+            f"(starts {c[:30]!r}) does not start with"
+        )
     full = render(c)
     cut = c.rfind(CLOSE)
-    if full != prefix + c + end and (cut < 0 or full != prefix + c[cut + len(CLOSE):] + end):
-        raise ValueError(f"the template renders the complete turn (opening {opening!r}, reasoning, {CLOSE!r}, "
-                         "answer) neither verbatim nor with the reasoning dropped at its closing tag")
-    return c[len(opening):] + eot
+    if full != prefix + c + end and (cut < 0 or full != prefix + c[cut + len(CLOSE) :] + end):
+        raise ValueError(
+            f"the template renders the complete turn (opening {opening!r}, reasoning, {CLOSE!r}, "
+            "answer) neither verbatim nor with the reasoning dropped at its closing tag"
+        )
+    return c[len(opening) :] + eot
 
 
 def without_thinking_tags(content: str) -> str:
@@ -78,4 +85,4 @@ def without_thinking_tags(content: str) -> str:
     if CLOSE not in content:
         return content
     head, tail = content.split(CLOSE, 1)
-    return (head[len(OPEN):] if head.startswith(OPEN) else head) + tail
+    return (head[len(OPEN) :] if head.startswith(OPEN) else head) + tail

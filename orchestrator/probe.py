@@ -20,9 +20,14 @@ from openai import OpenAI
 from orchestrator.client import error_message
 
 _PROMPT = [{"role": "user", "content": "Reply with one short sentence about the sea."}]
-_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather for a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 class _Probe:
@@ -36,7 +41,8 @@ class _Probe:
         extra = kw.pop("extra_body", None)
         t0 = time.perf_counter()
         raw = self.client.chat.completions.with_raw_response.create(
-            model=self.model, messages=kw.pop("messages", _PROMPT), extra_body=extra, **kw)
+            model=self.model, messages=kw.pop("messages", _PROMPT), extra_body=extra, **kw
+        )
         dt = time.perf_counter() - t0
         return json.loads(raw.http_response.content), dt
 
@@ -62,8 +68,9 @@ class _Probe:
             self.model = ids[0]
             return "yes", f"{len(ids)} listed; using {self.model!r}"
         listed = self.model in ids
-        return ("yes" if listed else "no"), (f"{self.model!r} is listed" if listed else
-                                             f"{self.model!r} not among {ids[:5]}")
+        return ("yes" if listed else "no"), (
+            f"{self.model!r} is listed" if listed else f"{self.model!r} not among {ids[:5]}"
+        )
 
     def basic(self) -> tuple[str, str]:
         d, dt = self.chat(max_tokens=32)
@@ -71,8 +78,13 @@ class _Probe:
         text = (c["message"].get("content") or "").strip().replace("\n", " ")
         usage = d.get("usage") or {}
         self.rows.append(("reported model", str(d.get("model")), "model name the endpoint reports"))
-        self.rows.append(("usage", "yes" if usage.get("completion_tokens") is not None else "no",
-                          json.dumps({k: usage.get(k) for k in ("prompt_tokens", "completion_tokens")})))
+        self.rows.append(
+            (
+                "usage",
+                "yes" if usage.get("completion_tokens") is not None else "no",
+                json.dumps({k: usage.get(k) for k in ("prompt_tokens", "completion_tokens")}),
+            )
+        )
         return "yes", f"{dt * 1000:.0f} ms, finish_reason={c.get('finish_reason')!r}, text={text[:60]!r}"
 
     def latency(self) -> tuple[str, str]:
@@ -118,8 +130,12 @@ class _Probe:
         return "no", "no reasoning_content / reasoning field"
 
     def tools(self) -> tuple[str, str]:
-        d, _ = self.chat(max_tokens=64, tools=[_TOOL], tool_choice="auto",
-                         messages=[{"role": "user", "content": "What is the weather in Paris? Use the tool."}])
+        d, _ = self.chat(
+            max_tokens=64,
+            tools=[_TOOL],
+            tool_choice="auto",
+            messages=[{"role": "user", "content": "What is the weather in Paris? Use the tool."}],
+        )
         c = d["choices"][0]
         calls = c["message"].get("tool_calls") or []
         if calls:
@@ -135,7 +151,9 @@ def _message(e: openai.APIStatusError) -> str:
         return (e.response.text or str(e))[:200]
 
 
-def probe(base_url: str, model: str | None, api_key: str | None = None, timeout: float = 30) -> list[tuple[str, str, str]]:
+def probe(
+    base_url: str, model: str | None, api_key: str | None = None, timeout: float = 30
+) -> list[tuple[str, str, str]]:
     """Check an OpenAI-compatible endpoint; rows of (feature, result, detail)."""
     p = _Probe(base_url, model, api_key, timeout)
     try:

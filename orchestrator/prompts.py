@@ -29,13 +29,16 @@ def load_prompts(source_cfg) -> Iterator[dict[str, Any]]:
         return _reasoning_gym(source_cfg)
     if source_cfg.type == "jsonl":
         if not source_cfg.path:
-            raise PromptSourceError('orchestrator.source.path: source type "jsonl" reads a file. '
-                                    'Fix: set orchestrator.source.path = "FILE.jsonl"')
+            raise PromptSourceError(
+                'orchestrator.source.path: source type "jsonl" reads a file. '
+                'Fix: set orchestrator.source.path = "FILE.jsonl"'
+            )
         return _jsonl(Path(source_cfg.path), source_cfg.system_prompt)
     raise PromptSourceError(
         f"orchestrator.source.type: {source_cfg.type!r} is not a prompt source for teacher requests "
         "(a replay source is read by `distill replay`, not sent to the teacher). "
-        'Fix: use type = "reasoning_gym" or "jsonl"')
+        'Fix: use type = "reasoning_gym" or "jsonl"'
+    )
 
 
 def count_prompts(source_cfg) -> int | None:
@@ -52,8 +55,10 @@ def count_prompts(source_cfg) -> int | None:
         if errors:
             listed = "\n  ".join(errors[:LISTED_BAD_LINES])
             more = f"\n  ... and {len(errors) - LISTED_BAD_LINES} more" if len(errors) > LISTED_BAD_LINES else ""
-            raise PromptSourceError(f"orchestrator.source.path: {len(errors)} bad line(s) in {source_cfg.path} "
-                                    f"({n} good); no request was sent. Fix them first:\n  {listed}{more}")
+            raise PromptSourceError(
+                f"orchestrator.source.path: {len(errors)} bad line(s) in {source_cfg.path} "
+                f"({n} good); no request was sent. Fix them first:\n  {listed}{more}"
+            )
         return n
     return None
 
@@ -72,13 +77,17 @@ def _reasoning_gym(cfg) -> Iterator[dict[str, Any]]:
     try:
         import reasoning_gym
     except ImportError:  # pragma: no cover - installed with distill
-        raise PromptSourceError("orchestrator.source: the reasoning_gym source needs the reasoning-gym "
-                                "package. Fix: pip install reasoning-gym") from None
+        raise PromptSourceError(
+            "orchestrator.source: the reasoning_gym source needs the reasoning-gym "
+            "package. Fix: pip install reasoning-gym"
+        ) from None
     try:
         ds = reasoning_gym.create_dataset(cfg.dataset, size=cfg.size, seed=cfg.seed)
     except Exception as e:  # noqa: BLE001 - unknown names raise various errors
-        raise PromptSourceError(f"orchestrator.source.dataset: reasoning-gym could not create {cfg.dataset!r} "
-                                f"({e}). Fix: use a registered dataset name such as 'gsm_symbolic'") from None
+        raise PromptSourceError(
+            f"orchestrator.source.dataset: reasoning-gym could not create {cfg.dataset!r} "
+            f"({e}). Fix: use a registered dataset name such as 'gsm_symbolic'"
+        ) from None
     for i in range(cfg.size):
         entry = ds[i]
         yield {
@@ -86,8 +95,7 @@ def _reasoning_gym(cfg) -> Iterator[dict[str, Any]]:
             "messages": _with_system([{"role": "user", "content": entry["question"]}], cfg.system_prompt),
             "tools": None,
             "answer": entry.get("answer"),
-            "metadata": {"source": "reasoning_gym", "dataset": cfg.dataset, "index": i,
-                         "entry": _json_safe(entry)},
+            "metadata": {"source": "reasoning_gym", "dataset": cfg.dataset, "index": i, "entry": _json_safe(entry)},
         }
 
 
@@ -136,9 +144,11 @@ def _prompt(ln: Line, where: str, path: Path, seen: dict[str, int]) -> dict[str,
     try:
         json.dumps(d, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as e:
-        raise PromptSourceError(f"{where}: the text holds a lone surrogate ({e.object[e.start]!r}: half of a "
-                                "UTF-16 pair, e.g. a cut emoji escape), which is not valid Unicode and cannot "
-                                "be sent to the teacher. Fix: repair or drop that text") from None
+        raise PromptSourceError(
+            f"{where}: the text holds a lone surrogate ({e.object[e.start]!r}: half of a "
+            "UTF-16 pair, e.g. a cut emoji escape), which is not valid Unicode and cannot "
+            "be sent to the teacher. Fix: repair or drop that text"
+        ) from None
     except (RecursionError, ValueError):
         raise PromptSourceError(f"{where}: nested too deeply to send. Fix: flatten the record") from None
     if depth_exceeds(d, MAX_PROMPT_DEPTH):
@@ -149,15 +159,20 @@ def _prompt(ln: Line, where: str, path: Path, seen: dict[str, int]) -> dict[str,
         raise PromptSourceError(f"{where}: field 'tools' must be a list of tool definitions")
     pid = str(d["id"]) if d.get("id") is not None else f"{path.stem}-{lineno}"
     if "/" in pid:
-        raise PromptSourceError(f"{where}: id {pid!r} contains '/', which separates sample-id parts. "
-                                "Fix: use another character")
+        raise PromptSourceError(
+            f"{where}: id {pid!r} contains '/', which separates sample-id parts. Fix: use another character"
+        )
     if pid in seen:
-        raise PromptSourceError(f"{where}: id {pid!r} was already used on line {seen[pid]}. "
-                                "Fix: ids must be unique")
+        raise PromptSourceError(f"{where}: id {pid!r} was already used on line {seen[pid]}. Fix: ids must be unique")
     seen[pid] = lineno
     meta = {k: v for k, v in d.items() if k not in ("messages", "prompt", "tools", "id", "answer")}
-    return {"prompt_id": pid, "messages": messages, "tools": tools, "answer": d.get("answer"),
-            "metadata": {"source": "jsonl", "file": str(path), "line": lineno, **meta}}
+    return {
+        "prompt_id": pid,
+        "messages": messages,
+        "tools": tools,
+        "answer": d.get("answer"),
+        "metadata": {"source": "jsonl", "file": str(path), "line": lineno, **meta},
+    }
 
 
 def _prompt_messages(d: dict[str, Any], where: str) -> list[dict[str, Any]]:
@@ -166,12 +181,12 @@ def _prompt_messages(d: dict[str, Any], where: str) -> list[dict[str, Any]]:
             raise PromptSourceError(f"{where}: field 'prompt' must be a non-empty string")
         return [{"role": "user", "content": d["prompt"]}]
     if "messages" not in d:
-        raise PromptSourceError(f"{where}: needs a 'messages' list or a 'prompt' string "
-                                f"(found keys {sorted(d)[:10]})")
+        raise PromptSourceError(f"{where}: needs a 'messages' list or a 'prompt' string (found keys {sorted(d)[:10]})")
     messages = d["messages"]
     if not isinstance(messages, list) or not messages:
-        raise PromptSourceError(f"{where}: field 'messages' must be a non-empty list of "
-                                "{\"role\", \"content\"} objects")
+        raise PromptSourceError(
+            f'{where}: field \'messages\' must be a non-empty list of {{"role", "content"}} objects'
+        )
     for k, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m:
             raise PromptSourceError(f"{where}: messages[{k}] must be an object with a 'role'")
@@ -179,13 +194,15 @@ def _prompt_messages(d: dict[str, Any], where: str) -> list[dict[str, Any]]:
             raise PromptSourceError(f"{where}: messages[{k}].role must be a role string, got {json_type(m['role'])}")
         content = m.get("content")
         if content is not None and not isinstance(content, (str, list)):
-            raise PromptSourceError(f"{where}: messages[{k}].content must be a string or a list of content "
-                                    f"parts, got {json_type(content)}")
+            raise PromptSourceError(
+                f"{where}: messages[{k}].content must be a string or a list of content parts, got {json_type(content)}"
+            )
         problem = content_problem(m, final=False)
         if problem:
             raise PromptSourceError(f"{where}: messages[{k}]: {problem}. Fix: give the message its text")
     if messages[-1].get("role") == "assistant":
         raise PromptSourceError(
             f"{where}: the last message is an assistant turn; a prompt must end where the teacher "
-            "answers. Fix: drop the final assistant message (or use a replay source to train on it)")
+            "answers. Fix: drop the final assistant message (or use a replay source to train on it)"
+        )
     return messages

@@ -38,20 +38,54 @@ from distill.core.redact import redact
 
 RECORDING_VERSION = 1
 
-__all__ = ["redact", "make_record", "load_recording", "LoadedRecording", "RecordingError", "RecordingWriter",
-           "mark_superseded", "superseded_lines"]
+__all__ = [
+    "redact",
+    "make_record",
+    "load_recording",
+    "LoadedRecording",
+    "RecordingError",
+    "RecordingWriter",
+    "mark_superseded",
+    "superseded_lines",
+]
 
 
-def make_record(*, prompt_id: str, sample_index: int, messages: list[dict], tools: list[dict] | None,
-                response: dict[str, Any], finish_reason: str | None, model: str | None, endpoint: str,
-                sampling: dict[str, Any], usage: dict[str, int], usage_shared_by: int, t_start: float,
-                t_end: float, reward: float | None, request_id: str | None,
-                request_hash: str | None = None) -> dict[str, Any]:
+def make_record(
+    *,
+    prompt_id: str,
+    sample_index: int,
+    messages: list[dict],
+    tools: list[dict] | None,
+    response: dict[str, Any],
+    finish_reason: str | None,
+    model: str | None,
+    endpoint: str,
+    sampling: dict[str, Any],
+    usage: dict[str, int],
+    usage_shared_by: int,
+    t_start: float,
+    t_end: float,
+    reward: float | None,
+    request_id: str | None,
+    request_hash: str | None = None,
+) -> dict[str, Any]:
     return {
-        "v": RECORDING_VERSION, "prompt_id": prompt_id, "sample_index": sample_index, "messages": messages,
-        "tools": tools, "response": response, "finish_reason": finish_reason, "model": model,
-        "endpoint": endpoint, "sampling": redact(sampling), "usage": usage, "usage_shared_by": usage_shared_by,
-        "t_start": t_start, "t_end": t_end, "reward": reward, "request_id": request_id,
+        "v": RECORDING_VERSION,
+        "prompt_id": prompt_id,
+        "sample_index": sample_index,
+        "messages": messages,
+        "tools": tools,
+        "response": response,
+        "finish_reason": finish_reason,
+        "model": model,
+        "endpoint": endpoint,
+        "sampling": redact(sampling),
+        "usage": usage,
+        "usage_shared_by": usage_shared_by,
+        "t_start": t_start,
+        "t_end": t_end,
+        "reward": reward,
+        "request_id": request_id,
         "request_hash": request_hash,
     }
 
@@ -106,10 +140,13 @@ def load_recording(path: str | os.PathLike, repair: bool = True) -> LoadedRecord
                 break
             raise RecordingError(
                 f"{p}:{ln.number}: not a valid recording line ({e}); only the last line may be half-written. "
-                "Fix: move the damaged line out of the file (or restore the file) and run again") from None
+                "Fix: move the damaged line out of the file (or restore the file) and run again"
+            ) from None
         if rec.get("v", 1) > RECORDING_VERSION:
-            raise RecordingError(f"{p}:{ln.number}: recording version {rec['v']} is newer than this distill "
-                                 f"reads ({RECORDING_VERSION}); upgrade distill")
+            raise RecordingError(
+                f"{p}:{ln.number}: recording version {rec['v']} is newer than this distill "
+                f"reads ({RECORDING_VERSION}); upgrade distill"
+            )
         if key in out.records:
             if not _supersedes(rec, out.records[key]):
                 out.duplicates += 1
@@ -124,9 +161,11 @@ def load_recording(path: str | os.PathLike, repair: bool = True) -> LoadedRecord
         out.completion_tokens += (usage.get("completion_tokens") or 0) / shared
     if tail.strip():
         out.torn_tail = tail
-        print(f"warning: {p}: the last line ({len(tail)} bytes at offset {good_end}) is half-written "
-              "(the previous run stopped mid-write); ignoring it — that response will be requested again",
-              file=sys.stderr)
+        print(
+            f"warning: {p}: the last line ({len(tail)} bytes at offset {good_end}) is half-written "
+            "(the previous run stopped mid-write); ignoring it — that response will be requested again",
+            file=sys.stderr,
+        )
         if repair:
             side = p.with_name(f"{p.name}.torn-{good_end}")
             side.write_bytes(tail)
@@ -155,8 +194,18 @@ def mark_superseded(path: str | os.PathLike, records: list[tuple[int, dict[str, 
     side = Path(f"{path}{SUPERSEDED_SUFFIX}")
     with open(side, "a", encoding="utf-8") as f:
         for line, rec in records:
-            f.write(json.dumps({"line": line, "prompt_id": rec["prompt_id"], "sample_index": rec["sample_index"],
-                                "request_hash": rec.get("request_hash")}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "line": line,
+                        "prompt_id": rec["prompt_id"],
+                        "sample_index": rec["sample_index"],
+                        "request_hash": rec.get("request_hash"),
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
         f.flush()
         os.fsync(f.fileno())
 
@@ -258,5 +307,6 @@ def _encode(records: list[dict[str, Any]]) -> bytes:
     # A teacher can send a lone surrogate (a JSON escape of half an emoji); UTF-8 cannot hold
     # it, so it is written back as its JSON escape: json.dumps output has such characters
     # only inside strings, where \uXXXX reads back as the same character. Nothing paid for is lost.
-    return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n"
-                   for r in records).encode("utf-8", "backslashreplace")
+    return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records).encode(
+        "utf-8", "backslashreplace"
+    )

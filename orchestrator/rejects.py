@@ -24,7 +24,7 @@ from distill.core.jsonl import read_jsonl
 
 
 def pair_of(item_id: str) -> str:
-    """"<prompt_id>/<sample_index>" of an item id (drops a "/turn<k>" suffix)."""
+    """ "<prompt_id>/<sample_index>" of an item id (drops a "/turn<k>" suffix)."""
     return "/".join(item_id.split("/")[:2])
 
 
@@ -90,5 +90,8 @@ class RejectLog:
         if len(kept) != len(self.lines) + len(self.new):
             atomic_write_text(self.path, "".join(line + "\n" for _, _, line in kept))
         rejected = {pair_of(item) for item, _, _ in kept}
-        return {"pairs_published": len(published), "pairs_rejected": len(rejected - published),
-                "pairs_done": len(published | rejected)}
+        return {
+            "pairs_published": len(published),
+            "pairs_rejected": len(rejected - published),
+            "pairs_done": len(published | rejected),
+        }

@@ -37,8 +37,13 @@ class PromptChangedError(ValueError):
 
 def request_hash(model: str | None, messages: list[dict], tools: list[dict] | None, sampling: dict[str, Any]) -> str:
     """The hex SHA-256 of the request's canonical JSON (see the module doc)."""
-    blob = json.dumps({"model": model, "messages": messages, "tools": tools or None, "sampling": redact(sampling)},
-                      sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    blob = json.dumps(
+        {"model": model, "messages": messages, "tools": tools or None, "sampling": redact(sampling)},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+        default=str,
+    )
     return hashlib.sha256(blob.encode("utf-8", "backslashreplace")).hexdigest()
 
 
@@ -73,8 +78,11 @@ def stale_keys(records: dict[tuple[str, int], dict], prompts: Iterable[dict], ha
 def check(stale: set[tuple[str, int]], unhashed: int, policy: str, path) -> None:
     """Raises PromptChangedError under policy "error"; warns about unhashed records and re-requests."""
     if unhashed:
-        print(f"warning: {path}: {unhashed} recorded answer(s) have no request_hash (recorded by an earlier "
-              "distill); they are reused without checking that their prompt is unchanged", file=sys.stderr)
+        print(
+            f"warning: {path}: {unhashed} recorded answer(s) have no request_hash (recorded by an earlier "
+            "distill); they are reused without checking that their prompt is unchanged",
+            file=sys.stderr,
+        )
     if not stale:
         return
     pids = sorted({p for p, _ in stale})
@@ -85,6 +93,10 @@ def check(stale: set[tuple[str, int]], unhashed: int, policy: str, path) -> None
             f"than the prompt source now makes (prompt text, tools, model or sampling changed): {shown}. Nothing "
             "was requested. Fix: restore the prompts / settings, or set orchestrator.on_prompt_change = "
             '"rerequest" to ask for those answers again (the old ones stay in the recording, unused), or use a '
-            "new output_dir")
-    print(f"orchestrator: {len(stale)} recorded answer(s) of {len(pids)} changed prompt(s) are stale and will be "
-          f"requested again (orchestrator.on_prompt_change = \"rerequest\"): {shown}", file=sys.stderr)
+            "new output_dir"
+        )
+    print(
+        f"orchestrator: {len(stale)} recorded answer(s) of {len(pids)} changed prompt(s) are stale and will be "
+        f'requested again (orchestrator.on_prompt_change = "rerequest"): {shown}',
+        file=sys.stderr,
+    )

@@ -20,8 +20,10 @@ def load_reward_fn(spec: str) -> RewardFn:
     """Import "package.module:function"; clear errors for a bad spec."""
     mod_name, sep, fn_name = spec.partition(":")
     if not sep or not mod_name or not fn_name:
-        raise ValueError(f"orchestrator.reward_fn: {spec!r} is not 'module:function'. "
-                         "Fix: e.g. reward_fn = \"orchestrator.rewards:gsm_symbolic_score\"")
+        raise ValueError(
+            f"orchestrator.reward_fn: {spec!r} is not 'module:function'. "
+            'Fix: e.g. reward_fn = "orchestrator.rewards:gsm_symbolic_score"'
+        )
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
@@ -56,8 +58,10 @@ def reasoning_gym_score(prompt: dict[str, Any], completion: str) -> float:
     entry = meta.get("entry")
     dataset = meta.get("dataset")
     if entry is None or dataset is None:
-        raise ValueError(f"prompt {prompt.get('prompt_id')!r} has no reasoning-gym entry; this reward function "
-                         "needs orchestrator.source.type = \"reasoning_gym\"")
+        raise ValueError(
+            f"prompt {prompt.get('prompt_id')!r} has no reasoning-gym entry; this reward function "
+            'needs orchestrator.source.type = "reasoning_gym"'
+        )
     answer = extract_final_answer(completion)
     if answer is None:
         return 0.0

@@ -32,26 +32,36 @@ class RunCounters:
         self.completion_mean += (completion_tokens / max(1, choices) - self.completion_mean) / self.requests_ok
 
 
-def metrics_line(c: RunCounters, gate, pub, stats, tally, recorded: int, backpressure_wait_s: float,
-                 final: bool = False) -> dict:
+def metrics_line(
+    c: RunCounters, gate, pub, stats, tally, recorded: int, backpressure_wait_s: float, final: bool = False
+) -> dict:
     """One metrics line: `gate` (budget.BudgetGate), `pub` (the Publisher), `stats` (transport.ClientStats),
     `tally` (failures.FailureTally), `recorded`: answers in the recording now."""
     elapsed = time.time() - c.t_begin
     d = {
-        "time": time.time(), "elapsed_s": round(elapsed, 3),
+        "time": time.time(),
+        "elapsed_s": round(elapsed, 3),
         "stop_reason": gate.stop_reason if final else None,
-        "requests": gate.requests, "requests_ok_this_run": c.requests_ok,
-        "attempts_this_run": stats.attempts, "retries": dict(stats.retries),
+        "requests": gate.requests,
+        "requests_ok_this_run": c.requests_ok,
+        "attempts_this_run": stats.attempts,
+        "retries": dict(stats.retries),
         "retry_after_waits": stats.retry_after_waits,
-        "recorded": recorded, "recorded_this_run": c.recorded_this_run,
-        "samples": pub.writer.published + pub.buffered, "samples_this_run": pub.samples,
-        "rejections": dict(pub.rejections), "failed_pairs": dict(tally.by_reason),
+        "recorded": recorded,
+        "recorded_this_run": c.recorded_this_run,
+        "samples": pub.writer.published + pub.buffered,
+        "samples_this_run": pub.samples,
+        "rejections": dict(pub.rejections),
+        "failed_pairs": dict(tally.by_reason),
         "unusable_choices": dict(c.unusable),
-        "prompt_tokens": round(gate.prompt_tokens), "completion_tokens": round(gate.completion_tokens),
-        "cost": round(gate.cost(), 6), "n_ignored_responses": c.n_ignored_responses,
+        "prompt_tokens": round(gate.prompt_tokens),
+        "completion_tokens": round(gate.completion_tokens),
+        "cost": round(gate.cost(), 6),
+        "n_ignored_responses": c.n_ignored_responses,
         "reward_pass_rate": (pub.passed / pub.scored) if pub.scored else None,
         "samples_per_s": round(pub.samples / elapsed, 2) if elapsed > 0 else None,
-        "backpressure_wait_s": round(backpressure_wait_s, 3), "in_flight_requests": gate.in_flight,
+        "backpressure_wait_s": round(backpressure_wait_s, 3),
+        "in_flight_requests": gate.in_flight,
         **c.extra,
     }
     if final:
@@ -80,11 +90,16 @@ def format_summary(s: dict) -> str:
     if s.get("unusable_choices"):
         rej += "; choices asked again: " + ", ".join(f"{k}={v}" for k, v in sorted(s["unusable_choices"].items()))
     pr = s.get("reward_pass_rate")
-    return (f"orchestrator: stop={s['stop_reason']} requests={s['requests']} samples={s['samples']} "
-            f"(+{s['samples_this_run']} this run) retries: {retries}; rejections: {rej}; "
-            f"tokens prompt={s['prompt_tokens']} "
-            f"completion={s['completion_tokens']} cost={s['cost']:.4f}"
-            + (f" reward_pass_rate={pr:.2f}" if pr is not None else "")
-            + (f"; pairs done={s['pairs_done']} (published {s['pairs_published']}, rejected {s['pairs_rejected']})"
-               if "pairs_done" in s else "")
-            + f" in {s['elapsed_s']:.1f}s")
+    return (
+        f"orchestrator: stop={s['stop_reason']} requests={s['requests']} samples={s['samples']} "
+        f"(+{s['samples_this_run']} this run) retries: {retries}; rejections: {rej}; "
+        f"tokens prompt={s['prompt_tokens']} "
+        f"completion={s['completion_tokens']} cost={s['cost']:.4f}"
+        + (f" reward_pass_rate={pr:.2f}" if pr is not None else "")
+        + (
+            f"; pairs done={s['pairs_done']} (published {s['pairs_published']}, rejected {s['pairs_rejected']})"
+            if "pairs_done" in s
+            else ""
+        )
+        + f" in {s['elapsed_s']:.1f}s"
+    )

@@ -37,8 +37,7 @@ def token_pieces(sample: Sample, tokenizer) -> list[tuple[str, list[int], str]]:
     n = 0
     while n < len(ids):
         group, text = [ids[n]], texts[n]
-        while "\ufffd" in text and n + len(group) < len(ids) and len(group) < 4 \
-                and kinds[n + len(group)] == kinds[n]:
+        while "\ufffd" in text and n + len(group) < len(ids) and len(group) < 4 and kinds[n + len(group)] == kinds[n]:
             group.append(ids[n + len(group)])
             text = backend.decode(group, skip_special_tokens=False)
         if "\ufffd" in text:  # not completed: show the vocabulary strings
@@ -53,18 +52,22 @@ def _visible(text: str) -> str:
 
 
 def _header(sample: Sample) -> str:
-    return (f"{sample.sample_id}  prompt_id={sample.prompt_id!r} index={sample.sample_index} "
-            f"finish={sample.finish_reason} tokens={sample.num_tokens} "
-            f"(prompt {len(sample.prompt_ids)}, completion {len(sample.completion_ids)}, "
-            f"trained {sample.num_trained})")
+    return (
+        f"{sample.sample_id}  prompt_id={sample.prompt_id!r} index={sample.sample_index} "
+        f"finish={sample.finish_reason} tokens={sample.num_tokens} "
+        f"(prompt {len(sample.prompt_ids)}, completion {len(sample.completion_ids)}, "
+        f"trained {sample.num_trained})"
+    )
 
 
 def render_terminal(sample: Sample, tokenizer, color: bool = True) -> str:
     """The sample as text for a terminal, trained tokens highlighted."""
     parts = [_header(sample), "\n"]
     if color:
-        parts.append(f"legend: {_ANSI['prompt'][0]} prompt {_RESET} {_ANSI['context'][0]} context {_RESET} "
-                     f"{_ANSI['trained'][0]} trained {_RESET}\n\n")
+        parts.append(
+            f"legend: {_ANSI['prompt'][0]} prompt {_RESET} {_ANSI['context'][0]} context {_RESET} "
+            f"{_ANSI['trained'][0]} trained {_RESET}\n\n"
+        )
         for n, (kind, _ids, text) in enumerate(token_pieces(sample, tokenizer)):
             # colour each line of a token separately so that the background does not bleed
             shade = _ANSI[kind][n % 2]
@@ -103,23 +106,28 @@ h2 { font-size: 1em; font-family: ui-monospace, monospace; }
 def render_html(samples: list[Sample], tokenizer, title: str = "") -> str:
     """A standalone HTML page showing each sample's tokens, trained ones highlighted."""
     esc = html.escape
-    out = [f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{esc(title or 'distill samples')}</title>",
-           f"<style>{_CSS}</style></head><body>", f"<h1>{esc(title or 'distill samples')}</h1>",
-           "<p class=\"legend\">Legend: <span class=\"tok prompt\">prompt (context, not trained)</span> "
-           "<span class=\"tok context\">between-turn context (not trained)</span> "
-           "<span class=\"tok trained\">trained (the student learns to emit these)</span>. "
-           "Alternating shades mark token boundaries; hover a token for its id (a character split "
-           "over several tokens is shown as one box with all their ids).</p>"]
+    out = [
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{esc(title or "distill samples")}</title>',
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{esc(title or 'distill samples')}</h1>",
+        '<p class="legend">Legend: <span class="tok prompt">prompt (context, not trained)</span> '
+        '<span class="tok context">between-turn context (not trained)</span> '
+        '<span class="tok trained">trained (the student learns to emit these)</span>. '
+        "Alternating shades mark token boundaries; hover a token for its id (a character split "
+        "over several tokens is shown as one box with all their ids).</p>",
+    ]
     for s in samples:
-        out.append(f"<section><h2>{esc(s.sample_id)}</h2><div class=\"meta\">prompt_id={esc(repr(s.prompt_id))} "
-                   f"sample_index={s.sample_index} finish_reason={esc(str(s.finish_reason))} "
-                   f"teacher={esc(str(s.teacher_model))} reward={esc(str(s.reward))} &middot; "
-                   f"{s.num_tokens} tokens: prompt {len(s.prompt_ids)}, completion {len(s.completion_ids)}, "
-                   f"trained {s.num_trained}</div><p>")
+        out.append(
+            f'<section><h2>{esc(s.sample_id)}</h2><div class="meta">prompt_id={esc(repr(s.prompt_id))} '
+            f"sample_index={s.sample_index} finish_reason={esc(str(s.finish_reason))} "
+            f"teacher={esc(str(s.teacher_model))} reward={esc(str(s.reward))} &middot; "
+            f"{s.num_tokens} tokens: prompt {len(s.prompt_ids)}, completion {len(s.completion_ids)}, "
+            f"trained {s.num_trained}</div><p>"
+        )
         for n, (kind, ids, text) in enumerate(token_pieces(s, tokenizer)):
-            body = esc(text).replace("\n", "<span class=\"nl\">\u21b5</span>\n")
+            body = esc(text).replace("\n", '<span class="nl">\u21b5</span>\n')
             tip = " ".join(map(str, ids))
-            out.append(f"<span class=\"tok {kind}{' o' if n % 2 else ''}\" title=\"{tip}\">{body}</span>")
+            out.append(f'<span class="tok {kind}{" o" if n % 2 else ""}" title="{tip}">{body}</span>')
         out.append("</p></section>")
     out.append("</body></html>\n")
     return "".join(out)

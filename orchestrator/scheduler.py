@@ -52,8 +52,15 @@ class _Rollout:
     (budget.py), the transport (transport.py), the request/answer loop (ask.py), the recording, the publisher;
     what a rerun reuses (resume.py); counters and metrics lines (rollout_metrics.py)."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, reconstructor, progress: bool,
-                 stop_event: asyncio.Event | None, backpressure: bool):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: Path,
+        reconstructor,
+        progress: bool,
+        stop_event: asyncio.Event | None,
+        backpressure: bool,
+    ):
         self.oc = oc = cfg.orchestrator
         self.c = RunCounters()
         # Everything that can fail on a bad config or prompt file comes before the run directory is touched
@@ -71,22 +78,37 @@ class _Rollout:
             except EndpointCheckError as e:
                 raise RolloutError(str(e)) from None
         # failed (prompt, sample) pairs: when they fail the run (orchestrator/failures.py)
-        self.tally = FailureTally(oc.max_failed_fraction, total_prompts * self.n if total_prompts else None,
-                                  max(10, 2 * oc.concurrency), shown_url(rm.base_url))
+        self.tally = FailureTally(
+            oc.max_failed_fraction,
+            total_prompts * self.n if total_prompts else None,
+            max(10, 2 * oc.concurrency),
+            shown_url(rm.base_url),
+        )
         self.transport = Transport(
-            [rm.base_url, *rm.extra_base_urls], rm.model, key, headers=rm.headers, timeout=rm.timeout,
+            [rm.base_url, *rm.extra_base_urls],
+            rm.model,
+            key,
+            headers=rm.headers,
+            timeout=rm.timeout,
             concurrency=oc.concurrency,
             retry=RetryPolicy(oc.retry.max_attempts, oc.retry.initial_backoff, oc.retry.max_backoff),
-            requests_per_minute=oc.requests_per_minute, tokens_per_minute=oc.tokens_per_minute)
+            requests_per_minute=oc.requests_per_minute,
+            tokens_per_minute=oc.tokens_per_minute,
+        )
         self.pool = self.pub = self.recw = self.metrics_f = self.bar = None
         try:
             self._open(run_dir, reconstructor, reward_fn, stop_event)
             if progress:
                 from tqdm import tqdm
+
                 self.bar = self.asker.bar = tqdm(
                     total=(total_prompts * self.n) if total_prompts else None,
-                    initial=len(self.resume.loaded.records), unit="sample", desc="teacher", file=sys.stderr,
-                    **bar_position("teacher", backpressure))  # backpressure: a trainer runs too
+                    initial=len(self.resume.loaded.records),
+                    unit="sample",
+                    desc="teacher",
+                    file=sys.stderr,
+                    **bar_position("teacher", backpressure),
+                )  # backpressure: a trainer runs too
         except BaseException:
             self._close_opened()
             raise
@@ -99,17 +121,31 @@ class _Rollout:
         stale = self.resume.drop_stale(run_dir / RECORDING)
         self.pool = make_reconstruct_pool(reconstructor, oc.reconstruct_workers)
         self.pub = Publisher(run_dir, reconstructor, oc.samples_per_shard, reward_fn, oc.min_reward, self.pool)
-        self.gate = BudgetGate(oc.budget, round(loaded.requests), loaded.prompt_tokens, loaded.completion_tokens,
-                               stop_event)
+        self.gate = BudgetGate(
+            oc.budget, round(loaded.requests), loaded.prompt_tokens, loaded.completion_tokens, stop_event
+        )
         self.recw = RecordingWriter(run_dir / RECORDING)
-        self.asker = Asker(oc, self.transport, self.gate, self.pub, self.recw, self.tally, self.c, prompt_hasher(oc),
-                           first_success=bool(loaded.records))
+        self.asker = Asker(
+            oc,
+            self.transport,
+            self.gate,
+            self.pub,
+            self.recw,
+            self.tally,
+            self.c,
+            prompt_hasher(oc),
+            first_success=bool(loaded.records),
+        )
         self.job_error: BaseException | None = None  # the first exception a job raised (a bug, a full disk)
         self.failed = False  # the run ended on an exception: shards get no DONE
         self.seen_prompts, self.tasks = set(), set()  # prompt ids reached; running jobs (asyncio tasks)
-        self.c.extra = {"resumed_records": len(loaded.records), "torn_tail_bytes": len(loaded.torn_tail),
-                        "duplicate_records": loaded.duplicates, "superseded_records": loaded.superseded,
-                        "stale_rerequested": stale}
+        self.c.extra = {
+            "resumed_records": len(loaded.records),
+            "torn_tail_bytes": len(loaded.torn_tail),
+            "duplicate_records": loaded.duplicates,
+            "superseded_records": loaded.superseded,
+            "stale_rerequested": stale,
+        }
         self.metrics_f = MetricsFile(run_dir / METRICS)
 
     def _close_opened(self) -> None:
@@ -152,8 +188,12 @@ class _Rollout:
             missing = await self._resume(prompt)
             if not missing:
                 continue
-            await self.bp.wait(len(missing), self.pub, lambda: asker.in_flight_samples,
-                               lambda: gate.stop_reason is not None or (stop_event is not None and stop_event.is_set()))
+            await self.bp.wait(
+                len(missing),
+                self.pub,
+                lambda: asker.in_flight_samples,
+                lambda: gate.stop_reason is not None or (stop_event is not None and stop_event.is_set()),
+            )
             await slots.acquire()
             if gate.stop_reason:
                 slots.release()
@@ -166,8 +206,10 @@ class _Rollout:
             await asyncio.gather(*self.tasks, return_exceptions=True)  # errors: seen by _job_done
         if self.job_error is not None:
             e = self.job_error
-            raise RolloutError(f"a teacher job failed ({type(e).__name__}: {e}); answers recorded so far are kept, "
-                               "rerun the same command to resume") from e
+            raise RolloutError(
+                f"a teacher job failed ({type(e).__name__}: {e}); answers recorded so far are kept, "
+                "rerun the same command to resume"
+            ) from e
         if gate.stop_reason is None:
             gate.stop("completed")
 
@@ -182,8 +224,11 @@ class _Rollout:
 
     def write_metrics(self, final: bool = False) -> dict:
         recorded = len(self.resume.loaded.records) + self.c.recorded_this_run
-        return self.metrics_f.write(metrics_line(self.c, self.gate, self.pub, self.transport.stats, self.tally,
-                                                 recorded, self.bp.waited_s, final))
+        return self.metrics_f.write(
+            metrics_line(
+                self.c, self.gate, self.pub, self.transport.stats, self.tally, recorded, self.bp.waited_s, final
+            )
+        )
 
     async def metrics_loop(self) -> None:
         while True:
@@ -194,18 +239,28 @@ class _Rollout:
         """Closes everything (shards get DONE unless the run failed or was interrupted); the final metrics line."""
         gate, pub = self.gate, self.pub
         self.c.extra["rebuilt_from_recording"] = self.c.rebuilt
-        self.c.extra["recorded_not_in_source"] = sum(1 for (p, _) in self.resume.loaded.records
-                                                     if p not in self.seen_prompts) \
-            if gate.stop_reason == "completed" else None
+        self.c.extra["recorded_not_in_source"] = (
+            sum(1 for (p, _) in self.resume.loaded.records if p not in self.seen_prompts)
+            if gate.stop_reason == "completed"
+            else None
+        )
         await self.recw.aclose()
         await self.transport.close()
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
         if self.fatal is None and not self.failed and gate.stop_reason not in ("interrupted", "stopped"):
             why = self.tally.verdict()
-            why_none = None if why else nothing_published(len(self.seen_prompts), pub.writer.published
-                                                          + pub.buffered, pub.rejections, pub.rlog.path,
-                                                          gate.stop_reason)
+            why_none = (
+                None
+                if why
+                else nothing_published(
+                    len(self.seen_prompts),
+                    pub.writer.published + pub.buffered,
+                    pub.rejections,
+                    pub.rlog.path,
+                    gate.stop_reason,
+                )
+            )
             if why or why_none:
                 self.asker.fatal = RolloutError(why or why_none)
                 gate.stop_reason = "error:too_many_failures" if why else "error:no_samples"
@@ -218,8 +273,15 @@ class _Rollout:
         return summary
 
 
-async def run_rollouts(cfg: RunConfig, run_dir: Path, reconstructor, *, progress: bool = True,
-                       stop_event: asyncio.Event | None = None, backpressure: bool = True) -> dict:
+async def run_rollouts(
+    cfg: RunConfig,
+    run_dir: Path,
+    reconstructor,
+    *,
+    progress: bool = True,
+    stop_event: asyncio.Event | None = None,
+    backpressure: bool = True,
+) -> dict:
     """Prompts -> teacher -> recording -> reconstruction -> shards. Resumable; returns a summary dict.
 
     `backpressure=False` for a rollout-only run with no trainer reading the shards

@@ -127,7 +127,8 @@ class PrefixSpaceRule:
     def expected_text(self, texts: list[str], trained: list[bool]) -> str:
         """What a sample's tokens (prompt first) decode to, by the rule."""
         return self.expected_prompt(texts[0]) + "".join(
-            self._with_prefixes(t) if self.context_has_prefix(f) else t for t, f in zip(texts[1:], trained[1:]))
+            self._with_prefixes(t) if self.context_has_prefix(f) else t for t, f in zip(texts[1:], trained[1:])
+        )
 
     def _holds(self, backend, added_tokens: list[str]) -> bool:
         """The rule, checked on probe texts: continuation segments decode to themselves

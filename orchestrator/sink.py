@@ -77,13 +77,12 @@ def make_reconstruct_pool(reconstructor, workers: int) -> ProcessPoolExecutor | 
         return None
     ctx = multiprocessing.get_context("spawn")
     # the worker builds its own Reconstructor(tokenizer, cfg, max_seq_len) (compiled templates don't pickle)
-    blob = pickle.dumps((type(reconstructor), reconstructor.tokenizer, reconstructor.cfg,
-                         reconstructor.max_seq_len))
+    blob = pickle.dumps((type(reconstructor), reconstructor.tokenizer, reconstructor.cfg, reconstructor.max_seq_len))
     return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(blob,))
 
 
 def sample_base(sample_id: str) -> str:
-    """"<prompt_id>/<sample_index>" of a sample id (drops a "/turn<k>" suffix)."""
+    """ "<prompt_id>/<sample_index>" of a sample id (drops a "/turn<k>" suffix)."""
     return "/".join(sample_id.split("/")[:2])
 
 
@@ -139,8 +138,15 @@ class Sink:
 class Publisher(Sink):
     """The live rollout's sink: reward filter, resume by published pairs, rejects.jsonl (RejectLog)."""
 
-    def __init__(self, run_dir: Path, reconstructor, samples_per_shard: int, reward_fn, min_reward: float,
-                 pool: ProcessPoolExecutor | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        reconstructor,
+        samples_per_shard: int,
+        reward_fn,
+        min_reward: float,
+        pool: ProcessPoolExecutor | None = None,
+    ):
         writer = ShardWriter(run_dir / SAMPLES, samples_per_shard)
         self.published_bases = {sample_base(i) for i in writer.existing_ids()}
         # stale lines dropped: orchestrator/rejects.py
@@ -180,9 +186,17 @@ class Publisher(Sink):
         meta = {"endpoint": rec.get("endpoint"), "request_id": rec.get("request_id")}
         if prompt is not None and prompt.get("metadata", {}).get("dataset"):
             meta["dataset"] = prompt["metadata"]["dataset"]
-        return Conversation(list(rec["messages"]) + [rec["response"]], rec.get("tools"), rec["prompt_id"],
-                            rec["sample_index"], rec.get("finish_reason"), reward, rec.get("model"), meta,
-                            sample_id=sid)
+        return Conversation(
+            list(rec["messages"]) + [rec["response"]],
+            rec.get("tools"),
+            rec["prompt_id"],
+            rec["sample_index"],
+            rec.get("finish_reason"),
+            reward,
+            rec.get("model"),
+            meta,
+            sample_id=sid,
+        )
 
     async def publish(self, items: list[tuple[dict | None, dict]]) -> int:
         """Filter and reconstruct recorded choices (one batch); returns how many samples were added."""
@@ -225,8 +239,7 @@ class Backpressure:
         self.poll_s = poll_s
         self.waited_s = 0.0
 
-    async def wait(self, k: int, pub: Sink, in_flight_samples: Callable[[], int],
-                   stopped: Callable[[], bool]) -> None:
+    async def wait(self, k: int, pub: Sink, in_flight_samples: Callable[[], int], stopped: Callable[[], bool]) -> None:
         """Before asking for k more samples (live rollouts): flushes buffered samples while it waits."""
         if not self.enabled:
             return
@@ -235,8 +248,9 @@ class Backpressure:
         while not stopped():
             consumed = read_consumed(self.dir)
             ahead = pub.writer.published + pub.buffered + in_flight_samples() + k - consumed
-            if ahead <= self.max_ahead or (in_flight_samples() == 0 and pub.buffered == 0
-                                           and pub.writer.published <= consumed):
+            if ahead <= self.max_ahead or (
+                in_flight_samples() == 0 and pub.buffered == 0 and pub.writer.published <= consumed
+            ):
                 break
             if pub.buffered:
                 pub.flush()  # never hold back samples the trainer could be taking
@@ -246,8 +260,11 @@ class Backpressure:
                     tqdm,  # tqdm.write: above the progress bars, which are redrawn below it
                 )
 
-                tqdm.write(f"orchestrator: waiting for the trainer (published {pub.writer.published}, consumed "
-                           f"{consumed}, max_ahead {self.max_ahead})", file=sys.stderr)
+                tqdm.write(
+                    f"orchestrator: waiting for the trainer (published {pub.writer.published}, consumed "
+                    f"{consumed}, max_ahead {self.max_ahead})",
+                    file=sys.stderr,
+                )
             await asyncio.sleep(self.poll_s)
         self.waited_s += time.monotonic() - t0
 

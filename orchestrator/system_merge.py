@@ -26,17 +26,18 @@ def merge_system_into_first_user(messages: Any) -> Any:
     for i, m in enumerate(messages[1:], 1):
         if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str):
             merged = dict(m, content=first["content"] + SEPARATOR + m["content"])
-            return messages[1:i] + [merged] + messages[i + 1:]
+            return messages[1:i] + [merged] + messages[i + 1 :]
     return messages
 
 
 def hint_for_template_error(error: str, messages: Any, policy: str) -> str:
     """A fix to append to a template_error detail when the template refused a system message."""
-    has_system = isinstance(messages, list) and any(isinstance(m, dict) and m.get("role") == "system"
-                                                    for m in messages)
+    has_system = isinstance(messages, list) and any(isinstance(m, dict) and m.get("role") == "system" for m in messages)
     if policy == "keep" and has_system and "system" in error.lower():
-        return (" (the template does not accept this system message. Fix: set system_prompt = "
-                "\"merge_into_first_user\" in [orchestrator.reconstruction] to fold it into the first user turn)")
+        return (
+            " (the template does not accept this system message. Fix: set system_prompt = "
+            '"merge_into_first_user" in [orchestrator.reconstruction] to fold it into the first user turn)'
+        )
     return ""
 
 
@@ -46,7 +47,9 @@ def hint_for_mismatch(base: str, full: str, data: list[dict], policy: str) -> st
     (Mistral-Nemo's template puts it only into the last user message)."""
     system = next((m.get("content") for m in data if m.get("role") == "system"), None)
     if policy == "keep" and isinstance(system, str) and system and system in base and system not in full:
-        return (" (the template renders the system message only with the last user message, as Mistral-Nemo's does: "
-                "it is in the generation prompt but not in the turn's render. Fix: set system_prompt = "
-                "\"merge_into_first_user\" in [orchestrator.reconstruction])")
+        return (
+            " (the template renders the system message only with the last user message, as Mistral-Nemo's does: "
+            "it is in the generation prompt but not in the turn's render. Fix: set system_prompt = "
+            '"merge_into_first_user" in [orchestrator.reconstruction])'
+        )
     return ""

@@ -80,14 +80,15 @@ class ChatTemplate:
         self.why_not_append_only = why or ""
         self.append_only = why is None
 
-    def render(self, messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool,
-               **kwargs: Any) -> str:
+    def render(self, messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool, **kwargs: Any) -> str:
         """The template's text, exactly as transformers renders it."""
-        return self._plain.render(messages=messages, tools=tools, documents=None,
-                                  add_generation_prompt=add_generation_prompt, **kwargs)
+        return self._plain.render(
+            messages=messages, tools=tools, documents=None, add_generation_prompt=add_generation_prompt, **kwargs
+        )
 
-    def render_parts(self, messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool,
-                     **kwargs: Any) -> tuple[str, list[str], str] | None:
+    def render_parts(
+        self, messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool, **kwargs: Any
+    ) -> tuple[str, list[str], str] | None:
         """(text before the loop, text of each message, text after the loop), or None
         when the template is not append-only or the markers do not line up (e.g. a
         message contains the marker character)."""
@@ -95,8 +96,9 @@ class ChatTemplate:
             return None
         if self._skip and _holds_mark(messages):
             return None  # a marker in the content could pass for a skipped message's
-        text = self._marked.render(messages=messages, tools=tools, documents=None,
-                                   add_generation_prompt=add_generation_prompt, **kwargs)
+        text = self._marked.render(
+            messages=messages, tools=tools, documents=None, add_generation_prompt=add_generation_prompt, **kwargs
+        )
         skipped = len(messages) + 1 - text.count(_MARK)
         if not 0 <= skipped <= self._skip or text.count(END) != 1:
             return None
@@ -146,9 +148,12 @@ def _without_generation_calls(tree):
         out = []
         for node in body:
             call = node.call if isinstance(node, nodes.CallBlock) else None
-            if (isinstance(call, nodes.Call) and isinstance(call.node, nodes.ExtensionAttribute)
-                    and call.node.name == "_generation_support"
-                    and not any(node.find_all((nodes.Assign, nodes.AssignBlock)))):
+            if (
+                isinstance(call, nodes.Call)
+                and isinstance(call.node, nodes.ExtensionAttribute)
+                and call.node.name == "_generation_support"
+                and not any(node.find_all((nodes.Assign, nodes.AssignBlock)))
+            ):
                 out.extend(strip(node.body))
                 continue
             for field in ("body", "else_", "elif_"):
@@ -168,8 +173,14 @@ def _skip_of(node) -> int | None:
 
     if isinstance(node, nodes.Name) and node.name == "messages":
         return 0
-    if (isinstance(node, nodes.Getitem) and isinstance(node.node, nodes.Name) and node.node.name == "messages"
-            and isinstance(node.arg, nodes.Slice) and node.arg.stop is None and node.arg.step is None):
+    if (
+        isinstance(node, nodes.Getitem)
+        and isinstance(node.node, nodes.Name)
+        and node.node.name == "messages"
+        and isinstance(node.arg, nodes.Slice)
+        and node.arg.stop is None
+        and node.arg.step is None
+    ):
         start = node.arg.start
         if start is None:
             return 0
@@ -260,21 +271,28 @@ def why_not_append_only(tree) -> str | None:
         return f"it assigns {alias!r}, the messages it loops over, elsewhere than before the loop"
     allowed = {id(loop.iter)}  # the only read of the alias, and of messages besides these:
     allowed |= {id(a.node if isinstance(a.node, nodes.Name) else a.node.node) for a in alias_assigns}
-    allowed |= {id(g.node) for g in tree.find_all(nodes.Getitem)  # messages[0], not alias[0]
-                if isinstance(g.node, nodes.Name) and g.node.name == "messages"
-                and isinstance(g.arg, nodes.Const) and g.arg.value == 0}
+    allowed |= {
+        id(g.node)
+        for g in tree.find_all(nodes.Getitem)  # messages[0], not alias[0]
+        if isinstance(g.node, nodes.Name)
+        and g.node.name == "messages"
+        and isinstance(g.arg, nodes.Const)
+        and g.arg.value == 0
+    }
     alias_targets = {id(a.target) for a in alias_assigns}
     for name in tree.find_all(nodes.Name):
         if name.name == "messages" and id(name) not in allowed:
-            return ("it uses `messages` other than as the loop's items or messages[0] "
-                    "(e.g. messages|length, messages[-1], messages[loop.index0 + 1])")
+            return (
+                "it uses `messages` other than as the loop's items or messages[0] "
+                "(e.g. messages|length, messages[-1], messages[loop.index0 + 1])"
+            )
         if alias and name.name == alias and id(name) not in allowed and id(name) not in alias_targets:
             return f"it uses {alias!r}, the messages it loops over, other than as the loop's items"
     why = _loop_use(tree.body, None, loop)
     if why:
         return why
     i = _top_level_index(tree.body, loop)
-    after = tree.body[i + 1:]
+    after = tree.body[i + 1 :]
     after_names = {id(n) for node in after for n in node.find_all(nodes.Name)}
     if any(n.name == "add_generation_prompt" and id(n) not in after_names for n in tree.find_all(nodes.Name)):
         return "it reads add_generation_prompt before the end of its loop over messages"
@@ -302,9 +320,23 @@ def _after_is_constant(tree) -> bool:
     assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx != "load"}
     assigned |= {n.name for n in tree.find_all(nodes.NSRef)} | {m.name for m in tree.find_all(nodes.Macro)}
     varying = assigned | {"messages", "tools", "documents", "loop"}
-    for node in tree.body[i + 1:]:
-        if any(node.find_all((nodes.Call, nodes.CallBlock, nodes.Macro, nodes.For, nodes.Assign, nodes.AssignBlock,
-                              nodes.FilterBlock, nodes.With, nodes.Scope, nodes.OverlayScope))):
+    for node in tree.body[i + 1 :]:
+        if any(
+            node.find_all(
+                (
+                    nodes.Call,
+                    nodes.CallBlock,
+                    nodes.Macro,
+                    nodes.For,
+                    nodes.Assign,
+                    nodes.AssignBlock,
+                    nodes.FilterBlock,
+                    nodes.With,
+                    nodes.Scope,
+                    nodes.OverlayScope,
+                )
+            )
+        ):
             return False
         if isinstance(node, (nodes.For, nodes.Assign, nodes.AssignBlock, nodes.Macro, nodes.CallBlock)):
             return False

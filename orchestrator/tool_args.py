@@ -31,8 +31,10 @@ class ToolCallShape:
     def describe(self) -> str:
         if not self.probed:
             return "the template renders no tool call in any shape"
-        return (f"arguments as a JSON {'string' if self.arguments_as_string else 'object'}, "
-                f"empty content as {'null' if self.null_content else 'an empty string'}")
+        return (
+            f"arguments as a JSON {'string' if self.arguments_as_string else 'object'}, "
+            f"empty content as {'null' if self.null_content else 'an empty string'}"
+        )
 
 
 def probe_tool_call_shape(render: Callable[[list[dict]], str]) -> ToolCallShape:
@@ -41,10 +43,15 @@ def probe_tool_call_shape(render: Callable[[list[dict]], str]) -> ToolCallShape:
     args = {_KEY: _VALUE}
     for as_string in (False, True):
         for null in (False, True):
-            call = {"type": "function", "id": "zqprobe01",  # 9 characters: Mistral templates insist
-                    "function": {"name": _NAME, "arguments": json.dumps(args) if as_string else args}}
-            msgs = [{"role": "user", "content": "Hi"},
-                    {"role": "assistant", "content": None if null else "", "tool_calls": [call]}]
+            call = {
+                "type": "function",
+                "id": "zqprobe01",  # 9 characters: Mistral templates insist
+                "function": {"name": _NAME, "arguments": json.dumps(args) if as_string else args},
+            }
+            msgs = [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": None if null else "", "tool_calls": [call]},
+            ]
             try:
                 text = render(msgs)
             except Exception:  # noqa: BLE001 - this shape makes the template raise: try the next

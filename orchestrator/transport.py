@@ -151,7 +151,8 @@ class Endpoint:
         self.in_flight = 0
         self.sent = 0
         self.client = AsyncOpenAI(
-            base_url=base_url, api_key=api_key, default_headers=headers or None, timeout=timeout, max_retries=0)
+            base_url=base_url, api_key=api_key, default_headers=headers or None, timeout=timeout, max_retries=0
+        )
 
     async def close(self) -> None:
         await self.client.close()
@@ -190,10 +191,20 @@ def _status_message(err: openai.APIStatusError) -> str:
 class Transport:
     """Sends requests of any kind to the least-loaded endpoint with bounded concurrency, rate limits and retries."""
 
-    def __init__(self, base_urls: list[str], model: str, api_key: str, *, headers: dict[str, str] | None = None,
-                 timeout: float = 120.0, concurrency: int = 8, retry: RetryPolicy | None = None,
-                 requests_per_minute: float | None = None, tokens_per_minute: float | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+    def __init__(
+        self,
+        base_urls: list[str],
+        model: str,
+        api_key: str,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float = 120.0,
+        concurrency: int = 8,
+        retry: RetryPolicy | None = None,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ):
         if not base_urls:
             raise ValueError("no teacher base_url given")
         self.model = model
@@ -250,8 +261,9 @@ class Transport:
                 self.stats.retry_after_waits += 1
             await self._backoff(self.retry.delay(attempt, retry_after), gate)
         assert last is not None
-        raise TeacherError(last.reason, f"{last.detail} (gave up after {self.retry.max_attempts} attempts)",
-                           last.status)
+        raise TeacherError(
+            last.reason, f"{last.detail} (gave up after {self.retry.max_attempts} attempts)", last.status
+        )
 
     async def _backoff(self, delay: float, gate: Gate | None) -> None:
         """Sleeps `delay` seconds, ending early once `gate.stopped()` (if the gate has it) turns true;
@@ -267,8 +279,9 @@ class Transport:
                 return
             await self.sleep(min(left, 0.05))
 
-    async def _attempt(self, kind: RequestKind[R, T], req: R, est_tokens: float, attempt: int,
-                       gate: Gate | None = None) -> Delivery[T]:
+    async def _attempt(
+        self, kind: RequestKind[R, T], req: R, est_tokens: float, attempt: int, gate: Gate | None = None
+    ) -> Delivery[T]:
         if self.rpm:
             await self.rpm.acquire(1)
         if self.tpm:
@@ -306,20 +319,28 @@ class Transport:
             raise _Retryable(e, None) from None
         if self.tpm:
             self.tpm.adjust(answer.usage["prompt_tokens"] + answer.usage["completion_tokens"] - est_tokens)
-        return Delivery(answer=answer, endpoint=ep.base_url,
-                        request_id=response.headers.get("x-request-id") or answer.response_id,
-                        t_start=t0, t_end=t1, attempts=attempt)
+        return Delivery(
+            answer=answer,
+            endpoint=ep.base_url,
+            request_id=response.headers.get("x-request-id") or answer.response_id,
+            t_start=t0,
+            t_end=t1,
+            attempts=attempt,
+        )
 
 
 def _status_error(e: openai.APIStatusError, base_url: str) -> Exception:
     """A non-2xx answer: NonRetryableError (429 insufficient_quota, other 4xx) or _Retryable (408/409/425/429, 5xx)."""
     msg = _status_message(e)
     if e.status_code == 429 and _error_code(e) == "insufficient_quota":
-        return NonRetryableError("insufficient_quota", f"{base_url} answered 429 (insufficient quota): {msg}",
-                                 e.status_code)
+        return NonRetryableError(
+            "insufficient_quota", f"{base_url} answered 429 (insufficient quota): {msg}", e.status_code
+        )
     if e.status_code in RETRYABLE_STATUS or e.status_code >= 500:
-        return _Retryable(TeacherError(f"http_{e.status_code}", msg, e.status_code),
-                          parse_retry_after(e.response.headers.get("retry-after")))
+        return _Retryable(
+            TeacherError(f"http_{e.status_code}", msg, e.status_code),
+            parse_retry_after(e.response.headers.get("retry-after")),
+        )
     return NonRetryableError(f"http_{e.status_code}", f"{base_url} answered {e.status_code}: {msg}", e.status_code)
 
 

@@ -126,8 +126,10 @@ def render() -> str:
             else:
                 default_s = "unset" if default is None else f"`{toml_value(default)}`".replace("|", "\\|")
             desc = comments.get((cls.__name__, name), "")
-            rows.append(f"| `{name}` | `{type_name(f.annotation)}`".replace("|", "\\|").replace("\\|", "|", 2)
-                        + f" | {default_s} | {desc} |")
+            rows.append(
+                f"| `{name}` | `{type_name(f.annotation)}`".replace("|", "\\|").replace("\\|", "|", 2)
+                + f" | {default_s} | {desc} |"
+            )
         title = (f"[{path}]" if path else "top level") + suffix
         doc = comments.get((cls.__name__, ""), "")
         parts.append(f"## `{title}`\n\n" + (f"{doc}\n\n" if doc else ""))

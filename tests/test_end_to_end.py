@@ -30,7 +30,7 @@ def free_port() -> int:
 def run_config(tmp_path: Path, student_dir: Path, port: int, steps: int = 6) -> Path:
     cfg = tmp_path / "e2e.toml"
     cfg.write_text(f"""
-output_dir = "{tmp_path / 'run'}"
+output_dir = "{tmp_path / "run"}"
 
 [student]
 path = "{student_dir}"
@@ -81,15 +81,17 @@ schedule = "constant"
 def test_distill_run_against_real_llama_cpp_server(tmp_path, tiny_student_dir, smol_tokenizer):
     port = free_port()
     cfg = run_config(tmp_path, tiny_student_dir, port)
-    proc = subprocess.run([sys.executable, "-m", "distill", "run", str(cfg)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "distill", "run", str(cfg)], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = tmp_path / "run"
 
     # every (prompt, sample) was answered once and recorded
     rec = read_jsonl(run / "recording.jsonl")
     assert sorted((r["prompt_id"], r["sample_index"]) for r in rec) == sorted(
-        {(r["prompt_id"], i) for r in rec for i in range(2)})
+        {(r["prompt_id"], i) for r in rec for i in range(2)}
+    )
     assert len(rec) == 6
     assert all(r["endpoint"].startswith(f"http://127.0.0.1:{port}") for r in rec)
 
@@ -145,9 +147,17 @@ def test_local_teacher_refuses_a_busy_port(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        cfg = load_config(None, ["--orchestrator.local_teacher.enabled", "true",
-                                 "--orchestrator.local_teacher.port", str(port),
-                                 "--orchestrator.rollout_model.base_url", f"http://127.0.0.1:{port}/v1"])
+        cfg = load_config(
+            None,
+            [
+                "--orchestrator.local_teacher.enabled",
+                "true",
+                "--orchestrator.local_teacher.port",
+                str(port),
+                "--orchestrator.rollout_model.base_url",
+                f"http://127.0.0.1:{port}/v1",
+            ],
+        )
         with pytest.raises(LocalTeacherError, match=f"port {port}"):
             with local_teacher(cfg, tmp_path):
                 pass

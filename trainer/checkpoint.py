@@ -85,15 +85,24 @@ def _tied_duplicates(module) -> set[str]:
     return dups
 
 
-def save(ckpt_root: Path, model, optimizer, scheduler, state: TrainState, tokenizer, config_toml: str,
-         ctx: DistContext, keep_last: int) -> Path:
+def save(
+    ckpt_root: Path,
+    model,
+    optimizer,
+    scheduler,
+    state: TrainState,
+    tokenizer,
+    config_toml: str,
+    ctx: DistContext,
+    keep_last: int,
+) -> Path:
     """Write step-XXXXXX (collective under FSDP: every rank must call it)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     final = ckpt_root / f"step-{state.step:06d}"
     tmp = ckpt_root / f".step-{state.step:06d}.tmp"
     opts = _options(model)
-    model_sd = get_model_state_dict(model, options=opts)            # full on rank 0
+    model_sd = get_model_state_dict(model, options=opts)  # full on rank 0
     optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)
     if ctx.is_main:
         if tmp.exists():

@@ -49,8 +49,7 @@ def teacher_arrays(sample: Sample, labels: list[int]) -> dict[str, list]:
     out: dict[str, list] = {}
     if sample.teacher_logprobs is not None:
         lp = sample.teacher_logprobs
-        out["teacher_logprobs"] = [float(lp[t + 1 - p]) if lab != IGNORE else math.nan
-                                   for t, lab in enumerate(labels)]
+        out["teacher_logprobs"] = [float(lp[t + 1 - p]) if lab != IGNORE else math.nan for t, lab in enumerate(labels)]
     if sample.teacher_topk_ids is not None and sample.teacher_topk_logprobs is not None:
         ids, lps = sample.teacher_topk_ids, sample.teacher_topk_logprobs
         out["teacher_topk_ids"] = [ids[t + 1 - p] if lab != IGNORE else [] for t, lab in enumerate(labels)]
@@ -81,17 +80,17 @@ def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
 
 @dataclass
 class MicroBatch:
-    input_ids: torch.Tensor      # [B, T]
-    labels: torch.Tensor         # [B, T] shifted, IGNORE where not trained
-    position_ids: torch.Tensor   # [B, T] restart at 0 for every sample
-    segment_ids: torch.Tensor    # [B, T] 1.. per sample in the row, 0 = padding
-    num_tokens: int              # real (non-padding) tokens
-    num_trained: int             # positions with a label
+    input_ids: torch.Tensor  # [B, T]
+    labels: torch.Tensor  # [B, T] shifted, IGNORE where not trained
+    position_ids: torch.Tensor  # [B, T] restart at 0 for every sample
+    segment_ids: torch.Tensor  # [B, T] 1.. per sample in the row, 0 = padding
+    num_tokens: int  # real (non-padding) tokens
+    num_trained: int  # positions with a label
     num_samples: int
     # Per-token teacher fields aligned with labels, when a sample of the micro-batch has them:
-    teacher_logprobs: torch.Tensor | None = None        # [B, T] float32, NaN where none
-    teacher_topk_ids: torch.Tensor | None = None        # [B, T, K] long, 0 where none
-    teacher_topk_logprobs: torch.Tensor | None = None   # [B, T, K] float32, -inf where none
+    teacher_logprobs: torch.Tensor | None = None  # [B, T] float32, NaN where none
+    teacher_topk_ids: torch.Tensor | None = None  # [B, T, K] long, 0 where none
+    teacher_topk_logprobs: torch.Tensor | None = None  # [B, T, K] float32, -inf where none
 
     @property
     def slots(self) -> int:
@@ -150,16 +149,17 @@ def _collate(rows: list[list[_Item]], width: int, pad_id: int) -> MicroBatch:
         pos = 0
         for seg, (ids, lab, _) in enumerate(row, 1):
             n = len(ids)
-            input_ids[r, pos:pos + n] = torch.tensor(ids)
-            labels[r, pos:pos + n] = torch.tensor(lab)
-            position_ids[r, pos:pos + n] = torch.arange(n)
-            segment_ids[r, pos:pos + n] = seg
+            input_ids[r, pos : pos + n] = torch.tensor(ids)
+            labels[r, pos : pos + n] = torch.tensor(lab)
+            position_ids[r, pos : pos + n] = torch.arange(n)
+            segment_ids[r, pos : pos + n] = seg
             pos += n
             tokens += n
             trained += sum(1 for x in lab if x != IGNORE)
             samples += 1
-    return MicroBatch(input_ids, labels, position_ids, segment_ids, tokens, trained, samples,
-                      **_collate_teacher(rows, width))
+    return MicroBatch(
+        input_ids, labels, position_ids, segment_ids, tokens, trained, samples, **_collate_teacher(rows, width)
+    )
 
 
 def _collate_teacher(rows: list[list[_Item]], width: int) -> dict[str, torch.Tensor]:
@@ -176,18 +176,20 @@ def _collate_teacher(rows: list[list[_Item]], width: int) -> dict[str, torch.Ten
         pos = 0
         for ids, _, extra in row:
             if "teacher_logprobs" in extra:
-                out["teacher_logprobs"][r, pos:pos + len(ids)] = torch.tensor(extra["teacher_logprobs"])
-            for t, (tk_ids, tk_lps) in enumerate(zip(extra.get("teacher_topk_ids", ()),
-                                                     extra.get("teacher_topk_logprobs", ()))):
+                out["teacher_logprobs"][r, pos : pos + len(ids)] = torch.tensor(extra["teacher_logprobs"])
+            for t, (tk_ids, tk_lps) in enumerate(
+                zip(extra.get("teacher_topk_ids", ()), extra.get("teacher_topk_logprobs", ()))
+            ):
                 if tk_ids:
-                    out["teacher_topk_ids"][r, pos + t, :len(tk_ids)] = torch.tensor(tk_ids)
-                    out["teacher_topk_logprobs"][r, pos + t, :len(tk_lps)] = torch.tensor(tk_lps, dtype=torch.float32)
+                    out["teacher_topk_ids"][r, pos + t, : len(tk_ids)] = torch.tensor(tk_ids)
+                    out["teacher_topk_logprobs"][r, pos + t, : len(tk_lps)] = torch.tensor(tk_lps, dtype=torch.float32)
             pos += len(ids)
     return out
 
 
-def make_micro_batches(samples: list[Sample], seq_len: int, rows_per_batch: int, packing: bool = True,
-                       pad_id: int = 0) -> list[MicroBatch]:
+def make_micro_batches(
+    samples: list[Sample], seq_len: int, rows_per_batch: int, packing: bool = True, pad_id: int = 0
+) -> list[MicroBatch]:
     """Pack (or not) `samples` into rows and group rows into micro-batches.
 
     Rows hold at most seq_len tokens; each micro-batch is only as wide as its longest
@@ -197,7 +199,7 @@ def make_micro_batches(samples: list[Sample], seq_len: int, rows_per_batch: int,
     rows = _rows(samples, seq_len, packing)
     out = []
     for i in range(0, len(rows), rows_per_batch):
-        group = rows[i:i + rows_per_batch]
+        group = rows[i : i + rows_per_batch]
         width = max(sum(len(ids) for ids, _, _ in row) for row in group)
         out.append(_collate(group, width, pad_id))
     return out

@@ -33,8 +33,9 @@ class DistContext:
 def pick_device(setting: str, local_rank: int = 0) -> torch.device:
     if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("trainer.device = \"cuda\" but torch sees no CUDA device. "
-                               "Fix: set trainer.device = \"cpu\" or \"auto\"")
+            raise RuntimeError(
+                'trainer.device = "cuda" but torch sees no CUDA device. Fix: set trainer.device = "cpu" or "auto"'
+            )
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
@@ -49,8 +50,7 @@ def init(device_setting: str = "auto") -> DistContext:
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                rank=rank, world_size=world)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
         owns = True
     return DistContext(rank=rank, world=world, local_rank=local_rank, device=device, owns_group=owns)
 

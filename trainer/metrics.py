@@ -47,8 +47,15 @@ def open_wandb(cfg: RunConfig, run_dir: Path, ctx: dist.DistContext):
     try:
         import wandb
     except ImportError:
-        warnings.warn("wandb.enabled = true but the wandb package is not installed; "
-                      "metrics go to metrics.jsonl only. Fix: pip install wandb")
+        warnings.warn(
+            "wandb.enabled = true but the wandb package is not installed; "
+            "metrics go to metrics.jsonl only. Fix: pip install wandb"
+        )
         return None
-    return wandb.init(project=cfg.wandb.project, name=cfg.wandb.name or run_dir.name,
-                      config=redacted_dict(cfg), dir=str(run_dir), resume="allow")
+    return wandb.init(
+        project=cfg.wandb.project,
+        name=cfg.wandb.name or run_dir.name,
+        config=redacted_dict(cfg),
+        dir=str(run_dir),
+        resume="allow",
+    )

@@ -40,8 +40,10 @@ class LossModel(nn.Module):
         cfg = lm.config
         for attr in ("final_logit_softcapping", "logit_scale"):
             if getattr(cfg, attr, None) not in (None, 1.0):
-                raise ValueError(f"the student's config sets {attr}; the chunked loss assumes "
-                                 "logits = hidden @ lm_head.weight.T. Use a Llama/Qwen/SmolLM-style student")
+                raise ValueError(
+                    f"the student's config sets {attr}; the chunked loss assumes "
+                    "logits = hidden @ lm_head.weight.T. Use a Llama/Qwen/SmolLM-style student"
+                )
         if getattr(lm.get_output_embeddings(), "bias", None) is not None:
             raise ValueError("the student's lm_head has a bias; the chunked loss does not support it")
 
@@ -61,8 +63,9 @@ class LossModel(nn.Module):
         else:
             mask = block_causal_mask(segment_ids)
         body = getattr(self.lm, self.lm.base_model_prefix)
-        hidden = body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                      use_cache=False).last_hidden_state
+        hidden = body(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
         return compute_loss(self.loss_cfg, hidden, self.lm.get_output_embeddings().weight, inputs, normalizer)
 
     def micro_batch_loss(self, mb: MicroBatch, normalizer: float) -> torch.Tensor:
@@ -70,14 +73,20 @@ class LossModel(nn.Module):
         return self(mb.input_ids, mb.position_ids, mb.segment_ids, inputs, normalizer)
 
 
-def load_student(model_dir: str | Path, device: torch.device, loss_cfg,
-                 activation_checkpointing: bool = False, dtype: str = "float32") -> LossModel:
+def load_student(
+    model_dir: str | Path,
+    device: torch.device,
+    loss_cfg,
+    activation_checkpointing: bool = False,
+    dtype: str = "float32",
+) -> LossModel:
     """The HF model in fp32 (the optimizer's master weights) on `device`, as a module computing the
     loss `loss_cfg` (a `[trainer.loss]` config model, e.g. `SFTLoss(chunk_size=1024)`) names."""
     from transformers import AutoModelForCausalLM
 
-    lm = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
-                                              attn_implementation=attention_implementation(device, dtype))
+    lm = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=torch.float32, attn_implementation=attention_implementation(device, dtype)
+    )
     lm.config.use_cache = False
     if activation_checkpointing:
         kwargs = {"use_reentrant": False}
@@ -99,8 +108,11 @@ def shard(model: LossModel, ctx: DistContext, dtype: str) -> LossModel:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(ctx.device.type, (ctx.world,))
-    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-          if dtype == "bfloat16" else MixedPrecisionPolicy())
+    mp = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if dtype == "bfloat16"
+        else MixedPrecisionPolicy()
+    )
     block_names = set(getattr(model.lm, "_no_split_modules", None) or [])
     for m in model.lm.modules():
         if type(m).__name__ in block_names:

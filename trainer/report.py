@@ -14,8 +14,10 @@ from distill.core.jsonl import log_values
 def read_metrics(path: Path) -> list[dict]:
     rows = []
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: this run has not trained a step yet. "
-                                "Fix: pass a run directory that `distill run` or `distill train` wrote")
+        raise FileNotFoundError(
+            f"{path} does not exist: this run has not trained a step yet. "
+            "Fix: pass a run directory that `distill run` or `distill train` wrote"
+        )
     rows.extend(log_values(path))  # a half-written last line after a crash is skipped (distill/core/jsonl.py)
     if not rows:
         raise ValueError(f"{path} holds no metrics yet")
@@ -47,7 +49,9 @@ def summary_text(rows: list[dict]) -> str:
         lines.append(f"packing efficiency: mean {sum(pe) / len(pe):.2f}")
     evals = [r for r in rows if r.get("eval_loss") is not None]
     if evals:
-        lines.append(f"eval loss: {evals[0]['eval_loss']:.4f} -> {evals[-1]['eval_loss']:.4f} (step {evals[-1]['step']})")
+        lines.append(
+            f"eval loss: {evals[0]['eval_loss']:.4f} -> {evals[-1]['eval_loss']:.4f} (step {evals[-1]['step']})"
+        )
     return "\n".join(lines)
 
 

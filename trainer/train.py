@@ -54,8 +54,7 @@ def lr_factor(step: int, t: Trainer) -> float:
 
 def build_optimizer(model: torch.nn.Module, t: Trainer):
     o = t.optim
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                            weight_decay=o.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t))
     return opt, sched
 
@@ -96,17 +95,17 @@ def _rank_batches(samples: list[contract.Sample], t: Trainer, ctx: dist.DistCont
     rank's count (FSDP collectives need every rank to run as many passes), and the global
     (trained tokens, tokens, slots) counts."""
     check_inputs(t.loss.type, samples)
-    mine = samples[ctx.rank::ctx.world]
+    mine = samples[ctx.rank :: ctx.world]
     mbs = make_micro_batches(mine, t.seq_len, t.micro_batch_rows, t.packing, pad_id)
     counts = dist.all_reduce(
-        [sum(m.num_trained for m in mbs), sum(m.num_tokens for m in mbs), sum(m.slots for m in mbs)], ctx)
+        [sum(m.num_trained for m in mbs), sum(m.num_tokens for m in mbs), sum(m.slots for m in mbs)], ctx
+    )
     (n_passes,) = dist.all_reduce([len(mbs)], ctx, op="max")
     mbs += [empty_micro_batch(pad_id) for _ in range(int(n_passes) - len(mbs))]
     return mbs, counts
 
 
-def accumulate_gradients(model, samples: list[contract.Sample], t: Trainer, ctx: dist.DistContext,
-                         pad_id: int) -> dict:
+def accumulate_gradients(model, samples: list[contract.Sample], t: Trainer, ctx: dist.DistContext, pad_id: int) -> dict:
     """Forward/backward over this rank's slice of the step's samples; gradients are left in
     the parameters' .grad. Returns the step's global loss and token counts."""
     mbs, (trained, tokens, slots) = _rank_batches(samples, t, ctx, pad_id)
@@ -123,8 +122,13 @@ def accumulate_gradients(model, samples: list[contract.Sample], t: Trainer, ctx:
         (loss * ctx.world).backward()
         loss_sum += loss.detach().double()
     (loss_value,) = dist.all_reduce([loss_sum.item()], ctx)
-    return {"loss": loss_value, "trained_tokens": int(trained), "tokens": int(tokens),
-            "packing_efficiency": tokens / max(slots, 1.0), "samples": len(samples)}
+    return {
+        "loss": loss_value,
+        "trained_tokens": int(trained),
+        "tokens": int(tokens),
+        "packing_efficiency": tokens / max(slots, 1.0),
+        "samples": len(samples),
+    }
 
 
 @torch.no_grad()
@@ -143,8 +147,9 @@ def evaluate(model, samples: list[contract.Sample], t: Trainer, ctx: dist.DistCo
     return total / max(trained, 1.0)
 
 
-def train_step(model, optimizer, scheduler, samples: list[contract.Sample], t: Trainer,
-               ctx: dist.DistContext, pad_id: int) -> dict:
+def train_step(
+    model, optimizer, scheduler, samples: list[contract.Sample], t: Trainer, ctx: dist.DistContext, pad_id: int
+) -> dict:
     """One optimizer step on `samples` (the whole step's samples; this rank takes its slice)."""
     m = accumulate_gradients(model, samples, t, ctx, pad_id)
     max_norm = t.optim.max_grad_norm if t.optim.max_grad_norm is not None else float("inf")
@@ -163,11 +168,13 @@ def _check_dirs(run_dir: Path, samples_dir: Path, resume: bool, producer_alive) 
     if not resume and ckpt_io.latest(run_dir / "checkpoints") is not None:
         raise FileExistsError(
             f"{run_dir / 'checkpoints'} holds checkpoints of an earlier run. Fix: resume it "
-            "(distill train --resume), or set output_dir to a new folder, or delete that folder")
+            "(distill train --resume), or set output_dir to a new folder, or delete that folder"
+        )
     if producer_alive is None and not samples_dir.is_dir():
         raise FileNotFoundError(
             f"no samples directory {samples_dir}. Fix: produce samples first (distill rollout / distill replay "
-            "with the same output_dir), or pass --samples DIR")
+            "with the same output_dir), or pass --samples DIR"
+        )
 
 
 def _training_stream(follow, samples_dir: Path, seen: int, held: int, repeat: bool) -> Iterator[contract.Sample]:
@@ -234,8 +241,17 @@ class _Session:
     bar: Any
 
     def save(self) -> Path:
-        return ckpt_io.save(self.ckpt_root, self.model, self.optimizer, self.scheduler, self.state, self.tokenizer,
-                            self.config_toml, self.ctx, self.t.checkpoint.keep_last)
+        return ckpt_io.save(
+            self.ckpt_root,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.state,
+            self.tokenizer,
+            self.config_toml,
+            self.ctx,
+            self.t.checkpoint.keep_last,
+        )
 
     def log(self, last: dict) -> None:
         self.metrics.write(last)
@@ -243,8 +259,14 @@ class _Session:
             self.wb.log(last, step=self.state.step)
 
 
-def _setup(cfg: RunConfig, run_dir: Path, samples_dir: Path, resume: bool,
-           producer_alive: Callable[[], bool] | None, progress: bool) -> _Session:
+def _setup(
+    cfg: RunConfig,
+    run_dir: Path,
+    samples_dir: Path,
+    resume: bool,
+    producer_alive: Callable[[], bool] | None,
+    progress: bool,
+) -> _Session:
     from distill.core.student import load_tokenizer, resolve_student
 
     t = cfg.trainer
@@ -267,10 +289,30 @@ def _setup(cfg: RunConfig, run_dir: Path, samples_dir: Path, resume: bool,
         from tqdm import tqdm
 
         # its own row when the orchestrator's bar runs beside it (distill run: producer_alive is set)
-        bar = tqdm(total=t.max_steps, initial=state.step, desc="train", unit="step",
-                   **bar_position("train", producer_alive is not None))
-    return _Session(t, ctx, samples_dir, ckpt_root, start, tokenizer, model, optimizer, scheduler, state, pad_id,
-                    config_toml, metrics, wb, bar)
+        bar = tqdm(
+            total=t.max_steps,
+            initial=state.step,
+            desc="train",
+            unit="step",
+            **bar_position("train", producer_alive is not None),
+        )
+    return _Session(
+        t,
+        ctx,
+        samples_dir,
+        ckpt_root,
+        start,
+        tokenizer,
+        model,
+        optimizer,
+        scheduler,
+        state,
+        pad_id,
+        config_toml,
+        metrics,
+        wb,
+        bar,
+    )
 
 
 def _one_step(s: _Session, samples: list[contract.Sample], held_out: list[contract.Sample]) -> dict:
@@ -283,15 +325,21 @@ def _one_step(s: _Session, samples: list[contract.Sample], held_out: list[contra
     state.samples_seen += len(samples)
     if s.ctx.is_main:
         contract.write_consumed(s.samples_dir, state.samples_seen)
-    last = {"step": state.step, **m, "tokens_per_s": m["tokens"] / dt, "step_time_s": dt,
-            "samples_seen": state.samples_seen}
+    last = {
+        "step": state.step,
+        **m,
+        "tokens_per_s": m["tokens"] / dt,
+        "step_time_s": dt,
+        "samples_seen": state.samples_seen,
+    }
     if held_out and (state.step % t.eval_every == 0 or state.step == t.max_steps):
         last["eval_loss"] = evaluate(s.model, held_out, t, s.ctx, s.pad_id)
     return last
 
 
-def _steps(s: _Session, stream: Iterator[contract.Sample], held_out: list[contract.Sample],
-           in_run: bool) -> tuple[dict, int, Path | None]:
+def _steps(
+    s: _Session, stream: Iterator[contract.Sample], held_out: list[contract.Sample], in_run: bool
+) -> tuple[dict, int, Path | None]:
     """The step loop: (the last step's metrics, the step last saved at (-1: none), the last checkpoint)."""
     t, state = s.t, s.state
     last: dict = {}
@@ -329,8 +377,15 @@ def _steps(s: _Session, stream: Iterator[contract.Sample], held_out: list[contra
     return last, saved_at, saved
 
 
-def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, resume: bool = False,
-          producer_alive: Callable[[], bool] | None = None, progress: bool = True) -> dict:
+def train(
+    cfg: RunConfig,
+    run_dir: Path,
+    samples_dir: Path | None = None,
+    *,
+    resume: bool = False,
+    producer_alive: Callable[[], bool] | None = None,
+    progress: bool = True,
+) -> dict:
     """Train the student on the samples in samples_dir (default run_dir/samples); see module doc.
 
     Returns {"steps", "samples_seen", "final_loss", "eval_loss", "checkpoint", "metrics", "resumed_from"}.
@@ -341,8 +396,9 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
     t = s.t
 
     def follow(start: int):
-        return contract.follow_samples(samples_dir, start=start, timeout_s=t.sample_timeout,
-                                       producer_alive=producer_alive)
+        return contract.follow_samples(
+            samples_dir, start=start, timeout_s=t.sample_timeout, producer_alive=producer_alive
+        )
 
     # Held-out slice: the stream's first eval_samples samples, never trained on.
     held_out: list[contract.Sample] = []
@@ -361,10 +417,15 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
         s.wb.finish()
     dist.shutdown(s.ctx)
     start = s.start
-    return {"steps": s.state.step, "samples_seen": s.state.samples_seen, "final_loss": last.get("loss"),
-            "eval_loss": last.get("eval_loss"),
-            "checkpoint": str(saved) if saved else None, "metrics": str(run_dir / "metrics.jsonl"),
-            "resumed_from": str(start) if start else None}
+    return {
+        "steps": s.state.step,
+        "samples_seen": s.state.samples_seen,
+        "final_loss": last.get("loss"),
+        "eval_loss": last.get("eval_loss"),
+        "checkpoint": str(saved) if saved else None,
+        "metrics": str(run_dir / "metrics.jsonl"),
+        "resumed_from": str(start) if start else None,
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -372,13 +433,19 @@ def train(cfg: RunConfig, run_dir: Path, samples_dir: Path | None = None, *, res
 # ---------------------------------------------------------------------------
 
 
-def overfit_check(model_dir: str | Path, samples: list[contract.Sample], steps: int = 5, lr: float = 1e-3,
-                  seq_len: int | None = None) -> list[float]:
+def overfit_check(
+    model_dir: str | Path, samples: list[contract.Sample], steps: int = 5, lr: float = 1e-3, seq_len: int | None = None
+) -> list[float]:
     """Train a fresh copy of the model at `model_dir` on the same `samples` for `steps` steps
     (one process, CPU, constant lr); return the loss of each step. It should fall."""
     need = max(s.num_tokens for s in samples)
-    t = Trainer(max_steps=steps, samples_per_step=len(samples), seq_len=max(seq_len or 0, need, 8),
-                device="cpu", optim={"lr": lr, "schedule": "constant", "warmup_steps": 0})
+    t = Trainer(
+        max_steps=steps,
+        samples_per_step=len(samples),
+        seq_len=max(seq_len or 0, need, 8),
+        device="cpu",
+        optim={"lr": lr, "schedule": "constant", "warmup_steps": 0},
+    )
     ctx = dist.DistContext(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
     model = build_model(Path(model_dir), t, ctx)
     optimizer, scheduler = build_optimizer(model, t)

@@ -107,8 +107,11 @@ class Sample:
     def to_json(self) -> str:
         # Same output as json.dumps(asdict(self)), without asdict's deep copy of every token list
         # (it dominated the orchestrator's per-sample cost); unset teacher fields are left out.
-        d = {name: getattr(self, name) for name in self.__dataclass_fields__
-             if name not in TEACHER_FIELDS or getattr(self, name) is not None}
+        d = {
+            name: getattr(self, name)
+            for name in self.__dataclass_fields__
+            if name not in TEACHER_FIELDS or getattr(self, name) is not None
+        }
         return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
@@ -143,16 +146,22 @@ def _check_teacher_fields(s: Sample) -> None:
     if s.teacher_logprobs is not None:
         for j, (x, trained) in enumerate(zip(s.teacher_logprobs, s.completion_mask)):
             if not (x is None and not trained) and not _finite(x):
-                raise ValueError(f"{where}: teacher_logprobs[{j}] is {x!r}; "
-                                 + ("a trained token needs a finite number" if trained else "expected a number or null"))
+                raise ValueError(
+                    f"{where}: teacher_logprobs[{j}] is {x!r}; "
+                    + ("a trained token needs a finite number" if trained else "expected a number or null")
+                )
     ids, lps = s.teacher_topk_ids, s.teacher_topk_logprobs
     if (ids is None) != (lps is None):
-        raise ValueError(f"{where}: teacher_topk_ids and teacher_topk_logprobs come together; only "
-                         f"{'teacher_topk_ids' if lps is None else 'teacher_topk_logprobs'} is set")
+        raise ValueError(
+            f"{where}: teacher_topk_ids and teacher_topk_logprobs come together; only "
+            f"{'teacher_topk_ids' if lps is None else 'teacher_topk_logprobs'} is set"
+        )
     for j, (i_row, lp_row) in enumerate(zip(ids or (), lps or ())):
         if not isinstance(i_row, list) or not isinstance(lp_row, list) or len(i_row) != len(lp_row):
-            raise ValueError(f"{where}: teacher_topk_ids[{j}] and teacher_topk_logprobs[{j}] must be lists of "
-                             f"the same length, got {i_row!r} and {lp_row!r}")
+            raise ValueError(
+                f"{where}: teacher_topk_ids[{j}] and teacher_topk_logprobs[{j}] must be lists of "
+                f"the same length, got {i_row!r} and {lp_row!r}"
+            )
         if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in i_row):
             raise ValueError(f"{where}: teacher_topk_ids[{j}] is {i_row!r}; expected token ids (integers >= 0)")
         if not all(_finite(x) for x in lp_row):
@@ -301,8 +310,9 @@ def read_shard(path: Path) -> list[Sample]:
             continue
         where = f"{path}:{ln.number}"
         if ln.reason is not None:
-            raise ValueError(f"{where}: {ln.problem}; shards are written atomically, "
-                             f"so this file was edited or corrupted by hand")
+            raise ValueError(
+                f"{where}: {ln.problem}; shards are written atomically, so this file was edited or corrupted by hand"
+            )
         out.append(Sample.from_dict(ln.value, where))
     return out
 

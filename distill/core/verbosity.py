@@ -24,8 +24,11 @@ VERBOSE_VAR = "DISTILL_VERBOSE"
 #: terminal row of each of distill's progress bars when they run at once (distill run)
 BAR_ROWS = {"train": 0, "teacher": 1}
 
-_QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-              "TRANSFORMERS_VERBOSITY": "error"}
+_QUIET_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
 
 
 def verbose() -> bool:

@@ -81,7 +81,8 @@ class ChatKind:
         if req.tools:
             kw["tools"] = req.tools
         raw = await client.chat.completions.with_raw_response.create(
-            model=model, messages=req.messages, extra_body=req.extra_body or None, **kw)
+            model=model, messages=req.messages, extra_body=req.extra_body or None, **kw
+        )
         return raw.http_response
 
     def parse(self, body: bytes, req: ChatRequest) -> ChatAnswer:
@@ -95,12 +96,23 @@ def to_response(d: Delivery[ChatAnswer], req: ChatRequest) -> TeacherResponse:
     if req.extra_body:
         sent["extra_body"] = req.extra_body
     a = d.answer
-    return TeacherResponse(choices=a.choices, bad=a.bad, usage=a.usage, model=a.model, endpoint=d.endpoint,
-                           request_id=d.request_id, sent=sent, t_start=d.t_start, t_end=d.t_end,
-                           attempts=d.attempts)
+    return TeacherResponse(
+        choices=a.choices,
+        bad=a.bad,
+        usage=a.usage,
+        model=a.model,
+        endpoint=d.endpoint,
+        request_id=d.request_id,
+        sent=sent,
+        t_start=d.t_start,
+        t_end=d.t_end,
+        attempts=d.attempts,
+    )
 
 
-def parse_completion(body: bytes | str, want_choices: int) -> tuple[list[Choice], dict[str, int], str | None, str | None]:
+def parse_completion(
+    body: bytes | str, want_choices: int
+) -> tuple[list[Choice], dict[str, int], str | None, str | None]:
     """The usable choices of a chat-completions body (see parse_choices, whose unusable ones it drops)."""
     choices, _, usage, model, rid = parse_choices(body, want_choices)
     return choices, usage, model, rid
@@ -129,11 +141,14 @@ def parse_choices(body: bytes | str, want_choices: int):
             first = min(bad)
             raise ResponseError(bad[first][0], f"no usable choice in the response ({bad[first][1]})")
         usage = d.get("usage") if isinstance(d.get("usage"), dict) else {}
-        usage = {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                 "completion_tokens": int(usage.get("completion_tokens") or 0)}
+        usage = {
+            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "completion_tokens": int(usage.get("completion_tokens") or 0),
+        }
     except (TypeError, ValueError, AttributeError) as e:  # wrong types inside (usage, ...)
-        raise ResponseError("malformed_response", f"response body has an unexpected shape "
-                                                 f"({type(e).__name__}: {e})") from None
+        raise ResponseError(
+            "malformed_response", f"response body has an unexpected shape ({type(e).__name__}: {e})"
+        ) from None
     return choices, {k: r for k, (r, _) in bad.items()}, usage, d.get("model"), d.get("id")
 
 
@@ -181,5 +196,8 @@ def _parse_choice(c: Any, slot: int) -> Choice:
     tool_calls = m.get("tool_calls") or None
     if not content and not tool_calls:
         raise ResponseError("empty_content", f"choice {slot} has neither content nor tool calls")
-    return Choice(index=slot, message={"role": "assistant", "content": content, "reasoning_content": reasoning,
-                                       "tool_calls": tool_calls}, finish_reason=c.get("finish_reason"))
+    return Choice(
+        index=slot,
+        message={"role": "assistant", "content": content, "reasoning_content": reasoning, "tool_calls": tool_calls},
+        finish_reason=c.get("finish_reason"),
+    )

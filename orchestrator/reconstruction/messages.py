@@ -39,12 +39,21 @@ def _text_content(content: Any, where: str) -> str:
     if isinstance(content, list):
         parts = []
         for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type", "text") != "text" or not isinstance(part.get("text"), str):
+            if (
+                not isinstance(part, dict)
+                or part.get("type", "text") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise Reject("non_text_content", f"{where}: content part {j} is {kind!r}; only text parts are supported")
+                raise Reject(
+                    "non_text_content", f"{where}: content part {j} is {kind!r}; only text parts are supported"
+                )
             parts.append(part["text"])
         return "".join(parts)
-    raise Reject("invalid_message", f"{where}: content is a {type(content).__name__}, expected a string, null or a list of text parts")
+    raise Reject(
+        "invalid_message",
+        f"{where}: content is a {type(content).__name__}, expected a string, null or a list of text parts",
+    )
 
 
 def _tool_calls(raw: Any, where: str, shape: ToolCallShape) -> list[dict[str, Any]]:
@@ -59,8 +68,10 @@ def _tool_calls(raw: Any, where: str, shape: ToolCallShape) -> list[dict[str, An
         args, text = parse_arguments(fn.get("arguments", {}), f"{where}: tool_calls[{j}] ({name})")
         if args is None:
             raise Reject("invalid_tool_arguments", text)
-        call: dict[str, Any] = {"type": "function",
-                                "function": {"name": name, "arguments": text if shape.arguments_as_string else args}}
+        call: dict[str, Any] = {
+            "type": "function",
+            "function": {"name": name, "arguments": text if shape.arguments_as_string else args},
+        }
         if tc.get("id") is not None:
             call["id"] = str(tc["id"])
         out.append(call)
@@ -131,9 +142,11 @@ def check_special(msgs: list[Msg], tools, special_re: re.Pattern) -> None:
         for t in texts:
             hit = t and special_re.search(t)
             if hit:
-                raise Reject("special_token_in_content",
-                             f"messages[{i}] ({m.role}) contains the special token text {hit.group()!r}. "
-                             "Fix: clean the data, or set special_tokens_in_content = \"allow\"")
+                raise Reject(
+                    "special_token_in_content",
+                    f"messages[{i}] ({m.role}) contains the special token text {hit.group()!r}. "
+                    'Fix: clean the data, or set special_tokens_in_content = "allow"',
+                )
     if tools:
         hit = special_re.search(json.dumps(tools, ensure_ascii=False))
         if hit:

@@ -50,8 +50,7 @@ class Pipeline:
             pending += [(ci, p) for p in plans]
         return pending
 
-    def _complete(self, pending: list[tuple[int, "Pending"]], seg_ids: list[list[list[int]]],
-                  results: list) -> None:
+    def _complete(self, pending: list[tuple[int, "Pending"]], seg_ids: list[list[list[int]]], results: list) -> None:
         """Self-check the tokenised samples and add them (or their rejections) to `results`."""
         checks = self._roundtrip([p for _, p in pending], seg_ids)
         for (ci, p), ids, check in zip(pending, seg_ids, checks):
@@ -115,12 +114,21 @@ class Pipeline:
                 raise Reject("overlong", f"{n} tokens > max_seq_len {self.max_seq_len}")
             keep = self.max_seq_len - len(prompt_ids)
             if keep <= 0 or not any(mask[:keep]):
-                raise Reject("overlong", f"{n} tokens > max_seq_len {self.max_seq_len}, and the prompt "
-                                         f"({len(prompt_ids)} tokens) leaves nothing trainable")
+                raise Reject(
+                    "overlong",
+                    f"{n} tokens > max_seq_len {self.max_seq_len}, and the prompt "
+                    f"({len(prompt_ids)} tokens) leaves nothing trainable",
+                )
             completion_ids, mask = completion_ids[:keep], mask[:keep]
             meta["truncated_from"] = n
             self.stats["overlong_truncated"] += 1
         if not any(mask):
             raise Reject("no_trained_tokens", "no trained token in this sample")
-        return Sample(sample_id=p.sid, prompt_ids=list(prompt_ids), completion_ids=completion_ids,
-                      completion_mask=mask, meta=meta, **p.fields)
+        return Sample(
+            sample_id=p.sid,
+            prompt_ids=list(prompt_ids),
+            completion_ids=completion_ids,
+            completion_mask=mask,
+            meta=meta,
+            **p.fields,
+        )

@@ -56,9 +56,19 @@ class Planner:
     _prefix_renders: Callable[..., tuple[Callable[[int], str], Callable[[int], str]]]  # prefixes.PrefixRenders
     _locate_turn: Callable[..., Turn]  # turns.TurnLocator._locate_turn
 
-    def _prepare(self, messages, tools=None, *, sample_id: str, prompt_id: str = "", sample_index: int = 0,
-                 finish_reason: str | None = None, reward: float | None = None,
-                 teacher_model: str | None = None, meta: dict | None = None):
+    def _prepare(
+        self,
+        messages,
+        tools=None,
+        *,
+        sample_id: str,
+        prompt_id: str = "",
+        sample_index: int = 0,
+        finish_reason: str | None = None,
+        reward: float | None = None,
+        teacher_model: str | None = None,
+        meta: dict | None = None,
+    ):
         """Render and cut one conversation into per-sample segment texts (no tokens yet)."""
         self.stats["conversations"] += 1
         try:
@@ -79,18 +89,33 @@ class Planner:
             try:
                 utf8 = [t.encode("utf-8") for t in texts]
             except UnicodeEncodeError:
-                r = Reject("invalid_text", f"{where_not_unicode(messages, tools)} holds a lone surrogate "
-                                           "(not valid Unicode, so no tokenizer can encode it). Fix: repair or "
-                                           "drop the text at its source")
+                r = Reject(
+                    "invalid_text",
+                    f"{where_not_unicode(messages, tools)} holds a lone surrogate "
+                    "(not valid Unicode, so no tokenizer can encode it). Fix: repair or "
+                    "drop the text at its source",
+                )
                 return [], [self._reject(sample_id, r)]
-            plans.append(Pending(
-                sid=f"{sample_id}/turn{group[0] + 1}" if split else sample_id, texts=texts, utf8=utf8,
-                trained=trained,
-                keep_open=keep_open, split=split, meta={**(meta or {}), **extra},
-                fields=dict(prompt_id=prompt_id, sample_index=sample_index, reward=reward,
-                            teacher_model=teacher_model,
-                            finish_reason=finish_reason if is_last else
-                            ("tool_calls" if turns[group[-1]].has_tool_calls else "stop"))))
+            plans.append(
+                Pending(
+                    sid=f"{sample_id}/turn{group[0] + 1}" if split else sample_id,
+                    texts=texts,
+                    utf8=utf8,
+                    trained=trained,
+                    keep_open=keep_open,
+                    split=split,
+                    meta={**(meta or {}), **extra},
+                    fields=dict(
+                        prompt_id=prompt_id,
+                        sample_index=sample_index,
+                        reward=reward,
+                        teacher_model=teacher_model,
+                        finish_reason=finish_reason
+                        if is_last
+                        else ("tool_calls" if turns[group[-1]].has_tool_calls else "stop"),
+                    ),
+                )
+            )
         return plans, []
 
     def _plan(self, messages, tools, finish_reason):
@@ -118,8 +143,11 @@ class Planner:
                 groups.append([k])
         if len(groups) > 1 and self.cfg.on_history_rewrite == "reject":
             k = groups[1][0]
-            raise Reject("history_rewrite", f"the template renders the history before trained turn {k + 1} "
-                                            f"(messages[{trained[k]}]) differently from how it rendered turn {k}")
+            raise Reject(
+                "history_rewrite",
+                f"the template renders the history before trained turn {k + 1} "
+                f"(messages[{trained[k]}]) differently from how it rendered turn {k}",
+            )
         return groups, turns
 
     @staticmethod
@@ -129,8 +157,8 @@ class Planner:
         trained = [False]
         for j, t in enumerate(turns):
             if j:
-                texts.append(t.full[turns[j - 1].end: t.start])
+                texts.append(t.full[turns[j - 1].end : t.start])
                 trained.append(False)
-            texts.append(t.full[t.start: t.eot_start if (keep_open and j == len(turns) - 1) else t.end])
+            texts.append(t.full[t.start : t.eot_start if (keep_open and j == len(turns) - 1) else t.end])
             trained.append(True)
         return texts, trained

@@ -70,7 +70,9 @@ class PrefixRenders:
                 self.stats["prefix_renders_derived"] += 1
                 return derived
             self.stats["prefix_renders_not_derived"] += 1
-        return (lambda j: self._cached_prompt(data[:j], tools, parts=False)), (lambda j: self.render(data[:j], tools, False))
+        return (lambda j: self._cached_prompt(data[:j], tools, parts=False)), (
+            lambda j: self.render(data[:j], tools, False)
+        )
 
     def _derived_prefixes(self, data: list[dict], tools: list[dict] | None, first: int):
         """The marked render of the whole conversation gives the text before the loop, each
@@ -93,8 +95,11 @@ class PrefixRenders:
             if known is not None and prompt[2] != known:  # cannot happen if the proof holds
                 self._derive_prefixes = False
                 self.stats["prefix_cross_check_failed"] += 1
-                print("warning: the student's chat template rendered a different generation prompt than before; "
-                      "reconstruction now renders every prefix (please report this template)", file=sys.stderr)
+                print(
+                    "warning: the student's chat template rendered a different generation prompt than before; "
+                    "reconstruction now renders every prefix (please report this template)",
+                    file=sys.stderr,
+                )
                 return None
             if self.chat_template.after_is_constant:
                 self._after_prompt = prompt[2]

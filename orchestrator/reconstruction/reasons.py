@@ -20,13 +20,13 @@ REJECTION_REASONS: dict[str, str] = {
     "template_alters_content": "the template does not render the teacher's content verbatim (e.g. it trims it)",
     "reasoning_not_rendered": "reasoning=template, but the template did not render the turn's reasoning",
     "tool_calls_not_rendered": "the assistant turn has tool calls but the student's template does not render them "
-                               "(e.g. SmolLM2's), so the student would learn an empty turn",
+    "(e.g. SmolLM2's), so the student would learn an empty turn",
     "missing_end_token": "the rendered turn does not end with the template's end-of-turn token",
     "history_rewrite": "the template rewrites earlier turns, with on_history_rewrite=reject",
     "overlong": "longer than max_seq_len with overlong=drop, or nothing trainable left after truncation",
     "no_trained_tokens": "the sample would train on zero tokens",
     "invalid_text": "text that is not valid Unicode (a lone surrogate, as a JSON escape of half an emoji gives), "
-                    "which no tokenizer can encode",
+    "which no tokenizer can encode",
     "roundtrip_mismatch": "decoding the tokens does not give back the rendered text (self-check failed)",
     "invalid_json": "(tokenize_file) the input line is not valid JSON",
     "invalid_line": "(tokenize_file) the input line is not an object with a 'messages' list",

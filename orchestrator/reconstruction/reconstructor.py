@@ -39,16 +39,20 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
     def __init__(self, tokenizer, cfg: "Reconstruction", max_seq_len: int | None = None):
         template = getattr(tokenizer, "chat_template", None)
         if not isinstance(template, str) or not template:
-            raise ValueError("the student tokenizer has no chat template; reconstruction needs one. "
-                             "Fix: add chat_template.jinja to the tokenizer folder")
+            raise ValueError(
+                "the student tokenizer has no chat template; reconstruction needs one. "
+                "Fix: add chat_template.jinja to the tokenizer folder"
+            )
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.max_seq_len = max_seq_len if max_seq_len is not None else cfg.max_seq_len
         self.template = template
         self.backend = getattr(tokenizer, "backend_tokenizer", None)
         if self.backend is None:
-            raise ValueError("reconstruction needs a fast (Rust) tokenizer with a tokenizer.json; "
-                             f"got {type(tokenizer).__name__}. Fix: save the student tokenizer with tokenizers installed")
+            raise ValueError(
+                "reconstruction needs a fast (Rust) tokenizer with a tokenizer.json; "
+                f"got {type(tokenizer).__name__}. Fix: save the student tokenizer with tokenizers installed"
+            )
         self.train_roles = tuple(cfg.train_roles)
         self._token_bytes = token_bytes(self.backend)  # None unless a checked byte-level decoder
         self.chat_template = ChatTemplate(template)
@@ -58,8 +62,9 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._prompt_cache: dict[str, list[int]] = {}  # prompt text -> ids
         self._verified_prompts: dict[str, None] = {}  # prompt texts whose ids decoded back exactly
         self._render_cache: dict[str, Any] = {}  # messages JSON -> generation-prompt render (text or parts)
-        added = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.content.strip()},
-                       key=len, reverse=True)
+        added = sorted(
+            {t.content for t in tokenizer.added_tokens_decoder.values() if t.content.strip()}, key=len, reverse=True
+        )
         self._added_tokens = added
         self._special_re = re.compile("|".join(map(re.escape, added))) if added else None
         self.stats: collections.Counter = collections.Counter()
@@ -72,14 +77,35 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._anchor = [self.backend.token_to_id(self.eot)] if self._continuation is not None else []
         self.stats.clear()
 
-    def build(self, messages: list[dict], tools: list[dict] | None = None, *, sample_id: str,
-              prompt_id: str = "", sample_index: int = 0, finish_reason: str | None = None,
-              reward: float | None = None, teacher_model: str | None = None,
-              meta: dict | None = None) -> tuple[list[Sample], list[Rejection]]:
+    def build(
+        self,
+        messages: list[dict],
+        tools: list[dict] | None = None,
+        *,
+        sample_id: str,
+        prompt_id: str = "",
+        sample_index: int = 0,
+        finish_reason: str | None = None,
+        reward: float | None = None,
+        teacher_model: str | None = None,
+        meta: dict | None = None,
+    ) -> tuple[list[Sample], list[Rejection]]:
         """Samples for one conversation (several when split), and rejections."""
-        return self.build_many([dict(messages=messages, tools=tools, sample_id=sample_id, prompt_id=prompt_id,
-                                     sample_index=sample_index, finish_reason=finish_reason, reward=reward,
-                                     teacher_model=teacher_model, meta=meta)])[0]
+        return self.build_many(
+            [
+                dict(
+                    messages=messages,
+                    tools=tools,
+                    sample_id=sample_id,
+                    prompt_id=prompt_id,
+                    sample_index=sample_index,
+                    finish_reason=finish_reason,
+                    reward=reward,
+                    teacher_model=teacher_model,
+                    meta=meta,
+                )
+            ]
+        )[0]
 
     #: build_many works in chunks of this many conversations: while the tokenizer (Rust,
     #: without the GIL) encodes one chunk in a helper thread, Python renders the next.
@@ -103,7 +129,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="distill-encode") as pool:
             previous = None
             for start in range(0, len(conversations), chunk):
-                pending = self._prepare_chunk(conversations[start: start + chunk], start, results)
+                pending = self._prepare_chunk(conversations[start : start + chunk], start, results)
                 encoded = pool.submit(self._encode, [p for _, p in pending])  # one at a time: _encode owns its cache
                 if previous is not None:
                     self._complete(previous[0], previous[1].result(), results)

@@ -71,8 +71,9 @@ class SelfCheck:
         return out
 
     @staticmethod
-    def _self_check(p: "Pending", got_all: str, got_masked: str, rule: PrefixSpaceRule | None = None,
-                    anchor: str = "") -> None:
+    def _self_check(
+        p: "Pending", got_all: str, got_masked: str, rule: PrefixSpaceRule | None = None, anchor: str = ""
+    ) -> None:
         """The tokens must say exactly what the template rendered (with a dummy-prefix
         rule: the prompt as the rule says its tokens decode, the trained tokens decoded
         after the end-of-turn token as an anchor; orchestrator/segment_tokenize.py)."""
@@ -82,9 +83,11 @@ class SelfCheck:
             return
         bad, ref = (got_all, full) if got_all != full else (got_masked, masked)
         pos = next((i for i, (x, y) in enumerate(zip(bad, ref)) if x != y), min(len(bad), len(ref)))
-        raise Reject("roundtrip_mismatch",
-                     f"decoding the tokens differs from the rendered text at char {pos}: {bad[pos:pos + 20]!r} "
-                     f"vs {ref[pos:pos + 20]!r} (the tokenizer cannot represent this text exactly)")
+        raise Reject(
+            "roundtrip_mismatch",
+            f"decoding the tokens differs from the rendered text at char {pos}: {bad[pos : pos + 20]!r} "
+            f"vs {ref[pos : pos + 20]!r} (the tokenizer cannot represent this text exactly)",
+        )
 
 
 def bytes_match(table: list, utf8: list[bytes], seg_ids: list[list[int]], first: int) -> bool:

@@ -15,8 +15,7 @@ if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type
     from distill.core.config import Reconstruction
 
 
-def tokenize_file(tokenizer_dir: str, input_path: str, output_path: str,
-                  cfg: "Reconstruction | None" = None) -> dict:
+def tokenize_file(tokenizer_dir: str, input_path: str, output_path: str, cfg: "Reconstruction | None" = None) -> dict:
     """Reconstruct every conversation of a JSONL file; write samples and rejections as JSONL.
 
     Input lines: {"messages": [...], "tools": [...]?, "finish_reason": "..."?}.
@@ -37,11 +36,20 @@ def tokenize_file(tokenizer_dir: str, input_path: str, output_path: str,
         results = recon.build_many([conv for _, conv in batch])
         for (n, _), (samples, rejections) in zip(batch, results):
             for s in samples:
-                out_lines.append(json.dumps({"prompt_ids": s.prompt_ids, "completion_ids": s.completion_ids,
-                                             "completion_mask": s.completion_mask, "line": n}))
+                out_lines.append(
+                    json.dumps(
+                        {
+                            "prompt_ids": s.prompt_ids,
+                            "completion_ids": s.completion_ids,
+                            "completion_mask": s.completion_mask,
+                            "line": n,
+                        }
+                    )
+                )
             for r in rejections:
-                out_lines.append(json.dumps({"line": n, "error": f"{r.reason}: {input_path}:{n}: {r.detail}"},
-                                            ensure_ascii=False))
+                out_lines.append(
+                    json.dumps({"line": n, "error": f"{r.reason}: {input_path}:{n}: {r.detail}"}, ensure_ascii=False)
+                )
         batch.clear()
 
     with open(input_path, encoding="utf-8") as f:
@@ -56,8 +64,14 @@ def tokenize_file(tokenizer_dir: str, input_path: str, output_path: str,
                 out_lines.append(json.dumps({"line": n, "error": f"{err.reason}: {err.detail}"}, ensure_ascii=False))
                 counts[f"rejected:{err.reason}"] += 1
                 continue
-            batch.append((n, Conversation(rec["messages"], rec.get("tools"), sample_id=f"line{n}",
-                                          finish_reason=rec.get("finish_reason"))))
+            batch.append(
+                (
+                    n,
+                    Conversation(
+                        rec["messages"], rec.get("tools"), sample_id=f"line{n}", finish_reason=rec.get("finish_reason")
+                    ),
+                )
+            )
             if len(batch) >= 256:
                 flush()
     flush()
@@ -66,10 +80,15 @@ def tokenize_file(tokenizer_dir: str, input_path: str, output_path: str,
         if k != "conversations":
             counts[k] += v
     rejected = sum(v for k, v in counts.items() if k.startswith("rejected:"))
-    return {"input": str(input_path), "output": str(output_path), "lines": counts.pop("lines", 0),
-            "samples": counts.pop("samples", 0), "rejected": rejected,
-            "by_reason": {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("rejected:")},
-            **{k: v for k, v in sorted(counts.items()) if not k.startswith("rejected:")}}
+    return {
+        "input": str(input_path),
+        "output": str(output_path),
+        "lines": counts.pop("lines", 0),
+        "samples": counts.pop("samples", 0),
+        "rejected": rejected,
+        "by_reason": {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("rejected:")},
+        **{k: v for k, v in sorted(counts.items()) if not k.startswith("rejected:")},
+    }
 
 
 def _parse_line(line: str, path: str, n: int) -> tuple[dict | None, Reject | None]:

@@ -60,8 +60,10 @@ class TurnLocator:
         Renders a probe conversation whose assistant content is a sentinel and reads
         what follows the sentinel: an added (special) token, or else the eos token.
         """
-        probes = ([{"role": "user", "content": "Hi"}],
-                  [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}])
+        probes = (
+            [{"role": "user", "content": "Hi"}],
+            [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}],
+        )
         errors = []
         for head in probes:
             try:
@@ -72,14 +74,14 @@ class TurnLocator:
             if SENTINEL not in text:
                 errors.append("the template does not render assistant content")
                 continue
-            after = text[text.rindex(SENTINEL) + len(SENTINEL):]
+            after = text[text.rindex(SENTINEL) + len(SENTINEL) :]
             for tok in self._added_tokens + [self.tokenizer.eos_token or ""]:
                 if tok and after.startswith(tok):
-                    return tok, after[len(tok):]
-            errors.append(f"after the assistant content the template renders {after!r}, "
-                          "which does not start with a special token")
-        raise ValueError("cannot work out the end-of-turn token from the student's chat template: "
-                         + "; ".join(errors))
+                    return tok, after[len(tok) :]
+            errors.append(
+                f"after the assistant content the template renders {after!r}, which does not start with a special token"
+            )
+        raise ValueError("cannot work out the end-of-turn token from the student's chat template: " + "; ".join(errors))
 
     def _locate_turn(self, msgs: list[Msg], data: list[dict], a: int, tools, renders) -> Turn:
         m = msgs[a]
@@ -96,12 +98,15 @@ class TurnLocator:
         if not full.startswith(base):
             if m.role == "assistant":
                 return self._opened_turn(data, a, tools, base, m)
-            raise Reject("template_mismatch", f"messages[{a}]: the template's render of the history before it is "
-                                              f"not a prefix of its rendering of the turn (ends {base[-40:]!r})")
+            raise Reject(
+                "template_mismatch",
+                f"messages[{a}]: the template's render of the history before it is "
+                f"not a prefix of its rendering of the turn (ends {base[-40:]!r})",
+            )
         eot = self._turn_end_token(full, base, a)
         end = len(full) - len(self.final_tail)
         eot_start = end - len(eot)
-        seg = full[len(base):eot_start]
+        seg = full[len(base) : eot_start]
         placed = m.placed_prefix + m.content
         start = len(base)
         if m.role != "assistant" or not seg.startswith(placed):
@@ -114,31 +119,40 @@ class TurnLocator:
         # reasoning must be found there, not in a content that happens to mention them.
         rest = seg.replace(m.content, "", 1) if m.content else seg
         if m.reasoning and self.cfg.reasoning == "template" and m.reasoning.strip() not in rest:
-            raise Reject("reasoning_not_rendered",
-                         f"messages[{a}]: the template did not render reasoning_content. "
-                         "Fix: set reasoning = \"think_tags\" or \"drop\"")
+            raise Reject(
+                "reasoning_not_rendered",
+                f"messages[{a}]: the template did not render reasoning_content. "
+                'Fix: set reasoning = "think_tags" or "drop"',
+            )
         for call in m.data.get("tool_calls", []):
             name = call["function"]["name"]
             if name not in rest and self.tool_shape.null_content and m.content:
-                raise Reject("tool_calls_not_rendered",
-                             f"messages[{a}]: the student's chat template renders tool calls only in turns "
-                             f"without content (`content is none`), and this turn has content besides tool call "
-                             f"{name!r}; no setting changes that. Fix: use a student whose template renders both, "
-                             "or filter out such conversations")
+                raise Reject(
+                    "tool_calls_not_rendered",
+                    f"messages[{a}]: the student's chat template renders tool calls only in turns "
+                    f"without content (`content is none`), and this turn has content besides tool call "
+                    f"{name!r}; no setting changes that. Fix: use a student whose template renders both, "
+                    "or filter out such conversations",
+                )
             if name not in rest:
-                raise Reject("tool_calls_not_rendered",
-                             f"messages[{a}]: the student's chat template does not render tool call {name!r}; "
-                             "training would teach an empty turn. Fix: use a student whose template supports "
-                             "tools, or filter out tool conversations")
+                raise Reject(
+                    "tool_calls_not_rendered",
+                    f"messages[{a}]: the student's chat template does not render tool call {name!r}; "
+                    "training would teach an empty turn. Fix: use a student whose template supports "
+                    "tools, or filter out tool conversations",
+                )
         return Turn(full, start, eot_start, end, bool(m.data.get("tool_calls")), m.role)
 
     def _opened_turn(self, data: list[dict], a: int, tools, base: str, m: Msg) -> Turn:
         """The turn after a generation prompt that opens a block the history render
         drops (DeepSeek-R1-Distill's "<think>\n"), proven by orchestrator/open_reasoning.py."""
         if m.data.get("tool_calls"):
-            raise Reject("template_mismatch", f"messages[{a}]: the generation prompt opens a reasoning block "
-                                              f"(ends {base[-20:]!r}) and the turn has tool calls; the template "
-                                              "cannot show how the student continues into a tool call")
+            raise Reject(
+                "template_mismatch",
+                f"messages[{a}]: the generation prompt opens a reasoning block "
+                f"(ends {base[-20:]!r}) and the turn has tool calls; the template "
+                "cannot show how the student continues into a tool call",
+            )
 
         def render_with(content: str) -> str:
             msg = {k: v for k, v in data[a].items() if k not in ("reasoning_content", "thinking")}
@@ -170,8 +184,11 @@ class TurnLocator:
                     if tok != self.eot:
                         self.stats["other_end_token"] += 1
                     return tok
-        raise Reject("missing_end_token", f"messages[{a}]: the rendered turn does not end with a special token "
-                                          f"such as {self.eot!r} followed by {tail!r} (ends {full[-40:]!r})")
+        raise Reject(
+            "missing_end_token",
+            f"messages[{a}]: the rendered turn does not end with a special token "
+            f"such as {self.eot!r} followed by {tail!r} (ends {full[-40:]!r})",
+        )
 
     def _lead(self, data: list[dict], a: int, tools, base: str, seg: str, m: Msg, eot: str) -> str:
         probe = dict(data[a], content=m.placed_prefix + SENTINEL)
@@ -181,14 +198,18 @@ class TurnLocator:
             raise Reject("template_error", f"rendering messages[{a}]: {type(e).__name__}: {e}") from None
         end_s = len(full_s) - len(eot + self.final_tail)
         ok = full_s.startswith(base) and full_s.endswith(eot + self.final_tail) and end_s >= len(base)
-        seg_s = full_s[len(base):end_s] if ok else ""
+        seg_s = full_s[len(base) : end_s] if ok else ""
         i = seg_s.find(SENTINEL)
-        if i < 0 or seg_s[:i] + m.content + seg_s[i + len(SENTINEL):] != seg:
+        if i < 0 or seg_s[:i] + m.content + seg_s[i + len(SENTINEL) :] != seg:
             how = "does not render the content verbatim"
-            if i >= 0 and seg_s[:i] + m.content.strip() + seg_s[i + len(SENTINEL):] == seg:
-                how = ("trims whitespace from the content (`| trim`, as Llama 3's does), so the student would "
-                       "learn different text; no setting changes that: strip the content at its source, or use a "
-                       "student whose template keeps it")
-            raise Reject("template_alters_content",
-                         f"messages[{a}] ({m.role}): the template {how} (content starts {m.content[:30]!r})")
+            if i >= 0 and seg_s[:i] + m.content.strip() + seg_s[i + len(SENTINEL) :] == seg:
+                how = (
+                    "trims whitespace from the content (`| trim`, as Llama 3's does), so the student would "
+                    "learn different text; no setting changes that: strip the content at its source, or use a "
+                    "student whose template keeps it"
+                )
+            raise Reject(
+                "template_alters_content",
+                f"messages[{a}] ({m.role}): the template {how} (content starts {m.content[:30]!r})",
+            )
         return seg_s[:i]

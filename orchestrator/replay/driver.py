@@ -45,8 +45,12 @@ class _Outputs:
 
     def add(self, item_id: str, reason: str, detail: str) -> None:
         # the bytes of Rejection(item_id, reason, detail).to_json(), without its dataclass round trip
-        self.rejects.write(json.dumps({"item_id": item_id, "reason": reason, "detail": detail},
-                                      separators=(",", ":"), ensure_ascii=False) + "\n")
+        self.rejects.write(
+            json.dumps(
+                {"item_id": item_id, "reason": reason, "detail": detail}, separators=(",", ":"), ensure_ascii=False
+            )
+            + "\n"
+        )
 
     def bad_record(self, b: BadRecord) -> None:
         self.bad.write(b.to_json() + "\n")
@@ -64,8 +68,16 @@ def _progress_bar(total: int, enabled: bool):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="replay", file=sys.stderr,
-                mininterval=0.5, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="replay",
+        file=sys.stderr,
+        mininterval=0.5,
+        dynamic_ncols=True,
+    )
 
 
 def _input_paths(cfg: RunConfig, inputs: list[str] | None, on_error: str) -> list[str]:
@@ -75,21 +87,37 @@ def _input_paths(cfg: RunConfig, inputs: list[str] | None, on_error: str) -> lis
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     unknown = sorted(set(rc.columns) - set(COLUMN_NAMES))
     if unknown:
-        raise ValueError(f"orchestrator.replay.columns: unknown field name(s) {unknown}; the keys are our names "
-                         f"{list(COLUMN_NAMES)} and the values your column names, e.g. {{messages = \"conv\"}}")
+        raise ValueError(
+            f"orchestrator.replay.columns: unknown field name(s) {unknown}; the keys are our names "
+            f'{list(COLUMN_NAMES)} and the values your column names, e.g. {{messages = "conv"}}'
+        )
     patterns = list(inputs) if inputs else ([src.path] if src.path else [])
     if not patterns:
-        raise ReplayError("orchestrator.source.path", None, None, "is not set and no input file was given: "
-                          "replay has nothing to read", 'set orchestrator.source.path = "FILE.jsonl" (files, '
-                          "folders or globs), or pass input files: distill replay CONFIG INPUT...")
+        raise ReplayError(
+            "orchestrator.source.path",
+            None,
+            None,
+            "is not set and no input file was given: replay has nothing to read",
+            'set orchestrator.source.path = "FILE.jsonl" (files, '
+            "folders or globs), or pass input files: distill replay CONFIG INPUT...",
+        )
     return resolve_inputs(patterns)
 
 
 class _Replay:
     """One replay() call: its sink, its counters, and the steps of the run as methods."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, reconstructor, paths: list[str], on_error: str,
-                 progress: bool, max_ahead: int | None, stop_event):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: Path,
+        reconstructor,
+        paths: list[str],
+        on_error: str,
+        progress: bool,
+        max_ahead: int | None,
+        stop_event,
+    ):
         self.t0 = time.perf_counter()
         self.src, self.rc = cfg.orchestrator.source, cfg.orchestrator.replay
         self.paths, self.on_error, self.stop_event = paths, on_error, stop_event
@@ -138,8 +166,13 @@ class _Replay:
         """Builds the conversations waiting in `todo` and publishes their samples."""
         for c, result in zip(self.todo, self.sink.build(self.todo)):
             if isinstance(result, Exception):
-                b = BadRecord(c.file, c.line, "messages", f"reconstruction failed: {type(result).__name__}: {result}",
-                              reason="reconstruction_error")
+                b = BadRecord(
+                    c.file,
+                    c.line,
+                    "messages",
+                    f"reconstruction failed: {type(result).__name__}: {result}",
+                    reason="reconstruction_error",
+                )
                 self.bad(b)
                 if self.on_error == "fail":
                     raise b.as_error() from result
@@ -190,8 +223,9 @@ class _Replay:
     def read_all(self) -> None:
         """Every input record, in order, until the end, the record limit or a stop."""
         last_key: tuple[str, int] | None = None
-        for item in iter_conversations(self.paths, self.src.format, self.rc.columns, self.batch, self.on_bytes,
-                                       self.rc.max_line_bytes):
+        for item in iter_conversations(
+            self.paths, self.src.format, self.rc.columns, self.batch, self.on_bytes, self.rc.max_line_bytes
+        ):
             if self.stopped():
                 self.counts["stopped_early"] = 1
                 break
@@ -240,9 +274,13 @@ class _Replay:
             # Each record (plus each extra choice of a Batch API line) ends in exactly one outcome:
             # records + extra_conversations == trained + filtered + rejected + bad_records + not_reconstructed.
             "extra_conversations": counts["extra_conversations"],
-            "outcomes": {"trained": self.outcomes["trained"], "filtered": self.outcomes["filtered"],
-                         "rejected": self.outcomes["rejected"], "bad_records": counts["bad_records"],
-                         "not_reconstructed": self.outcomes["not_reconstructed"]},
+            "outcomes": {
+                "trained": self.outcomes["trained"],
+                "filtered": self.outcomes["filtered"],
+                "rejected": self.outcomes["rejected"],
+                "bad_records": counts["bad_records"],
+                "not_reconstructed": self.outcomes["not_reconstructed"],
+            },
             "samples": counts["samples"],
             "already_published": counts["already_published"],
             "samples_total": self.sink.writer.published,
@@ -260,9 +298,17 @@ class _Replay:
         }
 
 
-def replay(cfg: RunConfig, run_dir: Path, reconstructor, *, inputs: list[str] | None = None,
-           on_error: str | None = None, progress: bool = True, max_ahead: int | None = None,
-           stop_event=None) -> dict:
+def replay(
+    cfg: RunConfig,
+    run_dir: Path,
+    reconstructor,
+    *,
+    inputs: list[str] | None = None,
+    on_error: str | None = None,
+    progress: bool = True,
+    max_ahead: int | None = None,
+    stop_event=None,
+) -> dict:
     """Read inputs (default cfg.orchestrator.source.path; globs ok) -> filters -> reconstructor.build_many
     (batches of REPLAY_BATCH conversations or REPLAY_BATCH_BYTES) -> ShardWriter(run_dir/'samples') closed
     with DONE; rejects to run_dir/'rejects.jsonl', unreadable records to run_dir/'replay_rejects.jsonl';

@@ -21,8 +21,17 @@ from orchestrator.replay.reading import Line, _excerpt, iter_jsonl
 from orchestrator.replay.records import BadRecord, RecordError
 
 # Our names for input fields; orchestrator.replay.columns maps them to other column names.
-COLUMN_NAMES = ("messages", "conversations", "tools", "id", "finish_reason", "reward", "system", "model",
-                "sample_index")
+COLUMN_NAMES = (
+    "messages",
+    "conversations",
+    "tools",
+    "id",
+    "finish_reason",
+    "reward",
+    "system",
+    "model",
+    "sample_index",
+)
 
 
 def _apply_columns(obj: Any, columns: dict[str, str]) -> Any:
@@ -60,15 +69,15 @@ def iter_conversations(
                 yield from _parse_record(ln, path, where, fmt, columns, ctx)
 
 
-def _parse_record(ln: Line, path: str, where: str, fmt: str, columns: dict[str, str],
-                  ctx: ParseContext) -> list[Conversation | BadRecord]:
+def _parse_record(
+    ln: Line, path: str, where: str, fmt: str, columns: dict[str, str], ctx: ParseContext
+) -> list[Conversation | BadRecord]:
     """One parsed line (row) -> its Conversation(s), or one BadRecord naming the field and reason."""
     obj = _apply_columns(ln.obj, columns)
     try:
         kind = detect_format(obj) if fmt == "auto" or FORMATS[fmt].parse is None else fmt
         if not isinstance(obj, dict):
-            raise RecordError(None, f"expected a JSON object per {where}, got {json_type(obj)}",
-                              reason="not_an_object")
+            raise RecordError(None, f"expected a JSON object per {where}, got {json_type(obj)}", reason="not_an_object")
         return list(parse(kind, obj, path, ln.line, ctx))
     except RecursionError:  # walking a record nested almost as deep as json.loads allows
         e = RecordError(None, "nested too deeply to process", reason="too_deep")

@@ -66,16 +66,26 @@ def iter_jsonl(path: str, max_bytes: int = MAX_LINE_BYTES) -> Iterator[Line]:
         except StopIteration:
             return
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-            yield Line(lineno + 1, 0, bad=BadRecord(path, lineno + 1, None, f"the gzip stream ends early or is "
-                                                    f"damaged ({e}); the writer stopped mid-write", True,
-                                                    reason=jsonl.TORN))
+            yield Line(
+                lineno + 1,
+                0,
+                bad=BadRecord(
+                    path,
+                    lineno + 1,
+                    None,
+                    f"the gzip stream ends early or is damaged ({e}); the writer stopped mid-write",
+                    True,
+                    reason=jsonl.TORN,
+                ),
+            )
             return
         lineno = ln.number
         if ln.blank:
             yield Line(lineno, nbytes, empty=True)
         elif ln.reason is not None:
-            yield Line(lineno, nbytes, bad=BadRecord(path, lineno, None, ln.problem, ln.torn, _excerpt(ln.raw),
-                                                     ln.reason))
+            yield Line(
+                lineno, nbytes, bad=BadRecord(path, lineno, None, ln.problem, ln.torn, _excerpt(ln.raw), ln.reason)
+            )
         else:
             yield Line(lineno, nbytes, obj=ln.value)
 
@@ -91,15 +101,23 @@ def resolve_inputs(patterns: list[str]) -> list[str]:
                 raise ReplayError(pat, None, None, "no file matches this pattern", "check the path and the glob")
             out.extend(matches)
         elif os.path.isdir(p):
-            matches = sorted(str(q) for q in Path(p).iterdir()
-                             if q.is_file() and q.name.lower().endswith((".jsonl", ".jsonl.gz", ".parquet")))
+            matches = sorted(
+                str(q)
+                for q in Path(p).iterdir()
+                if q.is_file() and q.name.lower().endswith((".jsonl", ".jsonl.gz", ".parquet"))
+            )
             if not matches:
                 raise ReplayError(pat, None, None, "this folder holds no .jsonl, .jsonl.gz or .parquet file")
             out.extend(matches)
         elif os.path.isfile(p):
             out.append(p)
         else:
-            raise ReplayError(pat, None, None, "does not exist",
-                              "set orchestrator.source.path (or pass input files to `distill replay`)")
+            raise ReplayError(
+                pat,
+                None,
+                None,
+                "does not exist",
+                "set orchestrator.source.path (or pass input files to `distill replay`)",
+            )
     seen: set[str] = set()
     return [p for p in out if not (p in seen or seen.add(p))]

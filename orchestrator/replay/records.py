@@ -42,7 +42,6 @@ class RecordError(Exception):
         self.field, self.problem, self.fix, self.reason = field, problem, fix, reason
 
 
-
 @dataclass
 class BadRecord:
     """A line that could not be read; listed in replay_rejects.jsonl."""
@@ -56,9 +55,18 @@ class BadRecord:
     reason: str = "bad_field"  # the code counted in the summary's bad_record_reasons
 
     def to_json(self) -> str:
-        return json.dumps({"file": self.file, "line": self.line, "field": self.field, "reason": self.reason,
-                           "error": self.error, "partial": self.partial, "excerpt": self.excerpt},
-                          ensure_ascii=False)
+        return json.dumps(
+            {
+                "file": self.file,
+                "line": self.line,
+                "field": self.field,
+                "reason": self.reason,
+                "error": self.error,
+                "partial": self.partial,
+                "excerpt": self.excerpt,
+            },
+            ensure_ascii=False,
+        )
 
     def as_error(self) -> ReplayError:
         """The error `on_error = "fail"` raises: the problem, plus how to go on without this record."""
@@ -106,12 +114,14 @@ def normalize_message(m: Any, field: str) -> dict[str, Any]:
         raise RecordError(f"{field}.role", f"expected a role string, got {role!r}")
     content = m.get("content")
     if content is not None and not isinstance(content, (str, list)):
-        raise RecordError(f"{field}.content", f"expected a string, null or a list of content parts, "
-                          f"got {type(content).__name__}")
+        raise RecordError(
+            f"{field}.content", f"expected a string, null or a list of content parts, got {type(content).__name__}"
+        )
     missing = content_problem(m, final=False)
     if missing:
-        raise RecordError(f"{field}.content", missing, "give the message its text, or drop the record",
-                          "missing_content")
+        raise RecordError(
+            f"{field}.content", missing, "give the message its text, or drop the record", "missing_content"
+        )
     # OpenAI's newer "developer" role is the system prompt under another name.
     out: dict[str, Any] = {"role": "system" if role == "developer" else role, "content": content}
     for key in MESSAGE_KEYS[2:]:
@@ -128,8 +138,9 @@ def normalize_message(m: Any, field: str) -> dict[str, Any]:
 
 def _messages(v: Any, field: str) -> list[dict[str, Any]]:
     if not isinstance(v, list) or not v:
-        raise RecordError(field, "expected a non-empty list of messages"
-                          + (", got nothing" if v is None else f", got {json_type(v)}"))
+        raise RecordError(
+            field, "expected a non-empty list of messages" + (", got nothing" if v is None else f", got {json_type(v)}")
+        )
     return [normalize_message(m, f"{field}[{i}]") for i, m in enumerate(v)]
 
 
@@ -141,8 +152,12 @@ def _answered(messages: list[dict[str, Any]], field: str) -> list[dict[str, Any]
     counted and listed, and an on_error = "fail" replay of a paid-for recording does not stop on it."""
     problem = content_problem(messages[-1], final=True)
     if problem:
-        raise RecordError(f"{field}.content", problem,
-                          "give the final assistant message its answer, or drop the record", "empty_answer")
+        raise RecordError(
+            f"{field}.content",
+            problem,
+            "give the final assistant message its answer, or drop the record",
+            "empty_answer",
+        )
     return messages
 
 
@@ -193,11 +208,31 @@ def _id(obj: dict, key: str) -> str | None:
     return str(v)
 
 
-
-def conversation(fmt: str, file: str, line: int, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                 prompt_id: str, sample_index: int, finish_reason: str | None, reward: float | None,
-                 model: str | None, failed: str | None = None) -> Conversation:
+def conversation(
+    fmt: str,
+    file: str,
+    line: int,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    prompt_id: str,
+    sample_index: int,
+    finish_reason: str | None,
+    reward: float | None,
+    model: str | None,
+    failed: str | None = None,
+) -> Conversation:
     """The Conversation of one replayed record (its sample meta says where it was read)."""
-    return Conversation(messages, tools, prompt_id, sample_index, finish_reason, reward, model,
-                        meta={"source": "replay", "format": fmt, "file": file, "line": line},
-                        format=fmt, file=file, line=line, failed=failed)
+    return Conversation(
+        messages,
+        tools,
+        prompt_id,
+        sample_index,
+        finish_reason,
+        reward,
+        model,
+        meta={"source": "replay", "format": fmt, "file": file, "line": line},
+        format=fmt,
+        file=file,
+        line=line,
+        failed=failed,
+    )

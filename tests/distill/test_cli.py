@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def distill(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "distill", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "distill", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300, **kw
+    )
 
 
 def test_help_and_unknown_command():
@@ -28,9 +29,15 @@ def test_tokenize_contract(tmp_path, smol_tokenizer_dir, smol_tokenizer):
     """`distill tokenize`: one line per sample or per rejection, in input order."""
     lines = [
         {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "  4, since 2+2=4."}]},
-        {"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi"},
-                      {"role": "assistant", "content": "hey"}, {"role": "user", "content": "bye"},
-                      {"role": "assistant", "content": "ciao"}]},
+        {
+            "messages": [
+                {"role": "system", "content": "Be terse."},
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hey"},
+                {"role": "user", "content": "bye"},
+                {"role": "assistant", "content": "ciao"},
+            ]
+        },
         "this line is not JSON",
         {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": None}]},
         {"prompt": "no messages key"},
@@ -65,8 +72,17 @@ def test_tokenize_contract(tmp_path, smol_tokenizer_dir, smol_tokenizer):
 
 def test_inspect_and_html(tmp_path, smol_tokenizer_dir):
     src = tmp_path / "in.jsonl"
-    src.write_text(json.dumps({"messages": [{"role": "user", "content": "<b>hi</b>"},
-                                            {"role": "assistant", "content": "hello & welcome"}]}) + "\n")
+    src.write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "<b>hi</b>"},
+                    {"role": "assistant", "content": "hello & welcome"},
+                ]
+            }
+        )
+        + "\n"
+    )
     tok_out = tmp_path / "tok.jsonl"
     assert distill("tokenize", "--tokenizer", smol_tokenizer_dir, src, "-o", tok_out).returncode == 0
     # make a samples dir through the contract writer
@@ -74,8 +90,14 @@ def test_inspect_and_html(tmp_path, smol_tokenizer_dir):
 
     row = json.loads(tok_out.read_text().splitlines()[0])
     w = ShardWriter(tmp_path / "samples")
-    w.add(Sample(sample_id="p/0", prompt_ids=row["prompt_ids"], completion_ids=row["completion_ids"],
-                 completion_mask=row["completion_mask"]))
+    w.add(
+        Sample(
+            sample_id="p/0",
+            prompt_ids=row["prompt_ids"],
+            completion_ids=row["completion_ids"],
+            completion_mask=row["completion_mask"],
+        )
+    )
     w.close()
     html = tmp_path / "s.html"
     res = distill("inspect", tmp_path / "samples", "--tokenizer", smol_tokenizer_dir, "--html", html)
@@ -108,8 +130,20 @@ def test_probe_prints_what_the_endpoint_supports():
 
 
 def test_report_writes_a_png_and_a_summary(tmp_path):
-    metrics = [{"step": i, "loss": 2.0 / i, "trained_tokens": 100, "tokens": 300, "tokens_per_s": 50.0 + i,
-                "lr": 1e-4, "grad_norm": 1.0, "packing_efficiency": 1.0, "samples_seen": 4 * i} for i in range(1, 6)]
+    metrics = [
+        {
+            "step": i,
+            "loss": 2.0 / i,
+            "trained_tokens": 100,
+            "tokens": 300,
+            "tokens_per_s": 50.0 + i,
+            "lr": 1e-4,
+            "grad_norm": 1.0,
+            "packing_efficiency": 1.0,
+            "samples_seen": 4 * i,
+        }
+        for i in range(1, 6)
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     res = distill("report", tmp_path)
     assert res.returncode == 0, res.stderr

@@ -16,8 +16,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def distill(*args, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "distill", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "distill", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def base_toml(tmp: Path, extra: str = "") -> Path:
@@ -47,42 +53,161 @@ def _setup_broken_tokenizer(tmp: Path) -> None:
 
 # id: (command, TOML text after output_dir, extra args, env, setup, exit code, [what stderr names])
 MISTAKES = {
-    "tokenizer_path_missing": ("rollout", '[student]\ntokenizer = "{tmp}/no-such-tokenizer"\n', [], {}, None, 1,
-                               ["student.tokenizer", "no-such-tokenizer", "does not exist"]),
-    "tokenizer_folder_empty": ("rollout", '[student]\ntokenizer = "{tmp}/empty"\n', [], {}, _setup_empty_dir, 1,
-                               ["student.tokenizer", "holds no tokenizer"]),
-    "tokenizer_does_not_load": ("rollout", '[student]\ntokenizer = "{tmp}/broken"\n', [], {}, _setup_broken_tokenizer,
-                                1, ["student.tokenizer", "broken", "does not load"]),
-    "student_hub_id": ("rollout", '[student]\npath = "HuggingFaceTB/SmolLM2-135M-Instruct"\n', [], {}, None, 1,
-                       ["student.path", "looks like a hub id", "huggingface-cli download", "--local-dir"]),
-    "student_path_missing": ("run", '[student]\npath = "{tmp}/no-student"\n', [], {}, None, 1,
-                             ["student.path", "no-student", "does not exist"]),
-    "student_not_a_model": ("train", '[student]\npath = "{tmp}/empty"\n', [], {}, _setup_empty_dir, 1,
-                            ["student.path", "config.json"]),
-    "reward_fn_no_colon": ("rollout", '[orchestrator]\nreward_fn = "nocolon"\n', [], {}, None, 2,
-                           ["orchestrator.reward_fn", "module:function"]),
-    "reward_fn_no_module": ("rollout", '[orchestrator]\nreward_fn = "no_such_module_xyz:score"\n', [], {}, None, 1,
-                            ["orchestrator.reward_fn", "no_such_module_xyz"]),
-    "reward_fn_no_function": ("rollout", '[orchestrator]\nreward_fn = "orchestrator.rewards:nope"\n', [], {}, None,
-                              1, ["orchestrator.reward_fn", "nope"]),
-    "output_dir_under_file": ("rollout", "", ["--output_dir", "{tmp}/afile/run"], {}, _setup_file, 1,
-                              ["output_dir", "afile", "regular file"]),
-    "no_resume_on_existing_run": ("run", "", ["--no-resume"], {}, _setup_existing_run, 1,
-                                  ["output_dir", "already holds a run", "samples", "without --no-resume"]),
-    "prompt_path_is_a_folder": ("rollout", '[orchestrator.source]\ntype = "jsonl"\npath = "{tmp}/empty"\n', [],
-                                {}, _setup_empty_dir, 1, ["orchestrator.source.path", "is a folder"]),
-    "prompt_path_missing": ("rollout", '[orchestrator.source]\ntype = "jsonl"\npath = "{tmp}/p.jsonl"\n', [], {},
-                            None, 1, ["orchestrator.source.path", "p.jsonl", "does not exist"]),
+    "tokenizer_path_missing": (
+        "rollout",
+        '[student]\ntokenizer = "{tmp}/no-such-tokenizer"\n',
+        [],
+        {},
+        None,
+        1,
+        ["student.tokenizer", "no-such-tokenizer", "does not exist"],
+    ),
+    "tokenizer_folder_empty": (
+        "rollout",
+        '[student]\ntokenizer = "{tmp}/empty"\n',
+        [],
+        {},
+        _setup_empty_dir,
+        1,
+        ["student.tokenizer", "holds no tokenizer"],
+    ),
+    "tokenizer_does_not_load": (
+        "rollout",
+        '[student]\ntokenizer = "{tmp}/broken"\n',
+        [],
+        {},
+        _setup_broken_tokenizer,
+        1,
+        ["student.tokenizer", "broken", "does not load"],
+    ),
+    "student_hub_id": (
+        "rollout",
+        '[student]\npath = "HuggingFaceTB/SmolLM2-135M-Instruct"\n',
+        [],
+        {},
+        None,
+        1,
+        ["student.path", "looks like a hub id", "huggingface-cli download", "--local-dir"],
+    ),
+    "student_path_missing": (
+        "run",
+        '[student]\npath = "{tmp}/no-student"\n',
+        [],
+        {},
+        None,
+        1,
+        ["student.path", "no-student", "does not exist"],
+    ),
+    "student_not_a_model": (
+        "train",
+        '[student]\npath = "{tmp}/empty"\n',
+        [],
+        {},
+        _setup_empty_dir,
+        1,
+        ["student.path", "config.json"],
+    ),
+    "reward_fn_no_colon": (
+        "rollout",
+        '[orchestrator]\nreward_fn = "nocolon"\n',
+        [],
+        {},
+        None,
+        2,
+        ["orchestrator.reward_fn", "module:function"],
+    ),
+    "reward_fn_no_module": (
+        "rollout",
+        '[orchestrator]\nreward_fn = "no_such_module_xyz:score"\n',
+        [],
+        {},
+        None,
+        1,
+        ["orchestrator.reward_fn", "no_such_module_xyz"],
+    ),
+    "reward_fn_no_function": (
+        "rollout",
+        '[orchestrator]\nreward_fn = "orchestrator.rewards:nope"\n',
+        [],
+        {},
+        None,
+        1,
+        ["orchestrator.reward_fn", "nope"],
+    ),
+    "output_dir_under_file": (
+        "rollout",
+        "",
+        ["--output_dir", "{tmp}/afile/run"],
+        {},
+        _setup_file,
+        1,
+        ["output_dir", "afile", "regular file"],
+    ),
+    "no_resume_on_existing_run": (
+        "run",
+        "",
+        ["--no-resume"],
+        {},
+        _setup_existing_run,
+        1,
+        ["output_dir", "already holds a run", "samples", "without --no-resume"],
+    ),
+    "prompt_path_is_a_folder": (
+        "rollout",
+        '[orchestrator.source]\ntype = "jsonl"\npath = "{tmp}/empty"\n',
+        [],
+        {},
+        _setup_empty_dir,
+        1,
+        ["orchestrator.source.path", "is a folder"],
+    ),
+    "prompt_path_missing": (
+        "rollout",
+        '[orchestrator.source]\ntype = "jsonl"\npath = "{tmp}/p.jsonl"\n',
+        [],
+        {},
+        None,
+        1,
+        ["orchestrator.source.path", "p.jsonl", "does not exist"],
+    ),
     "replay_input_missing": ("replay", "", ["{tmp}/nothing.jsonl"], {}, None, 1, ["nothing.jsonl", "does not exist"]),
     "train_without_samples": ("train", "", [], {}, None, 1, ["no samples folder", "distill rollout"]),
-    "unknown_key_cli": ("rollout", "", ["--trainer.lr", "1"], {}, None, 2,
-                        ["unknown key trainer.lr; did you mean trainer.optim.lr?"]),
-    "unknown_key_toml": ("rollout", "[trainer]\nlr = 1\n", [], {}, None, 2,
-                         ["unknown key trainer.lr; did you mean trainer.optim.lr?", "cfg.toml"]),
-    "bad_env_override": ("rollout", "", [], {"DISTILL_TRAINER__MAX_STEPS": "abc"}, None, 2,
-                         ["DISTILL_TRAINER__MAX_STEPS", "trainer.max_steps"]),
-    "bad_env_json": ("rollout", "", [], {"DISTILL_ORCHESTRATOR__SAMPLING__EXTRA_BODY": "{bad"}, None, 2,
-                     ["DISTILL_ORCHESTRATOR__SAMPLING__EXTRA_BODY", "not valid JSON"]),
+    "unknown_key_cli": (
+        "rollout",
+        "",
+        ["--trainer.lr", "1"],
+        {},
+        None,
+        2,
+        ["unknown key trainer.lr; did you mean trainer.optim.lr?"],
+    ),
+    "unknown_key_toml": (
+        "rollout",
+        "[trainer]\nlr = 1\n",
+        [],
+        {},
+        None,
+        2,
+        ["unknown key trainer.lr; did you mean trainer.optim.lr?", "cfg.toml"],
+    ),
+    "bad_env_override": (
+        "rollout",
+        "",
+        [],
+        {"DISTILL_TRAINER__MAX_STEPS": "abc"},
+        None,
+        2,
+        ["DISTILL_TRAINER__MAX_STEPS", "trainer.max_steps"],
+    ),
+    "bad_env_json": (
+        "rollout",
+        "",
+        [],
+        {"DISTILL_ORCHESTRATOR__SAMPLING__EXTRA_BODY": "{bad"},
+        None,
+        2,
+        ["DISTILL_ORCHESTRATOR__SAMPLING__EXTRA_BODY", "not valid JSON"],
+    ),
     "config_missing": ("run", None, [], {}, None, 2, ["cfg.toml", "does not exist"]),
 }
 
@@ -108,8 +233,12 @@ def test_mistake_fails_with_one_clear_message_and_writes_nothing(case, tmp_path)
 
 
 def test_config_commands_answer_help():
-    own = {"run": ["--dry-run", "--no-resume"], "rollout": [], "replay": ["--on-error", "INPUT"],
-           "train": ["--resume", "--samples"]}
+    own = {
+        "run": ["--dry-run", "--no-resume"],
+        "rollout": [],
+        "replay": ["--on-error", "INPUT"],
+        "train": ["--resume", "--samples"],
+    }
     for command, flags in own.items():
         for h in ("--help", "-h"):
             res = distill(command, h)
@@ -146,26 +275,33 @@ def test_api_key_in_api_key_var_is_refused_without_echoing_it(tmp_path, value):
 def test_keys_in_headers_and_extra_body_reach_the_teacher_but_no_file_or_terminal(tmp_path, smol_tokenizer_dir):
     from support.fault_server import FaultServer, write_prompts
 
-    secrets = {"header": "sk-hdr-Q1w2E3r4T5y6U7i8", "body": "sk-body-Z9x8C7v6B5n4M3l2",
-               "nested": "Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig", "random": "aZ3kP9qL2mX7vB4nR8tY1wE6"}
+    secrets = {
+        "header": "sk-hdr-Q1w2E3r4T5y6U7i8",
+        "body": "sk-body-Z9x8C7v6B5n4M3l2",
+        "nested": "Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig",
+        "random": "aZ3kP9qL2mX7vB4nR8tY1wE6",
+    }
     prompts = tmp_path / "prompts.jsonl"
     write_prompts(prompts, 2)
     with FaultServer() as server:
-        cfg = base_toml(tmp_path, f"""
+        cfg = base_toml(
+            tmp_path,
+            f"""
 [student]
 tokenizer = "{smol_tokenizer_dir}"
 [orchestrator.rollout_model]
 base_url = "{server.base_url}"
 model = "fault-teacher"
-headers = {{X-Custom = "{secrets['header']}"}}
+headers = {{X-Custom = "{secrets["header"]}"}}
 [orchestrator.sampling]
 max_tokens = 16
-extra_body = {{route = "{secrets['body']}", cache_id = "{secrets['random']}", \
-provider = {{order = ["a"], auth_line = ["{secrets['nested']}"]}}}}
+extra_body = {{route = "{secrets["body"]}", cache_id = "{secrets["random"]}", \
+provider = {{order = ["a"], auth_line = ["{secrets["nested"]}"]}}}}
 [orchestrator.source]
 type = "jsonl"
 path = "{prompts}"
-""")
+""",
+        )
         dry = distill("run", cfg, "--dry-run")
         res = distill("rollout", cfg)
         sent = server.log.entries
@@ -175,8 +311,9 @@ path = "{prompts}"
     assert (run_dir / "recording.jsonl").is_file() and (run_dir / "config.toml").is_file()
     files = [p for p in run_dir.rglob("*") if p.is_file()]
     for name, secret in secrets.items():
-        for text, where in [(dry.stdout + dry.stderr, "dry-run"), (res.stdout + res.stderr, "terminal")] + \
-                [(p.read_bytes().decode("utf-8", "replace"), str(p)) for p in files]:
+        for text, where in [(dry.stdout + dry.stderr, "dry-run"), (res.stdout + res.stderr, "terminal")] + [
+            (p.read_bytes().decode("utf-8", "replace"), str(p)) for p in files
+        ]:
             assert secret not in text, (name, where)
     rec = json.loads((run_dir / "recording.jsonl").read_text().splitlines()[0])
     assert rec["sampling"]["extra_body"]["route"] == "<redacted>"

@@ -19,8 +19,9 @@ KEY = "orchestrator.rollout_model.base_url"
 
 
 def distill(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "distill", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "distill", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300, **kw
+    )
 
 
 def closed_port() -> int:
@@ -31,14 +32,22 @@ def closed_port() -> int:
     return port
 
 
-def write_cfg(tmp_path: Path, base_url: str, student: Path | str = "builtin:smollm2-135m-instruct", *,
-              prompts: int = 3, max_steps: int = 2, max_attempts: int = 2, backoff: float = 0.001,
-              samples_per_shard: int = 32) -> Path:
+def write_cfg(
+    tmp_path: Path,
+    base_url: str,
+    student: Path | str = "builtin:smollm2-135m-instruct",
+    *,
+    prompts: int = 3,
+    max_steps: int = 2,
+    max_attempts: int = 2,
+    backoff: float = 0.001,
+    samples_per_shard: int = 32,
+) -> Path:
     prompt_file = tmp_path / "prompts.jsonl"
     write_prompts(prompt_file, prompts)
     cfg = tmp_path / "run.toml"
     cfg.write_text(f"""
-output_dir = "{tmp_path / 'run'}"
+output_dir = "{tmp_path / "run"}"
 [student]
 path = "{student}"
 [orchestrator]
@@ -88,16 +97,22 @@ def test_unreachable_base_url_fails_before_any_request(tmp_path, smol_tokenizer_
     assert not (tmp_path / "run" / "recording.jsonl").exists()
 
 
-@pytest.mark.parametrize("url,why", [("", "is empty"), ("not a url", "no scheme"), ("ftp://host/v1", "scheme 'ftp'"),
-                                     ("http:///v1", "no host")])
+@pytest.mark.parametrize(
+    "url,why",
+    [("", "is empty"), ("not a url", "no scheme"), ("ftp://host/v1", "scheme 'ftp'"), ("http:///v1", "no host")],
+)
 def test_invalid_base_url_is_a_config_error(tmp_path, url, why):
     res = distill("rollout", write_cfg(tmp_path, "http://127.0.0.1:1/v1"), f"--{KEY}", url)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     line = next(x for x in res.stderr.splitlines() if KEY in x)
     assert why in line and "Fix:" in line
     assert not (tmp_path / "run").exists()  # nothing started
-    bad_extra = distill("rollout", write_cfg(tmp_path, "http://127.0.0.1:1/v1"),
-                        "--orchestrator.rollout_model.extra_base_urls", '["http://ok:1/v1", "ftp://x/v1"]')
+    bad_extra = distill(
+        "rollout",
+        write_cfg(tmp_path, "http://127.0.0.1:1/v1"),
+        "--orchestrator.rollout_model.extra_base_urls",
+        '["http://ok:1/v1", "ftp://x/v1"]',
+    )
     assert bad_extra.returncode == 2 and "orchestrator.rollout_model.extra_base_urls" in bad_extra.stderr
     assert "entry 1" in bad_extra.stderr
 
@@ -117,13 +132,29 @@ def test_refused_key_and_unknown_model_are_named(tmp_path, smol_tokenizer_dir):
     with FaultServer(api_key="sk-right") as s:
         cfg = write_cfg(tmp_path, s.base_url)
         env = {**__import__("os").environ, "TEACHER_FAIL_KEY": secret}
-        res = distill("rollout", cfg, "--student.tokenizer", smol_tokenizer_dir,
-                      "--orchestrator.rollout_model.api_key_var", "TEACHER_FAIL_KEY", env=env)
+        res = distill(
+            "rollout",
+            cfg,
+            "--student.tokenizer",
+            smol_tokenizer_dir,
+            "--orchestrator.rollout_model.api_key_var",
+            "TEACHER_FAIL_KEY",
+            env=env,
+        )
         msg = one_line_error(res)
         assert "TEACHER_FAIL_KEY" in msg and "401" in msg and "SECRET" not in res.stderr + res.stdout
         env["TEACHER_FAIL_KEY"] = "sk-right"
-        res = distill("rollout", cfg, "--student.tokenizer", smol_tokenizer_dir, "--orchestrator.rollout_model.model",
-                      "gpt-nope", "--orchestrator.rollout_model.api_key_var", "TEACHER_FAIL_KEY", env=env)
+        res = distill(
+            "rollout",
+            cfg,
+            "--student.tokenizer",
+            smol_tokenizer_dir,
+            "--orchestrator.rollout_model.model",
+            "gpt-nope",
+            "--orchestrator.rollout_model.api_key_var",
+            "TEACHER_FAIL_KEY",
+            env=env,
+        )
         msg = one_line_error(res)
         assert "'gpt-nope'" in msg and "'fault-teacher'" in msg and "orchestrator.rollout_model.model" in msg
     assert s.log.entries == []

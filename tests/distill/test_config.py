@@ -53,16 +53,20 @@ def test_examples_exist():
 
 
 def test_toml_values_and_cli_overrides(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
 output_dir = "runs/a"
 [trainer.optim]
 lr = 3e-4
 warmup_steps = 2
 [orchestrator.sampling]
 temperature = 0.5
-""")
-    cfg = load_config(p, ["--trainer.optim.lr", "1e-5", "--orchestrator.sampling.stop=[\"###\"]",
-                          "--trainer.max-steps", "3"])
+""",
+    )
+    cfg = load_config(
+        p, ["--trainer.optim.lr", "1e-5", '--orchestrator.sampling.stop=["###"]', "--trainer.max-steps", "3"]
+    )
     assert cfg.trainer.optim.lr == 1e-5  # CLI beats TOML
     assert cfg.trainer.optim.warmup_steps == 2  # untouched sibling survives the nested override
     assert cfg.trainer.max_steps == 3  # dashes accepted for underscores
@@ -74,8 +78,10 @@ def test_configs_loaded_from_threads_at_once_keep_their_own_toml(tmp_path):
     # The TOML data reaches pydantic-settings through a context variable, not a global.
     import threading
 
-    paths = [write(tmp_path, name=f"cfg{i}.toml", text=f"output_dir = \"runs/{i}\"\n[trainer.optim]\nwarmup_steps = {i}\n")
-             for i in range(8)]
+    paths = [
+        write(tmp_path, name=f"cfg{i}.toml", text=f'output_dir = "runs/{i}"\n[trainer.optim]\nwarmup_steps = {i}\n')
+        for i in range(8)
+    ]
     barrier, got, errors = threading.Barrier(len(paths)), {}, []
 
     def load(i: int) -> None:
@@ -112,7 +118,10 @@ def test_only_user_set_sampling_fields_are_sent(tmp_path):
 
 def test_override_parsing():
     assert parse_overrides(["--a.b", "1", "--a.c=true", "--d", "hello world", "--e", "[1, 2]"]) == {
-        "a": {"b": 1, "c": True}, "d": "hello world", "e": [1, 2]}
+        "a": {"b": 1, "c": True},
+        "d": "hello world",
+        "e": [1, 2],
+    }
     with pytest.raises(ConfigError, match="has no value"):
         parse_overrides(["--a.b"])
     with pytest.raises(ConfigError, match="expected --key.path"):
@@ -145,11 +154,13 @@ def test_toml_syntax_error_and_missing_file(tmp_path):
 # --- mode validation: external teacher => SFT only, no weight broadcast, no token client ---
 
 FORBIDDEN = {
-    "loss": ("trainer.loss.type", "[trainer.loss]\ntype = \"reverse_kl\"\n"),
-    "broadcast": ("weight_broadcast.type", "[weight_broadcast]\ntype = \"filesystem\"\n"),
-    "token_client": ("orchestrator.rollout_model.client", "[orchestrator.rollout_model]\nclient = \"tokens\"\n"),
-    "token_ids_in_body": ("orchestrator.sampling.extra_body.prompt_token_ids",
-                          "[orchestrator.sampling]\nextra_body = {prompt_token_ids = [1, 2]}\n"),
+    "loss": ("trainer.loss.type", '[trainer.loss]\ntype = "reverse_kl"\n'),
+    "broadcast": ("weight_broadcast.type", '[weight_broadcast]\ntype = "filesystem"\n'),
+    "token_client": ("orchestrator.rollout_model.client", '[orchestrator.rollout_model]\nclient = "tokens"\n'),
+    "token_ids_in_body": (
+        "orchestrator.sampling.extra_body.prompt_token_ids",
+        "[orchestrator.sampling]\nextra_body = {prompt_token_ids = [1, 2]}\n",
+    ),
 }
 
 
@@ -183,14 +194,32 @@ def test_mode_check_also_guards_python_construction():
 
 def test_cross_field_checks(tmp_path):
     with pytest.raises(ConfigError) as ei:
-        load_config(None, ["--orchestrator.reconstruction.max_seq_len", "4096", "--trainer.seq_len", "1024",
-                           "--orchestrator.source.type", "jsonl",
-                           "--orchestrator.local_teacher.enabled", "true",
-                           "--orchestrator.local_teacher.port", "9000",
-                           "--orchestrator.budget.max_cost", "5"])
+        load_config(
+            None,
+            [
+                "--orchestrator.reconstruction.max_seq_len",
+                "4096",
+                "--trainer.seq_len",
+                "1024",
+                "--orchestrator.source.type",
+                "jsonl",
+                "--orchestrator.local_teacher.enabled",
+                "true",
+                "--orchestrator.local_teacher.port",
+                "9000",
+                "--orchestrator.budget.max_cost",
+                "5",
+            ],
+        )
     keys = sorted(p.key for p in ei.value.problems)
-    assert keys == sorted(["orchestrator.reconstruction.max_seq_len", "orchestrator.source.path",
-                           "orchestrator.rollout_model.base_url", "orchestrator.budget.max_cost"])
+    assert keys == sorted(
+        [
+            "orchestrator.reconstruction.max_seq_len",
+            "orchestrator.source.path",
+            "orchestrator.rollout_model.base_url",
+            "orchestrator.budget.max_cost",
+        ]
+    )
 
 
 def test_replay_source_may_leave_its_path_to_the_command_line():
@@ -200,23 +229,27 @@ def test_replay_source_may_leave_its_path_to_the_command_line():
 
 
 def test_local_teacher_replicas_derive_extra_urls():
-    cfg = load_config(None, ["--orchestrator.local_teacher.enabled", "true",
-                             "--orchestrator.local_teacher.replicas", "3"])
-    assert cfg.orchestrator.rollout_model.extra_base_urls == [
-        "http://127.0.0.1:8766/v1", "http://127.0.0.1:8767/v1"]
+    cfg = load_config(
+        None, ["--orchestrator.local_teacher.enabled", "true", "--orchestrator.local_teacher.replicas", "3"]
+    )
+    assert cfg.orchestrator.rollout_model.extra_base_urls == ["http://127.0.0.1:8766/v1", "http://127.0.0.1:8767/v1"]
 
 
 # --- secrets ---
 
+
 def test_api_key_is_read_from_the_named_env_var_and_never_dumped(tmp_path, monkeypatch):
     secret = "sk-test-DO-NOT-LEAK-1234567890"
     monkeypatch.setenv("MY_TEACHER_KEY", secret)
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
 [orchestrator.rollout_model]
 base_url = "https://example.invalid/v1"
 api_key_var = "MY_TEACHER_KEY"
 headers = {Authorization = "Bearer sk-header-secret", X-Team = "ml"}
-""")
+""",
+    )
     cfg = load_config(p)
     assert api_key(cfg) == secret
     dumped = to_toml(redacted_dict(cfg))
@@ -228,25 +261,34 @@ headers = {Authorization = "Bearer sk-header-secret", X-Team = "ml"}
 
 
 def test_cli_dry_run_prints_resolved_config_redacted(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
 [orchestrator.rollout_model]
 base_url = "https://example.invalid/v1"
 api_key_var = "K"
 headers = {api-key = "sk-in-a-header"}
-""")
+""",
+    )
     env = dict(os.environ, K="sk-env-secret")
-    out = subprocess.run([sys.executable, "-m", "distill", "run", str(p), "--dry-run", "--trainer.optim.lr", "1e-5"],
-                         capture_output=True, text=True, env=env, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "distill", "run", str(p), "--dry-run", "--trainer.optim.lr", "1e-5"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     assert "lr = 1e-05" in out.stdout
     assert "max_seq_len = 1024" in out.stdout  # resolved, not just echoed
     assert "sk-in-a-header" not in out.stdout and "sk-env-secret" not in out.stdout
     assert read_toml(write(tmp_path, out.stdout, "dumped.toml"))["orchestrator"]["rollout_model"]["headers"] == {
-        "api-key": "<redacted>"}
+        "api-key": "<redacted>"
+    }
 
 
 def test_cli_reports_config_errors_with_exit_code_2(tmp_path):
-    p = write(tmp_path, "[trainer.loss]\ntype = \"grpo\"\n[weight_broadcast]\ntype = \"nccl\"\n")
+    p = write(tmp_path, '[trainer.loss]\ntype = "grpo"\n[weight_broadcast]\ntype = "nccl"\n')
     out = subprocess.run([sys.executable, "-m", "distill", "run", str(p)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2
     assert "trainer.loss.type" in out.stderr and "weight_broadcast.type" in out.stderr
@@ -261,29 +303,54 @@ def test_config_module_imports_no_torch():
 
 def test_configuration_reference_is_generated_from_the_code():
     """docs/configuration.md is regenerated from config.py; every key has a meaning."""
-    out = subprocess.run([sys.executable, "scripts/gen_config_doc.py", "--check"], capture_output=True,
-                         text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "scripts/gen_config_doc.py", "--check"], capture_output=True, text=True, cwd=ROOT
+    )
     assert out.returncode == 0, out.stderr
-    undocumented = [line for line in (ROOT / "docs" / "configuration.md").read_text().splitlines()
-                    if line.startswith("| `") and line.rstrip().endswith("|  |")]
+    undocumented = [
+        line
+        for line in (ROOT / "docs" / "configuration.md").read_text().splitlines()
+        if line.startswith("| `") and line.rstrip().endswith("|  |")
+    ]
     assert not undocumented, undocumented
 
 
 def test_cross_checks_that_would_deadlock_or_reject_everything():
     with pytest.raises(ConfigError) as ei:
-        load_config(None, ["--trainer.samples_per_step", "600", "--trainer.eval_every", "5",
-                           "--orchestrator.reconstruction.train_roles", '["Assistant"]'])
+        load_config(
+            None,
+            [
+                "--trainer.samples_per_step",
+                "600",
+                "--trainer.eval_every",
+                "5",
+                "--orchestrator.reconstruction.train_roles",
+                '["Assistant"]',
+            ],
+        )
     by_key = {p.key: p.message for p in ei.value.problems}
-    assert set(by_key) == {"orchestrator.max_ahead", "trainer.eval_samples",
-                           "orchestrator.reconstruction.train_roles"}
+    assert set(by_key) == {"orchestrator.max_ahead", "trainer.eval_samples", "orchestrator.reconstruction.train_roles"}
     assert "max_ahead >= 600" in by_key["orchestrator.max_ahead"]
-    cfg = load_config(None, ["--trainer.samples_per_step", "600", "--orchestrator.max_ahead", "700",
-                             "--trainer.eval_every", "5", "--trainer.eval_samples", "50"])
+    cfg = load_config(
+        None,
+        [
+            "--trainer.samples_per_step",
+            "600",
+            "--orchestrator.max_ahead",
+            "700",
+            "--trainer.eval_every",
+            "5",
+            "--trainer.eval_samples",
+            "50",
+        ],
+    )
     assert cfg.orchestrator.max_ahead == 700
 
 
 def test_redacted_dict_walks_nested_values_and_redacts_every_header(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
 [orchestrator.rollout_model]
 base_url = "https://example.invalid/v1"
 api_key_var = "K"
@@ -292,11 +359,14 @@ headers = {Ocp-Apim-Subscription-Key = "sk-azure-hdr", X-Team = "ml"}
 [orchestrator.sampling]
 max_tokens = 64
 extra_body = {min_tokens = 3, skip_special_tokens = false, provider = {api_key = "sk-nested", order = ["a"]}, routes = [{name = "r", access_token = "sk-in-list"}], bearer = "sk-flat"}
-""")
+""",
+    )
     d = redacted_dict(load_config(p))
     assert "sk-" not in to_toml(d)
-    assert d["orchestrator"]["rollout_model"]["headers"] == {"Ocp-Apim-Subscription-Key": "<redacted>",
-                                                              "X-Team": "<redacted>"}
+    assert d["orchestrator"]["rollout_model"]["headers"] == {
+        "Ocp-Apim-Subscription-Key": "<redacted>",
+        "X-Team": "<redacted>",
+    }
     assert d["orchestrator"]["rollout_model"]["api_key_var"] == "K"
     eb = d["orchestrator"]["sampling"]["extra_body"]
     assert eb["min_tokens"] == 3 and eb["skip_special_tokens"] is False and eb["bearer"] == "<redacted>"
@@ -307,26 +377,66 @@ extra_body = {min_tokens = 3, skip_special_tokens = false, provider = {api_key =
 
 def test_secret_key_rule_is_by_whole_parts():
     from distill.core.redact import is_secret_key
-    for k in ("api_key", "apikey", "api-key", "API_KEY", "apiKey", "Authorization", "client_secret", "password",
-              "Cookie", "token", "access_token", "x-auth-token", "bearer", "Ocp-Apim-Subscription-Key"):
+
+    for k in (
+        "api_key",
+        "apikey",
+        "api-key",
+        "API_KEY",
+        "apiKey",
+        "Authorization",
+        "client_secret",
+        "password",
+        "Cookie",
+        "token",
+        "access_token",
+        "x-auth-token",
+        "bearer",
+        "Ocp-Apim-Subscription-Key",
+    ):
         assert is_secret_key(k), k
-    for k in ("min_tokens", "max_new_tokens", "skip_special_tokens", "stop_token_ids", "max_tokens",
-              "max_completion_tokens", "return_token_ids", "pad_token", "tokenizer", "tokens_per_minute",
-              "api_key_var", "prompt_cache_key", "temperature"):
+    for k in (
+        "min_tokens",
+        "max_new_tokens",
+        "skip_special_tokens",
+        "stop_token_ids",
+        "max_tokens",
+        "max_completion_tokens",
+        "return_token_ids",
+        "pad_token",
+        "tokenizer",
+        "tokens_per_minute",
+        "api_key_var",
+        "prompt_cache_key",
+        "temperature",
+    ):
         assert not is_secret_key(k), k
 
 
 def test_values_that_look_like_keys_are_redacted_under_any_key():
     from distill.core.redact import looks_like_secret
 
-    for v in ("sk-proj-Abc123DEF456ghi789", "Bearer abcdefgh12345678", "hf_abcdefghijklmnopqrstuv",
-              "AKIAIOSFODNN7EXAMPLE", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig", "xGXcVhdMsywEAFT42CtSOAsuU4m43TA6",
-              "61e9bf11cbc932e4ea35aac65e7a8632"):
+    for v in (
+        "sk-proj-Abc123DEF456ghi789",
+        "Bearer abcdefgh12345678",
+        "hf_abcdefghijklmnopqrstuv",
+        "AKIAIOSFODNN7EXAMPLE",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig",
+        "xGXcVhdMsywEAFT42CtSOAsuU4m43TA6",
+        "61e9bf11cbc932e4ea35aac65e7a8632",
+    ):
         assert looks_like_secret(v), v
-    for v in ("meta-llama-Meta-Llama-3-8B-Instruct", "HuggingFaceTB-SmolLM2-135M-Instruct-Q4_1",
-              "gpt-4o-mini-2024-07-18",
-              "http://127.0.0.1:8765/v1", "runs/ckpt-61e9bf11cbc932e4ea35aac65e7a8632", "sk-short", "auto",
-              "orchestrator.rewards:gsm_symbolic_score", "You are a helpful assistant. Answer briefly and exactly."):
+    for v in (
+        "meta-llama-Meta-Llama-3-8B-Instruct",
+        "HuggingFaceTB-SmolLM2-135M-Instruct-Q4_1",
+        "gpt-4o-mini-2024-07-18",
+        "http://127.0.0.1:8765/v1",
+        "runs/ckpt-61e9bf11cbc932e4ea35aac65e7a8632",
+        "sk-short",
+        "auto",
+        "orchestrator.rewards:gsm_symbolic_score",
+        "You are a helpful assistant. Answer briefly and exactly.",
+    ):
         assert not looks_like_secret(v), v
     cfg = load_config(None, ["--orchestrator.sampling.extra_body", '{route = "sk-body-Z9x8C7v6B5n4M3l2", top_k = 5}'])
     eb = redacted_dict(cfg)["orchestrator"]["sampling"]["extra_body"]

@@ -15,18 +15,38 @@ from distill.core.contract import (
 )
 
 # The keys of a shard line as written before the teacher fields existed (format version 1).
-V1_KEYS = ["sample_id", "prompt_ids", "completion_ids", "completion_mask", "prompt_id", "sample_index",
-           "finish_reason", "reward", "teacher_model", "meta", "version"]
+V1_KEYS = [
+    "sample_id",
+    "prompt_ids",
+    "completion_ids",
+    "completion_mask",
+    "prompt_id",
+    "sample_index",
+    "finish_reason",
+    "reward",
+    "teacher_model",
+    "meta",
+    "version",
+]
 
 
 def _sample(**kw) -> Sample:
-    base = {"sample_id": "p/0", "prompt_ids": [1, 2], "completion_ids": [3, 4, 5], "completion_mask": [1, 0, 1],
-                "prompt_id": "p", "meta": {"src": "t"}}
+    base = {
+        "sample_id": "p/0",
+        "prompt_ids": [1, 2],
+        "completion_ids": [3, 4, 5],
+        "completion_mask": [1, 0, 1],
+        "prompt_id": "p",
+        "meta": {"src": "t"},
+    }
     return Sample(**{**base, **kw})
 
 
-TEACHER = {"teacher_logprobs": [-0.5, None, -1.25], "teacher_topk_ids": [[3, 9], [], [5]],
-               "teacher_topk_logprobs": [[-0.5, -2.0], [], [-1.25]]}
+TEACHER = {
+    "teacher_logprobs": [-0.5, None, -1.25],
+    "teacher_topk_ids": [[3, 9], [], [5]],
+    "teacher_topk_logprobs": [[-0.5, -2.0], [], [-1.25]],
+}
 
 
 def _roundtrip(tmp_path, samples):
@@ -59,9 +79,19 @@ def test_teacher_fields_round_trip_as_format_2(tmp_path):
 def test_old_shard_lines_still_read(tmp_path):
     d = tmp_path / "samples"
     d.mkdir()
-    old = {"sample_id": "p/0", "prompt_ids": [1], "completion_ids": [2, 3], "completion_mask": [1, 1],
-           "prompt_id": "p", "sample_index": 0, "finish_reason": "stop", "reward": None, "teacher_model": "t",
-           "meta": {}, "version": 1}
+    old = {
+        "sample_id": "p/0",
+        "prompt_ids": [1],
+        "completion_ids": [2, 3],
+        "completion_mask": [1, 1],
+        "prompt_id": "p",
+        "sample_index": 0,
+        "finish_reason": "stop",
+        "reward": None,
+        "teacher_model": "t",
+        "meta": {},
+        "version": 1,
+    }
     no_version = {k: v for k, v in old.items() if k != "version"} | {"sample_id": "p/1"}
     (d / "shard-000000.jsonl").write_text(json.dumps(old) + "\n" + json.dumps(no_version) + "\n")
     a, b = read_shard(d / "shard-000000.jsonl")
@@ -80,21 +110,30 @@ def test_a_newer_format_is_refused_naming_the_file_and_versions(tmp_path):
     assert "written by a newer distill" in msg and "upgrade distill" in msg
 
 
-@pytest.mark.parametrize("fields, named", [
-    ({"teacher_logprobs": [-0.5, None]}, "teacher_logprobs must be a list with one entry per completion token"),
-    ({"teacher_logprobs": "-0.5"}, "teacher_logprobs must be a list"),
-    ({"teacher_logprobs": [-0.5, None, None]}, "teacher_logprobs[2] is None; a trained token needs a finite"),
-    ({"teacher_logprobs": [float("nan"), None, -1.0]}, "teacher_logprobs[0] is nan"),
-    ({"teacher_logprobs": [-0.5, "x", -1.0]}, "teacher_logprobs[1] is 'x'; expected a number or null"),
-    ({"teacher_logprobs": [-0.5, None, True]}, "teacher_logprobs[2] is True"),
-    ({"teacher_topk_ids": [[1], [], [2]]}, "teacher_topk_ids and teacher_topk_logprobs come together"),
-    ({"teacher_topk_ids": [[1], [], [2]], "teacher_topk_logprobs": [[-1.0], [], [-1.0, -2.0]]},
-     "teacher_topk_ids[2] and teacher_topk_logprobs[2] must be lists of the same length"),
-    ({"teacher_topk_ids": [[1], [-4], [2]], "teacher_topk_logprobs": [[-1.0], [-1.0], [-1.0]]},
-     "teacher_topk_ids[1] is [-4]; expected token ids"),
-    ({"teacher_topk_ids": [[1], [], [2]], "teacher_topk_logprobs": [[-1.0], [], [float("inf")]]},
-     "teacher_topk_logprobs[2] is [inf]; expected finite numbers"),
-])
+@pytest.mark.parametrize(
+    "fields, named",
+    [
+        ({"teacher_logprobs": [-0.5, None]}, "teacher_logprobs must be a list with one entry per completion token"),
+        ({"teacher_logprobs": "-0.5"}, "teacher_logprobs must be a list"),
+        ({"teacher_logprobs": [-0.5, None, None]}, "teacher_logprobs[2] is None; a trained token needs a finite"),
+        ({"teacher_logprobs": [float("nan"), None, -1.0]}, "teacher_logprobs[0] is nan"),
+        ({"teacher_logprobs": [-0.5, "x", -1.0]}, "teacher_logprobs[1] is 'x'; expected a number or null"),
+        ({"teacher_logprobs": [-0.5, None, True]}, "teacher_logprobs[2] is True"),
+        ({"teacher_topk_ids": [[1], [], [2]]}, "teacher_topk_ids and teacher_topk_logprobs come together"),
+        (
+            {"teacher_topk_ids": [[1], [], [2]], "teacher_topk_logprobs": [[-1.0], [], [-1.0, -2.0]]},
+            "teacher_topk_ids[2] and teacher_topk_logprobs[2] must be lists of the same length",
+        ),
+        (
+            {"teacher_topk_ids": [[1], [-4], [2]], "teacher_topk_logprobs": [[-1.0], [-1.0], [-1.0]]},
+            "teacher_topk_ids[1] is [-4]; expected token ids",
+        ),
+        (
+            {"teacher_topk_ids": [[1], [], [2]], "teacher_topk_logprobs": [[-1.0], [], [float("inf")]]},
+            "teacher_topk_logprobs[2] is [inf]; expected finite numbers",
+        ),
+    ],
+)
 def test_malformed_teacher_fields_are_refused_naming_the_field(tmp_path, fields, named):
     with pytest.raises(ValueError) as ei:
         _sample(**fields)

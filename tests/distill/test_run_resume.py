@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def write_cfg(tmp_path: Path, base_url: str, student: Path, prompts: Path) -> Path:
     cfg = tmp_path / "run.toml"
     cfg.write_text(f"""
-output_dir = "{tmp_path / 'run'}"
+output_dir = "{tmp_path / "run"}"
 [student]
 path = "{student}"
 [orchestrator]
@@ -61,8 +61,13 @@ def test_distill_run_survives_kill_9_and_resumes(tmp_path, tiny_student_dir):
     with FaultServer(Faults(latency_s=0.4), seed=3) as server:
         cfg = write_cfg(tmp_path, server.base_url, tiny_student_dir, prompts)
         run = tmp_path / "run"
-        proc = subprocess.Popen([sys.executable, "-m", "distill", "run", str(cfg)], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "distill", "run", str(cfg)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 240
         # kill once some answers are recorded and at least one checkpoint exists
         while time.time() < deadline:
@@ -79,8 +84,14 @@ def test_distill_run_survives_kill_9_and_resumes(tmp_path, tiny_student_dir):
         assert 0 < sum(before.values()) < 32, "the kill should land mid-run"
         ok_before = len(server.log.ok())
 
-        again = subprocess.run([sys.executable, "-m", "distill", "run", str(cfg)], cwd=ROOT, env=env,
-                               capture_output=True, text=True, timeout=600)
+        again = subprocess.run(
+            [sys.executable, "-m", "distill", "run", str(cfg)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
 
     # exactly once: every (prompt, sample) recorded once, and recorded ones never asked again

@@ -32,10 +32,19 @@ AutoModelForCausalLM.from_pretrained(sys.argv[1])
 
 def _load(tmp_path: Path, name: str, **env) -> str:
     """stderr of saving and loading a sharded model after the CLI's quiet hook (no HF_*/DISTILL_* set)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HF_HUB_DISABLE", "HF_DATASETS_DISABLE",
-                                                                      "TRANSFORMERS_VERBOSITY", "DISTILL_VERBOSE"))}
-    out = subprocess.run([sys.executable, "-c", LOAD, str(tmp_path / name)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300, env={**clean, "PYTHONPATH": str(ROOT), **env})
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_HUB_DISABLE", "HF_DATASETS_DISABLE", "TRANSFORMERS_VERBOSITY", "DISTILL_VERBOSE"))
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD, str(tmp_path / name)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**clean, "PYTHONPATH": str(ROOT), **env},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert len(list((tmp_path / name).glob("model-*.safetensors"))) > 1
     return out.stderr
@@ -98,8 +107,9 @@ def test_teacher_and_trainer_bars_do_not_overwrite_each_other(tmp_path, order):
         deadline, screen = time.time() + 60, ""
         while time.time() < deadline and "distill: done." not in screen:
             time.sleep(0.3)
-            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
-                                    text=True).stdout
+            screen = subprocess.run(
+                ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
+            ).stdout
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session])
     lines = [x.rstrip() for x in screen.splitlines() if x.strip()]
@@ -116,7 +126,7 @@ def test_rollout_summary_names_retries_and_rejections_by_reason(tmp_path, smol_t
     with FaultServer(Faults(rate_429=0.2, rate_500=0.3, retry_after=0.01), seed=7) as s:
         cfg = tmp_path / "r.toml"
         cfg.write_text(f"""
-output_dir = "{tmp_path / 'run'}"
+output_dir = "{tmp_path / "run"}"
 [student]
 path = "{smol_tokenizer_dir}"
 [orchestrator]
@@ -137,8 +147,14 @@ max_tokens = 24
 type = "jsonl"
 path = "{prompts}"
 """)
-        out = subprocess.run([sys.executable, "-m", "distill", "rollout", str(cfg)], cwd=ROOT, capture_output=True,
-                             text=True, timeout=300, env={**os.environ, "VERBOSITY_TEST_KEY": "k"})
+        out = subprocess.run(
+            [sys.executable, "-m", "distill", "rollout", str(cfg)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "VERBOSITY_TEST_KEY": "k"},
+        )
     assert out.returncode == 0, out.stderr[-3000:]
     final = [json.loads(x) for x in (tmp_path / "run" / "orchestrator_metrics.jsonl").read_text().splitlines()][-1]
     assert final["retries"] and final["rejections"], "the faults should cause both"
@@ -147,6 +163,7 @@ path = "{prompts}"
         assert f"{reason}={count}" in line.split("retries: ")[1].split(";")[0]
     for reason, count in final["rejections"].items():
         assert f"{reason}={count}" in line.split("rejections: ")[1].split(";")[0]
-    assert (f"pairs done={final['pairs_done']} (published {final['pairs_published']}, "
-            f"rejected {final['pairs_rejected']})") in line
+    assert (
+        f"pairs done={final['pairs_done']} (published {final['pairs_published']}, rejected {final['pairs_rejected']})"
+    ) in line
     assert final["pairs_done"] == 24 == final["pairs_published"] + final["pairs_rejected"]

@@ -8,8 +8,16 @@ import time
 
 import pytest
 
-from orchestrator.client import (NonRetryableError, RetryPolicy, TeacherClient, TeacherError, TokenBucket,
-                                 parse_choices, parse_completion, parse_retry_after)
+from orchestrator.client import (
+    NonRetryableError,
+    RetryPolicy,
+    TeacherClient,
+    TeacherError,
+    TokenBucket,
+    parse_choices,
+    parse_completion,
+    parse_retry_after,
+)
 from support.fault_server import FaultServer, Faults
 
 MSGS = [{"role": "user", "content": "two plus two"}]
@@ -20,8 +28,9 @@ def run(coro):
 
 
 async def _complete(url, args=None, *, retry=None, sleep=asyncio.sleep, want=1, **kw):
-    c = TeacherClient([url] if isinstance(url, str) else url, "fault-teacher", "sk-test", retry=retry,
-                      sleep=sleep, **kw)
+    c = TeacherClient(
+        [url] if isinstance(url, str) else url, "fault-teacher", "sk-test", retry=retry, sleep=sleep, **kw
+    )
     try:
         return await c.complete(MSGS, None, args or {}, want=want), c
     finally:
@@ -51,8 +60,13 @@ def test_retry_after_is_honoured():
     # every request is a 429 with Retry-After: 2.5 -> all waits are exactly 2.5 s, then it gives up
     with FaultServer(Faults(rate_429=1.0, retry_after=2.5)) as s:
         with pytest.raises(TeacherError) as ei:
-            run(_complete(s.base_url, retry=RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.02),
-                          sleep=fake_sleep))
+            run(
+                _complete(
+                    s.base_url,
+                    retry=RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.02),
+                    sleep=fake_sleep,
+                )
+            )
     assert ei.value.reason == "http_429" and "gave up after 4 attempts" in str(ei.value)
     assert waits == [2.5, 2.5, 2.5]
     assert s.log.outcomes()["http429"] == 4
@@ -97,8 +111,9 @@ def test_unknown_model_404_is_not_retried():
 def test_each_fault_kind_is_retried_until_success(fault):
     # fault at rate 1.0 would never succeed: use a seeded 60% rate and plenty of attempts
     with FaultServer(Faults(**{fault: 0.6}), seed=7) as s:
-        resp, c = run(_complete(s.base_url, retry=RetryPolicy(max_attempts=30, initial_backoff=0.001,
-                                                              max_backoff=0.002)))
+        resp, c = run(
+            _complete(s.base_url, retry=RetryPolicy(max_attempts=30, initial_backoff=0.001, max_backoff=0.002))
+        )
     assert resp.choices and resp.choices[0].message["content"]
     kinds = s.log.outcomes()
     assert kinds["ok"] == 1 and sum(kinds.values()) == resp.attempts
@@ -115,8 +130,11 @@ def test_malformed_forever_gives_up_with_reason():
 
 def test_timeout_is_retried():
     with FaultServer(Faults(rate_slow=0.5, slow_s=1.0), seed=1) as s:
-        resp, c = run(_complete(s.base_url, retry=RetryPolicy(max_attempts=20, initial_backoff=0.001,
-                                                              max_backoff=0.001), timeout=0.3))
+        resp, c = run(
+            _complete(
+                s.base_url, retry=RetryPolicy(max_attempts=20, initial_backoff=0.001, max_backoff=0.001), timeout=0.3
+            )
+        )
     assert resp.choices
     assert c.stats.retries.get("timeout", 0) == resp.attempts - 1
 
@@ -128,17 +146,23 @@ def test_ignored_n_returns_fewer_choices():
 
 
 def test_parse_completion_variants():
-    body = b'{"choices":[{"index":0,"message":{"role":"assistant","content":null,"reasoning":"r",' \
-           b'"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},' \
-           b'"finish_reason":"tool_calls"}],"model":"m","usage":{"prompt_tokens":3,"completion_tokens":4}}'
+    body = (
+        b'{"choices":[{"index":0,"message":{"role":"assistant","content":null,"reasoning":"r",'
+        b'"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},'
+        b'"finish_reason":"tool_calls"}],"model":"m","usage":{"prompt_tokens":3,"completion_tokens":4}}'
+    )
     choices, usage, model, _ = parse_completion(body, 1)
     assert choices[0].message["reasoning_content"] == "r"  # "reasoning" is read as reasoning_content
     assert choices[0].message["tool_calls"][0]["function"]["name"] == "f"
     assert choices[0].finish_reason == "tool_calls" and usage == {"prompt_tokens": 3, "completion_tokens": 4}
-    for bad, reason in [(b"{", "malformed_response"), (b"[]", "malformed_response"),
-                        (b'{"choices":[]}', "empty_response"),
-                        (b'{"choices":[{"message":{"role":"assistant","content":""}}]}', "empty_content"),
-                        (b'{"choices":[{"text":"x"}]}', "null_message"), (b'{"choices":["x"]}', "malformed_choice")]:
+    for bad, reason in [
+        (b"{", "malformed_response"),
+        (b"[]", "malformed_response"),
+        (b'{"choices":[]}', "empty_response"),
+        (b'{"choices":[{"message":{"role":"assistant","content":""}}]}', "empty_content"),
+        (b'{"choices":[{"text":"x"}]}', "null_message"),
+        (b'{"choices":["x"]}', "malformed_choice"),
+    ]:
         with pytest.raises(TeacherError) as ei:
             parse_completion(bad, 1)
         assert ei.value.reason == reason, bad
@@ -225,8 +249,10 @@ def test_requests_per_minute_limits_real_requests():
 
 # --- review fixes: Retry-After cap, interruptible waits, malformed shapes, insufficient quota, probe ---
 
+
 def test_retry_after_is_capped_and_non_finite_is_ignored():
     import math
+
     p = RetryPolicy(max_attempts=3, initial_backoff=1.0, max_backoff=8.0)
     assert p.delay(1, 86400.0) == 300.0  # a day-long Retry-After is not waited on
     assert RetryPolicy(max_backoff=600.0).delay(1, 86400.0) == 600.0  # a longer max_backoff raises the cap
@@ -271,10 +297,13 @@ def test_retry_wait_ends_early_when_the_gate_stops():
     assert len(s.log.entries) == 1
 
 
-@pytest.mark.parametrize("body", [
-    b'{"choices":[{"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":"many"}}',
-    b'{"choices":[{"message":{"role":"assistant","content":"hi"}}],"usage":{"completion_tokens":[1]}}',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"choices":[{"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":"many"}}',
+        b'{"choices":[{"message":{"role":"assistant","content":"hi"}}],"usage":{"completion_tokens":[1]}}',
+    ],
+)
 def test_malformed_shapes_are_malformed_response(body):
     with pytest.raises(TeacherError) as ei:
         parse_completion(body, 1)
@@ -290,13 +319,24 @@ def test_content_parts_of_the_wrong_type_are_a_malformed_choice():
 
 def test_unusable_choices_are_reported_by_slot_and_the_good_ones_kept():
     ok = {"role": "assistant", "content": "fine"}
-    body = json.dumps({"choices": [
-        {"index": 0, "message": ok}, {"index": 1, "message": {"role": "assistant", "content": ""}},
-        {"index": 2, "message": None}, {"index": 4, "message": ok}, "junk"]})
+    body = json.dumps(
+        {
+            "choices": [
+                {"index": 0, "message": ok},
+                {"index": 1, "message": {"role": "assistant", "content": ""}},
+                {"index": 2, "message": None},
+                {"index": 4, "message": ok},
+                "junk",
+            ]
+        }
+    )
     choices, bad, _, _, _ = parse_choices(body, 5)
     # "junk" has no index: the slots are positions then
-    assert [c.index for c in choices] == [0, 3] and bad == {1: "empty_content", 2: "null_message",
-                                                            4: "malformed_choice"}
+    assert [c.index for c in choices] == [0, 3] and bad == {
+        1: "empty_content",
+        2: "null_message",
+        4: "malformed_choice",
+    }
     body = json.dumps({"choices": [{"index": 2, "message": ok}, {"index": 0, "message": {"content": None}}]})
     choices, bad, _, _, _ = parse_choices(body, 3)  # slot 1 left out: in neither
     assert [c.index for c in choices] == [2] and bad == {0: "empty_content"}
@@ -312,11 +352,13 @@ def test_429_insufficient_quota_is_not_retried():
 
 def test_probe_check_survives_odd_answers():
     from orchestrator.probe import _Probe
+
     p = _Probe("http://127.0.0.1:9/v1", "m", None, 1.0)
 
     def raiser(e):
         def f():
             raise e
+
         return f
 
     p.check("a", raiser(ValueError("bad number")))

@@ -12,8 +12,9 @@ from support.fault_server import FaultServer
 
 
 def rollout_model(**rm):
-    return load_config(None, {"orchestrator": {"rollout_model": {"model": "fault-teacher", **rm}}}) \
-        .orchestrator.rollout_model
+    return load_config(
+        None, {"orchestrator": {"rollout_model": {"model": "fault-teacher", **rm}}}
+    ).orchestrator.rollout_model
 
 
 def test_credentials_in_the_url_are_masked():

@@ -14,22 +14,29 @@ from distill.core.redact import MAX_DEPTH, redact
 def test_read_lines_cuts_lines_over_the_limit_and_goes_on_after_them():
     data = b"a" * 15 + b"\n" + b"b" * 16 + b"\n" + b"c" * 40 + b"\n" + b"ok\n" + b"d" * 30
     got = list(read_lines(io.BytesIO(data), 16))
-    assert got == [(b"a" * 15 + b"\n", 16, False),  # exactly the limit, newline included
-                   (b"b" * 16, 17, True), (b"c" * 16, 41, True), (b"ok\n", 3, False),
-                   (b"d" * 16, 30, True)]  # an over-long last line without its newline
+    assert got == [
+        (b"a" * 15 + b"\n", 16, False),  # exactly the limit, newline included
+        (b"b" * 16, 17, True),
+        (b"c" * 16, 41, True),
+        (b"ok\n", 3, False),
+        (b"d" * 16, 30, True),
+    ]  # an over-long last line without its newline
     with gzip.GzipFile(fileobj=(buf := io.BytesIO()), mode="wb") as gz:
         gz.write(data)
     buf.seek(0)
     assert list(read_lines(gzip.GzipFile(fileobj=buf), 16)) == got
 
 
-@pytest.mark.parametrize("raw,reason", [
-    (b"[" * 100_000 + b"]" * 100_000, "too_deep"),
-    (b'{"a": ' + b'{"b": ' * 5000 + b"1" + b"}" * 5000 + b"}", "too_deep"),
-    (b'{"text": "caf\xe9"}', "invalid_utf8"),
-    (b'{"text": ', "invalid_json"),
-    (b"", "invalid_json"),
-])
+@pytest.mark.parametrize(
+    "raw,reason",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "too_deep"),
+        (b'{"a": ' + b'{"b": ' * 5000 + b"1" + b"}" * 5000 + b"}", "too_deep"),
+        (b'{"text": "caf\xe9"}', "invalid_utf8"),
+        (b'{"text": ', "invalid_json"),
+        (b"", "invalid_json"),
+    ],
+)
 def test_parse_line_gives_a_reason_instead_of_raising(raw, reason):
     value, got, message = parse_line(raw)
     assert (value, got) == (None, reason) and message
@@ -37,7 +44,14 @@ def test_parse_line_gives_a_reason_instead_of_raising(raw, reason):
 
 def test_parse_line_and_json_type_of_bare_values():
     assert [json_type(parse_line(x)[0]) for x in (b"null", b"3", b"2.5", b'"s"', b"[]", b"true", b"{}")] == [
-        "null", "number", "number", "string", "array", "boolean", "object"]
+        "null",
+        "number",
+        "number",
+        "string",
+        "array",
+        "boolean",
+        "object",
+    ]
 
 
 def test_content_rules():

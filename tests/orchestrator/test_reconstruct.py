@@ -19,9 +19,16 @@ from distill.core.config import Reconstruction
 SMOL_SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
 IM = "<|im_end|>"
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                           "parameters": {"type": "object",
-                                                          "properties": {"city": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 
 
 def call(cid, name, args):
@@ -76,7 +83,9 @@ def test_smollm2_explicit_system_and_leading_space_tokens(smol_tokenizer):
     r = Reconstructor(smol_tokenizer, Reconstruction())
     s = one(r, convo(("Q", "  two spaces"), system="Be brief."))
     assert runs(smol_tokenizer, s)[0] == (
-        None, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n")
+        None,
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n",
+    )
     # Tokenised on its own the assistant text keeps its two spaces in its own tokens;
     # one-piece tokenisation of the whole render would merge "\n " across the boundary.
     alone = smol_tokenizer.encode("  two spaces" + IM, add_special_tokens=False)
@@ -88,21 +97,36 @@ def test_smollm2_explicit_system_and_leading_space_tokens(smol_tokenizer):
 def test_chatml_tools_parallel_calls_and_consecutive_tool_messages():
     tok = tokenizer_with("chatml_tools")
     r = recon("chatml_tools")
-    msgs = [{"role": "system", "content": "SYS"}, {"role": "user", "content": "Weather?"},
-            {"role": "assistant", "content": None, "tool_calls": [
-                call("a", "get_weather", '{"city": "Paris"}'), call("b", "get_weather", {"city": "London"})]},
-            {"role": "tool", "tool_call_id": "a", "content": "sunny"},
-            {"role": "tool", "tool_call_id": "b", "content": "rainy"},
-            {"role": "assistant", "content": "Paris sunny, London rainy."}]
+    msgs = [
+        {"role": "system", "content": "SYS"},
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [call("a", "get_weather", '{"city": "Paris"}'), call("b", "get_weather", {"city": "London"})],
+        },
+        {"role": "tool", "tool_call_id": "a", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "b", "content": "rainy"},
+        {"role": "assistant", "content": "Paris sunny, London rainy."},
+    ]
     s = one(r, msgs, TOOLS, finish_reason="stop")
     tools_json = json.dumps(TOOLS[0])
     assert runs(tok, s) == [
-        (None, f"<|im_start|>system\nSYS\n\n# Tools\n<tools>\n{tools_json}\n</tools><|im_end|>\n"
-               "<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\n"),
-        (1, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
-            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "London"}}\n</tool_call>' + IM),
-        (0, "\n<|im_start|>user\n<tool_response>\nsunny\n</tool_response>\n<tool_response>\nrainy\n"
-            "</tool_response><|im_end|>\n<|im_start|>assistant\n"),
+        (
+            None,
+            f"<|im_start|>system\nSYS\n\n# Tools\n<tools>\n{tools_json}\n</tools><|im_end|>\n"
+            "<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\n",
+        ),
+        (
+            1,
+            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "London"}}\n</tool_call>' + IM,
+        ),
+        (
+            0,
+            "\n<|im_start|>user\n<tool_response>\nsunny\n</tool_response>\n<tool_response>\nrainy\n"
+            "</tool_response><|im_end|>\n<|im_start|>assistant\n",
+        ),
         (1, "Paris sunny, London rainy." + IM),
     ]
 
@@ -134,16 +158,24 @@ def test_llama3_trim_is_a_content_alteration():
 def test_generation_marker_template_golden():
     tok = tokenizer_with("chatml_generation")
     s = one(recon("chatml_generation"), convo(("a", "b"), ("c", "d e")))
-    assert runs(tok, s) == [(None, "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\n"), (1, "b" + IM),
-                            (0, "\n<|im_start|>user\nc<|im_end|>\n<|im_start|>assistant\n"), (1, "d e" + IM)]
+    assert runs(tok, s) == [
+        (None, "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\n"),
+        (1, "b" + IM),
+        (0, "\n<|im_start|>user\nc<|im_end|>\n<|im_start|>assistant\n"),
+        (1, "d e" + IM),
+    ]
 
 
 # ---------------------------------------------------------------------------
 # History rewriting (Qwen3-style reasoning) and reasoning policies
 # ---------------------------------------------------------------------------
 
-Q3_TWO_QUERIES = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1", "reasoning_content": "R1"},
-                  {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2", "reasoning": "R2"}]
+Q3_TWO_QUERIES = [
+    {"role": "user", "content": "Q1"},
+    {"role": "assistant", "content": "A1", "reasoning_content": "R1"},
+    {"role": "user", "content": "Q2"},
+    {"role": "assistant", "content": "A2", "reasoning": "R2"},
+]
 Q3_P1 = "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\n"
 Q3_P2 = Q3_P1 + "A1<|im_end|>\n<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\n"
 
@@ -187,11 +219,17 @@ def test_chat_template_kwargs_pass_through():
 
 def test_tool_chain_inside_one_query_is_not_split():
     tok = tokenizer_with("reasoning_rewrite")
-    msgs = [{"role": "user", "content": "Q"},
-            {"role": "assistant", "content": "", "reasoning_content": "need tool",
-             "tool_calls": [call("1", "f", '{"x": 1}')]},
-            {"role": "tool", "content": "42"},
-            {"role": "assistant", "content": "It is 42.", "reasoning_content": "got it"}]
+    msgs = [
+        {"role": "user", "content": "Q"},
+        {
+            "role": "assistant",
+            "content": "",
+            "reasoning_content": "need tool",
+            "tool_calls": [call("1", "f", '{"x": 1}')],
+        },
+        {"role": "tool", "content": "42"},
+        {"role": "assistant", "content": "It is 42.", "reasoning_content": "got it"},
+    ]
     r = recon("reasoning_rewrite")
     s = one(r, msgs)
     assert runs(tok, s) == [
@@ -219,12 +257,18 @@ def test_tool_calls_the_template_cannot_render_are_rejected(smol_tokenizer):
     """SmolLM2's template ignores tool_calls: training would teach an empty turn, so reject."""
     r = Reconstructor(smol_tokenizer, Reconstruction())
     call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
-    rej = rejected(r, [{"role": "user", "content": "Weather?"},
-                       {"role": "assistant", "content": None, "tool_calls": [call]}])
+    rej = rejected(
+        r, [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    )
     assert rej.reason == "tool_calls_not_rendered" and "get_weather" in rej.detail
     # a content that merely mentions the tool's name does not count as the call being rendered
-    rej = rejected(r, [{"role": "user", "content": "Weather?"},
-                       {"role": "assistant", "content": "I will call get_weather now.", "tool_calls": [call]}])
+    rej = rejected(
+        r,
+        [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "I will call get_weather now.", "tool_calls": [call]},
+        ],
+    )
     assert rej.reason == "tool_calls_not_rendered"
 
 
@@ -269,11 +313,19 @@ def test_special_token_text_rejected_by_default(smol_tokenizer):
     r = Reconstructor(smol_tokenizer, Reconstruction())
     rej = rejected(r, convo(("paste <|im_start|>user", "A")))
     assert rej.reason == "special_token_in_content" and "<|im_start|>" in rej.detail and "messages[0]" in rej.detail
-    rej = rejected(r, [{"role": "user", "content": "Q"},
-                       {"role": "assistant", "content": "", "tool_calls": [call("1", "f", '{"a": "<|im_end|>"}')]}])
+    rej = rejected(
+        r,
+        [
+            {"role": "user", "content": "Q"},
+            {"role": "assistant", "content": "", "tool_calls": [call("1", "f", '{"a": "<|im_end|>"}')]},
+        ],
+    )
     assert rej.reason == "special_token_in_content"
-    rej = rejected(Reconstructor(tokenizer_with("chatml_tools"), Reconstruction()), convo(("Q", "A")),
-                   [{"type": "function", "function": {"name": "f", "description": "<|endoftext|>"}}])
+    rej = rejected(
+        Reconstructor(tokenizer_with("chatml_tools"), Reconstruction()),
+        convo(("Q", "A")),
+        [{"type": "function", "function": {"name": "f", "description": "<|endoftext|>"}}],
+    )
     assert rej.reason == "special_token_in_content" and "tools" in rej.detail
 
 
@@ -294,32 +346,74 @@ def test_special_token_text_allowed_never_moves_the_mask(smol_tokenizer):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("messages,reason,where", [
-    ([], "invalid_message", "non-empty"),
-    (["hi"], "invalid_message", "messages[0]"),
-    ([{"role": "user", "content": 5}, {"role": "assistant", "content": "A"}], "invalid_message", "messages[0]"),
-    ([{"role": "function", "content": "x"}, {"role": "assistant", "content": "A"}], "unknown_role", "'function'"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
-      {"role": "assistant", "content": "A"}], "non_text_content", "'image_url'"),
-    ([{"role": "user", "content": "Q"}, {"role": "assistant", "content": ""}], "empty_assistant_turn", "messages[1]"),
-    ([{"role": "user", "content": "Q"}, {"role": "assistant", "content": None, "tool_calls": []}],
-     "empty_assistant_turn", "messages[1]"),
-    ([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "", "tool_calls": [{"function": {}}]}],
-     "invalid_tool_call", "function.name"),
-    ([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "", "tool_calls": "f()"}],
-     "invalid_tool_call", "tool_calls is a str"),
-    ([{"role": "user", "content": "Q"}, {"role": "assistant", "content": None,
-                                         "tool_calls": [call("1", "f", '{"x": ')]}],
-     "invalid_tool_arguments", "not valid JSON"),
-    ([{"role": "user", "content": "Q"}, {"role": "assistant", "content": None,
-                                         "tool_calls": [call("1", "f", "[1, 2]")]}],
-     "invalid_tool_arguments", "JSON list"),
-    ([{"role": "user", "content": "Q"}], "no_trained_turn", "train_roles"),
-    ([{"role": "user", "content": "Q"}, {"role": "assistant", "content": json.loads('"half \\ud83d emoji"')}],
-     "invalid_text", "messages[1]"),
-    ([{"role": "system", "content": "\udc00"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
-     "invalid_text", "messages[0]"),
-])
+@pytest.mark.parametrize(
+    "messages,reason,where",
+    [
+        ([], "invalid_message", "non-empty"),
+        (["hi"], "invalid_message", "messages[0]"),
+        ([{"role": "user", "content": 5}, {"role": "assistant", "content": "A"}], "invalid_message", "messages[0]"),
+        ([{"role": "function", "content": "x"}, {"role": "assistant", "content": "A"}], "unknown_role", "'function'"),
+        (
+            [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+                {"role": "assistant", "content": "A"},
+            ],
+            "non_text_content",
+            "'image_url'",
+        ),
+        (
+            [{"role": "user", "content": "Q"}, {"role": "assistant", "content": ""}],
+            "empty_assistant_turn",
+            "messages[1]",
+        ),
+        (
+            [{"role": "user", "content": "Q"}, {"role": "assistant", "content": None, "tool_calls": []}],
+            "empty_assistant_turn",
+            "messages[1]",
+        ),
+        (
+            [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "", "tool_calls": [{"function": {}}]}],
+            "invalid_tool_call",
+            "function.name",
+        ),
+        (
+            [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "", "tool_calls": "f()"}],
+            "invalid_tool_call",
+            "tool_calls is a str",
+        ),
+        (
+            [
+                {"role": "user", "content": "Q"},
+                {"role": "assistant", "content": None, "tool_calls": [call("1", "f", '{"x": ')]},
+            ],
+            "invalid_tool_arguments",
+            "not valid JSON",
+        ),
+        (
+            [
+                {"role": "user", "content": "Q"},
+                {"role": "assistant", "content": None, "tool_calls": [call("1", "f", "[1, 2]")]},
+            ],
+            "invalid_tool_arguments",
+            "JSON list",
+        ),
+        ([{"role": "user", "content": "Q"}], "no_trained_turn", "train_roles"),
+        (
+            [{"role": "user", "content": "Q"}, {"role": "assistant", "content": json.loads('"half \\ud83d emoji"')}],
+            "invalid_text",
+            "messages[1]",
+        ),
+        (
+            [
+                {"role": "system", "content": "\udc00"},
+                {"role": "user", "content": "Q"},
+                {"role": "assistant", "content": "A"},
+            ],
+            "invalid_text",
+            "messages[0]",
+        ),
+    ],
+)
 def test_input_rejections(smol_tokenizer, messages, reason, where):
     rej = rejected(Reconstructor(smol_tokenizer, Reconstruction()), messages)
     assert rej.reason == reason and where in rej.detail and rej.item_id == "s"
@@ -340,8 +434,13 @@ def test_invalid_text_does_not_sink_its_batch(smol_tokenizer):
 
 def test_text_parts_are_joined(smol_tokenizer):
     r = Reconstructor(smol_tokenizer, Reconstruction())
-    s = one(r, [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": " b"}]},
-                {"role": "assistant", "content": [{"type": "text", "text": "c"}]}])
+    s = one(
+        r,
+        [
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": " b"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "c"}]},
+        ],
+    )
     assert "user\na b<|im_end|>" in decode(smol_tokenizer, s.prompt_ids)
 
 
@@ -353,14 +452,17 @@ def _inline(template: str):
     return tok
 
 
-CHATML_BODY = ("{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}"
-               "{%- endfor %}")
+CHATML_BODY = (
+    "{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endfor %}"
+)
 
 
 def test_template_error():
-    tok = _inline("{%- for m in messages %}{%- if m.role == 'tool' %}{{ raise_exception('no tools here') }}"
-                  "{%- endif %}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endfor %}"
-                  "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+    tok = _inline(
+        "{%- for m in messages %}{%- if m.role == 'tool' %}{{ raise_exception('no tools here') }}"
+        "{%- endif %}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    )
     msgs = convo(("Q", "A")) + [{"role": "tool", "content": "r"}, {"role": "assistant", "content": "B"}]
     rej = rejected(Reconstructor(tok, Reconstruction()), msgs)
     assert rej.reason == "template_error" and "no tools here" in rej.detail
@@ -368,9 +470,11 @@ def test_template_error():
 
 def test_template_mismatch():
     # The generation prompt says "assistant" but turns are rendered as "model".
-    tok = _inline("{%- for m in messages %}{{- '<|im_start|>' + ('model' if m.role == 'assistant' else m.role) + "
-                  "'\\n' + m.content + '<|im_end|>\\n' }}{%- endfor %}"
-                  "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+    tok = _inline(
+        "{%- for m in messages %}{{- '<|im_start|>' + ('model' if m.role == 'assistant' else m.role) + "
+        "'\\n' + m.content + '<|im_end|>\\n' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    )
     rej = rejected(Reconstructor(tok, Reconstruction()), convo(("Q", "A")))
     assert rej.reason == "template_mismatch"
 
@@ -378,12 +482,18 @@ def test_template_mismatch():
 def test_other_end_token_for_tool_call_turns():
     # Like Llama 3.1's <|eom_id|>: tool-call turns end with a different special token,
     # which is then that turn's trained end token.
-    tok = _inline("{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' + m.content }}"
-                  "{%- if m.tool_calls %}{{- 'CALL ' + m.tool_calls[0].function.name + '<|endoftext|>\\n' }}"
-                  "{%- else %}{{- '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
-                  "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
-    msgs = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": None, "tool_calls": [call("1", "f", "{}")]},
-            {"role": "tool", "content": "r"}, {"role": "assistant", "content": "done"}]
+    tok = _inline(
+        "{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' + m.content }}"
+        "{%- if m.tool_calls %}{{- 'CALL ' + m.tool_calls[0].function.name + '<|endoftext|>\\n' }}"
+        "{%- else %}{{- '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    )
+    msgs = [
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": None, "tool_calls": [call("1", "f", "{}")]},
+        {"role": "tool", "content": "r"},
+        {"role": "assistant", "content": "done"},
+    ]
     r = Reconstructor(tok, Reconstruction())
     s = one(r, msgs)
     assert masked_text(tok, s) == "CALL f<|endoftext|>done" + IM and r.stats["other_end_token"] == 1
@@ -391,11 +501,16 @@ def test_other_end_token_for_tool_call_turns():
 
 def test_missing_end_token():
     # A tool-call turn that ends in plain text: no end token to train.
-    tok = _inline("{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' + m.content }}"
-                  "{%- if m.tool_calls %}{{- 'CALL ' + m.tool_calls[0].function.name + '\\n' }}"
-                  "{%- else %}{{- '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
-                  "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
-    msgs = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": None, "tool_calls": [call("1", "f", "{}")]}]
+    tok = _inline(
+        "{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' + m.content }}"
+        "{%- if m.tool_calls %}{{- 'CALL ' + m.tool_calls[0].function.name + '\\n' }}"
+        "{%- else %}{{- '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    )
+    msgs = [
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": None, "tool_calls": [call("1", "f", "{}")]},
+    ]
     rej = rejected(Reconstructor(tok, Reconstruction()), msgs)
     assert rej.reason == "missing_end_token" and "<|im_end|>" in rej.detail
 
@@ -411,7 +526,10 @@ def test_truncated_tool_call_turn_the_template_cannot_render():
     # rendering is caught first, with the more useful reason.
     tok = tokenizer_with(None)
     r = Reconstructor(tok, Reconstruction(truncated="keep"))
-    msgs = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": None, "tool_calls": [call("1", "f", "{}")]}]
+    msgs = [
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": None, "tool_calls": [call("1", "f", "{}")]},
+    ]
     assert rejected(r, msgs, finish_reason="length").reason == "tool_calls_not_rendered"
 
 
@@ -453,9 +571,16 @@ def test_train_roles_user():
     tok = tokenizer_with("chatml_generation")
     r = recon("chatml_generation", train_roles=["user", "assistant"])
     s = one(r, convo(("Q", "A"), ("Q2", "B")))
-    assert runs(tok, s) == [(None, "<|im_start|>user\n"), (1, "Q" + IM), (0, "\n<|im_start|>assistant\n"),
-                            (1, "A" + IM), (0, "\n<|im_start|>user\n"), (1, "Q2" + IM),
-                            (0, "\n<|im_start|>assistant\n"), (1, "B" + IM)]
+    assert runs(tok, s) == [
+        (None, "<|im_start|>user\n"),
+        (1, "Q" + IM),
+        (0, "\n<|im_start|>assistant\n"),
+        (1, "A" + IM),
+        (0, "\n<|im_start|>user\n"),
+        (1, "Q2" + IM),
+        (0, "\n<|im_start|>assistant\n"),
+        (1, "B" + IM),
+    ]
 
 
 def test_trailing_context_after_last_trained_turn_is_dropped(smol_tokenizer):
@@ -523,7 +648,14 @@ def test_tokenize_file(tmp_path, smol_tokenizer_dir, smol_tokenizer):
         "{not json",
         json.dumps([1, 2]),
         "",
-        json.dumps({"messages": convo(("Q", "cut"), ), "finish_reason": "length"}),
+        json.dumps(
+            {
+                "messages": convo(
+                    ("Q", "cut"),
+                ),
+                "finish_reason": "length",
+            }
+        ),
         json.dumps({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": ""}]}),
         json.dumps({"messages": convo(("Q", "B")), "tools": TOOLS, "finish_reason": "stop"}),
     ]
@@ -548,7 +680,9 @@ def test_tokenize_file(tmp_path, smol_tokenizer_dir, smol_tokenizer):
 def test_tokenize_file_uses_policy(tmp_path, smol_tokenizer_dir):
     inp = tmp_path / "in.jsonl"
     inp.write_text(json.dumps({"messages": convo(("Q", "cut")), "finish_reason": "length"}) + "\n")
-    summary = tokenize_file(str(smol_tokenizer_dir), str(inp), str(tmp_path / "o.jsonl"), Reconstruction(truncated="keep"))
+    summary = tokenize_file(
+        str(smol_tokenizer_dir), str(inp), str(tmp_path / "o.jsonl"), Reconstruction(truncated="keep")
+    )
     assert summary["samples"] == 1 and summary["rejected"] == 0 and summary["truncated_kept"] == 1
 
 
@@ -656,8 +790,12 @@ def test_build_many_pipelined_over_chunks_equals_build():
         if i % 7 == 3:
             msgs = convo(("Q", ""))  # empty assistant turn: rejected
         elif i % 5 == 0:
-            msgs = [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a", "reasoning_content": "r"},
-                    {"role": "user", "content": "again"}, {"role": "assistant", "content": f"b{i}"}]
+            msgs = [
+                {"role": "user", "content": f"q{i}"},
+                {"role": "assistant", "content": "a", "reasoning_content": "r"},
+                {"role": "user", "content": "again"},
+                {"role": "assistant", "content": f"b{i}"},
+            ]
         else:
             msgs = convo((f"shared {i % 4}", f"answer {i}"))
         convs.append(dict(messages=msgs, sample_id=f"c{i}"))
@@ -681,7 +819,7 @@ def test_inspect_terminal_and_html(smol_tokenizer):
     # trained run in [[ ]] with token boundaries, newlines made visible, nothing else trained
     body = plain.split("\n\n", 1)[1]
     assert body.count("[[") == 1 and body.count("]]") == 1
-    trained = body[body.index("[[") + 2: body.index("]]")]
+    trained = body[body.index("[[") + 2 : body.index("]]")]
     assert trained.split("\u2502") == ["Yes", " <", "i", ">", "&", "amp", ";", "</", "i", ">", " 😀", "<|im_end|>"]
     assert "\u2502ass\u2502istant\u2502\u21b5\n" in body  # header tokens, newline made visible
     colored = render_terminal(s, smol_tokenizer, color=True)

@@ -31,8 +31,9 @@ def jinja_render(tok, messages, add_generation_prompt=False, **kw):
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(tok.chat_template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                     **tok.special_tokens_map, **kw)
+    return env.from_string(tok.chat_template).render(
+        messages=messages, add_generation_prompt=add_generation_prompt, **tok.special_tokens_map, **kw
+    )
 
 
 DS_EOS = "<｜end▁of▁sentence｜>"
@@ -40,12 +41,17 @@ CALL_ARGS = '{"city": "Paris", "unit": "C"}'
 
 
 def tool_conversation(content=None, args=CALL_ARGS):
-    return [{"role": "system", "content": "Sys"},
-            {"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": content,
-             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": args}}]},
-            {"role": "tool", "content": "sunny, 21", "tool_call_id": "c1"},
-            {"role": "assistant", "content": "It is sunny."}]
+    return [
+        {"role": "system", "content": "Sys"},
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": content,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": args}}],
+        },
+        {"role": "tool", "content": "sunny, 21", "tool_call_id": "c1"},
+        {"role": "assistant", "content": "It is sunny."},
+    ]
 
 
 # -- tool-call argument shape ---------------------------------------------------
@@ -60,10 +66,15 @@ def test_string_pasting_template_gets_the_api_json_string_and_null_content():
     s = samples[0]
     assert runs(tok, s) == [
         (None, "<｜begin▁of▁sentence｜>Sys<｜User｜>Weather in Paris?<｜Assistant｜>"),
-        (1, "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n"
-            + CALL_ARGS + "\n```<｜tool▁call▁end｜>"),
+        (
+            1,
+            "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n"
+            + CALL_ARGS
+            + "\n```<｜tool▁call▁end｜>",
+        ),
         (0, "<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>sunny, 21<｜tool▁output▁end｜><｜tool▁outputs▁end｜>"),
-        (1, "It is sunny." + DS_EOS)]
+        (1, "It is sunny." + DS_EOS),
+    ]
     # the reference: the template itself (plain jinja), given the arguments as the string it pastes
     assert full_text(tok, s) == jinja_render(tok, tool_conversation())
     # this template ends a single tool-call turn without <｜end▁of▁sentence｜> (its own quirk):
@@ -74,8 +85,9 @@ def test_string_pasting_template_gets_the_api_json_string_and_null_content():
 def test_string_pasting_template_with_dict_arguments_and_empty_string_content():
     tok = family("deepseek", "deepseek_v3")
     r = recon(tok=tok)
-    samples, rejections = r.build(tool_conversation(content="", args={"city": "Paris", "unit": "C"}), None,
-                                  sample_id="t")
+    samples, rejections = r.build(
+        tool_conversation(content="", args={"city": "Paris", "unit": "C"}), None, sample_id="t"
+    )
     assert rejections == []
     assert CALL_ARGS in masked_text(tok, samples[0])
 
@@ -120,8 +132,12 @@ def sp_pieces(tok, ids):
 def test_sentencepiece_turns_are_tokenised_as_the_student_emits_them():
     tok = family("mistral_sp", "mistral_v0_1")
     r = recon(tok=tok)
-    msgs = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How are you?"},
-            {"role": "user", "content": "Fine"}, {"role": "assistant", "content": "Good."}]
+    msgs = [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello! How are you?"},
+        {"role": "user", "content": "Fine"},
+        {"role": "assistant", "content": "Good."},
+    ]
     samples, rejections = r.build(msgs, None, sample_id="m")
     assert rejections == [] and len(samples) == 1
     s = samples[0]
@@ -154,16 +170,24 @@ def test_sentencepiece_segment_is_not_given_a_dummy_prefix():
     assert r._prefix_rule.kind == "piece"
     assert sp_pieces(tok, tok.backend_tokenizer.encode("x", add_special_tokens=False).ids) == ["▁x"]
     assert sp_pieces(tok, r._continuation.encode("x", add_special_tokens=False).ids) == ["x"]
-    samples, rejections = r.build([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
-                                  None, sample_id="m")
+    samples, rejections = r.build(
+        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], None, sample_id="m"
+    )
     assert rejections == [] and sp_pieces(tok, samples[0].completion_ids) == ["▁A", "</s>"]
 
 
 def test_sentencepiece_template_rejections_name_the_template():
     r = recon(tok=family("mistral_sp", "mistral_v0_1"))
-    _, rejections = r.build([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"},
-                             {"role": "tool", "content": "t"}, {"role": "assistant", "content": "B"}],
-                            None, sample_id="m")
+    _, rejections = r.build(
+        [
+            {"role": "user", "content": "Q"},
+            {"role": "assistant", "content": "A"},
+            {"role": "tool", "content": "t"},
+            {"role": "assistant", "content": "B"},
+        ],
+        None,
+        sample_id="m",
+    )
     assert [x.reason for x in rejections] == ["template_error"]
     assert "roles must alternate user/assistant" in rejections[0].detail
 
@@ -175,13 +199,19 @@ def test_byte_level_tokenizers_have_no_prefix_rule():
 
 # -- DeepSeek-R1-Distill: the generation prompt opens <think> ----------------------------
 
-R1_TURN2 = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4", "reasoning_content": "Add."},
-            {"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]
+R1_TURN2 = [
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": "4", "reasoning_content": "Add."},
+    {"role": "user", "content": "3+3?"},
+    {"role": "assistant", "content": "6"},
+]
 BOS = "<｜begin▁of▁sentence｜>"
 
 
-@pytest.mark.parametrize("policy,first", [("template", "Add.\n</think>\n\n4"), ("think_tags", "Add.\n</think>\n\n4"),
-                                          ("drop", "\n</think>\n\n4")])
+@pytest.mark.parametrize(
+    "policy,first",
+    [("template", "Add.\n</think>\n\n4"), ("think_tags", "Add.\n</think>\n\n4"), ("drop", "\n</think>\n\n4")],
+)
 def test_r1_distill_trains_the_turn_the_student_emits_after_the_opened_think(policy, first):
     tok = family("deepseek", "deepseek_r1_distill")
     r = recon(tok=tok, reasoning=policy)
@@ -205,18 +235,25 @@ def test_r1_distill_reasoning_inside_content():
     # <think> and </think> are special tokens of this tokenizer: the leading thinking block's
     # tags pass the special-token check (they are where the student emits them), others do not
     r = recon(tok=tok)
-    _, rejections = r.build([{"role": "user", "content": "2+2?"},
-                             {"role": "assistant", "content": "Hmm.\n</think>\n\n4 </think>"}], None, sample_id="r")
+    _, rejections = r.build(
+        [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "Hmm.\n</think>\n\n4 </think>"}],
+        None,
+        sample_id="r",
+    )
     assert [x.reason for x in rejections] == ["special_token_in_content"]
     for content in ("<think>\nHmm.\n</think>\n\n4", "Hmm.\n</think>\n\n4"):
-        samples, rejections = r.build([{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": content}],
-                                      None, sample_id="r")
+        samples, rejections = r.build(
+            [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": content}], None, sample_id="r"
+        )
         assert rejections == []
         assert masked_text(tok, samples[0]) == "Hmm.\n</think>\n\n4" + DS_EOS
     # an opening the prompt does not end with cannot be proven: rejected
     r = recon(tok=tok, special_tokens_in_content="allow")
-    _, rejections = r.build([{"role": "user", "content": "2+2?"},
-                             {"role": "assistant", "content": "<think>Hmm.</think>4"}], None, sample_id="r")
+    _, rejections = r.build(
+        [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "<think>Hmm.</think>4"}],
+        None,
+        sample_id="r",
+    )
     assert [x.reason for x in rejections] == ["template_mismatch"]
     assert "does not start with" in rejections[0].detail
 
@@ -230,13 +267,24 @@ def test_r1_distill_tool_call_turn_is_rejected_with_the_reason():
 
 # -- Qwen2.5 / Qwen3 (real Qwen tokenizer), Llama 3.1 (real Llama 3 tokenizer) ------------
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                           "parameters": {"type": "object",
-                                                          "properties": {"city": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 QWEN_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}\n</tool_call>'
 IM = "<|im_end|>"
-REASONED = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1", "reasoning_content": "R1"},
-            {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2", "reasoning_content": "R2"}]
+REASONED = [
+    {"role": "user", "content": "Q1"},
+    {"role": "assistant", "content": "A1", "reasoning_content": "R1"},
+    {"role": "user", "content": "Q2"},
+    {"role": "assistant", "content": "A2", "reasoning_content": "R2"},
+]
 
 
 def test_qwen2_5_tool_conversation_golden():
@@ -248,10 +296,24 @@ def test_qwen2_5_tool_conversation_golden():
     assert runs(tok, s)[1:] == [
         (1, QWEN_CALL + IM),
         (0, "\n<|im_start|>user\n<tool_response>\nsunny, 21\n</tool_response><|im_end|>\n<|im_start|>assistant\n"),
-        (1, "It is sunny." + IM)]
-    rendered = render(tok, [dict(m, tool_calls=[dict(c, function=dict(c["function"], arguments=json.loads(
-        c["function"]["arguments"]))) for c in m["tool_calls"]]) if m.get("tool_calls") else m
-        for m in tool_conversation(content="")], tools=TOOLS)
+        (1, "It is sunny." + IM),
+    ]
+    rendered = render(
+        tok,
+        [
+            dict(
+                m,
+                tool_calls=[
+                    dict(c, function=dict(c["function"], arguments=json.loads(c["function"]["arguments"])))
+                    for c in m["tool_calls"]
+                ],
+            )
+            if m.get("tool_calls")
+            else m
+            for m in tool_conversation(content="")
+        ],
+        tools=TOOLS,
+    )
     assert full_text(tok, s) == rendered[:-1]  # less the final "\n"
     # Qwen2.5 does not render reasoning_content: the policy says so, with its fix
     _, rejections = r.build(REASONED[:2], None, sample_id="q")
@@ -264,12 +326,19 @@ def test_qwen3_thinking_places_reasoning_and_splits_on_the_history_rewrite():
     r = recon(tok=tok)
     samples, rejections = r.build(REASONED, None, sample_id="q")
     assert rejections == [] and [s.sample_id for s in samples] == ["q/turn1", "q/turn2"]
-    assert runs(tok, samples[0]) == [(None, "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\n"),
-                                     (1, "<think>\nR1\n</think>\n\nA1" + IM)]
+    assert runs(tok, samples[0]) == [
+        (None, "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\n"),
+        (1, "<think>\nR1\n</think>\n\nA1" + IM),
+    ]
     # the history before turn 2 as Qwen3 renders it: reasoning of the earlier turn dropped
-    assert runs(tok, samples[1]) == [(None, "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n"
-                                            "<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\n"),
-                                     (1, "<think>\nR2\n</think>\n\nA2" + IM)]
+    assert runs(tok, samples[1]) == [
+        (
+            None,
+            "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n"
+            "<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\n",
+        ),
+        (1, "<think>\nR2\n</think>\n\nA2" + IM),
+    ]
     assert r.stats["split"] == 1
 
 
@@ -277,11 +346,14 @@ def test_qwen3_without_thinking():
     tok = family("qwen", "qwen3")
     r = recon(tok=tok, chat_template_kwargs={"enable_thinking": False})
     # the generation prompt holds the empty thinking block: the student emits only the answer
-    samples, rejections = r.build([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], None,
-                                  sample_id="q")
+    samples, rejections = r.build(
+        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], None, sample_id="q"
+    )
     assert rejections == []
-    assert runs(tok, samples[0]) == [(None, "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"),
-                                     (1, "A" + IM)]
+    assert runs(tok, samples[0]) == [
+        (None, "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"),
+        (1, "A" + IM),
+    ]
     # teacher reasoning cannot follow a prompt that closed the thinking block: rejected, with the fix
     _, rejections = r.build(REASONED[:2], None, sample_id="q")
     assert [x.reason for x in rejections] == ["template_mismatch"]
@@ -299,9 +371,13 @@ def test_llama3_1_tool_call_and_eom_id():
     assert rejections == []
     assert runs(tok, samples[0])[1:] == [
         (1, '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "C"}}<|eot_id|>'),
-        (0, '<|start_header_id|>ipython<|end_header_id|>\n\n"sunny, 21"<|eot_id|>'
-            "<|start_header_id|>assistant<|end_header_id|>\n\n"),
-        (1, "It is sunny.<|eot_id|>")]
+        (
+            0,
+            '<|start_header_id|>ipython<|end_header_id|>\n\n"sunny, 21"<|eot_id|>'
+            "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        ),
+        (1, "It is sunny.<|eot_id|>"),
+    ]
     # with built-in tools the call turn ends with <|eom_id|>, which the student must learn
     r = recon(tok=tok, chat_template_kwargs={"builtin_tools": ["get_weather"]})
     samples, rejections = r.build(tool_conversation(), None, sample_id="l")
@@ -311,8 +387,9 @@ def test_llama3_1_tool_call_and_eom_id():
 
 def test_llama3_1_trims_content():
     r = recon(tok=family("llama3", "llama3_1"))
-    samples, rejections = r.build([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "  A"}],
-                                  None, sample_id="l")
+    samples, rejections = r.build(
+        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "  A"}], None, sample_id="l"
+    )
     assert samples == [] and [x.reason for x in rejections] == ["template_alters_content"]
     assert "trims" in rejections[0].detail
 
@@ -331,8 +408,11 @@ def gemma2_recon(**policy):
     return tok, recon(tok=tok, **policy)
 
 
-SYS_CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello."}]
+SYS_CONV = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello."},
+]
 
 
 def test_gemma2_rejects_a_system_message_naming_the_switch():
@@ -349,7 +429,8 @@ def test_gemma2_system_merged_into_first_user_turn():
     assert rejections == []
     assert runs(tok, samples[0]) == [
         (None, "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"),
-        (1, "Hello.<end_of_turn>")]
+        (1, "Hello.<end_of_turn>"),
+    ]
     assert r.final_tail == "\n"
 
 
@@ -368,8 +449,12 @@ def test_sentencepiece_metaspace_first_scheme():
     tok = family("mistral_sp_metaspace", "mistral_v0_1")
     r = recon(tok=tok)
     assert r._prefix_rule.kind == "first"
-    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-            {"role": "user", "content": "Fine"}, {"role": "assistant", "content": "Good."}]
+    msgs = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Fine"},
+        {"role": "assistant", "content": "Good."},
+    ]
     samples, rejections = r.build(msgs, None, sample_id="m")
     assert rejections == [] and len(samples) == 1
     s = samples[0]
@@ -388,13 +473,21 @@ def test_phi3_5_on_a_sentencepiece_tokenizer():
     """Phi-3.5's real template; the tokenizer is the SentencePiece stand-in (Phi-3's is
     Llama 2's, not shipped by a package here) with Phi's turn tokens added."""
     tok = family("mistral_sp", "phi3_5")
-    tok.add_special_tokens({"eos_token": "<|endoftext|>",
-                            "additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]})
+    tok.add_special_tokens(
+        {
+            "eos_token": "<|endoftext|>",
+            "additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+        }
+    )
     r = recon(tok=tok)
     assert (r.eot, r.final_tail) == ("<|end|>", "\n<|endoftext|>")
-    msgs = [{"role": "system", "content": "Sys"}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Fine"},
-            {"role": "assistant", "content": " Good."}]
+    msgs = [
+        {"role": "system", "content": "Sys"},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Fine"},
+        {"role": "assistant", "content": " Good."},
+    ]
     samples, rejections = r.build(msgs, None, sample_id="p")
     assert rejections == [] and len(samples) == 1
     s = samples[0]
@@ -415,21 +508,29 @@ def test_deepseek_v3_tool_calls_with_content_name_the_template_behaviour():
 def test_deepseek_v3_two_tool_calls_in_one_turn():
     tok = family("deepseek", "deepseek_v3")
     msgs = tool_conversation()
-    msgs[2]["tool_calls"].append({"id": "c2", "type": "function",
-                                  "function": {"name": "get_time", "arguments": '{"tz": "CET"}'}})
+    msgs[2]["tool_calls"].append(
+        {"id": "c2", "type": "function", "function": {"name": "get_time", "arguments": '{"tz": "CET"}'}}
+    )
     samples, rejections = recon(tok=tok).build(msgs, None, sample_id="t")
     assert rejections == []
-    assert runs(tok, samples[0])[1] == (1, "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n"
-                                           "```json\n" + CALL_ARGS + "\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>"
-                                           "function<｜tool▁sep｜>get_time\n```json\n{\"tz\": \"CET\"}\n```"
-                                           "<｜tool▁call▁end｜><｜tool▁calls▁end｜>" + DS_EOS)
+    assert runs(tok, samples[0])[1] == (
+        1,
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n"
+        "```json\n" + CALL_ARGS + "\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>"
+        'function<｜tool▁sep｜>get_time\n```json\n{"tz": "CET"}\n```'
+        "<｜tool▁call▁end｜><｜tool▁calls▁end｜>" + DS_EOS,
+    )
 
 
 # -- Mistral-Nemo (real tekken tokenizer): the system prompt moves to the last user turn ---
 
-NEMO_CONV = [{"role": "system", "content": "Sys"}, {"role": "user", "content": "Hi"},
-             {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Fine"},
-             {"role": "assistant", "content": " Good."}]
+NEMO_CONV = [
+    {"role": "system", "content": "Sys"},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Fine"},
+    {"role": "assistant", "content": " Good."},
+]
 
 
 def test_mistral_nemo_system_prompt_names_the_template_and_the_switch():
@@ -445,8 +546,12 @@ def test_mistral_nemo_golden():
     r = recon(tok=tok, system_prompt="merge_into_first_user")
     samples, rejections = r.build(NEMO_CONV, None, sample_id="n")
     assert rejections == [] and len(samples) == 1
-    assert runs(tok, samples[0]) == [(None, "<s>[INST]Sys\n\nHi[/INST]"), (1, "Hello!</s>"), (0, "[INST]Fine[/INST]"),
-                                     (1, " Good.</s>")]
+    assert runs(tok, samples[0]) == [
+        (None, "<s>[INST]Sys\n\nHi[/INST]"),
+        (1, "Hello!</s>"),
+        (0, "[INST]Fine[/INST]"),
+        (1, " Good.</s>"),
+    ]
     # without a system message nothing moves: no switch needed
     samples, rejections = recon(tok=tok).build(NEMO_CONV[1:], None, sample_id="n")
     assert rejections == [] and masked_text(tok, samples[0]) == "Hello!</s> Good.</s>"
@@ -461,9 +566,13 @@ def test_mistral_nemo_tool_call():
     samples, rejections = r.build(msgs, None, sample_id="n")
     assert rejections == []
     assert runs(tok, samples[0])[1:] == [
-        (1, '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}, "id": "abc123def"}]</s>'),
+        (
+            1,
+            '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}, "id": "abc123def"}]</s>',
+        ),
         (0, '[TOOL_RESULTS]{"content": sunny, 21, "call_id": "abc123def"}[/TOOL_RESULTS]'),
-        (1, "It is sunny.</s>")]
+        (1, "It is sunny.</s>"),
+    ]
 
 
 # -- DeepSeek-V3.1: </think> in the header when not thinking -----------------------------
@@ -477,10 +586,16 @@ def test_deepseek_v3_1_non_thinking_golden():
     assert rejections == []
     assert runs(tok, samples[0]) == [
         (None, BOS + "Sys<｜User｜>Weather in Paris?<｜Assistant｜></think>"),
-        (1, "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>" + CALL_ARGS
-            + "<｜tool▁call▁end｜><｜tool▁calls▁end｜>" + DS_EOS),
+        (
+            1,
+            "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>"
+            + CALL_ARGS
+            + "<｜tool▁call▁end｜><｜tool▁calls▁end｜>"
+            + DS_EOS,
+        ),
         (0, "<｜tool▁output▁begin｜>sunny, 21<｜tool▁output▁end｜>"),
-        (1, "It is sunny." + DS_EOS)]
+        (1, "It is sunny." + DS_EOS),
+    ]
     samples, rejections = recon(tok=tok, reasoning="drop").build(REASONED, None, sample_id="d")
     assert rejections == [] and masked_text(tok, samples[0]) == "A1" + DS_EOS + "A2" + DS_EOS
 
@@ -497,13 +612,23 @@ def test_deepseek_v3_1_thinking_cannot_be_proven():
 def test_sentencepiece_build_many_equals_build():
     """The pipelined batch path (helper thread, prompt cache) gives the same samples."""
     tok = family("mistral_sp", "mistral_v0_1")
-    convs = [dict(messages=[{"role": "user", "content": f"Q{i % 7}"}, {"role": "assistant", "content": f" A {i}"},
-                            {"role": "user", "content": "more"}, {"role": "assistant", "content": "x" * (i % 5 + 1)}],
-                  sample_id=f"c{i}") for i in range(70)]
+    convs = [
+        dict(
+            messages=[
+                {"role": "user", "content": f"Q{i % 7}"},
+                {"role": "assistant", "content": f" A {i}"},
+                {"role": "user", "content": "more"},
+                {"role": "assistant", "content": "x" * (i % 5 + 1)},
+            ],
+            sample_id=f"c{i}",
+        )
+        for i in range(70)
+    ]
     many = recon(tok=tok).build_many(convs)
     one = recon(tok=tok)
-    assert [([s.prompt_ids + s.completion_ids for s in ss], rr) for ss, rr in many] == \
-           [([s.prompt_ids + s.completion_ids for s in ss], rr) for ss, rr in (one.build(**c) for c in convs)]
+    assert [([s.prompt_ids + s.completion_ids for s in ss], rr) for ss, rr in many] == [
+        ([s.prompt_ids + s.completion_ids for s in ss], rr) for ss, rr in (one.build(**c) for c in convs)
+    ]
     assert all(len(ss) == 1 and not rr for ss, rr in many)
 
 
@@ -515,5 +640,7 @@ def test_qwen3_tool_conversation():
     assert rejections == [] and [s.sample_id for s in samples] == ["q/turn1", "q/turn2"]
     assert masked_text(tok, samples[0]) == "<think>\n\n</think>\n\n" + QWEN_CALL + IM
     assert masked_text(tok, samples[1]) == "<think>\n\n</think>\n\nIt is sunny." + IM
-    assert runs(tok, samples[1])[0][1].endswith(QWEN_CALL + IM + "\n<|im_start|>user\n<tool_response>\nsunny, 21\n"
-                                                "</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    assert runs(tok, samples[1])[0][1].endswith(
+        QWEN_CALL + IM + "\n<|im_start|>user\n<tool_response>\nsunny, 21\n"
+        "</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    )

@@ -19,8 +19,11 @@ from support.reconstruct_helpers import decode, full_text, masked_text, recon, r
 
 IM = "<|im_end|>"
 # RECONSTRUCT_EXAMPLES=500 for a longer hunt; the default keeps the suite fast.
-SETTINGS = settings(max_examples=int(os.environ.get("RECONSTRUCT_EXAMPLES", "30")), deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=int(os.environ.get("RECONSTRUCT_EXAMPLES", "30")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 _tok = tokenizer_with(None)
 _specials = re.compile("|".join(re.escape(t.content) for t in _tok.added_tokens_decoder.values()))
@@ -58,8 +61,10 @@ def with_parsed_arguments(msgs):
     for m in msgs:
         m = dict(m)
         if m.get("tool_calls"):
-            m["tool_calls"] = [dict(c, function=dict(c["function"], arguments=json.loads(c["function"]["arguments"])))
-                               for c in m["tool_calls"]]
+            m["tool_calls"] = [
+                dict(c, function=dict(c["function"], arguments=json.loads(c["function"]["arguments"])))
+                for c in m["tool_calls"]
+            ]
         if m.get("content") is None:
             m["content"] = ""
         out.append(m)
@@ -102,9 +107,17 @@ def tool_conversations(draw):
     for t in range(draw(st.integers(1, 4))):
         if draw(st.booleans()):
             n = draw(st.integers(1, 3))
-            calls = [{"id": f"c{t}{j}", "type": "function", "function": {
-                "name": "lookup", "arguments": json.dumps({"q": draw(_text), "n": draw(st.integers(0, 9))})}}
-                for j in range(n)]
+            calls = [
+                {
+                    "id": f"c{t}{j}",
+                    "type": "function",
+                    "function": {
+                        "name": "lookup",
+                        "arguments": json.dumps({"q": draw(_text), "n": draw(st.integers(0, 9))}),
+                    },
+                }
+                for j in range(n)
+            ]
             msgs.append({"role": "assistant", "content": draw(st.one_of(st.none(), content)), "tool_calls": calls})
             msgs += [{"role": "tool", "tool_call_id": f"c{t}{j}", "content": draw(content)} for j in range(n)]
         msgs.append({"role": "assistant", "content": draw(assistant_content)})
@@ -112,8 +125,15 @@ def tool_conversations(draw):
     return msgs[:-1]
 
 
-TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {
-    "type": "object", "properties": {"q": {"type": "string"}, "n": {"type": "integer"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}, "n": {"type": "integer"}}},
+        },
+    }
+]
 
 
 @SETTINGS
@@ -148,7 +168,9 @@ def test_parity_with_transformers_when_boundaries_align(msgs):
     assert masked_text(tok, s) == hf
 
 
-_reasoning = st.builds(lambda a, b, c: a + b + c, st.sampled_from(["", "\n", "\n\n"]), _text, st.sampled_from(["", "\n"]))
+_reasoning = st.builds(
+    lambda a, b, c: a + b + c, st.sampled_from(["", "\n", "\n\n"]), _text, st.sampled_from(["", "\n"])
+)
 
 
 @st.composite
@@ -171,8 +193,9 @@ def test_random_history_rewrites_split_into_exact_per_turn_samples(msgs):
     samples, rejections = r.build(msgs, sample_id="h")
     assistants = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
     assert rejections == []
-    assert [s.sample_id for s in samples] == ([f"h/turn{k + 1}" for k in range(len(assistants))]
-                                              if len(assistants) > 1 else ["h"])
+    assert [s.sample_id for s in samples] == (
+        [f"h/turn{k + 1}" for k in range(len(assistants))] if len(assistants) > 1 else ["h"]
+    )
     for s, a in zip(samples, assistants):
         m = msgs[a]
         assert decode(tok, s.prompt_ids) == render(tok, msgs[:a], add_generation_prompt=True)
@@ -200,8 +223,9 @@ def _sp_tokenizer_and_recon():
     return _SP
 
 
-_sp_text = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from([" ", "\n", "\t"]),
-                   max_size=24).filter(lambda s: "</s>" not in s and "<s>" not in s and "<unk>" not in s)
+_sp_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from([" ", "\n", "\t"]), max_size=24
+).filter(lambda s: "</s>" not in s and "<s>" not in s and "<unk>" not in s)
 
 
 @st.composite
@@ -239,8 +263,9 @@ def test_random_conversations_sentencepiece(msgs):
     # after an anchor token the trained tokens decode to " " + content + "</s>" per turn
     # (the template's space before the content), with no dummy prefix added
     trained = [i for i, m in zip(s.completion_ids, s.completion_mask) if m]
-    assert decode(tok, [eos] + trained) == "</s>" + "".join(" " + m["content"] + "</s>" for m in msgs
-                                                             if m["role"] == "assistant")
+    assert decode(tok, [eos] + trained) == "</s>" + "".join(
+        " " + m["content"] + "</s>" for m in msgs if m["role"] == "assistant"
+    )
 
 
 # -- a second real BPE tokenizer: Qwen's, with Qwen2.5's template (default system prompt) --
@@ -263,8 +288,14 @@ def _qwen_tokenizer_and_recon():
 # Qwen's tokenizer normalises to NFC, so only NFC text survives it (other text is rejected
 # as roundtrip_mismatch, tested elsewhere); no special-token text.
 _qwen_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=24).filter(
-    lambda s: __import__("unicodedata").is_normalized("NFC", s) and "<|" not in s and "<tool" not in s
-    and "<think>" not in s and "</t" not in s)
+    lambda s: (
+        __import__("unicodedata").is_normalized("NFC", s)
+        and "<|" not in s
+        and "<tool" not in s
+        and "<think>" not in s
+        and "</t" not in s
+    )
+)
 
 
 @st.composite
@@ -272,8 +303,9 @@ def qwen_conversations(draw):
     msgs = [{"role": "system", "content": draw(_lead) + draw(_qwen_text)}] if draw(st.booleans()) else []
     for _ in range(draw(st.integers(1, 4))):
         msgs.append({"role": "user", "content": draw(_lead) + draw(_qwen_text)})
-        msgs.append({"role": "assistant", "content": draw(st.builds(lambda a, b: a + b, _lead, _qwen_text)
-                                                          .filter(bool))})
+        msgs.append(
+            {"role": "assistant", "content": draw(st.builds(lambda a, b: a + b, _lead, _qwen_text).filter(bool))}
+        )
     return msgs
 
 
@@ -287,6 +319,6 @@ def test_random_conversations_qwen(msgs):
     rendered = render(tok, msgs)
     assert rendered.endswith(IM + "\n")
     assert full_text(tok, s) == rendered[:-1]
-    prompt = render(tok, msgs[:1 + (msgs[0]["role"] == "system")], add_generation_prompt=True)
+    prompt = render(tok, msgs[: 1 + (msgs[0]["role"] == "system")], add_generation_prompt=True)
     assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False)
     assert masked_text(tok, s) == "".join(m["content"] + IM for m in msgs if m["role"] == "assistant")

@@ -9,7 +9,7 @@ ROOT = Path(__file__).parents[2]
 
 def test_code_map_names_every_reconstruction_module():
     doc = (ROOT / "docs" / "reconstruction.md").read_text(encoding="utf-8")
-    code_map = doc[doc.index("## Code map"):]
+    code_map = doc[doc.index("## Code map") :]
     code_map = code_map[: code_map.index("\n## ", 1)]
     modules = sorted(p.name for p in (ROOT / "orchestrator" / "reconstruction").glob("*.py") if p.name != "__init__.py")
     assert modules, "no modules found"

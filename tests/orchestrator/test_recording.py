@@ -26,11 +26,23 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def rec(pid: str, i: int, shared: int = 1, completion: int = 10) -> dict:
-    return make_record(prompt_id=pid, sample_index=i, messages=[{"role": "user", "content": "q"}], tools=None,
-                       response={"role": "assistant", "content": "a", "reasoning_content": None, "tool_calls": None},
-                       finish_reason="stop", model="m", endpoint="http://127.0.0.1:1/v1",
-                       sampling={"temperature": 0.5}, usage={"prompt_tokens": 4, "completion_tokens": completion},
-                       usage_shared_by=shared, t_start=1.0, t_end=2.0, reward=None, request_id="r")
+    return make_record(
+        prompt_id=pid,
+        sample_index=i,
+        messages=[{"role": "user", "content": "q"}],
+        tools=None,
+        response={"role": "assistant", "content": "a", "reasoning_content": None, "tool_calls": None},
+        finish_reason="stop",
+        model="m",
+        endpoint="http://127.0.0.1:1/v1",
+        sampling={"temperature": 0.5},
+        usage={"prompt_tokens": 4, "completion_tokens": completion},
+        usage_shared_by=shared,
+        t_start=1.0,
+        t_end=2.0,
+        reward=None,
+        request_id="r",
+    )
 
 
 def test_writer_appends_are_durable_and_grouped(tmp_path):
@@ -103,8 +115,12 @@ def test_duplicate_records_count_once(tmp_path):
 
 def test_redact_secret_looking_keys():
     d = redact({"temperature": 1, "max_tokens": 5, "api_key": "x", "extra_body": {"Authorization": "y", "k": 1}})
-    assert d == {"temperature": 1, "max_tokens": 5, "api_key": "<redacted>",
-                 "extra_body": {"Authorization": "<redacted>", "k": 1}}
+    assert d == {
+        "temperature": 1,
+        "max_tokens": 5,
+        "api_key": "<redacted>",
+        "extra_body": {"Authorization": "<redacted>", "k": 1},
+    }
 
 
 DRIVER = textwrap.dedent("""
@@ -122,8 +138,9 @@ DRIVER = textwrap.dedent("""
 
 def _config_file(tmp_path: Path, base_url: str, prompts: Path) -> Path:
     cfg = tmp_path / "run.toml"
-    cfg.write_text(textwrap.dedent(f"""
-        output_dir = "{tmp_path / 'run'}"
+    cfg.write_text(
+        textwrap.dedent(f"""
+        output_dir = "{tmp_path / "run"}"
         [orchestrator]
         concurrency = 2
         samples_per_shard = 5
@@ -140,7 +157,8 @@ def _config_file(tmp_path: Path, base_url: str, prompts: Path) -> Path:
         max_backoff = 0.01
         [trainer]
         seq_len = 512
-    """))
+    """)
+    )
     return cfg
 
 
@@ -163,8 +181,13 @@ def test_kill_9_mid_run_then_resume_exactly_once(tmp_path, smol_tokenizer):
     with FaultServer(Faults(latency_s=0.03)) as s:
         cfg_path = _config_file(tmp_path, s.base_url, prompts)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        proc = subprocess.Popen([sys.executable, str(script), str(cfg_path)], env=env, cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(cfg_path)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         recording = run_dir / "recording.jsonl"
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
@@ -188,8 +211,13 @@ def test_kill_9_mid_run_then_resume_exactly_once(tmp_path, smol_tokenizer):
             f.write(b'{"v": 1, "prompt_id": "p59", "sample_index": 0, "messa')
 
         cfg = load_config(cfg_path)
-        summary = rollout(cfg, run_dir, Reconstructor(smol_tokenizer, cfg.orchestrator.reconstruction),
-                          progress=False, backpressure=False)
+        summary = rollout(
+            cfg,
+            run_dir,
+            Reconstructor(smol_tokenizer, cfg.orchestrator.reconstruction),
+            progress=False,
+            backpressure=False,
+        )
 
     # exactly once, all of them
     got = [x.sample_id for x in iter_samples(run_dir / "samples")]
@@ -207,27 +235,67 @@ def test_kill_9_mid_run_then_resume_exactly_once(tmp_path, smol_tokenizer):
         have = sum((pid, i) in recorded for i in range(2))
         assert asked[pid] == 2 - have, (pid, asked[pid], have)
     rec_all = [json.loads(x) for x in recording.read_text().splitlines()]
-    assert Counter((r["prompt_id"], r["sample_index"]) for r in rec_all) == {(p, i): 1 for p in ids
-                                                                           for i in range(2)}
+    assert Counter((r["prompt_id"], r["sample_index"]) for r in rec_all) == {(p, i): 1 for p in ids for i in range(2)}
 
 
 def test_redact_walks_nested_dicts_and_lists_and_keeps_sampling_names():
-    sent = {"max_tokens": 5, "min_tokens": 1, "max_new_tokens": 9, "skip_special_tokens": True,
-            "stop_token_ids": [2], "return_token_ids": True, "max_completion_tokens": 7,
-            "extra_body": {"provider": {"api_key": "sk-nested", "order": ["a"]},
-                           "routes": [{"name": "r", "accessToken": "sk-list"}, {"x-api-key": "sk-dash"}],
-                           "Ocp-Apim-Subscription-Key": "sk-azure", "apikey": "sk-flat", "token": "sk-tok",
-                           "extra_headers": {"X-Team": "sk-hdr"}}}
-    rec = make_record(prompt_id="p", sample_index=0, messages=[], tools=None, response={}, finish_reason="stop",
-                      model="m", endpoint="e", sampling=sent, usage={}, usage_shared_by=1, t_start=0, t_end=0,
-                      reward=None, request_id=None)
+    sent = {
+        "max_tokens": 5,
+        "min_tokens": 1,
+        "max_new_tokens": 9,
+        "skip_special_tokens": True,
+        "stop_token_ids": [2],
+        "return_token_ids": True,
+        "max_completion_tokens": 7,
+        "extra_body": {
+            "provider": {"api_key": "sk-nested", "order": ["a"]},
+            "routes": [{"name": "r", "accessToken": "sk-list"}, {"x-api-key": "sk-dash"}],
+            "Ocp-Apim-Subscription-Key": "sk-azure",
+            "apikey": "sk-flat",
+            "token": "sk-tok",
+            "extra_headers": {"X-Team": "sk-hdr"},
+        },
+    }
+    rec = make_record(
+        prompt_id="p",
+        sample_index=0,
+        messages=[],
+        tools=None,
+        response={},
+        finish_reason="stop",
+        model="m",
+        endpoint="e",
+        sampling=sent,
+        usage={},
+        usage_shared_by=1,
+        t_start=0,
+        t_end=0,
+        reward=None,
+        request_id=None,
+    )
     out = json.dumps(rec)
     assert "sk-" not in out
     s = rec["sampling"]
-    assert {k: s[k] for k in ("max_tokens", "min_tokens", "max_new_tokens", "skip_special_tokens", "stop_token_ids",
-                              "return_token_ids", "max_completion_tokens")} == {
-        "max_tokens": 5, "min_tokens": 1, "max_new_tokens": 9, "skip_special_tokens": True, "stop_token_ids": [2],
-        "return_token_ids": True, "max_completion_tokens": 7}
+    assert {
+        k: s[k]
+        for k in (
+            "max_tokens",
+            "min_tokens",
+            "max_new_tokens",
+            "skip_special_tokens",
+            "stop_token_ids",
+            "return_token_ids",
+            "max_completion_tokens",
+        )
+    } == {
+        "max_tokens": 5,
+        "min_tokens": 1,
+        "max_new_tokens": 9,
+        "skip_special_tokens": True,
+        "stop_token_ids": [2],
+        "return_token_ids": True,
+        "max_completion_tokens": 7,
+    }
     assert s["extra_body"]["provider"] == {"api_key": "<redacted>", "order": ["a"]}
     assert s["extra_body"]["routes"] == [{"name": "r", "accessToken": "<redacted>"}, {"x-api-key": "<redacted>"}]
     assert s["extra_body"]["extra_headers"] == {"X-Team": "<redacted>"}

@@ -33,8 +33,7 @@ def test_pairs_a_later_run_completed_leave_rejects(tmp_path, recon_for):
     every = {f"{p}/{i}" for p in ids for i in range(2)}
     one_try = {"max_attempts": 1, "initial_backoff": 0.001, "max_backoff": 0.01}
     with FaultServer(Faults(rate_500=0.5), seed=5) as s:  # half the pairs fail: tolerated here, to be retried
-        cfg = make_cfg(s.base_url, prompts, sampling={"n": 2, "max_tokens": 32}, retry=one_try,
-                       max_failed_fraction=1.0)
+        cfg = make_cfg(s.base_url, prompts, sampling={"n": 2, "max_tokens": 32}, retry=one_try, max_failed_fraction=1.0)
         first = rollout(cfg, run, recon_for(cfg), progress=False, backpressure=False)
     published, listed = _pairs(run)
     assert listed and published, "some pairs failed, some made it"
@@ -59,12 +58,19 @@ def test_pairs_a_later_run_completed_leave_rejects(tmp_path, recon_for):
 
 def test_an_earlier_runs_line_gives_way_to_the_pairs_newest_outcome(tmp_path):
     path = tmp_path / "rejects.jsonl"
-    path.write_text("".join(json.dumps({"item_id": i, "reason": r, "detail": ""}) + "\n" for i, r in [
-        ("a/0", "http_500"), ("b/0", "timeout"), ("c/0/turn2", "truncated"), ("d/0", "low_reward")]))
+    path.write_text(
+        "".join(
+            json.dumps({"item_id": i, "reason": r, "detail": ""}) + "\n"
+            for i, r in [("a/0", "http_500"), ("b/0", "timeout"), ("c/0/turn2", "truncated"), ("d/0", "low_reward")]
+        )
+    )
     log = RejectLog(path, published={"c/0"})  # turn-level: a split pair can have a published and a rejected turn
     log.add("b/0", "connection_error")  # b failed again, differently: only the new reason stays
-    log.add("d/0", "low_reward")        # d was rebuilt and rejected again for the same reason: listed once
+    log.add("d/0", "low_reward")  # d was rebuilt and rejected again for the same reason: listed once
     counts = log.close(published={"a/0", "c/0"}, published_this_run={"a/0"})  # a succeeded this run
     assert [(r["item_id"], r["reason"]) for r in read_jsonl(path)] == [
-        ("c/0/turn2", "truncated"), ("d/0", "low_reward"), ("b/0", "connection_error")]
+        ("c/0/turn2", "truncated"),
+        ("d/0", "low_reward"),
+        ("b/0", "connection_error"),
+    ]
     assert counts == {"pairs_published": 2, "pairs_rejected": 2, "pairs_done": 4}

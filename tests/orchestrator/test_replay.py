@@ -35,11 +35,17 @@ LLAMA3_TEMPLATE = (
 
 
 def make_cfg(tmp_path: Path, path: str | Path = RECORDING, fmt: str = "auto", **replay_keys):
-    return load_config(None, {
-        "output_dir": str(tmp_path),
-        "orchestrator": {"source": {"type": "replay", "path": str(path), "format": fmt},
-                         "replay": replay_keys, "samples_per_shard": 4},
-    })
+    return load_config(
+        None,
+        {
+            "output_dir": str(tmp_path),
+            "orchestrator": {
+                "source": {"type": "replay", "path": str(path), "format": fmt},
+                "replay": replay_keys,
+                "samples_per_shard": 4,
+            },
+        },
+    )
 
 
 def make_recon(tok, cfg):
@@ -121,14 +127,20 @@ def test_example_config_replays_the_shipped_recording(tmp_path, smol_tokenizer, 
     for s in samples:
         r = by_id[s.sample_id]
         assert (s.prompt_id, s.sample_index, s.finish_reason, s.teacher_model, s.reward) == (
-            r["prompt_id"], r["sample_index"], r["finish_reason"], r["model"], r["reward"])
+            r["prompt_id"],
+            r["sample_index"],
+            r["finish_reason"],
+            r["model"],
+            r["reward"],
+        )
         assert s.meta["format"] == "recording" and s.meta["line"] == records.index(r) + 1
         # the student trains on exactly the teacher's assistant text, each turn closed by its end token
         assistant = [m["content"] for m in r["messages"] if m["role"] == "assistant"] + [r["response"]["content"]]
         assert trained_text(smol_tokenizer, s) == "".join(a + "<|im_end|>" for a in assistant)
         # and the prompt is what the student sees at inference, ending with the generation prompt
         assert smol_tokenizer.decode(s.prompt_ids).endswith(
-            r["messages"][0]["content"] + "<|im_end|>\n<|im_start|>assistant\n")
+            r["messages"][0]["content"] + "<|im_end|>\n<|im_start|>assistant\n"
+        )
     multi = next(s for s in samples if s.sample_id == "gsm-001-followup/0")
     assert multi.meta["turns"] == 2 and 0 in multi.completion_mask  # the follow-up question is context
     assert json.loads((tmp_path / "replay_summary.json").read_text())["samples"] == 18
@@ -161,8 +173,9 @@ def test_one_recording_replays_for_two_different_student_tokenizers(tmp_path, sm
     for sid, s in llama3.items():
         r = records[sid]
         full = llama3_tokenizer.decode(s.prompt_ids + s.completion_ids)
-        assert full == llama3_tokenizer.apply_chat_template(r["messages"] + [
-            {"role": "assistant", "content": r["response"]["content"]}], tokenize=False)
+        assert full == llama3_tokenizer.apply_chat_template(
+            r["messages"] + [{"role": "assistant", "content": r["response"]["content"]}], tokenize=False
+        )
         assert "<|im_start|>" not in full and "SmolLM" not in full  # no trace of the other template
         assert trained_text(llama3_tokenizer, s).endswith(r["response"]["content"] + "<|eot_id|>")
         # same messages, different tokens
@@ -180,8 +193,13 @@ def test_one_recording_replays_for_two_different_student_tokenizers(tmp_path, sm
 
 def test_chat_sharegpt_and_batch_formats(tmp_path, tools_tokenizer):
     cfg = make_cfg(tmp_path, batch_input=str(DATA / "batch_input.jsonl"))
-    summary = replay(cfg, tmp_path, make_recon(tools_tokenizer, cfg), progress=False,
-                     inputs=[str(DATA / n) for n in ("chat.jsonl", "sharegpt.jsonl", "batch_output.jsonl")])
+    summary = replay(
+        cfg,
+        tmp_path,
+        make_recon(tools_tokenizer, cfg),
+        progress=False,
+        inputs=[str(DATA / n) for n in ("chat.jsonl", "sharegpt.jsonl", "batch_output.jsonl")],
+    )
     assert summary["formats"] == {"chat": 3, "sharegpt": 3, "openai_batch": 3}
     assert summary["filtered"] == {"batch_error": 1} and summary["rejected"] == {}
     samples = {s.sample_id: s for s in iter_samples(tmp_path / "samples")}
@@ -201,9 +219,13 @@ def test_chat_sharegpt_and_batch_formats(tmp_path, tools_tokenizer):
     assert sg2.messages[0] == {"role": "system", "content": "You are a careful maths tutor."}
     # ... and the student trains on the calls: tool name and arguments, then the final answer
     for sid, args, answer in (("sg-tool/0", "12 * 12", "12 * 12 = 144"), ("chat-tool/0", "17 * 23", "17 * 23 = 391")):
-        text = tools_tokenizer.decode([t for t, m in zip(samples[sid].completion_ids, samples[sid].completion_mask) if m])
-        assert text == ('<tool_call>{"name": "calculator", "arguments": {"expression": "%s"}}</tool_call><|im_end|>'
-                        "%s<|im_end|>" % (args, answer))
+        text = tools_tokenizer.decode(
+            [t for t, m in zip(samples[sid].completion_ids, samples[sid].completion_mask) if m]
+        )
+        assert text == (
+            '<tool_call>{"name": "calculator", "arguments": {"expression": "%s"}}</tool_call><|im_end|>'
+            "%s<|im_end|>" % (args, answer)
+        )
         assert "Tools: [" in tools_tokenizer.decode(samples[sid].prompt_ids)
 
     # the batch answer was paired with its request (output order differs from input order)
@@ -226,8 +248,18 @@ def test_batch_output_without_its_input_file_says_so(tmp_path, smol_tokenizer):
     with pytest.raises(ReplayError, match=r"batch_input.jsonl:1: field 'custom_id': .*Batch API INPUT line"):
         replay(cfg, tmp_path, make_recon(smol_tokenizer, cfg), progress=False)
     # an answer whose request is not in the input file
-    out = write_jsonl(tmp_path / "out.jsonl", [{"custom_id": "nope", "response": {
-        "status_code": 200, "body": {"choices": [{"message": {"role": "assistant", "content": "x"}}]}}}])
+    out = write_jsonl(
+        tmp_path / "out.jsonl",
+        [
+            {
+                "custom_id": "nope",
+                "response": {
+                    "status_code": 200,
+                    "body": {"choices": [{"message": {"role": "assistant", "content": "x"}}]},
+                },
+            }
+        ],
+    )
     cfg = make_cfg(tmp_path, out, batch_input=str(DATA / "batch_input.jsonl"))
     with pytest.raises(ReplayError, match=r"out.jsonl:1: field 'custom_id': 'nope' is not in the batch input"):
         replay(cfg, tmp_path, make_recon(smol_tokenizer, cfg), progress=False)
@@ -236,10 +268,14 @@ def test_batch_output_without_its_input_file_says_so(tmp_path, smol_tokenizer):
 def test_auto_detects_the_format_per_line_and_globs(tmp_path, smol_tokenizer):
     rec = read_jsonl(RECORDING)[0]
     (tmp_path / "in").mkdir()
-    mixed = write_jsonl(tmp_path / "in" / "mixed-1.jsonl", [
-        rec, chat_row("2 + 3 = 5", id="c"),
-        {"id": "s", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]},
-    ])
+    mixed = write_jsonl(
+        tmp_path / "in" / "mixed-1.jsonl",
+        [
+            rec,
+            chat_row("2 + 3 = 5", id="c"),
+            {"id": "s", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]},
+        ],
+    )
     write_jsonl(tmp_path / "in" / "mixed-2.jsonl", [chat_row("4", question="2 + 2?", id="d")])
     assert resolve_inputs([str(tmp_path / "in" / "*.jsonl")]) == [str(mixed), str(tmp_path / "in" / "mixed-2.jsonl")]
     assert resolve_inputs([str(tmp_path / "in")]) == resolve_inputs([str(tmp_path / "in" / "mixed-*.jsonl")])
@@ -251,7 +287,8 @@ def test_auto_detects_the_format_per_line_and_globs(tmp_path, smol_tokenizer):
     summary = replay(cfg, tmp_path / "run2", make_recon(smol_tokenizer, cfg), progress=False)
     assert summary["formats"] == {"chat": 2} and summary["bad_records"] == 1  # the ShareGPT line
     assert [(b["line"], b["field"]) for b in read_jsonl(tmp_path / "run2" / "replay_rejects.jsonl")] == [
-        (3, "messages")]
+        (3, "messages")
+    ]
     with pytest.raises(ReplayError, match="no file matches"):
         resolve_inputs([str(tmp_path / "nothing-*.jsonl")])
     with pytest.raises(ReplayError, match="does not exist"):
@@ -274,32 +311,62 @@ def test_a_lone_surrogate_is_one_rejection_not_a_failed_run(tmp_path, smol_token
 
 
 def test_each_filter_is_applied_and_counted(tmp_path, smol_tokenizer):
-    three_turns = {"messages": [
-        {"role": "user", "content": "a?"}, {"role": "assistant", "content": "A. #### 1"},
-        {"role": "user", "content": "b?"}, {"role": "assistant", "content": "B. #### 2"},
-        {"role": "user", "content": "c?"}, {"role": "assistant", "content": "C. #### 3"}], "id": "three-turns"}
+    three_turns = {
+        "messages": [
+            {"role": "user", "content": "a?"},
+            {"role": "assistant", "content": "A. #### 1"},
+            {"role": "user", "content": "b?"},
+            {"role": "assistant", "content": "B. #### 2"},
+            {"role": "user", "content": "c?"},
+            {"role": "assistant", "content": "C. #### 3"},
+        ],
+        "id": "three-turns",
+    }
     rows = [
         chat_row("5 #### 5", id="keep", reward=1.0),
         chat_row("5 #### 5", id="unscored"),
         chat_row("2 + 3 = 5, and the", id="cut", finish_reason="length"),
         chat_row("6 #### 6", id="wrong", reward=0.0),
         three_turns,
-        {"id": "tool", "messages": [
-            {"role": "user", "content": "2+3?"},
-            {"role": "assistant", "content": "", "tool_calls": [
-                {"id": "c0", "type": "function", "function": {"name": "calc", "arguments": "{\"e\": \"2+3\"}"}}]},
-            {"role": "tool", "tool_call_id": "c0", "content": "5"},
-            {"role": "assistant", "content": "5 #### 5"}]},
+        {
+            "id": "tool",
+            "messages": [
+                {"role": "user", "content": "2+3?"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {"id": "c0", "type": "function", "function": {"name": "calc", "arguments": '{"e": "2+3"}'}}
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c0", "content": "5"},
+                {"role": "assistant", "content": "5 #### 5"},
+            ],
+        },
         chat_row("As an AI language model, 5 #### 5", id="boilerplate"),
         chat_row("five", id="no-final"),
         {"id": "no-answer", "messages": [{"role": "user", "content": "hello?"}]},
     ]
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
-    cfg = make_cfg(tmp_path, inp, min_reward=0.5, max_turns=2, allowed_roles=["system", "user", "assistant"],
-                   drop_pattern=r"(?i)as an ai language model", require_pattern=r"####\s*\d+")
+    cfg = make_cfg(
+        tmp_path,
+        inp,
+        min_reward=0.5,
+        max_turns=2,
+        allowed_roles=["system", "user", "assistant"],
+        drop_pattern=r"(?i)as an ai language model",
+        require_pattern=r"####\s*\d+",
+    )
     summary = replay(cfg, tmp_path, make_recon(smol_tokenizer, cfg), progress=False)
-    assert summary["filtered"] == {"drop_pattern": 1, "max_turns": 1, "min_reward": 1, "no_assistant_turn": 1,
-                                   "require_pattern": 1, "role": 1, "truncated": 1}
+    assert summary["filtered"] == {
+        "drop_pattern": 1,
+        "max_turns": 1,
+        "min_reward": 1,
+        "no_assistant_turn": 1,
+        "require_pattern": 1,
+        "role": 1,
+        "truncated": 1,
+    }
     assert {s.sample_id for s in iter_samples(tmp_path / "samples")} == {"keep/0", "unscored/0"}
     rejects = {r["item_id"]: r for r in read_jsonl(tmp_path / "rejects.jsonl")}
     assert rejects["tool/0"]["reason"] == "role" and "'tool'" in rejects["tool/0"]["detail"]
@@ -313,9 +380,16 @@ def test_each_filter_is_applied_and_counted(tmp_path, smol_tokenizer):
     assert {s.sample_id for s in iter_samples(run / "samples")} == {"keep/0"}
 
     run = tmp_path / "c"
-    cfg = load_config(None, {"orchestrator": {
-        "source": {"type": "replay", "path": str(inp)}, "replay": {"drop_truncated": False},
-        "reconstruction": {"truncated": "keep"}}})
+    cfg = load_config(
+        None,
+        {
+            "orchestrator": {
+                "source": {"type": "replay", "path": str(inp)},
+                "replay": {"drop_truncated": False},
+                "reconstruction": {"truncated": "keep"},
+            }
+        },
+    )
     summary = replay(cfg, run, make_recon(smol_tokenizer, cfg), progress=False)
     cut = next(s for s in iter_samples(run / "samples") if s.sample_id == "cut/0")
     assert cut.finish_reason == "length" and cut.meta.get("truncated_turn") is True
@@ -323,9 +397,14 @@ def test_each_filter_is_applied_and_counted(tmp_path, smol_tokenizer):
 
 
 def test_limit_and_column_mapping(tmp_path, smol_tokenizer):
-    rows = [{"uid": f"q{i}", "dialog": [{"role": "user", "content": f"{i} + 1?"},
-                                         {"role": "assistant", "content": f"{i + 1}"}], "score": i / 10}
-            for i in range(10)]
+    rows = [
+        {
+            "uid": f"q{i}",
+            "dialog": [{"role": "user", "content": f"{i} + 1?"}, {"role": "assistant", "content": f"{i + 1}"}],
+            "score": i / 10,
+        }
+        for i in range(10)
+    ]
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     cfg = make_cfg(tmp_path, inp, columns={"messages": "dialog", "id": "uid", "reward": "score"}, limit=4)
     summary = replay(cfg, tmp_path, make_recon(smol_tokenizer, cfg), progress=False)
@@ -353,13 +432,15 @@ def test_invalid_filter_regex_is_a_config_error():
 
 
 def bad_input(tmp_path: Path) -> Path:
-    rows = [json.dumps(chat_row("5", id="ok-1")),
-            "{not json",
-            json.dumps({"messages": [{"role": "user", "content": "x"}, {"content": "no role"}]}),
-            json.dumps({"messages": "should be a list"}),
-            json.dumps([1, 2]),
-            json.dumps({"text": "unknown format"}),
-            json.dumps(chat_row("6", id="ok-2"))]
+    rows = [
+        json.dumps(chat_row("5", id="ok-1")),
+        "{not json",
+        json.dumps({"messages": [{"role": "user", "content": "x"}, {"content": "no role"}]}),
+        json.dumps({"messages": "should be a list"}),
+        json.dumps([1, 2]),
+        json.dumps({"text": "unknown format"}),
+        json.dumps(chat_row("6", id="ok-2")),
+    ]
     p = tmp_path / "bad.jsonl"
     # the last line was cut off mid-write: no newline, not valid JSON
     p.write_text("\n".join(rows) + "\n" + json.dumps(chat_row("7", id="torn"))[:25], encoding="utf-8")
@@ -384,26 +465,34 @@ def test_bad_records_skipped_and_listed(tmp_path, smol_tokenizer, capsys):
     summary = replay(cfg, tmp_path, make_recon(smol_tokenizer, cfg), progress=False)
     assert {s.sample_id for s in iter_samples(tmp_path / "samples")} == {"ok-1/0", "ok-2/0"}
     assert (summary["records"], summary["bad_records"], summary["bad_lines"], summary["partial_last_lines"]) == (
-        8, 6, 5, 1)
+        8,
+        6,
+        5,
+        1,
+    )
     listed = read_jsonl(tmp_path / "replay_rejects.jsonl")
     assert [(b["file"], b["line"], b["field"], b["partial"]) for b in listed] == [
-        (str(p), 2, None, False), (str(p), 3, "messages[1].role", False), (str(p), 4, "messages", False),
-        (str(p), 5, None, False), (str(p), 6, None, False), (str(p), 8, None, True)]
+        (str(p), 2, None, False),
+        (str(p), 3, "messages[1].role", False),
+        (str(p), 4, "messages", False),
+        (str(p), 5, None, False),
+        (str(p), 6, None, False),
+        (str(p), 8, None, True),
+    ]
     assert "cannot tell the format" in listed[4]["error"] and "orchestrator.replay.columns" in listed[4]["error"]
     assert len(summary["bad_record_examples"]) == 5
     assert "half-written last line" in capsys.readouterr().err
 
 
 def test_half_written_last_line_is_tolerated_even_with_on_error_fail(tmp_path, smol_tokenizer):
-    p = write_jsonl(tmp_path / "rec.jsonl", read_jsonl(RECORDING)[:3],
-                    tail=json.dumps(read_jsonl(RECORDING)[3])[:100])
+    p = write_jsonl(tmp_path / "rec.jsonl", read_jsonl(RECORDING)[:3], tail=json.dumps(read_jsonl(RECORDING)[3])[:100])
     cfg = make_cfg(tmp_path, p, on_error="fail")
     summary = replay(cfg, tmp_path, make_recon(smol_tokenizer, cfg), progress=False)
     assert summary["samples"] == 3 and summary["partial_last_lines"] == 1 and summary["bad_lines"] == 0
     assert read_jsonl(tmp_path / "replay_rejects.jsonl")[0]["line"] == 4
     assert is_done(tmp_path / "samples")
     # a complete last line without its newline is a normal record
-    p.write_text(p.read_text()[: -100] + json.dumps(read_jsonl(RECORDING)[3]))
+    p.write_text(p.read_text()[:-100] + json.dumps(read_jsonl(RECORDING)[3]))
     summary = replay(cfg, tmp_path / "again", make_recon(smol_tokenizer, cfg), progress=False)
     assert summary["samples"] == 4 and summary["partial_last_lines"] == 0
 
@@ -436,10 +525,16 @@ def test_resumed_replay_writes_only_what_is_missing(tmp_path, smol_tokenizer):
 
 def test_duplicate_ids_keep_the_first_record_in_fresh_and_resumed_runs(tmp_path, smol_tokenizer):
     # Exact duplicate rows share a content-hash id; two records may also carry the same `id`.
-    path = write_jsonl(tmp_path / "dups.jsonl", [
-        chat_row("5."), chat_row("Five."), chat_row("5."),  # line 3 repeats line 1
-        chat_row("A", question="Q1", id="q"), chat_row("B", question="Q2", id="q"),  # line 5 reuses line 4's id
-    ])
+    path = write_jsonl(
+        tmp_path / "dups.jsonl",
+        [
+            chat_row("5."),
+            chat_row("Five."),
+            chat_row("5."),  # line 3 repeats line 1
+            chat_row("A", question="Q1", id="q"),
+            chat_row("B", question="Q2", id="q"),  # line 5 reuses line 4's id
+        ],
+    )
     cfg = make_cfg(tmp_path / "run", path)
     first = replay(cfg, tmp_path / "run", make_recon(smol_tokenizer, cfg), progress=False)
     assert first["samples"] == 3 and first["filtered"] == {"duplicate_id": 2}
@@ -458,20 +553,35 @@ def test_parquet_through_datasets_matches_jsonl(tmp_path, smol_tokenizer):
     pytest.importorskip("datasets")
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
-    rows = [{"conv_id": f"p{i}", "conv": [{"role": "user", "content": f"What is {i} * 3?"},
-                                          {"role": "assistant", "content": f"{i} * 3 = {3 * i}\n#### {3 * i}"}],
-             "score": 1.0 if i % 3 else 0.0} for i in range(12)]
+    rows = [
+        {
+            "conv_id": f"p{i}",
+            "conv": [
+                {"role": "user", "content": f"What is {i} * 3?"},
+                {"role": "assistant", "content": f"{i} * 3 = {3 * i}\n#### {3 * i}"},
+            ],
+            "score": 1.0 if i % 3 else 0.0,
+        }
+        for i in range(12)
+    ]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "data.parquet")
     write_jsonl(tmp_path / "data.jsonl", rows)
     got = {}
     for name, fmt in (("data.parquet", "auto"), ("data.jsonl", "dataset"), ("data.jsonl", "chat")):
         run = tmp_path / f"run-{name}-{fmt}"
-        cfg = make_cfg(run, tmp_path / name, fmt=fmt, min_reward=0.5,
-                       columns={"messages": "conv", "id": "conv_id", "reward": "score"})
+        cfg = make_cfg(
+            run,
+            tmp_path / name,
+            fmt=fmt,
+            min_reward=0.5,
+            columns={"messages": "conv", "id": "conv_id", "reward": "score"},
+        )
         summary = replay(cfg, run, make_recon(smol_tokenizer, cfg), progress=False)
         assert summary["filtered"] == {"min_reward": 4} and summary["samples"] == 8
-        got[(name, fmt)] = [(s.sample_id, s.prompt_ids, s.completion_ids, s.completion_mask, s.reward)
-                            for s in iter_samples(run / "samples")]
+        got[(name, fmt)] = [
+            (s.sample_id, s.prompt_ids, s.completion_ids, s.completion_mask, s.reward)
+            for s in iter_samples(run / "samples")
+        ]
     assert got[("data.parquet", "auto")] == got[("data.jsonl", "dataset")] == got[("data.jsonl", "chat")]
 
 
@@ -479,8 +589,11 @@ def test_missing_datasets_library_is_a_clear_error(tmp_path, smol_tokenizer, mon
     (tmp_path / "data.parquet").write_bytes(b"PAR1")
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
     cfg = make_cfg(tmp_path, tmp_path / "data.parquet")
-    with pytest.raises(ReplayError, match=r"data.parquet: reading Parquet .* needs the `datasets` library.*"
-                                          r"Fix: pip install datasets"):
+    with pytest.raises(
+        ReplayError,
+        match=r"data.parquet: reading Parquet .* needs the `datasets` library.*"
+        r"Fix: pip install datasets",
+    ):
         replay(cfg, tmp_path, make_recon(smol_tokenizer, cfg), progress=False)
 
 
@@ -511,13 +624,21 @@ def test_replay_and_training_need_no_network(tmp_path, tiny_student_dir, no_netw
     from trainer.train import train
 
     tok = load_tokenizer(tiny_student_dir)
-    cfg = load_config(None, {
-        "output_dir": str(tmp_path), "student": {"path": str(tiny_student_dir)},
-        "orchestrator": {"source": {"type": "replay", "path": str(RECORDING)},
-                         "replay": {"batch_input": str(DATA / "batch_input.jsonl")}},
-        "trainer": {"max_steps": 2, "samples_per_step": 4, "seq_len": 512, "device": "cpu"}})
-    summary = replay(cfg, tmp_path, make_recon(tok, cfg), progress=True,
-                     inputs=[str(RECORDING), str(DATA / "batch_output.jsonl")])
+    cfg = load_config(
+        None,
+        {
+            "output_dir": str(tmp_path),
+            "student": {"path": str(tiny_student_dir)},
+            "orchestrator": {
+                "source": {"type": "replay", "path": str(RECORDING)},
+                "replay": {"batch_input": str(DATA / "batch_input.jsonl")},
+            },
+            "trainer": {"max_steps": 2, "samples_per_step": 4, "seq_len": 512, "device": "cpu"},
+        },
+    )
+    summary = replay(
+        cfg, tmp_path, make_recon(tok, cfg), progress=True, inputs=[str(RECORDING), str(DATA / "batch_output.jsonl")]
+    )
     assert summary["samples"] == 19 + 2
     result = train(cfg, tmp_path, progress=False)
     assert result["steps"] == 2 and result["final_loss"] > 0
@@ -528,7 +649,11 @@ def test_distill_replay_cli(tmp_path):
     """`distill replay CONFIG` (the lead's CLI) drives this module end to end in a fresh process."""
     proc = subprocess.run(
         [sys.executable, "-m", "distill", "replay", "examples/replay.toml", "--output_dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240)
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "replay:" in proc.stdout and "samples=18" in proc.stdout
     assert len(list(iter_samples(tmp_path / "samples"))) == 18 and is_done(tmp_path / "samples")
@@ -543,8 +668,11 @@ def test_max_ahead_waits_for_the_trainer(tmp_path, smol_tokenizer):
 
     cfg = make_cfg(tmp_path)  # 4 samples per shard, 19 samples
     result: dict = {}
-    t = threading.Thread(target=lambda: result.update(replay(
-        cfg, tmp_path, make_recon(smol_tokenizer, cfg), progress=False, max_ahead=4)))
+    t = threading.Thread(
+        target=lambda: result.update(
+            replay(cfg, tmp_path, make_recon(smol_tokenizer, cfg), progress=False, max_ahead=4)
+        )
+    )
     t.start()
     samples = tmp_path / "samples"
     deadline = time.time() + 30
@@ -566,8 +694,11 @@ def test_gzip_inputs_replay_like_plain_ones_and_a_cut_stream_is_tolerated(tmp_pa
     import gzip
 
     # long answers so the cut below lands well inside the data
-    rows = [dict(r, response=dict(r["response"], content=r["response"]["content"] + " " + "x" * 2000))
-            for r in read_jsonl(RECORDING) if r["finish_reason"] == "stop"]
+    rows = [
+        dict(r, response=dict(r["response"], content=r["response"]["content"] + " " + "x" * 2000))
+        for r in read_jsonl(RECORDING)
+        if r["finish_reason"] == "stop"
+    ]
     plain = write_jsonl(tmp_path / "rec.jsonl", rows)
     packed = gzip.compress(plain.read_bytes(), mtime=0)
     (tmp_path / "gz").mkdir()
@@ -577,7 +708,9 @@ def test_gzip_inputs_replay_like_plain_ones_and_a_cut_stream_is_tolerated(tmp_pa
         cfg = make_cfg(tmp_path / f"run-{name}", path, on_error="fail")
         summary = replay(cfg, tmp_path / f"run-{name}", make_recon(smol_tokenizer, cfg), progress=False)
         assert summary["samples"] == len(rows) and summary["bad_records"] == 0
-        got[name] = [(s.sample_id, s.prompt_ids, s.completion_ids) for s in iter_samples(tmp_path / f"run-{name}" / "samples")]
+        got[name] = [
+            (s.sample_id, s.prompt_ids, s.completion_ids) for s in iter_samples(tmp_path / f"run-{name}" / "samples")
+        ]
     assert got["plain"] == got["gz"]
 
     (tmp_path / "cut.jsonl.gz").write_bytes(packed[: len(packed) // 2])  # the writer died mid-stream
@@ -591,22 +724,49 @@ def test_recorded_reasoning_and_tool_calls_reach_the_student(tmp_path, tools_tok
     base = read_jsonl(RECORDING)[0]
     tool = {"type": "function", "function": {"name": "calc", "parameters": {"type": "object"}}}
     rows = [
-        dict(base, prompt_id="think", response={"role": "assistant", "content": "#### 18",
-                                                "reasoning_content": "168 - 150 = 18", "tool_calls": None}),
-        dict(base, prompt_id="call", tools=[tool], finish_reason="tool_calls", response={
-            "role": "assistant", "content": None, "reasoning_content": None, "tool_calls": [
-                {"id": "c1", "type": "function", "function": {"name": "calc", "arguments": "{\"e\": \"14*12\"}"}}]}),
+        dict(
+            base,
+            prompt_id="think",
+            response={
+                "role": "assistant",
+                "content": "#### 18",
+                "reasoning_content": "168 - 150 = 18",
+                "tool_calls": None,
+            },
+        ),
+        dict(
+            base,
+            prompt_id="call",
+            tools=[tool],
+            finish_reason="tool_calls",
+            response={
+                "role": "assistant",
+                "content": None,
+                "reasoning_content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "calc", "arguments": '{"e": "14*12"}'}}
+                ],
+            },
+        ),
     ]
     inp = write_jsonl(tmp_path / "r.jsonl", rows)
-    cfg = load_config(None, {"orchestrator": {"source": {"type": "replay", "path": str(inp)},
-                                              "reconstruction": {"reasoning": "think_tags"}}})
+    cfg = load_config(
+        None,
+        {
+            "orchestrator": {
+                "source": {"type": "replay", "path": str(inp)},
+                "reconstruction": {"reasoning": "think_tags"},
+            }
+        },
+    )
     summary = replay(cfg, tmp_path, make_recon(tools_tokenizer, cfg), progress=False)
     assert summary["samples"] == 2, summary
     got = {s.prompt_id: s for s in iter_samples(tmp_path / "samples")}
     assert trained_text(tools_tokenizer, got["think"]) == "<think>\n168 - 150 = 18\n</think>\n\n#### 18<|im_end|>"
     assert got["call"].finish_reason == "tool_calls"
     assert trained_text(tools_tokenizer, got["call"]) == (
-        '<tool_call>{"name": "calc", "arguments": {"e": "14*12"}}</tool_call><|im_end|>')
+        '<tool_call>{"name": "calc", "arguments": {"e": "14*12"}}</tool_call><|im_end|>'
+    )
 
 
 def test_dataset_reader_needs_no_network(tmp_path, monkeypatch, no_network):
@@ -629,9 +789,13 @@ def test_shipped_example_data_is_what_its_generator_writes():
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     inputs, outputs = gen.batch()
-    for name, rows in (("recording.jsonl", gen.recording()), ("chat.jsonl", gen.chat()),
-                       ("sharegpt.jsonl", gen.sharegpt()), ("batch_input.jsonl", inputs),
-                       ("batch_output.jsonl", outputs)):
+    for name, rows in (
+        ("recording.jsonl", gen.recording()),
+        ("chat.jsonl", gen.chat()),
+        ("sharegpt.jsonl", gen.sharegpt()),
+        ("batch_input.jsonl", inputs),
+        ("batch_output.jsonl", outputs),
+    ):
         assert read_jsonl(DATA / name) == rows, name
     # the recorded answers are right, except the one recorded as wrong (reward 0.0)
     for r in read_jsonl(RECORDING):

@@ -16,8 +16,9 @@ from distill.core.contract import iter_samples
 from orchestrator.reconstruct import Reconstructor
 from orchestrator.replay import replay
 
-WORD = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-*/=?.,#", min_size=1,
-               max_size=8)
+WORD = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-*/=?.,#", min_size=1, max_size=8
+)
 TEXT = st.lists(WORD, min_size=1, max_size=12).map(" ".join)
 
 
@@ -40,24 +41,44 @@ def as_chat(cid, msgs):
 
 def as_sharegpt(cid, msgs):
     names = {"user": "human", "assistant": "gpt"}
-    row = {"id": cid, "conversations": [{"from": names[m["role"]], "value": m["content"]}
-                                        for m in msgs if m["role"] != "system"]}
+    row = {
+        "id": cid,
+        "conversations": [{"from": names[m["role"]], "value": m["content"]} for m in msgs if m["role"] != "system"],
+    }
     if msgs[0]["role"] == "system":
         row["system"] = msgs[0]["content"]
     return row
 
 
 def as_recording(cid, msgs):
-    return {"v": 1, "prompt_id": cid, "sample_index": 0, "messages": msgs[:-1], "tools": None,
-            "response": dict(msgs[-1], reasoning_content=None, tool_calls=None), "finish_reason": "stop",
-            "model": "m", "reward": None}
+    return {
+        "v": 1,
+        "prompt_id": cid,
+        "sample_index": 0,
+        "messages": msgs[:-1],
+        "tools": None,
+        "response": dict(msgs[-1], reasoning_content=None, tool_calls=None),
+        "finish_reason": "stop",
+        "model": "m",
+        "reward": None,
+    }
 
 
 def as_batch(cid, msgs):
-    request = {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
-               "body": {"model": "m", "messages": msgs[:-1]}}
-    answer = {"custom_id": cid, "error": None, "response": {"status_code": 200, "body": {
-        "model": "m", "choices": [{"index": 0, "finish_reason": "stop", "message": msgs[-1]}]}}}
+    request = {
+        "custom_id": cid,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "m", "messages": msgs[:-1]},
+    }
+    answer = {
+        "custom_id": cid,
+        "error": None,
+        "response": {
+            "status_code": 200,
+            "body": {"model": "m", "choices": [{"index": 0, "finish_reason": "stop", "message": msgs[-1]}]},
+        },
+    }
     return request, answer
 
 
@@ -75,18 +96,27 @@ def test_every_format_gives_the_same_samples(convs, smol_tokenizer):
         }
         for name, rows in files.items():
             (tmp / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (tmp / "batch_input.jsonl").write_text("".join(json.dumps(as_batch(i, c)[0]) + "\n"
-                                                       for i, c in zip(ids, convs)))
+        (tmp / "batch_input.jsonl").write_text(
+            "".join(json.dumps(as_batch(i, c)[0]) + "\n" for i, c in zip(ids, convs))
+        )
         got = {}
         for name in files:
-            cfg = load_config(None, {"orchestrator": {
-                "source": {"type": "replay", "path": str(tmp / f"{name}.jsonl")},
-                "replay": {"batch_input": str(tmp / "batch_input.jsonl")}}})
+            cfg = load_config(
+                None,
+                {
+                    "orchestrator": {
+                        "source": {"type": "replay", "path": str(tmp / f"{name}.jsonl")},
+                        "replay": {"batch_input": str(tmp / "batch_input.jsonl")},
+                    }
+                },
+            )
             recon = Reconstructor(smol_tokenizer, cfg.orchestrator.reconstruction, 1024)
             summary = replay(cfg, tmp / f"run-{name}", recon, progress=False)
             assert summary["samples"] == len(convs) and summary["bad_records"] == 0, summary
-            got[name] = sorted((s.sample_id, s.prompt_ids, s.completion_ids, s.completion_mask)
-                               for s in iter_samples(tmp / f"run-{name}" / "samples"))
+            got[name] = sorted(
+                (s.sample_id, s.prompt_ids, s.completion_ids, s.completion_mask)
+                for s in iter_samples(tmp / f"run-{name}" / "samples")
+            )
         assert got["chat"] == got["sharegpt"] == got["recording"] == got["batch_output"]
         for (sid, _, completion, mask), conv in zip(got["chat"], convs):
             trained = smol_tokenizer.decode([t for t, m in zip(completion, mask) if m])

@@ -41,8 +41,15 @@ USER, ASSISTANT = {"role": "user", "content": "q"}, {"role": "assistant", "conte
 # (line bytes, reason, field) for each hostile line; the line number is its place in the file.
 HOSTILE: list[tuple[bytes, str, str | None]] = [
     (DEEP.encode(), "too_deep", None),
-    (('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tools": '
-      + DEEP + "}").encode(), "too_deep", None),
+    (
+        (
+            '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tools": '
+            + DEEP
+            + "}"
+        ).encode(),
+        "too_deep",
+        None,
+    ),
     (b"x" * (3 * MAX_LINE), "line_too_long", None),
     (b"null", "not_an_object", None),
     (b"3", "not_an_object", None),
@@ -51,37 +58,62 @@ HOSTILE: list[tuple[bytes, str, str | None]] = [
     (b"true", "not_an_object", None),
     (b'{"messages": [{"role": "user", "content": "caf\xe9"}]}', "invalid_utf8", None),
     (b"{not json", "invalid_json", None),
-    (json.dumps(batch_out("req-0", status_code=200, body={"choices": []})).encode(), "no_choices",
-     "response.body.choices"),
-    (json.dumps({"messages": [{"role": "user", "content": None}, ASSISTANT]}).encode(), "missing_content",
-     "messages[0].content"),
-    (json.dumps({"messages": [{"role": "system"}, USER, ASSISTANT]}).encode(), "missing_content",
-     "messages[0].content"),
-    (json.dumps({"messages": [USER, {"role": "assistant", "content": None}]}).encode(), "empty_answer",
-     "messages[1].content"),
+    (
+        json.dumps(batch_out("req-0", status_code=200, body={"choices": []})).encode(),
+        "no_choices",
+        "response.body.choices",
+    ),
+    (
+        json.dumps({"messages": [{"role": "user", "content": None}, ASSISTANT]}).encode(),
+        "missing_content",
+        "messages[0].content",
+    ),
+    (
+        json.dumps({"messages": [{"role": "system"}, USER, ASSISTANT]}).encode(),
+        "missing_content",
+        "messages[0].content",
+    ),
+    (
+        json.dumps({"messages": [USER, {"role": "assistant", "content": None}]}).encode(),
+        "empty_answer",
+        "messages[1].content",
+    ),
     (json.dumps({"messages": [USER, {"role": "assistant"}]}).encode(), "empty_answer", "messages[1].content"),
-    (json.dumps({"conversations": [{"from": "human", "value": None}, {"from": "gpt", "value": "a"}]}).encode(),
-     "missing_content", "conversations[0].value"),
+    (
+        json.dumps({"conversations": [{"from": "human", "value": None}, {"from": "gpt", "value": "a"}]}).encode(),
+        "missing_content",
+        "conversations[0].value",
+    ),
     (json.dumps({"messages": {"role": "user"}}).encode(), "bad_field", "messages"),
     (json.dumps({"messages": [{"role": 3, "content": "q"}, ASSISTANT]}).encode(), "bad_field", "messages[0].role"),
-    (json.dumps({"messages": [{"role": None, "content": "q"}, ASSISTANT]}).encode(), "bad_field",
-     "messages[0].role"),
+    (json.dumps({"messages": [{"role": None, "content": "q"}, ASSISTANT]}).encode(), "bad_field", "messages[0].role"),
 ]
 
 
 def make_cfg(tmp_path: Path, path: Path | None, **replay_keys):
-    return load_config(None, {
-        "output_dir": str(tmp_path / "run"),
-        "orchestrator": {"source": {"type": "replay", **({"path": str(path)} if path else {})},
-                         "replay": {"max_line_bytes": MAX_LINE, "batch_input": str(batch_input(tmp_path)),
-                                    **replay_keys}},
-    })
+    return load_config(
+        None,
+        {
+            "output_dir": str(tmp_path / "run"),
+            "orchestrator": {
+                "source": {"type": "replay", **({"path": str(path)} if path else {})},
+                "replay": {"max_line_bytes": MAX_LINE, "batch_input": str(batch_input(tmp_path)), **replay_keys},
+            },
+        },
+    )
 
 
 def batch_input(tmp_path: Path) -> Path:
     p = tmp_path / "batch_input.jsonl"
-    reqs = [{"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
-             "body": {"model": "m", "messages": [USER]}} for i in range(5)]
+    reqs = [
+        {
+            "custom_id": f"req-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "m", "messages": [USER]},
+        }
+        for i in range(5)
+    ]
     p.write_text("".join(json.dumps(r) + "\n" for r in reqs))
     return p
 
@@ -89,15 +121,35 @@ def batch_input(tmp_path: Path) -> Path:
 def hostile_file(tmp_path: Path) -> Path:
     """Good records first and last, every hostile line between, and a torn last line."""
     lines = [json.dumps(chat("5", "ok-1")).encode()] + [h[0] for h in HOSTILE]
-    lines += [json.dumps(batch_out("req-1", status_code=500, body={"error": {"message": "boom"}})).encode(),
-              json.dumps({"custom_id": "req-2", "response": None, "error": {"code": "x"}}).encode(),
-              json.dumps(chat("", "empty-answer")).encode(),  # "" is an answer: reconstruction decides
-              json.dumps(batch_out("req-4", status_code=200, body={"choices": [  # a teacher's empty answer
-                  {"index": 0, "message": {"role": "assistant", "content": None}, "finish_reason": "stop"}]})).encode(),
-              json.dumps(batch_out("req-3", status_code=200, body={"choices": [  # two conversations
-                  {"index": i, "message": {"role": "assistant", "content": f"a{i}"}, "finish_reason": "stop"}
-                  for i in range(2)]})).encode(),
-              json.dumps(chat("6", "ok-2")).encode()]
+    lines += [
+        json.dumps(batch_out("req-1", status_code=500, body={"error": {"message": "boom"}})).encode(),
+        json.dumps({"custom_id": "req-2", "response": None, "error": {"code": "x"}}).encode(),
+        json.dumps(chat("", "empty-answer")).encode(),  # "" is an answer: reconstruction decides
+        json.dumps(
+            batch_out(
+                "req-4",
+                status_code=200,
+                body={
+                    "choices": [  # a teacher's empty answer
+                        {"index": 0, "message": {"role": "assistant", "content": None}, "finish_reason": "stop"}
+                    ]
+                },
+            )
+        ).encode(),
+        json.dumps(
+            batch_out(
+                "req-3",
+                status_code=200,
+                body={
+                    "choices": [  # two conversations
+                        {"index": i, "message": {"role": "assistant", "content": f"a{i}"}, "finish_reason": "stop"}
+                        for i in range(2)
+                    ]
+                },
+            )
+        ).encode(),
+        json.dumps(chat("6", "ok-2")).encode(),
+    ]
     p = tmp_path / "hostile.jsonl"
     p.write_bytes(b"\n".join(lines) + b"\n" + json.dumps(chat("7", "torn")).encode()[:20])
     return p
@@ -110,7 +162,8 @@ def recon(tok, cfg):
 def assert_accounted(summary: dict) -> None:
     o = summary["outcomes"]
     assert summary["records"] + summary["extra_conversations"] == (
-        o["trained"] + o["filtered"] + o["rejected"] + o["bad_records"] + o["not_reconstructed"])
+        o["trained"] + o["filtered"] + o["rejected"] + o["bad_records"] + o["not_reconstructed"]
+    )
     assert o["filtered"] == sum(summary["filtered"].values())
     assert o["bad_records"] == sum(summary["bad_record_reasons"].values()) == summary["bad_records"]
 
@@ -129,8 +182,12 @@ def test_every_hostile_line_is_one_listed_bad_record(tmp_path, smol_tokenizer):
     assert summary["rejected"] == {"empty_assistant_turn": 2}  # "" in a dataset, null from the teacher
     assert summary["bad_record_reasons"]["not_an_object"] == 5 and summary["bad_record_reasons"]["too_deep"] == 2
     assert summary["filtered"] == {"batch_error": 2}  # failed requests: counted and listed, not training data
-    assert {s.sample_id for s in iter_samples(tmp_path / "run" / "samples")} >= {"ok-1/0", "ok-2/0", "req-3/0",
-                                                                               "req-3/1"}
+    assert {s.sample_id for s in iter_samples(tmp_path / "run" / "samples")} >= {
+        "ok-1/0",
+        "ok-2/0",
+        "req-3/0",
+        "req-3/1",
+    }
     assert_accounted(summary)
     assert summary["outcomes"]["bad_records"] == n + 1
     assert json.loads((tmp_path / "run" / "replay_summary.json").read_text())["outcomes"] == summary["outcomes"]
@@ -167,16 +224,19 @@ def test_an_over_long_line_is_read_past_without_holding_it(tmp_path):
 
 
 def distill(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "distill", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "distill", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def cli_config(tmp_path: Path, tokenizer_dir, path: str | None = None) -> Path:
     src = f'path = "{path}"\n' if path else ""
     cfg = tmp_path / "replay.toml"
-    cfg.write_text(f'output_dir = "{tmp_path / "run"}"\n[student]\ntokenizer = "{tokenizer_dir}"\n'
-                   f'[orchestrator.source]\ntype = "replay"\n{src}'
-                   f'[orchestrator.replay]\nmax_line_bytes = {MAX_LINE}\nbatch_input = "{batch_input(tmp_path)}"\n')
+    cfg.write_text(
+        f'output_dir = "{tmp_path / "run"}"\n[student]\ntokenizer = "{tokenizer_dir}"\n'
+        f'[orchestrator.source]\ntype = "replay"\n{src}'
+        f'[orchestrator.replay]\nmax_line_bytes = {MAX_LINE}\nbatch_input = "{batch_input(tmp_path)}"\n'
+    )
     return cfg
 
 
@@ -189,9 +249,11 @@ def test_cli_replays_inputs_given_on_the_command_line_without_source_path(tmp_pa
     assert summary["inputs"] == [str(p)] and is_done(tmp_path / "run" / "samples")
     assert_accounted(summary)
     o = summary["outcomes"]
-    assert (f"replay: {summary['records']} records (+1 more choice(s) of Batch API lines) = "
-            f"{o['trained']} trained + {o['filtered']} filtered + {o['rejected']} rejected + "
-            f"{o['bad_records']} bad") in proc.stdout
+    assert (
+        f"replay: {summary['records']} records (+1 more choice(s) of Batch API lines) = "
+        f"{o['trained']} trained + {o['filtered']} filtered + {o['rejected']} rejected + "
+        f"{o['bad_records']} bad"
+    ) in proc.stdout
     assert '"too_deep": 2' in proc.stdout and "Traceback" not in proc.stderr
 
 
@@ -203,8 +265,11 @@ def test_cli_on_error_fail_is_one_message_and_exit_1(tmp_path, smol_tokenizer_di
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"{p}:2: expected a JSON object per line, got null" in proc.stderr
     # one message (the rest of stderr is the progress bar)
-    assert [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("replay:")] == [
-        ln for ln in proc.stderr.splitlines() if ln.startswith("distill: ")] != []
+    assert (
+        [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("replay:")]
+        == [ln for ln in proc.stderr.splitlines() if ln.startswith("distill: ")]
+        != []
+    )
 
 
 def test_cli_without_input_or_source_path_names_the_key(tmp_path, smol_tokenizer_dir):
@@ -221,18 +286,32 @@ def test_replay_without_any_input_names_the_key(tmp_path, smol_tokenizer):
         replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)
 
 
-@pytest.mark.parametrize("line,problem", [
-    (DEEP, "JSON nested too deeply"), ("null", "a JSON null, not an object"), ("3", "a JSON number, not an object"),
-    ('{"custom_id": ["x"], "body": {}}', "custom_id is array, not a string"),
-    ('{"custom_id": "' + "z" * MAX_LINE + '"}', "line of [0-9]+ bytes is longer than the"),
-])
+@pytest.mark.parametrize(
+    "line,problem",
+    [
+        (DEEP, "JSON nested too deeply"),
+        ("null", "a JSON null, not an object"),
+        ("3", "a JSON number, not an object"),
+        ('{"custom_id": ["x"], "body": {}}', "custom_id is array, not a string"),
+        ('{"custom_id": "' + "z" * MAX_LINE + '"}', "line of [0-9]+ bytes is longer than the"),
+    ],
+)
 def test_a_hostile_batch_input_line_is_an_error_naming_it(tmp_path, smol_tokenizer, line, problem):
     out = tmp_path / "out.jsonl"
-    out.write_text(json.dumps(batch_out("req-0", status_code=200, body={"choices": [
-        {"index": 0, "message": {"role": "assistant", "content": "a"}}]})) + "\n")
+    out.write_text(
+        json.dumps(
+            batch_out(
+                "req-0",
+                status_code=200,
+                body={"choices": [{"index": 0, "message": {"role": "assistant", "content": "a"}}]},
+            )
+        )
+        + "\n"
+    )
     cfg = make_cfg(tmp_path, out)  # writes batch_input.jsonl: 5 requests
     inp = tmp_path / "batch_input.jsonl"
     inp.write_text(inp.read_text() + line + "\n")
-    with pytest.raises(ReplayError, match=f"batch_input.jsonl:6: field 'custom_id': not a Batch API input line "
-                                          f"\\({problem}"):
+    with pytest.raises(
+        ReplayError, match=f"batch_input.jsonl:6: field 'custom_id': not a Batch API input line \\({problem}"
+    ):
         replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)

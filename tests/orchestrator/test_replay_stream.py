@@ -48,12 +48,21 @@ class PeakRSS:
 def write_recording(path: Path, n: int) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for i in range(n):
-            f.write(json.dumps({
-                "v": 1, "prompt_id": f"p{i}", "sample_index": 0,
-                "messages": [{"role": "user", "content": f"What is {i} + 1?"}],
-                "response": {"role": "assistant", "content": f"{i} + 1 = {i + 1}"},
-                "finish_reason": "stop" if i % KEEP_EVERY == 0 else "length", "model": "m", "reward": None,
-            }) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "v": 1,
+                        "prompt_id": f"p{i}",
+                        "sample_index": 0,
+                        "messages": [{"role": "user", "content": f"What is {i} + 1?"}],
+                        "response": {"role": "assistant", "content": f"{i} + 1 = {i + 1}"},
+                        "finish_reason": "stop" if i % KEEP_EVERY == 0 else "length",
+                        "model": "m",
+                        "reward": None,
+                    }
+                )
+                + "\n"
+            )
 
 
 @pytest.mark.slow

@@ -24,28 +24,41 @@ def recon_for(smol_tokenizer):
 
     return lambda cfg: Reconstructor(smol_tokenizer, cfg.orchestrator.reconstruction)
 
+
 MSGS = [{"role": "user", "content": "What is 2 plus 2?"}]
 
 
 def test_hash_is_canonical_and_covers_what_changes_the_answer():
     h = request_hash("m", MSGS, None, {"temperature": 0.7, "max_tokens": 64})
-    assert h == request_hash("m", [{"content": "What is 2 plus 2?", "role": "user"}], None,
-                             {"max_tokens": 64, "temperature": 0.7})  # key order does not matter
+    assert h == request_hash(
+        "m", [{"content": "What is 2 plus 2?", "role": "user"}], None, {"max_tokens": 64, "temperature": 0.7}
+    )  # key order does not matter
     assert h == request_hash("m", MSGS, [], {"temperature": 0.7, "max_tokens": 64})  # no tools == empty tools
-    assert len({h,
+    assert (
+        len(
+            {
+                h,
                 request_hash("m2", MSGS, None, {"temperature": 0.7, "max_tokens": 64}),
-                request_hash("m", [{"role": "user", "content": "What is 2 plus 3?"}], None,
-                             {"temperature": 0.7, "max_tokens": 64}),
-                request_hash("m", MSGS, [{"type": "function", "function": {"name": "f"}}],
-                             {"temperature": 0.7, "max_tokens": 64}),
+                request_hash(
+                    "m",
+                    [{"role": "user", "content": "What is 2 plus 3?"}],
+                    None,
+                    {"temperature": 0.7, "max_tokens": 64},
+                ),
+                request_hash(
+                    "m", MSGS, [{"type": "function", "function": {"name": "f"}}], {"temperature": 0.7, "max_tokens": 64}
+                ),
                 request_hash("m", MSGS, None, {"temperature": 0.8, "max_tokens": 64}),
-                request_hash("m", MSGS, None, base_sampling({"temperature": 0.7, "max_tokens": 64},
-                                                            {"top_k": 5}))}) == 6
+                request_hash("m", MSGS, None, base_sampling({"temperature": 0.7, "max_tokens": 64}, {"top_k": 5})),
+            }
+        )
+        == 6
+    )
     # n follows from which indices are missing, and a secret in extra_body is not part of the prompt
-    assert base_sampling({"n": 4, "temperature": 0.7, "max_tokens": 64}, {}) == {"temperature": 0.7,
-                                                                                 "max_tokens": 64}
-    assert (request_hash("m", MSGS, None, base_sampling({}, {"api_key": "sk-one"}))
-            == request_hash("m", MSGS, None, base_sampling({}, {"api_key": "sk-two"})))
+    assert base_sampling({"n": 4, "temperature": 0.7, "max_tokens": 64}, {}) == {"temperature": 0.7, "max_tokens": 64}
+    assert request_hash("m", MSGS, None, base_sampling({}, {"api_key": "sk-one"})) == request_hash(
+        "m", MSGS, None, base_sampling({}, {"api_key": "sk-two"})
+    )
 
 
 def _edit_prompt(path: Path, pid: str, text: str) -> None:
@@ -97,8 +110,13 @@ def test_edited_prompt_is_an_error_then_rerequested_by_option(tmp_path, recon_fo
         assert s2.log.entries == []
 
     # distill replay of the recording (one pass, first record per id) skips the superseded lines too
-    cfg = load_config(None, {"orchestrator": {"source": {"type": "replay", "path": str(run / "recording.jsonl")}},
-                             "trainer": {"seq_len": 512}})
+    cfg = load_config(
+        None,
+        {
+            "orchestrator": {"source": {"type": "replay", "path": str(run / "recording.jsonl")}},
+            "trainer": {"seq_len": 512},
+        },
+    )
     summary = replay(cfg, tmp_path / "replayed", recon_for(cfg), progress=False)
     assert summary["filtered"].get("superseded") == 2 and "duplicate_id" not in summary["filtered"]
     replayed = {smp.sample_id: smp for smp in iter_samples(tmp_path / "replayed" / "samples")}

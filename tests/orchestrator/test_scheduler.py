@@ -22,8 +22,12 @@ FAST_RETRY = {"max_attempts": 40, "initial_backoff": 0.001, "max_backoff": 0.01}
 
 
 def make_cfg(base_url: str, prompts: Path, **orch):
-    o = {"rollout_model": {"base_url": base_url, "model": "fault-teacher"},
-         "source": {"type": "jsonl", "path": str(prompts)}, "retry": FAST_RETRY, "samples_per_shard": 4}
+    o = {
+        "rollout_model": {"base_url": base_url, "model": "fault-teacher"},
+        "source": {"type": "jsonl", "path": str(prompts)},
+        "retry": FAST_RETRY,
+        "samples_per_shard": 4,
+    }
     for k, v in orch.items():
         o[k] = {**o[k], **v} if isinstance(v, dict) and isinstance(o.get(k), dict) else v
     return load_config(None, {"orchestrator": o, "trainer": {"seq_len": 512}})
@@ -54,9 +58,24 @@ def test_30pct_faults_every_sample_exactly_once(tmp_path, recon_for):
     assert is_done(tmp_path / "run" / "samples")
     # recording provenance
     r0 = rec[0]
-    assert set(r0) >= {"v", "prompt_id", "sample_index", "messages", "tools", "response", "finish_reason", "model",
-                       "endpoint", "sampling", "usage", "usage_shared_by", "t_start", "t_end", "reward",
-                       "request_id"}
+    assert set(r0) >= {
+        "v",
+        "prompt_id",
+        "sample_index",
+        "messages",
+        "tools",
+        "response",
+        "finish_reason",
+        "model",
+        "endpoint",
+        "sampling",
+        "usage",
+        "usage_shared_by",
+        "t_start",
+        "t_end",
+        "reward",
+        "request_id",
+    }
     assert r0["endpoint"] == s.base_url and r0["model"] == "fault-teacher" and r0["sampling"]["max_tokens"] == 64
     # usage / usage_shared_by sums back to what the server billed
     billed = sum(r["usage"]["completion_tokens"] / r["usage_shared_by"] for r in rec)
@@ -96,16 +115,25 @@ def test_max_requests_budget_stops_cleanly(tmp_path, recon_for):
 def test_completion_token_and_cost_budgets_never_exceeded(tmp_path, recon_for):
     write_prompts(tmp_path / "p.jsonl", 50)
     with FaultServer() as s:
-        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"max_tokens": 30},
-                       budget={"max_completion_tokens": 100}, concurrency=4)
+        cfg = make_cfg(
+            s.base_url,
+            tmp_path / "p.jsonl",
+            sampling={"max_tokens": 30},
+            budget={"max_completion_tokens": 100},
+            concurrency=4,
+        )
         summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
     assert summary["stop_reason"] == "budget:max_completion_tokens"
     billed = sum(e["choices"] for e in s.log.ok())
     assert 0 < summary["completion_tokens"] <= 100 and billed >= 1
     with FaultServer() as s:
-        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"max_tokens": 30},
-                       budget={"max_cost": 0.5, "cost_per_1k_prompt": 1.0, "cost_per_1k_completion": 2.0},
-                       concurrency=4)
+        cfg = make_cfg(
+            s.base_url,
+            tmp_path / "p.jsonl",
+            sampling={"max_tokens": 30},
+            budget={"max_cost": 0.5, "cost_per_1k_prompt": 1.0, "cost_per_1k_completion": 2.0},
+            concurrency=4,
+        )
         summary = rollout(cfg, tmp_path / "run2", recon_for(cfg), progress=False, backpressure=False)
     assert summary["stop_reason"] == "budget:max_cost"
     assert 0.5 - 0.07 < summary["cost"] <= 0.5 + 1e-9
@@ -128,10 +156,13 @@ def test_secrets_never_written(tmp_path, recon_for, monkeypatch, capfd):
     monkeypatch.setenv("DISTILL_TEST_TEACHER_KEY", secret)
     write_prompts(tmp_path / "p.jsonl", 8)
     with FaultServer(Faults.uniform(0.3, retry_after=0.01), seed=2) as s:
-        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl",
-                       rollout_model={"api_key_var": "DISTILL_TEST_TEACHER_KEY",
-                                      "headers": {"X-Api-Key": secret + "-hdr"}},
-                       sampling={"extra_body": {"api_key": secret + "-body"}}, budget={"max_requests": 200})
+        cfg = make_cfg(
+            s.base_url,
+            tmp_path / "p.jsonl",
+            rollout_model={"api_key_var": "DISTILL_TEST_TEACHER_KEY", "headers": {"X-Api-Key": secret + "-hdr"}},
+            sampling={"extra_body": {"api_key": secret + "-body"}},
+            budget={"max_requests": 200},
+        )
         rollout(cfg, tmp_path / "run", recon_for(cfg), progress=True, backpressure=False)
     assert all(e["auth"] == f"Bearer {secret}" for e in s.log.entries)  # it was used...
     out, err = capfd.readouterr()
@@ -189,8 +220,9 @@ def test_stop_event_stops_cleanly(tmp_path, recon_for, kind):
 
     async def go(cfg, recon):
         ev = asyncio.Event() if kind == "asyncio" else threading.Event()
-        task = asyncio.ensure_future(run_rollouts(cfg, tmp_path / "run", recon, progress=False, stop_event=ev,
-                                                  backpressure=False))
+        task = asyncio.ensure_future(
+            run_rollouts(cfg, tmp_path / "run", recon, progress=False, stop_event=ev, backpressure=False)
+        )
         await asyncio.sleep(0.5)
         if kind == "asyncio":
             ev.set()
@@ -214,12 +246,22 @@ def test_reward_filter_keeps_only_passing(tmp_path, recon_for):
     p = tmp_path / "p.jsonl"
     with open(p, "w") as f:
         for i in range(10):
-            f.write(json.dumps({"id": f"q{i}", "prompt": f"What is {i} times 1? Say {i}",
-                                "answer": str(i if i % 2 == 0 else i + 100)}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"q{i}",
+                        "prompt": f"What is {i} times 1? Say {i}",
+                        "answer": str(i if i % 2 == 0 else i + 100),
+                    }
+                )
+                + "\n"
+            )
     mod = tmp_path / "myreward.py"
-    mod.write_text("from orchestrator.rewards import extract_final_answer\n"
-                   "def score(prompt, text):\n"
-                   "    return float(extract_final_answer(text.replace(' done.', '')) == prompt['answer'])\n")
+    mod.write_text(
+        "from orchestrator.rewards import extract_final_answer\n"
+        "def score(prompt, text):\n"
+        "    return float(extract_final_answer(text.replace(' done.', '')) == prompt['answer'])\n"
+    )
     import sys
 
     sys.path.insert(0, str(tmp_path))
@@ -242,9 +284,18 @@ def test_reasoning_gym_source_and_gsm_reward(tmp_path, recon_for):
     from orchestrator.rewards import gsm_symbolic_score
 
     with FaultServer() as s:
-        cfg = make_cfg(s.base_url, tmp_path / "unused", source={"type": "reasoning_gym", "dataset": "gsm_symbolic",
-                                                              "size": 4, "seed": 3, "path": None,
-                                                              "system_prompt": "Be brief."})
+        cfg = make_cfg(
+            s.base_url,
+            tmp_path / "unused",
+            source={
+                "type": "reasoning_gym",
+                "dataset": "gsm_symbolic",
+                "size": 4,
+                "seed": 3,
+                "path": None,
+                "system_prompt": "Be brief.",
+            },
+        )
         summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
     assert sorted(sample_ids(tmp_path / "run")) == [f"gsm_symbolic-3-{i}/0" for i in range(4)]
     assert s.log.entries[0]["messages"][0] == {"role": "system", "content": "Be brief."}
@@ -283,20 +334,31 @@ def test_reconstruct_workers_give_the_same_samples(tmp_path, recon_for):
             cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"n": 2}, reconstruct_workers=workers)
             summary = rollout(cfg, tmp_path / f"run{workers}", recon_for(cfg), progress=False, backpressure=False)
             assert summary["stop_reason"] == "completed"
-            out[workers] = {x.sample_id: (x.prompt_ids, x.completion_ids, x.completion_mask)
-                            for x in iter_samples(tmp_path / f"run{workers}" / "samples")}
+            out[workers] = {
+                x.sample_id: (x.prompt_ids, x.completion_ids, x.completion_mask)
+                for x in iter_samples(tmp_path / f"run{workers}" / "samples")
+            }
     assert len(out[0]) == 24 and out[0] == out[1]
 
 
 def test_tool_calls_and_reasoning_are_recorded_and_reconstructed(tmp_path, recon_for):
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
-                                               "parameters": {"type": "object",
-                                                              "properties": {"city": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     p = tmp_path / "p.jsonl"
     with open(p, "w") as f:
         for i in range(3):
-            f.write(json.dumps({"id": f"t{i}", "messages": [{"role": "user", "content": f"weather {i}?"}],
-                                "tools": tools}) + "\n")
+            f.write(
+                json.dumps({"id": f"t{i}", "messages": [{"role": "user", "content": f"weather {i}?"}], "tools": tools})
+                + "\n"
+            )
         f.write(json.dumps({"id": "plain", "prompt": "no tools here"}) + "\n")
     with FaultServer(reasoning=True, tool_calls=True) as s:
         cfg = make_cfg(s.base_url, p, reconstruction={"reasoning": "think_tags"})
@@ -318,10 +380,12 @@ def test_tool_calls_and_reasoning_are_recorded_and_reconstructed(tmp_path, recon
 
 # --- review fixes: failed jobs, bad prompt lines, key before the run dir, fatal 402/quota, resume ---
 
+
 def test_a_job_that_raises_fails_the_run_without_done(tmp_path, recon_for, monkeypatch):
     import errno
 
     from orchestrator import recording
+
     orig = recording.RecordingWriter._write_sync
     calls = {"n": 0}
 
@@ -345,6 +409,7 @@ def test_a_job_that_raises_fails_the_run_without_done(tmp_path, recon_for, monke
 
 def test_bad_prompt_line_is_an_error_before_any_request(tmp_path, recon_for):
     from orchestrator.prompts import PromptSourceError
+
     p = tmp_path / "p.jsonl"
     write_prompts(p, 50)
     lines = p.read_text().splitlines()
@@ -359,6 +424,7 @@ def test_bad_prompt_line_is_an_error_before_any_request(tmp_path, recon_for):
 
 def test_an_error_while_scheduling_keeps_answers_in_flight(tmp_path, recon_for, monkeypatch):
     from orchestrator import scheduler
+
     orig = scheduler.Backpressure.wait
     calls = {"n": 0}
 
@@ -382,6 +448,7 @@ def test_an_error_while_scheduling_keeps_answers_in_flight(tmp_path, recon_for, 
 
 def test_missing_key_env_var_leaves_a_finished_run_untouched(tmp_path, recon_for, monkeypatch):
     from distill.core.config import ConfigError
+
     write_prompts(tmp_path / "p.jsonl", 3)
     run_dir = tmp_path / "run"
     with FaultServer() as s:
@@ -397,8 +464,9 @@ def test_missing_key_env_var_leaves_a_finished_run_untouched(tmp_path, recon_for
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
-@pytest.mark.parametrize("status,code,match", [(402, None, "answered 402"),
-                                               (429, "insufficient_quota", "insufficient quota")])
+@pytest.mark.parametrize(
+    "status,code,match", [(402, None, "answered 402"), (429, "insufficient_quota", "insufficient quota")]
+)
 def test_out_of_credit_stops_the_run_even_after_successes(tmp_path, recon_for, status, code, match):
     write_prompts(tmp_path / "p.jsonl", 8)
     with FaultServer(Faults(error_status=status, error_code=code, error_after=2)) as s:
@@ -455,8 +523,14 @@ def test_a_choice_left_out_is_asked_for_again(tmp_path, recon_for):
 def test_unusable_choices_are_asked_again_at_most_max_attempts_times_then_retried_on_rerun(tmp_path, recon_for):
     write_prompts(tmp_path / "p.jsonl", 3)
     with FaultServer(Faults(bad_choices={1: "empty"}, bad_choice_requests=100)) as s:
-        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"n": 2}, concurrency=1,
-                       retry={"max_attempts": 1}, max_failed_fraction=0.5)
+        cfg = make_cfg(
+            s.base_url,
+            tmp_path / "p.jsonl",
+            sampling={"n": 2},
+            concurrency=1,
+            retry={"max_attempts": 1},
+            max_failed_fraction=0.5,
+        )
         summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
     assert len(s.log.entries) == 3  # one round each, no second
     assert summary["failed_pairs"] == {"empty_content": 3} and summary["samples"] == 3
@@ -476,8 +550,11 @@ def test_too_many_failed_pairs_stop_the_run_early_and_a_rerun_asks_only_for_them
     retry = {"max_attempts": 2}
     with FaultServer(Faults(error_status=500, error_after=3)) as s:
         cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", concurrency=1, retry=retry, max_failed_fraction=0.5)
-        with pytest.raises(RolloutError, match=r"failed for good on 6 \(prompt, sample\) pairs, more than "
-                                               r"orchestrator.max_failed_fraction = 0.5 of the 10") as ei:
+        with pytest.raises(
+            RolloutError,
+            match=r"failed for good on 6 \(prompt, sample\) pairs, more than "
+            r"orchestrator.max_failed_fraction = 0.5 of the 10",
+        ) as ei:
             rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
     assert "http_500=6" in str(ei.value) and "rerun" in str(ei.value)
     # stopped at the 6th failed pair (2 attempts each), not after all 7; one attempt of the next prompt may be
@@ -497,8 +574,9 @@ def test_too_many_failed_pairs_stop_the_run_early_and_a_rerun_asks_only_for_them
 def test_a_streak_of_failed_requests_stops_the_run(tmp_path, recon_for):
     write_prompts(tmp_path / "p.jsonl", 40)
     with FaultServer(Faults(error_status=503, error_after=2)) as s:
-        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", concurrency=1, retry={"max_attempts": 2},
-                       max_failed_fraction=1.0)
+        cfg = make_cfg(
+            s.base_url, tmp_path / "p.jsonl", concurrency=1, retry={"max_attempts": 2}, max_failed_fraction=1.0
+        )
         with pytest.raises(RolloutError, match="the last 10 teacher requests all failed after every retry"):
             rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
     assert s.log.outcomes()["ok"] == 2 and 20 <= s.log.outcomes()["http503"] <= 21  # + one queued attempt

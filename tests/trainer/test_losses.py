@@ -78,8 +78,11 @@ def test_a_loss_needing_a_teacher_field_refuses_samples_without_it(smol_tokenize
     monkeypatch.setitem(LOSSES, "needs_lp", LossSpec(chunked_nll, needs=("labels", "teacher_logprobs")))
     samples = make_samples(smol_tokenizer, 2)
     check_inputs("sft", samples)  # sft needs only labels
-    with pytest.raises(ValueError, match=rf"sample {samples[0].sample_id} has no teacher_logprobs, which "
-                                         r"trainer.loss.type = 'needs_lp' needs"):
+    with pytest.raises(
+        ValueError,
+        match=rf"sample {samples[0].sample_id} has no teacher_logprobs, which "
+        r"trainer.loss.type = 'needs_lp' needs",
+    ):
         check_inputs("needs_lp", samples)
 
 

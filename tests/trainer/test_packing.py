@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 from distill.core.config import SFTLoss
 from distill.core.contract import Sample
 from support.trainer_helpers import make_samples
-from trainer.data import (block_causal_mask, best_fit_decreasing, empty_micro_batch, make_micro_batches,
-                          sample_arrays)
+from trainer.data import block_causal_mask, best_fit_decreasing, empty_micro_batch, make_micro_batches, sample_arrays
 from trainer.loss import IGNORE
 from trainer.model import load_student
 
@@ -40,8 +39,7 @@ def test_best_fit_prefers_the_fullest_bin():
 
 
 def test_labels_are_shifted_and_masked():
-    s = Sample(sample_id="x/0", prompt_ids=[10, 11, 12], completion_ids=[20, 21, 22, 23],
-               completion_mask=[1, 0, 1, 1])
+    s = Sample(sample_id="x/0", prompt_ids=[10, 11, 12], completion_ids=[20, 21, 22, 23], completion_mask=[1, 0, 1, 1])
     ids, labels = sample_arrays(s, seq_len=16)
     assert ids == [10, 11, 12, 20, 21, 22, 23]
     # position t predicts ids[t+1] when that token is trained
@@ -67,10 +65,10 @@ def test_packed_rows_restart_positions_and_block_the_mask(smol_tokenizer):
     assert all(row_pos[i] == 0 for i in starts)
     mask = block_causal_mask(mb.segment_ids)[0, 0]
     a, b = starts[0], starts[1]
-    assert mask[b, b - 1].item() is False     # the 2nd sample cannot see the 1st
-    assert mask[b + 1, b].item() is True      # but sees its own past
-    assert mask[a, a + 1].item() is False     # causal
-    assert mask.any(dim=-1).all()             # no empty softmax row, padding included
+    assert mask[b, b - 1].item() is False  # the 2nd sample cannot see the 1st
+    assert mask[b + 1, b].item() is True  # but sees its own past
+    assert mask[a, a + 1].item() is False  # causal
+    assert mask.any(dim=-1).all()  # no empty softmax row, padding included
     # labels never cross a sample boundary: the last position of a sample is untrained
     assert mb.labels[0, b - 1].item() == IGNORE
 
@@ -125,8 +123,8 @@ def _with_teacher(s: Sample, topk: bool = True) -> Sample:
     """The sample with teacher fields that encode their own token: logprob -id/1000 at trained
     tokens (null elsewhere); top-k [id, id+1] (just [id] at every third position)."""
     lps = [-c / 1000 if m else None for c, m in zip(s.completion_ids, s.completion_mask)]
-    ids = [[c, c + 1][:1 + (j % 3 != 0)] for j, c in enumerate(s.completion_ids)]
-    extra = {"teacher_topk_ids": ids, "teacher_topk_logprobs": [[-0.5, -3.0][:len(x)] for x in ids]} if topk else {}
+    ids = [[c, c + 1][: 1 + (j % 3 != 0)] for j, c in enumerate(s.completion_ids)]
+    extra = {"teacher_topk_ids": ids, "teacher_topk_logprobs": [[-0.5, -3.0][: len(x)] for x in ids]} if topk else {}
     return dataclasses.replace(s, teacher_logprobs=lps, **extra)
 
 

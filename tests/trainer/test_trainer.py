@@ -19,8 +19,14 @@ CPU1 = DistContext(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 
 
 def _cfg(student_dir, **trainer):
-    t = {"max_steps": 4, "samples_per_step": 4, "seq_len": 128, "micro_batch_rows": 1, "device": "cpu",
-         "optim": {"lr": 3e-3, "warmup_steps": 1, "schedule": "cosine"}}
+    t = {
+        "max_steps": 4,
+        "samples_per_step": 4,
+        "seq_len": 128,
+        "micro_batch_rows": 1,
+        "device": "cpu",
+        "optim": {"lr": 3e-3, "warmup_steps": 1, "schedule": "cosine"},
+    }
     t.update(trainer)
     return load_config(None, {"student": {"path": str(student_dir)}, "trainer": t})
 
@@ -70,11 +76,20 @@ def test_train_writes_metrics_checkpoints_and_backpressure(tmp_path, tiny_studen
     write_samples(run / "samples", make_samples(smol_tokenizer, 10))  # 2 full steps + a partial one
     cfg = _cfg(tiny_student_dir, max_steps=5, repeat=False, checkpoint={"every": 1, "keep_last": 2})
     out = train(cfg, run, progress=False)
-    assert out["steps"] == 3 and out["samples_seen"] == 10   # the stream ended before max_steps
+    assert out["steps"] == 3 and out["samples_seen"] == 10  # the stream ended before max_steps
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
-    for key in ("step", "loss", "trained_tokens", "tokens", "tokens_per_s", "lr", "grad_norm",
-                "packing_efficiency", "samples_seen"):
+    for key in (
+        "step",
+        "loss",
+        "trained_tokens",
+        "tokens",
+        "tokens_per_s",
+        "lr",
+        "grad_norm",
+        "packing_efficiency",
+        "samples_seen",
+    ):
         assert all(key in r for r in rows), key
     assert rows[-1]["samples_seen"] == 10 and 0 < rows[0]["packing_efficiency"] <= 1
     assert rows[0]["tokens"] > rows[0]["trained_tokens"] > 0
@@ -84,8 +99,16 @@ def test_train_writes_metrics_checkpoints_and_backpressure(tmp_path, tiny_studen
     assert [p.name for p in ckpts] == ["step-000002", "step-000003"]
     final = Path(out["checkpoint"])
     assert final == ckpts[-1]
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "distill_config.toml", "optimizer.pt",
-              "scheduler.pt", "rng-rank0.pt", "trainer_state.json"):
+    for f in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "distill_config.toml",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng-rank0.pt",
+        "trainer_state.json",
+    ):
         assert (final / f).is_file(), f
     assert json.loads((final / "trainer_state.json").read_text())["samples_seen"] == 10
     assert "[trainer]" in (final / "distill_config.toml").read_text()
@@ -106,7 +129,7 @@ def test_resume_continues_the_loss_curve(tmp_path, tiny_student_dir, smol_tokeni
     write_samples(resumed / "samples", samples[:12])
     first = train(cfg, resumed, progress=False)
     assert first["steps"] == 3
-    write_samples(resumed / "samples", samples[12:])   # the producer resumes and finishes
+    write_samples(resumed / "samples", samples[12:])  # the producer resumes and finishes
     second = train(cfg, resumed, resume=True, progress=False)
     assert second["resumed_from"].endswith("step-000003") and second["steps"] == 6
 
@@ -127,8 +150,20 @@ def test_report_plots_metrics_and_summarises(tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    rows = [{"step": i, "loss": 3.0 - 0.2 * i, "tokens": 400, "trained_tokens": 100, "tokens_per_s": 1000.0 + i,
-             "lr": 1e-4, "grad_norm": 1.0, "packing_efficiency": 0.9, "samples_seen": 8 * i} for i in range(1, 6)]
+    rows = [
+        {
+            "step": i,
+            "loss": 3.0 - 0.2 * i,
+            "tokens": 400,
+            "trained_tokens": 100,
+            "tokens_per_s": 1000.0 + i,
+            "lr": 1e-4,
+            "grad_norm": 1.0,
+            "packing_efficiency": 0.9,
+            "samples_seen": 8 * i,
+        }
+        for i in range(1, 6)
+    ]
     rows[2]["eval_loss"] = 2.5
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 6, "lo')
     png, text = write_report(run)
@@ -147,7 +182,7 @@ def test_evaluate_equals_the_hf_models_own_loss(tiny_student_dir, smol_tokenizer
     s = make_samples(smol_tokenizer, 1)[0]  # every completion token trained
     ids = torch.tensor([s.prompt_ids + s.completion_ids])
     labels = ids.clone()
-    labels[0, :len(s.prompt_ids)] = -100
+    labels[0, : len(s.prompt_ids)] = -100
     with torch.no_grad():
         ref = model.lm(input_ids=ids, labels=labels).loss.item()
     assert evaluate(model, [s], cfg.trainer, CPU1, pad_id=0) == pytest.approx(ref, rel=1e-5)
@@ -204,7 +239,7 @@ def test_refuses_to_mix_with_an_earlier_run_or_to_wait_for_nothing(tmp_path, tin
 
 
 def test_repeat_goes_over_the_finished_stream_again_and_resumes_mid_epoch(tmp_path, tiny_student_dir, smol_tokenizer):
-    samples = make_samples(smol_tokenizer, 6)   # 4 per step: steps straddle epoch boundaries
+    samples = make_samples(smol_tokenizer, 6)  # 4 per step: steps straddle epoch boundaries
     const = {"lr": 3e-3, "warmup_steps": 0, "schedule": "constant"}
     straight = tmp_path / "straight"
     write_samples(straight / "samples", samples)
@@ -225,12 +260,12 @@ def test_repeat_goes_over_the_finished_stream_again_and_resumes_mid_epoch(tmp_pa
     assert _losses(resumed) == pytest.approx(_losses(straight), rel=1e-5)
 
 
-def test_the_last_step_is_logged_when_the_stream_ends_between_logged_steps(tmp_path, tiny_student_dir,
-                                                                            smol_tokenizer):
+def test_the_last_step_is_logged_when_the_stream_ends_between_logged_steps(tmp_path, tiny_student_dir, smol_tokenizer):
     """repeat = false and a stream that ends at step 3 with log_every = 2: step 3 is still logged."""
     write_samples(tmp_path / "samples", make_samples(smol_tokenizer, 6))
-    out = train(_cfg(tiny_student_dir, max_steps=10, samples_per_step=2, log_every=2, repeat=False),
-                tmp_path, progress=False)
+    out = train(
+        _cfg(tiny_student_dir, max_steps=10, samples_per_step=2, log_every=2, repeat=False), tmp_path, progress=False
+    )
     assert out["steps"] == 3
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 3] and all("loss" in r for r in rows)
@@ -250,8 +285,9 @@ def test_no_step_no_checkpoint(tmp_path, tiny_student_dir):
     assert checkpoint.latest(run / "checkpoints") is None
 
 
-def test_time_based_checkpoints_survive_a_kill_and_resume_exactly(tmp_path, tiny_student_dir, smol_tokenizer,
-                                                                  monkeypatch):
+def test_time_based_checkpoints_survive_a_kill_and_resume_exactly(
+    tmp_path, tiny_student_dir, smol_tokenizer, monkeypatch
+):
     """checkpoint.every = 0 (no step saves): the time-based saves alone bound what a kill loses, and a
     resume from one continues exactly (step, optimizer, LR schedule, data position)."""
     import trainer.train as tt
@@ -260,8 +296,11 @@ def test_time_based_checkpoints_survive_a_kill_and_resume_exactly(tmp_path, tiny
     samples = make_samples(smol_tokenizer, 24)
     straight = tmp_path / "straight"
     write_samples(straight / "samples", samples)
-    train(_cfg(tiny_student_dir, max_steps=6, repeat=False, checkpoint={"every": 0, "every_seconds": 0}),
-          straight, progress=False)
+    train(
+        _cfg(tiny_student_dir, max_steps=6, repeat=False, checkpoint={"every": 0, "every_seconds": 0}),
+        straight,
+        progress=False,
+    )
 
     real_step, calls = tt.train_step, []
 
@@ -276,8 +315,7 @@ def test_time_based_checkpoints_survive_a_kill_and_resume_exactly(tmp_path, tiny
         write_samples(run / "samples", samples)
         calls.clear()
         monkeypatch.setattr(tt, "train_step", dies_at_step_5)
-        cfg = _cfg(tiny_student_dir, max_steps=6, repeat=False,
-                   checkpoint={"every": 0, "every_seconds": every_seconds})
+        cfg = _cfg(tiny_student_dir, max_steps=6, repeat=False, checkpoint={"every": 0, "every_seconds": every_seconds})
         with pytest.raises(KeyboardInterrupt):
             train(cfg, run, progress=False)
         monkeypatch.setattr(tt, "train_step", real_step)
@@ -286,8 +324,12 @@ def test_time_based_checkpoints_survive_a_kill_and_resume_exactly(tmp_path, tiny
     assert checkpoint.latest(killed_run(0) / "checkpoints") is None  # without time-based saves: all lost
     run = killed_run(1e-6)  # "every few minutes", compressed: every step is past the interval
     assert checkpoint.latest(run / "checkpoints").name == "step-000004"
-    out = train(_cfg(tiny_student_dir, max_steps=6, repeat=False, checkpoint={"every": 0, "every_seconds": 1e-6}),
-                run, resume=True, progress=False)
+    out = train(
+        _cfg(tiny_student_dir, max_steps=6, repeat=False, checkpoint={"every": 0, "every_seconds": 1e-6}),
+        run,
+        resume=True,
+        progress=False,
+    )
     assert out["resumed_from"].endswith("step-000004") and out["steps"] == 6 and out["samples_seen"] == 24
     assert _losses(run) == pytest.approx(_losses(straight), rel=1e-5)
 

@@ -25,8 +25,10 @@ def get_loss(name: str) -> LossSpec:
     try:
         return LOSSES[name]
     except KeyError:
-        raise ValueError(f"trainer.loss.type: unknown loss type {name!r}; registered: {', '.join(LOSSES)}. "
-                         'Fix: set trainer.loss.type = "sft"') from None
+        raise ValueError(
+            f"trainer.loss.type: unknown loss type {name!r}; registered: {', '.join(LOSSES)}. "
+            'Fix: set trainer.loss.type = "sft"'
+        ) from None
 
 
 def options(cfg: Any) -> dict[str, Any]:
@@ -34,12 +36,18 @@ def options(cfg: Any) -> dict[str, Any]:
     return {k: v for k, v in cfg.model_dump().items() if k != "type"}
 
 
-def compute_loss(cfg: Any, hidden: torch.Tensor, weight: torch.Tensor, inputs: dict[str, torch.Tensor],
-                 normalizer: float | torch.Tensor) -> torch.Tensor:
+def compute_loss(
+    cfg: Any,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    inputs: dict[str, torch.Tensor],
+    normalizer: float | torch.Tensor,
+) -> torch.Tensor:
     """The loss of `cfg.type` (a `[trainer.loss]` config model) on one micro-batch's inputs."""
     spec = get_loss(cfg.type)
-    return spec.fn(hidden=hidden, weight=weight, normalizer=normalizer,
-                   **{n: inputs[n] for n in spec.needs}, **options(cfg))
+    return spec.fn(
+        hidden=hidden, weight=weight, normalizer=normalizer, **{n: inputs[n] for n in spec.needs}, **options(cfg)
+    )
 
 
 def check_inputs(name: str, samples: list) -> None:
@@ -49,5 +57,7 @@ def check_inputs(name: str, samples: list) -> None:
             continue
         for s in samples:
             if getattr(s, field, None) is None:
-                raise ValueError(f"sample {s.sample_id} has no {field}, which trainer.loss.type = {name!r} needs. "
-                                 f"Fix: produce samples with {field}, or train another loss")
+                raise ValueError(
+                    f"sample {s.sample_id} has no {field}, which trainer.loss.type = {name!r} needs. "
+                    f"Fix: produce samples with {field}, or train another loss"
+                )

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from trainer.losses.base import IGNORE
 
 
-def naive_nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-              normalizer: float | torch.Tensor) -> torch.Tensor:
+def naive_nll(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, normalizer: float | torch.Tensor
+) -> torch.Tensor:
     """Reference: full fp32 logits over every position, then masked cross-entropy."""
     logits = hidden.reshape(-1, hidden.shape[-1]).float() @ weight.float().t()
     nll = F.cross_entropy(logits, labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
@@ -54,9 +55,9 @@ class _ChunkedNLL(torch.autograd.Function):
         grad_h = torch.empty_like(h) if h.requires_grad else None
         grad_w = torch.zeros_like(w32) if weight.requires_grad else None
         for start in range(0, h.shape[0], chunk_size):
-            hc = h[start:start + chunk_size].float()
-            tc = targets[start:start + chunk_size]
-            logits = hc @ w32.t()                        # [c, V] fp32, this chunk only
+            hc = h[start : start + chunk_size].float()
+            tc = targets[start : start + chunk_size]
+            logits = hc @ w32.t()  # [c, V] fp32, this chunk only
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
             if need_grad:
@@ -64,12 +65,13 @@ class _ChunkedNLL(torch.autograd.Function):
                 logits.sub_(lse[:, None]).exp_()
                 logits[torch.arange(tc.shape[0], device=tc.device), tc] -= 1.0
                 if grad_h is not None:
-                    grad_h[start:start + chunk_size] = (logits @ w32).to(h.dtype)
+                    grad_h[start : start + chunk_size] = (logits @ w32).to(h.dtype)
                 if grad_w is not None:
                     grad_w.addmm_(logits.t(), hc)
             del logits
-        ctx.save_for_backward(grad_h if grad_h is not None else torch.empty(0),
-                              grad_w if grad_w is not None else torch.empty(0))
+        ctx.save_for_backward(
+            grad_h if grad_h is not None else torch.empty(0), grad_w if grad_w is not None else torch.empty(0)
+        )
         ctx.has = (grad_h is not None, grad_w is not None)
         ctx.w_dtype = weight.dtype
         return total
@@ -82,8 +84,13 @@ class _ChunkedNLL(torch.autograd.Function):
         return gh, gw, None, None
 
 
-def chunked_nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                normalizer: float | torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+def chunked_nll(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    normalizer: float | torch.Tensor,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
     """Masked NLL summed over trained positions, divided by `normalizer`.
 
     hidden: [..., H] final hidden states (after the last norm); weight: [V, H] lm_head

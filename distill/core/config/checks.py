@@ -52,32 +52,40 @@ def check_external_teacher_mode(cfg: RunConfig) -> list[Problem]:
     loss = cfg.trainer.loss.type
     if loss != "sft":
         kind = "a known non-SFT loss" if loss in KNOWN_NON_SFT_LOSSES else "not a loss this mode has"
-        problems.append(Problem(
-            "trainer.loss.type",
-            f"{loss!r} is {kind}; {why}, so only masked-NLL SFT on its tokens can be trained. "
-            'Fix: set trainer.loss.type = "sft" (teacher-logprob losses are not supported yet).',
-        ))
+        problems.append(
+            Problem(
+                "trainer.loss.type",
+                f"{loss!r} is {kind}; {why}, so only masked-NLL SFT on its tokens can be trained. "
+                'Fix: set trainer.loss.type = "sft" (teacher-logprob losses are not supported yet).',
+            )
+        )
     wb = cfg.weight_broadcast.type
     if wb != "none":
-        problems.append(Problem(
-            "weight_broadcast.type",
-            f"{wb!r} would push trained weights to the inference server, but {why} and its weights "
-            'are not ours to update. Fix: remove [weight_broadcast] or set type = "none".',
-        ))
+        problems.append(
+            Problem(
+                "weight_broadcast.type",
+                f"{wb!r} would push trained weights to the inference server, but {why} and its weights "
+                'are not ours to update. Fix: remove [weight_broadcast] or set type = "none".',
+            )
+        )
     client = cfg.orchestrator.rollout_model.client
     if client != "chat":
-        problems.append(Problem(
-            "orchestrator.rollout_model.client",
-            f"{client!r} is a token-id client; {why}, and the student's tokens are rebuilt from them "
-            'with its own tokenizer. Fix: set orchestrator.rollout_model.client = "chat".',
-        ))
+        problems.append(
+            Problem(
+                "orchestrator.rollout_model.client",
+                f"{client!r} is a token-id client; {why}, and the student's tokens are rebuilt from them "
+                'with its own tokenizer. Fix: set orchestrator.rollout_model.client = "chat".',
+            )
+        )
     extra = cfg.orchestrator.sampling.extra_body
     for key in ("prompt_token_ids", "prompt_ids", "input_ids"):
         if key in extra:
-            problems.append(Problem(
-                f"orchestrator.sampling.extra_body.{key}",
-                f"sending token ids to the teacher is a token-id client; {why}. Fix: remove {key} from extra_body.",
-            ))
+            problems.append(
+                Problem(
+                    f"orchestrator.sampling.extra_body.{key}",
+                    f"sending token ids to the teacher is a token-id client; {why}. Fix: remove {key} from extra_body.",
+                )
+            )
     return problems
 
 
@@ -86,54 +94,69 @@ def check_cross_fields(cfg: RunConfig) -> list[Problem]:
     t, o = cfg.trainer, cfg.orchestrator
     need = t.eval_samples + t.samples_per_step
     if need > o.max_ahead:
-        problems.append(Problem(
-            "orchestrator.max_ahead",
-            f"{o.max_ahead} is less than what the trainer needs before its first step "
-            f"(trainer.eval_samples + trainer.samples_per_step = {need}); sampling would wait for the "
-            f"trainer and the trainer for samples. Fix: set orchestrator.max_ahead >= {need}.",
-        ))
+        problems.append(
+            Problem(
+                "orchestrator.max_ahead",
+                f"{o.max_ahead} is less than what the trainer needs before its first step "
+                f"(trainer.eval_samples + trainer.samples_per_step = {need}); sampling would wait for the "
+                f"trainer and the trainer for samples. Fix: set orchestrator.max_ahead >= {need}.",
+            )
+        )
     if bool(t.eval_every) != bool(t.eval_samples):
         unset = "trainer.eval_samples" if t.eval_every else "trainer.eval_every"
-        problems.append(Problem(
-            unset, "held-out eval needs both trainer.eval_every and trainer.eval_samples. "
-                   f"Fix: set {unset} too, or leave both at 0 (no eval).",
-        ))
+        problems.append(
+            Problem(
+                unset,
+                "held-out eval needs both trainer.eval_every and trainer.eval_samples. "
+                f"Fix: set {unset} too, or leave both at 0 (no eval).",
+            )
+        )
     unknown = [r for r in o.reconstruction.train_roles if r not in ("system", "user", "assistant", "tool")]
     if unknown:
-        problems.append(Problem(
-            "orchestrator.reconstruction.train_roles",
-            f"{unknown} is not a chat role (system, user, assistant, tool; lower case); every conversation "
-            'would be rejected. Fix: e.g. train_roles = ["assistant"].',
-        ))
+        problems.append(
+            Problem(
+                "orchestrator.reconstruction.train_roles",
+                f"{unknown} is not a chat role (system, user, assistant, tool; lower case); every conversation "
+                'would be rejected. Fix: e.g. train_roles = ["assistant"].',
+            )
+        )
     r = cfg.orchestrator.reconstruction
     if r.max_seq_len is not None and r.max_seq_len > cfg.trainer.seq_len:
-        problems.append(Problem(
-            "orchestrator.reconstruction.max_seq_len",
-            f"{r.max_seq_len} is longer than trainer.seq_len ({cfg.trainer.seq_len}); such samples could "
-            "not be trained. Fix: lower it or raise trainer.seq_len (leave it unset to use trainer.seq_len).",
-        ))
+        problems.append(
+            Problem(
+                "orchestrator.reconstruction.max_seq_len",
+                f"{r.max_seq_len} is longer than trainer.seq_len ({cfg.trainer.seq_len}); such samples could "
+                "not be trained. Fix: lower it or raise trainer.seq_len (leave it unset to use trainer.seq_len).",
+            )
+        )
     src = cfg.orchestrator.source
     # (replay may take its inputs from the command line: `distill replay CONFIG INPUT...`; with neither,
     # replay stops naming orchestrator.source.path)
     if src.type == "jsonl" and not src.path:
-        problems.append(Problem(
-            "orchestrator.source.path",
-            f'source type {src.type!r} reads a file. Fix: set orchestrator.source.path = "FILE.jsonl".',
-        ))
+        problems.append(
+            Problem(
+                "orchestrator.source.path",
+                f'source type {src.type!r} reads a file. Fix: set orchestrator.source.path = "FILE.jsonl".',
+            )
+        )
     lt = cfg.orchestrator.local_teacher
     if lt.enabled:
         expected = f"http://{lt.host}:{lt.port}/v1"
         if cfg.orchestrator.rollout_model.base_url.rstrip("/") != expected:
-            problems.append(Problem(
-                "orchestrator.rollout_model.base_url",
-                f"the local teacher listens on {expected}, but base_url is "
-                f"{cfg.orchestrator.rollout_model.base_url}. Fix: set base_url = \"{expected}\".",
-            ))
+            problems.append(
+                Problem(
+                    "orchestrator.rollout_model.base_url",
+                    f"the local teacher listens on {expected}, but base_url is "
+                    f'{cfg.orchestrator.rollout_model.base_url}. Fix: set base_url = "{expected}".',
+                )
+            )
     b = cfg.orchestrator.budget
     if b.max_cost is not None and b.cost_per_1k_prompt == 0 and b.cost_per_1k_completion == 0:
-        problems.append(Problem(
-            "orchestrator.budget.max_cost",
-            "is set but no price is: spend would always be 0. Fix: set orchestrator.budget.cost_per_1k_prompt "
-            "and/or cost_per_1k_completion.",
-        ))
+        problems.append(
+            Problem(
+                "orchestrator.budget.max_cost",
+                "is set but no price is: spend would always be 0. Fix: set orchestrator.budget.cost_per_1k_prompt "
+                "and/or cost_per_1k_completion.",
+            )
+        )
     return problems

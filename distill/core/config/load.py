@@ -73,8 +73,10 @@ def _parse_value(raw: str) -> Any:
 def read_toml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(str(path), [Problem("(file)", f"{path} does not exist. Fix: pass a TOML config path, "
-                                              "e.g. examples/quickstart.toml")])
+        raise ConfigError(
+            str(path),
+            [Problem("(file)", f"{path} does not exist. Fix: pass a TOML config path, e.g. examples/quickstart.toml")],
+        )
     try:
         with open(p, "rb") as f:
             return tomllib.load(f)
@@ -106,11 +108,15 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
         key = ".".join(parts) or "(root)"
         if e["type"] == "extra_forbidden":
             near = nearest_key(key, key_paths(RunConfig))
-            msg = f"unknown key {key}; " + (f"did you mean {near}? " if near else "") + \
-                "Fix: remove it or check its spelling against docs/configuration.md"
+            msg = (
+                f"unknown key {key}; "
+                + (f"did you mean {near}? " if near else "")
+                + "Fix: remove it or check its spelling against docs/configuration.md"
+            )
         else:
-            hide = any(is_secret_key(p) or p in ("api_key_var", "headers") for p in parts) or \
-                looks_like_secret(str(e.get("input")))
+            hide = any(is_secret_key(p) or p in ("api_key_var", "headers") for p in parts) or looks_like_secret(
+                str(e.get("input"))
+            )
             msg = e["msg"].removeprefix("Value error, ")
             if not hide and repr(e.get("input")) not in msg:
                 msg += f" (got {e.get('input')!r})"
@@ -145,9 +151,15 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
         from .keypaths import unparsable_env_vars
 
         names = ", ".join(unparsable_env_vars(str(e))) or "DISTILL_..."
-        raise ConfigError(f"environment variable {names}", [Problem(names, "is not valid JSON (lists and tables "
-                                                                    "set from the environment are JSON). Fix: "
-                                                                    "correct or unset it")]) from None
+        raise ConfigError(
+            f"environment variable {names}",
+            [
+                Problem(
+                    names,
+                    "is not valid JSON (lists and tables set from the environment are JSON). Fix: correct or unset it",
+                )
+            ],
+        ) from None
     finally:
         _TOML_DATA.reset(token)
     return resolve(cfg)
@@ -173,11 +185,16 @@ def api_key(cfg: RunConfig) -> str:
         return "EMPTY"
     key = os.environ.get(var)
     if not key:
-        raise ConfigError("environment", [Problem(
-            "orchestrator.rollout_model.api_key_var",
-            f"names the environment variable {var}, which is not set. Fix: export {var}=... "
-            "(the key is read from there and never stored).",
-        )])
+        raise ConfigError(
+            "environment",
+            [
+                Problem(
+                    "orchestrator.rollout_model.api_key_var",
+                    f"names the environment variable {var}, which is not set. Fix: export {var}=... "
+                    "(the key is read from there and never stored).",
+                )
+            ],
+        )
     return key
 
 

@@ -58,7 +58,8 @@ class RolloutModel(Strict):
             raise ValueError(
                 "is not an environment variable name (letters, digits and _, not starting with a digit); the "
                 "value is not shown, as it may be the API key itself, which belongs in the environment. "
-                "Fix: export MY_TEACHER_KEY=<the key> and set api_key_var = \"MY_TEACHER_KEY\"")
+                'Fix: export MY_TEACHER_KEY=<the key> and set api_key_var = "MY_TEACHER_KEY"'
+            )
         return v
 
     # Extra HTTP headers; every value is redacted in dumps (names kept).
@@ -89,7 +90,7 @@ def check_http_url(url: str) -> str:
     """`url` if it is an http(s) URL with a host; a ValueError saying what is wrong otherwise."""
     from urllib.parse import urlsplit
 
-    example = "e.g. \"http://127.0.0.1:8000/v1\" or \"https://api.openai.com/v1\""
+    example = 'e.g. "http://127.0.0.1:8000/v1" or "https://api.openai.com/v1"'
     if not url.strip():
         raise ValueError(f"is empty. Fix: set it to the teacher's OpenAI-compatible base URL, {example}")
     try:
@@ -309,8 +310,9 @@ class Orchestrator(Strict):
         # Importable or not is checked before a run starts (distill.preflight), not at load.
         mod, sep, fn = (v or "").partition(":")
         if v is not None and not (sep and mod.strip() and fn.strip()):
-            raise ValueError(f"{v!r} is not \"module:function\". "
-                             'Fix: e.g. reward_fn = "orchestrator.rewards:gsm_symbolic_score"')
+            raise ValueError(
+                f'{v!r} is not "module:function". Fix: e.g. reward_fn = "orchestrator.rewards:gsm_symbolic_score"'
+            )
         return v
 
     # Lowest reward kept by the online filter.

@@ -42,8 +42,10 @@ class PlannedLoss(BaseModel):
     @classmethod
     def _known(cls, v: str) -> str:
         if v not in KNOWN_NON_SFT_LOSSES:
-            raise ValueError(f"unknown loss type {v!r}; registered: {', '.join(LOSS_CONFIGS)}. "
-                             'Fix: set trainer.loss.type = "sft" (docs/training.md, "Add a loss", adds one)')
+            raise ValueError(
+                f"unknown loss type {v!r}; registered: {', '.join(LOSS_CONFIGS)}. "
+                'Fix: set trainer.loss.type = "sft" (docs/training.md, "Add a loss", adds one)'
+            )
         return v
 
 
@@ -195,7 +197,9 @@ class RunConfig(BaseSettings):
     wandb: Wandb = Wandb()
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         # Priority, highest first: CLI overrides (passed as init kwargs) > env > TOML.
         return (init_settings, env_settings, _DictSource(settings_cls, _TOML_DATA.get()))
 

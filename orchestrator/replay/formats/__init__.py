@@ -66,16 +66,19 @@ def file_reader(path: str, fmt: str) -> Callable[[str], Iterator[Any]] | None:
 def detect_format(obj: Any) -> str:
     """Which format one record is in (for format = "auto")."""
     if not isinstance(obj, dict):
-        raise RecordError(None, f"expected a JSON object per line, got {json_type(obj)}",
-                          reason="not_an_object")
+        raise RecordError(None, f"expected a JSON object per line, got {json_type(obj)}", reason="not_an_object")
     for name, f in FORMATS.items():
         if f.detect is not None and f.detect(obj):
             return name
     keys = sorted(str(k) for k in obj)[:10]
-    raise RecordError(None, f"cannot tell the format from the keys {keys}", reason="unknown_format",
-                      fix="expected 'messages' (chat), 'conversations' (ShareGPT), 'messages'+'response' "
-                      "(distill recording) or 'custom_id'+'response' (OpenAI batch output); map other column "
-                      "names with orchestrator.replay.columns, or set orchestrator.source.format")
+    raise RecordError(
+        None,
+        f"cannot tell the format from the keys {keys}",
+        reason="unknown_format",
+        fix="expected 'messages' (chat), 'conversations' (ShareGPT), 'messages'+'response' "
+        "(distill recording) or 'custom_id'+'response' (OpenAI batch output); map other column "
+        "names with orchestrator.replay.columns, or set orchestrator.source.format",
+    )
 
 
 def parse(kind: str, obj: dict, file: str, line: int, ctx: ParseContext) -> list[Conversation]:

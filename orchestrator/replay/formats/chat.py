@@ -27,6 +27,17 @@ def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation
     _answered(messages, f"messages[{len(messages) - 1}]")
     tools = _tools(obj.get("tools"))
     prompt_id = _id(obj, "id") or content_id(messages, tools)
-    return [conversation("chat", file, line,
-                         messages, tools, prompt_id, _index(obj), _opt_str(obj, "finish_reason"),
-                         _opt_reward(obj), _opt_str(obj, "model"))]
+    return [
+        conversation(
+            "chat",
+            file,
+            line,
+            messages,
+            tools,
+            prompt_id,
+            _index(obj),
+            _opt_str(obj, "finish_reason"),
+            _opt_reward(obj),
+            _opt_str(obj, "model"),
+        )
+    ]

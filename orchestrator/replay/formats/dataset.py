@@ -23,15 +23,25 @@ def read(path: str) -> Iterator[Line]:
     suffix = Path(path).suffix.lower()
     builder = DATASET_SUFFIXES.get(suffix)
     if builder is None:
-        raise ReplayError(path, None, None, f"the `datasets` reader handles {sorted(DATASET_SUFFIXES)} files, "
-                          f"not {suffix or 'files without a suffix'}", "convert the file, or pick another format")
+        raise ReplayError(
+            path,
+            None,
+            None,
+            f"the `datasets` reader handles {sorted(DATASET_SUFFIXES)} files, not {suffix or 'files without a suffix'}",
+            "convert the file, or pick another format",
+        )
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local files only: never ask the Hub
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import datasets
     except ImportError:
-        raise ReplayError(path, None, None, "reading Parquet files (format \"dataset\") needs the `datasets` "
-                          "library, which is not installed", "pip install datasets") from None
+        raise ReplayError(
+            path,
+            None,
+            None,
+            'reading Parquet files (format "dataset") needs the `datasets` library, which is not installed',
+            "pip install datasets",
+        ) from None
     datasets.disable_progress_bars()
     ds = datasets.load_dataset(builder, data_files=[str(path)], split="train", streaming=True)
     size = os.path.getsize(path)

@@ -33,9 +33,11 @@ def detect(obj: dict) -> bool:
     if "response" in obj or "error" in obj:
         return True
     if "body" in obj:
-        raise RecordError("custom_id", "this is an OpenAI Batch API INPUT line (a request, no answer)",
-                          "replay the batch OUTPUT file and name this input file in "
-                          "orchestrator.replay.batch_input")
+        raise RecordError(
+            "custom_id",
+            "this is an OpenAI Batch API INPUT line (a request, no answer)",
+            "replay the batch OUTPUT file and name this input file in orchestrator.replay.batch_input",
+        )
     return False
 
 
@@ -73,21 +75,31 @@ class BatchInputIndex:
                     if problem:
                         if not too_long and not raw.endswith(b"\n"):
                             continue  # half-written last line: its answers are reported as missing
-                        raise ReplayError(path, lineno, "custom_id", f"not a Batch API input line ({problem})",
-                                          "orchestrator.replay.batch_input must name the .jsonl file "
-                                          "uploaded to create the batch") from None
+                        raise ReplayError(
+                            path,
+                            lineno,
+                            "custom_id",
+                            f"not a Batch API input line ({problem})",
+                            "orchestrator.replay.batch_input must name the .jsonl file uploaded to create the batch",
+                        ) from None
                     if cid in self.offsets:
                         other = self.offsets[cid]
-                        raise ReplayError(path, lineno, "custom_id", f"{cid!r} repeats "
-                                          f"{self.paths[other[0]]}:{other[2]}; answers could not be paired",
-                                          "give each request of the batch a unique custom_id")
+                        raise ReplayError(
+                            path,
+                            lineno,
+                            "custom_id",
+                            f"{cid!r} repeats {self.paths[other[0]]}:{other[2]}; answers could not be paired",
+                            "give each request of the batch a unique custom_id",
+                        )
                     self.offsets[cid] = (fi, start, lineno)
 
     def request(self, custom_id: str) -> tuple[dict[str, Any], str]:
         if custom_id not in self.offsets:
-            raise RecordError("custom_id", f"{custom_id!r} is not in the batch input file(s) "
-                              f"{[str(p) for p in self.paths]}",
-                              "name the input file of this very batch in orchestrator.replay.batch_input")
+            raise RecordError(
+                "custom_id",
+                f"{custom_id!r} is not in the batch input file(s) {[str(p) for p in self.paths]}",
+                "name the input file of this very batch in orchestrator.replay.batch_input",
+            )
         fi, offset, lineno = self.offsets[custom_id]
         if not self._files:
             self._files = [open(p, "rb") for p in self.paths]
@@ -112,14 +124,21 @@ def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation
     if cid is None:
         raise RecordError("custom_id", "missing; every Batch API output line names its request")
     if "response" not in obj and "error" not in obj:
-        raise RecordError("response", "missing: this looks like a Batch API INPUT line (a request, no answer)",
-                          "replay the batch OUTPUT file and name this input file in "
-                          "orchestrator.replay.batch_input")
+        raise RecordError(
+            "response",
+            "missing: this looks like a Batch API INPUT line (a request, no answer)",
+            "replay the batch OUTPUT file and name this input file in orchestrator.replay.batch_input",
+        )
     if batch is None:
-        raise ReplayError(file, line, None, "an OpenAI Batch API output file holds only the answers; the request "
-                          "messages are in the batch INPUT file, which is not configured",
-                          'set orchestrator.replay.batch_input = "PATH/batch_input.jsonl" (the file uploaded to '
-                          "create the batch; globs allowed)")
+        raise ReplayError(
+            file,
+            line,
+            None,
+            "an OpenAI Batch API output file holds only the answers; the request "
+            "messages are in the batch INPUT file, which is not configured",
+            'set orchestrator.replay.batch_input = "PATH/batch_input.jsonl" (the file uploaded to '
+            "create the batch; globs allowed)",
+        )
 
     def failed(reason: str) -> list[Conversation]:
         return [conversation("openai_batch", file, line, [], None, cid, 0, None, None, None, failed=reason)]
@@ -136,8 +155,12 @@ def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
         raise RecordError("response.body.choices", "expected a chat completion body with a 'choices' list")
     if not body["choices"]:
-        raise RecordError("response.body.choices", "empty: the request succeeded (HTTP 200) but returned no "
-                          "answer", "nothing to replay from this line; skip it (--on-error skip)", "no_choices")
+        raise RecordError(
+            "response.body.choices",
+            "empty: the request succeeded (HTTP 200) but returned no answer",
+            "nothing to replay from this line; skip it (--on-error skip)",
+            "no_choices",
+        )
     request, req_where = batch.request(cid)
     try:
         prompt = _messages(request.get("messages"), "messages")
@@ -157,6 +180,18 @@ def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation
         if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
             raise RecordError(f"{field}.index", f"expected a non-negative integer, got {idx!r}")
         fr = choice.get("finish_reason")
-        out.append(conversation("openai_batch", file, line, prompt + [reply], tools, cid, idx,
-                                fr if isinstance(fr, str) else None, None, model))
+        out.append(
+            conversation(
+                "openai_batch",
+                file,
+                line,
+                prompt + [reply],
+                tools,
+                cid,
+                idx,
+                fr if isinstance(fr, str) else None,
+                None,
+                model,
+            )
+        )
     return out

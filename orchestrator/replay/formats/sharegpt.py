@@ -25,11 +25,19 @@ def detect(obj: dict) -> bool:
 
 # ShareGPT `from` values -> chat roles (function_call is handled on its own: it becomes tool_calls).
 SHAREGPT_ROLES = {
-    "human": "user", "user": "user",
-    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant",
-    "bing": "assistant", "model": "assistant",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
     "system": "system",
-    "tool": "tool", "observation": "tool", "function_response": "tool", "ipython": "tool",
+    "tool": "tool",
+    "observation": "tool",
+    "function_response": "tool",
+    "ipython": "tool",
 }
 SHAREGPT_TOOL_CALL = ("function_call", "tool_call")
 
@@ -40,8 +48,10 @@ def _sharegpt_tool_call(value: Any, field: str, k: int) -> dict[str, Any]:
         try:
             call = json.loads(value)
         except json.JSONDecodeError as e:
-            raise RecordError(field, f"a function call that is not valid JSON ({e.msg}); expected "
-                              '{"name": ..., "arguments": {...}}') from None
+            raise RecordError(
+                field,
+                f'a function call that is not valid JSON ({e.msg}); expected {{"name": ..., "arguments": {{...}}}}',
+            ) from None
     if not isinstance(call, dict) or not isinstance(call.get("name"), str):
         raise RecordError(field, 'expected a function call {"name": ..., "arguments": {...}}')
     args = call.get("arguments", call.get("parameters", {}))
@@ -53,7 +63,7 @@ def _sharegpt_tool_call(value: Any, field: str, k: int) -> dict[str, Any]:
 def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation]:
     turns = obj.get("conversations")
     if not isinstance(turns, list) or not turns:
-        raise RecordError("conversations", "expected a non-empty list of {\"from\": ..., \"value\": ...} turns")
+        raise RecordError("conversations", 'expected a non-empty list of {"from": ..., "value": ...} turns')
     messages: list[dict[str, Any]] = []
     system = obj.get("system")
     if system not in (None, ""):
@@ -65,7 +75,7 @@ def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation
     for i, turn in enumerate(turns):
         field = f"conversations[{i}]"
         if not isinstance(turn, dict):
-            raise RecordError(field, f"expected a {{\"from\", \"value\"}} object, got {type(turn).__name__}")
+            raise RecordError(field, f'expected a {{"from", "value"}} object, got {type(turn).__name__}')
         src = turn.get("from", turn.get("role"))
         value = turn.get("value", turn.get("content"))
         if not isinstance(src, str):
@@ -82,18 +92,34 @@ def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation
             continue
         role = SHAREGPT_ROLES.get(src.lower())
         if role is None:
-            raise RecordError(f"{field}.from", f"unknown speaker {src!r}; known: "
-                              f"{sorted(SHAREGPT_ROLES) + list(SHAREGPT_TOOL_CALL)}",
-                              "convert the record to chat format ({\"messages\": [...]}) or drop it")
+            raise RecordError(
+                f"{field}.from",
+                f"unknown speaker {src!r}; known: {sorted(SHAREGPT_ROLES) + list(SHAREGPT_TOOL_CALL)}",
+                'convert the record to chat format ({"messages": [...]}) or drop it',
+            )
         if not isinstance(value, str):
-            raise RecordError(f"{field}.value", f"expected a string, got {json_type(value)}",
-                              reason="missing_content" if value is None else "bad_field")
+            raise RecordError(
+                f"{field}.value",
+                f"expected a string, got {json_type(value)}",
+                reason="missing_content" if value is None else "bad_field",
+            )
         msg: dict[str, Any] = {"role": role, "content": value}
         if role == "tool" and pending_calls:
             msg["tool_call_id"] = pending_calls.pop(0)
         messages.append(msg)
     tools = _tools(obj.get("tools"))
     prompt_id = _id(obj, "id") or content_id(messages, tools)
-    return [conversation("sharegpt", file, line,
-                         messages, tools, prompt_id, _index(obj), _opt_str(obj, "finish_reason"),
-                         _opt_reward(obj), _opt_str(obj, "model"))]
+    return [
+        conversation(
+            "sharegpt",
+            file,
+            line,
+            messages,
+            tools,
+            prompt_id,
+            _index(obj),
+            _opt_str(obj, "finish_reason"),
+            _opt_reward(obj),
+            _opt_str(obj, "model"),
+        )
+    ]
