@@ -32,6 +32,10 @@ def test_ruff_check():
     _tool("ruff", "check", ".")
 
 
+def test_ruff_format():
+    _tool("ruff", "format", "--check", ".")  # fix: ruff format .
+
+
 def test_mypy_on_the_leaf_layer():
     _tool("mypy")  # files and strictness: [tool.mypy] in pyproject.toml
 
