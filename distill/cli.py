@@ -340,6 +340,8 @@ _USER_ERRORS = {
     "RecordingError",
     "FileNotFoundError",
     "PreflightError",
+    "EndpointCheckError",
+    "ShardError",
     "FileExistsError",
     "NotADirectoryError",
     "TokenizerError",

@@ -160,6 +160,15 @@ def check_source(cfg: RunConfig, inputs: list[str] | None, replay: bool) -> list
         from orchestrator.replay import ReplayError, resolve_inputs
 
         patterns = list(inputs) if inputs else ([src.path] if src.path else [])
+        if not patterns:
+            return [
+                Problem(
+                    "orchestrator.source.path",
+                    "is not set and no input file was given: replay has nothing to read. Fix: set "
+                    'orchestrator.source.path = "FILE.jsonl" (files, folders or globs)'
+                    + (", or pass input files: distill replay CONFIG INPUT..." if replay else ""),
+                )
+            ]
         try:
             resolve_inputs(patterns)
         except ReplayError as e:

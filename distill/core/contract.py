@@ -303,6 +303,11 @@ def list_shards(directory: str | os.PathLike) -> list[Path]:
 _NO_LIMIT = 1 << 62  # shards are ours: no line length limit
 
 
+class ShardError(ValueError):
+    """A shard line that cannot be read (damaged, malformed, or from a newer distill); the message names
+    file:line and the fix. Readers (trainer, inspect) stop on it: a shard is never half-trained."""
+
+
 def read_shard(path: Path) -> list[Sample]:
     out = []
     for ln in read_jsonl(path, _NO_LIMIT, torn=False):  # written atomically: no torn line, any bad line is damage
@@ -310,10 +315,15 @@ def read_shard(path: Path) -> list[Sample]:
             continue
         where = f"{path}:{ln.number}"
         if ln.reason is not None:
-            raise ValueError(
+            raise ShardError(
                 f"{where}: {ln.problem}; shards are written atomically, so this file was edited or corrupted by hand"
             )
-        out.append(Sample.from_dict(ln.value, where))
+        try:
+            out.append(Sample.from_dict(ln.value, where))
+        except ShardError:
+            raise
+        except ValueError as e:  # the message already names file:line and the field
+            raise ShardError(str(e)) from None
     return out
 
 

@@ -76,8 +76,18 @@ def quiet_gguf_conversion():
         g.tqdm = bar
 
 
-def bar_position(name: str, together: bool) -> dict:
-    """tqdm keyword arguments for distill's bar `name` ("teacher" or "train"); `together`: both run at once."""
+#: Seconds between bar updates when stderr is not a terminal (a log file, CI): a line now and then
+#: instead of a redraw every 0.1 s.
+LOG_BAR_INTERVAL = 30.0
+
+
+def bar_position(name: str, together: bool, tty: bool | None = None) -> dict:
+    """tqdm keyword arguments for distill's bar `name` ("teacher" or "train"); `together`: both run at once.
+    Fixed rows need cursor movement, so only on a terminal (`tty`, default: whether stderr is one);
+    elsewhere the bars are written rarely and never moved."""
+    tty = sys.stderr.isatty() if tty is None else tty
+    if not tty:
+        return {"dynamic_ncols": True, "mininterval": LOG_BAR_INTERVAL}
     if not together:
         return {"dynamic_ncols": True}
     return {"position": BAR_ROWS[name], "dynamic_ncols": True, "leave": name == "train"}

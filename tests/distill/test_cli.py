@@ -150,3 +150,17 @@ def test_report_writes_a_png_and_a_summary(tmp_path):
     png = tmp_path / "report.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "2.0000 (step 1) -> 0.4000 (step 5)" in res.stdout and str(png) in res.stdout
+
+
+def test_a_damaged_or_newer_shard_is_one_message_not_a_traceback(tmp_path, smol_tokenizer_dir):
+    shard = tmp_path / "samples" / "shard-000000.jsonl"
+    shard.parent.mkdir()
+    for text, expected in [
+        ('{"bad json\n', "edited or corrupted by hand"),
+        ('{"version": 9, "sample_id": "x"}\n', "written by a newer distill"),
+        ('{"sample_id": "x"}\n', "missing field"),
+    ]:
+        shard.write_text(text)
+        out = distill("inspect", tmp_path, "--tokenizer", smol_tokenizer_dir)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert f"{shard}:1" in out.stderr and expected in out.stderr

@@ -53,6 +53,15 @@ def _setup_broken_tokenizer(tmp: Path) -> None:
 
 # id: (command, TOML text after output_dir, extra args, env, setup, exit code, [what stderr names])
 MISTAKES = {
+    "run_replay_without_inputs": (
+        "run",
+        '[orchestrator.source]\ntype = "replay"\n',
+        [],
+        {},
+        None,
+        1,
+        ["orchestrator.source.path", "nothing to read"],
+    ),
     "tokenizer_path_missing": (
         "rollout",
         '[student]\ntokenizer = "{tmp}/no-such-tokenizer"\n',

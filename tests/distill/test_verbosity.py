@@ -68,9 +68,15 @@ def test_gguf_conversion_bar_is_off_unless_verbose(monkeypatch):
 
 
 def test_bars_of_distill_run_have_their_own_rows():
-    train, teacher = bar_position("train", True), bar_position("teacher", True)
+    train, teacher = bar_position("train", True, tty=True), bar_position("teacher", True, tty=True)
     assert train["position"] != teacher["position"]
-    assert "position" not in bar_position("teacher", False)  # alone (distill rollout): no blank row above it
+    assert "position" not in bar_position("teacher", False, tty=True)  # alone (distill rollout): no blank row above it
+
+
+def test_bars_into_a_log_file_are_never_moved_and_rarely_written():
+    for together in (True, False):
+        kw = bar_position("teacher", together, tty=False)
+        assert "position" not in kw and kw["mininterval"] >= 10  # no cursor codes in logs, no line per update
 
 
 BARS = """
@@ -80,14 +86,14 @@ from distill.core.verbosity import bar_position, close_bar
 teacher_first = sys.argv[1] == "teacher_first"
 stop = threading.Event()
 def teacher():
-    b = tqdm(total=20 if teacher_first else 10**6, desc="teacher", file=sys.stderr, **bar_position("teacher", True))
+    b = tqdm(total=20 if teacher_first else 10**6, desc="teacher", file=sys.stderr, **bar_position("teacher", True, tty=True))
     while b.n < b.total and not stop.is_set():
         time.sleep(0.02); b.update(1)
     close_bar(b)
     tqdm.write("orchestrator: stop=completed SUMMARY", file=sys.stderr)
 t = threading.Thread(target=teacher); t.start()
 time.sleep(0.1)
-b = tqdm(total=40, desc="train", **bar_position("train", True))
+b = tqdm(total=40, desc="train", **bar_position("train", True, tty=True))
 for _ in range(40):
     time.sleep(0.03); b.update(1); b.set_postfix(loss="1.0")
 b.close(); stop.set(); t.join()

@@ -1,7 +1,7 @@
 """The loss registry: `trainer.loss.type` -> the pure loss function and the inputs it needs.
 
 Add a loss (docs/training.md, "Add a loss"): one module here with the pure function, a naive
-reference test of its values and gradients (tests/test_losses_<name>.py), one line in LOSSES,
+reference test of its values and gradients (tests/trainer/test_losses.py), one line in LOSSES,
 and its config model in the loss union of distill/core/config/schema_run.py (`LOSS_CONFIGS` and `Loss`).
 """
 
