@@ -1,4 +1,4 @@
-"""SFT trainer: setup, step loop, save.
+"""SFT trainer: setup, step loop, save (one optimizer step: trainer/step.py).
 
     train(cfg, run_dir)            one process, or every rank under
                                    `torchrun --nproc-per-node N -m distill train cfg.toml`
@@ -12,7 +12,6 @@ trained token of the step on every rank (see trainer/losses/; the loss is traine
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import random
@@ -28,10 +27,12 @@ from distill.core.verbosity import bar_position
 from distill.core import contract
 from trainer import checkpoint as ckpt_io
 from trainer import dist
-from trainer.data import empty_micro_batch, make_micro_batches
-from trainer.losses import check_inputs
 from trainer.metrics import MetricsLog, open_wandb
-from trainer.model import is_sharded, load_student, shard
+from trainer.model import load_student, shard
+
+# the step lives in trainer/step.py; its names stay importable from here, and _one_step and
+# overfit_check call train_step through this module (tests patch trainer.train.train_step)
+from trainer.step import accumulate_gradients, evaluate, train_step  # noqa: F401 - re-exported
 
 
 # ---------------------------------------------------------------------------
@@ -76,92 +77,6 @@ def _pad_id(tokenizer) -> int:
         if tid is not None:
             return int(tid)
     return 0
-
-
-# ---------------------------------------------------------------------------
-# Step
-# ---------------------------------------------------------------------------
-
-
-def _autocast(t: Trainer, model, device: torch.device):
-    # Under FSDP, MixedPrecisionPolicy casts the parameters; one process uses autocast.
-    if t.dtype == "bfloat16" and not is_sharded(model):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _rank_batches(samples: list[contract.Sample], t: Trainer, ctx: dist.DistContext, pad_id: int):
-    """This rank's slice of `samples` as micro-batches, padded with empty ones to the busiest
-    rank's count (FSDP collectives need every rank to run as many passes), and the global
-    (trained tokens, tokens, slots) counts."""
-    check_inputs(t.loss.type, samples)
-    mine = samples[ctx.rank :: ctx.world]
-    mbs = make_micro_batches(mine, t.seq_len, t.micro_batch_rows, t.packing, pad_id)
-    counts = dist.all_reduce(
-        [sum(m.num_trained for m in mbs), sum(m.num_tokens for m in mbs), sum(m.slots for m in mbs)], ctx
-    )
-    (n_passes,) = dist.all_reduce([len(mbs)], ctx, op="max")
-    mbs += [empty_micro_batch(pad_id) for _ in range(int(n_passes) - len(mbs))]
-    return mbs, counts
-
-
-def accumulate_gradients(model, samples: list[contract.Sample], t: Trainer, ctx: dist.DistContext, pad_id: int) -> dict:
-    """Forward/backward over this rank's slice of the step's samples; gradients are left in
-    the parameters' .grad. Returns the step's global loss and token counts."""
-    mbs, (trained, tokens, slots) = _rank_batches(samples, t, ctx, pad_id)
-    # The global count of trained tokens, known before any backward: the loss normaliser.
-    normalizer = max(trained, 1.0)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    sharded = is_sharded(model)
-    for i, mb in enumerate(mbs):
-        if sharded:  # reduce-scatter gradients once, after the last micro-batch
-            model.set_requires_gradient_sync(i == len(mbs) - 1)
-        with _autocast(t, model, ctx.device):
-            loss = model.micro_batch_loss(mb.to(ctx.device), normalizer)
-        # FSDP averages gradients over ranks; the loss is already a global mean.
-        (loss * ctx.world).backward()
-        loss_sum += loss.detach().double()
-    (loss_value,) = dist.all_reduce([loss_sum.item()], ctx)
-    return {
-        "loss": loss_value,
-        "trained_tokens": int(trained),
-        "tokens": int(tokens),
-        "packing_efficiency": tokens / max(slots, 1.0),
-        "samples": len(samples),
-    }
-
-
-@torch.no_grad()
-def evaluate(model, samples: list[contract.Sample], t: Trainer, ctx: dist.DistContext, pad_id: int) -> float:
-    """Mean NLL per trained token of `samples` (held out), over all ranks."""
-    mbs, (trained, _, _) = _rank_batches(samples, t, ctx, pad_id)
-    total = 0.0
-    model.eval()
-    try:
-        for mb in mbs:
-            with _autocast(t, model, ctx.device):
-                total += model.micro_batch_loss(mb.to(ctx.device), 1.0).item()
-    finally:
-        model.train()
-    (total,) = dist.all_reduce([total], ctx)
-    return total / max(trained, 1.0)
-
-
-def train_step(
-    model, optimizer, scheduler, samples: list[contract.Sample], t: Trainer, ctx: dist.DistContext, pad_id: int
-) -> dict:
-    """One optimizer step on `samples` (the whole step's samples; this rank takes its slice)."""
-    m = accumulate_gradients(model, samples, t, ctx, pad_id)
-    max_norm = t.optim.max_grad_norm if t.optim.max_grad_norm is not None else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    if hasattr(grad_norm, "full_tensor"):
-        grad_norm = grad_norm.full_tensor()
-    m["lr"] = optimizer.param_groups[0]["lr"]
-    m["grad_norm"] = float(grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return m
 
 
 def _check_dirs(run_dir: Path, samples_dir: Path, resume: bool, producer_alive) -> None:

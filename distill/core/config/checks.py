@@ -90,6 +90,12 @@ def check_external_teacher_mode(cfg: RunConfig) -> list[Problem]:
 
 
 def check_cross_fields(cfg: RunConfig) -> list[Problem]:
+    """Checks between fields and sections: the trainer's needs, reconstruction, the orchestrator's inputs."""
+    return _check_trainer_needs(cfg) + _check_reconstruction(cfg) + _check_orchestrator_inputs(cfg)
+
+
+def _check_trainer_needs(cfg: RunConfig) -> list[Problem]:
+    """What the trainer needs: enough samples ahead for its first step, both held-out eval keys."""
     problems: list[Problem] = []
     t, o = cfg.trainer, cfg.orchestrator
     need = t.eval_samples + t.samples_per_step
@@ -111,6 +117,13 @@ def check_cross_fields(cfg: RunConfig) -> list[Problem]:
                 f"Fix: set {unset} too, or leave both at 0 (no eval).",
             )
         )
+    return problems
+
+
+def _check_reconstruction(cfg: RunConfig) -> list[Problem]:
+    """orchestrator.reconstruction: trainable roles, a max_seq_len the trainer can take."""
+    problems: list[Problem] = []
+    o = cfg.orchestrator
     unknown = [r for r in o.reconstruction.train_roles if r not in ("system", "user", "assistant", "tool")]
     if unknown:
         problems.append(
@@ -129,6 +142,12 @@ def check_cross_fields(cfg: RunConfig) -> list[Problem]:
                 "not be trained. Fix: lower it or raise trainer.seq_len (leave it unset to use trainer.seq_len).",
             )
         )
+    return problems
+
+
+def _check_orchestrator_inputs(cfg: RunConfig) -> list[Problem]:
+    """The orchestrator's source, local teacher and budget."""
+    problems: list[Problem] = []
     src = cfg.orchestrator.source
     # (replay may take its inputs from the command line: `distill replay CONFIG INPUT...`; with neither,
     # replay stops naming orchestrator.source.path)
