@@ -147,33 +147,43 @@ def load_recording(path: str | os.PathLike, repair: bool = True) -> LoadedRecord
                 f"{p}:{ln.number}: recording version {rec['v']} is newer than this distill "
                 f"reads ({RECORDING_VERSION}); upgrade distill"
             )
-        if key in out.records:
-            if not _supersedes(rec, out.records[key]):
-                out.duplicates += 1
-                continue
-            out.superseded += 1  # re-requested after its prompt changed: the newer answer is used
-        out.records[key] = rec
-        out.lines[key] = ln.number
-        shared = max(1, int(rec.get("usage_shared_by") or 1))
-        usage = rec.get("usage") or {}
-        out.requests += 1 / shared
-        out.prompt_tokens += (usage.get("prompt_tokens") or 0) / shared
-        out.completion_tokens += (usage.get("completion_tokens") or 0) / shared
+        _add(out, key, rec, ln.number)
     if tail.strip():
         out.torn_tail = tail
-        print(
-            f"warning: {p}: the last line ({len(tail)} bytes at offset {good_end}) is half-written "
-            "(the previous run stopped mid-write); ignoring it — that response will be requested again",
-            file=sys.stderr,
-        )
-        if repair:
-            side = p.with_name(f"{p.name}.torn-{good_end}")
-            side.write_bytes(tail)
-            with open(p, "r+b") as f:
-                f.truncate(good_end)
-                f.flush()
-                os.fsync(f.fileno())
+        _drop_torn_tail(p, tail, good_end, repair)
     return out
+
+
+def _add(out: LoadedRecording, key: tuple[str, int], rec: dict[str, Any], number: int) -> None:
+    """Uses rec for key unless the record already there stands; counts its share of its request's usage."""
+    if key in out.records:
+        if not _supersedes(rec, out.records[key]):
+            out.duplicates += 1
+            return
+        out.superseded += 1  # re-requested after its prompt changed: the newer answer is used
+    out.records[key] = rec
+    out.lines[key] = number
+    shared = max(1, int(rec.get("usage_shared_by") or 1))
+    usage = rec.get("usage") or {}
+    out.requests += 1 / shared
+    out.prompt_tokens += (usage.get("prompt_tokens") or 0) / shared
+    out.completion_tokens += (usage.get("completion_tokens") or 0) / shared
+
+
+def _drop_torn_tail(p: Path, tail: bytes, good_end: int, repair: bool) -> None:
+    """Warns that the half-written last line is ignored; with `repair`, saves it next to the file and cuts it off."""
+    print(
+        f"warning: {p}: the last line ({len(tail)} bytes at offset {good_end}) is half-written "
+        "(the previous run stopped mid-write); ignoring it — that response will be requested again",
+        file=sys.stderr,
+    )
+    if repair:
+        side = p.with_name(f"{p.name}.torn-{good_end}")
+        side.write_bytes(tail)
+        with open(p, "r+b") as f:
+            f.truncate(good_end)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def _supersedes(new: dict[str, Any], old: dict[str, Any]) -> bool:

@@ -23,7 +23,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from distill.core.config import RunConfig, api_key
+from distill.core.config import Orchestrator, RunConfig, api_key
 from distill.core.verbosity import bar_position, close_bar
 from orchestrator.ask import Asker
 from orchestrator.budget import BudgetGate
@@ -45,6 +45,22 @@ METRICS = "orchestrator_metrics.jsonl"
 # ---------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------
+
+
+def _transport(oc: Orchestrator, key: str) -> Transport:
+    """The teacher transport: the rollout model's endpoint(s), with the run's concurrency, retries and rate limits."""
+    rm = oc.rollout_model
+    return Transport(
+        [rm.base_url, *rm.extra_base_urls],
+        rm.model,
+        key,
+        headers=rm.headers,
+        timeout=rm.timeout,
+        concurrency=oc.concurrency,
+        retry=RetryPolicy(oc.retry.max_attempts, oc.retry.initial_backoff, oc.retry.max_backoff),
+        requests_per_minute=oc.requests_per_minute,
+        tokens_per_minute=oc.tokens_per_minute,
+    )
 
 
 class _Rollout:
@@ -84,17 +100,7 @@ class _Rollout:
             max(10, 2 * oc.concurrency),
             shown_url(rm.base_url),
         )
-        self.transport = Transport(
-            [rm.base_url, *rm.extra_base_urls],
-            rm.model,
-            key,
-            headers=rm.headers,
-            timeout=rm.timeout,
-            concurrency=oc.concurrency,
-            retry=RetryPolicy(oc.retry.max_attempts, oc.retry.initial_backoff, oc.retry.max_backoff),
-            requests_per_minute=oc.requests_per_minute,
-            tokens_per_minute=oc.tokens_per_minute,
-        )
+        self.transport = _transport(oc, key)
         self.pool = self.pub = self.recw = self.metrics_f = self.bar = None
         try:
             self._open(run_dir, reconstructor, reward_fn, stop_event)

@@ -243,6 +243,7 @@ def messages_skipped(tree) -> int:
     return max((_skip_of(a.node) for a in assigns), default=0)
 
 
+# size: one ordered checklist, each check returning its reason; the first found wins, so the order is the spec
 def why_not_append_only(tree) -> str | None:
     """None when the template (a parsed jinja tree) is provably append-only (module
     docstring), else the first reason found why not."""

@@ -87,14 +87,8 @@ class Planner:
             keep_open = is_last and finish_reason == "length" and turns[-1].role == "assistant"
             texts, trained = self._segments([turns[k] for k in group], keep_open)
             try:
-                utf8 = [t.encode("utf-8") for t in texts]
-            except UnicodeEncodeError:
-                r = Reject(
-                    "invalid_text",
-                    f"{where_not_unicode(messages, tools)} holds a lone surrogate "
-                    "(not valid Unicode, so no tokenizer can encode it). Fix: repair or "
-                    "drop the text at its source",
-                )
+                utf8 = _utf8(texts, messages, tools)
+            except Reject as r:
                 return [], [self._reject(sample_id, r)]
             plans.append(
                 Pending(
@@ -162,3 +156,16 @@ class Planner:
             texts.append(t.full[t.start : t.eot_start if (keep_open and j == len(turns) - 1) else t.end])
             trained.append(True)
         return texts, trained
+
+
+def _utf8(texts: list[str], messages, tools) -> list[bytes]:
+    """Each segment text's UTF-8; a lone surrogate (no tokenizer can encode it) rejects the conversation."""
+    try:
+        return [t.encode("utf-8") for t in texts]
+    except UnicodeEncodeError:
+        raise Reject(
+            "invalid_text",
+            f"{where_not_unicode(messages, tools)} holds a lone surrogate "
+            "(not valid Unicode, so no tokenizer can encode it). Fix: repair or "
+            "drop the text at its source",
+        ) from None

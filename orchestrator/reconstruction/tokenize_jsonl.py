@@ -35,21 +35,7 @@ def tokenize_file(tokenizer_dir: str, input_path: str, output_path: str, cfg: "R
     def flush() -> None:
         results = recon.build_many([conv for _, conv in batch])
         for (n, _), (samples, rejections) in zip(batch, results):
-            for s in samples:
-                out_lines.append(
-                    json.dumps(
-                        {
-                            "prompt_ids": s.prompt_ids,
-                            "completion_ids": s.completion_ids,
-                            "completion_mask": s.completion_mask,
-                            "line": n,
-                        }
-                    )
-                )
-            for r in rejections:
-                out_lines.append(
-                    json.dumps({"line": n, "error": f"{r.reason}: {input_path}:{n}: {r.detail}"}, ensure_ascii=False)
-                )
+            out_lines.extend(_result_lines(n, samples, rejections, input_path))
         batch.clear()
 
     with open(input_path, encoding="utf-8") as f:
@@ -76,7 +62,30 @@ def tokenize_file(tokenizer_dir: str, input_path: str, output_path: str, cfg: "R
                 flush()
     flush()
     atomic_write_text(output_path, "".join(x + "\n" for x in out_lines))
-    for k, v in recon.stats.items():
+    return _summary(input_path, output_path, counts, recon.stats)
+
+
+def _result_lines(n: int, samples, rejections, input_path: str) -> list[str]:
+    """The output lines of input line n: its samples, then its rejections."""
+    out = [
+        json.dumps(
+            {
+                "prompt_ids": s.prompt_ids,
+                "completion_ids": s.completion_ids,
+                "completion_mask": s.completion_mask,
+                "line": n,
+            }
+        )
+        for s in samples
+    ]
+    for r in rejections:
+        out.append(json.dumps({"line": n, "error": f"{r.reason}: {input_path}:{n}: {r.detail}"}, ensure_ascii=False))
+    return out
+
+
+def _summary(input_path: str, output_path: str, counts: collections.Counter, stats: collections.Counter) -> dict:
+    """The counts tokenize_file returns: the file's own, plus the reconstructor's by reason."""
+    for k, v in stats.items():
         if k != "conversations":
             counts[k] += v
     rejected = sum(v for k, v in counts.items() if k.startswith("rejected:"))

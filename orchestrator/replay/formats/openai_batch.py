@@ -119,26 +119,7 @@ class BatchInputIndex:
 
 
 def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation]:
-    batch: BatchInputIndex | None = getattr(ctx, "batch", None)
-    cid = _id(obj, "custom_id")
-    if cid is None:
-        raise RecordError("custom_id", "missing; every Batch API output line names its request")
-    if "response" not in obj and "error" not in obj:
-        raise RecordError(
-            "response",
-            "missing: this looks like a Batch API INPUT line (a request, no answer)",
-            "replay the batch OUTPUT file and name this input file in orchestrator.replay.batch_input",
-        )
-    if batch is None:
-        raise ReplayError(
-            file,
-            line,
-            None,
-            "an OpenAI Batch API output file holds only the answers; the request "
-            "messages are in the batch INPUT file, which is not configured",
-            'set orchestrator.replay.batch_input = "PATH/batch_input.jsonl" (the file uploaded to '
-            "create the batch; globs allowed)",
-        )
+    cid, batch = _answer_of(obj, file, line, ctx)
 
     def failed(reason: str) -> list[Conversation]:
         return [conversation("openai_batch", file, line, [], None, cid, 0, None, None, None, failed=reason)]
@@ -168,30 +149,67 @@ def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation
     except RecordError as e:
         raise RecordError("custom_id", f"its request at {req_where}: field {e.field!r}: {e.problem}") from None
     model = body.get("model") if isinstance(body.get("model"), str) else request.get("model")
-    out = []
-    for i, choice in enumerate(body["choices"]):
-        field = f"response.body.choices[{i}]"
-        if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
-            raise RecordError(f"{field}.message", "expected the assistant message object")
-        msg = dict(choice["message"])
-        msg.setdefault("role", "assistant")
-        reply = normalize_message(msg, f"{field}.message")
-        idx = choice.get("index", i)
-        if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
-            raise RecordError(f"{field}.index", f"expected a non-negative integer, got {idx!r}")
-        fr = choice.get("finish_reason")
-        out.append(
-            conversation(
-                "openai_batch",
-                file,
-                line,
-                prompt + [reply],
-                tools,
-                cid,
-                idx,
-                fr if isinstance(fr, str) else None,
-                None,
-                model,
-            )
+    return [
+        _choice_conversation(choice, i, prompt, tools, model, cid, file, line)
+        for i, choice in enumerate(body["choices"])
+    ]
+
+
+def _answer_of(obj: dict, file: str, line: int, ctx: Any) -> tuple[str, BatchInputIndex]:
+    """(custom_id, the batch input index) of an output line; an error if either is missing."""
+    batch: BatchInputIndex | None = getattr(ctx, "batch", None)
+    cid = _id(obj, "custom_id")
+    if cid is None:
+        raise RecordError("custom_id", "missing; every Batch API output line names its request")
+    if "response" not in obj and "error" not in obj:
+        raise RecordError(
+            "response",
+            "missing: this looks like a Batch API INPUT line (a request, no answer)",
+            "replay the batch OUTPUT file and name this input file in orchestrator.replay.batch_input",
         )
-    return out
+    if batch is None:
+        raise ReplayError(
+            file,
+            line,
+            None,
+            "an OpenAI Batch API output file holds only the answers; the request "
+            "messages are in the batch INPUT file, which is not configured",
+            'set orchestrator.replay.batch_input = "PATH/batch_input.jsonl" (the file uploaded to '
+            "create the batch; globs allowed)",
+        )
+    return cid, batch
+
+
+def _choice_conversation(
+    choice: Any,
+    i: int,
+    prompt: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    model: Any,
+    cid: str,
+    file: str,
+    line: int,
+) -> Conversation:
+    """The conversation of choice i of the answer: the request's messages plus that assistant message."""
+    field = f"response.body.choices[{i}]"
+    if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
+        raise RecordError(f"{field}.message", "expected the assistant message object")
+    msg = dict(choice["message"])
+    msg.setdefault("role", "assistant")
+    reply = normalize_message(msg, f"{field}.message")
+    idx = choice.get("index", i)
+    if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
+        raise RecordError(f"{field}.index", f"expected a non-negative integer, got {idx!r}")
+    fr = choice.get("finish_reason")
+    return conversation(
+        "openai_batch",
+        file,
+        line,
+        prompt + [reply],
+        tools,
+        cid,
+        idx,
+        fr if isinstance(fr, str) else None,
+        None,
+        model,
+    )

@@ -60,6 +60,33 @@ def _sharegpt_tool_call(value: Any, field: str, k: int) -> dict[str, Any]:
     return {"id": f"call_{k}", "type": "function", "function": {"name": call["name"], "arguments": args}}
 
 
+def _add_tool_call(messages: list[dict[str, Any]], call: dict[str, Any]) -> None:
+    """A function call belongs to the assistant turn just before it, else becomes an assistant turn of its own."""
+    prev = messages[-1] if messages else None
+    if prev is not None and prev["role"] == "assistant":
+        prev.setdefault("tool_calls", []).append(call)
+    else:
+        messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+
+
+def _turn_message(src: str, value: Any, field: str) -> dict[str, Any]:
+    """The chat message of a (non function call) turn: its speaker's role and its text."""
+    role = SHAREGPT_ROLES.get(src.lower())
+    if role is None:
+        raise RecordError(
+            f"{field}.from",
+            f"unknown speaker {src!r}; known: {sorted(SHAREGPT_ROLES) + list(SHAREGPT_TOOL_CALL)}",
+            'convert the record to chat format ({"messages": [...]}) or drop it',
+        )
+    if not isinstance(value, str):
+        raise RecordError(
+            f"{field}.value",
+            f"expected a string, got {json_type(value)}",
+            reason="missing_content" if value is None else "bad_field",
+        )
+    return {"role": role, "content": value}
+
+
 def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation]:
     turns = obj.get("conversations")
     if not isinstance(turns, list) or not turns:
@@ -83,28 +110,11 @@ def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation
         if src.lower() in SHAREGPT_TOOL_CALL:
             call = _sharegpt_tool_call(value, f"{field}.value", n_calls)
             n_calls += 1
-            prev = messages[-1] if messages else None
-            if prev is not None and prev["role"] == "assistant":  # the call belongs to that assistant turn
-                prev.setdefault("tool_calls", []).append(call)
-            else:
-                messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+            _add_tool_call(messages, call)
             pending_calls.append(call["id"])
             continue
-        role = SHAREGPT_ROLES.get(src.lower())
-        if role is None:
-            raise RecordError(
-                f"{field}.from",
-                f"unknown speaker {src!r}; known: {sorted(SHAREGPT_ROLES) + list(SHAREGPT_TOOL_CALL)}",
-                'convert the record to chat format ({"messages": [...]}) or drop it',
-            )
-        if not isinstance(value, str):
-            raise RecordError(
-                f"{field}.value",
-                f"expected a string, got {json_type(value)}",
-                reason="missing_content" if value is None else "bad_field",
-            )
-        msg: dict[str, Any] = {"role": role, "content": value}
-        if role == "tool" and pending_calls:
+        msg = _turn_message(src, value, field)
+        if msg["role"] == "tool" and pending_calls:
             msg["tool_call_id"] = pending_calls.pop(0)
         messages.append(msg)
     tools = _tools(obj.get("tools"))
