@@ -236,3 +236,22 @@ def conversation(
         line=line,
         failed=failed,
     )
+
+
+def dataset_conversation(fmt: str, obj: dict, file: str, line: int, messages: list[dict[str, Any]]) -> Conversation:
+    """The Conversation of a chat-dataset record (chat, sharegpt): tools, id (or a content hash), sample
+    index, finish reason, reward and model read from the record's own optional fields."""
+    tools = _tools(obj.get("tools"))
+    prompt_id = _id(obj, "id") or content_id(messages, tools)
+    return conversation(
+        fmt,
+        file,
+        line,
+        messages,
+        tools,
+        prompt_id,
+        _index(obj),
+        _opt_str(obj, "finish_reason"),
+        _opt_reward(obj),
+        _opt_str(obj, "model"),
+    )

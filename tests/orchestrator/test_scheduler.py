@@ -12,25 +12,11 @@ from pathlib import Path
 import pytest
 from support.helpers import read_jsonl
 
-from distill.core.config import load_config
 from distill.core.contract import iter_samples, is_done, write_consumed
 from orchestrator.reconstruct import Reconstructor
 from orchestrator.scheduler import RolloutError, rollout, run_rollouts
 from support.fault_server import FaultServer, Faults, write_prompts
-
-FAST_RETRY = {"max_attempts": 40, "initial_backoff": 0.001, "max_backoff": 0.01}
-
-
-def make_cfg(base_url: str, prompts: Path, **orch):
-    o = {
-        "rollout_model": {"base_url": base_url, "model": "fault-teacher"},
-        "source": {"type": "jsonl", "path": str(prompts)},
-        "retry": FAST_RETRY,
-        "samples_per_shard": 4,
-    }
-    for k, v in orch.items():
-        o[k] = {**o[k], **v} if isinstance(v, dict) and isinstance(o.get(k), dict) else v
-    return load_config(None, {"orchestrator": o, "trainer": {"seq_len": 512}})
+from support.rollout_helpers import make_cfg
 
 
 @pytest.fixture

@@ -7,16 +7,7 @@ from typing import Any
 
 from distill.core.conversation import Conversation
 from orchestrator.lines import json_type
-from orchestrator.replay.records import (
-    RecordError,
-    _id,
-    _index,
-    _opt_reward,
-    _opt_str,
-    _tools,
-    content_id,
-    conversation,
-)
+from orchestrator.replay.records import RecordError, dataset_conversation
 
 
 def detect(obj: dict) -> bool:
@@ -117,19 +108,4 @@ def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation
         if msg["role"] == "tool" and pending_calls:
             msg["tool_call_id"] = pending_calls.pop(0)
         messages.append(msg)
-    tools = _tools(obj.get("tools"))
-    prompt_id = _id(obj, "id") or content_id(messages, tools)
-    return [
-        conversation(
-            "sharegpt",
-            file,
-            line,
-            messages,
-            tools,
-            prompt_id,
-            _index(obj),
-            _opt_str(obj, "finish_reason"),
-            _opt_reward(obj),
-            _opt_str(obj, "model"),
-        )
-    ]
+    return [dataset_conversation("sharegpt", obj, file, line, messages)]
