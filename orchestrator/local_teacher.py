@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-from .student import resolve_gguf
+from distill.core.student import resolve_gguf
 
 
 class LocalTeacherError(RuntimeError):
