@@ -4,7 +4,7 @@
     python scripts/gen_config_doc.py --check  # exit 1 if it is out of date (a test runs this)
 
 Each field's description is the comment block written just above it in the schema modules
-(distill/core/config/schema.py, schema_run.py),
+(distill/core/config/schema.py, schema_run.py, schema_score.py),
 so the reference cannot drift from the code.
 """
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from distill.core import config as C  # noqa: E402
-from distill.core.config import schema, schema_run  # noqa: E402
+from distill.core.config import schema, schema_run, schema_score  # noqa: E402
 
 OUT = ROOT / "docs" / "configuration.md"
 
@@ -41,7 +41,7 @@ secrets redacted. Cross-checks between sections are described in [validation.md]
 def field_comments() -> dict[tuple[str, str], str]:
     """(class name, field name) -> the comment lines directly above the field."""
     out: dict[tuple[str, str], str] = {}
-    for module in (schema, schema_run):
+    for module in (schema, schema_run, schema_score):
         out.update(module_comments(Path(module.__file__).read_text().splitlines()))
     return out
 
@@ -89,8 +89,14 @@ def is_model(ann) -> bool:
 
 
 def union_models(ann) -> list:
-    """The models of a tagged union field (e.g. trainer.loss, keyed on `type`); [] for anything else."""
-    if typing.get_origin(ann) is not typing.Union:
+    """The models of a tagged union field (e.g. trainer.loss, keyed on `type`; an optional one such as
+    `scorer` too); [] for anything else."""
+    if typing.get_origin(ann) is typing.Union and type(None) in typing.get_args(ann):
+        rest = [a for a in typing.get_args(ann) if a is not type(None)]
+        ann = rest[0] if len(rest) == 1 else ann
+    if typing.get_origin(ann) is typing.Annotated:
+        ann = typing.get_args(ann)[0]
+    if typing.get_origin(ann) not in (typing.Union, __import__("types").UnionType):
         return []
     models = [typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a for a in typing.get_args(ann)]
     return models if models and all(is_model(m) for m in models) else []
@@ -107,6 +113,7 @@ def variant(cls) -> str:
 def render() -> str:
     comments = field_comments()
     parts = [HEADER]
+    seen: set[tuple[type, str]] = set()  # a sub-table shared by union members is written once
 
     def section(cls, path: str, suffix: str = "") -> None:
         rows = []
@@ -125,11 +132,15 @@ def render() -> str:
                 default_s = "required"
             else:
                 default_s = "unset" if default is None else f"`{toml_value(default)}`".replace("|", "\\|")
-            desc = comments.get((cls.__name__, name), "")
+            # (an inherited field keeps the comment written in its base class)
+            desc = next((comments[k.__name__, name] for k in cls.__mro__ if comments.get((k.__name__, name))), "")
             rows.append(
                 f"| `{name}` | `{type_name(f.annotation)}`".replace("|", "\\|").replace("\\|", "|", 2)
                 + f" | {default_s} | {desc} |"
             )
+        if (cls, path) in seen:
+            return
+        seen.add((cls, path))
         title = (f"[{path}]" if path else "top level") + suffix
         doc = comments.get((cls.__name__, ""), "")
         parts.append(f"## `{title}`\n\n" + (f"{doc}\n\n" if doc else ""))

@@ -33,13 +33,22 @@ from .schema_run import (
     RunConfig,
     SFTLoss,
     Student,
+    TopKKLLoss,
     Trainer,
     Wandb,
     WeightBroadcast,
 )
+from .schema_score import SCORER_CONFIGS, EchoScorer, ScoreBudget, Scorer, SGLangScorer, VLLMScorer
 from .toml_out import redacted_dict, to_toml
 
 __all__ = [
+    "SCORER_CONFIGS",
+    "EchoScorer",
+    "ScoreBudget",
+    "Scorer",
+    "SGLangScorer",
+    "TopKKLLoss",
+    "VLLMScorer",
     "BUILTIN_STUDENT",
     "BUILTIN_TEACHER_GGUF",
     "ENV_VAR_NAME",

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------------------
 
 KNOWN_NON_SFT_LOSSES = ("forward_kl", "reverse_kl", "kl", "jsd", "grpo", "ppo", "dpo", "logit_distill")
+# Losses trained on teacher scores of given tokens (a `[scorer]`): name -> the least scorer.top_k it needs.
+SCORED_LOSSES: dict[str, int] = {"topk_kl": 1}
 
 
 class Problem(tuple):
@@ -49,16 +51,7 @@ def check_external_teacher_mode(cfg: RunConfig) -> list[Problem]:
     problems: list[Problem] = []
     url = cfg.orchestrator.rollout_model.base_url
     why = f"the teacher is an external endpoint ({url}) that returns messages only"
-    loss = cfg.trainer.loss.type
-    if loss != "sft":
-        kind = "a known non-SFT loss" if loss in KNOWN_NON_SFT_LOSSES else "not a loss this mode has"
-        problems.append(
-            Problem(
-                "trainer.loss.type",
-                f"{loss!r} is {kind}; {why}, so only masked-NLL SFT on its tokens can be trained. "
-                'Fix: set trainer.loss.type = "sft" (teacher-logprob losses are not supported yet).',
-            )
-        )
+    problems += _check_loss_mode(cfg, why)
     wb = cfg.weight_broadcast.type
     if wb != "none":
         problems.append(
@@ -86,6 +79,39 @@ def check_external_teacher_mode(cfg: RunConfig) -> list[Problem]:
                     f"sending token ids to the teacher is a token-id client; {why}. Fix: remove {key} from extra_body.",
                 )
             )
+    return problems
+
+
+def _check_loss_mode(cfg: RunConfig, why: str) -> list[Problem]:
+    """SFT always; a scored loss (SCORED_LOSSES) only with a `[scorer]` that gives what it needs; nothing else."""
+    problems: list[Problem] = []
+    loss = cfg.trainer.loss.type
+    scorer = getattr(cfg, "scorer", None)
+    if loss in SCORED_LOSSES and scorer is not None:
+        # The teacher's logprobs come from the scorer (self-tested before a run: docs/scoring.md).
+        if scorer.top_k < SCORED_LOSSES[loss]:
+            problems.append(
+                Problem(
+                    "scorer.top_k",
+                    f"is {scorer.top_k}, but trainer.loss.type = {loss!r} trains on the teacher's top-k "
+                    f"alternatives. Fix: set scorer.top_k >= {SCORED_LOSSES[loss]} (e.g. 20).",
+                )
+            )
+    elif loss != "sft":
+        kind = (
+            "a known non-SFT loss"
+            if loss in KNOWN_NON_SFT_LOSSES + tuple(SCORED_LOSSES)
+            else "not a loss this mode has"
+        )
+        fix = 'Fix: set trainer.loss.type = "sft"'
+        if loss in SCORED_LOSSES:
+            fix += " or add a [scorer] section: a same-tokenizer teacher that scores given tokens (docs/scoring.md)"
+        problems.append(
+            Problem(
+                "trainer.loss.type",
+                f"{loss!r} is {kind}; {why}, so only masked-NLL SFT on its tokens can be trained. {fix}.",
+            )
+        )
     return problems
 
 

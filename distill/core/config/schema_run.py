@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .checks import KNOWN_NON_SFT_LOSSES, ConfigProblems, check_cross_fields, check_external_teacher_mode
 from .schema import BUILTIN_STUDENT, Orchestrator, Strict
+from .schema_score import Scorer
 
 
 # ---------------------------------------------------------------------------
@@ -26,6 +27,16 @@ class SFTLoss(Strict):
     # rejected for an external teacher (see check_external_teacher_mode).
     type: Literal["sft"] = "sft"
     # Cross-entropy is computed over this many trained positions at a time.
+    chunk_size: int = Field(1024, ge=1)
+
+
+class TopKKLLoss(Strict):
+    """`type = "topk_kl"`: forward KL from the teacher's top-k (plus one tail bucket for the rest of
+    its mass) to the student, on samples scored by a `[scorer]` with top_k >= 1 (trainer/losses/topk_kl.py)."""
+
+    # The loss, keyed on this name.
+    type: Literal["topk_kl"] = "topk_kl"
+    # The loss is computed over this many trained positions at a time (no [tokens x vocab] fp32 tensor is kept).
     chunk_size: int = Field(1024, ge=1)
 
 
@@ -50,7 +61,7 @@ class PlannedLoss(BaseModel):
 
 
 # Registered losses: name -> config model (trainer/losses/ registers the function under the same name).
-LOSS_CONFIGS: dict[str, type[BaseModel]] = {"sft": SFTLoss}
+LOSS_CONFIGS: dict[str, type[BaseModel]] = {"sft": SFTLoss, "topk_kl": TopKKLLoss}
 # The tag under which the union admits every other name (pydantic puts the tag in error locations).
 PLANNED_TAG = "planned"
 
@@ -62,7 +73,7 @@ def _loss_tag(v: Any) -> str:
 
 # `[trainer.loss]`: the config model chosen by `type` (a new loss adds its model here and in LOSS_CONFIGS).
 Loss = Annotated[
-    Annotated[SFTLoss, Tag("sft")] | Annotated[PlannedLoss, Tag(PLANNED_TAG)],
+    Annotated[SFTLoss, Tag("sft")] | Annotated[TopKKLLoss, Tag("topk_kl")] | Annotated[PlannedLoss, Tag(PLANNED_TAG)],
     Discriminator(_loss_tag),
 ]
 
@@ -194,6 +205,9 @@ class RunConfig(BaseSettings):
     orchestrator: Orchestrator = Orchestrator()
     trainer: Trainer = Trainer()
     weight_broadcast: WeightBroadcast = WeightBroadcast()
+    # The teacher as a scorer of given token ids (unset: none). Needed by teacher-logprob losses
+    # such as trainer.loss.type = "topk_kl"; `distill score` adds its scores to samples.
+    scorer: Scorer | None = None
     wandb: Wandb = Wandb()
 
     @classmethod
