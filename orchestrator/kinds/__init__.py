@@ -7,12 +7,18 @@ A new kind is one module here implementing `transport.RequestKind` plus one line
 from __future__ import annotations
 
 from orchestrator.kinds.chat import ChatKind
+from orchestrator.kinds.score_types import ScorerKinds
 from orchestrator.transport import RequestKind
 
 #: kind name -> class (instantiated without arguments)
 KINDS: dict[str, type] = {
     "chat": ChatKind,
 }
+
+
+#: `[scorer] type` -> its three request kinds (score, sample, tokenize); one line per scoring kind module
+#: (orchestrator/kinds/score_<type>.py), filled as they land.
+SCORERS: dict[str, ScorerKinds] = {}
 
 
 def get_kind(name: str) -> RequestKind:

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class ScoreSeq:
-    """One sequence to score: the student's token ids, and (echo kind only) the text they decode to."""
+    """One sequence to score: the student's token ids and, for the echo kind (which sends text and gets the
+    teacher's own token strings back), the text they decode to and each token's text piece."""
 
     token_ids: list[int]
     text: str | None = None
+    pieces: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -50,3 +52,52 @@ class ScoreAnswer:
     seqs: list[SeqScores]
     usage: dict[str, int] = field(default_factory=dict)  # prompt_tokens, completion_tokens
     response_id: str | None = None
+
+
+# --- the two requests the self-tests need besides scoring (orchestrator/score_check.py) ---
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """Let the teacher generate up to `max_tokens` tokens greedily after `prompt` (ids; text for echo),
+    reporting the logprob of each generated token as computed while sampling (the alignment self-test)."""
+
+    prompt: ScoreSeq
+    max_tokens: int = 16
+
+
+@dataclass
+class SampleAnswer:
+    # The generated tokens: ids where the server gives them (vLLM, SGLang), else their text pieces (echo).
+    token_ids: list[int] | None
+    pieces: list[str] | None
+    # The sampling-time logprob of each generated token.
+    logprobs: list[float]
+    usage: dict[str, int] = field(default_factory=dict)
+    response_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    """How the teacher tokenises `text` (no special tokens added): the tokenizer-identity self-test."""
+
+    text: str
+
+
+@dataclass
+class TokenizeAnswer:
+    # Token ids where the server gives them (vLLM /tokenize, SGLang), else the token text pieces (echo).
+    token_ids: list[int] | None
+    pieces: list[str] | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    response_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ScorerKinds:
+    """The three request kinds of one `[scorer] type` (each a transport.RequestKind, built without arguments
+    except `score`, which the echo kind builds with `piece_to_id`, the student's token text -> id map)."""
+
+    score: type  # RequestKind[ScoreBatch, ScoreAnswer]
+    sample: type  # RequestKind[SampleRequest, SampleAnswer]
+    tokenize: type  # RequestKind[TokenizeRequest, TokenizeAnswer]
