@@ -14,29 +14,11 @@ import threading
 from pathlib import Path
 
 from .config import ConfigError, RunConfig, load_config, redacted_dict, to_toml
-from .cli_help import COMMAND_HELP, command_help
+from .cli_help import COMMAND_HELP, USAGE, command_help
 from .preflight import preflight
+from .cli_score import add_probe_args, cmd_score, prepare_scoring_run, probe_scorer, start_scoring_stage
 from .run import make_reconstructor, prepare_run_dir, print_locations, produce
-
-USAGE = """distill <command> ...
-
-  run CONFIG [--dry-run] [--no-resume] [--key.path VALUE ...]
-                         sample from the teacher (or replay) and train, concurrently
-  rollout CONFIG [...]   only sample from the teacher -> OUTPUT_DIR/samples
-  replay CONFIG [INPUT ...] [--on-error skip|fail] [...]
-                         only turn recorded trajectories into samples (no network)
-  train CONFIG [--resume] [--samples DIR] [...]
-                         only train on OUTPUT_DIR/samples (torchrun-compatible)
-  tokenize --tokenizer DIR INPUT.jsonl -o OUT.jsonl
-                         messages -> prompt_ids / completion_ids / completion_mask
-  inspect PATH [--tokenizer DIR] [--index N] [--html OUT.html]
-                         show samples with the trained tokens highlighted
-  probe URL --model M [--api-key-var VAR]
-                         what an OpenAI-compatible endpoint supports
-  report RUN_DIR         PNG of loss / tokens/s / lr and a text summary
-
-`distill COMMAND --help` shows a command's options.
-"""
+from .score import SCORED, format_score_summary
 
 
 # The overrides stay hand-parsed rather than pydantic-settings' CLI source (cli_parse_args /
@@ -103,6 +85,7 @@ def cmd_run(argv: list[str]) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
     recon = make_reconstructor(cfg)
+    tok = prepare_scoring_run(cfg, run_dir) if cfg.scorer else None  # the self-tests refuse a bad scorer
     # A DONE left by an earlier run must not end the trainer's stream before the producer
     # (which may first spend minutes starting a local teacher) has reopened the samples.
     (run_dir / "samples" / "DONE").unlink(missing_ok=True)
@@ -120,9 +103,14 @@ def cmd_run(argv: list[str]) -> int:
     t.start()
     from trainer.train import train
 
-    try:
+    stage, scored = start_scoring_stage(cfg, run_dir, t, stop, errors, tok) if cfg.scorer else (t, {})
+    try:  # with a [scorer] the trainer reads OUTPUT_DIR/scored, which the scoring stage fills
         summary = train(
-            cfg, run_dir, resume=not flags.get("--no-resume"), producer_alive=lambda: t.is_alive() or not errors
+            cfg,
+            run_dir,
+            run_dir / SCORED if cfg.scorer else None,
+            resume=not flags.get("--no-resume"),
+            producer_alive=lambda: stage.is_alive() or not errors,
         )
     except BaseException:
         if errors:
@@ -133,10 +121,13 @@ def cmd_run(argv: list[str]) -> int:
         # flight are still recorded, and the local teacher is shut down by the producer.
         stop.set()
         t.join(timeout=cfg.orchestrator.rollout_model.timeout + 60)
+        stage.join(timeout=cfg.scorer.timeout + 60 if cfg.scorer else 0)
     if errors:
         raise errors[0]
     if "orchestrator" in result:
         _print_producer_summary(cfg, result["orchestrator"])
+    if "scorer" in scored:
+        print(format_score_summary(scored["scorer"], run_dir / SCORED))
     _print_summary("trainer", summary)
     print_locations(run_dir, summary)
     return 0
@@ -302,7 +293,10 @@ def cmd_probe(argv: list[str]) -> int:
     p.add_argument("--model", help="model name (default: the first the endpoint lists)")
     p.add_argument("--api-key-var", help="NAME of the env var holding the API key")
     p.add_argument("--timeout", type=float, default=30)
+    add_probe_args(p)
     a = p.parse_args(argv)
+    if a.scorer:
+        return probe_scorer(a.url, a.model, a.scorer, a.api_key_var, a.tokenizer)
     from orchestrator.probe import format_probe, probe, probe_verdict
 
     key = None
@@ -345,6 +339,8 @@ _USER_ERRORS = {
     "FileExistsError",
     "NotADirectoryError",
     "TokenizerError",
+    "ScoreError",
+    "ScoreCheckError",
 }
 
 COMMANDS = {
@@ -352,6 +348,7 @@ COMMANDS = {
     "rollout": cmd_rollout,
     "replay": cmd_replay,
     "train": cmd_train,
+    "score": cmd_score,
     "tokenize": cmd_tokenize,
     "inspect": cmd_inspect,
     "probe": cmd_probe,

@@ -2,6 +2,28 @@
 
 from __future__ import annotations
 
+USAGE = """distill <command> ...
+
+  run CONFIG [--dry-run] [--no-resume] [--key.path VALUE ...]
+                         sample from the teacher (or replay) and train, concurrently
+  rollout CONFIG [...]   only sample from the teacher -> OUTPUT_DIR/samples
+  replay CONFIG [INPUT ...] [--on-error skip|fail] [...]
+                         only turn recorded trajectories into samples (no network)
+  train CONFIG [--resume] [--samples DIR] [...]
+                         only train on OUTPUT_DIR/samples (torchrun-compatible)
+  score CONFIG [--samples DIR] [--out DIR] [...]
+                         only add the [scorer] teacher's logprobs -> OUTPUT_DIR/scored
+  tokenize --tokenizer DIR INPUT.jsonl -o OUT.jsonl
+                         messages -> prompt_ids / completion_ids / completion_mask
+  inspect PATH [--tokenizer DIR] [--index N] [--html OUT.html]
+                         show samples with the trained tokens highlighted
+  probe URL --model M [--api-key-var VAR] [--scorer vllm|sglang|echo]
+                         what an OpenAI-compatible endpoint (or a scorer) supports
+  report RUN_DIR         PNG of loss / tokens/s / lr and a text summary
+
+`distill COMMAND --help` shows a command's options.
+"""
+
 OVERRIDES = """
 Configuration: CONFIG is a TOML file (see docs/configuration.md for every key).
 Any key can be overridden after the config path, and from the environment:
@@ -53,6 +75,20 @@ options:
   --resume               continue from the latest checkpoint in OUTPUT_DIR/checkpoints
                          (without it, earlier checkpoints there are refused)
   --samples DIR          train on this samples folder instead of OUTPUT_DIR/samples
+""",
+    "score": """usage: distill score CONFIG [--samples DIR] [--out DIR] [--no-follow] [--key.path VALUE ...]
+
+Only add the [scorer] teacher's log-probabilities (and top-k, with scorer.top_k > 0) to the
+samples of a samples folder, into a scored folder the trainer can read (distill train --samples).
+The scorer's self-tests (tokenizer identity, alignment, determinism) run first and refuse a
+scorer that fails one. Every answer is recorded in OUTPUT_DIR/scores.jsonl: rerunning the same
+command resumes and never sends a recorded request again. [scorer.budget] stops it cleanly.
+
+options:
+  --samples DIR          score this samples folder (default OUTPUT_DIR/samples)
+  --out DIR              write the scored samples here (default OUTPUT_DIR/scored)
+  --no-follow            score what is there and exit, even when the input has no DONE
+                         marker yet (default: wait for more shards until the input's DONE)
 """,
 }
 

@@ -40,7 +40,7 @@ def preflight(
     resume: bool = False,
     samples: str | None = None,
 ) -> None:
-    """Raise PreflightError listing every problem found (command: run | rollout | replay | train)."""
+    """Raise PreflightError listing every problem found (command: run | rollout | replay | train | score)."""
     problems: list[Problem] = []
     problems += check_student(cfg, need_model=command in ("run", "train"))
     problems += check_output_dir(cfg.output_dir)
@@ -49,6 +49,8 @@ def preflight(
     if command in ("run", "rollout") and cfg.orchestrator.source.type != "replay":  # the teacher's filter
         problems += check_reward_fn(cfg.orchestrator.reward_fn)
     problems += check_earlier_run(cfg.output_dir, command, no_resume=no_resume, resume=resume, samples=samples)
+    if command in ("run", "score"):
+        problems += check_scorer_config(cfg, command, samples)
     if problems:
         raise PreflightError(command, problems)
 
@@ -266,3 +268,38 @@ def check_earlier_run(
             )
         return problems
     return []
+
+
+def check_scorer_config(cfg: RunConfig, command: str, samples: str | None) -> list[Problem]:
+    """`distill score` needs a [scorer] and a samples folder; with a [scorer], its key variable is set."""
+    sc = cfg.scorer
+    if sc is None:
+        if command != "score":
+            return []
+        return [
+            Problem(
+                "scorer",
+                'is not set: distill score has no teacher to ask. Fix: add a [scorer] section (type = "vllm", '
+                "base_url, model; docs/scoring.md)",
+            )
+        ]
+    problems = []
+    if sc.api_key_var and not os.environ.get(sc.api_key_var):
+        problems.append(
+            Problem(
+                "scorer.api_key_var",
+                f"names the environment variable {sc.api_key_var}, which is not set. Fix: export "
+                f"{sc.api_key_var}=... (the key is read from there and never stored)",
+            )
+        )
+    if command == "score":
+        sdir = Path(samples).expanduser() if samples else Path(cfg.output_dir).expanduser() / "samples"
+        if not sdir.is_dir():
+            problems.append(
+                Problem(
+                    "--samples" if samples else "output_dir",
+                    f"no samples folder {sdir}. Fix: produce samples first (distill rollout / distill replay "
+                    "with the same output_dir), or pass --samples DIR",
+                )
+            )
+    return problems

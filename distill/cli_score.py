@@ -1,0 +1,105 @@
+"""`distill score`, `distill probe URL --scorer TYPE`, and the scoring stage `distill run` starts with a `[scorer]`."""
+
+from __future__ import annotations
+
+import asyncio
+import argparse
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, load_config
+from .preflight import preflight
+from .run import prepare_run_dir
+from .score import SCORED, check_scorer, format_score_summary, score_dir, student_tokenizer
+
+
+def _report_self_tests(rows: list) -> None:
+    for name, result, detail in rows:
+        print(f"scorer self-test {name}: {result} ({detail})", file=sys.stderr)
+
+
+def cmd_score(argv: list[str]) -> int:
+    from .cli import _split_known
+
+    if not argv or argv[0].startswith("-"):
+        raise SystemExit("distill score: expected a TOML config path first; see distill score --help")
+    found, rest = _split_known(argv[1:], {"--samples": True, "--out": True, "--no-follow": False})
+    cfg = load_config(argv[0], rest)
+    preflight(cfg, "score", samples=found.get("--samples"))
+    run_dir = prepare_run_dir(cfg)
+    in_dir = Path(found["--samples"]) if found.get("--samples") else run_dir / "samples"
+    out_dir = Path(found["--out"]) if found.get("--out") else run_dir / SCORED
+    tok = student_tokenizer(cfg)
+    _report_self_tests(check_scorer(cfg, tok))
+    summary = score_dir(cfg, run_dir, in_dir, out_dir, tok=tok, follow=not found.get("--no-follow"))
+    print(format_score_summary(summary, out_dir))
+    print(f"  scored:      {out_dir}\n  scores:      {run_dir / 'scores.jsonl'}")
+    return 0
+
+
+def start_scoring_stage(
+    cfg: RunConfig, run_dir: Path, producer: threading.Thread, stop: threading.Event, errors: list, tok: Any
+) -> tuple[threading.Thread, dict]:
+    """`distill run` with a `[scorer]`: a thread scoring OUTPUT_DIR/samples into OUTPUT_DIR/scored as they appear
+    (the trainer reads the scored folder). Its failure lands in `errors`; a budget stop ends the sampling too."""
+    result: dict = {}
+
+    def stage() -> None:
+        try:
+            result["scorer"] = s = score_dir(
+                cfg,
+                run_dir,
+                run_dir / "samples",
+                run_dir / SCORED,
+                tok=tok,
+                producer_alive=lambda: producer.is_alive(),
+                stop_event=stop,
+                together=True,
+            )
+            if s["stop_reason"] and s["stop_reason"] != "stopped":
+                stop.set()  # no more sampling: nothing would score it
+        except BaseException as e:  # surfaced in the main thread
+            errors.append(e)
+
+    t = threading.Thread(target=stage, name="scorer", daemon=True)
+    t.start()
+    return t, result
+
+
+def prepare_scoring_run(cfg: RunConfig, run_dir: Path) -> Any:
+    """Before `distill run` starts its threads: the self-tests (refusing the run) and no stale DONE in scored/."""
+    (run_dir / SCORED / "DONE").unlink(missing_ok=True)
+    tok = student_tokenizer(cfg)
+    _report_self_tests(check_scorer(cfg, tok))
+    return tok
+
+
+def probe_scorer(url: str, model: str | None, scorer_type: str, api_key_var: str | None, tokenizer: str | None) -> int:
+    """`distill probe URL --scorer TYPE`: what scoring the endpoint supports and the three self-tests."""
+    from distill.core.config.schema import Retry
+    from distill.core.config.schema_score import SCORER_CONFIGS
+    from distill.core.student import load_tokenizer, resolve_student
+    from orchestrator.probe import format_probe
+    from orchestrator.score_probe import probe_scoring
+
+    sc = SCORER_CONFIGS[scorer_type](
+        base_url=url, model=model or "teacher", api_key_var=api_key_var, retry=Retry(max_attempts=1), top_k=0
+    )
+    tok = load_tokenizer(tokenizer or resolve_student("builtin:smollm2-135m-instruct", with_model=False))
+    rows = asyncio.run(probe_scoring(sc, tok))
+    print(format_probe(rows))
+    bad = [r for r in rows if r[1] in ("FAIL", "no", "error") and r[0] != "/tokenize"]
+    if bad:
+        print(
+            f"distill: the endpoint {url} cannot be used as a {scorer_type} scorer: {bad[0][0]}: {bad[0][2]}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def add_probe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scorer", choices=["vllm", "sglang", "echo"], help="probe scoring support of this kind instead")
+    p.add_argument("--tokenizer", help="student tokenizer folder for the scorer self-tests (default: the builtin one)")

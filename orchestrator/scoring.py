@@ -1,0 +1,282 @@
+"""Teacher scoring of samples: Samples -> ScoreBatches -> the transport -> Samples with teacher fields.
+
+    scorer = Scorer(cfg.scorer, api_key, tokenizer, run_dir / SCORES_FILE)
+    out = await scorer.score(samples)        # ScoreResult: scored samples (input order), stop reason
+    await scorer.aclose()
+
+Each sample's whole sequence (prompt_ids + completion_ids, multi-turn included) is scored once by the
+`[scorer] type`'s score kind (orchestrator/kinds/score_*.py, SCORERS), `sequences_per_request` sequences
+per request, through ONE transport built from `[scorer]` (endpoints, key, concurrency, rate limits,
+retries) with the `[scorer.budget]` gate. Positions (orchestrator/kinds/score_types.py): the answer's
+logprobs[i] is log p(ids[i] | ids[:i]), so completion token j is position len(prompt_ids) + j:
+`teacher_logprobs[j] = logprobs[P + j]` for every completion token, and with top_k > 0
+`teacher_topk_*[j] = topk[P + j]` at trained positions (completion_mask 1), [] elsewhere.
+
+An answer whose token ids differ from the request's, or whose lengths are wrong, is refused
+(ScoreError naming the sample). Every answer is recorded (orchestrator/score_store.py) before use; a
+sequence already recorded is never sent again. A budget stop ends the call cleanly (the stop reason
+is returned; what was answered is recorded, so a rerun resumes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from distill.core.contract import Sample
+from orchestrator.budget import BudgetGate
+from orchestrator.kinds import SCORERS
+from orchestrator.kinds.score_types import ScoreBatch, ScoreSeq, SeqScores
+from orchestrator.limits import RetryPolicy
+from orchestrator.recording import RecordingWriter
+from orchestrator.score_store import load_scores, make_score_record, record_scores, score_key
+from orchestrator.transport import StopRequested, TeacherError, Transport
+
+
+class ScoreError(Exception):
+    """Scoring cannot go on: a wrong answer (naming the sample), a request failed for good, a bad setup."""
+
+
+def scorer_api_key(sc: Any) -> str:
+    """The key from the environment variable named by scorer.api_key_var ("EMPTY" when none is named)."""
+    if not sc.api_key_var:
+        return "EMPTY"
+    key = os.environ.get(sc.api_key_var)
+    if not key:
+        raise ScoreError(
+            f"scorer.api_key_var names the environment variable {sc.api_key_var}, which is not set. "
+            f"Fix: export {sc.api_key_var}=... (the key is read from there and never stored)"
+        )
+    return key
+
+
+def make_transport(sc: Any, key: str) -> Transport:
+    """The scorer's transport: its endpoint(s), concurrency, retries and rate limits."""
+    return Transport(
+        [sc.base_url, *sc.extra_base_urls],
+        sc.model,
+        key,
+        headers=sc.headers,
+        timeout=sc.timeout,
+        concurrency=sc.concurrency,
+        retry=RetryPolicy(sc.retry.max_attempts, sc.retry.initial_backoff, sc.retry.max_backoff),
+        requests_per_minute=sc.requests_per_minute,
+        tokens_per_minute=sc.tokens_per_minute,
+    )
+
+
+def scorer_kinds(sc: Any):
+    kinds = SCORERS.get(sc.type)
+    if kinds is None:
+        known = ", ".join(sorted(SCORERS)) or "none installed"
+        raise ScoreError(f"scorer.type = {sc.type!r} has no request kind in this distill (known: {known})")
+    return kinds
+
+
+def piece_to_id(tokenizer: Any) -> dict[str, int]:
+    """The student's token text -> id map the echo kind reads the teacher's token strings with."""
+    out: dict[str, int] = {}
+    for tok, i in tokenizer.get_vocab().items():
+        out.setdefault(tokenizer.convert_tokens_to_string([tok]), i)
+    return out
+
+
+def make_score_kind(sc: Any, tokenizer: Any):
+    kinds = scorer_kinds(sc)
+    return kinds.score(piece_to_id=piece_to_id(tokenizer)) if sc.type == "echo" else kinds.score()
+
+
+def make_seq(token_ids: list[int], tokenizer: Any, with_text: bool) -> ScoreSeq:
+    """A sequence to score; with its text and per-token pieces (the student's) for the echo kind."""
+    if not with_text:
+        return ScoreSeq(list(token_ids))
+    return ScoreSeq(
+        list(token_ids),
+        text=tokenizer.decode(token_ids),
+        pieces=[tokenizer.decode([t]) for t in token_ids],
+    )
+
+
+class ScoreGate:
+    """The `[scorer.budget]` gate: orchestrator.budget.BudgetGate counting scored (prompt) tokens where it
+    counts completion tokens, so max_prompt_tokens and max_cost are never exceeded and max_requests is exact.
+    A server that reports no usage is charged the request's token count."""
+
+    _REASONS = {"budget:max_completion_tokens": "budget:max_prompt_tokens"}
+
+    def __init__(self, budget: Any, prior_requests: float = 0, prior_tokens: float = 0, stop_event=None):
+        adapted = type(
+            "B",
+            (),
+            dict(
+                max_requests=budget.max_requests,
+                max_completion_tokens=budget.max_prompt_tokens,
+                cost_per_1k_prompt=0.0,
+                cost_per_1k_completion=budget.cost_per_1k_prompt,
+                max_cost=budget.max_cost,
+            ),
+        )
+        self.inner = BudgetGate(adapted, prior_requests=int(prior_requests), prior_completion=prior_tokens)
+        self.inner.stop_event = stop_event
+
+    @property
+    def stop_reason(self) -> str | None:
+        r = self.inner.stop_reason
+        return self._REASONS.get(r, r) if r else None
+
+    def stopped(self) -> bool:
+        return self.inner.stopped()
+
+    def cost(self) -> float:
+        return self.inner.cost()
+
+    async def reserve(self, est_p: float, est_c: float) -> None:
+        try:
+            await self.inner.reserve(est_c, est_p)
+        except StopRequested as e:
+            raise StopRequested(self._REASONS.get(str(e), str(e))) from None
+
+    def settle(self, est_p: float, est_c: float, usage: dict[str, int] | None) -> None:
+        swapped = None
+        if usage is not None:
+            swapped = {"prompt_tokens": 0, "completion_tokens": usage.get("prompt_tokens") or int(est_p)}
+        self.inner.settle(est_c, est_p, swapped)
+
+
+def check_answer(seq: ScoreSeq, got: SeqScores, top_k: int, who: str) -> None:
+    """Refuse (ScoreError naming `who`) an answer that is not about the request's tokens."""
+    ids = seq.token_ids
+    if got.token_ids is not None and list(got.token_ids) != list(ids):
+        i = next((i for i, (a, b) in enumerate(zip(ids, got.token_ids)) if a != b), min(len(ids), len(got.token_ids)))
+        a = ids[i] if i < len(ids) else "(end)"
+        b = got.token_ids[i] if i < len(got.token_ids) else "(end)"
+        raise ScoreError(
+            f"{who}: the scorer scored other tokens than were sent (first difference at position {i}: sent {a}, "
+            f"scored {b}; {len(ids)} sent, {len(got.token_ids)} scored). The teacher must use the student's "
+            "tokenizer; run `distill probe URL --scorer TYPE` to see which self-test fails"
+        )
+    if len(got.logprobs) != len(ids):
+        raise ScoreError(f"{who}: the scorer returned {len(got.logprobs)} logprobs for {len(ids)} tokens")
+    if top_k > 0 and (got.topk is None or len(got.topk) != len(ids)):
+        n = "none" if got.topk is None else len(got.topk)
+        raise ScoreError(f"{who}: scorer.top_k = {top_k} but the scorer returned top-k for {n} of {len(ids)} tokens")
+
+
+def fill(sample: Sample, got: SeqScores, top_k: int) -> Sample:
+    """`sample` with its teacher fields from the scores of its whole sequence (see the module docstring)."""
+    p = len(sample.prompt_ids)
+    lps: list[float | None] = []
+    for j, trained in enumerate(sample.completion_mask):
+        x = got.logprobs[p + j]
+        ok = isinstance(x, (int, float)) and math.isfinite(x)
+        if trained and not ok:
+            raise ScoreError(
+                f"sample {sample.sample_id}: the scorer gave no finite logprob at trained position {p + j} "
+                f"(completion token {j}): {x!r}"
+            )
+        lps.append(float(x) if ok else None)
+    if top_k <= 0:
+        return replace(sample, teacher_logprobs=lps)
+    assert got.topk is not None
+    ids = [[int(t) for t, _ in got.topk[p + j]] if m else [] for j, m in enumerate(sample.completion_mask)]
+    tlp = [[float(lp) for _, lp in got.topk[p + j]] if m else [] for j, m in enumerate(sample.completion_mask)]
+    return replace(sample, teacher_logprobs=lps, teacher_topk_ids=ids, teacher_topk_logprobs=tlp)
+
+
+@dataclass
+class ScoreResult:
+    scored: list[Sample] = field(default_factory=list)  # in input order; those not scored are left out
+    stop_reason: str | None = None  # a budget or stop signal ended the call early
+    sent: int = 0  # requests answered in this call
+    reused: int = 0  # sequences found in the recording (not sent)
+
+
+class Scorer:
+    """Scores samples with the `[scorer]` teacher, recording every answer (module docstring)."""
+
+    def __init__(self, sc: Any, api_key: str, tokenizer: Any, scores_path: str | os.PathLike, stop_event=None):
+        self.sc = sc
+        self.tokenizer = tokenizer
+        self.kind = make_score_kind(sc, tokenizer)
+        self.loaded = load_scores(scores_path)
+        self.records = self.loaded.records
+        self.transport = make_transport(sc, api_key)
+        self.gate = ScoreGate(sc.budget, self.loaded.requests, self.loaded.prompt_tokens, stop_event)
+        self.writer = RecordingWriter(Path(scores_path))
+
+    def key(self, ids: list[int]) -> str:
+        return score_key(self.sc.type, self.sc.model, self.sc.top_k, ids)
+
+    async def score(self, samples: list[Sample], on_scored: Callable[[int], None] | None = None) -> ScoreResult:
+        """Score `samples` (recorded answers reused); raises ScoreError on a wrong answer or a failed request."""
+        res = ScoreResult()
+        keys = [self.key(s.prompt_ids + s.completion_ids) for s in samples]
+        todo: dict[str, Sample] = {}
+        for k, s in zip(keys, samples):
+            if k in self.records:
+                res.reused += 1
+            else:
+                todo.setdefault(k, s)
+        if on_scored and res.reused:
+            on_scored(res.reused)
+        items = list(todo.items())
+        n = self.sc.sequences_per_request
+        batches = [items[i : i + n] for i in range(0, len(items), n)]
+        errors: list[ScoreError] = []
+        await asyncio.gather(*(self._one(b, res, errors, on_scored) for b in batches))
+        res.stop_reason = self.gate.stop_reason
+        if errors:
+            raise errors[0]
+        for k, s in zip(keys, samples):
+            if k in self.records:
+                res.scored.append(fill(s, record_scores(self.records[k]), self.sc.top_k))
+        return res
+
+    async def _one(self, batch, res: ScoreResult, errors: list, on_scored) -> None:
+        if errors:
+            return
+        with_text = self.sc.type == "echo"
+        seqs = [make_seq(s.prompt_ids + s.completion_ids, self.tokenizer, with_text) for _, s in batch]
+        try:
+            d = await self.transport.request(self.kind, ScoreBatch(seqs, self.sc.top_k), gate=self.gate)
+        except StopRequested:
+            return
+        except TeacherError as e:
+            ids = ", ".join(s.sample_id for _, s in batch)
+            errors.append(ScoreError(f"scoring sample(s) {ids} failed: {e.reason}: {e.detail}"))
+            return
+        try:
+            if len(d.answer.seqs) != len(seqs):
+                raise ScoreError(f"the scorer answered {len(d.answer.seqs)} sequences for {len(seqs)} sent")
+            for (_, s), seq, got in zip(batch, seqs, d.answer.seqs):
+                check_answer(seq, got, self.sc.top_k, f"sample {s.sample_id}")
+                fill(s, got, self.sc.top_k)  # refuses a missing logprob at a trained position before recording
+        except ScoreError as e:
+            errors.append(e)
+            return
+        meta = dict(
+            usage=d.answer.usage,
+            usage_shared_by=len(seqs),
+            endpoint=d.endpoint,
+            request_id=d.request_id,
+            t_start=d.t_start,
+            t_end=d.t_end,
+        )
+        recs = [
+            make_score_record(k, self.sc.type, self.sc.model, self.sc.top_k, got, **meta)
+            for (k, _), got in zip(batch, d.answer.seqs)
+        ]
+        await self.writer.append(recs)
+        for r in recs:
+            self.records[r["key"]] = r
+        res.sent += 1
+        if on_scored:
+            on_scored(len(batch))
+
+    async def aclose(self) -> None:
+        await self.writer.aclose()
+        await self.transport.close()
