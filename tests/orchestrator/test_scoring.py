@@ -1,0 +1,134 @@
+"""The scoring pipeline's parts that need no server: position mapping, answer checks, the recording, the gate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from support.reconstruct_helpers import recon
+
+from orchestrator.kinds.score_types import ScoreSeq, SeqScores
+from orchestrator.score_store import load_scores, make_score_record, record_scores, score_key
+from orchestrator.scoring import ScoreError, ScoreGate, check_answer, fill
+from orchestrator.transport import StopRequested
+from distill.core.config.schema_score import ScoreBudget
+
+MULTI_TURN = [
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "4."},
+    {"role": "user", "content": "And times 3?"},
+    {"role": "assistant", "content": "12, since 4 * 3 = 12."},
+]
+
+
+def multi_turn_sample():
+    samples, rejections = recon().build(MULTI_TURN, None, sample_id="p/0", finish_reason="stop")
+    assert not rejections and len(samples) == 1
+    s = samples[0]
+    # the user turn between the two answers is in the completion, untrained: where a suffix mapping breaks
+    assert 0 in s.completion_mask and s.completion_mask[0] == 1 and s.completion_mask[-1] == 1
+    return s
+
+
+def position_scores(ids: list[int], k: int = 2) -> SeqScores:
+    """Scores whose value names their position: logprobs[i] = -(i + 1) / 1000; top-k led by the scored token."""
+    lps = [None] + [-(i + 1) / 1000 for i in range(1, len(ids))]
+    topk = [[]] + [[(ids[i], -(i + 1) / 1000), (7, -5.0 - i)][:k] for i in range(1, len(ids))]
+    return SeqScores(logprobs=lps, topk=topk, token_ids=list(ids))
+
+
+def test_fill_takes_position_prompt_len_plus_j_for_every_completion_token():
+    s = multi_turn_sample()
+    ids = s.prompt_ids + s.completion_ids
+    p = len(s.prompt_ids)
+    out = fill(s, position_scores(ids), top_k=2)
+    assert out.teacher_logprobs == [-(p + j + 1) / 1000 for j in range(len(s.completion_ids))]
+    for j, trained in enumerate(s.completion_mask):
+        if trained:
+            # the top-k at completion token j is the distribution that produced completion_ids[j]
+            assert out.teacher_topk_ids[j] == [s.completion_ids[j], 7]
+            assert out.teacher_topk_logprobs[j] == [-(p + j + 1) / 1000, -5.0 - (p + j)]
+        else:
+            assert out.teacher_topk_ids[j] == [] and out.teacher_topk_logprobs[j] == []
+    assert out.version == 2 and out.completion_ids == s.completion_ids
+    # written and read back through the contract
+    from distill.core.contract import Sample
+
+    assert Sample.from_dict(json.loads(out.to_json())) == out
+
+
+def test_fill_without_top_k_sets_only_logprobs():
+    s = multi_turn_sample()
+    out = fill(s, position_scores(s.prompt_ids + s.completion_ids), top_k=0)
+    assert out.teacher_topk_ids is None and out.teacher_topk_logprobs is None
+    assert len(out.teacher_logprobs) == len(s.completion_ids)
+
+
+def test_fill_refuses_a_missing_logprob_at_a_trained_position():
+    s = multi_turn_sample()
+    got = position_scores(s.prompt_ids + s.completion_ids)
+    j = s.completion_mask.index(1)
+    got.logprobs[len(s.prompt_ids) + j] = None
+    with pytest.raises(ScoreError, match=r"sample p/0: .*trained position"):
+        fill(s, got, top_k=0)
+
+
+def test_check_answer_refuses_other_token_ids_naming_sample_and_position():
+    seq = ScoreSeq([1, 2, 3, 4])
+    with pytest.raises(ScoreError, match=r"sample x/1: .*position 2: sent 3, scored 9"):
+        check_answer(seq, SeqScores([None, -1.0, -1.0, -1.0], None, [1, 2, 9, 4]), 0, "sample x/1")
+    with pytest.raises(ScoreError, match=r"sample x/1: the scorer returned 3 logprobs for 4 tokens"):
+        check_answer(seq, SeqScores([None, -1.0, -1.0], None, None), 0, "sample x/1")
+    with pytest.raises(ScoreError, match=r"top_k = 5 but the scorer returned top-k for none"):
+        check_answer(seq, SeqScores([None, -1.0, -1.0, -1.0], None, None), 5, "sample x/1")
+    check_answer(seq, SeqScores([None, -1.0, -1.0, -1.0], [[]] * 4, [1, 2, 3, 4]), 5, "ok")
+
+
+def test_score_key_names_kind_model_k_and_ids():
+    base = score_key("vllm", "m", 5, [1, 2, 3])
+    assert base == score_key("vllm", "m", 5, [1, 2, 3]) and len(base) == 64
+    assert len({base, score_key("sglang", "m", 5, [1, 2, 3]), score_key("vllm", "m2", 5, [1, 2, 3])}) == 3
+    assert len({base, score_key("vllm", "m", 0, [1, 2, 3]), score_key("vllm", "m", 5, [1, 2, 4])}) == 3
+
+
+def test_recording_round_trip_and_torn_last_line(tmp_path, capsys):
+    path = tmp_path / "scores.jsonl"
+    got = position_scores([5, 6, 7])
+    rec = make_score_record("k1", "vllm", "m", 2, got, usage={"prompt_tokens": 3}, usage_shared_by=1)
+    path.write_text(json.dumps(rec) + "\n" + json.dumps({**rec, "key": "k2"})[:40])
+    loaded = load_scores(path)
+    assert set(loaded.records) == {"k1"} and loaded.requests == 1 and loaded.prompt_tokens == 3
+    back = record_scores(loaded.records["k1"])
+    assert back.logprobs == got.logprobs and back.topk == got.topk
+    assert "half-written" in capsys.readouterr().err
+    assert path.read_text().endswith("\n") and len(path.read_text().splitlines()) == 1  # torn line cut off
+
+
+def test_recording_damaged_line_names_file_and_line(tmp_path):
+    from orchestrator.recording import RecordingError
+
+    path = tmp_path / "scores.jsonl"
+    rec = make_score_record("k1", "vllm", "m", 0, position_scores([5, 6]))
+    path.write_text("{broken\n" + json.dumps(rec) + "\n")
+    with pytest.raises(RecordingError, match=r"scores.jsonl:1: "):
+        load_scores(path)
+
+
+def test_score_gate_counts_scored_tokens_and_names_the_budget_key():
+    async def go(budget, prior_requests=0, prior_tokens=0):
+        gate = ScoreGate(budget, prior_requests, prior_tokens)
+        sent = 0
+        try:
+            for _ in range(10):
+                await gate.reserve(100, 1)
+                gate.settle(100, 1, {"prompt_tokens": 100, "completion_tokens": 1})
+                sent += 1
+        except StopRequested as e:
+            return sent, str(e)
+        return sent, None
+
+    assert asyncio.run(go(ScoreBudget(max_requests=3))) == (3, "budget:max_requests")
+    assert asyncio.run(go(ScoreBudget(max_requests=3), prior_requests=2)) == (1, "budget:max_requests")
+    assert asyncio.run(go(ScoreBudget(max_prompt_tokens=250))) == (2, "budget:max_prompt_tokens")
+    assert asyncio.run(go(ScoreBudget(max_cost=0.25, cost_per_1k_prompt=1.0))) == (2, "budget:max_cost")
