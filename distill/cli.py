@@ -18,7 +18,7 @@ from .cli_help import COMMAND_HELP, USAGE, command_help
 from .preflight import preflight
 from .cli_score import add_probe_args, cmd_score, prepare_scoring_run, probe_scorer, start_scoring_stage
 from .run import make_reconstructor, prepare_run_dir, print_locations, produce
-from .score import SCORED, format_score_summary
+from .score import SCORED
 
 
 # The overrides stay hand-parsed rather than pydantic-settings' CLI source (cli_parse_args /
@@ -103,7 +103,7 @@ def cmd_run(argv: list[str]) -> int:
     t.start()
     from trainer.train import train
 
-    stage, scored = start_scoring_stage(cfg, run_dir, t, stop, errors, tok) if cfg.scorer else (t, {})
+    stage = start_scoring_stage(cfg, run_dir, t, stop, errors, tok) if cfg.scorer else t
     try:  # with a [scorer] the trainer reads OUTPUT_DIR/scored, which the scoring stage fills
         summary = train(
             cfg,
@@ -126,8 +126,6 @@ def cmd_run(argv: list[str]) -> int:
         raise errors[0]
     if "orchestrator" in result:
         _print_producer_summary(cfg, result["orchestrator"])
-    if "scorer" in scored:
-        print(format_score_summary(scored["scorer"], run_dir / SCORED))
     _print_summary("trainer", summary)
     print_locations(run_dir, summary)
     return 0

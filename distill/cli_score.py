@@ -41,7 +41,7 @@ def cmd_score(argv: list[str]) -> int:
 
 def start_scoring_stage(
     cfg: RunConfig, run_dir: Path, producer: threading.Thread, stop: threading.Event, errors: list, tok: Any
-) -> tuple[threading.Thread, dict]:
+) -> threading.Thread:
     """`distill run` with a `[scorer]`: a thread scoring OUTPUT_DIR/samples into OUTPUT_DIR/scored as they appear
     (the trainer reads the scored folder). Its failure lands in `errors`; a budget stop ends the sampling too."""
     result: dict = {}
@@ -58,6 +58,7 @@ def start_scoring_stage(
                 stop_event=stop,
                 together=True,
             )
+            print(format_score_summary(s, run_dir / SCORED), flush=True)
             if s["stop_reason"] and s["stop_reason"] != "stopped":
                 stop.set()  # no more sampling: nothing would score it
         except BaseException as e:  # surfaced in the main thread
@@ -65,7 +66,7 @@ def start_scoring_stage(
 
     t = threading.Thread(target=stage, name="scorer", daemon=True)
     t.start()
-    return t, result
+    return t
 
 
 def prepare_scoring_run(cfg: RunConfig, run_dir: Path) -> Any:

@@ -74,7 +74,70 @@ class _Progress:
             close_bar(self.bar)
 
 
-async def _score_dir(  # size: one loop over the followed input (read, score, write, mirror, wait)
+class _DirScoring:
+    """One pass of `score_dir`: the output writer, the scorer, the followed input, the summary."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, in_dir: Path, out_dir: Path, tok: Any, stop_event, together):
+        from orchestrator.score_store import SCORES_FILE
+        from orchestrator.scoring import Scorer, scorer_api_key
+
+        assert cfg.scorer is not None
+        self.in_dir, self.out_dir, self.together = in_dir, out_dir, together
+        self.writer = ShardWriter(out_dir, cfg.orchestrator.samples_per_shard)
+        self.done_ids = self.writer.existing_ids()
+        self.summary: dict = {"input": 0, "scored": 0, "already_scored": 0, "requests": 0, "reused_answers": 0}
+        self.summary.update(stop_reason=None, done=False)
+        self.scorer = Scorer(cfg.scorer, scorer_api_key(cfg.scorer), tok, run_dir / SCORES_FILE, stop_event)
+        self.shard_pos = 0
+        self.input_ids: set[str] = set()
+
+    def read_new(self, bar: _Progress) -> tuple[list, list]:
+        """The samples of input shards not read yet, and those of them not scored yet (each id once)."""
+        shards = list_shards(self.in_dir)
+        new = [s for p in shards[self.shard_pos :] for s in read_shard(p)]
+        self.shard_pos = len(shards)
+        todo, seen = [], set()
+        for s in new:
+            self.input_ids.add(s.sample_id)
+            if s.sample_id in self.done_ids:
+                self.summary["already_scored"] += 1
+                bar.update(1)
+            elif s.sample_id not in seen:
+                seen.add(s.sample_id)
+                todo.append(s)
+        self.summary["input"] += len(new)
+        return new, todo
+
+    async def score(self, todo: list, bar: _Progress) -> bool:
+        """Scores and writes `todo` in chunks; False once a budget or stop signal ended scoring."""
+        for i in range(0, len(todo), CHUNK):
+            res = await self.scorer.score(todo[i : i + CHUNK], bar.update)
+            self.summary["requests"] += res.sent
+            self.summary["reused_answers"] += res.reused
+            for s in res.scored:
+                self.writer.add(s)
+                self.done_ids.add(s.sample_id)
+            self.writer.flush()
+            self.summary["scored"] += len(res.scored)
+            if res.stop_reason:
+                self.summary["stop_reason"] = res.stop_reason
+                if self.together:  # like a rollout's budget stop: the trainer ends on what is scored
+                    self.writer.close()
+                return False
+            _mirror_consumed(self.out_dir, self.in_dir, self.together)
+        return True
+
+    def input_finished(self) -> bool:
+        """The input is DONE and read to its end; then the output is marked DONE if all of it is scored."""
+        if not (is_done(self.in_dir) and len(list_shards(self.in_dir)) == self.shard_pos):
+            return False
+        if self.input_ids <= self.done_ids:
+            self.writer.close()
+            self.summary["done"] = True
+        return True
+
+
+async def _score_dir(
     cfg: RunConfig,
     run_dir: Path,
     in_dir: Path,
@@ -86,58 +149,24 @@ async def _score_dir(  # size: one loop over the followed input (read, score, wr
     progress: bool,
     together: bool,
 ) -> dict:
-    from orchestrator.score_store import SCORES_FILE
-    from orchestrator.scoring import Scorer, ScoreError, scorer_api_key
+    from orchestrator.scoring import ScoreError
 
-    sc = cfg.scorer
-    assert sc is not None
-    writer = ShardWriter(out_dir, cfg.orchestrator.samples_per_shard)
-    done_ids = writer.existing_ids()
-    summary: dict = {"input": 0, "scored": 0, "already_scored": 0, "requests": 0, "reused_answers": 0}
-    summary.update(stop_reason=None, done=False)
-    scorer = Scorer(sc, scorer_api_key(sc), tok, run_dir / SCORES_FILE, stop_event)
+    run = _DirScoring(cfg, run_dir, in_dir, out_dir, tok, stop_event, together)
     bar = _Progress(progress, 0, together)
-    shard_pos, input_ids = 0, set()
+    dead = False
     try:
         while True:
-            shards = list_shards(in_dir)
-            new = [s for p in shards[shard_pos:] for s in read_shard(p)]
-            shard_pos = len(shards)
-            todo, seen = [], set()
-            for s in new:
-                input_ids.add(s.sample_id)
-                if s.sample_id in done_ids:
-                    summary["already_scored"] += 1
-                    bar.update(1)
-                elif s.sample_id not in seen:
-                    seen.add(s.sample_id)
-                    todo.append(s)
-            summary["input"] += len(new)
-            for i in range(0, len(todo), CHUNK):
-                res = await scorer.score(todo[i : i + CHUNK], bar.update)
-                summary["requests"] += res.sent
-                summary["reused_answers"] += res.reused
-                for s in res.scored:
-                    writer.add(s)
-                    done_ids.add(s.sample_id)
-                writer.flush()
-                summary["scored"] += len(res.scored)
-                if res.stop_reason:
-                    summary["stop_reason"] = res.stop_reason
-                    if together:  # like a rollout's budget stop: the trainer ends on what is scored
-                        writer.close()
-                    return summary
-                _mirror_consumed(out_dir, in_dir, together)
+            new, todo = run.read_new(bar)
+            if not await run.score(todo, bar):
+                return run.summary
             if new:
                 continue
-            if is_done(in_dir) and len(list_shards(in_dir)) == shard_pos:
-                if input_ids <= done_ids:
-                    writer.close()
-                    summary["done"] = True
-                return summary
-            if not follow or (stop_event is not None and stop_event.is_set()):
-                return summary
+            if run.input_finished() or not follow or (stop_event is not None and stop_event.is_set()):
+                return run.summary
             if producer_alive is not None and not producer_alive():
+                if not dead:  # one more look: it may have written its last shard and DONE just now
+                    dead = True
+                    continue
                 raise ScoreError(
                     f"the sample producer stopped before finishing {in_dir} (no DONE marker); see its error above"
                 )
@@ -145,7 +174,7 @@ async def _score_dir(  # size: one loop over the followed input (read, score, wr
             await asyncio.sleep(0.2)
     finally:
         bar.close()
-        await scorer.aclose()
+        await run.scorer.aclose()
 
 
 def _mirror_consumed(out_dir: Path, in_dir: Path, together: bool) -> None:

@@ -189,7 +189,7 @@ def test_score_mistakes_are_one_message(tmp_path, tiny_student_dir, case, scorer
     if setup:
         write_samples(tmp_path / "run" / "samples")
     cfg = tmp_path / "c.toml"
-    scorer = "" if scorer_extra is None else f"[scorer]\n{scorer_extra}\n"
+    scorer = "" if scorer_extra is None else f'[scorer]\ntype = "vllm"\n{scorer_extra}\n'
     cfg.write_text(f'output_dir = "{tmp_path / "run"}"\n[student]\npath = "{tiny_student_dir}"\n{scorer}')
     r = distill("score", cfg)
     assert r.returncode == 1, r.stderr
