@@ -14,11 +14,11 @@ from orchestrator.score_check import run_self_tests
 from orchestrator.scoring import (
     ScoreError,
     check_answer,
+    make_kinds,
     make_score_kind,
     make_seq,
     make_transport,
     scorer_api_key,
-    scorer_kinds,
 )
 from orchestrator.transport import TeacherError
 
@@ -54,7 +54,7 @@ async def probe_scoring(sc: Any, tok: Any) -> list[tuple[str, str, str]]:
                 break
         rows.append(("max top_k", str(best), f"tried {', '.join(map(str, TOPK_TRIES))}{why}"))
         try:
-            tk = scorer_kinds(sc).tokenize()
+            tk = make_kinds(sc, tok)[2]
             ans = (await t.request(tk, TokenizeRequest(_TEXT))).answer
             got = len(ans.token_ids if ans.token_ids is not None else ans.pieces or [])
             rows.append(("/tokenize", "yes", f"{got} tokens for {_TEXT!r}"))

@@ -79,26 +79,35 @@ def scorer_kinds(sc: Any):
 
 def piece_to_id(tokenizer: Any) -> dict[str, int]:
     """The student's token text -> id map the echo kind reads the teacher's token strings with."""
-    out: dict[str, int] = {}
-    for tok, i in tokenizer.get_vocab().items():
-        out.setdefault(tokenizer.convert_tokens_to_string([tok]), i)
-    return out
+    from orchestrator.kinds.score_echo import piece_table
+
+    return piece_table(tokenizer)
+
+
+def make_kinds(sc: Any, tokenizer: Any, pieces: dict[str, int] | None = None) -> tuple[Any, Any, Any]:
+    """The `[scorer] type`'s score, sample and tokenize kinds (the echo ones with the student's piece table)."""
+    kinds = scorer_kinds(sc)
+    if sc.type != "echo":
+        return kinds.score(), kinds.sample(), kinds.tokenize()
+    pieces = pieces if pieces is not None else piece_to_id(tokenizer)
+    return (
+        kinds.score(piece_to_id=pieces, echo_max_tokens=sc.echo_max_tokens),
+        kinds.sample(),
+        kinds.tokenize(echo_max_tokens=sc.echo_max_tokens),
+    )
 
 
 def make_score_kind(sc: Any, tokenizer: Any):
-    kinds = scorer_kinds(sc)
-    return kinds.score(piece_to_id=piece_to_id(tokenizer)) if sc.type == "echo" else kinds.score()
+    return make_kinds(sc, tokenizer)[0]
 
 
 def make_seq(token_ids: list[int], tokenizer: Any, with_text: bool) -> ScoreSeq:
     """A sequence to score; with its text and per-token pieces (the student's) for the echo kind."""
     if not with_text:
         return ScoreSeq(list(token_ids))
-    return ScoreSeq(
-        list(token_ids),
-        text=tokenizer.decode(token_ids),
-        pieces=[tokenizer.decode([t]) for t in token_ids],
-    )
+    from orchestrator.kinds.score_echo import token_pieces
+
+    return ScoreSeq(list(token_ids), text=tokenizer.decode(token_ids), pieces=token_pieces(tokenizer, token_ids))
 
 
 class ScoreGate:
