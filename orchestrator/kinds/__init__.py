@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from orchestrator.kinds.chat import ChatKind
 from orchestrator.kinds.score_types import ScorerKinds
+from orchestrator.kinds.score_vllm import VLLMSample, VLLMScore, VLLMTokenize
 from orchestrator.transport import RequestKind
 
 #: kind name -> class (instantiated without arguments)
@@ -18,7 +19,9 @@ KINDS: dict[str, type] = {
 
 #: `[scorer] type` -> its three request kinds (score, sample, tokenize); one line per scoring kind module
 #: (orchestrator/kinds/score_<type>.py), filled as they land.
-SCORERS: dict[str, ScorerKinds] = {}
+SCORERS: dict[str, ScorerKinds] = {
+    "vllm": ScorerKinds(VLLMScore, VLLMSample, VLLMTokenize),
+}
 
 
 def get_kind(name: str) -> RequestKind:
