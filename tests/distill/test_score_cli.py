@@ -20,6 +20,19 @@ from distill.core.contract import ShardWriter, iter_samples
 
 ROOT = Path(__file__).resolve().parents[2]
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The score server's model runs in this process: one torch thread, as parallel forward passes on a
+    small shared machine oversubscribe its cores (20x slower here with 2 threads under load)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 CONVERSATIONS = [
     [
         {"role": "user", "content": f"What is {i} + {i}?"},
