@@ -153,7 +153,7 @@ async def _score_dir(
 
     run = _DirScoring(cfg, run_dir, in_dir, out_dir, tok, stop_event, together)
     bar = _Progress(progress, 0, together)
-    dead = False
+    dead = waiting = False
     try:
         while True:
             new, todo = run.read_new(bar)
@@ -169,6 +169,13 @@ async def _score_dir(
                     continue
                 raise ScoreError(
                     f"the sample producer stopped before finishing {in_dir} (no DONE marker); see its error above"
+                )
+            if not together and not waiting:
+                waiting = True
+                print(
+                    f"scorer: waiting for more samples in {in_dir} (no DONE marker yet). Ctrl-C stops (a rerun "
+                    "resumes); --no-follow scores only what is there",
+                    file=sys.stderr,
                 )
             _mirror_consumed(out_dir, in_dir, together)
             await asyncio.sleep(0.2)

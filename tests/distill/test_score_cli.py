@@ -266,3 +266,15 @@ seq_len = 256
     assert "scorer: 8 input samples: 8 scored now" in r.stdout
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert any(m.get("step") == 2 for m in metrics)
+
+
+def test_no_follow_scores_an_unfinished_input_without_marking_it_done(tmp_path, make_score_server, tiny_student_dir):
+    server = make_score_server()
+    samples = write_samples(tmp_path / "run" / "samples", n=3, done=False)
+    r = distill("score", write_cfg(tmp_path, server, tiny_student_dir, top_k=0), "--no-follow")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "the input has no DONE marker yet" in r.stdout
+    out = tmp_path / "run" / "scored"
+    scored = list(iter_samples(out))
+    assert not (out / "DONE").exists() and len(scored) == len(samples)
+    assert all(s.teacher_logprobs is not None and s.teacher_topk_ids is None for s in scored)
