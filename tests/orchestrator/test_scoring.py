@@ -132,3 +132,71 @@ def test_score_gate_counts_scored_tokens_and_names_the_budget_key():
     assert asyncio.run(go(ScoreBudget(max_requests=3), prior_requests=2)) == (1, "budget:max_requests")
     assert asyncio.run(go(ScoreBudget(max_prompt_tokens=250))) == (2, "budget:max_prompt_tokens")
     assert asyncio.run(go(ScoreBudget(max_cost=0.25, cost_per_1k_prompt=1.0))) == (2, "budget:max_cost")
+
+
+def _scorer(server, type_: str, tmp_path, **kw):
+    from distill.core.config.schema_score import SCORER_CONFIGS
+    from orchestrator.scoring import Scorer
+    from support.reconstruct_helpers import tokenizer_with
+
+    url = server.root if type_ == "sglang" else server.base_url
+    sc = SCORER_CONFIGS[type_](base_url=url, model=server.model, retry={"max_attempts": 2, "initial_backoff": 0}, **kw)
+    return Scorer(sc, "EMPTY", tokenizer_with(None), tmp_path / "scores.jsonl")
+
+
+def _score(scorer, samples):
+    async def go():
+        try:
+            return await scorer.score(samples)
+        finally:
+            await scorer.aclose()
+
+    return asyncio.run(go())
+
+
+def _samples(n: int):
+    r = recon()
+    out = []
+    for i in range(n):
+        conv = [dict(m) for m in MULTI_TURN]
+        conv[0]["content"] = f"What is {i} + 2?"
+        out += r.build(conv, None, sample_id=f"p{i}/0", finish_reason="stop")[0]
+    return out
+
+
+@pytest.fixture(scope="module")
+def _one_torch_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # the score server's model runs in this process (see test_score_check.py)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("type_", ["sglang", "echo"])
+def test_scorer_batches_sequences_and_fills_the_models_logprobs(
+    make_score_server, exact_model, tmp_path, type_, _one_torch_thread
+):
+    server = make_score_server()
+    samples = _samples(4)
+    res = _score(_scorer(server, type_, tmp_path, top_k=2, sequences_per_request=3), samples)
+    assert [s.sample_id for s in res.scored] == [s.sample_id for s in samples] and res.sent == 2
+    assert len(server.requests_seen) == 2  # 4 sequences, 3 per request
+    for s, got in zip(samples, res.scored):
+        p = len(s.prompt_ids)
+        want = exact_model.direct(s.prompt_ids + s.completion_ids)[p:]
+        assert got.teacher_logprobs == pytest.approx(want, abs=1e-4)
+        j = s.completion_mask.index(1)
+        assert s.completion_ids[j] in got.teacher_topk_ids[j]
+    # a second scorer over the same recording sends nothing
+    again = _score(_scorer(server, type_, tmp_path, top_k=2, sequences_per_request=3), samples)
+    assert again.sent == 0 and again.reused == 4 and len(server.requests_seen) == 2
+    assert [s.teacher_logprobs for s in again.scored] == [s.teacher_logprobs for s in res.scored]
+
+
+def test_an_answer_about_other_tokens_is_refused_naming_the_sample(make_score_server, tmp_path, _one_torch_thread):
+    server = make_score_server(malformed="ids")  # position 1 of the answer holds another token id
+    with pytest.raises(ScoreError, match=r"p0/0"):
+        _score(_scorer(server, "sglang", tmp_path), _samples(1))
+    assert not (tmp_path / "scores.jsonl").exists() or (tmp_path / "scores.jsonl").read_text() == ""
