@@ -108,8 +108,9 @@ def test_score_fills_the_models_exact_logprobs_and_a_rerun_sends_nothing(
 ):
     server = make_score_server()
     samples = write_samples(tmp_path / "run" / "samples")
-    cfg = write_cfg(tmp_path, server, tiny_student_dir)
-    r = distill("score", cfg)
+    cfg = write_cfg(tmp_path, server, tiny_student_dir, 'api_key_var = "SCORE_TEST_KEY"')
+    secret = {"SCORE_TEST_KEY": "sk-score-SECRET-7"}
+    r = distill("score", cfg, env=secret)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "scorer self-test alignment: pass" in r.stderr
     assert f"{len(samples)} scored now + 0 already scored" in r.stdout
@@ -132,9 +133,12 @@ def test_score_fills_the_models_exact_logprobs_and_a_rerun_sends_nothing(
     assert set(sample_sends(server, samples).values()) == {1}
     assert len((tmp_path / "run" / "scores.jsonl").read_text().splitlines()) == len(samples)
 
-    r2 = distill("score", cfg)
+    r2 = distill("score", cfg, env=secret)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert f"0 scored now + {len(samples)} already scored" in r2.stdout
+    # the key never reaches the terminal or any file of the run
+    assert not any("SECRET-7" in x for x in (r.stdout, r.stderr, r2.stdout, r2.stderr))
+    assert not [f for f in (tmp_path / "run").rglob("*") if f.is_file() and b"SECRET-7" in f.read_bytes()]
     assert set(sample_sends(server, samples).values()) == {1}  # nothing sent twice
 
 
