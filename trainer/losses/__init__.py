@@ -11,14 +11,15 @@ from typing import Any
 
 import torch
 
-from trainer.losses import sft
-from trainer.losses.base import IGNORE, LossSpec
+from trainer.losses import sft, topk_kl
+from trainer.losses.base import IGNORE, LossInputError, LossSpec
 
 LOSSES: dict[str, LossSpec] = {
     "sft": LossSpec(sft.chunked_nll, needs=("labels",)),
+    "topk_kl": LossSpec(topk_kl.topk_kl, needs=("labels", "teacher_topk_ids", "teacher_topk_logprobs")),
 }
 
-__all__ = ["IGNORE", "LOSSES", "LossSpec", "check_inputs", "compute_loss", "get_loss"]
+__all__ = ["IGNORE", "LOSSES", "LossInputError", "LossSpec", "check_inputs", "compute_loss", "get_loss"]
 
 
 def get_loss(name: str) -> LossSpec:
@@ -51,13 +52,15 @@ def compute_loss(
 
 
 def check_inputs(name: str, samples: list) -> None:
-    """Refuse, naming the first sample, samples lacking a per-token field the loss `name` needs."""
+    """Refuse, naming the first one and counting them, samples lacking a per-token field the loss `name` needs."""
     for field in get_loss(name).needs:
         if field == "labels":
             continue
-        for s in samples:
-            if getattr(s, field, None) is None:
-                raise ValueError(
-                    f"sample {s.sample_id} has no {field}, which trainer.loss.type = {name!r} needs. "
-                    f"Fix: produce samples with {field}, or train another loss"
-                )
+        lacking = [s for s in samples if getattr(s, field, None) is None]
+        if lacking:
+            raise LossInputError(
+                f"sample {lacking[0].sample_id} has no {field}, which trainer.loss.type = {name!r} needs "
+                f"({len(lacking)} of this step's {len(samples)} samples lack it). Fix: add the teacher's "
+                "scores to the samples (distill score CFG, with a [scorer]) and train on the scored folder "
+                "(distill train CFG --samples DIR), or train another loss"
+            )

@@ -7,6 +7,12 @@ from dataclasses import dataclass
 
 import torch
 
+
+class LossInputError(ValueError):
+    """Samples that the configured loss cannot train on (a missing teacher field, a token id outside
+    the student's vocabulary); the message names the field and the fix."""
+
+
 #: Label of a position that is not trained (shifted labels; see trainer/data.py).
 IGNORE = -100
 
