@@ -345,6 +345,7 @@ _USER_ERRORS = {
     "FileExistsError",
     "NotADirectoryError",
     "TokenizerError",
+    "LossInputError",
 }
 
 COMMANDS = {

@@ -2,7 +2,7 @@
 
     train_step(model, optimizer, scheduler, samples, t, ctx, pad_id)   what trainer.train's loop calls
     accumulate_gradients(...)                                          forward/backward only
-    evaluate(...)                                                      held-out mean NLL per trained token
+    evaluate(...)                                                      held-out mean loss per trained token
 
 trainer.train re-exports these names; its loop calls train_step through trainer.train, so a patch there applies.
 """
@@ -61,7 +61,8 @@ def accumulate_gradients(model, samples: list[contract.Sample], t: Trainer, ctx:
         loss_sum += loss.detach().double()
     (loss_value,) = dist.all_reduce([loss_sum.item()], ctx)
     return {
-        "loss": loss_value,
+        "loss": loss_value,  # the step's mean loss per trained token, of the loss trainer.loss.type names
+        "loss_type": t.loss.type,
         "trained_tokens": int(trained),
         "tokens": int(tokens),
         "packing_efficiency": tokens / max(slots, 1.0),
@@ -71,7 +72,8 @@ def accumulate_gradients(model, samples: list[contract.Sample], t: Trainer, ctx:
 
 @torch.no_grad()
 def evaluate(model, samples: list[contract.Sample], t: Trainer, ctx: dist.DistContext, pad_id: int) -> float:
-    """Mean NLL per trained token of `samples` (held out), over all ranks."""
+    """Mean loss (trainer.loss.type's: NLL for sft, KL for topk_kl) per trained token of `samples`
+    (held out), over all ranks."""
     mbs, (trained, _, _) = _rank_batches(samples, t, ctx, pad_id)
     total = 0.0
     model.eval()
