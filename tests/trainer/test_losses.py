@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 
 import pytest
@@ -99,6 +100,25 @@ def test_a_loss_needing_a_teacher_field_refuses_samples_without_it(smol_tokenize
         r"trainer.loss.type = 'needs_lp' needs \(2 of this step's 2 samples lack it\)\. Fix: ",
     ):
         check_inputs("needs_lp", samples)
+
+
+def test_topk_kl_refuses_a_trained_token_without_the_teachers_top_k(smol_tokenizer):
+    def with_topk(s, empty_at=()):
+        rows = [[] if j in empty_at else [t, 5] for j, t in enumerate(s.completion_ids)]
+        lps = [[] if not r else [-0.5, -2.0] for r in rows]
+        return dataclasses.replace(s, teacher_topk_ids=rows, teacher_topk_logprobs=lps)
+
+    samples = make_samples(smol_tokenizer, 3)
+    assert samples[2].completion_mask[2:4] == [0, 0]  # two untrained tokens: no top-k needed there
+    check_inputs("topk_kl", [with_topk(samples[0]), with_topk(samples[1]), with_topk(samples[2], empty_at=(2, 3))])
+    bad = [with_topk(samples[0]), with_topk(samples[1], empty_at=(4,)), with_topk(samples[2], empty_at=(0, 1))]
+    with pytest.raises(
+        LossInputError,
+        match=rf"sample {samples[1].sample_id}: teacher_topk_ids\[4\] is empty at a trained token, and "
+        r"trainer.loss.type = 'topk_kl' needs the teacher's top-k at every trained token \(2 of this step's 3 "
+        r"samples have such a token\)\. Fix: ",
+    ):
+        check_inputs("topk_kl", bad)
 
 
 def test_a_micro_batch_without_teacher_fields_gives_inputs_with_no_values():

@@ -52,7 +52,8 @@ def compute_loss(
 
 
 def check_inputs(name: str, samples: list) -> None:
-    """Refuse, naming the first one and counting them, samples lacking a per-token field the loss `name` needs."""
+    """Refuse, naming the first one and counting them, samples lacking a per-token field the loss
+    `name` needs, or (top-k) lacking its values at a trained token."""
     for field in get_loss(name).needs:
         if field == "labels":
             continue
@@ -64,3 +65,25 @@ def check_inputs(name: str, samples: list) -> None:
                 "scores to the samples (distill score CFG, with a [scorer]) and train on the scored folder "
                 "(distill train CFG --samples DIR), or train another loss"
             )
+        if field == "teacher_topk_ids":
+            _check_topk_at_trained_tokens(name, samples)
+
+
+def _first_empty_topk(sample) -> int | None:
+    """The first trained completion token of `sample` whose teacher top-k is empty, or None."""
+    for j, (trained, row) in enumerate(zip(sample.completion_mask, sample.teacher_topk_ids)):
+        if trained and not row:
+            return j
+    return None
+
+
+def _check_topk_at_trained_tokens(name: str, samples: list) -> None:
+    empty = [(s, j) for s in samples if (j := _first_empty_topk(s)) is not None]
+    if empty:
+        s, j = empty[0]
+        raise LossInputError(
+            f"sample {s.sample_id}: teacher_topk_ids[{j}] is empty at a trained token, and trainer.loss.type = "
+            f"{name!r} needs the teacher's top-k at every trained token ({len(empty)} of this step's "
+            f"{len(samples)} samples have such a token). Fix: score the samples again (distill score CFG, "
+            "scorer.top_k >= 1), or train another loss"
+        )

@@ -62,8 +62,8 @@ def _chunk(z: torch.Tensor, ids: torch.Tensor, lps: torch.Tensor, need_grad: boo
     p_tail = (-torch.expm1(torch.logsumexp(t, dim=-1))).clamp_(min=0.0)  # 1 - sum p, >= 0
     lse = torch.logsumexp(z, dim=-1)
     log_q = z.gather(1, ids) - lse[:, None]  # [c, K]
-    rows, cols = torch.arange(z.shape[0], device=z.device)[:, None].expand_as(ids)[keep], ids[keep]
-    z[rows, cols] = float("-inf")  # the tail: every logit but the top-k's
+    # the tail: every logit but the top-k's (min with +inf leaves the ids of entries that do not count)
+    z.scatter_reduce_(1, ids, torch.where(keep, float("-inf"), float("inf")), reduce="amin")
     tail_lse = torch.logsumexp(z, dim=-1)
     has_tail = torch.isfinite(tail_lse)  # False when the top-k cover the vocabulary
     p_tail = torch.where(has_tail, p_tail, 0.0)
@@ -78,7 +78,7 @@ def _chunk(z: torch.Tensor, ids: torch.Tensor, lps: torch.Tensor, need_grad: boo
     total_p = p.sum(-1) + p_tail
     coef = total_p * log_q_tail.exp() - p_tail
     z.sub_(torch.where(has_tail, tail_lse, 0.0)[:, None]).exp_().mul_(coef[:, None])  # top-k ids: exp(-inf) = 0
-    z[rows, cols] = (total_p[:, None] * log_q.exp() - p)[keep]
+    z.scatter_add_(1, ids, torch.where(keep, total_p[:, None] * log_q.exp() - p, 0.0))  # each counted id once
     return loss, z
 
 
