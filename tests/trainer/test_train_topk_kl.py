@@ -7,6 +7,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -80,11 +83,12 @@ def scored_samples(smol_tokenizer):
     return [_scored(s, _completion_logprobs(teacher, s)) for s in make_samples(smol_tokenizer, 6)]
 
 
-def _config(tmp_path, student_dir, scorer: bool = True) -> Path:
-    cfg = tmp_path / "cfg.toml"
+def _config(tmp_path, student_dir, scorer: bool = True, out: str = "run", steps: int = 6) -> Path:
+    cfg = tmp_path / f"{out}.toml"
     cfg.write_text(
-        f'output_dir = "{tmp_path / "run"}"\n[student]\npath = "{student_dir}"\n'
-        '[trainer]\nmax_steps = 6\nsamples_per_step = 6\nseq_len = 256\nmicro_batch_rows = 2\ndevice = "cpu"\n'
+        f'output_dir = "{tmp_path / out}"\n[student]\npath = "{student_dir}"\n'
+        f"[trainer]\nmax_steps = {steps}\nsamples_per_step = 6\nseq_len = 256\nmicro_batch_rows = 2\n"
+        'device = "cpu"\n'
         "log_every = 1\n[trainer.checkpoint]\nevery = 0\nevery_seconds = 0\n"
         '[trainer.optim]\nlr = 1e-2\nwarmup_steps = 0\nschedule = "constant"\n'
         '[trainer.loss]\ntype = "topk_kl"\nchunk_size = 16\n'
@@ -129,3 +133,49 @@ def test_distill_train_topk_kl_refuses_unscored_samples_with_one_message(tmp_pat
     # and without a [scorer] the config check refuses topk_kl before anything runs
     no_scorer = distill("train", _config(tmp_path, tiny_student_dir, scorer=False))
     assert no_scorer.returncode == 2 and "trainer.loss.type" in no_scorer.stderr and "[scorer]" in no_scorer.stderr
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_topk_kl_like_one(tmp_path, tiny_student_dir, smol_tokenizer):
+    """FSDP2 under torchrun: each rank's KL sum over the global count adds up to one process's loss."""
+    rng = random.Random(0)
+
+    def random_teacher(s):  # 8 distinct ids holding 80% of the mass, the sampled token first
+        rows, lps = [], []
+        for tok, trained in zip(s.completion_ids, s.completion_mask):
+            ids = [tok] + rng.sample([i for i in range(len(smol_tokenizer)) if i != tok][:5000], 7)
+            w = [rng.random() for _ in ids]
+            rows.append(ids if trained else [])
+            lps.append([math.log(0.8 * x / sum(w)) for x in w] if trained else [])
+        return dataclasses.replace(s, teacher_topk_ids=rows, teacher_topk_logprobs=lps)
+
+    samples = [random_teacher(s) for s in make_samples(smol_tokenizer, 12)]
+    runs = {}
+    for out, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--nproc-per-node", "2"])):
+        write_samples(tmp_path / out / "samples", samples)
+        if launcher:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                launcher += ["--master-addr", "127.0.0.1", "--master-port", str(sock.getsockname()[1])]
+        proc = subprocess.run(
+            [
+                sys.executable,
+                *launcher,
+                "-m",
+                "distill",
+                "train",
+                _config(tmp_path, tiny_student_dir, out=out, steps=2),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[out] = [json.loads(x) for x in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in runs["two"]] == [1, 2]
+    for a, b in zip(runs["one"], runs["two"]):
+        assert b["trained_tokens"] == a["trained_tokens"] and b["loss_type"] == "topk_kl"
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
