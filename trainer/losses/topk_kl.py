@@ -45,12 +45,15 @@ from trainer.losses.base import IGNORE, LossInputError
 
 def _entries(ids: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
     """[N, K] bool: the top-k entries that count: not padding (finite logprob) and the first
-    entry of their id in the row."""
+    entry of their id in the row (found by a stable sort, so O(N K) memory for any k)."""
     valid = torch.isfinite(logprobs)
     k = ids.shape[-1]
-    earlier = torch.ones(k, k, dtype=torch.bool, device=ids.device).tril(-1)  # [j, j']: j' < j
-    dup = ((ids[:, :, None] == ids[:, None, :]) & earlier & valid[:, None, :]).any(-1)
-    return valid & ~dup
+    # padding gets keys of its own (negative, distinct), so it never hides a real entry
+    keys = torch.where(valid, ids, -1 - torch.arange(k, device=ids.device))
+    sorted_keys, order = torch.sort(keys, dim=-1, stable=True)
+    repeat = torch.zeros_like(valid)
+    repeat[:, 1:] = sorted_keys[:, 1:] == sorted_keys[:, :-1]  # equal to the one before: a later entry
+    return valid & ~torch.zeros_like(valid).scatter(1, order, repeat)
 
 
 def _chunk(z: torch.Tensor, ids: torch.Tensor, lps: torch.Tensor, need_grad: bool):
