@@ -101,8 +101,8 @@ def _config(tmp_path, student_dir, scorer: bool = True, out: str = "run", steps:
 def test_distill_train_topk_kl_moves_the_student_toward_the_teacher(tmp_path, tiny_student_dir, scored_samples):
     scored = scored_samples
     assert any(len(r) == K + 1 for s in scored for r in s.teacher_topk_ids)  # a sampled token outside the top-k
-    write_samples(tmp_path / "run" / "samples", scored)
-    out = distill("train", _config(tmp_path, tiny_student_dir))
+    write_samples(tmp_path / "scored", scored)  # --samples: where a [scorer] run keeps them is not this test's
+    out = distill("train", _config(tmp_path, tiny_student_dir), "--samples", tmp_path / "scored")
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows]
@@ -121,8 +121,8 @@ def test_distill_train_topk_kl_moves_the_student_toward_the_teacher(tmp_path, ti
 
 def test_distill_train_topk_kl_refuses_unscored_samples_with_one_message(tmp_path, tiny_student_dir, smol_tokenizer):
     unscored = make_samples(smol_tokenizer, 6)
-    write_samples(tmp_path / "run" / "samples", unscored)
-    out = distill("train", _config(tmp_path, tiny_student_dir))
+    write_samples(tmp_path / "unscored", unscored)
+    out = distill("train", _config(tmp_path, tiny_student_dir), "--samples", tmp_path / "unscored")
     assert out.returncode == 1, out.stderr[-3000:]
     assert "Traceback" not in out.stderr
     assert (
@@ -131,7 +131,7 @@ def test_distill_train_topk_kl_refuses_unscored_samples_with_one_message(tmp_pat
     )
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
     # and without a [scorer] the config check refuses topk_kl before anything runs
-    no_scorer = distill("train", _config(tmp_path, tiny_student_dir, scorer=False))
+    no_scorer = distill("train", _config(tmp_path, tiny_student_dir, scorer=False), "--samples", tmp_path / "unscored")
     assert no_scorer.returncode == 2 and "trainer.loss.type" in no_scorer.stderr and "[scorer]" in no_scorer.stderr
 
 
@@ -152,7 +152,7 @@ def test_two_gloo_processes_train_topk_kl_like_one(tmp_path, tiny_student_dir, s
     samples = [random_teacher(s) for s in make_samples(smol_tokenizer, 12)]
     runs = {}
     for out, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--nproc-per-node", "2"])):
-        write_samples(tmp_path / out / "samples", samples)
+        write_samples(tmp_path / f"{out}-samples", samples)
         if launcher:
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
@@ -165,6 +165,8 @@ def test_two_gloo_processes_train_topk_kl_like_one(tmp_path, tiny_student_dir, s
                 "distill",
                 "train",
                 _config(tmp_path, tiny_student_dir, out=out, steps=2),
+                "--samples",
+                tmp_path / f"{out}-samples",
             ],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
