@@ -181,3 +181,21 @@ def test_two_gloo_processes_train_topk_kl_like_one(tmp_path, tiny_student_dir, s
         assert b["trained_tokens"] == a["trained_tokens"] and b["loss_type"] == "topk_kl"
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
+
+
+def test_held_out_eval_of_topk_kl_is_the_mean_kl_per_trained_token(tiny_student_dir, scored_samples):
+    from distill.core.config import load_config
+    from trainer.dist import DistContext
+    from trainer.train import build_model, evaluate
+
+    trainer = {"seq_len": 256, "micro_batch_rows": 2, "device": "cpu", "loss": {"type": "topk_kl", "chunk_size": 8}}
+    cfg = load_config(
+        None, {"student": {"path": str(tiny_student_dir)}, "trainer": trainer, "scorer": {"type": "vllm", "top_k": K}}
+    )
+    cpu = DistContext(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    got = evaluate(build_model(tiny_student_dir, cfg.trainer, cpu), scored_samples, cfg.trainer, cpu, pad_id=0)
+    total, n, student = 0.0, 0, _load(tiny_student_dir)
+    for s in scored_samples:
+        t, m = _kl_by_hand(_completion_logprobs(student, s), s)
+        total, n = total + t, n + m
+    assert got == pytest.approx(total / n, rel=1e-4)
