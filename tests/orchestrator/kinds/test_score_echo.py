@@ -140,6 +140,30 @@ def test_tokenize_gives_the_teachers_pieces_without_the_generated_token(score_se
     assert a.token_ids is None and a.pieces == token_pieces(exact_model.tokenizer, exact_model.encode(text))
 
 
+@pytest.mark.parametrize(
+    "kind, says",
+    [
+        ("not_json", "not JSON"),
+        ("missing", "'logprobs' is a NoneType, not a dict"),
+        ("short", "token_logprobs: has 2 entries, expected 3"),
+        ("nan", "token_logprobs[1]: logprob nan is not a finite"),
+    ],
+)
+def test_sample_malformed(make_score_server, exact_model, kind, says):
+    srv = make_score_server(malformed=kind)
+    ids = exact_model.encode("Count: one, two,")
+    e = ask_error(srv.base_url, EchoSample(), SampleRequest(seq(exact_model.tokenizer, ids), max_tokens=3))
+    assert e.reason == "malformed_response" and says in e.detail, e
+
+
+def test_tokenize_malformed_and_misspelt(make_score_server, exact_model):
+    e = ask_error(make_score_server(malformed="missing").base_url, EchoTokenize(), TokenizeRequest("Hello there"))
+    assert e.reason == "malformed_response" and "'logprobs' is a NoneType" in e.detail
+    e = ask_error(make_score_server(malformed="ids").base_url, EchoTokenize(), TokenizeRequest("Hello there"))
+    assert isinstance(e, NonRetryableError) and e.reason == "tokenizer_mismatch"
+    assert "spell 'Hello there#'" in e.detail
+
+
 def test_llama_cpp_golden_echo_is_shifted_by_one(exact_model, table):
     """The recorded answer of the real llama-cpp-python server parses (same tokenizer), and its echo scores are
     the NEXT position's: near the exact model's shifted values, far from the true ones and from the
