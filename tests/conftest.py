@@ -14,6 +14,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# the exact-logprob score server's fixtures: exact_model, score_server, make_score_server
+pytest_plugins = ["support.score_server"]
+
 
 @pytest.fixture(scope="session")
 def smol_tokenizer_dir():

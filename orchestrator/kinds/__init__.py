@@ -7,6 +7,8 @@ A new kind is one module here implementing `transport.RequestKind` plus one line
 from __future__ import annotations
 
 from orchestrator.kinds.chat import ChatKind
+from orchestrator.kinds.score_echo import EchoSample, EchoScore, EchoTokenize
+from orchestrator.kinds.score_sglang import SGLangSample, SGLangScore, SGLangTokenize
 from orchestrator.kinds.score_types import ScorerKinds
 from orchestrator.transport import RequestKind
 
@@ -18,7 +20,10 @@ KINDS: dict[str, type] = {
 
 #: `[scorer] type` -> its three request kinds (score, sample, tokenize); one line per scoring kind module
 #: (orchestrator/kinds/score_<type>.py), filled as they land.
-SCORERS: dict[str, ScorerKinds] = {}
+SCORERS: dict[str, ScorerKinds] = {
+    "sglang": ScorerKinds(SGLangScore, SGLangSample, SGLangTokenize),
+    "echo": ScorerKinds(EchoScore, EchoSample, EchoTokenize),
+}
 
 
 def get_kind(name: str) -> RequestKind:
