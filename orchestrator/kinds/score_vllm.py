@@ -55,6 +55,8 @@ class VLLMScore:
 
     def body(self, model: str, req: ScoreBatch) -> dict[str, Any]:
         prompts = [list(s.token_ids) for s in req.seqs]
+        if not prompts or not all(prompts):
+            raise ValueError("a vLLM score request needs at least one sequence, none empty")
         return {
             "model": model,
             "prompt": prompts[0] if len(prompts) == 1 else prompts,

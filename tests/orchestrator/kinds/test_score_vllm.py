@@ -55,6 +55,8 @@ def test_request_bodies_send_token_ids_with_prompt_logprobs_k_and_one_new_token(
     assert s["prompt"] == CONV[:5] and s["max_tokens"] == 7 and s["temperature"] == 0.0
     assert s["logprobs"] == 0 and s["return_tokens_as_token_ids"] is True
     assert VLLMScore().estimate(ScoreBatch([ScoreSeq(SHORT), ScoreSeq(CONV)])) == (len(SHORT) + len(CONV), 2)
+    with pytest.raises(ValueError, match="at least one sequence, none empty"):
+        VLLMScore().body("m", ScoreBatch([ScoreSeq(SHORT), ScoreSeq([])]))
 
 
 def test_golden_single_prompt_logprobs_keyed_by_the_scored_token_with_sorted_topk():
