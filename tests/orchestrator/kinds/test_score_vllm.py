@@ -289,3 +289,30 @@ def test_the_captured_error_bodies_say_the_server_limits():
     over = json.loads((DATA / "score_len_over.json").read_text())
     assert over["status"] == 400 and "maximum context length is 2048" in over["body"]["error"]["message"]
     assert math.isfinite(golden("score_single_k3")["choices"][0]["prompt_logprobs"][1]["3575"]["logprob"])
+
+
+def test_without_a_vllm_venv_the_server_tests_skip_locally_and_fail_in_ci(monkeypatch, tmp_path):
+    from support import vllm_server as vs
+
+    monkeypatch.setenv("DISTILL_VLLM_VENV", str(tmp_path / "no-venv"))
+    monkeypatch.delenv("DISTILL_VLLM_BASE_URL", raising=False)
+    assert vs.venv_dir() is None
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no vLLM venv"):
+        next(vs.fixture_server(None))
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="in CI the real vLLM server must run"):
+        next(vs.fixture_server(None))
+
+
+def test_a_server_that_dies_while_starting_is_reported_with_its_log(tmp_path):
+    from support.vllm_server import VLLMServer
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named vllm'\nexit 3\n")
+    (venv / "bin" / "python").chmod(0o755)
+    s = VLLMServer(tmp_path / "model", venv, log=tmp_path / "server.log", startup_timeout=30)
+    with pytest.raises(RuntimeError, match=r"exited with 3 while starting:\nModuleNotFoundError: No module named vllm"):
+        s.start()
+    assert "--enforce-eager" in s.command() and s.base_url == f"http://127.0.0.1:{s.port}/v1"
