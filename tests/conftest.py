@@ -60,3 +60,12 @@ def build_tiny_student(path, tokenizer, seed: int = 0):
 @pytest.fixture(scope="session")
 def tiny_student_dir(tmp_path_factory, smol_tokenizer):
     return build_tiny_student(tmp_path_factory.mktemp("tiny-student"), smol_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    """The REAL vLLM server on a free port, started once for the session by the (slow) tests that ask for it;
+    skipped locally without .venv-vllm, a failure in CI (tests/support/vllm_server.py)."""
+    from support.vllm_server import fixture_server
+
+    yield from fixture_server(tmp_path_factory)

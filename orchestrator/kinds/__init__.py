@@ -10,6 +10,7 @@ from orchestrator.kinds.chat import ChatKind
 from orchestrator.kinds.score_echo import EchoSample, EchoScore, EchoTokenize
 from orchestrator.kinds.score_sglang import SGLangSample, SGLangScore, SGLangTokenize
 from orchestrator.kinds.score_types import ScorerKinds
+from orchestrator.kinds.score_vllm import VLLMSample, VLLMScore, VLLMTokenize
 from orchestrator.transport import RequestKind
 
 #: kind name -> class (instantiated without arguments)
@@ -21,6 +22,7 @@ KINDS: dict[str, type] = {
 #: `[scorer] type` -> its three request kinds (score, sample, tokenize); one line per scoring kind module
 #: (orchestrator/kinds/score_<type>.py), filled as they land.
 SCORERS: dict[str, ScorerKinds] = {
+    "vllm": ScorerKinds(VLLMScore, VLLMSample, VLLMTokenize),
     "sglang": ScorerKinds(SGLangScore, SGLangSample, SGLangTokenize),
     "echo": ScorerKinds(EchoScore, EchoSample, EchoTokenize),
 }
