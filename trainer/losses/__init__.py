@@ -11,11 +11,14 @@ from typing import Any
 
 import torch
 
-from trainer.losses import sft
+from trainer.losses import iw_opd, kd_rl, reverse_kl, sft
 from trainer.losses.base import IGNORE, LossSpec
 
 LOSSES: dict[str, LossSpec] = {
     "sft": LossSpec(sft.chunked_nll, needs=("labels",)),
+    "reverse_kl": LossSpec(reverse_kl.reverse_kl, needs=("labels", "teacher_logprobs")),
+    "iw_opd": LossSpec(iw_opd.iw_opd, needs=("labels", "teacher_logprobs", "sampling_logprobs", "position_ids")),
+    "kd_rl": LossSpec(kd_rl.kd_rl, needs=("labels", "teacher_logprobs", "sampling_logprobs", "advantages")),
 }
 
 __all__ = ["IGNORE", "LOSSES", "LossSpec", "check_inputs", "compute_loss", "get_loss"]
@@ -50,11 +53,13 @@ def compute_loss(
     )
 
 
+# The Sample fields behind a micro-batch input that is not a Sample field of its own name.
+_SAMPLE_FIELDS = {"labels": (), "position_ids": (), "segment_ids": (), "advantages": ("reward", "group_id")}
+
+
 def check_inputs(name: str, samples: list) -> None:
     """Refuse, naming the first sample, samples lacking a per-token field the loss `name` needs."""
-    for field in get_loss(name).needs:
-        if field == "labels":
-            continue
+    for field in (f for need in get_loss(name).needs for f in _SAMPLE_FIELDS.get(need, (need,))):
         for s in samples:
             if getattr(s, field, None) is None:
                 raise ValueError(
