@@ -82,3 +82,15 @@ def test_chunk_size_must_be_positive():
     hidden, weight, labels, f = tensors()
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         reverse_kl(hidden, weight, labels, f["teacher_logprobs"], 1.0, chunk_size=0)
+
+
+def test_bf16_autocast_hidden_matches_the_fp32_reference():
+    hidden, weight, labels, f = tensors()
+    kw = {"labels": labels, "teacher_logprobs": f["teacher_logprobs"], "normalizer": 30.0}
+    ref = value_and_grads(naive_reverse_kl, hidden, weight, **kw)
+    h16 = hidden.detach().bfloat16().requires_grad_()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        got = value_and_grads(reverse_kl, h16, weight, chunk_size=5, **kw)
+    assert got[1].dtype == torch.bfloat16 and got[2].dtype == torch.float32
+    torch.testing.assert_close(got[0], ref[0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got[2], ref[2], rtol=5e-2, atol=5e-2)
