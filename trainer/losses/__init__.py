@@ -54,7 +54,7 @@ def compute_loss(
 
 
 # The Sample fields behind a micro-batch input that is not a Sample field of its own name.
-_SAMPLE_FIELDS = {"labels": (), "position_ids": (), "segment_ids": (), "advantages": ("reward", "group_id")}
+_SAMPLE_FIELDS = {"labels": (), "position_ids": (), "advantages": ("reward", "group_id")}
 
 
 def check_inputs(name: str, samples: list) -> None:
