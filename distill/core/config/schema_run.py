@@ -57,9 +57,9 @@ class IWOPDLoss(Strict):
     # The loss, keyed on this name.
     type: Literal["iw_opd"] = "iw_opd"
     # How much more the first tokens of a sample weigh: w_t falls from 1 + gamma towards 1 as the
-    # accumulated |log pT - mu| of the sample grows (0 = plain reverse KL with the sampler's logprobs).
+    # accumulated abs(log pT - mu) of the sample grows (0 = plain reverse KL with the sampler's logprobs).
     gamma: float = Field(1.0, ge=0)
-    # Floor of a sample's total |log pT - mu| (Z), so a sample the teacher fully agrees with divides by no zero.
+    # Floor of a sample's total abs(log pT - mu) (Z), so a sample the teacher fully agrees with divides by no zero.
     epsilon: float = Field(1e-8, gt=0)
     # The student's logprobs are computed over this many trained positions at a time.
     chunk_size: int = Field(1024, ge=1)
