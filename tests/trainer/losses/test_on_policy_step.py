@@ -73,3 +73,19 @@ def test_a_teacher_sample_is_refused_by_an_on_policy_loss_before_any_compute(tin
     samples = make_samples(smol_tokenizer, 2)  # SFT samples: no on-policy fields at all
     with pytest.raises(ValueError, match="has no teacher_logprobs, which trainer.loss.type = 'kd_rl' needs"):
         _grads(tiny_student_dir, samples, C.LOSS_CONFIGS["kd_rl"](), seq_len=256)
+
+
+def test_group_advantages_are_taken_over_the_whole_step_not_a_ranks_slice(smol_tokenizer, monkeypatch):
+    from trainer import step
+
+    samples = on_policy_samples(smol_tokenizer, 6)
+    groups = ["g0", "g0", "g0", "g1", "g0", "g1"]
+    samples = [dataclasses.replace(s, reward=float(i), group_id=g) for i, (s, g) in enumerate(zip(samples, groups))]
+    # Over the step: g0 = rewards 0, 1, 2, 4 (mean 1.75), g1 = 3, 5 (mean 4). Rank 1 of 2 takes samples 1, 3, 5:
+    # over its slice alone sample 1 would be its group's only member (advantage 0).
+    monkeypatch.setattr(DistContext, "distributed", property(lambda self: False))  # no process group: reduce = identity
+    t = C.load_config(None, {"trainer": {"seq_len": 256, "micro_batch_rows": 1, "packing": False}}).trainer
+    t.loss = C.LOSS_CONFIGS["kd_rl"]()
+    rank1 = DistContext(rank=1, world=2, local_rank=1, device=torch.device("cpu"))
+    mbs, _ = step._rank_batches(samples, t, rank1, pad_id=0)
+    assert [float(mb.advantages[mb.labels != -100][0]) for mb in mbs] == [1.0 - 1.75, 3.0 - 4.0, 5.0 - 4.0]
