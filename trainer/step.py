@@ -16,8 +16,8 @@ import torch
 from distill.core.config import Trainer
 from distill.core import contract
 from trainer import dist
-from trainer.data import empty_micro_batch, make_micro_batches
-from trainer.losses import check_inputs
+from trainer.data import empty_micro_batch, group_advantages, make_micro_batches
+from trainer.losses import check_inputs, get_loss
 from trainer.model import is_sharded
 
 
@@ -33,8 +33,10 @@ def _rank_batches(samples: list[contract.Sample], t: Trainer, ctx: dist.DistCont
     rank's count (FSDP collectives need every rank to run as many passes), and the global
     (trained tokens, tokens, slots) counts."""
     check_inputs(t.loss.type, samples)
+    # Group-relative advantages are taken over the whole step, before the split over ranks and micro-batches.
+    advantages = group_advantages(samples) if "advantages" in get_loss(t.loss.type).needs else None
     mine = samples[ctx.rank :: ctx.world]
-    mbs = make_micro_batches(mine, t.seq_len, t.micro_batch_rows, t.packing, pad_id)
+    mbs = make_micro_batches(mine, t.seq_len, t.micro_batch_rows, t.packing, pad_id, advantages)
     counts = dist.all_reduce(
         [sum(m.num_trained for m in mbs), sum(m.num_tokens for m in mbs), sum(m.slots for m in mbs)], ctx
     )

@@ -11,12 +11,15 @@ from typing import Any
 
 import torch
 
-from trainer.losses import sft, topk_kl
+from trainer.losses import iw_opd, kd_rl, reverse_kl, sft, topk_kl
 from trainer.losses.base import IGNORE, LossInputError, LossSpec
 
 LOSSES: dict[str, LossSpec] = {
     "sft": LossSpec(sft.chunked_nll, needs=("labels",)),
     "topk_kl": LossSpec(topk_kl.topk_kl, needs=("labels", "teacher_topk_ids", "teacher_topk_logprobs")),
+    "reverse_kl": LossSpec(reverse_kl.reverse_kl, needs=("labels", "teacher_logprobs")),
+    "iw_opd": LossSpec(iw_opd.iw_opd, needs=("labels", "teacher_logprobs", "sampling_logprobs", "position_ids")),
+    "kd_rl": LossSpec(kd_rl.kd_rl, needs=("labels", "teacher_logprobs", "sampling_logprobs", "advantages")),
 }
 
 __all__ = ["IGNORE", "LOSSES", "LossInputError", "LossSpec", "check_inputs", "compute_loss", "get_loss"]
@@ -51,22 +54,31 @@ def compute_loss(
     )
 
 
+# The Sample fields behind a micro-batch input that is not a Sample field of its own name.
+_SAMPLE_FIELDS = {"labels": (), "position_ids": (), "advantages": ("reward", "group_id")}
+
+
 def check_inputs(name: str, samples: list) -> None:
     """Refuse, naming the first one and counting them, samples lacking a per-token field the loss
     `name` needs, or (top-k) lacking its values at a trained token."""
-    for field in get_loss(name).needs:
-        if field == "labels":
-            continue
+    for field in (f for need in get_loss(name).needs for f in _SAMPLE_FIELDS.get(need, (need,))):
         lacking = [s for s in samples if getattr(s, field, None) is None]
         if lacking:
             raise LossInputError(
                 f"sample {lacking[0].sample_id} has no {field}, which trainer.loss.type = {name!r} needs "
-                f"({len(lacking)} of this step's {len(samples)} samples lack it). Fix: add the teacher's "
-                "scores to the samples (distill score CFG, with a [scorer]) and train on the scored folder "
-                "(distill train CFG --samples DIR), or train another loss"
+                f"({len(lacking)} of this step's {len(samples)} samples lack it). Fix: " + _fix_for(field)
             )
         if field == "teacher_topk_ids":
             _check_topk_at_trained_tokens(name, samples)
+
+
+def _fix_for(field: str) -> str:
+    if field.startswith("teacher_"):
+        return (
+            "add the teacher's scores to the samples (distill score CFG, with a [scorer]) and train on the scored "
+            "folder (distill train CFG --samples DIR), or train another loss"
+        )
+    return f"train on the student's own samples, which carry {field} (on-policy mode), or train another loss"
 
 
 def _first_empty_topk(sample) -> int | None:
