@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .checks import KNOWN_NON_SFT_LOSSES, ConfigProblems, check_cross_fields, check_external_teacher_mode
 from .schema import BUILTIN_STUDENT, Orchestrator, Strict
+from .schema_onpolicy import OnPolicy
 from .schema_score import Scorer
 
 
@@ -264,6 +265,7 @@ class RunConfig(BaseSettings):
     # The teacher as a scorer of given token ids (unset: none). Needed by teacher-logprob losses
     # such as trainer.loss.type = "topk_kl"; `distill score` adds its scores to samples.
     scorer: Scorer | None = None
+    on_policy: OnPolicy = OnPolicy()
     wandb: Wandb = Wandb()
 
     @classmethod
