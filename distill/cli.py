@@ -337,6 +337,7 @@ _USER_ERRORS = {
     "FileExistsError",
     "NotADirectoryError",
     "TokenizerError",
+    "LossInputError",
     "ScoreError",
     "ScoreCheckError",
 }

@@ -13,12 +13,16 @@ path instead reads the sample boundaries from the restarting position ids.
 Samples that carry per-token teacher fields (`Sample.teacher_logprobs`, top-k) have them
 carried through packing as tensors aligned with the labels: position `t` holds the teacher's
 values for the token `labels[t]` (the completion token at `t+1`), only where `labels[t]` is
-trained; elsewhere NaN (logprobs), or token id 0 with logprob -inf (top-k padding).
+trained; elsewhere NaN (logprobs), or token id 0 with logprob -inf (top-k padding). On-policy
+samples' `sampling_logprobs` travel the same way, and so do group-relative advantages
+(`group_advantages`: a sample's reward minus its group's mean, the same at each of its trained
+positions) when the step asks for them.
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass, fields
 
 import torch
@@ -27,6 +31,8 @@ from distill.core.contract import Sample
 from trainer.losses.base import IGNORE
 
 _NO_ID, _NO_LOGPROB = 0, float("-inf")  # top-k padding: a token of probability 0
+# Per-token float fields: [B, T] float32 aligned with the labels, NaN where there is no value.
+_FLOAT_FIELDS = ("teacher_logprobs", "sampling_logprobs", "advantages")
 
 
 def sample_arrays(sample: Sample, seq_len: int) -> tuple[list[int], list[int]]:
@@ -44,16 +50,36 @@ def sample_arrays(sample: Sample, seq_len: int) -> tuple[list[int], list[int]]:
 
 
 def teacher_arrays(sample: Sample, labels: list[int]) -> dict[str, list]:
-    """The sample's per-token teacher fields, shifted like `labels` (see the module docstring)."""
+    """The sample's per-token teacher (and sampling) fields, shifted like `labels` (see the module docstring)."""
     p = len(sample.prompt_ids)
     out: dict[str, list] = {}
-    if sample.teacher_logprobs is not None:
-        lp = sample.teacher_logprobs
-        out["teacher_logprobs"] = [float(lp[t + 1 - p]) if lab != IGNORE else math.nan for t, lab in enumerate(labels)]
+    for name in ("teacher_logprobs", "sampling_logprobs"):
+        lp = getattr(sample, name)
+        if lp is not None:
+            out[name] = [float(lp[t + 1 - p]) if lab != IGNORE else math.nan for t, lab in enumerate(labels)]
     if sample.teacher_topk_ids is not None and sample.teacher_topk_logprobs is not None:
         ids, lps = sample.teacher_topk_ids, sample.teacher_topk_logprobs
         out["teacher_topk_ids"] = [ids[t + 1 - p] if lab != IGNORE else [] for t, lab in enumerate(labels)]
         out["teacher_topk_logprobs"] = [lps[t + 1 - p] if lab != IGNORE else [] for t, lab in enumerate(labels)]
+    return out
+
+
+def group_advantages(samples: list[Sample]) -> dict[str, float]:
+    """Group-relative advantage of each sample, by sample id: its reward minus the mean reward of the
+    samples of `samples` with its `group_id` (not divided by the group's std: Dr. GRPO). Take it over a
+    whole step's samples, before they are split over ranks and micro-batches."""
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        if s.reward is None or s.group_id is None or not math.isfinite(s.reward):
+            raise ValueError(
+                f"sample {s.sample_id} has reward {s.reward!r} and group_id {s.group_id!r}; a group-relative "
+                "advantage needs a finite reward and a group id. Fix: score every sample with the reward function"
+            )
+        groups[s.group_id].append(s)
+    out: dict[str, float] = {}
+    for members in groups.values():
+        mean = sum(float(m.reward) for m in members) / len(members)
+        out.update({m.sample_id: float(m.reward) - mean for m in members})
     return out
 
 
@@ -89,6 +115,8 @@ class MicroBatch:
     num_samples: int
     # Per-token teacher fields aligned with labels, when a sample of the micro-batch has them:
     teacher_logprobs: torch.Tensor | None = None  # [B, T] float32, NaN where none
+    sampling_logprobs: torch.Tensor | None = None  # [B, T] float32, NaN where none (on-policy: mu_t)
+    advantages: torch.Tensor | None = None  # [B, T] float32, the sample's group-relative advantage; NaN where none
     teacher_topk_ids: torch.Tensor | None = None  # [B, T, K] long, 0 where none
     teacher_topk_logprobs: torch.Tensor | None = None  # [B, T, K] float32, -inf where none
 
@@ -101,7 +129,7 @@ class MicroBatch:
         value = getattr(self, name)
         if value is not None:
             return value
-        if name == "teacher_logprobs":
+        if name in _FLOAT_FIELDS:
             return torch.full(self.labels.shape, math.nan, device=self.labels.device)
         dtype = torch.long if name == "teacher_topk_ids" else torch.float32
         return torch.empty((*self.labels.shape, 0), dtype=dtype, device=self.labels.device)
@@ -127,11 +155,14 @@ def block_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
 _Item = tuple[list[int], list[int], dict[str, list]]
 
 
-def _rows(samples: list[Sample], seq_len: int, packing: bool) -> list[list[_Item]]:
+def _rows(samples: list[Sample], seq_len: int, packing: bool, advantages: dict[str, float] | None) -> list[list[_Item]]:
     arrays = []
     for s in samples:
         ids, labels = sample_arrays(s, seq_len)
-        arrays.append((ids, labels, teacher_arrays(s, labels)))
+        extra = teacher_arrays(s, labels)
+        if advantages is not None:
+            extra["advantages"] = [advantages[s.sample_id] if lab != IGNORE else math.nan for lab in labels]
+        arrays.append((ids, labels, extra))
     if not packing:
         return [[a] for a in arrays]
     bins = best_fit_decreasing([len(ids) for ids, _, _ in arrays], seq_len)
@@ -165,9 +196,7 @@ def _collate(rows: list[list[_Item]], width: int, pad_id: int) -> MicroBatch:
 def _collate_teacher(rows: list[list[_Item]], width: int) -> dict[str, torch.Tensor]:
     """The teacher fields of the rows' samples as [B, T(, K)] tensors, for the fields any sample has."""
     present = {name for row in rows for _, _, extra in row for name in extra}
-    out: dict[str, torch.Tensor] = {}
-    if "teacher_logprobs" in present:
-        out["teacher_logprobs"] = torch.full((len(rows), width), math.nan)
+    out = {name: torch.full((len(rows), width), math.nan) for name in _FLOAT_FIELDS if name in present}
     if "teacher_topk_ids" in present:
         k = max(len(x) for row in rows for _, _, extra in row for x in extra.get("teacher_topk_ids", [[]]))
         out["teacher_topk_ids"] = torch.full((len(rows), width, k), _NO_ID, dtype=torch.long)
@@ -175,8 +204,9 @@ def _collate_teacher(rows: list[list[_Item]], width: int) -> dict[str, torch.Ten
     for r, row in enumerate(rows):
         pos = 0
         for ids, _, extra in row:
-            if "teacher_logprobs" in extra:
-                out["teacher_logprobs"][r, pos : pos + len(ids)] = torch.tensor(extra["teacher_logprobs"])
+            for name in _FLOAT_FIELDS:
+                if name in extra:
+                    out[name][r, pos : pos + len(ids)] = torch.tensor(extra[name])
             for t, (tk_ids, tk_lps) in enumerate(
                 zip(extra.get("teacher_topk_ids", ()), extra.get("teacher_topk_logprobs", ()))
             ):
@@ -188,15 +218,21 @@ def _collate_teacher(rows: list[list[_Item]], width: int) -> dict[str, torch.Ten
 
 
 def make_micro_batches(
-    samples: list[Sample], seq_len: int, rows_per_batch: int, packing: bool = True, pad_id: int = 0
+    samples: list[Sample],
+    seq_len: int,
+    rows_per_batch: int,
+    packing: bool = True,
+    pad_id: int = 0,
+    advantages: dict[str, float] | None = None,
 ) -> list[MicroBatch]:
     """Pack (or not) `samples` into rows and group rows into micro-batches.
 
     Rows hold at most seq_len tokens; each micro-batch is only as wide as its longest
     row, so no compute goes to padding beyond it (with one row per micro-batch there is
-    no padding at all).
+    no padding at all). `advantages` (sample id -> value, from `group_advantages` over the
+    whole step) are packed as the per-token `advantages` field.
     """
-    rows = _rows(samples, seq_len, packing)
+    rows = _rows(samples, seq_len, packing, advantages)
     out = []
     for i in range(0, len(rows), rows_per_batch):
         group = rows[i : i + rows_per_batch]

@@ -29,6 +29,14 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def _loss_name(row: dict) -> str:
+    """What `loss` is: the mean per trained token of trainer.loss.type's loss (older logs: sft)."""
+    name = row.get("loss_type", "sft")
+    return {"sft": "sft: mean NLL per trained token", "topk_kl": "topk_kl: mean KL per trained token"}.get(
+        name, f"{name}: mean per trained token"
+    )
+
+
 def summary_text(rows: list[dict]) -> str:
     train = [r for r in rows if "loss" in r]
     if not train:
@@ -40,7 +48,8 @@ def summary_text(rows: list[dict]) -> str:
     pe = [r["packing_efficiency"] for r in train if "packing_efficiency" in r]
     lines = [
         f"steps: {last['step']}  samples: {last.get('samples_seen', '?')}",
-        f"loss: {first['loss']:.4f} (step {first['step']}) -> {last['loss']:.4f} (step {last['step']})",
+        f"loss: {first['loss']:.4f} (step {first['step']}) -> {last['loss']:.4f} (step {last['step']})"
+        f"  [{_loss_name(last)}]",
         f"tokens: {tok} ({trained} trained)",
     ]
     if tps:
@@ -69,7 +78,7 @@ def write_report(run_dir: Path) -> tuple[Path, str]:
     ax.plot(*_series(rows, "loss"), marker="o", ms=3, label="train loss")
     if any(r.get("eval_loss") is not None for r in rows):
         ax.plot(*_series(rows, "eval_loss"), marker="s", ms=4, label="eval loss")
-    ax.set_title("loss (mean NLL per trained token)")
+    ax.set_title(f"loss ({_loss_name(next((r for r in reversed(rows) if 'loss' in r), {}))})")
     ax.legend()
     axes[1].plot(*_series(rows, "tokens_per_s"), color="tab:green", marker="o", ms=3)
     axes[1].set_title("throughput (tokens/s, incl. context)")

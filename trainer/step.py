@@ -2,7 +2,7 @@
 
     train_step(model, optimizer, scheduler, samples, t, ctx, pad_id)   what trainer.train's loop calls
     accumulate_gradients(...)                                          forward/backward only
-    evaluate(...)                                                      held-out mean NLL per trained token
+    evaluate(...)                                                      held-out mean loss per trained token
 
 trainer.train re-exports these names; its loop calls train_step through trainer.train, so a patch there applies.
 """
@@ -16,8 +16,8 @@ import torch
 from distill.core.config import Trainer
 from distill.core import contract
 from trainer import dist
-from trainer.data import empty_micro_batch, make_micro_batches
-from trainer.losses import check_inputs
+from trainer.data import empty_micro_batch, group_advantages, make_micro_batches
+from trainer.losses import check_inputs, get_loss
 from trainer.model import is_sharded
 
 
@@ -33,8 +33,10 @@ def _rank_batches(samples: list[contract.Sample], t: Trainer, ctx: dist.DistCont
     rank's count (FSDP collectives need every rank to run as many passes), and the global
     (trained tokens, tokens, slots) counts."""
     check_inputs(t.loss.type, samples)
+    # Group-relative advantages are taken over the whole step, before the split over ranks and micro-batches.
+    advantages = group_advantages(samples) if "advantages" in get_loss(t.loss.type).needs else None
     mine = samples[ctx.rank :: ctx.world]
-    mbs = make_micro_batches(mine, t.seq_len, t.micro_batch_rows, t.packing, pad_id)
+    mbs = make_micro_batches(mine, t.seq_len, t.micro_batch_rows, t.packing, pad_id, advantages)
     counts = dist.all_reduce(
         [sum(m.num_trained for m in mbs), sum(m.num_tokens for m in mbs), sum(m.slots for m in mbs)], ctx
     )
@@ -61,7 +63,8 @@ def accumulate_gradients(model, samples: list[contract.Sample], t: Trainer, ctx:
         loss_sum += loss.detach().double()
     (loss_value,) = dist.all_reduce([loss_sum.item()], ctx)
     return {
-        "loss": loss_value,
+        "loss": loss_value,  # the step's mean loss per trained token, of the loss trainer.loss.type names
+        "loss_type": t.loss.type,
         "trained_tokens": int(trained),
         "tokens": int(tokens),
         "packing_efficiency": tokens / max(slots, 1.0),
@@ -71,7 +74,8 @@ def accumulate_gradients(model, samples: list[contract.Sample], t: Trainer, ctx:
 
 @torch.no_grad()
 def evaluate(model, samples: list[contract.Sample], t: Trainer, ctx: dist.DistContext, pad_id: int) -> float:
-    """Mean NLL per trained token of `samples` (held out), over all ranks."""
+    """Mean loss (trainer.loss.type's: NLL for sft, KL for topk_kl) per trained token of `samples`
+    (held out), over all ranks."""
     mbs, (trained, _, _) = _rank_batches(samples, t, ctx, pad_id)
     total = 0.0
     model.eval()

@@ -6,8 +6,9 @@
 Each optimizer step takes the next `samples_per_step` samples from the stream the
 orchestrator publishes (waiting for them if it is still producing). Rank r trains
 on samples r, r+N, r+2N, ... of them, packed into rows of seq_len and grouped in
-micro-batches of micro_batch_rows rows. The step's loss is the mean NLL over every
-trained token of the step on every rank (see trainer/losses/; the loss is trainer.loss.type's).
+micro-batches of micro_batch_rows rows. The step's loss is the mean over every trained token
+of the step on every rank of the loss trainer.loss.type names (NLL for sft, the top-k KL for
+topk_kl; see trainer/losses/).
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ class _Session:
     def log(self, last: dict) -> None:
         self.metrics.write(last)
         if self.wb is not None:
-            self.wb.log(last, step=self.state.step)
+            self.wb.log({k: v for k, v in last.items() if not isinstance(v, str)}, step=self.state.step)
 
 
 def _setup(

@@ -16,14 +16,13 @@ Nothing here imports torch or transformers: both sides, and tools such as
 `distill inspect`, read samples with the standard library alone.
 
 Each line records its format version (FORMAT_VERSION); a reader refuses a line of a newer
-version. Optional per-token teacher fields (version 2) are written only when set
-(docs/training.md, "Per-token teacher fields").
+version. Optional per-token teacher fields (version 2) and on-policy fields (version 3) are
+written only when set (docs/training.md, "Per-token teacher fields", "On-policy fields").
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import tempfile
@@ -33,17 +32,22 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from distill.core.jsonl import read_jsonl
+from distill.core.sample_fields import check_on_policy_fields, check_teacher_fields
 
 #: Bumped when a field is added or changes meaning; readers refuse samples of a newer format.
 #: 1: the SFT fields. 2: adds the optional per-token teacher fields (TEACHER_FIELDS).
-#: Each line records the lowest version that holds it, so shards without teacher fields stay
-#: version 1, readable by older distills; a line without "version" is version 1.
-FORMAT_VERSION = 2
+#: 3: adds the optional on-policy fields (ON_POLICY_FIELDS): a version-2 reader would drop them
+#: silently and train the student's own samples as if they were the teacher's, so it must refuse.
+#: Each line records the lowest version that holds it, so shards without these fields stay
+#: version 1 (or 2), readable by older distills; a line without "version" is version 1.
+FORMAT_VERSION = 3
 TEACHER_FIELDS = ("teacher_logprobs", "teacher_topk_ids", "teacher_topk_logprobs")
+ON_POLICY_FIELDS = ("sampling_logprobs", "group_id")
 
 SHARD_RE = re.compile(r"^shard-(\d{6})\.jsonl$")
 DONE_FILE = "DONE"
 CONSUMED_FILE = "CONSUMED"
+_OPTIONAL_FIELDS = frozenset(TEACHER_FIELDS + ON_POLICY_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,13 @@ class Sample:
     # their log-probabilities, as many of each at a position ([] where there are none). Set both or neither.
     teacher_topk_ids: list[list[int]] | None = None
     teacher_topk_logprobs: list[list[float]] | None = None
+    # Optional on-policy fields (format version 3; written only when set). The log-probability of each
+    # completion token under the policy that sampled it (mu_t; the student's weights at sampling time),
+    # one entry per `completion_ids` token: finite at every trained position, null allowed elsewhere.
+    sampling_logprobs: list[float | None] | None = None
+    # Samples answering the same prompt in the same round share it: group-relative advantages
+    # (`reward` minus the group's mean reward) are taken over it.
+    group_id: str | None = None
     # Contract format version of this sample: the lowest that holds its fields (set on construction).
     version: int = field(default=1, init=False)
 
@@ -93,8 +104,11 @@ class Sample:
                 f"completion_mask ({len(self.completion_mask)}) differ in length"
             )
         if any(getattr(self, f) is not None for f in TEACHER_FIELDS):
-            _check_teacher_fields(self)
+            check_teacher_fields(self, TEACHER_FIELDS)
             object.__setattr__(self, "version", 2)
+        if any(getattr(self, f) is not None for f in ON_POLICY_FIELDS):
+            check_on_policy_fields(self)
+            object.__setattr__(self, "version", 3)
 
     @property
     def num_tokens(self) -> int:
@@ -110,7 +124,7 @@ class Sample:
         d = {
             name: getattr(self, name)
             for name in self.__dataclass_fields__
-            if name not in TEACHER_FIELDS or getattr(self, name) is not None
+            if name not in _OPTIONAL_FIELDS or getattr(self, name) is not None
         }
         return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
 
@@ -132,44 +146,6 @@ class Sample:
             return cls(**{k: v for k, v in d.items() if k in known})
         except (ValueError, TypeError) as e:
             raise ValueError(f"{where}: {e}") from None
-
-
-def _check_teacher_fields(s: Sample) -> None:
-    """Refuse, naming the field and position, per-token teacher fields that do not fit the sample."""
-    n = len(s.completion_ids)
-    where = f"sample {s.sample_id}"
-    for name in TEACHER_FIELDS:
-        v = getattr(s, name)
-        if v is not None and (not isinstance(v, list) or len(v) != n):
-            got = f"{len(v)} entries" if isinstance(v, list) else type(v).__name__
-            raise ValueError(f"{where}: {name} must be a list with one entry per completion token ({n}), got {got}")
-    if s.teacher_logprobs is not None:
-        for j, (x, trained) in enumerate(zip(s.teacher_logprobs, s.completion_mask)):
-            if not (x is None and not trained) and not _finite(x):
-                raise ValueError(
-                    f"{where}: teacher_logprobs[{j}] is {x!r}; "
-                    + ("a trained token needs a finite number" if trained else "expected a number or null")
-                )
-    ids, lps = s.teacher_topk_ids, s.teacher_topk_logprobs
-    if (ids is None) != (lps is None):
-        raise ValueError(
-            f"{where}: teacher_topk_ids and teacher_topk_logprobs come together; only "
-            f"{'teacher_topk_ids' if lps is None else 'teacher_topk_logprobs'} is set"
-        )
-    for j, (i_row, lp_row) in enumerate(zip(ids or (), lps or ())):
-        if not isinstance(i_row, list) or not isinstance(lp_row, list) or len(i_row) != len(lp_row):
-            raise ValueError(
-                f"{where}: teacher_topk_ids[{j}] and teacher_topk_logprobs[{j}] must be lists of "
-                f"the same length, got {i_row!r} and {lp_row!r}"
-            )
-        if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in i_row):
-            raise ValueError(f"{where}: teacher_topk_ids[{j}] is {i_row!r}; expected token ids (integers >= 0)")
-        if not all(_finite(x) for x in lp_row):
-            raise ValueError(f"{where}: teacher_topk_logprobs[{j}] is {lp_row!r}; expected finite numbers")
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,11 @@ itself and the k most likely tokens there (k + 1 keys when the token is not amon
 token's logprob is the entry KEYED BY THE TOKEN ID: taking the first value instead (the anchor bug)
 gives the top-1's logprob whenever the sequence token is not the teacher's first choice.
 
-Any body this module cannot use is a ResponseError naming what is wrong (retried by the transport):
-no JSON, no/too few choices, a prompt_logprobs list whose length differs from the sequence's, a
-position without the scored token, a logprob that is not a finite number.
+A body this module cannot use is a `malformed_response` ResponseError (retried by the transport) whose
+detail names the choice, position and field: no JSON, missing/duplicate choices for the prompts, a
+prompt_logprobs list whose length differs from the sequence's, a position without the scored token, a
+logprob that is not a finite number <= 0. Echoed `prompt_token_ids` other than those sent are a final
+(not retried) `token_mismatch`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from orchestrator.kinds.score_types import (
 from orchestrator.transport import RawResponse, ResponseError, error_message, post_json
 
 _TOKEN_ID_PREFIX = "token_id:"  # what return_tokens_as_token_ids writes in place of a token's text
+#: a logprob above this is not a log-probability (a little room for rounding on the server)
+MAX_LOGPROB = 1e-3
 
 
 class VLLMScore:
@@ -51,6 +55,8 @@ class VLLMScore:
 
     def body(self, model: str, req: ScoreBatch) -> dict[str, Any]:
         prompts = [list(s.token_ids) for s in req.seqs]
+        if not prompts or not all(prompts):
+            raise ValueError("a vLLM score request needs at least one sequence, none empty")
         return {
             "model": model,
             "prompt": prompts[0] if len(prompts) == 1 else prompts,
@@ -175,7 +181,7 @@ def _choices_by_index(d: dict, want: int) -> list[dict]:
     missing = [i for i, c in enumerate(out) if c is None]
     if missing:
         raise ResponseError(
-            "missing_choice", f"{len(raw)} choices for {want} prompts: no choice for prompt {missing[0]}"
+            "malformed_response", f"{len(raw)} choices for {want} prompts: no choice for prompt {missing[0]}"
         )
     return out  # type: ignore[return-value]
 
@@ -187,7 +193,8 @@ def _seq_scores(c: dict, ids: list[int], top_k: int, i: int) -> SeqScores:
         raise ResponseError("malformed_response", f"choice {i} has no prompt_logprobs list (prompt_logprobs ignored?)")
     if len(plp) != len(ids):
         raise ResponseError(
-            "length_mismatch", f"choice {i} has {len(plp)} prompt_logprobs entries for a {len(ids)}-token sequence"
+            "malformed_response",
+            f"choice {i} has {len(plp)} prompt_logprobs entries for a {len(ids)}-token sequence (one per token)",
         )
     if ids and plp[0] is not None:
         raise ResponseError("malformed_response", f"choice {i}'s prompt_logprobs[0] is not null")
@@ -200,7 +207,7 @@ def _seq_scores(c: dict, ids: list[int], top_k: int, i: int) -> SeqScores:
         cands = _candidates(entry, i, j)
         if ids[j] not in cands:
             raise ResponseError(
-                "scored_token_missing",
+                "malformed_response",
                 f"choice {i}'s prompt_logprobs[{j}] has no entry for the sequence token {ids[j]} "
                 f"(keys: {', '.join(map(str, list(cands)[:5]))})",
             )
@@ -210,7 +217,7 @@ def _seq_scores(c: dict, ids: list[int], top_k: int, i: int) -> SeqScores:
             if all(t != ids[j] for t, _ in best):
                 best.append((ids[j], cands[ids[j]]))
             topk[j] = best
-    return SeqScores(logprobs=logprobs, topk=topk, token_ids=_echoed_ids(c, i))
+    return SeqScores(logprobs=logprobs, topk=topk, token_ids=_echoed_ids(c, ids, i))
 
 
 def _candidates(entry: dict, i: int, j: int) -> dict[int, float]:
@@ -228,14 +235,23 @@ def _candidates(entry: dict, i: int, j: int) -> dict[int, float]:
     return out
 
 
-def _echoed_ids(c: dict, i: int) -> list[int] | None:
-    """The prompt token ids vLLM says it scored (`prompt_token_ids`, with return_token_ids), if given."""
-    ids = c.get("prompt_token_ids")
-    if ids is None:
+def _echoed_ids(c: dict, ids: list[int], i: int) -> list[int] | None:
+    """The prompt token ids vLLM says it scored (`prompt_token_ids`, with return_token_ids), if given; other
+    ids than those sent are a final `token_mismatch` (asking again would score the same wrong tokens)."""
+    got = c.get("prompt_token_ids")
+    if got is None:
         return None
-    if not isinstance(ids, list) or not all(type(t) is int for t in ids):
+    if not isinstance(got, list) or not all(type(t) is int for t in got):
         raise ResponseError("malformed_response", f"choice {i}'s prompt_token_ids is not a list of ints")
-    return ids
+    if got != list(ids):
+        j = next((j for j, (a, b) in enumerate(zip(ids, got)) if a != b), min(len(ids), len(got)))
+        raise ResponseError(
+            "token_mismatch",
+            f"choice {i}: the server scored other tokens than sent (first difference at position {j}; "
+            f"{len(ids)} sent, {len(got)} scored)",
+            retryable=False,
+        )
+    return got
 
 
 def _sampled_ids(c: dict, lp: dict) -> list[int]:
@@ -256,8 +272,8 @@ def _sampled_ids(c: dict, lp: dict) -> list[int]:
 
 
 def _finite(x: Any, where: str) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        raise ResponseError("bad_logprob", f"{where} is {x!r}, not a finite number")
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x > MAX_LOGPROB:
+        raise ResponseError("malformed_response", f"{where} is {x!r}, not a finite log-probability <= 0")
     return float(x)
 
 

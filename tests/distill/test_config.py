@@ -486,3 +486,36 @@ def test_env_errors_name_the_variable_not_the_toml_file(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as ei:  # and a bad TOML value the file
         load_config(write(tmp_path, "[trainer]\nseq_len = 4\n", "bad.toml"))
     assert ei.value.source == str(tmp_path / "bad.toml") and "[set" not in str(ei.value)
+
+
+# --- on-policy losses (issue 15): refused for a messages-only teacher as before, and with a [scorer] ---
+
+
+@pytest.mark.parametrize("loss", ["reverse_kl", "iw_opd", "kd_rl"])
+def test_on_policy_losses_without_a_scorer_are_refused_as_any_non_sft_loss(loss):
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["--trainer.loss.type", loss])
+    assert [p.key for p in ei.value.problems] == ["trainer.loss.type"]
+    msg = ei.value.problems[0].message
+    assert f"{loss!r} is a known non-SFT loss" in msg and "returns messages only" in msg
+    assert 'Fix: set trainer.loss.type = "sft"' in msg
+
+
+@pytest.mark.parametrize("loss", ["reverse_kl", "iw_opd", "kd_rl"])
+def test_on_policy_losses_with_a_scorer_are_refused_naming_on_policy_mode(tmp_path, loss):
+    p = write(tmp_path, f'[trainer.loss]\ntype = "{loss}"\n[scorer]\ntype = "vllm"\ntop_k = 20\n')
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    assert [pr.key for pr in ei.value.problems] == ["trainer.loss.type"]
+    msg = ei.value.problems[0].message
+    assert "the student's own samples" in msg and "on-policy mode (issue 15)" in msg
+    assert 'Fix: set trainer.loss.type = "topk_kl" or "sft"' in msg
+
+
+def test_on_policy_loss_options_are_checked_and_documented_keys():
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["--trainer.loss.type", "iw_opd", "--trainer.loss.gamma", "-1"])
+    assert "trainer.loss.gamma" in [p.key for p in ei.value.problems]
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["--trainer.loss.type", "kd_rl", "--trainer.loss.kd", "forward"])
+    assert "trainer.loss.kd" in [p.key for p in ei.value.problems]

@@ -66,7 +66,7 @@ def test_sample_without_teacher_fields_is_written_as_format_1_unchanged(tmp_path
 
 def test_teacher_fields_round_trip_as_format_2(tmp_path):
     s = _sample(**TEACHER)
-    assert FORMAT_VERSION == 2 and s.version == 2
+    assert FORMAT_VERSION >= 2 and s.version == 2
     line = json.loads(s.to_json())
     assert line["version"] == 2 and line["teacher_logprobs"] == [-0.5, None, -1.25]
     (back,) = _roundtrip(tmp_path, [s])
@@ -151,4 +151,49 @@ def test_a_version_that_is_not_a_number_is_refused(tmp_path, version):
     p = tmp_path / "shard-000000.jsonl"
     p.write_text(json.dumps(json.loads(_sample().to_json()) | {"version": version}) + "\n")
     with pytest.raises(ValueError, match=rf"{p}:1: sample format version .* is not a version number"):
+        read_shard(p)
+
+
+ON_POLICY = {"sampling_logprobs": [-0.25, None, -2.0], "group_id": "p@step3", "reward": 1.0}
+
+
+def test_on_policy_fields_round_trip_as_format_3_and_only_when_set(tmp_path):
+    s = _sample(**ON_POLICY, teacher_logprobs=[-0.5, None, -1.25])
+    assert FORMAT_VERSION == 3 and s.version == 3
+    line = json.loads(s.to_json())
+    assert line["version"] == 3 and line["sampling_logprobs"] == [-0.25, None, -2.0] and line["group_id"] == "p@step3"
+    assert _roundtrip(tmp_path, [s]) == [s]
+    assert _sample(group_id="g").version == 3  # either field alone makes the line version 3
+    teacher_only = json.loads(_sample(**TEACHER).to_json())
+    assert teacher_only["version"] == 2 and "sampling_logprobs" not in teacher_only and "group_id" not in teacher_only
+
+
+def test_a_version_2_reader_refuses_on_policy_lines(tmp_path, monkeypatch):
+    # A reader that knows only version 2 would drop sampling_logprobs/group_id silently; the version refuses it.
+    from distill.core import contract
+
+    p = tmp_path / "shard-000000.jsonl"
+    p.write_text(_sample(**ON_POLICY).to_json() + "\n")
+    monkeypatch.setattr(contract, "FORMAT_VERSION", 2)
+    with pytest.raises(ValueError, match=rf"{p}:1: sample format version 3 was written by a newer distill"):
+        read_shard(p)
+
+
+@pytest.mark.parametrize(
+    "fields, named",
+    [
+        ({"sampling_logprobs": [-0.5]}, "sampling_logprobs must be a list with one entry per completion token (3)"),
+        ({"sampling_logprobs": [-0.5, None, None]}, "sampling_logprobs[2] is None; a trained token needs a finite"),
+        ({"sampling_logprobs": [float("-inf"), 0.0, -1.0]}, "sampling_logprobs[0] is -inf"),
+        ({"group_id": 7}, "group_id is 7; expected a non-empty string"),
+        ({"group_id": ""}, "group_id is ''; expected a non-empty string"),
+    ],
+)
+def test_malformed_on_policy_fields_are_refused_naming_the_field(tmp_path, fields, named):
+    with pytest.raises(ValueError) as ei:
+        _sample(**fields)
+    assert named in str(ei.value) and "sample p/0" in str(ei.value)
+    p = tmp_path / "shard-000000.jsonl"
+    p.write_text(json.dumps(json.loads(_sample().to_json()) | {"version": 3} | fields) + "\n")
+    with pytest.raises(ValueError, match=rf"^{p}:1: sample p/0: "):
         read_shard(p)

@@ -27,7 +27,13 @@ class ExactModel:
 
         self.path = resolve_student(spec, with_model=True)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
-        self.model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=torch.float32).eval()
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the "Loading weights" bar, in the middle of test output
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=torch.float32).eval()
+        finally:
+            hf_logging.enable_progress_bar()
         self.vocab_size = int(self.model.config.vocab_size)
         self.eos_id = self.tokenizer.eos_token_id
         self._lock = threading.Lock()  # one forward at a time (the server thread and the tests share it)

@@ -146,15 +146,10 @@ def spoil(payload: Any, shape: str, kind: str) -> None:
                 del payload["meta_info"]
             return
         meta = items[0]["meta_info"]
-        _spoil_list(
-            meta,
-            "input_token_logprobs",
-            kind,
-            lambda e: e.__setitem__(0, float("nan")),
-            lambda e: e.__setitem__(1, e[1] + 1),
-            meta.get("input_top_logprobs"),
-            "bad",
-        )
+        gen = bool(meta.get("output_token_logprobs"))  # a generation: spoil what it reads
+        _spoil_triples(meta, "output_token_logprobs" if gen else "input_token_logprobs", kind)
+        if kind == "topk" and not gen and meta.get("input_top_logprobs"):
+            meta["input_top_logprobs"][1] = "bad"
         return
     choices = payload["choices"]
     if kind == "count":
@@ -188,17 +183,16 @@ def spoil(payload: Any, shape: str, kind: str) -> None:
         lp["top_logprobs"][1] = ["bad"]
 
 
-def _spoil_list(meta: dict, key: str, kind: str, nan, ids, tops, bad) -> None:
+def _spoil_triples(meta: dict, key: str, kind: str) -> None:
+    """Spoils a list of SGLang [logprob, id, text] triples."""
     if kind == "missing":
         del meta[key]
     elif kind == "short":
         meta[key].pop()
     elif kind == "nan":
-        nan(meta[key][1])
+        meta[key][1][0] = float("nan")
     elif kind == "ids":
-        ids(meta[key][1])
-    elif kind == "topk" and tops is not None:
-        tops[1] = bad
+        meta[key][1][1] += 1
 
 
 # --- pytest fixtures (loaded through `pytest_plugins` in tests/conftest.py) ---------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 
 import pytest
@@ -13,12 +14,14 @@ from trainer.data import empty_micro_batch, make_micro_batches
 from trainer.losses import (
     IGNORE,
     LOSSES,
+    LossInputError,
     LossSpec,
     check_inputs,
     compute_loss,
     get_loss,
 )
 from trainer.losses.sft import chunked_nll
+from trainer.losses.topk_kl import naive_topk_kl, topk_kl
 from trainer.model import load_student
 
 
@@ -37,6 +40,19 @@ def test_sft_through_the_registry_is_the_chunked_nll_with_the_configured_chunk()
     labels[0, :3] = IGNORE
     got = compute_loss(C.SFTLoss(chunk_size=2), hidden, weight, {"labels": labels}, 6.0)
     torch.testing.assert_close(got, chunked_nll(hidden, weight, labels, 6.0, chunk_size=2))
+
+
+def test_topk_kl_through_the_registry_takes_the_teacher_top_k_and_the_configured_chunk():
+    assert LOSSES["topk_kl"].needs == ("labels", "teacher_topk_ids", "teacher_topk_logprobs")
+    g = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(1, 9, 8, generator=g), torch.randn(13, 8, generator=g)
+    labels = torch.randint(0, 13, (1, 9), generator=g)
+    labels[0, :3] = IGNORE
+    lps, ids = torch.log_softmax(torch.randn(1, 9, 13, generator=g), -1).topk(4, dim=-1)
+    inputs = {"labels": labels, "teacher_topk_ids": ids, "teacher_topk_logprobs": lps}
+    got = compute_loss(C.TopKKLLoss(chunk_size=2), hidden, weight, inputs, 6.0)
+    torch.testing.assert_close(got, topk_kl(hidden, weight, labels, ids, lps, 6.0, chunk_size=2))
+    torch.testing.assert_close(got.double(), naive_topk_kl(hidden, weight, labels, ids, lps, 6.0))
 
 
 def test_unknown_loss_names_the_key_and_the_registered_ones():
@@ -79,11 +95,30 @@ def test_a_loss_needing_a_teacher_field_refuses_samples_without_it(smol_tokenize
     samples = make_samples(smol_tokenizer, 2)
     check_inputs("sft", samples)  # sft needs only labels
     with pytest.raises(
-        ValueError,
+        LossInputError,
         match=rf"sample {samples[0].sample_id} has no teacher_logprobs, which "
-        r"trainer.loss.type = 'needs_lp' needs",
+        r"trainer.loss.type = 'needs_lp' needs \(2 of this step's 2 samples lack it\)\. Fix: ",
     ):
         check_inputs("needs_lp", samples)
+
+
+def test_topk_kl_refuses_a_trained_token_without_the_teachers_top_k(smol_tokenizer):
+    def with_topk(s, empty_at=()):
+        rows = [[] if j in empty_at else [t, 5] for j, t in enumerate(s.completion_ids)]
+        lps = [[] if not r else [-0.5, -2.0] for r in rows]
+        return dataclasses.replace(s, teacher_topk_ids=rows, teacher_topk_logprobs=lps)
+
+    samples = make_samples(smol_tokenizer, 3)
+    assert samples[2].completion_mask[2:4] == [0, 0]  # two untrained tokens: no top-k needed there
+    check_inputs("topk_kl", [with_topk(samples[0]), with_topk(samples[1]), with_topk(samples[2], empty_at=(2, 3))])
+    bad = [with_topk(samples[0]), with_topk(samples[1], empty_at=(4,)), with_topk(samples[2], empty_at=(0, 1))]
+    with pytest.raises(
+        LossInputError,
+        match=rf"sample {samples[1].sample_id}: teacher_topk_ids\[4\] is empty at a trained token, and "
+        r"trainer.loss.type = 'topk_kl' needs the teacher's top-k at every trained token \(2 of this step's 3 "
+        r"samples have such a token\)\. Fix: ",
+    ):
+        check_inputs("topk_kl", bad)
 
 
 def test_a_micro_batch_without_teacher_fields_gives_inputs_with_no_values():

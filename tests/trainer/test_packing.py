@@ -11,8 +11,16 @@ from hypothesis import strategies as st
 
 from distill.core.config import SFTLoss
 from distill.core.contract import Sample
+from support.on_policy_helpers import on_policy_samples
 from support.trainer_helpers import make_samples
-from trainer.data import block_causal_mask, best_fit_decreasing, empty_micro_batch, make_micro_batches, sample_arrays
+from trainer.data import (
+    best_fit_decreasing,
+    block_causal_mask,
+    empty_micro_batch,
+    group_advantages,
+    make_micro_batches,
+    sample_arrays,
+)
 from trainer.loss import IGNORE
 from trainer.model import load_student
 
@@ -162,3 +170,37 @@ def test_sft_loss_ignores_teacher_fields(tiny_student_dir, smol_tokenizer):
     assert teacher[0].teacher_logprobs is not None and plain[0].teacher_logprobs is None
     assert _grads_of(model, teacher, norm)[0] == _grads_of(model, plain, norm)[0]
     assert teacher[0].to("cpu").teacher_topk_ids is not None  # .to() carries them
+
+
+def test_packing_keeps_sampling_logprobs_and_advantages_aligned_with_the_labels(smol_tokenizer):
+    samples = on_policy_samples(smol_tokenizer, 6, groups=2)
+    adv = group_advantages(samples)
+    mbs = make_micro_batches(samples, seq_len=256, rows_per_batch=2, packing=True, advantages=adv)
+    assert len(mbs) < len(samples)  # really packed
+    # each sample's trained-token sampling logprobs, as the float32 they are packed into
+    expected = {
+        s.sample_id: torch.tensor([v for v, m in zip(s.sampling_logprobs, s.completion_mask) if m]) for s in samples
+    }
+    found = []
+    for mb in mbs:
+        trained = mb.labels != IGNORE
+        assert mb.sampling_logprobs[~trained].isnan().all() and mb.advantages[~trained].isnan().all()
+        for r in range(mb.labels.shape[0]):
+            for seg in range(1, int(mb.segment_ids[r].max()) + 1):
+                at = (mb.segment_ids[r] == seg) & trained[r]
+                got = mb.sampling_logprobs[r][at]
+                (sid,) = [k for k, v in expected.items() if v.shape == got.shape and torch.equal(v, got)]
+                assert torch.all(mb.advantages[r][at] == adv[sid])  # the same at each of its trained tokens
+                found.append(sid)
+    assert sorted(found) == sorted(expected)
+
+
+def test_group_advantages_are_reward_minus_the_group_mean_and_refuse_unscored_samples(smol_tokenizer):
+    base = make_samples(smol_tokenizer, 5)
+    rewards, groups = [1.0, 0.0, 0.5, 1.0, 1.0], ["a", "a", "b", "b", "c"]
+    samples = [dataclasses.replace(s, reward=r, group_id=g) for s, r, g in zip(base, rewards, groups)]
+    adv = group_advantages(samples)
+    assert [adv[s.sample_id] for s in samples] == [0.5, -0.5, -0.25, 0.25, 0.0]
+    samples[3] = dataclasses.replace(samples[3], reward=None)
+    with pytest.raises(ValueError, match=rf"sample {samples[3].sample_id} has reward None and group_id 'b'"):
+        group_advantages(samples)

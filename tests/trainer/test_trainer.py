@@ -168,7 +168,7 @@ def test_report_plots_metrics_and_summarises(tmp_path):
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 6, "lo')
     png, text = write_report(run)
     assert png == run / "report.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "loss: 2.8000 (step 1) -> 2.0000 (step 5)" in text
+    assert "loss: 2.8000 (step 1) -> 2.0000 (step 5)  [sft: mean NLL per trained token]" in text  # no loss_type: sft
     assert "tokens: 2000 (500 trained)" in text and "eval loss: 2.5000" in text
     with pytest.raises(FileNotFoundError, match="has not trained a step yet"):
         write_report(tmp_path / "nothing")

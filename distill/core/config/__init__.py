@@ -38,10 +38,12 @@ from .schema_run import (
     Wandb,
     WeightBroadcast,
 )
+from .schema_onpolicy import OnPolicy
 from .schema_score import SCORER_CONFIGS, EchoScorer, ScoreBudget, Scorer, SGLangScorer, VLLMScorer
 from .toml_out import redacted_dict, to_toml
 
 __all__ = [
+    "OnPolicy",
     "SCORER_CONFIGS",
     "EchoScorer",
     "ScoreBudget",

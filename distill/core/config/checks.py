@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 KNOWN_NON_SFT_LOSSES = ("forward_kl", "reverse_kl", "kl", "jsd", "grpo", "ppo", "dpo", "logit_distill")
 # Losses trained on teacher scores of given tokens (a `[scorer]`): name -> the least scorer.top_k it needs.
 SCORED_LOSSES: dict[str, int] = {"topk_kl": 1}
+# Losses trained on the teacher's scores of the student's own samples: on-policy mode (issue 15), not built yet.
+ON_POLICY_LOSSES = ("reverse_kl", "iw_opd", "kd_rl")
 
 
 class Problem(tuple):
@@ -97,10 +99,19 @@ def _check_loss_mode(cfg: RunConfig, why: str) -> list[Problem]:
                     f"alternatives. Fix: set scorer.top_k >= {SCORED_LOSSES[loss]} (e.g. 20).",
                 )
             )
+    elif loss in ON_POLICY_LOSSES and scorer is not None:
+        problems.append(
+            Problem(
+                "trainer.loss.type",
+                f"{loss!r} trains on the student's own samples (with the logprobs they were sampled with), "
+                "scored by the teacher: on-policy mode (issue 15), which this distill does not run yet; a "
+                '[scorer] here scores teacher samples. Fix: set trainer.loss.type = "topk_kl" or "sft".',
+            )
+        )
     elif loss != "sft":
         kind = (
             "a known non-SFT loss"
-            if loss in KNOWN_NON_SFT_LOSSES + tuple(SCORED_LOSSES)
+            if loss in KNOWN_NON_SFT_LOSSES + tuple(SCORED_LOSSES) + ON_POLICY_LOSSES
             else "not a loss this mode has"
         )
         fix = 'Fix: set trainer.loss.type = "sft"'

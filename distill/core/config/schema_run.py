@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .checks import KNOWN_NON_SFT_LOSSES, ConfigProblems, check_cross_fields, check_external_teacher_mode
 from .schema import BUILTIN_STUDENT, Orchestrator, Strict
+from .schema_onpolicy import OnPolicy
 from .schema_score import Scorer
 
 
@@ -40,6 +41,51 @@ class TopKKLLoss(Strict):
     chunk_size: int = Field(1024, ge=1)
 
 
+class ReverseKLLoss(Strict):
+    """`type = "reverse_kl"`: on-policy reverse KL, -sum m_t sg(log pT - log pS) log pS / N, on the student's
+    own samples scored by the teacher (trainer/losses/reverse_kl.py; Tinker, ArcticTraining)."""
+
+    # The loss, keyed on this name.
+    type: Literal["reverse_kl"] = "reverse_kl"
+    # The student's logprobs are computed over this many trained positions at a time.
+    chunk_size: int = Field(1024, ge=1)
+
+
+class IWOPDLoss(Strict):
+    """`type = "iw_opd"`: importance-weighted on-policy distillation (trainer/losses/iw_opd.py; TRL #6191):
+    the reverse-KL advantage sg(log pT - mu) weighted by w_t = 1 + gamma (1 - S_t / Z)."""
+
+    # The loss, keyed on this name.
+    type: Literal["iw_opd"] = "iw_opd"
+    # How much more the first tokens of a sample weigh: w_t falls from 1 + gamma towards 1 as the
+    # accumulated abs(log pT - mu) of the sample grows (0 = plain reverse KL with the sampler's logprobs).
+    gamma: float = Field(1.0, ge=0)
+    # Floor of a sample's total abs(log pT - mu) (Z), so a sample the teacher fully agrees with divides by no zero.
+    epsilon: float = Field(1e-8, gt=0)
+    # The student's logprobs are computed over this many trained positions at a time.
+    chunk_size: int = Field(1024, ge=1)
+
+
+class KDRLLoss(Strict):
+    """`type = "kd_rl"`: w_rl x group-relative policy gradient + w_kd x on-policy distillation whose gradient
+    depends on the teacher (trainer/losses/kd_rl.py; fixes AReaL #964's teacher-independent KD gradient)."""
+
+    # The loss, keyed on this name.
+    type: Literal["kd_rl"] = "kd_rl"
+    # Weight of the policy-gradient term (advantage = the sample's reward minus its group's mean reward).
+    w_rl: float = Field(1.0, ge=0)
+    # Weight of the distillation term.
+    w_kd: float = Field(1.0, ge=0)
+    # The distillation term: "reverse_kl" = -sg(log pT - log pS) log pS (the current student's gap);
+    # "sampled_reverse_kl" = -sg(log pT - mu) x the importance ratio (the gap to the sampling policy).
+    kd: Literal["reverse_kl", "sampled_reverse_kl"] = "reverse_kl"
+    # Weigh the policy gradient by exp(log pS - mu), correcting for samples drawn by older weights
+    # (unclipped); false: plain REINFORCE, -advantage x log pS.
+    importance_ratio: bool = True
+    # The student's logprobs are computed over this many trained positions at a time.
+    chunk_size: int = Field(1024, ge=1)
+
+
 class PlannedLoss(BaseModel):
     """A known loss family with no implementation yet (forward_kl, reverse_kl, kl, jsd, grpo, ppo, dpo,
     logit_distill): admitted by the schema, then refused by the mode check with its fix."""
@@ -61,7 +107,13 @@ class PlannedLoss(BaseModel):
 
 
 # Registered losses: name -> config model (trainer/losses/ registers the function under the same name).
-LOSS_CONFIGS: dict[str, type[BaseModel]] = {"sft": SFTLoss, "topk_kl": TopKKLLoss}
+LOSS_CONFIGS: dict[str, type[BaseModel]] = {
+    "sft": SFTLoss,
+    "topk_kl": TopKKLLoss,
+    "reverse_kl": ReverseKLLoss,
+    "iw_opd": IWOPDLoss,
+    "kd_rl": KDRLLoss,
+}
 # The tag under which the union admits every other name (pydantic puts the tag in error locations).
 PLANNED_TAG = "planned"
 
@@ -73,7 +125,12 @@ def _loss_tag(v: Any) -> str:
 
 # `[trainer.loss]`: the config model chosen by `type` (a new loss adds its model here and in LOSS_CONFIGS).
 Loss = Annotated[
-    Annotated[SFTLoss, Tag("sft")] | Annotated[TopKKLLoss, Tag("topk_kl")] | Annotated[PlannedLoss, Tag(PLANNED_TAG)],
+    Annotated[SFTLoss, Tag("sft")]
+    | Annotated[TopKKLLoss, Tag("topk_kl")]
+    | Annotated[ReverseKLLoss, Tag("reverse_kl")]
+    | Annotated[IWOPDLoss, Tag("iw_opd")]
+    | Annotated[KDRLLoss, Tag("kd_rl")]
+    | Annotated[PlannedLoss, Tag(PLANNED_TAG)],
     Discriminator(_loss_tag),
 ]
 
@@ -208,6 +265,7 @@ class RunConfig(BaseSettings):
     # The teacher as a scorer of given token ids (unset: none). Needed by teacher-logprob losses
     # such as trainer.loss.type = "topk_kl"; `distill score` adds its scores to samples.
     scorer: Scorer | None = None
+    on_policy: OnPolicy = OnPolicy()
     wandb: Wandb = Wandb()
 
     @classmethod

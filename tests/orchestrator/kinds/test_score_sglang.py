@@ -133,3 +133,19 @@ def test_tokenize_malformed(make_score_server, kind, says):
     srv = make_score_server(malformed=kind)
     e = ask_error(srv.root, SGLangTokenize(), TokenizeRequest("Hello"))
     assert e.reason == "malformed_response" and says in e.detail, e
+
+
+@pytest.mark.parametrize(
+    "kind, says",
+    [
+        ("not_json", "not JSON"),
+        ("missing", "'output_token_logprobs' is missing"),
+        ("short", "differ from output_token_logprobs' ids"),
+        ("nan", "output_token_logprobs[1]: logprob nan is not a finite"),
+        ("ids", "differ from output_token_logprobs' ids"),
+    ],
+)
+def test_sample_malformed(make_score_server, seqs, kind, says):
+    srv = make_score_server(malformed=kind)
+    e = ask_error(srv.root, SGLangSample(), SampleRequest(ScoreSeq(seqs[2]), max_tokens=3))
+    assert e.reason == "malformed_response" and says in e.detail, e

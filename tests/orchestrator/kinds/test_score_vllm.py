@@ -55,6 +55,8 @@ def test_request_bodies_send_token_ids_with_prompt_logprobs_k_and_one_new_token(
     assert s["prompt"] == CONV[:5] and s["max_tokens"] == 7 and s["temperature"] == 0.0
     assert s["logprobs"] == 0 and s["return_tokens_as_token_ids"] is True
     assert VLLMScore().estimate(ScoreBatch([ScoreSeq(SHORT), ScoreSeq(CONV)])) == (len(SHORT) + len(CONV), 2)
+    with pytest.raises(ValueError, match="at least one sequence, none empty"):
+        VLLMScore().body("m", ScoreBatch([ScoreSeq(SHORT), ScoreSeq([])]))
 
 
 def test_golden_single_prompt_logprobs_keyed_by_the_scored_token_with_sorted_topk():
@@ -112,7 +114,7 @@ def test_multi_turn_positions_line_up_and_a_shift_by_one_is_refused():
     assert all(s.logprobs[j] == plp[j][str(CONV[j])]["logprob"] for j in range(1, len(CONV)))
     shifted = copy.deepcopy(body)
     shifted["choices"][1]["prompt_logprobs"] = [None, *plp[2:], plp[-1]]
-    refused(VLLMScore(), shifted, ScoreBatch([ScoreSeq(SHORT), ScoreSeq(CONV)], 2), "scored_token_missing", "choice 1")
+    refused(VLLMScore(), shifted, ScoreBatch([ScoreSeq(SHORT), ScoreSeq(CONV)], 2), "malformed_response", "choice 1")
     late = copy.deepcopy(body)  # the other direction: one position late, the last dropped
     late["choices"][1]["prompt_logprobs"] = [None, None, *plp[1:-1]]
     refused(VLLMScore(), late, ScoreBatch([ScoreSeq(SHORT), ScoreSeq(CONV)], 2), "malformed_response", "[1]")
@@ -137,12 +139,12 @@ BAD_SCORE_BODIES = {
     ),
     "too short": (
         _broken(lambda b: b["choices"][0]["prompt_logprobs"].pop()),
-        "length_mismatch",
+        "malformed_response",
         "6 prompt_logprobs entries for a 7-token sequence",
     ),
     "too long": (
         _broken(lambda b: b["choices"][0]["prompt_logprobs"].append({"1": {"logprob": -1.0}})),
-        "length_mismatch",
+        "malformed_response",
         "8 prompt_logprobs entries",
     ),
     "first not null": (
@@ -162,22 +164,27 @@ BAD_SCORE_BODIES = {
     ),
     "scored token absent": (
         _broken(lambda b: b["choices"][0]["prompt_logprobs"][4].pop("314")),
-        "scored_token_missing",
+        "malformed_response",
         "prompt_logprobs[4] has no entry for the sequence token 314",
     ),
     "logprob NaN": (
         _broken(lambda b: b["choices"][0]["prompt_logprobs"][1]["3575"].update(logprob=float("nan"))),
-        "bad_logprob",
+        "malformed_response",
         "prompt_logprobs[1]['3575'].logprob is nan",
     ),
     "logprob string": (
         _broken(lambda b: b["choices"][0]["prompt_logprobs"][1]["29"].update(logprob="-0.8")),
-        "bad_logprob",
-        "'-0.8', not a finite number",
+        "malformed_response",
+        "'-0.8', not a finite log-probability",
+    ),
+    "logprob positive": (
+        _broken(lambda b: b["choices"][0]["prompt_logprobs"][2]["282"].update(logprob=0.5)),
+        "malformed_response",
+        "prompt_logprobs[2]['282'].logprob is 0.5, not a finite log-probability <= 0",
     ),
     "logprob missing": (
         _broken(lambda b: b["choices"][0]["prompt_logprobs"][1].update({"28": -2.6})),
-        "bad_logprob",
+        "malformed_response",
         "prompt_logprobs[1]['28'].logprob is None",
     ),
     "index out of range": (
@@ -205,11 +212,18 @@ def test_a_malformed_score_body_is_a_response_error_naming_what_is_wrong(case):
     assert e.retryable  # the transport asks again; a persistent fault ends as a TeacherError with this reason
 
 
+def test_a_server_that_scored_other_tokens_is_refused_for_good():
+    body = golden("score_single_k3")
+    body["choices"][0]["prompt_token_ids"][3] = 4650  # e.g. a server that re-tokenised the prompt
+    e = refused(VLLMScore(), body, ScoreBatch([ScoreSeq(SHORT)], 3), "token_mismatch", "first difference at position 3")
+    assert not e.retryable
+
+
 def test_a_batch_answer_missing_or_duplicating_a_prompt_is_refused():
     req = ScoreBatch([ScoreSeq(SHORT), ScoreSeq(CONV)], 2)
     body = golden("score_batch_k2")
     body["choices"].pop()
-    refused(VLLMScore(), body, req, "missing_choice", "1 choices for 2 prompts: no choice for prompt 1")
+    refused(VLLMScore(), body, req, "malformed_response", "1 choices for 2 prompts: no choice for prompt 1")
     body = golden("score_batch_k2")
     body["choices"][1]["index"] = 0
     refused(VLLMScore(), body, req, "malformed_response", "two choices answer prompt 0")
@@ -218,7 +232,7 @@ def test_a_batch_answer_missing_or_duplicating_a_prompt_is_refused():
     refused(VLLMScore(), body, req, "malformed_response", "choices[1] has index None")
     body = golden("score_batch_k2")  # the choices swapped in place but indices kept: lengths then disagree
     body["choices"][0]["index"], body["choices"][1]["index"] = 1, 0
-    refused(VLLMScore(), body, req, "length_mismatch", "choice 0 has 71 prompt_logprobs entries for a 7-token")
+    refused(VLLMScore(), body, req, "malformed_response", "choice 0 has 71 prompt_logprobs entries for a 7-token")
 
 
 def test_golden_sample_reads_generated_ids_and_their_logprobs():
@@ -237,7 +251,11 @@ def test_golden_sample_reads_generated_ids_and_their_logprobs():
         (lambda c: c.update(logprobs=None), "malformed_response", "no logprobs object"),
         (lambda c: c["logprobs"].update(token_logprobs=[]), "malformed_response", "missing or empty"),
         (lambda c: c["logprobs"]["token_logprobs"].append(-0.5), "malformed_response", "6 generated token ids but 7"),
-        (lambda c: c["logprobs"]["token_logprobs"].__setitem__(2, None), "bad_logprob", "token_logprobs[2] is None"),
+        (
+            lambda c: c["logprobs"]["token_logprobs"].__setitem__(2, None),
+            "malformed_response",
+            "token_logprobs[2] is None",
+        ),
         (
             lambda c: (c.pop("token_ids"), c["logprobs"].update(tokens=[" =", " 2"])),
             "malformed_response",
@@ -271,3 +289,30 @@ def test_the_captured_error_bodies_say_the_server_limits():
     over = json.loads((DATA / "score_len_over.json").read_text())
     assert over["status"] == 400 and "maximum context length is 2048" in over["body"]["error"]["message"]
     assert math.isfinite(golden("score_single_k3")["choices"][0]["prompt_logprobs"][1]["3575"]["logprob"])
+
+
+def test_without_a_vllm_venv_the_server_tests_skip_locally_and_fail_in_ci(monkeypatch, tmp_path):
+    from support import vllm_server as vs
+
+    monkeypatch.setenv("DISTILL_VLLM_VENV", str(tmp_path / "no-venv"))
+    monkeypatch.delenv("DISTILL_VLLM_BASE_URL", raising=False)
+    assert vs.venv_dir() is None
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no vLLM venv"):
+        next(vs.fixture_server(None))
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="in CI the real vLLM server must run"):
+        next(vs.fixture_server(None))
+
+
+def test_a_server_that_dies_while_starting_is_reported_with_its_log(tmp_path):
+    from support.vllm_server import VLLMServer
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named vllm'\nexit 3\n")
+    (venv / "bin" / "python").chmod(0o755)
+    s = VLLMServer(tmp_path / "model", venv, log=tmp_path / "server.log", startup_timeout=30)
+    with pytest.raises(RuntimeError, match=r"exited with 3 while starting:\nModuleNotFoundError: No module named vllm"):
+        s.start()
+    assert "--enforce-eager" in s.command() and s.base_url == f"http://127.0.0.1:{s.port}/v1"
