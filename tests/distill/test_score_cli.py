@@ -245,7 +245,7 @@ def test_probe_reports_scoring_support(make_score_server, smol_tokenizer_dir):
     assert "cannot be used as a vllm scorer: self-test: alignment" in r2.stderr
 
 
-def test_run_with_a_scorer_trains_on_the_scored_samples(tmp_path, make_score_server, tiny_student_dir):
+def test_run_with_a_scorer_trains_topk_kl_on_the_scored_samples(tmp_path, make_score_server, tiny_student_dir):
     server = make_score_server()
     data = tmp_path / "chats.jsonl"
     data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in CONVERSATIONS[:8]))
@@ -260,6 +260,8 @@ path = "{data}"
 max_steps = 2
 samples_per_step = 4
 seq_len = 256
+[trainer.loss]
+type = "topk_kl"
 """,
     )
     r = distill("run", cfg)
@@ -269,7 +271,8 @@ seq_len = 256
     assert len(scored) == 8 and all(s.teacher_topk_ids is not None for s in scored)
     assert "scorer: 8 input samples: 8 scored now" in r.stdout
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert any(m.get("step") == 2 for m in metrics)
+    steps = [m for m in metrics if m.get("step") is not None and "loss" in m]
+    assert steps and steps[-1]["step"] == 2 and steps[-1]["loss_type"] == "topk_kl"
 
 
 def test_no_follow_scores_an_unfinished_input_without_marking_it_done(tmp_path, make_score_server, tiny_student_dir):
