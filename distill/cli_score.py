@@ -44,11 +44,10 @@ def start_scoring_stage(
 ) -> threading.Thread:
     """`distill run` with a `[scorer]`: a thread scoring OUTPUT_DIR/samples into OUTPUT_DIR/scored as they appear
     (the trainer reads the scored folder). Its failure lands in `errors`; a budget stop ends the sampling too."""
-    result: dict = {}
 
     def stage() -> None:
         try:
-            result["scorer"] = s = score_dir(
+            s = score_dir(
                 cfg,
                 run_dir,
                 run_dir / "samples",

@@ -217,7 +217,9 @@ def format_score_summary(s: dict, out_dir: Path) -> str:
         f"scorer: {s['input']} input samples: {s['scored']} scored now + {s['already_scored']} already scored; "
         f"{s['requests']} requests sent, {s['reused_answers']} answers reused from scores.jsonl"
     )
-    if s["stop_reason"]:
+    if s["stop_reason"] == "stopped":
+        line += "\nscorer: stopped with the run (the trainer has what it needs, or the run was interrupted)"
+    elif s["stop_reason"]:
         line += f"\nscorer: stopped at {s['stop_reason']} ([scorer.budget]); rerun the same command to resume"
     elif not s["done"]:
         line += f"\nscorer: the input has no DONE marker yet; {out_dir} is not marked DONE. Rerun to continue"
