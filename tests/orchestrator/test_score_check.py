@@ -91,7 +91,8 @@ class NoisyModel:
 
     def score(self, ids, k=0, shift=0):
         lps, tops, ranks = self.exact.score(ids, k, shift)
-        return [None if x is None else x + self.rng.gauss(0, self.sigma) for x in lps], tops, ranks
+        # pushed down only, so a logprob near 0 stays a valid one (<= 0)
+        return [None if x is None else x - abs(self.rng.gauss(0, self.sigma)) for x in lps], tops, ranks
 
 
 def test_determinism_refuses_a_noisy_server(exact_model, smol_tokenizer):
