@@ -57,6 +57,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._token_bytes = token_bytes(self.backend)  # None unless a checked byte-level decoder
         self.chat_template = ChatTemplate(template)
         self._derive_prefixes = True  # off only if a cross-check ever fails
+        self._try_tracked = True  # watched renders for templates that are not append-only (prefixes.py)
         self._after_prompt: str | None = None  # after(True), once learnt (constant-after templates)
         self._template_kwargs = json.loads(json.dumps({**tokenizer.special_tokens_map, **cfg.chat_template_kwargs}))
         self._prompt_cache: dict[str, list[int]] = {}  # prompt text -> ids
