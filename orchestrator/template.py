@@ -50,7 +50,7 @@ class ChatTemplate:
     def __init__(self, source: str):
         self.source = source
         self.append_only = False
-        self.why_not_append_only = "transformers' template compiler is not available"
+        self.why_not_append_only = self.why_not_tracked = "transformers' template compiler is not available"
         # Append-only, and the text after the loop reads nothing but add_generation_prompt and
         # the constant keyword arguments: after(g) is the same for every conversation.
         self.after_is_constant = False
@@ -81,8 +81,7 @@ class ChatTemplate:
             self.after_is_constant = False
         self.why_not_append_only = why or ""
         self.append_only = why is None
-        if why is not None:
-            self.tracked, self.why_not_tracked = tracked_template(env, source, _MARK, START, END)
+        self.tracked, self.why_not_tracked = tracked_template(env, source, _MARK, START, END) if why else (None, "")
 
     def render(self, messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool, **kwargs: Any) -> str:
         """The template's text, exactly as transformers renders it."""

@@ -76,6 +76,8 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._prefix_rule = PrefixSpaceRule(self.backend, [self.eot] + added) if self._token_bytes is None else None
         self._continuation = self._prefix_rule.continuation if self._prefix_rule is not None else None
         self._anchor = [self.backend.token_to_id(self.eot)] if self._continuation is not None else []
+        ends = [(t, self.backend.token_to_id(t)) for t in dict.fromkeys([self.eot] + added)]
+        self._merge_ends = [(t, i) for t, i in ends if i is not None]  # pipeline._pieces
         self.stats.clear()
 
     def build(
