@@ -1,19 +1,27 @@
 """Reconstruction speed: our Reconstructor vs transformers' assistant-mask path.
 
-Both sides use the same tokenizer (SmolLM2's) with the same ChatML template carrying
-{% generation %} markers (tests/templates/chatml_generation.jinja), on the same
-generated multi-turn corpus, in the same run:
+Per student family (--families), the same tokenizer and template on both sides, the
+same generated multi-turn corpus, in the same run:
 
-  ours:  Reconstructor.build(messages)  (renders - one or two per conversation for
-         append-only templates -, segment tokenisation in one batch, token-bytes self-check)
-  peer:  tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-         return_assistant_tokens_mask=True)  (one render, one-piece tokenisation,
-         char_to_token per assistant span)
+  smollm2:  SmolLM2's tokenizer, ChatML with {% generation %} markers
+            (tests/templates/chatml_generation.jinja): an append-only template
+  llama3_1: Llama 3.2's real tokenizer with Llama 3.1's template (not append-only:
+            `messages[1:]`, `messages|length`; prefixes proven by watched renders)
+  qwen3:    Qwen's real tokenizer with Qwen3's template (a pre-pass over all messages:
+            every prefix rendered; earlier <think> blocks dropped, so one sample per turn)
 
-plus a floor: tokenising the rendered texts and nothing else, which bounds the
-speed-up any method tokenising every character once with this tokenizer can reach.
-Then the cost per token of ours as conversations grow (1, 2, 4, 8, 16 turns), to show
-how it scales. Usage: python bench/bench_reconstruct.py [--conversations 10000]
+  ours:          Reconstructor.build_many over chunks of 128 conversations
+  peer:          tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                 return_assistant_tokens_mask=True), one conversation at a time
+  batched peer:  the same over the list of a chunk's conversations in one call
+  floor:         tokenising the already rendered texts in one batch call, and nothing else
+
+For a template that rewrites history (qwen3) the peers render what gives the same samples
+as ours: the history through each assistant turn. Real templates without generation
+markers give the peers an empty mask (less work for them). Printed per family, in one
+line: build_many's speed as a fraction of the floor's, and its speed-up over both peers;
+then the cost per token as conversations grow (1, 2, 4, 8, 16 turns).
+Usage: python bench/bench_reconstruct.py [--conversations 10000] [--families smollm2,llama3_1,qwen3]
 """
 
 from __future__ import annotations
