@@ -217,6 +217,9 @@ class TrackedParts:
         """Where render(messages[:j]) stops in `head`, when proven (module docstring)."""
         if j >= self.n:
             return self.ends[-1] if j == self.n else None
+        b = j - self.indices[0] if self.indices else -1
+        if 0 <= b < len(self.indices) and self.indices[b] == j:  # the indices rise one by one: found at once
+            return self.ends[b] if self.max_before[b] < j else None
         for b, r in enumerate(self.indices):
             if r >= j:
                 return self.ends[b] if r == j and self.max_before[b] < j else None

@@ -125,7 +125,9 @@ class Pipeline:
                             cut = ids.index(end_id, cut + 1)
                     except ValueError:  # not there as a token: the self-check fails, _complete encodes again
                         cut = len(ids) - 1
-                    seg += [ids[: cut + 1], ids[cut + 1 :]]
+                    context = ids[cut + 1 :]
+                    del ids[cut + 1 :]  # the turn's ids in place: no copy of the long part
+                    seg += [ids, context]
                 out.append(seg)
         for t, ids in prompts.items():
             put_bounded(self._prompt_cache, t, ids, self.PROMPT_CACHE_SIZE)
