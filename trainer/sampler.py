@@ -53,7 +53,10 @@ def sequence_seed(seed: int, policy_step: int, prompt_id: str, k: int) -> int:
 def eos_ids(tokenizer: Any, model: Any) -> set[int]:
     """End-of-sequence ids: the tokenizer's eos token and the model's generation config's eos ids."""
     ids: set[int] = set()
-    for v in (getattr(tokenizer, "eos_token_id", None), getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+    for v in (
+        getattr(tokenizer, "eos_token_id", None),
+        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+    ):
         if isinstance(v, int):
             ids.add(v)
         elif isinstance(v, (list, tuple)):
@@ -119,7 +122,11 @@ class StudentSampler:
         # Each sequence's uniforms, drawn up front from its own generator (float64: no draw rounds to 1).
         uniforms = torch.stack(
             [
-                torch.rand(steps, dtype=torch.float64, generator=torch.Generator().manual_seed(sequence_seed(self.seed, policy_step, pid, k)))
+                torch.rand(
+                    steps,
+                    dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(sequence_seed(self.seed, policy_step, pid, k)),
+                )
                 for pid, _, k in batch
             ]
         ).to(dev)

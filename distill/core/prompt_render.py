@@ -18,7 +18,7 @@ from typing import Any
 
 
 @lru_cache(maxsize=8)
-def _compiled(source: str):
+def _compiled(source: str) -> Any:
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
     return _compile_jinja_template(source)
@@ -40,9 +40,7 @@ def render_prompt_text(
     # JSON round trips, as reconstruction does: plain data only, the same values it passes.
     kwargs = json.loads(json.dumps({**tokenizer.special_tokens_map, **(chat_template_kwargs or {})}))
     msgs = json.loads(json.dumps(messages, ensure_ascii=False))
-    return _compiled(source).render(
-        messages=msgs, tools=tools, documents=None, add_generation_prompt=True, **kwargs
-    )
+    return _compiled(source).render(messages=msgs, tools=tools, documents=None, add_generation_prompt=True, **kwargs)
 
 
 def render_prompt(
