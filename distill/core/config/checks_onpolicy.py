@@ -91,7 +91,7 @@ def _check_scorer_and_loss(cfg: RunConfig) -> list[Problem]:
                 f"alternatives. Fix: set scorer.top_k >= {SCORED_LOSSES[loss]} (e.g. 20).",
             )
         )
-    if loss == "kd_rl" and cfg.trainer.loss.w_rl > 0:
+    if loss == "kd_rl" and getattr(cfg.trainer.loss, "w_rl", 0) > 0:
         # A loss that needs rewards needs a reward function, and a group to compare them in.
         if not cfg.orchestrator.reward_fn:
             problems.append(
