@@ -91,13 +91,17 @@ class StudentSampler:
         (the model's train/eval mode is restored)."""
         n = self.cfg.samples_per_prompt
         jobs = [(pid, list(ids), k) for pid, ids in prompts for k in range(n)]
+        seen: set[str] = set()
         for pid, ids, _ in jobs[::n]:
             if not ids:
                 raise ValueError(f"prompt {pid!r} has no tokens; a sample needs a prompt")
+            if pid in seen:  # sample ids "<prompt_id>/<k>" would collide (dedup and resume key on them)
+                raise ValueError(f"prompt id {pid!r} appears twice in one call; prompt ids must be unique")
+            seen.add(pid)
         # Similar lengths share a batch (less padding); results do not depend on the grouping.
         order = sorted(range(len(jobs)), key=lambda i: len(jobs[i][1]))
         out: list[Sample | None] = [None] * len(jobs)
-        was_training = self.model.training
+        modes = [(m, m.training) for m in self.model.modules()]  # restored module by module
         self.model.eval()
         try:
             with torch.no_grad():
@@ -107,7 +111,8 @@ class StudentSampler:
                     for i, s in zip(idx, self._generate([jobs[i] for i in idx], policy_step)):
                         out[i] = s
         finally:
-            self.model.train(was_training)
+            for m, training in modes:
+                m.training = training
         return [s for s in out if s is not None]
 
     # size: one decoding loop (prefill, then a token per step for the whole batch) reads best whole

@@ -4,8 +4,6 @@ batching, seeds, EOS and length endings, groups, the model's mode and autograd."
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
 
@@ -219,13 +217,30 @@ def test_sampling_runs_in_eval_mode_without_autograd_and_restores_the_mode(stude
 
 def test_a_loss_model_wrapper_samples_from_its_language_model(student):
     model, tok = student
-    wrapper = types.SimpleNamespace(lm=model)
+    from trainer.model import LossModel
+
+    wrapper = LossModel(model, C.SFTLoss())
     a = StudentSampler(wrapper, tok, on_policy(max_new_tokens=4), "cpu").sample(prompts(tok, SHORT), 0)
     b = StudentSampler(model, tok, on_policy(max_new_tokens=4), "cpu").sample(prompts(tok, SHORT), 0)
     assert [s.completion_ids for s in a] == [s.completion_ids for s in b]
 
 
-def test_an_empty_prompt_is_refused(student):
+def test_an_empty_prompt_and_a_repeated_prompt_id_are_refused(student):
     model, tok = student
+    sampler = StudentSampler(model, tok, on_policy(), "cpu")
     with pytest.raises(ValueError, match="prompt 'e' has no tokens"):
-        StudentSampler(model, tok, on_policy(), "cpu").sample([("e", [])], 0)
+        sampler.sample([("e", [])], 0)
+    with pytest.raises(ValueError, match="prompt id 'p0' appears twice"):
+        sampler.sample(prompts(tok, SHORT) * 2, 0)
+
+
+def test_modules_in_mixed_modes_get_each_its_own_mode_back(student):
+    model, tok = student
+    model.train()
+    model.model.layers[0].eval()  # e.g. a frozen block kept in eval mode
+    try:
+        StudentSampler(model, tok, on_policy(max_new_tokens=1), "cpu").sample(prompts(tok, SHORT), 0)
+        assert model.training and model.model.layers[1].training
+        assert not any(m.training for m in model.model.layers[0].modules())
+    finally:
+        model.train()
