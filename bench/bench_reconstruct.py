@@ -1,19 +1,27 @@
 """Reconstruction speed: our Reconstructor vs transformers' assistant-mask path.
 
-Both sides use the same tokenizer (SmolLM2's) with the same ChatML template carrying
-{% generation %} markers (tests/templates/chatml_generation.jinja), on the same
-generated multi-turn corpus, in the same run:
+Per student family (--families), the same tokenizer and template on both sides, the
+same generated multi-turn corpus, in the same run:
 
-  ours:  Reconstructor.build(messages)  (renders - one or two per conversation for
-         append-only templates -, segment tokenisation in one batch, token-bytes self-check)
-  peer:  tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-         return_assistant_tokens_mask=True)  (one render, one-piece tokenisation,
-         char_to_token per assistant span)
+  smollm2:  SmolLM2's tokenizer, ChatML with {% generation %} markers
+            (tests/templates/chatml_generation.jinja): an append-only template
+  llama3_1: Llama 3.2's real tokenizer with Llama 3.1's template (not append-only:
+            `messages[1:]`, `messages|length`; prefixes proven by watched renders)
+  qwen3:    Qwen's real tokenizer with Qwen3's template (a pre-pass over all messages:
+            every prefix rendered; earlier <think> blocks dropped, so one sample per turn)
 
-plus a floor: tokenising the rendered texts and nothing else, which bounds the
-speed-up any method tokenising every character once with this tokenizer can reach.
-Then the cost per token of ours as conversations grow (1, 2, 4, 8, 16 turns), to show
-how it scales. Usage: python bench/bench_reconstruct.py [--conversations 10000]
+  ours:          Reconstructor.build_many over chunks of 128 conversations
+  peer:          tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                 return_assistant_tokens_mask=True), one conversation at a time
+  batched peer:  the same over the list of a chunk's conversations in one call
+  floor:         tokenising the already rendered texts in one batch call, and nothing else
+
+For a template that rewrites history (qwen3) the peers render what gives the same samples
+as ours: the history through each assistant turn. Real templates without generation
+markers give the peers an empty mask (less work for them). Printed per family, in one
+line: build_many's speed as a fraction of the floor's, and its speed-up over both peers;
+then the cost per token as conversations grow (1, 2, 4, 8, 16 turns).
+Usage: python bench/bench_reconstruct.py [--conversations 10000] [--families smollm2,llama3_1,qwen3]
 """
 
 from __future__ import annotations
@@ -95,27 +103,47 @@ def run_peer(tok, convs, base: int = 0) -> int:
     return tokens
 
 
+def run_peer_batched(tok, convs, base: int = 0) -> int:
+    """transformers' path over a list of conversations in one call (one batch tokenisation)."""
+    out = tok.apply_chat_template(convs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    return sum(len(ids) for ids in out["input_ids"])
+
+
 def run_floor(tok, texts) -> int:
     """Tokenising the already rendered texts in one batch call, and nothing else: a
     lower bound for any method that tokenises every character once with this tokenizer."""
     return sum(len(e.ids) for e in tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False))
 
 
-def measure(recons, tok, convs, chunk: int = 128, floor: bool = False, per_prefix=None) -> dict[str, tuple[float, int]]:
+def peer_units(convs, split: bool) -> list[list[list[dict]]]:
+    """Per conversation, the message lists a peer renders to produce the same samples as
+    ours: the conversation itself, or (for a template that rewrites the history, where
+    ours makes one sample per trained turn) the history through each assistant turn."""
+    if not split:
+        return [[c] for c in convs]
+    return [[c[: i + 1] for i, m in enumerate(c) if m["role"] == "assistant"] for c in convs]
+
+
+def measure(fam, convs, chunk: int = 128, floor: bool = False, per_prefix=None, one_at_a_time=True) -> dict:
     """Seconds and tokens per method. The methods take turns on chunks of the corpus,
     so that load from other processes on the machine falls on all of them alike.
-    `recons` are two Reconstructors, so that build_many does not find the prompts
-    that build has just cached."""
+    `fam.recons` are two Reconstructors, so that build_many does not find the prompts
+    that build has just cached. Peers render `peer_units` (the same samples as ours)."""
+    tok, recons = fam.tok, fam.recons
+    units = peer_units(convs, fam.split)
+    flat = [[m for u in units[b : b + chunk] for m in u] for b in range(0, len(convs), chunk)]
     runs = {
-        "build": lambda c, b: run_ours(recons[0], c, b),
         "build_many": lambda c, b: run_ours_batched(recons[1], c, b),
-        "peer": lambda c, b: run_peer(tok, c, b),
+        "peer": lambda c, b: run_peer(tok, flat[b // chunk], b),
+        "peer_batched": lambda c, b: run_peer_batched(tok, flat[b // chunk], b),
     }
-    if per_prefix is not None:  # a Reconstructor told the template is not append-only
+    if one_at_a_time:
+        runs["build"] = lambda c, b: run_ours(recons[0], c, b)
+    if per_prefix is not None:  # a Reconstructor that renders every prefix
         runs["per_prefix"] = lambda c, b: run_ours_batched(per_prefix, c, b)
-    if floor:
-        texts = [tok.apply_chat_template(c, tokenize=False) for c in convs]  # rendered before timing
-        runs["floor"] = lambda c, b: run_floor(tok, texts[b : b + len(c)])
+    if floor:  # rendered before timing
+        texts = [[tok.apply_chat_template(m, tokenize=False) for m in f] for f in flat]
+        runs["floor"] = lambda c, b: run_floor(tok, texts[b // chunk])
     acc = {k: [0.0, 0] for k in runs}
     for b in range(0, len(convs), chunk):
         for name, fn in runs.items():
@@ -125,83 +153,128 @@ def measure(recons, tok, convs, chunk: int = 128, floor: bool = False, per_prefi
     return {k: (v[0], v[1]) for k, v in acc.items()}
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--conversations", type=int, default=10000, help="corpus size (1-16 turns each)")
-    p.add_argument(
-        "--scaling-conversations",
-        type=int,
-        default=None,
-        help="conversations per row of the scaling table (default: conversations // 10)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
+class Family:
+    """A student tokenizer + chat template, and the corpus shape its template accepts."""
 
-    from distill.core.config import Reconstruction
-    from orchestrator.reconstruct import Reconstructor
-    from distill.core.student import load_tokenizer, tokenizer_only_dir
+    def __init__(self, name: str):
+        from distill.core.config import Reconstruction
+        from distill.core.student import load_tokenizer, tokenizer_only_dir
+        from orchestrator.reconstruct import Reconstructor
 
-    tok = load_tokenizer(tokenizer_only_dir())
-    tok.chat_template = (ROOT / "tests" / "templates" / "chatml_generation.jinja").read_text(encoding="utf-8")
-    recons = (Reconstructor(tok, Reconstruction()), Reconstructor(tok, Reconstruction()))
+        self.name = name
+        # Llama 3.1 trims content, Qwen3 strips a final turn's leading newlines: such content is rejected
+        self.strip = name in ("llama3_1", "qwen3")
+        self.split = name == "qwen3"  # drops earlier <think> blocks: one sample per turn
+        if name == "smollm2":
+            self.tok = load_tokenizer(tokenizer_only_dir())
+            self.tok.chat_template = (ROOT / "tests" / "templates" / "chatml_generation.jinja").read_text(
+                encoding="utf-8"
+            )
+            self.label = "SmolLM2 tokenizer, ChatML with generation markers (append-only)"
+        else:
+            from tests.support import tokenizer_builds
 
-    convs = corpus(a.conversations, a.seed)
-    n_turns = sum(sum(m["role"] == "assistant" for m in c) for c in convs)
-    measure(recons, tok, convs[:20])  # warm-up (template compile, caches)
-    for r in recons:
-        r._prompt_cache.clear()
-    res = measure(recons, tok, convs, floor=True)
+            self.tok = tokenizer_builds.load({"llama3_1": "llama3", "qwen3": "qwen"}[name], name)
+            self.label = f"{name} template, real tokenizer"
+        self.recons = (Reconstructor(self.tok, Reconstruction()), Reconstructor(self.tok, Reconstruction()))
+        t = self.recons[0].chat_template
+        if not t.append_only:
+            how = "watched renders" if t.tracked is not None else "not watched: " + t.why_not_tracked
+            self.label += f" (not append-only: {t.why_not_append_only}; {how})"
+        # The same template, rendering every prefix (neither proof used).
+        self.per_prefix = Reconstructor(self.tok, Reconstruction())
+        self.per_prefix.chat_template.append_only = False
+        self.per_prefix.chat_template.tracked = None
+
+    def corpus(self, n: int, seed: int, turns: int | None = None) -> list[list[dict]]:
+        cs = corpus(n, seed, turns)
+        return [[dict(m, content=m["content"].strip()) for m in c] for c in cs] if self.strip else cs
+
+
+def report(fam: Family, convs, res: dict) -> None:
+    ours = res["build_many"]
+    samples = sum(len(u) for u in peer_units(convs, fam.split))
     print(
-        f"corpus: {len(convs)} conversations (1-16 turns), {n_turns} assistant turns, {res['build'][1]} tokens; "
+        f"\n== {fam.label}\ncorpus: {len(convs)} conversations (1-16 turns), {samples} samples, {ours[1]} tokens; "
         f"{os.cpu_count()} CPUs, TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}"
     )
     names = {
         "build": "ours: Reconstructor.build, one at a time",
         "build_many": "ours: Reconstructor.build_many (128)",
-        "peer": "peer: apply_chat_template(assistant mask)",
+        "per_prefix": "ours, every prefix rendered (no proof)",
+        "peer": "peer: apply_chat_template, per example",
+        "peer_batched": "peer: apply_chat_template, batch of 128",
+        "floor": "floor: encode_batch_fast of rendered texts",
     }
     for k, label in names.items():
-        secs, ntok = res[k]
-        print(f"{label:42s} {secs:8.2f} s {len(convs) / secs:8.0f} conv/s {ntok / secs / 1e3:8.1f} k tok/s")
-    peer = res["peer"][0]
+        if k in res:
+            secs, ntok = res[k]
+            print(f"{label:44s} {secs:8.2f} s {len(convs) / secs:8.0f} conv/s {ntok / secs / 1e3:8.1f} k tok/s")
+    floor_speed = res["floor"][1] / res["floor"][0]
     print(
-        f"{'floor: encode_batch_fast of the rendered texts':42s} {res['floor'][0]:8.2f} s "
-        f"{len(convs) / res['floor'][0]:8.0f} conv/s {res['floor'][1] / res['floor'][0] / 1e3:8.1f} k tok/s"
-    )
-    print(
-        f"speed-up vs peer: build {peer / res['build'][0]:.2f}x, build_many {peer / res['build_many'][0]:.2f}x "
-        f"(tokenising alone, the floor, would be {peer / res['floor'][0]:.2f}x)"
+        f"RATIOS {fam.name}: build_many / floor speed {ours[1] / ours[0] / floor_speed:.2f}; "
+        f"speed-up vs per-example peer {res['peer'][0] / ours[0]:.2f}x, "
+        f"vs batched peer {res['peer_batched'][0] / ours[0]:.2f}x"
+        + (f"; every prefix rendered: {res['peer'][0] / res['per_prefix'][0]:.2f}x" if "per_prefix" in res else "")
     )
 
-    m = a.scaling_conversations or max(20, a.conversations // 10)
-    d = distillation_corpus(4 * m, a.seed + 99)
-    r = measure(recons, tok, d)
-    print(
-        f"\nsingle-turn, 4 teacher samples per prompt ({len(d)} conversations): speed-up vs peer: "
-        f"build {r['peer'][0] / r['build'][0]:.2f}x, build_many {r['peer'][0] / r['build_many'][0]:.2f}x"
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--conversations", type=int, default=10000, help="corpus size (1-16 turns each)")
+    p.add_argument(
+        "--families",
+        default="smollm2,llama3_1,qwen3",
+        help="comma-separated: smollm2 (append-only), llama3_1, qwen3 (real templates that are not)",
     )
-    # The same template with prefix derivation switched off: every P_k and F_k rendered,
-    # as for templates that are not append-only (docs/reconstruction.md, "Prefix renders").
-    per_prefix = Reconstructor(tok, Reconstruction())
-    per_prefix.chat_template.append_only = False
+    p.add_argument(
+        "--scaling-conversations",
+        type=int,
+        default=None,
+        help="conversations per row of the scaling table (default: conversations // 10; 0: no table)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    m = a.scaling_conversations if a.scaling_conversations is not None else max(20, a.conversations // 10)
+    for name in a.families.split(","):
+        fam = Family(name)
+        # one sample per turn makes qwen3's corpus ~8x the tokens: a fifth of the conversations
+        convs = fam.corpus(max(20, a.conversations // 5) if fam.split else a.conversations, a.seed)
+        measure(fam, convs[:20], per_prefix=fam.per_prefix)  # warm-up (template compile, caches)
+        for r in (*fam.recons, fam.per_prefix):
+            r._prompt_cache.clear()
+            r._render_cache.clear()
+        first = name == a.families.split(",")[0]
+        res = measure(fam, convs, floor=True, per_prefix=fam.per_prefix, one_at_a_time=first)
+        report(fam, convs, res)
+        if first and m:
+            d = distillation_corpus(4 * m, a.seed + 99)
+            r = measure(fam, d, one_at_a_time=True)
+            print(
+                f"single-turn, 4 teacher samples per prompt ({len(d)} conversations): speed-up vs per-example peer: "
+                f"build {r['peer'][0] / r['build'][0]:.2f}x, build_many {r['peer'][0] / r['build_many'][0]:.2f}x"
+            )
+        if m:
+            scaling(fam, m, a.seed)
+
+
+def scaling(fam: Family, m: int, seed: int) -> None:
     print(
-        f"\ncost per token as turns grow ({m} conversations per row; 'per-prefix' = build_many "
-        "rendering every prefix, as for a template that is not append-only):"
+        f"cost per token as turns grow ({m} conversations per row; 'every prefix' = build_many rendering "
+        "every prefix, as without a proof):"
     )
     print(
-        f"{'turns':>5} {'tokens':>9} {'build us/tok':>13} {'build_many':>11} {'per-prefix':>11} "
-        f"{'peer us/tok':>12} {'renders/turn':>13}"
+        f"{'turns':>5} {'tokens':>9} {'build_many us/tok':>18} {'every prefix':>13} {'peer us/tok':>12} {'renders/turn':>13}"
     )
     for turns in (1, 2, 4, 8, 16):
-        cs = corpus(m, a.seed + turns, turns)
-        before = recons[0].stats["renders"]
-        r = measure(recons, tok, cs, per_prefix=per_prefix)
-        renders = (recons[0].stats["renders"] - before) / (turns * len(cs))
-        ntok = r["build"][1]
+        cs = fam.corpus(m, seed + turns, turns)
+        before = fam.recons[1].stats["renders"]
+        r = measure(fam, cs, per_prefix=fam.per_prefix, one_at_a_time=False)
+        renders = (fam.recons[1].stats["renders"] - before) / (turns * len(cs))
+        ntok = r["build_many"][1]
         print(
-            f"{turns:>5} {ntok:>9} {r['build'][0] / ntok * 1e6:>13.2f} {r['build_many'][0] / ntok * 1e6:>11.2f} "
-            f"{r['per_prefix'][0] / ntok * 1e6:>11.2f} {r['peer'][0] / r['peer'][1] * 1e6:>12.2f} "
-            f"{renders:>13.2f}"
+            f"{turns:>5} {ntok:>9} {r['build_many'][0] / ntok * 1e6:>18.2f} {r['per_prefix'][0] / ntok * 1e6:>13.2f} "
+            f"{r['peer'][0] / r['peer'][1] * 1e6:>12.2f} {renders:>13.2f}"
         )
 
 

@@ -27,10 +27,12 @@ def make_reconstructor(cfg: RunConfig):
     tok_path = cfg.student.tokenizer or resolve_student(cfg.student.path, with_model=False)
     tok = load_tokenizer(tok_path)
     recon = Reconstructor(tok, cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruction.max_seq_len)
-    if not recon.chat_template.append_only:  # docs/reconstruction.md, "Prefix renders"
+    t = recon.chat_template
+    if not t.append_only and t.tracked is None:  # docs/reconstruction.md, "Prefix renders", "Watched renders"
         print(
-            f"note: the student's chat template is not append-only ({recon.chat_template.why_not_append_only}); "
-            "reconstruction renders every turn's history, so its cost grows with the square of the turns",
+            f"note: the student's chat template is not append-only ({t.why_not_append_only}) and its renders "
+            f"cannot be watched ({t.why_not_tracked}); reconstruction renders every turn's history, so its cost "
+            "grows with the square of the turns",
             file=sys.stderr,
         )
     return recon

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.template_tracked import tracked_template
+
 _MARK = "\U000f0000"  # a plane-15 private-use character; each marker contains it once
 START = _MARK + "\U000f0001"  # emitted at the start of every iteration of the messages loop
 END = _MARK + "\U000f0002"  # emitted right after the messages loop
@@ -48,11 +50,11 @@ class ChatTemplate:
     def __init__(self, source: str):
         self.source = source
         self.append_only = False
-        self.why_not_append_only = "transformers' template compiler is not available"
+        self.why_not_append_only = self.why_not_tracked = "transformers' template compiler is not available"
         # Append-only, and the text after the loop reads nothing but add_generation_prompt and
         # the constant keyword arguments: after(g) is the same for every conversation.
         self.after_is_constant = False
-        self._marked = None
+        self._marked = self.tracked = None  # tracked: template_tracked.TrackedTemplate, when not append-only
         self._skip = 0  # how many leading messages the loop may skip (messages_skipped)
         try:
             from transformers.utils.chat_template_utils import _compile_jinja_template
@@ -79,6 +81,7 @@ class ChatTemplate:
             self.after_is_constant = False
         self.why_not_append_only = why or ""
         self.append_only = why is None
+        self.tracked, self.why_not_tracked = tracked_template(env, source, _MARK, START, END) if why else (None, "")
 
     def render(self, messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool, **kwargs: Any) -> str:
         """The template's text, exactly as transformers renders it."""

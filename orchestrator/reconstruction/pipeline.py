@@ -37,6 +37,8 @@ class Pipeline:
     _prompt_cache: dict[str, list[int]]  # prompt text -> ids
     _prefix_rule: PrefixSpaceRule | None  # SentencePiece-style dummy prefix, else None
     _continuation: Any  # _prefix_rule's tokenizer without the dummy prefix, else None
+    _token_bytes: list[bytes | None] | None  # selfcheck.token_bytes (byte-level decoders), else None
+    _merge_ends: list[tuple[str, int]]  # (text, id) of the special tokens a turn may end with
     # From the other parts:
     _reject: Callable[[str, Reject], Rejection]  # reconstructor.Reconstructor._reject
     _prepare: Callable[..., tuple[list[Pending], list[Rejection]]]  # plan.Planner._prepare
@@ -53,6 +55,16 @@ class Pipeline:
     def _complete(self, pending: list[tuple[int, "Pending"]], seg_ids: list[list[list[int]]], results: list) -> None:
         """Self-check the tokenised samples and add them (or their rejections) to `results`."""
         checks = self._roundtrip([p for _, p in pending], seg_ids)
+        for n, check in enumerate(checks):
+            p = pending[n][1]
+            if check is not None and any(end is not None for _, end, _ in self._pieces(p.texts, p.trained)):
+                # maybe a piece cut wrong (_pieces): encode one segment at a time
+                ids = [seg_ids[n][0]] + [
+                    e.ids for e in self.backend.encode_batch_fast(p.texts[1:], add_special_tokens=False)
+                ]
+                if self._roundtrip([p], [ids])[0] is None:
+                    seg_ids[n], checks[n] = ids, None
+                    self.stats["segments_encoded_again"] += 1
         for (ci, p), ids, check in zip(pending, seg_ids, checks):
             try:
                 if check is not None:
@@ -74,7 +86,9 @@ class Pipeline:
         """Token ids of every segment, each tokenised on its own, in one batch call.
 
         Prompts repeat (n samples per prompt, shared system prompts), so their ids are
-        kept in a small cache keyed by the prompt text.
+        kept in a small cache keyed by the prompt text. With a byte-level tokenizer a
+        trained turn that ends with a special token is encoded in one piece with the
+        context after it (`_pieces`), and the ids are cut after that token.
         """
         prompts: dict[str, list[int] | None] = {}
         todo: list[str] = []
@@ -84,24 +98,68 @@ class Pipeline:
                 prompts[t] = self._prompt_cache.get(t)
                 if prompts[t] is None:
                     todo.append(t)
-            todo.extend(p.texts[1:])
         if self._continuation is not None:  # trained turns without the dummy prefix (segment_tokenize.py)
-            firsts = [t for t, ids in prompts.items() if ids is None]
-            for t, e in zip(firsts, self.backend.encode_batch_fast(firsts, add_special_tokens=False)):
+            for t, e in zip(todo, self.backend.encode_batch_fast(todo, add_special_tokens=False)):
                 prompts[t] = e.ids
             rest = [(t, f) for p in pending for t, f in zip(p.texts[1:], p.trained[1:])]
             encs = iter(self._prefix_rule.encode_after_prompt(self.backend, rest))
+            out = [[prompts[p.texts[0]]] + [next(encs).ids for _ in p.texts[1:]] for p in pending]
         else:
+            pieces = [self._pieces(p.texts, p.trained) for p in pending]
+            todo += [piece[0] for ps in pieces for piece in ps]
             encs = iter(self.backend.encode_batch_fast(todo, add_special_tokens=False) if todo else [])
-        out = []
-        for p in pending:
-            prompt = prompts[p.texts[0]]
-            if prompt is None:
-                prompt = prompts[p.texts[0]] = next(encs).ids
-            out.append([prompt] + [next(encs).ids for _ in p.texts[1:]])
+            for t, ids in prompts.items():
+                if ids is None:
+                    prompts[t] = next(encs).ids
+            out = []
+            for p, ps in zip(pending, pieces):
+                seg = [prompts[p.texts[0]]]
+                for text, end_id, count in ps:
+                    ids = next(encs).ids
+                    if end_id is None:
+                        seg.append(ids)
+                        continue
+                    cut = -1
+                    try:
+                        for _ in range(count):  # after the count-th end token: the turn's own
+                            cut = ids.index(end_id, cut + 1)
+                    except ValueError:  # not there as a token: the self-check fails, _complete encodes again
+                        cut = len(ids) - 1
+                    context = ids[cut + 1 :]
+                    del ids[cut + 1 :]  # the turn's ids in place: no copy of the long part
+                    seg += [ids, context]
+                out.append(seg)
         for t, ids in prompts.items():
             put_bounded(self._prompt_cache, t, ids, self.PROMPT_CACHE_SIZE)
         return out
+
+    def _pieces(self, texts: list[str], trained: list[bool]) -> list[tuple[str, int | None, int]]:
+        """The segments after the prompt as pieces to encode, (text, end id, n) each: a
+        trained turn ending with a special token and the context after it make one
+        piece, to be cut after the n-th occurrence of that token (the turn's own end).
+        The tokenizer splits its input at added tokens before anything else, so each
+        side is tokenised as it would be alone; the self-check compares every
+        segment's tokens with its text, and a sample that fails is encoded again one
+        segment at a time (`_complete`). Other segments: (text, None, 0)."""
+        out: list[tuple[str, int | None, int]] = []
+        i, n = 1, len(texts)
+        while i < n:
+            t = texts[i]
+            end = self._merge_end(t) if trained[i] and i + 1 < n and self._token_bytes is not None else None
+            if end is not None:
+                out.append((t + texts[i + 1], end[0], t.count(end[1])))
+                i += 2
+            else:
+                out.append((t, None, 0))
+                i += 1
+        return out
+
+    def _merge_end(self, text: str) -> tuple[int, str] | None:
+        """(id, text) of the special token `text` ends with, when it may be a piece's cut."""
+        for tok, tid in self._merge_ends:
+            if text.endswith(tok):
+                return tid, tok
+        return None
 
     def _finish(self, p: "Pending", prompt_ids: list[int], completion_ids: list[int], mask: list[int]) -> Sample:
         meta = dict(p.meta)

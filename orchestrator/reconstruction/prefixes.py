@@ -25,6 +25,8 @@ class PrefixRenders:
     #: With a constant after(True), the first prompt is still rendered for every this-many
     #: conversations and compared with the derivation.
     CROSS_CHECK_EVERY = 64
+    #: Watched renders are no longer tried after this many conversations where none proved its prefixes.
+    TRACKED_GIVE_UP = 32
 
     # Set by Reconstructor.__init__:
     PROMPT_CACHE_SIZE: int
@@ -34,6 +36,7 @@ class PrefixRenders:
     _render_cache: dict[str, Any]  # messages JSON -> generation-prompt render (text or parts)
     _derive_prefixes: bool  # off only if a cross-check ever fails
     _after_prompt: str | None  # after(True), once learnt (constant-after templates)
+    _try_tracked: bool  # watched renders (template not append-only), until TRACKED_GIVE_UP
 
     def render(self, msgs: list[dict], tools: list[dict] | None, add_generation_prompt: bool) -> str:
         """The template's text for `msgs` (plain JSON data, as normalize_messages makes it)."""
@@ -44,7 +47,7 @@ class PrefixRenders:
         self.stats["renders"] += 1
         return self.chat_template.render_parts(msgs, tools, add_generation_prompt, **self._template_kwargs)
 
-    def _cached_prompt(self, msgs: list[dict], tools: list[dict] | None, parts: bool):
+    def _cached_prompt(self, msgs: list[dict], tools: list[dict] | None, parts: bool | str):
         """The generation-prompt render of `msgs` (as text, or as render_parts), cached by content.
 
         The n teacher samples of one prompt share their prompt; keying on the JSON of
@@ -54,7 +57,11 @@ class PrefixRenders:
         if key in self._render_cache:
             self.stats["prompt_render_cache_hits"] += 1
             return self._render_cache[key]
-        out = self._render_parts(msgs, tools, True) if parts else self.render(msgs, tools, True)
+        if parts == "tracked":
+            self.stats["renders"] += 1
+            out = self.chat_template.tracked.render(msgs, tools, True, **self._template_kwargs)
+        else:
+            out = self._render_parts(msgs, tools, True) if parts else self.render(msgs, tools, True)
         put_bounded(self._render_cache, key, out, self.PROMPT_CACHE_SIZE)
         return out
 
@@ -70,9 +77,47 @@ class PrefixRenders:
                 self.stats["prefix_renders_derived"] += 1
                 return derived
             self.stats["prefix_renders_not_derived"] += 1
-        return (lambda j: self._cached_prompt(data[:j], tools, parts=False)), (
-            lambda j: self.render(data[:j], tools, False)
+        direct = (
+            (lambda j: self._cached_prompt(data[:j], tools, parts=False)),
+            (lambda j: self.render(data[:j], tools, False)),
         )
+        if self.chat_template.tracked is not None and first >= 1 and self._try_tracked:
+            tracked = self._tracked_prefixes(data, tools, first, direct)
+            self.stats["prefix_renders_tracked" if tracked else "prefix_renders_not_tracked"] += 1
+            if tracked is not None:
+                return tracked
+            if (
+                self.stats["prefix_renders_not_tracked"] >= self.TRACKED_GIVE_UP
+                and not self.stats["prefix_renders_tracked"]
+            ):
+                self._try_tracked = False  # e.g. Qwen3's pre-pass reads every message: never proves anything
+        return direct
+
+    def _tracked_prefixes(self, data: list[dict], tools: list[dict] | None, first: int, direct):
+        """Prefixes proven by watched renders (orchestrator/template_tracked.py): the whole
+        conversation's (g=False) and the first prompt's (g=True), which must agree on the
+        text up to it; it gives after(True). Neither after() may read a message at or past
+        `first`. A prefix the watched render does not prove is rendered (`direct`)."""
+        try:
+            full = self.chat_template.tracked.render(data, tools, False, **self._template_kwargs)
+            self.stats["renders"] += 1
+            prompt = self._cached_prompt(data[:first], tools, parts="tracked") if full is not None else None
+        except Exception:  # noqa: BLE001 - the per-prefix path reports it with its message index
+            return None
+        cut = full.cut_for(first) if full is not None and prompt is not None else None
+        if cut is None or max(full.after_max, prompt.after_max) >= first or prompt.head != full.head[:cut]:
+            return None
+        head, after_prompt, after_full = full.head, prompt.after, full.after
+
+        def prompt_render(j: int) -> str:
+            c = full.cut_for(j)
+            return head[:c] + after_prompt if c is not None else direct[0](j)
+
+        def full_render(j: int) -> str:
+            c = full.cut_for(j)
+            return head[:c] + after_full if c is not None else direct[1](j)
+
+        return prompt_render, full_render
 
     def _derived_prefixes(self, data: list[dict], tools: list[dict] | None, first: int):
         """The marked render of the whole conversation gives the text before the loop, each

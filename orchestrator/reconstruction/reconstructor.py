@@ -57,6 +57,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._token_bytes = token_bytes(self.backend)  # None unless a checked byte-level decoder
         self.chat_template = ChatTemplate(template)
         self._derive_prefixes = True  # off only if a cross-check ever fails
+        self._try_tracked = True  # watched renders for templates that are not append-only (prefixes.py)
         self._after_prompt: str | None = None  # after(True), once learnt (constant-after templates)
         self._template_kwargs = json.loads(json.dumps({**tokenizer.special_tokens_map, **cfg.chat_template_kwargs}))
         self._prompt_cache: dict[str, list[int]] = {}  # prompt text -> ids
@@ -75,6 +76,8 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._prefix_rule = PrefixSpaceRule(self.backend, [self.eot] + added) if self._token_bytes is None else None
         self._continuation = self._prefix_rule.continuation if self._prefix_rule is not None else None
         self._anchor = [self.backend.token_to_id(self.eot)] if self._continuation is not None else []
+        ends = [(t, self.backend.token_to_id(t)) for t in dict.fromkeys([self.eot] + added)]
+        self._merge_ends = [(t, i) for t, i in ends if i is not None]  # pipeline._pieces
         self.stats.clear()
 
     def build(

@@ -177,10 +177,10 @@ class TurnLocator:
         another special token in its place (Llama 3.1 ends tool-call turns with
         <|eom_id|>), right before the template's constant final text."""
         tail = self.final_tail
-        body = full[: len(full) - len(tail)] if full.endswith(tail) else None
-        if body is not None:
+        if full.endswith(tail):
+            n = len(full) - len(tail)  # the body before the tail, compared in place (no copy)
             for tok in (self.eot, *self._added_tokens):
-                if body.endswith(tok) and len(body) - len(tok) >= len(base):
+                if full.endswith(tok, 0, n) and n - len(tok) >= len(base):
                     if tok != self.eot:
                         self.stats["other_end_token"] += 1
                     return tok

@@ -499,6 +499,7 @@ def test_on_policy_losses_without_a_scorer_are_refused_as_any_non_sft_loss(loss)
     msg = ei.value.problems[0].message
     assert f"{loss!r} is a known non-SFT loss" in msg and "returns messages only" in msg
     assert 'Fix: set trainer.loss.type = "sft"' in msg
+    assert "or set on_policy.enabled = true with a [scorer]" in msg
 
 
 @pytest.mark.parametrize("loss", ["reverse_kl", "iw_opd", "kd_rl"])
@@ -509,7 +510,7 @@ def test_on_policy_losses_with_a_scorer_are_refused_naming_on_policy_mode(tmp_pa
     assert [pr.key for pr in ei.value.problems] == ["trainer.loss.type"]
     msg = ei.value.problems[0].message
     assert "the student's own samples" in msg and "on-policy mode (issue 15)" in msg
-    assert 'Fix: set trainer.loss.type = "topk_kl" or "sft"' in msg
+    assert "Fix: set on_policy.enabled = true" in msg and 'or trainer.loss.type = "topk_kl" or "sft"' in msg
 
 
 def test_on_policy_loss_options_are_checked_and_documented_keys():

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 KNOWN_NON_SFT_LOSSES = ("forward_kl", "reverse_kl", "kl", "jsd", "grpo", "ppo", "dpo", "logit_distill")
 # Losses trained on teacher scores of given tokens (a `[scorer]`): name -> the least scorer.top_k it needs.
 SCORED_LOSSES: dict[str, int] = {"topk_kl": 1}
-# Losses trained on the teacher's scores of the student's own samples: on-policy mode (issue 15), not built yet.
+# Losses trained on the teacher's scores of the student's own samples: on-policy mode only (checks_onpolicy.py).
 ON_POLICY_LOSSES = ("reverse_kl", "iw_opd", "kd_rl")
 
 
@@ -53,9 +53,14 @@ def check_external_teacher_mode(cfg: RunConfig) -> list[Problem]:
     problems: list[Problem] = []
     url = cfg.orchestrator.rollout_model.base_url
     why = f"the teacher is an external endpoint ({url}) that returns messages only"
-    problems += _check_loss_mode(cfg, why)
+    if cfg.on_policy.enabled:  # the student samples, the [scorer] grades: its own loss and broadcast rules
+        from .checks_onpolicy import check_on_policy_mode
+
+        problems += check_on_policy_mode(cfg)
+    else:
+        problems += _check_loss_mode(cfg, why)
     wb = cfg.weight_broadcast.type
-    if wb != "none":
+    if wb != "none" and not cfg.on_policy.enabled:
         problems.append(
             Problem(
                 "weight_broadcast.type",
@@ -104,8 +109,9 @@ def _check_loss_mode(cfg: RunConfig, why: str) -> list[Problem]:
             Problem(
                 "trainer.loss.type",
                 f"{loss!r} trains on the student's own samples (with the logprobs they were sampled with), "
-                "scored by the teacher: on-policy mode (issue 15), which this distill does not run yet; a "
-                '[scorer] here scores teacher samples. Fix: set trainer.loss.type = "topk_kl" or "sft".',
+                "scored by the teacher: on-policy mode (issue 15), which is off; a [scorer] here scores "
+                "teacher samples. Fix: set on_policy.enabled = true (the student samples, the [scorer] "
+                'grades them; docs/on_policy.md), or trainer.loss.type = "topk_kl" or "sft".',
             )
         )
     elif loss != "sft":
@@ -117,6 +123,11 @@ def _check_loss_mode(cfg: RunConfig, why: str) -> list[Problem]:
         fix = 'Fix: set trainer.loss.type = "sft"'
         if loss in SCORED_LOSSES:
             fix += " or add a [scorer] section: a same-tokenizer teacher that scores given tokens (docs/scoring.md)"
+        elif loss in ON_POLICY_LOSSES:
+            fix += (
+                ", or set on_policy.enabled = true with a [scorer]: the student samples, the teacher grades "
+                "its tokens (docs/on_policy.md)"
+            )
         problems.append(
             Problem(
                 "trainer.loss.type",

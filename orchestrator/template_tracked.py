@@ -1,0 +1,306 @@
+"""Prefix renders for templates that are not provably append-only, proven per render.
+
+orchestrator/template.py proves from the syntax tree alone that a template's text for
+messages[:j] is the text of the whole conversation cut after message j-1, plus the text
+after the loop. Most real templates fail that proof for reasons that, for a given
+conversation, often do not matter: Llama 3.1 reads `messages[0]` and loops over
+`messages[1:]` (a system message), Qwen2.5 looks at the next message only inside
+the branch for tool messages, templates read `loop.last` only for some roles. This
+module proves the same equality for one render at a time, by watching what the
+render reads.
+
+The template is compiled with two changes (same sandboxed environment, no template
+text changed): the main `{% for message in messages %}` loop runs over a watched
+iterator, and each iteration starts by calling a cut function that emits a marker;
+a marker is also emitted right after the loop. `messages` is passed as a watched
+sequence: every item read records the item's index; anything that depends on how many
+messages there are (`messages|length`, `messages[-1]`, iterating to the end,
+`messages[::-1]`, `loop.length`, ...) records "all of them". The loop's own look-ahead
+(`loop.last`, `loop.nextitem`: jinja peeks the next item) records that item's index.
+Every other operation either behaves exactly as on a list or raises, and a raising
+render falls back to rendering each prefix.
+
+The argument. A render is a deterministic function of its inputs. Take the render of
+all n messages and of messages[:j] (j < n). Up to the moment the main loop fetches
+message j, both run the same code on the same inputs, as long as nothing read so far
+differs between the two: that is, every index read was < j and nothing depended on the
+count. At that moment the full render fetches message j (and emits marker j, the
+first thing the iteration does), while the prefix render finds the loop exhausted and
+runs the statements after the loop. So
+
+    render(messages[:j], g) == (full text up to marker j) + after(g)
+
+whenever (1) the reads before the main loop's plain fetch of message j were all of
+indices < j (`Cut.max_before`; a fetch that jinja made earlier, as a peek, does not
+count as plain, so a body that looked ahead makes the next prefix unprovable), and (2)
+after(g), the text of the statements after the loop, is the same for every prefix:
+they read no namespace and call no macro (checked on the syntax tree, as for
+append-only templates: nothing the loop changed reaches them), the state set before
+the loop is the same (by (1)), and every message index they read is below the
+smallest j used (checked on the renders that show after(False) and after(True)).
+Prefixes that fail (1) are rendered as before; prefix n is the full render itself.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+ITER_NAME = "distill_iter_0f0000"  # a name unlikely to be a template's own variable
+ALL = sys.maxsize  # "read" meaning: depends on how many messages there are
+
+
+class NotTracked(Exception):
+    """An operation on the watched messages that could differ from a list's: the render fails
+    (and each prefix is rendered instead)."""
+
+
+class _Tracker:
+    """What one render read, and where the main loop's iterations started."""
+
+    def __init__(self, items: list):
+        self.items = items
+        self.n = len(items)
+        self.max = -1  # the largest index read so far (ALL: the count)
+        self.cuts: list[tuple[int, int]] = []  # per iteration: (index, max read before its plain fetch)
+        self.max_at_end: int | None = None
+
+    def read(self, i: int) -> None:
+        if i > self.max:
+            self.max = i
+
+    def main(self, view) -> _MainIter:
+        if not isinstance(view, _View) or view._t is not self:
+            raise NotTracked("the main loop does not run over the messages")
+        return _MainIter(self, view._start)
+
+
+class _MainIter:
+    """The main loop's items. A plain fetch (the loop moving on) is immediately followed by
+    the iteration's marker, so it records the iteration's cut; a fetch while jinja peeks
+    (loop.last, loop.nextitem, loop.length) is a read inside the previous iteration, and
+    the iteration it fetches proves no prefix."""
+
+    def __init__(self, t: _Tracker, start: int):
+        self.t, self.i, self.peeking = t, start, False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t, i = self.t, self.i
+        if i >= t.n:
+            if self.peeking:
+                t.read(ALL)
+            elif t.max_at_end is None:  # the loop ends: from here on, the reads of after()
+                t.max_at_end, t.max = t.max, -1
+            raise StopIteration
+        self.i += 1
+        t.cuts.append((i, ALL if self.peeking else t.max))
+        t.read(i)
+        return t.items[i]
+
+
+class _View:
+    """messages[start:], watched (see the module docstring)."""
+
+    __slots__ = ("_t", "_start")
+    __hash__ = None  # type: ignore[assignment] - as a list's
+
+    def __init__(self, t: _Tracker, start: int):
+        self._t, self._start = t, start
+
+    def __len__(self) -> int:
+        self._t.read(ALL)
+        return max(0, self._t.n - self._start)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def __getitem__(self, k):
+        t = self._t
+        if isinstance(k, slice):
+            if k.stop is None and k.step is None and (k.start is None or (type(k.start) is int and k.start >= 0)):
+                return _View(t, self._start + (k.start or 0))
+            t.read(ALL)
+            return t.items[self._start :][k]
+        if type(k) is not int:
+            raise NotTracked(f"messages[{k!r}]")
+        if k < 0:
+            t.read(ALL)
+            return t.items[self._start :][k]
+        i = self._start + k
+        t.read(i)
+        return t.items[i]  # IndexError past the end, as a list's
+
+    def __iter__(self):
+        t = self._t
+        for i in range(self._start, t.n):
+            t.read(i)
+            yield t.items[i]
+        t.read(ALL)
+
+    def __reversed__(self):
+        self._t.read(ALL)
+        return reversed(self._t.items[self._start :])
+
+    def __contains__(self, x) -> bool:
+        self._t.read(ALL)
+        return x in self._t.items[self._start :]
+
+    def _refuse(self, *_: Any) -> Any:
+        raise NotTracked("an operation on messages that is not watched")
+
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _refuse  # type: ignore[assignment]
+    __add__ = __radd__ = __mul__ = __rmul__ = __str__ = __repr__ = __format__ = _refuse  # type: ignore[assignment]
+
+
+def tracked_loop_context(base):
+    """jinja's LoopContext whose look-ahead (loop.last, loop.nextitem, loop.length, ...)
+    on the main loop is recorded as reading the items it looks at."""
+
+    class TrackedLoopContext(base):
+        def _peek_next(self):
+            it = self._iterator
+            if not isinstance(it, _MainIter):
+                return super()._peek_next()
+            it.peeking = True
+            try:
+                return super()._peek_next()
+            finally:
+                it.peeking = False
+
+        @property
+        def length(self):
+            it = self._iterator
+            if not isinstance(it, _MainIter):
+                return base.length.fget(self)
+            it.t.read(ALL)
+            it.peeking = True
+            try:
+                return base.length.fget(self)
+            finally:
+                it.peeking = False
+
+    return TrackedLoopContext
+
+
+def with_cuts(tree, loop, start: str, end: str):
+    """The tree with the watched main loop: its items from the ITER_NAME function, the
+    `start` marker first in every iteration, the `end` marker right after the loop."""
+    from jinja2 import nodes
+
+    loop.iter = nodes.Call(nodes.Name(ITER_NAME, "load"), [loop.iter], [], None, None)
+    loop.body.insert(0, nodes.Output([nodes.TemplateData(start)]))
+    i = next(i for i, node in enumerate(tree.body) if node is loop)
+    tree.body.insert(i + 1, nodes.Output([nodes.TemplateData(end)]))
+    return tree
+
+
+@dataclass
+class TrackedParts:
+    """One watched render: `head` is the text up to the loop's end, `ends[b]` where
+    iteration b starts in it (ends[-1]: the loop's end), `first_index[b]` the message
+    index of iteration b, `max_before[b]` the largest index read before its fetch,
+    `after` the text after the loop and `after_max` the largest index it read."""
+
+    head: str
+    ends: list[int]
+    indices: list[int]
+    max_before: list[int]
+    after: str
+    after_max: int
+    n: int
+
+    def cut_for(self, j: int) -> int | None:
+        """Where render(messages[:j]) stops in `head`, when proven (module docstring)."""
+        if j >= self.n:
+            return self.ends[-1] if j == self.n else None
+        b = j - self.indices[0] if self.indices else -1
+        if 0 <= b < len(self.indices) and self.indices[b] == j:  # the indices rise one by one: found at once
+            return self.ends[b] if self.max_before[b] < j else None
+        for b, r in enumerate(self.indices):
+            if r >= j:
+                return self.ends[b] if r == j and self.max_before[b] < j else None
+        return None
+
+
+def render_tracked(template, mark: str, start: str, end: str, messages, **kwargs) -> TrackedParts | None:
+    """The watched render of `messages` (see the module docstring), or None when the
+    markers do not line up (e.g. a message holds the marker character)."""
+    t = _Tracker(list(messages))
+    kwargs[ITER_NAME] = t.main
+    text = template.render(messages=_View(t, 0), **kwargs)
+    if t.max_at_end is None or text.count(mark) != len(t.cuts) + 1 or text.count(end) != 1:
+        return None
+    head, _, after = text.partition(end)
+    pieces = head.split(start)
+    ends, pos = [], len(pieces[0])
+    for p in pieces[1:]:
+        ends.append(pos)
+        pos += len(p)
+    ends.append(pos)
+    return TrackedParts("".join(pieces), ends, [r for r, _ in t.cuts], [m for _, m in t.cuts], after, t.max, t.n)
+
+
+def why_not_tracked(tree) -> str | None:
+    """None when watched renders can prove prefixes of this template (a parsed jinja
+    tree): one top-level loop over messages (or an alias) with a plain target, no
+    else/break/filter/recursion, add_generation_prompt read only after the loop, and
+    after it no namespace read and no macro call; else the reason."""
+    from jinja2 import nodes
+
+    from orchestrator.template import _loop_use, _messages_loop, _top_level_index
+
+    if any(tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport, nodes.Block))):
+        return "it extends, includes or imports other templates"
+    loop = _messages_loop(tree)
+    if loop is None or _top_level_index(tree.body, loop) is None:
+        return "it does not have exactly one top-level `for ... in messages` loop"
+    if loop.recursive or loop.test is not None or loop.else_ or any(loop.find_all(nodes.Break)):
+        return "its loop over messages is recursive, filtered, can break or has an else branch"
+    if any(n.name == ITER_NAME for n in tree.find_all(nodes.Name)):
+        return "it uses the names of the watched render"
+    if why := _loop_use(tree.body, None, None):  # `loop` outside a for loop
+        return why
+    after = tree.body[_top_level_index(tree.body, loop) + 1 :]
+    after_names = {id(n) for node in after for n in node.find_all(nodes.Name)}
+    if any(n.name == "add_generation_prompt" and id(n) not in after_names for n in tree.find_all(nodes.Name)):
+        return "it reads add_generation_prompt before the end of its loop over messages"
+    namespaces = {n.name for n in tree.find_all(nodes.NSRef)}
+    macros = {m.name for m in tree.find_all(nodes.Macro)}
+    for node in after:
+        if any(n.name in namespaces for n in node.find_all(nodes.Name)):
+            return "after its loop over messages it reads a namespace, which the loop may change"
+        if any(isinstance(c.node, nodes.Name) and c.node.name in macros for c in node.find_all(nodes.Call)):
+            return "after its loop over messages it calls a macro"
+    return None
+
+
+class TrackedTemplate:
+    """The template compiled for watched renders (module docstring)."""
+
+    def __init__(self, env, tree, mark: str, start: str, end: str):
+        from orchestrator.template import _compile, _messages_loop
+
+        self._template = _compile(env, with_cuts(tree, _messages_loop(tree), start, end))
+        namespace = self._template.root_render_func.__globals__  # this template's own module
+        namespace["LoopContext"] = tracked_loop_context(namespace["LoopContext"])
+        self._marks = (mark, start, end)
+
+    def render(self, messages, tools, add_generation_prompt: bool, **kwargs: Any) -> TrackedParts | None:
+        kwargs.update(tools=tools, documents=None, add_generation_prompt=add_generation_prompt)
+        return render_tracked(self._template, *self._marks, messages, **kwargs)
+
+
+def tracked_template(env, source: str, mark: str, start: str, end: str) -> tuple[TrackedTemplate | None, str]:
+    """(the template for watched renders, "") or (None, why not)."""
+    from orchestrator.template import _without_generation_calls
+
+    try:
+        tree = _without_generation_calls(env.parse(source))
+        why = why_not_tracked(tree)
+        return (TrackedTemplate(env, tree, mark, start, end), "") if why is None else (None, why)
+    except Exception as e:  # noqa: BLE001 - never block reconstruction; render each prefix
+        return None, f"the watched template could not be built ({type(e).__name__}: {e})"
