@@ -106,3 +106,20 @@ def test_determinism_refuses_a_noisy_server(exact_model, smol_tokenizer):
         rows = self_tests(sc, smol_tokenizer, stop_at_failure=False)
     assert [r[1] for r in rows] == ["pass", "pass", "FAIL"]
     assert "scorer.determinism_tolerance = 0.001" in rows[2][2]
+
+
+@pytest.mark.slow
+def test_real_llama_cpp_server_is_refused_by_the_self_tests(smol_tokenizer, tmp_path):
+    """The REAL llama-cpp-python server (its echo logprobs are shifted by one) as an echo scorer: the
+    alignment self-test refuses it and says "off by one?" (its special tokens echo as "", so tokenizer
+    identity fails too; every row runs here)."""
+    from support.llamacpp_server import ALIAS, llama_cpp_server
+
+    with llama_cpp_server(log_path=str(tmp_path / "llama.log")) as url:
+        sc = SCORER_CONFIGS["echo"](base_url=url, model=ALIAS, retry={"max_attempts": 2})
+        rows = self_tests(sc, smol_tokenizer, stop_at_failure=False)
+        with pytest.raises(ScoreCheckError):
+            self_tests(sc, smol_tokenizer)  # as a run does: refused at the first failure
+    results = {name: (result, detail) for name, result, detail in rows}
+    assert results["alignment"][0] == "FAIL", rows
+    assert "off by one?" in results["alignment"][1], rows
