@@ -127,7 +127,7 @@ def parse_choices(body: bytes | str, want_choices: int):
     choice is usable (the first unusable choice's reason: empty_content, null_message, malformed_choice).
     """
     try:
-        d = _parse_body(body)
+        d = json_object(body)
         raw = d.get("choices")
         if not isinstance(raw, list) or not raw:
             raise ResponseError("empty_response", "response has no choices")
@@ -152,7 +152,8 @@ def parse_choices(body: bytes | str, want_choices: int):
     return choices, {k: r for k, (r, _) in bad.items()}, usage, d.get("model"), d.get("id")
 
 
-def _parse_body(body: bytes | str) -> dict:
+def json_object(body: bytes | str) -> dict:
+    """A 200 body as a JSON object; ResponseError (retried) when it is not one or carries an error object."""
     try:
         d = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -23,12 +23,12 @@ logprob that is not a finite number <= 0. Echoed `prompt_token_ids` other than t
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 from openai import AsyncOpenAI
 
+from orchestrator.kinds.chat import json_object
 from orchestrator.kinds.score_types import (
     SampleAnswer,
     SampleRequest,
@@ -38,7 +38,7 @@ from orchestrator.kinds.score_types import (
     TokenizeAnswer,
     TokenizeRequest,
 )
-from orchestrator.transport import RawResponse, ResponseError, error_message, post_json
+from orchestrator.transport import RawResponse, ResponseError, post_json
 
 _TOKEN_ID_PREFIX = "token_id:"  # what return_tokens_as_token_ids writes in place of a token's text
 #: a logprob above this is not a log-probability (a little room for rounding on the server)
@@ -70,7 +70,7 @@ class VLLMScore:
         return await post_json(client, "/completions", self.body(model, req))
 
     def parse(self, body: bytes, req: ScoreBatch) -> ScoreAnswer:
-        d = _json_object(body)
+        d = json_object(body)
         choices = _choices_by_index(d, len(req.seqs))
         seqs = [_seq_scores(c, s.token_ids, req.top_k, i) for i, (c, s) in enumerate(zip(choices, req.seqs))]
         return ScoreAnswer(seqs=seqs, usage=_usage(d), response_id=_str_or_none(d.get("id")))
@@ -99,7 +99,7 @@ class VLLMSample:
         return await post_json(client, "/completions", self.body(model, req))
 
     def parse(self, body: bytes, req: SampleRequest) -> SampleAnswer:
-        d = _json_object(body)
+        d = json_object(body)
         c = _choices_by_index(d, 1)[0]
         lp = c.get("logprobs")
         if not isinstance(lp, dict):
@@ -132,7 +132,7 @@ class VLLMTokenize:
         return await post_json(client, root_url(str(client.base_url)) + "/tokenize", body)
 
     def parse(self, body: bytes, req: TokenizeRequest) -> TokenizeAnswer:
-        d = _json_object(body)
+        d = json_object(body)
         tokens = d.get("tokens")
         if not isinstance(tokens, list) or not all(type(t) is int for t in tokens):
             raise ResponseError("malformed_response", "/tokenize body has no `tokens` list of ints")
@@ -146,18 +146,6 @@ def root_url(base_url: str) -> str:
 
 
 # --- parsing helpers ---
-
-
-def _json_object(body: bytes | str) -> dict:
-    try:
-        d = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ResponseError("malformed_response", f"response body is not JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise ResponseError("malformed_response", f"response body is a {type(d).__name__}, not an object")
-    if "error" in d and not d.get("choices"):
-        raise ResponseError("malformed_response", f"error object in a 200 response: {error_message(d)}")
-    return d
 
 
 def _choices_by_index(d: dict, want: int) -> list[dict]:

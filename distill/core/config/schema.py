@@ -53,14 +53,7 @@ class RolloutModel(Strict):
     @field_validator("api_key_var")
     @classmethod
     def _check_api_key_var(cls, v: str | None) -> str | None:
-        # The message never repeats the value: a key pasted here must not reach the terminal.
-        if v is not None and not ENV_VAR_NAME.match(v):
-            raise ValueError(
-                "is not an environment variable name (letters, digits and _, not starting with a digit); the "
-                "value is not shown, as it may be the API key itself, which belongs in the environment. "
-                'Fix: export MY_TEACHER_KEY=<the key> and set api_key_var = "MY_TEACHER_KEY"'
-            )
-        return v
+        return check_api_key_var(v, "MY_TEACHER_KEY")
 
     # Extra HTTP headers; every value is redacted in dumps (names kept).
     headers: dict[str, str] = {}
@@ -78,12 +71,29 @@ class RolloutModel(Strict):
     @field_validator("extra_base_urls")
     @classmethod
     def _check_extra_base_urls(cls, urls: list[str]) -> list[str]:
-        for i, url in enumerate(urls):
-            try:
-                check_http_url(url)
-            except ValueError as e:
-                raise ValueError(f"entry {i}: {e}") from None
-        return urls
+        return check_http_urls(urls)
+
+
+def check_api_key_var(v: str | None, example: str) -> str | None:
+    """`v` if it is unset or an environment variable name; a ValueError that never repeats the value (a key
+    pasted there must not reach the terminal) otherwise."""
+    if v is not None and not ENV_VAR_NAME.match(v):
+        raise ValueError(
+            "is not an environment variable name (letters, digits and _, not starting with a digit); the "
+            "value is not shown, as it may be the API key itself, which belongs in the environment. "
+            f'Fix: export {example}=<the key> and set api_key_var = "{example}"'
+        )
+    return v
+
+
+def check_http_urls(urls: list[str]) -> list[str]:
+    """`urls` if each is a valid http(s) URL; a ValueError naming the first bad entry otherwise."""
+    for i, url in enumerate(urls):
+        try:
+            check_http_url(url)
+        except ValueError as e:
+            raise ValueError(f"entry {i}: {e}") from None
+    return urls
 
 
 def check_http_url(url: str) -> str:

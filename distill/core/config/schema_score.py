@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from .schema import ENV_VAR_NAME, Retry, Strict, check_http_url
+from .schema import Retry, Strict, check_api_key_var, check_http_url, check_http_urls
 
 
 class ScoreBudget(Strict):
@@ -64,14 +64,7 @@ class _ScorerBase(Strict):
     @field_validator("api_key_var")
     @classmethod
     def _check_api_key_var(cls, v: str | None) -> str | None:
-        # The message never repeats the value: a key pasted here must not reach the terminal.
-        if v is not None and not ENV_VAR_NAME.match(v):
-            raise ValueError(
-                "is not an environment variable name (letters, digits and _, not starting with a digit); the "
-                "value is not shown, as it may be the API key itself, which belongs in the environment. "
-                'Fix: export MY_SCORER_KEY=<the key> and set api_key_var = "MY_SCORER_KEY"'
-            )
-        return v
+        return check_api_key_var(v, "MY_SCORER_KEY")
 
     @field_validator("base_url")
     @classmethod
@@ -81,12 +74,7 @@ class _ScorerBase(Strict):
     @field_validator("extra_base_urls")
     @classmethod
     def _check_extra_base_urls(cls, urls: list[str]) -> list[str]:
-        for i, url in enumerate(urls):
-            try:
-                check_http_url(url)
-            except ValueError as e:
-                raise ValueError(f"entry {i}: {e}") from None
-        return urls
+        return check_http_urls(urls)
 
 
 class VLLMScorer(_ScorerBase):
