@@ -75,6 +75,10 @@ def cmd_run(argv: list[str]) -> int:
         print(to_toml(redacted_dict(cfg)), end="")
         return 0
     preflight(cfg, "run", no_resume=bool(flags.get("--no-resume")))
+    if cfg.on_policy.enabled:  # the student samples, the [scorer] grades: distill/on_policy.py
+        from .on_policy import cmd_run_on_policy
+
+        return cmd_run_on_policy(cfg, bool(flags.get("--no-resume")))
     run_dir = prepare_run_dir(cfg)
     from distill.core.student import resolve_student
 
@@ -340,6 +344,7 @@ _USER_ERRORS = {
     "LossInputError",
     "ScoreError",
     "ScoreCheckError",
+    "OnPolicyError",
 }
 
 COMMANDS = {

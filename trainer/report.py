@@ -73,6 +73,10 @@ def write_report(run_dir: Path) -> tuple[Path, str]:
 
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir / "metrics.jsonl")
+    from trainer import report_on_policy as rop
+
+    if rop.is_on_policy(rows):  # an on-policy run (distill/on_policy.py): its own panels
+        return rop.plot(run_dir, rows), "\n".join([summary_text(rows), *rop.summary_lines(rows)])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
     ax = axes[0]
     ax.plot(*_series(rows, "loss"), marker="o", ms=3, label="train loss")

@@ -61,15 +61,21 @@ def builtin_gguf_path() -> Path:
 
 
 def _check_builtin(spec: str) -> None:
+    from distill.core.weak_student import WEAK_NAME
+
     name = spec[len(BUILTIN_PREFIX) :]
-    if name != BUILTIN_NAME:
-        raise ValueError(f"unknown builtin model {spec!r}; the only one is {BUILTIN_PREFIX}{BUILTIN_NAME}")
+    if name not in (BUILTIN_NAME, WEAK_NAME):
+        raise ValueError(
+            f"unknown builtin model {spec!r}; the builtin ones are {BUILTIN_PREFIX}{BUILTIN_NAME} and "
+            f"{BUILTIN_PREFIX}{WEAK_NAME} (a weaker student, distill/core/weak_student.py)"
+        )
 
 
 def resolve_gguf(spec: str) -> Path:
     """A teacher GGUF path from a config value (a file path or the builtin name)."""
     if spec.startswith(BUILTIN_PREFIX):
-        _check_builtin(spec)
+        if spec != BUILTIN_PREFIX + BUILTIN_NAME:  # the weak student is an HF folder, no GGUF
+            raise ValueError(f"unknown builtin GGUF {spec!r}; the only one is {BUILTIN_PREFIX}{BUILTIN_NAME}")
         return builtin_gguf_path()
     p = Path(spec).expanduser()
     if not p.is_file():
@@ -86,7 +92,11 @@ def resolve_student(spec: str, with_model: bool = True) -> Path:
     """HF folder of the student: the path itself, or the cached builtin conversion."""
     if spec.startswith(BUILTIN_PREFIX):
         _check_builtin(spec)
-        return _ensure_builtin(with_model=with_model)
+        from distill.core.weak_student import WEAK_NAME, weak_student_dir
+
+        if spec[len(BUILTIN_PREFIX) :] == WEAK_NAME and with_model:
+            return weak_student_dir()
+        return _ensure_builtin(with_model=with_model)  # (the weak student's tokenizer is the builtin one)
     p = Path(spec).expanduser()
     if not p.is_dir():
         raise FileNotFoundError(

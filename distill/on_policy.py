@@ -1,0 +1,234 @@
+"""`distill run` with `on_policy.enabled = true`: the on-policy distillation loop (docs/on_policy.md, "The loop").
+
+Per train step i (0-based; the step that turns weights i into weights i+1):
+
+    prompts   the step's prompts from orchestrator.source (the first on_policy.eval_prompts held out),
+              rendered with the student's chat template (distill/core/prompt_render.py)
+    sample    StudentSampler (trainer/sampler.py) with the current weights, in this thread, between
+              optimizer steps; meta.policy_step = the step of the weights that sampled
+    score     the [scorer] grades every sampled token (orchestrator/scoring.py) in the scoring thread;
+              with orchestrator.reward_fn each sample also gets its reward (kd_rl's advantages)
+    train     one optimizer step with trainer.loss.type through the SFT trainer's step (trainer/step.py)
+
+Overlap and staleness: with K = on_policy.max_off_policy_steps, the samples of steps i+1 .. i+K are drawn
+before step i trains (with weights i or older) and scored while it trains; step i never trains on samples
+drawn by weights older than i - K (checked: policy_lag_max in the metrics). K = 0 is strictly sequential:
+sample, score, train. Generation always runs between optimizer steps, never while the optimizer writes
+the weights (no weight snapshot needed; on CPU generation and training would share the same cores).
+
+Durability: every step's samples are written before scoring and again, scored, before training
+(distill/on_policy_parts.py, StepFiles); every scoring answer is in scores.jsonl before it is used.
+Checkpoints as in SFT (trainer.checkpoint). A resumed run (after Ctrl-C or kill -9) starts from the last
+checkpoint and re-trains the steps after it on the samples already written: nothing is sampled or scored
+twice, and the weights of each step are those of the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from distill.core.config import RunConfig
+from distill.on_policy_parts import (
+    OnPolicyError,
+    Renderer,
+    ScoringThread,
+    StepFiles,
+    load_prompt_pool,
+    make_rewarder,
+    prompts_per_step,
+    read_samples,
+    sample_stats,
+    step_prompts,
+    write_samples,
+)
+
+__all__ = ["OnPolicyError", "cmd_run_on_policy", "run_on_policy"]
+
+#: Eval statistics logged (sample_stats with the "eval_" prefix).
+EVAL_KEYS = ("eval_reverse_kl", "eval_teacher_logprob_mean", "eval_student_logprob_mean", "eval_sample_len_mean")
+
+
+def cmd_run_on_policy(cfg: RunConfig, no_resume: bool) -> int:
+    """`distill run CFG` in on-policy mode (after preflight): self-tests, the loop, the summary."""
+    from distill.cli_score import prepare_scoring_run
+    from distill.core.student import resolve_student
+    from distill.run import prepare_run_dir, print_locations
+
+    run_dir = prepare_run_dir(cfg)
+    resolve_student(cfg.student.path)  # builds the builtin (or weak) student once
+    prepare_scoring_run(cfg, run_dir)  # the scorer's self-tests: ScoreCheckError refuses the run
+    summary = run_on_policy(cfg, run_dir, resume=not no_resume)
+    keys = ("steps", "samples_seen", "final_loss", "eval_reverse_kl", "scoring_requests", "answers_reused")
+    print("on-policy: " + "  ".join(f"{k}={summary[k]}" for k in keys if summary.get(k) is not None))
+    print_locations(run_dir, summary)
+    return 0
+
+
+def run_on_policy(cfg: RunConfig, run_dir: Path, *, resume: bool = True, progress: bool = True) -> dict:
+    """The loop (module docstring); returns the summary dict (steps, checkpoint, metrics, ...)."""
+    loop = _Loop(cfg, Path(run_dir), resume, progress)
+    try:
+        return loop.run()
+    finally:
+        loop.close()
+
+
+class _Loop:
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, progress: bool):
+        from trainer.sampler import StudentSampler
+        from trainer.train import _setup
+
+        self.cfg, self.op = cfg, cfg.on_policy
+        self.files = StepFiles(run_dir)
+        self.eval_prompts, self.pool = load_prompt_pool(cfg)
+        # The SFT trainer's setup: model, optimizer, schedule, resumed state, metrics log, progress bar.
+        self.s = _setup(cfg, run_dir, self.files.samples_dir, resume, lambda: True, progress)
+        tok, dev = self.s.tokenizer, self.s.ctx.device
+        self.render = Renderer(tok, cfg.orchestrator.reconstruction.chat_template_kwargs)
+        self.sampler = StudentSampler(self.s.model, tok, self.op, dev, seed=cfg.seed)
+        # The held-out eval samples the student's own distribution (temperature 1, no nucleus), so that
+        # mean(log piS - log piT) over its tokens estimates the reverse KL of the student to the teacher.
+        eval_cfg = self.op.model_copy(update={"temperature": 1.0, "top_p": 1.0, "samples_per_prompt": 1})
+        self.eval_sampler = StudentSampler(self.s.model, tok, eval_cfg, dev, seed=cfg.seed)
+        self.scoring: ScoringThread | None = None
+        self.scoring = ScoringThread(cfg, run_dir, tok, make_rewarder(cfg, tok, self.eval_prompts + self.pool))
+        self.pending: dict[int, tuple[Future, float]] = {}
+        self.next_launch = self.s.state.step
+        self.first_eval: float | None = None
+
+    def close(self) -> None:
+        if self.s.bar is not None:
+            self.s.bar.close()
+        if self.scoring is not None:
+            self.scoring.close()
+        from trainer import dist
+
+        dist.shutdown(self.s.ctx)
+
+    # --- sampling and scoring -------------------------------------------------------------------------
+
+    def launch(self, i: int) -> None:
+        """Start step i's samples: read back when written (a resumed run), else sample them now with the
+        current weights and hand them to the scoring thread."""
+        f = self.files
+        scored = read_samples(f.scored(i))
+        if scored is not None:
+            done: Future = Future()
+            done.set_result((scored, 0.0))
+            self.pending[i] = (done, 0.0)
+            return
+        t0 = time.perf_counter()
+        sampled = read_samples(f.sampled(i))
+        if sampled is None:
+            prompts = self.render(step_prompts(self.pool, i, prompts_per_step(self.cfg)))
+            sampled = self.sampler.sample(prompts, policy_step=self.s.state.step)
+            write_samples(f.sampled(i), sampled)
+        assert self.scoring is not None
+        self.pending[i] = (self.scoring.submit(sampled, f.scored(i)), time.perf_counter() - t0)
+
+    def evaluate(self) -> dict:
+        """Held-out stats of the current weights (scored samples written once per step: a resume reuses them)."""
+        step, path = self.s.state.step, self.files.eval(self.s.state.step)
+        samples = read_samples(path)
+        if samples is None:
+            sampled = self.eval_sampler.sample(self.render(self.eval_prompts), policy_step=step)
+            assert self.scoring is not None
+            samples, _ = self.scoring.submit(sampled, path).result()
+        stats = sample_stats(samples, "eval_")
+        out = {k: stats[k] for k in EVAL_KEYS}
+        if "eval_reward_mean" in stats:
+            out["eval_reward_mean"] = stats["eval_reward_mean"]
+        return out
+
+    def _eval_due(self, step: int) -> bool:
+        every = self.op.eval_every
+        return bool(every and self.eval_prompts) and (step % every == 0 or step == self.s.t.max_steps)
+
+    # --- the loop ----------------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        s, t = self.s, self.s.t
+        if s.state.step == 0 and s.metrics.enabled and s.metrics.path.exists():
+            s.metrics.path.unlink()  # nothing trained yet: an earlier attempt's step-0 eval line goes
+        if s.state.step == 0 and self._eval_due(0):
+            s.log({"step": 0, **self.evaluate()})
+        saved_at = s.state.step if s.start else -1
+        saved, clock = s.start, time.monotonic()
+        last: dict = {}
+        try:
+            while s.state.step < t.max_steps:
+                last = self.one_step()
+                if s.bar is not None:
+                    s.bar.update(1)
+                    s.bar.set_postfix(loss=f"{last['loss']:.4f}", rkl=f"{last['reverse_kl']:.3f}")
+                if _checkpoint_due(t.checkpoint, s.state.step, clock, s.ctx):
+                    saved, saved_at, clock = s.save(), s.state.step, time.monotonic()
+        except BaseException:
+            if s.state.step > max(saved_at, 0):  # keep the steps trained so far: a rerun resumes from them
+                s.save()
+            raise
+        if saved_at != s.state.step and s.state.step > 0:
+            saved = s.save()
+        if s.wb is not None:
+            s.wb.finish()
+        assert self.scoring is not None
+        return {
+            "steps": s.state.step,
+            "samples_seen": s.state.samples_seen,
+            "final_loss": last.get("loss"),
+            "eval_reverse_kl": last.get("eval_reverse_kl"),
+            "checkpoint": str(saved) if saved else None,
+            "metrics": str(self.files.run_dir / "metrics.jsonl"),
+            "resumed_from": str(s.start) if s.start else None,
+            "scoring_requests": self.scoring.requests,
+            "answers_reused": self.scoring.reused,
+        }
+
+    def one_step(self) -> dict:
+        """Launch what the staleness bound allows, wait for step i's scored samples, train on them, log."""
+        from trainer.train import train_step  # through trainer.train, as the SFT loop calls it
+
+        s, t, k = self.s, self.s.t, self.op.max_off_policy_steps
+        i = s.state.step
+        while self.next_launch <= min(i + k, t.max_steps - 1):
+            self.launch(self.next_launch)
+            self.next_launch += 1
+        future, generate_s = self.pending.pop(i)
+        t0 = time.perf_counter()
+        samples, score_s = future.result()
+        idle_s = time.perf_counter() - t0
+        lag = max(i - int((x.meta or {}).get("policy_step", -1)) for x in samples)
+        if not 0 <= lag <= k:  # an invariant of launch(): never train on samples staler than K
+            raise OnPolicyError(f"step {i}: samples drawn {lag} steps ago, on_policy.max_off_policy_steps = {k}")
+        t1 = time.perf_counter()
+        m = train_step(s.model, s.optimizer, s.scheduler, samples, t, s.ctx, s.pad_id)
+        train_s = time.perf_counter() - t1
+        s.state.step += 1
+        s.state.samples_seen += len(samples)
+        last = {
+            "step": s.state.step,
+            **m,
+            "tokens_per_s": m["tokens"] / train_s,
+            "step_time_s": train_s,
+            "samples_seen": s.state.samples_seen,
+            "time_generate_s": generate_s,
+            "time_score_s": score_s,
+            "time_train_s": train_s,
+            "time_idle_s": idle_s,
+            "policy_lag_max": lag,
+            **sample_stats(samples),
+        }
+        if self._eval_due(s.state.step):
+            last.update(self.evaluate())
+        if s.state.step % t.log_every == 0 or s.state.step == t.max_steps or "eval_reverse_kl" in last:
+            s.log(last)
+        return last
+
+
+def _checkpoint_due(c: Any, step: int, clock: float, ctx: Any) -> bool:
+    from trainer.train import _checkpoint_due as due
+
+    return due(c, step, clock, ctx)

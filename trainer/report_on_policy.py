@@ -1,0 +1,92 @@
+"""`distill report RUN_DIR` for an on-policy run (metrics rows with `reverse_kl`; distill/on_policy.py):
+reverse KL (train estimate and held-out eval), teacher / student logprob means, where each step's time
+went (generating, scoring, training, idle), sample lengths and rewards, the loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trainer.report import _series
+
+TIMES = ("time_generate_s", "time_score_s", "time_train_s", "time_idle_s")
+
+
+def is_on_policy(rows: list[dict]) -> bool:
+    return any("reverse_kl" in r or "eval_reverse_kl" in r for r in rows)
+
+
+def _first_last(rows: list[dict], key: str) -> tuple[dict, dict] | None:
+    have = [r for r in rows if r.get(key) is not None]
+    return (have[0], have[-1]) if have else None
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    """The on-policy lines of the text summary."""
+    lines = []
+    for key, name in (("reverse_kl", "reverse KL (train samples)"), ("eval_reverse_kl", "held-out reverse KL")):
+        fl = _first_last(rows, key)
+        if fl:
+            a, b = fl
+            lines.append(f"{name}: {a[key]:.4f} (step {a['step']}) -> {b[key]:.4f} (step {b['step']})")
+    steps = [r for r in rows if "time_train_s" in r]
+    if steps:
+        tot = {k: sum(r.get(k) or 0.0 for r in steps) for k in TIMES}
+        lines.append("time: " + ", ".join(f"{k[5:-2]} {v:.1f}s" for k, v in tot.items()))
+        lag = max(r.get("policy_lag_max", 0) for r in steps)
+        lines.append(f"most steps between the sampling and the trained weights: {lag}")
+    fl = _first_last(rows, "reward_mean")
+    if fl:
+        lines.append(f"reward mean: {fl[0]['reward_mean']:.3f} -> {fl[1]['reward_mean']:.3f}")
+    return lines
+
+
+def plot(run_dir: Path, rows: list[dict]) -> Path:
+    """RUN_DIR/report.png with the on-policy panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.4), constrained_layout=True)
+    ax = axes[0][0]
+    ax.plot(*_series(rows, "reverse_kl"), marker="o", ms=3, label="train samples (sampling policy)")
+    ax.plot(*_series(rows, "eval_reverse_kl"), marker="s", ms=4, label="held-out prompts")
+    ax.set_title("reverse KL estimate: mean log pS - log pT per token")
+    ax.legend()
+    ax = axes[0][1]
+    ax.plot(*_series(rows, "teacher_logprob_mean"), marker="o", ms=3, label="teacher")
+    ax.plot(*_series(rows, "student_logprob_mean"), marker="o", ms=3, label="student (sampling)")
+    ax.set_title("mean logprob of the sampled tokens")
+    ax.legend()
+    ax = axes[0][2]
+    steps = [r for r in rows if "time_train_s" in r]
+    bottom = [0.0] * len(steps)
+    for key in TIMES:
+        vals = [r.get(key) or 0.0 for r in steps]
+        ax.bar([r["step"] for r in steps], vals, bottom=bottom, label=key[5:-2])
+        bottom = [a + b for a, b in zip(bottom, vals)]
+    ax.set_title("time per step (s)")
+    ax.legend()
+    ax = axes[1][0]
+    ax.plot(*_series(rows, "sample_len_mean"), marker="o", ms=3, label="mean")
+    ax.plot(*_series(rows, "sample_len_max"), marker="o", ms=3, label="max")
+    ax.set_title("sample length (tokens)")
+    ax.legend()
+    ax = axes[1][1]
+    ax.plot(*_series(rows, "reward_mean"), marker="o", ms=3, label="train")
+    ax.plot(*_series(rows, "eval_reward_mean"), marker="s", ms=4, label="held-out")
+    ax.set_title("reward mean (when a reward function is set)")
+    ax.legend()
+    ax = axes[1][2]
+    ax.plot(*_series(rows, "loss"), marker="o", ms=3, color="tab:red")
+    ax.set_title(f"loss ({next((r['loss_type'] for r in rows if 'loss_type' in r), '?')})")
+    for a in (x for row in axes for x in row):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.set_xlabel("step")
+        a.grid(alpha=0.3)
+    fig.suptitle(f"distill on-policy: {run_dir.name}")
+    png = run_dir / "report.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
