@@ -128,7 +128,9 @@ def make_rewarder(cfg: Any, tokenizer: Any, prompts: list[dict]) -> Callable[[li
             text = tokenizer.decode(s.completion_ids, skip_special_tokens=True)
             r = float(fn(by_id[s.prompt_id], text))
             if not math.isfinite(r):
-                raise OnPolicyError(f"orchestrator.reward_fn returned {r} for sample {s.sample_id}; rewards must be finite")
+                raise OnPolicyError(
+                    f"orchestrator.reward_fn returned {r} for sample {s.sample_id}; rewards must be finite"
+                )
             out.append(dataclasses.replace(s, reward=r))
         return out
 

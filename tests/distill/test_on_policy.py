@@ -43,8 +43,7 @@ output_dir = "{tmp / "run"}"
 seed = 0
 [student]
 path = "{student}"
-[orchestrator]
-reward_fn = "{REWARD if loss == "kd_rl" else ""}"
+{f'[orchestrator]{chr(10)}reward_fn = "{REWARD}"' if loss == "kd_rl" else ""}
 [orchestrator.source]
 type = "reasoning_gym"
 dataset = "gsm_symbolic"
@@ -128,7 +127,9 @@ def test_a_run_trains_logs_and_keeps_the_staleness_bound(tmp_path, score_server,
     lags = []
     for i in range(3):
         samples = step_samples(run, i)
-        assert len(samples) == 4 and {len(s.teacher_logprobs) for s in samples} == {len(s.completion_ids) for s in samples}
+        assert len(samples) == 4 and {len(s.teacher_logprobs) for s in samples} == {
+            len(s.completion_ids) for s in samples
+        }
         lags += [i - s.meta["policy_step"] for s in samples]
     assert set(lags) <= set(range(k + 1))
     assert max(lags) == k  # K = 1 overlaps: steps 1 and 2 trained on samples drawn one step earlier
@@ -208,7 +209,7 @@ def test_a_failing_scorer_self_test_refuses_the_run_in_one_line(tmp_path, make_s
 
 def test_kd_rl_without_a_reward_function_is_a_config_error(tmp_path, score_server, tiny_student_dir, capsys):
     cfg = write_cfg(tmp_path, score_server, tiny_student_dir, loss="kd_rl")
-    cfg.write_text(cfg.read_text().replace(f'reward_fn = "{REWARD}"', 'reward_fn = ""'))
+    cfg.write_text(cfg.read_text().replace(f'reward_fn = "{REWARD}"', ""))
     assert main(["run", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "orchestrator.reward_fn" in err and "Fix:" in err and not (tmp_path / "run").exists()
