@@ -18,6 +18,8 @@ from .cli_help import COMMAND_HELP, USAGE, command_help
 from .preflight import preflight
 from .cli_score import add_probe_args, cmd_score, prepare_scoring_run, probe_scorer, start_scoring_stage
 from .run import make_reconstructor, prepare_run_dir, print_locations, produce
+from .on_policy import cmd_run_on_policy
+from .core.student import resolve_student
 from .score import SCORED
 
 
@@ -76,12 +78,8 @@ def cmd_run(argv: list[str]) -> int:
         return 0
     preflight(cfg, "run", no_resume=bool(flags.get("--no-resume")))
     if cfg.on_policy.enabled:  # the student samples, the [scorer] grades: distill/on_policy.py
-        from .on_policy import cmd_run_on_policy
-
         return cmd_run_on_policy(cfg, bool(flags.get("--no-resume")))
     run_dir = prepare_run_dir(cfg)
-    from distill.core.student import resolve_student
-
     resolve_student(cfg.student.path)  # convert the builtin student once, before threads start
     # transformers' lazy imports are not thread-safe: import what both sides use here,
     # in the main thread, before the producer thread starts.

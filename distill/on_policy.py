@@ -61,7 +61,15 @@ def cmd_run_on_policy(cfg: RunConfig, no_resume: bool) -> int:
     resolve_student(cfg.student.path)  # builds the builtin (or weak) student once
     prepare_scoring_run(cfg, run_dir)  # the scorer's self-tests: ScoreCheckError refuses the run
     summary = run_on_policy(cfg, run_dir, resume=not no_resume)
-    keys = ("steps", "samples_seen", "final_loss", "eval_reverse_kl", "scoring_requests", "answers_reused")
+    keys = (
+        "steps",
+        "samples_seen",
+        "final_loss",
+        "eval_reverse_kl",
+        "scoring_requests",
+        "answers_reused",
+        "resumed_from",
+    )
     print("on-policy: " + "  ".join(f"{k}={summary[k]}" for k in keys if summary.get(k) is not None))
     print_locations(run_dir, summary)
     return 0

@@ -36,7 +36,9 @@ def _one_torch_thread():
     torch.set_num_threads(n)
 
 
-def write_cfg(tmp: Path, server, student, *, k: int = 0, steps: int = 3, loss: str = "reverse_kl", extra: str = ""):
+def write_cfg(
+    tmp: Path, server, student, *, k: int = 0, steps: int = 3, loss: str = "reverse_kl", extra: str = "", every: int = 1
+):
     cfg = tmp / "on_policy.toml"
     cfg.write_text(f"""
 output_dir = "{tmp / "run"}"
@@ -73,7 +75,7 @@ lr = 3e-3
 warmup_steps = 0
 schedule = "constant"
 [trainer.checkpoint]
-every = 1
+every = {every}
 every_seconds = 0
 keep_last = 20
 {extra}
@@ -163,13 +165,25 @@ def test_stale_samples_carry_the_logprobs_of_the_weights_that_drew_them(tmp_path
     assert (after_one_step - mu).abs().max() > 1e-2  # the trained weights differ: the ratio is not 1
 
 
-def test_kill_9_then_resume_ends_at_the_same_step_and_pays_no_request_twice(
+def test_kill_9_then_resume_ends_where_an_unbroken_run_ends_and_pays_no_request_twice(
     tmp_path, make_score_server, tiny_student_dir
 ):
-    server = make_score_server()
-    cfg = write_cfg(tmp_path, server, tiny_student_dir, k=1, steps=5, extra="")
-    run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    def distill_run(cfg: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "distill", "run", str(cfg)], cwd=ROOT, env=env, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+
+    # the reference: the same run, never interrupted, against its own server (same process setup as below)
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    ref_run = distill_run(write_cfg(ref_dir, make_score_server(), tiny_student_dir, k=1, steps=5, every=2))
+    assert ref_run.returncode == 0, ref_run.stderr[-3000:]
+    server = make_score_server()
+    cfg = write_cfg(tmp_path, server, tiny_student_dir, k=1, steps=5, every=2)  # checkpoints at steps 2 and 4
+    run = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "distill", "run", str(cfg)], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -182,15 +196,18 @@ def test_kill_9_then_resume_ends_at_the_same_step_and_pays_no_request_twice(
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = max(r["step"] for r in metrics(run))
-    assert 3 <= killed_at < 5
-    r = subprocess.run(
-        [sys.executable, "-m", "distill", "run", str(cfg)], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
+    assert 3 <= max(r["step"] for r in metrics(run)) < 5
+    assert (run / "samples" / "shard-000003.jsonl").exists()  # written after the last checkpoint (step 2)
+    r = distill_run(cfg)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "on-policy: steps=5" in r.stdout
-    assert [x["step"] for x in metrics(run)] == [0, 1, 2, 3, 4, 5]  # each step logged once
+    assert (
+        "on-policy: steps=5" in r.stdout and "resumed_from=" in r.stdout and "step-000002" in r.stdout
+    )  # resumed from step 2's checkpoint
+    rows, ref = metrics(run), metrics(ref_dir / "run")
+    assert [x["step"] for x in rows] == [0, 1, 2, 3, 4, 5]  # each step logged once
+    for a, b in zip(rows, ref):  # the same samples, the same losses as the unbroken run
+        for key in ("loss", "reverse_kl", "eval_reverse_kl"):
+            assert a.get(key) == pytest.approx(b.get(key), rel=1e-5, abs=1e-6), (a["step"], key)
     assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "step-000005"
     assert sorted(p.name for p in (run / "samples").glob("shard-*")) == [f"shard-{i:06d}.jsonl" for i in range(5)]
     seqs = all_sample_seqs(run)
