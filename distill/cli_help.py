@@ -44,6 +44,8 @@ COMMAND_HELP = {
 
 Sample from the teacher (or replay recorded conversations) and train the student on the
 samples, concurrently. Rerunning the same command resumes an interrupted run.
+With on_policy.enabled = true the student samples its own completions, the [scorer]
+grades every sampled token and an on-policy loss trains on them (docs/on_policy.md).
 
 options:
   --dry-run              print the resolved configuration (secrets redacted) and exit

@@ -101,17 +101,14 @@ class _Loop:
         # mean(log piS - log piT) over its tokens estimates the reverse KL of the student to the teacher.
         eval_cfg = self.op.model_copy(update={"temperature": 1.0, "top_p": 1.0, "samples_per_prompt": 1})
         self.eval_sampler = StudentSampler(self.s.model, tok, eval_cfg, dev, seed=cfg.seed)
-        self.scoring: ScoringThread | None = None
         self.scoring = ScoringThread(cfg, run_dir, tok, make_rewarder(cfg, tok, self.eval_prompts + self.pool))
         self.pending: dict[int, tuple[Future, float]] = {}
         self.next_launch = self.s.state.step
-        self.first_eval: float | None = None
 
     def close(self) -> None:
         if self.s.bar is not None:
             self.s.bar.close()
-        if self.scoring is not None:
-            self.scoring.close()
+        self.scoring.close()
         from trainer import dist
 
         dist.shutdown(self.s.ctx)
@@ -134,7 +131,6 @@ class _Loop:
             prompts = self.render(step_prompts(self.pool, i, prompts_per_step(self.cfg)))
             sampled = self.sampler.sample(prompts, policy_step=self.s.state.step)
             write_samples(f.sampled(i), sampled)
-        assert self.scoring is not None
         self.pending[i] = (self.scoring.submit(sampled, f.scored(i)), time.perf_counter() - t0)
 
     def evaluate(self) -> dict:
@@ -143,7 +139,6 @@ class _Loop:
         samples = read_samples(path)
         if samples is None:
             sampled = self.eval_sampler.sample(self.render(self.eval_prompts), policy_step=step)
-            assert self.scoring is not None
             samples, _ = self.scoring.submit(sampled, path).result()
         stats = sample_stats(samples, "eval_")
         out = {k: stats[k] for k in EVAL_KEYS}
@@ -182,7 +177,6 @@ class _Loop:
             saved = s.save()
         if s.wb is not None:
             s.wb.finish()
-        assert self.scoring is not None
         return {
             "steps": s.state.step,
             "samples_seen": s.state.samples_seen,
