@@ -138,6 +138,15 @@ def test_a_run_trains_logs_and_keeps_the_staleness_bound(tmp_path, score_server,
     assert [r["policy_lag_max"] for r in rows[1:]] == [0, k, k]
     out = capsys.readouterr()
     assert "on-policy: steps=3" in out.out and "scorer self-test" in out.err
+    # `distill report` plots the on-policy metrics and prints the reverse KL first -> last
+    assert main(["report", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert (
+        f"held-out reverse KL: {rows[0]['eval_reverse_kl']:.4f} (step 0) -> {rows[3]['eval_reverse_kl']:.4f} (step 3)"
+        in text
+    )
+    assert f"most steps between the sampling and the trained weights: {k}" in text
+    assert (run / "report.png").stat().st_size > 10_000
 
 
 def test_stale_samples_carry_the_logprobs_of_the_weights_that_drew_them(tmp_path, score_server, tiny_student_dir):
