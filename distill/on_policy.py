@@ -224,7 +224,9 @@ class _Loop:
             **sample_stats(samples),
         }
         if self._eval_due(s.state.step):
+            t2 = time.perf_counter()
             last.update(self.evaluate())
+            last["time_eval_s"] = time.perf_counter() - t2
         if s.state.step % t.log_every == 0 or s.state.step == t.max_steps or "eval_reverse_kl" in last:
             s.log(last)
         return last

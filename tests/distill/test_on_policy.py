@@ -206,7 +206,7 @@ def test_kill_9_then_resume_ends_where_an_unbroken_run_ends_and_pays_no_request_
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 3 <= max(r["step"] for r in metrics(run)) < 5
-    assert (run / "samples" / "shard-000003.jsonl").exists()  # written after the last checkpoint (step 2)
+    assert (run / "on_policy" / "sampled-000003.jsonl").exists()  # drawn after the last checkpoint (step 2)
     r = distill_run(cfg)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (
