@@ -75,9 +75,13 @@ def write_report(run_dir: Path) -> tuple[Path, str]:
     rows = read_metrics(run_dir / "metrics.jsonl")
     from trainer import report_on_policy as rop
 
-    if rop.is_on_policy(rows):  # an on-policy run (distill/on_policy.py): its own panels
-        return rop.plot(run_dir, rows), "\n".join([summary_text(rows), *rop.summary_lines(rows)])
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    on_policy = rop.is_on_policy(rows)  # an on-policy run (distill/on_policy.py): a second row of panels
+    fig, axes = plt.subplots(2 if on_policy else 1, 3, figsize=(15, 8.4 if on_policy else 4.2), constrained_layout=True)
+    if on_policy:
+        fig.clf()
+        grid = fig.subplots(2, 4)
+        axes, _ = grid[0][:3], grid[0][3].set_visible(False)
+        rop.plot_on_policy(grid[1], rows)
     ax = axes[0]
     ax.plot(*_series(rows, "loss"), marker="o", ms=3, label="train loss")
     if any(r.get("eval_loss") is not None for r in rows):
@@ -100,4 +104,4 @@ def write_report(run_dir: Path) -> tuple[Path, str]:
     png = run_dir / "report.png"
     fig.savefig(png, dpi=110)
     plt.close(fig)
-    return png, summary_text(rows)
+    return png, "\n".join([summary_text(rows), *(rop.summary_lines(rows) if on_policy else [])])

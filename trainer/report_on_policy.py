@@ -1,10 +1,9 @@
-"""`distill report RUN_DIR` for an on-policy run (metrics rows with `reverse_kl`; distill/on_policy.py):
-reverse KL (train estimate and held-out eval), teacher / student logprob means, where each step's time
-went (generating, scoring, training, idle), sample lengths and rewards, the loss."""
+"""`distill report RUN_DIR` for an on-policy run (metrics rows with `reverse_kl`; distill/on_policy.py): a row
+of panels beside the training curves: reverse KL (train estimate and held-out eval), teacher / student logprob
+means, where each step's time went (generating, scoring, training, idle), sample lengths and rewards; and the
+on-policy lines of the text summary."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from trainer.report import _series
 
@@ -40,26 +39,22 @@ def summary_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def plot(run_dir: Path, rows: list[dict]) -> Path:
-    """RUN_DIR/report.png with the on-policy panels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_on_policy(axes, rows: list[dict]) -> None:
+    """One row of four panels: reverse KL (train estimate, held-out), the logprob means, the time per step
+    split four ways, sample lengths (with the reward mean on a second axis when there is one)."""
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.4), constrained_layout=True)
-    ax = axes[0][0]
+    ax = axes[0]
     ax.plot(*_series(rows, "reverse_kl"), marker="o", ms=3, label="train samples (sampling policy)")
     ax.plot(*_series(rows, "eval_reverse_kl"), marker="s", ms=4, label="held-out prompts")
     ax.set_title("reverse KL estimate: mean log pS - log pT per token")
     ax.legend()
-    ax = axes[0][1]
+    ax = axes[1]
     ax.plot(*_series(rows, "teacher_logprob_mean"), marker="o", ms=3, label="teacher")
     ax.plot(*_series(rows, "student_logprob_mean"), marker="o", ms=3, label="student (sampling)")
     ax.set_title("mean logprob of the sampled tokens")
     ax.legend()
-    ax = axes[0][2]
+    ax = axes[2]
     steps = [r for r in rows if "time_train_s" in r]
     bottom = [0.0] * len(steps)
     for key in TIMES:
@@ -68,25 +63,16 @@ def plot(run_dir: Path, rows: list[dict]) -> Path:
         bottom = [a + b for a, b in zip(bottom, vals)]
     ax.set_title("time per step (s)")
     ax.legend()
-    ax = axes[1][0]
-    ax.plot(*_series(rows, "sample_len_mean"), marker="o", ms=3, label="mean")
-    ax.plot(*_series(rows, "sample_len_max"), marker="o", ms=3, label="max")
-    ax.set_title("sample length (tokens)")
-    ax.legend()
-    ax = axes[1][1]
-    ax.plot(*_series(rows, "reward_mean"), marker="o", ms=3, label="train")
-    ax.plot(*_series(rows, "eval_reward_mean"), marker="s", ms=4, label="held-out")
-    ax.set_title("reward mean (when a reward function is set)")
-    ax.legend()
-    ax = axes[1][2]
-    ax.plot(*_series(rows, "loss"), marker="o", ms=3, color="tab:red")
-    ax.set_title(f"loss ({next((r['loss_type'] for r in rows if 'loss_type' in r), '?')})")
-    for a in (x for row in axes for x in row):
+    ax = axes[3]
+    ax.plot(*_series(rows, "sample_len_mean"), marker="o", ms=3, label="mean length")
+    ax.plot(*_series(rows, "sample_len_max"), marker="o", ms=3, label="max length")
+    ax.set_title("sample length (tokens)" + (" and reward" if any("reward_mean" in r for r in rows) else ""))
+    ax.legend(loc="upper left")
+    if any("reward_mean" in r for r in rows):
+        twin = ax.twinx()
+        twin.plot(*_series(rows, "reward_mean"), color="tab:purple", marker="^", ms=3, label="reward mean")
+        twin.legend(loc="upper right")
+    for a in axes:
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.set_xlabel("step")
         a.grid(alpha=0.3)
-    fig.suptitle(f"distill on-policy: {run_dir.name}")
-    png = run_dir / "report.png"
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
