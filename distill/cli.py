@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .config import ConfigError, RunConfig, load_config, redacted_dict, to_toml
+from .config import ConfigError, RunConfig, as_replay_source, load_config, redacted_dict, to_toml
 from .cli_help import COMMAND_HELP, USAGE, command_help
 from .preflight import preflight
 from .cli_score import add_probe_args, cmd_score, prepare_scoring_run, probe_scorer, start_scoring_stage
@@ -170,7 +170,7 @@ def cmd_replay(argv: list[str]) -> int:
     if flags.get("--on-error") not in (None, "skip", "fail"):
         raise SystemExit(f"distill replay: --on-error must be skip or fail, got {flags['--on-error']!r}")
     if cfg.orchestrator.source.type != "replay":
-        cfg.orchestrator.source.type = "replay"
+        cfg.orchestrator.source = as_replay_source(cfg.orchestrator.source)
     if not inputs and not cfg.orchestrator.source.path:
         raise SystemExit(
             "distill replay: orchestrator.source.path is not set and no input file was given. "

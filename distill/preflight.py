@@ -48,6 +48,7 @@ def preflight(
         problems += check_source(cfg, inputs if command == "replay" else None, replay=command == "replay")
     if command in ("run", "rollout") and cfg.orchestrator.source.type != "replay":  # the teacher's filter
         problems += check_reward_fn(cfg.orchestrator.reward_fn)
+        problems += check_cache_dir(cfg.orchestrator.cache_dir)
     problems += check_earlier_run(cfg.output_dir, command, no_resume=no_resume, resume=resume, samples=samples)
     if command in ("run", "score"):
         problems += check_scorer_config(cfg, command, samples)
@@ -176,6 +177,14 @@ def check_source(cfg: RunConfig, inputs: list[str] | None, replay: bool) -> list
         except ReplayError as e:
             return [Problem("orchestrator.source.path" if not inputs else "input", str(e))]
         return []
+    if src.type in ("table", "hf_dataset"):  # readable, and every mapped column present: before anything is paid
+        from orchestrator.prompt_tables import TableSourceError, check_columns, open_table
+
+        try:
+            check_columns(src, open_table(src))
+        except TableSourceError as e:
+            return [Problem(e.key, e.detail)]
+        return []
     if src.type == "jsonl" and src.path:
         p = Path(src.path).expanduser()
         if p.is_dir():
@@ -191,6 +200,19 @@ def check_source(cfg: RunConfig, inputs: list[str] | None, replay: bool) -> list
                     "orchestrator.source.path", f"{src.path} does not exist. Fix: set it to your prompt .jsonl file"
                 )
             ]
+    return []
+
+
+def check_cache_dir(cache_dir: str | None) -> list[Problem]:
+    """The request cache folder is a folder (or can be made one)."""
+    if not cache_dir:
+        return []
+    p = Path(cache_dir).expanduser()
+    if p.exists() and not p.is_dir():
+        return [Problem("orchestrator.cache_dir", f"{cache_dir} is a file, not a folder. Fix: point it at a folder")]
+    parent = next((a for a in [p, *p.parents] if a.exists()), None)
+    if parent is not None and not os.access(parent, os.W_OK):
+        return [Problem("orchestrator.cache_dir", f"{cache_dir} is not writable. Fix: choose a writable folder")]
     return []
 
 

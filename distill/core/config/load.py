@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from .checks import ConfigProblems, Problem
 from .schema_run import _TOML_DATA, LOSS_CONFIGS, PLANNED_TAG, RunConfig
+from .schema_prompts import SOURCE_TYPES, TABLE_TYPES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -199,7 +200,9 @@ def api_key(cfg: RunConfig) -> str:
 
 
 def _without_union_tags(parts: list[str]) -> list[str]:
-    """The key path of an error location: pydantic names the loss union's tag after trainer.loss."""
+    """The key path of an error location: pydantic names a union's tag after trainer.loss / orchestrator.source."""
     if parts[:2] == ["trainer", "loss"] and len(parts) > 2 and parts[2] in (*LOSS_CONFIGS, PLANNED_TAG):
+        return parts[:2] + parts[3:]
+    if parts[:2] == ["orchestrator", "source"] and len(parts) > 2 and parts[2] in (*SOURCE_TYPES, *TABLE_TYPES):
         return parts[:2] + parts[3:]
     return parts
