@@ -80,7 +80,7 @@ def _format(src) -> str:
     if fmt is None:
         raise TableSourceError(
             "orchestrator.source.format",
-            f'cannot tell the format of {src.path} from its extension {ext or "(none)"!r}. '
+            f"cannot tell the format of {src.path} from its extension {ext or '(none)'!r}. "
             'Fix: set orchestrator.source.format = "jsonl", "parquet" or "csv"',
         )
     return fmt
@@ -139,7 +139,8 @@ def _open_hf(src) -> Table:
         import datasets
     except ImportError:
         raise TableSourceError(
-            "orchestrator.source.type", 'type "hf_dataset" needs the datasets package. Fix: pip install \'distill[datasets]\''
+            "orchestrator.source.type",
+            "type \"hf_dataset\" needs the datasets package. Fix: pip install 'distill[datasets]'",
         ) from None
     _force_offline(datasets)
     where = f"dataset {src.name} (split {src.split!r})"
@@ -153,8 +154,8 @@ def _open_hf(src) -> Table:
         raise TableSourceError(
             "orchestrator.source.name",
             f"cannot load {src.name!r} from the local cache, offline ({type(e).__name__}: {str(e)[:300]}). "
-            f"Fix: fetch it once with network access: python -c \"import datasets; datasets.load_dataset("
-            f"{src.name!r}{', ' + repr(src.config_name) if src.config_name else ''})\" (or point name at a "
+            f'Fix: fetch it once with network access: python -c "import datasets; datasets.load_dataset('
+            f'{src.name!r}{", " + repr(src.config_name) if src.config_name else ""})" (or point name at a '
             "local dataset folder / save_to_disk folder)",
         ) from None
     if isinstance(ds, datasets.DatasetDict):
@@ -236,7 +237,10 @@ def _row_prompt(src, table: Table, mapping: dict[str, str], i: int, where: str, 
             except json.JSONDecodeError:
                 raise PromptSourceError(f"{where}: column {mapping['messages']!r} is text, not a list of messages")
         if isinstance(msgs, list):  # Parquet structs carry every field, unset ones as null
-            msgs = [{k: v for k, v in m.items() if v is not None or k == "content"} if isinstance(m, dict) else m for m in msgs]
+            msgs = [
+                {k: v for k, v in m.items() if v is not None or k == "content"} if isinstance(m, dict) else m
+                for m in msgs
+            ]
         messages = _prompt_messages({"messages": msgs}, f"{where} (column {mapping['messages']!r})")
     else:
         messages = _prompt_messages({"prompt": row.get(mapping["prompt"])}, f"{where} (column {mapping['prompt']!r})")

@@ -129,7 +129,9 @@ class _Rollout:
             return True
         if self.cache is None:
             return False
-        return self.cache.covers(load_prompts(self.oc.source), self.n, res.loaded.records, res.stale, prompt_hasher(self.oc))
+        return self.cache.covers(
+            load_prompts(self.oc.source), self.n, res.loaded.records, res.stale, prompt_hasher(self.oc)
+        )
 
     def _open(self, run_dir: Path, reconstructor, reward_fn, stop_event: asyncio.Event | None) -> None:
         """Creates the run directory and opens the run's files and parts."""

@@ -93,7 +93,9 @@ def test_more_samples_ask_only_for_the_missing_indices(tmp_path, recon_for):
     a, b = _answers(tmp_path / "a"), _answers(tmp_path / "b")
     assert all(b[k] == v for k, v in a.items())  # indices 0, 1: the cached answers
     assert len(b) == 12 and len({json.dumps(v) for v in b.values()}) == 12
-    provenance = {(r["prompt_id"], r["sample_index"]): r.get("provenance") for r in read_jsonl(tmp_path / "b/recording.jsonl")}
+    provenance = {
+        (r["prompt_id"], r["sample_index"]): r.get("provenance") for r in read_jsonl(tmp_path / "b/recording.jsonl")
+    }
     assert {k[1] for k, v in provenance.items() if v == "cache"} == {0, 1}
 
 
@@ -109,7 +111,9 @@ def test_a_changed_sampling_parameter_is_a_miss(tmp_path, recon_for, change):
     write_prompts(tmp_path / "p.jsonl", 3)
     cache = str(tmp_path / "cache")
     with FaultServer() as s:
-        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"n": 1, "seed": 1, "temperature": 0.5}, cache_dir=cache)
+        cfg = make_cfg(
+            s.base_url, tmp_path / "p.jsonl", sampling={"n": 1, "seed": 1, "temperature": 0.5}, cache_dir=cache
+        )
         _run(cfg, tmp_path / "a", recon_for)
         other = make_cfg(s.base_url, tmp_path / "p.jsonl", cache_dir=cache, **change)
         summary = _run(other, tmp_path / "b", recon_for)

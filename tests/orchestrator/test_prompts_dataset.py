@@ -80,7 +80,9 @@ def test_messages_column_from_parquet_structs_and_csv_json_text(tmp_path):
         {"role": "user", "content": "and 2+2?"},
     ]
     rows = [{"conversation": conv, "n": 1}, {"conversation": conv[1:2], "n": 2}]
-    _, src = _src(tmp_path, type="table", path=str(_parquet(tmp_path / "m.parquet", rows)), columns={"messages": "conversation"})
+    _, src = _src(
+        tmp_path, type="table", path=str(_parquet(tmp_path / "m.parquet", rows)), columns={"messages": "conversation"}
+    )
     out = list(load_prompts(src))
     assert out[0]["messages"] == conv and out[1]["messages"] == conv[1:2]
     assert [p["prompt_id"] for p in out] == ["m-0", "m-1"] and out[1]["metadata"]["n"] == 2
@@ -101,7 +103,10 @@ def test_shuffle_with_seed_and_limit_keep_row_ids(tmp_path):
     assert len(c) == 50 and sorted(c) == sorted(ids()) and c[:10] != a
     assert ids(shuffle=True, seed=1)[:10] == a  # the limit takes the head of the same permutation
     # ids are the original row numbers: the text of p-17 is row 17 whatever the order
-    got = {p["prompt_id"]: p["messages"][-1]["content"] for p in load_prompts(_src(tmp_path, type="table", path=str(path), shuffle=True, seed=3)[1])}
+    got = {
+        p["prompt_id"]: p["messages"][-1]["content"]
+        for p in load_prompts(_src(tmp_path, type="table", path=str(path), shuffle=True, seed=3)[1])
+    }
     assert got["p-17"] == "question 17"
 
 
@@ -141,7 +146,13 @@ def test_no_prompt_column_and_bad_rows_are_reported_at_once(tmp_path):
     _, src = _src(tmp_path, type="table", path=str(path))
     with pytest.raises(TableSourceError, match=r"neither a \"messages\" nor a \"prompt\" column \(columns: 'a', 'b'\)"):
         count_prompts(src)
-    rows = [{"prompt": "ok"}, {"prompt": ""}, {"prompt": "fine", "id": "x/y"}, {"prompt": "dup", "id": "d"}, {"prompt": "dup2", "id": "d"}]
+    rows = [
+        {"prompt": "ok"},
+        {"prompt": ""},
+        {"prompt": "fine", "id": "x/y"},
+        {"prompt": "dup", "id": "d"},
+        {"prompt": "dup2", "id": "d"},
+    ]
     _, src = _src(tmp_path, type="table", path=str(_jsonl(tmp_path / "bad.jsonl", rows)), columns={"id": "id"})
     with pytest.raises(PromptSourceError) as e:
         count_prompts(src)
@@ -177,7 +188,10 @@ def test_hf_dataset_saved_to_disk_with_splits(tmp_path):
     import datasets
 
     dd = datasets.DatasetDict(
-        {"train": datasets.Dataset.from_list(_hf_rows("train", 5)), "test": datasets.Dataset.from_list(_hf_rows("test", 3))}
+        {
+            "train": datasets.Dataset.from_list(_hf_rows("train", 5)),
+            "test": datasets.Dataset.from_list(_hf_rows("test", 3)),
+        }
     )
     dd.save_to_disk(str(tmp_path / "saved"))
     cols = {"prompt": "text", "id": "id", "answer": "label"}
@@ -234,7 +248,14 @@ def test_rollout_from_a_parquet_table_and_resume(tmp_path, smol_tokenizer):
             {
                 "orchestrator": {
                     "rollout_model": {"base_url": s.base_url, "model": "fault-teacher"},
-                    "source": {"type": "table", "path": str(path), "columns": MAPPING, "shuffle": True, "seed": 5, "limit": 4},
+                    "source": {
+                        "type": "table",
+                        "path": str(path),
+                        "columns": MAPPING,
+                        "shuffle": True,
+                        "seed": 5,
+                        "limit": 4,
+                    },
                     "sampling": {"n": 2},
                     "retry": FAST_RETRY,
                 },
