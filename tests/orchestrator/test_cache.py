@@ -15,10 +15,12 @@ import pytest
 from support.helpers import read_jsonl
 from support.rollout_helpers import make_cfg, sample_ids
 
+from distill.core.config import load_config
 from distill.core.contract import iter_samples
 from orchestrator.cache import AnswerCache, cache_key
 from orchestrator.recording import load_recording
 from orchestrator.reconstruct import Reconstructor
+from orchestrator.replay import replay
 from orchestrator.scheduler import rollout
 from support.fault_server import FaultServer, write_prompts
 
@@ -65,6 +67,16 @@ def test_second_run_is_answered_from_the_cache_without_any_request(tmp_path, rec
     assert {r["provenance"] for r in recs} == {"cache"}
     assert all(r["usage"] == {"prompt_tokens": 0, "completion_tokens": 0} for r in recs)
     assert sum(r["cached_usage"]["completion_tokens"] for r in recs) == first["completion_tokens"]
+    # a recording with cache hits replays offline like any other
+    rcfg = load_config(
+        None,
+        {
+            "orchestrator": {"source": {"type": "replay", "path": str(tmp_path / "b" / "recording.jsonl")}},
+            "trainer": {"seq_len": 512},
+        },
+    )
+    replay(rcfg, tmp_path / "replayed", recon_for(rcfg), progress=False)
+    assert _tokens(tmp_path / "replayed") == _tokens(tmp_path / "b")
     # the recording, not the cache, is the run's truth: with the cache gone a rerun resumes from it alone
     # and, as the hits cost nothing, the resumed budget counts no request or token
     import shutil
