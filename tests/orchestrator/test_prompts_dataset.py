@@ -272,3 +272,24 @@ def test_rollout_from_a_parquet_table_and_resume(tmp_path, smol_tokenizer):
     assert len(ids) == 4 and ids <= {r["qid"] for r in ROWS}
     sent = [e["messages"] for e in s.log.entries]
     assert all(m[-1]["role"] == "user" and m[-1]["content"].startswith("What is") for m in sent)
+
+
+def test_hf_dataset_by_hub_id_from_a_cache_laid_out_as_datasets_does(tmp_path):
+    """A hub id resolves offline from a `datasets` cache: <cache>/<org>___<name>/<config>/<version>/<hash>/
+    with dataset_info.json and <name>-<split>.arrow, as load_dataset leaves it after a download (built
+    here from a local JSON build, so no hub is needed)."""
+    import shutil
+
+    import datasets
+
+    cache = tmp_path / "hfcache"
+    data = _jsonl(tmp_path / "rows.jsonl", _hf_rows("train", 3))
+    datasets.load_dataset("json", data_files={"train": str(data)}, cache_dir=str(cache))
+    built = next((cache / "json").glob("*/*/*"))
+    target = cache / "acme___questions" / "default" / "0.0.0" / built.name
+    shutil.copytree(built, target)
+    (target / "json-train.arrow").rename(target / "questions-train.arrow")
+    cols = {"prompt": "text", "id": "id"}
+    _, src = _src(tmp_path, type="hf_dataset", name="acme/questions", cache_dir=str(cache), columns=cols)
+    assert [p["prompt_id"] for p in load_prompts(src)] == ["train0", "train1", "train2"]
+    assert count_prompts(src) == 3
