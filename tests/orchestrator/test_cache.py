@@ -223,3 +223,25 @@ def test_kill_9_mid_write_leaves_no_torn_entry(tmp_path):
     assert reader.corrupt == 0 and sum(e is not None for e in found) >= 1
     # an abandoned temporary file is no entry: it is never read
     assert all(f.name.endswith(".json") and not f.name.startswith(".") for f in cache.rglob("*.json"))
+
+
+@pytest.mark.slow
+def test_real_llama_cpp_teacher_then_no_teacher_at_all(tmp_path, recon_for):
+    """Run 1 against the real llama-cpp-python server fills the cache; run 2, with the server stopped and
+    base_url pointing at it still, is answered entirely from the cache: same answers, same tokens."""
+    from support.llamacpp_server import ALIAS, llama_cpp_server
+
+    write_prompts(tmp_path / "p.jsonl", 3)
+    cache = str(tmp_path / "cache")
+    sampling = {"n": 2, "seed": 7, "max_tokens": 16, "temperature": 0.8}
+    with llama_cpp_server() as base_url:
+        cfg = make_cfg(
+            base_url, tmp_path / "p.jsonl", sampling=sampling, cache_dir=cache, reconstruction={"truncated": "keep"}
+        )
+        cfg.orchestrator.rollout_model.model = ALIAS
+        first = _run(cfg, tmp_path / "a", recon_for)
+    assert first["cache_misses"] == 6 and first["cache_writes"] == 6 and first["samples"] == 6
+    second = _run(cfg, tmp_path / "b", recon_for)  # the server is gone: any request would fail
+    assert second["cache_hits"] == 6 and second["requests"] == 0 and second["samples"] == 6
+    assert _answers(tmp_path / "a") == _answers(tmp_path / "b")
+    assert _tokens(tmp_path / "a") == _tokens(tmp_path / "b")
