@@ -245,3 +245,17 @@ def test_real_llama_cpp_teacher_then_no_teacher_at_all(tmp_path, recon_for):
     assert second["cache_hits"] == 6 and second["requests"] == 0 and second["samples"] == 6
     assert _answers(tmp_path / "a") == _answers(tmp_path / "b")
     assert _tokens(tmp_path / "a") == _tokens(tmp_path / "b")
+
+
+def test_preflight_refuses_a_cache_dir_that_is_a_file(tmp_path):
+    from distill.preflight import PreflightError, check_cache_dir
+
+    (tmp_path / "afile").write_text("x")
+    assert check_cache_dir(str(tmp_path / "new" / "cache")) == []  # made on the first write
+    with pytest.raises(PreflightError, match=r"orchestrator.cache_dir: .*afile is a file, not a folder"):
+        from distill.preflight import preflight
+
+        cfg = load_config(
+            None, {"output_dir": str(tmp_path / "run"), "orchestrator": {"cache_dir": str(tmp_path / "afile")}}
+        )
+        preflight(cfg, "rollout")

@@ -293,3 +293,18 @@ def test_hf_dataset_by_hub_id_from_a_cache_laid_out_as_datasets_does(tmp_path):
     _, src = _src(tmp_path, type="hf_dataset", name="acme/questions", cache_dir=str(cache), columns=cols)
     assert [p["prompt_id"] for p in load_prompts(src)] == ["train0", "train1", "train2"]
     assert count_prompts(src) == 3
+
+
+def test_cli_wrong_mapping_is_one_message_and_writes_nothing(tmp_path):
+    path = _parquet(tmp_path / "p.parquet", ROWS)
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(
+        f'output_dir = "{tmp_path / "run"}"\n[orchestrator.source]\ntype = "table"\npath = "{path}"\n'
+        'columns = {prompt = "q", id = "qid"}\n'
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "distill", "rollout", str(cfg)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "orchestrator.source.columns.prompt: column 'q' is not in" in r.stderr and "'question'" in r.stderr
+    assert not (tmp_path / "run").exists()
