@@ -57,12 +57,18 @@ def test_only_the_adapters_train(tiny_student_dir):
     assert type(model.lm).__name__ == "LlamaForCausalLM" and model.peft.get_base_model() is model.lm
 
 
-def test_the_chunked_loss_trains_the_adapters_like_the_peft_models_own_loss(tiny_student_dir, smol_tokenizer):
+@pytest.mark.parametrize("activation_checkpointing", [False, True])
+def test_the_chunked_loss_trains_the_adapters_like_the_peft_models_own_loss(
+    tiny_student_dir, smol_tokenizer, activation_checkpointing
+):
     """Our loss (decoder body + chunked NLL on lm_head's weight) and its adapter gradients equal those of
-    the peft model's own forward with labels, with non-zero adapters."""
+    the peft model's own forward with labels, with non-zero adapters (and with activation checkpointing,
+    whose recomputation must still reach the adapters of a frozen student)."""
     from trainer.data import make_micro_batches
 
-    cfg = _cfg(tiny_student_dir, lora={**LORA, "dropout": 0.0}).trainer
+    cfg = _cfg(
+        tiny_student_dir, lora={**LORA, "dropout": 0.0}, activation_checkpointing=activation_checkpointing
+    ).trainer
     model = build_model(tiny_student_dir, cfg, CPU1)
     torch.manual_seed(1)
     with torch.no_grad():
