@@ -1,7 +1,7 @@
 """LoRA vs full fine-tuning in our trainer: peak memory and tokens/s, measured in the same run.
 
     python bench/bench_lora.py                       # small random Llama, CPU ok (about a minute)
-    python bench/bench_lora.py --hidden 576 --layers 30 --steps 4   # SmolLM2-135M's shape
+    python bench/bench_lora.py --hidden 512 --layers 8 --samples-per-step 4 --seq-len 256 --steps 3
 
 Both contenders run trainer.train.train_step on the same samples (real SmolLM2 tokenizer) and the
 same random Llama with SmolLM2's vocabulary, each in its own subprocess:

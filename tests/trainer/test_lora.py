@@ -214,3 +214,16 @@ def test_adapter_init_is_the_same_on_every_rank(tiny_student_dir):
     assert inits[0].keys() == inits[1].keys() and all(torch.equal(inits[0][k], inits[1][k]) for k in inits[0])
     torch.manual_seed(t.seed + 1)
     assert torch.equal(draws[1], torch.rand(3))
+
+
+def test_export_mistakes_are_one_message_each(tmp_path, capsys, tiny_student_dir, smol_tokenizer):
+    from distill.cli import main
+
+    assert main(["export", str(tmp_path), "--merged", str(tmp_path / "out")]) == 1
+    assert "neither a checkpoint" in capsys.readouterr().err
+    full = tmp_path / "full"
+    write_samples(full / "samples", make_samples(smol_tokenizer, 4))
+    train(_cfg(tiny_student_dir, lora={"enabled": False}, max_steps=1), full, progress=False)
+    assert main(["export", str(full), "--merged", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "full fine-tuning checkpoint" in err and "nothing to merge" in err and not (tmp_path / "out").exists()
