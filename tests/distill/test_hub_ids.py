@@ -108,3 +108,17 @@ def test_a_snapshot_missing_from_the_cache_is_not_cached(hf_home, smollm2_dir):
     shutil.rmtree(snap)
     with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache"):
         resolve_student(HUB_ID)
+
+
+def test_the_trainer_trains_a_hub_id_student_from_the_cache(hf_home, tmp_path, tiny_student_dir, smol_tokenizer):
+    from support.trainer_helpers import make_samples, write_samples
+    from trainer.train import train
+
+    build_hub_cache(hf_home, "tiny-org/tiny-student", tiny_student_dir)
+    run = tmp_path / "run"
+    write_samples(run / "samples", make_samples(smol_tokenizer, 4))
+    trainer = {"max_steps": 1, "samples_per_step": 4, "seq_len": 128, "device": "cpu", "repeat": False}
+    out = train(
+        load_config(None, {"student": {"path": "tiny-org/tiny-student"}, "trainer": trainer}), run, progress=False
+    )
+    assert out["steps"] == 1 and (Path(out["checkpoint"]) / "model.safetensors").is_file()
