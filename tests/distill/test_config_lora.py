@@ -40,3 +40,24 @@ def test_bad_lora_values_name_the_key(lora, key, words):
     with pytest.raises(ConfigError) as e:
         load_config(None, {"trainer": {"lora": lora}})
     assert key in str(e.value) and words in str(e.value)
+
+
+def test_preflight_names_a_missing_peft_before_anything_starts(tmp_path, monkeypatch, tiny_student_dir):
+    import sys
+
+    from distill.preflight import PreflightError, preflight
+
+    cfg = load_config(
+        None,
+        {
+            "output_dir": str(tmp_path / "run"),
+            "student": {"path": str(tiny_student_dir)},
+            "trainer": {"lora": {"enabled": True}},
+        },
+    )
+    (tmp_path / "run" / "samples").mkdir(parents=True)
+    preflight(cfg, "train", samples=str(tmp_path / "run" / "samples"))  # peft installed: no problem
+    monkeypatch.setitem(sys.modules, "peft", None)  # what an environment without peft looks like to imports
+    with pytest.raises(PreflightError) as e:
+        preflight(cfg, "train", samples=str(tmp_path / "run" / "samples"))
+    assert "trainer.lora.enabled" in str(e.value) and "pip install 'distill[lora]'" in str(e.value)

@@ -227,3 +227,11 @@ def test_export_mistakes_are_one_message_each(tmp_path, capsys, tiny_student_dir
     assert main(["export", str(full), "--merged", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "full fine-tuning checkpoint" in err and "nothing to merge" in err and not (tmp_path / "out").exists()
+
+
+def test_without_peft_building_a_lora_student_says_how_to_install_it(tiny_student_dir, monkeypatch):
+    from trainer.lora import LoraError
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # what an environment without peft looks like to imports
+    with pytest.raises(LoraError, match=r"needs the peft package\. Fix: pip install 'distill\[lora\]'"):
+        build_model(tiny_student_dir, _cfg(tiny_student_dir).trainer, CPU1)
