@@ -91,12 +91,17 @@ def load_adapter(model, ckpt: Path) -> None:
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    result = set_peft_model_state_dict(model.peft, load_file(ckpt / ADAPTER_FILE))
-    missing = [k for k in result.missing_keys if "lora_" in k]
-    if missing:
+    fix = "Fix: resume with the [trainer.lora] the checkpoint was saved with (its adapter_config.json)"
+    try:
+        result = set_peft_model_state_dict(model.peft, load_file(ckpt / ADAPTER_FILE))
+    except RuntimeError as e:  # torch's "size mismatch for ...lora_A...": another r
+        first = (str(e).strip().splitlines() or ["size mismatch"])[-1].strip()
+        raise LoraError(f"{ckpt / ADAPTER_FILE} does not fit trainer.lora ({first}). {fix}") from None
+    odd = [k for k in result.missing_keys if "lora_" in k] + list(result.unexpected_keys)
+    if odd:
         raise LoraError(
-            f"{ckpt / ADAPTER_FILE} lacks {len(missing)} adapter weights of this config (first: {missing[0]}); "
-            "it was saved with other trainer.lora.target_modules. Fix: resume with the checkpoint's [trainer.lora]"
+            f"{ckpt / ADAPTER_FILE} and trainer.lora.target_modules name different adapters "
+            f"({len(odd)} differ, first: {odd[0]}). {fix}"
         )
 
 
@@ -118,15 +123,14 @@ def check_resume(ckpt: Path, enabled: bool) -> None:
 def base_model_dir(ckpt: Path) -> Path:
     """The student folder the adapter of `ckpt` was trained on: the one adapter_config.json names, or
     the checkpoint's distill_config.toml student.path resolved again."""
-    import tomllib
-
+    from distill.core.config.load import read_toml
     from distill.core.student import resolve_student
 
     named = json.loads((ckpt / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or ""
     if named and (Path(named) / "config.json").is_file():
         return Path(named)
     cfg_file = ckpt / "distill_config.toml"
-    spec = tomllib.loads(cfg_file.read_text()).get("student", {}).get("path") if cfg_file.is_file() else None
+    spec = read_toml(cfg_file).get("student", {}).get("path") if cfg_file.is_file() else None
     if not spec:
         raise LoraError(
             f"{ckpt}: the base model of this adapter ({named or 'unnamed'}) is not on this machine and the "

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from distill.core.config import load_config
+from distill.core.config.load import read_toml
 from support.trainer_helpers import make_samples, write_samples
 from trainer.train import train
 
@@ -56,12 +57,12 @@ def _torchrun(toml: Path, *extra: str) -> None:
 
 @pytest.mark.slow
 def test_fsdp2_lora_on_two_gloo_processes_equals_one_process(tmp_path, tiny_student_dir, smol_tokenizer):
-    import tomllib
-
     samples = make_samples(smol_tokenizer, 16)
     single = tmp_path / "single"
     write_samples(single / "samples", samples)
-    trainer = tomllib.loads(TRAINER_TOML)["trainer"]
+    conf = tmp_path / "trainer.toml"
+    conf.write_text(TRAINER_TOML)
+    trainer = read_toml(conf)["trainer"]
     train(load_config(None, {"student": {"path": str(tiny_student_dir)}, "trainer": trainer}), single, progress=False)
 
     multi = tmp_path / "multi"

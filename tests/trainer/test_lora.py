@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -153,6 +154,10 @@ def test_resume_refuses_a_checkpoint_of_the_other_kind(tmp_path, tiny_student_di
     train(_cfg(tiny_student_dir, max_steps=1), run, progress=False)
     with pytest.raises(LoraError, match=r"holds a LoRA adapter, but trainer\.lora\.enabled = false.*distill export"):
         train(_cfg(tiny_student_dir, lora={"enabled": False}, max_steps=2), run, resume=True, progress=False)
+    with pytest.raises(LoraError, match=r"does not fit trainer\.lora .*size mismatch"):  # another rank
+        train(_cfg(tiny_student_dir, lora={**LORA, "r": 8}, max_steps=2), run, resume=True, progress=False)
+    with pytest.raises(LoraError, match=r"name different adapters"):  # other target modules
+        train(_cfg(tiny_student_dir, lora={**LORA, "target_modules": ["q_proj"]}, max_steps=2), run, resume=True)
 
     full = tmp_path / "full"
     write_samples(full / "samples", make_samples(smol_tokenizer, 8))
@@ -193,6 +198,17 @@ def test_export_merged_writes_an_hf_folder_with_the_peft_models_logits(tmp_path,
         merged_logits = merged(ids).logits
     torch.testing.assert_close(merged_logits, with_adapter, rtol=1e-4, atol=1e-4)
     assert (merged_logits - base_logits).abs().max() > 1e-3  # the adapter is in there
+
+    # the base folder moved: the checkpoint's distill_config.toml student.path names it again
+    from trainer.lora import base_model_dir
+
+    moved = tmp_path / "moved-ckpt"
+    shutil.copytree(run / "checkpoints" / "step-000003", moved)
+    adapter_cfg = json.loads((moved / "adapter_config.json").read_text())
+    assert base_model_dir(moved) == Path(adapter_cfg["base_model_name_or_path"]) == Path(tiny_student_dir)
+    adapter_cfg["base_model_name_or_path"] = str(tmp_path / "gone")
+    (moved / "adapter_config.json").write_text(json.dumps(adapter_cfg))
+    assert base_model_dir(moved) == Path(tiny_student_dir)
 
     again = subprocess.run(
         [sys.executable, "-m", "distill", "export", str(run), "--merged", str(out)],
