@@ -51,6 +51,8 @@ def preflight(
     problems += check_earlier_run(cfg.output_dir, command, no_resume=no_resume, resume=resume, samples=samples)
     if command in ("run", "score"):
         problems += check_scorer_config(cfg, command, samples)
+    if command in ("run", "train"):
+        problems += check_trackers(cfg)
     if problems:
         raise PreflightError(command, problems)
 
@@ -268,6 +270,28 @@ def check_earlier_run(
             )
         return problems
     return []
+
+
+def check_trackers(cfg: RunConfig) -> list[Problem]:
+    """Every enabled tracker ([wandb], [trackers]) has its package installed."""
+    import importlib.util
+
+    from distill.core.config.schema_trackers import TRACKER_PACKAGES
+
+    enabled = {
+        "wandb.enabled": cfg.wandb.enabled,
+        "trackers.tensorboard": cfg.trackers.tensorboard,
+        "trackers.trackio": cfg.trackers.trackio,
+    }
+    return [
+        Problem(
+            key,
+            f"is true but the {module} package is not installed. Fix: pip install {pip} "
+            "(or pip install 'distill[trackers]'), or set it to false",
+        )
+        for key, (module, pip) in TRACKER_PACKAGES.items()
+        if enabled[key] and importlib.util.find_spec(module) is None
+    ]
 
 
 def check_scorer_config(cfg: RunConfig, command: str, samples: str | None) -> list[Problem]:

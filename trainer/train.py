@@ -28,7 +28,7 @@ from distill.core.verbosity import bar_position
 from distill.core import contract
 from trainer import checkpoint as ckpt_io
 from trainer import dist
-from trainer.metrics import MetricsLog, open_wandb
+from trainer.trackers import Tracker, open_trackers
 from trainer.model import load_student, shard
 
 # the step lives in trainer/step.py; its names stay importable from here, and _one_step and
@@ -152,8 +152,7 @@ class _Session:
     state: ckpt_io.TrainState
     pad_id: int
     config_toml: str
-    metrics: MetricsLog
-    wb: Any
+    trackers: list[Tracker]
     bar: Any
 
     def save(self) -> Path:
@@ -170,9 +169,8 @@ class _Session:
         )
 
     def log(self, last: dict) -> None:
-        self.metrics.write(last)
-        if self.wb is not None:
-            self.wb.log({k: v for k, v in last.items() if not isinstance(v, str)}, step=self.state.step)
+        for tr in self.trackers:
+            tr.log(self.state.step, last)
 
 
 def _setup(
@@ -198,8 +196,7 @@ def _setup(
     state = ckpt_io.load_state(start, model, optimizer, scheduler, ctx) if start else ckpt_io.TrainState()
     pad_id = _pad_id(tokenizer)
     config_toml = to_toml(redacted_dict(cfg))
-    metrics = MetricsLog(run_dir / "metrics.jsonl", state.step, enabled=ctx.is_main)
-    wb = open_wandb(cfg, run_dir, ctx)
+    trackers = open_trackers(cfg, run_dir, state.step, ctx)
     bar = None
     if progress and ctx.is_main:
         from tqdm import tqdm
@@ -225,8 +222,7 @@ def _setup(
         state,
         pad_id,
         config_toml,
-        metrics,
-        wb,
+        trackers,
         bar,
     )
 
@@ -329,8 +325,8 @@ def train(
         saved = s.save()
     if s.bar is not None:
         s.bar.close()
-    if s.wb is not None:
-        s.wb.finish()
+    for tr in s.trackers:
+        tr.close()
     dist.shutdown(s.ctx)
     start = s.start
     return {

@@ -13,6 +13,7 @@ from .checks import KNOWN_NON_SFT_LOSSES, ConfigProblems, check_cross_fields, ch
 from .schema import BUILTIN_STUDENT, Orchestrator, Strict
 from .schema_onpolicy import OnPolicy
 from .schema_score import Scorer
+from .schema_trackers import Trackers
 
 
 # ---------------------------------------------------------------------------
@@ -267,6 +268,7 @@ class RunConfig(BaseSettings):
     scorer: Scorer | None = None
     on_policy: OnPolicy = OnPolicy()
     wandb: Wandb = Wandb()
+    trackers: Trackers = Trackers()
 
     @classmethod
     def settings_customise_sources(
