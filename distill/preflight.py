@@ -81,7 +81,8 @@ def check_student(cfg: RunConfig, need_model: bool) -> list[Problem]:
     from distill.core.student import BUILTIN_PREFIX, _check_builtin, builtin_gguf_path
 
     spec, tok_spec = cfg.student.path, cfg.student.tokenizer
-    problems: list[Problem] = []
+    problems: list[Problem] = check_chat_template(cfg.student.chat_template)
+    template = cfg.student.chat_template if not problems else None  # the tokenizer is checked with it
     if spec.startswith(BUILTIN_PREFIX):
         try:
             _check_builtin(spec)
@@ -101,14 +102,27 @@ def check_student(cfg: RunConfig, need_model: bool) -> list[Problem]:
                 )
             )
         if not tok_spec and folder is not None:
-            problems += check_tokenizer("student.path", folder)
+            problems += check_tokenizer("student.path", folder, template)
     if tok_spec:
         folder, problem = _folder("student.tokenizer", tok_spec)
-        problems += [problem] if problem else check_tokenizer("student.tokenizer", folder)
+        problems += [problem] if problem else check_tokenizer("student.tokenizer", folder, template)
     return problems
 
 
-def check_tokenizer(key: str, folder: Path) -> list[Problem]:
+def check_chat_template(path: str | None) -> list[Problem]:
+    """student.chat_template, when set, is a readable file holding a valid Jinja template."""
+    if not path:
+        return []
+    from distill.core.student import CHAT_TEMPLATE_KEY, TokenizerError, read_chat_template
+
+    try:
+        read_chat_template(path)
+    except TokenizerError as e:
+        return [Problem(CHAT_TEMPLATE_KEY, str(e).removeprefix(f"{CHAT_TEMPLATE_KEY}: "))]
+    return []
+
+
+def check_tokenizer(key: str, folder: Path, chat_template: str | None = None) -> list[Problem]:
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         return [
             Problem(
@@ -120,7 +134,7 @@ def check_tokenizer(key: str, folder: Path) -> list[Problem]:
     from distill.core.student import load_tokenizer
 
     try:
-        load_tokenizer(folder)
+        load_tokenizer(folder, chat_template)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds; the message is what matters
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         why = first if isinstance(e, ValueError) else f"the tokenizer in {folder} does not load ({first})"

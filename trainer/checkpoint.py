@@ -2,7 +2,8 @@
 
     checkpoints/step-000040/
       config.json, model.safetensors, generation_config.json   AutoModelForCausalLM.from_pretrained
-      tokenizer.json, tokenizer_config.json, chat_template.jinja, ...
+      tokenizer.json, tokenizer_config.json, chat_template.jinja, ...   (the template trained with:
+                                 student.chat_template's when set)
       distill_config.toml        the run's resolved config, secrets redacted
       optimizer.pt               full (unsharded) AdamW state, keyed by parameter name
       scheduler.pt               LR scheduler state

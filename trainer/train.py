@@ -190,7 +190,8 @@ def _setup(
     _check_dirs(run_dir, samples_dir, resume, producer_alive)
     start = ckpt_io.latest(ckpt_root) if resume else None
     model_dir = start or resolve_student(cfg.student.path)
-    tokenizer = load_tokenizer(cfg.student.tokenizer or model_dir)
+    # student.chat_template (when set) replaces the tokenizer's template; the checkpoints' tokenizer carries it
+    tokenizer = load_tokenizer(cfg.student.tokenizer or model_dir, cfg.student.chat_template)
     model = build_model(model_dir, t, ctx)
     optimizer, scheduler = build_optimizer(model, t)
     state = ckpt_io.load_state(start, model, optimizer, scheduler, ctx) if start else ckpt_io.TrainState()

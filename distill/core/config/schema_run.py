@@ -224,6 +224,10 @@ class Student(Strict):
     path: str = BUILTIN_STUDENT
     # Tokenizer folder if different from the model folder.
     tokenizer: str | None = None
+    # Jinja file of the student's chat template, replacing the tokenizer's own (a path relative to the
+    # config file, or absolute). Reconstruction, prompt rendering, `distill inspect` and the trainer use it;
+    # every checkpoint's tokenizer carries it (chat_template.jinja).
+    chat_template: str | None = None
 
 
 class _DictSource(PydanticBaseSettingsSource):
