@@ -319,7 +319,7 @@ def cmd_report(argv: list[str]) -> int:
 
     png, text = write_report(Path(a.run_dir))
     print(text)
-    print(f"plot: {png}")
+    print(f"plot: {png}\npage: {png.with_suffix('.html')}  (self-contained HTML: the plots and summary tables)")
     return 0
 
 
