@@ -19,6 +19,7 @@ Resume. A run killed after logging step N but last saved at step S < N trains st
 
 from __future__ import annotations
 
+import secrets
 from numbers import Real
 from pathlib import Path
 from typing import Protocol
@@ -108,7 +109,7 @@ class WandbTracker:
         import wandb
 
         id_file = run_dir / "wandb_run_id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)  # W&B: 8 of [a-z0-9]
         id_file.write_text(run_id + "\n")
         self.run = wandb.init(
             project=cfg.wandb.project,

@@ -319,15 +319,16 @@ def train(
         held_out = _take(follow(0), t.eval_samples)
         s.state.samples_seen = max(s.state.samples_seen, len(held_out))
     stream = _training_stream(follow, samples_dir, s.state.samples_seen, len(held_out), t.repeat)
-    last, saved_at, saved = _steps(s, stream, held_out, producer_alive is not None)
-
-    # --- save --------------------------------------------------------------
-    if saved_at != s.state.step and s.state.step > 0:  # no step, no checkpoint (it would be the untrained student)
-        saved = s.save()
+    try:
+        last, saved_at, saved = _steps(s, stream, held_out, producer_alive is not None)
+        # --- save ----------------------------------------------------------
+        if saved_at != s.state.step and s.state.step > 0:  # no step, no checkpoint (the untrained student)
+            saved = s.save()
+    finally:  # a failed run too hands its trackers what it logged (trackio sends from a queue)
+        for tr in s.trackers:
+            tr.close()
     if s.bar is not None:
         s.bar.close()
-    for tr in s.trackers:
-        tr.close()
     dist.shutdown(s.ctx)
     start = s.start
     return {
