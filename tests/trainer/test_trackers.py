@@ -144,3 +144,22 @@ def test_training_with_every_tracker_then_a_kill_and_resume(tmp_path, tiny_stude
     assert [s for s, _ in tio] == [1, 2, 3, 4]
     assert tio[2][1] == pytest.approx(first[2][1], rel=1e-6)  # trackio keeps the first try's step 3
     assert tio[3][1] == pytest.approx(rows[3]["loss"], rel=1e-6)
+
+
+def test_distill_train_stops_before_anything_when_a_trackers_package_is_missing(
+    tmp_path, tiny_student_dir, smol_tokenizer, monkeypatch, capsys
+):
+    from distill.cli import main
+
+    run = tmp_path / "run"
+    write_samples(run / "samples", make_samples(smol_tokenizer, 4))
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(
+        f'output_dir = "{run}"\n[student]\npath = "{tiny_student_dir}"\n[trackers]\ntensorboard = true\n'
+        '[trainer]\ndevice = "cpu"\nmax_steps = 1\nsamples_per_step = 4\nseq_len = 128\n'
+    )
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    assert main(["train", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "trackers.tensorboard" in err and "pip install tensorboard" in err and "Traceback" not in err
+    assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints").exists()
