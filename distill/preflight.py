@@ -54,6 +54,8 @@ def preflight(
     problems += check_earlier_run(cfg.output_dir, command, no_resume=no_resume, resume=resume, samples=samples)
     if command in ("run", "score"):
         problems += check_scorer_config(cfg, command, samples)
+    if command in ("run", "train"):
+        problems += check_trackers(cfg)
     if problems:
         raise PreflightError(command, problems)
 
@@ -85,7 +87,8 @@ def check_student(cfg: RunConfig, need_model: bool) -> list[Problem]:
     from distill.core.student import BUILTIN_PREFIX, _check_builtin, builtin_gguf_path
 
     spec, tok_spec = cfg.student.path, cfg.student.tokenizer
-    problems: list[Problem] = []
+    problems: list[Problem] = check_chat_template(cfg.student.chat_template)
+    template = cfg.student.chat_template if not problems else None  # the tokenizer is checked with it
     if spec.startswith(BUILTIN_PREFIX):
         try:
             _check_builtin(spec)
@@ -105,10 +108,10 @@ def check_student(cfg: RunConfig, need_model: bool) -> list[Problem]:
                 )
             )
         if not tok_spec and folder is not None:
-            problems += check_tokenizer("student.path", folder)
+            problems += check_tokenizer("student.path", folder, template)
     if tok_spec:
         folder, problem = _folder("student.tokenizer", tok_spec)
-        problems += [problem] if problem else check_tokenizer("student.tokenizer", folder)
+        problems += [problem] if problem else check_tokenizer("student.tokenizer", folder, template)
     return problems
 
 
@@ -121,7 +124,20 @@ def check_lora() -> list[Problem]:
     return []
 
 
-def check_tokenizer(key: str, folder: Path) -> list[Problem]:
+def check_chat_template(path: str | None) -> list[Problem]:
+    """student.chat_template, when set, is a readable file holding a valid Jinja template."""
+    if not path:
+        return []
+    from distill.core.student import CHAT_TEMPLATE_KEY, TokenizerError, read_chat_template
+
+    try:
+        read_chat_template(path)
+    except TokenizerError as e:
+        return [Problem(CHAT_TEMPLATE_KEY, str(e).removeprefix(f"{CHAT_TEMPLATE_KEY}: "))]
+    return []
+
+
+def check_tokenizer(key: str, folder: Path, chat_template: str | None = None) -> list[Problem]:
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         return [
             Problem(
@@ -133,7 +149,7 @@ def check_tokenizer(key: str, folder: Path) -> list[Problem]:
     from distill.core.student import load_tokenizer
 
     try:
-        load_tokenizer(folder)
+        load_tokenizer(folder, chat_template)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds; the message is what matters
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         why = first if isinstance(e, ValueError) else f"the tokenizer in {folder} does not load ({first})"
@@ -304,6 +320,28 @@ def check_earlier_run(
             )
         return problems
     return []
+
+
+def check_trackers(cfg: RunConfig) -> list[Problem]:
+    """Every enabled tracker ([wandb], [trackers]) has its package installed."""
+    import importlib.util
+
+    from distill.core.config.schema_trackers import TRACKER_PACKAGES
+
+    enabled = {
+        "wandb.enabled": cfg.wandb.enabled,
+        "trackers.tensorboard": cfg.trackers.tensorboard,
+        "trackers.trackio": cfg.trackers.trackio,
+    }
+    return [
+        Problem(
+            key,
+            f"is true but the {module} package is not installed. Fix: pip install {pip} "
+            "(or pip install 'distill[trackers]'), or set it to false",
+        )
+        for key, (module, pip) in TRACKER_PACKAGES.items()
+        if enabled[key] and importlib.util.find_spec(module) is None
+    ]
 
 
 def check_scorer_config(cfg: RunConfig, command: str, samples: str | None) -> list[Problem]:

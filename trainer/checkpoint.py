@@ -4,7 +4,8 @@
       config.json, model.safetensors, generation_config.json   AutoModelForCausalLM.from_pretrained
         (a LoRA run: adapter_model.safetensors + adapter_config.json instead, peft's format;
          `distill export step-000040 --merged DIR` writes the merged HF folder)
-      tokenizer.json, tokenizer_config.json, chat_template.jinja, ...
+      tokenizer.json, tokenizer_config.json, chat_template.jinja, ...   (the template trained with:
+                                 student.chat_template's when set)
       distill_config.toml        the run's resolved config, secrets redacted
       optimizer.pt               full (unsharded) AdamW state, keyed by parameter name
       scheduler.pt               LR scheduler state

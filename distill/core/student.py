@@ -192,11 +192,47 @@ def _mkdir(p: Path) -> Path:
     return p
 
 
-def load_tokenizer(path: str | os.PathLike) -> Any:
+#: The config key of the chat template override (named in its errors).
+CHAT_TEMPLATE_KEY = "student.chat_template"
+
+
+def read_chat_template(path: str | os.PathLike) -> str:
+    """The text of a chat template file (`student.chat_template`), checked to compile as the Jinja
+    template transformers renders; a missing, unreadable or invalid file is one TokenizerError naming
+    the key, the file (and line) and the fix."""
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = "does not exist" if not p.exists() else f"cannot be read ({type(e).__name__}: {e})"
+        raise TokenizerError(
+            f"{CHAT_TEMPLATE_KEY}: the chat template file {p} {why}. Fix: set {CHAT_TEMPLATE_KEY} to a Jinja "
+            "file (a path relative to the config file, or absolute), or remove it to use the tokenizer's own"
+        ) from None
+    if not text.strip():
+        raise TokenizerError(f"{CHAT_TEMPLATE_KEY}: the chat template file {p} is empty. Fix: write the template there")
+    from jinja2 import TemplateError
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    try:
+        _compile_jinja_template(text)
+    except TemplateError as e:
+        line = getattr(e, "lineno", None)
+        raise TokenizerError(
+            f"{CHAT_TEMPLATE_KEY}: {p}{f' line {line}' if line else ''} is not a valid Jinja template "
+            f"({getattr(e, 'message', None) or e}). Fix: correct the template"
+        ) from None
+    return text
+
+
+def load_tokenizer(path: str | os.PathLike, chat_template: str | os.PathLike | None = None) -> Any:
     """The student's tokenizer (transformers fast tokenizer with its chat template) from a folder
-    or a hub id cached locally (see hub_snapshot)."""
+    or a hub id cached locally (see hub_snapshot). `chat_template`:
+    a Jinja file (`student.chat_template`) whose template replaces the tokenizer's own; a tokenizer
+    saved from this one (a checkpoint's) then carries it."""
     from transformers import AutoTokenizer
 
+    template = read_chat_template(chat_template) if chat_template else None
     if not Path(path).expanduser().is_dir():
         snapshot = hub_snapshot(str(path))
         if snapshot is None:
@@ -212,9 +248,18 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
             f"the tokenizer in {path} does not load ({first}). Fix: point at a folder saved "
             "with tokenizer.save_pretrained(DIR)"
         ) from None
+    if template is not None:
+        tok.chat_template = template
     if not getattr(tok, "chat_template", None):
         raise TokenizerError(
             f"the tokenizer in {path} has no chat template; reconstruction needs one. "
-            "Fix: add chat_template.jinja to that folder"
+            f'Fix: add chat_template.jinja to that folder, or set {CHAT_TEMPLATE_KEY} = "FILE.jinja"'
         )
     return tok
+
+
+def student_tokenizer(student: Any) -> Any:
+    """The tokenizer of a `[student]` config section: student.tokenizer or the student's folder, with
+    student.chat_template when set (every user of the student's template loads it here)."""
+    folder = student.tokenizer or resolve_student(student.path, with_model=False)
+    return load_tokenizer(folder, student.chat_template)

@@ -163,7 +163,19 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
         ) from None
     finally:
         _TOML_DATA.reset(token)
+    _anchor_chat_template(cfg, path, data)
     return resolve(cfg)
+
+
+def _anchor_chat_template(cfg: RunConfig, path: str | os.PathLike | None, data: dict[str, Any]) -> None:
+    """student.chat_template: a relative path is relative to the config file when the file set it (else to
+    the working directory), made absolute so that the run dir's config.toml still finds the file."""
+    ct = cfg.student.chat_template
+    if not ct or Path(ct).expanduser().is_absolute():
+        return
+    from_file = path is not None and (data.get("student") or {}).get("chat_template") == ct
+    base = Path(path).expanduser().parent if from_file and path is not None else Path.cwd()
+    cfg.student.chat_template = str((base / ct).resolve())
 
 
 def resolve(cfg: RunConfig) -> RunConfig:

@@ -14,6 +14,7 @@ from .schema import BUILTIN_STUDENT, Orchestrator, Strict
 from .schema_lora import Lora
 from .schema_onpolicy import OnPolicy
 from .schema_score import Scorer
+from .schema_trackers import Trackers
 
 
 # ---------------------------------------------------------------------------
@@ -228,6 +229,10 @@ class Student(Strict):
     path: str = BUILTIN_STUDENT
     # Tokenizer folder (or cached hub id) if different from the model folder.
     tokenizer: str | None = None
+    # Jinja file of the student's chat template, replacing the tokenizer's own (a path relative to the
+    # config file, or absolute). Reconstruction, prompt rendering, `distill inspect` and the trainer use it;
+    # every checkpoint's tokenizer carries it (chat_template.jinja).
+    chat_template: str | None = None
 
 
 class _DictSource(PydanticBaseSettingsSource):
@@ -272,6 +277,7 @@ class RunConfig(BaseSettings):
     scorer: Scorer | None = None
     on_policy: OnPolicy = OnPolicy()
     wandb: Wandb = Wandb()
+    trackers: Trackers = Trackers()
 
     @classmethod
     def settings_customise_sources(
