@@ -86,13 +86,16 @@ def run_on_policy(cfg: RunConfig, run_dir: Path, *, resume: bool = True, progres
 
 class _Loop:
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, progress: bool):
+        from trainer import checkpoint as ckpt_io
         from trainer.sampler import StudentSampler
         from trainer.train import _setup
 
         self.cfg, self.op = cfg, cfg.on_policy
         self.files = StepFiles(run_dir)
         self.eval_prompts, self.pool = load_prompt_pool(cfg)
-        # The SFT trainer's setup: model, optimizer, schedule, resumed state, metrics log, progress bar.
+        if ckpt_io.latest(run_dir / "checkpoints") is None:  # nothing trained yet: an earlier attempt's
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # step-0 eval line would stay beside the new one
+        # The SFT trainer's setup: model, optimizer, schedule, resumed state, trackers, progress bar.
         self.s = _setup(cfg, run_dir, self.files.samples_dir, resume, lambda: True, progress)
         tok, dev = self.s.tokenizer, self.s.ctx.device
         self.render = Renderer(tok, cfg.orchestrator.reconstruction.chat_template_kwargs)
@@ -109,6 +112,8 @@ class _Loop:
         if self.s.bar is not None:
             self.s.bar.close()
         self.scoring.close()
+        for tr in self.s.trackers:  # metrics.jsonl, and TensorBoard / trackio / W&B when configured
+            tr.close()
         from trainer import dist
 
         dist.shutdown(self.s.ctx)
@@ -154,8 +159,6 @@ class _Loop:
 
     def run(self) -> dict:
         s, t = self.s, self.s.t
-        if s.state.step == 0 and s.metrics.enabled and s.metrics.path.exists():
-            s.metrics.path.unlink()  # nothing trained yet: an earlier attempt's step-0 eval line goes
         if s.state.step == 0 and self._eval_due(0):
             s.log({"step": 0, **self.evaluate()})
         saved_at = s.state.step if s.start else -1
@@ -175,8 +178,6 @@ class _Loop:
             raise
         if saved_at != s.state.step and s.state.step > 0:
             saved = s.save()
-        if s.wb is not None:
-            s.wb.finish()
         return {
             "steps": s.state.step,
             "samples_seen": s.state.samples_seen,
