@@ -68,10 +68,12 @@ def summary_text(rows: list[dict]) -> str:
 
 def eval_keys(rows: list[dict]) -> list[str]:
     """The eval curves logged (eval_loss and any other eval_* number), in first-seen order."""
+    from trainer.report_on_policy import OWN_EVAL_KEYS  # drawn in the on-policy row instead
+
     keys: dict[str, None] = {}
     for r in rows:
         for k, v in r.items():
-            if k.startswith("eval_") and isinstance(v, (int, float)):
+            if k.startswith("eval_") and isinstance(v, (int, float)) and k not in OWN_EVAL_KEYS:
                 keys[k] = None
     return list(keys)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from trainer.report import _series
 
 TIMES = ("time_generate_s", "time_score_s", "time_train_s", "time_idle_s")
+#: Held-out statistics drawn in the on-policy row, not among the training panel's eval curves.
+OWN_EVAL_KEYS = ("eval_teacher_logprob_mean", "eval_student_logprob_mean", "eval_sample_len_mean", "eval_reward_mean")
 
 
 def is_on_policy(rows: list[dict]) -> bool:
@@ -52,6 +54,8 @@ def plot_on_policy(axes, rows: list[dict]) -> None:
     ax = axes[1]
     ax.plot(*_series(rows, "teacher_logprob_mean"), marker="o", ms=3, label="teacher")
     ax.plot(*_series(rows, "student_logprob_mean"), marker="o", ms=3, label="student (sampling)")
+    ax.plot(*_series(rows, "eval_teacher_logprob_mean"), "s--", ms=4, label="teacher, held-out")
+    ax.plot(*_series(rows, "eval_student_logprob_mean"), "s--", ms=4, label="student, held-out")
     ax.set_title("mean logprob of the sampled tokens")
     ax.legend()
     ax = axes[2]
@@ -71,6 +75,7 @@ def plot_on_policy(axes, rows: list[dict]) -> None:
     if any("reward_mean" in r for r in rows):
         twin = ax.twinx()
         twin.plot(*_series(rows, "reward_mean"), color="tab:purple", marker="^", ms=3, label="reward mean")
+        twin.plot(*_series(rows, "eval_reward_mean"), "s--", color="tab:pink", ms=4, label="reward, held-out")
         twin.legend(loc="upper right")
     for a in axes:
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
