@@ -67,6 +67,10 @@ def produce(
             max_ahead=cfg.orchestrator.max_ahead if with_trainer else None,
             stop_event=stop_event,
         )
+    if cfg.orchestrator.batch.enabled:  # the teacher's answers through its Batch API (orchestrator/batch.py)
+        from orchestrator.batch import batch_rollout
+
+        return batch_rollout(cfg, run_dir, recon, progress=progress, stop_event=stop_event)
     from orchestrator.scheduler import rollout
 
     # Without a concurrent trainer nothing consumes samples: no backpressure then.

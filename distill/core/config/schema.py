@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from distill.core.formats import SOURCE_FORMATS
 
+from .schema_batch import Batch
+
 BUILTIN_STUDENT = "builtin:smollm2-135m-instruct"
 BUILTIN_TEACHER_GGUF = "builtin:smollm2-135m-instruct"
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -299,6 +301,8 @@ class Orchestrator(Strict):
     reconstruction: Reconstruction = Reconstruction()
     budget: Budget = Budget()
     retry: Retry = Retry()
+    # Batch API submission instead of online requests (schema_batch.py).
+    batch: Batch = Batch()
     # Requests in flight at once (across all endpoints).
     concurrency: int = Field(8, ge=1)
     # How many samples the orchestrator may run ahead of the trainer (backpressure).

@@ -1,0 +1,43 @@
+"""Run configuration schema, part 5: `[orchestrator.batch]`, the teacher's answers through an OpenAI-style
+Batch API (files + batches endpoints) instead of one online request per prompt (docs/orchestrator.md,
+"Batch API")."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Batch(BaseModel):
+    """Batch API submission: one input file of every missing (prompt, sample) pair, uploaded and run as
+    a batch, polled until it ends, its answers recorded like online ones. Resumes after any crash."""
+
+    # schema.Strict's settings (not imported: schema.py imports this module for Orchestrator.batch)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # Send the rollout as Batch API jobs (`distill rollout` / `distill run`); off: online requests.
+    # `--orchestrator.batch.enabled true` turns it on for one command.
+    enabled: bool = False
+    # The batch's completion window, sent as is ("24h" on OpenAI).
+    completion_window: str = "24h"
+    # The request URL of each input line (the Batch API's `endpoint`).
+    endpoint: Literal["/v1/chat/completions"] = "/v1/chat/completions"
+    # Seconds between two status polls at first; each poll waits poll_backoff times longer, at most
+    # max_poll_interval.
+    poll_interval: float = Field(10.0, gt=0)
+    poll_backoff: float = Field(1.5, ge=1)
+    max_poll_interval: float = Field(300.0, gt=0)
+    # Pairs a batch ended without an answer for (expired, per-line 5xx/429, an unusable answer):
+    # true submits them again in a new batch (at most max_submissions batches per pair, the first
+    # included); false leaves them, listed in rejects.jsonl by reason (a rerun asks for them).
+    # Pairs refused with a 4xx, and those of a batch someone cancelled, are never resubmitted.
+    resubmit_missing: bool = True
+    max_submissions: int = Field(3, ge=1)
+    # Most input lines in one batch (OpenAI: 50000); the other pairs go in the next batch.
+    max_requests_per_batch: int = Field(50000, ge=1)
+    # Batch prices per 1k tokens for orchestrator.budget (unset: the online price of
+    # orchestrator.budget times price_factor; OpenAI's Batch API costs half).
+    cost_per_1k_prompt: float | None = Field(None, ge=0)
+    cost_per_1k_completion: float | None = Field(None, ge=0)
+    price_factor: float = Field(0.5, gt=0, le=1)
