@@ -261,7 +261,7 @@ class BatchRollout:
             "mode": "batch",
             "stop_reason": self.stop_reason,
             "batch_ids": self.batch_ids,
-            "requests": sp.requests,
+            "requests": round(sp.requests),
             "recorded_this_run": self.recorded_now,
             "rebuilt_from_recording": self.rebuilt,
             "samples": self.pub.writer.published + self.pub.buffered,

@@ -38,13 +38,13 @@ class BatchAPI:
     async def upload(self, rd: Round) -> None:
         data = (self.dir / rd.input).read_bytes()
         for attempt in range(self.retry.max_attempts):
-            if rd.upload_started:  # a call may have reached the server before a crash / an error
-                fid = await self._find_file(rd.filename, len(data))
+            if rd.upload_started is not None:  # a call may have reached the server before a crash / an error
+                fid = await self._find_file(rd, len(data))
                 if fid is not None:
                     self.state.append({"event": "uploaded", "round": rd.round, "input_file_id": fid})
                     return
             else:
-                self.state.append({"event": "uploading", "round": rd.round})
+                self.state.append({"event": "uploading", "round": rd.round, "t": time.time()})
             try:
                 f = await self.client.files.create(file=(rd.filename, data, "application/jsonl"), purpose="batch")
             except TRANSIENT as e:
@@ -82,11 +82,13 @@ class BatchAPI:
             return
         raise RolloutError(f"creating the batch of {self.dir / rd.input} failed {self.retry.max_attempts} times; rerun")
 
-    async def _find_file(self, filename: str, size: int) -> str | None:
-        """The id of an uploaded batch file named `filename` (unique to this run and round), if any."""
-        async for f in self.client.files.list(purpose="batch"):
-            if f.filename == filename and f.bytes == size:
+    async def _find_file(self, rd: Round, size: int) -> str | None:
+        """The id of the batch file uploaded under this round's name (unique to the run and round), if any."""
+        async for f in self.client.files.list(purpose="batch", order="desc"):
+            if f.filename == rd.filename and f.bytes == size:
                 return f.id
+            if f.created_at < (rd.upload_started or 0) - 3600:  # older than our first attempt: not ours
+                break
         return None
 
     async def _find_batch(self, rd: Round) -> str | None:

@@ -9,7 +9,7 @@ A round is one batch. Its journal lines, in order (each written before the step 
 right after the step returned, as marked):
 
     {"event": "round", "round": r, "pairs": [[prompt_id, i], ...], "input": ..., "filename": ...}
-    {"event": "uploading", "round": r}                      before files.create
+    {"event": "uploading", "round": r, "t": ...}            before files.create
     {"event": "uploaded", "round": r, "input_file_id": ...} after it
     {"event": "creating", "round": r, "input_file_id": ..., "t": ...}   before batches.create
     {"event": "created", "round": r, "batch_id": ...}       after it
@@ -64,7 +64,7 @@ class Round:
     pairs: list[tuple[str, int]]
     input: str  # input file, relative to the run directory's batch folder
     filename: str  # the unique name it is uploaded under (found again after a crash in files.create)
-    upload_started: bool = False
+    upload_started: float | None = None  # when files.create was first called (unix time)
     input_file_id: str | None = None
     create_started: float | None = None  # when batches.create was first called (unix time)
     batch_id: str | None = None
@@ -99,7 +99,7 @@ class BatchState:
         elif r in self.rounds:
             rd = self.rounds[r]
             if ev == "uploading":
-                rd.upload_started = True
+                rd.upload_started = rd.upload_started or float(d["t"])
             elif ev == "uploaded":
                 rd.input_file_id = d["input_file_id"]
             elif ev == "creating":

@@ -10,7 +10,7 @@ request, logged, to compare bodies with batch lines).
 Lifecycle, one step per GET /v1/batches/{id}: validating -> in_progress (`lines_per_poll` lines
 answered per poll) -> finalizing -> completed, with the output file (200 lines) and the error file
 (per-line errors). Or: failed (validation: a line that is not JSON, no/duplicate custom_id, method not
-POST, url not the batch's endpoint, body not an object), expired (after `expire_after` lines: the rest
+POST, url not the batch's endpoint, body not an object, a model it does not serve), expired (after `expire_after` lines: the rest
 are `batch_expired` lines of the error file), cancelled (cancel -> cancelling -> cancelled, the rest
 `batch_cancelled`). `line_errors` {line position: HTTP status} spoils lines of the first
 `faulty_batches` batches. Answers are deterministic (fault_server.fake_completion of the messages,
@@ -36,8 +36,15 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 class BatchServer:
     """Context manager serving on a background thread; `.base_url` ends in /v1."""
 
-    def __init__(self, *, model: str = "batch-teacher", lines_per_poll: int = 1000, api_key: str | None = None):
-        self.model, self.lines_per_poll, self.api_key = model, lines_per_poll, api_key
+    def __init__(
+        self,
+        *,
+        model: str = "batch-teacher",
+        lines_per_poll: int = 1000,
+        api_key: str | None = None,
+        list_models: bool = True,
+    ):
+        self.model, self.lines_per_poll, self.api_key, self.list_models = model, lines_per_poll, api_key, list_models
         self.expire_after: int | None = None  # lines answered before a batch expires (first expire_batches)
         self.expire_batches = 1
         self.line_errors: dict[int, int] = {}  # line position -> HTTP status, in the first faulty_batches
@@ -50,7 +57,7 @@ class BatchServer:
         self.answered: Counter = Counter()  # custom_id -> 200 answers given (what would be paid)
         self.chat_bodies: list[dict] = []  # bodies of POST /v1/chat/completions
         self.polls = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._ids = 0
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.httpd.daemon_threads = True
@@ -162,6 +169,8 @@ class BatchServer:
                 errors.append(_line_err(n, "invalid_url", f"method/url must be POST {b['endpoint']}"))
             elif not isinstance(d.get("body"), dict):
                 errors.append(_line_err(n, "invalid_body", "body must be an object"))
+            elif d["body"].get("model") != self.model:
+                errors.append(_line_err(n, "model_not_found", f"The model {d['body'].get('model')!r} does not exist"))
             else:
                 seen.add(cid)
                 lines.append(d)
@@ -181,8 +190,6 @@ class BatchServer:
         line = b["_lines"][pos]
         body, cid = line["body"], line["custom_id"]
         status = self.line_errors.get(pos) if b["_n"] < self.faulty_batches else None
-        if status is None and body.get("model") != self.model:
-            status = 404
         rid = f"req-{b['id']}-{pos}"
         if status is not None:
             resp = {"status_code": status, "request_id": rid, "body": _err(f"error {status} (fault injection)")}
@@ -253,7 +260,7 @@ def _handler(srv: BatchServer):
             if not self._authorized():
                 return
             path, _, query = self.path.partition("?")
-            if path == "/v1/models":
+            if path == "/v1/models" and srv.list_models:
                 return self._send(200, {"object": "list", "data": [{"id": srv.model, "object": "model"}]})
             if path == "/v1/files":
                 data = [srv.file_object(f) for f in srv.files.values() if "purpose=batch" not in query or f["purpose"] == "batch"]
