@@ -166,6 +166,8 @@ class BatchRollout:
         d = self.run_dir / BATCH_DIR
         results = read_results(d / f"round-{rd.round}.output.jsonl") + read_results(d / f"round-{rd.round}.errors.jsonl")
         pairs, seen, records, errors = set(rd.pairs), set(), [], Counter()
+        status = rd.end["status"]
+        again = status != "cancelled"  # someone cancelled the batch: its pairs are not resubmitted by this run
         for lr in results:
             if lr.pair not in pairs or lr.pair in seen:
                 errors["unknown_or_repeated_custom_id"] += 1
@@ -174,15 +176,14 @@ class BatchRollout:
             if lr.pair in self.recorded:
                 continue  # recorded before a crash
             if lr.body is None:
-                self._fail(lr.pair, lr.reason, lr.detail, lr.retryable, errors)
+                self._fail(lr.pair, lr.reason, lr.detail, lr.retryable and again, errors)
                 continue
             try:
                 records.append(self._make_record(rd, lr))
             except ResponseError as e:
-                self._fail(lr.pair, e.reason, e.detail, True, errors)
-        status = rd.end["status"]
+                self._fail(lr.pair, e.reason, e.detail, again, errors)
         for pair in sorted(pairs - seen - self.recorded):
-            self._fail(pair, f"batch_{status}" if status != "completed" else "missing_from_output", "", status != "cancelled", errors)
+            self._fail(pair, f"batch_{status}" if status != "completed" else "missing_from_output", "", again, errors)
         for k in range(0, len(records), 256):
             chunk = records[k : k + 256]
             await self.recw.append(chunk)  # durable before anything is built from it

@@ -239,7 +239,7 @@ def test_partial_errors_5xx_resubmitted_4xx_rejected_with_reason(tmp_path, smol_
     assert summary["line_errors"] == {"http_500": 1, "http_400": 1}
     assert summary["left_unanswered"] == {"http_400": 1}
     rejects = [json.loads(x) for x in (run_dir / "rejects.jsonl").read_text().splitlines()]
-    assert [(r["id"], r["reason"]) for r in rejects] == [("p1/0", "http_400")]
+    assert [(r["item_id"], r["reason"]) for r in rejects] == [("p1/0", "http_400")]
     assert len(sample_ids(run_dir)) == 5 and is_done(run_dir / "samples")
 
 
