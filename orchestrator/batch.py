@@ -95,7 +95,9 @@ class BatchRollout:
         await self._rebuild()
         rd = self.state.open_round()
         if rd is not None:
-            print(f"orchestrator: resuming batch round {rd.round} ({rd.batch_id or 'not created yet'})", file=sys.stderr)
+            print(
+                f"orchestrator: resuming batch round {rd.round} ({rd.batch_id or 'not created yet'})", file=sys.stderr
+            )
         while self.stop_reason is None:
             rd = rd or self._plan_round()
             if rd is None:
@@ -133,7 +135,9 @@ class BatchRollout:
             return None
         reqs = [self.asker.chat_request(self.prompts[pid], [i]) for pid, i in todo]
         est_c = self.oc.sampling.max_tokens or self.spend.completion_mean()
-        k, over = fit_budget(self.oc.budget, self.prices, self.spend, [(estimate_prompt_tokens(r.messages), est_c) for r in reqs])
+        k, over = fit_budget(
+            self.oc.budget, self.prices, self.spend, [(estimate_prompt_tokens(r.messages), est_c) for r in reqs]
+        )
         if over and k == 0:
             self.stop_reason = over
             return None
@@ -164,7 +168,9 @@ class BatchRollout:
         """Every answer of the round's files into the recording (those not already there), then published;
         the pairs left without one, by reason."""
         d = self.run_dir / BATCH_DIR
-        results = read_results(d / f"round-{rd.round}.output.jsonl") + read_results(d / f"round-{rd.round}.errors.jsonl")
+        results = read_results(d / f"round-{rd.round}.output.jsonl") + read_results(
+            d / f"round-{rd.round}.errors.jsonl"
+        )
         pairs, seen, records, errors = set(rd.pairs), set(), [], Counter()
         status = rd.end["status"]
         again = status != "cancelled"  # someone cancelled the batch: its pairs are not resubmitted by this run

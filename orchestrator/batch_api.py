@@ -51,10 +51,14 @@ class BatchAPI:
                 await self._backoff(attempt, f"uploading {rd.input}", e)
                 continue
             except openai.APIStatusError as e:
-                raise RolloutError(f"uploading the batch input file {self.dir / rd.input} failed: {api_error(e)}") from None
+                raise RolloutError(
+                    f"uploading the batch input file {self.dir / rd.input} failed: {api_error(e)}"
+                ) from None
             self.state.append({"event": "uploaded", "round": rd.round, "input_file_id": f.id})
             return
-        raise RolloutError(f"uploading {self.dir / rd.input} failed {self.retry.max_attempts} times; rerun to try again")
+        raise RolloutError(
+            f"uploading {self.dir / rd.input} failed {self.retry.max_attempts} times; rerun to try again"
+        )
 
     async def create(self, rd: Round) -> None:
         for attempt in range(self.retry.max_attempts):

@@ -223,7 +223,11 @@ def batch_prices(oc) -> tuple[float, float]:
     price of [orchestrator.budget] times batch.price_factor."""
     b, bc = oc.budget, oc.batch
     p = bc.cost_per_1k_prompt if bc.cost_per_1k_prompt is not None else b.cost_per_1k_prompt * bc.price_factor
-    c = bc.cost_per_1k_completion if bc.cost_per_1k_completion is not None else b.cost_per_1k_completion * bc.price_factor
+    c = (
+        bc.cost_per_1k_completion
+        if bc.cost_per_1k_completion is not None
+        else b.cost_per_1k_completion * bc.price_factor
+    )
     return p, c
 
 
@@ -262,7 +266,9 @@ class Spend:
         return self.completion_tokens / self.answers if self.answers else 0.0
 
 
-def fit_budget(budget, prices: tuple[float, float], spend: Spend, ests: list[tuple[float, float]]) -> tuple[int, str | None]:
+def fit_budget(
+    budget, prices: tuple[float, float], spend: Spend, ests: list[tuple[float, float]]
+) -> tuple[int, str | None]:
     """How many of the lines (their estimated (prompt, completion) tokens, in order) fit orchestrator.budget
     after `spend`, and the budget that stops the next one (None: all fit). As online, with
     sampling.max_tokens set the completion-token and cost budgets are never exceeded."""

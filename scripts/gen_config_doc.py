@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from distill.core import config as C  # noqa: E402
-from distill.core.config import schema, schema_onpolicy, schema_run, schema_score  # noqa: E402
+from distill.core.config import schema  # noqa: E402
 
 OUT = ROOT / "docs" / "configuration.md"
 
@@ -41,8 +41,8 @@ secrets redacted. Cross-checks between sections are described in [validation.md]
 def field_comments() -> dict[tuple[str, str], str]:
     """(class name, field name) -> the comment lines directly above the field."""
     out: dict[tuple[str, str], str] = {}
-    for module in (schema, schema_run, schema_score, schema_onpolicy):
-        out.update(module_comments(Path(module.__file__).read_text().splitlines()))
+    for path in sorted(Path(schema.__file__).parent.glob("schema*.py")):  # schema.py and every schema_<area>.py
+        out.update(module_comments(path.read_text().splitlines()))
     return out
 
 

@@ -192,7 +192,7 @@ def test_kill_9_at_each_step_resumes_one_batch_no_pair_paid_twice(tmp_path, smol
         )
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            if (s.reached[point].is_set() if point != "poll" else s.polls >= 3):
+            if s.reached[point].is_set() if point != "poll" else s.polls >= 3:
                 break
             time.sleep(0.01)
         assert proc.poll() is None, proc.communicate()
@@ -346,12 +346,24 @@ def test_vllm_run_batch_reads_our_input_and_we_read_its_output(tmp_path, smol_to
 
     model_dir = resolve_student("builtin:smollm2-135m-instruct")
     with BatchServer(model=str(model_dir)) as s:  # the input file as a run writes it (model: the HF folder)
-        cfg = make_cfg(tmp_path, s.base_url, n_prompts=2, orch={"rollout_model": {"base_url": s.base_url, "model": str(model_dir)}})
+        cfg = make_cfg(
+            tmp_path, s.base_url, n_prompts=2, orch={"rollout_model": {"base_url": s.base_url, "model": str(model_dir)}}
+        )
         run(cfg, smol_tokenizer)
     inp, out = Path(cfg.output_dir) / "batch" / "round-1.input.jsonl", tmp_path / "vllm_out.jsonl"
     env = {**os.environ, "VLLM_TARGET_DEVICE": os.environ.get("VLLM_TARGET_DEVICE", "cpu")}
     proc = subprocess.run(
-        [str(VLLM_PY), "-m", "vllm.entrypoints.openai.run_batch", "-i", str(inp), "-o", str(out), "--model", str(model_dir)],
+        [
+            str(VLLM_PY),
+            "-m",
+            "vllm.entrypoints.openai.run_batch",
+            "-i",
+            str(inp),
+            "-o",
+            str(out),
+            "--model",
+            str(model_dir),
+        ],
         env=env,
         capture_output=True,
         text=True,

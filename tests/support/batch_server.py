@@ -207,7 +207,12 @@ class BatchServer:
         for line in b["_lines"][done:]:
             msg = "not run: the batch " + ("expired" if status == "expired" else "was cancelled")
             b["_errs"].append(
-                {"id": None, "custom_id": line["custom_id"], "response": None, "error": {"code": rest_code, "message": msg}}
+                {
+                    "id": None,
+                    "custom_id": line["custom_id"],
+                    "response": None,
+                    "error": {"code": rest_code, "message": msg},
+                }
             )
             b["request_counts"]["failed"] += 1
         if b["_done"]:
@@ -215,7 +220,9 @@ class BatchServer:
         if b["_errs"]:
             b["error_file_id"] = self.add_file("errors.jsonl", _jsonl(b["_errs"]), "batch_output")["id"]
         b["status"] = status
-        b[{"completed": "completed_at", "expired": "expired_at", "cancelled": "cancelled_at"}[status]] = int(time.time())
+        b[{"completed": "completed_at", "expired": "expired_at", "cancelled": "cancelled_at"}[status]] = int(
+            time.time()
+        )
 
     def completion(self, body: dict) -> dict:
         """The deterministic chat completion of a request body (one choice per n)."""
@@ -227,7 +234,13 @@ class BatchServer:
             choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
         ptoks = sum(len(str(m.get("content") or "").split()) + 4 for m in msgs)
         usage = {"prompt_tokens": ptoks, "completion_tokens": ctoks, "total_tokens": ptoks + ctoks}
-        return {"id": self._id("chatcmpl"), "object": "chat.completion", "model": self.model, "choices": choices, "usage": usage}
+        return {
+            "id": self._id("chatcmpl"),
+            "object": "chat.completion",
+            "model": self.model,
+            "choices": choices,
+            "usage": usage,
+        }
 
     @staticmethod
     def batch_object(b: dict) -> dict:
@@ -263,11 +276,17 @@ def _handler(srv: BatchServer):
             if path == "/v1/models" and srv.list_models:
                 return self._send(200, {"object": "list", "data": [{"id": srv.model, "object": "model"}]})
             if path == "/v1/files":
-                data = [srv.file_object(f) for f in srv.files.values() if "purpose=batch" not in query or f["purpose"] == "batch"]
+                data = [
+                    srv.file_object(f)
+                    for f in srv.files.values()
+                    if "purpose=batch" not in query or f["purpose"] == "batch"
+                ]
                 return self._send(200, {"object": "list", "data": data, "has_more": False})
             if path == "/v1/batches":
                 data = sorted(srv.batches.values(), key=lambda b: -b["_n"])
-                return self._send(200, {"object": "list", "data": [srv.batch_object(b) for b in data], "has_more": False})
+                return self._send(
+                    200, {"object": "list", "data": [srv.batch_object(b) for b in data], "has_more": False}
+                )
             m = re.fullmatch(r"/v1/files/([\w-]+)(/content)?", path)
             if m and m.group(1) in srv.files:
                 f = srv.files[m.group(1)]

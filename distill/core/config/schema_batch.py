@@ -23,21 +23,24 @@ class Batch(BaseModel):
     completion_window: str = "24h"
     # The request URL of each input line (the Batch API's `endpoint`).
     endpoint: Literal["/v1/chat/completions"] = "/v1/chat/completions"
-    # Seconds between two status polls at first; each poll waits poll_backoff times longer, at most
-    # max_poll_interval.
+    # Seconds before the first status poll of a batch.
     poll_interval: float = Field(10.0, gt=0)
+    # Each later poll waits this many times longer than the one before (at most max_poll_interval).
     poll_backoff: float = Field(1.5, ge=1)
+    # Longest wait between two status polls, in seconds.
     max_poll_interval: float = Field(300.0, gt=0)
     # Pairs a batch ended without an answer for (expired, per-line 5xx/429, an unusable answer):
-    # true submits them again in a new batch (at most max_submissions batches per pair, the first
-    # included); false leaves them, listed in rejects.jsonl by reason (a rerun asks for them).
-    # Pairs refused with a 4xx, and those of a batch someone cancelled, are never resubmitted.
+    # true submits them again in a new batch; false leaves them, listed in rejects.jsonl by reason.
+    # Pairs refused with another 4xx, and those of a batch someone cancelled, are not resubmitted.
+    # Either way a rerun of the command asks for every pair still missing.
     resubmit_missing: bool = True
+    # Most batches one pair is sent in by one run, the first included.
     max_submissions: int = Field(3, ge=1)
     # Most input lines in one batch (OpenAI: 50000); the other pairs go in the next batch.
     max_requests_per_batch: int = Field(50000, ge=1)
-    # Batch prices per 1k tokens for orchestrator.budget (unset: the online price of
-    # orchestrator.budget times price_factor; OpenAI's Batch API costs half).
+    # Batch price per 1k prompt tokens, for orchestrator.budget (unset: the online price times price_factor).
     cost_per_1k_prompt: float | None = Field(None, ge=0)
+    # Batch price per 1k completion tokens (unset: the online price times price_factor).
     cost_per_1k_completion: float | None = Field(None, ge=0)
+    # Batch price / online price when the batch prices are unset (OpenAI's Batch API: half).
     price_factor: float = Field(0.5, gt=0, le=1)
