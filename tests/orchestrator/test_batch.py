@@ -334,42 +334,35 @@ def test_openai_batch_example_parses():
 
 # -- the real vLLM run-batch reads our input file ---------------------------------------------
 
-VLLM_PY = Path(os.environ.get("DISTILL_VLLM_VENV", "/work/main/.venv-vllm")) / "bin" / "python"
-
 
 @pytest.mark.slow
-@pytest.mark.skipif(not VLLM_PY.exists(), reason="no vLLM environment (DISTILL_VLLM_VENV)")
 def test_vllm_run_batch_reads_our_input_and_we_read_its_output(tmp_path, smol_tokenizer):
-    """Our input file, run by the real `vllm run-batch` on SmolLM2; its output file read by our parser."""
-    from distill.core.student import resolve_student
+    """Our input file, run by the real `vllm run-batch` (vllm.entrypoints.openai.run_batch) on SmolLM2;
+    its output file read by our parser into usable answers for every pair."""
+    from distill.core.student import BUILTIN_NAME, BUILTIN_PREFIX, resolve_student
     from orchestrator.batch_store import read_results
+    from orchestrator.kinds.chat import parse_choices
+    from support.vllm_server import VLLMServer, venv_dir
 
-    model_dir = resolve_student("builtin:smollm2-135m-instruct")
-    with BatchServer(model=str(model_dir)) as s:  # the input file as a run writes it (model: the HF folder)
-        cfg = make_cfg(
-            tmp_path, s.base_url, n_prompts=2, orch={"rollout_model": {"base_url": s.base_url, "model": str(model_dir)}}
-        )
+    venv = venv_dir()
+    if venv is None:
+        pytest.skip("no vLLM environment (DISTILL_VLLM_VENV, .venv-vllm)")
+    model_dir = resolve_student(BUILTIN_PREFIX + BUILTIN_NAME)
+    with BatchServer() as s:  # the input file exactly as a batch run writes it
+        cfg = make_cfg(tmp_path, s.base_url, n_prompts=2)
         run(cfg, smol_tokenizer)
     inp, out = Path(cfg.output_dir) / "batch" / "round-1.input.jsonl", tmp_path / "vllm_out.jsonl"
-    env = {**os.environ, "VLLM_TARGET_DEVICE": os.environ.get("VLLM_TARGET_DEVICE", "cpu")}
-    proc = subprocess.run(
-        [
-            str(VLLM_PY),
-            "-m",
-            "vllm.entrypoints.openai.run_batch",
-            "-i",
-            str(inp),
-            "-o",
-            str(out),
-            "--model",
-            str(model_dir),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    cmd = [
+        str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.run_batch", "-i", str(inp), "-o", str(out),
+        "--model", str(model_dir), "--served-model-name", "batch-teacher",
+        "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager",
+    ]  # fmt: skip
+    env = VLLMServer(model_dir, venv).env()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     results = read_results(out)
     assert sorted(r.pair for r in results) == sorted((f"p{i}", k) for i in range(2) for k in range(2))
-    assert all(r.body is not None and r.body["choices"][0]["message"]["content"] for r in results)
+    for r in results:
+        assert r.reason is None, (r.reason, r.detail)
+        choices, _, usage, _, _ = parse_choices(json.dumps(r.body), 1)
+        assert choices[0].message["content"] and usage["completion_tokens"] <= 16  # max_tokens honoured
