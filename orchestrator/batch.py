@@ -247,7 +247,8 @@ class BatchRollout:
         await self.client.close()
         decided = self.recorded_now + sum(left.values())
         too_many = decided and sum(left.values()) / decided > self.oc.max_failed_fraction
-        self.pub.close(done=ok and self.stop_reason == "completed" and not too_many)
+        # DONE as online: completed, a budget reached, or stopped (a batch still running is picked up by a rerun)
+        self.pub.close(done=ok and not too_many)
         s = self._summary(left)
         MetricsFile(self.run_dir / METRICS).write(s)
         print(format_batch_summary(s), file=sys.stderr)

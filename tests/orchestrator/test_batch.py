@@ -43,8 +43,9 @@ def make_cfg(tmp_path: Path, base_url: str, n_prompts: int = 6, n: int = 2, orch
         "retry": FAST_RETRY,
         "samples_per_shard": 4,
         "batch": {"enabled": True, "poll_interval": 0.01, "max_poll_interval": 0.02, **batch},
-        **(orch or {}),
     }
+    for k, v in (orch or {}).items():
+        o[k] = {**o[k], **v} if isinstance(v, dict) and isinstance(o.get(k), dict) else v
     return load_config(None, {"output_dir": str(tmp_path / "run"), "orchestrator": o, "trainer": {"seq_len": 512}})
 
 
@@ -134,6 +135,17 @@ def test_batch_rollout_end_to_end_to_samples(tmp_path, smol_tokenizer):
     assert rec["request_hash"] == prompt_hasher(cfg.orchestrator)({"messages": rec["messages"], "tools": None})
     assert rec["response"]["content"].startswith("sample0 ")
     assert summary["recorded_this_run"] == 12 and summary["line_errors"] == {}
+
+
+def test_api_key_reaches_the_server_and_no_file(tmp_path, smol_tokenizer, monkeypatch):
+    key = "sk-batch-secret-123456"
+    monkeypatch.setenv("MY_BATCH_KEY", key)
+    with BatchServer(api_key=key) as s:
+        cfg = make_cfg(tmp_path, s.base_url, n_prompts=2, orch={"rollout_model": {"api_key_var": "MY_BATCH_KEY"}})
+        summary = run(cfg, smol_tokenizer)
+    assert summary["recorded_this_run"] == 4  # the server refuses any other key
+    for f in Path(cfg.output_dir).rglob("*"):
+        assert not f.is_file() or key.encode() not in f.read_bytes(), f
 
 
 def test_finished_batch_run_reruns_without_asking_anything(tmp_path, smol_tokenizer):
@@ -297,7 +309,7 @@ def test_budget_max_requests_cuts_the_batch_and_stops(tmp_path, smol_tokenizer):
         summary = run(cfg, smol_tokenizer)
     run_dir = Path(cfg.output_dir)
     assert len(input_lines(run_dir, 1)) == 5 and len(s.batches) == 1
-    assert summary["stop_reason"] == "budget:max_requests" and not is_done(run_dir / "samples")
+    assert summary["stop_reason"] == "budget:max_requests" and is_done(run_dir / "samples")  # as online
     assert len(sample_ids(run_dir)) == 5
 
 
