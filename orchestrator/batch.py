@@ -34,6 +34,7 @@ from orchestrator.kinds.chat import estimate_prompt_tokens, parse_choices, reque
 from orchestrator.prompts import load_prompts
 from orchestrator.recording import RecordingWriter, make_record
 from orchestrator.resume import load_resume, prompt_hasher, split_prompt
+from orchestrator.rewards import load_reward_fn
 from orchestrator.rollout_metrics import MetricsFile, RunCounters
 from orchestrator.sink import Publisher
 from orchestrator.transport import ResponseError
@@ -56,6 +57,7 @@ class BatchRollout:
                 "hosted teacher and prompts). Fix: set orchestrator.batch.enabled = false, or use a prompt "
                 "source and a hosted rollout_model"
             )
+        reward_fn = load_reward_fn(oc.reward_fn) if oc.reward_fn else None  # the online filter, as online
         self.prompts = {p["prompt_id"]: p for p in load_prompts(oc.source)}
         self.n = oc.sampling.n or 1
         self.resume = load_resume(run_dir / RECORDING, oc)
@@ -79,7 +81,7 @@ class BatchRollout:
         self.api = BatchAPI(self.client, self.state, oc, run_dir / BATCH_DIR)
         self.prices = batch_prices(oc)
         self.spend = Spend.of(self.resume.loaded.records.values(), oc.budget, self.prices)
-        self.pub = Publisher(run_dir, reconstructor, oc.samples_per_shard, None, oc.min_reward)
+        self.pub = Publisher(run_dir, reconstructor, oc.samples_per_shard, reward_fn, oc.min_reward)
         self.recw = RecordingWriter(run_dir / RECORDING)
         self.failed: dict[tuple[str, int], tuple[str, str, bool]] = {}  # pair -> (reason, detail, resubmit?)
         self.attempts: Counter = Counter()  # batches each pair was in, this run
@@ -181,6 +183,9 @@ class BatchRollout:
             seen.add(lr.pair)
             if lr.pair in self.recorded:
                 continue  # recorded before a crash
+            if lr.pair[0] not in self.prompts:  # the prompt source changed since the batch was submitted
+                errors["prompt_not_in_source"] += 1
+                continue
             if lr.body is None:
                 self._fail(lr.pair, lr.reason, lr.detail, lr.retryable and again, errors)
                 continue
@@ -231,6 +236,10 @@ class BatchRollout:
             request_hash=self.hash_of(prompt),
         )
         r["batch_id"], r["custom_id"] = rd.batch_id, f"{lr.pair[0]}#{lr.pair[1]}"
+        try:
+            r["reward"] = self.pub.score(prompt, r["response"])
+        except Exception:  # noqa: BLE001 - reported by publish() as reward_error
+            r["reward"] = None
         self.spend.add(r, self.oc.budget, self.prices)
         return r
 
