@@ -223,6 +223,27 @@ def test_kill_9_at_each_step_resumes_one_batch_no_pair_paid_twice(tmp_path, smol
     assert is_done(run_dir / "samples") and summary["stop_reason"] == "completed"
 
 
+def test_stop_event_while_polling_then_rerun_polls_the_same_batch(tmp_path, smol_tokenizer):
+    import threading
+
+    stop = threading.Event()
+    with BatchServer(lines_per_poll=1) as s:
+        cfg = make_cfg(tmp_path, s.base_url, n_prompts=3, poll_interval=0.05, max_poll_interval=0.05)
+
+        def stopper() -> None:
+            while s.polls < 3:
+                time.sleep(0.01)
+            stop.set()
+
+        threading.Thread(target=stopper, daemon=True).start()
+        rec = Reconstructor(smol_tokenizer, cfg.orchestrator.reconstruction)
+        first = batch_rollout(cfg, Path(cfg.output_dir), rec, progress=False, stop_event=stop)
+        assert first["stop_reason"] == "stopped" and first["recorded_this_run"] == 0
+        second = run(cfg, smol_tokenizer)
+    assert len(s.batches) == 1 and second["batch_ids"] == first["batch_ids"]
+    assert second["recorded_this_run"] == 6 and s.answered == Counter({c: 1 for c in pairs_of(["p0", "p1", "p2"], 2)})
+
+
 # -- expired, partial, failed ------------------------------------------------------------------
 
 
