@@ -244,6 +244,31 @@ def test_stop_event_while_polling_then_rerun_polls_the_same_batch(tmp_path, smol
     assert second["recorded_this_run"] == 6 and s.answered == Counter({c: 1 for c in pairs_of(["p0", "p1", "p2"], 2)})
 
 
+def test_killed_while_recording_resumes_from_the_downloaded_files(tmp_path, smol_tokenizer):
+    """Killed after the download, mid-way through recording (a torn last line): the rerun records the rest
+    from the saved output file; no new upload or batch, each pair recorded once."""
+    import shutil
+
+    with BatchServer() as s:
+        cfg = make_cfg(tmp_path, s.base_url, n_prompts=3)
+        run(cfg, smol_tokenizer)
+        run_dir = Path(cfg.output_dir)
+        state = run_dir / "batch" / "state.jsonl"
+        journal = state.read_text().splitlines()
+        assert [json.loads(x)["event"] for x in journal[-2:]] == ["downloaded", "recorded"]
+        state.write_text("\n".join(journal[:-1]) + "\n")  # the round was never journaled as recorded
+        rec = run_dir / "recording.jsonl"
+        lines = rec.read_text().splitlines()
+        rec.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])  # 2 records and a half-written third
+        shutil.rmtree(run_dir / "samples")  # published after recording: only what was recorded could be
+        files_before = len(s.files)
+        summary = run(cfg, smol_tokenizer)
+    assert len(s.batches) == 1 and len(s.files) == files_before
+    assert summary["recorded_this_run"] == 4 and summary["rebuilt_from_recording"] == 2
+    assert recorded_counts(run_dir) == {(f"p{p}", i): 1 for p in range(3) for i in range(2)}
+    assert len(sample_ids(run_dir)) == 6 and is_done(run_dir / "samples")
+
+
 # -- expired, partial, failed ------------------------------------------------------------------
 
 
