@@ -158,6 +158,34 @@ def test_finished_batch_run_reruns_without_asking_anything(tmp_path, smol_tokeni
     assert len(sample_ids(Path(cfg.output_dir))) == 6
 
 
+def test_batch_files_replay_offline_with_distill_replay(tmp_path, smol_tokenizer):
+    """The saved input + output files are what `distill replay` reads as format "openai_batch": the same samples."""
+    from orchestrator.replay import replay
+
+    with BatchServer() as s:
+        cfg = make_cfg(tmp_path, s.base_url, n_prompts=3)
+        run(cfg, smol_tokenizer)
+    bdir = Path(cfg.output_dir) / "batch"
+    rcfg = load_config(
+        None,
+        {
+            "output_dir": str(tmp_path / "replayed"),
+            "orchestrator": {
+                "source": {"type": "replay", "path": str(bdir / "round-1.output.jsonl"), "format": "openai_batch"},
+                "replay": {"batch_input": str(bdir / "round-1.input.jsonl")},
+            },
+            "trainer": {"seq_len": 512},
+        },
+    )
+    replay(rcfg, tmp_path / "replayed", Reconstructor(smol_tokenizer, rcfg.orchestrator.reconstruction), progress=False)
+
+    def tokens(d: Path) -> list:
+        return sorted((x.prompt_ids, x.completion_ids) for x in iter_samples(d / "samples"))
+
+    assert len(tokens(tmp_path / "replayed")) == 6
+    assert tokens(tmp_path / "replayed") == tokens(Path(cfg.output_dir))
+
+
 # -- kill -9 at each step, then resume ---------------------------------------------------------
 
 DRIVER = textwrap.dedent("""
