@@ -14,8 +14,8 @@ POST, url not the batch's endpoint, body not an object, a model it does not serv
 are `batch_expired` lines of the error file), cancelled (cancel -> cancelling -> cancelled, the rest
 `batch_cancelled`). `line_errors` {line position: HTTP status} spoils lines of the first
 `faulty_batches` batches. Answers are deterministic (fault_server.fake_completion of the messages,
-sample seed and max_tokens). `hold` {"upload", "create", "download"} pauses that answer after the server
-acted, until `release()`: where a test kills its client. `answered` counts 200 answers per custom_id.
+sample seed and max_tokens). `hold` {"upload", "create", "poll", "download"} pauses that answer (poll: of a
+batch in progress) after the server acted, until `release()`: where a test kills its client. `answered` counts 200 answers per custom_id.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class BatchServer:
         self.line_errors: dict[int, int] = {}  # line position -> HTTP status, in the first faulty_batches
         self.faulty_batches = 1
         self.hold: set[str] = set()
-        self.reached = {k: threading.Event() for k in ("upload", "create", "download")}
+        self.reached = {k: threading.Event() for k in ("upload", "create", "poll", "download")}
         self._release = threading.Event()
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
@@ -301,6 +301,8 @@ def _handler(srv: BatchServer):
                 with srv._lock:
                     srv.polls += 1
                     srv.advance(b)
+                if b["status"] == "in_progress":
+                    srv._wait_if_held("poll")
                 return self._send(200, srv.batch_object(b))
             self._send(404, _err(f"no route GET {path}"))
 
