@@ -13,9 +13,10 @@ import sys
 import threading
 from pathlib import Path
 
-from .config import ConfigError, RunConfig, load_config, redacted_dict, to_toml
+from .config import ConfigError, RunConfig, as_replay_source, load_config, redacted_dict, to_toml
 from .cli_help import COMMAND_HELP, USAGE, command_help
 from .preflight import preflight
+from .cli_export import cmd_export
 from .cli_score import add_probe_args, cmd_score, prepare_scoring_run, probe_scorer, start_scoring_stage
 from .run import make_reconstructor, prepare_run_dir, print_locations, produce
 from .score import SCORED
@@ -170,7 +171,7 @@ def cmd_replay(argv: list[str]) -> int:
     if flags.get("--on-error") not in (None, "skip", "fail"):
         raise SystemExit(f"distill replay: --on-error must be skip or fail, got {flags['--on-error']!r}")
     if cfg.orchestrator.source.type != "replay":
-        cfg.orchestrator.source.type = "replay"
+        cfg.orchestrator.source = as_replay_source(cfg.orchestrator.source)
     if not inputs and not cfg.orchestrator.source.path:
         raise SystemExit(
             "distill replay: orchestrator.source.path is not set and no input file was given. "
@@ -223,11 +224,13 @@ def cmd_tokenize(argv: list[str]) -> int:
     p.add_argument("input", help="JSONL with a 'messages' list per line (optional 'tools')")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--config", help="run config whose [orchestrator.reconstruction] policies to use")
+    p.add_argument("--chat-template", help="Jinja file replacing the tokenizer's template (default: the config's)")
     a = p.parse_args(argv)
     from orchestrator.reconstruct import tokenize_file
 
-    rcfg = load_config(a.config).orchestrator.reconstruction if a.config else None
-    summary = tokenize_file(a.tokenizer, a.input, a.output, rcfg)
+    cfg = load_config(a.config) if a.config else None
+    template = a.chat_template or (cfg.student.chat_template if cfg else None)
+    summary = tokenize_file(a.tokenizer, a.input, a.output, cfg.orchestrator.reconstruction if cfg else None, template)
     print(json.dumps(summary, default=str))
     return 0
 
@@ -249,25 +252,23 @@ def cmd_inspect(argv: list[str]) -> int:
     p.add_argument("--index", type=int, default=0, help="which sample (default 0)")
     p.add_argument("--id", help="sample id to show instead of --index")
     p.add_argument("--html", help="also write an HTML page of all samples here")
+    p.add_argument("--chat-template", help="Jinja file replacing the tokenizer's template (default: the run's)")
     p.add_argument("--no-color", action="store_true")
     a = p.parse_args(argv)
     from orchestrator.sample_view import render_html, render_terminal
-    from distill.core.student import load_tokenizer, resolve_student
+    from distill.core.config import Student
+    from distill.core.student import student_tokenizer
 
     path = Path(a.path)
     samples = _find_samples(path)
     if not samples:
         raise SystemExit(f"distill inspect: no samples under {path}")
-    tok_dir = a.tokenizer
-    if not tok_dir:
+    spec = Student(tokenizer=a.tokenizer) if a.tokenizer else None
+    if spec is None:  # the run's student, or the builtin one
         cfg_file = (path if path.is_dir() else path.parent.parent) / "config.toml"
-        spec = load_config(cfg_file).student if cfg_file.is_file() else None
-        tok_dir = (
-            (spec.tokenizer or resolve_student(spec.path, with_model=False))
-            if spec
-            else resolve_student("builtin:smollm2-135m-instruct", with_model=False)
-        )
-    tok = load_tokenizer(tok_dir)
+        spec = load_config(cfg_file).student if cfg_file.is_file() else Student()
+    spec.chat_template = a.chat_template or spec.chat_template
+    tok = student_tokenizer(spec)
     if a.id:
         chosen = [s for s in samples if s.sample_id == a.id]
         if not chosen:
@@ -319,7 +320,7 @@ def cmd_report(argv: list[str]) -> int:
 
     png, text = write_report(Path(a.run_dir))
     print(text)
-    print(f"plot: {png}")
+    print(f"plot: {png}\npage: {png.with_suffix('.html')}  (self-contained HTML: the plots and summary tables)")
     return 0
 
 
@@ -340,6 +341,7 @@ _USER_ERRORS = {
     "LossInputError",
     "ScoreError",
     "ScoreCheckError",
+    "LoraError",
 }
 
 COMMANDS = {
@@ -352,6 +354,7 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "probe": cmd_probe,
     "report": cmd_report,
+    "export": cmd_export,
 }
 
 

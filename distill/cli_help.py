@@ -20,6 +20,8 @@ USAGE = """distill <command> ...
   probe URL --model M [--api-key-var VAR] [--scorer vllm|sglang|echo]
                          what an OpenAI-compatible endpoint (or a scorer) supports
   report RUN_DIR         PNG of loss / tokens/s / lr and a text summary
+  export RUN_DIR|CKPT --merged OUT
+                         merge a LoRA checkpoint into a plain HF model folder
 
 `distill COMMAND --help` shows a command's options.
 """

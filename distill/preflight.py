@@ -44,23 +44,31 @@ def preflight(
     problems: list[Problem] = []
     problems += check_student(cfg, need_model=command in ("run", "train"))
     problems += check_output_dir(cfg.output_dir)
+    if command in ("run", "train") and cfg.trainer.lora.enabled:
+        problems += check_lora()
     if command in ("run", "rollout", "replay"):
         problems += check_source(cfg, inputs if command == "replay" else None, replay=command == "replay")
     if command in ("run", "rollout") and cfg.orchestrator.source.type != "replay":  # the teacher's filter
         problems += check_reward_fn(cfg.orchestrator.reward_fn)
+        problems += check_cache_dir(cfg.orchestrator.cache_dir)
     problems += check_earlier_run(cfg.output_dir, command, no_resume=no_resume, resume=resume, samples=samples)
     if command in ("run", "score"):
         problems += check_scorer_config(cfg, command, samples)
+    if command in ("run", "train"):
+        problems += check_trackers(cfg)
     if problems:
         raise PreflightError(command, problems)
 
 
 def _folder(key: str, value: str) -> tuple[Path | None, Problem | None]:
-    from distill.core.student import hub_id_hint
+    from distill.core.student import hub_id_hint, hub_snapshot
 
     p = Path(value).expanduser()
     if p.is_dir():
         return p, None
+    snapshot = hub_snapshot(value)  # "org/name" in the local Hugging Face cache
+    if snapshot is not None:
+        return snapshot, None
     if p.exists():
         return None, Problem(key, f"{value} is a file, not a folder. Fix: set {key} to the folder holding it")
     hint = hub_id_hint(value, key)
@@ -79,7 +87,8 @@ def check_student(cfg: RunConfig, need_model: bool) -> list[Problem]:
     from distill.core.student import BUILTIN_PREFIX, _check_builtin, builtin_gguf_path
 
     spec, tok_spec = cfg.student.path, cfg.student.tokenizer
-    problems: list[Problem] = []
+    problems: list[Problem] = check_chat_template(cfg.student.chat_template)
+    template = cfg.student.chat_template if not problems else None  # the tokenizer is checked with it
     if spec.startswith(BUILTIN_PREFIX):
         try:
             _check_builtin(spec)
@@ -99,14 +108,36 @@ def check_student(cfg: RunConfig, need_model: bool) -> list[Problem]:
                 )
             )
         if not tok_spec and folder is not None:
-            problems += check_tokenizer("student.path", folder)
+            problems += check_tokenizer("student.path", folder, template)
     if tok_spec:
         folder, problem = _folder("student.tokenizer", tok_spec)
-        problems += [problem] if problem else check_tokenizer("student.tokenizer", folder)
+        problems += [problem] if problem else check_tokenizer("student.tokenizer", folder, template)
     return problems
 
 
-def check_tokenizer(key: str, folder: Path) -> list[Problem]:
+def check_lora() -> list[Problem]:
+    """trainer.lora.enabled needs peft: found before a run asks the teacher anything."""
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        return [Problem("trainer.lora.enabled", "LoRA needs the peft package. Fix: pip install 'distill[lora]'")]
+    return []
+
+
+def check_chat_template(path: str | None) -> list[Problem]:
+    """student.chat_template, when set, is a readable file holding a valid Jinja template."""
+    if not path:
+        return []
+    from distill.core.student import CHAT_TEMPLATE_KEY, TokenizerError, read_chat_template
+
+    try:
+        read_chat_template(path)
+    except TokenizerError as e:
+        return [Problem(CHAT_TEMPLATE_KEY, str(e).removeprefix(f"{CHAT_TEMPLATE_KEY}: "))]
+    return []
+
+
+def check_tokenizer(key: str, folder: Path, chat_template: str | None = None) -> list[Problem]:
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         return [
             Problem(
@@ -118,7 +149,7 @@ def check_tokenizer(key: str, folder: Path) -> list[Problem]:
     from distill.core.student import load_tokenizer
 
     try:
-        load_tokenizer(folder)
+        load_tokenizer(folder, chat_template)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds; the message is what matters
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         why = first if isinstance(e, ValueError) else f"the tokenizer in {folder} does not load ({first})"
@@ -176,6 +207,14 @@ def check_source(cfg: RunConfig, inputs: list[str] | None, replay: bool) -> list
         except ReplayError as e:
             return [Problem("orchestrator.source.path" if not inputs else "input", str(e))]
         return []
+    if src.type in ("table", "hf_dataset"):  # readable, and every mapped column present: before anything is paid
+        from orchestrator.prompt_tables import TableSourceError, check_columns, open_table
+
+        try:
+            check_columns(src, open_table(src))
+        except TableSourceError as e:
+            return [Problem(e.key, e.detail)]
+        return []
     if src.type == "jsonl" and src.path:
         p = Path(src.path).expanduser()
         if p.is_dir():
@@ -191,6 +230,19 @@ def check_source(cfg: RunConfig, inputs: list[str] | None, replay: bool) -> list
                     "orchestrator.source.path", f"{src.path} does not exist. Fix: set it to your prompt .jsonl file"
                 )
             ]
+    return []
+
+
+def check_cache_dir(cache_dir: str | None) -> list[Problem]:
+    """The request cache folder is a folder (or can be made one)."""
+    if not cache_dir:
+        return []
+    p = Path(cache_dir).expanduser()
+    if p.exists() and not p.is_dir():
+        return [Problem("orchestrator.cache_dir", f"{cache_dir} is a file, not a folder. Fix: point it at a folder")]
+    parent = next((a for a in [p, *p.parents] if a.exists()), None)
+    if parent is not None and not os.access(parent, os.W_OK):
+        return [Problem("orchestrator.cache_dir", f"{cache_dir} is not writable. Fix: choose a writable folder")]
     return []
 
 
@@ -268,6 +320,28 @@ def check_earlier_run(
             )
         return problems
     return []
+
+
+def check_trackers(cfg: RunConfig) -> list[Problem]:
+    """Every enabled tracker ([wandb], [trackers]) has its package installed."""
+    import importlib.util
+
+    from distill.core.config.schema_trackers import TRACKER_PACKAGES
+
+    enabled = {
+        "wandb.enabled": cfg.wandb.enabled,
+        "trackers.tensorboard": cfg.trackers.tensorboard,
+        "trackers.trackio": cfg.trackers.trackio,
+    }
+    return [
+        Problem(
+            key,
+            f"is true but the {module} package is not installed. Fix: pip install {pip} "
+            "(or pip install 'distill[trackers]'), or set it to false",
+        )
+        for key, (module, pip) in TRACKER_PACKAGES.items()
+        if enabled[key] and importlib.util.find_spec(module) is None
+    ]
 
 
 def check_scorer_config(cfg: RunConfig, command: str, samples: str | None) -> list[Problem]:

@@ -22,10 +22,9 @@ def prepare_run_dir(cfg: RunConfig) -> Path:
 
 def make_reconstructor(cfg: RunConfig):
     from orchestrator.reconstruct import Reconstructor
-    from distill.core.student import load_tokenizer, resolve_student
+    from distill.core.student import student_tokenizer
 
-    tok_path = cfg.student.tokenizer or resolve_student(cfg.student.path, with_model=False)
-    tok = load_tokenizer(tok_path)
+    tok = student_tokenizer(cfg.student)  # with student.chat_template when set
     recon = Reconstructor(tok, cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruction.max_seq_len)
     t = recon.chat_template
     if not t.append_only and t.tracked is None:  # docs/reconstruction.md, "Prefix renders", "Watched renders"

@@ -28,9 +28,9 @@ CHUNK = 256  # samples handed to the scorer at once (its requests run concurrent
 
 
 def student_tokenizer(cfg: RunConfig) -> Any:
-    from distill.core.student import load_tokenizer, resolve_student
+    from distill.core.student import student_tokenizer as load
 
-    return load_tokenizer(cfg.student.tokenizer or resolve_student(cfg.student.path, with_model=False))
+    return load(cfg.student)  # with student.chat_template when set
 
 
 def check_scorer(cfg: RunConfig, tok: Any, stop_at_failure: bool = True) -> list:

@@ -1,13 +1,15 @@
 """The request/answer loop of a rollout: the missing samples of one prompt -> teacher -> recording -> publisher.
 
-    asker = Asker(oc, transport, gate, pub, recw, tally, counters, hash_of, first_success)
+    asker = Asker(oc, transport, gate, pub, recw, tally, counters, hash_of, first_success, cache=None)
     await asker.job(prompt, missing_indices)
 
 One chat request asks for all missing samples of a prompt (n = how many; one request each once a server
 ignored n). Usable choices are recorded durably, then published; the slots a partial answer left
 unusable or missing are asked again (at most retry.max_attempts rounds). A request that failed for good
 rejects its pairs (not recorded: a rerun asks again); a 401/402/403/404, insufficient_quota, or any 4xx
-before the first success stops the run (`asker.fatal`).
+before the first success stops the run (`asker.fatal`). With a request cache (orchestrator/cache.py) the
+cached samples are recorded and published first and only the others are asked for; fresh answers are
+written to the cache once recorded.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ FATAL_STATUS = {401, 402, 403, 404}
 
 
 class Asker:
-    def __init__(self, oc, transport, gate, pub, recw, tally, counters, hash_of, first_success: bool):
+    def __init__(self, oc, transport, gate, pub, recw, tally, counters, hash_of, first_success: bool, cache=None):
         self.oc, self.transport, self.gate, self.pub, self.recw = oc, transport, gate, pub, recw
+        self.cache = cache  # orchestrator.cache.AnswerCache, or None
         self.tally, self.c, self.hash_of = tally, counters, hash_of
         self.kind = ChatKind()
         self.base_args = {k: v for k, v in oc.sampling.request_args().items() if k != "n"}
@@ -43,7 +46,12 @@ class Asker:
     async def job(self, prompt: dict, missing: list[int]) -> None:
         """The missing samples of one prompt."""
         try:
-            await self._ask(prompt, list(missing))
+            pending = list(missing)
+            if self.cache is not None:
+                hits, pending = self.cache.lookup(prompt, self.hash_of(prompt), pending)
+                if hits:
+                    await self._commit(prompt, hits)
+            await self._ask(prompt, pending)
         finally:
             self.in_flight_samples -= len(missing)
 
@@ -111,6 +119,13 @@ class Asker:
             )
             for c in ch
         ]
+        await self._commit(prompt, records)
+        if self.cache is not None:
+            await asyncio.to_thread(self.cache.store, records)
+        return rest, bad
+
+    async def _commit(self, prompt: dict, records: list[dict]) -> None:
+        """Scores `records` (answers to `prompt`), appends them durably to the recording, then publishes them."""
         for r in records:
             try:
                 r["reward"] = self.pub.score(prompt, r["response"])
@@ -122,7 +137,6 @@ class Asker:
         await self.pub.publish([(prompt, r) for r in records])
         if self.bar is not None:
             self.bar.update(len(records))
-        return rest, bad
 
     def failed(self, prompt: dict, indices: list[int], reason: str, detail: str, transient: bool) -> None:
         """`indices` of `prompt` failed for good: rejected (not recorded: a rerun asks again) and counted;

@@ -1,4 +1,4 @@
-"""Prompt sources: reasoning-gym datasets and JSONL files.
+"""Prompt sources: reasoning-gym datasets and JSONL files (dataset tables: orchestrator/prompt_tables.py).
 
 Every prompt is a dict:
     {"prompt_id": str, "messages": [...], "tools": list | None,
@@ -24,7 +24,11 @@ class PromptSourceError(ValueError):
 
 
 def load_prompts(source_cfg) -> Iterator[dict[str, Any]]:
-    """Prompts from `orchestrator.source` (type "reasoning_gym" or "jsonl")."""
+    """Prompts from `orchestrator.source` (type "reasoning_gym", "jsonl", "table" or "hf_dataset")."""
+    if source_cfg.type in ("table", "hf_dataset"):
+        from orchestrator.prompt_tables import table_prompts  # (it builds on this module)
+
+        return table_prompts(source_cfg)
     if source_cfg.type == "reasoning_gym":
         return _reasoning_gym(source_cfg)
     if source_cfg.type == "jsonl":
@@ -37,30 +41,38 @@ def load_prompts(source_cfg) -> Iterator[dict[str, Any]]:
     raise PromptSourceError(
         f"orchestrator.source.type: {source_cfg.type!r} is not a prompt source for teacher requests "
         "(a replay source is read by `distill replay`, not sent to the teacher). "
-        'Fix: use type = "reasoning_gym" or "jsonl"'
+        'Fix: use type = "reasoning_gym", "jsonl", "table" or "hf_dataset"'
     )
 
 
 def count_prompts(source_cfg) -> int | None:
     """How many prompts the source holds, when cheap to know.
 
-    A JSONL file is read and validated in full here (every line parsed and checked, ids unique), so bad
-    lines are one PromptSourceError before the first teacher request, not after hours of them: it counts
-    every bad line and lists the first LISTED_BAD_LINES with file:line."""
+    A JSONL file (a dataset source: its selected rows) is read and validated in full here (every line
+    parsed and checked, ids unique), so bad lines are one PromptSourceError before the first teacher
+    request, not after hours of them: it counts every bad line and lists the first LISTED_BAD_LINES."""
     if source_cfg.type == "reasoning_gym":
         return source_cfg.size
+    errors: list[str] = []
+    if source_cfg.type in ("table", "hf_dataset"):
+        from orchestrator.prompt_tables import table_prompts
+
+        n = sum(1 for _ in table_prompts(source_cfg, errors))
+        _raise_bad(errors, f"orchestrator.source: {len(errors)} bad row(s) ({n} good)")
+        return n
     if source_cfg.type == "jsonl" and source_cfg.path:
-        errors: list[str] = []
         n = sum(1 for _ in _jsonl(Path(source_cfg.path), source_cfg.system_prompt, errors))
-        if errors:
-            listed = "\n  ".join(errors[:LISTED_BAD_LINES])
-            more = f"\n  ... and {len(errors) - LISTED_BAD_LINES} more" if len(errors) > LISTED_BAD_LINES else ""
-            raise PromptSourceError(
-                f"orchestrator.source.path: {len(errors)} bad line(s) in {source_cfg.path} "
-                f"({n} good); no request was sent. Fix them first:\n  {listed}{more}"
-            )
+        _raise_bad(errors, f"orchestrator.source.path: {len(errors)} bad line(s) in {source_cfg.path} ({n} good)")
         return n
     return None
+
+
+def _raise_bad(errors: list[str], head: str) -> None:
+    """PromptSourceError listing the first LISTED_BAD_LINES of `errors` (all counted), when there are any."""
+    if errors:
+        listed = "\n  ".join(errors[:LISTED_BAD_LINES])
+        more = f"\n  ... and {len(errors) - LISTED_BAD_LINES} more" if len(errors) > LISTED_BAD_LINES else ""
+        raise PromptSourceError(f"{head}; no request was sent. Fix them first:\n  {listed}{more}")
 
 
 def _with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:

@@ -11,6 +11,9 @@ a later record for the same (prompt_id, sample_index) with a different hash supe
 earlier one (it was re-requested after the prompt changed); records of earlier versions
 have none.
 
+A record answered from the request cache (orchestrator/cache.py) has `"provenance": "cache"`,
+`cache_key`, `cached_usage` and zero `usage`; it is not counted as a request or tokens on resume.
+
 `usage` is the usage of the whole request that produced the choice; a request
 with n=k choices writes the same usage on each of its k records with
 `usage_shared_by: k` (so summing usage / usage_shared_by over records gives the
@@ -163,6 +166,8 @@ def _add(out: LoadedRecording, key: tuple[str, int], rec: dict[str, Any], number
         out.superseded += 1  # re-requested after its prompt changed: the newer answer is used
     out.records[key] = rec
     out.lines[key] = number
+    if rec.get("provenance") == "cache":  # answered from the request cache: nothing paid in this run
+        return
     shared = max(1, int(rec.get("usage_shared_by") or 1))
     usage = rec.get("usage") or {}
     out.requests += 1 / shared

@@ -101,5 +101,11 @@ def format_summary(s: dict) -> str:
             if "pairs_done" in s
             else ""
         )
+        + (
+            f"; cache hits={s['cache_hits']} misses={s['cache_misses']}"
+            + (f" corrupt={s['cache_corrupt']}" if s.get("cache_corrupt") else "")
+            if "cache_hits" in s
+            else ""
+        )
         + f" in {s['elapsed_s']:.1f}s"
     )

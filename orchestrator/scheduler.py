@@ -27,6 +27,7 @@ from distill.core.config import Orchestrator, RunConfig, api_key
 from distill.core.verbosity import bar_position, close_bar
 from orchestrator.ask import Asker
 from orchestrator.budget import BudgetGate
+from orchestrator.cache import open_cache
 from orchestrator.endpoint_check import EndpointCheckError, check_endpoints, shown_url
 from orchestrator.failures import FailureTally, RolloutError, nothing_published
 from orchestrator.limits import RetryPolicy
@@ -88,7 +89,8 @@ class _Rollout:
         key = api_key(cfg)
         rm = oc.rollout_model
         self.resume = load_resume(run_dir / RECORDING, oc)  # an error if recorded prompts changed (policy "error")
-        if not self.resume.nothing_to_ask:  # a finished run reruns without its teacher: nothing is sent
+        self.cache = open_cache(oc)  # orchestrator.cache_dir: answers shared between runs (None: off)
+        if not self._nothing_to_send():  # a finished (or fully cached) run reruns without its teacher
             try:  # reachable, key accepted, model served: before any paid request (and before the run dir is touched)
                 check_endpoints(rm, key)
             except EndpointCheckError as e:
@@ -120,6 +122,17 @@ class _Rollout:
             raise
         self.bp = Backpressure(run_dir / SAMPLES, oc.max_ahead, backpressure)
 
+    def _nothing_to_send(self) -> bool:
+        """Every pair of the source has a recorded answer in use, or a cached one: no request will be sent."""
+        res = self.resume
+        if res.nothing_to_ask:
+            return True
+        if self.cache is None:
+            return False
+        return self.cache.covers(
+            load_prompts(self.oc.source), self.n, res.loaded.records, res.stale, prompt_hasher(self.oc)
+        )
+
     def _open(self, run_dir: Path, reconstructor, reward_fn, stop_event: asyncio.Event | None) -> None:
         """Creates the run directory and opens the run's files and parts."""
         oc, loaded = self.oc, self.resume.loaded
@@ -141,6 +154,7 @@ class _Rollout:
             self.c,
             prompt_hasher(oc),
             first_success=bool(loaded.records),
+            cache=self.cache,
         )
         self.job_error: BaseException | None = None  # the first exception a job raised (a bug, a full disk)
         self.failed = False  # the run ended on an exception: shards get no DONE
@@ -230,6 +244,8 @@ class _Rollout:
 
     def write_metrics(self, final: bool = False) -> dict:
         recorded = len(self.resume.loaded.records) + self.c.recorded_this_run
+        if self.cache is not None:
+            self.c.extra.update(self.cache.counts())
         return self.metrics_f.write(
             metrics_line(
                 self.c, self.gate, self.pub, self.transport.stats, self.tally, recorded, self.bp.waited_s, final

@@ -4,7 +4,7 @@
     python scripts/gen_config_doc.py --check  # exit 1 if it is out of date (a test runs this)
 
 Each field's description is the comment block written just above it in the schema modules
-(distill/core/config/schema.py, schema_run.py, schema_score.py),
+(distill/core/config/schema*.py),
 so the reference cannot drift from the code.
 """
 
@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from distill.core import config as C  # noqa: E402
-from distill.core.config import schema  # noqa: E402
+
+CONFIG_DIR = ROOT / "distill" / "core" / "config"
 
 OUT = ROOT / "docs" / "configuration.md"
 
@@ -41,7 +42,7 @@ secrets redacted. Cross-checks between sections are described in [validation.md]
 def field_comments() -> dict[tuple[str, str], str]:
     """(class name, field name) -> the comment lines directly above the field."""
     out: dict[tuple[str, str], str] = {}
-    for path in sorted(Path(schema.__file__).parent.glob("schema*.py")):  # schema.py and every schema_<area>.py
+    for path in sorted(CONFIG_DIR.glob("schema*.py")):  # every schema module, new ones included
         out.update(module_comments(path.read_text().splitlines()))
     return out
 

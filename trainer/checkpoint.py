@@ -2,7 +2,10 @@
 
     checkpoints/step-000040/
       config.json, model.safetensors, generation_config.json   AutoModelForCausalLM.from_pretrained
-      tokenizer.json, tokenizer_config.json, chat_template.jinja, ...
+        (a LoRA run: adapter_model.safetensors + adapter_config.json instead, peft's format;
+         `distill export step-000040 --merged DIR` writes the merged HF folder)
+      tokenizer.json, tokenizer_config.json, chat_template.jinja, ...   (the template trained with:
+                                 student.chat_template's when set)
       distill_config.toml        the run's resolved config, secrets redacted
       optimizer.pt               full (unsharded) AdamW state, keyed by parameter name
       scheduler.pt               LR scheduler state
@@ -43,9 +46,11 @@ class TrainState:
 def _options(model):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
+    from trainer.lora import is_lora
     from trainer.model import is_sharded
 
-    return StateDictOptions(full_state_dict=True, cpu_offload=is_sharded(model))
+    # a LoRA student: only the adapters (the trainable parameters) are gathered and saved
+    return StateDictOptions(full_state_dict=True, cpu_offload=is_sharded(model), ignore_frozen_params=is_lora(model))
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
@@ -108,9 +113,7 @@ def save(
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        tied = _tied_duplicates(model.lm)  # the gathered dict repeats tied weights; HF expects them once
-        lm_sd = {k.removeprefix("lm."): v for k, v in model_sd.items() if k.removeprefix("lm.") not in tied}
-        model.lm.save_pretrained(tmp, state_dict=lm_sd)
+        _save_weights(model, model_sd, tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "distill_config.toml").write_text(config_toml, encoding="utf-8")
         torch.save(optim_sd, tmp / "optimizer.pt")
@@ -133,6 +136,17 @@ def save(
     return final
 
 
+def _save_weights(model, model_sd: dict, folder: Path) -> None:
+    from trainer.lora import is_lora, save_adapter
+
+    if is_lora(model):
+        save_adapter(model, model_sd, folder)
+        return
+    tied = _tied_duplicates(model.lm)  # the gathered dict repeats tied weights; HF expects them once
+    lm_sd = {k.removeprefix("lm."): v for k, v in model_sd.items() if k.removeprefix("lm.") not in tied}
+    model.lm.save_pretrained(folder, state_dict=lm_sd)
+
+
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -151,7 +165,8 @@ def _fsync_tree(folder: Path) -> None:
 def load_state(ckpt: Path, model, optimizer, scheduler, ctx: DistContext) -> TrainState:
     """Restore optimizer, scheduler and RNG into an already built (and sharded) model.
 
-    The model weights themselves are loaded by building the model from `ckpt`.
+    The model weights themselves are loaded by building the model from `ckpt` (a LoRA run: the
+    student from student.path, then the adapter from `ckpt`; trainer/lora.py).
     """
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 

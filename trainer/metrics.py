@@ -1,16 +1,13 @@
-"""Training metrics: metrics.jsonl on rank 0 (truncated to the resumed step) and, optionally, wandb."""
+"""metrics.jsonl on rank 0, truncated to the resumed step (the always-on tracker of trainer/trackers.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 
 from distill.core import contract
-from distill.core.config import RunConfig, redacted_dict
 from distill.core.jsonl import read_jsonl
-from trainer import dist
 
 
 class MetricsLog:
@@ -39,23 +36,3 @@ def _truncate_after(path: Path, step: int) -> None:
         if ln.ok and ln.value.get("step", 0) <= step:
             keep.append(ln.raw.decode("utf-8").rstrip("\r\n"))
     contract.atomic_write_text(path, "".join(x + "\n" for x in keep))
-
-
-def open_wandb(cfg: RunConfig, run_dir: Path, ctx: dist.DistContext):
-    if not (cfg.wandb.enabled and ctx.is_main):
-        return None
-    try:
-        import wandb
-    except ImportError:
-        warnings.warn(
-            "wandb.enabled = true but the wandb package is not installed; "
-            "metrics go to metrics.jsonl only. Fix: pip install wandb"
-        )
-        return None
-    return wandb.init(
-        project=cfg.wandb.project,
-        name=cfg.wandb.name or run_dir.name,
-        config=redacted_dict(cfg),
-        dir=str(run_dir),
-        resume="allow",
-    )

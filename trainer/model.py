@@ -79,9 +79,14 @@ def load_student(
     loss_cfg,
     activation_checkpointing: bool = False,
     dtype: str = "float32",
+    lora=None,
+    adapter_from: Path | None = None,
+    seed: int = 0,
 ) -> LossModel:
     """The HF model in fp32 (the optimizer's master weights) on `device`, as a module computing the
-    loss `loss_cfg` (a `[trainer.loss]` config model, e.g. `SFTLoss(chunk_size=1024)`) names."""
+    loss `loss_cfg` (a `[trainer.loss]` config model, e.g. `SFTLoss(chunk_size=1024)`) names.
+    With `lora` (an enabled `[trainer.lora]`) the weights are frozen and adapters train (trainer/lora.py),
+    loaded from the checkpoint `adapter_from` when resuming; their init is drawn from `seed`."""
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(
@@ -95,7 +100,20 @@ def load_student(
         else:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     lm.train()  # from_pretrained returns eval mode, where HF skips activation checkpointing
-    return LossModel(lm.to(device), loss_cfg)
+    wrapper = None
+    if lora is not None and lora.enabled:
+        from trainer.lora import apply_lora
+
+        lm, wrapper = apply_lora(lm, lora, seed)
+    model = LossModel(lm.to(device), loss_cfg)
+    if wrapper is not None:
+        # beside the module tree, not in it: its parameters are lm's own (see trainer/lora.py)
+        model.__dict__["peft"] = wrapper
+        if adapter_from is not None:
+            from trainer.lora import load_adapter
+
+            load_adapter(model, adapter_from)
+    return model
 
 
 def shard(model: LossModel, ctx: DistContext, dtype: str) -> LossModel:

@@ -1,7 +1,9 @@
-"""`distill report RUN_DIR`: a PNG of the training curves and a short text summary.
+"""`distill report RUN_DIR`: a PNG of the training curves and the teacher panel, a self-contained HTML page
+and a short text summary.
 
-Reads RUN_DIR/metrics.jsonl (and eval records, `"eval_loss"`, when present); writes
-RUN_DIR/report.png.
+Reads RUN_DIR/metrics.jsonl (eval curves, `"eval_loss"`, when present) and, for the teacher panel,
+RUN_DIR/orchestrator_metrics.jsonl and rejects.jsonl (trainer/report_teacher.py); writes RUN_DIR/report.png
+and RUN_DIR/report.html (trainer/report_html.py: the PNG embedded as base64 and summary tables).
 """
 
 from __future__ import annotations
@@ -64,20 +66,22 @@ def summary_text(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_report(run_dir: Path) -> tuple[Path, str]:
-    """Plot loss (and eval loss), tokens/s and lr against step; return (PNG path, summary)."""
-    import matplotlib
+def eval_keys(rows: list[dict]) -> list[str]:
+    """The eval curves logged (eval_loss and any other eval_* number), in first-seen order."""
+    keys: dict[str, None] = {}
+    for r in rows:
+        for k, v in r.items():
+            if k.startswith("eval_") and isinstance(v, (int, float)):
+                keys[k] = None
+    return list(keys)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    run_dir = Path(run_dir)
-    rows = read_metrics(run_dir / "metrics.jsonl")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+def _plot_training(axes, rows: list[dict]) -> None:
+    """Loss (with the eval curves), tokens/s and lr against step."""
     ax = axes[0]
     ax.plot(*_series(rows, "loss"), marker="o", ms=3, label="train loss")
-    if any(r.get("eval_loss") is not None for r in rows):
-        ax.plot(*_series(rows, "eval_loss"), marker="s", ms=4, label="eval loss")
+    for k in eval_keys(rows):
+        ax.plot(*_series(rows, k), marker="s", ms=4, label=k.replace("_", " "))
     ax.set_title(f"loss ({_loss_name(next((r for r in reversed(rows) if 'loss' in r), {}))})")
     ax.legend()
     axes[1].plot(*_series(rows, "tokens_per_s"), color="tab:green", marker="o", ms=3)
@@ -88,12 +92,50 @@ def write_report(run_dir: Path) -> tuple[Path, str]:
     axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     from matplotlib.ticker import MaxNLocator
 
+    keys = eval_keys(rows)
+    for k in keys:  # the eval curves on their own scale (grad norm when there is no eval)
+        axes[3].plot(*_series(rows, k), marker="s", ms=4, label=k.replace("_", " "))
+    if keys:
+        axes[3].set_title("eval")
+        axes[3].legend()
+    else:
+        axes[3].plot(*_series(rows, "grad_norm"), color="tab:gray", marker="o", ms=3)
+        axes[3].set_title("gradient norm (before clipping)")
     for a in axes:
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.set_xlabel("step")
         a.grid(alpha=0.3)
-    fig.suptitle(f"distill training: {run_dir.name}")
+
+
+def write_report(run_dir: Path) -> tuple[Path, str]:
+    """RUN_DIR/report.png (training curves with the eval curves; the teacher panel when the orchestrator
+    wrote its metrics there) and RUN_DIR/report.html (the PNG embedded, summary tables); (PNG path, summary)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from trainer.report_html import write_html
+    from trainer.report_teacher import read_teacher, teacher_rows
+
+    run_dir = Path(run_dir)
+    teacher = read_teacher(run_dir)
+    rows = read_metrics(run_dir / "metrics.jsonl") if teacher is None or (run_dir / "metrics.jsonl").is_file() else []
+    panels = [p for p, present in (("training", rows), ("teacher", teacher)) if present]
+    fig, grid = plt.subplots(len(panels), 4, figsize=(20, 4.4 * len(panels)), constrained_layout=True, squeeze=False)
+    for axes, panel in zip(grid, panels):
+        if panel == "training":
+            _plot_training(axes, rows)
+        else:
+            from trainer.report_teacher import plot_teacher
+
+            plot_teacher(axes, teacher)
+    fig.suptitle(f"distill: {run_dir.name}")
     png = run_dir / "report.png"
-    fig.savefig(png, dpi=110)
+    fig.savefig(png, dpi=100)
     plt.close(fig)
-    return png, summary_text(rows)
+    text = summary_text(rows) if rows else "no training step logged (teacher side only)"
+    if teacher is not None:
+        text += "\nteacher:\n" + "\n".join(f"  {k}: {v}" for k, v in teacher_rows(teacher))
+    write_html(run_dir, png, rows, teacher)
+    return png, text

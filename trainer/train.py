@@ -28,7 +28,8 @@ from distill.core.verbosity import bar_position
 from distill.core import contract
 from trainer import checkpoint as ckpt_io
 from trainer import dist
-from trainer.metrics import MetricsLog, open_wandb
+from trainer.lora import check_resume
+from trainer.trackers import Tracker, open_trackers
 from trainer.model import load_student, shard
 
 # the step lives in trainer/step.py; its names stay importable from here, and _one_step and
@@ -56,13 +57,16 @@ def lr_factor(step: int, t: Trainer) -> float:
 
 def build_optimizer(model: torch.nn.Module, t: Trainer):
     o = t.optim
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]  # a LoRA student: the adapters only
+    opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t))
     return opt, sched
 
 
-def build_model(model_dir: Path, t: Trainer, ctx: dist.DistContext):
-    model = load_student(model_dir, ctx.device, t.loss, t.activation_checkpointing, t.dtype)
+def build_model(model_dir: Path, t: Trainer, ctx: dist.DistContext, adapter_from: Path | None = None):
+    model = load_student(
+        model_dir, ctx.device, t.loss, t.activation_checkpointing, t.dtype, t.lora, adapter_from, seed=t.seed
+    )
     if ctx.distributed:
         shard(model, ctx, t.dtype)
     return model
@@ -152,8 +156,7 @@ class _Session:
     state: ckpt_io.TrainState
     pad_id: int
     config_toml: str
-    metrics: MetricsLog
-    wb: Any
+    trackers: list[Tracker]
     bar: Any
 
     def save(self) -> Path:
@@ -170,9 +173,8 @@ class _Session:
         )
 
     def log(self, last: dict) -> None:
-        self.metrics.write(last)
-        if self.wb is not None:
-            self.wb.log({k: v for k, v in last.items() if not isinstance(v, str)}, step=self.state.step)
+        for tr in self.trackers:
+            tr.log(self.state.step, last)
 
 
 def _setup(
@@ -191,15 +193,18 @@ def _setup(
     _seed(t.seed, ctx.rank)
     _check_dirs(run_dir, samples_dir, resume, producer_alive)
     start = ckpt_io.latest(ckpt_root) if resume else None
-    model_dir = start or resolve_student(cfg.student.path)
-    tokenizer = load_tokenizer(cfg.student.tokenizer or model_dir)
-    model = build_model(model_dir, t, ctx)
+    if start is not None:
+        check_resume(start, t.lora.enabled)
+    # a LoRA run resumes from the student itself plus the checkpoint's adapter
+    model_dir = start if start and not t.lora.enabled else resolve_student(cfg.student.path)
+    # student.chat_template (when set) replaces the tokenizer's template; the checkpoints' tokenizer carries it
+    tokenizer = load_tokenizer(cfg.student.tokenizer or start or model_dir, cfg.student.chat_template)
+    model = build_model(model_dir, t, ctx, adapter_from=start if t.lora.enabled else None)
     optimizer, scheduler = build_optimizer(model, t)
     state = ckpt_io.load_state(start, model, optimizer, scheduler, ctx) if start else ckpt_io.TrainState()
     pad_id = _pad_id(tokenizer)
     config_toml = to_toml(redacted_dict(cfg))
-    metrics = MetricsLog(run_dir / "metrics.jsonl", state.step, enabled=ctx.is_main)
-    wb = open_wandb(cfg, run_dir, ctx)
+    trackers = open_trackers(cfg, run_dir, state.step, ctx)
     bar = None
     if progress and ctx.is_main:
         from tqdm import tqdm
@@ -225,8 +230,7 @@ def _setup(
         state,
         pad_id,
         config_toml,
-        metrics,
-        wb,
+        trackers,
         bar,
     )
 
@@ -322,15 +326,16 @@ def train(
         held_out = _take(follow(0), t.eval_samples)
         s.state.samples_seen = max(s.state.samples_seen, len(held_out))
     stream = _training_stream(follow, samples_dir, s.state.samples_seen, len(held_out), t.repeat)
-    last, saved_at, saved = _steps(s, stream, held_out, producer_alive is not None)
-
-    # --- save --------------------------------------------------------------
-    if saved_at != s.state.step and s.state.step > 0:  # no step, no checkpoint (it would be the untrained student)
-        saved = s.save()
+    try:
+        last, saved_at, saved = _steps(s, stream, held_out, producer_alive is not None)
+        # --- save ----------------------------------------------------------
+        if saved_at != s.state.step and s.state.step > 0:  # no step, no checkpoint (the untrained student)
+            saved = s.save()
+    finally:  # a failed run too hands its trackers what it logged (trackio sends from a queue)
+        for tr in s.trackers:
+            tr.close()
     if s.bar is not None:
         s.bar.close()
-    if s.wb is not None:
-        s.wb.finish()
     dist.shutdown(s.ctx)
     start = s.start
     return {

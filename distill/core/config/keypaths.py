@@ -18,24 +18,28 @@ ENV_PREFIX = "DISTILL_"
 ENV_DELIMITER = "__"
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The config models of a field's annotation: Model, Optional[Model], or each member of a tagged union."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):  # Optional[Model], Model | None
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
+        return [annotation]
+    out: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):  # Optional[Model], Model | None, Annotated[Model, Tag(...)], unions
+        out.extend(m for m in _models_in(arg) if m not in out)
+    return out
 
 
 @lru_cache(maxsize=8)
 def key_paths(model: type[BaseModel], prefix: str = "") -> tuple[str, ...]:
-    """Every leaf key path of a config model, e.g. "trainer.optim.lr" (tables are not listed)."""
+    """Every leaf key path of a config model, e.g. "trainer.optim.lr" (tables are not listed; a union's
+    members' keys are all listed under its path)."""
     out: list[str] = []
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
-        sub = _model_in(field.annotation)
-        out.extend(key_paths(sub, path + ".") if sub is not None else (path,))
+        subs = _models_in(field.annotation)
+        if not subs:
+            out.append(path)
+        for sub in subs:
+            out.extend(p for p in key_paths(sub, path + ".") if p not in out)
     return tuple(out)
 
 

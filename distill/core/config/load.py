@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from .checks import ConfigProblems, Problem
 from .schema_run import _TOML_DATA, LOSS_CONFIGS, PLANNED_TAG, RunConfig
+from .schema_prompts import SOURCE_TYPES, TABLE_TYPES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -162,7 +163,19 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
         ) from None
     finally:
         _TOML_DATA.reset(token)
+    _anchor_chat_template(cfg, path, data)
     return resolve(cfg)
+
+
+def _anchor_chat_template(cfg: RunConfig, path: str | os.PathLike | None, data: dict[str, Any]) -> None:
+    """student.chat_template: a relative path is relative to the config file when the file set it (else to
+    the working directory), made absolute so that the run dir's config.toml still finds the file."""
+    ct = cfg.student.chat_template
+    if not ct or Path(ct).expanduser().is_absolute():
+        return
+    from_file = path is not None and (data.get("student") or {}).get("chat_template") == ct
+    base = Path(path).expanduser().parent if from_file and path is not None else Path.cwd()
+    cfg.student.chat_template = str((base / ct).resolve())
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
@@ -199,7 +212,9 @@ def api_key(cfg: RunConfig) -> str:
 
 
 def _without_union_tags(parts: list[str]) -> list[str]:
-    """The key path of an error location: pydantic names the loss union's tag after trainer.loss."""
+    """The key path of an error location: pydantic names a union's tag after trainer.loss / orchestrator.source."""
     if parts[:2] == ["trainer", "loss"] and len(parts) > 2 and parts[2] in (*LOSS_CONFIGS, PLANNED_TAG):
+        return parts[:2] + parts[3:]
+    if parts[:2] == ["orchestrator", "source"] and len(parts) > 2 and parts[2] in (*SOURCE_TYPES, *TABLE_TYPES):
         return parts[:2] + parts[3:]
     return parts

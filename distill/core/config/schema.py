@@ -19,19 +19,15 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from distill.core.formats import SOURCE_FORMATS
+from pydantic import Field, field_validator
 
 from .schema_batch import Batch
+from .schema_prompts import PromptSource, Source
+from .strict import Strict
 
 BUILTIN_STUDENT = "builtin:smollm2-135m-instruct"
 BUILTIN_TEACHER_GGUF = "builtin:smollm2-135m-instruct"
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 # ---------------------------------------------------------------------------
@@ -168,26 +164,6 @@ class Sampling(Strict):
         return {k: v for k, v in self.model_dump(exclude={"extra_body"}).items() if v is not None}
 
 
-class Source(Strict):
-    """Where prompts (or, for replay, whole conversations) come from."""
-
-    # "reasoning_gym" (generated prompts), "jsonl" (prompt file) or "replay" (recorded conversations).
-    type: Literal["reasoning_gym", "jsonl", "replay"] = "reasoning_gym"
-    # reasoning_gym: dataset name and how many prompts.
-    dataset: str = "gsm_symbolic"
-    # Number of prompts.
-    size: int = Field(16, ge=1)
-    # Seed of the prompt generator.
-    seed: int = 0
-    # jsonl/replay: input file(s).
-    path: str | None = None
-    # replay: input format ("auto" detects per line).
-    # ("dataset" reads Parquet/JSONL through the `datasets` library; auto picks it for .parquet.)
-    format: Literal[SOURCE_FORMATS] = "auto"  # type: ignore[valid-type]  # names: distill/core/formats.py
-    # Optional system prompt put before each prompt.
-    system_prompt: str | None = None
-
-
 class Reconstruction(Strict):
     """How teacher messages become student tokens and a loss mask."""
 
@@ -296,7 +272,7 @@ class Orchestrator(Strict):
     rollout_model: RolloutModel = RolloutModel()
     local_teacher: LocalTeacher = LocalTeacher()
     sampling: Sampling = Sampling()
-    source: Source = Source()
+    source: PromptSource = Source()
     replay: Replay = Replay()
     reconstruction: Reconstruction = Reconstruction()
     budget: Budget = Budget()
@@ -346,3 +322,8 @@ class Orchestrator(Strict):
     # any request, naming the prompt ids; "rerequest" asks for them again (the old answers
     # stay in the recording, unused).
     on_prompt_change: Literal["error", "rerequest"] = "error"
+    # Request cache folder, shared between runs (unset: no cache). A teacher answer is stored per
+    # sample under a hash of model, messages, tools, sampling arguments (seed, extra_body) and
+    # sample index; an identical request in any run is answered from it (not paid, not counted
+    # against the budget) and recorded in the run's recording with provenance "cache".
+    cache_dir: str | None = None

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from .strict import Strict
 
 
-class Batch(BaseModel):
+class Batch(Strict):
     """Batch API submission: one input file of every missing (prompt, sample) pair, uploaded and run as
     a batch, polled until it ends, its answers recorded like online ones. Resumes after any crash."""
-
-    # schema.Strict's settings (not imported: schema.py imports this module for Orchestrator.batch)
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # Send the rollout as Batch API jobs (`distill rollout` / `distill run`); off: online requests.
     # `--orchestrator.batch.enabled true` turns it on for one command.

