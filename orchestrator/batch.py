@@ -28,6 +28,7 @@ from distill.core.config import RunConfig, api_key
 from orchestrator.ask import Asker
 from orchestrator.batch_api import BatchAPI
 from orchestrator.batch_store import BatchState, Round, Spend, batch_prices, fit_budget, input_line, read_results
+from orchestrator.cache import open_cache
 from orchestrator.endpoint_check import EndpointCheckError, check_endpoints
 from orchestrator.failures import RolloutError
 from orchestrator.kinds.chat import estimate_prompt_tokens, parse_choices, request_body
@@ -62,7 +63,11 @@ class BatchRollout:
         self.n = oc.sampling.n or 1
         self.resume = load_resume(run_dir / RECORDING, oc)
         key = api_key(cfg)
-        if not self.resume.nothing_to_ask:
+        self.cache = open_cache(oc)  # orchestrator.cache_dir: answers shared with other runs, online or batch
+        covered = self.cache is not None and self.cache.covers(
+            self.prompts.values(), self.n, self.resume.loaded.records, self.resume.stale, prompt_hasher(oc)
+        )
+        if not self.resume.nothing_to_ask and not covered:
             try:  # reachable, key accepted (GET /models; free): before anything is uploaded
                 check_endpoints(oc.rollout_model, key)
             except EndpointCheckError as e:
@@ -88,13 +93,15 @@ class BatchRollout:
         self.errors: Counter = Counter()  # per-line errors and unusable answers, by reason, this run
         self.batch_ids: list[str] = []
         self.stop_reason: str | None = None
-        self.recorded_now = self.rebuilt = 0
+        self.recorded_now = self.rebuilt = self.cached = 0
         self.t0 = time.time()
 
     # -- the run --------------------------------------------------------------------------------
 
     async def run(self) -> None:
         await self._rebuild()
+        if self.cache is not None:
+            await self._from_cache()
         rd = self.state.open_round()
         if rd is not None:
             print(
@@ -116,6 +123,29 @@ class BatchRollout:
             if rebuild:
                 await self.pub.publish(rebuild)
                 self.rebuilt += len(rebuild)
+
+    async def _from_cache(self) -> None:
+        """Records and publishes the missing pairs the request cache holds (orchestrator/cache.py): not sent."""
+        for prompt in self.prompts.values():
+            missing = [i for i in range(self.n) if (prompt["prompt_id"], i) not in self.recorded]
+            hits, _ = self.cache.lookup(prompt, self.hash_of(prompt), missing) if missing else ([], [])
+            if hits:
+                await self._commit(hits)
+                self.cached += len(hits)
+
+    async def _commit(self, records: list[dict]) -> None:
+        """Appends `records` durably to the recording, then publishes them."""
+        for k in range(0, len(records), 256):
+            chunk = records[k : k + 256]
+            for r in chunk:
+                if r.get("reward") is None:
+                    try:
+                        r["reward"] = self.pub.score(self.prompts[r["prompt_id"]], r["response"])
+                    except Exception:  # noqa: BLE001 - reported by publish() as reward_error
+                        r["reward"] = None
+            await self.recw.append(chunk)  # durable before anything is built from it
+            self.recorded.update((r["prompt_id"], r["sample_index"]) for r in chunk)
+            await self.pub.publish([(self.prompts[r["prompt_id"]], r) for r in chunk])
 
     def _stopped(self) -> bool:
         return self.stop_event is not None and self.stop_event.is_set()
@@ -195,11 +225,9 @@ class BatchRollout:
                 self._fail(lr.pair, e.reason, e.detail, again, errors)
         for pair in sorted(pairs - seen - self.recorded):
             self._fail(pair, f"batch_{status}" if status != "completed" else "missing_from_output", "", again, errors)
-        for k in range(0, len(records), 256):
-            chunk = records[k : k + 256]
-            await self.recw.append(chunk)  # durable before anything is built from it
-            self.recorded.update((r["prompt_id"], r["sample_index"]) for r in chunk)
-            await self.pub.publish([(self.prompts[r["prompt_id"]], r) for r in chunk])
+        await self._commit(records)
+        if self.cache is not None:
+            await asyncio.to_thread(self.cache.store, records)
         self.recorded_now += len(records)
         self.errors.update(errors)
         self.state.append({"event": "recorded", "round": rd.round, "recorded": len(records), "errors": dict(errors)})
@@ -236,10 +264,6 @@ class BatchRollout:
             request_hash=self.hash_of(prompt),
         )
         r["batch_id"], r["custom_id"] = rd.batch_id, f"{lr.pair[0]}#{lr.pair[1]}"
-        try:
-            r["reward"] = self.pub.score(prompt, r["response"])
-        except Exception:  # noqa: BLE001 - reported by publish() as reward_error
-            r["reward"] = None
         self.spend.add(r, self.oc.budget, self.prices)
         return r
 
@@ -281,6 +305,7 @@ class BatchRollout:
             "requests": round(sp.requests),
             "recorded_this_run": self.recorded_now,
             "rebuilt_from_recording": self.rebuilt,
+            "from_cache": self.cached,
             "samples": self.pub.writer.published + self.pub.buffered,
             "samples_this_run": self.pub.samples,
             "line_errors": dict(self.errors),

@@ -35,6 +35,7 @@ FAST_RETRY = {"max_attempts": 5, "initial_backoff": 0.001, "max_backoff": 0.01}
 
 def make_cfg(tmp_path: Path, base_url: str, n_prompts: int = 6, n: int = 2, orch: dict | None = None, **batch):
     prompts = tmp_path / "prompts.jsonl"
+    tmp_path.mkdir(parents=True, exist_ok=True)
     write_prompts(prompts, n_prompts)
     o = {
         "rollout_model": {"base_url": base_url, "model": "batch-teacher"},
@@ -184,6 +185,20 @@ def test_batch_files_replay_offline_with_distill_replay(tmp_path, smol_tokenizer
 
     assert len(tokens(tmp_path / "replayed")) == 6
     assert tokens(tmp_path / "replayed") == tokens(Path(cfg.output_dir))
+
+
+def test_request_cache_is_shared_between_batch_runs(tmp_path, smol_tokenizer):
+    """With orchestrator.cache_dir, batch answers are cached; a second run (another output_dir) takes them from
+    the cache, sends no batch, and records them with provenance "cache"."""
+    cache = {"cache_dir": str(tmp_path / "cache")}
+    with BatchServer() as s:
+        first = run(make_cfg(tmp_path / "a", s.base_url, n_prompts=3, orch=cache), smol_tokenizer)
+        cfg = make_cfg(tmp_path / "b", s.base_url, n_prompts=3, orch=cache)
+        second = run(cfg, smol_tokenizer)
+    assert first["recorded_this_run"] == 6 and len(s.batches) == 1
+    assert second["from_cache"] == 6 and second["batch_ids"] == [] and second["requests"] == 0
+    recs = load_recording(Path(cfg.output_dir) / "recording.jsonl").records.values()
+    assert {r["provenance"] for r in recs} == {"cache"} and len(sample_ids(Path(cfg.output_dir))) == 6
 
 
 # -- kill -9 at each step, then resume ---------------------------------------------------------
