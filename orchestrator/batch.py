@@ -340,6 +340,19 @@ def failed_message(rd: Round, batch_dir: Path) -> str:
     )
 
 
+def check_no_open_batch(run_dir: Path) -> None:
+    """An online rollout of a run directory whose batch is still open would ask (and pay) again for the pairs
+    that batch will answer: a RolloutError saying how to collect it instead."""
+    rd = BatchState.load(Path(run_dir) / BATCH_DIR, create=False).open_round()
+    if rd is not None and rd.input_file_id is not None:
+        raise RolloutError(
+            f"{run_dir} has an unfinished Batch API round ({rd.batch_id or 'being created'}, {len(rd.pairs)} "
+            "requests) and orchestrator.batch.enabled is false: an online run would pay for those answers again. "
+            "Fix: rerun with orchestrator.batch.enabled = true (distill rollout --batch) to collect it, or delete "
+            f"{Path(run_dir) / BATCH_DIR / 'state.jsonl'} to give it up"
+        )
+
+
 def batch_rollout(cfg: RunConfig, run_dir: Path, reconstructor, *, progress: bool = True, stop_event=None, **_) -> dict:
     """Prompts -> Batch API -> recording -> reconstruction -> shards. Resumable; returns the summary dict."""
 

@@ -82,11 +82,12 @@ class BatchState:
     rounds: dict[int, Round] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, batch_dir: Path) -> "BatchState":
+    def load(cls, batch_dir: Path, create: bool = True) -> "BatchState":
+        """The journal in `batch_dir`; with `create`, a new one (its token) when there is none."""
         st = cls(batch_dir)
         for d in log_values(batch_dir / STATE):  # a torn last line is skipped: that step is redone
             st._apply(d)
-        if not st.token:
+        if create and not st.token:
             st.append({"event": "start", "token": os.urandom(6).hex()})
         return st
 

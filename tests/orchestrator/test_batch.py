@@ -311,6 +311,35 @@ def test_killed_while_recording_resumes_from_the_downloaded_files(tmp_path, smol
     assert len(sample_ids(run_dir)) == 6 and is_done(run_dir / "samples")
 
 
+def test_cli_batch_flag_and_an_open_batch_refuses_an_online_rerun(tmp_path, smol_tokenizer, capsys):
+    """`distill rollout --batch` turns the Batch API on; while its batch is open (stopped while polling), an
+    online rerun of the run directory is refused (it would pay for the same pairs); `--batch` collects it."""
+    import threading
+
+    from distill.cli import main
+
+    stop = threading.Event()
+    with BatchServer(lines_per_poll=1) as s:
+        cfg = make_cfg(tmp_path, s.base_url, n_prompts=2, enabled=False, poll_interval=0.05, max_poll_interval=0.05)
+        path = _config_file(tmp_path, cfg)
+        on = cfg.model_copy(deep=True)
+        on.orchestrator.batch.enabled = True
+        rec = Reconstructor(smol_tokenizer, cfg.orchestrator.reconstruction)
+        s.hold = {"poll"}
+        t = threading.Thread(target=batch_rollout, args=(on, Path(cfg.output_dir), rec), kwargs={"stop_event": stop})
+        t.start()
+        assert s.reached["poll"].wait(60)
+        stop.set()  # stopped while the batch runs
+        s.release()
+        t.join(60)
+        assert main(["rollout", str(path)]) == 1  # online, with the batch still open
+        err = capsys.readouterr().err
+        assert "unfinished Batch API round" in err and "distill rollout --batch" in err and "Traceback" not in err
+        assert main(["rollout", str(path), "--batch"]) == 0
+    assert len(s.batches) == 1 and s.answered == Counter({c: 1 for c in pairs_of(["p0", "p1"], 2)})
+    assert len(sample_ids(Path(cfg.output_dir))) == 4
+
+
 # -- expired, partial, failed ------------------------------------------------------------------
 
 
