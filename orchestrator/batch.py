@@ -314,6 +314,8 @@ class BatchRollout:
             "prompt_tokens": round(sp.prompt_tokens),
             "completion_tokens": round(sp.completion_tokens),
             "cost": round(sp.cost, 6),
+            "failed_pairs": dict(left),
+            "samples_per_s": round(self.pub.samples / max(1e-9, time.time() - self.t0), 3),
             "elapsed_s": round(time.time() - self.t0, 3),
         }
 

@@ -247,7 +247,8 @@ class Spend:
     def of(cls, records, budget, prices: tuple[float, float]) -> "Spend":
         s = cls()
         for r in records:
-            s.requests += 1 / max(1, int(r.get("usage_shared_by") or 1))
+            if r.get("provenance") != "cache":  # answered from the request cache: no request was sent
+                s.requests += 1 / max(1, int(r.get("usage_shared_by") or 1))
             s.add(r, budget, prices)
         return s
 
