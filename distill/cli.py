@@ -154,7 +154,8 @@ def _print_producer_summary(cfg: RunConfig, summary: dict) -> None:
 
 
 def cmd_rollout(argv: list[str]) -> int:
-    cfg, _, _ = _load(argv, {})
+    cfg, flags, _ = _load(argv, {"--batch": False})
+    cfg.orchestrator.batch.enabled |= bool(flags.get("--batch"))  # the Batch API (orchestrator/batch.py)
     preflight(cfg, "rollout")
     run_dir = prepare_run_dir(cfg)
     summary = produce(cfg, run_dir)

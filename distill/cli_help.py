@@ -55,11 +55,15 @@ options:
                          (recording.jsonl, samples or checkpoints): rerun without it to
                          resume, or choose a new output_dir, or delete that folder
 """,
-    "rollout": """usage: distill rollout CONFIG [--key.path VALUE ...]
+    "rollout": """usage: distill rollout CONFIG [--batch] [--key.path VALUE ...]
 
 Only sample from the teacher (or replay, with orchestrator.source.type = "replay"):
 rebuilt samples go to OUTPUT_DIR/samples, every answer to OUTPUT_DIR/recording.jsonl.
 Rerunning the same command resumes it; nothing already recorded is requested again.
+
+options:
+  --batch                through the teacher's Batch API (= --orchestrator.batch.enabled true):
+                         one batch of every missing pair, polled; a rerun collects it
 """,
     "replay": """usage: distill replay CONFIG [INPUT ...] [--on-error skip|fail] [--key.path VALUE ...]
 

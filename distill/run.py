@@ -66,7 +66,14 @@ def produce(
             max_ahead=cfg.orchestrator.max_ahead if with_trainer else None,
             stop_event=stop_event,
         )
+    if cfg.orchestrator.batch.enabled:  # the teacher's answers through its Batch API (orchestrator/batch.py)
+        from orchestrator.batch import batch_rollout
+
+        return batch_rollout(cfg, run_dir, recon, progress=progress, stop_event=stop_event)
+    from orchestrator.batch import check_no_open_batch
     from orchestrator.scheduler import rollout
+
+    check_no_open_batch(run_dir)  # a batch still open would answer (and be paid for) the same pairs
 
     # Without a concurrent trainer nothing consumes samples: no backpressure then.
     kw = dict(progress=progress, backpressure=with_trainer, stop_event=stop_event)

@@ -202,3 +202,15 @@ def _parse_choice(c: Any, slot: int) -> Choice:
         message={"role": "assistant", "content": content, "reasoning_content": reasoning, "tool_calls": tool_calls},
         finish_reason=c.get("finish_reason"),
     )
+
+
+def request_body(model: str, req: ChatRequest) -> dict[str, Any]:
+    """The JSON body `ChatKind.send` posts for `req`: what the SDK's create() sends (model, messages, the
+    sampling args, tools when there are some, extra_body merged at the top level). A Batch API input
+    line carries it as its `body` (orchestrator/batch_store.py)."""
+    body: dict[str, Any] = {"model": model, "messages": req.messages, **req.args}
+    if req.tools:
+        body["tools"] = req.tools
+    if req.extra_body:
+        body.update(req.extra_body)
+    return body

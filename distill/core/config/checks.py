@@ -217,8 +217,9 @@ def _check_orchestrator_inputs(cfg: RunConfig) -> list[Problem]:
                     f'{cfg.orchestrator.rollout_model.base_url}. Fix: set base_url = "{expected}".',
                 )
             )
-    b = cfg.orchestrator.budget
-    if b.max_cost is not None and b.cost_per_1k_prompt == 0 and b.cost_per_1k_completion == 0:
+    b, bc = cfg.orchestrator.budget, cfg.orchestrator.batch
+    batch_priced = bc.enabled and bool(bc.cost_per_1k_prompt or bc.cost_per_1k_completion)  # batch prices set
+    if b.max_cost is not None and b.cost_per_1k_prompt == 0 and b.cost_per_1k_completion == 0 and not batch_priced:
         problems.append(
             Problem(
                 "orchestrator.budget.max_cost",

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from .schema_batch import Batch
 from .schema_prompts import PromptSource, Source
 from .strict import Strict
 
@@ -276,6 +277,8 @@ class Orchestrator(Strict):
     reconstruction: Reconstruction = Reconstruction()
     budget: Budget = Budget()
     retry: Retry = Retry()
+    # Batch API submission instead of online requests (schema_batch.py).
+    batch: Batch = Batch()
     # Requests in flight at once (across all endpoints).
     concurrency: int = Field(8, ge=1)
     # How many samples the orchestrator may run ahead of the trainer (backpressure).
