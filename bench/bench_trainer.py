@@ -66,6 +66,13 @@ def _args(argv=None):
     p.add_argument("--loss-reps", type=int, default=3)
     p.add_argument("--sweep", default="128,256,512,1024,2048", help="chunk sizes timed in part 2")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of every worker (0: torch's default, one per core). Default 1: on a CPU shared with "
+        "other jobs, a second OpenMP thread mostly waits at barriers for a descheduled peer (measured 2.4x slower)",
+    )
     p.add_argument("--only", default="", help="comma-separated subset of: ours,trl,hf-loop,gemm,loss")
     p.add_argument("--json", default="", help="also write the results to this file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -79,7 +86,7 @@ def _args(argv=None):
 
 def _forward_argv(a) -> list[str]:
     keys = ("shape", "steps", "samples_per_step", "seq_len", "chunk_size", "gemm_tokens", "gemm_reps")
-    keys += ("loss_tokens", "loss_reps", "sweep", "device")
+    keys += ("loss_tokens", "loss_reps", "sweep", "device", "threads")
     return [f"--{k.replace('_', '-')}={getattr(a, k)}" for k in keys]
 
 
@@ -87,8 +94,16 @@ def run_worker(name: str, argv: list[str]) -> dict | None:
     """Run one worker in its own process; its result plus `peak_rss` sampled from here."""
     import psutil
 
+    env = dict(os.environ)
+    threads = next((x.split("=")[1] for x in argv if x.startswith("--threads=")), "0")
+    if threads != "0":  # before torch loads: OpenMP's and MKL's own pools too
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--worker", name, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, __file__, "--worker", name, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     peak, done = [0], threading.Event()
 
@@ -138,7 +153,11 @@ def main(argv=None) -> dict:
     a.shape_name, a.shape = a.shape, SHAPES[a.shape]
     a.vocab = VOCAB
     if a.worker:
+        import torch
         from trainer_contenders import WORKERS
+
+        if a.threads:
+            torch.set_num_threads(a.threads)
 
         print(json.dumps(WORKERS[a.worker](a)))
         return {}
@@ -146,7 +165,7 @@ def main(argv=None) -> dict:
     fwd[0] = f"--shape={a.shape_name}"
     only = set(a.only.split(",")) if a.only else {"ours", "trl", "hf-loop", "gemm", "loss"}
     res: dict = {"shape": a.shape_name, **a.shape, "vocab": VOCAB, "seq_len": a.seq_len}
-    res.update(steps=a.steps, samples_per_step=a.samples_per_step, load_before=os.getloadavg())
+    res.update(steps=a.steps, samples_per_step=a.samples_per_step, threads=a.threads, load_before=os.getloadavg())
     print(_header(a))
     if "gemm" in only:
         res["gemm_before"] = run_worker("gemm", fwd)
@@ -182,7 +201,7 @@ def _header(a) -> str:
     return (
         f"device={a.device} shape={a.shape_name}: hidden {s['hidden']} x {s['layers']} layers, {s['heads']} heads / "
         f"{s['kv_heads']} kv heads, intermediate {s['intermediate']}, vocab {VOCAB}; seq_len {a.seq_len}, "
-        f"{a.samples_per_step} samples/step, {a.steps} steps; torch threads {_threads()}; "
+        f"{a.samples_per_step} samples/step, {a.steps} steps; torch threads {a.threads or _threads()}; "
         f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
 

@@ -34,30 +34,38 @@ def tokenizer():
     return load_tokenizer(tokenizer_only_dir())
 
 
+def llama_config(shape: dict, vocab: int, bos: int | None = None, eos: int | None = None, pad: int | None = None):
+    """SmolLM2-style LlamaConfig of `shape` (heads and kv heads as given: 9/3, 15/5 are real configs)."""
+    from transformers import LlamaConfig
+
+    h, q = shape["hidden"], shape["heads"]
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=h,
+        intermediate_size=shape["intermediate"],
+        num_hidden_layers=shape["layers"],
+        num_attention_heads=q,
+        num_key_value_heads=shape["kv_heads"],
+        head_dim=h // q,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
+
+
 def model_dir(tok, shape: dict) -> Path:
     """A randomly initialised Llama of `shape` with SmolLM2's tokenizer (saved once under /tmp)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     h, n, q, kv, i = (shape[k] for k in ("hidden", "layers", "heads", "kv_heads", "intermediate"))
     d = Path(tempfile.gettempdir()) / f"distill-bench-llama-{h}x{n}-{q}h{kv}kv-{i}"
     if not (d / "model.safetensors").is_file():
         torch.manual_seed(0)
-        cfg = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=h,
-            intermediate_size=i,
-            num_hidden_layers=n,
-            num_attention_heads=q,
-            num_key_value_heads=kv,
-            head_dim=h // q,
-            max_position_embeddings=8192,
-            rope_theta=100000.0,
-            tie_word_embeddings=True,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
+        cfg = llama_config(shape, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
         LlamaForCausalLM(cfg).save_pretrained(d)
         tok.save_pretrained(d)
     return d
