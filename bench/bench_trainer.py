@@ -191,9 +191,9 @@ def main(argv=None) -> dict:
 
 
 def _default_chunk(a) -> int:
-    from distill.core.config import SFTLoss
+    from trainer.losses.sft import auto_chunk_size
 
-    return SFTLoss().chunk_size
+    return auto_chunk_size(VOCAB)
 
 
 def _header(a) -> str:

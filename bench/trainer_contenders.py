@@ -292,11 +292,15 @@ def worker_gemm(a) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from trainer.losses.sft import auto_chunk_size
+
     dt = torch.bfloat16 if a.dtype == "bfloat16" else torch.float32
     m = a.gemm_tokens
     flops = secs = 0.0
     for out, inp, mult in linear_shapes(a.shape, a.vocab):
-        rows = min(m, a.chunk_size or 1024) if out == a.vocab else m  # the loss head runs chunk by chunk
+        rows = (
+            min(m, a.chunk_size or auto_chunk_size(a.vocab)) if out == a.vocab else m
+        )  # the loss head runs chunk by chunk
         x, w, g = torch.randn(rows, inp, dtype=dt), torch.randn(out, inp, dtype=dt), torch.randn(rows, out, dtype=dt)
         for fn in (lambda: F.linear(x, w), lambda: g @ w, lambda: g.t() @ x):
             flops += 2.0 * rows * inp * out * mult

@@ -48,4 +48,7 @@ def test_every_shape_builds_and_runs_forward_backward():
             out = lm(input_ids=ids, labels=ids)
         out.loss.backward()
         assert out.logits.shape == (2, 16, VOCAB), name
-        assert lm.model.layers[0].self_attn.k_proj.weight.grad.shape == (shape["hidden"] // shape["heads"] * shape["kv_heads"], shape["hidden"])
+        assert lm.model.layers[0].self_attn.k_proj.weight.grad.shape == (
+            shape["hidden"] // shape["heads"] * shape["kv_heads"],
+            shape["hidden"],
+        )
