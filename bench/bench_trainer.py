@@ -64,7 +64,7 @@ def _args(argv=None):
     p.add_argument("--loss-tokens", type=int, default=2048)
     p.add_argument("--loss-chunk", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--loss-reps", type=int, default=3)
-    p.add_argument("--sweep", default="128,256,512,1024,2048", help="chunk sizes timed in part 2")
+    p.add_argument("--sweep", default="256,512,1024,2048", help="chunk sizes timed in part 2")
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--threads",
@@ -178,7 +178,8 @@ def main(argv=None) -> dict:
         res["gemm_after"] = run_worker("gemm", fwd)
     if "loss" in only:
         res["loss_full"] = run_worker("loss", fwd + ["--loss-chunk=0"])
-        res["loss_chunked"] = run_worker("loss", fwd + [f"--loss-chunk={a.chunk_size or _default_chunk(a)}"])
+        res["chunk_size"] = a.chunk_size or _default_chunk(a)
+        res["loss_chunked"] = run_worker("loss", fwd + [f"--loss-chunk={res['chunk_size']}"])
         res["loss_sweep"] = run_worker("loss-sweep", fwd)
     res["load_after"] = os.getloadavg()
     res["flops"], res["tokens"] = step_flops(a)

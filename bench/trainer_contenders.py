@@ -92,10 +92,11 @@ def samples(tok, n: int, seq_len: int):
     return out
 
 
-def _result(times: list[float], tokens: list[int], base: int, **extra) -> dict:
-    """tokens/s over the steps after the first (warm-up); times and tokens per step."""
+def _result(times: list[float], tokens: list[int], base: int, probes: list[float], **extra) -> dict:
+    """tokens/s over the steps after the first (warm-up); times and tokens per step; the GEMM probes."""
     warm = slice(1, None) if len(times) > 1 else slice(None)
     return {
+        "gemm_probe": sum(probes) / len(probes),
         "tokens_per_s": sum(tokens[warm]) / sum(times[warm]),
         "step_s": times,
         "step_tokens": tokens,
@@ -126,6 +127,7 @@ def worker_ours(a) -> dict:
     ctx = DistContext(0, 1, 0, torch.device(a.device))
     model = build_model(model_dir(tok, a.shape), t, ctx)
     opt, sched = build_optimizer(model, t)
+    probes = [gemm_probe(a)]
     base = rss()
     times, tokens, breakdown, eff = [], [], [], []
     for s in range(a.steps):
@@ -136,7 +138,8 @@ def worker_ours(a) -> dict:
         tokens.append(m["tokens"])
         eff.append(m["packing_efficiency"])
         breakdown.append({k[5:-2]: v for k, v in m.items() if k.startswith("time_")})
-    return _result(times, tokens, base, breakdown=breakdown, packing_efficiency=sum(eff) / len(eff))
+    probes.append(gemm_probe(a))
+    return _result(times, tokens, base, probes, breakdown=breakdown, packing_efficiency=sum(eff) / len(eff))
 
 
 def _padded(batch, pad_id):
@@ -166,6 +169,7 @@ def worker_hf_loop(a) -> dict:
     ).to(a.device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
+    probes = [gemm_probe(a)]
     base = rss()
     times, tokens = [], []
     for s in range(a.steps):
@@ -178,7 +182,8 @@ def worker_hf_loop(a) -> dict:
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
         tokens.append(int(att.sum()))
-    return _result(times, tokens, base)
+    probes.append(gemm_probe(a))
+    return _result(times, tokens, base, probes)
 
 
 def worker_trl(a) -> dict:
@@ -250,8 +255,11 @@ def worker_trl(a) -> dict:
         )
         trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Timer()])
         rows = len(trainer.train_dataset)
+        probes = [gemm_probe(a)]
+        base[0] = 0  # taken at the first step, after the probe
         trainer.train()
-    return _result(times, tokens, base[0], packed_rows=rows, liger=use_liger)
+    probes.append(gemm_probe(a))
+    return _result(times, tokens, base[0], probes, packed_rows=rows, liger=use_liger)
 
 
 def _trl_batch(data, a) -> int:
@@ -283,6 +291,17 @@ def _median_time(fn, reps: int) -> float:
         fn()
         ts.append(time.perf_counter() - t0)
     return sorted(ts)[len(ts) // 2]
+
+
+def gemm_probe(a) -> float:
+    """A short bare-GEMM measurement (one timed run of each GEMM), taken by each contender right before
+    and after its steps: the machine's speed at that moment, under whatever load shares it."""
+    reps, dtype = a.gemm_reps, a.dtype
+    a.gemm_reps, a.dtype = 1, "float32"  # one anchor for every contender: fp32
+    try:
+        return worker_gemm(a)["flops_per_s"]
+    finally:
+        a.gemm_reps, a.dtype = reps, dtype
 
 
 def worker_gemm(a) -> dict:
@@ -338,10 +357,20 @@ def worker_loss(a) -> dict:
 
 
 def worker_loss_sweep(a) -> dict:
-    """Seconds of the chunked loss at several chunk sizes (time only; memory: worker_loss)."""
+    """Seconds of the loss head at each chunk size of --sweep and with full logits (0), interleaved
+    (one run of each, `loss_reps` times; median) so a change of load hits them alike. Memory: worker_loss."""
     h, w, labels = _loss_inputs(a)
-    sizes = [int(x) for x in a.sweep.split(",")]
-    return {"seconds": {c: _median_time(_loss_fn(a, h, w, labels, c), a.loss_reps) for c in sizes}, "base_rss": rss()}
+    sizes = [0] + [int(x) for x in a.sweep.split(",")]
+    fns = {c: _loss_fn(a, h, w, labels, c) for c in sizes}
+    for fn in fns.values():
+        fn()  # warm-up
+    ts: dict[int, list[float]] = {c: [] for c in sizes}
+    for _ in range(a.loss_reps):
+        for c, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            ts[c].append(time.perf_counter() - t0)
+    return {"seconds": {c: sorted(v)[len(v) // 2] for c, v in ts.items()}, "base_rss": rss()}
 
 
 WORKERS = {

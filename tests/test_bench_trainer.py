@@ -23,10 +23,11 @@ def test_bench_trainer_quick_runs_and_reports(tmp_path, shape, smol_tokenizer):
     res = json.loads(out.read_text())
     ours = res["ours"]
     assert ours["tokens_per_s"] > 0 and 0 < ours["mfu"] and ours["peak_rss"] >= ours["base_rss"] > 0
-    assert res["gemm_flops_per_s"] > 0 and res["flops"] > 0
+    assert res["gemm_before"]["flops_per_s"] > 0 and ours["gemm_probe"] > 0 and res["flops"] > 0
     assert set(ours["breakdown"][0]) == {"wait", "data", "forward", "loss", "backward", "optimizer"}
     assert abs(sum(ours["breakdown_share"].values()) - 1) < 1e-6
-    assert res["loss_full"]["seconds"] > 0 and res["loss_chunked"]["seconds"] > 0
+    assert res["loss_full"]["seconds"] > 0 and res["loss_chunked"]["seconds"] > 0 and res["loss_time_ratio"] > 0
+    assert set(res["loss_sweep"]["seconds"]) == {"0", "128", "256"}
     assert "MFU" in r.stdout and "ours, per step" in r.stdout and "chunked/full" in r.stdout
 
 
