@@ -84,10 +84,11 @@ class _ChunkedNLL(torch.autograd.Function):
         return gh, gw, None, None
 
 
-# fp32 logits per chunk. Measured on CPU (bench/bench_trainer.py, docs/training.md): at vocab 49152 the
-# loss head is fastest with 256-512 rows per chunk (~50-100 MiB of logits), 1.3x slower at 1024 rows
-# and 1.8x at 2048 (the full logits of a 2048-token row), as the chunk's elementwise passes (logsumexp,
-# exp, the one-hot subtraction) fall out of cache; the hidden size changes the GEMMs' share, not that.
+# fp32 logits per chunk. Measured on CPU (bench/bench_trainer.py, docs/training.md), SmolLM2-135M's
+# loss head (hidden 576, vocab 49152, 2048 trained positions), every variant interleaved in one process:
+# 256 to 2048 rows per chunk within 5% of each other and of the full logits (the three GEMMs dominate),
+# while the memory grows with the chunk (+331 MiB at 512 rows vs +1173 MiB for the full logits). So the
+# chunk is sized for memory: about 96 MiB of logits, large enough to keep the GEMMs efficient (>= 128 rows).
 LOGITS_BYTES_PER_CHUNK = 96 * 2**20
 
 
