@@ -65,7 +65,7 @@ def _args(argv=None):
     p.add_argument("--loss-chunk", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--loss-reps", type=int, default=3)
     p.add_argument("--sweep", default="256,512,1024,2048", help="chunk sizes timed in part 2")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (the GEMM probe and RSS peaks are CPU measures)")
     p.add_argument(
         "--threads",
         type=int,
