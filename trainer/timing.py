@@ -18,10 +18,11 @@ from typing import Iterator
 
 import torch
 
-# wait: for the step's samples (trainer.train); data: packing + collation + host->device copy;
-# forward: the decoder to its last hidden states; loss: the loss head (for the chunked losses this
-# includes their gradients, computed chunk by chunk in the forward pass); backward: the decoder's
-# backward; optimizer: gradient clipping, AdamW, lr schedule, zeroing the gradients.
+# wait: for the step's samples (trainer.train); data: packing, collation, the ranks' all-reduce of
+# the token counts, the host->device copy; forward: the decoder to its last hidden states; loss: the
+# loss head (sft's chunked NLL computes its gradients chunk by chunk in its forward, so they count
+# here; a loss whose gradients come in its backward counts them under backward); backward: the
+# backward pass; optimizer: gradient clipping, AdamW, lr schedule, zeroing the gradients.
 SECTIONS = ("wait", "data", "forward", "loss", "backward", "optimizer")
 
 
