@@ -19,7 +19,9 @@ contender runs in its own subprocess whose RSS this driver samples every 5 ms (p
 the peak and as the peak above the worker's RSS when training starts (model loaded).
 
 The machine's limit: bare matmul FLOP/s at the model's GEMM shapes (forward, input- and weight-gradient),
-measured before and after the contenders. MFU = useful training FLOP/s / that, where useful FLOPs per
+measured alone before and after the contenders, and by each contender right before and after its own
+steps (its GEMM probe: the machine under the load of that moment). MFU = useful training FLOP/s / the
+contender's probe (so MFU ratios are load-adjusted speed ratios), where useful FLOPs per
 step = 6 * N_body * tokens + 6 * vocab * hidden * trained tokens + 6 * layers * hidden * sum(len^2)
 (causal attention inside each sample); the same count for every contender.
 
