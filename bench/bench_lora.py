@@ -9,7 +9,7 @@ same random Llama with SmolLM2's vocabulary, each in its own subprocess:
   lora   [trainer.lora] defaults (r=16 on every attention/MLP projection); the student frozen
 Reported: tokens/s (first step excluded as warm-up), peak memory above the loaded model (CUDA:
 max_memory_allocated; CPU: sampled RSS), trainable parameters, and lora/full ratios.
-The samples, model and memory probe are bench/bench_trainer.py's.
+The samples and model are bench/trainer_contenders.py's.
 """
 
 from __future__ import annotations
@@ -18,13 +18,74 @@ import argparse
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_trainer import ROOT, PeakMemory, _cuda, _model_dir, _samples, _sync, _tokenizer  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from trainer_contenders import model_dir, samples as _samples, tokenizer as _tokenizer  # noqa: E402
+
+
+def _model_dir(tok, hidden: int, layers: int) -> Path:
+    """The random Llama of bench/trainer_contenders.py at this width (heads of 64 dims, kv heads of 128)."""
+    shape = {"hidden": hidden, "layers": layers, "heads": max(1, hidden // 64), "kv_heads": max(1, hidden // 128)}
+    return model_dir(tok, {**shape, "intermediate": hidden * 3})
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+class PeakMemory:
+    """Peak memory above the level at start(): CUDA allocator stats, or RSS sampled by a thread on CPU."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def start(self):
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return self
+        import psutil
+
+        self.proc = psutil.Process()
+        self.base = self.peak = self.proc.memory_info().rss
+        self.stop_flag = False
+
+        def sample():
+            while not self.stop_flag:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+                time.sleep(0.002)
+
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> int:
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - self.base
+        self.stop_flag = True
+        self.thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+        return self.peak - self.base
 
 
 def worker(a) -> dict:

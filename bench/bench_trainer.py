@@ -1,22 +1,32 @@
-"""Trainer throughput and memory, against peers measured in the same run.
+"""Trainer throughput, memory and MFU, against peers measured in the same run.
 
-    python bench/bench_trainer.py                  # small defaults, CPU ok (a few minutes on 2 cores)
-    python bench/bench_trainer.py --steps 8 --samples-per-step 16 --seq-len 1024
+    python bench/bench_trainer.py                        # SmolLM2-135M shape, 3 steps of 8 samples, seq 512
+    python bench/bench_trainer.py --shape 360m --steps 3
+    python bench/bench_trainer.py --shape tiny --quick   # seconds: a smoke run (the test suite's)
 
-Part 1 - one optimizer step = the same `samples_per_step` samples (made with the real
-SmolLM2 tokenizer, varied lengths) for every contender, on the same small random
-Llama with SmolLM2's vocabulary:
-  ours     trainer.train.train_step: best-fit-decreasing packing, chunked loss
-  trl      TRL SFTTrainer (padded batches, completion_only_loss), if trl is installed
-  hf-loop  a plain transformers loop: padded batches, model(labels=...) full logits
-Reported: tokens/s (real tokens, context included; first step excluded as warm-up),
-peak memory above the loaded model (CUDA: max_memory_allocated; CPU: sampled RSS),
-and each peer's ratio to ours.
+Model shapes (random weights, SmolLM2's tokenizer and vocabulary 49152, tied embeddings):
+  tiny  128 x 2,  2 heads / 1 kv head,  intermediate 384
+  135m  576 x 30, 9 heads / 3 kv heads, intermediate 1536 (SmolLM2-135M)
+  360m  960 x 32, 15 heads / 5 kv heads, intermediate 2560 (SmolLM2-360M)
 
-Part 2 - one forward+backward of one 2048-token row at vocab 49152 (SmolLM2), our
-chunked loss vs the full-logits loss, peak memory.
+Part 1 - the same `samples_per_step` samples per step (real tokenizer, varied lengths), the same model:
+  ours      trainer.train.train_step: best-fit-decreasing packing, chunked loss (and --bf16: autocast)
+  trl       TRL SFTTrainer at its best CPU settings: packing_strategy="bfd" + padding_free,
+            completion_only_loss, loss_type="nll" (Liger kernels only on CUDA: they need Triton)
+  hf-loop   a plain transformers loop: padded batch, model(labels=...) full logits, torch AdamW
+tokens/s counts real tokens (context included) after the first (warm-up) step. Peak memory: each
+contender runs in its own subprocess whose RSS this driver samples every 5 ms (psutil); printed as
+the peak and as the peak above the worker's RSS when training starts (model loaded).
 
-Every measurement runs in its own subprocess so peaks do not leak between them.
+The machine's limit: bare matmul FLOP/s at the model's GEMM shapes (forward, input- and weight-gradient),
+measured alone before and after the contenders, and by each contender right before and after its own
+steps (its GEMM probe: the machine under the load of that moment). MFU = useful training FLOP/s / the
+contender's probe (so MFU ratios are load-adjusted speed ratios), where useful FLOPs per
+step = 6 * N_body * tokens + 6 * vocab * hidden * trained tokens + 6 * layers * hidden * sum(len^2)
+(causal attention inside each sample); the same count for every contender.
+
+Part 2 - the loss head alone, forward + backward on `loss_tokens` trained positions at this shape's
+hidden size: the chunked NLL vs full fp32 logits (naive_nll), time and peak memory, and a chunk-size sweep.
 """
 
 from __future__ import annotations
@@ -26,377 +36,183 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-
-# ---------------------------------------------------------------------------
-# Shared setup (inside workers)
-# ---------------------------------------------------------------------------
-
-
-def _tokenizer():
-    from distill.core.student import load_tokenizer, tokenizer_only_dir
-
-    return load_tokenizer(tokenizer_only_dir())
-
-
-def _model_dir(tok, hidden: int, layers: int) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    d = Path(tempfile.gettempdir()) / f"distill-bench-llama-{hidden}x{layers}"
-    if not (d / "model.safetensors").is_file():
-        torch.manual_seed(0)
-        cfg = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=hidden,
-            intermediate_size=hidden * 3,
-            num_hidden_layers=layers,
-            num_attention_heads=max(1, hidden // 64),
-            num_key_value_heads=max(1, hidden // 128),
-            max_position_embeddings=4096,
-            tie_word_embeddings=True,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-        LlamaForCausalLM(cfg).save_pretrained(d)
-        tok.save_pretrained(d)
-    return d
-
-
-def _samples(tok, n: int, seq_len: int):
-    """Chat samples whose completions vary from short to ~seq_len/2 tokens."""
-    from distill.core.contract import Sample
-
-    end = tok.convert_tokens_to_ids("<|im_end|>")
-    words = "the student learns to answer like the teacher does step by step".split()
-    out = []
-    for i in range(n):
-        p = tok.apply_chat_template(
-            [{"role": "user", "content": f"Question {i}: explain {words[i % len(words)]}."}],
-            add_generation_prompt=True,
-            tokenize=False,
-        )
-        pids = tok(p, add_special_tokens=False)["input_ids"]
-        target = max(8, int((seq_len // 2 - len(pids)) * ((i * 7919) % 97) / 96))
-        text = " ".join(words[(i + k) % len(words)] for k in range(target))
-        cids = tok(text, add_special_tokens=False)["input_ids"][:target] + [end]
-        out.append(Sample(sample_id=f"b{i}/0", prompt_ids=pids, completion_ids=cids, completion_mask=[1] * len(cids)))
-    return out
-
-
-class PeakMemory:
-    """Peak memory above the level at start(): CUDA allocator stats, or sampled RSS on CPU."""
-
-    def __init__(self, device: str):
-        self.device = device
-
-    def start(self):
-        import torch
-
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-            return self
-        import psutil
-
-        self.proc = psutil.Process()
-        self.base = self.peak = self.proc.memory_info().rss
-        self.stop_flag = False
-
-        def sample():
-            while not self.stop_flag:
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-                time.sleep(0.002)
-
-        self.thread = threading.Thread(target=sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self) -> int:
-        import torch
-
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            return torch.cuda.max_memory_allocated() - self.base
-        self.stop_flag = True
-        self.thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-        return self.peak - self.base
-
-
-def _sync(device):
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-# ---------------------------------------------------------------------------
-# Workers
-# ---------------------------------------------------------------------------
-
-
-def worker_ours(a) -> dict:
-    import torch
-
-    from distill.core.config import Trainer
-    from trainer.dist import DistContext
-    from trainer.train import build_model, build_optimizer, train_step
-
-    tok = _tokenizer()
-    samples = _samples(tok, a.steps * a.samples_per_step, a.seq_len)
-    t = Trainer(
-        max_steps=a.steps,
-        samples_per_step=a.samples_per_step,
-        seq_len=a.seq_len,
-        micro_batch_rows=a.samples_per_step,
-        device=a.device,
-        optim={"schedule": "constant"},
-    )
-    ctx = DistContext(0, 1, 0, torch.device(a.device))
-    model = build_model(_model_dir(tok, a.hidden, a.layers), t, ctx)
-    opt, sched = build_optimizer(model, t)
-    mem = PeakMemory(a.device).start()
-    times, tokens, eff = [], [], []
-    for s in range(a.steps):
-        batch = samples[s * a.samples_per_step : (s + 1) * a.samples_per_step]
-        _sync(a.device)
-        t0 = time.perf_counter()
-        m = train_step(model, opt, sched, batch, t, ctx, tok.pad_token_id or 0)
-        _sync(a.device)
-        times.append(time.perf_counter() - t0)
-        tokens.append(m["tokens"])
-        eff.append(m["packing_efficiency"])
-    return {
-        "tokens_per_s": sum(tokens[1:]) / sum(times[1:]),
-        "peak_mem": mem.stop(),
-        "packing_efficiency": sum(eff) / len(eff),
-    }
-
-
-def _padded(batch, pad_id, device):
-    import torch
-
-    width = max(s.num_tokens for s in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    att = torch.zeros((len(batch), width), dtype=torch.long)
-    lab = torch.full((len(batch), width), -100, dtype=torch.long)
-    for r, s in enumerate(batch):
-        x = s.prompt_ids + s.completion_ids
-        ids[r, : len(x)] = torch.tensor(x)
-        att[r, : len(x)] = 1
-        m = [0] * len(s.prompt_ids) + s.completion_mask
-        lab[r, : len(x)] = torch.tensor([xi if mi else -100 for xi, mi in zip(x, m)])
-    return ids.to(device), att.to(device), lab.to(device)
-
-
-def worker_hf_loop(a) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    tok = _tokenizer()
-    samples = _samples(tok, a.steps * a.samples_per_step, a.seq_len)
-    model = AutoModelForCausalLM.from_pretrained(
-        _model_dir(tok, a.hidden, a.layers), dtype=torch.float32, attn_implementation="sdpa"
-    ).to(a.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
-    mem = PeakMemory(a.device).start()
-    times, tokens = [], []
-    for s in range(a.steps):
-        batch = samples[s * a.samples_per_step : (s + 1) * a.samples_per_step]
-        _sync(a.device)
-        t0 = time.perf_counter()
-        ids, att, lab = _padded(batch, tok.pad_token_id or 0, a.device)
-        model(input_ids=ids, attention_mask=att, labels=lab).loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        _sync(a.device)
-        times.append(time.perf_counter() - t0)
-        tokens.append(sum(x.num_tokens for x in batch))
-    return {"tokens_per_s": sum(tokens[1:]) / sum(times[1:]), "peak_mem": mem.stop()}
-
-
-def worker_trl(a) -> dict:
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
-
-    tok = _tokenizer()
-    samples = _samples(tok, a.steps * a.samples_per_step, a.seq_len)
-    ds = Dataset.from_list(
-        [
-            {
-                "input_ids": s.prompt_ids + s.completion_ids,
-                "completion_mask": [0] * len(s.prompt_ids) + s.completion_mask,
-            }
-            for s in samples
-        ]
-    )
-    model = AutoModelForCausalLM.from_pretrained(
-        _model_dir(tok, a.hidden, a.layers), dtype=torch.float32, attn_implementation="sdpa"
-    )
-    mem = PeakMemory(a.device)
-    times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            if state.global_step == 0:
-                mem.start()
-            _sync(a.device)
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            _sync(a.device)
-            times.append(time.perf_counter() - self.t0)
-
-    with tempfile.TemporaryDirectory() as out:
-        cfg = SFTConfig(
-            output_dir=out,
-            max_steps=a.steps,
-            per_device_train_batch_size=a.samples_per_step,
-            gradient_accumulation_steps=1,
-            learning_rate=1e-4,
-            lr_scheduler_type="constant",
-            adam_beta2=0.95,
-            max_grad_norm=1.0,
-            logging_steps=10_000,
-            save_strategy="no",
-            report_to="none",
-            use_cpu=a.device == "cpu",
-            max_length=a.seq_len,
-            packing=False,
-            completion_only_loss=True,
-            dataloader_num_workers=0,
-            seed=0,
-        )
-        trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Timer()])
-        trainer.train()
-    # Trainer shuffles, so per-step token counts differ; one epoch covers every sample once,
-    # so the mean tokens per step is exact.
-    per_step = sum(s.num_tokens for s in samples) / a.steps
-    return {"tokens_per_s": per_step * (len(times) - 1) / sum(times[1:]), "peak_mem": mem.stop()}
-
-
-def worker_loss(a, chunked: bool) -> dict:
-    import torch
-
-    from distill.core.config import SFTLoss
-    from trainer.model import load_student
-
-    tok = _tokenizer()
-    model = load_student(_model_dir(tok, a.hidden, a.layers), torch.device(a.device), SFTLoss(chunk_size=a.chunk_size))
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, len(tok), (1, 2048), generator=g).to(a.device)
-    pos = torch.arange(2048, device=a.device)[None]
-    seg = torch.ones_like(ids)
-    mem = PeakMemory(a.device).start()
-    t0 = time.perf_counter()
-    if chunked:
-        loss = model(ids, pos, seg, {"labels": ids.roll(-1, 1)}, 2048.0)
-    else:  # the HF model's own loss: full [2048 x 49152] logits, upcast to fp32
-        loss = model.lm(input_ids=ids, position_ids=pos, labels=ids).loss
-    loss.backward()
-    _sync(a.device)
-    return {"peak_mem": mem.stop(), "seconds": time.perf_counter() - t0, "vocab": len(tok)}
-
-
-WORKERS = {
-    "ours": worker_ours,
-    "trl": worker_trl,
-    "hf-loop": worker_hf_loop,
-    "loss-chunked": lambda a: worker_loss(a, True),
-    "loss-full": lambda a: worker_loss(a, False),
+SHAPES = {
+    "tiny": {"hidden": 128, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 384},
+    "135m": {"hidden": 576, "layers": 30, "heads": 9, "kv_heads": 3, "intermediate": 1536},
+    "360m": {"hidden": 960, "layers": 32, "heads": 15, "kv_heads": 5, "intermediate": 2560},
 }
+VOCAB = 49152  # SmolLM2's
 
 
-# ---------------------------------------------------------------------------
-# Driver
-# ---------------------------------------------------------------------------
-
-
-def _run(name: str, argv: list[str]) -> dict | None:
-    proc = subprocess.run([sys.executable, __file__, "--worker", name, *argv], capture_output=True, text=True)
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        print(f"  {name}: failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return None
-    return json.loads(lines[-1])
-
-
-def main() -> None:
+def _args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--shape", choices=sorted(SHAPES), default="135m")
+    p.add_argument("--quick", action="store_true", help="2 steps of 4 samples, 1 rep: a smoke run")
+    p.add_argument("--steps", type=int, default=3)
     p.add_argument("--samples-per-step", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--chunk-size", type=int, default=1024)
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    p.add_argument("--only", default="", help="comma-separated subset of " + ",".join(WORKERS))
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    a = p.parse_args()
-    if a.worker:
-        print(json.dumps(WORKERS[a.worker](a)))
-        return
-    argv = [
-        f"--steps={a.steps}",
-        f"--samples-per-step={a.samples_per_step}",
-        f"--seq-len={a.seq_len}",
-        f"--hidden={a.hidden}",
-        f"--layers={a.layers}",
-        f"--chunk-size={a.chunk_size}",
-        f"--device={a.device}",
-    ]
-    only = set(a.only.split(",")) if a.only else set(WORKERS)
-    print(
-        f"device={a.device} model=llama hidden={a.hidden} layers={a.layers} vocab=49152 seq_len={a.seq_len} "
-        f"samples/step={a.samples_per_step} steps={a.steps}"
+    p.add_argument("--chunk-size", type=int, default=0, help="our loss's chunk_size (0: the trainer's default)")
+    p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    p.add_argument("--bf16", action="store_true", help="also run ours with trainer.dtype = bfloat16 (autocast)")
+    p.add_argument("--gemm-tokens", type=int, default=0, help="rows of the bare GEMMs (0: 2 x seq_len)")
+    p.add_argument("--gemm-reps", type=int, default=3)
+    p.add_argument("--loss-tokens", type=int, default=2048)
+    p.add_argument("--loss-chunk", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--loss-reps", type=int, default=3)
+    p.add_argument("--sweep", default="256,512,1024,2048", help="chunk sizes timed in part 2")
+    p.add_argument("--device", default="cpu", help="cpu (the GEMM probe and RSS peaks are CPU measures)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of every worker (0: torch's default, one per core). Default 1: on a CPU shared with "
+        "other jobs, a second OpenMP thread mostly waits at barriers for a descheduled peer (measured 2.4x slower)",
     )
-    res = {n: _run(n, argv) for n in WORKERS if n in only}
-    mib = 1 / 2**20
-    ours = res.get("ours")
-    print("\nper optimizer step (same samples, same model):")
-    for n in ("ours", "trl", "hf-loop"):
-        r = res.get(n)
-        if not r:
-            continue
-        line = f"  {n:8s} {r['tokens_per_s']:10.0f} tokens/s   peak +{r['peak_mem'] * mib:8.1f} MiB"
-        if ours and n != "ours":
-            line += (
-                f"   ours/{n}: speed x{ours['tokens_per_s'] / r['tokens_per_s']:.2f}, "
-                f"memory x{ours['peak_mem'] / max(r['peak_mem'], 1):.2f}"
-            )
-        if n == "ours":
-            line += f"   packing efficiency {r['packing_efficiency']:.2f}"
-        print(line)
-    c, f = res.get("loss-chunked"), res.get("loss-full")
-    if c and f:
-        print(f"\none 2048-token row, vocab {c['vocab']}, forward+backward:")
-        print(f"  chunked loss (chunk {a.chunk_size}) peak +{c['peak_mem'] * mib:8.1f} MiB  {c['seconds']:.2f}s")
-        print(f"  full logits              peak +{f['peak_mem'] * mib:8.1f} MiB  {f['seconds']:.2f}s")
-        print(f"  chunked/full memory: x{c['peak_mem'] / max(f['peak_mem'], 1):.2f}")
+    p.add_argument("--only", default="", help="comma-separated subset of: ours,trl,hf-loop,gemm,loss")
+    p.add_argument("--json", default="", help="also write the results to this file")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.quick:
+        a.steps, a.samples_per_step, a.gemm_reps, a.loss_reps, a.loss_tokens = 2, 4, 1, 1, 256
+        a.sweep = "128,256"
+    a.gemm_tokens = a.gemm_tokens or 2 * a.seq_len
+    return a
 
 
-def _cuda() -> bool:
-    try:
+def _forward_argv(a) -> list[str]:
+    keys = ("shape", "steps", "samples_per_step", "seq_len", "chunk_size", "gemm_tokens", "gemm_reps")
+    keys += ("loss_tokens", "loss_reps", "sweep", "device", "threads")
+    return [f"--{k.replace('_', '-')}={getattr(a, k)}" for k in keys]
+
+
+def run_worker(name: str, argv: list[str]) -> dict | None:
+    """Run one worker in its own process; its result plus `peak_rss` sampled from here."""
+    import psutil
+
+    env = dict(os.environ)
+    threads = next((x.split("=")[1] for x in argv if x.startswith("--threads=")), "0")
+    if threads != "0":  # before torch loads: OpenMP's and MKL's own pools too
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--worker", name, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    peak, done = [0], threading.Event()
+
+    def sample():
+        p = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                peak[0] = max(peak[0], p.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.005)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, err = proc.communicate()
+    done.set()
+    th.join()
+    lines = [x for x in out.splitlines() if x.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = err.strip().splitlines()[-3:]
+        print(f"  {name} {' '.join(argv[-2:])}: failed (exit {proc.returncode}): {tail}", file=sys.stderr)
+        return None
+    r = json.loads(lines[-1])
+    r["peak_rss"] = peak[0]
+    r["peak_above_base"] = peak[0] - r["base_rss"]
+    return r
+
+
+def step_flops(a) -> tuple[float, int]:
+    """(useful training FLOPs of all the bench's samples, their tokens): see the module docstring."""
+    from trainer_contenders import linear_shapes, samples, tokenizer
+
+    tok = tokenizer()
+    assert len(tok) == VOCAB, len(tok)
+    n_body = sum(o * i * m for o, i, m in linear_shapes(a.shape, VOCAB) if o != VOCAB)
+    h, layers = a.shape["hidden"], a.shape["layers"]
+    flops = tokens = 0
+    for s in samples(tok, a.steps * a.samples_per_step, a.seq_len):
+        n, k = s.num_tokens, sum(s.completion_mask)
+        flops += 6 * n_body * n + 6 * VOCAB * h * k + 6 * layers * h * n * n
+        tokens += n
+    return float(flops), tokens
+
+
+def main(argv=None) -> dict:
+    a = _args(argv)
+    a.shape_name, a.shape = a.shape, SHAPES[a.shape]
+    a.vocab = VOCAB
+    if a.worker:
         import torch
+        from trainer_contenders import WORKERS
 
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
+        if a.threads:
+            torch.set_num_threads(a.threads)
+
+        print(json.dumps(WORKERS[a.worker](a)))
+        return {}
+    fwd = _forward_argv(a)
+    fwd[0] = f"--shape={a.shape_name}"
+    only = set(a.only.split(",")) if a.only else {"ours", "trl", "hf-loop", "gemm", "loss"}
+    res: dict = {"shape": a.shape_name, **a.shape, "vocab": VOCAB, "seq_len": a.seq_len}
+    res.update(steps=a.steps, samples_per_step=a.samples_per_step, threads=a.threads, load_before=os.getloadavg())
+    print(_header(a))
+    if "gemm" in only:
+        res["gemm_before"] = run_worker("gemm", fwd)
+    runs = [("ours", "ours", [])] + ([("ours-bf16", "ours", ["--dtype=bfloat16"])] if a.bf16 else [])
+    runs += [("trl", "trl", []), ("hf-loop", "hf-loop", [])]
+    for label, worker, extra in runs:
+        if worker in only:
+            res[label] = run_worker(worker, fwd + extra)
+    if "gemm" in only:
+        res["gemm_after"] = run_worker("gemm", fwd)
+    if "loss" in only:
+        res["loss_full"] = run_worker("loss", fwd + ["--loss-chunk=0"])
+        res["chunk_size"] = a.chunk_size or _default_chunk(a)
+        res["loss_chunked"] = run_worker("loss", fwd + [f"--loss-chunk={res['chunk_size']}"])
+        res["loss_sweep"] = run_worker("loss-sweep", fwd)
+    res["load_after"] = os.getloadavg()
+    res["flops"], res["tokens"] = step_flops(a)
+    from bench_trainer_report import report
+
+    report(res, a)
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    return res
+
+
+def _default_chunk(a) -> int:
+    from trainer.losses.sft import auto_chunk_size
+
+    return auto_chunk_size(VOCAB)
+
+
+def _header(a) -> str:
+    s = a.shape
+    return (
+        f"device={a.device} shape={a.shape_name}: hidden {s['hidden']} x {s['layers']} layers, {s['heads']} heads / "
+        f"{s['kv_heads']} kv heads, intermediate {s['intermediate']}, vocab {VOCAB}; seq_len {a.seq_len}, "
+        f"{a.samples_per_step} samples/step, {a.steps} steps; torch threads {a.threads or _threads()}; "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from torch import nn
 from trainer.data import MicroBatch, block_causal_mask
 from trainer.dist import DistContext
 from trainer.losses import compute_loss, get_loss
+from trainer.timing import StepTimes, maybe_section
 
 
 def attention_implementation(device: torch.device, dtype: str = "float32") -> str:
@@ -51,8 +52,17 @@ class LossModel(nn.Module):
     def uses_flash(self) -> bool:
         return self.lm.config._attn_implementation == "flash_attention_2"
 
-    def forward(self, input_ids, position_ids, segment_ids, inputs: dict[str, torch.Tensor], normalizer: float):
-        """`inputs`: the loss's per-token tensors ([B, T, ...], aligned with the labels), by name."""
+    def forward(
+        self,
+        input_ids,
+        position_ids,
+        segment_ids,
+        inputs: dict[str, torch.Tensor],
+        normalizer: float,
+        times: StepTimes | None = None,
+    ):
+        """`inputs`: the loss's per-token tensors ([B, T, ...], aligned with the labels), by name;
+        `times`: where to add the decoder's and the loss head's seconds (trainer/timing.py)."""
         if self.uses_flash:
             # transformers finds packed samples from restarting position ids only in a
             # batch of one row, so the rows go in as one long row (padding positions are 0,
@@ -63,14 +73,16 @@ class LossModel(nn.Module):
         else:
             mask = block_causal_mask(segment_ids)
         body = getattr(self.lm, self.lm.base_model_prefix)
-        hidden = body(
-            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
-        return compute_loss(self.loss_cfg, hidden, self.lm.get_output_embeddings().weight, inputs, normalizer)
+        with maybe_section(times, "forward"):
+            hidden = body(
+                input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
+        with maybe_section(times, "loss"):
+            return compute_loss(self.loss_cfg, hidden, self.lm.get_output_embeddings().weight, inputs, normalizer)
 
-    def micro_batch_loss(self, mb: MicroBatch, normalizer: float) -> torch.Tensor:
+    def micro_batch_loss(self, mb: MicroBatch, normalizer: float, times: StepTimes | None = None) -> torch.Tensor:
         inputs = {name: mb.input(name) for name in self.loss_spec.needs}
-        return self(mb.input_ids, mb.position_ids, mb.segment_ids, inputs, normalizer)
+        return self(mb.input_ids, mb.position_ids, mb.segment_ids, inputs, normalizer, times)
 
 
 def load_student(

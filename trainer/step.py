@@ -19,6 +19,7 @@ from trainer import dist
 from trainer.data import empty_micro_batch, group_advantages, make_micro_batches
 from trainer.losses import check_inputs, get_loss
 from trainer.model import is_sharded
+from trainer.timing import StepTimes, maybe_section
 
 
 def _autocast(t: Trainer, model, device: torch.device):
@@ -45,10 +46,19 @@ def _rank_batches(samples: list[contract.Sample], t: Trainer, ctx: dist.DistCont
     return mbs, counts
 
 
-def accumulate_gradients(model, samples: list[contract.Sample], t: Trainer, ctx: dist.DistContext, pad_id: int) -> dict:
+def accumulate_gradients(
+    model,
+    samples: list[contract.Sample],
+    t: Trainer,
+    ctx: dist.DistContext,
+    pad_id: int,
+    times: StepTimes | None = None,
+) -> dict:
     """Forward/backward over this rank's slice of the step's samples; gradients are left in
-    the parameters' .grad. Returns the step's global loss and token counts."""
-    mbs, (trained, tokens, slots) = _rank_batches(samples, t, ctx, pad_id)
+    the parameters' .grad. Returns the step's global loss and token counts; `times` (if given)
+    gets the seconds of each part (trainer/timing.py)."""
+    with maybe_section(times, "data"):
+        mbs, (trained, tokens, slots) = _rank_batches(samples, t, ctx, pad_id)
     # The global count of trained tokens, known before any backward: the loss normaliser.
     normalizer = max(trained, 1.0)
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
@@ -56,10 +66,13 @@ def accumulate_gradients(model, samples: list[contract.Sample], t: Trainer, ctx:
     for i, mb in enumerate(mbs):
         if sharded:  # reduce-scatter gradients once, after the last micro-batch
             model.set_requires_gradient_sync(i == len(mbs) - 1)
+        with maybe_section(times, "data"):
+            mb = mb.to(ctx.device)
         with _autocast(t, model, ctx.device):
-            loss = model.micro_batch_loss(mb.to(ctx.device), normalizer)
-        # FSDP averages gradients over ranks; the loss is already a global mean.
-        (loss * ctx.world).backward()
+            loss = model.micro_batch_loss(mb, normalizer, times)
+        with maybe_section(times, "backward"):
+            # FSDP averages gradients over ranks; the loss is already a global mean.
+            (loss * ctx.world).backward()
         loss_sum += loss.detach().double()
     (loss_value,) = dist.all_reduce([loss_sum.item()], ctx)
     return {
@@ -92,15 +105,19 @@ def evaluate(model, samples: list[contract.Sample], t: Trainer, ctx: dist.DistCo
 def train_step(
     model, optimizer, scheduler, samples: list[contract.Sample], t: Trainer, ctx: dist.DistContext, pad_id: int
 ) -> dict:
-    """One optimizer step on `samples` (the whole step's samples; this rank takes its slice)."""
-    m = accumulate_gradients(model, samples, t, ctx, pad_id)
-    max_norm = t.optim.max_grad_norm if t.optim.max_grad_norm is not None else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    if hasattr(grad_norm, "full_tensor"):
-        grad_norm = grad_norm.full_tensor()
-    m["lr"] = optimizer.param_groups[0]["lr"]
-    m["grad_norm"] = float(grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return m
+    """One optimizer step on `samples` (the whole step's samples; this rank takes its slice).
+    Its metrics carry the step's time breakdown (`time_<section>_s`, trainer/timing.py; `wait` is
+    the caller's, 0 here)."""
+    times = StepTimes(ctx.device)
+    m = accumulate_gradients(model, samples, t, ctx, pad_id, times)
+    with times.section("optimizer"):
+        max_norm = t.optim.max_grad_norm if t.optim.max_grad_norm is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        m["lr"] = optimizer.param_groups[0]["lr"]
+        m["grad_norm"] = float(grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return {**m, **times.metrics()}

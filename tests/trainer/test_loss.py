@@ -24,7 +24,7 @@ def _grads(fn, hidden, weight, labels, norm, **kw):
     return loss.detach(), hidden.grad.clone(), weight.grad.clone()
 
 
-@pytest.mark.parametrize("chunk_size", [1, 5, 16, 1000])
+@pytest.mark.parametrize("chunk_size", [1, 5, 16, 1000, None])
 def test_chunked_equals_naive(chunk_size):
     hidden, weight, labels = _inputs()
     norm = float((labels != IGNORE).sum()) + 3.0  # a global count larger than the local one
@@ -67,3 +67,14 @@ def test_chunk_size_must_be_positive():
     hidden, weight, labels = _inputs()
     with pytest.raises(ValueError, match="chunk_size"):
         chunked_nll(hidden, weight, labels, 1.0, chunk_size=0)
+
+
+def test_auto_chunk_size_keeps_a_chunks_logits_near_96_mib():
+    from trainer.losses.sft import LOGITS_BYTES_PER_CHUNK, auto_chunk_size
+
+    assert auto_chunk_size(49152) == 512  # SmolLM2: 96 MiB of fp32 logits
+    assert auto_chunk_size(151936) == 128  # Qwen's vocabulary: the floor
+    assert auto_chunk_size(101) == 4096  # a toy vocabulary: the ceiling
+    for v in (32000, 49152, 65536, 128256):
+        c = auto_chunk_size(v)
+        assert c & (c - 1) == 0 and (c == 128 or c * 4 * v <= LOGITS_BYTES_PER_CHUNK < 2 * c * 4 * v)

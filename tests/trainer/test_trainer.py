@@ -13,6 +13,7 @@ from distill.core import contract
 from support.trainer_helpers import make_samples, write_samples
 from trainer import checkpoint
 from trainer.dist import DistContext
+from trainer.timing import SECTIONS
 from trainer.train import accumulate_gradients, build_model, lr_factor, overfit_check, train
 
 CPU1 = DistContext(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
@@ -92,6 +93,12 @@ def test_train_writes_metrics_checkpoints_and_backpressure(tmp_path, tiny_studen
     ):
         assert all(key in r for r in rows), key
     assert rows[-1]["samples_seen"] == 10 and 0 < rows[0]["packing_efficiency"] <= 1
+    # the step's time breakdown (trainer/timing.py): every part, none negative, together within the step
+    parts = [f"time_{k}_s" for k in SECTIONS]
+    for r in rows:
+        assert all(r[k] >= 0 for k in parts), r
+        assert r["time_forward_s"] > 0 and r["time_backward_s"] > 0 and r["time_optimizer_s"] > 0
+        assert sum(r[k] for k in parts if k != "time_wait_s") <= r["step_time_s"] * 1.01
     assert rows[0]["tokens"] > rows[0]["trained_tokens"] > 0
     assert contract.read_consumed(run / "samples") == 10
     # rotation keeps the last 2; the final one is a loadable HF folder with our files

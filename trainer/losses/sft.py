@@ -84,20 +84,38 @@ class _ChunkedNLL(torch.autograd.Function):
         return gh, gw, None, None
 
 
+# fp32 logits per chunk. Measured on CPU (bench/bench_trainer.py, docs/training.md), SmolLM2-135M's
+# loss head (hidden 576, vocab 49152, 2048 trained positions), every variant interleaved in one process:
+# 256 to 2048 rows per chunk within 5% of each other and of the full logits (the three GEMMs dominate),
+# while the memory grows with the chunk (+331 MiB at 512 rows vs +1173 MiB for the full logits). So the
+# chunk is sized for memory: about 96 MiB of logits, large enough to keep the GEMMs efficient (>= 128 rows).
+LOGITS_BYTES_PER_CHUNK = 96 * 2**20
+
+
+def auto_chunk_size(vocab: int) -> int:
+    """Rows per chunk when `trainer.loss.chunk_size` is unset: the largest power of two whose fp32
+    logits fit in LOGITS_BYTES_PER_CHUNK, within [128, 4096] (512 at vocab 49152, 128 at 151936)."""
+    rows = max(1, LOGITS_BYTES_PER_CHUNK // (4 * vocab))
+    return min(4096, max(128, 1 << (rows.bit_length() - 1)))
+
+
 def chunked_nll(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     labels: torch.Tensor,
     normalizer: float | torch.Tensor,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Masked NLL summed over trained positions, divided by `normalizer`.
+    """Masked NLL summed over trained positions, divided by `normalizer`; `chunk_size` trained
+    positions at a time (None: `auto_chunk_size` of the vocabulary).
 
     hidden: [..., H] final hidden states (after the last norm); weight: [V, H] lm_head
     weight; labels: [...] shifted targets with IGNORE where nothing is trained.
     With no trained position it returns a zero that still depends on every input,
     so a backward pass through it reaches every parameter (FSDP needs that).
     """
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(weight.shape[0])
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     h = hidden.reshape(-1, hidden.shape[-1])

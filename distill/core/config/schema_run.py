@@ -29,8 +29,9 @@ class SFTLoss(Strict):
     # Other families (kl, reverse_kl, grpo, ...) need teacher logprobs or student rollouts and are
     # rejected for an external teacher (see check_external_teacher_mode).
     type: Literal["sft"] = "sft"
-    # Cross-entropy is computed over this many trained positions at a time.
-    chunk_size: int = Field(1024, ge=1)
+    # Cross-entropy is computed over this many trained positions at a time; unset: chosen from the
+    # vocabulary size, about 96 MiB of fp32 logits per chunk (512 at SmolLM2's 49152; docs/training.md).
+    chunk_size: int | None = Field(None, ge=1)
 
 
 class TopKKLLoss(Strict):
