@@ -11,6 +11,8 @@ corpus as bench_reconstruct.py, it prints the minimum over --reps runs of:
   plan       messages checks, renders, locating turns, segment texts (pipeline._prepare_chunk)
   encode     segment tokenisation and the Python around it (pipeline._encode)
   complete   self-check, masks, Sample assembly (pipeline._complete)
+  peers      bench_reconstruct.py's per-example and batched apply_chat_template, CPU time
+             over build_many's (with one thread: no core the peer leaves idle counts)
 
 Usage: python bench/bench_reconstruct_cpu.py [--conversations 400] [--families smollm2,llama3_1]
 """
@@ -61,6 +63,14 @@ def measure(name: str, n: int, reps: int, seed: int) -> dict[str, float]:
         for b in range(0, len(convs), 128):
             B.run_ours_batched(recon, convs[b : b + 128], b)
         keep("build_many", time.process_time() - t)
+        flat = [m for u in units for m in u]
+        t = time.process_time()
+        B.run_peer(tok, flat)
+        keep("peer", time.process_time() - t)
+        t = time.process_time()
+        for b in range(0, len(flat), 128):
+            B.run_peer_batched(tok, flat[b : b + 128])
+        keep("peer_batched", time.process_time() - t)
         fresh(recon)
         stages = dict.fromkeys(("plan", "encode", "complete"), 0.0)
         for b in range(0, len(args), 128):  # the same chunks, each stage timed on its own
@@ -93,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
         stages = "  ".join(f"{k} {r[k] / f:.3f}" for k in ("plan", "encode", "complete"))
         print(
             f"CPU {name}: floor {f:.3f} s; build_many {r['build_many'] / f:.3f} of the floor's CPU "
-            f"(speed {f / r['build_many']:.2f} of the floor's); stages: {stages}"
+            f"(speed {f / r['build_many']:.2f} of the floor's); stages: {stages}; "
+            f"peers' CPU / build_many's: per example {r['peer'] / r['build_many']:.2f}x, "
+            f"batched {r['peer_batched'] / r['build_many']:.2f}x"
         )
 
 
