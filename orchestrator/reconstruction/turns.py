@@ -107,9 +107,8 @@ class TurnLocator:
         end = len(full) - len(self.final_tail)
         eot_start = end - len(eot)
         seg = full[len(base) : eot_start]
-        placed = m.placed_prefix + m.content
         start = len(base)
-        if m.role != "assistant" or not seg.startswith(placed):
+        if m.role != "assistant" or not seg.startswith(m.placed_prefix + m.content):
             # Where does the template put the content? Render the turn with a sentinel
             # in its place and compare: no searching in the real text.
             lead = self._lead(data, a, tools, base, seg, m, eot)
