@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.template_sandbox import faster_sandbox
 from orchestrator.template_tracked import tracked_template
 
 _MARK = "\U000f0000"  # a plane-15 private-use character; each marker contains it once
@@ -62,7 +63,7 @@ class ChatTemplate:
             self._plain = _PublicRender(source)
             return
         reference = _compile_jinja_template(source)  # raises on a broken template, as transformers does
-        env = reference.environment  # filters, globals, extensions, sandbox
+        env = faster_sandbox(reference.environment)  # filters, globals, extensions, sandbox
         try:
             self._plain = _compile(env, _without_generation_calls(env.parse(source)))
         except Exception:  # noqa: BLE001 - our tree rewrite failed: render as transformers does

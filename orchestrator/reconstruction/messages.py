@@ -7,6 +7,7 @@ as plain JSON, and the special-token-text check. Everything here raises `Reject`
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ KNOWN_ROLES = ("system", "user", "assistant", "tool")
 _KEPT_KEYS = ("name", "tool_call_id")
 
 
-@dataclass
+@dataclass(slots=True)
 class Msg:
     """A normalised message: what the template sees, plus what verification needs."""
 
@@ -91,13 +92,16 @@ def normalize_messages(messages: Any, reasoning_policy: str, shape: ToolCallShap
         role = m["role"]
         if role not in KNOWN_ROLES:
             raise Reject("unknown_role", f"{where} has role {role!r}; known roles are {', '.join(KNOWN_ROLES)}")
-        content = _text_content(m.get("content"), where)
+        content = m.get("content")
+        if type(content) is not str:  # the usual case needs no call
+            content = _text_content(content, where)
         data: dict[str, Any] = {"role": role, "content": content}
         for k in _KEPT_KEYS:
-            if m.get(k) is not None:
-                if not isinstance(m[k], str):
-                    raise Reject("invalid_message", f"{where}: {k} is a {type(m[k]).__name__}, expected a string")
-                data[k] = m[k]
+            v = m.get(k)
+            if v is not None:
+                if not isinstance(v, str):
+                    raise Reject("invalid_message", f"{where}: {k} is a {type(v).__name__}, expected a string")
+                data[k] = v
         prefix = reasoning = ""
         if role == "assistant":
             calls = _tool_calls(m["tool_calls"], where, shape) if m.get("tool_calls") else []
@@ -136,9 +140,17 @@ def plain_tools(tools: Any) -> list[dict] | None:
 def check_special(msgs: list[Msg], tools, special_re: re.Pattern) -> None:
     """Reject special-token text (e.g. '<|im_end|>') inside content, reasoning, tool calls
     or tools (with special_tokens_in_content=reject)."""
-    for i, m in enumerate(msgs):
+    per_message = []
+    for m in msgs:
         texts = [without_thinking_tags(m.content) if m.role == "assistant" else m.content, m.reasoning]
-        texts += [json.dumps(tc["function"], ensure_ascii=False) for tc in m.data.get("tool_calls", [])]
+        texts += [json.dumps(tc["function"], ensure_ascii=False) for tc in m.data.get("tool_calls", ())]
+        per_message.append(texts)
+    # One search over all texts joined: a token text inside any of them is inside the
+    # join, so no hit there means none anywhere (a hit may straddle two texts: the loop
+    # below then looks at each text on its own, as the error must name the message).
+    if special_re.search("\n".join(itertools.chain.from_iterable(per_message))) is None:
+        per_message = []
+    for i, (m, texts) in enumerate(zip(msgs, per_message)):
         for t in texts:
             hit = t and special_re.search(t)
             if hit:

@@ -107,9 +107,8 @@ class TurnLocator:
         end = len(full) - len(self.final_tail)
         eot_start = end - len(eot)
         seg = full[len(base) : eot_start]
-        placed = m.placed_prefix + m.content
         start = len(base)
-        if m.role != "assistant" or not seg.startswith(placed):
+        if m.role != "assistant" or not seg.startswith(m.placed_prefix + m.content):
             # Where does the template put the content? Render the turn with a sentinel
             # in its place and compare: no searching in the real text.
             lead = self._lead(data, a, tools, base, seg, m, eot)
@@ -117,14 +116,16 @@ class TurnLocator:
                 start += len(lead)  # the header before a non-assistant turn is context
         # What the template rendered besides the content itself: the tool calls and the
         # reasoning must be found there, not in a content that happens to mention them.
-        rest = seg.replace(m.content, "", 1) if m.content else seg
-        if m.reasoning and self.cfg.reasoning == "template" and m.reasoning.strip() not in rest:
+        check_reasoning = m.reasoning and self.cfg.reasoning == "template"
+        calls = m.data.get("tool_calls", ())
+        rest = (seg.replace(m.content, "", 1) if m.content else seg) if check_reasoning or calls else ""
+        if check_reasoning and m.reasoning.strip() not in rest:
             raise Reject(
                 "reasoning_not_rendered",
                 f"messages[{a}]: the template did not render reasoning_content. "
                 'Fix: set reasoning = "think_tags" or "drop"',
             )
-        for call in m.data.get("tool_calls", []):
+        for call in calls:
             name = call["function"]["name"]
             if name not in rest and self.tool_shape.null_content and m.content:
                 raise Reject(
@@ -141,7 +142,7 @@ class TurnLocator:
                     "training would teach an empty turn. Fix: use a student whose template supports "
                     "tools, or filter out tool conversations",
                 )
-        return Turn(full, start, eot_start, end, bool(m.data.get("tool_calls")), m.role)
+        return Turn(full, start, eot_start, end, bool(calls), m.role)
 
     def _opened_turn(self, data: list[dict], a: int, tools, base: str, m: Msg) -> Turn:
         """The turn after a generation prompt that opens a block the history render
@@ -179,7 +180,9 @@ class TurnLocator:
         tail = self.final_tail
         if full.endswith(tail):
             n = len(full) - len(tail)  # the body before the tail, compared in place (no copy)
-            for tok in (self.eot, *self._added_tokens):
+            if full.endswith(self.eot, 0, n) and n - len(self.eot) >= len(base):
+                return self.eot  # the usual case, without walking the added tokens
+            for tok in self._added_tokens:
                 if full.endswith(tok, 0, n) and n - len(tok) >= len(base):
                     if tok != self.eot:
                         self.stats["other_end_token"] += 1

@@ -1,0 +1,113 @@
+"""Where build_many's time goes, in CPU time with one tokenizer thread, relative to the floor.
+
+Wall-clock ratios (bench_reconstruct.py) swing with the load other processes put on a
+shared machine; CPU time with one thread does not (much). Per family, on the same
+corpus as bench_reconstruct.py, it prints the minimum over --reps runs of:
+
+  floor:     encode_batch_fast of the already rendered texts (one thread), and nothing else
+  build_many: Reconstructor.build_many over chunks of 128 conversations, process CPU time
+             (the pipeline's helper thread included)
+  and build_many's stages run one after the other on the whole corpus, thread CPU time:
+  plan       messages checks, renders, locating turns, segment texts (pipeline._prepare_chunk)
+  encode     segment tokenisation and the Python around it (pipeline._encode)
+  complete   self-check, masks, Sample assembly (pipeline._complete)
+  peers      bench_reconstruct.py's per-example and batched apply_chat_template, CPU time
+             over build_many's (with one thread: no core the peer leaves idle counts)
+
+Usage: python bench/bench_reconstruct_cpu.py [--conversations 400] [--families smollm2,llama3_1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ["RAYON_NUM_THREADS"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_reconstruct as B  # noqa: E402 - after the environment that fixes one thread
+
+from distill.core.conversation import Conversation, build_args  # noqa: E402
+
+
+def fresh(recon) -> None:
+    """Forget what an earlier run cached, so every run does the same work."""
+    recon._prompt_cache.clear()
+    recon._render_cache.clear()
+    recon._verified_prompts.clear()
+
+
+def measure(name: str, n: int, reps: int, seed: int) -> dict[str, float]:
+    fam = B.Family(name)
+    convs = fam.corpus(max(20, n // 5) if fam.split else n, seed)
+    recon, tok = fam.recons[1], fam.tok
+    units = B.peer_units(convs, fam.split)
+    texts = [tok.apply_chat_template(m, tokenize=False) for u in units for m in u]
+    args = [build_args(Conversation(m, sample_id=str(i))) for i, m in enumerate(convs)]
+    B.run_ours_batched(recon, convs[:20])  # warm-up: template compile, token table
+    best: dict[str, float] = {}
+
+    def keep(key: str, secs: float) -> None:
+        best[key] = min(best.get(key, float("inf")), secs)
+
+    for _ in range(reps):
+        t = time.process_time()
+        B.run_floor(tok, texts)
+        keep("floor", time.process_time() - t)
+        fresh(recon)
+        t = time.process_time()
+        for b in range(0, len(convs), 128):
+            B.run_ours_batched(recon, convs[b : b + 128], b)
+        keep("build_many", time.process_time() - t)
+        flat = [m for u in units for m in u]
+        t = time.process_time()
+        B.run_peer(tok, flat)
+        keep("peer", time.process_time() - t)
+        t = time.process_time()
+        for b in range(0, len(flat), 128):
+            B.run_peer_batched(tok, flat[b : b + 128])
+        keep("peer_batched", time.process_time() - t)
+        fresh(recon)
+        stages = dict.fromkeys(("plan", "encode", "complete"), 0.0)
+        for b in range(0, len(args), 128):  # the same chunks, each stage timed on its own
+            results: list = []
+            t = time.thread_time()
+            pending = recon._prepare_chunk(args[b : b + 128], 0, results)
+            stages["plan"] += time.thread_time() - t
+            t = time.thread_time()
+            ids = recon._encode([p for _, p in pending])
+            stages["encode"] += time.thread_time() - t
+            t = time.thread_time()
+            recon._complete(pending, ids, results)
+            stages["complete"] += time.thread_time() - t
+        for k, v in stages.items():
+            keep(k, v)
+    return best
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--conversations", type=int, default=400)
+    p.add_argument("--families", default="smollm2,llama3_1,qwen3")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    print(f"CPU time relative to the floor's (min of {a.reps} runs, one tokenizer thread, load {os.getloadavg()})")
+    for name in a.families.split(","):
+        r = measure(name, a.conversations, a.reps, a.seed)
+        f = r["floor"]
+        stages = "  ".join(f"{k} {r[k] / f:.3f}" for k in ("plan", "encode", "complete"))
+        print(
+            f"CPU {name}: floor {f:.3f} s; build_many {r['build_many'] / f:.3f} of the floor's CPU "
+            f"(speed {f / r['build_many']:.2f} of the floor's); stages: {stages}; "
+            f"peers' CPU / build_many's: per example {r['peer'] / r['build_many']:.2f}x, "
+            f"batched {r['peer_batched'] / r['build_many']:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
