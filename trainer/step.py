@@ -45,7 +45,9 @@ def _rank_batches(samples: list[contract.Sample], t: Trainer, ctx: dist.DistCont
     return mbs, counts
 
 
-def backward_passes(model, mbs: list, normalizer: float, t: Trainer, ctx: dist.DistContext, sync_last: bool = True) -> float:
+def backward_passes(
+    model, mbs: list, normalizer: float, t: Trainer, ctx: dist.DistContext, sync_last: bool = True
+) -> float:
     """Forward/backward over micro-batches with the model's current loss, each loss divided by
     `normalizer`; gradients add up in .grad. Under FSDP the gradients are reduce-scattered after the
     last micro-batch only if `sync_last` (a step made of several groups syncs after its last group).

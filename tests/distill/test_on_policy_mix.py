@@ -16,7 +16,7 @@ from distill.cli import main
 from distill.core.contract import read_shard
 from distill.on_policy_parts import write_samples
 
-MIX = "[on_policy]\nteacher_fraction = 0.5\nteacher_samples = \"{dir}\"\n"
+MIX = '[on_policy]\nteacher_fraction = 0.5\nteacher_samples = "{dir}"\n'
 
 
 def teacher_folder(path, tokenizer, seed: int = 0):

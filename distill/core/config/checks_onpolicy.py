@@ -72,7 +72,10 @@ def _check_group_sized_steps(cfg: RunConfig, what: str = "trainer.samples_per_st
     if student % n == 0:
         return []
     if what == "trainer.samples_per_step":
-        what, fix = str(student), f"set trainer.samples_per_step to a multiple of {n} (e.g. {max(n, student - student % n)})"
+        what, fix = (
+            str(student),
+            f"set trainer.samples_per_step to a multiple of {n} (e.g. {max(n, student - student % n)})",
+        )
     else:
         what += f" = {student}"
         fix = f"change on_policy.teacher_fraction or trainer.samples_per_step so that {what} is a multiple of {n}"
