@@ -109,7 +109,7 @@ class _Loop:
         if self.op.teacher_fraction > 0:
             from distill.on_policy_mix import TeacherRows
 
-            self.mix = TeacherRows(cfg, self.files)
+            self.mix = TeacherRows(cfg, self.files, self.s.model.lm.config.vocab_size)
         self.pending: dict[int, tuple[Future, float]] = {}
         self.next_launch = self.s.state.step
 

@@ -22,7 +22,7 @@ class TeacherRows:
     """`rows(i)`: step i's teacher rows (module docstring). The folder is read and checked at once, so
     that a wrong folder fails before anything is sampled or scored."""
 
-    def __init__(self, cfg: Any, files: StepFiles):
+    def __init__(self, cfg: Any, files: StepFiles, vocab_size: int | None = None):
         from trainer.losses import LossInputError, check_inputs
         from trainer.mix import teacher_loss_config
 
@@ -41,10 +41,22 @@ class TeacherRows:
                 "(on_policy.teacher_fraction x trainer.samples_per_step), each once. Fix: add teacher samples "
                 "(distill rollout CFG) or lower on_policy.teacher_fraction"
             )
+        if vocab_size is not None:
+            self._check_vocab(where, vocab_size)
         try:  # a topk_kl teacher row needs the teacher's top-k (a scored folder); an sft row needs nothing more
             check_inputs(self.loss_type, self.pool)
         except LossInputError as e:
             raise OnPolicyError(f"{where}: {e}") from None
+
+    def _check_vocab(self, where: str, vocab_size: int) -> None:
+        bad = [s for s in self.pool if max(s.prompt_ids + s.completion_ids, default=0) >= vocab_size]
+        if bad:
+            top = max(max(s.prompt_ids + s.completion_ids) for s in bad)
+            raise OnPolicyError(
+                f"{where}: sample {bad[0].sample_id} holds token id {top}, but the student's vocabulary has "
+                f"{vocab_size} tokens ({len(bad)} of {len(self.pool)} samples are out of it): the folder was made "
+                "with another tokenizer. Fix: make it with this student (distill rollout CFG, same [student])"
+            )
 
     def path(self, step: int) -> Path:
         return self.files.dir / f"teacher-{step:06d}.jsonl"

@@ -106,3 +106,10 @@ def test_a_missing_or_unscored_teacher_folder_is_refused_before_sampling(
     err = capsys.readouterr().err
     assert "on_policy.teacher_samples" in err and "teacher_topk_ids" in err and "distill score" in err
     assert not list((tmp_path / "run" / "samples").glob("shard-*"))
+    # token ids outside the student's vocabulary: the folder was made with another tokenizer
+    rows = make_samples(smol_tokenizer, 3)
+    rows[1].completion_ids[0] = 10**6
+    write_samples(tmp_path / "teacher" / "shard-000001.jsonl", rows)
+    assert main(["run", str(mixed_cfg(tmp_path, score_server, tiny_student_dir, tmp_path / "teacher"))]) == 1
+    err = capsys.readouterr().err
+    assert "token id 1000000" in err and "another tokenizer" in err and "Traceback" not in err
