@@ -25,6 +25,7 @@ twice, and the weights of each step are those of the uninterrupted run.
 
 from __future__ import annotations
 
+import sys
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -109,7 +110,11 @@ class _Loop:
         if self.op.teacher_fraction > 0:
             from distill.on_policy_mix import TeacherRows
 
-            self.mix = TeacherRows(cfg, self.files, self.s.model.lm.config.vocab_size)
+            held_out = frozenset(p["prompt_id"] for p in self.eval_prompts)
+            self.mix = TeacherRows(cfg, self.files, self.s.model.lm.config.vocab_size, held_out)
+            if self.mix.left_out:
+                print(f"on-policy: {self.mix.left_out} teacher samples answer held-out eval prompts: left out",
+                      file=sys.stderr)  # fmt: skip
         self.pending: dict[int, tuple[Future, float]] = {}
         self.next_launch = self.s.state.step
 

@@ -5,7 +5,9 @@ Step i (0-based) takes n = round(teacher_fraction x trainer.samples_per_step) ro
 `on_policy.teacher_samples` (its shards in order, their samples in file order; the folder's rows
 i*n .. i*n+n-1, wrapping around: an epoch of the teacher samples per len(folder)/n steps). They are
 written to OUTPUT_DIR/on_policy/teacher-<i>.jsonl before the step trains, and a resumed run reads them
-back from there: each step trains on the same teacher rows as the uninterrupted run.
+back from there: each step trains on the same teacher rows as the uninterrupted run. Rows answering a
+held-out eval prompt (the first on_policy.eval_prompts of orchestrator.source) are left out of the
+folder's order, and counted (`left_out`; the loop prints the count).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ class TeacherRows:
     """`rows(i)`: step i's teacher rows (module docstring). The folder is read and checked at once, so
     that a wrong folder fails before anything is sampled or scored."""
 
-    def __init__(self, cfg: Any, files: StepFiles, vocab_size: int | None = None):
+    def __init__(
+        self, cfg: Any, files: StepFiles, vocab_size: int | None = None, held_out: frozenset[str] = frozenset()
+    ):
         from trainer.losses import LossInputError, check_inputs
         from trainer.mix import teacher_loss_config
 
@@ -34,10 +38,14 @@ class TeacherRows:
         if not folder.is_dir():
             raise OnPolicyError(f"{where}: no such folder. Fix: make it with `distill rollout CFG` (the teacher's "
                                 "samples) or point the key at an existing samples folder")  # fmt: skip
-        self.pool: list[Sample] = list(iter_samples(folder))
+        rows = list(iter_samples(folder))
+        # rows answering a held-out eval prompt would teach the student the eval's answers: left out, counted
+        self.pool: list[Sample] = [s for s in rows if s.prompt_id not in held_out]
+        self.left_out = len(rows) - len(self.pool)
         if len(self.pool) < self.n:
             raise OnPolicyError(
-                f"{where} holds {len(self.pool)} samples (shard-*.jsonl), but a step takes {self.n} teacher rows "
+                f"{where} holds {len(self.pool)} samples (shard-*.jsonl; {self.left_out} more answer held-out "
+                "eval prompts and are left out), but a step takes {self.n} teacher rows "
                 "(on_policy.teacher_fraction x trainer.samples_per_step), each once. Fix: add teacher samples "
                 "(distill rollout CFG) or lower on_policy.teacher_fraction"
             )

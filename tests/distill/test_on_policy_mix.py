@@ -113,3 +113,34 @@ def test_a_missing_or_unscored_teacher_folder_is_refused_before_sampling(
     assert main(["run", str(mixed_cfg(tmp_path, score_server, tiny_student_dir, tmp_path / "teacher"))]) == 1
     err = capsys.readouterr().err
     assert "token id 1000000" in err and "another tokenizer" in err and "Traceback" not in err
+
+
+def test_teacher_rows_go_in_order_leave_out_held_out_prompts_and_are_read_back(tmp_path, smol_tokenizer):
+    """TeacherRows alone (no server, no model): the folder's rows in order, wrapping; rows of held-out eval
+    prompts left out and counted; a step's rows written once and read back unchanged."""
+    from test_config_onpolicy import BASE, load
+
+    from distill.on_policy_mix import TeacherRows
+    from distill.on_policy_parts import StepFiles
+
+    pool = teacher_folder(tmp_path / "teacher", smol_tokenizer)  # q0 .. q4
+    cfg = load({**BASE, "on_policy.samples_per_prompt": "1", "trainer.samples_per_step": "4",
+                "on_policy.teacher_fraction": "0.75", "on_policy.teacher_samples": str(tmp_path / "teacher")})  # fmt: skip
+    files = StepFiles(tmp_path / "run")
+    rows = TeacherRows(cfg, files, vocab_size=len(smol_tokenizer), held_out=frozenset({"q1"}))
+    assert (rows.n, rows.left_out) == (3, 1)
+    ids = [[s.sample_id for s in rows.rows(i)] for i in range(3)]
+    assert ids == [["q0/0", "q2/0", "q3/0"], ["q4/0", "q0/0", "q2/0"], ["q3/0", "q4/0", "q0/0"]]
+    assert read_shard(files.dir / "teacher-000001.jsonl") == [pool[4], pool[0], pool[2]]
+    # read back: another folder now, the same rows for the steps already given theirs
+    shutil.rmtree(tmp_path / "teacher")
+    teacher_folder(tmp_path / "teacher", smol_tokenizer, seed=50)
+    again = TeacherRows(cfg, files, vocab_size=len(smol_tokenizer))
+    assert [s.sample_id for s in again.rows(1)] == ids[1]
+    assert [s.sample_id for s in again.rows(3)] == [
+        "q54/0",
+        "q50/0",
+        "q51/0",
+    ]  # a new step: the new folder, rows 9 .. 11 mod 5
+    with pytest.raises(Exception, match="5 of 5 samples are out of it"):
+        TeacherRows(cfg, files, vocab_size=100)
