@@ -25,6 +25,7 @@ twice, and the weights of each step are those of the uninterrupted run.
 
 from __future__ import annotations
 
+import sys
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -105,6 +106,15 @@ class _Loop:
         eval_cfg = self.op.model_copy(update={"temperature": 1.0, "top_p": 1.0, "samples_per_prompt": 1})
         self.eval_sampler = StudentSampler(self.s.model, tok, eval_cfg, dev, seed=cfg.seed)
         self.scoring = ScoringThread(cfg, run_dir, tok, make_rewarder(cfg, tok, self.eval_prompts + self.pool))
+        self.mix = None  # on_policy.teacher_fraction > 0: teacher rows in every step (distill/on_policy_mix.py)
+        if self.op.teacher_fraction > 0:
+            from distill.on_policy_mix import TeacherRows
+
+            held_out = frozenset(p["prompt_id"] for p in self.eval_prompts)
+            self.mix = TeacherRows(cfg, self.files, self.s.model.lm.config.vocab_size, held_out)
+            if self.mix.left_out:
+                print(f"on-policy: {self.mix.left_out} teacher samples answer held-out eval prompts: left out",
+                      file=sys.stderr)  # fmt: skip
         self.pending: dict[int, tuple[Future, float]] = {}
         self.next_launch = self.s.state.step
 
@@ -207,10 +217,15 @@ class _Loop:
         if not 0 <= lag <= k:  # an invariant of launch(): never train on samples staler than K
             raise OnPolicyError(f"step {i}: samples drawn {lag} steps ago, on_policy.max_off_policy_steps = {k}")
         t1 = time.perf_counter()
-        m = train_step(s.model, s.optimizer, s.scheduler, samples, t, s.ctx, s.pad_id)
+        if self.mix is None:
+            m = train_step(s.model, s.optimizer, s.scheduler, samples, t, s.ctx, s.pad_id)
+        else:  # a mixed step: teacher rows (their loss) + the student's samples, one normaliser (trainer/mix.py)
+            from trainer.mix import mixed_train_step
+
+            m = mixed_train_step(s.model, s.optimizer, s.scheduler, self.mix.rows(i), samples, t, s.ctx, s.pad_id)
         train_s = time.perf_counter() - t1
         s.state.step += 1
-        s.state.samples_seen += len(samples)
+        s.state.samples_seen += m["samples"]
         last = {
             "step": s.state.step,
             **m,

@@ -51,7 +51,11 @@ def load_prompt_pool(cfg: Any) -> tuple[list[dict], list[dict]]:
 
 
 def prompts_per_step(cfg: Any) -> int:
-    return cfg.trainer.samples_per_step // cfg.on_policy.samples_per_prompt
+    """The student's prompts per step: its rows (trainer.samples_per_step less the teacher rows of a
+    mixed step, on_policy.teacher_fraction) / on_policy.samples_per_prompt."""
+    from distill.core.config.checks_onpolicy import teacher_rows_per_step
+
+    return (cfg.trainer.samples_per_step - teacher_rows_per_step(cfg)) // cfg.on_policy.samples_per_prompt
 
 
 def step_prompts(pool: list[dict], step: int, per_step: int) -> list[dict]:

@@ -46,6 +46,35 @@ def _rank_batches(samples: list[contract.Sample], t: Trainer, ctx: dist.DistCont
     return mbs, counts
 
 
+def backward_passes(
+    model,
+    mbs: list,
+    normalizer: float,
+    t: Trainer,
+    ctx: dist.DistContext,
+    sync_last: bool = True,
+    times: StepTimes | None = None,
+) -> float:
+    """Forward/backward over micro-batches with the model's current loss, each loss divided by
+    `normalizer`; gradients add up in .grad. Under FSDP the gradients are reduce-scattered after the
+    last micro-batch only if `sync_last` (a step made of several groups syncs after its last group).
+    Returns this rank's loss sum; `times` (if given) gets the seconds of each part (trainer/timing.py)."""
+    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    sharded = is_sharded(model)
+    for i, mb in enumerate(mbs):
+        if sharded:  # reduce-scatter gradients once, after the last micro-batch
+            model.set_requires_gradient_sync(sync_last and i == len(mbs) - 1)
+        with maybe_section(times, "data"):
+            mb = mb.to(ctx.device)
+        with _autocast(t, model, ctx.device):
+            loss = model.micro_batch_loss(mb, normalizer, times)
+        with maybe_section(times, "backward"):
+            # FSDP averages gradients over ranks; the loss is already a global mean.
+            (loss * ctx.world).backward()
+        loss_sum += loss.detach().double()
+    return float(loss_sum.item())
+
+
 def accumulate_gradients(
     model,
     samples: list[contract.Sample],
@@ -61,20 +90,7 @@ def accumulate_gradients(
         mbs, (trained, tokens, slots) = _rank_batches(samples, t, ctx, pad_id)
     # The global count of trained tokens, known before any backward: the loss normaliser.
     normalizer = max(trained, 1.0)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    sharded = is_sharded(model)
-    for i, mb in enumerate(mbs):
-        if sharded:  # reduce-scatter gradients once, after the last micro-batch
-            model.set_requires_gradient_sync(i == len(mbs) - 1)
-        with maybe_section(times, "data"):
-            mb = mb.to(ctx.device)
-        with _autocast(t, model, ctx.device):
-            loss = model.micro_batch_loss(mb, normalizer, times)
-        with maybe_section(times, "backward"):
-            # FSDP averages gradients over ranks; the loss is already a global mean.
-            (loss * ctx.world).backward()
-        loss_sum += loss.detach().double()
-    (loss_value,) = dist.all_reduce([loss_sum.item()], ctx)
+    (loss_value,) = dist.all_reduce([backward_passes(model, mbs, normalizer, t, ctx, times=times)], ctx)
     return {
         "loss": loss_value,  # the step's mean loss per trained token, of the loss trainer.loss.type names
         "loss_type": t.loss.type,
@@ -111,13 +127,20 @@ def train_step(
     times = StepTimes(ctx.device)
     m = accumulate_gradients(model, samples, t, ctx, pad_id, times)
     with times.section("optimizer"):
-        max_norm = t.optim.max_grad_norm if t.optim.max_grad_norm is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        m["lr"] = optimizer.param_groups[0]["lr"]
-        m["grad_norm"] = float(grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        m = optimizer_step(model, optimizer, scheduler, t, m)
     return {**m, **times.metrics()}
+
+
+def optimizer_step(model, optimizer, scheduler, t: Trainer, m: dict) -> dict:
+    """Clip the accumulated gradients, step the optimizer and the schedule, zero the gradients;
+    adds lr and grad_norm to the metrics `m` and returns it."""
+    max_norm = t.optim.max_grad_norm if t.optim.max_grad_norm is not None else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if hasattr(grad_norm, "full_tensor"):
+        grad_norm = grad_norm.full_tensor()
+    m["lr"] = optimizer.param_groups[0]["lr"]
+    m["grad_norm"] = float(grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return m

@@ -6,6 +6,7 @@ an on-policy loss trains on those grades. Every problem is reported at once, wit
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from .checks import ON_POLICY_LOSSES, SCORED_LOSSES, Problem
@@ -21,14 +22,13 @@ def check_on_policy_mode(cfg: RunConfig) -> list[Problem]:
     """The scorer, the loss (and what it needs), group-sized steps, no weight transfer, eval keys."""
     problems = _check_scorer_and_loss(cfg)
     op, t = cfg.on_policy, cfg.trainer
-    n = op.samples_per_prompt
-    if t.samples_per_step % n:
+    problems += _check_group_sized_steps(cfg) if op.teacher_fraction == 0 else check_mixing(cfg)
+    if op.teacher_samples and op.teacher_fraction == 0:
         problems.append(
             Problem(
-                "trainer.samples_per_step",
-                f"{t.samples_per_step} is not a multiple of on_policy.samples_per_prompt ({n}); a step must "
-                f"take whole groups (the samples of one prompt). Fix: set trainer.samples_per_step to a "
-                f"multiple of {n} (e.g. {max(n, t.samples_per_step - t.samples_per_step % n)}).",
+                "on_policy.teacher_samples",
+                "is set, but on_policy.teacher_fraction = 0 takes no teacher row: the folder would be ignored. "
+                "Fix: set on_policy.teacher_fraction > 0 (e.g. 0.25), or remove on_policy.teacher_samples.",
             )
         )
     if op.max_new_tokens >= t.seq_len:
@@ -58,6 +58,63 @@ def check_on_policy_mode(cfg: RunConfig) -> list[Problem]:
                 f"Fix: set {unset} too, or leave both at 0 (no eval).",
             )
         )
+    return problems
+
+
+def teacher_rows_per_step(cfg: RunConfig) -> int:
+    """round(on_policy.teacher_fraction x trainer.samples_per_step), halves rounded up."""
+    return math.floor(cfg.on_policy.teacher_fraction * cfg.trainer.samples_per_step + 0.5)
+
+
+def _check_group_sized_steps(cfg: RunConfig, what: str = "trainer.samples_per_step") -> list[Problem]:
+    op, t = cfg.on_policy, cfg.trainer
+    n, student = op.samples_per_prompt, t.samples_per_step - teacher_rows_per_step(cfg)
+    if student % n == 0:
+        return []
+    if what == "trainer.samples_per_step":
+        what, fix = (
+            str(student),
+            f"set trainer.samples_per_step to a multiple of {n} (e.g. {max(n, student - student % n)})",
+        )
+    else:
+        what += f" = {student}"
+        fix = f"change on_policy.teacher_fraction or trainer.samples_per_step so that {what} is a multiple of {n}"
+    return [
+        Problem(
+            "trainer.samples_per_step",
+            f"{what} is not a multiple of on_policy.samples_per_prompt ({n}); a step must "
+            f"take whole groups (the samples of one prompt). Fix: {fix}.",
+        )
+    ]
+
+
+def check_mixing(cfg: RunConfig) -> list[Problem]:
+    """teacher_fraction > 0: a teacher samples folder, at least one row of each kind, whole groups."""
+    op, t = cfg.on_policy, cfg.trainer
+    n_t = teacher_rows_per_step(cfg)
+    problems: list[Problem] = []
+    if not op.teacher_samples:
+        problems.append(
+            Problem(
+                "on_policy.teacher_samples",
+                f"is unset, but on_policy.teacher_fraction = {op.teacher_fraction} takes {n_t} of each step's rows "
+                'from teacher samples. Fix: set on_policy.teacher_samples = "DIR", a samples folder made by '
+                "`distill rollout` (or `distill replay`; scored by `distill score` for topk_kl), or "
+                "on_policy.teacher_fraction = 0.",
+            )
+        )
+    if n_t < 1 or n_t >= t.samples_per_step:
+        kind = "no teacher row" if n_t < 1 else "no student row"
+        problems.append(
+            Problem(
+                "on_policy.teacher_fraction",
+                f"{op.teacher_fraction} x trainer.samples_per_step ({t.samples_per_step}) rounds to {n_t} teacher rows "
+                f"per step: {kind}. Fix: choose teacher_fraction so that 1 <= round(teacher_fraction x "
+                f"{t.samples_per_step}) <= {t.samples_per_step - op.samples_per_prompt}.",
+            )
+        )
+    else:
+        problems += _check_group_sized_steps(cfg, "the student rows per step (samples_per_step - teacher rows)")
     return problems
 
 

@@ -36,3 +36,11 @@ class OnPolicy(Strict):
     # samples are scored every eval_every steps: their mean reverse KL is logged as eval_reverse_kl.
     eval_prompts: int = Field(0, ge=0)
     eval_every: int = Field(0, ge=0)
+    # Mixing (docs/on_policy.md, "Mixing teacher samples"): this fraction of each step's samples,
+    # round(teacher_fraction x trainer.samples_per_step) rows (halves up), are the teacher's own samples
+    # from on_policy.teacher_samples, trained with masked NLL (or topk_kl when trainer.loss.type is topk_kl);
+    # the rest are the student's, with trainer.loss.type. 0 = purely on-policy.
+    teacher_fraction: float = Field(0.0, ge=0, lt=1)
+    # With teacher_fraction > 0: a samples folder (shard-*.jsonl, as written by `distill rollout` or
+    # `distill replay`; scored by `distill score` for topk_kl) whose rows are taken in order, wrapping around.
+    teacher_samples: str | None = None
