@@ -132,7 +132,8 @@ def on_policy_overrides(a, out: Path, url: str, model: str) -> list[str]:
 
 def write_sft_config(a, out: Path, op_cfg, url: str, model: str) -> Path:
     """The SFT run's config: the on-policy run's training prompts (held-out ones excluded) as a JSONL
-    source, the teacher generating `samples_per_prompt` samples of at most max_new_tokens per prompt."""
+    source, the teacher generating `samples_per_prompt` samples of at most max_new_tokens per prompt, cut
+    samples kept (as on-policy trains on its cut samples: the same token budget per sample)."""
     from distill.on_policy_parts import load_prompt_pool
 
     _, pool = load_prompt_pool(op_cfg)
@@ -155,6 +156,8 @@ timeout = 300
 n = {a.samples_per_prompt}
 temperature = 1.0
 max_tokens = {a.max_new_tokens}
+[orchestrator.reconstruction]
+truncated = "keep"
 [orchestrator.source]
 type = "jsonl"
 path = "{prompts}"
