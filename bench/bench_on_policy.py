@@ -228,7 +228,9 @@ def run_both(a, out: Path, url: str, model: str) -> dict:
 def report(r: dict, a) -> dict:
     sft = [(r["sft_tokens"][s], e["eval_reverse_kl"]) for s, e in sorted(r["sft_eval"].items())]
     op = [(r["op_tokens"][s], e["eval_reverse_kl"]) for s, e in sorted(r["op_eval"].items())]
-    print(f"\n{'step':>5} | {'SFT tokens':>10} {'SFT rKL':>8} {'SFT lpT':>8} | {'OP tokens':>10} {'OP rKL':>8} {'OP lpT':>8}")
+    print(
+        f"\n{'step':>5} | {'SFT tokens':>10} {'SFT rKL':>8} {'SFT lpT':>8} | {'OP tokens':>10} {'OP rKL':>8} {'OP lpT':>8}"
+    )
     for s in sorted(set(r["sft_eval"]) | set(r["op_eval"])):
         se, oe = r["sft_eval"].get(s, {}), r["op_eval"].get(s, {})
         print(
@@ -245,7 +247,9 @@ def report(r: dict, a) -> dict:
     ratio = need_op / need_sft if need_op is not None and need_sft else None
     print(f"target = SFT's final held-out reverse KL {target:.3f}")
     print(f"teacher tokens to reach it: SFT {need_sft:.0f}, on-policy {need_op if need_op is None else round(need_op)}")
-    verdict = "never reached" if ratio is None else f"{ratio:.3f} (goal <= 0.333: {'met' if ratio <= 1 / 3 else 'NOT met'})"
+    verdict = (
+        "never reached" if ratio is None else f"{ratio:.3f} (goal <= 0.333: {'met' if ratio <= 1 / 3 else 'NOT met'})"
+    )
     print(f"on-policy / SFT teacher tokens: {verdict}")
     print("times (s): " + "  ".join(f"{k}={v:.0f}" for k, v in r["times"].items()))
     return {"sft": sft, "on_policy": op, "target": target, "need_sft": need_sft, "need_op": need_op, "ratio": ratio}
@@ -258,13 +262,18 @@ def plot(res: dict, a, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, key, mark in (("SFT (teacher generates)", "sft", "s-"), ("on-policy reverse_kl (teacher scores)", "on_policy", "o-")):
+    for name, key, mark in (
+        ("SFT (teacher generates)", "sft", "s-"),
+        ("on-policy reverse_kl (teacher scores)", "on_policy", "o-"),
+    ):
         xs, ys = zip(*res[key])
         ax.plot(xs, ys, mark, label=name)
     ax.axhline(res["target"], color="grey", ls=":", lw=1, label="SFT's final")
     ax.set_xlabel("teacher tokens (completion tokens generated / scored for training)")
     ax.set_ylabel("held-out reverse KL (nats/token)")
-    ax.set_title(f"{a.steps} steps x {a.samples_per_step} samples x <= {a.max_new_tokens} tokens, lr {a.lr}", fontsize=9)
+    ax.set_title(
+        f"{a.steps} steps x {a.samples_per_step} samples x <= {a.max_new_tokens} tokens, lr {a.lr}", fontsize=9
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
