@@ -245,12 +245,18 @@ def report(r: dict, a) -> dict:
     target = sft[-1][1]
     need_sft, need_op = tokens_to_reach(sft, target), tokens_to_reach(op, target)
     ratio = need_op / need_sft if need_op is not None and need_sft else None
-    print(f"target = SFT's final held-out reverse KL {target:.3f}")
-    print(f"teacher tokens to reach it: SFT {need_sft:.0f}, on-policy {need_op if need_op is None else round(need_op)}")
-    verdict = (
-        "never reached" if ratio is None else f"{ratio:.3f} (goal <= 0.333: {'met' if ratio <= 1 / 3 else 'NOT met'})"
-    )
+    print(f"target = SFT's final held-out reverse KL {target:.3f} (both start at {sft[0][1]:.3f})")
+    print(f"teacher tokens to reach it: SFT {need_sft}, on-policy {need_op}")
+    if target >= sft[0][1]:
+        verdict = "undefined: SFT did not lower the held-out reverse KL below its start (both reach it at 0 tokens)"
+    elif ratio is None:
+        verdict = "on-policy never reached it"
+    else:
+        verdict = f"{ratio:.3f} (goal <= 0.333: {'met' if ratio <= 1 / 3 else 'NOT met'})"
     print(f"on-policy / SFT teacher tokens: {verdict}")
+    print(
+        f"held-out reverse KL first -> last: SFT {sft[0][1]:.3f} -> {sft[-1][1]:.3f}, on-policy {op[0][1]:.3f} -> {op[-1][1]:.3f}"
+    )
     print("times (s): " + "  ".join(f"{k}={v:.0f}" for k, v in r["times"].items()))
     return {"sft": sft, "on_policy": op, "target": target, "need_sft": need_sft, "need_op": need_op, "ratio": ratio}
 
