@@ -88,10 +88,16 @@ class ServerSampler:
 
 
 class Refresher:
-    """After each optimizer step: save the weights for the server, have it load them, confirm (seconds spent)."""
+    """After each optimizer step: save the weights for the server, have it load them, confirm the version, and
+    check that the server now computes the trainer's logprobs (a fixed probe sequence, within
+    on_policy.student_server.refresh_tolerance nats); returns the seconds spent."""
 
-    def __init__(self, client: Any, model: Any, refresh_dir: Path, ctx: Any):
-        self.client, self.model, self.dir, self.ctx = client, model, Path(refresh_dir), ctx
+    def __init__(self, client: Any, model: Any, tokenizer: Any, refresh_dir: Path, ctx: Any, tolerance: float):
+        from orchestrator.student_server import TOKENIZER_PROBE
+
+        self.client, self.model, self.dir, self.ctx, self.tol = client, model, Path(refresh_dir), ctx, tolerance
+        self.probe = tokenizer.encode(TOKENIZER_PROBE, add_special_tokens=False)
+        self.last_diff: float | None = None
 
     def __call__(self, step: int) -> float:
         from trainer.refresh import save_refresh
@@ -100,7 +106,28 @@ class Refresher:
         folder = save_refresh(self.model, self.dir, step, self.ctx)
         if self.ctx.is_main:
             self.client.refresh(folder, step)
+            self.check(step)
         return time.perf_counter() - t0
+
+    def check(self, step: int) -> None:
+        import torch
+
+        from orchestrator.student_server import StudentServerError
+
+        lm = getattr(self.model, "lm", self.model)
+        with torch.no_grad():
+            logits = lm(input_ids=torch.tensor([self.probe], device=self.ctx.device)).logits[0, :-1].float()
+        mine = logits.log_softmax(-1).gather(1, torch.tensor(self.probe[1:], device=logits.device)[:, None])
+        served = self.client.logprobs(self.probe)[1:]
+        self.last_diff = max(abs(float(a) - float(b)) for a, b in zip(mine.squeeze(1).tolist(), served))
+        if self.last_diff > self.tol:
+            raise StudentServerError(
+                f"after loading the weights of step {step}, the student server's logprobs of a probe sequence "
+                f"differ from the trainer's by up to {self.last_diff:.3g} nats "
+                f"(on_policy.student_server.refresh_tolerance = {self.tol}): it did not take the new weights "
+                "(vLLM 0.32 on CPU keeps a tied lm_head's packed copy: serve such a student untied, "
+                'docs/on_policy.md "Student inference server"), or it serves another model or dtype'
+            )
 
 
 def make_samplers(cfg: Any, run_dir: Path, s: Any) -> tuple[Any, Any, Callable[[int], float] | None, Any]:
@@ -124,7 +151,8 @@ def make_samplers(cfg: Any, run_dir: Path, s: Any) -> tuple[Any, Any, Callable[[
     srv = op.student_server
     client = VLLMStudentClient(srv, student_server_api_key(srv))
     client.check(tok, op.temperature, op.top_p)
-    refresh = Refresher(client, s.model, Path(srv.refresh_dir or Path(run_dir) / "on_policy" / "refresh"), s.ctx)
+    folder = Path(srv.refresh_dir or Path(run_dir) / "on_policy" / "refresh")
+    refresh = Refresher(client, s.model, tok, folder, s.ctx, srv.refresh_tolerance)
     refresh(s.state.step)  # the server samples with the trainer's weights from the first sample on
     return (
         ServerSampler(client, tok, s.model, op, seed=cfg.seed),

@@ -176,7 +176,19 @@ class VLLMStudentClient:
         self.confirm(step)
         return self.loop.run_until_complete(self._sample(requests))
 
-    async def _sample(self, requests: list[StudentSampleRequest]) -> list[StudentSampleAnswer]:
+    def logprobs(self, ids: list[int]) -> list[float | None]:
+        """The served weights' logprobs of a given sequence (prompt logprobs: the unprocessed model's, entry 0
+        None): how a refresh is checked against the trainer's own weights."""
+        from orchestrator.kinds.score_types import ScoreBatch, ScoreSeq
+        from orchestrator.kinds.score_vllm import VLLMScore
+
+        async def one() -> list[float | None]:
+            d = await self._transport().request(VLLMScore(), ScoreBatch([ScoreSeq(list(ids))]))
+            return d.answer.seqs[0].logprobs
+
+        return self.loop.run_until_complete(one())
+
+    def _transport(self) -> Transport:
         if self.transport is None:
             c = self.cfg
             self.transport = Transport(
@@ -184,7 +196,10 @@ class VLLMStudentClient:
                 concurrency=c.concurrency,
                 retry=RetryPolicy(c.retry.max_attempts, c.retry.initial_backoff, c.retry.max_backoff),
             )  # fmt: skip
-        t = self.transport
+        return self.transport
+
+    async def _sample(self, requests: list[StudentSampleRequest]) -> list[StudentSampleAnswer]:
+        t = self._transport()
         delivered = await asyncio.gather(*(t.request(self.kind, r) for r in requests))
         return [d.answer for d in delivered]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from trainer.checkpoint import _options, _save_weights
+from trainer.checkpoint import _options, _save_weights, _tied_duplicates
 from trainer.dist import DistContext, barrier
 
 
@@ -35,6 +35,7 @@ def save_refresh(model, refresh_dir: Path, step: int, ctx: DistContext, keep: in
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         _save_weights(model, model_sd, tmp)
+        _save_tied(model, model_sd, tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.replace(final)
         old = sorted(p for p in refresh_dir.glob("step-*") if p.is_dir() and p.name < final.name)
@@ -43,3 +44,41 @@ def save_refresh(model, refresh_dir: Path, step: int, ctx: DistContext, keep: in
     del model_sd
     barrier(ctx)
     return final
+
+
+def _save_tied(model, model_sd: dict, folder: Path) -> None:
+    """The tied duplicates (lm_head.weight of a tied-embedding student) in a file of their own: a server
+    serving the student untied (`untied_copy`) loads its lm_head from it; one serving it tied skips it."""
+    from safetensors.torch import save_file
+
+    from trainer.lora import is_lora
+
+    if is_lora(model):
+        return
+    tied = _tied_duplicates(model.lm)
+    sd = {k.removeprefix("lm."): v for k, v in model_sd.items() if k.removeprefix("lm.") in tied}
+    if sd:
+        save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, folder / TIED_FILE)
+
+
+TIED_FILE = "tied-duplicates.safetensors"
+
+
+def untied_copy(src: Path, dst: Path) -> Path:
+    """A copy of the HF folder `src` with its output projection untied (`tie_word_embeddings = false` and
+    lm_head.weight written out): the folder to start a vLLM 0.32 CPU student server on, whose in-place
+    reload_weights does not refresh a tied lm_head (docs/on_policy.md, "Student inference server")."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["tie_word_embeddings"] = False
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    sd = load_file(dst / "model.safetensors")
+    if "lm_head.weight" not in sd:
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"].clone()
+        save_file(sd, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst

@@ -39,8 +39,12 @@ def student_server(tmp_path_factory):
     venv = venv_dir()
     if venv is None:
         unavailable("no vLLM venv (.venv-vllm, or $DISTILL_VLLM_VENV): run scripts/setup.sh")
+    from trainer.refresh import untied_copy
+
+    # vLLM 0.32 on CPU does not refresh a tied lm_head on reload_weights: serve the student untied
+    served = untied_copy(resolve_student("builtin:smollm2-135m-instruct-weak"), tmp_path_factory.mktemp("untied"))
     server = VLLMServer(
-        resolve_student("builtin:smollm2-135m-instruct-weak"),
+        served,
         venv,
         log=tmp_path_factory.mktemp("vllm-student") / "server.log",
         served_name="student",
@@ -106,7 +110,7 @@ def test_server_samples_carry_the_student_logprobs_and_follow_a_refresh(student_
     prompts = [(f"p{i}", render_prompt(tok, m)) for i, m in enumerate(PROMPTS)]
     client = VLLMStudentClient(op.student_server, None)
     ctx = DistContext(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
-    refresh = Refresher(client, model, tmp_path / "refresh", ctx)
+    refresh = Refresher(client, model, tok, tmp_path / "refresh", ctx, tolerance=1e-3)
     try:
         client.check(tok, op.temperature, op.top_p)  # same tokenizer, processed logprobs
         refresh(0)
@@ -125,7 +129,10 @@ def test_server_samples_carry_the_student_logprobs_and_follow_a_refresh(student_
         old = _load(resolve_student("builtin:smollm2-135m-instruct-weak"))
         full = _load(resolve_student("builtin:smollm2-135m-instruct"))
         model.lm.load_state_dict(full.lm.state_dict())
-        refresh_s = refresh(1)
+        with torch.no_grad():  # the tied embeddings / output projection too (what vLLM CPU misses when tied)
+            model.lm.get_input_embeddings().weight.mul_(1.05)
+        refresh_s = refresh(1)  # checks the server's logprobs of a probe sequence against the new weights
+        assert refresh.last_diff is not None and refresh.last_diff < 1e-3
         assert client._call("GET", client.root + "/weight_info")["weight_version"] == version_tag(1)
         with pytest.raises(StudentServerError, match="not 'distill-step-0'"):
             sampler.sample(prompts, policy_step=0)  # the server no longer serves step 0's weights
@@ -139,7 +146,44 @@ def test_server_samples_carry_the_student_logprobs_and_follow_a_refresh(student_
     with capsys.disabled():
         print(
             f"\nstudent server: max |mu_server - mu_transformers|: T=0.7/top-p 0.8 {d_tempered:.2e}, T=1 {d_plain:.2e}, "
-            f"after refresh {d_new:.2e} (old weights' gap {gap:.2f} nats); refresh {refresh_s:.2f} s"
+            f"after refresh {d_new:.2e} (old weights' gap {gap:.2f} nats); refresh {refresh_s:.2f} s, probe diff "
+            f"{refresh.last_diff:.2e}"
         )
     assert d_tempered < 2e-3 and d_plain < 2e-3 and d_new < 2e-3
     assert gap > 0.5
+
+
+def test_distill_run_samples_on_the_student_server_and_refreshes_it_after_every_step(
+    student_server, score_server, tmp_path
+):
+    """`distill run` with on_policy.sampler = "server": the weak student trains in the trainer, samples on the
+    real vLLM student server, the exact-logprob score server (real SmolLM2 in this process) grades. Step 1's
+    samples were drawn after the first refresh: their logprobs are those of the checkpointed step-1 weights."""
+    from test_on_policy import metrics, step_samples, write_cfg
+
+    from distill.cli import main
+    from distill.core.student import resolve_student
+
+    extra = f"""
+[on_policy.student_server]
+type = "vllm"
+base_url = "{student_server.base_url}"
+model = "student"
+"""
+    cfg = write_cfg(tmp_path, score_server, "builtin:smollm2-135m-instruct-weak", k=0, steps=2, extra=extra)
+    text = cfg.read_text().replace("[on_policy]\n", '[on_policy]\nsampler = "server"\n')
+    cfg.write_text(text.replace("lr = 3e-3", "lr = 1e-3").replace("eval_every = 2", "eval_every = 1"))
+    assert main(["run", str(cfg)]) == 0
+    run = tmp_path / "run"
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert all(r["time_refresh_s"] > 0 for r in rows[1:])
+    assert sorted(p.name for p in (run / "on_policy" / "refresh").iterdir()) == ["step-000001", "step-000002"]
+    step1 = step_samples(run, 1)
+    assert {s.meta["policy_step"] for s in step1} == {1}
+    weights1 = _load(run / "checkpoints" / "step-000001")
+    weights0 = _load(resolve_student("builtin:smollm2-135m-instruct-weak"))
+    d1 = max(abs(a - b) for s in step1 for a, b in zip(s.sampling_logprobs, _reference(weights1.lm, s, 1, 1)))
+    d0 = max(abs(a - b) for s in step1 for a, b in zip(s.sampling_logprobs, _reference(weights0.lm, s, 1, 1)))
+    print(f"\nrun on the student server: step-1 samples vs step-1 weights {d1:.2e}, vs initial weights {d0:.2e}")
+    assert d1 < 2e-3 < d0

@@ -46,6 +46,9 @@ class VLLMStudentServer(Strict):
     # Folder the refreshed weights are saved into (one sub-folder per step, the last two kept); it must be
     # readable by the server at the same path. Unset: OUTPUT_DIR/on_policy/refresh.
     refresh_dir: str | None = None
+    # After each refresh the server's logprobs of a fixed probe sequence must agree with the trainer's own
+    # within this many nats, else the run stops (the server did not take the weights).
+    refresh_tolerance: float = Field(1e-2, gt=0)
 
     @field_validator("api_key_var")
     @classmethod
