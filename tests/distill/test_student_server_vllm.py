@@ -83,9 +83,7 @@ def _reference(lm, sample, temperature, top_p) -> list[float]:
 
 
 def _max_diff(lm, samples, temperature, top_p) -> float:
-    return max(
-        abs(a - b) for s in samples for a, b in zip(s.sampling_logprobs, _reference(lm, s, temperature, top_p))
-    )
+    return max(abs(a - b) for s in samples for a, b in zip(s.sampling_logprobs, _reference(lm, s, temperature, top_p)))
 
 
 def test_server_samples_carry_the_student_logprobs_and_follow_a_refresh(student_server, tmp_path, capsys):

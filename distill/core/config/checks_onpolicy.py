@@ -127,6 +127,17 @@ def _norm_url(url: str) -> str:
     return f"{host}:{port}{path}"
 
 
+def _teacher_urls(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(key path, URL) of every teacher endpoint: the rollout model's and the scorer's."""
+    rm = cfg.orchestrator.rollout_model
+    out = [("orchestrator.rollout_model.base_url", rm.base_url)]
+    out += [(f"orchestrator.rollout_model.extra_base_urls[{i}]", u) for i, u in enumerate(rm.extra_base_urls)]
+    if cfg.scorer is not None:
+        out.append(("scorer.base_url", cfg.scorer.base_url))
+        out += [(f"scorer.extra_base_urls[{i}]", u) for i, u in enumerate(cfg.scorer.extra_base_urls)]
+    return out
+
+
 def _check_student_server(cfg: RunConfig) -> list[Problem]:
     """`on_policy.sampler = "server"` needs a student server that is no teacher's, with a refresh that
     fits the trainer (full weights or a LoRA adapter)."""
@@ -153,14 +164,8 @@ def _check_student_server(cfg: RunConfig) -> list[Problem]:
         ]
     problems: list[Problem] = []
     # A refresh writes the student's weights into that server: never a teacher's.
-    teachers = [("orchestrator.rollout_model.base_url", cfg.orchestrator.rollout_model.base_url)]
-    teachers += [(f"orchestrator.rollout_model.extra_base_urls[{i}]", u)
-                 for i, u in enumerate(cfg.orchestrator.rollout_model.extra_base_urls)]  # fmt: skip
-    if cfg.scorer is not None:
-        teachers.append(("scorer.base_url", cfg.scorer.base_url))
-        teachers += [(f"scorer.extra_base_urls[{i}]", u) for i, u in enumerate(cfg.scorer.extra_base_urls)]
     mine = _norm_url(srv.base_url)
-    for key, url in teachers:
+    for key, url in _teacher_urls(cfg):
         if _norm_url(url) == mine:
             problems.append(
                 Problem(
