@@ -18,6 +18,7 @@ from .schema import Retry, Strict, check_api_key_var, check_http_url
 class VLLMStudentServer(Strict):
     """A vLLM server serving the student (vLLM 0.32; docs/on_policy.md, "Student inference server")."""
 
+    # The server kind: "vllm" (the only one so far).
     type: Literal["vllm"] = "vllm"
     # Base URL of the student's server, up to and including /v1. Never the [scorer]'s or
     # orchestrator.rollout_model's: a refresh writes the student's weights into this server.
