@@ -115,8 +115,14 @@ class Refresher:
         from orchestrator.student_server import StudentServerError
 
         lm = getattr(self.model, "lm", self.model)
-        with torch.no_grad():
-            logits = lm(input_ids=torch.tensor([self.probe], device=self.ctx.device)).logits[0, :-1].float()
+        modes = [(m, m.training) for m in lm.modules()]
+        lm.eval()  # dropout off, as on the server
+        try:
+            with torch.no_grad():
+                logits = lm(input_ids=torch.tensor([self.probe], device=self.ctx.device)).logits[0, :-1].float()
+        finally:
+            for m, training in modes:
+                m.training = training
         mine = logits.log_softmax(-1).gather(1, torch.tensor(self.probe[1:], device=logits.device)[:, None])
         served = self.client.logprobs(self.probe)[1:]
         self.last_diff = max(abs(float(a) - float(b)) for a, b in zip(mine.squeeze(1).tolist(), served))
