@@ -346,6 +346,7 @@ _USER_ERRORS = {
     "ScoreCheckError",
     "LoraError",
     "OnPolicyError",
+    "StudentServerError",
 }
 
 COMMANDS = {

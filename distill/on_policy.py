@@ -45,6 +45,7 @@ from distill.on_policy_parts import (
     step_prompts,
     write_samples,
 )
+from distill.student_server import make_samplers
 
 __all__ = ["OnPolicyError", "cmd_run_on_policy", "run_on_policy"]
 
@@ -88,7 +89,6 @@ def run_on_policy(cfg: RunConfig, run_dir: Path, *, resume: bool = True, progres
 class _Loop:
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, progress: bool):
         from trainer import checkpoint as ckpt_io
-        from trainer.sampler import StudentSampler
         from trainer.train import _setup
 
         self.cfg, self.op = cfg, cfg.on_policy
@@ -98,13 +98,10 @@ class _Loop:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # step-0 eval line would stay beside the new one
         # The SFT trainer's setup: model, optimizer, schedule, resumed state, trackers, progress bar.
         self.s = _setup(cfg, run_dir, self.files.samples_dir, resume, lambda: True, progress)
-        tok, dev = self.s.tokenizer, self.s.ctx.device
+        tok = self.s.tokenizer
         self.render = Renderer(tok, cfg.orchestrator.reconstruction.chat_template_kwargs)
-        self.sampler = StudentSampler(self.s.model, tok, self.op, dev, seed=cfg.seed)
-        # The held-out eval samples the student's own distribution (temperature 1, no nucleus), so that
-        # mean(log piS - log piT) over its tokens estimates the reverse KL of the student to the teacher.
-        eval_cfg = self.op.model_copy(update={"temperature": 1.0, "top_p": 1.0, "samples_per_prompt": 1})
-        self.eval_sampler = StudentSampler(self.s.model, tok, eval_cfg, dev, seed=cfg.seed)
+        # on_policy.sampler: in-process, or the student's own server refreshed after every step.
+        self.sampler, self.eval_sampler, self.refresh, self.server = make_samplers(cfg, run_dir, self.s)
         self.scoring = ScoringThread(cfg, run_dir, tok, make_rewarder(cfg, tok, self.eval_prompts + self.pool))
         self.mix = None  # on_policy.teacher_fraction > 0: teacher rows in every step (distill/on_policy_mix.py)
         if self.op.teacher_fraction > 0:
@@ -122,6 +119,8 @@ class _Loop:
         if self.s.bar is not None:
             self.s.bar.close()
         self.scoring.close()
+        if self.server is not None:
+            self.server.close()
         for tr in self.s.trackers:  # metrics.jsonl, and TensorBoard / trackio / W&B when configured
             tr.close()
         from trainer import dist
@@ -226,6 +225,7 @@ class _Loop:
         train_s = time.perf_counter() - t1
         s.state.step += 1
         s.state.samples_seen += m["samples"]
+        refresh_s = self.refresh(s.state.step) if self.refresh is not None else None  # before the next sample
         last = {
             "step": s.state.step,
             **m,
@@ -237,6 +237,7 @@ class _Loop:
             "time_train_s": train_s,
             "time_idle_s": idle_s,
             "policy_lag_max": lag,
+            **({"time_refresh_s": refresh_s} if refresh_s is not None else {}),
             **sample_stats(samples),
         }
         if self._eval_due(s.state.step):

@@ -51,6 +51,9 @@ class VLLMServer:
         port: int | None = None,
         log: Path | None = None,
         startup_timeout: float = 900.0,
+        served_name: str = SERVED_NAME,
+        extra_args: tuple[str, ...] = (),
+        extra_env: dict[str, str] | None = None,
     ):
         self.model_dir = str(model_dir)
         self.venv = venv
@@ -58,6 +61,9 @@ class VLLMServer:
         self.log = log or Path(os.environ.get("TMPDIR", "/tmp")) / f"vllm-server-{self.port}.log"
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen | None = None
+        # e.g. a student server (docs/on_policy.md, "Student inference server"): served as "student",
+        # extra_args ("--logprobs-mode", "processed_logprobs"), extra_env {"VLLM_SERVER_DEV_MODE": "1"}
+        self.served_name, self.extra_args, self.extra_env = served_name, tuple(extra_args), dict(extra_env or {})
 
     @property
     def root(self) -> str:
@@ -70,10 +76,10 @@ class VLLMServer:
     def command(self) -> list[str]:
         return [
             str(self.venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
-            "--model", self.model_dir, "--served-model-name", SERVED_NAME,
+            "--model", self.model_dir, "--served-model-name", self.served_name,
             "--host", "127.0.0.1", "--port", str(self.port),
             "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager",
-            "--max-logprobs", "20", "--disable-log-stats",
+            "--max-logprobs", "20", "--disable-log-stats", *self.extra_args,
         ]  # fmt: skip
 
     def env(self) -> dict[str, str]:
@@ -86,6 +92,7 @@ class VLLMServer:
             VLLM_NO_USAGE_STATS="1",
             DO_NOT_TRACK="1",
         )
+        env.update(self.extra_env)
         env.pop("PYTHONPATH", None)  # the server's own venv only
         return env
 

@@ -92,9 +92,11 @@ def is_model(ann) -> bool:
 def union_models(ann) -> list:
     """The models of a tagged union field (e.g. trainer.loss, keyed on `type`; an optional one such as
     `scorer` too); [] for anything else."""
-    if typing.get_origin(ann) is typing.Union and type(None) in typing.get_args(ann):
+    if typing.get_origin(ann) in (typing.Union, __import__("types").UnionType) and type(None) in typing.get_args(ann):
         rest = [a for a in typing.get_args(ann) if a is not type(None)]
         ann = rest[0] if len(rest) == 1 else ann
+        if is_model(ann):  # an optional section of one model (e.g. on_policy.student_server)
+            return [ann]
     if typing.get_origin(ann) is typing.Annotated:
         ann = typing.get_args(ann)[0]
     if typing.get_origin(ann) not in (typing.Union, __import__("types").UnionType):

@@ -20,7 +20,7 @@ ON_POLICY_MODE_LOSSES = ON_POLICY_LOSSES + tuple(SCORED_LOSSES)
 
 def check_on_policy_mode(cfg: RunConfig) -> list[Problem]:
     """The scorer, the loss (and what it needs), group-sized steps, no weight transfer, eval keys."""
-    problems = _check_scorer_and_loss(cfg)
+    problems = _check_scorer_and_loss(cfg) + _check_student_server(cfg)
     op, t = cfg.on_policy, cfg.trainer
     problems += _check_group_sized_steps(cfg) if op.teacher_fraction == 0 else check_mixing(cfg)
     if op.teacher_samples and op.teacher_fraction == 0:
@@ -168,4 +168,86 @@ def _check_scorer_and_loss(cfg: RunConfig) -> list[Problem]:
                     "Fix: set on_policy.samples_per_prompt >= 2 (e.g. 4), or trainer.loss.w_rl = 0.",
                 )
             )
+    return problems
+
+
+def _norm_url(url: str) -> str:
+    """A base URL compared loosely: scheme and host lower-cased, localhost = 127.0.0.1, no trailing / or /v1."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url.strip())
+    host = (u.hostname or "").lower()
+    host = "127.0.0.1" if host in ("localhost", "0.0.0.0", "::1") else host
+    port = u.port or (443 if u.scheme == "https" else 80)
+    path = u.path.rstrip("/")
+    path = path[: -len("/v1")] if path.endswith("/v1") else path
+    return f"{host}:{port}{path}"
+
+
+def _teacher_urls(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(key path, URL) of every teacher endpoint: the rollout model's and the scorer's."""
+    rm = cfg.orchestrator.rollout_model
+    out = [("orchestrator.rollout_model.base_url", rm.base_url)]
+    out += [(f"orchestrator.rollout_model.extra_base_urls[{i}]", u) for i, u in enumerate(rm.extra_base_urls)]
+    if cfg.scorer is not None:
+        out.append(("scorer.base_url", cfg.scorer.base_url))
+        out += [(f"scorer.extra_base_urls[{i}]", u) for i, u in enumerate(cfg.scorer.extra_base_urls)]
+    return out
+
+
+def _check_student_server(cfg: RunConfig) -> list[Problem]:
+    """`on_policy.sampler = "server"` needs a student server that is no teacher's, with a refresh that
+    fits the trainer (full weights or a LoRA adapter)."""
+    op = cfg.on_policy
+    srv = op.student_server
+    if op.sampler != "server":
+        if srv is not None:
+            return [
+                Problem(
+                    "on_policy.student_server",
+                    f'is set, but on_policy.sampler = "{op.sampler}" samples in the trainer\'s process and '
+                    'would never use it. Fix: set on_policy.sampler = "server", or remove [on_policy.student_server].',
+                )
+            ]
+        return []
+    if srv is None:
+        return [
+            Problem(
+                "on_policy.student_server",
+                'is unset, but on_policy.sampler = "server" samples on the student\'s own inference server. '
+                'Fix: add [on_policy.student_server] with type = "vllm" and its base_url '
+                '(docs/on_policy.md, "Student inference server"), or set on_policy.sampler = "in_process".',
+            )
+        ]
+    problems: list[Problem] = []
+    # A refresh writes the student's weights into that server: never a teacher's.
+    mine = _norm_url(srv.base_url)
+    for key, url in _teacher_urls(cfg):
+        if _norm_url(url) == mine:
+            problems.append(
+                Problem(
+                    "on_policy.student_server.base_url",
+                    f"is the teacher's server ({key} = {url!r}); after every step the trainer loads the "
+                    "student's weights into the student server, and a teacher's weights are never ours to "
+                    "replace. Fix: start a separate server for the student and point "
+                    "on_policy.student_server.base_url at it.",
+                )
+            )
+    lora = cfg.trainer.lora.enabled
+    if srv.refresh == "lora_adapter" and not lora:
+        problems.append(
+            Problem(
+                "on_policy.student_server.refresh",
+                '"lora_adapter" loads the trained LoRA adapter, but trainer.lora.enabled = false trains every '
+                'weight. Fix: set refresh = "reload_weights", or trainer.lora.enabled = true.',
+            )
+        )
+    if srv.refresh == "reload_weights" and lora:
+        problems.append(
+            Problem(
+                "on_policy.student_server.refresh",
+                '"reload_weights" reloads full weights, but trainer.lora.enabled = true trains an adapter. '
+                'Fix: set refresh = "lora_adapter" (the server started with --enable-lora).',
+            )
+        )
     return problems

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from .schema import Strict
+from .schema_student_server import StudentServer
 
 
 class OnPolicy(Strict):
@@ -17,8 +18,11 @@ class OnPolicy(Strict):
     # of the on-policy losses (reverse_kl, iw_opd, kd_rl) or topk_kl.
     enabled: bool = False
     # Where the student's samples come from: "in_process" generates with the trainer's current weights
-    # (batched, KV cache; exact on-policy, no weight transfer).
-    sampler: Literal["in_process"] = "in_process"
+    # (batched, KV cache; exact on-policy, no weight transfer); "server" asks the student's own inference
+    # server ([on_policy.student_server]), refreshed from the saved weights after every optimizer step.
+    sampler: Literal["in_process", "server"] = "in_process"
+    # The student's inference server, with on_policy.sampler = "server" (unset: none).
+    student_server: StudentServer | None = None
     # Samples per prompt, one group (group-relative losses such as kd_rl compare them);
     # trainer.samples_per_step must be a multiple of it.
     samples_per_prompt: int = Field(4, ge=1)
