@@ -13,7 +13,7 @@ echoes instead, rows[i][ids[i]] (each token scored under the NEXT position's dis
 
 from __future__ import annotations
 
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 BUILTIN = "builtin:smollm2-135m-instruct"
 
@@ -36,7 +36,11 @@ class ExactModel:
             hf_logging.enable_progress_bar()
         self.vocab_size = int(self.model.config.vocab_size)
         self.eos_id = self.tokenizer.eos_token_id
-        self._lock = threading.Lock()  # one forward at a time (the server thread and the tests share it)
+        # Every forward runs on this one thread, whoever asks (the server's handler threads, the tests):
+        # torch's intra-op thread count is per OS thread under OpenMP, and a module fixture that sets and
+        # restores it on the test thread would otherwise let a served score and `direct()` sum in a
+        # different order (1e-5 apart, seen in the full suite). One worker also means one forward at a time.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exact-model")
 
     # -- the model, directly -------------------------------------------------------------------
 
@@ -44,9 +48,12 @@ class ExactModel:
         """[len(ids), vocab] fp32 log-softmax of the logits at every position (row j predicts ids[j + 1])."""
         import torch
 
-        with self._lock, torch.no_grad():
-            logits = self.model(torch.tensor([ids], dtype=torch.long)).logits[0].float()
-        return torch.log_softmax(logits, dim=-1)
+        def forward():
+            with torch.no_grad():
+                logits = self.model(torch.tensor([ids], dtype=torch.long)).logits[0].float()
+            return torch.log_softmax(logits, dim=-1)
+
+        return self._worker.submit(forward).result()
 
     def direct(self, ids: list[int]) -> list[float | None]:
         """log p(ids[i] | ids[:i]) for every position (None at 0): the reference the tests compare with."""
