@@ -138,6 +138,42 @@ def test_unknown_keys_are_errors_with_their_path(tmp_path):
     assert "unknown key" in str(ei.value) and str(p) in str(ei.value)
 
 
+@pytest.mark.parametrize(
+    "toml, key, kind, owners",
+    [
+        (
+            '[orchestrator.source]\ntype = "table"\npath = "t.csv"\nsize = 3\n',
+            "size",
+            "source type 'table'",
+            "'reasoning_gym', 'jsonl', 'replay'",
+        ),
+        (
+            '[orchestrator.source]\ntype = "jsonl"\npath = "p.jsonl"\nlimit = 3\n',
+            "limit",
+            "source type 'jsonl'",
+            "'table', 'hf_dataset'",
+        ),
+        (
+            '[orchestrator.source]\ntype = "jsonl"\npath = "p.jsonl"\ncolumns = {prompt = "q"}\n',
+            "columns",
+            "source type 'jsonl'",
+            "'table', 'hf_dataset'",
+        ),
+        ('[trainer.loss]\ntype = "sft"\ngamma = 0.5\n', "gamma", "loss type 'sft'", "'iw_opd'"),
+    ],
+)
+def test_a_key_of_another_union_type_names_the_types_that_have_it(tmp_path, toml, key, kind, owners):
+    with pytest.raises(ConfigError) as ei:
+        load_config(write(tmp_path, toml))
+    section = "trainer.loss" if "loss" in kind else "orchestrator.source"
+    (msg,) = [pr.message for pr in ei.value.problems if pr.key == f"{section}.{key}"]
+    assert msg == (
+        f"{section}.{key} is not a key of {kind}; it is one of type {owners}. Fix: remove it, or set "
+        f"{section}.type to one of those if that is the {kind.split()[0]} you meant"
+    ), msg
+    assert "did you mean" not in msg
+
+
 def test_bad_values_name_the_key(tmp_path):
     with pytest.raises(ConfigError) as ei:
         load_config(None, ["--trainer.optim.lr", "-1", "--orchestrator.concurrency", "zero"])

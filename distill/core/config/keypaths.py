@@ -43,6 +43,38 @@ def key_paths(model: type[BaseModel], prefix: str = "") -> tuple[str, ...]:
     return tuple(out)
 
 
+def _tagged_members(annotation: Any) -> list[tuple[str, type[BaseModel]]]:
+    """(tag, model) for each Annotated[Model, Tag(tag)] member of a tagged union annotation."""
+    out: list[tuple[str, type[BaseModel]]] = []
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is typing.Annotated:
+            model, *meta = typing.get_args(arg)
+            tags = [m.tag for m in meta if type(m).__name__ == "Tag"]
+            if tags and isinstance(model, type) and issubclass(model, BaseModel):
+                out.append((tags[0], model))
+                continue
+        out.extend(_tagged_members(arg))
+    return out
+
+
+def union_tags_with_key(model: type[BaseModel], union: typing.Sequence[str], rest: str) -> list[str]:
+    """The tags of the union at key path `union` (e.g. orchestrator.source) whose model has key `rest`
+    (e.g. "size"): where a key misplaced under the wrong `type` belongs."""
+    annotation: Any = model
+    for part in union:
+        subs = _models_in(annotation)
+        field = next((m.model_fields[part] for m in subs if part in m.model_fields), None)
+        if field is None:
+            return []
+        annotation = field.annotation
+    return [tag for tag, m in _tagged_members(annotation) if is_key_or_table(rest, key_paths(m))]
+
+
+def is_key_or_table(key: str, paths: typing.Iterable[str]) -> bool:
+    """Whether `key` is one of these key paths or a table above some of them (orchestrator.source.columns)."""
+    return any(p == key or p.startswith(key + ".") for p in paths)
+
+
 def nearest_key(key: str, paths: typing.Iterable[str]) -> str | None:
     """The valid key path a misspelt one most likely meant: one with the same last part
     (trainer.lr -> trainer.optim.lr) first, else the closest spelling of the whole path."""

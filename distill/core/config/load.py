@@ -91,7 +91,7 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
     overrides). A cross-check's problem counts as the file's."""
     from distill.core.redact import is_secret_key, looks_like_secret  # stdlib only
 
-    from .keypaths import env_var_for, has_path, key_paths, nearest_key
+    from .keypaths import env_var_for, has_path, is_key_or_table, key_paths, nearest_key, union_tags_with_key
 
     problems: list[Problem] = []
     origins: set[str] = set()
@@ -105,9 +105,18 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
             problems.extend(ctx_err.args[0])
             origins.add("file")
             continue
-        parts = _without_union_tags([str(x) for x in e["loc"]])
+        raw = [str(x) for x in e["loc"]]
+        parts = _without_union_tags(raw)
         key = ".".join(parts) or "(root)"
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and parts != raw and is_key_or_table(key, key_paths(RunConfig)):
+            tags = [t for t in union_tags_with_key(RunConfig, raw[:2], ".".join(raw[3:])) if t != raw[2]]
+            union = ".".join(raw[:2])
+            msg = (  # a key of another member of a union keyed on `type` (size on a table source)
+                f"{key} is not a key of {raw[1]} type {raw[2]!r}; it is one of type "
+                + ", ".join(repr(t) for t in tags)
+                + f". Fix: remove it, or set {union}.type to one of those if that is the {raw[1]} you meant"
+            )
+        elif e["type"] == "extra_forbidden":
             near = nearest_key(key, key_paths(RunConfig))
             msg = (
                 f"unknown key {key}; "
