@@ -333,6 +333,7 @@ _USER_ERRORS = {
     "LocalTeacherError",
     "RolloutError",
     "PromptSourceError",
+    "TableSourceError",
     "RecordingError",
     "FileNotFoundError",
     "PreflightError",

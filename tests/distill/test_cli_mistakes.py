@@ -336,3 +336,52 @@ def test_tokenizer_flag_mistakes_name_the_folder(tmp_path):
         res = distill("tokenize", "--tokenizer", tok, src, "-o", tmp_path / "out.jsonl")
         assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
         assert res.stderr.startswith("distill: ") and says in res.stderr and str(tok) in res.stderr
+
+
+def test_every_subclass_of_a_user_error_is_a_user_error():
+    """main() matches user errors by class name, so a subclass of a registered one (TableSourceError of
+    PromptSourceError) must be registered too, or it escapes as a traceback."""
+    import ast
+
+    from distill.cli import _USER_ERRORS
+
+    missing = []
+    for pkg in ("distill", "orchestrator", "trainer"):
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, ast.ClassDef):
+                    bases = {getattr(b, "id", getattr(b, "attr", None)) for b in node.bases}
+                    if bases & _USER_ERRORS and node.name not in _USER_ERRORS:
+                        missing.append(f"{f.relative_to(ROOT)}: {node.name}")
+    assert "TableSourceError" in _USER_ERRORS
+    assert not missing, missing
+
+
+def test_a_table_source_error_raised_after_preflight_is_one_line_exit_1(tmp_path):
+    """The table is read at preflight; one that turns unreadable afterwards raises TableSourceError in
+    the run: main() reports it like every user error (one line, exit 1, no traceback)."""
+    import contextlib
+    import io
+
+    from distill import cli
+    from distill.core.config import load_config
+    from orchestrator.prompt_tables import open_table
+
+    table = tmp_path / "t.csv"
+    table.write_text("prompt\nhi\n")
+
+    def read_then_lose_table(args):  # a real command body: the file goes away between checks and reading
+        table.unlink()
+        src = base_toml(tmp_path, f'[orchestrator.source]\ntype = "table"\npath = "{table}"\n')
+        open_table(load_config(src).orchestrator.source)
+
+    cli.COMMANDS["lose-table"] = read_then_lose_table
+    try:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = cli.main(["lose-table"])
+    finally:
+        del cli.COMMANDS["lose-table"]
+    assert code == 1
+    assert err.getvalue().count("\n") == 1 and err.getvalue().startswith("distill: orchestrator.source.path: ")
+    assert "does not exist" in err.getvalue()
