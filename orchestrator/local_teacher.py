@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from distill.core.config.schema import BUILTIN_TEACHER_GGUF
 from distill.core.student import resolve_gguf
 
 
@@ -77,6 +78,13 @@ def local_teacher(cfg, log_dir: Path) -> Iterator[list[str]]:
         raise LocalTeacherError(
             f"orchestrator.local_teacher.host = {lt.host!r}: the local teacher listens on loopback only"
         )
+    try:  # a config mistake first, whatever is installed
+        gguf = resolve_gguf(lt.model_path)
+    except (ValueError, FileNotFoundError) as e:
+        raise LocalTeacherError(
+            f"orchestrator.local_teacher.model_path: {e}. Fix: set it to {BUILTIN_TEACHER_GGUF!r} (the default) "
+            "or to a .gguf file of the teacher"
+        ) from None
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
@@ -84,7 +92,6 @@ def local_teacher(cfg, log_dir: Path) -> Iterator[list[str]]:
             "the local teacher needs llama-cpp-python. Fix: pip install 'llama-cpp-python[server]==0.3.36' "
             "(or run scripts/setup.sh)"
         ) from None
-    gguf = resolve_gguf(lt.model_path)
     log_dir.mkdir(parents=True, exist_ok=True)
     procs: list[tuple[subprocess.Popen, str]] = []
     try:

@@ -111,7 +111,14 @@ def resolve_gguf(spec: str) -> Path:
     """A teacher GGUF path from a config value (a file path or the builtin name)."""
     if spec.startswith(BUILTIN_PREFIX):
         if spec != BUILTIN_PREFIX + BUILTIN_NAME:  # the weak student is an HF folder, no GGUF
-            raise ValueError(f"unknown builtin GGUF {spec!r}; the only one is {BUILTIN_PREFIX}{BUILTIN_NAME}")
+            from distill.core.weak_student import WEAK_NAME
+
+            what = (
+                "is a student only (an HF folder, it has no GGUF)"
+                if spec[len(BUILTIN_PREFIX) :] == WEAK_NAME
+                else ("is not a builtin GGUF")
+            )
+            raise ValueError(f"{spec!r} {what}; the only builtin GGUF is {BUILTIN_PREFIX}{BUILTIN_NAME}")
         return builtin_gguf_path()
     p = Path(spec).expanduser()
     if not p.is_file():

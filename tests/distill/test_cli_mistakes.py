@@ -385,3 +385,27 @@ def test_a_table_source_error_raised_after_preflight_is_one_line_exit_1(tmp_path
     assert code == 1
     assert err.getvalue().count("\n") == 1 and err.getvalue().startswith("distill: orchestrator.source.path: ")
     assert "does not exist" in err.getvalue()
+
+
+@pytest.mark.parametrize(
+    "model_path, names",
+    [
+        ("builtin:smollm2-135m-instruct-weak", ["is a student only", "has no GGUF"]),
+        ("{tmp}/teacher.gguf", ["teacher.gguf does not exist"]),
+    ],
+)
+def test_local_teacher_model_path_without_a_gguf_names_the_key_and_the_fix(tmp_path, model_path, names):
+    res = distill(
+        "rollout",
+        base_toml(tmp_path),
+        "--orchestrator.local_teacher.enabled",
+        "true",
+        "--orchestrator.local_teacher.model_path",
+        model_path.format(tmp=tmp_path),
+    )
+    assert res.returncode == 1, (res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.startswith("distill: orchestrator.local_teacher.model_path: ") and res.stderr.count("\n") == 1
+    for name in [*names, "Fix: set it to 'builtin:smollm2-135m-instruct'"]:
+        assert name in res.stderr, (name, res.stderr)
+    assert not list((tmp_path / "run").glob("samples/*.jsonl"))  # nothing rolled out
