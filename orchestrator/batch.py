@@ -104,6 +104,8 @@ class BatchRollout:
             await self._from_cache()
         rd = self.state.open_round()
         if rd is not None:
+            rd = await self._still_wanted(rd)
+        if rd is not None:
             print(
                 f"orchestrator: resuming batch round {rd.round} ({rd.batch_id or 'not created yet'})", file=sys.stderr
             )
@@ -114,6 +116,23 @@ class BatchRollout:
             await self._do_round(rd)
             rd = None
         self.stop_reason = self.stop_reason or "completed"
+
+    async def _still_wanted(self, rd: Round) -> Round | None:
+        """The open round, or None when it was never created and some of its pairs have been recorded since
+        (an online run, the request cache): then it is journaled abandoned and a new round asks for the rest,
+        so no recorded pair is paid for again."""
+        if rd.batch_id is None and rd.create_started is not None:
+            await self.api.adopt(rd)  # batches.create may have made it before a crash: then it is collected
+        done = [p for p in rd.pairs if p in self.recorded]
+        if rd.batch_id is not None or not done:
+            return rd
+        self.state.append({"event": "abandoned", "round": rd.round, "recorded": [list(p) for p in done]})
+        print(
+            f"orchestrator: batch round {rd.round} was never created and {len(done)} of its {len(rd.pairs)} pairs "
+            "have been recorded since: a new round asks for the rest",
+            file=sys.stderr,
+        )
+        return None
 
     async def _rebuild(self) -> None:
         """Publishes the recorded answers a previous run did not publish."""
@@ -346,7 +365,7 @@ def check_no_open_batch(run_dir: Path) -> None:
     """An online rollout of a run directory whose batch is still open would ask (and pay) again for the pairs
     that batch will answer: a RolloutError saying how to collect it instead."""
     rd = BatchState.load(Path(run_dir) / BATCH_DIR, create=False).open_round()
-    if rd is not None and rd.input_file_id is not None:
+    if rd is not None and (rd.upload_started is not None or rd.input_file_id is not None):
         raise RolloutError(
             f"{run_dir} has an unfinished Batch API round ({rd.batch_id or 'being created'}, {len(rd.pairs)} "
             "requests) and orchestrator.batch.enabled is false: an online run would pay for those answers again. "

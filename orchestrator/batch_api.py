@@ -39,7 +39,13 @@ class BatchAPI:
         data = (self.dir / rd.input).read_bytes()
         for attempt in range(self.retry.max_attempts):
             if rd.upload_started is not None:  # a call may have reached the server before a crash / an error
-                fid = await self._find_file(rd, len(data))
+                try:
+                    fid = await self._find_file(rd, len(data))
+                except TRANSIENT as e:
+                    await self._backoff(attempt, "listing the batch files (files.list)", e)
+                    continue
+                except openai.APIStatusError as e:
+                    raise RolloutError(lookup_refused('files.list(purpose="batch")', "the input file", rd, e)) from None
                 if fid is not None:
                     self.state.append({"event": "uploaded", "round": rd.round, "input_file_id": fid})
                     return
@@ -63,7 +69,13 @@ class BatchAPI:
     async def create(self, rd: Round) -> None:
         for attempt in range(self.retry.max_attempts):
             if rd.create_started is not None:  # a crash or error inside batches.create: did it make one?
-                bid = await self._find_batch(rd)
+                try:
+                    bid = await self._find_batch(rd)
+                except TRANSIENT as e:
+                    await self._backoff(attempt, "listing the batches (batches.list)", e)
+                    continue
+                except openai.APIStatusError as e:
+                    raise RolloutError(lookup_refused("batches.list", "the batch", rd, e)) from None
                 if bid is not None:
                     self.state.append({"event": "created", "round": rd.round, "batch_id": bid})
                     return
@@ -85,6 +97,22 @@ class BatchAPI:
             print(f"orchestrator: batch {b.id} created ({len(rd.pairs)} requests)", file=sys.stderr)
             return
         raise RolloutError(f"creating the batch of {self.dir / rd.input} failed {self.retry.max_attempts} times; rerun")
+
+    async def adopt(self, rd: Round) -> None:
+        """For a round whose batches.create may have run (a crash or error inside it): journals the batch it
+        made, if any (with backoff on transient errors, as the calls)."""
+        for attempt in range(self.retry.max_attempts):
+            try:
+                bid = await self._find_batch(rd)
+            except TRANSIENT as e:
+                await self._backoff(attempt, "listing the batches (batches.list)", e)
+                continue
+            except openai.APIStatusError as e:
+                raise RolloutError(lookup_refused("batches.list", "the batch", rd, e)) from None
+            if bid is not None:
+                self.state.append({"event": "created", "round": rd.round, "batch_id": bid})
+            return
+        raise RolloutError(f"listing the batches failed {self.retry.max_attempts} times; rerun to try again")
 
     async def _find_file(self, rd: Round, size: int) -> str | None:
         """The id of the batch file uploaded under this round's name (unique to the run and round), if any."""
@@ -178,6 +206,16 @@ def _bar(total: int, rd: Round, progress: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="request", desc=f"batch {rd.round}", file=sys.stderr)
+
+
+def lookup_refused(call: str, what: str, rd: Round, e: Exception) -> str:
+    """The message of a provider that refuses the lookup which keeps a resumed round from paying twice."""
+    return (
+        f"the provider refused {call} ({api_error(e)}), which a resumed batch round needs to find {what} an "
+        f"interrupted call may have made (round {rd.round}, upload name {rd.filename}); without it {what} could "
+        "be made and paid for twice. Fix: use a provider whose Batch API supports listing files and batches, or "
+        "check its dashboard and delete the run directory's batch/state.jsonl to give the round up"
+    )
 
 
 def api_error(e: Exception) -> str:

@@ -16,6 +16,7 @@ right after the step returned, as marked):
     {"event": "ended", "round": r, "status": ..., "output_file_id": ..., "error_file_id": ..., ...}
     {"event": "downloaded", "round": r}                     both files saved (atomically) beside it
     {"event": "recorded", "round": r, "errors": {reason: count}, "left": [[pid, i, reason], ...]}
+    {"event": "abandoned", "round": r, "recorded": [[pid, i], ...]}   instead: never created (see batch.py)
 
 So a crash anywhere leaves the round at a known step; the next run continues it from there. A crash
 inside files.create or batches.create (the request may have reached the server, the answer did not
@@ -85,6 +86,8 @@ class BatchState:
     def load(cls, batch_dir: Path, create: bool = True) -> "BatchState":
         """The journal in `batch_dir`; with `create`, a new one (its token) when there is none."""
         st = cls(batch_dir)
+        if create:
+            _cut_torn_tail(batch_dir / STATE)  # else the next append() would be written onto the fragment
         for d in log_values(batch_dir / STATE):  # a torn last line is skipped: that step is redone
             st._apply(d)
         if create and not st.token:
@@ -111,7 +114,7 @@ class BatchState:
                 rd.end = d
             elif ev == "downloaded":
                 rd.downloaded = True
-            elif ev == "recorded":
+            elif ev in ("recorded", "abandoned"):
                 rd.recorded = d
 
     def append(self, d: dict[str, Any]) -> None:
@@ -141,6 +144,18 @@ class BatchState:
             }
         )
         return self.rounds[r]
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Cuts a half-written last line (a crash inside append()) off the journal, after its last newline."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def json_line(d: dict[str, Any]) -> bytes:
@@ -247,8 +262,9 @@ class Spend:
     def of(cls, records, budget, prices: tuple[float, float]) -> "Spend":
         s = cls()
         for r in records:
-            if r.get("provenance") != "cache":  # answered from the request cache: no request was sent
-                s.requests += 1 / max(1, int(r.get("usage_shared_by") or 1))
+            if r.get("provenance") == "cache":  # answered from the request cache: not sent, no usage paid;
+                continue  # not an answer of the completion-token mean either (its usage is 0)
+            s.requests += 1 / max(1, int(r.get("usage_shared_by") or 1))
             s.add(r, budget, prices)
         return s
 

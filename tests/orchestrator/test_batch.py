@@ -495,3 +495,114 @@ def test_vllm_run_batch_reads_our_input_and_we_read_its_output(tmp_path, smol_to
         assert r.reason is None, (r.reason, r.detail)
         choices, _, usage, _, _ = parse_choices(json.dumps(r.body), 1)
         assert choices[0].message["content"] and usage["completion_tokens"] <= 16  # max_tokens honoured
+
+
+# -- review fixes: stale resumed round, lookups, budget bound, torn journal, secrets ---------------
+
+
+def test_resumed_round_never_created_drops_the_pairs_recorded_since(tmp_path, smol_tokenizer):
+    """Killed after `uploading` (no file id yet); then the pairs p0, p1 get recorded (here by a batch run of a
+    2-prompt source, as an online run or the cache would): an online run is refused meanwhile, and the batch
+    rerun abandons the old round and asks only for p2, p3 (nothing paid twice)."""
+    from orchestrator.batch import check_no_open_batch
+    from orchestrator.batch_store import BatchState
+    from orchestrator.failures import RolloutError
+
+    with BatchServer() as s:
+        run(make_cfg(tmp_path, s.base_url, n_prompts=2), smol_tokenizer)  # records p0, p1 (round 1)
+        cfg = make_cfg(tmp_path, s.base_url, n_prompts=4)
+        run_dir = Path(cfg.output_dir)
+        ids = [f"p{i}" for i in range(4)]
+        old = input_lines(run_dir, 1)
+        lines = old + [{**x, "custom_id": x["custom_id"].replace("p0", p)} for p in ("p2", "p3") for x in old[:2]]
+        st = BatchState.load(run_dir / "batch")
+        rd = st.new_round([(p, i) for p in ids for i in range(2)], lines)  # journaled before p0, p1 were recorded
+        st.append({"event": "uploading", "round": rd.round, "t": time.time()})
+        with pytest.raises(RolloutError, match="unfinished Batch API round"):
+            check_no_open_batch(run_dir)  # an upload has started: an online run could pay twice
+        summary = run(cfg, smol_tokenizer)
+    assert "abandoned" in _state_events(run_dir) and summary["stop_reason"] == "completed"
+    assert [x["custom_id"] for x in input_lines(run_dir, 3)] == pairs_of(["p2", "p3"], 2)
+    assert len(s.batches) == 2 and s.answered == Counter({c: 1 for c in pairs_of(ids, 2)})
+    assert recorded_counts(run_dir) == {(p, i): 1 for p in ids for i in range(2)}
+
+
+def test_lookups_back_off_on_connection_errors_and_a_refusal_is_a_user_error(tmp_path):
+    """files.list / batches.list (the lookups of a resumed round) on a closed port: backed off like the calls,
+    then a RolloutError (no traceback); a provider answering them with an HTTP error: a RolloutError naming it."""
+    import socket
+
+    from orchestrator.batch_api import BatchAPI
+    from orchestrator.batch_store import BatchState
+    from orchestrator.failures import RolloutError
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        closed = sk.getsockname()[1]
+    with BatchServer() as s:
+        oc = make_cfg(tmp_path, s.base_url).orchestrator
+        st = BatchState.load(tmp_path / "b")
+        rd = st.new_round([("p0", 0)], [{"custom_id": "p0#0"}])
+        st.append({"event": "uploading", "round": rd.round, "t": time.time()})
+        rd.input_file_id, rd.create_started = "file-x", time.time()
+
+        async def go(base_url: str, call: str) -> None:
+            client = AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0, timeout=5)
+            try:
+                await getattr(BatchAPI(client, st, oc, tmp_path / "b"), call)(rd)
+            finally:
+                await client.close()
+
+        for call, name in (("upload", "files.list"), ("adopt", "batches.list")):
+            with pytest.raises(RolloutError, match="failed 5 times"):
+                asyncio.run(go(f"http://127.0.0.1:{closed}/v1", call))
+            with pytest.raises(RolloutError, match=rf"refused {name}.*HTTP 404.*Fix:"):
+                asyncio.run(go(s.base_url + "/nope", call))
+
+
+def test_batch_cost_budget_without_max_tokens_is_a_config_error_and_cache_records_are_not_answers(tmp_path):
+    from distill.core.config.load import ConfigError
+
+    def cfg(**o):
+        return load_config(None, {"orchestrator": {"batch": {"enabled": True}, **o}})
+
+    budget = {"max_cost": 1.0, "cost_per_1k_completion": 1.0}
+    with pytest.raises(ConfigError, match=r"orchestrator.sampling.max_tokens.*budget.max_cost.*Fix: set"):
+        cfg(budget=budget)
+    with pytest.raises(ConfigError, match=r"orchestrator.sampling.max_tokens.*max_completion_tokens"):
+        cfg(budget={"max_completion_tokens": 100})
+    cfg(budget=budget, sampling={"max_tokens": 16})  # bounded: fine
+    load_config(None, {"orchestrator": {"budget": budget}})  # online: estimated per request as before
+    b = cfg().orchestrator.budget
+    recs = [{"usage": {"completion_tokens": 40}}, {"provenance": "cache", "usage": {"completion_tokens": 0}}]
+    sp = Spend.of(recs, b, (0.0, 0.0))
+    assert sp.completion_mean() == 40 and sp.answers == 1 and sp.requests == 1
+
+
+def test_torn_journal_line_is_cut_so_later_appends_are_read_back(tmp_path):
+    from orchestrator.batch_store import STATE, BatchState
+
+    st = BatchState.load(tmp_path)
+    rd = st.new_round([("p0", 0)], [{"custom_id": "p0#0"}])
+    with open(tmp_path / STATE, "a") as f:
+        f.write('{"event": "uploaded", "round": 1, "input_fi')  # killed mid-append
+    st = BatchState.load(tmp_path)
+    st.append({"event": "uploading", "round": rd.round, "t": 1.0})
+    st.append({"event": "uploaded", "round": rd.round, "input_file_id": "file-1"})
+    back = BatchState.load(tmp_path).rounds[rd.round]
+    assert back.upload_started == 1.0 and back.input_file_id == "file-1"
+
+
+def test_secret_looking_extra_body_is_refused_with_batch_on(tmp_path):
+    from distill.core.config.load import ConfigError
+
+    def cfg(extra: dict, enabled: bool = True):
+        o = {"batch": {"enabled": enabled}, "sampling": {"extra_body": extra}}
+        return load_config(None, {"orchestrator": o})
+
+    with pytest.raises(ConfigError, match=r"orchestrator.sampling.extra_body.api_key.*input file.*Fix"):
+        cfg({"api_key": "abc", "top_k": 5})
+    with pytest.raises(ConfigError, match=r"orchestrator.sampling.extra_body.user"):
+        cfg({"user": "sk-proj-abcdefghijklmnop1234"})  # a key-looking value under a plain name
+    assert cfg({"top_k": 5, "chat_template_kwargs": {"enable_thinking": False}}).orchestrator.batch.enabled
+    cfg({"api_key": "abc"}, enabled=False)  # online: the recording redacts it

@@ -218,6 +218,7 @@ def _check_orchestrator_inputs(cfg: RunConfig) -> list[Problem]:
                 )
             )
     b, bc = cfg.orchestrator.budget, cfg.orchestrator.batch
+    problems += _check_batch(cfg)
     batch_priced = bc.enabled and bool(bc.cost_per_1k_prompt or bc.cost_per_1k_completion)  # batch prices set
     if b.max_cost is not None and b.cost_per_1k_prompt == 0 and b.cost_per_1k_completion == 0 and not batch_priced:
         problems.append(
@@ -227,4 +228,38 @@ def _check_orchestrator_inputs(cfg: RunConfig) -> list[Problem]:
                 "and/or cost_per_1k_completion.",
             )
         )
+    return problems
+
+
+def _check_batch(cfg: RunConfig) -> list[Problem]:
+    """A Batch API run: its budget needs a completion-token bound, and its input file holds extra_body as sent."""
+    from distill.core.redact import redact
+
+    problems: list[Problem] = []
+    b, bc, sp = cfg.orchestrator.budget, cfg.orchestrator.batch, cfg.orchestrator.sampling
+    if not bc.enabled:
+        return problems
+    if sp.max_tokens is None and (b.max_cost is not None or b.max_completion_tokens is not None):
+        which = "max_cost" if b.max_cost is not None else "max_completion_tokens"
+        problems.append(
+            Problem(
+                "orchestrator.sampling.max_tokens",
+                f"is unset, but orchestrator.batch.enabled = true with orchestrator.budget.{which}: a whole batch is "
+                "sent before any answer is back, so without a completion-token bound per line the budget could be "
+                "overshot by a batch. Fix: set orchestrator.sampling.max_tokens (or drop the budget).",
+            )
+        )
+    shown = redact(sp.extra_body)
+    for key, value in sp.extra_body.items():
+        if shown.get(key) != value:
+            problems.append(
+                Problem(
+                    f"orchestrator.sampling.extra_body.{key}",
+                    "looks like a secret (by its name or value), and with orchestrator.batch.enabled = true every "
+                    "request body, extra_body included, is written to the batch input file (run_dir/batch/"
+                    "round-N.input.jsonl) and uploaded as it is. Fix: pass credentials through "
+                    "orchestrator.rollout_model.api_key_var or headers (never written to files), and remove "
+                    f"{key} from extra_body.",
+                )
+            )
     return problems
