@@ -113,6 +113,9 @@ class _Loop:
                 print(f"on-policy: {self.mix.left_out} teacher samples answer held-out eval prompts: left out",
                       file=sys.stderr)  # fmt: skip
         self.pending: dict[int, tuple[Future, float]] = {}
+        # True from the optimizer step until the step counter has moved with it: a Ctrl-C or error in
+        # between leaves weights one step ahead of state.step, which must not be checkpointed as that step.
+        self.updating = False
         self.next_launch = self.s.state.step
 
     def close(self) -> None:
@@ -182,7 +185,9 @@ class _Loop:
                 if _checkpoint_due(t.checkpoint, s.state.step, clock, s.ctx):
                     saved, saved_at, clock = s.save(), s.state.step, time.monotonic()
         except BaseException:
-            if s.state.step > max(saved_at, 0):  # keep the steps trained so far: a rerun resumes from them
+            # keep the steps trained so far: a rerun resumes from them (not mid-update: the rerun then trains
+            # again from the last checkpoint, on the samples already on disk)
+            if s.state.step > max(saved_at, 0) and not self.updating:
                 s.save()
             raise
         if saved_at != s.state.step and s.state.step > 0:
@@ -216,6 +221,7 @@ class _Loop:
         if not 0 <= lag <= k:  # an invariant of launch(): never train on samples staler than K
             raise OnPolicyError(f"step {i}: samples drawn {lag} steps ago, on_policy.max_off_policy_steps = {k}")
         t1 = time.perf_counter()
+        self.updating = True
         if self.mix is None:
             m = train_step(s.model, s.optimizer, s.scheduler, samples, t, s.ctx, s.pad_id)
         else:  # a mixed step: teacher rows (their loss) + the student's samples, one normaliser (trainer/mix.py)
@@ -225,7 +231,7 @@ class _Loop:
         train_s = time.perf_counter() - t1
         s.state.step += 1
         s.state.samples_seen += m["samples"]
-        refresh_s = self.refresh(s.state.step) if self.refresh is not None else None  # before the next sample
+        self.updating = False
         last = {
             "step": s.state.step,
             **m,
@@ -237,13 +243,18 @@ class _Loop:
             "time_train_s": train_s,
             "time_idle_s": idle_s,
             "policy_lag_max": lag,
-            **({"time_refresh_s": refresh_s} if refresh_s is not None else {}),
             **sample_stats(samples),
         }
-        if self._eval_due(s.state.step):
-            t2 = time.perf_counter()
-            last.update(self.evaluate())
-            last["time_eval_s"] = time.perf_counter() - t2
+        try:
+            if self.refresh is not None:  # before the next sample
+                last["time_refresh_s"] = self.refresh(s.state.step)
+            if self._eval_due(s.state.step):
+                t2 = time.perf_counter()
+                last.update(self.evaluate())
+                last["time_eval_s"] = time.perf_counter() - t2
+        except BaseException:
+            s.log(last)  # the step trained (and is checkpointed on the way out): its row is kept
+            raise
         if s.state.step % t.log_every == 0 or s.state.step == t.max_steps or "eval_reverse_kl" in last:
             s.log(last)
         return last

@@ -45,8 +45,8 @@ class TeacherRows:
         if len(self.pool) < self.n:
             raise OnPolicyError(
                 f"{where} holds {len(self.pool)} samples (shard-*.jsonl; {self.left_out} more answer held-out "
-                "eval prompts and are left out), but a step takes {self.n} teacher rows "
-                "(on_policy.teacher_fraction x trainer.samples_per_step), each once. Fix: add teacher samples "
+                f"eval prompts and are left out), but a step takes {self.n} teacher rows "
+                "(on_policy.teacher_fraction x trainer.samples_per_step). Fix: add teacher samples "
                 "(distill rollout CFG) or lower on_policy.teacher_fraction"
             )
         if vocab_size is not None:

@@ -103,14 +103,17 @@ class VLLMServer:
                 self.command(), stdout=out, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True
             )
         deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM server exited with {self.proc.returncode} while starting:\n{self.tail()}")
-            if self._ready():
-                return self
-            time.sleep(2.0)
-        self.stop()
-        raise RuntimeError(f"vLLM server not ready after {self.startup_timeout:.0f}s:\n{self.tail()}")
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"vLLM server exited with {self.proc.returncode} while starting:\n{self.tail()}")
+                if self._ready():
+                    return self
+                time.sleep(2.0)
+            raise RuntimeError(f"vLLM server not ready after {self.startup_timeout:.0f}s:\n{self.tail()}")
+        except BaseException:  # Ctrl-C too: the server is in its own session, the terminal's SIGINT misses it
+            self.stop()
+            raise
 
     def _ready(self) -> bool:
         try:
@@ -127,7 +130,13 @@ class VLLMServer:
 
     def stop(self) -> None:
         """SIGTERM to the server's process group (API server, engine core, worker), SIGKILL if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is not None:  # the leader is gone; its engine core / workers may not be
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
             return
         for sig, wait in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
             try:
