@@ -20,6 +20,7 @@ Resume. A run killed after logging step N but last saved at step S < N trains st
 from __future__ import annotations
 
 import secrets
+import sys
 from numbers import Real
 from pathlib import Path
 from typing import Protocol
@@ -60,8 +61,9 @@ class TensorBoardTracker:
         from torch.utils.tensorboard import SummaryWriter
 
         self.dir = run_dir / "tensorboard"
-        # purge_step: TensorBoard drops the events an earlier try wrote for steps >= it
-        self.writer = SummaryWriter(str(self.dir), purge_step=resume_step + 1 if resume_step else None)
+        # purge_step: TensorBoard drops the events an earlier try wrote for steps >= it (all of them when
+        # the run starts over from step 0, e.g. killed before its first checkpoint)
+        self.writer = SummaryWriter(str(self.dir), purge_step=resume_step + 1 if resume_step else 0)
 
     def log(self, step: int, metrics: dict) -> None:
         for k, v in numbers(metrics).items():
@@ -75,23 +77,36 @@ class TensorBoardTracker:
 class TrackioTracker:
     """A trackio run (trackio's local SQLite store under $TRACKIO_DIR; `trackio show` views it)."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path):
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume_step: int = 0):
         import trackio
         from trackio.sqlite_storage import SQLiteStorage
 
         tc = cfg.trackers
         self.project, self.name = tc.trackio_project, tc.trackio_run or run_dir.name
         last = SQLiteStorage.get_max_step_for_run(self.project, self.name)
+        if last is not None and not resume_step:
+            # A run that starts from step 0 under a name trackio already holds (a deleted output dir, a
+            # try killed before its first checkpoint, another output dir of the same name): trackio cannot
+            # replace logged points, so this run logs under the first free "<name>-N" instead.
+            base, n = self.name, 2
+            while SQLiteStorage.get_max_step_for_run(self.project, f"{base}-{n}") is not None:
+                n += 1
+            self.name, last = f"{base}-{n}", None
+            print(f"trackio: run '{base}' of project '{self.project}' already has steps; this run logs as "
+                  f"'{self.name}'", file=sys.stderr)  # fmt: skip
         self.last_logged = -1 if last is None else int(last)
-        self.run = trackio.init(
-            project=self.project,
-            name=self.name,
-            config=redacted_dict(cfg),
-            resume="allow",
-            embed=False,
-            auto_log_cpu=False,
-            auto_log_gpu=False,
-        )
+        with _quiet_stdout():  # trackio prints "* Trackio ..." lines; one line of ours says where instead
+            self.run = trackio.init(
+                project=self.project,
+                name=self.name,
+                config=redacted_dict(cfg),
+                resume="allow",
+                embed=False,
+                auto_log_cpu=False,
+                auto_log_gpu=False,
+            )
+        print(f"trackio: project '{self.project}', run '{self.name}' (trackio show --project {self.project})",
+              file=sys.stderr)  # fmt: skip
 
     def log(self, step: int, metrics: dict) -> None:
         if step <= self.last_logged:  # logged by an earlier try of this run; trackio cannot replace it
@@ -99,17 +114,21 @@ class TrackioTracker:
         self.run.log(numbers(metrics), step=step)
 
     def close(self) -> None:
-        self.run.finish()
+        with _quiet_stdout():
+            self.run.finish()
 
 
 class WandbTracker:
     """A W&B run (`[wandb]`); its id is kept in RUN_DIR/wandb_run_id so that a resumed run continues it."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path):
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume_step: int = 0):
         import wandb
 
         id_file = run_dir / "wandb_run_id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)  # W&B: 8 of [a-z0-9]
+        # a resumed run continues its W&B run; one starting from step 0 gets a new one (W&B ignores steps
+        # lower than a run's last, so the old run would drop them)
+        resumed = resume_step and id_file.is_file()
+        run_id = id_file.read_text().strip() if resumed else secrets.token_hex(4)  # W&B: 8 of [a-z0-9]
         id_file.write_text(run_id + "\n")
         self.run = wandb.init(
             project=cfg.wandb.project,
@@ -134,9 +153,19 @@ def open_trackers(cfg: RunConfig, run_dir: Path, resume_step: int, ctx: dist.Dis
     run_dir = Path(run_dir)
     out: list[Tracker] = [JsonlTracker(run_dir, resume_step)]
     if cfg.wandb.enabled:
-        out.append(WandbTracker(cfg, run_dir))
+        out.append(WandbTracker(cfg, run_dir, resume_step))
     if cfg.trackers.tensorboard:
         out.append(TensorBoardTracker(run_dir, resume_step))
     if cfg.trackers.trackio:
-        out.append(TrackioTracker(cfg, run_dir))
+        out.append(TrackioTracker(cfg, run_dir, resume_step))
     return out
+
+
+def _quiet_stdout():
+    """Swallow a library's stdout chatter unless DISTILL_VERBOSE is set."""
+    import contextlib
+    import io
+
+    from distill.core.verbosity import verbose
+
+    return contextlib.nullcontext() if verbose() else contextlib.redirect_stdout(io.StringIO())

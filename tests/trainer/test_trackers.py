@@ -70,12 +70,37 @@ def test_trackio_reads_back_and_a_resume_does_not_log_a_step_twice(tmp_path):
         tr.log(step, {"loss": 4.0 - step, "loss_type": "sft"})
     tr.close()
     assert _trackio_points("t-direct", "r1", "loss") == [(1, 3.0), (2, 2.0), (3, 1.0)]
-    tr = TrackioTracker(cfg, tmp_path)  # the same run resumed: step 3 is trained again
+    tr = TrackioTracker(cfg, tmp_path, resume_step=2)  # the same run resumed from step 2: step 3 trained again
     assert tr.last_logged == 3
     for step in (3, 4):
         tr.log(step, {"loss": 10.0 + step})
     tr.close()
     assert _trackio_points("t-direct", "r1", "loss") == [(1, 3.0), (2, 2.0), (3, 1.0), (4, 14.0)]
+
+
+def test_trackio_a_run_starting_over_under_a_taken_name_logs_every_step_under_a_new_name(tmp_path, capsys):
+    cfg = load_config(None, {"trackers": {"trackio": True, "trackio_project": "t-fresh", "trackio_run": "r"}})
+    for attempt in range(3):  # e.g. the output dir deleted and the run started again, twice
+        tr = TrackioTracker(cfg, tmp_path, resume_step=0)
+        for step in (1, 2):
+            tr.log(step, {"loss": 10.0 * attempt + step})
+        tr.close()
+    assert _trackio_points("t-fresh", "r", "loss") == [(1, 1.0), (2, 2.0)]
+    assert _trackio_points("t-fresh", "r-2", "loss") == [(1, 11.0), (2, 12.0)]
+    assert _trackio_points("t-fresh", "r-3", "loss") == [(1, 21.0), (2, 22.0)]
+    assert "logs as 'r-3'" in capsys.readouterr().err
+
+
+def test_tensorboard_a_run_starting_over_from_step_0_replaces_every_step(tmp_path):
+    tb = TensorBoardTracker(tmp_path, resume_step=0)
+    for step in (1, 2, 3):
+        tb.log(step, {"loss": float(step)})
+    tb.close()
+    tb = TensorBoardTracker(tmp_path, resume_step=0)  # killed before its first checkpoint: starts over
+    for step in (1, 2):
+        tb.log(step, {"loss": 10.0 + step})
+    tb.close()
+    assert _tb_scalars(tmp_path / "tensorboard", "loss") == [(1, 11.0), (2, 12.0)]
 
 
 def test_jsonl_is_always_on_and_other_ranks_log_nothing(tmp_path):
