@@ -101,13 +101,7 @@ class VLLMSample:
     def parse(self, body: bytes, req: SampleRequest) -> SampleAnswer:
         d = json_object(body)
         c = _choices_by_index(d, 1)[0]
-        lp = c.get("logprobs")
-        if not isinstance(lp, dict):
-            raise ResponseError("malformed_response", "choice 0 has no logprobs object (was logprobs=0 ignored?)")
-        logprobs = lp.get("token_logprobs")
-        if not isinstance(logprobs, list) or not logprobs:
-            raise ResponseError("malformed_response", "choice 0's logprobs.token_logprobs is missing or empty")
-        logprobs = [_finite(x, f"choice 0's logprobs.token_logprobs[{i}]") for i, x in enumerate(logprobs)]
+        lp, logprobs = _token_logprobs(c, nonempty=True)
         ids = _sampled_ids(c, lp)
         if len(ids) != len(logprobs):
             raise ResponseError(
@@ -117,6 +111,19 @@ class VLLMSample:
         return SampleAnswer(
             token_ids=ids, pieces=None, logprobs=logprobs, usage=_usage(d), response_id=_str_or_none(d.get("id"))
         )
+
+
+def _token_logprobs(c: dict, nonempty: bool) -> tuple[dict, list[float]]:
+    """Choice 0's `logprobs` object of a /completions answer and its `token_logprobs`, each finite (the
+    sampled tokens' logprobs; also read by the student-server kind, orchestrator/kinds/student_vllm.py)."""
+    lp = c.get("logprobs")
+    if not isinstance(lp, dict):
+        raise ResponseError("malformed_response", "choice 0 has no logprobs object (was logprobs=0 ignored?)")
+    raw = lp.get("token_logprobs")
+    if not isinstance(raw, list) or (nonempty and not raw):
+        what = "missing or empty" if nonempty else "missing"
+        raise ResponseError("malformed_response", f"choice 0's logprobs.token_logprobs is {what}")
+    return lp, [_finite(x, f"choice 0's logprobs.token_logprobs[{i}]") for i, x in enumerate(raw)]
 
 
 class VLLMTokenize:

@@ -30,7 +30,7 @@ from typing import Any
 from openai import AsyncOpenAI
 
 from orchestrator.kinds.chat import json_object
-from orchestrator.kinds.score_vllm import _choices_by_index, _finite, _sampled_ids, _str_or_none, _usage
+from orchestrator.kinds.score_vllm import _choices_by_index, _sampled_ids, _str_or_none, _token_logprobs, _usage
 from orchestrator.transport import RawResponse, ResponseError, post_json
 
 
@@ -93,13 +93,7 @@ class VLLMStudentSample:
     def parse(self, body: bytes, req: StudentSampleRequest) -> StudentSampleAnswer:
         d = json_object(body)
         c = _choices_by_index(d, 1)[0]
-        lp = c.get("logprobs")
-        if not isinstance(lp, dict):
-            raise ResponseError("malformed_response", "choice 0 has no logprobs object (was logprobs=0 ignored?)")
-        raw = lp.get("token_logprobs")
-        if not isinstance(raw, list):
-            raise ResponseError("malformed_response", "choice 0's logprobs.token_logprobs is missing")
-        logprobs = [_finite(x, f"choice 0's logprobs.token_logprobs[{i}]") for i, x in enumerate(raw)]
+        lp, logprobs = _token_logprobs(c, nonempty=False)
         ids = _sampled_ids(c, lp) if logprobs else []
         if len(ids) != len(logprobs) or not ids:
             raise ResponseError(
