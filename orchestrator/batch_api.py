@@ -39,13 +39,11 @@ class BatchAPI:
         data = (self.dir / rd.input).read_bytes()
         for attempt in range(self.retry.max_attempts):
             if rd.upload_started is not None:  # a call may have reached the server before a crash / an error
-                try:
-                    fid = await self._find_file(rd, len(data))
-                except TRANSIENT as e:
-                    await self._backoff(attempt, "listing the batch files (files.list)", e)
+                found, fid = await self._lookup(
+                    attempt, self._find_file(rd, len(data)), 'files.list(purpose="batch")', "the input file", rd
+                )
+                if not found:
                     continue
-                except openai.APIStatusError as e:
-                    raise RolloutError(lookup_refused('files.list(purpose="batch")', "the input file", rd, e)) from None
                 if fid is not None:
                     self.state.append({"event": "uploaded", "round": rd.round, "input_file_id": fid})
                     return
@@ -69,13 +67,9 @@ class BatchAPI:
     async def create(self, rd: Round) -> None:
         for attempt in range(self.retry.max_attempts):
             if rd.create_started is not None:  # a crash or error inside batches.create: did it make one?
-                try:
-                    bid = await self._find_batch(rd)
-                except TRANSIENT as e:
-                    await self._backoff(attempt, "listing the batches (batches.list)", e)
+                found, bid = await self._lookup(attempt, self._find_batch(rd), "batches.list", "the batch", rd)
+                if not found:
                     continue
-                except openai.APIStatusError as e:
-                    raise RolloutError(lookup_refused("batches.list", "the batch", rd, e)) from None
                 if bid is not None:
                     self.state.append({"event": "created", "round": rd.round, "batch_id": bid})
                     return
@@ -102,17 +96,26 @@ class BatchAPI:
         """For a round whose batches.create may have run (a crash or error inside it): journals the batch it
         made, if any (with backoff on transient errors, as the calls)."""
         for attempt in range(self.retry.max_attempts):
-            try:
-                bid = await self._find_batch(rd)
-            except TRANSIENT as e:
-                await self._backoff(attempt, "listing the batches (batches.list)", e)
+            found, bid = await self._lookup(attempt, self._find_batch(rd), "batches.list", "the batch", rd)
+            if not found:
                 continue
-            except openai.APIStatusError as e:
-                raise RolloutError(lookup_refused("batches.list", "the batch", rd, e)) from None
             if bid is not None:
                 self.state.append({"event": "created", "round": rd.round, "batch_id": bid})
             return
         raise RolloutError(f"listing the batches failed {self.retry.max_attempts} times; rerun to try again")
+
+    async def _lookup(self, attempt: int, find, call: str, thing: str, rd: Round) -> tuple[bool, str | None]:
+        """Awaits `find` (a files.list / batches.list lookup) with the calls' error handling: (True, its id
+        or None) when the listing answered; (False, None) after a transient error, backed off (try again);
+        a refusal is a RolloutError (the provider cannot tell whether a half-made call went through)."""
+        listing = "the batch files (files.list)" if call.startswith("files") else "the batches (batches.list)"
+        try:
+            return True, await find
+        except TRANSIENT as e:
+            await self._backoff(attempt, f"listing {listing}", e)
+            return False, None
+        except openai.APIStatusError as e:
+            raise RolloutError(lookup_refused(call, thing, rd, e)) from None
 
     async def _find_file(self, rd: Round, size: int) -> str | None:
         """The id of the batch file uploaded under this round's name (unique to the run and round), if any."""
