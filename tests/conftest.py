@@ -18,6 +18,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 pytest_plugins = ["support.score_server"]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module whose score server's model runs in this process: parallel
+    forward passes on a small shared machine oversubscribe its cores (20x slower with 2 threads
+    under load). Modules use it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def smol_tokenizer_dir():
     from distill.core.student import tokenizer_only_dir

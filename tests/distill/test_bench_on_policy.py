@@ -11,7 +11,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-import torch
 from support.on_policy_helpers import on_policy_samples
 
 from distill.cli import main
@@ -21,18 +20,12 @@ from distill.core.jsonl import log_values
 from distill.on_policy import EVAL_KEYS
 from distill.on_policy_parts import write_samples
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("bench_on_policy", ROOT / "bench" / "bench_on_policy.py")
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)  # type: ignore[union-attr]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _cfg(tmp: Path, server, student) -> Path:

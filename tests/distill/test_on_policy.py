@@ -23,17 +23,10 @@ from distill.cli import main
 from distill.core.contract import read_shard
 from distill.core.jsonl import log_values
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[2]
 REWARD = "orchestrator.rewards:gsm_symbolic_score"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The score server's model runs in this process: one torch thread (parallel passes oversubscribe)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def write_cfg(

@@ -19,19 +19,9 @@ from support.reconstruct_helpers import recon
 from distill.core.contract import ShardWriter, iter_samples
 from orchestrator.score_store import score_key
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The score server's model runs in this process: one torch thread, as parallel forward passes on a
-    small shared machine oversubscribe its cores (20x slower here with 2 threads under load)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 CONVERSATIONS = [

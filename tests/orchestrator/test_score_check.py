@@ -13,19 +13,9 @@ from orchestrator.score_check import ScoreCheckError, run_self_tests
 from orchestrator.scoring import make_transport
 from distill.core.config.schema_score import SCORER_CONFIGS
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TYPES = ["vllm", "sglang", "echo"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The score server's model runs in this process: one torch thread, as parallel forward passes on a
-    small shared machine oversubscribe its cores (20x slower here with 2 threads under load)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def scorer_cfg(server, type_: str, **kw):

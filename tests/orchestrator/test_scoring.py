@@ -164,19 +164,9 @@ def _samples(n: int):
     return out
 
 
-@pytest.fixture(scope="module")
-def _one_torch_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the score server's model runs in this process (see test_score_check.py)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("type_", ["sglang", "echo"])
 def test_scorer_batches_sequences_and_fills_the_models_logprobs(
-    make_score_server, exact_model, tmp_path, type_, _one_torch_thread
+    make_score_server, exact_model, tmp_path, type_, one_torch_thread
 ):
     server = make_score_server()
     samples = _samples(4)
@@ -195,7 +185,7 @@ def test_scorer_batches_sequences_and_fills_the_models_logprobs(
     assert [s.teacher_logprobs for s in again.scored] == [s.teacher_logprobs for s in res.scored]
 
 
-def test_an_answer_about_other_tokens_is_refused_naming_the_sample(make_score_server, tmp_path, _one_torch_thread):
+def test_an_answer_about_other_tokens_is_refused_naming_the_sample(make_score_server, tmp_path, one_torch_thread):
     server = make_score_server(malformed="ids")  # position 1 of the answer holds another token id
     with pytest.raises(ScoreError, match=r"p0/0"):
         _score(_scorer(server, "sglang", tmp_path), _samples(1))
