@@ -98,6 +98,20 @@ class _Loop:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # step-0 eval line would stay beside the new one
         # The SFT trainer's setup: model, optimizer, schedule, resumed state, trackers, progress bar.
         self.s = _setup(cfg, run_dir, self.files.samples_dir, resume, lambda: True, progress)
+        self.scoring = self.server = None
+        try:
+            self._init_parts(cfg, run_dir)
+        except BaseException:  # what was opened so far (trackers, a student server) is closed, then the error
+            self.close()
+            raise
+        self.pending: dict[int, tuple[Future, float]] = {}
+        # True from the optimizer step until the step counter has moved with it: a Ctrl-C or error in
+        # between leaves weights one step ahead of state.step, which must not be checkpointed as that step.
+        self.updating = False
+        self.next_launch = self.s.state.step
+
+    def _init_parts(self, cfg: RunConfig, run_dir: Path) -> None:
+        """The loop's parts after the trainer's setup: renderer, samplers, scoring thread, teacher rows."""
         tok = self.s.tokenizer
         self.render = Renderer(tok, cfg.orchestrator.reconstruction.chat_template_kwargs)
         # on_policy.sampler: in-process, or the student's own server refreshed after every step.
@@ -112,16 +126,12 @@ class _Loop:
             if self.mix.left_out:
                 print(f"on-policy: {self.mix.left_out} teacher samples answer held-out eval prompts: left out",
                       file=sys.stderr)  # fmt: skip
-        self.pending: dict[int, tuple[Future, float]] = {}
-        # True from the optimizer step until the step counter has moved with it: a Ctrl-C or error in
-        # between leaves weights one step ahead of state.step, which must not be checkpointed as that step.
-        self.updating = False
-        self.next_launch = self.s.state.step
 
     def close(self) -> None:
         if self.s.bar is not None:
             self.s.bar.close()
-        self.scoring.close()
+        if self.scoring is not None:
+            self.scoring.close()
         if self.server is not None:
             self.server.close()
         for tr in self.s.trackers:  # metrics.jsonl, and TensorBoard / trackio / W&B when configured

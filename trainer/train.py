@@ -330,13 +330,13 @@ def train(
             samples_dir, start=start, timeout_s=t.sample_timeout, producer_alive=producer_alive
         )
 
-    # Held-out slice: the stream's first eval_samples samples, never trained on.
-    held_out: list[contract.Sample] = []
-    if t.eval_samples and t.eval_every:
-        held_out = _take(follow(0), t.eval_samples)
-        s.state.samples_seen = max(s.state.samples_seen, len(held_out))
-    stream = _training_stream(follow, samples_dir, s.state.samples_seen, len(held_out), t.repeat)
     try:
+        # Held-out slice: the stream's first eval_samples samples, never trained on.
+        held_out: list[contract.Sample] = []
+        if t.eval_samples and t.eval_every:
+            held_out = _take(follow(0), t.eval_samples)
+            s.state.samples_seen = max(s.state.samples_seen, len(held_out))
+        stream = _training_stream(follow, samples_dir, s.state.samples_seen, len(held_out), t.repeat)
         last, saved_at, saved = _steps(s, stream, held_out, producer_alive is not None)
         # --- save ----------------------------------------------------------
         if saved_at != s.state.step and s.state.step > 0:  # no step, no checkpoint (the untrained student)

@@ -283,3 +283,39 @@ def test_two_steps_against_the_real_vllm_server(tmp_path, vllm_server, tiny_stud
     rows = metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert all(r["eval_reverse_kl"] > 0 for r in rows if "eval_reverse_kl" in r)
+
+
+def test_a_loop_that_fails_to_start_closes_its_trackers(tmp_path, score_server, tiny_student_dir, monkeypatch):
+    """A part of the loop failing after the trainer's setup (here the scoring thread) still closes the
+    trackers it opened (TensorBoard / trackio / W&B flush there), and the error reaches the caller."""
+    import distill.on_policy as op
+    import trainer.train as tt
+    from distill.core.config import load_config
+    from trainer.trackers import open_trackers
+
+    opened: list = []
+
+    class Watched:
+        def __init__(self, inner):
+            self.inner, self.closed = inner, False
+
+        def log(self, step, m):
+            self.inner.log(step, m)
+
+        def close(self):
+            self.closed = True
+            self.inner.close()
+
+    def watched_trackers(*a, **kw):
+        opened.extend(Watched(t) for t in open_trackers(*a, **kw))
+        return list(opened)
+
+    def broken_scoring(*a, **kw):
+        raise RuntimeError("scoring thread did not start")
+
+    monkeypatch.setattr(tt, "open_trackers", watched_trackers)
+    monkeypatch.setattr(op, "ScoringThread", broken_scoring)
+    cfg = load_config(write_cfg(tmp_path, score_server, tiny_student_dir))
+    with pytest.raises(RuntimeError, match="did not start"):
+        op.run_on_policy(cfg, tmp_path / "run", progress=False)
+    assert opened and all(t.closed for t in opened)
