@@ -114,8 +114,14 @@ class TrackioTracker:
         self.run.log(numbers(metrics), step=step)
 
     def close(self) -> None:
+        import trackio
+
         with _quiet_stdout():
-            self.run.finish()
+            current = getattr(getattr(trackio, "context_vars", None), "current_run", None)
+            if current is not None and current.get() is self.run:
+                trackio.finish()  # also forgets the run, so trackio's atexit hook does not finish (and print) again
+            else:
+                self.run.finish()
 
 
 class WandbTracker:

@@ -188,3 +188,23 @@ def test_distill_train_stops_before_anything_when_a_trackers_package_is_missing(
     err = capsys.readouterr().err
     assert "trackers.tensorboard" in err and "pip install tensorboard" in err and "Traceback" not in err
     assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints").exists()
+
+
+def test_a_closed_trackio_run_prints_nothing_at_process_exit(tmp_path):
+    """trackio's exit hook finishes its current run again and prints '* Run finished ...'; ours forgets it on close."""
+    import subprocess
+
+    code = (
+        "from pathlib import Path\n"
+        "from distill.core.config import load_config\n"
+        "from trainer.trackers import TrackioTracker\n"
+        "cfg = load_config(None, {'trackers': {'trackio': True, 'trackio_project': 't-exit', 'trackio_run': 'r'}})\n"
+        f"tr = TrackioTracker(cfg, Path({str(tmp_path)!r}))\n"
+        "tr.log(1, {'loss': 1.0})\n"
+        "tr.close()\n"
+        "print('closed')\n"
+    )
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "store"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "closed"  # nothing from trackio after our last line
