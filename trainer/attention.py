@@ -1,0 +1,100 @@
+"""Padding-free attention over packed samples on the sdpa path: one row, causal SDPA per sample.
+
+`LossModel` (trainer/model.py) feeds a micro-batch as ONE row [1, N] holding its samples back to
+back (no padding slots) and passes `sample_bounds`, the samples' cumulative offsets (0, n1, n1+n2,
+..., N; Python ints, computed once per micro-batch), as a keyword argument of the decoder's forward;
+transformers hands it on, layer by layer, to the attention function registered here under `NAME`.
+That function runs `torch.nn.functional.scaled_dot_product_attention(is_causal=True)` on each
+sample's slice of the queries, keys and values (grouped-query heads through `enable_gqa`), so no
+[T, T] mask is built and no attention is computed across samples or on padding.
+
+The same name is registered with transformers' AttentionMaskInterface: a call WITH a 2D padding mask
+(the on-policy sampler's generation, trainer/sampler.py) gets sdpa's mask and attention unchanged; a
+call without a mask builds none (transformers would otherwise build a dense [N, N] mask from the
+restarting position ids). Without `sample_bounds` and without a mask the row is one causal sequence,
+so such a call with restarting position ids is refused rather than attended across samples.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+NAME = "distill_sdpa_varlen"
+
+
+def sample_bounds(position_ids: torch.Tensor) -> tuple[int, ...]:
+    """Cumulative sample offsets of one packed row [1, N] (or [N]) whose samples' positions restart
+    at 0: (0, start of sample 2, ..., N)."""
+    pos = position_ids.reshape(-1)
+    starts = (pos == 0).nonzero().flatten().tolist()
+    if not starts or starts[0] != 0:
+        raise ValueError("a packed row must start a sample at its first position (position id 0)")
+    return (*starts, pos.numel())
+
+
+def varlen_sdpa_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sample_bounds: tuple[int, ...] | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature: query [1, heads, N, d], key/value [1, kv heads, N, d];
+    returns [1, N, heads, d]. Without `sample_bounds`, transformers' sdpa attention."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if sample_bounds is None:
+        _refuse_unbounded_packing(query, attention_mask, kwargs.get("position_ids"))
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    if kwargs.get("softcap") is not None:
+        raise ValueError("the varlen sdpa attention does not support attention logit softcapping")
+    if query.shape[0] != 1 or sample_bounds[-1] != query.shape[2]:
+        raise ValueError(f"sample_bounds {sample_bounds[:3]}...{sample_bounds[-1]} do not cover a row {query.shape}")
+    gqa = query.shape[1] != key.shape[1]
+    outs = [
+        F.scaled_dot_product_attention(
+            query[:, :, a:b],
+            key[:, :, a:b],
+            value[:, :, a:b],
+            dropout_p=dropout,
+            scale=scaling,
+            is_causal=True,
+            enable_gqa=gqa,
+        )
+        for a, b in zip(sample_bounds[:-1], sample_bounds[1:])
+    ]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _refuse_unbounded_packing(query: torch.Tensor, mask: torch.Tensor | None, position_ids) -> None:
+    """A maskless call whose position ids restart mid-row holds several samples: without bounds it
+    would attend across them."""
+    if mask is None and position_ids is not None and query.shape[2] > 1 and position_ids.shape[-1] == query.shape[2]:
+        if bool((position_ids[..., 1:] == 0).any()):
+            raise ValueError(
+                f"attention {NAME!r}: position ids restart inside a row but no sample_bounds were given; "
+                "pass sample_bounds (trainer.attention.sample_bounds) or an attention mask"
+            )
+
+
+def _mask(**kwargs):
+    """No mask when the caller passed none (the attention function needs none); sdpa's otherwise."""
+    from transformers.masking_utils import sdpa_mask
+
+    return None if kwargs.get("attention_mask") is None else sdpa_mask(**kwargs)
+
+
+def register() -> str:
+    """Registers the attention function and its mask under `NAME` (idempotent); returns the name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NAME, varlen_sdpa_forward)
+    AttentionMaskInterface.register(NAME, _mask)
+    return NAME
