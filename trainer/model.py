@@ -3,7 +3,8 @@
 `LossModel.forward` runs the decoder to its final hidden states and hands them,
 with the lm_head weight and the micro-batch's per-token inputs, to the loss that
 `trainer.loss.type` names in the registry (`trainer.losses`; for "sft" the chunked
-NLL), so the full logits are never built. Wrapping the HF model this way also makes
+NLL), so the full logits are never built. On the sdpa path a micro-batch's rows run as one
+padding-free row [1, N] (`one_row`) with causal attention per sample (trainer/attention.py). Wrapping the HF model this way also makes
 the wrapper the FSDP root: its forward hook gathers the embedding / lm_head / final
 norm before we read them.
 """
@@ -81,7 +82,9 @@ class LossModel(nn.Module):
         normalizer: float,
         times: StepTimes | None = None,
     ):
-        """`inputs`: the loss's per-token tensors ([B, T, ...], aligned with the labels), by name;
+        """`input_ids`, `position_ids`, `segment_ids`: the micro-batch's [B, T] rows (run as one row [1, N]
+        without padding on the sdpa path, `one_row`); `inputs`: the loss's per-token tensors ([B, T, ...],
+        aligned with the labels, reshaped alike), by name;
         `times`: where to add the decoder's and the loss head's seconds (trainer/timing.py)."""
         extra: dict = {}
         if self.uses_flash:
