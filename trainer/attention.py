@@ -11,8 +11,8 @@ sample's slice of the queries, keys and values (grouped-query heads through `ena
 The same name is registered with transformers' AttentionMaskInterface: a call WITH a 2D padding mask
 (the on-policy sampler's generation, trainer/sampler.py) gets sdpa's mask and attention unchanged; a
 call without a mask builds none (transformers would otherwise build a dense [N, N] mask from the
-restarting position ids). Without `sample_bounds` and without a mask the row is one causal sequence,
-so such a call with restarting position ids is refused rather than attended across samples.
+restarting position ids). Without `sample_bounds` and without a mask, a row whose position ids
+restart at 0 is split into samples there (bounds found per layer); a batch of several such rows is refused.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def varlen_sdpa_forward(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if sample_bounds is None:
-        _refuse_unbounded_packing(query, attention_mask, kwargs.get("position_ids"))
+        sample_bounds = _bounds_from_positions(query, attention_mask, kwargs.get("position_ids"))
+    if sample_bounds is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     if kwargs.get("softcap") is not None:
         raise ValueError("the varlen sdpa attention does not support attention logit softcapping")
@@ -72,15 +73,21 @@ def varlen_sdpa_forward(
     return out.transpose(1, 2).contiguous(), None
 
 
-def _refuse_unbounded_packing(query: torch.Tensor, mask: torch.Tensor | None, position_ids) -> None:
-    """A maskless call whose position ids restart mid-row holds several samples: without bounds it
-    would attend across them."""
-    if mask is None and position_ids is not None and query.shape[2] > 1 and position_ids.shape[-1] == query.shape[2]:
-        if bool((position_ids[..., 1:] == 0).any()):
-            raise ValueError(
-                f"attention {NAME!r}: position ids restart inside a row but no sample_bounds were given; "
-                "pass sample_bounds (trainer.attention.sample_bounds) or an attention mask"
-            )
+def _bounds_from_positions(query: torch.Tensor, mask: torch.Tensor | None, position_ids) -> tuple[int, ...] | None:
+    """A maskless call without bounds whose position ids restart at 0 mid-row holds packed samples
+    (what transformers' sdpa would find and mask): their bounds, found here layer by layer (slower
+    than passing `sample_bounds`); None for one plain sequence per row. Rows > 1 of packed samples
+    are refused."""
+    if mask is not None or position_ids is None or query.shape[2] < 2 or position_ids.shape[-1] != query.shape[2]:
+        return None
+    if not bool((position_ids[..., 1:] == 0).any()):
+        return None
+    if query.shape[0] != 1:
+        raise ValueError(
+            f"attention {NAME!r}: position ids restart inside rows of a batch of {query.shape[0]}; "
+            "pass the samples as one row with sample_bounds (trainer.attention.sample_bounds), or an attention mask"
+        )
+    return sample_bounds(position_ids)
 
 
 def _mask(**kwargs):

@@ -171,6 +171,11 @@ def test_padded_generation_inputs_still_get_sdpa_and_packed_rows_need_bounds(tin
         sdpa = lm(input_ids=ids, attention_mask=mask).logits
         lm.set_attn_implementation(NAME)
     torch.testing.assert_close(ours[mask.bool()], sdpa[mask.bool()], **TIGHT)
-    with pytest.raises(ValueError, match="no sample_bounds"):
-        lm(input_ids=ids[:1], position_ids=torch.tensor([[0, 1, 0, 1, 2]]))
+    # packed position ids without bounds: split there (one row), refused for several rows
+    with torch.no_grad():
+        packed = lm(input_ids=ids[1:], position_ids=torch.tensor([[0, 1, 0, 1, 2]])).logits[0]
+        alone = [lm(input_ids=ids[1:, a:b]).logits[0] for a, b in ((0, 2), (2, 5))]
+    torch.testing.assert_close(packed, torch.cat(alone), **TIGHT)
+    with pytest.raises(ValueError, match="restart inside rows of a batch of 2"):
+        lm(input_ids=ids, position_ids=torch.tensor([[0, 1, 0, 1, 2]] * 2))
     assert sample_bounds(torch.tensor([[0, 1, 0, 1, 2, 0]])) == (0, 2, 5, 6)
