@@ -6,11 +6,11 @@ Runs our `train_step` on the same model (bench_trainer.py's random Llama of the 
 samples (its generator), round by round, each round every variant once in rotating order, each with a
 GEMM probe around it (the machine at that moment):
 
-    dense, all rows   the old sdpa path: the step's rows in one [B, T] micro-batch padded to its longest
+    dense/all-rows    the old sdpa path: the step's rows in one [B, T] micro-batch padded to its longest
                       row, a dense [B, 1, T, T] block-causal mask (`LossModel.varlen = False`)
-    varlen, all rows  the same micro-batch as one padding-free row, causal SDPA per sample
-    varlen, 1 row     micro_batch_rows = 1 (the config default): one packed row per micro-batch
-    dense, 1 row      micro_batch_rows = 1 on the old path (no padding; a [1, 1, T, T] mask)
+    varlen/all-rows   the same micro-batch as one padding-free row, causal SDPA per sample
+    varlen/1-row      micro_batch_rows = 1 (the config default): one packed row per micro-batch
+    dense/1-row       micro_batch_rows = 1 on the old path (no padding; a [1, 1, T, T] mask)
 
 Round 1 is warm-up (not counted). Each step's GEMM probe is the mean of one before and one after
 it; the summary gives each variant's MFU ratio to the first variant's within each round (paired).
@@ -30,8 +30,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-VARIANTS = {"dense, all rows": (False, 0), "varlen, all rows": (True, 0), "varlen, 1 row": (True, 1)}
-VARIANTS["dense, 1 row"] = (False, 1)
+VARIANTS = {"dense/all-rows": (False, 0), "varlen/all-rows": (True, 0), "varlen/1-row": (True, 1)}
+VARIANTS["dense/1-row"] = (False, 1)
 
 
 def _args(argv=None):
@@ -87,6 +87,8 @@ def main(argv=None) -> dict:
 
     shape, tok = SHAPES[a.shape], tokenizer()
     names = [n for n in VARIANTS if not a.only or n in a.only.split(",")]
+    if not names:
+        raise SystemExit(f"--only {a.only!r} names none of {', '.join(VARIANTS)}")
     data = samples(tok, a.rounds * a.samples_per_step, a.seq_len)
     probe_args = argparse.Namespace(shape=shape, vocab=VOCAB, gemm_tokens=2 * a.seq_len, gemm_reps=1, chunk_size=0)
     probe_args.dtype = "float32"
