@@ -52,8 +52,14 @@ def varlen_sdpa_forward(
         sample_bounds = _bounds_from_positions(query, attention_mask, kwargs.get("position_ids"))
     if sample_bounds is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    if kwargs.get("softcap") is not None:
-        raise ValueError("the varlen sdpa attention does not support attention logit softcapping")
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        raise ValueError(f"attention {NAME!r} supports neither attention logit softcapping nor attention sinks")
+    window = kwargs.get("sliding_window")
+    if window is not None and max(b - a for a, b in zip(sample_bounds[:-1], sample_bounds[1:])) > window:
+        raise ValueError(
+            f"attention {NAME!r}: a sample is longer than the model's sliding window ({window}), which it does "
+            "not apply. Fix: set trainer.seq_len <= the window"
+        )
     if query.shape[0] != 1 or sample_bounds[-1] != query.shape[2]:
         raise ValueError(f"sample_bounds {sample_bounds[:3]}...{sample_bounds[-1]} do not cover a row {query.shape}")
     gqa = query.shape[1] != key.shape[1]
