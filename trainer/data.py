@@ -5,10 +5,14 @@ predict token `t+1` when that token is trained (completion_mask == 1), so the
 labels are shifted here, per sample, before packing: a packed row never asks one
 sample to predict the next sample's first token.
 
-Packed rows carry, per sample, position ids restarting at 0 and a segment id.
-`block_causal_mask` turns the segment ids into a 4D boolean mask (causal inside a
-sample, nothing across samples) for the sdpa/eager attention; the flash-attention
-path instead reads the sample boundaries from the restarting position ids.
+Packed rows carry, per sample, position ids restarting at 0 and a segment id (0 = padding).
+A micro-batch is a [B, T] batch of rows as wide as its longest row; the model does not run
+it that way on the sdpa path: `LossModel` (trainer/model.py `one_row`) drops the padding
+slots and runs the micro-batch's samples back to back as one row [1, N], attention causal
+per sample (trainer/attention.py), so padding costs no compute. `block_causal_mask` turns the
+segment ids into the dense 4D boolean mask (causal inside a sample, nothing across samples)
+of the older [B, T] path, kept for comparison (`LossModel.varlen = False`); the flash-attention
+path reads the sample boundaries from the restarting position ids.
 
 Samples that carry per-token teacher fields (`Sample.teacher_logprobs`, top-k) have them
 carried through packing as tensors aligned with the labels: position `t` holds the teacher's
@@ -228,9 +232,10 @@ def make_micro_batches(
     """Pack (or not) `samples` into rows and group rows into micro-batches.
 
     Rows hold at most seq_len tokens; each micro-batch is only as wide as its longest
-    row, so no compute goes to padding beyond it (with one row per micro-batch there is
-    no padding at all). `advantages` (sample id -> value, from `group_advantages` over the
-    whole step) are packed as the per-token `advantages` field.
+    row (with one row per micro-batch there is no padding at all), and the sdpa path runs
+    it without its padding slots (module docstring), so rows_per_batch bounds a micro-batch's
+    tokens (rows_per_batch x seq_len) without costing padding. `advantages` (sample id -> value,
+    from `group_advantages` over the whole step) are packed as the per-token `advantages` field.
     """
     rows = _rows(samples, seq_len, packing, advantages)
     out = []

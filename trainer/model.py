@@ -3,7 +3,8 @@
 `LossModel.forward` runs the decoder to its final hidden states and hands them,
 with the lm_head weight and the micro-batch's per-token inputs, to the loss that
 `trainer.loss.type` names in the registry (`trainer.losses`; for "sft" the chunked
-NLL), so the full logits are never built. Wrapping the HF model this way also makes
+NLL), so the full logits are never built. On the sdpa path a micro-batch's rows run as one
+padding-free row [1, N] (`one_row`) with causal attention per sample (trainer/attention.py). Wrapping the HF model this way also makes
 the wrapper the FSDP root: its forward hook gathers the embedding / lm_head / final
 norm before we read them.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trainer import attention
 from trainer.data import MicroBatch, block_causal_mask
 from trainer.dist import DistContext
 from trainer.losses import compute_loss, get_loss
@@ -24,14 +26,33 @@ from trainer.timing import StepTimes, maybe_section
 
 def attention_implementation(device: torch.device, dtype: str = "float32") -> str:
     """flash_attention_2 (varlen over packed rows, from position ids) on CUDA in bfloat16
-    when flash-attn is installed (its kernels take no fp32); otherwise sdpa with our
-    block-diagonal causal mask."""
+    when flash-attn is installed (its kernels take no fp32); otherwise our padding-free
+    sdpa (trainer/attention.py: causal SDPA per sample of one row)."""
     if device.type == "cuda" and dtype == "bfloat16" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
-    return "sdpa"
+    return attention.register()
+
+
+def one_row(input_ids, position_ids, segment_ids, inputs: dict[str, torch.Tensor]):
+    """The micro-batch's samples back to back in one row [1, N] (padding slots dropped), its per-token
+    inputs [1, N, ...] likewise, and the samples' offsets in it (`attention.sample_bounds`). A micro-batch
+    of padding only (`empty_micro_batch`) keeps its padding, each token a sample of its own (position 0)."""
+    keep = segment_ids != 0
+    if bool(keep.all()) or not bool(keep.any()):
+        flat = (x.reshape(1, -1) for x in (input_ids, position_ids))
+        inputs = {k: v.reshape(1, -1, *v.shape[2:]) for k, v in inputs.items()}
+    else:
+        flat = (x[keep][None] for x in (input_ids, position_ids))
+        inputs = {k: v[keep][None] for k, v in inputs.items()}
+    input_ids, position_ids = flat
+    return input_ids, position_ids, inputs, attention.sample_bounds(position_ids)
 
 
 class LossModel(nn.Module):
+    # Private switch for bench/tests: False runs the sdpa path the old way ([B, T] padded rows and a
+    # dense [B, 1, T, T] block-causal mask) instead of one padding-free row with per-sample attention.
+    varlen = True
+
     def __init__(self, lm: nn.Module, loss_cfg):
         super().__init__()
         self.lm = lm
@@ -61,8 +82,11 @@ class LossModel(nn.Module):
         normalizer: float,
         times: StepTimes | None = None,
     ):
-        """`inputs`: the loss's per-token tensors ([B, T, ...], aligned with the labels), by name;
+        """`input_ids`, `position_ids`, `segment_ids`: the micro-batch's [B, T] rows (run as one row [1, N]
+        without padding on the sdpa path, `one_row`); `inputs`: the loss's per-token tensors ([B, T, ...],
+        aligned with the labels, reshaped alike), by name;
         `times`: where to add the decoder's and the loss head's seconds (trainer/timing.py)."""
+        extra: dict = {}
         if self.uses_flash:
             # transformers finds packed samples from restarting position ids only in a
             # batch of one row, so the rows go in as one long row (padding positions are 0,
@@ -70,12 +94,15 @@ class LossModel(nn.Module):
             input_ids, position_ids = (x.reshape(1, -1) for x in (input_ids, position_ids))
             inputs = {k: v.reshape(1, -1, *v.shape[2:]) for k, v in inputs.items()}
             mask = None
+        elif self.varlen:
+            input_ids, position_ids, inputs, bounds = one_row(input_ids, position_ids, segment_ids, inputs)
+            mask, extra = None, {"sample_bounds": bounds}
         else:
             mask = block_causal_mask(segment_ids)
         body = getattr(self.lm, self.lm.base_model_prefix)
         with maybe_section(times, "forward"):
             hidden = body(
-                input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+                input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False, **extra
             ).last_hidden_state
         with maybe_section(times, "loss"):
             return compute_loss(self.loss_cfg, hidden, self.lm.get_output_embeddings().weight, inputs, normalizer)
