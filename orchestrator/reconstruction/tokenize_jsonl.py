@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from distill.core.contract import atomic_write_text
 from distill.core.conversation import Conversation
+from orchestrator.build_pool import ParallelBuilder, offline_workers
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.reconstructor import Reconstructor
 
@@ -21,6 +22,7 @@ def tokenize_file(
     output_path: str,
     cfg: "Reconstruction | None" = None,
     chat_template: str | None = None,
+    workers: int | str = "auto",
 ) -> dict:
     """Reconstruct every conversation of a JSONL file; write samples and rejections as JSONL.
 
@@ -29,20 +31,32 @@ def tokenize_file(
     sample, or {"line": N, "error": "<reason>: <detail>"}. N is the 1-based input line.
     The output appears atomically (temp file + rename). Returns counts by reason. `chat_template`: a
     Jinja file replacing the tokenizer's template (`distill tokenize --chat-template`).
+    `workers` (orchestrator.reconstruct_workers): worker processes building big batches beside
+    this one ("auto": one per core; orchestrator/build_pool.py); the output does not depend on it.
     """
     from distill.core.config import Reconstruction
     from distill.core.student import load_tokenizer
 
     cfg = cfg if cfg is not None else Reconstruction()
     recon = Reconstructor(load_tokenizer(tokenizer_dir, chat_template), cfg)
+    with ParallelBuilder(recon, offline_workers(workers)) as builder:
+        counts, out_lines = _reconstruct_lines(builder, input_path)
+    atomic_write_text(output_path, "".join(x + "\n" for x in out_lines))
+    return _summary(input_path, output_path, counts, recon.stats)
+
+
+def _reconstruct_lines(builder: ParallelBuilder, input_path: str) -> tuple[collections.Counter, list[str]]:
+    """The output lines of every input line, in order, and the file's own counts."""
     out_lines: list[str] = []
     counts: collections.Counter = collections.Counter()
     batch: list[tuple[int, Conversation]] = []
 
     def flush() -> None:
-        results = recon.build_many([conv for _, conv in batch])
-        for (n, _), (samples, rejections) in zip(batch, results):
-            out_lines.extend(_result_lines(n, samples, rejections, input_path))
+        results = builder.build([conv for _, conv in batch])
+        for (n, _), res in zip(batch, results):
+            if isinstance(res, Exception):  # as build_many would have raised it, in one process or several
+                raise res
+            out_lines.extend(_result_lines(n, *res, input_path))
         batch.clear()
 
     with open(input_path, encoding="utf-8") as f:
@@ -68,8 +82,7 @@ def tokenize_file(
             if len(batch) >= 256:
                 flush()
     flush()
-    atomic_write_text(output_path, "".join(x + "\n" for x in out_lines))
-    return _summary(input_path, output_path, counts, recon.stats)
+    return counts, out_lines
 
 
 def _result_lines(n: int, samples, rejections, input_path: str) -> list[str]:
