@@ -17,7 +17,7 @@ comment above it is its documentation (scripts/gen_config_doc.py -> docs/configu
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -314,7 +314,14 @@ class Orchestrator(Strict):
     # and the main process; "auto" = one worker per core besides the main process, started
     # once 1024 conversations were built (a smaller input never pays the startup); 0 = in the
     # main process only. Outputs do not depend on it (docs/reconstruction.md, "Performance").
-    reconstruct_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+    reconstruct_workers: int | Literal["auto"] = "auto"
+
+    @field_validator("reconstruct_workers")
+    @classmethod
+    def _check_workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError(f'{v} is negative. Fix: a number of processes (0 = none) or "auto"')
+        return v
     # Most (prompt, sample) pairs that may fail for good (every retry spent, or refused
     # with a 4xx), as a fraction of the pairs decided in this run; above it the run fails
     # (non-zero exit, no DONE, failures counted by reason). 0.1: retries already absorb
