@@ -142,8 +142,10 @@ class ParallelBuilder:
 
     def build(self, convs: list) -> list:
         """(samples, rejections) or the exception raised, per conversation, in input order."""
-        if not self.workers or len(convs) < self.min_batch or (
-            self.pool is None and self.built_here < self.start_after
+        if (
+            not self.workers
+            or len(convs) < self.min_batch
+            or (self.pool is None and self.built_here < self.start_after)
         ):
             self.built_here += len(convs)
             return build_isolated(self.reconstructor, convs) if convs else []

@@ -144,15 +144,22 @@ def test_tokenize_file_with_workers_writes_the_same_bytes(tmp_path, smol_tokeniz
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = {}
     for w in (0, 2):
-        summary = tokenize_file(str(smol_tokenizer_dir), str(tmp_path / "in.jsonl"), str(tmp_path / f"{w}.jsonl"), workers=w)
-        out[w] = ((tmp_path / f"{w}.jsonl").read_bytes(), {k: summary[k] for k in ("lines", "samples", "rejected", "by_reason")})
+        summary = tokenize_file(
+            str(smol_tokenizer_dir), str(tmp_path / "in.jsonl"), str(tmp_path / f"{w}.jsonl"), workers=w
+        )
+        out[w] = (
+            (tmp_path / f"{w}.jsonl").read_bytes(),
+            {k: summary[k] for k in ("lines", "samples", "rejected", "by_reason")},
+        )
     assert out[0] == out[2] and out[0][1]["samples"] > 250 and out[0][1]["by_reason"]["invalid_json"] == 1
 
 
 @pytest.mark.slow
 def test_replay_with_workers_writes_the_same_files(tmp_path, smol_tokenizer, monkeypatch):
     monkeypatch.setattr(build_pool, "START_AFTER", 0)
-    rows = [{"messages": c.messages, "finish_reason": c.finish_reason, "id": f"c{i}"} for i, c in enumerate(corpus(300))]
+    rows = [
+        {"messages": c.messages, "finish_reason": c.finish_reason, "id": f"c{i}"} for i, c in enumerate(corpus(300))
+    ]
     src = tmp_path / "rec.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     files = {}

@@ -322,6 +322,7 @@ class Orchestrator(Strict):
         if isinstance(v, int) and v < 0:
             raise ValueError(f'{v} is negative. Fix: a number of processes (0 = none) or "auto"')
         return v
+
     # Most (prompt, sample) pairs that may fail for good (every retry spent, or refused
     # with a 4xx), as a fraction of the pairs decided in this run; above it the run fails
     # (non-zero exit, no DONE, failures counted by reason). 0.1: retries already absorb
