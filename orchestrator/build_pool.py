@@ -37,6 +37,10 @@ from orchestrator.sink import _build_one, build_isolated
 MIN_PARALLEL = 64
 #: Conversations built in this process before the pool is started ("auto" workers).
 START_AFTER = 1024
+#: This process's slice is smaller than a worker's by this fraction per worker: it also sends
+#: the conversations and unpickles every worker's samples (measured with bench_reconstruct_cpu.py:
+#: 5-10% of the build's CPU), so from 10 workers on it only hands out and gathers.
+PARENT_SHARE_COST = 0.1
 
 _RECON = None
 
@@ -92,12 +96,12 @@ def _build_slice(convs: list) -> tuple[list, dict]:
     return out, {k: v for k, v in delta.items() if v}
 
 
-def slices(n: int, parts: int) -> list[tuple[int, int]]:
-    """`parts` contiguous (start, end) ranges covering range(n), as equal as can be."""
-    q, r = divmod(n, parts)
-    out, a = [], 0
-    for i in range(parts):
-        b = a + q + (1 if i < r else 0)
+def slices(n: int, weights: list[float]) -> list[tuple[int, int]]:
+    """Contiguous (start, end) ranges covering range(n), one per weight, sized in proportion."""
+    total, out, a, acc = sum(weights), [], 0, 0.0
+    for w in weights:
+        acc += w
+        b = round(n * acc / total)
         out.append((a, b))
         a = b
     return out
@@ -151,10 +155,10 @@ class ParallelBuilder:
             return build_isolated(self.reconstructor, convs) if convs else []
         self.start()
         assert self.pool is not None
-        parts = slices(len(convs), self.workers + 1)
+        parts = slices(len(convs), [max(0.0, 1 - PARENT_SHARE_COST * self.workers)] + [1.0] * self.workers)
         futures = [self.pool.submit(_build_slice, convs[a:b]) for a, b in parts[1:]]
         a, b = parts[0]
-        results = build_isolated(self.reconstructor, convs[a:b])  # this process's slice, meanwhile
+        results = build_isolated(self.reconstructor, convs[a:b]) if b > a else []  # this process's slice
         for (a, b), f in zip(parts[1:], futures):
             got = self._result(f, len(convs))
             if got is None:  # the slice could not travel (e.g. a value that does not pickle): built here

@@ -88,8 +88,10 @@ def family_tokenizer(name: str):
 
 
 def test_slices_cover_the_batch_in_order():
-    assert slices(10, 3) == [(0, 4), (4, 7), (7, 10)]
-    assert slices(2, 3) == [(0, 1), (1, 2), (2, 2)]
+    assert slices(10, [1, 1, 1]) == [(0, 3), (3, 7), (7, 10)]
+    assert slices(2, [1, 1, 1]) == [(0, 1), (1, 1), (1, 2)]
+    assert slices(100, [0.9, 1]) == [(0, 47), (47, 100)]
+    assert slices(8, [0.0, 1, 1]) == [(0, 0), (0, 4), (4, 8)]  # many workers: this process only gathers
 
 
 def test_small_batches_and_zero_workers_stay_in_this_process():
