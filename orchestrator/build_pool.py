@@ -26,6 +26,7 @@ import collections
 import multiprocessing
 import os
 import pickle
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -64,8 +65,17 @@ def offline_workers(setting: int | str) -> int:
     return int(setting)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A worker ends when the process that started it is gone (killed without its cleanup):
+    its queues stay open in the other workers, so it would wait for work forever."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
 def _init(blob: bytes, one_thread: bool) -> None:
     global _RECON
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     if one_thread:  # the processes already use every core: no tokenizer threads on top
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         os.environ["RAYON_NUM_THREADS"] = "1"

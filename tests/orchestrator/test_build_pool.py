@@ -10,6 +10,10 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from support.reconstruct_helpers import recon
@@ -185,3 +189,30 @@ def test_replay_with_workers_writes_the_same_files(tmp_path, smol_tokenizer, mon
             counts(r.stats),
         )
     assert files[0] == files[2] and files[0][3]["samples"] > 250 and files[0][3]["bad_records"] == 0
+
+
+@pytest.mark.slow
+def test_workers_end_when_their_parent_is_killed(tmp_path):
+    script = (
+        "import sys, time\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from support.reconstruct_helpers import recon\n"
+        "from orchestrator.build_pool import ParallelBuilder\n"
+        "if __name__ == '__main__':\n"
+        "    b = ParallelBuilder(recon(), 1, 1, 0)\n"
+        "    b.start()\n"
+        "    print(b.worker_pids()[0], flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    (tmp_path / "parent.py").write_text(script)
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    p = subprocess.Popen([sys.executable, str(tmp_path / "parent.py"), tests_dir], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(p.stdout.readline())
+    finally:
+        p.kill()  # no cleanup in the parent: the worker must notice on its own
+        p.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{worker}").exists():
+        time.sleep(0.2)
+    assert not Path(f"/proc/{worker}").exists()
