@@ -28,6 +28,7 @@ import os
 import pickle
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -95,12 +96,20 @@ def _picklable(e: Exception) -> bool:
         return False
 
 
-def _build_slice(convs: list) -> tuple[list, dict]:
-    """build_isolated over a slice, in a worker; an exception that does not pickle becomes
-    None (the parent builds that conversation again, getting the exception itself). Also
-    returns what this slice added to the worker's stats."""
+def _finish(convs: list, results: list, post: Callable | None) -> list:
+    """`post(conv, result)` for each result that is not an exception (if there is a post)."""
+    if post is None:
+        return results
+    return [r if isinstance(r, Exception) else post(c, r) for c, r in zip(convs, results)]
+
+
+def _build_slice(convs: list, post: Callable | None = None) -> tuple[list, dict]:
+    """build_isolated over a slice, in a worker, then `post`; an exception that does not
+    pickle becomes None (the parent builds that conversation again, getting the exception
+    itself). Also returns what this slice added to the worker's stats."""
     before = collections.Counter(_RECON.stats)
-    out = [None if isinstance(r, Exception) and not _picklable(r) else r for r in build_isolated(_RECON, convs)]
+    out = _finish(convs, build_isolated(_RECON, convs), post)
+    out = [None if isinstance(r, Exception) and not _picklable(r) else r for r in out]
     delta = collections.Counter(_RECON.stats)
     delta.subtract(before)
     return out, {k: v for k, v in delta.items() if v}
@@ -154,29 +163,36 @@ class ParallelBuilder:
         """Process ids of the running workers (none before the pool starts)."""
         return list(self.pool._processes) if self.pool is not None else []  # type: ignore[attr-defined]
 
-    def build(self, convs: list) -> list:
-        """(samples, rejections) or the exception raised, per conversation, in input order."""
+    def build(self, convs: list, post: Callable | None = None) -> list:
+        """(samples, rejections) or the exception raised, per conversation, in input order.
+
+        `post(conv, result)`, a picklable function (module level, or a functools.partial of
+        one), turns each result that is not an exception into what the caller keeps, in the
+        process that built it: e.g. `distill tokenize`'s output lines, so that the JSON work
+        runs on every core too and only strings travel back."""
         if (
             not self.workers
             or len(convs) < self.min_batch
             or (self.pool is None and self.built_here < self.start_after)
         ):
             self.built_here += len(convs)
-            return build_isolated(self.reconstructor, convs) if convs else []
+            return _finish(convs, build_isolated(self.reconstructor, convs), post) if convs else []
         self.start()
         assert self.pool is not None
         parts = slices(len(convs), [max(0.0, 1 - PARENT_SHARE_COST * self.workers)] + [1.0] * self.workers)
-        futures = [self.pool.submit(_build_slice, convs[a:b]) for a, b in parts[1:]]
+        futures = [self.pool.submit(_build_slice, convs[a:b], post) for a, b in parts[1:]]
         a, b = parts[0]
-        results = build_isolated(self.reconstructor, convs[a:b]) if b > a else []  # this process's slice
+        mine = build_isolated(self.reconstructor, convs[a:b]) if b > a else []  # this process's slice
+        results = _finish(convs[a:b], mine, post)
         for (a, b), f in zip(parts[1:], futures):
             got = self._result(f, len(convs))
             if got is None:  # the slice could not travel (e.g. a value that does not pickle): built here
-                results += build_isolated(self.reconstructor, convs[a:b])
+                results += _finish(convs[a:b], build_isolated(self.reconstructor, convs[a:b]), post)
                 continue
             out, stats = got
             self.reconstructor.stats.update(stats)
-            results += [r if r is not None else _build_one(self.reconstructor, convs[a + i]) for i, r in enumerate(out)]
+            for c, r in zip(convs[a:b], out):
+                results += [r] if r is not None else _finish([c], [_build_one(self.reconstructor, c)], post)
         return results
 
     def _result(self, future, n: int):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import json
 from typing import TYPE_CHECKING
 
@@ -52,11 +53,11 @@ def _reconstruct_lines(builder: ParallelBuilder, input_path: str) -> tuple[colle
     batch: list[tuple[int, Conversation]] = []
 
     def flush() -> None:
-        results = builder.build([conv for _, conv in batch])
-        for (n, _), res in zip(batch, results):
+        # the output lines are made where each conversation was built (on every core)
+        for res in builder.build([conv for _, conv in batch], functools.partial(_conv_lines, input_path)):
             if isinstance(res, Exception):  # as build_many would have raised it, in one process or several
                 raise res
-            out_lines.extend(_result_lines(n, *res, input_path))
+            out_lines.extend(res)
         batch.clear()
 
     with open(input_path, encoding="utf-8") as f:
@@ -75,7 +76,11 @@ def _reconstruct_lines(builder: ParallelBuilder, input_path: str) -> tuple[colle
                 (
                     n,
                     Conversation(
-                        rec["messages"], rec.get("tools"), sample_id=f"line{n}", finish_reason=rec.get("finish_reason")
+                        rec["messages"],
+                        rec.get("tools"),
+                        sample_id=f"line{n}",
+                        finish_reason=rec.get("finish_reason"),
+                        line=n,
                     ),
                 )
             )
@@ -83,6 +88,11 @@ def _reconstruct_lines(builder: ParallelBuilder, input_path: str) -> tuple[colle
                 flush()
     flush()
     return counts, out_lines
+
+
+def _conv_lines(input_path: str, conv: Conversation, result: tuple) -> list[str]:
+    """ParallelBuilder's `post`: the output lines of one built conversation."""
+    return _result_lines(conv.line, *result, input_path)
 
 
 def _result_lines(n: int, samples, rejections, input_path: str) -> list[str]:
