@@ -26,13 +26,12 @@ import collections
 import multiprocessing
 import os
 import pickle
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from orchestrator.sink import _build_one, build_isolated
+from orchestrator.sink import _build_one, build_isolated, exit_with_parent
 
 #: Batches smaller than this are built in this process (the pool's cost per call - pickling
 #: conversations and samples - is not worth it).
@@ -66,17 +65,9 @@ def offline_workers(setting: int | str) -> int:
     return int(setting)
 
 
-def _exit_with_parent(parent: int) -> None:
-    """A worker ends when the process that started it is gone (killed without its cleanup):
-    its queues stay open in the other workers, so it would wait for work forever."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
-
-
 def _init(blob: bytes, one_thread: bool) -> None:
     global _RECON
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    exit_with_parent()
     if one_thread:  # the processes already use every core: no tokenizer threads on top
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         os.environ["RAYON_NUM_THREADS"] = "1"

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import pickle
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,8 +39,21 @@ REJECTS = "rejects.jsonl"
 _WORKER_RECON = None
 
 
+def exit_with_parent() -> None:
+    """In a pool worker: end when the process that started it is gone (killed without its
+    cleanup): the pool's queues stay open in the other workers, so it would wait forever."""
+
+    def watch(parent: int) -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, args=(os.getppid(),), daemon=True).start()
+
+
 def _init_worker(blob: bytes) -> None:
     global _WORKER_RECON
+    exit_with_parent()
     cls, tokenizer, cfg, max_seq_len = pickle.loads(blob)
     _WORKER_RECON = cls(tokenizer, cfg, max_seq_len)
 
