@@ -11,6 +11,10 @@ same generated multi-turn corpus, in the same run:
             every prefix rendered; earlier <think> blocks dropped, so one sample per turn)
 
   ours:          Reconstructor.build_many over chunks of 128 conversations
+  ours in N processes: the same chunks, each split between N-1 worker processes and this one
+                 (orchestrator/build_pool.py ParallelBuilder, as `distill tokenize` and replay
+                 use it; N = --processes, default one per core). Its pool is started before
+                 timing: the one-time startup is printed on its own line.
   peer:          tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
                  return_assistant_tokens_mask=True), one conversation at a time
   batched peer:  the same over the list of a chunk's conversations in one call
@@ -95,6 +99,16 @@ def run_ours_batched(recon, convs, base: int = 0) -> int:
     return tokens
 
 
+def run_ours_processes(builder, convs, base: int = 0) -> int:
+    from distill.core.conversation import Conversation
+
+    tokens = 0
+    for res in builder.build([Conversation(m, sample_id=str(base + i)) for i, m in enumerate(convs)]):
+        assert not isinstance(res, Exception) and not res[1], res
+        tokens += sum(s.num_tokens for s in res[0])
+    return tokens
+
+
 def run_peer(tok, convs, base: int = 0) -> int:
     tokens = 0
     for msgs in convs:
@@ -124,7 +138,9 @@ def peer_units(convs, split: bool) -> list[list[list[dict]]]:
     return [[c[: i + 1] for i, m in enumerate(c) if m["role"] == "assistant"] for c in convs]
 
 
-def measure(fam, convs, chunk: int = 128, floor: bool = False, per_prefix=None, one_at_a_time=True) -> dict:
+def measure(
+    fam, convs, chunk: int = 128, floor: bool = False, per_prefix=None, one_at_a_time=True, processes=False
+) -> dict:
     """Seconds and tokens per method. The methods take turns on chunks of the corpus,
     so that load from other processes on the machine falls on all of them alike.
     `fam.recons` are two Reconstructors, so that build_many does not find the prompts
@@ -139,6 +155,8 @@ def measure(fam, convs, chunk: int = 128, floor: bool = False, per_prefix=None, 
     }
     if one_at_a_time:
         runs["build"] = lambda c, b: run_ours(recons[0], c, b)
+    if processes and fam.builder is not None:  # build_many in several processes
+        runs["processes"] = lambda c, b: run_ours_processes(fam.builder, c, b)
     if per_prefix is not None:  # a Reconstructor that renders every prefix
         runs["per_prefix"] = lambda c, b: run_ours_batched(per_prefix, c, b)
     if floor:  # rendered before timing
@@ -156,7 +174,7 @@ def measure(fam, convs, chunk: int = 128, floor: bool = False, per_prefix=None, 
 class Family:
     """A student tokenizer + chat template, and the corpus shape its template accepts."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, processes: int = 1, one_thread: bool = True):
         from distill.core.config import Reconstruction
         from distill.core.student import load_tokenizer, tokenizer_only_dir
         from orchestrator.reconstruct import Reconstructor
@@ -185,6 +203,16 @@ class Family:
         self.per_prefix = Reconstructor(self.tok, Reconstruction())
         self.per_prefix.chat_template.append_only = False
         self.per_prefix.chat_template.tracked = None
+        self.builder = None
+        self.startup_s = 0.0
+        self.processes = processes
+        if processes > 1:
+            from orchestrator.build_pool import ParallelBuilder
+
+            self.builder = ParallelBuilder(
+                Reconstructor(self.tok, Reconstruction()), processes - 1, 1, 0, one_thread=one_thread
+            )
+            self.startup_s = self.builder.start()  # once per run, not timed with the others
 
     def corpus(self, n: int, seed: int, turns: int | None = None) -> list[list[dict]]:
         cs = corpus(n, seed, turns)
@@ -201,6 +229,7 @@ def report(fam: Family, convs, res: dict) -> None:
     names = {
         "build": "ours: Reconstructor.build, one at a time",
         "build_many": "ours: Reconstructor.build_many (128)",
+        "processes": f"ours: build_many (128) in {fam.processes} processes",
         "per_prefix": "ours, every prefix rendered (no proof)",
         "peer": "peer: apply_chat_template, per example",
         "peer_batched": "peer: apply_chat_template, batch of 128",
@@ -216,6 +245,13 @@ def report(fam: Family, convs, res: dict) -> None:
         f"speed-up vs per-example peer {res['peer'][0] / ours[0]:.2f}x, "
         f"vs batched peer {res['peer_batched'][0] / ours[0]:.2f}x"
         + (f"; every prefix rendered: {res['peer'][0] / res['per_prefix'][0]:.2f}x" if "per_prefix" in res else "")
+        + (
+            f"; in {fam.processes} processes: / floor speed {res['processes'][1] / res['processes'][0] / floor_speed:.2f}, "
+            f"vs per-example peer {res['peer'][0] / res['processes'][0]:.2f}x, "
+            f"vs batched peer {res['peer_batched'][0] / res['processes'][0]:.2f}x"
+            if "processes" in res
+            else ""
+        )
     )
 
 
@@ -234,18 +270,39 @@ def main(argv: list[str] | None = None) -> None:
         help="conversations per row of the scaling table (default: conversations // 10; 0: no table)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="processes for the multi-process contender (default: one per core; 1: not measured)",
+    )
+    p.add_argument(
+        "--worker-tokenizer-threads",
+        choices=("one", "all"),
+        default="one",
+        help="the worker processes' tokenizer: one thread (the default in distill) or all cores",
+    )
     a = p.parse_args(argv)
     m = a.scaling_conversations if a.scaling_conversations is not None else max(20, a.conversations // 10)
     for name in a.families.split(","):
-        fam = Family(name)
+        from orchestrator.build_pool import cores
+
+        procs = a.processes if a.processes is not None else cores()
+        fam = Family(name, procs, a.worker_tokenizer_threads == "one")
+        if fam.builder is not None:
+            print(
+                f"\n{name}: pool of {procs - 1} worker process(es) started in {fam.startup_s:.2f} s "
+                "(one-time, not in the timings below)"
+            )
         # one sample per turn makes qwen3's corpus ~8x the tokens: a fifth of the conversations
         convs = fam.corpus(max(20, a.conversations // 5) if fam.split else a.conversations, a.seed)
-        measure(fam, convs[:20], per_prefix=fam.per_prefix)  # warm-up (template compile, caches)
-        for r in (*fam.recons, fam.per_prefix):
+        # warm-up (template compile) on other conversations: the workers' caches cannot be cleared
+        measure(fam, fam.corpus(20, a.seed + 12345), per_prefix=fam.per_prefix, processes=True)
+        for r in (*fam.recons, fam.per_prefix, *([fam.builder.reconstructor] if fam.builder else [])):
             r._prompt_cache.clear()
             r._render_cache.clear()
         first = name == a.families.split(",")[0]
-        res = measure(fam, convs, floor=True, per_prefix=fam.per_prefix, one_at_a_time=first)
+        res = measure(fam, convs, floor=True, per_prefix=fam.per_prefix, one_at_a_time=first, processes=True)
         report(fam, convs, res)
         if first and m:
             d = distillation_corpus(4 * m, a.seed + 99)
@@ -256,6 +313,8 @@ def main(argv: list[str] | None = None) -> None:
             )
         if m:
             scaling(fam, m, a.seed)
+        if fam.builder is not None:
+            fam.builder.close()
 
 
 def scaling(fam: Family, m: int, seed: int) -> None:

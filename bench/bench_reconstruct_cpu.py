@@ -13,6 +13,10 @@ corpus as bench_reconstruct.py, it prints the minimum over --reps runs of:
   complete   self-check, masks, Sample assembly (pipeline._complete)
   peers      bench_reconstruct.py's per-example and batched apply_chat_template, CPU time
              over build_many's (with one thread: no core the peer leaves idle counts)
+  2 processes: build_many's chunks split between one worker process and this one
+             (orchestrator/build_pool.py), CPU time of both over build_many's: the cost of
+             the split (pickling conversations and samples). Measured in the first run only
+             (the worker's caches cannot be cleared between runs).
 
 Usage: python bench/bench_reconstruct_cpu.py [--conversations 400] [--families smollm2,llama3_1]
 """
@@ -41,6 +45,28 @@ def fresh(recon) -> None:
     recon._verified_prompts.clear()
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of another process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def two_processes(fam, convs, seed: int) -> float:
+    """CPU seconds of this process and one worker building `convs` in chunks of 128, split."""
+    from orchestrator.build_pool import ParallelBuilder
+    from orchestrator.reconstruct import Reconstructor
+
+    with ParallelBuilder(Reconstructor(fam.tok, fam.recons[1].cfg), 1, 1, 0) as pb:
+        pb.start()
+        B.run_ours_processes(pb, fam.corpus(20, seed + 12345))  # warm-up on other conversations
+        fresh(pb.reconstructor)
+        (pid,) = pb.worker_pids()
+        t, w = time.process_time(), proc_cpu(pid)
+        for b in range(0, len(convs), 128):
+            B.run_ours_processes(pb, convs[b : b + 128], b)
+        return time.process_time() - t + proc_cpu(pid) - w
+
+
 def measure(name: str, n: int, reps: int, seed: int) -> dict[str, float]:
     fam = B.Family(name)
     convs = fam.corpus(max(20, n // 5) if fam.split else n, seed)
@@ -49,7 +75,7 @@ def measure(name: str, n: int, reps: int, seed: int) -> dict[str, float]:
     texts = [tok.apply_chat_template(m, tokenize=False) for u in units for m in u]
     args = [build_args(Conversation(m, sample_id=str(i))) for i, m in enumerate(convs)]
     B.run_ours_batched(recon, convs[:20])  # warm-up: template compile, token table
-    best: dict[str, float] = {}
+    best: dict[str, float] = {"processes": two_processes(fam, convs, seed)}
 
     def keep(key: str, secs: float) -> None:
         best[key] = min(best.get(key, float("inf")), secs)
@@ -105,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
             f"CPU {name}: floor {f:.3f} s; build_many {r['build_many'] / f:.3f} of the floor's CPU "
             f"(speed {f / r['build_many']:.2f} of the floor's); stages: {stages}; "
             f"peers' CPU / build_many's: per example {r['peer'] / r['build_many']:.2f}x, "
-            f"batched {r['peer_batched'] / r['build_many']:.2f}x"
+            f"batched {r['peer_batched'] / r['build_many']:.2f}x; "
+            f"2 processes' CPU / build_many's: {r['processes'] / r['build_many']:.2f}"
         )
 
 

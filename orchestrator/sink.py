@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import pickle
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,8 +39,21 @@ REJECTS = "rejects.jsonl"
 _WORKER_RECON = None
 
 
+def exit_with_parent() -> None:
+    """In a pool worker: end when the process that started it is gone (killed without its
+    cleanup): the pool's queues stay open in the other workers, so it would wait forever."""
+
+    def watch(parent: int) -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, args=(os.getppid(),), daemon=True).start()
+
+
 def _init_worker(blob: bytes) -> None:
     global _WORKER_RECON
+    exit_with_parent()
     cls, tokenizer, cfg, max_seq_len = pickle.loads(blob)
     _WORKER_RECON = cls(tokenizer, cfg, max_seq_len)
 
@@ -57,10 +72,16 @@ def build_batch(reconstructor, convs: list[Conversation]) -> list:
 
 def build_isolated(reconstructor, convs: list[Conversation]) -> list:
     """build_batch's results; where the template or tokenizer raised, the conversations are
-    redone one by one and the one that raised gets its exception (the others their results)."""
+    redone one by one and the one that raised gets its exception (the others their results).
+    The reconstructor's `stats` count each conversation once: what the failed batch counted is undone."""
+    stats = getattr(reconstructor, "stats", None)
+    before = Counter(stats) if stats is not None else None
     try:
         return build_batch(reconstructor, convs)
     except Exception:  # noqa: BLE001 - find which conversation it was
+        if stats is not None:
+            stats.clear()
+            stats.update(before)
         return [_build_one(reconstructor, c) for c in convs]
 
 
@@ -71,9 +92,10 @@ def _build_one(reconstructor, conv: Conversation):
         return e
 
 
-def make_reconstruct_pool(reconstructor, workers: int) -> ProcessPoolExecutor | None:
-    """Worker processes holding a copy of the reconstructor (spawned: safe beside threads)."""
-    if workers <= 0:
+def make_reconstruct_pool(reconstructor, workers: int | str) -> ProcessPoolExecutor | None:
+    """Worker processes holding a copy of the reconstructor (spawned: safe beside threads);
+    None for 0 or "auto" (live rollouts build in their own process unless told otherwise)."""
+    if not isinstance(workers, int) or workers <= 0:
         return None
     ctx = multiprocessing.get_context("spawn")
     # the worker builds its own Reconstructor(tokenizer, cfg, max_seq_len) (compiled templates don't pickle)

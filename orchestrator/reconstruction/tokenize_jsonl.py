@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import collections
+import functools
 import json
 from typing import TYPE_CHECKING
 
 from distill.core.contract import atomic_write_text
 from distill.core.conversation import Conversation
+from orchestrator.build_pool import ParallelBuilder, offline_workers
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.reconstructor import Reconstructor
 
@@ -21,6 +23,7 @@ def tokenize_file(
     output_path: str,
     cfg: "Reconstruction | None" = None,
     chat_template: str | None = None,
+    workers: int | str = "auto",
 ) -> dict:
     """Reconstruct every conversation of a JSONL file; write samples and rejections as JSONL.
 
@@ -29,20 +32,32 @@ def tokenize_file(
     sample, or {"line": N, "error": "<reason>: <detail>"}. N is the 1-based input line.
     The output appears atomically (temp file + rename). Returns counts by reason. `chat_template`: a
     Jinja file replacing the tokenizer's template (`distill tokenize --chat-template`).
+    `workers` (orchestrator.reconstruct_workers): worker processes building big batches beside
+    this one ("auto": one per core; orchestrator/build_pool.py); the output does not depend on it.
     """
     from distill.core.config import Reconstruction
     from distill.core.student import load_tokenizer
 
     cfg = cfg if cfg is not None else Reconstruction()
     recon = Reconstructor(load_tokenizer(tokenizer_dir, chat_template), cfg)
+    with ParallelBuilder(recon, offline_workers(workers)) as builder:
+        counts, out_lines = _reconstruct_lines(builder, input_path)
+    atomic_write_text(output_path, "".join(x + "\n" for x in out_lines))
+    return _summary(input_path, output_path, counts, recon.stats)
+
+
+def _reconstruct_lines(builder: ParallelBuilder, input_path: str) -> tuple[collections.Counter, list[str]]:
+    """The output lines of every input line, in order, and the file's own counts."""
     out_lines: list[str] = []
     counts: collections.Counter = collections.Counter()
     batch: list[tuple[int, Conversation]] = []
 
     def flush() -> None:
-        results = recon.build_many([conv for _, conv in batch])
-        for (n, _), (samples, rejections) in zip(batch, results):
-            out_lines.extend(_result_lines(n, samples, rejections, input_path))
+        # the output lines are made where each conversation was built (on every core)
+        for res in builder.build([conv for _, conv in batch], functools.partial(_conv_lines, input_path)):
+            if isinstance(res, Exception):  # as build_many would have raised it, in one process or several
+                raise res
+            out_lines.extend(res)
         batch.clear()
 
     with open(input_path, encoding="utf-8") as f:
@@ -61,15 +76,23 @@ def tokenize_file(
                 (
                     n,
                     Conversation(
-                        rec["messages"], rec.get("tools"), sample_id=f"line{n}", finish_reason=rec.get("finish_reason")
+                        rec["messages"],
+                        rec.get("tools"),
+                        sample_id=f"line{n}",
+                        finish_reason=rec.get("finish_reason"),
+                        line=n,
                     ),
                 )
             )
             if len(batch) >= 256:
                 flush()
     flush()
-    atomic_write_text(output_path, "".join(x + "\n" for x in out_lines))
-    return _summary(input_path, output_path, counts, recon.stats)
+    return counts, out_lines
+
+
+def _conv_lines(input_path: str, conv: Conversation, result: tuple) -> list[str]:
+    """ParallelBuilder's `post`: the output lines of one built conversation."""
+    return _result_lines(conv.line, *result, input_path)
 
 
 def _result_lines(n: int, samples, rejections, input_path: str) -> list[str]:

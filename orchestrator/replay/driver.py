@@ -17,6 +17,7 @@ from orchestrator.replay.formats.openai_batch import BatchInputIndex
 from orchestrator.replay.inputs import COLUMN_NAMES, iter_conversations
 from orchestrator.replay.reading import resolve_inputs
 from orchestrator.replay.records import BadRecord, ReplayError
+from orchestrator.build_pool import ParallelBuilder, offline_workers
 from orchestrator.sink import Backpressure, Sink
 
 if TYPE_CHECKING:  # the config module is light, but replay only needs its type
@@ -27,6 +28,10 @@ if TYPE_CHECKING:  # the config module is light, but replay only needs its type
 #: on recordings of very long conversations).
 REPLAY_BATCH = 64
 REPLAY_BATCH_BYTES = 2 << 20
+#: With worker processes (orchestrator.reconstruct_workers), batches of this many conversations
+#: (or bytes) are split between the processes (orchestrator/build_pool.py).
+PARALLEL_BATCH = 256
+PARALLEL_BATCH_BYTES = 8 << 20
 ON_ERROR = ("skip", "fail")
 
 
@@ -127,6 +132,10 @@ class _Replay:
         self.keep = make_filter(self.rc)
         self.out = _Outputs(run_dir)
         self.sink = Sink(writer, reconstructor, self.out)
+        self.builder = ParallelBuilder(reconstructor, offline_workers(cfg.orchestrator.reconstruct_workers))
+        self.max_batch, self.max_bytes = (
+            (PARALLEL_BATCH, PARALLEL_BATCH_BYTES) if self.builder.workers else (REPLAY_BATCH, REPLAY_BATCH_BYTES)
+        )
         self.bp = Backpressure(writer.dir, max_ahead)
         self.counts: Counter = Counter()
         self.filtered: Counter = Counter()
@@ -164,7 +173,7 @@ class _Replay:
 
     def flush(self) -> None:
         """Builds the conversations waiting in `todo` and publishes their samples."""
-        for c, result in zip(self.todo, self.sink.build(self.todo)):
+        for c, result in zip(self.todo, self.builder.build(self.todo)):
             if isinstance(result, Exception):
                 b = BadRecord(
                     c.file,
@@ -217,7 +226,7 @@ class _Replay:
             self._filter(c, "duplicate_id", f"id already used at {first}")
             return
         self.todo.append(c)
-        if len(self.todo) >= REPLAY_BATCH or self.counts["bytes"] - self.todo_from >= REPLAY_BATCH_BYTES:
+        if len(self.todo) >= self.max_batch or self.counts["bytes"] - self.todo_from >= self.max_bytes:
             self.flush()
 
     def read_all(self) -> None:
@@ -250,6 +259,7 @@ class _Replay:
         self.sink.writer.close()
 
     def close(self) -> None:
+        self.builder.close()
         self.out.close()
         if self.batch is not None:
             self.batch.close()

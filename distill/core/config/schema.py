@@ -307,9 +307,22 @@ class Orchestrator(Strict):
 
     # Lowest reward kept by the online filter.
     min_reward: float = 1.0
-    # Processes that rebuild answers into student tokens (0 = in the orchestrator's own
-    # process). 1+ runs tokenization beside the HTTP client, on other cores.
-    reconstruct_workers: int = Field(0, ge=0)
+    # Worker processes that rebuild answers into student tokens. Live rollouts: N runs each
+    # response's reconstruction in one of N processes beside the HTTP client; "auto" and 0 =
+    # in the orchestrator's own process (with no spare core a worker was slower there). Replay
+    # and `distill tokenize`: big batches (256 conversations) are split between the N workers
+    # and the main process; "auto" = one worker per core besides the main process, started
+    # once 1024 conversations were built (a smaller input never pays the startup); 0 = in the
+    # main process only. Outputs do not depend on it (docs/reconstruction.md, "Performance").
+    reconstruct_workers: int | Literal["auto"] = "auto"
+
+    @field_validator("reconstruct_workers")
+    @classmethod
+    def _check_workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError(f'{v} is negative. Fix: a number of processes (0 = none) or "auto"')
+        return v
+
     # Most (prompt, sample) pairs that may fail for good (every retry spent, or refused
     # with a 4xx), as a fraction of the pairs decided in this run; above it the run fails
     # (non-zero exit, no DONE, failures counted by reason). 0.1: retries already absorb
