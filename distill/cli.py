@@ -233,7 +233,7 @@ def cmd_tokenize(argv: list[str]) -> int:
 
     cfg = load_config(a.config) if a.config else None
     template = a.chat_template or (cfg.student.chat_template if cfg else None)
-    rc, workers = (cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruct_workers) if cfg else (None, "auto")
+    rc, workers = (cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruct_workers) if cfg else (None, 0)
     summary = tokenize_file(a.tokenizer, a.input, a.output, rc, template, workers)
     print(json.dumps(summary, default=str))
     return 0

@@ -23,7 +23,7 @@ def tokenize_file(
     output_path: str,
     cfg: "Reconstruction | None" = None,
     chat_template: str | None = None,
-    workers: int | str = "auto",
+    workers: int | str = 0,
 ) -> dict:
     """Reconstruct every conversation of a JSONL file; write samples and rejections as JSONL.
 

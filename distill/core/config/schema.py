@@ -313,8 +313,10 @@ class Orchestrator(Strict):
     # and `distill tokenize`: big batches (256 conversations) are split between the N workers
     # and the main process; "auto" = one worker per core besides the main process, started
     # once 1024 conversations were built (a smaller input never pays the startup); 0 = in the
-    # main process only. Outputs do not depend on it (docs/reconstruction.md, "Performance").
-    reconstruct_workers: int | Literal["auto"] = "auto"
+    # main process only (the default: on a 2-core machine the split measured slower than one
+    # process, whose tokenizer already uses both cores; try "auto" on a machine with many cores).
+    # Outputs do not depend on it (docs/reconstruction.md, "Performance").
+    reconstruct_workers: int | Literal["auto"] = 0
 
     @field_validator("reconstruct_workers")
     @classmethod
