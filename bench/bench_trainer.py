@@ -192,11 +192,13 @@ def main(argv=None) -> dict:
     res.update(steps=a.steps, samples_per_step=a.samples_per_step, threads=a.threads, load_before=os.getloadavg())
     res.update(device=a.device, micro_batch_rows=a.micro_batch_rows, **measures(a.device, a.bf16))
     print(_header(a))
+    res["flops"], res["tokens"] = step_flops(a)  # first: in the JSON of a run stopped at a time limit too
     if "gemm" in only:
         res["gemm_before"] = run_worker("gemm", fwd)
     for label, worker, extra in runs:
         if worker in only:
             res[label] = run_worker(worker, fwd + extra)
+            _save(res, a)  # each contender as it finishes: a run stopped at a time limit keeps them
     if "gemm" in only:
         res["gemm_after"] = run_worker("gemm", fwd)
     if "loss" in only:
@@ -205,13 +207,16 @@ def main(argv=None) -> dict:
         res["loss_chunked"] = run_worker("loss", fwd + [f"--loss-chunk={res['chunk_size']}"])
         res["loss_sweep"] = run_worker("loss-sweep", fwd)
     res["load_after"] = os.getloadavg()
-    res["flops"], res["tokens"] = step_flops(a)
     from bench_trainer_report import report
 
     report(res, a)
+    _save(res, a)
+    return res
+
+
+def _save(res: dict, a) -> None:
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
-    return res
 
 
 def plan(a) -> tuple[list[str], list[tuple[str, str, list[str]]]]:
