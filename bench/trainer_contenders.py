@@ -61,7 +61,7 @@ def model_dir(tok, shape: dict) -> Path:
 
     h, n, q, kv, i = (shape[k] for k in ("hidden", "layers", "heads", "kv_heads", "intermediate"))
     d = Path(tempfile.gettempdir()) / f"distill-bench-llama-{h}x{n}-{q}h{kv}kv-{i}"
-    if not (d / "model.safetensors").is_file():
+    if not any((d / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json")):  # (or sharded)
         torch.manual_seed(0)
         cfg = llama_config(shape, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
         LlamaForCausalLM(cfg).save_pretrained(d)
