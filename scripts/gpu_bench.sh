@@ -46,11 +46,26 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=c
     else
         echo "no .gpu-bench/whl: run scripts/gpu_bench_prep.sh here first and carry .gpu-bench"
     fi
-    # transformers 5.24 (the CPU runs' version) needs its dependencies at versions the image may lack:
-    # if it does not import, fall back to the image's own transformers
-    if ! $PY -c "import transformers" 2>&1; then
-        echo "the carried transformers does not import here: using the image's"
+    # transformers 5.24 (the CPU runs' version) over the image's huggingface_hub & co: if it cannot load
+    # the tokenizer and save + load a tiny Llama, fall back to the image's own transformers
+    works() {
+        "$PY" - <<'PY'
+import os, tempfile
+import transformers
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+tok = AutoTokenizer.from_pretrained(os.path.join(os.environ["DISTILL_CACHE"], "smollm2-135m-instruct-tokenizer"))
+d = tempfile.mkdtemp()
+cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+LlamaForCausalLM(cfg).save_pretrained(d)
+LlamaForCausalLM.from_pretrained(d)
+import distill.core.config, trainer.train  # the project's own imports (pydantic from the wheels)
+print("transformers", transformers.__version__, "works; tokenizer of", len(tok))
+PY
+    }
+    if ! works; then
+        echo "the carried transformers failed here (above): using the image's"
         rm -rf /tmp/site/transformers /tmp/site/transformers-*.dist-info
+        works || echo "FAILED with the image's transformers too: the bench will fail (above)"
     fi
     $PY - <<'PY'
 import importlib, torch
