@@ -8,6 +8,11 @@ Model shapes (random weights, SmolLM2's tokenizer and vocabulary 49152, tied emb
   tiny  128 x 2,  2 heads / 1 kv head,  intermediate 384
   135m  576 x 30, 9 heads / 3 kv heads, intermediate 1536 (SmolLM2-135M)
   360m  960 x 32, 15 heads / 5 kv heads, intermediate 2560 (SmolLM2-360M)
+  1.7b  2048 x 24, 32 heads / 32 kv heads, intermediate 8192 (SmolLM2-1.7B; a GPU shape)
+
+On a GPU (scripts/gpu_bench.sh): --device cuda [--bf16] runs every contender on the device (with --bf16
+all in bf16: ours trainer.dtype = "bfloat16", TRL bf16=True, hf-loop under autocast), the GEMM probe in
+the run's dtype, and peak memory as torch.cuda.max_memory_allocated (bench/bench_device.py).
 
 Part 1 - the same `samples_per_step` samples per step (real tokenizer, varied lengths), the same model:
   ours      trainer.train.train_step: best-fit-decreasing packing, chunked loss (and --bf16: autocast)
@@ -43,10 +48,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
+from bench_device import measures  # noqa: E402
+
 SHAPES = {
     "tiny": {"hidden": 128, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 384},
     "135m": {"hidden": 576, "layers": 30, "heads": 9, "kv_heads": 3, "intermediate": 1536},
     "360m": {"hidden": 960, "layers": 32, "heads": 15, "kv_heads": 5, "intermediate": 2560},
+    "1.7b": {"hidden": 2048, "layers": 24, "heads": 32, "kv_heads": 32, "intermediate": 8192},
 }
 VOCAB = 49152  # SmolLM2's
 
@@ -58,16 +66,27 @@ def _args(argv=None):
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--samples-per-step", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument(
+        "--micro-batch-rows",
+        type=int,
+        default=0,
+        help="rows per forward (ours: packed rows, trl: packed rows with gradient accumulation, hf-loop: "
+        "samples); 0: all of a step's rows in one forward",
+    )
     p.add_argument("--chunk-size", type=int, default=0, help="our loss's chunk_size (0: the trainer's default)")
     p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
-    p.add_argument("--bf16", action="store_true", help="also run ours with trainer.dtype = bfloat16 (autocast)")
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="CPU: also run ours with trainer.dtype = bfloat16 (autocast); CUDA: every contender in bf16",
+    )
     p.add_argument("--gemm-tokens", type=int, default=0, help="rows of the bare GEMMs (0: 2 x seq_len)")
     p.add_argument("--gemm-reps", type=int, default=3)
     p.add_argument("--loss-tokens", type=int, default=2048)
     p.add_argument("--loss-chunk", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--loss-reps", type=int, default=3)
     p.add_argument("--sweep", default="256,512,1024,2048", help="chunk sizes timed in part 2")
-    p.add_argument("--device", default="cpu", help="cpu (the GEMM probe and RSS peaks are CPU measures)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="see bench/bench_device.py")
     p.add_argument(
         "--threads",
         type=int,
@@ -87,7 +106,8 @@ def _args(argv=None):
 
 
 def _forward_argv(a) -> list[str]:
-    keys = ("shape", "steps", "samples_per_step", "seq_len", "chunk_size", "gemm_tokens", "gemm_reps")
+    keys = ("shape", "steps", "samples_per_step", "seq_len", "micro_batch_rows", "chunk_size", "gemm_tokens")
+    keys += ("gemm_reps",)
     keys += ("loss_tokens", "loss_reps", "sweep", "device", "threads")
     return [f"--{k.replace('_', '-')}={getattr(a, k)}" for k in keys]
 
@@ -130,7 +150,10 @@ def run_worker(name: str, argv: list[str]) -> dict | None:
         return None
     r = json.loads(lines[-1])
     r["peak_rss"] = peak[0]
-    r["peak_above_base"] = peak[0] - r["base_rss"]
+    # the run's memory measure (bench_device.measures): CUDA workers report their allocator's peak
+    cuda = "cuda_peak" in r
+    r["peak_mem"], r["base_mem"] = (r["cuda_peak"], r["cuda_base"]) if cuda else (r["peak_rss"], r["base_rss"])
+    r["peak_above_base"] = r["peak_mem"] - r["base_mem"]
     return r
 
 
@@ -163,19 +186,19 @@ def main(argv=None) -> dict:
 
         print(json.dumps(WORKERS[a.worker](a)))
         return {}
-    fwd = _forward_argv(a)
-    fwd[0] = f"--shape={a.shape_name}"
+    fwd, runs = plan(a)
     only = set(a.only.split(",")) if a.only else {"ours", "trl", "hf-loop", "gemm", "loss"}
     res: dict = {"shape": a.shape_name, **a.shape, "vocab": VOCAB, "seq_len": a.seq_len}
     res.update(steps=a.steps, samples_per_step=a.samples_per_step, threads=a.threads, load_before=os.getloadavg())
+    res.update(device=a.device, micro_batch_rows=a.micro_batch_rows, **measures(a.device, a.bf16))
     print(_header(a))
+    res["flops"], res["tokens"] = step_flops(a)  # first: in the JSON of a run stopped at a time limit too
     if "gemm" in only:
         res["gemm_before"] = run_worker("gemm", fwd)
-    runs = [("ours", "ours", [])] + ([("ours-bf16", "ours", ["--dtype=bfloat16"])] if a.bf16 else [])
-    runs += [("trl", "trl", []), ("hf-loop", "hf-loop", [])]
     for label, worker, extra in runs:
         if worker in only:
             res[label] = run_worker(worker, fwd + extra)
+            _save(res, a)  # each contender as it finishes: a run stopped at a time limit keeps them
     if "gemm" in only:
         res["gemm_after"] = run_worker("gemm", fwd)
     if "loss" in only:
@@ -184,13 +207,28 @@ def main(argv=None) -> dict:
         res["loss_chunked"] = run_worker("loss", fwd + [f"--loss-chunk={res['chunk_size']}"])
         res["loss_sweep"] = run_worker("loss-sweep", fwd)
     res["load_after"] = os.getloadavg()
-    res["flops"], res["tokens"] = step_flops(a)
     from bench_trainer_report import report
 
     report(res, a)
+    _save(res, a)
+    return res
+
+
+def _save(res: dict, a) -> None:
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
-    return res
+
+
+def plan(a) -> tuple[list[str], list[tuple[str, str, list[str]]]]:
+    """Every worker's argv, and the contenders' runs (label, worker, extra argv). CPU: all in fp32, --bf16
+    adds ours in bf16 as an extra row; CUDA: every worker (the standalone GEMM too) in the run's dtype."""
+    fwd = _forward_argv(a)
+    fwd[0] = f"--shape={a.shape_name}"
+    if a.device == "cuda":
+        fwd.append(f"--dtype={measures(a.device, a.bf16)['dtype']}")
+    extra_bf16 = a.bf16 and a.device == "cpu"
+    runs = [("ours", "ours", [])] + ([("ours-bf16", "ours", ["--dtype=bfloat16"])] if extra_bf16 else [])
+    return fwd, runs + [("trl", "trl", []), ("hf-loop", "hf-loop", [])]
 
 
 def _default_chunk(a) -> int:
@@ -202,11 +240,20 @@ def _default_chunk(a) -> int:
 def _header(a) -> str:
     s = a.shape
     return (
-        f"device={a.device} shape={a.shape_name}: hidden {s['hidden']} x {s['layers']} layers, {s['heads']} heads / "
+        f"device={a.device}{_on_device(a)} shape={a.shape_name}: hidden {s['hidden']} x {s['layers']} layers, {s['heads']} heads / "
         f"{s['kv_heads']} kv heads, intermediate {s['intermediate']}, vocab {VOCAB}; seq_len {a.seq_len}, "
         f"{a.samples_per_step} samples/step, {a.steps} steps; torch threads {a.threads or _threads()}; "
         f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
+
+
+def _on_device(a) -> str:
+    """CUDA: the GPU's name and the run's dtype (nothing on CPU: its header stays as it was)."""
+    if a.device != "cuda":
+        return ""
+    import torch
+
+    return f" ({torch.cuda.get_device_name()}, torch {torch.__version__}), dtype {measures(a.device, a.bf16)['dtype']};"
 
 
 def _threads() -> int:

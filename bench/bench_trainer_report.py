@@ -7,12 +7,22 @@ MIB = 1 / 2**20
 CONTENDERS = ("ours", "ours-bf16", "trl", "hf-loop")
 
 
+def _measures(res: dict) -> tuple[str, str, str]:
+    """(anchor GEMM dtype, memory measure's short name, its description) of this run (bench_device.measures)."""
+    from bench_device import MEMORY_LABELS, measures
+
+    m = {**measures("cpu", False), **{k: res[k] for k in ("anchor_dtype", "memory") if k in res}}
+    return m["anchor_dtype"], ("peak RSS" if m["memory"] == "RSS" else "peak GPU mem"), MEMORY_LABELS[m["memory"]]
+
+
 def report(res: dict, a) -> None:
     per_token = res["flops"] / res["tokens"]
+    anchor, mem, mem_label = _measures(res)
     b, e = res.get("gemm_before"), res.get("gemm_after")
     if b or e:
         parts = [f"{r['flops_per_s'] / 1e9:.1f}" for r in (b, e) if r]
         print(f"\nbare GEMM at the model's shapes: {' / '.join(parts)} GFLOP/s (before / after the contenders)")
+    print(f"MFU anchor: the bare {anchor} GEMM; memory: {mem_label}")
     print(f"useful training FLOPs per token: {per_token / 1e9:.3f} GFLOP")
     ours = res.get("ours")
     print("\nper optimizer step (same samples, same model):")
@@ -24,7 +34,7 @@ def report(res: dict, a) -> None:
         r["mfu"] = per_token * r["tokens_per_s"] / r["gemm_probe"]
         print(
             f"  {n:9s} {r['tokens_per_s']:7.1f} tokens/s  MFU {r['mfu']:.2f} (GEMM probe {r['gemm_probe'] / 1e9:5.1f} "
-            f"GFLOP/s)  peak RSS {r['peak_rss'] * MIB:6.0f} MiB (+{r['peak_above_base'] * MIB:5.0f} above the loaded model)"
+            f"GFLOP/s)  {mem} {r['peak_mem'] * MIB:6.0f} MiB (+{r['peak_above_base'] * MIB:5.0f} above the loaded model)"
         )
         if ours and n != "ours":
             r["ours_speed_ratio"] = ours["tokens_per_s"] / r["tokens_per_s"]
@@ -75,9 +85,10 @@ def _loss(res: dict) -> None:
 
 def markdown(res: dict) -> str:
     """The shape's table for docs/training.md."""
+    measure = _measures(res)[1]
     rows = [
         "| contender | tokens/s | MFU (GEMM probe GFLOP/s) | ours vs it: speed (MFU ratio) "
-        "| peak RSS (above loaded model) | ours vs it: memory above model |",
+        f"| {measure} (above loaded model) | ours vs it: memory above model |",
         "|---|---|---|---|---|---|",
     ]
     for n in CONTENDERS:
@@ -87,6 +98,6 @@ def markdown(res: dict) -> str:
         speed = f"x{r['ours_speed_ratio']:.2f} (x{r['ours_mfu_ratio']:.2f})" if "ours_speed_ratio" in r else ""
         mem = f"x{r['ours_memory_ratio']:.2f}" if "ours_memory_ratio" in r else ""
         mfu = f"{r['mfu']:.2f} ({r['gemm_probe'] / 1e9:.0f})"
-        rss = f"{r['peak_rss'] * MIB:.0f} MiB (+{r['peak_above_base'] * MIB:.0f})"
+        rss = f"{r['peak_mem'] * MIB:.0f} MiB (+{r['peak_above_base'] * MIB:.0f})"
         rows.append(f"| {n} | {r['tokens_per_s']:.1f} | {mfu} | {speed} | {rss} | {mem} |")
     return "\n".join(rows)

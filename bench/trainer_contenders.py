@@ -8,7 +8,9 @@
     loss      one loss head (chunked or full logits) on [tokens x hidden] hidden states
 
 Each worker reports `base_rss` (its RSS when training starts: model loaded, optimizer built); the
-driver samples the worker's RSS from outside (psutil, every 5 ms) for the peak.
+driver samples the worker's RSS from outside (psutil, every 5 ms) for the peak. On CUDA each also reports
+`cuda_base` / `cuda_peak` (torch.cuda allocator, reset at that point) and times with device syncs
+(bench/bench_device.py; not run yet: no GPU was lent to the session that wrote it).
 """
 
 from __future__ import annotations
@@ -18,14 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_device import mark_base, measures, median_time, peak, rss, sync
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def rss() -> int:
-    import psutil
-
-    return psutil.Process().memory_info().rss
 
 
 def tokenizer():
@@ -63,7 +61,7 @@ def model_dir(tok, shape: dict) -> Path:
 
     h, n, q, kv, i = (shape[k] for k in ("hidden", "layers", "heads", "kv_heads", "intermediate"))
     d = Path(tempfile.gettempdir()) / f"distill-bench-llama-{h}x{n}-{q}h{kv}kv-{i}"
-    if not (d / "model.safetensors").is_file():
+    if not any((d / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json")):  # (or sharded)
         torch.manual_seed(0)
         cfg = llama_config(shape, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
         LlamaForCausalLM(cfg).save_pretrained(d)
@@ -92,15 +90,16 @@ def samples(tok, n: int, seq_len: int):
     return out
 
 
-def _result(times: list[float], tokens: list[int], base: int, probes: list[float], **extra) -> dict:
-    """tokens/s over the steps after the first (warm-up); times and tokens per step; the GEMM probes."""
+def _result(times: list[float], tokens: list[int], mem: dict, probes: list[float], **extra) -> dict:
+    """tokens/s over the steps after the first (warm-up); times and tokens per step; the GEMM probes;
+    `mem`: mark_base's and peak's memory figures."""
     warm = slice(1, None) if len(times) > 1 else slice(None)
     return {
         "gemm_probe": sum(probes) / len(probes),
         "tokens_per_s": sum(tokens[warm]) / sum(times[warm]),
         "step_s": times,
         "step_tokens": tokens,
-        "base_rss": base,
+        **mem,
         **extra,
     }
 
@@ -118,7 +117,7 @@ def worker_ours(a) -> dict:
         max_steps=a.steps,
         samples_per_step=a.samples_per_step,
         seq_len=a.seq_len,
-        micro_batch_rows=a.samples_per_step,
+        micro_batch_rows=a.micro_batch_rows or a.samples_per_step,
         device=a.device,
         dtype=a.dtype,
         optim={"schedule": "constant", "betas": [0.9, 0.95], "lr": 1e-4},
@@ -128,16 +127,19 @@ def worker_ours(a) -> dict:
     model = build_model(model_dir(tok, a.shape), t, ctx)
     opt, sched = build_optimizer(model, t)
     probes = [gemm_probe(a)]
-    base = rss()
+    base = mark_base(a.device)
     times, tokens, breakdown, eff = [], [], [], []
     for s in range(a.steps):
         batch = data[s * a.samples_per_step : (s + 1) * a.samples_per_step]
+        sync(a.device)
         t0 = time.perf_counter()
         m = train_step(model, opt, sched, batch, t, ctx, tok.pad_token_id or 0)
+        sync(a.device)
         times.append(time.perf_counter() - t0)
         tokens.append(m["tokens"])
         eff.append(m["packing_efficiency"])
         breakdown.append({k[5:-2]: v for k, v in m.items() if k.startswith("time_")})
+    base.update(peak(a.device))
     probes.append(gemm_probe(a))
     return _result(times, tokens, base, probes, breakdown=breakdown, packing_efficiency=sum(eff) / len(eff))
 
@@ -169,27 +171,56 @@ def worker_hf_loop(a) -> dict:
     ).to(a.device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
+    # CUDA with --bf16: autocast around forward + loss (fp32 master weights), as ours does in one process
+    amp = torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.dtype == "bfloat16" and a.device == "cuda")
     probes = [gemm_probe(a)]
-    base = rss()
+    base = mark_base(a.device)
     times, tokens = [], []
     for s in range(a.steps):
         batch = data[s * a.samples_per_step : (s + 1) * a.samples_per_step]
+        sync(a.device)
         t0 = time.perf_counter()
-        ids, att, lab = (x.to(a.device) for x in _padded(batch, tok.pad_token_id or 0))
-        model(input_ids=ids, attention_mask=att, labels=lab).loss.backward()
+        n, mbr = 0, a.micro_batch_rows or len(batch)  # --micro-batch-rows: samples per forward
+        for i in range(0, len(batch), mbr):
+            ids, att, lab = (x.to(a.device) for x in _padded(batch[i : i + mbr], tok.pad_token_id or 0))
+            with amp:
+                loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
+            (loss * len(ids) / len(batch) if mbr < len(batch) else loss).backward()
+            n += int(att.sum())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync(a.device)
         times.append(time.perf_counter() - t0)
-        tokens.append(int(att.sum()))
+        tokens.append(n)
+    base.update(peak(a.device))
     probes.append(gemm_probe(a))
     return _result(times, tokens, base, probes)
 
 
 def worker_trl(a) -> dict:
+    """TRL with Liger kernels where they run (CUDA, liger_kernel installed); should that fail, once
+    more without them (the error is kept in the result)."""
+    if a.device == "cuda" and _has("liger_kernel"):
+        try:
+            return _trl(a, use_liger=True)
+        except Exception as e:  # noqa: BLE001 - any failure of the optional kernels: measure TRL without
+            import sys
+
+            import torch
+
+            err = f"{type(e).__name__}: {str(e)[:300]}"
+            print(f"trl with Liger kernels failed ({err}); again without them", file=sys.stderr)
+            torch.cuda.empty_cache()
+            return {**_trl(a, use_liger=False), "liger_error": err}
+    return _trl(a, use_liger=False)
+
+
+def _trl(a, use_liger: bool) -> dict:
     """TRL's best CPU setup: BFD packing with padding-free rows (no pad token computed), the
     completion-only NLL. Liger kernels need Triton (GPU), so they are off on CPU. Tokens are counted
-    from what each step's forward actually receives (real tokens: padding-free rows have none else)."""
+    from what each step's forward actually receives (real tokens: padding-free rows have none else).
+    CUDA with --bf16: bf16=True (autocast over fp32 master weights, as ours)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
@@ -216,25 +247,28 @@ def worker_trl(a) -> dict:
         seen[0] += int(att.sum()) if att is not None else int(ids.numel())
 
     model.register_forward_pre_hook(count, with_kwargs=True)
-    times, tokens, base = [], [], [0]
+    times, tokens, base = [], [], [{}]
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
-            base[0] = base[0] or rss()
+            base[0] = base[0] or mark_base(a.device)
             seen[0] = 0
+            sync(a.device)
             self.t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
+            sync(a.device)
             times.append(time.perf_counter() - self.t0)
             tokens.append(seen[0])
 
-    use_liger = a.device == "cuda" and _has("liger_kernel")
+    per_step = _trl_batch(data, a)  # packed rows per optimizer step; --micro-batch-rows of them per forward
+    mbr = min(a.micro_batch_rows or per_step, per_step)
     with tempfile.TemporaryDirectory() as out:
         cfg = SFTConfig(
             output_dir=out,
             max_steps=a.steps,
-            per_device_train_batch_size=_trl_batch(data, a),
-            gradient_accumulation_steps=1,
+            per_device_train_batch_size=mbr,
+            gradient_accumulation_steps=-(-per_step // mbr),
             learning_rate=1e-4,
             lr_scheduler_type="constant",
             adam_beta2=0.95,
@@ -243,6 +277,9 @@ def worker_trl(a) -> dict:
             save_strategy="no",
             report_to="none",
             use_cpu=a.device == "cpu",
+            # CUDA: bf16 autocast exactly when the run is bf16. CPU: TRL's default, as in the tables measured so far
+            # (None: SFTConfig turns it into bf16=True, and accelerate then runs the CPU forward under bf16 autocast)
+            bf16=(a.dtype == "bfloat16") if a.device == "cuda" else None,
             max_length=a.seq_len,
             packing=True,
             packing_strategy="bfd",
@@ -256,8 +293,9 @@ def worker_trl(a) -> dict:
         trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Timer()])
         rows = len(trainer.train_dataset)
         probes = [gemm_probe(a)]
-        base[0] = 0  # taken at the first step, after the probe
+        base[0] = {}  # taken at the first step, after the probe
         trainer.train()
+    base[0].update(peak(a.device))
     probes.append(gemm_probe(a))
     return _result(times, tokens, base[0], probes, packed_rows=rows, liger=use_liger)
 
@@ -283,21 +321,13 @@ def linear_shapes(shape: dict, vocab: int) -> list[tuple[int, int, int]]:
     return [(q * hd, h, n), (kv * hd, h, 2 * n), (h, q * hd, n), (i, h, 2 * n), (h, i, n), (vocab, h, 1)]
 
 
-def _median_time(fn, reps: int) -> float:
-    fn()  # warm-up
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2]
-
-
 def gemm_probe(a) -> float:
     """A short bare-GEMM measurement (one timed run of each GEMM), taken by each contender right before
-    and after its steps: the machine's speed at that moment, under whatever load shares it."""
+    and after its steps: the machine's speed at that moment, under whatever load shares it.
+    One anchor dtype for every contender (bench_device.measures): fp32 on CPU, the run's dtype on CUDA."""
     reps, dtype = a.gemm_reps, a.dtype
-    a.gemm_reps, a.dtype = 1, "float32"  # one anchor for every contender: fp32
+    device = getattr(a, "device", "cpu")  # bench_varlen.py's probe arguments name none: CPU
+    a.gemm_reps, a.dtype = 1, measures(device, a.dtype == "bfloat16")["anchor_dtype"]
     try:
         return worker_gemm(a)["flops_per_s"]
     finally:
@@ -314,16 +344,16 @@ def worker_gemm(a) -> dict:
     from trainer.losses.sft import auto_chunk_size
 
     dt = torch.bfloat16 if a.dtype == "bfloat16" else torch.float32
-    m = a.gemm_tokens
+    m, device = a.gemm_tokens, getattr(a, "device", "cpu")
     flops = secs = 0.0
     for out, inp, mult in linear_shapes(a.shape, a.vocab):
         rows = (
             min(m, a.chunk_size or auto_chunk_size(a.vocab)) if out == a.vocab else m
         )  # the loss head runs chunk by chunk
-        x, w, g = torch.randn(rows, inp, dtype=dt), torch.randn(out, inp, dtype=dt), torch.randn(rows, out, dtype=dt)
+        x, w, g = (torch.randn(r, c, dtype=dt, device=device) for r, c in ((rows, inp), (out, inp), (rows, out)))
         for fn in (lambda: F.linear(x, w), lambda: g @ w, lambda: g.t() @ x):
             flops += 2.0 * rows * inp * out * mult
-            secs += _median_time(fn, a.gemm_reps) * mult
+            secs += median_time(fn, a.gemm_reps, device) * mult
     return {"flops_per_s": flops / secs, "base_rss": rss()}
 
 
@@ -345,15 +375,16 @@ def _loss_inputs(a):
     h = torch.randn(a.loss_tokens, a.shape["hidden"], generator=g)
     w = torch.randn(a.vocab, a.shape["hidden"], generator=g) * 0.02
     labels = torch.randint(0, a.vocab, (a.loss_tokens,), generator=g)
-    return h, w, labels
+    return h.to(a.device), w.to(a.device), labels.to(a.device)
 
 
 def worker_loss(a) -> dict:
     """Forward + backward of one loss head on `loss_tokens` trained positions: chunked
     (`--loss-chunk N`) or full fp32 logits (`--loss-chunk 0`, naive_nll); median of a few runs."""
     h, w, labels = _loss_inputs(a)
-    base = rss()
-    return {"seconds": _median_time(_loss_fn(a, h, w, labels, a.loss_chunk), a.loss_reps), "base_rss": base}
+    base = mark_base(a.device)
+    secs = median_time(_loss_fn(a, h, w, labels, a.loss_chunk), a.loss_reps, a.device)
+    return {"seconds": secs, **base, **peak(a.device)}
 
 
 def worker_loss_sweep(a) -> dict:
@@ -367,8 +398,10 @@ def worker_loss_sweep(a) -> dict:
     ts: dict[int, list[float]] = {c: [] for c in sizes}
     for _ in range(a.loss_reps):
         for c, fn in fns.items():
+            sync(a.device)
             t0 = time.perf_counter()
             fn()
+            sync(a.device)
             ts[c].append(time.perf_counter() - t0)
     return {"seconds": {c: sorted(v)[len(v) // 2] for c, v in ts.items()}, "base_rss": rss()}
 
