@@ -220,7 +220,8 @@ def _trl(a, use_liger: bool) -> dict:
     """TRL's best CPU setup: BFD packing with padding-free rows (no pad token computed), the
     completion-only NLL. Liger kernels need Triton (GPU), so they are off on CPU. Tokens are counted
     from what each step's forward actually receives (real tokens: padding-free rows have none else).
-    CUDA with --bf16: bf16=True (autocast over fp32 master weights, as ours)."""
+    fp32 like ours on CPU (TRL left alone turns bf16 autocast on); CUDA with --bf16: bf16=True (autocast over
+    fp32 master weights, as ours)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
@@ -277,9 +278,9 @@ def _trl(a, use_liger: bool) -> dict:
             save_strategy="no",
             report_to="none",
             use_cpu=a.device == "cpu",
-            # CUDA: bf16 autocast exactly when the run is bf16. CPU: TRL's default, as in the tables measured so far
-            # (None: SFTConfig turns it into bf16=True, and accelerate then runs the CPU forward under bf16 autocast)
-            bf16=(a.dtype == "bfloat16") if a.device == "cuda" else None,
+            # bf16 autocast exactly when the run is bf16, as ours. Left unset, SFTConfig turns bf16 on and accelerate
+            # runs the CPU forward under bf16 autocast, which is slower on CPUs without AMX (docs/training.md)
+            bf16=a.dtype == "bfloat16",
             max_length=a.seq_len,
             packing=True,
             packing_strategy="bfd",
