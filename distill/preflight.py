@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .config import Problem, RunConfig
+from .config import Problem, RunConfig, unset_key_fix
 
 #: Any of these marks a folder as holding a tokenizer transformers can load.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -359,13 +359,7 @@ def check_scorer_config(cfg: RunConfig, command: str, samples: str | None) -> li
         ]
     problems = []
     if sc.api_key_var and not os.environ.get(sc.api_key_var):
-        problems.append(
-            Problem(
-                "scorer.api_key_var",
-                f"names the environment variable {sc.api_key_var}, which is not set. Fix: export "
-                f"{sc.api_key_var}=... (the key is read from there and never stored)",
-            )
-        )
+        problems.append(Problem("scorer.api_key_var", unset_key_fix(sc.api_key_var)))
     if command == "score":
         sdir = Path(samples).expanduser() if samples else Path(cfg.output_dir).expanduser() / "samples"
         if not sdir.is_dir():

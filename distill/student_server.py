@@ -25,19 +25,12 @@ from distill.core.contract import Sample
 
 def student_server_api_key(srv: Any) -> str | None:
     """The key from the environment variable named by on_policy.student_server.api_key_var (None: none named)."""
-    import os
-
+    from distill.core.config import key_from_env
     from orchestrator.student_server import StudentServerError
 
     if not srv.api_key_var:
         return None
-    key = os.environ.get(srv.api_key_var)
-    if not key:
-        raise StudentServerError(
-            f"on_policy.student_server.api_key_var names the environment variable {srv.api_key_var}, which is "
-            f"not set. Fix: export {srv.api_key_var}=... (the key is read from there and never stored)"
-        )
-    return key
+    return key_from_env(srv.api_key_var, lambda fix: StudentServerError(f"on_policy.student_server.api_key_var {fix}"))
 
 
 class ServerSampler:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from distill.core.config import key_from_env
 from distill.core.contract import Sample
 from orchestrator.budget import BudgetGate
 from orchestrator.kinds import SCORERS
@@ -45,13 +46,7 @@ def scorer_api_key(sc: Any) -> str:
     """The key from the environment variable named by scorer.api_key_var ("EMPTY" when none is named)."""
     if not sc.api_key_var:
         return "EMPTY"
-    key = os.environ.get(sc.api_key_var)
-    if not key:
-        raise ScoreError(
-            f"scorer.api_key_var names the environment variable {sc.api_key_var}, which is not set. "
-            f"Fix: export {sc.api_key_var}=... (the key is read from there and never stored)"
-        )
-    return key
+    return key_from_env(sc.api_key_var, lambda fix: ScoreError(f"scorer.api_key_var {fix}"))
 
 
 def make_transport(sc: Any, key: str) -> Transport:

@@ -7,7 +7,16 @@ No torch/transformers imports.
 """
 
 from .checks import KNOWN_NON_SFT_LOSSES, ConfigProblems, Problem, check_cross_fields, check_external_teacher_mode
-from .load import ConfigError, api_key, load_config, parse_overrides, read_toml, resolve
+from .load import (
+    ConfigError,
+    api_key,
+    key_from_env,
+    load_config,
+    parse_overrides,
+    read_toml,
+    resolve,
+    unset_key_fix,
+)
 from .schema import (
     BUILTIN_STUDENT,
     BUILTIN_TEACHER_GGUF,
@@ -86,6 +95,8 @@ __all__ = [
     "Wandb",
     "WeightBroadcast",
     "api_key",
+    "key_from_env",
+    "unset_key_fix",
     "check_cross_fields",
     "check_external_teacher_mode",
     "check_http_url",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import ValidationError
 
@@ -200,24 +200,26 @@ def resolve(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def unset_key_fix(var: str) -> str:
+    """What to say of a config key (`*.api_key_var`) naming the environment variable `var`, which is unset."""
+    return f"names the environment variable {var}, which is not set. Fix: export {var}=... (the key is read from there and never stored)"
+
+
+def key_from_env(var: str, on_unset: Callable[[str], Exception]) -> str:
+    """The API key in the environment variable `var`; raises on_unset(unset_key_fix(var)) when it is not set."""
+    key = os.environ.get(var)
+    if not key:
+        raise on_unset(unset_key_fix(var))
+    return key
+
+
 def api_key(cfg: RunConfig) -> str:
     """The API key from the environment variable named in the config ("EMPTY" if none)."""
     var = cfg.orchestrator.rollout_model.api_key_var
     if not var:
         return "EMPTY"
-    key = os.environ.get(var)
-    if not key:
-        raise ConfigError(
-            "environment",
-            [
-                Problem(
-                    "orchestrator.rollout_model.api_key_var",
-                    f"names the environment variable {var}, which is not set. Fix: export {var}=... "
-                    "(the key is read from there and never stored).",
-                )
-            ],
-        )
-    return key
+    path = "orchestrator.rollout_model.api_key_var"
+    return key_from_env(var, lambda fix: ConfigError("environment", [Problem(path, fix + ".")]))
 
 
 def _without_union_tags(parts: list[str]) -> list[str]:
