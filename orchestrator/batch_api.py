@@ -67,11 +67,10 @@ class BatchAPI:
     async def create(self, rd: Round) -> None:
         for attempt in range(self.retry.max_attempts):
             if rd.create_started is not None:  # a crash or error inside batches.create: did it make one?
-                found, bid = await self._lookup(attempt, self._find_batch(rd), "batches.list", "the batch", rd)
-                if not found:
+                adopted = await self._adopt_once(attempt, rd)
+                if adopted is None:
                     continue
-                if bid is not None:
-                    self.state.append({"event": "created", "round": rd.round, "batch_id": bid})
+                if adopted:
                     return
             t = time.time()
             self.state.append({"event": "creating", "round": rd.round, "input_file_id": rd.input_file_id, "t": t})
@@ -96,13 +95,19 @@ class BatchAPI:
         """For a round whose batches.create may have run (a crash or error inside it): journals the batch it
         made, if any (with backoff on transient errors, as the calls)."""
         for attempt in range(self.retry.max_attempts):
-            found, bid = await self._lookup(attempt, self._find_batch(rd), "batches.list", "the batch", rd)
-            if not found:
-                continue
-            if bid is not None:
-                self.state.append({"event": "created", "round": rd.round, "batch_id": bid})
-            return
+            if await self._adopt_once(attempt, rd) is not None:
+                return
         raise RolloutError(f"listing the batches failed {self.retry.max_attempts} times; rerun to try again")
+
+    async def _adopt_once(self, attempt: int, rd: Round) -> bool | None:
+        """One look for the batch that an interrupted batches.create of `rd` made: True when found (then
+        journaled as created), False when there is none, None after a transient error (backed off)."""
+        found, bid = await self._lookup(attempt, self._find_batch(rd), "batches.list", "the batch", rd)
+        if not found:
+            return None
+        if bid is not None:
+            self.state.append({"event": "created", "round": rd.round, "batch_id": bid})
+        return bid is not None
 
     async def _lookup(self, attempt: int, find, call: str, thing: str, rd: Round) -> tuple[bool, str | None]:
         """Awaits `find` (a files.list / batches.list lookup) with the calls' error handling: (True, its id
