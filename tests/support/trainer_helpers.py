@@ -48,3 +48,14 @@ def write_samples(directory, samples: list[Sample], done: bool = True, per_shard
         w.close()
     else:
         w.flush()
+
+
+def micro_batch_grads(model, mbs, normalizer):
+    """(summed loss, {parameter name: gradient}) of a LossModel's forward/backward over micro-batches `mbs`."""
+    model.zero_grad(set_to_none=True)
+    total = 0.0
+    for mb in mbs:
+        loss = model.micro_batch_loss(mb, normalizer)
+        loss.backward()
+        total += loss.item()
+    return total, {n: p.grad.clone() for n, p in model.named_parameters()}

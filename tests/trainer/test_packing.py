@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from distill.core.config import SFTLoss
 from distill.core.contract import Sample
 from support.on_policy_helpers import on_policy_samples
-from support.trainer_helpers import make_samples
+from support.trainer_helpers import make_samples, micro_batch_grads
 from trainer.data import (
     best_fit_decreasing,
     block_causal_mask,
@@ -81,16 +81,6 @@ def test_packed_rows_restart_positions_and_block_the_mask(smol_tokenizer):
     assert mb.labels[0, b - 1].item() == IGNORE
 
 
-def _grads_of(model, mbs, normalizer):
-    model.zero_grad(set_to_none=True)
-    total = 0.0
-    for mb in mbs:
-        loss = model.micro_batch_loss(mb, normalizer)
-        loss.backward()
-        total += loss.item()
-    return total, {n: p.grad.clone() for n, p in model.named_parameters()}
-
-
 def test_packed_batch_equals_samples_one_by_one(tiny_student_dir, smol_tokenizer):
     samples = make_samples(smol_tokenizer, 7)
     model = load_student(tiny_student_dir, torch.device("cpu"), SFTLoss(chunk_size=64))
@@ -98,8 +88,8 @@ def test_packed_batch_equals_samples_one_by_one(tiny_student_dir, smol_tokenizer
     packed = make_micro_batches(samples, seq_len=128, rows_per_batch=4, packing=True)
     assert len(packed) < len(samples)
     one_by_one = [make_micro_batches([s], seq_len=128, rows_per_batch=1, packing=False)[0] for s in samples]
-    loss_p, grads_p = _grads_of(model, packed, norm)
-    loss_u, grads_u = _grads_of(model, one_by_one, norm)
+    loss_p, grads_p = micro_batch_grads(model, packed, norm)
+    loss_u, grads_u = micro_batch_grads(model, one_by_one, norm)
     assert loss_p == pytest.approx(loss_u, rel=1e-5)
     for name in grads_u:
         torch.testing.assert_close(grads_p[name], grads_u[name], rtol=1e-4, atol=1e-6, msg=name)
@@ -168,7 +158,7 @@ def test_sft_loss_ignores_teacher_fields(tiny_student_dir, smol_tokenizer):
     plain = make_micro_batches(samples, seq_len=256, rows_per_batch=2)
     teacher = make_micro_batches([_with_teacher(s) for s in samples], seq_len=256, rows_per_batch=2)
     assert teacher[0].teacher_logprobs is not None and plain[0].teacher_logprobs is None
-    assert _grads_of(model, teacher, norm)[0] == _grads_of(model, plain, norm)[0]
+    assert micro_batch_grads(model, teacher, norm)[0] == micro_batch_grads(model, plain, norm)[0]
     assert teacher[0].to("cpu").teacher_topk_ids is not None  # .to() carries them
 
 

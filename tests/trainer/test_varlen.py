@@ -11,7 +11,7 @@ import torch
 
 from distill.core.config import SFTLoss, TopKKLLoss
 from distill.core.contract import Sample
-from support.trainer_helpers import make_samples
+from support.trainer_helpers import make_samples, micro_batch_grads
 from trainer.attention import NAME, sample_bounds
 from trainer.data import make_micro_batches
 from trainer.loss import IGNORE
@@ -65,13 +65,8 @@ def _tiny_samples(tokenizer) -> list[Sample]:
 
 def _grads(model, mbs, normalizer, varlen: bool):
     model.varlen = varlen
-    model.zero_grad(set_to_none=True)
-    total = 0.0
-    for mb in mbs:
-        loss = model.micro_batch_loss(mb, normalizer)
-        loss.backward()
-        total += loss.item()
-    return total, {n.removeprefix("lm."): p.grad.clone() for n, p in model.named_parameters()}
+    total, grads = micro_batch_grads(model, mbs, normalizer)
+    return total, {n.removeprefix("lm."): g for n, g in grads.items()}
 
 
 def _reference(model_dir, samples, normalizer):
