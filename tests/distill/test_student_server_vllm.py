@@ -12,7 +12,6 @@ With $DISTILL_STUDENT_VLLM_BASE_URL set (a server started as in `student_server`
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -27,38 +26,25 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def student_server(tmp_path_factory):
-    from support.vllm_server import RunningServer, unavailable
+    from support.vllm_server import fixture_server
 
     from distill.core.student import resolve_student
-    from distill.vllm_launch import VLLMServer, venv_dir
-
-    url = os.environ.get("DISTILL_STUDENT_VLLM_BASE_URL")
-    if url:
-        yield RunningServer(url.rstrip("/"))
-        return
-    venv = venv_dir()
-    if venv is None:
-        unavailable("no vLLM venv (.venv-vllm, or $DISTILL_VLLM_VENV): run scripts/setup.sh")
+    from distill.vllm_launch import VLLMServer
     from trainer.refresh import untied_copy
 
-    # vLLM 0.32 on CPU does not refresh a tied lm_head on reload_weights: serve the student untied
-    served = untied_copy(resolve_student("builtin:smollm2-135m-instruct-weak"), tmp_path_factory.mktemp("untied"))
-    server = VLLMServer(
-        served,
-        venv,
-        log=tmp_path_factory.mktemp("vllm-student") / "server.log",
-        served_name="student",
-        extra_args=("--logprobs-mode", "processed_logprobs", "--generation-config", "vllm"),
-        extra_env={"VLLM_SERVER_DEV_MODE": "1"},
-    )
-    try:
-        server.start()
-    except RuntimeError as e:
-        pytest.fail(f"the real vLLM student server did not start: {e}")
-    try:
-        yield server
-    finally:
-        server.stop()
+    def make(venv):
+        # vLLM 0.32 on CPU does not refresh a tied lm_head on reload_weights: serve the student untied
+        served = untied_copy(resolve_student("builtin:smollm2-135m-instruct-weak"), tmp_path_factory.mktemp("untied"))
+        return VLLMServer(
+            served,
+            venv,
+            log=tmp_path_factory.mktemp("vllm-student") / "server.log",
+            served_name="student",
+            extra_args=("--logprobs-mode", "processed_logprobs", "--generation-config", "vllm"),
+            extra_env={"VLLM_SERVER_DEV_MODE": "1"},
+        )
+
+    yield from fixture_server(tmp_path_factory, "DISTILL_STUDENT_VLLM_BASE_URL", make, "the real vLLM student server")
 
 
 def _load(path):

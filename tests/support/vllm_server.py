@@ -30,26 +30,32 @@ def unavailable(msg: str):
     pytest.skip(msg)
 
 
-def fixture_server(tmp_path_factory):
-    """The server the `vllm_server` fixture yields: $DISTILL_VLLM_BASE_URL's (already running; for local
-    iteration), else a fresh one from the vLLM venv (skip locally / fail in CI when there is none)."""
+def fixture_server(
+    tmp_path_factory, url_var: str = "DISTILL_VLLM_BASE_URL", make=None, what: str = "the real vLLM server"
+):
+    """The server a vLLM fixture yields: $url_var's (already running; for local iteration), else a fresh one
+    from the vLLM venv (skip locally / fail in CI when there is none): `make(venv)` (default: the builtin
+    SmolLM2 student as the reference scorer), started here and stopped after the fixture's last use."""
     import pytest
 
-    url = os.environ.get("DISTILL_VLLM_BASE_URL")
+    url = os.environ.get(url_var)
     if url:
         yield RunningServer(url.rstrip("/"))
         return
     venv = venv_dir()
     if venv is None:
         unavailable("no vLLM venv (.venv-vllm, or $DISTILL_VLLM_VENV): run scripts/setup.sh")
-    from distill.core.student import BUILTIN_PREFIX, BUILTIN_NAME, resolve_student
+    if make is None:
+        from distill.core.student import BUILTIN_PREFIX, BUILTIN_NAME, resolve_student
 
-    model_dir = resolve_student(BUILTIN_PREFIX + BUILTIN_NAME)
-    server = VLLMServer(model_dir, venv, log=tmp_path_factory.mktemp("vllm") / "server.log")
+        model_dir = resolve_student(BUILTIN_PREFIX + BUILTIN_NAME)
+        server = VLLMServer(model_dir, venv, log=tmp_path_factory.mktemp("vllm") / "server.log")
+    else:
+        server = make(venv)
     try:
         server.start()
     except RuntimeError as e:
-        pytest.fail(f"the real vLLM server did not start: {e}")
+        pytest.fail(f"{what} did not start: {e}")
     try:
         yield server
     finally:
