@@ -22,7 +22,6 @@ close(). A worker that dies (killed, out of memory) raises ReconstructWorkerDied
 
 from __future__ import annotations
 
-import collections
 import multiprocessing
 import os
 import pickle
@@ -31,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from orchestrator.sink import _build_one, build_isolated, exit_with_parent
+from orchestrator.sink import _build_one, build_counted, build_isolated, exit_with_parent
 
 #: Batches smaller than this are built in this process (the pool's cost per call - pickling
 #: conversations and samples - is not worth it).
@@ -98,12 +97,8 @@ def _build_slice(convs: list, post: Callable | None = None) -> tuple[list, dict]
     """build_isolated over a slice, in a worker, then `post`; an exception that does not
     pickle becomes None (the parent builds that conversation again, getting the exception
     itself). Also returns what this slice added to the worker's stats."""
-    before = collections.Counter(_RECON.stats)
-    out = _finish(convs, build_isolated(_RECON, convs), post)
-    out = [None if isinstance(r, Exception) and not _picklable(r) else r for r in out]
-    delta = collections.Counter(_RECON.stats)
-    delta.subtract(before)
-    return out, {k: v for k, v in delta.items() if v}
+    out, delta = build_counted(_RECON, convs, lambda r, cs: _finish(cs, build_isolated(r, cs), post))
+    return [None if isinstance(r, Exception) and not _picklable(r) else r for r in out], delta
 
 
 def slices(n: int, weights: list[float]) -> list[tuple[int, int]]:

@@ -58,8 +58,21 @@ def _init_worker(blob: bytes) -> None:
     _WORKER_RECON = cls(tokenizer, cfg, max_seq_len)
 
 
-def _worker_build(convs: list[Conversation]):
-    return build_batch(_WORKER_RECON, convs)
+def _worker_build(convs: list[Conversation]) -> tuple[list, dict]:
+    """build_batch in a worker, and what it added to the worker's `stats` (the parent adds it to its own)."""
+    return build_counted(_WORKER_RECON, convs)
+
+
+def build_counted(reconstructor, convs: list[Conversation], build: Callable | None = None) -> tuple[list, dict]:
+    """`build(reconstructor, convs)`'s results (default build_batch) and what it added to the reconstructor's
+    `stats` counters ({} if it has none). Nothing is returned when the build raises, so a failed batch's
+    partial counts never travel to the parent process."""
+    stats = getattr(reconstructor, "stats", None)
+    before = Counter(stats) if stats is not None else Counter()
+    results = (build or build_batch)(reconstructor, convs)
+    delta = Counter(stats) if stats is not None else Counter()
+    delta.subtract(before)
+    return results, {k: v for k, v in delta.items() if v}
 
 
 def build_batch(reconstructor, convs: list[Conversation]) -> list:
@@ -138,13 +151,18 @@ class Sink:
         return build_isolated(self.reconstructor, convs) if convs else []
 
     async def abuild(self, convs: list[Conversation]) -> list:
-        """`build`, in the process pool when there is one."""
+        """`build`, in the process pool when there is one: the worker's `stats` counts are added to the
+        reconstructor's, so its counts (samples, rejections by reason) are those of a build in this process."""
         if self.pool is None or not convs:
             return self.build(convs)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, _worker_build, convs)
+            results, counted = await asyncio.get_running_loop().run_in_executor(self.pool, _worker_build, convs)
         except Exception:  # noqa: BLE001 - find the conversation that broke the batch, keep the others
             return [_build_one(self.reconstructor, c) for c in convs]
+        stats = getattr(self.reconstructor, "stats", None)
+        if stats is not None:
+            stats.update(counted)
+        return results
 
     def add(self, sample: Any) -> None:
         self.writer.add(sample)

@@ -327,6 +327,37 @@ def test_reconstruct_workers_give_the_same_samples(tmp_path, recon_for):
     assert len(out[0]) == 24 and out[0] == out[1]
 
 
+@pytest.mark.slow  # spawns a worker process that imports transformers
+def test_reconstruct_workers_count_like_one_process(tmp_path, recon_for):
+    """The live pool builds whole batches in workers; their `stats` (samples, rejections by reason) are
+    added to the reconstructor's, so the counts equal a build in this process (tool calls that SmolLM2's
+    template cannot render are rejected, plain answers become samples)."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    p = tmp_path / "p.jsonl"
+    with open(p, "w") as f:
+        for i in range(4):
+            f.write(json.dumps({"id": f"t{i}", "messages": [{"role": "user", "content": f"w {i}?"}], "tools": tools}))
+            f.write("\n")
+        for i in range(5):
+            f.write(json.dumps({"id": f"plain{i}", "prompt": f"no tools {i}"}) + "\n")
+    stats, summaries = {}, {}
+    with FaultServer(reasoning=True, tool_calls=True) as s:
+        for workers in (0, 1):
+            cfg = make_cfg(
+                s.base_url, p, sampling={"n": 2}, reconstruct_workers=workers, reconstruction={"reasoning": "think_tags"}
+            )
+            recon = recon_for(cfg)
+            summaries[workers] = rollout(cfg, tmp_path / f"run{workers}", recon, progress=False, backpressure=False)
+            stats[workers] = recon.stats
+    want = {"conversations": 18, "samples": 10, "rejected:tool_calls_not_rendered": 8}
+    for workers in (0, 1):
+        assert {k: stats[workers][k] for k in want} == want, workers
+        assert summaries[workers]["rejections"] == {"tool_calls_not_rendered": 8}
+    assert {k: v for k, v in stats[1].items() if k in want or k.startswith("rejected:")} == {
+        k: v for k, v in stats[0].items() if k in want or k.startswith("rejected:")
+    }
+
+
 def test_tool_calls_and_reasoning_are_recorded_and_reconstructed(tmp_path, recon_for):
     tools = [
         {
