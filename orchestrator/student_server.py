@@ -52,6 +52,20 @@ def version_tag(step: int) -> str:
     return f"distill-step-{step}"
 
 
+#: What vLLM 0.32 answers (HTTP 500) when it cannot load an adapter, and the fix (tested against the real server).
+_LORA_FIXES = {
+    "LoRA is not enabled": "start the student server with --enable-lora",
+    "greater than max_lora_rank": "start the student server with --max-lora-rank at least trainer.lora.r "
+    "(vLLM's default is 16), or lower trainer.lora.r",
+}
+
+
+def lora_fix(detail: str) -> str:
+    """'. Fix: ...' for a failed /v1/load_lora_adapter whose answer `detail` names a known cause ('' if none)."""
+    fixes = [fix for cause, fix in _LORA_FIXES.items() if cause in detail]
+    return f". Fix: {fixes[0]}" if fixes else ""
+
+
 class VLLMStudentClient:
     """One student vLLM server (module docstring)."""
 
@@ -64,6 +78,7 @@ class VLLMStudentClient:
         self.loop = asyncio.new_event_loop()
         self.transport: Transport | None = None
         self.folder: Path | None = None  # the folder of the last refresh (lora_adapter's confirmation)
+        self.lora_step: int | None = None  # and its step
         self.control_calls = 0
 
     @property
@@ -72,7 +87,9 @@ class VLLMStudentClient:
 
     # --- control calls -----------------------------------------------------------------------------------
 
-    def _call(self, method: str, url: str, body: dict | None = None, what: str = "") -> Any:
+    def _call(self, method: str, url: str, body: dict | None = None, what: str = "", text: bool = False) -> Any:
+        """The server's JSON answer (None if empty); with `text`, its answer as text (vLLM's
+        /v1/load_lora_adapter answers 200 with a plain-text "Success: ..." body, not JSON)."""
         data = json.dumps(body).encode() if body is not None else None
         headers = {"content-type": "application/json"}
         if self.api_key:
@@ -94,7 +111,16 @@ class VLLMStudentClient:
                 f"the student server ({self.root}) is unreachable for {method} {url[len(self.root) :]}: {e}. "
                 "Fix: start it, or correct on_policy.student_server.base_url"
             ) from None
-        return json.loads(raw) if raw.strip() else None
+        if text:
+            return raw.decode(errors="replace")
+        try:
+            return json.loads(raw) if raw.strip() else None
+        except ValueError:
+            raise StudentServerError(
+                f"the student server ({self.root}) answered {method} {url[len(self.root) :]} with something that "
+                f"is not JSON: {raw[:200].decode(errors='replace')!r}. Fix: point on_policy.student_server.base_url "
+                "at a vLLM server"
+            ) from None
 
     def check(self, tokenizer: Any, temperature: float, top_p: float) -> None:
         """Before the first sample: the server tokenises as the student does, and its logprobs are the
@@ -126,13 +152,7 @@ class VLLMStudentClient:
         """Load the weights saved in `folder` (trainer/refresh.py) and confirm them as step `step`."""
         folder = Path(folder).resolve()
         if self.cfg.refresh == "lora_adapter":
-            body = {"lora_name": self.cfg.lora_name, "lora_path": str(folder), "load_inplace": True}
-            self._call(
-                "POST", self.base_url + "/load_lora_adapter", body,
-                what="start the server with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True",
-            )  # fmt: skip
-            self.folder = folder
-            self._confirm_lora()
+            self._load_lora(folder, step)
             return
         dev = "start the student server with VLLM_SERVER_DEV_MODE=1"
         rpc = {"method": "reload_weights", "kwargs": {"weights_path": str(folder)}}
@@ -146,10 +166,22 @@ class VLLMStudentClient:
         self._call("POST", self.root + "/update_weight_version", {"new_version": version_tag(step)}, what=dev)
         self.confirm(step)
 
+    def _load_lora(self, folder: Path, step: int) -> None:
+        body = {"lora_name": self.cfg.lora_name, "lora_path": str(folder), "load_inplace": True}
+        try:  # vLLM answers 200 with the plain text "Success: LoRA adapter '<name>' added successfully."
+            self._call(
+                "POST", self.base_url + "/load_lora_adapter", body,
+                what="start the server with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True", text=True,
+            )  # fmt: skip
+        except StudentServerError as e:
+            raise StudentServerError(f"{e}{lora_fix(str(e))}") from None
+        self.folder, self.lora_step = folder, step
+        self._confirm_lora(step)
+
     def confirm(self, step: int) -> None:
         """The server serves the weights of `step` (StudentServerError if not)."""
         if self.cfg.refresh == "lora_adapter":
-            self._confirm_lora()
+            self._confirm_lora(step)
             return
         got = (self._call("GET", self.root + "/weight_info") or {}).get("weight_version")
         if got != version_tag(step):
@@ -159,7 +191,12 @@ class VLLMStudentClient:
                 "its own and rerun (the run resumes and reloads the weights)"
             )
 
-    def _confirm_lora(self) -> None:
+    def _confirm_lora(self, step: int) -> None:
+        if step != self.lora_step:
+            raise StudentServerError(
+                f"the student server serves the adapter of step {self.lora_step}, not {step}: samples recorded as "
+                f"step {step} would come from other weights"
+            )
         cards = (self._call("GET", self.base_url + "/models") or {}).get("data") or []
         roots = {c.get("id"): c.get("root") for c in cards if isinstance(c, dict)}
         if self.folder is None or roots.get(self.cfg.lora_name) != str(self.folder):

@@ -30,10 +30,10 @@ def serve(fake: Fake):
         def log_message(self, *a):
             pass
 
-        def _send(self, code, body):
-            data = json.dumps(body).encode()
+        def _send(self, code, body, plain=False):
+            data = body.encode() if plain else json.dumps(body).encode()
             self.send_response(code)
-            self.send_header("content-type", "application/json")
+            self.send_header("content-type", "text/plain" if plain else "application/json")
             self.send_header("content-length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -55,7 +55,8 @@ def serve(fake: Fake):
                 return self._send(200, {"tokens": fake.tokens, "count": len(fake.tokens), "max_model_len": 2048})
             if self.path == "/v1/load_lora_adapter" and fake.lora_runtime:
                 fake.adapters[body["lora_name"]] = body["lora_path"]
-                return self._send(200, f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
+                text = f"Success: LoRA adapter '{body['lora_name']}' added successfully."
+                return self._send(200, text, plain=True)  # vLLM answers plain text here, not JSON
             self._send(404, {"detail": "Not Found"})
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
