@@ -41,10 +41,32 @@ def student_server(tmp_path_factory):
             log=tmp_path_factory.mktemp("vllm-student") / "server.log",
             served_name="student",
             extra_args=("--logprobs-mode", "processed_logprobs", "--generation-config", "vllm"),
-            extra_env={"VLLM_SERVER_DEV_MODE": "1"},
+            # the runtime-LoRA route on, but no --enable-lora: what the LoRA test shows a load is refused with
+            extra_env={"VLLM_SERVER_DEV_MODE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"},
         )
 
     yield from fixture_server(tmp_path_factory, "DISTILL_STUDENT_VLLM_BASE_URL", make, "the real vLLM student server")
+
+
+@pytest.fixture(scope="module")
+def lora_server(tmp_path_factory):
+    """The weak student served with LoRA: --enable-lora (max rank 16, one adapter) and runtime adapter loading."""
+    from support.vllm_server import fixture_server
+
+    from distill.core.student import resolve_student
+    from distill.vllm_launch import VLLMServer
+
+    def make(venv):
+        return VLLMServer(
+            resolve_student("builtin:smollm2-135m-instruct-weak"),
+            venv,
+            log=tmp_path_factory.mktemp("vllm-lora") / "server.log",
+            served_name="student",
+            extra_args=("--enable-lora", "--generation-config", "vllm"),
+            extra_env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"},
+        )
+
+    yield from fixture_server(tmp_path_factory, "DISTILL_LORA_VLLM_BASE_URL", make, "the real vLLM LoRA student server")
 
 
 def _load(path):
@@ -171,3 +193,110 @@ model = "student"
     d0 = max(abs(a - b) for s in step1 for a, b in zip(s.sampling_logprobs, _reference(weights0.lm, s, 1, 1)))
     print(f"\nrun on the student server: step-1 samples vs step-1 weights {d1:.2e}, vs initial weights {d0:.2e}")
     assert d1 < 2e-3 < d0
+
+
+def _lora_student(r: int, seed: int):
+    """The weak student with the trainer's LoRA adapters (trainer/model.py load_student), in eval mode."""
+    from distill.core.config.schema_lora import Lora
+    from distill.core.config.schema_run import ReverseKLLoss
+    from distill.core.student import resolve_student
+    from trainer.model import load_student
+
+    base = resolve_student("builtin:smollm2-135m-instruct-weak")
+    model = load_student(base, torch.device("cpu"), ReverseKLLoss(), lora=Lora(enabled=True, r=r, alpha=16), seed=seed)
+    model.lm.eval()
+    return model
+
+
+def _train_lora(model, seed: int) -> dict:
+    """Stand-in for optimizer steps: new random lora_B (peft starts it at 0, the identity); the old adapter back."""
+    gen = torch.Generator().manual_seed(seed)
+    old = {}
+    with torch.no_grad():
+        for name, p in model.lm.named_parameters():
+            if "lora_B" in name:
+                old[name] = p.clone()
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    return old
+
+
+def test_lora_adapter_refresh_on_the_real_server(lora_server, student_server, tmp_path, capsys):
+    """refresh = "lora_adapter" against the real vLLM (CPU): the trainer's saved adapter loads, the requests are
+    served by the adapter, a second load in place (a new folder) replaces its weights, and the server's sampled
+    tokens' logprobs are those of transformers + peft with the same adapter each time."""
+    from transformers import AutoTokenizer
+
+    from distill.core.config import OnPolicy
+    from distill.core.prompt_render import render_prompt
+    from distill.core.student import resolve_student
+    from distill.student_server import Refresher, ServerSampler
+    from orchestrator.student_server import StudentServerError, VLLMStudentClient
+    from trainer.dist import DistContext
+
+    tok = AutoTokenizer.from_pretrained(resolve_student("builtin:smollm2-135m-instruct-weak"))
+    prompts = [(f"p{i}", render_prompt(tok, m)) for i, m in enumerate(PROMPTS)]
+    ctx = DistContext(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+
+    def setup(url, name="distill-student"):
+        op = OnPolicy.model_validate(
+            {
+                "enabled": True, "sampler": "server", "samples_per_prompt": 1, "max_new_tokens": 16,
+                "temperature": 1.0, "top_p": 1.0,
+                "student_server": {"base_url": url, "model": "student", "refresh": "lora_adapter", "lora_name": name},
+            }
+        )  # fmt: skip
+        return op, VLLMStudentClient(op.student_server, None)
+
+    model = _lora_student(8, seed=1)
+    op, client = setup(lora_server.base_url)
+    refresh = Refresher(client, model, tok, tmp_path / "refresh", ctx, tolerance=1e-3)
+    sampler = ServerSampler(client, tok, model, op, seed=3)
+    try:
+        client.check(tok, 1.0, 1.0)
+        _train_lora(model, seed=10)
+        refresh(0)  # load + confirm + the probe sequence's logprobs against the trainer's (adapter on)
+        folder0 = (tmp_path / "refresh" / "step-000000").resolve()
+        assert (folder0 / "adapter_model.safetensors").is_file() and (folder0 / "adapter_config.json").is_file()
+        cards = {c["id"]: c for c in client._call("GET", client.base_url + "/models")["data"]}
+        assert cards["distill-student"]["root"] == str(folder0) and cards["distill-student"]["parent"] == "student"
+        one = {"model": client.model, "prompt": prompts[0][1], "max_tokens": 1}
+        assert client._call("POST", client.base_url + "/completions", one)["model"] == "distill-student"
+        first = sampler.sample(prompts, policy_step=0)
+        d_first = _max_diff(model.lm, first, 1.0, 1.0)
+        with model.peft.disable_adapter():  # the base student gives these tokens other logprobs
+            gap_base = _max_diff(model.lm, first, 1.0, 1.0)
+
+        old = _train_lora(model, seed=11)  # new adapter weights, loaded in place from the next folder
+        refresh(1)
+        assert refresh.last_diff is not None and refresh.last_diff < 1e-3
+        cards = {c["id"]: c for c in client._call("GET", client.base_url + "/models")["data"]}
+        assert cards["distill-student"]["root"] == str((tmp_path / "refresh" / "step-000001").resolve())
+        with pytest.raises(StudentServerError, match="adapter of step 1, not 0"):
+            sampler.sample(prompts, policy_step=0)
+        second = sampler.sample(prompts, policy_step=1)  # the same prompts: no prefix-cache block of step 0 reused
+        d_second = _max_diff(model.lm, second, 1.0, 1.0)
+        new = _train_lora(model, seed=0)
+        model.lm.load_state_dict({**model.lm.state_dict(), **old})  # the step-0 adapter, for the gap
+        gap_old = _max_diff(model.lm, second, 1.0, 1.0)
+        model.lm.load_state_dict({**model.lm.state_dict(), **new})
+    finally:
+        client.close()
+
+    # what a server that cannot take the adapter answers, with the fix named
+    _, plain = setup(student_server.base_url)  # the runtime route on, --enable-lora off
+    with pytest.raises(StudentServerError, match="Fix: start the student server with --enable-lora"):
+        plain.refresh(folder0, 0)
+    wide = _lora_student(32, seed=2)  # above vLLM's default --max-lora-rank 16
+    _, other = setup(lora_server.base_url, name="too-wide")
+    with pytest.raises(StudentServerError, match="--max-lora-rank at least trainer.lora.r"):
+        Refresher(other, wide, tok, tmp_path / "wide", ctx, tolerance=1e-3)(0)
+    plain.close()
+    other.close()
+    with capsys.disabled():
+        print(
+            f"\nLoRA student server: max |mu_server - mu_transformers+peft| step 0 {d_first:.2e}, step 1 (in place) "
+            f"{d_second:.2e}; gap to the base model {gap_base:.2f}, to the step-0 adapter {gap_old:.2f} nats; "
+            f"probe diff {refresh.last_diff:.2e}"
+        )
+    assert d_first < 2e-3 and d_second < 2e-3
+    assert gap_base > 0.1 and gap_old > 0.1
