@@ -18,6 +18,7 @@ Refresh mechanisms (vLLM 0.32; read from its source, tested against the real ser
         confirmation before sampling: GET {root}/weight_info -> {"weight_version": "distill-step-<step>"}
     lora_adapter    (server started with --enable-lora, VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)
         POST {base_url}/load_lora_adapter {"lora_name": name, "lora_path": folder, "load_inplace": true}
+             answered 200 with plain text "Success: LoRA adapter '<name>' added successfully." (not JSON)
              a new folder per step: vLLM does not invalidate prefix-cache blocks of an adapter reloaded
              from the same path
         confirmation before sampling: GET {base_url}/models lists `name` with root = the step's folder;

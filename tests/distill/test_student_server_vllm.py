@@ -5,9 +5,11 @@ processed_logprobs (docs/on_policy.md, "Student inference server").
 Shown: the server's samples carry the student's own logprobs of the sampled tokens under the sampling
 policy (recomputed with transformers: temperature + top-p, renormalised); after a refresh with changed
 weights (trainer/refresh.py save, /collective_rpc reload_weights) the server's logprobs are those of the
-new weights, and the server confirms the new step (/weight_info) before anything is sampled.
+new weights, and the server confirms the new step (/weight_info) before anything is sampled. A third vLLM
+process serves the student with --enable-lora: the lora_adapter refresh with the trainer's saved adapters.
 
-With $DISTILL_STUDENT_VLLM_BASE_URL set (a server started as in `student_server` below) it uses that one.
+With $DISTILL_STUDENT_VLLM_BASE_URL (or $DISTILL_LORA_VLLM_BASE_URL) set, to a server started as in
+`student_server` (or `lora_server`) below, it uses that one.
 """
 
 from __future__ import annotations

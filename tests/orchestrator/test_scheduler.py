@@ -344,7 +344,11 @@ def test_reconstruct_workers_count_like_one_process(tmp_path, recon_for):
     with FaultServer(reasoning=True, tool_calls=True) as s:
         for workers in (0, 1):
             cfg = make_cfg(
-                s.base_url, p, sampling={"n": 2}, reconstruct_workers=workers, reconstruction={"reasoning": "think_tags"}
+                s.base_url,
+                p,
+                sampling={"n": 2},
+                reconstruct_workers=workers,
+                reconstruction={"reasoning": "think_tags"},
             )
             recon = recon_for(cfg)
             summaries[workers] = rollout(cfg, tmp_path / f"run{workers}", recon, progress=False, backpressure=False)

