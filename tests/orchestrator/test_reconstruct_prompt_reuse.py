@@ -198,3 +198,17 @@ def test_sentencepiece_tokenizer_takes_the_old_path():
         "not a byte-level tokenizer (a dummy-prefix rule or another decoder)"
     )
     assert prompt_reuse(tok.backend_tokenizer, tok.chat_template, True) is None  # <s>, </s>: model vocabulary
+
+
+def test_a_tokenizer_that_does_not_split_special_tokens_or_truncates_does_not_reuse():
+    from support import tokenizer_builds
+
+    family("qwen", "qwen3")
+    backend = tokenizer_builds.load("qwen", "qwen3").backend_tokenizer  # a fresh copy to change
+    assert why_not_reuse(backend, True) is None
+    backend.encode_special_tokens = True
+    assert "encode_special_tokens" in why_not_reuse(backend, True)
+    assert prompt_reuse(backend, "<|im_start|>", True) is None
+    backend.encode_special_tokens = False
+    backend.enable_truncation(64)
+    assert why_not_reuse(backend, True) == "the tokenizer truncates or pads"
