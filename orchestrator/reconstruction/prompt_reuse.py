@@ -27,7 +27,11 @@ whole text, which `PromptReuse` proves once per tokenizer for each cut token S:
   after it, so the leftmost-longest scan finds the same matches in text[:c] as in the
   text, and in text[c:] those after c; and no other added token is a prefix of S or
   starts with it, so every occurrence of S in a text is a match of S;
-- S's id is not in the model's own vocabulary: the id comes from matches of S only;
+- S's id is not in the model's own vocabulary, or it is there as S itself (printable
+  ASCII, so the entry holds S's bytes) and the normaliser is the identity (SmolLM2):
+  then the model only sees pieces of the raw text, none holding S (each occurrence is a
+  match), and a byte-level BPE token's bytes lie within its piece's, so the id comes
+  from matches of S only;
 - the tokenizer is byte-level (token-bytes table, no dummy-prefix rule: a Metaspace
   "prepend first" scheme depends on where the whole input starts), with no truncation
   or padding, and special tokens are split (`encode_special_tokens` off).
@@ -118,8 +122,8 @@ def _why_not(s: str, by_text: dict, model_vocab: dict[str, int], model_ids: set[
         return "matched after the normaliser (normalized=True), which is not the identity"
     if s[0] not in _EDGE or s[-1] not in _EDGE:
         return "does not start and end with ASCII punctuation"
-    if tid in model_ids or s in model_vocab:
-        return "its id or text is in the model's own vocabulary"
+    if (tid in model_ids or s in model_vocab) and not (identity and model_vocab.get(s) == tid and _plain(s)):
+        return "its id or text is in the model's own vocabulary (other than as itself, in printable ASCII, with an identity normaliser)"
     for a in by_text:
         if a != s and (a.startswith(s) or s.startswith(a)):
             return f"added token {a!r} and it: one starts with the other"
@@ -130,6 +134,12 @@ def _why_not(s: str, by_text: dict, model_vocab: dict[str, int], model_ids: set[
                 return f"added token {a!r} overlaps it ({tail!r})"
             i = a.find(s[0], i + 1)
     return None
+
+
+def _plain(s: str) -> bool:
+    """Whether every character of s is printable ASCII other than space: GPT-2's byte-level
+    alphabet writes those bytes as themselves, so a vocabulary entry s holds s's bytes."""
+    return all("!" <= ch <= "~" for ch in s)
 
 
 def _identity_normalizer(backend) -> bool:

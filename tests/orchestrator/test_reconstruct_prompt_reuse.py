@@ -1,9 +1,10 @@
 """Prompt ids reused across split samples (orchestrator/reconstruction/prompt_reuse.py).
 
-Real tokenizers (tests/support/tokenizer_builds.py): the cut argument checked on random
-texts for Qwen (NFC normaliser), Llama 3.2 and DeepSeek (normalised added tokens, empty
-normaliser); build_many gives the same samples with the reuse on and off on Qwen3 and
-DeepSeek-R1-Distill conversations; tokenizers where the argument fails do not reuse.
+Real tokenizers (tests/support/tokenizer_builds.py, SmolLM2's): the cut argument checked
+on random texts for Qwen (NFC normaliser), Llama 3.2, DeepSeek (normalised added tokens,
+empty normaliser) and SmolLM2 (special tokens also in the model's vocabulary); build_many
+gives the same samples with the reuse on and off on Qwen3, DeepSeek-R1-Distill and
+SmolLM2 + a Qwen3-style template; tokenizers where the argument fails do not reuse.
 """
 
 from __future__ import annotations
@@ -15,17 +16,21 @@ import shutil
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.reconstruct_helpers import recon
+from support.reconstruct_helpers import recon, tokenizer_with
 
 from orchestrator.reconstruction.prompt_reuse import PromptReuse, _assemble, prompt_reuse, why_not_reuse
 
-FAMILIES = [("qwen", "qwen3"), ("llama3", "llama3_1"), ("deepseek", "deepseek_r1_distill")]
+SMOL = ("smollm2", "reasoning_rewrite")  # SmolLM2's tokenizer, a Qwen3-style template that splits
+FAMILIES = [("qwen", "qwen3"), ("llama3", "llama3_1"), ("deepseek", "deepseek_r1_distill"), SMOL]
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @functools.lru_cache(maxsize=None)
 def family(name: str, template: str | None = None):
     from support import tokenizer_builds
+
+    if name == "smollm2":
+        return tokenizer_with(template)
 
     try:
         return tokenizer_builds.load(name, template)
@@ -117,7 +122,7 @@ def as_data(results):
     return [([vars(s) for s in ss], [vars(r) for r in rr]) for ss, rr in results]
 
 
-@pytest.mark.parametrize("name,template", [("qwen", "qwen3"), ("deepseek", "deepseek_r1_distill")])
+@pytest.mark.parametrize("name,template", [("qwen", "qwen3"), ("deepseek", "deepseek_r1_distill"), SMOL])
 def test_build_many_gives_the_same_samples_with_and_without_the_reuse(name, template):
     tok = family(name, template)
     convs = [conversation(i, 1 + i % 6) for i in range(70)]  # more than one pipeline chunk
