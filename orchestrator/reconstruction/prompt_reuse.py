@@ -25,8 +25,10 @@ whole text, which `PromptReuse` proves once per tokenizer for each cut token S:
 - no added token A (S included) has a proper suffix A[i:] (i >= 1) that is a prefix of
   S or has S as a prefix: then no occurrence of any added token starts before c and ends
   after it, so the leftmost-longest scan finds the same matches in text[:c] as in the
-  text, and in text[c:] those after c; and no other added token is a prefix of S or
-  starts with it, so every occurrence of S in a text is a match of S;
+  text, and in text[c:] those after c; no other added token is a prefix of S or starts
+  with it, and none is prefix-compatible with a proper suffix of S (which would start
+  inside S, and be matched first if matched before the normaliser while S is matched
+  after it), so every occurrence of S in a text is a match of S;
 - S's id is not in the model's own vocabulary, or it is there as S itself (printable
   ASCII, so the entry holds S's bytes) and the normaliser is the identity (SmolLM2):
   then the model only sees pieces of the raw text, none holding S (each occurrence is a
@@ -123,8 +125,19 @@ def _why_not(s: str, by_text: dict, model_vocab: dict[str, int], model_ids: set[
     if s[0] not in _EDGE or s[-1] not in _EDGE:
         return "does not start and end with ASCII punctuation"
     if (tid in model_ids or s in model_vocab) and not (identity and model_vocab.get(s) == tid and _plain(s)):
-        return "its id or text is in the model's own vocabulary (other than as itself, in printable ASCII, with an identity normaliser)"
-    for a in by_text:
+        return "in the model's own vocabulary (other than as itself in printable ASCII, identity normaliser)"
+    return _overlap(s, by_text)
+
+
+def _overlap(s: str, added) -> str | None:
+    """The added token that could take part of an occurrence of s (or s part of its), if any:
+    one that starts with s or s with it, or one whose proper suffix is prefix-compatible with
+    s (it would start before the cut and end after it), or one prefix-compatible with a
+    proper suffix of s (it would start inside s: matched first when s is matched after the
+    normaliser and it before)."""
+    firsts = {a[0] for a in added if a}
+    inner = [s[i:] for i in range(1, len(s)) if s[i] in firsts]
+    for a in added:
         if a != s and (a.startswith(s) or s.startswith(a)):
             return f"added token {a!r} and it: one starts with the other"
         i = a.find(s[0], 1)
@@ -133,6 +146,9 @@ def _why_not(s: str, by_text: dict, model_vocab: dict[str, int], model_ids: set[
             if tail.startswith(s) or s.startswith(tail):
                 return f"added token {a!r} overlaps it ({tail!r})"
             i = a.find(s[0], i + 1)
+        for tail in inner:
+            if a and (tail.startswith(a) or a.startswith(tail)):
+                return f"added token {a!r} overlaps it ({tail!r})"
     return None
 
 

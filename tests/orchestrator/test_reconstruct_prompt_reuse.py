@@ -217,3 +217,16 @@ def test_a_tokenizer_that_does_not_split_special_tokens_or_truncates_does_not_re
     backend.encode_special_tokens = False
     backend.enable_truncation(64)
     assert why_not_reuse(backend, True) == "the tokenizer truncates or pads"
+
+
+def test_an_added_token_that_could_start_inside_a_cut_token_refuses_it(tmp_path):
+    def inner(tokens):
+        tokens.append(
+            dict(id=max(t["id"] for t in tokens) + 1, content="start|>", single_word=False, lstrip=False, rstrip=False)
+            | dict(normalized=False, special=False)
+        )
+
+    tok = edited(tmp_path, "qwen", "qwen3", inner)
+    reuse = recon(tok=tok)._prompt_reuse
+    assert reuse.refused["<|im_start|>"] == "added token 'start|>' overlaps it ('start|>')"
+    assert "<|im_end|>" in reuse.cuts
