@@ -4,8 +4,10 @@ Part of `Reconstructor` (reconstructor.py sets the state used here; its build_ma
 runs these steps, tokenising one chunk in a helper thread while the next is planned).
 Every segment is tokenised on its own, in one batch call to the fast tokenizer
 (segments after the prompt without a SentencePiece dummy prefix:
-orchestrator/segment_tokenize.py); prompt ids are cached by prompt text. Then the
-self-check (selfcheck.py) and the max_seq_len / overlong policy make the `Sample`s.
+orchestrator/segment_tokenize.py); prompt ids are cached by prompt text, and a split
+sample's prompt reuses the ids of the previous sample's prompt where that is exact
+(prompt_reuse.py). Then the self-check (selfcheck.py) and the max_seq_len / overlong
+policy make the `Sample`s.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from distill.core.contract import Rejection, Sample
 from orchestrator.reconstruction.cache import put_bounded
 from orchestrator.reconstruction.plan import Pending
+from orchestrator.reconstruction.prompt_reuse import PromptJobs, PromptReuse
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.segment_tokenize import PrefixSpaceRule
 
@@ -39,6 +42,7 @@ class Pipeline:
     _continuation: Any  # _prefix_rule's tokenizer without the dummy prefix, else None
     _token_bytes: list[bytes | None] | None  # selfcheck.token_bytes (byte-level decoders), else None
     _merge_ends: list[tuple[str, int]]  # (text, id) of the special tokens a turn may end with
+    _prompt_reuse: PromptReuse | None  # cut tokens for reusing an earlier prompt's ids, else None
     # From the other parts:
     _reject: Callable[[str, Reject], Rejection]  # reconstructor.Reconstructor._reject
     _prepare: Callable[..., tuple[list[Pending], list[Rejection]]]  # plan.Planner._prepare
@@ -86,21 +90,17 @@ class Pipeline:
         """Token ids of every segment, each tokenised on its own, in one batch call.
 
         Prompts repeat (n samples per prompt, shared system prompts), so their ids are
-        kept in a small cache keyed by the prompt text. With a byte-level tokenizer a
-        trained turn that ends with a special token is encoded in one piece with the
-        context after it (`_pieces`), and the ids are cut after that token.
+        kept in a small cache keyed by the prompt text; a split sample's prompt is encoded
+        as the text after its previous sample's prompt's ids where that is exact
+        (prompt_reuse.py). With a byte-level tokenizer a trained turn that ends with a
+        special token is encoded in one piece with the context after it (`_pieces`), and
+        the ids are cut after that token.
         """
-        prompts: dict[str, list[int] | None] = {}
-        todo: list[str] = []
-        for p in pending:
-            t = p.texts[0]
-            if t not in prompts:
-                prompts[t] = self._prompt_cache.get(t)
-                if prompts[t] is None:
-                    todo.append(t)
+        jobs = PromptJobs(pending, self._prompt_cache, self._prompt_reuse)
+        todo = list(jobs.texts)
         if self._continuation is not None:  # trained turns without the dummy prefix (segment_tokenize.py)
-            for t, e in zip(todo, self.backend.encode_batch_fast(todo, add_special_tokens=False)):
-                prompts[t] = e.ids
+            encoded = self.backend.encode_batch_fast(todo, add_special_tokens=False) if todo else []
+            prompts = jobs.resolve(iter(encoded), self.backend, self.stats)
             rest = [(t, f) for p in pending for t, f in zip(p.texts[1:], p.trained[1:])]
             encs = iter(self._prefix_rule.encode_after_prompt(self.backend, rest))
             out = [[prompts[p.texts[0]]] + [next(encs).ids for _ in p.texts[1:]] for p in pending]
@@ -108,9 +108,7 @@ class Pipeline:
             pieces = [self._pieces(p.texts, p.trained) for p in pending]
             todo += [piece[0] for ps in pieces for piece in ps]
             encs = iter(self.backend.encode_batch_fast(todo, add_special_tokens=False) if todo else [])
-            for t, ids in prompts.items():
-                if ids is None:
-                    prompts[t] = next(encs).ids
+            prompts = jobs.resolve(encs, self.backend, self.stats)
             out = []
             for p, ps in zip(pending, pieces):
                 seg = [prompts[p.texts[0]]]

@@ -20,6 +20,7 @@ from distill.core.conversation import Conversation, build_args
 from orchestrator.reconstruction.pipeline import Pipeline
 from orchestrator.reconstruction.plan import Planner
 from orchestrator.reconstruction.prefixes import PrefixRenders
+from orchestrator.reconstruction.prompt_reuse import prompt_reuse
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.selfcheck import SelfCheck, token_bytes
 from orchestrator.reconstruction.turns import TurnLocator
@@ -78,6 +79,10 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._anchor = [self.backend.token_to_id(self.eot)] if self._continuation is not None else []
         ends = [(t, self.backend.token_to_id(t)) for t in dict.fromkeys([self.eot] + added)]
         self._merge_ends = [(t, i) for t, i in ends if i is not None]  # pipeline._pieces
+        # split samples' prompts reuse the previous prompt's ids where exact (prompt_reuse.py);
+        # None switches that off (tests compare both)
+        byte_level = self._continuation is None and self._token_bytes is not None
+        self._prompt_reuse = prompt_reuse(self.backend, template, byte_level)
         self.stats.clear()
 
     def build(
