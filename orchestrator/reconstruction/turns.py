@@ -108,17 +108,19 @@ class TurnLocator:
         eot_start = end - len(eot)
         seg = full[len(base) : eot_start]
         start = len(base)
+        at = len(m.placed_prefix)  # where the content starts in seg
         if m.role != "assistant" or not seg.startswith(m.placed_prefix + m.content):
             # Where does the template put the content? Render the turn with a sentinel
             # in its place and compare: no searching in the real text.
             lead = self._lead(data, a, tools, base, seg, m, eot)
+            at = len(lead)
             if m.role != "assistant":
                 start += len(lead)  # the header before a non-assistant turn is context
         # What the template rendered besides the content itself: the tool calls and the
         # reasoning must be found there, not in a content that happens to mention them.
         check_reasoning = m.reasoning and self.cfg.reasoning == "template"
         calls = m.data.get("tool_calls", ())
-        rest = (seg.replace(m.content, "", 1) if m.content else seg) if check_reasoning or calls else ""
+        rest = seg[:at] + seg[at + len(m.content) :] if check_reasoning or calls else ""  # the content cut out where it is
         if check_reasoning and m.reasoning.strip() not in rest:
             raise Reject(
                 "reasoning_not_rendered",
