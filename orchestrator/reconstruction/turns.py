@@ -26,6 +26,23 @@ if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type
     from distill.core.config import Reconstruction
 
 SENTINEL = "\u2063Zq7xSENTINELx7qZ\u2063"
+# A tools list for probing a template that renders nothing without one (Hermes' "tool_use"
+# template iterates over `tools` unconditionally): tried only when every probe without
+# tools raised. Its name differs from tool_args' probe call, so a listed tool is never
+# mistaken for a rendered call.
+PROBE_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "zq_listed_tool",
+            "description": "probe",
+            "parameters": {
+                "type": "object",
+                "properties": {"zq_listed_key": {"type": "string", "description": "probe"}},
+            },
+        },
+    }
+]
 
 
 @dataclass
@@ -51,6 +68,7 @@ class TurnLocator:
     final_tail: str  # the constant text the template puts after the last end-of-turn token
     tool_shape: ToolCallShape
     _added_tokens: list[str]  # added tokens' text, longest first
+    probe_tools: list[dict] | None  # set by _probe_end_of_turn: PROBE_TOOLS if the template needs tools
     # From the other parts:
     render: Callable[..., str]  # prefixes.PrefixRenders.render
 
@@ -65,12 +83,16 @@ class TurnLocator:
             [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}],
         )
         errors = []
-        for head in probes:
+        attempts = [(head, tools) for tools in (None, PROBE_TOOLS) for head in probes]
+        for i, (head, tools) in enumerate(attempts):
+            if tools is not None and len(errors) < i:
+                break  # some probe rendered without tools: the template does not need them
             try:
-                text = self.render(head + [{"role": "assistant", "content": SENTINEL}], None, False)
+                text = self.render(head + [{"role": "assistant", "content": SENTINEL}], tools, False)
             except Exception as e:  # noqa: BLE001 - any template error: try the next probe
-                errors.append(f"{type(e).__name__}: {e}")
+                errors.append(f"{type(e).__name__}: {e}" + (" (with a tools list)" if tools else ""))
                 continue
+            self.probe_tools = tools
             if SENTINEL not in text:
                 errors.append("the template does not render assistant content")
                 continue
@@ -94,6 +116,12 @@ class TurnLocator:
                 base = full_render(a) if a else ""
         except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
             hint = hint_for_template_error(str(e), data, self.cfg.system_prompt)
+            if not tools and self.probe_tools is not None:
+                hint += (
+                    " (the template renders nothing without a tools list, as Hermes' 'tool_use' template "
+                    "does: it is for conversations with tools. Fix: give the conversation its tools, or use "
+                    "the model's default chat template for conversations without tools)"
+                )
             raise Reject("template_error", f"rendering up to messages[{a}]: {type(e).__name__}: {e}{hint}") from None
         if not full.startswith(base):
             if m.role == "assistant":
@@ -207,7 +235,8 @@ class TurnLocator:
             how = "does not render the content verbatim"
             if i >= 0 and seg_s[:i] + m.content.strip() + seg_s[i + len(SENTINEL) :] == seg:
                 how = (
-                    "trims whitespace from the content (`| trim`, as Llama 3's does), so the student would "
+                    "trims whitespace from the content (Llama 3's and Gemma's `| trim`, SmolLM3's "
+                    '`.lstrip("\\n")`), so the student would '
                     "learn different text; no setting changes that: strip the content at its source, or use a "
                     "student whose template keeps it"
                 )

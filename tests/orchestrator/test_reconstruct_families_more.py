@@ -1,0 +1,308 @@
+"""Reconstruction against more real chat templates: Phi-4, Phi-4-mini, Gemma 3, SmolLM3,
+Granite 3.3, Hermes 3 (tool_use), Mistral Small 3.1 (tests/templates/, source in each file's
+first line). Tokenizers: the real ones tests/support/tokenizer_builds.py builds, with the
+family's turn tokens added where the family's own vocabulary is not shipped by a package
+(tests/support/family_standins.py says which).
+
+Every accepted conversation is checked against the template's own render (transformers'
+apply_chat_template, the reference): the prompt ids are the tokenisation of the rendered
+generation prompt, prompt + completion decode to the full render (less the template's
+text after the last end token), and the trained tokens decode to exactly the assistant
+texts plus the end token the template puts after them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from support.reconstruct_helpers import decode, full_text, masked_text, recon, runs
+
+from orchestrator.tool_args import ToolCallShape
+
+CALL_ARGS = {"city": "Paris", "unit": "C"}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "the city"}}},
+        },
+    }
+]
+PLAIN = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Fine"},
+    {"role": "assistant", "content": "Good."},
+]
+SYSTEM = [{"role": "system", "content": "Be brief."}, *PLAIN[:2]]
+OUTER_WS = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "  Hello \n"}]
+REASONED = [
+    {"role": "user", "content": "Q1"},
+    {"role": "assistant", "content": "A1", "reasoning_content": "R1"},
+    {"role": "user", "content": "Q2"},
+    {"role": "assistant", "content": "A2", "reasoning_content": "R2"},
+]
+
+
+def tool_conversation(call_id="c1", system=True):
+    call = {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": json.dumps(CALL_ARGS)}}
+    return [
+        *([{"role": "system", "content": "Sys"}] if system else []),
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "sunny, 21", "tool_call_id": call_id},
+        {"role": "assistant", "content": "It is sunny."},
+    ]
+
+
+def standin(family: str):
+    from support import family_standins, tokenizer_builds
+
+    try:
+        return family_standins.standin(family)
+    except Exception as e:  # noqa: BLE001 - no package and no registry: say why
+        tokenizer_builds.unavailable(f"test tokenizer for {family!r}", e)
+
+
+def reference(tok, messages, tools=None, **kw) -> str:
+    """The template's own render (transformers), tool-call arguments as the dict it serialises."""
+    msgs = [
+        dict(m, tool_calls=[dict(c, function=dict(c["function"], arguments=CALL_ARGS)) for c in m["tool_calls"]])
+        if m.get("tool_calls")
+        else m
+        for m in messages
+    ]
+    return tok.apply_chat_template(msgs, tools=tools, tokenize=False, **kw)
+
+
+def check_against_template(tok, r, messages, tools=None, as_rendered=None, **kw):
+    """Build one unsplit sample and check it against the template's own renders of
+    `as_rendered` (default: the messages themselves); returns it."""
+    samples, rejections = r.build(messages, tools, sample_id="f")
+    assert rejections == [] and len(samples) == 1, rejections
+    s = samples[0]
+    messages = as_rendered or messages
+    first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    prompt = reference(tok, messages[:first], tools, add_generation_prompt=True, **kw)
+    assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False)
+    full = reference(tok, messages, tools, **kw)
+    assert full.endswith(r.final_tail)
+    assert full_text(tok, s) == full[: len(full) - len(r.final_tail)]
+    return s
+
+
+def trained(tok, s) -> list[str]:
+    """The trained runs, decoded."""
+    return [text for m, text in runs(tok, s)[1:] if m == 1]
+
+
+def reasons(rejections) -> list[str]:
+    return [x.reason for x in rejections]
+
+
+# -- Phi-4 and Phi-4-mini: no default system prompt, no tool-call rendering -------------------
+
+
+def test_phi4_golden():
+    tok = standin("phi4")
+    r = recon(tok=tok)
+    assert (r.eot, r.final_tail) == ("<|im_end|>", "")
+    s = check_against_template(tok, r, PLAIN)
+    assert runs(tok, s) == [
+        (None, "<|im_start|>user<|im_sep|>Hi<|im_end|><|im_start|>assistant<|im_sep|>"),
+        (1, "Hello!<|im_end|>"),
+        (0, "<|im_start|>user<|im_sep|>Fine<|im_end|><|im_start|>assistant<|im_sep|>"),
+        (1, "Good.<|im_end|>"),
+    ]
+    s = check_against_template(tok, r, SYSTEM)
+    assert decode(tok, s.prompt_ids).startswith("<|im_start|>system<|im_sep|>Be brief.<|im_end|>")
+    assert masked_text(tok, check_against_template(tok, r, OUTER_WS)) == "  Hello \n<|im_end|>"
+
+
+def test_phi4_mini_golden():
+    tok = standin("phi4_mini")
+    r = recon(tok=tok)
+    # without a generation prompt the template ends with eos: the tail after the last turn
+    assert (r.eot, r.final_tail) == ("<|end|>", "<|endoftext|>")
+    s = check_against_template(tok, r, [{"role": "system", "content": "Sys"}, *PLAIN])
+    assert runs(tok, s) == [
+        (None, "<|system|>Sys<|end|><|user|>Hi<|end|><|assistant|>"),
+        (1, "Hello!<|end|>"),
+        (0, "<|user|>Fine<|end|><|assistant|>"),
+        (1, "Good.<|end|>"),
+    ]
+    assert masked_text(tok, check_against_template(tok, r, OUTER_WS)) == "  Hello \n<|end|>"
+
+
+@pytest.mark.parametrize("family", ["phi4", "phi4_mini", "gemma3", "granite3_3", "smollm3"])
+def test_templates_without_tool_calls_or_reasoning_say_so(family):
+    """None of these templates renders `tool_calls` or `reasoning_content` (Phi-4-mini lists
+    tools in the system turn and expects calls as text; SmolLM3 and Granite list them in the
+    system prompt): a tool-call turn would be trained as an empty turn, so it is rejected;
+    reasoning goes inline with reasoning = "think_tags"."""
+    tok = standin(family)
+    r = recon(tok=tok)
+    assert not r.tool_shape.probed
+    _, rejections = r.build(tool_conversation(system=family != "gemma3"), None, sample_id="t")
+    assert reasons(rejections) == ["tool_calls_not_rendered"]
+    _, rejections = r.build(REASONED, None, sample_id="t")
+    assert reasons(rejections) == ["reasoning_not_rendered"] and "think_tags" in rejections[0].detail
+    r = recon(tok=tok, reasoning="think_tags")
+    inline = [
+        dict(m, content=f"<think>\n{m['reasoning_content']}\n</think>\n\n{m['content']}")
+        if m["role"] == "assistant"
+        else m
+        for m in REASONED
+    ]
+    s = check_against_template(tok, r, REASONED, as_rendered=inline)
+    assert trained(tok, s) == ["<think>\nR1\n</think>\n\nA1" + r.eot, "<think>\nR2\n</think>\n\nA2" + r.eot]
+
+
+# -- Gemma 3: the template itself folds the system message into the first user turn, trims content
+
+
+def test_gemma3_golden_and_system_folded_by_the_template():
+    tok = standin("gemma3")
+    r = recon(tok=tok)
+    assert (r.eot, r.final_tail) == ("<end_of_turn>", "\n")
+    s = check_against_template(tok, r, PLAIN)
+    assert runs(tok, s) == [
+        (None, "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"),
+        (1, "Hello!<end_of_turn>"),
+        (0, "\n<start_of_turn>user\nFine<end_of_turn>\n<start_of_turn>model\n"),
+        (1, "Good.<end_of_turn>"),
+    ]
+    # unlike Gemma 2's, Gemma 3's template accepts a system message (it prefixes the first
+    # user turn): no switch needed
+    s = check_against_template(tok, r, SYSTEM)
+    assert decode(tok, s.prompt_ids) == "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+
+
+def test_gemma3_trims_content_and_rejects_tool_messages():
+    r = recon(tok=standin("gemma3"))
+    _, rejections = r.build(OUTER_WS, None, sample_id="g")
+    assert reasons(rejections) == ["template_alters_content"] and "trims" in rejections[0].detail
+    # a tool message breaks the template's user/model alternation: the template raises
+    _, rejections = r.build(
+        [*PLAIN[:2], {"role": "tool", "content": "t"}, {"role": "assistant", "content": "B"}], None, sample_id="g"
+    )
+    assert reasons(rejections) == ["template_error"] and "alternate" in rejections[0].detail
+
+
+# -- SmolLM3: a default system prompt (dated), /think and /no_think modes ----------------------
+
+SMOL_HEADER = "<|im_start|>assistant\n"
+
+
+def test_smollm3_thinking_mode_golden():
+    tok = standin("smollm3")
+    r = recon(tok=tok, reasoning="think_tags")
+    assert (r.eot, r.final_tail) == ("<|im_end|>", "\n")
+    s = check_against_template(tok, r, PLAIN)
+    prompt = decode(tok, s.prompt_ids)
+    # the template's own system turn (metadata, today's date, default instructions) is context
+    assert prompt.startswith("<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nToday Date: ")
+    assert "Reasoning Mode: /think" in prompt and prompt.endswith("<|im_start|>user\nHi<|im_end|>\n" + SMOL_HEADER)
+    assert runs(tok, s)[1:] == [
+        (1, "Hello!<|im_end|>"),
+        (0, "\n<|im_start|>user\nFine<|im_end|>\n" + SMOL_HEADER),
+        (1, "Good.<|im_end|>"),
+    ]
+    # reasoning goes inline, where the thinking model emits it
+    inline = [
+        dict(m, content=f"<think>\n{m['reasoning_content']}\n</think>\n\n{m['content']}")
+        if m["role"] == "assistant"
+        else m
+        for m in REASONED
+    ]
+    s = check_against_template(tok, r, REASONED, as_rendered=inline)
+    assert trained(tok, s) == ["<think>\nR1\n</think>\n\nA1<|im_end|>", "<think>\nR2\n</think>\n\nA2<|im_end|>"]
+    # a custom system prompt replaces the default instructions
+    s = check_against_template(tok, r, SYSTEM)
+    assert "## Custom Instructions\n\nBe brief.\n\n" in decode(tok, s.prompt_ids)
+
+
+@pytest.mark.parametrize(
+    "kwargs,system",
+    [({"enable_thinking": False}, []), ({}, [{"role": "system", "content": "Be brief. /no_think"}])],
+)
+def test_smollm3_no_think_mode(kwargs, system):
+    """In /no_think mode (the kwarg, or "/no_think" in the system prompt) the generation
+    prompt already holds the empty thinking block: the student emits only the answer."""
+    tok = standin("smollm3")
+    r = recon(tok=tok, reasoning="drop", chat_template_kwargs=kwargs)
+    msgs = [*system, *PLAIN]
+    s = check_against_template(tok, r, msgs, **kwargs)
+    assert decode(tok, s.prompt_ids).endswith(SMOL_HEADER + "<think>\n\n</think>\n")
+    assert trained(tok, s) == ["Hello!<|im_end|>", "Good.<|im_end|>"]
+    assert masked_text(tok, check_against_template(tok, r, OUTER_WS, **kwargs)) == "  Hello \n<|im_end|>"
+
+
+def test_smollm3_strips_leading_newlines():
+    """The template renders content.lstrip("\\n"): such content is not what the student would learn."""
+    r = recon(tok=standin("smollm3"))
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "\nHello"}]
+    _, rejections = r.build(msgs, None, sample_id="s")
+    assert reasons(rejections) == ["template_alters_content"]
+    assert "SmolLM3's `.lstrip(" in rejections[0].detail
+
+
+# -- Granite 3.3: a default (dated) system prompt, the generation prompt inside the loop ---------
+
+
+def test_granite3_3_golden():
+    tok = standin("granite3_3")
+    r = recon(tok=tok)
+    assert (r.eot, r.final_tail) == ("<|end_of_text|>", "\n")
+    s = check_against_template(tok, r, PLAIN)
+    prompt = decode(tok, s.prompt_ids)
+    assert prompt.startswith("<|start_of_role|>system<|end_of_role|>Knowledge Cutoff Date: April 2024.\nToday's Date: ")
+    assert prompt.endswith(
+        "<|start_of_role|>user<|end_of_role|>Hi<|end_of_text|>\n<|start_of_role|>assistant<|end_of_role|>"
+    )
+    assert runs(tok, s)[1:] == [
+        (1, "Hello!<|end_of_text|>"),
+        (0, "\n<|start_of_role|>user<|end_of_role|>Fine<|end_of_text|>\n<|start_of_role|>assistant<|end_of_role|>"),
+        (1, "Good.<|end_of_text|>"),
+    ]
+    s = check_against_template(tok, r, SYSTEM)
+    assert decode(tok, s.prompt_ids).startswith("<|start_of_role|>system<|end_of_role|>Be brief.<|end_of_text|>\n")
+    assert masked_text(tok, check_against_template(tok, r, OUTER_WS)) == "  Hello \n<|end_of_text|>"
+
+
+# -- Mistral Small 3.1 (tekken, [SYSTEM_PROMPT]) -----------------------------------------------
+
+
+def test_mistral_small_3_1_golden():
+    tok = standin("mistral_small_3_1")
+    r = recon(tok=tok)
+    assert (r.eot, r.final_tail) == ("</s>", "")
+    s = check_against_template(tok, r, SYSTEM)
+    assert runs(tok, s) == [(None, "<s>[SYSTEM_PROMPT]Be brief.[/SYSTEM_PROMPT][INST]Hi[/INST]"), (1, "Hello!</s>")]
+    # without a system message the template's default one (dated) is context
+    s = check_against_template(tok, r, PLAIN)
+    assert decode(tok, s.prompt_ids).startswith("<s>[SYSTEM_PROMPT]You are Mistral Small 3")
+    assert runs(tok, s)[1:] == [(1, "Hello!</s>"), (0, "[INST]Fine[/INST]"), (1, "Good.</s>")]
+    assert masked_text(tok, check_against_template(tok, r, OUTER_WS)) == "  Hello \n</s>"
+
+
+def test_mistral_small_3_1_tool_call():
+    tok = standin("mistral_small_3_1")
+    r = recon(tok=tok)
+    assert r.tool_shape == ToolCallShape(arguments_as_string=False, null_content=False, probed=True)
+    msgs = tool_conversation(call_id="call_abc123def")  # the template keeps the last 9 characters
+    s = check_against_template(tok, r, msgs, TOOLS)
+    assert runs(tok, s)[1:] == [
+        (
+            1,
+            '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}, "id": "abc123def"}]</s>',
+        ),
+        (0, '[TOOL_RESULTS] {"content": sunny, 21, "call_id": "abc123def"}[/TOOL_RESULTS]'),
+        (1, "It is sunny.</s>"),
+    ]
+    # call ids shorter than 9 characters: the template raises, and the detail says why
+    _, rejections = r.build(tool_conversation(call_id="c1"), TOOLS, sample_id="m")
+    assert reasons(rejections) == ["template_error"] and "length >= 9" in rejections[0].detail
