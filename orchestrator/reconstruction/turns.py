@@ -123,9 +123,12 @@ class TurnLocator:
                     "the model's default chat template for conversations without tools)"
                 )
             raise Reject("template_error", f"rendering up to messages[{a}]: {type(e).__name__}: {e}{hint}") from None
-        if not full.startswith(base):
-            if m.role == "assistant":
+        if not full.startswith(base) and m.role == "assistant":
+            rebuilt = self._after_rewritten_history(data, a, tools, base, full)
+            if rebuilt is None:
                 return self._opened_turn(data, a, tools, base, m)
+            full = rebuilt
+        if not full.startswith(base):
             raise Reject(
                 "template_mismatch",
                 f"messages[{a}]: the template's render of the history before it is "
@@ -171,6 +174,37 @@ class TurnLocator:
                     "tools, or filter out tool conversations",
                 )
         return Turn(full, start, eot_start, end, bool(calls), m.role)
+
+    def _after_rewritten_history(self, data: list[dict], a: int, tools, base: str, full: str) -> str | None:
+        """The prompt plus the turn, for a template that renders the history's last message
+        one way when it ends the prompt and another when a turn follows (Hermes 3's
+        tool_use template ends a last tool message without the "\\n" it puts there
+        otherwise: `loop.last`). The prompt `base` is what the student sees; the turn is
+        what the template renders after its generation header, proven from renders, never
+        by searching: `base` is the history's render plus a header, and a render of the
+        turn with a sentinel as its content has that header right before the sentinel and
+        is `full` with the content in the sentinel's place. None when that does not hold."""
+        content = data[a].get("content")
+        if not isinstance(content, str):
+            return None
+        try:
+            history = self.render(data[:a], tools, False)
+            probe = self.render(data[:a] + [dict(data[a], content=SENTINEL)], tools, False)
+        except Exception:  # noqa: BLE001 - not provable this way
+            return None
+        header = base[len(history) :]
+        i = probe.find(SENTINEL)
+        if not (
+            header
+            and base.startswith(history)
+            and i >= 0
+            and probe.count(SENTINEL) == 1
+            and probe.endswith(header, 0, i)
+            and probe[:i] + content + probe[i + len(SENTINEL) :] == full
+        ):
+            return None
+        self.stats["rewritten_history_turns"] += 1
+        return base + full[i:]
 
     def _opened_turn(self, data: list[dict], a: int, tools, base: str, m: Msg) -> Turn:
         """The turn after a generation prompt that opens a block the history render

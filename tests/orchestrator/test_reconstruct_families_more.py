@@ -306,3 +306,40 @@ def test_mistral_small_3_1_tool_call():
     # call ids shorter than 9 characters: the template raises, and the detail says why
     _, rejections = r.build(tool_conversation(call_id="c1"), TOOLS, sample_id="m")
     assert reasons(rejections) == ["template_error"] and "length >= 9" in rejections[0].detail
+
+
+# -- Hermes 3, tool_use template: needs a tools list; a last tool message renders differently ---
+
+
+def test_hermes3_tool_use_golden():
+    """The tool_use template renders a tool message that ends the prompt as
+    "...</tool_response><|im_end|>", but as "...</tool_response>\\n<|im_end|>" once a turn
+    follows (`loop.last`): the prompt the student sees is not a prefix of the turn's render.
+    The turn is trained after the prompt exactly as the student sees it at inference."""
+    tok = standin("hermes3_tool_use")
+    r = recon(tok=tok)
+    assert r.probe_tools is not None  # nothing renders without a tools list
+    assert r.tool_shape == ToolCallShape(arguments_as_string=False, null_content=False, probed=True)
+    msgs = tool_conversation()
+    samples, rejections = r.build(msgs, TOOLS, sample_id="h")
+    assert rejections == [] and len(samples) == 1
+    s = samples[0]
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}\n</tool_call><|im_end|>'
+    assert trained(tok, s) == [call, "It is sunny.<|im_end|>"]
+    assert r.stats["rewritten_history_turns"] == 1
+    # each turn follows exactly the generation prompt the template renders for it
+    for turn, k in enumerate((2, 4)):
+        prompt = reference(tok, msgs[:k], TOOLS, add_generation_prompt=True)
+        upto = s.completion_mask.index(1) if turn == 0 else s.completion_mask.index(1, s.completion_mask.index(0))
+        assert s.prompt_ids + s.completion_ids[:upto] == tok.encode(prompt, add_special_tokens=False)
+    assert prompt.endswith("</tool_response><|im_end|><|im_start|>assistant\n")
+    full = reference(tok, msgs, TOOLS)
+    assert "</tool_response>\n<|im_end|>" in full  # the turn's render: the other form
+    assert full_text(tok, s) == prompt + "It is sunny.<|im_end|>"
+
+
+def test_hermes3_tool_use_without_tools_names_the_template():
+    r = recon(tok=standin("hermes3_tool_use"))
+    _, rejections = r.build(PLAIN, None, sample_id="h")
+    assert reasons(rejections) == ["template_error"]
+    assert "renders nothing without a tools list" in rejections[0].detail
