@@ -1,5 +1,5 @@
 """Reconstruction against more real chat templates: Phi-4, Phi-4-mini, Gemma 3, SmolLM3,
-Granite 3.3, Hermes 3 (tool_use), Mistral Small 3.1 (tests/templates/, source in each file's
+Granite 3.3, Hermes 3 (tool_use), Mistral Small 3.1, Llama 4, OLMo 2 / Tulu 3 (tests/templates/, source in each file's
 first line). Tokenizers: the real ones tests/support/tokenizer_builds.py builds, with the
 family's turn tokens added where the family's own vocabulary is not shipped by a package
 (tests/support/family_standins.py says which).
@@ -137,7 +137,7 @@ def test_phi4_mini_golden():
     assert masked_text(tok, check_against_template(tok, r, OUTER_WS)) == "  Hello \n<|end|>"
 
 
-@pytest.mark.parametrize("family", ["phi4", "phi4_mini", "gemma3", "granite3_3", "smollm3"])
+@pytest.mark.parametrize("family", ["phi4", "phi4_mini", "gemma3", "granite3_3", "smollm3", "olmo2_tulu"])
 def test_templates_without_tool_calls_or_reasoning_say_so(family):
     """None of these templates renders `tool_calls` or `reasoning_content` (Phi-4-mini lists
     tools in the system turn and expects calls as text; SmolLM3 and Granite list them in the
@@ -343,3 +343,57 @@ def test_hermes3_tool_use_without_tools_names_the_template():
     _, rejections = r.build(PLAIN, None, sample_id="h")
     assert reasons(rejections) == ["template_error"]
     assert "renders nothing without a tools list" in rejections[0].detail
+
+
+# -- Llama 4: header tokens, <|eot|>, tool calls after <|python_start|><|python_end|> -------------
+
+
+def test_llama4_golden():
+    tok = standin("llama4")
+    r = recon(tok=tok)
+    assert (r.eot, r.final_tail) == ("<|eot|>", "")
+    s = check_against_template(tok, r, SYSTEM)
+    assert runs(tok, s) == [
+        (
+            None,
+            "<|begin_of_text|><|header_start|>system<|header_end|>\n\nBe brief.<|eot|>"
+            "<|header_start|>user<|header_end|>\n\nHi<|eot|><|header_start|>assistant<|header_end|>\n\n",
+        ),
+        (1, "Hello!<|eot|>"),
+    ]
+    s = check_against_template(tok, r, PLAIN)
+    assert trained(tok, s) == ["Hello!<|eot|>", "Good.<|eot|>"]
+    # unlike Llama 3's, Llama 4's template keeps assistant content as it is
+    assert masked_text(tok, check_against_template(tok, r, OUTER_WS)) == "  Hello \n<|eot|>"
+
+
+def test_llama4_tool_call():
+    tok = standin("llama4")
+    r = recon(tok=tok)
+    assert r.tool_shape == ToolCallShape(arguments_as_string=False, null_content=False, probed=True)
+    s = check_against_template(tok, r, tool_conversation(), TOOLS)
+    assert runs(tok, s)[1:] == [
+        (
+            1,
+            '<|python_start|><|python_end|>{"name": "get_weather", "parameters": {"city": "Paris", "unit": "C"}}<|eot|>',
+        ),
+        (0, '<|header_start|>ipython<|header_end|>\n\n"sunny, 21"<|eot|><|header_start|>assistant<|header_end|>\n\n'),
+        (1, "It is sunny.<|eot|>"),
+    ]
+
+
+# -- OLMo 2 / Tulu 3: the last assistant turn has no newline after eos, earlier ones do ----------
+
+
+def test_olmo2_tulu_golden():
+    tok = standin("olmo2_tulu")
+    r = recon(tok=tok)
+    assert (r.eot, r.final_tail) == ("<|endoftext|>", "")
+    s = check_against_template(tok, r, [{"role": "system", "content": "Sys"}, *PLAIN])
+    assert runs(tok, s) == [
+        (None, "<|system|>\nSys\n<|user|>\nHi\n<|assistant|>\n"),
+        (1, "Hello!<|endoftext|>"),
+        (0, "\n<|user|>\nFine\n<|assistant|>\n"),
+        (1, "Good.<|endoftext|>"),
+    ]
+    assert masked_text(tok, check_against_template(tok, r, OUTER_WS)) == "  Hello \n<|endoftext|>"

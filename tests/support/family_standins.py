@@ -48,6 +48,18 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
         None,
         ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"],
     ),
+    # Llama 4: a 200k byte-level BPE + <|header_start|> <|header_end|> <|eot|> <|python_start|> <|python_end|>;
+    # base: Llama 3.2's (same <|begin_of_text|>)
+    "llama4": (
+        "llama3",
+        "llama4",
+        ["<|header_start|>", "<|header_end|>", "<|eot|>", "<|python_start|>", "<|python_end|>"],
+        "<|eot|>",
+        None,
+        [],
+    ),
+    # OLMo 2 Instruct / Tulu 3: role tags are text, turns end with eos <|endoftext|>; base: Qwen's byte-level BPE
+    "olmo2_tulu": ("qwen", "olmo2_tulu", [], "<|endoftext|>", None, []),
     # Mistral Small 3.x: tekken; the real Mistral-Nemo tekken (its control tokens include [SYSTEM_PROMPT])
     "mistral_small_3_1": ("nemo", "mistral_small_3_1", [], None, None, []),
 }
