@@ -397,3 +397,46 @@ def test_olmo2_tulu_golden():
         (1, "Good.<|endoftext|>"),
     ]
     assert masked_text(tok, check_against_template(tok, r, OUTER_WS)) == "  Hello \n<|endoftext|>"
+
+
+# -- Qwen3-Coder (real Qwen tokenizer): tool calls as <function=...><parameter=...> XML ----------
+
+
+def qwen3_coder():
+    from support import tokenizer_builds
+
+    try:
+        return tokenizer_builds.load("qwen", "qwen3_coder")
+    except Exception as e:  # noqa: BLE001 - no package and no registry: say why
+        tokenizer_builds.unavailable("test tokenizer 'qwen'", e)
+
+
+def test_qwen3_coder_golden():
+    tok = qwen3_coder()
+    r = recon(tok=tok)
+    # the probe call's argument shows as <parameter=key>value</parameter>: dict arguments
+    assert r.tool_shape == ToolCallShape(arguments_as_string=False, null_content=False, probed=True)
+    s = check_against_template(tok, r, PLAIN)
+    assert runs(tok, s) == [
+        (None, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
+        (1, "Hello!<|im_end|>"),
+        (0, "\n<|im_start|>user\nFine<|im_end|>\n<|im_start|>assistant\n"),
+        (1, "Good.<|im_end|>"),
+    ]
+    msgs = tool_conversation()
+    msgs[2]["content"] = "Let me check."
+    s = check_against_template(tok, r, msgs, TOOLS)
+    assert runs(tok, s)[1:] == [
+        (
+            1,
+            "Let me check.\n\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+            "<parameter=unit>\nC\n</parameter>\n</function>\n</tool_call><|im_end|>",
+        ),
+        (0, "\n<|im_start|>user\n<tool_response>\nsunny, 21\n</tool_response>\n<|im_end|>\n<|im_start|>assistant\n"),
+        (1, "It is sunny.<|im_end|>"),
+    ]
+    # the content of a tool-call turn is trimmed by the template (plain turns are not)
+    msgs[2]["content"] = "  Let me check."
+    _, rejections = r.build(msgs, TOOLS, sample_id="q")
+    assert reasons(rejections) == ["template_alters_content"] and "trims" in rejections[0].detail
+    assert masked_text(tok, check_against_template(tok, r, OUTER_WS)) == "  Hello \n<|im_end|>"
