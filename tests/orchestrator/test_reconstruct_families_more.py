@@ -1,5 +1,5 @@
 """Reconstruction against more real chat templates: Phi-4, Phi-4-mini, Gemma 3, SmolLM3,
-Granite 3.3, Hermes 3 (tool_use), Mistral Small 3.1, Llama 4, OLMo 2 / Tulu 3 (tests/templates/, source in each file's
+Granite 3.3, Hermes 3 (tool_use), Mistral Small 3.1, Llama 4, OLMo 2 / Tulu 3, Qwen3-Coder, gpt-oss (tests/templates/, source in each file's
 first line). Tokenizers: the real ones tests/support/tokenizer_builds.py builds, with the
 family's turn tokens added where the family's own vocabulary is not shipped by a package
 (tests/support/family_standins.py says which).
@@ -440,3 +440,52 @@ def test_qwen3_coder_golden():
     _, rejections = r.build(msgs, TOOLS, sample_id="q")
     assert reasons(rejections) == ["template_alters_content"] and "trims" in rejections[0].detail
     assert masked_text(tok, check_against_template(tok, r, OUTER_WS)) == "  Hello \n<|im_end|>"
+
+
+# -- gpt-oss (harmony): <|return|> ends the final answer, <|end|> in the history; analysis channel
+
+
+def test_gpt_oss_final_answers_split_per_turn():
+    """The last final message ends with <|return|> (what the model emits), earlier ones with
+    <|end|> (how the history shows them): a history rewrite, so one exact sample per turn,
+    each after its own prompt."""
+    tok = standin("gpt_oss")
+    r = recon(tok=tok)
+    assert (r.eot, r.final_tail) == ("<|return|>", "")
+    for msgs, reasoning in ((PLAIN, False), (REASONED, True)):
+        samples, rejections = r.build(msgs, None, sample_id="o")
+        assert rejections == [] and [s.sample_id for s in samples] == ["o/turn1", "o/turn2"]
+        for s, k in zip(samples, (1, 3)):
+            # the template takes reasoning as `thinking` (transformers' alias of reasoning_content)
+            ref = [dict(m, thinking=m["reasoning_content"]) if "reasoning_content" in m else m for m in msgs]
+            prompt = reference(tok, ref[:k], add_generation_prompt=True)
+            assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False) and prompt.endswith(
+                "<|start|>assistant"
+            )
+            assert full_text(tok, s) == reference(tok, ref[: k + 1])
+            m = msgs[k]
+            analysis = (
+                f"<|channel|>analysis<|message|>{m['reasoning_content']}<|end|><|start|>assistant" if reasoning else ""
+            )
+            assert trained(tok, s) == [analysis + f"<|channel|>final<|message|>{m['content']}<|return|>"]
+    assert "<|start|>assistant<|channel|>final<|message|>A1<|end|>" in decode(tok, samples[1].prompt_ids)
+
+
+def test_gpt_oss_tool_call_and_developer_message():
+    tok = standin("gpt_oss")
+    r = recon(tok=tok)
+    s = check_against_template(tok, r, tool_conversation(), TOOLS)
+    assert decode(tok, s.prompt_ids).endswith(
+        "<|start|>developer<|message|># Instructions\n\nSys\n\n# Tools\n\n## functions\n\nnamespace functions {\n\n"
+        "// Weather in a city\ntype get_weather = (_: {\n// the city\ncity?: string,\n}) => any;\n\n"
+        "} // namespace functions<|end|><|start|>user<|message|>Weather in Paris?<|end|><|start|>assistant"
+    )
+    assert runs(tok, s)[1:] == [
+        (1, ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris", "unit": "C"}<|call|>'),
+        (
+            0,
+            '<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>"sunny, 21"<|end|><|start|>assistant',
+        ),
+        (1, "<|channel|>final<|message|>It is sunny.<|return|>"),
+    ]
+    assert r.stats["other_end_token"] == 1  # a call ends with <|call|>, the student's own end of turn

@@ -60,6 +60,15 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
     ),
     # OLMo 2 Instruct / Tulu 3: role tags are text, turns end with eos <|endoftext|>; base: Qwen's byte-level BPE
     "olmo2_tulu": ("qwen", "olmo2_tulu", [], "<|endoftext|>", None, []),
+    # gpt-oss: o200k_harmony; base: Qwen's byte-level BPE with the harmony tokens added, eos <|return|>
+    "gpt_oss": (
+        "qwen",
+        "gpt_oss",
+        ["<|start|>", "<|message|>", "<|channel|>", "<|end|>", "<|return|>", "<|call|>", "<|constrain|>"],
+        "<|return|>",
+        None,
+        [],
+    ),
     # Mistral Small 3.x: tekken; the real Mistral-Nemo tekken (its control tokens include [SYSTEM_PROMPT])
     "mistral_small_3_1": ("nemo", "mistral_small_3_1", [], None, None, []),
 }
