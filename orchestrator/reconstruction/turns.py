@@ -83,27 +83,38 @@ class TurnLocator:
             [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}],
         )
         errors = []
-        attempts = [(head, tools) for tools in (None, PROBE_TOOLS) for head in probes]
-        for i, (head, tools) in enumerate(attempts):
-            if tools is not None and len(errors) < i:
-                break  # some probe rendered without tools: the template does not need them
-            try:
-                text = self.render(head + [{"role": "assistant", "content": SENTINEL}], tools, False)
-            except Exception as e:  # noqa: BLE001 - any template error: try the next probe
-                errors.append(f"{type(e).__name__}: {e}" + (" (with a tools list)" if tools else ""))
-                continue
-            self.probe_tools = tools
-            if SENTINEL not in text:
-                errors.append("the template does not render assistant content")
-                continue
-            after = text[text.rindex(SENTINEL) + len(SENTINEL) :]
-            for tok in self._added_tokens + [self.tokenizer.eos_token or ""]:
-                if tok and after.startswith(tok):
-                    return tok, after[len(tok) :]
-            errors.append(
-                f"after the assistant content the template renders {after!r}, which does not start with a special token"
-            )
-        raise ValueError("cannot work out the end-of-turn token from the student's chat template: " + "; ".join(errors))
+        rendered = False  # some probe rendered: a tools list is not what the template lacks
+        for tools in (None, PROBE_TOOLS):
+            for head in probes if not rendered else ():
+                try:
+                    text = self.render(head + [{"role": "assistant", "content": SENTINEL}], tools, False)
+                except Exception as e:  # noqa: BLE001 - any template error: try the next probe
+                    errors.append(f"{type(e).__name__}: {e}" + (" (with a tools list)" if tools else ""))
+                    continue
+                rendered, self.probe_tools = True, tools
+                if SENTINEL not in text:
+                    errors.append("the template does not render assistant content")
+                    continue
+                after = text[text.rindex(SENTINEL) + len(SENTINEL) :]
+                for tok in self._added_tokens + [self.tokenizer.eos_token or ""]:
+                    if tok and after.startswith(tok):
+                        return tok, after[len(tok) :]
+                errors.append(
+                    f"after the assistant content the template renders {after!r}, which does not start with a "
+                    "special token"
+                    + (
+                        " (nothing follows a final assistant turn: the model stops at the next role token, which "
+                        "the template renders only when another message follows, as GLM-4's templates do; the "
+                        "student could not learn where its turn ends. Fix: set student.chat_template to a template "
+                        "that ends assistant turns with a token)"
+                        if not after.strip()
+                        else ""
+                    )
+                )
+        raise ValueError(
+            "cannot work out the end-of-turn token from the student's chat template: "
+            + "; ".join(dict.fromkeys(errors))
+        )
 
     def _locate_turn(self, msgs: list[Msg], data: list[dict], a: int, tools, renders) -> Turn:
         m = msgs[a]

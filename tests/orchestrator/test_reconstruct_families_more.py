@@ -489,3 +489,20 @@ def test_gpt_oss_tool_call_and_developer_message():
         (1, "<|channel|>final<|message|>It is sunny.<|return|>"),
     ]
     assert r.stats["other_end_token"] == 1  # a call ends with <|call|>, the student's own end of turn
+
+
+# -- GLM-4.6: nothing ends an assistant turn (the model stops at the next role token) ----------
+
+
+def test_glm4_6_is_refused_with_the_reason():
+    """GLM-4.6's template renders a final assistant turn as "<|assistant|>\\n<think></think>\\nA"
+    and nothing after it: the model stops at the next role token (<|user|>, <|observation|>),
+    which the template shows only when another message follows. No end of turn to train:
+    refused when the reconstructor is made, naming why and the fix."""
+    tok = standin("glm4_6")
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    assert reference(tok, msgs) == "[gMASK]<sop><|user|>\nHi<|assistant|>\n<think></think>\nHello!"
+    with pytest.raises(ValueError, match="cannot work out the end-of-turn token") as e:
+        recon(tok=tok)
+    assert "as GLM-4's templates do" in str(e.value) and "student.chat_template" in str(e.value)
+    assert str(e.value).count("GLM-4's") == 1

@@ -69,6 +69,15 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
         None,
         [],
     ),
+    # GLM-4.6: a 151k byte-level BPE with [gMASK] <sop> and role tokens; base: Qwen's (has <think>, <tool_call>)
+    "glm4_6": (
+        "qwen",
+        "glm4_6",
+        ["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"],
+        "<|endoftext|>",
+        None,
+        [],
+    ),
     # Mistral Small 3.x: tekken; the real Mistral-Nemo tekken (its control tokens include [SYSTEM_PROMPT])
     "mistral_small_3_1": ("nemo", "mistral_small_3_1", [], None, None, []),
 }
