@@ -506,3 +506,69 @@ def test_glm4_6_is_refused_with_the_reason():
         recon(tok=tok)
     assert "as GLM-4's templates do" in str(e.value) and "student.chat_template" in str(e.value)
     assert str(e.value).count("GLM-4's") == 1
+
+
+# -- every family: varied text, build_many == build, accepted samples equal the template's render --
+
+VARIED = [
+    [{"role": "user", "content": "Héllo wörld 🌍"}, {"role": "assistant", "content": "Ça va? 👍\n\nYes."}],
+    [
+        {"role": "system", "content": "Sys"},
+        {"role": "user", "content": "  spaced  "},
+        {"role": "assistant", "content": "trailing space "},
+    ],
+    [
+        {"role": "user", "content": "code?"},
+        {"role": "assistant", "content": "```python\nprint('x')\n```"},
+        {"role": "user", "content": "你好\tworld"},
+        {"role": "assistant", "content": "你好!"},
+        {"role": "user", "content": "more"},
+        {"role": "assistant", "content": "  indented\n\n\nlines"},
+    ],
+]
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        "phi4",
+        "phi4_mini",
+        "gemma3",
+        "smollm3",
+        "granite3_3",
+        "hermes3_tool_use",
+        "mistral_small_3_1",
+        "llama4",
+        "olmo2_tulu",
+        "gpt_oss",
+    ],
+)
+def test_varied_text_against_the_template(family):
+    tok = standin(family)
+    tools = TOOLS if family == "hermes3_tool_use" else None
+    convs = [dict(messages=m, tools=tools, sample_id=f"v{i}") for i, m in enumerate(VARIED)]
+    many = recon(tok=tok).build_many(convs)
+    one = recon(tok=tok)
+    alone = [one.build(**c) for c in convs]
+    assert [([(s.prompt_ids, s.completion_ids, s.completion_mask) for s in ss], rr) for ss, rr in many] == [
+        ([(s.prompt_ids, s.completion_ids, s.completion_mask) for s in ss], rr) for ss, rr in alone
+    ]
+    accepted = 0
+    for conv, (samples, rejections) in zip(VARIED, alone):
+        if rejections:  # only what the family's template cannot express
+            assert family == "gemma3" and [x.reason for x in rejections] == ["template_alters_content"]
+            continue
+        assistant = [m["content"] for m in conv if m["role"] == "assistant"]
+        # each assistant turn trained exactly once, in order: its content verbatim, then an end token
+        runs_ = [t for s in samples for t in trained(tok, s)]
+        assert len(runs_) == len(assistant)
+        for text, content in zip(runs_, assistant):
+            assert content in text and any(text.endswith(t) for t in tok.all_special_tokens)
+        if len(samples) == 1 and family != "hermes3_tool_use":
+            first = next(i for i, m in enumerate(conv) if m["role"] == "assistant")
+            prompt = reference(tok, conv[:first], tools, add_generation_prompt=True)
+            assert samples[0].prompt_ids == tok.encode(prompt, add_special_tokens=False)
+            full = reference(tok, conv, tools)
+            assert full_text(tok, samples[0]) == full[: len(full) - len(one.final_tail)]
+        accepted += 1
+    assert accepted >= (1 if family == "gemma3" else 3)
