@@ -156,10 +156,14 @@ class TurnLocator:
             lead = self._lead(data, a, tools, base, seg, m, eot)
             if m.role != "assistant":
                 start += len(lead)  # the header before a non-assistant turn is context
-        # What the template rendered besides the content itself: the tool calls and the
-        # reasoning must be found there, not in a content that happens to mention them.
-        check_reasoning = m.reasoning and self.cfg.reasoning == "template"
         calls = m.data.get("tool_calls", ())
+        self._check_rendered(m, seg, a, calls)
+        return Turn(full, start, eot_start, end, bool(calls), m.role)
+
+    def _check_rendered(self, m: Msg, seg: str, a: int, calls) -> None:
+        """What the template rendered besides the content itself: the tool calls and the
+        reasoning must be found there, not in a content that happens to mention them."""
+        check_reasoning = m.reasoning and self.cfg.reasoning == "template"
         rest = (seg.replace(m.content, "", 1) if m.content else seg) if check_reasoning or calls else ""
         if check_reasoning and m.reasoning.strip() not in rest:
             raise Reject(
@@ -184,7 +188,6 @@ class TurnLocator:
                     "training would teach an empty turn. Fix: use a student whose template supports "
                     "tools, or filter out tool conversations",
                 )
-        return Turn(full, start, eot_start, end, bool(calls), m.role)
 
     def _after_rewritten_history(self, data: list[dict], a: int, tools, base: str, full: str) -> str | None:
         """The prompt plus the turn, for a template that renders the history's last message
