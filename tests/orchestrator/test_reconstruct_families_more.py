@@ -69,12 +69,14 @@ def standin(family: str):
 
 def reference(tok, messages, tools=None, **kw) -> str:
     """The template's own render (transformers), tool-call arguments as the dict it serialises."""
-    msgs = [
-        dict(m, tool_calls=[dict(c, function=dict(c["function"], arguments=CALL_ARGS)) for c in m["tool_calls"]])
-        if m.get("tool_calls")
-        else m
-        for m in messages
-    ]
+
+    def as_dict(call):
+        args = call["function"]["arguments"]
+        return dict(
+            call, function=dict(call["function"], arguments=json.loads(args) if isinstance(args, str) else args)
+        )
+
+    msgs = [dict(m, tool_calls=[as_dict(c) for c in m["tool_calls"]]) if m.get("tool_calls") else m for m in messages]
     return tok.apply_chat_template(msgs, tools=tools, tokenize=False, **kw)
 
 
@@ -572,3 +574,41 @@ def test_varied_text_against_the_template(family):
             assert full_text(tok, samples[0]) == full[: len(full) - len(one.final_tail)]
         accepted += 1
     assert accepted >= (1 if family == "gemma3" else 3)
+
+
+def test_hermes3_tool_use_two_results_then_more_turns():
+    """Two calls, two tool results, then more turns: the answer after the results follows the
+    prompt as the student sees it; the later turn's history shows the results the other way
+    (a history rewrite), so it gets its own sample and prompt."""
+    tok = standin("hermes3_tool_use")
+    r = recon(tok=tok)
+
+    def call(i, city):
+        return {
+            "id": i,
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps({"city": city})},
+        }
+
+    msgs = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [call("a", "Paris"), call("b", "Rome")]},
+        {"role": "tool", "content": "sunny", "tool_call_id": "a"},
+        {"role": "tool", "content": "rainy", "tool_call_id": "b"},
+        {"role": "assistant", "content": "Mixed."},
+        {"role": "user", "content": "Thanks"},
+        {"role": "assistant", "content": "Welcome."},
+    ]
+    samples, rejections = r.build(msgs, TOOLS, sample_id="h")
+    assert rejections == [] and [s.sample_id for s in samples] == ["h/turn1", "h/turn3"]
+    assert runs(tok, samples[0])[2] == (
+        0,
+        "\n<|im_start|>tool\n<tool_response>\nsunny\n</tool_response>\n<tool_response>\nrainy\n</tool_response>"
+        "<|im_end|><|im_start|>assistant\n",
+    )
+    for s, k in zip(samples, (4, 6)):  # each trained answer follows exactly its generation prompt
+        prompt = reference(tok, msgs[:k], TOOLS, add_generation_prompt=True)
+        # the last answer's start (the whole completion when it is the only turn)
+        upto = len(s.completion_mask) - s.completion_mask[::-1].index(0) if 0 in s.completion_mask else 0
+        assert s.prompt_ids + s.completion_ids[:upto] == tok.encode(prompt, add_special_tokens=False)
+        assert trained(tok, s)[-1] == msgs[k]["content"] + "<|im_end|>"
