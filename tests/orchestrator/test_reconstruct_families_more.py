@@ -612,3 +612,34 @@ def test_hermes3_tool_use_two_results_then_more_turns():
         upto = len(s.completion_mask) - s.completion_mask[::-1].index(0) if 0 in s.completion_mask else 0
         assert s.prompt_ids + s.completion_ids[:upto] == tok.encode(prompt, add_special_tokens=False)
         assert trained(tok, s)[-1] == msgs[k]["content"] + "<|im_end|>"
+
+
+# the proof's guard: text between the generation header and the content -> not proven, rejected
+LAST_TOOL_DIFFERS = (
+    "{% for m in messages %}"
+    "{% if m.role == 'tool' %}{{ '<|im_start|>tool\\n' + m.content + ('' if loop.last else '\\n') + '<|im_end|>' }}"
+    "{% elif m.role == 'assistant' %}{{ '<|im_start|>assistant\\n' + LEAD + m.content + '<|im_end|>' }}"
+    "{% else %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("after_tool", [True, False])
+def test_rewritten_history_needs_the_header_right_before_the_content(after_tool):
+    """A (made-up) template whose last tool message renders without the newline it has
+    when a turn follows: the answer is trained after the prompt when the generation header
+    is right before the content; with template text in between it is not proven: rejected."""
+    from distill.core.student import load_tokenizer, tokenizer_only_dir
+
+    head = [{"role": "user", "content": "Q"}, {"role": "tool", "content": "T"}] if after_tool else [PLAIN[0]]
+    msgs = [*head, {"role": "assistant", "content": "A"}]
+    for lead, expected in (("''", ["A<|im_end|>"]), ("'P: '", None if after_tool else ["P: A<|im_end|>"])):
+        tok = load_tokenizer(tokenizer_only_dir())
+        tok.chat_template = LAST_TOOL_DIFFERS.replace("LEAD", lead)
+        r = recon(tok=tok)
+        samples, rejections = r.build(msgs, None, sample_id="x")
+        if expected is None:
+            assert [x.reason for x in rejections] == ["template_mismatch"]
+        else:
+            assert rejections == [] and trained(tok, samples[0]) == expected
+            assert r.stats["rewritten_history_turns"] == (1 if after_tool else 0)
