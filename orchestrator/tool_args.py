@@ -39,7 +39,8 @@ class ToolCallShape:
 
 def probe_tool_call_shape(render: Callable[[list[dict]], str]) -> ToolCallShape:
     """The first shape in which `render(messages)` shows the probe call's name and its
-    argument as JSON (dict and "" first: today's shape, which most templates take)."""
+    argument, as JSON or as key and value, never as a Python repr (dict and "" first:
+    today's shape, which most templates take)."""
     args = {_KEY: _VALUE}
     for as_string in (False, True):
         for null in (False, True):
@@ -56,8 +57,11 @@ def probe_tool_call_shape(render: Callable[[list[dict]], str]) -> ToolCallShape:
                 text = render(msgs)
             except Exception:  # noqa: BLE001 - this shape makes the template raise: try the next
                 continue
-            # JSON, not a Python repr of a dict pasted as text ({'k': 'v'})
-            if _NAME in text and f'"{_KEY}"' in text and f'"{_VALUE}"' in text:
+            # the argument as JSON, or as its key and value (Qwen3-Coder's <parameter=k>v</parameter>),
+            # but not a Python repr of a dict pasted as text ({'k': 'v'})
+            as_json = f'"{_KEY}"' in text and f'"{_VALUE}"' in text
+            as_fields = _KEY in text and _VALUE in text and f"'{_KEY}'" not in text
+            if _NAME in text and (as_json or as_fields):
                 return ToolCallShape(as_string, null, True)
     return ToolCallShape()
 

@@ -71,7 +71,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._special_re = re.compile("|".join(map(re.escape, added))) if added else None
         self.stats: collections.Counter = collections.Counter()
         self.eot, self.final_tail = self._probe_end_of_turn()
-        self.tool_shape = probe_tool_call_shape(lambda msgs: self.render(msgs, None, False))
+        self.tool_shape = probe_tool_call_shape(lambda msgs: self.render(msgs, self.probe_tools, False))
         # SentencePiece-style dummy prefix: later segments are tokenised without it
         # (orchestrator/segment_tokenize.py); None for tokenizers without one (BPE).
         self._prefix_rule = PrefixSpaceRule(self.backend, [self.eot] + added) if self._token_bytes is None else None

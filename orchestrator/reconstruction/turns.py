@@ -26,6 +26,23 @@ if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type
     from distill.core.config import Reconstruction
 
 SENTINEL = "\u2063Zq7xSENTINELx7qZ\u2063"
+# A tools list for probing a template that renders nothing without one (Hermes' "tool_use"
+# template iterates over `tools` unconditionally): tried only when every probe without
+# tools raised. Its name differs from tool_args' probe call, so a listed tool is never
+# mistaken for a rendered call.
+PROBE_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "zq_listed_tool",
+            "description": "probe",
+            "parameters": {
+                "type": "object",
+                "properties": {"zq_listed_key": {"type": "string", "description": "probe"}},
+            },
+        },
+    }
+]
 
 
 @dataclass
@@ -51,6 +68,7 @@ class TurnLocator:
     final_tail: str  # the constant text the template puts after the last end-of-turn token
     tool_shape: ToolCallShape
     _added_tokens: list[str]  # added tokens' text, longest first
+    probe_tools: list[dict] | None  # set by _probe_end_of_turn: PROBE_TOOLS if the template needs tools
     # From the other parts:
     render: Callable[..., str]  # prefixes.PrefixRenders.render
 
@@ -65,23 +83,38 @@ class TurnLocator:
             [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}],
         )
         errors = []
-        for head in probes:
-            try:
-                text = self.render(head + [{"role": "assistant", "content": SENTINEL}], None, False)
-            except Exception as e:  # noqa: BLE001 - any template error: try the next probe
-                errors.append(f"{type(e).__name__}: {e}")
-                continue
-            if SENTINEL not in text:
-                errors.append("the template does not render assistant content")
-                continue
-            after = text[text.rindex(SENTINEL) + len(SENTINEL) :]
-            for tok in self._added_tokens + [self.tokenizer.eos_token or ""]:
-                if tok and after.startswith(tok):
-                    return tok, after[len(tok) :]
-            errors.append(
-                f"after the assistant content the template renders {after!r}, which does not start with a special token"
-            )
-        raise ValueError("cannot work out the end-of-turn token from the student's chat template: " + "; ".join(errors))
+        rendered = False  # some probe rendered: a tools list is not what the template lacks
+        for tools in (None, PROBE_TOOLS):
+            for head in probes if not rendered else ():
+                try:
+                    text = self.render(head + [{"role": "assistant", "content": SENTINEL}], tools, False)
+                except Exception as e:  # noqa: BLE001 - any template error: try the next probe
+                    errors.append(f"{type(e).__name__}: {e}" + (" (with a tools list)" if tools else ""))
+                    continue
+                rendered, self.probe_tools = True, tools
+                if SENTINEL not in text:
+                    errors.append("the template does not render assistant content")
+                    continue
+                after = text[text.rindex(SENTINEL) + len(SENTINEL) :]
+                for tok in self._added_tokens + [self.tokenizer.eos_token or ""]:
+                    if tok and after.startswith(tok):
+                        return tok, after[len(tok) :]
+                errors.append(
+                    f"after the assistant content the template renders {after!r}, which does not start with a "
+                    "special token"
+                    + (
+                        " (nothing follows a final assistant turn: the model stops at the next role token, which "
+                        "the template renders only when another message follows, as GLM-4's templates do; the "
+                        "student could not learn where its turn ends. Fix: set student.chat_template to a template "
+                        "that ends assistant turns with a token)"
+                        if not after.strip()
+                        else ""
+                    )
+                )
+        raise ValueError(
+            "cannot work out the end-of-turn token from the student's chat template: "
+            + "; ".join(dict.fromkeys(errors))
+        )
 
     def _locate_turn(self, msgs: list[Msg], data: list[dict], a: int, tools, renders) -> Turn:
         m = msgs[a]
@@ -94,10 +127,19 @@ class TurnLocator:
                 base = full_render(a) if a else ""
         except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
             hint = hint_for_template_error(str(e), data, self.cfg.system_prompt)
+            if not tools and self.probe_tools is not None:
+                hint += (
+                    " (the template renders nothing without a tools list, as Hermes' 'tool_use' template "
+                    "does: it is for conversations with tools. Fix: give the conversation its tools, or use "
+                    "the model's default chat template for conversations without tools)"
+                )
             raise Reject("template_error", f"rendering up to messages[{a}]: {type(e).__name__}: {e}{hint}") from None
-        if not full.startswith(base):
-            if m.role == "assistant":
+        if not full.startswith(base) and m.role == "assistant":
+            rebuilt = self._after_rewritten_history(data, a, tools, base, full)
+            if rebuilt is None:
                 return self._opened_turn(data, a, tools, base, m)
+            full = rebuilt
+        if not full.startswith(base):
             raise Reject(
                 "template_mismatch",
                 f"messages[{a}]: the template's render of the history before it is "
@@ -116,11 +158,16 @@ class TurnLocator:
             at = len(lead)
             if m.role != "assistant":
                 start += len(lead)  # the header before a non-assistant turn is context
-        # What the template rendered besides the content itself: the tool calls and the
-        # reasoning must be found there, not in a content that happens to mention them.
-        check_reasoning = m.reasoning and self.cfg.reasoning == "template"
         calls = m.data.get("tool_calls", ())
-        rest = seg[:at] + seg[at + len(m.content) :] if check_reasoning or calls else ""  # the content cut out where it is
+        self._check_rendered(m, seg, a, calls, at)
+        return Turn(full, start, eot_start, end, bool(calls), m.role)
+
+    def _check_rendered(self, m: Msg, seg: str, a: int, calls, at: int) -> None:
+        """What the template rendered besides the content itself (at seg[at:]): the tool calls
+        and the reasoning must be found there, not in a content that happens to mention them.
+        The content is cut out where the template put it, not where it first occurs."""
+        check_reasoning = m.reasoning and self.cfg.reasoning == "template"
+        rest = seg[:at] + seg[at + len(m.content) :] if check_reasoning or calls else ""
         if check_reasoning and m.reasoning.strip() not in rest:
             raise Reject(
                 "reasoning_not_rendered",
@@ -144,7 +191,37 @@ class TurnLocator:
                     "training would teach an empty turn. Fix: use a student whose template supports "
                     "tools, or filter out tool conversations",
                 )
-        return Turn(full, start, eot_start, end, bool(calls), m.role)
+
+    def _after_rewritten_history(self, data: list[dict], a: int, tools, base: str, full: str) -> str | None:
+        """The prompt plus the turn, for a template that renders the history's last message
+        one way when it ends the prompt and another when a turn follows (Hermes 3's
+        tool_use template ends a last tool message without the "\\n" it puts there
+        otherwise: `loop.last`). The prompt `base` is what the student sees; the turn is
+        what the template renders after its generation header, proven from renders, never
+        by searching: `base` is the history's render plus a header, and a render of the
+        turn with a sentinel as its content has that header right before the sentinel and
+        is `full` with the content in the sentinel's place. None when that does not hold."""
+        content = data[a].get("content")
+        if not isinstance(content, str):
+            return None
+        try:
+            history = self.render(data[:a], tools, False)
+            probe = self.render(data[:a] + [dict(data[a], content=SENTINEL)], tools, False)
+        except Exception:  # noqa: BLE001 - not provable this way
+            return None
+        header = base[len(history) :]
+        i = probe.find(SENTINEL)
+        if not (
+            header
+            and base.startswith(history)
+            and i >= 0
+            and probe.count(SENTINEL) == 1
+            and probe.endswith(header, 0, i)
+            and probe[:i] + content + probe[i + len(SENTINEL) :] == full
+        ):
+            return None
+        self.stats["rewritten_history_turns"] += 1
+        return base + full[i:]
 
     def _opened_turn(self, data: list[dict], a: int, tools, base: str, m: Msg) -> Turn:
         """The turn after a generation prompt that opens a block the history render
@@ -209,7 +286,8 @@ class TurnLocator:
             how = "does not render the content verbatim"
             if i >= 0 and seg_s[:i] + m.content.strip() + seg_s[i + len(SENTINEL) :] == seg:
                 how = (
-                    "trims whitespace from the content (`| trim`, as Llama 3's does), so the student would "
+                    "trims whitespace from the content (Llama 3's and Gemma's `| trim`, SmolLM3's "
+                    '`.lstrip("\\n")`), so the student would '
                     "learn different text; no setting changes that: strip the content at its source, or use a "
                     "student whose template keeps it"
                 )

@@ -1,0 +1,107 @@
+"""Tokenizers for student families whose real tokenizer no package here ships (no tests here).
+
+Each is a real tokenizer built by tests/support/tokenizer_builds.py (or SmolLM2's) with
+the family's turn tokens added as special tokens, so the family's real chat template
+(tests/templates/) renders and tokenises as it does with the real vocabulary's special
+tokens: the reconstruction logic only sees text, special tokens and ids. Which base each
+family uses is in docs/reconstruction.md ("Student families").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TEMPLATES = Path(__file__).parent.parent / "templates"
+
+#: family -> (base tokenizer, template, special tokens, eos, bos, plain added tokens)
+STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]]] = {
+    # Phi-4: tiktoken cl100k + ChatML with <|im_sep|>; base: Qwen's byte-level BPE (has <|im_start|>/<|im_end|>)
+    "phi4": ("qwen", "phi4", ["<|im_sep|>"], "<|im_end|>", None, []),
+    # Phi-4-mini: o200k + <|system|> <|user|> <|assistant|> <|end|> <|tool|> <|/tool|>, eos <|endoftext|>
+    "phi4_mini": (
+        "qwen",
+        "phi4_mini",
+        ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|tool|>", "<|/tool|>"],
+        "<|endoftext|>",
+        None,
+        [],
+    ),
+    # Gemma 3: Gemma's SentencePiece vocabulary (no package ships it); base: SmolLM2, as the Gemma 2 row
+    "gemma3": ("smollm2", "gemma3", ["<start_of_turn>", "<end_of_turn>"], None, "<bos>", []),
+    # SmolLM3: Llama 3's 128k vocabulary with <|im_start|>/<|im_end|> in reserved slots; base: Llama 3.2's
+    "smollm3": ("llama3", "smollm3", ["<|im_start|>", "<|im_end|>", "<think>", "</think>"], "<|im_end|>", None, []),
+    # Granite 3.x: a 49k byte-level BPE + role tokens; base: SmolLM2's 49k byte-level BPE
+    "granite3_3": (
+        "smollm2",
+        "granite3_3",
+        ["<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>", "<|tool_call|>"],
+        "<|end_of_text|>",
+        None,
+        [],
+    ),
+    # Hermes 3: Llama 3.1's vocabulary with ChatML tokens in reserved slots; base: Llama 3.2's
+    "hermes3_tool_use": (
+        "llama3",
+        "hermes3_tool_use",
+        ["<|im_start|>", "<|im_end|>"],
+        "<|im_end|>",
+        None,
+        ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"],
+    ),
+    # Llama 4: a 200k byte-level BPE + <|header_start|> <|header_end|> <|eot|> <|python_start|> <|python_end|>;
+    # base: Llama 3.2's (same <|begin_of_text|>)
+    "llama4": (
+        "llama3",
+        "llama4",
+        ["<|header_start|>", "<|header_end|>", "<|eot|>", "<|python_start|>", "<|python_end|>"],
+        "<|eot|>",
+        None,
+        [],
+    ),
+    # OLMo 2 Instruct / Tulu 3: role tags are text, turns end with eos <|endoftext|>; base: Qwen's byte-level BPE
+    "olmo2_tulu": ("qwen", "olmo2_tulu", [], "<|endoftext|>", None, []),
+    # gpt-oss: o200k_harmony; base: Qwen's byte-level BPE with the harmony tokens added, eos <|return|>
+    "gpt_oss": (
+        "qwen",
+        "gpt_oss",
+        ["<|start|>", "<|message|>", "<|channel|>", "<|end|>", "<|return|>", "<|call|>", "<|constrain|>"],
+        "<|return|>",
+        None,
+        [],
+    ),
+    # GLM-4.6: a 151k byte-level BPE with [gMASK] <sop> and role tokens; base: Qwen's (has <think>, <tool_call>)
+    "glm4_6": (
+        "qwen",
+        "glm4_6",
+        ["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"],
+        "<|endoftext|>",
+        None,
+        [],
+    ),
+    # Mistral Small 3.x: tekken; the real Mistral-Nemo tekken (its control tokens include [SYSTEM_PROMPT])
+    "mistral_small_3_1": ("nemo", "mistral_small_3_1", [], None, None, []),
+}
+
+
+def standin(family: str):
+    """A fresh tokenizer for `family` with its real chat template (see STANDINS)."""
+    base, template, specials, eos, bos, plain = STANDINS[family]
+    if base == "smollm2":
+        from distill.core.student import load_tokenizer, tokenizer_only_dir
+
+        tok = load_tokenizer(tokenizer_only_dir())
+    else:
+        from support import tokenizer_builds
+
+        tok = tokenizer_builds.load(base)
+    tok.chat_template = (TEMPLATES / f"{template}.jinja").read_text(encoding="utf-8")
+    extra: dict = {"additional_special_tokens": specials} if specials else {}
+    if eos:
+        extra["eos_token"] = eos
+    if bos:
+        extra["bos_token"] = bos
+    if extra:
+        tok.add_special_tokens(extra)
+    if plain:
+        tok.add_tokens(plain)
+    return tok
