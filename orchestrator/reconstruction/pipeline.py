@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from distill.core.contract import Rejection, Sample
 from orchestrator.reconstruction.cache import put_bounded
 from orchestrator.reconstruction.plan import Pending
-from orchestrator.reconstruction.prompt_reuse import PromptJobs, PromptReuse
+from orchestrator.reconstruction.prompt_jobs import PromptJobs
+from orchestrator.reconstruction.prompt_reuse import PromptReuse
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.segment_tokenize import PrefixSpaceRule
 

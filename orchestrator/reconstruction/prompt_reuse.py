@@ -1,6 +1,6 @@
 """Prompt ids from an earlier prompt's ids plus the new text only (split samples).
 
-Part of `Reconstructor` (pipeline.py calls it from `_encode`). When a conversation is
+Part of `Reconstructor` (pipeline.py `_encode`, through prompt_jobs.py). When a conversation is
 split into one sample per trained turn (Qwen3, DeepSeek-R1-Distill drop earlier thinking
 blocks), sample k+1's prompt usually starts with most of sample k's prompt: tokenising
 every prompt whole is quadratic in the number of turns. Here sample k+1's prompt ids
@@ -48,10 +48,8 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import string
-from collections.abc import Iterator
-
-from orchestrator.reconstruction.plan import Pending
 
 _EDGE = frozenset(string.punctuation) - {"_"}
 
@@ -72,6 +70,27 @@ class PromptReuse:
                 self.cuts[s] = by_text[s][0]
             else:
                 self.refused[s] = why
+        # every occurrence of a cut token (none overlaps another: `_overlap`)
+        alternatives = "|".join(re.escape(s) for s in sorted(self.cuts, key=len, reverse=True))
+        self._pattern = re.compile(alternatives) if alternatives else None
+        # prefixes shared across conversations (prompt_jobs.py); None switches that off
+        self.shared: PrefixCache | None = PrefixCache()
+
+    def cut_points(self, text: str, start: int, most: int) -> list[tuple[int, int, int]]:
+        """(c, S's id, n) for the first `most` occurrences at c >= start of a cut token S in
+        `text`, in order; S is there the n-th occurrence of itself."""
+        seen: dict[str, int] = {}
+        out: list[tuple[int, int, int]] = []
+        if self._pattern is None:
+            return out
+        for m in self._pattern.finditer(text):
+            s = m.group()
+            n = seen[s] = seen.get(s, 0) + 1
+            if m.start() >= start:
+                out.append((m.start(), self.cuts[s], n))
+                if len(out) == most:
+                    break
+        return out
 
     def cut(self, prev: str, text: str) -> tuple[int, int, int] | None:
         """(c, S's id, n): the latest occurrence of a cut token S in `prev` that lies
@@ -179,62 +198,54 @@ def _common_prefix(a: str, b: str) -> int:
     return lo
 
 
-class PromptJobs:
-    """The prompts of one `_encode` call: from the cache, encoded whole, or encoded as
-    the text after a cut in the previous split sample's prompt (same conversation)."""
-
-    def __init__(self, pending: list[Pending], cache: dict[str, list[int]], reuse: PromptReuse | None):
-        self.ids: dict[str, list[int] | None] = {}
-        self.texts: list[str] = []  # what to encode, in order: whole prompts and deltas
-        self._jobs: list[tuple[str, str | None, int, int]] = []  # (prompt, base prompt or None, S id, n)
-        prev: Pending | None = None
-        for p in pending:
-            t = p.texts[0]
-            if t not in self.ids:
-                self.ids[t] = cache.get(t)
-                if self.ids[t] is None:
-                    plan = None
-                    if reuse is not None and prev is not None and p.split and _same_conversation(prev, p):
-                        plan = reuse.cut(prev.texts[0], t)
-                    if plan is None:
-                        self.texts.append(t)
-                        self._jobs.append((t, None, 0, 0))
-                    else:
-                        self.texts.append(t[plan[0] :])
-                        self._jobs.append((t, prev.texts[0], plan[1], plan[2]))
-            prev = p
-
-    def resolve(self, encs: Iterator, backend, stats: collections.Counter) -> dict[str, list[int]]:
-        """Every prompt's ids, taking one encoding from `encs` per text in `self.texts`."""
-        again: list[str] = []
-        for t, base, sid, n in self._jobs:
-            ids = next(encs).ids
-            if base is not None:
-                ids = _assemble(self.ids.get(base), sid, n, ids)
-                if ids is None:
-                    again.append(t)
-                    continue
-                stats["prompt_reused"] += 1
-            self.ids[t] = ids
-        if again:  # not expected (the argument holds): encode those prompts whole
-            stats["prompt_reuse_refused"] += len(again)
-            for t, e in zip(again, backend.encode_batch_fast(again, add_special_tokens=False)):
-                self.ids[t] = e.ids
-        return self.ids  # type: ignore[return-value]  # every value is set now
-
-
-def _same_conversation(a: Pending, b: Pending) -> bool:
-    return a.split and a.meta.get("split_from") == b.meta.get("split_from")
+def _nth(ids: list[int], sid: int, n: int) -> int | None:
+    """Index of the n-th (from 1) occurrence of `sid` in ids, or None."""
+    at = -1
+    try:
+        for _ in range(n):
+            at = ids.index(sid, at + 1)
+    except ValueError:
+        return None
+    return at
 
 
 def _assemble(base: list[int] | None, sid: int, n: int, delta: list[int]) -> list[int] | None:
     """base's ids before the n-th occurrence of `sid`, then `delta` (which must start with it)."""
     if base is None or not delta or delta[0] != sid:
         return None
-    at = -1
-    try:
-        for _ in range(n):
-            at = base.index(sid, at + 1)
-    except ValueError:
-        return None
-    return base[:at] + delta
+    at = _nth(base, sid, n)
+    return None if at is None else base[:at] + delta
+
+
+class PrefixCache:
+    """Prompt-prefix text (ending just before a cut token) -> its ids; least recently used
+    dropped beyond `max_entries` entries or `max_chars` characters of keys."""
+
+    def __init__(self, max_entries: int = 512, max_chars: int = 2_000_000):
+        self.max_entries, self.max_chars = max_entries, max_chars
+        self._d: collections.OrderedDict[str, list[int]] = collections.OrderedDict()
+        self.chars = 0
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._d
+
+    def get(self, key: str) -> list[int] | None:
+        ids = self._d.get(key)
+        if ids is not None:
+            self._d.move_to_end(key)
+        return ids
+
+    def put(self, key: str, ids: list[int]) -> None:
+        if len(key) > self.max_chars:
+            return
+        old = self._d.pop(key, None)
+        if old is not None:
+            self.chars -= len(key)
+        self._d[key] = ids
+        self.chars += len(key)
+        while len(self._d) > self.max_entries or self.chars > self.max_chars:
+            k, _ = self._d.popitem(last=False)
+            self.chars -= len(k)
