@@ -25,7 +25,10 @@ as ours: the history through each assistant turn. Real templates without generat
 markers give the peers an empty mask (less work for them). Printed per family, in one
 line: build_many's speed as a fraction of the floor's, and its speed-up over both peers;
 then the cost per token as conversations grow (1, 2, 4, 8, 16 turns).
+--corpus shared-system: every conversation starts with the same ~800-token system prompt
+(as distillation corpora often do), then 1-3 short turns.
 Usage: python bench/bench_reconstruct.py [--conversations 10000] [--families smollm2,llama3_1,qwen3]
+       [--corpus mixed|shared-system]
 """
 
 from __future__ import annotations
@@ -66,6 +69,21 @@ def conversation(rng: random.Random, turns: int) -> list[dict]:
 def corpus(n: int, seed: int, turns: int | None = None) -> list[list[dict]]:
     rng = random.Random(seed)
     return [conversation(rng, turns or rng.randint(1, 16)) for _ in range(n)]
+
+
+def shared_system_corpus(n: int, seed: int, turns: int | None = None, system_words: int = 560) -> list[list[dict]]:
+    """One long system prompt (~800 tokens) shared by every conversation, short varied
+    user turns (3-30 words), 1-3 turns (or `turns`), answers of 20-120 words."""
+    rng = random.Random(seed)
+    system = {"role": "system", "content": "You are a careful assistant. " + words(rng, system_words, system_words)}
+    out = []
+    for _ in range(n):
+        msgs = [system]
+        for _ in range(turns or rng.randint(1, 3)):
+            msgs.append({"role": "user", "content": words(rng, 3, 30)})
+            msgs.append({"role": "assistant", "content": words(rng, 20, 120)})
+        out.append(msgs)
+    return out
 
 
 def distillation_corpus(n: int, seed: int, per_prompt: int = 4) -> list[list[dict]]:
@@ -174,12 +192,15 @@ def measure(
 class Family:
     """A student tokenizer + chat template, and the corpus shape its template accepts."""
 
-    def __init__(self, name: str, processes: int = 1, one_thread: bool = True):
+    def __init__(
+        self, name: str, processes: int = 1, one_thread: bool = True, kind: str = "mixed", prefix_reuse: bool = True
+    ):
         from distill.core.config import Reconstruction
         from distill.core.student import load_tokenizer, tokenizer_only_dir
         from orchestrator.reconstruct import Reconstructor
 
         self.name = name
+        self.kind = kind  # "mixed" (corpus) or "shared-system" (shared_system_corpus)
         # Llama 3.1 trims content, Qwen3 strips a final turn's leading newlines: such content is rejected
         self.strip = name in ("llama3_1", "qwen3")
         self.split = name == "qwen3"  # drops earlier <think> blocks: one sample per turn
@@ -203,6 +224,9 @@ class Family:
         self.per_prefix = Reconstructor(self.tok, Reconstruction())
         self.per_prefix.chat_template.append_only = False
         self.per_prefix.chat_template.tracked = None
+        for r in (*self.recons, self.per_prefix):
+            if not prefix_reuse and r._prompt_reuse is not None:  # the run before prompt_jobs.py's shared prefixes
+                r._prompt_reuse.shared = None
         self.builder = None
         self.startup_s = 0.0
         self.processes = processes
@@ -215,15 +239,18 @@ class Family:
             self.startup_s = self.builder.start()  # once per run, not timed with the others
 
     def corpus(self, n: int, seed: int, turns: int | None = None) -> list[list[dict]]:
-        cs = corpus(n, seed, turns)
+        cs = (shared_system_corpus if self.kind == "shared-system" else corpus)(n, seed, turns)
         return [[dict(m, content=m["content"].strip()) for m in c] for c in cs] if self.strip else cs
+
+
+CORPORA = {"mixed": "1-16 turns", "shared-system": "one ~800-token system prompt, 1-3 short turns"}
 
 
 def report(fam: Family, convs, res: dict) -> None:
     ours = res["build_many"]
     samples = sum(len(u) for u in peer_units(convs, fam.split))
     print(
-        f"\n== {fam.label}\ncorpus: {len(convs)} conversations (1-16 turns), {samples} samples, {ours[1]} tokens; "
+        f"\n== {fam.label}\ncorpus: {len(convs)} conversations ({CORPORA[fam.kind]}), {samples} samples, {ours[1]} tokens; "
         f"{os.cpu_count()} CPUs, TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}"
     )
     names = {
@@ -271,6 +298,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--corpus",
+        choices=sorted(CORPORA),
+        default="mixed",
+        help="mixed: 1-16 turns, short system prompts; shared-system: one long system prompt for all",
+    )
+    p.add_argument(
+        "--no-prefix-reuse",
+        action="store_true",
+        help="switch off prompt prefixes shared across conversations (in this process; not in the workers)",
+    )
+    p.add_argument(
         "--processes",
         type=int,
         default=None,
@@ -288,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
         from orchestrator.build_pool import cores
 
         procs = a.processes if a.processes is not None else cores()
-        fam = Family(name, procs, a.worker_tokenizer_threads == "one")
+        fam = Family(name, procs, a.worker_tokenizer_threads == "one", a.corpus, not a.no_prefix_reuse)
         if fam.builder is not None:
             print(
                 f"\n{name}: pool of {procs - 1} worker process(es) started in {fam.startup_s:.2f} s "
@@ -299,8 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         # warm-up (template compile) on other conversations: the workers' caches cannot be cleared
         measure(fam, fam.corpus(20, a.seed + 12345), per_prefix=fam.per_prefix, processes=True)
         for r in (*fam.recons, fam.per_prefix, *([fam.builder.reconstructor] if fam.builder else [])):
-            r._prompt_cache.clear()
-            r._render_cache.clear()
+            forget(r)
         first = name == a.families.split(",")[0]
         res = measure(fam, convs, floor=True, per_prefix=fam.per_prefix, one_at_a_time=first, processes=True)
         report(fam, convs, res)
@@ -315,6 +352,14 @@ def main(argv: list[str] | None = None) -> None:
             scaling(fam, m, a.seed)
         if fam.builder is not None:
             fam.builder.close()
+
+
+def forget(recon) -> None:
+    """Clear what an earlier run cached (prompt ids, renders, shared prompt prefixes)."""
+    recon._prompt_cache.clear()
+    recon._render_cache.clear()
+    if recon._prompt_reuse is not None and recon._prompt_reuse.shared is not None:
+        recon._prompt_reuse.shared = type(recon._prompt_reuse.shared)()
 
 
 def scaling(fam: Family, m: int, seed: int) -> None:

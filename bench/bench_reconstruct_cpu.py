@@ -19,6 +19,7 @@ corpus as bench_reconstruct.py, it prints the minimum over --reps runs of:
              (the worker's caches cannot be cleared between runs).
 
 Usage: python bench/bench_reconstruct_cpu.py [--conversations 400] [--families smollm2,llama3_1]
+       [--corpus mixed|shared-system]
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ from distill.core.conversation import Conversation, build_args  # noqa: E402
 
 def fresh(recon) -> None:
     """Forget what an earlier run cached, so every run does the same work."""
-    recon._prompt_cache.clear()
-    recon._render_cache.clear()
+    B.forget(recon)
     recon._verified_prompts.clear()
 
 
@@ -67,8 +67,8 @@ def two_processes(fam, convs, seed: int) -> float:
         return time.process_time() - t + proc_cpu(pid) - w
 
 
-def measure(name: str, n: int, reps: int, seed: int) -> dict[str, float]:
-    fam = B.Family(name)
+def measure(name: str, n: int, reps: int, seed: int, kind: str = "mixed", reuse: bool = True) -> dict[str, float]:
+    fam = B.Family(name, kind=kind, prefix_reuse=reuse)
     convs = fam.corpus(max(20, n // 5) if fam.split else n, seed)
     recon, tok = fam.recons[1], fam.tok
     units = B.peer_units(convs, fam.split)
@@ -121,10 +121,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--families", default="smollm2,llama3_1,qwen3")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--corpus", choices=sorted(B.CORPORA), default="mixed", help="as bench_reconstruct.py's")
+    p.add_argument("--no-prefix-reuse", action="store_true", help="as bench_reconstruct.py's")
     a = p.parse_args(argv)
-    print(f"CPU time relative to the floor's (min of {a.reps} runs, one tokenizer thread, load {os.getloadavg()})")
+    print(
+        f"CPU time relative to the floor's (min of {a.reps} runs, one tokenizer thread, {a.corpus} corpus, "
+        f"prefix reuse {'off' if a.no_prefix_reuse else 'on'}, "
+        f"load {os.getloadavg()})"
+    )
     for name in a.families.split(","):
-        r = measure(name, a.conversations, a.reps, a.seed)
+        r = measure(name, a.conversations, a.reps, a.seed, a.corpus, not a.no_prefix_reuse)
         f = r["floor"]
         stages = "  ".join(f"{k} {r[k] / f:.3f}" for k in ("plan", "encode", "complete"))
         print(

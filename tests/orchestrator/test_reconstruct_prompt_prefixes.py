@@ -48,8 +48,12 @@ def corpus(n: int, seed: int = 0) -> list[dict]:
         system = base + ENDINGS[i % len(ENDINGS)] if i % 7 else system_prompt(rng, 100)
         msgs = [{"role": "system", "content": system}]
         for k in range(1 + (i % 3 == 0)):
-            msgs.append({"role": "user", "content": f"Q{k} {i}: " + " ".join(rng.choice(WORDS) for _ in range(9)) + "?"})
-            msgs.append({"role": "assistant", "content": f"A{k} " + " ".join(rng.choice(WORDS) for _ in range(12)) + " ok"})
+            msgs.append(
+                {"role": "user", "content": f"Q{k} {i}: " + " ".join(rng.choice(WORDS) for _ in range(9)) + "?"}
+            )
+            msgs.append(
+                {"role": "assistant", "content": f"A{k} " + " ".join(rng.choice(WORDS) for _ in range(12)) + " ok"}
+            )
         out.append(dict(messages=msgs, sample_id=f"c{i}"))
     return out
 
@@ -119,7 +123,9 @@ def test_prefix_cache_drops_least_recently_used():
     assert "x" * 11 not in c and len(c) == 2
 
 
-@pytest.mark.parametrize("name,template", [("qwen", "qwen3"), ("llama3", "llama3_1"), ("deepseek", "deepseek_r1_distill")])
+@pytest.mark.parametrize(
+    "name,template", [("qwen", "qwen3"), ("llama3", "llama3_1"), ("deepseek", "deepseek_r1_distill")]
+)
 def test_the_ids_remembered_for_a_prefix_are_the_prefix_alone(name, template):
     """What the cache keeps for text[:c] (the text's ids before the cut token's n-th id)
     are encode(text[:c]), and encode(text[:c]) + encode(rest) is the whole of any text
