@@ -146,3 +146,23 @@ def test_the_ids_remembered_for_a_prefix_are_the_prefix_alone(name, template):
             assert whole[:at] + encode(tok, t[c:]) == encode(tok, t), (text, c, other)
 
     check()
+
+
+@pytest.mark.slow  # spawns a worker process that imports transformers
+def test_worker_processes_keep_their_own_prefix_cache_same_samples():
+    from distill.core.conversation import Conversation
+    from orchestrator.build_pool import ParallelBuilder
+
+    tok = tok_of("qwen", "qwen3")
+    convs = [Conversation(**c) for c in corpus(80, seed=7)]
+    off = recon(tok=tok)
+    off._prompt_reuse = None
+    want = as_data(off.build_many(convs))
+    r = recon(tok=tok)
+    with ParallelBuilder(r, 1, min_batch=2, start_after=0) as b:
+        got = b.build(convs)
+        assert len(b.worker_pids()) == 1
+        again = b.build(convs[::-1])  # another split: each process's cache holds other prefixes
+    assert as_data(got) == want and as_data(again) == want[::-1]
+    # the worker's stats are added to r's: both processes reused the shared prefix
+    assert r.stats["prompt_prefix_reused"] > len(convs) and "prompt_reuse_refused" not in r.stats
