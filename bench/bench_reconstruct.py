@@ -236,6 +236,8 @@ class Family:
             self.builder = ParallelBuilder(
                 Reconstructor(self.tok, Reconstruction()), processes - 1, 1, 0, one_thread=one_thread
             )
+            if not prefix_reuse and self.builder.reconstructor._prompt_reuse is not None:  # its own part only
+                self.builder.reconstructor._prompt_reuse.shared = None
             self.startup_s = self.builder.start()  # once per run, not timed with the others
 
     def corpus(self, n: int, seed: int, turns: int | None = None) -> list[list[dict]]:
