@@ -53,6 +53,7 @@ class PromptJobs:
         self._shared = reuse.shared if reuse is not None else None
         # this batch's prefixes: key -> (prompt, S's id, n), put in `_shared` by resolve
         self._batch: dict[str, tuple[str, int, int]] = {}
+        self._hits: set[str] = set()  # keys of `_batch` that a later prompt of the batch used
         prev: Pending | None = None
         for p in pending:
             t = p.texts[0]
@@ -87,6 +88,8 @@ class PromptJobs:
             head: Head | None = self._shared.get(key)
             if head is None:
                 head = self._batch.get(key)
+                if head is not None:
+                    self._hits.add(key)
             if head is not None:
                 self._add(t, c, head, sid, "prompt_prefix_reused")
                 break
@@ -114,7 +117,9 @@ class PromptJobs:
             for t, e in zip(again, backend.encode_batch_fast(again, add_special_tokens=False)):
                 self.ids[t] = e.ids
         if self._shared is not None:
-            for key, head in self._batch.items():
+            for key, head in self._batch.items():  # those seen twice (PrefixCache)
+                if key not in self._hits and not self._shared.worth_keeping(key):
+                    continue
                 ids = self._head_ids(head)
                 if ids is not None:
                     self._shared.put(key, ids)

@@ -219,12 +219,28 @@ def _assemble(base: list[int] | None, sid: int, n: int, delta: list[int]) -> lis
 
 class PrefixCache:
     """Prompt-prefix text (ending just before a cut token) -> its ids; least recently used
-    dropped beyond `max_entries` entries or `max_chars` characters of keys."""
+    dropped beyond `max_entries` entries or `max_chars` characters of keys.
 
-    def __init__(self, max_entries: int = 512, max_chars: int = 2_000_000):
-        self.max_entries, self.max_chars = max_entries, max_chars
+    Most prefixes a prompt offers (those past its own user turn) never recur, so a prefix's
+    ids are kept only once it has been seen twice (`worth_keeping`): the first time only its
+    hash is noted, in a bounded FIFO of `max_seen` hashes (a collision only keeps a prefix
+    that is not needed; lookups compare the text)."""
+
+    def __init__(self, max_entries: int = 512, max_chars: int = 2_000_000, max_seen: int = 16384):
+        self.max_entries, self.max_chars, self.max_seen = max_entries, max_chars, max_seen
         self._d: collections.OrderedDict[str, list[int]] = collections.OrderedDict()
+        self._seen: dict[int, None] = {}
         self.chars = 0
+
+    def worth_keeping(self, key: str) -> bool:
+        """Whether `key` was offered before (else note it, and say no)."""
+        h = hash(key)
+        if h in self._seen:
+            return True
+        self._seen[h] = None
+        if len(self._seen) > self.max_seen:
+            del self._seen[next(iter(self._seen))]
+        return False
 
     def __len__(self) -> int:
         return len(self._d)

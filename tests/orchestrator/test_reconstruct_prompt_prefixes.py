@@ -74,10 +74,11 @@ def test_shared_system_prompts_give_the_same_samples_with_and_without_reuse(name
     # all but the first of each distinct ending (and the odd other prompt) reuse a prefix
     assert on.stats["prompt_prefix_reused"] >= len(convs) - 30
     assert "prompt_reuse_refused" not in on.stats and "prompt_prefix_reused" not in off.stats
-    # one at a time (build): the cache carries over between calls, same samples
+    # one at a time (build): the cache carries over between calls, same samples; a prefix
+    # is kept the second time it is seen, reused from the third (10 endings, 60 prompts)
     one = recon(tok=tok)
-    assert as_data([one.build(**c) for c in convs[:30]]) == as_data(want[:30])
-    assert one.stats["prompt_prefix_reused"] >= 15
+    assert as_data([one.build(**c) for c in convs[:60]]) == as_data(want[:60])
+    assert one.stats["prompt_prefix_reused"] >= 60 - 9 - 2 * len(ENDINGS)
 
 
 def test_only_the_shared_prefix_is_reused_off_switch_and_refusal():
@@ -110,6 +111,35 @@ def test_the_prefix_cache_stays_within_its_bounds():
     assert r.stats["prompt_prefix_reused"] > 0
 
 
+def test_many_system_prompts_in_turn_are_kept_once_seen_twice():
+    """100 system prompts in turn: each prompt's own prefixes (past its user turn) are never
+    kept, so the shared ones (2 per system prompt: before its <|im_end|> and before the
+    user's <|im_start|>) stay in a cache of 256 entries until their prompt comes back; with
+    all 4 cuts of every prompt kept (400 entries) none would."""
+    tok = tok_of("smollm2", "chatml_generation")
+    rng = random.Random(11)
+    systems = [system_prompt(rng, 40) for _ in range(100)]
+    convs = [
+        dict(
+            messages=[
+                {"role": "system", "content": systems[i % 100]},
+                {"role": "user", "content": f"Question {i}?"},
+                {"role": "assistant", "content": f"Answer {i}."},
+            ],
+            sample_id=f"c{i}",
+        )
+        for i in range(400)
+    ]
+    off = recon(tok=tok)
+    off._prompt_reuse = None
+    want = as_data(off.build_many(convs))
+    r = recon(tok=tok)
+    cache = r._prompt_reuse.shared = PrefixCache(max_entries=256)
+    assert as_data(r.build_many(convs)) == want
+    # first round: hashes noted; second: kept; third and fourth: reused
+    assert r.stats["prompt_prefix_reused"] == 200 and len(cache) == 200
+
+
 def test_prefix_cache_drops_least_recently_used():
     c = PrefixCache(max_entries=2, max_chars=10)
     c.put("aaa", [1])
@@ -121,6 +151,10 @@ def test_prefix_cache_drops_least_recently_used():
     assert "aaa" not in c and c.chars == 9
     c.put("x" * 11, [5])  # longer than the whole bound: not kept
     assert "x" * 11 not in c and len(c) == 2
+    seen = PrefixCache(max_seen=2)
+    # kept the second time; "c" pushes out the oldest hash ("a"), "a" then "b", "b" then "c"
+    assert [seen.worth_keeping(k) for k in "abacab"] == [False, False, True, False, False, False]
+    assert seen.worth_keeping("b") and len(seen._seen) == 2
 
 
 @pytest.mark.parametrize(
