@@ -105,10 +105,11 @@ class PromptJobs:
         for t, head, first, kind in self._jobs:
             ids = next(encs).ids
             if head is not None:
-                got = _assemble(self._head_ids(head), first, ids)
-                if got is None:
+                got = self._head_ids(head)
+                if got is None or not ids or ids[0] != first:  # the delta must start with the cut token
                     again.append(t)
                     continue
+                got += ids  # got is a fresh list: the prefix's ids, then the delta's
                 ids = got
                 stats[kind] += 1
             self.ids[t] = ids
@@ -126,10 +127,10 @@ class PromptJobs:
         return self.ids  # type: ignore[return-value]  # every value is set now
 
     def _head_ids(self, head: Head) -> list[int] | None:
-        """The prefix's ids: known, or a prompt's of this batch before the n-th S id (None if
-        that prompt has no ids yet, or fewer S ids: not expected)."""
+        """The prefix's ids, in a new list: known, or a prompt's of this batch before the n-th
+        S id (None if that prompt has no ids yet, or fewer S ids: not expected)."""
         if isinstance(head, list):
-            return head
+            return head[:]
         base, sid, n = head
         ids = self.ids.get(base)
         if ids is None:
@@ -140,10 +141,3 @@ class PromptJobs:
 
 def _same_conversation(a: Pending, b: Pending) -> bool:
     return a.split and a.meta.get("split_from") == b.meta.get("split_from")
-
-
-def _assemble(head: list[int] | None, first: int, delta: list[int]) -> list[int] | None:
-    """head + delta, when the delta starts with the cut token's id `first`; else None."""
-    if head is None or not delta or delta[0] != first:
-        return None
-    return head + delta
