@@ -81,6 +81,35 @@ def test_shared_system_prompts_give_the_same_samples_with_and_without_reuse(name
     assert one.stats["prompt_prefix_reused"] >= 60 - 9 - 2 * len(ENDINGS)
 
 
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": f"tool_{k}",
+            "description": "Looks things up. " * 8,
+            "parameters": {"type": "object", "properties": {"q": {"type": "string", "description": "the query"}}},
+        },
+    }
+    for k in range(6)
+]
+
+
+@pytest.mark.parametrize("name,template", [("qwen", "qwen3"), ("llama3", "llama3_1")])
+def test_shared_tool_schemas_give_the_same_samples_with_and_without_reuse(name, template):
+    """Tool schemas before short questions: Qwen3 renders them in the system turn (a shared
+    prefix up to the user's <|im_start|>); Llama 3.1 in the first user message, after its
+    header (only the header part is shared: nothing to cut inside the text)."""
+    tok = family(name, template)
+    convs = [dict(c, tools=TOOLS) for c in corpus(40, seed=9)]
+    on, off = recon(tok=tok), recon(tok=tok)
+    off._prompt_reuse = None
+    got = on.build_many(convs)
+    assert as_data(got) == as_data(off.build_many(convs)) and sum(len(ss) for ss, _ in got) >= 30
+    assert "prompt_reuse_refused" not in on.stats
+    if name == "qwen":
+        assert on.stats["prompt_prefix_reused"] >= 20
+
+
 def test_only_the_shared_prefix_is_reused_off_switch_and_refusal():
     tok = tok_of("qwen", "qwen3")
     convs = corpus(40, seed=3)
