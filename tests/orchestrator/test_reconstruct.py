@@ -697,6 +697,12 @@ def test_tokenize_file_uses_policy(tmp_path, smol_tokenizer_dir):
     assert summary["samples"] == 1 and summary["rejected"] == 0 and summary["truncated_kept"] == 1
 
 
+def counts(stats) -> dict:
+    """stats without prompt_prefix_reused, a work counter: within one batch a shared prompt
+    prefix serves its second prompt, across calls (build) its third (prompt_jobs.py)."""
+    return {k: v for k, v in stats.items() if k != "prompt_prefix_reused"}
+
+
 def test_build_many_equals_build_and_prompt_cache(smol_tokenizer):
     convs = [dict(messages=convo(("Same prompt", f"answer {i}")), sample_id=f"p/{i}", sample_index=i) for i in range(3)]
     convs.append(dict(messages=convo(("Q", "")), sample_id="bad"))
@@ -707,7 +713,7 @@ def test_build_many_equals_build_and_prompt_cache(smol_tokenizer):
         r.chat_template.after_is_constant = False
     expected = [one_by_one.build(**c) for c in convs]
     assert batched.build_many(convs) == expected
-    assert batched.stats == one_by_one.stats
+    assert counts(batched.stats) == counts(one_by_one.stats)
     assert len(batched._prompt_cache) == 2  # "Same prompt" once, and Q3_TWO_QUERIES (not split here)
     # the shared prompt was rendered once: 3 samples, 1 render + 2 cache hits
     assert batched.stats["prompt_render_cache_hits"] == 2
@@ -812,7 +818,9 @@ def test_build_many_pipelined_over_chunks_equals_build():
         convs.append(dict(messages=msgs, sample_id=f"c{i}"))
     expected = [r1.build(**c) for c in convs]
     assert r2.build_many(convs) == expected
-    assert r2.stats == r1.stats and r2.stats["split"] > 0 and r2.stats["rejected:empty_assistant_turn"] > 0
+    assert (
+        counts(r2.stats) == counts(r1.stats) and r2.stats["split"] > 0 and r2.stats["rejected:empty_assistant_turn"] > 0
+    )
 
 
 # ---------------------------------------------------------------------------
