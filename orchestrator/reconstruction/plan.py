@@ -131,7 +131,8 @@ class Planner:
         groups = [[0]]
         for k in range(1, len(turns)):
             prev, cur = turns[k - 1], turns[k]
-            if prev.end <= cur.start and cur.full.startswith(prev.full[: prev.end]):
+            upto = prev.full if prev.end == len(prev.full) else prev.full[: prev.end]  # no copy when it is all
+            if prev.end <= cur.start and cur.full.startswith(upto):
                 groups[-1].append(k)
             else:
                 groups.append([k])

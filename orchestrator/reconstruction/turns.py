@@ -45,7 +45,7 @@ PROBE_TOOLS = [
 ]
 
 
-@dataclass
+@dataclass(slots=True)
 class Turn:
     """One trained turn, located in F (the render of the history through the turn)."""
 
@@ -134,32 +134,35 @@ class TurnLocator:
                     "the model's default chat template for conversations without tools)"
                 )
             raise Reject("template_error", f"rendering up to messages[{a}]: {type(e).__name__}: {e}{hint}") from None
-        if not full.startswith(base) and m.role == "assistant":
-            rebuilt = self._after_rewritten_history(data, a, tools, base, full)
-            if rebuilt is None:
-                return self._opened_turn(data, a, tools, base, m)
-            full = rebuilt
         if not full.startswith(base):
-            raise Reject(
-                "template_mismatch",
-                f"messages[{a}]: the template's render of the history before it is "
-                f"not a prefix of its rendering of the turn (ends {base[-40:]!r})",
-            )
+            if m.role == "assistant":
+                rebuilt = self._after_rewritten_history(data, a, tools, base, full)
+                if rebuilt is None:
+                    return self._opened_turn(data, a, tools, base, m)
+                full = rebuilt  # starts with base
+            else:
+                raise Reject(
+                    "template_mismatch",
+                    f"messages[{a}]: the template's render of the history before it is "
+                    f"not a prefix of its rendering of the turn (ends {base[-40:]!r})",
+                )
         eot = self._turn_end_token(full, base, a)
         end = len(full) - len(self.final_tail)
         eot_start = end - len(eot)
-        seg = full[len(base) : eot_start]
         start = len(base)
-        at = len(m.placed_prefix)  # where the content starts in seg
-        if m.role != "assistant" or not seg.startswith(m.placed_prefix + m.content):
+        at = len(m.placed_prefix)  # where the content starts in seg = full[start:eot_start]
+        seg = None  # cut only when needed: the usual turn is checked in place
+        if m.role != "assistant" or not full.startswith(m.placed_prefix + m.content, start, eot_start):
             # Where does the template put the content? Render the turn with a sentinel
             # in its place and compare: no searching in the real text.
+            seg = full[start:eot_start]
             lead = self._lead(data, a, tools, base, seg, m, eot)
             at = len(lead)
             if m.role != "assistant":
                 start += len(lead)  # the header before a non-assistant turn is context
         calls = m.data.get("tool_calls", ())
-        self._check_rendered(m, seg, a, calls, at)
+        if calls or m.reasoning:
+            self._check_rendered(m, full[len(base) : eot_start] if seg is None else seg, a, calls, at)
         return Turn(full, start, eot_start, end, bool(calls), m.role)
 
     def _check_rendered(self, m: Msg, seg: str, a: int, calls, at: int) -> None:
