@@ -55,6 +55,7 @@ class Turn:
     end: int  # just after the end-of-turn token in F_k
     has_tool_calls: bool
     role: str
+    shared: int = 0  # F_k[:shared] is the conversation's `head` [:shared] (prefixes.py; 0: unknown)
 
 
 class TurnLocator:
@@ -118,13 +119,16 @@ class TurnLocator:
 
     def _locate_turn(self, msgs: list[Msg], data: list[dict], a: int, tools, renders) -> Turn:
         m = msgs[a]
-        prompt, full_render = renders
+        prompt, full_render, shared = renders
         try:
             full = full_render(a + 1)
             if m.role == "assistant":
                 base = prompt(a)
             else:
                 base = full_render(a) if a else ""
+            # full[:k] == base[:k] by construction (both start with head[:k]): compare the rest
+            known = shared(a + 1)
+            k = min(known, shared(a)) if base else 0
         except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
             hint = hint_for_template_error(str(e), data, self.cfg.system_prompt)
             if not tools and self.probe_tools is not None:
@@ -134,12 +138,12 @@ class TurnLocator:
                     "the model's default chat template for conversations without tools)"
                 )
             raise Reject("template_error", f"rendering up to messages[{a}]: {type(e).__name__}: {e}{hint}") from None
-        if not full.startswith(base):
+        if not full.startswith(base[k:] if k else base, k):
             if m.role == "assistant":
                 rebuilt = self._after_rewritten_history(data, a, tools, base, full)
                 if rebuilt is None:
                     return self._opened_turn(data, a, tools, base, m)
-                full = rebuilt  # starts with base
+                full, known = rebuilt, 0  # starts with base
             else:
                 raise Reject(
                     "template_mismatch",
@@ -163,7 +167,7 @@ class TurnLocator:
         calls = m.data.get("tool_calls", ())
         if calls or m.reasoning:
             self._check_rendered(m, full[len(base) : eot_start] if seg is None else seg, a, calls, at)
-        return Turn(full, start, eot_start, end, bool(calls), m.role)
+        return Turn(full, start, eot_start, end, bool(calls), m.role, known)
 
     def _check_rendered(self, m: Msg, seg: str, a: int, calls, at: int) -> None:
         """What the template rendered besides the content itself (at seg[at:]): the tool calls
