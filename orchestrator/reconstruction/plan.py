@@ -53,7 +53,7 @@ class Planner:
     _special_re: re.Pattern | None
     # From the other parts:
     _reject: Callable[[str, Reject], Rejection]  # reconstructor.Reconstructor._reject
-    _prefix_renders: Callable[..., tuple[Callable[[int], str], Callable[[int], str], Callable[[int], int]]]
+    _prefix_renders: Callable[..., tuple]  # prefixes.PrefixRenders._prefix_renders
     _locate_turn: Callable[..., Turn]  # turns.TurnLocator._locate_turn
 
     def _prepare(

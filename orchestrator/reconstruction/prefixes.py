@@ -66,13 +66,15 @@ class PrefixRenders:
         return out
 
     def _prefix_renders(self, data: list[dict], tools: list[dict] | None, first: int):
-        """Three functions for this conversation: j -> render(data[:j]) with the generation
-        prompt, and without; and j -> how long a start of both renders of data[:j] is the
-        start of one text `head` of this conversation (0: none known). Derived from the
+        """Three functions for this conversation and a text: j -> render(data[:j]) with the
+        generation prompt, and without; j -> c, where both renders of data[:j] start with
+        head[:c] for one text `head` of this conversation (None: not known); and `tail`,
+        where the first render is head[:c] + tail whenever c is known (None: never).
+        Derived from the
         marked render of the whole conversation when the template is append-only
         (orchestrator/template.py, docs/reconstruction.md "Prefix renders"); else each
         call renders that prefix. The derived functions are only called with j >= first >= 1.
-        The third lets a caller compare two renders after the start they are known to
+        The last two let a caller compare two renders after the start they are known to
         share (turns.py), which is the same test without reading that start twice."""
         if self.chat_template.append_only and first >= 1 and self._derive_prefixes:
             derived = self._derived_prefixes(data, tools, first)
@@ -84,6 +86,7 @@ class PrefixRenders:
             (lambda j: self._cached_prompt(data[:j], tools, parts=False)),
             (lambda j: self.render(data[:j], tools, False)),
             _nothing_shared,
+            None,
         )
         if self.chat_template.tracked is not None and first >= 1 and self._try_tracked:
             tracked = self._tracked_prefixes(data, tools, first, direct)
@@ -121,10 +124,7 @@ class PrefixRenders:
             c = full.cut_for(j)
             return head[:c] + after_full if c is not None else direct[1](j)
 
-        def shared(j: int) -> int:
-            return full.cut_for(j) or 0
-
-        return prompt_render, full_render, shared
+        return prompt_render, full_render, full.cut_for, after_prompt
 
     def _derived_prefixes(self, data: list[dict], tools: list[dict] | None, first: int):
         """The marked render of the whole conversation gives the text before the loop, each
@@ -162,8 +162,12 @@ class PrefixRenders:
             ends.append(ends[-1] + len(body))
         head += "".join(full[1])
         after_full = full[2]
-        return (lambda j: head[: ends[j]] + after_prompt), (lambda j: head[: ends[j]] + after_full), ends.__getitem__
+        prompt_render, full_render = (
+            (lambda j: head[: ends[j]] + after_prompt),
+            (lambda j: head[: ends[j]] + after_full),
+        )
+        return prompt_render, full_render, ends.__getitem__, after_prompt
 
 
-def _nothing_shared(j: int) -> int:
-    return 0
+def _nothing_shared(j: int) -> None:
+    return None
