@@ -99,7 +99,8 @@ class _MainIter:
             raise StopIteration
         self.i += 1
         t.cuts.append((i, ALL if self.peeking else t.max))
-        t.read(i)
+        if i > t.max:  # t.read(i), inline: once per message of every watched render
+            t.max = i
         return t.items[i]
 
 
