@@ -35,7 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.template_sandbox import faster_sandbox
-from orchestrator.template_tracked import tracked_template
+from orchestrator.template_tracked import cut_at_markers, tracked_template
 
 _MARK = "\U000f0000"  # a plane-15 private-use character; each marker contains it once
 START = _MARK + "\U000f0001"  # emitted at the start of every iteration of the messages loop
@@ -103,11 +103,10 @@ class ChatTemplate:
         text = self._marked.render(
             messages=messages, tools=tools, documents=None, add_generation_prompt=add_generation_prompt, **kwargs
         )
-        skipped = len(messages) + 1 - text.count(_MARK)
-        if not 0 <= skipped <= self._skip or text.count(END) != 1:
+        marks, ends, (before, *bodies), after = cut_at_markers(text, _MARK, START, END)
+        skipped = len(messages) + 1 - marks
+        if not 0 <= skipped <= self._skip or ends != 1:
             return None
-        head, _, after = text.partition(END)
-        before, *bodies = head.split(START)
         # A skipped leading message (folded into the text before the loop) renders nothing
         # of its own: an empty body keeps body[i] the text of messages[i].
         return before, [""] * skipped + bodies, after

@@ -43,6 +43,7 @@ Prefixes that fail (1) are rendered as before; prefix n is the full render itsel
 
 from __future__ import annotations
 
+import itertools
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -98,7 +99,8 @@ class _MainIter:
             raise StopIteration
         self.i += 1
         t.cuts.append((i, ALL if self.peeking else t.max))
-        t.read(i)
+        if i > t.max:  # t.read(i), inline: once per message of every watched render
+            t.max = i
         return t.items[i]
 
 
@@ -226,16 +228,50 @@ class TrackedParts:
         return None
 
 
+def cut_at_markers(text: str, mark: str, start: str, end: str) -> tuple[int, int, list[str], str]:
+    """(text.count(mark), text.count(end), head.split(start), after), where head, _,
+    after = text.partition(end): what a marked render's text is cut into.
+
+    Searching a text for the two-character markers (start, end) costs several times a
+    search for one character, so the text is split once at `mark` (one character that
+    begins both markers and occurs in neither's rest): when every piece but the first
+    begins with start's rest and the last with end's, each mark begins a marker, the
+    last one the only `end`, and the pieces are those of the four calls; otherwise the
+    four calls are made."""
+    s, e = start[1:], end[1:]
+    parts = text.split(mark) if len(mark) == 1 and start[:1] == end[:1] == mark else []
+    if (
+        len(parts) >= 2
+        and s
+        and e
+        and mark not in s + e
+        and not s.startswith(e)
+        and not e.startswith(s)
+        and parts[-1].startswith(e)
+        and all(p.startswith(s) for p in itertools.islice(parts, 1, len(parts) - 1))
+    ):
+        n = len(s)
+        return (
+            len(parts) - 1,
+            1,
+            [parts[0]] + [p[n:] for p in itertools.islice(parts, 1, len(parts) - 1)],
+            parts[-1][len(e) :],
+        )
+    head, _, after = text.partition(end)
+    return text.count(mark), text.count(end), head.split(start), after
+
+
 def render_tracked(template, mark: str, start: str, end: str, messages, **kwargs) -> TrackedParts | None:
     """The watched render of `messages` (see the module docstring), or None when the
     markers do not line up (e.g. a message holds the marker character)."""
     t = _Tracker(list(messages))
     kwargs[ITER_NAME] = t.main
     text = template.render(messages=_View(t, 0), **kwargs)
-    if t.max_at_end is None or text.count(mark) != len(t.cuts) + 1 or text.count(end) != 1:
+    if t.max_at_end is None:
         return None
-    head, _, after = text.partition(end)
-    pieces = head.split(start)
+    marks, ends_found, pieces, after = cut_at_markers(text, mark, start, end)
+    if marks != len(t.cuts) + 1 or ends_found != 1:
+        return None
     ends, pos = [], len(pieces[0])
     for p in pieces[1:]:
         ends.append(pos)

@@ -7,7 +7,6 @@ as plain JSON, and the special-token-text check. Everything here raises `Reject`
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from orchestrator.tool_args import ToolCallShape, parse_arguments
 
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
 _KEPT_KEYS = ("name", "tool_call_id")
+_ROLES = frozenset(KNOWN_ROLES)
 
 
 @dataclass(slots=True)
@@ -86,6 +86,13 @@ def normalize_messages(messages: Any, reasoning_policy: str, shape: ToolCallShap
         raise Reject("invalid_message", "messages must be a non-empty list")
     out = []
     for i, m in enumerate(messages):
+        # The usual shape, {"role": ..., "content": "<text>"} and nothing else, with a
+        # non-empty content for an assistant: exactly what the checks below give it.
+        if type(m) is dict and len(m) == 2:
+            role, content = m.get("role"), m.get("content")
+            if type(content) is str and type(role) is str and role in _ROLES and (content or role != "assistant"):
+                out.append(Msg({"role": role, "content": content}, role, content, "", ""))
+                continue
         where = f"messages[{i}]"
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise Reject("invalid_message", f"{where} is not an object with a string 'role'")
@@ -140,17 +147,31 @@ def plain_tools(tools: Any) -> list[dict] | None:
 def check_special(msgs: list[Msg], tools, special_re: re.Pattern) -> None:
     """Reject special-token text (e.g. '<|im_end|>') inside content, reasoning, tool calls
     or tools (with special_tokens_in_content=reject)."""
-    per_message = []
+    # One search over all texts joined: a token text inside any of them is inside the
+    # join, so no hit there means none anywhere (a hit may straddle two texts: the
+    # per-message search then looks at each text on its own, as the error must name the
+    # message). Empty reasoning and absent tool calls add nothing to search.
+    texts = []
     for m in msgs:
+        texts.append(without_thinking_tags(m.content) if m.role == "assistant" else m.content)
+        if m.reasoning:
+            texts.append(m.reasoning)
+        calls = m.data.get("tool_calls")
+        if calls:
+            texts += [json.dumps(tc["function"], ensure_ascii=False) for tc in calls]
+    if special_re.search("\n".join(texts)) is not None:
+        _name_special(msgs, special_re)
+    if tools:
+        hit = special_re.search(json.dumps(tools, ensure_ascii=False))
+        if hit:
+            raise Reject("special_token_in_content", f"tools contain the special token text {hit.group()!r}")
+
+
+def _name_special(msgs: list[Msg], special_re: re.Pattern) -> None:
+    """The first message holding special-token text, as a rejection (none: a hit straddled two texts)."""
+    for i, m in enumerate(msgs):
         texts = [without_thinking_tags(m.content) if m.role == "assistant" else m.content, m.reasoning]
         texts += [json.dumps(tc["function"], ensure_ascii=False) for tc in m.data.get("tool_calls", ())]
-        per_message.append(texts)
-    # One search over all texts joined: a token text inside any of them is inside the
-    # join, so no hit there means none anywhere (a hit may straddle two texts: the loop
-    # below then looks at each text on its own, as the error must name the message).
-    if special_re.search("\n".join(itertools.chain.from_iterable(per_message))) is None:
-        per_message = []
-    for i, (m, texts) in enumerate(zip(msgs, per_message)):
         for t in texts:
             hit = t and special_re.search(t)
             if hit:
@@ -159,10 +180,6 @@ def check_special(msgs: list[Msg], tools, special_re: re.Pattern) -> None:
                     f"messages[{i}] ({m.role}) contains the special token text {hit.group()!r}. "
                     'Fix: clean the data, or set special_tokens_in_content = "allow"',
                 )
-    if tools:
-        hit = special_re.search(json.dumps(tools, ensure_ascii=False))
-        if hit:
-            raise Reject("special_token_in_content", f"tools contain the special token text {hit.group()!r}")
 
 
 def where_not_unicode(messages: list, tools: Any) -> str:

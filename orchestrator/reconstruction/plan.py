@@ -53,7 +53,7 @@ class Planner:
     _special_re: re.Pattern | None
     # From the other parts:
     _reject: Callable[[str, Reject], Rejection]  # reconstructor.Reconstructor._reject
-    _prefix_renders: Callable[..., tuple[Callable[[int], str], Callable[[int], str]]]  # prefixes.PrefixRenders
+    _prefix_renders: Callable[..., tuple]  # prefixes.PrefixRenders._prefix_renders
     _locate_turn: Callable[..., Turn]  # turns.TurnLocator._locate_turn
 
     def _prepare(
@@ -131,7 +131,10 @@ class Planner:
         groups = [[0]]
         for k in range(1, len(turns)):
             prev, cur = turns[k - 1], turns[k]
-            if prev.end <= cur.start and cur.full.startswith(prev.full[: prev.end]):
+            # both fulls start with the conversation's head[:same] (prefixes.py): compare the rest
+            same = min(prev.shared, cur.shared, prev.end)
+            upto = prev.full if prev.end == len(prev.full) and not same else prev.full[same : prev.end]
+            if prev.end <= cur.start and cur.full.startswith(upto, same):
                 groups[-1].append(k)
             else:
                 groups.append([k])

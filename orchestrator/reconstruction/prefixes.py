@@ -66,11 +66,16 @@ class PrefixRenders:
         return out
 
     def _prefix_renders(self, data: list[dict], tools: list[dict] | None, first: int):
-        """Two functions for this conversation: j -> render(data[:j]) with the generation
-        prompt, and without. Derived from the marked render of the whole conversation when
-        the template is append-only (orchestrator/template.py, docs/reconstruction.md
-        "Prefix renders"); else each call renders that prefix. The derived functions are
-        only called with j >= first >= 1."""
+        """Three functions for this conversation and a text: j -> render(data[:j]) with the
+        generation prompt, and without; j -> c, where both renders of data[:j] start with
+        head[:c] for one text `head` of this conversation (None: not known); and `tail`,
+        where the first render is head[:c] + tail whenever c is known (None: never).
+        Derived from the
+        marked render of the whole conversation when the template is append-only
+        (orchestrator/template.py, docs/reconstruction.md "Prefix renders"); else each
+        call renders that prefix. The derived functions are only called with j >= first >= 1.
+        The last two let a caller compare two renders after the start they are known to
+        share (turns.py), which is the same test without reading that start twice."""
         if self.chat_template.append_only and first >= 1 and self._derive_prefixes:
             derived = self._derived_prefixes(data, tools, first)
             if derived is not None:
@@ -80,6 +85,8 @@ class PrefixRenders:
         direct = (
             (lambda j: self._cached_prompt(data[:j], tools, parts=False)),
             (lambda j: self.render(data[:j], tools, False)),
+            _nothing_shared,
+            None,
         )
         if self.chat_template.tracked is not None and first >= 1 and self._try_tracked:
             tracked = self._tracked_prefixes(data, tools, first, direct)
@@ -117,7 +124,7 @@ class PrefixRenders:
             c = full.cut_for(j)
             return head[:c] + after_full if c is not None else direct[1](j)
 
-        return prompt_render, full_render
+        return prompt_render, full_render, full.cut_for, after_prompt
 
     def _derived_prefixes(self, data: list[dict], tools: list[dict] | None, first: int):
         """The marked render of the whole conversation gives the text before the loop, each
@@ -155,4 +162,12 @@ class PrefixRenders:
             ends.append(ends[-1] + len(body))
         head += "".join(full[1])
         after_full = full[2]
-        return (lambda j: head[: ends[j]] + after_prompt), (lambda j: head[: ends[j]] + after_full)
+        prompt_render, full_render = (
+            (lambda j: head[: ends[j]] + after_prompt),
+            (lambda j: head[: ends[j]] + after_full),
+        )
+        return prompt_render, full_render, ends.__getitem__, after_prompt
+
+
+def _nothing_shared(j: int) -> None:
+    return None

@@ -45,7 +45,7 @@ PROBE_TOOLS = [
 ]
 
 
-@dataclass
+@dataclass(slots=True)
 class Turn:
     """One trained turn, located in F (the render of the history through the turn)."""
 
@@ -55,6 +55,7 @@ class Turn:
     end: int  # just after the end-of-turn token in F_k
     has_tool_calls: bool
     role: str
+    shared: int = 0  # F_k[:shared] is the conversation's `head` [:shared] (prefixes.py; 0: unknown)
 
 
 class TurnLocator:
@@ -118,13 +119,8 @@ class TurnLocator:
 
     def _locate_turn(self, msgs: list[Msg], data: list[dict], a: int, tools, renders) -> Turn:
         m = msgs[a]
-        prompt, full_render = renders
         try:
-            full = full_render(a + 1)
-            if m.role == "assistant":
-                base = prompt(a)
-            else:
-                base = full_render(a) if a else ""
+            full, known, base, blen, ok = self._turn_renders(m, a, renders)
         except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
             hint = hint_for_template_error(str(e), data, self.cfg.system_prompt)
             if not tools and self.probe_tools is not None:
@@ -134,33 +130,61 @@ class TurnLocator:
                     "the model's default chat template for conversations without tools)"
                 )
             raise Reject("template_error", f"rendering up to messages[{a}]: {type(e).__name__}: {e}{hint}") from None
-        if not full.startswith(base) and m.role == "assistant":
-            rebuilt = self._after_rewritten_history(data, a, tools, base, full)
-            if rebuilt is None:
-                return self._opened_turn(data, a, tools, base, m)
-            full = rebuilt
-        if not full.startswith(base):
-            raise Reject(
-                "template_mismatch",
-                f"messages[{a}]: the template's render of the history before it is "
-                f"not a prefix of its rendering of the turn (ends {base[-40:]!r})",
-            )
-        eot = self._turn_end_token(full, base, a)
+        if not ok:
+            if m.role == "assistant":
+                rebuilt = self._after_rewritten_history(data, a, tools, base, full)
+                if rebuilt is None:
+                    return self._opened_turn(data, a, tools, base, m)
+                full, known = rebuilt, 0  # starts with base
+            else:
+                raise Reject(
+                    "template_mismatch",
+                    f"messages[{a}]: the template's render of the history before it is "
+                    f"not a prefix of its rendering of the turn (ends {base[-40:]!r})",
+                )
+        # From here on full starts with the render before the turn: it is full[:blen].
+        eot = self._turn_end_token(full, blen, a)
         end = len(full) - len(self.final_tail)
         eot_start = end - len(eot)
-        seg = full[len(base) : eot_start]
-        start = len(base)
-        at = len(m.placed_prefix)  # where the content starts in seg
-        if m.role != "assistant" or not seg.startswith(m.placed_prefix + m.content):
+        start = blen
+        at = len(m.placed_prefix)  # where the content starts in seg = full[start:eot_start]
+        seg = None  # cut only when needed: the usual turn is checked in place
+        if m.role != "assistant" or not full.startswith(m.placed_prefix + m.content, start, eot_start):
             # Where does the template put the content? Render the turn with a sentinel
             # in its place and compare: no searching in the real text.
-            lead = self._lead(data, a, tools, base, seg, m, eot)
+            seg = full[start:eot_start]
+            lead = self._lead(data, a, tools, full[:blen] if base is None else base, seg, m, eot)
             at = len(lead)
             if m.role != "assistant":
                 start += len(lead)  # the header before a non-assistant turn is context
         calls = m.data.get("tool_calls", ())
-        self._check_rendered(m, seg, a, calls, at)
-        return Turn(full, start, eot_start, end, bool(calls), m.role)
+        if calls or m.reasoning:
+            self._check_rendered(m, full[blen:eot_start] if seg is None else seg, a, calls, at)
+        return Turn(full, start, eot_start, end, bool(calls), m.role, known)
+
+    @staticmethod
+    def _turn_renders(m: Msg, a: int, renders) -> tuple[str, int, str | None, int, bool]:
+        """F (the render through turn a), how long a start of F is the conversation's
+        head (prefixes.py; 0: unknown), P (the render before the turn: the prompt for an
+        assistant turn), len(P), and whether F starts with P. Both renders start with
+        head[:c] when cut from it, so only what follows is compared; and when P is
+        head[:c] + the prompt's tail, F starts with P iff F has that tail at c, so P,
+        then F[:len(P)], is not built (None)."""
+        prompt, full_render, shared, tail = renders
+        full = full_render(a + 1)
+        known = shared(a + 1)
+        if m.role == "assistant":
+            c = shared(a)
+            if tail is not None and c is not None and known is not None and c <= known:
+                if full.startswith(tail, c):
+                    return full, known, None, c + len(tail), True
+                return full, known, full[:c] + tail, c + len(tail), False
+            base = prompt(a)
+        else:
+            base = full_render(a) if a else ""
+            c = shared(a) if a else None
+        k = min(known, c) if base and known is not None and c is not None else 0
+        return full, known or 0, base, len(base), full.startswith(base[k:] if k else base, k)
 
     def _check_rendered(self, m: Msg, seg: str, a: int, calls, at: int) -> None:
         """What the template rendered besides the content itself (at seg[at:]): the tool calls
@@ -252,17 +276,17 @@ class TurnLocator:
         full = base + text
         return Turn(full, len(base), len(full) - len(self.eot), len(full), False, m.role)
 
-    def _turn_end_token(self, full: str, base: str, a: int) -> str:
+    def _turn_end_token(self, full: str, base_len: int, a: int) -> str:
         """The token that ends this turn: the template's usual end-of-turn token, or
         another special token in its place (Llama 3.1 ends tool-call turns with
         <|eom_id|>), right before the template's constant final text."""
         tail = self.final_tail
         if full.endswith(tail):
             n = len(full) - len(tail)  # the body before the tail, compared in place (no copy)
-            if full.endswith(self.eot, 0, n) and n - len(self.eot) >= len(base):
+            if full.endswith(self.eot, 0, n) and n - len(self.eot) >= base_len:
                 return self.eot  # the usual case, without walking the added tokens
             for tok in self._added_tokens:
-                if full.endswith(tok, 0, n) and n - len(tok) >= len(base):
+                if full.endswith(tok, 0, n) and n - len(tok) >= base_len:
                     if tok != self.eot:
                         self.stats["other_end_token"] += 1
                     return tok

@@ -77,3 +77,47 @@ def test_a_check_that_is_not_jinjas_own_is_left_alone():
 
     env = Custom()
     assert faster_sandbox(env) is env
+
+
+def test_dict_attributes_answered_as_the_sandbox_does():
+    """`m.role` on a plain dict is answered without jinja's AttributeError round trip: the
+    same value, the same undefined for a missing key, dict methods still through the
+    sandbox (safe ones given, mutating ones refused), dict subclasses and other objects
+    untouched."""
+    env = _compile_jinja_template("{{ 1 }}").environment
+    fast = faster_sandbox(env)
+    assert fast.getattr is not env.getattr
+
+    class Sub(dict):
+        role = "class attribute"
+
+        def __missing__(self, key):
+            return "missing:" + key
+
+    ns = jinja2.utils.Namespace(role="ns")
+    objects = [
+        {"role": "user", "content": "hi", "items": "a key named like a method", "__class__": "k"},
+        {},
+        Sub(content="c"),
+        ns,
+        "text",
+        [1, 2],
+        None,
+    ]
+    names = ["role", "content", "missing", "items", "get", "keys", "clear", "update", "__class__", "upper", "x"]
+    for obj in objects:
+        for name in names:
+            want, got = env.getattr(obj, name), fast.getattr(obj, name)
+            assert type(got) is type(want), (obj, name)
+            if isinstance(want, jinja2.Undefined):
+                assert (got._undefined_obj, got._undefined_name) == (want._undefined_obj, want._undefined_name)
+            elif isinstance(want, types.BuiltinMethodType | types.MethodType):
+                assert got == want, (obj, name)
+            else:
+                assert got is want or got == want, (obj, name)
+    source = (
+        "{% for m in messages %}{{ m.role }}|{{ m.missing is defined }}|{{ m.items() | list | length }}{% endfor %}"
+    )
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", "missing": 0}]
+    assert outcome(fast, source, messages) == outcome(env, source, messages) == "text:user|False|2assistant|True|3"
+    assert outcome(fast, "{{ messages[0].clear() }}", messages).startswith("SecurityError")

@@ -181,3 +181,38 @@ def test_watched_renders_given_up_when_they_never_prove_anything():
         )
         assert len(samples) == 1
     assert r.stats["prefix_renders_not_tracked"] == r.TRACKED_GIVE_UP and not r.stats["prefix_renders_tracked"]
+
+
+def _four_calls(text: str, mark: str, start: str, end: str):
+    head, _, after = text.partition(end)
+    return text.count(mark), text.count(end), head.split(start), after
+
+
+@pytest.mark.parametrize(
+    "mark,start,end",
+    [
+        (_MARK, START, END),  # the real markers: one split at the mark character when they line up
+        ("<", "<s", "<e"),
+        ("<", "<s", "<ss"),  # start's rest a prefix of end's: the four calls
+        ("<<", "<<s", "<<e"),  # a two-character mark: the four calls
+        ("<", "<s<", "<e"),  # the mark inside start's rest: the four calls
+    ],
+)
+def test_cut_at_markers_is_the_four_calls(mark, start, end):
+    """cut_at_markers (one split where the markers line up) gives exactly what counting,
+    partitioning and splitting give, on random texts made of the markers, their pieces
+    and other text, in every shape (stray marks, no end, two ends, an end before a start)."""
+    from orchestrator.template_tracked import cut_at_markers
+
+    rng = random.Random(12)
+    atoms = [mark, start, end, start[1:], end[1:], "a", "\n", "é", "\U0001f600", ""]
+    lined_up = 0
+    for _ in range(4000):
+        n = rng.randint(0, 8)
+        text = "".join(rng.choice(atoms) for _ in range(n))
+        if rng.random() < 0.5:  # the usual shape: starts, then one end
+            text = "".join(rng.choice(["a", "é", ""]) + start for _ in range(n)) + "x" + end + "tail"
+        got = cut_at_markers(text, mark, start, end)
+        assert got == _four_calls(text, mark, start, end), text
+        lined_up += got[1] == 1
+    assert lined_up > 1000  # the usual shape was tried
