@@ -1,22 +1,29 @@
 """On-policy `distill run` under torchrun: 2 gloo processes (FSDP2 on CPU) against the exact-logprob score
 server equal one process: same per-step loss, same held-out eval, same final weights; every sampled sequence
-is scored exactly once (counted on the server); each rank samples a disjoint half of the step's prompts."""
+is scored exactly once (counted on the server); each rank samples a disjoint half of the step's prompts (the
+gather refuses anything else). Then a resume under torchrun from an earlier checkpoint re-trains on the step
+files already written, asks the scorer nothing, and ends with the same weights."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from test_on_policy import all_sample_seqs, metrics, sends, write_cfg
+from test_student_server_vllm import student_server  # noqa: F401  (the REAL vLLM student server fixture)
+
+from distill.core.contract import read_shard
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -70,3 +77,53 @@ def test_two_gloo_processes_sample_score_and_train_like_one(tmp_path, make_score
         torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5, msg=name)
     assert json.loads((two / "checkpoints" / "step-000003" / "trainer_state.json").read_text())["world_size"] == 2
     assert proc2.stdout.count("on-policy: steps=3") == 1  # the summary once, by rank 0
+
+    # resume: as if the run had died after step 3 with only step 1 checkpointed; a new server counts requests
+    for name in ("step-000002", "step-000003"):
+        shutil.rmtree(two / "checkpoints" / name)
+    server = make_score_server()
+    proc = _run(write_cfg(tmp_path / "n2", server, tiny_student_dir, k=k, steps=3), 2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert f"resumed_from={two / 'checkpoints' / 'step-000001'}" in proc.stdout
+    assert not sends(server, seqs2)  # nothing sampled or scored again
+    assert [r["step"] for r in metrics(two)] == [0, 1, 2, 3]
+    w3 = load_file(two / "checkpoints" / "step-000003" / "model.safetensors")
+    for name in w1:
+        torch.testing.assert_close(w3[name], w1[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_sample_on_the_student_server(student_server, score_server, tmp_path):
+    """on_policy.sampler = "server" under torchrun: rank 0 asks the REAL vLLM student server for every sample,
+    the refresh is saved collectively (FSDP) and its probe check's forward runs on both ranks; step 1's samples
+    carry the step-1 weights' logprobs, and every sequence is scored once."""
+    from test_student_server_vllm import _load, _reference
+
+    from distill.core.student import resolve_student
+
+    extra = f"""
+[on_policy.student_server]
+type = "vllm"
+base_url = "{student_server.base_url}"
+model = "student"
+"""
+    cfg = write_cfg(tmp_path, score_server, "builtin:smollm2-135m-instruct-weak", k=0, steps=2, extra=extra)
+    text = cfg.read_text().replace("[on_policy]\n", '[on_policy]\nsampler = "server"\n')
+    cfg.write_text(text.replace("lr = 3e-3", "lr = 1e-3").replace("eval_every = 2", "eval_every = 1"))
+    before = len(score_server.requests_seen)
+    proc = _run(cfg, 2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    run = tmp_path / "run"
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(r["time_refresh_s"] > 0 for r in rows[1:])
+    seqs = all_sample_seqs(run)
+    sent = sends(SimpleNamespace(requests_seen=score_server.requests_seen[before:]), seqs)
+    assert set(sent) == seqs and set(sent.values()) == {1}
+    step1 = read_shard(run / "samples" / "shard-000001.jsonl")
+    assert len(step1) == 4 and {s.meta["policy_step"] for s in step1} == {1}
+    weights1 = _load(run / "checkpoints" / "step-000001")
+    weights0 = _load(resolve_student("builtin:smollm2-135m-instruct-weak"))
+    d1 = max(abs(a - b) for s in step1 for a, b in zip(s.sampling_logprobs, _reference(weights1.lm, s, 1, 1)))
+    d0 = max(abs(a - b) for s in step1 for a, b in zip(s.sampling_logprobs, _reference(weights0.lm, s, 1, 1)))
+    print(f"\n2 processes on the student server: step-1 samples vs step-1 weights {d1:.2e}, vs initial {d0:.2e}")
+    assert d1 < 2e-3 < d0
