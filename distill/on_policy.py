@@ -64,13 +64,7 @@ def cmd_run_on_policy(cfg: RunConfig, no_resume: bool) -> int:
     from distill.core.student import resolve_student
     from distill.run import prepare_run_dir, print_locations
 
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and cfg.on_policy.teacher_fraction > 0:
-        raise OnPolicyError(
-            f"on_policy.teacher_fraction = {cfg.on_policy.teacher_fraction} (mixed steps) runs in one process only, "
-            f"and this is a torchrun with WORLD_SIZE = {world}. Fix: run it as one process (distill run CFG, no "
-            "torchrun), or set on_policy.teacher_fraction = 0"
-        )
+    rank = int(os.environ.get("RANK", "0"))
     # under torchrun rank 0 alone writes the run folder and runs the self-tests (paid requests)
     run_dir = prepare_run_dir(cfg) if rank == 0 else Path(cfg.output_dir)
     resolve_student(cfg.student.path)  # builds the builtin (or weak) student once
@@ -141,7 +135,7 @@ class _Loop:
 
             held_out = frozenset(p["prompt_id"] for p in self.eval_prompts)
             self.mix = TeacherRows(cfg, self.files, self.s.model.lm.config.vocab_size, held_out)
-            if self.mix.left_out:
+            if self.mix.left_out and self.main:
                 print(f"on-policy: {self.mix.left_out} teacher samples answer held-out eval prompts: left out",
                       file=sys.stderr)  # fmt: skip
 
@@ -267,7 +261,8 @@ class _Loop:
         else:  # a mixed step: teacher rows (their loss) + the student's samples, one normaliser (trainer/mix.py)
             from trainer.mix import mixed_train_step
 
-            m = mixed_train_step(s.model, s.optimizer, s.scheduler, self.mix.rows(i), samples, t, s.ctx, s.pad_id)
+            rows = broadcast(self.mix.rows(i) if self.main else None, s.ctx)  # rank 0 writes them (resume)
+            m = mixed_train_step(s.model, s.optimizer, s.scheduler, rows, samples, t, s.ctx, s.pad_id)
         train_s = time.perf_counter() - t1
         s.state.step += 1
         s.state.samples_seen += m["samples"]

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from test_on_policy import all_sample_seqs, metrics, sends, write_cfg
+from test_on_policy_mix import MIX, teacher_folder
 from test_student_server_vllm import student_server  # noqa: F401  (the REAL vLLM student server fixture)
 
 from distill.core.contract import read_shard
@@ -45,15 +46,28 @@ def _run(cfg: Path, nproc: int) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
+def _cfg(d: Path, server, student, k: int, mix: Path | None) -> Path:
+    cfg = write_cfg(d, server, student, k=k, steps=3)
+    if mix is not None:  # 2 teacher rows + 1 prompt x 2 samples per step: rank 1 samples no training prompt
+        cfg.write_text(cfg.read_text().replace("[on_policy]\n", MIX.format(dir=mix)))
+    return cfg
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("k", [1])
-def test_two_gloo_processes_sample_score_and_train_like_one(tmp_path, make_score_server, tiny_student_dir, k):
+@pytest.mark.parametrize("k,mixed", [(1, False), (0, True)])
+def test_two_gloo_processes_sample_score_and_train_like_one(
+    tmp_path, make_score_server, tiny_student_dir, smol_tokenizer, k, mixed
+):
+    mix = None
+    if mixed:
+        mix = tmp_path / "teacher"
+        teacher_folder(mix, smol_tokenizer)
     runs = {}
     for n in (1, 2):
         d = tmp_path / f"n{n}"
         d.mkdir()
         server = make_score_server()
-        proc = _run(write_cfg(d, server, tiny_student_dir, k=k, steps=3), n)
+        proc = _run(_cfg(d, server, tiny_student_dir, k, mix), n)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
         run = d / "run"
         seqs = all_sample_seqs(run)
@@ -65,11 +79,12 @@ def test_two_gloo_processes_sample_score_and_train_like_one(tmp_path, make_score
     assert seqs2 == seqs1  # the same tokens sampled (per-sequence seeds): the ranks' halves make up the whole
     r1, r2 = metrics(one), metrics(two)
     assert [r["step"] for r in r2] == [r["step"] for r in r1] == [0, 1, 2, 3]
+    assert all((r.get("teacher_rows"), r["samples"]) == ((2, 4) if mixed else (None, 4)) for r in r2[1:])
     for a, b in zip(r1, r2):
-        for key in ("loss", "grad_norm", "eval_reverse_kl", "reverse_kl"):
+        for key in ("loss", "grad_norm", "eval_reverse_kl", "reverse_kl", "loss_teacher", "loss_student"):
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
-        for key in ("trained_tokens", "tokens", "samples"):
+        for key in ("trained_tokens", "tokens", "samples", "teacher_trained_tokens"):
             assert b.get(key) == a.get(key)
     w1 = load_file(one / "checkpoints" / "step-000003" / "model.safetensors")
     w2 = load_file(two / "checkpoints" / "step-000003" / "model.safetensors")
@@ -82,7 +97,7 @@ def test_two_gloo_processes_sample_score_and_train_like_one(tmp_path, make_score
     for name in ("step-000002", "step-000003"):
         shutil.rmtree(two / "checkpoints" / name)
     server = make_score_server()
-    proc = _run(write_cfg(tmp_path / "n2", server, tiny_student_dir, k=k, steps=3), 2)
+    proc = _run(_cfg(tmp_path / "n2", server, tiny_student_dir, k, mix), 2)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert f"resumed_from={two / 'checkpoints' / 'step-000001'}" in proc.stdout
     assert not sends(server, seqs2)  # nothing sampled or scored again
