@@ -197,7 +197,6 @@ class StudentSampler:
             )
         return samples
 
-
     def _max_over_ranks(self, x: float) -> float:
         """x itself in one process; under torchrun the largest x of all ranks (one small all-reduce)."""
         if self.ctx is None:

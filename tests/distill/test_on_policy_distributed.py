@@ -76,6 +76,7 @@ def test_two_gloo_processes_sample_score_and_train_like_one(
     (one, seqs1, sent1, _), (two, seqs2, sent2, proc2) = runs[1], runs[2]
     # every sequence trained or evaluated was sent to the scorer exactly once: nothing paid twice
     assert set(sent2) == seqs2 and set(sent2.values()) == {1}, Counter(sent2.values())
+    assert sum(sent2.values()) == sum(sent1.values())  # as many paid sequences as one process
     assert seqs2 == seqs1  # the same tokens sampled (per-sequence seeds): the ranks' halves make up the whole
     r1, r2 = metrics(one), metrics(two)
     assert [r["step"] for r in r2] == [r["step"] for r in r1] == [0, 1, 2, 3]
@@ -108,7 +109,7 @@ def test_two_gloo_processes_sample_score_and_train_like_one(
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_sample_on_the_student_server(student_server, score_server, tmp_path):
+def test_two_gloo_processes_sample_on_the_student_server(request, score_server, tmp_path):
     """on_policy.sampler = "server" under torchrun: rank 0 asks the REAL vLLM student server for every sample,
     the refresh is saved collectively (FSDP) and its probe check's forward runs on both ranks; step 1's samples
     carry the step-1 weights' logprobs, and every sequence is scored once."""
@@ -116,10 +117,11 @@ def test_two_gloo_processes_sample_on_the_student_server(student_server, score_s
 
     from distill.core.student import resolve_student
 
+    srv = request.getfixturevalue("student_server")
     extra = f"""
 [on_policy.student_server]
 type = "vllm"
-base_url = "{student_server.base_url}"
+base_url = "{srv.base_url}"
 model = "student"
 """
     cfg = write_cfg(tmp_path, score_server, "builtin:smollm2-135m-instruct-weak", k=0, steps=2, extra=extra)
