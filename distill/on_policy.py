@@ -49,7 +49,7 @@ from distill.on_policy_parts import (
     step_prompts,
     write_samples,
 )
-from distill.on_policy_dist import broadcast, sample_shared
+from distill.on_policy_dist import RankZeroStopped, broadcast, from_rank0, result_from_rank0, sample_shared
 from distill.student_server import make_samplers
 
 __all__ = ["OnPolicyError", "cmd_run_on_policy", "run_on_policy"]
@@ -70,7 +70,11 @@ def cmd_run_on_policy(cfg: RunConfig, no_resume: bool) -> int:
     resolve_student(cfg.student.path)  # builds the builtin (or weak) student once
     if rank == 0:
         prepare_scoring_run(cfg, run_dir)  # the scorer's self-tests: ScoreCheckError refuses the run
-    summary = run_on_policy(cfg, run_dir, resume=not no_resume)
+    try:
+        summary = run_on_policy(cfg, run_dir, resume=not no_resume)
+    except RankZeroStopped as e:  # rank 0 fails with the message and the exit code (distill/on_policy_dist.py)
+        print(f"distill: {e}", file=sys.stderr)
+        return 0
     if rank != 0:
         return 0
     keys = (
@@ -186,8 +190,8 @@ class _Loop:
         samples = read_samples(path) if self.main else None
         if broadcast(samples is None, self.s.ctx):
             sampled = self._sample(self.eval_sampler, self.render(self.eval_prompts), step)
-            if self.main:
-                samples, _ = self.scoring.submit(sampled, path).result()
+            future = self.scoring.submit(sampled, path) if self.main else None
+            samples, _ = result_from_rank0(self.s.ctx, future)
         if not self.main:
             return {}  # rank 0 logs
         stats = sample_stats(samples, "eval_")
@@ -249,7 +253,7 @@ class _Loop:
         future, generate_s = self.pending.pop(i)
         t0 = time.perf_counter()
         # rank 0's scored samples, on every rank (trainer/step.py then takes each rank's rows)
-        samples, score_s = broadcast(future.result() if future is not None else None, s.ctx)
+        samples, score_s = result_from_rank0(s.ctx, future)
         idle_s = time.perf_counter() - t0
         lag = max(i - int((x.meta or {}).get("policy_step", -1)) for x in samples)
         if not 0 <= lag <= k:  # an invariant of launch(): never train on samples staler than K
@@ -261,7 +265,7 @@ class _Loop:
         else:  # a mixed step: teacher rows (their loss) + the student's samples, one normaliser (trainer/mix.py)
             from trainer.mix import mixed_train_step
 
-            rows = broadcast(self.mix.rows(i) if self.main else None, s.ctx)  # rank 0 writes them (resume)
+            rows = from_rank0(s.ctx, lambda: self.mix.rows(i))  # rank 0 writes them (resume)
             m = mixed_train_step(s.model, s.optimizer, s.scheduler, rows, samples, t, s.ctx, s.pad_id)
         train_s = time.perf_counter() - t1
         s.state.step += 1

@@ -96,12 +96,13 @@ class Refresher:
         from trainer.refresh import save_refresh
 
         t0 = time.perf_counter()
+        from distill.on_policy_dist import from_rank0
+
         folder = save_refresh(self.model, self.dir, step, self.ctx)
-        if self.ctx.is_main:
-            self.client.refresh(folder, step)
+        # rank 0 talks to the server; its failure is raised on every rank (distill/on_policy_dist.py)
+        from_rank0(self.ctx, lambda: self.client.refresh(folder, step))
         mine = self.own_logprobs()  # on every rank: under FSDP the forward is a collective
-        if self.ctx.is_main:
-            self.check(step, mine)
+        from_rank0(self.ctx, lambda: self.check(step, mine))
         return time.perf_counter() - t0
 
     def own_logprobs(self) -> list[float]:

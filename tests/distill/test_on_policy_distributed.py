@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -37,13 +39,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(cfg: Path, nproc: int) -> subprocess.CompletedProcess:
+def _run(cfg: Path, nproc: int, *extra: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "distill", "run", str(cfg)]
+    cmd = [sys.executable, "-m", "distill", "run", str(cfg), *extra]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "distill", "run", str(cfg)]  # fmt: skip
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "distill", "run", str(cfg), *extra]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # a hang: torchrun and its workers (its process group) go, then the failure
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _cfg(d: Path, server, student, k: int, mix: Path | None) -> Path:
@@ -106,6 +116,31 @@ def test_two_gloo_processes_sample_score_and_train_like_one(
     w3 = load_file(two / "checkpoints" / "step-000003" / "model.safetensors")
     for name in w1:
         torch.testing.assert_close(w3[name], w1[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_a_budget_stop_on_rank_0_stops_every_rank_cleanly_and_a_rerun_resumes(
+    tmp_path, make_score_server, tiny_student_dir
+):
+    """Only rank 0 scores, so only rank 0 sees a [scorer.budget] stop: the other rank must stop with it (not
+    wait forever for samples), the steps trained are checkpointed (a collective save), and a rerun resumes."""
+    server = make_score_server()
+    extra = "[scorer.budget]\nmax_requests = 8\n"  # the self-tests, step 0's eval, then part of the steps
+    # no checkpoint before the end: the failure path saves the steps trained, a collective on both ranks
+    cfg = write_cfg(tmp_path, server, tiny_student_dir, k=1, steps=3, extra=extra, every=10)
+    proc = _run(cfg, 2, timeout=300)
+    assert proc.returncode != 0
+    assert "scoring stopped at budget:max_requests" in proc.stderr and "rerun the same command to resume" in proc.stderr
+    # rank 0's message once (rank 1 leaves quietly, so torchrun does not kill rank 0 before it is printed)
+    assert proc.stderr.count("scoring stopped at") == 1 and "rank 1 stopped with rank 0 (OnPolicyError)" in proc.stderr
+    assert not re.search(r'File ".*/(distill|trainer|orchestrator)/', proc.stderr)  # no traceback of ours
+    run = tmp_path / "run"
+    trained = [r["step"] for r in metrics(run)]
+    assert len(trained) > 1 and (run / "checkpoints" / f"step-{trained[-1]:06d}").is_dir()  # saved on the way out
+    proc = _run(cfg, 2, "--scorer.budget.max_requests", "1000", timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert [r["step"] for r in metrics(run)] == [0, 1, 2, 3] and trained[0] == 0
+    assert set(sends(server, all_sample_seqs(run)).values()) == {1}
 
 
 @pytest.mark.slow
