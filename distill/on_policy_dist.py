@@ -53,7 +53,7 @@ def broadcast(obj: T, ctx: Any) -> T:
 
 def from_rank0(ctx: Any, fn: Callable[[], T]) -> T:
     """fn() run on rank 0, its value on every rank (a collective). When fn raises, rank 0 raises it and the
-    other ranks raise an OnPolicyError naming it, at the same point."""
+    other ranks raise RankZeroStopped naming its type, at the same point."""
     if not ctx.distributed:
         return fn()
     err: BaseException | None = None

@@ -80,7 +80,7 @@ class StudentSampler:
         self.model = getattr(model, "lm", model)
         self._forward = getattr(model, "lm_forward", self.model)
         # Under torchrun (ctx.world > 1, FSDP) each rank samples its own prompts, but every forward is a
-        # collective: the ranks run as many batches and decoding steps as the busiest rank (see _in_step).
+        # collective: the ranks run as many batches and decoding steps as the busiest rank (_max_over_ranks).
         self.ctx = ctx if ctx is not None and ctx.distributed else None
         self.cfg = on_policy_cfg
         self.device = torch.device(device)
