@@ -74,24 +74,21 @@ def from_rank0(ctx: Any, fn: Callable[[], T]) -> T:
 def result_from_rank0(ctx: Any, future: Future | None) -> Any:
     """The result of rank 0's `future` on every rank (from_rank0), waited for in POLL_S slices."""
     while True:
-        got = from_rank0(ctx, lambda: _poll(future))
-        if got is not _WAITING:
-            return got
+        done, value = from_rank0(ctx, lambda: _poll(future))  # (False, None): still waiting, on every rank
+        if done:
+            return value
 
 
-_WAITING = "__on_policy_waiting__"
-
-
-def _poll(future: Future | None) -> Any:
+def _poll(future: Future | None) -> tuple[bool, Any]:
     from concurrent.futures import TimeoutError as FutureTimeout
 
     assert future is not None  # rank 0 holds the future
     try:
-        return future.result(timeout=POLL_S)
+        return True, future.result(timeout=POLL_S)
     except FutureTimeout:
         if future.done():  # the future's own result is a timeout, not the wait
             raise
-        return _WAITING
+        return False, None
 
 
 def sample_shared(sampler: Any, prompts: Sequence[tuple[str, list[int]]], step: int, ctx: Any, in_process: bool):
