@@ -21,10 +21,14 @@ Durability: every step's samples are written before scoring and again, scored, b
 Checkpoints as in SFT (trainer.checkpoint). A resumed run (after Ctrl-C or kill -9) starts from the last
 checkpoint and re-trains the steps after it on the samples already written: nothing is sampled or scored
 twice, and the weights of each step are those of the uninterrupted run.
+
+Under torchrun (several processes, FSDP2) the ranks share the sampling, rank 0 alone scores, writes and logs
+(distill/on_policy_dist.py).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from concurrent.futures import Future
@@ -45,6 +49,7 @@ from distill.on_policy_parts import (
     step_prompts,
     write_samples,
 )
+from distill.on_policy_dist import RankZeroStopped, broadcast, from_rank0, result_from_rank0, sample_shared
 from distill.student_server import make_samplers
 
 __all__ = ["OnPolicyError", "cmd_run_on_policy", "run_on_policy"]
@@ -59,10 +64,19 @@ def cmd_run_on_policy(cfg: RunConfig, no_resume: bool) -> int:
     from distill.core.student import resolve_student
     from distill.run import prepare_run_dir, print_locations
 
-    run_dir = prepare_run_dir(cfg)
+    rank = int(os.environ.get("RANK", "0"))
+    # under torchrun rank 0 alone writes the run folder and runs the self-tests (paid requests)
+    run_dir = prepare_run_dir(cfg) if rank == 0 else Path(cfg.output_dir)
     resolve_student(cfg.student.path)  # builds the builtin (or weak) student once
-    prepare_scoring_run(cfg, run_dir)  # the scorer's self-tests: ScoreCheckError refuses the run
-    summary = run_on_policy(cfg, run_dir, resume=not no_resume)
+    if rank == 0:
+        prepare_scoring_run(cfg, run_dir)  # the scorer's self-tests: ScoreCheckError refuses the run
+    try:
+        summary = run_on_policy(cfg, run_dir, resume=not no_resume)
+    except RankZeroStopped as e:  # rank 0 fails with the message and the exit code (distill/on_policy_dist.py)
+        print(f"distill: {e}", file=sys.stderr)
+        return 0
+    if rank != 0:
+        return 0
     keys = (
         "steps",
         "samples_seen",
@@ -94,8 +108,9 @@ class _Loop:
         self.cfg, self.op = cfg, cfg.on_policy
         self.files = StepFiles(run_dir)
         self.eval_prompts, self.pool = load_prompt_pool(cfg)
-        if ckpt_io.latest(run_dir / "checkpoints") is None:  # nothing trained yet: an earlier attempt's
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # step-0 eval line would stay beside the new one
+        if ckpt_io.latest(run_dir / "checkpoints") is None and os.environ.get("RANK", "0") == "0":
+            # nothing trained yet: an earlier attempt's step-0 eval line would stay beside the new one
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         # The SFT trainer's setup: model, optimizer, schedule, resumed state, trackers, progress bar.
         self.s = _setup(cfg, run_dir, self.files.samples_dir, resume, lambda: True, progress)
         self.scoring = self.server = None
@@ -112,18 +127,19 @@ class _Loop:
 
     def _init_parts(self, cfg: RunConfig, run_dir: Path) -> None:
         """The loop's parts after the trainer's setup: renderer, samplers, scoring thread, teacher rows."""
-        tok = self.s.tokenizer
+        tok, self.main = self.s.tokenizer, self.s.ctx.is_main
         self.render = Renderer(tok, cfg.orchestrator.reconstruction.chat_template_kwargs)
         # on_policy.sampler: in-process, or the student's own server refreshed after every step.
         self.sampler, self.eval_sampler, self.refresh, self.server = make_samplers(cfg, run_dir, self.s)
-        self.scoring = ScoringThread(cfg, run_dir, tok, make_rewarder(cfg, tok, self.eval_prompts + self.pool))
+        if self.main:  # under torchrun rank 0 alone scores: each sample is paid for once
+            self.scoring = ScoringThread(cfg, run_dir, tok, make_rewarder(cfg, tok, self.eval_prompts + self.pool))
         self.mix = None  # on_policy.teacher_fraction > 0: teacher rows in every step (distill/on_policy_mix.py)
         if self.op.teacher_fraction > 0:
             from distill.on_policy_mix import TeacherRows
 
             held_out = frozenset(p["prompt_id"] for p in self.eval_prompts)
             self.mix = TeacherRows(cfg, self.files, self.s.model.lm.config.vocab_size, held_out)
-            if self.mix.left_out:
+            if self.mix.left_out and self.main:
                 print(f"on-policy: {self.mix.left_out} teacher samples answer held-out eval prompts: left out",
                       file=sys.stderr)  # fmt: skip
 
@@ -144,29 +160,40 @@ class _Loop:
 
     def launch(self, i: int) -> None:
         """Start step i's samples: read back when written (a resumed run), else sample them now with the
-        current weights and hand them to the scoring thread."""
-        f = self.files
-        scored = read_samples(f.scored(i))
-        if scored is not None:
+        current weights and hand them to the scoring thread. Under torchrun rank 0 reads, writes and scores,
+        and tells the other ranks whether to sample (they hold no future: one_step receives the samples)."""
+        f, t0 = self.files, time.perf_counter()
+        scored = sampled = None
+        if self.main:
+            scored = read_samples(f.scored(i))
+            sampled = read_samples(f.sampled(i)) if scored is None else None
+        if broadcast(scored is None and sampled is None, self.s.ctx):  # to sample (every rank's share)
+            prompts = self.render(step_prompts(self.pool, i, prompts_per_step(self.cfg)))
+            sampled = self._sample(self.sampler, prompts, self.s.state.step)
+            if self.main:
+                write_samples(f.sampled(i), sampled)
+        if not self.main:
+            self.pending[i] = (None, time.perf_counter() - t0)
+        elif scored is not None:
             done: Future = Future()
             done.set_result((scored, 0.0))
             self.pending[i] = (done, 0.0)
-            return
-        t0 = time.perf_counter()
-        sampled = read_samples(f.sampled(i))
-        if sampled is None:
-            prompts = self.render(step_prompts(self.pool, i, prompts_per_step(self.cfg)))
-            sampled = self.sampler.sample(prompts, policy_step=self.s.state.step)
-            write_samples(f.sampled(i), sampled)
-        self.pending[i] = (self.scoring.submit(sampled, f.scored(i)), time.perf_counter() - t0)
+        else:
+            self.pending[i] = (self.scoring.submit(sampled, f.scored(i)), time.perf_counter() - t0)
+
+    def _sample(self, sampler: Any, prompts: list, step: int) -> Any:
+        return sample_shared(sampler, prompts, step, self.s.ctx, self.op.sampler == "in_process")
 
     def evaluate(self) -> dict:
         """Held-out stats of the current weights (scored samples written once per step: a resume reuses them)."""
         step, path = self.s.state.step, self.files.eval(self.s.state.step)
-        samples = read_samples(path)
-        if samples is None:
-            sampled = self.eval_sampler.sample(self.render(self.eval_prompts), policy_step=step)
-            samples, _ = self.scoring.submit(sampled, path).result()
+        samples = read_samples(path) if self.main else None
+        if broadcast(samples is None, self.s.ctx):
+            sampled = self._sample(self.eval_sampler, self.render(self.eval_prompts), step)
+            future = self.scoring.submit(sampled, path) if self.main else None
+            samples, _ = result_from_rank0(self.s.ctx, future)
+        if not self.main:
+            return {}  # rank 0 logs
         stats = sample_stats(samples, "eval_")
         out = {k: stats[k] for k in EVAL_KEYS}
         if "eval_reward_mean" in stats:
@@ -210,8 +237,8 @@ class _Loop:
             "checkpoint": str(saved) if saved else None,
             "metrics": str(self.files.run_dir / "metrics.jsonl"),
             "resumed_from": str(s.start) if s.start else None,
-            "scoring_requests": self.scoring.requests,
-            "answers_reused": self.scoring.reused,
+            "scoring_requests": self.scoring.requests if self.scoring else None,
+            "answers_reused": self.scoring.reused if self.scoring else None,
         }
 
     def one_step(self) -> dict:
@@ -225,7 +252,8 @@ class _Loop:
             self.next_launch += 1
         future, generate_s = self.pending.pop(i)
         t0 = time.perf_counter()
-        samples, score_s = future.result()
+        # rank 0's scored samples, on every rank (trainer/step.py then takes each rank's rows)
+        samples, score_s = result_from_rank0(s.ctx, future)
         idle_s = time.perf_counter() - t0
         lag = max(i - int((x.meta or {}).get("policy_step", -1)) for x in samples)
         if not 0 <= lag <= k:  # an invariant of launch(): never train on samples staler than K
@@ -237,7 +265,8 @@ class _Loop:
         else:  # a mixed step: teacher rows (their loss) + the student's samples, one normaliser (trainer/mix.py)
             from trainer.mix import mixed_train_step
 
-            m = mixed_train_step(s.model, s.optimizer, s.scheduler, self.mix.rows(i), samples, t, s.ctx, s.pad_id)
+            rows = from_rank0(s.ctx, lambda: self.mix.rows(i))  # rank 0 writes them (resume)
+            m = mixed_train_step(s.model, s.optimizer, s.scheduler, rows, samples, t, s.ctx, s.pad_id)
         train_s = time.perf_counter() - t1
         s.state.step += 1
         s.state.samples_seen += m["samples"]

@@ -96,29 +96,38 @@ class Refresher:
         from trainer.refresh import save_refresh
 
         t0 = time.perf_counter()
+        from distill.on_policy_dist import from_rank0
+
         folder = save_refresh(self.model, self.dir, step, self.ctx)
-        if self.ctx.is_main:
-            self.client.refresh(folder, step)
-            self.check(step)
+        # rank 0 talks to the server; its failure is raised on every rank (distill/on_policy_dist.py)
+        from_rank0(self.ctx, lambda: self.client.refresh(folder, step))
+        mine = self.own_logprobs()  # on every rank: under FSDP the forward is a collective
+        from_rank0(self.ctx, lambda: self.check(step, mine))
         return time.perf_counter() - t0
 
-    def check(self, step: int) -> None:
+    def own_logprobs(self) -> list[float]:
+        """The trainer's logprobs of the probe's tokens (fp32 forward, dropout off, as on the server)."""
         import torch
 
-        from orchestrator.student_server import StudentServerError
-
         lm = getattr(self.model, "lm", self.model)
+        forward = getattr(self.model, "lm_forward", lm)  # under FSDP2 it gathers the root's shards
         modes = [(m, m.training) for m in lm.modules()]
-        lm.eval()  # dropout off, as on the server
+        lm.eval()
         try:
             with torch.no_grad():
-                logits = lm(input_ids=torch.tensor([self.probe], device=self.ctx.device)).logits[0, :-1].float()
+                out = forward(input_ids=torch.tensor([self.probe], device=self.ctx.device))
+                logits = out.logits[0, :-1].float()
         finally:
             for m, training in modes:
                 m.training = training
         mine = logits.log_softmax(-1).gather(1, torch.tensor(self.probe[1:], device=logits.device)[:, None])
+        return mine.squeeze(1).tolist()
+
+    def check(self, step: int, mine: list[float]) -> None:
+        from orchestrator.student_server import StudentServerError
+
         served = self.client.logprobs(self.probe)[1:]
-        self.last_diff = max(abs(float(a) - float(b)) for a, b in zip(mine.squeeze(1).tolist(), served))
+        self.last_diff = max(abs(float(a) - float(b)) for a, b in zip(mine, served))
         if self.last_diff > self.tol:
             raise StudentServerError(
                 f"after loading the weights of step {step}, the student server's logprobs of a probe sequence "
@@ -140,8 +149,8 @@ def make_samplers(cfg: Any, run_dir: Path, s: Any) -> tuple[Any, Any, Callable[[
         from trainer.sampler import StudentSampler
 
         return (
-            StudentSampler(s.model, tok, op, dev, seed=cfg.seed),
-            StudentSampler(s.model, tok, eval_cfg, dev, seed=cfg.seed),
+            StudentSampler(s.model, tok, op, dev, seed=cfg.seed, ctx=s.ctx),
+            StudentSampler(s.model, tok, eval_cfg, dev, seed=cfg.seed, ctx=s.ctx),
             None,
             None,
         )

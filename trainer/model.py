@@ -69,6 +69,12 @@ class LossModel(nn.Module):
         if getattr(lm.get_output_embeddings(), "bias", None) is not None:
             raise ValueError("the student's lm_head has a bias; the chunked loss does not support it")
 
+    def lm_forward(self, **kwargs):
+        """The HF model's own forward (logits, KV cache), for sampling and probes. Under FSDP2 it is registered
+        as a forward method (`shard`), so it gathers the root's shards (embeddings, norm, head) as forward does;
+        every rank must then run as many of these calls as the others (trainer/sampler.py keeps them in step)."""
+        return self.lm(**kwargs)
+
     @property
     def uses_flash(self) -> bool:
         return self.lm.config._attn_implementation == "flash_attention_2"
@@ -162,7 +168,7 @@ def shard(model: LossModel, ctx: DistContext, dtype: str) -> LossModel:
     when trainer.dtype = "bfloat16"; fp32 otherwise.
     """
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     mesh = init_device_mesh(ctx.device.type, (ctx.world,))
     mp = (
@@ -175,6 +181,7 @@ def shard(model: LossModel, ctx: DistContext, dtype: str) -> LossModel:
         if type(m).__name__ in block_names:
             fully_shard(m, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)
+    register_fsdp_forward_method(model, "lm_forward")  # the on-policy sampler's forward (LossModel.lm_forward)
     return model
 
 

@@ -72,9 +72,16 @@ def eos_ids(tokenizer: Any, model: Any) -> set[int]:
 class StudentSampler:
     """Samples completions from the student's current weights (see the module docstring)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, on_policy_cfg: Any, device: torch.device, seed: int = 0):
-        # A LossModel (trainer/model.py) wraps the HF causal LM as `.lm`; either may be passed.
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: Any, on_policy_cfg: Any, device: torch.device, seed: int = 0, ctx=None
+    ):
+        # A LossModel (trainer/model.py) wraps the HF causal LM as `.lm`; either may be passed. The LossModel's
+        # lm_forward is called rather than .lm itself: under FSDP2 it gathers the root's shards.
         self.model = getattr(model, "lm", model)
+        self._forward = getattr(model, "lm_forward", self.model)
+        # Under torchrun (ctx.world > 1, FSDP) each rank samples its own prompts, but every forward is a
+        # collective: the ranks run as many batches and decoding steps as the busiest rank (_max_over_ranks).
+        self.ctx = ctx if ctx is not None and ctx.distributed else None
         self.cfg = on_policy_cfg
         self.device = torch.device(device)
         self.seed = int(seed)
@@ -106,8 +113,10 @@ class StudentSampler:
         try:
             with torch.no_grad():
                 bs = self.cfg.generation_batch_size
-                for start in range(0, len(order), bs):
-                    idx = order[start : start + bs]
+                batches = [order[start : start + bs] for start in range(0, len(order), bs)]
+                # under FSDP a rank with fewer batches runs empty ones (a finished dummy row) in step
+                for b in range(int(self._max_over_ranks(len(batches)))):
+                    idx = batches[b] if b < len(batches) else []
                     for i, s in zip(idx, self._generate([jobs[i] for i in idx], policy_step)):
                         out[i] = s
         finally:
@@ -118,6 +127,9 @@ class StudentSampler:
     # size: one decoding loop (prefill, then a token per step for the whole batch) reads best whole
     def _generate(self, batch: list[tuple[str, list[int], int]], policy_step: int) -> list[Sample]:
         cfg, dev = self.cfg, self.device
+        dummy = not batch  # an empty batch (FSDP lockstep): one padding row, done from the start, nothing kept
+        if dummy:
+            batch = [("", [self.pad_id], 0)]
         b, width, steps = len(batch), max(len(ids) for _, ids, _ in batch), cfg.max_new_tokens
         input_ids = torch.full((b, width), self.pad_id, dtype=torch.long)
         attn = torch.zeros((b, width), dtype=torch.long)
@@ -139,11 +151,11 @@ class StudentSampler:
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
         tokens = torch.empty((b, steps), dtype=torch.long, device=dev)
         logps = torch.empty((b, steps), dtype=torch.float32, device=dev)
-        done = torch.zeros(b, dtype=torch.bool, device=dev)
+        done = torch.full((b,), dummy, dtype=torch.bool, device=dev)
         lengths = torch.full((b,), steps, dtype=torch.long, device=dev)
         past, step_ids, step_pos = None, input_ids, positions
         for t in range(steps):
-            out = self.model(
+            out = self._forward(
                 input_ids=step_ids,
                 attention_mask=attn,
                 position_ids=step_pos,
@@ -158,11 +170,13 @@ class StudentSampler:
             ended = torch.isin(tok, self._eos_tensor) & ~done
             lengths = torch.where(ended, t + 1, lengths)
             done |= ended
-            if bool(done.all()):
+            if self._max_over_ranks(0.0 if bool(done.all()) else 1.0) == 0.0:  # every rank's batch has ended
                 break
             step_ids = torch.where(done, self.pad_id, tok)[:, None]
             step_pos = step_pos[:, -1:] + 1
             attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype, device=dev)], dim=1)
+        if dummy:
+            return []
         tokens, logps, lengths, done = tokens.cpu(), logps.cpu(), lengths.cpu(), done.cpu()
         samples = []
         for r, (pid, ids, k) in enumerate(batch):
@@ -182,6 +196,14 @@ class StudentSampler:
                 )
             )
         return samples
+
+    def _max_over_ranks(self, x: float) -> float:
+        """x itself in one process; under torchrun the largest x of all ranks (one small all-reduce)."""
+        if self.ctx is None:
+            return x
+        from trainer.dist import all_reduce
+
+        return all_reduce([float(x)], self.ctx, op="max")[0]
 
 
 def _draw(logp: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
