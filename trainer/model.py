@@ -3,10 +3,10 @@
 `LossModel.forward` runs the decoder to its final hidden states and hands them,
 with the lm_head weight and the micro-batch's per-token inputs, to the loss that
 `trainer.loss.type` names in the registry (`trainer.losses`; for "sft" the chunked
-NLL), so the full logits are never built. On the sdpa path a micro-batch's rows run as one
-padding-free row [1, N] (`one_row`) with causal attention per sample (trainer/attention.py). Wrapping the HF model this way also makes
-the wrapper the FSDP root: its forward hook gathers the embedding / lm_head / final
-norm before we read them.
+NLL), so the full logits are never built. On the sdpa path a micro-batch's rows run as
+one padding-free row [1, N] (`one_row`) with causal attention per sample
+(trainer/attention.py). Wrapping the HF model this way also makes the wrapper the FSDP
+root: its forward hook gathers the embedding / lm_head / final norm before we read them.
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ Part of `Reconstructor` (reconstructor.py sets the state used here; its build_ma
 runs these steps, tokenising one chunk in a helper thread while the next is planned).
 Every segment is tokenised on its own, in one batch call to the fast tokenizer
 (segments after the prompt without a SentencePiece dummy prefix:
-orchestrator/segment_tokenize.py); prompt ids are cached by prompt text, and a split
+orchestrator/segment_tokenize.py); prompt ids are cached by prompt text, a split
 sample's prompt reuses the ids of the previous sample's prompt, and a prompt the ids of
-a prefix it shares with earlier prompts, where that is exact (prompt_jobs.py). Then the self-check (selfcheck.py) and the max_seq_len / overlong
-policy make the `Sample`s.
+a prefix it shares with earlier prompts, where that is exact (prompt_jobs.py). Then the
+self-check (selfcheck.py) and the max_seq_len / overlong policy make the `Sample`s.
 """
 
 from __future__ import annotations
@@ -91,9 +91,9 @@ class Pipeline:
         kept in a small cache keyed by the prompt text; a split sample's prompt is encoded
         as the text after its previous sample's prompt's ids, and a prompt that starts like
         an earlier one (a shared system prompt) as the text after that shared prefix's ids,
-        where that is exact (prompt_jobs.py, prompt_reuse.py). With a byte-level tokenizer a trained turn that ends with a
-        special token is encoded in one piece with the context after it (`_pieces`), and
-        the ids are cut after that token.
+        where that is exact (prompt_jobs.py, prompt_reuse.py). With a byte-level tokenizer
+        a trained turn that ends with a special token is encoded in one piece with the
+        context after it (`_pieces`), and the ids are cut after that token.
         """
         jobs = PromptJobs(pending, self._prompt_cache, self._prompt_reuse)
         todo = list(jobs.texts)

@@ -1,6 +1,6 @@
 """Reconstruction against more real chat templates: Phi-4, Phi-4-mini, Gemma 3, SmolLM3,
-Granite 3.3, Hermes 3 (tool_use), Mistral Small 3.1, Llama 4, OLMo 2 / Tulu 3, Qwen3-Coder, gpt-oss (tests/templates/, source in each file's
-first line). Tokenizers: the real ones tests/support/tokenizer_builds.py builds, with the
+Granite 3.3, Hermes 3 (tool_use), Mistral Small 3.1, Llama 4, OLMo 2 / Tulu 3, Qwen3-Coder,
+gpt-oss (tests/templates/, source in each file's first line). Tokenizers: the real ones tests/support/tokenizer_builds.py builds, with the
 family's turn tokens added where the family's own vocabulary is not shipped by a package
 (tests/support/family_standins.py says which).
 
