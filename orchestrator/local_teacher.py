@@ -124,10 +124,41 @@ def local_teacher(cfg, log_dir: Path) -> Iterator[list[str]]:
                         f"see {log_dir / f'teacher_server_{i}.log'}"
                     )
                 time.sleep(0.25)
-        yield [url for _, url in procs]
+        try:
+            yield [url for _, url in procs]
+        except Exception as e:  # the run failed: a server that died is the cause to name
+            died = _died(procs, log_dir)
+            if died:
+                raise LocalTeacherError(f"{died}\n(the run then stopped with: {e})") from None
+            raise
     finally:
         for proc, _ in procs:
             _stop(proc)
+
+
+def _died(procs: list[tuple[subprocess.Popen, str]], log_dir: Path) -> str:
+    """A message for the first server that exited during the run ("" if all run)."""
+    for i, (proc, url) in enumerate(procs):
+        code = proc.poll()
+        if code is None:
+            continue
+        log = log_dir / f"teacher_server_{i}.log"
+        why = f"exited with code {code}"
+        if code == -signal.SIGILL:
+            why = (
+                "died of an illegal instruction (SIGILL): llama-cpp-python was compiled for instructions this CPU "
+                "does not run (a -march=native build made on another machine, or on a VM that reports AMX "
+                "without enabling it). Fix: rebuild it portably: rm -rf ~/.cache/distill/wheels/llama-cpp-python-* "
+                "and rerun scripts/setup.sh (it builds with -DGGML_NATIVE=OFF -DGGML_AVX2=ON; CMAKE_ARGS overrides)"
+            )
+        elif code < 0:
+            with contextlib.suppress(ValueError):
+                why = f"was killed by signal {signal.Signals(-code).name}"
+        return (
+            f"the llama.cpp teacher server for {url} {why}. Answers already received are recorded: rerunning "
+            f"the same command resumes. Its output ({log}):\n{_tail(log)}"
+        )
+    return ""
 
 
 def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:

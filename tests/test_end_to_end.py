@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,84 @@ def test_local_teacher_refuses_a_busy_port(tmp_path):
         with pytest.raises(LocalTeacherError, match=f"port {port}"):
             with local_teacher(cfg, tmp_path):
                 pass
+
+
+# A project-owned fake for a fault no real server here shows on demand: a teacher server that
+# answers /v1/models, then dies of SIGILL at its first request (as a llama.cpp build with
+# instructions the CPU does not run does at its first decode).
+_DIES_OF_SIGILL = """
+import http.server, json, os, signal, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"data": [{"id": sys.argv[2]}]}).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        os.kill(os.getpid(), signal.SIGILL)
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_local_teacher_that_dies_is_named_with_the_fix(tmp_path, monkeypatch):
+    """The run's own error (connection refused) becomes one message naming the dead server, the
+    signal, the fix and the server's log, instead of a connection error that hides the cause."""
+    import urllib.request
+
+    from distill.core.config import load_config
+    from orchestrator import local_teacher as lt_mod
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = load_config(
+        None,
+        [
+            "--orchestrator.local_teacher.enabled", "true",
+            "--orchestrator.local_teacher.port", str(port),
+            "--orchestrator.rollout_model.base_url", f"http://127.0.0.1:{port}/v1",
+        ],
+    )  # fmt: skip
+    script = tmp_path / "dies.py"
+    script.write_text(_DIES_OF_SIGILL)
+    monkeypatch.setattr(
+        lt_mod, "server_command", lambda gguf, host, port, alias, *a: [sys.executable, str(script), str(port), alias]
+    )
+    with pytest.raises(lt_mod.LocalTeacherError) as got:
+        with lt_mod.local_teacher(cfg, tmp_path / "logs") as urls:
+            try:
+                urllib.request.urlopen(urllib.request.Request(urls[0] + "/chat/completions", data=b"{}"), timeout=10)
+            except OSError:
+                pass
+            time.sleep(0.5)  # the process is gone once its signal is delivered
+            raise ConnectionError("All connection attempts failed")
+    msg = str(got.value)
+    assert "illegal instruction (SIGILL)" in msg and "GGML_NATIVE=OFF" in msg, msg
+    assert str(tmp_path / "logs" / "teacher_server_0.log") in msg
+    assert "All connection attempts failed" in msg  # what the run saw, kept
+
+
+def test_local_teacher_run_errors_pass_through_while_the_server_lives(tmp_path, monkeypatch):
+    from distill.core.config import load_config
+    from orchestrator import local_teacher as lt_mod
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = load_config(
+        None,
+        [
+            "--orchestrator.local_teacher.enabled", "true",
+            "--orchestrator.local_teacher.port", str(port),
+            "--orchestrator.rollout_model.base_url", f"http://127.0.0.1:{port}/v1",
+        ],
+    )  # fmt: skip
+    script = tmp_path / "dies.py"
+    script.write_text(_DIES_OF_SIGILL)
+    monkeypatch.setattr(
+        lt_mod, "server_command", lambda gguf, host, port, alias, *a: [sys.executable, str(script), str(port), alias]
+    )
+    with pytest.raises(ValueError, match="not the server's fault"):
+        with lt_mod.local_teacher(cfg, tmp_path / "logs"):
+            raise ValueError("not the server's fault")
