@@ -110,20 +110,7 @@ def local_teacher(cfg, log_dir: Path) -> Iterator[list[str]]:
             )
             log.close()
             procs.append((proc, url))
-        deadline = time.monotonic() + lt.startup_timeout
-        for i, (proc, url) in enumerate(procs):
-            while not _ready(url, alias):
-                if proc.poll() is not None:
-                    tail = _tail(log_dir / f"teacher_server_{i}.log")
-                    raise LocalTeacherError(
-                        f"the llama.cpp server for {url} exited with code {proc.returncode}:\n{tail}"
-                    )
-                if time.monotonic() > deadline:
-                    raise LocalTeacherError(
-                        f"the llama.cpp server for {url} was not ready after {lt.startup_timeout:.0f}s; "
-                        f"see {log_dir / f'teacher_server_{i}.log'}"
-                    )
-                time.sleep(0.25)
+        _wait_ready(procs, alias, lt.startup_timeout, log_dir)
         try:
             yield [url for _, url in procs]
         except Exception as e:  # the run failed: a server that died is the cause to name
@@ -134,6 +121,22 @@ def local_teacher(cfg, log_dir: Path) -> Iterator[list[str]]:
     finally:
         for proc, _ in procs:
             _stop(proc)
+
+
+def _wait_ready(procs: list[tuple[subprocess.Popen, str]], alias: str, timeout: float, log_dir: Path) -> None:
+    """Until every server lists `alias`; LocalTeacherError if one exits or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    for i, (proc, url) in enumerate(procs):
+        while not _ready(url, alias):
+            if proc.poll() is not None:
+                tail = _tail(log_dir / f"teacher_server_{i}.log")
+                raise LocalTeacherError(f"the llama.cpp server for {url} exited with code {proc.returncode}:\n{tail}")
+            if time.monotonic() > deadline:
+                raise LocalTeacherError(
+                    f"the llama.cpp server for {url} was not ready after {timeout:.0f}s; "
+                    f"see {log_dir / f'teacher_server_{i}.log'}"
+                )
+            time.sleep(0.25)
 
 
 def _died(procs: list[tuple[subprocess.Popen, str]], log_dir: Path) -> str:

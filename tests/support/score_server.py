@@ -206,8 +206,10 @@ def exact_model() -> ExactModel:
 
 @pytest.fixture(scope="session")
 def score_server(exact_model):
-    """A fault-free ScoreServer shared by the session."""
-    with ScoreServer(exact_model) as srv:
+    """A fault-free ScoreServer shared by the session. It must outlive the whole run: the default
+    max_seconds (30 min) stopped it in the middle of a CI run that took 35 min, and a later test
+    got a connection error (bounded still, as every FaultServer: it runs in this process)."""
+    with ScoreServer(exact_model, max_seconds=6 * 3600.0) as srv:
         yield srv
 
 
