@@ -182,11 +182,9 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
 
 
-def test_local_teacher_that_dies_is_named_with_the_fix(tmp_path, monkeypatch):
-    """The run's own error (connection refused) becomes one message naming the dead server, the
-    signal, the fix and the server's log, instead of a connection error that hides the cause."""
-    import urllib.request
-
+@pytest.fixture
+def dying_teacher(tmp_path, monkeypatch):
+    """(config, orchestrator.local_teacher) with its server command replaced by _DIES_OF_SIGILL on a free port."""
     from distill.core.config import load_config
     from orchestrator import local_teacher as lt_mod
 
@@ -206,6 +204,15 @@ def test_local_teacher_that_dies_is_named_with_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(
         lt_mod, "server_command", lambda gguf, host, port, alias, *a: [sys.executable, str(script), str(port), alias]
     )
+    return cfg, lt_mod
+
+
+def test_local_teacher_that_dies_is_named_with_the_fix(tmp_path, dying_teacher):
+    """The run's own error (connection refused) becomes one message naming the dead server, the
+    signal, the fix and the server's log, instead of a connection error that hides the cause."""
+    import urllib.request
+
+    cfg, lt_mod = dying_teacher
     with pytest.raises(lt_mod.LocalTeacherError) as got:
         with lt_mod.local_teacher(cfg, tmp_path / "logs") as urls:
             try:
@@ -220,26 +227,8 @@ def test_local_teacher_that_dies_is_named_with_the_fix(tmp_path, monkeypatch):
     assert "All connection attempts failed" in msg  # what the run saw, kept
 
 
-def test_local_teacher_run_errors_pass_through_while_the_server_lives(tmp_path, monkeypatch):
-    from distill.core.config import load_config
-    from orchestrator import local_teacher as lt_mod
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cfg = load_config(
-        None,
-        [
-            "--orchestrator.local_teacher.enabled", "true",
-            "--orchestrator.local_teacher.port", str(port),
-            "--orchestrator.rollout_model.base_url", f"http://127.0.0.1:{port}/v1",
-        ],
-    )  # fmt: skip
-    script = tmp_path / "dies.py"
-    script.write_text(_DIES_OF_SIGILL)
-    monkeypatch.setattr(
-        lt_mod, "server_command", lambda gguf, host, port, alias, *a: [sys.executable, str(script), str(port), alias]
-    )
+def test_local_teacher_run_errors_pass_through_while_the_server_lives(tmp_path, dying_teacher):
+    cfg, lt_mod = dying_teacher
     with pytest.raises(ValueError, match="not the server's fault"):
         with lt_mod.local_teacher(cfg, tmp_path / "logs"):
             raise ValueError("not the server's fault")
