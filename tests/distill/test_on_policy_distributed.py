@@ -148,20 +148,12 @@ def test_two_gloo_processes_sample_on_the_student_server(request, score_server, 
     """on_policy.sampler = "server" under torchrun: rank 0 asks the REAL vLLM student server for every sample,
     the refresh is saved collectively (FSDP) and its probe check's forward runs on both ranks; step 1's samples
     carry the step-1 weights' logprobs, and every sequence is scored once."""
-    from test_student_server_vllm import _load, _reference
+    from test_student_server_vllm import _load, _reference, server_sampler_cfg
 
     from distill.core.student import resolve_student
 
     srv = request.getfixturevalue("student_server")
-    extra = f"""
-[on_policy.student_server]
-type = "vllm"
-base_url = "{srv.base_url}"
-model = "student"
-"""
-    cfg = write_cfg(tmp_path, score_server, "builtin:smollm2-135m-instruct-weak", k=0, steps=2, extra=extra)
-    text = cfg.read_text().replace("[on_policy]\n", '[on_policy]\nsampler = "server"\n')
-    cfg.write_text(text.replace("lr = 3e-3", "lr = 1e-3").replace("eval_every = 2", "eval_every = 1"))
+    cfg = server_sampler_cfg(tmp_path, score_server, srv.base_url)
     before = len(score_server.requests_seen)
     proc = _run(cfg, 2)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]

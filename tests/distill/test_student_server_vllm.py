@@ -167,20 +167,12 @@ def test_distill_run_samples_on_the_student_server_and_refreshes_it_after_every_
     """`distill run` with on_policy.sampler = "server": the weak student trains in the trainer, samples on the
     real vLLM student server, the exact-logprob score server (real SmolLM2 in this process) grades. Step 1's
     samples were drawn after the first refresh: their logprobs are those of the checkpointed step-1 weights."""
-    from test_on_policy import metrics, step_samples, write_cfg
+    from test_on_policy import metrics, step_samples
 
     from distill.cli import main
     from distill.core.student import resolve_student
 
-    extra = f"""
-[on_policy.student_server]
-type = "vllm"
-base_url = "{student_server.base_url}"
-model = "student"
-"""
-    cfg = write_cfg(tmp_path, score_server, "builtin:smollm2-135m-instruct-weak", k=0, steps=2, extra=extra)
-    text = cfg.read_text().replace("[on_policy]\n", '[on_policy]\nsampler = "server"\n')
-    cfg.write_text(text.replace("lr = 3e-3", "lr = 1e-3").replace("eval_every = 2", "eval_every = 1"))
+    cfg = server_sampler_cfg(tmp_path, score_server, student_server.base_url)
     assert main(["run", str(cfg)]) == 0
     run = tmp_path / "run"
     rows = metrics(run)
@@ -302,3 +294,20 @@ def test_lora_adapter_refresh_on_the_real_server(lora_server, student_server, tm
         )
     assert d_first < 2e-3 and d_second < 2e-3
     assert gap_base > 0.1 and gap_old > 0.1
+
+
+def server_sampler_cfg(tmp_path, score_server, base_url: str):
+    """test_on_policy's two-step config for the weak student, sampled by the student server at `base_url`
+    (lr 1e-3, an eval every step)."""
+    from test_on_policy import write_cfg
+
+    extra = f"""
+[on_policy.student_server]
+type = "vllm"
+base_url = "{base_url}"
+model = "student"
+"""
+    cfg = write_cfg(tmp_path, score_server, "builtin:smollm2-135m-instruct-weak", k=0, steps=2, extra=extra)
+    text = cfg.read_text().replace("[on_policy]\n", '[on_policy]\nsampler = "server"\n')
+    cfg.write_text(text.replace("lr = 3e-3", "lr = 1e-3").replace("eval_every = 2", "eval_every = 1"))
+    return cfg
