@@ -129,8 +129,11 @@ def _wait_ready(procs: list[tuple[subprocess.Popen, str]], alias: str, timeout: 
     for i, (proc, url) in enumerate(procs):
         while not _ready(url, alias):
             if proc.poll() is not None:
-                tail = _tail(log_dir / f"teacher_server_{i}.log")
-                raise LocalTeacherError(f"the llama.cpp server for {url} exited with code {proc.returncode}:\n{tail}")
+                log = log_dir / f"teacher_server_{i}.log"
+                raise LocalTeacherError(
+                    f"the llama.cpp teacher server for {url} {_exit_reason(proc.returncode)} while starting. "
+                    f"Its output ({log}):\n{_tail(log)}"
+                )
             if time.monotonic() > deadline:
                 raise LocalTeacherError(
                     f"the llama.cpp server for {url} was not ready after {timeout:.0f}s; "
@@ -146,22 +149,26 @@ def _died(procs: list[tuple[subprocess.Popen, str]], log_dir: Path) -> str:
         if code is None:
             continue
         log = log_dir / f"teacher_server_{i}.log"
-        why = f"exited with code {code}"
-        if code == -signal.SIGILL:
-            why = (
-                "died of an illegal instruction (SIGILL): llama-cpp-python was compiled for instructions this CPU "
-                "does not run (a -march=native build made on another machine, or on a VM that reports AMX "
-                "without enabling it). Fix: rebuild it portably: rm -rf ~/.cache/distill/wheels/llama-cpp-python-* "
-                "and rerun scripts/setup.sh (it builds with -DGGML_NATIVE=OFF -DGGML_AVX2=ON; CMAKE_ARGS overrides)"
-            )
-        elif code < 0:
-            with contextlib.suppress(ValueError):
-                why = f"was killed by signal {signal.Signals(-code).name}"
         return (
-            f"the llama.cpp teacher server for {url} {why}. Answers already received are recorded: rerunning "
-            f"the same command resumes. Its output ({log}):\n{_tail(log)}"
+            f"the llama.cpp teacher server for {url} {_exit_reason(code)}. Answers already received are "
+            f"recorded: rerunning the same command resumes. Its output ({log}):\n{_tail(log)}"
         )
     return ""
+
+
+def _exit_reason(code: int) -> str:
+    """How a server process ended, from its return code, with the fix where there is one."""
+    if code == -signal.SIGILL:
+        return (
+            "died of an illegal instruction (SIGILL): llama-cpp-python was compiled for instructions this CPU "
+            "does not run (a -march=native build made on another machine, or on a VM that reports AMX "
+            "without enabling it). Fix: rebuild it portably: rm -rf ~/.cache/distill/wheels/llama-cpp-python-* "
+            "and rerun scripts/setup.sh (it builds with -DGGML_NATIVE=OFF -DGGML_AVX2=ON; CMAKE_ARGS overrides)"
+        )
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by signal {signal.Signals(-code).name}"
+    return f"exited with code {code}"
 
 
 def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:

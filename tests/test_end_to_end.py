@@ -227,6 +227,27 @@ def test_local_teacher_that_dies_is_named_with_the_fix(tmp_path, dying_teacher):
     assert "All connection attempts failed" in msg  # what the run saw, kept
 
 
+@pytest.mark.parametrize(
+    "code,expected",
+    [
+        ("os.kill(os.getpid(), signal.SIGILL)", ["illegal instruction (SIGILL)", "GGML_NATIVE=OFF"]),
+        ("print('bad model file'); sys.exit(3)", ["exited with code 3", "bad model file"]),
+    ],
+)
+def test_local_teacher_that_exits_while_starting_is_named(tmp_path, monkeypatch, dying_teacher, code, expected):
+    """A server that ends before it is ready: how it ended (the SIGILL fix too) and its log."""
+    cfg, lt_mod = dying_teacher
+    script = tmp_path / "dies_at_start.py"
+    script.write_text(f"import os, signal, sys\n{code}\n")
+    monkeypatch.setattr(lt_mod, "server_command", lambda *a: [sys.executable, str(script)])
+    with pytest.raises(lt_mod.LocalTeacherError) as got:
+        with lt_mod.local_teacher(cfg, tmp_path / "logs"):
+            pass
+    msg = str(got.value)
+    assert "while starting" in msg and str(tmp_path / "logs" / "teacher_server_0.log") in msg, msg
+    assert all(e in msg for e in expected), msg
+
+
 def test_local_teacher_run_errors_pass_through_while_the_server_lives(tmp_path, dying_teacher):
     cfg, lt_mod = dying_teacher
     with pytest.raises(ValueError, match="not the server's fault"):
