@@ -6,6 +6,6 @@ its registry holds exactly these names: adding a format adds its name here too.
 """
 
 #: Replay formats, one parser module each (orchestrator/replay/formats/).
-REPLAY_FORMATS = ("recording", "chat", "sharegpt", "openai_batch", "dataset")
+REPLAY_FORMATS = ("recording", "chat", "sharegpt", "prompt_completion", "openai_batch", "dataset")
 #: `orchestrator.source.format` choices: "auto" detects the format per line (per file for Parquet).
 SOURCE_FORMATS = ("auto", *REPLAY_FORMATS)

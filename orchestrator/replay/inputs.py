@@ -24,6 +24,8 @@ from orchestrator.replay.records import BadRecord, RecordError
 COLUMN_NAMES = (
     "messages",
     "conversations",
+    "prompt",
+    "completion",
     "tools",
     "id",
     "finish_reason",

@@ -1,5 +1,5 @@
-"""Property tests: the same conversation written as chat JSONL, ShareGPT, a recording, or a
-Batch API output/input pair replays to the same samples, and trains exactly on the assistant text."""
+"""Property tests: the same conversation written as chat JSONL, ShareGPT, a recording, TRL's
+prompt-completion or a Batch API output/input pair replays to the same samples, and trains exactly on the assistant text."""
 
 from __future__ import annotations
 
@@ -64,6 +64,12 @@ def as_recording(cid, msgs):
     }
 
 
+def as_prompt_completion(cid, msgs):
+    """TRL's conversational prompt-completion row: the messages before the first assistant turn, then the rest."""
+    first = next(k for k, m in enumerate(msgs) if m["role"] == "assistant")
+    return {"id": cid, "prompt": msgs[:first], "completion": msgs[first:]}
+
+
 def as_batch(cid, msgs):
     request = {
         "custom_id": cid,
@@ -92,6 +98,7 @@ def test_every_format_gives_the_same_samples(convs, smol_tokenizer):
             "chat": [as_chat(i, c) for i, c in zip(ids, convs)],
             "sharegpt": [as_sharegpt(i, c) for i, c in zip(ids, convs)],
             "recording": [as_recording(i, c) for i, c in zip(ids, convs)],
+            "prompt_completion": [as_prompt_completion(i, c) for i, c in zip(ids, convs)],
             "batch_output": [as_batch(i, c)[1] for i, c in zip(ids, convs)][::-1],
         }
         for name, rows in files.items():
@@ -117,7 +124,7 @@ def test_every_format_gives_the_same_samples(convs, smol_tokenizer):
                 (s.sample_id, s.prompt_ids, s.completion_ids, s.completion_mask)
                 for s in iter_samples(tmp / f"run-{name}" / "samples")
             )
-        assert got["chat"] == got["sharegpt"] == got["recording"] == got["batch_output"]
+        assert got["chat"] == got["sharegpt"] == got["recording"] == got["batch_output"] == got["prompt_completion"]
         for (sid, _, completion, mask), conv in zip(got["chat"], convs):
             trained = smol_tokenizer.decode([t for t, m in zip(completion, mask) if m])
             assert trained == "".join(m["content"] + "<|im_end|>" for m in conv if m["role"] == "assistant")

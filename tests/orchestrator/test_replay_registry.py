@@ -27,6 +27,8 @@ def test_detection_follows_registry_order():
     assert detect_format({"messages": msgs, "response": {}}) == "recording"  # asked before chat
     assert detect_format({"messages": msgs}) == "chat"
     assert detect_format({"conversations": []}) == "sharegpt"
+    assert detect_format({"prompt": "q", "completion": "a"}) == "prompt_completion"
+    assert detect_format({"messages": msgs, "prompt": "q", "completion": "a"}) == "chat"  # asked before
     assert detect_format({"custom_id": "x", "response": {}}) == "openai_batch"
     with pytest.raises(RecordError, match="Batch API INPUT line"):
         detect_format({"custom_id": "x", "body": {}})

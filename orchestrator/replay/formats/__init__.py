@@ -20,7 +20,7 @@ from typing import Any
 from distill.core.conversation import Conversation
 from distill.core.formats import REPLAY_FORMATS
 from orchestrator.lines import json_type
-from orchestrator.replay.formats import chat, dataset, openai_batch, recording, sharegpt
+from orchestrator.replay.formats import chat, dataset, openai_batch, prompt_completion, recording, sharegpt
 from orchestrator.replay.records import RecordError
 
 
@@ -42,6 +42,7 @@ FORMATS: dict[str, Format] = {
     "recording": Format(recording.detect, recording.parse),
     "chat": Format(chat.detect, chat.parse),
     "sharegpt": Format(sharegpt.detect, sharegpt.parse),
+    "prompt_completion": Format(prompt_completion.detect, prompt_completion.parse),
     "dataset": Format(reads_file=dataset.reads_file, read=dataset.read),
 }
 # The config schema (leaf layer) lists the same names: orchestrator.source.format's choices.
@@ -75,7 +76,7 @@ def detect_format(obj: Any) -> str:
         None,
         f"cannot tell the format from the keys {keys}",
         reason="unknown_format",
-        fix="expected 'messages' (chat), 'conversations' (ShareGPT), 'messages'+'response' "
+        fix="expected 'messages' (chat), 'conversations' (ShareGPT), 'prompt'+'completion' (TRL), 'messages'+'response' "
         "(distill recording) or 'custom_id'+'response' (OpenAI batch output); map other column "
         "names with orchestrator.replay.columns, or set orchestrator.source.format",
     )
