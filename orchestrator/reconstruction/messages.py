@@ -30,6 +30,7 @@ class Msg:
     content: str  # the teacher's content, verbatim ("" when absent)
     placed_prefix: str  # text put before the content by the reasoning policy (think_tags)
     reasoning: str  # the teacher's reasoning ("" when absent)
+    weight: int = 1  # 0: not trained even if its role is in train_roles (OpenAI fine-tuning's "weight")
 
 
 def _text_content(content: Any, where: str) -> str:
@@ -128,8 +129,20 @@ def normalize_messages(messages: Any, reasoning_policy: str, shape: ToolCallShap
                 reasoning = r
                 prefix = f"<think>\n{r}\n</think>\n\n"
                 data["content"] = prefix + content
-        out.append(Msg(data, role, content, prefix, reasoning))
+        out.append(Msg(data, role, content, prefix, reasoning, _weight(m.get("weight"), where)))
     return out
+
+
+def _weight(w: Any, where: str) -> int:
+    """A message's "weight" (OpenAI's chat fine-tuning format): 1 (or none) trains it, 0 keeps it as context only."""
+    if w is None:
+        return 1
+    if type(w) is not int or w not in (0, 1):
+        raise Reject(
+            "invalid_message",
+            f"{where}: weight is {w!r}; it may be 0 (the turn is context, not trained) or 1 (trained, the default)",
+        )
+    return w
 
 
 def plain_tools(tools: Any) -> list[dict] | None:

@@ -119,9 +119,15 @@ class Planner:
         tools = plain_tools(tools)
         if self._special_re is not None and self.cfg.special_tokens_in_content == "reject":
             check_special(msgs, tools, self._special_re)
-        trained = [i for i, m in enumerate(msgs) if m.role in self.train_roles]
+        trained = [i for i, m in enumerate(msgs) if m.role in self.train_roles and m.weight]
         if not trained:
-            raise Reject("no_trained_turn", f"no message has a role in train_roles {list(self.train_roles)}")
+            weighed = any(m.role in self.train_roles for m in msgs)  # all of them with weight 0
+            raise Reject(
+                "no_trained_turn",
+                f"every message with a role in train_roles {list(self.train_roles)} has weight 0"
+                if weighed
+                else f"no message has a role in train_roles {list(self.train_roles)}",
+            )
         msgs = msgs[: trained[-1] + 1]  # context after the last trained turn trains nothing
         if finish_reason == "length" and self.cfg.truncated == "drop" and msgs[-1].role == "assistant":
             raise Reject("truncated", "the last assistant turn stopped at the length limit (finish_reason=length)")

@@ -12,7 +12,7 @@ REJECTION_REASONS: dict[str, str] = {
     "empty_assistant_turn": "an assistant message with no content and no tool calls",
     "invalid_tool_call": "a tool call that is not {'function': {'name': str, 'arguments': ...}}",
     "invalid_tool_arguments": "tool-call arguments that are not a JSON object (or a JSON string of one)",
-    "no_trained_turn": "no message has a role in train_roles",
+    "no_trained_turn": "no message has a role in train_roles (or each one that has has weight 0)",
     "special_token_in_content": "special-token text (e.g. '<|im_end|>') inside content, with special_tokens_in_content=reject",
     "truncated": "the last assistant turn hit the length limit (finish_reason=length), with truncated=drop",
     "template_error": "the student's chat template raised an error on this conversation",

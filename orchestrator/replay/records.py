@@ -133,6 +133,12 @@ def normalize_message(m: Any, field: str) -> dict[str, Any]:
         if key != "tool_calls" and not isinstance(v, str):
             raise RecordError(f"{field}.{key}", f"expected a string, got {type(v).__name__}")
         out[key] = v
+    w = m.get("weight")
+    if w is not None:  # OpenAI's chat fine-tuning format: weight 0 = context only, not trained
+        if type(w) is not int or w not in (0, 1):
+            raise RecordError(f"{field}.weight", f"expected 0 or 1, got {w!r}", "use 0 (not trained) or 1 (trained)")
+        if w == 0:  # 1 is the default: rows that spell it out keep the same content id
+            out["weight"] = 0
     return out
 
 

@@ -1,5 +1,6 @@
 """Format prompt_completion (orchestrator/replay/formats/prompt_completion.py): TRL's
-prompt-completion rows, conversational and text, and the rows it refuses with the reason."""
+prompt-completion rows, conversational and text, only the completion trained (the prompt's
+messages get weight 0, also in a multi-turn prompt), and the rows it refuses with the reason."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ Q = [{"role": "user", "content": "What is 2+2?"}]
 A = [{"role": "assistant", "content": "4"}]
 
 
+def context(msgs):
+    return [dict(m, weight=0) for m in msgs]
+
+
 def read(tmp_path, *rows):
     p = tmp_path / "pc.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -30,9 +35,9 @@ def test_text_and_conversational_rows_are_the_same_conversation(tmp_path):
         {"prompt": "What is 2+2?", "completion": "4", "system": "Be brief."},
     )
     assert text.format == conv.format == "prompt_completion"
-    assert text.messages == conv.messages == Q + A
+    assert text.messages == conv.messages == context(Q) + A
     assert text.sample_id == conv.sample_id  # the content hash: same messages, same id
-    assert with_system.messages == [{"role": "system", "content": "Be brief."}] + Q + A
+    assert with_system.messages == context([{"role": "system", "content": "Be brief."}] + Q) + A
 
 
 def test_a_completion_with_tool_calls_keeps_them(tmp_path):
@@ -50,7 +55,6 @@ def test_a_completion_with_tool_calls_keeps_them(tmp_path):
 @pytest.mark.parametrize(
     "row,field,words",
     [
-        ({"prompt": Q + A + Q, "completion": A}, "prompt[1].role", "would be trained too"),
         ({"prompt": Q, "completion": [{"role": "user", "content": "x"}]}, "completion", "no assistant message"),
         ({"prompt": 3, "completion": "4"}, "prompt", "got number"),
         ({"prompt": "q", "completion": None}, "completion", "got null"),
@@ -68,7 +72,8 @@ def test_replayed_only_the_completion_is_trained(tmp_path, smol_tokenizer):
     rows = [
         {"id": "p1", "prompt": "Name a colour.", "completion": "Blue."},
         {"id": "p2", "prompt": [{"role": "system", "content": "Terse."}] + Q, "completion": A},
-        {"id": "p3", "prompt": Q + A + Q, "completion": A},  # refused: its prompt holds an answer
+        {"id": "p3", "prompt": Q + [{"role": "assistant", "content": "Four."}] + Q, "completion": A},
+        {"id": "p4", "prompt": Q, "completion": [{"role": "user", "content": "no answer"}]},  # a bad record
     ]
     src = tmp_path / "pc.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -77,10 +82,11 @@ def test_replayed_only_the_completion_is_trained(tmp_path, smol_tokenizer):
         {"orchestrator": {"source": {"type": "replay", "path": str(src)}, "replay": {"on_error": "skip"}}},
     )
     summary = replay(cfg, tmp_path / "run", Reconstructor(smol_tokenizer, cfg.orchestrator.reconstruction, 1024))
-    assert summary["samples"] == 2 and summary["bad_records"] == 1 and summary["formats"] == {"prompt_completion": 2}
+    assert summary["samples"] == 3 and summary["bad_records"] == 1 and summary["formats"] == {"prompt_completion": 3}
     got = {s.sample_id: s for s in iter_samples(tmp_path / "run" / "samples")}
     trained = {
         k: smol_tokenizer.decode([t for t, m in zip(s.completion_ids, s.completion_mask) if m]) for k, s in got.items()
     }
-    assert trained == {"p1/0": "Blue.<|im_end|>", "p2/0": "4<|im_end|>"}
+    assert trained == {"p1/0": "Blue.<|im_end|>", "p2/0": "4<|im_end|>", "p3/0": "4<|im_end|>"}
+    assert "Four.<|im_end|>" in smol_tokenizer.decode(got["p3/0"].prompt_ids)  # the prompt's answer: context
     assert "Name a colour." in smol_tokenizer.decode(got["p1/0"].prompt_ids)

@@ -5,9 +5,10 @@ Text rows hold two strings: they become one user message and one assistant messa
 the student's chat template renders (distill trains chat students: the completion is
 learnt as the answer to the prompt). An optional `system` string comes first.
 
-TRL trains only the completion; distill trains every assistant turn of a conversation. So
-a prompt that holds an assistant turn, which would be trained as well, is a bad record that
-says so, instead of a silently different loss; the completion must hold an assistant turn.
+TRL trains only the completion, and so does this format: every prompt message gets
+`"weight": 0` (context, never trained, whatever reconstruction.train_roles says), so a
+multi-turn prompt's assistant turns are not trained. The completion must hold an
+assistant turn.
 """
 
 from __future__ import annotations
@@ -35,15 +36,8 @@ def _side(v: Any, field: str, role: str) -> list[dict[str, Any]]:
 def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation]:
     prompt = _side(obj.get("prompt"), "prompt", "user")
     completion = _side(obj.get("completion"), "completion", "assistant")
-    for i, m in enumerate(prompt):
-        if m["role"] == "assistant":
-            raise RecordError(
-                f"prompt[{i}].role",
-                "the prompt holds an assistant turn: distill trains every assistant turn, so it would be "
-                "trained too (TRL trains only the completion)",
-                'to train every assistant turn, write the row as chat: {"messages": prompt + completion}; '
-                "else drop the row",
-            )
+    for m in prompt:
+        m["weight"] = 0  # the prompt is context (records.normalize_message gave fresh dicts)
     if not any(m["role"] == "assistant" for m in completion):
         raise RecordError("completion", "holds no assistant message: nothing to train on")
     system = obj.get("system")
@@ -52,7 +46,7 @@ def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation
             raise RecordError("system", f"expected a string, got {json_type(system)}")
         if prompt[0]["role"] == "system":
             raise RecordError("system", "a system field and a system message in the prompt: which one is meant?")
-        prompt.insert(0, {"role": "system", "content": system})
+        prompt.insert(0, {"role": "system", "content": system, "weight": 0})
     messages = prompt + completion
     _answered(messages, f"completion[{len(completion) - 1}]")
     return [dataset_conversation("prompt_completion", obj, file, line, messages)]
