@@ -103,7 +103,7 @@ def local_teacher(cfg, log_dir: Path) -> Iterator[list[str]]:
                     f"port {port} on {lt.host} is already in use. Fix: stop what uses it or set "
                     "orchestrator.local_teacher.port (and rollout_model.base_url) to a free port"
                 )
-            log = open(log_dir / f"teacher_server_{i}.log", "ab")
+            log = open(_log_path(log_dir, i), "ab")
             cmd = server_command(gguf, lt.host, port, alias, lt.n_ctx, lt.n_threads, lt.extra_args)
             proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
@@ -127,18 +127,15 @@ def _wait_ready(procs: list[tuple[subprocess.Popen, str]], alias: str, timeout: 
     """Until every server lists `alias`; LocalTeacherError if one exits or the timeout passes."""
     deadline = time.monotonic() + timeout
     for i, (proc, url) in enumerate(procs):
+        log = _log_path(log_dir, i)
         while not _ready(url, alias):
             if proc.poll() is not None:
-                log = log_dir / f"teacher_server_{i}.log"
                 raise LocalTeacherError(
                     f"the llama.cpp teacher server for {url} {_exit_reason(proc.returncode)} while starting. "
                     f"Its output ({log}):\n{_tail(log)}"
                 )
             if time.monotonic() > deadline:
-                raise LocalTeacherError(
-                    f"the llama.cpp server for {url} was not ready after {timeout:.0f}s; "
-                    f"see {log_dir / f'teacher_server_{i}.log'}"
-                )
+                raise LocalTeacherError(f"the llama.cpp server for {url} was not ready after {timeout:.0f}s; see {log}")
             time.sleep(0.25)
 
 
@@ -148,12 +145,17 @@ def _died(procs: list[tuple[subprocess.Popen, str]], log_dir: Path) -> str:
         code = proc.poll()
         if code is None:
             continue
-        log = log_dir / f"teacher_server_{i}.log"
+        log = _log_path(log_dir, i)
         return (
             f"the llama.cpp teacher server for {url} {_exit_reason(code)}. Answers already received are "
             f"recorded: rerunning the same command resumes. Its output ({log}):\n{_tail(log)}"
         )
     return ""
+
+
+def _log_path(log_dir: Path, i: int) -> Path:
+    """Where server i's output goes (RUN_DIR/logs/teacher_server_<i>.log)."""
+    return log_dir / f"teacher_server_{i}.log"
 
 
 def _exit_reason(code: int) -> str:

@@ -244,6 +244,17 @@ def conversation(
     )
 
 
+def system_field(obj: dict) -> str | None:
+    """A dataset record's optional top-level `system` string (sharegpt, prompt_completion); None when
+    absent or empty."""
+    system = obj.get("system")
+    if system in (None, ""):
+        return None
+    if not isinstance(system, str):
+        raise RecordError("system", f"expected a string, got {json_type(system)}")
+    return system
+
+
 def dataset_conversation(fmt: str, obj: dict, file: str, line: int, messages: list[dict[str, Any]]) -> Conversation:
     """The Conversation of a chat-dataset record (chat, sharegpt): tools, id (or a content hash), sample
     index, finish reason, reward and model read from the record's own optional fields."""

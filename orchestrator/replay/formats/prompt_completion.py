@@ -17,7 +17,14 @@ from typing import Any
 
 from distill.core.conversation import Conversation
 from orchestrator.lines import json_type
-from orchestrator.replay.records import RecordError, _answered, _messages, dataset_conversation, normalize_message
+from orchestrator.replay.records import (
+    RecordError,
+    _answered,
+    _messages,
+    dataset_conversation,
+    normalize_message,
+    system_field,
+)
 
 
 def detect(obj: dict) -> bool:
@@ -40,10 +47,8 @@ def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation
         m["weight"] = 0  # the prompt is context (records.normalize_message gave fresh dicts)
     if not any(m["role"] == "assistant" for m in completion):
         raise RecordError("completion", "holds no assistant message: nothing to train on")
-    system = obj.get("system")
-    if system not in (None, ""):
-        if not isinstance(system, str):
-            raise RecordError("system", f"expected a string, got {json_type(system)}")
+    system = system_field(obj)
+    if system is not None:
         if prompt[0]["role"] == "system":
             raise RecordError("system", "a system field and a system message in the prompt: which one is meant?")
         prompt.insert(0, {"role": "system", "content": system, "weight": 0})

@@ -7,7 +7,7 @@ from typing import Any
 
 from distill.core.conversation import Conversation
 from orchestrator.lines import json_type
-from orchestrator.replay.records import RecordError, dataset_conversation
+from orchestrator.replay.records import RecordError, dataset_conversation, system_field
 
 
 def detect(obj: dict) -> bool:
@@ -83,10 +83,8 @@ def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation
     if not isinstance(turns, list) or not turns:
         raise RecordError("conversations", 'expected a non-empty list of {"from": ..., "value": ...} turns')
     messages: list[dict[str, Any]] = []
-    system = obj.get("system")
-    if system not in (None, ""):
-        if not isinstance(system, str):
-            raise RecordError("system", f"expected a string, got {type(system).__name__}")
+    system = system_field(obj)
+    if system is not None:
         messages.append({"role": "system", "content": system})
     pending_calls: list[str] = []  # ids of tool calls not yet answered, in order
     n_calls = 0
