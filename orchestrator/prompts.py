@@ -212,6 +212,14 @@ def _prompt_messages(d: dict[str, Any], where: str) -> list[dict[str, Any]]:
         problem = content_problem(m, final=False)
         if problem:
             raise PromptSourceError(f"{where}: messages[{k}]: {problem}. Fix: give the message its text")
+        w = m.get("weight")
+        if w is not None and (
+            type(w) is not int or w not in (0, 1)
+        ):  # as reconstruction reads it, checked before paying
+            raise PromptSourceError(
+                f"{where}: messages[{k}].weight is {w!r}; it may be 0 (the turn is context, not trained) "
+                "or 1 (trained, the default). Fix: use 0 or 1, or drop the key"
+            )
     if messages[-1].get("role") == "assistant":
         raise PromptSourceError(
             f"{where}: the last message is an assistant turn; a prompt must end where the teacher "

@@ -62,6 +62,19 @@ class TeacherResponse:
     attempts: int = 1
 
 
+#: Message keys that only distill reads and no chat API takes: OpenAI fine-tuning's per-message
+#: "weight" (0: a turn kept as context, not trained). A strict API (OpenAI's) refuses a request
+#: whose messages hold a key it does not know, so these stay in the recording, not on the wire.
+LOCAL_MESSAGE_KEYS = frozenset({"weight"})
+
+
+def wire_messages(messages: list[dict]) -> list[dict]:
+    """`messages` as sent to the teacher: without LOCAL_MESSAGE_KEYS (the same list when none has one)."""
+    if not any(k in m for m in messages if isinstance(m, dict) for k in LOCAL_MESSAGE_KEYS):
+        return messages
+    return [{k: v for k, v in m.items() if k not in LOCAL_MESSAGE_KEYS} if isinstance(m, dict) else m for m in messages]
+
+
 def estimate_prompt_tokens(messages: list[dict]) -> float:
     """A rough prompt size for budgets and the tokens-per-minute bucket: 4 characters of JSON a token."""
     return len(json.dumps(messages, ensure_ascii=False)) / 4.0
@@ -81,7 +94,7 @@ class ChatKind:
         if req.tools:
             kw["tools"] = req.tools
         raw = await client.chat.completions.with_raw_response.create(
-            model=model, messages=req.messages, extra_body=req.extra_body or None, **kw
+            model=model, messages=wire_messages(req.messages), extra_body=req.extra_body or None, **kw
         )
         return raw.http_response
 
@@ -208,7 +221,7 @@ def request_body(model: str, req: ChatRequest) -> dict[str, Any]:
     """The JSON body `ChatKind.send` posts for `req`: what the SDK's create() sends (model, messages, the
     sampling args, tools when there are some, extra_body merged at the top level). A Batch API input
     line carries it as its `body` (orchestrator/batch_store.py)."""
-    body: dict[str, Any] = {"model": model, "messages": req.messages, **req.args}
+    body: dict[str, Any] = {"model": model, "messages": wire_messages(req.messages), **req.args}
     if req.tools:
         body["tools"] = req.tools
     if req.extra_body:

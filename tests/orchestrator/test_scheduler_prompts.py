@@ -111,6 +111,11 @@ HOSTILE_PROMPTS = [
     ('{"messages": {"role": "user", "content": "q"}}', "field 'messages' must be a non-empty list"),
     ('{"messages": [{"role": 3, "content": "q"}]}', r"messages\[0\].role must be a role string, got number"),
     ('{"messages": [{"role": "user", "content": 5}]}', r"messages\[0\].content must be a string"),
+    ('{"messages": [{"role": "user", "content": "q", "weight": 0.5}]}', r"messages\[0\].weight is 0.5; it may be 0"),
+    (
+        '{"messages": [{"role": "user", "content": "q", "weight": "0"}]}',
+        r"messages\[0\].weight is '0'.*Fix: use 0 or 1",
+    ),
 ]
 
 

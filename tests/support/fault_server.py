@@ -6,6 +6,8 @@ faults at configurable, seeded rates: 429 with Retry-After, 500, slow replies,
 dropped connections, malformed JSON, empty choices, (optionally) ignoring
 `n`, unusable or missing choices inside a 200 (`bad_choices`), and a 401 for
 any other API key (`api_key`); `list_models=False` leaves out `/v1/models`.
+Like OpenAI's, it refuses (400) a message holding a key its schema does not
+know (MESSAGE_KEYS).
 It is bounded: it stops itself after `max_requests` requests or `max_seconds`
 seconds, whichever comes first.
 
@@ -70,6 +72,14 @@ class Faults:
         """Spread a total fault rate evenly over the five failure kinds."""
         each = total / 5
         return cls(rate_429=each, rate_500=each, rate_drop=each, rate_malformed=each, rate_empty=each, **kw)
+
+
+#: Message keys the server takes: OpenAI's chat message fields, and the reasoning fields that
+#: OpenAI-compatible servers (vLLM, DeepSeek) accept; any other key is a 400, as on OpenAI.
+MESSAGE_KEYS = frozenset(
+    {"role", "content", "name", "tool_calls", "tool_call_id", "function_call", "refusal", "audio"}
+    | {"reasoning_content", "reasoning"}
+)
 
 
 @dataclass
@@ -373,6 +383,10 @@ class FaultServer:
                 f"This model's maximum context length is {self.max_context_tokens} tokens, "
                 f"but the messages have {words}"
             )
+        for i, m in enumerate(msgs):  # as OpenAI's schema refuses unknown message keys
+            extra = sorted(set(m) - MESSAGE_KEYS) if isinstance(m, dict) else []
+            if extra:
+                return 400, f"Additional properties are not allowed ('{extra[0]}' was unexpected) - 'messages.{i}'"
         n = req.get("n", 1)
         if not isinstance(n, int) or n < 1 or n > 128:
             return 400, f"n={n!r} must be an integer between 1 and 128"
