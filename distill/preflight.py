@@ -230,6 +230,14 @@ def check_source(cfg: RunConfig, inputs: list[str] | None, replay: bool) -> list
                     "orchestrator.source.path", f"{src.path} does not exist. Fix: set it to your prompt .jsonl file"
                 )
             ]
+        if p.stat().st_size < 1 << 20 and not p.read_bytes().strip():  # a bigger one is counted by the scheduler
+            return [
+                Problem(
+                    "orchestrator.source.path",
+                    f"{src.path} holds no prompt (the file is empty or has only blank lines); no request was sent. "
+                    'Fix: one {"messages": [...]} or {"prompt": "..."} object per line',
+                )
+            ]
     return []
 
 

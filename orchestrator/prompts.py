@@ -59,10 +59,20 @@ def count_prompts(source_cfg) -> int | None:
 
         n = sum(1 for _ in table_prompts(source_cfg, errors))
         _raise_bad(errors, f"orchestrator.source: {len(errors)} bad row(s) ({n} good)")
+        if not n:
+            raise PromptSourceError(
+                "orchestrator.source: the dataset holds no prompt (no row, or none selected); no request was "
+                "sent. Fix: check the dataset's path, split and row selection"
+            )
         return n
     if source_cfg.type == "jsonl" and source_cfg.path:
         n = sum(1 for _ in _jsonl(Path(source_cfg.path), source_cfg.system_prompt, errors))
         _raise_bad(errors, f"orchestrator.source.path: {len(errors)} bad line(s) in {source_cfg.path} ({n} good)")
+        if not n:
+            raise PromptSourceError(
+                f"orchestrator.source.path: {source_cfg.path} holds no prompt (the file is empty or has only "
+                'blank lines); no request was sent. Fix: one {"messages": [...]} or {"prompt": "..."} object per line'
+            )
         return n
     return None
 

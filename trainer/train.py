@@ -103,6 +103,20 @@ def _check_dirs(run_dir: Path, samples_dir: Path, resume: bool, producer_alive) 
         )
 
 
+def _nothing_to_train(samples_dir: Path, seen: int, eval_samples: int) -> str:
+    if not seen:
+        return (
+            f"{samples_dir} is marked done and holds no sample to train on. Fix: produce samples first "
+            "(distill rollout / distill replay with the same output_dir: their summary says why none was made), "
+            "or pass --samples DIR"
+        )
+    return (
+        f"all {seen} sample(s) in {samples_dir} went to the held-out evaluation slice (trainer.eval_samples = "
+        f"{eval_samples}): none was left to train on. Fix: lower trainer.eval_samples (or set trainer.eval_every "
+        "= 0), or produce more samples"
+    )
+
+
 def _training_stream(follow, samples_dir: Path, seen: int, held: int, repeat: bool) -> Iterator[contract.Sample]:
     """Samples from absolute position `seen` on: the live stream first; then, once the
     producer is done and `repeat` is set, the finished set again and again (minus the
@@ -348,6 +362,8 @@ def train(
         s.bar.close()
     dist.shutdown(s.ctx)
     start = s.start
+    if s.state.step == 0 and not start:  # the stream ended before a first step: nothing was trained
+        raise contract.ShardError(_nothing_to_train(samples_dir, s.state.samples_seen, t.eval_samples))
     return {
         "steps": s.state.step,
         "samples_seen": s.state.samples_seen,

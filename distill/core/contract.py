@@ -281,7 +281,8 @@ _NO_LIMIT = 1 << 62  # shards are ours: no line length limit
 
 class ShardError(ValueError):
     """A shard line that cannot be read (damaged, malformed, or from a newer distill); the message names
-    file:line and the fix. Readers (trainer, inspect) stop on it: a shard is never half-trained."""
+    file:line and the fix. Readers (trainer, inspect) stop on it: a shard is never half-trained. Also a
+    samples folder that ended without a sample to train on (trainer/train.py)."""
 
 
 def read_shard(path: Path) -> list[Sample]:

@@ -32,7 +32,11 @@ def make_filter(rc: Replay) -> Callable[[Conversation], tuple[str, str] | None]:
             return "superseded", "its prompt was edited and it was requested again (a later line of the recording)"
         n_assistant = sum(1 for m in c.messages if m["role"] == "assistant")
         if n_assistant == 0:
-            return "no_assistant_turn", "the conversation has no assistant message to train on"
+            roles = sorted({str(m["role"]) for m in c.messages} - {"system", "user", "tool"})
+            hint = f" (its other roles: {', '.join(roles)})" if roles else ""
+            if {"gpt", "human"} & set(roles):
+                hint = hint[:-1] + '; ShareGPT turns are read as a "conversations" list of {"from", "value"})'
+            return "no_assistant_turn", "the conversation has no assistant message to train on" + hint
         if rc.drop_truncated and c.finish_reason == "length":
             return "truncated", "finish_reason is 'length' (drop_truncated = true)"
         if rc.min_reward is not None:

@@ -45,6 +45,10 @@ def _setup_empty_dir(tmp: Path) -> None:
     (tmp / "empty").mkdir()
 
 
+def _setup_empty_prompts(tmp: Path) -> None:
+    (tmp / "prompts.jsonl").write_text("\n\n")
+
+
 def _setup_broken_tokenizer(tmp: Path) -> None:
     (tmp / "broken").mkdir()
     (tmp / "broken" / "tokenizer.json").write_text("{ not json\n")
@@ -61,6 +65,15 @@ MISTAKES = {
         None,
         1,
         ["orchestrator.source.path", "nothing to read"],
+    ),
+    "prompt_file_empty": (
+        "rollout",
+        '[orchestrator.source]\ntype = "jsonl"\npath = "{tmp}/prompts.jsonl"\n',
+        [],
+        {},
+        _setup_empty_prompts,
+        1,
+        ["orchestrator.source.path", "prompts.jsonl holds no prompt", "no request was sent"],
     ),
     "tokenizer_path_missing": (
         "rollout",

@@ -315,3 +315,60 @@ def test_a_hostile_batch_input_line_is_an_error_naming_it(tmp_path, smol_tokeniz
         ReplayError, match=f"batch_input.jsonl:6: field 'custom_id': not a Batch API input line \\({problem}"
     ):
         replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)
+
+
+def test_a_replay_that_produces_no_sample_fails_and_is_not_marked_done(tmp_path, smol_tokenizer):
+    """Nothing to train on is an error with the counts by reason (as for a live rollout), not a replay that
+    "completed": an empty input, every line bad under on_error = "skip", every record rejected."""
+    cases = {
+        "empty.jsonl": (b"", r"empty.jsonl: no record to replay \(empty input\)"),
+        "bad.jsonl": (b'garbage\n{"a": 1}\n', r'no sample was produced from 2 record\(s\): 2 bad \{"invalid_json": 1'),
+        "empty_answers.jsonl": (
+            (
+                json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]})
+                + "\n"
+            ).encode(),
+            r'1 rejected \{"empty_assistant_turn": 1\}.*Nothing was marked done',
+        ),
+    }
+    for name, (data, msg) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        cfg = make_cfg(tmp_path, tmp_path / name, on_error="skip")
+        with pytest.raises(ReplayError, match=msg):
+            replay(cfg, tmp_path / name.replace(".", "_"), recon(smol_tokenizer, cfg), progress=False)
+        assert not is_done(tmp_path / name.replace(".", "_") / "samples")
+    # a rerun of a replay whose samples were all published before produces none now, and that is fine
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(chat("5", "ok-1")) + "\n")
+    cfg = make_cfg(tmp_path, good)
+    for _ in range(2):
+        summary = replay(cfg, tmp_path / "again", recon(smol_tokenizer, cfg), progress=False)
+    assert summary["samples"] == 0 and summary["already_published"] == 1 and is_done(tmp_path / "again" / "samples")
+
+
+def test_a_record_edited_since_its_sample_was_published_stops_the_resumed_replay(tmp_path, smol_tokenizer):
+    p = tmp_path / "in.jsonl"
+    p.write_text(json.dumps(chat("5 #### 5", "x")) + "\n" + json.dumps(chat("6", "y")) + "\n")
+    cfg = make_cfg(tmp_path, p)
+    replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)
+    before = [s.to_json() for s in iter_samples(tmp_path / "run" / "samples")]
+    p.write_text(json.dumps(chat("5 #### 5", "x")) + "\n" + json.dumps(chat("4 #### 4", "y")) + "\n")
+    with pytest.raises(ReplayError, match=r"in.jsonl:2: the sample built from this record now differs .*'y/0'.*Fix"):
+        replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)
+    assert [s.to_json() for s in iter_samples(tmp_path / "run" / "samples")] == before  # nothing taken back or added
+
+
+def test_sharegpt_roles_under_messages_are_named_in_the_filter_reason(tmp_path, smol_tokenizer):
+    rows = [
+        {"id": "sg", "messages": [{"role": "human", "content": "q"}, {"role": "gpt", "content": "a"}]},
+        {"id": "dev", "messages": [{"role": "user", "content": "q"}, {"role": "model", "content": "a"}]},
+        chat("5", "ok"),
+    ]
+    p = tmp_path / "in.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = make_cfg(tmp_path, p)
+    summary = replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)
+    assert summary["filtered"] == {"no_assistant_turn": 2}
+    rejects = {r["item_id"]: r["detail"] for r in read_jsonl(tmp_path / "run" / "rejects.jsonl")}
+    assert '(its other roles: gpt, human; ShareGPT turns are read as a "conversations" list' in rejects["sg/0"]
+    assert "(its other roles: model) (" in rejects["dev/0"] and "ShareGPT" not in rejects["dev/0"]

@@ -67,6 +67,14 @@ def test_missing_file_and_replay_type(tmp_path):
         load_prompts(Source(type="replay", path="x"))
 
 
+def test_an_empty_prompt_file_is_an_error_before_any_request(tmp_path):
+    p = tmp_path / "empty.jsonl"
+    for text in ("", "\n  \n"):
+        p.write_text(text)
+        with pytest.raises(PromptSourceError, match=r"empty.jsonl holds no prompt .*no request was sent"):
+            count_prompts(Source(type="jsonl", path=str(p)))
+
+
 def test_reasoning_gym_ids_are_stable_and_carry_the_entry():
     src = Source(type="reasoning_gym", dataset="gsm_symbolic", size=3, seed=7)
     a, b = list(load_prompts(src)), list(load_prompts(src))

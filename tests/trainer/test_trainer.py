@@ -282,14 +282,20 @@ def test_the_last_step_is_logged_when_the_stream_ends_between_logged_steps(tmp_p
     assert "(step 3)" in summary_text(rows)
 
 
-def test_no_step_no_checkpoint(tmp_path, tiny_student_dir):
-    """A finished stream with no sample trains nothing: no checkpoint of the untrained student is written."""
+def test_no_step_no_checkpoint_and_a_failure(tmp_path, tiny_student_dir, smol_tokenizer):
+    """A finished stream with no sample to train on is an error naming why (not a run that "completed"),
+    and no checkpoint of the untrained student is written."""
     run = tmp_path / "run"
     w = contract.ShardWriter(run / "samples")
     w.close()  # DONE, zero samples
-    out = train(_cfg(tiny_student_dir, max_steps=2), run, progress=False)
-    assert out["steps"] == 0 and out["checkpoint"] is None
+    with pytest.raises(contract.ShardError, match="is marked done and holds no sample to train on"):
+        train(_cfg(tiny_student_dir, max_steps=2), run, progress=False)
     assert checkpoint.latest(run / "checkpoints") is None
+    held = tmp_path / "held"
+    write_samples(held / "samples", make_samples(smol_tokenizer, 3))  # all three go to the eval slice
+    with pytest.raises(contract.ShardError, match=r"all 3 sample\(s\) .* held-out .*eval_samples = 4"):
+        train(_cfg(tiny_student_dir, max_steps=2, eval_every=1, eval_samples=4), held, progress=False)
+    assert checkpoint.latest(held / "checkpoints") is None
 
 
 def test_time_based_checkpoints_survive_a_kill_and_resume_exactly(
