@@ -17,6 +17,7 @@ from .config import ConfigError, RunConfig, as_replay_source, load_config, redac
 from .cli_help import COMMAND_HELP, USAGE, command_help
 from .preflight import preflight
 from .cli_export import cmd_export
+from .cli_tokenize import cmd_tokenize
 from .cli_score import add_probe_args, cmd_score, prepare_scoring_run, probe_scorer, start_scoring_stage
 from .run import make_reconstructor, prepare_run_dir, print_locations, produce
 from .on_policy import cmd_run_on_policy
@@ -221,24 +222,6 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
-def cmd_tokenize(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="distill tokenize")
-    p.add_argument("--tokenizer", required=True, help="student tokenizer folder (HF format, with chat template)")
-    p.add_argument("input", help="JSONL with a 'messages' list per line (optional 'tools')")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--config", help="run config whose [orchestrator.reconstruction] policies to use")
-    p.add_argument("--chat-template", help="Jinja file replacing the tokenizer's template (default: the config's)")
-    a = p.parse_args(argv)
-    from orchestrator.reconstruct import tokenize_file
-
-    cfg = load_config(a.config) if a.config else None
-    template = a.chat_template or (cfg.student.chat_template if cfg else None)
-    rc, workers = (cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruct_workers) if cfg else (None, 0)
-    summary = tokenize_file(a.tokenizer, a.input, a.output, rc, template, workers)
-    print(json.dumps(summary, default=str))
-    return 0
-
-
 def _find_samples(path: Path) -> list:
     from distill.core.contract import iter_samples, read_shard
 
@@ -343,6 +326,7 @@ _USER_ERRORS = {
     "FileExistsError",
     "NotADirectoryError",
     "TokenizerError",
+    "TokenizeInputError",
     "LossInputError",
     "ScoreError",
     "ScoreCheckError",
