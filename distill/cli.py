@@ -25,6 +25,10 @@ from .core.student import resolve_student
 from .score import SCORED
 
 
+class UsageError(Exception):
+    """A command-line mistake (exit 2, as a ConfigError or an argparse usage error)."""
+
+
 # The overrides stay hand-parsed rather than pydantic-settings' CLI source (cli_parse_args /
 # CliSettingsSource): it accepts either kebab or snake flag names, not both (--trainer.max-steps and
 # --trainer.max_steps both work here); it reads tables as JSON, not TOML inline tables ({top_k = 5});
@@ -47,7 +51,7 @@ def _split_known(argv: list[str], flags: dict[str, bool]) -> tuple[dict, list[st
                     i += 1
                 else:
                     if i + 1 >= len(argv):
-                        raise SystemExit(f"distill: {name} needs a value")
+                        raise UsageError(f"{name} needs a value")
                     found[name] = argv[i + 1]
                     i += 2
             else:
@@ -61,8 +65,8 @@ def _split_known(argv: list[str], flags: dict[str, bool]) -> tuple[dict, list[st
 
 def _load(argv: list[str], flags: dict[str, bool]) -> tuple[RunConfig, dict, list[str]]:
     if not argv or argv[0].startswith("-"):
-        raise SystemExit(
-            "distill: expected a TOML config path first (e.g. examples/quickstart.toml); see distill COMMAND --help"
+        raise UsageError(
+            "expected a TOML config path first (e.g. examples/quickstart.toml); see distill COMMAND --help"
         )
     path, rest = argv[0], argv[1:]
     found, rest = _split_known(rest, flags)
@@ -173,7 +177,10 @@ def cmd_replay(argv: list[str]) -> int:
             "set it, or pass input files after the config path"
         )
     if flags.get("--on-error") not in (None, "skip", "fail"):
-        raise SystemExit(f"distill replay: --on-error must be skip or fail, got {flags['--on-error']!r}")
+        raise UsageError(
+            f"replay --on-error must be skip or fail, got {flags['--on-error']!r}. Fix: --on-error skip (list bad "
+            "records in replay_rejects.jsonl and go on) or --on-error fail (stop at the first, naming file:line)"
+        )
     if cfg.orchestrator.source.type != "replay":
         cfg.orchestrator.source = as_replay_source(cfg.orchestrator.source)
     if not inputs and not cfg.orchestrator.source.path:
@@ -366,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_third_party()  # third-party progress bars / logging off unless DISTILL_VERBOSE=1
     try:
         return cmd(argv[1:])
-    except ConfigError as e:
+    except (ConfigError, UsageError) as e:
         print(f"distill: {e}", file=sys.stderr)
         return 2
     except Exception as e:
