@@ -17,11 +17,16 @@ from .config import ConfigError, RunConfig, as_replay_source, load_config, redac
 from .cli_help import COMMAND_HELP, USAGE, command_help
 from .preflight import preflight
 from .cli_export import cmd_export
+from .cli_tokenize import cmd_tokenize
 from .cli_score import add_probe_args, cmd_score, prepare_scoring_run, probe_scorer, start_scoring_stage
 from .run import make_reconstructor, prepare_run_dir, print_locations, produce
 from .on_policy import cmd_run_on_policy
 from .core.student import resolve_student
 from .score import SCORED
+
+
+class UsageError(Exception):
+    """A command-line mistake (exit 2, as a ConfigError or an argparse usage error)."""
 
 
 # The overrides stay hand-parsed rather than pydantic-settings' CLI source (cli_parse_args /
@@ -46,7 +51,7 @@ def _split_known(argv: list[str], flags: dict[str, bool]) -> tuple[dict, list[st
                     i += 1
                 else:
                     if i + 1 >= len(argv):
-                        raise SystemExit(f"distill: {name} needs a value")
+                        raise UsageError(f"{name} needs a value")
                     found[name] = argv[i + 1]
                     i += 2
             else:
@@ -60,8 +65,8 @@ def _split_known(argv: list[str], flags: dict[str, bool]) -> tuple[dict, list[st
 
 def _load(argv: list[str], flags: dict[str, bool]) -> tuple[RunConfig, dict, list[str]]:
     if not argv or argv[0].startswith("-"):
-        raise SystemExit(
-            "distill: expected a TOML config path first (e.g. examples/quickstart.toml); see distill COMMAND --help"
+        raise UsageError(
+            "expected a TOML config path first (e.g. examples/quickstart.toml); see distill COMMAND --help"
         )
     path, rest = argv[0], argv[1:]
     found, rest = _split_known(rest, flags)
@@ -172,7 +177,10 @@ def cmd_replay(argv: list[str]) -> int:
             "set it, or pass input files after the config path"
         )
     if flags.get("--on-error") not in (None, "skip", "fail"):
-        raise SystemExit(f"distill replay: --on-error must be skip or fail, got {flags['--on-error']!r}")
+        raise UsageError(
+            f"replay --on-error must be skip or fail, got {flags['--on-error']!r}. Fix: --on-error skip (list bad "
+            "records in replay_rejects.jsonl and go on) or --on-error fail (stop at the first, naming file:line)"
+        )
     if cfg.orchestrator.source.type != "replay":
         cfg.orchestrator.source = as_replay_source(cfg.orchestrator.source)
     if not inputs and not cfg.orchestrator.source.path:
@@ -218,24 +226,6 @@ def cmd_train(argv: list[str]) -> int:
     if rank == 0:
         _print_summary("trainer", summary)
         print_locations(run_dir, summary)
-    return 0
-
-
-def cmd_tokenize(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="distill tokenize")
-    p.add_argument("--tokenizer", required=True, help="student tokenizer folder (HF format, with chat template)")
-    p.add_argument("input", help="JSONL with a 'messages' list per line (optional 'tools')")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--config", help="run config whose [orchestrator.reconstruction] policies to use")
-    p.add_argument("--chat-template", help="Jinja file replacing the tokenizer's template (default: the config's)")
-    a = p.parse_args(argv)
-    from orchestrator.reconstruct import tokenize_file
-
-    cfg = load_config(a.config) if a.config else None
-    template = a.chat_template or (cfg.student.chat_template if cfg else None)
-    rc, workers = (cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruct_workers) if cfg else (None, 0)
-    summary = tokenize_file(a.tokenizer, a.input, a.output, rc, template, workers)
-    print(json.dumps(summary, default=str))
     return 0
 
 
@@ -343,6 +333,7 @@ _USER_ERRORS = {
     "FileExistsError",
     "NotADirectoryError",
     "TokenizerError",
+    "TokenizeInputError",
     "LossInputError",
     "ScoreError",
     "ScoreCheckError",
@@ -382,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_third_party()  # third-party progress bars / logging off unless DISTILL_VERBOSE=1
     try:
         return cmd(argv[1:])
-    except ConfigError as e:
+    except (ConfigError, UsageError) as e:
         print(f"distill: {e}", file=sys.stderr)
         return 2
     except Exception as e:

@@ -254,7 +254,9 @@ def load_tokenizer(path: str | os.PathLike, chat_template: str | os.PathLike | N
         snapshot = hub_snapshot(str(path))
         if snapshot is None:
             raise TokenizerError(
-                hub_id_hint(str(path), "student.tokenizer") or f"tokenizer folder {path} does not exist"
+                hub_id_hint(str(path), "student.tokenizer")
+                or f"tokenizer folder {path} does not exist. Fix: point at a folder holding tokenizer.json and "
+                "tokenizer_config.json (a model folder, or one saved with tokenizer.save_pretrained(DIR))"
             )
         path = snapshot
     try:

@@ -29,6 +29,8 @@ REJECTION_REASONS: dict[str, str] = {
     "which no tokenizer can encode",
     "roundtrip_mismatch": "decoding the tokens does not give back the rendered text (self-check failed)",
     "invalid_json": "(tokenize_file) the input line is not valid JSON",
+    "invalid_utf8": "(tokenize_file) the input line holds a byte sequence that is not UTF-8",
+    "line_too_long": "(tokenize_file) the input line is longer than 64 MiB (read past, not loaded)",
     "invalid_line": "(tokenize_file) the input line is not an object with a 'messages' list",
 }
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import os
 from typing import TYPE_CHECKING
 
 from distill.core.contract import atomic_write_text
+from distill.core.jsonl import Line, read_jsonl
 from distill.core.conversation import Conversation
 from orchestrator.build_pool import ParallelBuilder, offline_workers
 from orchestrator.reconstruction.reasons import Reject
@@ -15,6 +17,49 @@ from orchestrator.reconstruction.reconstructor import Reconstructor
 
 if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
     from distill.core.config import Reconstruction
+
+#: The rejection reason of each unreadable line's reason (distill/core/jsonl.py); JSON nested past
+#: the recursion limit is invalid JSON to a reader.
+_LINE_REASONS = {
+    "invalid_utf8": "invalid_utf8",
+    "invalid_json": "invalid_json",
+    "too_deep": "invalid_json",
+    "line_too_long": "line_too_long",
+}
+
+
+class TokenizeInputError(Exception):
+    """An input `distill tokenize` cannot read at all (missing, a folder, not JSONL); the message names
+    the file and the fix."""
+
+
+def check_input(path: str) -> None:
+    """Raise TokenizeInputError unless `path` is a readable file that may be JSONL (checked before
+    the tokenizer loads, so a wrong path costs no wait)."""
+    jsonl = 'one JSON object a line: {"messages": [...]}'
+    if not os.path.exists(path):
+        raise TokenizeInputError(f"{path} does not exist. Fix: pass the path of a JSONL file ({jsonl})")
+    if os.path.isdir(path):
+        raise TokenizeInputError(
+            f"{path} is a folder; distill tokenize reads one JSONL file. Fix: pass one of its files, or "
+            f"replay the whole folder: distill replay CONFIG {path} (docs/replay.md)"
+        )
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise TokenizeInputError(f"{path} cannot be read ({e.strerror}). Fix: check its permissions") from None
+    if head == b"PAR1":
+        raise TokenizeInputError(
+            f"{path} is a Parquet file; distill tokenize reads JSONL ({jsonl}). Fix: replay it instead, "
+            f"distill replay CONFIG {path} (its `dataset` reader reads Parquet; docs/replay.md), "
+            "or convert it to JSONL first"
+        )
+    if head[:2] == b"\x1f\x8b":
+        raise TokenizeInputError(
+            f"{path} is gzip-compressed; distill tokenize reads plain JSONL. Fix: gunzip -k {path} and pass "
+            f"the .jsonl, or replay it: distill replay CONFIG {path} (replay reads .jsonl.gz)"
+        )
 
 
 def tokenize_file(
@@ -38,6 +83,7 @@ def tokenize_file(
     from distill.core.config import Reconstruction
     from distill.core.student import load_tokenizer
 
+    check_input(input_path)
     cfg = cfg if cfg is not None else Reconstruction()
     recon = Reconstructor(load_tokenizer(tokenizer_dir, chat_template), cfg)
     with ParallelBuilder(recon, offline_workers(workers)) as builder:
@@ -60,32 +106,32 @@ def _reconstruct_lines(builder: ParallelBuilder, input_path: str) -> tuple[colle
             out_lines.extend(res)
         batch.clear()
 
-    with open(input_path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                counts["blank_lines"] += 1
-                continue
-            counts["lines"] += 1
-            rec, err = _parse_line(line, input_path, n)
-            if err is not None:
-                flush()  # keep output in input order
-                out_lines.append(json.dumps({"line": n, "error": f"{err.reason}: {err.detail}"}, ensure_ascii=False))
-                counts[f"rejected:{err.reason}"] += 1
-                continue
-            batch.append(
-                (
-                    n,
-                    Conversation(
-                        rec["messages"],
-                        rec.get("tools"),
-                        sample_id=f"line{n}",
-                        finish_reason=rec.get("finish_reason"),
-                        line=n,
-                    ),
-                )
+    for ln in read_jsonl(input_path, torn=False, limit_key="the line limit of distill tokenize"):
+        n = ln.number
+        if ln.blank:
+            counts["blank_lines"] += 1
+            continue
+        counts["lines"] += 1
+        rec, err = _parse_line(ln, input_path)
+        if err is not None:
+            flush()  # keep output in input order
+            out_lines.append(json.dumps({"line": n, "error": f"{err.reason}: {err.detail}"}, ensure_ascii=False))
+            counts[f"rejected:{err.reason}"] += 1
+            continue
+        batch.append(
+            (
+                n,
+                Conversation(
+                    rec["messages"],
+                    rec.get("tools"),
+                    sample_id=f"line{n}",
+                    finish_reason=rec.get("finish_reason"),
+                    line=n,
+                ),
             )
-            if len(batch) >= 256:
-                flush()
+        )
+        if len(batch) >= 256:
+            flush()
     flush()
     return counts, out_lines
 
@@ -130,11 +176,13 @@ def _summary(input_path: str, output_path: str, counts: collections.Counter, sta
     }
 
 
-def _parse_line(line: str, path: str, n: int) -> tuple[dict | None, Reject | None]:
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        return None, Reject("invalid_json", f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})")
+def _parse_line(ln: Line, path: str) -> tuple[dict | None, Reject | None]:
+    """The record of a non-blank line, or why there is none (read by distill/core/jsonl.py: a bad
+    byte, bad JSON or an overlong line is that line's rejection, never a crash)."""
+    n = ln.number
+    if ln.reason is not None:
+        return None, Reject(_LINE_REASONS[ln.reason], f"{path}:{n}: {ln.problem}")
+    rec = ln.value
     if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list):
         return None, Reject("invalid_line", f"{path}:{n}: expected an object with a 'messages' list")
     if rec.get("finish_reason") is not None and not isinstance(rec["finish_reason"], str):

@@ -11,11 +11,12 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distill.core.config.schema import unknown_columns
 from distill.core.conversation import Conversation
 from distill.core.contract import ShardWriter, atomic_write_text, iter_samples
 from orchestrator.replay.filters import make_filter
 from orchestrator.replay.formats.openai_batch import BatchInputIndex
-from orchestrator.replay.inputs import COLUMN_NAMES, iter_conversations
+from orchestrator.replay.inputs import iter_conversations
 from orchestrator.replay.reading import resolve_inputs
 from orchestrator.replay.records import BadRecord, ReplayError
 from orchestrator.build_pool import ParallelBuilder, offline_workers
@@ -91,12 +92,9 @@ def _input_paths(cfg: RunConfig, inputs: list[str] | None, on_error: str) -> lis
     src, rc = cfg.orchestrator.source, cfg.orchestrator.replay
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-    unknown = sorted(set(rc.columns) - set(COLUMN_NAMES))
-    if unknown:
-        raise ValueError(
-            f"orchestrator.replay.columns: unknown field name(s) {unknown}; the keys are our names "
-            f'{list(COLUMN_NAMES)} and the values your column names, e.g. {{messages = "conv"}}'
-        )
+    why = unknown_columns(rc.columns)  # the config validator refused these (exit 2); a dict edited in place since
+    if why is not None:
+        raise ValueError(f"orchestrator.replay.columns: {why}")
     patterns = list(inputs) if inputs else ([src.path] if src.path else [])
     if not patterns:
         raise ReplayError(

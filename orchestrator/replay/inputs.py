@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from distill.core.config.schema import REPLAY_COLUMN_NAMES
 from distill.core.conversation import Conversation
 from orchestrator.lines import MAX_LINE_BYTES, json_type
 from orchestrator.replay.formats import (
@@ -21,19 +22,7 @@ from orchestrator.replay.reading import Line, _excerpt, iter_jsonl
 from orchestrator.replay.records import BadRecord, RecordError
 
 # Our names for input fields; orchestrator.replay.columns maps them to other column names.
-COLUMN_NAMES = (
-    "messages",
-    "conversations",
-    "prompt",
-    "completion",
-    "tools",
-    "id",
-    "finish_reason",
-    "reward",
-    "system",
-    "model",
-    "sample_index",
-)
+COLUMN_NAMES = REPLAY_COLUMN_NAMES
 
 
 def _apply_columns(obj: Any, columns: dict[str, str]) -> Any:

@@ -231,6 +231,42 @@ MISTAKES = {
         ["DISTILL_ORCHESTRATOR__SAMPLING__EXTRA_BODY", "not valid JSON"],
     ),
     "config_missing": ("run", None, [], {}, None, 2, ["cfg.toml", "does not exist"]),
+    "replay_unknown_column_cli": (
+        "replay",
+        "",
+        ["{tmp}/x.jsonl", "--orchestrator.replay.columns", '{{msgs = "conversation"}}'],
+        {},
+        None,
+        2,
+        ["orchestrator.replay.columns: unknown field name(s) ['msgs']", "the keys are our names", "command line"],
+    ),
+    "replay_unknown_column_toml": (
+        "replay",
+        '[orchestrator.replay]\ncolumns = {{msgs = "conversation"}}\n',
+        ["{tmp}/x.jsonl"],
+        {},
+        None,
+        2,
+        ["orchestrator.replay.columns: unknown field name(s) ['msgs']", "cfg.toml"],
+    ),
+    "replay_on_error_invalid": (
+        "replay",
+        "",
+        ["{tmp}/x.jsonl", "--on-error", "ignore"],
+        {},
+        None,
+        2,
+        ["--on-error must be skip or fail, got 'ignore'", "Fix: --on-error skip"],
+    ),
+    "replay_on_error_without_value": (
+        "replay",
+        "",
+        ["{tmp}/x.jsonl", "--on-error"],
+        {},
+        None,
+        2,
+        ["--on-error needs a value"],
+    ),
 }
 
 
@@ -271,7 +307,7 @@ def test_config_commands_answer_help():
     # after the config path too, and without loading it
     assert distill("run", "no-such.toml", "--help").returncode == 0
     bare = distill("train")
-    assert bare.returncode == 1 and "config path" in bare.stderr and "--help" in bare.stderr
+    assert bare.returncode == 2 and "config path" in bare.stderr and "--help" in bare.stderr
     assert "Traceback" not in bare.stderr
     for command in ("tokenize", "inspect", "probe", "report"):
         res = distill(command, "--help")

@@ -688,6 +688,20 @@ def test_tokenize_file(tmp_path, smol_tokenizer_dir, smol_tokenizer):
     assert sorted(p.name for p in out.parent.iterdir()) == ["o.jsonl"]  # temp file renamed away
 
 
+def test_tokenize_file_rejects_unreadable_lines_one_by_one(tmp_path, smol_tokenizer_dir):
+    """A byte that is not UTF-8 and JSON nested past the recursion limit are each that line's
+    rejection, named file:line; the lines around them still tokenize."""
+    good = json.dumps({"messages": convo(("Q", "A"))}).encode() + b"\n"
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(good + b'{"messages": [{"role": "user", "content": "caf\xe9"}]}\n' + b"[" * 100_000 + b"\n" + good)
+    summary = tokenize_file(str(smol_tokenizer_dir), str(inp), str(tmp_path / "o.jsonl"))
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["line"] for r in rows] == [1, 2, 3, 4] and "prompt_ids" in rows[0] and "prompt_ids" in rows[3]
+    assert rows[1]["error"].startswith(f"invalid_utf8: {inp}:2: not valid UTF-8 (byte 0xe9")
+    assert rows[2]["error"].startswith(f"invalid_json: {inp}:3: JSON nested too deeply")
+    assert summary["samples"] == 2 and summary["by_reason"] == {"invalid_utf8": 1, "invalid_json": 1}
+
+
 def test_tokenize_file_uses_policy(tmp_path, smol_tokenizer_dir):
     inp = tmp_path / "in.jsonl"
     inp.write_text(json.dumps({"messages": convo(("Q", "cut")), "finish_reason": "length"}) + "\n")

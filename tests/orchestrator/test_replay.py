@@ -411,7 +411,11 @@ def test_limit_and_column_mapping(tmp_path, smol_tokenizer):
     samples = list(iter_samples(tmp_path / "samples"))
     assert summary["records"] == 4 and [s.sample_id for s in samples] == ["q0/0", "q1/0", "q2/0", "q3/0"]
     assert [s.reward for s in samples] == [0.0, 0.1, 0.2, 0.3]
-    cfg = make_cfg(tmp_path, inp, columns={"message": "dialog"})
+    # an unknown name is the config's error (exit 2, before anything is written)
+    with pytest.raises(ConfigError, match=r"orchestrator.replay.columns: unknown field name\(s\) \['message'\]"):
+        make_cfg(tmp_path, inp, columns={"message": "dialog"})
+    # ... and replay's own check still refuses a mapping edited in place after validation
+    cfg.orchestrator.replay.columns["message"] = "dialog"
     with pytest.raises(ValueError, match=r"orchestrator.replay.columns: unknown field name\(s\) \['message'\]"):
         replay(cfg, tmp_path, make_recon(smol_tokenizer, cfg), progress=False)
     # a mapped column missing from a record is named by both names

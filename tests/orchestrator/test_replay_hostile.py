@@ -277,7 +277,8 @@ def test_cli_without_input_or_source_path_names_the_key(tmp_path, smol_tokenizer
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "orchestrator.source.path" in proc.stderr and "INPUT" in proc.stderr
     proc = distill("replay", cli_config(tmp_path, smol_tokenizer_dir), "x.jsonl", "--on-error", "maybe")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "--on-error must be skip or fail" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--on-error must be skip or fail" in proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_replay_without_any_input_names_the_key(tmp_path, smol_tokenizer):

@@ -193,6 +193,33 @@ class Reconstruction(Strict):
     system_prompt: Literal["keep", "merge_into_first_user"] = "keep"
 
 
+#: Our names for replay input fields; orchestrator.replay.columns maps them to other column names.
+REPLAY_COLUMN_NAMES = (
+    "messages",
+    "conversations",
+    "prompt",
+    "completion",
+    "tools",
+    "id",
+    "finish_reason",
+    "reward",
+    "system",
+    "model",
+    "sample_index",
+)
+
+
+def unknown_columns(columns: dict[str, str]) -> str | None:
+    """Why orchestrator.replay.columns is wrong (a key that is not one of our names), or None."""
+    unknown = sorted(set(columns) - set(REPLAY_COLUMN_NAMES))
+    if not unknown:
+        return None
+    return (
+        f"unknown field name(s) {unknown}; the keys are our names "
+        f'{list(REPLAY_COLUMN_NAMES)} and the values your column names, e.g. {{messages = "conv"}}'
+    )
+
+
 class Replay(Strict):
     """Offline replay (`distill replay`, or source type "replay"): filters and input handling.
 
@@ -229,6 +256,14 @@ class Replay(Strict):
     # Longest input line in bytes (newline included); a longer line is a bad record
     # ("line_too_long"), read past without loading it into memory. Default 64 MiB.
     max_line_bytes: int = Field(64 << 20, ge=1024)
+
+    @field_validator("columns")
+    @classmethod
+    def _check_columns(cls, columns: dict[str, str]) -> dict[str, str]:
+        why = unknown_columns(columns)
+        if why is not None:
+            raise ValueError(why)
+        return columns
 
     @field_validator("drop_pattern", "require_pattern")
     @classmethod

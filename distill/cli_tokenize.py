@@ -1,0 +1,53 @@
+"""`distill tokenize --tokenizer DIR IN.jsonl -o OUT.jsonl`: every conversation of a JSONL file as token ids.
+
+The command line's own mistakes are refused here, before anything is read: an output that is the input
+itself (the same file by another name: a symlink, a relative path, a hard link) would be overwritten
+with token ids. The reading (and an input it cannot read: missing, a folder, Parquet) is
+orchestrator/reconstruction/tokenize_jsonl.py's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from .config import load_config
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether paths a and b name one existing file (through links or relative paths)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (or cannot be looked at): not the same file
+        return False
+
+
+def check_output(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Refuse (exit 2, a usage error) an output path that would destroy the input or cannot be a file."""
+    if _same_file(a.input, a.output):
+        p.error(
+            f"the output {a.output} is the input file {a.input} (the same file): tokenize would overwrite "
+            "its input with token ids. Fix: pass another path to -o, e.g. -o tokens.jsonl"
+        )
+    if os.path.isdir(a.output):
+        p.error(f"the output {a.output} is a folder. Fix: pass a file path to -o, e.g. -o {a.output}/tokens.jsonl")
+
+
+def cmd_tokenize(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="distill tokenize")
+    p.add_argument("--tokenizer", required=True, help="student tokenizer folder (HF format, with chat template)")
+    p.add_argument("input", help="JSONL with a 'messages' list per line (optional 'tools')")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--config", help="run config whose [orchestrator.reconstruction] policies to use")
+    p.add_argument("--chat-template", help="Jinja file replacing the tokenizer's template (default: the config's)")
+    a = p.parse_args(argv)
+    check_output(p, a)
+    from orchestrator.reconstruct import tokenize_file
+
+    cfg = load_config(a.config) if a.config else None
+    template = a.chat_template or (cfg.student.chat_template if cfg else None)
+    rc, workers = (cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruct_workers) if cfg else (None, 0)
+    summary = tokenize_file(a.tokenizer, a.input, a.output, rc, template, workers)
+    print(json.dumps(summary, default=str))
+    return 0

@@ -1,0 +1,110 @@
+"""`distill tokenize` given the wrong files: an output that is its input (refused before anything is
+read: exit 2), an input it cannot read (one line naming the file and the fix: exit 1), a line that is
+not UTF-8 (that line's rejection, like invalid JSON). No traceback, the input never touched."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distill.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+LINE = json.dumps({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}) + "\n"
+
+
+def tokenize(inp, out, tokenizer) -> list[str]:
+    return ["tokenize", "--tokenizer", str(tokenizer), str(inp), "-o", str(out)]
+
+
+@pytest.mark.parametrize("how", ["relative", "symlink", "hardlink"])
+def test_an_output_that_is_the_input_is_refused_before_reading(tmp_path, monkeypatch, capsys, how):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.jsonl").write_text(LINE)
+    out = {"relative": "./sub/../in.jsonl", "symlink": "link.jsonl", "hardlink": "hard.jsonl"}[how]
+    (tmp_path / "sub").mkdir()
+    if how == "symlink":
+        os.symlink("in.jsonl", "link.jsonl")
+    if how == "hardlink":
+        os.link("in.jsonl", "hard.jsonl")
+    with pytest.raises(SystemExit) as e:  # argparse's usage error: exit 2
+        main(tokenize("in.jsonl", out, tmp_path / "no-tokenizer"))  # the tokenizer is never looked at
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert f"the output {out} is the input file in.jsonl" in err and "-o" in err and "Traceback" not in err
+    assert (tmp_path / "in.jsonl").read_text() == LINE
+
+
+def test_an_output_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "in.jsonl").write_text(LINE)
+    with pytest.raises(SystemExit) as e:
+        main(tokenize(tmp_path / "in.jsonl", tmp_path, tmp_path / "no-tokenizer"))
+    assert e.value.code == 2 and "is a folder" in capsys.readouterr().err
+
+
+def _folder(p: Path) -> Path:
+    p.mkdir()
+    return p
+
+
+def _parquet(p: Path) -> Path:
+    p.write_bytes(b"PAR1\x15\x04\x15\x00" + b"\x00" * 16 + b"PAR1")  # Parquet's magic at both ends
+    return p
+
+
+def _gzip(p: Path) -> Path:
+    import gzip
+
+    p.write_bytes(gzip.compress(LINE.encode()))
+    return p
+
+
+@pytest.mark.parametrize(
+    "name, make, words",
+    [
+        ("missing.jsonl", None, ["missing.jsonl does not exist", "Fix:"]),
+        ("folder", _folder, ["folder is a folder", "distill replay CONFIG"]),
+        ("data.parquet", _parquet, ["data.parquet is a Parquet file", "reads JSONL", "distill replay", "dataset"]),
+        ("data.jsonl.gz", _gzip, ["data.jsonl.gz is gzip-compressed", "gunzip"]),
+    ],
+)
+def test_an_input_tokenize_cannot_read_is_one_message(tmp_path, capsys, name, make, words):
+    inp = make(tmp_path / name) if make else tmp_path / name
+    assert main(tokenize(inp, tmp_path / "out.jsonl", tmp_path / "no-tokenizer")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"distill: {inp}") and err.count("\n") == 1, err
+    for w in words:
+        assert w in err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_missing_tokenizer_folder_says_what_to_pass(tmp_path, capsys):
+    (tmp_path / "in.jsonl").write_text(LINE)
+    assert main(tokenize(tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "no-tokenizer")) == 1
+    err = capsys.readouterr().err
+    assert "no-tokenizer does not exist" in err and "Fix:" in err and "tokenizer.json" in err
+
+
+def test_a_line_that_is_not_utf8_is_that_lines_rejection(tmp_path, smol_tokenizer_dir):
+    """The tester's file (a Latin-1 é) through the real CLI: the other lines still tokenize."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(LINE.encode() + b'{"messages": [{"role":"user","content":"caf\xe9"}]}\n' + LINE.encode())
+    out = tmp_path / "out.jsonl"
+    res = subprocess.run(
+        [sys.executable, "-m", "distill", *tokenize(inp, out, smol_tokenizer_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["lines"] == 3 and summary["samples"] == 2 and summary["by_reason"] == {"invalid_utf8": 1}
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["line"] for r in rows] == [1, 2, 3]
+    assert rows[1]["error"] == f"invalid_utf8: {inp}:2: not valid UTF-8 (byte 0xe9 at offset 43)"
