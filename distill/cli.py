@@ -18,10 +18,11 @@ from .cli_help import COMMAND_HELP, USAGE, command_help
 from .preflight import preflight
 from .cli_export import cmd_export
 from .cli_tokenize import cmd_tokenize
-from .cli_score import add_probe_args, cmd_score, prepare_scoring_run, probe_scorer, start_scoring_stage
+from .cli_score import add_probe_args, cmd_score, prepare_scoring_run, probe_key, probe_scorer, start_scoring_stage
 from .run import make_reconstructor, prepare_run_dir, print_locations, produce
 from .on_policy import cmd_run_on_policy
 from .core.student import resolve_student
+from .core.redact import redact_url
 from .score import SCORED
 
 
@@ -288,20 +289,16 @@ def cmd_probe(argv: list[str]) -> int:
     p.add_argument("--timeout", type=float, default=30)
     add_probe_args(p)
     a = p.parse_args(argv)
+    key = probe_key(a.url, a.api_key_var)  # exit 2 on a bad URL or a key pasted as the variable name
     if a.scorer:
         return probe_scorer(a.url, a.model, a.scorer, a.api_key_var, a.tokenizer)
     from orchestrator.probe import format_probe, probe, probe_verdict
 
-    key = None
-    if a.api_key_var:
-        key = os.environ.get(a.api_key_var)
-        if not key:
-            raise SystemExit(f"distill probe: environment variable {a.api_key_var} is not set")
     rows = probe(a.url, a.model, api_key=key, timeout=a.timeout)
     print(format_probe(rows))
     why = probe_verdict(rows, a.url)
     if why is not None:  # a run could not use this endpoint: say why, exit non-zero
-        print(f"distill: the endpoint {a.url} cannot be used: {why}", file=sys.stderr)
+        print(f"distill: the endpoint {redact_url(a.url)} cannot be used: {why}", file=sys.stderr)
         return 1
     return 0
 

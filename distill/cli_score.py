@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, load_config
+from .core.redact import redact_url
 from .preflight import preflight
 from .run import prepare_run_dir
 from .score import SCORED, check_scorer, format_score_summary, score_dir, student_tokenizer
@@ -76,6 +77,33 @@ def prepare_scoring_run(cfg: RunConfig, run_dir: Path) -> Any:
     return tok
 
 
+def probe_key(url: str, api_key_var: str | None) -> str | None:
+    """`distill probe URL [--api-key-var NAME]`: the API key (None without --api-key-var), after the same
+    checks as a config's base_url and api_key_var (ConfigError, exit 2: a bad URL, a key pasted as the
+    variable name; neither echoes a credential)."""
+    import os
+
+    from .config import ConfigError
+    from .core.config.checks import Problem
+    from .core.config.schema import check_api_key_var, check_http_url
+
+    problems = []
+    try:
+        check_http_url(url)
+    except ValueError as e:
+        problems.append(Problem("URL", str(e)))
+    try:
+        check_api_key_var(api_key_var, "MY_TEACHER_KEY", setting="pass --api-key-var ")
+    except ValueError as e:
+        problems.append(Problem("--api-key-var", str(e)))
+    if problems:
+        raise ConfigError("command line", problems)
+    key = os.environ.get(api_key_var) if api_key_var else None
+    if api_key_var and not key:
+        raise SystemExit(f"distill probe: environment variable {api_key_var} is not set")
+    return key
+
+
 def probe_scorer(url: str, model: str | None, scorer_type: str, api_key_var: str | None, tokenizer: str | None) -> int:
     """`distill probe URL --scorer TYPE`: what scoring the endpoint supports and the three self-tests."""
     from distill.core.config.schema import Retry
@@ -93,7 +121,7 @@ def probe_scorer(url: str, model: str | None, scorer_type: str, api_key_var: str
     bad = [r for r in rows if r[1] in ("FAIL", "no", "error") and r[0] != "/tokenize"]
     if bad:
         print(
-            f"distill: the endpoint {url} cannot be used as a {scorer_type} scorer: {bad[0][0]}: {bad[0][2]}",
+            f"distill: the endpoint {redact_url(url)} cannot be used as a {scorer_type} scorer: {bad[0][0]}: {bad[0][2]}",
             file=sys.stderr,
         )
         return 1

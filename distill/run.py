@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 from distill.core.config import RunConfig, redacted_dict, to_toml
+from distill.core.redact import redact_url
 
 
 def prepare_run_dir(cfg: RunConfig) -> Path:
@@ -80,7 +81,10 @@ def produce(
     if cfg.orchestrator.local_teacher.enabled:
         from orchestrator.local_teacher import local_teacher
 
-        print(f"starting the local teacher (llama.cpp) on {cfg.orchestrator.rollout_model.base_url} ...", flush=True)
+        print(
+            f"starting the local teacher (llama.cpp) on {redact_url(cfg.orchestrator.rollout_model.base_url)} ...",
+            flush=True,
+        )
         with local_teacher(cfg, run_dir / "logs"):
             return rollout(cfg, run_dir, recon, **kw)
     return rollout(cfg, run_dir, recon, **kw)

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.endpoint_check import shown_url
+from distill.core.redact import redact_url
 from orchestrator.recording import make_record
 
 CACHE_VERSION = 1
@@ -149,7 +149,7 @@ class AnswerCache:
             usage = {k: (v or 0) / shared for k, v in (r.get("usage") or {}).items()}
             entry = {"v": CACHE_VERSION, "key": key, "sample_index": r["sample_index"], "usage": usage}
             entry.update({k: r.get(k) for k in _KEPT})
-            entry["endpoint"] = shown_url(str(r.get("endpoint") or ""))  # a user:password@ part masked
+            entry["endpoint"] = redact_url(str(r.get("endpoint") or ""))  # credentials masked (an old record)
             try:
                 self._write(self.path(key), entry)
                 with self._lock:

@@ -18,10 +18,10 @@ with a short timeout:
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
-
 import openai
 from openai import OpenAI
+
+from distill.core.redact import redact_url
 
 TIMEOUT_S = 10.0
 _KEY = "orchestrator.rollout_model"
@@ -31,17 +31,9 @@ class EndpointCheckError(RuntimeError):
     """The teacher endpoint cannot be used; the message says which key, what was tried, and the fix."""
 
 
-def shown_url(url: str) -> str:
-    """`url` with any user:password@ part masked, for messages."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
-
-
 def v1_hint(url: str) -> str:
     """ " (did you mean URL/v1?)" when `url` does not end in /v1, else ""."""
-    u = shown_url(url).rstrip("/")
+    u = redact_url(url).rstrip("/")
     return "" if u.endswith("/v1") else f" (did you mean {u}/v1? OpenAI-compatible servers serve under /v1)"
 
 
@@ -68,8 +60,8 @@ def _get_models(url: str, api_key: str, headers: dict, timeout: float):
 def check_endpoint(
     key: str, url: str, model: str, api_key: str, api_key_var: str | None, headers: dict, timeout: float
 ) -> None:
-    where = f"{key} = {shown_url(url)!r}"
-    models_url = shown_url(url).rstrip("/") + "/models"
+    where = f"{key} = {redact_url(url)!r}"
+    models_url = redact_url(url).rstrip("/") + "/models"
     try:
         status, body = _get_models(url, api_key, headers, timeout)
     except openai.APIConnectionError as e:
@@ -90,7 +82,7 @@ def check_endpoint(
     if status == 404 and v1_hint(url) and _answers(url.rstrip("/") + "/v1", api_key, headers, timeout):
         raise EndpointCheckError(
             f"the teacher has no OpenAI API at {where}: GET {models_url} answered 404"
-            f"{v1_hint(url)}. Fix: set it to {shown_url(url).rstrip('/')}/v1"
+            f"{v1_hint(url)}. Fix: set it to {redact_url(url).rstrip('/')}/v1"
         )
     if status != 200:
         return  # /models not implemented (or not now): the chat requests decide

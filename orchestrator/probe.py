@@ -17,6 +17,8 @@ from typing import Callable
 import openai
 from openai import OpenAI
 
+from distill.core.redact import redact_url
+
 from orchestrator.client import error_message
 
 _PROMPT = [{"role": "user", "content": "Reply with one short sentence about the sea."}]
@@ -187,7 +189,7 @@ def probe_verdict(rows: list[tuple[str, str, str]], base_url: str) -> str | None
         return None
     hint = ""
     if "HTTP 404" in chat[1] and not base_url.rstrip("/").endswith("/v1"):
-        hint = f" (did you mean {base_url.rstrip('/')}/v1?)"
+        hint = f" (did you mean {redact_url(base_url).rstrip('/')}/v1?)"
     elif "HTTP 401" in chat[1] or "HTTP 403" in chat[1]:
         hint = " (the API key was refused: pass --api-key-var NAME of the variable holding a valid key)"
     return f"chat completions failed: {chat[1]}{hint}"

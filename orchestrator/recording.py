@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.core.jsonl import iter_lines, log_values
-from distill.core.redact import redact
+from distill.core.redact import redact, redact_url
 
 RECORDING_VERSION = 1
 
@@ -81,7 +81,7 @@ def make_record(
         "response": response,
         "finish_reason": finish_reason,
         "model": model,
-        "endpoint": endpoint,
+        "endpoint": redact_url(endpoint),  # credentials in a URL masked
         "sampling": redact(sampling),
         "usage": usage,
         "usage_shared_by": usage_shared_by,

@@ -24,11 +24,12 @@ import sys
 from pathlib import Path
 
 from distill.core.config import Orchestrator, RunConfig, api_key
+from distill.core.redact import redact_url
 from distill.core.verbosity import bar_position, close_bar
 from orchestrator.ask import Asker
 from orchestrator.budget import BudgetGate
 from orchestrator.cache import open_cache
-from orchestrator.endpoint_check import EndpointCheckError, check_endpoints, shown_url
+from orchestrator.endpoint_check import EndpointCheckError, check_endpoints
 from orchestrator.failures import FailureTally, RolloutError, nothing_published
 from orchestrator.limits import RetryPolicy
 from orchestrator.prompts import count_prompts, load_prompts
@@ -100,7 +101,7 @@ class _Rollout:
             oc.max_failed_fraction,
             total_prompts * self.n if total_prompts else None,
             max(10, 2 * oc.concurrency),
-            shown_url(rm.base_url),
+            redact_url(rm.base_url),
         )
         self.transport = _transport(oc, key)
         self.pool = self.pub = self.recw = self.metrics_f = self.bar = None

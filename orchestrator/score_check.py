@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from distill.core.redact import redact_url
 from orchestrator.kinds.score_types import SampleRequest, ScoreBatch, TokenizeRequest
 from orchestrator.scoring import ScoreError, check_answer, make_kinds, make_seq, piece_to_id
 from orchestrator.transport import TeacherError, Transport
@@ -71,7 +72,7 @@ class SelfTests:
             return (await self.t.request(kind, req)).answer
         except TeacherError as e:
             raise ScoreCheckError(
-                f"scorer self-test: {what} failed at {self.sc.base_url}: {e.reason}: {e.detail}. Fix: check "
+                f"scorer self-test: {what} failed at {redact_url(self.sc.base_url)}: {e.reason}: {e.detail}. Fix: check "
                 f"scorer.base_url and scorer.type = {self.sc.type!r} (distill probe URL --scorer TYPE shows what "
                 "the endpoint supports)"
             ) from None

@@ -36,6 +36,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from distill.core.redact import redact_url
 from orchestrator.kinds.score_vllm import root_url
 from orchestrator.kinds.student_vllm import StudentSampleAnswer, StudentSampleRequest, VLLMStudentSample
 from orchestrator.limits import RetryPolicy
@@ -104,12 +105,12 @@ class VLLMStudentClient:
             detail = e.read()[:500].decode(errors="replace")
             hint = {404: f" (404: the endpoint is off; {what})" if what else ""}.get(e.code, "")
             raise StudentServerError(
-                f"the student server ({self.root}) answered {method} {url[len(self.root) :]} with HTTP "
+                f"the student server ({redact_url(self.root)}) answered {method} {url[len(self.root) :]} with HTTP "
                 f"{e.code}{hint}: {detail}"
             ) from None
         except OSError as e:
             raise StudentServerError(
-                f"the student server ({self.root}) is unreachable for {method} {url[len(self.root) :]}: {e}. "
+                f"the student server ({redact_url(self.root)}) is unreachable for {method} {url[len(self.root) :]}: {e}. "
                 "Fix: start it, or correct on_policy.student_server.base_url"
             ) from None
         if text:
@@ -118,7 +119,7 @@ class VLLMStudentClient:
             return json.loads(raw) if raw.strip() else None
         except ValueError:
             raise StudentServerError(
-                f"the student server ({self.root}) answered {method} {url[len(self.root) :]} with something that "
+                f"the student server ({redact_url(self.root)}) answered {method} {url[len(self.root) :]} with something that "
                 f"is not JSON: {raw[:200].decode(errors='replace')!r}. Fix: point on_policy.student_server.base_url "
                 "at a vLLM server"
             ) from None

@@ -23,6 +23,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import openai
 from openai import AsyncOpenAI
 
+from distill.core.redact import redact_url
 from orchestrator.limits import RetryPolicy, TokenBucket, parse_retry_after
 
 try:  # the HTTP library under the SDK: httpx2 in openai 3.x, httpx before
@@ -148,6 +149,7 @@ class ClientStats:
 class Endpoint:
     def __init__(self, base_url: str, api_key: str, headers: dict[str, str], timeout: float):
         self.base_url = base_url
+        self.shown = redact_url(base_url)  # for messages and records: credentials in the URL masked
         self.in_flight = 0
         self.sent = 0
         self.client = AsyncOpenAI(
@@ -301,11 +303,11 @@ class Transport:
                 response = await kind.send(ep.client, self.model, req)
                 body = response.content
             except openai.APIStatusError as e:
-                raise _status_error(e, ep.base_url) from None
+                raise _status_error(e, ep.shown) from None
             except openai.APITimeoutError as e:
-                raise _Retryable(TeacherError("timeout", f"{ep.base_url}: {e}"), None) from None
+                raise _Retryable(TeacherError("timeout", f"{ep.shown}: {e}"), None) from None
             except openai.APIConnectionError as e:
-                raise _Retryable(TeacherError("connection_error", f"{ep.base_url}: {e.__cause__ or e}"), None) from None
+                raise _Retryable(TeacherError("connection_error", f"{ep.shown}: {e.__cause__ or e}"), None) from None
             finally:
                 ep.in_flight -= 1
         t1 = time.time()
@@ -315,13 +317,13 @@ class Transport:
             raise
         except TeacherError as e:
             if isinstance(e, ResponseError) and not e.retryable:
-                raise NonRetryableError(e.reason, f"{ep.base_url}: {e.detail}", e.status) from None
+                raise NonRetryableError(e.reason, f"{ep.shown}: {e.detail}", e.status) from None
             raise _Retryable(e, None) from None
         if self.tpm:
             self.tpm.adjust(answer.usage["prompt_tokens"] + answer.usage["completion_tokens"] - est_tokens)
         return Delivery(
             answer=answer,
-            endpoint=ep.base_url,
+            endpoint=ep.shown,
             request_id=response.headers.get("x-request-id") or answer.response_id,
             t_start=t0,
             t_end=t1,

@@ -15,6 +15,12 @@ or the name ends in `<api|access|secret|private|subscription|auth|client>_key`.
 A string VALUE is redacted too, whatever its key, when it looks like a credential
 (`looks_like_secret`): a known key prefix (sk-..., Bearer ..., ghp_..., hf_..., AKIA...,
 a JWT) or a long random token (a run of 20+ letters and digits, mixed case or hex).
+A URL value (`scheme://...`) keeps its shape with its credentials masked (`redact_url`).
+
+    redact_url(url) -> `url` as it may be shown, logged or written: the password of its userinfo
+      (a lone user name, or one that looks like a key: the whole userinfo), every query value,
+      the fragment and any path segment that looks like a key become "***". Every place that
+      prints or writes an endpoint URL goes through it.
 
 Stdlib only (imported by distill.core.config, which must not import torch).
 """
@@ -149,6 +155,38 @@ def looks_like_secret(value: Any) -> bool:
     return False
 
 
+#: What a credential inside a URL is replaced with (a URL stays readable: `http://user:***@host/v1`).
+URL_MASK = "***"
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def is_url(value: Any) -> bool:
+    return isinstance(value, str) and bool(_URL.match(value.strip()))
+
+
+def redact_url(url: str) -> str:
+    """`url` with its credentials masked (see the module docstring); the scheme, host, port and path
+    are kept. Not a URL (no `scheme://`): returned unchanged, or REDACTED when it looks like a key."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    if not is_url(url):
+        return REDACTED if looks_like_secret(url) else url
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:  # e.g. a broken [IPv6] host: keep only what surely holds no credential
+        return url.strip().split("://", 1)[0] + "://" + URL_MASK
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        keep_user = colon and user and not looks_like_secret(unquote(user))
+        hostport = (f"{user}:{URL_MASK}" if keep_user else URL_MASK) + "@" + hostport
+    path = "/".join(URL_MASK if looks_like_secret(unquote(seg)) else seg for seg in parts.path.split("/"))
+    query = "&".join(
+        f"{item.partition('=')[0]}={URL_MASK}" if "=" in item else URL_MASK for item in parts.query.split("&") if item
+    )
+    return urlunsplit((parts.scheme, hostport, path, query, URL_MASK if parts.fragment else ""))
+
+
 def redact(obj: Any, _depth: int = 0) -> Any:
     """A redacted copy of plain data (dicts, lists, tuples walked; other values kept)."""
     if _depth > MAX_DEPTH and isinstance(obj, (dict, list, tuple)):
@@ -167,4 +205,6 @@ def redact(obj: Any, _depth: int = 0) -> Any:
         return [redact(x, _depth + 1) for x in obj]
     if looks_like_secret(obj):
         return REDACTED
+    if is_url(obj):
+        return redact_url(obj)
     return obj

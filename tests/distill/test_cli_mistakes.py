@@ -330,6 +330,54 @@ def test_api_key_in_api_key_var_is_refused_without_echoing_it(tmp_path, value):
     assert not (tmp_path / "run").exists()
 
 
+URL_SECRET = "sk-proj-SECRET123abcdefghij"
+
+
+def _closed_port() -> int:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_a_password_in_base_url_never_reaches_the_terminal_and_a_query_is_refused(tmp_path):
+    url = f"http://user:{URL_SECRET}@127.0.0.1:18080/v1"
+    res = distill("run", base_toml(tmp_path, f'[orchestrator.rollout_model]\nbase_url = "{url}"\n'), "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "SECRET" not in res.stdout + res.stderr and 'base_url = "http://user:***@127.0.0.1:18080/v1"' in res.stdout
+    for tail in (f"?api-key={URL_SECRET}", f"#{URL_SECRET}"):
+        cfg = base_toml(tmp_path, f'[orchestrator.rollout_model]\nbase_url = "https://h.invalid/v1{tail}"\n')
+        for extra in ([], ["--dry-run"]):
+            res = distill("run", cfg, *extra)
+            assert res.returncode == 2 and "Traceback" not in res.stderr
+            assert "orchestrator.rollout_model.base_url" in res.stderr and "api_key_var" in res.stderr
+            assert "SECRET" not in res.stdout + res.stderr
+    cfg = base_toml(tmp_path, '[orchestrator.rollout_model]\nbase_url = "https://h.invalid/v1/chat/completions"\n')
+    res = distill("run", cfg, "--dry-run")
+    assert res.returncode == 2 and 'did you mean "https://h.invalid/v1"?' in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("scorer", [[], ["--scorer", "vllm"]])
+def test_probe_refuses_a_key_pasted_as_api_key_var_without_echoing_it(scorer):
+    res = distill("probe", "http://127.0.0.1:9/v1", "--model", "m", "--api-key-var", URL_SECRET, *scorer)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "--api-key-var" in res.stderr and "not an environment variable name" in res.stderr
+    assert "SECRET" not in res.stdout + res.stderr
+
+
+def test_probe_refuses_a_query_in_the_url_and_masks_a_password():
+    res = distill("probe", f"http://127.0.0.1:9/v1?api-key={URL_SECRET}", "--model", "m")
+    assert res.returncode == 2 and "query string" in res.stderr and "Traceback" not in res.stderr
+    assert "SECRET" not in res.stdout + res.stderr
+    res = distill("probe", f"http://user:{URL_SECRET}@127.0.0.1:{_closed_port()}/v1", "--model", "m")
+    assert res.returncode == 1 and "user:***@127.0.0.1" in res.stderr
+    assert "SECRET" not in res.stdout + res.stderr
+
+
 def test_keys_in_headers_and_extra_body_reach_the_teacher_but_no_file_or_terminal(tmp_path, smol_tokenizer_dir):
     from support.fault_server import FaultServer, write_prompts
 

@@ -490,6 +490,64 @@ def test_api_key_var_must_be_a_variable_name_and_is_never_echoed(value):
     assert load_config(None, ["--orchestrator.rollout_model.api_key_var", "_My_KEY2"])
 
 
+URL_SECRET = "sk-proj-SECRET123abcdef"
+
+
+@pytest.mark.parametrize(
+    "key, table",
+    [
+        ("orchestrator.rollout_model.base_url", {"orchestrator": {"rollout_model": {"base_url": "{u}"}}}),
+        (
+            "orchestrator.rollout_model.extra_base_urls",
+            {"orchestrator": {"rollout_model": {"extra_base_urls": ["{u}"]}}},
+        ),
+        ("scorer.base_url", {"scorer": {"type": "echo", "base_url": "{u}"}}),
+        ("on_policy.student_server.base_url", {"on_policy": {"student_server": {"type": "vllm", "base_url": "{u}"}}}),
+    ],
+)
+@pytest.mark.parametrize("tail", [f"?api-key={URL_SECRET}", f"?api-version=1&{URL_SECRET}", f"#{URL_SECRET}"])
+def test_base_url_with_a_query_or_fragment_is_refused_without_echoing_it(key, table, tail):
+    import json
+
+    data = json.loads(json.dumps(table).replace("{u}", "https://example.invalid/v1" + tail))
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, data)
+    # (the scorer's key path also names its type today: scorer.echo.base_url)
+    assert [p.key.replace("scorer.echo.", "scorer.") for p in ei.value.problems] == [key]
+    msg = str(ei.value)
+    assert "SECRET" not in msg and "not shown" in msg and "api_key_var" in msg
+    assert "query string" in msg or "fragment" in msg
+
+
+def test_base_url_query_from_the_environment_is_not_echoed(monkeypatch):
+    monkeypatch.setenv("DISTILL_ORCHESTRATOR__ROLLOUT_MODEL__BASE_URL", f"https://h.invalid/v1?key={URL_SECRET}")
+    with pytest.raises(ConfigError) as ei:
+        load_config(None)
+    assert "DISTILL_ORCHESTRATOR__ROLLOUT_MODEL__BASE_URL" in str(ei.value) and "SECRET" not in str(ei.value)
+
+
+@pytest.mark.parametrize(
+    "url, meant",
+    [
+        ("https://api.openai.com/v1/chat/completions", "https://api.openai.com/v1"),
+        ("http://127.0.0.1:8000/v1/completions/", "http://127.0.0.1:8000/v1"),
+        ("https://h.invalid/openai/v1/chat/completions", "https://h.invalid/openai/v1"),
+        (f"http://u:{URL_SECRET}@127.0.0.1:8000/v1/chat/completions", "http://u:***@127.0.0.1:8000/v1"),
+    ],
+)
+def test_base_url_ending_in_a_request_path_suggests_the_base(url, meant):
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, {"orchestrator": {"rollout_model": {"base_url": url}}})
+    assert [p.key for p in ei.value.problems] == ["orchestrator.rollout_model.base_url"]
+    assert f'did you mean "{meant}"?' in str(ei.value) and "SECRET" not in str(ei.value)
+
+
+def test_other_url_mistakes_mask_the_password():
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, {"orchestrator": {"rollout_model": {"base_url": f"ftp://u:{URL_SECRET}@h.invalid/v1"}}})
+    assert "has scheme 'ftp'" in str(ei.value) and "SECRET" not in str(ei.value)
+
+
 def test_unknown_keys_suggest_the_nearest_key_path(tmp_path):
     from distill.core.config.keypaths import key_paths, nearest_key
 

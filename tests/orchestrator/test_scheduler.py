@@ -159,6 +159,36 @@ def test_secrets_never_written(tmp_path, recon_for, monkeypatch, capfd):
         assert b"DISTINCTIVE" not in p.read_bytes(), p
 
 
+def test_credentials_in_base_url_never_written(tmp_path, recon_for, capfd):
+    """A password in rollout_model.base_url (user:KEY@host): used to connect, masked in the run folder's
+    config.toml, every recording line, every sample's meta.endpoint, and the terminal."""
+    from distill.run import prepare_run_dir
+
+    secret = "sk-proj-DISTINCTIVE123abc"
+    write_prompts(tmp_path / "p.jsonl", 6)
+    with FaultServer() as s:
+        url = s.base_url.replace("http://", f"http://user:{secret}@")
+        cfg = make_cfg(url, tmp_path / "p.jsonl", rollout_model={"extra_base_urls": [url]})
+        cfg = cfg.model_copy(update={"output_dir": str(tmp_path / "run")})
+        rollout(cfg, prepare_run_dir(cfg), recon_for(cfg), progress=True, backpressure=False)
+    shown = s.base_url.replace("http://", "http://user:***@")
+    assert f'base_url = "{shown}"' in (tmp_path / "run" / "config.toml").read_text()
+    assert {r["endpoint"] for r in read_jsonl(tmp_path / "run" / "recording.jsonl")} == {shown}
+    samples = list(iter_samples(tmp_path / "run" / "samples"))
+    assert len(samples) == 6 and {x.meta["endpoint"] for x in samples} == {shown}
+    out, err = capfd.readouterr()
+    assert "DISTINCTIVE" not in out + err
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    for p in files:
+        assert b"DISTINCTIVE" not in p.read_bytes(), p
+    with FaultServer(max_context_tokens=100) as s:  # an error message names the endpoint, masked
+        url = s.base_url.replace("http://", f"http://user:{secret}@")
+        cfg = make_cfg(url, tmp_path / "p.jsonl", sampling={"max_tokens": 1000})
+        with pytest.raises(RolloutError) as ei:
+            rollout(cfg, tmp_path / "run2", recon_for(cfg), progress=False, backpressure=False)
+    assert "DISTINCTIVE" not in str(ei.value) and "user:***@127.0.0.1" in str(ei.value)
+
+
 def test_non_retryable_400_stops_run_with_server_message(tmp_path, recon_for):
     write_prompts(tmp_path / "p.jsonl", 5)
     with FaultServer(max_context_tokens=100) as s:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from distill.core.redact import redact_url
+
 if TYPE_CHECKING:
     from .schema_run import RunConfig
 
@@ -52,7 +54,7 @@ def check_external_teacher_mode(cfg: RunConfig) -> list[Problem]:
     """
     problems: list[Problem] = []
     url = cfg.orchestrator.rollout_model.base_url
-    why = f"the teacher is an external endpoint ({url}) that returns messages only"
+    why = f"the teacher is an external endpoint ({redact_url(url)}) that returns messages only"
     if cfg.on_policy.enabled:  # the student samples, the [scorer] grades: its own loss and broadcast rules
         from .checks_onpolicy import check_on_policy_mode
 
@@ -214,7 +216,7 @@ def _check_orchestrator_inputs(cfg: RunConfig) -> list[Problem]:
                 Problem(
                     "orchestrator.rollout_model.base_url",
                     f"the local teacher listens on {expected}, but base_url is "
-                    f'{cfg.orchestrator.rollout_model.base_url}. Fix: set base_url = "{expected}".',
+                    f'{redact_url(cfg.orchestrator.rollout_model.base_url)}. Fix: set base_url = "{expected}".',
                 )
             )
     b, bc = cfg.orchestrator.budget, cfg.orchestrator.batch

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from distill.core.redact import redact_url
+
 from .checks import ON_POLICY_LOSSES, SCORED_LOSSES, Problem
 
 if TYPE_CHECKING:
@@ -227,7 +229,7 @@ def _check_student_server(cfg: RunConfig) -> list[Problem]:
             problems.append(
                 Problem(
                     "on_policy.student_server.base_url",
-                    f"is the teacher's server ({key} = {url!r}); after every step the trainer loads the "
+                    f"is the teacher's server ({key} = {redact_url(url)!r}); after every step the trainer loads the "
                     "student's weights into the student server, and a teacher's weights are never ours to "
                     "replace. Fix: start a separate server for the student and point "
                     "on_policy.student_server.base_url at it.",

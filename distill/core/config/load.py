@@ -89,7 +89,7 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
     """Problems (key path + message; never the input of a secret-looking field) and where each
     bad value came from: "file", "environment variable DISTILL_..." or "command line" (cli: the parsed
     overrides). A cross-check's problem counts as the file's."""
-    from distill.core.redact import is_secret_key, looks_like_secret  # stdlib only
+    from distill.core.redact import is_secret_key, looks_like_secret, redact  # stdlib only
 
     from .keypaths import env_var_for, has_path, is_key_or_table, key_paths, nearest_key, union_tags_with_key
 
@@ -128,8 +128,9 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
                 str(e.get("input"))
             )
             msg = e["msg"].removeprefix("Value error, ")
-            if not hide and repr(e.get("input")) not in msg:
-                msg += f" (got {e.get('input')!r})"
+            shown = redact(e.get("input"))  # a URL's password and query values masked
+            if not hide and repr(shown) not in msg:
+                msg += f" (got {shown!r})"
         if cli is not None and has_path(cli, parts):  # precedence: command line > environment > file
             origins.add("command line")
             msg += " [set on the command line]"

@@ -38,7 +38,8 @@ ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class RolloutModel(Strict):
     """The teacher endpoint: any OpenAI-compatible /v1 chat-completions server."""
 
-    # Base URL of the endpoint, up to and including /v1.
+    # Base URL of the endpoint, up to and including /v1 (no query string: the key goes in api_key_var;
+    # a password in it is masked wherever the URL is shown or written).
     base_url: str = "http://127.0.0.1:8765/v1"
     # Extra endpoints serving the same model; requests go to the least-loaded one.
     extra_base_urls: list[str] = []
@@ -72,14 +73,15 @@ class RolloutModel(Strict):
         return check_http_urls(urls)
 
 
-def check_api_key_var(v: str | None, example: str) -> str | None:
+def check_api_key_var(v: str | None, example: str, setting: str = "set api_key_var = ") -> str | None:
     """`v` if it is unset or an environment variable name; a ValueError that never repeats the value (a key
-    pasted there must not reach the terminal) otherwise."""
+    pasted there must not reach the terminal) otherwise. `setting`: how the fix names the setting (the
+    config key, or a command-line flag such as "pass --api-key-var ")."""
     if v is not None and not ENV_VAR_NAME.match(v):
         raise ValueError(
             "is not an environment variable name (letters, digits and _, not starting with a digit); the "
             "value is not shown, as it may be the API key itself, which belongs in the environment. "
-            f'Fix: export {example}=<the key> and set api_key_var = "{example}"'
+            f'Fix: export {example}=<the key> and {setting}"{example}"'
         )
     return v
 
@@ -95,22 +97,45 @@ def check_http_urls(urls: list[str]) -> list[str]:
 
 
 def check_http_url(url: str) -> str:
-    """`url` if it is an http(s) URL with a host; a ValueError saying what is wrong otherwise."""
+    """`url` if it is an http(s) URL with a host, no query string or fragment, and no request path
+    (`/chat/completions`) after its base; a ValueError saying what is wrong otherwise. A message shows
+    the URL through redact_url: a password or a query value in it (a pasted key) is never echoed."""
     from urllib.parse import urlsplit
+
+    from distill.core.redact import redact_url
 
     example = 'e.g. "http://127.0.0.1:8000/v1" or "https://api.openai.com/v1"'
     if not url.strip():
         raise ValueError(f"is empty. Fix: set it to the teacher's OpenAI-compatible base URL, {example}")
+    shown = redact_url(url)
     try:
         parts = urlsplit(url.strip())
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as e:
-        raise ValueError(f"{url!r} is not a valid URL ({e}). Fix: {example}") from None
+        raise ValueError(f"{shown!r} is not a valid URL ({e}). Fix: {example}") from None
     if parts.scheme not in ("http", "https"):
         got = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
-        raise ValueError(f"{url!r} has {got}; the teacher is reached over http(s). Fix: {example}")
+        raise ValueError(f"{shown!r} has {got}; the teacher is reached over http(s). Fix: {example}")
     if not parts.hostname:
-        raise ValueError(f"{url!r} has no host. Fix: {example}")
+        raise ValueError(f"{shown!r} has no host. Fix: {example}")
+    if parts.query or parts.fragment or url.strip().endswith(("?", "#")):
+        what = "a query string (?...)" if parts.query or "?" in url else "a fragment (#...)"
+        raise ValueError(
+            f"{shown!r} has {what}, which distill cannot use: request paths (/models, /chat/completions) "
+            "are appended after the base URL, and extra query parameters are not supported; the value is "
+            "not shown, as it may be a key. Fix: remove it, and put an API key in the environment variable "
+            "named by api_key_var (a custom header goes in headers)"
+        )
+    path = parts.path.rstrip("/")
+    for tail in ("/chat/completions", "/completions"):
+        if path.endswith(tail):
+            base = path[: -len(tail)]
+            base = base[: base.index("/v1/") + 3] if "/v1/" in base else base
+            meant = redact_url(parts._replace(path=base).geturl())
+            raise ValueError(
+                f"{shown!r} ends in {tail}, a request path that distill appends itself. "
+                f'Fix: set it to the base URL; did you mean "{meant}"?'
+            )
     return url
 
 

@@ -1,0 +1,56 @@
+"""distill.core.redact.redact_url: the one helper through which every endpoint URL is shown or written."""
+
+from __future__ import annotations
+
+import pytest
+
+from distill.core.config import load_config, redacted_dict, to_toml
+from distill.core.redact import redact, redact_url
+
+SECRET = "sk-proj-SECRET123abcdef"
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+        (f"http://user:{SECRET}@127.0.0.1:18080/v1", "http://user:***@127.0.0.1:18080/v1"),
+        (f"https://{SECRET}@host/v1", "https://***@host/v1"),  # a lone user name is how tokens are passed
+        (f"https://{SECRET}:x@host/v1", "https://***@host/v1"),  # a user that looks like a key
+        (f"https://host/v1?api-key={SECRET}&api-version=2024", "https://host/v1?api-key=***&api-version=***"),
+        (f"https://host/v1?{SECRET}", "https://host/v1?***"),
+        (f"https://host/v1#access_token={SECRET}", "https://host/v1#***"),
+        (f"https://host/{SECRET}/v1", "https://host/***/v1"),
+        ("http://[::1/v1?k=" + SECRET, "http://***"),  # unparsable: nothing after the scheme
+        ("not a url", "not a url"),
+        (SECRET, "<redacted>"),
+    ],
+)
+def test_redact_url_masks_every_credential_and_keeps_the_rest(url, shown):
+    assert redact_url(url) == shown
+
+
+def test_redact_masks_urls_anywhere_in_plain_data():
+    got = redact({"a": [f"http://u:{SECRET}@h/v1"], "b": {"c": f"https://h/v1?key={SECRET}"}, "n": 3})
+    assert got == {"a": ["http://u:***@h/v1"], "b": {"c": "https://h/v1?key=***"}, "n": 3}
+
+
+def test_every_url_of_the_config_is_masked_in_dumps():
+    cfg = load_config(
+        None,
+        {
+            "orchestrator": {
+                "rollout_model": {
+                    "base_url": f"http://user:{SECRET}-a@127.0.0.1:18080/v1",
+                    "extra_base_urls": [f"http://user:{SECRET}-b@127.0.0.1:18081/v1"],
+                }
+            },
+            "scorer": {"type": "vllm", "base_url": f"http://user:{SECRET}-c@127.0.0.1:18082/v1"},
+            "on_policy": {"student_server": {"type": "vllm", "base_url": f"http://user:{SECRET}-d@127.0.0.1:18083/v1"}},
+        },
+    )
+    assert cfg.orchestrator.rollout_model.base_url.startswith("http://user:sk-proj")  # still used as set
+    dumped = to_toml(redacted_dict(cfg))
+    assert "SECRET" not in dumped
+    for port in (18080, 18081, 18082, 18083):
+        assert f"http://user:***@127.0.0.1:{port}/v1" in dumped
