@@ -85,7 +85,7 @@ def probe_key(url: str, api_key_var: str | None) -> str | None:
 
     from .config import ConfigError
     from .core.config.checks import Problem
-    from .core.config.schema import check_api_key_var, check_http_url
+    from .core.config.url_checks import check_api_key_var, check_http_url
 
     problems = []
     try:

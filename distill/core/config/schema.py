@@ -16,7 +16,6 @@ comment above it is its documentation (scripts/gen_config_doc.py -> docs/configu
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -24,10 +23,10 @@ from pydantic import Field, field_validator
 from .schema_batch import Batch
 from .schema_prompts import PromptSource, Source
 from .strict import Strict
+from .url_checks import ENV_VAR_NAME, check_api_key_var, check_http_url, check_http_urls  # noqa: F401 - re-exported
 
 BUILTIN_STUDENT = "builtin:smollm2-135m-instruct"
 BUILTIN_TEACHER_GGUF = "builtin:smollm2-135m-instruct"
-ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 # ---------------------------------------------------------------------------
@@ -71,72 +70,6 @@ class RolloutModel(Strict):
     @classmethod
     def _check_extra_base_urls(cls, urls: list[str]) -> list[str]:
         return check_http_urls(urls)
-
-
-def check_api_key_var(v: str | None, example: str, setting: str = "set api_key_var = ") -> str | None:
-    """`v` if it is unset or an environment variable name; a ValueError that never repeats the value (a key
-    pasted there must not reach the terminal) otherwise. `setting`: how the fix names the setting (the
-    config key, or a command-line flag such as "pass --api-key-var ")."""
-    if v is not None and not ENV_VAR_NAME.match(v):
-        raise ValueError(
-            "is not an environment variable name (letters, digits and _, not starting with a digit); the "
-            "value is not shown, as it may be the API key itself, which belongs in the environment. "
-            f'Fix: export {example}=<the key> and {setting}"{example}"'
-        )
-    return v
-
-
-def check_http_urls(urls: list[str]) -> list[str]:
-    """`urls` if each is a valid http(s) URL; a ValueError naming the first bad entry otherwise."""
-    for i, url in enumerate(urls):
-        try:
-            check_http_url(url)
-        except ValueError as e:
-            raise ValueError(f"entry {i}: {e}") from None
-    return urls
-
-
-def check_http_url(url: str) -> str:
-    """`url` if it is an http(s) URL with a host, no query string or fragment, and no request path
-    (`/chat/completions`) after its base; a ValueError saying what is wrong otherwise. A message shows
-    the URL through redact_url: a password or a query value in it (a pasted key) is never echoed."""
-    from urllib.parse import urlsplit
-
-    from distill.core.redact import redact_url
-
-    example = 'e.g. "http://127.0.0.1:8000/v1" or "https://api.openai.com/v1"'
-    if not url.strip():
-        raise ValueError(f"is empty. Fix: set it to the teacher's OpenAI-compatible base URL, {example}")
-    shown = redact_url(url)
-    try:
-        parts = urlsplit(url.strip())
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as e:
-        raise ValueError(f"{shown!r} is not a valid URL ({e}). Fix: {example}") from None
-    if parts.scheme not in ("http", "https"):
-        got = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
-        raise ValueError(f"{shown!r} has {got}; the teacher is reached over http(s). Fix: {example}")
-    if not parts.hostname:
-        raise ValueError(f"{shown!r} has no host. Fix: {example}")
-    if parts.query or parts.fragment or url.strip().endswith(("?", "#")):
-        what = "a query string (?...)" if parts.query or "?" in url else "a fragment (#...)"
-        raise ValueError(
-            f"{shown!r} has {what}, which distill cannot use: request paths (/models, /chat/completions) "
-            "are appended after the base URL, and extra query parameters are not supported; the value is "
-            "not shown, as it may be a key. Fix: remove it, and put an API key in the environment variable "
-            "named by api_key_var (a custom header goes in headers)"
-        )
-    path = parts.path.rstrip("/")
-    for tail in ("/chat/completions", "/completions"):
-        if path.endswith(tail):
-            base = path[: -len(tail)]
-            base = base[: base.index("/v1/") + 3] if "/v1/" in base else base
-            meant = redact_url(parts._replace(path=base).geturl())
-            raise ValueError(
-                f"{shown!r} ends in {tail}, a request path that distill appends itself. "
-                f'Fix: set it to the base URL; did you mean "{meant}"?'
-            )
-    return url
 
 
 class LocalTeacher(Strict):

@@ -13,7 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from .schema import Retry, Strict, check_api_key_var, check_http_url, check_http_urls
+from .schema import Retry, Strict
+from .url_checks import check_api_key_var, check_http_url, check_http_urls
 
 
 class ScoreBudget(Strict):

@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from .schema import Retry, Strict, check_api_key_var, check_http_url
+from .schema import Retry, Strict
+from .url_checks import check_api_key_var, check_http_url
 
 
 class VLLMStudentServer(Strict):
