@@ -7,6 +7,7 @@ e.g. `distill run examples/quickstart.toml --trainer.optim.lr 1e-5`.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
@@ -59,6 +60,13 @@ def _split_known(argv: list[str], flags: dict[str, bool]) -> tuple[dict, list[st
                 found[name] = True
                 i += 1
         else:
+            if a.startswith("--") and "." not in name and name[2:].replace("-", "_") not in RunConfig.model_fields:
+                near = difflib.get_close_matches(name, list(flags), n=1)
+                known = f"did you mean {near[0]}?" if near else "its options: " + (", ".join(flags) or "none")
+                raise UsageError(
+                    f"unknown option {name} ({known}); config overrides are --section.key VALUE "
+                    "(e.g. --trainer.max_steps 10)"
+                )
             rest.append(a)
             i += 1
     return found, rest
@@ -360,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cmd = COMMANDS.get(argv[0])
     if cmd is None:
-        print(f"distill: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr, end="")
+        near = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        print(f"distill: unknown command {argv[0]!r}{hint}\n\n{USAGE}", file=sys.stderr, end="")
         return 2
     if argv[0] in COMMAND_HELP and ("-h" in argv[1:] or "--help" in argv[1:]):
         print(command_help(argv[0]), end="")

@@ -506,3 +506,24 @@ def test_local_teacher_model_path_without_a_gguf_names_the_key_and_the_fix(tmp_p
     for name in [*names, "Fix: set it to 'builtin:smollm2-135m-instruct'"]:
         assert name in res.stderr, (name, res.stderr)
     assert not list((tmp_path / "run").glob("samples/*.jsonl"))  # nothing rolled out
+
+
+@pytest.mark.parametrize(
+    "args,names",
+    [
+        (["repaly"], ["unknown command 'repaly' (did you mean 'replay'?)"]),
+        (
+            ["run", "examples/quickstart.toml", "--dry-rn", "--trainer.max_steps", "2"],
+            ["--dry-rn (did you mean --dry-run?)"],
+        ),
+        (["rollout", "examples/quickstart.toml", "--no-resume"], ["unknown option --no-resume (its options:"]),
+        (["replay", "examples/data/chat.jsonl"], ["looks like a data file, not a TOML config", "distill replay"]),
+        (["run", "{tmp}", "--dry-run"], ["is a folder. Fix: pass a TOML config path"]),
+    ],
+)
+def test_misspelled_commands_options_and_a_data_file_first_are_usage_errors(tmp_path, args, names):
+    res = distill(*(a.format(tmp=tmp_path) for a in args))
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    for name in names:
+        assert name in res.stderr, (name, res.stderr)

@@ -73,10 +73,22 @@ def _parse_value(raw: str) -> Any:
 
 def read_toml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
-    if not p.is_file():
+    if p.suffix.lower() in (".jsonl", ".json", ".parquet", ".csv", ".gz", ".arrow"):
         raise ConfigError(
             str(path),
-            [Problem("(file)", f"{path} does not exist. Fix: pass a TOML config path, e.g. examples/quickstart.toml")],
+            [
+                Problem(
+                    "(file)",
+                    f"{path} looks like a data file, not a TOML config: the config comes first. Fix: "
+                    f"distill COMMAND CONFIG.toml ... (e.g. distill replay examples/replay.toml {path})",
+                )
+            ],
+        )
+    if not p.is_file():
+        what = "is a folder" if p.is_dir() else "does not exist"
+        raise ConfigError(
+            str(path),
+            [Problem("(file)", f"{path} {what}. Fix: pass a TOML config path, e.g. examples/quickstart.toml")],
         )
     try:
         with open(p, "rb") as f:
