@@ -111,6 +111,19 @@ def test_env_overrides_toml_and_cli_overrides_env(tmp_path, monkeypatch):
     assert load_config(p, ["--trainer.max_steps", "9"]).trainer.max_steps == 9
 
 
+def test_an_env_var_naming_no_section_is_refused_not_ignored(tmp_path, monkeypatch):
+    p = write(tmp_path, "[trainer]\nseq_len = 512\n")
+    monkeypatch.setenv("DISTILL_TRAINR__MAX_STEPS", "3")
+    monkeypatch.setenv("DISTILL_VERBOSE", "1")  # no section separator: not a config variable, left alone
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    assert ei.value.source == "environment variable DISTILL_TRAINR__MAX_STEPS"
+    assert "(did you mean DISTILL_TRAINER__...?): names no config section" in str(ei.value)
+    monkeypatch.delenv("DISTILL_TRAINR__MAX_STEPS")
+    monkeypatch.setenv("DISTILL_TRAINER__MAX_STEPS", "3")
+    assert load_config(p).trainer.max_steps == 3
+
+
 def test_only_user_set_sampling_fields_are_sent(tmp_path):
     cfg = load_config(write(tmp_path, "[orchestrator.sampling]\ntemperature = 0.0\nmax_tokens = 16\n"))
     assert cfg.orchestrator.sampling.request_args() == {"temperature": 0.0, "max_tokens": 16}

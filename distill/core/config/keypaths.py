@@ -137,3 +137,19 @@ def unparsable_env_vars(message: str, environ: typing.Mapping[str, str] | None =
             except ValueError:
                 bad.append(k)
     return bad or under
+
+
+def stray_env_vars(sections: typing.Iterable[str], environ: typing.Mapping[str, str] | None = None) -> list[str]:
+    """DISTILL_<SECTION>__... variables whose section is not one of `sections` (pydantic-settings would
+    ignore them: a misspelt section, DISTILL_TRAINR__MAX_STEPS, must not be silently without effect),
+    each with the section it most likely meant."""
+    environ = os.environ if environ is None else environ
+    known = [s.upper() for s in sections]
+    out = []
+    for k in sorted(environ):
+        rest = k.upper()[len(ENV_PREFIX) :] if k.upper().startswith(ENV_PREFIX) else None
+        if rest is None or ENV_DELIMITER not in rest or rest.split(ENV_DELIMITER, 1)[0] in known:
+            continue
+        near = difflib.get_close_matches(rest.split(ENV_DELIMITER, 1)[0], known, n=1)
+        out.append(k + (f" (did you mean DISTILL_{near[0]}__...?)" if near else ""))
+    return out

@@ -162,6 +162,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
     source = str(path) if path else "defaults"
     data = read_toml(path) if path else {}
     over = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
+    _refuse_stray_env_vars()
     token = _TOML_DATA.set(data)
     try:
         cfg = RunConfig(**over)
@@ -187,6 +188,20 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
         _TOML_DATA.reset(token)
     _anchor_chat_template(cfg, path, data)
     return resolve(cfg)
+
+
+def _refuse_stray_env_vars() -> None:
+    from .keypaths import stray_env_vars
+
+    stray = stray_env_vars(RunConfig.model_fields)
+    if stray:
+        raise ConfigError(
+            "environment variable " + stray[0].split(" ")[0],
+            [
+                Problem(v, "names no config section, so it would have no effect. Fix: correct the name, or unset it")
+                for v in stray
+            ],
+        )
 
 
 def _anchor_chat_template(cfg: RunConfig, path: str | os.PathLike | None, data: dict[str, Any]) -> None:
