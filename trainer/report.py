@@ -15,6 +15,10 @@ from distill.core.jsonl import log_values
 
 def read_metrics(path: Path) -> list[dict]:
     rows = []
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"{path.parent} is not a folder. Fix: pass a run directory that `distill run` or `distill train` wrote"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} does not exist: this run has not trained a step yet. "

@@ -181,7 +181,7 @@ def _parse_line(ln: Line, path: str) -> tuple[dict | None, Reject | None]:
     byte, bad JSON or an overlong line is that line's rejection, never a crash)."""
     n = ln.number
     if ln.reason is not None:
-        return None, Reject(_LINE_REASONS[ln.reason], f"{path}:{n}: {ln.problem}")
+        return None, Reject(_LINE_REASONS.get(ln.reason, ln.reason), f"{path}:{n}: {ln.problem}")
     rec = ln.value
     if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list):
         return None, Reject("invalid_line", f"{path}:{n}: expected an object with a 'messages' list")

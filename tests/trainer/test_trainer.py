@@ -177,6 +177,9 @@ def test_report_plots_metrics_and_summarises(tmp_path):
     assert png == run / "report.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "loss: 2.8000 (step 1) -> 2.0000 (step 5)  [sft: mean NLL per trained token]" in text  # no loss_type: sft
     assert "tokens: 2000 (500 trained)" in text and "eval loss: 2.5000" in text
+    with pytest.raises(FileNotFoundError, match="nothing is not a folder. Fix: pass a run directory"):
+        write_report(tmp_path / "nothing")
+    (tmp_path / "nothing").mkdir()
     with pytest.raises(FileNotFoundError, match="has not trained a step yet"):
         write_report(tmp_path / "nothing")
 
