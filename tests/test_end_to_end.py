@@ -15,17 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-from support.helpers import read_jsonl
+from support.helpers import free_port, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by scripts/setup.sh")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_config(tmp_path: Path, student_dir: Path, port: int, steps: int = 6) -> Path:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -333,16 +334,6 @@ def test_api_key_in_api_key_var_is_refused_without_echoing_it(tmp_path, value):
 URL_SECRET = "sk-proj-SECRET123abcdefghij"
 
 
-def _closed_port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_a_password_in_base_url_never_reaches_the_terminal_and_a_query_is_refused(tmp_path):
     url = f"http://user:{URL_SECRET}@127.0.0.1:18080/v1"
     res = distill("run", base_toml(tmp_path, f'[orchestrator.rollout_model]\nbase_url = "{url}"\n'), "--dry-run")
@@ -373,7 +364,7 @@ def test_probe_refuses_a_query_in_the_url_and_masks_a_password():
     res = distill("probe", f"http://127.0.0.1:9/v1?api-key={URL_SECRET}", "--model", "m")
     assert res.returncode == 2 and "query string" in res.stderr and "Traceback" not in res.stderr
     assert "SECRET" not in res.stdout + res.stderr
-    res = distill("probe", f"http://user:{URL_SECRET}@127.0.0.1:{_closed_port()}/v1", "--model", "m")
+    res = distill("probe", f"http://user:{URL_SECRET}@127.0.0.1:{free_port()}/v1", "--model", "m")
     assert res.returncode == 1 and "user:***@127.0.0.1" in res.stderr
     assert "SECRET" not in res.stdout + res.stderr
 

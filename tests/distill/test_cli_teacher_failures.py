@@ -4,13 +4,12 @@ no checkpoint of an untrained student."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from support.helpers import read_jsonl
+from support.helpers import free_port, read_jsonl
 
 from support.fault_server import FaultServer, Faults, write_prompts
 
@@ -22,14 +21,6 @@ def distill(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "distill", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300, **kw
     )
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def write_cfg(
@@ -88,7 +79,7 @@ def assert_nothing_claimed(run: Path) -> None:
 
 
 def test_unreachable_base_url_fails_before_any_request(tmp_path, smol_tokenizer_dir):
-    url = f"http://127.0.0.1:{closed_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     res = distill("rollout", write_cfg(tmp_path, url), "--student.tokenizer", smol_tokenizer_dir)
     msg = one_line_error(res)
     assert res.returncode == 1
@@ -183,14 +174,14 @@ def test_distill_run_with_a_failing_teacher_trains_nothing(tmp_path, tiny_studen
 
 
 def test_distill_run_with_an_unreachable_teacher_trains_nothing(tmp_path, tiny_student_dir):
-    res = distill("run", write_cfg(tmp_path, f"http://127.0.0.1:{closed_port()}/v1", tiny_student_dir))
+    res = distill("run", write_cfg(tmp_path, f"http://127.0.0.1:{free_port()}/v1", tiny_student_dir))
     msg = one_line_error(res)
     assert KEY in msg and "Connection refused" in msg
     assert_nothing_claimed(tmp_path / "run")
 
 
 def test_probe_exits_non_zero_when_the_endpoint_cannot_be_used():
-    port = closed_port()
+    port = free_port()
     res = distill("probe", f"http://127.0.0.1:{port}/v1", "--model", "m", "--timeout", "5")
     msg = one_line_error(res)
     assert "cannot be used" in msg and f"127.0.0.1:{port}" in msg

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -27,16 +26,11 @@ from test_on_policy_mix import MIX, teacher_folder
 from test_student_server_vllm import student_server  # noqa: F401  (the REAL vLLM student server fixture)
 
 from distill.core.contract import read_shard
+from support.helpers import free_port
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(cfg: Path, nproc: int, *extra: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -44,7 +38,7 @@ def _run(cfg: Path, nproc: int, *extra: str, timeout: float = 900) -> subprocess
     cmd = [sys.executable, "-m", "distill", "run", str(cfg), *extra]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "distill", "run", str(cfg), *extra]  # fmt: skip
+               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "distill", "run", str(cfg), *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip
     try:

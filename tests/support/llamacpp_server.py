@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -24,14 +23,9 @@ from collections.abc import Iterator
 
 from distill.core.student import resolve_gguf
 from orchestrator.local_teacher import server_command
+from support.helpers import free_port
 
 ALIAS = "llamacpp-teacher"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
