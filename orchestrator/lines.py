@@ -25,6 +25,12 @@ from distill.core.jsonl import (  # noqa: F401 - re-exported
 )
 
 
+def weight_ok(w: Any) -> bool:
+    """Whether a message's "weight" (OpenAI's chat fine-tuning format) is one distill reads: none, 0
+    (the turn is context, not trained) or 1 (trained, the default); true/false and 0.0 are not."""
+    return w is None or (type(w) is int and w in (0, 1))
+
+
 def content_problem(m: dict[str, Any], final: bool) -> str | None:
     """Why a chat message (role already checked to be a string) has no usable content, or None.
 

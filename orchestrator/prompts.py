@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from distill.core.jsonl import LINE_TOO_LONG, MAX_LINE_BYTES, Line, iter_lines
-from orchestrator.lines import content_problem, depth_exceeds, json_type
+from orchestrator.lines import content_problem, depth_exceeds, json_type, weight_ok
 
 #: Deepest nesting a prompt line may have (tool schemas need a few levels; nothing needs 100).
 MAX_PROMPT_DEPTH = 100
@@ -223,9 +223,7 @@ def _prompt_messages(d: dict[str, Any], where: str) -> list[dict[str, Any]]:
         if problem:
             raise PromptSourceError(f"{where}: messages[{k}]: {problem}. Fix: give the message its text")
         w = m.get("weight")
-        if w is not None and (
-            type(w) is not int or w not in (0, 1)
-        ):  # as reconstruction reads it, checked before paying
+        if not weight_ok(w):  # as reconstruction reads it, checked before paying
             raise PromptSourceError(
                 f"{where}: messages[{k}].weight is {w!r}; it may be 0 (the turn is context, not trained) "
                 "or 1 (trained, the default). Fix: use 0 or 1, or drop the key"

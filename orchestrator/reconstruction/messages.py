@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.lines import weight_ok
 from orchestrator.open_reasoning import without_thinking_tags
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.tool_args import ToolCallShape, parse_arguments
@@ -135,14 +136,12 @@ def normalize_messages(messages: Any, reasoning_policy: str, shape: ToolCallShap
 
 def _weight(w: Any, where: str) -> int:
     """A message's "weight" (OpenAI's chat fine-tuning format): 1 (or none) trains it, 0 keeps it as context only."""
-    if w is None:
-        return 1
-    if type(w) is not int or w not in (0, 1):
+    if not weight_ok(w):
         raise Reject(
             "invalid_message",
             f"{where}: weight is {w!r}; it may be 0 (the turn is context, not trained) or 1 (trained, the default)",
         )
-    return w
+    return 1 if w is None else w
 
 
 def plain_tools(tools: Any) -> list[dict] | None:

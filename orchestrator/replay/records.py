@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distill.core.conversation import Conversation
-from orchestrator.lines import content_problem, json_type
+from orchestrator.lines import content_problem, json_type, weight_ok
 
 # Message keys passed on to reconstruction; anything else (refusal, annotations, audio, ...) is dropped.
 MESSAGE_KEYS = ("role", "content", "reasoning_content", "reasoning", "tool_calls", "tool_call_id", "name")
@@ -133,12 +133,11 @@ def normalize_message(m: Any, field: str) -> dict[str, Any]:
         if key != "tool_calls" and not isinstance(v, str):
             raise RecordError(f"{field}.{key}", f"expected a string, got {type(v).__name__}")
         out[key] = v
-    w = m.get("weight")
-    if w is not None:  # OpenAI's chat fine-tuning format: weight 0 = context only, not trained
-        if type(w) is not int or w not in (0, 1):
-            raise RecordError(f"{field}.weight", f"expected 0 or 1, got {w!r}", "use 0 (not trained) or 1 (trained)")
-        if w == 0:  # 1 is the default: rows that spell it out keep the same content id
-            out["weight"] = 0
+    w = m.get("weight")  # OpenAI's chat fine-tuning format: weight 0 = context only, not trained
+    if not weight_ok(w):
+        raise RecordError(f"{field}.weight", f"expected 0 or 1, got {w!r}", "use 0 (not trained) or 1 (trained)")
+    if w == 0:  # 1 is the default: rows that spell it out keep the same content id
+        out["weight"] = 0
     return out
 
 
