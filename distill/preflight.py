@@ -231,13 +231,9 @@ def check_source(cfg: RunConfig, inputs: list[str] | None, replay: bool) -> list
                 )
             ]
         if p.stat().st_size < 1 << 20 and not p.read_bytes().strip():  # a bigger one is counted by the scheduler
-            return [
-                Problem(
-                    "orchestrator.source.path",
-                    f"{src.path} holds no prompt (the file is empty or has only blank lines); no request was sent. "
-                    'Fix: one {"messages": [...]} or {"prompt": "..."} object per line',
-                )
-            ]
+            from orchestrator.prompts import no_prompt
+
+            return [Problem("orchestrator.source.path", no_prompt(src.path))]
     return []
 
 

@@ -69,12 +69,17 @@ def count_prompts(source_cfg) -> int | None:
         n = sum(1 for _ in _jsonl(Path(source_cfg.path), source_cfg.system_prompt, errors))
         _raise_bad(errors, f"orchestrator.source.path: {len(errors)} bad line(s) in {source_cfg.path} ({n} good)")
         if not n:
-            raise PromptSourceError(
-                f"orchestrator.source.path: {source_cfg.path} holds no prompt (the file is empty or has only "
-                'blank lines); no request was sent. Fix: one {"messages": [...]} or {"prompt": "..."} object per line'
-            )
+            raise PromptSourceError(f"orchestrator.source.path: {no_prompt(source_cfg.path)}")
         return n
     return None
+
+
+def no_prompt(path: str) -> str:
+    """What is wrong with a prompt file that holds no prompt (the preflight checks a small one first)."""
+    return (
+        f"{path} holds no prompt (the file is empty or has only blank lines); no request was sent. "
+        'Fix: one {"messages": [...]} or {"prompt": "..."} object per line'
+    )
 
 
 def _raise_bad(errors: list[str], head: str) -> None:
