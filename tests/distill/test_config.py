@@ -173,12 +173,13 @@ def test_unknown_keys_are_errors_with_their_path(tmp_path):
             "'table', 'hf_dataset'",
         ),
         ('[trainer.loss]\ntype = "sft"\ngamma = 0.5\n', "gamma", "loss type 'sft'", "'iw_opd'"),
+        ('[scorer]\ntype = "vllm"\necho_max_tokens = 0\n', "echo_max_tokens", "scorer type 'vllm'", "'echo'"),
     ],
 )
 def test_a_key_of_another_union_type_names_the_types_that_have_it(tmp_path, toml, key, kind, owners):
     with pytest.raises(ConfigError) as ei:
         load_config(write(tmp_path, toml))
-    section = "trainer.loss" if "loss" in kind else "orchestrator.source"
+    section = {"loss": "trainer.loss", "source": "orchestrator.source", "scorer": "scorer"}[kind.split()[0]]
     (msg,) = [pr.message for pr in ei.value.problems if pr.key == f"{section}.{key}"]
     assert msg == (
         f"{section}.{key} is not a key of {kind}; it is one of type {owners}. Fix: remove it, or set "
@@ -525,8 +526,7 @@ def test_base_url_with_a_query_or_fragment_is_refused_without_echoing_it(key, ta
     data = json.loads(json.dumps(table).replace("{u}", "https://example.invalid/v1" + tail))
     with pytest.raises(ConfigError) as ei:
         load_config(None, data)
-    # (the scorer's key path also names its type today: scorer.echo.base_url)
-    assert [p.key.replace("scorer.echo.", "scorer.") for p in ei.value.problems] == [key]
+    assert [p.key for p in ei.value.problems] == [key]  # scorer.base_url, not scorer.echo.base_url
     msg = str(ei.value)
     assert "SECRET" not in msg and "not shown" in msg and "api_key_var" in msg
     assert "query string" in msg or "fragment" in msg
@@ -628,3 +628,13 @@ def test_on_policy_loss_options_are_checked_and_documented_keys():
     with pytest.raises(ConfigError) as ei:
         load_config(None, ["--trainer.loss.type", "kd_rl", "--trainer.loss.kd", "forward"])
     assert "trainer.loss.kd" in [p.key for p in ei.value.problems]
+
+
+def test_a_scorer_field_error_is_named_without_its_type(monkeypatch):
+    # pydantic puts the union's tag in the location (scorer.echo.top_k); the user wrote scorer.top_k
+    monkeypatch.setenv("DISTILL_SCORER__TOP_K", "-2")
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, {"scorer": {"type": "echo", "base_url": "http://127.0.0.1:1/v1", "timeout": 0}})
+    msgs = {p.key: p.message for p in ei.value.problems}
+    assert set(msgs) == {"scorer.top_k", "scorer.timeout"}
+    assert msgs["scorer.top_k"].endswith("[set by environment variable DISTILL_SCORER__TOP_K]")

@@ -44,9 +44,14 @@ def key_paths(model: type[BaseModel], prefix: str = "") -> tuple[str, ...]:
 
 
 def _tagged_members(annotation: Any) -> list[tuple[str, type[BaseModel]]]:
-    """(tag, model) for each Annotated[Model, Tag(tag)] member of a tagged union annotation."""
+    """(tag, model) for each member of a tagged union annotation: Annotated[Model, Tag(tag)], or a model
+    whose `type` is a Literal (a union with Field(discriminator="type"))."""
     out: list[tuple[str, type[BaseModel]]] = []
     for arg in typing.get_args(annotation):
+        type_field = getattr(arg, "model_fields", {}).get("type") if isinstance(arg, type) else None
+        if type_field is not None and typing.get_origin(type_field.annotation) is typing.Literal:
+            out.append((typing.get_args(type_field.annotation)[0], arg))
+            continue
         if typing.get_origin(arg) is typing.Annotated:
             model, *meta = typing.get_args(arg)
             tags = [m.tag for m in meta if type(m).__name__ == "Tag"]

@@ -120,13 +120,16 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
         raw = [str(x) for x in e["loc"]]
         parts = _without_union_tags(raw)
         key = ".".join(parts) or "(root)"
-        if e["type"] == "extra_forbidden" and parts != raw and is_key_or_table(key, key_paths(RunConfig)):
-            tags = [t for t in union_tags_with_key(RunConfig, raw[:2], ".".join(raw[3:])) if t != raw[2]]
-            union = ".".join(raw[:2])
+        n = _union_at(raw)
+        if e["type"] == "extra_forbidden" and n and is_key_or_table(key, key_paths(RunConfig)):
+            tags = [t for t in union_tags_with_key(RunConfig, raw[:n], ".".join(raw[n + 1 :])) if t != raw[n]]
+            union, name = ".".join(raw[:n]), raw[n - 1]
             msg = (  # a key of another member of a union keyed on `type` (size on a table source)
-                f"{key} is not a key of {raw[1]} type {raw[2]!r}; it is one of type "
+                f"{key} is not a key of {name} type {raw[n]!r}; it is one of type "
                 + ", ".join(repr(t) for t in tags)
-                + f". Fix: remove it, or set {union}.type to one of those if that is the {raw[1]} you meant"
+                + f". Fix: remove it, or set {union}.type to one of those if that is the {name} you meant"
+                if tags
+                else f"{key} is not a key of {name} type {raw[n]!r}. Fix: remove it"
             )
         elif e["type"] == "extra_forbidden":
             near = nearest_key(key, key_paths(RunConfig))
@@ -250,10 +253,27 @@ def api_key(cfg: RunConfig) -> str:
     return key_from_env(var, lambda fix: ConfigError("environment", [Problem(path, fix + ".")]))
 
 
+def _union_tags() -> dict[tuple[str, ...], tuple[str, ...]]:
+    """Each union keyed on `type` (its key path) and its tags: pydantic names the tag in an error's location."""
+    from .schema_score import SCORER_CONFIGS
+
+    return {
+        ("trainer", "loss"): (*LOSS_CONFIGS, PLANNED_TAG),
+        ("orchestrator", "source"): (*SOURCE_TYPES, *TABLE_TYPES),
+        ("scorer",): tuple(SCORER_CONFIGS),
+    }
+
+
+def _union_at(parts: list[str]) -> int:
+    """The length of the union's key path that `parts` has a tag after (0: none)."""
+    for union, tags in _union_tags().items():
+        n = len(union)
+        if tuple(parts[:n]) == union and len(parts) > n and parts[n] in tags:
+            return n
+    return 0
+
+
 def _without_union_tags(parts: list[str]) -> list[str]:
-    """The key path of an error location: pydantic names a union's tag after trainer.loss / orchestrator.source."""
-    if parts[:2] == ["trainer", "loss"] and len(parts) > 2 and parts[2] in (*LOSS_CONFIGS, PLANNED_TAG):
-        return parts[:2] + parts[3:]
-    if parts[:2] == ["orchestrator", "source"] and len(parts) > 2 and parts[2] in (*SOURCE_TYPES, *TABLE_TYPES):
-        return parts[:2] + parts[3:]
-    return parts
+    """The key path of an error location without the tag pydantic puts after a union (scorer.echo.base_url)."""
+    n = _union_at(parts)
+    return parts[:n] + parts[n + 1 :] if n else parts
