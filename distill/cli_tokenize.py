@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from .config import load_config
 
@@ -50,4 +51,19 @@ def cmd_tokenize(argv: list[str]) -> int:
     rc, workers = (cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruct_workers) if cfg else (None, 0)
     summary = tokenize_file(a.tokenizer, a.input, a.output, rc, template, workers)
     print(json.dumps(summary, default=str))
-    return 0
+    if summary["samples"]:
+        return 0
+    if not summary["lines"]:  # a run that made nothing fails, as replay does
+        print(
+            f"distill: {a.input} has no conversation line (only blank lines). Fix: give a JSONL file with a "
+            "'messages' list per line",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"distill: no sample from {summary['lines']} line(s): {summary['rejected']} rejected "
+            f"{json.dumps(summary['by_reason'])}; each line's reason is in {a.output}. Fix: see the reasons "
+            "in docs/reconstruction.md (Rejection reasons) and docs/troubleshooting.md",
+            file=sys.stderr,
+        )
+    return 1

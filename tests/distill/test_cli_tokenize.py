@@ -108,3 +108,22 @@ def test_a_line_that_is_not_utf8_is_that_lines_rejection(tmp_path, smol_tokenize
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["line"] for r in rows] == [1, 2, 3]
     assert rows[1]["error"] == f"invalid_utf8: {inp}:2: not valid UTF-8 (byte 0xe9 at offset 43)"
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ('{"messages": [{"role": "user", "content": "Q"}]}\nnot json\n', "no sample from 2 line(s): 2 rejected"),
+        ("\n\n", "has no conversation line"),
+    ],
+)
+def test_a_file_that_gives_no_sample_fails(tmp_path, smol_tokenizer_dir, capsys, text, says):
+    """Nothing made is a failure (exit 1), as for replay; the rejections are still written, one per line."""
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(text)
+    assert main(tokenize(inp, out, smol_tokenizer_dir)) == 1
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)["samples"] == 0
+    assert cap.err.startswith("distill: ") and says in cap.err and "Fix:" in cap.err
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert all("error" in r for r in rows) and len(rows) == len([x for x in text.splitlines() if x.strip()])
