@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -105,6 +106,47 @@ def parse_line(raw: bytes) -> tuple[Any, str | None, str]:
             TOO_DEEP,
             ("JSON nested too deeply to read (arrays/objects inside each other past the recursion limit)"),
         )
+
+
+_CUT_LITERALS = ("true", "false", "null", "NaN", "Infinity", "-Infinity")
+_CUT_ESCAPE = re.compile(r"u[0-9a-fA-F]{0,4}(\\(u[0-9a-fA-F]{0,4})?)?")  # \\uD83D\\uDE0 cut mid-escape
+_CUT_NUMBER = re.compile(r"-?\d+(\.\d+)?")  # a number the decoder stopped after: 12 of "12." or 1.5 of "1.5e-"
+
+
+def cut_short(raw: bytes) -> bool:
+    """Whether a line that does not parse is the start of one that would: text cut off mid-record (a
+    writer stopped), not a typo. `{"a": "b` and `{"a": tru` are cut short; `{"a": 1}}` and `{"a" 1}` are not."""
+    text = raw.rstrip(b"\r\n \t")
+    try:
+        s = text.decode("utf-8")
+    except UnicodeDecodeError as e:  # a multi-byte character cut at the end: check the text before it
+        return e.reason == "unexpected end of data" and e.end == len(text) and cut_short(text[: e.start])
+    try:
+        json.loads(s)
+        return False
+    except json.JSONDecodeError as e:
+        return _cut_at(e.msg, s, e.pos)
+    except RecursionError:
+        return False
+
+
+def _cut_at(msg: str, s: str, pos: int) -> bool:
+    """Whether json's error `msg` at `pos` is one the decoder gives only when the text ends too soon."""
+    rest = s[pos:]
+    if not rest or msg.startswith("Unterminated string"):
+        return True
+    if msg == "Expecting value":  # a literal cut: tru, nul, -
+        return any(w.startswith(rest) for w in _CUT_LITERALS)
+    if msg.startswith("Invalid \\uXXXX"):
+        return _CUT_ESCAPE.fullmatch(rest) is not None
+    if msg == "Expecting ',' delimiter" and rest in (".", "e", "E", "e-", "e+", "E-", "E+"):
+        number = re.search(r"[-+\d.eE]+$", s[:pos])  # the digits before: "." may follow 12, "e" may follow 1.5
+        return (
+            number is not None
+            and _CUT_NUMBER.fullmatch(number.group()) is not None
+            and (rest != "." or "." not in number.group())
+        )
+    return False
 
 
 def depth_exceeds(x: Any, limit: int) -> bool:

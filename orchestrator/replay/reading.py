@@ -1,8 +1,10 @@
 """Reading replay inputs: paths from files/folders/globs, and JSONL (plain or .gz) one line at a time.
 
 Every line becomes a `Line`: a parsed value, a BadRecord (with its reason), or a blank. The
-torn-line policy is distill.core.jsonl's: a last line with no newline that does not parse is
-`partial_last_line` (the writer stopped mid-append), reported and skipped even with on_error = "fail".
+torn-line policy is distill.core.jsonl's, narrowed: a last line with no newline that does not parse, and
+is the start of a line that would (`jsonl.cut_short`), is `partial_last_line` (the writer stopped
+mid-append), reported and skipped even with on_error = "fail"; one that could not be completed
+(`{"a": 1}}`: a typo in a hand-written file) is a bad record like any other line.
 """
 
 from __future__ import annotations
@@ -83,9 +85,11 @@ def iter_jsonl(path: str, max_bytes: int = MAX_LINE_BYTES) -> Iterator[Line]:
         if ln.blank:
             yield Line(lineno, nbytes, empty=True)
         elif ln.reason is not None:
-            yield Line(
-                lineno, nbytes, bad=BadRecord(path, lineno, None, ln.problem, ln.torn, _excerpt(ln.raw), ln.reason)
-            )
+            reason, problem, torn = ln.reason, ln.problem, ln.torn
+            if torn and not jsonl.cut_short(ln.raw):  # not a record cut off by a stopped writer: a typo
+                _, reason, problem = jsonl.parse_line(ln.raw)
+                reason, torn = reason or jsonl.INVALID_JSON, False
+            yield Line(lineno, nbytes, bad=BadRecord(path, lineno, None, problem, torn, _excerpt(ln.raw), reason))
         else:
             yield Line(lineno, nbytes, obj=ln.value)
 

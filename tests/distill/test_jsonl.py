@@ -7,7 +7,10 @@ import json
 
 import pytest
 
-from distill.core.jsonl import INVALID_JSON, LINE_TOO_LONG, TORN, iter_lines, log_values, read_jsonl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distill.core.jsonl import INVALID_JSON, LINE_TOO_LONG, TORN, cut_short, iter_lines, log_values, read_jsonl
 from distill.core.contract import Sample, ShardWriter, list_shards, read_shard
 from orchestrator.recording import load_recording
 from orchestrator.rejects import RejectLog
@@ -80,3 +83,41 @@ def test_a_damaged_shard_names_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=rf"{shard.name}:2: not valid JSON .*written atomically"):
         read_shard(shard)
     assert [ln.number for ln in read_jsonl(shard) if ln.torn] == [2]  # the same bytes in a log would be torn
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(json_values, st.booleans(), st.data())
+def test_every_cut_of_a_json_line_is_cut_short(value, ascii_only, data):
+    """A writer stopped anywhere in a line (even mid-character, mid-escape, mid-number) leaves text that
+    cut_short recognises as the start of a record."""
+    raw = json.dumps({"v": value}, ensure_ascii=ascii_only).encode()
+    cut = data.draw(st.integers(1, len(raw) - 1))
+    assert cut_short(raw[:cut]), raw[:cut]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1}}',
+        '{"a" 1}',
+        '{"a": tx',
+        '{"a": 1,,',
+        "{a: 1}",
+        "\x00\x00\x00",
+        '{"a": "\\x"}',
+        '{"a": 1]',
+        "x",
+        '{"a": 1.5.',
+        '{"a": 1e5e',
+        '{"a": 1, "b": 2 "c": 3}',
+    ],
+)
+def test_a_line_that_no_text_could_complete_is_not_cut_short(text):
+    assert not cut_short(text.encode())

@@ -501,6 +501,21 @@ def test_half_written_last_line_is_tolerated_even_with_on_error_fail(tmp_path, s
     assert summary["samples"] == 4 and summary["partial_last_lines"] == 0
 
 
+@pytest.mark.parametrize("tail", ['{"messages": [{"role": "user", "content": "Q"}]}}', '{"messages" []}'])
+def test_a_last_line_with_a_typo_is_a_bad_record_not_a_half_written_one(tmp_path, smol_tokenizer, tail):
+    """No newline at the end and not valid JSON, but no writer could have stopped there (it cannot be
+    completed): a hand-written file's typo, which fails a `fail` replay instead of being skipped."""
+    p = write_jsonl(tmp_path / "rec.jsonl", read_jsonl(RECORDING)[:3], tail=tail)
+    cfg = make_cfg(tmp_path, p, on_error="fail")
+    with pytest.raises(ReplayError) as e:
+        replay(cfg, tmp_path, make_recon(smol_tokenizer, cfg), progress=False)
+    assert (e.value.line, e.value.reason) == (4, "invalid_json") and "not valid JSON" in str(e.value)
+    assert not is_done(tmp_path / "samples")
+    skip = make_cfg(tmp_path, p, on_error="skip")
+    summary = replay(skip, tmp_path / "skip", make_recon(smol_tokenizer, skip), progress=False)
+    assert (summary["bad_lines"], summary["partial_last_lines"], summary["samples"]) == (1, 0, 3)
+
+
 def test_newer_recording_version_is_refused(tmp_path, smol_tokenizer):
     rec = dict(read_jsonl(RECORDING)[0], v=2)
     cfg = make_cfg(tmp_path, write_jsonl(tmp_path / "r.jsonl", [rec]))
