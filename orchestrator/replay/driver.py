@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -13,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from distill.core.config.schema import unknown_columns
 from distill.core.conversation import Conversation
-from distill.core.contract import ShardWriter, atomic_write_text, iter_samples
+from distill.core.contract import ShardWriter, atomic_write_text
+from orchestrator.replay.checks import PublishedBefore, nothing_replayed
 from orchestrator.replay.filters import make_filter
 from orchestrator.replay.formats.openai_batch import BatchInputIndex
 from orchestrator.replay.inputs import iter_conversations
@@ -127,8 +127,7 @@ class _Replay:
         self.paths, self.on_error, self.stop_event = paths, on_error, stop_event
         self.batch = BatchInputIndex([self.rc.batch_input], self.rc.max_line_bytes) if self.rc.batch_input else None
         writer = ShardWriter(run_dir / "samples", samples_per_shard=cfg.orchestrator.samples_per_shard)
-        # a resumed replay: what each published sample holds, to find records edited since
-        self.already = {s.sample_id: _digest(s) for s in iter_samples(writer.dir)} if writer.published else {}
+        self.published = PublishedBefore(writer)  # a resumed replay: the samples it must build again
         self.keep = make_filter(self.rc)
         self.out = _Outputs(run_dir)
         self.sink = Sink(writer, reconstructor, self.out)
@@ -196,17 +195,7 @@ class _Replay:
             self.rejected[r.reason] += 1
             self.sink.reject(r.item_id, r.reason, f"{r.detail} ({c.where})".lstrip())
         for s in samples:
-            if s.sample_id in self.already:
-                if self.already[s.sample_id] != _digest(s):
-                    raise ReplayError(
-                        c.file,
-                        c.line,
-                        None,
-                        f"the sample built from this record now differs from the one published as {s.sample_id!r} in "
-                        f"{self.sink.writer.dir} (the record, the student's tokenizer or [orchestrator.reconstruction] "
-                        "changed since), which a resumed replay cannot take back",
-                        "replay into a new output_dir, or delete that samples folder to build it again",
-                    )
+            if self.published.built_again(s, c):
                 self.counts["already_published"] += 1
                 continue
             self.sink.add(s)
@@ -251,6 +240,7 @@ class _Replay:
             key = (item.file, item.line)
             if key != last_key:  # one record may hold several conversations (batch choices)
                 if self.rc.limit is not None and self.counts["records"] >= self.rc.limit:
+                    self.counts["limited"] = 1
                     break
                 self.counts["records"] += 1
                 last_key = key
@@ -265,6 +255,8 @@ class _Replay:
             self.take(item)
         if not self.stopped():
             self.flush()
+            if not self.counts["limited"]:
+                self.published.check_all_built()
         self.outcomes["not_reconstructed"] += len(self.todo)  # the trainer finished first (distill run)
         w = self.sink.writer
         w.flush()
@@ -360,35 +352,3 @@ def replay(
     if not summary["samples_total"] and not run.stopped():
         raise nothing_replayed(summary, run_dir)
     return summary
-
-
-def _digest(s) -> bytes:
-    """What a sample trains on (its ids and mask), hashed."""
-    return hashlib.blake2b(repr((s.prompt_ids, s.completion_ids, s.completion_mask)).encode(), digest_size=16).digest()
-
-
-def nothing_replayed(summary: dict, run_dir: Path) -> ReplayError:
-    """The error of a replay that ended without a single sample (none published before either)."""
-    o, inputs = summary["outcomes"], summary["inputs"]
-    where = ", ".join(inputs[:3]) + (f" (+{len(inputs) - 3} more)" if len(inputs) > 3 else "")
-    if not summary["records"]:
-        return ReplayError(where, None, None, "no record to replay (empty input)", "give a file with records")
-    why = [
-        f"{o[k]} {name} {json.dumps(summary[detail])}"
-        for k, name, detail in (
-            ("filtered", "filtered", "filtered"),
-            ("rejected", "rejected", "rejected"),
-            ("bad_records", "bad", "bad_record_reasons"),
-        )
-        if o[k]
-    ]
-    return ReplayError(
-        where,
-        None,
-        None,
-        f"no sample was produced from {summary['records']} record(s): "
-        + " + ".join(why or ["none trained"])
-        + f" (rejects in {run_dir / 'rejects.jsonl'}, bad records in {run_dir / 'replay_rejects.jsonl'}). "
-        "Nothing was marked done",
-        "fix the records or the filters ([orchestrator.replay]) and rerun the same command",
-    )

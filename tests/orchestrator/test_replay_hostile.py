@@ -359,6 +359,27 @@ def test_a_record_edited_since_its_sample_was_published_stops_the_resumed_replay
     assert [s.to_json() for s in iter_samples(tmp_path / "run" / "samples")] == before  # nothing taken back or added
 
 
+@pytest.mark.parametrize("change", ["edit", "remove", "filter"])
+def test_a_published_sample_the_resumed_replay_does_not_build_again_stops_it(tmp_path, smol_tokenizer, change):
+    """A record without an id is known by its content: edited, it is a new record, and its old sample (already
+    published, so it would be trained) is found missing once all the input was read. Also a removed record,
+    or one a changed filter now drops."""
+    p = tmp_path / "in.jsonl"
+    p.write_text(json.dumps(chat("5 #### 5")) + "\n" + json.dumps(chat("6")) + "\n")
+    cfg = make_cfg(tmp_path, p)
+    replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)
+    lines = {"edit": [chat("5 #### 5"), chat("4 #### 4")], "remove": [chat("5 #### 5")], "filter": None}[change]
+    if lines is not None:
+        p.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    else:
+        cfg = make_cfg(tmp_path, p, require_pattern="####")
+    with pytest.raises(
+        ReplayError, match=r"1 sample\(s\) published by an earlier run .* not built .*Nothing was marked"
+    ):
+        replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)
+    assert not is_done(tmp_path / "run" / "samples")
+
+
 def test_sharegpt_roles_under_messages_are_named_in_the_filter_reason(tmp_path, smol_tokenizer):
     rows = [
         {"id": "sg", "messages": [{"role": "human", "content": "q"}, {"role": "gpt", "content": "a"}]},
