@@ -60,7 +60,7 @@ def preflight(
         raise PreflightError(command, problems)
 
 
-def _folder(key: str, value: str) -> tuple[Path | None, Problem | None]:
+def _folder(key: str, value: str, hint: str = "") -> tuple[Path | None, Problem | None]:
     from distill.core.student import hub_id_hint, hub_snapshot
 
     p = Path(value).expanduser()
@@ -76,7 +76,7 @@ def _folder(key: str, value: str) -> tuple[Path | None, Problem | None]:
         return None, Problem(key, hint)
     return None, Problem(
         key,
-        f"folder {value} does not exist. Fix: set {key} to an existing HF folder"
+        f"folder {value} does not exist{hint}. Fix: set {key} to an existing HF folder"
         + (' or "builtin:smollm2-135m-instruct"' if key == "student.path" else ""),
     )
 
@@ -96,7 +96,7 @@ def check_student(cfg: RunConfig, need_model: bool) -> list[Problem]:
         except (ValueError, FileNotFoundError) as e:
             problems.append(Problem("student.path", str(e)))
     else:
-        folder, problem = _folder("student.path", spec)
+        folder, problem = _folder("student.path", spec, next_to_config(cfg, spec))
         if problem:
             problems.append(problem)
         elif need_model and not (folder / "config.json").is_file():
@@ -110,7 +110,7 @@ def check_student(cfg: RunConfig, need_model: bool) -> list[Problem]:
         if not tok_spec and folder is not None:
             problems += check_tokenizer("student.path", folder, template)
     if tok_spec:
-        folder, problem = _folder("student.tokenizer", tok_spec)
+        folder, problem = _folder("student.tokenizer", tok_spec, next_to_config(cfg, tok_spec))
         problems += [problem] if problem else check_tokenizer("student.tokenizer", folder, template)
     return problems
 
@@ -186,6 +186,18 @@ def check_output_dir(output_dir: str) -> list[Problem]:
     return []
 
 
+def next_to_config(cfg: RunConfig, value: str) -> str:
+    """For a relative path missing from the working folder: a hint when it is there next to the config file."""
+    p, here = Path(value).expanduser(), Path.cwd()
+    beside = Path(cfg._config_dir) / p if cfg._config_dir else None
+    if p.is_absolute() or beside is None or beside.parent == here or not beside.exists():
+        return ""
+    return (
+        f" (relative paths are read from the working folder {here}, not from the config file's; "
+        f"{beside} exists: set the path to it, or run distill from {cfg._config_dir})"
+    )
+
+
 def check_source(cfg: RunConfig, inputs: list[str] | None, replay: bool) -> list[Problem]:
     """The prompt file (jsonl source) or the replay inputs (files, folders or globs) exist."""
     src = cfg.orchestrator.source
@@ -205,6 +217,9 @@ def check_source(cfg: RunConfig, inputs: list[str] | None, replay: bool) -> list
         try:
             resolve_inputs(patterns)
         except ReplayError as e:
+            hint = "" if inputs else next_to_config(cfg, patterns[0])
+            if hint:
+                e = ReplayError(e.file, e.line, e.field, e.problem + hint, e.fix)
             return [Problem("orchestrator.source.path" if not inputs else "input", str(e))]
         return []
     if src.type in ("table", "hf_dataset"):  # readable, and every mapped column present: before anything is paid
@@ -227,7 +242,8 @@ def check_source(cfg: RunConfig, inputs: list[str] | None, replay: bool) -> list
         if not p.is_file():
             return [
                 Problem(
-                    "orchestrator.source.path", f"{src.path} does not exist. Fix: set it to your prompt .jsonl file"
+                    "orchestrator.source.path",
+                    f"{src.path} does not exist{next_to_config(cfg, src.path)}. Fix: set it to your prompt .jsonl file",
                 )
             ]
         if p.stat().st_size < 1 << 20 and not p.read_bytes().strip():  # a bigger one is counted by the scheduler

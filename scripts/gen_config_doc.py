@@ -36,6 +36,11 @@ A run is one TOML file. Every key below can also be set on the command line
 Unknown keys are errors (a `DISTILL_X__...` variable whose `X` is no section too). `distill run cfg.toml --dry-run` prints the resolved config with
 secrets redacted. Cross-checks between sections are described in [validation.md](validation.md).
 
+Relative paths (`output_dir`, `student.path`, `orchestrator.source.path`, ...) are read from the
+folder distill runs in, as a shell command's are; only `student.chat_template` is relative to the
+config file. When a relative path is missing there but present next to the config file, the
+preflight error names the file it found there.
+
 """
 
 

@@ -67,6 +67,24 @@ MISTAKES = {
         1,
         ["orchestrator.source.path", "nothing to read"],
     ),
+    "prompt_file_next_to_the_config": (  # relative paths are the working folder's: the file beside the config is named
+        "rollout",
+        '[orchestrator.source]\ntype = "jsonl"\npath = "prompts.jsonl"\n',
+        [],
+        {},
+        _setup_empty_prompts,
+        1,
+        ["prompts.jsonl does not exist (relative paths are read from the working folder", "{tmp}/prompts.jsonl exists"],
+    ),
+    "replay_input_next_to_the_config": (
+        "replay",
+        '[orchestrator.source]\ntype = "replay"\npath = "prompts.jsonl"\n',
+        [],
+        {},
+        _setup_empty_prompts,
+        1,
+        ["orchestrator.source.path: prompts.jsonl: does not exist (relative paths", "{tmp}/prompts.jsonl exists"],
+    ),
     "prompt_file_empty": (
         "rollout",
         '[orchestrator.source]\ntype = "jsonl"\npath = "{tmp}/prompts.jsonl"\n',
@@ -283,7 +301,7 @@ def test_mistake_fails_with_one_clear_message_and_writes_nothing(case, tmp_path)
     assert "Traceback" not in res.stderr, res.stderr
     assert res.stderr.startswith("distill: ") and res.stderr.count("distill: ") == 1, res.stderr
     for name in names:
-        assert name in res.stderr, (name, res.stderr)
+        assert name.format(tmp=tmp_path) in res.stderr, (name, res.stderr)
     if case.startswith("bad_env"):  # the variable is named, not the TOML file that is fine
         assert "cfg.toml" not in res.stderr
     # validated before anything is written: no run dir made, no config.toml in one that existed
@@ -517,4 +535,4 @@ def test_misspelled_commands_options_and_a_data_file_first_are_usage_errors(tmp_
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr
     for name in names:
-        assert name in res.stderr, (name, res.stderr)
+        assert name.format(tmp=tmp_path) in res.stderr, (name, res.stderr)

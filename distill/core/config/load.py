@@ -190,6 +190,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
     finally:
         _TOML_DATA.reset(token)
     _anchor_chat_template(cfg, path, data)
+    cfg._config_dir = str(Path(path).expanduser().resolve().parent) if path else None
     return resolve(cfg)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .checks import KNOWN_NON_SFT_LOSSES, ConfigProblems, check_cross_fields, check_external_teacher_mode
@@ -265,6 +265,10 @@ class RunConfig(BaseSettings):
         env_nested_delimiter="__",
         validate_assignment=True,
     )
+
+    # The folder of the config file this was read from (not a key; None: no file): preflight says when a
+    # relative path that is missing from the working folder is there.
+    _config_dir: str | None = PrivateAttr(None)
 
     # Where everything of this run goes (samples, recording, metrics, checkpoints).
     output_dir: str = "runs/default"
