@@ -18,6 +18,7 @@ from .config import ConfigError, RunConfig, as_replay_source, load_config, redac
 from .cli_help import COMMAND_HELP, USAGE, command_help
 from .preflight import preflight
 from .cli_export import cmd_export
+from .cli_inspect import cmd_inspect
 from .cli_tokenize import cmd_tokenize
 from .cli_score import add_probe_args, cmd_score, prepare_scoring_run, probe_key, probe_scorer, start_scoring_stage
 from .run import make_reconstructor, prepare_run_dir, print_locations, produce
@@ -235,57 +236,6 @@ def cmd_train(argv: list[str]) -> int:
     if rank == 0:
         _print_summary("trainer", summary)
         print_locations(run_dir, summary)
-    return 0
-
-
-def _find_samples(path: Path) -> list:
-    from distill.core.contract import iter_samples, read_shard
-
-    if path.is_file():
-        return read_shard(path)
-    if (path / "samples").is_dir():
-        path = path / "samples"
-    return list(iter_samples(path))
-
-
-def cmd_inspect(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="distill inspect")
-    p.add_argument("path", help="run dir, samples dir or shard file")
-    p.add_argument("--tokenizer", help="tokenizer folder (default: the run's student, or the builtin one)")
-    p.add_argument("--index", type=int, default=0, help="which sample (default 0)")
-    p.add_argument("--id", help="sample id to show instead of --index")
-    p.add_argument("--html", help="also write an HTML page of all samples here")
-    p.add_argument("--chat-template", help="Jinja file replacing the tokenizer's template (default: the run's)")
-    p.add_argument("--no-color", action="store_true")
-    a = p.parse_args(argv)
-    from orchestrator.sample_view import render_html, render_terminal
-    from distill.core.config import Student
-    from distill.core.student import student_tokenizer
-
-    path = Path(a.path)
-    samples = _find_samples(path)
-    if not samples:
-        raise SystemExit(f"distill inspect: no samples under {path}")
-    spec = Student(tokenizer=a.tokenizer) if a.tokenizer else None
-    if spec is None:  # the run's student, or the builtin one
-        cfg_file = (path if path.is_dir() else path.parent.parent) / "config.toml"
-        spec = load_config(cfg_file).student if cfg_file.is_file() else Student()
-    spec.chat_template = a.chat_template or spec.chat_template
-    tok = student_tokenizer(spec)
-    if a.id:
-        chosen = [s for s in samples if s.sample_id == a.id]
-        if not chosen:
-            raise SystemExit(f"distill inspect: no sample with id {a.id!r}")
-        sample = chosen[0]
-    else:
-        if not 0 <= a.index < len(samples):
-            raise SystemExit(f"distill inspect: --index {a.index} out of range (0..{len(samples) - 1})")
-        sample = samples[a.index]
-    color = not a.no_color and sys.stdout.isatty()
-    print(render_terminal(sample, tok, color=color))
-    if a.html:
-        Path(a.html).write_text(render_html(samples, tok, title=str(path)), encoding="utf-8")
-        print(f"wrote {a.html} ({len(samples)} samples)")
     return 0
 
 

@@ -140,7 +140,13 @@ class Sample:
             )
         missing = [k for k in ("sample_id", "prompt_ids", "completion_ids", "completion_mask") if k not in d]
         if missing:
-            raise ValueError(f"{where}: sample is missing field(s) {missing}")
+            hint = (  # a chat file given where samples are read (distill inspect, distill train --samples)
+                ": a line with 'messages' is a conversation, not a sample. Fix: make samples of it with "
+                "`distill tokenize` or `distill replay`"
+                if "messages" in d or "conversations" in d
+                else ""
+            )
+            raise ValueError(f"{where}: sample is missing field(s) {missing}{hint}")
         known = {f.name for f in fields(cls) if f.init}
         try:
             return cls(**{k: v for k, v in d.items() if k in known})

@@ -112,6 +112,14 @@ def test_inspect_and_html(tmp_path, smol_tokenizer_dir):
     assert len(re.findall(r'class="tok trained( o)?"', body)) == len(row["completion_ids"])
     missing = distill("inspect", tmp_path / "samples", "--tokenizer", smol_tokenizer_dir, "--index", "5")
     assert missing.returncode != 0 and "out of range" in missing.stderr
+    # tokenize's output is inspected as it is: each sample named after its input line
+    direct = distill("inspect", tok_out, "--tokenizer", smol_tokenizer_dir, "--no-color")
+    assert direct.returncode == 0 and "line1" in direct.stdout and "welcome" in direct.stdout, direct.stderr
+    # the input (conversations, not samples) and a missing path are named with the fix
+    conv = distill("inspect", src, "--tokenizer", smol_tokenizer_dir)
+    assert conv.returncode == 1 and "a line with 'messages' is a conversation" in conv.stderr, conv.stderr
+    gone = distill("inspect", tmp_path / "nope", "--tokenizer", smol_tokenizer_dir)
+    assert gone.returncode == 1 and "nope does not exist. Fix:" in gone.stderr
 
 
 def test_probe_prints_what_the_endpoint_supports():
