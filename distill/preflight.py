@@ -328,16 +328,7 @@ def check_earlier_run(
                         "or delete that folder",
                     )
                 )
-        sdir = Path(samples).expanduser() if samples else run_dir / "samples"
-        if not sdir.is_dir():
-            key = "--samples" if samples else "output_dir"
-            problems.append(
-                Problem(
-                    key,
-                    f"no samples folder {sdir}. Fix: produce samples first (distill rollout / "
-                    "distill replay with the same output_dir), or pass --samples DIR",
-                )
-            )
+        problems += no_samples_folder(samples, run_dir)
         return problems
     return []
 
@@ -381,13 +372,21 @@ def check_scorer_config(cfg: RunConfig, command: str, samples: str | None) -> li
     if sc.api_key_var and not os.environ.get(sc.api_key_var):
         problems.append(Problem("scorer.api_key_var", unset_key_fix(sc.api_key_var)))
     if command == "score":
-        sdir = Path(samples).expanduser() if samples else Path(cfg.output_dir).expanduser() / "samples"
-        if not sdir.is_dir():
-            problems.append(
-                Problem(
-                    "--samples" if samples else "output_dir",
-                    f"no samples folder {sdir}. Fix: produce samples first (distill rollout / distill replay "
-                    "with the same output_dir), or pass --samples DIR",
-                )
-            )
+        problems += no_samples_folder(samples, Path(cfg.output_dir).expanduser())
     return problems
+
+
+def no_samples_folder(samples: str | None, run_dir: Path) -> list[Problem]:
+    """The samples folder `distill train` / `distill score` read (--samples, else OUTPUT_DIR/samples) is one."""
+    sdir = Path(samples).expanduser() if samples else run_dir / "samples"
+    if sdir.is_dir():
+        return []
+    what = (
+        f"{sdir} is a file; --samples takes a samples folder (the shard files a rollout or replay writes)"
+        if sdir.exists()
+        else f"no samples folder {sdir}"
+    )
+    fix = "produce samples first (distill rollout / distill replay with the same output_dir), or pass --samples DIR" + (
+        "; a file of conversations becomes samples with distill replay CONFIG FILE" if sdir.exists() else ""
+    )
+    return [Problem("--samples" if samples else "output_dir", f"{what}. Fix: {fix}")]

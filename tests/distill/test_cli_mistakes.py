@@ -213,6 +213,15 @@ MISTAKES = {
     ),
     "replay_input_missing": ("replay", "", ["{tmp}/nothing.jsonl"], {}, None, 1, ["nothing.jsonl", "does not exist"]),
     "train_without_samples": ("train", "", [], {}, None, 1, ["no samples folder", "distill rollout"]),
+    "train_samples_is_a_file": (
+        "train",
+        "",
+        ["--samples", "{tmp}/afile"],
+        {},
+        _setup_file,
+        1,
+        ["--samples: {tmp}/afile is a file; --samples takes a samples folder", "distill replay CONFIG FILE"],
+    ),
     "unknown_key_cli": (
         "rollout",
         "",
