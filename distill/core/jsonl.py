@@ -49,6 +49,8 @@ _SKIP_CHUNK = 1 << 20
 INVALID_UTF8, INVALID_JSON, TOO_DEEP, LINE_TOO_LONG = "invalid_utf8", "invalid_json", "too_deep", "line_too_long"
 #: A torn last line (see the policy above).
 TORN = "partial_last_line"
+#: The UTF-8 byte order mark, passed over at the start of a file.
+BOM = b"\xef\xbb\xbf"
 
 
 class Readable(Protocol):
@@ -207,6 +209,8 @@ def iter_lines(
     for number, (raw, n, too_long) in enumerate(read_lines(f, max_bytes), 1):
         ln = Line(number, start, n, raw)
         start += n
+        if number == 1 and raw.startswith(BOM):  # a UTF-8 byte order mark (editors on Windows write one)
+            raw = ln.raw = raw[len(BOM) :]
         if too_long:
             ln.reason, ln.problem = LINE_TOO_LONG, too_long_message(n, max_bytes, limit_key)
         elif raw.strip():

@@ -121,3 +121,12 @@ def test_every_cut_of_a_json_line_is_cut_short(value, ascii_only, data):
 )
 def test_a_line_that_no_text_could_complete_is_not_cut_short(text):
     assert not cut_short(text.encode())
+
+
+def test_a_byte_order_mark_at_the_start_is_passed_over(tmp_path):
+    """A file saved as "UTF-8 with BOM" (Notepad, Excel): its first line parses; offsets still count the BOM."""
+    data = b'\xef\xbb\xbf{"a": 1}\r\n{"b": 2}\n'
+    got = lines(data)
+    assert [ln.value for ln in got] == [{"a": 1}, {"b": 2}]
+    assert (got[0].start, got[0].size, got[1].start) == (0, 13, 13)
+    assert lines(b'{"a": 1}\n\xef\xbb\xbf{"b": 2}\n')[1].reason == INVALID_JSON  # only at the start of the file
