@@ -36,6 +36,26 @@ def test_detection_follows_registry_order():
         detect_format({"text": "?"})
 
 
+@pytest.mark.parametrize(
+    "record, hint",
+    [
+        (
+            {"instruction": "Add", "input": "", "output": "4"},
+            'columns = {prompt = "instruction", completion = "output"})',
+        ),
+        ({"instruction": "Add", "input": "2+2", "output": "4"}, "its 'input' column would be left out"),
+        ({"question": "q?", "answer": "a"}, 'columns = {prompt = "question", completion = "answer"})'),
+        ({"question": "q?", "answer": 4}, None),  # not text: no guess
+        ({"text": "?"}, None),
+    ],
+)
+def test_an_unknown_format_with_likely_text_columns_suggests_the_mapping(record, hint):
+    with pytest.raises(RecordError) as e:
+        detect_format(record)
+    assert ("here perhaps" in e.value.fix) == (hint is not None)
+    assert hint is None or hint in e.value.fix
+
+
 def _parse_pairs(obj: dict, file: str, line: int, ctx=None):
     if not isinstance(obj.get("q"), str) or not isinstance(obj.get("a"), str):
         raise RecordError("q", "expected strings q and a")

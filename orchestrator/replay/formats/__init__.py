@@ -78,8 +78,25 @@ def detect_format(obj: Any) -> str:
         reason="unknown_format",
         fix="expected 'messages' (chat), 'conversations' (ShareGPT), 'prompt'+'completion' (TRL), 'messages'+'response' "
         "(distill recording) or 'custom_id'+'response' (OpenAI batch output); map other column "
-        "names with orchestrator.replay.columns, or set orchestrator.source.format",
+        "names with orchestrator.replay.columns" + _mapping_hint(obj) + ", or set orchestrator.source.format",
     )
+
+
+# Common names of a single-turn dataset's two text columns (Alpaca, GSM8K, Dolly, ...), most likely first.
+_PROMPT_NAMES = ("instruction", "question", "query", "problem", "input", "text")
+_COMPLETION_NAMES = ("output", "answer", "response", "solution", "target", "chosen")
+
+
+def _mapping_hint(obj: dict) -> str:
+    """A ready `columns` line when the record has a likely prompt and completion column of strings."""
+    prompt = next((k for k in _PROMPT_NAMES if isinstance(obj.get(k), str)), None)
+    completion = next((k for k in _COMPLETION_NAMES if isinstance(obj.get(k), str)), None)
+    if prompt is None or completion is None:
+        return ""
+    also = ""
+    if prompt != "input" and obj.get("input"):  # Alpaca: the instruction's context, in a third column
+        also = "; its 'input' column would be left out: join it to the instruction first"
+    return f' (here perhaps columns = {{prompt = "{prompt}", completion = "{completion}"}}{also})'
 
 
 def parse(kind: str, obj: dict, file: str, line: int, ctx: ParseContext) -> list[Conversation]:
