@@ -55,27 +55,61 @@ def base_sampling(request_args: dict[str, Any], extra_body: dict[str, Any]) -> d
     return s
 
 
-def stale_keys(records: dict[tuple[str, int], dict], prompts: Iterable[dict], hash_of) -> tuple[set, int]:
-    """(keys of records whose prompt's request changed, records with no hash). `hash_of(prompt)` -> str."""
-    by_prompt: dict[str, list[tuple[int, str | None]]] = {}
+def stale_keys(
+    records: dict[tuple[str, int], dict], prompts: Iterable[dict], hash_of
+) -> tuple[set, int, tuple[dict, dict] | None]:
+    """(keys of records whose prompt's request changed, records with no hash, the first such (prompt,
+    record) to explain the change with). `hash_of(prompt)` -> str."""
+    by_prompt: dict[str, list[tuple[int, dict]]] = {}
     for (pid, i), rec in records.items():
-        by_prompt.setdefault(pid, []).append((i, rec.get("request_hash")))
+        by_prompt.setdefault(pid, []).append((i, rec))
     stale: set[tuple[str, int]] = set()
     unhashed = 0
+    example = None
     for prompt in prompts:
         recorded = by_prompt.pop(prompt["prompt_id"], None)
         if not recorded:
             continue
         now = hash_of(prompt)
-        for i, h in recorded:
+        for i, rec in recorded:
+            h = rec.get("request_hash")
             if h is None:
                 unhashed += 1
             elif h != now:
                 stale.add((prompt["prompt_id"], i))
-    return stale, unhashed
+                example = example or (prompt, rec)
+    return stale, unhashed, example
 
 
-def check(stale: set[tuple[str, int]], unhashed: int, policy: str, path) -> None:
+def what_changed(prompt: dict, rec: dict, model: str | None, sampling: dict[str, Any]) -> str:
+    """What differs between a recorded request and the one `prompt` makes now (`model`, `sampling`:
+    base_sampling's), as far as the record tells: its messages and tools exactly; the model when the
+    recorded hash is the one of the model the server named; sampling keys by what was sent (the seed
+    moves with the sample index and is not compared)."""
+    pid = prompt["prompt_id"]
+    was = rec.get("model")
+    if was != model and request_hash(was, prompt["messages"], prompt.get("tools"), sampling) == rec.get("request_hash"):
+        return f"the model changed (recorded {was!r}, now {model!r})"
+    if rec.get("messages") != prompt["messages"]:
+        return f"{pid}'s messages differ from the recorded ones"
+    if (rec.get("tools") or None) != (prompt.get("tools") or None):
+        return f"{pid}'s tools differ from the recorded ones"
+    sent = {k: v for k, v in (rec.get("sampling") or {}).items() if k not in ("n", "seed")}
+    now = {k: v for k, v in redact(sampling).items() if k not in ("n", "seed")}
+    now.update(now.pop("extra_body", {}) if isinstance(now.get("extra_body"), dict) else {})
+    sent.update(sent.pop("extra_body", {}) if isinstance(sent.get("extra_body"), dict) else {})
+    keys = sorted(k for k in set(sent) | set(now) if sent.get(k) != now.get(k))
+    if keys:
+        shown = ", ".join(f"{k} (recorded {_shown(sent, k)}, now {_shown(now, k)})" for k in keys[:4])
+        return f"sampling changed: {shown}"
+    return "the model or the sampling settings changed"
+
+
+def _shown(d: dict, k: str) -> str:
+    return repr(d[k]) if k in d else "unset"
+
+
+def check(stale: set[tuple[str, int]], unhashed: int, policy: str, path, why: str = "") -> None:
     """Raises PromptChangedError under policy "error"; warns about unhashed records and re-requests."""
     if unhashed:
         print(
@@ -90,13 +124,15 @@ def check(stale: set[tuple[str, int]], unhashed: int, policy: str, path) -> None
     if policy == "error":
         raise PromptChangedError(
             f"{path}: {len(stale)} recorded answer(s) of {len(pids)} prompt(s) were given to a different request "
-            f"than the prompt source now makes (prompt text, tools, model or sampling changed): {shown}. Nothing "
+            f"than the prompt source now makes (prompt text, tools, model or sampling changed"
+            + (f"; here {why}" if why else "")
+            + f"): {shown}. Nothing "
             "was requested. Fix: restore the prompts / settings, or set orchestrator.on_prompt_change = "
             '"rerequest" to ask for those answers again (the old ones stay in the recording, unused), or use a '
             "new output_dir"
         )
     print(
         f"orchestrator: {len(stale)} recorded answer(s) of {len(pids)} changed prompt(s) are stale and will be "
-        f'requested again (orchestrator.on_prompt_change = "rerequest"): {shown}',
+        f'requested again (orchestrator.on_prompt_change = "rerequest"): {shown}' + (f"; {why}" if why else ""),
         file=sys.stderr,
     )

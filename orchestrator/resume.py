@@ -25,6 +25,7 @@ from orchestrator.request_hash import (
     base_sampling,
     request_hash,
     stale_keys,
+    what_changed,
 )
 from orchestrator.request_hash import check as check_prompts
 
@@ -68,9 +69,11 @@ def load_resume(path: Path, oc) -> Resume:
             res.unrecorded += sum((p["prompt_id"], i) not in loaded.records for i in range(n))
             yield p
 
-    stale, unhashed = stale_keys(loaded.records, counted(load_prompts(oc.source)), prompt_hasher(oc))
+    stale, unhashed, example = stale_keys(loaded.records, counted(load_prompts(oc.source)), prompt_hasher(oc))
+    sampling = base_sampling(oc.sampling.request_args(), dict(oc.sampling.extra_body))
+    why = what_changed(*example, oc.rollout_model.model, sampling) if example else ""
     try:
-        check_prompts(stale, unhashed, oc.on_prompt_change, path)
+        check_prompts(stale, unhashed, oc.on_prompt_change, path, why)
     except PromptChangedError as e:
         raise RolloutError(str(e)) from None
     res.stale = stale

@@ -13,7 +13,7 @@ from distill.core.config import load_config
 from distill.core.contract import iter_samples
 from orchestrator.recording import load_recording
 from orchestrator.replay import replay
-from orchestrator.request_hash import base_sampling, request_hash
+from orchestrator.request_hash import base_sampling, request_hash, what_changed
 from orchestrator.scheduler import RolloutError, rollout
 from support.fault_server import FaultServer, write_prompts
 
@@ -90,6 +90,7 @@ def test_edited_prompt_is_an_error_then_rerequested_by_option(tmp_path, recon_fo
             _run(s, prompts, run, recon_for)
         msg = str(err.value)
         assert "p3" in msg and "p1" not in msg and "recording.jsonl" in msg and "on_prompt_change" in msg
+        assert "here p3's messages differ from the recorded ones" in msg
         assert len(s.log.entries) == first  # nothing re-requested
         assert len(read_jsonl(run / "recording.jsonl")) == 10
 
@@ -131,7 +132,9 @@ def test_changed_sampling_is_a_change_too_and_old_records_are_trusted(tmp_path, 
     write_prompts(prompts, 3)
     with FaultServer() as s:
         _run(s, prompts, run, recon_for)
-        with pytest.raises(RolloutError, match="3 prompt"):
+        with pytest.raises(
+            RolloutError, match=r"3 prompt.*here sampling changed: temperature \(recorded unset, now 0\.1\)"
+        ):
             cfg = make_cfg(s.base_url, prompts, sampling={"n": 2, "max_tokens": 32, "temperature": 0.1})
             rollout(cfg, run, recon_for(cfg), progress=False, backpressure=False)
         # a recording written before request_hash existed: reused, with one warning
@@ -144,3 +147,23 @@ def test_changed_sampling_is_a_change_too_and_old_records_are_trusted(tmp_path, 
         assert rollout(cfg, run, recon_for(cfg), progress=False, backpressure=False)["stop_reason"] == "completed"
         assert len(s.log.entries) == n
         assert "6 recorded answer(s) have no request_hash" in capsys.readouterr().err
+
+
+def test_what_changed_names_the_model_the_tools_or_the_sampling_key():
+    sampling = base_sampling({"max_tokens": 32, "seed": 3}, {})
+    prompt = {"prompt_id": "p1", "messages": MSGS, "tools": None}
+    rec = {"messages": MSGS, "tools": None, "model": "teacher-a", "sampling": {"max_tokens": 32, "n": 2, "seed": 4}}
+    rec["request_hash"] = request_hash("teacher-a", MSGS, None, sampling)
+    assert (
+        what_changed(prompt, rec, "teacher-b", sampling) == "the model changed (recorded 'teacher-a', now 'teacher-b')"
+    )
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    assert (
+        what_changed(dict(prompt, tools=tools), rec, "teacher-a", sampling)
+        == "p1's tools differ from the recorded ones"
+    )
+    top_p = base_sampling({"max_tokens": 32, "seed": 3, "top_p": 0.5}, {})
+    assert what_changed(prompt, rec, "teacher-a", top_p) == "sampling changed: top_p (recorded unset, now 0.5)"
+    # the server names another model than the one asked for (an alias): not called a model change
+    rec_alias = dict(rec, model="teacher-a-2024", request_hash=request_hash("teacher-a", MSGS, None, sampling))
+    assert what_changed(prompt, rec_alias, "teacher-a", top_p).startswith("sampling changed: top_p")
