@@ -202,6 +202,44 @@ def test_toml_syntax_error_and_missing_file(tmp_path):
         load_config(tmp_path / "nope.toml")
 
 
+@pytest.mark.parametrize(
+    "toml, says",
+    [
+        (
+            "[orchestrator.rollout_model]\nmodel = gpt-4o\n",
+            'line 2, column 9): model = gpt-4o. Fix: a string value is quoted: model = "gpt-4o"',
+        ),
+        ("[trainer]\nrepeat = True\n", "Fix: TOML booleans are lowercase: repeat = true"),
+        ("[trainer]\nmax_steps = 1\nmax_steps = 2\n", ": max_steps = 2. Fix the TOML syntax at that line"),
+    ],
+)
+def test_a_toml_syntax_error_shows_its_line_and_the_usual_fix(tmp_path, toml, says):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, toml))
+    assert says in str(e.value)
+
+
+def test_a_config_that_is_not_utf8_says_so(tmp_path):
+    p = tmp_path / "latin1.toml"
+    p.write_bytes(b'[orchestrator.rollout_model]\nmodel = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 0xe9 at offset 41\). Fix: save it as UTF-8"):
+        load_config(p)
+
+
+@pytest.mark.parametrize(
+    "key, meant",
+    [
+        ("batch_size", "trainer.samples_per_step"),
+        ("learning_rate", "trainer.optim.lr"),
+        ("max_seq_length", "trainer.seq_len"),
+    ],
+)
+def test_another_trainers_name_for_a_key_suggests_ours(tmp_path, key, meant):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, f"[trainer]\n{key} = 8\n"))
+    assert f"did you mean {meant}?" in str(e.value)
+
+
 # --- mode validation: external teacher => SFT only, no weight broadcast, no token client ---
 
 FORBIDDEN = {

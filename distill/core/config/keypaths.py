@@ -80,11 +80,35 @@ def is_key_or_table(key: str, paths: typing.Iterable[str]) -> bool:
     return any(p == key or p.startswith(key + ".") for p in paths)
 
 
+# What other trainers (transformers' TrainingArguments, TRL, torchtune) call a key, by its last part:
+# a closer spelling would be wrong (batch_size is not trainer.loss.chunk_size).
+SYNONYMS = {
+    "learning_rate": "trainer.optim.lr",
+    "batch_size": "trainer.samples_per_step",
+    "train_batch_size": "trainer.samples_per_step",
+    "per_device_train_batch_size": "trainer.samples_per_step",
+    "global_batch_size": "trainer.samples_per_step",
+    "epochs": "trainer.max_steps",
+    "num_epochs": "trainer.max_steps",
+    "num_train_epochs": "trainer.max_steps",
+    "max_seq_length": "trainer.seq_len",
+    "max_length": "trainer.seq_len",
+    "seq_length": "trainer.seq_len",
+    "max_seq_len": "trainer.seq_len",
+    "model_name_or_path": "student.path",
+    "gradient_clipping": "trainer.optim.max_grad_norm",
+    "lr_scheduler_type": "trainer.optim.schedule",
+    "warmup": "trainer.optim.warmup_steps",
+}
+
+
 def nearest_key(key: str, paths: typing.Iterable[str]) -> str | None:
-    """The valid key path a misspelt one most likely meant: one with the same last part
-    (trainer.lr -> trainer.optim.lr) first, else the closest spelling of the whole path."""
+    """The valid key path a misspelt one most likely meant: another trainer's name for it (SYNONYMS), one
+    with the same last part (trainer.lr -> trainer.optim.lr), else the closest spelling of the whole path."""
     paths = list(paths)
     last = key.rsplit(".", 1)[-1]
+    if SYNONYMS.get(last) in paths:
+        return SYNONYMS[last]
 
     def ratio(p: str) -> float:
         return difflib.SequenceMatcher(None, key, p).ratio()

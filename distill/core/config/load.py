@@ -94,7 +94,34 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
         with open(p, "rb") as f:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(str(path), [Problem("(syntax)", f"{e}. Fix the TOML syntax at that line.")]) from None
+        raise ConfigError(str(path), [Problem("(syntax)", _syntax_message(p, e))]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            str(path),
+            [
+                Problem(
+                    "(file)",
+                    f"is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}). Fix: save it as UTF-8",
+                )
+            ],
+        ) from None
+
+
+def _syntax_message(p: Path, e: Exception) -> str:
+    """The TOML error with the text of its line; a bare word as a value gets the quoting fix."""
+    import re
+
+    at = re.search(r"at line (\d+), column \d+", str(e))
+    lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
+    lineno = int(at.group(1)) if at else 0
+    text = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
+    msg = str(e) + (f": {text}" if text else "")
+    key, eq, value = text.partition("=")
+    if eq and value.strip() in ("True", "False", "TRUE", "FALSE"):
+        return msg + f". Fix: TOML booleans are lowercase: {key.strip()} = {value.strip().lower()}"
+    if eq and re.fullmatch(r"[A-Za-z_][\w.\-/:@]*", value.strip()):
+        return msg + f'. Fix: a string value is quoted: {key.strip()} = "{value.strip()}"'
+    return msg + ". Fix the TOML syntax at that line"
 
 
 def _format_validation_error(err: ValidationError, cli: dict | None = None) -> tuple[list[Problem], set[str]]:
