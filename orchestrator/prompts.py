@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from distill.core.jsonl import LINE_TOO_LONG, MAX_LINE_BYTES, Line, iter_lines
+from distill.core.jsonl import LINE_TOO_LONG, MAX_LINE_BYTES, Line, iter_lines, json_array_hint, starts_json_array
 from orchestrator.lines import content_problem, depth_exceeds, json_type, weight_ok
 
 #: Deepest nesting a prompt line may have (tool schemas need a few levels; nothing needs 100).
@@ -146,6 +146,11 @@ def _jsonl(path: Path, system_prompt: str | None, errors: list[str] | None = Non
     with open(path, "rb") as f:  # a prompt file is no log: a broken last line is an error like any other
         for ln in iter_lines(f, MAX_LINE_BYTES, limit_key="orchestrator.prompts.MAX_LINE_BYTES", torn=False):
             where = f"{path}:{ln.number}"
+            if starts_json_array(ln):  # the whole file is wrong, not its first line
+                raise PromptSourceError(
+                    f"orchestrator.source.path: {path} is one JSON array, not JSON Lines (one object per line). "
+                    f"Fix: {json_array_hint(path)}"
+                )
             try:
                 if ln.reason == LINE_TOO_LONG:
                     raise PromptSourceError(f"{where}: {ln.problem}. Fix: split or shorten the prompt")
@@ -167,7 +172,8 @@ def _prompt(ln: Line, where: str, path: Path, seen: dict[str, int]) -> dict[str,
         fix = "flatten the record" if reason == "too_deep" else "one JSON object per line, in UTF-8"
         raise PromptSourceError(f"{where}: {problem}. Fix: {fix}")
     if not isinstance(d, dict):
-        raise PromptSourceError(f"{where}: expected a JSON object, got {json_type(d)}")
+        hint = f" (if the file is one JSON array of prompts: {json_array_hint(path)})" if isinstance(d, list) else ""
+        raise PromptSourceError(f"{where}: expected a JSON object, got {json_type(d)}{hint}")
     try:
         json.dumps(d, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as e:

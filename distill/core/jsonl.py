@@ -151,6 +151,18 @@ def _cut_at(msg: str, s: str, pos: int) -> bool:
     return False
 
 
+def json_array_hint(path: str | os.PathLike) -> str:
+    """What to do with a file that is one JSON array (json.dump's output) where JSON Lines are read."""
+    p = os.fspath(path)
+    out = (p[: -len(".json")] if p.endswith(".json") else p) + ".jsonl"
+    return f"convert it to one object per line, e.g. jq -c '.[]' {p} > {out}, and read {out}"
+
+
+def starts_json_array(ln: "Line") -> bool:
+    """Whether a file's first line opens a JSON array it does not close (a pretty-printed array file)."""
+    return ln.number == 1 and ln.reason is not None and ln.raw.lstrip().startswith(b"[")
+
+
 def depth_exceeds(x: Any, limit: int) -> bool:
     """Whether lists/dicts nest more than `limit` levels deep (walked without recursion)."""
     stack = [(x, 1)]

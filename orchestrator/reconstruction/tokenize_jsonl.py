@@ -9,7 +9,7 @@ import os
 from typing import TYPE_CHECKING
 
 from distill.core.contract import atomic_write_text
-from distill.core.jsonl import Line, read_jsonl
+from distill.core.jsonl import Line, json_array_hint, read_jsonl, starts_json_array
 from distill.core.conversation import Conversation
 from orchestrator.build_pool import ParallelBuilder, offline_workers
 from orchestrator.reconstruction.reasons import Reject
@@ -108,6 +108,11 @@ def _reconstruct_lines(builder: ParallelBuilder, input_path: str) -> tuple[colle
 
     for ln in read_jsonl(input_path, torn=False, limit_key="the line limit of distill tokenize"):
         n = ln.number
+        if starts_json_array(ln):  # the whole file is wrong, not its first line
+            raise TokenizeInputError(
+                f"{input_path} is one JSON array, not JSON Lines (one conversation per line). "
+                f"Fix: {json_array_hint(input_path)}"
+            )
         if ln.blank:
             counts["blank_lines"] += 1
             continue

@@ -82,6 +82,10 @@ def iter_jsonl(path: str, max_bytes: int = MAX_LINE_BYTES) -> Iterator[Line]:
             )
             return
         lineno = ln.number
+        if jsonl.starts_json_array(ln):  # the whole file is wrong, not its first record
+            raise ReplayError(
+                path, None, None, "is one JSON array, not JSON Lines (one record per line)", jsonl.json_array_hint(path)
+            )
         if ln.blank:
             yield Line(lineno, nbytes, empty=True)
         elif ln.reason is not None:

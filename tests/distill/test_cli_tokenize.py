@@ -127,3 +127,12 @@ def test_a_file_that_gives_no_sample_fails(tmp_path, smol_tokenizer_dir, capsys,
     assert cap.err.startswith("distill: ") and says in cap.err and "Fix:" in cap.err
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert all("error" in r for r in rows) and len(rows) == len([x for x in text.splitlines() if x.strip()])
+
+
+def test_a_json_array_input_is_one_message(tmp_path, capsys, smol_tokenizer_dir):
+    inp, out = tmp_path / "in.json", tmp_path / "out.jsonl"
+    inp.write_text("[\n" + LINE.strip() + "\n]\n")
+    assert main(tokenize(inp, out, smol_tokenizer_dir)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"distill: {inp} is one JSON array, not JSON Lines") and "jq -c '.[]'" in err
+    assert not out.exists()  # nothing written

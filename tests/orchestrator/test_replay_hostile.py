@@ -394,3 +394,11 @@ def test_sharegpt_roles_under_messages_are_named_in_the_filter_reason(tmp_path, 
     rejects = {r["item_id"]: r["detail"] for r in read_jsonl(tmp_path / "run" / "rejects.jsonl")}
     assert '(its other roles: gpt, human; ShareGPT turns are read as a "conversations" list' in rejects["sg/0"]
     assert "(its other roles: model) (" in rejects["dev/0"] and "ShareGPT" not in rejects["dev/0"]
+
+
+def test_a_json_array_file_stops_the_replay_with_the_conversion(tmp_path, smol_tokenizer):
+    p = tmp_path / "data.json"
+    p.write_text(json.dumps([chat("5", "a"), chat("6", "b")], indent=2))
+    cfg = make_cfg(tmp_path, p, on_error="skip")  # nothing in it is a record: skipping would skip it all
+    with pytest.raises(ReplayError, match=r"data.json: is one JSON array, not JSON Lines .*Fix: .*jq -c"):
+        replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)

@@ -160,3 +160,19 @@ def test_over_long_prompt_line_and_directory_path(tmp_path, monkeypatch):
         count_prompts(Source(type="jsonl", path=str(p)))
     with pytest.raises(PromptSourceError, match=r"orchestrator.source.path: .* is a directory"):
         count_prompts(Source(type="jsonl", path=str(tmp_path)))
+
+
+def test_a_json_array_file_is_named_as_one_with_the_conversion(tmp_path):
+    """json.dump's output (an array, pretty-printed or on one line) where JSON Lines are read."""
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(3)]
+    pretty, one_line = tmp_path / "p.json", tmp_path / "one.json"
+    pretty.write_text(json.dumps(rows, indent=2))
+    one_line.write_text(json.dumps(rows) + "\n")
+    with pytest.raises(PromptSourceError) as e:
+        count_prompts(Source(type="jsonl", path=str(pretty)))
+    assert str(e.value) == (
+        f"orchestrator.source.path: {pretty} is one JSON array, not JSON Lines (one object per line). Fix: convert "
+        f"it to one object per line, e.g. jq -c '.[]' {pretty} > {tmp_path / 'p.jsonl'}, and read {tmp_path / 'p.jsonl'}"
+    )
+    with pytest.raises(PromptSourceError, match=r"got array \(if the file is one JSON array of prompts: convert"):
+        count_prompts(Source(type="jsonl", path=str(one_line)))
