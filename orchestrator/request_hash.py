@@ -94,15 +94,20 @@ def what_changed(prompt: dict, rec: dict, model: str | None, sampling: dict[str,
         return f"{pid}'s messages differ from the recorded ones"
     if (rec.get("tools") or None) != (prompt.get("tools") or None):
         return f"{pid}'s tools differ from the recorded ones"
-    sent = {k: v for k, v in (rec.get("sampling") or {}).items() if k not in ("n", "seed")}
-    now = {k: v for k, v in redact(sampling).items() if k not in ("n", "seed")}
-    now.update(now.pop("extra_body", {}) if isinstance(now.get("extra_body"), dict) else {})
-    sent.update(sent.pop("extra_body", {}) if isinstance(sent.get("extra_body"), dict) else {})
+    sent, now = _compared(rec.get("sampling") or {}), _compared(redact(sampling))
     keys = sorted(k for k in set(sent) | set(now) if sent.get(k) != now.get(k))
     if keys:
         shown = ", ".join(f"{k} (recorded {_shown(sent, k)}, now {_shown(now, k)})" for k in keys[:4])
         return f"sampling changed: {shown}"
     return "the model or the sampling settings changed"
+
+
+def _compared(sampling: dict[str, Any]) -> dict[str, Any]:
+    """Sampling args as what_changed compares them: no n or seed, extra_body's keys among the others."""
+    flat = {k: v for k, v in sampling.items() if k not in ("n", "seed")}
+    if isinstance(flat.get("extra_body"), dict):
+        flat.update(flat.pop("extra_body"))
+    return flat
 
 
 def _shown(d: dict, k: str) -> str:

@@ -30,9 +30,14 @@ from orchestrator.request_hash import (
 from orchestrator.request_hash import check as check_prompts
 
 
+def _request_base(oc) -> tuple[str | None, dict]:
+    """The model and sampling part every request's hash covers (`oc`: the orchestrator config)."""
+    return oc.rollout_model.model, base_sampling(oc.sampling.request_args(), dict(oc.sampling.extra_body))
+
+
 def prompt_hasher(oc):
     """prompt -> the hash recorded with each answer to it (`oc`: the orchestrator config)."""
-    model, sampling = oc.rollout_model.model, base_sampling(oc.sampling.request_args(), dict(oc.sampling.extra_body))
+    model, sampling = _request_base(oc)
     return lambda prompt: request_hash(model, prompt["messages"], prompt.get("tools"), sampling)
 
 
@@ -70,8 +75,7 @@ def load_resume(path: Path, oc) -> Resume:
             yield p
 
     stale, unhashed, example = stale_keys(loaded.records, counted(load_prompts(oc.source)), prompt_hasher(oc))
-    sampling = base_sampling(oc.sampling.request_args(), dict(oc.sampling.extra_body))
-    why = what_changed(*example, oc.rollout_model.model, sampling) if example else ""
+    why = what_changed(*example, *_request_base(oc)) if example else ""
     try:
         check_prompts(stale, unhashed, oc.on_prompt_change, path, why)
     except PromptChangedError as e:
