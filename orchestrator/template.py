@@ -52,8 +52,8 @@ class ChatTemplate:
         self.source = source
         self.append_only = False
         self.why_not_append_only = self.why_not_tracked = "transformers' template compiler is not available"
-        # Append-only, and the text after the loop reads nothing but add_generation_prompt and
-        # the constant keyword arguments: after(g) is the same for every conversation.
+        # The text after the loop (append-only or tracked templates) reads nothing but add_generation_prompt
+        # and the constant keyword arguments: after(g) is the same for every conversation.
         self.after_is_constant = False
         self._marked = self.tracked = None  # tracked: template_tracked.TrackedTemplate, when not append-only
         self._skip = 0  # how many leading messages the loop may skip (messages_skipped)
@@ -83,6 +83,7 @@ class ChatTemplate:
         self.why_not_append_only = why or ""
         self.append_only = why is None
         self.tracked, self.why_not_tracked = tracked_template(env, source, _MARK, START, END) if why else (None, "")
+        self.after_is_constant = self.tracked.after_is_constant if self.tracked else self.after_is_constant
 
     def render(self, messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool, **kwargs: Any) -> str:
         """The template's text, exactly as transformers renders it."""

@@ -318,8 +318,11 @@ class TrackedTemplate:
     """The template compiled for watched renders (module docstring)."""
 
     def __init__(self, env, tree, mark: str, start: str, end: str):
-        from orchestrator.template import _compile, _messages_loop
+        from orchestrator.template import _after_is_constant, _compile, _messages_loop
 
+        # after(g) reads nothing but g and the constant keyword arguments (as for append-only
+        # templates): the same for every conversation, so after(True) can be learnt once
+        self.after_is_constant = _after_is_constant(tree)
         self._template = _compile(env, with_cuts(tree, _messages_loop(tree), start, end))
         namespace = self._template.root_render_func.__globals__  # this template's own module
         namespace["LoopContext"] = tracked_loop_context(namespace["LoopContext"])

@@ -104,17 +104,32 @@ class PrefixRenders:
         """Prefixes proven by watched renders (orchestrator/template_tracked.py): the whole
         conversation's (g=False) and the first prompt's (g=True), which must agree on the
         text up to it; it gives after(True). Neither after() may read a message at or past
-        `first`. A prefix the watched render does not prove is rendered (`direct`)."""
+        `first`. A prefix the watched render does not prove is rendered (`direct`). When
+        after() is constant (template.after_is_constant: it reads no message), after(True)
+        is learnt once and the first prompt is rendered again only every
+        CROSS_CHECK_EVERY conversations, as a check (as _derived_prefixes does)."""
+        known = self._after_prompt if self.chat_template.after_is_constant else None
+        check = known is None or self.stats["prefix_renders_tracked"] % self.CROSS_CHECK_EVERY == 0
         try:
             full = self.chat_template.tracked.render(data, tools, False, **self._template_kwargs)
             self.stats["renders"] += 1
-            prompt = self._cached_prompt(data[:first], tools, parts="tracked") if full is not None else None
+            prompt = self._cached_prompt(data[:first], tools, parts="tracked") if check and full is not None else None
         except Exception:  # noqa: BLE001 - the per-prefix path reports it with its message index
             return None
-        cut = full.cut_for(first) if full is not None and prompt is not None else None
-        if cut is None or max(full.after_max, prompt.after_max) >= first or prompt.head != full.head[:cut]:
+        cut = full.cut_for(first) if full is not None else None
+        if cut is None or full.after_max >= first:
             return None
-        head, after_prompt, after_full = full.head, prompt.after, full.after
+        if check:
+            if prompt is None or prompt.after_max >= first or prompt.head != full.head[:cut]:
+                return None
+            if known is not None and prompt.after != known:  # cannot happen if the proof holds
+                self._cross_check_failed()
+                self._try_tracked = False
+                return None
+            if self.chat_template.after_is_constant:
+                self._after_prompt = prompt.after
+        head, after_full = full.head, full.after
+        after_prompt = prompt.after if check else known
 
         def prompt_render(j: int) -> str:
             c = full.cut_for(j)
@@ -125,6 +140,14 @@ class PrefixRenders:
             return head[:c] + after_full if c is not None else direct[1](j)
 
         return prompt_render, full_render, full.cut_for, after_prompt
+
+    def _cross_check_failed(self) -> None:
+        self.stats["prefix_cross_check_failed"] += 1
+        print(
+            "warning: the student's chat template rendered a different generation prompt than before; "
+            "reconstruction now renders every prefix (please report this template)",
+            file=sys.stderr,
+        )
 
     def _derived_prefixes(self, data: list[dict], tools: list[dict] | None, first: int):
         """The marked render of the whole conversation gives the text before the loop, each
@@ -145,13 +168,8 @@ class PrefixRenders:
             if prompt[0] != full[0] or prompt[1] != full[1][:first]:
                 return None
             if known is not None and prompt[2] != known:  # cannot happen if the proof holds
+                self._cross_check_failed()
                 self._derive_prefixes = False
-                self.stats["prefix_cross_check_failed"] += 1
-                print(
-                    "warning: the student's chat template rendered a different generation prompt than before; "
-                    "reconstruction now renders every prefix (please report this template)",
-                    file=sys.stderr,
-                )
                 return None
             if self.chat_template.after_is_constant:
                 self._after_prompt = prompt[2]

@@ -150,21 +150,60 @@ def _llama():
         tokenizer_builds.unavailable("test tokenizer 'llama3'", e)
 
 
-def test_reconstruction_same_with_and_without_watched_renders_and_two_renders_per_conversation():
+@pytest.mark.parametrize("learnt", [True, False])
+def test_reconstruction_same_with_and_without_watched_renders_and_one_or_two_renders_per_conversation(learnt):
+    # Llama 3.1's text after the loop reads only add_generation_prompt: the generation prompt
+    # is learnt from the first conversation, then its first prompt is rendered again only
+    # every CROSS_CHECK_EVERY conversations (learnt=False: every time).
     tok = _llama()
     fast, slow = recon(tok=tok), recon(tok=tok)
+    assert fast.chat_template.after_is_constant
+    fast.chat_template.after_is_constant = learnt
+    fast.CROSS_CHECK_EVERY = 8
     slow.chat_template.tracked = None
     rng = random.Random(7)
+    renders = []
     for i in range(30):
         msgs = _conversation(rng)
         for m in msgs:  # the template trims content, and its tool branch needs one call
             m["content"] = m["content"].strip()
-        before = fast.stats["renders"]
+        fast._render_cache.clear()  # first prompts repeat here: count renders, not cache hits
+        before, tracked = fast.stats["renders"], fast.stats["prefix_renders_tracked"]
         got = fast.build(msgs, sample_id=str(i))
         assert got == slow.build(msgs, sample_id=str(i))
         if not any(m["role"] == "tool" for m in msgs) and got[0]:
-            assert fast.stats["renders"] - before <= 2  # the whole conversation + its first prompt
+            renders.append((tracked, fast.stats["renders"] - before))
+    for tracked, n in renders:  # the whole conversation, and its first prompt when checked
+        assert n == (2 if not learnt or tracked % fast.CROSS_CHECK_EVERY == 0 else 1)
+    assert {n for _, n in renders} == ({1, 2} if learnt else {2})
     assert fast.stats["prefix_renders_tracked"] > 0 and fast.stats["renders"] < slow.stats["renders"] / 2
+
+
+def test_failed_cross_check_turns_watched_renders_off(capsys):
+    # Simulate a wrong proof: a learnt generation prompt that the real render contradicts.
+    tok = _llama()
+    r, slow = recon(tok=tok), recon(tok=tok)
+    slow.chat_template.tracked = None
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    r.build(msgs, sample_id="0")
+    r._after_prompt = "<|start_header_id|>assistant<|end_header_id|>WRONG"
+    r.stats["prefix_renders_tracked"] = r.CROSS_CHECK_EVERY  # the next conversation is a check
+    assert r.build(msgs, sample_id="1") == slow.build(msgs, sample_id="1")  # rebuilt per prefix, correct
+    assert r.stats["prefix_cross_check_failed"] == 1 and not r._try_tracked
+    assert "please report" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "after, constant",
+    [
+        ("{%- if add_generation_prompt %}{{ bos_token }}A{% endif %}", True),
+        ("{%- if add_generation_prompt %}{{ messages[0].role }}{% endif %}", False),
+        ("{%- if add_generation_prompt and tools %}T{% endif %}", False),
+    ],
+)
+def test_after_is_constant_verdicts_for_watched_templates(after, constant):
+    t = ChatTemplate("{{ messages|length }}" + BODY + after)  # messages|length: not append-only
+    assert not t.append_only and t.tracked is not None and t.after_is_constant is constant
 
 
 def test_watched_renders_given_up_when_they_never_prove_anything():
