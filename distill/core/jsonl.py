@@ -24,6 +24,11 @@ Options of `iter_lines`
                    final newline.
     `torn`         False for files that are not append-only logs (a prompt file, a shard written
                    atomically): no line is TORN, a broken last line keeps its parse reason.
+    `cut_only`     a last line is TORN only when it is the start of a line that would parse
+                   (`cut_short`: a writer stopped mid-record); one that no more text could mend
+                   (`{"a": 1}}`, a typo) keeps its parse reason. For files that may be cut off but
+                   are also written by hand (replay inputs). Not for the run's own logs: a crash
+                   can leave NUL bytes after the last newline, which no JSON starts with.
 
 Lower level, also used directly: `read_lines(f, max_bytes)` (raw bounded lines), `parse_line(raw)`
 (json.loads whose failures are (reason, message) pairs), `json_type(x)` (JSON's name of a value's
@@ -215,6 +220,7 @@ def iter_lines(
     limit_key: str = "max_line_bytes",
     strict_tail: bool = False,
     torn: bool = True,
+    cut_only: bool = False,
 ) -> Iterator[Line]:
     """Every line of a binary file as a Line (blank ones too), parsed, with the torn-line policy applied."""
     start = 0
@@ -227,7 +233,12 @@ def iter_lines(
             ln.reason, ln.problem = LINE_TOO_LONG, too_long_message(n, max_bytes, limit_key)
         elif raw.strip():
             ln.value, ln.reason, ln.problem = parse_line(raw)
-            if torn and not raw.endswith(b"\n") and (ln.reason is not None or strict_tail):
+            if (
+                torn
+                and not raw.endswith(b"\n")
+                and (ln.reason is not None or strict_tail)
+                and not (cut_only and ln.reason is not None and not cut_short(raw))
+            ):
                 ln.value, ln.reason = None, TORN
                 ln.problem = f"half-written last line ({len(raw)} bytes, no newline: the writer stopped mid-append)"
         yield ln

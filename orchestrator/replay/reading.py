@@ -1,8 +1,8 @@
 """Reading replay inputs: paths from files/folders/globs, and JSONL (plain or .gz) one line at a time.
 
 Every line becomes a `Line`: a parsed value, a BadRecord (with its reason), or a blank. The
-torn-line policy is distill.core.jsonl's, narrowed: a last line with no newline that does not parse, and
-is the start of a line that would (`jsonl.cut_short`), is `partial_last_line` (the writer stopped
+torn-line policy is distill.core.jsonl's, narrowed (its `cut_only`): a last line with no newline that does
+not parse, and is the start of a line that would (`jsonl.cut_short`), is `partial_last_line` (the writer stopped
 mid-append), reported and skipped even with on_error = "fail"; one that could not be completed
 (`{"a": 1}}`: a typo in a hand-written file) is a bad record like any other line.
 """
@@ -45,12 +45,12 @@ def _read(path: str, max_bytes: int) -> Iterator[tuple[jsonl.Line, int]]:
     last complete data."""
     if not path.lower().endswith(".gz"):
         with open(path, "rb") as f:
-            for ln in jsonl.iter_lines(f, max_bytes, limit_key=_LIMIT_KEY):
+            for ln in jsonl.iter_lines(f, max_bytes, limit_key=_LIMIT_KEY, cut_only=True):
                 yield ln, ln.size
         return
     with open(path, "rb") as disk, gzip.GzipFile(fileobj=disk) as f:
         pos = 0
-        for ln in jsonl.iter_lines(f, max_bytes, limit_key=_LIMIT_KEY):
+        for ln in jsonl.iter_lines(f, max_bytes, limit_key=_LIMIT_KEY, cut_only=True):
             now = disk.tell()
             yield ln, now - pos
             pos = now
@@ -89,11 +89,8 @@ def iter_jsonl(path: str, max_bytes: int = MAX_LINE_BYTES) -> Iterator[Line]:
         if ln.blank:
             yield Line(lineno, nbytes, empty=True)
         elif ln.reason is not None:
-            reason, problem, torn = ln.reason, ln.problem, ln.torn
-            if torn and not jsonl.cut_short(ln.raw):  # not a record cut off by a stopped writer: a typo
-                _, reason, problem = jsonl.parse_line(ln.raw)
-                reason, torn = reason or jsonl.INVALID_JSON, False
-            yield Line(lineno, nbytes, bad=BadRecord(path, lineno, None, problem, torn, _excerpt(ln.raw), reason))
+            bad = BadRecord(path, lineno, None, ln.problem, ln.torn, _excerpt(ln.raw), ln.reason)
+            yield Line(lineno, nbytes, bad=bad)
         else:
             yield Line(lineno, nbytes, obj=ln.value)
 

@@ -36,6 +36,12 @@ def test_tail_options():
     assert lines(complete_no_newline, strict_tail=True)[1].reason == TORN  # our logs always end a record with \n
     broken = b'{"a": 1}\n{"b": '
     assert lines(broken, torn=False)[1].reason == INVALID_JSON  # no log: a broken last line is plain bad JSON
+    # cut_only (hand-written files that may also be cut off): torn only if more text could mend it
+    assert lines(broken, cut_only=True)[1].reason == TORN
+    typo = lines(b'{"a": 1}\n{"messages": []}}', cut_only=True)[1]
+    assert typo.reason == INVALID_JSON and "Extra data" in typo.problem and not typo.torn
+    assert lines(b'{"a": 1}\n{"b": 2}\x00\x00', cut_only=True)[1].reason == INVALID_JSON  # a NUL tail is damage
+    assert lines(b'{"a": 1}\n{"b": 2}\x00\x00')[1].reason == TORN  # the default: torn, as log readers need
 
 
 def test_a_long_line_is_read_past_with_its_limit_key():
