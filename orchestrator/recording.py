@@ -123,6 +123,7 @@ def load_recording(path: str | os.PathLike, repair: bool = True) -> LoadedRecord
     with open(p, "rb") as f:  # one reader, one torn-line policy (distill/core/jsonl.py)
         lines = list(iter_lines(f, _NO_LIMIT, strict_tail=True))  # the writer ends every record with "\n"
     good_end = lines[-1].start + lines[-1].size if lines else 0
+    masked: dict[str, str] = {}  # endpoint -> with its credentials masked (one per endpoint)
     tail = b""
     if lines and lines[-1].torn:
         tail = lines.pop().raw
@@ -150,6 +151,9 @@ def load_recording(path: str | os.PathLike, repair: bool = True) -> LoadedRecord
                 f"{p}:{ln.number}: recording version {rec['v']} is newer than this distill "
                 f"reads ({RECORDING_VERSION}); upgrade distill"
             )
+        url = rec.get("endpoint")
+        if isinstance(url, str):  # a recording written before URLs were masked: masked as it is read
+            rec["endpoint"] = masked[url] if url in masked else masked.setdefault(url, redact_url(url))
         _add(out, key, rec, ln.number)
     if tail.strip():
         out.torn_tail = tail

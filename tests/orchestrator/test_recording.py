@@ -99,6 +99,17 @@ def test_torn_last_line_is_reported_saved_and_cut(tmp_path, capsys):
     assert set(load_recording(p).records) == {("a", 0), ("b", 0), ("c", 0)}
 
 
+def test_a_key_in_an_old_recordings_endpoint_is_masked_as_it_is_read(tmp_path):
+    # Recordings written before endpoints were masked may hold a key in the URL; what is read
+    # from them (sample meta on resume) must not carry it on.
+    p = tmp_path / "recording.jsonl"
+    old = rec("p0", 0)
+    old["endpoint"] = "https://user:sk-live-0123456789abcdef@h/v1?key=sk-0123456789abcdefghij"
+    p.write_text(json.dumps(old) + "\n")
+    got = load_recording(p).records[("p0", 0)]["endpoint"]
+    assert "sk-" not in got and got.startswith("https://") and "h/v1" in got
+
+
 def test_bad_line_in_the_middle_is_an_error_with_file_and_line(tmp_path):
     p = tmp_path / "recording.jsonl"
     p.write_text(json.dumps(rec("a", 0)) + "\nnot json\n" + json.dumps(rec("b", 0)) + "\n")
