@@ -99,6 +99,8 @@ def what_changed(prompt: dict, rec: dict, model: str | None, sampling: dict[str,
     if keys:
         shown = ", ".join(f"{k} (recorded {_shown(sent, k)}, now {_shown(now, k)})" for k in keys[:4])
         return f"sampling changed: {shown}"
+    if was and was != model:  # e.g. an alias: gpt-4o asked for, gpt-4o-2024-08-06 answering
+        return f"the model or the sampling settings changed (the recorded answers came from {was!r}; now {model!r})"
     return "the model or the sampling settings changed"
 
 

@@ -167,3 +167,9 @@ def test_what_changed_names_the_model_the_tools_or_the_sampling_key():
     # the server names another model than the one asked for (an alias): not called a model change
     rec_alias = dict(rec, model="teacher-a-2024", request_hash=request_hash("teacher-a", MSGS, None, sampling))
     assert what_changed(prompt, rec_alias, "teacher-a", top_p).startswith("sampling changed: top_p")
+    # an alias, and now another model asked for: the record cannot prove which changed, so both
+    # are named, with the model the recorded answers came from
+    alias_b = dict(rec_alias, request_hash=request_hash("teacher-b", MSGS, None, sampling))
+    assert what_changed(prompt, alias_b, "teacher-c", sampling) == (
+        "the model or the sampling settings changed (the recorded answers came from 'teacher-a-2024'; now 'teacher-c')"
+    )
