@@ -24,6 +24,7 @@ import openai
 from openai import AsyncOpenAI
 
 from distill.core.redact import redact_url
+from orchestrator.http_client import ResponseTooLarge, capped_http_client, too_large
 from orchestrator.limits import RetryPolicy, TokenBucket, parse_retry_after
 
 try:  # the HTTP library under the SDK: httpx2 in openai 3.x, httpx before
@@ -152,8 +153,14 @@ class Endpoint:
         self.shown = redact_url(base_url)  # for messages and records: credentials in the URL masked
         self.in_flight = 0
         self.sent = 0
+        self.timeout = timeout
         self.client = AsyncOpenAI(
-            base_url=base_url, api_key=api_key, default_headers=headers or None, timeout=timeout, max_retries=0
+            base_url=base_url,
+            api_key=api_key,
+            default_headers=headers or None,
+            timeout=timeout,
+            max_retries=0,
+            http_client=capped_http_client(),  # a response body has a size limit (http_client.py)
         )
 
     async def close(self) -> None:
@@ -300,13 +307,18 @@ class Transport:
             self.stats.attempts += 1
             t0 = time.time()
             try:
-                response = await kind.send(ep.client, self.model, req)
+                # The HTTP timeout is per read: a body sent a byte at a time would never end it. The
+                # whole attempt (send and read) gets the configured timeout, plus a grace second.
+                response = await asyncio.wait_for(kind.send(ep.client, self.model, req), ep.timeout + 1.0)
                 body = response.content
             except openai.APIStatusError as e:
                 raise _status_error(e, ep.shown) from None
-            except openai.APITimeoutError as e:
-                raise _Retryable(TeacherError("timeout", f"{ep.shown}: {e}"), None) from None
-            except openai.APIConnectionError as e:
+            except (openai.APITimeoutError, asyncio.TimeoutError) as e:
+                why = str(e) or f"no complete answer within timeout = {ep.timeout:g} s"
+                raise _Retryable(TeacherError("timeout", f"{ep.shown}: {why}"), None) from None
+            except (openai.APIConnectionError, ResponseTooLarge) as e:
+                if (big := too_large(e)) is not None:  # the same request would get the same answer
+                    raise NonRetryableError("response_too_large", f"{ep.shown}: {big}") from None
                 raise _Retryable(TeacherError("connection_error", f"{ep.shown}: {e.__cause__ or e}"), None) from None
             finally:
                 ep.in_flight -= 1

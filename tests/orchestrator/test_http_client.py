@@ -1,0 +1,88 @@
+"""Hostile answers the HTTP library alone would not stop (orchestrator/http_client.py and the
+transport's attempt deadline): a 200 whose body arrives a byte at a time (each read is within the
+HTTP timeout, the whole never ends) and a body that never ends. A project-owned raw socket server on
+loopback: no real server answers like this on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+import orchestrator.http_client as http_client
+from orchestrator.kinds.chat import ChatKind, ChatRequest
+from orchestrator.transport import NonRetryableError, RetryPolicy, TeacherError, Transport
+
+
+async def _hostile(mode: str):
+    async def handle(reader, writer):
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            if mode == "trickle":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+                for _ in range(100000):
+                    writer.write(b" ")
+                    await writer.drain()
+                    await asyncio.sleep(0.1)
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+                chunk = b" " * (1 << 16)
+                while True:
+                    writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def _ask(mode: str, timeout: float, attempts: int = 1):
+    server = await _hostile(mode)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    t = Transport([url], "m", "k", timeout=timeout, retry=RetryPolicy(max_attempts=attempts, initial_backoff=0.01))
+    t0 = time.monotonic()
+    try:
+        await t.request(ChatKind(), ChatRequest(messages=[{"role": "user", "content": "hi"}]))
+    except TeacherError as e:
+        return e, time.monotonic() - t0, t.stats.attempts
+    finally:
+        await t.close()
+        server.close()
+    raise AssertionError("a hostile answer was accepted")
+
+
+def test_a_body_sent_a_byte_at_a_time_times_out_at_the_configured_timeout():
+    err, took, attempts = asyncio.run(_ask("trickle", timeout=1.0, attempts=2))
+    assert err.reason == "timeout" and "timeout = 1 s" in err.detail and attempts == 2  # retried, then given up
+    assert took < 2 * (1.0 + 1.0) + 2  # each attempt ends at the timeout plus its grace second
+
+
+def test_a_body_without_end_stops_at_the_size_limit_and_is_not_retried(monkeypatch):
+    monkeypatch.setattr(http_client, "MAX_RESPONSE_BYTES", 4 << 20)
+    err, took, attempts = asyncio.run(_ask("endless", timeout=60.0, attempts=3))
+    assert isinstance(err, NonRetryableError) and err.reason == "response_too_large"
+    assert "4 MiB" in err.detail and attempts == 1 and took < 30
+
+
+def test_too_large_finds_the_cause_the_sdk_wrapped():
+    inner = http_client.ResponseTooLarge(1 << 20)
+    try:
+        try:
+            raise inner
+        except http_client.ResponseTooLarge as e:
+            raise RuntimeError("wrapped") from e
+    except RuntimeError as outer:
+        assert http_client.too_large(outer) is inner
+    assert http_client.too_large(ValueError("x")) is None
+
+
+@pytest.mark.parametrize("limit", [None, 123])
+def test_the_client_keeps_the_sdk_defaults(limit):
+    client = http_client.capped_http_client(limit)
+    try:
+        assert client.follow_redirects and client.timeout is not None
+    finally:
+        asyncio.run(client.aclose())
