@@ -47,30 +47,20 @@ class _Counted(httpx.AsyncByteStream):
         await self._stream.aclose()
 
 
-class _CappedTransport(httpx.AsyncHTTPTransport):
-    def __init__(self, limit: int, **kw: Any):
-        super().__init__(**kw)
-        self._limit = limit
-
-    async def handle_async_request(self, request):
-        response = await super().handle_async_request(request)
-        response.stream = _Counted(response.stream, self._limit)
-        return response
-
-
 def capped_http_client(limit: int | None = None) -> Any:
-    """The SDK's default async HTTP client (its timeouts, connection limits, redirects), whose
-    response bodies stop at `limit` bytes (default MAX_RESPONSE_BYTES)."""
-    limit = MAX_RESPONSE_BYTES if limit is None else limit
+    """The SDK's default async HTTP client (its timeouts, connection limits, redirects, proxies from
+    the environment), whose response bodies stop at `limit` bytes (default MAX_RESPONSE_BYTES).
+
+    A response hook wraps each response's byte stream before the body is read. (Not a transport of
+    our own: a client given a transport ignores HTTP(S)_PROXY, which users behind a proxy need.)"""
     from openai import DefaultAsyncHttpxClient
 
-    try:  # a transport given to the client takes its own connection limits: the SDK's
-        from openai._constants import DEFAULT_CONNECTION_LIMITS
+    cap = MAX_RESPONSE_BYTES if limit is None else limit
 
-        kw: dict[str, Any] = {"limits": DEFAULT_CONNECTION_LIMITS}
-    except ImportError:  # pragma: no cover - another SDK layout: the HTTP library's defaults
-        kw = {}
-    return DefaultAsyncHttpxClient(transport=_CappedTransport(limit, **kw))
+    async def count(response: Any) -> None:
+        response.stream = _Counted(response.stream, cap)
+
+    return DefaultAsyncHttpxClient(event_hooks={"response": [count]})
 
 
 def too_large(e: BaseException) -> ResponseTooLarge | None:

@@ -80,9 +80,11 @@ def test_too_large_finds_the_cause_the_sdk_wrapped():
 
 
 @pytest.mark.parametrize("limit", [None, 123])
-def test_the_client_keeps_the_sdk_defaults(limit):
+def test_the_client_keeps_the_sdk_defaults_and_the_proxy_from_the_environment(limit, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # users behind a proxy must still get through it
     client = http_client.capped_http_client(limit)
     try:
         assert client.follow_redirects and client.timeout is not None
+        assert any(t is not None for t in client._mounts.values())  # the proxy's mount (httpx's own table)
     finally:
         asyncio.run(client.aclose())
