@@ -41,6 +41,8 @@ START_AFTER = 1024
 #: the conversations and unpickles every worker's samples (measured with bench_reconstruct_cpu.py:
 #: 5-10% of the build's CPU), so from 10 workers on it only hands out and gathers.
 PARENT_SHARE_COST = 0.1
+#: Seconds between checks that the workers are alive while a batch is awaited.
+WAIT_STEP_S = 0.5
 
 _RECON = None
 
@@ -182,9 +184,19 @@ class ParallelBuilder:
         return results
 
     def _result(self, future, n: int):
-        """A worker's answer; None when its task raised (not a dead worker: that raises)."""
+        """A worker's answer; None when its task raised (not a dead worker: that raises).
+
+        Waited for in steps, checking the workers between them: the executor's own detection of a
+        dead worker can miss a task submitted while it is failing the pending ones (Python 3.11:
+        such a future never completes; seen as a hung CI run), so a dead worker process is
+        checked for here too."""
         try:
-            return future.result()
+            while True:
+                try:
+                    return future.result(timeout=WAIT_STEP_S)
+                except TimeoutError:
+                    if self._worker_died():
+                        raise BrokenProcessPool("a worker process exited") from None
         except BrokenProcessPool as e:
             self.close()
             raise ReconstructWorkerDied(
@@ -194,6 +206,16 @@ class ParallelBuilder:
             ) from e
         except Exception:  # noqa: BLE001 - the caller builds that slice in this process
             return None
+
+    def _worker_died(self) -> bool:
+        pool = self.pool
+        if pool is None:
+            return True
+        try:
+            procs = list(pool._processes.values())  # type: ignore[attr-defined]
+        except RuntimeError:  # changed while read (the executor's thread): look again next step
+            return False
+        return bool(getattr(pool, "_broken", False)) or any(p.exitcode is not None for p in procs)
 
     def close(self) -> None:
         """Stops the workers (waits for them); a later build starts a new pool."""
