@@ -84,7 +84,7 @@ def _folder(key: str, value: str, hint: str = "") -> tuple[Path | None, Problem 
 def check_student(cfg: RunConfig, need_model: bool) -> list[Problem]:
     """The student folder (config.json when the model is needed) and its tokenizer folder (loads,
     has a chat template). The builtin student is checked for its package; it is converted later."""
-    from distill.core.student import BUILTIN_PREFIX, _check_builtin, builtin_gguf_path, gguf_tokenizer_dir
+    from distill.core.student import BUILTIN_PREFIX, _check_builtin, builtin_gguf_path, gguf_file, gguf_tokenizer_dir
 
     spec, tok_spec = cfg.student.path, cfg.student.tokenizer
     problems: list[Problem] = check_chat_template(cfg.student.chat_template)
@@ -95,7 +95,7 @@ def check_student(cfg: RunConfig, need_model: bool) -> list[Problem]:
             builtin_gguf_path()
         except (ValueError, FileNotFoundError) as e:
             problems.append(Problem("student.path", str(e)))
-    elif (gguf := Path(spec).expanduser()).suffix.lower() == ".gguf" and gguf.is_file():  # converted once
+    elif (gguf := gguf_file(spec)) is not None:  # converted once
         folder, why = gguf_tokenizer_dir(gguf)
         if why:
             problems.append(Problem("student.path", why))

@@ -153,7 +153,9 @@ def load_recording(path: str | os.PathLike, repair: bool = True) -> LoadedRecord
             )
         url = rec.get("endpoint")
         if isinstance(url, str):  # a recording written before URLs were masked: masked as it is read
-            rec["endpoint"] = masked[url] if url in masked else masked.setdefault(url, redact_url(url))
+            if url not in masked:
+                masked[url] = redact_url(url)
+            rec["endpoint"] = masked[url]
         _add(out, key, rec, ln.number)
     if tail.strip():
         out.torn_tail = tail

@@ -144,7 +144,7 @@ def resolve_student(spec: str, with_model: bool = True) -> Path:
             return weak_student_dir()
         return _ensure_builtin(with_model=with_model)  # (the weak student's tokenizer is the builtin one)
     p = Path(spec).expanduser()
-    if p.is_file() and p.suffix.lower() == ".gguf":  # llama.cpp's format: converted once, as the builtin
+    if gguf_file(p) is not None:  # llama.cpp's format: converted once, as the builtin
         return _ensure_converted(p, gguf_student_dir(p), with_model, p.stem)
     if not p.is_dir():
         snapshot = hub_snapshot(spec)
@@ -160,6 +160,12 @@ def resolve_student(spec: str, with_model: bool = True) -> Path:
 
 def _ensure_builtin(with_model: bool) -> Path:
     return _ensure_converted(builtin_gguf_path(), cache_dir() / BUILTIN_NAME, with_model, "SmolLM2-135M-Instruct")
+
+
+def gguf_file(spec: str | os.PathLike) -> Path | None:
+    """The path, when `spec` names an existing GGUF file (a student or tokenizer to convert)."""
+    p = Path(spec).expanduser()
+    return p if p.suffix.lower() == ".gguf" and p.is_file() else None
 
 
 def gguf_student_dir(gguf: Path) -> Path:
@@ -280,8 +286,8 @@ def load_tokenizer(path: str | os.PathLike, chat_template: str | os.PathLike | N
     from transformers import AutoTokenizer
 
     template = read_chat_template(chat_template) if chat_template else None
-    gguf = Path(path).expanduser()
-    if gguf.is_file() and gguf.suffix.lower() == ".gguf":  # converted once (gguf_tokenizer_dir)
+    gguf = gguf_file(path)
+    if gguf is not None:  # converted once (gguf_tokenizer_dir)
         folder, why = gguf_tokenizer_dir(gguf)
         if folder is None:
             raise TokenizerError(why)
