@@ -177,6 +177,24 @@ def error_message(d: Any) -> str:
     return str(d)
 
 
+def not_json(body: bytes | str, e: Exception) -> str:
+    """Why a 200 body is not JSON, in words a user can act on: a stream of server-sent events (the
+    server or a proxy streams though no stream was asked for), an HTML page (base_url reaches a web
+    page: a login or proxy page, a UI), else the parser's error and the body's first characters."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    head = text.lstrip()[:200].lower()
+    if head.startswith(("data:", "event:")):
+        return (
+            "response body is a server-sent event stream, not JSON: the server (or a proxy in between) "
+            "streams although no stream was asked for"
+        )
+    if head.startswith(("<!doctype html", "<html", "<head", "<body")):
+        return "response body is an HTML page, not JSON: base_url reaches a web page (a login or proxy page?)"
+    if not head:
+        return "response body is empty, not JSON"
+    return f"response body is not JSON ({e}); it starts {text.lstrip()[:60]!r}"
+
+
 def _error_code(err: openai.APIStatusError) -> str | None:
     """The `error.code` (or `error.type`) of an error body, if any."""
     try:

@@ -18,7 +18,7 @@ from typing import Any
 
 from openai import AsyncOpenAI
 
-from orchestrator.transport import Delivery, RawResponse, ResponseError, error_message
+from orchestrator.transport import Delivery, RawResponse, ResponseError, error_message, not_json
 
 
 @dataclass
@@ -170,7 +170,7 @@ def json_object(body: bytes | str) -> dict:
     try:
         d = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ResponseError("malformed_response", f"response body is not JSON ({e})") from None
+        raise ResponseError("malformed_response", not_json(body, e)) from None
     if not isinstance(d, dict):
         raise ResponseError("malformed_response", f"response body is a {type(d).__name__}, not an object")
     if "error" in d and not d.get("choices"):

@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any
 
-from orchestrator.transport import ResponseError
+from orchestrator.transport import ResponseError, not_json
 
 #: a logprob above this is not a log-probability (a little room for rounding on the server)
 MAX_LOGPROB = 1e-3
@@ -26,7 +26,7 @@ def load_json(body: bytes | str, what: str) -> Any:
     try:
         d = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise malformed(what, f"response body is not JSON ({e})") from None
+        raise malformed(what, not_json(body, e)) from None
     if isinstance(d, dict) and "error" in d and len(d) <= 2:
         err = d["error"]
         msg = err.get("message") if isinstance(err, dict) else err

@@ -310,6 +310,24 @@ def test_malformed_shapes_are_malformed_response(body):
     assert ei.value.reason == "malformed_response"
 
 
+@pytest.mark.parametrize(
+    "body, says",
+    [
+        (b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n', "server-sent event stream"),
+        (b"\n<!DOCTYPE html><html><body>Sign in</body></html>", "HTML page"),
+        (b"<html><body>502 Bad Gateway</body></html>", "HTML page"),
+        (b"", "empty"),
+        (b"Internal error: upstream timed out", "starts 'Internal error: upstream"),
+    ],
+)
+def test_a_body_that_is_not_json_is_named_for_what_it_is(body, says):
+    """A 200 that is not JSON says what it is (a stream, a web page) so the user knows what to fix."""
+    with pytest.raises(TeacherError) as ei:
+        parse_completion(body, 1)
+    assert ei.value.reason == "malformed_response"
+    assert "not JSON" in str(ei.value) and says in str(ei.value)
+
+
 def test_content_parts_of_the_wrong_type_are_a_malformed_choice():
     body = b'{"choices":[{"message":{"role":"assistant","content":[{"type":"text","text":7}]}}]}'
     with pytest.raises(TeacherError) as ei:
