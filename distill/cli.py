@@ -24,7 +24,7 @@ from .cli_score import add_probe_args, cmd_score, prepare_scoring_run, probe_key
 from .run import make_reconstructor, prepare_run_dir, print_locations, produce
 from .on_policy import cmd_run_on_policy
 from .core.student import resolve_student
-from .core.redact import redact_url
+from .core.redact import mask_known, redact_url
 from .score import SCORED
 
 
@@ -253,10 +253,10 @@ def cmd_probe(argv: list[str]) -> int:
     from orchestrator.probe import format_probe, probe, probe_verdict
 
     rows = probe(a.url, a.model, api_key=key, timeout=a.timeout)
-    print(format_probe(rows))
+    print(mask_known(format_probe(rows)))  # the server's words, without an echoed key
     why = probe_verdict(rows, a.url)
     if why is not None:  # a run could not use this endpoint: say why, exit non-zero
-        print(f"distill: the endpoint {redact_url(a.url)} cannot be used: {why}", file=sys.stderr)
+        print(f"distill: the endpoint {redact_url(a.url)} cannot be used: {mask_known(why)}", file=sys.stderr)
         return 1
     return 0
 
@@ -331,11 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return cmd(argv[1:])
     except (ConfigError, UsageError) as e:
-        print(f"distill: {e}", file=sys.stderr)
+        print(f"distill: {mask_known(str(e))}", file=sys.stderr)
         return 2
     except Exception as e:
         if type(e).__name__ in _USER_ERRORS:  # bad input or environment: the message says what to do
-            print(f"distill: {e}", file=sys.stderr)
+            print(f"distill: {mask_known(str(e))}", file=sys.stderr)  # no echoed key (redact.py)
             return 1
         raise
     except KeyboardInterrupt:

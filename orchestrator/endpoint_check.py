@@ -21,7 +21,7 @@ from __future__ import annotations
 import openai
 from openai import OpenAI
 
-from distill.core.redact import redact_url
+from distill.core.redact import redact_url, remember_headers
 
 TIMEOUT_S = 10.0
 _KEY = "orchestrator.rollout_model"
@@ -39,6 +39,7 @@ def v1_hint(url: str) -> str:
 
 def check_endpoints(rm, api_key: str, timeout: float = TIMEOUT_S) -> None:
     """Checks each endpoint of `rm` (config RolloutModel); raises EndpointCheckError on the first unusable one."""
+    remember_headers(rm.headers)  # a server that echoes a header credential back: masked in every message
     urls = [(f"{_KEY}.base_url", rm.base_url)]
     urls += [(f"{_KEY}.extra_base_urls[{i}]", u) for i, u in enumerate(rm.extra_base_urls)]
     for key, url in urls:

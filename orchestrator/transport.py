@@ -23,7 +23,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import openai
 from openai import AsyncOpenAI
 
-from distill.core.redact import redact_url
+from distill.core.redact import mask_known, mask_known_bytes, redact_url, remember_headers, remember_secret
 from orchestrator.http_client import ResponseTooLarge, capped_http_client, too_large
 from orchestrator.limits import RetryPolicy, TokenBucket, parse_retry_after
 
@@ -40,6 +40,7 @@ class TeacherError(Exception):
 
     def __init__(self, reason: str, detail: str, status: int | None = None):
         self.reason = reason
+        detail = mask_known(detail)  # a server may echo the API key in its error text
         self.detail = detail
         self.status = status
         super().__init__(f"{reason}: {detail}")
@@ -235,6 +236,8 @@ class Transport:
         if not base_urls:
             raise ValueError("no teacher base_url given")
         self.model = model
+        remember_secret(api_key)  # never shown or written, even when a server echoes it back
+        remember_headers(headers)
         self.endpoints = [Endpoint(u, api_key, headers or {}, timeout) for u in base_urls]
         self.sem = asyncio.Semaphore(concurrency)
         self.retry = retry or RetryPolicy()
@@ -328,7 +331,7 @@ class Transport:
                 # The HTTP timeout is per read: a body sent a byte at a time would never end it. The
                 # whole attempt (send and read) gets the configured timeout, plus a grace second.
                 response = await asyncio.wait_for(kind.send(ep.client, self.model, req), ep.timeout + 1.0)
-                body = response.content
+                body = mask_known_bytes(response.content)  # an echoed key reaches no record or sample
             except openai.APIStatusError as e:
                 raise _status_error(e, ep.shown) from None
             except (openai.APITimeoutError, asyncio.TimeoutError) as e:

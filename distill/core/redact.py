@@ -208,3 +208,49 @@ def redact(obj: Any, _depth: int = 0) -> Any:
     if is_url(obj):
         return redact_url(obj)
     return obj
+
+
+#: The credential values this process has read (API keys from the environment, secret header values):
+#: text a server sends back is masked of them before it is shown, logged or written (`mask_known`).
+_KNOWN: set[str] = set()
+#: Shorter values are not masked: "EMPTY", "none" or a one-letter key would garble ordinary text.
+MIN_MASKED_LEN = 8
+
+
+def remember_secret(value: Any) -> None:
+    """Note a credential value (an API key, a header value) so that `mask_known` hides it, also in its
+    `Bearer <key>` form and wherever a server echoes it (error messages, bodies)."""
+    if isinstance(value, str):
+        v = value.strip()
+        if v.lower().startswith("bearer "):
+            v = v[7:].strip()
+        if len(v) >= MIN_MASKED_LEN:
+            _KNOWN.add(v)
+
+
+def remember_headers(headers: dict | None) -> None:
+    """Note the values of configured headers that may carry a credential: a secret-looking name
+    (Authorization, X-Api-Key, ...) or a secret-looking value."""
+    for name, value in (headers or {}).items():
+        if is_secret_key(str(name)) or looks_like_secret(value):
+            remember_secret(value)
+
+
+def mask_known(text: str) -> str:
+    """`text` with every remembered credential value replaced by URL_MASK (longest first)."""
+    if not _KNOWN or not isinstance(text, str):
+        return text
+    for v in sorted(_KNOWN, key=len, reverse=True):
+        if v in text:
+            text = text.replace(v, URL_MASK)
+    return text
+
+
+def mask_known_bytes(body: bytes) -> bytes:
+    """`mask_known` for a raw response body (left as it is when it holds no remembered value)."""
+    if not _KNOWN:
+        return body
+    found = [v.encode() for v in _KNOWN if v.encode() in body]
+    for v in sorted(found, key=len, reverse=True):
+        body = body.replace(v, URL_MASK.encode())
+    return body

@@ -6,6 +6,8 @@ faults at configurable, seeded rates: 429 with Retry-After, 500, slow replies,
 dropped connections, malformed JSON, empty choices, (optionally) ignoring
 `n`, unusable or missing choices inside a 200 (`bad_choices`), and a 401 for
 any other API key (`api_key`); `list_models=False` leaves out `/v1/models`.
+`echo_auth=True` makes it hostile to secrets: it echoes the request's credentials (the
+Authorization and X-Api-Key headers) into every error message and every answer's content.
 Like OpenAI's, it refuses (400) a message holding a key its schema does not
 know (MESSAGE_KEYS).
 It is bounded: it stops itself after `max_requests` requests or `max_seconds`
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import hashlib
 import json
 import random
@@ -127,6 +130,7 @@ class FaultServer:
         log_requests: bool = True,
         api_key: str | None = None,
         list_models: bool = True,
+        echo_auth: bool = False,
     ):
         self.faults = faults or Faults()
         self.model = model
@@ -143,6 +147,7 @@ class FaultServer:
         self.api_key = api_key  # when set, any other bearer token gets a 401 (models list included)
         self.model_requests = 0  # GET /v1/models answered
         self.list_models = list_models  # False: GET /v1/models is a 404 (as on some hosted providers)
+        self.echo_auth = echo_auth  # echo the request's credentials into errors and answers
         self.requests = 0
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -241,6 +246,8 @@ class FaultServer:
     def _send(
         self, writer, status: int, payload: Any, extra_headers: dict[str, str] | None = None, raw: bytes | None = None
     ) -> None:
+        if self.echo_auth and raw is None:
+            payload = _with_echo(payload, _CREDENTIALS.get())
         body = raw if raw is not None else json.dumps(payload).encode()
         head = [
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
@@ -253,6 +260,7 @@ class FaultServer:
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
 
     async def _dispatch(self, method, path, headers, body, writer) -> bool:
+        _CREDENTIALS.set(" ".join(headers.get(h, "") for h in ("authorization", "x-api-key")).strip())
         with self._lock:
             self.requests += 1
             over = self.requests > self.max_requests
@@ -462,6 +470,26 @@ def _spoil(completion: dict, bad: dict[int, str]) -> dict[int, str]:
             kept.append(c)
     completion["choices"] = kept
     return done
+
+
+#: The credentials of the request being answered (one asyncio task per connection: its own value).
+_CREDENTIALS: contextvars.ContextVar[str] = contextvars.ContextVar("credentials", default="")
+
+
+def _with_echo(payload: Any, creds: str) -> Any:
+    """`payload` with `creds` echoed into its error message or into every choice's content."""
+    if not isinstance(payload, dict):
+        return payload
+    if isinstance(payload.get("error"), dict):
+        err = dict(payload["error"], message=f"{payload['error'].get('message')} (you sent: {creds})")
+        return dict(payload, error=err)
+    choices = []
+    for c in payload.get("choices") or []:
+        m = c.get("message") if isinstance(c, dict) else None
+        if isinstance(m, dict) and isinstance(m.get("content"), str):
+            c = dict(c, message=dict(m, content=f"{m['content']} (you sent: {creds})"))
+        choices.append(c)
+    return dict(payload, choices=choices) if "choices" in payload else payload
 
 
 def _err(message: str, typ: str, code: str | None = None) -> dict:

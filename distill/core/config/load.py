@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from pydantic import ValidationError
 
+from ..redact import remember_secret
 from .checks import ConfigProblems, Problem
 from .schema_run import _TOML_DATA, LOSS_CONFIGS, PLANNED_TAG, RunConfig
 from .schema_prompts import SOURCE_TYPES, TABLE_TYPES
@@ -269,6 +270,7 @@ def key_from_env(var: str, on_unset: Callable[[str], Exception]) -> str:
     key = os.environ.get(var)
     if not key:
         raise on_unset(unset_key_fix(var))
+    remember_secret(key)  # masked wherever a server echoes it (distill.core.redact.mask_known)
     return key
 
 
