@@ -24,6 +24,7 @@ from pathlib import Path
 
 import openai
 
+from distill.core.redact import mask_known, mask_known_bytes
 from orchestrator.batch_store import TERMINAL, BatchState, Round, write_atomic
 from orchestrator.failures import RolloutError
 
@@ -187,7 +188,8 @@ class BatchAPI:
                         f"downloading {key} {fid} of batch {rd.batch_id} failed ({api_error(e)}); rerun the same "
                         "command to try again (the batch and its files stay on the server)"
                     ) from None
-                write_atomic(self.dir / f"round-{rd.round}.{suffix}.jsonl", resp.content)
+                # an echoed key is masked before the file is kept (distill.core.redact.mask_known)
+                write_atomic(self.dir / f"round-{rd.round}.{suffix}.jsonl", mask_known_bytes(resp.content))
         self.state.append({"event": "downloaded", "round": rd.round})
 
 
@@ -228,5 +230,5 @@ def lookup_refused(call: str, what: str, rd: Round, e: Exception) -> str:
 
 def api_error(e: Exception) -> str:
     if isinstance(e, openai.APIStatusError):
-        return f"HTTP {e.status_code}: {e.message}"
-    return f"{type(e).__name__}: {e}"
+        return mask_known(f"HTTP {e.status_code}: {e.message}")
+    return mask_known(f"{type(e).__name__}: {e}")
