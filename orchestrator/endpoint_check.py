@@ -22,6 +22,7 @@ import openai
 from openai import OpenAI
 
 from distill.core.redact import redact_url, remember_headers
+from orchestrator.http_client import UNREADABLE, capped_sync_http_client
 
 TIMEOUT_S = 10.0
 _KEY = "orchestrator.rollout_model"
@@ -49,12 +50,19 @@ def check_endpoints(rm, api_key: str, timeout: float = TIMEOUT_S) -> None:
 def _get_models(url: str, api_key: str, headers: dict, timeout: float):
     """(status, body or None) of GET {url}/models; openai.APIConnectionError when there is no answer."""
     with OpenAI(
-        base_url=url, api_key=api_key, default_headers=headers or None, timeout=timeout, max_retries=0
+        base_url=url,
+        api_key=api_key,
+        default_headers=headers or None,
+        timeout=timeout,
+        max_retries=0,
+        http_client=capped_sync_http_client(),  # a response body has a size limit (http_client.py)
     ) as client:
         try:
             raw = client.models.with_raw_response.list()
         except openai.APIStatusError as e:
             return e.status_code, _json(e.response)
+        except UNREADABLE:  # a body too large or undecodable: no list to check, the chat requests decide
+            return 0, None
         return raw.http_response.status_code, _json(raw.http_response)
 
 
@@ -106,7 +114,7 @@ def _answers(url: str, api_key: str, headers: dict, timeout: float) -> bool:
 def _json(response):
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, *UNREADABLE):
         return None
 
 

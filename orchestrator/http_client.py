@@ -4,7 +4,9 @@ A server that streams without end (a broken proxy, a hostile endpoint) would oth
 into memory until the machine runs out of it: the SDK reads a whole non-streamed body before it
 returns. Each response's byte stream is counted as it arrives, and past `MAX_RESPONSE_BYTES` the
 read stops with `ResponseTooLarge` (the transport makes it a `response_too_large` failure that is
-not retried). The limit is far above any real answer: a scoring batch of 64 sequences x 4096
+not retried). The bytes counted are the decoded ones: a compressed body (a 2 MB gzip "bomb" holds
+2 GiB of spaces) is decompressed here, in steps of at most 1 MiB, and counted as it grows; the
+client asks for gzip or deflate only, and refuses another content-encoding. The limit is far above any real answer: a scoring batch of 64 sequences x 4096
 tokens with 20 alternatives per token is about 0.3 GiB of JSON.
 
 The other half of a hostile answer, a body sent a byte at a time, is the transport's: the HTTP
@@ -14,6 +16,8 @@ configured timeout.
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Iterator
 from typing import Any
 
 try:  # the HTTP library under the SDK: httpx2 in openai 3.x, httpx before
@@ -21,8 +25,11 @@ try:  # the HTTP library under the SDK: httpx2 in openai 3.x, httpx before
 except ImportError:  # pragma: no cover - older openai
     import httpx  # type: ignore[no-redef]
 
-#: The most bytes one response body may have.
+#: The most bytes one response body may have (decoded).
 MAX_RESPONSE_BYTES = 1 << 30
+#: The content-encodings the client asks for and decodes itself (counting the decoded bytes).
+ACCEPT_ENCODING = "gzip, deflate"
+_STEP = 1 << 20  # the most bytes one decompression step may produce
 
 
 class ResponseTooLarge(Exception):
@@ -31,25 +38,92 @@ class ResponseTooLarge(Exception):
         super().__init__(f"the response body passed {limit / (1 << 20):.0f} MiB and was cut off")
 
 
+#: What reading a body through these clients may raise besides the SDK's errors (the SDK wraps them
+#: in APIConnectionError inside its calls, but not when a body is read afterwards).
+UNREADABLE: tuple[type[Exception], ...] = (ResponseTooLarge, httpx.DecodingError)
+
+
+class _Meter:
+    """Counts a body's bytes after decoding it (gzip, deflate or none) and stops past the limit."""
+
+    def __init__(self, limit: int, encoding: str | None):
+        self.limit, self.encoding, self.n = limit, encoding, 0
+        self._d = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+        self._started = False
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The decoded bytes of the next raw chunk, in steps of at most _STEP bytes."""
+        if self.encoding is None:
+            yield self._count(data)
+            return
+        while data:
+            try:
+                out = self._d.decompress(data, _STEP)
+            except zlib.error as e:
+                if self.encoding == "deflate" and not self._started:  # raw deflate, without the zlib header
+                    self._d, self._started = zlib.decompressobj(-zlib.MAX_WBITS), True
+                    continue
+                raise httpx.DecodingError(f"the {self.encoding} response body is corrupt ({e})") from None
+            self._started = True
+            data = self._d.unconsumed_tail
+            if out:
+                yield self._count(out)
+
+    def end(self) -> bytes:
+        return self._count(self._d.flush()) if self.encoding is not None else b""
+
+    def _count(self, out: bytes) -> bytes:
+        self.n += len(out)
+        if self.n > self.limit:
+            raise ResponseTooLarge(self.limit)
+        return out
+
+
 class _Counted(httpx.AsyncByteStream):
-    def __init__(self, stream: Any, limit: int):
-        self._stream, self._limit = stream, limit
+    def __init__(self, stream: Any, meter: _Meter):
+        self._stream, self._meter = stream, meter
 
     async def __aiter__(self):
-        n = 0
         async for chunk in self._stream:
-            n += len(chunk)
-            if n > self._limit:
-                raise ResponseTooLarge(self._limit)
-            yield chunk
+            for out in self._meter.feed(chunk):
+                yield out
+        yield self._meter.end()
 
     async def aclose(self) -> None:
         await self._stream.aclose()
 
 
+class _CountedSync(httpx.SyncByteStream):
+    def __init__(self, stream: Any, meter: _Meter):
+        self._stream, self._meter = stream, meter
+
+    def __iter__(self):
+        for chunk in self._stream:
+            yield from self._meter.feed(chunk)
+        yield self._meter.end()
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def _meter(response: Any, limit: int) -> _Meter:
+    """The meter for a response: decoding its body here when it is gzip or deflate (the header is
+    dropped, so the HTTP library does not decode it again); another content-encoding is refused."""
+    codings = [c.strip().lower() for c in response.headers.get_list("content-encoding", split_commas=True)]
+    codings = [c for c in codings if c and c != "identity"]
+    if not codings:
+        return _Meter(limit, None)
+    if len(codings) == 1 and codings[0] in ("gzip", "deflate"):
+        del response.headers["content-encoding"]
+        return _Meter(limit, codings[0])
+    raise httpx.DecodingError(
+        f"the response body is encoded {', '.join(codings)!r}; distill asks for {ACCEPT_ENCODING} only"
+    )
+
+
 def capped_http_client(limit: int | None = None) -> Any:
     """The SDK's default async HTTP client (its timeouts, connection limits, redirects, proxies from
-    the environment), whose response bodies stop at `limit` bytes (default MAX_RESPONSE_BYTES).
+    the environment), whose response bodies stop at `limit` decoded bytes (default MAX_RESPONSE_BYTES).
 
     A response hook wraps each response's byte stream before the body is read. (Not a transport of
     our own: a client given a transport ignores HTTP(S)_PROXY, which users behind a proxy need.)"""
@@ -58,9 +132,21 @@ def capped_http_client(limit: int | None = None) -> Any:
     cap = MAX_RESPONSE_BYTES if limit is None else limit
 
     async def count(response: Any) -> None:
-        response.stream = _Counted(response.stream, cap)
+        response.stream = _Counted(response.stream, _meter(response, cap))
 
-    return DefaultAsyncHttpxClient(event_hooks={"response": [count]})
+    return DefaultAsyncHttpxClient(event_hooks={"response": [count]}, headers={"Accept-Encoding": ACCEPT_ENCODING})
+
+
+def capped_sync_http_client(limit: int | None = None) -> Any:
+    """capped_http_client for the SDK's synchronous client (the endpoint check, `distill probe`)."""
+    from openai import DefaultHttpxClient
+
+    cap = MAX_RESPONSE_BYTES if limit is None else limit
+
+    def count(response: Any) -> None:
+        response.stream = _CountedSync(response.stream, _meter(response, cap))
+
+    return DefaultHttpxClient(event_hooks={"response": [count]}, headers={"Accept-Encoding": ACCEPT_ENCODING})
 
 
 def too_large(e: BaseException) -> ResponseTooLarge | None:

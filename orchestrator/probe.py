@@ -20,6 +20,7 @@ from openai import OpenAI
 from distill.core.redact import redact_url
 
 from orchestrator.client import error_message
+from orchestrator.http_client import UNREADABLE, capped_sync_http_client, too_large
 
 _PROMPT = [{"role": "user", "content": "Reply with one short sentence about the sea."}]
 _TOOL = {
@@ -35,7 +36,13 @@ _TOOL = {
 class _Probe:
     def __init__(self, base_url: str, model: str | None, api_key: str | None, timeout: float):
         self.base_url = base_url
-        self.client = OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout, max_retries=0)
+        self.client = OpenAI(
+            base_url=base_url,
+            api_key=api_key or "EMPTY",
+            timeout=timeout,
+            max_retries=0,
+            http_client=capped_sync_http_client(),  # a response body has a size limit (http_client.py)
+        )
         self.model = model
         self.rows: list[tuple[str, str, str]] = []
 
@@ -53,8 +60,8 @@ class _Probe:
             result, detail = fn()
         except openai.APIStatusError as e:
             result, detail = "error", f"HTTP {e.status_code}: {_message(e)}"
-        except openai.APIError as e:
-            result, detail = "error", f"{type(e).__name__}: {e}"
+        except (openai.APIError, *UNREADABLE) as e:
+            result, detail = "error", f"{type(e).__name__}: {too_large(e) or e}"
         except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError, AttributeError) as e:
             # ValueError covers json.JSONDecodeError; one odd answer must not stop the other checks
             result, detail = "error", f"unexpected response ({type(e).__name__}: {e})"

@@ -192,7 +192,7 @@ def not_json(body: bytes | str, e: Exception) -> str:
     if head.startswith(("<!doctype html", "<html", "<head", "<body")):
         return "response body is an HTML page, not JSON: base_url reaches a web page (a login or proxy page?)"
     if not head:
-        return "response body is empty, not JSON"
+        return "response body is " + ("blank (only whitespace)" if text else "empty") + ", not JSON"
     return f"response body is not JSON ({e}); it starts {text.lstrip()[:60]!r}"
 
 

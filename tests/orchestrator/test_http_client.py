@@ -6,12 +6,16 @@ loopback: no real server answers like this on purpose."""
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import time
+import zlib
 
 import pytest
 
 import orchestrator.http_client as http_client
 from orchestrator.kinds.chat import ChatKind, ChatRequest
+from orchestrator.endpoint_check import _get_models
 from orchestrator.transport import NonRetryableError, RetryPolicy, TeacherError, Transport
 
 
@@ -88,3 +92,95 @@ def test_the_client_keeps_the_sdk_defaults_and_the_proxy_from_the_environment(li
         assert any(t is not None for t in client._mounts.values())  # the proxy's mount (httpx's own table)
     finally:
         asyncio.run(client.aclose())
+
+
+ANSWER = json.dumps(
+    {"id": "x", "model": "m", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi " * 3000}}]}
+).encode()
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return c.compress(data) + c.flush()
+
+
+def _bomb(mib: int) -> bytes:
+    """gzip of `mib` MiB of spaces: about 1 KiB per MiB."""
+    c = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return b"".join([c.compress(b" " * (1 << 20)) for _ in range(mib)] + [c.flush()])
+
+
+async def _encoded_server(encoding: str, body: bytes, seen: list):
+    async def handle(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.extend(h for h in head.split(b"\r\n") if h.lower().startswith(b"accept-encoding:"))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: %s\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (encoding.encode(), len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def _ask_encoded(encoding: str, body: bytes):
+    seen: list = []
+    server = await _encoded_server(encoding, body, seen)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    t = Transport([url], "m", "k", timeout=30, retry=RetryPolicy(max_attempts=1))
+    try:
+        return await t.request(ChatKind(), ChatRequest(messages=[{"role": "user", "content": "hi"}])), seen
+    except TeacherError as e:
+        return e, seen
+    finally:
+        await t.close()
+        server.close()
+
+
+@pytest.mark.parametrize(
+    "encoding, body",
+    [("gzip", gzip.compress(ANSWER)), ("deflate", zlib.compress(ANSWER)), ("deflate", _raw_deflate(ANSWER))],
+)
+def test_compressed_answers_are_decoded(encoding, body):
+    out, seen = asyncio.run(_ask_encoded(encoding, body))
+    assert not isinstance(out, Exception), out
+    assert out.answer.choices[0].message["content"] == "Hi " * 3000
+    assert seen == [b"Accept-Encoding: gzip, deflate"]  # only what the client decodes itself
+
+
+def test_a_compression_bomb_stops_at_the_limit_counted_after_decoding(monkeypatch):
+    """64 MiB of spaces in 64 KiB of gzip: the limit (4 MiB) applies to the decoded bytes."""
+    monkeypatch.setattr(http_client, "MAX_RESPONSE_BYTES", 4 << 20)
+    bomb = _bomb(64)
+    assert len(bomb) < 4 << 20
+    err, _ = asyncio.run(_ask_encoded("gzip", bomb))
+    assert isinstance(err, NonRetryableError) and err.reason == "response_too_large" and "4 MiB" in err.detail
+
+
+@pytest.mark.parametrize(
+    "encoding, body, says",
+    [
+        ("br", ANSWER, "encoded 'br'; distill asks for gzip, deflate only"),
+        ("gzip, gzip", gzip.compress(gzip.compress(ANSWER)), "encoded 'gzip, gzip'"),
+        ("gzip", b"\x1f\x8bnot gzip at all", "gzip response body is corrupt"),
+    ],
+)
+def test_other_or_corrupt_encodings_are_refused_by_name(encoding, body, says):
+    err, _ = asyncio.run(_ask_encoded(encoding, body))
+    assert isinstance(err, TeacherError) and says in err.detail
+
+
+def test_the_endpoint_check_reads_a_bomb_without_a_traceback(monkeypatch):
+    """The synchronous client (the endpoint check, distill probe) has the same limit."""
+    monkeypatch.setattr(http_client, "MAX_RESPONSE_BYTES", 4 << 20)
+
+    async def serve():
+        server = await _encoded_server("gzip", _bomb(64), [])
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        try:
+            return await asyncio.to_thread(_get_models, url, "k", {}, 30.0)
+        finally:
+            server.close()
+
+    assert asyncio.run(serve()) == (0, None)  # no list to check: the chat requests decide
