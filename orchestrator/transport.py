@@ -352,6 +352,9 @@ class Transport:
             if isinstance(e, ResponseError) and not e.retryable:
                 raise NonRetryableError(e.reason, f"{ep.shown}: {e.detail}", e.status) from None
             raise _Retryable(e, None) from None
+        except Exception as e:  # noqa: BLE001 - a body no check foresaw must not take the run down
+            why = f"{ep.shown}: the answer could not be read ({type(e).__name__}: {e})"
+            raise _Retryable(ResponseError("malformed_response", why), None) from None
         if self.tpm:
             self.tpm.adjust(answer.usage["prompt_tokens"] + answer.usage["completion_tokens"] - est_tokens)
         return Delivery(

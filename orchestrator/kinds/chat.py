@@ -154,15 +154,21 @@ def parse_choices(body: bytes | str, want_choices: int):
             first = min(bad)
             raise ResponseError(bad[first][0], f"no usable choice in the response ({bad[first][1]})")
         usage = d.get("usage") if isinstance(d.get("usage"), dict) else {}
-        usage = {
-            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-            "completion_tokens": int(usage.get("completion_tokens") or 0),
-        }
-    except (TypeError, ValueError, AttributeError) as e:  # wrong types inside (usage, ...)
+        usage = {k: token_count(usage.get(k)) for k in ("prompt_tokens", "completion_tokens")}
+    except (TypeError, ValueError, AttributeError, OverflowError) as e:  # wrong types inside (usage, ...)
         raise ResponseError(
             "malformed_response", f"response body has an unexpected shape ({type(e).__name__}: {e})"
         ) from None
     return choices, {k: r for k, (r, _) in bad.items()}, usage, d.get("model"), d.get("id")
+
+
+def token_count(v: Any) -> int:
+    """A `usage` count: a whole number of tokens, 0 when absent; ValueError (or OverflowError for
+    Infinity) when it is not one: a negative count would credit the budget."""
+    n = int(v or 0)
+    if n < 0:
+        raise ValueError(f"token count {v!r} is negative")
+    return n
 
 
 def json_object(body: bytes | str) -> dict:

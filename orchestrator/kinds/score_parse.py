@@ -11,6 +11,7 @@ import json
 import math
 from typing import Any
 
+from orchestrator.kinds.chat import token_count
 from orchestrator.transport import ResponseError, not_json
 
 #: a logprob above this is not a log-probability (a little room for rounding on the server)
@@ -80,8 +81,8 @@ def with_scored(top: list[tuple[int, float]], tid: int, lp: float) -> list[tuple
     return out
 
 
-def usage(prompt_tokens: int, completion_tokens: int = 0) -> dict[str, int]:
-    return {"prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion_tokens)}
+def usage(prompt_tokens: Any, completion_tokens: Any = 0) -> dict[str, int]:
+    return {"prompt_tokens": token_count(prompt_tokens), "completion_tokens": token_count(completion_tokens)}
 
 
 def body_usage(d: Any, prompt_tokens: int, completion_tokens: int = 0) -> dict[str, int]:
@@ -89,5 +90,5 @@ def body_usage(d: Any, prompt_tokens: int, completion_tokens: int = 0) -> dict[s
     u = d.get("usage") if isinstance(d, dict) else None
     try:
         return usage(u["prompt_tokens"], u.get("completion_tokens") or 0)
-    except (TypeError, KeyError, ValueError, AttributeError):
+    except (TypeError, KeyError, ValueError, AttributeError, OverflowError):
         return usage(prompt_tokens, completion_tokens)

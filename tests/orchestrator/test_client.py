@@ -302,6 +302,8 @@ def test_retry_wait_ends_early_when_the_gate_stops():
     [
         b'{"choices":[{"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":"many"}}',
         b'{"choices":[{"message":{"role":"assistant","content":"hi"}}],"usage":{"completion_tokens":[1]}}',
+        b'{"choices":[{"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":Infinity}}',
+        b'{"choices":[{"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":-5}}',
     ],
 )
 def test_malformed_shapes_are_malformed_response(body):

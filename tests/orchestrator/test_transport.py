@@ -102,6 +102,13 @@ def test_http_errors_of_a_plain_post_are_classified_like_chat_ones():
     assert ei.value.reason == "http_429" and "gave up after 3 attempts" in str(ei.value)
 
 
+def test_a_body_the_parser_did_not_foresee_is_a_retried_malformed_response_not_a_crash():
+    """WordsKind indexes the first choice's message: a null message raises TypeError inside its parse."""
+    with FaultServer(Faults(bad_choices={0: "null_message"}, bad_choice_requests=1)) as s:
+        d, t, _ = asyncio.run(_request(s.base_url, WordsKind(), "x", retry=FAST))
+    assert d.attempts == 2 and t.stats.retries == {"malformed_response": 1}
+
+
 def test_registry_names_the_kinds():
     assert isinstance(get_kind("chat"), ChatKind) and KINDS["chat"].name == "chat"
     with pytest.raises(ValueError, match=r"unknown teacher request kind 'scores'; known: chat"):
