@@ -10,6 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+#: finish_reason values of an answer that did not finish: the length limit, a content filter
+#: (OpenAI, Azure, OpenRouter) and an error or an abort mid-answer (OpenRouter, vLLM, SGLang). Its
+#: text stops where it was cut, so its last turn never produced an end token (the `truncated` policy).
+CUT_SHORT = frozenset({"length", "content_filter", "error", "abort"})
+
+
+def cut_short(finish_reason: str | None) -> bool:
+    """Whether an answer with this finish_reason was cut off before it finished (CUT_SHORT)."""
+    return finish_reason in CUT_SHORT
+
 
 @dataclass
 class Conversation:

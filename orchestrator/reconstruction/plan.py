@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from distill.core.contract import Rejection
+from distill.core.conversation import cut_short
 from orchestrator.reconstruction.messages import check_special, normalize_messages, plain_tools, where_not_unicode
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.turns import Turn
@@ -84,7 +85,7 @@ class Planner:
             extra: dict[str, Any] = {"turns": len(group)}
             if split:
                 extra.update(split_from=sample_id, first_turn=group[0] + 1)
-            keep_open = is_last and finish_reason == "length" and turns[-1].role == "assistant"
+            keep_open = is_last and cut_short(finish_reason) and turns[-1].role == "assistant"
             texts, trained = self._segments([turns[k] for k in group], keep_open)
             try:
                 utf8 = _utf8(texts, messages, tools)
@@ -129,8 +130,8 @@ class Planner:
                 else f"no message has a role in train_roles {list(self.train_roles)}",
             )
         msgs = msgs[: trained[-1] + 1]  # context after the last trained turn trains nothing
-        if finish_reason == "length" and self.cfg.truncated == "drop" and msgs[-1].role == "assistant":
-            raise Reject("truncated", "the last assistant turn stopped at the length limit (finish_reason=length)")
+        if cut_short(finish_reason) and self.cfg.truncated == "drop" and msgs[-1].role == "assistant":
+            raise Reject("truncated", f"the last assistant turn was cut off (finish_reason={finish_reason})")
         data = [m.data for m in msgs]
         renders = self._prefix_renders(data, tools, trained[0])
         turns = [self._locate_turn(msgs, data, a, tools, renders) for a in trained]

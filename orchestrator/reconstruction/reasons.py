@@ -14,7 +14,7 @@ REJECTION_REASONS: dict[str, str] = {
     "invalid_tool_arguments": "tool-call arguments that are not a JSON object (or a JSON string of one)",
     "no_trained_turn": "no message has a role in train_roles (or each one that has has weight 0)",
     "special_token_in_content": "special-token text (e.g. '<|im_end|>') inside content, with special_tokens_in_content=reject",
-    "truncated": "the last assistant turn hit the length limit (finish_reason=length), with truncated=drop",
+    "truncated": "the last assistant turn was cut off (finish_reason length, content_filter, error or abort), with truncated=drop",
     "template_error": "the student's chat template raised an error on this conversation",
     "template_mismatch": "the template's generation prompt is not a prefix of its rendering of the turn",
     "template_alters_content": "the template does not render the teacher's content verbatim (e.g. it trims it)",

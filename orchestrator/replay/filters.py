@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from distill.core.conversation import Conversation
+from distill.core.conversation import Conversation, cut_short
 from orchestrator.recording import superseded_lines
 from orchestrator.replay.records import text_of
 
@@ -37,8 +37,8 @@ def make_filter(rc: Replay) -> Callable[[Conversation], tuple[str, str] | None]:
             if {"gpt", "human"} & set(roles):
                 hint = hint[:-1] + '; ShareGPT turns are read as a "conversations" list of {"from", "value"})'
             return "no_assistant_turn", "the conversation has no assistant message to train on" + hint
-        if rc.drop_truncated and c.finish_reason == "length":
-            return "truncated", "finish_reason is 'length' (drop_truncated = true)"
+        if rc.drop_truncated and cut_short(c.finish_reason):
+            return "truncated", f"finish_reason is {c.finish_reason!r}: cut off (drop_truncated = true)"
         if rc.min_reward is not None:
             if c.reward is None:
                 if rc.missing_reward == "drop":

@@ -277,14 +277,24 @@ def test_tool_calls_the_template_cannot_render_are_rejected(smol_tokenizer):
 # ---------------------------------------------------------------------------
 
 
-def test_truncated_drop_and_keep(smol_tokenizer):
+@pytest.mark.parametrize("finish", ["length", "content_filter", "error", "abort"])
+def test_truncated_drop_and_keep(smol_tokenizer, finish):
+    """Every finish_reason of an answer cut off (the token limit, a content filter, a server giving up
+    mid-answer) is a truncated turn: never trained with an end token it did not produce."""
     msgs = convo(("Q", "first"), ("Q2", "cut off mid"))
-    assert rejected(Reconstructor(smol_tokenizer, Reconstruction()), msgs, finish_reason="length").reason == "truncated"
+    rej = rejected(Reconstructor(smol_tokenizer, Reconstruction()), msgs, finish_reason=finish)
+    assert rej.reason == "truncated" and f"finish_reason={finish}" in rej.detail
     r = Reconstructor(smol_tokenizer, Reconstruction(truncated="keep"))
-    s = one(r, msgs, finish_reason="length")
+    s = one(r, msgs, finish_reason=finish)
     # The last turn gets no end-of-turn token it did not produce; the earlier one keeps its own.
     assert masked_text(smol_tokenizer, s) == "first" + IM + "cut off mid"
-    assert s.finish_reason == "length" and s.meta["truncated_turn"] is True and r.stats["truncated_kept"] == 1
+    assert s.finish_reason == finish and s.meta["truncated_turn"] is True and r.stats["truncated_kept"] == 1
+
+
+@pytest.mark.parametrize("finish", ["stop", "tool_calls", None, "end_turn"])
+def test_finished_answers_keep_their_end_token(smol_tokenizer, finish):
+    s = one(Reconstructor(smol_tokenizer, Reconstruction()), convo(("Q", "done")), finish_reason=finish)
+    assert masked_text(smol_tokenizer, s).startswith("done" + IM) and "truncated_turn" not in s.meta
 
 
 def test_overlong_drop_and_truncate(smol_tokenizer):

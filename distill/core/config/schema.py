@@ -134,7 +134,8 @@ class Reconstruction(Strict):
     # template's own field, "think_tags" wraps it in <think>...</think> in content,
     # "drop" discards it.
     reasoning: Literal["template", "think_tags", "drop"] = "template"
-    # finish_reason == "length": "drop" the sample, or "keep" it without an end token.
+    # An answer cut off (finish_reason "length", "content_filter", "error" or "abort"): "drop" the
+    # sample, or "keep" it without an end token.
     truncated: Literal["drop", "keep"] = "drop"
     # Longer than max_seq_len: "drop", or "truncate" the completion (no end token added).
     overlong: Literal["drop", "truncate"] = "drop"
@@ -184,7 +185,8 @@ class Replay(Strict):
     Filters run before reconstruction; each one's drop count is in the run summary.
     """
 
-    # Drop conversations whose last teacher turn hit the token limit (finish_reason "length").
+    # Drop conversations whose last teacher turn was cut off (finish_reason "length", "content_filter",
+    # "error" or "abort").
     # With false they reach reconstruction, whose `truncated` policy then applies.
     drop_truncated: bool = True
     # Drop conversations whose recorded reward is below this (None = no reward filter).
