@@ -25,6 +25,7 @@ from .run import make_reconstructor, prepare_run_dir, print_locations, produce
 from .on_policy import cmd_run_on_policy
 from .core.student import resolve_student
 from .core.redact import mask_known, redact_url
+from .epochs import epochs_note
 from .score import SCORED
 
 
@@ -232,6 +233,9 @@ def cmd_train(argv: list[str]) -> int:
     from trainer.train import train
 
     samples = Path(flags["--samples"]) if flags.get("--samples") else None
+    note = epochs_note(cfg.trainer, samples or run_dir / "samples") if rank == 0 else None
+    if note:
+        print(note, file=sys.stderr)
     summary = train(cfg, run_dir, samples, resume=bool(flags.get("--resume")))
     if rank == 0:
         _print_summary("trainer", summary)
