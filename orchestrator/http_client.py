@@ -6,8 +6,9 @@ returns. Each response's byte stream is counted as it arrives, and past `MAX_RES
 read stops with `ResponseTooLarge` (the transport makes it a `response_too_large` failure that is
 not retried). The bytes counted are the decoded ones: a compressed body (a 2 MB gzip "bomb" holds
 2 GiB of spaces) is decompressed here, in steps of at most 1 MiB, and counted as it grows; the
-client asks for gzip or deflate only, and refuses another content-encoding. The limit is far above any real answer: a scoring batch of 64 sequences x 4096
-tokens with 20 alternatives per token is about 0.3 GiB of JSON.
+client asks for gzip or deflate only, and refuses another content-encoding. The limit is far
+above any real answer: a scoring batch of 64 sequences x 4096 tokens with 20 alternatives per
+token is about 0.3 GiB of JSON.
 
 The other half of a hostile answer, a body sent a byte at a time, is the transport's: the HTTP
 library's timeout is per read, so the transport bounds the whole attempt (send and read) by the
