@@ -74,6 +74,8 @@ def parse_arguments(raw: Any, where: str) -> tuple[dict | None, str | None]:
             parsed = json.loads(raw)
         except json.JSONDecodeError as e:
             return None, f"{where} arguments are not valid JSON ({e.msg} at char {e.pos})"
+        except RecursionError:
+            return None, f"{where} arguments are JSON nested too deeply to read"
         text = raw
     else:
         try:  # the template sees plain JSON data only
@@ -81,6 +83,8 @@ def parse_arguments(raw: Any, where: str) -> tuple[dict | None, str | None]:
             parsed = json.loads(text)
         except (TypeError, ValueError) as e:
             return None, f"{where} arguments are not JSON data ({e})"
+        except RecursionError:
+            return None, f"{where} arguments are nested too deeply to write as JSON"
     if not isinstance(parsed, dict):
         return None, f"{where} arguments are a JSON {type(parsed).__name__}, expected an object"
     return parsed, text

@@ -154,6 +154,8 @@ def plain_tools(tools: Any) -> list[dict] | None:
         return json.loads(json.dumps(tools))
     except (TypeError, ValueError) as e:
         raise Reject("invalid_message", f"tools are not JSON data ({e})") from None
+    except RecursionError:
+        raise Reject("invalid_message", "tools are nested too deeply to write as JSON") from None
 
 
 def check_special(msgs: list[Msg], tools, special_re: re.Pattern) -> None:

@@ -76,6 +76,9 @@ class Planner:
             groups, turns = self._plan(messages, tools, finish_reason)
         except Reject as r:
             return [], [self._reject(sample_id, r)]
+        except RecursionError:  # data nested deeper than any check above foresaw: this conversation only
+            deep = Reject("invalid_message", "the conversation holds data nested too deeply to read")
+            return [], [self._reject(sample_id, deep)]
         split = len(groups) > 1
         if split:
             self.stats["split"] += 1

@@ -902,3 +902,18 @@ def test_a_piece_cut_wrong_is_encoded_again_segment_by_segment():
     msgs = convo(("q1", "a1"), ("q2", "a2"))
     assert r.build(msgs, sample_id="x") == alone.build(msgs, sample_id="x")
     assert r.stats["segments_encoded_again"] == 1
+
+
+def test_deeply_nested_tool_arguments_reject_the_conversation_not_the_run():
+    """JSON nested past Python's recursion limit, as a string (what the API returns) or as data."""
+    r = recon("chatml_tools")
+    deep: dict = {}
+    cur = deep
+    for _ in range(5000):
+        cur["a"] = {}
+        cur = cur["a"]
+    for args in ("[" * 100_000 + "]" * 100_000, deep):
+        call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": args}}
+        msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [call]}]
+        rej = rejected(r, msgs)
+        assert rej.reason == "invalid_tool_arguments" and "nested too deeply" in rej.detail
