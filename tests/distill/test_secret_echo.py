@@ -26,21 +26,25 @@ def _leaks(run_dir: Path, *outputs: str) -> list[str]:
     return where
 
 
+def _rollout(cfg: Path, tokenizer_dir, *extra: str):
+    """`distill rollout` with the key in ECHO_TEACHER_KEY."""
+    return distill(
+        "rollout",
+        cfg,
+        "--student.tokenizer",
+        tokenizer_dir,
+        "--orchestrator.rollout_model.api_key_var",
+        "ECHO_TEACHER_KEY",
+        *extra,
+        env={**os.environ, "ECHO_TEACHER_KEY": KEY},
+    )
+
+
 def test_a_key_echoed_in_answers_and_errors_reaches_no_output_or_file(tmp_path, smol_tokenizer_dir):
     with FaultServer(Faults(rate_500=0.3), echo_auth=True) as s:
         cfg = write_cfg(tmp_path, s.base_url, prompts=6, max_attempts=6)
-        env = {**os.environ, "ECHO_TEACHER_KEY": KEY}
-        res = distill(
-            "rollout",
-            cfg,
-            "--student.tokenizer",
-            smol_tokenizer_dir,
-            "--orchestrator.rollout_model.api_key_var",
-            "ECHO_TEACHER_KEY",
-            "--orchestrator.rollout_model.headers",
-            f'{{"X-Api-Key" = "{HEADER}"}}',
-            env=env,
-        )
+        header = f'{{"X-Api-Key" = "{HEADER}"}}'
+        res = _rollout(cfg, smol_tokenizer_dir, "--orchestrator.rollout_model.headers", header)
     assert res.returncode == 0, res.stderr
     assert any(e["outcome"] == "http500" for e in s.log.entries)  # errors were echoed too, and retried
     assert all(e["auth"] == f"Bearer {KEY}" for e in s.log.entries)  # the server did get the key
@@ -52,16 +56,7 @@ def test_a_key_echoed_in_answers_and_errors_reaches_no_output_or_file(tmp_path, 
 
 def test_a_refused_key_echoed_in_the_401_message_is_masked(tmp_path, smol_tokenizer_dir):
     with FaultServer(api_key="sk-right-key-0000", echo_auth=True) as s:
-        cfg = write_cfg(tmp_path, s.base_url)
-        res = distill(
-            "rollout",
-            cfg,
-            "--student.tokenizer",
-            smol_tokenizer_dir,
-            "--orchestrator.rollout_model.api_key_var",
-            "ECHO_TEACHER_KEY",
-            env={**os.environ, "ECHO_TEACHER_KEY": KEY},
-        )
+        res = _rollout(write_cfg(tmp_path, s.base_url), smol_tokenizer_dir)
     msg = one_line_error(res)
     assert "401" in msg and "you sent: Bearer ***" in msg
     assert _leaks(tmp_path / "run", res.stdout, res.stderr) == []
