@@ -214,6 +214,8 @@ def redact(obj: Any, _depth: int = 0) -> Any:
 #: text a server sends back is masked of them before it is shown, logged or written (`mask_known`).
 _KNOWN: set[str] = set()
 #: Shorter values are not masked: "EMPTY", "none" or a one-letter key would garble ordinary text.
+#: Nor are values of letters only ("changeme", "password"): placeholders for a local server, and
+#: words a teacher's answer may hold, which masking would change in the training data.
 MIN_MASKED_LEN = 8
 
 
@@ -224,7 +226,7 @@ def remember_secret(value: Any) -> None:
         v = value.strip()
         if v.lower().startswith("bearer "):
             v = v[7:].strip()
-        if len(v) >= MIN_MASKED_LEN:
+        if len(v) >= MIN_MASKED_LEN and not v.isalpha():
             _KNOWN.add(v)
 
 

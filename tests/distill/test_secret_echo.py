@@ -65,8 +65,9 @@ def test_a_refused_key_echoed_in_the_401_message_is_masked(tmp_path, smol_tokeni
 def test_mask_known_hides_remembered_values_only():
     redact.remember_secret("Bearer sk-unit-remembered-42")  # the bare key is remembered
     redact.remember_secret("short")  # too short to mask without garbling text
+    redact.remember_secret("changeme")  # letters only: a placeholder, and a word an answer may hold
     redact.remember_headers({"Authorization": "tok-unit-header-77", "HTTP-Referer": "https://example.org/app"})
-    text = "a sk-unit-remembered-42 b tok-unit-header-77 c short https://example.org/app"
-    assert redact.mask_known(text) == "a *** b *** c short https://example.org/app"
+    text = "a sk-unit-remembered-42 b tok-unit-header-77 c short changeme https://example.org/app"
+    assert redact.mask_known(text) == "a *** b *** c short changeme https://example.org/app"
     assert redact.mask_known_bytes(b'{"x": "sk-unit-remembered-42"}') == b'{"x": "***"}'
     assert redact.mask_known_bytes(b"nothing here") == b"nothing here"
