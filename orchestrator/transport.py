@@ -15,6 +15,7 @@ body, so provider fields are kept and a malformed body is retried rather than a 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -178,24 +179,6 @@ def error_message(d: Any) -> str:
     return str(d)
 
 
-def not_json(body: bytes | str, e: Exception) -> str:
-    """Why a 200 body is not JSON, in words a user can act on: a stream of server-sent events (the
-    server or a proxy streams though no stream was asked for), an HTML page (base_url reaches a web
-    page: a login or proxy page, a UI), else the parser's error and the body's first characters."""
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    head = text.lstrip()[:200].lower()
-    if head.startswith(("data:", "event:")):
-        return (
-            "response body is a server-sent event stream, not JSON: the server (or a proxy in between) "
-            "streams although no stream was asked for"
-        )
-    if head.startswith(("<!doctype html", "<html", "<head", "<body")):
-        return "response body is an HTML page, not JSON: base_url reaches a web page (a login or proxy page?)"
-    if not head:
-        return "response body is " + ("blank (only whitespace)" if text else "empty") + ", not JSON"
-    return f"response body is not JSON ({e}); it starts {text.lstrip()[:60]!r}"
-
-
 def _error_code(err: openai.APIStatusError) -> str | None:
     """The `error.code` (or `error.type`) of an error body, if any."""
     try:
@@ -246,6 +229,7 @@ class Transport:
         self.stats = ClientStats()
         self.sleep = sleep
         self._rr = 0
+        self._warned_echo = False
 
     def pick_endpoint(self) -> Endpoint:
         """Least requests in flight; ties go round-robin."""
@@ -309,6 +293,18 @@ class Transport:
                 return
             await self.sleep(min(left, 0.05))
 
+    def _masked(self, body: bytes, ep: Endpoint) -> bytes:
+        """`body` masked of every remembered key; the first time a key was in one, a warning says so."""
+        masked = mask_known_bytes(body)
+        if masked is not body and masked != body and not self._warned_echo:
+            self._warned_echo = True
+            print(
+                f"distill: warning: an answer from {ep.shown} held the API key or a credential header; "
+                "it is masked as *** in what is recorded and trained on",
+                file=sys.stderr,
+            )
+        return masked
+
     async def _attempt(
         self, kind: RequestKind[R, T], req: R, est_tokens: float, attempt: int, gate: Gate | None = None
     ) -> Delivery[T]:
@@ -331,7 +327,7 @@ class Transport:
                 # The HTTP timeout is per read: a body sent a byte at a time would never end it. The
                 # whole attempt (send and read) gets the configured timeout, plus a grace second.
                 response = await asyncio.wait_for(kind.send(ep.client, self.model, req), ep.timeout + 1.0)
-                body = mask_known_bytes(response.content)  # an echoed key reaches no record or sample
+                body = self._masked(response.content, ep)  # an echoed key reaches no record or sample
             except openai.APIStatusError as e:
                 raise _status_error(e, ep.shown) from None
             except (openai.APITimeoutError, asyncio.TimeoutError) as e:

@@ -18,7 +18,7 @@ from typing import Any
 
 from openai import AsyncOpenAI
 
-from orchestrator.transport import Delivery, RawResponse, ResponseError, error_message, not_json
+from orchestrator.transport import Delivery, RawResponse, ResponseError, error_message
 
 
 @dataclass
@@ -169,6 +169,24 @@ def token_count(v: Any) -> int:
     if n < 0:
         raise ValueError(f"token count {v!r} is negative")
     return n
+
+
+def not_json(body: bytes | str, e: Exception) -> str:
+    """Why a 200 body is not JSON, in words a user can act on: a stream of server-sent events (the
+    server or a proxy streams though no stream was asked for), an HTML page (base_url reaches a web
+    page: a login or proxy page, a UI), else the parser's error and the body's first characters."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    head = text.lstrip()[:200].lower()
+    if head.startswith(("data:", "event:")):
+        return (
+            "response body is a server-sent event stream, not JSON: the server (or a proxy in between) "
+            "streams although no stream was asked for"
+        )
+    if head.startswith(("<!doctype html", "<html", "<head", "<body")):
+        return "response body is an HTML page, not JSON: base_url reaches a web page (a login or proxy page?)"
+    if not head:
+        return "response body is " + ("blank (only whitespace)" if text else "empty") + ", not JSON"
+    return f"response body is not JSON ({e}); it starts {text.lstrip()[:60]!r}"
 
 
 def json_object(body: bytes | str) -> dict:

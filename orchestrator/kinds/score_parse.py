@@ -11,8 +11,8 @@ import json
 import math
 from typing import Any
 
-from orchestrator.kinds.chat import token_count
-from orchestrator.transport import ResponseError, not_json
+from orchestrator.kinds.chat import not_json, token_count
+from orchestrator.transport import ResponseError
 
 #: a logprob above this is not a log-probability (a little room for rounding on the server)
 MAX_LOGPROB = 1e-3
