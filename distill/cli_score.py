@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, load_config
-from .core.redact import redact_url, remember_secret
+from .core.redact import redact_url
 from .preflight import preflight
 from .run import prepare_run_dir
 from .score import SCORED, check_scorer, format_score_summary, score_dir, student_tokenizer
@@ -101,7 +101,6 @@ def probe_key(url: str, api_key_var: str | None) -> str | None:
     key = os.environ.get(api_key_var) if api_key_var else None
     if api_key_var and not key:
         raise SystemExit(f"distill probe: environment variable {api_key_var} is not set")
-    remember_secret(key)  # masked in what the server answers (distill.core.redact.mask_known)
     return key
 
 

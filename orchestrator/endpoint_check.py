@@ -19,10 +19,9 @@ with a short timeout:
 from __future__ import annotations
 
 import openai
-from openai import OpenAI
 
-from distill.core.redact import redact_url, remember_headers
-from orchestrator.http_client import UNREADABLE, capped_sync_http_client
+from distill.core.redact import redact_url
+from orchestrator.http_client import UNREADABLE, endpoint_client
 
 TIMEOUT_S = 10.0
 _KEY = "orchestrator.rollout_model"
@@ -40,7 +39,6 @@ def v1_hint(url: str) -> str:
 
 def check_endpoints(rm, api_key: str, timeout: float = TIMEOUT_S) -> None:
     """Checks each endpoint of `rm` (config RolloutModel); raises EndpointCheckError on the first unusable one."""
-    remember_headers(rm.headers)  # a server that echoes a header credential back: masked in every message
     urls = [(f"{_KEY}.base_url", rm.base_url)]
     urls += [(f"{_KEY}.extra_base_urls[{i}]", u) for i, u in enumerate(rm.extra_base_urls)]
     for key, url in urls:
@@ -49,14 +47,7 @@ def check_endpoints(rm, api_key: str, timeout: float = TIMEOUT_S) -> None:
 
 def _get_models(url: str, api_key: str, headers: dict, timeout: float):
     """(status, body or None) of GET {url}/models; openai.APIConnectionError when there is no answer."""
-    with OpenAI(
-        base_url=url,
-        api_key=api_key,
-        default_headers=headers or None,
-        timeout=timeout,
-        max_retries=0,
-        http_client=capped_sync_http_client(),  # a response body has a size limit (http_client.py)
-    ) as client:
+    with endpoint_client(url, api_key, headers=headers, timeout=timeout, sync=True) as client:
         try:
             raw = client.models.with_raw_response.list()
         except openai.APIStatusError as e:

@@ -21,6 +21,8 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
+from distill.core.redact import remember_headers, remember_secret
+
 try:  # the HTTP library under the SDK: httpx2 in openai 3.x, httpx before
     import httpx2 as httpx
 except ImportError:  # pragma: no cover - older openai
@@ -148,6 +150,28 @@ def capped_sync_http_client(limit: int | None = None) -> Any:
         response.stream = _CountedSync(response.stream, _meter(response, cap))
 
     return DefaultHttpxClient(event_hooks={"response": [count]}, headers={"Accept-Encoding": ACCEPT_ENCODING})
+
+
+def endpoint_client(
+    base_url: str, api_key: str, *, headers: dict | None = None, timeout: float, sync: bool = False
+) -> Any:
+    """The SDK client for one teacher endpoint (transport, endpoint check, `distill probe`): no retries
+    of its own (the transport's are counted and logged), response bodies capped, and the key and
+    credential headers remembered, so that a server echoing them back has them masked
+    (distill.core.redact.mask_known)."""
+    from openai import AsyncOpenAI, OpenAI
+
+    remember_secret(api_key)
+    remember_headers(headers)
+    cls, http = (OpenAI, capped_sync_http_client()) if sync else (AsyncOpenAI, capped_http_client())
+    return cls(
+        base_url=base_url,
+        api_key=api_key,
+        default_headers=headers or None,
+        timeout=timeout,
+        max_retries=0,
+        http_client=http,
+    )
 
 
 def too_large(e: BaseException) -> ResponseTooLarge | None:

@@ -15,12 +15,11 @@ import time
 from typing import Callable
 
 import openai
-from openai import OpenAI
 
 from distill.core.redact import redact_url
 
 from orchestrator.client import error_message
-from orchestrator.http_client import UNREADABLE, capped_sync_http_client, too_large
+from orchestrator.http_client import UNREADABLE, endpoint_client, too_large
 
 _PROMPT = [{"role": "user", "content": "Reply with one short sentence about the sea."}]
 _TOOL = {
@@ -36,13 +35,7 @@ _TOOL = {
 class _Probe:
     def __init__(self, base_url: str, model: str | None, api_key: str | None, timeout: float):
         self.base_url = base_url
-        self.client = OpenAI(
-            base_url=base_url,
-            api_key=api_key or "EMPTY",
-            timeout=timeout,
-            max_retries=0,
-            http_client=capped_sync_http_client(),  # a response body has a size limit (http_client.py)
-        )
+        self.client = endpoint_client(base_url, api_key or "EMPTY", timeout=timeout, sync=True)
         self.model = model
         self.rows: list[tuple[str, str, str]] = []
 

@@ -24,8 +24,8 @@ from typing import Any, Generic, Protocol, TypeVar
 import openai
 from openai import AsyncOpenAI
 
-from distill.core.redact import mask_known, mask_known_bytes, redact_url, remember_headers, remember_secret
-from orchestrator.http_client import ResponseTooLarge, capped_http_client, too_large
+from distill.core.redact import mask_known, mask_known_bytes, redact_url
+from orchestrator.http_client import ResponseTooLarge, endpoint_client, too_large
 from orchestrator.limits import RetryPolicy, TokenBucket, parse_retry_after
 
 try:  # the HTTP library under the SDK: httpx2 in openai 3.x, httpx before
@@ -156,14 +156,7 @@ class Endpoint:
         self.in_flight = 0
         self.sent = 0
         self.timeout = timeout
-        self.client = AsyncOpenAI(
-            base_url=base_url,
-            api_key=api_key,
-            default_headers=headers or None,
-            timeout=timeout,
-            max_retries=0,
-            http_client=capped_http_client(),  # a response body has a size limit (http_client.py)
-        )
+        self.client = endpoint_client(base_url, api_key, headers=headers, timeout=timeout)
 
     async def close(self) -> None:
         await self.client.close()
@@ -219,8 +212,6 @@ class Transport:
         if not base_urls:
             raise ValueError("no teacher base_url given")
         self.model = model
-        remember_secret(api_key)  # never shown or written, even when a server echoes it back
-        remember_headers(headers)
         self.endpoints = [Endpoint(u, api_key, headers or {}, timeout) for u in base_urls]
         self.sem = asyncio.Semaphore(concurrency)
         self.retry = retry or RetryPolicy()
@@ -296,7 +287,7 @@ class Transport:
     def _masked(self, body: bytes, ep: Endpoint) -> bytes:
         """`body` masked of every remembered key; the first time a key was in one, a warning says so."""
         masked = mask_known_bytes(body)
-        if masked is not body and masked != body and not self._warned_echo:
+        if masked is not body and not self._warned_echo:  # a new object only when something was masked
             self._warned_echo = True
             print(
                 f"distill: warning: an answer from {ep.shown} held the API key or a credential header; "
