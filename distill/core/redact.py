@@ -219,15 +219,30 @@ _KNOWN: set[str] = set()
 MIN_MASKED_LEN = 8
 
 
+_AUTH_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*\s+(\S+)$")
+
+
+def _echo_forms(v: str) -> set[str]:
+    """The forms a server may echo `v` in: as sent, JSON-escaped (with `/` as `\\/` too, as PHP and
+    some proxies write it) and percent-encoded (a key echoed inside a URL)."""
+    import json
+    from urllib.parse import quote, quote_plus
+
+    escaped = json.dumps(v)[1:-1]
+    return {v, escaped, escaped.replace("/", "\\/"), quote(v, safe=""), quote_plus(v, safe="")}
+
+
 def remember_secret(value: Any) -> None:
-    """Note a credential value (an API key, a header value) so that `mask_known` hides it, also in its
-    `Bearer <key>` form and wherever a server echoes it (error messages, bodies)."""
-    if isinstance(value, str):
-        v = value.strip()
-        if v.lower().startswith("bearer "):
-            v = v[7:].strip()
-        if len(v) >= MIN_MASKED_LEN and not v.isalpha():
-            _KNOWN.add(v)
+    """Note a credential value (an API key, a header value) so that `mask_known` hides it, also the
+    credential alone of an `<auth-scheme> <credential>` value (`Bearer <key>`, `Basic <base64>`), in
+    every form `_echo_forms` lists, wherever a server echoes it (error messages, bodies)."""
+    if not isinstance(value, str):
+        return
+    v = value.strip()
+    scheme = _AUTH_SCHEME.match(v)
+    for part in (v, scheme.group(1) if scheme else ""):
+        if len(part) >= MIN_MASKED_LEN and not part.isalpha():
+            _KNOWN.update(_echo_forms(part))
 
 
 def remember_headers(headers: dict | None) -> None:

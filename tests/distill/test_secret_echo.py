@@ -72,3 +72,21 @@ def test_mask_known_hides_remembered_values_only():
     assert redact.mask_known(text) == "a *** b *** c short changeme https://example.org/app"
     assert redact.mask_known_bytes(b'{"x": "sk-unit-remembered-42"}') == b'{"x": "***"}'
     assert redact.mask_known_bytes(b"nothing here") == b"nothing here"
+
+
+def test_a_key_echoed_escaped_or_percent_encoded_is_masked():
+    key = 'k3y/With+Slash=And"Quote'
+    redact.remember_secret(key)
+    redact.remember_headers({"Authorization": "Basic dXNlcjpzM2NyZXQtcGFzcw=="})
+    bodies = [
+        b'{"error": "bad key k3y\\/With+Slash=And\\"Quote"}',  # JSON, "/" escaped as PHP writes it
+        b'{"error": "bad key k3y/With+Slash=And\\"Quote"}',  # JSON, "/" left as it is
+        b"see https://host/v1?key=k3y%2FWith%2BSlash%3DAnd%22Quote",  # inside a URL
+        b"bad credentials dXNlcjpzM2NyZXQtcGFzcw==",  # the credential of a `Basic` header alone
+    ]
+    masked = [redact.mask_known_bytes(b) for b in bodies]
+    for body in masked:
+        assert b"***" in body
+        for piece in (b"k3y", b"dXNlcjpz"):
+            assert piece not in body, body
+    assert redact.mask_known('bad key k3y/With+Slash=And"Quote!') == "bad key ***!"
