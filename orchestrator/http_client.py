@@ -41,6 +41,11 @@ class ResponseTooLarge(Exception):
         super().__init__(f"the response body passed {limit / (1 << 20):.0f} MiB and was cut off")
 
 
+class UnsupportedEncoding(httpx.DecodingError):
+    """A body in a content-encoding distill did not ask for (br, zstd, stacked codings): the same
+    server answers the same request the same way, so it is not retried."""
+
+
 #: What reading a body through these clients may raise besides the SDK's errors (the SDK wraps them
 #: in APIConnectionError inside its calls, but not when a body is read afterwards).
 UNREADABLE: tuple[type[Exception], ...] = (ResponseTooLarge, httpx.DecodingError)
@@ -119,8 +124,9 @@ def _meter(response: Any, limit: int) -> _Meter:
     if len(codings) == 1 and codings[0] in ("gzip", "deflate"):
         del response.headers["content-encoding"]
         return _Meter(limit, codings[0])
-    raise httpx.DecodingError(
-        f"the response body is encoded {', '.join(codings)!r}; distill asks for {ACCEPT_ENCODING} only"
+    raise UnsupportedEncoding(
+        f"the response body is encoded {', '.join(codings)!r} although distill asks for {ACCEPT_ENCODING} "
+        "only (Accept-Encoding); make the server or proxy honour it"
     )
 
 
@@ -174,11 +180,28 @@ def endpoint_client(
     )
 
 
-def too_large(e: BaseException) -> ResponseTooLarge | None:
-    """The ResponseTooLarge behind an exception the SDK may have wrapped (APIConnectionError)."""
+#: The most bytes a control answer of a local server (a model list, a tokenizer probe, a
+#: weight-reload reply) may have: they are a few KiB; anything near this is not the server we expect.
+MAX_CONTROL_BYTES = 64 << 20
+
+
+def read_capped(response: Any, limit: int | None = None) -> bytes:
+    """The body of a urllib response (the local servers' control calls), refused past `limit` bytes
+    (default MAX_CONTROL_BYTES; urllib asks for no compression and decodes none, so the bytes read
+    are the body's)."""
+    limit = MAX_CONTROL_BYTES if limit is None else limit
+    raw = response.read(limit + 1)
+    if len(raw) > limit:
+        raise ResponseTooLarge(limit)
+    return raw
+
+
+def unrepeatable(e: BaseException) -> ResponseTooLarge | UnsupportedEncoding | None:
+    """The ResponseTooLarge or UnsupportedEncoding behind an exception the SDK may have wrapped
+    (APIConnectionError): a failure that sending the same request again would meet again."""
     seen = 0
     while e is not None and seen < 8:
-        if isinstance(e, ResponseTooLarge):
+        if isinstance(e, (ResponseTooLarge, UnsupportedEncoding)):
             return e
         e, seen = e.__cause__ or e.__context__, seen + 1
     return None

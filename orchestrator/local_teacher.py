@@ -21,6 +21,7 @@ from typing import Iterator
 
 from distill.core.config.schema import BUILTIN_TEACHER_GGUF
 from distill.core.student import resolve_gguf
+from orchestrator.http_client import ResponseTooLarge, read_capped
 
 
 class LocalTeacherError(RuntimeError):
@@ -40,8 +41,8 @@ def _port_free(host: str, port: int) -> bool:
 def _ready(base_url: str, model: str) -> bool:
     try:
         with urllib.request.urlopen(f"{base_url}/models", timeout=2) as r:
-            data = json.loads(r.read())
-    except (urllib.error.URLError, OSError, ValueError):
+            data = json.loads(read_capped(r))
+    except (urllib.error.URLError, OSError, ValueError, ResponseTooLarge):
         return False
     return any(m.get("id") == model for m in data.get("data", []))
 

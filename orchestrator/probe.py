@@ -19,7 +19,7 @@ import openai
 from distill.core.redact import redact_url
 
 from orchestrator.client import error_message
-from orchestrator.http_client import UNREADABLE, endpoint_client, too_large
+from orchestrator.http_client import UNREADABLE, endpoint_client, unrepeatable
 
 _PROMPT = [{"role": "user", "content": "Reply with one short sentence about the sea."}]
 _TOOL = {
@@ -54,7 +54,7 @@ class _Probe:
         except openai.APIStatusError as e:
             result, detail = "error", f"HTTP {e.status_code}: {_message(e)}"
         except (openai.APIError, *UNREADABLE) as e:
-            result, detail = "error", f"{type(e).__name__}: {too_large(e) or e}"
+            result, detail = "error", f"{type(e).__name__}: {unrepeatable(e) or e}"
         except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError, AttributeError) as e:
             # ValueError covers json.JSONDecodeError; one odd answer must not stop the other checks
             result, detail = "error", f"unexpected response ({type(e).__name__}: {e})"

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.core.redact import redact_url
+from orchestrator.http_client import ResponseTooLarge, read_capped
 from orchestrator.kinds.score_vllm import root_url
 from orchestrator.kinds.student_vllm import StudentSampleAnswer, StudentSampleRequest, VLLMStudentSample
 from orchestrator.limits import RetryPolicy
@@ -100,13 +101,18 @@ class VLLMStudentClient:
         self.control_calls += 1
         try:
             with urllib.request.urlopen(req, timeout=self.cfg.timeout) as r:
-                raw = r.read()
+                raw = read_capped(r)
         except urllib.error.HTTPError as e:
-            detail = e.read()[:500].decode(errors="replace")
+            detail = e.read(500).decode(errors="replace")
             hint = {404: f" (404: the endpoint is off; {what})" if what else ""}.get(e.code, "")
             raise StudentServerError(
                 f"the student server ({redact_url(self.root)}) answered {method} {url[len(self.root) :]} with HTTP "
                 f"{e.code}{hint}: {detail}"
+            ) from None
+        except ResponseTooLarge as e:
+            raise StudentServerError(
+                f"the student server ({redact_url(self.root)}) answered {method} {url[len(self.root) :]} with {e}. "
+                "Fix: point on_policy.student_server.base_url at a vLLM server"
             ) from None
         except OSError as e:
             raise StudentServerError(

@@ -25,7 +25,7 @@ import openai
 from openai import AsyncOpenAI
 
 from distill.core.redact import mask_known, mask_known_bytes, redact_url
-from orchestrator.http_client import ResponseTooLarge, endpoint_client, too_large
+from orchestrator.http_client import ResponseTooLarge, UnsupportedEncoding, endpoint_client, unrepeatable
 from orchestrator.limits import RetryPolicy, TokenBucket, parse_retry_after
 
 try:  # the HTTP library under the SDK: httpx2 in openai 3.x, httpx before
@@ -324,9 +324,10 @@ class Transport:
             except (openai.APITimeoutError, asyncio.TimeoutError) as e:
                 why = str(e) or f"no complete answer within timeout = {ep.timeout:g} s"
                 raise _Retryable(TeacherError("timeout", f"{ep.shown}: {why}"), None) from None
-            except (openai.APIConnectionError, ResponseTooLarge) as e:
-                if (big := too_large(e)) is not None:  # the same request would get the same answer
-                    raise NonRetryableError("response_too_large", f"{ep.shown}: {big}") from None
+            except (openai.APIConnectionError, ResponseTooLarge, UnsupportedEncoding) as e:
+                if (same := unrepeatable(e)) is not None:  # the same request would get the same answer
+                    why = "response_too_large" if isinstance(same, ResponseTooLarge) else "unsupported_encoding"
+                    raise NonRetryableError(why, f"{ep.shown}: {same}") from None
                 raise _Retryable(TeacherError("connection_error", f"{ep.shown}: {e.__cause__ or e}"), None) from None
             finally:
                 ep.in_flight -= 1

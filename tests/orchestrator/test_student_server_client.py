@@ -40,6 +40,8 @@ def serve(fake: Fake):
 
         def do_GET(self):
             fake.calls.append(("GET", self.path, None))
+            if self.path.startswith("/server_info") and fake.mode == "endless":
+                return self._send(200, "x" * (2 << 20), plain=True)  # stands for a body without end
             if self.path.startswith("/server_info"):
                 return self._send(200, {"vllm_config": {"model_config": {"logprobs_mode": fake.mode}}})
             if self.path == "/v1/models":
@@ -122,3 +124,12 @@ def test_an_endpoint_that_is_off_names_the_server_flag(make, tmp_path):
     _, lora = make(lora_runtime=False)
     with pytest.raises(StudentServerError, match="VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"):
         lora.refresh(tmp_path, 1)
+
+
+def test_a_control_answer_past_the_size_limit_is_refused_by_name(make, smol_tokenizer, monkeypatch):
+    from orchestrator import http_client
+
+    monkeypatch.setattr(http_client, "MAX_CONTROL_BYTES", 1 << 20)
+    _, client = make(mode="endless")
+    with pytest.raises(StudentServerError, match=r"GET /server_info.* passed 1 MiB and was cut off"):
+        client.check(smol_tokenizer, 0.7, 1.0)  # below 1, the server's logprobs mode is asked
