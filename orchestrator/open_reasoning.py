@@ -35,7 +35,11 @@ OPEN, CLOSE = "<think>", "</think>"
 def complete_content(opening: str, content: str, reasoning: str) -> str:
     """C: the whole turn content as the student writes it after `opening`."""
     if CLOSE in content:  # the teacher's own thinking block, inside content
-        return content if content.startswith(OPEN) else opening + content
+        if content.startswith(opening) or not content.lstrip().startswith(OPEN):
+            return content if content.startswith(opening) else opening + content
+        inline = split_thinking(content)  # "<think>R</think>A": laid out as the template writes it
+        if inline is not None:
+            reasoning, content = inline
     return f"{OPEN}\n{reasoning}\n{CLOSE}\n\n{content}"
 
 
@@ -78,11 +82,38 @@ def opened_turn(render: Callable[[str], str], prompt: str, content: str, reasoni
     return c[len(opening) :] + eot
 
 
+def split_thinking(content: str) -> tuple[str, str] | None:
+    """(reasoning, answer) of a content that begins with the teacher's own thinking block: "<think>"
+    (after optional whitespace) up to the first "</think>", or - as a model whose prompt opened the
+    block writes it (DeepSeek-R1 served without a reasoning parser) - text up to a "</think>" with no
+    "<think>" before it. The newlines around the reasoning and before the answer go, as the
+    thinking templates (Qwen3, DeepSeek-R1) strip them. None when the content has no such block."""
+    end = content.find(CLOSE)
+    if end < 0:
+        return None
+    head = content[:end]
+    if head.lstrip().startswith(OPEN):
+        head = head.lstrip()[len(OPEN) :]
+    elif OPEN in head:
+        return None
+    return head.strip("\n"), content[end + len(CLOSE) :].lstrip("\n")
+
+
+def probe_places_reasoning(render: Callable[[list[dict]], str]) -> bool:
+    """Whether the template renders an assistant turn's reasoning_content (Qwen3, SmolLM3 do; Qwen2.5,
+    DeepSeek-R1-Distill do not): a probe turn with a sentinel as its reasoning, rendered."""
+    turn = {"role": "assistant", "content": "Hello", "reasoning_content": SENTINEL, "thinking": SENTINEL}
+    try:
+        return SENTINEL in render([{"role": "user", "content": "Hi"}, turn])
+    except Exception:  # noqa: BLE001 - a template that raises here places nothing we could use
+        return False
+
+
 def without_thinking_tags(content: str) -> str:
-    """Content less the tags of a leading thinking block ("<think>" at the start, the first
-    "</think>"), for the special-token check: those tags are where a reasoning student
-    emits them (as special tokens, in tokenizers that have them), not forged structure."""
+    """Content less the tags of a leading thinking block ("<think>" at the start, after optional
+    whitespace, and the first "</think>"), for the special-token check: those tags are where a
+    reasoning student emits them (as special tokens, in tokenizers that have them), not forged structure."""
     if CLOSE not in content:
         return content
     head, tail = content.split(CLOSE, 1)
-    return (head[len(OPEN) :] if head.startswith(OPEN) else head) + tail
+    return (head.lstrip()[len(OPEN) :] if head.lstrip().startswith(OPEN) else head) + tail

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.lines import weight_ok
-from orchestrator.open_reasoning import without_thinking_tags
+from orchestrator.open_reasoning import CLOSE, split_thinking, without_thinking_tags
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.tool_args import ToolCallShape, parse_arguments
 
@@ -28,7 +28,7 @@ class Msg:
 
     data: dict[str, Any]  # passed to the template
     role: str
-    content: str  # the teacher's content, verbatim ("" when absent)
+    content: str  # the teacher's content, verbatim ("" when absent), less a thinking block moved out of it
     placed_prefix: str  # text put before the content by the reasoning policy (think_tags)
     reasoning: str  # the teacher's reasoning ("" when absent)
     weight: int = 1  # 0: not trained even if its role is in train_roles (OpenAI fine-tuning's "weight")
@@ -81,9 +81,15 @@ def _tool_calls(raw: Any, where: str, shape: ToolCallShape) -> list[dict[str, An
     return out
 
 
-def normalize_messages(messages: Any, reasoning_policy: str, shape: ToolCallShape = ToolCallShape()) -> list[Msg]:
+def normalize_messages(
+    messages: Any, reasoning_policy: str, shape: ToolCallShape = ToolCallShape(), places_reasoning: bool = False
+) -> list[Msg]:
     """Check `messages` and convert them to what the template sees (tool calls in
-    `shape`, see orchestrator/tool_args.py). Raises Reject."""
+    `shape`, see orchestrator/tool_args.py). A thinking block the teacher wrote inside an
+    assistant's content (no reasoning field) is reasoning too: dropped with reasoning = "drop",
+    moved to reasoning_content with "template" where the template places it (`places_reasoning`),
+    else left in the content as written. Raises Reject."""
+    moves = reasoning_policy == "drop" or (reasoning_policy == "template" and places_reasoning)
     if not isinstance(messages, list) or not messages:
         raise Reject("invalid_message", "messages must be a non-empty list")
     out = []
@@ -92,7 +98,8 @@ def normalize_messages(messages: Any, reasoning_policy: str, shape: ToolCallShap
         # non-empty content for an assistant: exactly what the checks below give it.
         if type(m) is dict and len(m) == 2:
             role, content = m.get("role"), m.get("content")
-            if type(content) is str and type(role) is str and role in _ROLES and (content or role != "assistant"):
+            plain = role != "assistant" or (content and not (moves and type(content) is str and CLOSE in content))
+            if type(content) is str and type(role) is str and role in _ROLES and plain:
                 out.append(Msg({"role": role, "content": content}, role, content, "", ""))
                 continue
         where = f"messages[{i}]"
@@ -111,27 +118,39 @@ def normalize_messages(messages: Any, reasoning_policy: str, shape: ToolCallShap
                 if not isinstance(v, str):
                     raise Reject("invalid_message", f"{where}: {k} is a {type(v).__name__}, expected a string")
                 data[k] = v
-        prefix = reasoning = ""
         if role == "assistant":
-            calls = _tool_calls(m["tool_calls"], where, shape) if m.get("tool_calls") else []
-            if calls:
-                data["tool_calls"] = calls
-                if not content and shape.null_content:
-                    data["content"] = None  # the template renders tool calls only for null content
-            if not content and not calls:
-                raise Reject("empty_assistant_turn", f"{where} is an assistant turn with no content and no tool calls")
-            r = m.get("reasoning_content") or m.get("reasoning") or ""
-            if not isinstance(r, str):
-                raise Reject("invalid_message", f"{where}: reasoning is a {type(r).__name__}, expected a string")
-            if r and reasoning_policy == "template":
-                # both names, as transformers' apply_chat_template aliases them
-                data["reasoning_content"] = data["thinking"] = reasoning = r
-            elif r and reasoning_policy == "think_tags":
-                reasoning = r
-                prefix = f"<think>\n{r}\n</think>\n\n"
-                data["content"] = prefix + content
-        out.append(Msg(data, role, content, prefix, reasoning, _weight(m.get("weight"), where)))
+            out.append(_assistant(m, data, where, reasoning_policy, shape, moves))
+        else:
+            out.append(Msg(data, role, content, "", "", _weight(m.get("weight"), where)))
     return out
+
+
+def _assistant(m: dict, data: dict[str, Any], where: str, policy: str, shape: ToolCallShape, moves: bool) -> Msg:
+    """An assistant message: tool calls in `shape`, reasoning placed per `policy` (a thinking block
+    inside content taken out of it first when `moves`); `data` holds its role and text content."""
+    content = data["content"]
+    r = m.get("reasoning_content") or m.get("reasoning") or ""
+    if not isinstance(r, str):
+        raise Reject("invalid_message", f"{where}: reasoning is a {type(r).__name__}, expected a string")
+    if not r and moves and (inline := split_thinking(content)) is not None:
+        r, content = inline
+        data["content"] = content
+    calls = _tool_calls(m["tool_calls"], where, shape) if m.get("tool_calls") else []
+    if calls:
+        data["tool_calls"] = calls
+        if not content and shape.null_content:
+            data["content"] = None  # the template renders tool calls only for null content
+    if not content and not calls:
+        raise Reject("empty_assistant_turn", f"{where} is an assistant turn with no content and no tool calls")
+    prefix = reasoning = ""
+    if r and policy == "template":
+        # both names, as transformers' apply_chat_template aliases them
+        data["reasoning_content"] = data["thinking"] = reasoning = r
+    elif r and policy == "think_tags":
+        reasoning = r
+        prefix = f"<think>\n{r}\n</think>\n\n"
+        data["content"] = prefix + content
+    return Msg(data, "assistant", content, prefix, reasoning, _weight(m.get("weight"), where))
 
 
 def _weight(w: Any, where: str) -> int:

@@ -51,6 +51,7 @@ class Planner:
     stats: collections.Counter
     train_roles: tuple[str, ...]
     tool_shape: ToolCallShape
+    places_reasoning: bool
     _special_re: re.Pattern | None
     # From the other parts:
     _reject: Callable[[str, Reject], Rejection]  # reconstructor.Reconstructor._reject
@@ -119,7 +120,7 @@ class Planner:
     def _plan(self, messages, tools, finish_reason):
         if self.cfg.system_prompt == "merge_into_first_user":
             messages = merge_system_into_first_user(messages)
-        msgs = normalize_messages(messages, self.cfg.reasoning, self.tool_shape)
+        msgs = normalize_messages(messages, self.cfg.reasoning, self.tool_shape, self.places_reasoning)
         tools = plain_tools(tools)
         if self._special_re is not None and self.cfg.special_tokens_in_content == "reject":
             check_special(msgs, tools, self._special_re)

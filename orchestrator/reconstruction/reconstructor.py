@@ -26,6 +26,7 @@ from orchestrator.reconstruction.selfcheck import SelfCheck, token_bytes
 from orchestrator.reconstruction.turns import TurnLocator
 from orchestrator.segment_tokenize import PrefixSpaceRule
 from orchestrator.template import ChatTemplate
+from orchestrator.open_reasoning import probe_places_reasoning
 from orchestrator.tool_args import probe_tool_call_shape
 
 if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
@@ -72,6 +73,8 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self.stats: collections.Counter = collections.Counter()
         self.eot, self.final_tail = self._probe_end_of_turn()
         self.tool_shape = probe_tool_call_shape(lambda msgs: self.render(msgs, self.probe_tools, False))
+        # a thinking block inside content moves to reasoning_content for templates that place it
+        self.places_reasoning = probe_places_reasoning(lambda msgs: self.render(msgs, self.probe_tools, False))
         # SentencePiece-style dummy prefix: later segments are tokenised without it
         # (orchestrator/segment_tokenize.py); None for tokenizers without one (BPE).
         self._prefix_rule = PrefixSpaceRule(self.backend, [self.eot] + added) if self._token_bytes is None else None

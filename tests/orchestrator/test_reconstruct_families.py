@@ -247,15 +247,20 @@ def test_r1_distill_reasoning_inside_content():
         )
         assert rejections == []
         assert masked_text(tok, samples[0]) == "Hmm.\n</think>\n\n4" + DS_EOS
-    # an opening the prompt does not end with cannot be proven: rejected
-    r = recon(tok=tok, special_tokens_in_content="allow")
-    _, rejections = r.build(
-        [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "<think>Hmm.</think>4"}],
+    # a block laid out otherwise than the prompt's opening ("<think>" without its newline) is laid
+    # out as the template writes reasoning, then proven like any other turn
+    for content in ("<think>Hmm.</think>4", "  <think>Hmm.\n\n</think>4"):
+        samples, rejections = r.build(
+            [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": content}], None, sample_id="r"
+        )
+        assert rejections == [] and masked_text(tok, samples[0]) == "Hmm.\n</think>\n\n4" + DS_EOS, content
+    # with reasoning = "drop", the teacher's block goes too: the student learns to close an empty one
+    samples, rejections = recon(tok=tok, reasoning="drop").build(
+        [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "<think>\nHmm.\n</think>\n\n4"}],
         None,
         sample_id="r",
     )
-    assert [x.reason for x in rejections] == ["template_mismatch"]
-    assert "does not start with" in rejections[0].detail
+    assert rejections == [] and masked_text(tok, samples[0]) == "\n</think>\n\n4" + DS_EOS
 
 
 def test_r1_distill_tool_call_turn_is_rejected_with_the_reason():
@@ -340,6 +345,60 @@ def test_qwen3_thinking_places_reasoning_and_splits_on_the_history_rewrite():
         (1, "<think>\nR2\n</think>\n\nA2" + IM),
     ]
     assert r.stats["split"] == 1
+
+
+def _answer(content):
+    return [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": content}]
+
+
+@pytest.mark.parametrize(
+    "content", ["<think>\nR1\n</think>\n\nA1", "<think>R1</think>A1", "\n<think>\nR1\n\n</think>\nA1"]
+)
+def test_qwen3_a_thinking_block_inside_content_is_reasoning(content):
+    """A teacher served without a reasoning parser writes its thinking into content. Qwen3 places
+    reasoning_content itself, so the block moves there and is laid out as Qwen3 writes it, whatever
+    the teacher's newlines (before: a rejection, 'template_alters_content', unless they matched)."""
+    tok = family("qwen", "qwen3")
+    r = recon(tok=tok)
+    assert r.places_reasoning
+    samples, rejections = r.build(_answer(content), None, sample_id="q")
+    assert rejections == [] and masked_text(tok, samples[0]) == "<think>\nR1\n</think>\n\nA1" + IM
+    # reasoning = "drop" drops it there too (Qwen3 then renders its empty block)
+    samples, rejections = recon(tok=tok, reasoning="drop").build(_answer(content), None, sample_id="q")
+    assert rejections == [] and masked_text(tok, samples[0]) == "<think>\n\n</think>\n\nA1" + IM
+
+
+def test_qwen3_thinking_2507_prompt_opens_the_block():
+    """Qwen3's Thinking-2507 releases end the generation prompt with "<think>\n" (their template is
+    Qwen3's with that prompt; derived here from tests/templates/qwen3.jinja): the student emits the
+    rest of the block, whether the teacher sent reasoning_content or the block inside content."""
+    tok = family("qwen", "qwen3")
+    gen = "    {{- '<|im_start|>assistant\\n' }}\n    {%- if enable_thinking is defined and enable_thinking is false %}"
+    assert gen in tok.chat_template
+    head, _, rest = tok.chat_template.partition(gen)
+    tok.chat_template = head + "    {{- '<|im_start|>assistant\\n<think>\\n' }}\n    {%- if false %}" + rest
+    r = recon(tok=tok)
+    for conv in (REASONED[:2], _answer("<think>\nR1\n</think>\n\nA1"), _answer("R1\n</think>\n\nA1")):
+        samples, rejections = r.build(conv, None, sample_id="q")
+        assert rejections == [] and runs(tok, samples[0]) == [
+            (None, "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\n<think>\n"),
+            (1, "R1\n</think>\n\nA1" + IM),
+        ]
+    samples, _ = r.build(REASONED, None, sample_id="q")  # the history drops earlier reasoning: split per turn
+    assert [masked_text(tok, s) for s in samples] == ["R1\n</think>\n\nA1" + IM, "R2\n</think>\n\nA2" + IM]
+
+
+@pytest.mark.parametrize("reasoning, trained", [("template", "<think>R1</think>A1"), ("drop", "A1")])
+def test_a_template_that_ignores_reasoning_keeps_an_inline_block_unless_dropped(reasoning, trained):
+    """Qwen2.5 renders no reasoning_content: the teacher's block stays in the content as written
+    (the student learns to write it there), and reasoning = "drop" removes it."""
+    tok = family("qwen", "qwen2_5")
+    r = recon(tok=tok, reasoning=reasoning)
+    assert not r.places_reasoning
+    samples, rejections = r.build(_answer("<think>R1</think>A1"), None, sample_id="q")
+    assert rejections == [] and masked_text(tok, samples[0]) == trained + IM
+    _, rejections = r.build(_answer("<think>only thinking</think>"), None, sample_id="q")
+    assert [x.reason for x in rejections] == ([] if reasoning == "template" else ["empty_assistant_turn"])
 
 
 def test_qwen3_without_thinking():

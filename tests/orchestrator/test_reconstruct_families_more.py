@@ -473,6 +473,19 @@ def test_gpt_oss_final_answers_split_per_turn():
     assert "<|start|>assistant<|channel|>final<|message|>A1<|end|>" in decode(tok, samples[1].prompt_ids)
 
 
+def test_gpt_oss_a_thinking_block_inside_content_goes_to_the_analysis_channel():
+    """A teacher that wrote its thinking inside content: gpt-oss's template places reasoning, so the
+    block moves there and the student learns it in its analysis channel, not as "<think>" text."""
+    tok = standin("gpt_oss")
+    r = recon(tok=tok)
+    assert r.places_reasoning
+    msgs = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "<think>\nR1\n</think>\n\nA1"}]
+    samples, rejections = r.build(msgs, None, sample_id="o")
+    assert rejections == [] and trained(tok, samples[0]) == [
+        "<|channel|>analysis<|message|>R1<|end|><|start|>assistant<|channel|>final<|message|>A1<|return|>"
+    ]
+
+
 def test_gpt_oss_tool_call_and_developer_message():
     tok = standin("gpt_oss")
     r = recon(tok=tok)

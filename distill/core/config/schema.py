@@ -132,7 +132,8 @@ class Reconstruction(Strict):
     on_history_rewrite: Literal["split", "reject"] = "split"
     # Teacher reasoning (reasoning_content / reasoning): "template" passes it to the
     # template's own field, "think_tags" wraps it in <think>...</think> in content,
-    # "drop" discards it.
+    # "drop" discards it. A <think>...</think> block inside content is reasoning too:
+    # "drop" removes it, "template" moves it to the field where the template places it.
     reasoning: Literal["template", "think_tags", "drop"] = "template"
     # An answer cut off (finish_reason "length", "content_filter", "error" or "abort"): "drop" the
     # sample, or "keep" it without an end token.
