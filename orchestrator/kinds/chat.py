@@ -18,6 +18,7 @@ from typing import Any
 
 from openai import AsyncOpenAI
 
+from distill.core.conversation import cut_short
 from orchestrator.transport import Delivery, RawResponse, ResponseError, error_message
 
 
@@ -233,7 +234,13 @@ def _parse_choice(c: Any, slot: int) -> Choice:
         reasoning = m.get("reasoning")
     tool_calls = m.get("tool_calls") or None
     if not content and not tool_calls:
-        raise ResponseError("empty_content", f"choice {slot} has neither content nor tool calls")
+        refusal = m.get("refusal")
+        if isinstance(refusal, str) and refusal.strip():
+            raise ResponseError("refusal", f"choice {slot} is a refusal with no content ({refusal[:80]!r})")
+        # cut off while reasoning (max_tokens spent thinking): a paid answer, recorded; reconstruction
+        # rejects it as `truncated`, naming the fix, and asking again would most likely cost the same
+        if not (isinstance(reasoning, str) and reasoning.strip() and cut_short(c.get("finish_reason"))):
+            raise ResponseError("empty_content", f"choice {slot} has neither content nor tool calls")
     return Choice(
         index=slot,
         message={"role": "assistant", "content": content, "reasoning_content": reasoning, "tool_calls": tool_calls},

@@ -120,6 +120,8 @@ class Planner:
     def _plan(self, messages, tools, finish_reason):
         if self.cfg.system_prompt == "merge_into_first_user":
             messages = merge_system_into_first_user(messages)
+        if cut_short(finish_reason):
+            _no_answer_yet(messages, finish_reason)
         msgs = normalize_messages(messages, self.cfg.reasoning, self.tool_shape, self.places_reasoning)
         tools = plain_tools(tools)
         if self._special_re is not None and self.cfg.special_tokens_in_content == "reject":
@@ -183,3 +185,18 @@ def _utf8(texts: list[str], messages, tools) -> list[bytes]:
             "(not valid Unicode, so no tokenizer can encode it). Fix: repair or "
             "drop the text at its source",
         ) from None
+
+
+def _no_answer_yet(messages: Any, finish_reason: str) -> None:
+    """A last assistant turn cut off while it was still reasoning (reasoning, but no content and no
+    tool call) has nothing to train, whatever the `truncated` policy: rejected, naming the fix."""
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    if not isinstance(last, dict) or last.get("role") != "assistant" or last.get("content") or last.get("tool_calls"):
+        return
+    reasoning = last.get("reasoning_content") or last.get("reasoning")
+    if isinstance(reasoning, str) and reasoning.strip():
+        raise Reject(
+            "truncated",
+            f"the last assistant turn was cut off while reasoning, before any answer (finish_reason={finish_reason}). "
+            "Fix: raise the teacher's max_tokens (orchestrator.sampling.max_tokens; reasoning counts towards it)",
+        )

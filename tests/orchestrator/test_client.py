@@ -160,12 +160,22 @@ def test_parse_completion_variants():
         (b"[]", "malformed_response"),
         (b'{"choices":[]}', "empty_response"),
         (b'{"choices":[{"message":{"role":"assistant","content":""}}]}', "empty_content"),
+        (b'{"choices":[{"message":{"role":"assistant","content":null,"refusal":"I cannot help."}}]}', "refusal"),
+        (b'{"choices":[{"message":{"content":"","reasoning":"r"},"finish_reason":"stop"}]}', "empty_content"),
         (b'{"choices":[{"text":"x"}]}', "null_message"),
         (b'{"choices":["x"]}', "malformed_choice"),
     ]:
         with pytest.raises(TeacherError) as ei:
             parse_completion(bad, 1)
         assert ei.value.reason == reason, bad
+
+
+def test_an_answer_cut_off_while_reasoning_is_kept_for_the_record():
+    """max_tokens spent thinking: a paid answer with reasoning and no content. It is recorded (reconstruction
+    rejects it as truncated, naming max_tokens), not asked again at the same cost."""
+    body = b'{"choices":[{"index":0,"message":{"content":null,"reasoning_content":"hmm"},"finish_reason":"length"}]}'
+    choices, _, _, _ = parse_completion(body, 1)
+    assert choices[0].message["reasoning_content"] == "hmm" and choices[0].finish_reason == "length"
 
 
 def test_least_loaded_endpoint_spreads_requests():

@@ -291,6 +291,18 @@ def test_truncated_drop_and_keep(smol_tokenizer, finish):
     assert s.finish_reason == finish and s.meta["truncated_turn"] is True and r.stats["truncated_kept"] == 1
 
 
+@pytest.mark.parametrize("truncated", ["drop", "keep"])
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_cut_off_while_reasoning_names_max_tokens(smol_tokenizer, truncated, field):
+    """A reasoning teacher that spent max_tokens thinking answers with reasoning and no content: no
+    answer to train under either policy; the rejection says so and names the key to raise."""
+    msgs = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": None, field: "thinking..."}]
+    r = Reconstructor(smol_tokenizer, Reconstruction(truncated=truncated, reasoning="think_tags"))
+    rej = rejected(r, msgs, finish_reason="length")
+    assert rej.reason == "truncated" and "while reasoning" in rej.detail and "sampling.max_tokens" in rej.detail
+    assert rejected(r, msgs, finish_reason="stop").reason == "empty_assistant_turn"  # not cut off: no answer at all
+
+
 @pytest.mark.parametrize("finish", ["stop", "tool_calls", None, "end_turn"])
 def test_finished_answers_keep_their_end_token(smol_tokenizer, finish):
     s = one(Reconstructor(smol_tokenizer, Reconstruction()), convo(("Q", "done")), finish_reason=finish)
