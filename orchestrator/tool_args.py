@@ -68,7 +68,10 @@ def probe_tool_call_shape(render: Callable[[list[dict]], str]) -> ToolCallShape:
 
 def parse_arguments(raw: Any, where: str) -> tuple[dict | None, str | None]:
     """(arguments as a dict, the JSON text to paste), or (None, why not) when they are
-    not a JSON object. A string is kept verbatim as the text (what the API returned)."""
+    not a JSON object. A string is kept verbatim as the text (what the API returned); a blank one
+    (what some servers send for a function without parameters) is the empty object "{}"."""
+    if isinstance(raw, str) and not raw.strip():
+        return {}, "{}"
     if isinstance(raw, str):
         try:
             parsed = json.loads(raw)

@@ -120,6 +120,17 @@ def test_parse_arguments_keeps_the_string_verbatim():
     assert parse_arguments({"a": "é"}, "w") == ({"a": "é"}, '{"a": "é"}')
     assert parse_arguments("nope", "w")[0] is None
     assert "expected an object" in parse_arguments("3", "w")[1]
+    assert parse_arguments("", "w") == parse_arguments(" \n", "w") == ({}, "{}")  # a call without parameters
+
+
+@pytest.mark.parametrize("name, template", [("deepseek", "deepseek_v3"), ("qwen", "qwen3")])
+def test_a_call_without_parameters_sent_with_blank_arguments(name, template):
+    """Some servers send arguments "" for a function without parameters: the call is the empty object,
+    pasted as "{}" by string-pasting templates and serialised from {} by the others."""
+    tok = family(name, template)
+    conv = tool_conversation(args="")
+    samples, rejections = recon(tok=tok).build(conv, None, sample_id="t")
+    assert rejections == [] and "get_weather" in masked_text(tok, samples[0]) and "{}" in masked_text(tok, samples[0])
 
 
 # -- SentencePiece with a dummy prefix (Mistral v0.1, Llama-2 style) ------------------
