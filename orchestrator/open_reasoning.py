@@ -99,6 +99,20 @@ def split_thinking(content: str) -> tuple[str, str] | None:
     return head.strip("\n"), content[end + len(CLOSE) :].lstrip("\n")
 
 
+def take_thinking(reasoning: str, content: str, take: bool) -> tuple[str, str]:
+    """(reasoning, content) of an assistant message, tidied: a reasoning field wrapped in its own
+    "<think>...</think>" is unwrapped; a thinking block inside content (`split_thinking`) leaves the
+    content when `take` (its text becomes the reasoning if the field is empty) or when it repeats
+    the reasoning field (servers that send both)."""
+    bare = reasoning.strip()
+    if bare.startswith(OPEN) and bare.endswith(CLOSE):
+        reasoning = bare[len(OPEN) : -len(CLOSE)].strip("\n")
+    inline = split_thinking(content) if CLOSE in content else None
+    if inline is not None and (take or (reasoning and inline[0].strip() == reasoning.strip())):
+        return reasoning or inline[0], inline[1]
+    return reasoning, content
+
+
 def probe_places_reasoning(render: Callable[[list[dict]], str]) -> bool:
     """Whether the template renders an assistant turn's reasoning_content (Qwen3, SmolLM3 do; Qwen2.5,
     DeepSeek-R1-Distill do not): a probe turn with a sentinel as its reasoning, rendered."""

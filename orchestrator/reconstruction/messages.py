@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.lines import weight_ok
-from orchestrator.open_reasoning import CLOSE, split_thinking, without_thinking_tags
+from orchestrator.open_reasoning import CLOSE, take_thinking, without_thinking_tags
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.tool_args import ToolCallShape, parse_arguments
 
@@ -132,9 +132,8 @@ def _assistant(m: dict, data: dict[str, Any], where: str, policy: str, shape: To
     r = m.get("reasoning_content") or m.get("reasoning") or ""
     if not isinstance(r, str):
         raise Reject("invalid_message", f"{where}: reasoning is a {type(r).__name__}, expected a string")
-    if not r and moves and (inline := split_thinking(content)) is not None:
-        r, content = inline
-        data["content"] = content
+    r, content = take_thinking(r, content, moves and (policy == "drop" or not r))
+    data["content"] = content
     calls = _tool_calls(m["tool_calls"], where, shape) if m.get("tool_calls") else []
     if calls:
         data["tool_calls"] = calls

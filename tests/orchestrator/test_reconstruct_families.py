@@ -379,6 +379,32 @@ def test_qwen3_a_thinking_block_inside_content_is_reasoning(content):
     assert rejections == [] and masked_text(tok, samples[0]) == "<think>\n\n</think>\n\nA1" + IM
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"content": "A1", "reasoning_content": "<think>\nR1\n</think>"},  # the field wrapped in its own tags
+        {"content": "<think>\nR1\n</think>\n\nA1", "reasoning_content": "R1"},  # both: the block repeats it
+        {"content": "<think>R1</think>A1", "reasoning": " <think>R1</think> "},
+    ],
+)
+def test_qwen3_reasoning_sent_twice_or_wrapped_is_placed_once(message):
+    tok = family("qwen", "qwen3")
+    samples, rejections = recon(tok=tok).build(
+        [{"role": "user", "content": "Q1"}, {"role": "assistant", **message}], None, sample_id="q"
+    )
+    assert rejections == [] and masked_text(tok, samples[0]) == "<think>\nR1\n</think>\n\nA1" + IM
+
+
+def test_drop_removes_a_thinking_block_from_content_also_beside_a_reasoning_field():
+    tok = family("qwen", "qwen2_5")
+    msgs = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "<think>X</think>A1", "reasoning": "Y"}]
+    samples, rejections = recon(tok=tok, reasoning="drop").build(msgs, None, sample_id="q")
+    assert rejections == [] and masked_text(tok, samples[0]) == "A1" + IM
+    # another policy keeps a block that differs from the field where it was written
+    samples, _ = recon(tok=tok, reasoning="think_tags").build(msgs, None, sample_id="q")
+    assert masked_text(tok, samples[0]) == "<think>\nY\n</think>\n\n<think>X</think>A1" + IM
+
+
 def test_qwen3_thinking_2507_prompt_opens_the_block():
     """Qwen3's Thinking-2507 releases end the generation prompt with "<think>\n" (their template is
     Qwen3's with that prompt; derived here from tests/templates/qwen3.jinja): the student emits the
