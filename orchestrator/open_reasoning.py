@@ -40,7 +40,7 @@ def complete_content(opening: str, content: str, reasoning: str) -> str:
         inline = split_thinking(content)  # "<think>R</think>A": laid out as the template writes it
         if inline is not None:
             reasoning, content = inline
-    return f"{OPEN}\n{reasoning}\n{CLOSE}\n\n{content}"
+    return f"{OPEN}\n{reasoning}\n{CLOSE}\n\n{content.lstrip(chr(10))}"  # the block's own newlines, once
 
 
 def opened_turn(render: Callable[[str], str], prompt: str, content: str, reasoning: str, eot: str, tail: str) -> str:
@@ -103,14 +103,18 @@ def take_thinking(reasoning: str, content: str, take: bool) -> tuple[str, str]:
     """(reasoning, content) of an assistant message, tidied: a reasoning field wrapped in its own
     "<think>...</think>" is unwrapped; a thinking block inside content (`split_thinking`) leaves the
     content when `take` (its text becomes the reasoning if the field is empty) or when it repeats
-    the reasoning field (servers that send both)."""
+    the reasoning field (servers that send both). Where there is reasoning, the newlines around it
+    and at the head of the content go: they are the thinking block's own ("R\n</think>\n\nA" comes
+    back from vLLM's and SGLang's reasoning parsers as reasoning "R\n" and content "\n\nA"), which
+    every layout writes itself (the templates, think_tags, the opened prompt's turn)."""
     bare = reasoning.strip()
     if bare.startswith(OPEN) and bare.endswith(CLOSE):
-        reasoning = bare[len(OPEN) : -len(CLOSE)].strip("\n")
+        reasoning = bare[len(OPEN) : -len(CLOSE)]
     inline = split_thinking(content) if CLOSE in content else None
     if inline is not None and (take or (reasoning and inline[0].strip() == reasoning.strip())):
-        return reasoning or inline[0], inline[1]
-    return reasoning, content
+        reasoning, content = reasoning or inline[0], inline[1]
+    reasoning = reasoning.strip("\n")
+    return reasoning, content.lstrip("\n") if reasoning else content
 
 
 def probe_places_reasoning(render: Callable[[list[dict]], str]) -> bool:

@@ -405,6 +405,29 @@ def test_drop_removes_a_thinking_block_from_content_also_beside_a_reasoning_fiel
     assert masked_text(tok, samples[0]) == "<think>\nY\n</think>\n\n<think>X</think>A1" + IM
 
 
+PARSED = {"content": "\n\nA1", "reasoning_content": "R1\n"}  # "R1\n</think>\n\nA1" split by vLLM's reasoning parser
+
+
+@pytest.mark.parametrize(
+    "name, template, reasoning, trained",
+    [
+        ("qwen", "qwen3", "template", "<think>\nR1\n</think>\n\nA1" + IM),  # was template_alters_content
+        ("qwen", "qwen3", "drop", "<think>\n\n</think>\n\nA1" + IM),
+        ("deepseek", "deepseek_r1_distill", "template", "R1\n</think>\n\nA1" + DS_EOS),  # was "\n\n\n\nA1"
+        ("qwen", "qwen2_5", "think_tags", "<think>\nR1\n</think>\n\nA1" + IM),
+        ("qwen", "qwen2_5", "drop", "A1" + IM),
+    ],
+)
+def test_a_reasoning_parser_answer_trains_the_block_newlines_once(name, template, reasoning, trained):
+    """vLLM's and SGLang's reasoning parsers cut "R1\n</think>\n\nA1" after the tag: reasoning "R1\n",
+    content "\n\nA1". Those newlines are the block's own, which every layout writes itself."""
+    tok = family(name, template)
+    samples, rejections = recon(tok=tok, reasoning=reasoning).build(
+        _answer("")[:1] + [dict(PARSED, role="assistant")], None, sample_id="p"
+    )
+    assert rejections == [] and masked_text(tok, samples[0]) == trained
+
+
 def test_qwen3_thinking_2507_prompt_opens_the_block():
     """Qwen3's Thinking-2507 releases end the generation prompt with "<think>\n" (their template is
     Qwen3's with that prompt; derived here from tests/templates/qwen3.jinja): the student emits the

@@ -194,7 +194,16 @@ def test_random_history_rewrites_split_into_exact_per_turn_samples(msgs):
     tok = tokenizer_with("reasoning_rewrite")
     r = recon("reasoning_rewrite")
     samples, rejections = r.build(msgs, sample_id="h")
+    # the newlines around the reasoning and at the head of the answer are the thinking block's own:
+    # written once, by the template (open_reasoning.take_thinking)
+    for m in msgs:
+        if m["role"] == "assistant":
+            m["reasoning_content"] = m["reasoning_content"].strip("\n")
+            m["content"] = m["content"].lstrip("\n") if m["reasoning_content"] else m["content"]
     assistants = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    if any(not msgs[a]["content"] for a in assistants):  # only newlines after the reasoning: no answer
+        assert [x.reason for x in rejections] == ["empty_assistant_turn"]
+        return
     assert rejections == []
     assert [s.sample_id for s in samples] == (
         [f"h/turn{k + 1}" for k in range(len(assistants))] if len(assistants) > 1 else ["h"]
@@ -202,7 +211,7 @@ def test_random_history_rewrites_split_into_exact_per_turn_samples(msgs):
     for s, a in zip(samples, assistants):
         m = msgs[a]
         assert decode(tok, s.prompt_ids) == render(tok, msgs[:a], add_generation_prompt=True)
-        want = "<think>\n" + m["reasoning_content"].strip("\n") + "\n</think>\n\n" + m["content"] + IM
+        want = "<think>\n" + m["reasoning_content"] + "\n</think>\n\n" + m["content"] + IM
         assert masked_text(tok, s) == want and full_text(tok, s) + "\n" == render(tok, msgs[: a + 1])
     assert r.stats["split"] == (len(assistants) > 1)
 
