@@ -152,6 +152,20 @@ def _assistant(m: dict, data: dict[str, Any], where: str, policy: str, shape: To
     return Msg(data, "assistant", content, prefix, reasoning, _weight(m.get("weight"), where))
 
 
+def strip_contents(messages: Any) -> Any:
+    """Policy content_whitespace = "strip": a copy of `messages` whose text contents (a string, or a
+    list of text parts, joined) have no outer whitespace; anything else is left for the checks."""
+    if not isinstance(messages, list):
+        return messages
+    out = []
+    for m in messages:
+        c = m.get("content") if isinstance(m, dict) else None
+        if isinstance(c, list) and all(isinstance(p, dict) and p.get("type", "text") == "text" for p in c):
+            c = "".join(p["text"] for p in c if isinstance(p.get("text"), str))
+        out.append(dict(m, content=c.strip()) if isinstance(c, str) else m)
+    return out
+
+
 def _weight(w: Any, where: str) -> int:
     """A message's "weight" (OpenAI's chat fine-tuning format): 1 (or none) trains it, 0 keeps it as context only."""
     if not weight_ok(w):

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from distill.core.contract import Rejection
 from distill.core.conversation import cut_short
-from orchestrator.reconstruction.messages import check_special, normalize_messages, plain_tools, where_not_unicode
+from orchestrator.reconstruction.messages import (
+    check_special,
+    normalize_messages,
+    plain_tools,
+    strip_contents,
+    where_not_unicode,
+)
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.turns import Turn
 from orchestrator.system_merge import merge_system_into_first_user
@@ -120,6 +126,8 @@ class Planner:
     def _plan(self, messages, tools, finish_reason):
         if self.cfg.system_prompt == "merge_into_first_user":
             messages = merge_system_into_first_user(messages)
+        if self.cfg.content_whitespace == "strip":
+            messages = strip_contents(messages)
         if cut_short(finish_reason):
             _no_answer_yet(messages, finish_reason)
         msgs = normalize_messages(messages, self.cfg.reasoning, self.tool_shape, self.places_reasoning)

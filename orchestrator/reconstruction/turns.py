@@ -312,8 +312,8 @@ class TurnLocator:
                 how = (
                     "trims whitespace from the content (Llama 3's and Gemma's `| trim`, SmolLM3's "
                     '`.lstrip("\\n")`), so the student would '
-                    "learn different text; no setting changes that: strip the content at its source, or use a "
-                    "student whose template keeps it"
+                    'learn different text. Fix: set content_whitespace = "strip" in [orchestrator.reconstruction] '
+                    "to train the content as the template writes it"
                 )
             raise Reject(
                 "template_alters_content",

@@ -510,7 +510,13 @@ def test_llama3_1_trims_content():
         [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "  A"}], None, sample_id="l"
     )
     assert samples == [] and [x.reason for x in rejections] == ["template_alters_content"]
-    assert "trims" in rejections[0].detail
+    assert "trims" in rejections[0].detail and 'content_whitespace = "strip"' in rejections[0].detail
+    # opted in: every text is stripped before rendering, and the turn is trained as Llama 3 writes it
+    tok = family("llama3", "llama3_1")
+    msgs = [{"role": "user", "content": " Q\n"}, {"role": "assistant", "content": "\n  A \n"}]
+    samples, rejections = recon(tok=tok, content_whitespace="strip").build(msgs, None, sample_id="l")
+    assert rejections == [] and masked_text(tok, samples[0]) == "A<|eot_id|>"
+    assert full_text(tok, samples[0]) == jinja_render(tok, msgs, date_string="26 Jul 2024")
 
 
 # -- Gemma 2: no system role (opt-in merge into the first user turn) ---------------------

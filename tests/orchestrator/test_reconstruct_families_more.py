@@ -187,6 +187,9 @@ def test_gemma3_trims_content_and_rejects_tool_messages():
     r = recon(tok=standin("gemma3"))
     _, rejections = r.build(OUTER_WS, None, sample_id="g")
     assert reasons(rejections) == ["template_alters_content"] and "trims" in rejections[0].detail
+    tok = standin("gemma3")
+    samples, rejections = recon(tok=tok, content_whitespace="strip").build(OUTER_WS, None, sample_id="g")
+    assert rejections == [] and masked_text(tok, samples[0]).startswith("Hello<end_of_turn>")  # opted in
     # a tool message breaks the template's user/model alternation: the template raises
     _, rejections = r.build(
         [*PLAIN[:2], {"role": "tool", "content": "t"}, {"role": "assistant", "content": "B"}], None, sample_id="g"

@@ -151,6 +151,10 @@ class Reconstruction(Strict):
     # Gemma 2's, reject the conversation), or "merge_into_first_user": its text, a blank
     # line, then the first user message's text, as one user message.
     system_prompt: Literal["keep", "merge_into_first_user"] = "keep"
+    # Whitespace around each message's text: "keep" it as sent (a template that trims it, e.g.
+    # Llama 3's and Gemma's trim filter, then rejects the turn: the student would learn other text),
+    # or "strip" it before rendering, so that such templates train the text as they write it.
+    content_whitespace: Literal["keep", "strip"] = "keep"
 
 
 #: Our names for replay input fields; orchestrator.replay.columns maps them to other column names.
