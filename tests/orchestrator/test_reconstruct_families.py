@@ -428,6 +428,29 @@ def test_a_reasoning_parser_answer_trains_the_block_newlines_once(name, template
     assert rejections == [] and masked_text(tok, samples[0]) == trained
 
 
+def test_qwen3_agentic_turns_from_a_reasoning_parser_are_one_sample():
+    """A tool-calling reasoning teacher behind vLLM's parsers: the call turn's content is the block's
+    "\n\n" (or null), reasoning ends with its newline. Qwen3 keeps reasoning after the last user
+    message, so the whole exchange is one sample, each reasoning placed once."""
+    tok = family("qwen", "qwen3")
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": CALL_ARGS}}
+    for content in (None, "\n\n"):
+        conv = [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": content, "reasoning_content": "I should call.\n", "tool_calls": [call]},
+            {"role": "tool", "content": "sunny", "tool_call_id": "c1"},
+            {"role": "assistant", "content": "\n\nIt is sunny.", "reasoning_content": "Done.\n"},
+        ]
+        samples, rejections = recon(tok=tok).build(conv, TOOLS, sample_id="t")
+        assert rejections == [] and len(samples) == 1
+        trained = [text for m, text in runs(tok, samples[0])[1:] if m == 1]
+        assert trained == [
+            f'<think>\nI should call.\n</think>\n\n<tool_call>\n{{"name": "get_weather", "arguments": {CALL_ARGS}}}'
+            "\n</tool_call>" + IM,
+            "<think>\nDone.\n</think>\n\nIt is sunny." + IM,
+        ]
+
+
 def test_qwen3_thinking_2507_prompt_opens_the_block():
     """Qwen3's Thinking-2507 releases end the generation prompt with "<think>\n" (their template is
     Qwen3's with that prompt; derived here from tests/templates/qwen3.jinja): the student emits the
