@@ -118,8 +118,8 @@ def take_thinking(reasoning: str, content: str, take: bool) -> tuple[str, str]:
 
 
 def probe_places_reasoning(render: Callable[[list[dict]], str]) -> bool:
-    """Whether the template renders an assistant turn's reasoning_content (Qwen3, SmolLM3 do; Qwen2.5,
-    DeepSeek-R1-Distill do not): a probe turn with a sentinel as its reasoning, rendered."""
+    """Whether the template renders an assistant turn's reasoning_content (Qwen3, gpt-oss do; Qwen2.5,
+    SmolLM3, DeepSeek-R1-Distill do not): a probe turn with a sentinel as its reasoning, rendered."""
     turn = {"role": "assistant", "content": "Hello", "reasoning_content": SENTINEL, "thinking": SENTINEL}
     try:
         return SENTINEL in render([{"role": "user", "content": "Hi"}, turn])

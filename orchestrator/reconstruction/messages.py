@@ -28,7 +28,7 @@ class Msg:
 
     data: dict[str, Any]  # passed to the template
     role: str
-    content: str  # the teacher's content, verbatim ("" when absent), less a thinking block moved out of it
+    content: str  # the teacher's content ("" when absent), verbatim but for open_reasoning.take_thinking
     placed_prefix: str  # text put before the content by the reasoning policy (think_tags)
     reasoning: str  # the teacher's reasoning ("" when absent)
     weight: int = 1  # 0: not trained even if its role is in train_roles (OpenAI fine-tuning's "weight")
