@@ -160,8 +160,11 @@ def strip_contents(messages: Any) -> Any:
     out = []
     for m in messages:
         c = m.get("content") if isinstance(m, dict) else None
-        if isinstance(c, list) and all(isinstance(p, dict) and p.get("type", "text") == "text" for p in c):
-            c = "".join(p["text"] for p in c if isinstance(p.get("text"), str))
+        if isinstance(c, list):
+            try:
+                c = _text_content(c, "")
+            except Reject:
+                pass  # a part that is not text: normalize_messages rejects it, naming the message
         out.append(dict(m, content=c.strip()) if isinstance(c, str) else m)
     return out
 

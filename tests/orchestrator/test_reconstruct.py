@@ -395,6 +395,14 @@ def test_special_token_text_allowed_never_moves_the_mask(smol_tokenizer):
             "'image_url'",
         ),
         (
+            [
+                {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": 5}]},
+                {"role": "assistant", "content": "A"},
+            ],
+            "non_text_content",
+            "content part 1",
+        ),
+        (
             [{"role": "user", "content": "Q"}, {"role": "assistant", "content": ""}],
             "empty_assistant_turn",
             "messages[1]",
@@ -447,8 +455,9 @@ def test_special_token_text_allowed_never_moves_the_mask(smol_tokenizer):
         ),
     ],
 )
-def test_input_rejections(smol_tokenizer, messages, reason, where):
-    rej = rejected(Reconstructor(smol_tokenizer, Reconstruction()), messages)
+@pytest.mark.parametrize("whitespace", ["keep", "strip"])  # stripping texts first rejects the same input
+def test_input_rejections(smol_tokenizer, messages, reason, where, whitespace):
+    rej = rejected(Reconstructor(smol_tokenizer, Reconstruction(content_whitespace=whitespace)), messages)
     assert rej.reason == reason and where in rej.detail and rej.item_id == "s"
 
 
