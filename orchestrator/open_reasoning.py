@@ -35,8 +35,10 @@ OPEN, CLOSE = "<think>", "</think>"
 def complete_content(opening: str, content: str, reasoning: str) -> str:
     """C: the whole turn content as the student writes it after `opening`."""
     if CLOSE in content:  # the teacher's own thinking block, inside content
-        if content.startswith(opening) or not content.lstrip().startswith(OPEN):
-            return content if content.startswith(opening) else opening + content
+        if content.startswith(opening):
+            return content
+        if not content.lstrip().startswith(OPEN):  # the block's text without its opening tag
+            return opening + content
         inline = split_thinking(content)  # "<think>R</think>A": laid out as the template writes it
         if inline is not None:
             reasoning, content = inline
@@ -91,9 +93,9 @@ def split_thinking(content: str) -> tuple[str, str] | None:
     end = content.find(CLOSE)
     if end < 0:
         return None
-    head = content[:end]
-    if head.lstrip().startswith(OPEN):
-        head = head.lstrip()[len(OPEN) :]
+    head = content[:end].lstrip()
+    if head.startswith(OPEN):
+        head = head[len(OPEN) :]
     elif OPEN in head:
         return None
     return head.strip("\n"), content[end + len(CLOSE) :].lstrip("\n")
@@ -110,7 +112,7 @@ def take_thinking(reasoning: str, content: str, take: bool) -> tuple[str, str]:
     bare = reasoning.strip()
     if bare.startswith(OPEN) and bare.endswith(CLOSE):
         reasoning = bare[len(OPEN) : -len(CLOSE)]
-    inline = split_thinking(content) if CLOSE in content else None
+    inline = split_thinking(content)
     if inline is not None and (take or (reasoning and inline[0].strip() == reasoning.strip())):
         reasoning, content = reasoning or inline[0], inline[1]
     reasoning = reasoning.strip("\n")
