@@ -129,6 +129,12 @@ def probe_places_reasoning(render: Callable[[list[dict]], str]) -> bool:
         return False
 
 
+def open_block(content: str) -> bool:
+    """Whether the content is a thinking block the teacher never closed: "<think>" (after optional
+    whitespace) and no "</think>" - an answer cut off while reasoning, from a server without a parser."""
+    return content.lstrip().startswith(OPEN) and CLOSE not in content
+
+
 def without_thinking_tags(content: str) -> str:
     """Content less the tags of a leading thinking block ("<think>" at the start, after optional
     whitespace, and the first "</think>"), for the special-token check: those tags are where a

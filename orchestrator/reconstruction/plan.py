@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from distill.core.contract import Rejection
 from distill.core.conversation import cut_short
+from orchestrator.open_reasoning import open_block
 from orchestrator.reconstruction.messages import (
     check_special,
     normalize_messages,
@@ -199,10 +200,14 @@ def _no_answer_yet(messages: Any, finish_reason: str) -> None:
     """A last assistant turn cut off while it was still reasoning (reasoning, but no content and no
     tool call) has nothing to train, whatever the `truncated` policy: rejected, naming the fix."""
     last = messages[-1] if isinstance(messages, list) and messages else None
-    if not isinstance(last, dict) or last.get("role") != "assistant" or last.get("content") or last.get("tool_calls"):
+    if not isinstance(last, dict) or last.get("role") != "assistant" or last.get("tool_calls"):
         return
-    reasoning = last.get("reasoning_content") or last.get("reasoning")
-    if isinstance(reasoning, str) and reasoning.strip():
+    content, reasoning = last.get("content"), last.get("reasoning_content") or last.get("reasoning")
+    if isinstance(content, str) and open_block(content):  # "<think>R..." from a server without a parser
+        reasoning, content = content, None
+    # the newlines a reasoning parser leaves in content are the thinking block's, not an answer
+    answered = content.strip("\n") if isinstance(content, str) and reasoning else content
+    if not answered and isinstance(reasoning, str) and reasoning.strip():
         raise Reject(
             "truncated",
             f"the last assistant turn was cut off while reasoning, before any answer (finish_reason={finish_reason}). "

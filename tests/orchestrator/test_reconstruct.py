@@ -303,6 +303,35 @@ def test_cut_off_while_reasoning_names_max_tokens(smol_tokenizer, truncated, fie
     assert rejected(r, msgs, finish_reason="stop").reason == "empty_assistant_turn"  # not cut off: no answer at all
 
 
+@pytest.mark.parametrize("truncated", ["drop", "keep"])
+@pytest.mark.parametrize(
+    "assistant",
+    [
+        {"content": "\n\n", "reasoning_content": "thinking..."},  # a reasoning parser's leftover newlines
+        {"content": "<think>\nthinking...", "reasoning_content": None},  # no parser: a block never closed
+        {"content": "  <think>thinking", "reasoning_content": ""},
+    ],
+)
+def test_cut_off_while_reasoning_in_other_shapes(smol_tokenizer, truncated, assistant):
+    """The same cut-off answer as servers shape it: the newlines a reasoning parser leaves in content,
+    or an unclosed thinking block in content from a server without one. Not an empty turn, not a
+    partial answer to keep: cut off while reasoning, naming the key to raise."""
+    msgs = [{"role": "user", "content": "Q"}, {"role": "assistant", **assistant}]
+    for reasoning in ("drop", "think_tags", "template"):
+        r = Reconstructor(smol_tokenizer, Reconstruction(truncated=truncated, reasoning=reasoning))
+        rej = rejected(r, msgs, finish_reason="length")
+        assert rej.reason == "truncated" and "while reasoning" in rej.detail and "sampling.max_tokens" in rej.detail
+
+
+def test_answer_after_reasoning_is_not_cut_off_while_reasoning(smol_tokenizer):
+    """An answer that was begun (content past the block's newlines, or a closed block then text) is an
+    ordinary truncated turn: kept under truncated = "keep"."""
+    r = Reconstructor(smol_tokenizer, Reconstruction(truncated="keep", reasoning="drop"))
+    for assistant in ({"content": "\n\nThe ans", "reasoning_content": "R"}, {"content": "<think>R</think>The ans"}):
+        s = one(r, [{"role": "user", "content": "Q"}, {"role": "assistant", **assistant}], finish_reason="length")
+        assert masked_text(smol_tokenizer, s) == "The ans"
+
+
 @pytest.mark.parametrize("finish", ["stop", "tool_calls", None, "end_turn"])
 def test_finished_answers_keep_their_end_token(smol_tokenizer, finish):
     s = one(Reconstructor(smol_tokenizer, Reconstruction()), convo(("Q", "done")), finish_reason=finish)
