@@ -57,6 +57,7 @@ def metrics_line(
         "prompt_tokens": round(gate.prompt_tokens),
         "completion_tokens": round(gate.completion_tokens),
         "cost": round(gate.cost(), 6),
+        "usage_estimated": stats.usage_estimated,
         "n_ignored_responses": c.n_ignored_responses,
         "reward_pass_rate": (pub.passed / pub.scored) if pub.scored else None,
         "samples_per_s": round(pub.samples / elapsed, 2) if elapsed > 0 else None,
@@ -95,6 +96,11 @@ def format_summary(s: dict) -> str:
         f"(+{s['samples_this_run']} this run) retries: {retries}; rejections: {rej}; "
         f"tokens prompt={s['prompt_tokens']} "
         f"completion={s['completion_tokens']} cost={s['cost']:.4f}"
+        + (
+            f" (including estimates for {s['usage_estimated']} answers that reported no usable usage)"
+            if s.get("usage_estimated")
+            else ""
+        )
         + (f" reward_pass_rate={pr:.2f}" if pr is not None else "")
         + (
             f"; pairs done={s['pairs_done']} (published {s['pairs_published']}, rejected {s['pairs_rejected']})"

@@ -13,6 +13,7 @@ Transport, returning a TeacherResponse.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,8 @@ class ChatAnswer:
     usage: dict[str, int]
     model: str | None
     response_id: str | None
+    # why `usage` holds estimates (the body reported no usable usage; see estimated_usage), else None
+    usage_estimated: str | None = None
 
 
 @dataclass
@@ -100,8 +103,22 @@ class ChatKind:
         return raw.http_response
 
     def parse(self, body: bytes, req: ChatRequest) -> ChatAnswer:
-        choices, bad, usage, model, rid = parse_choices(body, req.want)
-        return ChatAnswer(choices, bad, usage, model, rid)
+        """The answer; usage the body does not report usably is the estimate (estimated_usage), with why."""
+        d, choices, bad = read_choices(body, req.want)
+        counts, why = read_usage(d)
+        usage = estimated_usage(counts, req, choices) if why else {k: v or 0 for k, v in counts.items()}
+        return ChatAnswer(choices, bad, usage, d.get("model"), d.get("id"), usage_estimated=why)
+
+
+def estimated_usage(counts: dict[str, int | None], req: ChatRequest, choices: list[Choice]) -> dict[str, int]:
+    """`counts` with each count the body did not report usably (None) replaced by the request's estimate,
+    rounded up: the prompt's, and the completion tokens reserved (with max_tokens set an upper bound:
+    max_tokens x n); without max_tokens at least the answer's own size (its JSON characters / 4)."""
+    est_p, est_c = ChatKind().estimate(req)
+    if "max_tokens" not in req.args and "max_completion_tokens" not in req.args:
+        est_c = max(est_c, estimate_prompt_tokens([c.message for c in choices]))
+    est = {"prompt_tokens": est_p, "completion_tokens": est_c}
+    return {k: v if v is not None else math.ceil(est[k]) for k, v in counts.items()}
 
 
 def to_response(d: Delivery[ChatAnswer], req: ChatRequest) -> TeacherResponse:
@@ -139,7 +156,15 @@ def parse_choices(body: bytes | str, want_choices: int):
     sample it answers; slots under want_choices that are in neither are missing from the body. Raises
     ResponseError (a TeacherError; retryable) when the body is unusable as a whole ("malformed_response", "empty_response") or no
     choice is usable (the first unusable choice's reason: empty_content, null_message, malformed_choice).
+    A usage count the body does not report usably reads 0 here (ChatKind.parse counts it at the estimate).
     """
+    d, choices, bad = read_choices(body, want_choices)
+    counts, _ = read_usage(d)
+    return choices, bad, {k: v or 0 for k, v in counts.items()}, d.get("model"), d.get("id")
+
+
+def read_choices(body: bytes | str, want_choices: int) -> tuple[dict, list[Choice], dict[int, str]]:
+    """The body as an object, its usable choices and {slot: reason} of the unusable ones (see parse_choices)."""
     try:
         d = json_object(body)
         raw = d.get("choices")
@@ -154,13 +179,25 @@ def parse_choices(body: bytes | str, want_choices: int):
         if not choices:
             first = min(bad)
             raise ResponseError(bad[first][0], f"no usable choice in the response ({bad[first][1]})")
-        usage = d.get("usage") if isinstance(d.get("usage"), dict) else {}
-        usage = {k: token_count(usage.get(k)) for k in ("prompt_tokens", "completion_tokens")}
+        read_usage(d)  # a count of the wrong type fails the body (for now)
     except (TypeError, ValueError, AttributeError, OverflowError) as e:  # wrong types inside (usage, ...)
         raise ResponseError(
             "malformed_response", f"response body has an unexpected shape ({type(e).__name__}: {e})"
         ) from None
-    return choices, {k: r for k, (r, _) in bad.items()}, usage, d.get("model"), d.get("id")
+    return d, choices, {k: r for k, (r, _) in bad.items()}
+
+
+USAGE_KEYS = ("prompt_tokens", "completion_tokens")
+
+
+def read_usage(d: dict) -> tuple[dict[str, int | None], str | None]:
+    """The body's usage counts (None: not reported) and, when one is missing, why in words."""
+    u = d.get("usage")
+    if not isinstance(u, dict):
+        return dict.fromkeys(USAGE_KEYS), "the response has no usage" if u is None else "its usage is not an object"
+    counts = {k: None if u.get(k) is None else token_count(u[k]) for k in USAGE_KEYS}
+    missing = [k for k, v in counts.items() if v is None]
+    return counts, ("its usage has no " + " or ".join(missing)) if missing else None
 
 
 def token_count(v: Any) -> int:

@@ -1,0 +1,115 @@
+"""A teacher whose `usage` is missing or unusable: its answers are kept and counted at the estimate, so
+the budgets still hold (a real FaultServer whose usage is rewritten, and ChatKind.parse on raw bodies)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from support.helpers import read_jsonl
+
+from orchestrator.kinds.chat import ChatKind, ChatRequest
+from orchestrator.scheduler import rollout
+from orchestrator.reconstruct import Reconstructor
+from support.fault_server import FaultServer, write_prompts
+from support.rollout_helpers import make_cfg
+
+DROP = object()  # the answer carries no usage at all
+MSGS = [{"role": "user", "content": "x" * 400}]
+P = -(-len(json.dumps(MSGS)) // 4)  # the prompt's estimate (its JSON characters / 4, rounded up)
+
+
+class UsageServer(FaultServer):
+    """A FaultServer whose answers carry `usage` (DROP: none) instead of the true one; the true
+    completion tokens of every answer are kept in `billed`."""
+
+    def __init__(self, usage: Any, **kw):
+        super().__init__(**kw)
+        self.usage = usage
+        self.billed: list[int] = []
+
+    def _completion(self, req: dict, n: int) -> dict:
+        out = super()._completion(req, n)
+        self.billed.append(out["usage"]["completion_tokens"])
+        if self.usage is DROP:
+            del out["usage"]
+        else:
+            out["usage"] = self.usage
+        return out
+
+
+@pytest.fixture
+def recon_for(smol_tokenizer):
+    return lambda cfg: Reconstructor(smol_tokenizer, cfg.orchestrator.reconstruction)
+
+
+def _budget_run(tmp_path, recon_for, usage, capfd):
+    write_prompts(tmp_path / "p.jsonl", 40)
+    with UsageServer(usage) as s:
+        cfg = make_cfg(
+            s.base_url,
+            tmp_path / "p.jsonl",
+            sampling={"n": 2, "max_tokens": 30},
+            budget={"max_completion_tokens": 200, "max_cost": 1.0, "cost_per_1k_completion": 5.0},
+            concurrency=2,
+        )
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+        again = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+        sent = len(s.log.entries)
+    return s, summary, again, sent, capfd.readouterr().err
+
+
+def test_a_teacher_reporting_no_usage_is_counted_at_the_estimate_and_the_budget_holds(tmp_path, recon_for, capfd):
+    s, summary, again, sent, err = _budget_run(tmp_path, recon_for, DROP, capfd)
+    assert summary["stop_reason"] == "budget:max_completion_tokens"  # before: completed, spend 0
+    answered = len(s.log.ok())
+    assert summary["usage_estimated"] == answered > 0
+    assert summary["completion_tokens"] == answered * 2 * 30 <= 200  # max_tokens x n per answer
+    assert sum(s.billed) <= 200  # what the teacher really produced stayed under the budget
+    assert summary["prompt_tokens"] > 0 and 0 < summary["cost"] <= 1.0
+    records = read_jsonl(tmp_path / "run" / "recording.jsonl")
+    assert len(records) == 2 * answered and all(r["usage"]["completion_tokens"] == 60 for r in records)
+    # a rerun restores the estimated spend from the recording: nothing more is sent
+    assert again["stop_reason"] == "budget:max_completion_tokens" and sent == len(s.log.entries) == answered
+    assert err.count("reported no usable token usage (the response has no usage)") == 1  # once per run
+    assert "including estimates for" in err
+
+
+def _body(usage: Any = DROP, contents=("four words right here", "two words")) -> bytes:
+    d: dict[str, Any] = {
+        "id": "x",
+        "choices": [
+            {"index": i, "message": {"role": "assistant", "content": c}, "finish_reason": "stop"}
+            for i, c in enumerate(contents)
+        ],
+    }
+    if usage is not DROP:
+        d["usage"] = usage
+    return json.dumps(d).encode()
+
+
+def _req(**args) -> ChatRequest:
+    k = args.pop("n", 2)
+    return ChatRequest(MSGS, args={"n": k, **args}, want=k, est_completion=k * args.get("max_tokens", 0))
+
+
+@pytest.mark.parametrize(
+    "usage, want, why",
+    [
+        (DROP, {"prompt_tokens": P, "completion_tokens": 100}, "the response has no usage"),
+        (None, {"prompt_tokens": P, "completion_tokens": 100}, "the response has no usage"),
+        ({"total_tokens": 9}, {"prompt_tokens": P, "completion_tokens": 100}, "no prompt_tokens or completion"),
+        ({"prompt_tokens": 7}, {"prompt_tokens": 7, "completion_tokens": 100}, "no completion_tokens"),
+        ({"prompt_tokens": 7, "completion_tokens": 5}, {"prompt_tokens": 7, "completion_tokens": 5}, None),
+    ],
+)
+def test_parse_counts_what_the_body_does_not_report_at_the_estimate(usage, want, why):
+    a = ChatKind().parse(_body(usage), _req(max_tokens=50))
+    assert a.usage == want and len(a.choices) == 2
+    assert (a.usage_estimated is None) if why is None else (why in a.usage_estimated)
+
+
+def test_without_max_tokens_the_estimate_is_at_least_the_answer_size():
+    a = ChatKind().parse(_body(contents=("word " * 400, "x")), _req())
+    assert a.usage_estimated and a.usage["completion_tokens"] >= 2000 / 4
