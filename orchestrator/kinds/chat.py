@@ -179,7 +179,6 @@ def read_choices(body: bytes | str, want_choices: int) -> tuple[dict, list[Choic
         if not choices:
             first = min(bad)
             raise ResponseError(bad[first][0], f"no usable choice in the response ({bad[first][1]})")
-        read_usage(d)  # a count of the wrong type fails the body (for now)
     except (TypeError, ValueError, AttributeError, OverflowError) as e:  # wrong types inside (usage, ...)
         raise ResponseError(
             "malformed_response", f"response body has an unexpected shape ({type(e).__name__}: {e})"
@@ -191,13 +190,33 @@ USAGE_KEYS = ("prompt_tokens", "completion_tokens")
 
 
 def read_usage(d: dict) -> tuple[dict[str, int | None], str | None]:
-    """The body's usage counts (None: not reported) and, when one is missing, why in words."""
+    """The body's usage counts (None: not reported, or not usable: see usable_count) and, when one is
+    None, why in words. Usage never makes the answer unusable: its choices are kept either way."""
     u = d.get("usage")
     if not isinstance(u, dict):
         return dict.fromkeys(USAGE_KEYS), "the response has no usage" if u is None else "its usage is not an object"
-    counts = {k: None if u.get(k) is None else token_count(u[k]) for k in USAGE_KEYS}
-    missing = [k for k, v in counts.items() if v is None]
-    return counts, ("its usage has no " + " or ".join(missing)) if missing else None
+    counts = {k: usable_count(u.get(k)) for k in USAGE_KEYS}
+    why = [
+        f"no {k}" if u.get(k) is None else f"{k} = {_shown(u[k])}, not a count of tokens"
+        for k, v in counts.items()
+        if v is None
+    ]
+    return counts, ("its usage has " + " and ".join(why)) if why else None
+
+
+def usable_count(v: Any) -> int | None:
+    """A usage count: a finite, non-negative, whole number (int, or a float such as 12.0); else None
+    (absent, a string, a bool, negative, fractional, NaN, Infinity)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
+        return None
+    return int(v) if v >= 0 else None
+
+
+def _shown(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
 
 
 def token_count(v: Any) -> int:

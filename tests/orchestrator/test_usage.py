@@ -99,7 +99,11 @@ def _req(**args) -> ChatRequest:
     [
         (DROP, {"prompt_tokens": P, "completion_tokens": 100}, "the response has no usage"),
         (None, {"prompt_tokens": P, "completion_tokens": 100}, "the response has no usage"),
-        ({"total_tokens": 9}, {"prompt_tokens": P, "completion_tokens": 100}, "no prompt_tokens or completion"),
+        (
+            {"total_tokens": 9},
+            {"prompt_tokens": P, "completion_tokens": 100},
+            "has no prompt_tokens and no completion_tokens",
+        ),
         ({"prompt_tokens": 7}, {"prompt_tokens": 7, "completion_tokens": 100}, "no completion_tokens"),
         ({"prompt_tokens": 7, "completion_tokens": 5}, {"prompt_tokens": 7, "completion_tokens": 5}, None),
     ],
@@ -113,3 +117,34 @@ def test_parse_counts_what_the_body_does_not_report_at_the_estimate(usage, want,
 def test_without_max_tokens_the_estimate_is_at_least_the_answer_size():
     a = ChatKind().parse(_body(contents=("word " * 400, "x")), _req())
     assert a.usage_estimated and a.usage["completion_tokens"] >= 2000 / 4
+
+
+@pytest.mark.parametrize(
+    "usage, why",
+    [
+        ({"prompt_tokens": -100, "completion_tokens": -5000}, "prompt_tokens = -100, not a count of tokens"),
+        ({"prompt_tokens": "ten", "completion_tokens": "5"}, "prompt_tokens = 'ten', not a count"),
+        ({"prompt_tokens": 7, "completion_tokens": [1]}, "completion_tokens = [1], not a count"),
+        ({"prompt_tokens": 7, "completion_tokens": 12.5}, "completion_tokens = 12.5, not a count"),
+        ({"prompt_tokens": 7, "completion_tokens": True}, "completion_tokens = True, not a count"),
+        ({"prompt_tokens": float("nan"), "completion_tokens": 5}, "prompt_tokens = nan, not a count"),
+    ],
+)
+def test_bad_usage_keeps_the_choices_and_counts_the_estimate(usage, why):
+    """Before, a bad count made the whole body malformed_response: retried, every answer paid and thrown away."""
+    a = ChatKind().parse(_body(usage), _req(max_tokens=50))
+    assert [c.message["content"] for c in a.choices] == ["four words right here", "two words"]
+    assert why in a.usage_estimated
+    good = {k: v for k, v in usage.items() if type(v) is int and v >= 0}  # the counts still taken
+    assert a.usage == {"prompt_tokens": P, "completion_tokens": 100, **good}  # the others: the estimate
+
+
+def test_negative_usage_is_recorded_once_not_retried_and_counted_at_the_estimate(tmp_path, recon_for, capfd):
+    write_prompts(tmp_path / "p.jsonl", 3)
+    with UsageServer({"prompt_tokens": -100, "completion_tokens": -5000}) as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"n": 2, "max_tokens": 30})
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert summary["stop_reason"] == "completed" and len(s.log.entries) == 3  # no retry
+    assert summary["retries"] == {} and summary["recorded"] == 6 and summary["usage_estimated"] == 3
+    assert summary["completion_tokens"] == 3 * 60  # never credited by the negative count
+    assert "completion_tokens = -5000, not a count of tokens" in capfd.readouterr().err
