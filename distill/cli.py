@@ -25,7 +25,7 @@ from .run import make_reconstructor, prepare_run_dir, print_locations, produce
 from .on_policy import cmd_run_on_policy
 from .core.student import resolve_student
 from .core.redact import mask_known, redact_url
-from .epochs import epochs_note
+from .epochs import epochs_note, waiting_note
 from .score import SCORED
 
 
@@ -236,6 +236,9 @@ def cmd_train(argv: list[str]) -> int:
     note = epochs_note(cfg.trainer, samples or run_dir / "samples") if rank == 0 else None
     if note:
         print(note, file=sys.stderr)
+    wait = waiting_note(samples or run_dir / "samples", cfg.trainer.sample_timeout) if rank == 0 else None
+    if wait:
+        print(wait, file=sys.stderr)
     summary = train(cfg, run_dir, samples, resume=bool(flags.get("--resume")))
     if rank == 0:
         _print_summary("trainer", summary)
@@ -289,6 +292,7 @@ _USER_ERRORS = {
     "PreflightError",
     "EndpointCheckError",
     "ShardError",
+    "SamplesTimeout",
     "FileExistsError",
     "NotADirectoryError",
     "TokenizerError",

@@ -1,4 +1,5 @@
-"""How often `distill train` will show each sample: a note before training on a finished folder.
+"""How often `distill train` will show each sample: a note before training on a finished folder
+(and, on a folder still unfinished, that training waits for its producer).
 
 With `trainer.repeat` (the default) training always runs `max_steps` steps, going over a finished
 samples folder again and again. That is what a user wants for multi-epoch SFT, but a folder smaller
@@ -57,3 +58,15 @@ def epochs_note(t: Any, samples_dir: Path) -> str | None:
             "will be trained on; raise trainer.max_steps to use them all"
         )
     return None
+
+
+def waiting_note(samples_dir: Path, timeout_s: float) -> str | None:
+    """A line saying that `distill train` waits for samples (no DONE marker yet), else None."""
+    if contract.is_done(samples_dir):
+        return None
+    have = count_samples(samples_dir) if samples_dir.is_dir() else 0
+    return (
+        f"trainer: {samples_dir} has {have} sample(s) and no {contract.DONE_FILE} marker yet: training takes "
+        f"them as a producer (distill rollout / replay) writes them, and gives up after "
+        f"trainer.sample_timeout = {timeout_s:.0f}s without a new one"
+    )

@@ -71,9 +71,9 @@ def _folder(key: str, value: str, hint: str = "") -> tuple[Path | None, Problem 
         return snapshot, None
     if p.exists():
         return None, Problem(key, f"{value} is a file, not a folder. Fix: set {key} to the folder holding it")
-    hint = hub_id_hint(value, key)
-    if hint:
-        return None, Problem(key, hint)
+    hub = hub_id_hint(value, key)
+    if hub:
+        return None, Problem(key, hub)
     return None, Problem(
         key,
         f"folder {value} does not exist{hint}. Fix: set {key} to an existing HF folder"

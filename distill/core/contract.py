@@ -285,6 +285,11 @@ def list_shards(directory: str | os.PathLike) -> list[Path]:
 _NO_LIMIT = 1 << 62  # shards are ours: no line length limit
 
 
+class SamplesTimeout(TimeoutError):
+    """The trainer waited trainer.sample_timeout for a sample that no producer wrote (a user error:
+    the message names the folder, the key and the fix)."""
+
+
 class ShardError(ValueError):
     """A shard line that cannot be read (damaged, malformed, or from a newer distill); the message names
     file:line and the fix. Readers (trainer, inspect) stop on it: a shard is never half-trained. Also a
@@ -361,7 +366,16 @@ def follow_samples(
                 "see the orchestrator's error above"
             )
         if timeout_s is not None and waited >= timeout_s:
-            raise TimeoutError(f"no new samples in {directory} for {timeout_s:.0f}s")
+            fix = (
+                "Fix: run the producer into that folder (`distill rollout CFG` or `distill replay CFG` with the "
+                "same output_dir; `distill run CFG` does both and trains), or wait longer with trainer.sample_timeout"
+                if producer_alive is None
+                else "the producer is running but wrote none (a stalled or rate-limited teacher?). Fix: see the "
+                "orchestrator's progress above, or wait longer with trainer.sample_timeout"
+            )
+            raise SamplesTimeout(
+                f"no new samples in {directory} for {timeout_s:.0f}s, and no {DONE_FILE} marker. {fix}"
+            )
         time.sleep(poll_s)
         waited += poll_s
 

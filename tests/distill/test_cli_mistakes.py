@@ -139,6 +139,19 @@ MISTAKES = {
         1,
         ["student.path", "no-student", "does not exist"],
     ),
+    "student_folder_next_to_the_config": (  # the hint of a relative path, as for the prompt file
+        "rollout",
+        '[student]\ntokenizer = "empty"\n',
+        [],
+        {},
+        _setup_empty_dir,
+        1,
+        [
+            "student.tokenizer",
+            "empty does not exist (relative paths are read from the working folder",
+            "{tmp}/empty exists",
+        ],
+    ),
     "student_not_a_model": (
         "train",
         '[student]\npath = "{tmp}/empty"\n',
@@ -307,7 +320,7 @@ def test_mistake_fails_with_one_clear_message_and_writes_nothing(case, tmp_path)
     had_run_dir = (tmp_path / "run").exists()
     res = distill(command, cfg, *(a.format(tmp=tmp_path) for a in args), env=env)
     assert res.returncode == code, (res.returncode, res.stderr)
-    assert "Traceback" not in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and "None" not in res.stderr, res.stderr
     assert res.stderr.startswith("distill: ") and res.stderr.count("distill: ") == 1, res.stderr
     for name in names:
         assert name.format(tmp=tmp_path) in res.stderr, (name, res.stderr)
@@ -545,3 +558,17 @@ def test_misspelled_commands_options_and_a_data_file_first_are_usage_errors(tmp_
     assert "Traceback" not in res.stderr
     for name in names:
         assert name.format(tmp=tmp_path) in res.stderr, (name, res.stderr)
+
+
+def test_train_without_a_producer_says_it_waits_then_fails_naming_the_timeout(tmp_path):
+    """`distill train` on a samples folder nobody writes (no DONE marker): a line says that it waits for
+    a producer; after trainer.sample_timeout one `distill:` line names the key and the fix, exit 1."""
+    (tmp_path / "run" / "samples").mkdir(parents=True)
+    cfg = base_toml(tmp_path, "[trainer]\nmax_steps = 1\nsample_timeout = 1\n")
+    res = distill("train", cfg)
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    assert "has 0 sample(s) and no DONE marker yet" in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("distill: no new samples in") and res.stderr.count("distill: ") == 1, res.stderr
+    assert "trainer.sample_timeout" in last and "distill rollout CFG" in last
