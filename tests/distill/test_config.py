@@ -195,6 +195,39 @@ def test_bad_values_name_the_key(tmp_path):
     assert keys == {"trainer.optim.lr", "orchestrator.concurrency"}
 
 
+@pytest.mark.parametrize(
+    "toml, args, key",
+    [
+        ("[trainer]\nmax_steps = true\n", [], "trainer.max_steps"),  # int
+        ("", ["--trainer.optim.lr", "true"], "trainer.optim.lr"),  # float
+        (
+            "",
+            ["--orchestrator.budget.max_completion_tokens", "false"],
+            "orchestrator.budget.max_completion_tokens",
+        ),  # optional
+    ],
+)
+def test_a_boolean_is_no_number(tmp_path, toml, args, key):
+    """pydantic's lax mode would read `lr = true` as 1.0 and `max_steps = true` as 1: refused, naming the key
+    and where it was set."""
+    p = write(tmp_path, toml)
+    with pytest.raises(ConfigError) as ei:
+        load_config(p, args)
+    [problem] = ei.value.problems
+    assert problem.key == key and problem.message.startswith("expected a number, got the boolean"), problem
+    assert ei.value.source == ("command line" if args else str(p))
+    assert load_config(p, [*args[:1], "2"] if args else ["--trainer.max_steps", "2"])  # numbers still do
+    assert load_config(None, ["--trainer.packing", "false"]).trainer.packing is False  # booleans where they belong
+
+
+def test_a_cross_check_names_the_command_line_when_its_key_was_set_there(tmp_path):
+    p = write(tmp_path, "[trainer]\nseq_len = 512\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(p, ["--trainer.loss.type", "grpo"])
+    assert ei.value.source == "command line" and str(p) not in str(ei.value)
+    assert "trainer.loss.type" in str(ei.value) and "[set on the command line]" in str(ei.value)
+
+
 def test_toml_syntax_error_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="line"):
         load_config(write(tmp_path, "[trainer\nmax_steps = 1\n"))

@@ -15,6 +15,7 @@ from ..redact import remember_secret
 from .checks import ConfigProblems, Problem
 from .schema_run import _TOML_DATA, LOSS_CONFIGS, PLANNED_TAG, RunConfig
 from .schema_prompts import SOURCE_TYPES, TABLE_TYPES
+from .strict import BooleanNumber
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -131,21 +132,25 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
     overrides). A cross-check's problem counts as the file's."""
     from distill.core.redact import is_secret_key, looks_like_secret, redact  # stdlib only
 
-    from .keypaths import env_var_for, has_path, is_key_or_table, key_paths, nearest_key, union_tags_with_key
+    from .keypaths import is_key_or_table, key_paths, nearest_key, union_tags_with_key
 
     problems: list[Problem] = []
     origins: set[str] = set()
-    for e in err.errors():
+    for details in err.errors():
+        e: dict[str, Any] = dict(details)
         ctx_err = (e.get("ctx") or {}).get("error")
-        if isinstance(ctx_err, ConfigProblems):
-            problems.extend(ctx_err)
-            origins.add("file")
-            continue
         if isinstance(ctx_err, ValueError) and ctx_err.args and isinstance(ctx_err.args[0], ConfigProblems):
-            problems.extend(ctx_err.args[0])
-            origins.add("file")
+            ctx_err = ctx_err.args[0]
+        if isinstance(ctx_err, ConfigProblems):  # a cross-check's: blamed on where its key was set
+            for p in ctx_err:
+                origin, note = _where(p.key.split("."), cli)
+                origins.add(origin)
+                problems.append(Problem(p.key, p.message + note))
             continue
         raw = [str(x) for x in e["loc"]]
+        if isinstance(ctx_err, BooleanNumber):  # raised by the section: the key is the field's
+            raw.append(ctx_err.field)
+            e = {k: v for k, v in e.items() if k != "input"}  # the message says what it got
         parts = _without_union_tags(raw)
         key = ".".join(parts) or "(root)"
         n = _union_at(raw)
@@ -172,18 +177,23 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
             )
             msg = e["msg"].removeprefix("Value error, ")
             shown = redact(e.get("input"))  # a URL's password and query values masked
-            if not hide and repr(shown) not in msg:
+            if not hide and "input" in e and repr(shown) not in msg:
                 msg += f" (got {shown!r})"
-        if cli is not None and has_path(cli, parts):  # precedence: command line > environment > file
-            origins.add("command line")
-            msg += " [set on the command line]"
-        elif var := env_var_for(parts):
-            origins.add(f"environment variable {var}")
-            msg += f" [set by environment variable {var}]"
-        else:
-            origins.add("file")
-        problems.append(Problem(key, msg))
+        origin, note = _where(parts, cli)
+        origins.add(origin)
+        problems.append(Problem(key, msg + note))
     return problems, origins
+
+
+def _where(parts: list[str], cli: dict | None) -> tuple[str, str]:
+    """Where the value at key path `parts` came from, and the note its problem gets."""
+    from .keypaths import env_var_for, has_path
+
+    if cli is not None and has_path(cli, parts):  # precedence: command line > environment > file
+        return "command line", " [set on the command line]"
+    if var := env_var_for(parts):
+        return f"environment variable {var}", f" [set by environment variable {var}]"
+    return "file", ""
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
