@@ -9,8 +9,28 @@ budget:max_cost, stopped).
 from __future__ import annotations
 
 import asyncio
+import math
+import sys
 
 from orchestrator.transport import StopRequested
+
+
+#: A spend total above this (or not finite) is not believed: only absurd usage recorded by an older
+#: distill (which stored whatever an endpoint reported) gets there.
+MAX_PRIOR_TOKENS = float(2**53)
+
+
+def _prior(what: str, v: float) -> float:
+    """A total restored from an earlier run; one that is not finite, negative or absurd counts as 0, warned."""
+    if math.isfinite(v) and 0 <= v <= MAX_PRIOR_TOKENS:
+        return v
+    print(
+        f"distill: warning: the {what} spent before this run add up to {v:g}, which is not a plausible "
+        "count (the recording holds absurd usage an endpoint reported to an older distill); they are "
+        "counted as 0 against the budget",
+        file=sys.stderr,
+    )
+    return 0.0
 
 
 class BudgetGate:
@@ -32,8 +52,8 @@ class BudgetGate:
     ):
         self.b = budget
         self.requests = prior_requests
-        self.prompt_tokens = prior_prompt
-        self.completion_tokens = prior_completion
+        self.prompt_tokens = _prior("prompt_tokens", prior_prompt)
+        self.completion_tokens = _prior("completion_tokens", prior_completion)
         self.res_prompt = 0.0
         self.res_completion = 0.0
         self.in_flight = 0

@@ -105,7 +105,7 @@ class ChatKind:
     def parse(self, body: bytes, req: ChatRequest) -> ChatAnswer:
         """The answer; usage the body does not report usably is the estimate (estimated_usage), with why."""
         d, choices, bad = read_choices(body, req.want)
-        counts, why = read_usage(d)
+        counts, why = read_usage(d, completion_cap(req, len(d["choices"])))
         usage = estimated_usage(counts, req, choices) if why else {k: v or 0 for k, v in counts.items()}
         return ChatAnswer(choices, bad, usage, d.get("model"), d.get("id"), usage_estimated=why)
 
@@ -187,31 +187,48 @@ def read_choices(body: bytes | str, want_choices: int) -> tuple[dict, list[Choic
 
 
 USAGE_KEYS = ("prompt_tokens", "completion_tokens")
+#: A usage count above this is not believed (2**40 tokens: no answer is that long).
+MAX_USAGE_TOKENS = 2**40
+#: Nor completion tokens above max_tokens x choices x this (a generous margin for servers that count
+#: differently, e.g. reasoning tokens or choices beyond n).
+COMPLETION_SLACK = 4
 
 
-def read_usage(d: dict) -> tuple[dict[str, int | None], str | None]:
-    """The body's usage counts (None: not reported, or not usable: see usable_count) and, when one is
-    None, why in words. Usage never makes the answer unusable: its choices are kept either way."""
+def completion_cap(req: ChatRequest, choices_in_body: int) -> int | None:
+    """The most completion tokens an answer to `req` can plausibly report; None without max_tokens."""
+    mt = req.args.get("max_tokens") or req.args.get("max_completion_tokens")
+    if type(mt) is not int or mt <= 0:
+        return None
+    return mt * max(req.want, choices_in_body) * COMPLETION_SLACK
+
+
+def read_usage(d: dict, cap: int | None = None) -> tuple[dict[str, int | None], str | None]:
+    """The body's usage counts (None: not reported, or not usable: see usable_count; completion tokens
+    above `cap`) and, when one is None, why in words. Usage never makes the answer unusable."""
     u = d.get("usage")
     if not isinstance(u, dict):
         return dict.fromkeys(USAGE_KEYS), "the response has no usage" if u is None else "its usage is not an object"
-    counts = {k: usable_count(u.get(k)) for k in USAGE_KEYS}
-    why = [
-        f"no {k}" if u.get(k) is None else f"{k} = {_shown(u[k])}, not a count of tokens"
-        for k, v in counts.items()
-        if v is None
-    ]
+    counts: dict[str, int | None] = {}
+    why = []
+    for k in USAGE_KEYS:
+        v, n = u.get(k), usable_count(u.get(k))
+        if n is not None and k == "completion_tokens" and cap is not None and n > cap:
+            n = None
+            why.append(f"{k} = {_shown(v)}, more than {COMPLETION_SLACK} x max_tokens x choices ({cap})")
+        elif n is None:
+            why.append(f"no {k}" if v is None else f"{k} = {_shown(v)}, not a count of tokens")
+        counts[k] = n
     return counts, ("its usage has " + " and ".join(why)) if why else None
 
 
 def usable_count(v: Any) -> int | None:
-    """A usage count: a finite, non-negative, whole number (int, or a float such as 12.0); else None
-    (absent, a string, a bool, negative, fractional, NaN, Infinity)."""
+    """A usage count: a finite, non-negative, whole number (int, or a float such as 12.0) of at most
+    MAX_USAGE_TOKENS; else None (absent, a string, a bool, negative, fractional, NaN, Infinity, absurd)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
     if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
         return None
-    return int(v) if v >= 0 else None
+    return int(v) if 0 <= v <= MAX_USAGE_TOKENS else None
 
 
 def _shown(v: Any) -> str:

@@ -148,3 +148,44 @@ def test_negative_usage_is_recorded_once_not_retried_and_counted_at_the_estimate
     assert summary["retries"] == {} and summary["recorded"] == 6 and summary["usage_estimated"] == 3
     assert summary["completion_tokens"] == 3 * 60  # never credited by the negative count
     assert "completion_tokens = -5000, not a count of tokens" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "usage, want, why",
+    [
+        ({"prompt_tokens": 10**30, "completion_tokens": 1e308}, {"prompt_tokens": P, "completion_tokens": 100}, "10"),
+        ({"prompt_tokens": 7, "completion_tokens": 2**41}, {"prompt_tokens": 7, "completion_tokens": 100}, "not a"),
+        ({"prompt_tokens": 7, "completion_tokens": 401}, {"prompt_tokens": 7, "completion_tokens": 100}, "(400)"),
+        ({"prompt_tokens": 7, "completion_tokens": 400}, {"prompt_tokens": 7, "completion_tokens": 400}, None),
+    ],
+)
+def test_absurd_usage_is_not_believed(usage, want, why):
+    """Above 2**40 tokens, or completion tokens above 4 x max_tokens x choices: the estimate."""
+    a = ChatKind().parse(_body(usage), _req(max_tokens=50))
+    assert a.usage == want and len(a.choices) == 2
+    assert (a.usage_estimated is None) if why is None else (why in a.usage_estimated)
+
+
+HUGE = {"prompt_tokens": 10**30, "completion_tokens": 1e308, "total_tokens": 1}
+
+
+def test_absurd_usage_and_a_recording_poisoned_by_it_end_cleanly(tmp_path, recon_for, capfd):
+    """Before, 1e308 completion tokens were added up to infinity: a traceback after DONE, on every rerun too."""
+    write_prompts(tmp_path / "p.jsonl", 4)
+    with UsageServer(HUGE) as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"n": 2, "max_tokens": 30})
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+        assert summary["stop_reason"] == "completed" and summary["completion_tokens"] == 4 * 60
+        assert summary["usage_estimated"] == 4 and "1e+308, not a count of tokens" in capfd.readouterr().err
+        # a run directory written by the old code: the absurd usage in the recording itself
+        rec = tmp_path / "run" / "recording.jsonl"
+        rows = [dict(r, usage=dict(HUGE, completion_tokens=int(1e308))) for r in read_jsonl(rec)]
+        rec.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_prompts(tmp_path / "p.jsonl", 6)
+        again = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert again["stop_reason"] == "completed" and again["samples_this_run"] == 4
+    assert again["completion_tokens"] == 2 * 60  # the poisoned totals count as 0, this run's at the estimate
+    err = capfd.readouterr().err
+    assert "completion_tokens spent before this run add up to inf" in err and "prompt_tokens spent" in err
+    metrics = (tmp_path / "run" / "orchestrator_metrics.jsonl").read_text()
+    assert "Infinity" not in metrics and "NaN" not in metrics
