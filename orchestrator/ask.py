@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from orchestrator.endpoint_check import v1_hint
+from orchestrator.endpoint_check import refusal_fix
 from orchestrator.failures import RolloutError
 from orchestrator.kinds.chat import ChatKind, ChatRequest, TeacherResponse, to_response
 from orchestrator.recording import make_record
@@ -177,8 +177,8 @@ class Asker:
             if non_retryable and (
                 e.status in FATAL_STATUS or e.reason == "insufficient_quota" or not self.first_success
             ):
-                hint = v1_hint(self.oc.rollout_model.base_url) if e.status == 404 else ""
-                self.fatal = RolloutError(f"teacher request failed and retrying cannot help: {e.detail}{hint}")
+                fix = refusal_fix(402 if e.reason == "insufficient_quota" else e.status, self.oc.rollout_model)
+                self.fatal = RolloutError(f"teacher request failed and retrying cannot help: {e.detail}{fix}")
                 self.gate.stop(f"error:{e.reason}")
                 return None
             self.failed(

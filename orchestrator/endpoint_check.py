@@ -37,6 +37,32 @@ def v1_hint(url: str) -> str:
     return "" if u.endswith("/v1") else f" (did you mean {u}/v1? OpenAI-compatible servers serve under /v1)"
 
 
+def refusal_fix(status: int | None, rm) -> str:
+    """The fix for a chat request the teacher refused with `status` (config RolloutModel `rm`), after
+    the start-up check of /models passed: which key to change."""
+    if status in (401, 403):
+        var = rm.api_key_var
+        return (
+            f". Fix: export a valid key in the environment variable {var} (orchestrator.rollout_model.api_key_var), "
+            "or check that this key may use the model"
+            if var
+            else ". Fix: set orchestrator.rollout_model.api_key_var to the environment variable holding the API key"
+        )
+    if status == 402:
+        return ". Fix: add credit or raise the spending limit of this account at the provider"
+    if status == 404:
+        return (
+            f". Fix: check orchestrator.rollout_model.model ({rm.model!r}) and base_url "
+            f"({redact_url(rm.base_url)!r}){v1_hint(rm.base_url)}"
+        )
+    if status in (400, 422):
+        return (
+            ". Fix: the teacher refused the request's shape: check orchestrator.sampling and "
+            "orchestrator.rollout_model.extra_body against what it accepts (`distill probe URL --model M` lists it)"
+        )
+    return ""
+
+
 def check_endpoints(rm, api_key: str, timeout: float = TIMEOUT_S) -> None:
     """Checks each endpoint of `rm` (config RolloutModel); raises EndpointCheckError on the first unusable one."""
     urls = [(f"{_KEY}.base_url", rm.base_url)]

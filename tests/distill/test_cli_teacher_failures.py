@@ -151,6 +151,40 @@ def test_refused_key_and_unknown_model_are_named(tmp_path, smol_tokenizer_dir):
     assert s.log.entries == []
 
 
+@pytest.mark.parametrize(
+    "status, code, names",
+    [
+        (401, "invalid_api_key", ["TEACHER_FAIL_KEY", "orchestrator.rollout_model.api_key_var"]),
+        (403, None, ["TEACHER_FAIL_KEY", "orchestrator.rollout_model.api_key_var"]),
+        (404, "model_not_found", ["orchestrator.rollout_model.model", "'fault-teacher'", "base_url"]),
+        (429, "insufficient_quota", ["add credit"]),
+        (400, "invalid_request_error", ["orchestrator.sampling", "extra_body", "distill probe"]),
+    ],
+)
+def test_chat_requests_refused_after_the_models_check_name_the_key_to_fix(
+    tmp_path, smol_tokenizer_dir, status, code, names
+):
+    """/models answers (the start-up check passes), but the chat requests are refused: the one line names
+    the key to change, as the start-up check would have."""
+    with FaultServer(Faults(error_status=status, error_code=code)) as s:
+        cfg = write_cfg(tmp_path, s.base_url)
+        env = {**__import__("os").environ, "TEACHER_FAIL_KEY": "sk-some-key-0123456789"}
+        res = distill(
+            "rollout",
+            cfg,
+            "--student.tokenizer",
+            smol_tokenizer_dir,
+            "--orchestrator.rollout_model.api_key_var",
+            "TEACHER_FAIL_KEY",
+            env=env,
+        )
+    msg = one_line_error(res)
+    assert "retrying cannot help" in msg and str(status) in msg and "Fix: " in msg, msg
+    for name in names:
+        assert name in msg, (name, msg)
+    assert_nothing_claimed(tmp_path / "run")
+
+
 def test_a_teacher_failing_every_request_fails_the_rollout(tmp_path, smol_tokenizer_dir):
     with FaultServer(Faults(rate_500=1.0)) as s:
         res = distill("rollout", write_cfg(tmp_path, s.base_url), "--student.tokenizer", smol_tokenizer_dir)
