@@ -58,6 +58,7 @@ def metrics_line(
         "completion_tokens": round(gate.completion_tokens),
         "cost": round(gate.cost(), 6),
         "usage_estimated": stats.usage_estimated,
+        "extra_choices": stats.extra_choices,
         "n_ignored_responses": c.n_ignored_responses,
         "reward_pass_rate": (pub.passed / pub.scored) if pub.scored else None,
         "samples_per_s": round(pub.samples / elapsed, 2) if elapsed > 0 else None,
@@ -88,6 +89,8 @@ class MetricsFile:
 def format_summary(s: dict) -> str:
     rej = ", ".join(f"{k}={v}" for k, v in sorted(s["rejections"].items())) or "none"
     retries = ", ".join(f"{k}={v}" for k, v in sorted(s.get("retries", {}).items())) or "none"
+    if s.get("extra_choices"):
+        rej += f"; extra choices paid for, not recorded: {s['extra_choices']}"
     if s.get("unusable_choices"):
         rej += "; choices asked again: " + ", ".join(f"{k}={v}" for k, v in sorted(s["unusable_choices"].items()))
     pr = s.get("reward_pass_rate")

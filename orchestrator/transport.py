@@ -84,8 +84,6 @@ class Answer(Protocol):
 
     usage: dict[str, int]  # prompt_tokens, completion_tokens
     response_id: str | None  # the body's id, if any (the x-request-id header wins)
-    # optional: `usage_estimated` (str | None), why `usage` holds the request's estimate instead of counts
-    # the body reported (none usable); the transport counts such answers and warns once
 
 
 Req_contra = TypeVar("Req_contra", contravariant=True)
@@ -147,6 +145,7 @@ class ClientStats:
     retries: dict[str, int] = field(default_factory=dict)
     retry_after_waits: int = 0
     usage_estimated: int = 0  # answers whose usage is the estimate (the body reported none usable)
+    extra_choices: int = 0  # choices answers held beyond those asked for (paid for, not kept)
 
     def count_retry(self, reason: str) -> None:
         self.retries[reason] = self.retries.get(reason, 0) + 1
@@ -299,20 +298,26 @@ class Transport:
             )
         return masked
 
-    def _note_usage(self, answer: Answer, ep: Endpoint) -> None:
-        """Counts an answer whose usage is an estimate (its `usage_estimated` says why); the first one warns."""
-        why = getattr(answer, "usage_estimated", None)
-        if not why:
-            return
-        self.stats.usage_estimated += 1
-        if self.stats.usage_estimated == 1:
-            print(
-                f"distill: warning: {ep.shown} reported no usable token usage ({why}); such answers are "
-                "counted against the budget at the request's estimate (completion: max_tokens x n, an upper bound, "
-                "or without max_tokens the answer's characters / 4; prompt: characters / 4), and the tokens "
-                "and cost reported include these estimates",
-                file=sys.stderr,
+    def _note(self, answer: Answer, ep: Endpoint) -> None:
+        """Counts an answer's optional `usage_estimated` (why) and `extra_choices`; the first of each warns."""
+        why, extra = getattr(answer, "usage_estimated", None), getattr(answer, "extra_choices", 0)
+        st, warn = self.stats, []
+        if why and not st.usage_estimated:
+            warn.append(
+                f"{ep.shown} reported no usable token usage ({why}); such answers are counted against the "
+                "budget at the request's estimate (completion: max_tokens x n, an upper bound, or without "
+                "max_tokens the answer's characters / 4; prompt: characters / 4), and the tokens and cost "
+                "reported include these estimates"
             )
+        if extra and not st.extra_choices:
+            warn.append(
+                f"{ep.shown} answered with {extra} more choice(s) than were asked for (it does not honour n); "
+                "the first n are kept, the others are paid for but not recorded (extra_choices in the metrics)"
+            )
+        for w in warn:
+            print(f"distill: warning: {w}", file=sys.stderr)
+        st.usage_estimated += bool(why)
+        st.extra_choices += extra
 
     async def _attempt(
         self, kind: RequestKind[R, T], req: R, est_tokens: float, attempt: int, gate: Gate | None = None
@@ -361,7 +366,7 @@ class Transport:
         except Exception as e:  # noqa: BLE001 - a body no check foresaw must not take the run down
             why = f"{ep.shown}: the answer could not be read ({type(e).__name__}: {e})"
             raise _Retryable(ResponseError("malformed_response", why), None) from None
-        self._note_usage(answer, ep)
+        self._note(answer, ep)
         if self.tpm:
             self.tpm.adjust(answer.usage["prompt_tokens"] + answer.usage["completion_tokens"] - est_tokens)
         return Delivery(

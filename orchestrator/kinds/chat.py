@@ -1,13 +1,16 @@
 """The chat-completions request kind: messages (+ tools, sampling args) in, choices back.
 
     ChatKind (name "chat")   send: POST {base_url}/chat/completions through the SDK (n = args["n"])
-                             parse: parse_choices -> ChatAnswer(choices, bad slots by reason, usage, model, id)
+                             parse: read_choices + read_usage -> ChatAnswer(choices, bad slots by reason, usage,
+                                    model, id, usage_estimated, extra_choices)
 
 A body unusable as a whole is a retryable TeacherError ("malformed_response", "empty_response", or,
 when no choice is usable, the first unusable choice's reason); a partial answer keeps its usable
 choices and reports the others by slot in `bad` (empty_content, null_message, malformed_choice),
-for the caller to ask again. `TeacherClient.complete` (orchestrator/client.py) is this kind on a
-Transport, returning a TeacherResponse.
+for the caller to ask again; choices beyond those asked for are dropped and counted (extra_choices).
+A `usage` missing or not usable never discards an answer: it is counted at the estimate
+(usage_estimated; read_usage, estimated_usage). `TeacherClient.complete` (orchestrator/client.py)
+is this kind on a Transport, returning a TeacherResponse.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class ChatAnswer:
     response_id: str | None
     # why `usage` holds estimates (the body reported no usable usage; see estimated_usage), else None
     usage_estimated: str | None = None
+    extra_choices: int = 0  # choices beyond the `want` asked for: paid for, not kept (see _slots)
 
 
 @dataclass
@@ -107,7 +111,8 @@ class ChatKind:
         d, choices, bad = read_choices(body, req.want)
         counts, why = read_usage(d, completion_cap(req, len(d["choices"])))
         usage = estimated_usage(counts, req, choices) if why else {k: v or 0 for k, v in counts.items()}
-        return ChatAnswer(choices, bad, usage, d.get("model"), d.get("id"), usage_estimated=why)
+        extra = max(0, len(d["choices"]) - req.want)
+        return ChatAnswer(choices, bad, usage, d.get("model"), d.get("id"), usage_estimated=why, extra_choices=extra)
 
 
 def estimated_usage(counts: dict[str, int | None], req: ChatRequest, choices: list[Choice]) -> dict[str, int]:

@@ -189,3 +189,28 @@ def test_absurd_usage_and_a_recording_poisoned_by_it_end_cleanly(tmp_path, recon
     assert "completion_tokens spent before this run add up to inf" in err and "prompt_tokens spent" in err
     metrics = (tmp_path / "run" / "orchestrator_metrics.jsonl").read_text()
     assert "Infinity" not in metrics and "NaN" not in metrics
+
+
+class ExtraChoicesServer(FaultServer):
+    """Answers every request with `n + 3` choices (indices 0..n+2), as a server that ignores n upwards."""
+
+    def _completion(self, req: dict, n: int) -> dict:
+        return super()._completion(req, n + 3 if n else 0)
+
+
+def test_choices_beyond_n_are_counted_and_warned_about_once(tmp_path, recon_for, capfd):
+    write_prompts(tmp_path / "p.jsonl", 3)
+    with ExtraChoicesServer() as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"n": 2, "max_tokens": 30})
+        summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert len(s.log.entries) == 3 and summary["recorded"] == 6  # the first n of each answer, as before
+    assert {r["sample_index"] for r in read_jsonl(tmp_path / "run" / "recording.jsonl")} == {0, 1}
+    assert summary["extra_choices"] == 9
+    err = capfd.readouterr().err
+    assert err.count("answered with 3 more choice(s) than were asked for") == 1
+    assert "extra choices paid for, not recorded: 9" in err
+
+
+def test_parse_counts_extra_choices():
+    assert ChatKind().parse(_body({}, ("a", "b", "c", "d", "e")), _req(max_tokens=5)).extra_choices == 3
+    assert ChatKind().parse(_body({}, ("a", "b")), _req(max_tokens=5)).extra_choices == 0
