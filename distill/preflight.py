@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from .config import Problem, RunConfig, unset_key_fix
+from .resume_check import check_resume_config
 
 #: Any of these marks a folder as holding a tokenizer transformers can load.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -52,6 +53,7 @@ def preflight(
         problems += check_reward_fn(cfg.orchestrator.reward_fn)
         problems += check_cache_dir(cfg.orchestrator.cache_dir)
     problems += check_earlier_run(cfg.output_dir, command, no_resume=no_resume, resume=resume, samples=samples)
+    problems += check_resume_config(cfg, command, resume)
     if command in ("run", "score"):
         problems += check_scorer_config(cfg, command, samples)
     if command in ("run", "train"):
