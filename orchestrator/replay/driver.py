@@ -17,7 +17,7 @@ from orchestrator.replay.checks import PublishedBefore, nothing_replayed
 from orchestrator.replay.filters import make_filter
 from orchestrator.replay.formats.openai_batch import BatchInputIndex
 from orchestrator.replay.inputs import iter_conversations
-from orchestrator.replay.reading import resolve_inputs
+from orchestrator.replay.reading import CORRUPT_GZIP, resolve_inputs
 from orchestrator.replay.records import BadRecord, ReplayError
 from orchestrator.build_pool import ParallelBuilder, offline_workers
 from orchestrator.sink import Backpressure, Sink
@@ -167,7 +167,7 @@ class _Replay:
         self.out.bad_record(item)
         if len(self.bad_examples) < 5:
             self.bad_examples.append(str(item.as_error()))
-        if item.partial:
+        if item.partial or (item.reason == CORRUPT_GZIP and self.on_error == "skip"):  # (fail: the error says it)
             print(f"warning: {item.file}:{item.line}: {item.error}; skipped", file=sys.stderr)
 
     def flush(self) -> None:

@@ -56,10 +56,28 @@ def _read(path: str, max_bytes: int) -> Iterator[tuple[jsonl.Line, int]]:
             pos = now
 
 
+CORRUPT_GZIP = "corrupt_gzip"
+
+
+def _corrupt_gzip(path: str, lineno: int, e: Exception) -> BadRecord:
+    """The bad record of a .gz file that is not gzip, or whose stream is damaged (bad data, CRC):
+    the lines after `lineno` cannot be read."""
+    if lineno == 0 and str(e).startswith("Not a gzipped file"):
+        problem = f"is not a gzip file although its name ends in .gz ({e}); nothing of it was read"
+        fix = "rename it to .jsonl if it is plain JSON Lines, or compress it with gzip"
+    else:
+        after = f"after line {lineno}" if lineno else "before its first line"
+        problem = f"corrupt gzip stream {after} ({type(e).__name__}: {e}); the rest of the file was not read"
+        fix = "recompress the file from its source (`gzip -t FILE` tests it), or remove it from the inputs"
+    return BadRecord(path, lineno + 1, None, f"{problem}. Fix: {fix}", reason=CORRUPT_GZIP)
+
+
 def iter_jsonl(path: str, max_bytes: int = MAX_LINE_BYTES) -> Iterator[Line]:
     """One record per line, streamed. A last line with no newline that is not valid JSON (or a
-    gzip stream that ends early) is marked partial: the writer stopped mid-append. A line longer
-    than max_bytes is a bad record (`line_too_long`), read past without holding it in memory."""
+    gzip stream that ends early) is marked partial: the writer stopped mid-append. A .gz file
+    that is not gzip, or whose stream is damaged (CRC, bad data), ends in one bad record
+    (`corrupt_gzip`): the rest of it cannot be read. A line longer than max_bytes is a bad
+    record (`line_too_long`), read past without holding it in memory."""
     lineno = 0
     lines = _read(path, max_bytes)
     while True:
@@ -67,7 +85,7 @@ def iter_jsonl(path: str, max_bytes: int = MAX_LINE_BYTES) -> Iterator[Line]:
             ln, nbytes = next(lines)
         except StopIteration:
             return
-        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        except EOFError as e:  # the writer died mid-stream: a torn last line
             yield Line(
                 lineno + 1,
                 0,
@@ -75,11 +93,14 @@ def iter_jsonl(path: str, max_bytes: int = MAX_LINE_BYTES) -> Iterator[Line]:
                     path,
                     lineno + 1,
                     None,
-                    f"the gzip stream ends early or is damaged ({e}); the writer stopped mid-write",
+                    f"the gzip stream ends early ({e}); the writer stopped mid-write",
                     True,
                     reason=jsonl.TORN,
                 ),
             )
+            return
+        except (gzip.BadGzipFile, zlib.error) as e:  # a bad file, not a cut: its rest cannot be read
+            yield Line(lineno + 1, 0, bad=_corrupt_gzip(path, lineno, e))
             return
         lineno = ln.number
         if jsonl.starts_json_array(ln):  # the whole file is wrong, not its first record
