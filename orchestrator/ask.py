@@ -116,6 +116,7 @@ class Asker:
                 reward=None,
                 request_id=resp.request_id,
                 request_hash=h,
+                usage_estimated=resp.usage_estimated,
             )
             for c in ch
         ]

@@ -17,7 +17,8 @@ A record answered from the request cache (orchestrator/cache.py) has `"provenanc
 `usage` is the usage of the whole request that produced the choice; a request
 with n=k choices writes the same usage on each of its k records with
 `usage_shared_by: k` (so summing usage / usage_shared_by over records gives the
-request totals).
+request totals). Where the teacher reported no usable usage, `usage` is distill's estimate
+(what the budget counted) and `usage_estimated` says why.
 
 Appends are durable before they are acknowledged: `RecordingWriter.append`
 returns only after the lines are written, flushed and fsynced (concurrent
@@ -71,8 +72,9 @@ def make_record(
     reward: float | None,
     request_id: str | None,
     request_hash: str | None = None,
+    usage_estimated: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    rec = {
         "v": RECORDING_VERSION,
         "prompt_id": prompt_id,
         "sample_index": sample_index,
@@ -91,6 +93,9 @@ def make_record(
         "request_id": request_id,
         "request_hash": request_hash,
     }
+    if usage_estimated:  # `usage` is distill's estimate, not the teacher's count: say so, and why
+        rec["usage_estimated"] = usage_estimated
+    return rec
 
 
 @dataclass

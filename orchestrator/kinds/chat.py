@@ -68,6 +68,7 @@ class TeacherResponse:
     t_start: float
     t_end: float
     attempts: int = 1
+    usage_estimated: str | None = None  # why `usage` is the request's estimate (none reported usably), else None
 
 
 #: Message keys that only distill reads and no chat API takes: OpenAI fine-tuning's per-message
@@ -143,6 +144,7 @@ def to_response(d: Delivery[ChatAnswer], req: ChatRequest) -> TeacherResponse:
         t_start=d.t_start,
         t_end=d.t_end,
         attempts=d.attempts,
+        usage_estimated=a.usage_estimated,
     )
 
 

@@ -70,6 +70,7 @@ def test_a_teacher_reporting_no_usage_is_counted_at_the_estimate_and_the_budget_
     assert summary["prompt_tokens"] > 0 and 0 < summary["cost"] <= 1.0
     records = read_jsonl(tmp_path / "run" / "recording.jsonl")
     assert len(records) == 2 * answered and all(r["usage"]["completion_tokens"] == 60 for r in records)
+    assert all(r["usage_estimated"] == "the response has no usage" for r in records)  # not the teacher's count
     # a rerun restores the estimated spend from the recording: nothing more is sent
     assert again["stop_reason"] == "budget:max_completion_tokens" and sent == len(s.log.entries) == answered
     assert err.count("reported no usable token usage (the response has no usage)") == 1  # once per run
