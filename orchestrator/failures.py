@@ -89,7 +89,15 @@ def nothing_published(
     if not prompts or samples > 0:
         return None
     rej = ", ".join(f"{k}={v}" for k, v in rejections.most_common()) or "none"
+    budget = (stop_reason or "").removeprefix("budget:") if (stop_reason or "").startswith("budget:") else None
+    fix = (
+        f"the budget orchestrator.budget.{budget} stopped the run before any sample (a request is let through "
+        "only when its estimate, max_tokens x n completion tokens, fits). Fix: raise that budget, or lower "
+        "orchestrator.sampling.max_tokens or n; then rerun the same command"
+        if budget
+        else "fix the cause and rerun the same command"
+    )
     return (
-        f"no sample was produced from {prompts} prompt(s) (stop: {stop_reason}; rejections: {rej}; see "
-        f"{rejects_path}). Nothing was marked done; fix the cause and rerun the same command"
+        f"no sample was produced from the {prompts} prompt(s) started (stop: {stop_reason}; rejections: {rej}; "
+        f"see {rejects_path}). Nothing was marked done; {fix}"
     )

@@ -638,11 +638,24 @@ def test_no_sample_at_all_is_a_failure(tmp_path, recon_for):
     write_prompts(tmp_path / "p.jsonl", 3)
     with FaultServer() as s:  # every answer is cut at 2 tokens: dropped as truncated
         cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"max_tokens": 2})
-        with pytest.raises(RolloutError, match=r"no sample was produced from 3 prompt\(s\).*truncated=3"):
+        with pytest.raises(RolloutError, match=r"no sample was produced from the 3 prompt\(s\) started.*truncated=3"):
             rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
     assert len(read_jsonl(tmp_path / "run" / "recording.jsonl")) == 3  # the answers are kept
     assert not is_done(tmp_path / "run" / "samples")
     assert read_jsonl(tmp_path / "run" / "orchestrator_metrics.jsonl")[-1]["stop_reason"] == "error:no_samples"
+
+
+def test_a_budget_too_small_for_one_request_names_the_budget_and_the_fix(tmp_path, recon_for):
+    write_prompts(tmp_path / "p.jsonl", 5)
+    with FaultServer() as s:  # one request's estimate (64 x 2 completion tokens at 10 per 1k) costs 1.28 > 1.0
+        budget = {"max_cost": 1.0, "cost_per_1k_completion": 10.0}
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", budget=budget, sampling={"max_tokens": 64, "n": 2})
+        with pytest.raises(RolloutError) as ei:
+            rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    assert s.log.entries == []  # nothing was sent
+    msg = str(ei.value)
+    assert "stop: budget:max_cost" in msg and "orchestrator.budget.max_cost stopped the run before any sample" in msg
+    assert "orchestrator.sampling.max_tokens" in msg and "Fix: raise that budget" in msg
 
 
 def test_an_endpoint_without_a_models_list_is_used(tmp_path, recon_for):
