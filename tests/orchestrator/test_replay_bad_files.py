@@ -143,3 +143,68 @@ def cli_config(tmp_path: Path, tokenizer_dir, fmt: str = "auto") -> Path:
         f'[orchestrator.source]\ntype = "replay"\nformat = "{fmt}"\n'
     )
     return cfg
+
+
+# --- files read through `datasets` (Parquet, CSV, JSON) ---------------------------------------
+
+CHAT_LINE = json.dumps(rows(1)[0])
+BAD_DATASET_FILES = [  # (name, bytes, format, what the error says)
+    ("notparquet.parquet", b"not parquet", "auto", "Parquet magic bytes not found"),
+    ("empty.parquet", b"", "auto", "Parquet file size is 0 bytes"),
+    ("ragged.csv", b"prompt,completion\na,b\nc,d,e\n", "dataset", "Expected 2 fields in line 3, saw 3"),
+    ("torn.jsonl", (CHAT_LINE + "\n" + CHAT_LINE[:30]).encode(), "dataset", "JSON parse error"),
+]
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+@pytest.mark.parametrize("name, data, fmt, says", BAD_DATASET_FILES)
+def test_a_file_datasets_cannot_read_is_one_error_naming_the_file_and_the_fix(
+    tmp_path, smol_tokenizer, name, data, fmt, says, on_error
+):
+    p = tmp_path / name
+    p.write_bytes(data)
+    cfg = load_config(
+        None,
+        {
+            "output_dir": str(tmp_path / "run"),
+            "orchestrator": {
+                "source": {"type": "replay", "path": str(p), "format": fmt},
+                "replay": {"on_error": on_error},
+            },
+        },
+    )
+    with pytest.raises(ReplayError) as ei:
+        replay(
+            cfg, tmp_path / "run", Reconstructor(smol_tokenizer, cfg.orchestrator.reconstruction, 1024), progress=False
+        )
+    msg = str(ei.value)
+    assert ei.value.file == str(p) and msg.startswith(f"{p}: cannot be read as ") and says in msg
+    assert "Fix: " in msg and "\n" not in msg.strip()
+
+
+def test_datasets_own_wrapper_is_looked_through_to_the_cause():
+    import pyarrow as pa
+    from datasets.exceptions import DatasetGenerationError
+
+    from orchestrator.replay.formats.dataset import unreadable
+
+    try:
+        try:
+            raise pa.lib.ArrowInvalid("Parquet magic bytes not found in footer.")
+        except pa.lib.ArrowInvalid as inner:
+            raise DatasetGenerationError("An error occurred while generating the dataset") from inner
+    except DatasetGenerationError as e:
+        err = unreadable("x.parquet", "parquet", 7, e)
+    assert str(err).startswith(
+        "x.parquet:8: cannot be read as a Parquet file by the `datasets` library (ArrowInvalid: "
+    )
+    assert "7 row(s) before it were read" in str(err) and "generating the dataset" not in str(err)
+
+
+def test_cli_bad_parquet_under_skip_is_one_message_exit_1_no_traceback(tmp_path, smol_tokenizer_dir):
+    p = tmp_path / "bad.parquet"
+    p.write_bytes(b"not parquet")
+    proc = distill("replay", cli_config(tmp_path, smol_tokenizer_dir), p, "--on-error", "skip")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if "distill:" in ln or "Error" in ln]
+    assert len(errors) == 1 and f"distill: {p}: cannot be read as a Parquet file" in errors[0], proc.stderr
