@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,6 +193,8 @@ def _opt_reward(obj: dict, key: str = "reward") -> float | None:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise RecordError(key, f"expected a number or null, got {v!r}")
+    if not math.isfinite(v):  # json reads NaN/Infinity; NaN passes min_reward and is no JSON in a shard
+        raise RecordError(key, f"expected a finite number, got {v!r}", "give a number, or null for no reward")
     return float(v)
 
 
