@@ -46,6 +46,31 @@ class UnsupportedEncoding(httpx.DecodingError):
     server answers the same request the same way, so it is not retried."""
 
 
+class RedirectRefused(Exception):
+    """A redirect to another origin (the prompt would go where the config does not say, and the
+    recording would name the wrong endpoint), or one that turns a POST into a GET (the answer would
+    be to no prompt): not followed, not retried."""
+
+
+def check_redirect(response: Any) -> None:
+    """Raises RedirectRefused for a redirect the clients do not follow (see RedirectRefused); a
+    same-origin redirect that keeps the method (307/308, a path moved) is followed."""
+    if not response.has_redirect_location:
+        return
+    request = response.request
+    target = request.url.join(response.headers["location"])
+    why = None
+    if (target.scheme, target.host, target.port) != (request.url.scheme, request.url.host, request.url.port):
+        why = "to another origin"
+    elif response.status_code in (301, 302, 303) and request.method not in ("GET", "HEAD"):
+        why = f"that would turn the {request.method} into a GET"
+    if why:
+        raise RedirectRefused(
+            f"the server redirected {request.method} {request.url.path} to {target} (HTTP {response.status_code}), "
+            f"{why}; distill does not follow it. Fix: set the base_url to where the teacher answers"
+        )
+
+
 #: What reading a body through these clients may raise besides the SDK's errors (the SDK wraps them
 #: in APIConnectionError inside its calls, but not when a body is read afterwards).
 UNREADABLE: tuple[type[Exception], ...] = (ResponseTooLarge, httpx.DecodingError)
@@ -141,6 +166,7 @@ def capped_http_client(limit: int | None = None) -> Any:
     cap = MAX_RESPONSE_BYTES if limit is None else limit
 
     async def count(response: Any) -> None:
+        check_redirect(response)
         response.stream = _Counted(response.stream, _meter(response, cap))
 
     return DefaultAsyncHttpxClient(event_hooks={"response": [count]}, headers={"Accept-Encoding": ACCEPT_ENCODING})
@@ -153,6 +179,7 @@ def capped_sync_http_client(limit: int | None = None) -> Any:
     cap = MAX_RESPONSE_BYTES if limit is None else limit
 
     def count(response: Any) -> None:
+        check_redirect(response)
         response.stream = _CountedSync(response.stream, _meter(response, cap))
 
     return DefaultHttpxClient(event_hooks={"response": [count]}, headers={"Accept-Encoding": ACCEPT_ENCODING})
@@ -196,12 +223,12 @@ def read_capped(response: Any, limit: int | None = None) -> bytes:
     return raw
 
 
-def unrepeatable(e: BaseException) -> ResponseTooLarge | UnsupportedEncoding | None:
-    """The ResponseTooLarge or UnsupportedEncoding behind an exception the SDK may have wrapped
-    (APIConnectionError): a failure that sending the same request again would meet again."""
+def unrepeatable(e: BaseException) -> ResponseTooLarge | UnsupportedEncoding | RedirectRefused | None:
+    """The ResponseTooLarge, UnsupportedEncoding or RedirectRefused behind an exception the SDK may have
+    wrapped (APIConnectionError): a failure that sending the same request again would meet again."""
     seen = 0
     while e is not None and seen < 8:
-        if isinstance(e, (ResponseTooLarge, UnsupportedEncoding)):
+        if isinstance(e, (ResponseTooLarge, UnsupportedEncoding, RedirectRefused)):
             return e
         e, seen = e.__cause__ or e.__context__, seen + 1
     return None

@@ -25,7 +25,14 @@ import openai
 from openai import AsyncOpenAI
 
 from distill.core.redact import mask_known, mask_known_bytes, redact_url
-from orchestrator.http_client import ResponseTooLarge, UnsupportedEncoding, endpoint_client, unrepeatable
+from orchestrator.answer_notes import note_answer
+from orchestrator.http_client import (
+    RedirectRefused,
+    ResponseTooLarge,
+    UnsupportedEncoding,
+    endpoint_client,
+    unrepeatable,
+)
 from orchestrator.limits import RetryPolicy, TokenBucket, parse_retry_after
 
 try:  # the HTTP library under the SDK: httpx2 in openai 3.x, httpx before
@@ -34,6 +41,12 @@ except ImportError:  # pragma: no cover - older openai
     from httpx import Response as _HttpResponse  # type: ignore[no-redef]
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+#: The reason of a failure the same request would meet again (http_client.unrepeatable): not retried.
+UNREPEATABLE = {
+    ResponseTooLarge: "response_too_large",
+    UnsupportedEncoding: "unsupported_encoding",
+    RedirectRefused: "redirect_refused",
+}
 
 
 class TeacherError(Exception):
@@ -298,27 +311,6 @@ class Transport:
             )
         return masked
 
-    def _note(self, answer: Answer, ep: Endpoint) -> None:
-        """Counts an answer's optional `usage_estimated` (why) and `extra_choices`; the first of each warns."""
-        why, extra = getattr(answer, "usage_estimated", None), getattr(answer, "extra_choices", 0)
-        st, warn = self.stats, []
-        if why and not st.usage_estimated:
-            warn.append(
-                f"{ep.shown} reported no usable token usage ({why}); such answers are counted against the "
-                "budget at the request's estimate (completion: max_tokens x n, an upper bound, or without "
-                "max_tokens the answer's characters / 4; prompt: characters / 4), and the tokens and cost "
-                "reported include these estimates"
-            )
-        if extra and not st.extra_choices:
-            warn.append(
-                f"{ep.shown} answered with {extra} more choice(s) than were asked for (it does not honour n); "
-                "the first n are kept, the others are paid for but not recorded (extra_choices in the metrics)"
-            )
-        for w in warn:
-            print(f"distill: warning: {w}", file=sys.stderr)
-        st.usage_estimated += bool(why)
-        st.extra_choices += extra
-
     async def _attempt(
         self, kind: RequestKind[R, T], req: R, est_tokens: float, attempt: int, gate: Gate | None = None
     ) -> Delivery[T]:
@@ -347,10 +339,9 @@ class Transport:
             except (openai.APITimeoutError, asyncio.TimeoutError) as e:
                 why = str(e) or f"no complete answer within timeout = {ep.timeout:g} s"
                 raise _Retryable(TeacherError("timeout", f"{ep.shown}: {why}"), None) from None
-            except (openai.APIConnectionError, ResponseTooLarge, UnsupportedEncoding) as e:
+            except (openai.APIConnectionError, ResponseTooLarge, UnsupportedEncoding, RedirectRefused) as e:
                 if (same := unrepeatable(e)) is not None:  # the same request would get the same answer
-                    why = "response_too_large" if isinstance(same, ResponseTooLarge) else "unsupported_encoding"
-                    raise NonRetryableError(why, f"{ep.shown}: {same}") from None
+                    raise NonRetryableError(UNREPEATABLE[type(same)], f"{ep.shown}: {same}") from None
                 raise _Retryable(TeacherError("connection_error", f"{ep.shown}: {e.__cause__ or e}"), None) from None
             finally:
                 ep.in_flight -= 1
@@ -366,7 +357,7 @@ class Transport:
         except Exception as e:  # noqa: BLE001 - a body no check foresaw must not take the run down
             why = f"{ep.shown}: the answer could not be read ({type(e).__name__}: {e})"
             raise _Retryable(ResponseError("malformed_response", why), None) from None
-        self._note(answer, ep)
+        note_answer(self.stats, answer, ep.shown)
         if self.tpm:
             self.tpm.adjust(answer.usage["prompt_tokens"] + answer.usage["completion_tokens"] - est_tokens)
         return Delivery(

@@ -185,3 +185,66 @@ def test_the_endpoint_check_reads_a_bomb_without_a_traceback(monkeypatch):
             server.close()
 
     assert asyncio.run(serve()) == (0, None)  # no list to check: the chat requests decide
+
+
+async def _redirecting(status: int, where: str, seen: list):
+    """A server whose /v1/chat/completions answers `status` to `where` (a path here, or a URL elsewhere),
+    and whose /v2/chat/completions answers the chat; `seen`: the request lines it got."""
+
+    async def handle(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        line = head.split(b"\r\n")[0].decode()
+        seen.append(line)
+        n = int(next((h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0))
+        if n:
+            await reader.readexactly(n)
+        if "/v1/" in line:
+            to = where.format(port=writer.get_extra_info("sockname")[1]).encode()
+            writer.write(b"HTTP/1.1 %d Moved\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n" % (status, to))
+        else:
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(ANSWER), ANSWER)
+            )
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def _ask_redirected(status: int, where: str):
+    seen: list = []
+    server = await _redirecting(status, where, seen)
+    port = server.sockets[0].getsockname()[1]
+    t = Transport(
+        [f"http://127.0.0.1:{port}/v1"], "m", "k", timeout=30, retry=RetryPolicy(max_attempts=3, initial_backoff=0.01)
+    )
+    try:
+        return await t.request(ChatKind(), ChatRequest(messages=[{"role": "user", "content": "hi"}])), seen
+    except TeacherError as e:
+        return e, seen
+    finally:
+        await t.close()
+        server.close()
+
+
+@pytest.mark.parametrize(
+    "status, where, says",
+    [
+        (307, "http://127.0.0.1:9/v2/chat/completions", "to another origin"),  # the prompt would go elsewhere
+        (308, "http://localhost:{port}/v2/chat/completions", "to another origin"),  # another host name
+        (301, "/v2/chat/completions", "would turn the POST into a GET"),  # the answer would be to no prompt
+        (303, "/v2/chat/completions", "would turn the POST into a GET"),
+    ],
+)
+def test_a_redirect_elsewhere_or_to_a_get_is_refused_not_followed(status, where, says):
+    err, seen = asyncio.run(_ask_redirected(status, where))
+    assert isinstance(err, NonRetryableError) and err.reason == "redirect_refused", err
+    assert says in err.detail and f"HTTP {status}" in err.detail and "Fix: set the base_url" in err.detail
+    assert seen == ["POST /v1/chat/completions HTTP/1.1"]  # asked once, the redirect not followed
+
+
+def test_a_same_origin_redirect_that_keeps_the_post_is_followed():
+    out, seen = asyncio.run(_ask_redirected(307, "/v2/chat/completions"))
+    assert not isinstance(out, Exception), out
+    assert seen == ["POST /v1/chat/completions HTTP/1.1", "POST /v2/chat/completions HTTP/1.1"]
