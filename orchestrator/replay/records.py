@@ -134,12 +134,19 @@ def normalize_message(m: Any, field: str) -> dict[str, Any]:
         if key != "tool_calls" and not isinstance(v, str):
             raise RecordError(f"{field}.{key}", f"expected a string, got {type(v).__name__}")
         out[key] = v
-    w = m.get("weight")  # OpenAI's chat fine-tuning format: weight 0 = context only, not trained
-    if not weight_ok(w):
-        raise RecordError(f"{field}.weight", f"expected 0 or 1, got {w!r}", "use 0 (not trained) or 1 (trained)")
-    if w == 0:  # 1 is the default: rows that spell it out keep the same content id
+    if message_weight(m, field) == 0:
         out["weight"] = 0
     return out
+
+
+def message_weight(m: dict, field: str) -> int:
+    """A message's (ShareGPT turn's) `weight`, as in OpenAI's chat fine-tuning format: 0 = context only,
+    not trained; 1, the default when absent. Any other value is a bad record naming `field.weight`.
+    Only a 0 is kept on the message: rows that spell out the 1 keep the same content id."""
+    w = m.get("weight")
+    if not weight_ok(w):
+        raise RecordError(f"{field}.weight", f"expected 0 or 1, got {w!r}", "use 0 (not trained) or 1 (trained)")
+    return 0 if w == 0 else 1
 
 
 def _messages(v: Any, field: str) -> list[dict[str, Any]]:
@@ -260,6 +267,16 @@ def system_field(obj: dict) -> str | None:
 def dataset_conversation(fmt: str, obj: dict, file: str, line: int, messages: list[dict[str, Any]]) -> Conversation:
     """The Conversation of a chat-dataset record (chat, sharegpt): tools, id (or a content hash), sample
     index, finish reason, reward and model read from the record's own optional fields."""
+    if (
+        fmt != "prompt_completion"
+        and "conversations" in obj
+        and obj.get("messages", obj["conversations"]) != obj["conversations"]
+    ):
+        raise RecordError(
+            "conversations",
+            "the record holds both 'messages' and 'conversations', and they differ: which one to train on is unclear",
+            "keep one of the two fields (or give both the same value)",
+        )
     tools = _tools(obj.get("tools"))
     prompt_id = _id(obj, "id") or content_id(messages, tools)
     return conversation(

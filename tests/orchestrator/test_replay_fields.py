@@ -37,6 +37,9 @@ def bad_records(tmp_path: Path) -> list[tuple[int, str | None, str]]:
     return [(b["line"], b["field"], b["reason"]) for b in read_jsonl(tmp_path / "run" / "replay_rejects.jsonl")]
 
 
+USER = {"role": "user", "content": "q"}
+
+
 def chat(rid: str, answer: str = "5", **extra) -> str:
     msgs = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": answer}]
     return json.dumps({"id": rid, "messages": msgs, **extra})
@@ -78,3 +81,103 @@ def test_on_error_fail_stops_at_a_nan_reward_naming_the_field(tmp_path, smol_tok
         run(tmp_path, smol_tokenizer, [chat("a"), chat("nan")[:-1] + ', "reward": NaN}'], on_error="fail")
     assert (ei.value.line, ei.value.field, ei.value.reason) == (2, "reward", "bad_field")
     assert "expected a finite number, got nan" in str(ei.value)
+
+
+# --- ShareGPT: weight, and the same thing given twice -------------------------------------------
+
+
+def sharegpt(rid: str, *turns: dict, **extra) -> str:
+    return json.dumps({"id": rid, "conversations": list(turns), **extra})
+
+
+def test_a_sharegpt_turn_of_weight_0_is_context_as_in_the_chat_format(tmp_path, smol_tokenizer):
+    as_chat = [
+        {"role": "user", "content": "What is 2 + 3?"},
+        {"role": "assistant", "content": "four", "weight": 0},
+        {"role": "user", "content": "Again?"},
+        {"role": "assistant", "content": "5"},
+    ]
+    turns = [{"from": {"user": "human", "assistant": "gpt"}[m["role"]], "value": m["content"]} for m in as_chat]
+    turns[1]["weight"] = 0
+    turns[3]["weight"] = 1
+    lines = [json.dumps({"id": "chat", "messages": as_chat}), sharegpt("sg", *turns)]
+    summary = run(tmp_path, smol_tokenizer, lines, on_error="fail")
+    assert summary["outcomes"]["trained"] == 2
+    got = {s.prompt_id: s for s in iter_samples(tmp_path / "run" / "samples")}
+    sg, ch = got["sg"], got["chat"]
+    assert (sg.prompt_ids, sg.completion_ids, sg.completion_mask) == (
+        ch.prompt_ids,
+        ch.completion_ids,
+        ch.completion_mask,
+    )
+    trained = smol_tokenizer.decode([t for t, m in zip(sg.completion_ids, sg.completion_mask) if m])
+    assert "5" in trained and "four" not in trained
+
+
+@pytest.mark.parametrize("weight", [2, True, 0.0, "0", None])
+def test_a_sharegpt_weight_other_than_0_or_1_is_a_bad_record_as_in_the_chat_format(tmp_path, smol_tokenizer, weight):
+    q = {"from": "human", "value": "q"}
+    lines = [
+        chat("ok"),
+        sharegpt("sg", q, {"from": "gpt", "value": "a", "weight": weight}),
+        json.dumps({"id": "ch", "messages": [USER, {"role": "assistant", "content": "a", "weight": weight}]}),
+    ]
+    run(tmp_path, smol_tokenizer, lines)
+    listed = read_jsonl(tmp_path / "run" / "replay_rejects.jsonl")
+    if weight is None:  # null is "not given", as in the chat format
+        assert listed == []
+        return
+    assert bad_records(tmp_path) == [
+        (2, "conversations[1].weight", "bad_field"),
+        (3, "messages[1].weight", "bad_field"),
+    ]
+    assert (
+        listed[0]["error"]
+        == listed[1]["error"]
+        == f"expected 0 or 1, got {weight!r}. Fix: use 0 (not trained) or 1 (trained)"
+    )
+
+
+def test_a_function_call_weighted_unlike_the_assistant_turn_it_joins_is_a_bad_record(tmp_path, smol_tokenizer):
+    call = {"from": "function_call", "value": {"name": "calc", "arguments": {"x": 1}}}
+    q, a = {"from": "human", "value": "q"}, {"from": "gpt", "value": "let me see"}
+    tool, end = {"from": "observation", "value": "1"}, {"from": "gpt", "value": "1"}
+    lines = [
+        sharegpt("same", q, {**a, "weight": 0}, {**call, "weight": 0}, tool, end),
+        sharegpt("alone", q, {**call, "weight": 0}, tool, end),  # a call of its own: its own assistant turn
+        sharegpt("differ", q, {**a, "weight": 0}, call, tool, end),
+    ]
+    run(tmp_path, smol_tokenizer, lines)
+    assert bad_records(tmp_path) == [(3, "conversations[2].weight", "bad_field")]
+    assert (
+        "differs from that of the assistant turn before it"
+        in read_jsonl(tmp_path / "run" / "replay_rejects.jsonl")[0]["error"]
+    )
+
+
+@pytest.mark.parametrize("fmt", ["auto", "sharegpt"])
+def test_messages_and_conversations_that_differ_are_a_bad_record_naming_both(tmp_path, smol_tokenizer, fmt):
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    other = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]
+    lines = [
+        json.dumps({"id": "same", "messages": turns, "conversations": turns}),  # identical: fine
+        json.dumps({"id": "differ", "messages": turns, "conversations": other}),
+    ]
+    summary = run(tmp_path, smol_tokenizer, lines, fmt=fmt)
+    assert summary["outcomes"]["trained"] == 1
+    assert bad_records(tmp_path) == [(2, "conversations", "bad_field")]
+    error = read_jsonl(tmp_path / "run" / "replay_rejects.jsonl")[0]["error"]
+    assert "holds both 'messages' and 'conversations', and they differ" in error
+
+
+def test_a_sharegpt_turn_whose_value_and_content_differ_is_a_bad_record(tmp_path, smol_tokenizer):
+    q = {"from": "human", "value": "q"}
+    lines = [
+        sharegpt("same", q, {"from": "gpt", "value": "a", "content": "a"}),
+        sharegpt("differ", q, {"from": "gpt", "value": "a", "content": "b"}),
+    ]
+    summary = run(tmp_path, smol_tokenizer, lines)
+    assert summary["outcomes"]["trained"] == 1
+    assert bad_records(tmp_path) == [(2, "conversations[1].content", "bad_field")]
+    error = read_jsonl(tmp_path / "run" / "replay_rejects.jsonl")[0]["error"]
+    assert "holds both 'value' and 'content', and they differ" in error
