@@ -117,6 +117,10 @@ class BudgetGate:
             self.completion_tokens += usage.get("completion_tokens", 0)
         asyncio.get_running_loop().create_task(self._notify())
 
+    def unsent(self) -> None:
+        """The attempt just settled was stopped before it was sent: it is no request."""
+        self.requests -= 1
+
     async def _notify(self) -> None:
         async with self._settled:
             self._settled.notify_all()

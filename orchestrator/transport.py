@@ -263,17 +263,23 @@ class Transport:
                 await gate.reserve(est_prompt, est_completion)
             retry_after = None
             usage = None
+            unsent = False
             try:
                 out = await self._attempt(kind, req, est_prompt + est_completion, attempt, gate)
                 usage = out.answer.usage
                 return out
             except NonRetryableError:
                 raise
+            except StopRequested:
+                unsent = True  # stopped while it waited for a slot: never sent
+                raise
             except _Retryable as r:
                 last, retry_after = r.error, r.retry_after
             finally:
                 if gate is not None:
                     gate.settle(est_prompt, est_completion, usage)
+                    if unsent and (uncount := getattr(gate, "unsent", None)) is not None:
+                        uncount()  # max_requests counts the requests sent, exactly
             self.stats.count_retry(last.reason)
             if attempt == self.retry.max_attempts:
                 break

@@ -658,6 +658,18 @@ def test_a_budget_too_small_for_one_request_names_the_budget_and_the_fix(tmp_pat
     assert "orchestrator.sampling.max_tokens" in msg and "Fix: raise that budget" in msg
 
 
+def test_requests_stopped_before_they_were_sent_are_not_counted(tmp_path, recon_for):
+    """A refused key stops the run while other requests wait for a slot: those were never sent, so the
+    request count (what max_requests limits) is what the server saw."""
+    write_prompts(tmp_path / "p.jsonl", 12)
+    with FaultServer(Faults(error_status=401, latency_s=0.0)) as s:
+        cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", concurrency=2, max_ahead=12)
+        with pytest.raises(RolloutError, match="401"):
+            rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    final = read_jsonl(tmp_path / "run" / "orchestrator_metrics.jsonl")[-1]
+    assert final["requests"] == len(s.log.entries) >= 1, (final["requests"], len(s.log.entries))
+
+
 def test_an_endpoint_without_a_models_list_is_used(tmp_path, recon_for):
     ids = write_prompts(tmp_path / "p.jsonl", 3)
     with FaultServer(list_models=False) as s:
