@@ -232,3 +232,10 @@ def unrepeatable(e: BaseException) -> ResponseTooLarge | UnsupportedEncoding | R
             return e
         e, seen = e.__cause__ or e.__context__, seen + 1
     return None
+
+
+def failure_words(e: BaseException) -> str:
+    """What a failed connection says: its cause's message, or the cause's type where that has none
+    (a connection reset mid-answer: "RemoteProtocolError, no message")."""
+    cause = e.__cause__ or e
+    return str(cause) or f"{type(cause).__name__}, no message"

@@ -31,6 +31,7 @@ from orchestrator.http_client import (
     ResponseTooLarge,
     UnsupportedEncoding,
     endpoint_client,
+    failure_words,
     unrepeatable,
 )
 from orchestrator.limits import RetryPolicy, TokenBucket, parse_retry_after
@@ -348,7 +349,7 @@ class Transport:
             except (openai.APIConnectionError, ResponseTooLarge, UnsupportedEncoding, RedirectRefused) as e:
                 if (same := unrepeatable(e)) is not None:  # the same request would get the same answer
                     raise NonRetryableError(UNREPEATABLE[type(same)], f"{ep.shown}: {same}") from None
-                raise _Retryable(TeacherError("connection_error", f"{ep.shown}: {e.__cause__ or e}"), None) from None
+                raise _Retryable(TeacherError("connection_error", f"{ep.shown}: {failure_words(e)}"), None) from None
             finally:
                 ep.in_flight -= 1
         t1 = time.time()

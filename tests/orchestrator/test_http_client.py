@@ -248,3 +248,31 @@ def test_a_same_origin_redirect_that_keeps_the_post_is_followed():
     out, seen = asyncio.run(_ask_redirected(307, "/v2/chat/completions"))
     assert not isinstance(out, Exception), out
     assert seen == ["POST /v1/chat/completions HTTP/1.1", "POST /v2/chat/completions HTTP/1.1"]
+
+
+def test_a_connection_closed_mid_answer_says_what_failed():
+    """A server that closes the connection before the body it announced: the failure's detail names what
+    failed, not an empty message ("connection_error: URL: ")."""
+
+    async def go():
+        async def handle(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{"cho')
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        t = Transport([url], "m", "k", timeout=30, retry=RetryPolicy(max_attempts=1))
+        try:
+            await t.request(ChatKind(), ChatRequest(messages=[{"role": "user", "content": "hi"}]))
+        except TeacherError as e:
+            return e
+        finally:
+            await t.close()
+            server.close()
+
+    err = asyncio.run(go())
+    assert isinstance(err, TeacherError) and err.reason == "connection_error", err
+    said = err.detail.split("/v1: ", 1)[1]
+    assert said.strip() and not said.startswith("(gave up"), err.detail
