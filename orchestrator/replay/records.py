@@ -267,11 +267,8 @@ def system_field(obj: dict) -> str | None:
 def dataset_conversation(fmt: str, obj: dict, file: str, line: int, messages: list[dict[str, Any]]) -> Conversation:
     """The Conversation of a chat-dataset record (chat, sharegpt): tools, id (or a content hash), sample
     index, finish reason, reward and model read from the record's own optional fields."""
-    if (
-        fmt != "prompt_completion"
-        and "conversations" in obj
-        and obj.get("messages", obj["conversations"]) != obj["conversations"]
-    ):
+    both = [obj.get(k) for k in ("messages", "conversations")]
+    if fmt != "prompt_completion" and None not in both and both[0] != both[1]:  # None: a table's absent column
         raise RecordError(
             "conversations",
             "the record holds both 'messages' and 'conversations', and they differ: which one to train on is unclear",

@@ -162,10 +162,15 @@ def test_messages_and_conversations_that_differ_are_a_bad_record_naming_both(tmp
     lines = [
         json.dumps({"id": "same", "messages": turns, "conversations": turns}),  # identical: fine
         json.dumps({"id": "differ", "messages": turns, "conversations": other}),
+        # a table's row holds every column, None where the record has none: not two conversations
+        json.dumps({"id": "table", "messages": other, "conversations": None}),
+        json.dumps({"id": "table2", "messages": None, "conversations": [{"from": "human", "value": "q2"}, *other[1:]]}),
     ]
     summary = run(tmp_path, smol_tokenizer, lines, fmt=fmt)
-    assert summary["outcomes"]["trained"] == 1
-    assert bad_records(tmp_path) == [(2, "conversations", "bad_field")]
+    assert summary["outcomes"]["trained"] == (3 if fmt == "auto" else 2)
+    assert bad_records(tmp_path) == [(2, "conversations", "bad_field")] + (
+        [(3, "conversations", "bad_field")] if fmt == "sharegpt" else []
+    )
     error = read_jsonl(tmp_path / "run" / "replay_rejects.jsonl")[0]["error"]
     assert "holds both 'messages' and 'conversations', and they differ" in error
 

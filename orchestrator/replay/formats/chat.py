@@ -9,7 +9,8 @@ from orchestrator.replay.records import _answered, _messages, dataset_conversati
 
 
 def detect(obj: dict) -> bool:
-    return "messages" in obj
+    # a table's row holds every column: None messages beside a conversation are a ShareGPT row
+    return "messages" in obj and (obj["messages"] is not None or obj.get("conversations") is None)
 
 
 def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation]:
