@@ -16,6 +16,7 @@ conversations (distill.core.conversation.Conversation) to the same code here:
 
 from __future__ import annotations
 
+import math
 import asyncio
 import multiprocessing
 import os
@@ -205,7 +206,10 @@ class Publisher(Sink):
     def score(self, prompt: dict, response: dict) -> float | None:
         if self.reward_fn is None:
             return None
-        return float(self.reward_fn(prompt, response.get("content") or ""))
+        reward = float(self.reward_fn(prompt, response.get("content") or ""))
+        if not math.isfinite(reward):  # NaN would pass min_reward (every comparison is false)
+            raise ValueError(f"the reward function returned {reward}; a reward must be a finite number")
+        return reward
 
     def _admit(self, prompt: dict | None, rec: dict) -> Conversation | None:
         """Reward filter for one recorded choice; its conversation if it passes."""

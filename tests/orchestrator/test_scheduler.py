@@ -295,6 +295,24 @@ def test_reward_filter_keeps_only_passing(tmp_path, recon_for):
     assert all(s.reward == 1.0 for s in samples.values())
 
 
+def test_a_reward_function_returning_nan_is_a_reward_error(tmp_path, recon_for):
+    """NaN passes any min_reward (every comparison with it is false) and is no JSON number: rejected."""
+    write_prompts(tmp_path / "p.jsonl", 3)
+    (tmp_path / "nanreward.py").write_text("def score(prompt, text):\n    return float('nan')\n")
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with FaultServer() as s:
+            cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", reward_fn="nanreward:score", min_reward=0.5)
+            with pytest.raises(RolloutError, match="reward_error=3"):
+                rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    finally:
+        sys.path.remove(str(tmp_path))
+    rejects = read_jsonl(tmp_path / "run" / "rejects.jsonl")
+    assert {r["reason"] for r in rejects} == {"reward_error"} and "finite number" in rejects[0]["detail"]
+
+
 def test_reasoning_gym_source_and_gsm_reward(tmp_path, recon_for):
     from orchestrator.prompts import load_prompts
     from orchestrator.rewards import gsm_symbolic_score
