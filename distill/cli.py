@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import json
 import os
 import sys
@@ -305,6 +306,29 @@ _USER_ERRORS = {
     "StudentServerError",
 }
 
+#: OS errors about a path the user chose (missing, a file where a folder goes, no permission, a full or
+#: read-only disk): one line naming the path, not a traceback.
+_PATH_ERRNOS = {
+    errno.ENOENT,
+    errno.EEXIST,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOSPC,
+    errno.EROFS,
+    errno.EDQUOT,
+}
+
+
+def path_error(e: OSError) -> str:
+    why = "a file is there, where a folder is needed" if e.errno == errno.EEXIST else e.strerror
+    return (
+        f"cannot use {e.filename}: {why}. Fix: check that path and its folders (output_dir, an input, "
+        "or -o): each folder must exist or be creatable, be a folder, be writable, and have free space"
+    )
+
+
 COMMANDS = {
     "run": cmd_run,
     "rollout": cmd_rollout,
@@ -342,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"distill: {mask_known(str(e))}", file=sys.stderr)
         return 2
     except Exception as e:
+        if isinstance(e, OSError) and e.filename is not None and e.errno in _PATH_ERRNOS:  # a raw OS error
+            print(f"distill: {mask_known(path_error(e))}", file=sys.stderr)
+            return 1
         if type(e).__name__ in _USER_ERRORS:  # bad input or environment: the message says what to do
             print(f"distill: {mask_known(str(e))}", file=sys.stderr)  # no echoed key (redact.py)
             return 1

@@ -572,3 +572,17 @@ def test_train_without_a_producer_says_it_waits_then_fails_naming_the_timeout(tm
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("distill: no new samples in") and res.stderr.count("distill: ") == 1, res.stderr
     assert "trainer.sample_timeout" in last and "distill rollout CFG" in last
+
+
+def test_paths_the_os_refuses_are_one_line_naming_the_path(tmp_path, smol_tokenizer_dir):
+    """An output under a file, or in a folder the OS will not create (/proc): one `distill:` line naming the
+    path and what to check, exit 1, no errno traceback."""
+    (tmp_path / "afile").write_text("x\n")
+    data = ROOT / "examples" / "data" / "chat.jsonl"
+    res = distill("tokenize", "--tokenizer", smol_tokenizer_dir, data, "-o", tmp_path / "afile" / "out.jsonl")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.count("distill: ") == 1 and f"cannot use {tmp_path / 'afile'}: a file is there" in res.stderr
+    cfg = base_toml(tmp_path, f'[orchestrator.source]\ntype = "replay"\npath = "{data}"\n')
+    res = distill("replay", cfg, "--output_dir", "/proc/distill-no-such-run")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.count("distill: ") == 1 and "/proc/distill-no-such-run" in res.stderr
