@@ -270,8 +270,12 @@ def cmd_probe(argv: list[str]) -> int:
 
 
 def cmd_report(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="distill report")
-    p.add_argument("run_dir")
+    p = argparse.ArgumentParser(
+        prog="distill report",
+        description="Plot a run's training curves (and eval, teacher panels) to RUN_DIR/report.png, write a "
+        "self-contained report.html beside it, and print a text summary.",
+    )
+    p.add_argument("run_dir", help="the run's output_dir (holds metrics.jsonl)")
     a = p.parse_args(argv)
     from trainer.report import write_report
 

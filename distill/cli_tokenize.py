@@ -37,9 +37,18 @@ def check_output(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
 
 def cmd_tokenize(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="distill tokenize")
-    p.add_argument("--tokenizer", required=True, help="student tokenizer folder (HF format, with chat template)")
+    p.add_argument(
+        "--tokenizer",
+        required=True,
+        help="the student's tokenizer: an HF folder with a chat template, a cached hub id, or a .gguf file",
+    )
     p.add_argument("input", help="JSONL with a 'messages' list per line (optional 'tools')")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="JSONL written: per input line, prompt_ids, completion_ids and completion_mask, or the rejection",
+    )
     p.add_argument("--config", help="run config whose [orchestrator.reconstruction] policies to use")
     p.add_argument("--chat-template", help="Jinja file replacing the tokenizer's template (default: the config's)")
     a = p.parse_args(argv)

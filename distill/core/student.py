@@ -186,7 +186,8 @@ def gguf_tokenizer_dir(gguf: Path) -> tuple[Path | None, str]:
     except Exception as e:  # noqa: BLE001 - an unsupported architecture, a damaged file, no gguf package
         return None, (
             f"{gguf} is a GGUF file that transformers cannot convert to an HF folder ({type(e).__name__}: "
-            f"{str(e)[:300]}). Fix: set student.path to the model's HF folder (config.json, weights, tokenizer)"
+            f"{str(e)[:300]}). Fix: name the model's HF folder (config.json, weights, tokenizer) instead, in "
+            "student.path (student.tokenizer, or --tokenizer of distill tokenize, where that is what names the file)"
         )
 
 
