@@ -1,5 +1,6 @@
-"""What the transport says about an answer it delivers: usage it had to estimate, choices beyond
-the n asked for. Each is counted in the client stats; the first of each kind warns once per run."""
+"""What the transport says about an answer it delivers (usage it had to estimate, choices beyond the
+n asked for) and about a long wait a server asked for. Each is counted in the client stats; the first
+of each kind is told once per run."""
 
 from __future__ import annotations
 
@@ -28,3 +29,22 @@ def note_answer(stats: Any, answer: Any, shown: str) -> None:
         print(f"distill: warning: {w}", file=sys.stderr)
     stats.usage_estimated += bool(why)
     stats.extra_choices += extra
+
+
+#: A wait asked for by the server (Retry-After) at least this long is told: the run looks stuck otherwise.
+LONG_WAIT_S = 30.0
+
+
+def note_wait(stats: Any, delay: float, retry_after: float | None, detail: str) -> None:
+    """Counts a wait the server asked for (Retry-After) in `stats`; the first long one is told."""
+    if retry_after is None:
+        return
+    stats.retry_after_waits += 1
+    if delay >= LONG_WAIT_S and not stats.long_waits:
+        print(
+            f"distill: note: the teacher asked to wait {retry_after:g} s before retrying ({detail[:160]}); waiting "
+            f"{delay:g} s (a Retry-After is honoured up to 300 s, or orchestrator.retry.max_backoff when larger). "
+            "Ctrl-C stops; the same command resumes",
+            file=sys.stderr,
+        )
+    stats.long_waits += delay >= LONG_WAIT_S

@@ -25,7 +25,7 @@ import openai
 from openai import AsyncOpenAI
 
 from distill.core.redact import mask_known, mask_known_bytes, redact_url
-from orchestrator.answer_notes import note_answer
+from orchestrator.answer_notes import note_answer, note_wait
 from orchestrator.http_client import (
     RedirectRefused,
     ResponseTooLarge,
@@ -159,6 +159,7 @@ class ClientStats:
     retries: dict[str, int] = field(default_factory=dict)
     retry_after_waits: int = 0
     usage_estimated: int = 0  # answers whose usage is the estimate (the body reported none usable)
+    long_waits: int = 0  # Retry-After waits of LONG_WAIT_S or more (answer_notes.note_wait)
     extra_choices: int = 0  # choices answers held beyond those asked for (paid for, not kept)
 
     def count_retry(self, reason: str) -> None:
@@ -284,9 +285,9 @@ class Transport:
             self.stats.count_retry(last.reason)
             if attempt == self.retry.max_attempts:
                 break
-            if retry_after is not None:
-                self.stats.retry_after_waits += 1
-            await self._backoff(self.retry.delay(attempt, retry_after), gate)
+            delay = self.retry.delay(attempt, retry_after)
+            note_wait(self.stats, delay, retry_after, last.detail)  # counts Retry-After waits; a long one is told
+            await self._backoff(delay, gate)
         assert last is not None
         raise TeacherError(
             last.reason, f"{last.detail} (gave up after {self.retry.max_attempts} attempts)", last.status

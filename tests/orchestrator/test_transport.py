@@ -113,3 +113,19 @@ def test_registry_names_the_kinds():
     assert isinstance(get_kind("chat"), ChatKind) and KINDS["chat"].name == "chat"
     with pytest.raises(ValueError, match=r"unknown teacher request kind 'scores'; known: chat"):
         get_kind("scores")
+
+
+def test_a_long_wait_the_server_asks_for_is_told_once(capfd):
+    """A Retry-After of a minute is honoured, and said (the run would look stuck); a short one is not."""
+    waited: list[float] = []
+
+    async def sleep(s: float) -> None:  # the waits, without waiting
+        waited.append(s)
+
+    with FaultServer(Faults(rate_429=1.0, retry_after=60)) as s, pytest.raises(TeacherError):
+        asyncio.run(_request(s.base_url, WordsKind(), "x", retry=RetryPolicy(3, 0.001, 0.001), sleep=sleep))
+    err = capfd.readouterr().err
+    assert waited == [60.0, 60.0] and err.count("the teacher asked to wait 60 s before retrying") == 1, err
+    with FaultServer(Faults(rate_429=1.0, retry_after=2)) as s, pytest.raises(TeacherError):
+        asyncio.run(_request(s.base_url, WordsKind(), "x", retry=RetryPolicy(2, 0.001, 0.001), sleep=sleep))
+    assert "asked to wait" not in capfd.readouterr().err
