@@ -41,6 +41,7 @@ class Asker:
         self.n_honoured, self.first_success = True, first_success
         self.in_flight_samples = 0  # samples asked for and not answered yet (backpressure counts them)
         self.fatal: RolloutError | None = None  # the error the run stops on
+        self.fatal_from_tally: RolloutError | None = None  # the fatal, when too many failures stopped the run
         self.bar = None  # a tqdm bar advanced by each recorded answer
 
     async def job(self, prompt: dict, missing: list[int]) -> None:
@@ -146,7 +147,7 @@ class Asker:
             self.pub.reject(f"{prompt['prompt_id']}/{i}", reason, detail)
         why = self.tally.fail(reason, len(indices), detail, transient)
         if why is not None and self.fatal is None:
-            self.fatal = RolloutError(why)
+            self.fatal = self.fatal_from_tally = RolloutError(why)  # its counts are redone at the end (close)
             self.gate.stop("error:too_many_failures")
 
     def chat_request(self, prompt: dict, indices: list[int]) -> ChatRequest:

@@ -32,6 +32,7 @@ class FailureTally:
         self.by_reason: Counter = Counter()  # failed pairs by reason
         self.first: dict[str, str] = {}  # reason -> the first detail seen
         self.failed = self.ok = self.streak = 0
+        self.stopped_by: str | None = None  # "streak" or "fraction": the rule that stopped the run early
 
     def succeeded(self, pairs: int) -> None:
         self.ok += pairs
@@ -46,11 +47,20 @@ class FailureTally:
         if transient:
             self.streak += 1
             if self.streak >= self.streak_limit:
-                return (
-                    f"the last {self.streak} teacher requests all failed after every retry, so the endpoint "
-                    f"({self.base_url}) looks unusable now; {self.describe()}. {self._fix()}"
-                )
+                self.stopped_by = self.stopped_by or "streak"
         if self.planned and self.failed > self.max_fraction * self.planned:
+            self.stopped_by = self.stopped_by or "fraction"
+        return self.early_message()
+
+    def early_message(self) -> str | None:
+        """The message of the early stop, with the counts as they are now (call it again at the end of the
+        run: requests in flight when it stopped may have failed since), or None when it did not stop."""
+        if self.stopped_by == "streak":
+            return (
+                f"{self.streak_limit} teacher requests in a row all failed after every retry, so the endpoint "
+                f"({self.base_url}) looks unusable now; {self.describe()}. {self._fix()}"
+            )
+        if self.stopped_by == "fraction":
             return (
                 f"the teacher failed for good on {self.failed} (prompt, sample) pairs, more than {KEY} = "
                 f"{self.max_fraction:g} of the {self.planned} the prompts ask for; {self.describe()}. "

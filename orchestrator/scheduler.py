@@ -271,6 +271,8 @@ class _Rollout:
         await self.transport.close()
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.fatal is not None and self.fatal is self.asker.fatal_from_tally:
+            self.asker.fatal = RolloutError(self.tally.early_message())  # with the final counts
         if self.fatal is None and not self.failed and gate.stop_reason not in ("interrupted", "stopped"):
             why = self.tally.verdict()
             why_none = (

@@ -646,10 +646,26 @@ def test_a_streak_of_failed_requests_stops_the_run(tmp_path, recon_for):
         cfg = make_cfg(
             s.base_url, tmp_path / "p.jsonl", concurrency=1, retry={"max_attempts": 2}, max_failed_fraction=1.0
         )
-        with pytest.raises(RolloutError, match="the last 10 teacher requests all failed after every retry"):
+        with pytest.raises(RolloutError, match="10 teacher requests in a row all failed after every retry"):
             rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
     assert s.log.outcomes()["ok"] == 2 and 20 <= s.log.outcomes()["http503"] <= 21  # + one queued attempt
     assert not is_done(tmp_path / "run" / "samples")
+
+
+def test_the_failure_message_counts_the_pairs_that_failed_while_the_run_stopped(tmp_path, recon_for):
+    """Requests in flight when the failures stopped the run fail too: the message gives the final counts,
+    the ones rejects.jsonl and the metrics hold."""
+    write_prompts(tmp_path / "p.jsonl", 40)
+    with FaultServer(Faults(error_status=503, latency_s=0.05)) as s:
+        cfg = make_cfg(
+            s.base_url, tmp_path / "p.jsonl", concurrency=4, retry={"max_attempts": 1}, max_failed_fraction=0.01
+        )
+        with pytest.raises(RolloutError) as ei:
+            rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    final = read_jsonl(tmp_path / "run" / "orchestrator_metrics.jsonl")[-1]
+    failed = sum(final["failed_pairs"].values())
+    assert failed == len(read_jsonl(tmp_path / "run" / "rejects.jsonl")) > 1
+    assert f"http_503={failed}" in str(ei.value), (failed, str(ei.value))
 
 
 def test_no_sample_at_all_is_a_failure(tmp_path, recon_for):
