@@ -31,7 +31,7 @@ from orchestrator.batch_store import BatchState, Round, Spend, batch_prices, fit
 from orchestrator.cache import open_cache
 from orchestrator.endpoint_check import EndpointCheckError, check_endpoints
 from orchestrator.failures import RolloutError
-from orchestrator.kinds.chat import estimate_prompt_tokens, parse_choices, request_body
+from orchestrator.kinds.chat import ChatKind, estimate_prompt_tokens, request_body
 from orchestrator.prompts import load_prompts
 from orchestrator.recording import RecordingWriter, make_record
 from orchestrator.resume import load_resume, prompt_hasher, split_prompt
@@ -261,7 +261,8 @@ class BatchRollout:
     def _make_record(self, rd: Round, lr) -> dict:
         prompt = self.prompts[lr.pair[0]]
         req = self.asker.chat_request(prompt, [lr.pair[1]])
-        choices, _, usage, model, rid = parse_choices(json.dumps(lr.body), 1)  # ResponseError: unusable
+        a = ChatKind().parse(json.dumps(lr.body).encode(), req)  # ResponseError: unusable; usage as online
+        choices, usage, model, rid = a.choices, a.usage, a.model, a.response_id
         sent = dict(req.args, extra_body=req.extra_body) if req.extra_body else dict(req.args)
         end = rd.end
         r = make_record(
@@ -281,6 +282,7 @@ class BatchRollout:
             reward=None,
             request_id=lr.request_id or rid,
             request_hash=self.hash_of(prompt),
+            usage_estimated=a.usage_estimated,
         )
         r["batch_id"], r["custom_id"] = rd.batch_id, f"{lr.pair[0]}#{lr.pair[1]}"
         self.spend.add(r, self.oc.budget, self.prices)

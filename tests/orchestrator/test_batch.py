@@ -441,6 +441,25 @@ def test_cost_is_counted_at_batch_prices(tmp_path, smol_tokenizer):
     assert summary["cost"] == pytest.approx((p * 2.0 + c * 4.0) * 0.5 / 1000)  # price_factor 0.5
 
 
+def test_an_output_line_without_usage_is_counted_at_the_estimate(tmp_path, smol_tokenizer):
+    """As online (tests/orchestrator/test_usage.py): a batch answer reporting no usage is recorded and counted
+    at the request's estimate (max_tokens completion tokens), marked usage_estimated, never at 0."""
+
+    class NoUsage(BatchServer):
+        def completion(self, body: dict) -> dict:
+            out = super().completion(body)
+            del out["usage"]
+            return out
+
+    with NoUsage() as s:
+        cfg = make_cfg(tmp_path, s.base_url, n_prompts=3, orch={"sampling": {"max_tokens": 16}})
+        summary = run(cfg, smol_tokenizer)
+    recs = list(load_recording(Path(cfg.output_dir) / "recording.jsonl").records.values())
+    assert recs and all(r["usage"]["completion_tokens"] == 16 and r["usage"]["prompt_tokens"] > 0 for r in recs)
+    assert all(r["usage_estimated"] == "the response has no usage" for r in recs)
+    assert summary["completion_tokens"] == 16 * len(recs)
+
+
 def test_fit_budget_never_exceeds_cost_or_completion_tokens():
     budget = {"max_cost": 1.0, "max_completion_tokens": 1000, "cost_per_1k_completion": 1.0}
     cfg = load_config(None, {"orchestrator": {"budget": budget}})
