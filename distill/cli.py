@@ -298,6 +298,8 @@ _USER_ERRORS = {
     "EndpointCheckError",
     "ShardError",
     "SamplesTimeout",
+    "SampleTooLong",
+    "NothingTrained",
     "FileExistsError",
     "NotADirectoryError",
     "TokenizerError",

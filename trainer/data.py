@@ -39,11 +39,15 @@ _NO_ID, _NO_LOGPROB = 0, float("-inf")  # top-k padding: a token of probability 
 _FLOAT_FIELDS = ("teacher_logprobs", "sampling_logprobs", "advantages")
 
 
+class SampleTooLong(ValueError):
+    """A sample longer than trainer.seq_len (a user error: the message names it and the fix)."""
+
+
 def sample_arrays(sample: Sample, seq_len: int) -> tuple[list[int], list[int]]:
     """(input ids, shifted labels) of one sample; refuses samples longer than seq_len."""
     ids = list(sample.prompt_ids) + list(sample.completion_ids)
     if len(ids) > seq_len:
-        raise ValueError(
+        raise SampleTooLong(
             f"sample {sample.sample_id} has {len(ids)} tokens, more than trainer.seq_len = {seq_len}. "
             f"Fix: raise trainer.seq_len, or set orchestrator.reconstruction.max_seq_len <= {seq_len} "
             "so the orchestrator drops such samples"

@@ -28,6 +28,7 @@ from distill.core.verbosity import bar_position
 from distill.core import contract
 from trainer import checkpoint as ckpt_io
 from trainer import dist
+from trainer.untrained import Untrained, nothing_to_train
 from trainer.lora import check_resume
 from trainer.trackers import Tracker, open_trackers
 from trainer.model import is_sharded, load_student, shard
@@ -101,20 +102,6 @@ def _check_dirs(run_dir: Path, samples_dir: Path, resume: bool, producer_alive) 
             f"no samples directory {samples_dir}. Fix: produce samples first (distill rollout / distill replay "
             "with the same output_dir), or pass --samples DIR"
         )
-
-
-def _nothing_to_train(samples_dir: Path, seen: int, eval_samples: int) -> str:
-    if not seen:
-        return (
-            f"{samples_dir} is marked done and holds no sample to train on. Fix: produce samples first "
-            "(distill rollout / distill replay with the same output_dir: their summary says why none was made), "
-            "or pass --samples DIR"
-        )
-    return (
-        f"all {seen} sample(s) in {samples_dir} went to the held-out evaluation slice (trainer.eval_samples = "
-        f"{eval_samples}): none was left to train on. Fix: lower trainer.eval_samples (or set trainer.eval_every "
-        "= 0), or produce more samples"
-    )
 
 
 def _training_stream(follow, samples_dir: Path, seen: int, held: int, repeat: bool) -> Iterator[contract.Sample]:
@@ -290,20 +277,21 @@ def _steps(
     saved_at = state.step if s.start else -1
     saved = s.start
     saved_clock = time.monotonic()  # checkpoint.every_seconds counts from here / from the last save
+    untrained = Untrained()
     while state.step < t.max_steps:
         t_wait = time.perf_counter()
         try:
             samples = _take(stream, t.samples_per_step)
         except Exception:
-            # the producer of `distill run` failed: keep the steps trained so far (a rerun resumes from them)
-            if in_run and state.step > max(saved_at, 0):
+            # the producer failed, or a shard is damaged: keep the steps trained so far (a rerun resumes from
+            # them); several ranks only under `distill run`, where all see it (a collective save could hang)
+            if (in_run or not s.ctx.distributed) and state.step > max(saved_at, 0):
                 s.save()
-            if s.bar is not None:
-                s.bar.close()  # the error message then starts on its own line
             raise
         if not samples:
             break
         last = _one_step(s, samples, held_out, time.perf_counter() - t_wait)
+        untrained.note(last, state.step)
         logged = state.step % t.log_every == 0 or state.step == t.max_steps or "eval_loss" in last
         if logged:
             s.log(last)
@@ -314,6 +302,7 @@ def _steps(
             saved = s.save()
             saved_at, saved_clock = state.step, time.monotonic()
 
+    untrained.check()  # every step of this run had nothing to train: fail before the final save
     if last and not logged:  # the stream ended between two logged steps: log the last one
         if held_out:
             last["eval_loss"] = evaluate(s.model, held_out, t, s.ctx, s.pad_id)
@@ -358,12 +347,12 @@ def train(
     finally:  # a failed run too hands its trackers what it logged (trackio sends from a queue)
         for tr in s.trackers:
             tr.close()
-    if s.bar is not None:
-        s.bar.close()
+        if s.bar is not None:
+            s.bar.close()  # before an error's message too, which then starts on its own line
     dist.shutdown(s.ctx)
     start = s.start
     if s.state.step == 0 and not start:  # the stream ended before a first step: nothing was trained
-        raise contract.ShardError(_nothing_to_train(samples_dir, s.state.samples_seen, t.eval_samples))
+        raise contract.ShardError(nothing_to_train(samples_dir, s.state.samples_seen, t.eval_samples))
     return {
         "steps": s.state.step,
         "samples_seen": s.state.samples_seen,
