@@ -38,20 +38,69 @@ def _tokenized_lines(path: Path) -> list:
         if not isinstance(row, dict) or "error" in row:
             rejected += 1
             continue
-        samples.append(Sample.from_dict({"sample_id": f"line{row.get('line')}", **row}, f"{path}:{ln.number}"))
+        where = f"{path}:{ln.number}"
+        samples.append((Sample.from_dict({"sample_id": f"line{row.get('line')}", **row}, where), where))
     if rejected:
         print(f"{path}: {rejected} line(s) are rejections or unreadable, not samples; passed over", file=sys.stderr)
     return samples
 
 
+def _shard_with_lines(path: Path) -> list:
+    """(sample, "file:line") for each sample of a shard (read_shard checks every line first)."""
+    from distill.core.contract import read_shard
+    from distill.core.jsonl import read_jsonl
+
+    samples = read_shard(path)
+    numbers = [ln.number for ln in read_jsonl(path, 1 << 62, torn=False) if not ln.blank]
+    return [(s, f"{path}:{n}") for s, n in zip(samples, numbers)]
+
+
 def _find_samples(path: Path) -> list:
-    from distill.core.contract import iter_samples, read_shard
+    """(sample, "file:line") for each sample under `path`."""
+    from distill.core.contract import list_shards
 
     if path.is_file():
-        return _tokenized_lines(path) if _is_tokenize_output(path) else read_shard(path)
+        return _tokenized_lines(path) if _is_tokenize_output(path) else _shard_with_lines(path)
     if (path / "samples").is_dir():
         path = path / "samples"
-    return list(iter_samples(path))
+    return [pair for shard in list_shards(path) for pair in _shard_with_lines(shard)]
+
+
+def _bad_field(sample, vocab: int) -> str | None:
+    """What makes `sample` unshowable (a token id outside 0..vocab-1, a mask value not 0/1), or None."""
+    for name in ("prompt_ids", "completion_ids", "completion_mask"):
+        values = getattr(sample, name)
+        if not isinstance(values, list):
+            return f"{name} is {type(values).__name__ if values is not None else 'null'}, not a list"
+        for k, v in enumerate(values):
+            if name == "completion_mask":
+                if not isinstance(v, int) or v not in (0, 1):
+                    return f"completion_mask[{k}] = {v!r} is not 0 or 1"
+            elif type(v) is not int or not 0 <= v < vocab:
+                return (
+                    f"{name}[{k}] = {v!r} is not a token id of this tokenizer (integers 0..{vocab - 1}; "
+                    "if the samples were made with another tokenizer, pass it as --tokenizer)"
+                )
+    if len(sample.completion_mask) != len(sample.completion_ids):
+        return (
+            f"completion_mask has {len(sample.completion_mask)} entries for {len(sample.completion_ids)} "
+            "completion_ids (one per token)"
+        )
+    return None
+
+
+def check_samples(pairs: list, tok) -> None:
+    """Raise ShardError naming file:line and the field of the first sample `tok` cannot show."""
+    from distill.core.contract import ShardError
+
+    vocab = len(tok)
+    for sample, where in pairs:
+        why = _bad_field(sample, vocab)
+        if why:
+            raise ShardError(
+                f"{where}: sample {sample.sample_id!r}: {why}. Fix: rebuild the samples (distill tokenize / "
+                "distill replay): shards are written whole, so this line was edited or damaged"
+            )
 
 
 def cmd_inspect(argv: list[str]) -> int:
@@ -69,7 +118,8 @@ def cmd_inspect(argv: list[str]) -> int:
     from distill.core.student import student_tokenizer
 
     path = Path(a.path)
-    samples = _find_samples(path)
+    pairs = _find_samples(path)
+    samples = [s for s, _ in pairs]
     if not samples:
         why = "does not exist" if not path.exists() else "holds no sample"
         raise SystemExit(f"distill inspect: {path} {why}. Fix: pass a run dir, its samples folder or a shard file")
@@ -88,6 +138,7 @@ def cmd_inspect(argv: list[str]) -> int:
         if not 0 <= a.index < len(samples):
             raise SystemExit(f"distill inspect: --index {a.index} out of range (0..{len(samples) - 1})")
         sample = samples[a.index]
+    check_samples(pairs if a.html else [p for p in pairs if p[0] is sample], tok)
     color = not a.no_color and sys.stdout.isatty()
     print(render_terminal(sample, tok, color=color))
     if a.html:
