@@ -120,13 +120,51 @@ def check_resume(ckpt: Path, enabled: bool) -> None:
         )
 
 
+def _adapter_config(ckpt: Path) -> dict:
+    """The checkpoint's adapter_config.json; a LoraError naming it when it is not a JSON object."""
+    path = ckpt / ADAPTER_CONFIG
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LoraError(f"{ckpt} is incomplete: {ADAPTER_CONFIG} is missing. {_INCOMPLETE_FIX}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LoraError(f"{path} is not valid JSON ({e}). {_INCOMPLETE_FIX}") from None
+    if not isinstance(cfg, dict):
+        raise LoraError(f"{path} holds a JSON {type(cfg).__name__}, not an object. {_INCOMPLETE_FIX}")
+    return cfg
+
+
+_INCOMPLETE_FIX = "Fix: export an earlier checkpoint of the run (checkpoints/step-NNNNNN), or retrain"
+
+
+def _check_export_paths(ckpt: Path, out: Path) -> None:
+    """Everything export_merged can tell before the (long) merge: the adapter is there, `out` can be made."""
+    if not (ckpt / ADAPTER_FILE).is_file():
+        if (ckpt / "model.safetensors").is_file() or any(ckpt.glob("model-*.safetensors")):
+            raise LoraError(
+                f"{ckpt} holds no LoRA adapter ({ADAPTER_FILE}): it is a full fine-tuning checkpoint, which "
+                "AutoModelForCausalLM.from_pretrained loads as it is; there is nothing to merge"
+            )
+        raise LoraError(
+            f"{ckpt} is incomplete: {ckpt / ADAPTER_FILE} is missing (and no model weights either, so it is not a "
+            f"full fine-tuning checkpoint). {_INCOMPLETE_FIX}"
+        )
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file. Fix: choose a new folder for --merged")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty. Fix: choose a new folder for --merged")
+    on_the_way = next((p for p in out.parents if p.exists()), None)
+    if on_the_way is not None and not on_the_way.is_dir():
+        raise NotADirectoryError(f"{on_the_way} is a file, so --merged {out} cannot be made. Fix: choose another path")
+
+
 def base_model_dir(ckpt: Path) -> Path:
     """The student folder the adapter of `ckpt` was trained on: the one adapter_config.json names, or
     the checkpoint's distill_config.toml student.path resolved again."""
     from distill.core.config.load import read_toml
     from distill.core.student import resolve_student
 
-    named = json.loads((ckpt / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or ""
+    named = _adapter_config(ckpt).get("base_model_name_or_path") or ""
     if named and (Path(named) / "config.json").is_file():
         return Path(named)
     cfg_file = ckpt / "distill_config.toml"
@@ -144,13 +182,7 @@ def export_merged(ckpt: Path, out: Path) -> Path:
     peft = _peft()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not (ckpt / ADAPTER_FILE).is_file():
-        raise LoraError(
-            f"{ckpt} holds no LoRA adapter ({ADAPTER_FILE}): it is a full fine-tuning checkpoint, which "
-            "AutoModelForCausalLM.from_pretrained loads as it is; there is nothing to merge"
-        )
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty. Fix: choose a new folder for --merged")
+    _check_export_paths(ckpt, out)
     base = AutoModelForCausalLM.from_pretrained(str(base_model_dir(ckpt)), dtype=torch.float32)
     merged = peft.PeftModel.from_pretrained(base, str(ckpt)).merge_and_unload()
     tmp = out.with_name(f".{out.name}.tmp")
