@@ -10,11 +10,44 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.core.jsonl import log_values
+import json
+import math
+
+from distill.core.jsonl import json_type, read_jsonl
+from trainer.untrained import NothingTrained
 
 
-def read_metrics(path: Path) -> list[dict]:
-    rows = []
+#: Fields the report reads as numbers (and every eval_* / time_* one); a value that is not one is skipped.
+_NUMERIC = {
+    "loss", "tokens", "trained_tokens", "tokens_per_s", "packing_efficiency", "lr", "grad_norm", "samples_seen",
+    "reverse_kl", "reward_mean", "policy_lag_max", "sample_len_max", "sample_len_mean", "student_logprob_mean",
+    "teacher_logprob_mean",
+}  # fmt: skip
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _clean_row(value: object, number: int, fields: list[str]) -> tuple[dict | None, str]:
+    """The row of line `number` with its unusable numeric fields dropped (each noted in `fields`), or
+    (None, why the whole line is skipped)."""
+    if not isinstance(value, dict):
+        return None, f"line {number}: a JSON {json_type(value)}, not an object"
+    step = value.get("step")
+    if not _is_number(step) or not math.isfinite(step) or step != int(step):
+        return None, f"line {number}: step is {step!r}, not a step number"
+    row = {}
+    for k, v in value.items():
+        if (k in _NUMERIC or k.startswith(("eval_", "time_"))) and not _is_number(v):
+            fields.append(f"line {number}: {k} = {json.dumps(v)[:40]}")
+            continue
+        row[k] = v
+    return {**row, "step": int(step)}, ""
+
+
+def read_metrics_checked(path: Path) -> tuple[list[dict], list[str]]:
+    """The rows of metrics.jsonl and the summary lines saying what of it was skipped (none: [])."""
     if not path.parent.is_dir():
         raise FileNotFoundError(
             f"{path.parent} is not a folder. Fix: pass a run directory that `distill run` or `distill train` wrote"
@@ -24,10 +57,29 @@ def read_metrics(path: Path) -> list[dict]:
             f"{path} does not exist: this run has not trained a step yet. "
             "Fix: pass a run directory that `distill run` or `distill train` wrote"
         )
-    rows.extend(log_values(path))  # a half-written last line after a crash is skipped (distill/core/jsonl.py)
+    rows, lines, fields = [], [], []
+    for ln in read_jsonl(path):
+        if ln.blank:
+            continue
+        row, why = _clean_row(ln.value, ln.number, fields) if ln.ok else (None, f"line {ln.number}: {ln.problem}")
+        if row is None:
+            lines.append(why)
+        else:
+            rows.append(row)
+    notes = [f"{len(lines)} line(s) of {path.name} skipped (first: {lines[0]})"] if lines else []
+    if fields:
+        notes.append(f"{len(fields)} value(s) of {path.name} skipped, not numbers (first: {fields[0]})")
     if not rows:
-        raise ValueError(f"{path} holds no metrics yet")
-    return rows
+        seen = f" ({notes[0]})" if notes else ""
+        raise NothingTrained(
+            f"{path} holds no metrics{seen}: this run has not logged a training step yet. Fix: pass the "
+            "output_dir of a run that trained a step (or, for a damaged file, restore it)"
+        )
+    return rows, notes
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return read_metrics_checked(path)[0]
 
 
 def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -58,6 +110,12 @@ def summary_text(rows: list[dict]) -> str:
         f"  [{_loss_name(last)}]",
         f"tokens: {tok} ({trained} trained)",
     ]
+    odd = [r for r in train if not math.isfinite(r["loss"])]
+    if odd:
+        lines.append(
+            f"WARNING: loss is NaN or infinite at {len(odd)} step(s) (first: step {odd[0]['step']}): the run "
+            "diverged there. Fix: lower trainer.lr, or check the samples of that step"
+        )
     if tps:
         lines.append(f"tokens/s: mean {sum(tps) / len(tps):.0f}, last {tps[-1]:.0f}")
     if pe:
@@ -113,6 +171,16 @@ def _plot_training(axes, rows: list[dict]) -> None:
         a.grid(alpha=0.3)
 
 
+def _training_rows(path: Path, teacher_side: bool) -> tuple[list[dict], list[str]]:
+    """read_metrics_checked, or nothing for a run with only the teacher side (no step logged yet)."""
+    try:
+        return read_metrics_checked(path)
+    except (FileNotFoundError, NothingTrained):
+        if teacher_side:
+            return [], []
+        raise
+
+
 def write_report(run_dir: Path) -> tuple[Path, str]:
     """RUN_DIR/report.png (training curves with the eval curves; the teacher panel when the orchestrator
     wrote its metrics there) and RUN_DIR/report.html (the PNG embedded, summary tables); (PNG path, summary)."""
@@ -126,7 +194,7 @@ def write_report(run_dir: Path) -> tuple[Path, str]:
 
     run_dir = Path(run_dir)
     teacher = read_teacher(run_dir)
-    rows = read_metrics(run_dir / "metrics.jsonl") if teacher is None or (run_dir / "metrics.jsonl").is_file() else []
+    rows, notes = _training_rows(run_dir / "metrics.jsonl", teacher_side=teacher is not None)
     from trainer import report_on_policy as rop
 
     on_policy = bool(rows) and rop.is_on_policy(rows)  # an on-policy run (distill/on_policy.py): its own row
@@ -146,6 +214,7 @@ def write_report(run_dir: Path) -> tuple[Path, str]:
     fig.savefig(png, dpi=100)
     plt.close(fig)
     text = summary_text(rows) if rows else "no training step logged (teacher side only)"
+    text += "".join(f"\n{note}" for note in notes)
     if on_policy:
         text += "\n" + "\n".join(rop.summary_lines(rows))
     if teacher is not None:
