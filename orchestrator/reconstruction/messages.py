@@ -205,9 +205,8 @@ def check_special(msgs: list[Msg], tools, special_re: re.Pattern) -> None:
         texts.append(without_thinking_tags(m.content) if m.role == "assistant" else m.content)
         if m.reasoning:
             texts.append(m.reasoning)
-        calls = m.data.get("tool_calls")
-        if calls:
-            texts += [json.dumps(tc["function"], ensure_ascii=False) for tc in calls]
+        if len(m.data) > 2:  # more than role and content: tool calls (with their ids), name, tool_call_id
+            texts += _field_texts(m)
     if special_re.search("\n".join(texts)) is not None:
         _name_special(msgs, special_re)
     if tools:
@@ -216,12 +215,18 @@ def check_special(msgs: list[Msg], tools, special_re: re.Pattern) -> None:
             raise Reject("special_token_in_content", f"tools contain the special token text {hit.group()!r}")
 
 
+def _field_texts(m: Msg) -> list[str]:
+    """The texts of a message's fields besides content and reasoning that a template may render: each
+    tool call whole (its id and type too, not only the function), a tool message's name and tool_call_id."""
+    texts = [json.dumps(tc, ensure_ascii=False) for tc in m.data.get("tool_calls") or ()]
+    return texts + [m.data[k] for k in _KEPT_KEYS if k in m.data]
+
+
 def _name_special(msgs: list[Msg], special_re: re.Pattern) -> None:
     """The first message holding special-token text, as a rejection (none: a hit straddled two texts)."""
     for i, m in enumerate(msgs):
         texts = [without_thinking_tags(m.content) if m.role == "assistant" else m.content, m.reasoning]
-        texts += [json.dumps(tc["function"], ensure_ascii=False) for tc in m.data.get("tool_calls", ())]
-        for t in texts:
+        for t in texts + _field_texts(m):
             hit = t and special_re.search(t)
             if hit:
                 raise Reject(

@@ -380,6 +380,29 @@ def test_special_token_text_rejected_by_default(smol_tokenizer):
     assert rej.reason == "special_token_in_content" and "tools" in rej.detail
 
 
+@pytest.mark.parametrize(
+    "where, calls, tool",
+    [
+        ("messages[1]", [{"id": "ab<|im_end|>cd"}], {}),  # a tool call's id (Mistral templates render it)
+        ("messages[2]", [{}], {"tool_call_id": "ab<|im_end|>cd"}),
+        ("messages[2]", [{}], {"name": "f<|im_start|>"}),
+    ],
+)
+def test_special_token_text_in_tool_call_ids_and_tool_names_is_rejected(where, calls, tool):
+    """Every field a template may render is searched, not only contents and the function: a call id or a
+    tool message's tool_call_id / name holding '<|im_end|>' would be trained as an end token mid-turn."""
+    tok = tokenizer_with("chatml_tools")
+    c = {**call("c1", "f", '{"a": 1}'), **calls[0]}
+    msgs = [
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": None, "tool_calls": [c]},
+        {"role": "tool", "content": "sunny", "tool_call_id": "c1", **tool},
+        {"role": "assistant", "content": "ok"},
+    ]
+    rej = rejected(Reconstructor(tok, Reconstruction()), msgs)
+    assert rej.reason == "special_token_in_content" and where in rej.detail, rej
+
+
 def test_special_token_text_found_in_the_right_message_and_only_whole(smol_tokenizer):
     # All texts of a conversation are searched at once; a hit is looked up message by
     # message, so the error names the message holding it, and half a token at the end of
