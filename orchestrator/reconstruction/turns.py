@@ -12,6 +12,7 @@ handled by orchestrator/open_reasoning.py.
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -130,12 +131,13 @@ class TurnLocator:
                     "the model's default chat template for conversations without tools)"
                 )
             raise Reject("template_error", f"rendering up to messages[{a}]: {type(e).__name__}: {e}{hint}") from None
+        opening = None  # what the template writes between the header and the content, when known here
         if not ok:
             if m.role == "assistant":
                 rebuilt = self._after_rewritten_history(data, a, tools, base, full)
                 if rebuilt is None:
                     return self._opened_turn(data, a, tools, base, m)
-                full, known = rebuilt, 0  # starts with base
+                (full, opening), known = rebuilt, 0  # starts with base
             else:
                 raise Reject(
                     "template_mismatch",
@@ -153,7 +155,11 @@ class TurnLocator:
             # Where does the template put the content? Render the turn with a sentinel
             # in its place and compare: no searching in the real text.
             seg = full[start:eot_start]
-            lead = self._lead(data, a, tools, full[:blen] if base is None else base, seg, m, eot)
+            lead = (
+                opening + m.placed_prefix
+                if opening is not None
+                else self._lead(data, a, tools, full[:blen] if base is None else base, seg, m, eot)
+            )
             at = len(lead)
             if m.role != "assistant":
                 start += len(lead)  # the header before a non-assistant turn is context
@@ -216,15 +222,31 @@ class TurnLocator:
                     "tools, or filter out tool conversations",
                 )
 
-    def _after_rewritten_history(self, data: list[dict], a: int, tools, base: str, full: str) -> str | None:
+    @functools.cached_property
+    def turn_opening(self) -> str | None:
+        """What the template writes between the generation header and an assistant turn's content in
+        the simplest conversation (Qwen3 "<think>\\n\\n</think>\\n\\n", gpt-oss "<|channel|>final<|message|>",
+        most templates ""), or None when that conversation does not show it."""
+        user = [{"role": "user", "content": "Hi"}]
+        try:
+            prompt = self.render(user, self.probe_tools, True)
+            turn = self.render(user + [{"role": "assistant", "content": SENTINEL}], self.probe_tools, False)
+        except Exception:  # noqa: BLE001 - no opening known: only turns right after their header are proven
+            return None
+        i = turn.find(SENTINEL)
+        return turn[len(prompt) : i] if i >= len(prompt) and turn.startswith(prompt) else None
+
+    def _after_rewritten_history(self, data: list[dict], a: int, tools, base: str, full: str) -> tuple[str, str] | None:
         """The prompt plus the turn, for a template that renders the history's last message
         one way when it ends the prompt and another when a turn follows (Hermes 3's
         tool_use template ends a last tool message without the "\\n" it puts there
         otherwise: `loop.last`). The prompt `base` is what the student sees; the turn is
         what the template renders after its generation header, proven from renders, never
         by searching: `base` is the history's render plus a header, and a render of the
-        turn with a sentinel as its content has that header right before the sentinel and
-        is `full` with the content in the sentinel's place. None when that does not hold."""
+        turn with a sentinel as its content has that header right before the sentinel (or
+        before the template's own `turn_opening`, then the sentinel: Qwen3's empty thinking
+        block, gpt-oss's final channel) and is `full` with the content in the sentinel's
+        place. (base + the turn, the opening), or None when that does not hold."""
         content = data[a].get("content")
         if not isinstance(content, str):
             return None
@@ -235,27 +257,33 @@ class TurnLocator:
             return None
         header = base[len(history) :]
         i = probe.find(SENTINEL)
+        lead = next((x for x in ("", self.turn_opening) if x is not None and probe.endswith(header + x, 0, i)), None)
         if not (
             header
             and base.startswith(history)
             and i >= 0
             and probe.count(SENTINEL) == 1
-            and probe.endswith(header, 0, i)
+            and lead is not None
             and probe[:i] + content + probe[i + len(SENTINEL) :] == full
         ):
             return None
         self.stats["rewritten_history_turns"] += 1
-        return base + full[i:]
+        return base + full[i - len(lead) :], lead
 
     def _opened_turn(self, data: list[dict], a: int, tools, base: str, m: Msg) -> Turn:
         """The turn after a generation prompt that opens a block the history render
         drops (DeepSeek-R1-Distill's "<think>\n"), proven by orchestrator/open_reasoning.py."""
         if m.data.get("tool_calls"):
+            why = (
+                "opens a reasoning block"
+                if base.rstrip().endswith("<think>")
+                else "is not the start of the template's render of this tool-call turn (the history renders "
+                "otherwise once the turn follows)"
+            )
             raise Reject(
                 "template_mismatch",
-                f"messages[{a}]: the generation prompt opens a reasoning block "
-                f"(ends {base[-20:]!r}) and the turn has tool calls; the template "
-                "cannot show how the student continues into a tool call",
+                f"messages[{a}]: the generation prompt (ends {base[-30:]!r}) {why}, and no render shows how "
+                "the student continues from it into the tool call",
             )
 
         def render_with(content: str) -> str:

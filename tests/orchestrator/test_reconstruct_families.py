@@ -358,6 +358,26 @@ def test_qwen3_thinking_places_reasoning_and_splits_on_the_history_rewrite():
     assert r.stats["split"] == 1
 
 
+def test_qwen3_consecutive_answers_each_follow_the_prompt_the_student_sees():
+    """Two assistant turns in a row: Qwen3 renders the first with its empty thinking block while it ends
+    the prompt and without it once the second follows (a rewritten history). Each is trained after its
+    own generation prompt, the second from the template's opening of a turn (the empty block)."""
+    tok = family("qwen", "qwen3")
+    r = recon(tok=tok)
+    assert r.turn_opening == "<think>\n\n</think>\n\n"
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "one"}]
+    msgs.append({"role": "assistant", "content": "two"})
+    samples, rejections = r.build(msgs, None, sample_id="q")
+    assert rejections == [] and len(samples) == 1
+    s = samples[0]
+    empty = "<think>\n\n</think>\n\n"
+    assert [t for m, t in runs(tok, s) if m == 1] == [empty + "one" + IM, empty + "two" + IM]
+    starts = [i for i, m in enumerate(s.completion_mask) if m and (i == 0 or not s.completion_mask[i - 1])]
+    for at, k in zip(starts, (1, 2)):
+        prompt = tok.apply_chat_template(msgs[:k], tokenize=False, add_generation_prompt=True)
+        assert s.prompt_ids + s.completion_ids[:at] == tok.encode(prompt, add_special_tokens=False)
+
+
 def _answer(content):
     return [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": content}]
 

@@ -509,6 +509,35 @@ def test_gpt_oss_tool_call_and_developer_message():
     assert r.stats["other_end_token"] == 1  # a call ends with <|call|>, the student's own end of turn
 
 
+def each_turn_follows_its_prompt(tok, s, msgs, tools, turns):
+    """Every trained run of `s` starts right after the generation prompt the template renders for
+    its turn (messages[:k] for k in `turns`): the context before it is what the student sees."""
+    starts = [i for i, m in enumerate(s.completion_mask) if m and (i == 0 or not s.completion_mask[i - 1])]
+    assert len(starts) == len(turns), (starts, turns)
+    for at, k in zip(starts, turns):
+        prompt = reference(tok, msgs[:k], tools, add_generation_prompt=True)
+        assert s.prompt_ids + s.completion_ids[:at] == tok.encode(prompt, add_special_tokens=False), k
+
+
+def test_gpt_oss_the_answer_after_a_tool_result_follows_the_prompt_with_the_calls_analysis():
+    """The agent shape: reasoning and a call, the tool's result, the final answer. The template shows the
+    call's analysis while the call ends the prompt and drops it once a final answer follows (a rewritten
+    history); the answer is trained after the prompt the student sees, from the template's own opening
+    of a turn ("<|channel|>final<|message|>")."""
+    tok = standin("gpt_oss")
+    r = recon(tok=tok)
+    assert r.turn_opening == "<|channel|>final<|message|>"
+    msgs = tool_conversation(system=False)
+    msgs[1] = dict(msgs[1], reasoning_content="I should call.")
+    samples, rejections = r.build(msgs, TOOLS, sample_id="o")
+    assert rejections == [] and len(samples) == 1 and r.stats["rewritten_history_turns"] == 1
+    s = samples[0]
+    assert trained(tok, s)[-1] == "<|channel|>final<|message|>It is sunny.<|return|>"
+    assert "I should call." in decode(tok, s.completion_ids)  # in the prompt of the answer, as the student sees it
+    ref = [dict(m, thinking=m["reasoning_content"]) if "reasoning_content" in m else m for m in msgs]
+    each_turn_follows_its_prompt(tok, s, ref, TOOLS, (1, 3))
+
+
 # -- GLM-4.6: nothing ends an assistant turn (the model stops at the next role token) ----------
 
 
@@ -644,12 +673,19 @@ LAST_TOOL_DIFFERS = (
 def test_rewritten_history_needs_the_header_right_before_the_content(after_tool):
     """A (made-up) template whose last tool message renders without the newline it has
     when a turn follows: the answer is trained after the prompt when the generation header
-    is right before the content; with template text in between it is not proven: rejected."""
+    is right before the content, or before the template's own turn opening (what it writes
+    there in the simplest conversation, as Qwen3's empty thinking block); other template
+    text in between (here only after a tool message) is not proven: rejected."""
     from distill.core.student import load_tokenizer, tokenizer_only_dir
 
     head = [{"role": "user", "content": "Q"}, {"role": "tool", "content": "T"}] if after_tool else [PLAIN[0]]
     msgs = [*head, {"role": "assistant", "content": "A"}]
-    for lead, expected in (("''", ["A<|im_end|>"]), ("'P: '", None if after_tool else ["P: A<|im_end|>"])):
+    only_after_tool = "('Noted. ' if loop.previtem is defined and loop.previtem.role == 'tool' else '')"
+    for lead, expected in (
+        ("''", ["A<|im_end|>"]),
+        ("'P: '", ["P: A<|im_end|>"]),
+        (only_after_tool, None if after_tool else ["A<|im_end|>"]),
+    ):
         tok = load_tokenizer(tokenizer_only_dir())
         tok.chat_template = LAST_TOOL_DIFFERS.replace("LEAD", lead)
         r = recon(tok=tok)
