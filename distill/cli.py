@@ -300,6 +300,7 @@ _USER_ERRORS = {
     "SamplesTimeout",
     "SampleTooLong",
     "NothingTrained",
+    "DoneMismatch",
     "FileExistsError",
     "NotADirectoryError",
     "TokenizerError",

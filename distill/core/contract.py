@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from distill.core.done_marker import check_done
 from distill.core.jsonl import read_jsonl
 from distill.core.sample_fields import check_on_policy_fields, check_teacher_fields
 
@@ -358,6 +359,7 @@ def follow_samples(
             # DONE is written after the last shard; one more listing catches a shard
             # renamed between our listing and the DONE check.
             if len(list_shards(directory)) == shard_pos:
+                check_done(Path(directory), shard_pos, seen)  # what was produced is what is here
                 return
             continue
         if producer_alive is not None and not producer_alive():

@@ -197,3 +197,48 @@ def test_malformed_on_policy_fields_are_refused_naming_the_field(tmp_path, field
     p.write_text(json.dumps(json.loads(_sample().to_json()) | {"version": 3} | fields) + "\n")
     with pytest.raises(ValueError, match=rf"^{p}:1: sample p/0: "):
         read_shard(p)
+
+
+def _finished(tmp_path, n=6, per_shard=2):
+    w = ShardWriter(tmp_path / "samples", samples_per_shard=per_shard)
+    for i in range(n):
+        w.add(_sample(sample_id=f"p/{i}"))
+    w.close()
+    return tmp_path / "samples"
+
+
+def test_a_finished_folder_is_read_to_its_end_when_it_holds_what_done_says(tmp_path):
+    from distill.core.contract import follow_samples
+
+    folder = _finished(tmp_path)
+    assert json.loads((folder / "DONE").read_text()) == {"shards": 3, "samples": 6}
+    assert [s.sample_id for s in follow_samples(folder, start=2)] == ["p/2", "p/3", "p/4", "p/5"]
+    (folder / "DONE").write_text("")  # a DONE without counts (written by hand): taken as it is
+    assert len(list(follow_samples(folder))) == 6
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (lambda d: (d / "shard-000001.jsonl").unlink(), "says 3 shard(s) with 6 sample(s), but the folder holds 2"),
+        (lambda d: (d / "DONE").write_text('{"shards": 9, "samples": 50}\n'), "says 9 shard(s) with 50 sample(s)"),
+        (lambda d: (d / "DONE").write_text("garbage\n"), "is damaged ('garbage'"),
+        (
+            lambda d: (d / "shard-000002.jsonl").write_text(
+                (d / "shard-000002.jsonl").read_text().splitlines()[0] + "\n"
+            ),
+            "holds 3 shard(s) with 5 sample(s)",
+        ),
+    ],
+)
+def test_a_finished_folder_that_lost_or_gained_data_is_refused_naming_both_counts(tmp_path, damage, says):
+    """A shard deleted or cut by hand, or a DONE from elsewhere: training would take other data than was
+    produced, in silence."""
+    from distill.core.contract import follow_samples
+    from distill.core.done_marker import DoneMismatch
+
+    folder = _finished(tmp_path)
+    damage(folder)
+    with pytest.raises(DoneMismatch) as ei:
+        list(follow_samples(folder))
+    assert says in str(ei.value) and "Fix:" in str(ei.value)
