@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 
 from distill.core.done_marker import check_done
 from distill.core.jsonl import read_jsonl
-from distill.core.sample_fields import check_on_policy_fields, check_teacher_fields
+from distill.core.sample_fields import check_on_policy_fields, check_teacher_fields, check_token_fields
 
 #: Bumped when a field is added or changes meaning; readers refuse samples of a newer format.
 #: 1: the SFT fields. 2: adds the optional per-token teacher fields (TEACHER_FIELDS).
@@ -150,6 +150,7 @@ class Sample:
             raise ValueError(f"{where}: sample is missing field(s) {missing}{hint}")
         known = {f.name for f in fields(cls) if f.init}
         try:
+            check_token_fields(d)
             return cls(**{k: v for k, v in d.items() if k in known})
         except (ValueError, TypeError) as e:
             raise ValueError(f"{where}: {e}") from None

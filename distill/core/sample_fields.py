@@ -61,3 +61,18 @@ def check_teacher_fields(s: Any, names: tuple[str, ...]) -> None:
 
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_token_fields(d: dict[str, Any]) -> None:
+    """A sample line's token ids are lists of non-negative integers and its mask a list of 0 and 1
+    (ValueError naming the field and the first bad value): a float id would be cut to an int, a negative
+    or string one would stop training with a traceback deep in torch."""
+    for name in ("prompt_ids", "completion_ids", "completion_mask"):
+        v = d[name]
+        if not isinstance(v, list):
+            raise ValueError(f"{name} is {'null' if v is None else 'a ' + type(v).__name__}, not a list")
+        ok = {0, 1} if name == "completion_mask" else None
+        if set(map(type, v)) <= {int} and (set(v) <= ok if ok else not v or min(v) >= 0):
+            continue
+        k, bad = next((k, x) for k, x in enumerate(v) if type(x) is not int or (x not in ok if ok else x < 0))
+        raise ValueError(f"{name}[{k}] = {bad!r} is not " + ("0 or 1" if ok else "a token id (an integer >= 0)"))

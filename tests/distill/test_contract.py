@@ -242,3 +242,28 @@ def test_a_finished_folder_that_lost_or_gained_data_is_refused_naming_both_count
     with pytest.raises(DoneMismatch) as ei:
         list(follow_samples(folder))
     assert says in str(ei.value) and "Fix:" in str(ei.value)
+
+
+@pytest.mark.parametrize(
+    "field, value, says",
+    [
+        ("completion_ids", [3, 4.7, 5], "completion_ids[1] = 4.7 is not a token id (an integer >= 0)"),
+        ("prompt_ids", [1, -5], "prompt_ids[1] = -5 is not a token id"),
+        ("prompt_ids", [1, "12"], "prompt_ids[1] = '12' is not a token id"),
+        ("prompt_ids", None, "prompt_ids is null, not a list"),
+        ("completion_mask", [1, 2, 1], "completion_mask[1] = 2 is not 0 or 1"),
+        ("completion_mask", [1, True, 1], "completion_mask[1] = True is not 0 or 1"),
+    ],
+)
+def test_token_fields_that_are_not_token_ids_are_refused_naming_file_line_and_field(tmp_path, field, value, says):
+    """A float id would be cut to an int and trained; a negative or string one would stop training with a
+    traceback deep in torch: the shard line is refused when read, naming where."""
+    from distill.core.contract import ShardError
+
+    line = json.loads(_sample().to_json())
+    line[field] = value
+    shard = tmp_path / "shard-000000.jsonl"
+    shard.write_text(_sample(sample_id="ok/0").to_json() + "\n" + json.dumps(line) + "\n")
+    with pytest.raises(ShardError) as ei:
+        read_shard(shard)
+    assert f"{shard}:2: " in str(ei.value) and says in str(ei.value), str(ei.value)

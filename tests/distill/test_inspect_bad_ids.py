@@ -41,7 +41,7 @@ def test_bad_sample_is_one_line(tmp_path, capsys, smol_tokenizer_dir, bad, field
 
 
 def test_good_sample_beside_a_bad_one_shows_and_html_checks_all(tmp_path, capsys, smol_tokenizer_dir):
-    shard = _shard(tmp_path, completion_mask=[0, 2])
+    shard = _shard(tmp_path, completion_ids=[4, 10**6])  # readable, but beyond the vocabulary
     assert main(["inspect", shard, "--tokenizer", str(smol_tokenizer_dir), "--index", "0", "--no-color"]) == 0
     capsys.readouterr()
     rc = main(["inspect", shard, "--tokenizer", str(smol_tokenizer_dir), "--html", str(tmp_path / "a.html")])
