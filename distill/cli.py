@@ -228,12 +228,17 @@ def cmd_replay(argv: list[str]) -> int:
 
 def cmd_train(argv: list[str]) -> int:
     cfg, flags, _ = _load(argv, {"--resume": False, "--samples": True})
+    samples = Path(flags["--samples"]) if flags.get("--samples") else None
+    if samples is not None and (samples / "samples").is_dir() and not any(samples.glob("shard-*.jsonl")):
+        raise UsageError(  # a run dir given for its samples folder: waiting on it would wait forever
+            f"--samples {samples} holds no shard, but {samples / 'samples'} is a samples folder. "
+            f"Fix: --samples {samples / 'samples'}"
+        )
     rank = int(os.environ.get("RANK", "0"))
     preflight(cfg, "train", resume=bool(flags.get("--resume")), samples=flags.get("--samples"))
     run_dir = prepare_run_dir(cfg) if rank == 0 else Path(cfg.output_dir)
     from trainer.train import train
 
-    samples = Path(flags["--samples"]) if flags.get("--samples") else None
     note = epochs_note(cfg.trainer, samples or run_dir / "samples") if rank == 0 else None
     if note:
         print(note, file=sys.stderr)
@@ -243,7 +248,7 @@ def cmd_train(argv: list[str]) -> int:
     summary = train(cfg, run_dir, samples, resume=bool(flags.get("--resume")))
     if rank == 0:
         _print_summary("trainer", summary)
-        print_locations(run_dir, summary)
+        print_locations(run_dir, summary, samples)
     return 0
 
 

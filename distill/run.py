@@ -90,9 +90,11 @@ def produce(
     return rollout(cfg, run_dir, recon, **kw)
 
 
-def print_locations(run_dir: Path, summary: dict | None) -> None:
+def print_locations(run_dir: Path, summary: dict | None, samples: Path | None = None) -> None:
+    """Where the run's outputs are (`samples`: the folder trained on, when not run_dir/samples)."""
+    samples = samples or run_dir / "samples"
     print("\ndistill: done.")
-    print(f"  samples:     {run_dir / 'samples'}")
+    print(f"  samples:     {samples}")
     if (run_dir / "recording.jsonl").exists():
         print(f"  recording:   {run_dir / 'recording.jsonl'}")
     if (run_dir / "rejects.jsonl").exists():
@@ -102,4 +104,4 @@ def print_locations(run_dir: Path, summary: dict | None) -> None:
         print(f"  report:      distill report {run_dir}")
     if summary and summary.get("checkpoint"):
         print(f"  checkpoint:  {summary['checkpoint']}  (AutoModelForCausalLM.from_pretrained(...) loads it)")
-    print(f"  inspect:     distill inspect {run_dir}")
+    print(f"  inspect:     distill inspect {run_dir if samples == run_dir / 'samples' else samples}")

@@ -62,3 +62,16 @@ def test_the_steps_before_a_damaged_shard_are_kept(tmp_path, tiny_student_dir, s
     msg = one_line(train(tmp_path, tiny_student_dir, "--trainer.max_steps", "4"))
     assert f"{shard.name}:2" in msg
     assert (tmp_path / "run" / "checkpoints" / "step-000002").is_dir()  # the two steps before it: kept
+
+
+def test_samples_flag_given_a_run_dir_names_its_samples_folder_and_the_summary_names_the_folder_used(
+    tmp_path, tiny_student_dir, smol_tokenizer
+):
+    other = tmp_path / "other"
+    write_samples(other / "samples", make_samples(smol_tokenizer, 4))
+    res = train(tmp_path, tiny_student_dir, "--trainer.max_steps", "1", "--samples", str(other))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert f"Fix: --samples {other / 'samples'}" in res.stderr
+    ok = train(tmp_path, tiny_student_dir, "--trainer.max_steps", "1", "--samples", str(other / "samples"))
+    assert ok.returncode == 0, ok.stderr
+    assert f"samples:     {other / 'samples'}" in ok.stdout and f"distill inspect {other / 'samples'}" in ok.stdout
