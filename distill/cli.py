@@ -306,6 +306,7 @@ _USER_ERRORS = {
     "SampleTooLong",
     "NothingTrained",
     "DoneMismatch",
+    "CheckpointError",
     "FileExistsError",
     "NotADirectoryError",
     "TokenizerError",

@@ -178,3 +178,31 @@ def load_state(ckpt: Path, model, optimizer, scheduler, ctx: DistContext) -> Tra
         _set_rng_state(torch.load(rng, weights_only=False))
     d = json.loads((ckpt / STATE_FILE).read_text())
     return TrainState(step=int(d["step"]), samples_seen=int(d["samples_seen"]))
+
+
+class CheckpointError(Exception):
+    """A checkpoint to resume from is incomplete or damaged (a user error: named, with the way out)."""
+
+
+def check_complete(ckpt: Path) -> None:
+    """Raises CheckpointError when `ckpt` lacks a file a resume reads, or its state does not parse.
+    save() renames a finished folder into place, so this is a folder changed by hand (or a disk fault)."""
+    lora = (ckpt / "adapter_config.json").is_file()  # a LoRA checkpoint: the adapter instead of the model
+    weights = ("adapter_model.safetensors",) if lora else ("config.json", "model.safetensors")
+    missing = [f for f in ("optimizer.pt", "scheduler.pt", *weights) if not (ckpt / f).is_file()]
+    if "model.safetensors" in missing and any(ckpt.glob("model-*-of-*.safetensors")):
+        missing.remove("model.safetensors")  # written in several files
+    why = f"misses {', '.join(missing)}" if missing else ""
+    if not why:
+        try:
+            state = json.loads((ckpt / STATE_FILE).read_text())
+            int(state["step"]), int(state["samples_seen"])
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            why = f"has an unreadable {STATE_FILE} ({type(e).__name__}: {str(e)[:80]})"
+    if why:
+        earlier = [p.name for p in list_checkpoints(ckpt.parent) if p != ckpt]
+        raise CheckpointError(
+            f"the checkpoint to resume from, {ckpt}, {why}: it was changed after it was saved. Fix: delete "
+            + (f"that folder to resume from {earlier[-1]}" if earlier else "that folder and train from the start")
+            + ", or start a new run (a new output_dir)"
+        )

@@ -201,6 +201,7 @@ def _setup(
     _check_dirs(run_dir, samples_dir, resume, producer_alive)
     start = ckpt_io.latest(ckpt_root) if resume else None
     if start is not None:
+        ckpt_io.check_complete(start)
         check_resume(start, t.lora.enabled)
     # a LoRA run resumes from the student itself plus the checkpoint's adapter
     model_dir = start if start and not t.lora.enabled else resolve_student(cfg.student.path)

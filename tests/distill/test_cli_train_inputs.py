@@ -75,3 +75,22 @@ def test_samples_flag_given_a_run_dir_names_its_samples_folder_and_the_summary_n
     ok = train(tmp_path, tiny_student_dir, "--trainer.max_steps", "1", "--samples", str(other / "samples"))
     assert ok.returncode == 0, ok.stderr
     assert f"samples:     {other / 'samples'}" in ok.stdout and f"distill inspect {other / 'samples'}" in ok.stdout
+
+
+def test_resuming_from_a_damaged_checkpoint_names_the_file_and_the_way_out(tmp_path, tiny_student_dir, smol_tokenizer):
+    write_samples(tmp_path / "run" / "samples", make_samples(smol_tokenizer, 8))
+    assert (
+        train(tmp_path, tiny_student_dir, "--trainer.max_steps", "2", "--trainer.checkpoint.every", "1").returncode == 0
+    )
+    step2 = tmp_path / "run" / "checkpoints" / "step-000002"
+    (step2 / "optimizer.pt").unlink()
+    msg = one_line(train(tmp_path, tiny_student_dir, "--resume", "--trainer.max_steps", "3"))
+    assert f"{step2}, misses optimizer.pt" in msg and "delete that folder to resume from step-000001" in msg
+    (step2 / "optimizer.pt").write_bytes(b"")
+    (step2 / "trainer_state.json").write_text('{"step": 2, "samples_')
+    msg = one_line(train(tmp_path, tiny_student_dir, "--resume", "--trainer.max_steps", "3"))
+    assert "has an unreadable trainer_state.json" in msg
+    import shutil
+
+    shutil.rmtree(step2)  # the way out the message gives
+    assert train(tmp_path, tiny_student_dir, "--resume", "--trainer.max_steps", "3").returncode == 0
