@@ -67,25 +67,15 @@ def _find_samples(path: Path) -> list:
 
 
 def _bad_field(sample, vocab: int) -> str | None:
-    """What makes `sample` unshowable (a token id outside 0..vocab-1, a mask value not 0/1), or None."""
-    for name in ("prompt_ids", "completion_ids", "completion_mask"):
-        values = getattr(sample, name)
-        if not isinstance(values, list):
-            return f"{name} is {type(values).__name__ if values is not None else 'null'}, not a list"
-        for k, v in enumerate(values):
-            if name == "completion_mask":
-                if not isinstance(v, int) or v not in (0, 1):
-                    return f"completion_mask[{k}] = {v!r} is not 0 or 1"
-            elif type(v) is not int or not 0 <= v < vocab:
-                return (
-                    f"{name}[{k}] = {v!r} is not a token id of this tokenizer (integers 0..{vocab - 1}; "
-                    "if the samples were made with another tokenizer, pass it as --tokenizer)"
-                )
-    if len(sample.completion_mask) != len(sample.completion_ids):
-        return (
-            f"completion_mask has {len(sample.completion_mask)} entries for {len(sample.completion_ids)} "
-            "completion_ids (one per token)"
-        )
+    """A token id `sample` holds outside this tokenizer's 0..vocab-1, or None. (Reading a sample already
+    refused what is no token id or no mask at all: Sample.from_dict, sample_fields.check_token_fields.)"""
+    for name in ("prompt_ids", "completion_ids"):
+        k, v = next(((k, v) for k, v in enumerate(getattr(sample, name)) if v >= vocab), (None, None))
+        if k is not None:
+            return (
+                f"{name}[{k}] = {v!r} is not a token id of this tokenizer (integers 0..{vocab - 1}; "
+                "if the samples were made with another tokenizer, pass it as --tokenizer)"
+            )
     return None
 
 
