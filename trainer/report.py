@@ -114,7 +114,7 @@ def summary_text(rows: list[dict]) -> str:
     if odd:
         lines.append(
             f"WARNING: loss is NaN or infinite at {len(odd)} step(s) (first: step {odd[0]['step']}): the run "
-            "diverged there. Fix: lower trainer.lr, or check the samples of that step"
+            "diverged there. Fix: lower trainer.optim.lr, or check the samples of that step"
         )
     if tps:
         lines.append(f"tokens/s: mean {sum(tps) / len(tps):.0f}, last {tps[-1]:.0f}")

@@ -38,6 +38,7 @@ def test_nan_or_inf_loss_is_flagged(tmp_path, capsys):
         tmp_path, capsys, '{"step": 1, "loss": 3.0}', '{"step": 2, "loss": NaN}', '{"step": 3, "loss": Infinity}'
     )
     assert rc == 0 and "loss is NaN or infinite at 2 step(s) (first: step 2)" in out
+    assert "Fix: lower trainer.optim.lr" in out  # the key as the config spells it
 
 
 @pytest.mark.parametrize("lines", [(), ("not json", "[1]")])
