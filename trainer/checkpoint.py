@@ -184,14 +184,22 @@ class CheckpointError(Exception):
     """A checkpoint to resume from is incomplete or damaged (a user error: named, with the way out)."""
 
 
+def has_model_weights(ckpt: Path) -> bool:
+    """Whether `ckpt` holds a full model's weights: model.safetensors, or the files it is split into."""
+    return (ckpt / "model.safetensors").is_file() or any(ckpt.glob("model-*-of-*.safetensors"))
+
+
 def check_complete(ckpt: Path) -> None:
     """Raises CheckpointError when `ckpt` lacks a file a resume reads, or its state does not parse.
     save() renames a finished folder into place, so this is a folder changed by hand (or a disk fault)."""
-    lora = (ckpt / "adapter_config.json").is_file()  # a LoRA checkpoint: the adapter instead of the model
-    weights = ("adapter_model.safetensors",) if lora else ("config.json", "model.safetensors")
-    missing = [f for f in ("optimizer.pt", "scheduler.pt", *weights) if not (ckpt / f).is_file()]
-    if "model.safetensors" in missing and any(ckpt.glob("model-*-of-*.safetensors")):
-        missing.remove("model.safetensors")  # written in several files
+    from trainer.lora import ADAPTER_CONFIG, ADAPTER_FILE
+
+    missing = [f for f in ("optimizer.pt", "scheduler.pt") if not (ckpt / f).is_file()]
+    if (ckpt / ADAPTER_CONFIG).is_file():  # a LoRA checkpoint: the adapter instead of the model
+        missing += [] if (ckpt / ADAPTER_FILE).is_file() else [ADAPTER_FILE]
+    else:
+        missing += [] if (ckpt / "config.json").is_file() else ["config.json"]
+        missing += [] if has_model_weights(ckpt) else ["model.safetensors"]
     why = f"misses {', '.join(missing)}" if missing else ""
     if not why:
         try:

@@ -139,8 +139,10 @@ _INCOMPLETE_FIX = "Fix: export an earlier checkpoint of the run (checkpoints/ste
 
 def _check_export_paths(ckpt: Path, out: Path) -> None:
     """Everything export_merged can tell before the (long) merge: the adapter is there, `out` can be made."""
+    from trainer.checkpoint import has_model_weights
+
     if not (ckpt / ADAPTER_FILE).is_file():
-        if (ckpt / "model.safetensors").is_file() or any(ckpt.glob("model-*.safetensors")):
+        if has_model_weights(ckpt):
             raise LoraError(
                 f"{ckpt} holds no LoRA adapter ({ADAPTER_FILE}): it is a full fine-tuning checkpoint, which "
                 "AutoModelForCausalLM.from_pretrained loads as it is; there is nothing to merge"
