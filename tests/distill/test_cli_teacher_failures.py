@@ -118,34 +118,27 @@ def test_base_url_without_v1_gets_a_hint(tmp_path, smol_tokenizer_dir):
     assert_nothing_claimed(tmp_path / "run")
 
 
+def rollout_with_key(cfg: Path, tokenizer_dir, key: str, *extra: str) -> subprocess.CompletedProcess:
+    """`distill rollout CFG` with the teacher's key in TEACHER_FAIL_KEY (named by api_key_var)."""
+    env = {**__import__("os").environ, "TEACHER_FAIL_KEY": key}
+    args = [
+        "--student.tokenizer",
+        tokenizer_dir,
+        *extra,
+        "--orchestrator.rollout_model.api_key_var",
+        "TEACHER_FAIL_KEY",
+    ]
+    return distill("rollout", cfg, *args, env=env)
+
+
 def test_refused_key_and_unknown_model_are_named(tmp_path, smol_tokenizer_dir):
     secret = "sk-wrong-SECRET-123"
     with FaultServer(api_key="sk-right") as s:
         cfg = write_cfg(tmp_path, s.base_url)
-        env = {**__import__("os").environ, "TEACHER_FAIL_KEY": secret}
-        res = distill(
-            "rollout",
-            cfg,
-            "--student.tokenizer",
-            smol_tokenizer_dir,
-            "--orchestrator.rollout_model.api_key_var",
-            "TEACHER_FAIL_KEY",
-            env=env,
-        )
+        res = rollout_with_key(cfg, smol_tokenizer_dir, secret)
         msg = one_line_error(res)
         assert "TEACHER_FAIL_KEY" in msg and "401" in msg and "SECRET" not in res.stderr + res.stdout
-        env["TEACHER_FAIL_KEY"] = "sk-right"
-        res = distill(
-            "rollout",
-            cfg,
-            "--student.tokenizer",
-            smol_tokenizer_dir,
-            "--orchestrator.rollout_model.model",
-            "gpt-nope",
-            "--orchestrator.rollout_model.api_key_var",
-            "TEACHER_FAIL_KEY",
-            env=env,
-        )
+        res = rollout_with_key(cfg, smol_tokenizer_dir, "sk-right", "--orchestrator.rollout_model.model", "gpt-nope")
         msg = one_line_error(res)
         assert "'gpt-nope'" in msg and "'fault-teacher'" in msg and "orchestrator.rollout_model.model" in msg
     assert s.log.entries == []
@@ -168,16 +161,7 @@ def test_chat_requests_refused_after_the_models_check_name_the_key_to_fix(
     the key to change, as the start-up check would have."""
     with FaultServer(Faults(error_status=status, error_code=code)) as s:
         cfg = write_cfg(tmp_path, s.base_url)
-        env = {**__import__("os").environ, "TEACHER_FAIL_KEY": "sk-some-key-0123456789"}
-        res = distill(
-            "rollout",
-            cfg,
-            "--student.tokenizer",
-            smol_tokenizer_dir,
-            "--orchestrator.rollout_model.api_key_var",
-            "TEACHER_FAIL_KEY",
-            env=env,
-        )
+        res = rollout_with_key(cfg, smol_tokenizer_dir, "sk-some-key-0123456789")
     msg = one_line_error(res)
     assert "retrying cannot help" in msg and str(status) in msg and "Fix: " in msg, msg
     for name in names:

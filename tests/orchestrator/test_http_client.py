@@ -124,9 +124,9 @@ async def _encoded_server(encoding: str, body: bytes, seen: list):
     return await asyncio.start_server(handle, "127.0.0.1", 0)
 
 
-async def _ask_encoded(encoding: str, body: bytes, attempts: int = 1):
-    seen: list = []  # the Accept-Encoding header of each request the server answered
-    server = await _encoded_server(encoding, body, seen)
+async def _ask_server(server, seen: list, attempts: int = 1):
+    """(the delivery or the TeacherError, `seen`) of one chat request to `server` through a Transport;
+    the server is closed after it."""
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
     t = Transport([url], "m", "k", timeout=30, retry=RetryPolicy(max_attempts=attempts, initial_backoff=0.01))
     try:
@@ -136,6 +136,11 @@ async def _ask_encoded(encoding: str, body: bytes, attempts: int = 1):
     finally:
         await t.close()
         server.close()
+
+
+async def _ask_encoded(encoding: str, body: bytes, attempts: int = 1):
+    seen: list = []  # the Accept-Encoding header of each request the server answered
+    return await _ask_server(await _encoded_server(encoding, body, seen), seen, attempts)
 
 
 @pytest.mark.parametrize(
@@ -213,19 +218,8 @@ async def _redirecting(status: int, where: str, seen: list):
 
 
 async def _ask_redirected(status: int, where: str):
-    seen: list = []
-    server = await _redirecting(status, where, seen)
-    port = server.sockets[0].getsockname()[1]
-    t = Transport(
-        [f"http://127.0.0.1:{port}/v1"], "m", "k", timeout=30, retry=RetryPolicy(max_attempts=3, initial_backoff=0.01)
-    )
-    try:
-        return await t.request(ChatKind(), ChatRequest(messages=[{"role": "user", "content": "hi"}])), seen
-    except TeacherError as e:
-        return e, seen
-    finally:
-        await t.close()
-        server.close()
+    seen: list = []  # the request lines the server got
+    return await _ask_server(await _redirecting(status, where, seen), seen, attempts=3)
 
 
 @pytest.mark.parametrize(
@@ -261,18 +255,9 @@ def test_a_connection_closed_mid_answer_says_what_failed():
             await writer.drain()
             writer.close()
 
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
-        t = Transport([url], "m", "k", timeout=30, retry=RetryPolicy(max_attempts=1))
-        try:
-            await t.request(ChatKind(), ChatRequest(messages=[{"role": "user", "content": "hi"}]))
-        except TeacherError as e:
-            return e
-        finally:
-            await t.close()
-            server.close()
+        return await _ask_server(await asyncio.start_server(handle, "127.0.0.1", 0), [])
 
-    err = asyncio.run(go())
+    err, _ = asyncio.run(go())
     assert isinstance(err, TeacherError) and err.reason == "connection_error", err
     said = err.detail.split("/v1: ", 1)[1]
     assert said.strip() and not said.startswith("(gave up"), err.detail
