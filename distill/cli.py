@@ -304,6 +304,7 @@ _USER_ERRORS = {
     "ShardError",
     "SamplesTimeout",
     "SampleTooLong",
+    "TokenOutOfVocab",
     "NothingTrained",
     "DoneMismatch",
     "CheckpointError",

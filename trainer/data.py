@@ -43,6 +43,25 @@ class SampleTooLong(ValueError):
     """A sample longer than trainer.seq_len (a user error: the message names it and the fix)."""
 
 
+class TokenOutOfVocab(ValueError):
+    """A sample holding a token id the student has no embedding row for: the samples were made with
+    another tokenizer (a user error: the message names the sample and the fix)."""
+
+
+def check_vocab(samples: list[Sample], vocab: int, samples_dir: object) -> None:
+    """Refuse a sample with a token id >= `vocab` (the student's embedding rows) before the model sees
+    it: torch would stop on it with an index error that names neither the sample nor the cause."""
+    for s in samples:
+        top = max(max(s.prompt_ids, default=0), max(s.completion_ids, default=0))
+        if top >= vocab:
+            raise TokenOutOfVocab(
+                f"sample {s.sample_id} in {samples_dir} holds token id {top}, but the student has {vocab} token "
+                f"embeddings (ids 0..{vocab - 1}): the samples were made with another tokenizer than the "
+                "student's. Fix: train the student they were made for (student.path), or make the samples "
+                f"again with this student's tokenizer; `distill inspect {samples_dir}` names every such line"
+            )
+
+
 def sample_arrays(sample: Sample, seq_len: int) -> tuple[list[int], list[int]]:
     """(input ids, shifted labels) of one sample; refuses samples longer than seq_len."""
     ids = list(sample.prompt_ids) + list(sample.completion_ids)

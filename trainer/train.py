@@ -29,6 +29,7 @@ from distill.core import contract
 from trainer import checkpoint as ckpt_io
 from trainer import dist
 from trainer.untrained import Untrained, nothing_to_train
+from trainer.data import check_vocab
 from trainer.lora import check_resume
 from trainer.trackers import Tracker, open_trackers
 from trainer.model import is_sharded, load_student, shard
@@ -166,6 +167,11 @@ class _Session:
     trackers: list[Tracker]
     bar: Any
 
+    @property
+    def vocab(self) -> int:
+        """The student's embedding rows: a token id must be below it."""
+        return self.model.lm.get_input_embeddings().num_embeddings
+
     def save(self) -> Path:
         return ckpt_io.save(
             self.ckpt_root,
@@ -283,6 +289,7 @@ def _steps(
         t_wait = time.perf_counter()
         try:
             samples = _take(stream, t.samples_per_step)
+            check_vocab(samples, s.vocab, s.samples_dir)
         except Exception:
             # the producer failed, or a shard is damaged: keep the steps trained so far (a rerun resumes from
             # them); several ranks only under `distill run`, where all see it (a collective save could hang)
@@ -339,6 +346,7 @@ def train(
         held_out: list[contract.Sample] = []
         if t.eval_samples and t.eval_every:
             held_out = _take(follow(0), t.eval_samples)
+            check_vocab(held_out, s.vocab, samples_dir)
             s.state.samples_seen = max(s.state.samples_seen, len(held_out))
         stream = _training_stream(follow, samples_dir, s.state.samples_seen, len(held_out), t.repeat)
         last, saved_at, saved = _steps(s, stream, held_out, producer_alive is not None)

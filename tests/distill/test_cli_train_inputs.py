@@ -94,3 +94,16 @@ def test_resuming_from_a_damaged_checkpoint_names_the_file_and_the_way_out(tmp_p
 
     shutil.rmtree(step2)  # the way out the message gives
     assert train(tmp_path, tiny_student_dir, "--resume", "--trainer.max_steps", "3").returncode == 0
+
+
+def test_a_token_id_beyond_the_students_vocabulary_is_one_line_and_keeps_the_steps_before(
+    tmp_path, tiny_student_dir, smol_tokenizer
+):
+    samples = make_samples(smol_tokenizer, 8)
+    vocab = len(smol_tokenizer)
+    samples[5] = dataclasses.replace(samples[5], completion_ids=[*samples[5].completion_ids[:-1], vocab + 7])
+    write_samples(tmp_path / "run" / "samples", samples)
+    msg = one_line(train(tmp_path, tiny_student_dir, "--trainer.max_steps", "4"))
+    assert f"sample {samples[5].sample_id} in {tmp_path / 'run' / 'samples'} holds token id {vocab + 7}" in msg
+    assert f"ids 0..{vocab - 1}" in msg and "Fix:" in msg
+    assert (tmp_path / "run" / "checkpoints" / "step-000002").is_dir()  # the two steps before it are kept
