@@ -306,6 +306,7 @@ _USER_ERRORS = {
     "SampleTooLong",
     "TokenOutOfVocab",
     "NothingTrained",
+    "NoMetrics",
     "DoneMismatch",
     "CheckpointError",
     "FileExistsError",

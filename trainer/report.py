@@ -14,7 +14,10 @@ import json
 import math
 
 from distill.core.jsonl import json_type, read_jsonl
-from trainer.untrained import NothingTrained
+
+
+class NoMetrics(ValueError):
+    """A metrics.jsonl without one readable training step (a user error: the message names the file and the fix)."""
 
 
 #: Fields the report reads as numbers (and every eval_* / time_* one); a value that is not one is skipped.
@@ -71,7 +74,7 @@ def read_metrics_checked(path: Path) -> tuple[list[dict], list[str]]:
         notes.append(f"{len(fields)} value(s) of {path.name} skipped, not numbers (first: {fields[0]})")
     if not rows:
         seen = f" ({notes[0]})" if notes else ""
-        raise NothingTrained(
+        raise NoMetrics(
             f"{path} holds no metrics{seen}: this run has not logged a training step yet. Fix: pass the "
             "output_dir of a run that trained a step (or, for a damaged file, restore it)"
         )
@@ -175,7 +178,7 @@ def _training_rows(path: Path, teacher_side: bool) -> tuple[list[dict], list[str
     """read_metrics_checked, or nothing for a run with only the teacher side (no step logged yet)."""
     try:
         return read_metrics_checked(path)
-    except (FileNotFoundError, NothingTrained):
+    except (FileNotFoundError, NoMetrics):
         if teacher_side:
             return [], []
         raise
