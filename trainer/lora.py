@@ -137,8 +137,10 @@ def _adapter_config(ckpt: Path) -> dict:
 _INCOMPLETE_FIX = "Fix: export an earlier checkpoint of the run (checkpoints/step-NNNNNN), or retrain"
 
 
-def _check_export_paths(ckpt: Path, out: Path) -> None:
-    """Everything export_merged can tell before the (long) merge: the adapter is there, `out` can be made."""
+def _check_export_paths(ckpt: Path, out: Path) -> Path:
+    """Everything export_merged can tell before the (long) merge: the adapter is there, `out` can be made.
+    Returns the empty folder the merge is written into (renamed to `out` once complete): made here, so an
+    output path that cannot be written (permissions, a read-only disk) fails now, not after the merge."""
     from trainer.checkpoint import has_model_weights
 
     if not (ckpt / ADAPTER_FILE).is_file():
@@ -158,6 +160,10 @@ def _check_export_paths(ckpt: Path, out: Path) -> None:
     on_the_way = next((p for p in out.parents if p.exists()), None)
     if on_the_way is not None and not on_the_way.is_dir():
         raise NotADirectoryError(f"{on_the_way} is a file, so --merged {out} cannot be made. Fix: choose another path")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 def base_model_dir(ckpt: Path) -> Path:
@@ -184,11 +190,9 @@ def export_merged(ckpt: Path, out: Path) -> Path:
     peft = _peft()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _check_export_paths(ckpt, out)
+    tmp = _check_export_paths(ckpt, out)
     base = AutoModelForCausalLM.from_pretrained(str(base_model_dir(ckpt)), dtype=torch.float32)
     merged = peft.PeftModel.from_pretrained(base, str(ckpt)).merge_and_unload()
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(str(tmp))
     AutoTokenizer.from_pretrained(str(ckpt)).save_pretrained(str(tmp))
     if out.exists():

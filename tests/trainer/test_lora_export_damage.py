@@ -59,3 +59,12 @@ def test_merged_path_under_a_file_fails_before_merging(tmp_path, capsys, no_merg
     )
     assert main(["export", str(ck), "--merged", str(afile)]) == 1
     assert f"{afile} is a file" in capsys.readouterr().err
+
+
+def test_merged_path_that_cannot_be_written_fails_before_merging(tmp_path, capsys, no_merge):
+    """/proc refuses a new folder even to root (the tests may run as root, where a chmod'ed folder is writable)."""
+    ck = _ckpt(tmp_path)
+    out = "/proc/distill-export-test/merged"
+    assert main(["export", str(ck), "--merged", out]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("distill: ") and "/proc/distill-export-test" in err and "\n" not in err, err
