@@ -222,5 +222,5 @@ def write_report(run_dir: Path) -> tuple[Path, str]:
         text += "\n" + "\n".join(rop.summary_lines(rows))
     if teacher is not None:
         text += "\nteacher:\n" + "\n".join(f"  {k}: {v}" for k, v in teacher_rows(teacher))
-    write_html(run_dir, png, rows, teacher)
+    write_html(run_dir, png, rows, teacher, notes)
     return png, text

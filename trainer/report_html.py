@@ -26,8 +26,8 @@ def _num(v: object) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def write_html(run_dir: Path, png: Path, rows: list[dict], teacher) -> Path:
-    """Write run_dir/report.html next to `png`; its path."""
+def write_html(run_dir: Path, png: Path, rows: list[dict], teacher, notes: tuple[str, ...] | list[str] = ()) -> Path:
+    """Write run_dir/report.html next to `png`, with `notes` (what was skipped reading metrics.jsonl); its path."""
     from trainer.report import eval_keys, summary_text
     from trainer.report_teacher import teacher_rows
 
@@ -42,6 +42,9 @@ def write_html(run_dir: Path, png: Path, rows: list[dict], teacher) -> Path:
         if evals:
             parts.append("<h2>Eval</h2>")
             parts.append(_table(["step", *keys], [[r["step"], *(_num(r.get(k, "")) for k in keys)] for r in evals]))
+    if notes:
+        parts.append("<h2>Skipped</h2>")
+        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     if teacher is not None:
         parts.append("<h2>Teacher</h2>")
         parts.append(_table(["", ""], [list(x) for x in teacher_rows(teacher)]))

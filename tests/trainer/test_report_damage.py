@@ -31,6 +31,8 @@ def test_bad_line_is_skipped_and_said(tmp_path, capsys, bad, why):
     rc, out, _ = _report(tmp_path, capsys, ok % 1, bad, ok % 3)
     assert rc == 0 and "steps: 3" in out and "tokens: 10 " in out
     assert f"1 line(s) of metrics.jsonl skipped (first: line 2: {why}" in out
+    page = (tmp_path / "report.html").read_text()
+    assert "<h2>Skipped</h2>" in page and "1 line(s) of metrics.jsonl skipped (first: line 2: " in page
 
 
 def test_nan_or_inf_loss_is_flagged(tmp_path, capsys):
