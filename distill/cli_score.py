@@ -100,7 +100,9 @@ def probe_key(url: str, api_key_var: str | None) -> str | None:
         raise ConfigError("command line", problems)
     key = os.environ.get(api_key_var) if api_key_var else None
     if api_key_var and not key:
-        raise SystemExit(f"distill probe: environment variable {api_key_var} is not set")
+        from distill.core.config import unset_key_fix
+
+        raise SystemExit(f"distill probe: --api-key-var {unset_key_fix(api_key_var)}")
     return key
 
 

@@ -58,7 +58,7 @@ def refusal_fix(status: int | None, rm) -> str:
     if status in (400, 422):
         return (
             ". Fix: the teacher refused the request's shape: check orchestrator.sampling and "
-            "orchestrator.rollout_model.extra_body against what it accepts (`distill probe URL --model M` lists it)"
+            "orchestrator.sampling.extra_body against what it accepts (`distill probe URL --model M` lists it)"
         )
     return ""
 

@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-from distill.core.redact import remember_headers, remember_secret
+from distill.core.redact import redact_url, remember_headers, remember_secret
 
 try:  # the HTTP library under the SDK: httpx2 in openai 3.x, httpx before
     import httpx2 as httpx
@@ -66,7 +66,8 @@ def check_redirect(response: Any) -> None:
         why = f"that would turn the {request.method} into a GET"
     if why:
         raise RedirectRefused(
-            f"the server redirected {request.method} {request.url.path} to {target} (HTTP {response.status_code}), "
+            f"the server redirected {request.method} {request.url.path} to {redact_url(str(target))} "
+            f"(HTTP {response.status_code}), "
             f"{why}; distill does not follow it. Fix: set the base_url to where the teacher answers"
         )
 

@@ -313,7 +313,7 @@ class Transport:
         if masked is not body and not self._warned_echo:  # a new object only when something was masked
             self._warned_echo = True
             print(
-                f"distill: warning: an answer from {ep.shown} held the API key or a credential header; "
+                f"distill: warning: an answer from {ep.shown} held the API key or another credential of the config; "
                 "it is masked as *** in what is recorded and trained on",
                 file=sys.stderr,
             )

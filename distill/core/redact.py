@@ -171,6 +171,10 @@ def redact_url(url: str) -> str:
 
     if not is_url(url):
         return REDACTED if looks_like_secret(url) else url
+    scheme, _, rest = url.strip().partition("://")
+    head = re.split(r"[?#]", rest, maxsplit=1)[0]
+    if "/" in head.rpartition("@")[0]:  # `user:pass/word@host`: a password with a raw "/" reads as a path
+        return redact_url(f"{scheme}://{URL_MASK}@{rest[len(head.rpartition('@')[0]) + 1 :]}")
     try:
         parts = urlsplit(url.strip())
     except ValueError:  # e.g. a broken [IPv6] host: keep only what surely holds no credential
@@ -207,7 +211,26 @@ def redact(obj: Any, _depth: int = 0) -> Any:
         return REDACTED
     if is_url(obj):
         return redact_url(obj)
-    return obj
+    return redact_text(obj) if isinstance(obj, str) else obj
+
+
+#: In free text: a URL (up to a space or quote), or a word between separators (spaces, quotes, `=`, `:`,
+#: brackets, commas), the unit `redact_text` tests.
+_TEXT_PIECE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>]+|[^\s\"'=:,;{}\[\]()<>]+")
+
+
+def redact_text(text: str) -> str:
+    """`text` (a config value, a line of a config file) with every credential inside it redacted: each
+    word that looks like a key (`--api_key=sk-...`, `note: use sk-...`) becomes REDACTED, each URL is
+    `redact_url`'s. Text holding none is returned as it is."""
+
+    def piece(m: re.Match) -> str:
+        w = m.group(0)
+        if is_url(w):
+            return redact_url(w)
+        return REDACTED if looks_like_secret(w) else w
+
+    return _TEXT_PIECE.sub(piece, text) if isinstance(text, str) else text
 
 
 #: The credential values this process has read (API keys from the environment, secret header values):
@@ -251,6 +274,51 @@ def remember_headers(headers: dict | None) -> None:
     for name, value in (headers or {}).items():
         if is_secret_key(str(name)) or looks_like_secret(value):
             remember_secret(value)
+
+
+def _url_credentials(url: str) -> list[str]:
+    """The credentials a URL's userinfo carries to the server: as written and decoded (`user:password`,
+    and the password alone) and in its HTTP Basic form. (A base_url with a query is refused by the config.)"""
+    import base64
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        userinfo, at, _ = urlsplit(url.strip()).netloc.rpartition("@")
+    except ValueError:
+        return []
+    if not at:
+        return []
+    plain = unquote(userinfo)
+    basic = plain if ":" in plain else plain + ":"  # a lone user name is sent as `user:`
+    return [userinfo, plain, plain.partition(":")[2], base64.b64encode(basic.encode()).decode()]
+
+
+def remember_config(obj: Any, _depth: int = 0, _secret: bool = False) -> None:
+    """Note every credential a config holds, so that `mask_known` hides it wherever a server echoes it:
+    each value `redact` would hide (a secret key's, a header's, a value that looks like a key, a word in
+    a longer value that does) and the credentials of each URL (`_url_credentials`)."""
+    if _depth > MAX_DEPTH:
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            hidden = _secret or (isinstance(k, str) and is_secret_key(k))
+            if isinstance(k, str) and is_headers_key(k) and isinstance(v, dict):
+                for hv in v.values():
+                    remember_config(hv, _depth + 1, True)
+            else:
+                remember_config(v, _depth + 1, hidden)
+    elif isinstance(obj, (list, tuple)):
+        for x in obj:
+            remember_config(x, _depth + 1, _secret)
+    elif isinstance(obj, str):
+        if _secret or looks_like_secret(obj):
+            remember_secret(obj)
+        if is_url(obj):
+            for cred in _url_credentials(obj):
+                remember_secret(cred)
+        for w in _TEXT_PIECE.findall(obj):
+            if not is_url(w) and looks_like_secret(w):
+                remember_secret(w)
 
 
 def mask_known(text: str) -> str:

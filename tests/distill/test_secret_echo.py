@@ -50,7 +50,7 @@ def test_a_key_echoed_in_answers_and_errors_reaches_no_output_or_file(tmp_path, 
     assert all(e["auth"] == f"Bearer {KEY}" for e in s.log.entries)  # the server did get the key
     run = tmp_path / "run"
     assert _leaks(run, res.stdout, res.stderr) == []
-    assert res.stderr.count("held the API key or a credential header; it is masked") == 1  # said once
+    assert res.stderr.count("held the API key or another credential of the config; it is masked") == 1  # said once
     recording = (run / "recording.jsonl").read_text()
     assert "(you sent: Bearer *** ***)" in recording  # the answers kept, both values masked
 

@@ -238,6 +238,12 @@ def test_a_redirect_elsewhere_or_to_a_get_is_refused_not_followed(status, where,
     assert seen == ["POST /v1/chat/completions HTTP/1.1"]  # asked once, the redirect not followed
 
 
+def test_a_refused_redirect_shows_its_target_without_credentials():
+    err, _ = asyncio.run(_ask_redirected(307, "http://user:sk-loc-SECRET123456789@127.0.0.2:9/v2?sig=SECRET987654321"))
+    assert isinstance(err, NonRetryableError) and err.reason == "redirect_refused", err
+    assert "SECRET" not in err.detail and "http://user:***@127.0.0.2:9/v2?sig=***" in err.detail, err.detail
+
+
 def test_a_same_origin_redirect_that_keeps_the_post_is_followed():
     out, seen = asyncio.run(_ask_redirected(307, "/v2/chat/completions"))
     assert not isinstance(out, Exception), out

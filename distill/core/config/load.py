@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from pydantic import ValidationError
 
-from ..redact import remember_secret
+from ..redact import looks_like_secret, redact_text, remember_config, remember_secret
 from .checks import ConfigProblems, Problem
 from .schema_run import _TOML_DATA, LOSS_CONFIGS, PLANNED_TAG, RunConfig
 from .schema_prompts import SOURCE_TYPES, TABLE_TYPES
@@ -117,6 +117,7 @@ def _syntax_message(p: Path, e: Exception) -> str:
     lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
     lineno = int(at.group(1)) if at else 0
     text = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
+    text = redact_text(text)  # the line may hold a key (an unquoted api key, a broken headers table)
     msg = str(e) + (f": {text}" if text else "")
     key, eq, value = text.partition("=")
     if eq and value.strip() in ("True", "False", "TRUE", "FALSE"):
@@ -229,7 +230,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
         _TOML_DATA.reset(token)
     _anchor_chat_template(cfg, path, data)
     cfg._config_dir = str(Path(path).expanduser().resolve().parent) if path else None
-    return resolve(cfg)
+    cfg = resolve(cfg)
+    remember_config(cfg.model_dump(mode="json"))  # masked wherever a server echoes them (redact.mask_known)
+    return cfg
 
 
 def _refuse_stray_env_vars() -> None:
@@ -271,7 +274,14 @@ def resolve(cfg: RunConfig) -> RunConfig:
 
 
 def unset_key_fix(var: str) -> str:
-    """What to say of a config key (`*.api_key_var`) naming the environment variable `var`, which is unset."""
+    """What to say of a config key (`*.api_key_var`) naming the environment variable `var`, which is unset.
+    A name that looks like a key (`sk_live_...` is a valid variable name) is not repeated: it may be one."""
+    if looks_like_secret(var):
+        return (
+            "names an environment variable that is not set; the name is not shown, as it looks like an API key "
+            "itself. Fix: export the key in a variable, e.g. export TEACHER_API_KEY=<the key>, and set this to "
+            'that variable\'s name ("TEACHER_API_KEY"); the key is read from there and never stored'
+        )
     return f"names the environment variable {var}, which is not set. Fix: export {var}=... (the key is read from there and never stored)"
 
 

@@ -23,7 +23,7 @@ from pydantic import Field, field_validator
 from .schema_batch import Batch
 from .schema_prompts import PromptSource, Source
 from .strict import Strict
-from .url_checks import ENV_VAR_NAME, check_api_key_var, check_http_url, check_http_urls  # noqa: F401 - re-exported
+from .url_checks import ENV_VAR_NAME, check_api_key_var, check_http_url, check_http_urls, check_headers  # noqa: F401 - re-exported
 
 BUILTIN_STUDENT = "builtin:smollm2-135m-instruct"
 BUILTIN_TEACHER_GGUF = "builtin:smollm2-135m-instruct"
@@ -70,6 +70,11 @@ class RolloutModel(Strict):
     @classmethod
     def _check_extra_base_urls(cls, urls: list[str]) -> list[str]:
         return check_http_urls(urls)
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        return check_headers(headers)
 
 
 class LocalTeacher(Strict):

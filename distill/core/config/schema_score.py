@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from .schema import Retry, Strict
-from .url_checks import check_api_key_var, check_http_url, check_http_urls
+from .url_checks import check_api_key_var, check_http_url, check_http_urls, check_headers
 
 
 class ScoreBudget(Strict):
@@ -76,6 +76,11 @@ class _ScorerBase(Strict):
     @classmethod
     def _check_extra_base_urls(cls, urls: list[str]) -> list[str]:
         return check_http_urls(urls)
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        return check_headers(headers)
 
 
 class VLLMScorer(_ScorerBase):

@@ -7,6 +7,28 @@ from __future__ import annotations
 import re
 
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: An HTTP header name (RFC 9110 token); a value holds no line break or other control character but tab.
+HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_BAD_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def check_headers(headers: dict[str, str]) -> dict[str, str]:
+    """`headers` if each name is an HTTP header name and no value holds a line break or control
+    character; a ValueError otherwise that shows neither a bad name nor any value (either may hold a
+    key: a pasted `Authorization: Bearer sk-...` line as a name, a key copied with its newline)."""
+    for i, (name, value) in enumerate(headers.items()):
+        if not HEADER_NAME.match(name):
+            raise ValueError(
+                f"entry {i}: its name is not an HTTP header name (letters, digits and -, no space or colon; "
+                "a pasted 'Name: value' line?); it is not shown, as it may hold a key. "
+                'Fix: headers = {"X-Name" = "the value"}'
+            )
+        if _BAD_HEADER_VALUE.search(value):
+            raise ValueError(
+                f"{name!r}: its value holds a line break or another control character (not shown, as it may be "
+                "a key; copied with its newline?). Fix: remove it"
+            )
+    return headers
 
 
 def check_api_key_var(v: str | None, example: str, setting: str = "set api_key_var = ") -> str | None:
@@ -46,6 +68,15 @@ def check_http_url(url: str) -> str:
     shown = redact_url(url)
     try:
         parts = urlsplit(url.strip())
+    except ValueError as e:
+        raise ValueError(f"{shown!r} is not a valid URL ({e}). Fix: {example}") from None
+    if "@" in parts.path:
+        raise ValueError(
+            f"{shown!r} has an @ after its host: a password holding a raw / (as base64 keys do) cuts the URL "
+            "there. Fix: percent-encode / as %2F and @ as %40 in the user name and password, or put the key in "
+            "the environment variable named by api_key_var"
+        )
+    try:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as e:
         raise ValueError(f"{shown!r} is not a valid URL ({e}). Fix: {example}") from None
