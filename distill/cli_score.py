@@ -81,8 +81,6 @@ def probe_key(url: str, api_key_var: str | None) -> str | None:
     """`distill probe URL [--api-key-var NAME]`: the API key (None without --api-key-var), after the same
     checks as a config's base_url and api_key_var (ConfigError, exit 2: a bad URL, a key pasted as the
     variable name; neither echoes a credential)."""
-    import os
-
     from .config import ConfigError
     from .core.config.checks import Problem
     from .core.config.url_checks import check_api_key_var, check_http_url
@@ -98,12 +96,11 @@ def probe_key(url: str, api_key_var: str | None) -> str | None:
         problems.append(Problem("--api-key-var", str(e)))
     if problems:
         raise ConfigError("command line", problems)
-    key = os.environ.get(api_key_var) if api_key_var else None
-    if api_key_var and not key:
-        from distill.core.config import unset_key_fix
+    if not api_key_var:
+        return None
+    from distill.core.config import key_from_env
 
-        raise SystemExit(f"distill probe: --api-key-var {unset_key_fix(api_key_var)}")
-    return key
+    return key_from_env(api_key_var, lambda fix: SystemExit(f"distill probe: --api-key-var {fix}"))
 
 
 def probe_scorer(url: str, model: str | None, scorer_type: str, api_key_var: str | None, tokenizer: str | None) -> int:

@@ -119,3 +119,19 @@ def test_a_url_password_with_a_raw_slash_is_refused_and_never_shown():
         with pytest.raises(ValueError) as e:
             check_http_url(url)
         assert S not in str(e.value) and "u:ab" not in str(e.value) and "%2F" in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["sk-test-SECRET123456789\u201d", "sk-test-SECRET123456789\n"])
+def test_a_key_with_a_character_no_header_can_carry_is_one_line_without_the_key(tmp_path, key):
+    import os
+
+    res = subprocess.run(
+        [sys.executable, "-m", "distill", "probe", "http://127.0.0.1:9/v1", "--model", "m", "--api-key-var", "QA_KEY"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "QA_KEY": key},
+    )
+    assert res.returncode != 0 and "Traceback" not in res.stderr and S not in res.stdout + res.stderr, res.stderr
+    assert "QA_KEY whose value holds" in res.stderr and "position 24 of 24" in res.stderr

@@ -291,7 +291,21 @@ def key_from_env(var: str, on_unset: Callable[[str], Exception]) -> str:
     if not key:
         raise on_unset(unset_key_fix(var))
     remember_secret(key)  # masked wherever a server echoes it (distill.core.redact.mask_known)
+    bad = key_problem(key)
+    if bad:
+        shown = "an environment variable" if looks_like_secret(var) else f"the environment variable {var}"
+        raise on_unset(f"names {shown} whose value {bad}. Fix: export it again with the key alone")
     return key
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` cannot be sent in an HTTP header (a character outside printable ASCII: a smart quote or
+    a line break pasted with it), without showing the key; None when it can."""
+    for i, c in enumerate(key):
+        if not (" " <= c <= "~"):
+            what = "a line break or control character" if c.isascii() else f"U+{ord(c):04X}"
+            return f"holds {what} at position {i + 1} of {len(key)}, which an HTTP header cannot carry"
+    return None
 
 
 def api_key(cfg: RunConfig) -> str:
