@@ -262,6 +262,9 @@ class Scorer:
         except ScoreError as e:
             errors.append(e)
             return
+        except ValueError as e:  # the sample contract refused the teacher fields (a kind let a bad value through)
+            errors.append(ScoreError(f"the scorer's answer cannot be used: {e}"))
+            return
         meta = dict(
             usage=d.answer.usage,
             usage_shared_by=len(seqs),

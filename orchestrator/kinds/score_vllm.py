@@ -17,8 +17,8 @@ gives the top-1's logprob whenever the sequence token is not the teacher's first
 A body this module cannot use is a `malformed_response` ResponseError (retried by the transport) whose
 detail names the choice, position and field: no JSON, missing/duplicate choices for the prompts, a
 prompt_logprobs list whose length differs from the sequence's, a position without the scored token, a
-logprob that is not a finite number <= 0. Echoed `prompt_token_ids` other than those sent are a final
-(not retried) `token_mismatch`.
+key that is not a token id >= 0 or two keys for one id, a logprob that is not a finite number <= 0.
+Echoed `prompt_token_ids` other than those sent are a final (not retried) `token_mismatch`.
 """
 
 from __future__ import annotations
@@ -216,17 +216,25 @@ def _seq_scores(c: dict, ids: list[int], top_k: int, i: int) -> SeqScores:
 
 
 def _candidates(entry: dict, i: int, j: int) -> dict[int, float]:
-    """{token id: logprob} of one prompt_logprobs entry."""
+    """{token id: logprob} of one prompt_logprobs entry; a key that is not a token id (>= 0), or two keys
+    for one id ("30" and "030"), is refused: the scored logprob would be a guess."""
+    where = f"choice {i}'s prompt_logprobs[{j}]"
     out: dict[int, float] = {}
+    keys: dict[int, str] = {}
     for key, v in entry.items():
         try:
             tid = int(key)
         except (TypeError, ValueError):
+            raise ResponseError("malformed_response", f"{where} has a key {key!r} that is not a token id") from None
+        if tid < 0:
+            raise ResponseError("malformed_response", f"{where} has a key {key!r}: a negative token id")
+        if tid in keys:
             raise ResponseError(
-                "malformed_response", f"choice {i}'s prompt_logprobs[{j}] has a key {key!r} that is not a token id"
-            ) from None
+                "malformed_response", f"{where} has two entries for token {tid} (keys {keys[tid]!r} and {key!r})"
+            )
+        keys[tid] = key
         lp = v.get("logprob") if isinstance(v, dict) else None
-        out[tid] = _finite(lp, f"choice {i}'s prompt_logprobs[{j}][{key!r}].logprob")
+        out[tid] = _finite(lp, f"{where}[{key!r}].logprob")
     return out
 
 

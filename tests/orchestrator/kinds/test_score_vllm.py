@@ -167,6 +167,16 @@ BAD_SCORE_BODIES = {
         "malformed_response",
         "prompt_logprobs[4] has no entry for the sequence token 314",
     ),
+    "key negative": (
+        _broken(lambda b: b["choices"][0]["prompt_logprobs"][2].update({"-1": {"logprob": -0.01}})),
+        "malformed_response",
+        "prompt_logprobs[2] has a key '-1': a negative token id",
+    ),
+    "two keys for one id": (
+        _broken(lambda b: b["choices"][0]["prompt_logprobs"][2].update({"0282": {"logprob": -0.0001}})),
+        "malformed_response",
+        "prompt_logprobs[2] has two entries for token 282 (keys '282' and '0282')",
+    ),
     "logprob NaN": (
         _broken(lambda b: b["choices"][0]["prompt_logprobs"][1]["3575"].update(logprob=float("nan"))),
         "malformed_response",

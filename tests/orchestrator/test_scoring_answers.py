@@ -1,0 +1,84 @@
+"""The Scorer with a stand-in transport: what it does with answers a hostile scorer can give (values the
+sample contract refuses, ids beyond the student's vocabulary, recorded answers that no longer pass)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from support.reconstruct_helpers import recon, tokenizer_with
+
+from orchestrator.kinds.score_types import ScoreAnswer, SeqScores
+from orchestrator.scoring import ScoreError
+from orchestrator.transport import Delivery
+
+CONV = [
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "4, since 2 + 2 = 4."},
+]
+
+
+def samples(n: int = 1):
+    r = recon()
+    out = []
+    for i in range(n):
+        conv = [dict(m) for m in CONV]
+        conv[0]["content"] = f"What is {i} + 2?"
+        out += r.build(conv, None, sample_id=f"p{i}/0", finish_reason="stop")[0]
+    return out
+
+
+def good_scores(ids: list[int], k: int) -> SeqScores:
+    """A well-formed answer: every position's logprob -0.5, its top-k the scored token and k - 1 others."""
+    topk = [[]] + [[(ids[i], -0.5)] + [(7 + j, -2.0 - j) for j in range(k - 1)] for i in range(1, len(ids))]
+    return SeqScores(logprobs=[None] + [-0.5] * (len(ids) - 1), topk=topk, token_ids=list(ids))
+
+
+class Answers:
+    """Stands in for Scorer.transport.request: answers each batch with `make(ids)` per sequence."""
+
+    def __init__(self, make, usage=None):
+        self.make, self.usage, self.calls = make, usage, 0
+
+    async def request(self, kind, batch, gate=None):
+        self.calls += 1
+        seqs = [self.make(list(s.token_ids)) for s in batch.seqs]
+        usage = self.usage or {"prompt_tokens": sum(len(s.token_ids) for s in batch.seqs), "completion_tokens": 0}
+        return Delivery(ScoreAnswer(seqs, usage), "http://127.0.0.1:9/v1", None, 0.0, 0.0)
+
+    async def close(self):
+        pass
+
+
+def scorer(tmp_path, answers: Answers, top_k: int = 3, **kw):
+    from distill.core.config.schema_score import SCORER_CONFIGS
+    from orchestrator.scoring import Scorer
+
+    sc = SCORER_CONFIGS["vllm"](base_url="http://127.0.0.1:9/v1", top_k=top_k, **kw)
+    s = Scorer(sc, "EMPTY", tokenizer_with(None), tmp_path / "scores.jsonl")
+    asyncio.run(s.transport.close())
+    s.transport = answers  # type: ignore[assignment]
+    return s
+
+
+def run(s, items):
+    async def go():
+        try:
+            return await s.score(items)
+        finally:
+            await s.aclose()
+
+    return asyncio.run(go())
+
+
+def test_a_value_the_sample_contract_refuses_is_a_score_error_not_a_traceback(tmp_path):
+    """D1: an answer a kind let through (here a negative top-k id) ends as ScoreError naming the sample."""
+
+    def negative(ids):
+        s = good_scores(ids, 3)
+        s.topk = [row if not row else [(-1, -0.01)] + row for row in s.topk]  # type: ignore[union-attr]
+        return s
+
+    with pytest.raises(ScoreError, match=r"sample p0/0.*teacher_topk_ids"):
+        run(scorer(tmp_path, Answers(negative)), samples(1))
+    assert not (tmp_path / "scores.jsonl").exists() or not (tmp_path / "scores.jsonl").read_text()
