@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from distill.core.jsonl import iter_lines
+from orchestrator.kinds.score_parse import MAX_LOGPROB, topk_problem
 from orchestrator.kinds.score_types import SeqScores
 from orchestrator.recording import RecordingError, _drop_torn_tail
 
@@ -59,17 +61,44 @@ def record_scores(rec: dict[str, Any]) -> SeqScores:
     )
 
 
+def record_problem(rec: dict[str, Any], vocab: int = 0) -> str | None:
+    """Why a recorded answer fails the checks an answer gets when it is read (score_parse), or None: a
+    distill before them, or a hand-edited file, may have recorded one a scorer should have refused."""
+    lps, topk, n = rec.get("logprobs"), rec.get("topk"), rec.get("n", len(rec.get("logprobs") or []))
+    if not isinstance(lps, list) or n != len(lps) or (lps and lps[0] is not None):
+        return f"its logprobs are not one per token ({n}), the first null"
+    for j, x in enumerate(lps[1:], 1):
+        if x is not None and (
+            isinstance(x, bool) or not isinstance(x, (int, float)) or not -math.inf < x <= MAX_LOGPROB
+        ):
+            return f"logprob {x!r} at position {j} is not a finite log-probability <= 0"
+    if topk is None:
+        return None
+    if not isinstance(topk, list) or len(topk) != n:
+        return f"its top-k is not one list per token ({n})"
+    for j, row in enumerate(topk):
+        why = topk_problem(row, vocab)
+        if why:
+            return f"top-k at position {j}: {why}"
+    return None
+
+
 @dataclass
 class LoadedScores:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: float = 0.0  # requests these answers came from (a batch's share on each line)
     prompt_tokens: float = 0.0
     torn_tail: bytes = b""
+    # keys whose only records fail `check` (they are asked again) -> "line N: why" of the first
+    failing: dict[str, str] = field(default_factory=dict)
 
 
-def load_scores(path: str | os.PathLike, repair: bool = True) -> LoadedScores:
+def load_scores(
+    path: str | os.PathLike, repair: bool = True, check: Callable[[dict[str, Any]], str | None] | None = None
+) -> LoadedScores:
     """Read OUTPUT_DIR/scores.jsonl (absent: empty). A torn last line is dropped (and, with `repair`,
-    saved beside the file and cut off); any other bad line is a RecordingError naming file:line."""
+    saved beside the file and cut off); any other bad line is a RecordingError naming file:line. A
+    record `check` finds wrong (record_problem) is not used, but its request still counts as spent."""
     p = Path(path)
     out = LoadedScores()
     if not p.exists():
@@ -96,12 +125,17 @@ def load_scores(path: str | os.PathLike, repair: bool = True) -> LoadedScores:
             )
         if rec.get("v", 1) > SCORES_VERSION:
             raise RecordingError(f"{p}:{ln.number}: scoring record version {rec['v']} is newer than this distill reads")
-        if rec["key"] in out.records:
+        why = check(rec) if check else None
+        if why is None and rec["key"] in out.records:
             continue  # written twice (two runs raced): the first stands
-        out.records[rec["key"]] = rec
         shared = max(1, int(rec.get("usage_shared_by") or 1))
         out.requests += 1 / shared
         out.prompt_tokens += ((rec.get("usage") or {}).get("prompt_tokens") or rec.get("n") or 0) / shared
+        if why is not None:
+            out.failing.setdefault(rec["key"], f"line {ln.number}: {why}")
+            continue
+        out.records[rec["key"]] = rec
+    out.failing = {k: why for k, why in out.failing.items() if k not in out.records}  # asked again since
     if out.torn_tail.strip():
         _drop_torn_tail(p, out.torn_tail, good_end, repair)
     return out

@@ -14,8 +14,10 @@ logprobs[i] is log p(ids[i] | ids[:i]), so completion token j is position len(pr
 
 An answer whose token ids differ from the request's, or whose lengths are wrong, is refused
 (ScoreError naming the sample). Every answer is recorded (orchestrator/score_store.py) before use; a
-sequence already recorded is never sent again. A budget stop ends the call cleanly (the stop reason
-is returned; what was answered is recorded, so a rerun resumes).
+sequence already recorded is never sent again, unless its record fails today's checks (record_problem: e.g.
+a top-k id beyond the student's vocabulary, recorded by an older distill): it is noted and asked again. A
+budget stop ends the call cleanly (the stop reason is returned; what was answered is recorded, so a rerun
+resumes).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +37,7 @@ from orchestrator.kinds import SCORERS
 from orchestrator.kinds.score_types import ScoreBatch, ScoreSeq, SeqScores
 from orchestrator.limits import RetryPolicy
 from orchestrator.recording import RecordingWriter
-from orchestrator.score_store import load_scores, make_score_record, record_scores, score_key
+from orchestrator.score_store import load_scores, make_score_record, record_problem, record_scores, score_key
 from orchestrator.transport import StopRequested, TeacherError, Transport
 
 
@@ -191,6 +194,17 @@ def fill(sample: Sample, got: SeqScores, top_k: int) -> Sample:
     return replace(sample, teacher_logprobs=lps, teacher_topk_ids=ids, teacher_topk_logprobs=tlp)
 
 
+def note_failing(path: str | os.PathLike, failing: dict[str, str]) -> None:
+    """Tell once that recorded answers fail today's checks and are asked for again."""
+    if failing:
+        first = next(iter(failing.values()))
+        print(
+            f"distill: note: {len(failing)} answer(s) recorded in {path} fail the checks of this distill "
+            f"(first, {first}); they are not reused: those sequences are scored again",
+            file=sys.stderr,
+        )
+
+
 @dataclass
 class ScoreResult:
     scored: list[Sample] = field(default_factory=list)  # in input order; those not scored are left out
@@ -206,8 +220,10 @@ class Scorer:
         self.sc = sc
         self.tokenizer = tokenizer
         self.kind = make_score_kind(sc, tokenizer)
-        self.loaded = load_scores(scores_path)
+        self.vocab = len(tokenizer)  # a top-k id at or beyond it is refused (ScoreBatch.vocab)
+        self.loaded = load_scores(scores_path, check=lambda rec: record_problem(rec, self.vocab))
         self.records = self.loaded.records
+        note_failing(scores_path, self.loaded.failing)
         self.transport = make_transport(sc, api_key)
         self.gate = ScoreGate(sc.budget, self.loaded.requests, self.loaded.prompt_tokens, stop_event)
         self.writer = RecordingWriter(Path(scores_path))
@@ -246,7 +262,7 @@ class Scorer:
         with_text = self.sc.type == "echo"
         seqs = [make_seq(s.prompt_ids + s.completion_ids, self.tokenizer, with_text) for _, s in batch]
         try:
-            d = await self.transport.request(self.kind, ScoreBatch(seqs, self.sc.top_k), gate=self.gate)
+            d = await self.transport.request(self.kind, ScoreBatch(seqs, self.sc.top_k, self.vocab), gate=self.gate)
         except StopRequested:
             return
         except TeacherError as e:

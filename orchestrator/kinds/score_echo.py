@@ -99,6 +99,8 @@ class EchoScore:
         d = p.load_json(body, "echo /completions")
         choices = _choices(d, len(req.seqs), "echo /completions")
         seqs = [self._seq(c, s, req.top_k, n) for n, (c, s) in enumerate(zip(choices, req.seqs))]
+        for n, s in enumerate(seqs):
+            p.check_topk(s, req.vocab, f"echo /completions, sequence {n}: top_logprobs")
         counted = sum(len(s.token_ids) for s in req.seqs)
         return ScoreAnswer(seqs=seqs, usage=p.body_usage(d, counted, 0), response_id=_rid(d))
 

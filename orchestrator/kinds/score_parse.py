@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from orchestrator.kinds.chat import not_json, token_count
+from orchestrator.kinds.score_types import SeqScores
 from orchestrator.transport import ResponseError
 
 #: a logprob above this is not a log-probability (a little room for rounding on the server)
@@ -71,6 +72,37 @@ def token_id(v: Any, what: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise malformed(what, f"token id {v!r} is not a non-negative integer")
     return v
+
+
+def topk_problem(row: Any, vocab: int) -> str | None:
+    """Why one position's top-k [(id, logprob), ...] cannot be used, or None: an entry that is not a pair, an
+    id that is not a token of the student's vocabulary (0 <= id < vocab; vocab 0: the upper bound is not
+    checked), one id twice, a logprob that is not a finite log-probability. Also checks recorded answers."""
+    if not isinstance(row, (list, tuple)):
+        return f"expected a list of (id, logprob), got {type(row).__name__}"
+    seen: set[int] = set()
+    for pair in row:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            return f"entry {pair!r} is not an (id, logprob) pair"
+        t, lp = pair
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+            return f"token id {t!r} is not a non-negative integer"
+        if vocab and t >= vocab:
+            return f"token id {t} is not in the student's vocabulary (ids 0..{vocab - 1})"
+        if t in seen:
+            return f"token id {t} is listed twice"
+        seen.add(t)
+        if isinstance(lp, bool) or not isinstance(lp, (int, float)) or not math.isfinite(lp) or lp > MAX_LOGPROB:
+            return f"logprob {lp!r} of token {t} is not a finite log-probability <= 0"
+    return None
+
+
+def check_topk(scores: SeqScores, vocab: int, what: str) -> None:
+    """Refuse (malformed_response: the next answer may be fine) a top-k row topk_problem finds wrong."""
+    for j, row in enumerate(scores.topk or []):
+        why = topk_problem(row, vocab)
+        if why:
+            raise malformed(what, f"top-k at position {j}: {why}")
 
 
 def with_scored(top: list[tuple[int, float]], tid: int, lp: float) -> list[tuple[int, float]]:

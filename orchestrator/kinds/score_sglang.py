@@ -65,6 +65,8 @@ class SGLangScore:
         d = p.load_json(body, "sglang /generate")
         results = _results(d, len(req.seqs))
         seqs = [_seq(r, s.token_ids, req.top_k, n) for n, (r, s) in enumerate(zip(results, req.seqs))]
+        for n, s in enumerate(seqs):
+            p.check_topk(s, req.vocab, f"sglang /generate, sequence {n}: input_top_logprobs")
         prompt = sum(_count(r, "prompt_tokens", len(s.token_ids)) for r, s in zip(results, req.seqs))
         return ScoreAnswer(seqs=seqs, usage=p.usage(prompt, 0), response_id=_rid(results[0]))
 

@@ -30,6 +30,9 @@ class ScoreBatch:
 
     seqs: list[ScoreSeq]
     top_k: int = 0
+    # The student's vocabulary size (len of its tokenizer): a top-k id at or beyond it is a malformed answer
+    # (score_parse.check_topk). 0: not known, not checked.
+    vocab: int = 0
 
 
 @dataclass

@@ -17,7 +17,8 @@ gives the top-1's logprob whenever the sequence token is not the teacher's first
 A body this module cannot use is a `malformed_response` ResponseError (retried by the transport) whose
 detail names the choice, position and field: no JSON, missing/duplicate choices for the prompts, a
 prompt_logprobs list whose length differs from the sequence's, a position without the scored token, a
-key that is not a token id >= 0 or two keys for one id, a logprob that is not a finite number <= 0.
+key that is not a token id >= 0 or not in the student's vocabulary (ScoreBatch.vocab), two keys for one
+id, a logprob that is not a finite number <= 0.
 Echoed `prompt_token_ids` other than those sent are a final (not retried) `token_mismatch`.
 """
 
@@ -29,6 +30,7 @@ from typing import Any
 from openai import AsyncOpenAI
 
 from orchestrator.kinds.chat import json_object
+from orchestrator.kinds.score_parse import topk_problem
 from orchestrator.kinds.score_types import (
     SampleAnswer,
     SampleRequest,
@@ -72,7 +74,7 @@ class VLLMScore:
     def parse(self, body: bytes, req: ScoreBatch) -> ScoreAnswer:
         d = json_object(body)
         choices = _choices_by_index(d, len(req.seqs))
-        seqs = [_seq_scores(c, s.token_ids, req.top_k, i) for i, (c, s) in enumerate(zip(choices, req.seqs))]
+        seqs = [_seq_scores(c, s.token_ids, req.top_k, i, req.vocab) for i, (c, s) in enumerate(zip(choices, req.seqs))]
         return ScoreAnswer(seqs=seqs, usage=_usage(d), response_id=_str_or_none(d.get("id")))
 
 
@@ -181,8 +183,9 @@ def _choices_by_index(d: dict, want: int) -> list[dict]:
     return out  # type: ignore[return-value]
 
 
-def _seq_scores(c: dict, ids: list[int], top_k: int, i: int) -> SeqScores:
-    """One prompt's scores from its choice (see the module docstring for the shape)."""
+def _seq_scores(c: dict, ids: list[int], top_k: int, i: int, vocab: int = 0) -> SeqScores:
+    """One prompt's scores from its choice (see the module docstring for the shape); every listed id must be in
+    the student's vocabulary (`vocab` tokens; 0: not checked)."""
     plp = c.get("prompt_logprobs")
     if not isinstance(plp, list):
         raise ResponseError("malformed_response", f"choice {i} has no prompt_logprobs list (prompt_logprobs ignored?)")
@@ -200,6 +203,9 @@ def _seq_scores(c: dict, ids: list[int], top_k: int, i: int) -> SeqScores:
         if not isinstance(entry, dict):
             raise ResponseError("malformed_response", f"choice {i}'s prompt_logprobs[{j}] is not an object")
         cands = _candidates(entry, i, j)
+        why = topk_problem(list(cands.items()), vocab)
+        if why:
+            raise ResponseError("malformed_response", f"choice {i}'s prompt_logprobs[{j}]: {why}")
         if ids[j] not in cands:
             raise ResponseError(
                 "malformed_response",

@@ -82,3 +82,48 @@ def test_a_value_the_sample_contract_refuses_is_a_score_error_not_a_traceback(tm
     with pytest.raises(ScoreError, match=r"sample p0/0.*teacher_topk_ids"):
         run(scorer(tmp_path, Answers(negative)), samples(1))
     assert not (tmp_path / "scores.jsonl").exists() or not (tmp_path / "scores.jsonl").read_text()
+
+
+def test_the_scorer_tells_the_kind_the_students_vocabulary(tmp_path):
+    seen = []
+
+    class Seeing(Answers):
+        async def request(self, kind, batch, gate=None):
+            seen.append(batch.vocab)
+            return await super().request(kind, batch, gate)
+
+    run(scorer(tmp_path, Seeing(lambda ids: good_scores(ids, 3))), samples(1))
+    assert seen == [len(tokenizer_with(None))]
+
+
+def _poison(tmp_path, item, bad_id: int) -> None:
+    """scores.jsonl holding an answer for `item` whose top-k lists `bad_id` (an older distill recorded it)."""
+    import json
+
+    from orchestrator.score_store import make_score_record, score_key
+
+    ids = item.prompt_ids + item.completion_ids
+    scores = good_scores(ids, 3)
+    scores.topk[5] = [(ids[5], -0.5), (bad_id, -0.01)]  # type: ignore[index]
+    key = score_key("vllm", "teacher", 3, ids)
+    rec = make_score_record(key, "vllm", "teacher", 3, scores, usage={"prompt_tokens": len(ids)}, usage_shared_by=1)
+    (tmp_path / "scores.jsonl").write_text(json.dumps(rec) + "\n")
+
+
+def test_a_recorded_answer_that_fails_todays_checks_is_noted_and_asked_again(tmp_path, capsys):
+    """D2: an id beyond the vocabulary recorded by an older distill is not reused on every rerun."""
+    items = samples(1)
+    _poison(tmp_path, items[0], 10_000_000)
+    answers = Answers(lambda ids: good_scores(ids, 3))
+    res = run(scorer(tmp_path, answers), items)
+    err = capsys.readouterr().err
+    assert "1 answer(s) recorded in" in err and "line 1: top-k at position 5: token id 10000000 is not in" in err
+    assert "scored again" in err
+    assert answers.calls == 1 and res.sent == 1 and res.reused == 0
+    assert all(t < 10_000_000 for row in res.scored[0].teacher_topk_ids for t in row)
+    # the new answer stands from now on: reused, nothing noted, the spoilt line's request still counted as spent
+    again = Answers(lambda ids: good_scores(ids, 3))
+    s = scorer(tmp_path, again)
+    assert s.loaded.requests == 2 and not s.loaded.failing
+    res = run(s, items)
+    assert again.calls == 0 and res.reused == 1 and "scored again" not in capsys.readouterr().err

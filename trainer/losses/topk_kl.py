@@ -134,9 +134,11 @@ def check_vocab(ids: torch.Tensor, logprobs: torch.Tensor, vocab: int) -> None:
         worst = int(ids[bad].max())
         raise LossInputError(
             f"teacher_topk_ids holds token id {worst}, but the student's vocabulary has {vocab} tokens "
-            f"(ids 0..{vocab - 1}): the samples were scored with a tokenizer other than the student's. "
-            "Fix: score them with a teacher that shares the student's tokenizer (distill score runs the "
-            "tokenizer self-test), or train the student they were scored for"
+            f"(ids 0..{vocab - 1}): the samples were scored for another student, or by a scorer that answered "
+            "ids its tokenizer does not have. Fix: train the student they were scored for, or score them again "
+            "with a teacher that shares this student's tokenizer: delete the scored folder and rerun distill "
+            "score (it refuses such ids, and answers recorded in OUTPUT_DIR/scores.jsonl that hold them are "
+            "asked for again, not reused)"
         )
 
 

@@ -326,3 +326,11 @@ def test_a_server_that_dies_while_starting_is_reported_with_its_log(tmp_path):
     with pytest.raises(RuntimeError, match=r"exited with 3 while starting:\nModuleNotFoundError: No module named vllm"):
         s.start()
     assert "--enforce-eager" in s.command() and s.base_url == f"http://127.0.0.1:{s.port}/v1"
+
+
+def test_a_top_k_id_beyond_the_students_vocabulary_is_refused_when_the_answer_is_read():
+    body = _broken(lambda b: b["choices"][0]["prompt_logprobs"][3].update({"10000000": {"logprob": -0.01}}))
+    req = ScoreBatch([ScoreSeq(SHORT)], 3, vocab=49152)
+    e = refused(VLLMScore(), body, req, "malformed_response", "prompt_logprobs[3]: token id 10000000 is not in")
+    assert e.retryable and "ids 0..49151" in e.detail
+    assert score(body, [SHORT], 3).seqs[0].logprobs[3] is not None  # vocab 0: not known, not checked
