@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .config import Problem, RunConfig, unset_key_fix
+from .config import Problem, RunConfig, key_var_problems
 from .resume_check import check_resume_config
 
 #: Any of these marks a folder as holding a tokenizer transformers can load.
@@ -52,6 +52,7 @@ def preflight(
     if command in ("run", "rollout") and cfg.orchestrator.source.type != "replay":  # the teacher's filter
         problems += check_reward_fn(cfg.orchestrator.reward_fn)
         problems += check_cache_dir(cfg.orchestrator.cache_dir)
+        problems += key_var_problems(cfg.orchestrator.rollout_model.api_key_var, "orchestrator.rollout_model")
     problems += check_earlier_run(cfg.output_dir, command, no_resume=no_resume, resume=resume, samples=samples)
     problems += check_resume_config(cfg, command, resume)
     if command in ("run", "score"):
@@ -376,9 +377,7 @@ def check_scorer_config(cfg: RunConfig, command: str, samples: str | None) -> li
                 "base_url, model; docs/scoring.md)",
             )
         ]
-    problems = []
-    if sc.api_key_var and not os.environ.get(sc.api_key_var):
-        problems.append(Problem("scorer.api_key_var", unset_key_fix(sc.api_key_var)))
+    problems = key_var_problems(sc.api_key_var, "scorer")
     if command == "score":
         problems += no_samples_folder(samples, Path(cfg.output_dir).expanduser())
     return problems

@@ -298,6 +298,18 @@ def key_from_env(var: str, on_unset: Callable[[str], Exception]) -> str:
     return key
 
 
+def key_var_problems(var: str | None, section: str) -> list[Problem]:
+    """What key_from_env would refuse of the variable `var` that `{section}.api_key_var` names, as
+    Problems (preflight: reported before anything is written)."""
+    if not var:
+        return []
+    try:
+        key_from_env(var, ValueError)
+    except ValueError as e:
+        return [Problem(f"{section}.api_key_var", str(e))]
+    return []
+
+
 def key_problem(key: str) -> str | None:
     """Why `key` cannot be sent in an HTTP header (a character outside printable ASCII: a smart quote or
     a line break pasted with it), without showing the key; None when it can."""
