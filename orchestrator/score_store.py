@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from distill.core.jsonl import iter_lines
-from orchestrator.kinds.score_parse import MAX_LOGPROB, topk_problem
+from orchestrator.kinds.score_parse import MAX_LOGPROB, count, topk_problem
 from orchestrator.kinds.score_types import SeqScores
 from orchestrator.recording import RecordingError, _drop_torn_tail
+from orchestrator.transport import ResponseError
 
 SCORES_FILE = "scores.jsonl"
 SCORES_VERSION = 1
@@ -83,6 +84,17 @@ def record_problem(rec: dict[str, Any], vocab: int = 0) -> str | None:
     return None
 
 
+def recorded_tokens(rec: dict[str, Any], shared: int) -> float:
+    """The prompt tokens a record's request is charged: its share of the reported usage where that is a count
+    of tokens a request of its length can have (score_parse.count), else its length (a distill before that
+    check recorded a negative count, which would credit `[scorer.budget]` on every rerun)."""
+    n = rec.get("n") if isinstance(rec.get("n"), int) else len(rec.get("logprobs") or [])
+    try:
+        return count((rec.get("usage") or {}).get("prompt_tokens"), n * shared, "prompt_tokens") / shared or n
+    except ResponseError:
+        return n
+
+
 @dataclass
 class LoadedScores:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -130,7 +142,7 @@ def load_scores(
             continue  # written twice (two runs raced): the first stands
         shared = max(1, int(rec.get("usage_shared_by") or 1))
         out.requests += 1 / shared
-        out.prompt_tokens += ((rec.get("usage") or {}).get("prompt_tokens") or rec.get("n") or 0) / shared
+        out.prompt_tokens += recorded_tokens(rec, shared)
         if why is not None:
             out.failing.setdefault(rec["key"], f"line {ln.number}: {why}")
             continue

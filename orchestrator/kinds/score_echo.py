@@ -102,7 +102,9 @@ class EchoScore:
         for n, s in enumerate(seqs):
             p.check_topk(s, req.vocab, f"echo /completions, sequence {n}: top_logprobs")
         counted = sum(len(s.token_ids) for s in req.seqs)
-        return ScoreAnswer(seqs=seqs, usage=p.body_usage(d, counted, 0), response_id=_rid(d))
+        return ScoreAnswer(
+            seqs=seqs, usage=p.body_usage(d, counted, 0, self.echo_max_tokens * len(req.seqs)), response_id=_rid(d)
+        )
 
     def _seq(self, c: Any, s: ScoreSeq, k: int, n: int) -> SeqScores:
         where = f"echo /completions, sequence {n}"
@@ -215,7 +217,7 @@ class EchoSample:
             token_ids=None,
             pieces=toks,
             logprobs=lps,
-            usage=p.body_usage(d, len(req.prompt.token_ids), len(toks)),
+            usage=p.body_usage(d, len(req.prompt.token_ids), len(toks), req.max_tokens),
             response_id=_rid(d),
         )
 
@@ -251,4 +253,6 @@ class EchoTokenize:
                 f"{where}: the echoed tokens spell {text!r}, not the text sent {req.text!r}",
                 retryable=False,
             )
-        return TokenizeAnswer(token_ids=None, pieces=kept, usage=p.body_usage(d, len(kept), 0), response_id=_rid(d))
+        return TokenizeAnswer(
+            token_ids=None, pieces=kept, usage=p.body_usage(d, len(kept), 0, self.echo_max_tokens), response_id=_rid(d)
+        )

@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any
 
-from orchestrator.kinds.chat import not_json, token_count
+from orchestrator.kinds.chat import MAX_USAGE_TOKENS, not_json, token_count
 from orchestrator.kinds.score_types import SeqScores
 from orchestrator.transport import ResponseError
 
@@ -113,14 +113,40 @@ def with_scored(top: list[tuple[int, float]], tid: int, lp: float) -> list[tuple
     return out
 
 
-def usage(prompt_tokens: Any, completion_tokens: Any = 0) -> dict[str, int]:
-    return {"prompt_tokens": token_count(prompt_tokens), "completion_tokens": token_count(completion_tokens)}
+#: A reported count above this many times what the request can use is not believed (room for a server that
+#: counts a little differently, e.g. a BOS it adds; the chat path's rule is chat.completion_cap).
+USAGE_SLACK = 4
 
 
-def body_usage(d: Any, prompt_tokens: int, completion_tokens: int = 0) -> dict[str, int]:
-    """The body's `usage` where it is well formed, else the counted tokens."""
+def count(v: Any, cap: int | None, key: str) -> int:
+    """A `usage` count (0 when absent) of at most USAGE_SLACK x `cap` (the tokens the request can use; None:
+    MAX_USAGE_TOKENS); else malformed_response: a negative count would credit `[scorer.budget]`, an absurd
+    one spend it, and scores.jsonl would pass either on to every later run."""
+    try:
+        n = token_count(v)
+    except (TypeError, ValueError, OverflowError):
+        raise malformed("usage", f"{key} = {v!r} is not a count of tokens (a whole number >= 0)") from None
+    limit = MAX_USAGE_TOKENS if cap is None else min(MAX_USAGE_TOKENS, USAGE_SLACK * max(cap, 1))
+    if n > limit:
+        raise malformed("usage", f"{key} = {n} is more than {limit} ({USAGE_SLACK} x the {cap} the request can use)")
+    return n
+
+
+def usage(
+    prompt_tokens: Any, completion_tokens: Any = 0, prompt_cap: int | None = None, completion_cap: int | None = None
+) -> dict[str, int]:
+    """{"prompt_tokens", "completion_tokens"}, each a `count` within its cap (malformed_response otherwise)."""
+    return {
+        "prompt_tokens": count(prompt_tokens, prompt_cap, "prompt_tokens"),
+        "completion_tokens": count(completion_tokens, completion_cap, "completion_tokens"),
+    }
+
+
+def body_usage(d: Any, prompt_tokens: int, completion_tokens: int = 0, completion_cap: int | None = None) -> dict:
+    """The body's `usage` where it is well formed and within the caps (the counted tokens), else the counted
+    tokens."""
     u = d.get("usage") if isinstance(d, dict) else None
     try:
-        return usage(u["prompt_tokens"], u.get("completion_tokens") or 0)
-    except (TypeError, KeyError, ValueError, AttributeError, OverflowError):
+        return usage(u["prompt_tokens"], u.get("completion_tokens") or 0, prompt_tokens, completion_cap)
+    except (TypeError, KeyError, AttributeError, ResponseError):
         return usage(prompt_tokens, completion_tokens)

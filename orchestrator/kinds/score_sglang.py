@@ -68,7 +68,8 @@ class SGLangScore:
         for n, s in enumerate(seqs):
             p.check_topk(s, req.vocab, f"sglang /generate, sequence {n}: input_top_logprobs")
         prompt = sum(_count(r, "prompt_tokens", len(s.token_ids)) for r, s in zip(results, req.seqs))
-        return ScoreAnswer(seqs=seqs, usage=p.usage(prompt, 0), response_id=_rid(results[0]))
+        sent = sum(len(s.token_ids) for s in req.seqs)
+        return ScoreAnswer(seqs=seqs, usage=p.usage(prompt, 0, sent, 0), response_id=_rid(results[0]))
 
 
 def _results(d: Any, n: int) -> list[dict]:
@@ -162,7 +163,8 @@ class SGLangSample:
             lps.append(p.logprob(e[0], at))
         if isinstance(r.get("output_ids"), list) and r["output_ids"] != ids:
             raise p.malformed(where, f"output_ids {r['output_ids']} differ from output_token_logprobs' ids {ids}")
-        use = p.usage(_count(r, "prompt_tokens", len(req.prompt.token_ids)), len(ids))
+        sent = len(req.prompt.token_ids)
+        use = p.usage(_count(r, "prompt_tokens", sent), len(ids), sent, req.max_tokens)
         return SampleAnswer(token_ids=ids, pieces=None, logprobs=lps, usage=use, response_id=_rid(r))
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from openai import AsyncOpenAI
 
 from orchestrator.kinds.chat import json_object
-from orchestrator.kinds.score_parse import topk_problem
+from orchestrator.kinds.score_parse import topk_problem, usage
 from orchestrator.kinds.score_types import (
     SampleAnswer,
     SampleRequest,
@@ -75,7 +75,8 @@ class VLLMScore:
         d = json_object(body)
         choices = _choices_by_index(d, len(req.seqs))
         seqs = [_seq_scores(c, s.token_ids, req.top_k, i, req.vocab) for i, (c, s) in enumerate(zip(choices, req.seqs))]
-        return ScoreAnswer(seqs=seqs, usage=_usage(d), response_id=_str_or_none(d.get("id")))
+        sent = sum(len(s.token_ids) for s in req.seqs)
+        return ScoreAnswer(seqs=seqs, usage=_usage(d, sent, len(req.seqs)), response_id=_str_or_none(d.get("id")))
 
 
 class VLLMSample:
@@ -111,7 +112,11 @@ class VLLMSample:
                 f"choice 0 has {len(ids)} generated token ids but {len(logprobs)} token_logprobs",
             )
         return SampleAnswer(
-            token_ids=ids, pieces=None, logprobs=logprobs, usage=_usage(d), response_id=_str_or_none(d.get("id"))
+            token_ids=ids,
+            pieces=None,
+            logprobs=logprobs,
+            usage=_usage(d, len(req.prompt.token_ids), req.max_tokens),
+            response_id=_str_or_none(d.get("id")),
         )
 
 
@@ -286,15 +291,11 @@ def _finite(x: Any, where: str) -> float:
     return float(x)
 
 
-def _usage(d: dict) -> dict[str, int]:
+def _usage(d: dict, prompt_cap: int | None, completion_cap: int | None) -> dict[str, int]:
+    """The body's usage (absent: 0); a count that is not a whole number >= 0, or above the request's tokens
+    with some slack (score_parse.count), is a malformed_response: it would credit or spend the budget."""
     u = d.get("usage") if isinstance(d.get("usage"), dict) else {}
-    try:
-        return {
-            "prompt_tokens": int(u.get("prompt_tokens") or 0),
-            "completion_tokens": int(u.get("completion_tokens") or 0),
-        }
-    except (TypeError, ValueError):
-        raise ResponseError("malformed_response", f"usage has non-integer counts: {u!r}") from None
+    return usage(u.get("prompt_tokens"), u.get("completion_tokens"), prompt_cap, completion_cap)
 
 
 def _str_or_none(x: Any) -> str | None:

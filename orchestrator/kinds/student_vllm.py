@@ -18,7 +18,8 @@ after temperature and top-p (the distribution the token was drawn from: mu_t); w
 student-server client checks the mode (GET /server_info) before sampling.
 
 A body this module cannot use is a `malformed_response` ResponseError (retried): no choice, no token ids,
-token ids and logprobs of different lengths, a logprob that is not a finite number <= 0, a finish reason
+token ids and logprobs of different lengths, a logprob that is not a finite number <= 0, a usage count that
+is not a whole number >= 0 or is far above the request's tokens (score_parse.count), a finish reason
 other than "stop" / "length", or a "stop" whose last token is not an end-of-sequence id.
 """
 
@@ -116,6 +117,6 @@ class VLLMStudentSample:
             token_ids=ids,
             logprobs=logprobs,
             finish_reason=reason,
-            usage=_usage(d),
+            usage=_usage(d, len(req.prompt_ids), req.max_tokens),
             response_id=_str_or_none(d.get("id")),
         )

@@ -105,6 +105,17 @@ def test_recording_round_trip_and_torn_last_line(tmp_path, capsys):
     assert path.read_text().endswith("\n") and len(path.read_text().splitlines()) == 1  # torn line cut off
 
 
+def test_a_recorded_usage_that_is_not_a_count_is_charged_at_the_records_length(tmp_path):
+    """D3: a negative count an older distill recorded would credit [scorer.budget] on every rerun."""
+    path = tmp_path / "scores.jsonl"
+    lines = [
+        make_score_record(f"k{i}", "vllm", "m", 2, position_scores([5, 6, 7]), usage={"prompt_tokens": u})
+        for i, u in enumerate([-1_000_000_000, 10**15, "lots", 4])
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert load_scores(path).prompt_tokens == 3 + 3 + 3 + 4
+
+
 def test_recording_damaged_line_names_file_and_line(tmp_path):
     from orchestrator.recording import RecordingError
 

@@ -207,10 +207,25 @@ BAD_SCORE_BODIES = {
         "malformed_response",
         "prompt_token_ids is not a list of ints",
     ),
+    "usage negative": (
+        _broken(lambda b: b.update(usage={"prompt_tokens": -1_000_000_000, "completion_tokens": 0})),
+        "malformed_response",
+        "usage: prompt_tokens = -1000000000 is not a count of tokens (a whole number >= 0)",
+    ),
+    "usage absurd": (
+        _broken(lambda b: b.update(usage={"prompt_tokens": 10**15, "completion_tokens": 0})),
+        "malformed_response",
+        "usage: prompt_tokens = 1000000000000000 is more than 28 (4 x the 7 the request can use)",
+    ),
+    "usage infinite": (
+        _broken(lambda b: b.update(usage={"prompt_tokens": float("inf")})),
+        "malformed_response",
+        "prompt_tokens = inf is not a count of tokens",
+    ),
     "usage not ints": (
         _broken(lambda b: b.update(usage={"prompt_tokens": "many"})),
         "malformed_response",
-        "usage has non-integer counts",
+        "usage: prompt_tokens = 'many' is not a count of tokens",
     ),
 }
 

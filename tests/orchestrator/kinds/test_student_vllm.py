@@ -78,3 +78,25 @@ def test_a_malformed_sample_body_is_a_response_error(edit, words):
     with pytest.raises(ResponseError, match=words) as ei:
         VLLMStudentSample().parse(body, req)
     assert ei.value.reason == "malformed_response"
+
+
+def _usage(u):
+    rec = golden("student_sample_stop")
+    body = copy.deepcopy(rec["body"])
+    body["usage"] = u
+    return json.dumps(body).encode(), request_of(rec)
+
+
+@pytest.mark.parametrize(
+    "u, words",
+    [
+        ({"prompt_tokens": -1_000_000_000, "completion_tokens": 3}, "prompt_tokens = -1000000000 is not a count"),
+        ({"prompt_tokens": 5, "completion_tokens": -3}, "completion_tokens = -3 is not a count"),
+        ({"prompt_tokens": 5, "completion_tokens": 10**12}, "completion_tokens = 1000000000000 is more than"),
+    ],
+)
+def test_a_usage_that_would_credit_or_drain_the_budget_is_malformed(u, words):
+    body, req = _usage(u)
+    with pytest.raises(ResponseError, match=words) as ei:
+        VLLMStudentSample().parse(body, req)
+    assert ei.value.reason == "malformed_response" and ei.value.retryable
