@@ -344,6 +344,17 @@ def test_cross_field_checks(tmp_path):
     )
 
 
+def test_a_scorer_max_cost_without_a_price_is_refused_naming_the_key(tmp_path):
+    """D4: like orchestrator.budget.max_cost; before, it was accepted and scoring never stopped."""
+    base = '[scorer]\ntype = "vllm"\n[scorer.budget]\nmax_cost = 0.000001\n'
+    with pytest.raises(ConfigError) as ei:
+        load_config(write(tmp_path, base))
+    assert [p.key for p in ei.value.problems] == ["scorer.budget.max_cost"]
+    assert "Fix: set scorer.budget.cost_per_1k_prompt" in ei.value.problems[0].message
+    cfg = load_config(write(tmp_path, base + "cost_per_1k_prompt = 0.5\n", "priced.toml"))
+    assert cfg.scorer is not None and cfg.scorer.budget.max_cost == 0.000001
+
+
 def test_replay_source_may_leave_its_path_to_the_command_line():
     """`distill replay CFG INPUT...` passes the inputs; replay itself names the key when there are none."""
     cfg = load_config(None, ["--orchestrator.source.type", "replay"])

@@ -230,6 +230,15 @@ def _check_orchestrator_inputs(cfg: RunConfig) -> list[Problem]:
                 "and/or cost_per_1k_completion.",
             )
         )
+    sb = cfg.scorer.budget if cfg.scorer is not None else None
+    if sb is not None and sb.max_cost is not None and sb.cost_per_1k_prompt == 0:
+        problems.append(
+            Problem(
+                "scorer.budget.max_cost",
+                "is set but no price is: spend would always be 0 and scoring would never stop. Fix: set "
+                "scorer.budget.cost_per_1k_prompt (the price of 1k scored tokens), or use max_prompt_tokens.",
+            )
+        )
     return problems
 
 
