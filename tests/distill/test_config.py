@@ -355,6 +355,23 @@ def test_a_scorer_max_cost_without_a_price_is_refused_naming_the_key(tmp_path):
     assert cfg.scorer is not None and cfg.scorer.budget.max_cost == 0.000001
 
 
+@pytest.mark.parametrize("loss", ["topk_kl", "reverse_kl"])
+def test_a_replay_without_a_teacher_does_not_name_the_default_url(loss):
+    """D7: the default rollout_model.base_url was never set by the user; a replay has no teacher endpoint."""
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["--orchestrator.source.type", "replay", "--trainer.loss.type", loss])
+    msg = ei.value.problems[0].message
+    assert "8765" not in msg and "external endpoint" not in msg
+    assert 'replayed from files (orchestrator.source.type = "replay") that hold messages only' in msg
+    with pytest.raises(ConfigError) as ei:  # a teacher the user did configure is still named
+        load_config(
+            None,
+            ["--orchestrator.source.type", "replay", "--trainer.loss.type", loss]
+            + ["--orchestrator.rollout_model.base_url", "http://teacher.example:9000/v1"],
+        )
+    assert "external endpoint (http://teacher.example:9000/v1)" in ei.value.problems[0].message
+
+
 def test_replay_source_may_leave_its_path_to_the_command_line():
     """`distill replay CFG INPUT...` passes the inputs; replay itself names the key when there are none."""
     cfg = load_config(None, ["--orchestrator.source.type", "replay"])
@@ -699,7 +716,8 @@ def test_on_policy_losses_with_a_scorer_are_refused_naming_on_policy_mode(tmp_pa
         load_config(p)
     assert [pr.key for pr in ei.value.problems] == ["trainer.loss.type"]
     msg = ei.value.problems[0].message
-    assert "the student's own samples" in msg and "on-policy mode (issue 15)" in msg
+    assert "the student's own samples" in msg and "on-policy mode, which is off (on_policy.enabled = false)" in msg
+    assert "issue" not in msg  # no internal tracker reference
     assert "Fix: set on_policy.enabled = true" in msg and 'or trainer.loss.type = "topk_kl" or "sft"' in msg
 
 

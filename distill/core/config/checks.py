@@ -55,6 +55,12 @@ def check_external_teacher_mode(cfg: RunConfig) -> list[Problem]:
     problems: list[Problem] = []
     url = cfg.orchestrator.rollout_model.base_url
     why = f"the teacher is an external endpoint ({redact_url(url)}) that returns messages only"
+    if cfg.orchestrator.source.type == "replay" and "rollout_model" not in cfg.orchestrator.model_fields_set:
+        # no teacher is asked: its answers are read from files (the default base_url was never set)
+        why = (
+            'the teacher\'s answers are replayed from files (orchestrator.source.type = "replay") that hold '
+            "messages only"
+        )
     if cfg.on_policy.enabled:  # the student samples, the [scorer] grades: its own loss and broadcast rules
         from .checks_onpolicy import check_on_policy_mode
 
@@ -111,8 +117,8 @@ def _check_loss_mode(cfg: RunConfig, why: str) -> list[Problem]:
             Problem(
                 "trainer.loss.type",
                 f"{loss!r} trains on the student's own samples (with the logprobs they were sampled with), "
-                "scored by the teacher: on-policy mode (issue 15), which is off; a [scorer] here scores "
-                "teacher samples. Fix: set on_policy.enabled = true (the student samples, the [scorer] "
+                "scored by the teacher: on-policy mode, which is off (on_policy.enabled = false); a [scorer] here "
+                "scores teacher samples. Fix: set on_policy.enabled = true (the student samples, the [scorer] "
                 'grades them; docs/on_policy.md), or trainer.loss.type = "topk_kl" or "sft".',
             )
         )
