@@ -227,6 +227,7 @@ class Scorer:
         self.transport = make_transport(sc, api_key)
         self.gate = ScoreGate(sc.budget, self.loaded.requests, self.loaded.prompt_tokens, stop_event)
         self.writer = RecordingWriter(Path(scores_path))
+        self.short_topk = 0  # trained positions answered with fewer top-k entries than scorer.top_k
 
     def key(self, ids: list[int]) -> str:
         return score_key(self.sc.type, self.sc.model, self.sc.top_k, ids)
@@ -274,7 +275,8 @@ class Scorer:
                 raise ScoreError(f"the scorer answered {len(d.answer.seqs)} sequences for {len(seqs)} sent")
             for (_, s), seq, got in zip(batch, seqs, d.answer.seqs):
                 check_answer(seq, got, self.sc.top_k, f"sample {s.sample_id}")
-                fill(s, got, self.sc.top_k)  # refuses a missing logprob at a trained position before recording
+                # fill refuses a missing logprob at a trained position before recording
+                self._note_short_topk(fill(s, got, self.sc.top_k))
         except ScoreError as e:
             errors.append(e)
             return
@@ -299,6 +301,23 @@ class Scorer:
         res.sent += 1
         if on_scored:
             on_scored(len(batch))
+
+    def _note_short_topk(self, filled: Sample) -> None:
+        """Count trained positions whose top-k is shorter than scorer.top_k (kept: the loss's tail bucket takes
+        the rest of the teacher's mass); the first is told once per run."""
+        want = min(self.sc.top_k, self.vocab)
+        rows = filled.teacher_topk_ids or []
+        short = [(j, len(r)) for j, (r, m) in enumerate(zip(rows, filled.completion_mask)) if m and len(r) < want]
+        if short and not self.short_topk:
+            j, n = short[0]
+            print(
+                f"distill: warning: the scorer answered fewer than scorer.top_k = {self.sc.top_k} alternatives at "
+                f"a trained position (first: sample {filled.sample_id}, completion token {j}: {n}); such positions "
+                "are kept, and topk_kl puts the rest of the teacher's mass in its tail bucket. A server may cap k "
+                "(vLLM: --max-logprobs); the echo kind leaves out token strings the student's tokenizer lacks",
+                file=sys.stderr,
+            )
+        self.short_topk += len(short)
 
     async def aclose(self) -> None:
         await self.writer.aclose()

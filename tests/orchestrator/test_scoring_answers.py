@@ -127,3 +127,14 @@ def test_a_recorded_answer_that_fails_todays_checks_is_noted_and_asked_again(tmp
     assert s.loaded.requests == 2 and not s.loaded.failing
     res = run(s, items)
     assert again.calls == 0 and res.reused == 1 and "scored again" not in capsys.readouterr().err
+
+
+def test_fewer_top_k_entries_than_asked_are_kept_and_told_once(tmp_path, capsys):
+    """D5: a server may cap k; the positions are kept (the tail bucket takes the rest) and counted."""
+    res = run(scorer(tmp_path, Answers(lambda ids: good_scores(ids, 2))), samples(2))
+    assert len(res.scored) == 2 and all(len(r) == 2 for r in res.scored[0].teacher_topk_ids if r)
+    err = capsys.readouterr().err
+    assert err.count("fewer than scorer.top_k = 3 alternatives") == 1 and "sample p0/0" in err
+    s = scorer(tmp_path / "full", Answers(lambda ids: good_scores(ids, 3)))
+    run(s, samples(1))
+    assert s.short_topk == 0 and "fewer than" not in capsys.readouterr().err
