@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from distill.core.redact import redact_url
 from orchestrator.kinds.score_types import ScoreBatch, TokenizeRequest
 from orchestrator.score_check import run_self_tests
 from orchestrator.scoring import (
@@ -24,6 +25,17 @@ from orchestrator.transport import TeacherError
 
 TOPK_TRIES = (1, 5, 20, 50, 100)
 _TEXT = "The sea is calm tonight."
+
+
+def url_hint(kind: str, base_url: str) -> str:
+    """What to try when the first request failed and the URL does not have the shape the kind wants (a 404
+    says only "no route"): SGLang's native API sits at the server root, vLLM's and echo's under /v1."""
+    url = base_url.rstrip("/")
+    if kind == "sglang" and url.endswith("/v1"):
+        return f". Hint: an SGLang scorer's base_url is the server root, without /v1: try {redact_url(url[:-3])}"
+    if kind in ("vllm", "echo") and not url.endswith("/v1"):
+        return f". Hint: a {kind} scorer's base_url ends in /v1: try {redact_url(url + '/v1')}"
+    return ""
 
 
 async def probe_scoring(sc: Any, tok: Any) -> list[tuple[str, str, str]]:
@@ -42,7 +54,7 @@ async def probe_scoring(sc: Any, tok: Any) -> list[tuple[str, str, str]]:
         try:
             rows.append(("prompt logprobs", "yes", await score(0)))
         except (TeacherError, ScoreError, IndexError) as e:
-            rows.append(("prompt logprobs", "no", str(e)[:300]))
+            rows.append(("prompt logprobs", "no", str(e)[:300] + url_hint(sc.type, sc.base_url)))
             return rows
         best, why = 0, ""
         for k in TOPK_TRIES:

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from distill.core.config import key_from_env
 from distill.core.contract import Sample
+from distill.core.redact import redact_url
 from orchestrator.budget import BudgetGate
 from orchestrator.kinds import SCORERS
 from orchestrator.kinds.score_types import ScoreBatch, ScoreSeq, SeqScores
@@ -39,6 +40,12 @@ from orchestrator.limits import RetryPolicy
 from orchestrator.recording import RecordingWriter
 from orchestrator.score_store import load_scores, make_score_record, record_problem, record_scores, score_key
 from orchestrator.transport import StopRequested, TeacherError, Transport
+
+
+_FIX = (
+    ". Fix: check the scorer (is it up, serving scorer.model? `distill probe URL --scorer TYPE` runs its "
+    "self-tests), then rerun the same command: it resumes, answers recorded in scores.jsonl are not asked again"
+)
 
 
 class ScoreError(Exception):
@@ -268,7 +275,9 @@ class Scorer:
             return
         except TeacherError as e:
             ids = ", ".join(s.sample_id for _, s in batch)
-            errors.append(ScoreError(f"scoring sample(s) {ids} failed: {e.reason}: {e.detail}"))
+            errors.append(
+                ScoreError(f"scoring sample(s) {ids} failed at {self._where()}: {e.reason}: {e.detail}{_FIX}")
+            )
             return
         try:
             if len(d.answer.seqs) != len(seqs):
@@ -318,6 +327,11 @@ class Scorer:
                 file=sys.stderr,
             )
         self.short_topk += len(short)
+
+    def _where(self) -> str:
+        """The scorer's endpoint(s), redacted."""
+        more = len(self.sc.extra_base_urls)
+        return f"the scorer {redact_url(self.sc.base_url)}" + (f" (or one of {more} more endpoints)" if more else "")
 
     async def aclose(self) -> None:
         await self.writer.aclose()

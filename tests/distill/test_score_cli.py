@@ -275,3 +275,15 @@ def test_no_follow_scores_an_unfinished_input_without_marking_it_done(tmp_path, 
     scored = list(iter_samples(out))
     assert not (out / "DONE").exists() and len(scored) == len(samples)
     assert all(s.teacher_logprobs is not None and s.teacher_topk_ids is None for s in scored)
+
+
+def test_probe_hints_at_the_url_shape_each_scorer_type_wants(make_score_server, smol_tokenizer_dir):
+    """D6: a /v1 URL for SGLang (or a root URL for vLLM) only answered 404 "no route"."""
+    server = make_score_server()
+    r = distill("probe", server.base_url, "--scorer", "sglang", "--tokenizer", smol_tokenizer_dir)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in out
+    assert f"Hint: an SGLang scorer's base_url is the server root, without /v1: try {server.root}" in out
+    r = distill("probe", server.root, "--scorer", "vllm", "--tokenizer", smol_tokenizer_dir)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and f"Hint: a vllm scorer's base_url ends in /v1: try {server.root}/v1" in out

@@ -129,6 +129,24 @@ def test_a_recorded_answer_that_fails_todays_checks_is_noted_and_asked_again(tmp
     assert again.calls == 0 and res.reused == 1 and "scored again" not in capsys.readouterr().err
 
 
+def test_a_request_that_failed_for_good_names_the_endpoint_and_the_fix(tmp_path):
+    """D6: before, `scoring sample(s) p0/0 failed: http_500: boom (gave up after 2 attempts)` and nothing else."""
+    from orchestrator.transport import TeacherError
+
+    class Failing(Answers):
+        async def request(self, kind, batch, gate=None):
+            raise TeacherError("http_500", "boom (gave up after 2 attempts)", 500)
+
+    s = scorer(tmp_path, Failing(None))
+    s.sc = s.sc.model_copy(update={"base_url": "http://user:hunter2secret@127.0.0.1:9/v1"})
+    with pytest.raises(ScoreError) as ei:
+        run(s, samples(1))
+    msg = str(ei.value)
+    assert "scoring sample(s) p0/0 failed at the scorer http://" in msg and "127.0.0.1:9/v1" in msg
+    assert "hunter2secret" not in msg and "http_500: boom (gave up after 2 attempts)" in msg
+    assert "Fix: check the scorer" in msg and "rerun the same command: it resumes" in msg
+
+
 def test_fewer_top_k_entries_than_asked_are_kept_and_told_once(tmp_path, capsys):
     """D5: a server may cap k; the positions are kept (the tail bucket takes the rest) and counted."""
     res = run(scorer(tmp_path, Answers(lambda ids: good_scores(ids, 2))), samples(2))
