@@ -22,7 +22,7 @@ from .cli_export import cmd_export
 from .cli_inspect import cmd_inspect
 from .cli_tokenize import cmd_tokenize
 from .cli_score import add_probe_args, cmd_score, prepare_scoring_run, probe_key, probe_scorer, start_scoring_stage
-from .run import make_reconstructor, prepare_run_dir, print_locations, produce
+from .run import make_reconstructor, prepare_run_dir, print_locations, produce, release_all
 from .on_policy import cmd_run_on_policy
 from .core.student import resolve_student
 from .core.redact import mask_known, redact_url
@@ -97,7 +97,7 @@ def cmd_run(argv: list[str]) -> int:
     preflight(cfg, "run", no_resume=bool(flags.get("--no-resume")))
     if cfg.on_policy.enabled:  # the student samples, the [scorer] grades: distill/on_policy.py
         return cmd_run_on_policy(cfg, bool(flags.get("--no-resume")))
-    run_dir = prepare_run_dir(cfg)
+    run_dir = prepare_run_dir(cfg, "run", ("sample", "score", "train") if cfg.scorer else ("sample", "train"))
     resolve_student(cfg.student.path)  # convert the builtin student once, before threads start
     # transformers' lazy imports are not thread-safe: import what both sides use here,
     # in the main thread, before the producer thread starts.
@@ -174,7 +174,7 @@ def cmd_rollout(argv: list[str]) -> int:
     cfg, flags, _ = _load(argv, {"--batch": False})
     cfg.orchestrator.batch.enabled |= bool(flags.get("--batch"))  # the Batch API (orchestrator/batch.py)
     preflight(cfg, "rollout")
-    run_dir = prepare_run_dir(cfg)
+    run_dir = prepare_run_dir(cfg, "rollout", ("sample",))
     summary = produce(cfg, run_dir)
     _print_producer_summary(cfg, summary)
     print_locations(run_dir, None)
@@ -202,7 +202,7 @@ def cmd_replay(argv: list[str]) -> int:
             "distill replay CONFIG INPUT..."
         )
     preflight(cfg, "replay", inputs=inputs)
-    run_dir = prepare_run_dir(cfg)
+    run_dir = prepare_run_dir(cfg, "replay", ("sample",))
     summary = produce(cfg, run_dir, on_error=flags.get("--on-error"), inputs=inputs)
     _print_summary("replay", summary)
     o = summary["outcomes"]  # every record ends in exactly one of these (docs/replay.md, "Counting")
@@ -236,7 +236,7 @@ def cmd_train(argv: list[str]) -> int:
         )
     rank = int(os.environ.get("RANK", "0"))
     preflight(cfg, "train", resume=bool(flags.get("--resume")), samples=flags.get("--samples"))
-    run_dir = prepare_run_dir(cfg) if rank == 0 else Path(cfg.output_dir)
+    run_dir = prepare_run_dir(cfg, "train", ("train",)) if rank == 0 else Path(cfg.output_dir)
     from trainer.train import train
 
     note = epochs_note(cfg.trainer, samples or run_dir / "samples") if rank == 0 else None
@@ -319,6 +319,7 @@ _USER_ERRORS = {
     "LoraError",
     "OnPolicyError",
     "StudentServerError",
+    "RunDirBusy",
 }
 
 #: OS errors about a path the user chose (missing, a file where a folder goes, no permission, a full or
@@ -391,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("distill: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        release_all()  # the run dir's locks (distill/run_lock.py), for a later command in this process
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def cmd_score(argv: list[str]) -> int:
     found, rest = _split_known(argv[1:], {"--samples": True, "--out": True, "--no-follow": False})
     cfg = load_config(argv[0], rest)
     preflight(cfg, "score", samples=found.get("--samples"))
-    run_dir = prepare_run_dir(cfg)
+    run_dir = prepare_run_dir(cfg, "score", ("score",))
     in_dir = Path(found["--samples"]) if found.get("--samples") else run_dir / "samples"
     out_dir = Path(found["--out"]) if found.get("--out") else run_dir / SCORED
     tok = student_tokenizer(cfg)

@@ -66,7 +66,7 @@ def cmd_run_on_policy(cfg: RunConfig, no_resume: bool) -> int:
 
     rank = int(os.environ.get("RANK", "0"))
     # under torchrun rank 0 alone writes the run folder and runs the self-tests (paid requests)
-    run_dir = prepare_run_dir(cfg) if rank == 0 else Path(cfg.output_dir)
+    run_dir = prepare_run_dir(cfg, "run", ("sample", "score", "train")) if rank == 0 else Path(cfg.output_dir)
     resolve_student(cfg.student.path)  # builds the builtin (or weak) student once
     if rank == 0:
         prepare_scoring_run(cfg, run_dir)  # the scorer's self-tests: ScoreCheckError refuses the run

@@ -10,11 +10,15 @@ from pathlib import Path
 
 from distill.core.config import RunConfig, redacted_dict, to_toml
 from distill.core.redact import redact_url
+from distill.run_lock import lock_run_dir, release_all  # noqa: F401 - release_all: for cli.main
 
 
-def prepare_run_dir(cfg: RunConfig) -> Path:
+def prepare_run_dir(cfg: RunConfig, command: str, roles: tuple[str, ...]) -> Path:
+    """Make output_dir, take its locks for `roles` (distill/run_lock.py: a second process in the same
+    role is refused before it writes anything), then save the redacted config."""
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(run_dir, roles, command)
     from distill.core.contract import atomic_write_text
 
     atomic_write_text(run_dir / "config.toml", to_toml(redacted_dict(cfg)))

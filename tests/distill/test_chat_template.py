@@ -126,7 +126,7 @@ def test_inspect_uses_the_runs_template_and_refuses_a_bad_one(tmp_path, smol_tok
     from support.trainer_helpers import make_samples, write_samples
 
     cfg = load_config(_config(tmp_path, smol_tokenizer_dir, "tpl/folded.jinja"), {"output_dir": str(tmp_path / "r")})
-    run = prepare_run_dir(cfg)  # its config.toml keeps the template's absolute path
+    run = prepare_run_dir(cfg, "rollout", ("sample",))  # its config.toml keeps the template's absolute path
     assert load_config(run / "config.toml").student.chat_template == cfg.student.chat_template
     write_samples(run / "samples", make_samples(smol_tokenizer, 2))
     assert main(["inspect", str(run), "--no-color"]) == 0

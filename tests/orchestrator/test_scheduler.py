@@ -170,7 +170,7 @@ def test_credentials_in_base_url_never_written(tmp_path, recon_for, capfd):
         url = s.base_url.replace("http://", f"http://user:{secret}@")
         cfg = make_cfg(url, tmp_path / "p.jsonl", rollout_model={"extra_base_urls": [url]})
         cfg = cfg.model_copy(update={"output_dir": str(tmp_path / "run")})
-        rollout(cfg, prepare_run_dir(cfg), recon_for(cfg), progress=True, backpressure=False)
+        rollout(cfg, prepare_run_dir(cfg, "rollout", ("sample",)), recon_for(cfg), progress=True, backpressure=False)
     shown = s.base_url.replace("http://", "http://user:***@")
     assert f'base_url = "{shown}"' in (tmp_path / "run" / "config.toml").read_text()
     assert {r["endpoint"] for r in read_jsonl(tmp_path / "run" / "recording.jsonl")} == {shown}

@@ -1,0 +1,76 @@
+"""One process per role on a run dir: a second `distill rollout` (or train, or score) on the same
+output_dir is refused, instead of paying the teacher twice for the same prompts and overwriting the
+first one's shards or checkpoints.
+
+The roles are the stages that may run side by side as separate processes on one run dir (docs/
+architecture.md): the producer (rollout, replay) filling OUTPUT_DIR/samples, `distill score`, and
+`distill train`. `distill run` holds every role it runs. Each role is an flock on
+OUTPUT_DIR/.lock-ROLE: the kernel drops it when the process ends, kill -9 included, so a killed run
+never leaves a stale lock behind. The file holds the holder's pid and command, for the message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (distill runs on Linux and macOS)
+    fcntl = None  # type: ignore[assignment]
+
+ROLES = ("sample", "score", "train")
+
+
+class RunDirBusy(Exception):
+    """Another live process holds this run dir for the same role (a user error: named, with the fix)."""
+
+
+_held: dict[tuple[str, str], int] = {}  # (resolved run dir, role) -> open fd holding the flock
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8") or "{}")
+        return f"pid {int(info['pid'])} on {info.get('host', '?')}, `distill {info.get('command', '?')}`"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def lock_run_dir(run_dir: Path, roles: tuple[str, ...], command: str) -> None:
+    """Take the flock of each role on run_dir, or raise RunDirBusy naming the holder. A role this
+    process already holds is kept (commands called one after the other in one process)."""
+    if fcntl is None:
+        return
+    key_dir = str(Path(run_dir).resolve())
+    for role in roles:
+        if (key_dir, role) in _held:
+            continue
+        path = Path(run_dir) / f".lock-{role}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RunDirBusy(
+                f"output_dir {run_dir} is in use: {_holder(path)} is running there (it holds {path.name}). "
+                f"Fix: wait for it to end (or stop it; rerunning then resumes), or give this run another "
+                f"output_dir (--output_dir DIR)"
+            ) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        _held[(key_dir, role)] = fd
+
+
+def release_all() -> None:
+    """Drop every lock this process holds (the end of a command run in-process)."""
+    while _held:
+        _, fd = _held.popitem()
+        try:
+            os.close(fd)  # closing the only descriptor releases the flock
+        except OSError:
+            pass

@@ -1,0 +1,69 @@
+"""One process per role on a run dir (distill/run_lock.py): a second `distill rollout` on an output_dir
+another live process samples into is refused before it asks the teacher or writes anything; a trainer
+beside it is not; a killed holder leaves no stale lock."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from support.fault_server import FaultServer, write_prompts
+
+from distill.cli import main
+from distill.run_lock import lock_run_dir, release_all
+
+ROOT = Path(__file__).resolve().parents[2]
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from distill.run_lock import lock_run_dir
+lock_run_dir(Path(sys.argv[1]), ("sample",), "rollout")
+print("READY", flush=True)
+time.sleep(300)
+"""
+
+
+def _cfg(tmp_path: Path, base_url: str, tokenizer_dir) -> Path:
+    write_prompts(tmp_path / "p.jsonl", 2)
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f"""
+output_dir = "{tmp_path / "run"}"
+[student]
+tokenizer = "{tokenizer_dir}"
+[orchestrator.rollout_model]
+base_url = "{base_url}"
+model = "fault-teacher"
+[orchestrator.source]
+type = "jsonl"
+path = "{tmp_path / "p.jsonl"}"
+""")
+    return cfg
+
+
+def test_a_second_sampler_on_a_busy_run_dir_is_refused_and_a_killed_one_frees_it(tmp_path, smol_tokenizer_dir, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "READY"
+        with FaultServer() as s:
+            cfg = _cfg(tmp_path, s.base_url, smol_tokenizer_dir)
+            capsys.readouterr()
+            assert main(["rollout", str(cfg)]) == 1
+            err = capsys.readouterr().err.strip()
+            assert err.count("\n") == 0 and "Traceback" not in err
+            assert f"pid {holder.pid}" in err and "`distill rollout`" in err and "--output_dir" in err
+            assert s.log.entries == [] and not (run / "config.toml").exists() and not (run / "samples").exists()
+            # another role (a trainer reading the samples as they come) may run beside it
+            lock_run_dir(run, ("train",), "train")
+            release_all()
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(10)
+            assert main(["rollout", str(cfg)]) == 0  # the kernel dropped the dead holder's lock
+            assert len(s.log.entries) >= 1 and (run / "samples" / "DONE").exists()
+    finally:
+        holder.kill()
+        holder.wait(10)
