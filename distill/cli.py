@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import errno
 import json
 import os
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from .config import ConfigError, RunConfig, as_replay_source, load_config, redacted_dict, to_toml
 from .cli_help import COMMAND_HELP, USAGE, command_help
+from .cli_errors import PATH_ERRNOS, USER_ERRORS, path_error
 from .preflight import preflight
 from .cli_export import cmd_export
 from .cli_inspect import cmd_inspect
@@ -97,14 +97,14 @@ def cmd_run(argv: list[str]) -> int:
     preflight(cfg, "run", no_resume=bool(flags.get("--no-resume")))
     if cfg.on_policy.enabled:  # the student samples, the [scorer] grades: distill/on_policy.py
         return cmd_run_on_policy(cfg, bool(flags.get("--no-resume")))
-    run_dir = prepare_run_dir(cfg, "run", ("sample", "score", "train") if cfg.scorer else ("sample", "train"))
     resolve_student(cfg.student.path)  # convert the builtin student once, before threads start
     # transformers' lazy imports are not thread-safe: import what both sides use here,
     # in the main thread, before the producer thread starts.
     import transformers  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    recon = make_reconstructor(cfg)
+    recon = make_reconstructor(cfg)  # before the run dir is written: a template it cannot use is one line
+    run_dir = prepare_run_dir(cfg, "run", ("sample", "score", "train") if cfg.scorer else ("sample", "train"), recon)
     tok = prepare_scoring_run(cfg, run_dir) if cfg.scorer else None  # the self-tests refuse a bad scorer
     # A DONE left by an earlier run must not end the trainer's stream before the producer
     # (which may first spend minutes starting a local teacher) has reopened the samples.
@@ -174,8 +174,9 @@ def cmd_rollout(argv: list[str]) -> int:
     cfg, flags, _ = _load(argv, {"--batch": False})
     cfg.orchestrator.batch.enabled |= bool(flags.get("--batch"))  # the Batch API (orchestrator/batch.py)
     preflight(cfg, "rollout")
-    run_dir = prepare_run_dir(cfg, "rollout", ("sample",))
-    summary = produce(cfg, run_dir)
+    recon = make_reconstructor(cfg)
+    run_dir = prepare_run_dir(cfg, "rollout", ("sample",), recon)
+    summary = produce(cfg, run_dir, recon=recon)
     _print_producer_summary(cfg, summary)
     print_locations(run_dir, None)
     return 0
@@ -202,8 +203,9 @@ def cmd_replay(argv: list[str]) -> int:
             "distill replay CONFIG INPUT..."
         )
     preflight(cfg, "replay", inputs=inputs)
-    run_dir = prepare_run_dir(cfg, "replay", ("sample",))
-    summary = produce(cfg, run_dir, on_error=flags.get("--on-error"), inputs=inputs)
+    recon = make_reconstructor(cfg)
+    run_dir = prepare_run_dir(cfg, "replay", ("sample",), recon)
+    summary = produce(cfg, run_dir, on_error=flags.get("--on-error"), inputs=inputs, recon=recon)
     _print_summary("replay", summary)
     o = summary["outcomes"]  # every record ends in exactly one of these (docs/replay.md, "Counting")
     extra = (
@@ -290,61 +292,6 @@ def cmd_report(argv: list[str]) -> int:
     return 0
 
 
-# Errors whose message is complete for a user (file/line/field and the fix); no traceback.
-_USER_ERRORS = {
-    "ReplayError",
-    "LocalTeacherError",
-    "RolloutError",
-    "PromptSourceError",
-    "TableSourceError",
-    "RecordingError",
-    "FileNotFoundError",
-    "PreflightError",
-    "EndpointCheckError",
-    "ShardError",
-    "SamplesTimeout",
-    "SampleTooLong",
-    "TokenOutOfVocab",
-    "NothingTrained",
-    "NoMetrics",
-    "DoneMismatch",
-    "CheckpointError",
-    "FileExistsError",
-    "NotADirectoryError",
-    "TokenizerError",
-    "TokenizeInputError",
-    "LossInputError",
-    "ScoreError",
-    "ScoreCheckError",
-    "LoraError",
-    "OnPolicyError",
-    "StudentServerError",
-    "RunDirBusy",
-}
-
-#: OS errors about a path the user chose (missing, a file where a folder goes, no permission, a full or
-#: read-only disk): one line naming the path, not a traceback.
-_PATH_ERRNOS = {
-    errno.ENOENT,
-    errno.EEXIST,
-    errno.ENOTDIR,
-    errno.EISDIR,
-    errno.EACCES,
-    errno.EPERM,
-    errno.ENOSPC,
-    errno.EROFS,
-    errno.EDQUOT,
-}
-
-
-def path_error(e: OSError) -> str:
-    why = "a file is there, where a folder is needed" if e.errno == errno.EEXIST else e.strerror
-    return (
-        f"cannot use {e.filename}: {why}. Fix: check that path and its folders (output_dir, an input, "
-        "or -o): each folder must exist or be creatable, be a folder, be writable, and have free space"
-    )
-
-
 COMMANDS = {
     "run": cmd_run,
     "rollout": cmd_rollout,
@@ -382,10 +329,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"distill: {mask_known(str(e))}", file=sys.stderr)
         return 2
     except Exception as e:
-        if isinstance(e, OSError) and e.filename is not None and e.errno in _PATH_ERRNOS:  # a raw OS error
+        if isinstance(e, OSError) and e.filename is not None and e.errno in PATH_ERRNOS:  # a raw OS error
             print(f"distill: {mask_known(path_error(e))}", file=sys.stderr)
             return 1
-        if type(e).__name__ in _USER_ERRORS:  # bad input or environment: the message says what to do
+        if type(e).__name__ in USER_ERRORS:  # bad input or environment: the message says what to do
             print(f"distill: {mask_known(str(e))}", file=sys.stderr)  # no echoed key (redact.py)
             return 1
         raise

@@ -10,15 +10,20 @@ from pathlib import Path
 
 from distill.core.config import RunConfig, redacted_dict, to_toml
 from distill.core.redact import redact_url
+from distill.core.student import TokenizerError
+from distill.built_with import check_built_with
 from distill.run_lock import lock_run_dir, release_all  # noqa: F401 - release_all: for cli.main
 
 
-def prepare_run_dir(cfg: RunConfig, command: str, roles: tuple[str, ...]) -> Path:
+def prepare_run_dir(cfg: RunConfig, command: str, roles: tuple[str, ...], recon=None) -> Path:
     """Make output_dir, take its locks for `roles` (distill/run_lock.py: a second process in the same
-    role is refused before it writes anything), then save the redacted config."""
+    role is refused before it writes anything), check that the samples a producer (given its `recon`)
+    adds are built like those published before (distill/built_with.py), then save the redacted config."""
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock_run_dir(run_dir, roles, command)
+    if recon is not None:
+        check_built_with(cfg, run_dir, recon)
     from distill.core.contract import atomic_write_text
 
     atomic_write_text(run_dir / "config.toml", to_toml(redacted_dict(cfg)))
@@ -30,7 +35,15 @@ def make_reconstructor(cfg: RunConfig):
     from distill.core.student import student_tokenizer
 
     tok = student_tokenizer(cfg.student)  # with student.chat_template when set
-    recon = Reconstructor(tok, cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruction.max_seq_len)
+    try:
+        recon = Reconstructor(tok, cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruction.max_seq_len)
+    except ValueError as e:  # no template, no fast tokenizer, no end-of-turn token: the student's files
+        where = (
+            f"student.chat_template = {cfg.student.chat_template!r}"
+            if cfg.student.chat_template
+            else f"the student's tokenizer ({cfg.student.tokenizer or cfg.student.path})"
+        )
+        raise TokenizerError(f"{where} cannot be used to build samples: {e}") from None
     t = recon.chat_template
     if not t.append_only and t.tracked is None:  # docs/reconstruction.md, "Prefix renders", "Watched renders"
         print(

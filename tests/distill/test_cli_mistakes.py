@@ -489,7 +489,7 @@ def test_every_subclass_of_a_user_error_is_a_user_error():
     PromptSourceError) must be registered too, or it escapes as a traceback."""
     import ast
 
-    from distill.cli import _USER_ERRORS
+    from distill.cli_errors import USER_ERRORS
 
     missing = []
     for pkg in ("distill", "orchestrator", "trainer"):
@@ -497,9 +497,9 @@ def test_every_subclass_of_a_user_error_is_a_user_error():
             for node in ast.walk(ast.parse(f.read_text())):
                 if isinstance(node, ast.ClassDef):
                     bases = {getattr(b, "id", getattr(b, "attr", None)) for b in node.bases}
-                    if bases & _USER_ERRORS and node.name not in _USER_ERRORS:
+                    if bases & USER_ERRORS and node.name not in USER_ERRORS:
                         missing.append(f"{f.relative_to(ROOT)}: {node.name}")
-    assert "TableSourceError" in _USER_ERRORS
+    assert "TableSourceError" in USER_ERRORS
     assert not missing, missing
 
 

@@ -1,0 +1,102 @@
+"""The samples of one run dir are built one way: a rerun with another student tokenizer, chat template or
+[orchestrator.reconstruction] is refused before it adds a sample.
+
+A rerun resumes: the samples already published stay, only the rest are built. Built with other settings,
+the folder would hold two renderings of the conversations (other prompt ids, other masks) and a trainer
+would train on the mixture in silence. So the producer saves what it builds with in
+OUTPUT_DIR/samples_built_with.json (fingerprints of the tokenizer and of the template with the values it
+is rendered with, and the reconstruction settings) and a rerun compares. The fingerprints are of what
+builds the samples, not of paths: the same files under another path (a checkpoint of the same student)
+build the same samples and pass. A run dir from before this file existed is not compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from distill.core.config import RunConfig
+from distill.core.contract import atomic_write_text, list_shards
+
+FILE = "samples_built_with.json"
+
+
+class SamplesBuiltOtherwise(Exception):
+    """The run dir's samples were built with other settings than this run's (a user error: named, with the fix)."""
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def built_with(cfg: RunConfig, recon: Any) -> dict:
+    """What decides the samples: the student's tokenizer and chat template (as fingerprints, with the
+    paths they came from for the message) and every [orchestrator.reconstruction] setting."""
+    backend = getattr(recon, "backend", None)
+    tok_text = backend.to_str() if backend is not None else json.dumps(recon.tokenizer.get_vocab(), sort_keys=True)
+    kwargs = json.dumps(getattr(recon, "_template_kwargs", {}), sort_keys=True, default=str)
+    reconstruction = cfg.orchestrator.reconstruction.model_dump(mode="json")
+    reconstruction["max_seq_len"] = recon.max_seq_len  # the one in effect (trainer.seq_len when unset)
+    return {
+        "student": {
+            "path": cfg.student.path,
+            "tokenizer": cfg.student.tokenizer,
+            "chat_template": cfg.student.chat_template,
+        },
+        "tokenizer_sha256": _sha(tok_text),
+        "chat_template_sha256": _sha(recon.template + "\n" + kwargs),
+        "reconstruction": reconstruction,
+    }
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    out = []
+    was, now = old.get("student", {}), new["student"]
+    if old.get("tokenizer_sha256") not in (None, new["tokenizer_sha256"]):
+        out.append(
+            f"the student's tokenizer (was from student.path = {was.get('path')!r}, student.tokenizer = "
+            f"{was.get('tokenizer')!r}; now {now['path']!r}, {now['tokenizer']!r}: other token ids)"
+        )
+    if old.get("chat_template_sha256") not in (None, new["chat_template_sha256"]):
+        out.append(
+            f"the student's chat template (student.chat_template was {was.get('chat_template')!r}, now "
+            f"{now['chat_template']!r}; the template text or the values it renders with differ)"
+        )
+    saved = old.get("reconstruction", {})
+    for key, value in new["reconstruction"].items():
+        if key in saved and saved[key] != value:
+            out.append(f"orchestrator.reconstruction.{key} (was {saved[key]!r}, now {value!r})")
+    return out
+
+
+def check_built_with(cfg: RunConfig, run_dir: Path, recon: Any) -> None:
+    """Refuse a rerun whose samples would be built otherwise than the published ones; else (re)write the
+    file. Called by the producer before it publishes anything."""
+    path = Path(run_dir) / FILE
+    now = built_with(cfg, recon)
+    shards = list_shards(Path(run_dir) / "samples") if (Path(run_dir) / "samples").is_dir() else []
+    if shards and path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        diffs = _differences(old, now) if isinstance(old, dict) else []
+        if diffs:
+            recording = Path(run_dir) / "recording.jsonl"
+            again = (
+                f"from the recorded answers, without asking the teacher again: distill replay CONFIG {recording} "
+                "--output_dir NEW_DIR"
+                if recording.is_file()
+                else "--output_dir NEW_DIR"
+            )
+            raise SamplesBuiltOtherwise(
+                f"{Path(run_dir) / 'samples'} holds {len(shards)} shard(s) built with other settings than this "
+                f"run's: {'; '.join(diffs)}. Resuming would mix two renderings of the conversations in one "
+                f"samples folder. Fix: rerun with the earlier settings ({path} names them), or build every "
+                f"sample with the new ones into another run dir, {again}"
+            )
+        if old == now:
+            return
+    atomic_write_text(path, json.dumps(now, indent=1) + "\n")

@@ -1,0 +1,61 @@
+"""Which errors `distill` shows as one line (exit 1) rather than a traceback: those whose message is complete
+for a user, and OS errors about a path the user chose."""
+
+from __future__ import annotations
+
+import errno
+
+# Errors whose message is complete for a user (file/line/field and the fix); no traceback.
+USER_ERRORS = {
+    "ReplayError",
+    "LocalTeacherError",
+    "RolloutError",
+    "PromptSourceError",
+    "TableSourceError",
+    "RecordingError",
+    "FileNotFoundError",
+    "PreflightError",
+    "EndpointCheckError",
+    "ShardError",
+    "SamplesTimeout",
+    "SampleTooLong",
+    "TokenOutOfVocab",
+    "NothingTrained",
+    "NoMetrics",
+    "DoneMismatch",
+    "CheckpointError",
+    "FileExistsError",
+    "NotADirectoryError",
+    "TokenizerError",
+    "TokenizeInputError",
+    "LossInputError",
+    "ScoreError",
+    "ScoreCheckError",
+    "LoraError",
+    "OnPolicyError",
+    "StudentServerError",
+    "RunDirBusy",
+    "SamplesBuiltOtherwise",
+}
+
+#: OS errors about a path the user chose (missing, a file where a folder goes, no permission, a full or
+#: read-only disk): one line naming the path, not a traceback.
+PATH_ERRNOS = {
+    errno.ENOENT,
+    errno.EEXIST,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOSPC,
+    errno.EROFS,
+    errno.EDQUOT,
+}
+
+
+def path_error(e: OSError) -> str:
+    why = "a file is there, where a folder is needed" if e.errno == errno.EEXIST else e.strerror
+    return (
+        f"cannot use {e.filename}: {why}. Fix: check that path and its folders (output_dir, an input, "
+        "or -o): each folder must exist or be creatable, be a folder, be writable, and have free space"
+    )

@@ -1,0 +1,87 @@
+"""A rerun builds its samples like the ones already published (distill/built_with.py): another chat
+template or [orchestrator.reconstruction] is refused before anything is asked or written, the same
+tokenizer under another path is not, and the refusal's fix (replay the recording into a new run dir)
+works. A template reconstruction cannot use is one line before the run dir exists."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from support.fault_server import FaultServer, write_prompts
+
+from distill.cli import main
+from distill.core.contract import iter_samples
+
+ROOT = Path(__file__).resolve().parents[2]
+CHATML = ROOT / "tests" / "templates" / "chatml_generation.jinja"
+
+
+def _cfg(tmp_path: Path, base_url: str, tokenizer_dir) -> Path:
+    write_prompts(tmp_path / "p.jsonl", 4)
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f"""
+output_dir = "{tmp_path / "run"}"
+[student]
+tokenizer = "{tokenizer_dir}"
+[orchestrator]
+samples_per_shard = 2
+[orchestrator.rollout_model]
+base_url = "{base_url}"
+model = "fault-teacher"
+[orchestrator.source]
+type = "jsonl"
+path = "{tmp_path / "p.jsonl"}"
+""")
+    return cfg
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+def test_a_rerun_with_another_template_or_reconstruction_is_refused(tmp_path, smol_tokenizer_dir, capsys):
+    run = tmp_path / "run"
+    with FaultServer() as s:
+        cfg = str(_cfg(tmp_path, s.base_url, smol_tokenizer_dir))
+        assert main(["rollout", cfg]) == 0
+        (run / "samples" / "DONE").unlink()  # as if killed before the end
+        first = [x.prompt_ids for x in iter_samples(run / "samples")]
+        saved = (run / "config.toml").read_text()
+        asked = len(s.log.entries)
+        capsys.readouterr()
+
+        assert main(["rollout", cfg, "--student.chat_template", str(CHATML)]) == 1
+        err = _one_line(capsys)
+        assert "student.chat_template" in err and str(CHATML) in err and "shard(s)" in err
+        assert f"distill replay CONFIG {run / 'recording.jsonl'} --output_dir NEW_DIR" in err
+        assert main(["rollout", cfg, "--orchestrator.reconstruction.reasoning", "drop"]) == 1
+        assert "orchestrator.reconstruction.reasoning (was 'template', now 'drop')" in _one_line(capsys)
+        assert len(s.log.entries) == asked and (run / "config.toml").read_text() == saved
+        assert not (run / "samples" / "DONE").exists()
+
+        # the same tokenizer and template under another path build the same samples: resumed
+        other = shutil.copytree(smol_tokenizer_dir, tmp_path / "same-tokenizer")
+        assert main(["rollout", cfg, "--student.tokenizer", str(other)]) == 0
+        assert len(s.log.entries) == asked and (run / "samples" / "DONE").exists()
+        assert [x.prompt_ids for x in iter_samples(run / "samples")] == first
+
+    # the fix the refusal gives: every sample built again from the recording, the teacher gone
+    new = tmp_path / "new"
+    rec = str(run / "recording.jsonl")
+    assert main(["replay", cfg, rec, "--output_dir", str(new), "--student.chat_template", str(CHATML)]) == 0
+    rebuilt = list(iter_samples(new / "samples"))
+    assert len(rebuilt) == len(first) and all(x.prompt_ids not in first for x in rebuilt)
+
+
+def test_a_template_without_an_end_of_turn_token_is_one_line_before_the_run_dir(tmp_path, smol_tokenizer_dir, capsys):
+    with FaultServer() as s:
+        cfg = str(_cfg(tmp_path, s.base_url, smol_tokenizer_dir))
+        template = ROOT / "tests" / "templates" / "phi3_5.jinja"  # <|end|> is no token of SmolLM2's
+        capsys.readouterr()
+        assert main(["rollout", cfg, "--student.chat_template", str(template)]) == 1
+        err = _one_line(capsys)
+        assert f"student.chat_template = '{template}'" in err and "end-of-turn token" in err
+        assert s.log.entries == [] and not (tmp_path / "run").exists()
