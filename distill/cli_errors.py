@@ -24,6 +24,7 @@ USER_ERRORS = {
     "NoMetrics",
     "DoneMismatch",
     "CheckpointError",
+    "CheckpointSaveError",
     "FileExistsError",
     "NotADirectoryError",
     "TokenizerError",

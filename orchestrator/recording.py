@@ -265,7 +265,9 @@ class RecordingWriter:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "ab")
+        # a raw descriptor: nothing is buffered in Python, so a write the disk refused is not tried again
+        # (and refused again) when the file is closed
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._pending: list[tuple[bytes, asyncio.Future]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -274,9 +276,13 @@ class RecordingWriter:
         self._busy = False
 
     def _write_sync(self, blob: bytes) -> None:
-        self._f.write(blob)
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        view = memoryview(blob)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except OSError as e:  # a full or read-only disk: name the file (the CLI shows it as one line)
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
 
     def append_sync(self, records: list[dict[str, Any]]) -> None:
         self._write_sync(_encode(records))
@@ -326,7 +332,12 @@ class RecordingWriter:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        self._f.close()
+        self.close_file()
+
+    def close_file(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def _encode(records: list[dict[str, Any]]) -> bytes:

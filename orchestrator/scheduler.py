@@ -176,7 +176,7 @@ class _Rollout:
         if self.metrics_f is not None:
             self.metrics_f.close()
         if self.recw is not None:
-            self.recw._f.close()
+            self.recw.close_file()
         if self.pub is not None:
             self.pub.close(done=False)
         if self.pool is not None:
@@ -227,6 +227,11 @@ class _Rollout:
             await asyncio.gather(*self.tasks, return_exceptions=True)  # errors: seen by _job_done
         if self.job_error is not None:
             e = self.job_error
+            if isinstance(e, OSError) and e.filename:  # the run dir (a full or read-only disk): not the teacher
+                raise RolloutError(
+                    f"cannot write {e.filename}: {e.strerror}. The answers recorded before are kept. Fix: free "
+                    "space on that disk (or make it writable), then rerun the same command to resume"
+                ) from None
             raise RolloutError(
                 f"a teacher job failed ({type(e).__name__}: {e}); answers recorded so far are kept, "
                 "rerun the same command to resume"
@@ -298,6 +303,16 @@ class _Rollout:
         return summary
 
 
+async def _close_after_failure(ro: _Rollout, metrics_task: asyncio.Task) -> None:
+    """Close after the run failed: an OS error while closing (the same full or read-only disk, most
+    likely) must not replace the error that says what went wrong."""
+    metrics_task.cancel()
+    try:
+        await ro.close()
+    except OSError as e:
+        print(f"distill: while closing after the error below: {e}", file=sys.stderr)
+
+
 async def run_rollouts(
     cfg: RunConfig,
     run_dir: Path,
@@ -324,16 +339,17 @@ async def run_rollouts(
         ro.gate.stop("error:internal")
         if ro.tasks:
             await asyncio.gather(*ro.tasks, return_exceptions=True)
+        await _close_after_failure(ro, metrics_task)
         raise
     except BaseException:  # KeyboardInterrupt, cancellation: stop now
         ro.failed = True
         ro.gate.stop("interrupted")
         for t in ro.tasks:
             t.cancel()
+        await _close_after_failure(ro, metrics_task)
         raise
-    finally:
-        metrics_task.cancel()
-        summary = await ro.close()
+    metrics_task.cancel()
+    summary = await ro.close()
     if ro.bar is not None:  # above the trainer's bar, if one is running (distill run)
         from tqdm import tqdm
 

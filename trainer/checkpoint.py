@@ -21,6 +21,8 @@ different number of processes.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import random
@@ -109,18 +111,19 @@ def save(
     opts = _options(model)
     model_sd = get_model_state_dict(model, options=opts)  # full on rank 0
     optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)
-    if ctx.is_main:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        _save_weights(model, model_sd, tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "distill_config.toml").write_text(config_toml, encoding="utf-8")
-        torch.save(optim_sd, tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    del model_sd, optim_sd
-    barrier(ctx)
-    torch.save(_rng_state(), tmp / f"rng-rank{ctx.rank}.pt")
+    with _full_disk_named(tmp, final):
+        if ctx.is_main:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+            _save_weights(model, model_sd, tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "distill_config.toml").write_text(config_toml, encoding="utf-8")
+            torch.save(optim_sd, tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        del model_sd, optim_sd
+        barrier(ctx)
+        torch.save(_rng_state(), tmp / f"rng-rank{ctx.rank}.pt")
     barrier(ctx)
     if ctx.is_main:
         (tmp / STATE_FILE).write_text(json.dumps({**asdict(state), "world_size": ctx.world}) + "\n")
@@ -134,6 +137,39 @@ def save(
             shutil.rmtree(old, ignore_errors=True)
     barrier(ctx)
     return final
+
+
+#: Free bytes under which a failed save is taken for a full disk: torch.save reports one as a bare
+#: RuntimeError ('basic_ios::clear: iostream error', 'unexpected pos'), not as an OSError.
+_NEARLY_FULL = 64 << 20
+
+
+@contextlib.contextmanager
+def _full_disk_named(tmp: Path, final: Path):
+    """A save that fails on a full disk is CheckpointSaveError naming the folder and the free space, and
+    its partial .tmp folder is removed (it holds nothing usable and takes the space a rerun needs)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        try:
+            free = shutil.disk_usage(final.parent).free
+        except OSError:
+            free = None
+        full = (
+            isinstance(e, OSError)
+            and e.errno in (errno.ENOSPC, errno.EDQUOT)
+            or (isinstance(e, RuntimeError) and free is not None and free < _NEARLY_FULL)
+        )
+        if not full:
+            raise
+        used = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) if tmp.is_dir() else 0
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointSaveError(
+            f"cannot save the checkpoint {final.name} in {final.parent}: the disk is full ({free or 0} bytes "
+            f"free when it failed, after {used} bytes of it were written). Fix: free space there, or keep fewer "
+            "checkpoints (trainer.checkpoint.keep_last), then resume from the last checkpoint saved: rerun the same "
+            "command (distill train with --resume)"
+        ) from None
 
 
 def _save_weights(model, model_sd: dict, folder: Path) -> None:
@@ -182,6 +218,10 @@ def load_state(ckpt: Path, model, optimizer, scheduler, ctx: DistContext) -> Tra
 
 class CheckpointError(Exception):
     """A checkpoint to resume from is incomplete or damaged (a user error: named, with the way out)."""
+
+
+class CheckpointSaveError(Exception):
+    """A checkpoint could not be written: its disk is full (a user error: named, with the way out)."""
 
 
 def has_model_weights(ckpt: Path) -> bool:

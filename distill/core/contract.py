@@ -187,11 +187,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.filename is None:  # a full disk: name the file (one line in the CLI)
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
     _fsync_dir(path.parent)
 
