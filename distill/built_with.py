@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from distill.core.config import RunConfig
+from distill.core.config import RunConfig, redacted_dict
 from distill.core.contract import atomic_write_text, list_shards
 
 FILE = "samples_built_with.json"
@@ -37,14 +37,11 @@ def built_with(cfg: RunConfig, recon: Any) -> dict:
     backend = getattr(recon, "backend", None)
     tok_text = backend.to_str() if backend is not None else json.dumps(recon.tokenizer.get_vocab(), sort_keys=True)
     kwargs = json.dumps(getattr(recon, "_template_kwargs", {}), sort_keys=True, default=str)
-    reconstruction = cfg.orchestrator.reconstruction.model_dump(mode="json")
+    shown = redacted_dict(cfg)  # the file is kept in the run dir: no secret in it, as in config.toml
+    reconstruction = shown["orchestrator"]["reconstruction"]
     reconstruction["max_seq_len"] = recon.max_seq_len  # the one in effect (trainer.seq_len when unset)
     return {
-        "student": {
-            "path": cfg.student.path,
-            "tokenizer": cfg.student.tokenizer,
-            "chat_template": cfg.student.chat_template,
-        },
+        "student": {k: shown["student"].get(k) for k in ("path", "tokenizer", "chat_template")},
         "tokenizer_sha256": _sha(tok_text),
         "chat_template_sha256": _sha(recon.template + "\n" + kwargs),
         "reconstruction": reconstruction,
