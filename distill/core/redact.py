@@ -136,6 +136,12 @@ _KEY_VALUE = re.compile(
 _TOKEN_RUN = re.compile(r"[A-Za-z0-9]{20,}")
 
 
+def looks_like_api_key(value: Any) -> bool:
+    """Whether a string has the shape of a provider's API key (`sk-...`, `hf_...`, a bearer token...): the
+    strict forms only, not looks_like_secret's heuristics, so that no name of a model is taken for one."""
+    return isinstance(value, str) and bool(_KEY_VALUE.match(value.strip()))
+
+
 def looks_like_secret(value: Any) -> bool:
     """Whether a string value looks like a credential (see the module docstring)."""
     if not isinstance(value, str) or len(value) < 12 or len(value) > 4096:

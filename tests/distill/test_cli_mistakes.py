@@ -290,6 +290,24 @@ MISTAKES = {
         1,
         ["orchestrator.rollout_model.api_key_var", "U+201D at position 19 of 19", "Fix:"],
     ),
+    "teacher_key_as_model": (  # the key pasted where the model's name goes: refused, never shown
+        "rollout",
+        '[orchestrator.rollout_model]\nmodel = "sk-proj-DISTINCT0123456789abcdef"\n',
+        [],
+        {},
+        None,
+        2,
+        ["orchestrator.rollout_model.model: looks like an API key", "api_key_var", "Fix:"],
+    ),
+    "scorer_key_as_model": (
+        "score",
+        '[scorer]\ntype = "vllm"\nmodel = "hf_DISTINCT0123456789abcdef"\n',
+        [],
+        {},
+        None,
+        2,
+        ["scorer.model: looks like an API key", "scorer.api_key_var"],
+    ),
     "replay_unknown_column_cli": (
         "replay",
         "",
@@ -340,6 +358,7 @@ def test_mistake_fails_with_one_clear_message_and_writes_nothing(case, tmp_path)
     assert res.returncode == code, (res.returncode, res.stderr)
     assert "Traceback" not in res.stderr and "None" not in res.stderr, res.stderr
     assert res.stderr.startswith("distill: ") and res.stderr.count("distill: ") == 1, res.stderr
+    assert "DISTINCT" not in res.stderr + res.stdout  # a key pasted in a wrong field is not shown
     for name in names:
         assert name.format(tmp=tmp_path) in res.stderr, (name, res.stderr)
     if case.startswith("bad_env"):  # the variable is named, not the TOML file that is fine

@@ -24,6 +24,7 @@ from .schema_batch import Batch
 from .schema_prompts import PromptSource, Source
 from .strict import Strict
 from .url_checks import ENV_VAR_NAME, check_api_key_var, check_http_url, check_http_urls, check_headers  # noqa: F401 - re-exported
+from .url_checks import check_model_name
 
 BUILTIN_STUDENT = "builtin:smollm2-135m-instruct"
 BUILTIN_TEACHER_GGUF = "builtin:smollm2-135m-instruct"
@@ -52,6 +53,11 @@ class RolloutModel(Strict):
     @classmethod
     def _check_api_key_var(cls, v: str | None) -> str | None:
         return check_api_key_var(v, "MY_TEACHER_KEY")
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, v: str) -> str:
+        return check_model_name(v, "MY_TEACHER_KEY", "orchestrator.rollout_model.api_key_var")
 
     # Extra HTTP headers; every value is redacted in dumps (names kept).
     headers: dict[str, str] = {}

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from .schema import Retry, Strict
-from .url_checks import check_api_key_var, check_http_url, check_http_urls, check_headers
+from .url_checks import check_api_key_var, check_http_url, check_http_urls, check_headers, check_model_name
 
 
 class ScoreBudget(Strict):
@@ -66,6 +66,11 @@ class _ScorerBase(Strict):
     @classmethod
     def _check_api_key_var(cls, v: str | None) -> str | None:
         return check_api_key_var(v, "MY_SCORER_KEY")
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, v: str) -> str:
+        return check_model_name(v, "MY_SCORER_KEY", "scorer.api_key_var")
 
     @field_validator("base_url")
     @classmethod

@@ -44,6 +44,20 @@ def check_api_key_var(v: str | None, example: str, setting: str = "set api_key_v
     return v
 
 
+def check_model_name(v: str, example: str, key_var: str) -> str:
+    """`v` unless it has the shape of an API key (pasted into the model's field): a ValueError that does
+    not repeat it (it would reach the terminal, config.toml and every request's recording)."""
+    from distill.core.redact import looks_like_api_key
+
+    if looks_like_api_key(v):
+        raise ValueError(
+            "looks like an API key, not a model name; the value is not shown. Fix: set model to the name "
+            f"the server serves (distill probe URL lists them), export {example}=<the key> and set "
+            f'{key_var} = "{example}"'
+        )
+    return v
+
+
 def check_http_urls(urls: list[str]) -> list[str]:
     """`urls` if each is a valid http(s) URL; a ValueError naming the first bad entry otherwise."""
     for i, url in enumerate(urls):
