@@ -21,6 +21,17 @@ from distill.core.config import RunConfig, redacted_dict
 from distill.core.contract import atomic_write_text, list_shards
 
 FILE = "samples_built_with.json"
+#: The [orchestrator.reconstruction] keys that change how a conversation is rendered or masked. The others
+#: (max_seq_len, overlong, truncated, special_tokens_in_content) only decide which samples are kept or how
+#: far one is cut: a folder built partly under each value still holds one rendering, so they may change.
+RENDERING = (
+    "train_roles",
+    "on_history_rewrite",
+    "reasoning",
+    "chat_template_kwargs",
+    "system_prompt",
+    "content_whitespace",
+)
 
 
 class SamplesBuiltOtherwise(Exception):
@@ -57,13 +68,14 @@ def _differences(old: dict, new: dict) -> list[str]:
             f"{was.get('tokenizer')!r}; now {now['path']!r}, {now['tokenizer']!r}: other token ids)"
         )
     if old.get("chat_template_sha256") not in (None, new["chat_template_sha256"]):
-        out.append(
-            f"the student's chat template (student.chat_template was {was.get('chat_template')!r}, now "
-            f"{now['chat_template']!r}; the template text or the values it renders with differ)"
-        )
+        if was.get("chat_template") is None and now["chat_template"] is None:
+            where = "the one in the student's tokenizer folder, student.chat_template unset both times"
+        else:
+            where = f"student.chat_template was {was.get('chat_template')!r}, now {now['chat_template']!r}"
+        out.append(f"the student's chat template ({where}; the template text or the values it renders with differ)")
     saved = old.get("reconstruction", {})
     for key, value in new["reconstruction"].items():
-        if key in saved and saved[key] != value:
+        if key in RENDERING and key in saved and saved[key] != value:
             out.append(f"orchestrator.reconstruction.{key} (was {saved[key]!r}, now {value!r})")
     return out
 
@@ -83,8 +95,8 @@ def check_built_with(cfg: RunConfig, run_dir: Path, recon: Any) -> None:
         if diffs:
             recording = Path(run_dir) / "recording.jsonl"
             again = (
-                f"from the recorded answers, without asking the teacher again: distill replay CONFIG {recording} "
-                "--output_dir NEW_DIR"
+                f"from the recorded answers, without asking the teacher again for them: copy {recording} into "
+                "NEW_DIR and rerun with --output_dir NEW_DIR (each recorded answer is rebuilt, only the rest is asked)"
                 if recording.is_file()
                 else "--output_dir NEW_DIR"
             )

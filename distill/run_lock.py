@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +30,8 @@ class RunDirBusy(Exception):
     """Another live process holds this run dir for the same role (a user error: named, with the fix)."""
 
 
-_held: dict[tuple[str, str], int] = {}  # (resolved run dir, role) -> open fd holding the flock
+#: (resolved run dir, role) -> (open fd holding the flock, the thread whose command took it)
+_held: dict[tuple[str, str], tuple[int, int]] = {}
 
 
 def _holder(path: Path) -> str:
@@ -46,8 +48,14 @@ def lock_run_dir(run_dir: Path, roles: tuple[str, ...], command: str) -> None:
     if fcntl is None:
         return
     key_dir = str(Path(run_dir).resolve())
+    me = threading.get_ident()
     for role in roles:
         if (key_dir, role) in _held:
+            if _held[(key_dir, role)][1] != me:  # a command in another thread of this process: as busy
+                raise RunDirBusy(
+                    f"output_dir {run_dir} is in use by another distill command of this process (in another "
+                    "thread). Fix: wait for it to end, or give this run another output_dir"
+                )
             continue
         path = Path(run_dir) / f".lock-{role}"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -63,13 +71,16 @@ def lock_run_dir(run_dir: Path, roles: tuple[str, ...], command: str) -> None:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": time.time()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
-        _held[(key_dir, role)] = fd
+        _held[(key_dir, role)] = (fd, me)
 
 
 def release_all() -> None:
-    """Drop every lock this process holds (the end of a command run in-process)."""
-    while _held:
-        _, fd = _held.popitem()
+    """Drop every lock the calling thread's commands took (the end of a command run in-process)."""
+    me = threading.get_ident()
+    for key, (fd, owner) in list(_held.items()):
+        if owner != me:
+            continue
+        del _held[key]
         try:
             os.close(fd)  # closing the only descriptor releases the flock
         except OSError:

@@ -85,13 +85,17 @@ def load_resume(path: Path, oc) -> Resume:
 
 
 def split_prompt(prompt: dict, n: int, records: dict, is_published) -> tuple[list[int], list[tuple[dict, dict]]]:
-    """(sample indices of `prompt` never recorded, [(prompt, record)] recorded but not published)."""
+    """(sample indices of `prompt` neither recorded nor published, [(prompt, record)] recorded but not published).
+
+    A sample published without a record in this run dir's recording (a replay of a copied recording wrote it,
+    or the recording was removed) is kept as it is: asking for it again would pay twice and publish its id twice."""
     pid = prompt["prompt_id"]
     missing, rebuild = [], []
     for i in range(n):
         rec = records.get((pid, i))
         if rec is None:
-            missing.append(i)
+            if not is_published(pid, i):
+                missing.append(i)
         elif not is_published(pid, i):
             rebuild.append((prompt, rec))
     return missing, rebuild

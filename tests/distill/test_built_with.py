@@ -56,11 +56,17 @@ def test_a_rerun_with_another_template_or_reconstruction_is_refused(tmp_path, sm
         assert main(["rollout", cfg, "--student.chat_template", str(CHATML)]) == 1
         err = _one_line(capsys)
         assert "student.chat_template" in err and str(CHATML) in err and "shard(s)" in err
-        assert f"distill replay CONFIG {run / 'recording.jsonl'} --output_dir NEW_DIR" in err
+        assert f"copy {run / 'recording.jsonl'} into NEW_DIR and rerun with --output_dir NEW_DIR" in err
         assert main(["rollout", cfg, "--orchestrator.reconstruction.reasoning", "drop"]) == 1
         assert "orchestrator.reconstruction.reasoning (was 'template', now 'drop')" in _one_line(capsys)
         assert len(s.log.entries) == asked and (run / "config.toml").read_text() == saved
         assert not (run / "samples" / "DONE").exists()
+        # what only decides which samples are kept may change: the folder still holds one rendering
+        assert (
+            main(["rollout", cfg, "--trainer.seq_len", "4096", "--orchestrator.reconstruction.overlong", "truncate"])
+            == 0
+        )
+        (run / "samples" / "DONE").unlink()
 
         # the same tokenizer and template under another path build the same samples: resumed
         other = shutil.copytree(smol_tokenizer_dir, tmp_path / "same-tokenizer")
@@ -68,12 +74,31 @@ def test_a_rerun_with_another_template_or_reconstruction_is_refused(tmp_path, sm
         assert len(s.log.entries) == asked and (run / "samples" / "DONE").exists()
         assert [x.prompt_ids for x in iter_samples(run / "samples")] == first
 
-    # the fix the refusal gives: every sample built again from the recording, the teacher gone
+    # the fix the refusal gives: every sample built again from the copied recording, the teacher gone
     new = tmp_path / "new"
-    rec = str(run / "recording.jsonl")
-    assert main(["replay", cfg, rec, "--output_dir", str(new), "--student.chat_template", str(CHATML)]) == 0
+    new.mkdir()
+    shutil.copy(run / "recording.jsonl", new)
+    assert main(["rollout", cfg, "--output_dir", str(new), "--student.chat_template", str(CHATML)]) == 0
     rebuilt = list(iter_samples(new / "samples"))
     assert len(rebuilt) == len(first) and all(x.prompt_ids not in first for x in rebuilt)
+
+
+def test_a_rollout_after_a_replay_of_its_recording_asks_only_for_the_rest(tmp_path, smol_tokenizer_dir):
+    """Samples a replay published in a run dir without a recording are not asked for again (nor published
+    twice under one id) when a rollout continues there."""
+    with FaultServer() as s:
+        cfg = str(_cfg(tmp_path, s.base_url, smol_tokenizer_dir))
+        assert main(["rollout", cfg]) == 0
+        recorded = s.log.entries[:]
+        assert (
+            main(["replay", cfg, str(tmp_path / "run" / "recording.jsonl"), "--output_dir", str(tmp_path / "new")]) == 0
+        )
+        write_prompts(tmp_path / "p.jsonl", 6)  # two more prompts since
+        s.log.entries.clear()
+        assert main(["rollout", cfg, "--output_dir", str(tmp_path / "new")]) == 0
+    assert len(s.log.entries) == 2 and len(recorded) == 4  # only the two new prompts were asked
+    ids = [x.sample_id for x in iter_samples(tmp_path / "new" / "samples")]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 6
 
 
 def test_a_template_without_an_end_of_turn_token_is_one_line_before_the_run_dir(tmp_path, smol_tokenizer_dir, capsys):

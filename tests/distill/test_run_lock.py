@@ -7,12 +7,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
+
+import pytest
 
 from support.fault_server import FaultServer, write_prompts
 
 from distill.cli import main
-from distill.run_lock import lock_run_dir, release_all
+from distill.run_lock import RunDirBusy, lock_run_dir, release_all
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,3 +70,27 @@ def test_a_second_sampler_on_a_busy_run_dir_is_refused_and_a_killed_one_frees_it
     finally:
         holder.kill()
         holder.wait(10)
+
+
+def test_a_command_in_another_thread_of_this_process_holds_the_run_dir_too(tmp_path):
+    taken, done = threading.Event(), threading.Event()
+
+    def other_command() -> None:
+        lock_run_dir(tmp_path, ("sample",), "rollout")
+        taken.set()
+        done.wait(30)
+        release_all()  # only this thread's locks
+
+    t = threading.Thread(target=other_command)
+    t.start()
+    assert taken.wait(30)
+    with pytest.raises(RunDirBusy, match="another distill command of this process"):
+        lock_run_dir(tmp_path, ("sample",), "rollout")
+    lock_run_dir(tmp_path, ("train",), "train")  # another role, and this thread's own
+    release_all()  # leaves the other thread's lock alone
+    with pytest.raises(RunDirBusy):
+        lock_run_dir(tmp_path, ("sample",), "rollout")
+    done.set()
+    t.join(30)
+    lock_run_dir(tmp_path, ("sample",), "rollout")
+    release_all()
