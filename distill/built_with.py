@@ -42,6 +42,38 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
+def vocab_sha256(tokenizer: Any, below: int | None = None) -> str:
+    """A fingerprint of what each token id means (the vocabulary with the added tokens; ids < `below`
+    only when given): what a trainer needs to agree on with the tokenizer that built its samples."""
+    items = sorted((kv for kv in tokenizer.get_vocab().items() if below is None or kv[1] < below), key=lambda kv: kv[1])
+    return _sha(json.dumps(items, ensure_ascii=False))
+
+
+def check_train_vocab(cfg: RunConfig, samples: Path) -> None:
+    """`distill train`: refuse samples built with a tokenizer whose ids mean other text than the student's
+    (their ids would all be read as other tokens: a wrong model in silence). Samples without the file
+    (another tool, an older run) are not compared."""
+    path = Path(samples).parent / FILE
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        want, size = old["vocab_sha256"], int(old["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    from distill.core.student import student_tokenizer
+
+    # ids the samples can hold mean the same: a student whose tokenizer only adds tokens after them passes
+    if vocab_sha256(student_tokenizer(cfg.student), below=size) == want:
+        return
+    was = old.get("student") or {}
+    raise SamplesBuiltOtherwise(
+        f"the samples in {samples} were built with another vocabulary than this student's (they were built "
+        f"with student.path = {was.get('path')!r}, student.tokenizer = {was.get('tokenizer')!r}; this run has "
+        f"{cfg.student.path!r}, {cfg.student.tokenizer!r}): their token ids would be read as other tokens. Fix: "
+        "train the student whose tokenizer built them, or build the samples for this student from the recorded "
+        "answers (copy recording.jsonl into a new run dir and run distill rollout there with this student)"
+    )
+
+
 def built_with(cfg: RunConfig, recon: Any) -> dict:
     """What decides the samples: the student's tokenizer and chat template (as fingerprints, with the
     paths they came from for the message) and every [orchestrator.reconstruction] setting."""
@@ -54,6 +86,8 @@ def built_with(cfg: RunConfig, recon: Any) -> dict:
     return {
         "student": {k: shown["student"].get(k) for k in ("path", "tokenizer", "chat_template")},
         "tokenizer_sha256": _sha(tok_text),
+        "vocab_sha256": vocab_sha256(recon.tokenizer),
+        "vocab_size": max(recon.tokenizer.get_vocab().values(), default=-1) + 1,  # ids may have gaps
         "chat_template_sha256": _sha(recon.template + "\n" + kwargs),
         "reconstruction": reconstruction,
     }

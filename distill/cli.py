@@ -17,6 +17,7 @@ from pathlib import Path
 from .config import ConfigError, RunConfig, as_replay_source, load_config, redacted_dict, to_toml
 from .cli_help import COMMAND_HELP, USAGE, command_help
 from .cli_errors import PATH_ERRNOS, USER_ERRORS, path_error
+from .built_with import check_train_vocab
 from .preflight import preflight
 from .cli_export import cmd_export
 from .cli_inspect import cmd_inspect
@@ -238,6 +239,7 @@ def cmd_train(argv: list[str]) -> int:
         )
     rank = int(os.environ.get("RANK", "0"))
     preflight(cfg, "train", resume=bool(flags.get("--resume")), samples=flags.get("--samples"))
+    check_train_vocab(cfg, samples or Path(cfg.output_dir) / "samples")  # built for this student's ids
     run_dir = prepare_run_dir(cfg, "train", ("train",)) if rank == 0 else Path(cfg.output_dir)
     from trainer.train import train
 

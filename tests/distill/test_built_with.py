@@ -110,3 +110,28 @@ def test_a_template_without_an_end_of_turn_token_is_one_line_before_the_run_dir(
         err = _one_line(capsys)
         assert f"student.chat_template = '{template}'" in err and "end-of-turn token" in err
         assert s.log.entries == [] and not (tmp_path / "run").exists()
+
+
+def test_train_refuses_samples_built_with_another_vocabulary(tmp_path, smol_tokenizer_dir, tiny_student_dir, capsys):
+    from support.tokenizer_builds import tokenizer_dir
+
+    with FaultServer() as s:
+        cfg = str(_cfg(tmp_path, s.base_url, smol_tokenizer_dir))
+        assert main(["rollout", cfg]) == 0
+    train = [
+        cfg,
+        "--student.path",
+        str(tiny_student_dir),
+        "--trainer.max_steps",
+        "1",
+        "--trainer.samples_per_step",
+        "2",
+    ]
+    capsys.readouterr()
+    qwen = ["--student.tokenizer", str(tokenizer_dir("qwen")), "--student.chat_template", str(CHATML)]
+    assert main(["train", *train, *qwen]) == 1
+    err = _one_line(capsys)
+    assert "built with another vocabulary than this student's" in err and str(smol_tokenizer_dir) in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    # the tiny student has SmolLM2's vocabulary (its own tokenizer folder): trained
+    assert main(["train", *train, "--student.tokenizer", str(tiny_student_dir)]) == 0
