@@ -79,7 +79,8 @@ def built_with(cfg: RunConfig, recon: Any) -> dict:
     paths they came from for the message) and every [orchestrator.reconstruction] setting."""
     backend = getattr(recon, "backend", None)
     tok_text = backend.to_str() if backend is not None else json.dumps(recon.tokenizer.get_vocab(), sort_keys=True)
-    kwargs = json.dumps(getattr(recon, "_template_kwargs", {}), sort_keys=True, default=str)
+    # the values it renders with besides chat_template_kwargs (a reconstruction key, compared by name)
+    kwargs = json.dumps(recon.tokenizer.special_tokens_map, sort_keys=True, default=str)
     shown = redacted_dict(cfg)  # the file is kept in the run dir: no secret in it, as in config.toml
     reconstruction = shown["orchestrator"]["reconstruction"]
     reconstruction["max_seq_len"] = recon.max_seq_len  # the one in effect (trainer.seq_len when unset)

@@ -25,12 +25,16 @@ positions) when the step asks for them.
 
 from __future__ import annotations
 
+import errno
 import math
+import sys
 from collections import defaultdict
+from pathlib import Path
 from dataclasses import dataclass, fields
 
 import torch
 
+from distill.core import contract
 from distill.core.contract import Sample
 from trainer.losses.base import IGNORE
 
@@ -272,3 +276,26 @@ def make_micro_batches(
 def empty_micro_batch(pad_id: int = 0) -> MicroBatch:
     """One padding token, nothing trained: keeps ranks with fewer micro-batches in step."""
     return _collate([[]], 1, pad_id)
+
+
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+_consumed_off: set[str] = set()  # finished samples folders that cannot be written: told once, then skipped
+
+
+def note_consumed(samples_dir: Path, n: int) -> None:
+    """Write samples_dir/CONSUMED (how far training is: the producer's backpressure). A finished folder
+    (DONE) on a read-only disk has no producer to tell: training goes on, with one note, rather than
+    failing at its first step. An unfinished one is still an error (its producer would wait forever)."""
+    if str(samples_dir) in _consumed_off:
+        return
+    try:
+        contract.write_consumed(samples_dir, n)
+    except OSError as e:
+        if e.errno not in _READ_ONLY or not contract.is_done(samples_dir):
+            raise
+        _consumed_off.add(str(samples_dir))
+        print(
+            f"note: cannot write {contract.CONSUMED_FILE} in {samples_dir} ({e.strerror}); it only tells a "
+            "running producer how far training is, and this folder is finished, so training goes on without it",
+            file=sys.stderr,
+        )

@@ -29,7 +29,7 @@ from distill.core import contract
 from trainer import checkpoint as ckpt_io
 from trainer import dist
 from trainer.untrained import Untrained, nothing_to_train
-from trainer.data import check_vocab
+from trainer.data import check_vocab, note_consumed
 from trainer.lora import check_resume
 from trainer.trackers import Tracker, open_trackers
 from trainer.model import is_sharded, load_student, shard
@@ -261,7 +261,7 @@ def _one_step(
     state.step += 1
     state.samples_seen += len(samples)
     if s.ctx.is_main:
-        contract.write_consumed(s.samples_dir, state.samples_seen)
+        note_consumed(s.samples_dir, state.samples_seen)
     last = {
         "step": state.step,
         **m,

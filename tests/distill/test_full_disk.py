@@ -20,14 +20,14 @@ from distill.core.contract import is_done, iter_samples
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A tmpfs at tmp_path/disk; remount(size) resizes it. Skipped where mounting is not permitted."""
+    """A tmpfs at tmp_path/disk; remount(option) resizes it ("size=4m") or makes it read-only ("ro"). Skipped where mounting is not permitted."""
     disk = tmp_path / "disk"
     disk.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(disk)], capture_output=True).returncode:
         pytest.skip("mounting a tmpfs is not permitted here (the injected-fault tests below still run)")
 
-    def remount(size: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True)
+    def remount(option: str) -> None:  # "size=4m", "ro"
+        subprocess.run(["mount", "-o", f"remount,{option}", str(disk)], check=True)
 
     yield disk, remount
     subprocess.run(["umount", "-l", str(disk)], check=False)
@@ -74,7 +74,7 @@ def test_rollout_on_a_disk_that_fills_up(tmp_path, small_disk, smol_tokenizer_di
         assert main(["rollout", cfg]) == 1
         line = _one_line(capsys)
         assert "No space left on device" in line and str(disk / "run") in line and "rerun the same command" in line
-        remount("4m")
+        remount("size=4m")
         assert main(["rollout", cfg]) == 0
     _resumed_exactly(disk / "run", 60)
 
@@ -124,7 +124,7 @@ def test_a_checkpoint_save_on_a_full_disk(tmp_path, small_disk, tiny_student_dir
     samples = tmp_path / "samples"
     write_samples(samples, make_samples(smol_tokenizer, 24))
     ckpt_bytes = sum(f.stat().st_size for f in Path(tiny_student_dir).rglob("*") if f.is_file())
-    remount(f"{int(ckpt_bytes * 4.5) // 1024}k")  # one checkpoint (weights + 2x AdamW state) fits, not two
+    remount(f"size={int(ckpt_bytes * 4.5) // 1024}k")  # one checkpoint (weights + 2x AdamW state) fits, not two
     cfg = _train_cfg(tmp_path, disk / "run", tiny_student_dir)
     capsys.readouterr()
     assert main(["train", cfg, "--samples", str(samples)]) == 1
@@ -132,7 +132,7 @@ def test_a_checkpoint_save_on_a_full_disk(tmp_path, small_disk, tiny_student_dir
     assert "cannot save the checkpoint step-000006" in line and "the disk is full" in line and "--resume" in line
     ckpts = disk / "run" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["step-000003"]  # the partial .tmp folder was removed
-    remount("400m")
+    remount("size=400m")
     assert main(["train", cfg, "--samples", str(samples), "--resume"]) == 0
     assert sorted(p.name for p in ckpts.iterdir()) == ["step-000003", "step-000006"]
 
@@ -162,3 +162,18 @@ def test_a_checkpoint_save_torch_cannot_finish(tmp_path, tiny_student_dir, smol_
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", real_usage)
     with pytest.raises(RuntimeError, match="unexpected pos"):
         main(["train", cfg, "--samples", str(samples), "--resume"])
+
+
+def test_training_from_a_finished_samples_folder_on_a_read_only_disk(
+    tmp_path, small_disk, tiny_student_dir, smol_tokenizer, capsys
+):
+    disk, remount = small_disk
+    remount("size=20m")
+    write_samples(disk / "samples", make_samples(smol_tokenizer, 8))
+    remount("ro")
+    cfg = _train_cfg(tmp_path, tmp_path / "run", tiny_student_dir)
+    capsys.readouterr()
+    assert main(["train", cfg, "--samples", str(disk / "samples"), "--trainer.max_steps", "2"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: cannot write CONSUMED") == 1 and "training goes on without it" in err
+    assert (tmp_path / "run" / "checkpoints" / "step-000002").is_dir()
