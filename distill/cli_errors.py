@@ -4,6 +4,7 @@ for a user, and OS errors about a path the user chose."""
 from __future__ import annotations
 
 import errno
+import os
 
 # Errors whose message is complete for a user (file/line/field and the fix); no traceback.
 USER_ERRORS = {
@@ -56,6 +57,8 @@ PATH_ERRNOS = {
 
 def path_error(e: OSError) -> str:
     why = "a file is there, where a folder is needed" if e.errno == errno.EEXIST else e.strerror
+    if e.errno == errno.EEXIST and os.path.islink(e.filename) and not os.path.exists(e.filename):
+        why = f"it is a link to {os.readlink(e.filename)}, which does not exist"
     return (
         f"cannot use {e.filename}: {why}. Fix: check that path and its folders (output_dir, an input, "
         "or -o): each folder must exist or be creatable, be a folder, be writable, and have free space"

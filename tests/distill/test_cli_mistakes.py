@@ -56,6 +56,10 @@ def _setup_broken_tokenizer(tmp: Path) -> None:
     (tmp / "broken" / "tokenizer_config.json").write_text("{}\n")
 
 
+def _setup_dangling_run_dir(tmp: Path) -> None:
+    (tmp / "run").symlink_to(tmp / "moved-away")  # output_dir is a link whose target is gone
+
+
 # id: (command, TOML text after output_dir, extra args, env, setup, exit code, [what stderr names])
 MISTAKES = {
     "run_replay_without_inputs": (
@@ -307,6 +311,15 @@ MISTAKES = {
         None,
         2,
         ["scorer.model: looks like an API key", "scorer.api_key_var"],
+    ),
+    "output_dir_dangling_link": (
+        "rollout",
+        "",
+        [],
+        {},
+        _setup_dangling_run_dir,
+        1,
+        ["cannot use {tmp}/run: it is a link to {tmp}/moved-away, which does not exist"],
     ),
     "replay_unknown_column_cli": (
         "replay",
