@@ -23,7 +23,8 @@ from distill.core.contract import atomic_write_text, list_shards
 FILE = "samples_built_with.json"
 #: The [orchestrator.reconstruction] keys that change how a conversation is rendered or masked. The others
 #: (max_seq_len, overlong, truncated, special_tokens_in_content) only decide which samples are kept or how
-#: far one is cut: a folder built partly under each value still holds one rendering, so they may change.
+#: far one is cut: a folder built partly under each value still holds one rendering, so they may change
+#: (max_seq_len upwards only: a trainer of a lower limit would refuse the longer samples published before).
 RENDERING = (
     "train_roles",
     "on_history_rewrite",
@@ -52,8 +53,12 @@ def vocab_sha256(tokenizer: Any, below: int | None = None) -> str:
 def check_train_vocab(cfg: RunConfig, samples: Path) -> None:
     """`distill train`: refuse samples built with a tokenizer whose ids mean other text than the student's
     (their ids would all be read as other tokens: a wrong model in silence). Samples without the file
-    (another tool, an older run) are not compared."""
-    path = Path(samples).parent / FILE
+    (another tool, an older run) are not compared. The file describes its run dir's `samples` folder only,
+    reached through whatever link or relative path."""
+    folder = Path(samples).expanduser().resolve()
+    if folder.name != "samples":  # a folder kept elsewhere in a run dir: not what the file describes
+        return
+    path = folder.parent / FILE
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
         want, size = old["vocab_sha256"], int(old["vocab_size"])
@@ -109,6 +114,13 @@ def _differences(old: dict, new: dict) -> list[str]:
             where = f"student.chat_template was {was.get('chat_template')!r}, now {now['chat_template']!r}"
         out.append(f"the student's chat template ({where}; the template text or the values it renders with differ)")
     saved = old.get("reconstruction", {})
+    was_len, now_len = saved.get("max_seq_len"), new["reconstruction"]["max_seq_len"]
+    if isinstance(was_len, int) and isinstance(now_len, int) and now_len < was_len:
+        out.append(
+            f"orchestrator.reconstruction.max_seq_len (trainer.seq_len when unset) was {was_len}, now {now_len}: "
+            "samples published under the longer limit would be too long for a trainer of the new one (it may "
+            "be raised on a rerun, not lowered)"
+        )
     for key, value in new["reconstruction"].items():
         if key in RENDERING and key in saved and saved[key] != value:
             out.append(f"orchestrator.reconstruction.{key} (was {saved[key]!r}, now {value!r})")

@@ -62,15 +62,16 @@ def test_a_rerun_with_another_template_or_reconstruction_is_refused(tmp_path, sm
         assert len(s.log.entries) == asked and (run / "config.toml").read_text() == saved
         assert not (run / "samples" / "DONE").exists()
         # what only decides which samples are kept may change: the folder still holds one rendering
-        assert (
-            main(["rollout", cfg, "--trainer.seq_len", "4096", "--orchestrator.reconstruction.overlong", "truncate"])
-            == 0
-        )
+        longer = ["--trainer.seq_len", "4096"]
+        assert main(["rollout", cfg, *longer, "--orchestrator.reconstruction.overlong", "truncate"]) == 0
         (run / "samples" / "DONE").unlink()
+        capsys.readouterr()
+        assert main(["rollout", cfg]) == 1  # lowered again: samples of up to 4096 tokens may be published
+        assert "max_seq_len (trainer.seq_len when unset) was 4096, now " in _one_line(capsys)
 
         # the same tokenizer and template under another path build the same samples: resumed
         other = shutil.copytree(smol_tokenizer_dir, tmp_path / "same-tokenizer")
-        assert main(["rollout", cfg, "--student.tokenizer", str(other)]) == 0
+        assert main(["rollout", cfg, *longer, "--student.tokenizer", str(other)]) == 0
         assert len(s.log.entries) == asked and (run / "samples" / "DONE").exists()
         assert [x.prompt_ids for x in iter_samples(run / "samples")] == first
 
@@ -133,5 +134,8 @@ def test_train_refuses_samples_built_with_another_vocabulary(tmp_path, smol_toke
     err = _one_line(capsys)
     assert "built with another vocabulary than this student's" in err and str(smol_tokenizer_dir) in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+    (tmp_path / "link").symlink_to(tmp_path / "run" / "samples")  # the same folder through a link: checked
+    assert main(["train", *train, *qwen, "--samples", str(tmp_path / "link")]) == 1
+    assert "another vocabulary" in _one_line(capsys)
     # the tiny student has SmolLM2's vocabulary (its own tokenizer folder): trained
     assert main(["train", *train, "--student.tokenizer", str(tiny_student_dir)]) == 0
