@@ -43,8 +43,11 @@ def _holder(path: Path) -> str:
 
 
 def lock_run_dir(run_dir: Path, roles: tuple[str, ...], command: str) -> None:
-    """Take the flock of each role on run_dir, or raise RunDirBusy naming the holder. A role this
-    process already holds is kept (commands called one after the other in one process)."""
+    """Take the flock of each role (of ROLES) on run_dir, or raise RunDirBusy naming the holder. A role
+    this thread already holds is kept (commands called one after the other in one thread); one held by a
+    command in another thread of this process is busy, as in another process."""
+    if not set(roles) <= set(ROLES):
+        raise ValueError(f"unknown run dir role(s) {sorted(set(roles) - set(ROLES))}; the roles are {ROLES}")
     if fcntl is None:
         return
     key_dir = str(Path(run_dir).resolve())
