@@ -137,9 +137,13 @@ _TOKEN_RUN = re.compile(r"[A-Za-z0-9]{20,}")
 
 
 def looks_like_api_key(value: Any) -> bool:
-    """Whether a string has the shape of a provider's API key (`sk-...`, `hf_...`, a bearer token...): the
-    strict forms only, not looks_like_secret's heuristics, so that no name of a model is taken for one."""
-    return isinstance(value, str) and bool(_KEY_VALUE.match(value.strip()))
+    """Whether a string has the shape of a provider's API key (`sk-...`, `hf_...`, a bearer token...) with a
+    random-looking run in it (16+ letters and digits, both): the strict forms only, not looks_like_secret's
+    heuristics, so that no name of a model is taken for one (`hf_llama_3_finetune` is not)."""
+    if not isinstance(value, str) or not _KEY_VALUE.match(value.strip()):
+        return False
+    runs = re.findall(r"[A-Za-z0-9]{16,}", value)
+    return any(any(c.isdigit() for c in r) and any(c.isalpha() for c in r) for r in runs)
 
 
 def looks_like_secret(value: Any) -> bool:

@@ -54,3 +54,13 @@ def test_every_url_of_the_config_is_masked_in_dumps():
     assert "SECRET" not in dumped
     for port in (18080, 18081, 18082, 18083):
         assert f"http://user:***@127.0.0.1:{port}/v1" in dumped
+
+
+def test_an_api_key_shape_is_told_from_a_model_name():
+    """looks_like_api_key refuses a key pasted as a model: the provider shapes with a random-looking run."""
+    from distill.core.redact import looks_like_api_key
+
+    keys = ["sk-proj-Ab12Cd34Ef56Gh78Ij90", "hf_AbCdEfGhIjKlMnOpQrStUvWxYz12345678", "ghp_0123456789abcdefABCDEF"]
+    names = ["gpt-4o-mini", "hf_llama_3_finetune", "sk-my-model-name-v2", "meta-llama/Llama-3.1-8B-Instruct", "teacher"]
+    assert [looks_like_api_key(k) for k in keys] == [True] * 3
+    assert [looks_like_api_key(n) for n in names] == [False] * 5
