@@ -9,31 +9,13 @@ import shutil
 from pathlib import Path
 
 from support.fault_server import FaultServer, write_prompts
+from support.rollout_helpers import write_rollout_toml
 
 from distill.cli import main
 from distill.core.contract import iter_samples
 
 ROOT = Path(__file__).resolve().parents[2]
 CHATML = ROOT / "tests" / "templates" / "chatml_generation.jinja"
-
-
-def _cfg(tmp_path: Path, base_url: str, tokenizer_dir) -> Path:
-    write_prompts(tmp_path / "p.jsonl", 4)
-    cfg = tmp_path / "run.toml"
-    cfg.write_text(f"""
-output_dir = "{tmp_path / "run"}"
-[student]
-tokenizer = "{tokenizer_dir}"
-[orchestrator]
-samples_per_shard = 2
-[orchestrator.rollout_model]
-base_url = "{base_url}"
-model = "fault-teacher"
-[orchestrator.source]
-type = "jsonl"
-path = "{tmp_path / "p.jsonl"}"
-""")
-    return cfg
 
 
 def _one_line(capsys) -> str:
@@ -45,7 +27,7 @@ def _one_line(capsys) -> str:
 def test_a_rerun_with_another_template_or_reconstruction_is_refused(tmp_path, smol_tokenizer_dir, capsys):
     run = tmp_path / "run"
     with FaultServer() as s:
-        cfg = str(_cfg(tmp_path, s.base_url, smol_tokenizer_dir))
+        cfg = write_rollout_toml(tmp_path, s.base_url, smol_tokenizer_dir, prompts=4)
         assert main(["rollout", cfg]) == 0
         (run / "samples" / "DONE").unlink()  # as if killed before the end
         first = [x.prompt_ids for x in iter_samples(run / "samples")]
@@ -88,7 +70,7 @@ def test_a_rollout_after_a_replay_of_its_recording_asks_only_for_the_rest(tmp_pa
     """Samples a replay published in a run dir without a recording are not asked for again (nor published
     twice under one id) when a rollout continues there."""
     with FaultServer() as s:
-        cfg = str(_cfg(tmp_path, s.base_url, smol_tokenizer_dir))
+        cfg = write_rollout_toml(tmp_path, s.base_url, smol_tokenizer_dir, prompts=4)
         assert main(["rollout", cfg]) == 0
         recorded = s.log.entries[:]
         assert (
@@ -104,7 +86,7 @@ def test_a_rollout_after_a_replay_of_its_recording_asks_only_for_the_rest(tmp_pa
 
 def test_a_template_without_an_end_of_turn_token_is_one_line_before_the_run_dir(tmp_path, smol_tokenizer_dir, capsys):
     with FaultServer() as s:
-        cfg = str(_cfg(tmp_path, s.base_url, smol_tokenizer_dir))
+        cfg = write_rollout_toml(tmp_path, s.base_url, smol_tokenizer_dir, prompts=4)
         template = ROOT / "tests" / "templates" / "phi3_5.jinja"  # <|end|> is no token of SmolLM2's
         capsys.readouterr()
         assert main(["rollout", cfg, "--student.chat_template", str(template)]) == 1
@@ -117,7 +99,7 @@ def test_train_refuses_samples_built_with_another_vocabulary(tmp_path, smol_toke
     from support.tokenizer_builds import tokenizer_dir
 
     with FaultServer() as s:
-        cfg = str(_cfg(tmp_path, s.base_url, smol_tokenizer_dir))
+        cfg = write_rollout_toml(tmp_path, s.base_url, smol_tokenizer_dir, prompts=4)
         assert main(["rollout", cfg]) == 0
     train = [
         cfg,

@@ -11,7 +11,8 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
-from support.fault_server import FaultServer, Faults, write_prompts
+from support.fault_server import FaultServer, Faults
+from support.rollout_helpers import write_rollout_toml
 from support.trainer_helpers import make_samples, write_samples
 
 from distill.cli import main
@@ -33,28 +34,6 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def _rollout_cfg(tmp_path: Path, out: Path, base_url: str, tokenizer_dir, prompts: int) -> str:
-    write_prompts(tmp_path / "p.jsonl", prompts)
-    cfg = tmp_path / "run.toml"
-    cfg.write_text(f"""
-output_dir = "{out}"
-[student]
-tokenizer = "{tokenizer_dir}"
-[orchestrator]
-concurrency = 4
-samples_per_shard = 5
-[orchestrator.rollout_model]
-base_url = "{base_url}"
-model = "fault-teacher"
-[orchestrator.sampling]
-n = 2
-[orchestrator.source]
-type = "jsonl"
-path = "{tmp_path / "p.jsonl"}"
-""")
-    return str(cfg)
-
-
 def _one_line(capsys) -> str:
     err = [ln for ln in capsys.readouterr().err.replace("\r", "\n").splitlines() if ln.startswith("distill:")]
     assert err and "Traceback" not in "\n".join(err), err
@@ -69,7 +48,7 @@ def _resumed_exactly(run: Path, prompts: int) -> None:
 def test_rollout_on_a_disk_that_fills_up(tmp_path, small_disk, smol_tokenizer_dir, capsys):
     disk, remount = small_disk
     with FaultServer(Faults(latency_s=0.01)) as s:
-        cfg = _rollout_cfg(tmp_path, disk / "run", s.base_url, smol_tokenizer_dir, 60)
+        cfg = write_rollout_toml(tmp_path, s.base_url, smol_tokenizer_dir, prompts=60, out=disk / "run", n=2)
         capsys.readouterr()
         assert main(["rollout", cfg]) == 1
         line = _one_line(capsys)
@@ -91,7 +70,7 @@ def test_rollout_whose_recording_write_is_refused(tmp_path, smol_tokenizer_dir, 
         return real_write(fd, data)
 
     with FaultServer(Faults(latency_s=0.01)) as s:
-        cfg = _rollout_cfg(tmp_path, tmp_path / "run", s.base_url, smol_tokenizer_dir, 30)
+        cfg = write_rollout_toml(tmp_path, s.base_url, smol_tokenizer_dir, prompts=30, n=2)
         monkeypatch.setattr(recording.os, "write", write)
         capsys.readouterr()
         assert main(["rollout", cfg]) == 1

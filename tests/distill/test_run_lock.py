@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from support.fault_server import FaultServer, write_prompts
+from support.fault_server import FaultServer
+from support.rollout_helpers import write_rollout_toml
 
 from distill.cli import main
 from distill.run_lock import RunDirBusy, lock_run_dir, release_all
@@ -29,23 +30,6 @@ time.sleep(300)
 """
 
 
-def _cfg(tmp_path: Path, base_url: str, tokenizer_dir) -> Path:
-    write_prompts(tmp_path / "p.jsonl", 2)
-    cfg = tmp_path / "run.toml"
-    cfg.write_text(f"""
-output_dir = "{tmp_path / "run"}"
-[student]
-tokenizer = "{tokenizer_dir}"
-[orchestrator.rollout_model]
-base_url = "{base_url}"
-model = "fault-teacher"
-[orchestrator.source]
-type = "jsonl"
-path = "{tmp_path / "p.jsonl"}"
-""")
-    return cfg
-
-
 def test_a_second_sampler_on_a_busy_run_dir_is_refused_and_a_killed_one_frees_it(tmp_path, smol_tokenizer_dir, capsys):
     run = tmp_path / "run"
     run.mkdir()
@@ -53,7 +37,7 @@ def test_a_second_sampler_on_a_busy_run_dir_is_refused_and_a_killed_one_frees_it
     try:
         assert holder.stdout.readline().strip() == "READY"
         with FaultServer() as s:
-            cfg = _cfg(tmp_path, s.base_url, smol_tokenizer_dir)
+            cfg = write_rollout_toml(tmp_path, s.base_url, smol_tokenizer_dir, prompts=2)
             capsys.readouterr()
             assert main(["rollout", str(cfg)]) == 1
             err = capsys.readouterr().err.strip()
