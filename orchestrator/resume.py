@@ -84,17 +84,20 @@ def load_resume(path: Path, oc) -> Resume:
     return res
 
 
-def split_prompt(prompt: dict, n: int, records: dict, is_published) -> tuple[list[int], list[tuple[dict, dict]]]:
-    """(sample indices of `prompt` neither recorded nor published, [(prompt, record)] recorded but not published).
+def split_prompt(
+    prompt: dict, n: int, records: dict, is_published, stale: set | frozenset = frozenset()
+) -> tuple[list[int], list[tuple[dict, dict]]]:
+    """(sample indices of `prompt` to ask for, [(prompt, record)] recorded but not published).
 
     A sample published without a record in this run dir's recording (a replay of a copied recording wrote it,
-    or the recording was removed) is kept as it is: asking for it again would pay twice and publish its id twice."""
+    or the recording was removed) is kept as it is: asking for it again would pay twice and publish its id twice.
+    A `stale` pair (its record dropped as its prompt changed, on_prompt_change = "rerequest") is asked for."""
     pid = prompt["prompt_id"]
     missing, rebuild = [], []
     for i in range(n):
         rec = records.get((pid, i))
         if rec is None:
-            if not is_published(pid, i):
+            if (pid, i) in stale or not is_published(pid, i):
                 missing.append(i)
         elif not is_published(pid, i):
             rebuild.append((prompt, rec))

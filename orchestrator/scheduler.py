@@ -242,7 +242,9 @@ class _Rollout:
     async def _resume(self, prompt: dict) -> list[int]:
         """Publishes this prompt's samples recorded before a crash but never published; the indices never recorded."""
         self.seen_prompts.add(prompt["prompt_id"])
-        missing, rebuild = split_prompt(prompt, self.n, self.resume.loaded.records, self.pub.is_published)
+        missing, rebuild = split_prompt(
+            prompt, self.n, self.resume.loaded.records, self.pub.is_published, self.resume.stale
+        )
         if rebuild:
             await self.pub.publish(rebuild)
             self.c.rebuilt += len(rebuild)
