@@ -43,10 +43,11 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def vocab_sha256(tokenizer: Any, below: int | None = None) -> str:
-    """A fingerprint of what each token id means (the vocabulary with the added tokens; ids < `below`
-    only when given): what a trainer needs to agree on with the tokenizer that built its samples."""
-    items = sorted((kv for kv in tokenizer.get_vocab().items() if below is None or kv[1] < below), key=lambda kv: kv[1])
+def vocab_sha256(vocab: dict[str, int], below: int | None = None) -> str:
+    """A fingerprint of what each token id means (a tokenizer's get_vocab(): the vocabulary with the added
+    tokens; ids < `below` only when given): what a trainer needs to agree on with the tokenizer that built
+    its samples."""
+    items = sorted((kv for kv in vocab.items() if below is None or kv[1] < below), key=lambda kv: kv[1])
     return _sha(json.dumps(items, ensure_ascii=False))
 
 
@@ -67,7 +68,7 @@ def check_train_vocab(cfg: RunConfig, samples: Path) -> None:
     from distill.core.student import student_tokenizer
 
     # ids the samples can hold mean the same: a student whose tokenizer only adds tokens after them passes
-    if vocab_sha256(student_tokenizer(cfg.student), below=size) == want:
+    if vocab_sha256(student_tokenizer(cfg.student).get_vocab(), below=size) == want:
         return
     was = old.get("student") or {}
     raise SamplesBuiltOtherwise(
@@ -82,8 +83,7 @@ def check_train_vocab(cfg: RunConfig, samples: Path) -> None:
 def built_with(cfg: RunConfig, recon: Any) -> dict:
     """What decides the samples: the student's tokenizer and chat template (as fingerprints, with the
     paths they came from for the message) and every [orchestrator.reconstruction] setting."""
-    backend = getattr(recon, "backend", None)
-    tok_text = backend.to_str() if backend is not None else json.dumps(recon.tokenizer.get_vocab(), sort_keys=True)
+    vocab = recon.tokenizer.get_vocab()  # built once: a dict of every token (150k for Qwen)
     # the values it renders with besides chat_template_kwargs (a reconstruction key, compared by name)
     kwargs = json.dumps(recon.tokenizer.special_tokens_map, sort_keys=True, default=str)
     shown = redacted_dict(cfg)  # the file is kept in the run dir: no secret in it, as in config.toml
@@ -91,9 +91,9 @@ def built_with(cfg: RunConfig, recon: Any) -> dict:
     reconstruction["max_seq_len"] = recon.max_seq_len  # the one in effect (trainer.seq_len when unset)
     return {
         "student": {k: shown["student"].get(k) for k in ("path", "tokenizer", "chat_template")},
-        "tokenizer_sha256": _sha(tok_text),
-        "vocab_sha256": vocab_sha256(recon.tokenizer),
-        "vocab_size": max(recon.tokenizer.get_vocab().values(), default=-1) + 1,  # ids may have gaps
+        "tokenizer_sha256": _sha(recon.backend.to_str()),  # the Reconstructor has refused a slow tokenizer
+        "vocab_sha256": vocab_sha256(vocab),
+        "vocab_size": max(vocab.values(), default=-1) + 1,  # ids may have gaps
         "chat_template_sha256": _sha(recon.template + "\n" + kwargs),
         "reconstruction": reconstruction,
     }

@@ -23,7 +23,8 @@ from .cli_export import cmd_export
 from .cli_inspect import cmd_inspect
 from .cli_tokenize import cmd_tokenize
 from .cli_score import add_probe_args, cmd_score, prepare_scoring_run, probe_key, probe_scorer, start_scoring_stage
-from .run import make_reconstructor, prepare_run_dir, print_locations, produce, release_all
+from .run import make_reconstructor, prepare_run_dir, print_locations, produce
+from .run_lock import release_all
 from .on_policy import cmd_run_on_policy
 from .core.student import resolve_student
 from .core.redact import mask_known, redact_url

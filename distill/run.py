@@ -12,7 +12,7 @@ from distill.core.config import RunConfig, redacted_dict, to_toml
 from distill.core.redact import redact_url
 from distill.core.student import TokenizerError
 from distill.built_with import check_built_with
-from distill.run_lock import lock_run_dir, release_all  # noqa: F401 - release_all: for cli.main
+from distill.run_lock import lock_run_dir
 
 
 def prepare_run_dir(cfg: RunConfig, command: str, roles: tuple[str, ...], recon=None) -> Path:
