@@ -24,7 +24,10 @@ For a template that rewrites history (qwen3) the peers render what gives the sam
 as ours: the history through each assistant turn. Real templates without generation
 markers give the peers an empty mask (less work for them). Printed per family, in one
 line: build_many's speed as a fraction of the floor's, and its speed-up over both peers;
-then the cost per token as conversations grow (1, 2, 4, 8, 16 turns).
+its CPU time (all threads of this process) over the floor's, and the inverse: the
+fraction of the floor's speed that build_many's work would reach spread over as many
+cores as the floor's keeps busy, a ceiling for any overlap of its Python with the
+tokenizer; then the cost per token as conversations grow (1, 2, 4, 8, 16 turns).
 --corpus shared-system: every conversation starts with the same ~800-token system prompt
 (as distillation corpora often do), then 1-3 short turns.
 Usage: python bench/bench_reconstruct.py [--conversations 10000] [--families smollm2,llama3_1,qwen3]
@@ -180,13 +183,14 @@ def measure(
     if floor:  # rendered before timing
         texts = [[tok.apply_chat_template(m, tokenize=False) for m in f] for f in flat]
         runs["floor"] = lambda c, b: run_floor(tok, texts[b // chunk])
-    acc = {k: [0.0, 0] for k in runs}
+    acc = {k: [0.0, 0, 0.0] for k in runs}
     for b in range(0, len(convs), chunk):
         for name, fn in runs.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             acc[name][1] += fn(convs[b : b + chunk], b)
             acc[name][0] += time.perf_counter() - t0
-    return {k: (v[0], v[1]) for k, v in acc.items()}
+            acc[name][2] += time.process_time() - c0  # this process's threads (the tokenizer's too)
+    return {k: (v[0], v[1], v[2]) for k, v in acc.items()}
 
 
 class Family:
@@ -266,11 +270,15 @@ def report(fam: Family, convs, res: dict) -> None:
     }
     for k, label in names.items():
         if k in res:
-            secs, ntok = res[k]
-            print(f"{label:44s} {secs:8.2f} s {len(convs) / secs:8.0f} conv/s {ntok / secs / 1e3:8.1f} k tok/s")
+            secs, ntok, cpu = res[k]
+            busy = f"{cpu:6.2f} s CPU ({cpu / secs:.2f} cores)" if k != "processes" else "(CPU in workers)"
+            print(f"{label:44s} {secs:8.2f} s {len(convs) / secs:8.0f} conv/s {ntok / secs / 1e3:8.1f} k tok/s  {busy}")
     floor_speed = res["floor"][1] / res["floor"][0]
+    cpu_ratio = ours[2] / res["floor"][2]
     print(
         f"RATIOS {fam.name}: build_many / floor speed {ours[1] / ours[0] / floor_speed:.2f}; "
+        f"CPU build_many / floor {cpu_ratio:.2f} (using as many cores as the floor, it would reach "
+        f"{1 / cpu_ratio:.2f} of its speed); "
         f"speed-up vs per-example peer {res['peer'][0] / ours[0]:.2f}x, "
         f"vs batched peer {res['peer_batched'][0] / ours[0]:.2f}x"
         + (f"; every prefix rendered: {res['peer'][0] / res['per_prefix'][0]:.2f}x" if "per_prefix" in res else "")
