@@ -15,6 +15,7 @@ from .schema_lora import Lora
 from .schema_onpolicy import OnPolicy
 from .schema_score import Scorer
 from .schema_trackers import Trackers
+from .url_checks import check_run_label
 
 
 # ---------------------------------------------------------------------------
@@ -220,6 +221,11 @@ class Wandb(Strict):
     project: str = "distill"
     # Run name (default: the output_dir's name).
     name: str | None = None
+
+    @field_validator("project", "name")
+    @classmethod
+    def _check_names(cls, v: str | None) -> str | None:
+        return check_run_label(v, "export WANDB_API_KEY=<the key> (or run `wandb login`)")
 
 
 class Student(Strict):

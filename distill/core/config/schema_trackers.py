@@ -3,7 +3,10 @@ and W&B (`[wandb]`); trainer/trackers.py implements them, docs/training.md "Expe
 
 from __future__ import annotations
 
+from pydantic import field_validator
+
 from .schema import Strict
+from .url_checks import check_run_label
 
 #: config key -> (module it needs, what to pip install); preflight refuses an enabled one whose module is missing.
 TRACKER_PACKAGES = {
@@ -26,3 +29,8 @@ class Trackers(Strict):
     trackio_project: str = "distill"
     # trackio run name (default: the output_dir's name); a resumed run continues the run of that name.
     trackio_run: str | None = None
+
+    @field_validator("trackio_project", "trackio_run")
+    @classmethod
+    def _check_names(cls, v: str | None) -> str | None:
+        return check_run_label(v, "trackio needs no key (its database is local); a key for a Space goes in HF_TOKEN")
