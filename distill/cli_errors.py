@@ -38,6 +38,7 @@ USER_ERRORS = {
     "StudentServerError",
     "RunDirBusy",
     "SamplesBuiltOtherwise",
+    "SamplesNotWritable",
 }
 
 #: OS errors about a path the user chose (missing, a file where a folder goes, no permission, a full or

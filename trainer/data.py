@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -282,6 +283,26 @@ _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 _consumed_off: set[str] = set()  # finished samples folders that cannot be written: told once, then skipped
 
 
+class SamplesNotWritable(Exception):
+    """An unfinished samples folder (no DONE) that training cannot write its CONSUMED into (a user error:
+    the message names the folder and the fix)."""
+
+
+def _not_writable(samples_dir: Path, why: str) -> str:
+    return (
+        f"cannot write {contract.CONSUMED_FILE} in {samples_dir} ({why}): the folder has no DONE marker, so a "
+        f"producer (distill rollout / replay) may still be writing it, and training tells it how far it is in "
+        f"{contract.CONSUMED_FILE}. Fix: make the folder writable for this user, or finish it first (rerun the "
+        "rollout or replay that writes it; it ends with DONE) and then train from it as it is"
+    )
+
+
+def check_consumed_writable(samples_dir: Path) -> None:
+    """Before anything is loaded: refuse an unfinished samples folder this process cannot write into."""
+    if samples_dir.is_dir() and not contract.is_done(samples_dir) and not os.access(samples_dir, os.W_OK | os.X_OK):
+        raise SamplesNotWritable(_not_writable(samples_dir, "not writable"))
+
+
 def note_consumed(samples_dir: Path, n: int) -> None:
     """Write samples_dir/CONSUMED (how far training is: the producer's backpressure). A finished folder
     (DONE) on a read-only disk has no producer to tell: training goes on, with one note, rather than
@@ -291,8 +312,10 @@ def note_consumed(samples_dir: Path, n: int) -> None:
     try:
         contract.write_consumed(samples_dir, n)
     except OSError as e:
-        if e.errno not in _READ_ONLY or not contract.is_done(samples_dir):
+        if e.errno not in _READ_ONLY:
             raise
+        if not contract.is_done(samples_dir):
+            raise SamplesNotWritable(_not_writable(samples_dir, e.strerror or "not writable")) from e
         _consumed_off.add(str(samples_dir))
         print(
             f"note: cannot write {contract.CONSUMED_FILE} in {samples_dir} ({e.strerror}); it only tells a "

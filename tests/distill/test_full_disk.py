@@ -156,3 +156,36 @@ def test_training_from_a_finished_samples_folder_on_a_read_only_disk(
     err = capsys.readouterr().err
     assert err.count("note: cannot write CONSUMED") == 1 and "training goes on without it" in err
     assert (tmp_path / "run" / "checkpoints" / "step-000002").is_dir()
+
+
+def test_training_from_an_unfinished_samples_folder_on_a_read_only_disk(
+    tmp_path, small_disk, tiny_student_dir, smol_tokenizer, capsys
+):
+    disk, remount = small_disk
+    remount("size=20m")
+    write_samples(disk / "samples", make_samples(smol_tokenizer, 8), done=False)
+    remount("ro")
+    cfg = _train_cfg(tmp_path, tmp_path / "run", tiny_student_dir)
+    capsys.readouterr()
+    assert main(["train", cfg, "--samples", str(disk / "samples"), "--trainer.max_steps", "2"]) == 1
+    line = _one_line(capsys)  # before the student is loaded, and naming the folder, not a temporary file
+    assert f"cannot write CONSUMED in {disk / 'samples'} (not writable)" in line and "no DONE marker" in line
+    assert "Fix: make the folder writable" in line and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_an_unfinished_samples_folder_that_turns_read_only_mid_run_is_named(tmp_path, smol_tokenizer, monkeypatch):
+    """The write itself refused (the check before training passed): the same message, from note_consumed."""
+    import distill.core.contract as contract
+    from trainer.data import SamplesNotWritable, note_consumed
+
+    samples = tmp_path / "samples"
+    write_samples(samples, make_samples(smol_tokenizer, 2), done=False)
+
+    def refuse(directory, n):
+        raise OSError(errno.EROFS, "Read-only file system", str(directory / "CONSUMED"))
+
+    monkeypatch.setattr(contract, "write_consumed", refuse)
+    with pytest.raises(
+        SamplesNotWritable, match="Read-only file system.*no DONE marker.*Fix: make the folder writable"
+    ):
+        note_consumed(samples, 2)
