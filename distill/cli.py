@@ -24,7 +24,7 @@ from .cli_inspect import cmd_inspect
 from .cli_tokenize import cmd_tokenize
 from .cli_score import add_probe_args, cmd_score, prepare_scoring_run, probe_key, probe_scorer, start_scoring_stage
 from .run import make_reconstructor, prepare_run_dir, print_locations, produce
-from .run_lock import release_all
+from .run_lock import check_free, release_all
 from .on_policy import cmd_run_on_policy
 from .core.student import resolve_student
 from .core.redact import mask_known, redact_url
@@ -91,22 +91,33 @@ def _load(argv: list[str], flags: dict[str, bool]) -> tuple[RunConfig, dict, lis
     return cfg, found, positional
 
 
+def _busy_first(cfg, command: str) -> tuple[str, ...]:
+    """The run-dir roles `command` takes, once no other process works in the run dir in one of them: a
+    command is told that before any other check (distill/run_lock.py); ranks other than 0 take no lock."""
+    roles = {"rollout": ("sample",), "replay": ("sample",), "train": ("train",)}.get(command)
+    if roles is None:  # run: every stage it runs in this process
+        roles = ("sample", "score", "train") if cfg.scorer or cfg.on_policy.enabled else ("sample", "train")
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_free(Path(cfg.output_dir), roles)
+    return roles
+
+
 def cmd_run(argv: list[str]) -> int:
     cfg, flags, _ = _load(argv, {"--dry-run": False, "--no-resume": False})
     if flags.get("--dry-run"):
         print(to_toml(redacted_dict(cfg)), end="")
         return 0
+    roles = _busy_first(cfg, "run")
     preflight(cfg, "run", no_resume=bool(flags.get("--no-resume")))
     if cfg.on_policy.enabled:  # the student samples, the [scorer] grades: distill/on_policy.py
         return cmd_run_on_policy(cfg, bool(flags.get("--no-resume")))
     resolve_student(cfg.student.path)  # convert the builtin student once, before threads start
-    # transformers' lazy imports are not thread-safe: import what both sides use here,
-    # in the main thread, before the producer thread starts.
+    # transformers' lazy imports are not thread-safe: import them before the producer thread starts
     import transformers  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
     recon = make_reconstructor(cfg)  # before the run dir is written: a template it cannot use is one line
-    run_dir = prepare_run_dir(cfg, "run", ("sample", "score", "train") if cfg.scorer else ("sample", "train"), recon)
+    run_dir = prepare_run_dir(cfg, "run", roles, recon)
     tok = prepare_scoring_run(cfg, run_dir) if cfg.scorer else None  # the self-tests refuse a bad scorer
     # A DONE left by an earlier run must not end the trainer's stream before the producer
     # (which may first spend minutes starting a local teacher) has reopened the samples.
@@ -175,6 +186,7 @@ def _print_producer_summary(cfg: RunConfig, summary: dict) -> None:
 def cmd_rollout(argv: list[str]) -> int:
     cfg, flags, _ = _load(argv, {"--batch": False})
     cfg.orchestrator.batch.enabled |= bool(flags.get("--batch"))  # the Batch API (orchestrator/batch.py)
+    _busy_first(cfg, "rollout")
     preflight(cfg, "rollout")
     recon = make_reconstructor(cfg)
     run_dir = prepare_run_dir(cfg, "rollout", ("sample",), recon)
@@ -204,6 +216,7 @@ def cmd_replay(argv: list[str]) -> int:
             'Fix: set orchestrator.source.path = "FILE.jsonl" in the config, or pass input files: '
             "distill replay CONFIG INPUT..."
         )
+    _busy_first(cfg, "replay")
     preflight(cfg, "replay", inputs=inputs)
     recon = make_reconstructor(cfg)
     run_dir = prepare_run_dir(cfg, "replay", ("sample",), recon)
@@ -239,6 +252,7 @@ def cmd_train(argv: list[str]) -> int:
             f"Fix: --samples {samples / 'samples'}"
         )
     rank = int(os.environ.get("RANK", "0"))
+    _busy_first(cfg, "train")
     preflight(cfg, "train", resume=bool(flags.get("--resume")), samples=flags.get("--samples"))
     check_train_vocab(cfg, samples or Path(cfg.output_dir) / "samples")  # built for this student's ids
     run_dir = prepare_run_dir(cfg, "train", ("train",)) if rank == 0 else Path(cfg.output_dir)

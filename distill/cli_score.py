@@ -13,6 +13,7 @@ from .config import RunConfig, load_config
 from .core.redact import redact_url
 from .preflight import preflight
 from .run import prepare_run_dir
+from .run_lock import check_free
 from .score import SCORED, check_scorer, format_score_summary, score_dir, student_tokenizer
 
 
@@ -28,6 +29,7 @@ def cmd_score(argv: list[str]) -> int:
         raise SystemExit("distill score: expected a TOML config path first; see distill score --help")
     found, rest = _split_known(argv[1:], {"--samples": True, "--out": True, "--no-follow": False})
     cfg = load_config(argv[0], rest)
+    check_free(Path(cfg.output_dir), ("score",))  # a busy run dir is told first (distill/run_lock.py)
     preflight(cfg, "score", samples=found.get("--samples"))
     run_dir = prepare_run_dir(cfg, "score", ("score",))
     in_dir = Path(found["--samples"]) if found.get("--samples") else run_dir / "samples"

@@ -66,15 +66,42 @@ def lock_run_dir(run_dir: Path, roles: tuple[str, ...], command: str) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise RunDirBusy(
-                f"output_dir {run_dir} is in use: {_holder(path)} is running there (it holds {path.name}). "
-                f"Fix: wait for it to end (or stop it; rerunning then resumes), or give this run another "
-                f"output_dir (--output_dir DIR)"
-            ) from None
+            raise RunDirBusy(_busy(run_dir, path)) from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": time.time()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         _held[(key_dir, role)] = (fd, me)
+
+
+def _busy(run_dir: Path, path: Path) -> str:
+    return (
+        f"output_dir {run_dir} is in use: {_holder(path)} is running there (it holds {path.name}). "
+        f"Fix: wait for it to end (or stop it; rerunning then resumes), or give this run another "
+        f"output_dir (--output_dir DIR)"
+    )
+
+
+def check_free(run_dir: Path, roles: tuple[str, ...]) -> None:
+    """Raise RunDirBusy, as lock_run_dir would, when another live process holds one of `roles` on
+    run_dir; takes nothing and creates nothing. Commands call it before their other checks, so that a
+    second run on a busy dir is told that first (not, say, that the dir holds another run's checkpoints)."""
+    if fcntl is None:
+        return
+    key_dir = str(Path(run_dir).resolve())
+    for role in roles:
+        if (key_dir, role) in _held:  # this process: lock_run_dir decides
+            continue
+        path = Path(run_dir) / f".lock-{role}"
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # no lock file (no run there yet) or unreadable: lock_run_dir decides
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while a holder has its LOCK_EX
+        except OSError:
+            raise RunDirBusy(_busy(run_dir, path)) from None
+        finally:
+            os.close(fd)  # drops the shared lock, if taken
 
 
 def release_all() -> None:

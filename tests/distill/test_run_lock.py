@@ -78,3 +78,32 @@ def test_a_command_in_another_thread_of_this_process_holds_the_run_dir_too(tmp_p
     t.join(30)
     lock_run_dir(tmp_path, ("sample",), "rollout")
     release_all()
+
+
+def test_a_second_trainer_hears_that_the_run_dir_is_busy_before_anything_else(tmp_path, tiny_student_dir, capsys):
+    """Without the check before preflight, the second `distill train` was told the dir "holds checkpoints of
+    an earlier run" (the first one's), whose fix (--resume) then ran into the lock."""
+    from trainer.checkpoint import STATE_FILE
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-000002").mkdir(parents=True)
+    (run / "checkpoints" / "step-000002" / STATE_FILE).write_text("{}")
+    cfg = tmp_path / "train.toml"
+    cfg.write_text(f'output_dir = "{run}"\n[student]\npath = "{tiny_student_dir}"\n')
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER.replace('("sample",), "rollout"', '("train",), "train"'), str(run)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "READY"
+        capsys.readouterr()
+        for extra in ([], ["--resume"]):
+            assert main(["train", str(cfg), *extra]) == 1
+            err = capsys.readouterr().err.strip()
+            assert err.count("\n") == 0 and f"pid {holder.pid}" in err and "`distill train`" in err, err
+            assert "holds checkpoints" not in err
+    finally:
+        holder.kill()
+        holder.wait(10)
