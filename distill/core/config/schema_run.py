@@ -225,7 +225,7 @@ class Wandb(Strict):
     @field_validator("project", "name")
     @classmethod
     def _check_names(cls, v: str | None) -> str | None:
-        return check_run_label(v, "export WANDB_API_KEY=<the key> (or run `wandb login`)")
+        return check_run_label(v, "WANDB_API_KEY (export it, or run `wandb login`)")
 
 
 class Student(Strict):

@@ -33,4 +33,4 @@ class Trackers(Strict):
     @field_validator("trackio_project", "trackio_run")
     @classmethod
     def _check_names(cls, v: str | None) -> str | None:
-        return check_run_label(v, "trackio needs no key (its database is local); a key for a Space goes in HF_TOKEN")
+        return check_run_label(v, "HF_TOKEN, and only to sync to a Space (its local database needs none)")

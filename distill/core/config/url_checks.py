@@ -58,14 +58,17 @@ def check_model_name(v: str, example: str, key_var: str) -> str:
     return v
 
 
-def check_run_label(v: str | None, fix: str) -> str | None:
+def check_run_label(v: str | None, key_goes: str) -> str | None:
     """`v` (a tracker's project or run name) unless it has the shape of an API key: a ValueError that does
-    not repeat it (the name is printed, and sent to the tracker, W&B's servers included). `fix` says where
-    the tracker's key goes instead."""
+    not repeat it (the name is printed, and sent to the tracker, W&B's servers included). `key_goes` says
+    where the tracker reads its key instead."""
     from distill.core.redact import looks_like_api_key
 
     if v is not None and looks_like_api_key(v):
-        raise ValueError(f"looks like an API key, not a name; the value is not shown. Fix: {fix}, and name the run")
+        raise ValueError(
+            f"looks like an API key, not a name; the value is not shown. Fix: set a name here; the tracker reads "
+            f"its key from {key_goes}"
+        )
     return v
 
 
