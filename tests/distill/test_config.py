@@ -233,6 +233,22 @@ def test_toml_syntax_error_and_missing_file(tmp_path):
         load_config(write(tmp_path, "[trainer\nmax_steps = 1\n"))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(tmp_path)
+
+
+def test_a_config_read_from_a_pipe(tmp_path):
+    """`distill run <(envsubst < cfg.toml)`: /dev/fd/N is a pipe, not a regular file; it was called missing."""
+    import threading
+
+    fifo = tmp_path / "cfg.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("[trainer]\nmax_steps = 7\n"))
+    writer.start()
+    try:
+        assert load_config(fifo).trainer.max_steps == 7
+    finally:
+        writer.join(10)
 
 
 @pytest.mark.parametrize(

@@ -86,7 +86,7 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
                 )
             ],
         )
-    if not p.is_file():
+    if p.is_dir() or not p.exists():  # a pipe (`<(envsubst < cfg.toml)`) or device is read as a file
         what = "is a folder" if p.is_dir() else "does not exist"
         raise ConfigError(
             str(path),
