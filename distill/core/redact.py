@@ -129,7 +129,7 @@ MAX_DEPTH = 200
 _KEY_VALUE = re.compile(
     r"^(?:(?:sk|pk|rk)[-_][A-Za-z0-9_\-]{12,}"
     r"|(?i:bearer|basic|token)\s+\S{8,}"
-    r"|(?:ghp|gho|ghs|ghu|ghr|github_pat|hf|glpat|xox[abpsr])[-_][A-Za-z0-9_\-]{10,}"
+    r"|(?:ghp|gho|ghs|ghu|ghr|github_pat|hf|glpat|xox[abpsr]|gsk|xai|r8|pplx|nvapi)[-_][A-Za-z0-9_\-]{10,}"
     r"|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_\-]{30,}"
     r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*)$"
 )
@@ -138,12 +138,25 @@ _TOKEN_RUN = re.compile(r"[A-Za-z0-9]{20,}")
 
 def looks_like_api_key(value: Any) -> bool:
     """Whether a string has the shape of a provider's API key (`sk-...`, `hf_...`, a bearer token...) with a
-    random-looking run in it (16+ letters and digits, both): the strict forms only, not looks_like_secret's
+    random-looking run in it (16+ letters and digits, both), or is a Hugging Face token (`hf_` and 34
+    letters of both cases, often without a digit). The strict forms only, not looks_like_secret's
     heuristics, so that no name of a model is taken for one (`hf_llama_3_finetune` is not)."""
     if not isinstance(value, str) or not _KEY_VALUE.match(value.strip()):
         return False
+    if _HF_TOKEN.match(value.strip()):
+        return True
     runs = re.findall(r"[A-Za-z0-9]{16,}", value)
     return any(any(c.isdigit() for c in r) and any(c.isalpha() for c in r) for r in runs)
+
+
+_HF_TOKEN = re.compile(r"^hf_(?=[A-Za-z]*[a-z])(?=[A-Za-z]*[A-Z])[A-Za-z]{34}$")
+
+
+def holds_api_key(value: Any) -> bool:
+    """looks_like_api_key for the value or any of its words (`my run sk-proj-...` holds one)."""
+    if not isinstance(value, str):
+        return False
+    return looks_like_api_key(value) or any(looks_like_api_key(w) for w in re.split(r"[\s,;:'\"=()\[\]{}]+", value))
 
 
 def looks_like_secret(value: Any) -> bool:

@@ -60,7 +60,26 @@ def test_an_api_key_shape_is_told_from_a_model_name():
     """looks_like_api_key refuses a key pasted as a model: the provider shapes with a random-looking run."""
     from distill.core.redact import looks_like_api_key
 
-    keys = ["sk-proj-Ab12Cd34Ef56Gh78Ij90", "hf_AbCdEfGhIjKlMnOpQrStUvWxYz12345678", "ghp_0123456789abcdefABCDEF"]
-    names = ["gpt-4o-mini", "hf_llama_3_finetune", "sk-my-model-name-v2", "meta-llama/Llama-3.1-8B-Instruct", "teacher"]
-    assert [looks_like_api_key(k) for k in keys] == [True] * 3
-    assert [looks_like_api_key(n) for n in names] == [False] * 5
+    from distill.core.redact import holds_api_key
+
+    keys = [
+        "sk-proj-Ab12Cd34Ef56Gh78Ij90",
+        "hf_AbCdEfGhIjKlMnOpQrStUvWxYz12345678",
+        "ghp_0123456789abcdefABCDEF",
+        "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",  # the shape of a real HF token: 34 letters, no digit
+        "gsk_Ab12Cd34Ef56Gh78Ij90Kl12",
+        "xai-Ab12Cd34Ef56Gh78Ij90Kl12",
+        "r8_Ab12Cd34Ef56Gh78Ij90Kl12",
+    ]
+    names = [
+        "gpt-4o-mini",
+        "hf_llama_3_finetune",
+        "sk-my-model-name-v2",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "teacher",
+        "sk-MyVeryLongCamelCaseModelNameForTests",  # letters only, and not hf_: a name
+        "hf_MyVeryLongCamelCaseModelNameForTestsOk",  # 38 letters: not an HF token's 34
+    ]
+    assert [looks_like_api_key(k) for k in keys] == [True] * len(keys)
+    assert [looks_like_api_key(n) for n in names] == [False] * len(names)
+    assert holds_api_key("my run sk-proj-Ab12Cd34Ef56Gh78Ij90") and not holds_api_key("my run of gpt-4o-mini")

@@ -47,9 +47,9 @@ def check_api_key_var(v: str | None, example: str, setting: str = "set api_key_v
 def check_model_name(v: str, example: str, key_var: str) -> str:
     """`v` unless it has the shape of an API key (pasted into the model's field): a ValueError that does
     not repeat it (it would reach the terminal, config.toml and every request's recording)."""
-    from distill.core.redact import looks_like_api_key
+    from distill.core.redact import holds_api_key
 
-    if looks_like_api_key(v):
+    if holds_api_key(v):
         raise ValueError(
             "looks like an API key, not a model name; the value is not shown. Fix: set model to the name "
             f"the server serves (distill probe URL lists them), export {example}=<the key> and set "
@@ -62,9 +62,9 @@ def check_run_label(v: str | None, key_goes: str) -> str | None:
     """`v` (a tracker's project or run name) unless it has the shape of an API key: a ValueError that does
     not repeat it (the name is printed, and sent to the tracker, W&B's servers included). `key_goes` says
     where the tracker reads its key instead."""
-    from distill.core.redact import looks_like_api_key
+    from distill.core.redact import holds_api_key
 
-    if v is not None and looks_like_api_key(v):
+    if v is not None and holds_api_key(v):
         raise ValueError(
             f"looks like an API key, not a name; the value is not shown. Fix: set a name here; the tracker reads "
             f"its key from {key_goes}"
