@@ -147,7 +147,36 @@ def _check_loss_mode(cfg: RunConfig, why: str) -> list[Problem]:
 
 def check_cross_fields(cfg: RunConfig) -> list[Problem]:
     """Checks between fields and sections: the trainer's needs, reconstruction, the orchestrator's inputs."""
-    return _check_trainer_needs(cfg) + _check_reconstruction(cfg) + _check_orchestrator_inputs(cfg)
+    return (
+        _check_trainer_needs(cfg)
+        + _check_reconstruction(cfg)
+        + _check_orchestrator_inputs(cfg)
+        + _check_run_dir_name(cfg)
+    )
+
+
+def _check_run_dir_name(cfg: RunConfig) -> list[Problem]:
+    """output_dir set (`--output_dir "$OUT"` with OUT unset put the whole run in the working folder), and,
+    where a tracker's run is named after it, not holding an API key (the name is printed and sent)."""
+    from pathlib import PurePath
+
+    from distill.core.redact import holds_api_key
+
+    if not cfg.output_dir.strip():
+        return [
+            Problem("output_dir", 'is empty. Fix: set it to a folder for this run (e.g. "runs/my-run"; "." for here)')
+        ]
+    named = [k for k, on in (("wandb.name", cfg.wandb.enabled and not cfg.wandb.name),
+                             ("trackers.trackio_run", cfg.trackers.trackio and not cfg.trackers.trackio_run)) if on]  # fmt: skip
+    if named and holds_api_key(PurePath(cfg.output_dir).name):
+        return [
+            Problem(
+                "output_dir",
+                "its last part looks like an API key, and the tracker's run would be named after it (printed, and "
+                f"sent to the tracker); the value is not shown. Fix: rename output_dir, or set {' and '.join(named)}",
+            )
+        ]
+    return []
 
 
 def _check_trainer_needs(cfg: RunConfig) -> list[Problem]:
