@@ -255,8 +255,11 @@ def cmd_train(argv: list[str]) -> int:
     _busy_first(cfg, "train")
     preflight(cfg, "train", resume=bool(flags.get("--resume")), samples=flags.get("--samples"))
     check_train_vocab(cfg, samples or Path(cfg.output_dir) / "samples")  # built for this student's ids
-    run_dir = prepare_run_dir(cfg, "train", ("train",)) if rank == 0 else Path(cfg.output_dir)
+    from trainer.data import check_consumed_writable  # imports torch, as train does
     from trainer.train import train
+
+    check_consumed_writable(samples or Path(cfg.output_dir) / "samples")  # before any note or file
+    run_dir = prepare_run_dir(cfg, "train", ("train",)) if rank == 0 else Path(cfg.output_dir)
 
     note = epochs_note(cfg.trainer, samples or run_dir / "samples") if rank == 0 else None
     if note:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.core import contract
+from distill.run_lock import held_elsewhere
 
 
 def count_samples(samples_dir: Path) -> int:
@@ -65,8 +66,17 @@ def waiting_note(samples_dir: Path, timeout_s: float) -> str | None:
     if contract.is_done(samples_dir):
         return None
     have = count_samples(samples_dir) if samples_dir.is_dir() else 0
+    role = "score" if samples_dir.name == "scored" else "sample"
+    if held_elsewhere(samples_dir.parent, role):
+        now = ""
+    else:  # a rollout that failed or was killed: say so now, not after the whole timeout
+        now = (
+            f"; no producer is running on it now (none holds {samples_dir.parent / ('.lock-' + role)}): if the "
+            f"{'distill score' if role == 'score' else 'rollout or replay'} that writes it stopped, rerun it "
+            "(it resumes, and ends the folder with DONE)"
+        )
     return (
         f"trainer: {samples_dir} has {have} sample(s) and no {contract.DONE_FILE} marker yet: training takes "
         f"them as a producer (distill rollout / replay) writes them, and gives up after "
-        f"trainer.sample_timeout = {timeout_s:.0f}s without a new one"
+        f"trainer.sample_timeout = {timeout_s:.0f}s without a new one{now}"
     )

@@ -85,23 +85,27 @@ def check_free(run_dir: Path, roles: tuple[str, ...]) -> None:
     """Raise RunDirBusy, as lock_run_dir would, when another live process holds one of `roles` on
     run_dir; takes nothing and creates nothing. Commands call it before their other checks, so that a
     second run on a busy dir is told that first (not, say, that the dir holds another run's checkpoints)."""
-    if fcntl is None:
-        return
     key_dir = str(Path(run_dir).resolve())
     for role in roles:
-        if (key_dir, role) in _held:  # this process: lock_run_dir decides
-            continue
-        path = Path(run_dir) / f".lock-{role}"
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:  # no lock file (no run there yet) or unreadable: lock_run_dir decides
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while a holder has its LOCK_EX
-        except OSError:
-            raise RunDirBusy(_busy(run_dir, path)) from None
-        finally:
-            os.close(fd)  # drops the shared lock, if taken
+        if (key_dir, role) not in _held and held_elsewhere(run_dir, role):  # this process: lock_run_dir decides
+            raise RunDirBusy(_busy(run_dir, Path(run_dir) / f".lock-{role}"))
+
+
+def held_elsewhere(run_dir: Path, role: str) -> bool:
+    """Whether a live process other than this one holds `role` on run_dir (False where it cannot tell)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(Path(run_dir) / f".lock-{role}", os.O_RDONLY)
+    except OSError:  # no lock file (no run there yet) or unreadable
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while a holder has its LOCK_EX
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # drops the shared lock, if taken
 
 
 def release_all() -> None:

@@ -107,3 +107,24 @@ def test_a_second_trainer_hears_that_the_run_dir_is_busy_before_anything_else(tm
     finally:
         holder.kill()
         holder.wait(10)
+
+
+def test_the_waiting_note_says_when_no_producer_is_running(tmp_path):
+    """`distill train` on an unfinished folder whose rollout died waited the whole sample_timeout in silence."""
+    from distill.epochs import waiting_note
+
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    note = waiting_note(samples, 1800)
+    assert "no producer is running on it now" in note and ".lock-sample" in note and "rerun it" in note
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "READY"
+        note = waiting_note(samples, 1800)
+        assert "no DONE marker yet" in note and "no producer is running" not in note
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert "no producer is running on it now" in waiting_note(samples, 1800)  # the kernel dropped its lock
