@@ -105,9 +105,17 @@ def nothing_published(
         "only when its estimate, max_tokens x n completion tokens, fits). Fix: raise that budget, or lower "
         "orchestrator.sampling.max_tokens or n; then rerun the same command"
         if budget
-        else "fix the cause and rerun the same command"
+        else f"fix the cause{reason_fix(rejections)} and rerun the same command"
     )
     return (
         f"no sample was produced from the {prompts} prompt(s) started (stop: {stop_reason}; rejections: {rej}; "
         f"see {rejects_path}). Nothing was marked done; {fix}"
     )
+
+
+def reason_fix(rejections: Counter) -> str:
+    """`: <the setting>` for the most common rejection reason, where one lets it through."""
+    from orchestrator.reconstruction.reasons import REJECTION_FIXES
+
+    top = next((r for r, _ in rejections.most_common(1)), None)
+    return f" ({top}: {REJECTION_FIXES[top]})" if top in REJECTION_FIXES else ""

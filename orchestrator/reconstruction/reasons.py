@@ -35,6 +35,20 @@ REJECTION_REASONS: dict[str, str] = {
 }
 
 
+_R = "orchestrator.reconstruction."
+#: The setting that lets the most common reasons through, for a run that produced no sample at all.
+REJECTION_FIXES: dict[str, str] = {
+    "overlong": f"raise trainer.seq_len (or {_R}max_seq_len), lower orchestrator.sampling.max_tokens, or set "
+    f'{_R}overlong = "truncate"',
+    "truncated": f'raise orchestrator.sampling.max_tokens, or set {_R}truncated = "keep"',
+    "special_token_in_content": f'set {_R}special_tokens_in_content = "allow"',
+    "history_rewrite": f'set {_R}on_history_rewrite = "split"',
+    "no_trained_turn": f"check {_R}train_roles",
+    "template_alters_content": f'set {_R}content_whitespace = "strip" (a template that trims content)',
+    "tool_calls_not_rendered": "give the student a template that renders tool calls (student.chat_template)",
+}
+
+
 class Reject(Exception):
     def __init__(self, reason: str, detail: str):
         assert reason in REJECTION_REASONS, reason

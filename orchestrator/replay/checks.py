@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 from distill.core.contract import ShardWriter, iter_samples
 from distill.core.conversation import Conversation
+from orchestrator.failures import reason_fix
 from orchestrator.replay.records import ReplayError
 
 _FIX = "replay into a new output_dir, or delete that samples folder to build it again"
@@ -85,5 +87,7 @@ def nothing_replayed(summary: dict, run_dir: Path) -> ReplayError:
         + " + ".join(why or ["none trained"])
         + f" (rejects in {run_dir / 'rejects.jsonl'}, bad records in {run_dir / 'replay_rejects.jsonl'}). "
         "Nothing was marked done",
-        "fix the records or the filters ([orchestrator.replay]) and rerun the same command",
+        "fix the records or the filters ([orchestrator.replay])"
+        + reason_fix(Counter(summary["rejected"]))
+        + " and rerun the same command",
     )

@@ -672,8 +672,14 @@ def test_no_sample_at_all_is_a_failure(tmp_path, recon_for):
     write_prompts(tmp_path / "p.jsonl", 3)
     with FaultServer() as s:  # every answer is cut at 2 tokens: dropped as truncated
         cfg = make_cfg(s.base_url, tmp_path / "p.jsonl", sampling={"max_tokens": 2})
-        with pytest.raises(RolloutError, match=r"no sample was produced from the 3 prompt\(s\) started.*truncated=3"):
+        with pytest.raises(
+            RolloutError, match=r"no sample was produced from the 3 prompt\(s\) started.*truncated=3"
+        ) as ei:
             rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
+    # the setting that lets the reason through is named
+    assert "(truncated: raise orchestrator.sampling.max_tokens, or set orchestrator.reconstruction.truncated" in str(
+        ei.value
+    )
     assert len(read_jsonl(tmp_path / "run" / "recording.jsonl")) == 3  # the answers are kept
     assert not is_done(tmp_path / "run" / "samples")
     assert read_jsonl(tmp_path / "run" / "orchestrator_metrics.jsonl")[-1]["stop_reason"] == "error:no_samples"
