@@ -13,7 +13,7 @@ from .config import RunConfig, load_config
 from .core.redact import redact_url
 from .preflight import preflight
 from .run import prepare_run_dir
-from .run_lock import check_free
+from .run_lock import check_free, lock_run_dir
 from .score import SCORED, check_scorer, format_score_summary, score_dir, student_tokenizer
 
 
@@ -34,6 +34,9 @@ def cmd_score(argv: list[str]) -> int:
     run_dir = prepare_run_dir(cfg, "score", ("score",))
     in_dir = Path(found["--samples"]) if found.get("--samples") else run_dir / "samples"
     out_dir = Path(found["--out"]) if found.get("--out") else run_dir / SCORED
+    if out_dir.resolve() != (run_dir / SCORED).resolve():  # another run dir's scorer may write there too
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock_run_dir(out_dir, ("score",), "score", label="out")
     tok = student_tokenizer(cfg)
     _report_self_tests(check_scorer(cfg, tok))
     summary = score_dir(cfg, run_dir, in_dir, out_dir, tok=tok, follow=not found.get("--no-follow"))

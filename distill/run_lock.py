@@ -42,7 +42,7 @@ def _holder(path: Path) -> str:
         return "another process"
 
 
-def lock_run_dir(run_dir: Path, roles: tuple[str, ...], command: str) -> None:
+def lock_run_dir(run_dir: Path, roles: tuple[str, ...], command: str, label: str = "output_dir") -> None:
     """Take the flock of each role (of ROLES) on run_dir, or raise RunDirBusy naming the holder. A role
     this thread already holds is kept (commands called one after the other in one thread); one held by a
     command in another thread of this process is busy, as in another process."""
@@ -66,18 +66,18 @@ def lock_run_dir(run_dir: Path, roles: tuple[str, ...], command: str) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise RunDirBusy(_busy(run_dir, path)) from None
+            raise RunDirBusy(_busy(run_dir, path, label)) from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": time.time()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         _held[(key_dir, role)] = (fd, me)
 
 
-def _busy(run_dir: Path, path: Path) -> str:
+def _busy(run_dir: Path, path: Path, label: str = "output_dir") -> str:
     return (
-        f"output_dir {run_dir} is in use: {_holder(path)} is running there (it holds {path.name}). "
+        f"{label} {run_dir} is in use: {_holder(path)} is running there (it holds {path.name}). "
         f"Fix: wait for it to end (or stop it; rerunning then resumes), or give this run another "
-        f"output_dir (--output_dir DIR)"
+        f"{label} (--{label} DIR)"
     )
 
 

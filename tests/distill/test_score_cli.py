@@ -287,3 +287,37 @@ def test_probe_hints_at_the_url_shape_each_scorer_type_wants(make_score_server, 
     r = distill("probe", server.root, "--scorer", "vllm", "--tokenizer", smol_tokenizer_dir)
     out = r.stdout + r.stderr
     assert r.returncode == 1 and f"Hint: a vllm scorer's base_url ends in /v1: try {server.root}/v1" in out
+
+
+def test_two_scorers_into_one_out_folder_are_refused(tmp_path, make_score_server, tiny_student_dir):
+    """Two run dirs scoring into the same --out both wrote its shards (QA: 80 requests paid for 40)."""
+    server = make_score_server()
+    write_samples(tmp_path / "run" / "samples")
+    cfg = write_cfg(tmp_path, server, tiny_student_dir)
+    out = tmp_path / "shared-scored"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OUT, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+    try:
+        assert holder.stdout.readline().strip() == "READY"
+        r = distill("score", cfg, "--out", str(out))
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert f"out {out} is in use: pid {holder.pid}" in r.stderr and "--out DIR" in r.stderr
+        assert not list(out.glob("shard-*"))
+    finally:
+        holder.kill()
+        holder.wait(10)
+    r = distill("score", cfg, "--out", str(out))  # the holder is gone: this one scores
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "DONE").exists()
+
+
+HOLD_OUT = """
+import sys, time
+from pathlib import Path
+from distill.run_lock import lock_run_dir
+Path(sys.argv[1]).mkdir(parents=True, exist_ok=True)
+lock_run_dir(Path(sys.argv[1]), ("score",), "score", label="out")
+print("READY", flush=True)
+time.sleep(300)
+"""
