@@ -261,7 +261,8 @@ def read_chat_template(path: str | os.PathLike) -> str:
         why = "does not exist" if not p.exists() else f"cannot be read ({type(e).__name__}: {e})"
         raise TokenizerError(
             f"{CHAT_TEMPLATE_KEY}: the chat template file {p} {why}. Fix: set {CHAT_TEMPLATE_KEY} to a Jinja "
-            "file (a path relative to the config file, or absolute), or remove it to use the tokenizer's own"
+            "file (absolute, or relative to the config file when set there, to the working folder when set on the "
+            "command line or by environment variable), or remove it to use the tokenizer's own"
         ) from None
     if not text.strip():
         raise TokenizerError(f"{CHAT_TEMPLATE_KEY}: the chat template file {p} is empty. Fix: write the template there")
