@@ -289,6 +289,13 @@ def test_another_trainers_name_for_a_key_suggests_ours(tmp_path, key, meant):
     assert f"did you mean {meant}?" in str(e.value)
 
 
+def test_a_misspelt_table_is_matched_by_its_keys(tmp_path):
+    """`[trainers] tensorboard = true` meant [trackers]: it was "did you mean trainer.seed?"."""
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "[trainers]\ntensorboard = true\n"))
+    assert "did you mean trackers.tensorboard?" in str(e.value)
+
+
 # --- mode validation: external teacher => SFT only, no weight broadcast, no token client ---
 
 FORBIDDEN = {

@@ -165,8 +165,9 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
                 if tags
                 else f"{key} is not a key of {name} type {raw[n]!r}. Fix: remove it"
             )
-        elif e["type"] == "extra_forbidden":
-            near = nearest_key(key, key_paths(RunConfig))
+        elif e["type"] == "extra_forbidden":  # a misspelt table: its first key says which one was meant
+            sub = next(iter(e["input"]), None) if isinstance(e.get("input"), dict) else None
+            near = nearest_key(f"{key}.{sub}" if isinstance(sub, str) else key, key_paths(RunConfig))
             msg = (
                 f"unknown key {key}; "
                 + (f"did you mean {near}? " if near else "")
