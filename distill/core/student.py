@@ -288,6 +288,8 @@ def load_tokenizer(path: str | os.PathLike, chat_template: str | os.PathLike | N
     from transformers import AutoTokenizer
 
     template = read_chat_template(chat_template) if chat_template else None
+    if str(path).startswith(BUILTIN_PREFIX):  # `distill tokenize --tokenizer builtin:...`, student.tokenizer
+        path = resolve_student(str(path), with_model=False)
     gguf = gguf_file(path)
     if gguf is not None:  # converted once (gguf_tokenizer_dir)
         folder, why = gguf_tokenizer_dir(gguf)

@@ -38,8 +38,8 @@ REJECTION_REASONS: dict[str, str] = {
 _R = "orchestrator.reconstruction."
 #: The setting that lets the most common reasons through, for a run that produced no sample at all.
 REJECTION_FIXES: dict[str, str] = {
-    "overlong": f"raise trainer.seq_len (or {_R}max_seq_len), lower orchestrator.sampling.max_tokens, or set "
-    f'{_R}overlong = "truncate"',
+    "overlong": f'raise trainer.seq_len (or {_R}max_seq_len), or set {_R}overlong = "truncate"',
+    "reasoning_not_rendered": f'set {_R}reasoning = "think_tags" (or "drop")',
     "truncated": f'raise orchestrator.sampling.max_tokens, or set {_R}truncated = "keep"',
     "special_token_in_content": f'set {_R}special_tokens_in_content = "allow"',
     "history_rewrite": f'set {_R}on_history_rewrite = "split"',

@@ -90,6 +90,14 @@ def test_a_missing_tokenizer_folder_says_what_to_pass(tmp_path, capsys):
     assert "no-tokenizer does not exist" in err and "Fix:" in err and "tokenizer.json" in err
 
 
+def test_the_builtin_student_name_is_a_tokenizer(tmp_path, capsys, smol_tokenizer_dir):
+    """--tokenizer builtin:smollm2-135m-instruct, as student.path accepts it (it was "folder does not exist")."""
+    (tmp_path / "in.jsonl").write_text(LINE)
+    assert main(tokenize(tmp_path / "in.jsonl", tmp_path / "out.jsonl", "builtin:smollm2-135m-instruct")) == 0
+    assert main(tokenize(tmp_path / "in.jsonl", tmp_path / "ref.jsonl", smol_tokenizer_dir)) == 0
+    assert (tmp_path / "out.jsonl").read_text() == (tmp_path / "ref.jsonl").read_text()
+
+
 def test_a_line_that_is_not_utf8_is_that_lines_rejection(tmp_path, smol_tokenizer_dir):
     """The tester's file (a Latin-1 é) through the real CLI: the other lines still tokenize."""
     inp = tmp_path / "in.jsonl"

@@ -237,7 +237,7 @@ def test_toml_syntax_error_and_missing_file(tmp_path):
         load_config(tmp_path)
 
 
-def test_a_config_read_from_a_pipe(tmp_path):
+def test_a_config_read_from_a_pipe(tmp_path, monkeypatch):
     """`distill run <(envsubst < cfg.toml)`: /dev/fd/N is a pipe, not a regular file; it was called missing."""
     import threading
 
@@ -247,6 +247,15 @@ def test_a_config_read_from_a_pipe(tmp_path):
     writer.start()
     try:
         assert load_config(fifo).trainer.max_steps == 7
+    finally:
+        writer.join(10)
+    # a relative chat template in it is read from the working folder, as the pipe has no folder of its own
+    (tmp_path / "t.jinja").write_text("{{ messages }}")
+    monkeypatch.chdir(tmp_path.parent)  # proves the working folder is used (the fifo's own would be tmp_path)
+    writer = threading.Thread(target=lambda: fifo.write_text(f'[student]\nchat_template = "{tmp_path.name}/t.jinja"\n'))
+    writer.start()
+    try:
+        assert load_config(fifo).student.chat_template == str(tmp_path / "t.jinja")
     finally:
         writer.join(10)
 

@@ -230,7 +230,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
     finally:
         _TOML_DATA.reset(token)
     _anchor_chat_template(cfg, path, data)
-    cfg._config_dir = str(Path(path).expanduser().resolve().parent) if path else None
+    cfg._config_dir = str(_config_folder(path)) if path else None
     cfg = resolve(cfg)
     remember_config(cfg.model_dump(mode="json"))  # masked wherever a server echoes them (redact.mask_known)
     return cfg
@@ -250,6 +250,13 @@ def _refuse_stray_env_vars() -> None:
         )
 
 
+def _config_folder(path: str | os.PathLike | None) -> Path:
+    """The folder relative paths in the config file are read from: the file's, or the working folder for a
+    config read from a pipe (`distill run <(envsubst < cfg.toml)`: /dev/fd/N has no folder of its own)."""
+    p = Path(path).expanduser() if path is not None else None
+    return p.resolve().parent if p is not None and p.is_file() else Path.cwd()
+
+
 def _anchor_chat_template(cfg: RunConfig, path: str | os.PathLike | None, data: dict[str, Any]) -> None:
     """student.chat_template: a relative path is relative to the config file when the file set it (else to
     the working directory), made absolute so that the run dir's config.toml still finds the file."""
@@ -257,7 +264,7 @@ def _anchor_chat_template(cfg: RunConfig, path: str | os.PathLike | None, data: 
     if not ct or Path(ct).expanduser().is_absolute():
         return
     from_file = path is not None and (data.get("student") or {}).get("chat_template") == ct
-    base = Path(path).expanduser().parent if from_file and path is not None else Path.cwd()
+    base = _config_folder(path) if from_file else Path.cwd()
     cfg.student.chat_template = str((base / ct).resolve())
 
 
