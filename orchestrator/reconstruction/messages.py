@@ -105,7 +105,7 @@ def normalize_messages(
         where = f"messages[{i}]"
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise Reject("invalid_message", f"{where} is not an object with a string 'role'")
-        role = m["role"]
+        role = "system" if m["role"] == "developer" else m["role"]  # OpenAI's newer name for it (as replay reads it)
         if role not in KNOWN_ROLES:
             raise Reject("unknown_role", f"{where} has role {role!r}; known roles are {', '.join(KNOWN_ROLES)}")
         content = m.get("content")

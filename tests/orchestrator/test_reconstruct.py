@@ -426,6 +426,15 @@ def test_special_token_text_allowed_never_moves_the_mask(smol_tokenizer):
     assert s.prompt_ids.count(im_end) == 3  # system, user (incl. the pasted one)
 
 
+def test_a_developer_message_is_the_system_prompt(smol_tokenizer):
+    """OpenAI's newer name for the system role: built as one (replay read it so; tokenize rejected it)."""
+    r = Reconstructor(smol_tokenizer, Reconstruction())
+    tail = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    dev, _ = r.build([{"role": "developer", "content": "Be brief."}, *tail], None, sample_id="d")
+    sys_, _ = r.build([{"role": "system", "content": "Be brief."}, *tail], None, sample_id="s")
+    assert len(dev) == 1 and dev[0].prompt_ids == sys_[0].prompt_ids and dev[0].completion_ids == sys_[0].completion_ids
+
+
 # ---------------------------------------------------------------------------
 # Every other rejection reason
 # ---------------------------------------------------------------------------
