@@ -7,7 +7,7 @@ from __future__ import annotations
 #: Every reason a conversation (or one of its split samples) can be rejected for.
 REJECTION_REASONS: dict[str, str] = {
     "invalid_message": "a message is not an object, has no role, or its content is not text/None/list",
-    "unknown_role": "a role other than system, user, assistant, tool",
+    "unknown_role": "a role other than system, user, assistant, tool (developer is read as system)",
     "non_text_content": "a content part other than {'type': 'text'} (images, audio, ...)",
     "empty_assistant_turn": "an assistant message with no content and no tool calls",
     "invalid_tool_call": "a tool call that is not {'function': {'name': str, 'arguments': ...}}",
