@@ -250,11 +250,14 @@ def _refuse_stray_env_vars() -> None:
         )
 
 
-def _config_folder(path: str | os.PathLike | None) -> Path:
-    """The folder relative paths in the config file are read from: the file's, or the working folder for a
-    config read from a pipe (`distill run <(envsubst < cfg.toml)`: /dev/fd/N has no folder of its own)."""
+def _config_folder(path: str | os.PathLike | None, resolved: bool = True) -> Path:
+    """The folder relative paths in the config file are read from: the file's (`resolved`: its target's, for
+    a link), or the working folder for a config read from a pipe (`distill run <(envsubst < cfg.toml)`:
+    /dev/fd/N has no folder of its own)."""
     p = Path(path).expanduser() if path is not None else None
-    return p.resolve().parent if p is not None and p.is_file() else Path.cwd()
+    if p is None or not p.is_file():
+        return Path.cwd()
+    return p.resolve().parent if resolved else p.parent
 
 
 def _anchor_chat_template(cfg: RunConfig, path: str | os.PathLike | None, data: dict[str, Any]) -> None:
@@ -264,7 +267,7 @@ def _anchor_chat_template(cfg: RunConfig, path: str | os.PathLike | None, data: 
     if not ct or Path(ct).expanduser().is_absolute():
         return
     from_file = path is not None and (data.get("student") or {}).get("chat_template") == ct
-    base = _config_folder(path) if from_file else Path.cwd()
+    base = _config_folder(path, resolved=False) if from_file else Path.cwd()  # a linked config: the link's
     cfg.student.chat_template = str((base / ct).resolve())
 
 
