@@ -94,7 +94,7 @@ def _load(argv: list[str], flags: dict[str, bool]) -> tuple[RunConfig, dict, lis
 def _busy_first(cfg, command: str) -> tuple[str, ...]:
     """The run-dir roles `command` takes, once no other process works in the run dir in one of them: a
     command is told that before any other check (distill/run_lock.py); ranks other than 0 take no lock."""
-    roles = {"rollout": ("sample",), "replay": ("sample",), "train": ("train",)}.get(command)
+    roles = {"rollout": ("sample",), "replay": ("sample",), "train": ("train",), "score": ("score",)}.get(command)
     if roles is None:  # run: every stage it runs in this process
         roles = ("sample", "score", "train") if cfg.scorer or cfg.on_policy.enabled else ("sample", "train")
     if int(os.environ.get("RANK", "0")) == 0:
@@ -186,10 +186,10 @@ def _print_producer_summary(cfg: RunConfig, summary: dict) -> None:
 def cmd_rollout(argv: list[str]) -> int:
     cfg, flags, _ = _load(argv, {"--batch": False})
     cfg.orchestrator.batch.enabled |= bool(flags.get("--batch"))  # the Batch API (orchestrator/batch.py)
-    _busy_first(cfg, "rollout")
+    roles = _busy_first(cfg, "rollout")
     preflight(cfg, "rollout")
     recon = make_reconstructor(cfg)
-    run_dir = prepare_run_dir(cfg, "rollout", ("sample",), recon)
+    run_dir = prepare_run_dir(cfg, "rollout", roles, recon)
     summary = produce(cfg, run_dir, recon=recon)
     _print_producer_summary(cfg, summary)
     print_locations(run_dir, None)
@@ -216,10 +216,10 @@ def cmd_replay(argv: list[str]) -> int:
             'Fix: set orchestrator.source.path = "FILE.jsonl" in the config, or pass input files: '
             "distill replay CONFIG INPUT..."
         )
-    _busy_first(cfg, "replay")
+    roles = _busy_first(cfg, "replay")
     preflight(cfg, "replay", inputs=inputs)
     recon = make_reconstructor(cfg)
-    run_dir = prepare_run_dir(cfg, "replay", ("sample",), recon)
+    run_dir = prepare_run_dir(cfg, "replay", roles, recon)
     summary = produce(cfg, run_dir, on_error=flags.get("--on-error"), inputs=inputs, recon=recon)
     _print_summary("replay", summary)
     o = summary["outcomes"]  # every record ends in exactly one of these (docs/replay.md, "Counting")
@@ -252,14 +252,14 @@ def cmd_train(argv: list[str]) -> int:
             f"Fix: --samples {samples / 'samples'}"
         )
     rank = int(os.environ.get("RANK", "0"))
-    _busy_first(cfg, "train")
+    roles = _busy_first(cfg, "train")
     preflight(cfg, "train", resume=bool(flags.get("--resume")), samples=flags.get("--samples"))
     check_train_vocab(cfg, samples or Path(cfg.output_dir) / "samples")  # built for this student's ids
     from trainer.data import check_consumed_writable  # imports torch, as train does
     from trainer.train import train
 
     check_consumed_writable(samples or Path(cfg.output_dir) / "samples")  # before any note or file
-    run_dir = prepare_run_dir(cfg, "train", ("train",)) if rank == 0 else Path(cfg.output_dir)
+    run_dir = prepare_run_dir(cfg, "train", roles) if rank == 0 else Path(cfg.output_dir)
 
     note = epochs_note(cfg.trainer, samples or run_dir / "samples") if rank == 0 else None
     if note:

@@ -13,7 +13,7 @@ from .config import RunConfig, load_config
 from .core.redact import redact_url
 from .preflight import preflight
 from .run import prepare_run_dir
-from .run_lock import check_free, lock_run_dir
+from .run_lock import lock_run_dir
 from .score import SCORED, check_scorer, format_score_summary, score_dir, student_tokenizer
 
 
@@ -23,15 +23,15 @@ def _report_self_tests(rows: list) -> None:
 
 
 def cmd_score(argv: list[str]) -> int:
-    from .cli import _split_known
+    from .cli import _busy_first, _split_known
 
     if not argv or argv[0].startswith("-"):
         raise SystemExit("distill score: expected a TOML config path first; see distill score --help")
     found, rest = _split_known(argv[1:], {"--samples": True, "--out": True, "--no-follow": False})
     cfg = load_config(argv[0], rest)
-    check_free(Path(cfg.output_dir), ("score",))  # a busy run dir is told first (distill/run_lock.py)
+    roles = _busy_first(cfg, "score")
     preflight(cfg, "score", samples=found.get("--samples"))
-    run_dir = prepare_run_dir(cfg, "score", ("score",))
+    run_dir = prepare_run_dir(cfg, "score", roles)
     in_dir = Path(found["--samples"]) if found.get("--samples") else run_dir / "samples"
     out_dir = Path(found["--out"]) if found.get("--out") else run_dir / SCORED
     if out_dir.resolve() != (run_dir / SCORED).resolve():  # another run dir's scorer may write there too

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.core import contract
-from distill.run_lock import held_elsewhere
+from distill.run_lock import held_elsewhere, lock_file
 
 
 def count_samples(samples_dir: Path) -> int:
@@ -71,7 +71,7 @@ def waiting_note(samples_dir: Path, timeout_s: float) -> str | None:
         now = ""
     else:  # a rollout that failed or was killed: say so now, not after the whole timeout
         now = (
-            f"; no producer is running on it now (none holds {samples_dir.parent / ('.lock-' + role)}): if the "
+            f"; no producer is running on it now (none holds {lock_file(samples_dir.parent, role)}): if the "
             f"{'distill score' if role == 'score' else 'rollout or replay'} that writes it stopped, rerun it "
             "(it resumes, and ends the folder with DONE)"
         )

@@ -34,6 +34,11 @@ class RunDirBusy(Exception):
 _held: dict[tuple[str, str], tuple[int, int]] = {}
 
 
+def lock_file(run_dir: Path, role: str) -> Path:
+    """The file whose flock is `role` on run_dir."""
+    return Path(run_dir) / f".lock-{role}"
+
+
 def _holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text(encoding="utf-8") or "{}")
@@ -60,7 +65,7 @@ def lock_run_dir(run_dir: Path, roles: tuple[str, ...], command: str, label: str
                     "thread). Fix: wait for it to end, or give this run another output_dir"
                 )
             continue
-        path = Path(run_dir) / f".lock-{role}"
+        path = lock_file(run_dir, role)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -88,7 +93,7 @@ def check_free(run_dir: Path, roles: tuple[str, ...]) -> None:
     key_dir = str(Path(run_dir).resolve())
     for role in roles:
         if (key_dir, role) not in _held and held_elsewhere(run_dir, role):  # this process: lock_run_dir decides
-            raise RunDirBusy(_busy(run_dir, Path(run_dir) / f".lock-{role}"))
+            raise RunDirBusy(_busy(run_dir, lock_file(run_dir, role)))
 
 
 def held_elsewhere(run_dir: Path, role: str) -> bool:
@@ -96,7 +101,7 @@ def held_elsewhere(run_dir: Path, role: str) -> bool:
     if fcntl is None:
         return False
     try:
-        fd = os.open(Path(run_dir) / f".lock-{role}", os.O_RDONLY)
+        fd = os.open(lock_file(run_dir, role), os.O_RDONLY)
     except OSError:  # no lock file (no run there yet) or unreadable
         return False
     try:

@@ -29,7 +29,7 @@ from distill.core import contract
 from trainer import checkpoint as ckpt_io
 from trainer import dist
 from trainer.untrained import Untrained, nothing_to_train
-from trainer.data import check_consumed_writable, check_vocab, note_consumed
+from trainer.data import check_vocab, note_consumed
 from trainer.lora import check_resume
 from trainer.trackers import Tracker, open_trackers
 from trainer.model import is_sharded, load_student, shard
@@ -103,7 +103,6 @@ def _check_dirs(run_dir: Path, samples_dir: Path, resume: bool, producer_alive) 
             f"no samples directory {samples_dir}. Fix: produce samples first (distill rollout / distill replay "
             "with the same output_dir), or pass --samples DIR"
         )
-    check_consumed_writable(samples_dir)
 
 
 def _training_stream(follow, samples_dir: Path, seen: int, held: int, repeat: bool) -> Iterator[contract.Sample]:

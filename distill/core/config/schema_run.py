@@ -240,8 +240,9 @@ class Student(Strict):
     # Tokenizer folder (or cached hub id) if different from the model folder.
     tokenizer: str | None = None
     # Jinja file of the student's chat template, replacing the tokenizer's own (a path relative to the
-    # config file, or absolute; set on the command line or by environment: relative to the working folder). Reconstruction, prompt rendering, `distill inspect` and the trainer use it;
-    # every checkpoint's tokenizer carries it (chat_template.jinja).
+    # config file, or absolute; set on the command line or by environment: relative to the working folder).
+    # Reconstruction, prompt rendering, `distill inspect` and the trainer use it; every checkpoint's
+    # tokenizer carries it (chat_template.jinja).
     chat_template: str | None = None
 
 
