@@ -7,7 +7,7 @@ corpus as bench_reconstruct.py, it prints the minimum over --reps runs of:
   floor:     encode_batch_fast of the already rendered texts (one thread), and nothing else
   build_many: Reconstructor.build_many over chunks of 128 conversations, process CPU time
              (the pipeline's helper thread included)
-  and build_many's stages run one after the other on the whole corpus, thread CPU time:
+  and build_many's stages run one after the other on the whole corpus, process CPU time (the tokenizer thread included):
   plan       messages checks, renders, locating turns, segment texts (pipeline._prepare_chunk)
   encode     segment tokenisation and the Python around it (pipeline._encode)
   complete   self-check, masks, Sample assembly (pipeline._complete)
@@ -30,8 +30,13 @@ import sys
 import time
 from pathlib import Path
 
+# One tokenizer thread, and it is rayon's worker: with TOKENIZERS_PARALLELISM=false instead,
+# each encode call runs on the thread that makes it, and on this process's main thread the
+# tokenizer's allocations made the same work 1.7-2.4x dearer than on any other thread
+# (docs/reconstruction.md, "The tokenizer on the main thread"): the floor, timed there,
+# looked dear, and build_many, which encodes in a helper thread, cheap.
 os.environ["RAYON_NUM_THREADS"] = "1"
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["TOKENIZERS_PARALLELISM"] = "true"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_reconstruct as B  # noqa: E402 - after the environment that fixes one thread
@@ -67,51 +72,45 @@ def two_processes(fam, convs, seed: int) -> float:
         return time.process_time() - t + proc_cpu(pid) - w
 
 
+def one_rep(recon, tok, convs, units, args) -> dict[str, float]:
+    """CPU seconds of each method over the corpus, the methods taking turns chunk by chunk
+    (128 conversations), so that a slow stretch of the machine falls on all of them alike."""
+    sums = dict.fromkeys(("floor", "build_many", "peer", "peer_batched", "plan", "encode", "complete"), 0.0)
+
+    def timed(key: str, f, *a):
+        t = time.process_time()
+        out = f(*a)
+        sums[key] += time.process_time() - t
+        return out
+
+    fresh(recon)
+    for b in range(0, len(convs), 128):
+        flat = [m for u in units[b : b + 128] for m in u]
+        texts = [tok.apply_chat_template(m, tokenize=False) for m in flat]
+        timed("floor", B.run_floor, tok, texts)
+        timed("build_many", B.run_ours_batched, recon, convs[b : b + 128], b)
+        timed("peer", B.run_peer, tok, flat)
+        timed("peer_batched", B.run_peer_batched, tok, flat)
+    fresh(recon)
+    for b in range(0, len(args), 128):  # the same chunks, each stage timed on its own
+        results: list = []
+        pending = timed("plan", recon._prepare_chunk, args[b : b + 128], 0, results)
+        ids = timed("encode", recon._encode, [p for _, p in pending])
+        timed("complete", recon._complete, pending, ids, results)
+    return sums
+
+
 def measure(name: str, n: int, reps: int, seed: int, kind: str = "mixed", reuse: bool = True) -> dict[str, float]:
     fam = B.Family(name, kind=kind, prefix_reuse=reuse)
     convs = fam.corpus(max(20, n // 5) if fam.split else n, seed)
     recon, tok = fam.recons[1], fam.tok
     units = B.peer_units(convs, fam.split)
-    texts = [tok.apply_chat_template(m, tokenize=False) for u in units for m in u]
     args = [build_args(Conversation(m, sample_id=str(i))) for i, m in enumerate(convs)]
     B.run_ours_batched(recon, convs[:20])  # warm-up: template compile, token table
     best: dict[str, float] = {"processes": two_processes(fam, convs, seed)}
-
-    def keep(key: str, secs: float) -> None:
-        best[key] = min(best.get(key, float("inf")), secs)
-
     for _ in range(reps):
-        t = time.process_time()
-        B.run_floor(tok, texts)
-        keep("floor", time.process_time() - t)
-        fresh(recon)
-        t = time.process_time()
-        for b in range(0, len(convs), 128):
-            B.run_ours_batched(recon, convs[b : b + 128], b)
-        keep("build_many", time.process_time() - t)
-        flat = [m for u in units for m in u]
-        t = time.process_time()
-        B.run_peer(tok, flat)
-        keep("peer", time.process_time() - t)
-        t = time.process_time()
-        for b in range(0, len(flat), 128):
-            B.run_peer_batched(tok, flat[b : b + 128])
-        keep("peer_batched", time.process_time() - t)
-        fresh(recon)
-        stages = dict.fromkeys(("plan", "encode", "complete"), 0.0)
-        for b in range(0, len(args), 128):  # the same chunks, each stage timed on its own
-            results: list = []
-            t = time.thread_time()
-            pending = recon._prepare_chunk(args[b : b + 128], 0, results)
-            stages["plan"] += time.thread_time() - t
-            t = time.thread_time()
-            ids = recon._encode([p for _, p in pending])
-            stages["encode"] += time.thread_time() - t
-            t = time.thread_time()
-            recon._complete(pending, ids, results)
-            stages["complete"] += time.thread_time() - t
-        for k, v in stages.items():
-            keep(k, v)
+        for key, secs in one_rep(recon, tok, convs, units, args).items():
+            best[key] = min(best.get(key, float("inf")), secs)
     return best
 
 
