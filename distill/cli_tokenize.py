@@ -71,8 +71,11 @@ def cmd_tokenize(argv: list[str]) -> int:
     else:
         print(
             f"distill: no sample from {summary['lines']} line(s): {summary['rejected']} rejected "
-            f"{json.dumps(summary['by_reason'])}; each line's reason is in {a.output}. Fix: see the reasons "
-            "in docs/reconstruction.md (Rejection reasons) and docs/troubleshooting.md",
+            f"{json.dumps(summary['by_reason'])}; each line's reason is in {a.output}. Fix: "
+            + (
+                summary.get("hint")
+                or "see the reasons in docs/reconstruction.md (Rejection reasons) and docs/troubleshooting.md"
+            ),
             file=sys.stderr,
         )
     return 1

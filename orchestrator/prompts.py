@@ -12,7 +12,15 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from distill.core.jsonl import LINE_TOO_LONG, MAX_LINE_BYTES, Line, iter_lines, json_array_hint, starts_json_array
+from distill.core.jsonl import (
+    LINE_TOO_LONG,
+    MAX_LINE_BYTES,
+    Line,
+    iter_lines,
+    json_array_hint,
+    shape_hint,
+    starts_json_array,
+)
 from orchestrator.lines import content_problem, depth_exceeds, json_type, weight_ok
 
 #: Deepest nesting a prompt line may have (tool schemas need a few levels; nothing needs 100).
@@ -170,6 +178,7 @@ def _prompt(ln: Line, where: str, path: Path, seen: dict[str, int]) -> dict[str,
     d, reason, problem, lineno = ln.value, ln.reason, ln.problem, ln.number
     if reason is not None:
         fix = "flatten the record" if reason == "too_deep" else "one JSON object per line, in UTF-8"
+        fix = shape_hint(ln, path, '{"prompt": ...} (or {"messages": [...]})') or fix  # a CSV, pretty JSON
         raise PromptSourceError(f"{where}: {problem}. Fix: {fix}")
     if not isinstance(d, dict):
         hint = f" (if the file is one JSON array of prompts: {json_array_hint(path)})" if isinstance(d, list) else ""

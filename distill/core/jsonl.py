@@ -163,6 +163,28 @@ def json_array_hint(path: str | os.PathLike) -> str:
     return f"convert it to one object per line, e.g. jq -c '.[]' {p} > {out}, and read {out}"
 
 
+def shape_hint(ln: "Line", path: str | os.PathLike, record: str = "") -> str:
+    """For a file's first line that does not parse: what the file is instead of JSON Lines, and
+    how to convert it ("" when it looks like a JSON Lines file with a bad first line)."""
+    raw = ln.raw.strip()
+    if ln.number != 1 or ln.reason not in (INVALID_JSON, TORN) or not raw:
+        return ""
+    p = os.fspath(path)
+    out = (p.rsplit(".", 1)[0] if "." in os.path.basename(p) else p) + ".jsonl"
+    if raw.startswith(b"["):
+        return f"the file looks like one JSON array, not JSON Lines: {json_array_hint(path)}"
+    if raw.startswith(b"{") and cut_short(raw):
+        return (
+            "the file looks like pretty-printed JSON (one object over several lines), not JSON Lines "
+            f"(one object per line): convert it, e.g. jq -c . {p} > {out}, and read {out}"
+        )
+    if not raw.startswith((b"{", b'"')) and (b"," in raw or b"\t" in raw):
+        return "the file looks like a CSV/TSV table, not JSON Lines: write each row as one JSON object per line, " + (
+            record or '{"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}'
+        )
+    return ""
+
+
 def starts_json_array(ln: "Line") -> bool:
     """Whether a file's first line opens a JSON array it does not close (a pretty-printed array file)."""
     return ln.number == 1 and ln.reason is not None and ln.raw.lstrip().startswith(b"[")

@@ -32,6 +32,8 @@ REJECTION_REASONS: dict[str, str] = {
     "invalid_utf8": "(tokenize_file) the input line holds a byte sequence that is not UTF-8",
     "line_too_long": "(tokenize_file) the input line is longer than 64 MiB (read past, not loaded)",
     "invalid_line": "(tokenize_file) the input line is not an object with a 'messages' list",
+    "partial_last_line": "(tokenize_file) the input's last line has no newline and is cut short "
+    "(the writer stopped mid-line; replay names it the same)",
 }
 
 

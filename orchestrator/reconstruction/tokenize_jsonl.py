@@ -9,7 +9,7 @@ import os
 from typing import TYPE_CHECKING
 
 from distill.core.contract import atomic_write_text
-from distill.core.jsonl import Line, json_array_hint, read_jsonl, starts_json_array
+from distill.core.jsonl import Line, json_array_hint, read_jsonl, shape_hint, starts_json_array
 from distill.core.conversation import Conversation
 from orchestrator.build_pool import ParallelBuilder, offline_workers
 from orchestrator.reconstruction.reasons import Reject
@@ -87,13 +87,15 @@ def tokenize_file(
     cfg = cfg if cfg is not None else Reconstruction()
     recon = Reconstructor(load_tokenizer(tokenizer_dir, chat_template), cfg)
     with ParallelBuilder(recon, offline_workers(workers)) as builder:
-        counts, out_lines = _reconstruct_lines(builder, input_path)
+        counts, out_lines, hint = _reconstruct_lines(builder, input_path)
     atomic_write_text(output_path, "".join(x + "\n" for x in out_lines))
-    return _summary(input_path, output_path, counts, recon.stats)
+    return _summary(input_path, output_path, counts, recon.stats) | ({"hint": hint} if hint else {})
 
 
-def _reconstruct_lines(builder: ParallelBuilder, input_path: str) -> tuple[collections.Counter, list[str]]:
-    """The output lines of every input line, in order, and the file's own counts."""
+def _reconstruct_lines(builder: ParallelBuilder, input_path: str) -> tuple[collections.Counter, list[str], str]:
+    """The output lines of every input line, in order, the file's own counts, and what the
+    file looks like when it is not JSON Lines (jsonl.shape_hint; "" when it is)."""
+    hint = ""
     out_lines: list[str] = []
     counts: collections.Counter = collections.Counter()
     batch: list[tuple[int, Conversation]] = []
@@ -106,7 +108,7 @@ def _reconstruct_lines(builder: ParallelBuilder, input_path: str) -> tuple[colle
             out_lines.extend(res)
         batch.clear()
 
-    for ln in read_jsonl(input_path, torn=False, limit_key="the line limit of distill tokenize"):
+    for ln in read_jsonl(input_path, cut_only=True, limit_key="the line limit of distill tokenize"):
         n = ln.number
         if starts_json_array(ln):  # the whole file is wrong, not its first line
             raise TokenizeInputError(
@@ -118,6 +120,9 @@ def _reconstruct_lines(builder: ParallelBuilder, input_path: str) -> tuple[colle
             continue
         counts["lines"] += 1
         rec, err = _parse_line(ln, input_path)
+        if err is not None and shape_hint(ln, input_path):  # a CSV or pretty-printed JSON file
+            hint = shape_hint(ln, input_path)
+            err = Reject(err.reason, f"{err.detail}. Fix: {hint}")
         if err is not None:
             flush()  # keep output in input order
             out_lines.append(json.dumps({"line": n, "error": f"{err.reason}: {err.detail}"}, ensure_ascii=False))
@@ -138,7 +143,7 @@ def _reconstruct_lines(builder: ParallelBuilder, input_path: str) -> tuple[colle
         if len(batch) >= 256:
             flush()
     flush()
-    return counts, out_lines
+    return counts, out_lines, hint
 
 
 def _conv_lines(input_path: str, conv: Conversation, result: tuple) -> list[str]:

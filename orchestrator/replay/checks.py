@@ -87,7 +87,8 @@ def nothing_replayed(summary: dict, run_dir: Path) -> ReplayError:
         + " + ".join(why or ["none trained"])
         + f" (rejects in {run_dir / 'rejects.jsonl'}, bad records in {run_dir / 'replay_rejects.jsonl'}). "
         "Nothing was marked done",
-        "fix the records or the filters ([orchestrator.replay])"
+        "; ".join(summary.get("not_jsonl", [])[:1])
+        or "fix the records or the filters ([orchestrator.replay])"
         + reason_fix(Counter(summary["rejected"]))
         + " and rerun the same command",
     )

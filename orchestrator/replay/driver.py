@@ -144,6 +144,7 @@ class _Replay:
         self.outcomes: Counter = Counter()  # what became of each conversation / unreadable record
         self.tokens: Counter = Counter()
         self.bad_examples: list[str] = []
+        self.hints: list[str] = []  # BadRecord.hint of inputs that are not JSON Lines, each once
         self.bar = _progress_bar(sum(os.path.getsize(p) for p in paths), progress)
         self.pending_bytes = 0
         self.todo: list[Conversation] = []  # passed the filters, waiting for one build_many call
@@ -167,6 +168,8 @@ class _Replay:
         self.out.bad_record(item)
         if len(self.bad_examples) < 5:
             self.bad_examples.append(str(item.as_error()))
+        if item.hint and item.hint not in self.hints:
+            self.hints.append(item.hint)
         if item.partial or (item.reason == CORRUPT_GZIP and self.on_error == "skip"):  # (fail: the error says it)
             print(f"warning: {item.file}:{item.line}: {item.error}; skipped", file=sys.stderr)
 
@@ -287,6 +290,7 @@ class _Replay:
             "partial_last_lines": counts["partial_last_lines"],
             "bad_record_reasons": dict(sorted(self.reasons.items())),
             "bad_record_examples": self.bad_examples,
+            "not_jsonl": self.hints,  # inputs that look like CSV or pretty-printed JSON, and how to convert them
             # Each record (plus each extra choice of a Batch API line) ends in exactly one outcome:
             # records + extra_conversations == trained + filtered + rejected + bad_records + not_reconstructed.
             "extra_conversations": counts["extra_conversations"],

@@ -110,7 +110,9 @@ def iter_jsonl(path: str, max_bytes: int = MAX_LINE_BYTES) -> Iterator[Line]:
         if ln.blank:
             yield Line(lineno, nbytes, empty=True)
         elif ln.reason is not None:
-            bad = BadRecord(path, lineno, None, ln.problem, ln.torn, _excerpt(ln.raw), ln.reason)
+            hint = jsonl.shape_hint(ln, path)  # a CSV or pretty-printed JSON file: say so once, at line 1
+            problem = f"{ln.problem}. Fix: {hint}" if hint else ln.problem
+            bad = BadRecord(path, lineno, None, problem, ln.torn, _excerpt(ln.raw), ln.reason, hint)
             yield Line(lineno, nbytes, bad=bad)
         else:
             yield Line(lineno, nbytes, obj=ln.value)

@@ -54,6 +54,7 @@ class BadRecord:
     partial: bool = False  # a half-written last line (no trailing newline, not valid JSON)
     excerpt: str = ""
     reason: str = "bad_field"  # the code counted in the summary's bad_record_reasons
+    hint: str = ""  # what the whole file is instead of JSON Lines (a CSV, pretty JSON: jsonl.shape_hint)
 
     def to_json(self) -> str:
         return json.dumps(

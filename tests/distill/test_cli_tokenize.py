@@ -144,3 +144,28 @@ def test_a_json_array_input_is_one_message(tmp_path, capsys, smol_tokenizer_dir)
     err = capsys.readouterr().err
     assert err.startswith(f"distill: {inp} is one JSON array, not JSON Lines") and "jq -c '.[]'" in err
     assert not out.exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    "name, text, says",
+    [
+        ("in.csv", "prompt,response\nHi,Hello\n", "Fix: the file looks like a CSV/TSV table"),
+        ("in.json", json.dumps(json.loads(LINE), indent=2) + "\n", "Fix: the file looks like pretty-printed JSON"),
+    ],
+)
+def test_a_file_that_is_not_json_lines_says_so(tmp_path, smol_tokenizer_dir, capsys, name, text, says):
+    inp, out = tmp_path / name, tmp_path / "out.jsonl"
+    inp.write_text(text)
+    assert main(tokenize(inp, out, smol_tokenizer_dir)) == 1
+    cap = capsys.readouterr()
+    assert says in cap.err and says.removeprefix("Fix: ") in json.loads(cap.out)["hint"]
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert says in rows[0]["error"] and not any(says in r["error"] for r in rows[1:])  # once, at line 1
+
+
+def test_a_half_written_last_line_is_named_as_replay_names_it(tmp_path, smol_tokenizer_dir):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(LINE + LINE.strip()[:25])  # the writer stopped mid-line
+    assert main(tokenize(inp, out, smol_tokenizer_dir)) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows[1]["error"].startswith("partial_last_line: ") and "half-written last line" in rows[1]["error"]

@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distill.core.jsonl import INVALID_JSON, LINE_TOO_LONG, TORN, cut_short, iter_lines, log_values, read_jsonl
+from distill.core.jsonl import (
+    INVALID_JSON,
+    LINE_TOO_LONG,
+    TORN,
+    cut_short,
+    iter_lines,
+    log_values,
+    read_jsonl,
+    shape_hint,
+)
 from distill.core.contract import Sample, ShardWriter, list_shards, read_shard
 from orchestrator.recording import load_recording
 from orchestrator.rejects import RejectLog
@@ -136,3 +145,26 @@ def test_a_byte_order_mark_at_the_start_is_passed_over(tmp_path):
     assert [ln.value for ln in got] == [{"a": 1}, {"b": 2}]
     assert (got[0].start, got[0].size, got[1].start) == (0, 13, 13)
     assert lines(b'{"a": 1}\n\xef\xbb\xbf{"b": 2}\n')[1].reason == INVALID_JSON  # only at the start of the file
+
+
+@pytest.mark.parametrize(
+    "data, says",
+    [
+        (b'{\n  "messages": [\n    {"role": "user"}\n  ]\n}\n', "pretty-printed JSON"),
+        (b'{"messages": [\n', "pretty-printed JSON"),
+        (b"prompt,response\nHi,Hello\n", "CSV/TSV table"),
+        (b"prompt\tresponse\n", "CSV/TSV table"),
+        (b"[\n  {}\n]\n", "one JSON array"),
+        (b'{"a": 1}}\n{"a": 1}\n', ""),  # a typo in a JSON Lines file: nothing to say about the file
+        (b"hello\n", ""),
+        (b'{"a": 1}\n', ""),  # it parses
+    ],
+)
+def test_a_file_that_is_not_json_lines_is_named_at_its_first_line(data, says):
+    first = next(iter_lines(io.BytesIO(data), cut_only=True))
+    hint = shape_hint(first, "in/data.csv")
+    assert (says in hint) if says else hint == ""
+    if says == "pretty-printed JSON":
+        assert "jq -c . in/data.csv > in/data.jsonl" in hint
+    second = list(iter_lines(io.BytesIO(data), cut_only=True))[1:2]
+    assert all(shape_hint(ln, "in/data.csv") == "" for ln in second)  # said once, at line 1

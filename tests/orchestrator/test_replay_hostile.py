@@ -396,6 +396,27 @@ def test_sharegpt_roles_under_messages_are_named_in_the_filter_reason(tmp_path, 
     assert "(its other roles: model) (" in rejects["dev/0"] and "ShareGPT" not in rejects["dev/0"]
 
 
+@pytest.mark.parametrize(
+    "name, text, says",
+    [
+        ("data.csv", "prompt,response\nHi,Hello\nHow are you,Fine\n", "looks like a CSV/TSV table"),
+        ("data.json", json.dumps(chat("5", "a"), indent=2) + "\n", "looks like pretty-printed JSON"),
+    ],
+)
+def test_a_file_that_is_not_json_lines_is_named_with_the_conversion(tmp_path, smol_tokenizer, name, text, says):
+    """A CSV or a pretty-printed JSON object: every line is bad; the error says what the file is
+    (on_error fail: at line 1; skip: in the no-sample failure and in replay_rejects.jsonl, once)."""
+    p = tmp_path / name
+    p.write_text(text)
+    for on_error in ("fail", "skip"):
+        cfg = make_cfg(tmp_path, p, on_error=on_error)
+        with pytest.raises(ReplayError) as e:
+            replay(cfg, tmp_path / on_error, recon(smol_tokenizer, cfg), progress=False)
+        assert says in str(e.value) and "Fix: the file " in str(e.value), str(e.value)
+    bad = list(read_jsonl(tmp_path / "skip" / "replay_rejects.jsonl"))
+    assert len(bad) == len(text.splitlines()) and sum(says in b["error"] for b in bad) == 1
+
+
 def test_a_json_array_file_stops_the_replay_with_the_conversion(tmp_path, smol_tokenizer):
     p = tmp_path / "data.json"
     p.write_text(json.dumps([chat("5", "a"), chat("6", "b")], indent=2))

@@ -162,6 +162,15 @@ def test_over_long_prompt_line_and_directory_path(tmp_path, monkeypatch):
         count_prompts(Source(type="jsonl", path=str(tmp_path)))
 
 
+def test_a_csv_prompt_file_is_named_as_one(tmp_path):
+    p = tmp_path / "prompts.csv"
+    p.write_text("question,answer\nWhat is 2+2?,4\n")
+    with pytest.raises(
+        PromptSourceError, match=r"prompts.csv:1: .*Fix: the file looks like a CSV/TSV table.*\"prompt\""
+    ):
+        count_prompts(Source(type="jsonl", path=str(p)))
+
+
 def test_a_json_array_file_is_named_as_one_with_the_conversion(tmp_path):
     """json.dump's output (an array, pretty-printed or on one line) where JSON Lines are read."""
     rows = [{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(3)]
