@@ -109,6 +109,12 @@ def normalize_messages(
         if role not in KNOWN_ROLES:
             raise Reject("unknown_role", f"{where} has role {role!r}; known roles are {', '.join(KNOWN_ROLES)}")
         content = m.get("content")
+        if content is None and role != "assistant":  # as replay's missing_content: not an empty turn
+            raise Reject(
+                "invalid_message",
+                f"{where} ({role}) has no content (null or missing); only an assistant message may have none. "
+                'Give its text ("" for an empty one) or drop the message',
+            )
         if type(content) is not str:  # the usual case needs no call
             content = _text_content(content, where)
         data: dict[str, Any] = {"role": role, "content": content}

@@ -448,6 +448,16 @@ def test_a_developer_message_is_the_system_prompt(smol_tokenizer):
         ([{"role": "user", "content": 5}, {"role": "assistant", "content": "A"}], "invalid_message", "messages[0]"),
         ([{"role": "function", "content": "x"}, {"role": "assistant", "content": "A"}], "unknown_role", "'function'"),
         (
+            [{"role": "user", "content": None}, {"role": "assistant", "content": "A"}],
+            "invalid_message",
+            "(user) has no",
+        ),
+        (
+            [{"role": "system"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+            "invalid_message",
+            "(system) has no",
+        ),
+        (
             [
                 {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
                 {"role": "assistant", "content": "A"},
