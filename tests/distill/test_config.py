@@ -305,6 +305,34 @@ def test_a_misspelt_table_is_matched_by_its_keys(tmp_path):
     assert "did you mean trackers.tensorboard?" in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "toml, says",
+    [
+        (
+            "[trackers.tensorbord]\n",
+            "did you mean trackers.tensorboard? It is a setting, not a table. "
+            "Fix: write tensorboard = ... under [trackers]",
+        ),
+        ("[seeds]\n", "did you mean seed? It is a setting, not a table. Fix: write seed = ... at the top of the file"),
+    ],
+)
+def test_a_table_where_a_setting_is_meant_is_told_so(tmp_path, toml, says):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, toml))
+    assert says in str(e.value)
+
+
+@pytest.mark.parametrize("section", ["student", "trainer", "trainer.loss", "orchestrator.source"])
+def test_an_array_of_tables_where_one_table_is_read_says_single_brackets(tmp_path, section):
+    """`[[trainer]]` (TOML's array of tables) gave pydantic's "Input should be a valid dictionary"."""
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, f'[[{section}]]\ntype = "sft"\n'))
+    assert f"{section} is written as a list of tables ([[{section}]], double brackets); it is one table. " in str(
+        e.value
+    ) and f"Fix: write [{section}] (single brackets)" in str(e.value)
+    assert "Input should be" not in str(e.value)
+
+
 # --- mode validation: external teacher => SFT only, no weight broadcast, no token client ---
 
 FORBIDDEN = {

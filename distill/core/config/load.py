@@ -133,7 +133,7 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
     overrides). A cross-check's problem counts as the file's."""
     from distill.core.redact import is_secret_key, looks_like_secret, redact  # stdlib only
 
-    from .keypaths import is_key_or_table, key_paths, nearest_key, union_tags_with_key
+    from .keypaths import is_key_or_table, key_paths, union_tags_with_key
 
     problems: list[Problem] = []
     origins: set[str] = set()
@@ -165,13 +165,12 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
                 if tags
                 else f"{key} is not a key of {name} type {raw[n]!r}. Fix: remove it"
             )
-        elif e["type"] == "extra_forbidden":  # a misspelt table: its first key says which one was meant
-            sub = next(iter(e["input"]), None) if isinstance(e.get("input"), dict) else None
-            near = nearest_key(f"{key}.{sub}" if isinstance(sub, str) else key, key_paths(RunConfig))
-            msg = (
-                f"unknown key {key}; "
-                + (f"did you mean {near}? " if near else "")
-                + "Fix: remove it or check its spelling against docs/configuration.md"
+        elif e["type"] == "extra_forbidden":
+            msg = _unknown_key_message(key, e.get("input"))
+        elif _tables_list(e):
+            msg = (  # [[student]]: TOML's array of tables, where one table is read
+                f"{key} is written as a list of tables ([[{key}]], double brackets); it is one table. "
+                f"Fix: write [{key}] (single brackets), once"
             )
         else:
             hide = any(is_secret_key(p) or p in ("api_key_var", "headers") for p in parts) or looks_like_secret(
@@ -185,6 +184,38 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
         origins.add(origin)
         problems.append(Problem(key, msg + note))
     return problems, origins
+
+
+def _tables_list(e: dict) -> bool:
+    """Whether a section's value is a TOML array of tables ([[student]]) where one table is read."""
+    value = e.get("input")
+    return (
+        e["type"] in ("model_type", "dict_type", "union_tag_not_found", "union_tag_invalid")
+        and isinstance(value, list)
+        and bool(value)
+        and all(isinstance(v, dict) for v in value)
+    )
+
+
+def _unknown_key_message(key: str, value: Any) -> str:
+    """The message of an unknown key: a misspelt table's first key says which one was meant; a
+    table written where a setting is meant ([trackers.tensorbord]) is told it is a setting."""
+    from .keypaths import key_paths, nearest_key
+
+    sub = next(iter(value), None) if isinstance(value, dict) else None
+    near = nearest_key(f"{key}.{sub}" if isinstance(sub, str) else key, key_paths(RunConfig))
+    if isinstance(value, dict) and near is not None and near.count(".") == key.count("."):
+        parent, _, last = near.rpartition(".")
+        where = f"under [{parent}]" if parent else "at the top of the file"
+        return (
+            f"unknown table [{key}]; did you mean {near}? It is a setting, not a table. "
+            f"Fix: write {last} = ... {where} (docs/configuration.md)"
+        )
+    return (
+        f"unknown key {key}; "
+        + (f"did you mean {near}? " if near else "")
+        + "Fix: remove it or check its spelling against docs/configuration.md"
+    )
 
 
 def _where(parts: list[str], cli: dict | None) -> tuple[str, str]:
