@@ -146,6 +146,12 @@ def _assistant(m: dict, data: dict[str, Any], where: str, policy: str, shape: To
         if not content and shape.null_content:
             data["content"] = None  # the template renders tool calls only for null content
     if not content and not calls:
+        if r:  # the teacher thought and answered nothing: training on it teaches an empty answer
+            raise Reject(
+                "empty_assistant_turn",
+                f"{where} is an assistant turn with reasoning but no answer (no content, no tool calls); "
+                "often the teacher ran out of tokens while thinking: raise orchestrator.sampling.max_tokens",
+            )
         raise Reject("empty_assistant_turn", f"{where} is an assistant turn with no content and no tool calls")
     prefix = reasoning = ""
     if r and policy == "template":

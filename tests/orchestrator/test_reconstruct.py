@@ -479,6 +479,11 @@ def test_a_developer_message_is_the_system_prompt(smol_tokenizer):
             "messages[1]",
         ),
         (
+            [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "", "reasoning_content": "Hm"}],
+            "empty_assistant_turn",
+            "with reasoning but no answer",
+        ),
+        (
             [{"role": "user", "content": "Q"}, {"role": "assistant", "content": None, "tool_calls": []}],
             "empty_assistant_turn",
             "messages[1]",
