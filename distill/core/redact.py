@@ -340,8 +340,11 @@ def remember_config(obj: Any, _depth: int = 0, _secret: bool = False) -> None:
             for cred in _url_credentials(obj):
                 remember_secret(cred)
         for w in _TEXT_PIECE.findall(obj):
-            if not is_url(w) and looks_like_secret(w):
-                remember_secret(w)
+            if is_url(w):
+                continue
+            for part in (w, *w.split("/")[1:]):  # a key pasted into a path is a folder or file name
+                if looks_like_secret(part):
+                    remember_secret(part)
 
 
 def mask_known(text: str) -> str:

@@ -156,8 +156,9 @@ def check_cross_fields(cfg: RunConfig) -> list[Problem]:
 
 
 def _check_run_dir_name(cfg: RunConfig) -> list[Problem]:
-    """output_dir set (`--output_dir "$OUT"` with OUT unset put the whole run in the working folder), and,
-    where a tracker's run is named after it, not holding an API key (the name is printed and sent)."""
+    """output_dir set (`--output_dir "$OUT"` with OUT unset put the whole run in the working folder), and
+    no part of it holding an API key: the run dir's path is printed, saved with the run's config, and
+    names a tracker's run when none is set."""
     from pathlib import PurePath
 
     from distill.core.redact import holds_api_key
@@ -166,14 +167,16 @@ def _check_run_dir_name(cfg: RunConfig) -> list[Problem]:
         return [
             Problem("output_dir", 'is empty. Fix: set it to a folder for this run (e.g. "runs/my-run"; "." for here)')
         ]
-    named = [k for k, on in (("wandb.name", cfg.wandb.enabled and not cfg.wandb.name),
-                             ("trackers.trackio_run", cfg.trackers.trackio and not cfg.trackers.trackio_run)) if on]  # fmt: skip
-    if named and holds_api_key(PurePath(cfg.output_dir).name):
+    if any(holds_api_key(part) for part in PurePath(cfg.output_dir).parts):
+        named = [k for k, on in (("wandb.name", cfg.wandb.enabled and not cfg.wandb.name),
+                                 ("trackers.trackio_run", cfg.trackers.trackio and not cfg.trackers.trackio_run)) if on]  # fmt: skip
+        tracker = f"; {' and '.join(named)} would be named after it too" if named else ""
         return [
             Problem(
                 "output_dir",
-                "its last part looks like an API key, and the tracker's run would be named after it (printed, and "
-                f"sent to the tracker); the value is not shown. Fix: rename output_dir, or set {' and '.join(named)}",
+                "a part of it looks like an API key; the run dir's path is printed and saved with the run's "
+                f"config{tracker}. The value is not shown. Fix: choose another folder name (an API key goes in "
+                "the environment variable that teacher.api_key_var names)",
             )
         ]
     return []

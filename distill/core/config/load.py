@@ -237,6 +237,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
     data = read_toml(path) if path else {}
     over = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
     _refuse_stray_env_vars()
+    # masked in every message from here on (mask_known), those of a config that does not validate too
+    remember_config([data, over, {k: v for k, v in os.environ.items() if k.startswith("DISTILL_")}])
     token = _TOML_DATA.set(data)
     try:
         cfg = RunConfig(**over)
