@@ -167,7 +167,7 @@ def shape_hint(ln: "Line", path: str | os.PathLike, record: str = "") -> str:
     """For a file's first line that does not parse: what the file is instead of JSON Lines, and
     how to convert it ("" when it looks like a JSON Lines file with a bad first line)."""
     raw = ln.raw.strip()
-    if ln.number != 1 or ln.reason not in (INVALID_JSON, TORN) or not raw:
+    if ln.number != 1 or ln.reason != INVALID_JSON or not raw:  # (a torn one-line file is no other shape)
         return ""
     p = os.fspath(path)
     out = (p.rsplit(".", 1)[0] if "." in os.path.basename(p) else p) + ".jsonl"

@@ -120,8 +120,7 @@ def _reconstruct_lines(builder: ParallelBuilder, input_path: str) -> tuple[colle
             continue
         counts["lines"] += 1
         rec, err = _parse_line(ln, input_path)
-        if err is not None and shape_hint(ln, input_path):  # a CSV or pretty-printed JSON file
-            hint = shape_hint(ln, input_path)
+        if err is not None and n == 1 and (hint := shape_hint(ln, input_path)):  # a CSV or pretty JSON file
             err = Reject(err.reason, f"{err.detail}. Fix: {hint}")
         if err is not None:
             flush()  # keep output in input order

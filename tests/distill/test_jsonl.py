@@ -158,6 +158,7 @@ def test_a_byte_order_mark_at_the_start_is_passed_over(tmp_path):
         (b'{"a": 1}}\n{"a": 1}\n', ""),  # a typo in a JSON Lines file: nothing to say about the file
         (b"hello\n", ""),
         (b'{"a": 1}\n', ""),  # it parses
+        (b'{"messages": [', ""),  # a one-line file cut short (torn): not pretty JSON
     ],
 )
 def test_a_file_that_is_not_json_lines_is_named_at_its_first_line(data, says):
