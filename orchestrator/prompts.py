@@ -178,7 +178,8 @@ def _prompt(ln: Line, where: str, path: Path, seen: dict[str, int]) -> dict[str,
     d, reason, problem, lineno = ln.value, ln.reason, ln.problem, ln.number
     if reason is not None:
         fix = "flatten the record" if reason == "too_deep" else "one JSON object per line, in UTF-8"
-        fix = shape_hint(ln, path, '{"prompt": ...} (or {"messages": [...]})') or fix  # a CSV, pretty JSON
+        table = '; or read it as a table: orchestrator.source.type = "table" (docs/orchestrator.md, "Dataset sources")'
+        fix = shape_hint(ln, path, '{"prompt": ...} (or {"messages": [...]})', table) or fix  # a CSV, pretty JSON
         raise PromptSourceError(f"{where}: {problem}. Fix: {fix}")
     if not isinstance(d, dict):
         hint = f" (if the file is one JSON array of prompts: {json_array_hint(path)})" if isinstance(d, list) else ""

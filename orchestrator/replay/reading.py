@@ -110,12 +110,20 @@ def iter_jsonl(path: str, max_bytes: int = MAX_LINE_BYTES) -> Iterator[Line]:
         if ln.blank:
             yield Line(lineno, nbytes, empty=True)
         elif ln.reason is not None:
-            hint = jsonl.shape_hint(ln, path)  # a CSV or pretty-printed JSON file: say so once, at line 1
+            table = _TABLE if path.lower().endswith(".csv") else ""  # (format "dataset" reads .csv, not .tsv)
+            hint = jsonl.shape_hint(ln, path, table=table)  # a CSV or pretty-printed JSON file: once, at line 1
             problem = f"{ln.problem}. Fix: {hint}" if hint else ln.problem
             bad = BadRecord(path, lineno, None, problem, ln.torn, _excerpt(ln.raw), ln.reason, hint)
             yield Line(lineno, nbytes, bad=bad)
         else:
             yield Line(lineno, nbytes, obj=ln.value)
+
+
+#: How replay reads a table instead (docs/replay.md, "dataset").
+_TABLE = (
+    '; or read it as a table: orchestrator.source.format = "dataset" (distill replay ... '
+    "--orchestrator.source.format dataset), whose rows are read like JSON Lines records"
+)
 
 
 def resolve_inputs(patterns: list[str]) -> list[str]:

@@ -604,6 +604,30 @@ def test_parquet_through_datasets_matches_jsonl(tmp_path, smol_tokenizer):
     assert got[("data.parquet", "auto")] == got[("data.jsonl", "dataset")] == got[("data.jsonl", "chat")]
 
 
+def test_a_csv_file_is_read_as_a_table_under_auto(tmp_path, smol_tokenizer):
+    """A .csv is never JSON Lines: format auto reads it through `datasets`, its rows detected like
+    JSONL records (it was one invalid_json per line)."""
+    pytest.importorskip("datasets")
+    import csv
+
+    rows = [
+        {"prompt": f"What is {i} + 1?", "completion": f"It is {i + 1}, so the answer is {i + 1}."} for i in range(5)
+    ]
+    with open(tmp_path / "data.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, ["prompt", "completion"])
+        w.writeheader()
+        w.writerows(rows)
+    write_jsonl(tmp_path / "data.jsonl", rows)
+    got = {}
+    for name in ("data.csv", "data.jsonl"):
+        run = tmp_path / f"run-{name}"
+        cfg = make_cfg(run, tmp_path / name)
+        summary = replay(cfg, run, make_recon(smol_tokenizer, cfg), progress=False)
+        assert summary["samples"] == 5 and summary["bad_records"] == 0, summary
+        got[name] = [(s.prompt_ids, s.completion_ids, s.completion_mask) for s in iter_samples(run / "samples")]
+    assert got["data.csv"] == got["data.jsonl"]
+
+
 def test_missing_datasets_library_is_a_clear_error(tmp_path, smol_tokenizer, monkeypatch):
     (tmp_path / "data.parquet").write_bytes(b"PAR1")
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError

@@ -399,7 +399,8 @@ def test_sharegpt_roles_under_messages_are_named_in_the_filter_reason(tmp_path, 
 @pytest.mark.parametrize(
     "name, text, says",
     [
-        ("data.csv", "prompt,response\nHi,Hello\nHow are you,Fine\n", "looks like a CSV/TSV table"),
+        ("data.txt", "prompt,response\nHi,Hello\nHow are you,Fine\n", "looks like a CSV/TSV table"),
+        ("data.tsv", "prompt\tresponse\nHi\tHello\n", "looks like a CSV/TSV table"),
         ("data.json", json.dumps(chat("5", "a"), indent=2) + "\n", "looks like pretty-printed JSON"),
     ],
 )

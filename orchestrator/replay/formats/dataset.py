@@ -1,5 +1,5 @@
 """Format "dataset": local Parquet/JSONL/CSV files read through the `datasets` library, streamed;
-each row is then parsed as the record format it looks like (auto picks this reader for .parquet)."""
+each row is then parsed as the record format it looks like (auto picks this reader for .parquet and .csv)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ DATASET_SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".
 
 
 def reads_file(path: str) -> bool:
-    """Whether format "auto" reads this file with `datasets` (rather than line by line)."""
-    return Path(path).suffix.lower() == ".parquet"
+    """Whether format "auto" reads this file with `datasets` (rather than line by line): Parquet and
+    CSV, which are never JSON Lines."""
+    return Path(path).suffix.lower() in (".parquet", ".csv")
 
 
 def read(path: str) -> Iterator[Line]:
