@@ -80,6 +80,28 @@ def check_train_vocab(cfg: RunConfig, samples: Path) -> None:
     )
 
 
+def template_code(source: str) -> str:
+    """A chat template as what renders: its Jinja tokens without comments and the whitespace inside
+    tags, adjacent text joined. A comment-only edit keeps it; any edit that changes a rendering changes
+    it (the lexer applies whitespace control, `-` and trim/lstrip_blocks, to the text tokens). The
+    source itself where transformers' compiler is not there."""
+    try:
+        from jinja2.lexer import ignored_tokens
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        out: list[list[str]] = []
+        for _, kind, value in _compile_jinja_template(source).environment.lex(source):
+            if kind in ignored_tokens:
+                continue
+            if kind == "data" and out and out[-1][0] == "data":
+                out[-1][1] += value
+            else:
+                out.append([kind, value])
+        return json.dumps(out, ensure_ascii=False)
+    except Exception:  # noqa: BLE001 - an older transformers or jinja: the text, as before
+        return source
+
+
 def built_with(cfg: RunConfig, recon: Any) -> dict:
     """What decides the samples: the student's tokenizer and chat template (as fingerprints, with the
     paths they came from for the message) and every [orchestrator.reconstruction] setting."""
@@ -94,7 +116,8 @@ def built_with(cfg: RunConfig, recon: Any) -> dict:
         "tokenizer_sha256": _sha(recon.backend.to_str()),  # the Reconstructor has refused a slow tokenizer
         "vocab_sha256": vocab_sha256(vocab),
         "vocab_size": max(vocab.values(), default=-1) + 1,  # ids may have gaps
-        "chat_template_sha256": _sha(recon.template + "\n" + kwargs),
+        "chat_template_sha256": _sha(recon.template + "\n" + kwargs),  # compared for files without the next
+        "chat_template_code_sha256": _sha(template_code(recon.template) + "\n" + kwargs),
         "reconstruction": reconstruction,
     }
 
@@ -107,7 +130,8 @@ def _differences(old: dict, new: dict) -> list[str]:
             f"the student's tokenizer (was from student.path = {was.get('path')!r}, student.tokenizer = "
             f"{was.get('tokenizer')!r}; now {now['path']!r}, {now['tokenizer']!r}: other token ids)"
         )
-    if old.get("chat_template_sha256") not in (None, new["chat_template_sha256"]):
+    key = "chat_template_code_sha256" if "chat_template_code_sha256" in old else "chat_template_sha256"
+    if old.get(key) not in (None, new[key]):  # (files written before the code fingerprint: the text's)
         if was.get("chat_template") is None and now["chat_template"] is None:
             where = "the one in the student's tokenizer folder, student.chat_template unset both times"
         else:

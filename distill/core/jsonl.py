@@ -163,9 +163,10 @@ def json_array_hint(path: str | os.PathLike) -> str:
     return f"convert it to one object per line, e.g. jq -c '.[]' {p} > {out}, and read {out}"
 
 
-def shape_hint(ln: "Line", path: str | os.PathLike, record: str = "") -> str:
+def shape_hint(ln: "Line", path: str | os.PathLike, record: str = "", table: str = "") -> str:
     """For a file's first line that does not parse: what the file is instead of JSON Lines, and
-    how to convert it ("" when it looks like a JSON Lines file with a bad first line)."""
+    how to convert it ("" when it looks like a JSON Lines file with a bad first line). `record`: the
+    object a row should become; `table`: another way the reader has to read a table, if any."""
     raw = ln.raw.strip()
     if ln.number != 1 or ln.reason != INVALID_JSON or not raw:  # (a torn one-line file is no other shape)
         return ""
@@ -179,8 +180,10 @@ def shape_hint(ln: "Line", path: str | os.PathLike, record: str = "") -> str:
             f"(one object per line): convert it, e.g. jq -c . {p} > {out}, and read {out}"
         )
     if not raw.startswith((b"{", b'"')) and (b"," in raw or b"\t" in raw):
-        return "the file looks like a CSV/TSV table, not JSON Lines: write each row as one JSON object per line, " + (
-            record or '{"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}'
+        return (
+            "the file looks like a CSV/TSV table, not JSON Lines: write each row as one JSON object per line, "
+            + (record or '{"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}')
+            + table
         )
     return ""
 

@@ -121,3 +121,47 @@ def test_train_refuses_samples_built_with_another_vocabulary(tmp_path, smol_toke
     assert "another vocabulary" in _one_line(capsys)
     # the tiny student has SmolLM2's vocabulary (its own tokenizer folder): trained
     assert main(["train", *train, "--student.tokenizer", str(tiny_student_dir)]) == 0
+
+
+COMMENT_ONLY = [  # (template, the same with other comments): what renders is the same
+    ("A{# x #}B{{ messages[0].content }}", "A{# a longer\n\n comment #}B{{ messages[0].content }}"),
+    ("A{# c #}B", "AB"),
+    ("{% if 1 %}X{% endif %}", "{%if 1%}{# here #}X{%endif%}"),
+]
+RENDERS_OTHERWISE = [  # whitespace control around a comment changes the text around it
+    ("A  {#- x #}B", "A  {# x #}B"),
+    ("A{# x -#}   B", "A{# x #}   B"),
+    ("A{# x #}\nB", "A\nB"),  # trim_blocks ate the newline after the comment
+    ("A{{ messages[0].content }}", "A{{ messages[0].content|trim }}"),
+]
+
+
+def test_the_template_fingerprint_ignores_comments_and_nothing_that_renders():
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    from distill.built_with import template_code
+
+    def render(src: str) -> str:
+        return _compile_jinja_template(src).render(messages=[{"content": " hi "}])
+
+    for a, b in COMMENT_ONLY:
+        assert render(a) == render(b) and template_code(a) == template_code(b), (a, b)
+    for a, b in RENDERS_OTHERWISE:
+        assert render(a) != render(b) and template_code(a) != template_code(b), (a, b)
+
+
+def test_a_file_from_before_the_code_fingerprint_is_compared_by_text():
+    from distill.built_with import _differences
+
+    new = {
+        "student": {"path": "p", "tokenizer": None, "chat_template": None},
+        "tokenizer_sha256": "t",
+        "chat_template_sha256": "text-now",
+        "chat_template_code_sha256": "code",
+        "reconstruction": {"max_seq_len": 8},
+    }
+    older = {"student": new["student"], "chat_template_sha256": "text-then", "reconstruction": {}}
+    assert any("chat template" in d for d in _differences(older, new))  # no code key: the text decides
+    assert not _differences(dict(older, chat_template_sha256="text-now"), new)
+    assert not _differences(dict(older, chat_template_code_sha256="code"), new)  # a comment-only edit
+    assert _differences(dict(older, chat_template_code_sha256="other"), new)
