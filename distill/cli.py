@@ -27,7 +27,7 @@ from .run import make_reconstructor, prepare_run_dir, print_locations, produce
 from .run_lock import check_free, release_all
 from .on_policy import cmd_run_on_policy
 from .core.student import resolve_student
-from .core.redact import mask_known, redact_url
+from .core.redact import mask_known, redact_url, remember_config
 from .epochs import epochs_note, waiting_note
 from .score import SCORED
 
@@ -343,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     from distill.core.verbosity import quiet_third_party
 
     quiet_third_party()  # third-party progress bars / logging off unless DISTILL_VERBOSE=1
+    remember_config(argv)  # a key pasted into an argument (a path) is masked in every message below
     try:
         return cmd(argv[1:])
     except (ConfigError, UsageError) as e:

@@ -27,6 +27,7 @@ Stdlib only (imported by distill.core.config, which must not import torch).
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -157,6 +158,28 @@ def holds_api_key(value: Any) -> bool:
     if not isinstance(value, str):
         return False
     return looks_like_api_key(value) or any(looks_like_api_key(w) for w in re.split(r"[\s,;:'\"=()\[\]{}]+", value))
+
+
+_KEY_INSIDE = re.compile(
+    r"(?<![A-Za-z0-9])(?:sk|pk|rk|ghp|gho|ghs|ghu|ghr|github_pat|hf|glpat|xox[abpsr]|gsk|xai|r8|pplx|nvapi)"
+    r"[-_][A-Za-z0-9_\-]{10,}"
+)
+_HF_INSIDE = re.compile(r"(?<![A-Za-z0-9])hf_[A-Za-z]{34}(?![A-Za-z])")
+
+
+def keys_inside(value: Any) -> list[str]:
+    """The API keys run into other text in `value` (a folder or file name: `run-sk-proj-...`, `hf_...-v2`,
+    `a.hf_....jinja`), each as looks_like_api_key takes it."""
+    if not isinstance(value, str):
+        return []
+    found = [m.group(0) for m in _KEY_INSIDE.finditer(value) if looks_like_api_key(m.group(0))]
+    return found + [m.group(0) for m in _HF_INSIDE.finditer(value) if looks_like_api_key(m.group(0))]
+
+
+def path_holds_api_key(value: Any) -> bool:
+    """Whether any part of a path holds an API key, alone or run into other text."""
+    parts = str(value).replace("\\", "/").split("/") if isinstance(value, (str, os.PathLike)) else []
+    return any(holds_api_key(p) or keys_inside(p) for p in parts)
 
 
 def looks_like_secret(value: Any) -> bool:
@@ -345,6 +368,8 @@ def remember_config(obj: Any, _depth: int = 0, _secret: bool = False) -> None:
             for part in (w, *w.split("/")[1:]):  # a key pasted into a path is a folder or file name
                 if looks_like_secret(part):
                     remember_secret(part)
+            for key in keys_inside(w):  # run into other text: run-sk-proj-..., hf_....jinja
+                remember_secret(key)
 
 
 def mask_known(text: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 from distill.core import jsonl
 from distill.core.jsonl import MAX_LINE_BYTES
+from distill.core.redact import path_holds_api_key
 from orchestrator.replay.records import BadRecord, ReplayError
 
 
@@ -155,5 +156,14 @@ def resolve_inputs(patterns: list[str]) -> list[str]:
                 "does not exist",
                 "set orchestrator.source.path (or pass input files to `distill replay`)",
             )
+    if any(path_holds_api_key(p) for p in [*map(str, patterns), *out]):  # printed, and kept in every sample
+        raise ReplayError(
+            "one of the inputs",
+            None,
+            None,
+            "a part of its path looks like an API key (the value is not shown); input paths are printed and kept "
+            "in every sample's provenance",
+            "rename that folder or file",
+        )
     seen: set[str] = set()
     return [p for p in out if not (p in seen or seen.add(p))]

@@ -83,3 +83,21 @@ def test_an_api_key_shape_is_told_from_a_model_name():
     assert [looks_like_api_key(k) for k in keys] == [True] * len(keys)
     assert [looks_like_api_key(n) for n in names] == [False] * len(names)
     assert holds_api_key("my run sk-proj-Ab12Cd34Ef56Gh78Ij90") and not holds_api_key("my run of gpt-4o-mini")
+
+
+@pytest.mark.parametrize(
+    "path, holds",
+    [
+        ("/tmp/run-sk-proj-YV5lCyi2yobbtTVVBlG8ULqJeZ5OBdcMidgbZMTp", True),
+        ("runs/x-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-v2/data.jsonl", True),
+        ("a.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.jinja", True),
+        ("data/sk-proj-YV5lCyi2yobbtTVVBlG8ULqJeZ5OBdcMidgbZMTp_v2.jsonl", True),
+        ("runs/hf_llama_3_finetune/sk-my-model-name-v2", False),
+        ("runs/Qwen2.5-1.5B-Instruct/checkpoints/step-100", False),
+        ("/home/me/data/recording.jsonl", False),
+    ],
+)
+def test_a_key_run_into_a_path_is_found(path, holds):
+    from distill.core.redact import path_holds_api_key
+
+    assert path_holds_api_key(path) is holds

@@ -424,3 +424,21 @@ def test_a_json_array_file_stops_the_replay_with_the_conversion(tmp_path, smol_t
     cfg = make_cfg(tmp_path, p, on_error="skip")  # nothing in it is a record: skipping would skip it all
     with pytest.raises(ReplayError, match=r"data.json: is one JSON array, not JSON Lines .*Fix: .*jq -c"):
         replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)
+
+
+def test_an_input_path_holding_an_api_key_is_refused_without_showing_it(tmp_path, smol_tokenizer):
+    """Input paths are printed and kept in every sample's provenance: a key in one would be too."""
+    key = "sk-proj-YV5lCyi2yobbtTVVBlG8ULqJeZ5OBdcMidgbZMTp"
+    folder = tmp_path / f"run-{key}"
+    folder.mkdir()
+    p = folder / "data.jsonl"
+    p.write_text(json.dumps(chat("5", "a")) + "\n")
+    from distill.core.config import ConfigError
+    from orchestrator.replay import resolve_inputs
+
+    with pytest.raises(ConfigError) as c:  # as orchestrator.source.path
+        make_cfg(tmp_path, p)
+    with pytest.raises(ReplayError) as e:  # as an input of distill replay CONFIG INPUT, or found in a folder
+        resolve_inputs([str(folder)])
+    for err in (c.value, e.value):
+        assert "looks like an API key" in str(err) and key not in str(err)

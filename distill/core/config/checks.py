@@ -155,31 +155,39 @@ def check_cross_fields(cfg: RunConfig) -> list[Problem]:
     )
 
 
+#: Config keys that hold a path: a key in one would be printed, and saved with the run's config.
+PATH_KEYS = ("output_dir", "student.path", "student.tokenizer", "student.chat_template", "orchestrator.source.path")
+
+
 def _check_run_dir_name(cfg: RunConfig) -> list[Problem]:
     """output_dir set (`--output_dir "$OUT"` with OUT unset put the whole run in the working folder), and
-    no part of it holding an API key: the run dir's path is printed, saved with the run's config, and
-    names a tracker's run when none is set."""
-    from pathlib import PurePath
-
-    from distill.core.redact import holds_api_key
-
+    no path holding an API key: a path is printed and saved with the run's config (config.toml, the
+    samples' provenance), and the run dir's names a tracker's run when none is set."""
     if not cfg.output_dir.strip():
         return [
             Problem("output_dir", 'is empty. Fix: set it to a folder for this run (e.g. "runs/my-run"; "." for here)')
         ]
-    if any(holds_api_key(part) for part in PurePath(cfg.output_dir).parts):
-        named = [k for k, on in (("wandb.name", cfg.wandb.enabled and not cfg.wandb.name),
-                                 ("trackers.trackio_run", cfg.trackers.trackio and not cfg.trackers.trackio_run)) if on]  # fmt: skip
-        tracker = f"; {' and '.join(named)} would be named after it too" if named else ""
-        return [
-            Problem(
-                "output_dir",
-                "a part of it looks like an API key; the run dir's path is printed and saved with the run's "
-                f"config{tracker}. The value is not shown. Fix: choose another folder name (an API key goes in "
-                "the environment variable that teacher.api_key_var names)",
-            )
-        ]
-    return []
+    from distill.core.redact import path_holds_api_key
+
+    out = []
+    for key in PATH_KEYS:
+        value: object = cfg
+        for part in key.split("."):
+            value = getattr(value, part, None)
+        if path_holds_api_key(value):
+            named = [k for k, on in (("wandb.name", cfg.wandb.enabled and not cfg.wandb.name),
+                                     ("trackers.trackio_run", cfg.trackers.trackio and not cfg.trackers.trackio_run)) if on]  # fmt: skip
+            tracker = f"; {' and '.join(named)} would be named after it too" if named and key == "output_dir" else ""
+            out.append(Problem(key, key_in_path_message(tracker)))
+    return out
+
+
+def key_in_path_message(note: str = "") -> str:
+    return (
+        "a part of it looks like an API key; a path is printed and saved with the run's config and samples"
+        f"{note}. The value is not shown. Fix: rename that folder or file (an API key goes in the environment "
+        "variable that teacher.api_key_var names)"
+    )
 
 
 def _check_trainer_needs(cfg: RunConfig) -> list[Problem]:
