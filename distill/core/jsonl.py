@@ -106,7 +106,9 @@ def parse_line(raw: bytes) -> tuple[Any, str | None, str]:
     try:
         return json.loads(text), None, ""
     except json.JSONDecodeError as e:
-        return None, INVALID_JSON, f"not valid JSON ({e.msg} at column {e.colno})"
+        column = min(e.pos, len(text.rstrip("\r\n"))) + 1  # not past the line's end onto a "line 2"
+        at = "" if e.msg.endswith(" at") else " at"  # ("Invalid control character at": no "at at")
+        return None, INVALID_JSON, f"not valid JSON ({e.msg}{at} column {column})"
     except RecursionError:
         return (
             None,
@@ -164,17 +166,18 @@ def json_array_hint(path: str | os.PathLike) -> str:
 
 
 def shape_hint(ln: "Line", path: str | os.PathLike, record: str = "", table: str = "") -> str:
-    """For a file's first line that does not parse: what the file is instead of JSON Lines, and
-    how to convert it ("" when it looks like a JSON Lines file with a bad first line). `record`: the
-    object a row should become; `table`: another way the reader has to read a table, if any."""
+    """For a file's first line that does not parse, when its second does not either: what the file is
+    instead of JSON Lines, and how to convert it ("" for a JSON Lines file with a bad first line).
+    `record`: the object a row should become; `table`: another way the reader has to read a table."""
     raw = ln.raw.strip()
-    if ln.number != 1 or ln.reason != INVALID_JSON or not raw:  # (a torn one-line file is no other shape)
+    if ln.number != 1 or ln.reason != INVALID_JSON or not raw or _second_line_parses(path):
         return ""
     p = os.fspath(path)
-    out = (p.rsplit(".", 1)[0] if "." in os.path.basename(p) else p) + ".jsonl"
+    stem = p.rsplit(".", 1)[0] if "." in os.path.basename(p) else p
+    out = stem + (".lines.jsonl" if stem + ".jsonl" == p else ".jsonl")  # never the input itself
     if raw.startswith(b"["):
         return f"the file looks like one JSON array, not JSON Lines: {json_array_hint(path)}"
-    if raw.startswith(b"{") and cut_short(raw):
+    if raw == b"{":  # json.dump(..., indent=...) and jq open an object alone on its line
         return (
             "the file looks like pretty-printed JSON (one object over several lines), not JSON Lines "
             f"(one object per line): convert it, e.g. jq -c . {p} > {out}, and read {out}"
@@ -186,6 +189,19 @@ def shape_hint(ln: "Line", path: str | os.PathLike, record: str = "", table: str
             + table
         )
     return ""
+
+
+def _second_line_parses(path: str | os.PathLike) -> bool:
+    """Whether the file's second line is JSON (then a bad first line is only that: a bad line)."""
+    import gzip
+
+    try:
+        with (gzip.open if os.fspath(path).endswith(".gz") else open)(path, "rb") as f:
+            f.readline(MAX_LINE_BYTES)
+            second = f.readline(1 << 20)
+        return second.strip() != b"" and parse_line(second)[1] is None
+    except Exception:  # noqa: BLE001 - unreadable past line 1 (bad gzip, ...): no lookahead, no change
+        return False
 
 
 def starts_json_array(ln: "Line") -> bool:

@@ -150,7 +150,7 @@ def _assistant(m: dict, data: dict[str, Any], where: str, policy: str, shape: To
             raise Reject(
                 "empty_assistant_turn",
                 f"{where} is an assistant turn with reasoning but no answer (no content, no tool calls); "
-                "often the teacher ran out of tokens while thinking: raise orchestrator.sampling.max_tokens",
+                "often the teacher ran out of tokens while thinking (in a rollout: raise orchestrator.sampling.max_tokens)",
             )
         raise Reject("empty_assistant_turn", f"{where} is an assistant turn with no content and no tool calls")
     prefix = reasoning = ""

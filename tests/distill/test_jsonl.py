@@ -151,7 +151,7 @@ def test_a_byte_order_mark_at_the_start_is_passed_over(tmp_path):
     "data, says",
     [
         (b'{\n  "messages": [\n    {"role": "user"}\n  ]\n}\n', "pretty-printed JSON"),
-        (b'{"messages": [\n', "pretty-printed JSON"),
+        (b'{"messages": [\n', ""),  # a JSONL line cut short, then a newline: pretty JSON opens "{" alone
         (b"prompt,response\nHi,Hello\n", "CSV/TSV table"),
         (b"prompt\tresponse\n", "CSV/TSV table"),
         (b"[\n  {}\n]\n", "one JSON array"),
@@ -169,3 +169,22 @@ def test_a_file_that_is_not_json_lines_is_named_at_its_first_line(data, says):
         assert "jq -c . in/data.csv > in/data.jsonl" in hint
     second = list(iter_lines(io.BytesIO(data), cut_only=True))[1:2]
     assert all(shape_hint(ln, "in/data.csv") == "" for ln in second)  # said once, at line 1
+
+
+@pytest.mark.parametrize("first", [b'{"messages": [{"role": "us\n', b"id,foo,bar\n", b"{\n"])
+def test_a_json_lines_file_with_a_bad_first_line_gets_no_shape_hint(tmp_path, first):
+    """The second line parses: the file is JSON Lines with one bad line, whatever line 1 looks like."""
+    p = tmp_path / "data.jsonl"
+    p.write_bytes(first + b'{"a": 1}\n{"a": 2}\n')
+    assert shape_hint(next(read_jsonl(p)), p) == ""
+    p.write_bytes(first + b"not json\n")
+    assert shape_hint(next(read_jsonl(p)), p) != "" or first.startswith(b'{"')
+
+
+def test_the_conversion_never_writes_over_its_input(tmp_path):
+    for name in ("pretty.jsonl", "pretty.json", "pretty"):
+        p = tmp_path / name
+        p.write_bytes(b'{\n  "a": 1\n}\n')
+        hint = shape_hint(next(read_jsonl(p)), p)
+        target = hint.split(" > ")[1].split(",")[0]
+        assert target != str(p) and target.endswith(".jsonl"), hint
