@@ -314,6 +314,10 @@ def test_a_misspelt_table_is_matched_by_its_keys(tmp_path):
             "Fix: write tensorboard = ... under [trackers]",
         ),
         ("[seeds]\n", "did you mean seed? It is a setting, not a table. Fix: write seed = ... at the top of the file"),
+        ("[trackers.tensorboard]\n", "trackers.tensorboard: is a setting, not a table ([trackers.tensorboard]). "),
+        ("[trainer.max_steps]\nvalue = 3\n", "Fix: write max_steps = ... under [trainer]"),
+        ("[trainer.loss.type]\n", "trainer.loss.type: is a setting, not a table"),  # was a TypeError traceback
+        ("[orchestrator.source.type]\n", "orchestrator.source.type is a setting, not a table"),
     ],
 )
 def test_a_table_where_a_setting_is_meant_is_told_so(tmp_path, toml, says):

@@ -16,6 +16,7 @@ from .checks import ConfigProblems, Problem
 from .schema_run import _TOML_DATA, LOSS_CONFIGS, PLANNED_TAG, RunConfig
 from .schema_prompts import SOURCE_TYPES, TABLE_TYPES
 from .strict import BooleanNumber
+from .table_messages import table_shape_message, unknown_key_message
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -166,12 +167,9 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
                 else f"{key} is not a key of {name} type {raw[n]!r}. Fix: remove it"
             )
         elif e["type"] == "extra_forbidden":
-            msg = _unknown_key_message(key, e.get("input"))
-        elif _tables_list(e):
-            msg = (  # [[student]]: TOML's array of tables, where one table is read
-                f"{key} is written as a list of tables ([[{key}]], double brackets); it is one table. "
-                f"Fix: write [{key}] (single brackets), once"
-            )
+            msg = unknown_key_message(key, e.get("input"), key_paths(RunConfig))
+        elif shape := table_shape_message(e, key):  # [[student]], [trackers.tensorboard]
+            msg = shape
         else:
             hide = any(is_secret_key(p) or p in ("api_key_var", "headers") for p in parts) or looks_like_secret(
                 str(e.get("input"))
@@ -184,38 +182,6 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
         origins.add(origin)
         problems.append(Problem(key, msg + note))
     return problems, origins
-
-
-def _tables_list(e: dict) -> bool:
-    """Whether a section's value is a TOML array of tables ([[student]]) where one table is read."""
-    value = e.get("input")
-    return (
-        e["type"] in ("model_type", "dict_type", "union_tag_not_found", "union_tag_invalid")
-        and isinstance(value, list)
-        and bool(value)
-        and all(isinstance(v, dict) for v in value)
-    )
-
-
-def _unknown_key_message(key: str, value: Any) -> str:
-    """The message of an unknown key: a misspelt table's first key says which one was meant; a
-    table written where a setting is meant ([trackers.tensorbord]) is told it is a setting."""
-    from .keypaths import key_paths, nearest_key
-
-    sub = next(iter(value), None) if isinstance(value, dict) else None
-    near = nearest_key(f"{key}.{sub}" if isinstance(sub, str) else key, key_paths(RunConfig))
-    if isinstance(value, dict) and near is not None and near.count(".") == key.count("."):
-        parent, _, last = near.rpartition(".")
-        where = f"under [{parent}]" if parent else "at the top of the file"
-        return (
-            f"unknown table [{key}]; did you mean {near}? It is a setting, not a table. "
-            f"Fix: write {last} = ... {where} (docs/configuration.md)"
-        )
-    return (
-        f"unknown key {key}; "
-        + (f"did you mean {near}? " if near else "")
-        + "Fix: remove it or check its spelling against docs/configuration.md"
-    )
 
 
 def _where(parts: list[str], cli: dict | None) -> tuple[str, str]:

@@ -114,9 +114,8 @@ TABLE_TYPES = ("table", "hf_dataset")
 
 def _source_tag(v: Any) -> str | None:
     """The union tag of a source: its `type` (reasoning_gym when unset, as Source's default)."""
-    if isinstance(v, dict):
-        return v.get("type", "reasoning_gym")
-    return getattr(v, "type", None)
+    tag = v.get("type", "reasoning_gym") if isinstance(v, dict) else getattr(v, "type", None)
+    return tag if isinstance(tag, str) else None  # ([orchestrator.source.type]: a dict, no tag)
 
 
 PromptSource = Annotated[

@@ -124,7 +124,7 @@ PLANNED_TAG = "planned"
 
 def _loss_tag(v: Any) -> str:
     name = v.get("type", "sft") if isinstance(v, dict) else getattr(v, "type", None)
-    return name if name in LOSS_CONFIGS else PLANNED_TAG
+    return name if isinstance(name, str) and name in LOSS_CONFIGS else PLANNED_TAG  # ([trainer.loss.type]: a dict)
 
 
 # `[trainer.loss]`: the config model chosen by `type` (a new loss adds its model here and in LOSS_CONFIGS).
