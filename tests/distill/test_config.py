@@ -124,6 +124,16 @@ def test_an_env_var_naming_no_section_is_refused_not_ignored(tmp_path, monkeypat
     assert load_config(p).trainer.max_steps == 3
 
 
+@pytest.mark.parametrize("var, meant", [("DISTILL_OUTPUTDIR", "DISTILL_OUTPUT_DIR"), ("DISTILL_SEEDS", "DISTILL_SEED")])
+def test_a_misspelt_top_level_env_var_is_refused(tmp_path, monkeypatch, var, meant):
+    """It had no effect: the run went to the config's output_dir. Other DISTILL_ variables still pass."""
+    monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("DISTILL_VERBOSE", "1")
+    with pytest.raises(ConfigError) as ei:
+        load_config(write(tmp_path, ""))
+    assert f"{var} (did you mean {meant}?)" in str(ei.value) and "DISTILL_VERBOSE" not in str(ei.value)
+
+
 def test_only_user_set_sampling_fields_are_sent(tmp_path):
     cfg = load_config(write(tmp_path, "[orchestrator.sampling]\ntemperature = 0.0\nmax_tokens = 16\n"))
     assert cfg.orchestrator.sampling.request_args() == {"temperature": 0.0, "max_tokens": 16}

@@ -177,7 +177,13 @@ def stray_env_vars(sections: typing.Iterable[str], environ: typing.Mapping[str, 
     out = []
     for k in sorted(environ):
         rest = k.upper()[len(ENV_PREFIX) :] if k.upper().startswith(ENV_PREFIX) else None
-        if rest is None or ENV_DELIMITER not in rest or rest.split(ENV_DELIMITER, 1)[0] in known:
+        if rest is not None and ENV_DELIMITER not in rest and rest not in known:
+            # a misspelt top-level key (DISTILL_OUTPUTDIR); other DISTILL_ variables (DISTILL_VERBOSE) pass
+            near = difflib.get_close_matches(rest, known, n=1, cutoff=0.8)
+            if near:
+                out.append(f"{k} (did you mean DISTILL_{near[0]}?)")
+            continue
+        if rest is None or rest.split(ENV_DELIMITER, 1)[0] in known:
             continue
         near = difflib.get_close_matches(rest.split(ENV_DELIMITER, 1)[0], known, n=1)
         out.append(k + (f" (did you mean DISTILL_{near[0]}__...?)" if near else ""))

@@ -243,7 +243,9 @@ def _refuse_stray_env_vars() -> None:
         raise ConfigError(
             "environment variable " + stray[0].split(" ")[0],
             [
-                Problem(v, "names no config section, so it would have no effect. Fix: correct the name, or unset it")
+                Problem(
+                    v, "names no config section or key, so it would have no effect. Fix: correct the name, or unset it"
+                )
                 for v in stray
             ],
         )
