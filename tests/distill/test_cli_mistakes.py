@@ -652,6 +652,7 @@ def test_local_teacher_model_path_without_a_gguf_names_the_key_and_the_fix(tmp_p
             ["--dry-rn (did you mean --dry-run?)"],
         ),
         (["rollout", "examples/quickstart.toml", "--no-resume"], ["unknown option --no-resume (its options:"]),
+        (["rollout", "examples/quickstart.toml", "--seeds", "1"], ["unknown option --seeds (did you mean --seed?)"]),
         (["replay", "examples/data/chat.jsonl"], ["looks like a data file, not a TOML config", "distill replay"]),
         (["run", "{tmp}", "--dry-run"], ["is a folder. Fix: pass a TOML config path"]),
     ],
