@@ -67,7 +67,9 @@ def _split_known(argv: list[str], flags: dict[str, bool]) -> tuple[dict, list[st
         else:
             if a.startswith("--") and "." not in name and name[2:].replace("-", "_") not in RunConfig.model_fields:
                 tops = [f"--{k}" for k in RunConfig.model_fields]  # --seed, --output_dir: overrides too
-                near = difflib.get_close_matches(name.replace("-", "_"), [*flags, *tops], n=1)
+                near = difflib.get_close_matches(name, list(flags), n=1) or difflib.get_close_matches(
+                    "--" + name[2:].replace("-", "_"), tops, n=1
+                )
                 known = f"did you mean {near[0]}?" if near else "its options: " + (", ".join(flags) or "none")
                 raise UsageError(
                     f"unknown option {name} ({known}); config overrides are --section.key VALUE "
