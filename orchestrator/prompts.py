@@ -146,31 +146,50 @@ def _check_path(path: Path) -> None:
         raise PromptSourceError(f"orchestrator.source.path: {path} does not exist. {fix}")
 
 
+def _lines(path: Path) -> Iterator[Line]:
+    """The lines of a prompt file, plain or gzip-compressed (told by its first bytes; replay reads .gz too).
+    A prompt file is no log: a broken last line is an error like any other (torn=False)."""
+    import gzip
+    import zlib
+
+    with open(path, "rb") as head:
+        gz = head.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open if gz else open)(path, "rb") as f:
+            yield from iter_lines(f, MAX_LINE_BYTES, limit_key="orchestrator.prompts.MAX_LINE_BYTES", torn=False)
+    except (OSError, EOFError, zlib.error) as e:
+        if not gz:
+            raise
+        raise PromptSourceError(
+            f"orchestrator.source.path: {path} is gzip-compressed but cannot be read to its end ({e}). "
+            f"Fix: compress it again, or point at the plain file (gunzip -k {path})"
+        ) from None
+
+
 def _jsonl(path: Path, system_prompt: str | None, errors: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """The prompts of a JSONL file. A bad line raises PromptSourceError naming file:line, or, when
     `errors` is given, is appended to it and skipped (count_prompts reports them all at once)."""
     _check_path(path)
     seen: dict[str, int] = {}
-    with open(path, "rb") as f:  # a prompt file is no log: a broken last line is an error like any other
-        for ln in iter_lines(f, MAX_LINE_BYTES, limit_key="orchestrator.prompts.MAX_LINE_BYTES", torn=False):
-            where = f"{path}:{ln.number}"
-            if starts_json_array(ln):  # the whole file is wrong, not its first line
-                raise PromptSourceError(
-                    f"orchestrator.source.path: {path} is one JSON array, not JSON Lines (one object per line). "
-                    f"Fix: {json_array_hint(path)}"
-                )
-            try:
-                if ln.reason == LINE_TOO_LONG:
-                    raise PromptSourceError(f"{where}: {ln.problem}. Fix: split or shorten the prompt")
-                if ln.blank:
-                    continue
-                prompt = _prompt(ln, where, path, seen)
-            except PromptSourceError as e:
-                if errors is None:
-                    raise
-                errors.append(str(e))
+    for ln in _lines(path):
+        where = f"{path}:{ln.number}"
+        if starts_json_array(ln):  # the whole file is wrong, not its first line
+            raise PromptSourceError(
+                f"orchestrator.source.path: {path} is one JSON array, not JSON Lines (one object per line). "
+                f"Fix: {json_array_hint(path)}"
+            )
+        try:
+            if ln.reason == LINE_TOO_LONG:
+                raise PromptSourceError(f"{where}: {ln.problem}. Fix: split or shorten the prompt")
+            if ln.blank:
                 continue
-            yield dict(prompt, messages=_with_system(prompt["messages"], system_prompt))
+            prompt = _prompt(ln, where, path, seen)
+        except PromptSourceError as e:
+            if errors is None:
+                raise
+            errors.append(str(e))
+            continue
+        yield dict(prompt, messages=_with_system(prompt["messages"], system_prompt))
 
 
 def _prompt(ln: Line, where: str, path: Path, seen: dict[str, int]) -> dict[str, Any]:
@@ -200,7 +219,7 @@ def _prompt(ln: Line, where: str, path: Path, seen: dict[str, int]) -> dict[str,
     tools = d.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise PromptSourceError(f"{where}: field 'tools' must be a list of tool definitions")
-    pid = str(d["id"]) if d.get("id") is not None else f"{path.stem}-{lineno}"
+    pid = str(d["id"]) if d.get("id") is not None else f"{Path(path.name.removesuffix('.gz')).stem}-{lineno}"
     if "/" in pid:
         raise PromptSourceError(
             f"{where}: id {pid!r} contains '/', which separates sample-id parts. Fix: use another character"

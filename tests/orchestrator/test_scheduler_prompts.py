@@ -185,3 +185,19 @@ def test_a_json_array_file_is_named_as_one_with_the_conversion(tmp_path):
     )
     with pytest.raises(PromptSourceError, match=r"got array \(if the file is one JSON array of prompts: convert"):
         count_prompts(Source(type="jsonl", path=str(one_line)))
+
+
+def test_a_gzip_compressed_prompt_file_is_read_and_a_broken_one_is_one_error(tmp_path):
+    import gzip
+
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(3)]
+    plain, packed = tmp_path / "p.jsonl", tmp_path / "p.jsonl.gz"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert count_prompts(Source(type="jsonl", path=str(packed))) == 3
+    got = list(load_prompts(Source(type="jsonl", path=str(packed))))
+    assert [p["messages"] for p in got] == [p["messages"] for p in load_prompts(Source(type="jsonl", path=str(plain)))]
+    assert [p["prompt_id"] for p in got] == ["p-1", "p-2", "p-3"]
+    packed.write_bytes(packed.read_bytes()[:-12])  # cut short
+    with pytest.raises(PromptSourceError, match=r"is gzip-compressed but cannot be read to its end .*gunzip -k"):
+        count_prompts(Source(type="jsonl", path=str(packed)))
