@@ -193,7 +193,10 @@ def _parse_line(ln: Line, path: str) -> tuple[dict | None, Reject | None]:
         return None, Reject(_LINE_REASONS.get(ln.reason, ln.reason), f"{path}:{n}: {ln.problem}")
     rec = ln.value
     if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list):
-        return None, Reject("invalid_line", f"{path}:{n}: expected an object with a 'messages' list")
+        hint = (
+            f" (got an array: if the file is one JSON array, {json_array_hint(path)})" if isinstance(rec, list) else ""
+        )
+        return None, Reject("invalid_line", f"{path}:{n}: expected an object with a 'messages' list{hint}")
     if rec.get("finish_reason") is not None and not isinstance(rec["finish_reason"], str):
         return None, Reject("invalid_line", f"{path}:{n}: 'finish_reason' must be a string")
     return rec, None

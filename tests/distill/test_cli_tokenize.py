@@ -169,3 +169,11 @@ def test_a_half_written_last_line_is_named_as_replay_names_it(tmp_path, smol_tok
     assert main(tokenize(inp, out, smol_tokenizer_dir)) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert rows[1]["error"].startswith("partial_last_line: ") and "half-written last line" in rows[1]["error"]
+
+
+def test_a_one_line_json_array_is_named_with_the_conversion(tmp_path, smol_tokenizer_dir):
+    inp, out = tmp_path / "in.json", tmp_path / "out.jsonl"
+    inp.write_text("[" + LINE.strip() + ", " + LINE.strip() + "]\n")
+    assert main(tokenize(inp, out, smol_tokenizer_dir)) == 1
+    (row,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert row["error"].startswith("invalid_line: ") and f"jq -c '.[]' {inp} > {tmp_path / 'in.jsonl'}" in row["error"]
