@@ -33,6 +33,8 @@ def check_output(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         )
     if os.path.isdir(a.output):
         p.error(f"the output {a.output} is a folder. Fix: pass a file path to -o, e.g. -o {a.output}/tokens.jsonl")
+    if a.chat_template and not os.path.isfile(a.chat_template):  # (else named as the config's student.chat_template)
+        p.error(f"--chat-template {a.chat_template} is not a file. Fix: pass the path of a Jinja template file")
 
 
 def cmd_tokenize(argv: list[str]) -> int:

@@ -47,6 +47,16 @@ def test_an_output_folder_is_refused(tmp_path, capsys):
     assert e.value.code == 2 and "is a folder" in capsys.readouterr().err
 
 
+def test_a_missing_chat_template_is_named_as_the_option_given(tmp_path, capsys):
+    (tmp_path / "in.jsonl").write_text(LINE)
+    args = tokenize(tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "no-tokenizer")
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--chat-template", str(tmp_path / "nope.jinja")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--chat-template {tmp_path / 'nope.jinja'} is not a file" in err
+    assert "student.chat_template" not in err
+
+
 def _folder(p: Path) -> Path:
     p.mkdir()
     return p
