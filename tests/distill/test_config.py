@@ -328,6 +328,8 @@ def test_a_misspelt_table_is_matched_by_its_keys(tmp_path):
         ("[trainer.max_steps]\nvalue = 3\n", "Fix: write max_steps = ... under [trainer]"),
         ("[trainer.loss.type]\n", "trainer.loss.type: is a setting, not a table"),  # was a TypeError traceback
         ("[orchestrator.source.type]\n", "orchestrator.source.type is a setting, not a table"),
+        ('student = "builtin:smollm2-135m-instruct"\n', "student is a table, not a setting (got str "),
+        ("trainer = 5\n", "Fix: write [trainer] and its keys below it"),
     ],
 )
 def test_a_table_where_a_setting_is_meant_is_told_so(tmp_path, toml, says):

@@ -21,6 +21,11 @@ def table_shape_message(e: dict, key: str) -> str:
         return f"is a setting, not a table ([{key}]). Fix: write {last} = ... {where} (docs/configuration.md)"
     if e["type"] == "union_tag_not_found" and isinstance(value, dict) and isinstance(value.get("type"), dict):
         return f"{key}.type is a setting, not a table ([{key}.type]). Fix: write type = ... under [{key}]"
+    if e["type"] in ("model_type", "dict_type") and isinstance(value, (str, int, float, bool)):
+        return (  # student = "builtin:..." where [student] path = "..." is meant
+            f"{key} is a table, not a setting (got {type(value).__name__} {value!r}). Fix: write [{key}] and "
+            f'its keys below it, one key = value per line (e.g. [student] then path = "..."; docs/configuration.md)'
+        )
     if e["type"] in _TABLE_ERRORS and isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         return (
             f"{key} is written as a list of tables ([[{key}]], double brackets); it is one table. "
