@@ -151,7 +151,7 @@ def check_cross_fields(cfg: RunConfig) -> list[Problem]:
         _check_trainer_needs(cfg)
         + _check_reconstruction(cfg)
         + _check_orchestrator_inputs(cfg)
-        + _check_run_dir_name(cfg)
+        + _check_paths(cfg)
     )
 
 
@@ -159,7 +159,7 @@ def check_cross_fields(cfg: RunConfig) -> list[Problem]:
 PATH_KEYS = ("output_dir", "student.path", "student.tokenizer", "student.chat_template", "orchestrator.source.path")
 
 
-def _check_run_dir_name(cfg: RunConfig) -> list[Problem]:
+def _check_paths(cfg: RunConfig) -> list[Problem]:
     """output_dir set (`--output_dir "$OUT"` with OUT unset put the whole run in the working folder), and
     no path holding an API key: a path is printed and saved with the run's config (config.toml, the
     samples' provenance), and the run dir's names a tracker's run when none is set."""
