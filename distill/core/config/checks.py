@@ -147,12 +147,7 @@ def _check_loss_mode(cfg: RunConfig, why: str) -> list[Problem]:
 
 def check_cross_fields(cfg: RunConfig) -> list[Problem]:
     """Checks between fields and sections: the trainer's needs, reconstruction, the orchestrator's inputs."""
-    return (
-        _check_trainer_needs(cfg)
-        + _check_reconstruction(cfg)
-        + _check_orchestrator_inputs(cfg)
-        + _check_paths(cfg)
-    )
+    return _check_trainer_needs(cfg) + _check_reconstruction(cfg) + _check_orchestrator_inputs(cfg) + _check_paths(cfg)
 
 
 #: Config keys that hold a path: a key in one would be printed, and saved with the run's config.
