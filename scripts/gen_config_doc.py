@@ -33,7 +33,7 @@ HEADER = """# Configuration reference
 A run is one TOML file. Every key below can also be set on the command line
 (`distill run cfg.toml --trainer.optim.lr 1e-5`, values parsed as TOML) or by environment
 (`DISTILL_TRAINER__OPTIM__LR=1e-5`). Priority: command line > environment > TOML > default.
-Unknown keys are errors (a `DISTILL_X__...` variable whose `X` is no section too). `distill run cfg.toml --dry-run` prints the resolved config with
+Unknown keys are errors (a `DISTILL_X__...` variable whose `X` is no section too, and a `DISTILL_X` close to a top-level key, e.g. `DISTILL_OUTPUTDIR`). `distill run cfg.toml --dry-run` prints the resolved config with
 secrets redacted. Cross-checks between sections are described in [validation.md](validation.md).
 
 Relative paths (`output_dir`, `student.path`, `orchestrator.source.path`, ...) are read from the
