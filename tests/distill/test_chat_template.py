@@ -117,7 +117,9 @@ def test_tokenize_cli_takes_a_template(tmp_path, smol_tokenizer_dir, smol_tokeni
     assert smol_tokenizer.decode(over["prompt_ids"] + over["completion_ids"]) == folded
     assert over["prompt_ids"] != own["prompt_ids"]
     bad = ["tokenize", "--tokenizer", str(smol_tokenizer_dir), str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "x")]
-    assert main([*bad, "--chat-template", str(tmp_path / "nope.jinja")]) == 1
+    with pytest.raises(SystemExit) as e:  # a usage error, named as the option given (test_cli_tokenize.py)
+        main([*bad, "--chat-template", str(tmp_path / "nope.jinja")])
+    assert e.value.code == 2
 
 
 def test_inspect_uses_the_runs_template_and_refuses_a_bad_one(tmp_path, smol_tokenizer_dir, smol_tokenizer, capsys):
