@@ -66,8 +66,8 @@ def cmd_tokenize(argv: list[str]) -> int:
         return 0
     if not summary["lines"]:  # a run that made nothing fails, as replay does
         print(
-            f"distill: {a.input} has no conversation line (it is empty, or holds only blank lines). Fix: give a JSONL file with a "
-            "'messages' list per line",
+            f"distill: {a.input} has no conversation line (it is empty, or holds only blank lines). "
+            "Fix: give a JSONL file with a 'messages' list per line",
             file=sys.stderr,
         )
     else:

@@ -169,8 +169,10 @@ def shape_hint(ln: "Line", path: str | os.PathLike, record: str = "", table: str
     """For a file's first line that does not parse, when its second does not either: what the file is
     instead of JSON Lines, and how to convert it ("" for a JSON Lines file with a bad first line).
     `record`: the object a row should become; `table`: another way the reader has to read a table."""
+    if ln.number != 1 or ln.reason != INVALID_JSON:  # before any copy: every bad line of a replay asks
+        return ""
     raw = ln.raw.strip()
-    if ln.number != 1 or ln.reason != INVALID_JSON or not raw or _second_line_parses(path):
+    if not raw or _second_line_parses(path):
         return ""
     p = os.fspath(path)
     stem = p.rsplit(".", 1)[0] if "." in os.path.basename(p) else p

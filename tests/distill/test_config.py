@@ -282,9 +282,14 @@ def test_a_config_read_from_a_pipe(tmp_path, monkeypatch):
     ],
 )
 def test_a_toml_syntax_error_shows_its_line_and_the_usual_fix(tmp_path, toml, says):
+    assert says in config_error(tmp_path, toml)
+
+
+def config_error(tmp_path, toml: str) -> str:
+    """The ConfigError message of a config file holding `toml` (it must fail)."""
     with pytest.raises(ConfigError) as e:
         load_config(write(tmp_path, toml))
-    assert says in str(e.value)
+    return str(e.value)
 
 
 def test_a_config_that_is_not_utf8_says_so(tmp_path):
@@ -303,16 +308,12 @@ def test_a_config_that_is_not_utf8_says_so(tmp_path):
     ],
 )
 def test_another_trainers_name_for_a_key_suggests_ours(tmp_path, key, meant):
-    with pytest.raises(ConfigError) as e:
-        load_config(write(tmp_path, f"[trainer]\n{key} = 8\n"))
-    assert f"did you mean {meant}?" in str(e.value)
+    assert f"did you mean {meant}?" in config_error(tmp_path, f"[trainer]\n{key} = 8\n")
 
 
 def test_a_misspelt_table_is_matched_by_its_keys(tmp_path):
     """`[trainers] tensorboard = true` meant [trackers]: it was "did you mean trainer.seed?"."""
-    with pytest.raises(ConfigError) as e:
-        load_config(write(tmp_path, "[trainers]\ntensorboard = true\n"))
-    assert "did you mean trackers.tensorboard?" in str(e.value)
+    assert "did you mean trackers.tensorboard?" in config_error(tmp_path, "[trainers]\ntensorboard = true\n")
 
 
 @pytest.mark.parametrize(
@@ -333,9 +334,7 @@ def test_a_misspelt_table_is_matched_by_its_keys(tmp_path):
     ],
 )
 def test_a_table_where_a_setting_is_meant_is_told_so(tmp_path, toml, says):
-    with pytest.raises(ConfigError) as e:
-        load_config(write(tmp_path, toml))
-    assert says in str(e.value)
+    assert says in config_error(tmp_path, toml)
 
 
 @pytest.mark.parametrize("section", ["student", "trainer", "trainer.loss", "orchestrator.source"])

@@ -164,14 +164,14 @@ def _check_paths(cfg: RunConfig) -> list[Problem]:
         ]
     from distill.core.redact import path_holds_api_key
 
+    named = [k for k, on in (("wandb.name", cfg.wandb.enabled and not cfg.wandb.name),
+                             ("trackers.trackio_run", cfg.trackers.trackio and not cfg.trackers.trackio_run)) if on]  # fmt: skip
     out = []
     for key in PATH_KEYS:
         value: object = cfg
         for part in key.split("."):
             value = getattr(value, part, None)
         if path_holds_api_key(value):
-            named = [k for k, on in (("wandb.name", cfg.wandb.enabled and not cfg.wandb.name),
-                                     ("trackers.trackio_run", cfg.trackers.trackio and not cfg.trackers.trackio_run)) if on]  # fmt: skip
             tracker = f"; {' and '.join(named)} would be named after it too" if named and key == "output_dir" else ""
             out.append(Problem(key, key_in_path_message(tracker)))
     return out
