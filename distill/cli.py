@@ -105,11 +105,20 @@ def _busy_first(cfg, command: str) -> tuple[str, ...]:
     return roles
 
 
+def _dry_run(cfg: RunConfig, no_resume: bool) -> int:
+    """Print the resolved config (secrets redacted), then run every check `run` makes before it
+    starts (files, folders, the key's variable, the run dir): its problems exit 1, as `run` would."""
+    print(to_toml(redacted_dict(cfg)), end="")
+    sys.stdout.flush()  # the config before any problem on stderr
+    preflight(cfg, "run", no_resume=no_resume)
+    print("dry run: the config resolves and every check made before a run starts passed", file=sys.stderr)
+    return 0
+
+
 def cmd_run(argv: list[str]) -> int:
     cfg, flags, _ = _load(argv, {"--dry-run": False, "--no-resume": False})
     if flags.get("--dry-run"):
-        print(to_toml(redacted_dict(cfg)), end="")
-        return 0
+        return _dry_run(cfg, bool(flags.get("--no-resume")))
     roles = _busy_first(cfg, "run")
     preflight(cfg, "run", no_resume=bool(flags.get("--no-resume")))
     if cfg.on_policy.enabled:  # the student samples, the [scorer] grades: distill/on_policy.py

@@ -50,7 +50,10 @@ With on_policy.enabled = true the student samples its own completions, the [scor
 grades every sampled token and an on-policy loss trains on them (docs/on_policy.md).
 
 options:
-  --dry-run              print the resolved configuration (secrets redacted) and exit
+  --dry-run              print the resolved configuration (secrets redacted), run the
+                         checks made before a run starts (student, tokenizer, prompt or
+                         replay files, the API key's variable, output_dir) and exit:
+                         1 with every problem found, 0 when none; nothing is written
   --no-resume            train from scratch; refused when output_dir already holds a run
                          (recording.jsonl, samples or checkpoints): rerun without it to
                          resume, or choose a new output_dir, or delete that folder

@@ -475,6 +475,21 @@ def test_api_key_in_api_key_var_is_refused_without_echoing_it(tmp_path, value):
     assert not (tmp_path / "run").exists()
 
 
+def test_dry_run_checks_what_run_checks_before_it_starts(tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    cfg = base_toml(tmp_path, f'[orchestrator.source]\ntype = "jsonl"\npath = "{missing}"\n')
+    res = distill("run", cfg, "--dry-run")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert f'path = "{missing}"' in res.stdout  # the resolved config first, as before
+    assert "orchestrator.source.path" in res.stderr and "does not exist" in res.stderr
+    _setup_existing_run(tmp_path)
+    res = distill("run", base_toml(tmp_path), "--dry-run", "--no-resume")
+    assert res.returncode == 1 and "already holds a run" in res.stderr
+    res = distill("run", base_toml(tmp_path), "--dry-run")  # resuming it is fine
+    assert res.returncode == 0 and "every check made before a run starts passed" in res.stderr, res.stderr
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["samples"]  # nothing written
+
+
 URL_SECRET = "sk-proj-SECRET123abcdefghij"
 
 
