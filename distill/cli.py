@@ -111,6 +111,10 @@ def _dry_run(cfg: RunConfig, no_resume: bool) -> int:
     print(to_toml(redacted_dict(cfg)), end="")
     sys.stdout.flush()  # the config before any problem on stderr
     preflight(cfg, "run", no_resume=no_resume)
+    if cfg.orchestrator.source.type != "replay":  # every prompt read and checked, as a run does before a request
+        from orchestrator.prompts import count_prompts
+
+        count_prompts(cfg.orchestrator.source)
     print("dry run: the config resolves and every check made before a run starts passed", file=sys.stderr)
     return 0
 

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 from distill.core.jsonl import (
     LINE_TOO_LONG,
     MAX_LINE_BYTES,
+    TORN,
     Line,
     iter_lines,
     json_array_hint,
@@ -93,9 +94,24 @@ def no_prompt(path: str) -> str:
 def _raise_bad(errors: list[str], head: str) -> None:
     """PromptSourceError listing the first LISTED_BAD_LINES of `errors` (all counted), when there are any."""
     if errors:
-        listed = "\n  ".join(errors[:LISTED_BAD_LINES])
+        shown, fixes = _shared_fixes(errors[:LISTED_BAD_LINES])
+        listed = "\n  ".join(shown)
         more = f"\n  ... and {len(errors) - LISTED_BAD_LINES} more" if len(errors) > LISTED_BAD_LINES else ""
-        raise PromptSourceError(f"{head}; no request was sent. Fix them first:\n  {listed}{more}")
+        raise PromptSourceError(f"{head}; no request was sent. Fix them first:\n  {listed}{more}{fixes}")
+
+
+def _shared_fixes(errors: list[str]) -> tuple[list[str], str]:
+    """The errors with a fix that two or more of them end with taken off, and those fixes said once each
+    ("Fix for FILE:2, FILE:3: ..."), so that a file of one repeated mistake does not repeat its fix."""
+    split = [e.rpartition(". Fix: ") if ". Fix: " in e else (e, "", "") for e in errors]
+    where: dict[str, list[str]] = {}
+    for text, _, fix in split:
+        if fix:
+            where.setdefault(fix, []).append(text.split(": ", 1)[0])
+    shared = {fix for fix, names in where.items() if len(names) > 1}
+    shown = [text if fix in shared else e for e, (text, _, fix) in zip(errors, split)]
+    said = "".join(f"\n  Fix for {', '.join(where[fix])}: {fix}" for fix in where if fix in shared)
+    return shown, said
 
 
 def _with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
@@ -148,7 +164,8 @@ def _check_path(path: Path) -> None:
 
 def _lines(path: Path) -> Iterator[Line]:
     """The lines of a prompt file, plain or gzip-compressed (told by its first bytes; replay reads .gz too).
-    A prompt file is no log: a broken last line is an error like any other (torn=False)."""
+    A prompt file is no log: a last line cut short (no newline, the start of a line that would
+    parse) is named as such (partial_last_line) but is an error like any other bad line."""
     import gzip
     import zlib
 
@@ -156,7 +173,7 @@ def _lines(path: Path) -> Iterator[Line]:
         gz = head.read(2) == b"\x1f\x8b"
     try:
         with (gzip.open if gz else open)(path, "rb") as f:
-            yield from iter_lines(f, MAX_LINE_BYTES, limit_key="orchestrator.prompts.MAX_LINE_BYTES", torn=False)
+            yield from iter_lines(f, MAX_LINE_BYTES, limit_key="orchestrator.prompts.MAX_LINE_BYTES", cut_only=True)
     except (OSError, EOFError, zlib.error) as e:
         if not gz:
             raise
@@ -197,6 +214,9 @@ def _prompt(ln: Line, where: str, path: Path, seen: dict[str, int]) -> dict[str,
     d, reason, problem, lineno = ln.value, ln.reason, ln.problem, ln.number
     if reason is not None:
         fix = "flatten the record" if reason == "too_deep" else "one JSON object per line, in UTF-8"
+        if reason == TORN:
+            problem = f"the last line is cut short ({TORN}: {len(ln.raw)} bytes, no newline, unfinished JSON)"
+            fix = "complete that line or delete it (a copy or a download cut short?)"
         table = '; or read it as a table: orchestrator.source.type = "table" (docs/orchestrator.md, "Dataset sources")'
         fix = shape_hint(ln, path, '{"prompt": ...} (or {"messages": [...]})', table) or fix  # a CSV, pretty JSON
         raise PromptSourceError(f"{where}: {problem}. Fix: {fix}")

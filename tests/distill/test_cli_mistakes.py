@@ -482,6 +482,9 @@ def test_dry_run_checks_what_run_checks_before_it_starts(tmp_path):
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert f'path = "{missing}"' in res.stdout  # the resolved config first, as before
     assert "orchestrator.source.path" in res.stderr and "does not exist" in res.stderr
+    missing.write_text('{"prompt": "fine"}\n{"prompt": \n')  # every line is read, as run reads it first
+    res = distill("run", cfg, "--dry-run")
+    assert res.returncode == 1 and f"{missing}:2: not valid JSON" in res.stderr, res.stderr
     _setup_existing_run(tmp_path)
     res = distill("run", base_toml(tmp_path), "--dry-run", "--no-resume")
     assert res.returncode == 1 and "already holds a run" in res.stderr

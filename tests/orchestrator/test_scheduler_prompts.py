@@ -151,6 +151,24 @@ def test_count_prompts_counts_every_bad_line_and_lists_the_first_five(tmp_path):
         list(load_prompts(Source(type="jsonl", path=str(p))))
 
 
+def test_a_repeated_fix_is_said_once_and_a_cut_short_last_line_is_named(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "a"}\n{"prompt": "b"\nnot json\n{"prompt": "c"}\n{"prompt": "d')
+    with pytest.raises(PromptSourceError) as ei:
+        count_prompts(Source(type="jsonl", path=str(p)))
+    lines = str(ei.value).splitlines()
+    assert lines[0].startswith(f"orchestrator.source.path: 3 bad line(s) in {p} (2 good)")
+    assert lines[1] == f"  {p}:2: not valid JSON (Expecting ',' delimiter at column 15)"
+    assert lines[2] == f"  {p}:3: not valid JSON (Expecting value at column 1)"
+    assert lines[3].startswith(f"  {p}:5: the last line is cut short (partial_last_line: 13 bytes")
+    assert "Fix: complete that line or delete it" in lines[3]
+    assert lines[4] == f"  Fix for {p}:2, {p}:3: one JSON object per line, in UTF-8"
+    assert str(ei.value).count("one JSON object per line") == 1
+    p.write_text('{"prompt": "a"}\n{"prompt": "b"} }')  # no newline, but no more text could mend it: a typo
+    with pytest.raises(PromptSourceError, match=r"p.jsonl:2: not valid JSON .*Fix: one JSON object per line"):
+        count_prompts(Source(type="jsonl", path=str(p)))
+
+
 def test_over_long_prompt_line_and_directory_path(tmp_path, monkeypatch):
     import orchestrator.prompts as prompts
 
