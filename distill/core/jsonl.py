@@ -172,7 +172,7 @@ def shape_hint(ln: "Line", path: str | os.PathLike, record: str = "", table: str
     if ln.number != 1 or ln.reason != INVALID_JSON:  # before any copy: every bad line of a replay asks
         return ""
     raw = ln.raw.strip()
-    if not raw or _second_line_parses(path):
+    if not raw or second_line_parses(path):
         return ""
     p = os.fspath(path)
     stem = p.rsplit(".", 1)[0] if "." in os.path.basename(p) else p
@@ -193,7 +193,7 @@ def shape_hint(ln: "Line", path: str | os.PathLike, record: str = "", table: str
     return ""
 
 
-def _second_line_parses(path: str | os.PathLike) -> bool:
+def second_line_parses(path: str | os.PathLike) -> bool:
     """Whether the file's second line is JSON (then a bad first line is only that: a bad line)."""
     import gzip
 

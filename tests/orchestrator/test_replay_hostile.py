@@ -418,12 +418,24 @@ def test_a_file_that_is_not_json_lines_is_named_with_the_conversion(tmp_path, sm
     assert len(bad) == len(text.splitlines()) and sum(says in b["error"] for b in bad) == 1
 
 
-def test_a_json_array_file_stops_the_replay_with_the_conversion(tmp_path, smol_tokenizer):
+@pytest.mark.parametrize("indent,says", [(2, "is one JSON array"), (None, "is one JSON array on one line")])
+def test_a_json_array_file_stops_the_replay_with_the_conversion(tmp_path, smol_tokenizer, indent, says):
     p = tmp_path / "data.json"
-    p.write_text(json.dumps([chat("5", "a"), chat("6", "b")], indent=2))
-    cfg = make_cfg(tmp_path, p, on_error="skip")  # nothing in it is a record: skipping would skip it all
-    with pytest.raises(ReplayError, match=r"data.json: is one JSON array, not JSON Lines .*Fix: .*jq -c"):
-        replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)
+    p.write_text(json.dumps([chat("5", "a"), chat("6", "b")], indent=indent) + "\n")
+    for on_error in ("fail", "skip"):  # nothing in it is a record: skipping would skip it all
+        cfg = make_cfg(tmp_path, p, on_error=on_error)
+        with pytest.raises(ReplayError) as e:
+            replay(cfg, tmp_path / on_error, recon(smol_tokenizer, cfg), progress=False)
+        assert str(e.value).startswith(f"{p}: {says}, not JSON Lines"), str(e.value)
+        assert f"jq -c '.[]' {p} > {tmp_path / 'data.jsonl'}" in str(e.value)
+
+
+def test_a_json_lines_file_with_an_array_on_its_first_line_only_has_one_bad_record(tmp_path, smol_tokenizer):
+    p = tmp_path / "data.jsonl"
+    p.write_text(json.dumps([chat("5", "a")]) + "\n" + json.dumps(chat("6", "b")) + "\n")
+    cfg = make_cfg(tmp_path, p, on_error="skip")
+    summary = replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)
+    assert summary["samples"] == 1 and summary["bad_record_reasons"] == {"not_an_object": 1}
 
 
 def test_an_input_path_holding_an_api_key_is_refused_without_showing_it(tmp_path, smol_tokenizer):
