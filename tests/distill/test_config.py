@@ -348,6 +348,26 @@ def test_an_array_of_tables_where_one_table_is_read_says_single_brackets(tmp_pat
     assert "Input should be" not in str(e.value)
 
 
+def test_a_table_set_whole_on_the_command_line_or_in_a_variable_is_told_to_set_its_keys(tmp_path, monkeypatch):
+    """No TOML brackets to correct there: the fix is in the form the value was given in."""
+    p = write(tmp_path, "")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, ["--student", '[{"path": "x"}]'])
+    assert "student is a table, not a setting" in str(e.value) and "e.g. --student.path VALUE" in str(e.value)
+    assert "[[student]]" not in str(e.value) and "[set on the command line]" in str(e.value)
+    monkeypatch.setenv("DISTILL_STUDENT", '[{"path": "x"}]')
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "student is one table, not a list of them. Fix: set its keys one at a time, e.g. " in str(e.value)
+    assert "DISTILL_STUDENT__PATH=VALUE" in str(e.value) and "double brackets" not in str(e.value)
+    monkeypatch.delenv("DISTILL_STUDENT")
+    monkeypatch.setenv("DISTILL_TRAINER__LOSS", '{"type": {"a": 1}}')  # a section's variable holds JSON
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "trainer.loss.type: is a setting, not a table" in str(e.value)
+    assert "set it to one value, e.g. DISTILL_TRAINER__LOSS__TYPE=VALUE" in str(e.value)
+
+
 # --- mode validation: external teacher => SFT only, no weight broadcast, no token client ---
 
 FORBIDDEN = {

@@ -155,6 +155,7 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
             e = {k: v for k, v in e.items() if k != "input"}  # the message says what it got
         parts = _without_union_tags(raw)
         key = ".".join(parts) or "(root)"
+        origin, note = _where(parts, cli)
         n = _union_at(raw)
         if e["type"] == "extra_forbidden" and n and is_key_or_table(key, key_paths(RunConfig)):
             tags = [t for t in union_tags_with_key(RunConfig, raw[:n], ".".join(raw[n + 1 :])) if t != raw[n]]
@@ -168,7 +169,7 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
             )
         elif e["type"] == "extra_forbidden":
             msg = unknown_key_message(key, e.get("input"), key_paths(RunConfig))
-        elif shape := table_shape_message(e, key):  # [[student]], [trackers.tensorboard]
+        elif shape := table_shape_message(e, key, origin, key_paths(RunConfig)):  # [[student]], [trackers.x]
             msg = shape
         else:
             hide = any(is_secret_key(p) or p in ("api_key_var", "headers") for p in parts) or looks_like_secret(
@@ -178,7 +179,6 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
             shown = redact(e.get("input"))  # a URL's password and query values masked
             if not hide and "input" in e and repr(shown) not in msg:
                 msg += f" (got {shown!r})"
-        origin, note = _where(parts, cli)
         origins.add(origin)
         problems.append(Problem(key, msg + note))
     return problems, origins

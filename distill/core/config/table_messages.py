@@ -11,26 +11,47 @@ _SCALAR_ERRORS = ("bool_type", "int_type", "float_type", "string_type", "literal
 _TABLE_ERRORS = ("model_type", "dict_type", "union_tag_not_found", "union_tag_invalid")
 
 
-def table_shape_message(e: dict, key: str) -> str:
+def table_shape_message(e: dict, key: str, origin: str = "file", paths: tuple[str, ...] = ()) -> str:
     """For a pydantic error at `key`: the message when a table was written where a setting is meant
-    ([trackers.tensorboard]) or a list of tables where one table is ([[student]]), else ""."""
+    ([trackers.tensorboard]) or a list of tables where one table is ([[student]]), else "". The fix is
+    told in the form of where the value was set (`origin`, load._where: the file, the command line or an
+    environment variable); `paths`: the config's key paths, for an example key of a table."""
     value = e.get("input")
     if isinstance(value, dict) and e["type"] in _SCALAR_ERRORS:
         parent, _, last = key.rpartition(".")
         where = f"under [{parent}]" if parent else "at the top of the file"
-        return f"is a setting, not a table ([{key}]). Fix: write {last} = ... {where} (docs/configuration.md)"
+        fix = f"write {last} = ... {where} (docs/configuration.md)"
+        return f"is a setting, not a table ([{key}]). Fix: " + (_elsewhere(origin, key, "set it to one value") or fix)
     if e["type"] == "union_tag_not_found" and isinstance(value, dict) and isinstance(value.get("type"), dict):
-        return f"{key}.type is a setting, not a table ([{key}.type]). Fix: write type = ... under [{key}]"
+        fix = _elsewhere(origin, f"{key}.type", "set it to one value") or f"write type = ... under [{key}]"
+        return f"{key}.type is a setting, not a table ([{key}.type]). Fix: {fix}"
+    sub = next((p for p in paths if p.startswith(key + ".")), f"{key}.KEY")
+    keys = _elsewhere(origin, sub, "set its keys one at a time")
     if e["type"] in ("model_type", "dict_type") and isinstance(value, (str, int, float, bool)):
         return (  # student = "builtin:..." where [student] path = "..." is meant
-            f"{key} is a table, not a setting (got {type(value).__name__} {value!r}). Fix: write [{key}] and "
-            f'its keys below it, one key = value per line (e.g. [student] then path = "..."; docs/configuration.md)'
+            f"{key} is a table, not a setting (got {type(value).__name__} {value!r}). Fix: "
+            + (
+                keys
+                or f"write [{key}] and its keys below it, one key = value per line (e.g. [student] then "
+                'path = "..."; docs/configuration.md)'
+            )
         )
     if e["type"] in _TABLE_ERRORS and isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        if keys:  # JSON on the command line or in a variable: no TOML brackets to correct
+            return f"{key} is one table, not a list of them. Fix: {keys}"
         return (
             f"{key} is written as a list of tables ([[{key}]], double brackets); it is one table. "
             f"Fix: write [{key}] (single brackets), once"
         )
+    return ""
+
+
+def _elsewhere(origin: str, key: str, what: str) -> str:
+    """How to set `key` where it was set, when that is not the file: "" for the file."""
+    if origin == "command line":
+        return f"{what}, e.g. --{key} VALUE"
+    if origin.startswith("environment variable"):
+        return f"{what}, e.g. DISTILL_{key.upper().replace('.', '__')}=VALUE"
     return ""
 
 
