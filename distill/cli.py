@@ -62,6 +62,8 @@ def _split_known(argv: list[str], flags: dict[str, bool]) -> tuple[dict, list[st
                     found[name] = argv[i + 1]
                     i += 2
             else:
+                if "=" in a:  # --dry-run=no would be read as on
+                    raise UsageError(f"{name} takes no value (got {a}); leave it out to turn it off")
                 found[name] = True
                 i += 1
         else:
@@ -80,7 +82,9 @@ def _split_known(argv: list[str], flags: dict[str, bool]) -> tuple[dict, list[st
     return found, rest
 
 
-def _load(argv: list[str], flags: dict[str, bool]) -> tuple[RunConfig, dict, list[str]]:
+def _load(argv: list[str], flags: dict[str, bool], command: str = "") -> tuple[RunConfig, dict, list[str]]:
+    """The config (path first, then overrides), our flags, and the positional arguments after the
+    path: only `replay` takes any (its inputs; `command` names the others, which refuse them)."""
     if not argv or argv[0].startswith("-"):
         raise UsageError(
             "expected a TOML config path first (e.g. examples/quickstart.toml); see distill COMMAND --help"
@@ -90,6 +94,12 @@ def _load(argv: list[str], flags: dict[str, bool]) -> tuple[RunConfig, dict, lis
     positional = []
     while rest and not rest[0].startswith("--"):
         positional.append(rest.pop(0))
+    if positional and command:
+        raise UsageError(
+            f"{command} takes one config path; unexpected argument(s): {' '.join(positional)}. "
+            "Fix: input files are replayed by `distill replay CONFIG FILE...` (or set orchestrator.source.path); "
+            "config overrides are --section.key VALUE"
+        )
     cfg = load_config(path, rest)
     return cfg, found, positional
 
@@ -120,7 +130,7 @@ def _dry_run(cfg: RunConfig, no_resume: bool) -> int:
 
 
 def cmd_run(argv: list[str]) -> int:
-    cfg, flags, _ = _load(argv, {"--dry-run": False, "--no-resume": False})
+    cfg, flags, _ = _load(argv, {"--dry-run": False, "--no-resume": False}, "run")
     if flags.get("--dry-run"):
         return _dry_run(cfg, bool(flags.get("--no-resume")))
     roles = _busy_first(cfg, "run")
@@ -200,7 +210,7 @@ def _print_producer_summary(cfg: RunConfig, summary: dict) -> None:
 
 
 def cmd_rollout(argv: list[str]) -> int:
-    cfg, flags, _ = _load(argv, {"--batch": False})
+    cfg, flags, _ = _load(argv, {"--batch": False}, "rollout")
     cfg.orchestrator.batch.enabled |= bool(flags.get("--batch"))  # the Batch API (orchestrator/batch.py)
     roles = _busy_first(cfg, "rollout")
     preflight(cfg, "rollout")
@@ -260,7 +270,7 @@ def cmd_replay(argv: list[str]) -> int:
 
 
 def cmd_train(argv: list[str]) -> int:
-    cfg, flags, _ = _load(argv, {"--resume": False, "--samples": True})
+    cfg, flags, _ = _load(argv, {"--resume": False, "--samples": True}, "train")
     samples = Path(flags["--samples"]) if flags.get("--samples") else None
     if samples is not None and (samples / "samples").is_dir() and not any(samples.glob("shard-*.jsonl")):
         raise UsageError(  # a run dir given for its samples folder: waiting on it would wait forever

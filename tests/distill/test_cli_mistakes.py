@@ -475,6 +475,20 @@ def test_api_key_in_api_key_var_is_refused_without_echoing_it(tmp_path, value):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("command", ["run", "rollout", "train"])
+def test_input_files_after_the_config_are_refused_where_only_replay_reads_them(tmp_path, command):
+    """`distill run CFG data.jsonl` (copied from a replay command) ran on the config's source instead."""
+    res = distill(command, base_toml(tmp_path), "data.jsonl", "--trainer.max_steps", "1")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"{command} takes one config path; unexpected argument(s): data.jsonl" in res.stderr
+    assert "distill replay CONFIG FILE" in res.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_flag_given_a_value_is_refused_not_read_as_on(tmp_path):
+    res = distill("run", base_toml(tmp_path), "--dry-run=no")
+    assert res.returncode == 2 and "--dry-run takes no value (got --dry-run=no)" in res.stderr
+
+
 def test_dry_run_checks_what_run_checks_before_it_starts(tmp_path):
     missing = tmp_path / "nope.jsonl"
     cfg = base_toml(tmp_path, f'[orchestrator.source]\ntype = "jsonl"\npath = "{missing}"\n')
