@@ -29,7 +29,16 @@ MAX_PROMPT_DEPTH = 100
 
 
 class PromptSourceError(ValueError):
-    pass
+    """A prompt source that cannot be read. `where` and `fix` are set on the bad lines whose fix is the
+    same whatever the line says (_JSON_FIX), so that a list of them says it once (_shared_fixes)."""
+
+    def __init__(self, message: str, where: str = "", fix: str = ""):
+        super().__init__(message)
+        self.where, self.fix = where, fix
+
+
+#: The fix of a line that is not JSON: the same for every such line of a file.
+_JSON_FIX = "one JSON object per line, in UTF-8"
 
 
 def load_prompts(source_cfg) -> Iterator[dict[str, Any]]:
@@ -91,7 +100,7 @@ def no_prompt(path: str) -> str:
     )
 
 
-def _raise_bad(errors: list[str], head: str) -> None:
+def _raise_bad(errors: list, head: str) -> None:
     """PromptSourceError listing the first LISTED_BAD_LINES of `errors` (all counted), when there are any."""
     if errors:
         shown, fixes = _shared_fixes(errors[:LISTED_BAD_LINES])
@@ -100,18 +109,17 @@ def _raise_bad(errors: list[str], head: str) -> None:
         raise PromptSourceError(f"{head}; no request was sent. Fix them first:\n  {listed}{more}{fixes}")
 
 
-def _shared_fixes(errors: list[str]) -> tuple[list[str], str]:
-    """The errors with a fix that two or more of them end with taken off, and those fixes said once each
-    ("Fix for FILE:2, FILE:3: ..."), so that a file of one repeated mistake does not repeat its fix."""
-    split = [e.rpartition(". Fix: ") if ". Fix: " in e else (e, "", "") for e in errors]
+def _shared_fixes(errors: list) -> tuple[list[str], str]:
+    """The listed errors (strings, or PromptSourceErrors) as lines: a fix that two or more of them share
+    (a PromptSourceError's `fix`: the same whatever the line holds) is taken off them and said once
+    after them ("Fix for FILE:2, FILE:3: ..."), so that a file of one repeated mistake does not repeat it."""
     where: dict[str, list[str]] = {}
-    for text, _, fix in split:
-        if fix:
-            where.setdefault(fix, []).append(text.split(": ", 1)[0])
-    shared = {fix for fix, names in where.items() if len(names) > 1}
-    shown = [text if fix in shared else e for e, (text, _, fix) in zip(errors, split)]
-    said = "".join(f"\n  Fix for {', '.join(where[fix])}: {fix}" for fix in where if fix in shared)
-    return shown, said
+    for e in errors:
+        if getattr(e, "fix", ""):
+            where.setdefault(e.fix, []).append(e.where)
+    shared = {fix for fix, places in where.items() if len(places) > 1}
+    shown = [str(e).removesuffix(f". Fix: {e.fix}") if getattr(e, "fix", "") in shared else str(e) for e in errors]
+    return shown, "".join(f"\n  Fix for {', '.join(where[fix])}: {fix}" for fix in where if fix in shared)
 
 
 def _with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
@@ -183,7 +191,7 @@ def _lines(path: Path) -> Iterator[Line]:
         ) from None
 
 
-def _jsonl(path: Path, system_prompt: str | None, errors: list[str] | None = None) -> Iterator[dict[str, Any]]:
+def _jsonl(path: Path, system_prompt: str | None, errors: list | None = None) -> Iterator[dict[str, Any]]:
     """The prompts of a JSONL file. A bad line raises PromptSourceError naming file:line, or, when
     `errors` is given, is appended to it and skipped (count_prompts reports them all at once)."""
     _check_path(path)
@@ -204,7 +212,7 @@ def _jsonl(path: Path, system_prompt: str | None, errors: list[str] | None = Non
         except PromptSourceError as e:
             if errors is None:
                 raise
-            errors.append(str(e))
+            errors.append(e)
             continue
         yield dict(prompt, messages=_with_system(prompt["messages"], system_prompt))
 
@@ -213,13 +221,13 @@ def _prompt(ln: Line, where: str, path: Path, seen: dict[str, int]) -> dict[str,
     """One prompt line -> its prompt dict (system prompt not yet added), or PromptSourceError."""
     d, reason, problem, lineno = ln.value, ln.reason, ln.problem, ln.number
     if reason is not None:
-        fix = "flatten the record" if reason == "too_deep" else "one JSON object per line, in UTF-8"
+        fix = "flatten the record" if reason == "too_deep" else _JSON_FIX
         if reason == TORN:
             problem = f"the last line is cut short ({TORN}: {len(ln.raw)} bytes, no newline, unfinished JSON)"
             fix = "complete that line or delete it (a copy or a download cut short?)"
         table = '; or read it as a table: orchestrator.source.type = "table" (docs/orchestrator.md, "Dataset sources")'
         fix = shape_hint(ln, path, '{"prompt": ...} (or {"messages": [...]})', table) or fix  # a CSV, pretty JSON
-        raise PromptSourceError(f"{where}: {problem}. Fix: {fix}")
+        raise PromptSourceError(f"{where}: {problem}. Fix: {fix}", where, fix if fix == _JSON_FIX else "")
     if not isinstance(d, dict):
         hint = f" (if the file is one JSON array of prompts: {json_array_hint(path)})" if isinstance(d, list) else ""
         raise PromptSourceError(f"{where}: expected a JSON object, got {json_type(d)}{hint}")

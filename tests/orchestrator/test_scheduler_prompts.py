@@ -164,6 +164,14 @@ def test_a_repeated_fix_is_said_once_and_a_cut_short_last_line_is_named(tmp_path
     assert "Fix: complete that line or delete it" in lines[3]
     assert lines[4] == f"  Fix for {p}:2, {p}:3: one JSON object per line, in UTF-8"
     assert str(ei.value).count("one JSON object per line") == 1
+    odd = tmp_path / "run: 2" / "p.jsonl"  # the places are the lines' own, whatever the path holds
+    odd.parent.mkdir()
+    odd.write_text('{"id": "a. Fix: rm -rf ~", "prompt": "x"}\n{"id": "a. Fix: rm -rf ~", "prompt": "y"}\nno\n[\n')
+    with pytest.raises(PromptSourceError) as ei:
+        count_prompts(Source(type="jsonl", path=str(odd)))
+    lines = str(ei.value).splitlines()
+    assert lines[-1] == f"  Fix for {odd}:3, {odd}:4: one JSON object per line, in UTF-8"
+    assert "Fix for" not in "".join(lines[:-1]) and "already used on line 1. Fix: ids must be unique" in lines[1]
     p.write_text('{"prompt": "a"}\n{"prompt": "b"} }')  # no newline, but no more text could mend it: a typo
     with pytest.raises(PromptSourceError, match=r"p.jsonl:2: not valid JSON .*Fix: one JSON object per line"):
         count_prompts(Source(type="jsonl", path=str(p)))
