@@ -151,9 +151,9 @@ def _differences(old: dict, new: dict) -> list[str]:
     return out
 
 
-def check_built_with(cfg: RunConfig, run_dir: Path, recon: Any) -> None:
+def check_built_with(cfg: RunConfig, run_dir: Path, recon: Any, write: bool = True) -> None:
     """Refuse a rerun whose samples would be built otherwise than the published ones; else (re)write the
-    file. Called by the producer before it publishes anything."""
+    file (unless `write` is False: --dry-run). Called by the producer before it publishes anything."""
     path = Path(run_dir) / FILE
     now = built_with(cfg, recon)
     shards = list_shards(Path(run_dir) / "samples") if (Path(run_dir) / "samples").is_dir() else []
@@ -179,4 +179,5 @@ def check_built_with(cfg: RunConfig, run_dir: Path, recon: Any) -> None:
             )
         if old == now:
             return
-    atomic_write_text(path, json.dumps(now, indent=1) + "\n")
+    if write:
+        atomic_write_text(path, json.dumps(now, indent=1) + "\n")

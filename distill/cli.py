@@ -14,11 +14,12 @@ import sys
 import threading
 from pathlib import Path
 
-from .config import ConfigError, RunConfig, as_replay_source, load_config, redacted_dict, to_toml
+from .config import ConfigError, RunConfig, as_replay_source, load_config
 from .cli_help import COMMAND_HELP, USAGE, command_help
 from .cli_errors import PATH_ERRNOS, USER_ERRORS, path_error
 from .built_with import check_train_vocab
 from .preflight import preflight
+from .dry_run import dry_run
 from .cli_export import cmd_export
 from .cli_inspect import cmd_inspect
 from .cli_tokenize import cmd_tokenize
@@ -115,25 +116,11 @@ def _busy_first(cfg, command: str) -> tuple[str, ...]:
     return roles
 
 
-def _dry_run(cfg: RunConfig, no_resume: bool) -> int:
-    """Print the resolved config (secrets redacted), then run every check `run` makes before it
-    starts (files, folders, the key's variable, the run dir): its problems exit 1, as `run` would."""
-    print(to_toml(redacted_dict(cfg)), end="")
-    sys.stdout.flush()  # the config before any problem on stderr
-    preflight(cfg, "run", no_resume=no_resume)
-    if cfg.orchestrator.source.type != "replay":  # every prompt read and checked, as a run does before a request
-        from orchestrator.prompts import count_prompts
-
-        count_prompts(cfg.orchestrator.source)
-    print("dry run: the config resolves and every check made before a run starts passed", file=sys.stderr)
-    return 0
-
-
 def cmd_run(argv: list[str]) -> int:
     cfg, flags, _ = _load(argv, {"--dry-run": False, "--no-resume": False}, "run")
+    roles = _busy_first(cfg, "run")  # (takes nothing: --dry-run too is told a busy run dir first)
     if flags.get("--dry-run"):
-        return _dry_run(cfg, bool(flags.get("--no-resume")))
-    roles = _busy_first(cfg, "run")
+        return dry_run(cfg, bool(flags.get("--no-resume")))
     preflight(cfg, "run", no_resume=bool(flags.get("--no-resume")))
     if cfg.on_policy.enabled:  # the student samples, the [scorer] grades: distill/on_policy.py
         return cmd_run_on_policy(cfg, bool(flags.get("--no-resume")))

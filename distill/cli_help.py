@@ -51,9 +51,10 @@ grades every sampled token and an on-policy loss trains on them (docs/on_policy.
 
 options:
   --dry-run              print the resolved configuration (secrets redacted), run the
-                         checks made before a run starts (student, tokenizer, prompt or
-                         replay files, the API key's variable, output_dir) and exit:
-                         1 with every problem found, 0 when none; nothing is written
+                         checks made before a run asks the teacher anything (student,
+                         chat template, prompts or replay inputs, the API key's variable,
+                         output_dir) and exit: 1 with the problem, 0 when there is none;
+                         nothing is written to output_dir
   --no-resume            train from scratch; refused when output_dir already holds a run
                          (recording.jsonl, samples or checkpoints): rerun without it to
                          resume, or choose a new output_dir, or delete that folder

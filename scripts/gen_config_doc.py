@@ -34,10 +34,12 @@ A run is one TOML file. Every key below can also be set on the command line
 (`distill run cfg.toml --trainer.optim.lr 1e-5`, values parsed as TOML) or by environment
 (`DISTILL_TRAINER__OPTIM__LR=1e-5`). Priority: command line > environment > TOML > default.
 Unknown keys are errors (a `DISTILL_X__...` variable whose `X` is no section too, and a `DISTILL_X` close to a top-level key, e.g. `DISTILL_OUTPUTDIR`). `distill run cfg.toml --dry-run` prints the resolved config with
-secrets redacted, then makes every check `run` makes before it starts (the student and
-tokenizer folders, the chat template, the prompt or replay files, the API key's variable,
-output_dir and what an earlier run left there) and exits 1 listing every problem, 0 when
-there is none. It needs no teacher and writes nothing. Cross-checks between sections are described in [validation.md](validation.md).
+secrets redacted, then makes every check `run` makes before it asks the teacher anything
+(the student and tokenizer folders, whether the chat template can build samples, every prompt
+of a prompt file or table, a reasoning-gym dataset's name, each replay input's first record,
+the API key's variable, output_dir, its locks and what an earlier run left there, samples
+built there with other settings) and exits 1 with the problem, 0 when there is none. It needs
+no teacher and writes nothing to output_dir (`distill/dry_run.py`). Cross-checks between sections are described in [validation.md](validation.md).
 
 Relative paths (`output_dir`, `student.path`, `orchestrator.source.path`, ...) are read from the
 folder distill runs in, as a shell command's are; only `student.chat_template` is relative to the

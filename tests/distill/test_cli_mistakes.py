@@ -507,6 +507,28 @@ def test_dry_run_checks_what_run_checks_before_it_starts(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["samples"]  # nothing written
 
 
+def test_dry_run_checks_the_template_the_samples_so_far_and_the_inputs_as_the_run_would(tmp_path):
+    """Each of these passed --dry-run and failed the run (QA pass 4)."""
+    chat = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps(chat) + "\n")
+    cfg = base_toml(tmp_path, f'[orchestrator.source]\ntype = "replay"\npath = "{data}"\n')
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")  # no end-of-turn token
+    res = distill("run", cfg, "--dry-run", "--student.chat_template", template)
+    assert res.returncode == 1 and "cannot be used to build samples" in res.stderr, res.stderr
+    assert distill("replay", cfg).returncode == 0  # samples built with the default train_roles
+    res = distill("run", cfg, "--dry-run", "--orchestrator.reconstruction.train_roles", '["assistant", "user"]')
+    assert res.returncode == 1 and "built with other settings" in res.stderr, res.stderr
+    for text, says in [("", "holds no record to replay"), (json.dumps([chat]), "is one JSON array on one line")]:
+        data.write_text(text)
+        res = distill("run", cfg, "--dry-run", "--output_dir", tmp_path / "new")
+        assert res.returncode == 1 and says in res.stderr, res.stderr
+    res = distill("run", base_toml(tmp_path), "--dry-run", "--orchestrator.source.dataset", "nope_dataset")
+    assert res.returncode == 1 and "reasoning-gym could not create 'nope_dataset'" in res.stderr, res.stderr
+    assert not (tmp_path / "new").exists() and "Traceback" not in res.stderr
+
+
 URL_SECRET = "sk-proj-SECRET123abcdefghij"
 
 

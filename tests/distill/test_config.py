@@ -368,6 +368,19 @@ def test_a_table_set_whole_on_the_command_line_or_in_a_variable_is_told_to_set_i
     assert "set it to one value, e.g. DISTILL_TRAINER__LOSS__TYPE=VALUE" in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "toml, other",
+    [
+        ("[orchestrator.local_teacher]\nenabled = true\n", "orchestrator.local_teacher.enabled = true"),
+        ('[orchestrator.source]\ntype = "replay"\npath = "x.jsonl"\n', 'orchestrator.source.type = "replay"'),
+    ],
+)
+def test_the_batch_api_with_a_local_teacher_or_replay_is_refused_when_the_config_loads(tmp_path, toml, other):
+    """It was refused only once the run dir was written (and the local teacher started)."""
+    text = config_error(tmp_path, "[orchestrator.batch]\nenabled = true\n" + toml)
+    assert f"orchestrator.batch.enabled: is true, which does not go with {other}" in text
+
+
 # --- mode validation: external teacher => SFT only, no weight broadcast, no token client ---
 
 FORBIDDEN = {

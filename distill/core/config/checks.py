@@ -291,6 +291,16 @@ def _check_batch(cfg: RunConfig) -> list[Problem]:
     b, bc, sp = cfg.orchestrator.budget, cfg.orchestrator.batch, cfg.orchestrator.sampling
     if not bc.enabled:
         return problems
+    oc = cfg.orchestrator
+    if oc.local_teacher.enabled or oc.source.type == "replay":  # (BatchRollout refuses `rollout --batch` so too)
+        key = "local_teacher.enabled = true" if oc.local_teacher.enabled else 'source.type = "replay"'
+        problems.append(
+            Problem(
+                "orchestrator.batch.enabled",
+                f"is true, which does not go with orchestrator.{key} (a Batch API needs a hosted teacher and prompts). "
+                "Fix: set orchestrator.batch.enabled = false, or use a prompt source and a hosted rollout_model",
+            )
+        )
     if sp.max_tokens is None and (b.max_cost is not None or b.max_completion_tokens is not None):
         which = "max_cost" if b.max_cost is not None else "max_completion_tokens"
         problems.append(

@@ -1,0 +1,56 @@
+"""`distill run CONFIG --dry-run`: the resolved config, then every check a run makes before it asks the
+teacher anything or trains a step, and nothing written to output_dir.
+
+Checked, each as the run itself would report it (exit 1): what `preflight` checks (student, tokenizer,
+chat template, files and folders, the API key's variable, output_dir and what an earlier run left
+there); that the student's tokenizer and template can build samples (`make_reconstructor`); that samples
+already in output_dir were built with these settings (`check_built_with`, read only); every prompt of a
+prompt file or table (`count_prompts`), and that a reasoning-gym dataset can be created; that each replay
+input holds a first record that is not a refusal of the whole file. The run dir's locks were checked
+before (cli._busy_first). A builtin or GGUF student's tokenizer may be converted into distill's cache,
+as the run would.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .built_with import check_built_with
+from .config import RunConfig, redacted_dict, to_toml
+from .preflight import preflight
+from .run import make_reconstructor
+
+
+def dry_run(cfg: RunConfig, no_resume: bool) -> int:
+    """Print the config (secrets redacted) and raise what the run would raise before it starts."""
+    print(to_toml(redacted_dict(cfg)), end="")
+    sys.stdout.flush()  # the config before any problem on stderr
+    preflight(cfg, "run", no_resume=no_resume)
+    if not cfg.on_policy.enabled:  # the producer's samples: built from the teacher's messages
+        recon = make_reconstructor(cfg)
+        run_dir = Path(cfg.output_dir).expanduser()
+        if run_dir.is_dir():
+            check_built_with(cfg, run_dir, recon, write=False)
+    check_source(cfg)
+    print("dry run: the config resolves and every check made before a run starts passed", file=sys.stderr)
+    return 0
+
+
+def check_source(cfg: RunConfig) -> None:
+    """Read the prompts (all of them, as a run does before its first request), or the first record of
+    each replay input (a file that is no JSON Lines at all is refused at its first line)."""
+    source = cfg.orchestrator.source
+    if source.type != "replay":
+        from orchestrator.prompts import count_prompts, load_prompts
+
+        count_prompts(source)
+        if source.type == "reasoning_gym":  # creating the dataset is what fails on a name it does not know
+            next(iter(load_prompts(source)), None)
+        return
+    from orchestrator.replay import ReplayError, iter_conversations, resolve_inputs
+
+    rc = cfg.orchestrator.replay
+    for path in resolve_inputs([source.path] if source.path else []):
+        if next(iter_conversations([path], source.format, rc.columns, max_line_bytes=rc.max_line_bytes), None) is None:
+            raise ReplayError(path, None, None, "holds no record to replay (an empty file)", "give a file with records")
