@@ -96,7 +96,7 @@ def _open_file(src) -> Table:
             t = pq.read_table(p)
             return Table(p.stem, str(p), list(t.column_names), t.num_rows, lambda i: t.slice(i, 1).to_pylist()[0])
         if fmt == "csv":
-            with open(p, newline="", encoding="utf-8") as f:
+            with open(p, newline="", encoding="utf-8-sig") as f:  # (-sig: Excel's "CSV UTF-8" starts with a BOM)
                 reader = csv.DictReader(f)
                 rows = list(reader)
                 cols = list(reader.fieldnames or [])
@@ -116,19 +116,25 @@ def _open_file(src) -> Table:
 
 
 def _jsonl_rows(p: Path) -> tuple[list[dict], list[str]]:
-    rows, cols = [], {}
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TableSourceError("orchestrator.source.path", f"{p}:{n}: not valid JSON ({e})") from None
-            if not isinstance(d, dict):
-                raise TableSourceError("orchestrator.source.path", f"{p}:{n}: expected a JSON object per line")
-            rows.append(d)
-            cols.update(dict.fromkeys(d))
+    """The rows of a JSON Lines table, read as every JSONL file is (distill/core/jsonl.py: bounded lines, a
+    BOM, a cut-short last line named); every bad line counted and the first five listed in one error."""
+    from distill.core.jsonl import read_jsonl
+
+    rows, cols, bad = [], {}, []
+    for ln in read_jsonl(p, cut_only=True):
+        if ln.blank:
+            continue
+        if ln.reason is not None or not isinstance(ln.value, dict):
+            bad.append(f"{p}:{ln.number}: " + (ln.problem if ln.reason is not None else "expected a JSON object"))
+            continue
+        rows.append(ln.value)
+        cols.update(dict.fromkeys(ln.value))
+    if bad:
+        listed = "\n  ".join(bad[:5]) + (f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise TableSourceError(
+            "orchestrator.source.path",
+            f"{len(bad)} bad line(s) in {p} ({len(rows)} good). Fix: one JSON object per line, in UTF-8:\n  {listed}",
+        )
     return rows, list(cols)
 
 

@@ -160,6 +160,23 @@ def test_no_prompt_column_and_bad_rows_are_reported_at_once(tmp_path):
     assert "3 bad row(s) (2 good)" in msg and "row 1" in msg and "'x/y'" in msg and "already used by row 3" in msg
 
 
+def test_a_byte_order_mark_is_read_past_and_bad_json_lines_are_all_listed(tmp_path):
+    """Excel's "CSV UTF-8" starts with a BOM: its first column was named '\\ufeffid'."""
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbfid,prompt\n1,hello\n2,yo\n")
+    _, src = _src(tmp_path, type="table", path=str(bom), columns={"id": "id"})
+    assert [p["prompt_id"] for p in load_prompts(src)] == ["1", "2"]
+    table = tmp_path / "t.jsonl"
+    table.write_bytes(b'\xef\xbb\xbf{"id": 1, "prompt": "a"}\nbad\n{"id": 2, "prompt": "b"}\n[1]\n{"id": 3')
+    _, src = _src(tmp_path, type="table", path=str(table))
+    with pytest.raises(TableSourceError) as e:
+        count_prompts(src)
+    lines = str(e.value).splitlines()
+    assert f"3 bad line(s) in {table} (2 good)" in lines[0]
+    assert [ln.strip().split(": ")[0] for ln in lines[1:]] == [f"{table}:2", f"{table}:4", f"{table}:5"]
+    assert "half-written last line" in lines[3]
+
+
 def test_config_union_keyed_on_type(tmp_path):
     with pytest.raises(ConfigError) as e:
         _src(tmp_path, type="table", path="x.csv", colums={"prompt": "q"})
