@@ -18,7 +18,13 @@ from distill.run_lock import lock_run_dir
 def prepare_run_dir(cfg: RunConfig, command: str, roles: tuple[str, ...], recon=None) -> Path:
     """Make output_dir, take its locks for `roles` (distill/run_lock.py: a second process in the same
     role is refused before it writes anything), check that the samples a producer (given its `recon`)
-    adds are built like those published before (distill/built_with.py), then save the redacted config."""
+    adds are built like those published before (distill/built_with.py), then save the redacted config.
+    `run` and `rollout` first read their prompts (or each replay input's first record): a bad prompt file
+    is refused before the run dir is written or a local teacher started, as `run --dry-run` does."""
+    if command in ("run", "rollout"):
+        from distill.dry_run import check_source  # (dry_run imports this module)
+
+        check_source(cfg)
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock_run_dir(run_dir, roles, command)

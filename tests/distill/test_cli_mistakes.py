@@ -499,6 +499,8 @@ def test_dry_run_checks_what_run_checks_before_it_starts(tmp_path):
     missing.write_text('{"prompt": "fine"}\n{"prompt": \n')  # every line is read, as run reads it first
     res = distill("run", cfg, "--dry-run")
     assert res.returncode == 1 and f"{missing}:2: not valid JSON" in res.stderr, res.stderr
+    res = distill("rollout", cfg)  # refused before the run dir is written (or a local teacher started)
+    assert res.returncode == 1 and f"{missing}:2: not valid JSON" in res.stderr and not (tmp_path / "run").exists()
     _setup_existing_run(tmp_path)
     res = distill("run", base_toml(tmp_path), "--dry-run", "--no-resume")
     assert res.returncode == 1 and "already holds a run" in res.stderr
