@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from .config import Problem, RunConfig, key_var_problems
+from .model_files import model_folder_problem
 from .resume_check import check_resume_config
 
 #: Any of these marks a folder as holding a tokenizer transformers can load.
@@ -108,14 +109,8 @@ def check_student(cfg: RunConfig, need_model: bool) -> list[Problem]:
         folder, problem = _folder("student.path", spec, next_to_config(cfg, spec))
         if problem:
             problems.append(problem)
-        elif need_model and not (folder / "config.json").is_file():
-            problems.append(
-                Problem(
-                    "student.path",
-                    f"{spec} holds no config.json, so it is not an HF model "
-                    "folder. Fix: point student.path at the folder with config.json and weights",
-                )
-            )
+        elif need_model and (why := model_folder_problem(spec, folder)):
+            problems.append(Problem("student.path", why))
         if not tok_spec and folder is not None:
             problems += check_tokenizer("student.path", folder, template)
     if tok_spec:
