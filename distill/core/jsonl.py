@@ -160,9 +160,18 @@ def _cut_at(msg: str, s: str, pos: int) -> bool:
 
 def json_array_hint(path: str | os.PathLike) -> str:
     """What to do with a file that is one JSON array (json.dump's output) where JSON Lines are read."""
+    p, out = _converted_name(path)
+    jq = f"gunzip -c {p} | jq -c '.[]' > {out}" if p.endswith(".gz") else f"jq -c '.[]' {p} > {out}"
+    return f"convert it to one object per line, e.g. {jq}, and read {out}"
+
+
+def _converted_name(path: str | os.PathLike) -> tuple[str, str]:
+    """The path as text, and a JSON Lines file to convert it into: its name with .jsonl for its
+    extension (past a .gz), never the input itself (a.jsonl -> a.lines.jsonl)."""
     p = os.fspath(path)
-    out = (p[: -len(".json")] if p.endswith(".json") else p) + ".jsonl"
-    return f"convert it to one object per line, e.g. jq -c '.[]' {p} > {out}, and read {out}"
+    plain = p.removesuffix(".gz")
+    stem = plain.rsplit(".", 1)[0] if "." in os.path.basename(plain) else plain
+    return p, stem + (".lines.jsonl" if stem + ".jsonl" == p else ".jsonl")
 
 
 def shape_hint(ln: "Line", path: str | os.PathLike, record: str = "", table: str = "") -> str:
@@ -174,15 +183,14 @@ def shape_hint(ln: "Line", path: str | os.PathLike, record: str = "", table: str
     raw = ln.raw.strip()
     if not raw or second_line_parses(path):
         return ""
-    p = os.fspath(path)
-    stem = p.rsplit(".", 1)[0] if "." in os.path.basename(p) else p
-    out = stem + (".lines.jsonl" if stem + ".jsonl" == p else ".jsonl")  # never the input itself
+    p, out = _converted_name(path)  # never the input itself
     if raw.startswith(b"["):
         return f"the file looks like one JSON array, not JSON Lines: {json_array_hint(path)}"
     if raw == b"{":  # json.dump(..., indent=...) and jq open an object alone on its line
         return (
             "the file looks like pretty-printed JSON (one object over several lines), not JSON Lines "
-            f"(one object per line): convert it, e.g. jq -c . {p} > {out}, and read {out}"
+            f"(one object per line): convert it, e.g. {'gunzip -c ' + p + ' | jq -c .' if p.endswith('.gz') else 'jq -c . ' + p} "
+            f"> {out}, and read {out}"
         )
     if not raw.startswith((b"{", b'"')) and (b"," in raw or b"\t" in raw):
         return (

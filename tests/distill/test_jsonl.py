@@ -188,3 +188,18 @@ def test_the_conversion_never_writes_over_its_input(tmp_path):
         hint = shape_hint(next(read_jsonl(p)), p)
         target = hint.split(" > ")[1].split(",")[0]
         assert target != str(p) and target.endswith(".jsonl"), hint
+
+
+@pytest.mark.parametrize(
+    "path, command",
+    [
+        ("d/a.json", "jq -c '.[]' d/a.json > d/a.jsonl, and read d/a.jsonl"),
+        ("d/a.jsonl", "jq -c '.[]' d/a.jsonl > d/a.lines.jsonl"),  # never onto the input
+        ("d/a.json.gz", "gunzip -c d/a.json.gz | jq -c '.[]' > d/a.jsonl"),  # jq reads no gzip
+        ("d.x/a", "jq -c '.[]' d.x/a > d.x/a.jsonl"),
+    ],
+)
+def test_the_json_array_conversion_reads_the_file_and_writes_another(path, command):
+    from distill.core.jsonl import json_array_hint
+
+    assert command in json_array_hint(path)
