@@ -17,6 +17,7 @@ from distill.core.jsonl import (
     MAX_LINE_BYTES,
     TORN,
     Line,
+    is_gzip,
     iter_lines,
     json_array_hint,
     shape_hint,
@@ -177,8 +178,7 @@ def _lines(path: Path) -> Iterator[Line]:
     import gzip
     import zlib
 
-    with open(path, "rb") as head:
-        gz = head.read(2) == b"\x1f\x8b"
+    gz = is_gzip(path)
     try:
         with (gzip.open if gz else open)(path, "rb") as f:
             yield from iter_lines(f, MAX_LINE_BYTES, limit_key="orchestrator.prompts.MAX_LINE_BYTES", cut_only=True)

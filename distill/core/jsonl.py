@@ -161,7 +161,7 @@ def _cut_at(msg: str, s: str, pos: int) -> bool:
 def json_array_hint(path: str | os.PathLike) -> str:
     """What to do with a file that is one JSON array (json.dump's output) where JSON Lines are read."""
     p, out = _converted_name(path)
-    jq = f"gunzip -c {p} | jq -c '.[]' > {out}" if p.endswith(".gz") else f"jq -c '.[]' {p} > {out}"
+    jq = f"gunzip -c {p} | jq -c '.[]' > {out}" if p.endswith(".gz") or is_gzip(p) else f"jq -c '.[]' {p} > {out}"
     return f"convert it to one object per line, e.g. {jq}, and read {out}"
 
 
@@ -189,7 +189,7 @@ def shape_hint(ln: "Line", path: str | os.PathLike, record: str = "", table: str
     if raw == b"{":  # json.dump(..., indent=...) and jq open an object alone on its line
         return (
             "the file looks like pretty-printed JSON (one object over several lines), not JSON Lines "
-            f"(one object per line): convert it, e.g. {'gunzip -c ' + p + ' | jq -c .' if p.endswith('.gz') else 'jq -c . ' + p} "
+            f"(one object per line): convert it, e.g. {'gunzip -c ' + p + ' | jq -c .' if p.endswith('.gz') or is_gzip(p) else 'jq -c . ' + p} "
             f"> {out}, and read {out}"
         )
     if not raw.startswith((b"{", b'"')) and (b"," in raw or b"\t" in raw):
@@ -201,12 +201,21 @@ def shape_hint(ln: "Line", path: str | os.PathLike, record: str = "", table: str
     return ""
 
 
+def is_gzip(path: str | os.PathLike) -> bool:
+    """Whether the file starts with gzip's magic bytes (told by its content, not its name)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"\x1f\x8b"
+    except OSError:
+        return False
+
+
 def second_line_parses(path: str | os.PathLike) -> bool:
     """Whether the file's second line is JSON (then a bad first line is only that: a bad line)."""
     import gzip
 
     try:
-        with (gzip.open if os.fspath(path).endswith(".gz") else open)(path, "rb") as f:
+        with (gzip.open if is_gzip(path) else open)(path, "rb") as f:
             f.readline(MAX_LINE_BYTES)
             second = f.readline(1 << 20)
         return second.strip() != b"" and parse_line(second)[1] is None

@@ -43,8 +43,9 @@ _LIMIT_KEY = "orchestrator.replay.max_line_bytes"
 def _read(path: str, max_bytes: int) -> Iterator[tuple[jsonl.Line, int]]:
     """(line, bytes of the file on disk it took) for plain and gzip-compressed (.gz) files
     (distill.core.jsonl.iter_lines). A gzip stream that ends early raises EOFError after its
-    last complete data."""
-    if not path.lower().endswith(".gz"):
+    last complete data. A gzip file is told by its name (a .gz that is not gzip is an error) or its
+    first bytes (a compressed file named .jsonl)."""
+    if not (path.lower().endswith(".gz") or jsonl.is_gzip(path)):
         with open(path, "rb") as f:
             for ln in jsonl.iter_lines(f, max_bytes, limit_key=_LIMIT_KEY, cut_only=True):
                 yield ln, ln.size

@@ -203,3 +203,17 @@ def test_the_json_array_conversion_reads_the_file_and_writes_another(path, comma
     from distill.core.jsonl import json_array_hint
 
     assert command in json_array_hint(path)
+
+
+def test_gzip_is_told_by_its_first_bytes_whatever_the_name(tmp_path):
+    """A gzipped file named .jsonl was read as bytes (not valid UTF-8), and got a false CSV hint."""
+    import gzip
+
+    from distill.core.jsonl import is_gzip, second_line_parses
+
+    packed = tmp_path / "rows.jsonl"
+    packed.write_bytes(gzip.compress(b'id,x\n{"a": 1}\n'))
+    plain = tmp_path / "rows.gz"
+    plain.write_bytes(b'id,x\n{"a": 1}\n')
+    assert is_gzip(packed) and not is_gzip(plain) and not is_gzip(tmp_path / "missing")
+    assert second_line_parses(packed) and second_line_parses(plain)

@@ -454,3 +454,13 @@ def test_an_input_path_holding_an_api_key_is_refused_without_showing_it(tmp_path
         resolve_inputs([str(folder)])
     for err in (c.value, e.value):
         assert "looks like an API key" in str(err) and key not in str(err)
+
+
+def test_a_gzipped_file_without_the_gz_name_is_read_as_gzip(tmp_path, smol_tokenizer):
+    import gzip
+
+    p = tmp_path / "data.jsonl"
+    p.write_bytes(gzip.compress((json.dumps(chat("5", "a")) + "\n" + json.dumps(chat("6", "b")) + "\n").encode()))
+    cfg = make_cfg(tmp_path, p, on_error="fail")
+    summary = replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)
+    assert summary["samples"] == 2 and summary["bad_records"] == 0
