@@ -381,6 +381,29 @@ def test_the_batch_api_with_a_local_teacher_or_replay_is_refused_when_the_config
     assert f"orchestrator.batch.enabled: is true, which does not go with {other}" in text
 
 
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (
+            ["--orchestrator.source", "replay"],
+            "orchestrator.source is a table, not a setting (got str 'replay'). "
+            "Fix: set its keys one at a time, e.g. --orchestrator.source.type VALUE; its kinds (one of 'reasoning_gym'",
+        ),
+        (["--scorer", "x"], "e.g. --scorer.type VALUE; its kinds (one of 'vllm', 'sglang', 'echo')"),
+        (["--scorer.api_key_var", "X"], "[scorer] says which kind it is with its type key (one of 'vllm', "),
+        (
+            ["--orchestrator.source.type", "nope"],
+            "orchestrator.source.type 'nope' is not a kind of "
+            "[orchestrator.source] (one of 'reasoning_gym', 'jsonl', 'replay', 'table', 'hf_dataset')",
+        ),
+    ],
+)
+def test_a_table_keyed_on_type_is_told_its_kinds_not_pydantics_discriminator(tmp_path, overrides, says):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, ""), overrides)
+    assert says in str(e.value) and "discriminator" not in str(e.value) and "_source_tag" not in str(e.value)
+
+
 # --- mode validation: external teacher => SFT only, no weight broadcast, no token client ---
 
 FORBIDDEN = {

@@ -169,7 +169,7 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
             )
         elif e["type"] == "extra_forbidden":
             msg = unknown_key_message(key, e.get("input"), key_paths(RunConfig))
-        elif shape := table_shape_message(e, key, origin, key_paths(RunConfig)):  # [[student]], [trackers.x]
+        elif shape := table_shape_message(e, key, origin, key_paths(RunConfig), _kinds(parts)):  # [[student]]
             msg = shape
         else:
             hide = any(is_secret_key(p) or p in ("api_key_var", "headers") for p in parts) or looks_like_secret(
@@ -182,6 +182,16 @@ def _format_validation_error(err: ValidationError, cli: dict | None = None) -> t
         origins.add(origin)
         problems.append(Problem(key, msg + note))
     return problems, origins
+
+
+def _kinds(parts: list[str]) -> tuple[str, ...]:
+    """The `type` values of the table at `parts` when it is a union keyed on type, else ()."""
+    from .keypaths import union_tags_with_key
+
+    try:
+        return tuple(union_tags_with_key(RunConfig, parts, "type"))
+    except Exception:  # noqa: BLE001 - only a better message is at stake
+        return ()
 
 
 def _where(parts: list[str], cli: dict | None) -> tuple[str, str]:
