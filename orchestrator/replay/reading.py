@@ -155,7 +155,8 @@ def resolve_inputs(patterns: list[str]) -> list[str]:
                 None,
                 None,
                 "does not exist",
-                "set orchestrator.source.path (or pass input files to `distill replay`)",
+                "check the path (relative paths are read from the current folder; a config's "
+                "orchestrator.source.path or the inputs after `distill replay CONFIG`)",
             )
     if any(path_holds_api_key(p) for p in [*map(str, patterns), *out]):  # printed, and kept in every sample
         raise ReplayError(
@@ -166,5 +167,5 @@ def resolve_inputs(patterns: list[str]) -> list[str]:
             "in every sample's provenance",
             "rename that folder or file",
         )
-    seen: set[str] = set()
-    return [p for p in out if not (p in seen or seen.add(p))]
+    seen: set[str] = set()  # one file named twice (a.jsonl and ./a.jsonl, or by a glob too) is read once
+    return [p for p in out if not (os.path.realpath(p) in seen or seen.add(os.path.realpath(p)))]

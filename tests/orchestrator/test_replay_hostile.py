@@ -464,3 +464,15 @@ def test_a_gzipped_file_without_the_gz_name_is_read_as_gzip(tmp_path, smol_token
     cfg = make_cfg(tmp_path, p, on_error="fail")
     summary = replay(cfg, tmp_path / "run", recon(smol_tokenizer, cfg), progress=False)
     assert summary["samples"] == 2 and summary["bad_records"] == 0
+
+
+def test_one_file_named_twice_is_read_once_and_a_missing_input_is_told_to_check_its_path(tmp_path, monkeypatch):
+    from orchestrator.replay import resolve_inputs
+
+    p = tmp_path / "data.jsonl"
+    p.write_text(json.dumps(chat("5", "a")) + "\n")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_inputs(["data.jsonl", "./data.jsonl", str(p), "*.jsonl"]) == ["data.jsonl"]
+    with pytest.raises(ReplayError) as e:
+        resolve_inputs(["nope.jsonl"])
+    assert "nope.jsonl: does not exist. Fix: check the path" in str(e.value)

@@ -209,6 +209,10 @@ def test_a_json_array_file_is_named_as_one_with_the_conversion(tmp_path):
         f"orchestrator.source.path: {pretty} is one JSON array, not JSON Lines (one object per line). Fix: convert "
         f"it to one object per line, e.g. jq -c '.[]' {pretty} > {tmp_path / 'p.jsonl'}, and read {tmp_path / 'p.jsonl'}"
     )
+    with pytest.raises(PromptSourceError) as e:  # the whole file, as replay says it
+        count_prompts(Source(type="jsonl", path=str(one_line)))
+    assert str(e.value).startswith(f"orchestrator.source.path: {one_line} is one JSON array, not JSON Lines")
+    one_line.write_text(json.dumps(rows) + "\n" + json.dumps(rows[0]) + "\n")  # a stray array, then prompts
     with pytest.raises(PromptSourceError, match=r"got array \(if the file is one JSON array of prompts: convert"):
         count_prompts(Source(type="jsonl", path=str(one_line)))
 

@@ -46,7 +46,16 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--") or len(arg) <= 2:
-            raise ConfigError("command line", [Problem(arg, "expected --key.path VALUE")])
+            raise ConfigError(
+                "command line",
+                [
+                    Problem(
+                        arg,
+                        "expected --key.path VALUE (the input files of `distill replay` go right after the "
+                        "config path, before any --key.path VALUE)",
+                    )
+                ],
+            )
         key = arg[2:]
         if "=" in key:
             key, raw = key.split("=", 1)
