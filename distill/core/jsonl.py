@@ -187,10 +187,10 @@ def shape_hint(ln: "Line", path: str | os.PathLike, record: str = "", table: str
     if raw.startswith(b"["):
         return f"the file looks like one JSON array, not JSON Lines: {json_array_hint(path)}"
     if raw == b"{":  # json.dump(..., indent=...) and jq open an object alone on its line
+        jq = f"gunzip -c {p} | jq -c ." if p.endswith(".gz") or is_gzip(p) else f"jq -c . {p}"  # jq reads no gzip
         return (
             "the file looks like pretty-printed JSON (one object over several lines), not JSON Lines "
-            f"(one object per line): convert it, e.g. {'gunzip -c ' + p + ' | jq -c .' if p.endswith('.gz') or is_gzip(p) else 'jq -c . ' + p} "
-            f"> {out}, and read {out}"
+            f"(one object per line): convert it, e.g. {jq} > {out}, and read {out}"
         )
     if not raw.startswith((b"{", b'"')) and (b"," in raw or b"\t" in raw):
         return (
