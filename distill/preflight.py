@@ -147,7 +147,8 @@ def check_tokenizer(key: str, folder: Path, chat_template: str | None = None) ->
             Problem(
                 key,
                 f"{folder} holds no tokenizer ({', '.join(TOKENIZER_FILES)}). Fix: copy the "
-                "tokenizer files there (tokenizer.save_pretrained(DIR)) or set student.tokenizer",
+                "tokenizer files there (tokenizer.save_pretrained(DIR)) or "
+                + ("point it at the folder with them" if key == "student.tokenizer" else "set student.tokenizer"),
             )
         ]
     from distill.core.student import load_tokenizer

@@ -114,7 +114,7 @@ MISTAKES = {
         {},
         _setup_empty_dir,
         1,
-        ["student.tokenizer", "holds no tokenizer"],
+        ["student.tokenizer", "holds no tokenizer", "or point it at the folder with them"],
     ),
     "tokenizer_does_not_load": (
         "rollout",
