@@ -20,7 +20,7 @@ from distill.core.jsonl import (
     is_gzip,
     iter_lines,
     json_array_hint,
-    second_line_parses,
+    one_line_json_array,
     shape_hint,
     starts_json_array,
 )
@@ -199,8 +199,7 @@ def _jsonl(path: Path, system_prompt: str | None, errors: list | None = None) ->
     seen: dict[str, int] = {}
     for ln in _lines(path):
         where = f"{path}:{ln.number}"
-        one_line_array = ln.number == 1 and isinstance(ln.value, list) and not second_line_parses(path)
-        if starts_json_array(ln) or one_line_array:  # the whole file is wrong, not its first line
+        if starts_json_array(ln) or one_line_json_array(ln, path):  # the whole file is wrong, not its first line
             raise PromptSourceError(
                 f"orchestrator.source.path: {path} is one JSON array, not JSON Lines (one object per line). "
                 f"Fix: {json_array_hint(path)}"

@@ -228,6 +228,12 @@ def starts_json_array(ln: "Line") -> bool:
     return ln.number == 1 and ln.reason is not None and ln.raw.lstrip().startswith(b"[")
 
 
+def one_line_json_array(ln: "Line", path: str | os.PathLike) -> bool:
+    """Whether a file's first line is a whole JSON array and no record follows it (json.dump of a list,
+    on one line): the file is wrong, not its first line. An array followed by records is one bad line."""
+    return ln.number == 1 and isinstance(ln.value, list) and not second_line_parses(path)
+
+
 def depth_exceeds(x: Any, limit: int) -> bool:
     """Whether lists/dicts nest more than `limit` levels deep (walked without recursion)."""
     stack = [(x, 1)]

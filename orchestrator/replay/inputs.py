@@ -7,7 +7,6 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from distill.core import jsonl
 from distill.core.config.schema import REPLAY_COLUMN_NAMES
 from distill.core.conversation import Conversation
 from orchestrator.lines import MAX_LINE_BYTES, json_type
@@ -20,7 +19,7 @@ from orchestrator.replay.formats import (
 )
 from orchestrator.replay.formats.openai_batch import BatchInputIndex
 from orchestrator.replay.reading import Line, _excerpt, iter_jsonl
-from orchestrator.replay.records import BadRecord, RecordError, ReplayError
+from orchestrator.replay.records import BadRecord, RecordError
 
 # Our names for input fields; orchestrator.replay.columns maps them to other column names.
 COLUMN_NAMES = REPLAY_COLUMN_NAMES
@@ -78,16 +77,6 @@ def _parse_record(
     field = e.field
     if field and field.split(".")[0].split("[")[0] in columns:
         field += f" (column {columns[field.split('.')[0].split('[')[0]]!r})"
-    # json.dump of a list: the file is wrong, not its first record (unless more records follow it); as
-    # for a pretty-printed array (reading.iter_jsonl), skipping would skip it all
-    if ln.line == 1 and isinstance(ln.obj, list) and where == "line" and not jsonl.second_line_parses(path):
-        raise ReplayError(
-            path,
-            None,
-            None,
-            "is one JSON array on one line, not JSON Lines (one record per line)",
-            jsonl.json_array_hint(path),
-        )
     problem = e.problem + (f". Fix: {e.fix}" if e.fix else "")
     try:
         excerpt = _excerpt(json.dumps(ln.obj, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace"))

@@ -105,9 +105,14 @@ def iter_jsonl(path: str, max_bytes: int = MAX_LINE_BYTES) -> Iterator[Line]:
             yield Line(lineno + 1, 0, bad=_corrupt_gzip(path, lineno, e))
             return
         lineno = ln.number
-        if jsonl.starts_json_array(ln):  # the whole file is wrong, not its first record
+        if jsonl.starts_json_array(ln) or jsonl.one_line_json_array(ln, path):  # the file is wrong, not its record
+            how = "" if ln.reason is not None else " on one line"  # (skipping it would skip it all)
             raise ReplayError(
-                path, None, None, "is one JSON array, not JSON Lines (one record per line)", jsonl.json_array_hint(path)
+                path,
+                None,
+                None,
+                f"is one JSON array{how}, not JSON Lines (one record per line)",
+                jsonl.json_array_hint(path),
             )
         if ln.blank:
             yield Line(lineno, nbytes, empty=True)

@@ -66,7 +66,7 @@ def file_reader(path: str, fmt: str) -> Callable[[str], Iterator[Any]] | None:
 
 def detect_format(obj: Any) -> str:
     """Which format one record is in (for format = "auto")."""
-    if not isinstance(obj, dict):  # (a file that is one JSON array on one line: inputs._parse_record says so)
+    if not isinstance(obj, dict):  # (a file that is one JSON array on one line: reading.iter_jsonl says so)
         raise RecordError(None, f"expected a JSON object per line, got {json_type(obj)}", reason="not_an_object")
     for name, f in FORMATS.items():
         if f.detect is not None and f.detect(obj):
