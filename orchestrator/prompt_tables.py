@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from orchestrator.prompts import PromptSourceError, _json_safe, _prompt_messages, _with_system
+from orchestrator.prompts import LISTED_BAD_LINES, PromptSourceError, _json_safe, _prompt_messages, _with_system
 
 #: Mapping keys that name a column, in the order they are checked.
 MAPPED = ("prompt", "messages", "system", "id", "answer")
@@ -130,7 +130,8 @@ def _jsonl_rows(p: Path) -> tuple[list[dict], list[str]]:
         rows.append(ln.value)
         cols.update(dict.fromkeys(ln.value))
     if bad:
-        listed = "\n  ".join(bad[:5]) + (f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else "")
+        n = LISTED_BAD_LINES  # as a prompt file's bad lines are listed (prompts._raise_bad)
+        listed = "\n  ".join(bad[:n]) + (f"\n  ... and {len(bad) - n} more" if len(bad) > n else "")
         raise TableSourceError(
             "orchestrator.source.path",
             f"{len(bad)} bad line(s) in {p} ({len(rows)} good). Fix: one JSON object per line, in UTF-8:\n  {listed}",
