@@ -366,6 +366,16 @@ def test_a_table_set_whole_on_the_command_line_or_in_a_variable_is_told_to_set_i
         load_config(p)
     assert "trainer.loss.type: is a setting, not a table" in str(e.value)
     assert "set it to one value, e.g. DISTILL_TRAINER__LOSS__TYPE=VALUE" in str(e.value)
+    monkeypatch.delenv("DISTILL_TRAINER__LOSS")
+    monkeypatch.setenv("DISTILL_STUDENT", "builtin:x")  # a top-level table's variable given a plain value
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "DISTILL_STUDENT: student is a table, not a setting (got str 'builtin:x')" in str(e.value)
+    assert "e.g. DISTILL_STUDENT__PATH=VALUE" in str(e.value) and "not valid JSON" not in str(e.value)
+    monkeypatch.setenv("DISTILL_STUDENT", '{"path": ')  # JSON cut short stays "not valid JSON"
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "DISTILL_STUDENT: is not valid JSON" in str(e.value)
 
 
 @pytest.mark.parametrize(

@@ -235,16 +235,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
     except SettingsError as e:  # an env value pydantic-settings could not parse (e.g. bad JSON for a table)
         from .keypaths import unparsable_env_vars
 
-        names = ", ".join(unparsable_env_vars(str(e))) or "DISTILL_..."
-        raise ConfigError(
-            f"environment variable {names}",
-            [
-                Problem(
-                    names,
-                    "is not valid JSON (lists and tables set from the environment are JSON). Fix: correct or unset it",
-                )
-            ],
-        ) from None
+        names = unparsable_env_vars(str(e)) or ["DISTILL_..."]
+        raise ConfigError(f"environment variable {', '.join(names)}", [_env_json_problem(n) for n in names]) from None
     finally:
         _TOML_DATA.reset(token)
     _anchor_chat_template(cfg, path, data)
@@ -252,6 +244,24 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
     cfg = resolve(cfg)
     remember_config(cfg.model_dump(mode="json"))  # masked wherever a server echoes them (redact.mask_known)
     return cfg
+
+
+def _env_json_problem(var: str) -> Problem:
+    """The problem of a DISTILL_ variable pydantic-settings could not parse: a table's variable given a
+    plain value (DISTILL_STUDENT=builtin:x) is told to set the table's keys one at a time."""
+    from .keypaths import ENV_DELIMITER, ENV_PREFIX, key_paths
+    from .table_messages import table_shape_message
+
+    value = os.environ.get(var, "").strip()
+    parts = var[len(ENV_PREFIX) :].lower().split(ENV_DELIMITER)
+    key = ".".join(parts)
+    if value[:1] not in "[{" and any(p.startswith(key + ".") for p in key_paths(RunConfig)):
+        e = {"type": "model_type", "input": value}
+        if msg := table_shape_message(e, key, f"environment variable {var}", key_paths(RunConfig), _kinds(parts)):
+            return Problem(var, msg)
+    return Problem(
+        var, "is not valid JSON (lists and tables set from the environment are JSON). Fix: correct or unset it"
+    )
 
 
 def _refuse_stray_env_vars() -> None:
