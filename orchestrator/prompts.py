@@ -9,6 +9,7 @@ Every prompt is a dict:
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -65,14 +66,46 @@ def load_prompts(source_cfg) -> Iterator[dict[str, Any]]:
     )
 
 
+#: The last good count of a prompt file: (the source's settings, the file's identity) -> count. A run
+#: counts its prompts twice at start-up (distill/run.py before the run dir is written, then the
+#: scheduler); an unchanged file is read once. As git's racy-file rule: a file changed less than
+#: _SETTLED_NS before it was counted is not remembered (a rewrite of the same size within the clock's
+#: granularity would keep its stat).
+_COUNTED: dict[tuple, int] = {}
+_SETTLED_NS = 2_000_000_000
+
+
+def _file_identity(source_cfg) -> tuple | None:
+    """The source's settings and its file's device, inode, size and mtime; None for a source that is not one
+    local file (a dataset folder or name may change without its stat changing)."""
+    path = getattr(source_cfg, "path", None)
+    if source_cfg.type not in ("jsonl", "table") or not path or not Path(path).is_file():
+        return None
+    st = Path(path).stat()
+    return (source_cfg.model_dump_json(), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def count_prompts(source_cfg) -> int | None:
     """How many prompts the source holds, when cheap to know.
 
     A JSONL file (a dataset source: its selected rows) is read and validated in full here (every line
     parsed and checked, ids unique), so bad lines are one PromptSourceError before the first teacher
-    request, not after hours of them: it counts every bad line and lists the first LISTED_BAD_LINES."""
+    request, not after hours of them: it counts every bad line and lists the first LISTED_BAD_LINES.
+    A file counted before and unchanged since is not read again (_COUNTED)."""
     if source_cfg.type == "reasoning_gym":
         return source_cfg.size
+    key = _file_identity(source_cfg)
+    if key is not None and key in _COUNTED:
+        return _COUNTED[key]
+    started = time.time_ns()
+    n = _count(source_cfg)
+    if key is not None and n is not None and key[-1] < started - _SETTLED_NS:
+        _COUNTED.clear()
+        _COUNTED[key] = n
+    return n
+
+
+def _count(source_cfg) -> int | None:
     errors: list[str] = []
     if source_cfg.type in ("table", "hf_dataset"):
         from orchestrator.prompt_tables import table_prompts

@@ -231,3 +231,34 @@ def test_a_gzip_compressed_prompt_file_is_read_and_a_broken_one_is_one_error(tmp
     packed.write_bytes(packed.read_bytes()[:-12])  # cut short
     with pytest.raises(PromptSourceError, match=r"is gzip-compressed but cannot be read to its end .*gunzip -k"):
         count_prompts(Source(type="jsonl", path=str(packed)))
+
+
+def test_an_unchanged_prompt_file_is_counted_once_and_a_changed_one_again(tmp_path, monkeypatch):
+    """A run counts its prompts before writing the run dir and again in the scheduler: one read."""
+    import os
+    import time
+
+    import orchestrator.prompts as prompts
+
+    monkeypatch.setattr(prompts, "_COUNTED", {})  # what is remembered here is forgotten after the test
+    p = jsonl(tmp_path, [{"prompt": "a"}, {"prompt": "b"}])
+    src = Source(type="jsonl", path=str(p))
+    reads = []
+    real = prompts._jsonl
+    monkeypatch.setattr(prompts, "_jsonl", lambda *a, **k: (reads.append(1), real(*a, **k))[1])
+    assert count_prompts(src) == 2 and count_prompts(src) == 2 and len(reads) == 2  # just written: not settled
+    os.utime(p, (time.time() - 60, time.time() - 60))
+    reads.clear()
+    assert count_prompts(src) == 2 and count_prompts(src) == 2 and len(reads) == 1
+    assert count_prompts(Source(type="jsonl", path=str(p), system_prompt="be brief")) == 2 and len(reads) == 2
+    with p.open("a") as f:
+        f.write('{"prompt": "c"}\n')
+    os.utime(p, (time.time() - 30, time.time() - 30))
+    assert count_prompts(src) == 3 and len(reads) == 3
+    with p.open("a") as f:
+        f.write("not json\n")
+    os.utime(p, (time.time() - 20, time.time() - 20))
+    for _ in range(2):  # a bad file is never remembered: each count reports it
+        with pytest.raises(PromptSourceError, match="1 bad line"):
+            count_prompts(src)
+    assert len(reads) == 5
