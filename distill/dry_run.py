@@ -8,7 +8,8 @@ already in output_dir were built with these settings (`check_built_with`, read o
 prompt file or table (`count_prompts`), and that a reasoning-gym dataset can be created; that each replay
 input holds a first record that is not a refusal of the whole file. The run dir's locks were checked
 before (cli._busy_first). A builtin or GGUF student's tokenizer may be converted into distill's cache,
-as the run would.
+as the run would. A problem does not stop the next check: all are said in one pass (the samples check,
+which needs the student, is left out when preflight fails; the prompts' check when preflight named them).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import sys
 from pathlib import Path
 
 from .built_with import check_built_with
+from .cli_errors import PATH_ERRNOS, USER_ERRORS, path_error
 from .config import RunConfig, redacted_dict, to_toml
+from .core.redact import mask_known
 from .preflight import preflight
 from .run import make_reconstructor
 
@@ -26,15 +29,41 @@ def dry_run(cfg: RunConfig, no_resume: bool) -> int:
     """Print the config (secrets redacted) and raise what the run would raise before it starts."""
     print(to_toml(redacted_dict(cfg)), end="")
     sys.stdout.flush()  # the config before any problem on stderr
-    preflight(cfg, "run", no_resume=no_resume)
-    if not cfg.on_policy.enabled:  # the producer's samples: built from the teacher's messages
-        recon = make_reconstructor(cfg)
-        run_dir = Path(cfg.output_dir).expanduser()
-        if run_dir.is_dir():
-            check_built_with(cfg, run_dir, recon, write=False)
-    check_source(cfg)
+    found: list[Exception] = []
+    if _stage(found, preflight, cfg, "run", no_resume=no_resume) and not cfg.on_policy.enabled:
+        _stage(found, _check_samples, cfg)  # the producer's samples: built from the teacher's messages
+    told = found and any(p.key.startswith(("orchestrator.source", "input")) for p in getattr(found[0], "problems", []))
+    if not told:  # preflight's problems name a missing prompt file or input already
+        _stage(found, check_source, cfg)
+    for e in found[:-1]:  # every problem in one pass, each as the run would report it; the last raised
+        text = path_error(e) if isinstance(e, OSError) else str(e)
+        print(f"distill: {mask_known(text)}", file=sys.stderr)
+    if found:
+        raise found[-1]
     print("dry run: the config resolves and every check made before a run starts passed", file=sys.stderr)
     return 0
+
+
+def _stage(found: list[Exception], check, *args, **kwargs) -> bool:
+    """Run one check; a problem a user can fix (cli_errors: what distill prints as one line) is kept in
+    `found` and the next check still runs. Whether this one passed."""
+    try:
+        check(*args, **kwargs)
+        return True
+    except Exception as e:
+        path = isinstance(e, OSError) and e.filename is not None and e.errno in PATH_ERRNOS  # as cli.main
+        if not (path or type(e).__name__ in USER_ERRORS):
+            raise
+        found.append(e)
+        return False
+
+
+def _check_samples(cfg: RunConfig) -> None:
+    """The template can build samples, and samples already in output_dir were built with these settings."""
+    recon = make_reconstructor(cfg)
+    run_dir = Path(cfg.output_dir).expanduser()
+    if run_dir.is_dir():
+        check_built_with(cfg, run_dir, recon, write=False)
 
 
 def check_source(cfg: RunConfig) -> None:

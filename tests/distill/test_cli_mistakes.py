@@ -499,6 +499,9 @@ def test_dry_run_checks_what_run_checks_before_it_starts(tmp_path):
     missing.write_text('{"prompt": "fine"}\n{"prompt": \n')  # every line is read, as run reads it first
     res = distill("run", cfg, "--dry-run")
     assert res.returncode == 1 and f"{missing}:2: not valid JSON" in res.stderr, res.stderr
+    res = distill("run", cfg, "--dry-run", "--student.path", tmp_path / "no-student")  # both said in one pass
+    assert res.returncode == 1 and f"{missing}:2: not valid JSON" in res.stderr, res.stderr
+    assert "run cannot start, 1 problem(s):\n  - student.path" in res.stderr and "Traceback" not in res.stderr
     res = distill("rollout", cfg)  # refused before the run dir is written (or a local teacher started)
     assert res.returncode == 1 and f"{missing}:2: not valid JSON" in res.stderr and not (tmp_path / "run").exists()
     _setup_existing_run(tmp_path)
