@@ -38,8 +38,11 @@ secrets redacted, then makes every check `run` makes before it asks the teacher 
 (the student and tokenizer folders, whether the chat template can build samples, every prompt
 of a prompt file or table, a reasoning-gym dataset's name, each replay input's first record,
 the API key's variable, output_dir, its locks and what an earlier run left there, samples
-built there with other settings) and exits 1 with the problem, 0 when there is none. It needs
-no teacher and writes nothing to output_dir (`distill/dry_run.py`). Cross-checks between sections are described in [validation.md](validation.md).
+built there with other settings) and exits 1 with every problem found, 0 when there is none. It needs
+no teacher and writes nothing to output_dir (`distill/dry_run.py`). A table keyed on `type`
+(`[orchestrator.source]`, `[scorer]`, `[trainer.loss]`) whose type the command line or a variable
+changes (`--orchestrator.source.type table --orchestrator.source.path p.csv` over a file's
+reasoning_gym table) keeps only the file's keys the new kind takes (`system_prompt`, ...). Cross-checks between sections are described in [validation.md](validation.md).
 
 Relative paths (`output_dir`, `student.path`, `orchestrator.source.path`, ...) are read from the
 folder distill runs in, as a shell command's are; only `student.chat_template` is relative to the

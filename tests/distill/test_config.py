@@ -879,3 +879,26 @@ def test_a_scorer_field_error_is_named_without_its_type(monkeypatch):
     msgs = {p.key: p.message for p in ei.value.problems}
     assert set(msgs) == {"scorer.top_k", "scorer.timeout"}
     assert msgs["scorer.top_k"].endswith("[set by environment variable DISTILL_SCORER__TOP_K]")
+
+
+def test_a_type_switched_on_the_command_line_or_in_a_variable_drops_the_files_keys_of_the_old_kind(
+    tmp_path, monkeypatch
+):
+    """`--orchestrator.source.type table` over the file's reasoning_gym table failed on its dataset and
+    size (keys the table kind does not take); the keys both kinds take are kept."""
+    toml = '[orchestrator.source]\ntype = "reasoning_gym"\ndataset = "gsm_symbolic"\nsize = 8\nsystem_prompt = "be brief"\n'
+    p = write(tmp_path, toml)
+    cfg = load_config(p, ["--orchestrator.source.type", "table", "--orchestrator.source.path", "x.csv"])
+    src = cfg.orchestrator.source
+    assert src.type == "table" and src.system_prompt == "be brief" and src.path.endswith("x.csv")
+    monkeypatch.setenv("DISTILL_ORCHESTRATOR__SOURCE__TYPE", "hf_dataset")
+    monkeypatch.setenv("DISTILL_ORCHESTRATOR__SOURCE__NAME", "org/prompts")
+    cfg = load_config(p)
+    assert cfg.orchestrator.source.type == "hf_dataset" and cfg.orchestrator.source.name == "org/prompts"
+    monkeypatch.delenv("DISTILL_ORCHESTRATOR__SOURCE__TYPE")
+    monkeypatch.delenv("DISTILL_ORCHESTRATOR__SOURCE__NAME")
+    # the file's own kind, or a kind that does not exist, changes nothing: a wrong key is still told
+    text = config_error(tmp_path, toml.replace('type = "reasoning_gym"', 'type = "table"'))
+    assert "orchestrator.source.dataset is not a key of source type 'table'" in text
+    with pytest.raises(ConfigError, match="'tabel' is not a kind of"):
+        load_config(p, ["--orchestrator.source.type", "tabel"])

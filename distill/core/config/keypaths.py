@@ -188,3 +188,47 @@ def stray_env_vars(sections: typing.Iterable[str], environ: typing.Mapping[str, 
         near = difflib.get_close_matches(rest.split(ENV_DELIMITER, 1)[0], known, n=1)
         out.append(k + (f" (did you mean DISTILL_{near[0]}__...?)" if near else ""))
     return out
+
+
+def drop_other_kinds_keys(
+    model: type[BaseModel], data: dict, over: dict, environ: typing.Mapping[str, str] | None = None
+) -> list[str]:
+    """Where the command line (`over`) or a DISTILL_ variable sets the type of a table keyed on type
+    ([orchestrator.source], [scorer], [trainer.loss]) to another kind than the file's, the file's keys of
+    that table which the new kind does not take are dropped from `data` (they were written for the file's
+    kind: `--orchestrator.source.type table` over a reasoning_gym table must not fail on its size).
+    Returns the dropped key paths."""
+    dropped: list[str] = []
+    _drop_in(model, data, over, [], os.environ if environ is None else environ, dropped)
+    return dropped
+
+
+def _drop_in(
+    annotation: Any, data: Any, over: dict, parts: list[str], environ: typing.Mapping[str, str], dropped: list[str]
+) -> None:
+    if not isinstance(data, dict):
+        return
+    members = dict(_tagged_members(annotation))
+    if members and isinstance(data.get("type"), str):
+        new = _set_elsewhere(over, parts + ["type"], environ)
+        if isinstance(new, str) and new != data["type"] and new in members:
+            for key in [k for k in data if k not in members[new].model_fields]:
+                dropped.append(".".join(parts + [key]))
+                del data[key]
+        return
+    for m in _models_in(annotation):
+        for name, field in m.model_fields.items():
+            if name in data:
+                _drop_in(field.annotation, data[name], over, parts + [name], environ, dropped)
+
+
+def _set_elsewhere(over: dict, parts: list[str], environ: typing.Mapping[str, str]) -> Any:
+    """The value the command line, else an environment variable, gives key path `parts` (None: neither)."""
+    node: Any = over
+    for p in parts:
+        node = node.get(p) if isinstance(node, dict) else None
+    if node is not None:
+        return node
+    name = (ENV_PREFIX + ENV_DELIMITER.join(parts)).upper()
+    value = next((v for k, v in environ.items() if k.upper() == name), None)
+    return value.strip().strip('"') if isinstance(value, str) else None

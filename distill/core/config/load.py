@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from ..redact import looks_like_secret, redact_text, remember_config, remember_secret
 from .checks import ConfigProblems, Problem
+from .keypaths import drop_other_kinds_keys
 from .schema_run import _TOML_DATA, LOSS_CONFIGS, PLANNED_TAG, RunConfig
 from .schema_prompts import SOURCE_TYPES, TABLE_TYPES
 from .strict import BooleanNumber
@@ -222,6 +223,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
     data = read_toml(path) if path else {}
     over = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
     _refuse_stray_env_vars()
+    drop_other_kinds_keys(RunConfig, data, over)  # a type set on the command line or in a variable: its keys
     # masked in every message from here on (mask_known), those of a config that does not validate too
     remember_config([data, over, {k: v for k, v in os.environ.items() if k.startswith("DISTILL_")}])
     token = _TOML_DATA.set(data)
