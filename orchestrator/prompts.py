@@ -78,11 +78,11 @@ _SETTLED_NS = 2_000_000_000
 def _file_identity(source_cfg) -> tuple | None:
     """The source's settings and its file's device, inode, size and mtime; None for a source that is not one
     local file (a dataset folder or name may change without its stat changing)."""
-    path = getattr(source_cfg, "path", None)
-    if source_cfg.type not in ("jsonl", "table") or not path or not Path(path).is_file():
+    path, dump = getattr(source_cfg, "path", None), getattr(source_cfg, "model_dump_json", None)
+    if source_cfg.type not in ("jsonl", "table") or not path or dump is None or not Path(path).is_file():
         return None
     st = Path(path).stat()
-    return (source_cfg.model_dump_json(), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (dump(), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def count_prompts(source_cfg) -> int | None:
