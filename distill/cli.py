@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .config import ConfigError, RunConfig, as_replay_source, load_config
 from .cli_help import COMMAND_HELP, USAGE, command_help
-from .cli_errors import PATH_ERRNOS, USER_ERRORS, path_error
+from .cli_errors import user_message
 from .built_with import check_train_vocab
 from .preflight import preflight
 from .dry_run import dry_run
@@ -363,13 +363,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"distill: {mask_known(str(e))}", file=sys.stderr)
         return 2
     except Exception as e:
-        if isinstance(e, OSError) and e.filename is not None and e.errno in PATH_ERRNOS:  # a raw OS error
-            print(f"distill: {mask_known(path_error(e))}", file=sys.stderr)
-            return 1
-        if type(e).__name__ in USER_ERRORS:  # bad input or environment: the message says what to do
-            print(f"distill: {mask_known(str(e))}", file=sys.stderr)  # no echoed key (redact.py)
-            return 1
-        raise
+        message = user_message(e)
+        if message is None:
+            raise
+        print(f"distill: {mask_known(message)}", file=sys.stderr)  # no echoed key (redact.py)
+        return 1
     except KeyboardInterrupt:
         print("distill: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

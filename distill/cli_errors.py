@@ -64,3 +64,14 @@ def path_error(e: OSError) -> str:
         f"cannot use {e.filename}: {why}. Fix: check that path and its folders (output_dir, an input, "
         "or -o): each folder must exist or be creatable, be a folder, be writable, and have free space"
     )
+
+
+def user_message(e: BaseException) -> str | None:
+    """The one line distill prints (exit 1) for an error a user can fix: a raw OS error about a path they
+    chose, or one of USER_ERRORS (bad input or environment: the message says what to do). None for any
+    other error: a bug, shown with its traceback."""
+    if isinstance(e, OSError) and e.filename is not None and e.errno in PATH_ERRNOS:
+        return path_error(e)
+    if type(e).__name__ in USER_ERRORS:
+        return str(e)
+    return None

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .built_with import check_built_with
-from .cli_errors import PATH_ERRNOS, USER_ERRORS, path_error
+from .cli_errors import user_message
 from .config import RunConfig, redacted_dict, to_toml
 from .core.redact import mask_known
 from .preflight import preflight
@@ -36,8 +36,7 @@ def dry_run(cfg: RunConfig, no_resume: bool) -> int:
     if not told:  # preflight's problems name a missing prompt file or input already
         _stage(found, check_source, cfg)
     for e in found[:-1]:  # every problem in one pass, each as the run would report it; the last raised
-        text = path_error(e) if isinstance(e, OSError) else str(e)
-        print(f"distill: {mask_known(text)}", file=sys.stderr)
+        print(f"distill: {mask_known(user_message(e) or str(e))}", file=sys.stderr)
     if found:
         raise found[-1]
     print("dry run: the config resolves and every check made before a run starts passed", file=sys.stderr)
@@ -51,8 +50,7 @@ def _stage(found: list[Exception], check, *args, **kwargs) -> bool:
         check(*args, **kwargs)
         return True
     except Exception as e:
-        path = isinstance(e, OSError) and e.filename is not None and e.errno in PATH_ERRNOS  # as cli.main
-        if not (path or type(e).__name__ in USER_ERRORS):
+        if user_message(e) is None:  # a bug: its traceback, as cli.main shows it
             raise
         found.append(e)
         return False
