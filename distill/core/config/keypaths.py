@@ -192,20 +192,15 @@ def stray_env_vars(sections: typing.Iterable[str], environ: typing.Mapping[str, 
 
 def drop_other_kinds_keys(
     model: type[BaseModel], data: dict, over: dict, environ: typing.Mapping[str, str] | None = None
-) -> list[str]:
+) -> None:
     """Where the command line (`over`) or a DISTILL_ variable sets the type of a table keyed on type
     ([orchestrator.source], [scorer], [trainer.loss]) to another kind than the file's, the file's keys of
     that table which the new kind does not take are dropped from `data` (they were written for the file's
-    kind: `--orchestrator.source.type table` over a reasoning_gym table must not fail on its size).
-    Returns the dropped key paths."""
-    dropped: list[str] = []
-    _drop_in(model, data, over, [], os.environ if environ is None else environ, dropped)
-    return dropped
+    kind: `--orchestrator.source.type table` over a reasoning_gym table must not fail on its size)."""
+    _drop_in(model, data, over, [], os.environ if environ is None else environ)
 
 
-def _drop_in(
-    annotation: Any, data: Any, over: dict, parts: list[str], environ: typing.Mapping[str, str], dropped: list[str]
-) -> None:
+def _drop_in(annotation: Any, data: Any, over: dict, parts: list[str], environ: typing.Mapping[str, str]) -> None:
     if not isinstance(data, dict):
         return
     members = dict(_tagged_members(annotation))
@@ -213,13 +208,12 @@ def _drop_in(
         new = _set_elsewhere(over, parts + ["type"], environ)
         if isinstance(new, str) and new != data["type"] and new in members:
             for key in [k for k in data if k not in members[new].model_fields]:
-                dropped.append(".".join(parts + [key]))
                 del data[key]
         return
     for m in _models_in(annotation):
         for name, field in m.model_fields.items():
             if name in data:
-                _drop_in(field.annotation, data[name], over, parts + [name], environ, dropped)
+                _drop_in(field.annotation, data[name], over, parts + [name], environ)
 
 
 def _set_elsewhere(over: dict, parts: list[str], environ: typing.Mapping[str, str]) -> Any:
