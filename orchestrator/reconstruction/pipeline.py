@@ -2,9 +2,10 @@
 
 Part of `Reconstructor` (reconstructor.py sets the state used here; its build_many
 runs these steps, tokenising one chunk in a helper thread while the next is planned).
-Every segment is tokenised on its own, in one batch call to the fast tokenizer
+Every segment is tokenised as if alone, in one batch call to the fast tokenizer
 (segments after the prompt without a SentencePiece dummy prefix:
-orchestrator/segment_tokenize.py); prompt ids are cached by prompt text, a split
+orchestrator/segment_tokenize.py; with a byte-level tokenizer a sample's segments after
+its prompt are one text, joined by a separator token: joined.py); prompt ids are cached by prompt text, a split
 sample's prompt reuses the ids of the previous sample's prompt, and a prompt the ids of
 a prefix it shares with earlier prompts, where that is exact (prompt_jobs.py). Then the
 self-check (selfcheck.py) and the max_seq_len / overlong policy make the `Sample`s.
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from distill.core.contract import Rejection, Sample
 from orchestrator.reconstruction.cache import put_bounded
 from orchestrator.reconstruction.plan import Pending
+from orchestrator.reconstruction.joined import SegmentJoiner
 from orchestrator.reconstruction.prompt_jobs import PromptJobs
 from orchestrator.reconstruction.prompt_reuse import PromptReuse
 from orchestrator.reconstruction.reasons import Reject
@@ -42,7 +44,7 @@ class Pipeline:
     _prefix_rule: PrefixSpaceRule | None  # SentencePiece-style dummy prefix, else None
     _continuation: Any  # _prefix_rule's tokenizer without the dummy prefix, else None
     _token_bytes: list[bytes | None] | None  # selfcheck.token_bytes (byte-level decoders), else None
-    _merge_ends: list[tuple[str, int]]  # (text, id) of the special tokens a turn may end with
+    _joiner: SegmentJoiner  # joins a sample's segments by a separator token (byte-level path)
     _prompt_reuse: PromptReuse | None  # cut tokens for reusing an earlier prompt's ids, else None
     # From the other parts:
     _reject: Callable[[str, Reject], Rejection]  # reconstructor.Reconstructor._reject
@@ -62,13 +64,12 @@ class Pipeline:
         checks = self._roundtrip([p for _, p in pending], seg_ids)
         for n, check in enumerate(checks):
             p = pending[n][1]
-            if check is not None and any(end is not None for _, end, _ in self._pieces(p.texts, p.trained)):
-                # maybe a piece cut wrong (_pieces): encode one segment at a time
-                ids = [seg_ids[n][0]] + [
-                    e.ids for e in self.backend.encode_batch_fast(p.texts[1:], add_special_tokens=False)
-                ]
-                if self._roundtrip([p], [ids])[0] is None:
+            if check is not None and self._continuation is None and self._joiner.id is not None:
+                # maybe joined texts cut wrong (joined.py): encode the sample's texts one at a time
+                ids = [e.ids for e in self.backend.encode_batch_fast(p.texts, add_special_tokens=False)]
+                if ids != seg_ids[n] and self._roundtrip([p], [ids])[0] is None:  # same ids: same verdict
                     seg_ids[n], checks[n] = ids, None
+                    put_bounded(self._prompt_cache, p.texts[0], ids[0], self.PROMPT_CACHE_SIZE)
                     self.stats["segments_encoded_again"] += 1
         for (ci, p), ids, check in zip(pending, seg_ids, checks):
             try:
@@ -92,71 +93,24 @@ class Pipeline:
         as the text after its previous sample's prompt's ids, and a prompt that starts like
         an earlier one (a shared system prompt) as the text after that shared prefix's ids,
         where that is exact (prompt_jobs.py, prompt_reuse.py). With a byte-level tokenizer
-        a trained turn that ends with a special token is encoded in one piece with the
-        context after it (`_pieces`), and the ids are cut after that token.
+        the segments after a prompt are encoded as one text, joined by a separator token,
+        and the ids are cut at that token (joined.py).
         """
         jobs = PromptJobs(pending, self._prompt_cache, self._prompt_reuse)
         todo = list(jobs.texts)
         if self._continuation is not None:  # trained turns without the dummy prefix (segment_tokenize.py)
             encoded = self.backend.encode_batch_fast(todo, add_special_tokens=False) if todo else []
-            prompts = jobs.resolve(iter(encoded), self.backend, self.stats)
+            prompts = jobs.resolve((e.ids for e in encoded), self.backend, self.stats)
             rest = [(t, f) for p in pending for t, f in zip(p.texts[1:], p.trained[1:])]
             encs = iter(self._prefix_rule.encode_after_prompt(self.backend, rest))
             out = [[prompts[p.texts[0]]] + [next(encs).ids for _ in p.texts[1:]] for p in pending]
-        else:
-            pieces = [self._pieces(p.texts, p.trained) for p in pending]
-            todo += [piece[0] for ps in pieces for piece in ps]
-            encs = iter(self.backend.encode_batch_fast(todo, add_special_tokens=False) if todo else [])
-            prompts = jobs.resolve(encs, self.backend, self.stats)
-            out = []
-            for p, ps in zip(pending, pieces):
-                seg = [prompts[p.texts[0]]]
-                for text, end_id, count in ps:
-                    ids = next(encs).ids
-                    if end_id is None:
-                        seg.append(ids)
-                        continue
-                    cut = -1
-                    try:
-                        for _ in range(count):  # after the count-th end token: the turn's own
-                            cut = ids.index(end_id, cut + 1)
-                    except ValueError:  # not there as a token: the self-check fails, _complete encodes again
-                        cut = len(ids) - 1
-                    context = ids[cut + 1 :]
-                    del ids[cut + 1 :]  # the turn's ids in place: no copy of the long part
-                    seg += [ids, context]
-                out.append(seg)
+        else:  # every text as if alone, several joined by a separator token (joined.py)
+            ids = iter(self._joiner.encode(self.backend, todo + [t for p in pending for t in p.texts[1:]], self.stats))
+            prompts = jobs.resolve(ids, self.backend, self.stats)
+            out = [[prompts[p.texts[0]]] + [next(ids) for _ in p.texts[1:]] for p in pending]
         for t, ids in prompts.items():
             put_bounded(self._prompt_cache, t, ids, self.PROMPT_CACHE_SIZE)
         return out
-
-    def _pieces(self, texts: list[str], trained: list[bool]) -> list[tuple[str, int | None, int]]:
-        """The segments after the prompt as pieces to encode, (text, end id, n) each: a
-        trained turn ending with a special token and the context after it make one
-        piece, to be cut after the n-th occurrence of that token (the turn's own end).
-        The tokenizer splits its input at added tokens before anything else, so each
-        side is tokenised as it would be alone; the self-check compares every
-        segment's tokens with its text, and a sample that fails is encoded again one
-        segment at a time (`_complete`). Other segments: (text, None, 0)."""
-        out: list[tuple[str, int | None, int]] = []
-        i, n = 1, len(texts)
-        while i < n:
-            t = texts[i]
-            end = self._merge_end(t) if trained[i] and i + 1 < n and self._token_bytes is not None else None
-            if end is not None:
-                out.append((t + texts[i + 1], end[0], t.count(end[1])))
-                i += 2
-            else:
-                out.append((t, None, 0))
-                i += 1
-        return out
-
-    def _merge_end(self, text: str) -> tuple[int, str] | None:
-        """(id, text) of the special token `text` ends with, when it may be a piece's cut."""
-        for tok, tid in self._merge_ends:
-            if text.endswith(tok):
-                return tid, tok
-        return None
 
     def _finish(self, p: "Pending", prompt_ids: list[int], completion_ids: list[int], mask: list[int]) -> Sample:
         meta = dict(p.meta)

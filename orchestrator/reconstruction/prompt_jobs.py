@@ -100,10 +100,10 @@ class PromptJobs:
             self._batch.setdefault(t[:c], (t, sid, n))
 
     def resolve(self, encs: Iterator, backend, stats: collections.Counter) -> dict[str, list[int]]:
-        """Every prompt's ids, taking one encoding from `encs` per text in `self.texts`."""
+        """Every prompt's ids, taking one id list from `encs` per text in `self.texts`."""
         again: list[str] = []
         for t, head, first, kind in self._jobs:
-            ids = next(encs).ids
+            ids = next(encs)
             if head is not None:
                 got = self._head_ids(head)
                 if got is None or not ids or ids[0] != first:  # the delta must start with the cut token

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from distill.core.contract import Rejection, Sample
 from distill.core.conversation import Conversation, build_args
+from orchestrator.reconstruction.joined import SegmentJoiner
 from orchestrator.reconstruction.pipeline import Pipeline
 from orchestrator.reconstruction.plan import Planner
 from orchestrator.reconstruction.prefixes import PrefixRenders
@@ -80,11 +81,11 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._prefix_rule = PrefixSpaceRule(self.backend, [self.eot] + added) if self._token_bytes is None else None
         self._continuation = self._prefix_rule.continuation if self._prefix_rule is not None else None
         self._anchor = [self.backend.token_to_id(self.eot)] if self._continuation is not None else []
-        ends = [(t, self.backend.token_to_id(t)) for t in dict.fromkeys([self.eot] + added)]
-        self._merge_ends = [(t, i) for t, i in ends if i is not None]  # pipeline._pieces
         # split samples' prompts reuse the previous prompt's ids where exact (prompt_reuse.py);
         # None switches that off (tests compare both)
         byte_level = self._continuation is None and self._token_bytes is not None
+        # a sample's segments encoded in one text (joined.py); no separator: one by one
+        self._joiner = SegmentJoiner(self.backend, tokenizer.added_tokens_decoder if byte_level else {}, template)
         self._prompt_reuse = prompt_reuse(self.backend, template, byte_level)
         self.stats.clear()
 

@@ -975,32 +975,6 @@ def test_inspect_terminal_and_html(smol_tokenizer):
     assert len(emoji) == 2 and f'title="{emoji[0]} {emoji[1]}"> 😀</span>' in page
 
 
-def test_turn_and_following_context_encoded_in_one_piece_equal_segments_encoded_alone():
-    # pipeline._pieces: a trained turn ending with a special token is encoded together with
-    # the context after it, and cut after the turn's own end token - also when the content
-    # holds that token's text (special_tokens_in_content = "allow"); the ids must be those
-    # of every segment encoded on its own.
-    msgs = convo(("q1", "a<|im_end|> b"), ("  q2", "\n two"), ("q3", "x <|im_end|><|im_end|>y"), system="S")
-    merged, alone = recon(special_tokens_in_content="allow"), recon(special_tokens_in_content="allow")
-    alone._merge_ends = []
-    samples, rejections = merged.build(msgs, sample_id="m")
-    assert rejections == [] and samples == alone.build(msgs, sample_id="m")[0]
-    assert masked_text(merged.tokenizer, samples[0]).count("<|im_end|>") == 6
-    assert "segments_encoded_again" not in merged.stats  # every cut was right the first time
-    plan = merged._prepare(msgs, sample_id="m")[0][0]
-    assert [end is not None for _, end, _ in merged._pieces(plan.texts, plan.trained)] == [True, True, False]
-
-
-def test_a_piece_cut_wrong_is_encoded_again_segment_by_segment():
-    r, alone = recon(), recon()
-    alone._merge_ends = []
-    real = r._pieces
-    r._pieces = lambda texts, trained: [(t, end, n + 1 if end else n) for t, end, n in real(texts, trained)]
-    msgs = convo(("q1", "a1"), ("q2", "a2"))
-    assert r.build(msgs, sample_id="x") == alone.build(msgs, sample_id="x")
-    assert r.stats["segments_encoded_again"] == 1
-
-
 def test_deeply_nested_tool_arguments_reject_the_conversation_not_the_run():
     """JSON nested past Python's recursion limit, as a string (what the API returns) or as data."""
     r = recon("chatml_tools")
