@@ -20,6 +20,7 @@ from distill.core.jsonl import (
     Line,
     is_gzip,
     iter_lines,
+    no_newline,
     json_array_hint,
     one_line_json_array,
     shape_hint,
@@ -257,7 +258,7 @@ def _prompt(ln: Line, where: str, path: Path, seen: dict[str, int]) -> dict[str,
     if reason is not None:
         fix = "flatten the record" if reason == "too_deep" else _JSON_FIX
         if reason == TORN:
-            problem = f"the last line is cut short ({TORN}: {len(ln.raw)} bytes, no newline, unfinished JSON)"
+            problem = f"the last line is cut short ({TORN}: {len(ln.raw)} bytes, {no_newline(ln.raw)}, unfinished JSON)"
             fix = "complete that line or delete it (a copy or a download cut short?)"
         table = '; or read it as a table: orchestrator.source.type = "table" (docs/orchestrator.md, "Dataset sources")'
         fix = shape_hint(ln, path, '{"prompt": ...} (or {"messages": [...]})', table) or fix  # a CSV, pretty JSON

@@ -279,6 +279,11 @@ class Line:
         return self.reason == TORN
 
 
+def no_newline(raw: bytes) -> str:
+    """How a line without its newline ends, in words: a CRLF line cut between its two bytes says so."""
+    return "ends in \\r with no \\n after it" if raw.endswith(b"\r") else "no newline"
+
+
 def iter_lines(
     f: Readable,
     max_bytes: int = MAX_LINE_BYTES,
@@ -306,7 +311,9 @@ def iter_lines(
                 and not (cut_only and ln.reason is not None and not cut_short(raw))
             ):
                 ln.value, ln.reason = None, TORN
-                ln.problem = f"half-written last line ({len(raw)} bytes, no newline: the writer stopped mid-append)"
+                ln.problem = (
+                    f"half-written last line ({len(raw)} bytes, {no_newline(raw)}: the writer stopped mid-append)"
+                )
         yield ln
 
 

@@ -43,6 +43,9 @@ def test_tail_options():
     complete_no_newline = b'{"a": 1}\n{"b": 2}'
     assert lines(complete_no_newline)[1].value == {"b": 2}  # user files often lack the final newline
     assert lines(complete_no_newline, strict_tail=True)[1].reason == TORN  # our logs always end a record with \n
+    assert "no newline" in lines(complete_no_newline, strict_tail=True)[1].problem
+    crlf_cut = lines(b'{"a": 1}\r\n{"b": 2}\r', strict_tail=True)[1]  # a CRLF line cut between \r and \n
+    assert crlf_cut.reason == TORN and "ends in \\r with no \\n after it" in crlf_cut.problem
     broken = b'{"a": 1}\n{"b": '
     assert lines(broken, torn=False)[1].reason == INVALID_JSON  # no log: a broken last line is plain bad JSON
     # cut_only (hand-written files that may also be cut off): torn only if more text could mend it

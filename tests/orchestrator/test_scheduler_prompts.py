@@ -162,6 +162,13 @@ def test_a_repeated_fix_is_said_once_and_a_cut_short_last_line_is_named(tmp_path
     assert lines[2] == f"  {p}:3: not valid JSON (Expecting value at column 1)"
     assert lines[3].startswith(f"  {p}:5: the last line is cut short (partial_last_line: 13 bytes")
     assert "Fix: complete that line or delete it" in lines[3]
+    crlf = tmp_path / "crlf.jsonl"  # a CRLF file cut between a line's \r and its \n
+    crlf.write_bytes(b'{"prompt": "a"}\r\n{"prompt": "b",\r')
+    with pytest.raises(
+        PromptSourceError,
+        match=r"crlf.jsonl:2: the last line is cut short \(partial_last_line: 16 bytes, ends in \\r with no \\n after it",
+    ):
+        count_prompts(Source(type="jsonl", path=str(crlf)))
     assert lines[4] == f"  Fix for {p}:2, {p}:3: one JSON object per line, in UTF-8"
     assert str(ei.value).count("one JSON object per line") == 1
     odd = tmp_path / "run: 2" / "p.jsonl"  # the places are the lines' own, whatever the path holds
