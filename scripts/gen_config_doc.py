@@ -42,7 +42,8 @@ built there with other settings) and exits 1 with every problem found, 0 when th
 no teacher and writes nothing to output_dir (`distill/dry_run.py`). A table keyed on `type`
 (`[orchestrator.source]`, `[scorer]`, `[trainer.loss]`) whose type the command line or a variable
 changes (`--orchestrator.source.type table --orchestrator.source.path p.csv` over a file's
-reasoning_gym table) keeps only the file's keys the new kind takes (`system_prompt`, ...). Cross-checks between sections are described in [validation.md](validation.md).
+reasoning_gym table, or `DISTILL_ORCHESTRATOR__SOURCE='{"type": "table", ...}'`: a table set whole as JSON)
+keeps only the file's keys the new kind takes (`system_prompt`, ...). Cross-checks between sections are described in [validation.md](validation.md).
 
 Relative paths (`output_dir`, `student.path`, `orchestrator.source.path`, ...) are read from the
 folder distill runs in, as a shell command's are; only `student.chat_template` is relative to the

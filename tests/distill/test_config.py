@@ -897,6 +897,14 @@ def test_a_type_switched_on_the_command_line_or_in_a_variable_drops_the_files_ke
     assert cfg.orchestrator.source.type == "hf_dataset" and cfg.orchestrator.source.name == "org/prompts"
     monkeypatch.delenv("DISTILL_ORCHESTRATOR__SOURCE__TYPE")
     monkeypatch.delenv("DISTILL_ORCHESTRATOR__SOURCE__NAME")
+    # the table set whole, as JSON, in one variable (of the table or of a table above it)
+    monkeypatch.setenv("DISTILL_ORCHESTRATOR__SOURCE", '{"type": "hf_dataset", "name": "org/p2"}')
+    src = load_config(p).orchestrator.source
+    assert src.type == "hf_dataset" and src.name == "org/p2" and src.system_prompt == "be brief"
+    monkeypatch.delenv("DISTILL_ORCHESTRATOR__SOURCE")
+    monkeypatch.setenv("DISTILL_ORCHESTRATOR", '{"source": {"type": "table", "path": "y.csv"}}')
+    assert load_config(p).orchestrator.source.path.endswith("y.csv")
+    monkeypatch.delenv("DISTILL_ORCHESTRATOR")
     # the file's own kind, or a kind that does not exist, changes nothing: a wrong key is still told
     text = config_error(tmp_path, toml.replace('type = "reasoning_gym"', 'type = "table"'))
     assert "orchestrator.source.dataset is not a key of source type 'table'" in text

@@ -7,6 +7,7 @@ Stdlib + pydantic only (imported by distill.core.config, which must not import t
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import typing
 from functools import lru_cache
@@ -223,6 +224,22 @@ def _set_elsewhere(over: dict, parts: list[str], environ: typing.Mapping[str, st
         node = node.get(p) if isinstance(node, dict) else None
     if node is not None:
         return node
+    value = _env_value(parts, environ)
+    if isinstance(value, str):
+        return value.strip().strip('"')
+    for i in range(len(parts) - 1, 0, -1):  # a table above it set whole, as JSON, in one variable
+        table = _env_value(parts[:i], environ)
+        try:
+            node = json.loads(table) if isinstance(table, str) else None
+        except ValueError:  # not JSON: the settings loader says so
+            continue
+        for p in parts[i:]:
+            node = node.get(p) if isinstance(node, dict) else None
+        if node is not None:
+            return node
+    return None
+
+
+def _env_value(parts: list[str], environ: typing.Mapping[str, str]) -> str | None:
     name = (ENV_PREFIX + ENV_DELIMITER.join(parts)).upper()
-    value = next((v for k, v in environ.items() if k.upper() == name), None)
-    return value.strip().strip('"') if isinstance(value, str) else None
+    return next((v for k, v in environ.items() if k.upper() == name), None)
