@@ -1,28 +1,29 @@
-"""A sample's segments tokenised in one text, joined by a special token, as if each were alone.
+"""Texts tokenised in runs joined by a special separator token, each as if alone.
 
-Part of `Reconstructor` (pipeline.py `_encode`, byte-level tokenizers). Every segment
-after the prompt must be tokenised on its own. One text per segment costs the fast
-tokenizer a fixed price per text (an Encoding, its Python object and list, a task of its
-thread pool): on the mixed bench corpus, 6314 segments of 400 samples took 1.17x the CPU
-of the same segments joined into one text per sample.
+Part of `Reconstructor` (pipeline.py `_encode`, byte-level tokenizers). Every prompt and
+every segment after it must be tokenised on its own. One tokenizer input per text costs a
+fixed price per text (an Encoding, its Python object, a task of the tokenizer's thread
+pool), so runs of up to GROUP texts go in as one input, joined by a separator, and the ids
+are cut back at the separator's id.
 
-Why the joined text gives each segment's own ids: the tokenizer's first step splits its
-input at added tokens (the Rust `tokenizers` library, `AddedVocabulary`), and every piece
-between them is normalised, pre-tokenised and run through the model on its own; a piece
-of a longer input differs from the same text alone only through rules that look at the
+Why that gives each text its own ids: the tokenizer's first step splits its input at
+added tokens (the Rust `tokenizers` library, `AddedVocabulary`), and every piece between
+them is normalised, pre-tokenised and run through the model on its own; a piece of a
+longer input differs from the same text alone only through rules that look at the
 piece's place in the input, and the one such rule (Metaspace's prepend_scheme "first")
 belongs to tokenizers that do not take this path (segment_tokenize.py). So with a
 separator token S that is special, not normalised and takes no whitespace around it
 (lstrip, rstrip and single_word off), ids(a + S + b) = ids(a) + [id(S)] + ids(b), when
 neither text holds S's text.
 
-What is checked rather than argued: the separator is tried on probe segments when the
-Reconstructor is made (joined and split, the ids must equal each probe encoded alone; a
-tokenizer that fails gets no separator and encodes segments one by one); a sample whose
-segment holds S's text is encoded one segment at a time; a joined text whose ids do not
-hold S's id as often as it was placed is encoded again one segment at a time; and every
-segment's ids are then compared with its text by the self-check (selfcheck.py), which
-sends a sample that fails back to be encoded one segment at a time (pipeline._complete).
+What is checked rather than argued: a separator is admitted only after probe texts
+joined and cut give exactly their ids alone (a tokenizer where none does gets no
+separator: every text is encoded alone); a text that holds S's text is encoded alone; a
+joined input whose ids hold S's id fewer times than it was placed is encoded again text
+by text; and every segment's ids are then compared with its text by the self-check
+(selfcheck.py), which sends a failing sample to be encoded again text by text
+(pipeline._complete). A hypothesis test checks joined == alone on random texts for
+three real tokenizers (tests/orchestrator/test_reconstruct_joined.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-#: probe segment lists: each joined must give exactly the ids of its segments alone
+#: probe text lists: each joined and cut must give exactly the ids of its texts alone
 PROBES = (
     ["Hello", " world", "\n"],
     ["  lead", "trail  ", "", "\n\nx", " 42 3.14"],
@@ -40,7 +41,8 @@ PROBES = (
 
 
 class SegmentJoiner:
-    """The separator token (text and id) and the join/split of a batch's segment groups."""
+    """The separator token (text and id; None when no token passed the probe) and the
+    joined encoding of a batch's texts."""
 
     def __init__(self, backend: Any, added: dict[int, Any], template: str):
         self.text: str | None = None
@@ -121,8 +123,8 @@ class SegmentJoiner:
 
 
 def _candidates(added: dict[int, Any], template: str) -> list[tuple[int, Any]]:
-    """Special added tokens that may separate segments, those the chat template never
-    writes first (a segment then rarely holds their text)."""
+    """Special added tokens that may separate texts, those the chat template never writes
+    first (a text then rarely holds theirs)."""
     ok = [
         (tid, t)
         for tid, t in added.items()

@@ -4,11 +4,11 @@ Part of `Reconstructor` (reconstructor.py sets the state used here; its build_ma
 runs these steps, tokenising one chunk in a helper thread while the next is planned).
 Every segment is tokenised as if alone, in one batch call to the fast tokenizer
 (segments after the prompt without a SentencePiece dummy prefix:
-orchestrator/segment_tokenize.py; with a byte-level tokenizer a sample's segments after
-its prompt are one text, joined by a separator token: joined.py); prompt ids are cached by prompt text, a split
-sample's prompt reuses the ids of the previous sample's prompt, and a prompt the ids of
-a prefix it shares with earlier prompts, where that is exact (prompt_jobs.py). Then the
-self-check (selfcheck.py) and the max_seq_len / overlong policy make the `Sample`s.
+orchestrator/segment_tokenize.py; with a byte-level tokenizer in runs of texts joined by
+a separator token: joined.py); prompt ids are cached by prompt text, a split sample's
+prompt reuses the ids of the previous sample's prompt, and a prompt the ids of a prefix it
+shares with earlier prompts, where that is exact (prompt_jobs.py). Then the self-check
+(selfcheck.py) and the max_seq_len / overlong policy make the `Sample`s.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from distill.core.contract import Rejection, Sample
 from orchestrator.reconstruction.cache import put_bounded
-from orchestrator.reconstruction.plan import Pending
 from orchestrator.reconstruction.joined import SegmentJoiner
+from orchestrator.reconstruction.plan import Pending
 from orchestrator.reconstruction.prompt_jobs import PromptJobs
 from orchestrator.reconstruction.prompt_reuse import PromptReuse
 from orchestrator.reconstruction.reasons import Reject
@@ -44,7 +44,7 @@ class Pipeline:
     _prefix_rule: PrefixSpaceRule | None  # SentencePiece-style dummy prefix, else None
     _continuation: Any  # _prefix_rule's tokenizer without the dummy prefix, else None
     _token_bytes: list[bytes | None] | None  # selfcheck.token_bytes (byte-level decoders), else None
-    _joiner: SegmentJoiner  # joins a sample's segments by a separator token (byte-level path)
+    _joiner: SegmentJoiner  # runs of texts joined by a separator token (byte-level path)
     _prompt_reuse: PromptReuse | None  # cut tokens for reusing an earlier prompt's ids, else None
     # From the other parts:
     _reject: Callable[[str, Reject], Rejection]  # reconstructor.Reconstructor._reject
@@ -93,7 +93,7 @@ class Pipeline:
         as the text after its previous sample's prompt's ids, and a prompt that starts like
         an earlier one (a shared system prompt) as the text after that shared prefix's ids,
         where that is exact (prompt_jobs.py, prompt_reuse.py). With a byte-level tokenizer
-        the segments after a prompt are encoded as one text, joined by a separator token,
+        the texts (prompts, then segments) go in as runs joined by a separator token,
         and the ids are cut at that token (joined.py).
         """
         jobs = PromptJobs(pending, self._prompt_cache, self._prompt_reuse)

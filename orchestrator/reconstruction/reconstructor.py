@@ -84,7 +84,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         # split samples' prompts reuse the previous prompt's ids where exact (prompt_reuse.py);
         # None switches that off (tests compare both)
         byte_level = self._continuation is None and self._token_bytes is not None
-        # a sample's segments encoded in one text (joined.py); no separator: one by one
+        # runs of texts encoded as one input, joined by a separator (joined.py); none: one by one
         self._joiner = SegmentJoiner(self.backend, tokenizer.added_tokens_decoder if byte_level else {}, template)
         self._prompt_reuse = prompt_reuse(self.backend, template, byte_level)
         self.stats.clear()
