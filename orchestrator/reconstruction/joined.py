@@ -98,28 +98,30 @@ class SegmentJoiner:
     def split(self, ids: list[int], n: int) -> list[list[int]] | None:
         """`ids` cut at the first n - 1 occurrences of the separator's id (dropped), or None
         when it occurs fewer times."""
-        sid, start, parts = self.id, 0, []
-        try:
-            for _ in range(n - 1):
-                k = ids.index(sid, start)
-                parts.append(ids[start:k])
-                start = k + 1
-        except ValueError:
-            return None
-        parts.append(ids[start:])
-        return parts
+        return cut(ids, self.id, n)
 
-    def _holds(self, backend: Any, sep: str, sid: int) -> bool:
-        self.text, self.id = sep, sid
-        try:
-            for g in PROBES:
-                whole = backend.encode(sep.join(g), add_special_tokens=False).ids
-                alone = [e.ids for e in backend.encode_batch(g, add_special_tokens=False)]
-                if self.split(whole, len(g)) != alone or whole.count(sid) != len(g) - 1:
-                    return False
-            return True
-        finally:
-            self.text, self.id = None, None
+    @staticmethod
+    def _holds(backend: Any, sep: str, sid: int) -> bool:
+        for g in PROBES:
+            whole = backend.encode(sep.join(g), add_special_tokens=False).ids
+            alone = [e.ids for e in backend.encode_batch(g, add_special_tokens=False)]
+            if cut(whole, sid, len(g)) != alone or whole.count(sid) != len(g) - 1:
+                return False
+        return True
+
+
+def cut(ids: list[int], sid: int | None, n: int) -> list[list[int]] | None:
+    """`ids` cut at the first n - 1 occurrences of `sid` (dropped), or None when it occurs fewer times."""
+    start, parts = 0, []
+    try:
+        for _ in range(n - 1):
+            k = ids.index(sid, start)
+            parts.append(ids[start:k])
+            start = k + 1
+    except ValueError:
+        return None
+    parts.append(ids[start:])
+    return parts
 
 
 def _candidates(added: dict[int, Any], template: str) -> list[tuple[int, Any]]:

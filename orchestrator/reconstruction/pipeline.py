@@ -64,7 +64,7 @@ class Pipeline:
         checks = self._roundtrip([p for _, p in pending], seg_ids)
         for n, check in enumerate(checks):
             p = pending[n][1]
-            if check is not None and self._continuation is None and self._joiner.id is not None:
+            if check is not None and self._joiner.id is not None:  # a separator: byte-level path only
                 # maybe joined texts cut wrong (joined.py): encode the sample's texts one at a time
                 ids = [e.ids for e in self.backend.encode_batch_fast(p.texts, add_special_tokens=False)]
                 if ids != seg_ids[n] and self._roundtrip([p], [ids])[0] is None:  # same ids: same verdict
