@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.reconstruct_helpers import decode, full_text, masked_text, recon, render, runs, tokenizer_with
+from support.reconstruct_helpers import convo, decode, full_text, masked_text, recon, render, runs, tokenizer_with
 
 from distill.core.contract import Rejection
 from orchestrator.reconstruct import REJECTION_REASONS, Reconstructor, tokenize_file
@@ -33,13 +33,6 @@ TOOLS = [
 
 def call(cid, name, args):
     return {"id": cid, "type": "function", "function": {"name": name, "arguments": args}}
-
-
-def convo(*pairs, system=None):
-    msgs = [{"role": "system", "content": system}] if system is not None else []
-    for u, a in pairs:
-        msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
-    return msgs
 
 
 def one(r, messages, tools=None, **kw):

@@ -1,4 +1,4 @@
-"""A sample's segments encoded as one text joined by a separator token (reconstruction/joined.py)."""
+"""Texts encoded in runs joined by a separator token, each as if alone (reconstruction/joined.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,10 @@ import os
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.reconstruct_helpers import masked_text, recon
+from support.reconstruct_helpers import convo, masked_text, recon
 from tokenizers import AddedToken
 
 from orchestrator.reconstruction.joined import SegmentJoiner, _candidates
-
-
-def convo(*pairs, system=None):
-    msgs = [{"role": "system", "content": system}] if system is not None else []
-    for u, a in pairs:
-        msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
-    return msgs
 
 
 def unjoined(**policy):

@@ -63,3 +63,11 @@ def full_text(tok, sample) -> str:
 
 def render(tok, messages, tools=None, **kw) -> str:
     return tok.apply_chat_template(messages, tools=tools, tokenize=False, **kw)
+
+
+def convo(*pairs, system=None) -> list[dict]:
+    """Messages: an optional system message, then (user, assistant) pairs."""
+    msgs = [{"role": "system", "content": system}] if system is not None else []
+    for u, a in pairs:
+        msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+    return msgs
