@@ -29,7 +29,7 @@ three real tokenizers (tests/orchestrator/test_reconstruct_joined.py).
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, NamedTuple
 
 #: probe text lists: each joined and cut must give exactly the ids of its texts alone
 PROBES = (
@@ -38,6 +38,14 @@ PROBES = (
     ["café naïve 東京", " 😀", "a\r\nb", "\t"],
     ["x", " ", "  ", "y"],
 )
+
+
+class Joined(NamedTuple):
+    """Texts, the tokenizer inputs they were joined into, and per input (first text, how many)."""
+
+    texts: list[str]
+    inputs: list[str]
+    spans: list[tuple[int, int]]
 
 
 class SegmentJoiner:
@@ -58,32 +66,45 @@ class SegmentJoiner:
     def encode(self, backend: Any, texts: list[str], stats: Counter) -> list[list[int]]:
         """The ids of each text as if tokenised alone: runs of up to GROUP texts that do
         not hold the separator's text are encoded as one text, joined by it."""
+        batch = self.join(texts)
+        return self.cut_all(batch, backend.encode_batch_fast(batch.inputs, add_special_tokens=False), backend, stats)
+
+    def join(self, texts: list[str]) -> "Joined":
+        """The tokenizer inputs for `texts`: runs of up to GROUP texts joined by the
+        separator; a text that holds the separator's text (or every text, without a
+        separator) is an input on its own."""
         sep = self.text
         if sep is None:
-            return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
-        batch: list[str] = []
-        spans: list[tuple[int, int]] = []  # (first text, how many) of each entry of `batch`
+            return Joined(texts, texts, [(i, 1) for i in range(len(texts))])
+        inputs: list[str] = []
+        spans: list[tuple[int, int]] = []  # (first text, how many) of each input
         run: list[int] = []
 
         def flush() -> None:
             if run:
-                batch.append(sep.join([texts[i] for i in run]))
+                inputs.append(sep.join([texts[i] for i in run]))
                 spans.append((run[0], len(run)))
                 run.clear()
 
         for i, t in enumerate(texts):
             if sep in t:  # encoded alone
                 flush()
-                batch.append(t)
+                inputs.append(t)
                 spans.append((i, 1))
                 continue
             run.append(i)
             if len(run) == self.GROUP:
                 flush()
         flush()
+        return Joined(texts, inputs, spans)
+
+    def cut_all(self, batch: "Joined", encodings: list, backend: Any, stats: Counter) -> list[list[int]]:
+        """Each text's ids from the encodings of `batch.inputs`, cut at the separator; the
+        texts of an input where it is missing are encoded again one at a time."""
+        texts = batch.texts
         out: list[list[int]] = [[] for _ in texts]
         again: list[int] = []
-        for (first, n), e in zip(spans, backend.encode_batch_fast(batch, add_special_tokens=False)):
+        for (first, n), e in zip(batch.spans, encodings):
             parts = [e.ids] if n == 1 else self.split(e.ids, n)
             if parts is None:
                 again += range(first, first + n)

@@ -96,18 +96,47 @@ class Pipeline:
         the texts (prompts, then segments) go in as runs joined by a separator token,
         and the ids are cut at that token (joined.py).
         """
-        jobs = PromptJobs(pending, self._prompt_cache, self._prompt_reuse)
-        todo = list(jobs.texts)
+        run, finish = self._encode_job(pending)
+        return finish(run())
+
+    def _encode_job(self, pending: list["Pending"]) -> tuple[Callable[[], Any], Callable[[Any], list[list[list[int]]]]]:
+        """`_encode` in two steps, `finish(run())`: `run` holds no Python work on the byte-level
+        path (only the tokenizer's call, which releases the GIL), so build_many runs it in
+        a helper thread while this thread does the Python of the chunks around it; `finish`
+        cuts, resolves the prompts and fills the prompt cache, on this thread. The cache
+        and the shared prefixes are read when the job is made: a prompt that the chunk
+        before has not yet put there is encoded again (exact either way)."""
         if self._continuation is not None:  # trained turns without the dummy prefix (segment_tokenize.py)
-            encoded = self.backend.encode_batch_fast(todo, add_special_tokens=False) if todo else []
-            prompts = jobs.resolve((e.ids for e in encoded), self.backend, self.stats)
-            rest = [(t, f) for p in pending for t, f in zip(p.texts[1:], p.trained[1:])]
-            encs = iter(self._prefix_rule.encode_after_prompt(self.backend, rest))
-            out = [[prompts[p.texts[0]]] + [next(encs).ids for _ in p.texts[1:]] for p in pending]
-        else:  # every text as if alone, several joined by a separator token (joined.py)
-            ids = iter(self._joiner.encode(self.backend, todo + [t for p in pending for t in p.texts[1:]], self.stats))
+            return (lambda: self._encode_continued(pending)), (lambda out: out)
+        jobs = PromptJobs(pending, self._prompt_cache, self._prompt_reuse)
+        batch = self._joiner.join(jobs.texts + [t for p in pending for t in p.texts[1:]])
+
+        def run() -> list:
+            return self.backend.encode_batch_fast(batch.inputs, add_special_tokens=False)
+
+        def finish(encodings: list) -> list[list[list[int]]]:
+            ids = iter(self._joiner.cut_all(batch, encodings, self.backend, self.stats))
             prompts = jobs.resolve(ids, self.backend, self.stats)
-            out = [[prompts[p.texts[0]]] + [next(ids) for _ in p.texts[1:]] for p in pending]
+            return self._cache_prompts(
+                prompts, [[prompts[p.texts[0]]] + [next(ids) for _ in p.texts[1:]] for p in pending]
+            )
+
+        return run, finish
+
+    def _encode_continued(self, pending: list["Pending"]) -> list[list[list[int]]]:
+        """`_encode` for a tokenizer with a dummy prefix: prompts as if alone, later segments as
+        continued text (segment_tokenize.py)."""
+        jobs = PromptJobs(pending, self._prompt_cache, self._prompt_reuse)
+        todo = jobs.texts
+        encoded = self.backend.encode_batch_fast(todo, add_special_tokens=False) if todo else []
+        prompts = jobs.resolve((e.ids for e in encoded), self.backend, self.stats)
+        rest = [(t, f) for p in pending for t, f in zip(p.texts[1:], p.trained[1:])]
+        encs = iter(self._prefix_rule.encode_after_prompt(self.backend, rest))
+        return self._cache_prompts(
+            prompts, [[prompts[p.texts[0]]] + [next(encs).ids for _ in p.texts[1:]] for p in pending]
+        )
+
+    def _cache_prompts(self, prompts: dict[str, list[int]], out: list[list[list[int]]]) -> list[list[list[int]]]:
         for t, ids in prompts.items():
             put_bounded(self._prompt_cache, t, ids, self.PROMPT_CACHE_SIZE)
         return out

@@ -142,11 +142,12 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
             previous = None
             for start in range(0, len(conversations), chunk):
                 pending = self._prepare_chunk(conversations[start : start + chunk], start, results)
-                encoded = pool.submit(self._encode, [p for _, p in pending])  # one at a time: _encode owns its cache
+                run, finish = self._encode_job([p for _, p in pending])
+                encoded = pool.submit(run)  # queued behind the chunk before: the tokenizer is never idle
                 if previous is not None:
-                    self._complete(previous[0], previous[1].result(), results)
-                previous = (pending, encoded)
-            self._complete(previous[0], previous[1].result(), results)
+                    self._complete(previous[0], previous[1](previous[2].result()), results)
+                previous = (pending, finish, encoded)
+            self._complete(previous[0], previous[1](previous[2].result()), results)
         return results
 
     def _reject(self, item_id: str, r: Reject) -> Rejection:

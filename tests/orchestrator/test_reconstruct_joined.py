@@ -201,3 +201,37 @@ def test_random_texts_joined_and_cut_are_each_text_alone(name, texts):
     alone = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
     assert joiner.encode(backend, texts, stats) == alone
     assert not stats  # the separator was always found where it was placed
+
+
+def test_helper_thread_only_runs_the_tokenizer():
+    # build_many keeps the tokenizer busy: on the byte-level path its helper thread makes
+    # only the joined inputs' encode call (which releases the GIL); joining, cutting and the
+    # prompts' resolution run on the calling thread, beside the next chunk's call.
+    import threading
+
+    r, ref = recon(), unjoined()
+    calls = collections.Counter()
+
+    class Spy:
+        def __init__(self, backend):
+            self.backend = backend
+
+        def encode_batch_fast(self, texts, **kw):
+            calls["encode", threading.current_thread() is threading.main_thread()] += 1
+            return self.backend.encode_batch_fast(texts, **kw)
+
+        def __getattr__(self, name):
+            return getattr(self.backend, name)
+
+    cut_all = r._joiner.cut_all
+
+    def spied_cut_all(*a):
+        calls["cut", threading.current_thread() is threading.main_thread()] += 1
+        return cut_all(*a)
+
+    r.backend, r._joiner.cut_all = Spy(r.backend), spied_cut_all
+    # prompts repeat across chunks: a prompt the chunk before has not cached yet is encoded again
+    convs = [dict(messages=convo((f"shared {i % 3}", f"answer {i}")), sample_id=f"c{i}") for i in range(70)]
+    assert r.build_many(convs) == [ref.build(**c) for c in convs]
+    chunks = -(-len(convs) // r.PIPELINE_CHUNK)
+    assert calls == {("encode", False): chunks, ("cut", True): chunks}
