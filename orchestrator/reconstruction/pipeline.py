@@ -1,7 +1,8 @@
 """Segment tokenisation and sample assembly: the steps build_many runs per chunk.
 
 Part of `Reconstructor` (reconstructor.py sets the state used here; its build_many
-runs these steps, tokenising one chunk in a helper thread while the next is planned).
+runs these steps: a helper thread makes one chunk's tokenizer call while this thread
+plans the next chunk and reads the ids of the one before, `_encode_job`).
 Every segment is tokenised as if alone, in one batch call to the fast tokenizer
 (segments after the prompt without a SentencePiece dummy prefix:
 orchestrator/segment_tokenize.py; with a byte-level tokenizer in runs of texts joined by
