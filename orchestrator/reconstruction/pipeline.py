@@ -97,19 +97,22 @@ class Pipeline:
         the texts (prompts, then segments) go in as runs joined by a separator token,
         and the ids are cut at that token (joined.py).
         """
-        run, finish = self._encode_job(pending)
+        run, finish, _ = self._encode_job(pending, None)
         return finish(run())
 
-    def _encode_job(self, pending: list["Pending"]) -> tuple[Callable[[], Any], Callable[[Any], list[list[list[int]]]]]:
-        """`_encode` in two steps, `finish(run())`: `run` holds no Python work on the byte-level
-        path (only the tokenizer's call, which releases the GIL), so build_many runs it in
-        a helper thread while this thread does the Python of the chunks around it; `finish`
-        cuts, resolves the prompts and fills the prompt cache, on this thread. The cache
-        and the shared prefixes are read when the job is made: a prompt that the chunk
-        before has not yet put there is encoded again (exact either way)."""
+    def _encode_job(
+        self, pending: list["Pending"], before: PromptJobs | None
+    ) -> tuple[Callable[[], Any], Callable[[Any], list[list[list[int]]]], PromptJobs | None]:
+        """`_encode` in two steps, `finish(run())`, and the chunk's PromptJobs: `run` holds no
+        Python work on the byte-level path (only the tokenizer's call, which releases the
+        GIL), so build_many runs it in a helper thread while this thread does the Python of
+        the chunks around it; `finish` cuts, resolves the prompts and fills the prompt
+        cache, on this thread. The job is made before the chunk before (`before`, its
+        PromptJobs) has finished: its prompts and prefixes are taken from it once it has
+        (prompt_jobs.py)."""
         if self._continuation is not None:  # trained turns without the dummy prefix (segment_tokenize.py)
-            return (lambda: self._encode_continued(pending)), (lambda out: out)
-        jobs = PromptJobs(pending, self._prompt_cache, self._prompt_reuse)
+            return (lambda: self._encode_continued(pending)), (lambda out: out), None
+        jobs = PromptJobs(pending, self._prompt_cache, self._prompt_reuse, before)
         batch = self._joiner.join(jobs.texts + [t for p in pending for t in p.texts[1:]])
 
         def run() -> list:
@@ -122,7 +125,7 @@ class Pipeline:
                 prompts, [[prompts[p.texts[0]]] + [next(ids) for _ in p.texts[1:]] for p in pending]
             )
 
-        return run, finish
+        return run, finish, jobs
 
     def _encode_continued(self, pending: list["Pending"]) -> list[list[list[int]]]:
         """`_encode` for a tokenizer with a dummy prefix: prompts as if alone, later segments as

@@ -20,6 +20,10 @@ prompt `t` has `t[:c] == p[:c]` and a cut token at `c` too, so ids(t) = ids(p[:c
 ids(t[c:]); the first id of the delta must be that cut token's id, else the prompt is
 encoded whole (`stats["prompt_reuse_refused"]`). docs/reconstruction.md, "Prompt prefixes
 shared across conversations".
+
+In build_many's pipeline a chunk's jobs are made before the chunk before has resolved
+(its ids are still being read): that chunk's PromptJobs (`before`) then counts as a
+cache, its prompts and its batch's prefixes taken from it once it has resolved.
 """
 
 from __future__ import annotations
@@ -44,8 +48,18 @@ class PromptJobs:
     #: cut positions per prompt looked up (and remembered), from MIN_CHARS on
     CUTS = 8
 
-    def __init__(self, pending: list[Pending], cache: dict[str, list[int]], reuse: PromptReuse | None):
+    def __init__(
+        self,
+        pending: list[Pending],
+        cache: dict[str, list[int]],
+        reuse: PromptReuse | None,
+        before: "PromptJobs | None" = None,
+    ):
         self.ids: dict[str, list[int] | None] = {}
+        # the jobs of the chunk before, made but not yet resolved (build_many's pipeline):
+        # their prompts and prefixes are used as if cached, and resolve before these do
+        self._before = before
+        self._later: list[str] = []  # prompts taken from `before` once it has resolved
         self.texts: list[str] = []  # what to encode, in order: whole prompts and deltas
         # (prompt, head or None, the delta's first id, the stats key counting the reuse)
         self._jobs: list[tuple[str, Head | None, int, str]] = []
@@ -59,7 +73,9 @@ class PromptJobs:
             t = p.texts[0]
             if t not in self.ids:
                 self.ids[t] = cache.get(t)
-                if self.ids[t] is None:
+                if self.ids[t] is None and before is not None and t in before.ids:
+                    self._later.append(t)
+                elif self.ids[t] is None:
                     plan = None
                     if reuse is not None and prev is not None and p.split and _same_conversation(prev, p):
                         plan = reuse.cut(prev.texts[0], t)
@@ -90,6 +106,10 @@ class PromptJobs:
                 head = self._batch.get(key)
                 if head is not None:
                     self._hits.add(key)
+                elif self._before is not None:
+                    head = self._before._batch.get(key)
+                    if head is not None:
+                        self._before._hits.add(key)  # in time: `before` resolves after this
             if head is not None:
                 self._add(t, c, head, sid, "prompt_prefix_reused")
                 break
@@ -113,6 +133,8 @@ class PromptJobs:
                 ids = got
                 stats[kind] += 1
             self.ids[t] = ids
+        for t in self._later:  # `before` has resolved by now
+            self.ids[t] = self._before.ids[t]  # type: ignore[union-attr]  # set with _later
         if again:  # not expected (the argument holds): encode those prompts whole
             stats["prompt_reuse_refused"] += len(again)
             for t, e in zip(again, backend.encode_batch_fast(again, add_special_tokens=False)):
@@ -124,6 +146,7 @@ class PromptJobs:
                 ids = self._head_ids(head)
                 if ids is not None:
                     self._shared.put(key, ids)
+        self._before = None  # resolved: nothing more to take from it
         return self.ids  # type: ignore[return-value]  # every value is set now
 
     def _head_ids(self, head: Head) -> list[int] | None:
@@ -133,6 +156,8 @@ class PromptJobs:
             return head[:]
         base, sid, n = head
         ids = self.ids.get(base)
+        if ids is None and self._before is not None:  # a prompt of the chunk before
+            ids = self._before.ids.get(base)
         if ids is None:
             return None
         at = _nth(ids, sid, n)

@@ -139,10 +139,10 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
             self._complete(pending, self._encode([p for _, p in pending]), results)
             return results
         with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="distill-encode") as pool:
-            previous = None
+            previous, jobs = None, None
             for start in range(0, len(conversations), chunk):
                 pending = self._prepare_chunk(conversations[start : start + chunk], start, results)
-                run, finish = self._encode_job([p for _, p in pending])
+                run, finish, jobs = self._encode_job([p for _, p in pending], jobs)
                 encoded = pool.submit(run)  # queued behind the chunk before: the tokenizer is never idle
                 if previous is not None:
                     self._complete(previous[0], previous[1](previous[2].result()), results)

@@ -218,6 +218,7 @@ def test_helper_thread_only_runs_the_tokenizer():
 
         def encode_batch_fast(self, texts, **kw):
             calls["encode", threading.current_thread() is threading.main_thread()] += 1
+            calls["prompts encoded"] += sum(t.count("shared ") for t in texts)
             return self.backend.encode_batch_fast(texts, **kw)
 
         def __getattr__(self, name):
@@ -230,8 +231,9 @@ def test_helper_thread_only_runs_the_tokenizer():
         return cut_all(*a)
 
     r.backend, r._joiner.cut_all = Spy(r.backend), spied_cut_all
-    # prompts repeat across chunks: a prompt the chunk before has not cached yet is encoded again
+    # prompts repeat across chunks: one the chunk before has not yet cached is taken from
+    # that chunk's jobs once they have resolved, not encoded again
     convs = [dict(messages=convo((f"shared {i % 3}", f"answer {i}")), sample_id=f"c{i}") for i in range(70)]
     assert r.build_many(convs) == [ref.build(**c) for c in convs]
     chunks = -(-len(convs) // r.PIPELINE_CHUNK)
-    assert calls == {("encode", False): chunks, ("cut", True): chunks}
+    assert calls == {("encode", False): chunks, ("cut", True): chunks, "prompts encoded": 3}
