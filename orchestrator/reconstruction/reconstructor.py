@@ -119,8 +119,9 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
             ]
         )[0]
 
-    #: build_many works in chunks of this many conversations: while the tokenizer (Rust,
-    #: without the GIL) encodes one chunk in a helper thread, Python renders the next.
+    #: build_many works in chunks of at most this many conversations: while the tokenizer
+    #: (Rust, without the GIL) encodes one chunk in a helper thread, Python plans the next
+    #: and finishes the one before (the ends are smaller: pipeline_chunks).
     PIPELINE_CHUNK = 32
 
     def build_many(self, conversations: list[Conversation] | list[dict]) -> list[tuple[list[Sample], list[Rejection]]]:
@@ -133,15 +134,16 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         """
         conversations = [build_args(c) for c in conversations]
         results: list[tuple[list[Sample], list[Rejection]]] = []
-        chunk = self.PIPELINE_CHUNK
-        if len(conversations) <= chunk:
+        sizes = pipeline_chunks(len(conversations), self.PIPELINE_CHUNK)
+        if len(sizes) == 1:
             pending = self._prepare_chunk(conversations, 0, results)
             self._complete(pending, self._encode([p for _, p in pending]), results)
             return results
         with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="distill-encode") as pool:
-            previous, jobs = None, None
-            for start in range(0, len(conversations), chunk):
-                pending = self._prepare_chunk(conversations[start : start + chunk], start, results)
+            previous, jobs, start = None, None, 0
+            for size in sizes:
+                pending = self._prepare_chunk(conversations[start : start + size], start, results)
+                start += size
                 run, finish, jobs = self._encode_job([p for _, p in pending], jobs)
                 encoded = pool.submit(run)  # queued behind the chunk before: the tokenizer is never idle
                 if previous is not None:
@@ -153,3 +155,28 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
     def _reject(self, item_id: str, r: Reject) -> Rejection:
         self.stats[f"rejected:{r.reason}"] += 1
         return Rejection(item_id, r.reason, r.detail)
+
+
+#: The sizes of build_many's first and last chunks (conversations). The tokenizer waits
+#: while the first chunk is planned, and Python finishes the last chunk alone, so both are
+#: small; each chunk next to them is planned (or finished) in less time than the tokenizer
+#: takes for its neighbour (planning takes ~1/6 of encoding's time, finishing ~1/5:
+#: docs/reconstruction.md, "The ends of build_many's pipeline").
+RAMP_UP, RAMP_DOWN = (4, 16), (12, 4)
+
+
+def pipeline_chunks(n: int, chunk: int) -> list[int]:
+    """The sizes of build_many's chunks for n conversations: a single chunk up to `chunk`;
+    else RAMP_UP, chunks of at most `chunk` as even as can be, RAMP_DOWN (only their outer
+    sizes when the conversations are too few for all of them, and only sizes below `chunk`)."""
+    if n <= chunk:
+        return [n]
+    up, down = [x for x in RAMP_UP if x < chunk], [x for x in RAMP_DOWN if x < chunk]
+    if sum(up) + sum(down) >= n:
+        up, down = up[:1], down[-1:]
+    if sum(up) + sum(down) >= n:
+        up, down = [], []
+    middle = n - sum(up) - sum(down)
+    k = -(-middle // chunk)
+    q, r = divmod(middle, k)
+    return [*up, *(q + (i < r) for i in range(k)), *down]

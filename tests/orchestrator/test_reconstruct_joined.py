@@ -12,6 +12,7 @@ from support.reconstruct_helpers import convo, masked_text, recon
 from tokenizers import AddedToken
 
 from orchestrator.reconstruction.joined import SegmentJoiner, _candidates
+from orchestrator.reconstruction.reconstructor import RAMP_DOWN, RAMP_UP, pipeline_chunks
 
 
 def unjoined(**policy):
@@ -219,6 +220,7 @@ def test_helper_thread_only_runs_the_tokenizer():
         def encode_batch_fast(self, texts, **kw):
             calls["encode", threading.current_thread() is threading.main_thread()] += 1
             calls["prompts encoded"] += sum(t.count("shared ") for t in texts)
+            sizes.append(sum(t.count("answer ") for t in texts))  # one trained turn per conversation
             return self.backend.encode_batch_fast(texts, **kw)
 
         def __getattr__(self, name):
@@ -230,10 +232,31 @@ def test_helper_thread_only_runs_the_tokenizer():
         calls["cut", threading.current_thread() is threading.main_thread()] += 1
         return cut_all(*a)
 
+    sizes: list[int] = []
     r.backend, r._joiner.cut_all = Spy(r.backend), spied_cut_all
     # prompts repeat across chunks: one the chunk before has not yet cached is taken from
     # that chunk's jobs once they have resolved, not encoded again
     convs = [dict(messages=convo((f"shared {i % 3}", f"answer {i}")), sample_id=f"c{i}") for i in range(70)]
     assert r.build_many(convs) == [ref.build(**c) for c in convs]
-    chunks = -(-len(convs) // r.PIPELINE_CHUNK)
+    chunks = len(pipeline_chunks(len(convs), r.PIPELINE_CHUNK))
     assert calls == {("encode", False): chunks, ("cut", True): chunks, "prompts encoded": 3}
+    assert sizes == pipeline_chunks(len(convs), r.PIPELINE_CHUNK) == [4, 16, 17, 17, 12, 4]
+
+
+@pytest.mark.parametrize("n", [0, 1, 32, 33, 35, 36, 37, 64, 68, 69, 128, 257, 1000])
+@pytest.mark.parametrize("chunk", [32, 1, 4, 5, 16])
+def test_pipeline_chunks_are_small_at_both_ends(n, chunk):
+    # the tokenizer waits while the first chunk is planned and Python finishes the last one
+    # alone: small ends; the rest at most `chunk` and as even as can be
+    sizes = pipeline_chunks(n, chunk)
+    assert sum(sizes) == n and (n == 0 or min(sizes) > 0) and max(sizes) <= max(chunk, n if n <= chunk else 0)
+    if n <= chunk:
+        assert sizes == [n]
+        return
+    up, down = [x for x in RAMP_UP if x < chunk], [x for x in RAMP_DOWN if x < chunk]
+    if sum(up) + sum(down) < n:
+        assert sizes[: len(up)] == up and sizes[len(sizes) - len(down) :] == down
+        middle = sizes[len(up) : len(sizes) - len(down)]
+        assert middle and max(middle) - min(middle) <= 1
+    if chunk == 32:
+        assert sizes[0] == RAMP_UP[0] and sizes[-1] == RAMP_DOWN[-1]
