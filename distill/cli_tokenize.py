@@ -44,7 +44,11 @@ def cmd_tokenize(argv: list[str]) -> int:
         required=True,
         help="the student's tokenizer: an HF folder with a chat template, a cached hub id, or a .gguf file",
     )
-    p.add_argument("input", help="JSONL with a 'messages' list per line (optional 'tools')")
+    p.add_argument(
+        "input",
+        help="JSONL with a 'messages' list per line (optional 'tools'), or lines of the other record formats "
+        "replay reads: distill recordings, ShareGPT, prompt/completion",
+    )
     p.add_argument(
         "-o",
         "--output",

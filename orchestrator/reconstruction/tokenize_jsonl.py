@@ -72,7 +72,8 @@ def tokenize_file(
 ) -> dict:
     """Reconstruct every conversation of a JSONL file; write samples and rejections as JSONL.
 
-    Input lines: {"messages": [...], "tools": [...]?, "finish_reason": "..."?}.
+    Input lines: {"messages": [...], "tools": [...]?, "finish_reason": "..."?}, or lines of the other
+    record formats replay reads (a distill recording, ShareGPT, prompt/completion), read as replay reads them.
     Output lines: {"prompt_ids", "completion_ids", "completion_mask", "line": N} per
     sample, or {"line": N, "error": "<reason>: <detail>"}. N is the 1-based input line.
     The output appears atomically (temp file + rename). Returns counts by reason. `chat_template`: a
@@ -119,7 +120,7 @@ def _reconstruct_lines(builder: ParallelBuilder, input_path: str) -> tuple[colle
             counts["blank_lines"] += 1
             continue
         counts["lines"] += 1
-        rec, err = _parse_line(ln, input_path)
+        convs, err = _parse_line(ln, input_path)
         if err is not None and n == 1 and (hint := shape_hint(ln, input_path)):  # a CSV or pretty JSON file
             err = Reject(err.reason, f"{err.detail}. Fix: {hint}")
         if err is not None:
@@ -127,18 +128,7 @@ def _reconstruct_lines(builder: ParallelBuilder, input_path: str) -> tuple[colle
             out_lines.append(json.dumps({"line": n, "error": f"{err.reason}: {err.detail}"}, ensure_ascii=False))
             counts[f"rejected:{err.reason}"] += 1
             continue
-        batch.append(
-            (
-                n,
-                Conversation(
-                    rec["messages"],
-                    rec.get("tools"),
-                    sample_id=f"line{n}",
-                    finish_reason=rec.get("finish_reason"),
-                    line=n,
-                ),
-            )
-        )
+        batch += ((n, c) for c in convs)
         if len(batch) >= 256:
             flush()
     flush()
@@ -185,18 +175,68 @@ def _summary(input_path: str, output_path: str, counts: collections.Counter, sta
     }
 
 
-def _parse_line(ln: Line, path: str) -> tuple[dict | None, Reject | None]:
-    """The record of a non-blank line, or why there is none (read by distill/core/jsonl.py: a bad
-    byte, bad JSON or an overlong line is that line's rejection, never a crash)."""
+def _parse_line(ln: Line, path: str) -> tuple[list[Conversation], Reject | None]:
+    """The conversations of a non-blank line, or why there are none (read by distill/core/jsonl.py:
+    a bad byte, bad JSON or an overlong line is that line's rejection, never a crash). A chat line
+    ({"messages": [...]}, no "response") is read here; a line of another record format replay reads
+    (a distill recording, ShareGPT, prompt/completion) by that format's parser, as replay reads it."""
     n = ln.number
     if ln.reason is not None:
-        return None, Reject(_LINE_REASONS.get(ln.reason, ln.reason), f"{path}:{n}: {ln.problem}")
+        return [], Reject(_LINE_REASONS.get(ln.reason, ln.reason), f"{path}:{n}: {ln.problem}")
     rec = ln.value
-    if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list):
+    if isinstance(rec, dict) and isinstance(rec.get("messages"), list) and "response" not in rec:
+        if rec.get("finish_reason") is not None and not isinstance(rec["finish_reason"], str):
+            return [], Reject("invalid_line", f"{path}:{n}: 'finish_reason' must be a string")
+        conv = Conversation(
+            rec["messages"], rec.get("tools"), sample_id=f"line{n}", finish_reason=rec.get("finish_reason"), line=n
+        )
+        return [conv], None
+    if not isinstance(rec, dict):
         hint = (
             f" (got an array: if the file is one JSON array, {json_array_hint(path)})" if isinstance(rec, list) else ""
         )
-        return None, Reject("invalid_line", f"{path}:{n}: expected an object with a 'messages' list{hint}")
-    if rec.get("finish_reason") is not None and not isinstance(rec["finish_reason"], str):
-        return None, Reject("invalid_line", f"{path}:{n}: 'finish_reason' must be a string")
-    return rec, None
+        return [], Reject("invalid_line", f"{path}:{n}: expected an object with a 'messages' list{hint}")
+    return _other_format(rec, path, n)
+
+
+#: How a rejection names the format of a line that is not a chat line.
+_FORMAT_NAMES = {
+    "chat": "a chat line",
+    "recording": "a distill recording line",
+    "sharegpt": "a ShareGPT line",
+    "prompt_completion": "a prompt/completion line",
+}
+
+
+def _other_format(rec: dict, path: str, n: int) -> tuple[list[Conversation], Reject | None]:
+    """A line that is not a chat line, read by the replay format it is in (orchestrator/replay/formats)."""
+    from orchestrator.replay.formats import ParseContext, detect_format, parse
+    from orchestrator.replay.records import RecordError
+
+    fmt = ""
+    try:
+        fmt = detect_format(rec)
+        if fmt == "openai_batch":
+            return [], Reject(
+                "invalid_line",
+                f"{path}:{n}: an OpenAI Batch API output line; its request messages are in the batch input "
+                "file, which distill tokenize does not read. Fix: replay it: distill replay CONFIG FILE, with "
+                "orchestrator.replay.batch_input naming the input file (docs/replay.md)",
+            )
+        if fmt == "chat":  # "messages" that is not a list
+            raise RecordError("messages", f"expected a list, got {type(rec['messages']).__name__}")
+        return parse(fmt, rec, path, n, ParseContext()), None
+    except RecordError as e:
+        if e.reason == "unknown_format":  # no format claims it
+            keys = sorted(str(k) for k in rec)[:10]
+            return [], Reject(
+                "invalid_line",
+                f"{path}:{n}: expected an object with a 'messages' list, or a line in another format replay "
+                "reads: 'conversations' (ShareGPT), 'prompt'+'completion', 'messages'+'response' (a distill "
+                f"recording); got the keys {keys}. Fix: convert it, or replay it: distill replay maps other "
+                "column names (orchestrator.replay.columns, docs/replay.md)",
+            )
+        what = f"{_FORMAT_NAMES.get(fmt, fmt)}: " if fmt else ""
+        field = f"{e.field}: " if e.field and fmt else ""
+        fix = f". Fix: {e.fix}" if e.fix else ""
+        return [], Reject("invalid_line", f"{path}:{n}: {what}{field}{e.problem}{fix}")

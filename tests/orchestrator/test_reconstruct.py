@@ -811,6 +811,48 @@ def test_tokenize_file_uses_policy(tmp_path, smol_tokenizer_dir):
     assert summary["samples"] == 1 and summary["rejected"] == 0 and summary["truncated_kept"] == 1
 
 
+def test_tokenize_file_reads_the_record_formats_replay_reads(tmp_path, smol_tokenizer_dir, smol_tokenizer):
+    # A distill recording line is its messages AND its response: read as replay reads it (it used to
+    # lose the response and train nothing, or the prompt's own assistant turns); ShareGPT and
+    # prompt/completion lines too. A line no format reads is named with the formats there are.
+    history = convo(("earlier", "earlier answer"))
+    lines = [
+        {
+            "v": 1,
+            "prompt_id": "p",
+            "messages": history + [{"role": "user", "content": "Q"}],
+            "response": {"content": "A"},
+        },
+        {"conversations": [{"from": "human", "value": "Q2"}, {"from": "gpt", "value": "A2"}]},
+        {"prompt": "Q3", "completion": "A3"},
+        {"messages": [{"role": "user", "content": "Q"}], "response": {"content": "A"}},  # no prompt_id
+        {"custom_id": "c", "response": {"status_code": 200, "body": {}}},
+        {"instruction": "Q", "output": "A"},
+    ]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    summary = tokenize_file(str(smol_tokenizer_dir), str(inp), str(tmp_path / "o.jsonl"))
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()]
+    r = Reconstructor(smol_tokenizer, Reconstruction())
+    for row, msgs in zip(rows, [history + convo(("Q", "A")), convo(("Q2", "A2")), convo(("Q3", "A3"))]):
+        (want,), _ = r.build(msgs, sample_id="x")
+        got = (row["prompt_ids"], row["completion_ids"], row["completion_mask"])
+        assert got == (want.prompt_ids, want.completion_ids, want.completion_mask)
+    assert (
+        decode(smol_tokenizer, rows[0]["completion_ids"])
+        == "earlier answer" + IM + "\n<|im_start|>user\nQ" + IM + "\n<|im_start|>assistant\nA" + IM
+    )
+    assert (
+        rows[3]["error"]
+        == f"invalid_line: {inp}:4: a distill recording line: prompt_id: missing; every recording line names its prompt"
+    )
+    assert rows[4]["error"].startswith(f"invalid_line: {inp}:5: an OpenAI Batch API output line;")
+    assert "orchestrator.replay.batch_input" in rows[4]["error"]
+    assert "'conversations' (ShareGPT)" in rows[5]["error"] and "['instruction', 'output']" in rows[5]["error"]
+    assert [row["line"] for row in rows] == [1, 2, 3, 4, 5, 6] and summary["samples"] == 3
+    assert summary["by_reason"] == {"invalid_line": 3}
+
+
 def counts(stats) -> dict:
     """stats without prompt_prefix_reused, a work counter: within one batch a shared prompt
     prefix serves its second prompt, across calls (build) its third (prompt_jobs.py)."""
