@@ -153,7 +153,9 @@ def message_weight(m: dict, field: str) -> int:
 def _messages(v: Any, field: str) -> list[dict[str, Any]]:
     if not isinstance(v, list) or not v:
         raise RecordError(
-            field, "expected a non-empty list of messages" + (", got nothing" if v is None else f", got {json_type(v)}")
+            field,
+            "expected a non-empty list of messages"
+            + (", got nothing" if v is None else ", got an empty list" if v == [] else f", got {json_type(v)}"),
         )
     return [normalize_message(m, f"{field}[{i}]") for i, m in enumerate(v)]
 

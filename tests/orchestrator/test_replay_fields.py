@@ -186,3 +186,15 @@ def test_a_sharegpt_turn_whose_value_and_content_differ_is_a_bad_record(tmp_path
     assert bad_records(tmp_path) == [(2, "conversations[1].content", "bad_field")]
     error = read_jsonl(tmp_path / "run" / "replay_rejects.jsonl")[0]["error"]
     assert "holds both 'value' and 'content', and they differ" in error
+
+
+@pytest.mark.parametrize(
+    "messages, says",
+    [([], "got an empty list"), (None, "got nothing"), ("hi", "got string"), ({"role": "user"}, "got object")],
+)
+def test_messages_that_are_no_list_of_messages_say_what_they_are(tmp_path, smol_tokenizer, messages, says):
+    lines = [json.dumps({"id": "a", "messages": messages}), chat("b")]
+    run(tmp_path, smol_tokenizer, lines)
+    (bad,) = read_jsonl(tmp_path / "run" / "replay_rejects.jsonl")
+    assert bad["line"] == 1 and bad["field"] == "messages"
+    assert bad["error"].startswith(f"expected a non-empty list of messages, {says}")
