@@ -210,7 +210,8 @@ _FORMAT_NAMES = {
 
 def _other_format(rec: dict, path: str, n: int) -> tuple[list[Conversation], Reject | None]:
     """A line that is not a chat line, read by the replay format it is in (orchestrator/replay/formats)."""
-    from orchestrator.replay.formats import ParseContext, detect_format, parse
+    from orchestrator.lines import json_type
+    from orchestrator.replay.formats import ParseContext, _mapping_hint, detect_format, parse
     from orchestrator.replay.records import RecordError
 
     fmt = ""
@@ -224,17 +225,18 @@ def _other_format(rec: dict, path: str, n: int) -> tuple[list[Conversation], Rej
                 "orchestrator.replay.batch_input naming the input file (docs/replay.md)",
             )
         if fmt == "chat":  # "messages" that is not a list
-            raise RecordError("messages", f"expected a list, got {type(rec['messages']).__name__}")
+            raise RecordError("messages", f"expected a list, got {json_type(rec['messages'])}")
         return parse(fmt, rec, path, n, ParseContext()), None
     except RecordError as e:
         if e.reason == "unknown_format":  # no format claims it
             keys = sorted(str(k) for k in rec)[:10]
+            maybe = "; " + _mapping_hint(rec).strip()[1:-1] if _mapping_hint(rec) else ""  # "here perhaps ..."
             return [], Reject(
                 "invalid_line",
                 f"{path}:{n}: expected an object with a 'messages' list, or a line in another format replay "
                 "reads: 'conversations' (ShareGPT), 'prompt'+'completion', 'messages'+'response' (a distill "
                 f"recording); got the keys {keys}. Fix: convert it, or replay it: distill replay maps other "
-                "column names (orchestrator.replay.columns, docs/replay.md)",
+                f"column names with orchestrator.replay.columns (docs/replay.md){maybe}",
             )
         what = f"{_FORMAT_NAMES.get(fmt, fmt)}: " if fmt else ""
         field = f"{e.field}: " if e.field and fmt else ""

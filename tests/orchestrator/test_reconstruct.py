@@ -849,6 +849,7 @@ def test_tokenize_file_reads_the_record_formats_replay_reads(tmp_path, smol_toke
     assert rows[4]["error"].startswith(f"invalid_line: {inp}:5: an OpenAI Batch API output line;")
     assert "orchestrator.replay.batch_input" in rows[4]["error"]
     assert "'conversations' (ShareGPT)" in rows[5]["error"] and "['instruction', 'output']" in rows[5]["error"]
+    assert rows[5]["error"].endswith('; here perhaps columns = {prompt = "instruction", completion = "output"}')
     assert [row["line"] for row in rows] == [1, 2, 3, 4, 5, 6] and summary["samples"] == 3
     assert summary["by_reason"] == {"invalid_line": 3}
 
