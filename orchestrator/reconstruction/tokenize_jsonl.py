@@ -230,7 +230,8 @@ def _other_format(rec: dict, path: str, n: int) -> tuple[list[Conversation], Rej
     except RecordError as e:
         if e.reason == "unknown_format":  # no format claims it
             keys = sorted(str(k) for k in rec)[:10]
-            maybe = "; " + _mapping_hint(rec).strip()[1:-1] if _mapping_hint(rec) else ""  # "here perhaps ..."
+            hint = _mapping_hint(rec)  # " (here perhaps columns = ...)" or ""
+            maybe = "; " + hint.strip().removeprefix("(").removesuffix(")") if hint else ""
             return [], Reject(
                 "invalid_line",
                 f"{path}:{n}: expected an object with a 'messages' list, or a line in another format replay "
