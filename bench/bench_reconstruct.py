@@ -9,6 +9,8 @@ same generated multi-turn corpus, in the same run:
             `messages[1:]`, `messages|length`; prefixes proven by watched renders)
   qwen3:    Qwen's real tokenizer with Qwen3's template (a pre-pass over all messages:
             every prefix rendered; earlier <think> blocks dropped, so one sample per turn)
+  mistral_v0_1: Mistral 7B v0.1's real SentencePiece tokenizer (a dummy prefix "▁" on every
+            piece of text, Llama-2 style) with its template (append-only; " " before each answer)
 
   ours:          Reconstructor.build_many over chunks of 128 conversations
   ours in N processes: the same chunks, each split between N-1 worker processes and this one
@@ -30,7 +32,7 @@ cores as the floor's keeps busy, a ceiling for any overlap of its Python with th
 tokenizer; then the cost per token as conversations grow (1, 2, 4, 8, 16 turns).
 --corpus shared-system: every conversation starts with the same ~800-token system prompt
 (as distillation corpora often do), then 1-3 short turns.
-Usage: python bench/bench_reconstruct.py [--conversations 10000] [--families smollm2,llama3_1,qwen3]
+Usage: python bench/bench_reconstruct.py [--conversations 10000] [--families smollm2,llama3_1,qwen3,mistral_v0_1]
        [--corpus mixed|shared-system]
 """
 
@@ -217,8 +219,11 @@ class Family:
         else:
             from tests.support import tokenizer_builds
 
-            self.tok = tokenizer_builds.load({"llama3_1": "llama3", "qwen3": "qwen"}[name], name)
-            self.label = f"{name} template, real tokenizer"
+            tokenizer = {"llama3_1": "llama3", "qwen3": "qwen", "mistral_v0_1": "mistral_sp"}[name]
+            self.tok = tokenizer_builds.load(tokenizer, name)
+            self.label = f"{name} template, real tokenizer" + (
+                " (SentencePiece with a dummy prefix on every piece of text)" if tokenizer == "mistral_sp" else ""
+            )
         self.recons = (Reconstructor(self.tok, Reconstruction()), Reconstructor(self.tok, Reconstruction()))
         t = self.recons[0].chat_template
         if not t.append_only:
@@ -297,8 +302,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--conversations", type=int, default=10000, help="corpus size (1-16 turns each)")
     p.add_argument(
         "--families",
-        default="smollm2,llama3_1,qwen3",
-        help="comma-separated: smollm2 (append-only), llama3_1, qwen3 (real templates that are not)",
+        default="smollm2,llama3_1,qwen3,mistral_v0_1",
+        help="comma-separated: smollm2 (append-only), llama3_1, qwen3 (real templates that are not), "
+        "mistral_v0_1 (SentencePiece)",
     )
     p.add_argument(
         "--scaling-conversations",

@@ -117,7 +117,7 @@ def measure(name: str, n: int, reps: int, seed: int, kind: str = "mixed", reuse:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--conversations", type=int, default=400)
-    p.add_argument("--families", default="smollm2,llama3_1,qwen3")
+    p.add_argument("--families", default="smollm2,llama3_1,qwen3,mistral_v0_1")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--corpus", choices=sorted(B.CORPORA), default="mixed", help="as bench_reconstruct.py's")

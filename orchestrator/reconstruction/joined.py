@@ -1,6 +1,7 @@
 """Texts tokenised in runs joined by a special separator token, each as if alone.
 
-Part of `Reconstructor` (pipeline.py `_encode`, byte-level tokenizers). Every prompt and
+Part of `Reconstructor` (pipeline.py `_encode_job`: the tokenizer, and with a dummy-prefix
+rule also its copy without the prefix, segment_tokenize.py, each with its own). Every prompt and
 every segment after it must be tokenised on its own. One tokenizer input per text costs a
 fixed price per text (an Encoding, its Python object, a task of the tokenizer's thread
 pool), so runs of up to GROUP texts go in as one input, joined by a separator, and the ids
@@ -10,8 +11,10 @@ Why that gives each text its own ids: the tokenizer's first step splits its inpu
 added tokens (the Rust `tokenizers` library, `AddedVocabulary`), and every piece between
 them is normalised, pre-tokenised and run through the model on its own; a piece of a
 longer input differs from the same text alone only through rules that look at the
-piece's place in the input, and the one such rule (Metaspace's prepend_scheme "first")
-belongs to tokenizers that do not take this path (segment_tokenize.py). So with a
+piece's place in the input. A dummy prefix on every piece (a Prepend normaliser,
+Metaspace "always") goes before a text after a separator as before the same text
+alone; the one rule that looks at the place, Metaspace's prepend_scheme "first", fails
+the probe below (its tokenizer encodes one text per input; its prefix-less copy joins). So with a
 separator token S that is special, not normalised and takes no whitespace around it
 (lstrip, rstrip and single_word off), ids(a + S + b) = ids(a) + [id(S)] + ids(b), when
 neither text holds S's text.
@@ -23,7 +26,8 @@ joined input whose ids hold S's id fewer times than it was placed is encoded aga
 by text; and every segment's ids are then compared with its text by the self-check
 (selfcheck.py), which sends a failing sample to be encoded again text by text
 (pipeline._complete). A hypothesis test checks joined == alone on random texts for
-three real tokenizers (tests/orchestrator/test_reconstruct_joined.py).
+real tokenizers: three byte-level ones, Mistral's SentencePiece and its prefix-less copy
+(tests/orchestrator/test_reconstruct_joined.py).
 """
 
 from __future__ import annotations

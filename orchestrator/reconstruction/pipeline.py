@@ -4,9 +4,9 @@ Part of `Reconstructor` (reconstructor.py sets the state used here; its build_ma
 runs these steps: a helper thread makes one chunk's tokenizer call while this thread
 plans the next chunk and reads the ids of the one before, `_encode_job`).
 Every segment is tokenised as if alone, in one batch call to the fast tokenizer
-(segments after the prompt without a SentencePiece dummy prefix:
-orchestrator/segment_tokenize.py; with a byte-level tokenizer in runs of texts joined by
-a separator token: joined.py); prompt ids are cached by prompt text, a split sample's
+(trained turns without a SentencePiece dummy prefix, in a second call to its copy:
+orchestrator/segment_tokenize.py), in runs of texts joined by a separator token
+(joined.py); prompt ids are cached by prompt text, a split sample's
 prompt reuses the ids of the previous sample's prompt, and a prompt the ids of a prefix it
 shares with earlier prompts, where that is exact (prompt_jobs.py). Then the self-check
 (selfcheck.py) and the max_seq_len / overlong policy make the `Sample`s.
@@ -45,7 +45,8 @@ class Pipeline:
     _prefix_rule: PrefixSpaceRule | None  # SentencePiece-style dummy prefix, else None
     _continuation: Any  # _prefix_rule's tokenizer without the dummy prefix, else None
     _token_bytes: list[bytes | None] | None  # selfcheck.token_bytes (byte-level decoders), else None
-    _joiner: SegmentJoiner  # runs of texts joined by a separator token (byte-level path)
+    _joiner: SegmentJoiner  # runs of texts joined by a separator token
+    _cont_joiner: SegmentJoiner  # the same for _continuation (no separator without one)
     _prompt_reuse: PromptReuse | None  # cut tokens for reusing an earlier prompt's ids, else None
     # From the other parts:
     _reject: Callable[[str, Reject], Rejection]  # reconstructor.Reconstructor._reject
@@ -65,9 +66,9 @@ class Pipeline:
         checks = self._roundtrip([p for _, p in pending], seg_ids)
         for n, check in enumerate(checks):
             p = pending[n][1]
-            if check is not None and self._joiner.id is not None:  # a separator: byte-level path only
+            if check is not None and (self._joiner.id is not None or self._cont_joiner.id is not None):
                 # maybe joined texts cut wrong (joined.py): encode the sample's texts one at a time
-                ids = [e.ids for e in self.backend.encode_batch_fast(p.texts, add_special_tokens=False)]
+                ids = self._encode_alone(p)
                 if ids != seg_ids[n] and self._roundtrip([p], [ids])[0] is None:  # same ids: same verdict
                     seg_ids[n], checks[n] = ids, None
                     put_bounded(self._prompt_cache, p.texts[0], ids[0], self.PROMPT_CACHE_SIZE)
@@ -93,9 +94,9 @@ class Pipeline:
         kept in a small cache keyed by the prompt text; a split sample's prompt is encoded
         as the text after its previous sample's prompt's ids, and a prompt that starts like
         an earlier one (a shared system prompt) as the text after that shared prefix's ids,
-        where that is exact (prompt_jobs.py, prompt_reuse.py). With a byte-level tokenizer
-        the texts (prompts, then segments) go in as runs joined by a separator token,
-        and the ids are cut at that token (joined.py).
+        where that is exact (prompt_jobs.py, prompt_reuse.py). The texts (prompts, then
+        segments) go in as runs joined by a separator token, and the ids are cut at that
+        token (joined.py).
         """
         run, finish, _ = self._encode_job(pending, None)
         return finish(run())
@@ -104,41 +105,52 @@ class Pipeline:
         self, pending: list["Pending"], before: PromptJobs | None
     ) -> tuple[Callable[[], Any], Callable[[Any], list[list[list[int]]]], PromptJobs | None]:
         """`_encode` in two steps, `finish(run())`, and the chunk's PromptJobs: `run` holds no
-        Python work on the byte-level path (only the tokenizer's call, which releases the
-        GIL), so build_many runs it in a helper thread while this thread does the Python of
-        the chunks around it; `finish` cuts, resolves the prompts and fills the prompt
-        cache, on this thread. The job is made before the chunk before (`before`, its
-        PromptJobs) has finished: its prompts and prefixes are taken from it once it has
-        (prompt_jobs.py)."""
-        if self._continuation is not None:  # trained turns without the dummy prefix (segment_tokenize.py)
-            return (lambda: self._encode_continued(pending)), (lambda out: out), None
+        Python work (only the tokenizer's calls, which release the GIL), so build_many runs
+        it in a helper thread while this thread does the Python of the chunks around it;
+        `finish` cuts, resolves the prompts and fills the prompt cache, on this thread. The
+        job is made before the chunk before (`before`, its PromptJobs) has finished: its
+        prompts and prefixes are taken from it once it has (prompt_jobs.py).
+
+        With a dummy-prefix rule (segment_tokenize.py) the prompts and the segments the rule
+        applies to go to the tokenizer, the trained turns to its copy without the prefix
+        (`_continuation`), each in runs joined by its own separator where one passed the
+        probes (joined.py)."""
         jobs = PromptJobs(pending, self._prompt_cache, self._prompt_reuse, before)
-        batch = self._joiner.join(jobs.texts + [t for p in pending for t in p.texts[1:]])
+        rest = [t for p in pending for t in p.texts[1:]]
+        rule, cont = self._prefix_rule, self._continuation
+        # which segments after the prompts the tokenizer itself takes (all of them without a rule)
+        ruled = [cont is None or rule.context_has_prefix(f) for p in pending for f in p.trained[1:]]  # type: ignore[union-attr]
+        own = self._joiner.join(jobs.texts + [t for t, r in zip(rest, ruled) if r])
+        copy = self._cont_joiner.join([t for t, r in zip(rest, ruled) if not r])
 
-        def run() -> list:
-            return self.backend.encode_batch_fast(batch.inputs, add_special_tokens=False)
+        def run() -> tuple[list, list]:
+            return (
+                self.backend.encode_batch_fast(own.inputs, add_special_tokens=False) if own.inputs else [],
+                cont.encode_batch_fast(copy.inputs, add_special_tokens=False) if copy.inputs else [],
+            )
 
-        def finish(encodings: list) -> list[list[list[int]]]:
-            ids = iter(self._joiner.cut_all(batch, encodings, self.backend, self.stats))
+        def finish(out: tuple[list, list]) -> list[list[list[int]]]:
+            ids = iter(self._joiner.cut_all(own, out[0], self.backend, self.stats))
+            plain = iter(self._cont_joiner.cut_all(copy, out[1], cont, self.stats)) if copy.texts else iter(())
             prompts = jobs.resolve(ids, self.backend, self.stats)
+            flags = iter(ruled)
             return self._cache_prompts(
-                prompts, [[prompts[p.texts[0]]] + [next(ids) for _ in p.texts[1:]] for p in pending]
+                prompts,
+                [
+                    [prompts[p.texts[0]]] + [next(ids) if next(flags) else next(plain) for _ in p.texts[1:]]
+                    for p in pending
+                ],
             )
 
         return run, finish, jobs
 
-    def _encode_continued(self, pending: list["Pending"]) -> list[list[list[int]]]:
-        """`_encode` for a tokenizer with a dummy prefix: prompts as if alone, later segments as
-        continued text (segment_tokenize.py)."""
-        jobs = PromptJobs(pending, self._prompt_cache, self._prompt_reuse)
-        todo = jobs.texts
-        encoded = self.backend.encode_batch_fast(todo, add_special_tokens=False) if todo else []
-        prompts = jobs.resolve((e.ids for e in encoded), self.backend, self.stats)
-        rest = [(t, f) for p in pending for t, f in zip(p.texts[1:], p.trained[1:])]
-        encs = iter(self._prefix_rule.encode_after_prompt(self.backend, rest))
-        return self._cache_prompts(
-            prompts, [[prompts[p.texts[0]]] + [next(encs).ids for _ in p.texts[1:]] for p in pending]
-        )
+    def _encode_alone(self, p: "Pending") -> list[list[int]]:
+        """A sample's segment ids, each text encoded as one input (no separator)."""
+        if self._continuation is None:
+            return [e.ids for e in self.backend.encode_batch_fast(p.texts, add_special_tokens=False)]
+        prompt = self.backend.encode_batch_fast(p.texts[:1], add_special_tokens=False)[0].ids
+        rest = self._prefix_rule.encode_after_prompt(self.backend, list(zip(p.texts[1:], p.trained[1:])))  # type: ignore[union-attr]
+        return [prompt] + [e.ids for e in rest]
 
     def _cache_prompts(self, prompts: dict[str, list[int]], out: list[list[list[int]]]) -> list[list[list[int]]]:
         for t, ids in prompts.items():

@@ -25,7 +25,8 @@ from orchestrator.reconstruction.prompt_reuse import prompt_reuse
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.selfcheck import SelfCheck, token_bytes
 from orchestrator.reconstruction.turns import TurnLocator
-from orchestrator.segment_tokenize import PrefixSpaceRule
+from orchestrator.reconstruction.sp_bytes import sentencepiece_bytes
+from orchestrator.segment_tokenize import PIECE, PrefixSpaceRule
 from orchestrator.template import ChatTemplate
 from orchestrator.open_reasoning import probe_places_reasoning
 from orchestrator.tool_args import probe_tool_call_shape
@@ -62,6 +63,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._derive_prefixes = True  # off only if a cross-check ever fails
         self._try_tracked = True  # watched renders for templates that are not append-only (prefixes.py)
         self._after_prompt: str | None = None  # after(True), once learnt (constant-after templates)
+        self._assistant_leads: list[tuple[str, str]] = []  # turns.py _known_lead
         self._template_kwargs = json.loads(json.dumps({**tokenizer.special_tokens_map, **cfg.chat_template_kwargs}))
         self._prompt_cache: dict[str, list[int]] = {}  # prompt text -> ids
         self._verified_prompts: dict[str, None] = {}  # prompt texts whose ids decoded back exactly
@@ -81,11 +83,19 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._prefix_rule = PrefixSpaceRule(self.backend, [self.eot] + added) if self._token_bytes is None else None
         self._continuation = self._prefix_rule.continuation if self._prefix_rule is not None else None
         self._anchor = [self.backend.token_to_id(self.eot)] if self._continuation is not None else []
+        self._sp_bytes = (  # the self-check's token bytes for Llama-2-style SentencePiece (sp_bytes.py)
+            sentencepiece_bytes(self.backend, self.eot)
+            if self._continuation is not None and self._prefix_rule.kind == PIECE  # type: ignore[union-attr]
+            else None
+        )
         # split samples' prompts reuse the previous prompt's ids where exact (prompt_reuse.py);
         # None switches that off (tests compare both)
         byte_level = self._continuation is None and self._token_bytes is not None
         # runs of texts encoded as one input, joined by a separator (joined.py); none: one by one
-        self._joiner = SegmentJoiner(self.backend, tokenizer.added_tokens_decoder if byte_level else {}, template)
+        self._joiner = SegmentJoiner(self.backend, tokenizer.added_tokens_decoder, template)
+        self._cont_joiner = SegmentJoiner(  # the prefix-less copy's (for trained turns), when there is one
+            self._continuation, tokenizer.added_tokens_decoder if self._continuation is not None else {}, template
+        )
         self._prompt_reuse = prompt_reuse(self.backend, template, byte_level)
         self.stats.clear()
 

@@ -71,6 +71,7 @@ class TurnLocator:
     tool_shape: ToolCallShape
     _added_tokens: list[str]  # added tokens' text, longest first
     probe_tools: list[dict] | None  # set by _probe_end_of_turn: PROBE_TOOLS if the template needs tools
+    _assistant_leads: list[tuple[str, str]]  # (lead, tail) around assistant content, from sentinel renders
     # From the other parts:
     render: Callable[..., str]  # prefixes.PrefixRenders.render
 
@@ -151,7 +152,10 @@ class TurnLocator:
         start = blen
         at = len(m.placed_prefix)  # where the content starts in seg = full[start:eot_start]
         seg = None  # cut only when needed: the usual turn is checked in place
+        calls = m.data.get("tool_calls", ())
         if m.role != "assistant" or not full.startswith(m.placed_prefix + m.content, start, eot_start):
+            if opening is None and not calls and not m.reasoning and self._known_lead(m, full, start, eot_start):
+                return Turn(full, start, eot_start, end, False, m.role, known)
             # Where does the template put the content? Render the turn with a sentinel
             # in its place and compare: no searching in the real text.
             seg = full[start:eot_start]
@@ -163,7 +167,6 @@ class TurnLocator:
             at = len(lead)
             if m.role != "assistant":
                 start += len(lead)  # the header before a non-assistant turn is context
-        calls = m.data.get("tool_calls", ())
         if calls or m.reasoning:
             self._check_rendered(m, full[blen:eot_start] if seg is None else seg, a, calls, at)
         return Turn(full, start, eot_start, end, bool(calls), m.role, known)
@@ -347,4 +350,29 @@ class TurnLocator:
                 "template_alters_content",
                 f"messages[{a}] ({m.role}): the template {how} (content starts {m.content[:30]!r})",
             )
-        return seg_s[:i]
+        lead, tail = seg_s[:i], seg_s[i + len(SENTINEL) :]
+        if m.role == "assistant" and lead.endswith(m.placed_prefix) and len(self._assistant_leads) < 4:
+            pair = (lead[: len(lead) - len(m.placed_prefix)], tail)
+            if pair not in self._assistant_leads:
+                self._assistant_leads.append(pair)
+        return lead
+
+    def _known_lead(self, m: Msg, full: str, start: int, end: int) -> bool:
+        """Whether an assistant turn's segment full[start:end] is, character for character,
+        lead + content + tail for a (lead, tail) that a sentinel render (`_lead`) found the
+        template writing around an earlier assistant turn's content (Mistral's ' ' before
+        it): the content is then rendered verbatim, which is all the sentinel render would
+        prove here, and the render per turn is saved. Only for turns without tool calls or
+        reasoning, where nothing else is located by the content's place; the trained text
+        is the turn's render from `start` either way."""
+        body = m.placed_prefix + m.content
+        for lead, tail in self._assistant_leads:
+            if (
+                len(lead) + len(body) + len(tail) == end - start
+                and full.startswith(lead, start)
+                and full.startswith(body, start + len(lead))
+                and full.endswith(tail, 0, end)
+            ):
+                self.stats["turn_leads_known"] += 1
+                return True
+        return False

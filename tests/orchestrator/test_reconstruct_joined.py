@@ -141,19 +141,22 @@ _TOKENIZERS: dict[str, object] = {}
 
 
 def _joiner_of(name: str):
-    """(backend, SegmentJoiner) of a real byte-level tokenizer: SmolLM2, Qwen (NFC normaliser), Llama 3."""
+    """(tokenizer, SegmentJoiner) of a real tokenizer: byte-level SmolLM2, Qwen (NFC
+    normaliser), Llama 3; SentencePiece Mistral v0.1 with its dummy prefix on every piece
+    of text, and ("mistral_sp:copy") its copy without it, which trained turns take."""
     if name not in _TOKENIZERS:
         if name == "smollm2":
             r = recon()
         else:
             from support import tokenizer_builds
 
+            base = name.split(":")[0]
             try:
-                tok = tokenizer_builds.load(name, {"qwen": "qwen2_5", "llama3": "llama3_1"}[name])
+                tok = tokenizer_builds.load(base, {"qwen": "qwen2_5", "llama3": "llama3_1"}.get(base, "mistral_v0_1"))
             except Exception as e:  # noqa: BLE001 - no package and no registry: say why
-                tokenizer_builds.unavailable(f"test tokenizer {name!r}", e)
+                tokenizer_builds.unavailable(f"test tokenizer {base!r}", e)
             r = recon(tok=tok)
-        _TOKENIZERS[name] = (r.backend, r._joiner)
+        _TOKENIZERS[name] = (r._continuation, r._cont_joiner) if name.endswith(":copy") else (r.backend, r._joiner)
     return _TOKENIZERS[name]
 
 
@@ -183,6 +186,11 @@ _PIECES = st.sampled_from(
         "...",
         "é",
         "ﬁ",
+        "\u2581",
+        "</s>",
+        "<s>",
+        "<unk>",
+        " [INST] ",
     ]
 )
 _TEXTS = st.lists(st.one_of(st.lists(_PIECES, max_size=6).map("".join), st.text(max_size=12)), min_size=1, max_size=40)
@@ -194,7 +202,7 @@ _TEXTS = st.lists(st.one_of(st.lists(_PIECES, max_size=6).map("".join), st.text(
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(texts=_TEXTS)
-@pytest.mark.parametrize("name", ["smollm2", "qwen", "llama3"])
+@pytest.mark.parametrize("name", ["smollm2", "qwen", "llama3", "mistral_sp", "mistral_sp:copy"])
 def test_random_texts_joined_and_cut_are_each_text_alone(name, texts):
     backend, joiner = _joiner_of(name)
     assert joiner.id is not None

@@ -1,0 +1,65 @@
+"""An assistant turn's lead (what the template writes before its content, Mistral's " ")
+learnt from one sentinel render and reused by textual match (turns.py `_known_lead`):
+the same samples and verdicts as a sentinel render for every turn."""
+
+from __future__ import annotations
+
+import pytest
+from support.reconstruct_helpers import recon, tokenizer_with
+
+# inline templates on SmolLM2's tokenizer: a lead before the content, one that trims it
+# (as Llama 2's does), and one whose lead depends on the content
+_HEAD = (
+    "{%- for message in messages %}{%- if message['role'] == 'user' %}"
+    "{{- '<|im_start|>user ' + message['content'] + '<|im_end|>' }}{%- else %}"
+)
+TEMPLATES = {
+    "lead": _HEAD + "{{- ' A: ' + message['content'] + eos_token }}{%- endif %}{%- endfor %}",
+    "trims": _HEAD + "{{- ' ' + message['content'] | trim + eos_token }}{%- endif %}{%- endfor %}",
+    "lead depends on content": _HEAD
+    + "{{- ('' if message['content'].startswith(' ') else ' ') + message['content'] + eos_token }}"
+    + "{%- endif %}{%- endfor %}",
+}
+CONTENTS = ["a", " a", "  a", "\na", "a ", "a\n", "x y", " ", "é 😀", "a" * 3]
+
+
+def _pair(template: str):
+    tok = tokenizer_with(None).__class__.from_pretrained(tokenizer_with(None).name_or_path)
+    tok.chat_template = TEMPLATES[template]
+    fresh = recon(tok=tok)
+    per_turn = recon(tok=tok)
+    per_turn._known_lead = lambda *a: False  # a sentinel render for every turn, as before
+    return fresh, per_turn
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_known_leads_give_the_verdicts_of_a_render_per_turn(template):
+    fast, slow = _pair(template)
+    convs = []
+    for i, c in enumerate(CONTENTS):
+        msgs = []
+        for j, d in enumerate([CONTENTS[0], c, CONTENTS[(i + 3) % len(CONTENTS)]]):
+            msgs += [{"role": "user", "content": f"q{j}"}, {"role": "assistant", "content": d}]
+        convs.append(dict(messages=msgs, sample_id=str(i)))
+    got = fast.build_many(convs)
+    assert got == slow.build_many(convs)
+    assert any(s for s, _ in got)  # not everything rejected
+    if template != "trims":
+        assert fast.stats["turn_leads_known"] > 0
+
+
+def test_a_mistral_conversation_renders_once_not_once_per_turn():
+    from support import tokenizer_builds
+
+    try:
+        tok = tokenizer_builds.load("mistral_sp", "mistral_v0_1")
+    except Exception as e:  # noqa: BLE001 - no package and no registry: say why
+        tokenizer_builds.unavailable("test tokenizer 'mistral_sp'", e)
+    fast, slow = recon(tok=tok), recon(tok=tok)
+    slow._known_lead = lambda *a: False
+    msgs = []
+    for k in range(5):
+        msgs += [{"role": "user", "content": f"q{k}"}, {"role": "assistant", "content": f"answer {k}"}]
+    assert fast.build(msgs, sample_id="m") == slow.build(msgs, sample_id="m")
+    assert fast.stats["turn_leads_known"] == 4  # the first turn's sentinel render taught the lead
+    assert fast.stats["renders"] + 4 == slow.stats["renders"]
