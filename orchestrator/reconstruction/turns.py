@@ -154,7 +154,8 @@ class TurnLocator:
         seg = None  # cut only when needed: the usual turn is checked in place
         calls = m.data.get("tool_calls", ())
         if m.role != "assistant" or not full.startswith(m.placed_prefix + m.content, start, eot_start):
-            if opening is None and not calls and not m.reasoning and self._known_lead(m, full, start, eot_start):
+            known_lead = m.role == "assistant" and opening is None and not calls and not m.reasoning
+            if known_lead and self._known_lead(m, full, start, eot_start):
                 return Turn(full, start, eot_start, end, False, m.role, known)
             # Where does the template put the content? Render the turn with a sentinel
             # in its place and compare: no searching in the real text.

@@ -20,14 +20,16 @@ TEMPLATES = {
     + "{{- ('' if message['content'].startswith(' ') else ' ') + message['content'] + eos_token }}"
     + "{%- endif %}{%- endfor %}",
 }
+# every role with the same lead: a user turn's lead is context, never an assistant's known lead
+SAME_LEAD = "{%- for message in messages %}{{- ' ' + message['content'] + eos_token }}{%- endfor %}"
 CONTENTS = ["a", " a", "  a", "\na", "a ", "a\n", "x y", " ", "é 😀", "a" * 3]
 
 
-def _pair(template: str):
+def _pair(template: str, **policy):
     tok = tokenizer_with(None).__class__.from_pretrained(tokenizer_with(None).name_or_path)
-    tok.chat_template = TEMPLATES[template]
-    fresh = recon(tok=tok)
-    per_turn = recon(tok=tok)
+    tok.chat_template = TEMPLATES.get(template, template)
+    fresh = recon(tok=tok, **policy)
+    per_turn = recon(tok=tok, **policy)
     per_turn._known_lead = lambda *a: False  # a sentinel render for every turn, as before
     return fresh, per_turn
 
@@ -63,3 +65,15 @@ def test_a_mistral_conversation_renders_once_not_once_per_turn():
     assert fast.build(msgs, sample_id="m") == slow.build(msgs, sample_id="m")
     assert fast.stats["turn_leads_known"] == 4  # the first turn's sentinel render taught the lead
     assert fast.stats["renders"] + 4 == slow.stats["renders"]
+
+
+def test_a_trained_user_turn_keeps_its_lead_as_context():
+    fast, slow = _pair(SAME_LEAD, train_roles=["user", "assistant"])
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    msgs += [{"role": "user", "content": "r"}, {"role": "assistant", "content": "b"}]
+    got = fast.build(msgs, sample_id="m")
+    assert got == slow.build(msgs, sample_id="m") and got[0]
+    s = got[0][0]
+    trained = fast.tokenizer.decode([i for i, m in zip(s.completion_ids, s.completion_mask) if m])
+    # an assistant's lead is what the student emits; a user's is the header before its text
+    assert trained == "q<|im_end|> a<|im_end|>r<|im_end|> b<|im_end|>"
