@@ -134,13 +134,12 @@ class PrefixSpaceRule:
         """Per segment, the UTF-8 its tokens stand for before the decoder drops the output's
         first space (reconstruction/sp_bytes.py): with "piece", the prompt and the context
         with a space before every text piece, trained turns as they are (`utf8`). None
-        when the prompt gives no text (the strip would then reach the next segment) or
-        the rule is not "piece". A `known` prompt (one that passed before, so not empty)
-        gets b"" in its place: it is not compared again."""
-        first = "" if self.kind != PIECE else "-" if known else self._with_prefixes(texts[0])
-        if not first:
+        when the prompt is empty (the strip would then reach the next segment) or the rule
+        is not "piece". A `known` prompt (one that passed before) gets b"" in its place: it
+        is not compared again."""
+        if self.kind != PIECE or not texts[0]:  # a text gives a text with the rule's spaces
             return None
-        out = [b"" if known else first.encode("utf-8")]
+        out = [b"" if known else self._with_prefixes(texts[0]).encode("utf-8")]
         for t, f, u in zip(texts[1:], trained[1:], utf8[1:]):
             out.append(self._with_prefixes(t).encode("utf-8") if self.context_has_prefix(f) else u)
         return out

@@ -142,7 +142,8 @@ def test_a_token_that_differs_from_the_text_is_still_rejected():
 
 def test_raw_text_of_an_empty_prompt_is_left_to_the_decoder():
     rule = _recon()._prefix_rule
-    assert rule.raw_utf8(["", "A</s>"], [False, True], [b"", b"A</s>"], False) is None
+    for known in (False, True):  # an empty prompt that passed the decoded check once, too
+        assert rule.raw_utf8(["", " A</s>"], [False, True], [b"", b" A</s>"], known) is None
     assert rule.raw_utf8(
         ["<s> [INST] Q [/INST]", "A</s>", "ctx"], [False, True, False], [b"", b"A</s>", b"ctx"], False
     ) == [
@@ -204,3 +205,15 @@ def test_both_prefix_rules_give_the_samples_of_the_unjoined_decoded_path(name):
     assert got == ref.build_many(convs) and all(not rej for _, rej in got)
     # "first": the tokenizer's own pieces depend on their place, so it gets no separator
     assert (r._joiner.id is None) == (name == "mistral_sp_metaspace") and r._cont_joiner.id is not None
+
+
+def test_an_empty_prompt_is_decoded_every_time():
+    # nothing before the first turn: the decoder's strip reaches the turn's own first space,
+    # so a turn " Hi" cannot be told apart from "Hi" - rejected, also after a prompt "" passed
+    tok = _tok()
+    tok.chat_template = "{%- for m in messages %}{{- m['content'] + eos_token }}{%- endfor %}"
+    r = _recon(tok)
+    ok, _ = r.build([{"role": "assistant", "content": "Hello"}], sample_id="a")
+    assert len(ok) == 1
+    samples, rejections = r.build([{"role": "assistant", "content": " Hi"}], sample_id="b")
+    assert samples == [] and [x.reason for x in rejections] == ["roundtrip_mismatch"]
