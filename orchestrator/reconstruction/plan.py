@@ -60,6 +60,7 @@ class Planner:
     tool_shape: ToolCallShape
     places_reasoning: bool
     _special_re: re.Pattern | None
+    eot_spaces: str  # turns.TurnLocator._probe_end_of_turn: spaces before the end token
     # From the other parts:
     _reject: Callable[[str, Reject], Rejection]  # reconstructor.Reconstructor._reject
     _prefix_renders: Callable[..., tuple]  # prefixes.PrefixRenders._prefix_renders
@@ -97,7 +98,7 @@ class Planner:
             if split:
                 extra.update(split_from=sample_id, first_turn=group[0] + 1)
             keep_open = is_last and cut_short(finish_reason) and turns[-1].role == "assistant"
-            texts, trained = self._segments([turns[k] for k in group], keep_open)
+            texts, trained = self._segments([turns[k] for k in group], keep_open, self.eot_spaces)
             try:
                 utf8 = _utf8(texts, messages, tools)
             except Reject as r:
@@ -170,15 +171,20 @@ class Planner:
         return groups, turns
 
     @staticmethod
-    def _segments(turns: list[Turn], keep_open: bool) -> tuple[list[str], list[bool]]:
-        """Prompt, then (trained turn, context) alternately, ending with a trained turn."""
+    def _segments(turns: list[Turn], keep_open: bool, spaces: str = "") -> tuple[list[str], list[bool]]:
+        """Prompt, then (trained turn, context) alternately, ending with a trained turn (a
+        turn kept open ends before the end token and the `spaces` the template puts
+        before it: the content was cut off, the template's text after it never came)."""
         texts = [turns[0].full[: turns[0].start]]
         trained = [False]
         for j, t in enumerate(turns):
             if j:
                 texts.append(t.full[turns[j - 1].end : t.start])
                 trained.append(False)
-            texts.append(t.full[t.start : t.eot_start if (keep_open and j == len(turns) - 1) else t.end])
+            stop = t.end
+            if keep_open and j == len(turns) - 1:
+                stop = t.eot_start - (len(spaces) if spaces and t.full.endswith(spaces, t.start, t.eot_start) else 0)
+            texts.append(t.full[t.start : stop])
             trained.append(True)
         return texts, trained
 

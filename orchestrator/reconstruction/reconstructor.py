@@ -74,6 +74,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._added_tokens = added
         self._special_re = re.compile("|".join(map(re.escape, added))) if added else None
         self.stats: collections.Counter = collections.Counter()
+        self.eot_spaces = ""  # set by the probe: spaces the template puts before the end token
         self.eot, self.final_tail = self._probe_end_of_turn()
         self.tool_shape = probe_tool_call_shape(lambda msgs: self.render(msgs, self.probe_tools, False))
         # a thinking block inside content moves to reasoning_content for templates that place it

@@ -68,6 +68,7 @@ class TurnLocator:
     stats: collections.Counter
     eot: str  # the template's end-of-turn token
     final_tail: str  # the constant text the template puts after the last end-of-turn token
+    eot_spaces: str  # spaces the template puts between a turn's content and its end token (Llama 2's " ")
     tool_shape: ToolCallShape
     _added_tokens: list[str]  # added tokens' text, longest first
     probe_tools: list[dict] | None  # set by _probe_end_of_turn: PROBE_TOOLS if the template needs tools
@@ -79,7 +80,8 @@ class TurnLocator:
         """The end-of-turn token and the constant text the template puts after it at the end.
 
         Renders a probe conversation whose assistant content is a sentinel and reads
-        what follows the sentinel: an added (special) token, or else the eos token.
+        what follows the sentinel: an added (special) token, or else the eos token, after
+        spaces the template may put before it (kept in `eot_spaces`).
         """
         probes = (
             [{"role": "user", "content": "Hi"}],
@@ -99,9 +101,12 @@ class TurnLocator:
                     errors.append("the template does not render assistant content")
                     continue
                 after = text[text.rindex(SENTINEL) + len(SENTINEL) :]
+                # spaces before the token are part of the turn (Llama 2's `' ' + eos_token`)
+                spaced = after.lstrip(" ")
                 for tok in self._added_tokens + [self.tokenizer.eos_token or ""]:
-                    if tok and after.startswith(tok):
-                        return tok, after[len(tok) :]
+                    if tok and spaced.startswith(tok):
+                        self.eot_spaces = after[: len(after) - len(spaced)]
+                        return tok, spaced[len(tok) :]
                 errors.append(
                     f"after the assistant content the template renders {after!r}, which does not start with a "
                     "special token"

@@ -666,6 +666,55 @@ def test_phi3_5_on_a_sentencepiece_tokenizer():
     assert s.prompt_ids + s.completion_ids[:upto] == tok.encode(prompt2, add_special_tokens=False)
 
 
+def test_llama2_chat_on_a_sentencepiece_tokenizer():
+    """Llama 2's chat template ends an answer with `' ' + eos_token`: the space is the
+    template's and part of the turn the student emits; a turn cut off before its end
+    keeps neither. Its tokenizer is the SentencePiece stand-in (Llama 2's is Mistral
+    v0.1's kind: 32k BPE, a dummy prefix on every piece, byte fallback)."""
+    tok = family("mistral_sp", "llama2_chat")
+    r = recon(tok=tok)
+    assert (r.eot, r.final_tail, r.eot_spaces) == ("</s>", "", " ")
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello! How are you?"},
+        {"role": "user", "content": "Fine"},
+        {"role": "assistant", "content": "Good."},
+    ]
+    samples, rejections = r.build(msgs, None, sample_id="l")
+    assert rejections == [] and len(samples) == 1
+    s = samples[0]
+    full = jinja_render(tok, msgs)
+    assert full.endswith("[/INST] Hello! How are you? </s><s>[INST] Fine [/INST] Good. </s>")
+    assert s.prompt_ids + s.completion_ids == tok.encode(full, add_special_tokens=False)
+    trained = [i for i, m in zip(s.completion_ids, s.completion_mask) if m]
+    assert sp_pieces(tok, trained) == [
+        "▁Hello",
+        "!",
+        "▁How",
+        "▁are",
+        "▁you",
+        "?",
+        "▁",
+        "</s>",
+        "▁Good",
+        ".",
+        "▁",
+        "</s>",
+    ]
+    # cut off (finish_reason "length", kept open): the content only, no space, no end token
+    kept = recon(tok=tok, truncated="keep")
+    samples, rejections = kept.build(
+        msgs[:2] + [{"role": "assistant", "content": "Hello! How"}], None, sample_id="t", finish_reason="length"
+    )
+    assert rejections == [] and sp_pieces(tok, samples[0].completion_ids) == ["▁Hello", "!", "▁How"]
+    # the template strips content: outer whitespace is refused, naming the switch
+    _, rejections = r.build(msgs[:2] + [{"role": "assistant", "content": "Hello\n"}], None, sample_id="w")
+    assert [x.reason for x in rejections] == ["template_alters_content"] and "content_whitespace" in rejections[
+        0
+    ].detail
+
+
 def test_deepseek_v3_tool_calls_with_content_name_the_template_behaviour():
     r = recon(tok=family("deepseek", "deepseek_v3"))
     _, rejections = r.build(tool_conversation(content="Let me check."), None, sample_id="t")
