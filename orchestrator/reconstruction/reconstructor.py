@@ -84,11 +84,13 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._prefix_rule = PrefixSpaceRule(self.backend, [self.eot] + added) if self._token_bytes is None else None
         self._continuation = self._prefix_rule.continuation if self._prefix_rule is not None else None
         self._anchor = [self.backend.token_to_id(self.eot)] if self._continuation is not None else []
-        self._sp_bytes = (  # the self-check's token bytes for Llama-2-style SentencePiece (sp_bytes.py)
-            sentencepiece_bytes(self.backend, self.eot)
-            if self._continuation is not None and self._prefix_rule.kind == PIECE  # type: ignore[union-attr]
-            else None
-        )
+        # the self-check's token bytes for SentencePiece decoders (sp_bytes.py): Llama-2 style
+        # with a "piece" rule; Gemma's without a dummy prefix (a decoder that strips none)
+        self._sp_bytes = None
+        if self._continuation is not None and self._prefix_rule.kind == PIECE:  # type: ignore[union-attr]
+            self._sp_bytes = sentencepiece_bytes(self.backend, self.eot, strip=True)
+        elif self._token_bytes is None and self._continuation is None:
+            self._sp_bytes = sentencepiece_bytes(self.backend, self.eot, strip=False)
         # split samples' prompts reuse the previous prompt's ids where exact (prompt_reuse.py);
         # None switches that off (tests compare both)
         byte_level = self._continuation is None and self._token_bytes is not None

@@ -6,7 +6,8 @@ text; else the sample is rejected (roundtrip_mismatch). With GPT-2's byte-level 
 (SmolLM2, Llama 3, Qwen) the check compares token bytes from a table checked against
 the tokenizer's own decoder (token_bytes) with the text's UTF-8, without decoding; with
 a Llama-2-style SentencePiece decoder (Mistral v0.x, Llama 2, Phi-3) likewise with the
-text the dummy-prefix rule says the tokens stand for (sp_bytes.py); otherwise, and where
+text the dummy-prefix rule says the tokens stand for, and with Gemma's (no dummy prefix)
+with the text (sp_bytes.py); otherwise, and where
 the bytes differ, it decodes with the tokenizer.
 """
 
@@ -31,7 +32,7 @@ class SelfCheck:
     backend: Any  # the fast tokenizer's Rust tokenizer
     eot: str  # the template's end-of-turn token
     _token_bytes: list[bytes | None] | None  # token_bytes(backend)
-    _sp_bytes: list[bytes | None] | None  # sp_bytes.sentencepiece_bytes(backend), with a "piece" rule
+    _sp_bytes: list[bytes | None] | None  # sp_bytes.sentencepiece_bytes(backend): "piece" rule, or none
     _verified_prompts: dict[str, None]  # prompt texts whose ids decoded back exactly
     _prefix_rule: PrefixSpaceRule | None
     _continuation: Any
@@ -50,16 +51,17 @@ class SelfCheck:
         text seen to pass is not checked again (tokenisation is deterministic: same ids)."""
         out: list[Reject | None] = [None] * len(pending)
         todo: Any = range(len(pending))
-        table = self._token_bytes
-        sp = self._prefix_rule if table is None and self._sp_bytes is not None else None
-        if sp is not None:  # SentencePiece's bytes, as the dummy-prefix rule says (sp_bytes.py)
+        table, rule = self._token_bytes, None
+        if table is None and self._sp_bytes is not None:  # SentencePiece's token bytes (sp_bytes.py)
             table = self._sp_bytes
+            # with a dummy-prefix rule, compared with the text the rule says the tokens stand for
+            rule = self._prefix_rule if self._continuation is not None else None
         if table is not None:
             todo = []
             verified = self._verified_prompts
             for n, (p, ids) in enumerate(zip(pending, seg_ids)):
                 known = p.texts[0] in verified
-                want = p.utf8 if sp is None else sp.raw_utf8(p.texts, p.trained, p.utf8, known)
+                want = p.utf8 if rule is None else rule.raw_utf8(p.texts, p.trained, p.utf8, known)
                 if want is None or not bytes_match(table, want, ids, 1 if known else 0):
                     todo.append(n)
                 elif not known:

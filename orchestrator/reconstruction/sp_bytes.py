@@ -9,6 +9,9 @@ decoder (selfcheck.token_bytes), a token has bytes of its own, and:
 
     decode(ids) == strip1(B.decode("utf-8"))   when B, the ids' bytes joined, is valid UTF-8
 
+Gemma's tokenizers (SentencePiece with no dummy prefix) decode with the same chain less
+the Strip: there decode(ids) == B.decode("utf-8"), and B is compared with the text itself.
+
 A normal token's bytes are whole UTF-8 characters, so in a valid B it starts and ends on
 character boundaries; every run of byte tokens between them is then whole characters
 too, which ByteFallback decodes exactly. The self-check compares B with the text the rule
@@ -33,30 +36,32 @@ _CHAIN = [
     {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
     {"type": "ByteFallback"},
     {"type": "Fuse"},
-    {"type": "Strip", "content": " ", "start": 1, "stop": 0},
 ]
+_STRIP = {"type": "Strip", "content": " ", "start": 1, "stop": 0}
 _BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 _CACHE: dict[tuple, list[bytes | None] | None] = {}
 
 
-def sentencepiece_bytes(backend: Any, anchor: str) -> list[bytes | None] | None:
+def sentencepiece_bytes(backend: Any, anchor: str, strip: bool = True) -> list[bytes | None] | None:
     """sentencepiece_bytes_uncached, kept per process for each distinct tokenizer and anchor."""
     try:
-        key = (hashlib.sha256(backend.to_str().encode("utf-8")).digest(), anchor)
+        key = (hashlib.sha256(backend.to_str().encode("utf-8")).digest(), anchor, strip)
     except Exception:  # noqa: BLE001 - cannot serialise it: no caching
-        return sentencepiece_bytes_uncached(backend, anchor)
+        return sentencepiece_bytes_uncached(backend, anchor, strip)
     if key not in _CACHE:
-        put_bounded(_CACHE, key, sentencepiece_bytes_uncached(backend, anchor), 4)
+        put_bounded(_CACHE, key, sentencepiece_bytes_uncached(backend, anchor, strip), 4)
     return _CACHE[key]
 
 
-def sentencepiece_bytes_uncached(backend: Any, anchor: str) -> list[bytes | None] | None:
+def sentencepiece_bytes_uncached(backend: Any, anchor: str, strip: bool = True) -> list[bytes | None] | None:
     """The bytes of every token id (None: an id without a token), when the decoder is the
-    chain above and every entry is checked against the decoder; else None. `anchor` is an
-    added token whose text does not start with a space (the end-of-turn token)."""
+    chain above (with the Strip, or without it: `strip`) and every entry is checked against
+    the decoder; else None. `anchor` is an added token whose text does not start with a
+    space (the end-of-turn token)."""
     try:
-        if json.loads(backend.to_str()).get("decoder") != {"type": "Sequence", "decoders": _CHAIN}:
+        chain = _CHAIN + [_STRIP] if strip else _CHAIN
+        if json.loads(backend.to_str()).get("decoder") != {"type": "Sequence", "decoders": chain}:
             return None
         aid = backend.token_to_id(anchor)
         if aid is None or anchor.startswith(" ") or backend.decode([aid], skip_special_tokens=False) != anchor:

@@ -217,3 +217,38 @@ def test_an_empty_prompt_is_decoded_every_time():
     assert len(ok) == 1
     samples, rejections = r.build([{"role": "assistant", "content": " Hi"}], sample_id="b")
     assert samples == [] and [x.reason for x in rejections] == ["roundtrip_mismatch"]
+
+
+def _gemma_style():
+    """Mistral v0.1's model with Gemma's kind of pipeline: no dummy prefix (the normaliser
+    only turns spaces into "▁") and a decoder that strips no space (no package here ships
+    a Gemma tokenizer)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    base = _tok()
+    spec = json.loads(base.backend_tokenizer.to_str())
+    spec["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+    spec["decoder"]["decoders"] = [d for d in spec["decoder"]["decoders"] if d["type"] != "Strip"]
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(spec)), bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    tok.chat_template = base.chat_template
+    return tok
+
+
+def test_a_decoder_without_the_strip_gets_its_table_without_a_rule():
+    tok = _gemma_style()
+    fast, slow = _recon(tok), _without_shortcuts(tok)
+    assert fast._prefix_rule.kind == "none" and fast._continuation is None
+    assert fast._sp_bytes is not None and fast._sp_bytes[tok.convert_tokens_to_ids("▁Hello")] == b" Hello"
+    assert sentencepiece_bytes_uncached(tok.backend_tokenizer, "</s>", strip=True) is None  # the chain differs
+    spy = DecodeSpy(fast.backend)
+    fast.backend = spy
+    convs = [dict(messages=m, sample_id=str(i)) for i, m in enumerate(_conversations(40, seed=7))]
+    got = fast.build_many(convs)
+    assert got == slow.build_many(convs) and all(not rej for _, rej in got)
+    assert spy.decoded == 0
+    # no dummy prefix: the answer's own space is the template's, one "▁"
+    s = got[0][0][0]
+    assert tok.convert_ids_to_tokens(s.completion_ids)[0].startswith("▁")
