@@ -26,7 +26,7 @@ from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.selfcheck import SelfCheck, token_bytes
 from orchestrator.reconstruction.turns import TurnLocator
 from orchestrator.reconstruction.sp_bytes import sentencepiece_bytes
-from orchestrator.segment_tokenize import PIECE, PrefixSpaceRule
+from orchestrator.segment_tokenize import PrefixSpaceRule
 from orchestrator.template import ChatTemplate
 from orchestrator.open_reasoning import probe_places_reasoning
 from orchestrator.tool_args import probe_tool_call_shape
@@ -85,9 +85,9 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._continuation = self._prefix_rule.continuation if self._prefix_rule is not None else None
         self._anchor = [self.backend.token_to_id(self.eot)] if self._continuation is not None else []
         # the self-check's token bytes for SentencePiece decoders (sp_bytes.py): Llama-2 style
-        # with a "piece" rule; Gemma's without a dummy prefix (a decoder that strips none)
+        # with a dummy-prefix rule; Gemma's without one (a decoder that strips no space)
         self._sp_bytes = None
-        if self._continuation is not None and self._prefix_rule.kind == PIECE:  # type: ignore[union-attr]
+        if self._continuation is not None:  # a "piece" or "first" rule
             self._sp_bytes = sentencepiece_bytes(self.backend, self.eot, strip=True)
         elif self._token_bytes is None and self._continuation is None:
             self._sp_bytes = sentencepiece_bytes(self.backend, self.eot, strip=False)

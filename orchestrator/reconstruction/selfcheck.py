@@ -21,7 +21,7 @@ from typing import Any
 from orchestrator.reconstruction.cache import put_bounded
 from orchestrator.reconstruction.plan import Pending
 from orchestrator.reconstruction.reasons import Reject
-from orchestrator.segment_tokenize import PrefixSpaceRule
+from orchestrator.segment_tokenize import PIECE, PrefixSpaceRule
 
 
 class SelfCheck:
@@ -61,8 +61,11 @@ class SelfCheck:
             verified = self._verified_prompts
             for n, (p, ids) in enumerate(zip(pending, seg_ids)):
                 known = p.texts[0] in verified
-                want = p.utf8 if rule is None else rule.raw_utf8(p.texts, p.trained, p.utf8, known)
-                if want is None or not bytes_match(table, want, ids, 1 if known else 0):
+                if not (
+                    bytes_match(table, p.utf8, ids, 1 if known else 0)
+                    if rule is None
+                    else _ruled_bytes_match(table, rule, p, ids, known)
+                ):
                     todo.append(n)
                 elif not known:
                     put_bounded(verified, p.texts[0], None, self.PROMPT_CACHE_SIZE)
@@ -98,6 +101,26 @@ class SelfCheck:
             f"decoding the tokens differs from the rendered text at char {pos}: {bad[pos : pos + 20]!r} "
             f"vs {ref[pos : pos + 20]!r} (the tokenizer cannot represent this text exactly)",
         )
+
+
+def _ruled_bytes_match(table: list, rule: PrefixSpaceRule, p: "Pending", ids: list[list[int]], known: bool) -> bool:
+    """bytes_match for SentencePiece with a dummy-prefix rule (sp_bytes.py: the decoder drops
+    the output's first space). "piece": against the text the rule says the tokens stand for
+    (PrefixSpaceRule.raw_utf8). "first": the segments after the prompt have no prefix
+    (their own text); the prompt's tokens stand for " " + its text (the prefix, which the
+    decoder drops) or, for a prompt that neither is empty nor starts with a space, its
+    text (the decoder then drops nothing): either way the decode is the texts joined."""
+    if rule.kind == PIECE:
+        want = rule.raw_utf8(p.texts, p.trained, p.utf8, known)
+        return want is not None and bytes_match(table, want, ids, 1 if known else 0)
+    if not bytes_match(table, p.utf8, ids, 1):
+        return False
+    u0 = p.utf8[0]
+    if known:
+        return True
+    return bool(u0) and (
+        bytes_match(table, [b" " + u0], ids, 0) or (not u0.startswith(b" ") and bytes_match(table, [u0], ids, 0))
+    )
 
 
 def bytes_match(table: list, utf8: list[bytes], seg_ids: list[list[int]], first: int) -> bool:

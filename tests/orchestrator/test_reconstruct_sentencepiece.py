@@ -99,9 +99,8 @@ def test_other_decoders_get_no_table():
     spec["decoder"]["decoders"][3]["start"] = 2  # strips two leading spaces: not the chain we model
     assert sentencepiece_bytes_uncached(Tokenizer.from_str(json.dumps(spec)), "</s>") is None
     assert sentencepiece_bytes_uncached(_tok().backend_tokenizer, "</none>") is None  # no such anchor
-    # the same decoder, but the dummy prefix only at the input's start ("first"): the raw
-    # text that rule's tokens stand for is not modelled, so its samples are decoded
-    assert _recon(_tok("mistral_sp_metaspace"))._sp_bytes is None
+    # the same decoder with the dummy prefix only at the input's start ("first"): a table too
+    assert _recon(_tok("mistral_sp_metaspace"))._sp_bytes is not None
     from support.reconstruct_helpers import tokenizer_with
 
     assert sentencepiece_bytes_uncached(tokenizer_with(None).backend_tokenizer, "<|im_end|>") is None  # byte-level
@@ -200,9 +199,12 @@ def test_the_helper_thread_only_runs_the_two_tokenizers():
 def test_both_prefix_rules_give_the_samples_of_the_unjoined_decoded_path(name):
     tok = _tok(name)
     r, ref = _recon(tok), _without_shortcuts(tok)
+    spy = DecodeSpy(r.backend)
+    r.backend = spy
     convs = [dict(messages=m, sample_id=str(i)) for i, m in enumerate(_conversations(40, seed=5))]
     got = r.build_many(convs)
     assert got == ref.build_many(convs) and all(not rej for _, rej in got)
+    assert spy.decoded == 0  # every sample's bytes matched: no decoding
     # "first": the tokenizer's own pieces depend on their place, so it gets no separator
     assert (r._joiner.id is None) == (name == "mistral_sp_metaspace") and r._cont_joiner.id is not None
 
@@ -252,3 +254,24 @@ def test_a_decoder_without_the_strip_gets_its_table_without_a_rule():
     # no dummy prefix: the answer's own space is the template's, one "▁"
     s = got[0][0][0]
     assert tok.convert_ids_to_tokens(s.completion_ids)[0].startswith("▁")
+
+
+def test_first_rule_prompts_with_and_without_the_prefix():
+    # "first": the tokenizer puts its dummy prefix before a prompt that starts with text,
+    # none after a leading added token; the decoder drops that one space. Both pass by
+    # bytes; a prompt starting with a space (the decoder would drop the text's own) does not.
+    tok = _tok("mistral_sp_metaspace")
+    r = _recon(tok)
+    from orchestrator.reconstruction.plan import Pending
+    from orchestrator.reconstruction.selfcheck import _ruled_bytes_match
+
+    for prompt, ok in (("<s> [INST] Q [/INST]", True), ("[INST] Q [/INST]", True), (" Q", False), ("", False)):
+        texts = [prompt, " A</s>"]
+        p = Pending("x", texts, [t.encode() for t in texts], [False, True], False, False, {}, {})
+        ids = [
+            r.backend.encode(prompt, add_special_tokens=False).ids,
+            r._continuation.encode(" A</s>", add_special_tokens=False).ids,
+        ]
+        assert _ruled_bytes_match(r._sp_bytes, r._prefix_rule, p, ids, False) is ok, prompt
+        if ok:  # and the decoder agrees: the texts joined
+            assert r.backend.decode(ids[0] + ids[1], skip_special_tokens=False) == prompt + " A</s>"
