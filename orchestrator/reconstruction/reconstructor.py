@@ -89,7 +89,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._sp_bytes = None
         if self._continuation is not None:  # a "piece" or "first" rule
             self._sp_bytes = sentencepiece_bytes(self.backend, self.eot, strip=True)
-        elif self._token_bytes is None and self._continuation is None:
+        elif self._token_bytes is None:  # not byte-level, no dummy-prefix rule
             self._sp_bytes = sentencepiece_bytes(self.backend, self.eot, strip=False)
         # split samples' prompts reuse the previous prompt's ids where exact (prompt_reuse.py);
         # None switches that off (tests compare both)
