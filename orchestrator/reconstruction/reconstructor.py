@@ -84,13 +84,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._prefix_rule = PrefixSpaceRule(self.backend, [self.eot] + added) if self._token_bytes is None else None
         self._continuation = self._prefix_rule.continuation if self._prefix_rule is not None else None
         self._anchor = [self.backend.token_to_id(self.eot)] if self._continuation is not None else []
-        # the self-check's token bytes for SentencePiece decoders (sp_bytes.py): Llama-2 style
-        # with a dummy-prefix rule; Gemma's without one (a decoder that strips no space)
-        self._sp_bytes = None
-        if self._continuation is not None:  # a "piece" or "first" rule
-            self._sp_bytes = sentencepiece_bytes(self.backend, self.eot, strip=True)
-        elif self._token_bytes is None:  # not byte-level, no dummy-prefix rule
-            self._sp_bytes = sentencepiece_bytes(self.backend, self.eot, strip=False)
+        self._sp_bytes = _sentencepiece_table(self.backend, self.eot, self._token_bytes, self._continuation)
         # split samples' prompts reuse the previous prompt's ids where exact (prompt_reuse.py);
         # None switches that off (tests compare both)
         byte_level = self._continuation is None and self._token_bytes is not None
@@ -193,3 +187,14 @@ def pipeline_chunks(n: int, chunk: int) -> list[int]:
     k = -(-middle // chunk)
     q, r = divmod(middle, k)
     return [*up, *(q + (i < r) for i in range(k)), *down]
+
+
+def _sentencepiece_table(backend: Any, eot: str, byte_level: Any, continuation: Any) -> list[bytes | None] | None:
+    """The self-check's token bytes for SentencePiece decoders (sp_bytes.py): Llama-2 style
+    with a dummy-prefix rule (a prefix-less copy exists); Gemma's without one (a decoder
+    that strips no space); none for byte-level tokenizers (their own table)."""
+    if continuation is not None:  # a "piece" or "first" rule
+        return sentencepiece_bytes(backend, eot, strip=True)
+    if byte_level is None:  # not byte-level, no dummy-prefix rule
+        return sentencepiece_bytes(backend, eot, strip=False)
+    return None
