@@ -131,7 +131,7 @@ class Pipeline:
 
         def finish(out: tuple[list, list]) -> list[list[list[int]]]:
             ids = iter(self._joiner.cut_all(own, out[0], self.backend, self.stats))
-            plain = iter(self._cont_joiner.cut_all(copy, out[1], cont, self.stats)) if copy.texts else iter(())
+            plain = iter(self._cont_joiner.cut_all(copy, out[1], cont, self.stats))  # [] without a copy
             prompts = jobs.resolve(ids, self.backend, self.stats)
             flags = iter(ruled)
             return self._cache_prompts(

@@ -13,12 +13,11 @@ the bytes differ, it decodes with the tokenizer.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from operator import itemgetter
 from typing import Any
 
-from orchestrator.reconstruction.cache import put_bounded
+from orchestrator.reconstruction.cache import per_tokenizer, put_bounded
 from orchestrator.reconstruction.plan import Pending
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.segment_tokenize import PIECE, PrefixSpaceRule
@@ -138,6 +137,25 @@ def bytes_match(table: list, utf8: list[bytes], seg_ids: list[list[int]], first:
         return False
 
 
+def utf8_contexts(bytes_: Any) -> list[list[int]]:
+    """For each of `bytes_`, a short valid UTF-8 sequence holding it; none for the bytes that
+    never occur in valid UTF-8 (0xC0, 0xC1, 0xF5-0xFF): a token of such a byte can never
+    match a text, so it needs no check."""
+    out = []
+    for b in bytes_:
+        if b < 0x80:
+            out.append([b])
+        elif b < 0xC0:
+            out.append([0xC2, b])
+        elif 0xC2 <= b < 0xE0:
+            out.append([b, 0x80])
+        elif 0xE0 <= b < 0xF0:
+            out.append([b, 0xA0 if b == 0xE0 else 0x80, 0x80])
+        elif 0xF0 <= b < 0xF5:
+            out.append([b, 0x90 if b == 0xF0 else 0x80, 0x80, 0x80])
+    return out
+
+
 def _gpt2_byte_chars() -> dict[str, int]:
     """GPT-2's byte-level alphabet: the character that stands for each byte in a
     token's string (printable Latin-1 characters for themselves, the other bytes
@@ -151,15 +169,8 @@ _TOKEN_BYTES_CACHE: dict[tuple, list[bytes | None] | None] = {}
 
 
 def token_bytes(backend) -> list[bytes | None] | None:
-    """token_bytes_uncached, kept per process for each distinct tokenizer (the key is
-    its full serialisation, so an edited tokenizer is a different one)."""
-    try:
-        key = (type(backend), hashlib.sha256(backend.to_str().encode("utf-8")).digest())
-    except Exception:  # noqa: BLE001 - cannot serialise it: no caching
-        return token_bytes_uncached(backend)
-    if key not in _TOKEN_BYTES_CACHE:
-        put_bounded(_TOKEN_BYTES_CACHE, key, token_bytes_uncached(backend), 4)
-    return _TOKEN_BYTES_CACHE[key]
+    """token_bytes_uncached, kept per process for each distinct tokenizer (cache.per_tokenizer)."""
+    return per_tokenizer(_TOKEN_BYTES_CACHE, backend, (), lambda: token_bytes_uncached(backend))
 
 
 def token_bytes_uncached(backend) -> list[bytes | None] | None:
@@ -178,21 +189,8 @@ def token_bytes_uncached(backend) -> list[bytes | None] | None:
         return None
     alphabet = _gpt2_byte_chars()
     char_of = {b: c for c, b in alphabet.items()}
-    contexts = []  # (token strings, expected text): each byte inside valid UTF-8
-    for b in range(256):
-        if b < 0x80:
-            seq = [b]
-        elif b < 0xC0:
-            seq = [0xC2, b]
-        elif 0xC2 <= b < 0xE0:
-            seq = [b, 0x80]
-        elif 0xE0 <= b < 0xF0:
-            seq = [b, 0xA0 if b == 0xE0 else 0x80, 0x80]
-        elif 0xF0 <= b < 0xF5:
-            seq = [b, 0x90 if b == 0xF0 else 0x80, 0x80, 0x80]
-        else:
-            continue  # 0xC0, 0xC1, 0xF5-0xFF: never in valid UTF-8
-        contexts.append(([char_of[x] for x in seq], bytes(seq).decode("utf-8")))
+    # (token strings, expected text): each byte inside valid UTF-8
+    contexts = [([char_of[x] for x in seq], bytes(seq).decode("utf-8")) for seq in utf8_contexts(range(256))]
     try:
         if any(backend.decoder.decode(toks) != text for toks, text in contexts):
             return None

@@ -25,12 +25,12 @@ tokens inside valid UTF-8 sequences. Anything else: no table (the self-check dec
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from typing import Any
 
-from orchestrator.reconstruction.cache import put_bounded
+from orchestrator.reconstruction.cache import per_tokenizer
+from orchestrator.reconstruction.selfcheck import utf8_contexts
 
 _CHAIN = [
     {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
@@ -44,14 +44,9 @@ _CACHE: dict[tuple, list[bytes | None] | None] = {}
 
 
 def sentencepiece_bytes(backend: Any, anchor: str, strip: bool = True) -> list[bytes | None] | None:
-    """sentencepiece_bytes_uncached, kept per process for each distinct tokenizer and anchor."""
-    try:
-        key = (hashlib.sha256(backend.to_str().encode("utf-8")).digest(), anchor, strip)
-    except Exception:  # noqa: BLE001 - cannot serialise it: no caching
-        return sentencepiece_bytes_uncached(backend, anchor, strip)
-    if key not in _CACHE:
-        put_bounded(_CACHE, key, sentencepiece_bytes_uncached(backend, anchor, strip), 4)
-    return _CACHE[key]
+    """sentencepiece_bytes_uncached, kept per process for each distinct tokenizer, anchor and
+    chain (cache.per_tokenizer)."""
+    return per_tokenizer(_CACHE, backend, (anchor, strip), lambda: sentencepiece_bytes_uncached(backend, anchor, strip))
 
 
 def sentencepiece_bytes_uncached(backend: Any, anchor: str, strip: bool = True) -> list[bytes | None] | None:
@@ -61,7 +56,7 @@ def sentencepiece_bytes_uncached(backend: Any, anchor: str, strip: bool = True) 
     space (the end-of-turn token)."""
     try:
         chain = _CHAIN + [_STRIP] if strip else _CHAIN
-        if json.loads(backend.to_str()).get("decoder") != {"type": "Sequence", "decoders": chain}:
+        if json.loads(backend.decoder.__getstate__()) != {"type": "Sequence", "decoders": chain}:
             return None
         aid = backend.token_to_id(anchor)
         if aid is None or anchor.startswith(" ") or backend.decode([aid], skip_special_tokens=False) != anchor:
@@ -81,7 +76,7 @@ def sentencepiece_bytes_uncached(backend: Any, anchor: str, strip: bool = True) 
         decoded = backend.decode_batch([[aid, i] for i in plain], skip_special_tokens=False)
         if any(d != anchor + table[i].decode("utf-8") for i, d in zip(plain, decoded)):  # type: ignore[union-attr]
             return None
-        runs = [seq for seq in _valid_sequences(set(byte_ids)) if all(b in byte_ids for b in seq)]
+        runs = [seq for seq in utf8_contexts(sorted(byte_ids)) if all(b in byte_ids for b in seq)]
         decoded = backend.decode_batch([[aid] + [byte_ids[b] for b in seq] for seq in runs], skip_special_tokens=False)
         if any(d != anchor + bytes(seq).decode("utf-8") for seq, d in zip(runs, decoded)):
             return None
@@ -89,21 +84,3 @@ def sentencepiece_bytes_uncached(backend: Any, anchor: str, strip: bool = True) 
     except Exception:  # noqa: BLE001 - a decoder or vocabulary we cannot read: decode with the tokenizer
         return None
     return [t if i in checked else None for i, t in enumerate(table)]
-
-
-def _valid_sequences(have: set[int]) -> list[list[int]]:
-    """For each byte, a short valid UTF-8 sequence holding it (none for bytes that never
-    occur in valid UTF-8: such a token can never match a text, and is left unchecked)."""
-    out = []
-    for b in sorted(have):
-        if b < 0x80:
-            out.append([b])
-        elif b < 0xC0:
-            out.append([0xC2, b])
-        elif 0xC2 <= b < 0xE0:
-            out.append([b, 0x80])
-        elif 0xE0 <= b < 0xF0:
-            out.append([b, 0xA0 if b == 0xE0 else 0x80, 0x80])
-        elif 0xF0 <= b < 0xF5:
-            out.append([b, 0x90 if b == 0xF0 else 0x80, 0x80, 0x80])
-    return out
