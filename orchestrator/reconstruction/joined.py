@@ -151,7 +151,9 @@ def cut(ids: list[int], sid: int | None, n: int) -> list[list[int]] | None:
 
 def _candidates(added: dict[int, Any], template: str) -> list[tuple[int, Any]]:
     """Special added tokens that may separate texts, those the chat template never writes
-    first (a text then rarely holds theirs)."""
+    first (a text then rarely holds theirs): `template` is its source and a render of it (a
+    token it writes from a variable, like Llama 3's bos at the start of every prompt, would
+    make every prompt an input of its own)."""
     ok = [
         (tid, t)
         for tid, t in added.items()

@@ -75,6 +75,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._special_re = re.compile("|".join(map(re.escape, added))) if added else None
         self.stats: collections.Counter = collections.Counter()
         self.eot_spaces = ""  # set by the probe: spaces the template puts before the end token
+        self.probe_render = ""  # set by the probe: its rendered conversation
         self.eot, self.final_tail = self._probe_end_of_turn()
         self.tool_shape = probe_tool_call_shape(lambda msgs: self.render(msgs, self.probe_tools, False))
         # a thinking block inside content moves to reasoning_content for templates that place it
@@ -89,9 +90,11 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         # None switches that off (tests compare both)
         byte_level = self._continuation is None and self._token_bytes is not None
         # runs of texts encoded as one input, joined by a separator (joined.py); none: one by one
-        self._joiner = SegmentJoiner(self.backend, tokenizer.added_tokens_decoder, template)
+        # (the template's tokens, in its source or, like a bos token, in its output, are the last choice)
+        written = template + self.probe_render
+        self._joiner = SegmentJoiner(self.backend, tokenizer.added_tokens_decoder, written)
         self._cont_joiner = SegmentJoiner(  # the prefix-less copy's (for trained turns), when there is one
-            self._continuation, tokenizer.added_tokens_decoder if self._continuation is not None else {}, template
+            self._continuation, tokenizer.added_tokens_decoder if self._continuation is not None else {}, written
         )
         self._prompt_reuse = prompt_reuse(self.backend, template, byte_level)
         self.stats.clear()

@@ -72,6 +72,7 @@ class TurnLocator:
     tool_shape: ToolCallShape
     _added_tokens: list[str]  # added tokens' text, longest first
     probe_tools: list[dict] | None  # set by _probe_end_of_turn: PROBE_TOOLS if the template needs tools
+    probe_render: str  # set by _probe_end_of_turn: the probe conversation it rendered
     _assistant_leads: list[tuple[str, str]]  # (lead, tail) around assistant content, from sentinel renders
     # From the other parts:
     render: Callable[..., str]  # prefixes.PrefixRenders.render
@@ -96,7 +97,7 @@ class TurnLocator:
                 except Exception as e:  # noqa: BLE001 - any template error: try the next probe
                     errors.append(f"{type(e).__name__}: {e}" + (" (with a tools list)" if tools else ""))
                     continue
-                rendered, self.probe_tools = True, tools
+                rendered, self.probe_tools, self.probe_render = True, tools, text
                 if SENTINEL not in text:
                     errors.append("the template does not render assistant content")
                     continue

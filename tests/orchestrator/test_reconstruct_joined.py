@@ -117,6 +117,29 @@ def test_candidates_are_special_tokens_that_take_no_whitespace_template_ones_las
     assert [t for t, _ in _candidates(added, "{{ '<a>' }}")] == [6, 1]
 
 
+def test_a_token_the_template_writes_from_a_variable_is_not_the_separator():
+    """Llama 3.1's template writes bos_token (from a variable, not its source) at the start of
+    every prompt: with it as the separator every prompt was an input of its own."""
+    from support import tokenizer_builds
+
+    try:
+        tok = tokenizer_builds.load("llama3", "llama3_1")
+    except Exception as e:  # noqa: BLE001 - no package and no registry: say why
+        tokenizer_builds.unavailable("test tokenizer 'llama3'", e)
+    r = recon(tok=tok)
+    assert r._joiner.text is not None and r._joiner.text not in r.probe_render
+    msgs = [convo((f"q{i}", f"a{i}"), ("u", "b")) for i in range(20)]
+    spy = Spy(r.backend)
+    r.backend = spy
+    got = r.build_many([dict(messages=m, sample_id=str(i)) for i, m in enumerate(msgs)])
+    r.backend = spy.backend
+    assert all(not rej and len(s) == 1 for s, rej in got)
+    texts = [t for b in spy.batches for t in b]
+    # 20 prompts and 60 later segments in runs of GROUP texts, no prompt alone (with bos: 24 inputs)
+    assert len(texts) == -(-80 // r._joiner.GROUP)
+    assert got == recon(tok=tok).build_many([dict(messages=m, sample_id=str(i)) for i, m in enumerate(msgs)])
+
+
 def test_a_tokenizer_whose_pieces_depend_on_their_place_gets_no_separator():
     """Metaspace with prepend_scheme "first": a text alone gets the dummy prefix, the same
     text after a separator does not, so the probe refuses every separator."""
