@@ -106,7 +106,7 @@ class SegmentJoiner:
         """Each text's ids from the encodings of `batch.inputs`, cut at the separator; the
         texts of an input where it is missing are encoded again one at a time."""
         texts = batch.texts
-        out: list[list[int]] = [[] for _ in texts]
+        out: list[list[int]] = [[]] * len(texts)  # every entry is replaced below
         again: list[int] = []
         for (first, n), e in zip(batch.spans, encodings):
             parts = [e.ids] if n == 1 else self.split(e.ids, n)

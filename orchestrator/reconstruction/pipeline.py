@@ -118,10 +118,13 @@ class Pipeline:
         jobs = PromptJobs(pending, self._prompt_cache, self._prompt_reuse, before)
         rest = [t for p in pending for t in p.texts[1:]]
         rule, cont = self._prefix_rule, self._continuation
-        # which segments after the prompts the tokenizer itself takes (all of them without a rule)
-        ruled = [cont is None or rule.context_has_prefix(f) for p in pending for f in p.trained[1:]]  # type: ignore[union-attr]
-        own = self._joiner.join(jobs.texts + [t for t, r in zip(rest, ruled) if r])
-        copy = self._cont_joiner.join([t for t, r in zip(rest, ruled) if not r])
+        # which segments after the prompts the tokenizer itself takes (all of them without a copy)
+        ruled = None if cont is None else [rule.context_has_prefix(f) for p in pending for f in p.trained[1:]]  # type: ignore[union-attr]
+        if ruled is None:
+            own, copy = self._joiner.join(jobs.texts + rest), self._cont_joiner.join([])
+        else:
+            own = self._joiner.join(jobs.texts + [t for t, r in zip(rest, ruled) if r])
+            copy = self._cont_joiner.join([t for t, r in zip(rest, ruled) if not r])
 
         def run() -> tuple[list, list]:
             return (
@@ -130,9 +133,17 @@ class Pipeline:
             )
 
         def finish(out: tuple[list, list]) -> list[list[list[int]]]:
-            ids = iter(self._joiner.cut_all(own, out[0], self.backend, self.stats))
-            plain = iter(self._cont_joiner.cut_all(copy, out[1], cont, self.stats))  # [] without a copy
+            cut = self._joiner.cut_all(own, out[0], self.backend, self.stats)
+            ids = iter(cut)
             prompts = jobs.resolve(ids, self.backend, self.stats)
+            if ruled is None:  # the segments after the prompts are the rest of `cut`, in order
+                at, samples = len(jobs.texts), []
+                for p in pending:
+                    n = at + len(p.texts) - 1
+                    samples.append([prompts[p.texts[0]], *cut[at:n]])
+                    at = n
+                return self._cache_prompts(prompts, samples)
+            plain = iter(self._cont_joiner.cut_all(copy, out[1], cont, self.stats))
             flags = iter(ruled)
             return self._cache_prompts(
                 prompts,
