@@ -169,7 +169,11 @@ _TOKEN_BYTES_CACHE: dict[tuple, list[bytes | None] | None] = {}
 
 
 def token_bytes(backend) -> list[bytes | None] | None:
-    """token_bytes_uncached, kept per process for each distinct tokenizer (cache.per_tokenizer)."""
+    """token_bytes_uncached, kept per process for each distinct tokenizer (cache.per_tokenizer);
+    None at once for another kind of decoder, without the cache key's serialisation of the
+    whole tokenizer (a SentencePiece tokenizer's table is keyed in sp_bytes.py)."""
+    if not _is_byte_level(backend):
+        return None
     return per_tokenizer(_TOKEN_BYTES_CACHE, backend, (), lambda: token_bytes_uncached(backend))
 
 
