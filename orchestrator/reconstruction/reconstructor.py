@@ -192,12 +192,12 @@ def pipeline_chunks(n: int, chunk: int) -> list[int]:
     return [*up, *(q + (i < r) for i in range(k)), *down]
 
 
-def _sentencepiece_table(backend: Any, eot: str, byte_level: Any, continuation: Any) -> list[bytes | None] | None:
+def _sentencepiece_table(backend: Any, eot: str, byte_table: Any, continuation: Any) -> list[bytes | None] | None:
     """The self-check's token bytes for SentencePiece decoders (sp_bytes.py): Llama-2 style
     with a dummy-prefix rule (a prefix-less copy exists); Gemma's without one (a decoder
-    that strips no space); none for byte-level tokenizers (their own table)."""
+    that strips no space); none for byte-level tokenizers (`byte_table`: their own table)."""
     if continuation is not None:  # a "piece" or "first" rule
         return sentencepiece_bytes(backend, eot, strip=True)
-    if byte_level is None:  # not byte-level, no dummy-prefix rule
+    if byte_table is None:  # not byte-level, no dummy-prefix rule
         return sentencepiece_bytes(backend, eot, strip=False)
     return None
