@@ -11,6 +11,9 @@ same generated multi-turn corpus, in the same run:
             every prefix rendered; earlier <think> blocks dropped, so one sample per turn)
   mistral_v0_1: Mistral 7B v0.1's real SentencePiece tokenizer (a dummy prefix "▁" on every
             piece of text, Llama-2 style) with its template (append-only; " " before each answer)
+  deepseek_v3: DeepSeek's real tokenizer with DeepSeek V3's template (a pre-pass gathers the
+            system prompt, and the text after the loop reads a namespace: watched renders
+            with orchestrator/template_prepass.py)
 
   ours:          Reconstructor.build_many over chunks of 128 conversations
   ours in N processes: the same chunks, each split between N-1 worker processes and this one
@@ -32,7 +35,8 @@ cores as the floor's keeps busy, a ceiling for any overlap of its Python with th
 tokenizer; then the cost per token as conversations grow (1, 2, 4, 8, 16 turns).
 --corpus shared-system: every conversation starts with the same ~800-token system prompt
 (as distillation corpora often do), then 1-3 short turns.
-Usage: python bench/bench_reconstruct.py [--conversations 10000] [--families smollm2,llama3_1,qwen3,mistral_v0_1]
+Usage: python bench/bench_reconstruct.py [--conversations 10000]
+       [--families smollm2,llama3_1,qwen3,mistral_v0_1,deepseek_v3]
        [--corpus mixed|shared-system]
 """
 
@@ -219,7 +223,12 @@ class Family:
         else:
             from tests.support import tokenizer_builds
 
-            tokenizer = {"llama3_1": "llama3", "qwen3": "qwen", "mistral_v0_1": "mistral_sp"}[name]
+            tokenizer = {
+                "llama3_1": "llama3",
+                "qwen3": "qwen",
+                "mistral_v0_1": "mistral_sp",
+                "deepseek_v3": "deepseek",
+            }[name]
             self.tok = tokenizer_builds.load(tokenizer, name)
             self.label = f"{name} template, real tokenizer" + (
                 " (SentencePiece with a dummy prefix on every piece of text)" if tokenizer == "mistral_sp" else ""
@@ -302,9 +311,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--conversations", type=int, default=10000, help="corpus size (1-16 turns each)")
     p.add_argument(
         "--families",
-        default="smollm2,llama3_1,qwen3,mistral_v0_1",
-        help="comma-separated: smollm2 (append-only), llama3_1, qwen3 (real templates that are not), "
-        "mistral_v0_1 (SentencePiece)",
+        default="smollm2,llama3_1,qwen3,mistral_v0_1,deepseek_v3",
+        help="comma-separated: smollm2 (append-only), llama3_1, qwen3, deepseek_v3 (real templates that are "
+        "not), mistral_v0_1 (SentencePiece)",
     )
     p.add_argument(
         "--scaling-conversations",

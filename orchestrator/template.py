@@ -313,18 +313,18 @@ def why_not_append_only(tree) -> str | None:
     return None
 
 
-def _after_is_constant(tree) -> bool:
-    """Whether the statements after the messages loop of an append-only template read
-    only add_generation_prompt and names the template never assigns (the keyword
-    arguments: bos_token, enable_thinking, ...) - not messages, tools, documents,
-    template variables or namespaces - and call nothing (strftime_now would vary)."""
+def _after_is_constant(tree, loop=None, allowed: set[str] | None = None) -> bool:
+    """Whether the statements after the messages loop (`loop`, by default the only one) read
+    only add_generation_prompt and names the template never assigns (the keyword arguments:
+    bos_token, enable_thinking, ...) or `allowed` (template_tracked.py: namespaces, kept per
+    state; names only given a constant default) - not messages, tools, documents, template
+    variables - and call nothing (strftime_now would vary)."""
     from jinja2 import nodes
 
-    loop = _messages_loop(tree)
-    i = _top_level_index(tree.body, loop)
+    i = _top_level_index(tree.body, loop if loop is not None else _messages_loop(tree))
     assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx != "load"}
     assigned |= {n.name for n in tree.find_all(nodes.NSRef)} | {m.name for m in tree.find_all(nodes.Macro)}
-    varying = assigned | {"messages", "tools", "documents", "loop"}
+    varying = (assigned - (allowed or set())) | {"messages", "tools", "documents", "loop"}
     for node in tree.body[i + 1 :]:
         if any(
             node.find_all(

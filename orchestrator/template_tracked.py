@@ -39,6 +39,8 @@ append-only templates: nothing the loop changed reaches them), the state set bef
 the loop is the same (by (1)), and every message index they read is below the
 smallest j used (checked on the renders that show after(False) and after(True)).
 Prefixes that fail (1) are rendered as before; prefix n is the full render itself.
+Loops over messages before the main one (pre-passes) and namespace attributes read
+after it are watched too: template_prepass.py.
 """
 
 from __future__ import annotations
@@ -48,24 +50,37 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-ITER_NAME = "distill_iter_0f0000"  # a name unlikely to be a template's own variable
+from orchestrator.template_prepass import (
+    ITER_NAME,
+    NotTracked,
+    PRE_END,
+    PRE_ITER,
+    PRE_START,
+    PreIter,
+    PrePassWatch,
+    after_attributes,
+    default_only,
+    proven_by_prepasses,
+    snapshot,
+    split_loops,
+    watched_namespace,
+    why_not_tracked,
+    with_prepasses,
+)
+
 ALL = sys.maxsize  # "read" meaning: depends on how many messages there are
 
 
-class NotTracked(Exception):
-    """An operation on the watched messages that could differ from a list's: the render fails
-    (and each prefix is rendered instead)."""
-
-
-class _Tracker:
+class _Tracker(PrePassWatch):
     """What one render read, and where the main loop's iterations started."""
 
-    def __init__(self, items: list):
+    def __init__(self, items: list, attrs: tuple[str, ...] = ()):
         self.items = items
         self.n = len(items)
         self.max = -1  # the largest index read so far (ALL: the count)
         self.cuts: list[tuple[int, int]] = []  # per iteration: (index, max read before its plain fetch)
         self.max_at_end: int | None = None
+        PrePassWatch.__init__(self, attrs)
 
     def read(self, i: int) -> None:
         if i > self.max:
@@ -96,9 +111,13 @@ class _MainIter:
                 t.read(ALL)
             elif t.max_at_end is None:  # the loop ends: from here on, the reads of after()
                 t.max_at_end, t.max = t.max, -1
+                if t.attrs:
+                    t.end_state = snapshot(t.namespaces, t.attrs)
             raise StopIteration
         self.i += 1
         t.cuts.append((i, ALL if self.peeking else t.max))
+        if t.attrs:
+            t.states.append(None if self.peeking else snapshot(t.namespaces, t.attrs))
         if i > t.max:  # t.read(i), inline: once per message of every watched render
             t.max = i
         return t.items[i]
@@ -165,7 +184,7 @@ def tracked_loop_context(base):
     class TrackedLoopContext(base):
         def _peek_next(self):
             it = self._iterator
-            if not isinstance(it, _MainIter):
+            if not isinstance(it, (_MainIter, PreIter)):
                 return super()._peek_next()
             it.peeking = True
             try:
@@ -176,7 +195,7 @@ def tracked_loop_context(base):
         @property
         def length(self):
             it = self._iterator
-            if not isinstance(it, _MainIter):
+            if not isinstance(it, (_MainIter, PreIter)):
                 return base.length.fget(self)
             it.t.read(ALL)
             it.peeking = True
@@ -214,11 +233,16 @@ class TrackedParts:
     after: str
     after_max: int
     n: int
+    states: list | None = None  # per iteration, the snapshot at its fetch (template_prepass.py)
+    end_state: tuple | None = ()  # the snapshot at the loop's end
+    pre_ok: list[bool] | None = None  # per j, whether the pre-passes prove messages[:j]
 
     def cut_for(self, j: int) -> int | None:
         """Where render(messages[:j]) stops in `head`, when proven (module docstring)."""
         if j >= self.n:
             return self.ends[-1] if j == self.n else None
+        if self.pre_ok is not None and not (j >= 0 and self.pre_ok[j]):
+            return None
         b = j - self.indices[0] if self.indices else -1
         if 0 <= b < len(self.indices) and self.indices[b] == j:  # the indices rise one by one: found at once
             return self.ends[b] if self.max_before[b] < j else None
@@ -226,6 +250,18 @@ class TrackedParts:
             if r >= j:
                 return self.ends[b] if r == j and self.max_before[b] < j else None
         return None
+
+    def state_for(self, j: int) -> tuple | None:
+        """The namespace snapshot after() reads in render(messages[:j]) (None: unknown);
+        call only where cut_for(j) is known."""
+        if j >= self.n:
+            return self.end_state
+        if self.states is None:
+            return ()
+        b = j - self.indices[0]
+        if not (0 <= b < len(self.indices) and self.indices[b] == j):
+            b = self.indices.index(j)
+        return self.states[b]
 
 
 def cut_at_markers(text: str, mark: str, start: str, end: str) -> tuple[int, int, list[str], str]:
@@ -261,11 +297,20 @@ def cut_at_markers(text: str, mark: str, start: str, end: str) -> tuple[int, int
     return text.count(mark), text.count(end), head.split(start), after
 
 
-def render_tracked(template, mark: str, start: str, end: str, messages, **kwargs) -> TrackedParts | None:
+def render_tracked(
+    template, mark: str, start: str, end: str, messages, watch: tuple = (False, False, ()), **kwargs
+) -> TrackedParts | None:
     """The watched render of `messages` (see the module docstring), or None when the
-    markers do not line up (e.g. a message holds the marker character)."""
-    t = _Tracker(list(messages))
+    markers do not line up (e.g. a message holds the marker character). `watch`: (whether
+    the template has pre-pass loops, whether it makes namespaces, the namespace
+    attributes after() reads), template_prepass.py."""
+    prepasses, namespaces, attrs = watch
+    t = _Tracker(list(messages), attrs)
     kwargs[ITER_NAME] = t.main
+    if prepasses:
+        kwargs.update({PRE_ITER: t.pre_iter, PRE_START: t.pre_start, PRE_END: t.pre_end})
+    if namespaces:
+        kwargs["namespace"] = watched_namespace(t)
     text = template.render(messages=_View(t, 0), **kwargs)
     if t.max_at_end is None:
         return None
@@ -277,60 +322,44 @@ def render_tracked(template, mark: str, start: str, end: str, messages, **kwargs
         ends.append(pos)
         pos += len(p)
     ends.append(pos)
-    return TrackedParts("".join(pieces), ends, [r for r, _ in t.cuts], [m for _, m in t.cuts], after, t.max, t.n)
-
-
-def why_not_tracked(tree) -> str | None:
-    """None when watched renders can prove prefixes of this template (a parsed jinja
-    tree): one top-level loop over messages (or an alias) with a plain target, no
-    else/break/filter/recursion, add_generation_prompt read only after the loop, and
-    after it no namespace read and no macro call; else the reason."""
-    from jinja2 import nodes
-
-    from orchestrator.template import _loop_use, _messages_loop, _top_level_index
-
-    if any(tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport, nodes.Block))):
-        return "it extends, includes or imports other templates"
-    loop = _messages_loop(tree)
-    if loop is None or _top_level_index(tree.body, loop) is None:
-        return "it does not have exactly one top-level `for ... in messages` loop"
-    if loop.recursive or loop.test is not None or loop.else_ or any(loop.find_all(nodes.Break)):
-        return "its loop over messages is recursive, filtered, can break or has an else branch"
-    if any(n.name == ITER_NAME for n in tree.find_all(nodes.Name)):
-        return "it uses the names of the watched render"
-    if why := _loop_use(tree.body, None, None):  # `loop` outside a for loop
-        return why
-    after = tree.body[_top_level_index(tree.body, loop) + 1 :]
-    after_names = {id(n) for node in after for n in node.find_all(nodes.Name)}
-    if any(n.name == "add_generation_prompt" and id(n) not in after_names for n in tree.find_all(nodes.Name)):
-        return "it reads add_generation_prompt before the end of its loop over messages"
-    namespaces = {n.name for n in tree.find_all(nodes.NSRef)}
-    macros = {m.name for m in tree.find_all(nodes.Macro)}
-    for node in after:
-        if any(n.name in namespaces for n in node.find_all(nodes.Name)):
-            return "after its loop over messages it reads a namespace, which the loop may change"
-        if any(isinstance(c.node, nodes.Name) and c.node.name in macros for c in node.find_all(nodes.Call)):
-            return "after its loop over messages it calls a macro"
-    return None
+    return TrackedParts(
+        "".join(pieces),
+        ends,
+        [r for r, _ in t.cuts],
+        [m for _, m in t.cuts],
+        after,
+        t.max,
+        t.n,
+        t.states if attrs else None,
+        t.end_state,
+        proven_by_prepasses(t.pre, t.n),
+    )
 
 
 class TrackedTemplate:
     """The template compiled for watched renders (module docstring)."""
 
     def __init__(self, env, tree, mark: str, start: str, end: str):
-        from orchestrator.template import _after_is_constant, _compile, _messages_loop
+        from jinja2 import nodes
 
-        # after(g) reads nothing but g and the constant keyword arguments (as for append-only
-        # templates): the same for every conversation, so after(True) can be learnt once
-        self.after_is_constant = _after_is_constant(tree)
-        self._template = _compile(env, with_cuts(tree, _messages_loop(tree), start, end))
+        from orchestrator.template import _after_is_constant, _compile, _top_level_index
+
+        loop, pre = split_loops(tree)
+        namespaces = {n.name for n in tree.find_all(nodes.NSRef)}
+        attrs = after_attributes(tree.body[_top_level_index(tree.body, loop) + 1 :], namespaces)
+        # after(g) reads nothing but g, the constant keyword arguments (as for append-only
+        # templates) and the namespace attributes `attrs`: the same for every conversation with
+        # the same values of those, so after(g) can be learnt once per such state
+        self.after_is_constant = _after_is_constant(tree, loop, namespaces | default_only(tree))
+        self.watch = (bool(pre), bool(namespaces), attrs)
+        self._template = _compile(env, with_cuts(with_prepasses(tree, pre), loop, start, end))
         namespace = self._template.root_render_func.__globals__  # this template's own module
         namespace["LoopContext"] = tracked_loop_context(namespace["LoopContext"])
         self._marks = (mark, start, end)
 
     def render(self, messages, tools, add_generation_prompt: bool, **kwargs: Any) -> TrackedParts | None:
         kwargs.update(tools=tools, documents=None, add_generation_prompt=add_generation_prompt)
-        return render_tracked(self._template, *self._marks, messages, **kwargs)
+        return render_tracked(self._template, *self._marks, messages, self.watch, **kwargs)
 
 
 def tracked_template(env, source: str, mark: str, start: str, end: str) -> tuple[TrackedTemplate | None, str]:

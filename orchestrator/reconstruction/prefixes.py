@@ -36,6 +36,7 @@ class PrefixRenders:
     _render_cache: dict[str, Any]  # messages JSON -> generation-prompt render (text or parts)
     _derive_prefixes: bool  # off only if a cross-check ever fails
     _after_prompt: str | None  # after(True), once learnt (constant-after templates)
+    _tracked_afters: dict  # (g, namespace state) -> after(g), learnt (watched renders, constant after())
     _try_tracked: bool  # watched renders (template not append-only), until TRACKED_GIVE_UP
 
     def render(self, msgs: list[dict], tools: list[dict] | None, add_generation_prompt: bool) -> str:
@@ -105,41 +106,87 @@ class PrefixRenders:
         conversation's (g=False) and the first prompt's (g=True), which must agree on the
         text up to it; it gives after(True). Neither after() may read a message at or past
         `first`. A prefix the watched render does not prove is rendered (`direct`). When
-        after() is constant (template.after_is_constant: it reads no message), after(True)
-        is learnt once and the first prompt is rendered again only every
-        CROSS_CHECK_EVERY conversations, as a check (as _derived_prefixes does)."""
-        known = self._after_prompt if self.chat_template.after_is_constant else None
-        check = known is None or self.stats["prefix_renders_tracked"] % self.CROSS_CHECK_EVERY == 0
+        after() reads namespace attributes (template_prepass.py), it is kept per snapshot of
+        them, (g, state) -> text, and a prefix in a state not seen yet is rendered watched
+        (which shows its after()). When after() is constant (template.after_is_constant: it
+        reads no message), after(g) is learnt once per state and the first prompt is rendered
+        again only every CROSS_CHECK_EVERY conversations, as a check (as _derived_prefixes does)."""
+        tracked = self.chat_template.tracked
+        afters = self._tracked_afters if self.chat_template.after_is_constant else {}
         try:
-            full = self.chat_template.tracked.render(data, tools, False, **self._template_kwargs)
+            full = tracked.render(data, tools, False, **self._template_kwargs)
             self.stats["renders"] += 1
-            prompt = self._cached_prompt(data[:first], tools, parts="tracked") if check and full is not None else None
         except Exception:  # noqa: BLE001 - the per-prefix path reports it with its message index
             return None
         cut = full.cut_for(first) if full is not None else None
-        if cut is None or full.after_max >= first:
+        if cut is None or full.after_max >= first or (state := full.state_for(first)) is None:
             return None
-        if check:
+        known = afters.get((True, state))
+        if known is None or self.stats["prefix_renders_tracked"] % self.CROSS_CHECK_EVERY == 0:
+            try:
+                prompt = self._cached_prompt(data[:first], tools, parts="tracked")
+            except Exception:  # noqa: BLE001 - as above
+                return None
             if prompt is None or prompt.after_max >= first or prompt.head != full.head[:cut]:
                 return None
-            if known is not None and prompt.after != known:  # cannot happen if the proof holds
-                self._cross_check_failed()
+            if prompt.end_state != state or (known is not None and prompt.after != known):
+                self._cross_check_failed()  # cannot happen if the proof holds
                 self._try_tracked = False
                 return None
-            if self.chat_template.after_is_constant:
-                self._after_prompt = prompt.after
-        head, after_full = full.head, full.after
-        after_prompt = prompt.after if check else known
+            known = prompt.after
+        self._learn_after(afters, (True, state), known)
+        if full.end_state is not None and not self._learn_after(afters, (False, full.end_state), full.after):
+            return None
+        return self._tracked_functions(data, tools, first, direct, full, afters, state)
 
-        def prompt_render(j: int) -> str:
+    def _learn_after(self, afters: dict, key: tuple, after: str) -> bool:
+        """Keep after(g) for a state; False (and watched renders off) if it differs from the one kept."""
+        if afters.get(key, after) != after:
+            self._cross_check_failed()  # cannot happen if the proof holds
+            self._try_tracked = False
+            return False
+        put_bounded(afters, key, after, self.PROMPT_CACHE_SIZE)
+        return True
+
+    def _tracked_functions(self, data, tools, first: int, direct, full, afters: dict, state):
+        """_prefix_renders' functions from a watched render (see _tracked_prefixes)."""
+        head, after_prompt, after_full = full.head, afters[(True, state)], full.after
+        if full.states is None:  # after() reads no namespace: one after(g) for every prefix
+
+            def prompt_render(j: int) -> str:
+                c = full.cut_for(j)
+                return head[:c] + after_prompt if c is not None else direct[0](j)
+
+            def full_render(j: int) -> str:
+                c = full.cut_for(j)
+                return head[:c] + after_full if c is not None else direct[1](j)
+
+            return prompt_render, full_render, full.cut_for, after_prompt
+
+        def render(j: int, g: bool) -> str:
             c = full.cut_for(j)
-            return head[:c] + after_prompt if c is not None else direct[0](j)
+            s = full.state_for(j) if c is not None else None
+            after = afters.get((g, s)) if s is not None else None
+            if after is not None:
+                return head[:c] + after
+            parts = self._watched_prefix(data[:j], tools, g)
+            if parts is None:
+                return direct[0 if g else 1](j)
+            if parts.after_max < first and parts.end_state is not None:
+                self._learn_after(afters, (g, parts.end_state), parts.after)
+            return parts.head + parts.after
 
-        def full_render(j: int) -> str:
+        def shared(j: int) -> int | None:  # the prompt's render is head[:c] + after_prompt only in `state`
             c = full.cut_for(j)
-            return head[:c] + after_full if c is not None else direct[1](j)
+            return c if c is not None and full.state_for(j) == state else None
 
-        return prompt_render, full_render, full.cut_for, after_prompt
+        return (lambda j: render(j, True)), (lambda j: render(j, False)), shared, after_prompt
+
+    def _watched_prefix(self, msgs: list[dict], tools: list[dict] | None, g: bool):
+        if g:
+            return self._cached_prompt(msgs, tools, parts="tracked")
+        self.stats["renders"] += 1
+        return self.chat_template.tracked.render(msgs, tools, False, **self._template_kwargs)
 
     def _cross_check_failed(self) -> None:
         self.stats["prefix_cross_check_failed"] += 1

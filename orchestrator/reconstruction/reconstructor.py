@@ -63,6 +63,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._derive_prefixes = True  # off only if a cross-check ever fails
         self._try_tracked = True  # watched renders for templates that are not append-only (prefixes.py)
         self._after_prompt: str | None = None  # after(True), once learnt (constant-after templates)
+        self._tracked_afters: dict = {}  # (g, state) -> after(g), learnt (watched renders, prefixes.py)
         self._assistant_leads: list[tuple[str, str]] = []  # turns.py _known_lead
         self._template_kwargs = json.loads(json.dumps({**tokenizer.special_tokens_map, **cfg.chat_template_kwargs}))
         self._prompt_cache: dict[str, list[int]] = {}  # prompt text -> ids

@@ -71,6 +71,7 @@ def _proven_prefixes(source: str, seed: str, conversations: int = 25) -> tuple[i
     plain = ChatTemplate(source)
     rng, proven, unproven = random.Random(seed), 0, 0
     kw = {"bos_token": "<s>", "eos_token": "</s>"}
+    afters: dict[tuple, set[str]] = {}
     for _ in range(conversations):
         msgs = _conversation(rng)
         tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}] if rng.random() < 0.3 else None
@@ -85,8 +86,19 @@ def _proven_prefixes(source: str, seed: str, conversations: int = 25) -> tuple[i
                 if cut is None or parts.after_max >= j:
                     unproven += 1
                     continue
-                assert parts.head[:cut] + parts.after == plain.render(msgs[:j], tools, g, **kw), (j, g)
+                direct = plain.render(msgs[:j], tools, g, **kw)
+                state = parts.state_for(j)
+                if state == parts.end_state:  # after() is the same (it reads no namespace, or the same values)
+                    assert parts.head[:cut] + parts.after == direct, (j, g)
+                else:  # the prefix's own watched render: the same head, in the state recorded for it
+                    own = watched.render(msgs[:j], tools, g, **kw)
+                    assert (own.head, own.end_state, own.head + own.after) == (parts.head[:cut], state, direct)
+                    afters.setdefault((g, state), set()).add(own.after)
                 proven += 1
+            if parts is not None and parts.end_state is not None:
+                afters.setdefault((g, parts.end_state), set()).add(parts.after)
+    if watched.after_is_constant:  # after(g) is a function of the state alone
+        assert all(len(v) == 1 for v in afters.values()), afters
     return proven, unproven
 
 
@@ -133,7 +145,6 @@ def test_static_refusals():
         (NOT_APPEND_ONLY["nested loop"][0], "top-level"),
         (NOT_APPEND_ONLY["break"][0], "break"),
         (NOT_APPEND_ONLY["gen prompt in loop"][0], "add_generation_prompt"),
-        (NOT_APPEND_ONLY["namespace after loop"][0], "namespace"),
         (NOT_APPEND_ONLY["macro after loop"][0], "macro"),
         (NOT_APPEND_ONLY["loop in a macro"][0], "outside a for loop"),
     ):
@@ -186,7 +197,8 @@ def test_failed_cross_check_turns_watched_renders_off(capsys):
     slow.chat_template.tracked = None
     msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     r.build(msgs, sample_id="0")
-    r._after_prompt = "<|start_header_id|>assistant<|end_header_id|>WRONG"
+    assert set(r._tracked_afters) == {(True, ()), (False, ())}  # after() reads no namespace: one state
+    r._tracked_afters[(True, ())] = "<|start_header_id|>assistant<|end_header_id|>WRONG"
     r.stats["prefix_renders_tracked"] = r.CROSS_CHECK_EVERY  # the next conversation is a check
     assert r.build(msgs, sample_id="1") == slow.build(msgs, sample_id="1")  # rebuilt per prefix, correct
     assert r.stats["prefix_cross_check_failed"] == 1 and not r._try_tracked
