@@ -228,6 +228,7 @@ class Family:
                 "qwen3": "qwen",
                 "mistral_v0_1": "mistral_sp",
                 "deepseek_v3": "deepseek",
+                "deepseek_v3_1": "deepseek",
             }[name]
             self.tok = tokenizer_builds.load(tokenizer, name)
             self.label = f"{name} template, real tokenizer" + (

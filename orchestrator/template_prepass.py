@@ -18,9 +18,10 @@ those for j..n-1. They leave the same state when (a) everything the iterations f
 messages below j read had an index below j (no look-ahead: `loop.last`, `loop.length`
 and `messages[i + 1]` are recorded as reads, as in the main loop) and (b) no iteration
 for a message at or past j wrote a namespace attribute. Both are recorded per render:
-every iteration starts with a call that closes the one before (its largest index
-read), every namespace is one of ours that records a write with the iteration it
-happens in, and a call after the loop restores the reads outside pre-passes. A prefix
+the loop runs over our iterator, and the start of every iteration closes the one before
+(its largest index read; jinja's loop context starts them when the loop reads `loop`),
+every namespace is one of ours that records a write with the iteration it happens in,
+and a call after the loop restores the reads outside pre-passes. A prefix
 that fails (a) or (b) is not proven (rendered instead).
 
 **Namespace reads after the main loop.** The statements after the main loop may read
@@ -38,7 +39,6 @@ from typing import Any
 
 ITER_NAME = "distill_iter_0f0000"  # names unlikely to be a template's own variables
 PRE_ITER = "distill_pre_iter_0f0000"
-PRE_START = "distill_pre_start_0f0000"
 PRE_END = "distill_pre_end_0f0000"
 _UNSET = object()  # an attribute a namespace does not have (in a snapshot)
 
@@ -130,8 +130,8 @@ def after_attributes(after: list, namespaces: set[str]) -> tuple[str, ...] | str
 
 
 def with_prepasses(tree, loops: list):
-    """The tree with each pre-pass loop watched: its items from PRE_ITER, a PRE_START call
-    first in every iteration and a PRE_END call right after it."""
+    """The tree with each pre-pass loop watched: its items from PRE_ITER (PreIter, which
+    starts every iteration) and a PRE_END call right after it."""
     from jinja2 import nodes
 
     def call(name: str, args: list) -> Any:
@@ -139,7 +139,6 @@ def with_prepasses(tree, loops: list):
 
     for loop in loops:
         loop.iter = call(PRE_ITER, [loop.iter])
-        loop.body.insert(0, nodes.ExprStmt(call(PRE_START, [])))
         i = next(i for i, node in enumerate(tree.body) if node is loop)
         tree.body.insert(i + 1, nodes.ExprStmt(call(PRE_END, [])))
     return tree
@@ -164,7 +163,7 @@ class PrePassWatch:
     def __init__(self, attrs: tuple[str, ...]):
         self.pre: list[PrePass] = []
         self.cur: PrePass | None = None  # the pre-pass running now
-        self.namespaces: list = []
+        self.namespaces: list[dict] = []  # the attribute dicts of the namespaces made
         self.attrs = attrs  # the namespace attributes after() reads: snapshot at every plain fetch
         self.states: list = []
         self.end_state: tuple | None = ()
@@ -197,14 +196,17 @@ class PrePassWatch:
 
 
 class PreIter:
-    """A pre-pass loop's items. A plain fetch is read by the iteration it starts (PRE_START);
-    a fetch while jinja peeks (loop.last, loop.nextitem, loop.length) is a read inside the
-    current iteration, and running past the end while peeking depends on the count."""
+    """A pre-pass loop's items. A plain fetch starts an iteration, which reads its item
+    (PrePassWatch.pre_start); a fetch while jinja peeks (loop.last, loop.nextitem,
+    loop.length) is a read inside the current iteration, and running past the end while
+    peeking depends on the count. When the loop reads `loop`, jinja's LoopContext hands out
+    the items (a peeked one without fetching it again): it starts the iterations instead
+    (`managed`, template_tracked.tracked_loop_context)."""
 
-    __slots__ = ("t", "i", "peeking")
+    __slots__ = ("t", "i", "peeking", "managed")
 
     def __init__(self, t: Any, start: int):
-        self.t, self.i, self.peeking = t, start, False
+        self.t, self.i, self.peeking, self.managed = t, start, False, False
 
     def __iter__(self):
         return self
@@ -218,6 +220,8 @@ class PreIter:
         self.i += 1
         if self.peeking:
             t.read(i)
+        elif not self.managed:
+            t.pre_start()
         return t.items[i]
 
 
@@ -247,15 +251,20 @@ def watched_namespace(t: Any):
     def make(*args: Any, **kwargs: Any) -> Any:
         ns = cls(*args, **kwargs)
         object.__setattr__(ns, "_distill_t", t)
-        t.namespaces.append(ns)
+        t.namespaces.append(ns._Namespace__attrs)  # its attributes, for the snapshots
         return ns
 
     return make
 
 
 def snapshot(namespaces: list, attrs: tuple[str, ...]) -> tuple | None:
-    """The values of `attrs` in every namespace made so far (None: a value that cannot be a key)."""
-    state = tuple(ns._Namespace__attrs.get(a, _UNSET) for ns in namespaces for a in attrs)
+    """The values of `attrs` in the attribute dicts of every namespace made so far (None: a
+    value that cannot be a key; an attribute a namespace lacks is _UNSET)."""
+    unset = (_UNSET,) * len(attrs)
+    if len(namespaces) == 1:
+        state = tuple(map(namespaces[0].get, attrs, unset))
+    else:
+        state = tuple(v for d in namespaces for v in map(d.get, attrs, unset))
     try:
         hash(state)
     except TypeError:
@@ -299,7 +308,7 @@ def why_not_tracked(tree) -> str | None:
     loop = loops[0]
     if loop.recursive or loop.test is not None or loop.else_ or any(loop.find_all(nodes.Break)):
         return "its loop over messages is recursive, filtered, can break or has an else branch"
-    if any(n.name in (ITER_NAME, PRE_ITER, PRE_START, PRE_END) for n in tree.find_all(nodes.Name)):
+    if any(n.name in (ITER_NAME, PRE_ITER, PRE_END) for n in tree.find_all(nodes.Name)):
         return "it uses the names of the watched render"
     if why := _loop_use(tree.body, None, None):  # `loop` outside a for loop
         return why

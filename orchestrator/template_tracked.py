@@ -55,7 +55,6 @@ from orchestrator.template_prepass import (
     NotTracked,
     PRE_END,
     PRE_ITER,
-    PRE_START,
     PreIter,
     PrePassWatch,
     after_attributes,
@@ -179,9 +178,23 @@ class _View:
 
 def tracked_loop_context(base):
     """jinja's LoopContext whose look-ahead (loop.last, loop.nextitem, loop.length, ...)
-    on the main loop is recorded as reading the items it looks at."""
+    on the main loop and pre-pass loops is recorded as reading the items it looks at, and
+    which starts every iteration of a pre-pass loop (template_prepass.PreIter)."""
 
     class TrackedLoopContext(base):
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            pre = self._iterator
+            self._pre = pre if isinstance(pre, PreIter) else None  # a pre-pass: we start its iterations
+            if self._pre is not None:
+                pre.managed = True
+
+        def __next__(self):
+            out = super().__next__()  # a peeked item comes without a fetch
+            if self._pre is not None:
+                self._pre.t.pre_start()
+            return out
+
         def _peek_next(self):
             it = self._iterator
             if not isinstance(it, (_MainIter, PreIter)):
@@ -308,7 +321,7 @@ def render_tracked(
     t = _Tracker(list(messages), attrs)
     kwargs[ITER_NAME] = t.main
     if prepasses:
-        kwargs.update({PRE_ITER: t.pre_iter, PRE_START: t.pre_start, PRE_END: t.pre_end})
+        kwargs.update({PRE_ITER: t.pre_iter, PRE_END: t.pre_end})
     if namespaces:
         kwargs["namespace"] = watched_namespace(t)
     text = template.render(messages=_View(t, 0), **kwargs)

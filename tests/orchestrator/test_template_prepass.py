@@ -31,6 +31,15 @@ PREPASS = {  # pre-pass forms; name -> (template, every prefix proven on convers
         NS + "{%- for m in messages %}{% set ns.s = m.role %}{%- endfor %}{{ ns.s }}" + MAIN,
         False,
     ),
+    "system index through loop (jinja's loop context)": (
+        NS + "{%- for m in messages %}{%- if m.role == 'system' %}{% set ns.s = loop.index0 %}{% endif %}"
+        "{%- endfor %}{{ ns.s }}" + MAIN,
+        True,
+    ),
+    "writes on every message through loop": (
+        NS + "{%- for m in messages %}{% set ns.s = loop.index %}{%- endfor %}{{ ns.s }}" + MAIN,
+        False,
+    ),
     "loop.last in the pre-pass": (
         NS + "{%- for m in messages %}{% if loop.last %}{% set ns.s = 'L' %}{% endif %}{%- endfor %}{{ ns.s }}" + MAIN,
         False,
