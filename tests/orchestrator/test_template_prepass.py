@@ -131,17 +131,18 @@ def test_a_late_system_message_leaves_the_prefixes_before_it_unproven():
     assert [j for j in range(1, len(msgs) + 1) if parts.cut_for(j) is not None] == list(range(late + 1, len(msgs) + 1))
 
 
-def _deepseek():
+def _deepseek(template: str):
     from support import tokenizer_builds
 
     try:
-        return tokenizer_builds.load("deepseek", "deepseek_v3")
+        return tokenizer_builds.load("deepseek", template)
     except Exception as e:  # noqa: BLE001 - no package and no registry: say why
         tokenizer_builds.unavailable("test tokenizer 'deepseek'", e)
 
 
-def test_deepseek_reconstruction_same_with_and_without_watched_renders():
-    tok = _deepseek()
+@pytest.mark.parametrize("template", DEEPSEEK)
+def test_deepseek_reconstruction_same_with_and_without_watched_renders(template):
+    tok = _deepseek(template)
     fast, slow = recon(tok=tok), recon(tok=tok)
     slow.chat_template.tracked = None
     rng = random.Random(11)
@@ -151,10 +152,14 @@ def test_deepseek_reconstruction_same_with_and_without_watched_renders():
         got = fast.build(msgs, sample_id=str(i))
         assert got == slow.build(msgs, sample_id=str(i))
         samples += len(got[0])
-    assert samples >= 25  # DeepSeek V3 rejects its later tool-call turns: they do not start with the generation prompt
+    # V3 and R1 reject their later tool-call turns (not started by the generation prompt)
+    assert samples >= 25
     # a late system message leaves the first prompt unproven: that conversation renders each prefix
     assert fast.stats["prefix_renders_tracked"] >= 36 and fast.stats["prefix_renders_not_tracked"] <= 4
-    assert fast.stats["renders"] < slow.stats["renders"] / 2
-    # after() was learnt in both states of ns.is_tool: after a tool result the prompt differs
-    assert {s for g, s in fast._tracked_afters if g} == {(False,), (True,)}
-    assert fast._tracked_afters[(True, (True,))] != fast._tracked_afters[(True, (False,))]
+    # R1's turns follow a prompt that opens <think>: each is also rendered as the student emits it
+    assert fast.stats["renders"] < slow.stats["renders"] * (0.8 if template == "deepseek_r1_distill" else 0.5)
+    # after(True) was learnt in more than one state: after a tool result the prompt differs (ns.is_tool);
+    # R1 rejects tool-call turns before any prompt after a tool result is needed
+    prompts = {s: a for (g, s), a in fast._tracked_afters.items() if g}
+    states = 1 if template == "deepseek_r1_distill" else 2
+    assert len(prompts) == len(set(prompts.values())) == states, prompts
