@@ -67,6 +67,27 @@ def split_loops(tree) -> tuple[Any, list] | str:
     return loops[-1], loops[:-1]
 
 
+def _default_of(node) -> str | None:
+    """X when `node` is `{% if not X is defined %}{% set X = <constant> %}{% endif %}`, else None."""
+    from jinja2 import nodes
+
+    if not (isinstance(node, nodes.If) and not node.elif_ and not node.else_ and isinstance(node.test, nodes.Not)):
+        return None
+    test, body = node.test.node, node.body
+    if (
+        isinstance(test, nodes.Test)
+        and test.name == "defined"
+        and isinstance(test.node, nodes.Name)
+        and len(body) == 1
+        and isinstance(body[0], nodes.Assign)
+        and isinstance(body[0].target, nodes.Name)
+        and body[0].target.name == test.node.name
+        and isinstance(body[0].node, nodes.Const)
+    ):
+        return test.node.name
+    return None
+
+
 def default_only(tree) -> set[str]:
     """Names whose every assignment is `{% if not X is defined %}{% set X = <constant> %}{% endif %}`
     at the top level: their value is the keyword argument, or else that constant, in every
@@ -75,21 +96,7 @@ def default_only(tree) -> set[str]:
 
     defaults: dict[str, int] = {}
     for node in tree.body:
-        if (
-            isinstance(node, nodes.If)
-            and not node.elif_
-            and not node.else_
-            and isinstance(node.test, nodes.Not)
-            and isinstance(node.test.node, nodes.Test)
-            and node.test.node.name == "defined"
-            and isinstance(node.test.node.node, nodes.Name)
-            and len(node.body) == 1
-            and isinstance(node.body[0], nodes.Assign)
-            and isinstance(node.body[0].target, nodes.Name)
-            and node.body[0].target.name == node.test.node.node.name
-            and isinstance(node.body[0].node, nodes.Const)
-        ):
-            name = node.body[0].target.name
+        if (name := _default_of(node)) is not None:
             defaults[name] = defaults.get(name, 0) + 1
     stores: dict[str, int] = {}
     for n in tree.find_all(nodes.Name):
@@ -99,16 +106,33 @@ def default_only(tree) -> set[str]:
 
 
 def idiom_names(tree, names: set[str]) -> set[int]:
-    """ids of the Name nodes of default_only's idiom for `names` (the test and the store)."""
+    """ids of the Name nodes of default_only's idiom for `names` (its test and its store)."""
     from jinja2 import nodes
 
     out: set[int] = set()
     for node in tree.body:
-        if isinstance(node, nodes.If) and isinstance(node.test, nodes.Not) and isinstance(node.test.node, nodes.Test):
-            target = node.test.node.node
-            if isinstance(target, nodes.Name) and target.name in names and node.test.node.name == "defined":
-                out |= {id(n) for n in node.find_all(nodes.Name) if n.name == target.name}
+        if (name := _default_of(node)) is not None and name in names:
+            out |= {id(n) for n in node.find_all(nodes.Name)}
     return out
+
+
+def namespace_names(tree) -> set[str]:
+    """Names that may hold a namespace: those assigned an attribute (`set ns.x`), assigned
+    `namespace(...)`, or assigned one of these (an alias, which the loop changes as well)."""
+    from jinja2 import nodes
+
+    names = {n.name for n in tree.find_all(nodes.NSRef)}
+    assigns = [a for a in tree.find_all(nodes.Assign) if isinstance(a.target, nodes.Name)]
+    names |= {
+        a.target.name
+        for a in assigns
+        if isinstance(a.node, nodes.Call) and isinstance(a.node.node, nodes.Name) and a.node.node.name == "namespace"
+    }
+    while True:
+        more = {a.target.name for a in assigns if isinstance(a.node, nodes.Name) and a.node.name in names} - names
+        if not more:
+            return names
+        names |= more
 
 
 def after_attributes(after: list, namespaces: set[str]) -> tuple[str, ...] | str:
@@ -321,7 +345,7 @@ def why_not_tracked(tree) -> str | None:
         for n in tree.find_all(nodes.Name)
     ):
         return "it reads add_generation_prompt before the end of its loop over messages"
-    namespaces = {n.name for n in tree.find_all(nodes.NSRef)}
+    namespaces = namespace_names(tree)
     macros = {m.name for m in tree.find_all(nodes.Macro)}
     for node in after:
         if any(isinstance(c.node, nodes.Name) and c.node.name in macros for c in node.find_all(nodes.Call)):

@@ -59,6 +59,7 @@ from orchestrator.template_prepass import (
     PrePassWatch,
     after_attributes,
     default_only,
+    namespace_names,
     proven_by_prepasses,
     snapshot,
     split_loops,
@@ -353,12 +354,11 @@ class TrackedTemplate:
     """The template compiled for watched renders (module docstring)."""
 
     def __init__(self, env, tree, mark: str, start: str, end: str):
-        from jinja2 import nodes
 
         from orchestrator.template import _after_is_constant, _compile, _top_level_index
 
         loop, pre = split_loops(tree)
-        namespaces = {n.name for n in tree.find_all(nodes.NSRef)}
+        namespaces = namespace_names(tree)
         attrs = after_attributes(tree.body[_top_level_index(tree.body, loop) + 1 :], namespaces)
         # after(g) reads nothing but g, the constant keyword arguments (as for append-only
         # templates) and the namespace attributes `attrs`: the same for every conversation with

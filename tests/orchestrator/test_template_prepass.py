@@ -40,6 +40,11 @@ PREPASS = {  # pre-pass forms; name -> (template, every prefix proven on convers
         NS + "{%- for m in messages %}{% set ns.s = loop.index %}{%- endfor %}{{ ns.s }}" + MAIN,
         False,
     ),
+    "a namespace's alias read after the loop": (
+        NS + "{%- set al = ns %}{%- for m in messages %}{%- set ns.t = m.role == 'tool' %}{{ m.content }}"
+        "{%- endfor %}{%- if add_generation_prompt %}{{ 'T' if al.t else 'G' }}{% endif %}",
+        True,
+    ),
     "loop.last in the pre-pass": (
         NS + "{%- for m in messages %}{% if loop.last %}{% set ns.s = 'L' %}{% endif %}{%- endfor %}{{ ns.s }}" + MAIN,
         False,
@@ -67,6 +72,11 @@ REFUSED = {
     "a nested loop over messages": (
         "{%- if true %}{%- for m in messages %}{%- endfor %}{% endif %}" + MAIN,
         "top-level",
+    ),
+    "add_generation_prompt read in an idiom's twin": (
+        "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
+        "{% if not add_generation_prompt is defined %}{% else %}{{ add_generation_prompt }}{% endif %}" + MAIN,
+        "add_generation_prompt",
     ),
     "a namespace itself after the loop": (
         NS + "{%- for m in messages %}{% set ns.t = true %}{{ m.content }}{%- endfor %}{{ ns }}",
@@ -118,6 +128,8 @@ def test_deepseek_templates_every_prefix_proven(name, conversations):
     t = ChatTemplate(source)
     assert not t.append_only and t.tracked is not None and t.after_is_constant, t.why_not_tracked
     assert t.tracked.watch == (True, True, ("is_last_user", "is_tool") if name == "deepseek_v3_1" else ("is_tool",))
+    idiom = "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
+    assert source.startswith(idiom)  # not a read of it before the loop: we always pass it
     proven, unproven = _proven_prefixes(source, name, 60)
     assert proven > 500 and unproven == 0
 
