@@ -380,8 +380,12 @@ def tracked_template(env, source: str, mark: str, start: str, end: str) -> tuple
     from orchestrator.template import _without_generation_calls
 
     try:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
         tree = _without_generation_calls(env.parse(source))
         why = why_not_tracked(tree)
+        if why is None and split_loops(tree)[1] and not isinstance(env, ImmutableSandboxedEnvironment):
+            why = "it has a loop over messages before its main one, and lists may change in this environment"
         return (TrackedTemplate(env, tree, mark, start, end), "") if why is None else (None, why)
     except Exception as e:  # noqa: BLE001 - never block reconstruction; render each prefix
         return None, f"the watched template could not be built ({type(e).__name__}: {e})"

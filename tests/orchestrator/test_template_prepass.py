@@ -175,3 +175,17 @@ def test_deepseek_reconstruction_same_with_and_without_watched_renders(template)
     prompts = {s: a for (g, s), a in fast._tracked_afters.items() if g}
     states = 1 if template == "deepseek_r1_distill" else 2
     assert len(prompts) == len(set(prompts.values())) == states, prompts
+
+
+def test_a_pre_pass_needs_the_immutable_sandbox():
+    # a mutable environment would let a pre-pass change a list (lst.append), which is not watched
+    from jinja2.sandbox import SandboxedEnvironment
+
+    from orchestrator.template import _MARK, END, START
+    from orchestrator.template_tracked import tracked_template
+
+    source = PREPASS["system prompt gathered"][0]
+    env = SandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    watched, why = tracked_template(env, source, _MARK, START, END)
+    assert watched is None and "lists may change" in why
+    assert tracked_template(env, MAIN, _MARK, START, END)[0] is not None  # no pre-pass: as before
