@@ -281,18 +281,21 @@ def watched_namespace(t: Any):
     return make
 
 
+_PLAIN = frozenset((str, int, float, bool, type(None)))
+
+
 def snapshot(namespaces: list, attrs: tuple[str, ...]) -> tuple | None:
-    """The values of `attrs` in the attribute dicts of every namespace made so far (None: a
-    value that cannot be a key; an attribute a namespace lacks is _UNSET)."""
+    """The values of `attrs` in the attribute dicts of every namespace made so far (an
+    attribute a namespace lacks is _UNSET); None when a value is not a plain str, number,
+    bool or None (a list, or an object equal only to itself: not comparable across renders)."""
     unset = (_UNSET,) * len(attrs)
     if len(namespaces) == 1:
         state = tuple(map(namespaces[0].get, attrs, unset))
     else:
         state = tuple(v for d in namespaces for v in map(d.get, attrs, unset))
-    try:
-        hash(state)
-    except TypeError:
-        return None
+    for v in state:
+        if type(v) not in _PLAIN and v is not _UNSET:
+            return None
     return state
 
 

@@ -189,3 +189,16 @@ def test_a_pre_pass_needs_the_immutable_sandbox():
     watched, why = tracked_template(env, source, _MARK, START, END)
     assert watched is None and "lists may change" in why
     assert tracked_template(env, MAIN, _MARK, START, END)[0] is not None  # no pre-pass: as before
+
+
+def test_a_state_holding_an_object_is_not_compared():
+    # a namespace attribute holding a list (or another namespace) has no value to key after() by:
+    # reconstruction renders those prefixes (prefixes.py), as the check here does
+    source = (
+        "{%- set ns = namespace(t=[]) %}{%- for m in messages %}{%- set ns.t = [m.role] %}{{ m.content }}"
+        "{%- endfor %}{%- if add_generation_prompt %}{{ ns.t[0] }}{% endif %}"
+    )
+    watched, _ = _watched(source)
+    parts = watched.render(_conversation(random.Random(5)), None, True)
+    assert parts.states and all(s is None for s in parts.states) and parts.end_state is None
+    assert _proven_prefixes(source, "object state", 10)[0] > 0

@@ -88,12 +88,13 @@ def _proven_prefixes(source: str, seed: str, conversations: int = 25) -> tuple[i
                     continue
                 direct = plain.render(msgs[:j], tools, g, **kw)
                 state = parts.state_for(j)
-                if state == parts.end_state:  # after() is the same (it reads no namespace, or the same values)
+                if state is not None and state == parts.end_state:  # after() reads no namespace, or the same values
                     assert parts.head[:cut] + parts.after == direct, (j, g)
                 else:  # the prefix's own watched render: the same head, in the state recorded for it
                     own = watched.render(msgs[:j], tools, g, **kw)
                     assert (own.head, own.end_state, own.head + own.after) == (parts.head[:cut], state, direct)
-                    afters.setdefault((g, state), set()).add(own.after)
+                    if state is not None:
+                        afters.setdefault((g, state), set()).add(own.after)
                 proven += 1
             if parts is not None and parts.end_state is not None:
                 afters.setdefault((g, parts.end_state), set()).add(parts.after)
