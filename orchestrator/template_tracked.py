@@ -183,18 +183,9 @@ def tracked_loop_context(base):
     which starts every iteration of a pre-pass loop (template_prepass.PreIter)."""
 
     class TrackedLoopContext(base):
-        def __init__(self, *args: Any, **kwargs: Any):
-            super().__init__(*args, **kwargs)
-            pre = self._iterator
-            self._pre = pre if isinstance(pre, PreIter) else None  # a pre-pass: we start its iterations
-            if self._pre is not None:
-                pre.managed = True
-
-        def __next__(self):
-            out = super().__next__()  # a peeked item comes without a fetch
-            if self._pre is not None:
-                self._pre.t.pre_start()
-            return out
+        def __new__(cls, iterable: Any, *args: Any, **kwargs: Any):
+            # a pre-pass loop's context starts its iterations; other loops keep jinja's __next__
+            return object.__new__(PrePassLoopContext if isinstance(iterable, PreIter) else cls)
 
         def _peek_next(self):
             it = self._iterator
@@ -217,6 +208,17 @@ def tracked_loop_context(base):
                 return base.length.fget(self)
             finally:
                 it.peeking = False
+
+    class PrePassLoopContext(TrackedLoopContext):
+        def __init__(self, iterable: Any, *args: Any, **kwargs: Any):
+            super().__init__(iterable, *args, **kwargs)
+            iterable.managed = True
+            self._pre = iterable
+
+        def __next__(self):
+            out = super().__next__()  # a peeked item comes without a fetch
+            self._pre.t.pre_start()
+            return out
 
     return TrackedLoopContext
 
