@@ -37,6 +37,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+ALL = sys.maxsize  # "read" meaning: depends on how many messages there are
 ITER_NAME = "distill_iter_0f0000"  # names unlikely to be a template's own variables
 PRE_ITER = "distill_pre_iter_0f0000"
 PRE_END = "distill_pre_end_0f0000"
@@ -219,7 +220,20 @@ class PrePassWatch:
             self.max = rec.outer
 
 
-class PreIter:
+class WatchedIter:
+    """The items of a watched loop over messages (template_tracked._MainIter, PreIter): `t` the
+    render's tracker, `i` the next index, `peeking` set while jinja's loop context looks ahead."""
+
+    __slots__ = ("t", "i", "peeking")
+
+    def __init__(self, t: Any, start: int):
+        self.t, self.i, self.peeking = t, start, False
+
+    def __iter__(self):
+        return self
+
+
+class PreIter(WatchedIter):
     """A pre-pass loop's items. A plain fetch starts an iteration, which reads its item
     (PrePassWatch.pre_start); a fetch while jinja peeks (loop.last, loop.nextitem,
     loop.length) is a read inside the current iteration, and running past the end while
@@ -227,19 +241,17 @@ class PreIter:
     the items (a peeked one without fetching it again): it starts the iterations instead
     (`managed`, template_tracked.tracked_loop_context)."""
 
-    __slots__ = ("t", "i", "peeking", "managed")
+    __slots__ = ("managed",)
 
     def __init__(self, t: Any, start: int):
-        self.t, self.i, self.peeking, self.managed = t, start, False, False
-
-    def __iter__(self):
-        return self
+        super().__init__(t, start)
+        self.managed = False
 
     def __next__(self):
         t, i = self.t, self.i
         if i >= t.n:
             if self.peeking:
-                t.read(sys.maxsize)  # template_tracked.ALL: depends on the count
+                t.read(ALL)
             raise StopIteration
         self.i += 1
         if self.peeking:

@@ -46,17 +46,18 @@ after it are watched too: template_prepass.py.
 from __future__ import annotations
 
 import itertools
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.template_prepass import (
+    ALL,
     ITER_NAME,
     NotTracked,
     PRE_END,
     PRE_ITER,
     PreIter,
     PrePassWatch,
+    WatchedIter,
     after_attributes,
     default_only,
     namespace_names,
@@ -67,8 +68,6 @@ from orchestrator.template_prepass import (
     why_not_tracked,
     with_prepasses,
 )
-
-ALL = sys.maxsize  # "read" meaning: depends on how many messages there are
 
 
 class _Tracker(PrePassWatch):
@@ -92,17 +91,13 @@ class _Tracker(PrePassWatch):
         return _MainIter(self, view._start)
 
 
-class _MainIter:
+class _MainIter(WatchedIter):
     """The main loop's items. A plain fetch (the loop moving on) is immediately followed by
     the iteration's marker, so it records the iteration's cut; a fetch while jinja peeks
     (loop.last, loop.nextitem, loop.length) is a read inside the previous iteration, and
     the iteration it fetches proves no prefix."""
 
-    def __init__(self, t: _Tracker, start: int):
-        self.t, self.i, self.peeking = t, start, False
-
-    def __iter__(self):
-        return self
+    __slots__ = ()
 
     def __next__(self):
         t, i = self.t, self.i
@@ -189,7 +184,7 @@ def tracked_loop_context(base):
 
         def _peek_next(self):
             it = self._iterator
-            if not isinstance(it, (_MainIter, PreIter)):
+            if not isinstance(it, WatchedIter):
                 return super()._peek_next()
             it.peeking = True
             try:
@@ -200,7 +195,7 @@ def tracked_loop_context(base):
         @property
         def length(self):
             it = self._iterator
-            if not isinstance(it, (_MainIter, PreIter)):
+            if not isinstance(it, WatchedIter):
                 return base.length.fget(self)
             it.t.read(ALL)
             it.peeking = True

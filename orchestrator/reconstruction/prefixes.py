@@ -150,8 +150,9 @@ class PrefixRenders:
 
     def _tracked_functions(self, data, tools, first: int, direct, full, afters: dict, state):
         """_prefix_renders' functions from a watched render (see _tracked_prefixes)."""
-        head, after_prompt, after_full = full.head, afters[(True, state)], full.after
+        head, after_prompt = full.head, afters[(True, state)]
         if full.states is None:  # after() reads no namespace: one after(g) for every prefix
+            after_full = full.after
 
             def prompt_render(j: int) -> str:
                 c = full.cut_for(j)
