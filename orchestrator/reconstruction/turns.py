@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,16 @@ if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type
     from distill.core.config import Reconstruction
 
 SENTINEL = "\u2063Zq7xSENTINELx7qZ\u2063"
+
+
+def sentinel_for(msg: dict) -> str:
+    """SENTINEL, or a variant that occurs nowhere in `msg` (its reasoning, say, could hold it)."""
+    text, k = json.dumps(msg, ensure_ascii=False, default=str), 0
+    while (s := SENTINEL[:-1] + (str(k) if k else "") + SENTINEL[-1]) in text:
+        k += 1
+    return s
+
+
 # A tools list for probing a template that renders nothing without one (Hermes' "tool_use"
 # template iterates over `tools` unconditionally): tried only when every probe without
 # tools raised. Its name differs from tool_args' probe call, so a listed tool is never
@@ -260,21 +271,22 @@ class TurnLocator:
         content = data[a].get("content")
         if not isinstance(content, str):
             return None
+        sentinel = sentinel_for(data[a])
         try:
             history = self.render(data[:a], tools, False)
-            probe = self.render(data[:a] + [dict(data[a], content=SENTINEL)], tools, False)
+            probe = self.render(data[:a] + [dict(data[a], content=sentinel)], tools, False)
         except Exception:  # noqa: BLE001 - not provable this way
             return None
         header = base[len(history) :]
-        i = probe.find(SENTINEL)
+        i = probe.find(sentinel)
         lead = next((x for x in ("", self.turn_opening) if x is not None and probe.endswith(header + x, 0, i)), None)
         if not (
             header
             and base.startswith(history)
             and i >= 0
-            and probe.count(SENTINEL) == 1
+            and probe.count(sentinel) == 1
             and lead is not None
-            and probe[:i] + content + probe[i + len(SENTINEL) :] == full
+            and probe[:i] + content + probe[i + len(sentinel) :] == full
         ):
             return None
         self.stats["rewritten_history_turns"] += 1
@@ -335,7 +347,8 @@ class TurnLocator:
         )
 
     def _lead(self, data: list[dict], a: int, tools, base: str, seg: str, m: Msg, eot: str) -> str:
-        probe = dict(data[a], content=m.placed_prefix + SENTINEL)
+        sentinel = sentinel_for(data[a])
+        probe = dict(data[a], content=m.placed_prefix + sentinel)
         try:
             full_s = self.render(data[:a] + [probe], tools, False)
         except Exception as e:  # noqa: BLE001
@@ -343,10 +356,10 @@ class TurnLocator:
         end_s = len(full_s) - len(eot + self.final_tail)
         ok = full_s.startswith(base) and full_s.endswith(eot + self.final_tail) and end_s >= len(base)
         seg_s = full_s[len(base) : end_s] if ok else ""
-        i = seg_s.find(SENTINEL)
-        if i < 0 or seg_s[:i] + m.content + seg_s[i + len(SENTINEL) :] != seg:
+        i = seg_s.find(sentinel)
+        if i < 0 or seg_s[:i] + m.content + seg_s[i + len(sentinel) :] != seg:
             how = "does not render the content verbatim"
-            if i >= 0 and seg_s[:i] + m.content.strip() + seg_s[i + len(SENTINEL) :] == seg:
+            if i >= 0 and seg_s[:i] + m.content.strip() + seg_s[i + len(sentinel) :] == seg:
                 how = (
                     "trims whitespace from the content (Llama 3's and Gemma's `| trim`, SmolLM3's "
                     '`.lstrip("\\n")`), so the student would '
@@ -357,7 +370,7 @@ class TurnLocator:
                 "template_alters_content",
                 f"messages[{a}] ({m.role}): the template {how} (content starts {m.content[:30]!r})",
             )
-        lead, tail = seg_s[:i], seg_s[i + len(SENTINEL) :]
+        lead, tail = seg_s[:i], seg_s[i + len(sentinel) :]
         if m.role == "assistant" and lead.endswith(m.placed_prefix) and len(self._assistant_leads) < 4:
             pair = (lead[: len(lead) - len(m.placed_prefix)], tail)
             if pair not in self._assistant_leads:

@@ -17,6 +17,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from support.reconstruct_helpers import decode, full_text, masked_text, recon, render, tokenizer_with
 
+from orchestrator.reconstruction.turns import SENTINEL
+
 IM = "<|im_end|>"
 # RECONSTRUCT_EXAMPLES=500 for a longer hunt; the default keeps the suite fast.
 SETTINGS = settings(
@@ -187,6 +189,11 @@ def reasoning_conversations(draw):
 # found by hypothesis: a whitespace content also occurs inside the reasoning; the check that the
 # reasoning was rendered must cut the content out where the template put it, not at its first match
 @example(msgs=[{"role": "user", "content": ""}, {"role": "assistant", "content": " ", "reasoning_content": "0 0"}])
+# found by hypothesis (which draws string constants from the code): the reasoning holds the
+# sentinel that the probe puts in the content's place, so the probe found it in the reasoning
+@example(
+    msgs=[{"role": "user", "content": ""}, {"role": "assistant", "content": "Hello", "reasoning_content": SENTINEL}]
+)
 def test_random_history_rewrites_split_into_exact_per_turn_samples(msgs):
     # The Qwen3-style template drops earlier <think> blocks when a new user message
     # comes: every assistant turn becomes its own sample, with the history as the
