@@ -14,6 +14,9 @@ same generated multi-turn corpus, in the same run:
   deepseek_v3: DeepSeek's real tokenizer with DeepSeek V3's template (a pre-pass gathers the
             system prompt, and the text after the loop reads a namespace: watched renders
             with orchestrator/template_prepass.py)
+  olmo2_tulu, granite3_3: OLMo 2's and Granite 3.3's real templates with stand-in tokenizers
+            (they write the generation prompt inside the loop, at loop.last: watched renders
+            with orchestrator/template_last.py)
 
   ours:          Reconstructor.build_many over chunks of 128 conversations
   ours in N processes: the same chunks, each split between N-1 worker processes and this one
@@ -220,6 +223,12 @@ class Family:
                 encoding="utf-8"
             )
             self.label = "SmolLM2 tokenizer, ChatML with generation markers (append-only)"
+        elif name in STANDIN_FAMILIES:  # a real tokenizer with the family's turn tokens (family_standins.py)
+            sys.path.insert(0, str(ROOT / "tests"))
+            from support.family_standins import standin
+
+            self.tok = standin(name)
+            self.label = f"{name} template, stand-in tokenizer (tests/support/family_standins.py)"
         else:
             from tests.support import tokenizer_builds
 
@@ -264,6 +273,8 @@ class Family:
         return [[dict(m, content=m["content"].strip()) for m in c] for c in cs] if self.strip else cs
 
 
+# families whose real tokenizer no package ships: the template is real, the tokenizer a stand-in
+STANDIN_FAMILIES = ("olmo2_tulu", "granite3_3")
 CORPORA = {"mixed": "1-16 turns", "shared-system": "one ~800-token system prompt, 1-3 short turns"}
 
 
@@ -313,8 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--families",
         default="smollm2,llama3_1,qwen3,mistral_v0_1,deepseek_v3",
-        help="comma-separated: smollm2 (append-only), llama3_1, qwen3, deepseek_v3 (real templates that are "
-        "not), mistral_v0_1 (SentencePiece)",
+        help="comma-separated: smollm2 (append-only), llama3_1, qwen3, deepseek_v3, deepseek_v3_1, olmo2_tulu, granite3_3 (real "
+        "templates that are not), mistral_v0_1 (SentencePiece)",
     )
     p.add_argument(
         "--scaling-conversations",

@@ -338,6 +338,7 @@ def why_not_tracked(tree) -> str | None:
     from jinja2 import nodes
 
     from orchestrator.template import _loop_use, _top_level_index
+    from orchestrator.template_last import LAST_NAMES, last_units, unit_names
 
     if any(tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport, nodes.Block))):
         return "it extends, includes or imports other templates"
@@ -347,7 +348,7 @@ def why_not_tracked(tree) -> str | None:
     loop = loops[0]
     if loop.recursive or loop.test is not None or loop.else_ or any(loop.find_all(nodes.Break)):
         return "its loop over messages is recursive, filtered, can break or has an else branch"
-    if any(n.name in (ITER_NAME, PRE_ITER, PRE_END) for n in tree.find_all(nodes.Name)):
+    if any(n.name in (ITER_NAME, PRE_ITER, PRE_END, *LAST_NAMES) for n in tree.find_all(nodes.Name)):
         return "it uses the names of the watched render"
     if why := _loop_use(tree.body, None, None):  # `loop` outside a for loop
         return why
@@ -355,6 +356,9 @@ def why_not_tracked(tree) -> str | None:
     after_names = {id(n) for node in after for n in node.find_all(nodes.Name)}
     # `{% if not add_generation_prompt is defined %}...`: always defined here, so never read for its value
     idiom = idiom_names(tree, default_only(tree) & {"add_generation_prompt"})
+    # read inside a statement that reads loop.last only to choose text: a constant there (template_last.py)
+    units = last_units(loop)
+    idiom |= unit_names(units) if isinstance(units, list) else set()
     if any(
         n.name == "add_generation_prompt" and id(n) not in after_names and id(n) not in idiom
         for n in tree.find_all(nodes.Name)

@@ -45,10 +45,20 @@ after it are watched too: template_prepass.py.
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.template_last import (
+    NOT_LAST_NAME,
+    POISON_NAME,
+    VARIANT_NAME,
+    LastUnitsWatch,
+    assigned_names,
+    cut_variants,
+    holds,
+    last_markers,
+    last_units,
+    with_last_variants,
+)
 from orchestrator.template_prepass import (
     ALL,
     ITER_NAME,
@@ -68,9 +78,10 @@ from orchestrator.template_prepass import (
     why_not_tracked,
     with_prepasses,
 )
+from orchestrator.tracked_parts import TrackedParts, cut_at_markers
 
 
-class _Tracker(PrePassWatch):
+class _Tracker(PrePassWatch, LastUnitsWatch):
     """What one render read, and where the main loop's iterations started."""
 
     def __init__(self, items: list, attrs: tuple[str, ...] = ()):
@@ -88,7 +99,8 @@ class _Tracker(PrePassWatch):
     def main(self, view) -> _MainIter:
         if not isinstance(view, _View) or view._t is not self:
             raise NotTracked("the main loop does not run over the messages")
-        return _MainIter(self, view._start)
+        self.loop_start = view._start
+        return (_VariantIter if self.markers else _MainIter)(self, view._start)
 
 
 class _MainIter(WatchedIter):
@@ -116,6 +128,18 @@ class _MainIter(WatchedIter):
         if i > t.max:  # t.read(i), inline: once per message of every watched render
             t.max = i
         return t.items[i]
+
+
+class _VariantIter(_MainIter):
+    """The main loop's items where the loop body has last units (template_last.py): after a
+    fetch, the reads of the iteration before in (False, *) copies count."""
+
+    __slots__ = ()
+
+    def __next__(self):
+        item = _MainIter.__next__(self)  # at the end: those reads are in no prefix but the whole
+        self.t.merge_pending()
+        return item
 
 
 class _View:
@@ -230,94 +254,21 @@ def with_cuts(tree, loop, start: str, end: str):
     return tree
 
 
-@dataclass
-class TrackedParts:
-    """One watched render: `head` is the text up to the loop's end, `ends[b]` where
-    iteration b starts in it (ends[-1]: the loop's end), `first_index[b]` the message
-    index of iteration b, `max_before[b]` the largest index read before its fetch,
-    `after` the text after the loop and `after_max` the largest index it read."""
-
-    head: str
-    ends: list[int]
-    indices: list[int]
-    max_before: list[int]
-    after: str
-    after_max: int
-    n: int
-    states: list | None = None  # per iteration, the snapshot at its fetch (template_prepass.py)
-    end_state: tuple | None = ()  # the snapshot at the loop's end
-    pre_ok: list[bool] | None = None  # per j, whether the pre-passes prove messages[:j]
-
-    def cut_for(self, j: int) -> int | None:
-        """Where render(messages[:j]) stops in `head`, when proven (module docstring)."""
-        if j >= self.n:
-            return self.ends[-1] if j == self.n else None
-        if self.pre_ok is not None and not (j >= 0 and self.pre_ok[j]):
-            return None
-        b = j - self.indices[0] if self.indices else -1
-        if 0 <= b < len(self.indices) and self.indices[b] == j:  # the indices rise one by one: found at once
-            return self.ends[b] if self.max_before[b] < j else None
-        for b, r in enumerate(self.indices):
-            if r >= j:
-                return self.ends[b] if r == j and self.max_before[b] < j else None
-        return None
-
-    def state_for(self, j: int) -> tuple | None:
-        """The namespace snapshot after() reads in render(messages[:j]) (None: unknown);
-        call only where cut_for(j) is known."""
-        if j >= self.n:
-            return self.end_state
-        if self.states is None:
-            return ()
-        b = j - self.indices[0]
-        if not (0 <= b < len(self.indices) and self.indices[b] == j):
-            b = self.indices.index(j)
-        return self.states[b]
-
-
-def cut_at_markers(text: str, mark: str, start: str, end: str) -> tuple[int, int, list[str], str]:
-    """(text.count(mark), text.count(end), head.split(start), after), where head, _,
-    after = text.partition(end): what a marked render's text is cut into.
-
-    Searching a text for the two-character markers (start, end) costs several times a
-    search for one character, so the text is split once at `mark` (one character that
-    begins both markers and occurs in neither's rest): when every piece but the first
-    begins with start's rest and the last with end's, each mark begins a marker, the
-    last one the only `end`, and the pieces are those of the four calls; otherwise the
-    four calls are made."""
-    s, e = start[1:], end[1:]
-    parts = text.split(mark) if len(mark) == 1 and start[:1] == end[:1] == mark else []
-    if (
-        len(parts) >= 2
-        and s
-        and e
-        and mark not in s + e
-        and not s.startswith(e)
-        and not e.startswith(s)
-        and parts[-1].startswith(e)
-        and all(p.startswith(s) for p in itertools.islice(parts, 1, len(parts) - 1))
-    ):
-        n = len(s)
-        return (
-            len(parts) - 1,
-            1,
-            [parts[0]] + [p[n:] for p in itertools.islice(parts, 1, len(parts) - 1)],
-            parts[-1][len(e) :],
-        )
-    head, _, after = text.partition(end)
-    return text.count(mark), text.count(end), head.split(start), after
-
-
 def render_tracked(
-    template, mark: str, start: str, end: str, messages, watch: tuple = (False, False, ()), **kwargs
+    template, mark: str, start: str, end: str, messages, watch: tuple = (False, False, (), ()), **kwargs
 ) -> TrackedParts | None:
     """The watched render of `messages` (see the module docstring), or None when the
     markers do not line up (e.g. a message holds the marker character). `watch`: (whether
     the template has pre-pass loops, whether it makes namespaces, the namespace
     attributes after() reads), template_prepass.py."""
-    prepasses, namespaces, attrs = watch
+    prepasses, namespaces, attrs, variants = watch
     t = _Tracker(list(messages), attrs)
     kwargs[ITER_NAME] = t.main
+    if variants:
+        if holds([t.items, kwargs], (mark, variants[3])):  # then the markers could not be told from the text
+            return None
+        t.markers = variants
+        kwargs.update({VARIANT_NAME: t.variant, POISON_NAME: t.raise_marker, NOT_LAST_NAME: t.not_last})
     if prepasses:
         kwargs.update({PRE_ITER: t.pre_iter, PRE_END: t.pre_end})
     if namespaces:
@@ -325,9 +276,16 @@ def render_tracked(
     text = template.render(messages=_View(t, 0), **kwargs)
     if t.max_at_end is None:
         return None
-    marks, ends_found, pieces, after = cut_at_markers(text, mark, start, end)
-    if marks != len(t.cuts) + 1 or ends_found != 1:
-        return None
+    lasts = None
+    if variants:
+        cut = cut_variants(text, variants, start, end, len(t.cuts))
+        if cut is None:
+            return None
+        pieces, lasts, after = cut
+    else:
+        marks, ends_found, pieces, after = cut_at_markers(text, mark, start, end)
+        if marks != len(t.cuts) + 1 or ends_found != 1:
+            return None
     ends, pos = [], len(pieces[0])
     for p in pieces[1:]:
         ends.append(pos)
@@ -344,6 +302,7 @@ def render_tracked(
         t.states if attrs else None,
         t.end_state,
         proven_by_prepasses(t.pre, t.n),
+        lasts,
     )
 
 
@@ -351,6 +310,8 @@ class TrackedTemplate:
     """The template compiled for watched renders (module docstring)."""
 
     def __init__(self, env, tree, mark: str, start: str, end: str):
+
+        from jinja2 import nodes
 
         from orchestrator.template import _after_is_constant, _compile, _top_level_index
 
@@ -361,8 +322,15 @@ class TrackedTemplate:
         # templates) and the namespace attributes `attrs`: the same for every conversation with
         # the same values of those, so after(g) can be learnt once per such state
         self.after_is_constant = _after_is_constant(tree, loop, namespaces | default_only(tree))
-        self.watch = (bool(pre), bool(namespaces), attrs)
-        self._template = _compile(env, with_cuts(with_prepasses(tree, pre), loop, start, end))
+        units = last_units(loop)  # statements that read loop.last only to choose text: template_last.py
+        variants = last_markers(mark) if isinstance(units, list) and units else ()
+        if variants:
+            item = loop.target.name if isinstance(loop.target, nodes.Name) else ""
+            with_last_variants(units, item, assigned_names(tree), variants)  # type: ignore[arg-type]
+        self.watch = (bool(pre), bool(namespaces), attrs, variants)
+        tree = with_cuts(with_prepasses(tree, pre), loop, start, end)
+        tree.set_environment(env)
+        self._template = _compile(env, tree)
         namespace = self._template.root_render_func.__globals__  # this template's own module
         namespace["LoopContext"] = tracked_loop_context(namespace["LoopContext"])
         self._marks = (mark, start, end)

@@ -70,7 +70,8 @@ class PrefixRenders:
         """Three functions for this conversation and a text: j -> render(data[:j]) with the
         generation prompt, and without; j -> c, where both renders of data[:j] start with
         head[:c] for one text `head` of this conversation (None: not known); and `tail`,
-        where the first render is head[:c] + tail whenever c is known (None: never).
+        where the first render is head[:c] + tail whenever c is known (None: never; or a
+        function j -> tail, where it differs per prefix).
         Derived from the
         marked render of the whole conversation when the template is append-only
         (orchestrator/template.py, docs/reconstruction.md "Prefix renders"); else each
@@ -118,8 +119,8 @@ class PrefixRenders:
             self.stats["renders"] += 1
         except Exception:  # noqa: BLE001 - the per-prefix path reports it with its message index
             return None
-        cut = full.cut_for(first) if full is not None else None
-        if cut is None or full.after_max >= first or (state := full.state_for(first)) is None:
+        text = full.text_for(first, True) if full is not None else None
+        if text is None or full.after_max >= first or (state := full.state_for(first)) is None:
             return None
         known = afters.get((True, state))
         if known is None or self.stats["prefix_renders_tracked"] % self.CROSS_CHECK_EVERY == 0:
@@ -127,7 +128,7 @@ class PrefixRenders:
                 prompt = self._cached_prompt(data[:first], tools, parts="tracked")
             except Exception:  # noqa: BLE001 - as above
                 return None
-            if prompt is None or prompt.after_max >= first or prompt.head != full.head[:cut]:
+            if prompt is None or prompt.after_max >= first or prompt.text_for(prompt.n, True) != text:
                 return None
             if prompt.end_state != state or (known is not None and prompt.after != known):
                 self._cross_check_failed()  # cannot happen if the proof holds
@@ -151,7 +152,7 @@ class PrefixRenders:
     def _tracked_functions(self, data, tools, first: int, direct, full, afters: dict, state):
         """_prefix_renders' functions from a watched render (see _tracked_prefixes)."""
         head, after_prompt = full.head, afters[(True, state)]
-        if full.states is None:  # after() reads no namespace: one after(g) for every prefix
+        if full.states is None and full.lasts is None:  # after() reads no namespace: one after(g) for every prefix
             after_full = full.after
 
             def prompt_render(j: int) -> str:
@@ -165,23 +166,33 @@ class PrefixRenders:
             return prompt_render, full_render, full.cut_for, after_prompt
 
         def render(j: int, g: bool) -> str:
-            c = full.cut_for(j)
-            s = full.state_for(j) if c is not None else None
+            text = full.text_for(j, g)
+            s = full.state_for(j) if text is not None else None
             after = afters.get((g, s)) if s is not None else None
             if after is not None:
-                return head[:c] + after
-            parts = self._watched_prefix(data[:j], tools, g)
-            if parts is None:
+                return text + after
+            if full.states is None:  # after() reads no namespace: nothing to learn from a watched render
+                return direct[0 if g else 1](j)
+            try:  # a watched render may fail where the template does not (template_last.py): render it plainly
+                parts = self._watched_prefix(data[:j], tools, g)
+            except Exception:  # noqa: BLE001 - the direct render reports the template's own errors
+                parts = None
+            own = parts.text_for(parts.n, g) if parts is not None else None
+            if own is None:
                 return direct[0 if g else 1](j)
             if parts.after_max < first and parts.end_state is not None:
                 self._learn_after(afters, (g, parts.end_state), parts.after)
-            return parts.head + parts.after
+            return own + parts.after
 
         def shared(j: int) -> int | None:  # the prompt's render is head[:c] + after_prompt only in `state`
-            c = full.cut_for(j)
+            c = full.shared_cut(j)
             return c if c is not None and full.state_for(j) == state else None
 
-        return (lambda j: render(j, True)), (lambda j: render(j, False)), shared, after_prompt
+        def tail(j: int) -> str | None:  # with last units: the last iteration's text as the last, then after(True)
+            last = full.last_for(j, True)
+            return None if last is None else last + after_prompt
+
+        return (lambda j: render(j, True)), (lambda j: render(j, False)), shared, (tail if full.lasts else after_prompt)
 
     def _watched_prefix(self, msgs: list[dict], tools: list[dict] | None, g: bool):
         if g:

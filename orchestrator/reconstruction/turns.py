@@ -196,12 +196,14 @@ class TurnLocator:
         assistant turn), len(P), and whether F starts with P. Both renders start with
         head[:c] when cut from it, so only what follows is compared; and when P is
         head[:c] + the prompt's tail, F starts with P iff F has that tail at c, so P,
-        then F[:len(P)], is not built (None)."""
+        then F[:len(P)], is not built (None). The tail: a text, or j -> text (or None)."""
         prompt, full_render, shared, tail = renders
         full = full_render(a + 1)
         known = shared(a + 1)
         if m.role == "assistant":
             c = shared(a)
+            if callable(tail) and c is not None:  # the prompt's tail differs per prefix (prefixes.py)
+                tail = tail(a)
             if tail is not None and c is not None and known is not None and c <= known:
                 if full.startswith(tail, c):
                     return full, known, None, c + len(tail), True

@@ -82,17 +82,18 @@ def _proven_prefixes(source: str, seed: str, conversations: int = 25) -> tuple[i
                 unproven += len(msgs)
                 continue
             for j in range(1, len(msgs) + 1):
-                cut = parts.cut_for(j) if parts is not None else None
-                if cut is None or parts.after_max >= j:
+                text = parts.text_for(j, g) if parts is not None else None
+                if text is None or parts.after_max >= j:
                     unproven += 1
                     continue
                 direct = plain.render(msgs[:j], tools, g, **kw)
                 state = parts.state_for(j)
                 if state is not None and state == parts.end_state:  # after() reads no namespace, or the same values
-                    assert parts.head[:cut] + parts.after == direct, (j, g)
+                    assert text + parts.after == direct, (j, g)
                 else:  # the prefix's own watched render: the same head, in the state recorded for it
                     own = watched.render(msgs[:j], tools, g, **kw)
-                    assert (own.head, own.end_state, own.head + own.after) == (parts.head[:cut], state, direct)
+                    own_text = own.text_for(own.n, g)
+                    assert (own_text, own.end_state, own_text + own.after) == (text, state, direct)
                     if state is not None:
                         afters.setdefault((g, state), set()).add(own.after)
                 proven += 1
@@ -118,11 +119,17 @@ def test_look_ahead_never_proves_a_wrong_prefix(name):
 
 
 def test_look_ahead_leaves_exactly_the_affected_prefixes_unproven():
-    # loop.last in every iteration: only the whole conversation (j = n) is proven.
-    watched, _ = _watched(LOOK_AHEAD["peek then output"])
+    # loop.nextitem in every iteration: only the whole conversation (j = n) is proven.
+    watched, _ = _watched(LOOK_AHEAD["nextitem"])
     msgs = [{"role": "user", "content": str(i)} for i in range(4)]
     parts = watched.render(msgs, None, False)
     assert [parts.cut_for(j) for j in range(1, 5)][:3] == [None, None, None] and parts.cut_for(4) is not None
+    # loop.last read only to choose text (template_last.py): every prefix; assigned from: none but the whole
+    last = _watched(LOOK_AHEAD["peek then output"])[0].render(msgs, None, False)
+    assert [last.text_for(j, False) for j in range(1, 5)] == ["0END", "01END", "012END", "0123END"]
+    assert [last.cut_for(j) for j in range(1, 5)] == [None] * 4  # not a cut of head: text_for
+    ns = _watched(LOOK_AHEAD["namespace set on loop.last"])[0].render(msgs, None, False)
+    assert [ns.text_for(j, False) is not None for j in range(1, 5)] == [False, False, False, True]
     # reading messages[0] before the loop proves every prefix; the count proves none but the last
     assert all(_watched("{{ messages[0].role }}" + BODY)[0].render(msgs, None, False).cut_for(j) for j in (1, 2, 3))
     counted = _watched("{{ messages|length }}" + BODY)[0].render(msgs, None, False)
@@ -254,7 +261,7 @@ def test_cut_at_markers_is_the_four_calls(mark, start, end):
     """cut_at_markers (one split where the markers line up) gives exactly what counting,
     partitioning and splitting give, on random texts made of the markers, their pieces
     and other text, in every shape (stray marks, no end, two ends, an end before a start)."""
-    from orchestrator.template_tracked import cut_at_markers
+    from orchestrator.tracked_parts import cut_at_markers
 
     rng = random.Random(12)
     atoms = [mark, start, end, start[1:], end[1:], "a", "\n", "é", "\U0001f600", ""]
