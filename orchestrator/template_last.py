@@ -32,8 +32,9 @@ Reads a (False, *) unit makes in iteration i are only in renders of messages[:j]
 j > i+1, so they are counted from the next fetch on; the (True, *) units' reads at once.
 A unit that may read messages by index (may_read) has a call at each boundary, which
 switches the tracker's read mode; the others (OLMo's, Granite's) are separated by marker
-text alone, which costs nothing to render. Since the number of units rendered is then not
-known, a render whose messages, tools or arguments hold a marker character is not used.
+text alone, which costs nothing to render. The number of units rendered is then not known
+in advance, and the boundaries carry a random nonce (last_markers), so that no input can
+pass for a unit.
 
 Forcing `loop.last` may take a branch the real render never takes. A `raise_exception`
 inside a copy marks that copy unknown instead of raising: a prefix that needs it is
@@ -213,10 +214,16 @@ def with_last_variants(units: list[tuple[list, int]], item: str, assigned: set[s
     for stmts, k in reversed(units):  # later statements of a list first: the earlier indices stay
         node = stmts[k]
         call = may_read(node, item, assigned)
+        # without add_generation_prompt the copy for g true is the one for g false: not rendered again
+        same = not any(n.name == "add_generation_prompt" for n in node.find_all(nodes.Name))
         out = []
         for b, (last, g) in enumerate(VARIANTS):
-            copy = _copy(node, last, g)
-            out += [boundary(b, node.lineno, call), copy if last or not call else when_not_last(copy)]
+            if g and same:
+                copy = nodes.Output([nodes.TemplateData(markers[4])])
+            else:
+                copy = _copy(node, last, g)
+                copy = copy if last or not call else when_not_last(copy)
+            out += [boundary(b, node.lineno, call), copy]
         stmts[k : k + 1] = [*out, boundary(len(VARIANTS), node.lineno, call)]
 
 
@@ -262,24 +269,18 @@ class LastUnitsWatch:
         self.pending = -1
 
 
-def last_markers(mark: str) -> tuple[str, str, str, str]:
-    """VOPEN, VSEP, VCLOSE: two-character markers with the template's marker character (a
-    plane-15 private-use character); POISON: one character of the same plane, not it (so
-    that a copy holds no marker character)."""
-    vopen, vsep, vclose, poison = (mark + chr(0xF0003 + k) for k in range(4))
-    return vopen, vsep, vclose, poison[1]
+def last_markers(mark: str) -> tuple[str, str, str, str, str]:
+    """VOPEN, VSEP, VCLOSE: the template's marker character (plane-15 private use), one of
+    its own and a random nonce drawn once per compiled template, so that no input can hold
+    a whole unit's boundaries, and a stray marker character in the text fails the count
+    (cut_variants); POISON: one character of the same plane, not the marker's (a copy holds
+    no marker character), which in an input makes a copy or the render unknown, never wrong;
+    SAME: another, the whole text of a copy that is the one before it (with_last_variants)."""
+    import secrets
 
-
-def holds(obj, chars: tuple[str, ...]) -> bool:
-    """Whether any of `chars` occurs anywhere in `obj` (plain JSON data; any other value as
-    its str). One JSON dump (C) costs less than a walk in Python."""
-    import json
-
-    try:
-        text = json.dumps(obj, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):  # e.g. a circular reference: cannot tell, so say yes
-        return True
-    return any(c in text for c in chars)
+    nonce = secrets.token_hex(8)
+    vopen, vsep, vclose = (mark + chr(0xF0003 + k) + nonce for k in range(3))
+    return vopen, vsep, vclose, chr(0xF0006), chr(0xF0007)
 
 
 def cut_variants(text: str, markers: tuple[str, ...], start: str, end: str, iterations: int):
@@ -287,16 +288,20 @@ def cut_variants(text: str, markers: tuple[str, ...], start: str, end: str, iter
     and each iteration's text with the (False, g) copies, `lasts` per iteration its text with
     the (True, False) and (True, True) copies (None where such a copy raised), `after` the
     text after the loop; None when the markers do not line up or the (False, *) copies
-    differ. The caller has made sure that no input holds the marker character (the number
-    of last units rendered is not counted: most boundaries are plain text). Each choice of
-    copy is one regular-expression substitution over the whole text before the loop."""
+    differ. The marker character may stay only in the iteration markers: a unit holding
+    it elsewhere (an input that holds it) is not matched, so its boundaries stay and fail
+    the count. One split over the whole text before the loop gives every unit's copies."""
     poison = markers[3]
-    head, found, after = text.partition(end)
-    if not found or start[0] in after or poison in after:
+    cut = text.rfind(end)  # the text after the loop is short: found from the end (a stray one fails the count)
+    head, after = text[: max(cut, 0)], text[cut + len(end) :]
+    if cut < 0 or start[0] in after or poison in after:
         return None
     parts = _units_re(markers).split(head)  # text, then each unit's four copies, then text, ...
-    texts = parts[0::5]
-    copies = [_interleave(texts, parts[k::5]) for k in (1, 2, 3, 4)]
+    texts, same = parts[0::5], markers[4]
+    got = [parts[k::5] for k in (1, 2, 3, 4)]
+    for k in (1, 3):  # a copy for g true that is the one for g false
+        got[k] = [y if x == same else x for x, y in zip(got[k], got[k - 1])]
+    copies = [_interleave(texts, x) for x in got]
     nl = copies[0]
     # only the iteration markers may be left: every unit's five boundaries were matched
     if nl.count(start[0]) != iterations or nl.count(start) != iterations or poison in nl:

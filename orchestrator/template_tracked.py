@@ -54,7 +54,6 @@ from orchestrator.template_last import (
     LastUnitsWatch,
     assigned_names,
     cut_variants,
-    holds,
     last_markers,
     last_units,
     with_last_variants,
@@ -265,8 +264,6 @@ def render_tracked(
     t = _Tracker(list(messages), attrs)
     kwargs[ITER_NAME] = t.main
     if variants:
-        if holds([t.items, kwargs], (mark, variants[3])):  # then the markers could not be told from the text
-            return None
         t.markers = variants
         kwargs.update({VARIANT_NAME: t.variant, POISON_NAME: t.raise_marker, NOT_LAST_NAME: t.not_last})
     if prepasses:

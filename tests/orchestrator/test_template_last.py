@@ -141,14 +141,16 @@ def test_a_marker_character_in_content_proves_nothing():
     from orchestrator.template import _MARK
     from orchestrator.template_last import last_markers
 
-    watched = _watched(HEAD + FORMS["generation prompt at loop.last"][0] + END)[0]
-    vopen, vsep, vclose, poison = last_markers(_MARK)
+    watched = _watched(HEAD + "{% if loop.last %}[{{ m.name }}]{% else %}({{ m.name }}){% endif %}" + END)[0]
+    vopen, vsep, vclose, poison, _ = last_markers(_MARK)  # the shape of the markers, another nonce
     forged = vopen + "a" + vsep + "a" + vsep + "b" + vsep + "c" + vclose  # a unit's copies, as text
-    for content in ("x" + _MARK + "y", "x" + poison, forged):
-        msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": content}]
-        assert watched.render(msgs, None, True) is None
-        assert watched.render(msgs[:1], [{"type": "function", "function": {"name": content}}], True) is None
-    assert watched.render(msgs[:1], None, True) is not None
+    # in text outside the units (content), and inside them (name: rendered in every copy)
+    for field in ("content", "name"):
+        for text in ("x" + _MARK + "y", "x" + poison, forged):
+            msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b", field: text}]
+            assert watched.render(msgs, None, True) is None, (field, text)
+    plain = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b", "name": "n"}]
+    assert watched.render(plain, None, True) is not None
 
 
 @pytest.mark.parametrize(
