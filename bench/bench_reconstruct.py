@@ -39,7 +39,7 @@ tokenizer; then the cost per token as conversations grow (1, 2, 4, 8, 16 turns).
 --corpus shared-system: every conversation starts with the same ~800-token system prompt
 (as distillation corpora often do), then 1-3 short turns.
 Usage: python bench/bench_reconstruct.py [--conversations 10000]
-       [--families smollm2,llama3_1,qwen3,mistral_v0_1,deepseek_v3]
+       [--families smollm2,llama3_1,qwen3,mistral_v0_1,deepseek_v3,olmo2_tulu,granite3_3]
        [--corpus mixed|shared-system]
 """
 
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--conversations", type=int, default=10000, help="corpus size (1-16 turns each)")
     p.add_argument(
         "--families",
-        default="smollm2,llama3_1,qwen3,mistral_v0_1,deepseek_v3",
+        default="smollm2,llama3_1,qwen3,mistral_v0_1,deepseek_v3,olmo2_tulu,granite3_3",
         help="comma-separated: smollm2 (append-only), llama3_1, qwen3, deepseek_v3, deepseek_v3_1, olmo2_tulu, granite3_3 (real "
         "templates that are not), mistral_v0_1 (SentencePiece)",
     )
