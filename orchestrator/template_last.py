@@ -55,7 +55,7 @@ NOT_LAST_NAME = "__distill_not_last"  # whether an iteration is not the last one
 LAST_NAMES = (VARIANT_NAME, POISON_NAME, NOT_LAST_NAME)
 VARIANTS = ((False, False), (False, True), (True, False), (True, True))
 # Calls a last unit may make: functions and methods with no effect on any state.
-SAFE_FUNCTIONS = frozenset({"raise_exception", "strftime_now", "range", "dict", "namespace"})
+SAFE_FUNCTIONS = frozenset({"raise_exception", "strftime_now", "range", "dict"})
 SAFE_METHODS = frozenset(
     "strip lstrip rstrip split rsplit splitlines startswith endswith replace lower upper title capitalize "
     "items keys values get join format count find rfind index removeprefix removesuffix".split()
@@ -238,7 +238,7 @@ class LastUnitsWatch:
 
     max: int
     pending = -1  # the largest index a (False, *) copy read in this iteration
-    markers: tuple[str, ...] = ()  # VOPEN, VSEP, VCLOSE, POISON; () without last units
+    markers: tuple[str, ...] = ()  # VOPEN, VSEP, VCLOSE, POISON, SAME (last_markers); () without last units
     n: int  # the messages
     loop_start = 0  # the main loop's first message index
 
@@ -275,12 +275,13 @@ def last_markers(mark: str) -> tuple[str, str, str, str, str]:
     a whole unit's boundaries, and a stray marker character in the text fails the count
     (cut_variants); POISON: one character of the same plane, not the marker's (a copy holds
     no marker character), which in an input makes a copy or the render unknown, never wrong;
-    SAME: another, the whole text of a copy that is the one before it (with_last_variants)."""
+    SAME: another and the nonce, the whole text of a copy that is the one before it
+    (with_last_variants; no input can make a copy's text equal to it)."""
     import secrets
 
     nonce = secrets.token_hex(8)
     vopen, vsep, vclose = (mark + chr(0xF0003 + k) + nonce for k in range(3))
-    return vopen, vsep, vclose, chr(0xF0006), chr(0xF0007)
+    return vopen, vsep, vclose, chr(0xF0006), chr(0xF0007) + nonce
 
 
 def cut_variants(text: str, markers: tuple[str, ...], start: str, end: str, iterations: int):

@@ -259,7 +259,7 @@ def render_tracked(
     """The watched render of `messages` (see the module docstring), or None when the
     markers do not line up (e.g. a message holds the marker character). `watch`: (whether
     the template has pre-pass loops, whether it makes namespaces, the namespace
-    attributes after() reads), template_prepass.py."""
+    attributes after() reads: template_prepass.py; the last units' markers, or (): template_last.py)."""
     prepasses, namespaces, attrs, variants = watch
     t = _Tracker(list(messages), attrs)
     kwargs[ITER_NAME] = t.main

@@ -192,7 +192,12 @@ class PrefixRenders:
             last = full.last_for(j, True)
             return None if last is None else last + after_prompt
 
-        return (lambda j: render(j, True)), (lambda j: render(j, False)), shared, (tail if full.lasts else after_prompt)
+        return (
+            (lambda j: render(j, True)),
+            (lambda j: render(j, False)),
+            shared,
+            (tail if full.lasts is not None else after_prompt),
+        )
 
     def _watched_prefix(self, msgs: list[dict], tools: list[dict] | None, g: bool):
         if g:

@@ -212,3 +212,17 @@ def test_a_watched_prefix_render_that_fails_is_rendered_plainly(monkeypatch):
     got = fast.build(msgs, sample_id="0")
     assert got == slow.build(msgs, sample_id="0") and got[0] and not got[1]
     assert calls and fast.stats["prefix_renders_tracked"] == 1
+
+
+def test_a_copy_whose_text_looks_like_the_same_marker_is_taken_as_it_is():
+    # a unit without add_generation_prompt renders its copies for g true as SAME; a copy of a
+    # unit with it whose text is SAME's character (the content) must not be taken for SAME
+    source = HEAD + "{% if loop.last and add_generation_prompt %}{{ m.content }}{% endif %}" + END
+    plain, watched = ChatTemplate(source), _watched(source)[0]
+    msgs = [{"role": "user", "content": chr(0xF0007)}, {"role": "assistant", "content": chr(0xF0007)}]
+    for g in (False, True):
+        parts = watched.render(msgs, None, g)
+        for j in (1, 2):
+            assert parts.text_for(j, g) + parts.after == plain.render(msgs[:j], None, g), (j, g)
+    where_not_last = HEAD + "{% if not loop.last and add_generation_prompt %}{{ m.content }}{% endif %}" + END
+    assert _watched(where_not_last)[0].render(msgs, None, False) is None  # its two heads differ
