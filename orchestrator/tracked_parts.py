@@ -31,16 +31,17 @@ class TrackedParts:
         with last units (template_last.py), where the render is not a cut of head: text_for."""
         if self.lasts is not None:
             return None
-        if j >= self.n:
-            return self.ends[-1] if j == self.n else None
-        if self.pre_ok is not None and not (j >= 0 and self.pre_ok[j]):
-            return None
+        b = self._proven(j)
+        return None if b is None else self.ends[b]
+
+    def _iteration(self, j: int) -> int | None:
+        """b, where indices[b] == j (None: no iteration fetched message j)."""
         b = j - self.indices[0] if self.indices else -1
         if 0 <= b < len(self.indices) and self.indices[b] == j:  # the indices rise one by one: found at once
-            return self.ends[b] if self.max_before[b] < j else None
+            return b
         for b, r in enumerate(self.indices):
             if r >= j:
-                return self.ends[b] if r == j and self.max_before[b] < j else None
+                return b if r == j else None
         return None
 
     def _proven(self, j: int) -> int | None:
@@ -49,10 +50,8 @@ class TrackedParts:
             return len(self.indices) if j == self.n else None
         if self.pre_ok is not None and not (j >= 0 and self.pre_ok[j]):
             return None
-        b = j - self.indices[0] if self.indices else -1
-        if not (0 <= b < len(self.indices) and self.indices[b] == j):  # the indices rise one by one: found at once
-            b = next((b for b, r in enumerate(self.indices) if r >= j), -1)
-        return b if b >= 0 and self.indices[b] == j and self.max_before[b] < j else None
+        b = self._iteration(j)
+        return b if b is not None and self.max_before[b] < j else None
 
     def text_for(self, j: int, g: bool) -> str | None:
         """render(messages[:j], g) without after(g), when proven: head[:cut_for(j)] or, with
@@ -81,15 +80,12 @@ class TrackedParts:
 
     def state_for(self, j: int) -> tuple | None:
         """The namespace snapshot after() reads in render(messages[:j]) (None: unknown);
-        call only where cut_for(j) is known."""
+        call only where the render of messages[:j] is proven (cut_for, text_for)."""
         if j >= self.n:
             return self.end_state
         if self.states is None:
             return ()
-        b = j - self.indices[0]
-        if not (0 <= b < len(self.indices) and self.indices[b] == j):
-            b = self.indices.index(j)
-        return self.states[b]
+        return self.states[self._iteration(j)]  # type: ignore[index]
 
 
 def cut_at_markers(text: str, mark: str, start: str, end: str) -> tuple[int, int, list[str], str]:
