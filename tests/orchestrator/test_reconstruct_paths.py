@@ -1,0 +1,218 @@
+"""Every shortcut reconstruction takes gives what rendering every prefix gives.
+
+For each chat template under tests/templates/ (real templates of student families, with the
+family's real tokenizer or its stand-in: tests/support/family_standins.py), random
+conversations - tool calls and results, reasoning, system prompts, whitespace, text a
+template or tokenizer treats specially, answers cut off - are reconstructed three ways:
+
+- `build_many` with every proof on (append-only templates, watched renders, statements that
+  read `loop.last` only to choose text, shared prompt prefixes, joined tokenizer inputs);
+- `build_many` of a reconstructor that renders every prefix (neither proof);
+- `build`, one conversation at a time.
+
+The samples (ids and masks) and the rejection reasons must be identical, under each of
+three policy sets (the defaults, and the switches a user turns on for templates that cannot
+express a conversation as given). Whether the per-prefix samples are right is what the
+families' golden tests and the invariant tests check (test_reconstruct_families*.py,
+test_reconstruct_props.py); this test holds the shortcuts to them.
+
+RECONSTRUCT_EXAMPLES=500 for a longer hunt (default 12 per template and policy).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from distill.core.conversation import Conversation
+
+TEMPLATES = Path(__file__).parent.parent / "templates"
+SETTINGS = settings(
+    max_examples=int(os.environ.get("RECONSTRUCT_EXAMPLES", "12")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+#: template -> real tokenizer (tests/support/tokenizer_builds.py) for templates whose family's
+#: tokenizer a package ships; family_standins.py has the others; SmolLM2's for the rest
+REAL = {
+    "llama3_1": "llama3",
+    "llama3_headers": "llama3",
+    "qwen2_5": "qwen",
+    "qwen3": "qwen",
+    "qwen3_coder": "qwen",
+    "deepseek_v3": "deepseek",
+    "deepseek_v3_1": "deepseek",
+    "deepseek_r1_distill": "deepseek",
+    "mistral_v0_1": "mistral_sp",
+    "llama2_chat": "mistral_sp",
+    "mistral_nemo": "nemo",
+}
+#: special tokens added to a base tokenizer for templates neither list covers (as their family tests do)
+ADDED = {
+    "gemma2": ("smollm2", {"bos_token": "<bos>", "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]}),
+    "phi3_5": (
+        "mistral_sp",
+        {
+            "eos_token": "<|endoftext|>",
+            "additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+        },
+    ),
+}
+#: refused when the reconstructor is made (no end-of-turn token to train): test_reconstruct_families_more.py
+REFUSED = {"glm4_6"}
+NAMES = sorted(p.stem for p in TEMPLATES.glob("*.jinja") if p.stem not in REFUSED)
+
+POLICIES = {
+    "defaults": {},
+    "lenient": {
+        "reasoning": "think_tags",
+        "content_whitespace": "strip",
+        "system_prompt": "merge_into_first_user",
+        "truncated": "keep",
+        "special_tokens_in_content": "allow",
+    },
+    "strict": {"reasoning": "drop", "on_history_rewrite": "reject", "overlong": "truncate", "max_seq_len": 256},
+}
+
+PLAIN = [
+    "a",
+    "b c",
+    " ",
+    "  ",
+    "\n",
+    "\n\n",
+    "\t",
+    "x.",
+    "é",
+    "東京",
+    "😀",
+    "{",
+    "}",
+    '"',
+    "\\",
+    "\r\n",
+    "{{",
+    "%}",
+    "A1",
+    "-",
+]
+SPECIAL = ["<think>", "</think>", "[INST]", "<|im_end|>", "<|eot_id|>", "</s>", "<s>", "<|end|>", "<end_of_turn>"]
+_plain = st.lists(st.sampled_from(PLAIN), max_size=6).map("".join)
+text = st.one_of(_plain, _plain, _plain, st.lists(st.sampled_from(PLAIN + SPECIAL), max_size=4).map("".join))
+answer = st.builds(lambda a, b, c: a + b + c, text, st.sampled_from(["a", "b c", "x.", "東京", "A1"]), text)
+TOOLS = [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}]
+
+
+@st.composite
+def tool_turn(draw) -> list[dict]:
+    cid = draw(st.sampled_from(["abcdefghi", "call_1", "c1"]))
+    args = draw(st.sampled_from(['{"a": 1}', "{}", '{"q": "x y"}']))
+    turn = {
+        "role": "assistant",
+        "content": draw(st.sampled_from([None, "", "ok"])),
+        "tool_calls": [{"id": cid, "type": "function", "function": {"name": "f", "arguments": args}}],
+    }
+    if draw(st.booleans()):
+        turn["reasoning_content"] = draw(text)
+    return [turn] + [{"role": "tool", "content": draw(text), "tool_call_id": cid}] * draw(st.integers(1, 2))
+
+
+@st.composite
+def conversation(draw, sid: str) -> Conversation:
+    msgs = [{"role": "system", "content": draw(text)}] if draw(st.booleans()) else []
+    for _ in range(draw(st.integers(1, 4))):
+        msgs.append({"role": "user", "content": draw(text)})
+        if draw(st.integers(0, 3)) == 0:
+            msgs += draw(tool_turn())
+        turn = {"role": "assistant", "content": draw(answer)}
+        if draw(st.integers(0, 2)) == 0:
+            turn["reasoning_content"] = draw(text)
+        msgs.append(turn)
+    return Conversation(
+        msgs,
+        tools=TOOLS if draw(st.booleans()) else None,
+        sample_id=sid,
+        finish_reason=draw(st.sampled_from(["stop", "stop", "length"])),
+    )
+
+
+@st.composite
+def simple(draw) -> Conversation:
+    """One to three plain turns (words, no outer whitespace) with the tools: what every template
+    expresses, so that each run has samples to compare."""
+    words = st.lists(st.sampled_from(["a", "b", "x.", "東京", "A1", "42"]), min_size=1, max_size=4).map(" ".join)
+    msgs = []
+    for _ in range(draw(st.integers(1, 3))):
+        msgs += [{"role": "user", "content": draw(words)}, {"role": "assistant", "content": draw(words)}]
+    return Conversation(msgs, tools=TOOLS, sample_id="plain")
+
+
+conversations = st.integers(0, 3).flatmap(
+    lambda n: st.tuples(simple(), *[conversation(str(i)) for i in range(n)]).map(lambda t: t[1:] + t[:1])
+)
+
+
+@lru_cache(maxsize=None)  # one per template for the three policies (reconstruction never changes it)
+def tokenizer(name: str):
+    from support import family_standins, tokenizer_builds
+    from support.reconstruct_helpers import tokenizer_with
+
+    try:
+        if name in family_standins.STANDINS:
+            return family_standins.standin(name)
+        if name in REAL:
+            return tokenizer_builds.load(REAL[name], name)
+        if name in ADDED:
+            from distill.core.student import load_tokenizer, tokenizer_only_dir
+
+            base, specials = ADDED[name]
+            tok = load_tokenizer(tokenizer_only_dir()) if base == "smollm2" else tokenizer_builds.load(base)
+            tok.chat_template = (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
+            tok.add_special_tokens(specials)
+            return tok
+    except Exception as e:  # noqa: BLE001 - no package and no registry: say why (fails in CI)
+        tokenizer_builds.unavailable(f"test tokenizer for {name!r}", e)
+    return tokenizer_with(name)
+
+
+def outcome(results) -> list:
+    return [
+        (
+            [(s.sample_id, s.prompt_ids, s.completion_ids, s.completion_mask, s.meta) for s in samples],
+            [(r.item_id, r.reason) for r in rejections],
+        )
+        for samples, rejections in results
+    ]
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+@pytest.mark.parametrize("name", NAMES)
+def test_shortcuts_give_what_rendering_every_prefix_gives(name, policy):
+    from distill.core.config import Reconstruction
+    from orchestrator.reconstruct import Reconstructor
+
+    tok = tokenizer(name)
+    cfg = Reconstruction(**POLICIES[policy])
+    fast, one = Reconstructor(tok, cfg, cfg.max_seq_len), Reconstructor(tok, cfg, cfg.max_seq_len)
+    slow = Reconstructor(tok, cfg, cfg.max_seq_len)
+    slow.chat_template.append_only = False
+    slow.chat_template.tracked = None
+    fast.PIPELINE_CHUNK = 2  # several chunks even for a few conversations: the pipeline's helper thread
+    seen = {"samples": 0}
+
+    @SETTINGS
+    @given(convs=conversations)
+    def check(convs):
+        got = outcome(fast.build_many(list(convs)))
+        assert got == outcome(slow.build_many(list(convs)))
+        assert got == outcome([one.build(**c.build_args()) for c in convs])
+        seen["samples"] += sum(len(s) for s, _ in got)
+
+    check()
+    assert seen["samples"] > 0  # the conversations drawn are not all rejected
