@@ -30,13 +30,21 @@ def merge_system_into_first_user(messages: Any) -> Any:
     return messages
 
 
-def hint_for_template_error(error: str, messages: Any, policy: str) -> str:
-    """A fix to append to a template_error detail when the template refused a system message."""
+def hint_for_template_error(error: str, messages: Any, policy: str, turn: int = -1) -> str:
+    """A fix to append to a template_error detail: when the template refused a system message,
+    or when the turn to train (`turn`) is messages[0], whose prompt is the template's render of
+    no messages (Qwen2.5's and Llama 3.1's templates read messages[0] and fail on none)."""
     has_system = isinstance(messages, list) and any(isinstance(m, dict) and m.get("role") == "system" for m in messages)
     if policy == "keep" and has_system and "system" in error.lower():
         return (
             " (the template does not accept this system message. Fix: set system_prompt = "
             '"merge_into_first_user" in [orchestrator.reconstruction] to fold it into the first user turn)'
+        )
+    if turn == 0:
+        return (
+            " (messages[0] is a turn to train with nothing before it: its prompt is the template's render "
+            "of no messages, which this template cannot make. Fix: start the conversation with the message "
+            'the answer replies to, or give messages[0] "weight": 0 to keep it as context)'
         )
     return ""
 

@@ -141,7 +141,7 @@ class TurnLocator:
         try:
             full, known, base, blen, ok = self._turn_renders(m, a, renders)
         except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
-            hint = hint_for_template_error(str(e), data, self.cfg.system_prompt)
+            hint = hint_for_template_error(str(e), data, self.cfg.system_prompt, a)
             if not tools and self.probe_tools is not None:
                 hint += (
                     " (the template renders nothing without a tools list, as Hermes' 'tool_use' template "

@@ -562,6 +562,27 @@ def test_llama3_1_trims_content():
     assert full_text(tok, samples[0]) == jinja_render(tok, msgs, date_string="26 Jul 2024")
 
 
+def test_an_opening_answer_names_why_and_the_fix_and_weight_0_keeps_it_as_context():
+    """A conversation that opens with an assistant message: that turn's prompt is the render of
+    no messages, which Llama 3.1's template cannot make (it reads messages[0]). The rejection
+    says so and names both fixes; with "weight": 0 the opening message is context and the
+    answer after the user's message is trained."""
+    tok = family("llama3", "llama3_1")
+    r = recon(tok=tok)
+    msgs = [
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": "A"},
+    ]
+    samples, rejections = r.build(msgs, None, sample_id="o")
+    assert samples == [] and [x.reason for x in rejections] == ["template_error"]
+    assert "messages[0] is a turn to train with nothing before it" in rejections[0].detail
+    assert '"weight": 0' in rejections[0].detail
+    samples, rejections = r.build([dict(msgs[0], weight=0), *msgs[1:]], None, sample_id="o")
+    assert rejections == [] and masked_text(tok, samples[0]) == "A<|eot_id|>"
+    assert "Hello! How can I help?" in decode(tok, samples[0].prompt_ids)
+
+
 # -- Gemma 2: no system role (opt-in merge into the first user turn) ---------------------
 
 
