@@ -30,23 +30,40 @@ def merge_system_into_first_user(messages: Any) -> Any:
     return messages
 
 
-def hint_for_template_error(error: str, messages: Any, policy: str, turn: int = -1) -> str:
-    """A fix to append to a template_error detail: when the template refused a system message,
-    or when the turn to train (`turn`) is messages[0], whose prompt is the template's render of
-    no messages (Qwen2.5's and Llama 3.1's templates read messages[0] and fail on none)."""
+def hint_for_template_error(error: str, messages: Any, policy: str, empty: Any = None, toolless: bool = False) -> str:
+    """What to append to a template_error detail: the fix, where one is known. The template
+    refused a system message; or the turn to train is messages[0] (`empty`: a callable that
+    renders no messages with the generation prompt, that turn's prompt) and that render is what
+    failed (Qwen2.5's and Llama 3.1's templates read messages[0]); or a conversation
+    without tools met a template that probing showed renders only with tools (`toolless`)."""
     has_system = isinstance(messages, list) and any(isinstance(m, dict) and m.get("role") == "system" for m in messages)
+    hint = ""
     if policy == "keep" and has_system and "system" in error.lower():
-        return (
+        hint = (
             " (the template does not accept this system message. Fix: set system_prompt = "
             '"merge_into_first_user" in [orchestrator.reconstruction] to fold it into the first user turn)'
         )
-    if turn == 0:
-        return (
+    elif callable(empty) and _error_of(empty) == error:  # that render is what failed
+        hint = (
             " (messages[0] is a turn to train with nothing before it: its prompt is the template's render "
             "of no messages, which this template cannot make. Fix: start the conversation with the message "
             'the answer replies to, or give messages[0] "weight": 0 to keep it as context)'
         )
-    return ""
+    if toolless:
+        hint += (
+            " (the template renders nothing without a tools list, as Hermes' 'tool_use' template "
+            "does: it is for conversations with tools. Fix: give the conversation its tools, or use "
+            "the model's default chat template for conversations without tools)"
+        )
+    return hint
+
+
+def _error_of(render: Any) -> str | None:
+    try:
+        render()
+    except Exception as e:  # noqa: BLE001 - whatever the template raises
+        return str(e)
+    return None
 
 
 def hint_for_mismatch(base: str, full: str, data: list[dict], policy: str) -> str:

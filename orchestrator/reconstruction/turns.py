@@ -141,13 +141,9 @@ class TurnLocator:
         try:
             full, known, base, blen, ok = self._turn_renders(m, a, renders)
         except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
-            hint = hint_for_template_error(str(e), data, self.cfg.system_prompt, a)
-            if not tools and self.probe_tools is not None:
-                hint += (
-                    " (the template renders nothing without a tools list, as Hermes' 'tool_use' template "
-                    "does: it is for conversations with tools. Fix: give the conversation its tools, or use "
-                    "the model's default chat template for conversations without tools)"
-                )
+            empty = None if a else (lambda: self.render([], tools, True))  # messages[0]'s prompt
+            toolless = not tools and self.probe_tools is not None  # a template for conversations with tools
+            hint = hint_for_template_error(str(e), data, self.cfg.system_prompt, empty, toolless)
             raise Reject("template_error", f"rendering up to messages[{a}]: {type(e).__name__}: {e}{hint}") from None
         opening = None  # what the template writes between the header and the content, when known here
         if not ok:
