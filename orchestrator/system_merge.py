@@ -5,6 +5,8 @@ supported". With this policy a leading system message is folded into the first u
 message (system text, a blank line, the user text) before the template sees the
 conversation - what Gemma's own documentation recommends. The student is then trained
 on prompts without a system turn; that is a choice about the data, so it is opt-in.
+
+Also the fixes named in template_error and template_mismatch details (this switch among them).
 """
 
 from __future__ import annotations

@@ -581,7 +581,7 @@ def test_an_opening_answer_names_why_and_the_fix_and_weight_0_keeps_it_as_contex
     samples, rejections = r.build([dict(msgs[0], weight=0), *msgs[1:]], None, sample_id="o")
     assert rejections == [] and masked_text(tok, samples[0]) == "A<|eot_id|>"
     assert "Hello! How can I help?" in decode(tok, samples[0].prompt_ids)
-    # Gemma 2's template renders no messages, and raises at messages[0] for its own reason: no such hint
+    # Gemma 2's fails on no messages too, but what it raises here is its alternation check: no such hint
     _, gemma = gemma2_recon()
     samples, rejections = gemma.build(msgs, None, sample_id="o")
     assert [x.reason for x in rejections] == ["template_error"] and "alternate" in rejections[0].detail

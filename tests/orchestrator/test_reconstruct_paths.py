@@ -14,7 +14,9 @@ The samples (ids and masks) and the rejection reasons must be identical, under e
 three policy sets (the defaults, and the switches a user turns on for templates that cannot
 express a conversation as given). Whether the per-prefix samples are right is what the
 families' golden tests and the invariant tests check (test_reconstruct_families*.py,
-test_reconstruct_props.py); this test holds the shortcuts to them.
+test_reconstruct_props.py); this test holds the shortcuts to them. The second test holds
+the per-prefix path to the templates' own renders on every byte-level family, for the
+conversations that become one sample.
 
 RECONSTRUCT_EXAMPLES=500 for a longer hunt (default 12 per template and policy).
 """
