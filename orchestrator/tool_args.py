@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from distill.core.jsonl import json_type
+
 _NAME = "zq_probe_tool"
 _KEY = "zq_probe_key"
 _VALUE = "zq probe value"
@@ -69,8 +71,9 @@ def probe_tool_call_shape(render: Callable[[list[dict]], str]) -> ToolCallShape:
 def parse_arguments(raw: Any, where: str) -> tuple[dict | None, str | None]:
     """(arguments as a dict, the JSON text to paste), or (None, why not) when they are
     not a JSON object. A string is kept verbatim as the text (what the API returned); a blank one
-    (what some servers send for a function without parameters) is the empty object "{}"."""
-    if isinstance(raw, str) and not raw.strip():
+    or null (what some servers send for a function without parameters, as for a missing
+    "arguments") is the empty object "{}"."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
         return {}, "{}"
     if isinstance(raw, str):
         try:
@@ -89,5 +92,5 @@ def parse_arguments(raw: Any, where: str) -> tuple[dict | None, str | None]:
         except RecursionError:
             return None, f"{where} arguments are nested too deeply to write as JSON"
     if not isinstance(parsed, dict):
-        return None, f"{where} arguments are a JSON {type(parsed).__name__}, expected an object"
+        return None, f"{where} arguments are a JSON {json_type(parsed)}, expected an object"
     return parsed, text

@@ -505,7 +505,15 @@ def test_a_developer_message_is_the_system_prompt(smol_tokenizer):
                 {"role": "assistant", "content": None, "tool_calls": [call("1", "f", "[1, 2]")]},
             ],
             "invalid_tool_arguments",
-            "JSON list",
+            "arguments are a JSON array, expected an object",
+        ),
+        (
+            [
+                {"role": "user", "content": "Q"},
+                {"role": "assistant", "content": None, "tool_calls": [call("1", "f", "null")]},
+            ],
+            "invalid_tool_arguments",
+            "arguments are a JSON null, expected an object",
         ),
         ([{"role": "user", "content": "Q"}], "no_trained_turn", "train_roles"),
         (

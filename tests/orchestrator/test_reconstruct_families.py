@@ -123,12 +123,13 @@ def test_parse_arguments_keeps_the_string_verbatim():
     assert parse_arguments("", "w") == parse_arguments(" \n", "w") == ({}, "{}")  # a call without parameters
 
 
+@pytest.mark.parametrize("args", ["", None])
 @pytest.mark.parametrize("name, template", [("deepseek", "deepseek_v3"), ("qwen", "qwen3")])
-def test_a_call_without_parameters_sent_with_blank_arguments(name, template):
-    """Some servers send arguments "" for a function without parameters: the call is the empty object,
-    pasted as "{}" by string-pasting templates and serialised from {} by the others."""
+def test_a_call_without_parameters_sent_with_blank_arguments(name, template, args):
+    """Some servers send arguments "" (or null) for a function without parameters: the call is the empty
+    object, pasted as "{}" by string-pasting templates and serialised from {} by the others."""
     tok = family(name, template)
-    conv = tool_conversation(args="")
+    conv = tool_conversation(args=args)
     samples, rejections = recon(tok=tok).build(conv, None, sample_id="t")
     assert rejections == [] and "get_weather" in masked_text(tok, samples[0]) and "{}" in masked_text(tok, samples[0])
 
