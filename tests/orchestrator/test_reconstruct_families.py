@@ -9,7 +9,6 @@ not installed and no registry) skips its tests with the reason - except in CI, w
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from support.reconstruct_helpers import decode, full_text, masked_text, recon, render, runs
@@ -594,12 +593,10 @@ def test_an_opening_answer_names_why_and_the_fix_and_weight_0_keeps_it_as_contex
 
 def gemma2_recon(**policy):
     """Gemma 2's real template; its tokenizer is not shipped by any package used here, so the
-    stand-in is SmolLM2's with Gemma's turn tokens added as special tokens."""
-    from distill.core.student import load_tokenizer, tokenizer_only_dir
+    stand-in is SmolLM2's with Gemma's turn tokens added as special tokens (family_standins.py)."""
+    from support.family_standins import standin_or_skip
 
-    tok = load_tokenizer(tokenizer_only_dir())
-    tok.chat_template = (Path(__file__).parent.parent / "templates" / "gemma2.jinja").read_text(encoding="utf-8")
-    tok.add_special_tokens({"bos_token": "<bos>", "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tok = standin_or_skip("gemma2")
     return tok, recon(tok=tok, **policy)
 
 
@@ -667,13 +664,9 @@ def test_sentencepiece_metaspace_first_scheme():
 def test_phi3_5_on_a_sentencepiece_tokenizer():
     """Phi-3.5's real template; the tokenizer is the SentencePiece stand-in (Phi-3's is
     Llama 2's, not shipped by a package here) with Phi's turn tokens added."""
-    tok = family("mistral_sp", "phi3_5")
-    tok.add_special_tokens(
-        {
-            "eos_token": "<|endoftext|>",
-            "additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
-        }
-    )
+    from support.family_standins import standin_or_skip
+
+    tok = standin_or_skip("phi3_5")  # family_standins.py
     r = recon(tok=tok)
     assert (r.eot, r.final_tail) == ("<|end|>", "\n<|endoftext|>")
     msgs = [

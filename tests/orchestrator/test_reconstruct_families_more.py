@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.reconstruct_helpers import decode, full_text, masked_text, recon, runs
+from support.family_standins import standin_or_skip as standin
+from support.reconstruct_helpers import decode, full_text, masked_text, recon, reference, runs
 
 from orchestrator.tool_args import ToolCallShape
 
@@ -56,28 +57,6 @@ def tool_conversation(call_id="c1", system=True):
         {"role": "tool", "content": "sunny, 21", "tool_call_id": call_id},
         {"role": "assistant", "content": "It is sunny."},
     ]
-
-
-def standin(family: str):
-    from support import family_standins, tokenizer_builds
-
-    try:
-        return family_standins.standin(family)
-    except Exception as e:  # noqa: BLE001 - no package and no registry: say why
-        tokenizer_builds.unavailable(f"test tokenizer for {family!r}", e)
-
-
-def reference(tok, messages, tools=None, **kw) -> str:
-    """The template's own render (transformers), tool-call arguments as the dict it serialises."""
-
-    def as_dict(call):
-        args = call["function"]["arguments"]
-        return dict(
-            call, function=dict(call["function"], arguments=json.loads(args) if isinstance(args, str) else args)
-        )
-
-    msgs = [dict(m, tool_calls=[as_dict(c) for c in m["tool_calls"]]) if m.get("tool_calls") else m for m in messages]
-    return tok.apply_chat_template(msgs, tools=tools, tokenize=False, **kw)
 
 
 def check_against_template(tok, r, messages, tools=None, as_rendered=None, **kw):

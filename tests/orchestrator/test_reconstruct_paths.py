@@ -23,7 +23,6 @@ RECONSTRUCT_EXAMPLES=500 for a longer hunt (default 12 per template and policy).
 
 from __future__ import annotations
 
-import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -42,7 +41,7 @@ SETTINGS = settings(
 )
 
 #: template -> real tokenizer (tests/support/tokenizer_builds.py) for templates whose family's
-#: tokenizer a package ships; family_standins.py has the others; SmolLM2's for the rest
+#: tokenizer a package ships; family_standins.py has stand-ins for others; SmolLM2's for the rest
 REAL = {
     "llama3_1": "llama3",
     "llama3_headers": "llama3",
@@ -55,17 +54,6 @@ REAL = {
     "mistral_v0_1": "mistral_sp",
     "llama2_chat": "mistral_sp",
     "mistral_nemo": "nemo",
-}
-#: special tokens added to a base tokenizer for templates neither list covers (as their family tests do)
-ADDED = {
-    "gemma2": ("smollm2", {"bos_token": "<bos>", "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]}),
-    "phi3_5": (
-        "mistral_sp",
-        {
-            "eos_token": "<|endoftext|>",
-            "additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
-        },
-    ),
 }
 #: refused when the reconstructor is made (no end-of-turn token to train): test_reconstruct_families_more.py
 REFUSED = {"glm4_6"}
@@ -166,22 +154,21 @@ def tokenizer(name: str):
     from support import family_standins, tokenizer_builds
     from support.reconstruct_helpers import tokenizer_with
 
-    try:
-        if name in family_standins.STANDINS:
-            return family_standins.standin(name)
-        if name in REAL:
+    if name in family_standins.STANDINS:
+        return family_standins.standin_or_skip(name)
+    if name in REAL:
+        try:
             return tokenizer_builds.load(REAL[name], name)
-        if name in ADDED:
-            from distill.core.student import load_tokenizer, tokenizer_only_dir
-
-            base, specials = ADDED[name]
-            tok = load_tokenizer(tokenizer_only_dir()) if base == "smollm2" else tokenizer_builds.load(base)
-            tok.chat_template = (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
-            tok.add_special_tokens(specials)
-            return tok
-    except Exception as e:  # noqa: BLE001 - no package and no registry: say why (fails in CI)
-        tokenizer_builds.unavailable(f"test tokenizer for {name!r}", e)
+        except Exception as e:  # noqa: BLE001 - no package and no registry: say why (fails in CI)
+            tokenizer_builds.unavailable(f"test tokenizer for {name!r}", e)
     return tokenizer_with(name)
+
+
+def base(name: str) -> str:
+    """The tokenizer a template is tested with: REAL's, the stand-in's base, else SmolLM2's."""
+    from support.family_standins import STANDINS
+
+    return REAL.get(name) or (STANDINS[name][0] if name in STANDINS else "smollm2")
 
 
 def outcome(results) -> list:
@@ -221,21 +208,9 @@ def test_shortcuts_give_what_rendering_every_prefix_gives(name, policy):
     assert seen["samples"] > 0  # the conversations drawn are not all rejected
 
 
-def reference(tok, messages, tools, as_string: bool, upto: int | None = None, generation: bool = False) -> str:
-    """The template's own render (transformers) of messages[:upto]; tool-call arguments as dicts,
-    or as the JSON string for templates that paste it (`as_string`: orchestrator/tool_args.py)."""
-
-    def shaped(call):
-        args = call["function"]["arguments"]
-        return dict(call, function=dict(call["function"], arguments=args if as_string else json.loads(args)))
-
-    msgs = [dict(m, tool_calls=[shaped(c) for c in m["tool_calls"]]) if m.get("tool_calls") else m for m in messages]
-    return tok.apply_chat_template(msgs[:upto], tools=tools, tokenize=False, add_generation_prompt=generation)
-
-
 #: byte-level tokenizers (decoding gives the text back exactly), whose trained turns are the render's
 #: (DeepSeek-R1-Distill trains the turn after its generation prompt's opened <think>: its own tests)
-BYTE_LEVEL = [n for n in NAMES if REAL.get(n) != "mistral_sp" and n not in ADDED and n != "deepseek_r1_distill"]
+BYTE_LEVEL = [n for n in NAMES if base(n) != "mistral_sp" and n != "deepseek_r1_distill"]
 
 
 def trained_runs(decode, s) -> list[str]:
@@ -270,6 +245,8 @@ def test_one_sample_conversations_are_the_templates_render(name):
     where the whole conversation's render starts with that, the sample's text is the whole
     render (less the text after the final end token); every answer's content (without a
     thinking tag) is inside a trained run."""
+    from support.reconstruct_helpers import reference
+
     from distill.core.config import Reconstruction
     from orchestrator.reconstruct import Reconstructor
 
@@ -291,11 +268,11 @@ def test_one_sample_conversations_are_the_templates_render(name):
         s, msgs, shape = samples[0], c.messages, r.tool_shape.arguments_as_string
         answers = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
         assert s.prompt_ids == tok.encode(
-            reference(tok, msgs, c.tools, shape, answers[0], True), add_special_tokens=False
+            reference(tok, msgs[: answers[0]], c.tools, shape, add_generation_prompt=True), add_special_tokens=False
         )
         ids = s.prompt_ids + s.completion_ids
         last_run = len(s.completion_mask) - s.completion_mask[::-1].index(0) if 0 in s.completion_mask else 0
-        last_prompt = reference(tok, msgs, c.tools, shape, answers[-1], True)
+        last_prompt = reference(tok, msgs[: answers[-1]], c.tools, shape, add_generation_prompt=True)
         assert decode(ids[: len(s.prompt_ids) + last_run]) == last_prompt
         full = reference(tok, msgs, c.tools, shape)
         if full.startswith(last_prompt):

@@ -80,6 +80,17 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
     ),
     # Mistral Small 3.x: tekken; the real Mistral-Nemo tekken (its control tokens include [SYSTEM_PROMPT])
     "mistral_small_3_1": ("nemo", "mistral_small_3_1", [], None, None, []),
+    # Gemma 2: Gemma's SentencePiece vocabulary (no package ships it); base: SmolLM2, bos <bos>
+    "gemma2": ("smollm2", "gemma2", ["<start_of_turn>", "<end_of_turn>"], None, "<bos>", []),
+    # Phi-3.5: Llama 2's SentencePiece (no package ships it); base: Mistral v0.1's, the same kind
+    "phi3_5": (
+        "mistral_sp",
+        "phi3_5",
+        ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+        "<|endoftext|>",
+        None,
+        [],
+    ),
 }
 
 
@@ -105,3 +116,14 @@ def standin(family: str):
     if plain:
         tok.add_tokens(plain)
     return tok
+
+
+def standin_or_skip(family: str):
+    """standin(family) in a test: a base tokenizer that cannot be built (no package, no registry)
+    skips the test with the reason, and fails it in CI (tokenizer_builds.unavailable)."""
+    from support import tokenizer_builds
+
+    try:
+        return standin(family)
+    except Exception as e:  # noqa: BLE001 - say why
+        tokenizer_builds.unavailable(f"test tokenizer for {family!r}", e)

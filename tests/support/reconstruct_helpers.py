@@ -71,3 +71,17 @@ def convo(*pairs, system=None) -> list[dict]:
     for u, a in pairs:
         msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
     return msgs
+
+
+def reference(tok, messages, tools=None, as_string: bool = False, **kw) -> str:
+    """The template's own render (transformers), tool-call arguments as the dict it serialises,
+    or kept as the JSON string for templates that paste it (`as_string`: orchestrator/tool_args.py)."""
+    import json
+
+    def shaped(call):
+        args = call["function"]["arguments"]
+        keep = as_string or not isinstance(args, str)
+        return dict(call, function=dict(call["function"], arguments=args if keep else json.loads(args)))
+
+    msgs = [dict(m, tool_calls=[shaped(c) for c in m["tool_calls"]]) if m.get("tool_calls") else m for m in messages]
+    return tok.apply_chat_template(msgs, tools=tools, tokenize=False, **kw)
