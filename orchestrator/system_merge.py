@@ -11,7 +11,7 @@ Also the fixes named in template_error and template_mismatch details (this switc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 SEPARATOR = "\n\n"
 
@@ -32,7 +32,9 @@ def merge_system_into_first_user(messages: Any) -> Any:
     return messages
 
 
-def hint_for_template_error(error: str, messages: Any, policy: str, empty: Any = None, toolless: bool = False) -> str:
+def hint_for_template_error(
+    error: str, messages: Any, policy: str, empty: Callable[[], object] | None = None, toolless: bool = False
+) -> str:
     """What to append to a template_error detail: the fix, where one is known. The template
     refused a system message; or the turn to train is messages[0] (`empty`: a callable that
     renders no messages with the generation prompt, that turn's prompt) and that render is what
@@ -45,7 +47,7 @@ def hint_for_template_error(error: str, messages: Any, policy: str, empty: Any =
             " (the template does not accept this system message. Fix: set system_prompt = "
             '"merge_into_first_user" in [orchestrator.reconstruction] to fold it into the first user turn)'
         )
-    elif callable(empty) and _error_of(empty) == error:  # that render is what failed
+    elif empty is not None and _error_of(empty) == error:  # that render is what failed
         hint = (
             " (messages[0] is a turn to train with nothing before it: its prompt is the template's render "
             "of no messages, which this template cannot make. Fix: start the conversation with the message "
@@ -60,7 +62,7 @@ def hint_for_template_error(error: str, messages: Any, policy: str, empty: Any =
     return hint
 
 
-def _error_of(render: Any) -> str | None:
+def _error_of(render: Callable[[], object]) -> str | None:
     try:
         render()
     except Exception as e:  # noqa: BLE001 - whatever the template raises
