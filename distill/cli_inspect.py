@@ -118,7 +118,7 @@ def cmd_inspect(argv: list[str]) -> int:
         cfg_file = (path if path.is_dir() else path.parent.parent) / "config.toml"
         spec = load_config(cfg_file).student if cfg_file.is_file() else Student()
     spec.chat_template = a.chat_template or spec.chat_template
-    tok = student_tokenizer(spec)
+    tok = student_tokenizer(spec, needs_template=False)  # ids back to text: no template needed
     if a.id:
         chosen = [s for s in samples if s.sample_id == a.id]
         if not chosen:

@@ -26,6 +26,7 @@ from distill.core.jsonl import (
     shape_hint,
     starts_json_array,
 )
+from orchestrator.legacy_functions import LegacyError, modern_tools
 from orchestrator.lines import content_problem, depth_exceeds, json_type, weight_ok
 
 #: Deepest nesting a prompt line may have (tool schemas need a few levels; nothing needs 100).
@@ -279,7 +280,10 @@ def _prompt(ln: Line, where: str, path: Path, seen: dict[str, int]) -> dict[str,
     if depth_exceeds(d, MAX_PROMPT_DEPTH):
         raise PromptSourceError(f"{where}: nested more than {MAX_PROMPT_DEPTH} levels deep. Fix: flatten the record")
     messages = _prompt_messages(d, where)
-    tools = d.get("tools")
+    try:
+        tools = modern_tools(d.get("functions"), d.get("tools"))  # OpenAI's legacy functions list: tools
+    except LegacyError as e:
+        raise PromptSourceError(f"{where}: {e}") from None
     if tools is not None and not isinstance(tools, list):
         raise PromptSourceError(f"{where}: field 'tools' must be a list of tool definitions")
     pid = str(d["id"]) if d.get("id") is not None else f"{Path(path.name.removesuffix('.gz')).stem}-{lineno}"
@@ -290,7 +294,7 @@ def _prompt(ln: Line, where: str, path: Path, seen: dict[str, int]) -> dict[str,
     if pid in seen:
         raise PromptSourceError(f"{where}: id {pid!r} was already used on line {seen[pid]}. Fix: ids must be unique")
     seen[pid] = lineno
-    meta = {k: v for k, v in d.items() if k not in ("messages", "prompt", "tools", "id", "answer")}
+    meta = {k: v for k, v in d.items() if k not in ("messages", "prompt", "tools", "functions", "id", "answer")}
     return {
         "prompt_id": pid,
         "messages": messages,

@@ -294,11 +294,14 @@ def read_chat_template(path: str | os.PathLike) -> str:
     return text
 
 
-def load_tokenizer(path: str | os.PathLike, chat_template: str | os.PathLike | None = None) -> Any:
+def load_tokenizer(
+    path: str | os.PathLike, chat_template: str | os.PathLike | None = None, needs_template: bool = True
+) -> Any:
     """The student's tokenizer (transformers fast tokenizer with its chat template) from a folder
     or a hub id cached locally (see hub_snapshot). `chat_template`:
     a Jinja file (`student.chat_template`) whose template replaces the tokenizer's own; a tokenizer
-    saved from this one (a checkpoint's) then carries it."""
+    saved from this one (a checkpoint's) then carries it. Without a template it is refused unless
+    not `needs_template` (reading token ids back, as `distill inspect` does, needs none)."""
     from transformers import AutoTokenizer
 
     template = read_chat_template(chat_template) if chat_template else None
@@ -329,7 +332,7 @@ def load_tokenizer(path: str | os.PathLike, chat_template: str | os.PathLike | N
         ) from None
     if template is not None:
         tok.chat_template = template
-    if not getattr(tok, "chat_template", None):
+    if needs_template and not getattr(tok, "chat_template", None):
         raise TokenizerError(
             f"the tokenizer in {path} has no chat template; reconstruction needs one. "
             f'Fix: add chat_template.jinja to that folder, or set {CHAT_TEMPLATE_KEY} = "FILE.jinja"'
@@ -337,8 +340,8 @@ def load_tokenizer(path: str | os.PathLike, chat_template: str | os.PathLike | N
     return tok
 
 
-def student_tokenizer(student: Any) -> Any:
+def student_tokenizer(student: Any, needs_template: bool = True) -> Any:
     """The tokenizer of a `[student]` config section: student.tokenizer or the student's folder, with
     student.chat_template when set (every user of the student's template loads it here)."""
     folder = student.tokenizer or resolve_student(student.path, with_model=False)
-    return load_tokenizer(folder, student.chat_template)
+    return load_tokenizer(folder, student.chat_template, needs_template)

@@ -23,6 +23,7 @@ from typing import Any
 from openai import AsyncOpenAI
 
 from distill.core.conversation import cut_short
+from orchestrator.legacy_functions import LegacyError, as_tool_call
 from orchestrator.transport import Delivery, RawResponse, ResponseError, error_message
 
 
@@ -313,6 +314,11 @@ def _parse_choice(c: Any, slot: int) -> Choice:
     if reasoning is None:
         reasoning = m.get("reasoning")
     tool_calls = m.get("tool_calls") or None
+    if tool_calls is None and m.get("function_call") is not None:  # OpenAI's legacy spelling of one call
+        try:
+            tool_calls = [as_tool_call(m["function_call"])]
+        except LegacyError as e:
+            raise ResponseError("malformed_choice", f"choice {slot}: {e.problem}") from None
     if not content and not tool_calls:
         refusal = m.get("refusal")
         if isinstance(refusal, str) and refusal.strip():

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.legacy_functions import LegacyError, is_legacy, modern_message
 from orchestrator.lines import weight_ok
 from orchestrator.open_reasoning import CLOSE, take_thinking, without_thinking_tags
 from orchestrator.reconstruction.reasons import Reject
@@ -105,6 +106,11 @@ def normalize_messages(
         where = f"messages[{i}]"
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise Reject("invalid_message", f"{where} is not an object with a string 'role'")
+        if is_legacy(m):  # OpenAI's legacy function calling: a tool call and its result
+            try:
+                m = modern_message(m)
+            except LegacyError as e:
+                raise Reject("invalid_tool_call", f"{where}: {e}") from None
         role = "system" if m["role"] == "developer" else m["role"]  # OpenAI's newer name for it (as replay reads it)
         if role not in KNOWN_ROLES:
             raise Reject("unknown_role", f"{where} has role {role!r}; known roles are {', '.join(KNOWN_ROLES)}")

@@ -12,6 +12,7 @@ from distill.core.contract import atomic_write_text
 from distill.core.jsonl import Line, json_array_hint, read_jsonl, shape_hint, starts_json_array
 from distill.core.conversation import Conversation
 from orchestrator.build_pool import ParallelBuilder, offline_workers
+from orchestrator.legacy_functions import LegacyError, modern_tools
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.reconstructor import Reconstructor
 
@@ -187,8 +188,12 @@ def _parse_line(ln: Line, path: str) -> tuple[list[Conversation], Reject | None]
     if isinstance(rec, dict) and isinstance(rec.get("messages"), list) and "response" not in rec:
         if rec.get("finish_reason") is not None and not isinstance(rec["finish_reason"], str):
             return [], Reject("invalid_line", f"{path}:{n}: 'finish_reason' must be a string")
+        try:
+            tools = modern_tools(rec.get("functions"), rec.get("tools"))
+        except LegacyError as e:
+            return [], Reject("invalid_message", f"{path}:{n}: {e}")
         conv = Conversation(
-            rec["messages"], rec.get("tools"), sample_id=f"line{n}", finish_reason=rec.get("finish_reason"), line=n
+            rec["messages"], tools, sample_id=f"line{n}", finish_reason=rec.get("finish_reason"), line=n
         )
         return [conv], None
     if not isinstance(rec, dict):

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from distill.core.conversation import Conversation
+from orchestrator.legacy_functions import LegacyError, is_legacy, modern_message, modern_tools
 from orchestrator.lines import content_problem, json_type, weight_ok
 
-# Message keys passed on to reconstruction; anything else (refusal, annotations, audio, ...) is dropped.
+# Message keys passed on to reconstruction (a legacy function_call is one of the tool_calls first:
+# orchestrator/legacy_functions.py); anything else (refusal, annotations, audio, ...) is dropped.
 MESSAGE_KEYS = ("role", "content", "reasoning_content", "reasoning", "tool_calls", "tool_call_id", "name")
 
 
@@ -114,6 +116,12 @@ def normalize_message(m: Any, field: str) -> dict[str, Any]:
     role = m.get("role")
     if not isinstance(role, str) or not role:
         raise RecordError(f"{field}.role", f"expected a role string, got {role!r}")
+    if is_legacy(m):  # OpenAI's legacy function calling: a tool call and its result
+        try:
+            m = modern_message(m)
+        except LegacyError as e:
+            raise RecordError(f"{field}.{e.key}", e.problem, e.fix) from None
+        role = m["role"]
     content = m.get("content")
     if content is not None and not isinstance(content, (str, list)):
         raise RecordError(
@@ -175,6 +183,14 @@ def _answered(messages: list[dict[str, Any]], field: str) -> list[dict[str, Any]
             "empty_answer",
         )
     return messages
+
+
+def record_tools(obj: dict) -> list[dict[str, Any]] | None:
+    """A record's `tools`, or its legacy `functions` list as tools (orchestrator/legacy_functions.py)."""
+    try:
+        return _tools(modern_tools(obj.get("functions"), obj.get("tools")))
+    except LegacyError as e:
+        raise RecordError(e.key, e.problem, e.fix) from None
 
 
 def _tools(v: Any, field: str = "tools") -> list[dict[str, Any]] | None:
@@ -277,7 +293,7 @@ def dataset_conversation(fmt: str, obj: dict, file: str, line: int, messages: li
             "the record holds both 'messages' and 'conversations', and they differ: which one to train on is unclear",
             "keep one of the two fields (or give both the same value)",
         )
-    tools = _tools(obj.get("tools"))
+    tools = record_tools(obj)
     prompt_id = _id(obj, "id") or content_id(messages, tools)
     return conversation(
         fmt,

@@ -47,3 +47,17 @@ def test_good_sample_beside_a_bad_one_shows_and_html_checks_all(tmp_path, capsys
     rc = main(["inspect", shard, "--tokenizer", str(smol_tokenizer_dir), "--html", str(tmp_path / "a.html")])
     assert rc == 1 and f"{shard}:2: " in capsys.readouterr().err
     assert not (tmp_path / "a.html").exists()
+
+
+def test_inspect_reads_ids_back_with_a_tokenizer_that_has_no_chat_template(tmp_path, capsys, smol_tokenizer_dir):
+    """Showing tokens needs no template (a `distill tokenize --chat-template` output, a bare tokenizer)."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(smol_tokenizer_dir, bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    conf = json.loads((bare / "tokenizer_config.json").read_text())
+    conf.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(conf))
+    assert main(["inspect", _shard(tmp_path), "--tokenizer", str(bare), "--index", "0", "--no-color"]) == 0
+    assert "trained" in capsys.readouterr().out

@@ -373,6 +373,14 @@ def load(name: str, template: str | None = None):
     return tok
 
 
+def load_or_skip(name: str, template: str | None = None):
+    """`load`, or the test skipped with the reason (failed in CI: `unavailable`)."""
+    try:
+        return load(name, template)
+    except Exception as e:  # noqa: BLE001 - no package and no registry: say why
+        unavailable(f"test tokenizer {name!r}", e)
+
+
 def unavailable(what: str, err: BaseException):
     """Skip a test whose tokenizer cannot be built here - but in CI (CI=true, registries
     reachable) a missing real tokenizer is a failure, never a silent skip."""

@@ -20,7 +20,7 @@ from orchestrator.replay.records import (
     ReplayError,
     _id,
     _messages,
-    _tools,
+    record_tools,
     conversation,
     normalize_message,
 )
@@ -145,7 +145,7 @@ def parse(obj: dict, file: str, line: int, ctx: Any = None) -> list[Conversation
     request, req_where = batch.request(cid)
     try:
         prompt = _messages(request.get("messages"), "messages")
-        tools = _tools(request.get("tools"))
+        tools = record_tools(request)
     except RecordError as e:
         raise RecordError("custom_id", f"its request at {req_where}: field {e.field!r}: {e.problem}") from None
     model = body.get("model") if isinstance(body.get("model"), str) else request.get("model")
