@@ -25,6 +25,49 @@ from distill.core.jsonl import (  # noqa: F401 - re-exported
 )
 
 
+# ShareGPT `from` values -> chat roles (function_call is handled on its own: it becomes tool_calls).
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "observation": "tool",
+    "function_response": "tool",
+    "ipython": "tool",
+}
+
+
+#: A message with "from" and "value" instead of "role" and "content": a ShareGPT turn under "messages".
+SHAREGPT_TURN = ' (it has "from" and "value": a ShareGPT turn)'
+SHAREGPT_FIX = (
+    'put the turns under "conversations" instead of "messages" (read as ShareGPT), or write them as {"role", "content"}'
+)
+
+
+def json_text_hint(v: Any) -> str:
+    """For a string where a list belongs: whether it is that list's JSON text (some dataset exports store
+    it so), and the fix; else ""."""
+    if isinstance(v, str) and v.lstrip().startswith("["):
+        return " holding JSON text (store the list itself, not a string of its JSON)"
+    return ""
+
+
+def role_hint(role: str) -> str:
+    """What an unknown chat role most likely means (ShareGPT's speaker names: human, gpt, model...), or ""."""
+    known = SHAREGPT_ROLES.get(role.lower())
+    if known is None or known == role:
+        return ""
+    if known == role.lower():
+        return f" (roles are lower case: write {known!r})"
+    return f" ({role!r} is ShareGPT's name for {known}: write role {known!r})"
+
+
 def weight_ok(w: Any) -> bool:
     """Whether a message's "weight" (OpenAI's chat fine-tuning format) is one distill reads: none, 0
     (the turn is context, not trained) or 1 (trained, the default); true/false and 0.0 are not."""

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.legacy_functions import LegacyError, is_legacy, modern_message
-from orchestrator.lines import weight_ok
+from orchestrator.lines import SHAREGPT_FIX, SHAREGPT_TURN, role_hint, weight_ok
 from orchestrator.open_reasoning import CLOSE, take_thinking, without_thinking_tags
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.tool_args import ToolCallShape, parse_arguments
 
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
+#: content part types that are text: chat completions' "text", and the Responses API's input and output text
+TEXT_PARTS = frozenset(("text", "input_text", "output_text"))
 _KEPT_KEYS = ("name", "tool_call_id")
 _ROLES = frozenset(KNOWN_ROLES)
 
@@ -45,7 +47,7 @@ def _text_content(content: Any, where: str) -> str:
         for j, part in enumerate(content):
             if (
                 not isinstance(part, dict)
-                or part.get("type", "text") != "text"
+                or part.get("type", "text") not in TEXT_PARTS
                 or not isinstance(part.get("text"), str)
             ):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
@@ -105,7 +107,12 @@ def normalize_messages(
                 continue
         where = f"messages[{i}]"
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise Reject("invalid_message", f"{where} is not an object with a string 'role'")
+            turn = isinstance(m, dict) and "from" in m and "value" in m
+            raise Reject(
+                "invalid_message",
+                f"{where} is not an object with a string 'role'"
+                + (f"{SHAREGPT_TURN}. Fix: {SHAREGPT_FIX}" if turn else ""),
+            )
         if is_legacy(m):  # OpenAI's legacy function calling: a tool call and its result
             try:
                 m = modern_message(m)
@@ -113,7 +120,9 @@ def normalize_messages(
                 raise Reject("invalid_tool_call", f"{where}: {e}") from None
         role = "system" if m["role"] == "developer" else m["role"]  # OpenAI's newer name for it (as replay reads it)
         if role not in KNOWN_ROLES:
-            raise Reject("unknown_role", f"{where} has role {role!r}; known roles are {', '.join(KNOWN_ROLES)}")
+            raise Reject(
+                "unknown_role", f"{where} has role {role!r}{role_hint(role)}; known roles are {', '.join(KNOWN_ROLES)}"
+            )
         content = m.get("content")
         if content is None and role != "assistant":  # as replay's missing_content: not an empty turn
             raise Reject(

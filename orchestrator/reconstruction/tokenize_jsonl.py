@@ -215,7 +215,7 @@ _FORMAT_NAMES = {
 
 def _other_format(rec: dict, path: str, n: int) -> tuple[list[Conversation], Reject | None]:
     """A line that is not a chat line, read by the replay format it is in (orchestrator/replay/formats)."""
-    from orchestrator.lines import json_type
+    from orchestrator.lines import json_text_hint, json_type
     from orchestrator.replay.formats import ParseContext, _mapping_hint, detect_format, parse
     from orchestrator.replay.records import RecordError
 
@@ -230,7 +230,9 @@ def _other_format(rec: dict, path: str, n: int) -> tuple[list[Conversation], Rej
                 "orchestrator.replay.batch_input naming the input file (docs/replay.md)",
             )
         if fmt == "chat":  # "messages" that is not a list
-            raise RecordError("messages", f"expected a list, got {json_type(rec['messages'])}")
+            raise RecordError(
+                "messages", f"expected a list, got {json_type(rec['messages'])}{json_text_hint(rec['messages'])}"
+            )
         return parse(fmt, rec, path, n, ParseContext()), None
     except RecordError as e:
         if e.reason == "unknown_format":  # no format claims it

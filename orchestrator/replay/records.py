@@ -11,7 +11,7 @@ from typing import Any
 
 from distill.core.conversation import Conversation
 from orchestrator.legacy_functions import LegacyError, is_legacy, modern_message, modern_tools
-from orchestrator.lines import content_problem, json_type, weight_ok
+from orchestrator.lines import SHAREGPT_FIX, SHAREGPT_TURN, content_problem, json_text_hint, json_type, weight_ok
 
 # Message keys passed on to reconstruction (a legacy function_call is one of the tool_calls first:
 # orchestrator/legacy_functions.py); anything else (refusal, annotations, audio, ...) is dropped.
@@ -115,6 +115,8 @@ def normalize_message(m: Any, field: str) -> dict[str, Any]:
         raise RecordError(field, f"expected a message object, got {type(m).__name__}")
     role = m.get("role")
     if not isinstance(role, str) or not role:
+        if "from" in m and "value" in m:
+            raise RecordError(f"{field}.role", f"expected a role string, got {role!r}{SHAREGPT_TURN}", SHAREGPT_FIX)
         raise RecordError(f"{field}.role", f"expected a role string, got {role!r}")
     if is_legacy(m):  # OpenAI's legacy function calling: a tool call and its result
         try:
@@ -163,7 +165,8 @@ def _messages(v: Any, field: str) -> list[dict[str, Any]]:
         raise RecordError(
             field,
             "expected a non-empty list of messages"
-            + (", got nothing" if v is None else ", got an empty list" if v == [] else f", got {json_type(v)}"),
+            + (", got nothing" if v is None else ", got an empty list" if v == [] else f", got {json_type(v)}")
+            + json_text_hint(v),
         )
     return [normalize_message(m, f"{field}[{i}]") for i, m in enumerate(v)]
 

@@ -439,7 +439,7 @@ def test_a_developer_message_is_the_system_prompt(smol_tokenizer):
         ([], "invalid_message", "non-empty"),
         (["hi"], "invalid_message", "messages[0]"),
         ([{"role": "user", "content": 5}, {"role": "assistant", "content": "A"}], "invalid_message", "messages[0]"),
-        ([{"role": "function", "content": "x"}, {"role": "assistant", "content": "A"}], "unknown_role", "'function'"),
+        ([{"role": "narrator", "content": "x"}, {"role": "assistant", "content": "A"}], "unknown_role", "'narrator'"),
         (
             [{"role": "user", "content": None}, {"role": "assistant", "content": "A"}],
             "invalid_message",

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from distill.core.conversation import Conversation
-from orchestrator.lines import json_type
+from orchestrator.lines import SHAREGPT_ROLES, json_type
 from orchestrator.replay.records import RecordError, dataset_conversation, message_weight, system_field
 
 
@@ -14,22 +14,6 @@ def detect(obj: dict) -> bool:
     return "conversations" in obj
 
 
-# ShareGPT `from` values -> chat roles (function_call is handled on its own: it becomes tool_calls).
-SHAREGPT_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "chatgpt": "assistant",
-    "bard": "assistant",
-    "bing": "assistant",
-    "model": "assistant",
-    "system": "system",
-    "tool": "tool",
-    "observation": "tool",
-    "function_response": "tool",
-    "ipython": "tool",
-}
 SHAREGPT_TOOL_CALL = ("function_call", "tool_call")
 
 
