@@ -389,10 +389,7 @@ def test_olmo2_tulu_golden():
 def qwen3_coder():
     from support import tokenizer_builds
 
-    try:
-        return tokenizer_builds.load("qwen", "qwen3_coder")
-    except Exception as e:  # noqa: BLE001 - no package and no registry: say why
-        tokenizer_builds.unavailable("test tokenizer 'qwen'", e)
+    return tokenizer_builds.load_or_skip("qwen", "qwen3_coder")
 
 
 def test_qwen3_coder_golden():

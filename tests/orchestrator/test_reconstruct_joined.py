@@ -122,10 +122,7 @@ def test_a_token_the_template_writes_from_a_variable_is_not_the_separator():
     every prompt: with it as the separator every prompt was an input of its own."""
     from support import tokenizer_builds
 
-    try:
-        tok = tokenizer_builds.load("llama3", "llama3_1")
-    except Exception as e:  # noqa: BLE001 - no package and no registry: say why
-        tokenizer_builds.unavailable("test tokenizer 'llama3'", e)
+    tok = tokenizer_builds.load_or_skip("llama3", "llama3_1")
     r = recon(tok=tok)
     assert r._joiner.text is not None and r._joiner.text not in r.probe_render
     msgs = [convo((f"q{i}", f"a{i}"), ("u", "b")) for i in range(20)]
@@ -145,10 +142,7 @@ def test_a_tokenizer_whose_pieces_depend_on_their_place_gets_no_separator():
     text after a separator does not, so the probe refuses every separator."""
     from support import tokenizer_builds
 
-    try:
-        tok = tokenizer_builds.load("mistral_sp_metaspace", "mistral_v0_1")
-    except Exception as e:  # noqa: BLE001 - no package and no registry: say why
-        tokenizer_builds.unavailable("test tokenizer 'mistral_sp_metaspace'", e)
+    tok = tokenizer_builds.load_or_skip("mistral_sp_metaspace", "mistral_v0_1")
     backend = tok.backend_tokenizer
     assert SegmentJoiner(backend, tok.added_tokens_decoder, tok.chat_template).id is None
     # and the rule is real: "</s>Hello" gives the text after the separator no prefix
@@ -174,10 +168,9 @@ def _joiner_of(name: str):
             from support import tokenizer_builds
 
             base = name.split(":")[0]
-            try:
-                tok = tokenizer_builds.load(base, {"qwen": "qwen2_5", "llama3": "llama3_1"}.get(base, "mistral_v0_1"))
-            except Exception as e:  # noqa: BLE001 - no package and no registry: say why
-                tokenizer_builds.unavailable(f"test tokenizer {base!r}", e)
+            tok = tokenizer_builds.load_or_skip(
+                base, {"qwen": "qwen2_5", "llama3": "llama3_1"}.get(base, "mistral_v0_1")
+            )
             r = recon(tok=tok)
         _TOKENIZERS[name] = (r._continuation, r._cont_joiner) if name.endswith(":copy") else (r.backend, r._joiner)
     return _TOKENIZERS[name]

@@ -234,10 +234,7 @@ def _sp_tokenizer_and_recon():
     from support import tokenizer_builds
 
     if not _SP:
-        try:
-            tok = tokenizer_builds.load("mistral_sp", "mistral_v0_1")
-        except Exception as e:  # noqa: BLE001
-            tokenizer_builds.unavailable("SentencePiece test tokenizer", e)
+        tok = tokenizer_builds.load_or_skip("mistral_sp", "mistral_v0_1")
         _SP.extend([tok, recon(tok=tok)])
     return _SP
 
@@ -296,10 +293,7 @@ def _qwen_tokenizer_and_recon():
     from support import tokenizer_builds
 
     if not _QWEN:
-        try:
-            tok = tokenizer_builds.load("qwen", "qwen2_5")
-        except Exception as e:  # noqa: BLE001
-            tokenizer_builds.unavailable("Qwen test tokenizer", e)
+        tok = tokenizer_builds.load_or_skip("qwen", "qwen2_5")
         _QWEN.extend([tok, recon(tok=tok)])
     return _QWEN
 

@@ -146,10 +146,7 @@ def test_a_late_system_message_leaves_the_prefixes_before_it_unproven():
 def _deepseek(template: str):
     from support import tokenizer_builds
 
-    try:
-        return tokenizer_builds.load("deepseek", template)
-    except Exception as e:  # noqa: BLE001 - no package and no registry: say why
-        tokenizer_builds.unavailable("test tokenizer 'deepseek'", e)
+    return tokenizer_builds.load_or_skip("deepseek", template)
 
 
 @pytest.mark.parametrize("template", DEEPSEEK)

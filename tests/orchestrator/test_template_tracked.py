@@ -163,10 +163,7 @@ def test_static_refusals():
 def _llama():
     from support import tokenizer_builds
 
-    try:
-        return tokenizer_builds.load("llama3", "llama3_1")
-    except Exception as e:  # noqa: BLE001 - no package and no registry: say why
-        tokenizer_builds.unavailable("test tokenizer 'llama3'", e)
+    return tokenizer_builds.load_or_skip("llama3", "llama3_1")
 
 
 @pytest.mark.parametrize("learnt", [True, False])
