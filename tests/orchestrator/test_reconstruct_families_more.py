@@ -1,6 +1,6 @@
 """Reconstruction against more real chat templates: Phi-4, Phi-4-mini, Gemma 3, SmolLM3,
 Granite 3.3, Hermes 3 (tool_use), Mistral Small 3.1, Llama 4, OLMo 2 / Tulu 3, Qwen3-Coder,
-gpt-oss (tests/templates/, source in each file's first line). Tokenizers: the real ones tests/support/tokenizer_builds.py builds, with the
+gpt-oss, LFM2 (tests/templates/, source in each file's first line). Tokenizers: the real ones tests/support/tokenizer_builds.py builds, with the
 family's turn tokens added where the family's own vocabulary is not shipped by a package
 (tests/support/family_standins.py says which).
 
@@ -118,7 +118,7 @@ def test_phi4_mini_golden():
     assert masked_text(tok, check_against_template(tok, r, OUTER_WS)) == "  Hello \n<|end|>"
 
 
-@pytest.mark.parametrize("family", ["phi4", "phi4_mini", "gemma3", "granite3_3", "smollm3", "olmo2_tulu"])
+@pytest.mark.parametrize("family", ["phi4", "phi4_mini", "gemma3", "granite3_3", "smollm3", "olmo2_tulu", "lfm2"])
 def test_templates_without_tool_calls_or_reasoning_say_so(family):
     """None of these templates renders `tool_calls` or `reasoning_content` (Phi-4-mini lists
     tools in the system turn and expects calls as text; SmolLM3 and Granite list them in the
@@ -140,6 +140,40 @@ def test_templates_without_tool_calls_or_reasoning_say_so(family):
     ]
     s = check_against_template(tok, r, REASONED, as_rendered=inline)
     assert trained(tok, s) == ["<think>\nR1\n</think>\n\nA1" + r.eot, "<think>\nR2\n</think>\n\nA2" + r.eot]
+
+
+# -- LFM2: ChatML after a bos, tools listed in the system turn, calls written as text in the content ----
+
+
+def test_lfm2_golden_and_its_calls_as_text():
+    tok = standin("lfm2")
+    r = recon(tok=tok)
+    assert (r.eot, r.final_tail) == ("<|im_end|>", "\n")
+    s = check_against_template(tok, r, PLAIN)
+    assert runs(tok, s) == [
+        (None, "<|startoftext|><|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
+        (1, "Hello!<|im_end|>"),
+        (0, "\n<|im_start|>user\nFine<|im_end|>\n<|im_start|>assistant\n"),
+        (1, "Good.<|im_end|>"),
+    ]
+    s = check_against_template(tok, r, SYSTEM, TOOLS)
+    assert decode(tok, s.prompt_ids).startswith(
+        "<|startoftext|><|im_start|>system\nBe brief.\nList of tools: <|tool_list_start|>[{"
+    )
+    # its calls are text in the content (LFM2's own tokens): trained as written where such text is allowed
+    call = '<|tool_call_start|>[get_weather(city="Paris")]<|tool_call_end|>'
+    texts = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": call},
+        {"role": "tool", "content": "sunny, 21"},
+        {"role": "assistant", "content": "It is sunny."},
+    ]
+    _, rejections = r.build(texts, TOOLS, sample_id="t")
+    assert reasons(rejections) == ["special_token_in_content"]
+    allow = recon(tok=tok, special_tokens_in_content="allow")
+    s = check_against_template(tok, allow, texts, TOOLS)
+    assert trained(tok, s) == [call + "<|im_end|>", "It is sunny.<|im_end|>"]
+    assert "<|tool_response_start|>sunny, 21<|tool_response_end|>" in decode(tok, s.completion_ids)
 
 
 # -- Gemma 3: the template itself folds the system message into the first user turn, trims content
@@ -564,6 +598,7 @@ VARIED = [
         "llama4",
         "olmo2_tulu",
         "gpt_oss",
+        "lfm2",
     ],
 )
 def test_varied_text_against_the_template(family):

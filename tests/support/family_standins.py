@@ -82,6 +82,24 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
     "mistral_small_3_1": ("nemo", "mistral_small_3_1", [], None, None, []),
     # Gemma 2: Gemma's SentencePiece vocabulary (no package ships it); base: SmolLM2, bos <bos>
     "gemma2": ("smollm2", "gemma2", ["<start_of_turn>", "<end_of_turn>"], None, "<bos>", []),
+    # LFM2 (Liquid AI): a 65k byte-level BPE, ChatML turns, bos <|startoftext|>, tool list and tool response
+    # tokens (its template renders no tool_calls field: calls are text in content); base: Qwen's
+    "lfm2": (
+        "qwen",
+        "lfm2",
+        [
+            "<|startoftext|>",
+            "<|tool_list_start|>",
+            "<|tool_list_end|>",
+            "<|tool_call_start|>",
+            "<|tool_call_end|>",
+            "<|tool_response_start|>",
+            "<|tool_response_end|>",
+        ],
+        "<|im_end|>",
+        "<|startoftext|>",
+        [],
+    ),
     # Phi-3.5: Llama 2's SentencePiece (no package ships it); base: Mistral v0.1's, the same kind
     "phi3_5": (
         "mistral_sp",
