@@ -25,7 +25,9 @@ from typing import Any, Callable, Iterator
 from orchestrator.prompts import LISTED_BAD_LINES, PromptSourceError, _json_safe, _prompt_messages, _with_system
 
 #: Mapping keys that name a column, in the order they are checked.
-MAPPED = ("prompt", "messages", "system", "id", "answer")
+MAPPED = ("prompt", "messages", "system", "id", "answer", "tools")
+#: Columns read as the tools when `columns.tools` is unset, the first one present (functions: OpenAI's legacy name).
+TOOL_COLUMNS = ("tools", "functions")
 #: How many column names an error lists.
 SHOWN_COLUMNS = 30
 
@@ -139,6 +141,40 @@ def _jsonl_rows(p: Path) -> tuple[list[dict], list[str]]:
     return rows, list(cols)
 
 
+def _row_tools(row: dict, col: str | None, where: str) -> list[dict] | None:
+    """A row's tools from column `col`: a list of tool definitions or its JSON text (function-calling
+    datasets store them so); bare function definitions (OpenAI's legacy `functions`) are wrapped as tools."""
+    v = row.get(col) if col is not None else None
+    if isinstance(v, list):  # Parquet structs carry every field of every row's tools, unset ones as null
+        v = _without_nulls(v)
+    elif isinstance(v, str):
+        if not v.strip():
+            return None
+        try:
+            v = json.loads(v)
+        except json.JSONDecodeError as e:
+            raise PromptSourceError(
+                f"{where}: column {col!r} is text that is not JSON ({e.msg}); a list of tool definitions was expected"
+            ) from None
+    if v is None or v == []:
+        return None
+    if not isinstance(v, list) or not all(isinstance(t, dict) for t in v):
+        raise PromptSourceError(
+            f"{where}: column {col!r} is not a list of tool definitions (objects). Fix: map columns.tools to the "
+            "column holding them, or drop that column"
+        )
+    return [t if "type" in t or "name" not in t else {"type": "function", "function": t} for t in v]
+
+
+def _without_nulls(v: Any) -> Any:
+    """`v` with the null fields of its objects left out, at every depth."""
+    if isinstance(v, dict):
+        return {k: _without_nulls(x) for k, x in v.items() if x is not None}
+    if isinstance(v, list):
+        return [_without_nulls(x) for x in v]
+    return v
+
+
 def _open_hf(src) -> Table:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -208,6 +244,10 @@ def check_columns(src, table: Table) -> dict[str, str]:
                 "Fix: set orchestrator.source.columns.prompt (a text column) or .messages (a list of messages)",
             )
         mapping[found] = found
+    if "tools" not in mapping:
+        found = next((c for c in TOOL_COLUMNS if c in table.columns), None)
+        if found is not None:
+            mapping["tools"] = found
     return mapping
 
 
@@ -268,7 +308,7 @@ def _row_prompt(src, table: Table, mapping: dict[str, str], i: int, where: str, 
     return {
         "prompt_id": pid,
         "messages": messages,
-        "tools": None,
+        "tools": _row_tools(row, mapping.get("tools"), where),
         "answer": None if answer is None else _json_safe(answer),
         "metadata": {"source": src.type, "from": table.where, "row": i, **meta},
     }

@@ -91,6 +91,32 @@ def test_messages_column_from_parquet_structs_and_csv_json_text(tmp_path):
     assert [p["messages"] for p in load_prompts(src)] == [conv]  # unmapped: the "messages" column is found
 
 
+WEATHER = {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+CONVERT = {"name": "convert", "parameters": {"type": "object", "properties": {"amount": {"type": "number"}}}}
+
+
+def test_a_tools_column_is_offered_to_the_teacher(tmp_path):
+    """Parquet structs (every row's tools get every field, unset ones null), JSON text in CSV, legacy bare
+    function definitions under "functions", an empty value; before, the tools went to metadata unsent."""
+    as_tool = lambda f: {"type": "function", "function": f}  # noqa: E731
+    rows = [
+        {"prompt": "Weather in Paris?", "tools": [as_tool(WEATHER)]},
+        {"prompt": "5 EUR in USD?", "tools": [as_tool(CONVERT)]},
+        {"prompt": "Hi", "tools": []},
+    ]
+    _, src = _src(tmp_path, type="table", path=str(_parquet(tmp_path / "t.parquet", rows)))
+    out = list(load_prompts(src))
+    assert [p["tools"] for p in out] == [[as_tool(WEATHER)], [as_tool(CONVERT)], None]
+    assert all("tools" not in p["metadata"] for p in out)
+    text_rows = [{"question": "Weather?", "functions": json.dumps([WEATHER])}, {"question": "Hi", "functions": ""}]
+    path = str(_csv(tmp_path / "t.csv", text_rows))
+    _, src = _src(tmp_path, type="table", path=path, columns={"prompt": "question"})
+    assert [p["tools"] for p in load_prompts(src)] == [[as_tool(WEATHER)], None]
+    _, src = _src(tmp_path, type="table", path=path, columns={"prompt": "question", "tools": "question"})
+    with pytest.raises(PromptSourceError, match="column 'question' is text that is not JSON"):
+        list(load_prompts(src))
+
+
 def test_shuffle_with_seed_and_limit_keep_row_ids(tmp_path):
     path = _jsonl(tmp_path / "p.jsonl", [{"prompt": f"question {i}"} for i in range(50)])
 

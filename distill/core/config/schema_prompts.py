@@ -53,6 +53,9 @@ class Columns(Strict):
     id: str | None = None
     # Column holding a reference answer, passed to the reward function (unset: none).
     answer: str | None = None
+    # Column holding the tools offered to the teacher: a list of tool definitions, or its JSON text (unset:
+    # the column named "tools" if there is one, else OpenAI's legacy "functions"; an empty value: none).
+    tools: str | None = None
 
     @model_validator(mode="after")
     def _one_prompt_column(self) -> Columns:
