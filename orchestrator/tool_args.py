@@ -68,6 +68,38 @@ def probe_tool_call_shape(render: Callable[[list[dict]], str]) -> ToolCallShape:
     return ToolCallShape()
 
 
+def probe_renders_tool_results(render: Callable[[list[dict]], str], shape: ToolCallShape) -> bool:
+    """Whether the template writes a tool message's content (OLMo 2's drops tool messages: the answer
+    after a result would be trained without it), after a turn with text and, for a template that renders
+    calls, after a call in its `shape` (a template may write results only there). A template that raises
+    on the probes counts as rendering them: a conversation with a tool message then shows its own
+    template_error."""
+    result = "zq probe result"
+    args = {_KEY: _VALUE}
+    call = {
+        "type": "function",
+        "id": "zqprobe01",
+        "function": {"name": _NAME, "arguments": json.dumps(args) if shape.arguments_as_string else args},
+    }
+    turns = [{"role": "assistant", "content": "Calling."}]
+    if shape.probed:
+        turns.append({"role": "assistant", "content": None if shape.null_content else "", "tool_calls": [call]})
+    raised = 0
+    for turn in turns:
+        msgs = [
+            {"role": "user", "content": "Hi"},
+            turn,
+            {"role": "tool", "content": result, "tool_call_id": "zqprobe01", "name": _NAME},
+            {"role": "assistant", "content": "Done."},
+        ]
+        try:
+            if result in render(msgs):
+                return True
+        except Exception:  # noqa: BLE001 - the template refuses this shape: say nothing about it
+            raised += 1
+    return raised == len(turns)
+
+
 def parse_arguments(raw: Any, where: str) -> tuple[dict | None, str | None]:
     """(arguments as a dict, the JSON text to paste), or (None, why not) when they are
     not a JSON object. A string is kept verbatim as the text (what the API returned); a blank one
@@ -94,3 +126,14 @@ def parse_arguments(raw: Any, where: str) -> tuple[dict | None, str | None]:
     if not isinstance(parsed, dict):
         return None, f"{where} arguments are a JSON {json_type(parsed)}, expected an object"
     return parsed, text
+
+
+def calls_as_text(calls: list[tuple[str, dict]], form: str) -> str:
+    """A turn's tool calls ((name, arguments) pairs) written in `form` (Reconstruction.tool_calls_as_text):
+    "{call}" replaced by one call's JSON {"name", "arguments"}, the form repeated per call with a newline
+    between; or "{calls}" by the JSON list of all of them. The JSON is written as json.dumps writes it,
+    with the characters as they are (what the Hermes-style templates that do render calls write)."""
+    objs = [{"name": name, "arguments": args} for name, args in calls]
+    if "{calls}" in form:
+        return form.replace("{calls}", json.dumps(objs, ensure_ascii=False))
+    return "\n".join(form.replace("{call}", json.dumps(o, ensure_ascii=False)) for o in objs)

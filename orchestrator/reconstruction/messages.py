@@ -16,7 +16,7 @@ from orchestrator.legacy_functions import LegacyError, is_legacy, modern_message
 from orchestrator.lines import SHAREGPT_FIX, SHAREGPT_TURN, role_hint, weight_ok
 from orchestrator.open_reasoning import CLOSE, take_thinking, without_thinking_tags
 from orchestrator.reconstruction.reasons import Reject
-from orchestrator.tool_args import ToolCallShape, parse_arguments
+from orchestrator.tool_args import ToolCallShape, calls_as_text, parse_arguments
 
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
 #: content part types that are text: chat completions' "text", and the Responses API's input and output text
@@ -35,6 +35,9 @@ class Msg:
     placed_prefix: str  # text put before the content by the reasoning policy (think_tags)
     reasoning: str  # the teacher's reasoning ("" when absent)
     weight: int = 1  # 0: not trained even if its role is in train_roles (OpenAI fine-tuning's "weight")
+    # tool calls written as text after the teacher's content (tool_calls_as_text): the end of `content`
+    placed_suffix: str = ""
+    suffix_data: str = ""  # the teacher's part of placed_suffix (the calls' JSON), checked for special-token text
 
 
 def _text_content(content: Any, where: str) -> str:
@@ -85,10 +88,15 @@ def _tool_calls(raw: Any, where: str, shape: ToolCallShape) -> list[dict[str, An
 
 
 def normalize_messages(
-    messages: Any, reasoning_policy: str, shape: ToolCallShape = ToolCallShape(), places_reasoning: bool = False
+    messages: Any,
+    reasoning_policy: str,
+    shape: ToolCallShape = ToolCallShape(),
+    places_reasoning: bool = False,
+    call_form: str | None = None,
 ) -> list[Msg]:
     """Check `messages` and convert them to what the template sees (tool calls in
-    `shape`, see orchestrator/tool_args.py). A thinking block the teacher wrote inside an
+    `shape`, see orchestrator/tool_args.py, or written as text after the content in `call_form`:
+    Reconstruction.tool_calls_as_text). A thinking block the teacher wrote inside an
     assistant's content (no reasoning field) is reasoning too: dropped with reasoning = "drop",
     moved to reasoning_content with "template" where the template places it (`places_reasoning`),
     else left in the content as written. Raises Reject."""
@@ -106,18 +114,7 @@ def normalize_messages(
                 out.append(Msg({"role": role, "content": content}, role, content, "", ""))
                 continue
         where = f"messages[{i}]"
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            turn = isinstance(m, dict) and "from" in m and "value" in m
-            raise Reject(
-                "invalid_message",
-                f"{where} is not an object with a string 'role'"
-                + (f"{SHAREGPT_TURN}. Fix: {SHAREGPT_FIX}" if turn else ""),
-            )
-        if is_legacy(m):  # OpenAI's legacy function calling: a tool call and its result
-            try:
-                m = modern_message(m)
-            except LegacyError as e:
-                raise Reject("invalid_tool_call", f"{where}: {e}") from None
+        m = _with_role(m, where)
         role = "system" if m["role"] == "developer" else m["role"]  # OpenAI's newer name for it (as replay reads it)
         if role not in KNOWN_ROLES:
             raise Reject(
@@ -140,23 +137,52 @@ def normalize_messages(
                     raise Reject("invalid_message", f"{where}: {k} is a {type(v).__name__}, expected a string")
                 data[k] = v
         if role == "assistant":
-            out.append(_assistant(m, data, where, reasoning_policy, shape, moves))
+            out.append(_assistant(m, data, where, reasoning_policy, shape, moves, call_form))
         else:
             out.append(Msg(data, role, content, "", "", _weight(m.get("weight"), where)))
     return out
 
 
-def _assistant(m: dict, data: dict[str, Any], where: str, policy: str, shape: ToolCallShape, moves: bool) -> Msg:
-    """An assistant message: tool calls in `shape`, reasoning placed per `policy` (a thinking block
-    inside content taken out of it first when `moves`); `data` holds its role and text content."""
+def _with_role(m: Any, where: str) -> dict:
+    """`m`, checked to be an object with a string role; OpenAI's legacy function calling read as the
+    tool call and tool message it is (orchestrator/legacy_functions.py). Raises Reject."""
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+        turn = isinstance(m, dict) and "from" in m and "value" in m
+        raise Reject(
+            "invalid_message",
+            f"{where} is not an object with a string 'role'"
+            + (f"{SHAREGPT_TURN}. Fix: {SHAREGPT_FIX}" if turn else ""),
+        )
+    if not is_legacy(m):
+        return m
+    try:
+        return modern_message(m)
+    except LegacyError as e:
+        raise Reject("invalid_tool_call", f"{where}: {e}") from None
+
+
+# size: one message's fields in order (reasoning, calls, their text, empty turn, reasoning policy)
+def _assistant(
+    m: dict, data: dict[str, Any], where: str, policy: str, shape: ToolCallShape, moves: bool, form: str | None
+) -> Msg:
+    """An assistant message: tool calls in `shape` (or as text after the content in `form`), reasoning
+    placed per `policy` (a thinking block inside content taken out of it first when `moves`); `data`
+    holds its role and text content."""
     content = data["content"]
     r = m.get("reasoning_content") or m.get("reasoning") or ""
     if not isinstance(r, str):
         raise Reject("invalid_message", f"{where}: reasoning is a {type(r).__name__}, expected a string")
     r, content = take_thinking(r, content, moves and (policy == "drop" or not r))
     data["content"] = content
-    calls = _tool_calls(m["tool_calls"], where, shape) if m.get("tool_calls") else []
-    if calls:
+    calls = _tool_calls(m["tool_calls"], where, ToolCallShape() if form else shape) if m.get("tool_calls") else []
+    suffix = data_part = ""
+    if calls and form:  # written as the student writes them, after the content: trained as text
+        pairs = [(c["function"]["name"], c["function"]["arguments"]) for c in calls]
+        suffix = ("\n" if content else "") + calls_as_text(pairs, form)
+        data_part = json.dumps([{"name": n, "arguments": a} for n, a in pairs], ensure_ascii=False)
+        content += suffix
+        data["content"] = content
+    elif calls:
         data["tool_calls"] = calls
         if not content and shape.null_content:
             data["content"] = None  # the template renders tool calls only for null content
@@ -176,7 +202,7 @@ def _assistant(m: dict, data: dict[str, Any], where: str, policy: str, shape: To
         reasoning = r
         prefix = f"<think>\n{r}\n</think>\n\n"
         data["content"] = prefix + content
-    return Msg(data, "assistant", content, prefix, reasoning, _weight(m.get("weight"), where))
+    return Msg(data, "assistant", content, prefix, reasoning, _weight(m.get("weight"), where), suffix, data_part)
 
 
 def strip_contents(messages: Any) -> Any:
@@ -229,7 +255,9 @@ def check_special(msgs: list[Msg], tools, special_re: re.Pattern) -> None:
     # message). Empty reasoning and absent tool calls add nothing to search.
     texts = []
     for m in msgs:
-        texts.append(without_thinking_tags(m.content) if m.role == "assistant" else m.content)
+        texts.append(without_thinking_tags(_teachers(m)) if m.role == "assistant" else m.content)
+        if m.suffix_data:
+            texts.append(m.suffix_data)
         if m.reasoning:
             texts.append(m.reasoning)
         if len(m.data) > 2:  # more than role and content: tool calls (with their ids), name, tool_call_id
@@ -242,6 +270,12 @@ def check_special(msgs: list[Msg], tools, special_re: re.Pattern) -> None:
             raise Reject("special_token_in_content", f"tools contain the special token text {hit.group()!r}")
 
 
+def _teachers(m: Msg) -> str:
+    """A message's content without the tool-call text put after it (tool_calls_as_text: its special tokens
+    are the student's own call syntax, not the teacher's text)."""
+    return m.content[: len(m.content) - len(m.placed_suffix)] if m.placed_suffix else m.content
+
+
 def _field_texts(m: Msg) -> list[str]:
     """The texts of a message's fields besides content and reasoning that a template may render: each
     tool call whole (its id and type too, not only the function), a tool message's name and tool_call_id."""
@@ -252,8 +286,8 @@ def _field_texts(m: Msg) -> list[str]:
 def _name_special(msgs: list[Msg], special_re: re.Pattern) -> None:
     """The first message holding special-token text, as a rejection (none: a hit straddled two texts)."""
     for i, m in enumerate(msgs):
-        texts = [without_thinking_tags(m.content) if m.role == "assistant" else m.content, m.reasoning]
-        for t in texts + _field_texts(m):
+        texts = [without_thinking_tags(_teachers(m)) if m.role == "assistant" else m.content, m.reasoning]
+        for t in texts + [m.suffix_data] + _field_texts(m):
             hit = t and special_re.search(t)
             if hit:
                 raise Reject(

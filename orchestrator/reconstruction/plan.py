@@ -58,6 +58,7 @@ class Planner:
     stats: collections.Counter
     train_roles: tuple[str, ...]
     tool_shape: ToolCallShape
+    renders_tool_results: bool  # tool_args.probe_renders_tool_results
     places_reasoning: bool
     _special_re: re.Pattern | None
     eot_spaces: str  # turns.TurnLocator._probe_end_of_turn: spaces before the end token
@@ -132,7 +133,9 @@ class Planner:
             messages = strip_contents(messages)
         if cut_short(finish_reason):
             _no_answer_yet(messages, finish_reason)
-        msgs = normalize_messages(messages, self.cfg.reasoning, self.tool_shape, self.places_reasoning)
+        msgs = normalize_messages(
+            messages, self.cfg.reasoning, self.tool_shape, self.places_reasoning, self.cfg.tool_calls_as_text
+        )
         tools = plain_tools(tools)
         if self._special_re is not None and self.cfg.special_tokens_in_content == "reject":
             check_special(msgs, tools, self._special_re)
@@ -146,6 +149,8 @@ class Planner:
                 else f"no message has a role in train_roles {list(self.train_roles)}",
             )
         msgs = msgs[: trained[-1] + 1]  # context after the last trained turn trains nothing
+        if not self.renders_tool_results:
+            _no_tool_results(msgs)
         if cut_short(finish_reason) and self.cfg.truncated == "drop" and msgs[-1].role == "assistant":
             raise Reject("truncated", f"the last assistant turn was cut off (finish_reason={finish_reason})")
         data = [m.data for m in msgs]
@@ -219,3 +224,15 @@ def _no_answer_yet(messages: Any, finish_reason: str) -> None:
             f"the last assistant turn was cut off while reasoning, before any answer (finish_reason={finish_reason}). "
             "Fix: raise the teacher's max_tokens (orchestrator.sampling.max_tokens; reasoning counts towards it)",
         )
+
+
+def _no_tool_results(msgs: list) -> None:
+    """Reject a conversation with a tool message before a trained turn, for a template that renders none."""
+    for i, m in enumerate(msgs):
+        if m.role == "tool":
+            raise Reject(
+                "tool_results_not_rendered",
+                f"messages[{i}]: the student's chat template renders no tool message (it drops them), so the "
+                "answers after this tool result would be trained without it. Fix: use a student whose template "
+                "renders tool results (student.chat_template), or filter out tool conversations",
+            )

@@ -21,6 +21,8 @@ REJECTION_REASONS: dict[str, str] = {
     "reasoning_not_rendered": "reasoning=template, but the template did not render the turn's reasoning",
     "tool_calls_not_rendered": "the assistant turn has tool calls but the student's template does not render them "
     "(e.g. SmolLM2's), so the student would learn an empty turn",
+    "tool_results_not_rendered": "a tool message before a trained turn, and the student's template renders no tool "
+    "message (OLMo 2's drops them): the answer would be trained without the result it reads",
     "missing_end_token": "the rendered turn does not end with the template's end-of-turn token",
     "history_rewrite": "the template rewrites earlier turns, with on_history_rewrite=reject",
     "overlong": "longer than max_seq_len with overlong=drop, or nothing trainable left after truncation",
@@ -47,7 +49,8 @@ REJECTION_FIXES: dict[str, str] = {
     "history_rewrite": f'set {_R}on_history_rewrite = "split"',
     "no_trained_turn": f"check {_R}train_roles",
     "template_alters_content": f'set {_R}content_whitespace = "strip" (a template that trims content)',
-    "tool_calls_not_rendered": "give the student a template that renders tool calls (student.chat_template)",
+    "tool_calls_not_rendered": f"set {_R}tool_calls_as_text to the form the student writes its calls in, or give "
+    "the student a template that renders tool calls (student.chat_template)",
 }
 
 

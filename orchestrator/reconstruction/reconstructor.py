@@ -29,7 +29,7 @@ from orchestrator.reconstruction.sp_bytes import sentencepiece_bytes
 from orchestrator.segment_tokenize import PrefixSpaceRule
 from orchestrator.template import ChatTemplate
 from orchestrator.open_reasoning import probe_places_reasoning
-from orchestrator.tool_args import probe_tool_call_shape
+from orchestrator.tool_args import probe_renders_tool_results, probe_tool_call_shape
 
 if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
     from distill.core.config import Reconstruction
@@ -78,7 +78,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self.eot_spaces = ""  # set by the probe: spaces the template puts before the end token
         self.probe_render = ""  # set by the probe: its rendered conversation
         self.eot, self.final_tail = self._probe_end_of_turn()
-        self.tool_shape = probe_tool_call_shape(lambda msgs: self.render(msgs, self.probe_tools, False))
+        self._probe_tools(cfg.tool_calls_as_text)
         # a thinking block inside content moves to reasoning_content for templates that place it
         self.places_reasoning = probe_places_reasoning(lambda msgs: self.render(msgs, self.probe_tools, False))
         # SentencePiece-style dummy prefix: later segments are tokenised without it
@@ -162,6 +162,18 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
                 previous = (pending, finish, encoded)
             self._complete(previous[0], previous[1](previous[2].result()), results)
         return results
+
+    def _probe_tools(self, calls_as_text: str | None) -> None:
+        """How tool calls are passed to the template (tool_args.py), whether it writes tool messages; a
+        template that renders calls refuses `tool_calls_as_text` (ValueError)."""
+        render = lambda msgs: self.render(msgs, self.probe_tools, False)  # noqa: E731
+        self.tool_shape = probe_tool_call_shape(render)
+        if calls_as_text and self.tool_shape.probed:
+            raise ValueError(
+                "orchestrator.reconstruction.tool_calls_as_text is set, but this chat template renders tool calls "
+                f"itself ({self.tool_shape.describe()}), in the form the student learnt. Fix: unset tool_calls_as_text"
+            )
+        self.renders_tool_results = probe_renders_tool_results(render, self.tool_shape)
 
     def _reject(self, item_id: str, r: Reject) -> Rejection:
         self.stats[f"rejected:{r.reason}"] += 1

@@ -237,8 +237,9 @@ class TurnLocator:
                 raise Reject(
                     "tool_calls_not_rendered",
                     f"messages[{a}]: the student's chat template does not render tool call {name!r}; "
-                    "training would teach an empty turn. Fix: use a student whose template supports "
-                    "tools, or filter out tool conversations",
+                    "training would teach an empty turn. Fix: if the student writes its calls as text, set "
+                    "orchestrator.reconstruction.tool_calls_as_text to its form (docs/reconstruction.md, Policies); "
+                    "else use a student whose template supports tools, or filter out tool conversations",
                 )
 
     @functools.cached_property

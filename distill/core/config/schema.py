@@ -166,6 +166,24 @@ class Reconstruction(Strict):
     # Llama 3's and Gemma's trim filter, then rejects the turn: the student would learn other text),
     # or "strip" it before rendering, so that such templates train the text as they write it.
     content_whitespace: Literal["keep", "strip"] = "keep"
+    # Tool calls for a student whose template renders no `tool_calls` (it writes its calls as text in the
+    # answer: SmolLM3, Granite 3.3, LFM2): unset, such turns are rejected (tool_calls_not_rendered);
+    # set, each turn's calls are written after its content (a newline between) in this form, and trained as
+    # text. "{call}": one call as JSON {"name": ..., "arguments": {...}}, the form repeated per call, a
+    # newline between; "{calls}": the JSON list of all the turn's calls. SmolLM3 (Hermes style):
+    # "<tool_call>\n{call}\n</tool_call>"; Granite 3.3: "<|tool_call|>{calls}"; LFM2:
+    # "<|tool_call_start|>{calls}<|tool_call_end|>". Refused for a template that renders tool calls itself.
+    tool_calls_as_text: str | None = None
+
+    @field_validator("tool_calls_as_text")
+    @classmethod
+    def _one_call_placeholder(cls, v: str | None) -> str | None:
+        if v is not None and ("{call}" in v) == ("{calls}" in v):
+            raise ValueError(
+                f"{v!r} must hold exactly one of {{call}} (one call as JSON, the form repeated per call) and "
+                '{calls} (the JSON list of all calls). Fix: e.g. "<tool_call>\n{call}\n</tool_call>"'
+            )
+        return v
 
 
 #: Our names for replay input fields; orchestrator.replay.columns maps them to other column names.

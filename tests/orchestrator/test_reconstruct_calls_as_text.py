@@ -1,0 +1,143 @@
+"""Tool calls for students whose template renders no `tool_calls` (they write calls as text):
+`tool_calls_as_text` writes each turn's calls after its content in the student's own form, checked
+against the template's render of that text; and templates that drop tool messages refuse conversations
+whose answers would be trained without the results they read (`tool_results_not_rendered`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from support.family_standins import standin_or_skip as standin
+from support.reconstruct_helpers import full_text, recon, reference, runs
+
+from distill.core.config import ConfigError, load_config
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+ONE = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+
+
+def call(city="Paris"):
+    args = json.dumps({"city": city})
+    return {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": args}}
+
+
+def conversation(content="", calls=1, city="Paris"):
+    return [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": content, "tool_calls": [call(city)] * calls},
+        {"role": "tool", "content": "sunny, 21", "tool_call_id": "c1"},
+        {"role": "assistant", "content": "It is sunny."},
+    ]
+
+
+def trained(tok, s) -> list[str]:
+    return [text for m, text in runs(tok, s)[1:] if m == 1]
+
+
+FORMS = [
+    ("smollm3", "<tool_call>\n{call}\n</tool_call>", f"<tool_call>\n{ONE}\n</tool_call>"),
+    ("granite3_3", "<|tool_call|>{calls}", f"<|tool_call|>[{ONE}]"),
+    ("lfm2", "<|tool_call_start|>{calls}<|tool_call_end|>", f"<|tool_call_start|>[{ONE}]<|tool_call_end|>"),
+]
+
+
+@pytest.mark.parametrize("family, form, written", FORMS)
+def test_calls_are_trained_as_the_text_the_student_writes(family, form, written):
+    tok = standin(family)
+    plain = recon(tok=tok)
+    assert reasons(plain.build(conversation(), TOOLS, sample_id="t")) == ["tool_calls_not_rendered"]
+    r = recon(tok=tok, tool_calls_as_text=form)
+    samples, rejections = r.build(conversation(), TOOLS, sample_id="t")
+    assert not rejections and len(samples) == 1, rejections
+    s = samples[0]
+    as_text = [{"role": m["role"], "content": written if m.get("tool_calls") else m["content"]} for m in conversation()]
+    full = reference(tok, as_text, TOOLS)  # the template's own render of the calls written as text
+    assert full_text(tok, s) == full[: len(full) - len(r.final_tail)]
+    assert s.prompt_ids == tok.encode(
+        reference(tok, as_text[:1], TOOLS, add_generation_prompt=True), add_special_tokens=False
+    )
+    assert trained(tok, s) == [written + r.eot, "It is sunny." + r.eot]
+
+
+@pytest.mark.parametrize("family, form, written", FORMS)
+def test_content_and_two_calls(family, form, written):
+    tok = standin(family)
+    r = recon(tok=tok, tool_calls_as_text=form)
+    samples, rejections = r.build(conversation("Let me check.", calls=2)[:2], TOOLS, sample_id="t")
+    assert not rejections
+    both = written.replace(ONE, f"{ONE}, {ONE}") if "{calls}" in form else f"{written}\n{written}"
+    assert trained(tok, samples[0]) == [f"Let me check.\n{both}{r.eot}"]
+
+
+def test_special_token_text_in_the_calls_is_the_teachers_and_is_checked():
+    tok = standin("lfm2")
+    r = recon(tok=tok, tool_calls_as_text="<|tool_call_start|>{calls}<|tool_call_end|>")
+    _, rejections = r.build(conversation(city="<|im_end|>"), TOOLS, sample_id="t")
+    assert reasons(rejections) == ["special_token_in_content"] and "<|im_end|>" in rejections[0].detail
+
+
+def test_refused_for_a_template_that_renders_calls_itself():
+    with pytest.raises(ValueError, match="renders tool calls itself.*Fix: unset tool_calls_as_text"):
+        recon(tok=standin("hermes3_tool_use"), tool_calls_as_text="<tool_call>\n{call}\n</tool_call>")
+
+
+@pytest.mark.parametrize("form", ["<tool_call>", "{call}{calls}"])
+def test_the_form_needs_one_placeholder(form):
+    with pytest.raises(ConfigError, match="tool_calls_as_text"):
+        load_config(None, {"orchestrator": {"reconstruction": {"tool_calls_as_text": form}}})
+
+
+def test_the_rejection_names_the_switch():
+    _, rejections = recon(tok=standin("lfm2")).build(conversation(), TOOLS, sample_id="t")
+    assert "tool_calls_as_text" in rejections[0].detail
+
+
+@pytest.mark.parametrize("family", ["olmo2_tulu", "phi4"])
+def test_templates_that_drop_tool_messages_refuse_answers_after_a_result(family):
+    """OLMo 2's and Phi-4's templates write nothing for a tool message: "It is sunny." would be trained
+    after a prompt without the result. A tool message after the last trained turn trains nothing: kept."""
+    tok = standin(family)
+    r = recon(tok=tok, tool_calls_as_text="<tool_call>\n{call}\n</tool_call>")
+    assert not r.renders_tool_results
+    _, rejections = r.build(conversation(), TOOLS, sample_id="t")
+    assert reasons(rejections) == ["tool_results_not_rendered"] and "messages[2]" in rejections[0].detail
+    samples, rejections = r.build(conversation()[:3], TOOLS, sample_id="t")
+    assert not rejections and len(samples) == 1
+    assert recon(tok=standin("lfm2")).renders_tool_results
+
+
+def reasons(result) -> list[str]:
+    return [x.reason for x in (result[1] if isinstance(result, tuple) else result)]
+
+
+def test_results_written_only_after_a_call_count_as_rendered():
+    """A template may write a tool message only after a turn with calls (not after plain text): the probe
+    tries both, so such a template keeps its tool conversations."""
+    from orchestrator.tool_args import ToolCallShape, probe_renders_tool_results
+
+    def render(msgs):  # results only after a turn that made calls
+        out, calls = "", False
+        for m in msgs:
+            if m["role"] == "tool":
+                out += f"<result>{m['content']}</result>" if calls else ""
+            else:
+                calls = bool(m.get("tool_calls"))
+                out += f"<{m['role']}>{m['content'] or ''}</{m['role']}>"
+        return out
+
+    assert probe_renders_tool_results(render, ToolCallShape(probed=True))
+    assert not probe_renders_tool_results(render, ToolCallShape())  # no call form known: only the text turn
+
+    def refuses(msgs):
+        raise ValueError("no tool role")
+
+    assert probe_renders_tool_results(refuses, ToolCallShape(probed=True))  # its own template_error says so
