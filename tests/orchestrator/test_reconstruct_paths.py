@@ -69,6 +69,8 @@ POLICIES = {
         "special_tokens_in_content": "allow",
     },
     "strict": {"reasoning": "drop", "on_history_rewrite": "reject", "overlong": "truncate", "max_seq_len": 256},
+    # calls written as text (refused, and checked so, for the templates that render calls themselves)
+    "calls_as_text": {"tool_calls_as_text": "<tool_call>\n{call}\n</tool_call>", "special_tokens_in_content": "allow"},
 }
 
 PLAIN = [
@@ -186,6 +188,10 @@ def test_shortcuts_give_what_rendering_every_prefix_gives(name, policy):
 
     tok = tokenizer(name)
     cfg = Reconstruction(**POLICIES[policy])
+    if cfg.tool_calls_as_text and Reconstructor(tok, Reconstruction()).tool_shape.probed:
+        with pytest.raises(ValueError, match="renders tool calls itself"):
+            Reconstructor(tok, cfg)
+        return
     fast, one = Reconstructor(tok, cfg, cfg.max_seq_len), Reconstructor(tok, cfg, cfg.max_seq_len)
     slow = Reconstructor(tok, cfg, cfg.max_seq_len)
     slow.chat_template.append_only = False
