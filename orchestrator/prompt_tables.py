@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from orchestrator.prompts import LISTED_BAD_LINES, PromptSourceError, _json_safe, _prompt_messages, _with_system
+from orchestrator.prompts import (
+    LISTED_BAD_LINES,
+    PromptSourceError,
+    _json_safe,
+    _prompt_messages,
+    _with_system,
+    prompt_tools,
+)
 
 #: Mapping keys that name a column, in the order they are checked.
 MAPPED = ("prompt", "messages", "system", "id", "answer", "tools")
@@ -142,28 +149,10 @@ def _jsonl_rows(p: Path) -> tuple[list[dict], list[str]]:
 
 
 def _row_tools(row: dict, col: str | None, where: str) -> list[dict] | None:
-    """A row's tools from column `col`: a list of tool definitions or its JSON text (function-calling
-    datasets store them so); bare function definitions (OpenAI's legacy `functions`) are wrapped as tools."""
+    """A row's tools from column `col` (prompts.prompt_tools); Parquet structs carry every field of every
+    row's tools, unset ones as null: those are left out."""
     v = row.get(col) if col is not None else None
-    if isinstance(v, list):  # Parquet structs carry every field of every row's tools, unset ones as null
-        v = _without_nulls(v)
-    elif isinstance(v, str):
-        if not v.strip():
-            return None
-        try:
-            v = json.loads(v)
-        except json.JSONDecodeError as e:
-            raise PromptSourceError(
-                f"{where}: column {col!r} is text that is not JSON ({e.msg}); a list of tool definitions was expected"
-            ) from None
-    if v is None or v == []:
-        return None
-    if not isinstance(v, list) or not all(isinstance(t, dict) for t in v):
-        raise PromptSourceError(
-            f"{where}: column {col!r} is not a list of tool definitions (objects). Fix: map columns.tools to the "
-            "column holding them, or drop that column"
-        )
-    return [t if "type" in t or "name" not in t else {"type": "function", "function": t} for t in v]
+    return prompt_tools(_without_nulls(v) if isinstance(v, list) else v, f"{where}: column {col!r}")
 
 
 def _without_nulls(v: Any) -> Any:

@@ -284,8 +284,7 @@ def _prompt(ln: Line, where: str, path: Path, seen: dict[str, int]) -> dict[str,
         tools = modern_tools(d.get("functions"), d.get("tools"))  # OpenAI's legacy functions list: tools
     except LegacyError as e:
         raise PromptSourceError(f"{where}: {e}") from None
-    if tools is not None and not isinstance(tools, list):
-        raise PromptSourceError(f"{where}: field 'tools' must be a list of tool definitions")
+    tools = prompt_tools(tools, f"{where}: field 'tools'")
     pid = str(d["id"]) if d.get("id") is not None else f"{Path(path.name.removesuffix('.gz')).stem}-{lineno}"
     if "/" in pid:
         raise PromptSourceError(
@@ -302,6 +301,29 @@ def _prompt(ln: Line, where: str, path: Path, seen: dict[str, int]) -> dict[str,
         "answer": d.get("answer"),
         "metadata": {"source": "jsonl", "file": str(path), "line": lineno, **meta},
     }
+
+
+def prompt_tools(v: Any, what: str) -> list[dict] | None:
+    """The tools offered with a prompt: a list of tool definitions or its JSON text (function-calling
+    datasets store them so); none for null, "" or []; bare function definitions (OpenAI's legacy
+    `functions`) wrapped as tools. `what` names the field for the PromptSourceError."""
+    if isinstance(v, str):
+        if not v.strip():
+            return None
+        try:
+            v = json.loads(v)
+        except json.JSONDecodeError as e:
+            raise PromptSourceError(
+                f"{what} is text that is not JSON ({e.msg}); a list of tool definitions was expected"
+            ) from None
+    if v is None or v == []:
+        return None
+    if not isinstance(v, list) or not all(isinstance(t, dict) for t in v):
+        raise PromptSourceError(
+            f'{what} is not a list of tool definitions (objects, {{"type": "function", "function": ...}}). '
+            "Fix: correct it, or drop it"
+        )
+    return [t if "type" in t or "name" not in t else {"type": "function", "function": t} for t in v]
 
 
 def _prompt_messages(d: dict[str, Any], where: str) -> list[dict[str, Any]]:

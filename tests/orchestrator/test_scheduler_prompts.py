@@ -48,7 +48,9 @@ def test_jsonl_messages_prompt_tools_and_ids(tmp_path):
             '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
             r"in.jsonl:2: the last message is an assistant turn",
         ),
-        ('{"prompt": "x", "tools": {}}', r"in.jsonl:2: field 'tools' must be a list"),
+        ('{"prompt": "x", "tools": {}}', r"in.jsonl:2: field 'tools' is not a list of tool definitions"),
+        ('{"prompt": "x", "tools": [1]}', r"in.jsonl:2: field 'tools' is not a list of tool definitions"),
+        ('{"prompt": "x", "tools": "[{"}', r"in.jsonl:2: field 'tools' is text that is not JSON"),
         ('{"id": "a", "prompt": "again"}', r"in.jsonl:2: id 'a' was already used on line 1"),
         ('{"id": "a/b", "prompt": "x"}', r"in.jsonl:2: id 'a/b' contains '/'"),
         ('{"prompt": "half an emoji \\ud83d"}', r"in.jsonl:2: the text holds a lone surrogate \('\\ud83d'"),
@@ -58,6 +60,19 @@ def test_jsonl_errors_name_file_and_line(tmp_path, line, msg):
     p = jsonl(tmp_path, [{"id": "a", "prompt": "first"}, line])
     with pytest.raises(PromptSourceError, match=msg):
         list(load_prompts(Source(type="jsonl", path=str(p))))
+
+
+def test_tools_as_json_text_or_bare_functions_are_offered_as_tools(tmp_path):
+    fn = {"name": "weather", "parameters": {"type": "object", "properties": {}}}
+    tool = {"type": "function", "function": fn}
+    rows = [
+        {"prompt": "a", "tools": json.dumps([tool])},  # JSON text, as function-calling datasets store it
+        {"prompt": "b", "tools": [fn]},  # a bare function definition
+        {"prompt": "c", "tools": ""},
+        {"prompt": "d", "functions": [fn]},  # OpenAI's legacy name
+    ]
+    p = jsonl(tmp_path, [json.dumps(r) for r in rows])
+    assert [x["tools"] for x in load_prompts(Source(type="jsonl", path=str(p)))] == [[tool], [tool], None, [tool]]
 
 
 def test_missing_file_and_replay_type(tmp_path):
