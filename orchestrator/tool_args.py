@@ -39,21 +39,25 @@ class ToolCallShape:
         )
 
 
+def _probe_call(as_string: bool) -> dict:
+    """The probes' tool call, its arguments a dict or their JSON text."""
+    args = {_KEY: _VALUE}
+    return {
+        "type": "function",
+        "id": "zqprobe01",  # 9 characters: Mistral templates insist
+        "function": {"name": _NAME, "arguments": json.dumps(args) if as_string else args},
+    }
+
+
 def probe_tool_call_shape(render: Callable[[list[dict]], str]) -> ToolCallShape:
     """The first shape in which `render(messages)` shows the probe call's name and its
     argument, as JSON or as key and value, never as a Python repr (dict and "" first:
     today's shape, which most templates take)."""
-    args = {_KEY: _VALUE}
     for as_string in (False, True):
         for null in (False, True):
-            call = {
-                "type": "function",
-                "id": "zqprobe01",  # 9 characters: Mistral templates insist
-                "function": {"name": _NAME, "arguments": json.dumps(args) if as_string else args},
-            }
             msgs = [
                 {"role": "user", "content": "Hi"},
-                {"role": "assistant", "content": None if null else "", "tool_calls": [call]},
+                {"role": "assistant", "content": None if null else "", "tool_calls": [_probe_call(as_string)]},
             ]
             try:
                 text = render(msgs)
@@ -75,14 +79,9 @@ def probe_renders_tool_results(render: Callable[[list[dict]], str], shape: ToolC
     on the probes counts as rendering them: a conversation with a tool message then shows its own
     template_error."""
     result = "zq probe result"
-    args = {_KEY: _VALUE}
-    call = {
-        "type": "function",
-        "id": "zqprobe01",
-        "function": {"name": _NAME, "arguments": json.dumps(args) if shape.arguments_as_string else args},
-    }
     turns = [{"role": "assistant", "content": "Calling."}]
     if shape.probed:
+        call = _probe_call(shape.arguments_as_string)
         turns.append({"role": "assistant", "content": None if shape.null_content else "", "tool_calls": [call]})
     raised = 0
     for turn in turns:
@@ -128,12 +127,11 @@ def parse_arguments(raw: Any, where: str) -> tuple[dict | None, str | None]:
     return parsed, text
 
 
-def calls_as_text(calls: list[tuple[str, dict]], form: str) -> str:
-    """A turn's tool calls ((name, arguments) pairs) written in `form` (Reconstruction.tool_calls_as_text):
-    "{call}" replaced by one call's JSON {"name", "arguments"}, the form repeated per call with a newline
-    between; or "{calls}" by the JSON list of all of them. The JSON is written as json.dumps writes it,
-    with the characters as they are (what the Hermes-style templates that do render calls write)."""
-    objs = [{"name": name, "arguments": args} for name, args in calls]
+def calls_as_text(objs: list[dict], form: str) -> str:
+    """A turn's tool calls ({"name", "arguments"} objects) written in `form` (Reconstruction.tool_calls_as_text):
+    "{call}" replaced by one call's JSON, the form repeated per call with a newline between; or "{calls}"
+    by the JSON list of all of them. The JSON is written as json.dumps writes it, with the characters as
+    they are (what the Hermes-style templates that do render calls write)."""
     if "{calls}" in form:
         return form.replace("{calls}", json.dumps(objs, ensure_ascii=False))
     return "\n".join(form.replace("{call}", json.dumps(o, ensure_ascii=False)) for o in objs)

@@ -177,9 +177,9 @@ def _assistant(
     calls = _tool_calls(m["tool_calls"], where, ToolCallShape() if form else shape) if m.get("tool_calls") else []
     suffix = data_part = ""
     if calls and form:  # written as the student writes them, after the content: trained as text
-        pairs = [(c["function"]["name"], c["function"]["arguments"]) for c in calls]
-        suffix = ("\n" if content else "") + calls_as_text(pairs, form)
-        data_part = json.dumps([{"name": n, "arguments": a} for n, a in pairs], ensure_ascii=False)
+        objs = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in calls]
+        suffix = ("\n" if content else "") + calls_as_text(objs, form)
+        data_part = json.dumps(objs, ensure_ascii=False)
         content += suffix
         data["content"] = content
     elif calls:
