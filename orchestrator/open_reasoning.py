@@ -22,6 +22,15 @@ token; `opened_turn` builds that text and proves it from the template's own rend
 From 1-3: prompt + T, with T = C[len(O):] + eot, is `prefix + C + eot`: the render of
 a turn with content C, the answer verbatim after the template's own closing tag. Any
 check failing raises ValueError with what differs (a template_mismatch rejection).
+
+A second shape: NVIDIA's Nemotron Nano 2 renders the last assistant turn as the generation
+prompt itself ("<SPECIAL_11>Assistant\\n<think>\\n") + the content, stripped, verbatim +
+"\\n<SPECIAL_12>". The prompt is a prefix of the render, but the plain cut would train an
+answer inside a block the prompt opened and that nothing closes (no reasoning), or a second
+"<think>" (reasoning as think_tags, or the teacher's block inside content). Here prefix (1)
+is the whole prompt and ends with O; T = C[len(O):] + eot, where the template renders
+prefix + C[len(O):] + eot + tail verbatim (C[len(O):] less its leading newlines, for an
+empty block, where the template strips the content: "<think>\\n</think>\\n\\nA").
 """
 
 from __future__ import annotations
@@ -45,15 +54,21 @@ def complete_content(opening: str, content: str, reasoning: str) -> str:
     return f"{OPEN}\n{reasoning}\n{CLOSE}\n\n{content.lstrip(chr(10))}"  # the block's own newlines, once
 
 
-def opened_turn(render: Callable[[str], str], prompt: str, content: str, reasoning: str, eot: str, tail: str) -> str:
+def opened_turn(
+    render: Callable[[str], str], prompt: str, content: str, reasoning: str, eot: str, tail: str, spaces: str = ""
+) -> str:
     """T, the trained text after `prompt` (ending with `eot`); see the module docstring.
-    `render(c)` renders the history through this turn with content c."""
-    end = eot + tail
+    `render(c)` renders the history through this turn with content c; `spaces`: what the
+    template writes between the content and `eot` (Nemotron's "\n")."""
+    end = spaces + eot + tail
     probe = render(SENTINEL)
     i = probe.find(SENTINEL)
     if i < 0 or probe[i + len(SENTINEL) :] != end:
-        raise ValueError(f"the template does not render an assistant turn as header + content + {eot!r}")
+        raise ValueError(f"the template does not render an assistant turn as header + content + {spaces + eot!r}")
     prefix = probe[:i]
+    opening = trailing_opening(prompt)
+    if prompt == prefix and opening:
+        return _inside_header(render, prefix, opening, content, reasoning, end) + spaces + eot
     if prompt == prefix and reasoning:
         raise ValueError(
             f"the generation prompt (ends {prompt[-30:]!r}) already closes the thinking block "
@@ -81,7 +96,43 @@ def opened_turn(render: Callable[[str], str], prompt: str, content: str, reasoni
             f"the template renders the complete turn (opening {opening!r}, reasoning, {CLOSE!r}, "
             "answer) neither verbatim nor with the reasoning dropped at its closing tag"
         )
-    return c[len(opening) :] + eot
+    return c[len(opening) :] + spaces + eot
+
+
+def trailing_opening(prompt: str) -> str:
+    """The thinking block a generation prompt ends with, opened and not closed ("<think>\\n"), or ""."""
+    i = prompt.rfind(OPEN)
+    return prompt[i:] if i >= 0 and not prompt[i + len(OPEN) :].strip() else ""
+
+
+def inside_opened_block(full: str, start: int, stop: int) -> bool:
+    """Whether the turn render full[start:stop] follows a prompt (full[:start]) that ends with an opened
+    thinking block and either never closes it or opens another: the second shape above."""
+    if not full[max(0, start - 64) : start].rstrip().endswith(OPEN):
+        return False
+    return full.find(CLOSE, start, stop) < 0 or full[start:stop].lstrip().startswith(OPEN)
+
+
+def _inside_header(
+    render: Callable[[str], str], prefix: str, opening: str, content: str, reasoning: str, end: str
+) -> str:
+    """The turn content after a header that itself ends with the opening (Nemotron Nano 2 renders the
+    last assistant turn as header + "<think>\\n" + content, the generation prompt being that header):
+    the complete content C without its opening, proven verbatim by the render. Where C's rest starts
+    with newlines that the template strips (an empty block: "\\n</think>"), without them."""
+    c = complete_content(opening, content, reasoning)
+    if not c.startswith(opening):
+        raise ValueError(
+            f"the generation prompt opens the turn with {opening!r}, which the turn (starts {c[:30]!r}) does not"
+        )
+    rest = c[len(opening) :]
+    for body in dict.fromkeys((rest, rest.lstrip("\n"))):
+        if render(body) == prefix + body + end:
+            return body
+    raise ValueError(
+        f"the generation prompt ends with the opening {opening!r}, and the template does not render the rest of "
+        f"the turn (starts {rest[:30]!r}) verbatim after it"
+    )
 
 
 def split_thinking(content: str) -> tuple[str, str] | None:

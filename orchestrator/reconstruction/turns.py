@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.open_reasoning import opened_turn
+from orchestrator.open_reasoning import inside_opened_block, opened_turn
 from orchestrator.reconstruction.messages import Msg
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.system_merge import hint_for_mismatch, hint_for_template_error
@@ -114,7 +114,7 @@ class TurnLocator:
                     continue
                 after = text[text.rindex(SENTINEL) + len(SENTINEL) :]
                 # spaces before the token are part of the turn (Llama 2's `' ' + eos_token`)
-                spaced = after.lstrip(" ")
+                spaced = after.lstrip(" \n")
                 for tok in self._added_tokens + [self.tokenizer.eos_token or ""]:
                     if tok and spaced.startswith(tok):
                         self.eot_spaces = after[: len(after) - len(spaced)]
@@ -166,6 +166,8 @@ class TurnLocator:
         at = len(m.placed_prefix)  # where the content starts in seg = full[start:eot_start]
         seg = None  # cut only when needed: the usual turn is checked in place
         calls = m.data.get("tool_calls", ())
+        if m.role == "assistant" and opening is None and not calls and inside_opened_block(full, start, eot_start):
+            return self._opened_turn(data, a, tools, full[:start], m)
         if m.role != "assistant" or not full.startswith(m.placed_prefix + m.content, start, eot_start):
             known_lead = m.role == "assistant" and opening is None and not calls and not m.reasoning
             if known_lead and self._known_lead(m, full, start, eot_start):
@@ -312,7 +314,7 @@ class TurnLocator:
             return self.render(data[:a] + [dict(msg, content=content)], tools, False)
 
         try:
-            text = opened_turn(render_with, base, m.content, m.reasoning, self.eot, self.final_tail)
+            text = opened_turn(render_with, base, m.content, m.reasoning, self.eot, self.final_tail, self.eot_spaces)
         except ValueError as e:
             try:
                 hint = hint_for_mismatch(base, render_with(m.content), data, self.cfg.system_prompt)

@@ -100,6 +100,16 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
         "<|startoftext|>",
         [],
     ),
+    # NVIDIA Nemotron Nano 2: Nemotron-H's 131k vocabulary, tekken-derived, whose control tokens <SPECIAL_10>,
+    # <SPECIAL_11>, <SPECIAL_12> mark system, user/assistant and the end of a turn; base: Mistral-Nemo's tekken
+    "nemotron_nano_2": (
+        "nemo",
+        "nemotron_nano_2",
+        ["<SPECIAL_10>", "<SPECIAL_11>", "<SPECIAL_12>", "<think>", "</think>"],
+        "<SPECIAL_12>",
+        None,
+        [],
+    ),
     # Phi-3.5: Llama 2's SentencePiece (no package ships it); base: Mistral v0.1's, the same kind
     "phi3_5": (
         "mistral_sp",
