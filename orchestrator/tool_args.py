@@ -7,11 +7,20 @@ render tool calls only when the turn's content is null (`message['content'] is n
 DeepSeek). `probe_tool_call_shape` finds out once per template, by rendering a probe
 conversation in each shape; reconstruction then passes every tool call in that shape.
 Arguments are always checked to be a JSON object first, whatever the shape.
+
+Mistral's templates (7B v0.3, Nemo) also raise on a call id that is not 9 characters long, and
+the model writes the id itself (`"id": "..."` in its `[TOOL_CALLS]`); OpenAI-compatible servers
+send longer ones (`call_...`, `chatcmpl-tool-...`). The probe finds that out too (`short_ids`), and
+reconstruction then passes each call id as 9 alphanumeric characters (`short_call_id`: its last 9
+where those are such, else drawn from a hash of it), the same for the call and the tool message
+that answers it: an id is only a handle linking the two.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import string
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -29,6 +38,7 @@ class ToolCallShape:
     arguments_as_string: bool = False  # the JSON text instead of a dict
     null_content: bool = False  # content None (not "") on a tool-call turn with no content
     probed: bool = False  # whether some shape rendered the probe call
+    short_ids: bool = False  # call ids as 9 alphanumeric characters (the template raises on others)
 
     def describe(self) -> str:
         if not self.probed:
@@ -36,15 +46,35 @@ class ToolCallShape:
         return (
             f"arguments as a JSON {'string' if self.arguments_as_string else 'object'}, "
             f"empty content as {'null' if self.null_content else 'an empty string'}"
+            + (", call ids of 9 alphanumeric characters" if self.short_ids else "")
         )
 
 
-def _probe_call(as_string: bool) -> dict:
-    """The probes' tool call, its arguments a dict or their JSON text."""
+_ALNUM = string.ascii_letters + string.digits
+
+
+def short_call_id(call_id: str) -> str:
+    """`call_id`'s last 9 characters if they are ASCII letters and digits (what vLLM passes Mistral's
+    tokenizers, and what Mistral Small 3.1's template keeps itself), else 9 such characters drawn from
+    its SHA-256. The same id always gives the same one: a call and the tool message answering it stay linked."""
+    tail = call_id[-9:]
+    if len(tail) == 9 and tail.isascii() and tail.isalnum():
+        return tail
+    n = int.from_bytes(hashlib.sha256(call_id.encode("utf-8", "surrogatepass")).digest()[:8], "big")
+    out = []
+    for _ in range(9):
+        n, k = divmod(n, len(_ALNUM))
+        out.append(_ALNUM[k])
+    return "".join(out)
+
+
+def _probe_call(as_string: bool, call_id: str = "zqprobe01") -> dict:
+    """The probes' tool call, its arguments a dict or their JSON text (its id 9 characters by default:
+    Mistral's templates insist)."""
     args = {_KEY: _VALUE}
     return {
         "type": "function",
-        "id": "zqprobe01",  # 9 characters: Mistral templates insist
+        "id": call_id,
         "function": {"name": _NAME, "arguments": json.dumps(args) if as_string else args},
     }
 
@@ -68,8 +98,20 @@ def probe_tool_call_shape(render: Callable[[list[dict]], str]) -> ToolCallShape:
             as_json = f'"{_KEY}"' in text and f'"{_VALUE}"' in text
             as_fields = _KEY in text and _VALUE in text and f"'{_KEY}'" not in text
             if _NAME in text and (as_json or as_fields):
-                return ToolCallShape(as_string, null, True)
+                return ToolCallShape(as_string, null, True, _needs_short_ids(render, msgs))
     return ToolCallShape()
+
+
+def _needs_short_ids(render: Callable[[list[dict]], str], msgs: list[dict]) -> bool:
+    """Whether the template raises on the probe call with a longer (OpenAI-style) or a shorter id
+    than 9 characters, as Mistral's do (Mistral Small 3.1's takes a long id's last 9 itself)."""
+    for call_id in ("call_zqprobe0001", "zq1"):
+        call = dict(msgs[-1]["tool_calls"][0], id=call_id)
+        try:
+            render([msgs[0], dict(msgs[-1], tool_calls=[call])])
+        except Exception:  # noqa: BLE001 - the 9-character id rendered, this one raises
+            return True
+    return False
 
 
 def probe_renders_tool_results(render: Callable[[list[dict]], str], shape: ToolCallShape) -> bool:

@@ -16,7 +16,7 @@ from orchestrator.legacy_functions import LegacyError, is_legacy, modern_message
 from orchestrator.lines import SHAREGPT_FIX, SHAREGPT_TURN, role_hint, weight_ok
 from orchestrator.open_reasoning import CLOSE, take_thinking, without_thinking_tags
 from orchestrator.reconstruction.reasons import Reject
-from orchestrator.tool_args import ToolCallShape, calls_as_text, parse_arguments
+from orchestrator.tool_args import ToolCallShape, calls_as_text, parse_arguments, short_call_id
 
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
 #: content part types that are text: chat completions' "text", and the Responses API's input and output text
@@ -82,7 +82,7 @@ def _tool_calls(raw: Any, where: str, shape: ToolCallShape) -> list[dict[str, An
             "function": {"name": name, "arguments": text if shape.arguments_as_string else args},
         }
         if tc.get("id") is not None:
-            call["id"] = str(tc["id"])
+            call["id"] = short_call_id(str(tc["id"])) if shape.short_ids else str(tc["id"])
         out.append(call)
     return out
 
@@ -135,7 +135,7 @@ def normalize_messages(
             if v is not None:
                 if not isinstance(v, str):
                     raise Reject("invalid_message", f"{where}: {k} is a {type(v).__name__}, expected a string")
-                data[k] = v
+                data[k] = short_call_id(v) if k == "tool_call_id" and shape.short_ids else v
         if role == "assistant":
             out.append(_assistant(m, data, where, reasoning_policy, shape, moves, call_form))
         else:

@@ -13,7 +13,7 @@ import json
 import pytest
 from support.reconstruct_helpers import decode, full_text, masked_text, recon, render, runs
 
-from orchestrator.tool_args import ToolCallShape, parse_arguments
+from orchestrator.tool_args import ToolCallShape, parse_arguments, short_call_id
 
 
 def family(name: str, template: str):
@@ -109,6 +109,15 @@ def test_template_without_tool_calls_probes_no_shape():
     assert not r.tool_shape.probed
     samples, rejections = r.build(tool_conversation(), None, sample_id="t")
     assert [x.reason for x in rejections] == ["tool_calls_not_rendered"]
+
+
+def test_short_call_id_keeps_a_last_nine_alphanumerics_and_hashes_the_rest():
+    assert short_call_id("abc123def") == "abc123def"
+    assert short_call_id("call_Xy12Ab34Cd56") == "2Ab34Cd56"  # vLLM's truncation for Mistral
+    assert short_call_id("chatcmpl-tool-0123456789abcdef") == "789abcdef"
+    drawn = {short_call_id(x) for x in ("c1", "c2", "call-1-", "функция_1", "a-b-c-d-e-f")}
+    assert len(drawn) == 5 and all(len(x) == 9 and x.isascii() and x.isalnum() for x in drawn)
+    assert short_call_id("c1") == short_call_id("c1")  # the call and its tool message stay linked
 
 
 def test_parse_arguments_keeps_the_string_verbatim():
@@ -794,7 +803,7 @@ def test_mistral_nemo_golden():
 def test_mistral_nemo_tool_call():
     tok = family("nemo", "mistral_nemo")
     r = recon(tok=tok)
-    assert r.tool_shape == ToolCallShape(arguments_as_string=False, null_content=False, probed=True)
+    assert r.tool_shape == ToolCallShape(arguments_as_string=False, null_content=False, probed=True, short_ids=True)
     msgs = tool_conversation()[1:]
     msgs[1]["tool_calls"][0]["id"] = msgs[2]["tool_call_id"] = "abc123def"  # the template wants 9 characters
     samples, rejections = r.build(msgs, None, sample_id="n")
@@ -807,6 +816,14 @@ def test_mistral_nemo_tool_call():
         (0, '[TOOL_RESULTS]{"content": sunny, 21, "call_id": "abc123def"}[/TOOL_RESULTS]'),
         (1, "It is sunny.</s>"),
     ]
+    # the ids an OpenAI-compatible server sends (the template raises on them): their last 9 characters,
+    # or 9 drawn from a shorter one, the same in the call and in the tool message that answers it
+    for sent, passed in (("call_Xy12Ab34Cd56", "2Ab34Cd56"), ("c1", short_call_id("c1"))):
+        msgs[1]["tool_calls"][0]["id"] = msgs[2]["tool_call_id"] = sent
+        samples, rejections = r.build(msgs, None, sample_id="n")
+        assert rejections == []
+        trained_text = [t for m, t in runs(tok, samples[0])[1:]]
+        assert f'"id": "{passed}"' in trained_text[0] and f'"call_id": "{passed}"' in trained_text[1]
 
 
 # -- DeepSeek-V3.1: </think> in the header when not thinking -----------------------------

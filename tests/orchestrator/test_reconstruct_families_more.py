@@ -19,7 +19,7 @@ import pytest
 from support.family_standins import standin_or_skip as standin
 from support.reconstruct_helpers import decode, full_text, masked_text, recon, reference, runs
 
-from orchestrator.tool_args import ToolCallShape
+from orchestrator.tool_args import ToolCallShape, short_call_id
 
 CALL_ARGS = {"city": "Paris", "unit": "C"}
 TOOLS = [
@@ -313,8 +313,8 @@ def test_mistral_small_3_1_golden():
 def test_mistral_small_3_1_tool_call():
     tok = standin("mistral_small_3_1")
     r = recon(tok=tok)
-    assert r.tool_shape == ToolCallShape(arguments_as_string=False, null_content=False, probed=True)
-    msgs = tool_conversation(call_id="call_abc123def")  # the template keeps the last 9 characters
+    assert r.tool_shape == ToolCallShape(arguments_as_string=False, null_content=False, probed=True, short_ids=True)
+    msgs = tool_conversation(call_id="call_abc123def")  # the template keeps the last 9 characters, as we do
     s = check_against_template(tok, r, msgs, TOOLS)
     assert runs(tok, s)[1:] == [
         (
@@ -324,9 +324,10 @@ def test_mistral_small_3_1_tool_call():
         (0, '[TOOL_RESULTS] {"content": sunny, 21, "call_id": "abc123def"}[/TOOL_RESULTS]'),
         (1, "It is sunny.</s>"),
     ]
-    # call ids shorter than 9 characters: the template raises, and the detail says why
-    _, rejections = r.build(tool_conversation(call_id="c1"), TOOLS, sample_id="m")
-    assert reasons(rejections) == ["template_error"] and "length >= 9" in rejections[0].detail
+    # a call id shorter than 9 characters, on which the template raises, is passed as 9 drawn from it
+    short = short_call_id("c1")
+    s = check_against_template(tok, r, tool_conversation("c1"), TOOLS, as_rendered=tool_conversation(short))
+    assert len(short) == 9 and short.isalnum() and f'"id": "{short}"' in trained(tok, s)[0]
 
 
 # -- Hermes 3, tool_use template: needs a tools list; a last tool message renders differently ---
