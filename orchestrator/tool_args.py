@@ -39,6 +39,7 @@ class ToolCallShape:
     null_content: bool = False  # content None (not "") on a tool-call turn with no content
     probed: bool = False  # whether some shape rendered the probe call
     short_ids: bool = False  # call ids as 9 alphanumeric characters (the template raises on others)
+    drops_text: bool = False  # a turn with calls renders without its text (Llama 3's)
 
     def describe(self) -> str:
         if not self.probed:
@@ -47,6 +48,7 @@ class ToolCallShape:
             f"arguments as a JSON {'string' if self.arguments_as_string else 'object'}, "
             f"empty content as {'null' if self.null_content else 'an empty string'}"
             + (", call ids of 9 alphanumeric characters" if self.short_ids else "")
+            + (", a turn's text not rendered beside its calls" if self.drops_text else "")
         )
 
 
@@ -98,8 +100,23 @@ def probe_tool_call_shape(render: Callable[[list[dict]], str]) -> ToolCallShape:
             as_json = f'"{_KEY}"' in text and f'"{_VALUE}"' in text
             as_fields = _KEY in text and _VALUE in text and f"'{_KEY}'" not in text
             if _NAME in text and (as_json or as_fields):
-                return ToolCallShape(as_string, null, True, _needs_short_ids(render, msgs))
+                return ToolCallShape(
+                    as_string, null, True, _needs_short_ids(render, msgs), _drops_text(render, msgs, null)
+                )
     return ToolCallShape()
+
+
+def _drops_text(render: Callable[[list[dict]], str], msgs: list[dict], null: bool) -> bool:
+    """Whether the template renders the probe call in a turn that also has text, without the text (Llama 3's).
+    A template that renders calls only for null content (DeepSeek's) shows the text and not the calls: a
+    different refusal (`null_content`)."""
+    if null:
+        return False
+    text = "zq probe text"
+    try:
+        return text not in render([msgs[0], dict(msgs[-1], content=text)])
+    except Exception:  # noqa: BLE001 - the template refuses text beside calls
+        return True
 
 
 def _needs_short_ids(render: Callable[[list[dict]], str], msgs: list[dict]) -> bool:

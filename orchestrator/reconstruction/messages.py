@@ -38,6 +38,7 @@ class Msg:
     # tool calls written as text after the teacher's content (tool_calls_as_text): the end of `content`
     placed_suffix: str = ""
     suffix_data: str = ""  # the teacher's part of placed_suffix (the calls' JSON), checked for special-token text
+    dropped_text: bool = False  # the turn's text left out beside its calls (text_with_tool_calls = "drop")
 
 
 def _text_content(content: Any, where: str) -> str:
@@ -93,6 +94,7 @@ def normalize_messages(
     shape: ToolCallShape = ToolCallShape(),
     places_reasoning: bool = False,
     call_form: str | None = None,
+    drop_call_text: bool = False,
 ) -> list[Msg]:
     """Check `messages` and convert them to what the template sees (tool calls in
     `shape`, see orchestrator/tool_args.py, or written as text after the content in `call_form`:
@@ -137,7 +139,7 @@ def normalize_messages(
                     raise Reject("invalid_message", f"{where}: {k} is a {type(v).__name__}, expected a string")
                 data[k] = short_call_id(v) if k == "tool_call_id" and shape.short_ids else v
         if role == "assistant":
-            out.append(_assistant(m, data, where, reasoning_policy, shape, moves, call_form))
+            out.append(_assistant(m, data, where, reasoning_policy, shape, moves, call_form, drop_call_text))
         else:
             out.append(Msg(data, role, content, "", "", _weight(m.get("weight"), where)))
     return out
@@ -163,11 +165,19 @@ def _with_role(m: Any, where: str) -> dict:
 
 # size: one message's fields in order (reasoning, calls, their text, empty turn, reasoning policy)
 def _assistant(
-    m: dict, data: dict[str, Any], where: str, policy: str, shape: ToolCallShape, moves: bool, form: str | None
+    m: dict,
+    data: dict[str, Any],
+    where: str,
+    policy: str,
+    shape: ToolCallShape,
+    moves: bool,
+    form: str | None,
+    drop_call_text: bool = False,
 ) -> Msg:
     """An assistant message: tool calls in `shape` (or as text after the content in `form`), reasoning
     placed per `policy` (a thinking block inside content taken out of it first when `moves`); `data`
-    holds its role and text content."""
+    holds its role and text content. Text beside calls that the template cannot show is dropped
+    when `drop_call_text`, else the turn is rejected naming the switch."""
     content = data["content"]
     r = m.get("reasoning_content") or m.get("reasoning") or ""
     if not isinstance(r, str):
@@ -176,6 +186,7 @@ def _assistant(
     data["content"] = content
     calls = _tool_calls(m["tool_calls"], where, ToolCallShape() if form else shape) if m.get("tool_calls") else []
     suffix = data_part = ""
+    dropped = False
     if calls and form:  # written as the student writes them, after the content: trained as text
         objs = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in calls]
         suffix = ("\n" if content else "") + calls_as_text(objs, form)
@@ -184,6 +195,9 @@ def _assistant(
         data["content"] = content
     elif calls:
         data["tool_calls"] = calls
+        dropped = _text_beside_calls(content, shape, drop_call_text, where)
+        if dropped:
+            content = data["content"] = ""
         if not content and shape.null_content:
             data["content"] = None  # the template renders tool calls only for null content
     if not content and not calls:
@@ -202,7 +216,27 @@ def _assistant(
         reasoning = r
         prefix = f"<think>\n{r}\n</think>\n\n"
         data["content"] = prefix + content
-    return Msg(data, "assistant", content, prefix, reasoning, _weight(m.get("weight"), where), suffix, data_part)
+    msg = Msg(data, "assistant", content, prefix, reasoning, _weight(m.get("weight"), where), suffix, data_part)
+    msg.dropped_text = dropped
+    return msg
+
+
+def _text_beside_calls(content: str, shape: ToolCallShape, drop: bool, where: str) -> bool:
+    """Whether to drop a tool-call turn's text, which the template cannot show beside the calls
+    (ToolCallShape.drops_text, null_content); raises Reject for such text when not `drop`."""
+    if not content or not (shape.drops_text or shape.null_content):
+        return False
+    if drop:
+        return True
+    if shape.null_content:
+        return False  # the calls are then missing from the render: tool_calls_not_rendered, naming the switch
+    raise Reject(
+        "template_alters_content",
+        f"{where}: the student's chat template renders a turn with tool calls without its text (Llama 3's "
+        f"does), so the student would not learn the text (starts {content[:30]!r}) it writes beside its calls. "
+        'Fix: set orchestrator.reconstruction.text_with_tool_calls = "drop" to train the calls alone, or use a '
+        "student whose template renders both",
+    )
 
 
 def strip_contents(messages: Any) -> Any:

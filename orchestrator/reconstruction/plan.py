@@ -133,9 +133,12 @@ class Planner:
             messages = strip_contents(messages)
         if cut_short(finish_reason):
             _no_answer_yet(messages, finish_reason)
+        drop = self.cfg.text_with_tool_calls == "drop"
         msgs = normalize_messages(
-            messages, self.cfg.reasoning, self.tool_shape, self.places_reasoning, self.cfg.tool_calls_as_text
+            messages, self.cfg.reasoning, self.tool_shape, self.places_reasoning, self.cfg.tool_calls_as_text, drop
         )
+        if drop:
+            self.stats["tool_call_text_dropped"] += sum(m.dropped_text for m in msgs)
         tools = plain_tools(tools)
         if self._special_re is not None and self.cfg.special_tokens_in_content == "reject":
             check_special(msgs, tools, self._special_re)

@@ -232,8 +232,8 @@ class TurnLocator:
                     "tool_calls_not_rendered",
                     f"messages[{a}]: the student's chat template renders tool calls only in turns "
                     f"without content (`content is none`), and this turn has content besides tool call "
-                    f"{name!r}; no setting changes that. Fix: use a student whose template renders both, "
-                    "or filter out such conversations",
+                    f'{name!r}. Fix: set orchestrator.reconstruction.text_with_tool_calls = "drop" to train '
+                    "the calls alone, or use a student whose template renders both",
                 )
             if name not in rest:
                 raise Reject(

@@ -803,7 +803,9 @@ def test_mistral_nemo_golden():
 def test_mistral_nemo_tool_call():
     tok = family("nemo", "mistral_nemo")
     r = recon(tok=tok)
-    assert r.tool_shape == ToolCallShape(arguments_as_string=False, null_content=False, probed=True, short_ids=True)
+    assert r.tool_shape == ToolCallShape(
+        arguments_as_string=False, null_content=False, probed=True, short_ids=True, drops_text=True
+    )
     msgs = tool_conversation()[1:]
     msgs[1]["tool_calls"][0]["id"] = msgs[2]["tool_call_id"] = "abc123def"  # the template wants 9 characters
     samples, rejections = r.build(msgs, None, sample_id="n")

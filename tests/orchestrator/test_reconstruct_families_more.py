@@ -313,7 +313,9 @@ def test_mistral_small_3_1_golden():
 def test_mistral_small_3_1_tool_call():
     tok = standin("mistral_small_3_1")
     r = recon(tok=tok)
-    assert r.tool_shape == ToolCallShape(arguments_as_string=False, null_content=False, probed=True, short_ids=True)
+    assert r.tool_shape == ToolCallShape(
+        arguments_as_string=False, null_content=False, probed=True, short_ids=True, drops_text=True
+    )
     msgs = tool_conversation(call_id="call_abc123def")  # the template keeps the last 9 characters, as we do
     s = check_against_template(tok, r, msgs, TOOLS)
     assert runs(tok, s)[1:] == [
@@ -341,7 +343,7 @@ def test_hermes3_tool_use_golden():
     tok = standin("hermes3_tool_use")
     r = recon(tok=tok)
     assert r.probe_tools is not None  # nothing renders without a tools list
-    assert r.tool_shape == ToolCallShape(arguments_as_string=False, null_content=False, probed=True)
+    assert r.tool_shape == ToolCallShape(arguments_as_string=False, null_content=False, probed=True, drops_text=True)
     msgs = tool_conversation()
     samples, rejections = r.build(msgs, TOOLS, sample_id="h")
     assert rejections == [] and len(samples) == 1

@@ -44,6 +44,7 @@ SETTINGS = settings(
 #: tokenizer a package ships; family_standins.py has stand-ins for others; SmolLM2's for the rest
 REAL = {
     "llama3_1": "llama3",
+    "llama3_2": "llama3",
     "llama3_headers": "llama3",
     "qwen2_5": "qwen",
     "qwen3": "qwen",
@@ -67,6 +68,7 @@ POLICIES = {
         "system_prompt": "merge_into_first_user",
         "truncated": "keep",
         "special_tokens_in_content": "allow",
+        "text_with_tool_calls": "drop",
     },
     "strict": {"reasoning": "drop", "on_history_rewrite": "reject", "overlong": "truncate", "max_seq_len": 256},
     # calls written as text (refused, and checked so, for the templates that render calls themselves)

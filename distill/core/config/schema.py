@@ -174,6 +174,12 @@ class Reconstruction(Strict):
     # "<tool_call>\n{call}\n</tool_call>"; Granite 3.3: "<|tool_call|>{calls}"; LFM2:
     # "<|tool_call_start|>{calls}<|tool_call_end|>". Refused for a template that renders tool calls itself.
     tool_calls_as_text: str | None = None
+    # The text of an assistant turn that also calls tools, for a student whose template cannot show both
+    # (Llama 3.x renders such a turn as its call alone; DeepSeek V3/R1 render calls only in a turn without
+    # text): "keep" it, so that such a turn is rejected (template_alters_content, tool_calls_not_rendered),
+    # or "drop" it and train the calls alone (counted in stats["tool_call_text_dropped"]). Templates that
+    # render both keep the text either way.
+    text_with_tool_calls: Literal["keep", "drop"] = "keep"
 
     @field_validator("tool_calls_as_text")
     @classmethod
