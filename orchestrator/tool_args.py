@@ -70,13 +70,12 @@ def short_call_id(call_id: str) -> str:
     return "".join(out)
 
 
-def _probe_call(as_string: bool, call_id: str = "zqprobe01") -> dict:
-    """The probes' tool call, its arguments a dict or their JSON text (its id 9 characters by default:
-    Mistral's templates insist)."""
+def _probe_call(as_string: bool) -> dict:
+    """The probes' tool call, its arguments a dict or their JSON text."""
     args = {_KEY: _VALUE}
     return {
         "type": "function",
-        "id": call_id,
+        "id": "zqprobe01",  # 9 characters: Mistral's templates insist
         "function": {"name": _NAME, "arguments": json.dumps(args) if as_string else args},
     }
 

@@ -824,8 +824,8 @@ def test_mistral_nemo_tool_call():
         msgs[1]["tool_calls"][0]["id"] = msgs[2]["tool_call_id"] = sent
         samples, rejections = r.build(msgs, None, sample_id="n")
         assert rejections == []
-        trained_text = [t for m, t in runs(tok, samples[0])[1:]]
-        assert f'"id": "{passed}"' in trained_text[0] and f'"call_id": "{passed}"' in trained_text[1]
+        texts = [t for _, t in runs(tok, samples[0])[1:]]  # the call (trained), the result (context)
+        assert f'"id": "{passed}"' in texts[0] and f'"call_id": "{passed}"' in texts[1]
 
 
 # -- DeepSeek-V3.1: </think> in the header when not thinking -----------------------------
