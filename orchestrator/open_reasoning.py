@@ -66,9 +66,8 @@ def opened_turn(
     if i < 0 or probe[i + len(SENTINEL) :] != end:
         raise ValueError(f"the template does not render an assistant turn as header + content + {spaces + eot!r}")
     prefix = probe[:i]
-    opening = trailing_opening(prompt)
-    if prompt == prefix and opening:
-        return _inside_header(render, prefix, opening, content, reasoning, end) + spaces + eot
+    if prompt == prefix and trailing_opening(prompt):
+        return _inside_header(render, prefix, trailing_opening(prompt), content, reasoning, end) + spaces + eot
     if prompt == prefix and reasoning:
         raise ValueError(
             f"the generation prompt (ends {prompt[-30:]!r}) already closes the thinking block "
@@ -83,12 +82,7 @@ def opened_turn(
             f"{prompt[n : n + 30]!r} where the turn's render has {prefix[n : n + 30]!r}"
         )
     opening = prompt[len(prefix) :]
-    c = complete_content(opening, content, reasoning)
-    if not c.startswith(opening):
-        raise ValueError(
-            f"the generation prompt opens the turn with {opening!r}, which the turn "
-            f"(starts {c[:30]!r}) does not start with"
-        )
+    c = _opened_content(opening, content, reasoning)
     full = render(c)
     cut = c.rfind(CLOSE)
     if full != prefix + c + end and (cut < 0 or full != prefix + c[cut + len(CLOSE) :] + end):
@@ -97,6 +91,17 @@ def opened_turn(
             "answer) neither verbatim nor with the reasoning dropped at its closing tag"
         )
     return c[len(opening) :] + spaces + eot
+
+
+def _opened_content(opening: str, content: str, reasoning: str) -> str:
+    """complete_content, checked to start with the `opening` the generation prompt ends with."""
+    c = complete_content(opening, content, reasoning)
+    if not c.startswith(opening):
+        raise ValueError(
+            f"the generation prompt opens the turn with {opening!r}, which the turn "
+            f"(starts {c[:30]!r}) does not start with"
+        )
+    return c
 
 
 def trailing_opening(prompt: str) -> str:
@@ -108,7 +113,7 @@ def trailing_opening(prompt: str) -> str:
 def inside_opened_block(full: str, start: int, stop: int) -> bool:
     """Whether the turn render full[start:stop] follows a prompt (full[:start]) that ends with an opened
     thinking block and either never closes it or opens another: the second shape above."""
-    if not full[max(0, start - 64) : start].rstrip().endswith(OPEN):
+    if not trailing_opening(full[max(0, start - 64) : start]):
         return False
     return full.find(CLOSE, start, stop) < 0 or full[start:stop].lstrip().startswith(OPEN)
 
@@ -120,12 +125,7 @@ def _inside_header(
     last assistant turn as header + "<think>\\n" + content, the generation prompt being that header):
     the complete content C without its opening, proven verbatim by the render. Where C's rest starts
     with newlines that the template strips (an empty block: "\\n</think>"), without them."""
-    c = complete_content(opening, content, reasoning)
-    if not c.startswith(opening):
-        raise ValueError(
-            f"the generation prompt opens the turn with {opening!r}, which the turn (starts {c[:30]!r}) does not"
-        )
-    rest = c[len(opening) :]
+    rest = _opened_content(opening, content, reasoning)[len(opening) :]
     for body in dict.fromkeys((rest, rest.lstrip("\n"))):
         if render(body) == prefix + body + end:
             return body

@@ -216,9 +216,8 @@ def _assistant(
         reasoning = r
         prefix = f"<think>\n{r}\n</think>\n\n"
         data["content"] = prefix + content
-    msg = Msg(data, "assistant", content, prefix, reasoning, _weight(m.get("weight"), where), suffix, data_part)
-    msg.dropped_text = dropped
-    return msg
+    weight = _weight(m.get("weight"), where)
+    return Msg(data, "assistant", content, prefix, reasoning, weight, suffix, data_part, dropped)
 
 
 def _text_beside_calls(content: str, shape: ToolCallShape, drop: bool, where: str) -> bool:

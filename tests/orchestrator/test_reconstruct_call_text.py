@@ -26,14 +26,6 @@ def conversation(text):
     ]
 
 
-def tokenizer(base: str, template: str):
-    from pathlib import Path
-
-    tok = load_or_skip(base, template)
-    tok.chat_template = (Path(__file__).parent.parent / "templates" / f"{template}.jinja").read_text(encoding="utf-8")
-    return tok
-
-
 def one_sample(r, messages, tools=TOOLS):
     samples, rejections = r.build(messages, tools, sample_id="t")
     assert rejections == [] and len(samples) == 1, rejections
@@ -41,7 +33,7 @@ def one_sample(r, messages, tools=TOOLS):
 
 
 def test_llama3_2_golden():
-    tok = tokenizer("llama3", "llama3_2")
+    tok = load_or_skip("llama3", "llama3_2")
     r = recon(tok=tok)
     assert (r.eot, r.final_tail) == ("<|eot_id|>", "")
     assert r.tool_shape.probed and r.tool_shape.drops_text and not r.tool_shape.null_content
@@ -56,14 +48,14 @@ def test_llama3_2_golden():
 
 
 def test_text_beside_a_call_is_rejected_naming_the_switch_where_the_template_drops_it():
-    r = recon(tok=tokenizer("llama3", "llama3_2"))
+    r = recon(tok=load_or_skip("llama3", "llama3_2"))
     _, rejections = r.build(conversation("Let me check."), TOOLS, sample_id="t")
     assert [x.reason for x in rejections] == ["template_alters_content"]
     assert "without its text" in rejections[0].detail and 'text_with_tool_calls = "drop"' in rejections[0].detail
 
 
 def test_drop_trains_the_call_alone_as_the_template_renders_it():
-    tok = tokenizer("llama3", "llama3_2")
+    tok = load_or_skip("llama3", "llama3_2")
     r = recon(tok=tok, text_with_tool_calls="drop")
     messages = conversation("Let me check.")
     s = one_sample(r, messages)
@@ -78,7 +70,7 @@ def test_drop_trains_the_call_alone_as_the_template_renders_it():
 
 
 def test_null_content_template_names_the_switch_and_drop_renders_the_calls():
-    tok = tokenizer("deepseek", "deepseek_v3")
+    tok = load_or_skip("deepseek", "deepseek_v3")
     _, rejections = recon(tok=tok).build(conversation("Let me check."), TOOLS, sample_id="t")
     assert [x.reason for x in rejections] == ["tool_calls_not_rendered"]
     assert 'text_with_tool_calls = "drop"' in rejections[0].detail
@@ -90,7 +82,7 @@ def test_null_content_template_names_the_switch_and_drop_renders_the_calls():
 
 @pytest.mark.parametrize("policy", ["keep", "drop"])
 def test_a_template_that_renders_both_keeps_the_text(policy):
-    tok = tokenizer("qwen", "qwen2_5")
+    tok = load_or_skip("qwen", "qwen2_5")
     r = recon(tok=tok, text_with_tool_calls=policy)
     assert not r.tool_shape.drops_text
     s = one_sample(r, conversation("Let me check."))
