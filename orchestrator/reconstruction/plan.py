@@ -61,7 +61,7 @@ class Planner:
     renders_tool_results: bool  # tool_args.probe_renders_tool_results
     places_reasoning: bool
     _special_re: re.Pattern | None
-    eot_spaces: str  # turns.TurnLocator._probe_end_of_turn: spaces before the end token
+    eot_spaces: str  # end_of_turn.EndOfTurn.spaces: spaces before the end token
     # From the other parts:
     _reject: Callable[[str, Reject], Rejection]  # reconstructor.Reconstructor._reject
     _prefix_renders: Callable[..., tuple]  # prefixes.PrefixRenders._prefix_renders

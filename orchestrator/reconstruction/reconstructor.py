@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from distill.core.contract import Rejection, Sample
 from distill.core.conversation import Conversation, build_args
+from orchestrator.reconstruction.end_of_turn import probe_end_of_turn
 from orchestrator.reconstruction.joined import SegmentJoiner
 from orchestrator.reconstruction.pipeline import Pipeline
 from orchestrator.reconstruction.plan import Planner
@@ -75,9 +76,9 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._added_tokens = added
         self._special_re = re.compile("|".join(map(re.escape, added))) if added else None
         self.stats: collections.Counter = collections.Counter()
-        self.eot_spaces = ""  # set by the probe: spaces the template puts before the end token
-        self.probe_render = ""  # set by the probe: its rendered conversation
-        self.eot, self.final_tail = self._probe_end_of_turn()
+        end = probe_end_of_turn(self.render, added, tokenizer.eos_token)  # end_of_turn.py
+        self.eot, self.eot_spaces, self.eot_closing, self.final_tail = end.token, end.spaces, end.closing, end.tail
+        self.probe_tools, self.probe_render = end.probe_tools, end.probe_render
         self._probe_tools(cfg.tool_calls_as_text)
         # a thinking block inside content moves to reasoning_content for templates that place it
         self.places_reasoning = probe_places_reasoning(lambda msgs: self.render(msgs, self.probe_tools, False))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.open_reasoning import inside_opened_block, opened_turn
+from orchestrator.reconstruction.end_of_turn import SENTINEL
 from orchestrator.reconstruction.messages import Msg
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.system_merge import hint_for_mismatch, hint_for_template_error
@@ -27,8 +28,6 @@ from orchestrator.tool_args import ToolCallShape
 if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
     from distill.core.config import Reconstruction
 
-SENTINEL = "\u2063Zq7xSENTINELx7qZ\u2063"
-
 
 def sentinel_for(msg: dict) -> str:
     """SENTINEL, or a variant that occurs nowhere in `msg` (its reasoning, say, could hold it)."""
@@ -36,25 +35,6 @@ def sentinel_for(msg: dict) -> str:
     while (s := SENTINEL[:-1] + (str(k) if k else "") + SENTINEL[-1]) in text:
         k += 1
     return s
-
-
-# A tools list for probing a template that renders nothing without one (Hermes' "tool_use"
-# template iterates over `tools` unconditionally): tried only when every probe without
-# tools raised. Its name differs from tool_args' probe call, so a listed tool is never
-# mistaken for a rendered call.
-PROBE_TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "zq_listed_tool",
-            "description": "probe",
-            "parameters": {
-                "type": "object",
-                "properties": {"zq_listed_key": {"type": "string", "description": "probe"}},
-            },
-        },
-    }
-]
 
 
 @dataclass(slots=True)
@@ -80,61 +60,13 @@ class TurnLocator:
     eot: str  # the template's end-of-turn token
     final_tail: str  # the constant text the template puts after the last end-of-turn token
     eot_spaces: str  # spaces the template puts between a turn's content and its end token (Llama 2's " ")
+    eot_closing: str  # special tokens after the end token in every turn, through the eos (end_of_turn.py)
     tool_shape: ToolCallShape
     _added_tokens: list[str]  # added tokens' text, longest first
-    probe_tools: list[dict] | None  # set by _probe_end_of_turn: PROBE_TOOLS if the template needs tools
-    probe_render: str  # set by _probe_end_of_turn: the probe conversation it rendered
+    probe_tools: list[dict] | None  # end_of_turn.EndOfTurn: PROBE_TOOLS if the template needs tools
     _assistant_leads: list[tuple[str, str]]  # (lead, tail) around assistant content, from sentinel renders
     # From the other parts:
     render: Callable[..., str]  # prefixes.PrefixRenders.render
-
-    def _probe_end_of_turn(self) -> tuple[str, str]:
-        """The end-of-turn token and the constant text the template puts after it at the end.
-
-        Renders a probe conversation whose assistant content is a sentinel and reads
-        what follows the sentinel: an added (special) token, or else the eos token, after
-        spaces the template may put before it (kept in `eot_spaces`).
-        """
-        probes = (
-            [{"role": "user", "content": "Hi"}],
-            [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}],
-        )
-        errors = []
-        rendered = False  # some probe rendered: a tools list is not what the template lacks
-        for tools in (None, PROBE_TOOLS):
-            for head in probes if not rendered else ():
-                try:
-                    text = self.render(head + [{"role": "assistant", "content": SENTINEL}], tools, False)
-                except Exception as e:  # noqa: BLE001 - any template error: try the next probe
-                    errors.append(f"{type(e).__name__}: {e}" + (" (with a tools list)" if tools else ""))
-                    continue
-                rendered, self.probe_tools, self.probe_render = True, tools, text
-                if SENTINEL not in text:
-                    errors.append("the template does not render assistant content")
-                    continue
-                after = text[text.rindex(SENTINEL) + len(SENTINEL) :]
-                # spaces before the token are part of the turn (Llama 2's `' ' + eos_token`)
-                spaced = after.lstrip(" \n")
-                for tok in self._added_tokens + [self.tokenizer.eos_token or ""]:
-                    if tok and spaced.startswith(tok):
-                        self.eot_spaces = after[: len(after) - len(spaced)]
-                        return tok, spaced[len(tok) :]
-                errors.append(
-                    f"after the assistant content the template renders {after!r}, which does not start with a "
-                    "special token"
-                    + (
-                        " (nothing follows a final assistant turn: the model stops at the next role token, which "
-                        "the template renders only when another message follows, as GLM-4's templates do; the "
-                        "student could not learn where its turn ends. Fix: set student.chat_template to a template "
-                        "that ends assistant turns with a token)"
-                        if not after.strip()
-                        else ""
-                    )
-                )
-        raise ValueError(
-            "cannot work out the end-of-turn token from the student's chat template: "
-            + "; ".join(dict.fromkeys(errors))
-        )
 
     def _locate_turn(self, msgs: list[Msg], data: list[dict], a: int, tools, renders) -> Turn:
         m = msgs[a]
@@ -314,7 +246,8 @@ class TurnLocator:
             return self.render(data[:a] + [dict(msg, content=content)], tools, False)
 
         try:
-            text = opened_turn(render_with, base, m.content, m.reasoning, self.eot, self.final_tail, self.eot_spaces)
+            end = self.eot + self.eot_closing
+            text = opened_turn(render_with, base, m.content, m.reasoning, end, self.final_tail, self.eot_spaces)
         except ValueError as e:
             try:
                 hint = hint_for_mismatch(base, render_with(m.content), data, self.cfg.system_prompt)
@@ -325,26 +258,27 @@ class TurnLocator:
             raise Reject("template_error", f"rendering messages[{a}]: {type(e).__name__}: {e}") from None
         self.stats["opened_reasoning_turns"] += 1
         full = base + text
-        return Turn(full, len(base), len(full) - len(self.eot), len(full), False, m.role)
+        return Turn(full, len(base), len(full) - len(self.eot + self.eot_closing), len(full), False, m.role)
 
     def _turn_end_token(self, full: str, base_len: int, a: int) -> str:
-        """The token that ends this turn: the template's usual end-of-turn token, or
-        another special token in its place (Llama 3.1 ends tool-call turns with
-        <|eom_id|>), right before the template's constant final text."""
-        tail = self.final_tail
+        """The text that ends this turn, right before the template's constant final text: the
+        template's usual end-of-turn token, or another special token in its place (Llama 3.1
+        ends tool-call turns with <|eom_id|>), then the closing tokens (end_of_turn.py)."""
+        tail, closing = self.final_tail, self.eot_closing
         if full.endswith(tail):
             n = len(full) - len(tail)  # the body before the tail, compared in place (no copy)
-            if full.endswith(self.eot, 0, n) and n - len(self.eot) >= base_len:
-                return self.eot  # the usual case, without walking the added tokens
+            usual = self.eot + closing
+            if full.endswith(usual, 0, n) and n - len(usual) >= base_len:
+                return usual  # the usual case, without walking the added tokens
             for tok in self._added_tokens:
-                if full.endswith(tok, 0, n) and n - len(tok) >= base_len:
+                if full.endswith(tok + closing, 0, n) and n - len(tok + closing) >= base_len:
                     if tok != self.eot:
                         self.stats["other_end_token"] += 1
-                    return tok
+                    return tok + closing
         raise Reject(
             "missing_end_token",
             f"messages[{a}]: the rendered turn does not end with a special token "
-            f"such as {self.eot!r} followed by {tail!r} (ends {full[-40:]!r})",
+            f"such as {self.eot!r} followed by {closing + tail!r} (ends {full[-40:]!r})",
         )
 
     def _lead(self, data: list[dict], a: int, tools, base: str, seg: str, m: Msg, eot: str) -> str:

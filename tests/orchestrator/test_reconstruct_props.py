@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from support.reconstruct_helpers import decode, full_text, masked_text, recon, render, tokenizer_with
 
-from orchestrator.reconstruction.turns import SENTINEL
+from orchestrator.reconstruction.end_of_turn import SENTINEL
 
 IM = "<|im_end|>"
 # RECONSTRUCT_EXAMPLES=500 for a longer hunt; the default keeps the suite fast.

@@ -110,6 +110,31 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
         None,
         [],
     ),
+    # Cohere Command R7B (and Aya Expanse): a 256k byte-level BPE whose turn tokens end an answer
+    # <|END_RESPONSE|><|END_OF_TURN_TOKEN|> (eos the second); base: Qwen's byte-level BPE
+    "command_r7b": (
+        "qwen",
+        "command_r7b",
+        [
+            "<BOS_TOKEN>",
+            "<|START_OF_TURN_TOKEN|>",
+            "<|END_OF_TURN_TOKEN|>",
+            "<|USER_TOKEN|>",
+            "<|CHATBOT_TOKEN|>",
+            "<|SYSTEM_TOKEN|>",
+            "<|START_RESPONSE|>",
+            "<|END_RESPONSE|>",
+            "<|START_THINKING|>",
+            "<|END_THINKING|>",
+            "<|START_ACTION|>",
+            "<|END_ACTION|>",
+            "<|START_TOOL_RESULT|>",
+            "<|END_TOOL_RESULT|>",
+        ],
+        "<|END_OF_TURN_TOKEN|>",
+        "<BOS_TOKEN>",
+        [],
+    ),
     # Phi-3.5: Llama 2's SentencePiece (no package ships it); base: Mistral v0.1's, the same kind
     "phi3_5": (
         "mistral_sp",
