@@ -12,16 +12,11 @@ import copy
 
 import pytest
 from support.family_standins import standin_or_skip as standin
-from support.reconstruct_helpers import decode, full_text, recon, reference, runs
+from support.reconstruct_helpers import TWO_TURNS, decode, full_text, recon, reference, runs
 
 HEAD = "<BOS_TOKEN><|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>"
 END = "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>"
-PLAIN = [
-    {"role": "user", "content": "Hi"},
-    {"role": "assistant", "content": "Hello!"},
-    {"role": "user", "content": "Fine"},
-    {"role": "assistant", "content": "Good."},
-]
+PLAIN = TWO_TURNS
 
 
 @pytest.fixture(scope="module")

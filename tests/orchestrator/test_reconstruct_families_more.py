@@ -17,7 +17,7 @@ import json
 
 import pytest
 from support.family_standins import standin_or_skip as standin
-from support.reconstruct_helpers import decode, full_text, masked_text, recon, reference, runs
+from support.reconstruct_helpers import TWO_TURNS, decode, full_text, masked_text, recon, reference, runs
 
 from orchestrator.tool_args import ToolCallShape, short_call_id
 
@@ -32,12 +32,7 @@ TOOLS = [
         },
     }
 ]
-PLAIN = [
-    {"role": "user", "content": "Hi"},
-    {"role": "assistant", "content": "Hello!"},
-    {"role": "user", "content": "Fine"},
-    {"role": "assistant", "content": "Good."},
-]
+PLAIN = TWO_TURNS
 SYSTEM = [{"role": "system", "content": "Be brief."}, *PLAIN[:2]]
 OUTER_WS = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "  Hello \n"}]
 REASONED = [

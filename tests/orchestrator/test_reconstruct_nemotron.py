@@ -17,17 +17,12 @@ import json
 
 import pytest
 from support.family_standins import standin_or_skip as standin
-from support.reconstruct_helpers import decode, full_text, recon, reference, runs, tokenizer_with
+from support.reconstruct_helpers import TWO_TURNS, decode, full_text, recon, reference, runs, tokenizer_with
 
 from distill.core.config import Reconstruction
 
 HEAD = "<SPECIAL_10>System\n\n"
-PLAIN = [
-    {"role": "user", "content": "Hi"},
-    {"role": "assistant", "content": "Hello!"},
-    {"role": "user", "content": "Fine"},
-    {"role": "assistant", "content": "Good."},
-]
+PLAIN = TWO_TURNS
 
 
 @pytest.fixture(scope="module")

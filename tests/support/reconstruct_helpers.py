@@ -13,6 +13,14 @@ from distill.core.config import Reconstruction
 
 TEMPLATES = Path(__file__).parent.parent / "templates"
 LLAMA3_SPECIALS = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+# Two user/assistant exchanges: the smallest conversation with a history turn and a last turn.
+# Tests share it read-only (copy it before changing it).
+TWO_TURNS = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Fine"},
+    {"role": "assistant", "content": "Good."},
+]
 
 
 @lru_cache(maxsize=None)
