@@ -9,6 +9,7 @@ from two probe renders (orchestrator/reconstruction/end_of_turn.py), and only th
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 from support.family_standins import standin_or_skip as standin
@@ -79,6 +80,52 @@ def test_tool_calls_are_not_rendered_by_the_default_template(tok):
     _, rejections = recon(tok=tok).build(msgs, None, sample_id="c")
     assert [x.reason for x in rejections] == ["tool_calls_not_rendered"]
     assert "messages[1]" in rejections[0].detail and "tool_calls_as_text" in rejections[0].detail
+
+
+def test_tool_use_template_trains_the_call_turn_and_the_answer(tok):
+    """Command R7B's "tool_use" template is the default's first branch without its `documents`
+    condition (derived here): the generation prompt is written after every conversation, a call turn
+    is the (empty) tool plan, the calls, `<|END_ACTION|>` and the closing eos, and an answer starts
+    with `<|START_RESPONSE|>`, which the student writes itself there."""
+    t = _with_template(tok, tok.chat_template.replace("{% if documents %}\n{% set tools = [] %}", "{% if true %}", 1))
+    r = recon(tok=t)
+    assert (r.eot, r.eot_closing, r.final_tail) == (
+        "<|END_RESPONSE|>",
+        "<|END_OF_TURN_TOKEN|>",
+        "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>",
+    )
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": json.dumps({"c": "P"})},
+    }
+    msgs = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "sunny", "tool_call_id": "call_1"},
+        {"role": "assistant", "content": "It is sunny."},
+    ]
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "w", "parameters": {}}}]
+    samples, rejections = r.build(msgs, tools, sample_id="u")
+    assert rejections == [] and len(samples) == 1
+    got = runs(t, samples[0])
+    assert got[0][1].endswith("<|USER_TOKEN|>Weather?<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>")
+    assert got[1:] == [
+        (
+            1,
+            '<|START_THINKING|><|END_THINKING|><|START_ACTION|>[\n    {"tool_call_id": "0", "tool_name": "get_weather", '
+            '"parameters": {"c": "P"}}\n]<|END_ACTION|><|END_OF_TURN_TOKEN|>',
+        ),
+        (
+            0,
+            '<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|><|START_TOOL_RESULT|>[\n    {\n        "tool_call_id": "0",\n'
+            '        "results": {\n            "0": "sunny"\n        },\n        "is_error": null\n    }\n]'
+            "<|END_TOOL_RESULT|><|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>",
+        ),
+        (1, "<|START_RESPONSE|>It is sunny." + END),
+    ]
+    full = reference(t, msgs, tools)
+    assert full_text(t, samples[0]) == full[: len(full) - len(r.final_tail)]
 
 
 def _with_template(tok, template: str):
