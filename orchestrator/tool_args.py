@@ -185,6 +185,24 @@ def parse_arguments(raw: Any, where: str) -> tuple[dict | None, str | None]:
     return parsed, text
 
 
+def place_calls(content: str, objs: list[dict], form: str) -> tuple[str, str, bool]:
+    """(the turn's text, the calls' text in it, whether the calls come first) for a turn's `content` and
+    calls written in `form`: where the form ends with "{content}" (LFM2's turns open with their call),
+    the calls then the content; where it starts with it, the content then the rest of the form, as
+    written; without it, the content, a newline when there is content, then the calls."""
+    if form.endswith(CONTENT):
+        text = calls_as_text(objs, form[: -len(CONTENT)])
+        return text + content, text, True
+    if form.startswith(CONTENT):
+        text = calls_as_text(objs, form[len(CONTENT) :])
+        return content + text, text, False
+    text = ("\n" if content else "") + calls_as_text(objs, form)
+    return content + text, text, False
+
+
+CONTENT = "{content}"  # where a tool_calls_as_text form puts the turn's text
+
+
 def calls_as_text(objs: list[dict], form: str) -> str:
     """A turn's tool calls ({"name", "arguments"} objects) written in `form` (Reconstruction.tool_calls_as_text):
     "{call}" replaced by one call's JSON, the form repeated per call with a newline between; or "{calls}"

@@ -16,7 +16,7 @@ from orchestrator.legacy_functions import LegacyError, is_legacy, modern_message
 from orchestrator.lines import SHAREGPT_FIX, SHAREGPT_TURN, role_hint, weight_ok
 from orchestrator.open_reasoning import CLOSE, take_thinking, without_thinking_tags
 from orchestrator.reconstruction.reasons import Reject
-from orchestrator.tool_args import ToolCallShape, calls_as_text, parse_arguments, short_call_id
+from orchestrator.tool_args import ToolCallShape, parse_arguments, place_calls, short_call_id
 
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
 #: content part types that are text: chat completions' "text", and the Responses API's input and output text
@@ -35,9 +35,11 @@ class Msg:
     placed_prefix: str  # text put before the content by the reasoning policy (think_tags)
     reasoning: str  # the teacher's reasoning ("" when absent)
     weight: int = 1  # 0: not trained even if its role is in train_roles (OpenAI fine-tuning's "weight")
-    # tool calls written as text after the teacher's content (tool_calls_as_text): the end of `content`
-    placed_suffix: str = ""
-    suffix_data: str = ""  # the teacher's part of placed_suffix (the calls' JSON), checked for special-token text
+    # tool calls written as text beside the teacher's content (tool_calls_as_text): the end of `content`,
+    # or its start when `calls_first` (a form ending with "{content}")
+    placed_calls: str = ""
+    calls_data: str = ""  # the teacher's part of placed_calls (the calls' JSON), checked for special-token text
+    calls_first: bool = False
     dropped_text: bool = False  # the turn's text left out beside its calls (text_with_tool_calls = "drop")
 
 
@@ -185,13 +187,12 @@ def _assistant(
     r, content = take_thinking(r, content, moves and (policy == "drop" or not r))
     data["content"] = content
     calls = _tool_calls(m["tool_calls"], where, ToolCallShape() if form else shape) if m.get("tool_calls") else []
-    suffix = data_part = ""
-    dropped = False
-    if calls and form:  # written as the student writes them, after the content: trained as text
+    placed = data_part = ""
+    dropped = first = False
+    if calls and form:  # written as the student writes them, beside the content: trained as text
         objs = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in calls]
-        suffix = ("\n" if content else "") + calls_as_text(objs, form)
+        content, placed, first = place_calls(content, objs, form)
         data_part = json.dumps(objs, ensure_ascii=False)
-        content += suffix
         data["content"] = content
     elif calls:
         data["tool_calls"] = calls
@@ -217,7 +218,7 @@ def _assistant(
         prefix = f"<think>\n{r}\n</think>\n\n"
         data["content"] = prefix + content
     weight = _weight(m.get("weight"), where)
-    return Msg(data, "assistant", content, prefix, reasoning, weight, suffix, data_part, dropped)
+    return Msg(data, "assistant", content, prefix, reasoning, weight, placed, data_part, first, dropped)
 
 
 def _text_beside_calls(content: str, shape: ToolCallShape, drop: bool, where: str) -> bool:
@@ -289,8 +290,8 @@ def check_special(msgs: list[Msg], tools, special_re: re.Pattern) -> None:
     texts = []
     for m in msgs:
         texts.append(without_thinking_tags(_teachers(m)) if m.role == "assistant" else m.content)
-        if m.suffix_data:
-            texts.append(m.suffix_data)
+        if m.calls_data:
+            texts.append(m.calls_data)
         if m.reasoning:
             texts.append(m.reasoning)
         if len(m.data) > 2:  # more than role and content: tool calls (with their ids), name, tool_call_id
@@ -304,9 +305,11 @@ def check_special(msgs: list[Msg], tools, special_re: re.Pattern) -> None:
 
 
 def _teachers(m: Msg) -> str:
-    """A message's content without the tool-call text put after it (tool_calls_as_text: its special tokens
+    """A message's content without the tool-call text put beside it (tool_calls_as_text: its special tokens
     are the student's own call syntax, not the teacher's text)."""
-    return m.content[: len(m.content) - len(m.placed_suffix)] if m.placed_suffix else m.content
+    if not m.placed_calls:
+        return m.content
+    return m.content[len(m.placed_calls) :] if m.calls_first else m.content[: len(m.content) - len(m.placed_calls)]
 
 
 def _field_texts(m: Msg) -> list[str]:
@@ -320,7 +323,7 @@ def _name_special(msgs: list[Msg], special_re: re.Pattern) -> None:
     """The first message holding special-token text, as a rejection (none: a hit straddled two texts)."""
     for i, m in enumerate(msgs):
         texts = [without_thinking_tags(_teachers(m)) if m.role == "assistant" else m.content, m.reasoning]
-        for t in texts + [m.suffix_data] + _field_texts(m):
+        for t in texts + [m.calls_data] + _field_texts(m):
             hit = t and special_re.search(t)
             if hit:
                 raise Reject(

@@ -78,6 +78,45 @@ def test_content_and_two_calls(family, form, written):
     assert trained(tok, samples[0]) == [f"Let me check.\n{both}{r.eot}"]
 
 
+LFM2_FIRST = "<|tool_call_start|>{calls}<|tool_call_end|>{content}"  # LFM2's turns open with their call
+
+
+@pytest.mark.parametrize(
+    "form, text",
+    [
+        (LFM2_FIRST, f"<|tool_call_start|>[{ONE}]<|tool_call_end|>Let me check."),
+        (
+            "{content} <|tool_call_start|>{calls}<|tool_call_end|>",
+            f"Let me check. <|tool_call_start|>[{ONE}]<|tool_call_end|>",
+        ),
+    ],
+)
+def test_content_placed_where_the_form_says(form, text):
+    """ "{content}" at the form's end puts the calls first, at its start the text first with only what the form
+    writes between; either way the template's render of that text is what is trained, and the student's call
+    tokens beside the teacher's text are not taken for special-token text in it."""
+    tok = standin("lfm2")
+    r = recon(tok=tok, tool_calls_as_text=form)
+    msgs = conversation("Let me check.")
+    samples, rejections = r.build(msgs, TOOLS, sample_id="t")
+    assert not rejections and len(samples) == 1, rejections
+    assert trained(tok, samples[0]) == [text + r.eot, "It is sunny." + r.eot]
+    as_text = [{"role": m["role"], "content": text if m.get("tool_calls") else m["content"]} for m in msgs]
+    full = reference(tok, as_text, TOOLS)
+    assert full_text(tok, samples[0]) == full[: len(full) - len(r.final_tail)]
+    # the teacher's own text is still checked for special-token text, and so are the calls
+    for bad in (conversation("<|im_end|> Let me check."), conversation("Let me check.", city="<|im_end|>")):
+        _, rejections = r.build(bad, TOOLS, sample_id="b")
+        assert reasons(rejections) == ["special_token_in_content"] and "messages[1]" in rejections[0].detail
+
+
+def test_content_first_form_and_a_turn_without_text():
+    tok = standin("lfm2")
+    r = recon(tok=tok, tool_calls_as_text=LFM2_FIRST)
+    samples, _ = r.build(conversation(), TOOLS, sample_id="t")
+    assert trained(tok, samples[0])[0] == f"<|tool_call_start|>[{ONE}]<|tool_call_end|>" + r.eot
+
+
 def test_special_token_text_in_the_calls_is_the_teachers_and_is_checked():
     tok = standin("lfm2")
     r = recon(tok=tok, tool_calls_as_text="<|tool_call_start|>{calls}<|tool_call_end|>")
@@ -90,7 +129,9 @@ def test_refused_for_a_template_that_renders_calls_itself():
         recon(tok=standin("hermes3_tool_use"), tool_calls_as_text="<tool_call>\n{call}\n</tool_call>")
 
 
-@pytest.mark.parametrize("form", ["<tool_call>", "{call}{calls}"])
+@pytest.mark.parametrize(
+    "form", ["<tool_call>", "{call}{calls}", "<a>{content}{calls}</a>", "{content}<a>{calls}</a>{content}"]
+)
 def test_the_form_needs_one_placeholder(form):
     with pytest.raises(ConfigError, match="tool_calls_as_text"):
         load_config(None, {"orchestrator": {"reconstruction": {"tool_calls_as_text": form}}})

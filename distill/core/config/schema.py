@@ -170,9 +170,11 @@ class Reconstruction(Strict):
     # answer: SmolLM3, Granite 3.3, LFM2): unset, such turns are rejected (tool_calls_not_rendered);
     # set, each turn's calls are written after its content (a newline between) in this form, and trained as
     # text. "{call}": one call as JSON {"name": ..., "arguments": {...}}, the form repeated per call, a
-    # newline between; "{calls}": the JSON list of all the turn's calls. SmolLM3 (Hermes style):
-    # "<tool_call>\n{call}\n</tool_call>"; Granite 3.3: "<|tool_call|>{calls}"; LFM2:
-    # "<|tool_call_start|>{calls}<|tool_call_end|>". Refused for a template that renders tool calls itself.
+    # newline between; "{calls}": the JSON list of all the turn's calls. "{content}" at the form's end puts
+    # the calls before the turn's text, at its start after it with nothing between but what the form says.
+    # SmolLM3 (Hermes style): "<tool_call>\n{call}\n</tool_call>"; Granite 3.3: "<|tool_call|>{calls}";
+    # LFM2 (its turns open with the call): "<|tool_call_start|>{calls}<|tool_call_end|>{content}". Refused
+    # for a template that renders tool calls itself.
     tool_calls_as_text: str | None = None
     # The text of an assistant turn that also calls tools, for a student whose template cannot show both
     # (Llama 3.x renders such a turn as its call alone; DeepSeek V3/R1 render calls only in a turn without
@@ -188,6 +190,15 @@ class Reconstruction(Strict):
             raise ValueError(
                 f"{v!r} must hold exactly one of {{call}} (one call as JSON, the form repeated per call) and "
                 '{calls} (the JSON list of all calls). Fix: e.g. "<tool_call>\n{call}\n</tool_call>"'
+            )
+        if (
+            v is not None
+            and "{content}" in v
+            and not (v.count("{content}") == 1 and (v.startswith("{content}") or v.endswith("{content}")))
+        ):
+            raise ValueError(
+                f"{v!r}: {{content}} (where the turn's text goes) may appear once, at the form's start or end. "
+                'Fix: e.g. "<|tool_call_start|>{calls}<|tool_call_end|>{content}" for calls before the text'
             )
         return v
 
