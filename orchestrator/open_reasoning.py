@@ -82,6 +82,12 @@ def opened_turn(
             f"{prompt[n : n + 30]!r} where the turn's render has {prefix[n : n + 30]!r}"
         )
     opening = prompt[len(prefix) :]
+    if OPEN not in opening:
+        raise ValueError(
+            f"the generation prompt ends with {opening!r} after the turn's header, which no render of a "
+            f"finished turn shows and which is not a {OPEN!r} block: nothing proves what the student writes "
+            "after it"
+        )
     c = _opened_content(opening, content, reasoning)
     full = render(c)
     cut = c.rfind(CLOSE)

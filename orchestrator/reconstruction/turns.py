@@ -213,17 +213,53 @@ class TurnLocator:
         header = base[len(history) :]
         i = probe.find(sentinel)
         lead = next((x for x in ("", self.turn_opening) if x is not None and probe.endswith(header + x, 0, i)), None)
-        if not (
-            header
-            and base.startswith(history)
-            and i >= 0
-            and probe.count(sentinel) == 1
-            and lead is not None
-            and probe[:i] + content + probe[i + len(sentinel) :] == full
-        ):
+        if lead is None and i >= 0:
+            lead = self._after_dropped_block(data, a, tools, header, probe, len(history), i, sentinel)
+        if not (header and base.startswith(history) and i >= 0 and probe.count(sentinel) == 1 and lead is not None):
+            return None
+        if probe[:i] + content + probe[i + len(sentinel) :] != full:
+            if content != content.strip() and probe[:i] + content.strip() + probe[i + len(sentinel) :] == full:
+                raise _trims(a, "assistant", content)
             return None
         self.stats["rewritten_history_turns"] += 1
         return base + full[i - len(lead) :], lead
+
+    def _after_dropped_block(self, data, a: int, tools, header: str, probe: str, h: int, i: int, sentinel: str):
+        """The text between the generation header and the content (the calls of a tool-call turn, or
+        "") when the prompt's header is the turn's header H plus the template's `dropped_opening` X
+        (Gemma 4's empty thought channel) and the template renders this turn with content X + sentinel
+        as with the sentinel alone: the student, after H + X, writes the rest of the turn as rendered
+        after H. None when that does not hold."""
+        block = self.dropped_opening
+        if not block or not header.endswith(block) or not probe.startswith(header[: -len(block)], h):
+            return None
+        try:
+            if self.render(data[:a] + [dict(data[a], content=block + sentinel)], tools, False) != probe:
+                return None
+        except Exception:  # noqa: BLE001 - not provable this way
+            return None
+        self.stats["dropped_opening_turns"] += 1
+        return probe[h + len(header) - len(block) : i]
+
+    @functools.cached_property
+    def dropped_opening(self) -> str:
+        """What the generation prompt writes after the header of an assistant turn that the template drops
+        from a turn whose content starts with it (Gemma 4 with thinking off: the empty thought channel
+        "<|channel>thought\n<channel|>", which no rendered turn shows), in the simplest conversation; or ""."""
+        user = [{"role": "user", "content": "Hi"}]
+        try:
+            history = self.render(user, self.probe_tools, False)
+            prompt = self.render(user, self.probe_tools, True)
+            turn = self.render(user + [{"role": "assistant", "content": SENTINEL}], self.probe_tools, False)
+            i = turn.find(SENTINEL)
+            header = turn[len(history) : i]
+            block = prompt[len(history) + len(header) :]
+            if not (i >= 0 and block and turn.startswith(history) and prompt.startswith(history + header)):
+                return ""
+            dropped = self.render(user + [{"role": "assistant", "content": block + SENTINEL}], self.probe_tools, False)
+        except Exception:  # noqa: BLE001 - none known
+            return ""
+        return block if dropped == turn else ""
 
     def _opened_turn(self, data: list[dict], a: int, tools, base: str, m: Msg) -> Turn:
         """The turn after a generation prompt that opens a block the history render
@@ -293,17 +329,12 @@ class TurnLocator:
         seg_s = full_s[len(base) : end_s] if ok else ""
         i = seg_s.find(sentinel)
         if i < 0 or seg_s[:i] + m.content + seg_s[i + len(sentinel) :] != seg:
-            how = "does not render the content verbatim"
             if i >= 0 and seg_s[:i] + m.content.strip() + seg_s[i + len(sentinel) :] == seg:
-                how = (
-                    "trims whitespace from the content (Llama 3's and Gemma's `| trim`, SmolLM3's "
-                    '`.lstrip("\\n")`), so the student would '
-                    'learn different text. Fix: set content_whitespace = "strip" in [orchestrator.reconstruction] '
-                    "to train the content as the template writes it"
-                )
+                raise _trims(a, m.role, m.content)
             raise Reject(
                 "template_alters_content",
-                f"messages[{a}] ({m.role}): the template {how} (content starts {m.content[:30]!r})",
+                f"messages[{a}] ({m.role}): the template does not render the content verbatim "
+                f"(content starts {m.content[:30]!r})",
             )
         lead, tail = seg_s[:i], seg_s[i + len(sentinel) :]
         if m.role == "assistant" and lead.endswith(m.placed_prefix) and len(self._assistant_leads) < 4:
@@ -331,3 +362,13 @@ class TurnLocator:
                 self.stats["turn_leads_known"] += 1
                 return True
         return False
+
+
+def _trims(a: int, role: str, content: str) -> Reject:
+    return Reject(
+        "template_alters_content",
+        f"messages[{a}] ({role}): the template trims whitespace from the content (Llama 3's and Gemma's `| trim`, "
+        'SmolLM3\'s `.lstrip("\\n")`), so the student would learn different text. Fix: set content_whitespace = '
+        f'"strip" in [orchestrator.reconstruction] to train the content as the template writes it (content starts '
+        f"{content[:30]!r})",
+    )

@@ -110,6 +110,29 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
         None,
         [],
     ),
+    # Gemma 4: Gemma's vocabulary (no package ships it) with its turn, channel and tool tokens; base: SmolLM2,
+    # as the Gemma 2 and 3 rows
+    "gemma4": (
+        "smollm2",
+        "gemma4",
+        [
+            "<|turn>",
+            "<turn|>",
+            "<|channel>",
+            "<channel|>",
+            "<|think|>",
+            "<|tool>",
+            "<tool|>",
+            "<|tool_call>",
+            "<tool_call|>",
+            "<|tool_response>",
+            "<tool_response|>",
+            '<|"|>',
+        ],
+        None,
+        "<bos>",
+        [],
+    ),
     # Cohere Command R7B (and Aya Expanse): a 256k byte-level BPE whose turn tokens end an answer
     # <|END_RESPONSE|><|END_OF_TURN_TOKEN|> (eos the second); base: Qwen's byte-level BPE
     "command_r7b": (

@@ -1,0 +1,114 @@
+"""Gemma 4 (tests/templates/gemma4.jinja, on the stand-in of tests/support/family_standins.py) and
+the template shape it brought: with thinking off, the generation prompt is the turn's header then an
+empty thought channel, "<|turn>model\\n<|channel>thought\\n<channel|>", which no rendered turn shows
+(the template strips thought channels from every model turn's content). Before, every conversation
+was a template_mismatch: no Gemma 4 student could be trained. The student answers right after the
+channel; the turn is what the template renders after the header, proven from renders
+(turns.TurnLocator.dropped_opening, _after_dropped_block).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from support.family_standins import standin_or_skip as standin
+from support.reconstruct_helpers import TWO_TURNS, full_text, recon, reference, runs, tokenizer_with
+
+from distill.core.config import Reconstruction
+
+CHANNEL = "<|channel>thought\n<channel|>"
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "w", "parameters": {}}}]
+CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})}}
+CALL_TEXT = '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>'
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return standin("gemma4")
+
+
+def checked(tok, r, messages, tools=None):
+    """The samples of `messages`, each checked against the template: its prompt is the render of the
+    history before its turn with the generation prompt, and its trained text (the end token included)
+    is what the template renders for the turn after the turn's header "<|turn>model\\n"."""
+    samples, rejections = r.build(messages, tools, sample_id="g")
+    assert rejections == [], rejections
+    answers = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
+    assert len(samples) == len(answers)  # the history never shows the channel: one sample per turn
+    for s, k in zip(samples, answers):
+        prompt = reference(tok, messages[:k], tools, add_generation_prompt=True)
+        assert prompt.endswith("<|turn>model\n" + CHANNEL)
+        assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False)
+        trained = full_text(tok, s)[len(prompt) :]
+        assert reference(tok, messages[: k + 1], tools) == reference(tok, messages[:k], tools) + (
+            "<|turn>model\n" + trained + "\n"
+        )
+    return samples
+
+
+def test_each_answer_after_the_empty_thought_channel(tok):
+    r = recon(tok=tok)
+    assert r.dropped_opening == CHANNEL
+    msgs = [{"role": "system", "content": "Be brief."}, *TWO_TURNS]
+    samples = checked(tok, r, msgs)
+    assert [runs(tok, s)[1:] for s in samples] == [[(1, "Hello!<turn|>")], [(1, "Good.<turn|>")]]
+    assert r.stats["dropped_opening_turns"] == 2
+
+
+def test_tool_call_turn_text_beside_it_and_the_answer_after_the_result(tok):
+    r = recon(tok=tok)
+    msgs = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "Let me check.", "tool_calls": [CALL]},
+        {"role": "tool", "content": "sunny", "tool_call_id": "c1"},
+        {"role": "assistant", "content": "It is sunny."},
+    ]
+    samples = checked(tok, r, msgs, TOOLS)
+    assert [runs(tok, s)[1:] for s in samples] == [
+        [(1, CALL_TEXT + "Let me check.<turn|>")],
+        [(1, "It is sunny.<turn|>")],
+    ]
+
+
+def test_reasoning_and_whitespace_name_their_switches(tok):
+    reasoned = [TWO_TURNS[0], {"role": "assistant", "content": "Hello!", "reasoning_content": "R"}]
+    _, rejections = recon(tok=tok).build(reasoned, None, sample_id="r")
+    assert [x.reason for x in rejections] == ["reasoning_not_rendered"] and 'reasoning = "' in rejections[0].detail
+    samples, rejections = recon(tok=tok, reasoning="drop").build(reasoned, None, sample_id="r")
+    assert rejections == [] and runs(tok, samples[0])[1:] == [(1, "Hello!<turn|>")]
+    spaced = [TWO_TURNS[0], {"role": "assistant", "content": " Hello!\n"}]
+    _, rejections = recon(tok=tok).build(spaced, None, sample_id="w")
+    assert [x.reason for x in rejections] == ["template_alters_content"]
+    assert 'content_whitespace = "strip"' in rejections[0].detail
+    samples, _ = recon(tok=tok, content_whitespace="strip").build(spaced, None, sample_id="w")
+    assert runs(tok, samples[0])[1:] == [(1, "Hello!<turn|>")]
+
+
+def test_thinking_on_the_prompt_is_the_header_and_turns_chain(tok):
+    """enable_thinking: no channel in the prompt, so nothing is dropped and the plain cut holds."""
+    r = recon(tok=tok, chat_template_kwargs={"enable_thinking": True})
+    assert r.dropped_opening == ""
+    samples, rejections = r.build(TWO_TURNS, None, sample_id="t")
+    assert rejections == [] and len(samples) == 1
+    assert [m for m, _ in runs(tok, samples[0])[1:]] == [1, 0, 1]
+    assert runs(tok, samples[0])[0][1].startswith("<bos><|turn>system\n<|think|><turn|>\n")
+
+
+def test_text_after_the_header_that_the_template_keeps_is_not_dropped():
+    """A generation prompt that adds text after the header which a turn's render keeps when its content
+    starts with it: no proof that the student continues after it, so still a template_mismatch, now
+    saying so."""
+    from orchestrator.reconstruct import Reconstructor
+
+    t = copy.deepcopy(tokenizer_with(None))  # SmolLM2's, with the template below
+    t.chat_template = (
+        "{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\nSure: ' }}{%- endif %}"
+    )
+    r = Reconstructor(t, Reconstruction())
+    assert r.dropped_opening == ""
+    _, rejections = r.build(TWO_TURNS[:2], None, sample_id="k")
+    assert [x.reason for x in rejections] == ["template_mismatch"]
+    assert "'Sure: '" in rejections[0].detail and "nothing proves" in rejections[0].detail
