@@ -1,6 +1,6 @@
 """Reconstruction against more real chat templates: Phi-4, Phi-4-mini, Gemma 3, SmolLM3,
 Granite 3.3, Hermes 3 (tool_use), Mistral Small 3.1, Llama 4, OLMo 2 / Tulu 3, Qwen3-Coder,
-gpt-oss, LFM2 (tests/templates/, source in each file's first line). Tokenizers: the real ones tests/support/tokenizer_builds.py builds, with the
+gpt-oss, LFM2, LFM2.5 (tests/templates/, source in each file's first line). Tokenizers: the real ones tests/support/tokenizer_builds.py builds, with the
 family's turn tokens added where the family's own vocabulary is not shipped by a package
 (tests/support/family_standins.py says which).
 
@@ -172,6 +172,26 @@ def test_lfm2_golden_and_its_calls_as_text():
     s = check_against_template(tok, allow, texts, TOOLS)
     assert trained(tok, s) == [call + "<|im_end|>", "It is sunny.<|im_end|>"]
     assert "<|tool_response_start|>sunny, 21<|tool_response_end|>" in decode(tok, s.completion_ids)
+
+
+def test_lfm2_5_renders_its_calls_after_the_text_and_thinking_on_the_last_turns():
+    """LFM2.5's template renders tool calls itself (Pythonic, after the content; arguments as a dict) and
+    `thinking` as "<think>R</think>" only after the last user message: earlier answers lose it."""
+    tok = standin("lfm2_5")
+    r = recon(tok=tok)
+    assert (r.eot, r.final_tail, r.places_reasoning) == ("<|im_end|>", "\n", True)
+    msgs = tool_conversation(system=False)
+    msgs[1] = dict(msgs[1], content="Let me check.")
+    s = check_against_template(tok, r, msgs, TOOLS, as_rendered=msgs)
+    call = "<|tool_call_start|>[get_weather(city='Paris', unit='C')]<|tool_call_end|>"
+    assert trained(tok, s) == ["Let me check." + call + "<|im_end|>", "It is sunny.<|im_end|>"]
+    samples, rejections = r.build(REASONED, None, sample_id="r")
+    assert rejections == [] and [trained(tok, x) for x in samples] == [
+        ["<think>R1</think>A1<|im_end|>"],
+        ["<think>R2</think>A2<|im_end|>"],
+    ]
+    samples, _ = recon(tok=tok, reasoning="drop").build(REASONED, None, sample_id="r")
+    assert len(samples) == 1 and trained(tok, samples[0]) == ["A1<|im_end|>", "A2<|im_end|>"]
 
 
 # -- Gemma 3: the template itself folds the system message into the first user turn, trims content
@@ -605,6 +625,7 @@ STRIPS = ("gemma3", "command_r7b", "gemma4")  # templates that strip the content
         "lfm2",
         "command_r7b",
         "gemma4",
+        "lfm2_5",
     ],
 )
 def test_varied_text_against_the_template(family):

@@ -100,6 +100,16 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
         "<|startoftext|>",
         [],
     ),
+    # LFM2.5 (Liquid AI): LFM2's tokens and <think>/</think>; its template renders tool calls (Pythonic) and
+    # `thinking`; base: Qwen's byte-level BPE, as LFM2's row
+    "lfm2_5": (
+        "qwen",
+        "lfm2_5",
+        ["<|startoftext|>", "<|tool_call_start|>", "<|tool_call_end|>", "<think>", "</think>"],
+        "<|im_end|>",
+        "<|startoftext|>",
+        [],
+    ),
     # NVIDIA Nemotron Nano 2: Nemotron-H's 131k vocabulary, tekken-derived, whose control tokens <SPECIAL_10>,
     # <SPECIAL_11>, <SPECIAL_12> mark system, user/assistant and the end of a turn; base: Mistral-Nemo's tekken
     "nemotron_nano_2": (
