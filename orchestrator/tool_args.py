@@ -185,6 +185,9 @@ def parse_arguments(raw: Any, where: str) -> tuple[dict | None, str | None]:
     return parsed, text
 
 
+CONTENT = "{content}"  # where a tool_calls_as_text form puts the turn's text
+
+
 def place_calls(content: str, objs: list[dict], form: str) -> tuple[str, str, bool]:
     """(the turn's text, the calls' text in it, whether the calls come first) for a turn's `content` and
     calls written in `form`: where the form ends with "{content}" (LFM2's turns open with their call),
@@ -198,9 +201,6 @@ def place_calls(content: str, objs: list[dict], form: str) -> tuple[str, str, bo
         return content + text, text, False
     text = ("\n" if content else "") + calls_as_text(objs, form)
     return content + text, text, False
-
-
-CONTENT = "{content}"  # where a tool_calls_as_text form puts the turn's text
 
 
 def calls_as_text(objs: list[dict], form: str) -> str:

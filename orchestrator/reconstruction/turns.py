@@ -245,7 +245,7 @@ class TurnLocator:
     def dropped_opening(self) -> str:
         """What the generation prompt writes after the header of an assistant turn that the template drops
         from a turn whose content starts with it (Gemma 4 with thinking off: the empty thought channel
-        "<|channel>thought\n<channel|>", which no rendered turn shows), in the simplest conversation; or ""."""
+        "<|channel>thought\\n<channel|>", which no rendered turn shows), in the simplest conversation; or ""."""
         user = [{"role": "user", "content": "Hi"}]
         try:
             history = self.render(user, self.probe_tools, False)
