@@ -66,8 +66,8 @@ def opened_turn(
     if i < 0 or probe[i + len(SENTINEL) :] != end:
         raise ValueError(f"the template does not render an assistant turn as header + content + {spaces + eot!r}")
     prefix = probe[:i]
-    if prompt == prefix and trailing_opening(prompt):
-        return _inside_header(render, prefix, trailing_opening(prompt), content, reasoning, end) + spaces + eot
+    if prompt == prefix and (inside := trailing_opening(prompt)):
+        return _inside_header(render, prefix, inside, content, reasoning, end) + spaces + eot
     if prompt == prefix and reasoning:
         raise ValueError(
             f"the generation prompt (ends {prompt[-30:]!r}) already closes the thinking block "

@@ -177,16 +177,24 @@ class TurnLocator:
                 )
 
     @functools.cached_property
+    def _simplest(self) -> tuple[str, str] | None:
+        """The simplest conversation (one user message, one answer: a sentinel), as the student's prompt
+        and as the rendered turn; None when the template raises on it."""
+        user = [{"role": "user", "content": "Hi"}]
+        try:
+            prompt = self.render(user, self.probe_tools, True)
+            return prompt, self.render(user + [{"role": "assistant", "content": SENTINEL}], self.probe_tools, False)
+        except Exception:  # noqa: BLE001 - nothing known from it
+            return None
+
+    @functools.cached_property
     def turn_opening(self) -> str | None:
         """What the template writes between the generation header and an assistant turn's content in
         the simplest conversation (Qwen3 "<think>\\n\\n</think>\\n\\n", gpt-oss "<|channel|>final<|message|>",
         most templates ""), or None when that conversation does not show it."""
-        user = [{"role": "user", "content": "Hi"}]
-        try:
-            prompt = self.render(user, self.probe_tools, True)
-            turn = self.render(user + [{"role": "assistant", "content": SENTINEL}], self.probe_tools, False)
-        except Exception:  # noqa: BLE001 - no opening known: only turns right after their header are proven
+        if self._simplest is None:  # no opening known: only turns right after their header are proven
             return None
+        prompt, turn = self._simplest
         i = turn.find(SENTINEL)
         return turn[len(prompt) : i] if i >= len(prompt) and turn.startswith(prompt) else None
 
@@ -246,11 +254,12 @@ class TurnLocator:
         """What the generation prompt writes after the header of an assistant turn that the template drops
         from a turn whose content starts with it (Gemma 4 with thinking off: the empty thought channel
         "<|channel>thought\\n<channel|>", which no rendered turn shows), in the simplest conversation; or ""."""
+        if self._simplest is None:
+            return ""
+        prompt, turn = self._simplest
         user = [{"role": "user", "content": "Hi"}]
         try:
             history = self.render(user, self.probe_tools, False)
-            prompt = self.render(user, self.probe_tools, True)
-            turn = self.render(user + [{"role": "assistant", "content": SENTINEL}], self.probe_tools, False)
             i = turn.find(SENTINEL)
             header = turn[len(history) : i]
             block = prompt[len(history) + len(header) :]
@@ -307,10 +316,11 @@ class TurnLocator:
             if full.endswith(usual, 0, n) and n - len(usual) >= base_len:
                 return usual  # the usual case, without walking the added tokens
             for tok in self._added_tokens:
-                if full.endswith(tok + closing, 0, n) and n - len(tok + closing) >= base_len:
+                other = tok + closing
+                if full.endswith(other, 0, n) and n - len(other) >= base_len:
                     if tok != self.eot:
                         self.stats["other_end_token"] += 1
-                    return tok + closing
+                    return other
         raise Reject(
             "missing_end_token",
             f"messages[{a}]: the rendered turn does not end with a special token "
