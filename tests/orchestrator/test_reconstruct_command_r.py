@@ -13,7 +13,7 @@ import json
 
 import pytest
 from support.family_standins import standin_or_skip as standin
-from support.reconstruct_helpers import TWO_TURNS, decode, full_text, recon, reference, runs
+from support.reconstruct_helpers import CALL_TURNS, TWO_TURNS, decode, full_text, recon, reference, runs
 
 HEAD = "<BOS_TOKEN><|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>"
 END = "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>"
@@ -70,14 +70,7 @@ def test_content_the_template_strips_names_the_switch(tok):
 def test_tool_calls_are_not_rendered_by_the_default_template(tok):
     """The default template renders calls only with `documents` (its plain branch drops them): a
     tool-call turn is rejected, naming the switches, rather than trained as an empty answer."""
-    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    msgs = [
-        {"role": "user", "content": "Q"},
-        {"role": "assistant", "content": "", "tool_calls": [call]},
-        {"role": "tool", "content": "1", "tool_call_id": "c1"},
-        {"role": "assistant", "content": "Done."},
-    ]
-    _, rejections = recon(tok=tok).build(msgs, None, sample_id="c")
+    _, rejections = recon(tok=tok).build(CALL_TURNS, None, sample_id="c")
     assert [x.reason for x in rejections] == ["tool_calls_not_rendered"]
     assert "messages[1]" in rejections[0].detail and "tool_calls_as_text" in rejections[0].detail
 

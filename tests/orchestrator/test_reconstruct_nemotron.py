@@ -13,11 +13,10 @@ tests/support/family_standins.py), and the two template shapes it brought:
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 from support.family_standins import standin_or_skip as standin
-from support.reconstruct_helpers import TWO_TURNS, decode, full_text, recon, reference, runs, tokenizer_with
+from support.reconstruct_helpers import CALL_TURNS, TWO_TURNS, decode, full_text, recon, reference, runs, tokenizer_with
 
 from distill.core.config import Reconstruction
 
@@ -96,14 +95,7 @@ def test_cut_off_answer_ends_before_the_newline_and_the_end_token(tok):
 
 def test_a_tool_call_turn_is_rejected_the_last_turn_renders_no_calls(tok):
     """The template renders a final assistant turn's content only: its calls never show."""
-    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": json.dumps({"x": 1})}}
-    msgs = [
-        {"role": "user", "content": "Q"},
-        {"role": "assistant", "content": "", "tool_calls": [call]},
-        {"role": "tool", "content": "1", "tool_call_id": "c1"},
-        {"role": "assistant", "content": "Done."},
-    ]
-    samples, rejections = recon(tok=tok).build(msgs, None, sample_id="c")
+    samples, rejections = recon(tok=tok).build(CALL_TURNS, None, sample_id="c")
     assert samples == [] and [x.reason for x in rejections] == ["template_mismatch"]
     assert "messages[1]" in rejections[0].detail
 

@@ -21,6 +21,17 @@ TWO_TURNS = [
     {"role": "user", "content": "Fine"},
     {"role": "assistant", "content": "Good."},
 ]
+# One tool call (f, id c1), its result, and the answer after it. Shared read-only, as TWO_TURNS.
+CALL_TURNS = [
+    {"role": "user", "content": "Q"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}],
+    },
+    {"role": "tool", "content": "1", "tool_call_id": "c1"},
+    {"role": "assistant", "content": "Done."},
+]
 
 
 @lru_cache(maxsize=None)
