@@ -39,6 +39,8 @@ from typing import Callable
 
 SENTINEL = "\u2063Zq7xOPENx7qZ\u2063"
 OPEN, CLOSE = "<think>", "</think>"
+#: reasoning = "think_tags": the layout of the reasoning before the answer, unless reasoning_form says otherwise
+THINK_FORM = "<think>\n{reasoning}\n</think>\n\n"
 
 
 def complete_content(opening: str, content: str, reasoning: str) -> str:

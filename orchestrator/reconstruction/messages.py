@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestrator.legacy_functions import LegacyError, is_legacy, modern_message
 from orchestrator.lines import SHAREGPT_FIX, SHAREGPT_TURN, role_hint, weight_ok
-from orchestrator.open_reasoning import CLOSE, take_thinking, without_thinking_tags
+from orchestrator.open_reasoning import CLOSE, THINK_FORM, take_thinking, without_thinking_tags
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.tool_args import ToolCallShape, parse_arguments, place_calls, short_call_id
 
@@ -97,14 +97,17 @@ def normalize_messages(
     places_reasoning: bool = False,
     call_form: str | None = None,
     drop_call_text: bool = False,
+    reasoning_form: str | None = None,
 ) -> list[Msg]:
     """Check `messages` and convert them to what the template sees (tool calls in
     `shape`, see orchestrator/tool_args.py, or written as text after the content in `call_form`:
     Reconstruction.tool_calls_as_text). A thinking block the teacher wrote inside an
     assistant's content (no reasoning field) is reasoning too: dropped with reasoning = "drop",
     moved to reasoning_content with "template" where the template places it (`places_reasoning`),
-    else left in the content as written. Raises Reject."""
+    else left in the content as written, or, with "think_tags" in another `reasoning_form` than
+    <think> tags (Reconstruction.reasoning_form), written in that form. Raises Reject."""
     moves = reasoning_policy == "drop" or (reasoning_policy == "template" and places_reasoning)
+    moves = moves or (reasoning_policy == "think_tags" and reasoning_form not in (None, THINK_FORM))
     if not isinstance(messages, list) or not messages:
         raise Reject("invalid_message", "messages must be a non-empty list")
     out = []
@@ -141,7 +144,8 @@ def normalize_messages(
                     raise Reject("invalid_message", f"{where}: {k} is a {type(v).__name__}, expected a string")
                 data[k] = short_call_id(v) if k == "tool_call_id" and shape.short_ids else v
         if role == "assistant":
-            out.append(_assistant(m, data, where, reasoning_policy, shape, moves, call_form, drop_call_text))
+            form = reasoning_form or THINK_FORM
+            out.append(_assistant(m, data, where, reasoning_policy, shape, moves, call_form, drop_call_text, form))
         else:
             out.append(Msg(data, role, content, "", "", _weight(m.get("weight"), where)))
     return out
@@ -175,9 +179,11 @@ def _assistant(
     moves: bool,
     form: str | None,
     drop_call_text: bool = False,
+    reasoning_form: str = THINK_FORM,
 ) -> Msg:
     """An assistant message: tool calls in `shape` (or as text after the content in `form`), reasoning
-    placed per `policy` (a thinking block inside content taken out of it first when `moves`); `data`
+    placed per `policy` (think_tags: in `reasoning_form`; a thinking block inside content taken out of it
+    first when `moves`); `data`
     holds its role and text content. Text beside calls that the template cannot show is dropped
     when `drop_call_text`, else the turn is rejected naming the switch."""
     content = data["content"]
@@ -215,7 +221,7 @@ def _assistant(
         data["reasoning_content"] = data["thinking"] = reasoning = r
     elif r and policy == "think_tags":
         reasoning = r
-        prefix = f"<think>\n{r}\n</think>\n\n"
+        prefix = reasoning_form.replace("{reasoning}", r)
         data["content"] = prefix + content
     weight = _weight(m.get("weight"), where)
     return Msg(data, "assistant", content, prefix, reasoning, weight, placed, data_part, first, dropped)

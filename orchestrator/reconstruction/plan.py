@@ -135,7 +135,13 @@ class Planner:
             _no_answer_yet(messages, finish_reason)
         drop = self.cfg.text_with_tool_calls == "drop"
         msgs = normalize_messages(
-            messages, self.cfg.reasoning, self.tool_shape, self.places_reasoning, self.cfg.tool_calls_as_text, drop
+            messages,
+            self.cfg.reasoning,
+            self.tool_shape,
+            self.places_reasoning,
+            self.cfg.tool_calls_as_text,
+            drop,
+            self.cfg.reasoning_form,
         )
         if drop:
             self.stats["tool_call_text_dropped"] += sum(m.dropped_text for m in msgs)

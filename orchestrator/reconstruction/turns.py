@@ -15,10 +15,11 @@ import collections
 import functools
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.open_reasoning import inside_opened_block, opened_turn
+from orchestrator.open_reasoning import THINK_FORM, inside_opened_block, opened_turn
+from orchestrator.reconstruction.dropped_blocks import DroppedBlocks
 from orchestrator.reconstruction.end_of_turn import SENTINEL
 from orchestrator.reconstruction.messages import Msg
 from orchestrator.reconstruction.reasons import Reject
@@ -50,7 +51,7 @@ class Turn:
     shared: int = 0  # F_k[:shared] is the conversation's `head` [:shared] (prefixes.py; 0: unknown)
 
 
-class TurnLocator:
+class TurnLocator(DroppedBlocks):
     """Finds and checks trained turns in renders (a mixin of Reconstructor)."""
 
     # Set by Reconstructor.__init__:
@@ -104,6 +105,8 @@ class TurnLocator:
             known_lead = m.role == "assistant" and opening is None and not calls and not m.reasoning
             if known_lead and self._known_lead(m, full, start, eot_start):
                 return Turn(full, start, eot_start, end, False, m.role, known)
+            if m.placed_prefix and opening is None and self.dropped_reasoning(data, a, tools, full, m.content):
+                return self._after_reasoning(msgs, data, a, tools, renders)
             # Where does the template put the content? Render the turn with a sentinel
             # in its place and compare: no searching in the real text.
             seg = full[start:eot_start]
@@ -118,6 +121,17 @@ class TurnLocator:
         if calls or m.reasoning:
             self._check_rendered(m, full[blen:eot_start] if seg is None else seg, a, calls, at)
         return Turn(full, start, eot_start, end, bool(calls), m.role, known)
+
+    def _after_reasoning(self, msgs: list[Msg], data: list[dict], a: int, tools, renders) -> Turn:
+        """Turn a, whose think_tags block the template drops (`dropped_reasoning`: its render is the
+        turn's with the content alone), located and checked as that turn, then the block written at its
+        start: right after the generation prompt, where the student writes its reasoning."""
+        m = msgs[a]
+        bare = replace(m, data=dict(m.data, content=m.content), placed_prefix="", reasoning="")
+        turn = self._locate_turn([*msgs[:a], bare], [*data[:a], bare.data], a, tools, renders)
+        n, at = len(m.placed_prefix), turn.start
+        full = turn.full[:at] + m.placed_prefix + turn.full[at:]
+        return replace(turn, full=full, eot_start=turn.eot_start + n, end=turn.end + n, shared=min(turn.shared, at))
 
     @staticmethod
     def _turn_renders(m: Msg, a: int, renders) -> tuple[str, int, str | None, int, bool]:
@@ -149,13 +163,22 @@ class TurnLocator:
         """What the template rendered besides the content itself (at seg[at:]): the tool calls
         and the reasoning must be found there, not in a content that happens to mention them.
         The content is cut out where the template put it, not where it first occurs."""
-        check_reasoning = m.reasoning and self.cfg.reasoning == "template"
+        check_reasoning = m.reasoning and self.cfg.reasoning != "drop"
         rest = seg[:at] + seg[at + len(m.content) :] if check_reasoning or calls else ""
+        if check_reasoning and m.placed_prefix and m.reasoning.strip() not in rest:
+            raise Reject(
+                "reasoning_not_rendered",
+                f'messages[{a}]: the template does not render the reasoning block that reasoning = "think_tags" '
+                f"writes before the content (starts {m.placed_prefix[:30]!r}), and does not drop exactly that block "
+                "from the turn either. Fix: set orchestrator.reconstruction.reasoning_form to the student's own "
+                'thinking syntax (docs/reconstruction.md, Policies), or reasoning = "drop"',
+            )
         if check_reasoning and m.reasoning.strip() not in rest:
             raise Reject(
                 "reasoning_not_rendered",
                 f"messages[{a}]: the template did not render reasoning_content. "
-                'Fix: set reasoning = "think_tags" or "drop"',
+                'Fix: set reasoning = "think_tags" (with reasoning_form for a student whose thinking syntax is '
+                'not <think> tags, e.g. Gemma 4\'s "<|channel>thought\\n{reasoning}<channel|>") or "drop"',
             )
         for call in calls:
             name = call["function"]["name"]
@@ -175,17 +198,6 @@ class TurnLocator:
                     "orchestrator.reconstruction.tool_calls_as_text to its form (docs/reconstruction.md, Policies); "
                     "else use a student whose template supports tools, or filter out tool conversations",
                 )
-
-    @functools.cached_property
-    def _simplest(self) -> tuple[str, str] | None:
-        """The simplest conversation (one user message, one answer: a sentinel), as the student's prompt
-        and as the rendered turn; None when the template raises on it."""
-        user = [{"role": "user", "content": "Hi"}]
-        try:
-            prompt = self.render(user, self.probe_tools, True)
-            return prompt, self.render(user + [{"role": "assistant", "content": SENTINEL}], self.probe_tools, False)
-        except Exception:  # noqa: BLE001 - nothing known from it
-            return None
 
     @functools.cached_property
     def turn_opening(self) -> str | None:
@@ -232,44 +244,6 @@ class TurnLocator:
         self.stats["rewritten_history_turns"] += 1
         return base + full[i - len(lead) :], lead
 
-    def _after_dropped_block(self, data, a: int, tools, header: str, probe: str, h: int, i: int, sentinel: str):
-        """The text between the generation header and the content (the calls of a tool-call turn, or
-        "") when the prompt's header is the turn's header H plus the template's `dropped_opening` X
-        (Gemma 4's empty thought channel) and the template renders this turn with content X + sentinel
-        as with the sentinel alone: the student, after H + X, writes the rest of the turn as rendered
-        after H. None when that does not hold."""
-        block = self.dropped_opening
-        if not block or not header.endswith(block) or not probe.startswith(header[: -len(block)], h):
-            return None
-        try:
-            if self.render(data[:a] + [dict(data[a], content=block + sentinel)], tools, False) != probe:
-                return None
-        except Exception:  # noqa: BLE001 - not provable this way
-            return None
-        self.stats["dropped_opening_turns"] += 1
-        return probe[h + len(header) - len(block) : i]
-
-    @functools.cached_property
-    def dropped_opening(self) -> str:
-        """What the generation prompt writes after the header of an assistant turn that the template drops
-        from a turn whose content starts with it (Gemma 4 with thinking off: the empty thought channel
-        "<|channel>thought\\n<channel|>", which no rendered turn shows), in the simplest conversation; or ""."""
-        if self._simplest is None:
-            return ""
-        prompt, turn = self._simplest
-        user = [{"role": "user", "content": "Hi"}]
-        try:
-            history = self.render(user, self.probe_tools, False)
-            i = turn.find(SENTINEL)
-            header = turn[len(history) : i]
-            block = prompt[len(history) + len(header) :]
-            if not (i >= 0 and block and turn.startswith(history) and prompt.startswith(history + header)):
-                return ""
-            dropped = self.render(user + [{"role": "assistant", "content": block + SENTINEL}], self.probe_tools, False)
-        except Exception:  # noqa: BLE001 - none known
-            return ""
-        return block if dropped == turn else ""
-
     def _opened_turn(self, data: list[dict], a: int, tools, base: str, m: Msg) -> Turn:
         """The turn after a generation prompt that opens a block the history render
         drops (DeepSeek-R1-Distill's "<think>\n"), proven by orchestrator/open_reasoning.py."""
@@ -284,6 +258,15 @@ class TurnLocator:
                 "template_mismatch",
                 f"messages[{a}]: the generation prompt (ends {base[-30:]!r}) {why}, and no render shows how "
                 "the student continues from it into the tool call",
+            )
+        if m.reasoning and self.cfg.reasoning_form not in (None, THINK_FORM):
+            raise Reject(
+                "template_mismatch",
+                f"messages[{a}]: the generation prompt (ends {base[-30:]!r}) is not the turn's header alone: it "
+                "opens the template's own thinking block (DeepSeek-R1's \"<think>\\n\"), or closes an empty one "
+                "(thinking off: Gemma 4's empty thought channel), so no render shows the reasoning in reasoning_form "
+                'after it. Fix: with thinking off, set reasoning = "drop" or turn thinking on in '
+                "chat_template_kwargs; for a prompt that opens the block, remove reasoning_form",
             )
 
         def render_with(content: str) -> str:

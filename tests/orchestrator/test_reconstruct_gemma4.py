@@ -112,3 +112,74 @@ def test_text_after_the_header_that_the_template_keeps_is_not_dropped():
     _, rejections = r.build(TWO_TURNS[:2], None, sample_id="k")
     assert [x.reason for x in rejections] == ["template_mismatch"]
     assert "'Sure: '" in rejections[0].detail and "nothing proves" in rejections[0].detail
+
+
+FORM = "<|channel>thought\n{reasoning}<channel|>"
+THINKING = {"enable_thinking": True}
+
+
+def thinking(tok, **policy):
+    return recon(tok=tok, reasoning="think_tags", reasoning_form=FORM, chat_template_kwargs=THINKING, **policy)
+
+
+def test_thinking_on_reasoning_is_trained_in_the_thought_channel(tok):
+    """With thinking on the prompt ends with the turn's header and the model writes its thought channel
+    first; the template strips the channel from every model turn, the last one too, so no render shows
+    it. With reasoning_form set to the channel, each answer is trained as the channel holding the
+    teacher's reasoning, then the turn as rendered: proven by the template rendering the turn with
+    that content exactly as without the channel. Before, the reasoning could only be trained in <think>
+    tags, which a Gemma 4 student does not write. The history never shows the channel: one sample per
+    answer. A thinking block the teacher wrote inside content goes in the channel too."""
+    r = thinking(tok)
+    msgs = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!", "reasoning_content": "Greet back."},
+        {"role": "user", "content": "Fine"},
+        {"role": "assistant", "content": "<think>\nBe kind.\n</think>\n\nGood."},
+    ]
+    samples, rejections = r.build(msgs, None, sample_id="t")
+    assert rejections == [] and [s.sample_id for s in samples] == ["t/turn1", "t/turn2"]
+    for s, k, reasoning, answer in zip(samples, (1, 3), ("Greet back.", "Be kind."), ("Hello!", "Good.")):
+        prompt = reference(tok, TWO_TURNS[:k], add_generation_prompt=True, **THINKING)
+        assert prompt.endswith("<turn|>\n<|turn>model\n") and "<|think|>" in prompt
+        assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False)
+        block = FORM.replace("{reasoning}", reasoning)
+        assert runs(tok, s)[1:] == [(1, block + answer + "<turn|>")]
+        with_block = dict(TWO_TURNS[k], content=block + answer)
+        assert reference(tok, [*TWO_TURNS[:k], with_block], **THINKING) == prompt + answer + "<turn|>\n"
+    assert r.stats["dropped_reasoning_turns"] == 2
+
+
+def test_thinking_on_a_tool_call_turn_thinks_before_its_call(tok):
+    r = thinking(tok)
+    msgs = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "Let me check.", "tool_calls": [CALL], "reasoning_content": "Need a tool."},
+        {"role": "tool", "content": "sunny", "tool_call_id": "c1"},
+        {"role": "assistant", "content": "It is sunny."},
+    ]
+    samples, rejections = r.build(msgs, TOOLS, sample_id="c")
+    assert rejections == []
+    assert [runs(tok, s)[1:] for s in samples] == [
+        [(1, "<|channel>thought\nNeed a tool.<channel|>" + CALL_TEXT + "Let me check.<turn|>")],
+        [(1, "It is sunny.<turn|>")],
+    ]
+
+
+def test_reasoning_form_after_the_empty_channel_of_thinking_off_names_the_fixes(tok):
+    """Thinking off: the prompt already holds the empty thought channel, so the reasoning has nowhere
+    to go; the rejection says to drop it or turn thinking on."""
+    r = recon(tok=tok, reasoning="think_tags", reasoning_form=FORM)
+    reasoned = [TWO_TURNS[0], dict(TWO_TURNS[1], reasoning_content="R")]
+    _, rejections = r.build(reasoned, None, sample_id="o")
+    assert [x.reason for x in rejections] == ["template_mismatch"]
+    assert 'reasoning = "drop"' in rejections[0].detail and "chat_template_kwargs" in rejections[0].detail
+    samples, rejections = r.build(TWO_TURNS[:2], None, sample_id="o")  # no reasoning: as before
+    assert rejections == [] and runs(tok, samples[0])[1:] == [(1, "Hello!<turn|>")]
+
+
+def test_without_the_form_the_reasoning_not_rendered_fix_names_it(tok):
+    reasoned = [TWO_TURNS[0], dict(TWO_TURNS[1], reasoning_content="R")]
+    _, rejections = recon(tok=tok, chat_template_kwargs=THINKING).build(reasoned, None, sample_id="n")
+    assert [x.reason for x in rejections] == ["reasoning_not_rendered"]
+    assert "reasoning_form" in rejections[0].detail and "<|channel>thought" in rejections[0].detail

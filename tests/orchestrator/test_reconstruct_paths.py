@@ -182,14 +182,25 @@ def outcome(results) -> list:
     ]
 
 
-@pytest.mark.parametrize("policy", sorted(POLICIES))
-@pytest.mark.parametrize("name", NAMES)
+#: policies for one template: its thinking mode, reasoning in the student's own syntax
+TEMPLATE_POLICIES = {
+    ("gemma4", "thinking_form"): {
+        "reasoning": "think_tags",
+        "reasoning_form": "<|channel>thought\n{reasoning}<channel|>",
+        "chat_template_kwargs": {"enable_thinking": True},
+        "content_whitespace": "strip",
+    },
+}
+CASES = [(name, policy) for name in NAMES for policy in sorted(POLICIES)] + sorted(TEMPLATE_POLICIES)
+
+
+@pytest.mark.parametrize("name,policy", CASES)
 def test_shortcuts_give_what_rendering_every_prefix_gives(name, policy):
     from distill.core.config import Reconstruction
     from orchestrator.reconstruct import Reconstructor
 
     tok = tokenizer(name)
-    cfg = Reconstruction(**POLICIES[policy])
+    cfg = Reconstruction(**(POLICIES[policy] if policy in POLICIES else TEMPLATE_POLICIES[name, policy]))
     if cfg.tool_calls_as_text and Reconstructor(tok, Reconstruction()).tool_shape.probed:
         with pytest.raises(ValueError, match="renders tool calls itself"):
             Reconstructor(tok, cfg)
@@ -211,6 +222,8 @@ def test_shortcuts_give_what_rendering_every_prefix_gives(name, policy):
 
     check()
     assert seen["samples"] > 0  # the conversations drawn are not all rejected
+    if cfg.reasoning_form:  # the turns after the block the template drops were drawn
+        assert fast.stats["dropped_reasoning_turns"] > 0
 
 
 #: byte-level tokenizers (decoding gives the text back exactly), whose trained turns are the render's
