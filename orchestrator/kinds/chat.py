@@ -23,6 +23,7 @@ from typing import Any
 from openai import AsyncOpenAI
 
 from distill.core.conversation import cut_short
+from orchestrator.content_parts import joined_thinking
 from orchestrator.legacy_functions import LegacyError, as_tool_call
 from orchestrator.transport import Delivery, RawResponse, ResponseError, error_message
 
@@ -302,9 +303,11 @@ def _parse_choice(c: Any, slot: int) -> Choice:
         raise ResponseError("null_message", f"choice {slot} has no message")
     if not isinstance(m, dict):
         raise ResponseError("malformed_choice", f"choice {slot}'s message is a {type(m).__name__}, not an object")
+    thought = ""
     try:
         content = m.get("content")
-        if isinstance(content, list):  # content parts: keep the text ones
+        if isinstance(content, list):  # content parts: the text ones, and reasoning as parts of its own
+            thought = joined_thinking(content)
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         if content is not None and not isinstance(content, str):
             raise TypeError(f"content is a {type(content).__name__}")
@@ -313,6 +316,8 @@ def _parse_choice(c: Any, slot: int) -> Choice:
     reasoning = m.get("reasoning_content")
     if reasoning is None:
         reasoning = m.get("reasoning")
+    if not reasoning and thought:  # Mistral's and Anthropic's thinking parts (orchestrator/content_parts.py)
+        reasoning = thought
     tool_calls = m.get("tool_calls") or None
     if tool_calls is None and m.get("function_call") is not None:  # OpenAI's legacy spelling of one call
         try:

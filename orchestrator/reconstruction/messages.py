@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.content_parts import joined_thinking, thinking_text
 from orchestrator.legacy_functions import LegacyError, is_legacy, modern_message
 from orchestrator.lines import SHAREGPT_FIX, SHAREGPT_TURN, role_hint, weight_ok
 from orchestrator.open_reasoning import CLOSE, THINK_FORM, take_thinking, without_thinking_tags
@@ -66,6 +67,36 @@ def _text_content(content: Any, where: str) -> str:
         "invalid_message",
         f"{where}: content is a {type(content).__name__}, expected a string, null or a list of text parts",
     )
+
+
+def _kept_fields(m: dict, data: dict[str, Any], where: str, shape: ToolCallShape) -> dict[str, Any]:
+    """`data` with the message's name and tool_call_id (checked to be strings; a call id shortened
+    where the template needs short ones)."""
+    for k in _KEPT_KEYS:
+        v = m.get(k)
+        if v is not None:
+            if not isinstance(v, str):
+                raise Reject("invalid_message", f"{where}: {k} is a {type(v).__name__}, expected a string")
+            data[k] = short_call_id(v) if k == "tool_call_id" and shape.short_ids else v
+    return data
+
+
+def _thinking_parts(m: dict, parts: list, where: str) -> tuple[dict, list]:
+    """(the message with the reasoning of its thinking content parts as reasoning_content, the parts
+    left): Mistral's and Anthropic's reasoning (orchestrator/content_parts.py). A message whose
+    reasoning field says otherwise is rejected; a thinking part whose text cannot be read stays, for
+    the content check to reject it (non_text_content)."""
+    thought = joined_thinking(parts)
+    if not thought:
+        return m, parts
+    field = m.get("reasoning_content") or m.get("reasoning")
+    if isinstance(field, str) and field and field.strip() != thought.strip():
+        raise Reject(
+            "invalid_message",
+            f"{where} has reasoning twice, and they differ: a reasoning field (starts {field[:30]!r}) and "
+            f"thinking content parts (start {thought[:30]!r}). Fix: keep one of them",
+        )
+    return dict(m, reasoning_content=field or thought), [p for p in parts if thinking_text(p) is None]
 
 
 def _tool_calls(raw: Any, where: str, shape: ToolCallShape) -> list[dict[str, Any]]:
@@ -135,14 +166,10 @@ def normalize_messages(
                 'Give its text ("" for an empty one) or drop the message',
             )
         if type(content) is not str:  # the usual case needs no call
+            if role == "assistant" and isinstance(content, list):  # reasoning as parts of its own
+                m, content = _thinking_parts(m, content, where)
             content = _text_content(content, where)
-        data: dict[str, Any] = {"role": role, "content": content}
-        for k in _KEPT_KEYS:
-            v = m.get(k)
-            if v is not None:
-                if not isinstance(v, str):
-                    raise Reject("invalid_message", f"{where}: {k} is a {type(v).__name__}, expected a string")
-                data[k] = short_call_id(v) if k == "tool_call_id" and shape.short_ids else v
+        data = _kept_fields(m, {"role": role, "content": content}, where, shape)
         if role == "assistant":
             form = reasoning_form or THINK_FORM
             out.append(_assistant(m, data, where, reasoning_policy, shape, moves, call_form, drop_call_text, form))
@@ -253,12 +280,20 @@ def strip_contents(messages: Any) -> Any:
     out = []
     for m in messages:
         c = m.get("content") if isinstance(m, dict) else None
+        thinking: list = []
         if isinstance(c, list):
+            if m.get("role") == "assistant":  # reasoning parts stay as they are (`_thinking_parts`)
+                thinking = [p for p in c if thinking_text(p) is not None]
+                c = [p for p in c if thinking_text(p) is None]
             try:
                 c = _text_content(c, "")
             except Reject:
                 pass  # a part that is not text: normalize_messages rejects it, naming the message
-        out.append(dict(m, content=c.strip()) if isinstance(c, str) else m)
+        if isinstance(c, str):
+            c = c.strip()
+            out.append(dict(m, content=[*thinking, {"type": "text", "text": c}] if thinking else c))
+        else:
+            out.append(m)
     return out
 
 

@@ -325,6 +325,30 @@ def test_a_body_that_is_not_json_is_named_for_what_it_is(body, says):
     assert "not JSON" in str(ei.value) and says in str(ei.value)
 
 
+@pytest.mark.parametrize(
+    "thinking",
+    [[{"type": "text", "text": "Add "}, {"type": "text", "text": "them."}], "Add them."],
+    ids=["mistral", "anthropic"],
+)
+def test_reasoning_as_thinking_content_parts_is_recorded_as_reasoning(thinking):
+    """Mistral's API answers its reasoning models (Magistral) with the reasoning in a content part of type
+    "thinking" (a list of text parts; Anthropic's thinking blocks hold a string): recorded as
+    reasoning_content, the text parts as content. Before, only the text parts were kept, so the
+    reasoning paid for was never recorded."""
+
+    def body(message, finish="stop"):
+        return json.dumps({"choices": [{"index": 0, "message": message, "finish_reason": finish}]}).encode()
+
+    parts = [{"type": "thinking", "thinking": thinking}, {"type": "text", "text": "4"}]
+    choices, _, _, _ = parse_completion(body({"role": "assistant", "content": parts}), 1)
+    assert choices[0].message["content"] == "4" and choices[0].message["reasoning_content"] == "Add them."
+    fielded = {"role": "assistant", "content": parts, "reasoning_content": "Field."}  # a reasoning field wins
+    assert parse_completion(body(fielded), 1)[0][0].message["reasoning_content"] == "Field."
+    cut = {"role": "assistant", "content": parts[:1]}  # cut off while thinking: kept for the record
+    choices, _, _, _ = parse_completion(body(cut, "length"), 1)
+    assert choices[0].message["reasoning_content"] == "Add them." and choices[0].finish_reason == "length"
+
+
 def test_content_parts_of_the_wrong_type_are_a_malformed_choice():
     body = b'{"choices":[{"message":{"role":"assistant","content":[{"type":"text","text":7}]}}]}'
     with pytest.raises(TeacherError) as ei:

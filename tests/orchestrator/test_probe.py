@@ -48,3 +48,13 @@ def test_probe_wrong_model_shows_server_message():
 def test_probe_unreachable_endpoint():
     rows = probe("http://127.0.0.1:9/v1", "m", timeout=2)
     assert rows[0][0] == "models list" and rows[0][1] == "error"
+
+
+def test_probe_reads_reasoning_sent_as_thinking_content_parts():
+    """Mistral's shape for its reasoning models: content parts, the reasoning in one of type "thinking".
+    Before, the chat check failed on the list ('list' object has no attribute 'strip') and the
+    reasoning check said there was none."""
+    with FaultServer(reasoning="parts") as s:
+        d = as_dict(probe(s.base_url, "fault-teacher", timeout=5))
+    assert d["chat completions"][0] == "yes"
+    assert d["reasoning field"][0] == "yes" and "'thinking'" in d["reasoning field"][1]

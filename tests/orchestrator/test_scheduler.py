@@ -716,3 +716,25 @@ def test_an_endpoint_without_a_models_list_is_used(tmp_path, recon_for):
         cfg = make_cfg(s.base_url, tmp_path / "p.jsonl")
         summary = rollout(cfg, tmp_path / "run", recon_for(cfg), progress=False, backpressure=False)
     assert summary["stop_reason"] == "completed" and sorted(sample_ids(tmp_path / "run")) == [f"{i}/0" for i in ids]
+
+
+def test_reasoning_sent_as_thinking_content_parts_is_recorded_and_trained(tmp_path, recon_for):
+    """Mistral's API answers its reasoning models with content parts, the reasoning in a part of type
+    "thinking" (orchestrator/content_parts.py; the project's fault server speaks that shape, which no
+    server here does). The recording keeps it as reasoning_content, and think_tags trains it. Before,
+    the client kept the text parts only: the reasoning paid for was lost."""
+    p = tmp_path / "p.jsonl"
+    p.write_text(json.dumps({"id": "q", "prompt": "2+2?"}) + "\n")
+    with FaultServer(reasoning="parts") as s:
+        cfg = make_cfg(s.base_url, p, reconstruction={"reasoning": "think_tags"})
+        recon = recon_for(cfg)
+        summary = rollout(cfg, tmp_path / "run", recon, progress=False, backpressure=False)
+    (rec,) = read_jsonl(tmp_path / "run" / "recording.jsonl")
+    response = rec["response"]
+    assert response["reasoning_content"] == "thinking about sample 0"
+    assert isinstance(response["content"], str) and response["content"]
+    assert summary["samples"] == 1 and recon.stats["samples"] == 1
+    (sample,) = iter_samples(tmp_path / "run" / "samples")
+    trained = [i for i, m in zip(sample.completion_ids, sample.completion_mask) if m]
+    text = recon.tokenizer.decode(trained)
+    assert text.startswith("<think>\nthinking about sample 0\n</think>\n\n" + response["content"])

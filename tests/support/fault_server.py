@@ -124,7 +124,7 @@ class FaultServer:
         max_requests: int = 100_000,
         max_seconds: float = 600.0,
         max_context_tokens: int = 4096,
-        reasoning: bool = False,
+        reasoning: bool | str = False,
         logprobs: bool = False,
         tool_calls: bool = False,
         log_requests: bool = True,
@@ -139,7 +139,9 @@ class FaultServer:
         self.max_requests = max_requests
         self.max_seconds = max_seconds
         self.max_context_tokens = max_context_tokens
-        self.reasoning = reasoning  # add reasoning_content to every message
+        # add reasoning_content to every message; "parts": as Mistral's API does for its reasoning models,
+        # a content part of type "thinking" before the text part
+        self.reasoning = reasoning
         self.logprobs = logprobs  # answer `logprobs: true` with (fake) token logprobs
         self.tool_calls = tool_calls  # answer requests that carry `tools` with a call to the first tool
         self.log = RequestLog()
@@ -409,7 +411,10 @@ class FaultServer:
             text, finish = fake_completion(msgs, i, req.get("max_tokens"), base)
             completion_tokens += len(text.split())
             msg: dict[str, Any] = {"role": "assistant", "content": text}
-            if self.reasoning:
+            if self.reasoning == "parts":
+                thought = [{"type": "text", "text": f"thinking about sample {i}"}]
+                msg["content"] = [{"type": "thinking", "thinking": thought}, {"type": "text", "text": text}]
+            elif self.reasoning:
                 msg["reasoning_content"] = f"thinking about sample {i}"
             if self.tool_calls and req.get("tools"):
                 fn = req["tools"][0].get("function", {})
