@@ -57,6 +57,11 @@ def cmd_tokenize(argv: list[str]) -> int:
     )
     p.add_argument("--config", help="run config whose [orchestrator.reconstruction] policies to use")
     p.add_argument("--chat-template", help="Jinja file replacing the tokenizer's template (default: the config's)")
+    p.add_argument(
+        "--batch-input",
+        help="for an OpenAI Batch API output file: the batch's input file (the .jsonl uploaded), which holds the "
+        "request messages (default: the config's orchestrator.replay.batch_input)",
+    )
     a = p.parse_args(argv)
     check_output(p, a)
     from orchestrator.reconstruct import tokenize_file
@@ -64,7 +69,8 @@ def cmd_tokenize(argv: list[str]) -> int:
     cfg = load_config(a.config) if a.config else None
     template = a.chat_template or (cfg.student.chat_template if cfg else None)
     rc, workers = (cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruct_workers) if cfg else (None, 0)
-    summary = tokenize_file(a.tokenizer, a.input, a.output, rc, template, workers)
+    batch_input = a.batch_input or (cfg.orchestrator.replay.batch_input if cfg else None)
+    summary = tokenize_file(a.tokenizer, a.input, a.output, rc, template, workers, batch_input)
     print(json.dumps(summary, default=str))
     if summary["samples"]:
         return 0

@@ -36,6 +36,8 @@ REJECTION_REASONS: dict[str, str] = {
     "invalid_line": "(tokenize_file) the input line is not an object with a 'messages' list",
     "partial_last_line": "(tokenize_file) the input's last line has no newline and is cut short "
     "(the writer stopped mid-line; replay names it the same)",
+    "batch_error": "(tokenize_file) an OpenAI Batch API output line whose request failed (an error, or an "
+    "HTTP status other than 200): no answer to build (replay names it the same)",
 }
 
 

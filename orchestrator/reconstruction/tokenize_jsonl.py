@@ -13,6 +13,7 @@ from distill.core.jsonl import Line, json_array_hint, read_jsonl, shape_hint, st
 from distill.core.conversation import Conversation
 from orchestrator.build_pool import ParallelBuilder, offline_workers
 from orchestrator.legacy_functions import LegacyError, modern_tools
+from orchestrator.replay.formats import ParseContext
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.reconstructor import Reconstructor
 
@@ -70,6 +71,7 @@ def tokenize_file(
     cfg: "Reconstruction | None" = None,
     chat_template: str | None = None,
     workers: int | str = 0,
+    batch_input: str | None = None,
 ) -> dict:
     """Reconstruct every conversation of a JSONL file; write samples and rejections as JSONL.
 
@@ -81,20 +83,45 @@ def tokenize_file(
     Jinja file replacing the tokenizer's template (`distill tokenize --chat-template`).
     `workers` (orchestrator.reconstruct_workers): worker processes building big batches beside
     this one ("auto": one per core; orchestrator/build_pool.py); the output does not depend on it.
+    `batch_input`: the OpenAI Batch API input file whose requests the lines of a batch output file
+    answer (format openai_batch, as replay reads it with orchestrator.replay.batch_input).
     """
     from distill.core.config import Reconstruction
     from distill.core.student import load_tokenizer
 
     check_input(input_path)
+    ctx = ParseContext(batch=_batch_index(batch_input) if batch_input else None)
     cfg = cfg if cfg is not None else Reconstruction()
     recon = Reconstructor(load_tokenizer(tokenizer_dir, chat_template), cfg)
-    with ParallelBuilder(recon, offline_workers(workers)) as builder:
-        counts, out_lines, hint = _reconstruct_lines(builder, input_path)
+    try:
+        with ParallelBuilder(recon, offline_workers(workers)) as builder:
+            counts, out_lines, hint = _reconstruct_lines(builder, input_path, ctx)
+    finally:
+        if ctx.batch is not None:
+            ctx.batch.close()
     atomic_write_text(output_path, "".join(x + "\n" for x in out_lines))
     return _summary(input_path, output_path, counts, recon.stats) | ({"hint": hint} if hint else {})
 
 
-def _reconstruct_lines(builder: ParallelBuilder, input_path: str) -> tuple[collections.Counter, list[str], str]:
+def _batch_index(path: str):
+    """The custom_id index of a Batch API input file; TokenizeInputError naming it when it is not one."""
+    from orchestrator.replay.formats.openai_batch import BatchInputIndex
+    from orchestrator.replay.records import ReplayError
+
+    if not os.path.isfile(path):
+        raise TokenizeInputError(
+            f"--batch-input {path} is not a file. Fix: pass the batch's input file, the .jsonl uploaded to create "
+            "the batch"
+        )
+    try:
+        return BatchInputIndex([path])
+    except ReplayError as e:
+        raise TokenizeInputError(f"--batch-input: {e}") from None
+
+
+def _reconstruct_lines(
+    builder: ParallelBuilder, input_path: str, ctx: ParseContext
+) -> tuple[collections.Counter, list[str], str]:
     """The output lines of every input line, in order, the file's own counts, and what the
     file looks like when it is not JSON Lines (jsonl.shape_hint; "" when it is)."""
     hint = ""
@@ -121,7 +148,9 @@ def _reconstruct_lines(builder: ParallelBuilder, input_path: str) -> tuple[colle
             counts["blank_lines"] += 1
             continue
         counts["lines"] += 1
-        convs, err = _parse_line(ln, input_path)
+        convs, err = _parse_line(ln, input_path, ctx)
+        if err is None and convs and convs[0].failed:  # a failed Batch API request: no answer to build
+            err = Reject("batch_error", f"{input_path}:{n}: {convs[0].failed}")
         if err is not None and n == 1 and (hint := shape_hint(ln, input_path)):  # a CSV or pretty JSON file
             err = Reject(err.reason, f"{err.detail}. Fix: {hint}")
         if err is not None:
@@ -176,7 +205,7 @@ def _summary(input_path: str, output_path: str, counts: collections.Counter, sta
     }
 
 
-def _parse_line(ln: Line, path: str) -> tuple[list[Conversation], Reject | None]:
+def _parse_line(ln: Line, path: str, ctx: ParseContext) -> tuple[list[Conversation], Reject | None]:
     """The conversations of a non-blank line, or why there are none (read by distill/core/jsonl.py:
     a bad byte, bad JSON or an overlong line is that line's rejection, never a crash). A chat line
     ({"messages": [...]}, no "response") is read here; a line of another record format replay reads
@@ -201,7 +230,7 @@ def _parse_line(ln: Line, path: str) -> tuple[list[Conversation], Reject | None]
             f" (got an array: if the file is one JSON array, {json_array_hint(path)})" if isinstance(rec, list) else ""
         )
         return [], Reject("invalid_line", f"{path}:{n}: expected an object with a 'messages' list{hint}")
-    return _other_format(rec, path, n)
+    return _other_format(rec, path, n, ctx)
 
 
 #: How a rejection names the format of a line that is not a chat line.
@@ -213,27 +242,27 @@ _FORMAT_NAMES = {
 }
 
 
-def _other_format(rec: dict, path: str, n: int) -> tuple[list[Conversation], Reject | None]:
+def _other_format(rec: dict, path: str, n: int, ctx: ParseContext) -> tuple[list[Conversation], Reject | None]:
     """A line that is not a chat line, read by the replay format it is in (orchestrator/replay/formats)."""
     from orchestrator.lines import json_text_hint, json_type
-    from orchestrator.replay.formats import ParseContext, _mapping_hint, detect_format, parse
+    from orchestrator.replay.formats import _mapping_hint, detect_format, parse
     from orchestrator.replay.records import RecordError
 
     fmt = ""
     try:
         fmt = detect_format(rec)
-        if fmt == "openai_batch":
+        if fmt == "openai_batch" and ctx.batch is None:
             return [], Reject(
                 "invalid_line",
                 f"{path}:{n}: an OpenAI Batch API output line; its request messages are in the batch input "
-                "file, which distill tokenize does not read. Fix: replay it: distill replay CONFIG FILE, with "
-                "orchestrator.replay.batch_input naming the input file (docs/replay.md)",
+                "file (the .jsonl uploaded to create the batch). Fix: name it: distill tokenize --batch-input "
+                "BATCH_INPUT.jsonl (or orchestrator.replay.batch_input in --config)",
             )
         if fmt == "chat":  # "messages" that is not a list
             raise RecordError(
                 "messages", f"expected a list, got {json_type(rec['messages'])}{json_text_hint(rec['messages'])}"
             )
-        return parse(fmt, rec, path, n, ParseContext()), None
+        return parse(fmt, rec, path, n, ctx), None
     except RecordError as e:
         if e.reason == "unknown_format":  # no format claims it
             keys = sorted(str(k) for k in rec)[:10]

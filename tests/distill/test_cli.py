@@ -172,3 +172,19 @@ def test_a_damaged_or_newer_shard_is_one_message_not_a_traceback(tmp_path, smol_
         out = distill("inspect", tmp_path, "--tokenizer", smol_tokenizer_dir)
         assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
         assert f"{shard}:1" in out.stderr and expected in out.stderr
+
+
+def test_tokenize_a_batch_output_file_with_its_input_file(tmp_path, smol_tokenizer_dir):
+    """--batch-input, or the config's orchestrator.replay.batch_input: the Batch API output's requests."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "Q"}]}
+    (tmp_path / "in.jsonl").write_text(json.dumps({"custom_id": "a", "body": body}) + "\n")
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "A"}, "finish_reason": "stop"}]}
+    out = {"id": "r", "custom_id": "a", "response": {"status_code": 200, "body": answer}, "error": None}
+    (tmp_path / "out.jsonl").write_text(json.dumps(out) + "\n")
+    (tmp_path / "c.toml").write_text(f'[orchestrator.replay]\nbatch_input = "{tmp_path / "in.jsonl"}"\n')
+    base = ("tokenize", "--tokenizer", smol_tokenizer_dir, tmp_path / "out.jsonl", "-o", tmp_path / "t.jsonl")
+    for extra in (("--batch-input", tmp_path / "in.jsonl"), ("--config", tmp_path / "c.toml")):
+        res = distill(*base, *extra)
+        assert res.returncode == 0 and json.loads(res.stdout)["samples"] == 1, res.stderr
+    res = distill(*base)
+    assert res.returncode == 1 and "--batch-input" in (tmp_path / "t.jsonl").read_text()

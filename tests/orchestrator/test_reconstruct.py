@@ -855,11 +855,50 @@ def test_tokenize_file_reads_the_record_formats_replay_reads(tmp_path, smol_toke
         == f"invalid_line: {inp}:4: a distill recording line: prompt_id: missing; every recording line names its prompt"
     )
     assert rows[4]["error"].startswith(f"invalid_line: {inp}:5: an OpenAI Batch API output line;")
-    assert "orchestrator.replay.batch_input" in rows[4]["error"]
+    assert "--batch-input" in rows[4]["error"] and "orchestrator.replay.batch_input" in rows[4]["error"]
     assert "'conversations' (ShareGPT)" in rows[5]["error"] and "['instruction', 'output']" in rows[5]["error"]
     assert rows[5]["error"].endswith('; here perhaps columns = {prompt = "instruction", completion = "output"}')
     assert [row["line"] for row in rows] == [1, 2, 3, 4, 5, 6] and summary["samples"] == 3
     assert summary["by_reason"] == {"invalid_line": 3}
+
+
+def test_tokenize_file_reads_a_batch_output_file_with_its_input_file(tmp_path, smol_tokenizer_dir, smol_tokenizer):
+    """An OpenAI Batch API output file holds only the answers; with the batch's input file (distill tokenize
+    --batch-input) each answer is built after its request's messages, as replay builds it. Before, every
+    such line was invalid_line, naming replay. A failed request is batch_error."""
+    request = {"model": "m", "messages": [{"role": "user", "content": "Q"}]}
+    (tmp_path / "in.jsonl").write_text(
+        json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": request})
+        + "\n"
+        + json.dumps({"custom_id": "b", "method": "POST", "url": "/v1/chat/completions", "body": request})
+        + "\n"
+    )
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "A"}, "finish_reason": "stop"}]}
+    out = [
+        {"id": "r1", "custom_id": "a", "response": {"status_code": 200, "body": answer}, "error": None},
+        {"id": "r2", "custom_id": "b", "response": None, "error": {"code": "server_error", "message": "boom"}},
+    ]
+    (tmp_path / "out.jsonl").write_text("".join(json.dumps(x) + "\n" for x in out))
+    args = (str(smol_tokenizer_dir), str(tmp_path / "out.jsonl"), str(tmp_path / "o.jsonl"))
+    summary = tokenize_file(*args, batch_input=str(tmp_path / "in.jsonl"))
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    (want,), _ = Reconstructor(smol_tokenizer, Reconstruction()).build(convo(("Q", "A")), sample_id="x")
+    assert (rows[0]["prompt_ids"], rows[0]["completion_ids"]) == (want.prompt_ids, want.completion_ids)
+    assert rows[1]["line"] == 2 and rows[1]["error"].startswith("batch_error: ") and "boom" in rows[1]["error"]
+    assert summary["samples"] == 1 and summary["by_reason"] == {"batch_error": 1}
+
+
+def test_tokenize_batch_input_that_is_not_one_is_named(tmp_path, smol_tokenizer_dir):
+    from orchestrator.reconstruction.tokenize_jsonl import TokenizeInputError
+
+    (tmp_path / "out.jsonl").write_text('{"custom_id": "a", "response": {"status_code": 200, "body": {}}}\n')
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    args = (str(smol_tokenizer_dir), str(tmp_path / "out.jsonl"), str(tmp_path / "o.jsonl"))
+    with pytest.raises(TokenizeInputError, match="--batch-input .*missing.jsonl is not a file"):
+        tokenize_file(*args, batch_input=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(TokenizeInputError, match="--batch-input: .*bad.jsonl:1: .*not a Batch API input line"):
+        tokenize_file(*args, batch_input=str(tmp_path / "bad.jsonl"))
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 def counts(stats) -> dict:
