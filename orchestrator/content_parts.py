@@ -34,3 +34,12 @@ def thinking_text(part: Any) -> str | None:
 def joined_thinking(parts: list) -> str:
     """The reasoning of every thinking part of a content list, in order ("" when there is none)."""
     return "".join(t for t in map(thinking_text, parts) if t is not None)
+
+
+def text_of(content: Any) -> str:
+    """The text of a message content (a string, null, or OpenAI text parts); other parts are ignored."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""

@@ -19,7 +19,7 @@ import openai
 from distill.core.redact import redact_url
 
 from orchestrator.client import error_message
-from orchestrator.content_parts import joined_thinking
+from orchestrator.content_parts import joined_thinking, text_of
 from orchestrator.http_client import UNREADABLE, endpoint_client, unrepeatable
 
 _PROMPT = [{"role": "user", "content": "Reply with one short sentence about the sea."}]
@@ -78,7 +78,7 @@ class _Probe:
     def basic(self) -> tuple[str, str]:
         d, dt = self.chat(max_tokens=32)
         c = d["choices"][0]
-        text = _text(c["message"]).strip().replace("\n", " ")
+        text = text_of(c["message"].get("content")).strip().replace("\n", " ")
         usage = d.get("usage") or {}
         self.rows.append(("reported model", str(d.get("model")), "model name the endpoint reports"))
         self.rows.append(
@@ -131,7 +131,7 @@ class _Probe:
         parts = m.get("content")
         if isinstance(parts, list) and joined_thinking(parts):
             return "yes", "content parts of type 'thinking' (Mistral's shape), recorded as reasoning_content"
-        if "<think>" in _text(m):
+        if "<think>" in text_of(m.get("content")):
             return "inline", "reasoning arrives as <think>...</think> inside content"
         return "no", "no reasoning_content / reasoning field"
 
@@ -205,11 +205,3 @@ def format_probe(rows: list[tuple[str, str, str]]) -> str:
     lines = [f"{'feature':<{w0}}  {'result':<{w1}}  detail", f"{'-' * w0}  {'-' * w1}  {'-' * 6}"]
     lines += [f"{f:<{w0}}  {r:<{w1}}  {d}" for f, r, d in rows]
     return "\n".join(lines)
-
-
-def _text(message: dict) -> str:
-    """A message's text: its content, or the text of its content parts joined."""
-    content = message.get("content")
-    if isinstance(content, list):
-        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return content if isinstance(content, str) else ""

@@ -37,6 +37,7 @@ from orchestrator.replay.filters import assistant_text, make_filter
 from orchestrator.replay.formats import FORMATS, Format, ParseContext, detect_format
 from orchestrator.replay.formats.dataset import DATASET_SUFFIXES
 from orchestrator.replay.formats.dataset import read as iter_dataset
+from orchestrator.content_parts import text_of
 from orchestrator.replay.formats.openai_batch import BatchInputIndex
 from orchestrator.replay.formats.sharegpt import SHAREGPT_ROLES, SHAREGPT_TOOL_CALL
 from orchestrator.replay.inputs import COLUMN_NAMES, iter_conversations
@@ -48,7 +49,6 @@ from orchestrator.replay.records import (
     ReplayError,
     content_id,
     normalize_message,
-    text_of,
 )
 
 __all__ = [

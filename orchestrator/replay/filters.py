@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from distill.core.conversation import Conversation, cut_short
 from orchestrator.recording import superseded_lines
-from orchestrator.replay.records import text_of
+from orchestrator.content_parts import text_of
 
 if TYPE_CHECKING:
     from distill.core.config import Replay

@@ -95,15 +95,6 @@ def content_id(messages: list[dict[str, Any]], tools: Any) -> str:
 # ---------------------------------------------------------------------------
 
 
-def text_of(content: Any) -> str:
-    """The text of a message content (a string, null, or OpenAI text parts); other parts are ignored."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
 def normalize_message(m: Any, field: str) -> dict[str, Any]:
     """A chat message, its structure checked, reduced to the keys reconstruction reads.
 
