@@ -80,6 +80,14 @@ def modern_tools(functions: Any, tools: Any) -> Any:
         raise LegacyError(
             "functions", "the legacy functions field is not a list of function definitions (objects)", "fix or drop it"
         )
-    return [
-        f if f.get("type") == "function" and "function" in f else {"type": "function", "function": f} for f in functions
-    ]
+    return [chat_tool(f) for f in functions]
+
+
+def chat_tool(t: dict) -> dict:
+    """A tool definition in the chat-completions shape, {"type": "function", "function": {...}}, which
+    inference servers take and render: a bare function definition (the legacy `functions` list's, and
+    function-calling datasets') and the Responses API's flat {"type": "function", "name": ...} are
+    wrapped; any other definition is returned as it is."""
+    if "function" in t or "name" not in t or t.get("type", "function") != "function":
+        return t
+    return {"type": "function", "function": {k: v for k, v in t.items() if k != "type"}}

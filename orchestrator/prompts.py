@@ -26,7 +26,7 @@ from distill.core.jsonl import (
     shape_hint,
     starts_json_array,
 )
-from orchestrator.legacy_functions import LegacyError, modern_tools
+from orchestrator.legacy_functions import LegacyError, chat_tool, modern_tools
 from orchestrator.lines import content_problem, depth_exceeds, json_type, weight_ok
 
 #: Deepest nesting a prompt line may have (tool schemas need a few levels; nothing needs 100).
@@ -323,7 +323,7 @@ def prompt_tools(v: Any, what: str) -> list[dict] | None:
             f'{what} is not a list of tool definitions (objects, {{"type": "function", "function": ...}}). '
             "Fix: correct it, or drop it"
         )
-    return [t if "type" in t or "name" not in t else {"type": "function", "function": t} for t in v]
+    return [chat_tool(t) for t in v]
 
 
 def _prompt_messages(d: dict[str, Any], where: str) -> list[dict[str, Any]]:

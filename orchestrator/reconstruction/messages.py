@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.content_parts import joined_thinking, thinking_text
-from orchestrator.legacy_functions import LegacyError, is_legacy, modern_message
+from orchestrator.legacy_functions import LegacyError, chat_tool, is_legacy, modern_message
 from orchestrator.lines import SHAREGPT_FIX, SHAREGPT_TURN, role_hint, weight_ok
 from orchestrator.open_reasoning import CLOSE, THINK_FORM, take_thinking, without_thinking_tags
 from orchestrator.reconstruction.reasons import Reject
@@ -308,13 +308,15 @@ def _weight(w: Any, where: str) -> int:
 
 
 def plain_tools(tools: Any) -> list[dict] | None:
-    """Tools as plain JSON data (what the template may see), or a rejection."""
+    """Tools as plain JSON data in the chat-completions shape (what the template may see: a bare function
+    definition wrapped, as an inference server's request has it; legacy_functions.chat_tool), or a
+    rejection."""
     if tools is None:
         return None
     if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
         raise Reject("invalid_message", "tools must be a list of objects (JSON schemas)")
     try:
-        return json.loads(json.dumps(tools))
+        return [chat_tool(t) for t in json.loads(json.dumps(tools))]
     except (TypeError, ValueError) as e:
         raise Reject("invalid_message", f"tools are not JSON data ({e})") from None
     except RecursionError:

@@ -10,7 +10,7 @@ import pytest
 
 from distill.core.config import Reconstruction, load_config
 from distill.core.contract import iter_samples
-from orchestrator.legacy_functions import LegacyError, modern_message, modern_tools
+from orchestrator.legacy_functions import LegacyError, chat_tool, modern_message, modern_tools
 
 WEATHER = {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
 ARGS = '{"city": "Paris"}'
@@ -93,6 +93,30 @@ def test_a_legacy_conversation_gives_the_sample_of_its_tool_call_spelling(conten
     assert '"name": "weather"' in trained and '"city": "Paris"' in trained and "It is sunny" in trained
     assert (content or "") in trained and "sunny, 21 C" not in trained  # the result is context
     assert "weather" in tok.decode(old[0].prompt_ids)  # the functions were offered as tools
+
+
+def test_chat_tool_wraps_bare_and_flat_function_definitions_only():
+    wrapped = {"type": "function", "function": WEATHER}
+    assert chat_tool(WEATHER) == wrapped  # a bare definition (the legacy functions list, datasets)
+    assert chat_tool({"type": "function", **WEATHER}) == wrapped  # the Responses API's flat shape
+    assert chat_tool(wrapped) is wrapped
+    for other in ({"type": "code_interpreter"}, {"type": "custom", "name": "grammar", "format": {}}):
+        assert chat_tool(other) is other
+
+
+def test_tools_given_as_bare_definitions_render_as_a_server_would_get_them():
+    """A `tools` list of bare function definitions (as function-calling datasets store them) reaches the
+    template wrapped, as the chat-completions request an inference server takes has it: the student's
+    prompt is the one it sees at inference. Before, replay, tokenize and build passed them as written
+    (only prompt files and the legacy `functions` list wrapped them), so the prompt showed another
+    tools block."""
+    from orchestrator.reconstruct import Reconstructor
+
+    recon = Reconstructor(_qwen(), Reconstruction())
+    bare, _ = recon.build(modern_conversation(), [WEATHER], sample_id="b")
+    flat, _ = recon.build(modern_conversation(), [{"type": "function", **WEATHER}], sample_id="f")
+    wrapped, _ = recon.build(modern_conversation(), [{"type": "function", "function": WEATHER}], sample_id="w")
+    assert bare[0].prompt_ids == flat[0].prompt_ids == wrapped[0].prompt_ids
 
 
 def test_build_rejects_an_unreadable_legacy_call_with_its_reason():
