@@ -13,12 +13,12 @@ from distill.core.jsonl import Line, json_array_hint, read_jsonl, shape_hint, st
 from distill.core.conversation import Conversation
 from orchestrator.build_pool import ParallelBuilder, offline_workers
 from orchestrator.legacy_functions import LegacyError, modern_tools
-from orchestrator.replay.formats import ParseContext
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.reconstructor import Reconstructor
 
 if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
     from distill.core.config import Reconstruction
+    from orchestrator.replay.formats import ParseContext
 
 #: The rejection reason of each unreadable line's reason (distill/core/jsonl.py); JSON nested past
 #: the recursion limit is invalid JSON to a reader.
@@ -88,6 +88,7 @@ def tokenize_file(
     """
     from distill.core.config import Reconstruction
     from distill.core.student import load_tokenizer
+    from orchestrator.replay.formats import ParseContext
 
     check_input(input_path)
     ctx = ParseContext(batch=_batch_index(batch_input) if batch_input else None)
@@ -110,17 +111,19 @@ def _batch_index(path: str):
 
     if not os.path.isfile(path):
         raise TokenizeInputError(
-            f"--batch-input {path} is not a file. Fix: pass the batch's input file, the .jsonl uploaded to create "
-            "the batch"
+            f"the batch input file {path} (--batch-input, or orchestrator.replay.batch_input) is not a file. Fix: "
+            "pass the batch's input file, the .jsonl uploaded to create the batch"
         )
     try:
         return BatchInputIndex([path])
     except ReplayError as e:
-        raise TokenizeInputError(f"--batch-input: {e}") from None
+        raise TokenizeInputError(
+            f"the batch input file (--batch-input, or orchestrator.replay.batch_input): {e}"
+        ) from None
 
 
 def _reconstruct_lines(
-    builder: ParallelBuilder, input_path: str, ctx: ParseContext
+    builder: ParallelBuilder, input_path: str, ctx: "ParseContext"
 ) -> tuple[collections.Counter, list[str], str]:
     """The output lines of every input line, in order, the file's own counts, and what the
     file looks like when it is not JSON Lines (jsonl.shape_hint; "" when it is)."""
@@ -205,7 +208,7 @@ def _summary(input_path: str, output_path: str, counts: collections.Counter, sta
     }
 
 
-def _parse_line(ln: Line, path: str, ctx: ParseContext) -> tuple[list[Conversation], Reject | None]:
+def _parse_line(ln: Line, path: str, ctx: "ParseContext") -> tuple[list[Conversation], Reject | None]:
     """The conversations of a non-blank line, or why there are none (read by distill/core/jsonl.py:
     a bad byte, bad JSON or an overlong line is that line's rejection, never a crash). A chat line
     ({"messages": [...]}, no "response") is read here; a line of another record format replay reads
@@ -242,7 +245,7 @@ _FORMAT_NAMES = {
 }
 
 
-def _other_format(rec: dict, path: str, n: int, ctx: ParseContext) -> tuple[list[Conversation], Reject | None]:
+def _other_format(rec: dict, path: str, n: int, ctx: "ParseContext") -> tuple[list[Conversation], Reject | None]:
     """A line that is not a chat line, read by the replay format it is in (orchestrator/replay/formats)."""
     from orchestrator.lines import json_text_hint, json_type
     from orchestrator.replay.formats import _mapping_hint, detect_format, parse

@@ -894,9 +894,11 @@ def test_tokenize_batch_input_that_is_not_one_is_named(tmp_path, smol_tokenizer_
     (tmp_path / "out.jsonl").write_text('{"custom_id": "a", "response": {"status_code": 200, "body": {}}}\n')
     (tmp_path / "bad.jsonl").write_text("not json\n")
     args = (str(smol_tokenizer_dir), str(tmp_path / "out.jsonl"), str(tmp_path / "o.jsonl"))
-    with pytest.raises(TokenizeInputError, match="--batch-input .*missing.jsonl is not a file"):
+    with pytest.raises(TokenizeInputError, match="batch input file .*missing.jsonl \\(--batch-input.* is not a file"):
         tokenize_file(*args, batch_input=str(tmp_path / "missing.jsonl"))
-    with pytest.raises(TokenizeInputError, match="--batch-input: .*bad.jsonl:1: .*not a Batch API input line"):
+    with pytest.raises(
+        TokenizeInputError, match="batch input file \\(--batch-input.*bad.jsonl:1: .*not a Batch API input line"
+    ):
         tokenize_file(*args, batch_input=str(tmp_path / "bad.jsonl"))
     assert not (tmp_path / "o.jsonl").exists()
 
