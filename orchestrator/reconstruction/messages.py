@@ -1,28 +1,29 @@
 """Message checks and normalisation: what the template sees, and what verification needs.
 
 Roles, text-only content, tool calls (checked, then passed in the shape the template
-expects: orchestrator/tool_args.py), reasoning placed per the `reasoning` policy, tools
-as plain JSON, and the special-token-text check. Everything here raises `Reject`.
+expects: orchestrator/tool_args.py; ids made up, in order, only for a template that needs
+them), reasoning placed per the `reasoning` policy, tools as plain JSON. The special-token-text
+check is special_text.py. Everything here raises `Reject`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.content_parts import joined_thinking, thinking_text
 from orchestrator.legacy_functions import LegacyError, chat_tool, is_legacy, modern_message
 from orchestrator.lines import SHAREGPT_FIX, SHAREGPT_TURN, role_hint, weight_ok
-from orchestrator.open_reasoning import CLOSE, THINK_FORM, take_thinking, without_thinking_tags
+from orchestrator.open_reasoning import CLOSE, THINK_FORM, take_thinking
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.tool_args import ToolCallShape, parse_arguments, place_calls, short_call_id
 
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
 #: content part types that are text: chat completions' "text", and the Responses API's input and output text
 TEXT_PARTS = frozenset(("text", "input_text", "output_text"))
-_KEPT_KEYS = ("name", "tool_call_id")
+#: message fields besides role and content that reach the template (checked to be strings)
+KEPT_KEYS = ("name", "tool_call_id")
 _ROLES = frozenset(KNOWN_ROLES)
 
 
@@ -69,10 +70,29 @@ def _text_content(content: Any, where: str) -> str:
     )
 
 
+def _answered_in_order(msgs: list[Msg]) -> list[Msg]:
+    """For a template that needs every call and result linked by id (ToolCallShape.short_ids: Mistral's):
+    a tool message naming no call answers the next call of the turn before it that no tool message has
+    taken yet, in order (the convention of data without ids: the k-th result answers the k-th call).
+    Calls without an id got one from their place (`_tool_calls`)."""
+    pending: list[str] = []
+    for m in msgs:
+        if m.role == "assistant":
+            pending = [c["id"] for c in m.data.get("tool_calls") or ()]
+        elif m.role == "tool" and pending:
+            answered = m.data.get("tool_call_id")
+            if answered is None:
+                m.data["tool_call_id"] = answered = pending[0]
+            pending = [x for x in pending if x != answered] if answered in pending else pending[1:]
+        elif m.role != "tool":
+            pending = []
+    return msgs
+
+
 def _kept_fields(m: dict, data: dict[str, Any], where: str, shape: ToolCallShape) -> dict[str, Any]:
     """`data` with the message's name and tool_call_id (checked to be strings; a call id shortened
     where the template needs short ones)."""
-    for k in _KEPT_KEYS:
+    for k in KEPT_KEYS:
         v = m.get(k)
         if v is not None:
             if not isinstance(v, str):
@@ -117,6 +137,8 @@ def _tool_calls(raw: Any, where: str, shape: ToolCallShape) -> list[dict[str, An
         }
         if tc.get("id") is not None:
             call["id"] = short_call_id(str(tc["id"])) if shape.short_ids else str(tc["id"])
+        elif shape.short_ids:  # the template raises without one: a handle drawn from the call's place
+            call["id"] = short_call_id(f"{where}.tool_calls[{j}]")
         out.append(call)
     return out
 
@@ -175,7 +197,7 @@ def normalize_messages(
             out.append(_assistant(m, data, where, reasoning_policy, shape, moves, call_form, drop_call_text, form))
         else:
             out.append(Msg(data, role, content, "", "", _weight(m.get("weight"), where)))
-    return out
+    return _answered_in_order(out) if shape.short_ids else out
 
 
 def _with_role(m: Any, where: str) -> dict:
@@ -321,59 +343,6 @@ def plain_tools(tools: Any) -> list[dict] | None:
         raise Reject("invalid_message", f"tools are not JSON data ({e})") from None
     except RecursionError:
         raise Reject("invalid_message", "tools are nested too deeply to write as JSON") from None
-
-
-def check_special(msgs: list[Msg], tools, special_re: re.Pattern) -> None:
-    """Reject special-token text (e.g. '<|im_end|>') inside content, reasoning, tool calls
-    or tools (with special_tokens_in_content=reject)."""
-    # One search over all texts joined: a token text inside any of them is inside the
-    # join, so no hit there means none anywhere (a hit may straddle two texts: the
-    # per-message search then looks at each text on its own, as the error must name the
-    # message). Empty reasoning and absent tool calls add nothing to search.
-    texts = []
-    for m in msgs:
-        texts.append(without_thinking_tags(_teachers(m)) if m.role == "assistant" else m.content)
-        if m.calls_data:
-            texts.append(m.calls_data)
-        if m.reasoning:
-            texts.append(m.reasoning)
-        if len(m.data) > 2:  # more than role and content: tool calls (with their ids), name, tool_call_id
-            texts += _field_texts(m)
-    if special_re.search("\n".join(texts)) is not None:
-        _name_special(msgs, special_re)
-    if tools:
-        hit = special_re.search(json.dumps(tools, ensure_ascii=False))
-        if hit:
-            raise Reject("special_token_in_content", f"tools contain the special token text {hit.group()!r}")
-
-
-def _teachers(m: Msg) -> str:
-    """A message's content without the tool-call text put beside it (tool_calls_as_text: its special tokens
-    are the student's own call syntax, not the teacher's text)."""
-    if not m.placed_calls:
-        return m.content
-    return m.content[len(m.placed_calls) :] if m.calls_first else m.content[: len(m.content) - len(m.placed_calls)]
-
-
-def _field_texts(m: Msg) -> list[str]:
-    """The texts of a message's fields besides content and reasoning that a template may render: each
-    tool call whole (its id and type too, not only the function), a tool message's name and tool_call_id."""
-    texts = [json.dumps(tc, ensure_ascii=False) for tc in m.data.get("tool_calls") or ()]
-    return texts + [m.data[k] for k in _KEPT_KEYS if k in m.data]
-
-
-def _name_special(msgs: list[Msg], special_re: re.Pattern) -> None:
-    """The first message holding special-token text, as a rejection (none: a hit straddled two texts)."""
-    for i, m in enumerate(msgs):
-        texts = [without_thinking_tags(_teachers(m)) if m.role == "assistant" else m.content, m.reasoning]
-        for t in texts + [m.calls_data] + _field_texts(m):
-            hit = t and special_re.search(t)
-            if hit:
-                raise Reject(
-                    "special_token_in_content",
-                    f"messages[{i}] ({m.role}) contains the special token text {hit.group()!r}. "
-                    'Fix: clean the data, or set special_tokens_in_content = "allow"',
-                )
 
 
 def where_not_unicode(messages: list, tools: Any) -> str:

@@ -19,13 +19,13 @@ from distill.core.contract import Rejection
 from distill.core.conversation import cut_short
 from orchestrator.open_reasoning import open_block
 from orchestrator.reconstruction.messages import (
-    check_special,
     normalize_messages,
     plain_tools,
     strip_contents,
     where_not_unicode,
 )
 from orchestrator.reconstruction.reasons import Reject
+from orchestrator.reconstruction.special_text import check_special
 from orchestrator.reconstruction.turns import Turn
 from orchestrator.system_merge import merge_system_into_first_user
 from orchestrator.tool_args import ToolCallShape

@@ -828,6 +828,33 @@ def test_mistral_nemo_tool_call():
         assert f'"id": "{passed}"' in texts[0] and f'"call_id": "{passed}"' in texts[1]
 
 
+def test_mistral_calls_without_ids_are_answered_in_order():
+    """Data without call ids (function-calling datasets often have none): Mistral's templates raise on a
+    call or a result without a 9-character id, so every such conversation was a template_error. A call
+    with no id gets one drawn from its place, and the tool messages after its turn that name no call
+    answer its calls in order (the k-th result the k-th call); a result that names its call keeps it."""
+    tok = family("nemo", "mistral_nemo")
+    r = recon(tok=tok)
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": CALL_ARGS}}
+    msgs = [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "content": None, "tool_calls": [call, dict(call, id="abc123def")]},
+        {"role": "tool", "content": "sunny"},
+        {"role": "tool", "content": "rain", "tool_call_id": "abc123def"},
+        {"role": "assistant", "content": "Sunny, then rain."},
+    ]
+    samples, rejections = r.build(msgs, None, sample_id="n")
+    assert rejections == []
+    drawn = short_call_id("messages[1].tool_calls[0]")
+    call_text, results = [t for _, t in runs(tok, samples[0])[1:3]]
+    assert call_text.count(f'"id": "{drawn}"') == 1 and call_text.count('"id": "abc123def"') == 1
+    assert results.index(f'"call_id": "{drawn}"') < results.index('"call_id": "abc123def"')
+    assert "sunny" in results.split(drawn)[0] and "rain" in results.split(drawn)[1]
+    other = recon(tok=family("qwen", "qwen2_5"))  # a template that needs no ids gets none made up
+    (qwen,), _ = other.build(msgs, None, sample_id="q")
+    assert drawn not in other.tokenizer.decode(qwen.prompt_ids + qwen.completion_ids)
+
+
 # -- DeepSeek-V3.1: </think> in the header when not thinking -----------------------------
 
 
