@@ -83,7 +83,8 @@ def _answered_in_order(msgs: list[Msg]) -> list[Msg]:
             answered = m.data.get("tool_call_id")
             if answered is None:
                 m.data["tool_call_id"] = answered = pending[0]
-            pending = [x for x in pending if x != answered] if answered in pending else pending[1:]
+            if answered in pending:  # a result naming another call (an earlier turn's) takes none of these
+                pending.remove(answered)
         elif m.role != "tool":
             pending = []
     return msgs
@@ -232,8 +233,7 @@ def _assistant(
 ) -> Msg:
     """An assistant message: tool calls in `shape` (or as text after the content in `form`), reasoning
     placed per `policy` (think_tags: in `reasoning_form`; a thinking block inside content taken out of it
-    first when `moves`); `data`
-    holds its role and text content. Text beside calls that the template cannot show is dropped
+    first when `moves`); `data` holds its role and text content. Text beside calls that the template cannot show is dropped
     when `drop_call_text`, else the turn is rejected naming the switch."""
     content = data["content"]
     r = m.get("reasoning_content") or m.get("reasoning") or ""

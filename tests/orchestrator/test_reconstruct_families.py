@@ -850,6 +850,13 @@ def test_mistral_calls_without_ids_are_answered_in_order():
     assert call_text.count(f'"id": "{drawn}"') == 1 and call_text.count('"id": "abc123def"') == 1
     assert results.index(f'"call_id": "{drawn}"') < results.index('"call_id": "abc123def"')
     assert "sunny" in results.split(drawn)[0] and "rain" in results.split(drawn)[1]
+    # a result naming a call of an earlier turn takes none of this turn's: the next one still answers the first
+    from orchestrator.reconstruction.messages import normalize_messages
+
+    late = [msgs[0], dict(msgs[1], tool_calls=[call, call]), dict(msgs[3], tool_call_id="zz1234567"), msgs[2]]
+    shape = ToolCallShape(probed=True, short_ids=True)
+    ids = [m.data.get("tool_call_id") for m in normalize_messages(late, "template", shape)[2:]]
+    assert ids == ["zz1234567", drawn]
     other = recon(tok=family("qwen", "qwen2_5"))  # a template that needs no ids gets none made up
     (qwen,), _ = other.build(msgs, None, sample_id="q")
     assert drawn not in other.tokenizer.decode(qwen.prompt_ids + qwen.completion_ids)
