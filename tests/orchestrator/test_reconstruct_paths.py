@@ -106,16 +106,18 @@ TOOLS = [{"type": "function", "function": {"name": "f", "description": "d", "par
 
 @st.composite
 def tool_turn(draw) -> list[dict]:
-    cid = draw(st.sampled_from(["abcdefghi", "call_1", "c1"]))
+    cid = draw(st.sampled_from(["abcdefghi", "call_1", "c1", None]))  # None: data without call ids
     args = draw(st.sampled_from(['{"a": 1}', "{}", '{"q": "x y"}']))
+    call = {"id": cid, "type": "function", "function": {"name": "f", "arguments": args}}
     turn = {
         "role": "assistant",
         "content": draw(st.sampled_from([None, "", "ok"])),
-        "tool_calls": [{"id": cid, "type": "function", "function": {"name": "f", "arguments": args}}],
+        "tool_calls": [call if cid else {k: v for k, v in call.items() if k != "id"}],
     }
     if draw(st.booleans()):
         turn["reasoning_content"] = draw(text)
-    return [turn] + [{"role": "tool", "content": draw(text), "tool_call_id": cid}] * draw(st.integers(1, 2))
+    result = {"role": "tool", "content": draw(text)} | ({"tool_call_id": cid} if cid else {})
+    return [turn] + [result] * draw(st.integers(1, 2))
 
 
 @st.composite
