@@ -29,9 +29,12 @@ RENDERING = (
     "train_roles",
     "on_history_rewrite",
     "reasoning",
+    "reasoning_form",
     "chat_template_kwargs",
     "system_prompt",
     "content_whitespace",
+    "tool_calls_as_text",
+    "text_with_tool_calls",
 )
 
 

@@ -165,3 +165,26 @@ def test_a_file_from_before_the_code_fingerprint_is_compared_by_text():
     assert not _differences(dict(older, chat_template_sha256="text-now"), new)
     assert not _differences(dict(older, chat_template_code_sha256="code"), new)  # a comment-only edit
     assert _differences(dict(older, chat_template_code_sha256="other"), new)
+
+
+def test_the_keys_that_change_what_a_turn_trains_are_compared():
+    """reasoning_form, tool_calls_as_text and text_with_tool_calls change the text a turn trains, as
+    reasoning does; a file from before a key existed is not refused for it."""
+    from distill.built_with import _differences
+
+    student = {"path": "p", "tokenizer": None, "chat_template": None}
+    base = {
+        "student": student,
+        "tokenizer_sha256": "k",
+        "chat_template_sha256": "t",
+        "reconstruction": {"max_seq_len": 8},
+    }
+    for key, was, now in [
+        ("reasoning_form", None, "<|channel>thought\n{reasoning}<channel|>"),
+        ("tool_calls_as_text", None, "<tool_call>\n{call}\n</tool_call>"),
+        ("text_with_tool_calls", "keep", "drop"),
+    ]:
+        new = dict(base, reconstruction={"max_seq_len": 8, key: now})
+        old = dict(base, reconstruction={"max_seq_len": 8, key: was})
+        assert _differences(old, new) == [f"orchestrator.reconstruction.{key} (was {was!r}, now {now!r})"]
+        assert not _differences(base, new)  # the older file has no such key
