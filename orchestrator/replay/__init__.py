@@ -33,11 +33,11 @@ from orchestrator.replay.driver import (
     REPLAY_BATCH_BYTES,
     replay,
 )
+from orchestrator.content_parts import text_of
 from orchestrator.replay.filters import assistant_text, make_filter
 from orchestrator.replay.formats import FORMATS, Format, ParseContext, detect_format
 from orchestrator.replay.formats.dataset import DATASET_SUFFIXES
 from orchestrator.replay.formats.dataset import read as iter_dataset
-from orchestrator.content_parts import text_of
 from orchestrator.replay.formats.openai_batch import BatchInputIndex
 from orchestrator.replay.formats.sharegpt import SHAREGPT_ROLES, SHAREGPT_TOOL_CALL
 from orchestrator.replay.inputs import COLUMN_NAMES, iter_conversations
