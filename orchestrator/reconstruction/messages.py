@@ -35,7 +35,7 @@ class Msg:
     role: str
     content: str  # the teacher's content ("" when absent), verbatim but for open_reasoning.take_thinking
     placed_prefix: str  # text put before the content by the reasoning policy (think_tags)
-    reasoning: str  # the teacher's reasoning ("" when absent)
+    reasoning: str  # the teacher's reasoning where the policy places it ("" when absent, or with reasoning = "drop")
     weight: int = 1  # 0: not trained even if its role is in train_roles (OpenAI fine-tuning's "weight")
     # tool calls written as text beside the teacher's content (tool_calls_as_text): the end of `content`,
     # or its start when `calls_first` (a form ending with "{content}")

@@ -163,7 +163,7 @@ class TurnLocator(DroppedBlocks):
         """What the template rendered besides the content itself (at seg[at:]): the tool calls
         and the reasoning must be found there, not in a content that happens to mention them.
         The content is cut out where the template put it, not where it first occurs."""
-        check_reasoning = m.reasoning and self.cfg.reasoning != "drop"
+        check_reasoning = bool(m.reasoning)  # set only where a policy places it (template, think_tags)
         rest = seg[:at] + seg[at + len(m.content) :] if check_reasoning or calls else ""
         if check_reasoning and m.placed_prefix and m.reasoning.strip() not in rest:
             raise Reject(
