@@ -17,7 +17,8 @@ token; `opened_turn` builds that text and proves it from the template's own rend
    with reasoning = "drop", or the teacher's own "<think>...</think>" inside content)
    starts with O, and the template renders a turn whose content is C as
    `prefix + C + eot + tail`, or as `prefix + (C after its "</think>") + eot + tail`
-   (it drops the reasoning at exactly our closing tag: the tag is the template's).
+   (it drops the reasoning at exactly our closing tag: the tag is the template's), that
+   answer's leading whitespace stripped or not (Nemotron Super v1.5 strips it).
 
 From 1-3: prompt + T, with T = C[len(O):] + eot, is `prefix + C + eot`: the render of
 a turn with content C, the answer verbatim after the template's own closing tag. Any
@@ -92,8 +93,11 @@ def opened_turn(
         )
     c = _opened_content(opening, content, reasoning)
     full = render(c)
-    cut = c.rfind(CLOSE)
-    if full != prefix + c + end and (cut < 0 or full != prefix + c[cut + len(CLOSE) :] + end):
+    cut, answer = c.rfind(CLOSE), ""
+    if cut >= 0:  # the template may also strip the block's newlines after the tag (Nemotron Super v1.5)
+        answer = c[cut + len(CLOSE) :]
+        answer = next((x for x in (answer, answer.lstrip()) if full == prefix + x + end), answer)
+    if full != prefix + c + end and (cut < 0 or full != prefix + answer + end):
         raise ValueError(
             f"the template renders the complete turn (opening {opening!r}, reasoning, {CLOSE!r}, "
             "answer) neither verbatim nor with the reasoning dropped at its closing tag"

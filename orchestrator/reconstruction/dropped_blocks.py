@@ -8,7 +8,9 @@ Part of `Reconstructor` (a base of turns.TurnLocator). Two shapes, each proven f
 - reasoning = "think_tags" puts the reasoning before the content in `reasoning_form`, and the template
   strips exactly that block from the turn (Gemma 4 with thinking on strips its thought channel from
   every model turn, the last one too): `dropped_reasoning`. The student, prompted with the turn's
-  header, writes its reasoning first, then the turn as the template renders it.
+  header, writes its reasoning first, then the turn as the template renders it. A block the teacher
+  wrote inside content, which think_tags keeps as written, is such a block too where the template
+  strips it (Nemotron Super v1.5 keeps what follows the last "</think>"): `inline_block`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from __future__ import annotations
 import collections
 import functools
 from collections.abc import Callable
+from dataclasses import replace
 
+from orchestrator.open_reasoning import OPEN, split_thinking
 from orchestrator.reconstruction.end_of_turn import SENTINEL
+from orchestrator.reconstruction.messages import Msg
 
 
 class DroppedBlocks:
@@ -90,3 +95,18 @@ class DroppedBlocks:
             return False
         self.stats["dropped_reasoning_turns"] += 1
         return True
+
+
+def inline_block(m: Msg, policy: str) -> Msg | None:
+    """With reasoning = "think_tags", an assistant message whose content starts with the teacher's own
+    "<think>...</think>" block (kept as written: no reasoning field was placed) as the block placed before
+    its answer: the block with the newlines after it as the placed prefix, the rest as the content, for
+    `dropped_reasoning` to prove that the template strips exactly it. None otherwise (no such block, or
+    no answer after it)."""
+    if policy != "think_tags" or m.role != "assistant" or m.placed_prefix or m.reasoning:
+        return None
+    inline = split_thinking(m.content) if m.content.lstrip().startswith(OPEN) else None
+    if inline is None or not inline[1]:
+        return None
+    cut = len(m.content) - len(inline[1])
+    return replace(m, placed_prefix=m.content[:cut], content=inline[1], reasoning=inline[0])

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.open_reasoning import THINK_FORM, inside_opened_block, opened_turn
-from orchestrator.reconstruction.dropped_blocks import DroppedBlocks
+from orchestrator.open_reasoning import CLOSE, OPEN, THINK_FORM, inside_opened_block, opened_turn
+from orchestrator.reconstruction.dropped_blocks import DroppedBlocks, inline_block
 from orchestrator.reconstruction.end_of_turn import SENTINEL
 from orchestrator.reconstruction.messages import Msg
 from orchestrator.reconstruction.reasons import Reject
@@ -107,6 +107,9 @@ class TurnLocator(DroppedBlocks):
                 return Turn(full, start, eot_start, end, False, m.role, known)
             if m.placed_prefix and opening is None and self.dropped_reasoning(data, a, tools, full, m.content):
                 return self._after_reasoning(msgs, data, a, tools, renders)
+            inline = inline_block(m, self.cfg.reasoning) if opening is None else None
+            if inline is not None and self.dropped_reasoning(data, a, tools, full, inline.content):
+                return self._after_reasoning([*msgs[:a], inline, *msgs[a + 1 :]], data, a, tools, renders)
             # Where does the template put the content? Render the turn with a sentinel
             # in its place and compare: no searching in the real text.
             seg = full[start:eot_start]
@@ -324,11 +327,7 @@ class TurnLocator(DroppedBlocks):
         if i < 0 or seg_s[:i] + m.content + seg_s[i + len(sentinel) :] != seg:
             if i >= 0 and seg_s[:i] + m.content.strip() + seg_s[i + len(sentinel) :] == seg:
                 raise _trims(a, m.role, m.content)
-            raise Reject(
-                "template_alters_content",
-                f"messages[{a}] ({m.role}): the template does not render the content verbatim "
-                f"(content starts {m.content[:30]!r})",
-            )
+            raise _alters(a, m)
         lead, tail = seg_s[:i], seg_s[i + len(sentinel) :]
         if m.role == "assistant" and lead.endswith(m.placed_prefix) and len(self._assistant_leads) < 4:
             pair = (lead[: len(lead) - len(m.placed_prefix)], tail)
@@ -365,3 +364,16 @@ def _trims(a: int, role: str, content: str) -> Reject:
         f'"strip" in [orchestrator.reconstruction] to train the content as the template writes it (content starts '
         f"{content[:30]!r})",
     )
+
+
+def _alters(a: int, m: Msg) -> Reject:
+    where = f"messages[{a}] ({m.role}): the template does not render the content verbatim"
+    if m.role == "assistant" and m.content.lstrip().startswith(OPEN) and CLOSE in m.content:
+        return Reject(
+            "template_alters_content",
+            f"{where}: it starts with the teacher's thinking block, which this template strips from the turns it "
+            f'renders (content starts {m.content[:30]!r}). Fix: set reasoning = "think_tags" in '
+            "[orchestrator.reconstruction] to train the block where the student writes it, after the turn's header, "
+            'or "drop" to train the answer alone',
+        )
+    return Reject("template_alters_content", f"{where} (content starts {m.content[:30]!r})")

@@ -46,6 +46,7 @@ REAL = {
     "llama3_1": "llama3",
     "llama3_2": "llama3",
     "llama3_headers": "llama3",
+    "nemotron_super_v1_5": "llama3",
     "qwen2_5": "qwen",
     "qwen3": "qwen",
     "qwen3_coder": "qwen",
