@@ -23,6 +23,7 @@ from orchestrator.reconstruction.dropped_blocks import DroppedBlocks, inline_blo
 from orchestrator.reconstruction.end_of_turn import SENTINEL
 from orchestrator.reconstruction.messages import Msg
 from orchestrator.reconstruction.reasons import Reject
+from orchestrator.reconstruction.rendered_checks import RenderedChecks
 from orchestrator.system_merge import hint_for_mismatch, hint_for_template_error
 from orchestrator.tool_args import ToolCallShape
 
@@ -51,7 +52,7 @@ class Turn:
     shared: int = 0  # F_k[:shared] is the conversation's `head` [:shared] (prefixes.py; 0: unknown)
 
 
-class TurnLocator(DroppedBlocks):
+class TurnLocator(DroppedBlocks, RenderedChecks):
     """Finds and checks trained turns in renders (a mixin of Reconstructor)."""
 
     # Set by Reconstructor.__init__:
@@ -123,6 +124,8 @@ class TurnLocator(DroppedBlocks):
                 start += len(lead)  # the header before a non-assistant turn is context
         if calls or m.reasoning:
             self._check_rendered(m, full[blen:eot_start] if seg is None else seg, a, calls, at)
+        if calls:
+            self._check_every_call(data, a, tools)
         return Turn(full, start, eot_start, end, bool(calls), m.role, known)
 
     def _after_reasoning(self, msgs: list[Msg], data: list[dict], a: int, tools, renders) -> Turn:
@@ -161,46 +164,6 @@ class TurnLocator(DroppedBlocks):
             c = shared(a) if a else None
         k = min(known, c) if base and known is not None and c is not None else 0
         return full, known or 0, base, len(base), full.startswith(base[k:] if k else base, k)
-
-    def _check_rendered(self, m: Msg, seg: str, a: int, calls, at: int) -> None:
-        """What the template rendered besides the content itself (at seg[at:]): the tool calls
-        and the reasoning must be found there, not in a content that happens to mention them.
-        The content is cut out where the template put it, not where it first occurs."""
-        check_reasoning = bool(m.reasoning)  # set only where a policy places it (template, think_tags)
-        rest = seg[:at] + seg[at + len(m.content) :] if check_reasoning or calls else ""
-        if check_reasoning and m.placed_prefix and m.reasoning.strip() not in rest:
-            raise Reject(
-                "reasoning_not_rendered",
-                f'messages[{a}]: the template does not render the reasoning block that reasoning = "think_tags" '
-                f"writes before the content (starts {m.placed_prefix[:30]!r}), and does not drop exactly that block "
-                "from the turn either. Fix: set orchestrator.reconstruction.reasoning_form to the student's own "
-                'thinking syntax (docs/reconstruction.md, Policies), or reasoning = "drop"',
-            )
-        if check_reasoning and m.reasoning.strip() not in rest:
-            raise Reject(
-                "reasoning_not_rendered",
-                f"messages[{a}]: the template did not render reasoning_content. "
-                'Fix: set reasoning = "think_tags" (with reasoning_form for a student whose thinking syntax is '
-                'not <think> tags, e.g. Gemma 4\'s "<|channel>thought\\n{reasoning}<channel|>") or "drop"',
-            )
-        for call in calls:
-            name = call["function"]["name"]
-            if name not in rest and self.tool_shape.null_content and m.content:
-                raise Reject(
-                    "tool_calls_not_rendered",
-                    f"messages[{a}]: the student's chat template renders tool calls only in turns "
-                    f"without content (`content is none`), and this turn has content besides tool call "
-                    f'{name!r}. Fix: set orchestrator.reconstruction.text_with_tool_calls = "drop" to train '
-                    "the calls alone, or use a student whose template renders both",
-                )
-            if name not in rest:
-                raise Reject(
-                    "tool_calls_not_rendered",
-                    f"messages[{a}]: the student's chat template does not render tool call {name!r}; "
-                    "training would teach an empty turn. Fix: if the student writes its calls as text, set "
-                    "orchestrator.reconstruction.tool_calls_as_text to its form (docs/reconstruction.md, Policies); "
-                    "else use a student whose template supports tools, or filter out tool conversations",
-                )
 
     @functools.cached_property
     def turn_opening(self) -> str | None:

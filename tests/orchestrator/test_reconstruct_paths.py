@@ -107,18 +107,19 @@ TOOLS = [{"type": "function", "function": {"name": "f", "description": "d", "par
 
 @st.composite
 def tool_turn(draw) -> list[dict]:
-    cid = draw(st.sampled_from(["abcdefghi", "call_1", "c1", None]))  # None: data without call ids
-    args = draw(st.sampled_from(['{"a": 1}', "{}", '{"q": "x y"}']))
-    call = {"id": cid, "type": "function", "function": {"name": "f", "arguments": args}}
-    turn = {
-        "role": "assistant",
-        "content": draw(st.sampled_from([None, "", "ok"])),
-        "tool_calls": [call if cid else {k: v for k, v in call.items() if k != "id"}],
-    }
+    first = draw(st.sampled_from(["abcdefghi", "call_1", "c1", None]))  # None: data without call ids
+    # one call, or two (of one function: a template that renders only the first is refused)
+    ids = [first, first[:-1] + "x" if first else None][: draw(st.integers(1, 2))]
+    calls, results = [], []
+    for cid in ids:
+        args = draw(st.sampled_from(['{"a": 1}', "{}", '{"q": "x y"}']))
+        call = {"id": cid, "type": "function", "function": {"name": "f", "arguments": args}}
+        calls.append(call if cid else {k: v for k, v in call.items() if k != "id"})
+        results.append({"role": "tool", "content": draw(text)} | ({"tool_call_id": cid} if cid else {}))
+    turn = {"role": "assistant", "content": draw(st.sampled_from([None, "", "ok"])), "tool_calls": calls}
     if draw(st.booleans()):
         turn["reasoning_content"] = draw(text)
-    result = {"role": "tool", "content": draw(text)} | ({"tool_call_id": cid} if cid else {})
-    return [turn] + [result] * draw(st.integers(1, 2))
+    return [turn] + results * draw(st.integers(1, 2))
 
 
 @st.composite

@@ -168,6 +168,9 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
         "<BOS_TOKEN>",
         [],
     ),
+    # GigaChat3 (10B-A1.8B): role names as text, each followed by <|role_sep|> and ended by <|message_sep|>
+    # (its eos); a 128k vocabulary no package ships; base: Qwen's byte-level BPE, bos <s>
+    "gigachat3": ("qwen", "gigachat3", ["<|role_sep|>", "<|message_sep|>"], "<|message_sep|>", "<s>", []),
     # Phi-3.5: Llama 2's SentencePiece (no package ships it); base: Mistral v0.1's, the same kind
     "phi3_5": (
         "mistral_sp",

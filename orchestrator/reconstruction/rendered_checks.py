@@ -1,0 +1,105 @@
+"""What a template rendered besides a turn's content: its tool calls and its reasoning.
+
+Part of `Reconstructor` (a base of turns.TurnLocator). The calls and the reasoning must be found in
+the turn's render outside the content (not in a content that mentions them), and the render without
+each call must differ from the turn's: a template that renders only a turn's first call (GigaChat3's)
+would teach the student fewer calls than the results that follow, and one that renders no call, an
+empty turn, whatever text of its own in the turn holds the call's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from orchestrator.reconstruction.end_of_turn import SENTINEL
+from orchestrator.reconstruction.messages import Msg
+from orchestrator.reconstruction.reasons import Reject
+from orchestrator.tool_args import ToolCallShape
+
+
+class RenderedChecks:
+    """Checks of the calls and reasoning a turn's render holds (a mixin of TurnLocator)."""
+
+    # Set by Reconstructor.__init__ and the other parts:
+    tool_shape: ToolCallShape
+    render: Callable[..., str]
+
+    def _check_rendered(self, m: Msg, seg: str, a: int, calls, at: int) -> None:
+        """What the template rendered besides the content itself (at seg[at:]): the tool calls
+        and the reasoning must be found there, not in a content that happens to mention them.
+        The content is cut out where the template put it, not where it first occurs."""
+        check_reasoning = bool(m.reasoning)  # set only where a policy places it (template, think_tags)
+        rest = seg[:at] + seg[at + len(m.content) :] if check_reasoning or calls else ""
+        if check_reasoning and m.placed_prefix and m.reasoning.strip() not in rest:
+            raise Reject(
+                "reasoning_not_rendered",
+                f'messages[{a}]: the template does not render the reasoning block that reasoning = "think_tags" '
+                f"writes before the content (starts {m.placed_prefix[:30]!r}), and does not drop exactly that block "
+                "from the turn either. Fix: set orchestrator.reconstruction.reasoning_form to the student's own "
+                'thinking syntax (docs/reconstruction.md, Policies), or reasoning = "drop"',
+            )
+        if check_reasoning and m.reasoning.strip() not in rest:
+            raise Reject(
+                "reasoning_not_rendered",
+                f"messages[{a}]: the template did not render reasoning_content. "
+                'Fix: set reasoning = "think_tags" (with reasoning_form for a student whose thinking syntax is '
+                'not <think> tags, e.g. Gemma 4\'s "<|channel>thought\\n{reasoning}<channel|>") or "drop"',
+            )
+        for call in calls:
+            name = call["function"]["name"]
+            if name not in rest and self.tool_shape.null_content and m.content:
+                raise Reject(
+                    "tool_calls_not_rendered",
+                    f"messages[{a}]: the student's chat template renders tool calls only in turns "
+                    f"without content (`content is none`), and this turn has content besides tool call "
+                    f'{name!r}. Fix: set orchestrator.reconstruction.text_with_tool_calls = "drop" to train '
+                    "the calls alone, or use a student whose template renders both",
+                )
+            if name not in rest:
+                raise _not_rendered(a, name)
+
+    def _check_every_call(self, data: list[dict], a: int, tools) -> None:
+        """Each of the turn's tool calls is rendered. The names found in the render (`_check_rendered`) are
+        no proof: two calls of one function share theirs (GigaChat3's template renders only a turn's first
+        call), and a name can be part of the text the template writes in the turn (GigaChat3's
+        "<|message_sep|>" holds "g"). One render with a mark for each call's name shows each mark; where a
+        mark is missing (a template that rewrites names, or leaves a call out), the turn's render without
+        each call in turn must differ from its render."""
+        calls = data[a]["tool_calls"]
+        marks = [f"{SENTINEL[:-1]}call{j}{SENTINEL[-1]}" for j in range(len(calls))]
+        marked = [dict(c, function=dict(c["function"], name=k)) for c, k in zip(calls, marks)]
+        try:
+            text = self.render([*data[:a], dict(data[a], tool_calls=marked)], tools, False)
+            if all(k in text for k in marks):
+                return
+            full = self.render(data[: a + 1], tools, False)
+        except Exception:  # noqa: BLE001 - rendered before; nothing to compare with
+            return
+        for j, call in enumerate(calls):
+            fewer = dict(data[a], tool_calls=calls[:j] + calls[j + 1 :])
+            if len(calls) == 1:
+                del fewer["tool_calls"]
+            try:
+                if self.render([*data[:a], fewer], tools, False) != full:
+                    continue
+            except Exception:  # noqa: BLE001 - not comparable without this call
+                continue
+            if len(calls) == 1:
+                raise _not_rendered(a, call["function"]["name"])
+            raise Reject(
+                "tool_calls_not_rendered",
+                f"messages[{a}]: the student's chat template renders only some of this turn's {len(calls)} tool "
+                f"calls (tool_calls[{j}], {call['function']['name']!r}, leaves its render unchanged), so the "
+                "student would learn fewer calls than the results that follow. Fix: use a student whose template "
+                "renders every call, or keep one call per turn in the data",
+            )
+
+
+def _not_rendered(a: int, name: str) -> Reject:
+    return Reject(
+        "tool_calls_not_rendered",
+        f"messages[{a}]: the student's chat template does not render tool call {name!r}; "
+        "training would teach an empty turn. Fix: if the student writes its calls as text, set "
+        "orchestrator.reconstruction.tool_calls_as_text to its form (docs/reconstruction.md, Policies); "
+        "else use a student whose template supports tools, or filter out tool conversations",
+    )
