@@ -102,7 +102,17 @@ SPECIAL = ["<think>", "</think>", "[INST]", "<|im_end|>", "<|eot_id|>", "</s>", 
 _plain = st.lists(st.sampled_from(PLAIN), max_size=6).map("".join)
 text = st.one_of(_plain, _plain, _plain, st.lists(st.sampled_from(PLAIN + SPECIAL), max_size=4).map("".join))
 answer = st.builds(lambda a, b, c: a + b + c, text, st.sampled_from(["a", "b c", "x.", "東京", "A1"]), text)
-TOOLS = [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}]
+# with properties: Seed-OSS's template raises on a tool without them
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "f",
+            "description": "d",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
+    }
+]
 
 
 @st.composite
