@@ -105,3 +105,26 @@ def test_a_call_the_template_never_renders_is_refused_whatever_its_name(name):
     samples, rejections = recon(tok=tok).build(msgs, tools, sample_id="c")
     assert samples == [] and [r.reason for r in rejections] == ["tool_calls_not_rendered"]
     assert f"does not render tool call {name!r}" in rejections[0].detail
+
+
+#: renders a turn's first call only, and raises on a call whose name is not a tool's (constructed)
+FIRST_KNOWN_CALL = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content or '' }}{% if m.tool_calls %}"
+    "{% set c = m.tool_calls[0].function %}"
+    "{% if c.name not in tools | map(attribute='function') | map(attribute='name') | list %}"
+    "{{ raise_exception('unknown tool ' + c.name) }}{% endif %}<tool_call>{{ c.name }}</tool_call>{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_template_that_refuses_unknown_names_is_checked_by_leaving_each_call_out():
+    """The render with marked names raises; the renders without each call decide."""
+    from distill.core.student import load_tokenizer, tokenizer_only_dir
+
+    tok = load_tokenizer(tokenizer_only_dir())
+    tok.chat_template = FIRST_KNOWN_CALL
+    r = recon(tok=tok)
+    samples, rejections = r.build(calls_turn(call("a", "f", "{}"), call("b", "f", "{}")), TOOLS, sample_id="c")
+    assert samples == [] and [x.reason for x in rejections] == ["tool_calls_not_rendered"]
+    samples, rejections = r.build(calls_turn(call("a", "g", "{}")), TOOLS, sample_id="c")
+    assert rejections == [] and runs(tok, samples[0])[1] == (1, "<tool_call>g</tool_call><|im_end|>")
