@@ -290,7 +290,7 @@ class TurnLocator(DroppedBlocks, RenderedChecks):
         if i < 0 or seg_s[:i] + m.content + seg_s[i + len(sentinel) :] != seg:
             if i >= 0 and seg_s[:i] + m.content.strip() + seg_s[i + len(sentinel) :] == seg:
                 raise _trims(a, m.role, m.content)
-            raise _alters(a, m)
+            raise _alters(a, m, self.cfg.reasoning)
         lead, tail = seg_s[:i], seg_s[i + len(sentinel) :]
         if m.role == "assistant" and lead.endswith(m.placed_prefix) and len(self._assistant_leads) < 4:
             pair = (lead[: len(lead) - len(m.placed_prefix)], tail)
@@ -329,14 +329,23 @@ def _trims(a: int, role: str, content: str) -> Reject:
     )
 
 
-def _alters(a: int, m: Msg) -> Reject:
+def _alters(a: int, m: Msg, policy: str) -> Reject:
+    """template_alters_content; for content that starts with the teacher's thinking block, the switch that
+    trains it: kept in the content under `template` where the template places no reasoning field, and under
+    `think_tags` where the template neither renders it as written nor strips exactly it."""
     where = f"messages[{a}] ({m.role}): the template does not render the content verbatim"
-    if m.role == "assistant" and m.content.lstrip().startswith(OPEN) and CLOSE in m.content:
-        return Reject(
-            "template_alters_content",
-            f"{where}: it starts with the teacher's thinking block, which this template strips from the turns it "
-            f'renders (content starts {m.content[:30]!r}). Fix: set reasoning = "think_tags" in '
-            "[orchestrator.reconstruction] to train the block where the student writes it, after the turn's header, "
-            'or "drop" to train the answer alone',
+    starts = f"(content starts {m.content[:30]!r})"
+    if m.role != "assistant" or not m.content.lstrip().startswith(OPEN) or CLOSE not in m.content:
+        return Reject("template_alters_content", f"{where} {starts}")
+    if policy == "think_tags":
+        fix = 'reasoning = "template" where the template places reasoning itself (Qwen3)'
+    else:
+        fix = (
+            'reasoning = "think_tags" to train the block where the student writes it, after the turn\'s header, '
+            "where the template strips exactly that block (Nemotron Super v1.5)"
         )
-    return Reject("template_alters_content", f"{where} (content starts {m.content[:30]!r})")
+    return Reject(
+        "template_alters_content",
+        f"{where}: it starts with the teacher's thinking block, which this template does not render as written "
+        f'{starts}. Fix: set {fix}, or "drop" to train the answer alone ([orchestrator.reconstruction] reasoning)',
+    )

@@ -119,3 +119,16 @@ def test_tool_calls_and_results(tok):
         (0, "<|start_header_id|>tool<|end_header_id|>\n\n<TOOL_RESPONSE>[42]</TOOL_RESPONSE><|eot_id|>" + HEADER),
         (1, "It is 42.<|eot_id|>"),
     ]
+
+
+def test_think_tags_names_the_template_policy_where_the_template_lays_the_block_out_itself():
+    """The other way round, on Qwen3's real template: it re-lays out an inline block (newlines around the
+    reasoning), so think_tags, which keeps it as written, is refused naming reasoning = "template", which
+    trains it as Qwen3 writes it."""
+    qwen = load_or_skip("qwen", "qwen3")
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think>R</think>A"}]
+    samples, rejections = recon(tok=qwen, reasoning="think_tags").build(msgs, None, sample_id="s")
+    assert samples == [] and [x.reason for x in rejections] == ["template_alters_content"]
+    assert 'reasoning = "template"' in rejections[0].detail
+    samples, rejections = recon(tok=qwen).build(msgs, None, sample_id="s")
+    assert rejections == [] and runs(qwen, samples[0])[1:] == [(1, "<think>\nR\n</think>\n\nA<|im_end|>")]
