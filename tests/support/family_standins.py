@@ -169,10 +169,10 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
         [],
     ),
     # GigaChat3 (10B-A1.8B): role names as text, each followed by <|role_sep|> and ended by <|message_sep|>
-    # (its eos); a 128k vocabulary no package ships; base: Qwen's byte-level BPE, bos <s>
+    # (its eos); no package ships its vocabulary; base: Qwen's byte-level BPE, bos <s>
     "gigachat3": ("qwen", "gigachat3", ["<|role_sep|>", "<|message_sep|>"], "<|message_sep|>", "<s>", []),
     # Seed-OSS (ByteDance): <seed:bos>ROLE\n ... <seed:eos> turns, thinking in <seed:think>...</seed:think>, calls in
-    # <seed:tool_call>; a 155k vocabulary no package ships; base: Qwen's byte-level BPE
+    # <seed:tool_call>; no package ships its vocabulary; base: Qwen's byte-level BPE
     "seed_oss": (
         "qwen",
         "seed_oss",
