@@ -49,11 +49,10 @@ def complete_content(opening: str, content: str, reasoning: str) -> str:
     if CLOSE in content:  # the teacher's own thinking block, inside content
         if content.startswith(opening):
             return content
-        if not content.lstrip().startswith(OPEN):  # the block's text without its opening tag
+        inline = leading_block(content)  # "<think>R</think>A": laid out as the template writes it
+        if inline is None:  # the block's text without its opening tag
             return opening + content
-        inline = split_thinking(content)  # "<think>R</think>A": laid out as the template writes it
-        if inline is not None:
-            reasoning, content = inline
+        reasoning, content = inline
     return f"{OPEN}\n{reasoning}\n{CLOSE}\n\n{content.lstrip(chr(10))}"  # the block's own newlines, once
 
 
@@ -93,11 +92,11 @@ def opened_turn(
         )
     c = _opened_content(opening, content, reasoning)
     full = render(c)
-    cut, answer = c.rfind(CLOSE), ""
-    if cut >= 0:  # the template may also strip the block's newlines after the tag (Nemotron Super v1.5)
-        answer = c[cut + len(CLOSE) :]
-        answer = next((x for x in (answer, answer.lstrip()) if full == prefix + x + end), answer)
-    if full != prefix + c + end and (cut < 0 or full != prefix + answer + end):
+    cut = c.rfind(CLOSE)
+    after = c[cut + len(CLOSE) :] if cut >= 0 else None
+    # the answer after our closing tag, its leading whitespace stripped or not (Nemotron Super v1.5 strips it)
+    dropped = after is not None and full in (prefix + after + end, prefix + after.lstrip() + end)
+    if full != prefix + c + end and not dropped:
         raise ValueError(
             f"the template renders the complete turn (opening {opening!r}, reasoning, {CLOSE!r}, "
             "answer) neither verbatim nor with the reasoning dropped at its closing tag"
@@ -162,6 +161,12 @@ def split_thinking(content: str) -> tuple[str, str] | None:
     elif OPEN in head:
         return None
     return head.strip("\n"), content[end + len(CLOSE) :].lstrip("\n")
+
+
+def leading_block(content: str) -> tuple[str, str] | None:
+    """`split_thinking` of a content that starts (after optional whitespace) with the "<think>" tag and
+    closes the block: the teacher's own block written whole; None otherwise."""
+    return split_thinking(content) if content.lstrip().startswith(OPEN) else None
 
 
 def take_thinking(reasoning: str, content: str, take: bool) -> tuple[str, str]:

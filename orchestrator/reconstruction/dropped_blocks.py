@@ -20,7 +20,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import replace
 
-from orchestrator.open_reasoning import OPEN, split_thinking
+from orchestrator.open_reasoning import leading_block
 from orchestrator.reconstruction.end_of_turn import SENTINEL
 from orchestrator.reconstruction.messages import Msg
 
@@ -105,7 +105,7 @@ def inline_block(m: Msg, policy: str) -> Msg | None:
     no answer after it)."""
     if policy != "think_tags" or m.role != "assistant" or m.placed_prefix or m.reasoning:
         return None
-    inline = split_thinking(m.content) if m.content.lstrip().startswith(OPEN) else None
+    inline = leading_block(m.content)
     if inline is None or not inline[1]:
         return None
     cut = len(m.content) - len(inline[1])

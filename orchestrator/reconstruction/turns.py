@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.open_reasoning import CLOSE, OPEN, THINK_FORM, inside_opened_block, opened_turn
+from orchestrator.open_reasoning import THINK_FORM, inside_opened_block, leading_block, opened_turn
 from orchestrator.reconstruction.dropped_blocks import DroppedBlocks, inline_block
 from orchestrator.reconstruction.end_of_turn import SENTINEL
 from orchestrator.reconstruction.messages import Msg
@@ -335,7 +335,7 @@ def _alters(a: int, m: Msg, policy: str) -> Reject:
     `think_tags` where the template neither renders it as written nor strips exactly it."""
     where = f"messages[{a}] ({m.role}): the template does not render the content verbatim"
     starts = f"(content starts {m.content[:30]!r})"
-    if m.role != "assistant" or not m.content.lstrip().startswith(OPEN) or CLOSE not in m.content:
+    if m.role != "assistant" or leading_block(m.content) is None:
         return Reject("template_alters_content", f"{where} {starts}")
     if policy == "think_tags":
         fix = 'reasoning = "template" where the template places reasoning itself (Qwen3)'
