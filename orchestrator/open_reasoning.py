@@ -70,7 +70,7 @@ def opened_turn(
     prefix = probe[:i]
     if prompt == prefix and (inside := trailing_opening(prompt)):
         return _inside_header(render, prefix, inside, content, reasoning, end) + spaces + eot
-    if prompt == prefix and reasoning:
+    if prompt == prefix and (reasoning or leading_block(content)):
         raise ValueError(
             f"the generation prompt (ends {prompt[-30:]!r}) already closes the thinking block "
             "(e.g. Qwen3 with enable_thinking=false), but the turn has reasoning, which the template "
@@ -211,3 +211,23 @@ def without_thinking_tags(content: str) -> str:
         return content
     head, tail = content.split(CLOSE, 1)
     return (head.lstrip()[len(OPEN) :] if head.lstrip().startswith(OPEN) else head) + tail
+
+
+def block_tags(form: str | None) -> tuple[tuple[str, str], ...]:
+    """The (opening, closing) tags of a thinking block, whitespace stripped: `<think>` tags, and those of
+    `form` (reasoning_form, "{reasoning}" between its tags) where it has others."""
+    tags = {(OPEN, CLOSE)}
+    if form and "{reasoning}" in form:
+        head, _, rest = form.partition("{reasoning}")
+        if head.strip() and rest.strip():
+            tags.add((head.strip(), rest.strip()))
+    return tuple(sorted(tags))
+
+
+def ends_with_empty_block(prompt: str, tags: tuple[str, str]) -> bool:
+    """Whether `prompt` ends with an empty thinking block, opened and closed, then only whitespace: a
+    generation prompt with thinking off (SmolLM3's /no_think, EXAONE 4.0's default, Qwen3's
+    enable_thinking=false: "<think>\\n\\n</think>\\n\\n")."""
+    opening, closing = tags
+    p = prompt.rstrip()
+    return p.endswith(closing) and p[: len(p) - len(closing)].rstrip().endswith(opening)

@@ -18,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.open_reasoning import THINK_FORM, inside_opened_block, leading_block, opened_turn
+from orchestrator.open_reasoning import THINK_FORM, inside_opened_block, leading_block, opened_turn, trailing_opening
 from orchestrator.reconstruction.dropped_blocks import DroppedBlocks, inline_block
 from orchestrator.reconstruction.end_of_turn import SENTINEL
 from orchestrator.reconstruction.messages import Msg
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.rendered_checks import RenderedChecks
+from orchestrator.reconstruction.thinking_blocks import ThinkingBlocks
 from orchestrator.system_merge import hint_for_mismatch, hint_for_template_error
 from orchestrator.tool_args import ToolCallShape
 
@@ -52,7 +53,7 @@ class Turn:
     shared: int = 0  # F_k[:shared] is the conversation's `head` [:shared] (prefixes.py; 0: unknown)
 
 
-class TurnLocator(DroppedBlocks, RenderedChecks):
+class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
     """Finds and checks trained turns in renders (a mixin of Reconstructor)."""
 
     # Set by Reconstructor.__init__:
@@ -126,6 +127,8 @@ class TurnLocator(DroppedBlocks, RenderedChecks):
             self._check_rendered(m, full[blen:eot_start] if seg is None else seg, a, calls, at)
         if calls:
             self._check_every_call(data, a, tools)
+        if m.role == "assistant":
+            self._check_no_second_block(full, start, a)
         return Turn(full, start, eot_start, end, bool(calls), m.role, known)
 
     def _after_reasoning(self, msgs: list[Msg], data: list[dict], a: int, tools, renders) -> Turn:
@@ -136,7 +139,10 @@ class TurnLocator(DroppedBlocks, RenderedChecks):
         bare = replace(m, data=dict(m.data, content=m.content), placed_prefix="", reasoning="")
         turn = self._locate_turn([*msgs[:a], bare], [*data[:a], bare.data], a, tools, renders)
         n, at = len(m.placed_prefix), turn.start
+        if opening := trailing_opening(turn.full[:at]):
+            return self._inside_opened_block(turn, m, opening, a)
         full = turn.full[:at] + m.placed_prefix + turn.full[at:]
+        self._check_no_second_block(full, at, a)
         return replace(turn, full=full, eot_start=turn.eot_start + n, end=turn.end + n, shared=min(turn.shared, at))
 
     @staticmethod

@@ -39,6 +39,26 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
         None,
         [],
     ),
+    # Granite 4.0: a 100k byte-level BPE (no package ships it) with the role tokens of Granite 3.3; calls written
+    # as <tool_call> JSON blocks; base: Qwen's byte-level BPE, whose <tool_call> tags are plain added tokens too
+    "granite4": (
+        "qwen",
+        "granite4",
+        ["<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>"],
+        "<|end_of_text|>",
+        None,
+        [],
+    ),
+    # EXAONE 4.0 (LG AI): a 102k byte-level BPE (no package ships it) with [|role|] tokens and [|endofturn|]
+    # (eos); base: Qwen's byte-level BPE, whose <think> and <tool_call> tags are added tokens as EXAONE's
+    "exaone4": (
+        "qwen",
+        "exaone4",
+        ["[|system|]", "[|user|]", "[|assistant|]", "[|tool|]", "[|endofturn|]"],
+        "[|endofturn|]",
+        None,
+        [],
+    ),
     # Hermes 3: Llama 3.1's vocabulary with ChatML tokens in reserved slots; base: Llama 3.2's
     "hermes3_tool_use": (
         "llama3",

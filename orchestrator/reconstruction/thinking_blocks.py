@@ -1,0 +1,73 @@
+"""Thinking blocks around the generation prompt's end, for turns the reasoning policy gives a block of their own.
+
+Part of `Reconstructor` (a base of turns.TurnLocator). Two cases, each docs/reconstruction.md's "Generation
+prompts that open the thinking block":
+
+- the prompt opens a block ("<think>\\n") that the template renders, in every turn, empty and closed before the
+  content (EXAONE 4.0 with thinking on): the student writes the rest of that block holding its reasoning
+  (`_inside_opened_block`);
+- the prompt ends with an empty block, closed (thinking off): a turn that starts with a block of its own would
+  teach a second block, and is rejected (`_check_no_second_block`).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.open_reasoning import THINK_FORM, block_tags, ends_with_empty_block
+from orchestrator.reconstruction.messages import Msg
+from orchestrator.reconstruction.reasons import Reject
+
+if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
+    from distill.core.config import Reconstruction
+
+
+class ThinkingBlocks:
+    """The block placement checks of assistant turns (a mixin of TurnLocator; turns are turns.Turn)."""
+
+    # Set by Reconstructor.__init__:
+    cfg: Reconstruction
+
+    def _inside_opened_block(self, turn: Any, m: Msg, opening: str, a: int) -> Any:
+        """The bare `turn` (content alone) after a generation prompt that opens a thinking block (EXAONE 4.0 with
+        thinking on: "<think>\\n"), for a template that drops our block (`dropped_reasoning`) and renders its
+        own, empty, in its place: the bare turn is the rest of that empty block, then the content. When that
+        empty block is the reasoning form with no reasoning, the student continues from the opening with the
+        form holding the reasoning: the rest of the filled block, then the content. Else template_mismatch."""
+        form = self.cfg.reasoning_form or THINK_FORM
+        empty, block = form.replace("{reasoning}", ""), form.replace("{reasoning}", m.reasoning)
+        at, rest = turn.start, empty[len(opening) :]
+        if not (empty.startswith(opening) and turn.full.startswith(rest + m.content, at)):
+            raise Reject(
+                "template_mismatch",
+                f"messages[{a}]: the generation prompt opens a thinking block ({opening!r}), and the template "
+                f"renders the turn without the reasoning and not as the rest of an empty block in reasoning_form "
+                f"({empty!r}) before the content: nothing proves where the student writes the reasoning after it",
+            )
+        full = turn.full[:at] + block[len(opening) :] + turn.full[at + len(rest) :]
+        n = len(block) - len(empty)
+        return replace(turn, full=full, eot_start=turn.eot_start + n, end=turn.end + n, shared=min(turn.shared, at))
+
+    def _check_no_second_block(self, full: str, start: int, a: int) -> None:
+        """A trained turn (full[start:]) that starts with a thinking block right after a generation prompt
+        (full[:start]) that ends with an empty one, closed - thinking off - would teach the student to write a
+        second block where it answers: rejected, naming the switches."""
+        head = full[start : start + 64].lstrip()
+        for tags in self._block_tags:
+            if head.startswith(tags[0]) and ends_with_empty_block(full[max(0, start - 256) : start], tags):
+                raise Reject(
+                    "template_mismatch",
+                    f"messages[{a}]: the generation prompt ends with an empty thinking block, closed "
+                    f"({full[max(0, start - 30) : start]!r}: thinking is off, as with SmolLM3's /no_think or "
+                    "Qwen3's enable_thinking=false), and the trained turn starts with a thinking block of its "
+                    f"own ({head[:30]!r}): the student would learn to write a second block where it answers. "
+                    'Fix: set reasoning = "drop" to train the answer alone, or turn thinking on in '
+                    "orchestrator.reconstruction.chat_template_kwargs (e.g. enable_thinking = true) to train the "
+                    "reasoning",
+                )
+
+    @functools.cached_property
+    def _block_tags(self) -> tuple[tuple[str, str], ...]:
+        return block_tags(self.cfg.reasoning_form)
