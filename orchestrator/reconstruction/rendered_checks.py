@@ -17,6 +17,10 @@ from orchestrator.reconstruction.reasons import Reject
 from orchestrator.tool_args import ToolCallShape
 
 
+#: reasoning shorter than this (characters) is also proven rendered by a render (`_check_short_reasoning`)
+SHORT_REASONING = 32
+
+
 class RenderedChecks:
     """Checks of the calls and reasoning a turn's render holds (a mixin of TurnLocator)."""
 
@@ -39,12 +43,7 @@ class RenderedChecks:
                 'thinking syntax (docs/reconstruction.md, Policies), or reasoning = "drop"',
             )
         if check_reasoning and m.reasoning.strip() not in rest:
-            raise Reject(
-                "reasoning_not_rendered",
-                f"messages[{a}]: the template did not render reasoning_content. "
-                'Fix: set reasoning = "think_tags" (with reasoning_form for a student whose thinking syntax is '
-                'not <think> tags, e.g. Gemma 4\'s "<|channel>thought\\n{reasoning}<channel|>") or "drop"',
-            )
+            raise _reasoning_not_rendered(a)
         for call in calls:
             name = call["function"]["name"]
             if name not in rest and self.tool_shape.null_content and m.content:
@@ -57,6 +56,20 @@ class RenderedChecks:
                 )
             if name not in rest:
                 raise _not_rendered(a, name)
+
+    def _check_short_reasoning(self, data: list[dict], a: int, tools, m: Msg) -> None:
+        """Reasoning the template renders itself (policy "template") and shorter than SHORT_REASONING, found in the
+        turn's render by `_check_rendered`, is no proof: so short a text can be part of what the template writes
+        in the turn (a call's JSON, its own tags). A render with a mark as the reasoning must show the mark."""
+        if m.placed_prefix or not m.reasoning or len(m.reasoning.strip()) >= SHORT_REASONING:
+            return
+        mark = f"{SENTINEL[:-1]}reasoning{SENTINEL[-1]}"
+        try:
+            shown = mark in self.render([*data[:a], dict(data[a], reasoning_content=mark, thinking=mark)], tools, False)
+        except Exception:  # noqa: BLE001 - unproven
+            shown = False
+        if not shown:
+            raise _reasoning_not_rendered(a)
 
     def _check_every_call(self, data: list[dict], a: int, tools) -> None:
         """Each of the turn's tool calls is rendered. The names found in the render (`_check_rendered`) are
@@ -96,6 +109,16 @@ class RenderedChecks:
                 "student would learn fewer calls than the results that follow. Fix: use a student whose template "
                 "renders every call, or keep one call per turn in the data",
             )
+
+
+def _reasoning_not_rendered(a: int) -> Reject:
+    return Reject(
+        "reasoning_not_rendered",
+        f"messages[{a}]: the template did not render reasoning_content. "
+        'Fix: set reasoning = "think_tags" (with reasoning_form for a student whose thinking syntax is '
+        'not <think> tags, e.g. Gemma 4\'s "<|channel>thought\\n{reasoning}<channel|>") or "drop"; where the '
+        'generation prompt closes an empty thinking block (thinking off), "drop", or thinking on',
+    )
 
 
 def _not_rendered(a: int, name: str) -> Reject:

@@ -125,6 +125,7 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
                 start += len(lead)  # the header before a non-assistant turn is context
         if calls or m.reasoning:
             self._check_rendered(m, full[blen:eot_start] if seg is None else seg, a, calls, at)
+            self._check_short_reasoning(data, a, tools, m)
         if calls:
             self._check_every_call(data, a, tools)
         if m.role == "assistant":

@@ -128,3 +128,20 @@ def test_a_template_that_refuses_unknown_names_is_checked_by_leaving_each_call_o
     assert samples == [] and [x.reason for x in rejections] == ["tool_calls_not_rendered"]
     samples, rejections = r.build(calls_turn(call("a", "g", "{}")), TOOLS, sample_id="c")
     assert rejections == [] and runs(tok, samples[0])[1] == (1, "<tool_call>g</tool_call><|im_end|>")
+
+
+@pytest.mark.parametrize("reasoning", ["name", "tool_call", "f"])
+def test_short_reasoning_found_in_the_calls_text_is_not_taken_for_rendered(reasoning):
+    """Qwen2.5's template renders no reasoning. A short reasoning field ("name") was found in the call's JSON
+    that the template writes in the turn, taken for rendered, and the turn trained without it, silently.
+    Reasoning under 32 characters is proven by a render with a mark in its place."""
+    tok = load_or_skip("qwen", "qwen2_5")
+    msgs = calls_turn(call("a", "f", '{"x": 1}'))
+    msgs[1]["reasoning_content"] = reasoning
+    samples, rejections = recon(tok=tok).build(msgs, TOOLS, sample_id="r")
+    assert samples == [] and [r.reason for r in rejections] == ["reasoning_not_rendered"]
+    # a template that renders it (Qwen3's) trains it, short as it is
+    qwen3 = load_or_skip("qwen", "qwen3")
+    msgs = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A", "reasoning_content": reasoning}]
+    samples, rejections = recon(tok=qwen3).build(msgs, None, sample_id="r")
+    assert rejections == [] and runs(qwen3, samples[0])[1:] == [(1, f"<think>\n{reasoning}\n</think>\n\nA<|im_end|>")]
