@@ -137,3 +137,64 @@ def test_inspect_uses_the_runs_template_and_refuses_a_bad_one(tmp_path, smol_tok
     assert main(["inspect", str(run), "--no-color"]) == 1
     err = capsys.readouterr().err
     assert "student.chat_template" in err and "does not exist" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "template, kwargs, unread",
+    [
+        ("deepseek_v3_1.jinja", {"enable_thinking": True}, ["enable_thinking"]),  # V3.1's switch is `thinking`
+        ("qwen3.jinja", {"enable_thinkng": False}, ["enable_thinkng"]),  # a misspelling
+        ("qwen3.jinja", {"enable_thinking": False, "thinking": True}, ["thinking"]),
+        ("chatml_system_folded.jinja", {"enable_thinking": False}, ["enable_thinking"]),  # no switch at all
+        ("qwen3.jinja", {"enable_thinking": False}, []),
+        ("chatml_generation.jinja", {}, []),
+        ("deepseek_v3_1.jinja", {"thinking": True}, []),
+        ("llama3_1.jinja", {"date_string": "26 Jul 2024", "builtin_tools": ["ipython"]}, []),
+    ],
+)
+def test_template_kwargs_the_template_never_reads_are_a_config_error(
+    tmp_path, smol_tokenizer_dir, template, kwargs, unread
+):
+    """orchestrator.reconstruction.chat_template_kwargs reach the student's template only by the names it reads:
+    any other key changed nothing, silently (a run "without thinking" trained with it). Now a ConfigError per key,
+    naming the names the template reads."""
+    from distill.core.config import ConfigError
+
+    (tmp_path / "cfg").mkdir()
+    shutil.copy(TEMPLATES / template, tmp_path / "cfg" / template)
+    pairs = ", ".join(f"{k} = {json.dumps(v)}" for k, v in kwargs.items())
+    f = tmp_path / "cfg" / "run.toml"
+    f.write_text(
+        f'[student]\ntokenizer = "{smol_tokenizer_dir}"\nchat_template = "{template}"\n'
+        f"[orchestrator.reconstruction]\nchat_template_kwargs = {{ {pairs} }}\n"
+    )
+    cfg = load_config(f)
+    if not unread:
+        try:
+            make_reconstructor(cfg)
+        except TokenizerError as e:  # past the check: SmolLM2's tokenizer lacks DeepSeek's and Llama's end tokens
+            assert "end-of-turn token" in str(e)
+        return
+    with pytest.raises(ConfigError) as e:
+        make_reconstructor(cfg)
+    assert [p.key for p in e.value.problems] == [
+        f"orchestrator.reconstruction.chat_template_kwargs.{k}" for k in unread
+    ]
+    assert "is never read by the student's chat template" in str(e.value)
+    if template == "deepseek_v3_1.jinja":
+        assert "thinking" in e.value.problems[0].message.split("the names it reads: ")[1]
+
+
+def test_tokenize_cli_refuses_a_template_kwarg_its_template_never_reads(tmp_path, smol_tokenizer_dir, capsys):
+    from distill.cli import main
+
+    (tmp_path / "in.jsonl").write_text(json.dumps({"messages": CONV}) + "\n")
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("[orchestrator.reconstruction]\nchat_template_kwargs = { enable_thinking = false }\n")
+    argv = ["tokenize", "--tokenizer", str(smol_tokenizer_dir), str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o")]
+    assert main([*argv, "--config", str(cfg)]) == 2  # SmolLM2's template has no thinking switch
+    err = capsys.readouterr().err
+    assert "chat_template_kwargs.enable_thinking: is never read" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+    qwen3 = TEMPLATES / "qwen3.jinja"  # reads it
+    assert main([*argv, "--config", str(cfg), "--chat-template", str(qwen3)]) == 0

@@ -39,7 +39,8 @@ class Reconstruction(Strict):
     # Special-token text (e.g. "<|im_end|>") inside message content: "reject" the
     # conversation, or "allow" (it is tokenised as the special token, as inference servers do).
     special_tokens_in_content: Literal["reject", "allow"] = "reject"
-    # Passed to the chat template (e.g. {enable_thinking = true}).
+    # Passed to the student's chat template (e.g. {enable_thinking = true}); a key the
+    # template never reads is a config error (it would change nothing).
     chat_template_kwargs: dict[str, Any] = {}
     # A leading system message: "keep" it (templates that cannot express one, e.g.
     # Gemma 2's, reject the conversation), or "merge_into_first_user": its text, a blank
