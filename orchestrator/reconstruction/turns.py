@@ -18,7 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.open_reasoning import THINK_FORM, inside_opened_block, leading_block, opened_turn, trailing_opening
+from orchestrator.open_reasoning import (
+    THINK_FORM,
+    ends_with_empty_block,
+    inside_opened_block,
+    leading_block,
+    opened_turn,
+    trailing_opening,
+)
 from orchestrator.reconstruction.dropped_blocks import DroppedBlocks, inline_block
 from orchestrator.reconstruction.end_of_turn import SENTINEL
 from orchestrator.reconstruction.messages import Msg
@@ -297,7 +304,8 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
         if i < 0 or seg_s[:i] + m.content + seg_s[i + len(sentinel) :] != seg:
             if i >= 0 and seg_s[:i] + m.content.strip() + seg_s[i + len(sentinel) :] == seg:
                 raise _trims(a, m.role, m.content)
-            raise _alters(a, m, self.cfg.reasoning)
+            closed = any(ends_with_empty_block(base[-256:], tags) for tags in self._block_tags)
+            raise _alters(a, m, "closed" if closed else self.cfg.reasoning)
         lead, tail = seg_s[:i], seg_s[i + len(sentinel) :]
         if m.role == "assistant" and lead.endswith(m.placed_prefix) and len(self._assistant_leads) < 4:
             pair = (lead[: len(lead) - len(m.placed_prefix)], tail)
@@ -339,11 +347,19 @@ def _trims(a: int, role: str, content: str) -> Reject:
 def _alters(a: int, m: Msg, policy: str) -> Reject:
     """template_alters_content; for content that starts with the teacher's thinking block, the switch that
     trains it: kept in the content under `template` where the template places no reasoning field, and under
-    `think_tags` where the template neither renders it as written nor strips exactly it."""
+    `think_tags` where the template neither renders it as written nor strips exactly it; `drop` or thinking on
+    where the generation prompt closes an empty block (policy "closed")."""
     where = f"messages[{a}] ({m.role}): the template does not render the content verbatim"
     starts = f"(content starts {m.content[:30]!r})"
     if m.role != "assistant" or leading_block(m.content) is None:
         return Reject("template_alters_content", f"{where} {starts}")
+    if policy == "closed":  # the generation prompt ends with an empty block: no second one after it
+        return Reject(
+            "template_alters_content",
+            f"{where}: it starts with the teacher's thinking block {starts}, and the generation prompt already "
+            'closes an empty one (thinking off). Fix: set reasoning = "drop" to train the answer alone, or turn '
+            "thinking on in orchestrator.reconstruction.chat_template_kwargs (e.g. enable_thinking = true)",
+        )
     if policy == "think_tags":
         fix = 'reasoning = "template" where the template places reasoning itself (Qwen3)'
     else:

@@ -206,6 +206,7 @@ def test_no_second_thinking_block_after_a_prompt_that_closed_one(family, kwargs,
     samples, rejections = r.build(msgs, None, sample_id="s")
     if policy == "template" and family == "exaone4":  # it takes the block out of the content, unlike SmolLM3
         assert samples == [] and [x.reason for x in rejections] == ["template_alters_content"]
+        assert 'reasoning = "drop"' in rejections[0].detail and "enable_thinking = true" in rejections[0].detail
         return
     assert samples == [] and [x.reason for x in rejections] == ["template_mismatch"]
     if family != "qwen3":  # Qwen3's own rejection: its template renders the reasoning, before the prompt's end
