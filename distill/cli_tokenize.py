@@ -70,11 +70,6 @@ def cmd_tokenize(argv: list[str]) -> int:
     template = a.chat_template or (cfg.student.chat_template if cfg else None)
     rc, workers = (cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruct_workers) if cfg else (None, 0)
     batch_input = a.batch_input or (cfg.orchestrator.replay.batch_input if cfg else None)
-    if rc is not None and rc.chat_template_kwargs:  # keys the template never reads: a ConfigError
-        from distill.core.student import load_tokenizer
-        from distill.run import check_template_kwargs
-
-        check_template_kwargs(load_tokenizer(a.tokenizer, template), rc.chat_template_kwargs)
     summary = tokenize_file(a.tokenizer, a.input, a.output, rc, template, workers, batch_input)
     print(json.dumps(summary, default=str))
     if summary["samples"]:

@@ -38,10 +38,11 @@ def prepare_run_dir(cfg: RunConfig, command: str, roles: tuple[str, ...], recon=
 
 def make_reconstructor(cfg: RunConfig):
     from orchestrator.reconstruct import Reconstructor
+    from orchestrator.template_kwargs import check_template_kwargs
     from distill.core.student import student_tokenizer
 
     tok = student_tokenizer(cfg.student)  # with student.chat_template when set
-    check_template_kwargs(tok, cfg.orchestrator.reconstruction.chat_template_kwargs)
+    check_template_kwargs(tok, cfg.orchestrator.reconstruction.chat_template_kwargs)  # a ConfigError
     try:
         recon = Reconstructor(tok, cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruction.max_seq_len)
     except ValueError as e:  # no template, no fast tokenizer, no end-of-turn token: the student's files
@@ -60,32 +61,6 @@ def make_reconstructor(cfg: RunConfig):
             file=sys.stderr,
         )
     return recon
-
-
-def check_template_kwargs(tok, kwargs: dict) -> None:
-    """A ConfigError for each `orchestrator.reconstruction.chat_template_kwargs` key the student's template (that
-    of `tok`) never reads (orchestrator/template_kwargs.py): it would change nothing, silently."""
-    from orchestrator.template_kwargs import unread_kwargs
-
-    from distill.core.config import ConfigError, Problem
-
-    if not kwargs or not isinstance(tok.chat_template, str):  # no template: the Reconstructor says so
-        return
-    unread, names = unread_kwargs(tok.chat_template, kwargs, frozenset(tok.special_tokens_map))
-    if not unread:
-        return
-    known = f"the names it reads: {', '.join(names)}" if names else "it reads none"
-    raise ConfigError(
-        "the student's chat template",
-        [
-            Problem(
-                f"orchestrator.reconstruction.chat_template_kwargs.{k}",
-                f"is never read by the student's chat template, so it would change nothing ({known}). "
-                "Fix: remove it, or use the template's own name for the switch",
-            )
-            for k in unread
-        ],
-    )
 
 
 def produce(

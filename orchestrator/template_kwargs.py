@@ -34,3 +34,27 @@ def unread_kwargs(source: str, kwargs: dict, passed: frozenset[str] = frozenset(
     if names is None:
         return [], []
     return [k for k in kwargs if k not in names], sorted(names - PASSED - passed)
+
+
+def check_template_kwargs(tok, kwargs: dict) -> None:
+    """A ConfigError for each `orchestrator.reconstruction.chat_template_kwargs` key the student's template (that
+    of `tok`) never reads (`unread_kwargs`): it would change nothing, silently."""
+    from distill.core.config import ConfigError, Problem
+
+    if not kwargs or not isinstance(tok.chat_template, str):  # no template: the Reconstructor says so
+        return
+    unread, names = unread_kwargs(tok.chat_template, kwargs, frozenset(tok.special_tokens_map))
+    if not unread:
+        return
+    known = f"the names it reads: {', '.join(names)}" if names else "it reads none"
+    raise ConfigError(
+        "the student's chat template",
+        [
+            Problem(
+                f"orchestrator.reconstruction.chat_template_kwargs.{k}",
+                f"is never read by the student's chat template, so it would change nothing ({known}). "
+                "Fix: remove it, or use the template's own name for the switch",
+            )
+            for k in unread
+        ],
+    )

@@ -15,6 +15,7 @@ from orchestrator.build_pool import ParallelBuilder, offline_workers
 from orchestrator.legacy_functions import LegacyError, modern_tools
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.reconstructor import Reconstructor
+from orchestrator.template_kwargs import check_template_kwargs
 
 if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
     from distill.core.config import Reconstruction
@@ -93,7 +94,9 @@ def tokenize_file(
     check_input(input_path)
     ctx = ParseContext(batch=_batch_index(batch_input) if batch_input else None)
     cfg = cfg if cfg is not None else Reconstruction()
-    recon = Reconstructor(load_tokenizer(tokenizer_dir, chat_template), cfg)
+    tok = load_tokenizer(tokenizer_dir, chat_template)
+    check_template_kwargs(tok, cfg.chat_template_kwargs)  # keys the template never reads: a ConfigError
+    recon = Reconstructor(tok, cfg)
     try:
         with ParallelBuilder(recon, offline_workers(workers)) as builder:
             counts, out_lines, hint = _reconstruct_lines(builder, input_path, ctx)
