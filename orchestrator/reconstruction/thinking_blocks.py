@@ -20,6 +20,9 @@ from orchestrator.open_reasoning import THINK_FORM, block_tags, ends_with_empty_
 from orchestrator.reconstruction.messages import Msg
 from orchestrator.reconstruction.reasons import Reject
 
+#: how much of a generation prompt's end is read for the empty block it may close
+PROMPT_END = 256
+
 if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
     from distill.core.config import Reconstruction
 
@@ -55,18 +58,24 @@ class ThinkingBlocks:
         (full[:start]) that ends with an empty one, closed - thinking off - would teach the student to write a
         second block where it answers: rejected, naming the switches."""
         head = full[start : start + 64].lstrip()
-        for tags in self._block_tags:
-            if head.startswith(tags[0]) and ends_with_empty_block(full[max(0, start - 256) : start], tags):
-                raise Reject(
-                    "template_mismatch",
-                    f"messages[{a}]: the generation prompt ends with an empty thinking block, closed "
-                    f"({full[max(0, start - 30) : start]!r}: thinking is off, as with SmolLM3's /no_think or "
-                    "Qwen3's enable_thinking=false), and the trained turn starts with a thinking block of its "
-                    f"own ({head[:30]!r}): the student would learn to write a second block where it answers. "
-                    'Fix: set reasoning = "drop" to train the answer alone, or turn thinking on in '
-                    "orchestrator.reconstruction.chat_template_kwargs (e.g. enable_thinking = true) to train the "
-                    "reasoning",
-                )
+        opened = [tags for tags in self._block_tags if head.startswith(tags[0])]
+        if opened and self._closes_empty_block(full[max(0, start - PROMPT_END) : start], opened):
+            raise Reject(
+                "template_mismatch",
+                f"messages[{a}]: the generation prompt ends with an empty thinking block, closed "
+                f"({full[max(0, start - 30) : start]!r}: thinking is off, as with SmolLM3's /no_think or "
+                "Qwen3's enable_thinking=false), and the trained turn starts with a thinking block of its "
+                f"own ({head[:30]!r}): the student would learn to write a second block where it answers. "
+                'Fix: set reasoning = "drop" to train the answer alone, or turn thinking on in '
+                "orchestrator.reconstruction.chat_template_kwargs (e.g. enable_thinking = true) to train the "
+                "reasoning",
+            )
+
+    def _closes_empty_block(self, prompt: str, tags: list[tuple[str, str]] | None = None) -> bool:
+        """Whether the generation prompt ends with an empty thinking block, closed (thinking off), in one of
+        `tags` (default: every block's). Only its last PROMPT_END characters are read."""
+        end = prompt[-PROMPT_END:]
+        return any(ends_with_empty_block(end, t) for t in (self._block_tags if tags is None else tags))
 
     @functools.cached_property
     def _block_tags(self) -> tuple[tuple[str, str], ...]:

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.open_reasoning import (
     THINK_FORM,
-    ends_with_empty_block,
     inside_opened_block,
     leading_block,
     opened_turn,
@@ -304,8 +303,7 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
         if i < 0 or seg_s[:i] + m.content + seg_s[i + len(sentinel) :] != seg:
             if i >= 0 and seg_s[:i] + m.content.strip() + seg_s[i + len(sentinel) :] == seg:
                 raise _trims(a, m.role, m.content)
-            closed = any(ends_with_empty_block(base[-256:], tags) for tags in self._block_tags)
-            raise _alters(a, m, "closed" if closed else self.cfg.reasoning)
+            raise _alters(a, m, self.cfg.reasoning, closed=self._closes_empty_block(base))
         lead, tail = seg_s[:i], seg_s[i + len(sentinel) :]
         if m.role == "assistant" and lead.endswith(m.placed_prefix) and len(self._assistant_leads) < 4:
             pair = (lead[: len(lead) - len(m.placed_prefix)], tail)
@@ -344,16 +342,16 @@ def _trims(a: int, role: str, content: str) -> Reject:
     )
 
 
-def _alters(a: int, m: Msg, policy: str) -> Reject:
+def _alters(a: int, m: Msg, policy: str, closed: bool = False) -> Reject:
     """template_alters_content; for content that starts with the teacher's thinking block, the switch that
     trains it: kept in the content under `template` where the template places no reasoning field, and under
     `think_tags` where the template neither renders it as written nor strips exactly it; `drop` or thinking on
-    where the generation prompt closes an empty block (policy "closed")."""
+    where the generation prompt closes an empty block (`closed`: thinking off), whatever the policy."""
     where = f"messages[{a}] ({m.role}): the template does not render the content verbatim"
     starts = f"(content starts {m.content[:30]!r})"
     if m.role != "assistant" or leading_block(m.content) is None:
         return Reject("template_alters_content", f"{where} {starts}")
-    if policy == "closed":  # the generation prompt ends with an empty block: no second one after it
+    if closed:  # the generation prompt ends with an empty block: no second one after it
         return Reject(
             "template_alters_content",
             f"{where}: it starts with the teacher's thinking block {starts}, and the generation prompt already "
