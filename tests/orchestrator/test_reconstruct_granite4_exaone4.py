@@ -17,6 +17,7 @@ import json
 import pytest
 from support.family_standins import standin_or_skip as standin
 from support.reconstruct_helpers import TWO_TURNS, decode, full_text, recon, reference, runs
+from support.tokenizer_builds import load_or_skip
 
 from orchestrator.open_reasoning import block_tags, ends_with_empty_block
 
@@ -58,17 +59,7 @@ def one_sample(tok, r, msgs, tools=None, **kw):
 
 def student(family: str):
     """The stand-in, or for Qwen3 its real tokenizer with the real template."""
-    if family != "qwen3":
-        return standin(family)
-    from support import tokenizer_builds
-    from support.reconstruct_helpers import TEMPLATES
-
-    try:
-        tok = tokenizer_builds.load("qwen")
-    except Exception as e:  # noqa: BLE001 - say why
-        tokenizer_builds.unavailable("test tokenizer for 'qwen'", e)
-    tok.chat_template = (TEMPLATES / "qwen3.jinja").read_text(encoding="utf-8")
-    return tok
+    return load_or_skip("qwen", "qwen3") if family == "qwen3" else standin(family)
 
 
 @pytest.fixture(scope="module")
