@@ -7,16 +7,20 @@ prompts that open the thinking block":
   content (EXAONE 4.0 with thinking on): the student writes the rest of that block holding its reasoning
   (`_inside_opened_block`);
 - the prompt ends with an empty block, closed (thinking off): a turn that starts with a block of its own would
-  teach a second block, and is rejected (`_check_no_second_block`).
+  teach a second block, and is rejected (`_check_no_second_block`);
+- the prompt opens a block ("<think>") that the template renders only for a turn with reasoning (GigaChat3.5 with
+  reasoning on): a turn without reasoning is the template's own render of it with an empty reasoning field
+  (`_with_empty_reasoning`).
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from orchestrator.open_reasoning import THINK_FORM, block_tags, ends_with_empty_block
+from orchestrator.open_reasoning import THINK_FORM, block_tags, ends_with_empty_block, trailing_opening
 from orchestrator.reconstruction.messages import Msg
 from orchestrator.reconstruction.reasons import Reject
 
@@ -32,6 +36,57 @@ class ThinkingBlocks:
 
     # Set by Reconstructor.__init__:
     cfg: Reconstruction
+    places_reasoning: bool  # the template renders an assistant turn's reasoning_content (open_reasoning.py)
+    # From the other parts:
+    render: Callable[..., str]  # prefixes.PrefixRenders.render
+    _prefix_renders: Callable[..., Any]  # prefixes.PrefixRenders._prefix_renders
+    _locate_turn: Callable[..., Any]  # turns.TurnLocator._locate_turn
+
+    def _with_empty_reasoning(self, msgs: list[Msg], data: list[dict], a: int, tools, prompt: str) -> Any:
+        """Turn a without reasoning after a generation prompt that opens a thinking block (`prompt` ends
+        "<think>": GigaChat3.5 with reasoning on) which the template renders only for a turn with reasoning: the
+        turn as the template renders it with an empty reasoning field - its own empty block, then the content
+        (or calls) - located and checked as any turn (its rejections are this turn's), where the prompt is a
+        prefix of that render. Only where the template places reasoning and the policy gives the turn none of
+        its own ("template" without reasoning, "drop"). None where that does not hold: the caller's other
+        proofs apply."""
+        m = msgs[a]
+        if not (self.places_reasoning and self.cfg.reasoning != "think_tags" and not m.reasoning):
+            return None
+        if "reasoning_content" in data[a] or not trailing_opening(prompt[-PROMPT_END:]):
+            return None
+        turn_data = dict(data[a], reasoning_content="", thinking="")  # both names, as messages.py places them
+        changed = [*data[:a], turn_data]
+        try:
+            if not self.render(changed, tools, False).startswith(prompt):
+                return None
+        except Exception:  # noqa: BLE001 - not provable this way
+            return None
+        renders = self._prefix_renders(changed, tools, a)
+        return self._locate_turn([*msgs[:a], replace(m, data=turn_data)], changed, a, tools, renders)
+
+    def _opened_call(self, a: int, base: str, m: Msg) -> NoReturn:
+        """The rejection of a tool-call turn after a generation prompt that is not the start of its render: one
+        that opens a block (no render shows how the student goes on into the calls), or that closes an empty
+        one while the turn has reasoning (thinking off), naming the fixes."""
+        if m.reasoning and self._closes_empty_block(base):
+            why = (
+                "already closes the thinking block (thinking off: Qwen3's enable_thinking=false), but the turn has "
+                'reasoning, which the template renders before its calls. Fix: set reasoning = "drop", or enable thinking'
+            )
+        elif base.rstrip().endswith("<think>"):
+            why = "opens a reasoning block, and no render shows how the student continues from it into the tool call"
+            if self.places_reasoning and self.cfg.reasoning == "think_tags":
+                why += (
+                    '. Fix: set reasoning = "template" or "drop": the template\'s own render of the turn with an '
+                    "empty reasoning field then shows it"
+                )
+        else:
+            why = (
+                "is not the start of the template's render of this tool-call turn (the history renders otherwise "
+                "once the turn follows), and no render shows how the student continues from it into the tool call"
+            )
+        raise Reject("template_mismatch", f"messages[{a}]: the generation prompt (ends {base[-30:]!r}) {why}")
 
     def _inside_opened_block(self, turn: Any, m: Msg, opening: str, a: int) -> Any:
         """The bare `turn` (content alone) after a generation prompt that opens a thinking block (EXAONE 4.0 with

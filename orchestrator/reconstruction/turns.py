@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.open_reasoning import (
+    OPEN,
     THINK_FORM,
     inside_opened_block,
     leading_block,
@@ -91,7 +92,7 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
             if m.role == "assistant":
                 rebuilt = self._after_rewritten_history(data, a, tools, base, full)
                 if rebuilt is None:
-                    return self._opened_turn(data, a, tools, base, m)
+                    return self._after_opening(msgs, data, a, tools, base)
                 (full, opening), known = rebuilt, 0  # starts with base
             else:
                 raise Reject(
@@ -223,21 +224,17 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
         self.stats["rewritten_history_turns"] += 1
         return base + full[i - len(lead) :], lead
 
+    def _after_opening(self, msgs: list[Msg], data: list[dict], a: int, tools, base: str) -> Turn:
+        """Assistant turn a, whose render does not start with the generation prompt `base`: the template's render
+        with an empty reasoning field where that proves it (`_with_empty_reasoning`), else `_opened_turn`."""
+        opened = self._with_empty_reasoning(msgs, data, a, tools, base)
+        return opened if opened is not None else self._opened_turn(data, a, tools, base, msgs[a])
+
     def _opened_turn(self, data: list[dict], a: int, tools, base: str, m: Msg) -> Turn:
         """The turn after a generation prompt that opens a block the history render
         drops (DeepSeek-R1-Distill's "<think>\n"), proven by orchestrator/open_reasoning.py."""
         if m.data.get("tool_calls"):
-            why = (
-                "opens a reasoning block"
-                if base.rstrip().endswith("<think>")
-                else "is not the start of the template's render of this tool-call turn (the history renders "
-                "otherwise once the turn follows)"
-            )
-            raise Reject(
-                "template_mismatch",
-                f"messages[{a}]: the generation prompt (ends {base[-30:]!r}) {why}, and no render shows how "
-                "the student continues from it into the tool call",
-            )
+            self._opened_call(a, base, m)
         if m.reasoning and self.cfg.reasoning_form not in (None, THINK_FORM):
             raise Reject(
                 "template_mismatch",
@@ -252,9 +249,13 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
             msg = {k: v for k, v in data[a].items() if k not in ("reasoning_content", "thinking")}
             return self.render(data[:a] + [dict(msg, content=content)], tools, False)
 
+        content, form = m.content, self.cfg.reasoning_form
+        if self.cfg.reasoning == "think_tags" and form and form.startswith(OPEN) and not m.reasoning:
+            if not leading_block(content):  # the form's empty block, laid out as in a turn with reasoning
+                content = form.replace("{reasoning}", "") + content
         try:
             end = self.eot + self.eot_closing
-            text = opened_turn(render_with, base, m.content, m.reasoning, end, self.final_tail, self.eot_spaces)
+            text = opened_turn(render_with, base, content, m.reasoning, end, self.final_tail, self.eot_spaces)
         except ValueError as e:
             try:
                 hint = hint_for_mismatch(base, render_with(m.content), data, self.cfg.system_prompt)

@@ -204,6 +204,10 @@ TEMPLATE_POLICIES = {
         "chat_template_kwargs": {"enable_thinking": True},
         "content_whitespace": "strip",
     },
+    # reasoning on: the generation prompt opens "<think>", which the template closes only for a turn with
+    # reasoning (a turn without: its render with an empty reasoning field, thinking_blocks.py)
+    ("gigachat3_5", "reasoning_on"): {"chat_template_kwargs": {"reasoning": True}},
+    ("gigachat3_5", "reasoning_on_drop"): {"chat_template_kwargs": {"reasoning": True}, "reasoning": "drop"},
 }
 CASES = [(name, policy) for name in NAMES for policy in sorted(POLICIES)] + sorted(TEMPLATE_POLICIES)
 

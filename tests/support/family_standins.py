@@ -191,6 +191,9 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
     # GigaChat3 (10B-A1.8B): role names as text, each followed by <|role_sep|> and ended by <|message_sep|>
     # (its eos); no package ships its vocabulary; base: Qwen's byte-level BPE, bos <s>
     "gigachat3": ("qwen", "gigachat3", ["<|role_sep|>", "<|message_sep|>"], "<|message_sep|>", "<s>", []),
+    # GigaChat3.5: GigaChat3's turns, the last assistant turn of a render ending with the eos instead of
+    # "<|message_sep|>\n\n"; reasoning = true opens "<think>" in the generation prompt; same base as GigaChat3
+    "gigachat3_5": ("qwen", "gigachat3_5", ["<|role_sep|>", "<|message_sep|>"], "<|message_sep|>", "<s>", []),
     # Seed-OSS (ByteDance): <seed:bos>ROLE\n ... <seed:eos> turns, thinking in <seed:think>...</seed:think>, calls in
     # <seed:tool_call>; no package ships its vocabulary; base: Qwen's byte-level BPE
     "seed_oss": (
