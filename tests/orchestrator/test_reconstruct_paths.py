@@ -50,6 +50,7 @@ REAL = {
     "qwen2_5": "qwen",
     "qwen3": "qwen",
     "qwen3_coder": "qwen",
+    "qwen3_5": "qwen",  # Qwen3.5's own, larger vocabulary is not shipped by a package: Qwen3's in its place
     "deepseek_v3": "deepseek",
     "deepseek_v3_1": "deepseek",
     "deepseek_r1_distill": "deepseek",
