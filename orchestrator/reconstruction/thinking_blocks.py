@@ -24,7 +24,7 @@ from orchestrator.open_reasoning import THINK_FORM, block_tags, ends_with_empty_
 from orchestrator.reconstruction.messages import Msg
 from orchestrator.reconstruction.reasons import Reject
 
-#: how much of a generation prompt's end is read for the empty block it may close
+#: how much of a generation prompt's end is read for the thinking block it may open or close
 PROMPT_END = 256
 
 if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
@@ -39,7 +39,6 @@ class ThinkingBlocks:
     places_reasoning: bool  # the template renders an assistant turn's reasoning_content (open_reasoning.py)
     # From the other parts:
     render: Callable[..., str]  # prefixes.PrefixRenders.render
-    _prefix_renders: Callable[..., Any]  # prefixes.PrefixRenders._prefix_renders
     _locate_turn: Callable[..., Any]  # turns.TurnLocator._locate_turn
 
     def _with_empty_reasoning(self, msgs: list[Msg], data: list[dict], a: int, tools, prompt: str) -> Any:
@@ -58,11 +57,13 @@ class ThinkingBlocks:
         turn_data = dict(data[a], reasoning_content="", thinking="")  # both names, as messages.py places them
         changed = [*data[:a], turn_data]
         try:
-            if not self.render(changed, tools, False).startswith(prompt):
-                return None
+            full = self.render(changed, tools, False)
         except Exception:  # noqa: BLE001 - not provable this way
             return None
-        renders = self._prefix_renders(changed, tools, a)
+        if not full.startswith(prompt):
+            return None
+        # turn a's two renders, the prompt (data[:a] is unchanged) and this one: no prefix is rendered again
+        renders = ({a: prompt}.__getitem__, {a + 1: full}.__getitem__, lambda j: None, None)
         return self._locate_turn([*msgs[:a], replace(m, data=turn_data)], changed, a, tools, renders)
 
     def _opened_call(self, a: int, base: str, m: Msg) -> NoReturn:
@@ -74,7 +75,7 @@ class ThinkingBlocks:
                 "already closes the thinking block (thinking off: Qwen3's enable_thinking=false), but the turn has "
                 'reasoning, which the template renders before its calls. Fix: set reasoning = "drop", or enable thinking'
             )
-        elif base.rstrip().endswith("<think>"):
+        elif trailing_opening(base[-PROMPT_END:]):
             why = "opens a reasoning block, and no render shows how the student continues from it into the tool call"
             if self.places_reasoning and self.cfg.reasoning == "think_tags":
                 why += (
