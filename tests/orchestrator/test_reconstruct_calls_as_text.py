@@ -9,7 +9,7 @@ import json
 
 import pytest
 from support.family_standins import standin_or_skip as standin
-from support.reconstruct_helpers import full_text, recon, reference, runs
+from support.reconstruct_helpers import full_text, recon, reference, trained
 
 from distill.core.config import ConfigError, load_config
 
@@ -37,10 +37,6 @@ def conversation(content="", calls=1, city="Paris"):
         {"role": "tool", "content": "sunny, 21", "tool_call_id": "c1"},
         {"role": "assistant", "content": "It is sunny."},
     ]
-
-
-def trained(tok, s) -> list[str]:
-    return [text for m, text in runs(tok, s)[1:] if m == 1]
 
 
 FORMS = [

@@ -17,7 +17,7 @@ import json
 
 import pytest
 from support.family_standins import standin_or_skip as standin
-from support.reconstruct_helpers import TWO_TURNS, decode, full_text, masked_text, recon, reference, runs
+from support.reconstruct_helpers import TWO_TURNS, decode, full_text, masked_text, recon, reference, runs, trained
 
 from orchestrator.tool_args import ToolCallShape, short_call_id
 
@@ -68,11 +68,6 @@ def check_against_template(tok, r, messages, tools=None, as_rendered=None, **kw)
     assert full.endswith(r.final_tail)
     assert full_text(tok, s) == full[: len(full) - len(r.final_tail)]
     return s
-
-
-def trained(tok, s) -> list[str]:
-    """The trained runs, decoded."""
-    return [text for m, text in runs(tok, s)[1:] if m == 1]
 
 
 def reasons(rejections) -> list[str]:

@@ -21,7 +21,7 @@ import json
 
 import pytest
 from support.family_standins import standin_or_skip as standin
-from support.reconstruct_helpers import TWO_TURNS, full_text, recon, reference, runs
+from support.reconstruct_helpers import TWO_TURNS, full_text, recon, reference, runs, trained
 
 TOOLS = [
     {
@@ -47,10 +47,6 @@ GCML = (
 @pytest.fixture(scope="module")
 def giga():
     return standin("gigachat3_5")
-
-
-def trained(tok, sample) -> list[str]:
-    return [text for mask, text in runs(tok, sample)[1:] if mask]
 
 
 def test_golden_two_turns_in_one_sample(giga):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.reconstruct_helpers import TWO_TURNS, full_text, recon, reference, runs
+from support.reconstruct_helpers import TWO_TURNS, full_text, recon, reference, runs, trained
 from support.tokenizer_builds import load_or_skip
 
 TOOLS = [
@@ -44,10 +44,6 @@ XML = "<tool_call>\n<function=f>\n<parameter=x>\n{}\n</parameter>\n</function>\n
 @pytest.fixture(scope="module")
 def qwen35():
     return load_or_skip("qwen", "qwen3_5")
-
-
-def trained(tok, sample) -> list[str]:
-    return [text for mask, text in runs(tok, sample)[1:] if mask]
 
 
 def test_thinking_on_each_turn_before_the_last_question_is_its_own_sample(qwen35):

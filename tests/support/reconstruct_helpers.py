@@ -72,6 +72,11 @@ def runs(tok, sample) -> list[tuple[int | None, str]]:
     return [(None, decode(tok, sample.prompt_ids))] + [(m, decode(tok, ids)) for m, ids in groups]
 
 
+def trained(tok, sample) -> list[str]:
+    """The trained runs of `sample` (mask 1), each decoded."""
+    return [text for mask, text in runs(tok, sample)[1:] if mask == 1]
+
+
 def masked_text(tok, sample) -> str:
     return decode(tok, [i for i, m in zip(sample.completion_ids, sample.completion_mask) if m])
 
