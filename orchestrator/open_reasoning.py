@@ -32,6 +32,14 @@ answer inside a block the prompt opened and that nothing closes (no reasoning), 
 is the whole prompt and ends with O; T = C[len(O):] + eot, where the template renders
 prefix + C[len(O):] + eot + tail verbatim (C[len(O):] less its leading newlines, for an
 empty block, where the template strips the content: "<think>\\n</think>\\n\\nA").
+
+A fifth shape: DeepSeek-V3.1 with thinking on. The generation prompt is header + "<think>", and a finished
+turn renders as header + "</think>" + answer (the history keeps the block's closing tag, never its opening or
+the reasoning; anything up to "</think>" in the content is cut). With `closing` the text from the probe's last
+"</think>" up to the content, T = reasoning + closing + answer + eot: the template's own layout with the
+reasoning where it leaves the block empty, proven by rendering a turn whose content is
+C = opening + reasoning + closing + answer as header + closing + answer + eot + tail (the template drops the
+reasoning at exactly that closing tag). Tool-call turns: reconstruction/thinking_blocks.py.
 """
 
 from __future__ import annotations
@@ -76,6 +84,9 @@ def opened_turn(
             "(e.g. Qwen3 with enable_thinking=false), but the turn has reasoning, which the template "
             'renders before that point. Fix: set reasoning = "drop", or enable thinking'
         )
+    closed = _after_closing_header(render, prefix, prompt, content, reasoning, end)
+    if closed is not None:
+        return closed + spaces + eot
     if not prompt.startswith(prefix) or len(prompt) == len(prefix):
         n = next((k for k, (x, y) in enumerate(zip(prompt, prefix)) if x != y), min(len(prompt), len(prefix)))
         raise ValueError(
@@ -102,6 +113,31 @@ def opened_turn(
             "answer) neither verbatim nor with the reasoning dropped at its closing tag"
         )
     return c[len(opening) :] + spaces + eot
+
+
+def _after_closing_header(
+    render: Callable[[str], str], prefix: str, prompt: str, content: str, reasoning: str, end: str
+) -> str | None:
+    """The fifth shape (module docstring): a history turn rendered as header + CLOSE + answer, the
+    generation prompt header + an opening. The trained text, or None where the renders are not that shape."""
+    j = prefix.rfind(CLOSE)
+    head, closing = prefix[:j], prefix[j:]
+    if j < 0 or closing.strip() != CLOSE or not prompt.startswith(head) or prompt.startswith(prefix):
+        return None
+    opening = prompt[len(head) :]
+    if not trailing_opening(opening) or opening.strip() != OPEN:
+        return None
+    inline = split_thinking(content)  # the teacher's block, whole or without its opening tag ("R</think>A")
+    if inline is not None:
+        reasoning, content = inline
+    c = opening + reasoning + closing + content  # the template's closing text, with the reasoning before it
+    if render(c) != head + closing + content + end:
+        raise ValueError(
+            f"the generation prompt opens a thinking block ({opening!r}) where a finished turn renders "
+            f"{closing!r} before its content, and the template does not render the complete turn (opening, "
+            f"reasoning, {closing!r}, answer) with the reasoning dropped at that closing tag"
+        )
+    return c[len(opening) :]
 
 
 def _opened_content(opening: str, content: str, reasoning: str) -> str:

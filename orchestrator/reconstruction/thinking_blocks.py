@@ -1,6 +1,6 @@
 """Thinking blocks around the generation prompt's end, for turns the reasoning policy gives a block of their own.
 
-Part of `Reconstructor` (a base of turns.TurnLocator). Two cases, each docs/reconstruction.md's "Generation
+Part of `Reconstructor` (a base of turns.TurnLocator). Four cases, each docs/reconstruction.md's "Generation
 prompts that open the thinking block":
 
 - the prompt opens a block ("<think>\\n") that the template renders, in every turn, empty and closed before the
@@ -10,17 +10,20 @@ prompts that open the thinking block":
   teach a second block, and is rejected (`_check_no_second_block`);
 - the prompt opens a block ("<think>") that the template renders only for a turn with reasoning (GigaChat3.5 with
   reasoning on): a turn without reasoning is the template's own render of it with an empty reasoning field
-  (`_with_empty_reasoning`).
+  (`_with_empty_reasoning`);
+- the prompt opens a block ("<think>") where the template renders a tool-call turn as the header, "</think>" and
+  the calls (DeepSeek-V3.1 with thinking on): the reasoning, then that turn (`_call_after_closing`).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 from dataclasses import replace
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from orchestrator.open_reasoning import THINK_FORM, block_tags, ends_with_empty_block, trailing_opening
+from orchestrator.open_reasoning import CLOSE, OPEN, THINK_FORM, block_tags, ends_with_empty_block, trailing_opening
 from orchestrator.reconstruction.messages import Msg
 from orchestrator.reconstruction.reasons import Reject
 
@@ -36,10 +39,13 @@ class ThinkingBlocks:
 
     # Set by Reconstructor.__init__:
     cfg: Reconstruction
+    stats: collections.Counter
     places_reasoning: bool  # the template renders an assistant turn's reasoning_content (open_reasoning.py)
+    tool_shape: Any  # tool_args.ToolCallShape
     # From the other parts:
     render: Callable[..., str]  # prefixes.PrefixRenders.render
     _locate_turn: Callable[..., Any]  # turns.TurnLocator._locate_turn
+    _simplest: tuple[str, str] | None  # dropped_blocks.DroppedBlocks._simplest
 
     def _with_empty_reasoning(self, msgs: list[Msg], data: list[dict], a: int, tools, prompt: str) -> Any:
         """Turn a without reasoning after a generation prompt that opens a thinking block (`prompt` ends
@@ -65,6 +71,47 @@ class ThinkingBlocks:
         # turn a's two renders, the prompt (data[:a] is unchanged) and this one: no prefix is rendered again
         renders = ({a: prompt}.__getitem__, {a + 1: full}.__getitem__, lambda j: None, None)
         return self._locate_turn([*msgs[:a], replace(m, data=turn_data)], changed, a, tools, renders)
+
+    def _call_after_closing(self, msgs: list[Msg], data: list[dict], a: int, tools, prompt: str) -> Any:
+        """Tool-call turn a after a generation prompt that opens a block ("<think>": DeepSeek-V3.1 with thinking
+        on) where the template renders the turn as the prompt's header, a closing tag and the calls (the fifth
+        shape, open_reasoning.py): the turn located and checked after header + closing tag, as the history renders
+        it, then the opening's continuation - the reasoning, if any - written before that tag. None where the
+        renders are not that shape."""
+        if not self._closes_after_header:
+            return None
+        m, opening = msgs[a], trailing_opening(prompt[-PROMPT_END:])
+        custom = m.reasoning and self.cfg.reasoning_form not in (None, THINK_FORM)  # no render shows that form here
+        if opening.strip() != OPEN or CLOSE in m.content or CLOSE in m.reasoning or custom:
+            return None
+        head = prompt[: len(prompt) - len(opening)]
+        content = data[a].get("content")
+        if m.placed_prefix and isinstance(content, str):  # think_tags: the block goes where the student writes it
+            content = content[len(m.placed_prefix) :] or (None if self.tool_shape.null_content else "")
+        bare = {k: v for k, v in data[a].items() if k not in ("reasoning_content", "thinking")} | {"content": content}
+        changed = [*data[:a], bare]
+        try:
+            full = self.render(changed, tools, False)
+        except Exception:  # noqa: BLE001 - not provable this way; the caller's rejection names why
+            return None
+        if not (full.startswith(head) and full.startswith(CLOSE, len(head))):
+            return None
+        header = head + CLOSE  # the prompt as the history renders it
+        renders = ({a: header}.__getitem__, {a + 1: full}.__getitem__, lambda j: None, None)
+        turn = self._locate_turn(
+            [*msgs[:a], replace(m, data=bare, placed_prefix="", reasoning="")], changed, a, tools, renders
+        )
+        text = opening + m.reasoning
+        self.stats["opened_reasoning_turns"] += 1
+        n = len(text)
+        return replace(
+            turn,
+            full=head + text + full[len(head) :],
+            start=len(prompt),
+            eot_start=turn.eot_start + n,
+            end=turn.end + n,
+            shared=min(turn.shared, len(head)),
+        )
 
     def _opened_call(self, a: int, base: str, m: Msg) -> NoReturn:
         """The rejection of a tool-call turn after a generation prompt that is not the start of its render: one
@@ -132,6 +179,17 @@ class ThinkingBlocks:
         `tags` (default: every block's). Only its last PROMPT_END characters are read."""
         end = prompt[-PROMPT_END:]
         return any(ends_with_empty_block(end, t) for t in (self._block_tags if tags is None else tags))
+
+    @functools.cached_property
+    def _closes_after_header(self) -> bool:
+        """Whether the simplest conversation's generation prompt is a header + "<think>" and its turn renders as
+        that header + "</think>" + the content (DeepSeek-V3.1, thinking on): only such templates are tried in
+        `_call_after_closing`, so that others pay no render for it."""
+        if self._simplest is None:
+            return False
+        prompt, turn = self._simplest
+        opening = trailing_opening(prompt[-PROMPT_END:])
+        return opening.strip() == OPEN and turn.startswith(prompt[: len(prompt) - len(opening)] + CLOSE)
 
     @functools.cached_property
     def _block_tags(self) -> tuple[tuple[str, str], ...]:

@@ -228,6 +228,8 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
         """Assistant turn a, whose render does not start with the generation prompt `base`: the template's render
         with an empty reasoning field where that proves it (`_with_empty_reasoning`), else `_opened_turn`."""
         opened = self._with_empty_reasoning(msgs, data, a, tools, base)
+        if opened is None and msgs[a].data.get("tool_calls"):
+            opened = self._call_after_closing(msgs, data, a, tools, base)
         return opened if opened is not None else self._opened_turn(data, a, tools, base, msgs[a])
 
     def _opened_turn(self, data: list[dict], a: int, tools, base: str, m: Msg) -> Turn:

@@ -887,13 +887,74 @@ def test_deepseek_v3_1_non_thinking_golden():
     assert rejections == [] and masked_text(tok, samples[0]) == "A1" + DS_EOS + "A2" + DS_EOS
 
 
-def test_deepseek_v3_1_thinking_cannot_be_proven():
-    """With thinking=true the prompt opens <think> but a finished turn renders as
-    "</think>" + answer: the template shows no thinking turn to prove one against."""
-    r = recon(tok=family("deepseek", "deepseek_v3_1"), chat_template_kwargs={"thinking": True})
-    _, rejections = r.build(REASONED[:2], None, sample_id="d")
+V31_PROMPT = BOS + "<｜User｜>Q1<｜Assistant｜><think>"
+HISTORY = "<｜User｜>Q1<｜Assistant｜></think>{}A1" + DS_EOS + "<｜User｜>Q2<｜Assistant｜><think>"
+
+
+@pytest.mark.parametrize(
+    "policy,first,second,history",
+    [
+        ("template", "R1</think>A1", "R2</think>A2", ""),
+        ("think_tags", "R1</think>A1", "R2</think>A2", "\n\n"),  # the history's content: the form's block, cut
+        ("drop", "</think>A1", "</think>A2", ""),
+    ],
+)
+def test_deepseek_v3_1_thinking_trains_the_block_the_prompt_opens(policy, first, second, history):
+    """With thinking=true the prompt opens "<think>" while a finished turn renders "</think>" + answer: the
+    student writes its reasoning, the template's "</think>" and the answer (open_reasoning.py's fifth shape).
+    The history drops the reasoning, so each turn is its own sample."""
+    tok = family("deepseek", "deepseek_v3_1")
+    r = recon(tok=tok, chat_template_kwargs={"thinking": True}, reasoning=policy)
+    samples, rejections = r.build(REASONED, None, sample_id="d")
+    assert rejections == []
+    assert [runs(tok, s) for s in samples] == [
+        [(None, V31_PROMPT), (1, first + DS_EOS)],
+        [(None, BOS + HISTORY.format(history)), (1, second + DS_EOS)],
+    ]
+    assert r.stats["opened_reasoning_turns"] == 2
+    # the teacher's own block inside content, whole or without its opening tag (a server without a parser)
+    want = [(None, V31_PROMPT), (1, ("</think>A" if policy == "drop" else "R</think>A") + DS_EOS)]
+    for content in ("<think>\nR\n</think>\n\nA", "R</think>A"):
+        (sample,), rejections = r.build([REASONED[0], {"role": "assistant", "content": content}], None, sample_id="i")
+        assert rejections == [] and runs(tok, sample) == want
+
+
+def test_deepseek_v3_1_thinking_tool_calls():
+    """A tool-call turn after the opened "<think>" renders as "</think>" + the calls: the reasoning (if any), that
+    closing tag and the calls are trained; the answer after the tool result (no generation prompt there) is the
+    plain cut."""
+    tok = family("deepseek", "deepseek_v3_1")
+    calls = (
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>"
+        + CALL_ARGS
+        + "<｜tool▁call▁end｜><｜tool▁calls▁end｜>"
+        + DS_EOS
+    )
+    conv = tool_conversation("Let me check.")
+    conv[2] = dict(conv[2], reasoning_content="Look it up.")
+    prompt = BOS + "Sys<｜User｜>Weather in Paris?<｜Assistant｜><think>"
+    for policy, text in [("template", "Look it up.</think>Let me check."), ("drop", "</think>Let me check.")]:
+        r = recon(tok=tok, chat_template_kwargs={"thinking": True}, reasoning=policy)
+        samples, rejections = r.build(conv, None, sample_id="c")
+        assert rejections == []
+        assert runs(tok, samples[0]) == [(None, prompt), (1, text + calls)]
+        assert runs(tok, samples[1])[1:] == [(1, "It is sunny." + DS_EOS)]
+    # reasoning in a reasoning_form no render shows: rejected, as for a turn without calls
+    form = "<r>{reasoning}</r>"
+    r = recon(tok=tok, chat_template_kwargs={"thinking": True}, reasoning="think_tags", reasoning_form=form)
+    _, rejections = r.build(conv, None, sample_id="f")
+    assert [x.reason for x in rejections] == ["template_mismatch"] and "messages[2]" in rejections[0].detail
+
+
+def test_deepseek_v3_1_thinking_rejects_what_the_template_does_not_drop():
+    """Reasoning holding "</think>" itself: the template cuts the content at the first one, so the render of
+    the whole turn is not header + "</think>" + answer, and nothing proves the trained text."""
+    kwargs = {"thinking": True}
+    r = recon(tok=family("deepseek", "deepseek_v3_1"), chat_template_kwargs=kwargs, special_tokens_in_content="allow")
+    msgs = [REASONED[0], {"role": "assistant", "content": "A", "reasoning_content": "x</think>y"}]
+    _, rejections = r.build(msgs, None, sample_id="d")
     assert [x.reason for x in rejections] == ["template_mismatch"]
-    assert "<｜Assistant｜><' the prompt has 'think>' where the turn's render has '/think>'" in rejections[0].detail
+    assert "with the reasoning dropped at that closing tag" in rejections[0].detail
 
 
 def test_sentencepiece_build_many_equals_build():

@@ -209,6 +209,10 @@ TEMPLATE_POLICIES = {
     # reasoning (a turn without: its render with an empty reasoning field, thinking_blocks.py)
     ("gigachat3_5", "reasoning_on"): {"chat_template_kwargs": {"reasoning": True}},
     ("gigachat3_5", "reasoning_on_drop"): {"chat_template_kwargs": {"reasoning": True}, "reasoning": "drop"},
+    # thinking on: the generation prompt opens "<think>", a finished turn renders "</think>" + answer (the fifth
+    # shape, open_reasoning.py); calls after the prompt too (thinking_blocks.py)
+    ("deepseek_v3_1", "thinking"): {"chat_template_kwargs": {"thinking": True}},
+    ("deepseek_v3_1", "thinking_drop"): {"chat_template_kwargs": {"thinking": True}, "reasoning": "drop"},
 }
 CASES = [(name, policy) for name in NAMES for policy in sorted(POLICIES)] + sorted(TEMPLATE_POLICIES)
 
