@@ -37,6 +37,7 @@ def prepare_run_dir(cfg: RunConfig, command: str, roles: tuple[str, ...], recon=
 
 
 def make_reconstructor(cfg: RunConfig):
+    from orchestrator.open_reasoning import ThinkingSyntaxError
     from orchestrator.reconstruct import Reconstructor
     from orchestrator.template_kwargs import check_template_kwargs
     from distill.core.student import student_tokenizer
@@ -45,6 +46,8 @@ def make_reconstructor(cfg: RunConfig):
     check_template_kwargs(tok, cfg.orchestrator.reconstruction.chat_template_kwargs)  # a ConfigError
     try:
         recon = Reconstructor(tok, cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruction.max_seq_len)
+    except ThinkingSyntaxError as e:  # think_tags' <think> tags for a student that writes another syntax
+        raise e.config_error() from None
     except ValueError as e:  # no template, no fast tokenizer, no end-of-turn token: the student's files
         where = (
             f"student.chat_template = {cfg.student.chat_template!r}"

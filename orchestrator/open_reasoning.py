@@ -267,3 +267,53 @@ def ends_with_empty_block(prompt: str, tags: tuple[str, str]) -> bool:
     opening, closing = tags
     p = prompt.rstrip()
     return p.endswith(closing) and p[: len(p) - len(closing)].rstrip().endswith(opening)
+
+
+#: thinking syntaxes other than <think> tags, as reasoning_form strings, that a chat template may write
+OTHER_FORMS = (
+    "[THINK]{reasoning}[/THINK]",  # Magistral, Ministral 3 reasoning
+    "<|channel>thought\n{reasoning}<channel|>",  # Gemma 4
+    "<seed:think>{reasoning}</seed:think>",  # Seed-OSS
+    "<|START_THINKING|>{reasoning}<|END_THINKING|>",  # Cohere Command A Reasoning
+)
+
+
+def template_thinking_form(template: str) -> str | None:
+    """The thinking syntax a chat template's source writes, as a reasoning_form: one of OTHER_FORMS whose tags
+    (whitespace stripped) are all in it, where it is the only one and the template never writes <think> tags;
+    else None."""
+    if OPEN in template or CLOSE in template:
+        return None
+    found = [f for f in OTHER_FORMS if all(tag.strip() in template for tag in f.split("{reasoning}"))]
+    return found[0] if len(found) == 1 else None
+
+
+class ThinkingSyntaxError(ValueError):
+    """reasoning = "think_tags" would write <think> tags into a student whose template writes another syntax."""
+
+    def config_error(self) -> Exception:
+        """The same, as the config error the CLI prints (distill.core.config.ConfigError), naming the key."""
+        from distill.core.config import ConfigError, Problem
+
+        return ConfigError(
+            "the student's chat template", [Problem("orchestrator.reconstruction.reasoning_form", str(self))]
+        )
+
+
+def check_default_form(template: str, policy: str, form: str | None, places_reasoning: bool) -> None:
+    """reasoning = "think_tags" with reasoning_form unset (<think> tags) for a student whose template writes
+    another thinking syntax (template_thinking_form) would teach a syntax the student does not use: a
+    ThinkingSyntaxError (a ValueError) naming the form to set. An explicit reasoning_form (<think> tags
+    included) is the user's choice."""
+    own = template_thinking_form(template) if policy == "think_tags" and form is None else None
+    if own is None:
+        return
+    first = (
+        'set reasoning = "template" (the template writes the reasoning field itself), or ' if places_reasoning else ""
+    )
+    raise ThinkingSyntaxError(
+        'reasoning = "think_tags" writes the reasoning in <think> tags (reasoning_form is unset), but the student\'s '
+        f"chat template writes thinking as {own!r} and never <think>: the student would learn a syntax it does not "
+        f"use. Fix: {first}set orchestrator.reconstruction.reasoning_form = {own!r}; to teach <think> tags anyway, "
+        f"set reasoning_form = {THINK_FORM!r}"
+    )

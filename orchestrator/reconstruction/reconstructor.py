@@ -29,7 +29,7 @@ from orchestrator.reconstruction.turns import TurnLocator
 from orchestrator.reconstruction.sp_bytes import sentencepiece_bytes
 from orchestrator.segment_tokenize import PrefixSpaceRule
 from orchestrator.template import ChatTemplate
-from orchestrator.open_reasoning import probe_places_reasoning
+from orchestrator.open_reasoning import check_default_form, probe_places_reasoning
 from orchestrator.tool_args import probe_renders_tool_results, probe_tool_call_shape
 
 if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
@@ -82,6 +82,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._probe_tools(cfg.tool_calls_as_text)
         # a thinking block inside content moves to reasoning_content for templates that place it
         self.places_reasoning = probe_places_reasoning(lambda msgs: self.render(msgs, self.probe_tools, False))
+        check_default_form(template, cfg.reasoning, cfg.reasoning_form, self.places_reasoning)  # think_tags' tags
         # SentencePiece-style dummy prefix: later segments are tokenised without it
         # (orchestrator/segment_tokenize.py); None for tokenizers without one (BPE).
         self._prefix_rule = PrefixSpaceRule(self.backend, [self.eot] + added) if self._token_bytes is None else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from orchestrator.open_reasoning import template_thinking_form
 from orchestrator.reconstruction.end_of_turn import SENTINEL
 from orchestrator.reconstruction.messages import Msg
 from orchestrator.reconstruction.reasons import Reject
@@ -27,6 +28,7 @@ class RenderedChecks:
     # Set by Reconstructor.__init__ and the other parts:
     tool_shape: ToolCallShape
     render: Callable[..., str]
+    template: str  # the chat template's source
 
     def _check_rendered(self, m: Msg, seg: str, a: int, calls, at: int) -> None:
         """What the template rendered besides the content itself (at seg[at:]): the tool calls
@@ -43,7 +45,7 @@ class RenderedChecks:
                 'thinking syntax (docs/reconstruction.md, Policies), or reasoning = "drop"',
             )
         if check_reasoning and m.reasoning.strip() not in rest:
-            raise _reasoning_not_rendered(a)
+            raise _reasoning_not_rendered(a, self.template)
         for call in calls:
             name = call["function"]["name"]
             if name not in rest and self.tool_shape.null_content and m.content:
@@ -69,7 +71,7 @@ class RenderedChecks:
         except Exception:  # noqa: BLE001 - unproven
             shown = False
         if not shown:
-            raise _reasoning_not_rendered(a)
+            raise _reasoning_not_rendered(a, self.template)
 
     def _check_every_call(self, data: list[dict], a: int, tools) -> None:
         """Each of the turn's tool calls is rendered. The names found in the render (`_check_rendered`) are
@@ -111,13 +113,20 @@ class RenderedChecks:
             )
 
 
-def _reasoning_not_rendered(a: int) -> Reject:
+def _reasoning_not_rendered(a: int, template: str) -> Reject:
+    """The rejection of reasoning the template leaves out, naming the student's own thinking syntax where its
+    template shows one (open_reasoning.template_thinking_form)."""
+    own = template_thinking_form(template)
+    form = (
+        f"with reasoning_form = {own!r}, the template's own thinking syntax"
+        if own
+        else "with reasoning_form for a student whose thinking syntax is not <think> tags, e.g. Gemma 4's "
+        '"<|channel>thought\\n{reasoning}<channel|>"'
+    )
     return Reject(
         "reasoning_not_rendered",
-        f"messages[{a}]: the template did not render reasoning_content. "
-        'Fix: set reasoning = "think_tags" (with reasoning_form for a student whose thinking syntax is '
-        'not <think> tags, e.g. Gemma 4\'s "<|channel>thought\\n{reasoning}<channel|>") or "drop"; where the '
-        'generation prompt closes an empty thinking block (thinking off), "drop", or thinking on',
+        f'messages[{a}]: the template did not render reasoning_content. Fix: set reasoning = "think_tags" ({form}) '
+        'or "drop"; where the generation prompt closes an empty thinking block (thinking off), "drop", or thinking on',
     )
 
 

@@ -13,6 +13,7 @@ from distill.core.jsonl import Line, json_array_hint, read_jsonl, shape_hint, st
 from distill.core.conversation import Conversation
 from orchestrator.build_pool import ParallelBuilder, offline_workers
 from orchestrator.legacy_functions import LegacyError, modern_tools
+from orchestrator.open_reasoning import ThinkingSyntaxError
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.reconstructor import Reconstructor
 from orchestrator.template_kwargs import check_template_kwargs
@@ -96,7 +97,10 @@ def tokenize_file(
     cfg = cfg if cfg is not None else Reconstruction()
     tok = load_tokenizer(tokenizer_dir, chat_template)
     check_template_kwargs(tok, cfg.chat_template_kwargs)  # keys the template never reads: a ConfigError
-    recon = Reconstructor(tok, cfg)
+    try:
+        recon = Reconstructor(tok, cfg)
+    except ThinkingSyntaxError as e:  # think_tags' <think> tags for a student that writes another syntax
+        raise e.config_error() from None
     try:
         with ParallelBuilder(recon, offline_workers(workers)) as builder:
             counts, out_lines, hint = _reconstruct_lines(builder, input_path, ctx)

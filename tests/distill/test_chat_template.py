@@ -198,3 +198,44 @@ def test_tokenize_cli_refuses_a_template_kwarg_its_template_never_reads(tmp_path
     assert not (tmp_path / "o").exists()
     qwen3 = TEMPLATES / "qwen3.jinja"  # reads it
     assert main([*argv, "--config", str(cfg), "--chat-template", str(qwen3)]) == 0
+
+
+def test_think_tags_for_a_student_with_another_thinking_syntax_is_a_config_error(tmp_path, smol_tokenizer_dir, capsys):
+    """reasoning = "think_tags" with reasoning_form unset writes <think> tags; a student template that writes
+    [THINK] blocks (Magistral, Ministral 3) and never <think> would learn a syntax it does not use: one config
+    error naming orchestrator.reconstruction.reasoning_form and the form to set, before anything is written.
+    Setting the form (or <think> tags explicitly) runs."""
+    from distill.cli import main
+
+    template = tmp_path / "think.jinja"  # ChatML whose assistant turns write reasoning as [THINK]...[/THINK]
+    template.write_text(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+        "{% if m.reasoning_content %}{{ '[THINK]' + m.reasoning_content + '[/THINK]' }}{% endif %}"
+        "{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    reasoned = [*CONV[:3], dict(CONV[2], reasoning_content="France's capital.")][:3]
+    reasoned[2] = dict(CONV[2], reasoning_content="France's capital.")
+    (tmp_path / "in.jsonl").write_text(json.dumps({"messages": reasoned}) + "\n")
+    argv = ["tokenize", "--tokenizer", str(smol_tokenizer_dir), str(tmp_path / "in.jsonl"), "--chat-template"]
+    argv += [str(template), "--config"]
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('[orchestrator.reconstruction]\nreasoning = "think_tags"\n')
+    assert main([*argv, str(cfg), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "orchestrator.reconstruction.reasoning_form" in err and "'[THINK]{reasoning}[/THINK]'" in err
+    assert 'set reasoning = "template"' in err and "Traceback" not in err and not (tmp_path / "o").exists()
+    cfg.write_text(
+        '[orchestrator.reconstruction]\nreasoning = "think_tags"\nreasoning_form = "[THINK]{reasoning}[/THINK]"\n'
+    )
+    assert main([*argv, str(cfg), "-o", str(tmp_path / "o")]) == 0
+    from distill.core.config import ConfigError
+
+    run = tmp_path / "cfg" / "run.toml"  # the run's path (distill run, rollout, replay: make_reconstructor)
+    run.parent.mkdir()
+    run.write_text(
+        f'[student]\ntokenizer = "{smol_tokenizer_dir}"\nchat_template = "{template}"\n'
+        '[orchestrator.reconstruction]\nreasoning = "think_tags"\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        make_reconstructor(load_config(run))
+    assert [p.key for p in e.value.problems] == ["orchestrator.reconstruction.reasoning_form"]

@@ -183,3 +183,38 @@ def test_without_the_form_the_reasoning_not_rendered_fix_names_it(tok):
     _, rejections = recon(tok=tok, chat_template_kwargs=THINKING).build(reasoned, None, sample_id="n")
     assert [x.reason for x in rejections] == ["reasoning_not_rendered"]
     assert "reasoning_form" in rejections[0].detail and "<|channel>thought" in rejections[0].detail
+
+
+def test_think_tags_without_a_form_names_the_templates_own_syntax(tok):
+    """reasoning = "think_tags" with reasoning_form unset writes <think> tags, which Gemma 4 never writes: a
+    config error at construction naming the thought channel as the form; an explicit form is the user's choice.
+    The reasoning_not_rendered fix names the template's own form, with the newline it writes."""
+    with pytest.raises(ValueError, match="never <think>") as e:
+        recon(tok=tok, reasoning="think_tags")
+    assert f"reasoning_form = {FORM!r}" in str(e.value) and 'reasoning = "template"' not in str(e.value)
+    from orchestrator.open_reasoning import THINK_FORM
+
+    samples, rejections = recon(tok=tok, reasoning="think_tags", reasoning_form=THINK_FORM).build(
+        TWO_TURNS[:2], None, sample_id="t"
+    )
+    assert rejections == [] and runs(tok, samples[0])[1:] == [(1, "Hello!<turn|>")]
+    reasoned = [TWO_TURNS[0], dict(TWO_TURNS[1], reasoning_content="R")]
+    _, rejections = recon(tok=tok).build(reasoned, None, sample_id="n")
+    assert f"reasoning_form = {FORM!r}, the template's own thinking syntax" in rejections[0].detail
+
+
+@pytest.mark.parametrize(
+    "template,form",
+    [
+        ("{{ '[THINK]' + m + '[/THINK]' }}", "[THINK]{reasoning}[/THINK]"),  # Magistral, Ministral 3
+        ("{{ '<seed:think>' }}{{ r }}{{ '</seed:think>' }}", "<seed:think>{reasoning}</seed:think>"),
+        ("{{ '<|START_THINKING|>' + r + '<|END_THINKING|>' }}", "<|START_THINKING|>{reasoning}<|END_THINKING|>"),
+        ("{{ '[THINK]' }} and {{ '<think>' }}", None),  # writes <think> too: nothing to say
+        ("{{ '[THINK]' }} alone", None),  # one tag is no syntax
+        ("{{ '[THINK][/THINK]<seed:think></seed:think>' }}", None),  # two syntaxes: not one to name
+    ],
+)
+def test_template_thinking_form(template, form):
+    from orchestrator.open_reasoning import template_thinking_form
+
+    assert template_thinking_form(template) == form

@@ -220,10 +220,15 @@ CASES = [(name, policy) for name in NAMES for policy in sorted(POLICIES)] + sort
 @pytest.mark.parametrize("name,policy", CASES)
 def test_shortcuts_give_what_rendering_every_prefix_gives(name, policy):
     from distill.core.config import Reconstruction
+    from orchestrator.open_reasoning import THINK_FORM, template_thinking_form
     from orchestrator.reconstruct import Reconstructor
 
     tok = tokenizer(name)
     cfg = Reconstruction(**(POLICIES[policy] if policy in POLICIES else TEMPLATE_POLICIES[name, policy]))
+    if cfg.reasoning == "think_tags" and cfg.reasoning_form is None and template_thinking_form(tok.chat_template):
+        with pytest.raises(ValueError, match="never <think>"):  # a student with another thinking syntax
+            Reconstructor(tok, cfg)
+        cfg = cfg.model_copy(update={"reasoning_form": THINK_FORM})  # <think> tags, chosen explicitly
     if cfg.tool_calls_as_text and Reconstructor(tok, Reconstruction()).tool_shape.probed:
         with pytest.raises(ValueError, match="renders tool calls itself"):
             Reconstructor(tok, cfg)
@@ -245,7 +250,7 @@ def test_shortcuts_give_what_rendering_every_prefix_gives(name, policy):
 
     check()
     assert seen["samples"] > 0  # the conversations drawn are not all rejected
-    if cfg.reasoning_form:  # the turns after the block the template drops were drawn
+    if cfg.reasoning_form not in (None, THINK_FORM):  # the turns after the block the template drops were drawn
         assert fast.stats["dropped_reasoning_turns"] > 0
 
 

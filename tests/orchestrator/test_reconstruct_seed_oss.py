@@ -71,3 +71,11 @@ def test_content_the_template_trims_names_the_switch(tok):
     assert 'content_whitespace = "strip"' in rejections[0].detail
     samples, rejections = recon(tok=tok, content_whitespace="strip").build(msgs, None, sample_id="w")
     assert rejections == [] and runs(tok, samples[0])[1:] == [(1, "Hello!<seed:eos>")]
+
+
+def test_think_tags_without_a_form_points_to_the_template_policy(tok):
+    """Seed-OSS writes thinking as <seed:think> blocks and renders the reasoning field itself: think_tags with
+    <think> tags (reasoning_form unset) is a config error whose fix names reasoning = "template" first."""
+    with pytest.raises(ValueError, match="never <think>") as e:
+        recon(tok=tok, reasoning="think_tags")
+    assert 'set reasoning = "template"' in str(e.value) and "<seed:think>{reasoning}</seed:think>" in str(e.value)
