@@ -213,8 +213,7 @@ def test_think_tags_for_a_student_with_another_thinking_syntax_is_a_config_error
         "{% if m.reasoning_content %}{{ '[THINK]' + m.reasoning_content + '[/THINK]' }}{% endif %}"
         "{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
-    reasoned = [*CONV[:3], dict(CONV[2], reasoning_content="France's capital.")][:3]
-    reasoned[2] = dict(CONV[2], reasoning_content="France's capital.")
+    reasoned = [*CONV[:2], dict(CONV[2], reasoning_content="France's capital.")]
     (tmp_path / "in.jsonl").write_text(json.dumps({"messages": reasoned}) + "\n")
     argv = ["tokenize", "--tokenizer", str(smol_tokenizer_dir), str(tmp_path / "in.jsonl"), "--chat-template"]
     argv += [str(template), "--config"]
