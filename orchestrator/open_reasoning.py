@@ -300,13 +300,12 @@ class ThinkingSyntaxError(ValueError):
         )
 
 
-def check_default_form(template: str, policy: str, form: str | None, places_reasoning: bool) -> None:
+def check_default_form(own: str | None, policy: str, form: str | None, places_reasoning: bool) -> None:
     """reasoning = "think_tags" with reasoning_form unset (<think> tags) for a student whose template writes
-    another thinking syntax (template_thinking_form) would teach a syntax the student does not use: a
+    another thinking syntax, `own` (template_thinking_form), would teach a syntax the student does not use: a
     ThinkingSyntaxError (a ValueError) naming the form to set. An explicit reasoning_form (<think> tags
     included) is the user's choice."""
-    own = template_thinking_form(template) if policy == "think_tags" and form is None else None
-    if own is None:
+    if own is None or policy != "think_tags" or form is not None:
         return
     first = (
         'set reasoning = "template" (the template writes the reasoning field itself), or ' if places_reasoning else ""

@@ -82,7 +82,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._probe_tools(cfg.tool_calls_as_text)
         # a thinking block inside content moves to reasoning_content for templates that place it
         self.places_reasoning = probe_places_reasoning(lambda msgs: self.render(msgs, self.probe_tools, False))
-        check_default_form(template, cfg.reasoning, cfg.reasoning_form, self.places_reasoning)  # think_tags' tags
+        check_default_form(self.thinking_form, cfg.reasoning, cfg.reasoning_form, self.places_reasoning)
         # SentencePiece-style dummy prefix: later segments are tokenised without it
         # (orchestrator/segment_tokenize.py); None for tokenizers without one (BPE).
         self._prefix_rule = PrefixSpaceRule(self.backend, [self.eot] + added) if self._token_bytes is None else None

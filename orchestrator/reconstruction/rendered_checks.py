@@ -9,6 +9,7 @@ empty turn, whatever text of its own in the turn holds the call's name.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from orchestrator.open_reasoning import template_thinking_form
@@ -30,6 +31,12 @@ class RenderedChecks:
     render: Callable[..., str]
     template: str  # the chat template's source
 
+    @functools.cached_property
+    def thinking_form(self) -> str | None:
+        """The thinking syntax the template's source writes, where it is a known one other than <think> tags
+        (open_reasoning.template_thinking_form), read once."""
+        return template_thinking_form(self.template)
+
     def _check_rendered(self, m: Msg, seg: str, a: int, calls, at: int) -> None:
         """What the template rendered besides the content itself (at seg[at:]): the tool calls
         and the reasoning must be found there, not in a content that happens to mention them.
@@ -45,7 +52,7 @@ class RenderedChecks:
                 'thinking syntax (docs/reconstruction.md, Policies), or reasoning = "drop"',
             )
         if check_reasoning and m.reasoning.strip() not in rest:
-            raise _reasoning_not_rendered(a, self.template)
+            raise _reasoning_not_rendered(a, self.thinking_form)
         for call in calls:
             name = call["function"]["name"]
             if name not in rest and self.tool_shape.null_content and m.content:
@@ -71,7 +78,7 @@ class RenderedChecks:
         except Exception:  # noqa: BLE001 - unproven
             shown = False
         if not shown:
-            raise _reasoning_not_rendered(a, self.template)
+            raise _reasoning_not_rendered(a, self.thinking_form)
 
     def _check_every_call(self, data: list[dict], a: int, tools) -> None:
         """Each of the turn's tool calls is rendered. The names found in the render (`_check_rendered`) are
@@ -113,10 +120,9 @@ class RenderedChecks:
             )
 
 
-def _reasoning_not_rendered(a: int, template: str) -> Reject:
-    """The rejection of reasoning the template leaves out, naming the student's own thinking syntax where its
-    template shows one (open_reasoning.template_thinking_form)."""
-    own = template_thinking_form(template)
+def _reasoning_not_rendered(a: int, own: str | None) -> Reject:
+    """The rejection of reasoning the template leaves out, naming the student's own thinking syntax `own` where its
+    template shows one (RenderedChecks.thinking_form)."""
     form = (
         f"with reasoning_form = {own!r}, the template's own thinking syntax"
         if own

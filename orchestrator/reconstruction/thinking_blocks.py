@@ -68,9 +68,8 @@ class ThinkingBlocks:
             return None
         if not full.startswith(prompt):
             return None
-        # turn a's two renders, the prompt (data[:a] is unchanged) and this one: no prefix is rendered again
-        renders = ({a: prompt}.__getitem__, {a + 1: full}.__getitem__, lambda j: None, None)
-        return self._locate_turn([*msgs[:a], replace(m, data=turn_data)], changed, a, tools, renders)
+        # the prompt is still the render before turn a (data[:a] is unchanged)
+        return self._locate_in(msgs, changed, a, tools, replace(m, data=turn_data), prompt, full)
 
     def _call_after_closing(self, msgs: list[Msg], data: list[dict], a: int, tools, prompt: str) -> Any:
         """Tool-call turn a after a generation prompt that opens a block ("<think>": DeepSeek-V3.1 with thinking
@@ -80,11 +79,10 @@ class ThinkingBlocks:
         renders are not that shape."""
         if not self._closes_after_header:
             return None
-        m, opening = msgs[a], trailing_opening(prompt[-PROMPT_END:])
+        m, head = msgs[a], self._opened_head(prompt)
         custom = m.reasoning and self.cfg.reasoning_form not in (None, THINK_FORM)  # no render shows that form here
-        if opening.strip() != OPEN or CLOSE in m.content or CLOSE in m.reasoning or custom:
+        if head is None or CLOSE in m.content or CLOSE in m.reasoning or custom:
             return None
-        head = prompt[: len(prompt) - len(opening)]
         content = data[a].get("content")
         if m.placed_prefix and isinstance(content, str):  # think_tags: the block goes where the student writes it
             content = content[len(m.placed_prefix) :] or (None if self.tool_shape.null_content else "")
@@ -96,12 +94,9 @@ class ThinkingBlocks:
             return None
         if not (full.startswith(head) and full.startswith(CLOSE, len(head))):
             return None
-        header = head + CLOSE  # the prompt as the history renders it
-        renders = ({a: header}.__getitem__, {a + 1: full}.__getitem__, lambda j: None, None)
-        turn = self._locate_turn(
-            [*msgs[:a], replace(m, data=bare, placed_prefix="", reasoning="")], changed, a, tools, renders
-        )
-        text = opening + m.reasoning
+        bare_m = replace(m, data=bare, placed_prefix="", reasoning="")
+        turn = self._locate_in(msgs, changed, a, tools, bare_m, head + CLOSE, full)  # after the prompt as history
+        text = prompt[len(head) :] + m.reasoning  # the opening, then the reasoning
         self.stats["opened_reasoning_turns"] += 1
         n = len(text)
         return replace(
@@ -112,6 +107,18 @@ class ThinkingBlocks:
             end=turn.end + n,
             shared=min(turn.shared, len(head)),
         )
+
+    def _locate_in(self, msgs: list[Msg], changed: list[dict], a: int, tools, m: Msg, prompt: str, full: str) -> Any:
+        """Turn a (message `m`, data `changed`) located in `full`, its render, after `prompt`, the render before
+        it: both renders given, so no prefix is rendered again."""
+        renders = ({a: prompt}.__getitem__, {a + 1: full}.__getitem__, lambda j: None, None)
+        return self._locate_turn([*msgs[:a], m], changed, a, tools, renders)
+
+    @staticmethod
+    def _opened_head(prompt: str) -> str | None:
+        """The generation prompt less the "<think>" it ends with (whitespace around it allowed), or None."""
+        opening = trailing_opening(prompt[-PROMPT_END:])
+        return prompt[: len(prompt) - len(opening)] if opening.strip() == OPEN else None
 
     def _opened_call(self, a: int, base: str, m: Msg) -> NoReturn:
         """The rejection of a tool-call turn after a generation prompt that is not the start of its render: one
@@ -188,8 +195,8 @@ class ThinkingBlocks:
         if self._simplest is None:
             return False
         prompt, turn = self._simplest
-        opening = trailing_opening(prompt[-PROMPT_END:])
-        return opening.strip() == OPEN and turn.startswith(prompt[: len(prompt) - len(opening)] + CLOSE)
+        head = self._opened_head(prompt)
+        return head is not None and turn.startswith(head + CLOSE)
 
     @functools.cached_property
     def _block_tags(self) -> tuple[tuple[str, str], ...]:
