@@ -233,6 +233,36 @@ def probe_places_reasoning(render: Callable[[list[dict]], str]) -> bool:
         return False
 
 
+def probe_thinking_part_form(render: Callable[[list[dict]], str]) -> str | None:
+    """The text a template writes for a thinking content part, as a reasoning_form, or None. Mistral's
+    templates (Magistral, Ministral 3) read no reasoning field: an assistant turn's content is a list where
+    `{"type": "thinking", "thinking": R}` renders "[THINK]R[/THINK]" before the text part's text. Proven by
+    renders, never by searching: the turn with the text part alone (an answer sentinel) must render as with
+    that text as string content (the template reads parts as text: one that dumps the list as JSON does not),
+    and with a thinking part (a reasoning sentinel) before it as that render with one text inserted right
+    before the answer, holding the reasoning sentinel once, after the text that opens the block. The part
+    carries a signature (as Anthropic's do), which a syntax ignores and a template that dumps unknown parts
+    as JSON (LFM2.5) writes: then no form."""
+    answer, signature = (SENTINEL[:-1] + x + SENTINEL[-1] for x in ("answer", "signature"))
+    turn = lambda content: [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": content}]  # noqa: E731
+    try:
+        plain = render(turn([{"type": "text", "text": answer}]))
+        if plain != render(turn(answer)):
+            return None
+        thinking = {"type": "thinking", "thinking": SENTINEL, "signature": signature}
+        both = render(turn([thinking, {"type": "text", "text": answer}]))
+    except Exception:  # noqa: BLE001 - a template that raises here renders no thinking part we could use
+        return None
+    i, j = plain.find(answer), both.find(answer)
+    if i < 0 or j < i or plain.count(answer) != 1 or both.count(answer) != 1:
+        return None
+    inserted = both[i:j]
+    if both[:i] != plain[:i] or both[j:] != plain[i:] or inserted.count(SENTINEL) != 1 or signature in both:
+        return None
+    form = inserted.replace(SENTINEL, "{reasoning}")
+    return None if form.startswith("{reasoning}") else form
+
+
 def open_block(content: str) -> bool:
     """Whether the content is a thinking block the teacher never closed: "<think>" (after optional
     whitespace) and no "</think>" - an answer cut off while reasoning, from a server without a parser."""
@@ -300,15 +330,16 @@ class ThinkingSyntaxError(ValueError):
         )
 
 
-def check_default_form(own: str | None, policy: str, form: str | None, places_reasoning: bool) -> None:
+def check_default_form(own: str | None, policy: str, form: str | None, templated: bool) -> None:
     """reasoning = "think_tags" with reasoning_form unset (<think> tags) for a student whose template writes
     another thinking syntax, `own` (template_thinking_form), would teach a syntax the student does not use: a
     ThinkingSyntaxError (a ValueError) naming the form to set. An explicit reasoning_form (<think> tags
-    included) is the user's choice."""
+    included) is the user's choice. `templated`: reasoning = "template" places the reasoning in the template's
+    own form (its reasoning field or a thinking content part), the first fix to name."""
     if own is None or policy != "think_tags" or form is not None:
         return
     first = (
-        'set reasoning = "template" (the template writes the reasoning field itself), or ' if places_reasoning else ""
+        'set reasoning = "template" (the template writes the reasoning itself, in that form), or ' if templated else ""
     )
     raise ThinkingSyntaxError(
         'reasoning = "think_tags" writes the reasoning in <think> tags (reasoning_form is unset), but the student\'s '

@@ -29,7 +29,7 @@ from orchestrator.reconstruction.turns import TurnLocator
 from orchestrator.reconstruction.sp_bytes import sentencepiece_bytes
 from orchestrator.segment_tokenize import PrefixSpaceRule
 from orchestrator.template import ChatTemplate
-from orchestrator.open_reasoning import check_default_form, probe_places_reasoning
+from orchestrator.open_reasoning import check_default_form, probe_places_reasoning, probe_thinking_part_form
 from orchestrator.tool_args import probe_renders_tool_results, probe_tool_call_shape
 
 if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
@@ -80,9 +80,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self.eot, self.eot_spaces, self.eot_closing, self.final_tail = end.token, end.spaces, end.closing, end.tail
         self.probe_tools, self.probe_render = end.probe_tools, end.probe_render
         self._probe_tools(cfg.tool_calls_as_text)
-        # a thinking block inside content moves to reasoning_content for templates that place it
-        self.places_reasoning = probe_places_reasoning(lambda msgs: self.render(msgs, self.probe_tools, False))
-        check_default_form(self.thinking_form, cfg.reasoning, cfg.reasoning_form, self.places_reasoning)
+        self.cfg = cfg = self._probe_reasoning(cfg)
         # SentencePiece-style dummy prefix: later segments are tokenised without it
         # (orchestrator/segment_tokenize.py); None for tokenizers without one (BPE).
         self._prefix_rule = PrefixSpaceRule(self.backend, [self.eot] + added) if self._token_bytes is None else None
@@ -176,6 +174,22 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
                 f"itself ({self.tool_shape.describe()}), in the form the student learnt. Fix: unset tool_calls_as_text"
             )
         self.renders_tool_results = probe_renders_tool_results(render, self.tool_shape)
+
+    def _probe_reasoning(self, cfg: "Reconstruction") -> "Reconstruction":
+        """Where the template puts reasoning: its reasoning field (`places_reasoning`; a thinking block
+        inside content then moves there), else a thinking content part it renders (Mistral's): then
+        reasoning = "template" is reasoning = "think_tags" in the form the part renders
+        (`reasoning_form_from_parts`), the student's own layout, checked per turn as any think_tags turn.
+        The config with that change; a ThinkingSyntaxError for think_tags teaching <think> tags to a
+        student with another thinking syntax (open_reasoning.check_default_form)."""
+        render = lambda msgs: self.render(msgs, self.probe_tools, False)  # noqa: E731
+        self.places_reasoning = probe_places_reasoning(render)
+        self.reasoning_form_from_parts = None if self.places_reasoning else probe_thinking_part_form(render)
+        templated = self.places_reasoning or self.reasoning_form_from_parts is not None
+        check_default_form(self.thinking_form, cfg.reasoning, cfg.reasoning_form, templated)
+        if cfg.reasoning == "template" and self.reasoning_form_from_parts is not None:
+            return cfg.model_copy(update={"reasoning": "think_tags", "reasoning_form": self.reasoning_form_from_parts})
+        return cfg
 
     def _reject(self, item_id: str, r: Reject) -> Rejection:
         self.stats[f"rejected:{r.reason}"] += 1

@@ -100,6 +100,9 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
     ),
     # Mistral Small 3.x: tekken; the real Mistral-Nemo tekken (its control tokens include [SYSTEM_PROMPT])
     "mistral_small_3_1": ("nemo", "mistral_small_3_1", [], None, None, []),
+    # Ministral 3 (Reasoning 2512): a tekken vocabulary whose control tokens include [THINK] [/THINK] [ARGS] (its
+    # tekken file is not shipped by a package); base: the real Mistral-Nemo tekken, with those three added
+    "ministral3_reasoning": ("nemo", "ministral3_reasoning", ["[THINK]", "[/THINK]", "[ARGS]"], None, None, []),
     # Gemma 2: Gemma's SentencePiece vocabulary (no package ships it); base: SmolLM2, bos <bos>
     "gemma2": ("smollm2", "gemma2", ["<start_of_turn>", "<end_of_turn>"], None, "<bos>", []),
     # LFM2 (Liquid AI): a 65k byte-level BPE, ChatML turns, bos <|startoftext|>, tool list and tool response

@@ -19,7 +19,8 @@ class Reconstruction(Strict):
     # turn k+1's): "split" into per-turn samples, or "reject" the conversation.
     on_history_rewrite: Literal["split", "reject"] = "split"
     # Teacher reasoning (reasoning_content / reasoning): "template" passes it to the
-    # template's own field, "think_tags" wraps it in <think>...</think> (or reasoning_form) in content,
+    # template's own field (or, for a template that reads a thinking content part instead - Mistral's
+    # [THINK] - writes it as that part renders), "think_tags" wraps it in <think>...</think> (or reasoning_form) in content,
     # "drop" discards it. A <think>...</think> block inside content is reasoning too:
     # "drop" removes it, "template" moves it to the field where the template places it.
     reasoning: Literal["template", "think_tags", "drop"] = "template"
