@@ -205,11 +205,30 @@ def leading_block(content: str) -> tuple[str, str] | None:
     return split_thinking(content) if content.lstrip().startswith(OPEN) else None
 
 
-def take_thinking(reasoning: str, content: str, take: bool) -> tuple[str, str]:
+def tagged_block(content: str, tags: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
+    """`split_thinking` for a block in another syntax: (reasoning, answer) of a content that starts (after
+    optional whitespace) with one of `tags`' opening tag ("[THINK]", "<|channel>thought") and closes it
+    later; the newlines around the reasoning and before the answer go. None otherwise."""
+    head = content.lstrip()
+    for opening, closing in tags:
+        end = head.find(closing, len(opening)) if head.startswith(opening) else -1
+        if end >= 0:
+            return head[len(opening) : end].strip("\n"), head[end + len(closing) :].lstrip("\n")
+    return None
+
+
+def other_block_tags(form: str | None) -> tuple[tuple[str, str], ...]:
+    """The (opening, closing) tags of `form` (a thinking syntax, "{reasoning}" between its tags) where they are
+    not <think> tags: the teacher's own block inside content may be written in them too."""
+    return tuple(t for t in block_tags(form) if t != (OPEN, CLOSE))
+
+
+def take_thinking(reasoning: str, content: str, take: bool, tags: tuple[tuple[str, str], ...] = ()) -> tuple[str, str]:
     """(reasoning, content) of an assistant message, tidied: a reasoning field wrapped in its own
     "<think>...</think>" is unwrapped; a thinking block inside content (`split_thinking`) leaves the
     content when `take` (its text becomes the reasoning if the field is empty) or when it repeats
-    the reasoning field (servers that send both). Where there is reasoning, the newlines around it
+    the reasoning field (servers that send both); a block in `tags` (the student's own syntax:
+    `tagged_block`) likewise. Where there is reasoning, the newlines around it
     and at the head of the content go: they are the thinking block's own ("R\n</think>\n\nA" comes
     back from vLLM's and SGLang's reasoning parsers as reasoning "R\n" and content "\n\nA"), which
     every layout writes itself (the templates, think_tags, the opened prompt's turn)."""
@@ -217,6 +236,8 @@ def take_thinking(reasoning: str, content: str, take: bool) -> tuple[str, str]:
     if bare.startswith(OPEN) and bare.endswith(CLOSE):
         reasoning = bare[len(OPEN) : -len(CLOSE)]
     inline = split_thinking(content)
+    if inline is None and tags:
+        inline = tagged_block(content, tags)
     if inline is not None and (take or (reasoning and inline[0].strip() == reasoning.strip())):
         reasoning, content = reasoning or inline[0], inline[1]
     reasoning = reasoning.strip("\n")

@@ -152,6 +152,7 @@ def normalize_messages(
     call_form: str | None = None,
     drop_call_text: bool = False,
     reasoning_form: str | None = None,
+    other_tags: tuple[tuple[str, str], ...] = (),
 ) -> list[Msg]:
     """Check `messages` and convert them to what the template sees (tool calls in
     `shape`, see orchestrator/tool_args.py, or written as text after the content in `call_form`:
@@ -159,7 +160,8 @@ def normalize_messages(
     assistant's content (no reasoning field) is reasoning too: dropped with reasoning = "drop",
     moved to reasoning_content with "template" where the template places it (`places_reasoning`),
     else left in the content as written, or, with "think_tags" in another `reasoning_form` than
-    <think> tags (Reconstruction.reasoning_form), written in that form. Raises Reject."""
+    <think> tags (Reconstruction.reasoning_form), written in that form. A block in `other_tags` (the
+    student's own thinking syntax, when not <think> tags) is such a block too. Raises Reject."""
     moves = reasoning_policy == "drop" or (reasoning_policy == "template" and places_reasoning)
     moves = moves or (reasoning_policy == "think_tags" and reasoning_form not in (None, THINK_FORM))
     if not isinstance(messages, list) or not messages:
@@ -170,7 +172,9 @@ def normalize_messages(
         # non-empty content for an assistant: exactly what the checks below give it.
         if type(m) is dict and len(m) == 2:
             role, content = m.get("role"), m.get("content")
-            plain = role != "assistant" or (content and not (moves and type(content) is str and CLOSE in content))
+            plain = role != "assistant" or (
+                content and not (moves and type(content) is str and _closes(content, other_tags))
+            )
             if type(content) is str and type(role) is str and role in _ROLES and plain:
                 out.append(Msg({"role": role, "content": content}, role, content, "", ""))
                 continue
@@ -195,10 +199,16 @@ def normalize_messages(
         data = _kept_fields(m, {"role": role, "content": content}, where, shape)
         if role == "assistant":
             form = reasoning_form or THINK_FORM
-            out.append(_assistant(m, data, where, reasoning_policy, shape, moves, call_form, drop_call_text, form))
+            args = (reasoning_policy, shape, moves, call_form, drop_call_text, form, other_tags)
+            out.append(_assistant(m, data, where, *args))
         else:
             out.append(Msg(data, role, content, "", "", _weight(m.get("weight"), where)))
     return _answered_in_order(out) if shape.short_ids else out
+
+
+def _closes(content: str, other_tags: tuple[tuple[str, str], ...]) -> bool:
+    """Whether `content` holds a closing thinking tag: </think>, or one of `other_tags`'."""
+    return CLOSE in content or any(closing in content for _, closing in other_tags)
 
 
 def _with_role(m: Any, where: str) -> dict:
@@ -230,6 +240,7 @@ def _assistant(
     form: str | None,
     drop_call_text: bool = False,
     reasoning_form: str = THINK_FORM,
+    tags: tuple[tuple[str, str], ...] = (),
 ) -> Msg:
     """An assistant message: tool calls in `shape` (or as text after the content in `form`), reasoning
     placed per `policy` (think_tags: in `reasoning_form`; a thinking block inside content taken out of it
@@ -239,7 +250,7 @@ def _assistant(
     r = m.get("reasoning_content") or m.get("reasoning") or ""
     if not isinstance(r, str):
         raise Reject("invalid_message", f"{where}: reasoning is a {type(r).__name__}, expected a string")
-    r, content = take_thinking(r, content, moves and (policy == "drop" or not r))
+    r, content = take_thinking(r, content, moves and (policy == "drop" or not r), tags)
     data["content"] = content
     calls = _tool_calls(m["tool_calls"], where, ToolCallShape() if form else shape) if m.get("tool_calls") else []
     placed = data_part = ""

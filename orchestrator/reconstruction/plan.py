@@ -62,6 +62,7 @@ class Planner:
     places_reasoning: bool
     _special_re: re.Pattern | None
     eot_spaces: str  # end_of_turn.EndOfTurn.spaces: spaces before the end token
+    _inline_tags: tuple[tuple[str, str], ...]  # the student's own thinking tags, when not <think> (reconstructor.py)
     # From the other parts:
     _reject: Callable[[str, Reject], Rejection]  # reconstructor.Reconstructor._reject
     _prefix_renders: Callable[..., tuple]  # prefixes.PrefixRenders._prefix_renders
@@ -142,6 +143,7 @@ class Planner:
             self.cfg.tool_calls_as_text,
             drop,
             self.cfg.reasoning_form,
+            self._inline_tags,
         )
         if drop:
             self.stats["tool_call_text_dropped"] += sum(m.dropped_text for m in msgs)

@@ -150,6 +150,16 @@ def test_thinking_on_reasoning_is_trained_in_the_thought_channel(tok):
     assert r.stats["dropped_reasoning_turns"] == 2
 
 
+def test_thinking_on_a_teachers_thought_channel_inside_content_is_its_reasoning(tok):
+    """A Gemma 4 teacher served without a reasoning parser writes its thought channel in content: read as the
+    reasoning, trained as a reasoning field is (before: special_token_in_content)."""
+    field = [TWO_TURNS[0], {"role": "assistant", "content": "Good.", "reasoning_content": "Be kind."}]
+    inline = [TWO_TURNS[0], {"role": "assistant", "content": "<|channel>thought\nBe kind.<channel|>Good."}]
+    got = [thinking(tok).build(m, None, sample_id="t") for m in (field, inline)]
+    assert got[1][1] == [] and [s.completion_ids for s in got[1][0]] == [s.completion_ids for s in got[0][0]]
+    assert runs(tok, got[1][0][0])[1:] == [(1, "<|channel>thought\nBe kind.<channel|>Good.<turn|>")]
+
+
 def test_thinking_on_a_tool_call_turn_thinks_before_its_call(tok):
     r = thinking(tok)
     msgs = [

@@ -176,10 +176,19 @@ def test_no_form_for_templates_that_render_the_reasoning_field_or_dump_parts():
         assert recon(tok=tok).cfg.reasoning == "template", name
 
 
-@pytest.mark.parametrize("content", ["<think>\nAdd them.\n</think>\n\n4", "Add them.</think>4"])
+@pytest.mark.parametrize(
+    "content", ["<think>\nAdd them.\n</think>\n\n4", "Add them.</think>4", "[THINK]Add them.[/THINK]4"]
+)
 def test_a_teachers_think_block_inside_content_is_written_in_the_students_syntax(tok, content):
     """A teacher served without a reasoning parser writes its block inside content: under the default it is
-    the reasoning, trained as the student writes it (before: the <think> tags were trained as text)."""
+    the reasoning, trained as the student writes it (before: the <think> tags were trained as text, and a
+    block in the student's own [THINK] tags was special_token_in_content)."""
     msgs = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": content}]
     samples, rejections = recon(tok=tok).build(msgs, None, sample_id="s")
     assert rejections == [] and [t for _, t in runs(tok, samples[0])[1:]] == ["[THINK]Add them.[/THINK]4</s>"]
+
+
+def test_drop_removes_a_block_in_the_students_own_tags(tok):
+    msgs = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "[THINK]Add them.[/THINK]4"}]
+    plain = [msgs[0], {"role": "assistant", "content": "4"}]
+    assert samples_of(recon(tok=tok, reasoning="drop"), msgs) == samples_of(recon(tok=tok), plain)

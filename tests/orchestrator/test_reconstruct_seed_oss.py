@@ -79,3 +79,22 @@ def test_think_tags_without_a_form_points_to_the_template_policy(tok):
     with pytest.raises(ValueError, match="never <think>") as e:
         recon(tok=tok, reasoning="think_tags")
     assert 'set reasoning = "template"' in str(e.value) and "<seed:think>{reasoning}</seed:think>" in str(e.value)
+
+
+def test_a_teachers_own_seed_think_block_inside_content_is_its_reasoning(tok):
+    """A Seed-OSS teacher served without a reasoning parser writes "<seed:think>R</seed:think>A" in content: the
+    reasoning, placed by the template as a reasoning field is, or dropped (before: special_token_in_content)."""
+    field = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Sure.", "reasoning_content": "Again."},
+    ]
+    inline = [field[0], {"role": "assistant", "content": "<seed:think>Again.</seed:think>\nSure."}]
+
+    def ids(r, msgs):
+        samples, rejections = r.build(msgs, None, sample_id="s")
+        assert rejections == []
+        return [(s.prompt_ids, s.completion_ids, s.completion_mask) for s in samples]
+
+    assert ids(recon(tok=tok), inline) == ids(recon(tok=tok), field)
+    plain = [field[0], {"role": "assistant", "content": "Sure."}]
+    assert ids(recon(tok=tok, reasoning="drop"), inline) == ids(recon(tok=tok), plain)
