@@ -48,6 +48,7 @@ from typing import Callable
 
 SENTINEL = "\u2063Zq7xOPENx7qZ\u2063"
 OPEN, CLOSE = "<think>", "</think>"
+THINK_TAGS = ((OPEN, CLOSE),)
 #: reasoning = "think_tags": the layout of the reasoning before the answer, unless reasoning_form says otherwise
 THINK_FORM = "<think>\n{reasoning}\n</think>\n\n"
 
@@ -202,13 +203,13 @@ def split_thinking(content: str) -> tuple[str, str] | None:
 def leading_block(content: str) -> tuple[str, str] | None:
     """`split_thinking` of a content that starts (after optional whitespace) with the "<think>" tag and
     closes the block: the teacher's own block written whole; None otherwise."""
-    return split_thinking(content) if content.lstrip().startswith(OPEN) else None
+    return tagged_block(content, THINK_TAGS)
 
 
 def tagged_block(content: str, tags: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
-    """`split_thinking` for a block in another syntax: (reasoning, answer) of a content that starts (after
-    optional whitespace) with one of `tags`' opening tag ("[THINK]", "<|channel>thought") and closes it
-    later; the newlines around the reasoning and before the answer go. None otherwise."""
+    """(reasoning, answer) of a content that starts (after optional whitespace) with one of `tags`' opening
+    tag ("<think>", or another syntax's: "[THINK]", "<|channel>thought") and closes it later; the newlines
+    around the reasoning and before the answer go, as in `split_thinking`. None otherwise."""
     head = content.lstrip()
     for opening, closing in tags:
         end = head.find(closing, len(opening)) if head.startswith(opening) else -1
