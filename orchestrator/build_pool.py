@@ -168,7 +168,10 @@ class ParallelBuilder:
         self.start()
         assert self.pool is not None
         parts = slices(len(convs), [max(0.0, 1 - PARENT_SHARE_COST * self.workers)] + [1.0] * self.workers)
-        futures = [self.pool.submit(_build_slice, convs[a:b], post) for a, b in parts[1:]]
+        try:  # the pool may already know a worker died: submit raises then, not the result
+            futures = [self.pool.submit(_build_slice, convs[a:b], post) for a, b in parts[1:]]
+        except BrokenProcessPool as e:
+            raise self._died(len(convs), e) from e
         a, b = parts[0]
         mine = build_isolated(self.reconstructor, convs[a:b]) if b > a else []  # this process's slice
         results = _finish(convs[a:b], mine, post)
@@ -198,14 +201,18 @@ class ParallelBuilder:
                     if self._worker_died():
                         raise BrokenProcessPool("a worker process exited") from None
         except BrokenProcessPool as e:
-            self.close()
-            raise ReconstructWorkerDied(
-                f"a reconstruction worker process died (or failed to start) while building a batch of {n} "
-                "conversations (killed, or out of memory?). Fix: rerun, or set "
-                "orchestrator.reconstruct_workers = 0 to build in this process"
-            ) from e
+            raise self._died(n, e) from e
         except Exception:  # noqa: BLE001 - the caller builds that slice in this process
             return None
+
+    def _died(self, n: int, e: BaseException) -> "ReconstructWorkerDied":
+        """The pool closed, and the error a dead worker is to the caller."""
+        self.close()
+        return ReconstructWorkerDied(
+            f"a reconstruction worker process died (or failed to start) while building a batch of {n} "
+            "conversations (killed, or out of memory?). Fix: rerun, or set "
+            "orchestrator.reconstruct_workers = 0 to build in this process"
+        )
 
     def _worker_died(self) -> bool:
         pool = self.pool
