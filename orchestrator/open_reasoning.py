@@ -285,6 +285,17 @@ def probe_thinking_part_form(render: Callable[[list[dict]], str]) -> str | None:
     return None if form.startswith("{reasoning}") else form
 
 
+def empty_block_form(lead: str) -> str | None:
+    """The reasoning_form of a template that writes its own empty <think> block before an assistant turn's content
+    (`lead`, the text before it: Kimi-K2-Thinking's "<think></think>"): that block holding the reasoning, in the
+    middle of the whitespace inside it ("<think>\n\n</think>": "<think>\n{reasoning}\n</think>"); else None."""
+    j = lead.find(CLOSE, len(OPEN)) if lead.startswith(OPEN) else -1
+    inner = lead[len(OPEN) : j]
+    if j < 0 or inner.strip() or lead[j + len(CLOSE) :].strip() or inner[: len(inner) // 2] != inner[len(inner) // 2 :]:
+        return None
+    return OPEN + inner[: len(inner) // 2] + "{reasoning}" + lead[len(OPEN) + len(inner) // 2 :]
+
+
 def open_block(content: str) -> bool:
     """Whether the content is a thinking block the teacher never closed: "<think>" (after optional
     whitespace) and no "</think>" - an answer cut off while reasoning, from a server without a parser."""

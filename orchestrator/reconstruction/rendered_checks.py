@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from orchestrator.open_reasoning import template_thinking_form
+from orchestrator.open_reasoning import empty_block_form, template_thinking_form
 from orchestrator.reconstruction.end_of_turn import SENTINEL
 from orchestrator.reconstruction.messages import Msg
 from orchestrator.reconstruction.reasons import Reject
@@ -51,8 +51,8 @@ class RenderedChecks:
                 "from the turn either. Fix: set orchestrator.reconstruction.reasoning_form to the student's own "
                 'thinking syntax (docs/reconstruction.md, Policies), or reasoning = "drop"',
             )
-        if check_reasoning and m.reasoning.strip() not in rest:
-            raise _reasoning_not_rendered(a, self.thinking_form)
+        if check_reasoning and m.reasoning.strip() not in rest:  # the form: the source's, or an empty block's
+            raise _reasoning_not_rendered(a, self.thinking_form or empty_block_form(seg[:at]))
         for call in calls:
             name = call["function"]["name"]
             if name not in rest and self.tool_shape.null_content and m.content:

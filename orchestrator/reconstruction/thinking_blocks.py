@@ -7,7 +7,8 @@ prompts that open the thinking block":
   content (EXAONE 4.0 with thinking on): the student writes the rest of that block holding its reasoning
   (`_inside_opened_block`);
 - the prompt ends with an empty block, closed (thinking off): a turn that starts with a block of its own would
-  teach a second block, and is rejected (`_check_no_second_block`);
+  teach a second block, and is rejected (`_check_no_second_block`); the same where the template writes its own
+  empty block at the start of the turn (Kimi-K2-Thinking), unless think_tags' block fills it (`_own_empty_block`);
 - the prompt opens a block ("<think>") that the template renders only for a turn with reasoning (GigaChat3.5 with
   reasoning on): a turn without reasoning is the template's own render of it with an empty reasoning field
   (`_with_empty_reasoning`);
@@ -180,6 +181,40 @@ class ThinkingBlocks:
                 "orchestrator.reconstruction.chat_template_kwargs (e.g. enable_thinking = true) to train the "
                 "reasoning",
             )
+
+    def _own_empty_block(self, full: str, start: int, eot_start: int, a: int, m: Msg) -> int:
+        """A trained turn (full[start:eot_start]) that starts with the template's own empty thinking block and
+        then a second block (Kimi-K2-Thinking writes "<think></think>" before the content of every finished turn
+        but the agentic loop's last ones; the teacher's block inside the content, or think_tags', follows it).
+        Where that empty block is reasoning_form's with no reasoning and the second block is the one think_tags
+        placed, the student writes the block holding its reasoning in the empty one's place: returns the empty
+        block's length, to cut (0: no such block). Else rejected: the student would learn to write two blocks."""
+        head = full[start : min(eot_start, start + PROMPT_END)]
+        for o, c in self._block_tags:
+            j = head.find(c, len(o)) if head.startswith(o) else -1
+            if j < 0 or head[len(o) : j].strip():
+                continue
+            k = len(head) - len(head[j + len(c) :].lstrip())  # where the second block would open
+            if not head.startswith(o, k):
+                continue
+            empty, form = head[:k], self.cfg.reasoning_form or THINK_FORM
+            placed = (
+                self.cfg.reasoning == "think_tags" and m.placed_prefix and full.startswith(m.placed_prefix, start + k)
+            )
+            if placed and form.replace("{reasoning}", "") == empty:
+                self.stats["filled_empty_blocks"] += 1
+                return k
+            hint = empty[: len(o)] + "{reasoning}" + empty[len(o) :]
+            raise Reject(
+                "template_mismatch",
+                f"messages[{a}]: the template writes its own empty thinking block ({empty!r}) before the turn's "
+                f"content, and a second block follows it ({head[k : k + 30]!r}: the teacher's block inside the "
+                'content, or the one reasoning = "think_tags" placed in another layout): the student would learn '
+                f'to write two blocks. Fix: set reasoning = "think_tags" with reasoning_form = {hint!r} (that '
+                'empty block holding the reasoning) to train the reasoning in its place, or reasoning = "drop" to '
+                "train the answer alone ([orchestrator.reconstruction])",
+            )
+        return 0
 
     def _closes_empty_block(self, prompt: str, tags: list[tuple[str, str]] | None = None) -> bool:
         """Whether the generation prompt ends with an empty thinking block, closed (thinking off), in one of

@@ -113,7 +113,7 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
         if m.role != "assistant" or not full.startswith(m.placed_prefix + m.content, start, eot_start):
             known_lead = m.role == "assistant" and opening is None and not calls and not m.reasoning
             if known_lead and self._known_lead(m, full, start, eot_start):
-                return Turn(full, start, eot_start, end, False, m.role, known)
+                return self._assistant_turn(Turn(full, start, eot_start, end, False, m.role, known), m, a)
             if m.placed_prefix and opening is None and self.dropped_reasoning(data, a, tools, full, m.content):
                 return self._after_reasoning(msgs, data, a, tools, renders)
             inline = inline_block(m, self.cfg.reasoning) if opening is None else None
@@ -136,8 +136,18 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
         if calls:
             self._check_every_call(data, a, tools)
         if m.role == "assistant":
-            self._check_no_second_block(full, start, a)
+            return self._assistant_turn(Turn(full, start, eot_start, end, bool(calls), m.role, known), m, a)
         return Turn(full, start, eot_start, end, bool(calls), m.role, known)
+
+    def _assistant_turn(self, turn: Turn, m: Msg, a: int) -> Turn:
+        """A located assistant turn, checked for a second thinking block (thinking_blocks.py); the template's own
+        empty block before think_tags' cut (the block holding the reasoning takes its place)."""
+        self._check_no_second_block(turn.full, turn.start, a)
+        if n := self._own_empty_block(turn.full, turn.start, turn.eot_start, a, m):
+            at = turn.start
+            full = turn.full[:at] + turn.full[at + n :]
+            return replace(turn, full=full, eot_start=turn.eot_start - n, end=turn.end - n, shared=min(turn.shared, at))
+        return turn
 
     def _after_reasoning(self, msgs: list[Msg], data: list[dict], a: int, tools, renders) -> Turn:
         """Turn a, whose think_tags block the template drops (`dropped_reasoning`: its render is the

@@ -207,6 +207,40 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
         "<seed:bos>",
         [],
     ),
+    # Kimi-K2-Thinking (Moonshot AI): a 160k tiktoken-style BPE with <|im_user|> <|im_assistant|> <|im_system|>
+    # <|im_middle|> <|im_end|> (eos) and tool-call section tokens (no package ships it); base: Qwen's byte-level
+    # BPE (its <think> </think> are added tokens, as Kimi's are)
+    "kimi_k2_thinking": (
+        "qwen",
+        "kimi_k2_thinking",
+        [
+            "<|im_system|>",
+            "<|im_user|>",
+            "<|im_assistant|>",
+            "<|im_middle|>",
+            "<|tool_calls_section_begin|>",
+            "<|tool_calls_section_end|>",
+            "<|tool_call_begin|>",
+            "<|tool_call_argument_begin|>",
+            "<|tool_call_end|>",
+        ],
+        "<|im_end|>",
+        None,
+        [],
+    ),
+    # MiniMax-M2: a 200k byte-level BPE whose turns are "]~b]ROLE\n" ... "[e~[" (eos), bos "]~!b[", calls in
+    # <minimax:tool_call> (no package ships it); base: Qwen's byte-level BPE
+    "minimax_m2": (
+        "qwen",
+        "minimax_m2",
+        ["]~!b[", "]~b]", "[e~[", "<minimax:tool_call>", "</minimax:tool_call>"],
+        "[e~[",
+        "]~!b[",
+        [],
+    ),
+    # Step-3.7-Flash (StepFun): ChatML turns, a "<think>\n" generation prompt, Qwen3-Coder-style XML calls (its
+    # vocabulary is in no package); base: Qwen's byte-level BPE, eos <|im_end|>
+    "stepfun3_7": ("qwen", "stepfun3_7", [], "<|im_end|>", None, []),
     # Phi-3.5: Llama 2's SentencePiece (no package ships it); base: Mistral v0.1's, the same kind
     "phi3_5": (
         "mistral_sp",
