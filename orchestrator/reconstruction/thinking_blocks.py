@@ -1,6 +1,6 @@
 """Thinking blocks around the generation prompt's end, for turns the reasoning policy gives a block of their own.
 
-Part of `Reconstructor` (a base of turns.TurnLocator). Four cases, each docs/reconstruction.md's "Generation
+Part of `Reconstructor` (a base of turns.TurnLocator). Five cases, each docs/reconstruction.md's "Generation
 prompts that open the thinking block":
 
 - the prompt opens a block ("<think>\\n") that the template renders, in every turn, empty and closed before the
@@ -8,12 +8,16 @@ prompts that open the thinking block":
   (`_inside_opened_block`);
 - the prompt ends with an empty block, closed (thinking off): a turn that starts with a block of its own would
   teach a second block, and is rejected (`_check_no_second_block`); the same where the template writes its own
-  empty block at the start of the turn (Kimi-K2-Thinking), unless think_tags' block fills it (`_own_empty_block`);
+  empty block at the start of the turn (Kimi-K2-Thinking; or in place of think_tags' block, which it drops), unless
+  think_tags' block, in that layout, fills it (`_own_empty_block`, `_leading_empty_block`);
 - the prompt opens a block ("<think>") that the template renders only for a turn with reasoning (GigaChat3.5 with
   reasoning on): a turn without reasoning is the template's own render of it with an empty reasoning field
   (`_with_empty_reasoning`);
 - the prompt opens a block ("<think>") where the template renders a tool-call turn as the header, "</think>" and
-  the calls (DeepSeek-V3.1 with thinking on): the reasoning, then that turn (`_call_after_closing`).
+  the calls (DeepSeek-V3.1 with thinking on): the reasoning, then that turn (`_call_after_closing`);
+- the prompt opens a block ("<think>\\n") that the template writes for a tool-call turn only with reasoning, in the
+  layout of reasoning_form, and renders the content verbatim (MiniMax-M2): the turn with the block, closed, at the
+  start of its content (`_call_in_opened_block`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,15 @@ from dataclasses import replace
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from orchestrator.open_reasoning import CLOSE, OPEN, THINK_FORM, block_tags, ends_with_empty_block, trailing_opening
+from orchestrator.open_reasoning import (
+    CLOSE,
+    OPEN,
+    SENTINEL,
+    THINK_FORM,
+    block_tags,
+    ends_with_empty_block,
+    trailing_opening,
+)
 from orchestrator.reconstruction.messages import Msg
 from orchestrator.reconstruction.reasons import Reject
 
@@ -87,15 +99,10 @@ class ThinkingBlocks:
         content = data[a].get("content")
         if m.placed_prefix and isinstance(content, str):  # think_tags: the block goes where the student writes it
             content = content[len(m.placed_prefix) :] or (None if self.tool_shape.null_content else "")
-        bare = {k: v for k, v in data[a].items() if k not in ("reasoning_content", "thinking")} | {"content": content}
-        changed = [*data[:a], bare]
-        try:
-            full = self.render(changed, tools, False)
-        except Exception:  # noqa: BLE001 - not provable this way; the caller's rejection names why
+        changed, full = self._without_reasoning(data, a, tools, content)
+        if full is None or not (full.startswith(head) and full.startswith(CLOSE, len(head))):
             return None
-        if not (full.startswith(head) and full.startswith(CLOSE, len(head))):
-            return None
-        bare_m = replace(m, data=bare, placed_prefix="", reasoning="")
+        bare_m = replace(m, data=changed[a], placed_prefix="", reasoning="")
         turn = self._locate_in(msgs, changed, a, tools, bare_m, head + CLOSE, full)  # after the prompt as history
         text = prompt[len(head) :] + m.reasoning  # the opening, then the reasoning
         self.stats["opened_reasoning_turns"] += 1
@@ -108,6 +115,55 @@ class ThinkingBlocks:
             end=turn.end + n,
             shared=min(turn.shared, len(head)),
         )
+
+    def _call_in_opened_block(self, msgs: list[Msg], data: list[dict], a: int, tools, prompt: str) -> Any:
+        """Tool-call turn a after a generation prompt that opens a "<think>" block (the first shape, open_reasoning.py)
+        which the template writes for the turn only with reasoning (MiniMax-M2 without reasoning, or with "drop"):
+        the turn rendered with content C = the block, closed, in reasoning_form (THINK_FORM by default; holding the
+        reasoning, or none), then the content. Where that render starts with the prompt - the template writes such
+        content verbatim after the turn's header - and the template lays out a call turn's reasoning field exactly
+        as that form before the content (`_lays_out_as_form`), the turn is located and checked after the prompt as
+        any turn: the rest of the block, the content, the calls, the end token. None where not, and for a template
+        that places no reasoning field (probe_places_reasoning: no layout to compare; no render paid)."""
+        m, opening = msgs[a], trailing_opening(prompt[-PROMPT_END:])
+        form = self.cfg.reasoning_form or THINK_FORM
+        c = form.replace("{reasoning}", m.reasoning) + m.content
+        if (
+            not self.places_reasoning
+            or m.placed_prefix
+            or CLOSE in m.content
+            or CLOSE in m.reasoning
+            or not opening
+            or not c.startswith(opening)
+        ):
+            return None
+        changed, full = self._without_reasoning(data, a, tools, c)
+        if full is None or not full.startswith(prompt) or not self._lays_out_as_form(data, a, tools, form, m.content):
+            return None
+        lead = c[len(opening) : len(c) - len(m.content)]  # the rest of the block, before the content
+        self.stats["opened_reasoning_turns"] += 1
+        return self._locate_in(msgs, changed, a, tools, replace(m, data=changed[a], placed_prefix=lead), prompt, full)
+
+    def _lays_out_as_form(self, data: list[dict], a: int, tools, form: str, content: str) -> bool:
+        """Whether the template renders call turn a with a reasoning field exactly as with that reasoning in `form`
+        before the content (MiniMax-M2 does; GigaChat3.5 writes a blank line before calls after a non-empty
+        content, so the block in the content would not be its own layout)."""
+        _, as_form = self._without_reasoning(data, a, tools, form.replace("{reasoning}", SENTINEL) + content)
+        field = [*data[:a], dict(data[a], reasoning_content=SENTINEL, thinking=SENTINEL)]  # both names (messages.py)
+        try:
+            return as_form is not None and as_form == self.render(field, tools, False)
+        except Exception:  # noqa: BLE001 - not provable this way
+            return False
+
+    def _without_reasoning(self, data: list[dict], a: int, tools, content: Any) -> tuple[list[dict], str | None]:
+        """The history through turn a with that turn's reasoning fields removed and its content `content`, and its
+        render (None where the template raises: not provable this way; the caller's rejection names why)."""
+        turn = {k: v for k, v in data[a].items() if k not in ("reasoning_content", "thinking")} | {"content": content}
+        changed = [*data[:a], turn]
+        try:
+            return changed, self.render(changed, tools, False)
+        except Exception:  # noqa: BLE001 - see above
+            return changed, None
 
     def _locate_in(self, msgs: list[Msg], changed: list[dict], a: int, tools, m: Msg, prompt: str, full: str) -> Any:
         """Turn a (message `m`, data `changed`) located in `full`, its render, after `prompt`, the render before
@@ -190,31 +246,37 @@ class ThinkingBlocks:
         placed, the student writes the block holding its reasoning in the empty one's place: returns the empty
         block's length, to cut (0: no such block). Else rejected: the student would learn to write two blocks."""
         head = full[start : min(eot_start, start + PROMPT_END)]
+        empty = self._leading_empty_block(head)
+        if empty is None or not any(head.startswith(o, len(empty)) for o, _ in self._block_tags):
+            return 0
+        placed = self.cfg.reasoning == "think_tags" and m.placed_prefix and head.startswith(m.placed_prefix, len(empty))
+        if placed and (self.cfg.reasoning_form or THINK_FORM).replace("{reasoning}", "") == empty:
+            self.stats["filled_empty_blocks"] += 1
+            return len(empty)
+        raise self._two_blocks(a, empty, head[len(empty) : len(empty) + 30])
+
+    def _leading_empty_block(self, text: str) -> str | None:
+        """The empty thinking block `text` starts with, in one of the student's block tags, with the whitespace
+        after it ("<think></think>", "<think>\\n\\n</think>\\n\\n"), or None."""
         for o, c in self._block_tags:
-            j = head.find(c, len(o)) if head.startswith(o) else -1
-            if j < 0 or head[len(o) : j].strip():
-                continue
-            k = len(head) - len(head[j + len(c) :].lstrip())  # where the second block would open
-            if not head.startswith(o, k):
-                continue
-            empty, form = head[:k], self.cfg.reasoning_form or THINK_FORM
-            placed = (
-                self.cfg.reasoning == "think_tags" and m.placed_prefix and full.startswith(m.placed_prefix, start + k)
-            )
-            if placed and form.replace("{reasoning}", "") == empty:
-                self.stats["filled_empty_blocks"] += 1
-                return k
-            hint = empty[: len(o)] + "{reasoning}" + empty[len(o) :]
-            raise Reject(
-                "template_mismatch",
-                f"messages[{a}]: the template writes its own empty thinking block ({empty!r}) before the turn's "
-                f"content, and a second block follows it ({head[k : k + 30]!r}: the teacher's block inside the "
-                'content, or the one reasoning = "think_tags" placed in another layout): the student would learn '
-                f'to write two blocks. Fix: set reasoning = "think_tags" with reasoning_form = {hint!r} (that '
-                'empty block holding the reasoning) to train the reasoning in its place, or reasoning = "drop" to '
-                "train the answer alone ([orchestrator.reconstruction])",
-            )
-        return 0
+            j = text.find(c, len(o)) if text.startswith(o) else -1
+            if j >= 0 and not text[len(o) : j].strip():
+                return text[: len(text) - len(text[j + len(c) :].lstrip())]
+        return None
+
+    def _two_blocks(self, a: int, empty: str, second: str) -> Reject:
+        """The rejection of a trained turn that would hold the template's own empty block and a second one."""
+        i = next(len(o) for o, _ in self._block_tags if empty.startswith(o))
+        hint = empty[:i] + "{reasoning}" + empty[i:]
+        return Reject(
+            "template_mismatch",
+            f"messages[{a}]: the template writes its own empty thinking block ({empty!r}) at the start of the turn, "
+            f"and a second block comes with it ({second!r}: the teacher's block inside the content, or the one "
+            'reasoning = "think_tags" placed in another layout): the student would learn to write two blocks. Fix: '
+            f'set reasoning = "think_tags" with reasoning_form = {hint!r} (that empty block holding the reasoning) to '
+            'train the reasoning in its place, or reasoning = "drop" to train the answer alone '
+            "([orchestrator.reconstruction])",
+        )
 
     def _closes_empty_block(self, prompt: str, tags: list[tuple[str, str]] | None = None) -> bool:
         """Whether the generation prompt ends with an empty thinking block, closed (thinking off), in one of

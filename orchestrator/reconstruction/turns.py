@@ -31,7 +31,7 @@ from orchestrator.reconstruction.end_of_turn import SENTINEL
 from orchestrator.reconstruction.messages import Msg
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.rendered_checks import RenderedChecks
-from orchestrator.reconstruction.thinking_blocks import ThinkingBlocks
+from orchestrator.reconstruction.thinking_blocks import PROMPT_END, ThinkingBlocks
 from orchestrator.system_merge import hint_for_mismatch, hint_for_template_error
 from orchestrator.tool_args import ToolCallShape
 
@@ -159,6 +159,10 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
         n, at = len(m.placed_prefix), turn.start
         if opening := trailing_opening(turn.full[:at]):
             return self._inside_opened_block(turn, m, opening, a)
+        if (empty := self._leading_empty_block(turn.full[at : at + PROMPT_END])) is not None:
+            if (self.cfg.reasoning_form or THINK_FORM).replace("{reasoning}", "") != empty:
+                raise self._two_blocks(a, empty, m.placed_prefix[:30])
+            return self._inside_opened_block(turn, m, "", a)  # the template's own empty block, in the form: filled
         full = turn.full[:at] + m.placed_prefix + turn.full[at:]
         self._check_no_second_block(full, at, a)
         return replace(turn, full=full, eot_start=turn.eot_start + n, end=turn.end + n, shared=min(turn.shared, at))
@@ -240,6 +244,8 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
         opened = self._with_empty_reasoning(msgs, data, a, tools, base)
         if opened is None and msgs[a].data.get("tool_calls"):
             opened = self._call_after_closing(msgs, data, a, tools, base)
+            if opened is None:
+                opened = self._call_in_opened_block(msgs, data, a, tools, base)
         return opened if opened is not None else self._opened_turn(data, a, tools, base, msgs[a])
 
     def _opened_turn(self, data: list[dict], a: int, tools, base: str, m: Msg) -> Turn:

@@ -63,7 +63,7 @@ def test_kimi_a_teachers_block_after_the_templates_empty_one_is_rejected_naming_
     # think_tags' own block in its default layout, after the template's empty one: the same
     field = [msgs[0], {"role": "assistant", "content": "Hello.", "reasoning_content": "R"}]
     samples, rejections = recon(tok=kimi, reasoning="think_tags").build(field, None, sample_id="s")
-    assert samples == [] and "a second block follows it ('<think>\\nR\\n</think>" in rejections[0].detail
+    assert samples == [] and "a second block comes with it ('<think>\\nR\\n</think>" in rejections[0].detail
 
 
 def test_kimi_reasoning_fills_the_templates_empty_block_with_its_own_form(kimi):
@@ -114,6 +114,27 @@ def test_minimax_the_prompt_opens_the_block_and_the_turn_continues_it(minimax):
     assert trained(minimax, inline, reasoning="drop") == [["\n</think>\n\nIt is 42.[e~["]]
 
 
+def test_minimax_a_call_without_reasoning_closes_the_prompts_block_before_its_calls(minimax):
+    """The template writes a block only for a turn with reasoning; rendered with the block, closed and empty, at the
+    start of its content, the turn is that content verbatim after the header: the student closes the prompt's block,
+    then calls (before: template_mismatch, no render showing it)."""
+    call_turn = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+    msgs = [
+        {"role": "user", "content": "Q"},
+        call_turn,
+        {"role": "tool", "tool_call_id": "functions.f:0", "content": "42"},
+    ]
+    msgs.append({"role": "assistant", "content": "It is 42."})
+    with_r = [msgs[0], dict(call_turn, reasoning_content="T"), *msgs[2:]]
+    for convo, policy in ((msgs, {}), (with_r, {"reasoning": "drop"}), (msgs, {"reasoning": "think_tags"})):
+        samples, rejections = recon(tok=minimax, **policy).build(convo, TOOLS, sample_id="s")
+        assert rejections == [] and len(samples) == 2, (policy, rejections)  # the history renders no block
+        assert runs(minimax, samples[0])[1:] == [(1, "\n</think>\n\n" + MINIMAX_CALL + "\n[e~[")]
+        prompt, *rest = runs(minimax, samples[1])
+        assert prompt[1] == reference(minimax, msgs[:3], TOOLS, add_generation_prompt=True)
+        assert "]~b]ai\n" + MINIMAX_CALL in prompt[1] and rest == [(1, "\n</think>\n\nIt is 42.[e~[")]
+
+
 def test_step_the_template_closes_the_prompts_block_in_every_turn_after_the_last_user_message(step):
     msgs = [
         {"role": "user", "content": "Q"},
@@ -148,3 +169,20 @@ def test_the_form_named_for_a_templates_own_empty_block():
     # not an empty block alone, or no middle to the whitespace in it: no form named
     for lead in ("", "<think>R</think>", "<think></think>A", "<think>\n</think>", "</think>"):
         assert empty_block_form(lead) is None
+
+
+def test_a_template_that_drops_the_block_and_writes_its_own_empty_one():
+    """tests/templates/empty_block_rewrite.jinja (GLM-4.5's history layout): the template drops think_tags' block
+    from the content and writes "<think></think>" in its place. Before, the block was written before that empty one,
+    "<think>R</think><think></think>Hello.": now the form's block fills it, and another form is rejected."""
+    from support.reconstruct_helpers import tokenizer_with
+
+    tok = tokenizer_with("empty_block_rewrite")
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello.", "reasoning_content": "R"}]
+    assert trained(tok, msgs, reasoning="think_tags", reasoning_form=KIMI_FORM) == [
+        ["<think>R</think>Hello.<|im_end|>"]
+    ]
+    assert trained(tok, msgs, reasoning="drop") == [["<think></think>Hello.<|im_end|>"]]
+    samples, rejections = recon(tok=tok, reasoning="think_tags").build(msgs, None, sample_id="s")
+    assert samples == [] and [r.reason for r in rejections] == ["template_mismatch"]
+    assert f"reasoning_form = {KIMI_FORM!r}" in rejections[0].detail
