@@ -289,11 +289,12 @@ def empty_block_form(lead: str) -> str | None:
     """The reasoning_form of a template that writes its own empty <think> block before an assistant turn's content
     (`lead`, the text before it: Kimi-K2-Thinking's "<think></think>"): that block holding the reasoning, in the
     middle of the whitespace inside it ("<think>\n\n</think>": "<think>\n{reasoning}\n</think>"); else None."""
-    j = lead.find(CLOSE, len(OPEN)) if lead.startswith(OPEN) else -1
-    inner = lead[len(OPEN) : j]
-    if j < 0 or inner.strip() or lead[j + len(CLOSE) :].strip() or inner[: len(inner) // 2] != inner[len(inner) // 2 :]:
+    found = leading_empty_block(lead, THINK_TAGS)
+    if found is None or found[0] != lead:
         return None
-    return OPEN + inner[: len(inner) // 2] + "{reasoning}" + lead[len(OPEN) + len(inner) // 2 :]
+    inner = lead[len(OPEN) : lead.find(CLOSE, len(OPEN))]
+    half = len(inner) // 2
+    return OPEN + inner[:half] + "{reasoning}" + lead[len(OPEN) + half :] if inner[:half] == inner[half:] else None
 
 
 def open_block(content: str) -> bool:
@@ -330,6 +331,16 @@ def ends_with_empty_block(prompt: str, tags: tuple[str, str]) -> bool:
     opening, closing = tags
     p = prompt.rstrip()
     return p.endswith(closing) and p[: len(p) - len(closing)].rstrip().endswith(opening)
+
+
+def leading_empty_block(text: str, tags: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
+    """The mirror of `ends_with_empty_block`: the empty thinking block `text` starts with, in one of `tags`, with
+    the whitespace after it ("<think></think>", "<think>\\n\\n</think>\\n\\n"), and its opening tag; or None."""
+    for opening, closing in tags:
+        j = text.find(closing, len(opening)) if text.startswith(opening) else -1
+        if j >= 0 and not text[len(opening) : j].strip():
+            return text[: len(text) - len(text[j + len(closing) :].lstrip())], opening
+    return None
 
 
 #: thinking syntaxes other than <think> tags, as reasoning_form strings, that a chat template may write

@@ -9,7 +9,7 @@ prompts that open the thinking block":
 - the prompt ends with an empty block, closed (thinking off): a turn that starts with a block of its own would
   teach a second block, and is rejected (`_check_no_second_block`); the same where the template writes its own
   empty block at the start of the turn (Kimi-K2-Thinking; or in place of think_tags' block, which it drops), unless
-  think_tags' block, in that layout, fills it (`_own_empty_block`, `_leading_empty_block`);
+  think_tags' block, in that layout, fills it (`_own_empty_block`; open_reasoning.leading_empty_block);
 - the prompt opens a block ("<think>") that the template renders only for a turn with reasoning (GigaChat3.5 with
   reasoning on): a turn without reasoning is the template's own render of it with an empty reasoning field
   (`_with_empty_reasoning`);
@@ -35,6 +35,7 @@ from orchestrator.open_reasoning import (
     THINK_FORM,
     block_tags,
     ends_with_empty_block,
+    leading_empty_block,
     trailing_opening,
 )
 from orchestrator.reconstruction.messages import Msg
@@ -206,8 +207,10 @@ class ThinkingBlocks:
         own, empty, in its place: the bare turn is the rest of that empty block, then the content. When that
         empty block is the reasoning form with no reasoning, the student continues from the opening with the
         form holding the reasoning: the rest of the filled block, then the content. Else template_mismatch."""
-        form = self.cfg.reasoning_form or THINK_FORM
-        empty, block = form.replace("{reasoning}", ""), form.replace("{reasoning}", m.reasoning)
+        empty, block = (
+            self._form_empty_block,
+            (self.cfg.reasoning_form or THINK_FORM).replace("{reasoning}", m.reasoning),
+        )
         at, rest = turn.start, empty[len(opening) :]
         if not (empty.startswith(opening) and turn.full.startswith(rest + m.content, at)):
             raise Reject(
@@ -246,28 +249,22 @@ class ThinkingBlocks:
         placed, the student writes the block holding its reasoning in the empty one's place: returns the empty
         block's length, to cut (0: no such block). Else rejected: the student would learn to write two blocks."""
         head = full[start : min(eot_start, start + PROMPT_END)]
-        empty = self._leading_empty_block(head)
-        if empty is None or not any(head.startswith(o, len(empty)) for o, _ in self._block_tags):
+        found = leading_empty_block(head, self._block_tags)
+        if found is None or not any(head.startswith(o, len(found[0])) for o, _ in self._block_tags):
             return 0
+        empty = found[0]
         placed = self.cfg.reasoning == "think_tags" and m.placed_prefix and head.startswith(m.placed_prefix, len(empty))
-        if placed and (self.cfg.reasoning_form or THINK_FORM).replace("{reasoning}", "") == empty:
+        if placed and self._form_empty_block == empty:
             self.stats["filled_empty_blocks"] += 1
             return len(empty)
-        raise self._two_blocks(a, empty, head[len(empty) : len(empty) + 30])
+        raise self._two_blocks(a, found, head[len(empty) : len(empty) + 30])
 
-    def _leading_empty_block(self, text: str) -> str | None:
-        """The empty thinking block `text` starts with, in one of the student's block tags, with the whitespace
-        after it ("<think></think>", "<think>\\n\\n</think>\\n\\n"), or None."""
-        for o, c in self._block_tags:
-            j = text.find(c, len(o)) if text.startswith(o) else -1
-            if j >= 0 and not text[len(o) : j].strip():
-                return text[: len(text) - len(text[j + len(c) :].lstrip())]
-        return None
-
-    def _two_blocks(self, a: int, empty: str, second: str) -> Reject:
-        """The rejection of a trained turn that would hold the template's own empty block and a second one."""
-        i = next(len(o) for o, _ in self._block_tags if empty.startswith(o))
-        hint = empty[:i] + "{reasoning}" + empty[i:]
+    @staticmethod
+    def _two_blocks(a: int, found: tuple[str, str], second: str) -> Reject:
+        """The rejection of a trained turn that would hold the template's own empty block and a second one;
+        `found`: that block and its opening tag (open_reasoning.leading_empty_block)."""
+        empty, opening = found
+        hint = opening + "{reasoning}" + empty[len(opening) :]
         return Reject(
             "template_mismatch",
             f"messages[{a}]: the template writes its own empty thinking block ({empty!r}) at the start of the turn, "
@@ -298,3 +295,8 @@ class ThinkingBlocks:
     @functools.cached_property
     def _block_tags(self) -> tuple[tuple[str, str], ...]:
         return block_tags(self.cfg.reasoning_form)
+
+    @functools.cached_property
+    def _form_empty_block(self) -> str:
+        """reasoning_form's block holding no reasoning (THINK_FORM's by default): "<think>\\n\\n</think>\\n\\n"."""
+        return (self.cfg.reasoning_form or THINK_FORM).replace("{reasoning}", "")

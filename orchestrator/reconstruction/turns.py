@@ -23,6 +23,7 @@ from orchestrator.open_reasoning import (
     THINK_FORM,
     inside_opened_block,
     leading_block,
+    leading_empty_block,
     opened_turn,
     trailing_opening,
 )
@@ -159,9 +160,9 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
         n, at = len(m.placed_prefix), turn.start
         if opening := trailing_opening(turn.full[:at]):
             return self._inside_opened_block(turn, m, opening, a)
-        if (empty := self._leading_empty_block(turn.full[at : at + PROMPT_END])) is not None:
-            if (self.cfg.reasoning_form or THINK_FORM).replace("{reasoning}", "") != empty:
-                raise self._two_blocks(a, empty, m.placed_prefix[:30])
+        if (found := leading_empty_block(turn.full[at : at + PROMPT_END], self._block_tags)) is not None:
+            if self._form_empty_block != found[0]:
+                raise self._two_blocks(a, found, m.placed_prefix[:30])
             return self._inside_opened_block(turn, m, "", a)  # the template's own empty block, in the form: filled
         full = turn.full[:at] + m.placed_prefix + turn.full[at:]
         self._check_no_second_block(full, at, a)
