@@ -1,6 +1,6 @@
 """Thinking blocks around the generation prompt's end, for turns the reasoning policy gives a block of their own.
 
-Part of `Reconstructor` (a base of turns.TurnLocator). Five cases, each docs/reconstruction.md's "Generation
+Part of `Reconstructor` (a base of turns.TurnLocator). Six cases, each docs/reconstruction.md's "Generation
 prompts that open the thinking block":
 
 - the prompt opens a block ("<think>\\n") that the template renders, in every turn, empty and closed before the
@@ -10,6 +10,8 @@ prompts that open the thinking block":
   teach a second block, and is rejected (`_check_no_second_block`); the same where the template writes its own
   empty block at the start of the turn (Kimi-K2-Thinking; or in place of think_tags' block, which it drops), unless
   think_tags' block, in that layout, fills it (`_own_empty_block`; open_reasoning.leading_empty_block);
+- the prompt opens a block ("<think>") and the template writes the content verbatim, which starts with the
+  teacher's own block (OLMo 3 Think): the render from the prompt's opening on (`_continues_opening`);
 - the prompt opens a block ("<think>") that the template renders only for a turn with reasoning (GigaChat3.5 with
   reasoning on): a turn without reasoning is the template's own render of it with an empty reasoning field
   (`_with_empty_reasoning`);
@@ -60,6 +62,20 @@ class ThinkingBlocks:
     render: Callable[..., str]  # prefixes.PrefixRenders.render
     _locate_turn: Callable[..., Any]  # turns.TurnLocator._locate_turn
     _simplest: tuple[str, str] | None  # dropped_blocks.DroppedBlocks._simplest
+
+    def _continues_opening(self, m: Msg, full: str, start: int, end: int) -> bool:
+        """Whether the turn's render full[start:end], after a generation prompt full[:start] that opens a block
+        ("<think>": OLMo 3 Think), is the content verbatim from that opening on: the content starts with the
+        teacher's own block, kept as written (a template placing no reasoning field), and the template writes
+        the content as it is, so the prompt's opening is the content's. The cut is the template's own render."""
+        opening = trailing_opening(full[max(0, start - PROMPT_END) : start])
+        content = m.content
+        if not (opening and content.startswith(opening) and end - start == len(content) - len(opening)):
+            return False
+        if not full.startswith(content, start - len(opening)):
+            return False
+        self.stats["turns_continuing_opening"] += 1
+        return True
 
     def _with_empty_reasoning(self, msgs: list[Msg], data: list[dict], a: int, tools, prompt: str) -> Any:
         """Turn a without reasoning after a generation prompt that opens a thinking block (`prompt` ends

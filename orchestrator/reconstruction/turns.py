@@ -338,7 +338,8 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
         it): the content is then rendered verbatim, which is all the sentinel render would
         prove here, and the render per turn is saved. Only for turns without tool calls or
         reasoning, where nothing else is located by the content's place; the trained text
-        is the turn's render from `start` either way."""
+        is the turn's render from `start` either way. Or the content starts inside the block
+        the prompt opens, verbatim (`_continues_opening`: OLMo 3 Think)."""
         body = m.placed_prefix + m.content
         for lead, tail in self._assistant_leads:
             if (
@@ -349,7 +350,7 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
             ):
                 self.stats["turn_leads_known"] += 1
                 return True
-        return False
+        return self._continues_opening(m, full, start, end)
 
 
 def _trims(a: int, role: str, content: str) -> Reject:

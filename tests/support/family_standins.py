@@ -241,6 +241,9 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
     # Step-3.7-Flash (StepFun): ChatML turns, a "<think>\n" generation prompt, Qwen3-Coder-style XML calls (its
     # vocabulary is in no package); base: Qwen's byte-level BPE, eos <|im_end|>
     "stepfun3_7": ("qwen", "stepfun3_7", [], "<|im_end|>", None, []),
+    # OLMo 3 Think (Ai2): the dolma2 tokenizer (cl100k-based, 100k) with <|im_start|>/<|im_end|> (no package ships
+    # it); base: Qwen's byte-level BPE, eos <|im_end|> (what the template's last-turn eos_token is taken to be)
+    "olmo3_think": ("qwen", "olmo3_think", [], "<|im_end|>", None, []),
     # Phi-3.5: Llama 2's SentencePiece (no package ships it); base: Mistral v0.1's, the same kind
     "phi3_5": (
         "mistral_sp",
