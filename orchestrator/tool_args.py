@@ -157,6 +157,18 @@ def probe_renders_tool_results(render: Callable[[list[dict]], str], shape: ToolC
     return raised == len(turns)
 
 
+def probe_renders_tools(render: Callable[[list[dict], list[dict]], str], tools: list[dict]) -> bool:
+    """Whether the template shows the tool definitions passed as `tools` (`render(msgs, tools)`): the listed
+    tool's name in its render of one user message. SmolLM3's reads them from `xml_tools`, Phi-4-mini's from
+    a system message's `tools` field: passed as `tools` they vanish, and a student trained on its calls
+    would learn to call tools it was never shown. A template that raises counts as showing them."""
+    name = tools[0]["function"]["name"]
+    try:
+        return name in render([{"role": "user", "content": "Hi"}], tools)
+    except Exception:  # noqa: BLE001 - the template refuses this shape: say nothing about it
+        return True
+
+
 def parse_arguments(raw: Any, where: str) -> tuple[dict | None, str | None]:
     """(arguments as a dict, the JSON text to paste), or (None, why not) when they are
     not a JSON object. A string is kept verbatim as the text (what the API returned); a blank one

@@ -59,6 +59,7 @@ class Planner:
     train_roles: tuple[str, ...]
     tool_shape: ToolCallShape
     renders_tool_results: bool  # tool_args.probe_renders_tool_results
+    renders_tools: bool  # tool_args.probe_renders_tools: the template shows the definitions passed as `tools`
     places_reasoning: bool
     _special_re: re.Pattern | None
     eot_spaces: str  # end_of_turn.EndOfTurn.spaces: spaces before the end token
@@ -162,6 +163,8 @@ class Planner:
         msgs = msgs[: trained[-1] + 1]  # context after the last trained turn trains nothing
         if not self.renders_tool_results:
             _no_tool_results(msgs)
+        if tools and not self.renders_tools:
+            _no_tool_definitions(msgs, trained, self.chat_template.source)
         if cut_short(finish_reason) and self.cfg.truncated == "drop" and msgs[-1].role == "assistant":
             raise Reject("truncated", f"the last assistant turn was cut off (finish_reason={finish_reason})")
         data = [m.data for m in msgs]
@@ -246,4 +249,30 @@ def _no_tool_results(msgs: list) -> None:
                 f"messages[{i}]: the student's chat template renders no tool message (it drops them), so the "
                 "answers after this tool result would be trained without it. Fix: use a student whose template "
                 "renders tool results (student.chat_template), or filter out tool conversations",
+            )
+
+
+def _no_tool_definitions(msgs: list, trained: list[int], source: str) -> None:
+    """Reject a conversation whose trained turns call tools as text (tool_calls_as_text), for a template that
+    shows none of the definitions passed as `tools` (tool_args.probe_renders_tools): the student would learn to
+    call tools it is never shown. Calls not written yet are left to the tool_calls_not_rendered check, which
+    names that switch; calls the template renders itself, without definitions (DeepSeek V3's), are kept:
+    docs/reconstruction.md, Tool-call arguments."""
+    from orchestrator.template_kwargs import names_read
+
+    for i in trained:
+        if msgs[i].placed_calls:
+            own = sorted(n for n in names_read(source) or () if "tools" in n and n != "tools")
+            where = (
+                f"it reads them from {', '.join(own)}"
+                if own
+                else "it reads no argument for them; Phi-4-mini's takes them from a system message's `tools` field"
+            )
+            raise Reject(
+                "tools_not_rendered",
+                f"messages[{i}] calls a tool, but the student's chat template does not show the tool definitions "
+                f"passed as `tools` ({where}): the student would learn to call tools it was never shown. Fix: pass "
+                "them as the template reads them, in orchestrator.reconstruction.chat_template_kwargs (e.g. "
+                "SmolLM3's xml_tools, the same list for every conversation), or use a student.chat_template that "
+                "renders `tools`",
             )

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from distill.core.contract import Rejection, Sample
 from distill.core.conversation import Conversation, build_args
-from orchestrator.reconstruction.end_of_turn import probe_end_of_turn
+from orchestrator.reconstruction.end_of_turn import PROBE_TOOLS, probe_end_of_turn
 from orchestrator.reconstruction.joined import SegmentJoiner
 from orchestrator.reconstruction.pipeline import Pipeline
 from orchestrator.reconstruction.plan import Planner
@@ -35,7 +35,7 @@ from orchestrator.open_reasoning import (
     probe_places_reasoning,
     probe_thinking_part_form,
 )
-from orchestrator.tool_args import probe_renders_tool_results, probe_tool_call_shape
+from orchestrator.tool_args import probe_renders_tool_results, probe_renders_tools, probe_tool_call_shape
 
 if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
     from distill.core.config import Reconstruction
@@ -84,7 +84,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         end = probe_end_of_turn(self.render, added, tokenizer.eos_token)  # end_of_turn.py
         self.eot, self.eot_spaces, self.eot_closing, self.final_tail = end.token, end.spaces, end.closing, end.tail
         self.probe_tools, self.probe_render = end.probe_tools, end.probe_render
-        self._probe_tools(cfg.tool_calls_as_text)
+        self._probe_tools(cfg.tool_calls_as_text, cfg.chat_template_kwargs)
         self.cfg = cfg = self._probe_reasoning(cfg)
         # SentencePiece-style dummy prefix: later segments are tokenised without it
         # (orchestrator/segment_tokenize.py); None for tokenizers without one (BPE).
@@ -168,9 +168,10 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
             self._complete(previous[0], previous[1](previous[2].result()), results)
         return results
 
-    def _probe_tools(self, calls_as_text: str | None) -> None:
-        """How tool calls are passed to the template (tool_args.py), whether it writes tool messages; a
-        template that renders calls refuses `tool_calls_as_text` (ValueError)."""
+    def _probe_tools(self, calls_as_text: str | None, kwargs: dict) -> None:
+        """How tool calls are passed to the template (tool_args.py), whether it writes tool messages and shows
+        the tool definitions passed as `tools`; a template that renders calls refuses `tool_calls_as_text`
+        (ValueError)."""
         render = lambda msgs: self.render(msgs, self.probe_tools, False)  # noqa: E731
         self.tool_shape = probe_tool_call_shape(render)
         if calls_as_text and self.tool_shape.probed:
@@ -179,6 +180,9 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
                 f"itself ({self.tool_shape.describe()}), in the form the student learnt. Fix: unset tool_calls_as_text"
             )
         self.renders_tool_results = probe_renders_tool_results(render, self.tool_shape)
+        # a kwarg whose name says tools (SmolLM3's xml_tools): the user passes the definitions that way
+        by_kwarg = any("tools" in k for k in kwargs)
+        self.renders_tools = by_kwarg or probe_renders_tools(lambda m, t: self.render(m, t, False), PROBE_TOOLS)
 
     def _probe_reasoning(self, cfg: "Reconstruction") -> "Reconstruction":
         """Where the template puts reasoning: its reasoning field (`places_reasoning`; a thinking block

@@ -39,6 +39,8 @@ def conversation(content="", calls=1, city="Paris"):
     ]
 
 
+# SmolLM3's template shows tool definitions passed as xml_tools, not as tools (test_tool_definitions_... below)
+KWARGS = {"smollm3": {"xml_tools": TOOLS}}
 FORMS = [
     ("smollm3", "<tool_call>\n{call}\n</tool_call>", f"<tool_call>\n{ONE}\n</tool_call>"),
     ("granite3_3", "<|tool_call|>{calls}", f"<|tool_call|>[{ONE}]"),
@@ -51,23 +53,24 @@ def test_calls_are_trained_as_the_text_the_student_writes(family, form, written)
     tok = standin(family)
     plain = recon(tok=tok)
     assert reasons(plain.build(conversation(), TOOLS, sample_id="t")) == ["tool_calls_not_rendered"]
-    r = recon(tok=tok, tool_calls_as_text=form)
+    kw = KWARGS.get(family, {})
+    r = recon(tok=tok, tool_calls_as_text=form, chat_template_kwargs=kw)
     samples, rejections = r.build(conversation(), TOOLS, sample_id="t")
     assert not rejections and len(samples) == 1, rejections
     s = samples[0]
     as_text = [{"role": m["role"], "content": written if m.get("tool_calls") else m["content"]} for m in conversation()]
-    full = reference(tok, as_text, TOOLS)  # the template's own render of the calls written as text
+    full = reference(tok, as_text, TOOLS, **kw)  # the template's own render of the calls written as text
     assert full_text(tok, s) == full[: len(full) - len(r.final_tail)]
-    assert s.prompt_ids == tok.encode(
-        reference(tok, as_text[:1], TOOLS, add_generation_prompt=True), add_special_tokens=False
-    )
+    prompt = reference(tok, as_text[:1], TOOLS, add_generation_prompt=True, **kw)
+    assert "get_weather" in prompt  # the definitions, where the student reads them
+    assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False)
     assert trained(tok, s) == [written + r.eot, "It is sunny." + r.eot]
 
 
 @pytest.mark.parametrize("family, form, written", FORMS)
 def test_content_and_two_calls(family, form, written):
     tok = standin(family)
-    r = recon(tok=tok, tool_calls_as_text=form)
+    r = recon(tok=tok, tool_calls_as_text=form, chat_template_kwargs=KWARGS.get(family, {}))
     samples, rejections = r.build(conversation("Let me check.", calls=2)[:2], TOOLS, sample_id="t")
     assert not rejections
     both = written.replace(ONE, f"{ONE}, {ONE}") if "{calls}" in form else f"{written}\n{written}"
@@ -147,9 +150,29 @@ def test_templates_that_drop_tool_messages_refuse_answers_after_a_result(family)
     assert not r.renders_tool_results
     _, rejections = r.build(conversation(), TOOLS, sample_id="t")
     assert reasons(rejections) == ["tool_results_not_rendered"] and "messages[2]" in rejections[0].detail
-    samples, rejections = r.build(conversation()[:3], TOOLS, sample_id="t")
+    samples, rejections = r.build(conversation()[:3], None, sample_id="t")  # no definitions to show
     assert not rejections and len(samples) == 1
     assert recon(tok=standin("lfm2")).renders_tool_results
+
+
+@pytest.mark.parametrize(
+    "family, named", [("smollm3", "it reads them from python_tools, xml_tools"), ("phi4_mini", "")]
+)
+def test_tool_definitions_the_template_does_not_show_refuse_calls_written_as_text(family, named):
+    """SmolLM3's template reads tool definitions from xml_tools, Phi-4-mini's from a system message's `tools`
+    field: passed as `tools`, none reaches the prompt, and the calls written as text would teach the student to
+    call tools it was never shown (before: trained so). A conversation given no definitions keeps its calls."""
+    tok = standin(family)
+    r = recon(tok=tok, tool_calls_as_text="<tool_call>\n{call}\n</tool_call>")
+    assert not r.renders_tools
+    _, rejections = r.build(conversation()[:2], TOOLS, sample_id="t")
+    assert reasons(rejections) == ["tools_not_rendered"] and "messages[1] calls a tool" in rejections[0].detail
+    assert named in rejections[0].detail and "chat_template_kwargs" in rejections[0].detail
+    samples, rejections = r.build(conversation()[:2], None, sample_id="t")
+    assert not rejections and len(samples) == 1
+    # the calls not written as text: the switch that writes them is named first, as before
+    assert reasons(recon(tok=tok).build(conversation()[:2], TOOLS, sample_id="t")) == ["tool_calls_not_rendered"]
+    assert recon(tok=standin("lfm2")).renders_tools and recon(tok=standin("granite3_3")).renders_tools
 
 
 def reasons(result) -> list[str]:

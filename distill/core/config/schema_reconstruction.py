@@ -61,7 +61,8 @@ class Reconstruction(Strict):
     # the calls before the turn's text, at its start after it with nothing between but what the form says.
     # SmolLM3 (Hermes style): "<tool_call>\n{call}\n</tool_call>"; Granite 3.3: "<|tool_call|>{calls}";
     # LFM2 (its turns open with the call): "<|tool_call_start|>{calls}<|tool_call_end|>{content}". Refused
-    # for a template that renders tool calls itself.
+    # for a template that renders tool calls itself. The template must show the conversation's tool
+    # definitions too, else tools_not_rendered (SmolLM3 reads them from xml_tools: chat_template_kwargs).
     tool_calls_as_text: str | None = None
     # The text of an assistant turn that also calls tools, for a student whose template cannot show both
     # (Llama 3.x renders such a turn as its call alone; DeepSeek V3/R1 render calls only in a turn without
