@@ -11,6 +11,7 @@ turn and the untrained context between turns.
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -258,11 +259,9 @@ def _no_tool_definitions(msgs: list, trained: list[int], source: str) -> None:
     call tools it is never shown. Calls not written yet are left to the tool_calls_not_rendered check, which
     names that switch; calls the template renders itself, without definitions (DeepSeek V3's), are kept:
     docs/reconstruction.md, Tool-call arguments."""
-    from orchestrator.template_kwargs import names_read
-
     for i in trained:
         if msgs[i].placed_calls:
-            own = sorted(n for n in names_read(source) or () if "tools" in n and n != "tools")
+            own = _own_tools_names(source)
             where = (
                 f"it reads them from {', '.join(own)}"
                 if own
@@ -276,3 +275,12 @@ def _no_tool_definitions(msgs: list, trained: list[int], source: str) -> None:
                 "SmolLM3's xml_tools, the same list for every conversation), or use a student.chat_template that "
                 "renders `tools`",
             )
+
+
+@functools.lru_cache(maxsize=4)
+def _own_tools_names(source: str) -> list[str]:
+    """The names other than `tools` that the template reads and that say tools (SmolLM3's xml_tools), once per
+    template: they name where it takes its definitions from."""
+    from orchestrator.template_kwargs import names_read
+
+    return sorted(n for n in names_read(source) or () if "tools" in n and n != "tools")

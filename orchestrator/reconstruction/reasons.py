@@ -23,8 +23,9 @@ REJECTION_REASONS: dict[str, str] = {
     "(e.g. SmolLM2's), so the student would learn an empty turn",
     "tool_results_not_rendered": "a tool message before a trained turn, and the student's template renders no tool "
     "message (OLMo 2's drops them): the answer would be trained without the result it reads",
-    "tools_not_rendered": "a trained turn calls a tool, and the student's template does not show the tool "
-    "definitions passed as `tools` (SmolLM3's reads xml_tools): the student would learn calls to tools it never sees",
+    "tools_not_rendered": "a trained turn's calls are written as text (tool_calls_as_text), and the student's "
+    "template does not show the tool definitions passed as `tools` (SmolLM3's reads xml_tools): the student would "
+    "learn calls to tools it never sees",
     "missing_end_token": "the rendered turn does not end with the template's end-of-turn token",
     "history_rewrite": "the template rewrites earlier turns, with on_history_rewrite=reject",
     "overlong": "longer than max_seq_len with overlong=drop, or nothing trainable left after truncation",
