@@ -60,7 +60,7 @@ class Planner:
     train_roles: tuple[str, ...]
     tool_shape: ToolCallShape
     renders_tool_results: bool  # tool_args.probe_renders_tool_results
-    renders_tools: bool  # tool_args.probe_renders_tools: the template shows the definitions passed as `tools`
+    renders_tools: bool  # tool_args.probe_renders_tools (with tool_calls_as_text): it shows `tools`' definitions
     places_reasoning: bool
     _special_re: re.Pattern | None
     eot_spaces: str  # end_of_turn.EndOfTurn.spaces: spaces before the end token

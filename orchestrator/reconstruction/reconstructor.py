@@ -180,9 +180,12 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
                 f"itself ({self.tool_shape.describe()}), in the form the student learnt. Fix: unset tool_calls_as_text"
             )
         self.renders_tool_results = probe_renders_tool_results(render, self.tool_shape)
-        # a kwarg whose name says tools (SmolLM3's xml_tools): the user passes the definitions that way
+        # asked only where calls are written as text (the one check that reads it); a kwarg whose name says
+        # tools (SmolLM3's xml_tools): the user passes the definitions that way
         by_kwarg = any("tools" in k for k in kwargs)
-        self.renders_tools = by_kwarg or probe_renders_tools(lambda m, t: self.render(m, t, False), PROBE_TOOLS)
+        self.renders_tools = (
+            not calls_as_text or by_kwarg or probe_renders_tools(lambda m, t: self.render(m, t, False), PROBE_TOOLS)
+        )
 
     def _probe_reasoning(self, cfg: "Reconstruction") -> "Reconstruction":
         """Where the template puts reasoning: its reasoning field (`places_reasoning`; a thinking block

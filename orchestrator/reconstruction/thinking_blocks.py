@@ -143,8 +143,7 @@ class ThinkingBlocks:
         any turn: the rest of the block, the content, the calls, the end token. None where not, and for a template
         that places no reasoning field (probe_places_reasoning: no layout to compare; no render paid)."""
         m, opening = msgs[a], trailing_opening(prompt[-PROMPT_END:])
-        form = self.cfg.reasoning_form or THINK_FORM
-        c = form.replace("{reasoning}", m.reasoning) + m.content
+        c = self._form.replace("{reasoning}", m.reasoning) + m.content
         if (
             not self.places_reasoning
             or m.placed_prefix
@@ -155,7 +154,11 @@ class ThinkingBlocks:
         ):
             return None
         changed, full = self._without_reasoning(data, a, tools, c)
-        if full is None or not full.startswith(prompt) or not self._lays_out_as_form(data, a, tools, form, m.content):
+        if (
+            full is None
+            or not full.startswith(prompt)
+            or not self._lays_out_as_form(data, a, tools, self._form, m.content)
+        ):
             return None
         lead = c[len(opening) : len(c) - len(m.content)]  # the rest of the block, before the content
         self.stats["opened_reasoning_turns"] += 1
@@ -223,10 +226,7 @@ class ThinkingBlocks:
         own, empty, in its place: the bare turn is the rest of that empty block, then the content. When that
         empty block is the reasoning form with no reasoning, the student continues from the opening with the
         form holding the reasoning: the rest of the filled block, then the content. Else template_mismatch."""
-        empty, block = (
-            self._form_empty_block,
-            (self.cfg.reasoning_form or THINK_FORM).replace("{reasoning}", m.reasoning),
-        )
+        empty, block = self._form_empty_block, self._form.replace("{reasoning}", m.reasoning)
         at, rest = turn.start, empty[len(opening) :]
         if not (empty.startswith(opening) and turn.full.startswith(rest + m.content, at)):
             raise Reject(
@@ -313,6 +313,11 @@ class ThinkingBlocks:
         return block_tags(self.cfg.reasoning_form)
 
     @functools.cached_property
+    def _form(self) -> str:
+        """How the student writes its reasoning before the answer: reasoning_form, THINK_FORM when unset."""
+        return self.cfg.reasoning_form or THINK_FORM
+
+    @functools.cached_property
     def _form_empty_block(self) -> str:
         """reasoning_form's block holding no reasoning (THINK_FORM's by default): "<think>\\n\\n</think>\\n\\n"."""
-        return (self.cfg.reasoning_form or THINK_FORM).replace("{reasoning}", "")
+        return self._form.replace("{reasoning}", "")
