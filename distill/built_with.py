@@ -35,6 +35,8 @@ RENDERING = (
     "content_whitespace",
     "tool_calls_as_text",
     "text_with_tool_calls",
+    "tools_in_system_prompt",
+    "tool_definition_form",
 )
 
 

@@ -27,6 +27,7 @@ from orchestrator.reconstruction.messages import (
 )
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.special_text import check_special
+from orchestrator.reconstruction.tool_definitions import definitions_text, renumbered, with_definitions
 from orchestrator.reconstruction.turns import Turn
 from orchestrator.system_merge import merge_system_into_first_user
 from orchestrator.tool_args import ToolCallShape
@@ -60,7 +61,10 @@ class Planner:
     train_roles: tuple[str, ...]
     tool_shape: ToolCallShape
     renders_tool_results: bool  # tool_args.probe_renders_tool_results
-    renders_tools: bool  # tool_args.probe_renders_tools (with tool_calls_as_text): it shows `tools`' definitions
+    # tool_args.probe_renders_tools (where calls are rendered or written as text): `tools`' definitions reach
+    # the prompt (the template shows them, or tools_in_system_prompt writes them)
+    renders_tools: bool
+    _definitions: str | None  # tools_in_system_prompt
     places_reasoning: bool
     _special_re: re.Pattern | None
     eot_spaces: str  # end_of_turn.EndOfTurn.spaces: spaces before the end token
@@ -130,6 +134,37 @@ class Planner:
         return plans, []
 
     def _plan(self, messages, tools, finish_reason):
+        msgs, tools = self._messages(messages, tools, finish_reason)
+        trained = [i for i, m in enumerate(msgs) if m.role in self.train_roles and m.weight]
+        if not trained:
+            weighed = any(m.role in self.train_roles for m in msgs)  # all of them with weight 0
+            raise Reject(
+                "no_trained_turn",
+                f"every message with a role in train_roles {list(self.train_roles)} has weight 0"
+                if weighed
+                else f"no message has a role in train_roles {list(self.train_roles)}",
+            )
+        msgs = msgs[: trained[-1] + 1]  # context after the last trained turn trains nothing
+        if not self.renders_tool_results:
+            _no_tool_results(msgs)
+        if cut_short(finish_reason) and self.cfg.truncated == "drop" and msgs[-1].role == "assistant":
+            raise Reject("truncated", f"the last assistant turn was cut off (finish_reason={finish_reason})")
+        shift = 0
+        if tools and self._definitions is not None:  # tools_in_system_prompt (tool_definitions.py)
+            text = definitions_text(tools, self._definitions, self.cfg.tool_definition_form)
+            msgs, shift = with_definitions(msgs, text, self.cfg.system_prompt == "merge_into_first_user")
+            trained = [a + shift for a in trained]
+        try:
+            groups, turns = self._turns(msgs, tools, trained)
+        except Reject as r:  # named as the user gave the messages, not counting a system message made above
+            raise renumbered(r, shift) from None
+        if tools and not self.renders_tools:  # after the turns: a call the template cannot write is named first
+            _no_tool_definitions(msgs, trained, self.chat_template.source)
+        return groups, turns
+
+    def _messages(self, messages, tools, finish_reason) -> tuple[list, list[dict] | None]:
+        """The conversation's messages as the template sees them (normalised, per the policies) and its
+        tools as plain JSON, checked for special-token text; raises Reject."""
         if self.cfg.system_prompt == "merge_into_first_user":
             messages = merge_system_into_first_user(messages)
         if self.cfg.content_whitespace == "strip":
@@ -152,22 +187,11 @@ class Planner:
         tools = plain_tools(tools)
         if self._special_re is not None and self.cfg.special_tokens_in_content == "reject":
             check_special(msgs, tools, self._special_re)
-        trained = [i for i, m in enumerate(msgs) if m.role in self.train_roles and m.weight]
-        if not trained:
-            weighed = any(m.role in self.train_roles for m in msgs)  # all of them with weight 0
-            raise Reject(
-                "no_trained_turn",
-                f"every message with a role in train_roles {list(self.train_roles)} has weight 0"
-                if weighed
-                else f"no message has a role in train_roles {list(self.train_roles)}",
-            )
-        msgs = msgs[: trained[-1] + 1]  # context after the last trained turn trains nothing
-        if not self.renders_tool_results:
-            _no_tool_results(msgs)
-        if tools and not self.renders_tools:
-            _no_tool_definitions(msgs, trained, self.chat_template.source)
-        if cut_short(finish_reason) and self.cfg.truncated == "drop" and msgs[-1].role == "assistant":
-            raise Reject("truncated", f"the last assistant turn was cut off (finish_reason={finish_reason})")
+        return msgs, tools
+
+    def _turns(self, msgs: list, tools: list[dict] | None, trained: list[int]) -> tuple[list[list[int]], list[Turn]]:
+        """Every trained turn located in the renders, and the turns grouped into samples (a new group where
+        a turn's render does not continue the one before: the template rewrote the history)."""
         data = [m.data for m in msgs]
         renders = self._prefix_renders(data, tools, trained[0])
         turns = [self._locate_turn(msgs, data, a, tools, renders) for a in trained]
@@ -254,26 +278,27 @@ def _no_tool_results(msgs: list) -> None:
 
 
 def _no_tool_definitions(msgs: list, trained: list[int], source: str) -> None:
-    """Reject a conversation whose trained turns call tools as text (tool_calls_as_text), for a template that
-    shows none of the definitions passed as `tools` (tool_args.probe_renders_tools): the student would learn to
-    call tools it is never shown. Calls not written yet are left to the tool_calls_not_rendered check, which
-    names that switch; calls the template renders itself, without definitions (DeepSeek V3's), are kept:
-    docs/reconstruction.md, Tool-call arguments."""
+    """Reject a conversation whose trained turns call tools (rendered by the template, as DeepSeek V3's does, or
+    written as text: tool_calls_as_text), for a template that shows none of the definitions passed as `tools`
+    (tool_args.probe_renders_tools): the student would learn to call tools it is never shown. Calls not written
+    at all are left to the tool_calls_not_rendered check, which names that switch."""
     for i in trained:
-        if msgs[i].placed_calls:
+        if msgs[i].placed_calls or msgs[i].data.get("tool_calls"):
             own = _own_tools_names(source)
             where = (
                 f"it reads them from {', '.join(own)}"
                 if own
-                else "it reads no argument for them; Phi-4-mini's takes them from a system message's `tools` field"
+                else "it reads no argument for them: DeepSeek's expect them in the system prompt, Phi-4-mini's in "
+                "a system message's `tools` field"
             )
             raise Reject(
                 "tools_not_rendered",
                 f"messages[{i}] calls a tool, but the student's chat template does not show the tool definitions "
-                f"passed as `tools` ({where}): the student would learn to call tools it was never shown. Fix: pass "
-                "them as the template reads them, in orchestrator.reconstruction.chat_template_kwargs (e.g. "
-                "SmolLM3's xml_tools, the same list for every conversation), or use a student.chat_template that "
-                "renders `tools`",
+                f"passed as `tools` ({where}): the student would learn to call tools it was never shown. Fix: set "
+                "orchestrator.reconstruction.tools_in_system_prompt to write them into the system prompt in the "
+                "layout the student reads them in, pass them as the template reads them in chat_template_kwargs "
+                "(e.g. SmolLM3's xml_tools, the same list for every conversation), or use a student.chat_template "
+                "that renders `tools`",
             )
 
 

@@ -23,9 +23,9 @@ REJECTION_REASONS: dict[str, str] = {
     "(e.g. SmolLM2's), so the student would learn an empty turn",
     "tool_results_not_rendered": "a tool message before a trained turn, and the student's template renders no tool "
     "message (OLMo 2's drops them): the answer would be trained without the result it reads",
-    "tools_not_rendered": "a trained turn's calls are written as text (tool_calls_as_text), and the student's "
-    "template does not show the tool definitions passed as `tools` (SmolLM3's reads xml_tools): the student would "
-    "learn calls to tools it never sees",
+    "tools_not_rendered": "a trained turn calls a tool, and the student's template does not show the tool "
+    "definitions passed as `tools` (DeepSeek V3's renders calls but no definitions, SmolLM3's reads xml_tools): the "
+    "student would learn calls to tools it never sees; tools_in_system_prompt writes them",
     "missing_end_token": "the rendered turn does not end with the template's end-of-turn token",
     "history_rewrite": "the template rewrites earlier turns, with on_history_rewrite=reject",
     "overlong": "longer than max_seq_len with overlong=drop, or nothing trainable left after truncation",
@@ -54,6 +54,7 @@ REJECTION_FIXES: dict[str, str] = {
     "history_rewrite": f'set {_R}on_history_rewrite = "split"',
     "no_trained_turn": f"check {_R}train_roles",
     "template_alters_content": f'set {_R}content_whitespace = "strip" (a template that trims content)',
+    "tools_not_rendered": f"set {_R}tools_in_system_prompt to the layout the student reads tool definitions in",
     "tool_calls_not_rendered": f"set {_R}tool_calls_as_text to the form the student writes its calls in, or give "
     "the student a template that renders tool calls (student.chat_template)",
 }

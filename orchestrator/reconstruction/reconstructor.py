@@ -84,7 +84,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         end = probe_end_of_turn(self.render, added, tokenizer.eos_token)  # end_of_turn.py
         self.eot, self.eot_spaces, self.eot_closing, self.final_tail = end.token, end.spaces, end.closing, end.tail
         self.probe_tools, self.probe_render = end.probe_tools, end.probe_render
-        self._probe_tools(cfg.tool_calls_as_text, cfg.chat_template_kwargs)
+        self._probe_tools(cfg)
         self.cfg = cfg = self._probe_reasoning(cfg)
         # SentencePiece-style dummy prefix: later segments are tokenised without it
         # (orchestrator/segment_tokenize.py); None for tokenizers without one (BPE).
@@ -168,24 +168,33 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
             self._complete(previous[0], previous[1](previous[2].result()), results)
         return results
 
-    def _probe_tools(self, calls_as_text: str | None, kwargs: dict) -> None:
+    def _probe_tools(self, cfg: "Reconstruction") -> None:
         """How tool calls are passed to the template (tool_args.py), whether it writes tool messages and shows
-        the tool definitions passed as `tools`; a template that renders calls refuses `tool_calls_as_text`
-        (ValueError)."""
+        the tool definitions passed as `tools`; a template that renders calls refuses `tool_calls_as_text`, one
+        that shows the definitions `tools_in_system_prompt` (ValueError)."""
         render = lambda msgs: self.render(msgs, self.probe_tools, False)  # noqa: E731
         self.tool_shape = probe_tool_call_shape(render)
+        calls_as_text, in_system = cfg.tool_calls_as_text, cfg.tools_in_system_prompt
         if calls_as_text and self.tool_shape.probed:
             raise ValueError(
                 "orchestrator.reconstruction.tool_calls_as_text is set, but this chat template renders tool calls "
                 f"itself ({self.tool_shape.describe()}), in the form the student learnt. Fix: unset tool_calls_as_text"
             )
         self.renders_tool_results = probe_renders_tool_results(render, self.tool_shape)
-        # asked only where calls are written as text (the one check that reads it); a kwarg whose name says
-        # tools (SmolLM3's xml_tools): the user passes the definitions that way
-        by_kwarg = any("tools" in k for k in kwargs)
-        self.renders_tools = (
-            not calls_as_text or by_kwarg or probe_renders_tools(lambda m, t: self.render(m, t, False), PROBE_TOOLS)
+        # asked only where the template renders calls or they are written as text (the check that reads it
+        # looks at trained calls); a kwarg whose name says tools (SmolLM3's xml_tools): the user passes them so
+        by_kwarg = [k for k in cfg.chat_template_kwargs if "tools" in k]
+        shows = bool(calls_as_text or self.tool_shape.probed or in_system) and (
+            bool(by_kwarg) or probe_renders_tools(lambda m, t: self.render(m, t, False), PROBE_TOOLS)
         )
+        if in_system is not None and shows:
+            by = f"chat_template_kwargs.{by_kwarg[0]}" if by_kwarg else "its own layout, from `tools`"
+            raise ValueError(
+                "orchestrator.reconstruction.tools_in_system_prompt is set, but the student's chat template shows "
+                f"the tool definitions itself ({by}): they would be written twice. Fix: unset tools_in_system_prompt"
+            )
+        self.renders_tools = shows or in_system is not None or not (calls_as_text or self.tool_shape.probed)
+        self._definitions = in_system
 
     def _probe_reasoning(self, cfg: "Reconstruction") -> "Reconstruction":
         """Where the template puts reasoning: its reasoning field (`places_reasoning`; a thinking block

@@ -169,7 +169,8 @@ def test_a_file_from_before_the_code_fingerprint_is_compared_by_text():
 
 def test_the_keys_that_change_what_a_turn_trains_are_compared():
     """reasoning_form, tool_calls_as_text and text_with_tool_calls change the text a turn trains, as
-    reasoning does; a file from before a key existed is not refused for it."""
+    reasoning does, and the tool-definition forms its prompt; a file from before a key existed is not refused
+    for it."""
     from distill.built_with import _differences
 
     student = {"path": "p", "tokenizer": None, "chat_template": None}
@@ -183,6 +184,8 @@ def test_the_keys_that_change_what_a_turn_trains_are_compared():
         ("reasoning_form", None, "<|channel>thought\n{reasoning}<channel|>"),
         ("tool_calls_as_text", None, "<tool_call>\n{call}\n</tool_call>"),
         ("text_with_tool_calls", "keep", "drop"),
+        ("tools_in_system_prompt", None, "## Tools\n{tools}"),
+        ("tool_definition_form", "{tool}", "### {name}"),
     ]:
         new = dict(base, reconstruction={"max_seq_len": 8, key: now})
         old = dict(base, reconstruction={"max_seq_len": 8, key: was})

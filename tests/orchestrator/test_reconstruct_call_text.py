@@ -14,6 +14,7 @@ from support.reconstruct_helpers import full_text, recon, reference, runs
 from support.tokenizer_builds import load_or_skip
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}]
+DEFINITIONS = "## Tools\n{tools}"  # DeepSeek's template shows no definitions: they go into the system prompt
 CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})}}
 
 
@@ -74,9 +75,12 @@ def test_null_content_template_names_the_switch_and_drop_renders_the_calls():
     _, rejections = recon(tok=tok).build(conversation("Let me check."), TOOLS, sample_id="t")
     assert [x.reason for x in rejections] == ["tool_calls_not_rendered"]
     assert 'text_with_tool_calls = "drop"' in rejections[0].detail
-    r = recon(tok=tok, text_with_tool_calls="drop")
+    r = recon(tok=tok, text_with_tool_calls="drop", tools_in_system_prompt=DEFINITIONS)
     s = one_sample(r, conversation("Let me check."))
-    assert s.completion_ids == one_sample(recon(tok=tok), conversation(None)).completion_ids
+    assert (
+        s.completion_ids
+        == one_sample(recon(tok=tok, tools_in_system_prompt=DEFINITIONS), conversation(None)).completion_ids
+    )
     assert r.stats["tool_call_text_dropped"] == 1
 
 

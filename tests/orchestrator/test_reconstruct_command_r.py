@@ -99,7 +99,11 @@ def test_tool_use_template_trains_the_call_turn_and_the_answer(tok):
         {"role": "assistant", "content": "It is sunny."},
     ]
     tools = [{"type": "function", "function": {"name": "get_weather", "description": "w", "parameters": {}}}]
-    samples, rejections = r.build(msgs, tools, sample_id="u")
+    # this copy's preamble, cut short, lists no tools (the real one does): with them, the student would be
+    # taught calls to tools it is not shown (tools_not_rendered); the render is the same without them
+    _, rejections = r.build(msgs, tools, sample_id="u")
+    assert [x.reason for x in rejections] == ["tools_not_rendered"]
+    samples, rejections = r.build(msgs, None, sample_id="u")
     assert rejections == [] and len(samples) == 1
     got = runs(t, samples[0])
     assert got[0][1].endswith("<|USER_TOKEN|>Weather?<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>")

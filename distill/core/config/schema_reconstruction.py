@@ -62,8 +62,22 @@ class Reconstruction(Strict):
     # SmolLM3 (Hermes style): "<tool_call>\n{call}\n</tool_call>"; Granite 3.3: "<|tool_call|>{calls}";
     # LFM2 (its turns open with the call): "<|tool_call_start|>{calls}<|tool_call_end|>{content}". Refused
     # for a template that renders tool calls itself. The template must show the conversation's tool
-    # definitions too, else tools_not_rendered (SmolLM3 reads them from xml_tools: chat_template_kwargs).
+    # definitions too, else tools_not_rendered (SmolLM3 reads them from xml_tools: chat_template_kwargs; or
+    # tools_in_system_prompt).
     tool_calls_as_text: str | None = None
+    # Tool definitions for a student whose template shows none of those passed as `tools` (DeepSeek V3/V3.1/R1
+    # render calls and expect the definitions in the system prompt; SmolLM3 reads xml_tools): unset, a
+    # conversation that gives tools and trains a call is rejected (tools_not_rendered); set, the definitions are
+    # written as text in this form after the system message's text, a blank line between (a new system message
+    # where there is none; before the first user message's text with system_prompt = "merge_into_first_user").
+    # "{tools}": every definition in tool_definition_form, a newline between. DeepSeek V3.1's model card:
+    # "## Tools\nYou have access to the following tools:\n\n{tools}\nIMPORTANT: ALWAYS adhere to ..." with
+    # tool_definition_form = "### {name}\nDescription: {description}\n\nParameters: {parameters}\n". Refused for
+    # a template that shows the definitions itself.
+    tools_in_system_prompt: str | None = None
+    # One definition in tools_in_system_prompt's {tools}: "{tool}" (its JSON, as the request lists it),
+    # "{name}", "{description}", "{parameters}" (the JSON schema).
+    tool_definition_form: str = "{tool}"
     # The text of an assistant turn that also calls tools, for a student whose template cannot show both
     # (Llama 3.x renders such a turn as its call alone; DeepSeek V3/R1 render calls only in a turn without
     # text): "keep" it, so that such a turn is rejected (template_alters_content, tool_calls_not_rendered),
@@ -88,6 +102,35 @@ class Reconstruction(Strict):
             raise ValueError(
                 f'reasoning_form is used only with reasoning = "think_tags" (reasoning is {self.reasoning!r}). '
                 'Fix: set reasoning = "think_tags", or remove reasoning_form'
+            )
+        return self
+
+    @field_validator("tools_in_system_prompt")
+    @classmethod
+    def _one_tools_placeholder(cls, v: str | None) -> str | None:
+        if v is not None and v.count("{tools}") != 1:
+            raise ValueError(
+                f"{v!r} must hold {{tools}} (where the definitions go) once. Fix: e.g. "
+                '"# Tools\\nYou may call these functions:\\n{tools}" (as TOML writes it)'
+            )
+        return v
+
+    @field_validator("tool_definition_form")
+    @classmethod
+    def _a_definition_placeholder(cls, v: str) -> str:
+        if not any(f"{{{k}}}" in v for k in ("tool", "name", "description", "parameters")):
+            raise ValueError(
+                f"{v!r} holds none of {{tool}}, {{name}}, {{description}}, {{parameters}}: every tool would be "
+                'written the same. Fix: e.g. "{tool}" (its JSON), or "### {name}\\n{description}\\n{parameters}"'
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _definition_form_with_tools(self) -> Reconstruction:
+        if self.tool_definition_form != "{tool}" and self.tools_in_system_prompt is None:
+            raise ValueError(
+                "tool_definition_form is used only with tools_in_system_prompt (unset). Fix: set "
+                'tools_in_system_prompt, e.g. "# Tools\\n{tools}", or remove tool_definition_form'
             )
         return self
 
