@@ -9,6 +9,7 @@ import os
 from typing import TYPE_CHECKING
 
 from distill.core.contract import atomic_write_text
+from distill.core.student import TokenizerError
 from distill.core.jsonl import Line, json_array_hint, read_jsonl, shape_hint, starts_json_array
 from distill.core.conversation import Conversation
 from orchestrator.build_pool import ParallelBuilder, offline_workers
@@ -101,6 +102,11 @@ def tokenize_file(
         recon = Reconstructor(tok, cfg)
     except ThinkingSyntaxError as e:  # think_tags' <think> tags for a student that writes another syntax
         raise e.config_error() from None
+    except ValueError as e:  # no end-of-turn token, a switch the template refuses: one line, as distill run says it
+        where = (
+            f"the chat template {chat_template}" if chat_template else f"the tokenizer {tokenizer_dir}'s chat template"
+        )
+        raise TokenizerError(f"{where} cannot be used to build samples: {e}") from None
     try:
         with ParallelBuilder(recon, offline_workers(workers)) as builder:
             counts, out_lines, hint = _reconstruct_lines(builder, input_path, ctx)

@@ -187,3 +187,32 @@ def test_a_one_line_json_array_is_named_with_the_conversion(tmp_path, smol_token
     assert main(tokenize(inp, out, smol_tokenizer_dir)) == 1
     (row,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert row["error"].startswith("invalid_line: ") and f"jq -c '.[]' {inp} > {tmp_path / 'in.jsonl'}" in row["error"]
+
+
+@pytest.mark.parametrize(
+    "template, policy, says",
+    [
+        # the end of a turn is no special token: no end-of-turn token to train
+        ("{% for m in messages %}{{ m.content }}\n{% endfor %}", "", "cannot work out the end-of-turn token"),
+        # a template that shows tool definitions itself, with the switch that writes them
+        (
+            (ROOT / "tests/templates/chatml_tools.jinja").read_text(),
+            '[orchestrator.reconstruction]\ntools_in_system_prompt = "{tools}"\n',
+            "shows the tool definitions itself",
+        ),
+    ],
+)
+def test_a_template_reconstruction_cannot_use_is_one_message(
+    tmp_path, capsys, smol_tokenizer_dir, template, policy, says
+):
+    """Before, the Reconstructor's ValueError reached the user as a traceback (distill run names it)."""
+    (tmp_path / "in.jsonl").write_text(LINE)
+    (tmp_path / "t.jinja").write_text(template)
+    (tmp_path / "c.toml").write_text(policy)
+    args = tokenize(tmp_path / "in.jsonl", tmp_path / "out.jsonl", smol_tokenizer_dir)
+    assert main([*args, "--chat-template", str(tmp_path / "t.jinja"), "--config", str(tmp_path / "c.toml")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"distill: the chat template {tmp_path / 't.jinja'} cannot be used to build samples: ")
+    assert says in err and err.count("\n") == 1
+    assert ("Fix: unset tools_in_system_prompt" in err) == bool(policy)
+    assert not (tmp_path / "out.jsonl").exists()
