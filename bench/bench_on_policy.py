@@ -100,7 +100,7 @@ def evaluate_weights(cfg, model_dir: Path, step: int, out_dir: Path) -> dict:
     eval_prompts, _ = load_prompt_pool(cfg)
     eval_cfg = cfg.on_policy.model_copy(update={"temperature": 1.0, "top_p": 1.0, "samples_per_prompt": 1})
     sampler = StudentSampler(model, tok, eval_cfg, torch.device("cpu"), seed=cfg.seed)
-    render = Renderer(tok, cfg.orchestrator.reconstruction.chat_template_kwargs)
+    render = Renderer(tok, cfg.orchestrator.reconstruction)
     sampled = sampler.sample(render(eval_prompts), policy_step=step)
     out_dir.mkdir(parents=True, exist_ok=True)
     scoring = ScoringThread(cfg, out_dir, tok, None)

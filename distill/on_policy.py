@@ -128,7 +128,7 @@ class _Loop:
     def _init_parts(self, cfg: RunConfig, run_dir: Path) -> None:
         """The loop's parts after the trainer's setup: renderer, samplers, scoring thread, teacher rows."""
         tok, self.main = self.s.tokenizer, self.s.ctx.is_main
-        self.render = Renderer(tok, cfg.orchestrator.reconstruction.chat_template_kwargs)
+        self.render = Renderer(tok, cfg.orchestrator.reconstruction)
         # on_policy.sampler: in-process, or the student's own server refreshed after every step.
         self.sampler, self.eval_sampler, self.refresh, self.server = make_samplers(cfg, run_dir, self.s)
         if self.main:  # under torchrun rank 0 alone scores: each sample is paid for once

@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
+from distill.core.config import Reconstruction
 from distill.core.contract import Sample, atomic_write_text, read_shard
 
 
@@ -65,20 +66,24 @@ def step_prompts(pool: list[dict], step: int, per_step: int) -> list[dict]:
 
 
 class Renderer:
-    """Prompt records -> the sampler's (prompt_id, prompt ids), each rendered once (render_prompt)."""
+    """Prompt records -> the sampler's (prompt_id, prompt ids), each rendered once (render_prompt) from the
+    messages reconstruction's policies hand the template (orchestrator/prompt_policies.py)."""
 
-    def __init__(self, tokenizer: Any, chat_template_kwargs: dict | None):
-        self.tok, self.kwargs = tokenizer, chat_template_kwargs
+    def __init__(self, tokenizer: Any, policy: Reconstruction):
+        self.tok, self.policy = tokenizer, policy
         self.cache: dict[str, list[int]] = {}
 
     def __call__(self, prompts: list[dict]) -> list[tuple[str, list[int]]]:
         from distill.core.prompt_render import render_prompt
+        from orchestrator.prompt_policies import prompt_messages
 
         out = []
         for p in prompts:
             pid = p["prompt_id"]
             if pid not in self.cache:
-                self.cache[pid] = render_prompt(self.tok, p["messages"], self.kwargs, p.get("tools"))
+                tools = p.get("tools")
+                messages = prompt_messages(p["messages"], tools, self.policy)
+                self.cache[pid] = render_prompt(self.tok, messages, self.policy.chat_template_kwargs, tools)
             out.append((pid, self.cache[pid]))
         return out
 

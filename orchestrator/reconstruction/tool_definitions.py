@@ -19,6 +19,7 @@ the form's own special tokens (DeepSeek's call syntax, quoted in its instruction
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -57,31 +58,25 @@ def _text(value: object) -> str:
 def with_definitions(msgs: list[Msg], text: str, merged: bool) -> tuple[list[Msg], int]:
     """`msgs` with `text` in the system prompt (module docstring), and how many messages now stand before the
     conversation's own (1 where a system message was made, else 0: rejections renumber by it)."""
-    if msgs and msgs[0].role == "system":
-        first = msgs[0]
-        own = first.data.get("content") or ""
-        return [_with_content(first, own + SEPARATOR + text if own else text)] + msgs[1:], 0
+    shown = messages_with_definitions([m.data for m in msgs], text, merged)
+    shift = len(shown) - len(msgs)
+    made = [Msg(shown[0], "system", "", "", "", 0)] if shift else []
+    return made + [m if d is m.data else dataclasses.replace(m, data=d) for m, d in zip(msgs, shown[shift:])], shift
+
+
+def messages_with_definitions(messages: list[dict], text: str, merged: bool) -> list[dict]:
+    """The messages handed to the template with `text` in the system prompt (module docstring); the others
+    are the same objects. Also for a prompt the student samples from (prompt_policies.py)."""
+    first = messages[0] if messages else None
+    if first is not None and first.get("role") in ("system", "developer") and isinstance(first.get("content"), str):
+        own = first["content"]
+        return [dict(first, content=own + SEPARATOR + text if own else text)] + messages[1:]
     if merged:
-        for i, m in enumerate(msgs):
-            if m.role == "user":
-                own = m.data.get("content") or ""
-                return msgs[:i] + [_with_content(m, text + SEPARATOR + own if own else text)] + msgs[i + 1 :], 0
-    return [Msg({"role": "system", "content": text}, "system", "", "", "", 0)] + msgs, 1
-
-
-def _with_content(m: Msg, content: str) -> Msg:
-    return Msg(
-        dict(m.data, content=content),
-        m.role,
-        m.content,
-        m.placed_prefix,
-        m.reasoning,
-        m.weight,
-        m.placed_calls,
-        m.calls_data,
-        m.calls_first,
-        m.dropped_text,
-    )
+        for i, m in enumerate(messages):
+            if m.get("role") == "user" and isinstance(m.get("content"), str):
+                own = m["content"]
+                return messages[:i] + [dict(m, content=text + SEPARATOR + own if own else text)] + messages[i + 1 :]
+    return [{"role": "system", "content": text}] + messages
 
 
 def renumbered(r: Reject, shift: int) -> Reject:
