@@ -25,11 +25,11 @@ import re
 
 from orchestrator.reconstruction.messages import Msg
 from orchestrator.reconstruction.reasons import Reject
+from orchestrator.system_merge import SEPARATOR  # a blank line, as between a merged system prompt and its user text
 
 TOOLS = "{tools}"
 #: the placeholders of tool_definition_form
 ONE_TOOL = re.compile(r"\{(tool|name|description|parameters)\}")
-SEPARATOR = "\n\n"  # between the system prompt's text and the definitions (system_merge's too)
 _INDEX = re.compile(r"messages\[(\d+)\]")
 
 
