@@ -17,19 +17,43 @@ SEPARATOR = "\n\n"
 
 
 def merge_system_into_first_user(messages: Any) -> Any:
-    """A copy of `messages` with messages[0] (role system, string content) merged into
+    """A copy of `messages` with messages[0] (role system or developer, string content) merged into
     the first user message; anything else is returned unchanged (the message checks
     then report malformed input as usual)."""
     if not isinstance(messages, list) or len(messages) < 2:
         return messages
     first = messages[0]
-    if not (isinstance(first, dict) and first.get("role") == "system" and isinstance(first.get("content"), str)):
+    # OpenAI's newer name for the system role is one too (reconstruction reads it as system)
+    if not (
+        isinstance(first, dict)
+        and first.get("role") in ("system", "developer")
+        and isinstance(first.get("content"), str)
+    ):
         return messages
     for i, m in enumerate(messages[1:], 1):
-        if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str):
-            merged = dict(m, content=first["content"] + SEPARATOR + m["content"])
+        if isinstance(m, dict) and m.get("role") == "user":
+            text = text_of(m.get("content"))
+            if text is None:  # not text: left for the message checks, which name it
+                return messages
+            merged = dict(m, content=first["content"] + SEPARATOR + text)
             return messages[1:i] + [merged] + messages[i + 1 :]
     return messages
+
+
+def text_of(content: Any) -> str | None:
+    """A message's text: a string, or a list of text parts joined (as reconstruction reads them: chat
+    completions' "text", the Responses API's input and output text); None for anything else. Before, a first
+    user message of parts was passed over for a later one."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(p, dict)
+        and p.get("type", "text") in ("text", "input_text", "output_text")
+        and isinstance(p.get("text"), str)
+        for p in content
+    ):
+        return "".join(p["text"] for p in content)
+    return None
 
 
 def hint_for_template_error(

@@ -59,3 +59,17 @@ def test_contents_stripped():
     ids = rendered(tok, messages, None, **policy)
     assert ids == sft_prompt_ids(tok, messages, None, **policy)
     assert ids == rendered(tok, [{"role": "user", "content": "Hi"}], None) != rendered(tok, messages, None)
+
+
+def test_a_developer_message_and_text_parts_as_reconstruction_reads_them():
+    """OpenAI's developer role is the system message and text parts are their text, in SFT samples; before,
+    the on-policy prompt passed them as given: Qwen2.5's template dropped the developer message (the student
+    sampled with its default system prompt instead) and raised on the parts."""
+    tok = load_or_skip("qwen", "qwen2_5")
+    messages = [
+        {"role": "developer", "content": "Answer in French."},
+        {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "input_text", "text": "there"}]},
+    ]
+    ids = rendered(tok, messages, None)
+    assert ids == sft_prompt_ids(tok, messages, None)
+    assert tok.decode(ids).startswith("<|im_start|>system\nAnswer in French.<|im_end|>\n<|im_start|>user\nHi there")

@@ -640,6 +640,15 @@ def test_merge_system_into_first_user_edges():
     only = [{"role": "system", "content": "S"}, {"role": "assistant", "content": "A"}]
     assert merge(only) == only  # no user message to merge into: the template decides
     assert SYS_CONV[0]["role"] == "system"  # the input is not modified
+    # OpenAI's developer role is a system message; a first user message of text parts is the one merged into
+    # (before: the developer message stayed, and the parts were passed over for a later user message)
+    dev = [{"role": "developer", "content": "D"}, {"role": "user", "content": [{"type": "text", "text": "Q"}]}]
+    assert merge([*dev, {"role": "assistant", "content": "A"}, {"role": "user", "content": "R"}])[:2] == [
+        {"role": "user", "content": "D\n\nQ"},
+        {"role": "assistant", "content": "A"},
+    ]
+    image = [dev[0], {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}]
+    assert merge(image) == image  # not text: left for the message checks
 
 
 def test_sentencepiece_metaspace_first_scheme():

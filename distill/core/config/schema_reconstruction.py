@@ -45,7 +45,7 @@ class Reconstruction(Strict):
     # Passed to the student's chat template (e.g. {enable_thinking = true}); a key the
     # template never reads is a config error (it would change nothing).
     chat_template_kwargs: dict[str, Any] = {}
-    # A leading system message: "keep" it (templates that cannot express one, e.g.
+    # A leading system (or developer) message: "keep" it (templates that cannot express one, e.g.
     # Gemma 2's, reject the conversation), or "merge_into_first_user": its text, a blank
     # line, then the first user message's text, as one user message.
     system_prompt: Literal["keep", "merge_into_first_user"] = "keep"
