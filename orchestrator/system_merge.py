@@ -48,6 +48,7 @@ def text_of(content: Any) -> str | None:
         return content
     if isinstance(content, list) and all(
         isinstance(p, dict)
+        # reconstruction.messages.TEXT_PARTS, written out: that package imports this module
         and p.get("type", "text") in ("text", "input_text", "output_text")
         and isinstance(p.get("text"), str)
         for p in content
