@@ -15,6 +15,23 @@ from __future__ import annotations
 from typing import Any
 
 
+#: content part types that are text: chat completions' "text", and the Responses API's input and output text
+TEXT_PARTS = frozenset(("text", "input_text", "output_text"))
+
+
+def plain_text(content: Any) -> str | None:
+    """A content's text where it is text only: a string, or a list of text parts (TEXT_PARTS) joined, as
+    reconstruction reads it (reconstruction/messages.py); None for anything else (null, other parts). Unlike
+    text_of, which reads the text out of any content."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type", "text") in TEXT_PARTS and isinstance(p.get("text"), str) for p in content
+    ):
+        return "".join(p["text"] for p in content)
+    return None
+
+
 def thinking_text(part: Any) -> str | None:
     """The reasoning of a thinking part (its `thinking`: a string, or a list of text parts joined), or
     None when `part` is not a thinking part, or is one whose text cannot be read (not a string, or a

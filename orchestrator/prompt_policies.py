@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.reconstruction.messages import plain_tools, strip_contents
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.tool_definitions import definitions_text, messages_with_definitions
-from orchestrator.system_merge import merge_system_into_first_user, text_of
+from orchestrator.content_parts import plain_text
+from orchestrator.system_merge import merge_system_into_first_user
 
 if TYPE_CHECKING:
     from distill.core.config import Reconstruction
@@ -45,7 +46,7 @@ def _as_normalized(m: dict) -> dict:
     the default system prompt), and a list of text parts raised inside the template."""
     role, content = m.get("role"), m.get("content")
     if isinstance(content, list):
-        content = text_of(content)
+        content = plain_text(content)
         content = m["content"] if content is None else content  # not text: for the template to refuse
     if role == "developer":
         role = "system"

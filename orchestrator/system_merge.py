@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from orchestrator.content_parts import plain_text
+
 SEPARATOR = "\n\n"
 
 
@@ -32,29 +34,12 @@ def merge_system_into_first_user(messages: Any) -> Any:
         return messages
     for i, m in enumerate(messages[1:], 1):
         if isinstance(m, dict) and m.get("role") == "user":
-            text = text_of(m.get("content"))
+            text = plain_text(m.get("content"))  # before, a user message of parts was passed over
             if text is None:  # not text: left for the message checks, which name it
                 return messages
             merged = dict(m, content=first["content"] + SEPARATOR + text)
             return messages[1:i] + [merged] + messages[i + 1 :]
     return messages
-
-
-def text_of(content: Any) -> str | None:
-    """A message's text: a string, or a list of text parts joined (as reconstruction reads them: chat
-    completions' "text", the Responses API's input and output text); None for anything else. Before, a first
-    user message of parts was passed over for a later one."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(
-        isinstance(p, dict)
-        # reconstruction.messages.TEXT_PARTS, written out: that package imports this module
-        and p.get("type", "text") in ("text", "input_text", "output_text")
-        and isinstance(p.get("text"), str)
-        for p in content
-    ):
-        return "".join(p["text"] for p in content)
-    return None
 
 
 def hint_for_template_error(

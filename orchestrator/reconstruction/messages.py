@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.content_parts import joined_thinking, thinking_text
+from orchestrator.content_parts import TEXT_PARTS, joined_thinking, thinking_text
 from orchestrator.legacy_functions import LegacyError, chat_tool, is_legacy, modern_message
 from orchestrator.lines import SHAREGPT_FIX, SHAREGPT_TURN, role_hint, weight_ok
 from orchestrator.open_reasoning import CLOSE, THINK_FORM, take_thinking
@@ -20,8 +20,6 @@ from orchestrator.reconstruction.reasons import Reject
 from orchestrator.tool_args import ToolCallShape, parse_arguments, place_calls, short_call_id
 
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
-#: content part types that are text: chat completions' "text", and the Responses API's input and output text
-TEXT_PARTS = frozenset(("text", "input_text", "output_text"))
 #: message fields besides role and content that reach the template (checked to be strings)
 KEPT_KEYS = ("name", "tool_call_id")
 _ROLES = frozenset(KNOWN_ROLES)

@@ -184,7 +184,8 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         # asked only where the template renders calls or they are written as text (the check that reads it
         # looks at trained calls); a kwarg whose name says tools (SmolLM3's xml_tools): the user passes them so
         by_kwarg = [k for k in cfg.chat_template_kwargs if "tools" in k]
-        shows = bool(calls_as_text or self.tool_shape.probed or in_system) and (
+        calls = bool(calls_as_text or self.tool_shape.probed)  # trained calls the student sees
+        shows = (calls or in_system is not None) and (
             bool(by_kwarg) or probe_renders_tools(lambda m, t: self.render(m, t, False), PROBE_TOOLS)
         )
         if in_system is not None and shows:
@@ -193,7 +194,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
                 "orchestrator.reconstruction.tools_in_system_prompt is set, but the student's chat template shows "
                 f"the tool definitions itself ({by}): they would be written twice. Fix: unset tools_in_system_prompt"
             )
-        self.renders_tools = shows or in_system is not None or not (calls_as_text or self.tool_shape.probed)
+        self.renders_tools = shows or in_system is not None or not calls
         self._definitions = in_system
 
     def _probe_reasoning(self, cfg: "Reconstruction") -> "Reconstruction":
