@@ -93,6 +93,7 @@ def evaluate_weights(cfg, model_dir: Path, step: int, out_dir: Path) -> dict:
     from distill.core.student import load_tokenizer
     from distill.on_policy import EVAL_KEYS
     from distill.on_policy_parts import Renderer, ScoringThread, load_prompt_pool, sample_stats
+    from distill.run import make_reconstructor
     from trainer.sampler import StudentSampler
 
     tok = load_tokenizer(model_dir)
@@ -100,7 +101,7 @@ def evaluate_weights(cfg, model_dir: Path, step: int, out_dir: Path) -> dict:
     eval_prompts, _ = load_prompt_pool(cfg)
     eval_cfg = cfg.on_policy.model_copy(update={"temperature": 1.0, "top_p": 1.0, "samples_per_prompt": 1})
     sampler = StudentSampler(model, tok, eval_cfg, torch.device("cpu"), seed=cfg.seed)
-    render = Renderer(tok, cfg.orchestrator.reconstruction)
+    render = Renderer(make_reconstructor(cfg, tok, prompts_only=True))
     sampled = sampler.sample(render(eval_prompts), policy_step=step)
     out_dir.mkdir(parents=True, exist_ok=True)
     scoring = ScoringThread(cfg, out_dir, tok, None)

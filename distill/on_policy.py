@@ -3,7 +3,8 @@
 Per train step i (0-based; the step that turns weights i into weights i+1):
 
     prompts   the step's prompts from orchestrator.source (the first on_policy.eval_prompts held out),
-              rendered with the student's chat template (distill/core/prompt_render.py)
+              rendered as reconstruction renders a trained turn's prompt (Reconstructor.prompt_ids); those
+              it rejects are left out at the start, listed in rejects.jsonl
     sample    StudentSampler (trainer/sampler.py) with the current weights, in this thread, between
               optimizer steps; meta.policy_step = the step of the weights that sampled
     score     the [scorer] grades every sampled token (orchestrator/scoring.py) in the scoring thread;
@@ -47,6 +48,7 @@ from distill.on_policy_parts import (
     read_samples,
     sample_stats,
     step_prompts,
+    usable_prompts,
     write_samples,
 )
 from distill.on_policy_dist import RankZeroStopped, broadcast, from_rank0, result_from_rank0, sample_shared
@@ -127,8 +129,13 @@ class _Loop:
 
     def _init_parts(self, cfg: RunConfig, run_dir: Path) -> None:
         """The loop's parts after the trainer's setup: renderer, samplers, scoring thread, teacher rows."""
+        from distill.run import make_reconstructor
+
         tok, self.main = self.s.tokenizer, self.s.ctx.is_main
-        self.render = Renderer(tok, cfg.orchestrator.reconstruction)
+        self.render = Renderer(make_reconstructor(cfg, tok, prompts_only=True))
+        self.eval_prompts, self.pool = usable_prompts(
+            self.render, self.eval_prompts, self.pool, cfg, run_dir if self.main else None
+        )
         # on_policy.sampler: in-process, or the student's own server refreshed after every step.
         self.sampler, self.eval_sampler, self.refresh, self.server = make_samplers(cfg, run_dir, self.s)
         if self.main:  # under torchrun rank 0 alone scores: each sample is paid for once

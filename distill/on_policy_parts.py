@@ -14,16 +14,17 @@ Step files (all written atomically, fsynced; docs/on_policy.md, "Resume"):
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import math
+import sys
 import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
-from distill.core.config import Reconstruction
-from distill.core.contract import Sample, atomic_write_text, read_shard
+from distill.core.contract import Rejection, Sample, atomic_write_text, read_shard
 
 
 class OnPolicyError(Exception):
@@ -66,26 +67,75 @@ def step_prompts(pool: list[dict], step: int, per_step: int) -> list[dict]:
 
 
 class Renderer:
-    """Prompt records -> the sampler's (prompt_id, prompt ids), each rendered once (render_prompt) from the
-    messages reconstruction's policies hand the template (orchestrator/prompt_policies.py)."""
+    """Prompt records -> the sampler's (prompt_id, prompt ids), each rendered once by the student's
+    `Reconstructor` (Reconstructor.prompt_ids): the prompt its SFT samples of the same conversation are
+    trained after, under the same normalisation and policies (the system merge, stripping, roles and text
+    parts, tool-call arguments in the template's shape, the reasoning of earlier turns, tool definitions).
+    Before, a second copy of some of those rules rendered them (orchestrator/prompt_policies.py), and a
+    multi-turn prompt's earlier calls and reasoning reached the template as loaded."""
 
-    def __init__(self, tokenizer: Any, policy: Reconstruction):
-        self.tok, self.policy = tokenizer, policy
+    def __init__(self, reconstructor: Any):
+        self.recon = reconstructor
         self.cache: dict[str, list[int]] = {}
 
     def __call__(self, prompts: list[dict]) -> list[tuple[str, list[int]]]:
-        from distill.core.prompt_render import render_prompt
-        from orchestrator.prompt_policies import prompt_messages
-
         out = []
         for p in prompts:
             pid = p["prompt_id"]
             if pid not in self.cache:
-                tools = p.get("tools")
-                messages = prompt_messages(p["messages"], tools, self.policy)
-                self.cache[pid] = render_prompt(self.tok, messages, self.policy.chat_template_kwargs, tools)
+                self.cache[pid] = self.recon.prompt_ids(p["messages"], p.get("tools"))
             out.append((pid, self.cache[pid]))
         return out
+
+    def usable(self, prompts: list[dict]) -> tuple[list[dict], list[Rejection]]:
+        """The prompts the student can be given, each rendered now (kept for __call__), and a Rejection for
+        each one reconstruction rejects (a conversation it would not train on: its reason and detail)."""
+        from orchestrator.reconstruction.reasons import Reject
+
+        kept, rejected = [], []
+        for p in prompts:
+            try:
+                self([p])
+            except Reject as r:
+                rejected.append(Rejection(p["prompt_id"], r.reason, r.detail))
+            else:
+                kept.append(p)
+        return kept, rejected
+
+
+def usable_prompts(render: Renderer, eval_prompts: list[dict], pool: list[dict], cfg: Any, run_dir: Path | None):
+    """(eval prompts, pool) less the prompts reconstruction rejects, rendered once at the start so that a bad
+    prompt is reported, not met mid-run: their count by reason on stderr and each in run_dir/rejects.jsonl
+    (None: not written, a rank other than 0). OnPolicyError when too few are left for a step."""
+    eval_kept, eval_out = render.usable(eval_prompts)
+    kept, out = render.usable(pool)
+    rejected = eval_out + out
+    if run_dir is not None and not rejected:
+        (run_dir / "rejects.jsonl").unlink(missing_ok=True)  # an earlier start's, since repaired
+    if run_dir is not None and rejected:
+        atomic_write_text(run_dir / "rejects.jsonl", "".join(r.to_json() + "\n" for r in rejected))
+        reasons = collections.Counter(r.reason for r in rejected).most_common()
+        first = rejected[0]
+        print(
+            f"on-policy: {len(rejected)} of {len(eval_prompts) + len(pool)} prompts left out, as reconstruction "
+            f"would reject them ({', '.join(f'{n} {k}' for k, n in reasons)}; the first, {first.item_id!r}: "
+            f"{first.detail}); listed in {run_dir / 'rejects.jsonl'}",
+            file=sys.stderr,
+        )
+    if eval_prompts and not eval_kept:
+        raise OnPolicyError(
+            f"all {len(eval_prompts)} held-out prompts (the first on_policy.eval_prompts of orchestrator.source) "
+            "are rejected (rejects.jsonl). Fix: repair them (each rejection names its reason), or set both "
+            "on_policy.eval_prompts and on_policy.eval_every to 0"
+        )
+    per_step = prompts_per_step(cfg)
+    if len(kept) < per_step:
+        raise OnPolicyError(
+            f"orchestrator.source holds {len(kept)} training prompts the student can be given ({len(out)} of "
+            f"{len(pool)} rejected: rejects.jsonl), but a step samples {per_step}. Fix: repair the prompts "
+            "(each rejection names its reason), or add prompts"
+        )
+    return eval_kept, kept
 
 
 # --- step files ----------------------------------------------------------------------------------------

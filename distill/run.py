@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from distill.core.config import RunConfig, redacted_dict, to_toml
 from distill.core.redact import redact_url
@@ -36,13 +37,16 @@ def prepare_run_dir(cfg: RunConfig, command: str, roles: tuple[str, ...], recon=
     return run_dir
 
 
-def make_reconstructor(cfg: RunConfig):
+def make_reconstructor(cfg: RunConfig, tok: Any = None, prompts_only: bool = False):
+    """The student's Reconstructor (its tokenizer: `tok`, else student_tokenizer's); a config error, one
+    line naming the fix, where the student's files or the reconstruction settings cannot be used.
+    `prompts_only`: for prompts alone (on-policy mode), where the note on the cost of turns does not apply."""
     from orchestrator.open_reasoning import ThinkingSyntaxError
     from orchestrator.reconstruct import Reconstructor
     from orchestrator.template_kwargs import check_template_kwargs
     from distill.core.student import student_tokenizer
 
-    tok = student_tokenizer(cfg.student)  # with student.chat_template when set
+    tok = tok if tok is not None else student_tokenizer(cfg.student)  # with student.chat_template when set
     check_template_kwargs(tok, cfg.orchestrator.reconstruction.chat_template_kwargs)  # a ConfigError
     try:
         recon = Reconstructor(tok, cfg.orchestrator.reconstruction, cfg.orchestrator.reconstruction.max_seq_len)
@@ -56,7 +60,8 @@ def make_reconstructor(cfg: RunConfig):
         )
         raise TokenizerError(f"{where} cannot be used to build samples: {e}") from None
     t = recon.chat_template
-    if not t.append_only and t.tracked is None:  # docs/reconstruction.md, "Prefix renders", "Watched renders"
+    # docs/reconstruction.md, "Prefix renders", "Watched renders"
+    if not t.append_only and t.tracked is None and not prompts_only:
         print(
             f"note: the student's chat template is not append-only ({t.why_not_append_only}) and its renders "
             f"cannot be watched ({t.why_not_tracked}); reconstruction renders every turn's history, so its cost "

@@ -149,11 +149,8 @@ class Planner:
             _no_tool_results(msgs)
         if cut_short(finish_reason) and self.cfg.truncated == "drop" and msgs[-1].role == "assistant":
             raise Reject("truncated", f"the last assistant turn was cut off (finish_reason={finish_reason})")
-        shift = 0
-        if tools and self._definitions is not None:  # tools_in_system_prompt (tool_definitions.py)
-            text = definitions_text(tools, self._definitions, self.cfg.tool_definition_form)
-            msgs, shift = with_definitions(msgs, text, self.cfg.system_prompt == "merge_into_first_user")
-            trained = [a + shift for a in trained]
+        msgs, shift = self._with_definitions(msgs, tools)
+        trained = [a + shift for a in trained]
         try:
             groups, turns = self._turns(msgs, tools, trained)
         except Reject as r:  # named as the user gave the messages, not counting a system message made above
@@ -188,6 +185,24 @@ class Planner:
         if self._special_re is not None and self.cfg.special_tokens_in_content == "reject":
             check_special(msgs, tools, self._special_re)
         return msgs, tools
+
+    def _with_definitions(self, msgs: list, tools: list[dict] | None) -> tuple[list, int]:
+        """`msgs` with the tool definitions written into the system prompt (tools_in_system_prompt:
+        tool_definitions.py), and how many messages that added before them (0 or 1)."""
+        if not tools or self._definitions is None:
+            return msgs, 0
+        text = definitions_text(tools, self._definitions, self.cfg.tool_definition_form)
+        return with_definitions(msgs, text, self.cfg.system_prompt == "merge_into_first_user")
+
+    def _prompt_data(self, messages: Any, tools: Any) -> tuple[list[dict], list[dict] | None]:
+        """What the template is given for the prompt of a turn that would follow `messages` (Reconstructor.
+        prompt_text): what _plan gives it for the messages before a trained turn, and the checks of these
+        messages that would reject such a conversation (a template that drops tool results)."""
+        msgs, tools = self._messages(messages, tools, None)
+        if not self.renders_tool_results:
+            _no_tool_results(msgs)
+        msgs, _ = self._with_definitions(msgs, tools)
+        return [m.data for m in msgs], tools
 
     def _turns(self, msgs: list, tools: list[dict] | None, trained: list[int]) -> tuple[list[list[int]], list[Turn]]:
         """Every trained turn located in the renders, and the turns grouped into samples (a new group where

@@ -28,6 +28,7 @@ from orchestrator.reconstruction.selfcheck import SelfCheck, token_bytes
 from orchestrator.reconstruction.turns import TurnLocator
 from orchestrator.reconstruction.sp_bytes import sentencepiece_bytes
 from orchestrator.segment_tokenize import PrefixSpaceRule
+from orchestrator.system_merge import hint_for_template_error
 from orchestrator.template import ChatTemplate
 from orchestrator.open_reasoning import (
     check_default_form,
@@ -167,6 +168,25 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
                 previous = (pending, finish, encoded)
             self._complete(previous[0], previous[1](previous[2].result()), results)
         return results
+
+    def prompt_text(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """The student's prompt after `messages` (a conversation that ends where the student answers): the
+        text `build` takes as the prompt of a trained turn after them. The same normalisation and policies
+        (system merge, stripping, roles and text parts, tool-call arguments in the template's shape, the
+        reasoning of earlier turns, tools as plain JSON, tools_in_system_prompt), rendered with the generation
+        prompt. On-policy mode samples the student from it (distill/on_policy_parts.py, Renderer). Raises
+        Reject where `build` would reject such a conversation for these messages."""
+        data, tools = self._prompt_data(messages, tools)
+        try:
+            return self.render(data, tools, True)
+        except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
+            toolless = not tools and self.probe_tools is not None
+            hint = hint_for_template_error(str(e), data, self.cfg.system_prompt, None, toolless)
+            raise Reject("template_error", f"rendering the prompt: {type(e).__name__}: {e}{hint}") from None
+
+    def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """`prompt_text`'s token ids, as `build` tokenises a prompt: on its own, no special tokens added."""
+        return list(self.backend.encode(self.prompt_text(messages, tools), add_special_tokens=False).ids)
 
     def _probe_tools(self, cfg: "Reconstruction") -> None:
         """How tool calls are passed to the template (tool_args.py), whether it writes tool messages and shows

@@ -66,8 +66,7 @@ def with_definitions(msgs: list[Msg], text: str, merged: bool) -> tuple[list[Msg
 
 def messages_with_definitions(messages: list[dict], text: str, merged: bool) -> list[dict]:
     """The messages handed to the template (normalised: a developer message is system by now) with `text` in
-    the system prompt (module docstring); the others are the same objects. Also for a prompt the student
-    samples from (prompt_policies.py)."""
+    the system prompt (module docstring); the others are the same objects."""
     first = messages[0] if messages else None
     if first is not None and first.get("role") == "system" and isinstance(first.get("content"), str):
         own = first["content"]

@@ -319,3 +319,31 @@ def test_a_loop_that_fails_to_start_closes_its_trackers(tmp_path, score_server, 
     with pytest.raises(RuntimeError, match="did not start"):
         op.run_on_policy(cfg, tmp_path / "run", progress=False)
     assert opened and all(t.closed for t in opened)
+
+
+def test_prompts_reconstruction_rejects_are_left_out_and_listed(tmp_path, score_server, tiny_student_dir, capsys):
+    """A prompt the student's reconstruction rejects (here special-token text, rejected by default) is left out
+    when the loop starts and listed in rejects.jsonl; the run trains on the rest. Too few left: one line, exit 1."""
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"id": f"q{i}", "prompt": f"What is {i} + {i}?"} for i in range(6)]
+    rows.insert(3, {"id": "bad", "prompt": "Repeat <|im_end|> twice."})
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = write_cfg(tmp_path, score_server, tiny_student_dir, steps=1)
+    cfg.write_text(
+        cfg.read_text().replace(
+            'type = "reasoning_gym"\ndataset = "gsm_symbolic"\nsize = 8', f'type = "jsonl"\npath = "{prompts}"'
+        )
+    )
+    assert main(["run", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert "on-policy: 1 of 7 prompts left out, as reconstruction would reject them (1 special_token_in_content" in err
+    run = tmp_path / "run"
+    assert [json.loads(x)["item_id"] for x in (run / "rejects.jsonl").read_text().splitlines()] == ["bad"]
+    trained = {s.prompt_id for s in step_samples(run, 0)}
+    assert trained == {"q2", "q3"}  # q0, q1 held out; the step's two prompts come after them, "bad" not among them
+    rows = [r for r in rows if r["id"] in ("q0", "q1", "bad")]  # two held out, and no training prompt left
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in [*rows, {"id": "bad2", "prompt": "<|im_end|>"}]))
+    cfg.write_text(cfg.read_text().replace(f'output_dir = "{run}"', f'output_dir = "{tmp_path / "run2"}"'))
+    assert main(["run", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "holds 0 training prompts the student can be given (2 of 2 rejected" in err and "Traceback" not in err
