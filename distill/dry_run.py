@@ -3,7 +3,8 @@ teacher anything or trains a step, and nothing written to output_dir.
 
 Checked, each as the run itself would report it (exit 1): what `preflight` checks (student, tokenizer,
 chat template, files and folders, the API key's variable, output_dir and what an earlier run left
-there); that the student's tokenizer and template can build samples (`make_reconstructor`); that samples
+there); that the student's tokenizer and template can build samples (`make_reconstructor`), or in on-policy
+mode render its prompts, with those reconstruction rejects counted (`usable_prompts`); that samples
 already in output_dir were built with these settings (`check_built_with`, read only); every prompt of a
 prompt file or table (`count_prompts`), and that a reasoning-gym dataset can be created; that each replay
 input holds a first record that is not a refusal of the whole file. The run dir's locks were checked
@@ -30,11 +31,14 @@ def dry_run(cfg: RunConfig, no_resume: bool) -> int:
     print(to_toml(redacted_dict(cfg)), end="")
     sys.stdout.flush()  # the config before any problem on stderr
     found: list[Exception] = []
-    if _stage(found, preflight, cfg, "run", no_resume=no_resume) and not cfg.on_policy.enabled:
+    started = _stage(found, preflight, cfg, "run", no_resume=no_resume)
+    if started and not cfg.on_policy.enabled:
         _stage(found, _check_samples, cfg)  # the producer's samples: built from the teacher's messages
     told = found and any(p.key.startswith(("orchestrator.source", "input")) for p in getattr(found[0], "problems", []))
     if not told:  # preflight's problems name a missing prompt file or input already
-        _stage(found, check_source, cfg)
+        read = _stage(found, check_source, cfg)
+        if read and started and cfg.on_policy.enabled:
+            _stage(found, _check_prompts, cfg)  # the prompts the student would sample from
     for e in found[:-1]:  # every problem in one pass, each as the run would report it; the last raised
         print(f"distill: {mask_known(user_message(e) or str(e))}", file=sys.stderr)
     if found:
@@ -62,6 +66,16 @@ def _check_samples(cfg: RunConfig) -> None:
     run_dir = Path(cfg.output_dir).expanduser()
     if run_dir.is_dir():
         check_built_with(cfg, run_dir, recon, write=False)
+
+
+def _check_prompts(cfg: RunConfig) -> None:
+    """On-policy mode: the student's template can render prompts (`make_reconstructor`), and what the loop
+    does with them when it starts (on_policy_parts.usable_prompts): those reconstruction rejects counted
+    on stderr, an OnPolicyError when too few are left; nothing written."""
+    from .on_policy_parts import Renderer, load_prompt_pool, usable_prompts
+
+    render = Renderer(make_reconstructor(cfg, prompts_only=True))
+    usable_prompts(render, *load_prompt_pool(cfg), cfg, None)
 
 
 def check_source(cfg: RunConfig) -> None:

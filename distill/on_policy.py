@@ -134,7 +134,7 @@ class _Loop:
         tok, self.main = self.s.tokenizer, self.s.ctx.is_main
         self.render = Renderer(make_reconstructor(cfg, tok, prompts_only=True))
         self.eval_prompts, self.pool = usable_prompts(
-            self.render, self.eval_prompts, self.pool, cfg, run_dir if self.main else None
+            self.render, self.eval_prompts, self.pool, cfg, run_dir if self.main else None, self.main
         )
         # on_policy.sampler: in-process, or the student's own server refreshed after every step.
         self.sampler, self.eval_sampler, self.refresh, self.server = make_samplers(cfg, run_dir, self.s)

@@ -103,23 +103,31 @@ class Renderer:
         return kept, rejected
 
 
-def usable_prompts(render: Renderer, eval_prompts: list[dict], pool: list[dict], cfg: Any, run_dir: Path | None):
+def usable_prompts(
+    render: Renderer, eval_prompts: list[dict], pool: list[dict], cfg: Any, run_dir: Path | None, say: bool = True
+) -> tuple[list[dict], list[dict]]:
     """(eval prompts, pool) less the prompts reconstruction rejects, rendered once at the start so that a bad
-    prompt is reported, not met mid-run: their count by reason on stderr and each in run_dir/rejects.jsonl
-    (None: not written, a rank other than 0). OnPolicyError when too few are left for a step."""
+    prompt is reported, not met mid-run: their count by reason on stderr (`say`: rank 0) and each in
+    run_dir/rejects.jsonl (None: not written, a rank other than 0 or a dry run). OnPolicyError when too few
+    are left for a step."""
     eval_kept, eval_out = render.usable(eval_prompts)
     kept, out = render.usable(pool)
     rejected = eval_out + out
-    if run_dir is not None and not rejected:
-        (run_dir / "rejects.jsonl").unlink(missing_ok=True)  # an earlier start's, since repaired
-    if run_dir is not None and rejected:
-        atomic_write_text(run_dir / "rejects.jsonl", "".join(r.to_json() + "\n" for r in rejected))
+    if run_dir is not None:
+        if rejected:
+            atomic_write_text(run_dir / "rejects.jsonl", "".join(r.to_json() + "\n" for r in rejected))
+        else:
+            (run_dir / "rejects.jsonl").unlink(missing_ok=True)  # an earlier start's, since repaired
+    if say and rejected:
         reasons = collections.Counter(r.reason for r in rejected).most_common()
         first = rejected[0]
+        listed = (
+            f"listed in {run_dir / 'rejects.jsonl'}" if run_dir is not None else "a run lists them in rejects.jsonl"
+        )
         print(
             f"on-policy: {len(rejected)} of {len(eval_prompts) + len(pool)} prompts left out, as reconstruction "
             f"would reject them ({', '.join(f'{n} {k}' for k, n in reasons)}; the first, {first.item_id!r}: "
-            f"{first.detail}); listed in {run_dir / 'rejects.jsonl'}",
+            f"{first.detail}); {listed}",
             file=sys.stderr,
         )
     if eval_prompts and not eval_kept:

@@ -534,6 +534,31 @@ def test_dry_run_checks_the_template_the_samples_so_far_and_the_inputs_as_the_ru
     assert not (tmp_path / "new").exists() and "Traceback" not in res.stderr
 
 
+def test_dry_run_in_on_policy_mode_renders_the_prompts_as_the_loop_would(tmp_path):
+    """On-policy mode renders every prompt with the student's reconstructor when the loop starts, leaving out
+    (and counting) those it rejects: the dry run says the same, writes nothing, and fails where too few are left."""
+    rows = [{"id": f"q{i}", "prompt": f"What is {i}+{i}?"} for i in range(4)] + [
+        {"id": "bad", "prompt": "Say <|im_end|>"}
+    ]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = base_toml(
+        tmp_path,
+        f'[orchestrator.source]\ntype = "jsonl"\npath = "{tmp_path / "prompts.jsonl"}"\n'
+        '[scorer]\ntype = "vllm"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "m"\n'
+        "[on_policy]\nenabled = true\nsamples_per_prompt = 2\n[trainer]\nsamples_per_step = 4\n"
+        '[trainer.loss]\ntype = "reverse_kl"\n',
+    )
+    res = distill("run", cfg, "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert (
+        "on-policy: 1 of 5 prompts left out, as reconstruction would reject them (1 special_token_in_content"
+        in res.stderr
+    )
+    res = distill("run", cfg, "--dry-run", "--trainer.samples_per_step", "10")
+    assert res.returncode == 1 and "holds 4 training prompts the student can be given" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "run").exists()
+
+
 URL_SECRET = "sk-proj-SECRET123abcdefghij"
 
 
