@@ -28,7 +28,6 @@ from orchestrator.reconstruction.selfcheck import SelfCheck, token_bytes
 from orchestrator.reconstruction.turns import TurnLocator
 from orchestrator.reconstruction.sp_bytes import sentencepiece_bytes
 from orchestrator.segment_tokenize import PrefixSpaceRule
-from orchestrator.system_merge import hint_for_template_error
 from orchestrator.template import ChatTemplate
 from orchestrator.open_reasoning import (
     check_default_form,
@@ -180,9 +179,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         try:
             return self.render(data, tools, True)
         except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
-            toolless = not tools and self.probe_tools is not None
-            hint = hint_for_template_error(str(e), data, self.cfg.system_prompt, None, toolless)
-            raise Reject("template_error", f"rendering the prompt: {type(e).__name__}: {e}{hint}") from None
+            raise self._template_error(e, "rendering the prompt", data, tools) from None
 
     def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """`prompt_text`'s token ids, as `build` tokenises a prompt: on its own, no special tokens added."""

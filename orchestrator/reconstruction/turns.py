@@ -79,15 +79,21 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
     # From the other parts:
     render: Callable[..., str]  # prefixes.PrefixRenders.render
 
+    def _template_error(self, e: Exception, where: str, data: list[dict], tools, empty=None) -> Reject:
+        """The template_error for the template raising `e` while rendering `data` (`where`), with the fix
+        where one is known (system_merge.hint_for_template_error; `empty`: messages[0]'s prompt render, when
+        that turn is the one rendered)."""
+        toolless = not tools and self.probe_tools is not None  # a template for conversations with tools
+        hint = hint_for_template_error(str(e), data, self.cfg.system_prompt, empty, toolless)
+        return Reject("template_error", f"{where}: {type(e).__name__}: {e}{hint}")
+
     def _locate_turn(self, msgs: list[Msg], data: list[dict], a: int, tools, renders) -> Turn:
         m = msgs[a]
         try:
             full, known, base, blen, ok = self._turn_renders(m, a, renders)
         except Exception as e:  # noqa: BLE001 - a template raising is data-dependent
             empty = None if a else (lambda: self.render([], tools, True))  # messages[0]'s prompt
-            toolless = not tools and self.probe_tools is not None  # a template for conversations with tools
-            hint = hint_for_template_error(str(e), data, self.cfg.system_prompt, empty, toolless)
-            raise Reject("template_error", f"rendering up to messages[{a}]: {type(e).__name__}: {e}{hint}") from None
+            raise self._template_error(e, f"rendering up to messages[{a}]", data, tools, empty) from None
         opening = None  # what the template writes between the header and the content, when known here
         if not ok:
             if m.role == "assistant":
