@@ -109,10 +109,10 @@ def _closing(render, head: list[dict], tools, end: str, rest: str, added: list[s
 
 def _no_token(after: str) -> str:
     return f"after the assistant content the template renders {after!r}, which does not start with a special token" + (
-        " (nothing follows a final assistant turn: the model stops at the next role token, which "
-        "the template renders only when another message follows, as GLM-4's templates do; the "
-        "student could not learn where its turn ends. Fix: set student.chat_template to a template "
-        "that ends assistant turns with a token)"
+        " (nothing follows a final assistant turn, and the next message's render does not start with a special "
+        "token the student could stop at, as GLM-4's <|user|> is (orchestrator/reconstruction/next_role.py): the "
+        "student could not learn where its turn ends. Fix: set student.chat_template to a template that ends "
+        "assistant turns with a token)"
         if not after.strip()
         else ""
     )

@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from orchestrator.reconstruction.cache import put_bounded
+from orchestrator.reconstruction.next_role import NextRole
 from orchestrator.template import ChatTemplate
 
 
@@ -38,11 +39,31 @@ class PrefixRenders:
     _after_prompt: str | None  # after(True), once learnt (constant-after templates)
     _tracked_afters: dict  # (g, namespace state) -> after(g), learnt (watched renders, constant after())
     _try_tracked: bool  # watched renders (template not append-only), until TRACKED_GIVE_UP
+    next_role: NextRole | None  # next_role.py: the token that ends a turn where no message follows
 
     def render(self, msgs: list[dict], tools: list[dict] | None, add_generation_prompt: bool) -> str:
-        """The template's text for `msgs` (plain JSON data, as normalize_messages makes it)."""
+        """The template's text for `msgs` (plain JSON data, as normalize_messages makes it); for a
+        template that ends an assistant turn at the next message's role token (next_role.py), a
+        render that ends with an assistant turn ends with that token."""
+        text = self._plain_render(msgs, tools, add_generation_prompt)
+        return text if add_generation_prompt or not msgs else self._with_next_role(msgs[-1], text)
+
+    def _plain_render(self, msgs: list[dict], tools: list[dict] | None, add_generation_prompt: bool) -> str:
         self.stats["renders"] += 1
         return self.chat_template.render(msgs, tools, add_generation_prompt, **self._template_kwargs)
+
+    def _with_next_role(self, last: dict, text: str) -> str:
+        """`text`, a render without the generation prompt whose last message is `last`, ended as render() ends it."""
+        if self.next_role is None or last.get("role") != "assistant":
+            return text
+        return text + self.next_role.after(last)
+
+    def _ending_turns(self, data: list[dict], renders: tuple) -> tuple:
+        """_prefix_renders' functions, the renders without the prompt ended as render() ends them."""
+        if self.next_role is None:
+            return renders
+        full = renders[1]
+        return (renders[0], lambda j: self._with_next_role(data[j - 1] if j else {}, full(j)), *renders[2:])
 
     def _render_parts(self, msgs: list[dict], tools: list[dict] | None, add_generation_prompt: bool):
         self.stats["renders"] += 1
@@ -82,11 +103,11 @@ class PrefixRenders:
             derived = self._derived_prefixes(data, tools, first)
             if derived is not None:
                 self.stats["prefix_renders_derived"] += 1
-                return derived
+                return self._ending_turns(data, derived)
             self.stats["prefix_renders_not_derived"] += 1
         direct = (
             (lambda j: self._cached_prompt(data[:j], tools, parts=False)),
-            (lambda j: self.render(data[:j], tools, False)),
+            (lambda j: self._plain_render(data[:j], tools, False)),
             _nothing_shared,
             None,
         )
@@ -94,13 +115,13 @@ class PrefixRenders:
             tracked = self._tracked_prefixes(data, tools, first, direct)
             self.stats["prefix_renders_tracked" if tracked else "prefix_renders_not_tracked"] += 1
             if tracked is not None:
-                return tracked
+                return self._ending_turns(data, tracked)
             if (
                 self.stats["prefix_renders_not_tracked"] >= self.TRACKED_GIVE_UP
                 and not self.stats["prefix_renders_tracked"]
             ):
                 self._try_tracked = False  # e.g. Qwen3's pre-pass reads every message: never proves anything
-        return direct
+        return self._ending_turns(data, direct)
 
     def _tracked_prefixes(self, data: list[dict], tools: list[dict] | None, first: int, direct):
         """Prefixes proven by watched renders (orchestrator/template_tracked.py): the whole

@@ -564,23 +564,6 @@ def test_gpt_oss_the_answer_after_a_tool_result_follows_the_prompt_with_the_call
     each_turn_follows_its_prompt(tok, s, ref, TOOLS, (1, 3))
 
 
-# -- GLM-4.6: nothing ends an assistant turn (the model stops at the next role token) ----------
-
-
-def test_glm4_6_is_refused_with_the_reason():
-    """GLM-4.6's template renders a final assistant turn as "<|assistant|>\\n<think></think>\\nA"
-    and nothing after it: the model stops at the next role token (<|user|>, <|observation|>),
-    which the template shows only when another message follows. No end of turn to train:
-    refused when the reconstructor is made, naming why and the fix."""
-    tok = standin("glm4_6")
-    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
-    assert reference(tok, msgs) == "[gMASK]<sop><|user|>\nHi<|assistant|>\n<think></think>\nHello!"
-    with pytest.raises(ValueError, match="cannot work out the end-of-turn token") as e:
-        recon(tok=tok)
-    assert "as GLM-4's templates do" in str(e.value) and "student.chat_template" in str(e.value)
-    assert str(e.value).count("GLM-4's") == 1
-
-
 # -- every family: varied text, build_many == build, accepted samples equal the template's render --
 
 VARIED = [

@@ -1,0 +1,101 @@
+"""Templates whose assistant turn ends at the next message's role token (GLM-4).
+
+GLM-4's templates (glm-4-9b-chat, GLM-4-0414, GLM-4.5, GLM-4.6) write nothing after an
+assistant turn: `<|assistant|>\\nA` ends the render. The model stops by emitting the role
+token of the message that comes next - `<|user|>` after an answer, `<|observation|>` after
+tool calls; both are eos ids in its generation config - and the template writes that token
+only when such a message follows. So the turn the student emits is A then that token, and
+that is what GLM's own fine-tuning code trains (the token after each assistant message).
+
+`probe_next_role` finds that token from renders, never by name: the probe conversation
+ending with an assistant turn is rendered alone and with a user message after it (for a
+tool-call turn: a tool result after it); the second must start with the first, and what it
+adds must start with a special token (after spaces or newlines the template writes before
+it). `NextRole.after(message)` is the text through that token, and `PrefixRenders.render`
+appends it to every render that ends with an assistant turn: reconstruction then works on
+the template as if it ended each assistant turn with that token, which it does wherever a
+message follows. Proven for the probe conversation; each turn's own render is then checked
+as any turn is (its end token, the chaining proof), so a template that wrote something else
+before the next role in some conversation gives a rejection, not a wrong sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from orchestrator.reconstruction.end_of_turn import SENTINEL
+
+_HEADS = (
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}],
+)
+_CALL_ID = "call_zq0"
+_USER = {"role": "user", "content": "Hi"}
+
+
+def _call_turn(arguments) -> list[dict]:
+    call = {"id": _CALL_ID, "type": "function", "function": {"name": "zq_probe_fn", "arguments": arguments}}
+    return [
+        {"role": "assistant", "content": SENTINEL, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": _CALL_ID, "name": "zq_probe_fn", "content": "R"},
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class NextRole:
+    answer: str  # spaces + the role token after an answer (GLM: "<|user|>")
+    calls: str | None  # the same after a tool-call turn ("<|observation|>"); None: not proven
+
+    def after(self, message: dict) -> str:
+        """The text that ends this assistant turn when no message follows it in the render."""
+        if message.get("tool_calls"):
+            return self.calls or ""
+        return self.answer
+
+
+def needs_next_role(render: Callable[..., str]) -> bool:
+    """Whether the template renders nothing after a final assistant turn (only whitespace)."""
+    for head in _HEADS:
+        try:
+            text = render(head + [{"role": "assistant", "content": SENTINEL}], None, False)
+        except Exception:  # noqa: BLE001 - try the next head
+            continue
+        if SENTINEL in text:
+            return not text[text.rindex(SENTINEL) + len(SENTINEL) :].strip()
+    return False
+
+
+def probe_next_role(render: Callable[..., str], added: list[str]) -> NextRole | None:
+    """The NextRole of a template that needs one (`needs_next_role`): `render(messages, tools,
+    add_generation_prompt)`, `added` the tokenizer's added tokens (longest first). None when no
+    probe proves the token after an answer."""
+    for head in _HEADS:
+        answer = _added_after(render, head + [{"role": "assistant", "content": SENTINEL}], _USER, added)
+        if answer is None:
+            continue
+        calls = None
+        for arguments in ({"zq_key": "v"}, '{"zq_key": "v"}'):  # dict-pasting and string-pasting templates
+            turn = _call_turn(arguments)
+            calls = _added_after(render, head + turn[:1], turn[1], added)
+            if calls is not None:
+                break
+        return NextRole(answer, calls)
+    return None
+
+
+def _added_after(render, msgs: list[dict], following: dict, added: list[str]) -> str | None:
+    """What a render of `msgs` plus the `following` message adds right after the render of `msgs`,
+    through its first special token (spaces or newlines before it included); None if the renders
+    fail, the first is not a prefix of the second, or no special token comes first."""
+    try:
+        alone = render(msgs, None, False)
+        more = render(msgs + [following], None, False)
+    except Exception:  # noqa: BLE001 - not proven
+        return None
+    if SENTINEL not in alone or not more.startswith(alone):
+        return None
+    rest = more[len(alone) :]
+    spaced = rest.lstrip(" \n")
+    tok = next((t for t in added if spaced.startswith(t)), None)
+    return None if tok is None else rest[: len(rest) - len(spaced)] + tok
