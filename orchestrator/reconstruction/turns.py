@@ -1,12 +1,10 @@
 """Where each trained turn is in the template's text, checked against the teacher's.
 
-Part of `Reconstructor` (reconstructor.py sets the state used here). Works out the
-end-of-turn token and the template's constant final text once (a probe render), then
-for each trained turn k cuts F_k[len(P_k):] into context and trained text, checks it
-ends with an end-of-turn token and holds the teacher's content verbatim (a sentinel
-render shows where the template puts it), and that tool calls and template reasoning
-were rendered. A generation prompt that opens a reasoning block the history drops is
-handled by orchestrator/open_reasoning.py.
+Part of `Reconstructor` (reconstructor.py sets the state used here). For each trained turn k it cuts
+F_k[len(P_k):] into context and trained text, checks it ends with an end-of-turn token (end_of_turn.py)
+and holds the teacher's content verbatim (a sentinel render shows where the template puts it), and that
+tool calls and template reasoning were rendered. A generation prompt that opens a reasoning block the
+history drops is handled by orchestrator/open_reasoning.py.
 """
 
 from __future__ import annotations
@@ -212,16 +210,15 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
         return turn[len(prompt) : i] if i >= len(prompt) and turn.startswith(prompt) else None
 
     def _after_rewritten_history(self, data: list[dict], a: int, tools, base: str, full: str) -> tuple[str, str] | None:
-        """The prompt plus the turn, for a template that renders the history's last message
-        one way when it ends the prompt and another when a turn follows (Hermes 3's
-        tool_use template ends a last tool message without the "\\n" it puts there
-        otherwise: `loop.last`). The prompt `base` is what the student sees; the turn is
-        what the template renders after its generation header, proven from renders, never
-        by searching: `base` is the history's render plus a header, and a render of the
-        turn with a sentinel as its content has that header right before the sentinel (or
-        before the template's own `turn_opening`, then the sentinel: Qwen3's empty thinking
-        block, gpt-oss's final channel) and is `full` with the content in the sentinel's
-        place. (base + the turn, the opening), or None when that does not hold."""
+        """The prompt plus the turn, for a template that renders the history one way when it ends the prompt
+        and another when a turn follows (Hermes 3's tool_use: `loop.last`; Mistral-Nemo's and v0.3's write the
+        system prompt only with the last user message). The prompt `base` is what the student sees; the turn is
+        what the template renders after its generation header, proven from renders, never by searching: `base`
+        is the history's render plus a header (none: the special token `base` ends with, Mistral's `[/INST]`),
+        and a render of the turn with a sentinel as its content has that header right before the sentinel (or
+        before the template's own `turn_opening`, then the sentinel: Qwen3's empty thinking block, gpt-oss's
+        final channel; with no header, only so) and is `full` with the content in the sentinel's place.
+        (base + the turn, the opening), or None when that does not hold."""
         content = data[a].get("content")
         if not isinstance(content, str):
             return None
@@ -231,11 +228,17 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
             probe = self.render(data[:a] + [dict(data[a], content=sentinel)], tools, False)
         except Exception:  # noqa: BLE001 - not provable this way
             return None
-        header = base[len(history) :]
-        i = probe.find(sentinel)
-        lead = next((x for x in ("", self.turn_opening) if x is not None and probe.endswith(header + x, 0, i)), None)
-        if lead is None and i >= 0:
-            lead = self._after_dropped_block(data, a, tools, header, probe, len(history), i, sentinel)
+        header, i = base[len(history) :], probe.find(sentinel)
+        if header:
+            lead = next(
+                (x for x in ("", self.turn_opening) if x is not None and probe.endswith(header + x, 0, i)), None
+            )
+            if lead is None and i >= 0:
+                lead = self._after_dropped_block(data, a, tools, header, probe, len(history), i, sentinel)
+        else:  # no generation prompt (Mistral's): the turn starts after the special token that ends the prompt
+            header = next((t for t in self._added_tokens if base.endswith(t)), "")
+            opening = self.turn_opening
+            lead = opening if header and opening is not None and probe.endswith(header + opening, 0, i) else None
         if not (header and base.startswith(history) and i >= 0 and probe.count(sentinel) == 1 and lead is not None):
             return None
         if probe[:i] + content + probe[i + len(sentinel) :] != full:

@@ -785,12 +785,24 @@ NEMO_CONV = [
 ]
 
 
-def test_mistral_nemo_system_prompt_names_the_template_and_the_switch():
+def test_mistral_nemo_system_prompt_goes_with_each_turns_last_user_message():
+    """Mistral-Nemo's template writes the system prompt only into the last user message: a prompt shows it
+    (the student sees it at inference), a render that ends with an answer shows it nowhere. Each turn is
+    trained after its prompt as the student sees it (the rewritten-history proof, anchored on the [/INST]
+    that ends the prompt: the template has no generation prompt), one sample per turn. Before, every
+    conversation with a system prompt was template_mismatch unless merged into the first user message."""
     tok = family("nemo", "mistral_nemo")
-    _, rejections = recon(tok=tok).build(NEMO_CONV, None, sample_id="n")
-    assert [x.reason for x in rejections] == ["template_mismatch"]
-    assert "only with the last user message" in rejections[0].detail
-    assert 'system_prompt = "merge_into_first_user"' in rejections[0].detail
+    samples, rejections = recon(tok=tok).build(NEMO_CONV, None, sample_id="n")
+    assert rejections == [] and len(samples) == 2
+    assert [runs(tok, s) for s in samples] == [
+        [(None, "<s>[INST]Sys\n\nHi[/INST]"), (1, "Hello!</s>")],
+        [(None, "<s>[INST]Hi[/INST]Hello!</s>[INST]Sys\n\nFine[/INST]"), (1, " Good.</s>")],
+    ]
+    for k, s in zip((2, 4), samples):  # each prompt is the template's own generation prompt
+        prompt = render(tok, NEMO_CONV[:k], add_generation_prompt=True)
+        assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False)
+    _, rejections = recon(tok=tok, on_history_rewrite="reject").build(NEMO_CONV, None, sample_id="n")
+    assert [x.reason for x in rejections] == ["history_rewrite"]
 
 
 def test_mistral_nemo_golden():
