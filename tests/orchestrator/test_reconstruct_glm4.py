@@ -1,4 +1,4 @@
-"""GLM-4 (GLM-4.6's real template, GLM-4.5's has the same layout): nothing ends an assistant turn in a
+"""GLM-4 (GLM-4.6's real template, GLM-4.5's has the same layout; GLM-4-9B-Chat's at the end): nothing ends an assistant turn in a
 render; the model stops at the next message's role token, `<|user|>` after an answer and `<|observation|>`
 after tool calls (both eos ids in GLM's generation config), which the template writes only when a message
 follows (orchestrator/reconstruction/next_role.py). Each trained turn is checked against the template's own
@@ -158,3 +158,22 @@ def test_arguments_reach_the_template_as_a_dict(tok):
     s = one_sample(r, msgs, TOOLS)
     assert "<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>" in trained(tok, s)[0]
     assert json.loads(msgs[1]["tool_calls"][0]["function"]["arguments"]) == {"city": "Paris"}  # the input untouched
+
+
+def test_glm4_9b_chat_turns_end_with_the_user_role_token():
+    """GLM-4-9B-Chat's template (`<|{{ role }}|>{{ metadata }}\\n{{ content }}` per message with content) has the
+    same layout without the thinking block."""
+    tok = standin("glm4_9b_chat")
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+    ]
+    r = recon(tok=tok)
+    assert (r.eot, r.final_tail) == ("<|user|>", "")
+    s = one_sample(r, msgs)
+    assert decode(tok, s.prompt_ids) == "[gMASK]<sop><|system|>\nBe brief.<|user|>\nHi<|assistant|>"
+    assert trained(tok, s) == ["\nHello!<|user|>", "\n4<|user|>"]
+    assert full_text(tok, s) == through_next_role(tok, msgs, USER)

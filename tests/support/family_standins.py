@@ -98,6 +98,15 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
         None,
         [],
     ),
+    # GLM-4-9B-Chat: GLM-4.6's tokens (the same 151k vocabulary family); its template writes `<|{{ role }}|>`
+    "glm4_9b_chat": (
+        "qwen",
+        "glm4_9b_chat",
+        ["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"],
+        "<|endoftext|>",
+        None,
+        [],
+    ),
     # Mistral Small 3.x: tekken; the real Mistral-Nemo tekken (its control tokens include [SYSTEM_PROMPT])
     "mistral_small_3_1": ("nemo", "mistral_small_3_1", [], None, None, []),
     # Ministral 3 (Reasoning 2512): a tekken vocabulary whose control tokens include [THINK] [/THINK] [ARGS] (its
