@@ -805,6 +805,28 @@ def test_mistral_nemo_system_prompt_goes_with_each_turns_last_user_message():
     assert [x.reason for x in rejections] == ["history_rewrite"]
 
 
+def test_mistral_v3_system_prompt_goes_with_each_turns_last_user_message():
+    """Mistral 7B v0.3's layout (the v3 template, SentencePiece with [INST]/[/INST] control tokens): the same
+    system-prompt placement as Mistral-Nemo's, and a space before each answer (the template's `" " + content`,
+    its turn opening): each turn is trained after its own prompt, the answer's tokens as after any prompt."""
+    tok = family("mistral_v3", "mistral_v3")
+    r = recon(tok=tok)
+    assert r.turn_opening == " "
+    conv = [{**m, "content": m["content"].strip()} for m in NEMO_CONV]  # the template trims answers
+    samples, rejections = r.build(conv, None, sample_id="v3")
+    assert rejections == [] and len(samples) == 2
+    # without a system message nothing moves: one chained sample, its turns tokenised as after any prompt
+    (plain,), rejections = r.build(conv[1:], None, sample_id="v3")
+    ids, mask = plain.completion_ids, plain.completion_mask
+    turns = [ids[: mask.index(0)], ids[len(ids) - mask[::-1].index(0) :]]
+    assert [decode(tok, t) for t in turns] == ["Hello!</s>", "Good.</s>"]  # "▁Hello": the space is the opening
+    for k, s, turn in zip((2, 4), samples, turns):
+        prompt = render(tok, conv[:k], add_generation_prompt=True)
+        assert "[INST] Sys\n\n" + conv[k - 1]["content"] + "[/INST]" in prompt  # with its own last user message
+        assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False)
+        assert s.completion_ids == turn and all(s.completion_mask)
+
+
 def test_mistral_nemo_golden():
     tok = family("nemo", "mistral_nemo")
     r = recon(tok=tok, system_prompt="merge_into_first_user")

