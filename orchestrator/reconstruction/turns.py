@@ -229,16 +229,13 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
         except Exception:  # noqa: BLE001 - not provable this way
             return None
         header, i = base[len(history) :], probe.find(sentinel)
-        if header:
-            lead = next(
-                (x for x in ("", self.turn_opening) if x is not None and probe.endswith(header + x, 0, i)), None
-            )
-            if lead is None and i >= 0:
-                lead = self._after_dropped_block(data, a, tools, header, probe, len(history), i, sentinel)
-        else:  # no generation prompt (Mistral's): the turn starts after the special token that ends the prompt
+        generated = bool(header)  # else no generation prompt (Mistral's): the turn follows the prompt's last token
+        if not generated:
             header = next((t for t in self._added_tokens if base.endswith(t)), "")
-            opening = self.turn_opening
-            lead = opening if header and opening is not None and probe.endswith(header + opening, 0, i) else None
+        leads = ("", self.turn_opening) if generated else (self.turn_opening,)
+        lead = next((x for x in leads if x is not None and header and probe.endswith(header + x, 0, i)), None)
+        if lead is None and i >= 0 and generated:
+            lead = self._after_dropped_block(data, a, tools, header, probe, len(history), i, sentinel)
         if not (header and base.startswith(history) and i >= 0 and probe.count(sentinel) == 1 and lead is not None):
             return None
         if probe[:i] + content + probe[i + len(sentinel) :] != full:
