@@ -24,6 +24,13 @@ TOOLS = [
     }
 ]
 USER = {"role": "user", "content": "Next?"}
+TWO_TURNS = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": "4"},
+]
 
 
 def call_turn(content=None) -> dict:
@@ -67,13 +74,7 @@ def test_an_answer_ends_with_the_user_role_token(tok):
 
 
 def test_turns_chain_each_ending_at_the_next_role_token(tok):
-    msgs = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello!"},
-        {"role": "user", "content": "2+2?"},
-        {"role": "assistant", "content": "4"},
-    ]
+    msgs = TWO_TURNS
     r = recon(tok=tok)
     s = one_sample(r, msgs)
     assert trained(tok, s) == ["\n<think></think>\nHello!<|user|>", "\n<think></think>\n4<|user|>"]
@@ -164,13 +165,7 @@ def test_glm4_9b_chat_turns_end_with_the_user_role_token():
     """GLM-4-9B-Chat's template (`<|{{ role }}|>{{ metadata }}\\n{{ content }}` per message with content) has the
     same layout without the thinking block."""
     tok = standin("glm4_9b_chat")
-    msgs = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello!"},
-        {"role": "user", "content": "2+2?"},
-        {"role": "assistant", "content": "4"},
-    ]
+    msgs = TWO_TURNS
     r = recon(tok=tok)
     assert (r.eot, r.final_tail) == ("<|user|>", "")
     s = one_sample(r, msgs)

@@ -147,32 +147,26 @@ def sentencepiece_bpe_json(model_bytes: bytes, controls: bool = False) -> str:
     return tok.to_str()
 
 
-def build_mistral_sp(folder: Path) -> Path:
-    config = {
+def _sentencepiece_config(legacy: bool) -> dict:
+    return {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": "<s>",
         "eos_token": "</s>",
         "unk_token": "<unk>",
         "add_bos_token": False,
         "add_eos_token": False,
-        "legacy": True,
+        "legacy": legacy,
         "clean_up_tokenization_spaces": False,
     }
-    return _write(folder, sentencepiece_bpe_json(package_file("mistral_sp")), config)
+
+
+def build_mistral_sp(folder: Path) -> Path:
+    return _write(folder, sentencepiece_bpe_json(package_file("mistral_sp")), _sentencepiece_config(legacy=True))
 
 
 def build_mistral_v3(folder: Path) -> Path:
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "legacy": True,
-        "clean_up_tokenization_spaces": False,
-    }
-    return _write(folder, sentencepiece_bpe_json(package_file("mistral_v3"), controls=True), config)
+    spec = sentencepiece_bpe_json(package_file("mistral_v3"), controls=True)
+    return _write(folder, spec, _sentencepiece_config(legacy=True))
 
 
 QWEN_PATTERN = (
@@ -303,17 +297,7 @@ def build_mistral_sp_metaspace(folder: Path) -> Path:
     spec = json.loads(sentencepiece_bpe_json(package_file("mistral_sp")))
     spec["normalizer"] = None
     spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False}
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "legacy": False,
-        "clean_up_tokenization_spaces": False,
-    }
-    return _write(folder, json.dumps(spec, ensure_ascii=False), config)
+    return _write(folder, json.dumps(spec, ensure_ascii=False), _sentencepiece_config(legacy=False))
 
 
 NEMO_SPECIALS = [
