@@ -1,6 +1,6 @@
 """Templates whose assistant turn ends at the next message's role token (GLM-4).
 
-GLM-4's templates (glm-4-9b-chat, GLM-4-0414, GLM-4.5, GLM-4.6) write nothing after an
+GLM-4's templates (glm-4-9b-chat, GLM-4.5, GLM-4.6) write nothing after an
 assistant turn: `<|assistant|>\\nA` ends the render. The model stops by emitting the role
 token of the message that comes next - `<|user|>` after an answer, `<|observation|>` after
 tool calls; both are eos ids in its generation config - and the template writes that token
