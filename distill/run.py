@@ -43,6 +43,7 @@ def make_reconstructor(cfg: RunConfig, tok: Any = None, prompts_only: bool = Fal
     `prompts_only`: for prompts alone (on-policy mode), where the note on the cost of turns does not apply."""
     from orchestrator.open_reasoning import ThinkingSyntaxError
     from orchestrator.reconstruct import Reconstructor
+    from orchestrator.reconstruction.next_role import stop_warning
     from orchestrator.template_kwargs import check_template_kwargs
     from distill.core.student import student_tokenizer
 
@@ -59,6 +60,8 @@ def make_reconstructor(cfg: RunConfig, tok: Any = None, prompts_only: bool = Fal
             else f"the student's tokenizer ({cfg.student.tokenizer or cfg.student.path})"
         )
         raise TokenizerError(f"{where} cannot be used to build samples: {e}") from None
+    if recon.next_role is not None and (warning := stop_warning(tok, recon.next_role)):
+        print(warning, file=sys.stderr)  # GLM-4: each turn is trained through the next message's role token
     t = recon.chat_template
     # docs/reconstruction.md, "Prefix renders", "Watched renders"
     if not t.append_only and t.tracked is None and not prompts_only:

@@ -21,8 +21,11 @@ before the next role in some conversation gives a rejection, not a wrong sample.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from orchestrator.reconstruction.end_of_turn import SENTINEL
 
@@ -99,3 +102,26 @@ def _added_after(render, msgs: list[dict], following: dict, added: list[str]) ->
     spaced = rest.lstrip(" \n")
     tok = next((t for t in added if spaced.startswith(t)), None)
     return None if tok is None else rest[: len(rest) - len(spaced)] + tok
+
+
+def stop_warning(tokenizer: Any, next_role: NextRole) -> str | None:
+    """A warning when the student's generation_config.json (beside its tokenizer) does not list the tokens
+    that end its turns as eos ids: trained as the turn's end, the student would not stop at them when it
+    generates. None when it lists them all (GLM-4's own does)."""
+    tokens = [t.strip(" \n") for t in (next_role.answer, next_role.calls) if t]
+    config = Path(str(getattr(tokenizer, "name_or_path", "") or ".")) / "generation_config.json"
+    try:
+        eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        eos = None
+    ids = set(eos if isinstance(eos, list) else [eos])
+    missing = [t for t in tokens if tokenizer.convert_tokens_to_ids(t) not in ids]
+    if not missing:
+        return None
+    found = f"does not list {', '.join(missing)} in eos_token_id" if config.is_file() else "does not exist"
+    return (
+        "warning: the student's chat template ends each assistant turn at the next message's role token "
+        f"({', '.join(tokens)}), and reconstruction trains it as the turn's end; {config} {found}, so the "
+        "student may not stop there when it generates. Fix: list their ids in eos_token_id there (GLM-4's own "
+        "generation_config.json does), or stop generation at them"
+    )

@@ -6,6 +6,7 @@ import collections
 import functools
 import json
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from distill.core.contract import atomic_write_text
@@ -15,6 +16,7 @@ from distill.core.conversation import Conversation
 from orchestrator.build_pool import ParallelBuilder, offline_workers
 from orchestrator.legacy_functions import LegacyError, modern_tools
 from orchestrator.open_reasoning import ThinkingSyntaxError
+from orchestrator.reconstruction.next_role import stop_warning
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.reconstructor import Reconstructor
 from orchestrator.template_kwargs import check_template_kwargs
@@ -107,6 +109,8 @@ def tokenize_file(
             f"the chat template {chat_template}" if chat_template else f"the tokenizer {tokenizer_dir}'s chat template"
         )
         raise TokenizerError(f"{where} cannot be used to build samples: {e}") from None
+    if recon.next_role is not None and (warning := stop_warning(tok, recon.next_role)):
+        print(warning, file=sys.stderr)
     try:
         with ParallelBuilder(recon, offline_workers(workers)) as builder:
             counts, out_lines, hint = _reconstruct_lines(builder, input_path, ctx)

@@ -172,3 +172,29 @@ def test_glm4_9b_chat_turns_end_with_the_user_role_token():
     assert decode(tok, s.prompt_ids) == "[gMASK]<sop><|system|>\nBe brief.<|user|>\nHi<|assistant|>"
     assert trained(tok, s) == ["\nHello!<|user|>", "\n4<|user|>"]
     assert full_text(tok, s) == through_next_role(tok, msgs, USER)
+
+
+def test_a_student_that_would_not_stop_at_the_role_token_is_warned(tok, tmp_path, capsys):
+    """Trained as each turn's end, the role tokens must be eos ids in the student's generation_config.json
+    (GLM-4's lists <|user|> and <|observation|>): `distill tokenize` (and `distill run`) warn where they are
+    not, and still write the samples."""
+    from orchestrator.reconstruction.tokenize_jsonl import tokenize_file
+
+    folder, data, out = tmp_path / "student", tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    tok.save_pretrained(folder)
+    data.write_text(json.dumps({"messages": TWO_TURNS}) + "\n", encoding="utf-8")
+    user, observation = tok.convert_tokens_to_ids(["<|user|>", "<|observation|>"])
+    for eos, expected in (
+        (None, "generation_config.json does not exist"),
+        ([tok.eos_token_id, user], "does not list <|observation|> in eos_token_id"),
+        ([tok.eos_token_id, user, observation], None),
+    ):
+        if eos is not None:
+            (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": eos}), encoding="utf-8")
+        summary = tokenize_file(str(folder), str(data), str(out))
+        err = capsys.readouterr().err
+        assert summary["samples"] == 1 and json.loads(out.read_text())["completion_ids"][-1] == user
+        if expected is None:
+            assert "warning" not in err
+        else:
+            assert expected in err and "(<|user|>, <|observation|>)" in err and err.count("\n") == 1
