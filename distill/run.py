@@ -60,7 +60,7 @@ def make_reconstructor(cfg: RunConfig, tok: Any = None, prompts_only: bool = Fal
             else f"the student's tokenizer ({cfg.student.tokenizer or cfg.student.path})"
         )
         raise TokenizerError(f"{where} cannot be used to build samples: {e}") from None
-    if recon.next_role is not None and (warning := stop_warning(tok, recon.next_role)):
+    if warning := stop_warning(tok, recon.next_role):
         print(warning, file=sys.stderr)  # GLM-4: each turn is trained through the next message's role token
     t = recon.chat_template
     # docs/reconstruction.md, "Prefix renders", "Watched renders"

@@ -57,24 +57,21 @@ class NextRole:
         return self.answer
 
 
-def needs_next_role(render: Callable[..., str]) -> bool:
-    """Whether the template renders nothing after a final assistant turn (only whitespace)."""
+def probe_next_role(render: Callable[..., str], added: list[str]) -> NextRole | None:
+    """The NextRole of a template that renders nothing but whitespace after a final answer: `render(messages,
+    tools, add_generation_prompt)`, `added` the tokenizer's added tokens (longest first). None for a template
+    that writes more there (an end token: end_of_turn.py), or when no probe proves the token after an answer."""
     for head in _HEADS:
+        answered = head + [{"role": "assistant", "content": SENTINEL}]
         try:
-            text = render(head + [{"role": "assistant", "content": SENTINEL}], None, False)
+            alone = render(answered, None, False)
         except Exception:  # noqa: BLE001 - try the next head
             continue
-        if SENTINEL in text:
-            return not text[text.rindex(SENTINEL) + len(SENTINEL) :].strip()
-    return False
-
-
-def probe_next_role(render: Callable[..., str], added: list[str]) -> NextRole | None:
-    """The NextRole of a template that needs one (`needs_next_role`): `render(messages, tools,
-    add_generation_prompt)`, `added` the tokenizer's added tokens (longest first). None when no
-    probe proves the token after an answer."""
-    for head in _HEADS:
-        answer = _added_after(render, head + [{"role": "assistant", "content": SENTINEL}], _USER, added)
+        if SENTINEL not in alone:
+            continue
+        if alone[alone.rindex(SENTINEL) + len(SENTINEL) :].strip():
+            return None  # the template ends the turn itself
+        answer = _added_after(render, answered, _USER, added, alone)
         if answer is None:
             continue
         calls = None
@@ -87,12 +84,12 @@ def probe_next_role(render: Callable[..., str], added: list[str]) -> NextRole | 
     return None
 
 
-def _added_after(render, msgs: list[dict], following: dict, added: list[str]) -> str | None:
-    """What a render of `msgs` plus the `following` message adds right after the render of `msgs`,
-    through its first special token (spaces or newlines before it included); None if the renders
-    fail, the first is not a prefix of the second, or no special token comes first."""
+def _added_after(render, msgs: list[dict], following: dict, added: list[str], alone: str | None = None) -> str | None:
+    """What a render of `msgs` plus the `following` message adds right after the render of `msgs` (`alone`,
+    when already rendered), through its first special token (spaces or newlines before it included); None if
+    the renders fail, the first is not a prefix of the second, or no special token comes first."""
     try:
-        alone = render(msgs, None, False)
+        alone = render(msgs, None, False) if alone is None else alone
         more = render(msgs + [following], None, False)
     except Exception:  # noqa: BLE001 - not proven
         return None
@@ -104,10 +101,12 @@ def _added_after(render, msgs: list[dict], following: dict, added: list[str]) ->
     return None if tok is None else rest[: len(rest) - len(spaced)] + tok
 
 
-def stop_warning(tokenizer: Any, next_role: NextRole) -> str | None:
+def stop_warning(tokenizer: Any, next_role: NextRole | None) -> str | None:
     """A warning when the student's generation_config.json (beside its tokenizer) does not list the tokens
     that end its turns as eos ids: trained as the turn's end, the student would not stop at them when it
-    generates. None when it lists them all (GLM-4's own does)."""
+    generates. None when it lists them all (GLM-4's own does), or for a template without a next role."""
+    if next_role is None:
+        return None
     tokens = [t.strip(" \n") for t in (next_role.answer, next_role.calls) if t]
     config = Path(str(getattr(tokenizer, "name_or_path", "") or ".")) / "generation_config.json"
     try:

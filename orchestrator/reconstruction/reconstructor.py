@@ -19,7 +19,7 @@ from distill.core.contract import Rejection, Sample
 from distill.core.conversation import Conversation, build_args
 from orchestrator.reconstruction.end_of_turn import PROBE_TOOLS, probe_end_of_turn
 from orchestrator.reconstruction.joined import SegmentJoiner
-from orchestrator.reconstruction.next_role import needs_next_role, probe_next_role
+from orchestrator.reconstruction.next_role import probe_next_role
 from orchestrator.reconstruction.pipeline import Pipeline
 from orchestrator.reconstruction.plan import Planner
 from orchestrator.reconstruction.prefixes import PrefixRenders
@@ -83,7 +83,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self._special_re = re.compile("|".join(map(re.escape, added))) if added else None
         self.stats: collections.Counter = collections.Counter()
         plain = lambda m, t, g: self.chat_template.render(m, t, g, **self._template_kwargs)  # noqa: E731
-        self.next_role = probe_next_role(plain, added) if needs_next_role(plain) else None  # GLM-4: next_role.py
+        self.next_role = probe_next_role(plain, added)  # GLM-4: next_role.py
         end = probe_end_of_turn(self.render, added, tokenizer.eos_token)  # end_of_turn.py
         self.eot, self.eot_spaces, self.eot_closing, self.final_tail = end.token, end.spaces, end.closing, end.tail
         self.probe_tools, self.probe_render = end.probe_tools, end.probe_render

@@ -109,7 +109,7 @@ def tokenize_file(
             f"the chat template {chat_template}" if chat_template else f"the tokenizer {tokenizer_dir}'s chat template"
         )
         raise TokenizerError(f"{where} cannot be used to build samples: {e}") from None
-    if recon.next_role is not None and (warning := stop_warning(tok, recon.next_role)):
+    if warning := stop_warning(tok, recon.next_role):  # GLM-4: each turn ends with the next role token
         print(warning, file=sys.stderr)
     try:
         with ParallelBuilder(recon, offline_workers(workers)) as builder:

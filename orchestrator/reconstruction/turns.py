@@ -233,7 +233,7 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
         if not generated:
             header = next((t for t in self._added_tokens if base.endswith(t)), "")
         leads = ("", self.turn_opening) if generated else (self.turn_opening,)
-        lead = next((x for x in leads if x is not None and header and probe.endswith(header + x, 0, i)), None)
+        lead = next((x for x in leads if x is not None and probe.endswith(header + x, 0, i)), None)
         if lead is None and i >= 0 and generated:
             lead = self._after_dropped_block(data, a, tools, header, probe, len(history), i, sentinel)
         if not (header and base.startswith(history) and i >= 0 and probe.count(sentinel) == 1 and lead is not None):
