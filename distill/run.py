@@ -60,7 +60,7 @@ def make_reconstructor(cfg: RunConfig, tok: Any = None, prompts_only: bool = Fal
             else f"the student's tokenizer ({cfg.student.tokenizer or cfg.student.path})"
         )
         raise TokenizerError(f"{where} cannot be used to build samples: {e}") from None
-    if warning := stop_warning(tok, recon.next_role):
+    if warning := stop_warning(tok, recon.next_role, _model_dir(cfg.student.path)):
         print(warning, file=sys.stderr)  # GLM-4: each turn is trained through the next message's role token
     t = recon.chat_template
     # docs/reconstruction.md, "Prefix renders", "Watched renders"
@@ -72,6 +72,14 @@ def make_reconstructor(cfg: RunConfig, tok: Any = None, prompts_only: bool = Fal
             file=sys.stderr,
         )
     return recon
+
+
+def _model_dir(path: str) -> Path | None:
+    """The student's model folder as given (a folder, or a cached hub id's snapshot), without converting
+    anything; None for a builtin or GGUF student (their tokenizer folder is the model's)."""
+    from distill.core.student import hub_snapshot
+
+    return Path(path).expanduser() if Path(path).expanduser().is_dir() else hub_snapshot(path)
 
 
 def produce(
