@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .config import ConfigError, RunConfig, as_replay_source, load_config
 from .cli_help import COMMAND_HELP, USAGE, command_help
-from .cli_errors import user_message
+from .cli_errors import print_error, user_message
 from .built_with import check_train_vocab
 from .preflight import preflight
 from .dry_run import dry_run
@@ -360,13 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return cmd(argv[1:])
     except (ConfigError, UsageError) as e:
-        print(f"distill: {mask_known(str(e))}", file=sys.stderr)
+        print_error(mask_known(str(e)))  # once per node under torchrun
         return 2
     except Exception as e:
         message = user_message(e)
         if message is None:
             raise
-        print(f"distill: {mask_known(message)}", file=sys.stderr)  # no echoed key (redact.py)
+        print_error(mask_known(message))  # no echoed key (redact.py)
         return 1
     except KeyboardInterrupt:
         print("distill: interrupted; rerun the same command to resume", file=sys.stderr)

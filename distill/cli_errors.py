@@ -75,3 +75,20 @@ def user_message(e: BaseException) -> str | None:
     if type(e).__name__ in USER_ERRORS:
         return str(e)
     return None
+
+
+#: Seconds a torchrun worker other than its node's first waits before printing its error (print_error).
+OTHER_RANK_DELAY_S = 3.0
+
+
+def print_error(message: str) -> None:
+    """`message` on stderr, once per node under torchrun. Every worker reads the same config and files, so a
+    user's mistake fails them all alike: the node's first worker (LOCAL_RANK 0) prints at once and exits; the
+    others wait, and torchrun, seeing that exit, ends them before they print the same line again. An error
+    only another worker meets is still printed, after the wait (torchrun then names that rank)."""
+    import sys
+    import time
+
+    if os.environ.get("TORCHELASTIC_RUN_ID") and os.environ.get("LOCAL_RANK", "0") != "0":
+        time.sleep(OTHER_RANK_DELAY_S)
+    print(f"distill: {message}", file=sys.stderr, flush=True)
