@@ -23,6 +23,7 @@ from dataclasses import replace
 from orchestrator.open_reasoning import leading_block
 from orchestrator.reconstruction.end_of_turn import SENTINEL
 from orchestrator.reconstruction.messages import Msg
+from orchestrator.reconstruction.reasons import Reject
 
 
 class DroppedBlocks:
@@ -58,8 +59,34 @@ class DroppedBlocks:
                 return None
         except Exception:  # noqa: BLE001 - not provable this way
             return None
+        start = h + len(header) - len(block)
+        if "reasoning_content" in data[a]:  # reasoning = "template": the lead may hold it, as rendered
+            self._check_no_reasoning_in_lead(data, a, tools, block, probe[start:i], (start, sentinel))
         self.stats["dropped_opening_turns"] += 1
-        return probe[h + len(header) - len(block) : i]
+        return probe[start:i]
+
+    def _check_no_reasoning_in_lead(self, data, a: int, tools, block: str, lead: str, at: tuple[int, str]) -> None:
+        """Rejects a lead that holds the turn's reasoning field as the template renders it (Gemma 4 31B's
+        interleaved template writes a tool-call turn's reasoning in a thought channel after the header): the
+        prompt already ends with the dropped block, the empty channel (thinking off), and the student would
+        learn to write a second one after it. The lead is compared with the one the template renders for the
+        turn without the field (`at`: where the lead starts in the probe render, and its sentinel)."""
+        start, sentinel = at
+        bare = {k: v for k, v in data[a].items() if k not in ("reasoning_content", "thinking")}
+        try:
+            plain = self.render(data[:a] + [dict(bare, content=sentinel)], tools, False)
+        except Exception:  # noqa: BLE001 - the lead is then not proven free of the reasoning
+            plain = ""
+        if plain[start : plain.find(sentinel)] == lead:
+            return
+        raise Reject(
+            "template_mismatch",
+            f"messages[{a}]: the generation prompt ends with {block!r}, a block the template drops from every "
+            "turn (thinking off), and the template renders this turn's reasoning field after the turn's header "
+            f"({lead[:40]!r}): the student would learn to write a second block after the empty one. Fix: set "
+            'reasoning = "drop" to train the turn without it, or turn thinking on in '
+            "orchestrator.reconstruction.chat_template_kwargs (e.g. enable_thinking = true) to train the reasoning",
+        )
 
     @functools.cached_property
     def dropped_opening(self) -> str:

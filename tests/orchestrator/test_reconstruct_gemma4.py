@@ -24,9 +24,10 @@ CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arg
 CALL_TEXT = '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>'
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return standin("gemma4")
+@pytest.fixture(scope="module", params=["gemma4", "gemma4_interleaved"])
+def tok(request):
+    """Gemma 4's template, and the 31B's interleaved one (test_reconstruct_gemma4_interleaved.py): the same here."""
+    return standin(request.param)
 
 
 def checked(tok, r, messages, tools=None):
@@ -93,7 +94,7 @@ def test_thinking_on_the_prompt_is_the_header_and_turns_chain(tok):
     samples, rejections = r.build(TWO_TURNS, None, sample_id="t")
     assert rejections == [] and len(samples) == 1
     assert [m for m, _ in runs(tok, samples[0])[1:]] == [1, 0, 1]
-    assert runs(tok, samples[0])[0][1].startswith("<bos><|turn>system\n<|think|><turn|>\n")
+    assert runs(tok, samples[0])[0][1].startswith("<bos><|turn>system\n<|think|>")  # (the interleaved: + "\n")
 
 
 def test_text_after_the_header_that_the_template_keeps_is_not_dropped():

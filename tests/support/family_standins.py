@@ -13,6 +13,22 @@ from pathlib import Path
 
 TEMPLATES = Path(__file__).parent.parent / "templates"
 
+# Gemma 4's turn, channel and tool tokens (its gemma4 and gemma4_interleaved templates)
+GEMMA4_TOKENS = [
+    "<|turn>",
+    "<turn|>",
+    "<|channel>",
+    "<channel|>",
+    "<|think|>",
+    "<|tool>",
+    "<tool|>",
+    "<|tool_call>",
+    "<tool_call|>",
+    "<|tool_response>",
+    "<tool_response|>",
+    '<|"|>',
+]
+
 #: family -> (base tokenizer, template, special tokens, eos, bos, plain added tokens)
 STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]]] = {
     # Phi-4: tiktoken cl100k + ChatML with <|im_sep|>; base: Qwen's byte-level BPE (has <|im_start|>/<|im_end|>)
@@ -157,20 +173,16 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
     "gemma4": (
         "smollm2",
         "gemma4",
-        [
-            "<|turn>",
-            "<turn|>",
-            "<|channel>",
-            "<channel|>",
-            "<|think|>",
-            "<|tool>",
-            "<tool|>",
-            "<|tool_call>",
-            "<tool_call|>",
-            "<|tool_response>",
-            "<tool_response|>",
-            '<|"|>',
-        ],
+        GEMMA4_TOKENS,
+        None,
+        "<bos>",
+        [],
+    ),
+    # Gemma 4 31B's interleaved template: the same tokens
+    "gemma4_interleaved": (
+        "smollm2",
+        "gemma4_interleaved",
+        GEMMA4_TOKENS,
         None,
         "<bos>",
         [],
