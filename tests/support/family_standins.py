@@ -187,6 +187,17 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
         "<bos>",
         [],
     ),
+    # ServiceNow Apriel 1.5 15B Thinker (Pixtral-12B based: tekken; whether its role and <|end|> tokens are special
+    # in the real vocabulary was not checked): <|system|> <|user|> <|assistant|> <|end|> <|tool_result|>
+    # <|content|>, eos </s>; base: Mistral-Nemo's tekken
+    "apriel1_5": (
+        "nemo",
+        "apriel1_5",
+        ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|tool_result|>", "<|content|>"],
+        "</s>",
+        "<s>",
+        [],
+    ),
     # Cohere Command R7B (and Aya Expanse): a 256k byte-level BPE whose turn tokens end an answer
     # <|END_RESPONSE|><|END_OF_TURN_TOKEN|> (eos the second); base: Qwen's byte-level BPE
     "command_r7b": (
