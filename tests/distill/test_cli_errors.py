@@ -5,6 +5,7 @@ worker meets is still printed."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,10 @@ def test_torchrun_prints_a_config_error_once_with_rank_0_as_the_root_cause(tmp_p
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("RANK", "LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC"))
     }
-    cmd = [torchrun, "--nproc-per-node", "2", "-m", "distill", "train", "bad.toml"]
+    with socket.socket() as s:  # the agent's store: a free port, not torchrun's fixed default
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    cmd = [torchrun, "--nproc-per-node", "2", "--master-port", port, "-m", "distill", "train", "bad.toml"]
     run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     out = run.stdout + run.stderr
     assert run.returncode != 0
