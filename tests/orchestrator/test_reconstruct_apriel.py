@@ -43,11 +43,8 @@ def test_a_call_turn_is_trained_without_the_ids_its_later_render_shows(tok):
     assert rejections == [] and len(samples) == 2
     for s, k, trained in zip(samples, (1, 3), (CALLS + "\n<|end|>", "It is sunny.\n<|end|>")):
         prompt = reference(tok, LOOP[:k], TOOLS, as_string=True, add_generation_prompt=True)
+        last = reference(tok, LOOP[: k + 1], TOOLS, as_string=True)  # the turn rendered last
         assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False)
-        assert runs(tok, s)[1:] == [(1, trained)]
-        assert (
-            reference(tok, LOOP[: k + 1], TOOLS, as_string=True) == prompt + trained + "\n</s>"
-        )  # the turn rendered last
-    assert CALLS[:-15] + ', "id": "c1"}]</tool_calls>' in reference(
-        tok, LOOP[:3], TOOLS, as_string=True
-    )  # ids once followed
+        assert runs(tok, s)[1:] == [(1, trained)] and last == prompt + trained + "\n</s>"
+    followed = reference(tok, LOOP[:3], TOOLS, as_string=True)  # the call turn with a message after it
+    assert CALLS.replace("}}]", '}, "id": "c1"}]') in followed
