@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
+import time
 
 # Errors whose message is complete for a user (file/line/field and the fix); no traceback.
 USER_ERRORS = {
@@ -86,9 +88,6 @@ def print_error(message: str) -> None:
     user's mistake fails them all alike: the node's first worker (LOCAL_RANK 0) prints at once and exits; the
     others wait, and torchrun, seeing that exit, ends them before they print the same line again. An error
     only another worker meets is still printed, after the wait (torchrun then names that rank)."""
-    import sys
-    import time
-
     if os.environ.get("TORCHELASTIC_RUN_ID") and os.environ.get("LOCAL_RANK", "0") != "0":
         time.sleep(OTHER_RANK_DELAY_S)
     print(f"distill: {message}", file=sys.stderr, flush=True)

@@ -79,7 +79,8 @@ def _model_dir(path: str) -> Path | None:
     anything; None for a builtin or GGUF student (their tokenizer folder is the model's)."""
     from distill.core.student import hub_snapshot
 
-    return Path(path).expanduser() if Path(path).expanduser().is_dir() else hub_snapshot(path)
+    folder = Path(path).expanduser()
+    return folder if folder.is_dir() else hub_snapshot(path)
 
 
 def produce(

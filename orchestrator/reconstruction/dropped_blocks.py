@@ -33,6 +33,7 @@ class DroppedBlocks:
     stats: collections.Counter
     probe_tools: list[dict] | None
     render: Callable[..., str]
+    _without_reasoning: Callable[..., tuple[list[dict], str | None]]  # thinking_blocks.py
 
     @functools.cached_property
     def _simplest(self) -> tuple[str, str] | None:
@@ -61,22 +62,19 @@ class DroppedBlocks:
             return None
         start = h + len(header) - len(block)
         if "reasoning_content" in data[a]:  # reasoning = "template": the lead may hold it, as rendered
-            self._check_no_reasoning_in_lead(data, a, tools, block, probe[start:i], (start, sentinel))
+            self._check_no_reasoning_in_lead(data, a, tools, block, probe[start:i], start, sentinel)
         self.stats["dropped_opening_turns"] += 1
         return probe[start:i]
 
-    def _check_no_reasoning_in_lead(self, data, a: int, tools, block: str, lead: str, at: tuple[int, str]) -> None:
+    def _check_no_reasoning_in_lead(
+        self, data, a: int, tools, block: str, lead: str, start: int, sentinel: str
+    ) -> None:
         """Rejects a lead that holds the turn's reasoning field as the template renders it (Gemma 4 31B's
         interleaved template writes a tool-call turn's reasoning in a thought channel after the header): the
         prompt already ends with the dropped block, the empty channel (thinking off), and the student would
         learn to write a second one after it. The lead is compared with the one the template renders for the
-        turn without the field (`at`: where the lead starts in the probe render, and its sentinel)."""
-        start, sentinel = at
-        bare = {k: v for k, v in data[a].items() if k not in ("reasoning_content", "thinking")}
-        try:
-            plain = self.render(data[:a] + [dict(bare, content=sentinel)], tools, False)
-        except Exception:  # noqa: BLE001 - the lead is then not proven free of the reasoning
-            plain = ""
+        turn without the field (`start`: where the lead starts in the probe render, whose content is `sentinel`)."""
+        plain = self._without_reasoning(data, a, tools, sentinel)[1] or ""  # "" where it raises: not proven free
         if plain[start : plain.find(sentinel)] == lead:
             return
         raise Reject(

@@ -285,6 +285,11 @@ def _assistant(
     return Msg(data, "assistant", content, prefix, reasoning, weight, placed, data_part, first, dropped)
 
 
+def without_reasoning_fields(message: dict) -> dict:
+    """`message` without the reasoning fields `_assistant` sets under reasoning = "template" (both names)."""
+    return {k: v for k, v in message.items() if k not in ("reasoning_content", "thinking")}
+
+
 def _text_beside_calls(content: str, shape: ToolCallShape, drop: bool, where: str) -> bool:
     """Whether to drop a tool-call turn's text, which the template cannot show beside the calls
     (ToolCallShape.drops_text, null_content); raises Reject for such text when not `drop`."""

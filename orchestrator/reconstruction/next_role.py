@@ -105,12 +105,12 @@ def stop_warning(tokenizer: Any, next_role: NextRole | None, model_dir: str | Pa
     """A warning when the student's generation_config.json does not list the tokens that end its turns as
     eos ids: trained as the turn's end, the student would not stop at them when it generates. None when it
     lists them all (GLM-4's own does), or for a template without a next role. The file read is the model
-    folder's (`model_dir`, what generate and vLLM read) when that is a folder, else the tokenizer's."""
+    folder's (`model_dir`, what generate and vLLM read) when given, else the tokenizer's."""
     if next_role is None:
         return None
     tokens = [t.strip(" \n") for t in (next_role.answer, next_role.calls) if t]
-    folder = Path(model_dir) if model_dir is not None and Path(model_dir).is_dir() else None
-    config = (folder or Path(str(getattr(tokenizer, "name_or_path", "") or "."))) / "generation_config.json"
+    folder = model_dir if model_dir is not None else str(getattr(tokenizer, "name_or_path", "") or ".")
+    config = Path(folder) / "generation_config.json"
     try:
         eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token_id")
     except (OSError, ValueError, AttributeError):

@@ -40,7 +40,7 @@ from orchestrator.open_reasoning import (
     leading_empty_block,
     trailing_opening,
 )
-from orchestrator.reconstruction.messages import Msg
+from orchestrator.reconstruction.messages import Msg, without_reasoning_fields
 from orchestrator.reconstruction.reasons import Reject
 
 #: how much of a generation prompt's end is read for the thinking block it may open or close
@@ -178,7 +178,7 @@ class ThinkingBlocks:
     def _without_reasoning(self, data: list[dict], a: int, tools, content: Any) -> tuple[list[dict], str | None]:
         """The history through turn a with that turn's reasoning fields removed and its content `content`, and its
         render (None where the template raises: not provable this way; the caller's rejection names why)."""
-        turn = {k: v for k, v in data[a].items() if k not in ("reasoning_content", "thinking")} | {"content": content}
+        turn = without_reasoning_fields(data[a]) | {"content": content}
         changed = [*data[:a], turn]
         try:
             return changed, self.render(changed, tools, False)

@@ -27,7 +27,7 @@ from orchestrator.open_reasoning import (
 )
 from orchestrator.reconstruction.dropped_blocks import DroppedBlocks, inline_block
 from orchestrator.reconstruction.end_of_turn import SENTINEL
-from orchestrator.reconstruction.messages import Msg
+from orchestrator.reconstruction.messages import Msg, without_reasoning_fields
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.rendered_checks import RenderedChecks
 from orchestrator.reconstruction.thinking_blocks import PROMPT_END, ThinkingBlocks
@@ -271,8 +271,7 @@ class TurnLocator(DroppedBlocks, RenderedChecks, ThinkingBlocks):
             )
 
         def render_with(content: str) -> str:
-            msg = {k: v for k, v in data[a].items() if k not in ("reasoning_content", "thinking")}
-            return self.render(data[:a] + [dict(msg, content=content)], tools, False)
+            return self.render(data[:a] + [dict(without_reasoning_fields(data[a]), content=content)], tools, False)
 
         content, form = m.content, self.cfg.reasoning_form
         if self.cfg.reasoning == "think_tags" and form and form.startswith(OPEN) and not m.reasoning:
