@@ -73,6 +73,7 @@ class Planner:
     _reject: Callable[[str, Reject], Rejection]  # reconstructor.Reconstructor._reject
     _prefix_renders: Callable[..., tuple]  # prefixes.PrefixRenders._prefix_renders
     _locate_turn: Callable[..., Turn]  # turns.TurnLocator._locate_turn
+    _check_opening_prompt: Callable[..., None]  # rendered_checks.RenderedChecks._check_opening_prompt
 
     def _prepare(
         self,
@@ -208,6 +209,8 @@ class Planner:
         """Every trained turn located in the renders, and the turns grouped into samples (a new group where
         a turn's render does not continue the one before: the template rewrote the history)."""
         data = [m.data for m in msgs]
+        if trained[0] == 0 and msgs[0].role == "assistant":
+            self._check_opening_prompt(tools)
         renders = self._prefix_renders(data, tools, trained[0])
         turns = [self._locate_turn(msgs, data, a, tools, renders) for a in trained]
         groups = [[0]]

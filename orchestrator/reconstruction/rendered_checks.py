@@ -66,6 +66,34 @@ class RenderedChecks:
             if name not in rest:
                 raise _not_rendered(a, name)
 
+    def _check_opening_prompt(self, tools) -> None:
+        """messages[0] is a trained assistant turn: its prompt is the template's render of no messages with
+        the generation prompt. A template that writes the generation prompt only after a message (OLMo 2's and
+        GigaChat 3's, inside the loop at `loop.last`; DeepSeek V3.1's, only after a user message) writes none
+        there, so the turn was trained from its own role header, or with none: a turn start the student never
+        writes, since every prompt it is given ends with the header. Rejected when the render of no messages is
+        the same with and without the generation prompt while the render of one user message is not (after a
+        later message an empty generation prompt is what serving renders too: DeepSeek V3's after a tool
+        result). A template that raises here is left to _locate_turn, which names the same fixes."""
+        user = [{"role": "user", "content": "Hi"}]
+        try:
+            if self.render([], tools, True) != self.render([], tools, False):
+                return
+            after_user = self.render(user, tools, True), self.render(user, tools, False)
+        except Exception:  # noqa: BLE001 - _locate_turn reports the template's error with its hint
+            return
+        if after_user[0] == after_user[1]:  # no generation prompt anywhere (Mistral v0.1's): nothing missing
+            return
+        shown = after_user[0][len(after_user[1]) :] if after_user[0].startswith(after_user[1]) else after_user[0]
+        raise Reject(
+            "template_mismatch",
+            "messages[0] is a turn to train with nothing before it, and the template writes no generation prompt "
+            f"for no messages (after a user message it ends the prompt with {shown[-60:]!r}): the turn would be "
+            "trained from its own role header, or with none, where every prompt the student is given ends with the "
+            "header. Fix: start the conversation with the message the answer replies to, or give messages[0] "
+            '"weight": 0 to keep it as context',
+        )
+
     def _check_short_reasoning(self, data: list[dict], a: int, tools, m: Msg) -> None:
         """Reasoning the template renders itself (policy "template") and shorter than SHORT_REASONING, found in the
         turn's render by `_check_rendered`, is no proof: so short a text can be part of what the template writes

@@ -1,0 +1,64 @@
+"""A conversation that opens with an assistant message (a greeting, as some chat datasets start).
+
+That turn's prompt is the template's render of no messages with the generation prompt. Templates
+that write the generation prompt only after a message (OLMo 2's and GigaChat 3's inside the loop at
+`loop.last`, OLMo 3 Think's too, DeepSeek V3.1's only after a user message) write none there: the
+turn was trained from its own role header (or from no header), which no student is ever prompted
+to write. Such a conversation is now rejected naming messages[0] and both fixes; with "weight": 0
+on the opening message the answers after it are trained. A template that does write a generation
+prompt for no messages (SmolLM2's) keeps training the opening answer.
+"""
+
+from __future__ import annotations
+
+import pytest
+from support.family_standins import standin_or_skip
+from support.reconstruct_helpers import decode, masked_text, recon, tokenizer_with
+
+OPENING = [
+    {"role": "assistant", "content": "Hi! How can I help?"},
+    {"role": "user", "content": "What is 2+2?"},
+    {"role": "assistant", "content": "It is 4."},
+]
+
+
+def _tokenizer(family: str):
+    if family == "deepseek_v3_1":
+        from support import tokenizer_builds
+
+        return tokenizer_builds.load_or_skip("deepseek", "deepseek_v3_1")
+    return standin_or_skip(family)
+
+
+@pytest.mark.parametrize("family", ["olmo2_tulu", "gigachat3", "olmo3_think", "deepseek_v3_1"])
+def test_an_opening_answer_without_a_generation_prompt_is_rejected_and_weight_0_trains_the_rest(family):
+    tok = _tokenizer(family)
+    r = recon(tok=tok)
+    # what the test is about: no generation prompt for no messages, one after a user message
+    empty = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
+    assert empty != tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    samples, rejections = r.build(OPENING, None, sample_id="o")
+    assert samples == [] and [x.reason for x in rejections] == ["template_mismatch"]
+    detail = rejections[0].detail
+    assert "messages[0] is a turn to train with nothing before it" in detail and '"weight": 0' in detail
+
+    samples, rejections = r.build([dict(OPENING[0], weight=0), *OPENING[1:]], None, sample_id="o")
+    assert rejections == [] and len(samples) == 1
+    prompt = decode(tok, samples[0].prompt_ids)
+    # the prompt is the template's own, generation prompt included; the opening answer is in it as context
+    assert prompt == tok.apply_chat_template(OPENING[:2], tokenize=False, add_generation_prompt=True)
+    assert "Hi! How can I help?" in prompt
+    trained = masked_text(tok, samples[0])
+    assert "It is 4." in trained and "Hi!" not in trained and "assistant" not in trained
+
+
+def test_an_opening_answer_after_the_templates_generation_prompt_is_still_trained():
+    """SmolLM2's template writes "<|im_start|>assistant\\n" for no messages too: that is the prompt
+    the opening answer is trained after (its render of no messages has no default system prompt,
+    so the answer after the user's message is a sample of its own)."""
+    tok = tokenizer_with(None)
+    samples, rejections = recon(tok=tok).build(OPENING, None, sample_id="s")
+    assert rejections == [] and len(samples) == 2
+    assert decode(tok, samples[0].prompt_ids) == "<|im_start|>assistant\n"
+    assert masked_text(tok, samples[0]) == "Hi! How can I help?<|im_end|>"
+    assert masked_text(tok, samples[1]) == "It is 4.<|im_end|>"
