@@ -78,6 +78,9 @@ def probe_end_of_turn(render: Callable[..., str], added: list[str], eos: str | N
             for tok in added + [eos or ""]:
                 if tok and spaced.startswith(tok):
                     spaces, rest = after[: len(after) - len(spaced)], spaced[len(tok) :]
+                    to_eos = _through_eos(render, head, tools, after, added, eos) if tok != eos else None
+                    if to_eos is not None:  # the token is a closing tag: the turn ends at the eos
+                        return EndOfTurn(eos or "", to_eos, "", after[len(to_eos) + len(eos or "") :], tools, text)
                     closing = _closing(render, head, tools, spaces + tok, rest, added, eos)
                     return EndOfTurn(tok, spaces, closing, rest[len(closing) :], tools, text)
             errors.append(_no_token(after))
@@ -105,6 +108,31 @@ def _closing(render, head: list[dict], tools, end: str, rest: str, added: list[s
         return ""
     i = text.find(SENTINEL)
     return closing if i >= 0 and text.startswith(end + closing, i + len(SENTINEL)) else ""
+
+
+def _through_eos(render, head: list[dict], tools, after: str, added: list[str], eos: str | None) -> str | None:
+    """The text the template writes between the content and the eos, where that text holds words of its own
+    besides special tokens (Kimi K3 ends each message "<|close|>response<|sep|><|close|>message<|sep|>" before
+    its eos <|end_of_msg|>): its first special token is a closing tag, not the turn's end, and the student
+    stops only at the eos, so it must learn all of it. Proven as the closing tokens are: the same text and the
+    eos follow the content where a user turn comes next. None otherwise (Apriel 1.5's "\n<|end|>\n</s>" has
+    only whitespace besides its tokens: the turn ends at <|end|>, as before)."""
+    if not eos or eos not in after:
+        return None
+    between = after[: after.index(eos)]
+    words = between
+    for t in added:  # longest first
+        words = words.replace(t, "")
+    if not words.strip():
+        return None
+    try:
+        text = render(
+            head + [{"role": "assistant", "content": SENTINEL}, {"role": "user", "content": "Hi"}], tools, False
+        )
+    except Exception:  # noqa: BLE001 - not proven: the first special token ends the turn
+        return None
+    i = text.find(SENTINEL)
+    return between if i >= 0 and text.startswith(between + eos, i + len(SENTINEL)) else None
 
 
 def _no_token(after: str) -> str:

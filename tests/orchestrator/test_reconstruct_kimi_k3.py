@@ -1,0 +1,65 @@
+"""Kimi K3 (tests/templates/kimi_k3.jinja, cut down from llama.cpp's copy, on the stand-in of
+tests/support/family_standins.py): a turn whose end is a run of closing tags with words in it.
+
+Every message ends "<|close|>message<|sep|><|end_of_msg|>", an answer "<|close|>response<|sep|>" before
+that. The first special token after the content is <|close|>, a closing tag; the student stops only at the
+eos <|end_of_msg|>. Before, <|close|> was taken for the end token and "response<|sep|><|close|>message<|sep|>
+<|end_of_msg|>" for the template's constant final text: every answer was trained through "A<|close|>" and the
+eos never, so the student would not learn to stop. Now the turn runs through the eos
+(end_of_turn._through_eos), proven by the render where a user turn follows.
+"""
+
+from __future__ import annotations
+
+import pytest
+from support.family_standins import standin_or_skip as standin
+from support.reconstruct_helpers import recon, reference, runs
+
+END = "<|close|>response<|sep|><|close|>message<|sep|><|end_of_msg|>"
+TWO = [
+    {"role": "user", "content": "q1"},
+    {"role": "assistant", "content": "A1", "reasoning_content": "R1 because"},
+    {"role": "user", "content": "q2"},
+    {"role": "assistant", "content": "A2", "reasoning_content": "R2 because"},
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return standin("kimi_k3")
+
+
+def test_the_turn_ends_at_the_eos_after_the_closing_tags(tok):
+    r = recon(tok=tok)
+    assert (r.eot, r.eot_spaces, r.eot_closing, r.final_tail) == (
+        "<|end_of_msg|>",
+        END[: -len("<|end_of_msg|>")],
+        "",
+        "",
+    )
+
+
+def test_thinking_on_each_turn_trains_its_reasoning_and_answer_through_the_eos(tok):
+    """Thinking on (the template's default): the generation prompt opens the think tag and the history renders
+    every turn's reasoning there, so the answers chain in one sample equal to the template's render."""
+    samples, rejections = recon(tok=tok).build(TWO, None, sample_id="k")
+    assert rejections == [] and len(samples) == 1
+    prompt, *rest = runs(tok, samples[0])
+    assert prompt[1].endswith('<|open|>message role="assistant"<|sep|><|open|>think<|sep|>')
+    assert [text for mask, text in rest if mask] == [
+        "R1 because<|close|>think<|sep|><|open|>response<|sep|>A1" + END,
+        "R2 because<|close|>think<|sep|><|open|>response<|sep|>A2" + END,
+    ]
+    assert "".join(text for _, text in [prompt, *rest]) == reference(tok, TWO)
+
+
+def test_thinking_off_trains_the_answer_after_the_response_tag_and_a_cut_answer_stays_open(tok):
+    msgs = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "A1"}]
+    r = recon(tok=tok, chat_template_kwargs={"thinking": False}, truncated="keep")
+    samples, rejections = r.build(msgs, None, sample_id="k")
+    assert rejections == []
+    prompt, *rest = runs(tok, samples[0])
+    assert prompt[1].endswith("<|open|>response<|sep|>") and rest == [(1, "A1" + END)]
+    # cut off: no closing tags and no eos (the template's text after the content never came)
+    samples, _ = r.build(msgs, None, sample_id="k", finish_reason="length")
+    assert runs(tok, samples[0])[1:] == [(1, "A1")]
