@@ -1,4 +1,4 @@
-"""Kimi K3 (tests/templates/kimi_k3.jinja, cut down from llama.cpp's copy, on the stand-in of
+"""Kimi K3 (tests/templates/kimi_k3.jinja, llama.cpp's copy, on the stand-in of
 tests/support/family_standins.py): a turn whose end is a run of closing tags with words in it.
 
 Every message ends "<|close|>message<|sep|><|end_of_msg|>", an answer "<|close|>response<|sep|>" before
@@ -63,3 +63,28 @@ def test_thinking_off_trains_the_answer_after_the_response_tag_and_a_cut_answer_
     # cut off: no closing tags and no eos (the template's text after the content never came)
     samples, _ = r.build(msgs, None, sample_id="k", finish_reason="length")
     assert runs(tok, samples[0])[1:] == [(1, "A1")]
+
+
+def test_a_tool_loop_trains_the_calls_and_the_answer_each_through_the_eos(tok):
+    """The calls are tags in the message after the response tag; the result's message names its tool (the template
+    matches it to the call by id)."""
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"q": "x"}'}}
+    tools = [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}]
+    msgs = [
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "RES", "tool_call_id": "c1"},
+        {"role": "assistant", "content": "A2"},
+    ]
+    r = recon(tok=tok, chat_template_kwargs={"thinking": False})
+    samples, rejections = r.build(msgs, tools, sample_id="k")
+    assert rejections == [] and len(samples) == 1
+    prompt, *rest = runs(tok, samples[0])
+    assert [text for mask, text in rest if mask] == [
+        '<|close|>response<|sep|><|open|>tools<|sep|><|open|>call tool="f" index="1"<|sep|><|open|>argument '
+        'key="q" type="string"<|sep|>x<|close|>argument<|sep|><|close|>call<|sep|><|close|>tools<|sep|>'
+        "<|close|>message<|sep|><|end_of_msg|>",
+        "A2" + END,
+    ]
+    assert 'role="tool" tool="f" index="1"<|sep|>RES' in rest[1][1]
+    assert "".join(text for _, text in [prompt, *rest]) == reference(tok, msgs, tools, thinking=False)
