@@ -242,6 +242,24 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
     # Kimi-K2-Thinking (Moonshot AI): a 160k tiktoken-style BPE with <|im_user|> <|im_assistant|> <|im_system|>
     # <|im_middle|> <|im_end|> (eos) and tool-call section tokens (no package ships it); base: Qwen's byte-level
     # BPE (its <think> </think> are added tokens, as Kimi's are)
+    # Kimi-K2-Instruct (Moonshot AI): Kimi-K2-Thinking's role tokens and eos, and the media tokens of its template
+    "kimi_k2": (
+        "qwen",
+        "kimi_k2",
+        [
+            "<|im_system|>",
+            "<|im_user|>",
+            "<|im_assistant|>",
+            "<|im_middle|>",
+            "<|media_start|>",
+            "<|media_content|>",
+            "<|media_pad|>",
+            "<|media_end|>",
+        ],
+        "<|im_end|>",
+        None,
+        [],
+    ),
     # Kimi K3 (Moonshot AI): every message is a tag, "<|open|>message role=...<|sep|>" ... "<|close|>message<|sep|>",
     # then <|end_of_msg|>; its vocabulary is not shipped: Qwen's byte-level BPE with those four as special tokens
     # (assumed special in Kimi's own vocabulary, as its role tokens are in K2's), <|end_of_msg|> the eos
