@@ -239,9 +239,6 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
         "<seed:bos>",
         [],
     ),
-    # Kimi-K2-Thinking (Moonshot AI): a 160k tiktoken-style BPE with <|im_user|> <|im_assistant|> <|im_system|>
-    # <|im_middle|> <|im_end|> (eos) and tool-call section tokens (no package ships it); base: Qwen's byte-level
-    # BPE (its <think> </think> are added tokens, as Kimi's are)
     # Kimi-K2-Instruct (Moonshot AI): Kimi-K2-Thinking's role tokens and eos, and the media tokens of its template
     "kimi_k2": (
         "qwen",
@@ -264,6 +261,9 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
     # then <|end_of_msg|>; its vocabulary is not shipped: Qwen's byte-level BPE with those four as special tokens
     # (assumed special in Kimi's own vocabulary, as its role tokens are in K2's), <|end_of_msg|> the eos
     "kimi_k3": ("qwen", "kimi_k3", ["<|open|>", "<|close|>", "<|sep|>"], "<|end_of_msg|>", None, []),
+    # Kimi-K2-Thinking (Moonshot AI): a 160k tiktoken-style BPE with <|im_user|> <|im_assistant|> <|im_system|>
+    # <|im_middle|> <|im_end|> (eos) and tool-call section tokens (no package ships it); base: Qwen's byte-level
+    # BPE (its <think> </think> are added tokens, as Kimi's are)
     "kimi_k2_thinking": (
         "qwen",
         "kimi_k2_thinking",
