@@ -98,16 +98,21 @@ def _closing(render, head: list[dict], tools, end: str, rest: str, added: list[s
         run += tok
         if tok == eos:
             closing = run
-    if not closing:
-        return ""
+    return closing if closing and _follows_before_user(render, head, tools, end + closing) else ""
+
+
+def _follows_before_user(render, head: list[dict], tools, text: str) -> bool:
+    """Whether `text` follows the answer's content also where a user turn comes after the answer (a render
+    that raises proves nothing: False). What the last answer's render has after its content could be the
+    conversation's end alone; what both have is the turn's."""
     try:
-        text = render(
+        probe = render(
             head + [{"role": "assistant", "content": SENTINEL}, {"role": "user", "content": "Hi"}], tools, False
         )
-    except Exception:  # noqa: BLE001 - not proven: no closing tokens
-        return ""
-    i = text.find(SENTINEL)
-    return closing if i >= 0 and text.startswith(end + closing, i + len(SENTINEL)) else ""
+    except Exception:  # noqa: BLE001 - not proven
+        return False
+    i = probe.find(SENTINEL)
+    return i >= 0 and probe.startswith(text, i + len(SENTINEL))
 
 
 def _through_eos(render, head: list[dict], tools, after: str, added: list[str], eos: str | None) -> str | None:
@@ -125,14 +130,7 @@ def _through_eos(render, head: list[dict], tools, after: str, added: list[str], 
         words = words.replace(t, "")
     if not words.strip():
         return None
-    try:
-        text = render(
-            head + [{"role": "assistant", "content": SENTINEL}, {"role": "user", "content": "Hi"}], tools, False
-        )
-    except Exception:  # noqa: BLE001 - not proven: the first special token ends the turn
-        return None
-    i = text.find(SENTINEL)
-    return between if i >= 0 and text.startswith(between + eos, i + len(SENTINEL)) else None
+    return between if _follows_before_user(render, head, tools, between + eos) else None
 
 
 def _no_token(after: str) -> str:
