@@ -41,7 +41,7 @@ def make_reconstructor(cfg: RunConfig, tok: Any = None, prompts_only: bool = Fal
     """The student's Reconstructor (its tokenizer: `tok`, else student_tokenizer's); a config error, one
     line naming the fix, where the student's files or the reconstruction settings cannot be used.
     `prompts_only`: for prompts alone (on-policy mode), where the note on the cost of turns does not apply."""
-    from orchestrator.open_reasoning import ThinkingSyntaxError
+    from orchestrator.thinking_syntax import ThinkingSyntaxError
     from orchestrator.reconstruct import Reconstructor
     from orchestrator.reconstruction.next_role import stop_warning
     from orchestrator.template_kwargs import check_template_kwargs

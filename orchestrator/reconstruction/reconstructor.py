@@ -30,12 +30,8 @@ from orchestrator.reconstruction.turns import TurnLocator
 from orchestrator.reconstruction.sp_bytes import sentencepiece_bytes
 from orchestrator.segment_tokenize import PrefixSpaceRule
 from orchestrator.template import ChatTemplate
-from orchestrator.open_reasoning import (
-    check_default_form,
-    other_block_tags,
-    probe_places_reasoning,
-    probe_thinking_part_form,
-)
+from orchestrator.open_reasoning import other_block_tags, probe_places_reasoning, probe_thinking_part_form
+from orchestrator.thinking_syntax import check_default_form, probe_placed_syntax
 from orchestrator.tool_args import probe_renders_tool_results, probe_renders_tools, probe_tool_call_shape
 
 if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
@@ -223,13 +219,14 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         reasoning = "template" is reasoning = "think_tags" in the form the part renders
         (`reasoning_form_from_parts`), the student's own layout, checked per turn as any think_tags turn.
         The config with that change; a ThinkingSyntaxError for think_tags teaching <think> tags to a
-        student with another thinking syntax (open_reasoning.check_default_form). `_inline_tags`: the tags
+        student with another thinking syntax (thinking_syntax.check_default_form). `_inline_tags`: the tags
         of the student's own syntax, in which a teacher's block inside content is read as its reasoning too."""
         render = lambda msgs: self.render(msgs, self.probe_tools, False)  # noqa: E731
         self.places_reasoning = probe_places_reasoning(render)
         self.reasoning_form_from_parts = None if self.places_reasoning else probe_thinking_part_form(render)
         templated = self.places_reasoning or self.reasoning_form_from_parts is not None
-        check_default_form(self.thinking_form, cfg.reasoning, cfg.reasoning_form, templated)
+        placed = lambda: probe_placed_syntax(render) if self.places_reasoning else None  # noqa: E731
+        check_default_form(self.thinking_form, cfg.reasoning, cfg.reasoning_form, templated, placed)
         if cfg.reasoning == "template" and self.reasoning_form_from_parts is not None:
             cfg = cfg.model_copy(update={"reasoning": "think_tags", "reasoning_form": self.reasoning_form_from_parts})
         # the teacher's own block inside content, in the student's syntax: the form trained, else the template's

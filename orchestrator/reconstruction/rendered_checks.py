@@ -12,10 +12,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from orchestrator.open_reasoning import empty_block_form, template_thinking_form
+from orchestrator.open_reasoning import empty_block_form
 from orchestrator.reconstruction.end_of_turn import SENTINEL
 from orchestrator.reconstruction.messages import Msg
 from orchestrator.reconstruction.reasons import Reject
+from orchestrator.thinking_syntax import template_thinking_form
 from orchestrator.tool_args import ToolCallShape
 
 
@@ -34,7 +35,7 @@ class RenderedChecks:
     @functools.cached_property
     def thinking_form(self) -> str | None:
         """The thinking syntax the template's source writes, where it is a known one other than <think> tags
-        (open_reasoning.template_thinking_form), read once."""
+        (thinking_syntax.template_thinking_form), read once."""
         return template_thinking_form(self.template)
 
     def _check_rendered(self, m: Msg, seg: str, a: int, calls, at: int) -> None:

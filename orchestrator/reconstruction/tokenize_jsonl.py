@@ -15,11 +15,11 @@ from distill.core.jsonl import Line, json_array_hint, read_jsonl, shape_hint, st
 from distill.core.conversation import Conversation
 from orchestrator.build_pool import ParallelBuilder, offline_workers
 from orchestrator.legacy_functions import LegacyError, modern_tools
-from orchestrator.open_reasoning import ThinkingSyntaxError
 from orchestrator.reconstruction.next_role import stop_warning
 from orchestrator.reconstruction.reasons import Reject
 from orchestrator.reconstruction.reconstructor import Reconstructor
 from orchestrator.template_kwargs import check_template_kwargs
+from orchestrator.thinking_syntax import ThinkingSyntaxError
 
 if TYPE_CHECKING:  # config imports no torch/transformers; we only need its type here
     from distill.core.config import Reconstruction

@@ -226,6 +226,6 @@ def test_think_tags_without_a_form_names_the_templates_own_syntax(tok):
     ],
 )
 def test_template_thinking_form(template, form):
-    from orchestrator.open_reasoning import template_thinking_form
+    from orchestrator.thinking_syntax import template_thinking_form
 
     assert template_thinking_form(template) == form

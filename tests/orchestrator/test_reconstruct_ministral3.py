@@ -11,7 +11,8 @@ import pytest
 from support.family_standins import standin_or_skip as standin
 from support.reconstruct_helpers import full_text, recon, reference, runs
 
-from orchestrator.open_reasoning import ThinkingSyntaxError, probe_thinking_part_form
+from orchestrator.open_reasoning import probe_thinking_part_form
+from orchestrator.thinking_syntax import ThinkingSyntaxError
 
 TOOLS = [
     {

@@ -30,7 +30,8 @@ class Reconstruction(Strict):
     # renders (Gemma 4's does), the turn is trained as the block then the rest of the turn as rendered,
     # once the template is shown to drop exactly this block (docs/reconstruction.md, Policies). Unset, for a
     # student whose template writes another known syntax ([THINK], Gemma 4's channel, <seed:think>,
-    # <|START_THINKING|>) and never <think>: a config error naming that form (set <think> tags explicitly to keep them).
+    # <|START_THINKING|>) and never <think>: a config error naming that form (set <think> tags explicitly to keep them);
+    # likewise where the template places the reasoning field outside <think> tags (gpt-oss, Kimi K3): use "template".
     reasoning_form: str | None = None
     # An answer cut off (finish_reason "length", "content_filter", "error" or "abort"): "drop" the
     # sample, or "keep" it without an end token.
