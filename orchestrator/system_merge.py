@@ -11,6 +11,7 @@ Also the fixes named in template_error and template_mismatch details (this switc
 
 from __future__ import annotations
 
+import os.path
 from typing import Any, Callable
 
 from orchestrator.content_parts import plain_text
@@ -83,7 +84,16 @@ def _error_of(render: Callable[[], object]) -> str | None:
 def hint_for_mismatch(base: str, full: str, data: list[dict], policy: str) -> str:
     """A reason and fix for a generation prompt that is not a prefix of the turn's render
     because the system message moved: in the prompt, absent from the turn's render
-    (Mistral-Nemo's template puts it only into the last user message)."""
+    (Mistral-Nemo's template puts it only into the last user message); or because the turn's render
+    writes an assistant message's `name` in its header where the prompt has none (Kimi K2-Thinking, K3)."""
+    n = len(os.path.commonprefix([base, full]))
+    names = [m.get("name") for m in data if m.get("role") == "assistant" and isinstance(m.get("name"), str)]
+    name = next((x for x in names if x and x in full[n : n + len(x) + 40] and x not in base[n:]), None)
+    if name is not None:
+        return (
+            f" (the template writes the assistant message's name ({name!r}) in the turn's header, and the generation "
+            "prompt the student answers never has one. Fix: remove `name` from the assistant messages to train)"
+        )
     system = next((m.get("content") for m in data if m.get("role") == "system"), None)
     if policy == "keep" and isinstance(system, str) and system and system in base and system not in full:
         return (

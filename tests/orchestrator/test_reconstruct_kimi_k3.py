@@ -88,3 +88,18 @@ def test_a_tool_loop_trains_the_calls_and_the_answer_each_through_the_eos(tok):
     ]
     assert 'role="tool" tool="f" index="1"<|sep|>RES' in rest[1][1]
     assert "".join(text for _, text in [prompt, *rest]) == reference(tok, msgs, tools, thinking=False)
+
+
+@pytest.mark.parametrize("family", ["kimi_k3", "kimi_k2_thinking"])
+def test_a_named_assistant_message_names_the_fix(family):
+    """Kimi K3 and K2-Thinking write an assistant message's `name` in its header (` name="bot"`, `bot`), which the
+    generation prompt never has: the student is never prompted so. Rejected, and the rejection now says why and
+    names the fix; without the name the same conversation trains."""
+    t = standin(family)
+    plain = [TWO[0], {"role": "assistant", "content": "A1"}]
+    _, rejections = recon(tok=t).build([plain[0], dict(plain[1], name="bot")], None, sample_id="k")
+    assert [r.reason for r in rejections] == ["template_mismatch"]
+    assert "writes the assistant message's name ('bot') in the turn's header" in rejections[0].detail
+    assert "Fix: remove `name` from the assistant messages" in rejections[0].detail
+    samples, rejections = recon(tok=t).build(plain, None, sample_id="k")
+    assert rejections == [] and len(samples) == 1
