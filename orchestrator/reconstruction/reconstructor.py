@@ -181,8 +181,10 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
             raise self._template_error(e, "rendering the prompt", data, tools) from None
 
     def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        """`prompt_text`'s token ids, as `build` tokenises a prompt: on its own, no special tokens added."""
-        return list(self.backend.encode(self.prompt_text(messages, tools), add_special_tokens=False).ids)
+        """`prompt_text`'s token ids, as `build` tokenises a prompt: on its own, no special tokens added, and
+        self-checked as build checks it (roundtrip_mismatch where the tokenizer cannot represent the text)."""
+        text = self.prompt_text(messages, tools)
+        return self._checked_prompt(text, list(self.backend.encode(text, add_special_tokens=False).ids))
 
     def _probe_tools(self, cfg: "Reconstruction") -> None:
         """How tool calls are passed to the template (tool_args.py), whether it writes tool messages and shows

@@ -93,13 +93,33 @@ class SelfCheck:
         masked = (anchor if rule is not None else "") + "".join(x for x, f in zip(p.texts, p.trained) if f)
         if got_all == full and got_masked == masked:
             return
-        bad, ref = (got_all, full) if got_all != full else (got_masked, masked)
-        pos = next((i for i, (x, y) in enumerate(zip(bad, ref)) if x != y), min(len(bad), len(ref)))
-        raise Reject(
-            "roundtrip_mismatch",
-            f"decoding the tokens differs from the rendered text at char {pos}: {bad[pos : pos + 20]!r} "
-            f"vs {ref[pos : pos + 20]!r} (the tokenizer cannot represent this text exactly)",
-        )
+        raise _mismatch(*((got_all, full) if got_all != full else (got_masked, masked)))
+
+    def _checked_prompt(self, text: str, ids: list[int]) -> list[int]:
+        """`ids`, a prompt's tokens alone (on-policy mode samples after them: Reconstructor.prompt_ids), checked
+        as a sample's prompt is: the token bytes (byte-level decoders), else the decode, must give back the text
+        (with a dummy-prefix rule, the text as the rule says the prompt's tokens decode); else roundtrip_mismatch,
+        the rejection build gives a conversation with this prompt. A text seen to pass is not checked again."""
+        if text in self._verified_prompts:
+            return ids
+        if self._token_bytes is None or not bytes_match(self._token_bytes, [text.encode()], [ids], 0):
+            rule = self._prefix_rule if self._continuation is not None else None
+            want = text if rule is None else rule.expected_prompt(text)
+            got = self.backend.decode(ids, skip_special_tokens=False)
+            if got != want:
+                raise _mismatch(got, want)
+        put_bounded(self._verified_prompts, text, None, self.PROMPT_CACHE_SIZE)
+        return ids
+
+
+def _mismatch(bad: str, ref: str) -> Reject:
+    """roundtrip_mismatch: the decoded tokens `bad` where the text is `ref`, at the first char that differs."""
+    pos = next((i for i, (x, y) in enumerate(zip(bad, ref)) if x != y), min(len(bad), len(ref)))
+    return Reject(
+        "roundtrip_mismatch",
+        f"decoding the tokens differs from the rendered text at char {pos}: {bad[pos : pos + 20]!r} "
+        f"vs {ref[pos : pos + 20]!r} (the tokenizer cannot represent this text exactly)",
+    )
 
 
 def _ruled_bytes_match(table: list, rule: PrefixSpaceRule, p: "Pending", ids: list[list[int]], known: bool) -> bool:

@@ -166,3 +166,13 @@ def test_prompts_reconstruction_rejects_are_left_out_and_listed(tmp_path, capsys
     one = SimpleNamespace(trainer=SimpleNamespace(samples_per_step=2), on_policy=cfg.on_policy)  # a prompt a step
     usable_prompts(render, [], pool[:1], one, tmp_path)
     assert not (tmp_path / "rejects.jsonl").exists()  # none rejected now: the earlier start's list is gone
+
+
+def test_a_prompt_the_tokenizer_cannot_represent_is_left_out():
+    """The GGUF-converted SmolLM2 vocabulary has no token for byte 0xF1 (U+40000-U+7FFFF): an SFT sample with such
+    text is roundtrip_mismatch, and so is the prompt now; before, the student was given ids that decode to "�"."""
+    prompts = [{"prompt_id": "bad", "messages": [{"role": "user", "content": "Say \U00040001 back."}]}]
+    prompts.append({"prompt_id": "good", "messages": [{"role": "user", "content": "Say hi back."}]})
+    kept, rejected = Renderer(recon()).usable(prompts)
+    assert [p["prompt_id"] for p in kept] == ["good"]
+    assert [(r.item_id, r.reason) for r in rejected] == [("bad", "roundtrip_mismatch")]
