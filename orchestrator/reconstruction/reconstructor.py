@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import json
 import re
 from typing import TYPE_CHECKING, Any
@@ -227,8 +228,7 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
         self.places_reasoning = probe_places_reasoning(render)
         self.reasoning_form_from_parts = None if self.places_reasoning else probe_thinking_part_form(render)
         templated = self.places_reasoning or self.reasoning_form_from_parts is not None
-        placed = lambda: probe_placed_syntax(render) if self.places_reasoning else None  # noqa: E731
-        check_default_form(self.thinking_form, cfg.reasoning, cfg.reasoning_form, templated, placed)
+        check_default_form(self.thinking_form, cfg.reasoning, cfg.reasoning_form, templated, lambda: self.placed_syntax)
         if cfg.reasoning == "template" and self.reasoning_form_from_parts is not None:
             cfg = cfg.model_copy(update={"reasoning": "think_tags", "reasoning_form": self.reasoning_form_from_parts})
         # the teacher's own block inside content, in the student's syntax: the form trained, else the template's
@@ -236,6 +236,15 @@ class Reconstructor(PrefixRenders, TurnLocator, Planner, Pipeline, SelfCheck):
             cfg.reasoning_form if cfg.reasoning == "think_tags" else self.thinking_form
         )
         return cfg
+
+    @functools.cached_property
+    def placed_syntax(self) -> str | None:
+        """Where the template places an assistant turn's reasoning field outside <think> tags, as the turn's text
+        up to its answer (thinking_syntax.probe_placed_syntax: gpt-oss, Kimi K3); None where it places no field
+        (`places_reasoning`) or places it in <think> tags. Rendered once, when first asked."""
+        if not self.places_reasoning:
+            return None
+        return probe_placed_syntax(lambda msgs: self.render(msgs, self.probe_tools, False))
 
     def _reject(self, item_id: str, r: Reject) -> Rejection:
         self.stats[f"rejected:{r.reason}"] += 1

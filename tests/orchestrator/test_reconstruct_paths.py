@@ -260,11 +260,9 @@ def _own_syntax(tok) -> str | None:
     template renders the reasoning field (gpt-oss, Kimi K3)."""
     from distill.core.config import Reconstruction
     from orchestrator.reconstruct import Reconstructor
-    from orchestrator.thinking_syntax import probe_placed_syntax, template_thinking_form
 
     r = Reconstructor(tok, Reconstruction())
-    placed = probe_placed_syntax(lambda m: r.render(m, r.probe_tools, False)) if r.places_reasoning else None
-    return template_thinking_form(tok.chat_template) or placed
+    return r.thinking_form or r.placed_syntax
 
 
 def _tools_preamble(tok) -> int:

@@ -25,11 +25,6 @@ REASONED = [
 ]
 
 
-def _placed(tok) -> str | None:
-    r = recon(tok=tok)
-    return probe_placed_syntax(lambda m: r.render(m, r.probe_tools, False)) if r.places_reasoning else None
-
-
 @pytest.mark.parametrize(
     "family,syntax",
     [
@@ -47,7 +42,7 @@ def _placed(tok) -> str | None:
 )
 def test_think_tags_for_a_student_that_places_reasoning_in_its_own_syntax_is_refused(family, syntax):
     tok = standin(family)
-    assert _placed(tok) == syntax
+    assert recon(tok=tok).placed_syntax == syntax
     with pytest.raises(ThinkingSyntaxError) as e:
         recon(tok=tok, reasoning="think_tags")
     assert repr(syntax) in str(e.value) and 'reasoning = "template"' in str(e.value)
@@ -70,7 +65,7 @@ def test_a_template_that_places_reasoning_in_think_tags_keeps_think_tags(family)
     think_tags builds as before."""
     tok = load_or_skip("qwen", "qwen3") if family == "qwen3" else standin(family)
     r = recon(tok=tok)
-    assert r.places_reasoning and _placed(tok) is None
+    assert r.places_reasoning and r.placed_syntax is None
     samples, rejections = recon(tok=tok, reasoning="think_tags").build(REASONED, None, sample_id="s")
     assert rejections == [] and "Add two and two." in "".join(t for m, t in runs(tok, samples[0]) if m)
 
@@ -80,7 +75,8 @@ def test_a_template_without_a_reasoning_field_shows_no_syntax():
     tok = standin("smollm3")
     r = recon(tok=tok)
     assert not r.places_reasoning
-    assert probe_placed_syntax(lambda m: r.render(m, r.probe_tools, False)) is None
+    assert r.placed_syntax is None
+    assert probe_placed_syntax(lambda m: r.render(m, r.probe_tools, False)) is None  # the probe itself
     recon(tok=tok, reasoning="think_tags")  # no error
 
 
