@@ -74,6 +74,7 @@ class Planner:
     _prefix_renders: Callable[..., tuple]  # prefixes.PrefixRenders._prefix_renders
     _locate_turn: Callable[..., Turn]  # turns.TurnLocator._locate_turn
     _check_opening_prompt: Callable[..., None]  # rendered_checks.RenderedChecks._check_opening_prompt
+    render: Callable[..., str]  # prefixes.PrefixRenders.render
 
     def _prepare(
         self,
@@ -152,13 +153,32 @@ class Planner:
             raise Reject("truncated", f"the last assistant turn was cut off (finish_reason={finish_reason})")
         msgs, shift = self._with_definitions(msgs, tools)
         trained = [a + shift for a in trained]
+        opened = self._opening_as_context(msgs, tools, trained)
         try:
-            groups, turns = self._turns(msgs, tools, trained)
+            groups, turns = self._turns(msgs, tools, opened)
         except Reject as r:  # named as the user gave the messages, not counting a system message made above
             raise renumbered(r, shift) from None
         if tools and not self.renders_tools:  # after the turns: a call the template cannot write is named first
-            _no_tool_definitions(msgs, trained, self.chat_template.source)
+            _no_tool_definitions(msgs, opened, self.chat_template.source)
+        self.stats["opening_turns_as_context"] += len(trained) - len(opened)
         return groups, turns
+
+    def _opening_as_context(self, msgs: list, tools: list[dict] | None, trained: list[int]) -> list[int]:
+        """`trained` less messages[0] where that is an assistant turn the template gives no prompt and a later
+        turn is trained: its prompt would be the render of no messages with the generation prompt, which
+        Qwen2.5's, Qwen3's, Llama 3.1's and SmolLM3's templates cannot make (they read messages[0]) and OLMo 2's,
+        GigaChat 3's and DeepSeek V3.1's make without a generation prompt (_check_opening_prompt). The opening
+        (a dataset's greeting, a prompt's few-shot answer) stays in the conversation as context (counted in
+        stats["opening_turns_as_context"] by _plan); before, the whole conversation was rejected, the teacher's answer
+        after it included. Alone, it is still rejected, naming the fixes (_turns, _locate_turn)."""
+        if len(trained) < 2 or trained[0] != 0 or msgs[0].role != "assistant":
+            return trained
+        try:
+            self.render([], tools, True)
+            self._check_opening_prompt(tools)
+        except Exception:  # noqa: BLE001 - Reject from the check, or whatever the template raises on no messages
+            return trained[1:]
+        return trained
 
     def _messages(self, messages, tools, finish_reason) -> tuple[list, list[dict] | None]:
         """The conversation's messages as the template sees them (normalised, per the policies) and its

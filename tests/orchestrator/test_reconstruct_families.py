@@ -568,26 +568,33 @@ def test_llama3_1_trims_content():
     assert full_text(tok, samples[0]) == jinja_render(tok, msgs, date_string="26 Jul 2024")
 
 
-def test_an_opening_answer_names_why_and_the_fix_and_weight_0_keeps_it_as_context():
+@pytest.mark.parametrize("name", ["llama3_1", "qwen2_5", "qwen3"])
+def test_an_opening_answer_is_context_and_alone_names_why_and_the_fix(name):
     """A conversation that opens with an assistant message: that turn's prompt is the render of
-    no messages, which Llama 3.1's template cannot make (it reads messages[0]). The rejection
-    says so and names both fixes; with "weight": 0 the opening message is context and the
-    answer after the user's message is trained."""
-    tok = family("llama3", "llama3_1")
+    no messages, which Llama 3.1's, Qwen2.5's and Qwen3's templates cannot make (they read messages[0]).
+    Where a later turn is trained, the opening is context, as with "weight": 0, and the answer after
+    the user's message is trained (before: the whole conversation was template_error). Alone, it is
+    rejected, the rejection saying why and naming both fixes."""
+    tok = family("llama3", name) if name == "llama3_1" else family("qwen", name)
     r = recon(tok=tok)
     msgs = [
         {"role": "assistant", "content": "Hello! How can I help?"},
         {"role": "user", "content": "Q"},
         {"role": "assistant", "content": "A"},
     ]
-    samples, rejections = r.build(msgs, None, sample_id="o")
+    samples, rejections = r.build(msgs[:1], None, sample_id="o")
     assert samples == [] and [x.reason for x in rejections] == ["template_error"]
     assert "messages[0] is a turn to train with nothing before it" in rejections[0].detail
     assert '"weight": 0' in rejections[0].detail
-    samples, rejections = r.build([dict(msgs[0], weight=0), *msgs[1:]], None, sample_id="o")
-    assert rejections == [] and masked_text(tok, samples[0]) == "A<|eot_id|>"
-    assert "Hello! How can I help?" in decode(tok, samples[0].prompt_ids)
-    # Gemma 2's fails on no messages too, but what it raises here is its alternation check: no such hint
+    samples, rejections = r.build(msgs, None, sample_id="o")
+    assert rejections == [] and len(samples) == 1 and r.stats["opening_turns_as_context"] == 1
+    assert masked_text(tok, samples[0]).endswith("A" + ("<|eot_id|>" if name == "llama3_1" else "<|im_end|>"))
+    assert "Hello! How can I help?" not in masked_text(tok, samples[0])
+    prompt = decode(tok, samples[0].prompt_ids)
+    assert prompt == tok.apply_chat_template(msgs[:2], tokenize=False, add_generation_prompt=True)
+    weighed, rejections = r.build([dict(msgs[0], weight=0), *msgs[1:]], None, sample_id="o")
+    assert rejections == [] and [s.to_json() for s in weighed] == [s.to_json() for s in samples]
+    # Gemma 2's fails on no messages too, but what it raises is its alternation check: no such hint
     _, gemma = gemma2_recon()
     samples, rejections = gemma.build(msgs, None, sample_id="o")
     assert [x.reason for x in rejections] == ["template_error"] and "alternate" in rejections[0].detail

@@ -4,9 +4,12 @@ That turn's prompt is the template's render of no messages with the generation p
 that write the generation prompt only after a message (OLMo 2's and GigaChat 3's inside the loop at
 `loop.last`, OLMo 3 Think's too, DeepSeek V3.1's only after a user message) write none there: the
 turn was trained from its own role header (or from no header), which no student is ever prompted
-to write. Such a conversation is now rejected naming messages[0] and both fixes; with "weight": 0
-on the opening message the answers after it are trained. A template that does write a generation
-prompt for no messages (SmolLM2's) keeps training the opening answer.
+to write. Where a later turn is trained, the opening stays in the conversation as context and the
+later answers are trained, as with "weight": 0 on it (before, the whole conversation was rejected, the
+teacher's answer after the greeting included); an opening answer that is the only turn to train is
+rejected, naming messages[0] and both fixes. Likewise for templates that cannot render no messages at
+all (Qwen2.5, Qwen3, Llama 3.1, SmolLM3: test_reconstruct_families.py). A template that does write a
+generation prompt for no messages (SmolLM2's) keeps training the opening answer.
 """
 
 from __future__ import annotations
@@ -31,25 +34,31 @@ def _tokenizer(family: str):
 
 
 @pytest.mark.parametrize("family", ["olmo2_tulu", "gigachat3", "olmo3_think", "deepseek_v3_1"])
-def test_an_opening_answer_without_a_generation_prompt_is_rejected_and_weight_0_trains_the_rest(family):
+def test_an_opening_answer_without_a_generation_prompt_is_context_and_alone_is_rejected(family):
     tok = _tokenizer(family)
     r = recon(tok=tok)
     # what the test is about: no generation prompt for no messages, one after a user message
     empty = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
     assert empty != tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
-    samples, rejections = r.build(OPENING, None, sample_id="o")
+    samples, rejections = r.build(OPENING[:1], None, sample_id="o")
     assert samples == [] and [x.reason for x in rejections] == ["template_mismatch"]
     detail = rejections[0].detail
     assert "messages[0] is a turn to train with nothing before it" in detail and '"weight": 0' in detail
 
-    samples, rejections = r.build([dict(OPENING[0], weight=0), *OPENING[1:]], None, sample_id="o")
+    before = r.stats["opening_turns_as_context"]
+    samples, rejections = r.build(OPENING, None, sample_id="o")
     assert rejections == [] and len(samples) == 1
+    assert r.stats["opening_turns_as_context"] == before + 1
     prompt = decode(tok, samples[0].prompt_ids)
     # the prompt is the template's own, generation prompt included; the opening answer is in it as context
     assert prompt == tok.apply_chat_template(OPENING[:2], tokenize=False, add_generation_prompt=True)
     assert "Hi! How can I help?" in prompt
     trained = masked_text(tok, samples[0])
     assert "It is 4." in trained and "Hi!" not in trained and "assistant" not in trained
+    # the same sample as with "weight": 0 on the opening, which is not counted
+    weighed, rejections = r.build([dict(OPENING[0], weight=0), *OPENING[1:]], None, sample_id="o")
+    assert rejections == [] and [s.to_json() for s in weighed] == [s.to_json() for s in samples]
+    assert r.stats["opening_turns_as_context"] == before + 1
 
 
 def test_an_opening_answer_after_the_templates_generation_prompt_is_still_trained():
