@@ -61,8 +61,8 @@ def hint_for_template_error(
     elif empty is not None and _error_of(empty) == error:  # that render is what failed
         hint = (
             " (messages[0] is a turn to train with nothing before it: its prompt is the template's render "
-            "of no messages, which this template cannot make. Fix: start the conversation with the message "
-            'the answer replies to, or give messages[0] "weight": 0 to keep it as context)'
+            "of no messages, which this template cannot make; followed by a later turn to train, it would be "
+            "kept as context. Fix: start the conversation with the message the answer replies to)"
         )
     if toolless:
         hint += (

@@ -75,7 +75,7 @@ class RenderedChecks:
         writes, since every prompt it is given ends with the header. Rejected when the render of no messages is
         the same with and without the generation prompt while the render of one user message is not (after a
         later message an empty generation prompt is what serving renders too: DeepSeek V3's after a tool
-        result). A template that raises here is left to _locate_turn, which names the same fixes."""
+        result). A template that raises here is left to _locate_turn, which names the same fix."""
         user = [{"role": "user", "content": "Hi"}]
         try:
             if self.render([], tools, True) != self.render([], tools, False):
@@ -91,8 +91,8 @@ class RenderedChecks:
             "messages[0] is a turn to train with nothing before it, and the template writes no generation prompt "
             f"for no messages (after a user message it ends the prompt with {shown[-60:]!r}): the turn would be "
             "trained from its own role header, or with none, where every prompt the student is given ends with the "
-            "header. Fix: start the conversation with the message the answer replies to, or give messages[0] "
-            '"weight": 0 to keep it as context',
+            "header; followed by a later turn to train, it would be kept as context. Fix: start the conversation "
+            "with the message the answer replies to",
         )
 
     def _check_short_reasoning(self, data: list[dict], a: int, tools, m: Msg) -> None:

@@ -574,7 +574,7 @@ def test_an_opening_answer_is_context_and_alone_names_why_and_the_fix(name):
     no messages, which Llama 3.1's, Qwen2.5's and Qwen3's templates cannot make (they read messages[0]).
     Where a later turn is trained, the opening is context, as with "weight": 0, and the answer after
     the user's message is trained (before: the whole conversation was template_error). Alone, it is
-    rejected, the rejection saying why and naming both fixes."""
+    rejected, the rejection saying why and naming the fix."""
     tok = family("llama3", name) if name == "llama3_1" else family("qwen", name)
     r = recon(tok=tok)
     msgs = [
@@ -585,7 +585,7 @@ def test_an_opening_answer_is_context_and_alone_names_why_and_the_fix(name):
     samples, rejections = r.build(msgs[:1], None, sample_id="o")
     assert samples == [] and [x.reason for x in rejections] == ["template_error"]
     assert "messages[0] is a turn to train with nothing before it" in rejections[0].detail
-    assert '"weight": 0' in rejections[0].detail
+    assert "kept as context" in rejections[0].detail and "Fix: start the conversation" in rejections[0].detail
     samples, rejections = r.build(msgs, None, sample_id="o")
     assert rejections == [] and len(samples) == 1 and r.stats["opening_turns_as_context"] == 1
     assert masked_text(tok, samples[0]).endswith("A" + ("<|eot_id|>" if name == "llama3_1" else "<|im_end|>"))
