@@ -73,8 +73,7 @@ class Planner:
     _reject: Callable[[str, Reject], Rejection]  # reconstructor.Reconstructor._reject
     _prefix_renders: Callable[..., tuple]  # prefixes.PrefixRenders._prefix_renders
     _locate_turn: Callable[..., Turn]  # turns.TurnLocator._locate_turn
-    _check_opening_prompt: Callable[..., None]  # rendered_checks.RenderedChecks._check_opening_prompt
-    render: Callable[..., str]  # prefixes.PrefixRenders.render
+    _check_opening_prompt: Callable[..., bool]  # rendered_checks.RenderedChecks._check_opening_prompt
 
     def _prepare(
         self,
@@ -170,15 +169,17 @@ class Planner:
         GigaChat 3's and DeepSeek V3.1's make without a generation prompt (_check_opening_prompt). The opening
         (a dataset's greeting, a prompt's few-shot answer) stays in the conversation as context (counted in
         stats["opening_turns_as_context"] by _plan); before, the whole conversation was rejected, the teacher's answer
-        after it included. Alone, it is still rejected, naming the fixes (_turns, _locate_turn)."""
-        if len(trained) < 2 or trained[0] != 0 or msgs[0].role != "assistant":
+        after it included. Alone, it is still rejected, naming the fix (the check's Reject here, or _locate_turn's
+        template_error for a template that cannot render no messages)."""
+        if trained[0] != 0 or msgs[0].role != "assistant":
             return trained
         try:
-            self.render([], tools, True)
-            self._check_opening_prompt(tools)
-        except Exception:  # noqa: BLE001 - Reject from the check, or whatever the template raises on no messages
+            renders = self._check_opening_prompt(tools)
+        except Reject:
+            if len(trained) == 1:
+                raise
             return trained[1:]
-        return trained
+        return trained if renders or len(trained) == 1 else trained[1:]
 
     def _messages(self, messages, tools, finish_reason) -> tuple[list, list[dict] | None]:
         """The conversation's messages as the template sees them (normalised, per the policies) and its
@@ -229,8 +230,6 @@ class Planner:
         """Every trained turn located in the renders, and the turns grouped into samples (a new group where
         a turn's render does not continue the one before: the template rewrote the history)."""
         data = [m.data for m in msgs]
-        if trained[0] == 0 and msgs[0].role == "assistant":
-            self._check_opening_prompt(tools)
         renders = self._prefix_renders(data, tools, trained[0])
         turns = [self._locate_turn(msgs, data, a, tools, renders) for a in trained]
         groups = [[0]]

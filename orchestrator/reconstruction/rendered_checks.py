@@ -67,7 +67,7 @@ class RenderedChecks:
             if name not in rest:
                 raise _not_rendered(a, name)
 
-    def _check_opening_prompt(self, tools) -> None:
+    def _check_opening_prompt(self, tools) -> bool:
         """messages[0] is a trained assistant turn: its prompt is the template's render of no messages with
         the generation prompt. A template that writes the generation prompt only after a message (OLMo 2's and
         GigaChat 3's, inside the loop at `loop.last`; DeepSeek V3.1's, only after a user message) writes none
@@ -75,16 +75,22 @@ class RenderedChecks:
         writes, since every prompt it is given ends with the header. Rejected when the render of no messages is
         the same with and without the generation prompt while the render of one user message is not (after a
         later message an empty generation prompt is what serving renders too: DeepSeek V3's after a tool
-        result). A template that raises here is left to _locate_turn, which names the same fix."""
+        result). Returns whether the template renders no messages with the generation prompt at all (False:
+        Qwen2.5's, Llama 3.1's read messages[0]); a template that raises here is left to _locate_turn, which
+        names the same fix."""
         user = [{"role": "user", "content": "Hi"}]
         try:
-            if self.render([], tools, True) != self.render([], tools, False):
-                return
+            opening = self.render([], tools, True)
+        except Exception:  # noqa: BLE001 - no prompt for messages[0] at all (Planner._opening_as_context)
+            return False
+        try:
+            if opening != self.render([], tools, False):
+                return True
             after_user = self.render(user, tools, True), self.render(user, tools, False)
         except Exception:  # noqa: BLE001 - _locate_turn reports the template's error with its hint
-            return
+            return True
         if after_user[0] == after_user[1]:  # no generation prompt anywhere (Mistral v0.1's): nothing missing
-            return
+            return True
         shown = after_user[0][len(after_user[1]) :] if after_user[0].startswith(after_user[1]) else after_user[0]
         raise Reject(
             "template_mismatch",
