@@ -194,6 +194,10 @@ def _print_producer_summary(cfg: RunConfig, summary: dict) -> None:
     # The teacher scheduler prints its own summary line when it ends; replay does not.
     if cfg.orchestrator.source.type == "replay":
         _print_summary("replay", summary)
+        if notes := summary.get("reconstruction_notes"):
+            from orchestrator.sink import format_notes
+
+            print("replay: " + format_notes(notes).removeprefix("; "))
 
 
 def cmd_rollout(argv: list[str]) -> int:
@@ -236,6 +240,8 @@ def cmd_replay(argv: list[str]) -> int:
     summary = produce(cfg, run_dir, on_error=flags.get("--on-error"), inputs=inputs, recon=recon)
     _print_summary("replay", summary)
     o = summary["outcomes"]  # every record ends in exactly one of these (docs/replay.md, "Counting")
+    from orchestrator.sink import format_notes
+
     extra = (
         f" (+{summary['extra_conversations']} more choice(s) of Batch API lines)"
         if summary["extra_conversations"]
@@ -251,6 +257,7 @@ def cmd_replay(argv: list[str]) -> int:
             if o["bad_records"]
             else ""
         )
+        + format_notes(summary.get("reconstruction_notes") or {})
     )
     print_locations(run_dir, None)
     return 0

@@ -37,7 +37,7 @@ from orchestrator.recording import RecordingWriter, make_record
 from orchestrator.resume import load_resume, prompt_hasher, split_prompt
 from orchestrator.rewards import load_reward_fn
 from orchestrator.rollout_metrics import MetricsFile, RunCounters
-from orchestrator.sink import Publisher
+from orchestrator.sink import Publisher, format_notes
 from orchestrator.transport import ResponseError
 
 RECORDING = "recording.jsonl"
@@ -332,6 +332,7 @@ class BatchRollout:
             "line_errors": dict(self.errors),
             "left_unanswered": dict(left),
             "rejections": dict(self.pub.rejections),
+            "reconstruction_notes": self.pub.notes(),
             "prompt_tokens": round(sp.prompt_tokens),
             "completion_tokens": round(sp.completion_tokens),
             "cost": round(sp.cost, 6),
@@ -347,8 +348,9 @@ def format_batch_summary(s: dict) -> str:
     return (
         f"orchestrator (batch): stop={s['stop_reason']} batches={len(s['batch_ids'])} requests={s['requests']} "
         f"samples={s['samples']} (+{s['samples_this_run']} this run); line errors: {errs}; left: {left}; "
-        f"tokens prompt={s['prompt_tokens']} completion={s['completion_tokens']} cost={s['cost']:.4f} "
-        f"in {s['elapsed_s']:.1f}s"
+        f"tokens prompt={s['prompt_tokens']} completion={s['completion_tokens']} cost={s['cost']:.4f}"
+        + format_notes(s.get("reconstruction_notes") or {})
+        + f" in {s['elapsed_s']:.1f}s"
     )
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.sink import format_notes
+
 
 @dataclass
 class RunCounters:
@@ -52,6 +54,7 @@ def metrics_line(
         "samples": pub.writer.published + pub.buffered,
         "samples_this_run": pub.samples,
         "rejections": dict(pub.rejections),
+        "reconstruction_notes": pub.notes(),
         "failed_pairs": dict(tally.by_reason),
         "unusable_choices": dict(c.unusable),
         "prompt_tokens": round(gate.prompt_tokens),
@@ -116,5 +119,6 @@ def format_summary(s: dict) -> str:
             if "cache_hits" in s
             else ""
         )
+        + format_notes(s.get("reconstruction_notes") or {})
         + f" in {s['elapsed_s']:.1f}s"
     )

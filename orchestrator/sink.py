@@ -39,6 +39,20 @@ REJECTS = "rejects.jsonl"
 
 _WORKER_RECON = None
 
+#: The reconstructor's counts (its `stats`) that a run's summary names, and how: turns kept in the samples but
+#: not trained as the data gave them, so that nothing the user meant to train is left out unsaid.
+NOTED = {
+    "opening_turns_as_context": (
+        "conversations whose opening assistant message was kept as untrained context (the student's template "
+        "gives no prompt before a first message; docs/reconstruction.md, Rejection reasons, template_error)"
+    ),
+}
+
+
+def format_notes(notes: dict[str, int]) -> str:
+    """`Sink.notes()` for a summary line: "; <what>: <count>" per count, "" for none."""
+    return "".join(f"; {NOTED[k]}: {v}" for k, v in notes.items() if k in NOTED)
+
 
 def exit_with_parent() -> None:
     """In a pool worker: end when the process that started it is gone (killed without its
@@ -138,6 +152,11 @@ class Sink:
     def reject(self, item_id: str, reason: str, detail: str = "") -> None:
         self.rejections[reason] += 1
         self.rlog.add(item_id, reason, detail)
+
+    def notes(self) -> dict[str, int]:
+        """The reconstructor's NOTED counts so far (those above 0; builds in worker processes included)."""
+        stats = getattr(self.reconstructor, "stats", None) or {}
+        return {k: stats[k] for k in NOTED if stats.get(k)}
 
     def duplicate(self, conv: Conversation) -> str | None:
         """Where an earlier conversation with the same sample id was read, or None (then this

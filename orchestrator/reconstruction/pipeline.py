@@ -82,6 +82,8 @@ class Pipeline:
             except Reject as r:
                 results[ci][1].append(self._reject(p.sid, r))
                 continue
+            if p.opening_context and not results[ci][0]:  # once per conversation that gives a sample
+                self.stats["opening_turns_as_context"] += 1
             results[ci][0].append(s)
             self.stats["samples"] += 1
             if p.split:

@@ -50,6 +50,9 @@ class Pending:
     split: bool
     meta: dict[str, Any]
     fields: dict[str, Any]
+    # the conversation's opening assistant message is kept as untrained context (Planner._opening_as_context):
+    # counted in stats["opening_turns_as_context"] once the conversation gives a sample (pipeline._complete)
+    opening_context: bool = False
 
 
 class Planner:
@@ -91,7 +94,7 @@ class Planner:
         """Render and cut one conversation into per-sample segment texts (no tokens yet)."""
         self.stats["conversations"] += 1
         try:
-            groups, turns = self._plan(messages, tools, finish_reason)
+            groups, turns, opening_context = self._plan(messages, tools, finish_reason)
         except Reject as r:
             return [], [self._reject(sample_id, r)]
         except RecursionError:  # data nested deeper than any check above foresaw: this conversation only
@@ -121,6 +124,7 @@ class Planner:
                     keep_open=keep_open,
                     split=split,
                     meta={**(meta or {}), **extra},
+                    opening_context=opening_context,
                     fields=dict(
                         prompt_id=prompt_id,
                         sample_index=sample_index,
@@ -159,8 +163,7 @@ class Planner:
             raise renumbered(r, shift) from None
         if tools and not self.renders_tools:  # after the turns: a call the template cannot write is named first
             _no_tool_definitions(msgs, opened, self.chat_template.source)
-        self.stats["opening_turns_as_context"] += len(trained) - len(opened)
-        return groups, turns
+        return groups, turns, len(opened) < len(trained)
 
     def _opening_as_context(self, msgs: list, tools: list[dict] | None, trained: list[int]) -> list[int]:
         """`trained` less messages[0] where that is an assistant turn the template gives no prompt and a later
@@ -168,8 +171,9 @@ class Planner:
         Qwen2.5's, Qwen3's, Llama 3.1's and SmolLM3's templates cannot make (they read messages[0]) and OLMo 2's,
         GigaChat 3's and DeepSeek V3.1's make without a generation prompt (_check_opening_prompt). The opening
         (a dataset's greeting, a prompt's few-shot answer) stays in the conversation as context (counted in
-        stats["opening_turns_as_context"] by _plan); before, the whole conversation was rejected, the teacher's answer
-        after it included. Alone, it is still rejected, naming the fix (the check's Reject here, or _locate_turn's
+        stats["opening_turns_as_context"] once the conversation gives a sample, and named in the summaries of
+        replay and live runs); before, the whole conversation was rejected, the teacher's answer after it
+        included. Alone, it is still rejected, naming the fix (the check's Reject here, or _locate_turn's
         template_error for a template that cannot render no messages)."""
         if trained[0] != 0 or msgs[0].role != "assistant":
             return trained

@@ -301,6 +301,7 @@ class _Replay:
                 "bad_records": counts["bad_records"],
                 "not_reconstructed": self.outcomes["not_reconstructed"],
             },
+            "reconstruction_notes": self.sink.notes(),
             "samples": counts["samples"],
             "already_published": counts["already_published"],
             "samples_total": self.sink.writer.published,

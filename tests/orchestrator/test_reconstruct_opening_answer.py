@@ -71,3 +71,27 @@ def test_an_opening_answer_after_the_templates_generation_prompt_is_still_traine
     assert decode(tok, samples[0].prompt_ids) == "<|im_start|>assistant\n"
     assert masked_text(tok, samples[0]) == "Hi! How can I help?<|im_end|>"
     assert masked_text(tok, samples[1]) == "It is 4.<|im_end|>"
+
+
+def test_an_opening_kept_as_context_is_counted_once_per_conversation_that_gives_a_sample():
+    """The count the run summaries print (orchestrator/sink.py, NOTED) says how many conversations were trained
+    without their opening answer: one rejected after planning (overlong here) gave no sample and is not counted;
+    one split into two samples (Qwen3 drops earlier reasoning) is counted once."""
+    r = recon(tok=_tokenizer("olmo2_tulu"), max_seq_len=24)
+    samples, rejections = r.build(OPENING, None, sample_id="long")
+    assert samples == [] and [x.reason for x in rejections] == ["overlong"]
+    assert r.stats["opening_turns_as_context"] == 0
+
+    from support import tokenizer_builds
+
+    r = recon(tok=tokenizer_builds.load_or_skip("qwen", "qwen3"))
+    thought = [OPENING[0], OPENING[1], dict(OPENING[2], reasoning_content="Add them.")]
+    more = [
+        *thought,
+        {"role": "user", "content": "And 3+3?"},
+        {"role": "assistant", "content": "6.", "reasoning_content": "Again."},
+    ]
+    samples, rejections = r.build(more, None, sample_id="two")
+    assert rejections == [] and len(samples) == 2 and r.stats["opening_turns_as_context"] == 1
+    samples, rejections = r.build(OPENING, None, sample_id="one")
+    assert rejections == [] and len(samples) == 1 and r.stats["opening_turns_as_context"] == 2

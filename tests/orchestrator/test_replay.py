@@ -703,6 +703,35 @@ def test_distill_replay_cli(tmp_path):
     shutil.rmtree(tmp_path / "samples")
 
 
+def test_distill_replay_names_openings_kept_as_untrained_context(tmp_path):
+    """A chat dataset whose conversations open with the assistant's greeting, for a student whose template gives
+    no prompt before a first message (Tulu 3 / OLMo 2's, set by student.chat_template): the greeting is kept as
+    untrained context, the answers after it trained, and `distill replay` says how many conversations that was."""
+    greeting = {"role": "assistant", "content": "Hello! Ask me anything."}
+    rows = [
+        {"messages": [greeting, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+        {"messages": [{"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]},
+    ]
+    data = write_jsonl(tmp_path / "chat.jsonl", rows)
+    cfg = tmp_path / "replay.toml"
+    cfg.write_text(
+        f'output_dir = "{tmp_path / "run"}"\n[student]\npath = "builtin:smollm2-135m-instruct"\n'
+        f'chat_template = "{ROOT / "tests" / "templates" / "olmo2_tulu.jinja"}"\n'
+        f'[orchestrator.source]\ntype = "replay"\npath = "{data}"\n',
+        encoding="utf-8",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "distill", "replay", str(cfg)], cwd=ROOT, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        "replay: 2 records = 2 trained + 0 filtered + 0 rejected + 0 bad; conversations whose opening assistant "
+        "message was kept as untrained context (the student's template gives no prompt before a first message; "
+        "docs/reconstruction.md, Rejection reasons, template_error): 1" in proc.stdout
+    ), proc.stdout
+    assert len(list(iter_samples(tmp_path / "run" / "samples"))) == 2
+
+
 def test_max_ahead_waits_for_the_trainer(tmp_path, smol_tokenizer):
     """With max_ahead (what `distill run` passes), replay stays at most that far ahead of CONSUMED."""
     import threading

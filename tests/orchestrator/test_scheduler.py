@@ -738,3 +738,29 @@ def test_reasoning_sent_as_thinking_content_parts_is_recorded_and_trained(tmp_pa
     trained = [i for i, m in zip(sample.completion_ids, sample.completion_mask) if m]
     text = recon.tokenizer.decode(trained)
     assert text.startswith("<think>\nthinking about sample 0\n</think>\n\n" + response["content"])
+
+
+def test_openings_kept_as_untrained_context_are_named_in_the_summary(tmp_path, capfd):
+    """A prompt opening with a few-shot answer, for a student whose template gives no prompt before a first message
+    (Tulu 3 / OLMo 2's): the answer is kept as untrained context, and the run's summary line says how many."""
+    from support.reconstruct_helpers import tokenizer_with
+
+    from orchestrator.rollout_metrics import format_summary
+
+    p = tmp_path / "p.jsonl"
+    greeting = {"role": "assistant", "content": "Hello! Ask me anything."}
+    rows = [{"id": f"g{i}", "messages": [greeting, {"role": "user", "content": f"{i}+{i}?"}]} for i in range(3)]
+    rows.append({"id": "plain", "prompt": "1+1?"})
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with FaultServer() as s:
+        cfg = make_cfg(s.base_url, p, sampling={"n": 2})
+        recon = Reconstructor(tokenizer_with("olmo2_tulu"), cfg.orchestrator.reconstruction)
+        summary = rollout(cfg, tmp_path / "run", recon, progress=False, backpressure=False)
+    assert summary["stop_reason"] == "completed" and summary["samples"] == 8
+    assert summary["reconstruction_notes"] == {"opening_turns_as_context": 6}
+    line = "conversations whose opening assistant message was kept as untrained context"
+    assert line in format_summary(summary) and line in capfd.readouterr().err
+    assert f"{line} (the student's template gives no prompt before a first message" in format_summary(summary)
+    assert read_jsonl(tmp_path / "run" / "orchestrator_metrics.jsonl")[-1]["reconstruction_notes"] == {
+        "opening_turns_as_context": 6
+    }
