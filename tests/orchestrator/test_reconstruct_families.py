@@ -757,6 +757,38 @@ def test_llama2_chat_on_a_sentencepiece_tokenizer():
     ].detail
 
 
+@pytest.mark.parametrize("base", ["mistral_sp", "mistral_sp_metaspace"])
+def test_zephyr_and_tinyllama_on_a_sentencepiece_tokenizer(base):
+    """Zephyr's template (TinyLlama-1.1B-Chat's too, and the alignment handbook's default): plain-text role tags,
+    every message ended by `</s>\\n`, the generation prompt `<|assistant|>\\n`. TinyLlama's tokenizer is Llama 2's
+    (the SentencePiece stand-in, both prefix rules: every piece, as legacy Llama 2 conversions, and only the
+    first, as newer ones). Each answer is trained as the student emits it after `\\n` (no dummy prefix, an
+    answer's own leading space kept as `▁`) with its `</s>`; the `\\n` after it is the next prompt's."""
+    tok = family(base, "zephyr")
+    r = recon(tok=tok)
+    assert (r.eot, r.final_tail) == ("</s>", "\n")
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello! How are you?"},
+        {"role": "user", "content": "Fine"},
+        {"role": "assistant", "content": " Good."},
+    ]
+    samples, rejections = r.build(msgs, None, sample_id="z")
+    assert rejections == [] and len(samples) == 1
+    s = samples[0]
+    full = jinja_render(tok, msgs)
+    assert full.endswith("<|assistant|>\nHello! How are you?</s>\n<|user|>\nFine</s>\n<|assistant|>\n Good.</s>\n")
+    assert s.prompt_ids + s.completion_ids == tok.encode(full[: -len("\n")], add_special_tokens=False)
+    prompt = jinja_render(tok, msgs[:2], add_generation_prompt=True)
+    assert s.prompt_ids == tok.encode(prompt, add_special_tokens=False) and prompt.endswith("</s>\n<|assistant|>\n")
+    trained = [i for i, m in zip(s.completion_ids, s.completion_mask) if m]
+    assert sp_pieces(tok, trained) == ["Hello", "!", "▁How", "▁are", "▁you", "?", "</s>", "▁Good", ".", "</s>"]
+    upto = s.completion_mask.index(1, s.completion_mask.index(0))
+    prompt2 = jinja_render(tok, msgs[:4], add_generation_prompt=True)
+    assert s.prompt_ids + s.completion_ids[:upto] == tok.encode(prompt2, add_special_tokens=False)
+
+
 def test_deepseek_v3_tool_calls_with_content_name_the_template_behaviour():
     r = recon(tok=family("deepseek", "deepseek_v3"))
     _, rejections = r.build(tool_conversation(content="Let me check."), None, sample_id="t")

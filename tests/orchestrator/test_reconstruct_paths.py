@@ -56,6 +56,7 @@ REAL = {
     "deepseek_r1_distill": "deepseek",
     "mistral_v0_1": "mistral_sp",
     "llama2_chat": "mistral_sp",
+    "zephyr": "mistral_sp",  # TinyLlama-1.1B-Chat: Llama 2's SentencePiece tokenizer
     "mistral_nemo": "nemo",
     "mistral_v3": "mistral_v3",
 }
