@@ -1,6 +1,6 @@
 """Reconstruction against more real chat templates: Phi-4, Phi-4-mini, Gemma 3, SmolLM3,
 Granite 3.3, Hermes 3 (tool_use), Mistral Small 3.1, Llama 4, OLMo 2 / Tulu 3, Qwen3-Coder,
-gpt-oss, LFM2, LFM2.5 (tests/templates/, source in each file's first line). Tokenizers: the real ones tests/support/tokenizer_builds.py builds, with the
+gpt-oss, LFM2, LFM2.5, ERNIE 4.5 (tests/templates/, source in each file's first line). Tokenizers: the real ones tests/support/tokenizer_builds.py builds, with the
 family's turn tokens added where the family's own vocabulary is not shipped by a package
 (tests/support/family_standins.py says which).
 
@@ -431,6 +431,48 @@ def test_olmo2_tulu_golden():
         (1, "Good.<|endoftext|>"),
     ]
     assert masked_text(tok, check_against_template(tok, r, OUTER_WS)) == "  Hello \n<|endoftext|>"
+
+
+def test_ernie4_5_generation_prompt_ending_with_a_space():
+    """ERNIE 4.5's generation prompt is `Assistant: `, its space included: the student is prompted with a lone
+    space token and emits its answer after it (`Hello`, not `▁Hello`), so that is what is trained, and every
+    prompt is the tokenisation of the template's generation prompt. A sample cut from the whole render's tokens
+    would train `▁Hello` after `:`, a token sequence the student never continues at inference."""
+    tok = standin("ernie4_5")
+    r = recon(tok=tok)
+    assert (r.eot, r.final_tail) == ("<|end_of_sentence|>", "")
+    msgs = [{"role": "system", "content": "Be brief."}, *PLAIN[:3], {"role": "assistant", "content": " Good."}]
+    s = check_against_template(tok, r, msgs)
+    assert runs(tok, s) == [
+        (None, "<|begin_of_sentence|>Be brief.\nUser: Hi\nAssistant: "),
+        (1, "Hello!<|end_of_sentence|>"),
+        (0, "User: Fine\nAssistant: "),
+        (1, "Good.<|end_of_sentence|>"),  # its own leading space, decoded at the start of a run
+    ]
+    pieces = tok.convert_ids_to_tokens
+    assert pieces(s.prompt_ids)[-4:] == ["Ass", "istant", ":", "▁"]
+    assert pieces([i for i, m in zip(s.completion_ids, s.completion_mask) if m]) == [
+        "Hello",
+        "!",
+        "<|end_of_sentence|>",
+        "▁Good",
+        ".",
+        "<|end_of_sentence|>",
+    ]
+    whole = pieces(tok.encode(reference(tok, msgs), add_special_tokens=False))
+    assert whole[whole.index("istant") + 2] == "▁Hello"  # what the whole render's tokens would have trained
+    # the second answer's context is the first as emitted, then "User: Fine\nAssistant: " tokenised on its own: a
+    # chat server tokenising the rendered history whole merges the first answer's start into "▁Hello" there
+    # (docs/reconstruction.md, step 5; untrained context only)
+    upto = s.completion_mask.index(1, s.completion_mask.index(0))
+    served = tok.encode(reference(tok, msgs[:4], add_generation_prompt=True), add_special_tokens=False)
+    ours = s.prompt_ids + s.completion_ids[:upto]
+    at = pieces(served).index("▁Hello")
+    assert pieces(ours) == [*pieces(served)[:at], "▁", "Hello", *pieces(served)[at + 1 :]]
+    # accented, CJK and emoji text, outer and inner whitespace (decoded whole: a SentencePiece decode drops the
+    # space at the start of a run decoded alone)
+    for conv in VARIED:
+        check_against_template(tok, r, conv)
 
 
 # -- Qwen3-Coder (real Qwen tokenizer): tool calls as <function=...><parameter=...> XML ----------
