@@ -155,8 +155,8 @@ class Sink:
 
     def notes(self) -> dict[str, int]:
         """The reconstructor's NOTED counts so far (those above 0; builds in worker processes included)."""
-        stats = getattr(self.reconstructor, "stats", None) or {}
-        return {k: stats[k] for k in NOTED if stats.get(k)}
+        stats = getattr(self.reconstructor, "stats", None)
+        return {k: stats[k] for k in NOTED if stats.get(k)} if isinstance(stats, dict) else {}
 
     def duplicate(self, conv: Conversation) -> str | None:
         """Where an earlier conversation with the same sample id was read, or None (then this
