@@ -435,8 +435,8 @@ def test_olmo2_tulu_golden():
 
 def test_ernie4_5_generation_prompt_ending_with_a_space():
     """ERNIE 4.5's generation prompt is `Assistant: `, its space included: the student is prompted with a lone
-    space token and emits its answer after it (`Hello`, not `▁Hello`), so that is what is trained, and every
-    prompt is the tokenisation of the template's generation prompt. A sample cut from the whole render's tokens
+    space token and emits its answer after it (`Hello`, not `▁Hello`), so that is what is trained, and the
+    sample's prompt is the tokenisation of the template's generation prompt. A sample cut from the whole render's tokens
     would train `▁Hello` after `:`, a token sequence the student never continues at inference."""
     tok = standin("ernie4_5")
     r = recon(tok=tok)
@@ -447,7 +447,7 @@ def test_ernie4_5_generation_prompt_ending_with_a_space():
         (None, "<|begin_of_sentence|>Be brief.\nUser: Hi\nAssistant: "),
         (1, "Hello!<|end_of_sentence|>"),
         (0, "User: Fine\nAssistant: "),
-        (1, "Good.<|end_of_sentence|>"),  # its own leading space, decoded at the start of a run
+        (1, "Good.<|end_of_sentence|>"),  # "▁Good" (its own leading space): a run decoded alone drops it
     ]
     pieces = tok.convert_ids_to_tokens
     assert pieces(s.prompt_ids)[-4:] == ["Ass", "istant", ":", "▁"]

@@ -298,7 +298,6 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
     # OLMo 3 Think (Ai2): the dolma2 tokenizer (cl100k-based, 100k) with <|im_start|>/<|im_end|> (no package ships
     # it); base: Qwen's byte-level BPE, eos <|im_end|> (what the template's last-turn eos_token is taken to be)
     "olmo3_think": ("qwen", "olmo3_think", [], "<|im_end|>", None, []),
-    # Phi-3.5: Llama 2's SentencePiece (no package ships it); base: Mistral v0.1's, the same kind
     # ERNIE 4.5 (Baidu; 0.3B, the 21B-A3B MoE): a 103k SentencePiece vocabulary (no package ships it) with no dummy
     # prefix after its leading <|begin_of_sentence|>; plain-text "User: " / "Assistant: " turns ended by
     # <|end_of_sentence|>; base: Mistral v0.1's SentencePiece with the "first" prefix rule (none after a special token)
@@ -310,6 +309,7 @@ STANDINS: dict[str, tuple[str, str, list[str], str | None, str | None, list[str]
         None,
         [],
     ),
+    # Phi-3.5: Llama 2's SentencePiece (no package ships it); base: Mistral v0.1's, the same kind
     "phi3_5": (
         "mistral_sp",
         "phi3_5",
