@@ -83,7 +83,7 @@ def cmd_tokenize(argv: list[str]) -> int:
     else:
         print(
             f"distill: no sample from {summary['lines']} line(s): {summary['rejected']} rejected "
-            f"{json.dumps(summary['by_reason'])}; each line's reason is in {a.output}. Fix: "
+            f"{json.dumps(summary['by_reason'])}; each line's reason is in {a.output}{_first_error(a.output)}. Fix: "
             + (
                 summary.get("hint")
                 or "see the reasons in docs/reconstruction.md (Rejection reasons) and docs/troubleshooting.md"
@@ -91,3 +91,14 @@ def cmd_tokenize(argv: list[str]) -> int:
             file=sys.stderr,
         )
     return 1
+
+
+def _first_error(output: str) -> str:
+    """`; the first: ...` quoting the output's first line (every line is a rejection here), shortened: the
+    counts by reason alone do not say what to fix (the reason's detail names the role, the key, the switch)."""
+    try:
+        with open(output, encoding="utf-8", errors="replace") as f:
+            error = str(json.loads(f.readline()).get("error", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f"; the first: {error if len(error) <= 400 else error[:400] + '...'}" if error else ""

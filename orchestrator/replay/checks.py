@@ -86,9 +86,20 @@ def nothing_replayed(summary: dict, run_dir: Path) -> ReplayError:
         f"no sample was produced from {summary['records']} record(s): "
         + " + ".join(why or ["none trained"])
         + f" (rejects in {run_dir / 'rejects.jsonl'}, bad records in {run_dir / 'replay_rejects.jsonl'}). "
-        "Nothing was marked done",
+        + _first_example(summary)
+        + "Nothing was marked done",
         "; ".join(summary.get("not_jsonl", [])[:1])
         or "fix the records or the filters ([orchestrator.replay])"
         + reason_fix(Counter(summary["rejected"]))
         + " and rerun the same command",
     )
+
+
+def _first_example(summary: dict) -> str:
+    """The first filtered, rejected or unreadable record's reason and detail, shortened: the counts by
+    reason alone do not say what to fix (a chat file with ShareGPT's roles is all `no_assistant_turn`,
+    and only the detail names the roles it holds)."""
+    example = summary.get("first_problem", "")
+    if not example:
+        return ""
+    return f"The first: {example if len(example) <= 400 else example[:400] + '...'}. "

@@ -144,6 +144,7 @@ class _Replay:
         self.outcomes: Counter = Counter()  # what became of each conversation / unreadable record
         self.tokens: Counter = Counter()
         self.bad_examples: list[str] = []
+        self.first_problem = ""  # the first filtered, rejected or unreadable record: reason and detail
         self.hints: list[str] = []  # BadRecord.hint of inputs that are not JSON Lines, each once
         self.bar = _progress_bar(sum(os.path.getsize(p) for p in paths), progress)
         self.pending_bytes = 0
@@ -168,6 +169,11 @@ class _Replay:
         self.out.bad_record(item)
         if len(self.bad_examples) < 5:
             self.bad_examples.append(str(item.as_error()))
+        if not self.first_problem:
+            problem, _, fix = item.error.partition(". Fix: ")
+            self.first_problem = f"{item.reason}: {problem} ({item.file}:{item.line}" + (
+                f"; fix: {fix})" if fix else ")"
+            )
         if item.hint and item.hint not in self.hints:
             self.hints.append(item.hint)
         if item.partial or (item.reason == CORRUPT_GZIP and self.on_error == "skip"):  # (fail: the error says it)
@@ -197,6 +203,7 @@ class _Replay:
         for r in rejections:
             self.rejected[r.reason] += 1
             self.sink.reject(r.item_id, r.reason, f"{r.detail} ({c.where})".lstrip())
+            self.first_problem = self.first_problem or f"{r.reason}: {r.detail} ({c.where})"
         for s in samples:
             if self.published.built_again(s, c):
                 self.counts["already_published"] += 1
@@ -212,6 +219,7 @@ class _Replay:
         self.outcomes["filtered"] += 1
         self.filtered[name] += 1
         self.sink.reject(c.sample_id, name, f"replay filter: {detail} ({c.where})")
+        self.first_problem = self.first_problem or f"{name}: {detail} ({c.where})"
 
     def take(self, c: Conversation) -> None:
         """One readable conversation: the filters, the duplicate-id check, then the build queue."""
@@ -290,6 +298,7 @@ class _Replay:
             "partial_last_lines": counts["partial_last_lines"],
             "bad_record_reasons": dict(sorted(self.reasons.items())),
             "bad_record_examples": self.bad_examples,
+            "first_problem": self.first_problem,  # nothing_replayed quotes it
             "not_jsonl": self.hints,  # inputs that look like CSV or pretty-printed JSON, and how to convert them
             # Each record (plus each extra choice of a Batch API line) ends in exactly one outcome:
             # records + extra_conversations == trained + filtered + rejected + bad_records + not_reconstructed.

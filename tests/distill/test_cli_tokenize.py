@@ -133,6 +133,12 @@ def test_a_line_that_is_not_utf8_is_that_lines_rejection(tmp_path, smol_tokenize
     [
         ('{"messages": [{"role": "user", "content": "Q"}]}\nnot json\n', "no sample from 2 line(s): 2 rejected"),
         ("\n\n", "has no conversation line"),
+        # the first rejection's detail is quoted: the reason alone does not name the role to rename
+        (
+            '{"messages": [{"role": "human", "content": "Q"}, {"role": "gpt", "content": "A"}]}\n',
+            "; the first: unknown_role: IN:1: messages[0] has role 'human' ('human' is ShareGPT's name for user: "
+            "write role 'user'); known roles are system, user, assistant, tool. Fix:",
+        ),
     ],
 )
 def test_a_file_that_gives_no_sample_fails(tmp_path, smol_tokenizer_dir, capsys, text, says):
@@ -142,7 +148,7 @@ def test_a_file_that_gives_no_sample_fails(tmp_path, smol_tokenizer_dir, capsys,
     assert main(tokenize(inp, out, smol_tokenizer_dir)) == 1
     cap = capsys.readouterr()
     assert json.loads(cap.out)["samples"] == 0
-    assert cap.err.startswith("distill: ") and says in cap.err and "Fix:" in cap.err
+    assert cap.err.startswith("distill: ") and says.replace("IN", str(inp)) in cap.err and "Fix:" in cap.err
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert all("error" in r for r in rows) and len(rows) == len([x for x in text.splitlines() if x.strip()])
 

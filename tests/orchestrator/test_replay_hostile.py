@@ -320,16 +320,30 @@ def test_a_hostile_batch_input_line_is_an_error_naming_it(tmp_path, smol_tokeniz
 
 def test_a_replay_that_produces_no_sample_fails_and_is_not_marked_done(tmp_path, smol_tokenizer):
     """Nothing to train on is an error with the counts by reason (as for a live rollout), not a replay that
-    "completed": an empty input, every line bad under on_error = "skip", every record rejected."""
+    "completed": an empty input, every line bad under on_error = "skip", every record rejected or filtered.
+    The error quotes the first problem's detail, which says what to fix where the reason alone does not
+    (ShareGPT's roles in a chat file: only the detail names them)."""
     cases = {
         "empty.jsonl": (b"", r"empty.jsonl: no record to replay \(empty input\)"),
-        "bad.jsonl": (b'garbage\n{"a": 1}\n', r'no sample was produced from 2 record\(s\): 2 bad \{"invalid_json": 1'),
+        "bad.jsonl": (
+            b'garbage\n{"a": 1}\n',
+            r'no sample was produced from 2 record\(s\): 2 bad \{"invalid_json": 1.*\. The first: invalid_json: '
+            r"not valid JSON \(Expecting value at column 1\) \(\S*bad.jsonl:1\)\. Nothing was marked done",
+        ),
         "empty_answers.jsonl": (
             (
                 json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]})
                 + "\n"
             ).encode(),
-            r'1 rejected \{"empty_assistant_turn": 1\}.*Nothing was marked done',
+            r'1 rejected \{"empty_assistant_turn": 1\}.*The first: empty_assistant_turn: .*Nothing was marked done',
+        ),
+        "sharegpt_roles.jsonl": (
+            (
+                json.dumps({"messages": [{"role": "human", "content": "q"}, {"role": "gpt", "content": "a"}]}) + "\n"
+            ).encode(),
+            r'1 filtered \{"no_assistant_turn": 1\}.*The first: no_assistant_turn: the conversation has no '
+            r"assistant message to train on \(its other roles: gpt, human; ShareGPT turns are read as .*"
+            r"sharegpt_roles.jsonl:1\)\. Nothing was marked done",
         ),
     }
     for name, (data, msg) in cases.items():
