@@ -13,6 +13,7 @@ them again. The run fails (no DONE, non-zero exit):
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -109,8 +110,22 @@ def nothing_published(
     )
     return (
         f"no sample was produced from the {prompts} prompt(s) started (stop: {stop_reason}; rejections: {rej}; "
-        f"see {rejects_path}). Nothing was marked done; {fix}"
+        f"see {rejects_path}{last_rejection(rejects_path) if rejections else ''}). Nothing was marked done; {fix}"
     )
+
+
+def last_rejection(rejects_path: Path) -> str:
+    """`; the last: REASON: detail` from the rejects file's last line (this run's latest rejection), shortened,
+    or "": the counts by reason alone do not say what to fix, where the detail often does."""
+    try:
+        with open(rejects_path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 65536))  # the file's end is enough for its last line
+            line = f.read().decode("utf-8", "replace").rstrip("\n").rsplit("\n", 1)[-1]
+        row = json.loads(line)
+        text = f"{row['reason']}: {row.get('detail', '')}".rstrip(": ")
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f"; the last: {text if len(text) <= 400 else text[:400] + '...'}"
 
 
 def reason_fix(rejections: Counter) -> str:

@@ -680,6 +680,9 @@ def test_no_sample_at_all_is_a_failure(tmp_path, recon_for):
     assert "(truncated: raise orchestrator.sampling.max_tokens, or set orchestrator.reconstruction.truncated" in str(
         ei.value
     )
+    # and the latest rejection's detail is quoted (the last line of rejects.jsonl)
+    last = read_jsonl(tmp_path / "run" / "rejects.jsonl")[-1]
+    assert f"rejects.jsonl; the last: truncated: {last['detail']}). Nothing was marked done" in str(ei.value)
     assert len(read_jsonl(tmp_path / "run" / "recording.jsonl")) == 3  # the answers are kept
     assert not is_done(tmp_path / "run" / "samples")
     assert read_jsonl(tmp_path / "run" / "orchestrator_metrics.jsonl")[-1]["stop_reason"] == "error:no_samples"
