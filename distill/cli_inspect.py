@@ -122,11 +122,17 @@ def cmd_inspect(argv: list[str]) -> int:
     if a.id:
         chosen = [s for s in samples if s.sample_id == a.id]
         if not chosen:
-            raise SystemExit(f"distill inspect: no sample with id {a.id!r}")
+            raise SystemExit(
+                f"distill inspect: no sample with id {a.id!r} among the {len(samples)}. Fix: pass an id from the "
+                "samples' sample_id field, or --index N"
+            )
         sample = chosen[0]
     else:
         if not 0 <= a.index < len(samples):
-            raise SystemExit(f"distill inspect: --index {a.index} out of range (0..{len(samples) - 1})")
+            raise SystemExit(
+                f"distill inspect: --index {a.index} out of range (0..{len(samples) - 1}). "
+                f"Fix: pass --index from 0 to {len(samples) - 1}"
+            )
         sample = samples[a.index]
     check_samples(pairs if a.html else [p for p in pairs if p[0] is sample], tok)
     color = not a.no_color and sys.stdout.isatty()

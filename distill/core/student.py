@@ -318,7 +318,8 @@ def load_tokenizer(
         if snapshot is None:
             raise TokenizerError(
                 hub_id_hint(str(path), "student.tokenizer")
-                or f"tokenizer folder {path} does not exist. Fix: point at a folder holding tokenizer.json and "
+                or f"tokenizer folder {path} {'is a file' if Path(path).expanduser().exists() else 'does not exist'}. "
+                "Fix: point at a folder holding tokenizer.json and "
                 "tokenizer_config.json (a model folder, or one saved with tokenizer.save_pretrained(DIR))"
             )
         path = snapshot

@@ -111,7 +111,9 @@ def test_inspect_and_html(tmp_path, smol_tokenizer_dir):
     body = page.split("<section>", 1)[1]  # after the legend
     assert len(re.findall(r'class="tok trained( o)?"', body)) == len(row["completion_ids"])
     missing = distill("inspect", tmp_path / "samples", "--tokenizer", smol_tokenizer_dir, "--index", "5")
-    assert missing.returncode != 0 and "out of range" in missing.stderr
+    assert missing.returncode != 0 and "--index 5 out of range (0..0). Fix: pass --index from 0 to 0" in missing.stderr
+    unknown = distill("inspect", tmp_path / "samples", "--tokenizer", smol_tokenizer_dir, "--id", "nope")
+    assert unknown.returncode != 0 and "no sample with id 'nope' among the 1. Fix:" in unknown.stderr
     # tokenize's output is inspected as it is: each sample named after its input line
     direct = distill("inspect", tok_out, "--tokenizer", smol_tokenizer_dir, "--no-color")
     assert direct.returncode == 0 and "line1" in direct.stdout and "welcome" in direct.stdout, direct.stderr

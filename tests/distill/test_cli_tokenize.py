@@ -98,6 +98,11 @@ def test_a_missing_tokenizer_folder_says_what_to_pass(tmp_path, capsys):
     assert main(tokenize(tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "no-tokenizer")) == 1
     err = capsys.readouterr().err
     assert "no-tokenizer does not exist" in err and "Fix:" in err and "tokenizer.json" in err
+    # a file given for the folder is named as a file, not as missing
+    (tmp_path / "tokenizer.json").write_text("{}")
+    assert main(tokenize(tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "tokenizer.json")) == 1
+    err = capsys.readouterr().err
+    assert "tokenizer folder " + str(tmp_path / "tokenizer.json") + " is a file. Fix: point at a folder" in err
 
 
 def test_the_builtin_student_name_is_a_tokenizer(tmp_path, capsys, smol_tokenizer_dir):
