@@ -14,6 +14,7 @@ import os
 import sys
 
 from .config import load_config
+from .core.verbosity import quoted
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -101,4 +102,4 @@ def _first_error(output: str) -> str:
             error = str(json.loads(f.readline()).get("error", ""))
     except (OSError, ValueError, AttributeError):
         return ""
-    return f"; the first: {error if len(error) <= 400 else error[:400] + '...'}" if error else ""
+    return f"; the first: {quoted(error)}" if error else ""

@@ -17,6 +17,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from distill.core.verbosity import quoted
+
 KEY = "orchestrator.max_failed_fraction"
 
 
@@ -122,10 +124,11 @@ def last_rejection(rejects_path: Path) -> str:
             f.seek(max(0, f.seek(0, 2) - 65536))  # the file's end is enough for its last line
             line = f.read().decode("utf-8", "replace").rstrip("\n").rsplit("\n", 1)[-1]
         row = json.loads(line)
-        text = f"{row['reason']}: {row.get('detail', '')}".rstrip(": ")
+        detail = row.get("detail") or ""
+        text = f"{row['reason']}: {detail}" if detail else str(row["reason"])
     except (OSError, ValueError, KeyError, TypeError):
         return ""
-    return f"; the last: {text if len(text) <= 400 else text[:400] + '...'}"
+    return f"; the last: {quoted(text)}"
 
 
 def reason_fix(rejections: Counter) -> str:

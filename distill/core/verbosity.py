@@ -108,3 +108,10 @@ def close_bar(bar: Any) -> None:
     bar.close()
     bar.fp.write("\r" + final + "\x1b[K\n")
     bar.fp.flush()
+
+
+def quoted(text: str, limit: int = 400) -> str:
+    """`text` on one line (runs of whitespace, newlines included, made one space) and at most `limit`
+    characters (then "..."): a rejection's detail quoted inside a one-line error message."""
+    one = " ".join(str(text).split())
+    return one if len(one) <= limit else one[:limit] + "..."

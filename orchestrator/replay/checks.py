@@ -10,6 +10,7 @@ from pathlib import Path
 
 from distill.core.contract import ShardWriter, iter_samples
 from distill.core.conversation import Conversation
+from distill.core.verbosity import quoted
 from orchestrator.failures import reason_fix
 from orchestrator.replay.records import ReplayError
 
@@ -100,6 +101,4 @@ def _first_example(summary: dict) -> str:
     reason alone do not say what to fix (a chat file with ShareGPT's roles is all `no_assistant_turn`,
     and only the detail names the roles it holds)."""
     example = summary.get("first_problem", "")
-    if not example:
-        return ""
-    return f"The first: {example if len(example) <= 400 else example[:400] + '...'}. "
+    return f"The first: {quoted(example)}. " if example else ""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.core.verbosity import bar_position, quiet_gguf_conversion
+from distill.core.verbosity import bar_position, quiet_gguf_conversion, quoted
 from support.fault_server import FaultServer, Faults, write_prompts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,3 +173,12 @@ path = "{prompts}"
         f"pairs done={final['pairs_done']} (published {final['pairs_published']}, rejected {final['pairs_rejected']})"
     ) in line
     assert final["pairs_done"] == 24 == final["pairs_published"] + final["pairs_rejected"]
+
+
+def test_a_quoted_detail_is_one_line_and_shortened():
+    """Rejection details quoted inside one-line errors (replay, tokenize, rollout with no sample): a template's
+    multi-line error becomes one line, and a long one ends in '...' at the limit."""
+    assert quoted("template_error: line 1\n  raise 'x'\n\tend") == "template_error: line 1 raise 'x' end"
+    assert quoted("a" * 400) == "a" * 400
+    assert quoted("a" * 401) == "a" * 400 + "..."
+    assert quoted("abc def", limit=3) == "abc..."
