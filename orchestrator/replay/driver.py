@@ -170,7 +170,7 @@ class _Replay:
         if len(self.bad_examples) < 5:
             self.bad_examples.append(str(item.as_error()))
         if not self.first_problem:
-            problem, _, fix = item.error.partition(". Fix: ")
+            problem, fix = item.problem_and_fix()
             self.first_problem = f"{item.reason}: {problem} ({item.file}:{item.line}" + (
                 f"; fix: {fix})" if fix else ")"
             )
@@ -202,8 +202,9 @@ class _Replay:
         self.outcomes["trained" if samples else "rejected"] += 1
         for r in rejections:
             self.rejected[r.reason] += 1
-            self.sink.reject(r.item_id, r.reason, f"{r.detail} ({c.where})".lstrip())
-            self.first_problem = self.first_problem or f"{r.reason}: {r.detail} ({c.where})"
+            detail = f"{r.detail} ({c.where})".lstrip()
+            self.sink.reject(r.item_id, r.reason, detail)
+            self.first_problem = self.first_problem or f"{r.reason}: {detail}"
         for s in samples:
             if self.published.built_again(s, c):
                 self.counts["already_published"] += 1

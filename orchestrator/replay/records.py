@@ -72,14 +72,18 @@ class BadRecord:
             ensure_ascii=False,
         )
 
+    def problem_and_fix(self) -> tuple[str, str]:
+        """`error` cut at its first ". Fix: " (the fix "" where it names none)."""
+        problem, _, fix = self.error.partition(". Fix: ")
+        return problem, fix
+
     def as_error(self) -> ReplayError:
         """The error `on_error = "fail"` raises: the problem, plus how to go on without this record."""
         skip = 'or skip bad records with orchestrator.replay.on_error = "skip" (distill replay --on-error skip)'
-        if ". Fix: " in self.error:
-            problem, fix = self.error.split(". Fix: ", 1)
-            err = ReplayError(self.file, self.line, self.field, problem, f"{fix}; {skip}")
-        else:
-            err = ReplayError(self.file, self.line, self.field, self.error, f"correct the record, {skip}")
+        problem, fix = self.problem_and_fix()
+        err = ReplayError(
+            self.file, self.line, self.field, problem, f"{fix}; {skip}" if fix else f"correct the record, {skip}"
+        )
         err.reason = self.reason  # the bad-record reason code (docs/replay.md, "Bad records")
         return err
 
